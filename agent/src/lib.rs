@@ -1,0 +1,1 @@
+//! Aegis agent library.

@@ -1,0 +1,125 @@
+//! Configuration of the Aegis Edge agent.
+//!
+//! This crate exists so that every other part of the agent receives a typed,
+//! already validated configuration and never has to re-check user input. It
+//! owns the whole contract with the operator's YAML file:
+//!
+//! * the typed model ([`AgentConfig`] and friends), whose doc comments double
+//!   as user documentation and JSON Schema descriptions ([`json_schema`]);
+//! * loading with error recovery, so that *all* mistakes in a file are
+//!   reported at once, each with its YAML path
+//!   (`aegis.yaml: pipeline.sources[0].url: unsupported scheme "htp" ...`);
+//! * the precedence rule between the local default pipeline and a pipeline
+//!   delivered by a signed fleet workflow ([`effective_pipeline`]).
+//!
+//! The crate performs no I/O other than reading the configuration file in
+//! [`load`].
+
+mod error;
+mod model;
+mod parse;
+mod recover;
+mod validate;
+
+#[cfg(test)]
+mod tests;
+
+use std::fs::File;
+use std::io::Read;
+use std::path::Path;
+
+pub use error::{ConfigError, Problem};
+pub use model::{
+    AgentConfig, BackendConfig, BackendKind, DeviceConfig, DiscardSink, EncoderConfig, FleetConfig,
+    GpsConfig, ImuConfig, LogConfig, LogFormat, PassthroughStage, PipelineConfig, RecordSink,
+    SensorsConfig, SinkConfig, SourceConfig, SourceLocation, StageConfig, StoreConfig,
+    TimestampOverlayStage, VideoCodec, WebConfig,
+};
+
+/// Largest configuration file [`load`] accepts, in bytes (1 MiB).
+pub const MAX_CONFIG_BYTES: u64 = parse::MAX_TEXT_BYTES as u64;
+
+/// Reads, parses and validates the agent configuration file at `path`.
+///
+/// Files larger than [`MAX_CONFIG_BYTES`] are rejected without being read in
+/// full. Every problem found is reported in one [`ConfigError::Invalid`].
+pub fn load(path: &Path) -> Result<AgentConfig, ConfigError> {
+    let io_error = |source| ConfigError::Io {
+        path: path.to_path_buf(),
+        source,
+    };
+    let file = File::open(path).map_err(io_error)?;
+    let mut bytes = Vec::new();
+    file.take(MAX_CONFIG_BYTES.saturating_add(1))
+        .read_to_end(&mut bytes)
+        .map_err(io_error)?;
+    if u64::try_from(bytes.len()).map_or(true, |len| len > MAX_CONFIG_BYTES) {
+        return Err(ConfigError::TooLarge {
+            path: path.to_path_buf(),
+            limit_bytes: MAX_CONFIG_BYTES,
+        });
+    }
+    let origin = path.display().to_string();
+    let text = String::from_utf8(bytes).map_err(|_| ConfigError::Invalid {
+        origin: origin.clone(),
+        problems: vec![Problem::new("", "the file is not valid UTF-8 text")],
+    })?;
+    from_yaml_str(&text, &origin)
+}
+
+/// Parses and validates agent configuration text. `origin` names the text in
+/// messages (usually the file name).
+pub fn from_yaml_str(text: &str, origin: &str) -> Result<AgentConfig, ConfigError> {
+    parse::agent_from_str(text).map_err(|problems| invalid(origin, problems))
+}
+
+impl PipelineConfig {
+    /// Parses and validates a pipeline on its own, as found in the Pipeline
+    /// block of a workflow. Problem paths start at the pipeline
+    /// (`sources[0].url`). `origin` names the text in messages.
+    pub fn from_yaml_str(text: &str, origin: &str) -> Result<PipelineConfig, ConfigError> {
+        parse::pipeline_from_str(text).map_err(|problems| invalid(origin, problems))
+    }
+}
+
+fn invalid(origin: &str, problems: Vec<Problem>) -> ConfigError {
+    ConfigError::Invalid {
+        origin: origin.to_owned(),
+        problems,
+    }
+}
+
+/// JSON Schema of the agent configuration file, for editor completion and
+/// validation.
+pub fn json_schema() -> serde_json::Value {
+    schemars::schema_for!(AgentConfig).to_value()
+}
+
+/// JSON Schema of a pipeline alone (the Pipeline block of a workflow).
+pub fn pipeline_json_schema() -> serde_json::Value {
+    schemars::schema_for!(PipelineConfig).to_value()
+}
+
+/// Where the pipeline that should run came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PipelineOrigin {
+    /// The `pipeline` section of the local configuration file.
+    LocalDefault,
+    /// The pipeline of a signed workflow applied from the fleet.
+    SignedWorkflow,
+}
+
+/// Chooses the pipeline to run.
+///
+/// An applied signed workflow supersedes the local default pipeline. Device
+/// settings (every section except `pipeline`) always come from the local
+/// file and are not affected.
+pub fn effective_pipeline<'a>(
+    local: &'a AgentConfig,
+    active_workflow: Option<&'a PipelineConfig>,
+) -> (&'a PipelineConfig, PipelineOrigin) {
+    match active_workflow {
+        Some(workflow) => (workflow, PipelineOrigin::SignedWorkflow),
+        None => (&local.pipeline, PipelineOrigin::LocalDefault),
+    }
+}

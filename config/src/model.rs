@@ -1,0 +1,606 @@
+//! The typed configuration model.
+//!
+//! These types are the single source of truth for what an Aegis Edge
+//! configuration file may contain: serde reads them, schemars turns them
+//! (including their doc comments) into the JSON Schema that editors use, and
+//! the `examples/*.yaml` files are checked against them by the unit tests.
+//! Field doc comments are therefore written for the operator who edits the
+//! YAML file, not for Rust programmers.
+//!
+//! Every struct rejects unknown keys (`deny_unknown_fields`) so that a typo
+//! such as `segment_second:` is reported instead of silently ignored, and
+//! every default comes from a named constant so the documentation, the schema
+//! and the code cannot drift apart.
+
+use std::ops::RangeInclusive;
+use std::path::PathBuf;
+
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+// ---------------------------------------------------------------------------
+// Defaults and limits. Kept together so they are easy to audit.
+// ---------------------------------------------------------------------------
+
+/// Longest allowed device, group or source id, in characters.
+pub(crate) const MAX_ID_LEN: usize = 64;
+/// CUDA device index used when `backend.cuda_device` is omitted.
+const DEFAULT_CUDA_DEVICE: u32 = 0;
+/// Frame surfaces per stream pool when `pipeline.pool_frames` is omitted.
+const DEFAULT_POOL_FRAMES: u32 = 8;
+/// Allowed range of `pipeline.pool_frames`.
+pub(crate) const POOL_FRAMES_RANGE: RangeInclusive<u32> = 2..=64;
+/// Channel depth between pipeline tasks when `pipeline.queue_depth` is omitted.
+const DEFAULT_QUEUE_DEPTH: u32 = 4;
+/// Allowed range of `pipeline.queue_depth`.
+pub(crate) const QUEUE_DEPTH_RANGE: RangeInclusive<u32> = 1..=64;
+/// Default overlay position, in pixels from the left/top edge.
+const DEFAULT_OVERLAY_OFFSET: u32 = 16;
+/// Default overlay glyph scale factor.
+const DEFAULT_OVERLAY_SCALE: u32 = 2;
+/// Allowed range of `timestamp_overlay.scale`.
+pub(crate) const OVERLAY_SCALE_RANGE: RangeInclusive<u32> = 1..=8;
+/// Default recording segment length in seconds.
+const DEFAULT_SEGMENT_SECONDS: f64 = 10.0;
+/// Allowed range of `record.segment_seconds`.
+pub(crate) const SEGMENT_SECONDS_RANGE: RangeInclusive<f64> = 1.0..=3600.0;
+/// Default disk budget of a recorder, in MiB.
+const DEFAULT_DISK_BUDGET_MB: u64 = 1024;
+/// Smallest allowed `record.disk_budget_mb`.
+pub(crate) const MIN_DISK_BUDGET_MB: u64 = 1;
+/// Default encoder preset.
+const DEFAULT_PRESET: &str = "ultrafast";
+/// Encoder presets accepted by `encoder.preset`, fastest first.
+pub(crate) const PRESETS: &[&str] = &[
+    "ultrafast",
+    "superfast",
+    "veryfast",
+    "faster",
+    "fast",
+    "medium",
+    "slow",
+    "slower",
+    "veryslow",
+];
+/// Default encoder bitrate in kbit/s.
+const DEFAULT_BITRATE_KBPS: u32 = 4000;
+/// Allowed range of `encoder.bitrate_kbps`.
+pub(crate) const BITRATE_KBPS_RANGE: RangeInclusive<u32> = 100..=200_000;
+/// Default keyframe interval in frames.
+const DEFAULT_GOP_FRAMES: u32 = 60;
+/// Allowed range of `encoder.gop_frames`.
+pub(crate) const GOP_FRAMES_RANGE: RangeInclusive<u32> = 1..=1000;
+/// Default encoder thread count (0 = automatic).
+const DEFAULT_ENCODER_THREADS: u32 = 0;
+/// Largest allowed `encoder.threads`.
+pub(crate) const MAX_ENCODER_THREADS: u32 = 64;
+/// Default location of the local event database.
+const DEFAULT_STORE_PATH: &str = "/var/lib/aegis/aegis.db";
+/// Default MQTT broker.
+const DEFAULT_BROKER_URL: &str = "mqtt://127.0.0.1:1883";
+/// Default MQTT keepalive in seconds.
+const DEFAULT_KEEPALIVE_S: u32 = 30;
+/// Allowed range of `fleet.keepalive_s`.
+pub(crate) const KEEPALIVE_S_RANGE: RangeInclusive<u32> = 5..=3600;
+/// Default listen address of the local web server.
+const DEFAULT_WEB_LISTEN: &str = "127.0.0.1:8080";
+/// Default log filter.
+const DEFAULT_LOG_LEVEL: &str = "info";
+
+fn default_backend_kind() -> BackendKind {
+    BackendKind::Cpu
+}
+fn default_fallback() -> Option<BackendKind> {
+    Some(BackendKind::Cpu)
+}
+fn default_cuda_device() -> u32 {
+    DEFAULT_CUDA_DEVICE
+}
+pub(crate) fn default_pool_frames() -> u32 {
+    DEFAULT_POOL_FRAMES
+}
+pub(crate) fn default_queue_depth() -> u32 {
+    DEFAULT_QUEUE_DEPTH
+}
+fn default_overlay_offset() -> u32 {
+    DEFAULT_OVERLAY_OFFSET
+}
+fn default_overlay_scale() -> u32 {
+    DEFAULT_OVERLAY_SCALE
+}
+fn default_true() -> bool {
+    true
+}
+fn default_segment_seconds() -> f64 {
+    DEFAULT_SEGMENT_SECONDS
+}
+fn default_disk_budget_mb() -> u64 {
+    DEFAULT_DISK_BUDGET_MB
+}
+fn default_preset() -> String {
+    DEFAULT_PRESET.to_owned()
+}
+fn default_bitrate_kbps() -> u32 {
+    DEFAULT_BITRATE_KBPS
+}
+fn default_gop_frames() -> u32 {
+    DEFAULT_GOP_FRAMES
+}
+fn default_encoder_threads() -> u32 {
+    DEFAULT_ENCODER_THREADS
+}
+fn default_store_path() -> PathBuf {
+    PathBuf::from(DEFAULT_STORE_PATH)
+}
+fn default_broker_url() -> String {
+    DEFAULT_BROKER_URL.to_owned()
+}
+fn default_keepalive_s() -> u32 {
+    DEFAULT_KEEPALIVE_S
+}
+fn default_web_listen() -> String {
+    DEFAULT_WEB_LISTEN.to_owned()
+}
+fn default_log_level() -> String {
+    DEFAULT_LOG_LEVEL.to_owned()
+}
+
+// ---------------------------------------------------------------------------
+// Root
+// ---------------------------------------------------------------------------
+
+/// Aegis Edge agent configuration (usually `/etc/aegis/aegis.yaml`).
+///
+/// Only `device` and `pipeline` are required; every other section has
+/// working defaults. The `pipeline` given here is the local default: when a
+/// signed workflow is applied from the fleet, its pipeline replaces this one,
+/// but all other sections always come from this file.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct AgentConfig {
+    /// Identity of this device (required).
+    pub device: DeviceConfig,
+    /// Which compute backend runs the video pipeline.
+    #[serde(default)]
+    pub backend: BackendConfig,
+    /// The default video pipeline: what to read, how to process it and where
+    /// to write it (required). A signed workflow from the fleet supersedes it.
+    pub pipeline: PipelineConfig,
+    /// Local event and metadata database.
+    #[serde(default)]
+    pub store: StoreConfig,
+    /// Connection to the fleet management broker (MQTT).
+    #[serde(default)]
+    pub fleet: FleetConfig,
+    /// Local web server for health checks and Prometheus metrics.
+    #[serde(default)]
+    pub web: WebConfig,
+    /// Optional auxiliary sensors (GPS, IMU).
+    #[serde(default)]
+    pub sensors: SensorsConfig,
+    /// Logging output.
+    #[serde(default)]
+    pub log: LogConfig,
+}
+
+// ---------------------------------------------------------------------------
+// Device
+// ---------------------------------------------------------------------------
+
+/// Identity of this device within the fleet.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct DeviceConfig {
+    /// Unique device id, used in MQTT topics and recordings: 1 to 64
+    /// characters of lowercase letters, digits, `-` and `_`
+    /// (for example `lobby-orin-01`).
+    pub id: String,
+    /// Optional human-friendly name shown in dashboards (any text).
+    #[serde(default)]
+    pub name: Option<String>,
+    /// Fleet groups this device belongs to, for targeting workflows and
+    /// updates. Same character rules as `id`.
+    #[serde(default)]
+    pub groups: Vec<String>,
+}
+
+// ---------------------------------------------------------------------------
+// Backend
+// ---------------------------------------------------------------------------
+
+/// Compute backend selection.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct BackendConfig {
+    /// Backend that runs decoding and processing: `cpu` (portable, always
+    /// available), `cuda` (discrete NVIDIA GPU) or `jetson` (Jetson
+    /// hardware engines).
+    #[serde(default = "default_backend_kind")]
+    pub kind: BackendKind,
+    /// Backend to use when the vendor libraries for `kind` are missing.
+    /// Defaults to `cpu`. Set to `null` to refuse to start instead of falling
+    /// back. Must differ from `kind` (ignored when `kind` is `cpu`, which
+    /// needs no vendor library).
+    #[serde(default = "default_fallback")]
+    pub fallback: Option<BackendKind>,
+    /// Index of the GPU to use with the `cuda` backend (0 = first GPU).
+    #[serde(default = "default_cuda_device")]
+    pub cuda_device: u32,
+}
+
+impl Default for BackendConfig {
+    fn default() -> Self {
+        Self {
+            kind: default_backend_kind(),
+            fallback: default_fallback(),
+            cuda_device: default_cuda_device(),
+        }
+    }
+}
+
+/// A compute backend.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum BackendKind {
+    /// Portable software implementation; always available.
+    Cpu,
+    /// NVIDIA CUDA on a discrete GPU.
+    Cuda,
+    /// NVIDIA Jetson hardware engines (NVDEC/NVENC/VIC).
+    Jetson,
+}
+
+impl BackendKind {
+    /// The name used in configuration files (`cpu`, `cuda`, `jetson`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Cpu => "cpu",
+            Self::Cuda => "cuda",
+            Self::Jetson => "jetson",
+        }
+    }
+}
+
+impl std::fmt::Display for BackendKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Pipeline
+// ---------------------------------------------------------------------------
+
+/// A video pipeline: every source stream passes through every stage, in
+/// order, and is then delivered to every sink.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct PipelineConfig {
+    /// Video inputs (at least one). Each source becomes one stream.
+    pub sources: Vec<SourceConfig>,
+    /// Processing stages, applied in order to every stream.
+    #[serde(default)]
+    pub stages: Vec<StageConfig>,
+    /// Outputs; every stream is delivered to every sink.
+    #[serde(default)]
+    pub sinks: Vec<SinkConfig>,
+    /// Frame buffers allocated per stream (2 to 64). More buffers absorb
+    /// bursts at the cost of memory.
+    #[serde(default = "default_pool_frames")]
+    pub pool_frames: u32,
+    /// Frames that may wait between two pipeline steps (1 to 64). Must be
+    /// smaller than `pool_frames`, otherwise the queues can hold every buffer
+    /// and the decoder stalls.
+    #[serde(default = "default_queue_depth")]
+    pub queue_depth: u32,
+}
+
+/// One video input.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct SourceConfig {
+    /// Stream id, unique within the pipeline: 1 to 64 characters of
+    /// lowercase letters, digits, `-` and `_` (for example `cam0`).
+    pub id: String,
+    /// Where to read video from: `file:///absolute/path.mp4`,
+    /// `file:relative/path.mp4` or a plain path for files;
+    /// `rtsp://host/path` or `rtsps://…` for IP cameras;
+    /// `v4l2:///dev/video0` for local cameras. This build only supports
+    /// files.
+    pub url: String,
+    /// Restart a file source from the beginning when it ends.
+    #[serde(default, rename = "loop")]
+    pub loop_: bool,
+    /// Pace frames at the clip's native frame rate instead of as fast as
+    /// possible (use for demos; leave off for benchmarks).
+    #[serde(default)]
+    pub realtime: bool,
+    /// Stop the source after this many frames (omit for no limit).
+    #[serde(default)]
+    pub max_frames: Option<u64>,
+}
+
+/// Where a source reads its video from, parsed from [`SourceConfig::url`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SourceLocation {
+    /// A video file (absolute, or relative to the agent's working directory).
+    File(PathBuf),
+    /// An RTSP or RTSPS stream; holds the full URL.
+    Rtsp(String),
+    /// A Video4Linux2 capture device, e.g. `/dev/video0`.
+    V4l2(PathBuf),
+}
+
+impl SourceConfig {
+    /// The parsed location of this source.
+    ///
+    /// Meaningful on a validated configuration (validation rejects every URL
+    /// that does not parse); an unparseable URL is treated as a file path.
+    pub fn location(&self) -> SourceLocation {
+        crate::validate::parse_source_url(&self.url)
+            .unwrap_or_else(|_| SourceLocation::File(PathBuf::from(&self.url)))
+    }
+}
+
+/// A processing stage, selected by `kind`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum StageConfig {
+    /// Forwards frames unchanged (useful to measure pipeline overhead).
+    Passthrough(PassthroughStage),
+    /// Draws the frame timestamp (and optionally the stream id) onto the
+    /// picture.
+    TimestampOverlay(TimestampOverlayStage),
+}
+
+/// Settings of the `passthrough` stage (it has none).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct PassthroughStage {}
+
+/// Settings of the `timestamp_overlay` stage.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct TimestampOverlayStage {
+    /// Horizontal position of the text, in pixels from the left edge.
+    #[serde(default = "default_overlay_offset")]
+    pub x: u32,
+    /// Vertical position of the text, in pixels from the top edge.
+    #[serde(default = "default_overlay_offset")]
+    pub y: u32,
+    /// Text size multiplier (1 to 8).
+    #[serde(default = "default_overlay_scale")]
+    pub scale: u32,
+    /// Also print the stream id next to the timestamp.
+    #[serde(default = "default_true")]
+    pub show_stream_id: bool,
+}
+
+impl Default for TimestampOverlayStage {
+    fn default() -> Self {
+        Self {
+            x: default_overlay_offset(),
+            y: default_overlay_offset(),
+            scale: default_overlay_scale(),
+            show_stream_id: default_true(),
+        }
+    }
+}
+
+/// An output, selected by `kind`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum SinkConfig {
+    /// Encodes every stream and writes it to disk as fixed-length segments,
+    /// deleting the oldest segments to stay within a disk budget.
+    Record(RecordSink),
+    /// Counts frames and drops them (for benchmarks and tests).
+    Discard(DiscardSink),
+}
+
+/// Settings of the `record` sink.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RecordSink {
+    /// Directory for recordings (created if missing); one sub-directory per
+    /// stream.
+    pub dir: PathBuf,
+    /// Length of each recorded file, in seconds (1 to 3600).
+    #[serde(default = "default_segment_seconds")]
+    pub segment_seconds: f64,
+    /// Disk space the recordings may use, in MiB (at least 1). The oldest
+    /// segments are deleted when it is exceeded.
+    #[serde(default = "default_disk_budget_mb")]
+    pub disk_budget_mb: u64,
+    /// Video encoder settings.
+    #[serde(default)]
+    pub encoder: EncoderConfig,
+}
+
+/// Settings of the `discard` sink (it has none).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct DiscardSink {}
+
+/// Video encoder settings for recording.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct EncoderConfig {
+    /// Video codec. Only `h264` is available.
+    #[serde(default)]
+    pub codec: VideoCodec,
+    /// Speed/quality trade-off: `ultrafast`, `superfast`, `veryfast`,
+    /// `faster`, `fast`, `medium`, `slow`, `slower` or `veryslow`. Faster
+    /// presets use less CPU but produce larger files.
+    #[serde(default = "default_preset")]
+    pub preset: String,
+    /// Target bitrate in kbit/s (100 to 200000).
+    #[serde(default = "default_bitrate_kbps")]
+    pub bitrate_kbps: u32,
+    /// Keyframe interval in frames (1 to 1000). Smaller values make seeking
+    /// faster and files larger.
+    #[serde(default = "default_gop_frames")]
+    pub gop_frames: u32,
+    /// Encoder threads per stream (0 = choose automatically, at most 64).
+    #[serde(default = "default_encoder_threads")]
+    pub threads: u32,
+}
+
+impl Default for EncoderConfig {
+    fn default() -> Self {
+        Self {
+            codec: VideoCodec::default(),
+            preset: default_preset(),
+            bitrate_kbps: default_bitrate_kbps(),
+            gop_frames: default_gop_frames(),
+            threads: default_encoder_threads(),
+        }
+    }
+}
+
+/// A video codec.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum VideoCodec {
+    /// H.264 / AVC.
+    #[default]
+    H264,
+}
+
+// ---------------------------------------------------------------------------
+// Store, fleet, web, sensors, log
+// ---------------------------------------------------------------------------
+
+/// Local event and metadata database.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct StoreConfig {
+    /// Path of the database file (its directory must be writable).
+    #[serde(default = "default_store_path")]
+    pub path: PathBuf,
+}
+
+impl Default for StoreConfig {
+    fn default() -> Self {
+        Self {
+            path: default_store_path(),
+        }
+    }
+}
+
+/// Connection to the fleet management broker.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct FleetConfig {
+    /// Connect to the fleet broker. When off, the device runs standalone with
+    /// its local pipeline.
+    #[serde(default)]
+    pub enabled: bool,
+    /// Broker address: `mqtt://host:port` or `mqtts://host:port` (TLS).
+    #[serde(default = "default_broker_url")]
+    pub broker_url: String,
+    /// MQTT keepalive interval in seconds (5 to 3600).
+    #[serde(default = "default_keepalive_s")]
+    pub keepalive_s: u32,
+}
+
+impl Default for FleetConfig {
+    fn default() -> Self {
+        Self {
+            enabled: false,
+            broker_url: default_broker_url(),
+            keepalive_s: default_keepalive_s(),
+        }
+    }
+}
+
+/// Local web server (health and metrics endpoints).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct WebConfig {
+    /// Address and port to listen on, as `IP:PORT` (for example
+    /// `127.0.0.1:8080`, or `0.0.0.0:8080` to accept remote connections).
+    #[serde(default = "default_web_listen")]
+    pub listen: String,
+    /// Serve `/metrics` without authentication.
+    #[serde(default = "default_true")]
+    pub metrics_public: bool,
+}
+
+impl Default for WebConfig {
+    fn default() -> Self {
+        Self {
+            listen: default_web_listen(),
+            metrics_public: default_true(),
+        }
+    }
+}
+
+/// Auxiliary sensors. Omit a sensor to disable it.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct SensorsConfig {
+    /// GPS receiver (NMEA).
+    #[serde(default)]
+    pub gps: Option<GpsConfig>,
+    /// Inertial measurement unit.
+    #[serde(default)]
+    pub imu: Option<ImuConfig>,
+}
+
+/// GPS receiver.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct GpsConfig {
+    /// Where NMEA sentences come from: `serial:///dev/ttyTHS0?baud=9600`,
+    /// `udp://0.0.0.0:10110` or `file:///path/to/log.nmea`.
+    pub url: String,
+}
+
+/// Inertial measurement unit.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ImuConfig {
+    /// Where samples come from: `file:///path/to/samples.csv`,
+    /// `iio:///sys/bus/iio/devices/iio:device0` or `mqtt://topic/...`.
+    pub url: String,
+}
+
+/// Logging output.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct LogConfig {
+    /// Output format: `auto` (journald when started by systemd, otherwise
+    /// human-readable), `human`, `json` or `journald`.
+    #[serde(default)]
+    pub format: LogFormat,
+    /// Log filter, e.g. `info` or `info,aegis_hal=debug`
+    /// (tracing `EnvFilter` syntax).
+    #[serde(default = "default_log_level")]
+    pub level: String,
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        Self {
+            format: LogFormat::default(),
+            level: default_log_level(),
+        }
+    }
+}
+
+/// Log output format.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum LogFormat {
+    /// journald when running under systemd (`JOURNAL_STREAM` is set),
+    /// otherwise `human`.
+    #[default]
+    Auto,
+    /// Human-readable text lines.
+    Human,
+    /// One JSON object per line.
+    Json,
+    /// Native systemd journal fields.
+    Journald,
+}

@@ -1,0 +1,324 @@
+//! From YAML text to a validated configuration.
+//!
+//! The document is split into independent pieces (each root section, each
+//! source, stage and sink) that are deserialized and validated separately, so
+//! a mistake in one piece never hides mistakes in another. Tagged list items
+//! (`kind: ...`) are split by hand because serde loses the location of errors
+//! inside internally tagged enums; doing it here keeps paths such as
+//! `pipeline.sinks[0].encoder.preset` exact.
+
+use serde::de::DeserializeOwned;
+use serde_yaml_ng::{Mapping, Value};
+
+use crate::error::Problem;
+use crate::model::{
+    AgentConfig, PipelineConfig, SinkConfig, SourceConfig, StageConfig, default_pool_frames,
+    default_queue_depth,
+};
+use crate::recover::{
+    MAX_DEPTH, find_anchors, join_key, recover, recover_list, recover_tagged, recover_tracking,
+    split_mapping, too_deep,
+};
+use crate::validate;
+
+/// Largest configuration text accepted, in bytes.
+pub(crate) const MAX_TEXT_BYTES: usize = 1024 * 1024;
+
+const ROOT_KEYS: &[&str] = &[
+    "device", "backend", "pipeline", "store", "fleet", "web", "sensors", "log",
+];
+const PIPELINE_KEYS: &[&str] = &["sources", "stages", "sinks", "pool_frames", "queue_depth"];
+const STAGE_KINDS: &[&str] = &["passthrough", "timestamp_overlay"];
+const SINK_KINDS: &[&str] = &["record", "discard"];
+
+/// Parses text to a YAML value, enforcing size, anchor and depth rules.
+fn parse_document(text: &str) -> Result<Value, Vec<Problem>> {
+    if text.len() > MAX_TEXT_BYTES {
+        return Err(vec![Problem::new(
+            "",
+            format!(
+                "configuration is {} bytes; the limit is {MAX_TEXT_BYTES}",
+                text.len()
+            ),
+        )]);
+    }
+    let anchors = find_anchors(text);
+    if !anchors.is_empty() {
+        return Err(anchors);
+    }
+    let value: Value = serde_yaml_ng::from_str(text)
+        .map_err(|error| vec![Problem::new("", format!("invalid YAML: {error}"))])?;
+    if let Some(path) = too_deep(&value) {
+        return Err(vec![Problem::new(
+            path,
+            format!("nested deeper than {MAX_DEPTH} levels"),
+        )]);
+    }
+    Ok(value)
+}
+
+/// Parses and validates a full agent configuration.
+pub(crate) fn agent_from_str(text: &str) -> Result<AgentConfig, Vec<Problem>> {
+    let value = parse_document(text)?;
+    let mut problems = Vec::new();
+    let config = build_agent(value, &mut problems);
+    match config {
+        Some(config) if problems.is_empty() => Ok(config),
+        _ => Err(problems),
+    }
+}
+
+/// Parses and validates a pipeline on its own (paths start at `sources`).
+pub(crate) fn pipeline_from_str(text: &str) -> Result<PipelineConfig, Vec<Problem>> {
+    let value = parse_document(text)?;
+    let mut problems = Vec::new();
+    let pipeline = build_pipeline(value, "", &mut problems);
+    match pipeline {
+        Some(pipeline) if problems.is_empty() => Ok(pipeline),
+        _ => Err(problems),
+    }
+}
+
+fn build_agent(value: Value, problems: &mut Vec<Problem>) -> Option<AgentConfig> {
+    if value.is_null() {
+        problems.push(Problem::new(
+            "",
+            "the configuration is empty: at least `device` and `pipeline` are required",
+        ));
+        return None;
+    }
+    let mut root = split_mapping(value, "", ROOT_KEYS, problems)?;
+    let device = required_section(
+        &mut root,
+        "device",
+        problems,
+        Checks::fields(validate::check_device),
+    );
+    let backend = section(
+        &mut root,
+        "backend",
+        problems,
+        Checks {
+            fields: |_, _, _| {},
+            cross: validate::check_backend,
+        },
+    );
+    let pipeline = match root.remove("pipeline") {
+        Some(value) => build_pipeline(value, "pipeline", problems),
+        None => {
+            problems.push(Problem::new("pipeline", "missing required field"));
+            None
+        }
+    };
+    let store = section(
+        &mut root,
+        "store",
+        problems,
+        Checks::fields(validate::check_store),
+    );
+    let fleet = section(
+        &mut root,
+        "fleet",
+        problems,
+        Checks::fields(validate::check_fleet),
+    );
+    let web = section(
+        &mut root,
+        "web",
+        problems,
+        Checks::fields(validate::check_web),
+    );
+    let sensors = section(
+        &mut root,
+        "sensors",
+        problems,
+        Checks::fields(validate::check_sensors),
+    );
+    let log = section(
+        &mut root,
+        "log",
+        problems,
+        Checks::fields(validate::check_log),
+    );
+    Some(AgentConfig {
+        device: device?,
+        backend: backend?,
+        pipeline: pipeline?,
+        store: store?,
+        fleet: fleet?,
+        web: web?,
+        sensors: sensors?,
+        log: log?,
+    })
+}
+
+/// Semantic checks of one piece: `fields` checks values one by one; `cross`
+/// compares fields and is skipped when a bad value was replaced by its
+/// default (the comparison would be against a value the operator never
+/// wrote).
+#[derive(Clone, Copy)]
+struct Checks<T: 'static> {
+    fields: fn(&T, &str, &mut Vec<Problem>),
+    cross: fn(&T, &str, &mut Vec<Problem>),
+}
+
+impl<T> Checks<T> {
+    const fn fields(fields: fn(&T, &str, &mut Vec<Problem>)) -> Self {
+        Self {
+            fields,
+            cross: |_, _, _| {},
+        }
+    }
+}
+
+/// Builds and checks one piece at `path` from `value`.
+fn piece<T: DeserializeOwned>(
+    value: Value,
+    path: &str,
+    problems: &mut Vec<Problem>,
+    checks: Checks<T>,
+) -> Option<T> {
+    let (typed, replaced) = recover_tracking::<T>(value, path, problems);
+    let typed = typed?;
+    (checks.fields)(&typed, path, problems);
+    if !replaced {
+        (checks.cross)(&typed, path, problems);
+    }
+    Some(typed)
+}
+
+/// An optional root section: absent means its defaults.
+fn section<T: DeserializeOwned + Default>(
+    root: &mut Mapping,
+    key: &str,
+    problems: &mut Vec<Problem>,
+    checks: Checks<T>,
+) -> Option<T> {
+    match root.remove(key) {
+        Some(value) => piece(value, key, problems, checks),
+        None => Some(T::default()),
+    }
+}
+
+fn required_section<T: DeserializeOwned>(
+    root: &mut Mapping,
+    key: &str,
+    problems: &mut Vec<Problem>,
+    checks: Checks<T>,
+) -> Option<T> {
+    match root.remove(key) {
+        Some(value) => piece(value, key, problems, checks),
+        None => {
+            problems.push(Problem::new(key, "missing required field"));
+            None
+        }
+    }
+}
+
+fn build_pipeline(
+    value: Value,
+    prefix: &str,
+    problems: &mut Vec<Problem>,
+) -> Option<PipelineConfig> {
+    let mut map = split_mapping(value, prefix, PIPELINE_KEYS, problems)?;
+    let sources_path = join_key(prefix, "sources");
+    let sources = match map.remove("sources") {
+        Some(value) => recover_list(value, &sources_path, problems, |item, path, problems| {
+            piece::<SourceConfig>(item, path, problems, Checks::fields(validate::check_source))
+        }),
+        None => {
+            problems.push(Problem::new(sources_path, "missing required field"));
+            None
+        }
+    };
+    let stages = match map.remove("stages") {
+        Some(value) => recover_list(value, &join_key(prefix, "stages"), problems, build_stage),
+        None => Some(Vec::new()),
+    };
+    let sinks = match map.remove("sinks") {
+        Some(value) => recover_list(value, &join_key(prefix, "sinks"), problems, build_sink),
+        None => Some(Vec::new()),
+    };
+    let pool_frames = scalar(
+        &mut map,
+        prefix,
+        "pool_frames",
+        default_pool_frames,
+        problems,
+    );
+    let queue_depth = scalar(
+        &mut map,
+        prefix,
+        "queue_depth",
+        default_queue_depth,
+        problems,
+    );
+    validate::check_pipeline_rules(
+        sources.as_deref(),
+        pool_frames,
+        queue_depth,
+        prefix,
+        problems,
+    );
+    Some(PipelineConfig {
+        sources: all(sources?)?,
+        stages: all(stages?)?,
+        sinks: all(sinks?)?,
+        pool_frames: pool_frames?,
+        queue_depth: queue_depth?,
+    })
+}
+
+/// `Some` only if every element was built.
+fn all<T>(items: Vec<Option<T>>) -> Option<Vec<T>> {
+    items.into_iter().collect()
+}
+
+fn scalar(
+    map: &mut Mapping,
+    prefix: &str,
+    key: &str,
+    default: fn() -> u32,
+    problems: &mut Vec<Problem>,
+) -> Option<u32> {
+    match map.remove(key) {
+        Some(value) => recover::<u32>(value, &join_key(prefix, key), problems),
+        None => Some(default()),
+    }
+}
+
+fn build_stage(value: Value, path: &str, problems: &mut Vec<Problem>) -> Option<StageConfig> {
+    recover_tagged(
+        value,
+        path,
+        STAGE_KINDS,
+        problems,
+        |kind, rest, problems| {
+            let built = match kind {
+                "passthrough" => recover(rest, path, problems).map(StageConfig::Passthrough),
+                "timestamp_overlay" => {
+                    recover(rest, path, problems).map(StageConfig::TimestampOverlay)
+                }
+                _ => return None,
+            };
+            if let Some(stage) = &built {
+                validate::check_stage(stage, path, problems);
+            }
+            Some(built)
+        },
+    )
+}
+
+fn build_sink(value: Value, path: &str, problems: &mut Vec<Problem>) -> Option<SinkConfig> {
+    recover_tagged(value, path, SINK_KINDS, problems, |kind, rest, problems| {
+        let built = match kind {
+            "record" => recover(rest, path, problems).map(SinkConfig::Record),
+            "discard" => recover(rest, path, problems).map(SinkConfig::Discard),
+            _ => return None,
+        };
+        if let Some(sink) = &built {
+            validate::check_sink(sink, path, problems);
+        }
+        Some(built)
+    })
+}

@@ -1,0 +1,641 @@
+//! Unit tests for loading, error recovery and validation.
+
+use std::path::{Path, PathBuf};
+
+use super::*;
+
+const DEMO: &str = include_str!("../examples/demo.yaml");
+const FULL: &str = include_str!("../examples/full.yaml");
+
+/// A valid minimal config; tests append keys under `pipeline` or at the root.
+fn minimal() -> String {
+    "device: {id: dev0}\npipeline:\n  sources:\n    - {id: cam0, url: clip.mp4}\n".to_owned()
+}
+
+fn problems_of(text: &str) -> Vec<Problem> {
+    match from_yaml_str(text, "aegis.yaml") {
+        Ok(config) => panic!("expected problems, got {config:?}"),
+        Err(error) => error.problems().to_vec(),
+    }
+}
+
+fn paths_of(text: &str) -> Vec<String> {
+    problems_of(text).into_iter().map(|p| p.path).collect()
+}
+
+fn ok(text: &str) -> AgentConfig {
+    match from_yaml_str(text, "aegis.yaml") {
+        Ok(config) => config,
+        Err(error) => panic!("unexpected problems:\n{error}"),
+    }
+}
+
+#[test]
+fn demo_example_parses() {
+    let config = ok(DEMO);
+    assert_eq!(config.device.id, "demo-orin");
+    assert_eq!(config.backend.kind, BackendKind::Cpu);
+    let ids: Vec<_> = config
+        .pipeline
+        .sources
+        .iter()
+        .map(|s| s.id.as_str())
+        .collect();
+    assert_eq!(ids, ["cam0", "cam1"]);
+    assert_eq!(
+        config.pipeline.sources[0].location(),
+        SourceLocation::File(PathBuf::from(".samples/demo.mp4"))
+    );
+    assert!(!config.pipeline.sources[0].loop_);
+    assert_eq!(config.pipeline.stages.len(), 2);
+    match &config.pipeline.sinks[..] {
+        [SinkConfig::Record(record)] => {
+            assert_eq!(record.dir, Path::new(".demo/recordings"));
+            assert_eq!(record.segment_seconds, 4.0);
+            assert_eq!(record.disk_budget_mb, 256);
+        }
+        other => panic!("unexpected sinks {other:?}"),
+    }
+    assert_eq!(config.store.path, Path::new(".demo/aegis.db"));
+    assert_eq!(config.web.listen, "127.0.0.1:8080");
+}
+
+#[test]
+fn full_example_parses_and_sets_every_section() {
+    let config = ok(FULL);
+    assert_eq!(config.backend.kind, BackendKind::Jetson);
+    assert_eq!(config.device.groups, ["lobby", "building-a"]);
+    assert!(config.pipeline.sources[0].loop_);
+    assert_eq!(config.pipeline.sources[0].max_frames, Some(100_000));
+    assert_eq!(config.pipeline.sinks.len(), 2);
+    assert!(config.sensors.gps.is_some());
+    assert!(config.sensors.imu.is_some());
+}
+
+/// The piecewise parser must agree with plain serde on valid input.
+#[test]
+fn recovery_parser_matches_plain_serde() {
+    for text in [DEMO, FULL, minimal().as_str()] {
+        let plain: AgentConfig = serde_yaml_ng::from_str(text).expect("plain serde");
+        assert_eq!(ok(text), plain);
+    }
+}
+
+#[test]
+fn defaults_are_applied() {
+    let config = ok(&minimal());
+    assert_eq!(config.backend, BackendConfig::default());
+    assert_eq!(config.backend.fallback, Some(BackendKind::Cpu));
+    assert_eq!(config.pipeline.pool_frames, 8);
+    assert_eq!(config.pipeline.queue_depth, 4);
+    assert!(config.pipeline.stages.is_empty());
+    assert!(config.pipeline.sinks.is_empty());
+    assert_eq!(config.store.path, Path::new("/var/lib/aegis/aegis.db"));
+    assert_eq!(config.fleet.broker_url, "mqtt://127.0.0.1:1883");
+    assert_eq!(config.fleet.keepalive_s, 30);
+    assert!(!config.fleet.enabled);
+    assert_eq!(config.web.listen, "127.0.0.1:8080");
+    assert!(config.web.metrics_public);
+    assert_eq!(config.log.format, LogFormat::Auto);
+    assert_eq!(config.log.level, "info");
+    assert_eq!(config.sensors, SensorsConfig::default());
+
+    let text = format!(
+        "{}  stages: [{{kind: timestamp_overlay}}]\n  sinks: [{{kind: record, dir: rec}}]\n",
+        minimal()
+    );
+    let config = ok(&text);
+    assert_eq!(
+        config.pipeline.stages,
+        [StageConfig::TimestampOverlay(TimestampOverlayStage {
+            x: 16,
+            y: 16,
+            scale: 2,
+            show_stream_id: true
+        })]
+    );
+    let SinkConfig::Record(record) = &config.pipeline.sinks[0] else {
+        panic!("expected record sink");
+    };
+    assert_eq!(record.segment_seconds, 10.0);
+    assert_eq!(record.disk_budget_mb, 1024);
+    assert_eq!(record.encoder.preset, "ultrafast");
+    assert_eq!(record.encoder.bitrate_kbps, 4000);
+    assert_eq!(record.encoder.gop_frames, 60);
+    assert_eq!(record.encoder.threads, 0);
+}
+
+#[test]
+fn explicit_null_fallback_disables_it() {
+    let config = ok(&format!(
+        "{}backend: {{kind: cuda, fallback: null}}\n",
+        minimal()
+    ));
+    assert_eq!(config.backend.fallback, None);
+}
+
+#[test]
+fn unknown_root_key_is_reported_with_its_path() {
+    let problems = problems_of(&format!("{}colour: blue\n", minimal()));
+    assert_eq!(problems.len(), 1);
+    assert_eq!(problems[0].path, "colour");
+    assert!(problems[0].reason.contains("unknown field `colour`"));
+    assert!(problems[0].reason.contains("`pipeline`"));
+}
+
+#[test]
+fn unknown_key_inside_stage_is_reported_with_its_path() {
+    let text = format!(
+        "{}  stages:\n    - kind: passthrough\n    - kind: timestamp_overlay\n      colour: red\n",
+        minimal()
+    );
+    let problems = problems_of(&text);
+    assert_eq!(problems.len(), 1, "{problems:?}");
+    assert_eq!(problems[0].path, "pipeline.stages[1].colour");
+    assert!(problems[0].reason.starts_with("unknown field `colour`"));
+
+    let text = format!("{}  stages: [{{kind: passthrough, x: 1}}]\n", minimal());
+    assert_eq!(paths_of(&text), ["pipeline.stages[0].x"]);
+}
+
+#[test]
+fn unknown_key_inside_sink_is_reported_with_its_path() {
+    let text = format!(
+        "{}  sinks:\n    - kind: discard\n    - kind: record\n      dir: rec\n      segment_second: 5\n      encoder: {{preset: fast, crf: 20}}\n",
+        minimal()
+    );
+    let mut paths = paths_of(&text);
+    paths.sort();
+    assert_eq!(
+        paths,
+        [
+            "pipeline.sinks[1].encoder.crf",
+            "pipeline.sinks[1].segment_second",
+        ]
+    );
+}
+
+#[test]
+fn unknown_kind_lists_valid_kinds() {
+    let text = format!(
+        "{}  stages: [{{kind: blur}}]\n  sinks: [{{dir: x}}]\n",
+        minimal()
+    );
+    let problems = problems_of(&text);
+    assert_eq!(problems.len(), 2, "{problems:?}");
+    assert_eq!(problems[0].path, "pipeline.stages[0].kind");
+    assert_eq!(
+        problems[0].reason,
+        "unknown kind \"blur\", expected one of: passthrough, timestamp_overlay"
+    );
+    assert_eq!(problems[1].path, "pipeline.sinks[0].kind");
+    assert!(problems[1].reason.contains("record, discard"));
+}
+
+#[test]
+fn unsupported_scheme_message_is_exact() {
+    let text = "device: {id: dev0}\npipeline:\n  sources: [{id: cam0, url: \"htp://x\"}]\n";
+    let error = from_yaml_str(text, "aegis.yaml").expect_err("must fail");
+    assert_eq!(error.problems().len(), 1);
+    let line = error.to_string();
+    assert!(
+        line.starts_with("aegis.yaml: pipeline.sources[0].url: unsupported scheme \"htp\""),
+        "{line}"
+    );
+    assert!(line.contains("file, rtsp, rtsps, v4l2"), "{line}");
+    assert!(
+        error.problems()[0]
+            .to_string()
+            .starts_with("pipeline.sources[0].url: unsupported scheme \"htp\"")
+    );
+}
+
+#[test]
+fn pipeline_alone_uses_pipeline_relative_paths() {
+    let error = PipelineConfig::from_yaml_str("sources: [{id: a, url: \"htp://x\"}]\n", "wf")
+        .expect_err("must fail");
+    assert!(
+        error
+            .to_string()
+            .starts_with("wf: sources[0].url: unsupported scheme \"htp\"")
+    );
+    let pipeline = PipelineConfig::from_yaml_str("sources: [{id: a, url: a.mp4}]\n", "wf")
+        .expect("valid pipeline");
+    assert_eq!(pipeline.sources[0].id, "a");
+}
+
+#[test]
+fn live_sources_are_rejected_by_this_build() {
+    let text = "device: {id: d}\npipeline:\n  sources:\n    - {id: a, url: \"rtsp://cam/stream\"}\n    - {id: b, url: \"v4l2:///dev/video0\"}\n";
+    let problems = problems_of(text);
+    assert_eq!(problems.len(), 2);
+    assert_eq!(
+        problems[0].reason,
+        "\"rtsp\" sources are not supported by this build yet (planned: live sources)"
+    );
+    assert_eq!(problems[1].path, "pipeline.sources[1].url");
+    assert!(problems[1].reason.starts_with("\"v4l2\" sources"));
+}
+
+#[test]
+fn source_url_forms() {
+    let location = |url: &str| {
+        SourceConfig {
+            id: "a".into(),
+            url: url.into(),
+            loop_: false,
+            realtime: false,
+            max_frames: None,
+        }
+        .location()
+    };
+    assert_eq!(
+        location("file:///data/a.mp4"),
+        SourceLocation::File("/data/a.mp4".into())
+    );
+    assert_eq!(
+        location("file:rel/a.mp4"),
+        SourceLocation::File("rel/a.mp4".into())
+    );
+    assert_eq!(
+        location("rel/a:b.mp4"),
+        SourceLocation::File("rel/a:b.mp4".into())
+    );
+    assert_eq!(
+        location("/abs.mp4"),
+        SourceLocation::File("/abs.mp4".into())
+    );
+    assert_eq!(
+        location("rtsps://h/x"),
+        SourceLocation::Rtsp("rtsps://h/x".into())
+    );
+    assert_eq!(
+        location("v4l2:///dev/video0"),
+        SourceLocation::V4l2("/dev/video0".into())
+    );
+    let text = "device: {id: d}\npipeline:\n  sources:\n    - {id: a, url: \"\"}\n    - {id: b, url: \"file://host/x\"}\n";
+    assert_eq!(
+        paths_of(text),
+        ["pipeline.sources[0].url", "pipeline.sources[1].url"]
+    );
+}
+
+#[test]
+fn many_mistakes_are_all_reported() {
+    let text = r#"
+device:
+  id: Lobby Cam
+  groups: [ok, "a/b"]
+backend: {kind: cuda, fallback: cuda}
+pipeline:
+  sources:
+    - {id: cam0, url: "htp://x", lop: true}
+    - {id: cam0, url: clip.mp4}
+  stages: [{kind: timestamp_overlay, scale: 9}]
+  sinks:
+    - {kind: record, dir: rec, segment_seconds: 0.5, disk_budget_mb: many}
+  pool_frames: 4
+  queue_depth: 4
+fleet: {broker_url: "http://broker", keepalive_s: 1}
+web: {listen: "localhost:80"}
+sensors: {gps: {url: "tcp://x"}}
+log: {level: ""}
+store: {path: db, colour: red}
+"#;
+    let paths = paths_of(text);
+    for expected in [
+        "device.id",
+        "device.groups[1]",
+        "backend.fallback",
+        "pipeline.sources[0].lop",
+        "pipeline.sources[0].url",
+        "pipeline.sources[1].id",
+        "pipeline.stages[0].scale",
+        "pipeline.sinks[0].disk_budget_mb",
+        "pipeline.sinks[0].segment_seconds",
+        "pipeline.queue_depth",
+        "fleet.broker_url",
+        "fleet.keepalive_s",
+        "web.listen",
+        "sensors.gps.url",
+        "log.level",
+        "store.colour",
+    ] {
+        assert!(
+            paths.iter().any(|p| p == expected),
+            "{expected} missing from {paths:?}"
+        );
+    }
+    assert_eq!(paths.len(), 16, "{paths:?}");
+    let error = from_yaml_str(text, "aegis.yaml").expect_err("invalid");
+    let rendered = error.to_string();
+    assert_eq!(rendered.lines().count(), 16);
+    assert!(
+        rendered
+            .lines()
+            .all(|line| line.starts_with("aegis.yaml: "))
+    );
+}
+
+#[test]
+fn wrong_types_are_pruned_and_reported_once() {
+    let text = "device: {id: d, groups: oops}\npipeline:\n  sources: [{id: a, url: [1]}]\n  pool_frames: lots\n";
+    let problems = problems_of(text);
+    let paths: Vec<_> = problems.iter().map(|p| p.path.as_str()).collect();
+    assert_eq!(
+        paths,
+        [
+            "device.groups",
+            "pipeline.sources[0].url",
+            "pipeline.pool_frames"
+        ],
+        "{problems:?}"
+    );
+}
+
+#[test]
+fn missing_required_fields_are_reported() {
+    assert_eq!(paths_of("device: {name: x}\n"), ["device.id", "pipeline"]);
+    assert_eq!(
+        paths_of("device: {id: d}\npipeline: {stages: []}\n"),
+        ["pipeline.sources"]
+    );
+    assert_eq!(
+        paths_of("device: {id: d}\npipeline: {sources: [{id: a}]}\n"),
+        ["pipeline.sources[0].url"]
+    );
+    let problems = problems_of("");
+    assert_eq!(problems.len(), 1);
+    assert!(problems[0].reason.contains("empty"));
+}
+
+#[test]
+fn duplicate_source_ids_are_reported() {
+    let text = "device: {id: d}\npipeline:\n  sources:\n    - {id: cam0, url: a.mp4}\n    - {id: cam1, url: b.mp4}\n    - {id: cam0, url: c.mp4}\n";
+    let problems = problems_of(text);
+    assert_eq!(problems.len(), 1);
+    assert_eq!(
+        problems[0].to_string(),
+        "pipeline.sources[2].id: duplicate source id \"cam0\" (also sources[0])"
+    );
+}
+
+#[test]
+fn empty_sources_are_rejected() {
+    let problems = problems_of("device: {id: d}\npipeline: {sources: []}\n");
+    assert_eq!(problems[0].path, "pipeline.sources");
+    assert_eq!(problems[0].reason, "at least one source is required");
+}
+
+#[test]
+fn queue_depth_must_be_below_pool_frames() {
+    let text = format!("{}  pool_frames: 4\n  queue_depth: 4\n", minimal());
+    let problems = problems_of(&text);
+    assert_eq!(problems.len(), 1);
+    assert_eq!(problems[0].path, "pipeline.queue_depth");
+    assert!(problems[0].reason.contains("less than pool_frames (4)"));
+    ok(&format!(
+        "{}  pool_frames: 4\n  queue_depth: 3\n",
+        minimal()
+    ));
+    let text = format!("{}  pool_frames: 1\n  queue_depth: 0\n", minimal());
+    assert_eq!(
+        paths_of(&text),
+        ["pipeline.pool_frames", "pipeline.queue_depth"]
+    );
+}
+
+#[test]
+fn bad_device_ids_are_rejected() {
+    for bad in ["Cam0", "a/b", "a+b", "a#b", "a b", "\"\"", &"x".repeat(65)] {
+        let text =
+            format!("device: {{id: {bad}}}\npipeline: {{sources: [{{id: a, url: a.mp4}}]}}\n");
+        assert_eq!(paths_of(&text), ["device.id"], "id {bad}");
+    }
+    ok(&format!(
+        "device: {{id: {}}}\npipeline: {{sources: [{{id: a, url: a.mp4}}]}}\n",
+        "a-b_0".repeat(12)
+    ));
+}
+
+#[test]
+fn backend_fallback_must_differ() {
+    let problems = problems_of(&format!(
+        "{}backend: {{kind: cuda, fallback: cuda}}\n",
+        minimal()
+    ));
+    assert_eq!(problems.len(), 1);
+    assert_eq!(problems[0].path, "backend.fallback");
+    assert!(
+        problems[0]
+            .reason
+            .starts_with("fallback must differ from kind")
+    );
+    ok(&format!("{}backend: {{kind: jetson}}\n", minimal()));
+    // cpu needs no vendor library, so the default fallback (cpu) is harmless.
+    ok(&format!("{}backend: {{kind: cpu}}\n", minimal()));
+    // A replaced (invalid) kind must not trigger the comparison.
+    assert_eq!(
+        paths_of(&format!(
+            "{}backend: {{kind: gpu, fallback: cpu}}\n",
+            minimal()
+        )),
+        ["backend.kind"]
+    );
+}
+
+#[test]
+fn unknown_enum_value_is_reported() {
+    let problems = problems_of(&format!(
+        "{}backend: {{kind: gpu}}\nlog: {{format: xml}}\n",
+        minimal()
+    ));
+    assert_eq!(problems.len(), 2);
+    assert_eq!(problems[0].path, "backend.kind");
+    assert!(problems[0].reason.contains("`jetson`"));
+    assert_eq!(problems[1].path, "log.format");
+    // Rust type names do not leak into messages.
+    let problems = problems_of(&format!("{}fleet: 3\n", minimal()));
+    assert_eq!(
+        problems[0].to_string(),
+        "fleet: invalid type: integer `3`, expected a mapping of settings"
+    );
+}
+
+#[test]
+fn record_sink_and_encoder_limits() {
+    let text = format!(
+        "{}  sinks:\n    - kind: record\n      dir: \"\"\n      segment_seconds: .inf\n      disk_budget_mb: 0\n      encoder: {{preset: turbo, bitrate_kbps: 50, gop_frames: 0, threads: 65}}\n",
+        minimal()
+    );
+    assert_eq!(
+        paths_of(&text),
+        [
+            "pipeline.sinks[0].dir",
+            "pipeline.sinks[0].segment_seconds",
+            "pipeline.sinks[0].disk_budget_mb",
+            "pipeline.sinks[0].encoder.preset",
+            "pipeline.sinks[0].encoder.bitrate_kbps",
+            "pipeline.sinks[0].encoder.gop_frames",
+            "pipeline.sinks[0].encoder.threads",
+        ]
+    );
+}
+
+#[test]
+fn sensor_and_fleet_schemes() {
+    ok(&format!(
+        "{}sensors:\n  gps: {{url: \"udp://0.0.0.0:10110\"}}\n  imu: {{url: \"mqtt://imu/raw\"}}\nfleet: {{broker_url: \"mqtts://b:8883\"}}\n",
+        minimal()
+    ));
+    let problems = problems_of(&format!(
+        "{}sensors:\n  gps: {{url: \"/dev/ttyS0\"}}\n  imu: {{url: \"serial:///dev/x\"}}\n",
+        minimal()
+    ));
+    assert_eq!(problems[0].path, "sensors.gps.url");
+    assert!(problems[0].reason.starts_with("missing scheme"));
+    assert_eq!(
+        problems[1].to_string(),
+        "sensors.imu.url: unsupported scheme \"serial\" (supported: file://, iio://, mqtt://)"
+    );
+}
+
+#[test]
+fn web_listen_names_the_value() {
+    let problems = problems_of(&format!(
+        "{}web: {{listen: \"localhost:8080\"}}\n",
+        minimal()
+    ));
+    assert_eq!(problems[0].path, "web.listen");
+    assert!(problems[0].reason.contains("\"localhost:8080\""));
+}
+
+#[test]
+fn yaml_syntax_error_reports_line() {
+    let problems = problems_of("device:\n  id: d\npipeline: [1, 2\nstore: x\n");
+    assert_eq!(problems.len(), 1);
+    assert!(problems[0].path.is_empty());
+    assert!(
+        problems[0].reason.contains("line 4"),
+        "{}",
+        problems[0].reason
+    );
+}
+
+#[test]
+fn anchors_and_aliases_are_rejected() {
+    let text =
+        "device: &dev {id: d}\npipeline:\n  sources:\n    - &src {id: a, url: a.mp4}\n    - *src\n";
+    let problems = problems_of(text);
+    assert_eq!(problems.len(), 3, "{problems:?}");
+    assert!(
+        problems[0]
+            .reason
+            .starts_with("line 1 column 9: YAML anchors")
+    );
+    assert!(
+        problems[2]
+            .reason
+            .starts_with("line 5 column 7: YAML aliases")
+    );
+    // `&` and `*` inside values, quotes, comments and block scalars are fine.
+    ok(&format!(
+        "{}# a comment with &anchor and *alias\ndevice:\n  id: d\n  name: \"Tom & *Jerry\"\nlog:\n  level: |\n    *info\n",
+        minimal().replace("device: {id: dev0}\n", "")
+    ));
+    ok(&format!(
+        "{}device: {{id: d, name: R&D *lab*}}\n",
+        minimal().replace("device: {id: dev0}\n", "")
+    ));
+}
+
+#[test]
+fn deep_nesting_is_rejected() {
+    let deep = format!("{}1{}", "[".repeat(40), "]".repeat(40));
+    let problems = problems_of(&format!("{}sensors: {deep}\n", minimal()));
+    assert_eq!(problems.len(), 1);
+    assert!(problems[0].reason.contains("deeper than 32"));
+    assert!(problems[0].path.starts_with("sensors[0]"));
+}
+
+#[test]
+fn oversized_text_and_files_are_rejected() {
+    let big = format!("{}# {}\n", minimal(), "x".repeat(1024 * 1024));
+    assert!(problems_of(&big)[0].reason.contains("limit"));
+
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("big.yaml");
+    std::fs::write(&path, &big).expect("write");
+    assert!(matches!(load(&path), Err(ConfigError::TooLarge { .. })));
+}
+
+#[test]
+fn load_reads_files_and_names_them_in_messages() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let good = dir.path().join("aegis.yaml");
+    std::fs::write(&good, DEMO).expect("write");
+    assert_eq!(load(&good).expect("valid"), ok(DEMO));
+
+    let bad = dir.path().join("bad.yaml");
+    std::fs::write(
+        &bad,
+        "device: {id: X}\npipeline: {sources: [{id: a, url: a.mp4}]}\n",
+    )
+    .expect("write");
+    let message = load(&bad).expect_err("invalid").to_string();
+    assert!(
+        message.starts_with(&format!("{}: device.id: ", bad.display())),
+        "{message}"
+    );
+
+    let missing = dir.path().join("missing.yaml");
+    assert!(matches!(load(&missing), Err(ConfigError::Io { .. })));
+}
+
+#[test]
+fn effective_pipeline_precedence() {
+    let local = ok(DEMO);
+    let (pipeline, origin) = effective_pipeline(&local, None);
+    assert_eq!(origin, PipelineOrigin::LocalDefault);
+    assert_eq!(pipeline, &local.pipeline);
+
+    let workflow = PipelineConfig::from_yaml_str(
+        "sources: [{id: wf0, url: wf.mp4}]\nsinks: [{kind: discard}]\n",
+        "workflow",
+    )
+    .expect("valid");
+    let (pipeline, origin) = effective_pipeline(&local, Some(&workflow));
+    assert_eq!(origin, PipelineOrigin::SignedWorkflow);
+    assert_eq!(pipeline.sources[0].id, "wf0");
+    assert!(std::ptr::eq(pipeline, &workflow));
+}
+
+#[test]
+fn schema_has_sections_and_docs() {
+    let schema = json_schema().to_string();
+    for needle in [
+        "\"pipeline\"",
+        "\"device\"",
+        "\"timestamp_overlay\"",
+        "\"loop\"",
+        "Frames that may wait between two pipeline steps",
+        "Unique device id, used in MQTT topics",
+    ] {
+        assert!(schema.contains(needle), "schema lacks {needle}");
+    }
+    assert!(!schema.contains("loop_"));
+    let pipeline = pipeline_json_schema();
+    let required = pipeline["required"].as_array().expect("required list");
+    assert!(required.iter().any(|field| field == "sources"));
+    assert!(pipeline.to_string().contains("Video inputs (at least one)"));
+}
+
+#[test]
+fn invalid_display_lists_every_problem() {
+    let error = ConfigError::Invalid {
+        origin: "aegis.yaml".into(),
+        problems: vec![Problem::new("a.b", "bad"), Problem::new("", "worse")],
+    };
+    assert_eq!(error.to_string(), "aegis.yaml: a.b: bad\naegis.yaml: worse");
+    assert_eq!(error.problems().len(), 2);
+}

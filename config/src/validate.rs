@@ -1,0 +1,398 @@
+//! Semantic validation.
+//!
+//! serde checks that values have the right shape; this module checks that
+//! they make sense (ranges, URL schemes, identifiers that end up in MQTT
+//! topics, cross-field rules) so the agent never starts with a configuration
+//! that would fail later at run time. Every check appends to a problem list
+//! instead of returning early, so all mistakes are reported together.
+
+use std::fmt::Display;
+use std::net::SocketAddr;
+use std::ops::RangeInclusive;
+use std::path::PathBuf;
+
+use crate::error::Problem;
+use crate::model::{
+    BITRATE_KBPS_RANGE, BackendConfig, BackendKind, DeviceConfig, EncoderConfig, FleetConfig,
+    GOP_FRAMES_RANGE, KEEPALIVE_S_RANGE, LogConfig, MAX_ENCODER_THREADS, MAX_ID_LEN,
+    MIN_DISK_BUDGET_MB, OVERLAY_SCALE_RANGE, POOL_FRAMES_RANGE, PRESETS, QUEUE_DEPTH_RANGE,
+    SEGMENT_SECONDS_RANGE, SensorsConfig, SinkConfig, SourceConfig, SourceLocation, StageConfig,
+    StoreConfig, WebConfig,
+};
+use crate::recover::{join_index, join_key};
+
+/// Source URL schemes this crate understands (whether or not this build can
+/// open them).
+const SOURCE_SCHEMES: &[&str] = &["file", "rtsp", "rtsps", "v4l2"];
+/// Accepted schemes for `sensors.gps.url`.
+const GPS_SCHEMES: &[&str] = &["serial", "udp", "file"];
+/// Accepted schemes for `sensors.imu.url`.
+const IMU_SCHEMES: &[&str] = &["file", "iio", "mqtt"];
+/// Accepted schemes for `fleet.broker_url`.
+const BROKER_SCHEMES: &[&str] = &["mqtt", "mqtts"];
+
+/// Which source kinds this build can actually open.
+///
+/// This is the only place to edit when live sources land.
+fn supported_in_this_build(location: &SourceLocation) -> Result<(), String> {
+    let kind = match location {
+        SourceLocation::File(_) => return Ok(()),
+        SourceLocation::Rtsp(url) => match split_scheme(url) {
+            Some((scheme, _)) => scheme.to_ascii_lowercase(),
+            None => "rtsp".to_owned(),
+        },
+        SourceLocation::V4l2(_) => "v4l2".to_owned(),
+    };
+    Err(format!(
+        "\"{kind}\" sources are not supported by this build yet (planned: live sources)"
+    ))
+}
+
+/// Splits `scheme:rest`. A colon inside a path (`clips/a:b.mp4`) or a single
+/// letter before it does not count as a scheme.
+fn split_scheme(url: &str) -> Option<(&str, &str)> {
+    let (scheme, rest) = url.split_once(':')?;
+    let mut chars = scheme.chars();
+    let valid = scheme.len() >= 2
+        && chars.next().is_some_and(|c| c.is_ascii_alphabetic())
+        && chars.all(|c| c.is_ascii_alphanumeric() || matches!(c, '+' | '-' | '.'));
+    valid.then_some((scheme, rest))
+}
+
+/// Parses a source URL; the error is a message for the operator.
+pub(crate) fn parse_source_url(url: &str) -> Result<SourceLocation, String> {
+    if url.is_empty() {
+        return Err("must not be empty".to_owned());
+    }
+    let Some((scheme, rest)) = split_scheme(url) else {
+        return Ok(SourceLocation::File(PathBuf::from(url)));
+    };
+    match scheme.to_ascii_lowercase().as_str() {
+        "file" => match rest.strip_prefix("//") {
+            Some("") => Err("file URL has no path".to_owned()),
+            Some(path) if path.starts_with('/') => Ok(SourceLocation::File(PathBuf::from(path))),
+            Some(_) => Err(
+                "file URLs must not name a host: use file:///absolute/path or file:relative/path"
+                    .to_owned(),
+            ),
+            None if rest.is_empty() => Err("file URL has no path".to_owned()),
+            None => Ok(SourceLocation::File(PathBuf::from(rest))),
+        },
+        "rtsp" | "rtsps" => match rest.strip_prefix("//") {
+            Some(host) if !host.is_empty() && !host.starts_with('/') => {
+                Ok(SourceLocation::Rtsp(url.to_owned()))
+            }
+            _ => Err(format!("expected {scheme}://host[:port]/path")),
+        },
+        "v4l2" => match rest.strip_prefix("//") {
+            Some(device) if device.len() > 1 && device.starts_with('/') => {
+                Ok(SourceLocation::V4l2(PathBuf::from(device)))
+            }
+            _ => Err("expected v4l2:///dev/videoN".to_owned()),
+        },
+        _ => Err(format!(
+            "unsupported scheme \"{scheme}\" (supported: {}, or a plain file path)",
+            SOURCE_SCHEMES.join(", ")
+        )),
+    }
+}
+
+fn check_range<T: PartialOrd + Display>(
+    out: &mut Vec<Problem>,
+    path: String,
+    value: T,
+    range: &RangeInclusive<T>,
+) {
+    if !range.contains(&value) {
+        out.push(Problem::new(
+            path,
+            format!(
+                "must be between {} and {} (got {value})",
+                range.start(),
+                range.end()
+            ),
+        ));
+    }
+}
+
+fn check_not_empty(out: &mut Vec<Problem>, path: String, value: &str) {
+    if value.trim().is_empty() {
+        out.push(Problem::new(path, "must not be empty"));
+    }
+}
+
+/// Ids appear in MQTT topics and file names: 1..=64 of `[a-z0-9_-]`.
+fn check_id(out: &mut Vec<Problem>, path: String, id: &str) {
+    if id.is_empty() {
+        out.push(Problem::new(path, "must not be empty"));
+    } else if id.chars().count() > MAX_ID_LEN {
+        out.push(Problem::new(
+            path,
+            format!(
+                "must be at most {MAX_ID_LEN} characters (got {})",
+                id.chars().count()
+            ),
+        ));
+    } else if let Some(bad) = id
+        .chars()
+        .find(|c| !(c.is_ascii_lowercase() || c.is_ascii_digit() || matches!(c, '-' | '_')))
+    {
+        out.push(Problem::new(
+            path,
+            format!(
+                "invalid character {bad:?} in \"{id}\": use lowercase letters, digits, \
+                 '-' and '_' only (ids appear in MQTT topics)"
+            ),
+        ));
+    }
+}
+
+/// Checks `url` has one of `allowed` schemes followed by something.
+fn check_scheme(out: &mut Vec<Problem>, path: String, url: &str, allowed: &[&str]) {
+    let expected = allowed
+        .iter()
+        .map(|scheme| format!("{scheme}://"))
+        .collect::<Vec<_>>()
+        .join(", ");
+    if url.trim().is_empty() {
+        out.push(Problem::new(path, "must not be empty"));
+        return;
+    }
+    let Some((scheme, rest)) = split_scheme(url) else {
+        out.push(Problem::new(
+            path,
+            format!("missing scheme: expected one of {expected}"),
+        ));
+        return;
+    };
+    if !allowed.contains(&scheme.to_ascii_lowercase().as_str()) {
+        out.push(Problem::new(
+            path,
+            format!("unsupported scheme \"{scheme}\" (supported: {expected})"),
+        ));
+    } else if rest.trim_start_matches('/').is_empty() {
+        out.push(Problem::new(
+            path,
+            format!("nothing after \"{scheme}:\": expected an address or path"),
+        ));
+    }
+}
+
+pub(crate) fn check_device(device: &DeviceConfig, prefix: &str, out: &mut Vec<Problem>) {
+    check_id(out, join_key(prefix, "id"), &device.id);
+    let groups = join_key(prefix, "groups");
+    for (index, group) in device.groups.iter().enumerate() {
+        check_id(out, join_index(&groups, index), group);
+    }
+}
+
+pub(crate) fn check_backend(backend: &BackendConfig, prefix: &str, out: &mut Vec<Problem>) {
+    // `cpu` needs no vendor library, so the default `fallback: cpu` is
+    // harmless (never used) when `kind` is `cpu`.
+    if backend.kind != BackendKind::Cpu && backend.fallback == Some(backend.kind) {
+        out.push(Problem::new(
+            join_key(prefix, "fallback"),
+            format!(
+                "fallback must differ from kind (both are \"{}\"); use null to disable the fallback",
+                backend.kind
+            ),
+        ));
+    }
+}
+
+pub(crate) fn check_source(source: &SourceConfig, prefix: &str, out: &mut Vec<Problem>) {
+    check_id(out, join_key(prefix, "id"), &source.id);
+    let url_path = join_key(prefix, "url");
+    match parse_source_url(&source.url) {
+        Ok(location) => {
+            if let Err(reason) = supported_in_this_build(&location) {
+                out.push(Problem::new(url_path, reason));
+            }
+        }
+        Err(reason) => out.push(Problem::new(url_path, reason)),
+    }
+    if source.max_frames == Some(0) {
+        out.push(Problem::new(
+            join_key(prefix, "max_frames"),
+            "must be at least 1 (omit it for no limit)",
+        ));
+    }
+}
+
+/// Pipeline-wide rules. `sources` holds `None` for sources that failed to
+/// parse (already reported); `pool_frames`/`queue_depth` are `None` likewise.
+pub(crate) fn check_pipeline_rules(
+    sources: Option<&[Option<SourceConfig>]>,
+    pool_frames: Option<u32>,
+    queue_depth: Option<u32>,
+    prefix: &str,
+    out: &mut Vec<Problem>,
+) {
+    let sources_path = join_key(prefix, "sources");
+    if let Some(sources) = sources {
+        if sources.is_empty() {
+            out.push(Problem::new(
+                sources_path.clone(),
+                "at least one source is required",
+            ));
+        }
+        for (index, source) in sources.iter().enumerate() {
+            let Some(source) = source else { continue };
+            let first = sources[..index]
+                .iter()
+                .position(|other| other.as_ref().is_some_and(|other| other.id == source.id));
+            if let Some(first) = first {
+                out.push(Problem::new(
+                    join_key(&join_index(&sources_path, index), "id"),
+                    format!(
+                        "duplicate source id \"{}\" (also sources[{first}])",
+                        source.id
+                    ),
+                ));
+            }
+        }
+    }
+    let pool_path = join_key(prefix, "pool_frames");
+    let queue_path = join_key(prefix, "queue_depth");
+    if let Some(pool) = pool_frames {
+        check_range(out, pool_path, pool, &POOL_FRAMES_RANGE);
+    }
+    if let Some(queue) = queue_depth {
+        check_range(out, queue_path.clone(), queue, &QUEUE_DEPTH_RANGE);
+    }
+    if let (Some(pool), Some(queue)) = (pool_frames, queue_depth)
+        && queue >= pool
+    {
+        out.push(Problem::new(
+            queue_path,
+            format!(
+                "must be less than pool_frames ({pool}), got {queue}: frames waiting in \
+                 queues hold pool buffers, so the decoder would stall"
+            ),
+        ));
+    }
+}
+
+pub(crate) fn check_stage(stage: &StageConfig, prefix: &str, out: &mut Vec<Problem>) {
+    match stage {
+        StageConfig::Passthrough(_) => {}
+        StageConfig::TimestampOverlay(overlay) => {
+            check_range(
+                out,
+                join_key(prefix, "scale"),
+                overlay.scale,
+                &OVERLAY_SCALE_RANGE,
+            );
+        }
+    }
+}
+
+pub(crate) fn check_sink(sink: &SinkConfig, prefix: &str, out: &mut Vec<Problem>) {
+    match sink {
+        SinkConfig::Discard(_) => {}
+        SinkConfig::Record(record) => {
+            check_not_empty(out, join_key(prefix, "dir"), &record.dir.to_string_lossy());
+            let segment = join_key(prefix, "segment_seconds");
+            if record.segment_seconds.is_finite() {
+                check_range(out, segment, record.segment_seconds, &SEGMENT_SECONDS_RANGE);
+            } else {
+                out.push(Problem::new(segment, "must be a finite number of seconds"));
+            }
+            if record.disk_budget_mb < MIN_DISK_BUDGET_MB {
+                out.push(Problem::new(
+                    join_key(prefix, "disk_budget_mb"),
+                    format!("must be at least {MIN_DISK_BUDGET_MB}"),
+                ));
+            }
+            check_encoder(&record.encoder, &join_key(prefix, "encoder"), out);
+        }
+    }
+}
+
+fn check_encoder(encoder: &EncoderConfig, prefix: &str, out: &mut Vec<Problem>) {
+    if !PRESETS.contains(&encoder.preset.as_str()) {
+        out.push(Problem::new(
+            join_key(prefix, "preset"),
+            format!(
+                "unknown preset \"{}\", expected one of: {}",
+                encoder.preset,
+                PRESETS.join(", ")
+            ),
+        ));
+    }
+    check_range(
+        out,
+        join_key(prefix, "bitrate_kbps"),
+        encoder.bitrate_kbps,
+        &BITRATE_KBPS_RANGE,
+    );
+    check_range(
+        out,
+        join_key(prefix, "gop_frames"),
+        encoder.gop_frames,
+        &GOP_FRAMES_RANGE,
+    );
+    if encoder.threads > MAX_ENCODER_THREADS {
+        out.push(Problem::new(
+            join_key(prefix, "threads"),
+            format!(
+                "must be at most {MAX_ENCODER_THREADS} (0 = automatic), got {}",
+                encoder.threads
+            ),
+        ));
+    }
+}
+
+pub(crate) fn check_store(store: &StoreConfig, prefix: &str, out: &mut Vec<Problem>) {
+    check_not_empty(out, join_key(prefix, "path"), &store.path.to_string_lossy());
+}
+
+pub(crate) fn check_fleet(fleet: &FleetConfig, prefix: &str, out: &mut Vec<Problem>) {
+    check_scheme(
+        out,
+        join_key(prefix, "broker_url"),
+        &fleet.broker_url,
+        BROKER_SCHEMES,
+    );
+    check_range(
+        out,
+        join_key(prefix, "keepalive_s"),
+        fleet.keepalive_s,
+        &KEEPALIVE_S_RANGE,
+    );
+}
+
+pub(crate) fn check_web(web: &WebConfig, prefix: &str, out: &mut Vec<Problem>) {
+    if web.listen.parse::<SocketAddr>().is_err() {
+        out.push(Problem::new(
+            join_key(prefix, "listen"),
+            format!(
+                "\"{}\" is not a valid IP:PORT address (e.g. 127.0.0.1:8080 or [::]:8080)",
+                web.listen
+            ),
+        ));
+    }
+}
+
+pub(crate) fn check_sensors(sensors: &SensorsConfig, prefix: &str, out: &mut Vec<Problem>) {
+    if let Some(gps) = &sensors.gps {
+        check_scheme(
+            out,
+            join_key(&join_key(prefix, "gps"), "url"),
+            &gps.url,
+            GPS_SCHEMES,
+        );
+    }
+    if let Some(imu) = &sensors.imu {
+        check_scheme(
+            out,
+            join_key(&join_key(prefix, "imu"), "url"),
+            &imu.url,
+            IMU_SCHEMES,
+        );
+    }
+}
+
+pub(crate) fn check_log(log: &LogConfig, prefix: &str, out: &mut Vec<Problem>) {
+    check_not_empty(out, join_key(prefix, "level"), &log.level);
+}

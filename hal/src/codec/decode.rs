@@ -1,0 +1,232 @@
+use ffmpeg_next as ff;
+use std::time::Instant;
+
+use super::{CodecError, is_again};
+use crate::frame::{Frame, FrameLayout, FrameMeta, PixelFormat, StreamId};
+use crate::pixel::{Plane, copy_plane};
+use crate::pool::SurfacePool;
+
+/// Counters a decoder keeps; the source turns them into metrics.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct DecodeStats {
+    /// Packets handed to the decoder.
+    pub packets: u64,
+    /// Frames produced.
+    pub frames: u64,
+    /// Packets or pictures the decoder rejected as damaged.
+    pub errors: u64,
+    /// Packets dropped while waiting for a keyframe (after open, seek or an error burst).
+    pub skipped_before_keyframe: u64,
+    /// Frames the decoder returned with concealed damage.
+    pub corrupt_frames: u64,
+}
+
+/// Decodes one compressed stream into pooled surfaces.
+pub struct VideoDecoder {
+    dec: ff::decoder::Video,
+    picture: ff::frame::Video,
+    stream: StreamId,
+    time_base: ff::Rational,
+    default_duration_us: i64,
+    next_seq: u64,
+    waiting_for_key: bool,
+    /// `picture` holds a decoded picture not yet copied out (its surface was not ready).
+    pending: bool,
+    stats: DecodeStats,
+}
+
+impl VideoDecoder {
+    /// Opens a decoder for a demuxed stream. `threads` = 0 lets libavcodec pick (one per core).
+    pub(crate) fn open(
+        params: ff::codec::Parameters,
+        time_base: ff::Rational,
+        default_duration_us: i64,
+        stream: StreamId,
+        threads: usize,
+    ) -> Result<Self, CodecError> {
+        let id = params.id();
+        let mut ctx =
+            ff::codec::context::Context::from_parameters(params).map_err(|e| CodecError::Open {
+                codec: format!("{id:?}"),
+                source: e,
+            })?;
+        ctx.set_threading(ff::codec::threading::Config {
+            kind: ff::codec::threading::Type::Frame,
+            count: threads,
+            ..Default::default()
+        });
+        let dec = ctx.decoder().video().map_err(|e| match e {
+            ff::Error::DecoderNotFound => CodecError::NoDecoder {
+                codec: format!("{id:?}"),
+            },
+            e => CodecError::Open {
+                codec: format!("{id:?}"),
+                source: e,
+            },
+        })?;
+        Ok(VideoDecoder {
+            dec,
+            picture: ff::frame::Video::empty(),
+            stream,
+            time_base,
+            default_duration_us,
+            next_seq: 0,
+            waiting_for_key: true,
+            pending: false,
+            stats: DecodeStats::default(),
+        })
+    }
+
+    /// Counters so far.
+    pub fn stats(&self) -> DecodeStats {
+        self.stats
+    }
+
+    /// Hands one packet to the decoder. Damaged packets are counted and skipped, never fatal.
+    pub(crate) fn send(&mut self, pkt: &ff::Packet) {
+        if self.waiting_for_key {
+            if !pkt.is_key() {
+                self.stats.skipped_before_keyframe += 1;
+                return;
+            }
+            self.waiting_for_key = false;
+        }
+        self.stats.packets += 1;
+        match self.dec.send_packet(pkt) {
+            Ok(()) => {}
+            Err(e) if is_again(&e) => {
+                // Cannot happen with our drain-after-every-send loop; treat as a dropped packet.
+                self.stats.errors += 1;
+            }
+            Err(ff::Error::Eof) => {}
+            Err(e) => {
+                self.stats.errors += 1;
+                tracing::debug!(stream = %self.stream, error = %e, "decoder rejected packet");
+            }
+        }
+    }
+
+    /// Signals end of stream so the decoder releases the pictures it still holds.
+    pub(crate) fn send_eof(&mut self) {
+        let _ = self.dec.send_eof();
+    }
+
+    /// Drops buffered pictures and waits for the next keyframe (after a seek or loop).
+    pub(crate) fn reset(&mut self) {
+        self.dec.flush();
+        self.waiting_for_key = true;
+        self.pending = false;
+    }
+
+    /// Next decoded frame, copied into a surface of `pool` (waiting for one: backpressure).
+    /// `Ok(None)` means the decoder needs more input (or is drained after `send_eof`).
+    /// On [`CodecError::Geometry`] (the stream changed resolution) the picture is kept: call
+    /// again with a pool of [`VideoDecoder::pending_layout`].
+    pub(crate) fn receive(
+        &mut self,
+        pool: &SurfacePool,
+        pts_offset_us: i64,
+    ) -> Result<Option<Frame>, CodecError> {
+        while !self.pending {
+            match self.dec.receive_frame(&mut self.picture) {
+                Ok(()) => self.pending = true,
+                Err(ff::Error::Eof) => return Ok(None),
+                Err(e) if is_again(&e) => return Ok(None),
+                Err(e) => {
+                    self.stats.errors += 1;
+                    tracing::debug!(stream = %self.stream, error = %e, "decoder dropped a picture");
+                }
+            }
+        }
+        let layout = self.pending_layout()?;
+        let format = layout.format;
+        let pic = &self.picture;
+        if layout != pool.layout() {
+            return Err(CodecError::Geometry {
+                got_w: layout.width,
+                got_h: layout.height,
+                want_w: pool.layout().width,
+                want_h: pool.layout().height,
+            });
+        }
+        let mut surface = pool.acquire()?;
+        {
+            let data: &mut [u8] = &mut surface;
+            for i in 0..layout.planes() {
+                let (w_bytes, rows) = if i == 0 {
+                    (layout.width, layout.height)
+                } else {
+                    let (cw, ch) = layout.chroma_size();
+                    (
+                        if format == PixelFormat::Nv12 {
+                            cw * 2
+                        } else {
+                            cw
+                        },
+                        ch,
+                    )
+                };
+                let off = layout.offsets[i];
+                let dst = crate::pixel::PlaneMut {
+                    data: &mut data[off..off + layout.plane_len(i)],
+                    stride: layout.strides[i],
+                };
+                let src = Plane {
+                    data: pic.data(i),
+                    stride: pic.stride(i),
+                };
+                copy_plane(src, dst, w_bytes, rows)?;
+            }
+        }
+        self.pending = false;
+        let pts = pic.timestamp().or(pic.pts()).unwrap_or(0);
+        let pts_us = rescale_us(pts, self.time_base) + pts_offset_us;
+        let corrupt = pic.is_corrupt() || pic.has_decode_errors();
+        if corrupt {
+            self.stats.corrupt_frames += 1;
+        }
+        self.stats.frames += 1;
+        let seq = self.next_seq;
+        self.next_seq += 1;
+        Ok(Some(Frame {
+            stream: self.stream.clone(),
+            seq,
+            pts_us,
+            duration_us: self.default_duration_us,
+            layout,
+            surface,
+            copies: 1,
+            meta: FrameMeta {
+                keyframe: pic.is_key(),
+                corrupt,
+                decoded_at: Instant::now(),
+            },
+        }))
+    }
+}
+
+impl VideoDecoder {
+    /// Layout of the decoded picture waiting to be copied out.
+    pub(crate) fn pending_layout(&self) -> Result<FrameLayout, CodecError> {
+        let pic = &self.picture;
+        let format = match pic.format() {
+            ff::format::Pixel::YUV420P | ff::format::Pixel::YUVJ420P => PixelFormat::I420,
+            ff::format::Pixel::NV12 => PixelFormat::Nv12,
+            other => return Err(CodecError::UnsupportedPixelFormat { format: other }),
+        };
+        Ok(FrameLayout::new(
+            format,
+            pic.width() as usize,
+            pic.height() as usize,
+        ))
+    }
+}
+
+/// `ts` in `tb` units → microseconds.
+pub(crate) fn rescale_us(ts: i64, tb: ff::Rational) -> i64 {
+    let (n, d) = (tb.numerator() as i128, tb.denominator() as i128);
+    if d == 0 {
+        return 0;
+    }
+    (ts as i128 * n * 1_000_000 / d) as i64
+}

@@ -1,0 +1,279 @@
+use ffmpeg_next as ff;
+
+use super::{CodecError, is_again};
+use crate::frame::{Frame, FrameLayout, PixelFormat};
+use crate::pixel::{Plane, PlaneMut, copy_plane, nv12_to_i420};
+
+/// Encoder time base: 90 kHz, the MPEG clock, so microsecond timestamps survive rounding.
+pub(crate) const ENCODER_TIME_BASE: ff::Rational = ff::Rational(1, 90_000);
+
+/// How to encode: the knobs an operator sets in the sink's `encoder:` section.
+#[derive(Debug, Clone, PartialEq)]
+pub struct EncoderSettings {
+    /// x264 preset (ultrafast … veryslow); ignored by libopenh264.
+    pub preset: String,
+    /// Target bitrate in kbit/s.
+    pub bitrate_kbps: u32,
+    /// Maximum distance between keyframes, in frames.
+    pub gop_frames: u32,
+    /// Encoder threads; 0 = one per core.
+    pub threads: u32,
+    /// Nominal frame rate (numerator, denominator), used for rate control.
+    pub frame_rate: (i32, i32),
+}
+
+impl Default for EncoderSettings {
+    fn default() -> Self {
+        EncoderSettings {
+            preset: "ultrafast".into(),
+            bitrate_kbps: 4000,
+            gop_frames: 60,
+            threads: 0,
+            frame_rate: (30, 1),
+        }
+    }
+}
+
+/// An H.264 encoder fed from pooled frames.
+pub struct VideoEncoder {
+    enc: ff::encoder::video::Encoder,
+    picture: ff::frame::Video,
+    packet: ff::Packet,
+    codec_name: &'static str,
+    width: usize,
+    height: usize,
+    frames: u64,
+}
+
+impl VideoEncoder {
+    /// Opens libx264 (or libopenh264) for frames of `layout`. `global_header` puts SPS/PPS in
+    /// the codec extradata, as MP4 wants.
+    pub fn open(
+        settings: &EncoderSettings,
+        layout: FrameLayout,
+        global_header: bool,
+    ) -> Result<Self, CodecError> {
+        let (codec, codec_name) = if let Some(c) = ff::encoder::find_by_name("libx264") {
+            (c, "libx264")
+        } else if let Some(c) = ff::encoder::find_by_name("libopenh264") {
+            (c, "libopenh264")
+        } else {
+            return Err(CodecError::NoEncoder);
+        };
+        let open_err = |e| CodecError::Open {
+            codec: codec_name.to_string(),
+            source: e,
+        };
+        let mut ctx = ff::codec::context::Context::new_with_codec(codec);
+        if global_header {
+            ctx.set_flags(ff::codec::Flags::GLOBAL_HEADER);
+        }
+        ctx.set_threading(ff::codec::threading::Config {
+            kind: ff::codec::threading::Type::Frame,
+            count: settings.threads as usize,
+            ..Default::default()
+        });
+        let mut enc = ctx.encoder().video().map_err(open_err)?;
+        enc.set_width(layout.width as u32);
+        enc.set_height(layout.height as u32);
+        enc.set_format(ff::format::Pixel::YUV420P);
+        enc.set_time_base(ENCODER_TIME_BASE);
+        let (n, d) = settings.frame_rate;
+        enc.set_frame_rate(Some(ff::Rational(n.max(1), d.max(1))));
+        enc.set_bit_rate(settings.bitrate_kbps as usize * 1000);
+        enc.set_gop(settings.gop_frames);
+        // No B-frames: packets leave in display order, so a segment can be cut at any
+        // keyframe and live latency stays one frame.
+        enc.set_max_b_frames(0);
+        let mut opts = ff::Dictionary::new();
+        if codec_name == "libx264" {
+            opts.set("preset", &settings.preset);
+            // A forced keyframe (segment boundary) must be an IDR so the segment stands alone.
+            opts.set("forced-idr", "1");
+        }
+        let enc = enc.open_with(opts).map_err(open_err)?;
+        let picture = ff::frame::Video::new(
+            ff::format::Pixel::YUV420P,
+            layout.width as u32,
+            layout.height as u32,
+        );
+        Ok(VideoEncoder {
+            enc,
+            picture,
+            packet: ff::Packet::empty(),
+            codec_name,
+            width: layout.width,
+            height: layout.height,
+            frames: 0,
+        })
+    }
+
+    /// Which libavcodec encoder is in use.
+    pub fn codec_name(&self) -> &'static str {
+        self.codec_name
+    }
+
+    /// Stream parameters (codec, size, SPS/PPS extradata) for a muxer.
+    pub(crate) fn parameters(&self) -> ff::codec::Parameters {
+        ff::codec::Parameters::from(&self.enc.0)
+    }
+
+    /// Width and height the encoder was opened for.
+    pub fn geometry(&self) -> (usize, usize) {
+        (self.width, self.height)
+    }
+
+    /// Encodes `frame` (a keyframe when `force_key`); every packet that comes out is passed to
+    /// `sink` with timestamps in [`ENCODER_TIME_BASE`]. Packets may lag frames by the
+    /// encoder's thread delay.
+    pub fn encode(
+        &mut self,
+        frame: &Frame,
+        force_key: bool,
+        sink: &mut dyn FnMut(&mut ff::Packet) -> Result<(), CodecError>,
+    ) -> Result<(), CodecError> {
+        let l = &frame.layout;
+        if l.width != self.width || l.height != self.height {
+            return Err(CodecError::Geometry {
+                got_w: l.width,
+                got_h: l.height,
+                want_w: self.width,
+                want_h: self.height,
+            });
+        }
+        self.make_picture_writable();
+        self.fill_picture(frame)?;
+        let pts = frame.pts_us * 9 / 100;
+        self.picture.set_pts(Some(pts));
+        self.picture.set_kind(if force_key {
+            ff::picture::Type::I
+        } else {
+            ff::picture::Type::None
+        });
+        let err = |e, codec_name, frame: &Frame| CodecError::Encode {
+            codec: codec_name,
+            stream: frame.stream.to_string(),
+            seq: frame.seq,
+            source: e,
+        };
+        self.enc
+            .send_frame(&self.picture)
+            .map_err(|e| err(e, self.codec_name, frame))?;
+        self.frames += 1;
+        self.drain(sink).map_err(|e| match e {
+            DrainError::Codec(c) => c,
+            DrainError::Av(e) => err(e, self.codec_name, frame),
+        })
+    }
+
+    /// Flushes the encoder at end of stream, passing the remaining packets to `sink`.
+    pub fn finish(
+        &mut self,
+        sink: &mut dyn FnMut(&mut ff::Packet) -> Result<(), CodecError>,
+    ) -> Result<(), CodecError> {
+        let _ = self.enc.send_eof();
+        match self.drain(sink) {
+            Ok(()) => Ok(()),
+            Err(DrainError::Codec(c)) => Err(c),
+            Err(DrainError::Av(e)) => Err(CodecError::Encode {
+                codec: self.codec_name,
+                stream: String::new(),
+                seq: self.frames,
+                source: e,
+            }),
+        }
+    }
+
+    fn drain(
+        &mut self,
+        sink: &mut dyn FnMut(&mut ff::Packet) -> Result<(), CodecError>,
+    ) -> Result<(), DrainError> {
+        loop {
+            match self.enc.receive_packet(&mut self.packet) {
+                Ok(()) => sink(&mut self.packet).map_err(DrainError::Codec)?,
+                Err(ff::Error::Eof) => return Ok(()),
+                Err(e) if is_again(&e) => return Ok(()),
+                Err(e) => return Err(DrainError::Av(e)),
+            }
+        }
+    }
+
+    fn make_picture_writable(&mut self) {
+        // SAFETY: `picture` owns a valid AVFrame allocated by `frame::Video::new`;
+        // av_frame_make_writable only reallocates its buffers when the encoder still holds a
+        // reference to them, which keeps the encoder's copy intact.
+        let rc = unsafe { ff::ffi::av_frame_make_writable(self.picture.as_mut_ptr()) };
+        if rc < 0 {
+            tracing::warn!(
+                rc,
+                "av_frame_make_writable failed; encoding into the shared picture"
+            );
+        }
+    }
+
+    fn fill_picture(&mut self, frame: &Frame) -> Result<(), CodecError> {
+        let l = frame.layout;
+        let (cw, ch) = l.chroma_size();
+        let [sy, s1, s2] = frame.planes();
+        let (ys, us, vs) = (
+            self.picture.stride(0),
+            self.picture.stride(1),
+            self.picture.stride(2),
+        );
+        // SAFETY: the three plane pointers of a YUV420P AVFrame allocated for
+        // width×height point to disjoint buffers of at least stride×rows bytes each; we
+        // build non-overlapping slices of exactly those sizes and the frame outlives them.
+        let (py, pu, pv) = unsafe {
+            let f = &*self.picture.as_ptr();
+            (
+                std::slice::from_raw_parts_mut(f.data[0], ys * l.height),
+                std::slice::from_raw_parts_mut(f.data[1], us * ch),
+                std::slice::from_raw_parts_mut(f.data[2], vs * ch),
+            )
+        };
+        let (oy, ou, ov) = (
+            PlaneMut {
+                data: py,
+                stride: ys,
+            },
+            PlaneMut {
+                data: pu,
+                stride: us,
+            },
+            PlaneMut {
+                data: pv,
+                stride: vs,
+            },
+        );
+        match l.format {
+            PixelFormat::I420 => {
+                copy_plane(sy, oy, l.width, l.height)?;
+                copy_plane(s1, ou, cw, ch)?;
+                copy_plane(s2, ov, cw, ch)?;
+            }
+            PixelFormat::Nv12 => {
+                nv12_to_i420(
+                    Plane {
+                        data: sy.data,
+                        stride: sy.stride,
+                    },
+                    Plane {
+                        data: s1.data,
+                        stride: s1.stride,
+                    },
+                    l.width,
+                    l.height,
+                    oy,
+                    ou,
+                    ov,
+                )?;
+            }
+        }
+        Ok(())
+    }
+}
+
+enum DrainError {
+    Codec(CodecError),
+    Av(ff::Error),
+}

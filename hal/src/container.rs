@@ -1,0 +1,176 @@
+//! Compressed-packet plumbing: file demux through libavformat.
+//!
+//! Only compressed packets pass through here; pixels stay in the HAL's pools. libavformat
+//! handles MP4/MOV, Matroska, MPEG-TS and raw Annex-B H.264/H.265 files alike.
+
+use std::path::{Path, PathBuf};
+
+use ffmpeg_next as ff;
+
+use crate::codec::decode_rescale_us;
+
+/// What a demuxed video stream is.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StreamInfo {
+    /// Codec name (e.g. `h264`, `hevc`).
+    pub codec: String,
+    /// Coded width in pixels.
+    pub width: usize,
+    /// Coded height in pixels.
+    pub height: usize,
+    /// Average frame rate as (numerator, denominator); (0, 1) when the container does not say.
+    pub frame_rate: (i32, i32),
+    /// Stream duration in microseconds, when known.
+    pub duration_us: Option<i64>,
+    /// Number of video frames, when the container records it.
+    pub frames: Option<u64>,
+}
+
+impl StreamInfo {
+    /// Frame duration in microseconds derived from the frame rate (33 333 µs when unknown).
+    pub fn frame_duration_us(&self) -> i64 {
+        let (n, d) = self.frame_rate;
+        if n > 0 && d > 0 {
+            1_000_000 * d as i64 / n as i64
+        } else {
+            33_333
+        }
+    }
+}
+
+/// Errors opening or reading a container; each names the file.
+#[derive(Debug, thiserror::Error)]
+pub enum ContainerError {
+    /// libavformat could not open or probe the file.
+    #[error("cannot open {path}: {source}")]
+    Open {
+        /// The file.
+        path: PathBuf,
+        /// libav's error.
+        source: ff::Error,
+    },
+    /// The file holds no video stream.
+    #[error("{path} has no video stream")]
+    NoVideo {
+        /// The file.
+        path: PathBuf,
+    },
+    /// Reading a packet failed (truncated or corrupt file, I/O error).
+    #[error("reading {path} failed: {source}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// libav's error.
+        source: ff::Error,
+    },
+    /// Seeking back to the start (for looping) failed.
+    #[error("cannot rewind {path}: {source}")]
+    Seek {
+        /// The file.
+        path: PathBuf,
+        /// libav's error.
+        source: ff::Error,
+    },
+}
+
+/// Reads the packets of the best video stream of a file.
+pub struct FileDemuxer {
+    ictx: ff::format::context::Input,
+    path: PathBuf,
+    index: usize,
+    time_base: ff::Rational,
+    info: StreamInfo,
+}
+
+impl FileDemuxer {
+    /// Opens `path` and selects its best video stream.
+    pub fn open(path: &Path) -> Result<Self, ContainerError> {
+        crate::init();
+        let ictx = ff::format::input(path).map_err(|e| ContainerError::Open {
+            path: path.to_path_buf(),
+            source: e,
+        })?;
+        let st =
+            ictx.streams()
+                .best(ff::media::Type::Video)
+                .ok_or_else(|| ContainerError::NoVideo {
+                    path: path.to_path_buf(),
+                })?;
+        let params = st.parameters();
+        // SAFETY: `params` wraps the stream's live AVCodecParameters, valid while `ictx` is.
+        let (w, h) = unsafe {
+            let p = &*params.as_ptr();
+            (p.width.max(0) as usize, p.height.max(0) as usize)
+        };
+        let rate = st.avg_frame_rate();
+        let time_base = st.time_base();
+        let duration = st.duration();
+        let frames = st.frames();
+        let info = StreamInfo {
+            codec: params.id().name().to_string(),
+            width: w,
+            height: h,
+            frame_rate: (rate.numerator(), rate.denominator().max(1)),
+            duration_us: (duration > 0).then(|| decode_rescale_us(duration, time_base)),
+            frames: (frames > 0).then_some(frames as u64),
+        };
+        let index = st.index();
+        Ok(FileDemuxer {
+            ictx,
+            path: path.to_path_buf(),
+            index,
+            time_base,
+            info,
+        })
+    }
+
+    /// The selected stream.
+    pub fn info(&self) -> &StreamInfo {
+        &self.info
+    }
+
+    /// The file.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    pub(crate) fn time_base(&self) -> ff::Rational {
+        self.time_base
+    }
+
+    pub(crate) fn parameters(&self) -> ff::codec::Parameters {
+        self.ictx
+            .stream(self.index)
+            .map(|s| s.parameters())
+            .unwrap_or_default()
+    }
+
+    /// Next packet of the video stream into `pkt`; `Ok(false)` at end of file.
+    pub(crate) fn read(&mut self, pkt: &mut ff::Packet) -> Result<bool, ContainerError> {
+        loop {
+            *pkt = ff::Packet::empty();
+            match pkt.read(&mut self.ictx) {
+                Ok(()) if pkt.stream() == self.index => return Ok(true),
+                Ok(()) => continue,
+                Err(ff::Error::Eof) => return Ok(false),
+                Err(e) => {
+                    return Err(ContainerError::Read {
+                        path: self.path.clone(),
+                        source: e,
+                    });
+                }
+            }
+        }
+    }
+
+    /// Seeks back to the first keyframe.
+    pub(crate) fn rewind(&mut self) -> Result<(), ContainerError> {
+        self.ictx
+            .seek(i64::MIN + 1, ..)
+            .or_else(|_| self.ictx.seek(0, ..))
+            .map_err(|e| ContainerError::Seek {
+                path: self.path.clone(),
+                source: e,
+            })
+    }
+}

@@ -1,0 +1,268 @@
+//! The one frame type that flows through every pipeline.
+//!
+//! A [`Frame`] is a pooled surface plus the facts needed to interpret it (layout, stream,
+//! timestamps) and a small typed metadata bag that stages fill in. Nothing here allocates
+//! per frame: the surface comes from a [`crate::SurfacePool`] and the stream id is a shared
+//! `Arc<str>`.
+
+use std::fmt;
+use std::sync::Arc;
+use std::time::Instant;
+
+use crate::pixel::{Plane, PlaneMut};
+use crate::pool::PooledSurface;
+
+/// Row alignment of every plane we allocate: keeps rows on cache-line and SIMD boundaries.
+pub const STRIDE_ALIGN: usize = 64;
+
+/// Pixel layouts a surface can hold.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum PixelFormat {
+    /// Planar 4:2:0: Y plane, then U, then V (what libavcodec's H.264 decoder and x264 use).
+    I420,
+    /// Semi-planar 4:2:0: Y plane, then interleaved UV (what NVDEC and Jetson's NVMM use).
+    Nv12,
+}
+
+impl fmt::Display for PixelFormat {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            PixelFormat::I420 => "i420",
+            PixelFormat::Nv12 => "nv12",
+        })
+    }
+}
+
+/// Geometry of a surface: where each plane starts and how long its rows are.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FrameLayout {
+    /// Pixel format.
+    pub format: PixelFormat,
+    /// Visible width in pixels.
+    pub width: usize,
+    /// Visible height in pixels.
+    pub height: usize,
+    /// Bytes per row of each plane (unused planes are 0).
+    pub strides: [usize; 3],
+    /// Byte offset of each plane in the surface.
+    pub offsets: [usize; 3],
+    /// Total bytes of the surface.
+    pub size: usize,
+}
+
+const fn align(v: usize, a: usize) -> usize {
+    v.div_ceil(a) * a
+}
+
+impl FrameLayout {
+    /// The layout this HAL uses for a `width`×`height` frame of `format` (rows 64-byte aligned).
+    pub fn new(format: PixelFormat, width: usize, height: usize) -> Self {
+        let cw = width.div_ceil(2);
+        let ch = height.div_ceil(2);
+        let ys = align(width, STRIDE_ALIGN);
+        let y_size = ys * height;
+        match format {
+            PixelFormat::I420 => {
+                let cs = align(cw, STRIDE_ALIGN);
+                FrameLayout {
+                    format,
+                    width,
+                    height,
+                    strides: [ys, cs, cs],
+                    offsets: [0, y_size, y_size + cs * ch],
+                    size: y_size + 2 * cs * ch,
+                }
+            }
+            PixelFormat::Nv12 => {
+                let cs = align(cw * 2, STRIDE_ALIGN);
+                FrameLayout {
+                    format,
+                    width,
+                    height,
+                    strides: [ys, cs, 0],
+                    offsets: [0, y_size, 0],
+                    size: y_size + cs * ch,
+                }
+            }
+        }
+    }
+
+    /// Width and height of the chroma planes, in chroma samples.
+    pub fn chroma_size(&self) -> (usize, usize) {
+        (self.width.div_ceil(2), self.height.div_ceil(2))
+    }
+
+    /// Number of planes.
+    pub fn planes(&self) -> usize {
+        match self.format {
+            PixelFormat::I420 => 3,
+            PixelFormat::Nv12 => 2,
+        }
+    }
+
+    /// Byte length of plane `i`.
+    pub fn plane_len(&self, i: usize) -> usize {
+        let rows = if i == 0 {
+            self.height
+        } else {
+            self.chroma_size().1
+        };
+        self.strides[i] * rows
+    }
+}
+
+/// Identifies one camera / input stream on the device. Cloning is a reference-count bump.
+#[derive(Clone, PartialEq, Eq, Hash)]
+pub struct StreamId(Arc<str>);
+
+impl StreamId {
+    /// A stream id from its configured name.
+    pub fn new(id: &str) -> Self {
+        StreamId(Arc::from(id))
+    }
+    /// The configured name.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for StreamId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl fmt::Debug for StreamId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "StreamId({})", &*self.0)
+    }
+}
+
+/// Per-frame metadata that stages read and write. Small and `Copy`-friendly on purpose; the
+/// inference stages of later issues add typed fields (detections, masks, verdicts).
+#[derive(Debug, Clone, Copy)]
+pub struct FrameMeta {
+    /// The compressed picture this frame came from was a keyframe.
+    pub keyframe: bool,
+    /// The decoder flagged this picture as damaged (concealed errors).
+    pub corrupt: bool,
+    /// When the frame left the decoder (for end-to-end latency).
+    pub decoded_at: Instant,
+}
+
+/// One video frame in a pooled surface.
+pub struct Frame {
+    /// Which stream it belongs to.
+    pub stream: StreamId,
+    /// Sequence number within the stream, from 0, without gaps in what the source emitted.
+    pub seq: u64,
+    /// Presentation timestamp in microseconds on the stream's timeline (monotonic per stream,
+    /// also across file loops).
+    pub pts_us: i64,
+    /// Nominal duration in microseconds.
+    pub duration_us: i64,
+    /// Geometry of `surface`.
+    pub layout: FrameLayout,
+    /// The pixels.
+    pub surface: PooledSurface,
+    /// Number of times the pixels were copied since the source produced them (decoder picture →
+    /// surface counts as one). Reported as the `copies per frame` metric.
+    pub copies: u32,
+    /// Stage metadata.
+    pub meta: FrameMeta,
+}
+
+impl Frame {
+    /// Read-only views of the planes (unused planes are empty).
+    pub fn planes(&self) -> [Plane<'_>; 3] {
+        let l = &self.layout;
+        let data: &[u8] = &self.surface;
+        std::array::from_fn(|i| {
+            if i < l.planes() {
+                Plane {
+                    data: &data[l.offsets[i]..l.offsets[i] + l.plane_len(i)],
+                    stride: l.strides[i],
+                }
+            } else {
+                Plane {
+                    data: &[],
+                    stride: 0,
+                }
+            }
+        })
+    }
+
+    /// Mutable views of the planes (unused planes are empty).
+    pub fn planes_mut(&mut self) -> [PlaneMut<'_>; 3] {
+        let l = self.layout;
+        let data: &mut [u8] = &mut self.surface;
+        let (y, rest) = data.split_at_mut(l.offsets[1]);
+        let y = PlaneMut {
+            data: &mut y[..l.plane_len(0)],
+            stride: l.strides[0],
+        };
+        match l.format {
+            PixelFormat::I420 => {
+                let (u, v) = rest.split_at_mut(l.offsets[2] - l.offsets[1]);
+                [
+                    y,
+                    PlaneMut {
+                        data: &mut u[..l.plane_len(1)],
+                        stride: l.strides[1],
+                    },
+                    PlaneMut {
+                        data: &mut v[..l.plane_len(2)],
+                        stride: l.strides[2],
+                    },
+                ]
+            }
+            PixelFormat::Nv12 => [
+                y,
+                PlaneMut {
+                    data: &mut rest[..l.plane_len(1)],
+                    stride: l.strides[1],
+                },
+                PlaneMut {
+                    data: &mut [],
+                    stride: 0,
+                },
+            ],
+        }
+    }
+}
+
+impl fmt::Debug for Frame {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Frame")
+            .field("stream", &self.stream)
+            .field("seq", &self.seq)
+            .field("pts_us", &self.pts_us)
+            .field("layout", &self.layout)
+            .finish_non_exhaustive()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn i420_layout_is_aligned_and_disjoint() {
+        let l = FrameLayout::new(PixelFormat::I420, 1280, 720);
+        assert_eq!(l.strides, [1280, 640, 640]);
+        assert_eq!(l.offsets, [0, 1280 * 720, 1280 * 720 + 640 * 360]);
+        assert_eq!(l.size, 1280 * 720 * 3 / 2);
+        let odd = FrameLayout::new(PixelFormat::I420, 101, 51);
+        assert_eq!(odd.strides[0], 128);
+        assert_eq!(odd.chroma_size(), (51, 26));
+        assert_eq!(odd.offsets[2] + odd.plane_len(2), odd.size);
+    }
+
+    #[test]
+    fn nv12_layout_interleaves_chroma() {
+        let l = FrameLayout::new(PixelFormat::Nv12, 1920, 1080);
+        assert_eq!(l.strides[1], 1920);
+        assert_eq!(l.size, 1920 * 1080 * 3 / 2);
+        assert_eq!(l.planes(), 2);
+    }
+}

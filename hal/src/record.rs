@@ -1,0 +1,574 @@
+//! The recording sink: H.264 in fragmented MP4, cut into segments by duration, old segments
+//! deleted to stay inside a disk budget.
+//!
+//! Each segment is a self-contained fragmented MP4 (`empty_moov` + one `moof`/`mdat` per
+//! GOP) that starts with an IDR frame at timestamp 0, so any segment plays on its own. A
+//! segment is written as `NAME.mp4.part` and renamed to `NAME.mp4` when it is closed; after a
+//! crash, [`DiskBudget::open`] renames the left-over `.part` files, which play up to their
+//! last complete fragment. Segments are cut on forced keyframes, so their length is exact to a
+//! frame whatever the encoder's GOP.
+
+use std::collections::VecDeque;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use ffmpeg_next as ff;
+
+use crate::codec::{CodecError, EncoderSettings, VideoEncoder};
+use crate::frame::{Frame, StreamId};
+
+/// `movflags` for self-contained fragmented MP4 segments.
+const MOVFLAGS: &str = "frag_keyframe+empty_moov+default_base_moof";
+const PART_SUFFIX: &str = ".part";
+
+/// Errors of the recorder; each names the file or stream.
+#[derive(Debug, thiserror::Error)]
+pub enum RecordError {
+    /// The encoder failed.
+    #[error(transparent)]
+    Codec(#[from] CodecError),
+    /// libavformat could not create or write a segment.
+    #[error("writing segment {path}: {source}")]
+    Mux {
+        /// The segment file.
+        path: PathBuf,
+        /// libav's error.
+        source: ff::Error,
+    },
+    /// Filesystem error (creating the directory, renaming, deleting).
+    #[error("{what} {path}: {source}")]
+    Io {
+        /// What we were doing.
+        what: &'static str,
+        /// The path.
+        path: PathBuf,
+        /// The OS error.
+        source: std::io::Error,
+    },
+}
+
+/// Recorder configuration for one stream.
+#[derive(Debug, Clone)]
+pub struct RecorderSettings {
+    /// Root directory of the sink; each stream writes into `dir/<stream>/`.
+    pub dir: PathBuf,
+    /// Stream being recorded.
+    pub stream: StreamId,
+    /// Target segment length.
+    pub segment: Duration,
+    /// Encoder knobs.
+    pub encoder: EncoderSettings,
+}
+
+/// What a recorder has done.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct RecorderStats {
+    /// Frames encoded.
+    pub frames: u64,
+    /// Segments completed (renamed from `.part`).
+    pub segments: u64,
+    /// Bytes of compressed video written.
+    pub bytes: u64,
+}
+
+#[derive(Debug)]
+struct Segment {
+    path: PathBuf,
+    bytes: u64,
+}
+
+#[derive(Debug)]
+struct Ledger {
+    budget: u64,
+    used: u64,
+    /// Completed segments, oldest first.
+    segments: VecDeque<Segment>,
+    deleted: u64,
+}
+
+/// The disk budget of one recording sink, shared by all its streams: completed segments are
+/// listed oldest first and the oldest are deleted whenever the total exceeds the budget (the
+/// newest segment is always kept).
+#[derive(Debug, Clone)]
+pub struct DiskBudget {
+    dir: PathBuf,
+    ledger: Arc<Mutex<Ledger>>,
+}
+
+impl DiskBudget {
+    /// Takes over `dir` (created if missing): finalises `.part` files left by a crash and
+    /// counts the segments already there against `budget_bytes`.
+    pub fn open(dir: &Path, budget_bytes: u64) -> Result<Self, RecordError> {
+        let io = |what, path: &Path| {
+            let path = path.to_path_buf();
+            move |source| RecordError::Io { what, path, source }
+        };
+        std::fs::create_dir_all(dir).map_err(io("creating", dir))?;
+        let mut found = Vec::new();
+        for stream_dir in std::fs::read_dir(dir).map_err(io("listing", dir))? {
+            let stream_dir = stream_dir.map_err(io("listing", dir))?.path();
+            if !stream_dir.is_dir() {
+                continue;
+            }
+            for entry in std::fs::read_dir(&stream_dir).map_err(io("listing", &stream_dir))? {
+                let mut path = entry.map_err(io("listing", &stream_dir))?.path();
+                let name = path.to_string_lossy().into_owned();
+                if let Some(stem) = name.strip_suffix(PART_SUFFIX) {
+                    let done = PathBuf::from(stem);
+                    std::fs::rename(&path, &done).map_err(io("recovering", &path))?;
+                    tracing::warn!(segment = %done.display(), "recovered segment left open by a crash");
+                    path = done;
+                } else if !name.ends_with(".mp4") {
+                    continue;
+                }
+                let meta = std::fs::metadata(&path).map_err(io("reading", &path))?;
+                let mtime = meta.modified().unwrap_or(UNIX_EPOCH);
+                found.push((mtime, path, meta.len()));
+            }
+        }
+        found.sort();
+        let used = found.iter().map(|f| f.2).sum();
+        let ledger = Ledger {
+            budget: budget_bytes,
+            used,
+            segments: found
+                .into_iter()
+                .map(|(_, path, bytes)| Segment { path, bytes })
+                .collect(),
+            deleted: 0,
+        };
+        let b = DiskBudget {
+            dir: dir.to_path_buf(),
+            ledger: Arc::new(Mutex::new(ledger)),
+        };
+        b.enforce();
+        Ok(b)
+    }
+
+    /// Root directory.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// Bytes of completed segments on disk, and how many segments were deleted for space.
+    pub fn usage(&self) -> (u64, u64) {
+        let l = self.lock();
+        (l.used, l.deleted)
+    }
+
+    /// Completed segments, oldest first.
+    pub fn segments(&self) -> Vec<PathBuf> {
+        self.lock()
+            .segments
+            .iter()
+            .map(|s| s.path.clone())
+            .collect()
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Ledger> {
+        self.ledger.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn add(&self, path: PathBuf, bytes: u64) {
+        {
+            let mut l = self.lock();
+            l.used += bytes;
+            l.segments.push_back(Segment { path, bytes });
+        }
+        self.enforce();
+    }
+
+    fn enforce(&self) {
+        let mut l = self.lock();
+        while l.used > l.budget && l.segments.len() > 1 {
+            let Some(old) = l.segments.pop_front() else {
+                break;
+            };
+            l.used -= old.bytes;
+            match std::fs::remove_file(&old.path) {
+                Ok(()) => {
+                    l.deleted += 1;
+                    tracing::debug!(segment = %old.path.display(), "deleted for disk budget");
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => {
+                    tracing::warn!(segment = %old.path.display(), error = %e,
+                        "cannot delete segment for disk budget");
+                }
+            }
+        }
+    }
+}
+
+struct SegmentWriter {
+    octx: ff::format::context::Output,
+    part: PathBuf,
+    done: PathBuf,
+    time_base: ff::Rational,
+    first_pts: i64,
+    bytes: u64,
+}
+
+impl SegmentWriter {
+    fn create(
+        dir: &Path,
+        stream: &StreamId,
+        index: u64,
+        params: &ff::codec::Parameters,
+    ) -> Result<Self, RecordError> {
+        let stream_dir = dir.join(stream.as_str());
+        std::fs::create_dir_all(&stream_dir).map_err(|source| RecordError::Io {
+            what: "creating",
+            path: stream_dir.clone(),
+            source,
+        })?;
+        let name = format!("{}-{}-{index:06}.mp4", stream, utc_stamp(SystemTime::now()));
+        let done = stream_dir.join(name);
+        let part = PathBuf::from(format!("{}{PART_SUFFIX}", done.display()));
+        Self::create_at(part, done, params, MOVFLAGS)
+    }
+
+    /// An MP4 written to `part` and renamed to `done` when closed.
+    fn create_at(
+        part: PathBuf,
+        done: PathBuf,
+        params: &ff::codec::Parameters,
+        movflags: &str,
+    ) -> Result<Self, RecordError> {
+        let mux = |source| RecordError::Mux {
+            path: part.clone(),
+            source,
+        };
+        let mut octx = ff::format::output_as(&part, "mp4").map_err(mux)?;
+        {
+            let mut ost = octx
+                .add_stream(ff::encoder::find(ff::codec::Id::H264))
+                .map_err(mux)?;
+            ost.set_parameters(params.clone());
+            ost.set_time_base(crate::codec::ENCODER_TIME_BASE);
+        }
+        let mut opts = ff::Dictionary::new();
+        opts.set("movflags", movflags);
+        octx.write_header_with(opts).map_err(mux)?;
+        let time_base = octx
+            .stream(0)
+            .map(|s| s.time_base())
+            .unwrap_or(crate::codec::ENCODER_TIME_BASE);
+        Ok(SegmentWriter {
+            octx,
+            part,
+            done,
+            time_base,
+            first_pts: 0,
+            bytes: 0,
+        })
+    }
+
+    fn write(&mut self, pkt: &mut ff::Packet) -> Result<(), RecordError> {
+        let shift = |t: Option<i64>| t.map(|t| t - self.first_pts);
+        pkt.set_pts(shift(pkt.pts()));
+        pkt.set_dts(shift(pkt.dts()));
+        pkt.rescale_ts(crate::codec::ENCODER_TIME_BASE, self.time_base);
+        pkt.set_stream(0);
+        self.bytes += pkt.size() as u64;
+        pkt.write_interleaved(&mut self.octx)
+            .map_err(|source| RecordError::Mux {
+                path: self.part.clone(),
+                source,
+            })
+    }
+
+    fn close(mut self) -> Result<(PathBuf, u64), RecordError> {
+        self.octx
+            .write_trailer()
+            .map_err(|source| RecordError::Mux {
+                path: self.part.clone(),
+                source,
+            })?;
+        drop(self.octx);
+        std::fs::rename(&self.part, &self.done).map_err(|source| RecordError::Io {
+            what: "finalising",
+            path: self.part.clone(),
+            source,
+        })?;
+        let bytes = std::fs::metadata(&self.done)
+            .map(|m| m.len())
+            .unwrap_or(self.bytes);
+        Ok((self.done, bytes))
+    }
+}
+
+/// Encodes one stream's frames into segmented fragmented MP4.
+pub struct SegmentRecorder {
+    settings: RecorderSettings,
+    budget: DiskBudget,
+    encoder: Option<VideoEncoder>,
+    /// Stream parameters (SPS/PPS extradata) of the open encoder, for each new segment.
+    params: Option<ff::codec::Parameters>,
+    writer: Option<SegmentWriter>,
+    next_index: u64,
+    /// Frame timestamp (µs) at which the next segment starts; the frame there is forced to IDR.
+    next_cut_us: Option<i64>,
+    stats: RecorderStats,
+}
+
+impl SegmentRecorder {
+    /// A recorder writing into `settings.dir/<stream>/`, accounted against `budget`.
+    pub fn new(settings: RecorderSettings, budget: DiskBudget) -> Self {
+        SegmentRecorder {
+            settings,
+            budget,
+            encoder: None,
+            params: None,
+            writer: None,
+            next_index: 0,
+            next_cut_us: None,
+            stats: RecorderStats::default(),
+        }
+    }
+
+    /// Counters so far.
+    pub fn stats(&self) -> RecorderStats {
+        self.stats
+    }
+
+    /// Name of the encoder in use, once the first frame opened it.
+    pub fn encoder_name(&self) -> Option<&'static str> {
+        self.encoder.as_ref().map(|e| e.codec_name())
+    }
+
+    /// Encodes and writes one frame (the encoder's picture is filled by one copy).
+    pub fn push(&mut self, frame: &Frame) -> Result<(), RecordError> {
+        let reopen = self.encoder.as_ref().map(|e| e.geometry())
+            != Some((frame.layout.width, frame.layout.height));
+        if reopen {
+            // First frame, or the stream changed resolution: close what is open and start a
+            // new encoder and segment.
+            self.finish()?;
+            let enc = VideoEncoder::open(&self.settings.encoder, frame.layout, true)?;
+            self.params = Some(enc.parameters());
+            self.encoder = Some(enc);
+            self.next_cut_us = None;
+        }
+        let seg_us = self.settings.segment.as_micros() as i64;
+        let force_key = match self.next_cut_us {
+            None => {
+                self.next_cut_us = Some(frame.pts_us + seg_us);
+                true
+            }
+            Some(cut) if frame.pts_us >= cut => {
+                self.next_cut_us = Some(frame.pts_us + seg_us);
+                true
+            }
+            Some(_) => false,
+        };
+        let Some(enc) = self.encoder.as_mut() else {
+            return Ok(());
+        };
+        let mut route = PacketRouter {
+            settings: &self.settings,
+            budget: &self.budget,
+            params: self.params.as_ref(),
+            writer: &mut self.writer,
+            next_index: &mut self.next_index,
+            stats: &mut self.stats,
+            failure: None,
+        };
+        enc.encode(frame, force_key, &mut |pkt| {
+            route.route(pkt);
+            Ok(())
+        })?;
+        let failure = route.failure.take();
+        self.stats.frames += 1;
+        failure.map_or(Ok(()), Err)
+    }
+
+    /// Flushes the encoder and closes the open segment (on shutdown or before a reopen).
+    pub fn finish(&mut self) -> Result<(), RecordError> {
+        if let Some(mut enc) = self.encoder.take() {
+            let mut route = PacketRouter {
+                settings: &self.settings,
+                budget: &self.budget,
+                params: self.params.as_ref(),
+                writer: &mut self.writer,
+                next_index: &mut self.next_index,
+                stats: &mut self.stats,
+                failure: None,
+            };
+            enc.finish(&mut |pkt| {
+                route.route(pkt);
+                Ok(())
+            })?;
+            if let Some(e) = route.failure.take() {
+                return Err(e);
+            }
+        }
+        if let Some(w) = self.writer.take() {
+            let (path, bytes) = w.close()?;
+            self.stats.segments += 1;
+            self.budget.add(path, bytes);
+        }
+        Ok(())
+    }
+}
+
+/// Where the encoder's packets go: into the open segment, or a new one at a cut.
+struct PacketRouter<'a> {
+    settings: &'a RecorderSettings,
+    budget: &'a DiskBudget,
+    params: Option<&'a ff::codec::Parameters>,
+    writer: &'a mut Option<SegmentWriter>,
+    next_index: &'a mut u64,
+    stats: &'a mut RecorderStats,
+    /// First error; later packets are dropped until the caller sees it.
+    failure: Option<RecordError>,
+}
+
+impl PacketRouter<'_> {
+    fn route(&mut self, pkt: &mut ff::Packet) {
+        if self.failure.is_none() {
+            if let Err(e) = self.try_route(pkt) {
+                self.failure = Some(e);
+            }
+        }
+    }
+
+    /// Starts a new segment at a keyframe past the cut point, then writes the packet.
+    fn try_route(&mut self, pkt: &mut ff::Packet) -> Result<(), RecordError> {
+        let seg_ticks = self.settings.segment.as_micros() as i64 * 9 / 100;
+        // Half a frame of slack so a forced keyframe exactly at the cut always cuts.
+        let slack = 1_500;
+        let pts = pkt.pts().unwrap_or(0);
+        let cut = match &*self.writer {
+            None => pkt.is_key(),
+            Some(w) => pkt.is_key() && pts - w.first_pts + slack >= seg_ticks,
+        };
+        if cut {
+            if let Some(w) = self.writer.take() {
+                let (path, bytes) = w.close()?;
+                self.stats.segments += 1;
+                self.budget.add(path, bytes);
+            }
+            let Some(params) = self.params else {
+                return Ok(());
+            };
+            let s = self.settings;
+            let mut w = SegmentWriter::create(&s.dir, &s.stream, *self.next_index, params)?;
+            *self.next_index += 1;
+            w.first_pts = pts;
+            *self.writer = Some(w);
+        }
+        match self.writer.as_mut() {
+            Some(w) => {
+                self.stats.bytes += pkt.size() as u64;
+                w.write(pkt)
+            }
+            // A non-key packet before the first keyframe cannot start a segment; x264 always
+            // begins with one, so this is only reachable with a broken encoder.
+            None => Ok(()),
+        }
+    }
+}
+
+/// Encodes frames into one ordinary (progressive, `faststart`) MP4 file: sample clips and
+/// exports, where one file that any player opens is wanted rather than live segments.
+pub struct ClipWriter {
+    encoder: VideoEncoder,
+    writer: SegmentWriter,
+    frames: u64,
+}
+
+impl ClipWriter {
+    /// Creates `path` for frames of `layout`.
+    pub fn create(
+        path: &Path,
+        settings: &EncoderSettings,
+        layout: crate::frame::FrameLayout,
+    ) -> Result<Self, RecordError> {
+        let encoder = VideoEncoder::open(settings, layout, true)?;
+        let part = PathBuf::from(format!("{}{PART_SUFFIX}", path.display()));
+        let writer = SegmentWriter::create_at(
+            part,
+            path.to_path_buf(),
+            &encoder.parameters(),
+            "+faststart",
+        )?;
+        Ok(ClipWriter {
+            encoder,
+            writer,
+            frames: 0,
+        })
+    }
+
+    /// Encodes and writes one frame.
+    pub fn push(&mut self, frame: &Frame) -> Result<(), RecordError> {
+        let force_key = self.frames == 0;
+        self.frames += 1;
+        let w = &mut self.writer;
+        let mut failure = None;
+        self.encoder.encode(frame, force_key, &mut |pkt| {
+            if failure.is_none() {
+                failure = w.write(pkt).err();
+            }
+            Ok(())
+        })?;
+        failure.map_or(Ok(()), Err)
+    }
+
+    /// Flushes the encoder and closes the file; returns its size in bytes.
+    pub fn finish(mut self) -> Result<u64, RecordError> {
+        let w = &mut self.writer;
+        let mut failure = None;
+        self.encoder.finish(&mut |pkt| {
+            if failure.is_none() {
+                failure = w.write(pkt).err();
+            }
+            Ok(())
+        })?;
+        if let Some(e) = failure {
+            return Err(e);
+        }
+        Ok(self.writer.close()?.1)
+    }
+}
+
+/// Civil UTC date (y, m, d) and time (h, m, s) of a Unix time, without a date crate
+/// (Howard Hinnant's `civil_from_days`).
+pub(crate) fn civil_utc(secs: i64) -> ((i64, i64, i64), (i64, i64, i64)) {
+    let (days, rem) = (secs.div_euclid(86_400), secs.rem_euclid(86_400));
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1_460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    ((y, m, d), (rem / 3600, rem % 3600 / 60, rem % 60))
+}
+
+/// `20261126T152233Z`: UTC, for file names that sort by time.
+fn utc_stamp(t: SystemTime) -> String {
+    let secs = t
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0) as i64;
+    let ((y, m, d), (hh, mm, ss)) = civil_utc(secs);
+    format!("{y:04}{m:02}{d:02}T{hh:02}{mm:02}{ss:02}Z")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn utc_stamp_formats_known_instants() {
+        assert_eq!(utc_stamp(UNIX_EPOCH), "19700101T000000Z");
+        let t = UNIX_EPOCH + Duration::from_secs(1_795_706_553); // 2026-11-26T15:22:33Z
+        assert_eq!(utc_stamp(t), "20261126T152233Z");
+        let leap = UNIX_EPOCH + Duration::from_secs(951_782_400); // 2000-02-29
+        assert_eq!(utc_stamp(leap), "20000229T000000Z");
+    }
+}

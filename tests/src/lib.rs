@@ -1,0 +1,1 @@
+//! Cross-crate test helpers (see tests/tests/ for the tests themselves).
