@@ -1,1 +1,16 @@
-//! Aegis agent library.
+//! The Aegis Edge agent: runtime wiring for the `aegis` binary.
+//!
+//! The agent owns no codec, pixel or crypto logic: it reads the config (`aegis-config`),
+//! builds the pipeline from HAL pieces (`aegis-hal`), runs it on threads, exports metrics
+//! and serves the local HTTP endpoints. See `docs/architecture.md`.
+
+pub mod alloc;
+pub mod bench;
+pub mod cli;
+pub mod logging;
+pub mod metrics;
+pub mod pipeline;
+pub mod process;
+pub mod runtime;
+pub mod sample;
+pub mod server;

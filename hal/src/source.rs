@@ -58,7 +58,8 @@ pub struct SourceStats {
     pub decode: DecodeStats,
     /// Packets that could not be read from the file.
     pub read_errors: u64,
-    /// The file ended in the middle of data (read errors ended it).
+    /// The file ended in the middle of data: read errors ended it, its last packet was cut
+    /// short, or it held fewer packets than its index promised.
     pub truncated: bool,
     /// Times the file was restarted.
     pub loops: u64,
@@ -80,6 +81,11 @@ pub struct FileSource {
     frames_this_loop: u64,
     clock: Option<(Instant, i64)>,
     consecutive_read_errors: u32,
+    /// Video packets read in this pass over the file, and whether the last one was cut short
+    /// (libavformat flags a packet it could only partly read as corrupt): together they tell
+    /// a truncated file from a complete one, since libavformat reports both ends as EOF.
+    packets_this_loop: u64,
+    last_packet_partial: bool,
     stats: SourceStats,
 }
 
@@ -115,6 +121,8 @@ impl FileSource {
             frames_this_loop: 0,
             clock: None,
             consecutive_read_errors: 0,
+            packets_this_loop: 0,
+            last_packet_partial: false,
             stats: SourceStats::default(),
         })
     }
@@ -122,6 +130,11 @@ impl FileSource {
     /// The stream being decoded.
     pub fn info(&self) -> &StreamInfo {
         self.demux.info()
+    }
+
+    /// The stream id stamped on this source's frames.
+    pub fn stream_id(&self) -> &StreamId {
+        &self.settings.stream
     }
 
     /// This stream's surface pool (for metrics, and to close it on shutdown).
@@ -163,9 +176,20 @@ impl FileSource {
             match self.demux.read(&mut self.packet) {
                 Ok(true) => {
                     self.consecutive_read_errors = 0;
+                    self.packets_this_loop += 1;
+                    self.last_packet_partial = self.packet.is_corrupt();
                     self.decoder.send(&self.packet);
                 }
                 Ok(false) => {
+                    // A file cut short (copy interrupted, disk full, crash) reads as a plain
+                    // EOF: detect it by a partial last packet or fewer packets than the
+                    // container's index promised.
+                    let promised = self.demux.info().frames;
+                    if self.last_packet_partial
+                        || promised.is_some_and(|n| self.packets_this_loop < n)
+                    {
+                        self.stats.truncated = true;
+                    }
                     self.decoder.send_eof();
                     self.eof_sent = true;
                 }
@@ -227,6 +251,8 @@ impl FileSource {
         self.pts_offset_us = self.last_pts_us + self.demux.info().frame_duration_us() - first;
         self.eof_sent = false;
         self.frames_this_loop = 0;
+        self.packets_this_loop = 0;
+        self.last_packet_partial = false;
         self.stats.loops += 1;
         Ok(())
     }

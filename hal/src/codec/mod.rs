@@ -77,6 +77,14 @@ pub enum CodecError {
     Pixel(#[from] crate::pixel::PixelError),
 }
 
+/// The H.264 encoder libavcodec offers (`libx264`, else `libopenh264`), if any.
+pub fn h264_encoder_name() -> Option<&'static str> {
+    crate::init();
+    ["libx264", "libopenh264"]
+        .into_iter()
+        .find(|n| ffmpeg_next::encoder::find_by_name(n).is_some())
+}
+
 pub(crate) fn is_again(e: &ffmpeg_next::Error) -> bool {
     matches!(e, ffmpeg_next::Error::Other { errno } if *errno == ffmpeg_next::util::error::EAGAIN)
 }

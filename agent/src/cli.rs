@@ -1,0 +1,503 @@
+//! The `aegis` command line.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use aegis_config::{AgentConfig, ConfigError, LogFormat};
+use anyhow::Context;
+use clap::{Parser, Subcommand, ValueEnum};
+
+use crate::bench::{BenchOptions, bench_clip};
+use crate::metrics::Metrics;
+use crate::pipeline::RunOptions;
+use crate::runtime::{RunRequest, RunSummary, run, select_backend};
+use crate::sample::{SampleSpec, generate};
+
+/// Exit code for invalid configuration or usage.
+pub const EXIT_INVALID: u8 = 2;
+
+/// The demo's configuration, shipped inside the binary.
+pub const DEMO_CONFIG: &str = include_str!("../../config/examples/demo.yaml");
+/// Where the demo and the benches keep generated clips.
+pub const SAMPLES_DIR: &str = ".samples";
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "aegis",
+    version,
+    about = "Aegis Edge: video analytics agent for NVIDIA Jetson Orin"
+)]
+struct Cli {
+    /// Log format (default: the config's `log.format`, else human; journald under systemd).
+    #[arg(long, global = true, value_enum)]
+    log_format: Option<LogFormatArg>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Copy, Clone, Debug, ValueEnum)]
+enum LogFormatArg {
+    Human,
+    Json,
+    Journald,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Run the agent with a config file until its input ends or SIGTERM.
+    Run {
+        /// The config file (YAML).
+        #[arg(long, short)]
+        config: PathBuf,
+        /// Serve /metrics and /healthz here instead of `web.listen`.
+        #[arg(long)]
+        listen: Option<SocketAddr>,
+        /// Pace every source at its frame rate (default: each source's `realtime`).
+        #[arg(long)]
+        realtime: bool,
+    },
+    /// Generate the sample clip if needed and play it through the demo pipeline.
+    Demo {
+        /// Decode as fast as possible instead of at the clip's frame rate.
+        #[arg(long)]
+        fast: bool,
+        /// Keep serving /metrics after the clip ends, until Ctrl-C.
+        #[arg(long)]
+        serve: bool,
+        /// Serve /metrics here instead of the demo config's 127.0.0.1:8080.
+        #[arg(long)]
+        listen: Option<SocketAddr>,
+    },
+    /// Validate config files; prints every problem, exits 2 if any file is invalid.
+    CheckConfig {
+        /// Files to check.
+        #[arg(required = true)]
+        files: Vec<PathBuf>,
+    },
+    /// Print the JSON Schema of the config (for editors).
+    Schema {
+        /// Only the pipeline part (the `Pipeline` block of a workflow).
+        #[arg(long)]
+        pipeline: bool,
+    },
+    /// Benchmarks.
+    Bench {
+        #[command(subcommand)]
+        what: BenchCommand,
+    },
+    /// Generate a test clip with known ground truth (CLIP and CLIP.truth.json).
+    Sample {
+        /// Output MP4.
+        #[arg(long)]
+        out: PathBuf,
+        /// Width in pixels (even).
+        #[arg(long, default_value_t = 1280)]
+        width: usize,
+        /// Height in pixels (even).
+        #[arg(long, default_value_t = 720)]
+        height: usize,
+        /// Length in seconds.
+        #[arg(long, default_value_t = 10.0)]
+        seconds: f64,
+        /// Frames per second.
+        #[arg(long, default_value_t = 30)]
+        fps: u32,
+        /// Moving objects.
+        #[arg(long, default_value_t = 4)]
+        objects: usize,
+        /// Random seed.
+        #[arg(long, default_value_t = 1)]
+        seed: u64,
+        /// Background photo (PNG) to pan across; procedural texture when absent.
+        #[arg(long)]
+        background: Option<PathBuf>,
+        /// Bitrate in kbit/s.
+        #[arg(long, default_value_t = 4000)]
+        bitrate_kbps: u32,
+    },
+    /// Print versions of the agent and the libraries it loaded.
+    Version,
+}
+
+#[derive(Subcommand, Debug)]
+enum BenchCommand {
+    /// decode → passthrough → encode vs isolated steps and vs the ffmpeg CLI.
+    Pipeline {
+        /// Clips to run (default: 720p and 1080p samples, generated if missing).
+        #[arg(long)]
+        clip: Vec<PathBuf>,
+        /// Codec threads for both us and ffmpeg.
+        #[arg(long, default_value_t = 2)]
+        threads: usize,
+        /// Skip the ffmpeg baseline.
+        #[arg(long)]
+        no_ffmpeg: bool,
+        /// Also write the results as JSON here.
+        #[arg(long)]
+        json: Option<PathBuf>,
+    },
+}
+
+/// Entry point of the binary.
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let log_override = cli.log_format.map(|f| match f {
+        LogFormatArg::Human => LogFormat::Human,
+        LogFormatArg::Json => LogFormat::Json,
+        LogFormatArg::Journald => LogFormat::Journald,
+    });
+    let result = match cli.command {
+        Command::Run {
+            config,
+            listen,
+            realtime,
+        } => match load_config(&config) {
+            Ok(cfg) => {
+                crate::logging::init(log_override.unwrap_or(cfg.log.format), &cfg.log.level);
+                let req = RunRequest {
+                    listen,
+                    options: RunOptions {
+                        force_realtime: realtime.then_some(true),
+                        decoder_threads: 0,
+                    },
+                    ..Default::default()
+                };
+                run_blocking(&cfg, req).and_then(|s| {
+                    print_reports(&s);
+                    stream_failures(&s)
+                })
+            }
+            Err(code) => return code,
+        },
+        Command::Demo {
+            fast,
+            serve,
+            listen,
+        } => {
+            crate::logging::init(log_override.unwrap_or(LogFormat::Human), "info");
+            demo(fast, serve, listen)
+        }
+        Command::CheckConfig { files } => return check_config(&files),
+        Command::Schema { pipeline } => {
+            let schema = if pipeline {
+                aegis_config::pipeline_json_schema()
+            } else {
+                aegis_config::json_schema()
+            };
+            println!(
+                "{}",
+                serde_json::to_string_pretty(&schema).unwrap_or_default()
+            );
+            Ok(())
+        }
+        Command::Bench {
+            what:
+                BenchCommand::Pipeline {
+                    clip,
+                    threads,
+                    no_ffmpeg,
+                    json,
+                },
+        } => {
+            crate::logging::init(log_override.unwrap_or(LogFormat::Human), "warn");
+            bench(clip, threads, !no_ffmpeg, json)
+        }
+        Command::Sample {
+            out,
+            width,
+            height,
+            seconds,
+            fps,
+            objects,
+            seed,
+            background,
+            bitrate_kbps,
+        } => {
+            crate::logging::init(log_override.unwrap_or(LogFormat::Human), "info");
+            let spec = SampleSpec {
+                out,
+                width,
+                height,
+                seconds,
+                fps,
+                objects,
+                seed,
+                background,
+                bitrate_kbps,
+            };
+            generate(&spec).map(|n| {
+                println!(
+                    "wrote {} ({n} frames) and {}",
+                    spec.out.display(),
+                    crate::sample::truth_path(&spec.out).display()
+                );
+            })
+        }
+        Command::Version => {
+            aegis_hal::init();
+            println!("aegis {}", env!("CARGO_PKG_VERSION"));
+            println!("{}", aegis_hal::libav_versions());
+            println!(
+                "H.264 encoder: {}",
+                aegis_hal::codec::h264_encoder_name().unwrap_or("none")
+            );
+            println!("backends in this build: cpu");
+            Ok(())
+        }
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Loads and validates a config; on failure prints every problem and returns exit code 2.
+fn load_config(path: &Path) -> Result<AgentConfig, ExitCode> {
+    aegis_config::load(path).map_err(|e| {
+        print_config_error(&e);
+        ExitCode::from(EXIT_INVALID)
+    })
+}
+
+fn print_config_error(e: &ConfigError) {
+    match e {
+        ConfigError::Invalid { .. } => {
+            let n = e.problems().len();
+            eprintln!("{e}");
+            eprintln!("{n} problem{} found", if n == 1 { "" } else { "s" });
+        }
+        other => eprintln!("error: {other}"),
+    }
+}
+
+fn check_config(files: &[PathBuf]) -> ExitCode {
+    let mut bad = false;
+    for f in files {
+        match aegis_config::load(f) {
+            Ok(cfg) => {
+                let backend = select_backend(&cfg).map(|b| b.to_string());
+                match backend {
+                    Ok(_) => println!("{}: ok", f.display()),
+                    Err(e) => {
+                        bad = true;
+                        eprintln!("{}: {e}", f.display());
+                    }
+                }
+            }
+            Err(e) => {
+                bad = true;
+                print_config_error(&e);
+            }
+        }
+    }
+    if bad {
+        ExitCode::from(EXIT_INVALID)
+    } else {
+        ExitCode::SUCCESS
+    }
+}
+
+fn run_blocking(cfg: &AgentConfig, req: RunRequest) -> anyhow::Result<RunSummary> {
+    let backend = select_backend(cfg)?;
+    let metrics = Arc::new(Metrics::new(backend.as_str()));
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .thread_name("aegis-io")
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
+    rt.block_on(run(cfg, req, metrics, |addr| {
+        eprintln!("serving http://{addr}/metrics and http://{addr}/healthz");
+    }))
+}
+
+fn print_reports(s: &RunSummary) {
+    let secs = s.elapsed.as_secs_f64().max(1e-9);
+    for r in &s.streams {
+        println!(
+            "stream {}: {} frames decoded, {} delivered ({:.1} fps), {} dropped, {} decode errors, {} read errors{}",
+            r.stream,
+            r.decoded,
+            r.delivered,
+            r.delivered as f64 / secs,
+            r.dropped,
+            r.source.decode.errors,
+            r.source.read_errors,
+            r.source_error
+                .as_ref()
+                .map(|e| format!(", ended by error: {e}"))
+                .unwrap_or_default()
+        );
+    }
+}
+
+fn stream_failures(s: &RunSummary) -> anyhow::Result<()> {
+    let failed: Vec<_> = s
+        .streams
+        .iter()
+        .filter(|r| r.source_error.is_some() || !r.sink_errors.is_empty())
+        .map(|r| r.stream.as_str())
+        .collect();
+    if failed.is_empty() {
+        Ok(())
+    } else {
+        anyhow::bail!("streams ended with errors: {}", failed.join(", "))
+    }
+}
+
+/// Makes `path` with the standard sample scene if it does not exist yet.
+pub fn ensure_sample(path: &Path, width: usize, height: usize) -> anyhow::Result<()> {
+    if path.exists() {
+        return Ok(());
+    }
+    let background = Path::new(SAMPLES_DIR).join("astronaut.png");
+    let spec = SampleSpec {
+        width,
+        height,
+        background: background.exists().then_some(background),
+        ..SampleSpec::new(path)
+    };
+    eprintln!(
+        "generating {} ({}x{}, {} s{})",
+        path.display(),
+        width,
+        height,
+        spec.seconds,
+        if spec.background.is_some() {
+            ", astronaut background"
+        } else {
+            ", procedural background"
+        }
+    );
+    generate(&spec).map(|_| ())
+}
+
+fn demo(fast: bool, serve: bool, listen: Option<SocketAddr>) -> anyhow::Result<()> {
+    let cfg = aegis_config::from_yaml_str(DEMO_CONFIG, "demo.yaml (built in)")
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    ensure_sample(&Path::new(SAMPLES_DIR).join("demo.mp4"), 1280, 720)?;
+    let req = RunRequest {
+        listen,
+        options: RunOptions {
+            force_realtime: Some(!fast),
+            decoder_threads: 0,
+        },
+        linger: serve,
+        scrape_metrics: true,
+    };
+    let summary = run_blocking(&cfg, req)?;
+    print_reports(&summary);
+    if let Some(body) = &summary.final_metrics {
+        println!(
+            "\n/metrics (excerpt, scraped over HTTP from {}):",
+            summary.listen
+        );
+        for line in body.lines().filter(|l| {
+            l.starts_with("aegis_stream_fps")
+                || l.starts_with("aegis_frames_total")
+                || l.starts_with("aegis_copies_per_frame")
+                || l.starts_with("aegis_recording_segments_total")
+                || l.starts_with("aegis_process_resident_memory_bytes")
+                || (l.starts_with("aegis_stage_latency_seconds_sum"))
+        }) {
+            println!("  {line}");
+        }
+    }
+    println!("\nrecordings:");
+    for r in &summary.streams {
+        let dir = cfg
+            .pipeline
+            .sinks
+            .iter()
+            .find_map(|s| match s {
+                aegis_config::SinkConfig::Record(r) => Some(r.dir.clone()),
+                _ => None,
+            })
+            .unwrap_or_default()
+            .join(&r.stream);
+        let mut files: Vec<_> = std::fs::read_dir(&dir)
+            .map(|d| d.filter_map(|e| e.ok().map(|e| e.path())).collect())
+            .unwrap_or_default();
+        files.sort();
+        for f in files.iter().rev().take(3).rev() {
+            println!(
+                "  {}  {}",
+                f.display(),
+                probe(f).unwrap_or_else(|| "(ffprobe not installed)".into())
+            );
+        }
+    }
+    stream_failures(&summary)
+}
+
+/// `codec WxH, N frames, D s` from ffprobe, if it is installed.
+fn probe(path: &Path) -> Option<String> {
+    let out = std::process::Command::new("ffprobe")
+        .args([
+            "-v",
+            "error",
+            "-select_streams",
+            "v:0",
+            "-count_frames",
+            "-show_entries",
+            "stream=codec_name,width,height,nb_read_frames:format=duration",
+            "-of",
+            "json",
+        ])
+        .arg(path)
+        .output()
+        .ok()?;
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).ok()?;
+    let s = &v["streams"][0];
+    Some(format!(
+        "{} {}x{}, {} frames, {:.2} s",
+        s["codec_name"].as_str()?,
+        s["width"],
+        s["height"],
+        s["nb_read_frames"].as_str().unwrap_or("?"),
+        v["format"]["duration"]
+            .as_str()
+            .and_then(|d| d.parse::<f64>().ok())
+            .unwrap_or(0.0)
+    ))
+}
+
+fn bench(
+    clips: Vec<PathBuf>,
+    threads: usize,
+    ffmpeg: bool,
+    json: Option<PathBuf>,
+) -> anyhow::Result<()> {
+    let clips = if clips.is_empty() {
+        let a = Path::new(SAMPLES_DIR).join("bench-720p.mp4");
+        let b = Path::new(SAMPLES_DIR).join("bench-1080p.mp4");
+        ensure_sample(&a, 1280, 720)?;
+        ensure_sample(&b, 1920, 1080)?;
+        vec![a, b]
+    } else {
+        clips
+    };
+    let opts = BenchOptions {
+        clips: clips.clone(),
+        threads,
+        ffmpeg,
+        scratch: std::env::temp_dir().join(format!("aegis-bench-{}", std::process::id())),
+    };
+    let mut results = Vec::new();
+    for c in &clips {
+        let r = bench_clip(c, &opts).with_context(|| format!("benchmarking {}", c.display()))?;
+        crate::bench::print(&r);
+        results.push(r);
+    }
+    let _ = std::fs::remove_dir_all(&opts.scratch);
+    if let Some(path) = json {
+        std::fs::write(&path, serde_json::to_string_pretty(&results)?)
+            .with_context(|| format!("writing {}", path.display()))?;
+    }
+    Ok(())
+}

@@ -1,0 +1,543 @@
+//! The pipeline runtime: several streams per device, each a chain of threads.
+//!
+//! ```text
+//!  per stream:  [source thread]  --decoded-->  [stage thread]  --processed-->  [sink thread]
+//!               demux + decode    bounded q     stages in order   bounded q     every sink
+//!               into the pool                   (&mut Frame)                    (&Frame)
+//! ```
+//!
+//! Codecs block, so every step runs on a dedicated OS thread rather than a tokio task; the
+//! queues are bounded and frames come from a bounded pool, so a slow sink stalls its own
+//! stream's decoder (backpressure) and never grows memory. Streams are independent: one
+//! failing source ends only its stream. Several sinks of one stream share its sink thread
+//! and see the same frame in turn (no per-frame fan-out allocation); a sink that needs its
+//! own thread can add a queue inside itself.
+//!
+//! Shutdown: [`Pipeline::stop`] sets a flag the sources check between frames and closes the
+//! pools (waking a source that waits for a surface). Each source then ends its stream; the
+//! queues drain; the sinks get `finish()`, which closes the recordings cleanly.
+
+pub mod queue;
+pub mod sinks;
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::thread::JoinHandle;
+use std::time::Instant;
+
+use aegis_config::{PipelineConfig, SourceLocation, StageConfig};
+use aegis_hal::source::{FileSource, FileSourceSettings, SourceError};
+use aegis_hal::stage::{Passthrough, Stage, StageOutcome, TimestampOverlay};
+use aegis_hal::{Frame, StreamId, SurfacePool};
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::Histogram;
+
+use crate::metrics::{DropLabels, ErrorLabels, Metrics, QueueLabels, StageLabels, StreamLabels};
+use sinks::{SharedSinkState, Sink};
+
+/// Errors that prevent a pipeline from starting; each names the config path at fault.
+#[derive(Debug, thiserror::Error)]
+pub enum PipelineError {
+    /// A source could not be opened.
+    #[error("sources[{index}] ({id}): {source}")]
+    Source {
+        /// Index in `sources`.
+        index: usize,
+        /// Source id.
+        id: String,
+        /// Why.
+        source: SourceError,
+    },
+    /// The source kind is not available in this build.
+    #[error("sources[{index}] ({id}): {what} sources are not available in this build")]
+    Unsupported {
+        /// Index in `sources`.
+        index: usize,
+        /// Source id.
+        id: String,
+        /// Kind of source.
+        what: &'static str,
+    },
+    /// A sink could not be set up (e.g. its directory cannot be created).
+    #[error("sinks[{index}]: {source}")]
+    Sink {
+        /// Index in `sinks`.
+        index: usize,
+        /// Why.
+        source: aegis_hal::record::RecordError,
+    },
+    /// The OS refused a thread.
+    #[error("cannot start thread {name}: {source}")]
+    Thread {
+        /// Thread name.
+        name: String,
+        /// Why.
+        source: std::io::Error,
+    },
+}
+
+/// Knobs that are not part of the config (set by the CLI, benches and tests).
+#[derive(Debug, Clone, Default)]
+pub struct RunOptions {
+    /// Pace every source at its native frame rate (overrides each source's `realtime`).
+    pub force_realtime: Option<bool>,
+    /// Decoder threads per stream (0 = libavcodec's choice).
+    pub decoder_threads: usize,
+}
+
+/// What one stream did, reported when it ends.
+#[derive(Debug, Clone, Default)]
+pub struct StreamReport {
+    /// Stream id.
+    pub stream: String,
+    /// Frames decoded.
+    pub decoded: u64,
+    /// Frames that reached the sinks.
+    pub delivered: u64,
+    /// Frames dropped by stages.
+    pub dropped: u64,
+    /// Source counters at the end.
+    pub source: aegis_hal::source::SourceStats,
+    /// The error that ended the source early, if any.
+    pub source_error: Option<String>,
+    /// Errors raised by sinks at finish.
+    pub sink_errors: Vec<String>,
+    /// Pixel copies per frame (decode → encoder input).
+    pub copies_per_frame: u32,
+}
+
+/// A running pipeline.
+pub struct Pipeline {
+    stop: Arc<AtomicBool>,
+    pools: Vec<SurfacePool>,
+    streams: Vec<StreamThreads>,
+}
+
+struct StreamThreads {
+    source: JoinHandle<(u64, aegis_hal::source::SourceStats, Option<String>)>,
+    stages: JoinHandle<u64>,
+    sinks: JoinHandle<(u64, Vec<String>, u32)>,
+    id: String,
+}
+
+/// Per-stream metric handles, created once so the frame path never allocates.
+struct StreamMetrics {
+    decoded: Counter,
+    delivered: Counter,
+    dropped_stage: Counter,
+    source_latency: Histogram,
+    frame_latency: Histogram,
+    copies: Gauge,
+    fps: prometheus_client::metrics::gauge::Gauge<f64, std::sync::atomic::AtomicU64>,
+    pool_free: Gauge,
+    pool_waits: Counter,
+    running: Gauge,
+}
+
+fn stage_labels(stream: &str, stage: String) -> StageLabels {
+    StageLabels {
+        stream: stream.to_string(),
+        stage,
+    }
+}
+
+impl StreamMetrics {
+    fn new(m: &Metrics, stream: &str) -> Self {
+        let sl = StreamLabels {
+            stream: stream.to_string(),
+        };
+        StreamMetrics {
+            decoded: m
+                .frames
+                .get_or_create_owned(&stage_labels(stream, "source".into())),
+            delivered: m
+                .frames
+                .get_or_create_owned(&stage_labels(stream, "sink".into())),
+            dropped_stage: m.dropped.get_or_create_owned(&DropLabels {
+                stream: stream.to_string(),
+                reason: "stage".into(),
+            }),
+            source_latency: m
+                .stage_latency
+                .get_or_create_owned(&stage_labels(stream, "source".into())),
+            frame_latency: m.frame_latency.get_or_create_owned(&sl),
+            copies: m.copies_per_frame.get_or_create_owned(&sl),
+            fps: m.fps.get_or_create_owned(&sl),
+            pool_free: m.pool_free.get_or_create_owned(&sl),
+            pool_waits: m.pool_waits.get_or_create_owned(&sl),
+            running: m.streams_running.clone(),
+        }
+    }
+}
+
+/// Counts an error and logs it the first time each (component, type) happens on a stream.
+struct ErrorReporter {
+    metrics: Arc<Metrics>,
+    stream: String,
+    seen: Vec<(&'static str, &'static str)>,
+}
+
+impl ErrorReporter {
+    fn new(metrics: Arc<Metrics>, stream: &str) -> Self {
+        ErrorReporter {
+            metrics,
+            stream: stream.to_string(),
+            seen: Vec::new(),
+        }
+    }
+
+    fn report(
+        &mut self,
+        component: &'static str,
+        error_type: &'static str,
+        error: &dyn std::fmt::Display,
+    ) {
+        if !self.seen.contains(&(component, error_type)) {
+            self.seen.push((component, error_type));
+            tracing::warn!(stream = %self.stream, component, error_type, %error,
+                "pipeline error (further errors of this kind are only counted)");
+        }
+        self.metrics
+            .errors
+            .get_or_create(&ErrorLabels {
+                component: component.into(),
+                error_type: error_type.into(),
+                stream: self.stream.clone(),
+            })
+            .inc();
+    }
+}
+
+/// Builds the configured stages for one stream.
+pub fn build_stages(cfg: &[StageConfig]) -> Vec<Box<dyn Stage>> {
+    cfg.iter()
+        .map(|s| -> Box<dyn Stage> {
+            match s {
+                StageConfig::Passthrough(_) => Box::new(Passthrough),
+                StageConfig::TimestampOverlay(t) => Box::new(TimestampOverlay::new(
+                    t.x as usize,
+                    t.y as usize,
+                    t.scale as usize,
+                    t.show_stream_id,
+                )),
+            }
+        })
+        .collect()
+}
+
+impl Pipeline {
+    /// Opens every source and sink, then starts the stream threads. Nothing is started when
+    /// anything fails to open.
+    pub fn start(
+        cfg: &PipelineConfig,
+        metrics: Arc<Metrics>,
+        opts: &RunOptions,
+    ) -> Result<Pipeline, PipelineError> {
+        aegis_hal::init();
+        let mut sources = Vec::with_capacity(cfg.sources.len());
+        for (index, s) in cfg.sources.iter().enumerate() {
+            let path: PathBuf = match s.location() {
+                SourceLocation::File(p) => p,
+                SourceLocation::Rtsp(_) => {
+                    return Err(PipelineError::Unsupported {
+                        index,
+                        id: s.id.clone(),
+                        what: "RTSP",
+                    });
+                }
+                SourceLocation::V4l2(_) => {
+                    return Err(PipelineError::Unsupported {
+                        index,
+                        id: s.id.clone(),
+                        what: "V4L2",
+                    });
+                }
+            };
+            let settings = FileSourceSettings {
+                path,
+                stream: StreamId::new(&s.id),
+                looping: s.loop_,
+                realtime: opts.force_realtime.unwrap_or(s.realtime),
+                max_frames: s.max_frames,
+                pool_frames: cfg.pool_frames as usize,
+                decoder_threads: opts.decoder_threads,
+            };
+            let src = FileSource::open(settings).map_err(|source| PipelineError::Source {
+                index,
+                id: s.id.clone(),
+                source,
+            })?;
+            sources.push(src);
+        }
+        let mut shared = Vec::with_capacity(cfg.sinks.len());
+        for (index, s) in cfg.sinks.iter().enumerate() {
+            shared.push(
+                sinks::open_shared(index, s, &metrics)
+                    .map_err(|source| PipelineError::Sink { index, source })?,
+            );
+        }
+        let stop = Arc::new(AtomicBool::new(false));
+        let mut pipeline = Pipeline {
+            stop: stop.clone(),
+            pools: sources.iter().map(|s| s.pool().clone()).collect(),
+            streams: Vec::new(),
+        };
+        for source in sources {
+            let threads = spawn_stream(source, cfg, &shared, &metrics, &stop);
+            match threads {
+                Ok(t) => pipeline.streams.push(t),
+                Err(e) => {
+                    pipeline.stop();
+                    pipeline.wait();
+                    return Err(e);
+                }
+            }
+        }
+        Ok(pipeline)
+    }
+
+    /// Asks every stream to end; recordings are finalised as the queues drain.
+    pub fn stop(&self) {
+        self.stop.store(true, Ordering::Release);
+        for p in &self.pools {
+            p.close();
+        }
+    }
+
+    /// True once every stream's threads have ended.
+    pub fn is_finished(&self) -> bool {
+        self.streams
+            .iter()
+            .all(|s| s.source.is_finished() && s.stages.is_finished() && s.sinks.is_finished())
+    }
+
+    /// Waits for every stream to end and reports what each did.
+    pub fn wait(self) -> Vec<StreamReport> {
+        self.streams
+            .into_iter()
+            .map(|s| {
+                let (decoded, source, source_error) = s.source.join().unwrap_or_else(|_| {
+                    (0, Default::default(), Some("source thread panicked".into()))
+                });
+                let dropped = s.stages.join().unwrap_or(0);
+                let (delivered, sink_errors, copies_per_frame) = s
+                    .sinks
+                    .join()
+                    .unwrap_or_else(|_| (0, vec!["sink thread panicked".into()], 0));
+                StreamReport {
+                    stream: s.id,
+                    decoded,
+                    delivered,
+                    dropped,
+                    source,
+                    source_error,
+                    sink_errors,
+                    copies_per_frame,
+                }
+            })
+            .collect()
+    }
+}
+
+fn spawn_named<T: Send + 'static>(
+    name: String,
+    f: impl FnOnce() -> T + Send + 'static,
+) -> Result<JoinHandle<T>, PipelineError> {
+    std::thread::Builder::new()
+        .name(name.clone())
+        .spawn(f)
+        .map_err(|source| PipelineError::Thread { name, source })
+}
+
+fn spawn_stream(
+    mut source: FileSource,
+    cfg: &PipelineConfig,
+    shared: &[SharedSinkState],
+    metrics: &Arc<Metrics>,
+    stop: &Arc<AtomicBool>,
+) -> Result<StreamThreads, PipelineError> {
+    let id = source.stream_id().to_string();
+    let sm = Arc::new(StreamMetrics::new(metrics, &id));
+    let depth = cfg.queue_depth as usize;
+    let q_labels = |q: &str| QueueLabels {
+        stream: id.clone(),
+        queue: q.into(),
+    };
+    let (dec_tx, dec_rx) = queue::bounded::<Frame>(
+        depth,
+        metrics
+            .queue_depth
+            .get_or_create_owned(&q_labels("decoded")),
+    );
+    let (proc_tx, proc_rx) = queue::bounded::<Frame>(
+        depth,
+        metrics
+            .queue_depth
+            .get_or_create_owned(&q_labels("processed")),
+    );
+
+    let mut stages = build_stages(&cfg.stages);
+    let stage_hist: Vec<Histogram> = stages
+        .iter()
+        .enumerate()
+        .map(|(i, s)| {
+            metrics
+                .stage_latency
+                .get_or_create_owned(&stage_labels(&id, format!("{i}:{}", s.kind())))
+        })
+        .collect();
+    let stream_id = StreamId::new(&id);
+    let rate = source.info().frame_rate;
+    let mut sinks: Vec<Box<dyn Sink>> = cfg
+        .sinks
+        .iter()
+        .zip(shared)
+        .map(|(c, sh)| sinks::build(c, sh, &stream_id, rate, metrics))
+        .collect();
+    let sink_hist: Vec<Histogram> = sinks
+        .iter()
+        .enumerate()
+        .map(|(i, s)| {
+            metrics
+                .stage_latency
+                .get_or_create_owned(&stage_labels(&id, format!("sink:{i}:{}", s.kind())))
+        })
+        .collect();
+
+    // Source thread.
+    let src_metrics = sm.clone();
+    let src_stop = stop.clone();
+    let mut src_errors = ErrorReporter::new(metrics.clone(), &id);
+    let src_id = id.clone();
+    let source_thread = spawn_named(format!("src-{id}"), move || {
+        src_metrics.running.inc();
+        let mut decoded = 0u64;
+        let mut last = source.stats();
+        let mut end_error = None;
+        let mut waits_seen = 0;
+        while !src_stop.load(Ordering::Acquire) {
+            let t0 = Instant::now();
+            let next = source.next_frame();
+            src_metrics
+                .source_latency
+                .observe(t0.elapsed().as_secs_f64());
+            let stats = source.stats();
+            if stats.decode.errors > last.decode.errors {
+                src_errors.report("source", "decode", &"decoder rejected data");
+            }
+            if stats.read_errors > last.read_errors {
+                src_errors.report("source", "read", &"container read error");
+            }
+            last = stats;
+            let (waits, _) = source.pool().backpressure();
+            src_metrics.pool_waits.inc_by(waits - waits_seen);
+            waits_seen = waits;
+            src_metrics.pool_free.set(source.pool().available() as i64);
+            match next {
+                Ok(Some(frame)) => {
+                    decoded += 1;
+                    src_metrics.decoded.inc();
+                    if dec_tx.send(frame).is_err() {
+                        break;
+                    }
+                }
+                Ok(None) => break,
+                Err(SourceError::Codec {
+                    source: aegis_hal::codec::CodecError::PoolClosed(_),
+                    ..
+                }) => break,
+                Err(e) => {
+                    src_errors.report("source", "fatal", &e);
+                    tracing::error!(stream = %src_id, error = %e, "source ended with an error");
+                    end_error = Some(e.to_string());
+                    break;
+                }
+            }
+        }
+        src_metrics.running.dec();
+        tracing::info!(stream = %src_id, frames = decoded, "source ended");
+        (decoded, source.stats(), end_error)
+    })?;
+
+    // Stage thread.
+    let stg_metrics = sm.clone();
+    let mut stg_errors = ErrorReporter::new(metrics.clone(), &id);
+    let stage_thread = spawn_named(format!("stg-{id}"), move || {
+        let mut dropped = 0u64;
+        'frames: while let Ok(mut frame) = dec_rx.recv() {
+            for (stage, hist) in stages.iter_mut().zip(&stage_hist) {
+                let t0 = Instant::now();
+                let outcome = stage.process(&mut frame);
+                hist.observe(t0.elapsed().as_secs_f64());
+                match outcome {
+                    Ok(StageOutcome::Keep) => {}
+                    Ok(StageOutcome::Drop) => {
+                        dropped += 1;
+                        stg_metrics.dropped_stage.inc();
+                        continue 'frames;
+                    }
+                    Err(e) => stg_errors.report("stage", e.error_type, &e),
+                }
+            }
+            if proc_tx.send(frame).is_err() {
+                break;
+            }
+        }
+        dropped
+    })?;
+
+    // Sink thread.
+    let snk_metrics = sm;
+    let mut snk_errors = ErrorReporter::new(metrics.clone(), &id);
+    let sink_thread = spawn_named(format!("snk-{id}"), move || {
+        let mut delivered = 0u64;
+        let sink_copies: u32 = sinks
+            .iter()
+            .map(|s| s.copies_per_frame())
+            .max()
+            .unwrap_or(0);
+        let mut copies = 0;
+        let mut window = (Instant::now(), 0u64);
+        while let Ok(frame) = proc_rx.recv() {
+            for (sink, hist) in sinks.iter_mut().zip(&sink_hist) {
+                let t0 = Instant::now();
+                let r = sink.consume(&frame);
+                hist.observe(t0.elapsed().as_secs_f64());
+                if let Err(e) = r {
+                    snk_errors.report("sink", e.error_type, &e);
+                }
+            }
+            copies = frame.copies + sink_copies;
+            snk_metrics.copies.set(copies as i64);
+            snk_metrics
+                .frame_latency
+                .observe(frame.meta.decoded_at.elapsed().as_secs_f64());
+            snk_metrics.delivered.inc();
+            delivered += 1;
+            window.1 += 1;
+            let elapsed = window.0.elapsed();
+            if elapsed.as_secs_f64() >= 1.0 {
+                snk_metrics.fps.set(window.1 as f64 / elapsed.as_secs_f64());
+                window = (Instant::now(), 0);
+            }
+        }
+        let mut errors = Vec::new();
+        for sink in &mut sinks {
+            if let Err(e) = sink.finish() {
+                snk_errors.report("sink", e.error_type, &e);
+                errors.push(e.to_string());
+            }
+        }
+        snk_metrics.fps.set(0.0);
+        (delivered, errors, copies)
+    })?;
+
+    Ok(StreamThreads {
+        source: source_thread,
+        stages: stage_thread,
+        sinks: sink_thread,
+        id,
+    })
+}

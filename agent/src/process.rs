@@ -1,0 +1,44 @@
+//! Process resource usage read from `/proc/self` (Linux), for the metrics endpoint and
+//! benchmarks.
+
+/// A snapshot of this process's resource use.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ProcessSample {
+    /// Resident set size in bytes.
+    pub rss_bytes: u64,
+    /// User + system CPU time in milliseconds.
+    pub cpu_ms: u64,
+}
+
+/// Reads `/proc/self/statm` and `/proc/self/stat`; `None` where they are unavailable.
+pub fn sample() -> Option<ProcessSample> {
+    // SAFETY: sysconf has no preconditions; it only reads a configuration value.
+    let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) }.max(4096) as u64;
+    // SAFETY: as above.
+    let ticks = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as u64;
+    let statm = std::fs::read_to_string("/proc/self/statm").ok()?;
+    let rss_pages: u64 = statm.split_whitespace().nth(1)?.parse().ok()?;
+    let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
+    // Fields after the parenthesised command name; utime and stime are fields 14 and 15.
+    let rest = &stat[stat.rfind(')')? + 2..];
+    let mut fields = rest.split_whitespace().skip(11);
+    let utime: u64 = fields.next()?.parse().ok()?;
+    let stime: u64 = fields.next()?.parse().ok()?;
+    Some(ProcessSample {
+        rss_bytes: rss_pages * page,
+        cpu_ms: (utime + stime) * 1000 / ticks,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn reads_own_usage() {
+        let s = super::sample().expect("/proc is available on Linux");
+        assert!(s.rss_bytes > 1024 * 1024, "{s:?}");
+        let big: Vec<u8> = vec![1; 64 << 20];
+        let s2 = super::sample().unwrap();
+        assert!(s2.rss_bytes >= s.rss_bytes + (32 << 20), "{s:?} -> {s2:?}");
+        drop(big);
+    }
+}

@@ -1,0 +1,168 @@
+//! One agent run: bind the HTTP endpoints, start the pipeline, wait for the end of input or
+//! SIGTERM/SIGINT, stop cleanly (recordings finalised), report.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use aegis_config::{AgentConfig, BackendKind, PipelineOrigin};
+
+use crate::metrics::Metrics;
+use crate::pipeline::{Pipeline, RunOptions, StreamReport};
+use crate::server::{ServerState, bind, router};
+
+/// How a run ended.
+#[derive(Debug)]
+pub struct RunSummary {
+    /// Per-stream reports.
+    pub streams: Vec<StreamReport>,
+    /// Wall time from pipeline start to the last stream's end.
+    pub elapsed: Duration,
+    /// Address the HTTP endpoints were served on.
+    pub listen: SocketAddr,
+    /// A signal ended the run (rather than the end of input).
+    pub interrupted: bool,
+    /// `/metrics` as scraped over HTTP just before the server stopped (if requested).
+    pub final_metrics: Option<String>,
+}
+
+/// Options of a run beyond the config.
+#[derive(Debug, Clone, Default)]
+pub struct RunRequest {
+    /// Listen address overriding `web.listen`.
+    pub listen: Option<SocketAddr>,
+    /// Pipeline knobs.
+    pub options: RunOptions,
+    /// Keep serving `/metrics` after the input ended, until a signal.
+    pub linger: bool,
+    /// Scrape our own `/metrics` over HTTP before stopping the server (the demo shows it).
+    pub scrape_metrics: bool,
+}
+
+/// Checks that the configured backend can run in this build, applying the fallback.
+pub fn select_backend(cfg: &AgentConfig) -> anyhow::Result<BackendKind> {
+    match cfg.backend.kind {
+        BackendKind::Cpu => Ok(BackendKind::Cpu),
+        other => match cfg.backend.fallback {
+            Some(fb) if fb == BackendKind::Cpu => {
+                tracing::warn!(backend = %other, fallback = %fb,
+                    "backend not available in this build (only cpu so far); using the fallback");
+                Ok(BackendKind::Cpu)
+            }
+            _ => anyhow::bail!(
+                "backend.kind: {other} is not available in this build (only cpu so far); \
+                 set backend.fallback: cpu to fall back"
+            ),
+        },
+    }
+}
+
+/// Runs the effective pipeline of `cfg` until its input ends or a signal arrives.
+/// `on_listening` is called once the HTTP endpoints are bound (the demo prints the URL).
+pub async fn run(
+    cfg: &AgentConfig,
+    req: RunRequest,
+    metrics: Arc<Metrics>,
+    on_listening: impl FnOnce(SocketAddr),
+) -> anyhow::Result<RunSummary> {
+    let backend = select_backend(cfg)?;
+    let (pipeline_cfg, origin) = aegis_config::effective_pipeline(cfg, None);
+    let addr: SocketAddr = match req.listen {
+        Some(a) => a,
+        None => cfg
+            .web
+            .listen
+            .parse()
+            .map_err(|e| anyhow::anyhow!("web.listen: {e}"))?,
+    };
+    let listener = bind(addr).await?;
+    let listen = listener.local_addr()?;
+    let state = ServerState {
+        metrics: metrics.clone(),
+        device: cfg.device.id.clone(),
+        started: Instant::now(),
+    };
+    let (server_stop_tx, server_stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let server = tokio::spawn(async move {
+        axum::serve(listener, router(state))
+            .with_graceful_shutdown(async {
+                let _ = server_stop_rx.await;
+            })
+            .await
+    });
+    on_listening(listen);
+    tracing::info!(device = %cfg.device.id, %backend, streams = pipeline_cfg.sources.len(),
+        pipeline = match origin { PipelineOrigin::LocalDefault => "local default", PipelineOrigin::SignedWorkflow => "signed workflow" },
+        %listen, "starting pipeline");
+
+    let started = Instant::now();
+    let pipeline = {
+        let cfg = pipeline_cfg.clone();
+        let metrics = metrics.clone();
+        let opts = req.options.clone();
+        tokio::task::spawn_blocking(move || Pipeline::start(&cfg, metrics, &opts)).await??
+    };
+    let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    let mut sigint = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt())?;
+    let mut tick = tokio::time::interval(Duration::from_millis(100));
+    let mut interrupted = false;
+    loop {
+        tokio::select! {
+            _ = sigterm.recv() => { interrupted = true; break; }
+            _ = sigint.recv() => { interrupted = true; break; }
+            _ = tick.tick() => if pipeline.is_finished() { break; },
+        }
+    }
+    if interrupted {
+        tracing::info!("signal received: stopping pipeline and finalising recordings");
+    }
+    pipeline.stop();
+    let streams = tokio::task::spawn_blocking(move || pipeline.wait()).await?;
+    let elapsed = started.elapsed();
+    for s in &streams {
+        tracing::info!(stream = %s.stream, decoded = s.decoded, delivered = s.delivered,
+            dropped = s.dropped, decode_errors = s.source.decode.errors,
+            read_errors = s.source.read_errors, error = s.source_error.as_deref().unwrap_or(""),
+            "stream ended");
+    }
+    if req.linger && !interrupted {
+        tracing::info!(%listen, "input ended; still serving /metrics until Ctrl-C or SIGTERM");
+        tokio::select! {
+            _ = sigterm.recv() => {}
+            _ = sigint.recv() => {}
+        }
+    }
+    let final_metrics = if req.scrape_metrics {
+        http_get(listen, "/metrics").await.ok()
+    } else {
+        None
+    };
+    let _ = server_stop_tx.send(());
+    let _ = server.await;
+    Ok(RunSummary {
+        streams,
+        elapsed,
+        listen,
+        interrupted,
+        final_metrics,
+    })
+}
+
+/// A minimal HTTP/1.0 GET over loopback, returning the body.
+pub async fn http_get(addr: SocketAddr, path: &str) -> anyhow::Result<String> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(addr).await?;
+    s.write_all(format!("GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n").as_bytes())
+        .await?;
+    let mut buf = Vec::new();
+    s.read_to_end(&mut buf).await?;
+    let text = String::from_utf8_lossy(&buf);
+    let (head, body) = text
+        .split_once("\r\n\r\n")
+        .ok_or_else(|| anyhow::anyhow!("malformed HTTP response from {addr}"))?;
+    anyhow::ensure!(
+        head.starts_with("HTTP/1.") && head.contains(" 200 "),
+        "GET {path}: {head}"
+    );
+    Ok(body.to_string())
+}

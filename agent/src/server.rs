@@ -1,0 +1,70 @@
+//! The local HTTP endpoints served during a run: `/metrics` (Prometheus text format) and
+//! `/healthz`. The technician web page (a later change) mounts on the same server.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Instant;
+
+use axum::Router;
+use axum::extract::State;
+use axum::http::{StatusCode, header};
+use axum::response::IntoResponse;
+use axum::routing::get;
+
+use crate::metrics::Metrics;
+
+/// What the handlers read.
+#[derive(Clone)]
+pub struct ServerState {
+    /// The registry to render.
+    pub metrics: Arc<Metrics>,
+    /// Device id, for `/healthz`.
+    pub device: String,
+    /// Process start, for uptime.
+    pub started: Instant,
+}
+
+/// The router with every endpoint.
+pub fn router(state: ServerState) -> Router {
+    Router::new()
+        .route("/metrics", get(metrics))
+        .route("/healthz", get(healthz))
+        .with_state(state)
+}
+
+/// Binds `addr`, naming it in the error (a busy port is the usual cause).
+pub async fn bind(addr: SocketAddr) -> anyhow::Result<tokio::net::TcpListener> {
+    tokio::net::TcpListener::bind(addr)
+        .await
+        .map_err(|e| anyhow::anyhow!("cannot listen on {addr}: {e} (set web.listen or --listen)"))
+}
+
+async fn metrics(State(s): State<ServerState>) -> impl IntoResponse {
+    let body = tokio::task::spawn_blocking(move || s.metrics.render())
+        .await
+        .unwrap_or_default();
+    (
+        StatusCode::OK,
+        [(
+            header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
+        body,
+    )
+}
+
+async fn healthz(State(s): State<ServerState>) -> impl IntoResponse {
+    let running = s.metrics.streams_running.get();
+    let body = serde_json::json!({
+        "status": "ok",
+        "device": s.device,
+        "uptime_s": s.started.elapsed().as_secs(),
+        "streams_running": running,
+        "version": env!("CARGO_PKG_VERSION"),
+    });
+    (
+        StatusCode::OK,
+        [(header::CONTENT_TYPE, "application/json")],
+        body.to_string(),
+    )
+}
