@@ -242,9 +242,10 @@ fn run_pipeline(
     let sampler = {
         let sampling = sampling.clone();
         std::thread::spawn(move || {
-            let mut rss = Vec::new();
+            // Preallocated so sampling does not show up in the allocation count.
+            let mut rss = Vec::with_capacity(1 << 16);
             while sampling.load(Ordering::Relaxed) {
-                if let Some(s) = crate::process::sample() {
+                if let Some(s) = crate::process::sample().filter(|_| rss.len() < rss.capacity()) {
                     rss.push(s.rss_bytes);
                 }
                 std::thread::sleep(Duration::from_millis(20));

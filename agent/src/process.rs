@@ -11,16 +11,19 @@ pub struct ProcessSample {
 }
 
 /// Reads `/proc/self/statm` and `/proc/self/stat`; `None` where they are unavailable.
+/// Allocation-free (stack buffers), so benchmarks can sample it while counting allocations.
 pub fn sample() -> Option<ProcessSample> {
     // SAFETY: sysconf has no preconditions; it only reads a configuration value.
     let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) }.max(4096) as u64;
     // SAFETY: as above.
     let ticks = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as u64;
-    let statm = std::fs::read_to_string("/proc/self/statm").ok()?;
+    let mut buf = [0u8; 1024];
+    let statm = read_small("/proc/self/statm", &mut buf)?;
     let rss_pages: u64 = statm.split_whitespace().nth(1)?.parse().ok()?;
-    let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
+    let mut buf = [0u8; 1024];
+    let stat = read_small("/proc/self/stat", &mut buf)?;
     // Fields after the parenthesised command name; utime and stime are fields 14 and 15.
-    let rest = &stat[stat.rfind(')')? + 2..];
+    let rest = stat.get(stat.rfind(')')? + 2..)?;
     let mut fields = rest.split_whitespace().skip(11);
     let utime: u64 = fields.next()?.parse().ok()?;
     let stime: u64 = fields.next()?.parse().ok()?;
@@ -28,6 +31,20 @@ pub fn sample() -> Option<ProcessSample> {
         rss_bytes: rss_pages * page,
         cpu_ms: (utime + stime) * 1000 / ticks,
     })
+}
+
+fn read_small<'a>(path: &str, buf: &'a mut [u8]) -> Option<&'a str> {
+    use std::io::Read;
+    let mut f = std::fs::File::open(path).ok()?;
+    let mut n = 0;
+    while n < buf.len() {
+        match f.read(&mut buf[n..]) {
+            Ok(0) => break,
+            Ok(k) => n += k,
+            Err(_) => return None,
+        }
+    }
+    std::str::from_utf8(&buf[..n]).ok()
 }
 
 #[cfg(test)]

@@ -63,14 +63,18 @@ pub fn truth_path(clip: &Path) -> PathBuf {
 /// Generates the clip and its ground truth; returns the number of frames.
 pub fn generate(spec: &SampleSpec) -> anyhow::Result<u64> {
     aegis_hal::init();
-    if spec.width % 2 != 0 || spec.height % 2 != 0 || spec.width < 16 || spec.height < 16 {
+    if !spec.width.is_multiple_of(2)
+        || !spec.height.is_multiple_of(2)
+        || spec.width < 16
+        || spec.height < 16
+    {
         anyhow::bail!(
             "--width/--height must be even and at least 16 (got {}x{})",
             spec.width,
             spec.height
         );
     }
-    if !(spec.seconds > 0.0) || spec.fps == 0 {
+    if !spec.seconds.is_finite() || spec.seconds <= 0.0 || spec.fps == 0 {
         anyhow::bail!("--seconds and --fps must be positive");
     }
     let background = match &spec.background {

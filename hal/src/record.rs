@@ -223,9 +223,21 @@ impl SegmentWriter {
             path: stream_dir.clone(),
             source,
         })?;
-        let name = format!("{}-{}-{index:06}.mp4", stream, utc_stamp(SystemTime::now()));
-        let done = stream_dir.join(name);
-        let part = PathBuf::from(format!("{}{PART_SUFFIX}", done.display()));
+        let stamp = utc_stamp(SystemTime::now());
+        // A recorder restarted within the same second must not overwrite a kept segment.
+        let (done, part) = (0..)
+            .map(|retry| {
+                let extra = if retry == 0 {
+                    String::new()
+                } else {
+                    format!("-{retry}")
+                };
+                let done = stream_dir.join(format!("{stream}-{stamp}-{index:06}{extra}.mp4"));
+                let part = PathBuf::from(format!("{}{PART_SUFFIX}", done.display()));
+                (done, part)
+            })
+            .find(|(done, part)| !done.exists() && !part.exists())
+            .unwrap_or_default();
         Self::create_at(part, done, params, MOVFLAGS)
     }
 
@@ -357,8 +369,19 @@ impl SegmentRecorder {
                 self.next_cut_us = Some(frame.pts_us + seg_us);
                 true
             }
-            Some(cut) if frame.pts_us >= cut => {
-                self.next_cut_us = Some(frame.pts_us + seg_us);
+            // Half a frame of slack, and the next cut anchored on this cut rather than on the
+            // frame: timestamps are rounded to whole microseconds (33 333 µs steps at 30 fps
+            // put frame 60 at 1 999 980 µs), and requiring `pts >= cut` pushed every cut one
+            // frame late, drifting to 61-frame segments and a short last one.
+            Some(cut) if frame.pts_us + frame.duration_us.max(0) / 2 >= cut => {
+                let next = cut + seg_us;
+                // After a gap in the stream, restart the cadence from this frame.
+                let next = if next <= frame.pts_us {
+                    frame.pts_us + seg_us
+                } else {
+                    next
+                };
+                self.next_cut_us = Some(next);
                 true
             }
             Some(_) => false,
@@ -427,10 +450,10 @@ struct PacketRouter<'a> {
 
 impl PacketRouter<'_> {
     fn route(&mut self, pkt: &mut ff::Packet) {
-        if self.failure.is_none() {
-            if let Err(e) = self.try_route(pkt) {
-                self.failure = Some(e);
-            }
+        if self.failure.is_none()
+            && let Err(e) = self.try_route(pkt)
+        {
+            self.failure = Some(e);
         }
     }
 

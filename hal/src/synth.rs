@@ -337,23 +337,31 @@ fn backdrop_from_image(img: &RgbImage, bw: usize, bh: usize) -> Backdrop {
         u: vec![0; bw * bh / 4],
         v: vec![0; bw * bh / 4],
     };
+    // Centre-crop to the backdrop's aspect ratio so the photo is not stretched.
+    let (cw, ch) = if iw * bh > ih * bw {
+        ((ih * bw / bh) & !1, ih)
+    } else {
+        (iw, (iw * bh / bw) & !1)
+    };
+    let (cx, cy) = (((iw - cw) / 2) & !1, ((ih - ch) / 2) & !1);
+    let (yo, co) = (cy * iw + cx, (cy / 2) * (iw / 2) + cx / 2);
     let scaled = scale_i420(
         (
             Plane {
-                data: &y,
+                data: &y[yo..],
                 stride: iw,
             },
             Plane {
-                data: &u,
+                data: &u[co..],
                 stride: iw / 2,
             },
             Plane {
-                data: &v,
+                data: &v[co..],
                 stride: iw / 2,
             },
         ),
-        iw,
-        ih,
+        cw,
+        ch,
         (
             PlaneMut {
                 data: &mut out.y,

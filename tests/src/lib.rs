@@ -1,1 +1,164 @@
-//! Cross-crate test helpers (see tests/tests/ for the tests themselves).
+//! Helpers for the cross-crate, end-to-end tests in `tests/tests/`: they drive the real
+//! `aegis` binary (built by `just test` before the tests run) against real media files and
+//! real tools (`ffprobe`).
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+/// The `aegis` binary: `$AEGIS_BIN`, else `aegis` next to this test's target directory.
+pub fn aegis_bin() -> PathBuf {
+    if let Some(p) = std::env::var_os("AEGIS_BIN") {
+        return PathBuf::from(p);
+    }
+    // target/<profile>/deps/<test-binary> → target/<profile>/aegis
+    let exe = std::env::current_exe().expect("current_exe");
+    let dir = exe
+        .parent()
+        .and_then(Path::parent)
+        .expect("test binary lives in target/<profile>/deps");
+    let bin = dir.join("aegis");
+    assert!(
+        bin.exists(),
+        "{} not found: run `cargo build -p aegis-agent` first (just test does)",
+        bin.display()
+    );
+    bin
+}
+
+/// Runs `aegis ARGS` in `cwd` and returns its output.
+pub fn aegis(cwd: &Path, args: &[&str]) -> Output {
+    Command::new(aegis_bin())
+        .args(args)
+        .current_dir(cwd)
+        .env("RUST_LOG", "warn")
+        .output()
+        .expect("spawn aegis")
+}
+
+/// Makes a small synthetic clip with `aegis sample`.
+pub fn make_clip(dir: &Path, name: &str, width: u32, height: u32, seconds: f64) -> PathBuf {
+    let out = dir.join(name);
+    let o = aegis(
+        dir,
+        &[
+            "sample",
+            "--out",
+            out.to_str().expect("utf-8 path"),
+            "--width",
+            &width.to_string(),
+            "--height",
+            &height.to_string(),
+            "--seconds",
+            &seconds.to_string(),
+        ],
+    );
+    assert!(
+        o.status.success(),
+        "aegis sample failed: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    out
+}
+
+/// Whether `ffprobe` can be run. In CI its absence is a failure (CI installs it).
+pub fn have_ffprobe() -> bool {
+    let ok = Command::new("ffprobe")
+        .arg("-version")
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if !ok && std::env::var_os("CI").is_some() {
+        panic!("ffprobe is required in CI (tools/setup.sh installs ffmpeg)");
+    }
+    if !ok {
+        eprintln!("skipping ffprobe checks: ffprobe not found");
+    }
+    ok
+}
+
+/// What ffprobe sees in a file after decoding every frame.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Probe {
+    /// Codec name.
+    pub codec: String,
+    /// Width.
+    pub width: u64,
+    /// Height.
+    pub height: u64,
+    /// Frames decoded.
+    pub frames: u64,
+    /// Anything ffprobe printed on stderr (errors).
+    pub errors: String,
+}
+
+/// Decodes every frame of `path` with ffprobe.
+pub fn ffprobe(path: &Path) -> Probe {
+    let out = Command::new("ffprobe")
+        .args([
+            "-v",
+            "error",
+            "-select_streams",
+            "v:0",
+            "-count_frames",
+            "-show_entries",
+            "stream=codec_name,width,height,nb_read_frames",
+            "-of",
+            "json",
+        ])
+        .arg(path)
+        .output()
+        .expect("run ffprobe");
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|e| panic!("ffprobe json for {}: {e}", path.display()));
+    let s = &v["streams"][0];
+    Probe {
+        codec: s["codec_name"].as_str().unwrap_or_default().to_string(),
+        width: s["width"].as_u64().unwrap_or(0),
+        height: s["height"].as_u64().unwrap_or(0),
+        frames: s["nb_read_frames"]
+            .as_str()
+            .and_then(|n| n.parse().ok())
+            .unwrap_or(0),
+        errors: String::from_utf8_lossy(&out.stderr).into_owned(),
+    }
+}
+
+/// Files under `dir` (one level of stream subdirectories) whose names end with `suffix`.
+pub fn files_with_suffix(dir: &Path, suffix: &str) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    let Ok(rd) = std::fs::read_dir(dir) else {
+        return out;
+    };
+    for e in rd.flatten() {
+        let p = e.path();
+        if p.is_dir() {
+            out.extend(files_with_suffix(&p, suffix));
+        } else if p.to_string_lossy().ends_with(suffix) {
+            out.push(p);
+        }
+    }
+    out.sort();
+    out
+}
+
+/// A blocking HTTP/1.0 GET on loopback; returns (status line, body).
+pub fn http_get(addr: &str, path: &str) -> std::io::Result<(String, String)> {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(addr)?;
+    s.set_read_timeout(Some(std::time::Duration::from_secs(10)))?;
+    write!(s, "GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n")?;
+    let mut buf = String::new();
+    s.read_to_string(&mut buf)?;
+    let (head, body) = buf.split_once("\r\n\r\n").unwrap_or((&buf, ""));
+    Ok((
+        head.lines().next().unwrap_or_default().to_string(),
+        body.to_string(),
+    ))
+}
+
+/// The value of the first metric line that starts with `prefix` (name plus labels).
+pub fn metric(body: &str, prefix: &str) -> Option<f64> {
+    body.lines()
+        .find(|l| l.starts_with(prefix))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+}

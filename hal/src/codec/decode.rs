@@ -32,6 +32,9 @@ pub struct VideoDecoder {
     waiting_for_key: bool,
     /// `picture` holds a decoded picture not yet copied out (its surface was not ready).
     pending: bool,
+    /// Timestamp (µs, before the caller's offset) of the last frame emitted since open/reset,
+    /// to synthesise timestamps for pictures that carry none.
+    last_raw_pts_us: Option<i64>,
     stats: DecodeStats,
 }
 
@@ -73,6 +76,7 @@ impl VideoDecoder {
             next_seq: 0,
             waiting_for_key: true,
             pending: false,
+            last_raw_pts_us: None,
             stats: DecodeStats::default(),
         })
     }
@@ -116,6 +120,7 @@ impl VideoDecoder {
         self.dec.flush();
         self.waiting_for_key = true;
         self.pending = false;
+        self.last_raw_pts_us = None;
     }
 
     /// Next decoded frame, copied into a surface of `pool` (waiting for one: backpressure).
@@ -179,8 +184,16 @@ impl VideoDecoder {
             }
         }
         self.pending = false;
-        let pts = pic.timestamp().or(pic.pts()).unwrap_or(0);
-        let pts_us = rescale_us(pts, self.time_base) + pts_offset_us;
+        // Raw Annex-B H.264/H.265 files carry no timestamps at all: every picture used to get
+        // pts 0. Such pictures now follow the previous one by the nominal frame duration.
+        let raw_pts_us = match pic.timestamp().or(pic.pts()) {
+            Some(pts) => rescale_us(pts, self.time_base),
+            None => self
+                .last_raw_pts_us
+                .map_or(0, |p| p + self.default_duration_us),
+        };
+        self.last_raw_pts_us = Some(raw_pts_us);
+        let pts_us = raw_pts_us + pts_offset_us;
         let corrupt = pic.is_corrupt() || pic.has_decode_errors();
         if corrupt {
             self.stats.corrupt_frames += 1;

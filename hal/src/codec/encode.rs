@@ -43,6 +43,9 @@ pub struct VideoEncoder {
     width: usize,
     height: usize,
     frames: u64,
+    /// Nominal frame duration in [`ENCODER_TIME_BASE`] ticks, stamped on packets that come
+    /// out of the encoder without one.
+    frame_ticks: i64,
 }
 
 impl VideoEncoder {
@@ -53,6 +56,9 @@ impl VideoEncoder {
         layout: FrameLayout,
         global_header: bool,
     ) -> Result<Self, CodecError> {
+        // Encoders can be opened before any demuxer (recording synthetic video), and only
+        // `init` quiets libav's logging: without it libx264 printed its banner and stats.
+        crate::init();
         let (codec, codec_name) = if let Some(c) = ff::encoder::find_by_name("libx264") {
             (c, "libx264")
         } else if let Some(c) = ff::encoder::find_by_name("libopenh264") {
@@ -105,6 +111,9 @@ impl VideoEncoder {
             width: layout.width,
             height: layout.height,
             frames: 0,
+            frame_ticks: (ENCODER_TIME_BASE.denominator() as i64 * d.max(1) as i64
+                / n.max(1) as i64)
+                .max(1),
         })
     }
 
@@ -190,7 +199,16 @@ impl VideoEncoder {
     ) -> Result<(), DrainError> {
         loop {
             match self.enc.receive_packet(&mut self.packet) {
-                Ok(()) => sink(&mut self.packet).map_err(DrainError::Codec)?,
+                Ok(()) => {
+                    // libx264 leaves packet durations at 0, so the muxer would give the last
+                    // sample of a file or fragment no duration: MP4 durations came out one
+                    // frame short and the derived average frame rate wrong (30.34 fps for a
+                    // 30 fps clip of 90 frames). Stamp the nominal duration instead.
+                    if self.packet.duration() <= 0 {
+                        self.packet.set_duration(self.frame_ticks);
+                    }
+                    sink(&mut self.packet).map_err(DrainError::Codec)?
+                }
                 Err(ff::Error::Eof) => return Ok(()),
                 Err(e) if is_again(&e) => return Ok(()),
                 Err(e) => return Err(DrainError::Av(e)),

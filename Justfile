@@ -1,0 +1,42 @@
+# Aegis Edge developer tasks. On a fresh machine run them through tools/dev.sh, which
+# installs `just` and the system packages first (see README.md).
+
+set shell := ["bash", "-euo", "pipefail", "-c"]
+
+export CARGO_TERM_COLOR := "never"
+
+# List the recipes.
+default:
+    @just --list
+
+# Install build/test dependencies and the pinned sample photos.
+setup:
+    tools/setup.sh
+
+# Build the agent and play the sample clip through the demo pipeline (writes .demo/).
+demo *ARGS:
+    cargo build --release -p aegis-agent
+    target/release/aegis demo {{ARGS}}
+
+# Lint, then every test of every crate (unit, integration, end-to-end).
+test: lint
+    cargo build -p aegis-agent
+    cargo test --workspace --no-fail-fast
+
+# What CI runs (.ci/run calls `tools/dev.sh test`, i.e. setup + this).
+ci: test
+
+# Pipeline throughput vs isolated steps and vs the ffmpeg CLI (release build).
+bench *ARGS:
+    cargo build --release -p aegis-agent
+    target/release/aegis bench pipeline --json target/bench-pipeline.json {{ARGS}}
+
+# Formatting and clippy with warnings as errors.
+lint:
+    cargo fmt --all --check
+    cargo clippy --workspace --all-targets -- -D warnings
+
+# Generate a sample clip: just sample OUT [aegis sample options]
+sample OUT *ARGS:
+    cargo build --release -p aegis-agent
+    target/release/aegis sample --out {{OUT}} {{ARGS}}

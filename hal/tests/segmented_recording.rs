@@ -1,0 +1,135 @@
+//! SegmentRecorder: 10 s of 30 fps video cut into 2 s fragmented-MP4 segments.
+
+mod common;
+
+use std::time::Duration;
+
+use aegis_hal::record::{DiskBudget, RecorderSettings, SegmentRecorder};
+use aegis_hal::synth::SyntheticScene;
+use aegis_hal::{FrameLayout, PixelFormat, StreamId, SurfacePool};
+use common::*;
+
+const W: usize = 320;
+const H: usize = 240;
+const FRAMES: usize = 300;
+
+#[test]
+fn segmented_recording() {
+    let dir = tmpdir();
+    let budget = DiskBudget::open(dir.path(), u64::MAX).expect("budget");
+    let stream = StreamId::new("cam1");
+    let mut rec = SegmentRecorder::new(
+        RecorderSettings {
+            dir: dir.path().to_path_buf(),
+            stream: stream.clone(),
+            segment: Duration::from_secs(2),
+            encoder: encoder(2000, 60),
+        },
+        budget.clone(),
+    );
+    let layout = FrameLayout::new(PixelFormat::I420, W, H);
+    let pool = SurfacePool::new(layout, 2);
+    let mut scene = SyntheticScene::new(W, H, 3, 11, None);
+    for i in 0..FRAMES {
+        let mut f = blank_frame(&pool, &stream, i as u64, i as i64 * 33_333);
+        scene.render(&mut f);
+        rec.push(&f).expect("push");
+    }
+    rec.finish().expect("finish");
+    // finish() twice is harmless.
+    rec.finish().expect("second finish");
+
+    let stats = rec.stats();
+    assert_eq!(stats.frames, FRAMES as u64);
+    assert_eq!(stats.segments, 5, "{stats:?}");
+    assert_eq!(rec.encoder_name(), None, "finish closes the encoder");
+
+    let sdir = dir.path().join("cam1");
+    let parts = list_with_suffix(&sdir, ".part");
+    assert!(parts.is_empty(), "left-over .part files: {parts:?}");
+    let segs = list_with_suffix(&sdir, ".mp4");
+    assert_eq!(segs.len(), 5, "{segs:?}");
+    assert_eq!(
+        budget.segments(),
+        segs,
+        "budget lists the segments oldest first"
+    );
+    let on_disk: u64 = segs
+        .iter()
+        .map(|p| std::fs::metadata(p).unwrap().len())
+        .sum();
+    assert_eq!(budget.usage(), (on_disk, 0));
+
+    let have_ffprobe = require_tool("ffprobe");
+    let mut total = 0;
+    let mut counts = Vec::new();
+    let mut prev_last_luma: Option<Vec<u8>> = None;
+    for seg in &segs {
+        let name = seg.file_name().unwrap().to_string_lossy().into_owned();
+        assert!(name.starts_with("cam1-"), "{name}");
+
+        // Our own decoder: every frame, first is a keyframe, timeline starts at 0.
+        let d = decode_all(seg);
+        let n = d.pts_us.len();
+        assert!(d.keyframes[0], "{name} does not start with a keyframe");
+        assert!(
+            d.pts_us[0].abs() <= 1,
+            "{name} starts at pts {}",
+            d.pts_us[0]
+        );
+        assert!(
+            d.pts_us.windows(2).all(|p| p[1] > p[0]),
+            "{name}: pts not increasing"
+        );
+        assert_eq!(d.stats.decode.errors, 0, "{name}");
+        assert_eq!(d.stats.decode.skipped_before_keyframe, 0, "{name}");
+        assert_eq!(d.stats.read_errors, 0, "{name}");
+        assert!(d.sizes.iter().all(|&s| s == (W, H)));
+        // Consecutive segments continue the video: the first frame of this segment is
+        // not a repeat of the previous segment's last frame (nothing duplicated at cuts).
+        if let Some(prev) = &prev_last_luma {
+            assert!(
+                psnr(prev, &d.lumas[0]) < 60.0,
+                "{name}: first frame repeats the previous segment's last"
+            );
+        }
+        prev_last_luma = d.lumas.last().cloned();
+        eprintln!("{name}: {n} frames");
+        counts.push(n);
+        total += n;
+
+        if have_ffprobe {
+            let (codec, w, h, frames, p) = probe_stream(seg);
+            assert_eq!(codec, "h264");
+            assert_eq!((w, h), (W, H));
+            assert!(
+                p.stderr.trim().is_empty(),
+                "{name}: ffprobe errors: {}",
+                p.stderr
+            );
+            assert_eq!(
+                frames as usize, n,
+                "{name}: ffprobe and FileSource disagree"
+            );
+            let types = probe_frame_types(seg);
+            assert!(
+                types[0].1 && types[0].0 == "I",
+                "{name}: first frame {:?}",
+                types[0]
+            );
+            let dur = probe_duration(seg);
+            assert!((dur - 2.0).abs() <= 0.05, "{name}: duration {dur} s");
+        }
+    }
+    eprintln!("segment frame counts: {counts:?}");
+    assert_eq!(
+        total, FRAMES,
+        "segments must hold every frame exactly once: {counts:?}"
+    );
+    for (i, &n) in counts.iter().enumerate() {
+        assert!(
+            (59..=61).contains(&n),
+            "segment {i} has {n} frames: {counts:?}"
+        );
+    }
+}

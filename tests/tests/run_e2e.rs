@@ -1,0 +1,235 @@
+//! End to end: the real `aegis` binary runs a multi-stream pipeline over real clips, serves
+//! /metrics, and on SIGTERM finalises recordings that ffprobe can play frame for frame.
+
+use std::io::{BufRead, BufReader};
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use aegis_tests::*;
+
+fn write_config(dir: &Path, clip: &Path, listen: &str, looping: bool) -> std::path::PathBuf {
+    let cfg = dir.join("aegis.yaml");
+    std::fs::write(
+        &cfg,
+        format!(
+            r#"
+device: {{ id: e2e-test }}
+pipeline:
+  sources:
+    - {{ id: cam0, url: "file://{clip}", loop: {looping} }}
+    - {{ id: cam1, url: "file://{clip}", loop: {looping} }}
+  stages:
+    - kind: passthrough
+    - kind: timestamp_overlay
+  sinks:
+    - kind: record
+      dir: {rec}
+      segment_seconds: 1
+      disk_budget_mb: 64
+      encoder: {{ gop_frames: 15, threads: 1 }}
+store: {{ path: {db} }}
+web: {{ listen: "{listen}" }}
+"#,
+            clip = clip.display(),
+            rec = dir.join("rec").display(),
+            db = dir.join("aegis.db").display(),
+        ),
+    )
+    .unwrap();
+    cfg
+}
+
+/// Waits (bounded, as a safety net only) until `pred` holds.
+fn wait_for(what: &str, limit: Duration, mut pred: impl FnMut() -> bool) {
+    let t0 = Instant::now();
+    while !pred() {
+        assert!(t0.elapsed() < limit, "gave up waiting for {what}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+#[test]
+fn sigterm_finalises_playable_recordings_and_metrics_are_served() {
+    let dir = tempfile::tempdir().unwrap();
+    let clip = make_clip(dir.path(), "clip.mp4", 320, 240, 2.0);
+    let cfg = write_config(dir.path(), &clip, "127.0.0.1:0", true);
+    let mut child = Command::new(aegis_bin())
+        .args(["run", "--realtime", "--config", cfg.to_str().unwrap()])
+        .current_dir(dir.path())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // The agent prints the address it serves on (port 0 = any free port).
+    let stderr = child.stderr.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            if let Some(rest) = line.strip_prefix("serving http://") {
+                let _ = tx.send(rest.split('/').next().unwrap_or_default().to_string());
+            }
+        }
+    });
+    let addr = rx
+        .recv_timeout(Duration::from_secs(30))
+        .expect("agent announced its address");
+
+    // Looping sources keep running; wait for ~2.5 s of video per stream (> 2 segments).
+    let mut body = String::new();
+    wait_for(
+        "frames through both streams",
+        Duration::from_secs(60),
+        || {
+            body = http_get(&addr, "/metrics").map(|r| r.1).unwrap_or_default();
+            ["cam0", "cam1"].iter().all(|s| {
+                metric(
+                    &body,
+                    &format!("aegis_frames_total{{stream=\"{s}\",stage=\"sink\"}}"),
+                )
+                .is_some_and(|n| n >= 75.0)
+            })
+        },
+    );
+    for needle in [
+        "aegis_stage_latency_seconds_bucket{",
+        "aegis_queue_depth{",
+        "aegis_copies_per_frame{stream=\"cam0\"} 2",
+        "aegis_process_resident_memory_bytes",
+        "aegis_process_cpu_milliseconds",
+        "aegis_frames_dropped_total",
+        "aegis_pool_free_surfaces{",
+    ] {
+        assert!(body.contains(needle), "/metrics lacks {needle}:\n{body}");
+    }
+    let (status, health) = http_get(&addr, "/healthz").unwrap();
+    assert!(status.contains("200"), "{status}");
+    let health: serde_json::Value = serde_json::from_str(&health).unwrap();
+    assert_eq!(health["device"], "e2e-test");
+    assert_eq!(health["streams_running"], 2);
+
+    // SIGTERM: the agent must stop the sources, drain, and close the open segments.
+    // SAFETY: plain kill(2) on our own child's pid.
+    assert_eq!(unsafe { libc::kill(child.id() as i32, libc::SIGTERM) }, 0);
+    let t0 = Instant::now();
+    let status = loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            break s;
+        }
+        assert!(
+            t0.elapsed() < Duration::from_secs(60),
+            "agent did not exit after SIGTERM"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let mut out = String::new();
+    std::io::Read::read_to_string(child.stdout.as_mut().unwrap(), &mut out).unwrap();
+    assert!(status.success(), "exit {status:?}; stdout:\n{out}");
+    assert!(
+        files_with_suffix(&dir.path().join("rec"), ".part").is_empty(),
+        "unfinished segments left"
+    );
+
+    for stream in ["cam0", "cam1"] {
+        let delivered: u64 = out
+            .lines()
+            .find(|l| l.starts_with(&format!("stream {stream}:")))
+            .and_then(|l| l.split(", ").nth(1))
+            .and_then(|s| s.split(' ').next())
+            .and_then(|n| n.parse().ok())
+            .unwrap_or_else(|| panic!("no report for {stream} in:\n{out}"));
+        let segs = files_with_suffix(&dir.path().join("rec").join(stream), ".mp4");
+        assert!(segs.len() >= 2, "{stream}: {segs:?}");
+        if have_ffprobe() {
+            let mut total = 0;
+            for s in &segs {
+                let p = ffprobe(s);
+                assert_eq!(
+                    (p.codec.as_str(), p.width, p.height),
+                    ("h264", 320, 240),
+                    "{s:?}"
+                );
+                assert!(p.errors.trim().is_empty(), "{s:?}: {}", p.errors);
+                total += p.frames;
+            }
+            // Every delivered frame is in a finalised segment, including the last one cut short
+            // by SIGTERM.
+            assert_eq!(
+                total, delivered,
+                "{stream}: frames in segments vs delivered"
+            );
+        }
+    }
+}
+
+#[test]
+fn unopenable_source_is_named_and_fails_the_run() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = write_config(
+        dir.path(),
+        &dir.path().join("missing.mp4"),
+        "127.0.0.1:0",
+        false,
+    );
+    let o = aegis(dir.path(), &["run", "--config", cfg.to_str().unwrap()]);
+    assert!(!o.status.success());
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        err.contains("sources[0] (cam0)") && err.contains("missing.mp4"),
+        "{err}"
+    );
+}
+
+#[test]
+fn demo_runs_end_to_end_in_a_fresh_directory() {
+    let dir = tempfile::tempdir().unwrap();
+    let o = aegis(dir.path(), &["demo", "--fast", "--listen", "127.0.0.1:0"]);
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert!(
+        o.status.success(),
+        "{out}\n{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    assert!(
+        out.contains("aegis_frames_total{stream=\"cam0\",stage=\"sink\"} 300"),
+        "{out}"
+    );
+    let segs = files_with_suffix(&dir.path().join(".demo/recordings"), ".mp4");
+    // 10 s clip, 4 s segments, two streams.
+    assert_eq!(segs.len(), 6, "{segs:?}");
+    if have_ffprobe() {
+        let frames: u64 = segs.iter().map(|s| ffprobe(s).frames).sum();
+        assert_eq!(frames, 600);
+    }
+}
+
+#[test]
+fn bench_reports_ratios_and_no_per_frame_allocations() {
+    let dir = tempfile::tempdir().unwrap();
+    let clip = make_clip(dir.path(), "bench.mp4", 320, 240, 4.0);
+    let json = dir.path().join("bench.json");
+    let o = aegis(
+        dir.path(),
+        &[
+            "bench",
+            "pipeline",
+            "--clip",
+            clip.to_str().unwrap(),
+            "--threads",
+            "1",
+            "--json",
+            json.to_str().unwrap(),
+        ],
+    );
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let v: serde_json::Value = serde_json::from_slice(&std::fs::read(&json).unwrap()).unwrap();
+    let r = &v[0];
+    assert_eq!(r["frames"], 120);
+    for k in ["decode_fps", "encode_fps", "pipeline_fps", "overhead_ratio"] {
+        assert!(r[k].as_f64().is_some_and(|x| x > 0.0), "{k} in {r}");
+    }
+    assert_eq!(r["copies_per_frame"], 2);
+    // Steady state must not allocate per frame (a per-frame allocation shows as >= 1).
+    let apf = r["allocs_per_frame"].as_f64().unwrap();
+    assert!(apf < 0.1, "allocations per frame: {apf}");
+}
