@@ -34,6 +34,8 @@ pub struct BenchOptions {
     pub ffmpeg: bool,
     /// Where scratch recordings go.
     pub scratch: PathBuf,
+    /// Runs of each measurement; the best is kept.
+    pub repeat: usize,
 }
 
 /// Results for one clip. `*_fps` are frames per second of wall time.
@@ -118,76 +120,61 @@ pub fn bench_clip(clip: &Path, opts: &BenchOptions) -> anyhow::Result<ClipResult
     let _ = std::fs::remove_dir_all(&scratch);
     std::fs::create_dir_all(&scratch).with_context(|| format!("creating {}", scratch.display()))?;
 
-    // 1. Decode alone.
-    let mut src = FileSource::open(source_settings(clip, t, 8, None))?;
-    let info = src.info().clone();
-    let t0 = Instant::now();
-    let mut frames = 0u64;
-    while let Some(f) = src.next_frame()? {
-        drop(f);
-        frames += 1;
-    }
-    let t_dec = t0.elapsed();
+    // The whole pipeline first, so its RSS is not inflated by the heap the isolated runs
+    // leave behind; then a shorter run: the difference in allocations between the two runs is
+    // the steady-state allocations per frame.
+    let (t_full, rss, copies, allocs_full, frames) =
+        run_pipeline(clip, &scratch.join("full"), t, None)?;
     anyhow::ensure!(frames > 0, "{} decoded to no frames", clip.display());
-
-    // Hold a window of decoded frames for the isolated stage and encoder runs.
-    let held_n = frames.min(60) as usize;
-    let mut src = FileSource::open(source_settings(clip, t, held_n + 1, Some(held_n as u64)))?;
-    let mut held = Vec::with_capacity(held_n);
-    while let Some(f) = src.next_frame()? {
-        held.push(f);
-    }
-
-    // 2. The passthrough stage alone.
-    let mut stage = Passthrough;
-    let t0 = Instant::now();
-    for i in 0..frames as usize {
-        let n = held.len();
-        stage.process(&mut held[i % n])?;
-    }
-    let t_stage = t0.elapsed();
-
-    // 3. Encode + mux alone.
-    let enc_dir = scratch.join("encode-only");
-    let budget = DiskBudget::open(&enc_dir, u64::MAX)?;
-    let rate = info.frame_rate;
-    let mut rec = SegmentRecorder::new(
-        recorder_settings(&record_cfg(&enc_dir, t), &StreamId::new("bench"), rate),
-        budget,
-    );
-    let frame_us = info.frame_duration_us();
-    let t0 = Instant::now();
-    for i in 0..frames as usize {
-        let n = held.len();
-        let f = &mut held[i % n];
-        f.pts_us = i as i64 * frame_us;
-        rec.push(f)?;
-    }
-    rec.finish()?;
-    let t_enc = t0.elapsed();
-    drop(held);
-
-    // 4. The whole pipeline: a short run then a full one; their difference gives the
-    //    steady-state allocations per frame.
     let short = (frames / 3).max(1);
-    let (_, _, _, allocs_short) = run_pipeline(clip, &scratch.join("short"), t, Some(short))?;
-    let (t_full, rss, copies, allocs_full) = run_pipeline(clip, &scratch.join("full"), t, None)?;
+    let (_, _, _, allocs_short, _) = run_pipeline(clip, &scratch.join("short"), t, Some(short))?;
     let allocs_per_frame = if frames > short {
         (allocs_full.saturating_sub(allocs_short)) as f64 / (frames - short) as f64
     } else {
         f64::NAN
     };
 
+    // Then every measurement `repeat` times, interleaved so that machine noise spreads over
+    // all of them; each keeps its best (shortest) time.
+    let best = |a: Option<Duration>, b: Option<Duration>| match (a, b) {
+        (Some(a), Some(b)) => Some(a.min(b)),
+        (a, b) => a.or(b),
+    };
+    let mut t_full = Some(t_full);
+    let (mut t_dec, mut t_stage, mut t_enc, mut t_ff, mut t_ffdec) = (None, None, None, None, None);
+    let mut info = None;
+    for round in 0..opts.repeat.max(1) {
+        if round > 0 {
+            t_full = best(
+                t_full,
+                Some(run_pipeline(clip, &scratch.join("full"), t, None)?.0),
+            );
+        }
+        let (i, dec) = time_decode(clip, t, frames)?;
+        info = Some(i);
+        t_dec = best(t_dec, Some(dec));
+        let (stage, enc) = time_stage_and_encode(clip, t, frames, &scratch)?;
+        t_stage = best(t_stage, Some(stage));
+        t_enc = best(t_enc, Some(enc));
+        if opts.ffmpeg {
+            t_ff = best(
+                t_ff,
+                ffmpeg_time(clip, t, &scratch.join("ffmpeg.mp4"), true),
+            );
+            t_ffdec = best(
+                t_ffdec,
+                ffmpeg_time(clip, t, &scratch.join("unused"), false),
+            );
+        }
+    }
+    let (Some(info), Some(t_full), Some(t_dec), Some(t_stage), Some(t_enc)) =
+        (info, t_full, t_dec, t_stage, t_enc)
+    else {
+        anyhow::bail!("no measurement was taken");
+    };
     let fps = |d: Duration| frames as f64 / d.as_secs_f64().max(1e-9);
     let serial = t_dec + t_stage + t_enc;
-    let (ffmpeg_fps, ffmpeg_decode_fps) = if opts.ffmpeg {
-        (
-            ffmpeg_time(clip, t, &scratch.join("ffmpeg.mp4"), true).map(fps),
-            ffmpeg_time(clip, t, &scratch.join("unused"), false).map(fps),
-        )
-    } else {
-        (None, None)
-    };
+    let (ffmpeg_fps, ffmpeg_decode_fps) = (t_ff.map(fps), t_ffdec.map(fps));
     let pipeline_fps = fps(t_full);
     let _ = std::fs::remove_dir_all(&scratch);
     Ok(ClipResult {
@@ -212,14 +199,89 @@ pub fn bench_clip(clip: &Path, opts: &BenchOptions) -> anyhow::Result<ClipResult
     })
 }
 
+/// Demux + decode of the whole clip into pooled surfaces, frames dropped at once.
+fn time_decode(
+    clip: &Path,
+    threads: usize,
+    frames: u64,
+) -> anyhow::Result<(aegis_hal::container::StreamInfo, Duration)> {
+    let mut src = FileSource::open(source_settings(clip, threads, 8, None))?;
+    let info = src.info().clone();
+    let t0 = Instant::now();
+    let mut decoded = 0u64;
+    while let Some(f) = src.next_frame()? {
+        drop(f);
+        decoded += 1;
+    }
+    let elapsed = t0.elapsed();
+    anyhow::ensure!(
+        decoded == frames,
+        "{}: decoding alone gave {decoded} frames, the pipeline {frames}",
+        clip.display()
+    );
+    Ok((info, elapsed))
+}
+
+/// The passthrough stage and then encode + mux, each over `frames` frames cycled from a held
+/// window of decoded frames (so decoding is not part of either time).
+fn time_stage_and_encode(
+    clip: &Path,
+    threads: usize,
+    frames: u64,
+    scratch: &Path,
+) -> anyhow::Result<(Duration, Duration)> {
+    let held_n = frames.min(60) as usize;
+    let mut src = FileSource::open(source_settings(
+        clip,
+        threads,
+        held_n + 1,
+        Some(held_n as u64),
+    ))?;
+    let info = src.info().clone();
+    let mut held = Vec::with_capacity(held_n);
+    while let Some(f) = src.next_frame()? {
+        held.push(f);
+    }
+    anyhow::ensure!(!held.is_empty(), "{} decoded to no frames", clip.display());
+    let n = held.len();
+
+    let mut stage = Passthrough;
+    let t0 = Instant::now();
+    for i in 0..frames as usize {
+        stage.process(&mut held[i % n])?;
+    }
+    let t_stage = t0.elapsed();
+
+    let enc_dir = scratch.join("encode-only");
+    let _ = std::fs::remove_dir_all(&enc_dir);
+    let budget = DiskBudget::open(&enc_dir, u64::MAX)?;
+    let mut rec = SegmentRecorder::new(
+        recorder_settings(
+            &record_cfg(&enc_dir, threads),
+            &StreamId::new("bench"),
+            info.frame_rate,
+        ),
+        budget,
+    );
+    let frame_us = info.frame_duration_us();
+    let t0 = Instant::now();
+    for i in 0..frames as usize {
+        let f = &mut held[i % n];
+        f.pts_us = i as i64 * frame_us;
+        rec.push(f)?;
+    }
+    rec.finish()?;
+    Ok((t_stage, t0.elapsed()))
+}
+
 /// Runs the real pipeline (source → passthrough → record) over the clip; returns wall time,
-/// steady RSS, copies per frame and the allocation count the run made.
+/// steady RSS, copies per frame, the allocation count the run made and the frames delivered.
 fn run_pipeline(
     clip: &Path,
     dir: &Path,
     threads: usize,
     max_frames: Option<u64>,
-) -> anyhow::Result<(Duration, u64, u32, u64)> {
+) -> anyhow::Result<(Duration, u64, u32, u64, u64)> {
     let cfg = PipelineConfig {
         sources: vec![SourceConfig {
             id: "bench".into(),
@@ -272,7 +334,13 @@ fn run_pipeline(
     if let Some(e) = report.sink_errors.first() {
         anyhow::bail!("pipeline sink failed: {e}");
     }
-    Ok((elapsed, rss_steady, report.copies_per_frame, allocs))
+    Ok((
+        elapsed,
+        rss_steady,
+        report.copies_per_frame,
+        allocs,
+        report.delivered,
+    ))
 }
 
 /// Times `ffmpeg` decoding the clip, and encoding it with the recorder's settings when
@@ -315,28 +383,44 @@ fn ffmpeg_time(clip: &Path, threads: usize, out: &Path, encode: bool) -> Option<
 
 /// Prints one result as an aligned block.
 pub fn print(r: &ClipResult) {
-    let opt = |v: Option<f64>, unit: &str| v.map_or("n/a".to_string(), |v| format!("{v:.2}{unit}"));
+    let opt = |v: Option<f64>, unit: &str| v.map_or("n/a".to_string(), |v| format!("{v:.1}{unit}"));
+    let ratio = |v: Option<f64>| v.map_or("n/a".to_string(), |v| format!("{v:.2}x"));
+    let ms = |fps: f64| 1000.0 / fps;
     println!(
         "{} ({}x{}, {} frames, {} codec threads)",
         r.clip, r.width, r.height, r.frames, r.threads
     );
     println!(
-        "  decode alone          {:>9.1} fps   ffmpeg decode {:>9}   ratio {}",
+        "  decode alone          {:>8.1} fps {:>7.3} ms/frame   ffmpeg decode {} fps, ratio {}",
         r.decode_fps,
+        ms(r.decode_fps),
         opt(r.ffmpeg_decode_fps, ""),
-        opt(r.decode_vs_ffmpeg, "x")
-    );
-    println!("  passthrough alone     {:>9.1} fps", r.stage_fps);
-    println!("  encode+mux alone      {:>9.1} fps", r.encode_fps);
-    println!("  sum of isolated steps {:>9.1} fps", r.serial_fps);
-    println!(
-        "  full pipeline         {:>9.1} fps   overhead ratio {:.3} (pipeline / serial)",
-        r.pipeline_fps, r.overhead_ratio
+        ratio(r.decode_vs_ffmpeg)
     );
     println!(
-        "  ffmpeg decode+encode  {:>9}       pipeline / ffmpeg {}",
-        opt(r.ffmpeg_fps, " fps"),
-        opt(r.pipeline_vs_ffmpeg, "x")
+        "  passthrough alone                {:>7.4} ms/frame",
+        ms(r.stage_fps)
+    );
+    println!(
+        "  encode+mux alone      {:>8.1} fps {:>7.3} ms/frame",
+        r.encode_fps,
+        ms(r.encode_fps)
+    );
+    println!(
+        "  sum of isolated steps {:>8.1} fps {:>7.3} ms/frame",
+        r.serial_fps,
+        ms(r.serial_fps)
+    );
+    println!(
+        "  full pipeline         {:>8.1} fps {:>7.3} ms/frame   overhead ratio {:.3} (pipeline fps / serial fps)",
+        r.pipeline_fps,
+        ms(r.pipeline_fps),
+        r.overhead_ratio
+    );
+    println!(
+        "  ffmpeg decode+encode  {:>8} fps                    pipeline / ffmpeg {}",
+        opt(r.ffmpeg_fps, ""),
+        ratio(r.pipeline_vs_ffmpeg)
     );
     println!(
         "  steady RSS {:.1} MiB, allocations/frame {:.3}, copies/frame {}",

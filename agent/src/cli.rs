@@ -137,6 +137,9 @@ enum BenchCommand {
         /// Also write the results as JSON here.
         #[arg(long)]
         json: Option<PathBuf>,
+        /// Runs of each measurement (interleaved); the best of each is reported.
+        #[arg(long, default_value_t = 3)]
+        repeat: usize,
     },
 }
 
@@ -199,10 +202,11 @@ pub fn main() -> ExitCode {
                     threads,
                     no_ffmpeg,
                     json,
+                    repeat,
                 },
         } => {
             crate::logging::init(log_override.unwrap_or(LogFormat::Human), "warn");
-            bench(clip, threads, !no_ffmpeg, json)
+            bench(clip, threads, !no_ffmpeg, json, repeat)
         }
         Command::Sample {
             out,
@@ -472,6 +476,7 @@ fn bench(
     threads: usize,
     ffmpeg: bool,
     json: Option<PathBuf>,
+    repeat: usize,
 ) -> anyhow::Result<()> {
     let clips = if clips.is_empty() {
         let a = Path::new(SAMPLES_DIR).join("bench-720p.mp4");
@@ -487,6 +492,7 @@ fn bench(
         threads,
         ffmpeg,
         scratch: std::env::temp_dir().join(format!("aegis-bench-{}", std::process::id())),
+        repeat,
     };
     let mut results = Vec::new();
     for c in &clips {

@@ -217,6 +217,8 @@ fn bench_reports_ratios_and_no_per_frame_allocations() {
             clip.to_str().unwrap(),
             "--threads",
             "1",
+            "--repeat",
+            "1",
             "--json",
             json.to_str().unwrap(),
         ],
