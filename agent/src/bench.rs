@@ -260,6 +260,7 @@ fn time_stage_and_encode(
             &record_cfg(&enc_dir, threads),
             &StreamId::new("bench"),
             info.frame_rate,
+            threads,
         ),
         budget,
     );

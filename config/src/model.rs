@@ -441,7 +441,8 @@ pub struct EncoderConfig {
     /// faster and files larger.
     #[serde(default = "default_gop_frames")]
     pub gop_frames: u32,
-    /// Encoder threads per stream (0 = choose automatically, at most 64).
+    /// Encoder threads per stream (0 = the CPU cores divided among the streams, at least 1;
+    /// at most 64).
     #[serde(default = "default_encoder_threads")]
     pub threads: u32,
 }

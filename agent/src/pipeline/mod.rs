@@ -83,7 +83,9 @@ pub enum PipelineError {
 pub struct RunOptions {
     /// Pace every source at its native frame rate (overrides each source's `realtime`).
     pub force_realtime: Option<bool>,
-    /// Decoder threads per stream (0 = libavcodec's choice).
+    /// Decoder threads per stream; 0 = the machine's cores divided among the streams (at
+    /// least 1), which also sets the encoders' threads where their config says 0. Sixteen
+    /// cameras each starting one codec thread per core would only thrash.
     pub decoder_threads: usize,
 }
 
@@ -236,6 +238,8 @@ impl Pipeline {
         opts: &RunOptions,
     ) -> Result<Pipeline, PipelineError> {
         aegis_hal::init();
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+        let auto_threads = (cores / cfg.sources.len().max(1)).max(1);
         let mut sources = Vec::with_capacity(cfg.sources.len());
         for (index, s) in cfg.sources.iter().enumerate() {
             let path: PathBuf = match s.location() {
@@ -262,7 +266,10 @@ impl Pipeline {
                 realtime: opts.force_realtime.unwrap_or(s.realtime),
                 max_frames: s.max_frames,
                 pool_frames: cfg.pool_frames as usize,
-                decoder_threads: opts.decoder_threads,
+                decoder_threads: match opts.decoder_threads {
+                    0 => auto_threads,
+                    n => n,
+                },
             };
             let src = FileSource::open(settings).map_err(|source| PipelineError::Source {
                 index,
@@ -285,7 +292,7 @@ impl Pipeline {
             streams: Vec::new(),
         };
         for source in sources {
-            let threads = spawn_stream(source, cfg, &shared, &metrics, &stop);
+            let threads = spawn_stream(source, cfg, &shared, &metrics, &stop, auto_threads);
             match threads {
                 Ok(t) => pipeline.streams.push(t),
                 Err(e) => {
@@ -357,6 +364,7 @@ fn spawn_stream(
     shared: &[SharedSinkState],
     metrics: &Arc<Metrics>,
     stop: &Arc<AtomicBool>,
+    auto_threads: usize,
 ) -> Result<StreamThreads, PipelineError> {
     let id = source.stream_id().to_string();
     let sm = Arc::new(StreamMetrics::new(metrics, &id));
@@ -394,7 +402,7 @@ fn spawn_stream(
         .sinks
         .iter()
         .zip(shared)
-        .map(|(c, sh)| sinks::build(c, sh, &stream_id, rate, metrics))
+        .map(|(c, sh)| sinks::build(c, sh, &stream_id, rate, auto_threads, metrics))
         .collect();
     let sink_hist: Vec<Histogram> = sinks
         .iter()

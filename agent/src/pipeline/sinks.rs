@@ -71,6 +71,7 @@ pub fn build(
     shared: &SharedSinkState,
     stream: &aegis_hal::StreamId,
     frame_rate: (i32, i32),
+    auto_threads: usize,
     metrics: &Metrics,
 ) -> Box<dyn Sink> {
     match (cfg, shared) {
@@ -80,7 +81,7 @@ pub fn build(
             };
             Box::new(RecordSinkRuntime {
                 recorder: SegmentRecorder::new(
-                    recorder_settings(r, stream, frame_rate),
+                    recorder_settings(r, stream, frame_rate, auto_threads),
                     budget.clone(),
                 ),
                 budget: budget.clone(),
@@ -95,11 +96,13 @@ pub fn build(
     }
 }
 
-/// Recorder settings for one stream from the record sink config.
+/// Recorder settings for one stream from the record sink config; `auto_threads` replaces an
+/// encoder `threads: 0`.
 pub fn recorder_settings(
     r: &RecordSink,
     stream: &aegis_hal::StreamId,
     frame_rate: (i32, i32),
+    auto_threads: usize,
 ) -> RecorderSettings {
     RecorderSettings {
         dir: PathBuf::from(&r.dir),
@@ -109,7 +112,10 @@ pub fn recorder_settings(
             preset: r.encoder.preset.clone(),
             bitrate_kbps: r.encoder.bitrate_kbps,
             gop_frames: r.encoder.gop_frames,
-            threads: r.encoder.threads,
+            threads: match r.encoder.threads {
+                0 => auto_threads as u32,
+                n => n,
+            },
             frame_rate,
         },
     }
