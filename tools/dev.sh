@@ -10,4 +10,6 @@ cd "$(dirname "$0")/.."
 recipe="${1:-demo}"
 shift || true
 tools/setup.sh
+# setup.sh may have just installed rustup's toolchain; this shell needs it on PATH too.
+[ -x "$HOME/.cargo/bin/cargo" ] && export PATH="$HOME/.cargo/bin:$PATH"
 exec .tools/venv/bin/just "$recipe" "$@"

@@ -13,7 +13,13 @@ APT_PACKAGES=(build-essential pkg-config clang libclang-dev
   libavcodec-dev libavformat-dev libavutil-dev libswscale-dev libswresample-dev
   ffmpeg python3 python3-venv python3-pip ca-certificates curl)
 
-as_root() { if [ "$(id -u)" -eq 0 ]; then "$@"; else sudo "$@"; fi; }
+as_root() {
+  if [ "$(id -u)" -eq 0 ]; then "$@"
+  elif command -v sudo >/dev/null 2>&1; then sudo "$@"
+  else echo "setup: need root (or sudo) to install Debian packages: $*" >&2; exit 1
+  fi
+}
+MIN_RUST=1.88
 
 missing=()
 for p in "${APT_PACKAGES[@]}"; do
@@ -25,14 +31,20 @@ if [ ${#missing[@]} -gt 0 ]; then
   DEBIAN_FRONTEND=noninteractive as_root apt-get install -y -qq "${missing[@]}" >/dev/null
 fi
 
-if ! command -v cargo >/dev/null 2>&1; then
-  if [ -x "$HOME/.cargo/bin/cargo" ]; then
-    export PATH="$HOME/.cargo/bin:$PATH"
-  else
-    echo "setup: installing the Rust toolchain with rustup"
-    curl --proto '=https' --tlsv1.2 -sSf https://sh.rustup.rs | sh -s -- -y --profile minimal -c clippy,rustfmt
-    export PATH="$HOME/.cargo/bin:$PATH"
-  fi
+[ -x "$HOME/.cargo/bin/cargo" ] && export PATH="$HOME/.cargo/bin:$PATH"
+rust_ok() {
+  command -v cargo >/dev/null 2>&1 || return 1
+  local v; v=$(cargo --version | awk '{print $2}')
+  [ "$(printf '%s\n%s\n' "$MIN_RUST" "$v" | sort -V | head -1)" = "$MIN_RUST" ]
+}
+if ! rust_ok; then
+  # Debian's own cargo is too old for edition 2024; rustup's stable is the supported toolchain.
+  echo "setup: installing the Rust toolchain (>= $MIN_RUST) with rustup"
+  curl --proto '=https' --tlsv1.2 -sSf https://sh.rustup.rs | sh -s -- -y --profile minimal -c clippy,rustfmt
+  export PATH="$HOME/.cargo/bin:$PATH"
+fi
+if ! cargo clippy --version >/dev/null 2>&1 || ! cargo fmt --version >/dev/null 2>&1; then
+  command -v rustup >/dev/null 2>&1 && rustup component add clippy rustfmt
 fi
 
 if [ ! -x .tools/venv/bin/just ] || ! .tools/venv/bin/just --version | grep -q " $JUST_VERSION"; then

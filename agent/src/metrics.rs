@@ -46,7 +46,7 @@ pub struct QueueLabels {
 pub struct DropLabels {
     /// Stream id.
     pub stream: String,
-    /// Why: `stage` (a stage asked to drop), `shutdown`.
+    /// Why: `stage` (a stage asked to drop the frame).
     pub reason: String,
 }
 

@@ -95,6 +95,9 @@ pub async fn run(
         pipeline = match origin { PipelineOrigin::LocalDefault => "local default", PipelineOrigin::SignedWorkflow => "signed workflow" },
         %listen, "starting pipeline");
 
+    // Signal handlers first: a SIGTERM while sources are still opening must stop cleanly too.
+    let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    let mut sigint = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt())?;
     let started = Instant::now();
     let pipeline = {
         let cfg = pipeline_cfg.clone();
@@ -102,8 +105,6 @@ pub async fn run(
         let opts = req.options.clone();
         tokio::task::spawn_blocking(move || Pipeline::start(&cfg, metrics, &opts)).await??
     };
-    let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
-    let mut sigint = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt())?;
     let mut tick = tokio::time::interval(Duration::from_millis(100));
     let mut interrupted = false;
     loop {
@@ -117,7 +118,14 @@ pub async fn run(
         tracing::info!("signal received: stopping pipeline and finalising recordings");
     }
     pipeline.stop();
-    let streams = tokio::task::spawn_blocking(move || pipeline.wait()).await?;
+    let waiting = tokio::task::spawn_blocking(move || pipeline.wait());
+    // A second signal while draining means "now": exit without waiting for the recordings
+    // (their `.part` files are recovered at the next start).
+    let streams = tokio::select! {
+        r = waiting => r?,
+        _ = sigterm.recv() => second_signal(),
+        _ = sigint.recv() => second_signal(),
+    };
     let elapsed = started.elapsed();
     for s in &streams {
         tracing::info!(stream = %s.stream, decoded = s.decoded, delivered = s.delivered,
@@ -146,6 +154,11 @@ pub async fn run(
         interrupted,
         final_metrics,
     })
+}
+
+fn second_signal() -> ! {
+    tracing::warn!("second signal: exiting without finalising recordings");
+    std::process::exit(130)
 }
 
 /// A minimal HTTP/1.0 GET over loopback, returning the body.

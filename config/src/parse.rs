@@ -260,6 +260,9 @@ fn build_pipeline(
         prefix,
         problems,
     );
+    if let Some(sinks) = sinks.as_deref() {
+        validate::check_record_dirs(sinks, prefix, problems);
+    }
     Some(PipelineConfig {
         sources: all(sources?)?,
         stages: all(stages?)?,

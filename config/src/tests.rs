@@ -639,3 +639,13 @@ fn invalid_display_lists_every_problem() {
     assert_eq!(error.to_string(), "aegis.yaml: a.b: bad\naegis.yaml: worse");
     assert_eq!(error.problems().len(), 2);
 }
+
+#[test]
+fn record_sinks_must_not_share_directories() {
+    let text = minimal()
+        + "  sinks:\n    - {kind: record, dir: /rec}\n    - {kind: discard}\n    - {kind: record, dir: /rec/cam}\n    - {kind: record, dir: /other}\n";
+    assert_eq!(paths_of(&text), ["pipeline.sinks[2].dir"]);
+    let text =
+        minimal() + "  sinks:\n    - {kind: record, dir: /a}\n    - {kind: record, dir: /b}\n";
+    ok(&text);
+}

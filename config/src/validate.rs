@@ -273,6 +273,37 @@ pub(crate) fn check_pipeline_rules(
     }
 }
 
+/// Two record sinks in one directory (or one inside the other) would each count the other's
+/// segments against its own disk budget and delete them.
+pub(crate) fn check_record_dirs(
+    sinks: &[Option<SinkConfig>],
+    prefix: &str,
+    out: &mut Vec<Problem>,
+) {
+    let dirs: Vec<(usize, &std::path::Path)> = sinks
+        .iter()
+        .enumerate()
+        .filter_map(|(i, s)| match s {
+            Some(SinkConfig::Record(r)) => Some((i, r.dir.as_path())),
+            _ => None,
+        })
+        .collect();
+    for (k, (i, dir)) in dirs.iter().enumerate() {
+        if let Some((j, _)) = dirs[..k]
+            .iter()
+            .find(|(_, other)| dir.starts_with(other) || other.starts_with(dir))
+        {
+            out.push(Problem::new(
+                join_key(&join_index(&join_key(prefix, "sinks"), *i), "dir"),
+                format!(
+                    "overlaps the directory of sinks[{j}]: each record sink needs its own \
+                     directory, or their disk budgets would delete each other's segments"
+                ),
+            ));
+        }
+    }
+}
+
 pub(crate) fn check_stage(stage: &StageConfig, prefix: &str, out: &mut Vec<Problem>) {
     match stage {
         StageConfig::Passthrough(_) => {}

@@ -7,7 +7,7 @@
 //! [`PooledSurface`]; neither allocates.
 
 use std::ops::{Deref, DerefMut};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
@@ -26,6 +26,8 @@ struct Shared {
     closed: AtomicBool,
     waits: AtomicU64,
     wait_ns: AtomicU64,
+    /// Producers blocked in `acquire` right now.
+    waiting: AtomicUsize,
 }
 
 impl Shared {
@@ -65,6 +67,7 @@ impl SurfacePool {
                 closed: AtomicBool::new(false),
                 waits: AtomicU64::new(0),
                 wait_ns: AtomicU64::new(0),
+                waiting: AtomicUsize::new(0),
             }),
         }
     }
@@ -90,6 +93,11 @@ impl SurfacePool {
             self.shared.waits.load(Ordering::Relaxed),
             Duration::from_nanos(self.shared.wait_ns.load(Ordering::Relaxed)),
         )
+    }
+
+    /// Producers blocked waiting for a surface right now.
+    pub fn waiting(&self) -> usize {
+        self.shared.waiting.load(Ordering::Acquire)
     }
 
     /// Takes a free surface, waiting as long as it takes (backpressure).
@@ -135,18 +143,26 @@ impl SurfacePool {
                 }));
             }
             waited_since.get_or_insert_with(Instant::now);
-            free = match deadline {
-                None => sh.returned.wait(free).unwrap_or_else(|p| p.into_inner()),
+            sh.waiting.fetch_add(1, Ordering::AcqRel);
+            let woken = match deadline {
+                None => Ok(sh.returned.wait(free).unwrap_or_else(|p| p.into_inner())),
                 Some(d) => {
                     let now = Instant::now();
                     if now >= d {
-                        return Ok(None);
+                        Err(())
+                    } else {
+                        Ok(sh
+                            .returned
+                            .wait_timeout(free, d - now)
+                            .unwrap_or_else(|p| p.into_inner())
+                            .0)
                     }
-                    sh.returned
-                        .wait_timeout(free, d - now)
-                        .unwrap_or_else(|p| p.into_inner())
-                        .0
                 }
+            };
+            sh.waiting.fetch_sub(1, Ordering::AcqRel);
+            free = match woken {
+                Ok(guard) => guard,
+                Err(()) => return Ok(None),
             };
         }
     }
@@ -214,7 +230,9 @@ mod tests {
         );
         let p2 = p.clone();
         let waiter = std::thread::spawn(move || p2.acquire().map(|s| s.len()));
-        std::thread::sleep(Duration::from_millis(30));
+        while p.waiting() == 0 {
+            std::thread::yield_now();
+        }
         assert!(
             !waiter.is_finished(),
             "producer must wait while the pool is empty"
@@ -230,7 +248,9 @@ mod tests {
         let held = p.acquire().unwrap();
         let p2 = p.clone();
         let waiter = std::thread::spawn(move || p2.acquire().err());
-        std::thread::sleep(Duration::from_millis(20));
+        while p.waiting() == 0 {
+            std::thread::yield_now();
+        }
         p.close();
         assert_eq!(waiter.join().unwrap(), Some(PoolClosed));
         drop(held);

@@ -36,6 +36,16 @@ pub enum RecordError {
         /// libav's error.
         source: ff::Error,
     },
+    /// The encoder cannot take frames of this size (refused once; later frames fail fast).
+    #[error("cannot record {width}x{height} frames: {reason}")]
+    Unrecordable {
+        /// Frame width.
+        width: usize,
+        /// Frame height.
+        height: usize,
+        /// Why the encoder refused.
+        reason: String,
+    },
     /// Filesystem error (creating the directory, renaming, deleting).
     #[error("{what} {path}: {source}")]
     Io {
@@ -107,20 +117,41 @@ impl DiskBudget {
         std::fs::create_dir_all(dir).map_err(io("creating", dir))?;
         let mut found = Vec::new();
         for stream_dir in std::fs::read_dir(dir).map_err(io("listing", dir))? {
-            let stream_dir = stream_dir.map_err(io("listing", dir))?.path();
-            if !stream_dir.is_dir() {
+            let stream_dir = stream_dir.map_err(io("listing", dir))?;
+            // Only real directories named like a stream id; symlinks are not followed, so
+            // the budget can never delete files outside `dir`.
+            let is_dir = stream_dir.file_type().is_ok_and(|t| t.is_dir());
+            let stream = stream_dir.file_name();
+            let Some(stream) = stream.to_str().filter(|s| is_dir && is_stream_id(s)) else {
                 continue;
-            }
-            for entry in std::fs::read_dir(&stream_dir).map_err(io("listing", &stream_dir))? {
-                let mut path = entry.map_err(io("listing", &stream_dir))?.path();
-                let name = path.to_string_lossy().into_owned();
+            };
+            let stream_dir = stream_dir.path();
+            let entries = match std::fs::read_dir(&stream_dir) {
+                Ok(e) => e,
+                Err(e) => {
+                    tracing::warn!(dir = %stream_dir.display(), error = %e, "skipping unreadable directory");
+                    continue;
+                }
+            };
+            for entry in entries.flatten() {
+                if !entry.file_type().is_ok_and(|t| t.is_file()) {
+                    continue;
+                }
+                let file = entry.file_name();
+                // Only files this recorder writes: `<stream>-….mp4` (or `.mp4.part`).
+                let Some(name) = file.to_str().filter(|n| {
+                    n.starts_with(stream)
+                        && n[stream.len()..].starts_with('-')
+                        && (n.ends_with(".mp4") || n.ends_with(".mp4.part"))
+                }) else {
+                    continue;
+                };
+                let mut path = entry.path();
                 if let Some(stem) = name.strip_suffix(PART_SUFFIX) {
-                    let done = PathBuf::from(stem);
+                    let done = stream_dir.join(stem);
                     std::fs::rename(&path, &done).map_err(io("recovering", &path))?;
                     tracing::warn!(segment = %done.display(), "recovered segment left open by a crash");
                     path = done;
-                } else if !name.ends_with(".mp4") {
-                    continue;
                 }
                 let meta = std::fs::metadata(&path).map_err(io("reading", &path))?;
                 let mtime = meta.modified().unwrap_or(UNIX_EPOCH);
@@ -199,6 +230,15 @@ impl DiskBudget {
             }
         }
     }
+}
+
+/// Stream ids are `[a-z0-9_-]{1,64}` (the config enforces it); directories named otherwise
+/// are not ours.
+fn is_stream_id(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 64
+        && s.bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_' || b == b'-')
 }
 
 struct SegmentWriter {
@@ -318,11 +358,33 @@ pub struct SegmentRecorder {
     encoder: Option<VideoEncoder>,
     /// Stream parameters (SPS/PPS extradata) of the open encoder, for each new segment.
     params: Option<ff::codec::Parameters>,
+    /// A frame size the encoder refused, and why: frames of that size fail fast instead of
+    /// reopening the encoder for every frame.
+    refused: Option<((usize, usize), String)>,
     writer: Option<SegmentWriter>,
     next_index: u64,
     /// Frame timestamp (µs) at which the next segment starts; the frame there is forced to IDR.
     next_cut_us: Option<i64>,
+    /// Encoder timestamp of the previous frame (timestamps must increase strictly).
+    last_pts: Option<i64>,
+    /// Encoder timestamp of the frame last forced to IDR for a cut: the segment changes at the
+    /// key packet that carries it — the one cut rule, whatever the frame rate or GOP.
+    pending_cut: Option<i64>,
     stats: RecorderStats,
+}
+
+/// A jump back in time larger than this is a discontinuity (camera restart, wrapped
+/// timestamps): the open segment is closed and a new one starts.
+const DISCONTINUITY_TICKS: i64 = 90_000;
+
+/// The encoder timestamp (90 kHz) for a frame at `pts_us`, kept strictly increasing: equal or
+/// slightly decreasing timestamps would make the encoder and the muxer drop the frame.
+fn next_encoder_pts(last: Option<i64>, pts_us: i64) -> i64 {
+    let pts = pts_us.saturating_mul(9) / 100;
+    match last {
+        Some(last) if pts <= last => last + 1,
+        _ => pts,
+    }
 }
 
 impl SegmentRecorder {
@@ -333,9 +395,12 @@ impl SegmentRecorder {
             budget,
             encoder: None,
             params: None,
+            refused: None,
             writer: None,
             next_index: 0,
             next_cut_us: None,
+            last_pts: None,
+            pending_cut: None,
             stats: RecorderStats::default(),
         }
     }
@@ -352,17 +417,45 @@ impl SegmentRecorder {
 
     /// Encodes and writes one frame (the encoder's picture is filled by one copy).
     pub fn push(&mut self, frame: &Frame) -> Result<(), RecordError> {
-        let reopen = self.encoder.as_ref().map(|e| e.geometry())
-            != Some((frame.layout.width, frame.layout.height));
+        let geometry = (frame.layout.width, frame.layout.height);
+        if let Some((g, reason)) = &self.refused
+            && *g == geometry
+        {
+            return Err(RecordError::Unrecordable {
+                width: g.0,
+                height: g.1,
+                reason: reason.clone(),
+            });
+        }
+        let raw_pts = frame.pts_us.saturating_mul(9) / 100;
+        if self
+            .last_pts
+            .is_some_and(|last| raw_pts < last - DISCONTINUITY_TICKS)
+        {
+            tracing::info!(stream = %self.settings.stream, "timestamps jumped back; new segment");
+            self.finish()?;
+        }
+        let reopen = self
+            .encoder
+            .as_ref()
+            .is_none_or(|e| !e.accepts(&frame.layout));
         if reopen {
             // First frame, or the stream changed resolution: close what is open and start a
             // new encoder and segment.
             self.finish()?;
-            let enc = VideoEncoder::open(&self.settings.encoder, frame.layout, true)?;
+            let enc = match VideoEncoder::open(&self.settings.encoder, frame.layout, true) {
+                Ok(enc) => enc,
+                Err(e) => {
+                    self.refused = Some((geometry, e.to_string()));
+                    return Err(e.into());
+                }
+            };
+            self.refused = None;
             self.params = Some(enc.parameters());
             self.encoder = Some(enc);
-            self.next_cut_us = None;
         }
+        let pts = next_encoder_pts(self.last_pts, frame.pts_us);
+        self.last_pts = Some(pts);
         let seg_us = self.settings.segment.as_micros() as i64;
         let force_key = match self.next_cut_us {
             None => {
@@ -386,19 +479,14 @@ impl SegmentRecorder {
             }
             Some(_) => false,
         };
-        let Some(enc) = self.encoder.as_mut() else {
+        if force_key {
+            self.pending_cut = Some(pts);
+        }
+        let (enc, mut route) = self.split();
+        let Some(enc) = enc else {
             return Ok(());
         };
-        let mut route = PacketRouter {
-            settings: &self.settings,
-            budget: &self.budget,
-            params: self.params.as_ref(),
-            writer: &mut self.writer,
-            next_index: &mut self.next_index,
-            stats: &mut self.stats,
-            failure: None,
-        };
-        enc.encode(frame, force_key, &mut |pkt| {
+        enc.encode(frame, pts, force_key, &mut |pkt| {
             route.route(pkt);
             Ok(())
         })?;
@@ -407,18 +495,11 @@ impl SegmentRecorder {
         failure.map_or(Ok(()), Err)
     }
 
-    /// Flushes the encoder and closes the open segment (on shutdown or before a reopen).
+    /// Flushes the encoder and closes the open segment (on shutdown, before a reopen, or at a
+    /// discontinuity).
     pub fn finish(&mut self) -> Result<(), RecordError> {
         if let Some(mut enc) = self.encoder.take() {
-            let mut route = PacketRouter {
-                settings: &self.settings,
-                budget: &self.budget,
-                params: self.params.as_ref(),
-                writer: &mut self.writer,
-                next_index: &mut self.next_index,
-                stats: &mut self.stats,
-                failure: None,
-            };
+            let (_, mut route) = self.split();
             enc.finish(&mut |pkt| {
                 route.route(pkt);
                 Ok(())
@@ -427,12 +508,32 @@ impl SegmentRecorder {
                 return Err(e);
             }
         }
+        self.next_cut_us = None;
+        self.last_pts = None;
+        self.pending_cut = None;
         if let Some(w) = self.writer.take() {
             let (path, bytes) = w.close()?;
             self.stats.segments += 1;
             self.budget.add(path, bytes);
         }
         Ok(())
+    }
+
+    /// The encoder and a router over the other fields, borrowed apart.
+    fn split(&mut self) -> (Option<&mut VideoEncoder>, PacketRouter<'_>) {
+        (
+            self.encoder.as_mut(),
+            PacketRouter {
+                settings: &self.settings,
+                budget: &self.budget,
+                params: self.params.as_ref(),
+                writer: &mut self.writer,
+                next_index: &mut self.next_index,
+                stats: &mut self.stats,
+                pending_cut: &mut self.pending_cut,
+                failure: None,
+            },
+        )
     }
 }
 
@@ -444,6 +545,7 @@ struct PacketRouter<'a> {
     writer: &'a mut Option<SegmentWriter>,
     next_index: &'a mut u64,
     stats: &'a mut RecorderStats,
+    pending_cut: &'a mut Option<i64>,
     /// First error; later packets are dropped until the caller sees it.
     failure: Option<RecordError>,
 }
@@ -457,17 +559,13 @@ impl PacketRouter<'_> {
         }
     }
 
-    /// Starts a new segment at a keyframe past the cut point, then writes the packet.
+    /// Starts a new segment at the key packet of the frame forced for the cut (or at the
+    /// first keyframe), then writes the packet.
     fn try_route(&mut self, pkt: &mut ff::Packet) -> Result<(), RecordError> {
-        let seg_ticks = self.settings.segment.as_micros() as i64 * 9 / 100;
-        // Half a frame of slack so a forced keyframe exactly at the cut always cuts.
-        let slack = 1_500;
         let pts = pkt.pts().unwrap_or(0);
-        let cut = match &*self.writer {
-            None => pkt.is_key(),
-            Some(w) => pkt.is_key() && pts - w.first_pts + slack >= seg_ticks,
-        };
-        if cut {
+        let due = self.pending_cut.is_some_and(|c| pts >= c);
+        if pkt.is_key() && (self.writer.is_none() || due) {
+            *self.pending_cut = None;
             if let Some(w) = self.writer.take() {
                 let (path, bytes) = w.close()?;
                 self.stats.segments += 1;
@@ -500,6 +598,7 @@ pub struct ClipWriter {
     encoder: VideoEncoder,
     writer: SegmentWriter,
     frames: u64,
+    last_pts: Option<i64>,
 }
 
 impl ClipWriter {
@@ -521,6 +620,7 @@ impl ClipWriter {
             encoder,
             writer,
             frames: 0,
+            last_pts: None,
         })
     }
 
@@ -528,9 +628,11 @@ impl ClipWriter {
     pub fn push(&mut self, frame: &Frame) -> Result<(), RecordError> {
         let force_key = self.frames == 0;
         self.frames += 1;
+        let pts = next_encoder_pts(self.last_pts, frame.pts_us);
+        self.last_pts = Some(pts);
         let w = &mut self.writer;
         let mut failure = None;
-        self.encoder.encode(frame, force_key, &mut |pkt| {
+        self.encoder.encode(frame, pts, force_key, &mut |pkt| {
             if failure.is_none() {
                 failure = w.write(pkt).err();
             }

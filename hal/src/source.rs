@@ -4,6 +4,7 @@
 //! errors wherever playback can go on.
 
 use std::path::PathBuf;
+use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
 use ffmpeg_next as ff;
@@ -15,6 +16,10 @@ use crate::pool::SurfacePool;
 
 /// After this many read errors in a row the file is treated as ending there (truncated).
 const MAX_CONSECUTIVE_READ_ERRORS: u32 = 16;
+
+/// Largest frame side accepted: a corrupt or hostile header must not make the pool allocate
+/// gigabytes (8192 covers 8K video).
+pub const MAX_FRAME_SIDE: usize = 8192;
 
 /// How a file source behaves.
 #[derive(Debug, Clone)]
@@ -49,6 +54,51 @@ pub enum SourceError {
         /// What went wrong.
         source: CodecError,
     },
+    /// The stream's frames are larger than [`MAX_FRAME_SIDE`].
+    #[error("{path}: frame size {width}x{height} exceeds the {max}x{max} limit")]
+    FrameTooLarge {
+        /// The file.
+        path: PathBuf,
+        /// Width.
+        width: usize,
+        /// Height.
+        height: usize,
+        /// The limit.
+        max: usize,
+    },
+}
+
+/// Stops a source from another thread: `next_frame` then returns `Ok(None)`, also when it was
+/// waiting for a free surface or for its next frame's presentation time.
+#[derive(Clone)]
+pub struct SourceStopper {
+    state: Arc<StopState>,
+}
+
+struct StopState {
+    stopped: Mutex<bool>,
+    wake: Condvar,
+    /// The pool the source currently fills (it changes with the stream's resolution).
+    pool: Mutex<SurfacePool>,
+}
+
+impl StopState {
+    fn is_stopped(&self) -> bool {
+        *self.stopped.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+impl SourceStopper {
+    /// Stops the source (idempotent).
+    pub fn stop(&self) {
+        *self.state.stopped.lock().unwrap_or_else(|p| p.into_inner()) = true;
+        self.state.wake.notify_all();
+        self.state
+            .pool
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .close();
+    }
 }
 
 /// What a source has seen so far.
@@ -73,6 +123,9 @@ pub struct FileSource {
     demux: FileDemuxer,
     decoder: VideoDecoder,
     pool: SurfacePool,
+    stop: Arc<StopState>,
+    /// Backpressure waits counted by pools this source replaced.
+    earlier_pool_waits: u64,
     packet: ff::Packet,
     eof_sent: bool,
     pts_offset_us: i64,
@@ -106,13 +159,21 @@ impl FileSource {
             settings.decoder_threads,
         )
         .map_err(codec_err)?;
+        check_size(&settings.path, info.width, info.height)?;
         let layout = FrameLayout::new(PixelFormat::I420, info.width.max(2), info.height.max(2));
         let pool = SurfacePool::new(layout, settings.pool_frames);
+        let stop = Arc::new(StopState {
+            stopped: Mutex::new(false),
+            wake: Condvar::new(),
+            pool: Mutex::new(pool.clone()),
+        });
         Ok(FileSource {
             settings,
             demux,
             decoder,
             pool,
+            stop,
+            earlier_pool_waits: 0,
             packet: ff::Packet::empty(),
             eof_sent: false,
             pts_offset_us: 0,
@@ -137,9 +198,21 @@ impl FileSource {
         &self.settings.stream
     }
 
-    /// This stream's surface pool (for metrics, and to close it on shutdown).
+    /// This stream's current surface pool (for metrics).
     pub fn pool(&self) -> &SurfacePool {
         &self.pool
+    }
+
+    /// Times the source waited for a free surface (backpressure), over all its pools.
+    pub fn pool_waits(&self) -> u64 {
+        self.earlier_pool_waits + self.pool.backpressure().0
+    }
+
+    /// A handle that stops this source from another thread.
+    pub fn stopper(&self) -> SourceStopper {
+        SourceStopper {
+            state: self.stop.clone(),
+        }
     }
 
     /// Counters so far.
@@ -151,12 +224,23 @@ impl FileSource {
     }
 
     /// The next frame, waiting for a free surface if the pipeline is behind. `Ok(None)` at the
-    /// end of the file (or of `max_frames`).
+    /// end of the file (or of `max_frames`), or once stopped through a [`SourceStopper`].
     pub fn next_frame(&mut self) -> Result<Option<Frame>, SourceError> {
-        if self
-            .settings
-            .max_frames
-            .is_some_and(|m| self.stats.frames >= m)
+        match self.next_frame_inner() {
+            Err(SourceError::Codec {
+                source: CodecError::PoolClosed(_),
+                ..
+            }) if self.stop.is_stopped() => Ok(None),
+            other => other,
+        }
+    }
+
+    fn next_frame_inner(&mut self) -> Result<Option<Frame>, SourceError> {
+        if self.stop.is_stopped()
+            || self
+                .settings
+                .max_frames
+                .is_some_and(|m| self.stats.frames >= m)
         {
             return Ok(None);
         }
@@ -218,10 +302,18 @@ impl FileSource {
                         .decoder
                         .pending_layout()
                         .map_err(|e| self.codec_error(e))?;
+                    check_size(&self.settings.path, layout.width, layout.height)?;
                     tracing::info!(stream = %self.settings.stream, width = layout.width,
                         height = layout.height, "stream changed resolution; new surface pool");
                     self.pool.close();
+                    self.earlier_pool_waits += self.pool.backpressure().0;
                     self.pool = SurfacePool::new(layout, self.settings.pool_frames);
+                    let mut current = self.stop.pool.lock().unwrap_or_else(|p| p.into_inner());
+                    *current = self.pool.clone();
+                    // A stop that raced with the swap closed the old pool; close this one too.
+                    if self.stop.is_stopped() {
+                        current.close();
+                    }
                 }
                 Err(e) => return Err(self.codec_error(e)),
             }
@@ -263,9 +355,32 @@ impl FileSource {
         }
         let (t0, p0) = *self.clock.get_or_insert((Instant::now(), pts_us));
         let due = t0 + Duration::from_micros((pts_us - p0).max(0) as u64);
-        let now = Instant::now();
-        if due > now {
-            std::thread::sleep(due - now);
+        // Wait on the stop condition rather than sleeping: a timestamp jump in a damaged file
+        // must not delay shutdown by the size of the jump.
+        let mut stopped = self.stop.stopped.lock().unwrap_or_else(|p| p.into_inner());
+        while !*stopped {
+            let now = Instant::now();
+            if now >= due {
+                break;
+            }
+            stopped = self
+                .stop
+                .wake
+                .wait_timeout(stopped, due - now)
+                .unwrap_or_else(|p| p.into_inner())
+                .0;
         }
     }
+}
+
+fn check_size(path: &std::path::Path, width: usize, height: usize) -> Result<(), SourceError> {
+    if width > MAX_FRAME_SIDE || height > MAX_FRAME_SIDE {
+        return Err(SourceError::FrameTooLarge {
+            path: path.to_path_buf(),
+            width,
+            height,
+            max: MAX_FRAME_SIDE,
+        });
+    }
+    Ok(())
 }

@@ -104,7 +104,8 @@ impl Stage for TimestampOverlay {
             now.subsec_millis(),
             frame.seq
         );
-        let (w, h) = (frame.layout.width, frame.layout.height);
+        // The pixel kernels work on 4:2:0 pairs; an odd last row/column is left as is.
+        let (w, h) = (frame.layout.width & !1, frame.layout.height & !1);
         let format = frame.layout.format;
         let [y, p1, p2] = frame.planes_mut();
         let r = match format {

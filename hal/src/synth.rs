@@ -171,7 +171,9 @@ impl SyntheticScene {
         let movers = (0..objects)
             .map(|i| {
                 let (class, wf, aspect, yuv) = classes[i % classes.len()];
-                let w = (base * wf * (0.8 + 0.4 * rng.next())).max(8.0);
+                let w = (base * wf * (0.8 + 0.4 * rng.next()))
+                    .max(8.0)
+                    .min(width as f64 * 0.8);
                 let h = (w * aspect).min(height as f64 * 0.8);
                 let speed = (width as f64 / 120.0) * (0.5 + rng.next());
                 let angle = rng.next() * std::f64::consts::TAU;
@@ -462,6 +464,20 @@ mod tests {
                     if !later {
                         assert_eq!(pu.data[(cy / 2) * pu.stride + cx / 2], expect_u, "{b:?}");
                     }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn narrow_and_tiny_frames_do_not_panic() {
+        for (w, h) in [(16, 720), (720, 16), (16, 16)] {
+            let pool = SurfacePool::new(FrameLayout::new(PixelFormat::I420, w, h), 1);
+            let mut scene = SyntheticScene::new(w, h, 5, 3, None);
+            for _ in 0..50 {
+                let mut f = frame(&pool);
+                for b in scene.render(&mut f) {
+                    assert!(b.x + b.w <= w && b.y + b.h <= h, "{w}x{h}: {b:?}");
                 }
             }
         }

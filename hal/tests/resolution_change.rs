@@ -66,7 +66,8 @@ fn resolution_change_mid_stream() {
         .expect("no error across the resolution change")
     {
         let size = (f.layout.width, f.layout.height);
-        assert_eq!(size, (f.layout.width, f.layout.height));
+        let expected = if i < N1 { (320, 240) } else { (640, 360) };
+        assert_eq!(size, expected, "frame {i}");
         let p = psnr(&originals[i], &luma(&f));
         assert!(p > 30.0, "frame {i} ({size:?}): Y PSNR {p:.1} dB");
         sizes.push(size);

@@ -133,3 +133,51 @@ fn segmented_recording() {
         );
     }
 }
+
+/// NTSC rates: frame times are not whole multiples of the segment length, and the
+/// encoder's natural keyframes must not confuse the cut (GOP longer than a segment).
+#[test]
+fn segments_stay_exact_at_ntsc_rates() {
+    for (num, den) in [(30_000i64, 1_001i64), (24_000, 1_001)] {
+        let dir = tmpdir();
+        let budget = DiskBudget::open(dir.path(), u64::MAX).expect("budget");
+        let stream = StreamId::new("ntsc");
+        let mut rec = SegmentRecorder::new(
+            RecorderSettings {
+                dir: dir.path().to_path_buf(),
+                stream: stream.clone(),
+                segment: Duration::from_secs(4),
+                encoder: encoder(1000, 1000),
+            },
+            budget,
+        );
+        let layout = FrameLayout::new(PixelFormat::I420, 160, 120);
+        let pool = SurfacePool::new(layout, 2);
+        let mut scene = SyntheticScene::new(160, 120, 2, 5, None);
+        // 20 s of video.
+        let frames = (20 * num / den) as u64;
+        for i in 0..frames {
+            let pts = (i as i64 * 1_000_000 * den + num / 2) / num;
+            let mut f = blank_frame(&pool, &stream, i, pts);
+            f.duration_us = 1_000_000 * den / num;
+            scene.render(&mut f);
+            rec.push(&f).expect("push");
+        }
+        rec.finish().expect("finish");
+        let segs = list_with_suffix(&dir.path().join("ntsc"), ".mp4");
+        let counts: Vec<usize> = segs.iter().map(|s| decode_all(s).pts_us.len()).collect();
+        let per_segment = 4.0 * num as f64 / den as f64;
+        assert_eq!(counts.len(), 5, "{num}/{den}: {counts:?}");
+        assert_eq!(
+            counts.iter().sum::<usize>() as u64,
+            frames,
+            "{num}/{den}: {counts:?}"
+        );
+        for c in &counts {
+            assert!(
+                (*c as f64 - per_segment).abs() <= 1.0,
+                "{num}/{den}: segment of {c} frames, expected about {per_segment:.1}: {counts:?}"
+            );
+        }
+    }
+}

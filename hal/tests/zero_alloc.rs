@@ -185,8 +185,14 @@ fn full_pool_blocks_the_source() {
         let _ = tx.send(());
         f.map(|f| f.map(|f| (f.seq, f.pts_us)))
     });
-    // Not a timing assertion: it only gives the source ample chance to (wrongly) return.
-    std::thread::sleep(Duration::from_millis(300));
+    // The source is blocked in the pool (not merely slow): wait until the pool says so.
+    while pool.waiting() == 0 {
+        assert!(
+            rx.try_recv().is_err(),
+            "next_frame returned while every surface was held"
+        );
+        std::thread::yield_now();
+    }
     assert!(
         rx.try_recv().is_err(),
         "next_frame returned while every surface was held"

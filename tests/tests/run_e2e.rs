@@ -235,3 +235,48 @@ fn bench_reports_ratios_and_no_per_frame_allocations() {
     let apf = r["allocs_per_frame"].as_f64().unwrap();
     assert!(apf < 0.1, "allocations per frame: {apf}");
 }
+
+#[test]
+fn resolution_change_mid_stream_is_recorded_in_both_sizes() {
+    if !have_ffprobe() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let mut raw = Vec::new();
+    for (name, w, h) in [("small.mp4", 320, 240), ("large.mp4", 640, 360)] {
+        let clip = make_clip(dir.path(), name, w, h, 1.0);
+        let annexb = dir.path().join(format!("{name}.h264"));
+        let ok = Command::new("ffmpeg")
+            .args(["-v", "error", "-y", "-i"])
+            .arg(&clip)
+            .args(["-c", "copy", "-bsf:v", "h264_mp4toannexb", "-f", "h264"])
+            .arg(&annexb)
+            .status()
+            .expect("ffmpeg");
+        assert!(ok.success());
+        raw.extend(std::fs::read(&annexb).unwrap());
+    }
+    let both = dir.path().join("both.h264");
+    std::fs::write(&both, raw).unwrap();
+    let cfg = write_config(dir.path(), &both, "127.0.0.1:0", false);
+    let o = aegis(dir.path(), &["run", "--config", cfg.to_str().unwrap()]);
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert!(
+        o.status.success(),
+        "{out}\n{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    assert!(
+        out.contains("stream cam0: 60 frames decoded, 60 delivered"),
+        "{out}"
+    );
+    let sizes: Vec<(u64, u64, u64)> = files_with_suffix(&dir.path().join("rec/cam0"), ".mp4")
+        .iter()
+        .map(|s| {
+            let p = ffprobe(s);
+            (p.width, p.height, p.frames)
+        })
+        .collect();
+    let frames_of = |w| sizes.iter().filter(|s| s.0 == w).map(|s| s.2).sum::<u64>();
+    assert_eq!((frames_of(320), frames_of(640)), (30, 30), "{sizes:?}");
+}

@@ -27,9 +27,9 @@ use std::thread::JoinHandle;
 use std::time::Instant;
 
 use aegis_config::{PipelineConfig, SourceLocation, StageConfig};
-use aegis_hal::source::{FileSource, FileSourceSettings, SourceError};
+use aegis_hal::source::{FileSource, FileSourceSettings, SourceError, SourceStopper};
 use aegis_hal::stage::{Passthrough, Stage, StageOutcome, TimestampOverlay};
-use aegis_hal::{Frame, StreamId, SurfacePool};
+use aegis_hal::{Frame, StreamId};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::Histogram;
@@ -113,7 +113,7 @@ pub struct StreamReport {
 /// A running pipeline.
 pub struct Pipeline {
     stop: Arc<AtomicBool>,
-    pools: Vec<SurfacePool>,
+    stoppers: Vec<SourceStopper>,
     streams: Vec<StreamThreads>,
 }
 
@@ -174,11 +174,13 @@ impl StreamMetrics {
     }
 }
 
-/// Counts an error and logs it the first time each (component, type) happens on a stream.
+/// Counts errors and logs each (component, type) the first time it happens on a stream.
+/// Counter handles are cached, so a stream that errors on every frame still does not
+/// allocate per frame.
 struct ErrorReporter {
     metrics: Arc<Metrics>,
     stream: String,
-    seen: Vec<(&'static str, &'static str)>,
+    seen: Vec<(&'static str, &'static str, Counter)>,
 }
 
 impl ErrorReporter {
@@ -194,21 +196,31 @@ impl ErrorReporter {
         &mut self,
         component: &'static str,
         error_type: &'static str,
+        count: u64,
         error: &dyn std::fmt::Display,
     ) {
-        if !self.seen.contains(&(component, error_type)) {
-            self.seen.push((component, error_type));
-            tracing::warn!(stream = %self.stream, component, error_type, %error,
-                "pipeline error (further errors of this kind are only counted)");
+        if count == 0 {
+            return;
         }
-        self.metrics
-            .errors
-            .get_or_create(&ErrorLabels {
-                component: component.into(),
-                error_type: error_type.into(),
-                stream: self.stream.clone(),
-            })
-            .inc();
+        let known = self
+            .seen
+            .iter()
+            .position(|(c, t, _)| (*c, *t) == (component, error_type));
+        let i = match known {
+            Some(i) => i,
+            None => {
+                tracing::warn!(stream = %self.stream, component, error_type, %error,
+                    "pipeline error (further errors of this kind are only counted)");
+                let counter = self.metrics.errors.get_or_create_owned(&ErrorLabels {
+                    component: component.into(),
+                    error_type: error_type.into(),
+                    stream: self.stream.clone(),
+                });
+                self.seen.push((component, error_type, counter));
+                self.seen.len() - 1
+            }
+        };
+        self.seen[i].2.inc_by(count);
     }
 }
 
@@ -288,7 +300,7 @@ impl Pipeline {
         let stop = Arc::new(AtomicBool::new(false));
         let mut pipeline = Pipeline {
             stop: stop.clone(),
-            pools: sources.iter().map(|s| s.pool().clone()).collect(),
+            stoppers: sources.iter().map(|s| s.stopper()).collect(),
             streams: Vec::new(),
         };
         for source in sources {
@@ -308,8 +320,8 @@ impl Pipeline {
     /// Asks every stream to end; recordings are finalised as the queues drain.
     pub fn stop(&self) {
         self.stop.store(true, Ordering::Release);
-        for p in &self.pools {
-            p.close();
+        for s in &self.stoppers {
+            s.stop();
         }
     }
 
@@ -432,15 +444,42 @@ fn spawn_stream(
                 .source_latency
                 .observe(t0.elapsed().as_secs_f64());
             let stats = source.stats();
-            if stats.decode.errors > last.decode.errors {
-                src_errors.report("source", "decode", &"decoder rejected data");
-            }
-            if stats.read_errors > last.read_errors {
-                src_errors.report("source", "read", &"container read error");
-            }
+            let (d, l) = (&stats.decode, &last.decode);
+            src_errors.report(
+                "source",
+                "decode",
+                d.errors - l.errors,
+                &"decoder rejected data",
+            );
+            src_errors.report(
+                "source",
+                "corrupt_frame",
+                d.corrupt_frames - l.corrupt_frames,
+                &"decoder concealed damage in a frame",
+            );
+            src_errors.report(
+                "source",
+                "skipped_before_keyframe",
+                d.skipped_before_keyframe - l.skipped_before_keyframe,
+                &"packets dropped while waiting for a keyframe",
+            );
+            src_errors.report(
+                "source",
+                "read",
+                stats.read_errors - last.read_errors,
+                &"container read error",
+            );
+            src_errors.report(
+                "source",
+                "truncated",
+                u64::from(stats.truncated && !last.truncated),
+                &"file ends in the middle of its data",
+            );
             last = stats;
-            let (waits, _) = source.pool().backpressure();
-            src_metrics.pool_waits.inc_by(waits - waits_seen);
+            let waits = source.pool_waits();
+            src_metrics
+                .pool_waits
+                .inc_by(waits.saturating_sub(waits_seen));
             waits_seen = waits;
             src_metrics.pool_free.set(source.pool().available() as i64);
             match next {
@@ -452,12 +491,8 @@ fn spawn_stream(
                     }
                 }
                 Ok(None) => break,
-                Err(SourceError::Codec {
-                    source: aegis_hal::codec::CodecError::PoolClosed(_),
-                    ..
-                }) => break,
                 Err(e) => {
-                    src_errors.report("source", "fatal", &e);
+                    src_errors.report("source", "fatal", 1, &e);
                     tracing::error!(stream = %src_id, error = %e, "source ended with an error");
                     end_error = Some(e.to_string());
                     break;
@@ -486,7 +521,7 @@ fn spawn_stream(
                         stg_metrics.dropped_stage.inc();
                         continue 'frames;
                     }
-                    Err(e) => stg_errors.report("stage", e.error_type, &e),
+                    Err(e) => stg_errors.report("stage", e.error_type, 1, &e),
                 }
             }
             if proc_tx.send(frame).is_err() {
@@ -514,7 +549,7 @@ fn spawn_stream(
                 let r = sink.consume(&frame);
                 hist.observe(t0.elapsed().as_secs_f64());
                 if let Err(e) = r {
-                    snk_errors.report("sink", e.error_type, &e);
+                    snk_errors.report("sink", e.error_type, 1, &e);
                 }
             }
             copies = frame.copies + sink_copies;
@@ -534,7 +569,7 @@ fn spawn_stream(
         let mut errors = Vec::new();
         for sink in &mut sinks {
             if let Err(e) = sink.finish() {
-                snk_errors.report("sink", e.error_type, &e);
+                snk_errors.report("sink", e.error_type, 1, &e);
                 errors.push(e.to_string());
             }
         }

@@ -148,6 +148,7 @@ impl RecordSinkRuntime {
 fn record_error(e: RecordError) -> SinkError {
     let error_type = match &e {
         RecordError::Codec(_) => "encode",
+        RecordError::Unrecordable { .. } => "unrecordable",
         RecordError::Mux { .. } => "mux",
         RecordError::Io { .. } => "io",
     };

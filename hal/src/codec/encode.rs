@@ -59,13 +59,19 @@ impl VideoEncoder {
         // Encoders can be opened before any demuxer (recording synthetic video), and only
         // `init` quiets libav's logging: without it libx264 printed its banner and stats.
         crate::init();
-        let (codec, codec_name) = if let Some(c) = ff::encoder::find_by_name("libx264") {
-            (c, "libx264")
-        } else if let Some(c) = ff::encoder::find_by_name("libopenh264") {
-            (c, "libopenh264")
-        } else {
-            return Err(CodecError::NoEncoder);
-        };
+        crate::init();
+        let codec_name = super::h264_encoder_name().ok_or(CodecError::NoEncoder)?;
+        let codec = ff::encoder::find_by_name(codec_name).ok_or(CodecError::NoEncoder)?;
+        // 4:2:0 encoders need even sizes; an odd cropped size loses its last row/column.
+        let (width, height) = (layout.width & !1, layout.height & !1);
+        if width == 0 || height == 0 {
+            return Err(CodecError::Geometry {
+                got_w: layout.width,
+                got_h: layout.height,
+                want_w: width.max(2),
+                want_h: height.max(2),
+            });
+        }
         let open_err = |e| CodecError::Open {
             codec: codec_name.to_string(),
             source: e,
@@ -80,8 +86,8 @@ impl VideoEncoder {
             ..Default::default()
         });
         let mut enc = ctx.encoder().video().map_err(open_err)?;
-        enc.set_width(layout.width as u32);
-        enc.set_height(layout.height as u32);
+        enc.set_width(width as u32);
+        enc.set_height(height as u32);
         enc.set_format(ff::format::Pixel::YUV420P);
         enc.set_time_base(ENCODER_TIME_BASE);
         let (n, d) = settings.frame_rate;
@@ -98,18 +104,15 @@ impl VideoEncoder {
             opts.set("forced-idr", "1");
         }
         let enc = enc.open_with(opts).map_err(open_err)?;
-        let picture = ff::frame::Video::new(
-            ff::format::Pixel::YUV420P,
-            layout.width as u32,
-            layout.height as u32,
-        );
+        let picture =
+            ff::frame::Video::new(ff::format::Pixel::YUV420P, width as u32, height as u32);
         Ok(VideoEncoder {
             enc,
             picture,
             packet: ff::Packet::empty(),
             codec_name,
-            width: layout.width,
-            height: layout.height,
+            width,
+            height,
             frames: 0,
             frame_ticks: (ENCODER_TIME_BASE.denominator() as i64 * d.max(1) as i64
                 / n.max(1) as i64)
@@ -127,22 +130,28 @@ impl VideoEncoder {
         ff::codec::Parameters::from(&self.enc.0)
     }
 
-    /// Width and height the encoder was opened for.
+    /// Width and height the encoder was opened for (the frame size rounded down to even).
     pub fn geometry(&self) -> (usize, usize) {
         (self.width, self.height)
     }
 
-    /// Encodes `frame` (a keyframe when `force_key`); every packet that comes out is passed to
-    /// `sink` with timestamps in [`ENCODER_TIME_BASE`]. Packets may lag frames by the
-    /// encoder's thread delay.
+    /// Whether frames of `layout` can be fed to this encoder.
+    pub fn accepts(&self, layout: &FrameLayout) -> bool {
+        (layout.width & !1, layout.height & !1) == (self.width, self.height)
+    }
+
+    /// Encodes `frame` at `pts` (in [`ENCODER_TIME_BASE`] ticks, strictly increasing; a
+    /// keyframe when `force_key`); every packet that comes out is passed to `sink` with
+    /// timestamps in the same time base. Packets may lag frames by the encoder's thread delay.
     pub fn encode(
         &mut self,
         frame: &Frame,
+        pts: i64,
         force_key: bool,
         sink: &mut dyn FnMut(&mut ff::Packet) -> Result<(), CodecError>,
     ) -> Result<(), CodecError> {
         let l = &frame.layout;
-        if l.width != self.width || l.height != self.height {
+        if !self.accepts(l) {
             return Err(CodecError::Geometry {
                 got_w: l.width,
                 got_h: l.height,
@@ -150,9 +159,8 @@ impl VideoEncoder {
                 want_h: self.height,
             });
         }
-        self.make_picture_writable();
+        self.make_picture_writable(frame)?;
         self.fill_picture(frame)?;
-        let pts = frame.pts_us * 9 / 100;
         self.picture.set_pts(Some(pts));
         self.picture.set_kind(if force_key {
             ff::picture::Type::I
@@ -216,21 +224,30 @@ impl VideoEncoder {
         }
     }
 
-    fn make_picture_writable(&mut self) {
+    fn make_picture_writable(&mut self, frame: &Frame) -> Result<(), CodecError> {
         // SAFETY: `picture` owns a valid AVFrame allocated by `frame::Video::new`;
         // av_frame_make_writable only reallocates its buffers when the encoder still holds a
         // reference to them, which keeps the encoder's copy intact.
         let rc = unsafe { ff::ffi::av_frame_make_writable(self.picture.as_mut_ptr()) };
         if rc < 0 {
-            tracing::warn!(
-                rc,
-                "av_frame_make_writable failed; encoding into the shared picture"
-            );
+            // Writing anyway would alias buffers the encoder still reads.
+            return Err(CodecError::Encode {
+                codec: self.codec_name,
+                stream: frame.stream.to_string(),
+                seq: frame.seq,
+                source: ff::Error::from(rc),
+            });
         }
+        Ok(())
     }
 
     fn fill_picture(&mut self, frame: &Frame) -> Result<(), CodecError> {
-        let l = frame.layout;
+        // The encoder's (even) size; an odd frame's last row/column is left out.
+        let l = FrameLayout {
+            width: self.width,
+            height: self.height,
+            ..frame.layout
+        };
         let (cw, ch) = l.chroma_size();
         let [sy, s1, s2] = frame.planes();
         let (ys, us, vs) = (
@@ -241,6 +258,7 @@ impl VideoEncoder {
         // SAFETY: the three plane pointers of a YUV420P AVFrame allocated for
         // width×height point to disjoint buffers of at least stride×rows bytes each; we
         // build non-overlapping slices of exactly those sizes and the frame outlives them.
+        // `make_picture_writable` just succeeded, so no encoder reference aliases them.
         let (py, pu, pv) = unsafe {
             let f = &*self.picture.as_ptr();
             (
