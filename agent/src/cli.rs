@@ -88,35 +88,7 @@ enum Command {
         what: BenchCommand,
     },
     /// Generate a test clip with known ground truth (CLIP and CLIP.truth.json).
-    Sample {
-        /// Output MP4.
-        #[arg(long)]
-        out: PathBuf,
-        /// Width in pixels (even).
-        #[arg(long, default_value_t = 1280)]
-        width: usize,
-        /// Height in pixels (even).
-        #[arg(long, default_value_t = 720)]
-        height: usize,
-        /// Length in seconds.
-        #[arg(long, default_value_t = 10.0)]
-        seconds: f64,
-        /// Frames per second.
-        #[arg(long, default_value_t = 30)]
-        fps: u32,
-        /// Moving objects.
-        #[arg(long, default_value_t = 4)]
-        objects: usize,
-        /// Random seed.
-        #[arg(long, default_value_t = 1)]
-        seed: u64,
-        /// Background photo (PNG) to pan across; procedural texture when absent.
-        #[arg(long)]
-        background: Option<PathBuf>,
-        /// Bitrate in kbit/s.
-        #[arg(long, default_value_t = 4000)]
-        bitrate_kbps: u32,
-    },
+    Sample(SampleSpec),
     /// Print versions of the agent and the libraries it loaded.
     Version,
 }
@@ -208,29 +180,8 @@ pub fn main() -> ExitCode {
             crate::logging::init(log_override.unwrap_or(LogFormat::Human), "warn");
             bench(clip, threads, !no_ffmpeg, json, repeat)
         }
-        Command::Sample {
-            out,
-            width,
-            height,
-            seconds,
-            fps,
-            objects,
-            seed,
-            background,
-            bitrate_kbps,
-        } => {
+        Command::Sample(spec) => {
             crate::logging::init(log_override.unwrap_or(LogFormat::Human), "info");
-            let spec = SampleSpec {
-                out,
-                width,
-                height,
-                seconds,
-                fps,
-                objects,
-                seed,
-                background,
-                bitrate_kbps,
-            };
             generate(&spec).map(|n| {
                 println!(
                     "wrote {} ({n} frames) and {}",

@@ -15,43 +15,49 @@ use aegis_hal::synth::{SyntheticScene, load_png};
 use aegis_hal::{Frame, StreamId, SurfacePool};
 use anyhow::Context;
 
-/// What to generate.
-#[derive(Debug, Clone)]
+/// What to generate (also the `aegis sample` arguments).
+#[derive(Debug, Clone, clap::Args)]
 pub struct SampleSpec {
     /// Output MP4.
+    #[arg(long)]
     pub out: PathBuf,
-    /// Frame width (even).
+    /// Frame width in pixels (even).
+    #[arg(long, default_value_t = 1280)]
     pub width: usize,
-    /// Frame height (even).
+    /// Frame height in pixels (even).
+    #[arg(long, default_value_t = 720)]
     pub height: usize,
     /// Length in seconds.
+    #[arg(long, default_value_t = 10.0)]
     pub seconds: f64,
     /// Frames per second.
+    #[arg(long, default_value_t = 30)]
     pub fps: u32,
     /// Moving objects.
+    #[arg(long, default_value_t = 4)]
     pub objects: usize,
     /// Random seed.
+    #[arg(long, default_value_t = 1)]
     pub seed: u64,
-    /// Background photo (PNG); procedural when `None`.
+    /// Background photo (PNG) to pan across; a procedural texture when absent.
+    #[arg(long)]
     pub background: Option<PathBuf>,
-    /// Encoder bitrate.
+    /// Encoder bitrate in kbit/s.
+    #[arg(long, default_value_t = 4000)]
     pub bitrate_kbps: u32,
 }
 
 impl SampleSpec {
-    /// A 720p, 10 s, 30 fps clip with 4 objects.
+    /// The command-line defaults (720p, 10 s, 30 fps, 4 objects) writing to `out`.
     pub fn new(out: impl Into<PathBuf>) -> Self {
-        SampleSpec {
-            out: out.into(),
-            width: 1280,
-            height: 720,
-            seconds: 10.0,
-            fps: 30,
-            objects: 4,
-            seed: 1,
-            background: None,
-            bitrate_kbps: 4000,
+        #[derive(clap::Parser)]
+        struct Defaults {
+            #[command(flatten)]
+            spec: SampleSpec,
         }
+        let mut spec = <Defaults as clap::Parser>::parse_from(["sample", "--out", ""]).spec;
+        spec.out = out.into();
+        spec
     }
 }
 
