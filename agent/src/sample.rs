@@ -22,44 +22,55 @@ pub struct SampleSpec {
     #[arg(long)]
     pub out: PathBuf,
     /// Frame width in pixels (even).
-    #[arg(long, default_value_t = 1280)]
+    #[arg(long, default_value_t = DEFAULT_WIDTH)]
     pub width: usize,
     /// Frame height in pixels (even).
-    #[arg(long, default_value_t = 720)]
+    #[arg(long, default_value_t = DEFAULT_HEIGHT)]
     pub height: usize,
     /// Length in seconds.
-    #[arg(long, default_value_t = 10.0)]
+    #[arg(long, default_value_t = DEFAULT_SECONDS)]
     pub seconds: f64,
     /// Frames per second.
-    #[arg(long, default_value_t = 30)]
+    #[arg(long, default_value_t = DEFAULT_FPS)]
     pub fps: u32,
     /// Moving objects.
-    #[arg(long, default_value_t = 4)]
+    #[arg(long, default_value_t = DEFAULT_OBJECTS)]
     pub objects: usize,
     /// Random seed.
-    #[arg(long, default_value_t = 1)]
+    #[arg(long, default_value_t = DEFAULT_SEED)]
     pub seed: u64,
     /// Background photo (PNG) to pan across; a procedural texture when absent.
     #[arg(long)]
     pub background: Option<PathBuf>,
     /// Encoder bitrate in kbit/s.
-    #[arg(long, default_value_t = 4000)]
+    #[arg(long, default_value_t = DEFAULT_BITRATE_KBPS)]
     pub bitrate_kbps: u32,
 }
 
 impl SampleSpec {
     /// The command-line defaults (720p, 10 s, 30 fps, 4 objects) writing to `out`.
     pub fn new(out: impl Into<PathBuf>) -> Self {
-        #[derive(clap::Parser)]
-        struct Defaults {
-            #[command(flatten)]
-            spec: SampleSpec,
+        SampleSpec {
+            out: out.into(),
+            width: DEFAULT_WIDTH,
+            height: DEFAULT_HEIGHT,
+            seconds: DEFAULT_SECONDS,
+            fps: DEFAULT_FPS,
+            objects: DEFAULT_OBJECTS,
+            seed: DEFAULT_SEED,
+            background: None,
+            bitrate_kbps: DEFAULT_BITRATE_KBPS,
         }
-        let mut spec = <Defaults as clap::Parser>::parse_from(["sample", "--out", ""]).spec;
-        spec.out = out.into();
-        spec
     }
 }
+
+const DEFAULT_WIDTH: usize = 1280;
+const DEFAULT_HEIGHT: usize = 720;
+const DEFAULT_SECONDS: f64 = 10.0;
+const DEFAULT_FPS: u32 = 30;
+const DEFAULT_OBJECTS: usize = 4;
+const DEFAULT_SEED: u64 = 1;
+const DEFAULT_BITRATE_KBPS: u32 = 4000;
 
 /// The ground-truth file next to a clip.
 pub fn truth_path(clip: &Path) -> PathBuf {
