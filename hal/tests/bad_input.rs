@@ -255,17 +255,7 @@ fn annexb_with_garbage_spliced_in() {
     let dir = tmpdir();
     let mp4 = clip(dir.path());
     let h264 = dir.path().join("clip.h264");
-    ffmpeg(&[
-        "-i",
-        mp4.to_str().unwrap(),
-        "-c",
-        "copy",
-        "-bsf:v",
-        "h264_mp4toannexb",
-        "-f",
-        "h264",
-        h264.to_str().unwrap(),
-    ]);
+    to_annexb(&mp4, &h264);
     let clean = decode_all(&h264);
     assert_eq!(clean.pts_us.len(), N, "clean Annex-B stream");
     // Raw H.264 carries no timestamps; the source derives them from the frame rate.

@@ -24,17 +24,7 @@ fn resolution_change_mid_stream() {
         let mp4 = dir.path().join(format!("{name}.mp4"));
         originals.extend(write_clip(&mp4, w, h, n, &encoder(3000, 10)));
         let raw = dir.path().join(format!("{name}.h264"));
-        ffmpeg(&[
-            "-i",
-            mp4.to_str().unwrap(),
-            "-c",
-            "copy",
-            "-bsf:v",
-            "h264_mp4toannexb",
-            "-f",
-            "h264",
-            raw.to_str().unwrap(),
-        ]);
+        to_annexb(&mp4, &raw);
         parts.push(std::fs::read(raw).unwrap());
     }
     let both = dir.path().join("both.h264");

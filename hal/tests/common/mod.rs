@@ -306,6 +306,21 @@ pub fn ffmpeg(args: &[&str]) {
     );
 }
 
+/// Rewraps an MP4's H.264 as a raw Annex-B `.h264` file (no re-encode).
+pub fn to_annexb(mp4: &Path, out: &Path) {
+    ffmpeg(&[
+        "-i",
+        mp4.to_str().expect("utf-8 path"),
+        "-c",
+        "copy",
+        "-bsf:v",
+        "h264_mp4toannexb",
+        "-f",
+        "h264",
+        out.to_str().expect("utf-8 path"),
+    ]);
+}
+
 /// Deterministic pseudo-random bytes (xorshift64*).
 pub fn pseudo_random(n: usize, seed: u64) -> Vec<u8> {
     let mut s = seed.max(1);
