@@ -353,8 +353,8 @@ fn demo(fast: bool, serve: bool, listen: Option<SocketAddr>) -> anyhow::Result<(
             summary.listen
         );
         for line in body.lines().filter(|l| {
-            l.starts_with("aegis_stream_fps")
-                || l.starts_with("aegis_frames_total")
+            // (aegis_stream_fps is left out: it reads 0 once the streams have ended.)
+            l.starts_with("aegis_frames_total")
                 || l.starts_with("aegis_copies_per_frame")
                 || l.starts_with("aegis_recording_segments_total")
                 || l.starts_with("aegis_process_resident_memory_bytes")
