@@ -90,6 +90,28 @@ impl FileDemuxer {
             path: path.to_path_buf(),
             source: e,
         })?;
+        Self::select_video(ictx, path)
+    }
+
+    /// Opens a network input (`rtsp://…`) with libavformat `options`; `interrupt` is polled
+    /// during every blocking operation and aborts it by returning true (stall watchdog,
+    /// shutdown). `shown_as` is what errors print instead of the URL (no credentials).
+    pub(crate) fn open_live(
+        url: &str,
+        shown_as: &Path,
+        options: ff::Dictionary,
+        interrupt: impl FnMut() -> bool + Send + 'static,
+    ) -> Result<Self, ContainerError> {
+        crate::init();
+        let ictx = ff::format::input_with_interrupt_and_dictionary(url, interrupt, options)
+            .map_err(|e| ContainerError::Open {
+                path: shown_as.to_path_buf(),
+                source: e,
+            })?;
+        Self::select_video(ictx, shown_as)
+    }
+
+    fn select_video(ictx: ff::format::context::Input, path: &Path) -> Result<Self, ContainerError> {
         let st =
             ictx.streams()
                 .best(ff::media::Type::Video)

@@ -1,25 +1,23 @@
-//! Video sources. This change has file sources; live sources (RTSP, V4L2) come next and
-//! implement the same pull interface: `next_frame()` blocks until a pooled frame is ready,
-//! returns `Ok(None)` at a clean end of stream, and reports damage as counters rather than
-//! errors wherever playback can go on.
+//! File sources: MP4, MKV, TS or raw H.264/H.265 files, played once or looped, as fast as the
+//! pipeline takes them or at their native rate.
 
 use std::path::PathBuf;
-use std::sync::{Arc, Condvar, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use ffmpeg_next as ff;
 
-use crate::codec::{CodecError, DecodeStats, VideoDecoder};
-use crate::container::{ContainerError, FileDemuxer, StreamInfo};
+use super::{
+    SourceCore, SourceError, SourceHealth, SourceState, SourceStats, SourceStopper, VideoSource,
+    check_size,
+};
+use crate::codec::VideoDecoder;
+use crate::container::{FileDemuxer, StreamInfo};
 use crate::frame::{Frame, FrameLayout, PixelFormat, StreamId};
 use crate::pool::SurfacePool;
 
 /// After this many read errors in a row the file is treated as ending there (truncated).
 const MAX_CONSECUTIVE_READ_ERRORS: u32 = 16;
-
-/// Largest frame side accepted: a corrupt or hostile header must not make the pool allocate
-/// gigabytes (8192 covers 8K video).
-pub const MAX_FRAME_SIDE: usize = 8192;
 
 /// How a file source behaves.
 #[derive(Debug, Clone)]
@@ -40,92 +38,12 @@ pub struct FileSourceSettings {
     pub decoder_threads: usize,
 }
 
-/// Errors that stop a source.
-#[derive(Debug, thiserror::Error)]
-pub enum SourceError {
-    /// Opening or rewinding the file failed.
-    #[error(transparent)]
-    Container(#[from] ContainerError),
-    /// The decoder could not be opened or produced something unusable.
-    #[error("{path}: {source}")]
-    Codec {
-        /// The file.
-        path: PathBuf,
-        /// What went wrong.
-        source: CodecError,
-    },
-    /// The stream's frames are larger than [`MAX_FRAME_SIDE`].
-    #[error("{path}: frame size {width}x{height} exceeds the {max}x{max} limit")]
-    FrameTooLarge {
-        /// The file.
-        path: PathBuf,
-        /// Width.
-        width: usize,
-        /// Height.
-        height: usize,
-        /// The limit.
-        max: usize,
-    },
-}
-
-/// Stops a source from another thread: `next_frame` then returns `Ok(None)`, also when it was
-/// waiting for a free surface or for its next frame's presentation time.
-#[derive(Clone)]
-pub struct SourceStopper {
-    state: Arc<StopState>,
-}
-
-struct StopState {
-    stopped: Mutex<bool>,
-    wake: Condvar,
-    /// The pool the source currently fills (it changes with the stream's resolution).
-    pool: Mutex<SurfacePool>,
-}
-
-impl StopState {
-    fn is_stopped(&self) -> bool {
-        *self.stopped.lock().unwrap_or_else(|p| p.into_inner())
-    }
-}
-
-impl SourceStopper {
-    /// Stops the source (idempotent).
-    pub fn stop(&self) {
-        *self.state.stopped.lock().unwrap_or_else(|p| p.into_inner()) = true;
-        self.state.wake.notify_all();
-        self.state
-            .pool
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .close();
-    }
-}
-
-/// What a source has seen so far.
-#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
-pub struct SourceStats {
-    /// Decoder counters.
-    pub decode: DecodeStats,
-    /// Packets that could not be read from the file.
-    pub read_errors: u64,
-    /// The file ended in the middle of data: read errors ended it, its last packet was cut
-    /// short, or it held fewer packets than its index promised.
-    pub truncated: bool,
-    /// Times the file was restarted.
-    pub loops: u64,
-    /// Frames emitted.
-    pub frames: u64,
-}
-
 /// Frames from a video file.
 pub struct FileSource {
     settings: FileSourceSettings,
     demux: FileDemuxer,
     decoder: VideoDecoder,
-    pool: SurfacePool,
-    stop: Arc<StopState>,
-    /// Backpressure waits counted by pools this source replaced.
-    earlier_pool_waits: u64,
+    core: SourceCore,
     packet: ff::Packet,
     eof_sent: bool,
     pts_offset_us: i64,
@@ -161,19 +79,18 @@ impl FileSource {
         .map_err(codec_err)?;
         check_size(&settings.path, info.width, info.height)?;
         let layout = FrameLayout::new(PixelFormat::I420, info.width.max(2), info.height.max(2));
-        let pool = SurfacePool::new(layout, settings.pool_frames);
-        let stop = Arc::new(StopState {
-            stopped: Mutex::new(false),
-            wake: Condvar::new(),
-            pool: Mutex::new(pool.clone()),
-        });
+        let core = SourceCore::new(
+            settings.path.clone(),
+            settings.stream.clone(),
+            settings.pool_frames,
+            layout,
+        );
+        core.health.set_state(SourceState::Streaming);
         Ok(FileSource {
             settings,
             demux,
             decoder,
-            pool,
-            stop,
-            earlier_pool_waits: 0,
+            core,
             packet: ff::Packet::empty(),
             eof_sent: false,
             pts_offset_us: 0,
@@ -200,19 +117,17 @@ impl FileSource {
 
     /// This stream's current surface pool (for metrics).
     pub fn pool(&self) -> &SurfacePool {
-        &self.pool
+        &self.core.pool
     }
 
     /// Times the source waited for a free surface (backpressure), over all its pools.
     pub fn pool_waits(&self) -> u64 {
-        self.earlier_pool_waits + self.pool.backpressure().0
+        self.core.pool_waits()
     }
 
     /// A handle that stops this source from another thread.
     pub fn stopper(&self) -> SourceStopper {
-        SourceStopper {
-            state: self.stop.clone(),
-        }
+        self.core.stopper()
     }
 
     /// Counters so far.
@@ -226,17 +141,19 @@ impl FileSource {
     /// The next frame, waiting for a free surface if the pipeline is behind. `Ok(None)` at the
     /// end of the file (or of `max_frames`), or once stopped through a [`SourceStopper`].
     pub fn next_frame(&mut self) -> Result<Option<Frame>, SourceError> {
-        match self.next_frame_inner() {
-            Err(SourceError::Codec {
-                source: CodecError::PoolClosed(_),
-                ..
-            }) if self.stop.is_stopped() => Ok(None),
-            other => other,
+        let r = self.next_frame_inner();
+        let r = self.core.end_if_stopped(r);
+        if !matches!(r, Ok(Some(_))) {
+            self.core.health.set_state(SourceState::Ended);
         }
+        if let Err(e) = &r {
+            self.core.health.fail(SourceState::Ended, e.to_string());
+        }
+        r
     }
 
     fn next_frame_inner(&mut self) -> Result<Option<Frame>, SourceError> {
-        if self.stop.is_stopped()
+        if self.core.is_stopped()
             || self
                 .settings
                 .max_frames
@@ -292,39 +209,7 @@ impl FileSource {
     }
 
     fn receive(&mut self) -> Result<Option<Frame>, SourceError> {
-        loop {
-            match self.decoder.receive(&self.pool, self.pts_offset_us) {
-                Ok(f) => return Ok(f),
-                Err(CodecError::Geometry { .. }) => {
-                    // Resolution changed mid-stream: new pool for the new geometry; frames
-                    // still in flight return to the old pool, which is freed with them.
-                    let layout = self
-                        .decoder
-                        .pending_layout()
-                        .map_err(|e| self.codec_error(e))?;
-                    check_size(&self.settings.path, layout.width, layout.height)?;
-                    tracing::info!(stream = %self.settings.stream, width = layout.width,
-                        height = layout.height, "stream changed resolution; new surface pool");
-                    self.pool.close();
-                    self.earlier_pool_waits += self.pool.backpressure().0;
-                    self.pool = SurfacePool::new(layout, self.settings.pool_frames);
-                    let mut current = self.stop.pool.lock().unwrap_or_else(|p| p.into_inner());
-                    *current = self.pool.clone();
-                    // A stop that raced with the swap closed the old pool; close this one too.
-                    if self.stop.is_stopped() {
-                        current.close();
-                    }
-                }
-                Err(e) => return Err(self.codec_error(e)),
-            }
-        }
-    }
-
-    fn codec_error(&self, source: CodecError) -> SourceError {
-        SourceError::Codec {
-            path: self.settings.path.clone(),
-            source,
-        }
+        self.core.receive(&mut self.decoder, self.pts_offset_us)
     }
 
     fn account(&mut self, frame: &Frame) {
@@ -333,6 +218,7 @@ impl FileSource {
         self.last_pts_us = frame.pts_us;
         self.frames_this_loop += 1;
         self.stats.frames += 1;
+        self.core.health.frame();
     }
 
     fn restart(&mut self) -> Result<(), SourceError> {
@@ -357,30 +243,33 @@ impl FileSource {
         let due = t0 + Duration::from_micros((pts_us - p0).max(0) as u64);
         // Wait on the stop condition rather than sleeping: a timestamp jump in a damaged file
         // must not delay shutdown by the size of the jump.
-        let mut stopped = self.stop.stopped.lock().unwrap_or_else(|p| p.into_inner());
-        while !*stopped {
-            let now = Instant::now();
-            if now >= due {
-                break;
-            }
-            stopped = self
-                .stop
-                .wake
-                .wait_timeout(stopped, due - now)
-                .unwrap_or_else(|p| p.into_inner())
-                .0;
-        }
+        self.core.wait_until(due);
     }
 }
 
-fn check_size(path: &std::path::Path, width: usize, height: usize) -> Result<(), SourceError> {
-    if width > MAX_FRAME_SIDE || height > MAX_FRAME_SIDE {
-        return Err(SourceError::FrameTooLarge {
-            path: path.to_path_buf(),
-            width,
-            height,
-            max: MAX_FRAME_SIDE,
-        });
+impl VideoSource for FileSource {
+    fn next_frame(&mut self) -> Result<Option<Frame>, SourceError> {
+        FileSource::next_frame(self)
     }
-    Ok(())
+    fn stream_id(&self) -> &StreamId {
+        &self.settings.stream
+    }
+    fn stats(&self) -> SourceStats {
+        FileSource::stats(self)
+    }
+    fn pool(&self) -> &SurfacePool {
+        &self.core.pool
+    }
+    fn pool_waits(&self) -> u64 {
+        self.core.pool_waits()
+    }
+    fn stopper(&self) -> SourceStopper {
+        self.core.stopper()
+    }
+    fn health(&self) -> Arc<SourceHealth> {
+        self.core.health.clone()
+    }
+    fn frame_rate(&self) -> (i32, i32) {
+        self.demux.info().frame_rate
+    }
 }

@@ -1,0 +1,445 @@
+//! Live network sources (RTSP today; SRT/RTMP/HLS are the same code with another URL scheme
+//! since libavformat does the protocol work).
+//!
+//! A live source never ends on its own. It connects lazily (an appliance must boot while its
+//! cameras are down), waits for a keyframe, decodes into the pool, and whenever the connection
+//! fails — refused, unauthorised, closed, or silent for longer than the stall timeout — it
+//! records why in its [`SourceHealth`] and reconnects after a jittered exponential backoff. A
+//! new connection gets a new decoder (the camera may come back with other parameters);
+//! timestamps continue from where the last connection stopped, so the pipeline sees one
+//! monotonic stream.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use ffmpeg_next as ff;
+
+use super::{
+    SourceCore, SourceError, SourceHealth, SourceState, SourceStats, SourceStopper, VideoSource,
+};
+use crate::codec::VideoDecoder;
+use crate::container::FileDemuxer;
+use crate::frame::{Frame, FrameLayout, PixelFormat, StreamId};
+use crate::pool::SurfacePool;
+
+/// RTP transport for RTSP.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum RtspTransport {
+    /// RTP interleaved in the RTSP TCP connection: works through NAT and firewalls.
+    #[default]
+    Tcp,
+    /// RTP over UDP: lower latency on a clean LAN, loses packets on a busy one.
+    Udp,
+}
+
+/// How a live source connects and recovers.
+#[derive(Clone)]
+pub struct LiveSourceSettings {
+    /// The stream URL, credentials included (`rtsp://user:pass@host/path`); never logged.
+    pub url: String,
+    /// Stream id stamped on every frame.
+    pub stream: StreamId,
+    /// RTP transport.
+    pub transport: RtspTransport,
+    /// Surfaces in this stream's pool.
+    pub pool_frames: usize,
+    /// Decoder threads (0 = one per core).
+    pub decoder_threads: usize,
+    /// Time allowed for connecting (TCP, RTSP handshake, first packets).
+    pub connect_timeout: Duration,
+    /// No packet for this long while connected = stalled: drop the connection and reconnect.
+    pub stall_timeout: Duration,
+    /// First reconnect delay; doubles on every failure.
+    pub backoff_min: Duration,
+    /// Longest reconnect delay.
+    pub backoff_max: Duration,
+}
+
+impl std::fmt::Debug for LiveSourceSettings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LiveSourceSettings")
+            .field("url", &redact_url(&self.url))
+            .field("stream", &self.stream)
+            .field("transport", &self.transport)
+            .finish_non_exhaustive()
+    }
+}
+
+impl LiveSourceSettings {
+    /// Defaults for a camera at `url`: TCP, 5 s connect, 2 s stall, backoff 0.5 s … 30 s.
+    pub fn new(url: impl Into<String>, stream: StreamId) -> Self {
+        LiveSourceSettings {
+            url: url.into(),
+            stream,
+            transport: RtspTransport::Tcp,
+            pool_frames: 8,
+            decoder_threads: 1,
+            connect_timeout: Duration::from_secs(5),
+            stall_timeout: Duration::from_secs(2),
+            backoff_min: Duration::from_millis(500),
+            backoff_max: Duration::from_secs(30),
+        }
+    }
+}
+
+/// `rtsp://user:secret@host/x` → `rtsp://***@host/x`: URLs as logs and errors may show them.
+pub fn redact_url(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_string();
+    };
+    let authority_end = rest.find('/').unwrap_or(rest.len());
+    match rest[..authority_end].rfind('@') {
+        Some(at) => format!("{scheme}://***@{}", &rest[at + 1..]),
+        None => url.to_string(),
+    }
+}
+
+/// Deadline for libavformat's blocking calls, checked by its interrupt callback.
+struct Watchdog {
+    epoch: Instant,
+    /// Milliseconds since `epoch` after which blocking I/O is aborted.
+    deadline_ms: AtomicU64,
+    /// The deadline (not a stop) aborted the last operation.
+    fired: AtomicBool,
+}
+
+impl Watchdog {
+    fn arm(&self, timeout: Duration) {
+        let now = self.epoch.elapsed().as_millis() as u64;
+        self.deadline_ms
+            .store(now + timeout.as_millis() as u64, Ordering::Release);
+        self.fired.store(false, Ordering::Release);
+    }
+
+    fn expired(&self) -> bool {
+        let late =
+            self.epoch.elapsed().as_millis() as u64 > self.deadline_ms.load(Ordering::Acquire);
+        if late {
+            self.fired.store(true, Ordering::Release);
+        }
+        late
+    }
+}
+
+struct Connection {
+    demux: FileDemuxer,
+    decoder: VideoDecoder,
+    /// Added to this connection's timestamps so they continue the stream's timeline.
+    offset_us: Option<i64>,
+    frames: u64,
+}
+
+/// Frames from a camera or encoder on the network.
+pub struct LiveSource {
+    settings: LiveSourceSettings,
+    shown_as: PathBuf,
+    core: SourceCore,
+    watchdog: Arc<Watchdog>,
+    conn: Option<Connection>,
+    packet: ff::Packet,
+    /// When the next connection attempt may start, and how many failed in a row.
+    retry_at: Option<Instant>,
+    failures: u32,
+    attempts: u64,
+    next_seq: u64,
+    next_pts_us: i64,
+    frame_rate: (i32, i32),
+    rng: u64,
+    stats: SourceStats,
+}
+
+impl LiveSource {
+    /// A source for `settings.url`; no I/O happens until the first `next_frame`.
+    pub fn new(settings: LiveSourceSettings) -> Self {
+        let shown_as = PathBuf::from(redact_url(&settings.url));
+        // A placeholder pool: the first decoded picture replaces it with one of its size.
+        let layout = FrameLayout::new(PixelFormat::I420, 2, 2);
+        let core = SourceCore::new(shown_as.clone(), settings.stream.clone(), 1, layout);
+        let core = SourceCore {
+            pool_frames: settings.pool_frames,
+            ..core
+        };
+        let seed = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(1, |d| d.as_nanos() as u64)
+            | 1;
+        LiveSource {
+            settings,
+            shown_as,
+            core,
+            watchdog: Arc::new(Watchdog {
+                epoch: Instant::now(),
+                deadline_ms: AtomicU64::new(u64::MAX),
+                fired: AtomicBool::new(false),
+            }),
+            conn: None,
+            packet: ff::Packet::empty(),
+            retry_at: None,
+            failures: 0,
+            attempts: 0,
+            next_seq: 0,
+            next_pts_us: 0,
+            frame_rate: (0, 1),
+            rng: seed,
+            stats: SourceStats::default(),
+        }
+    }
+
+    /// The URL without credentials.
+    pub fn shown_url(&self) -> &std::path::Path {
+        &self.shown_as
+    }
+
+    fn connect(&mut self) -> Result<Connection, String> {
+        let mut opts = ff::Dictionary::new();
+        opts.set(
+            "rtsp_transport",
+            match self.settings.transport {
+                RtspTransport::Tcp => "tcp",
+                RtspTransport::Udp => "udp",
+            },
+        );
+        opts.set("allowed_media_types", "video");
+        // Socket I/O timeout (µs) as a second line of defence behind the watchdog.
+        opts.set(
+            "timeout",
+            &(self.settings.connect_timeout.as_micros()).to_string(),
+        );
+        let watchdog = self.watchdog.clone();
+        let stopper = self.core.stopper();
+        self.watchdog.arm(self.settings.connect_timeout);
+        let demux = FileDemuxer::open_live(&self.settings.url, &self.shown_as, opts, move || {
+            stopper.state.is_stopped() || watchdog.expired()
+        })
+        .map_err(|e| self.explain("connect", &e.to_string()))?;
+        let info = demux.info().clone();
+        if info.frame_rate.0 > 0 {
+            self.frame_rate = info.frame_rate;
+        }
+        let decoder = VideoDecoder::open(
+            demux.parameters(),
+            demux.time_base(),
+            info.frame_duration_us(),
+            self.settings.stream.clone(),
+            self.settings.decoder_threads,
+        )
+        .map_err(|e| self.explain("decoder", &e.to_string()))?;
+        tracing::info!(stream = %self.settings.stream, url = %self.shown_as.display(),
+            codec = %info.codec, width = info.width, height = info.height, "connected");
+        Ok(Connection {
+            demux,
+            decoder,
+            offset_us: None,
+            frames: 0,
+        })
+    }
+
+    /// An error in plain words, naming what was happening; never contains credentials.
+    fn explain(&self, phase: &str, error: &str) -> String {
+        if self.watchdog.fired.load(Ordering::Acquire) {
+            let t = match phase {
+                "read" => self.settings.stall_timeout,
+                _ => self.settings.connect_timeout,
+            };
+            return format!("{phase}: no answer within {:.1} s", t.as_secs_f64());
+        }
+        let plain = if error.contains("401") {
+            "authentication failed (401): check the source's username and password"
+        } else if error.contains("404") {
+            "stream not found (404): check the URL path"
+        } else if error.contains("Connection refused") {
+            "connection refused: is the camera up and the port right?"
+        } else {
+            error
+        };
+        // libav errors can quote the URL; keep credentials out of logs and status pages.
+        format!(
+            "{phase}: {}",
+            plain.replace(&self.settings.url, &self.shown_as.display().to_string())
+        )
+    }
+
+    /// Drops the connection, records why, and schedules the next attempt.
+    fn fail(&mut self, state: SourceState, why: String) {
+        let delivered = self.conn.take().is_some_and(|c| c.frames > 0);
+        if delivered {
+            self.failures = 0;
+        }
+        let base =
+            self.settings.backoff_min.as_secs_f64() * 2f64.powi(self.failures.min(16) as i32);
+        let delay = base.min(self.settings.backoff_max.as_secs_f64()) * self.jitter();
+        self.failures = self.failures.saturating_add(1);
+        tracing::warn!(stream = %self.settings.stream, url = %self.shown_as.display(),
+            error = %why, retry_in_s = delay, "live source disconnected");
+        self.core.health.fail(state, why);
+        self.retry_at = Some(Instant::now() + Duration::from_secs_f64(delay));
+    }
+
+    /// 0.8 … 1.2, so cameras that failed together do not all reconnect in the same instant.
+    fn jitter(&mut self) -> f64 {
+        self.rng ^= self.rng << 13;
+        self.rng ^= self.rng >> 7;
+        self.rng ^= self.rng << 17;
+        0.8 + 0.4 * ((self.rng >> 11) as f64 / (1u64 << 53) as f64)
+    }
+
+    fn next_frame_inner(&mut self) -> Result<Option<Frame>, SourceError> {
+        loop {
+            if self.core.is_stopped() {
+                return Ok(None);
+            }
+            let Some(conn) = self.conn.as_mut() else {
+                if let Some(at) = self.retry_at.take() {
+                    if self.core.health.state() != SourceState::Stalled {
+                        self.core.health.set_state(SourceState::BackingOff);
+                    }
+                    if !self.core.wait_until(at) {
+                        return Ok(None);
+                    }
+                }
+                if self.attempts > 0 {
+                    self.core.health.reconnected();
+                }
+                self.attempts += 1;
+                self.core.health.set_state(SourceState::Connecting);
+                match self.connect() {
+                    Ok(c) => self.conn = Some(c),
+                    Err(why) => {
+                        if self.core.is_stopped() {
+                            return Ok(None);
+                        }
+                        self.fail(SourceState::BackingOff, why);
+                    }
+                }
+                continue;
+            };
+            if let Some(mut frame) = self.core.receive(&mut conn.decoder, 0)? {
+                let offset = *conn
+                    .offset_us
+                    .get_or_insert(self.next_pts_us - frame.pts_us);
+                frame.pts_us += offset;
+                frame.seq = self.next_seq;
+                self.next_seq += 1;
+                self.next_pts_us = frame.pts_us + frame.duration_us.max(1);
+                conn.frames += 1;
+                self.stats.frames += 1;
+                self.core.health.frame();
+                return Ok(Some(frame));
+            }
+            self.watchdog.arm(self.settings.stall_timeout);
+            match conn.demux.read(&mut self.packet) {
+                Ok(true) => conn.decoder.send(&self.packet),
+                Ok(false) => self.fail(
+                    SourceState::BackingOff,
+                    "read: the server ended the stream".into(),
+                ),
+                Err(e) => {
+                    if self.core.is_stopped() {
+                        return Ok(None);
+                    }
+                    self.stats.read_errors += 1;
+                    let stalled = self.watchdog.fired.load(Ordering::Acquire);
+                    let why = self.explain("read", &e.to_string());
+                    self.fail(
+                        if stalled {
+                            SourceState::Stalled
+                        } else {
+                            SourceState::BackingOff
+                        },
+                        why,
+                    );
+                }
+            }
+        }
+    }
+}
+
+impl VideoSource for LiveSource {
+    fn next_frame(&mut self) -> Result<Option<Frame>, SourceError> {
+        let r = self.next_frame_inner();
+        let r = self.core.end_if_stopped(r);
+        if !matches!(r, Ok(Some(_))) {
+            self.conn = None;
+            self.core.health.set_state(SourceState::Ended);
+        }
+        r
+    }
+    fn stream_id(&self) -> &StreamId {
+        &self.settings.stream
+    }
+    fn stats(&self) -> SourceStats {
+        SourceStats {
+            decode: self
+                .conn
+                .as_ref()
+                .map(|c| c.decoder.stats())
+                .unwrap_or_default(),
+            ..self.stats
+        }
+    }
+    fn pool(&self) -> &SurfacePool {
+        &self.core.pool
+    }
+    fn pool_waits(&self) -> u64 {
+        self.core.pool_waits()
+    }
+    fn stopper(&self) -> SourceStopper {
+        self.core.stopper()
+    }
+    fn health(&self) -> Arc<SourceHealth> {
+        self.core.health.clone()
+    }
+    fn frame_rate(&self) -> (i32, i32) {
+        self.frame_rate
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn credentials_never_leave_the_url_redacted() {
+        assert_eq!(
+            redact_url("rtsp://admin:s3cr@t@10.0.0.5:554/live"),
+            "rtsp://***@10.0.0.5:554/live"
+        );
+        assert_eq!(redact_url("rtsp://cam/live"), "rtsp://cam/live");
+        assert_eq!(redact_url("rtsp://cam/a@b"), "rtsp://cam/a@b");
+        assert_eq!(redact_url("not a url"), "not a url");
+        let s = LiveSourceSettings::new("rtsp://u:pw@h/x", StreamId::new("c"));
+        assert!(!format!("{s:?}").contains("pw"));
+    }
+
+    #[test]
+    fn connection_refused_backs_off_and_reports_in_plain_words() {
+        // A port nothing listens on (bound then dropped).
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let mut settings = LiveSourceSettings::new(
+            format!("rtsp://u:pw@127.0.0.1:{port}/x"),
+            StreamId::new("c"),
+        );
+        settings.backoff_min = Duration::from_millis(20);
+        settings.backoff_max = Duration::from_millis(40);
+        let mut src = LiveSource::new(settings);
+        let stopper = src.stopper();
+        let health = src.health();
+        let t = std::thread::spawn(move || src.next_frame().map(|f| f.is_some()));
+        while health.snapshot().reconnects < 3 {
+            std::thread::yield_now();
+        }
+        let h = health.snapshot();
+        let err = h.last_error.unwrap_or_default();
+        assert!(err.contains("connection refused"), "{err}");
+        assert!(!err.contains("pw"), "{err}");
+        stopper.stop();
+        assert!(matches!(t.join().unwrap(), Ok(false)));
+        assert_eq!(health.state(), SourceState::Ended);
+    }
+}

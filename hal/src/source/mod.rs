@@ -1,0 +1,378 @@
+//! Video sources: files ([`FileSource`]) and live network streams ([`LiveSource`], RTSP).
+//!
+//! Every source implements [`VideoSource`], a pull interface: `next_frame()` blocks until a
+//! pooled frame is ready, returns `Ok(None)` at a clean end of stream (or once stopped), and
+//! reports damage as counters rather than errors wherever playback can go on. Live sources
+//! never end on their own: they reconnect, and tell why through [`SourceHealth`].
+
+mod file;
+mod live;
+
+pub use file::{FileSource, FileSourceSettings};
+pub use live::{LiveSource, LiveSourceSettings, RtspTransport, redact_url};
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU64, Ordering};
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::Instant;
+
+use crate::codec::{CodecError, DecodeStats, VideoDecoder};
+use crate::container::ContainerError;
+use crate::frame::{Frame, FrameLayout, StreamId};
+use crate::pool::SurfacePool;
+
+/// Largest frame side accepted: a corrupt or hostile header must not make the pool allocate
+/// gigabytes (8192 covers 8K video).
+pub const MAX_FRAME_SIDE: usize = 8192;
+
+/// Errors that stop a source.
+#[derive(Debug, thiserror::Error)]
+pub enum SourceError {
+    /// Opening or rewinding the file failed.
+    #[error(transparent)]
+    Container(#[from] ContainerError),
+    /// The decoder could not be opened or produced something unusable.
+    #[error("{path}: {source}")]
+    Codec {
+        /// The file (or the URL without credentials).
+        path: PathBuf,
+        /// What went wrong.
+        source: CodecError,
+    },
+    /// The stream's frames are larger than [`MAX_FRAME_SIDE`].
+    #[error("{path}: frame size {width}x{height} exceeds the {max}x{max} limit")]
+    FrameTooLarge {
+        /// The file (or the URL without credentials).
+        path: PathBuf,
+        /// Width.
+        width: usize,
+        /// Height.
+        height: usize,
+        /// The limit.
+        max: usize,
+    },
+}
+
+/// What a source has seen so far.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct SourceStats {
+    /// Decoder counters (of the current connection, for live sources).
+    pub decode: DecodeStats,
+    /// Packets that could not be read.
+    pub read_errors: u64,
+    /// The file ended in the middle of data: read errors ended it, its last packet was cut
+    /// short, or it held fewer packets than its index promised.
+    pub truncated: bool,
+    /// Times the file was restarted.
+    pub loops: u64,
+    /// Frames emitted.
+    pub frames: u64,
+}
+
+/// The frame interface every source offers the pipeline.
+pub trait VideoSource: Send {
+    /// The next frame; `Ok(None)` at the end of the stream or once stopped.
+    fn next_frame(&mut self) -> Result<Option<Frame>, SourceError>;
+    /// The stream id stamped on the frames.
+    fn stream_id(&self) -> &StreamId;
+    /// Counters so far.
+    fn stats(&self) -> SourceStats;
+    /// The current surface pool (it changes with the stream's resolution).
+    fn pool(&self) -> &SurfacePool;
+    /// Times the source waited for a free surface (backpressure), over all its pools.
+    fn pool_waits(&self) -> u64;
+    /// A handle that stops this source from another thread.
+    fn stopper(&self) -> SourceStopper;
+    /// Connection state, reconnects and last error, shared with whoever reports them.
+    fn health(&self) -> Arc<SourceHealth>;
+    /// Nominal frame rate (numerator, denominator); (0, 1) while unknown.
+    fn frame_rate(&self) -> (i32, i32);
+}
+
+/// Where a source is in its life, as the technician sees it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
+pub enum SourceState {
+    /// Opening the file or connecting to the camera.
+    Connecting = 0,
+    /// Frames are coming.
+    Streaming = 1,
+    /// Connected, but no data arrived within the stall timeout.
+    Stalled = 2,
+    /// Waiting before the next connection attempt.
+    BackingOff = 3,
+    /// The stream ended (end of file, or stopped).
+    Ended = 4,
+}
+
+impl SourceState {
+    /// Every state, for metrics that export one series per state.
+    pub const ALL: [SourceState; 5] = [
+        SourceState::Connecting,
+        SourceState::Streaming,
+        SourceState::Stalled,
+        SourceState::BackingOff,
+        SourceState::Ended,
+    ];
+
+    /// Lower-case name (`backing_off`, ...).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SourceState::Connecting => "connecting",
+            SourceState::Streaming => "streaming",
+            SourceState::Stalled => "stalled",
+            SourceState::BackingOff => "backing_off",
+            SourceState::Ended => "ended",
+        }
+    }
+
+    fn from_u8(v: u8) -> Self {
+        Self::ALL
+            .get(v as usize)
+            .copied()
+            .unwrap_or(SourceState::Ended)
+    }
+}
+
+/// Health of one source, updated by its thread and read by metrics and status pages.
+/// Updating it on the frame path is a few atomic stores (no allocation).
+#[derive(Debug)]
+pub struct SourceHealth {
+    state: AtomicU8,
+    reconnects: AtomicU64,
+    frames: AtomicU64,
+    last_error: Mutex<String>,
+}
+
+/// A copy of a [`SourceHealth`] at one moment.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HealthSnapshot {
+    /// Current state.
+    pub state: SourceState,
+    /// Connection attempts after the first (live sources).
+    pub reconnects: u64,
+    /// Frames produced.
+    pub frames: u64,
+    /// The last error, in plain words (credentials never appear in it).
+    pub last_error: Option<String>,
+}
+
+impl Default for SourceHealth {
+    fn default() -> Self {
+        SourceHealth {
+            state: AtomicU8::new(SourceState::Connecting as u8),
+            reconnects: AtomicU64::new(0),
+            frames: AtomicU64::new(0),
+            last_error: Mutex::new(String::new()),
+        }
+    }
+}
+
+impl SourceHealth {
+    /// Current state.
+    pub fn state(&self) -> SourceState {
+        SourceState::from_u8(self.state.load(Ordering::Acquire))
+    }
+
+    /// Everything at once.
+    pub fn snapshot(&self) -> HealthSnapshot {
+        let e = self.last_error.lock().unwrap_or_else(|p| p.into_inner());
+        HealthSnapshot {
+            state: self.state(),
+            reconnects: self.reconnects.load(Ordering::Relaxed),
+            frames: self.frames.load(Ordering::Relaxed),
+            last_error: (!e.is_empty()).then(|| e.clone()),
+        }
+    }
+
+    pub(crate) fn set_state(&self, s: SourceState) {
+        self.state.store(s as u8, Ordering::Release);
+    }
+
+    pub(crate) fn frame(&self) {
+        self.frames.fetch_add(1, Ordering::Relaxed);
+        if self.state() != SourceState::Streaming {
+            self.set_state(SourceState::Streaming);
+        }
+    }
+
+    pub(crate) fn fail(&self, state: SourceState, error: String) {
+        *self.last_error.lock().unwrap_or_else(|p| p.into_inner()) = error;
+        self.set_state(state);
+    }
+
+    pub(crate) fn reconnected(&self) {
+        self.reconnects.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+/// Stops a source from another thread: `next_frame` then returns `Ok(None)`, also when it was
+/// waiting for a free surface, a frame's presentation time, a reconnect delay or the network.
+#[derive(Clone)]
+pub struct SourceStopper {
+    state: Arc<StopState>,
+}
+
+struct StopState {
+    stopped: Mutex<bool>,
+    /// Mirror of `stopped` for lock-free checks (libavformat's interrupt callback).
+    stopped_flag: AtomicBool,
+    wake: Condvar,
+    /// The pool the source currently fills (it changes with the stream's resolution).
+    pool: Mutex<SurfacePool>,
+}
+
+impl StopState {
+    fn is_stopped(&self) -> bool {
+        self.stopped_flag.load(Ordering::Acquire)
+    }
+}
+
+impl SourceStopper {
+    /// Stops the source (idempotent).
+    pub fn stop(&self) {
+        *self.state.stopped.lock().unwrap_or_else(|p| p.into_inner()) = true;
+        self.state.stopped_flag.store(true, Ordering::Release);
+        self.state.wake.notify_all();
+        self.state
+            .pool
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .close();
+    }
+}
+
+/// What every source shares: the pool (replaced on resolution changes), the stop state, the
+/// health record and the error context.
+pub(crate) struct SourceCore {
+    /// The file, or the URL without credentials: what errors name.
+    origin: PathBuf,
+    stream: StreamId,
+    pool_frames: usize,
+    pool: SurfacePool,
+    stop: Arc<StopState>,
+    /// Backpressure waits counted by pools this source replaced.
+    earlier_pool_waits: u64,
+    health: Arc<SourceHealth>,
+}
+
+impl SourceCore {
+    pub(crate) fn new(
+        origin: PathBuf,
+        stream: StreamId,
+        pool_frames: usize,
+        layout: FrameLayout,
+    ) -> Self {
+        let pool = SurfacePool::new(layout, pool_frames);
+        SourceCore {
+            origin,
+            stream,
+            pool_frames,
+            stop: Arc::new(StopState {
+                stopped: Mutex::new(false),
+                stopped_flag: AtomicBool::new(false),
+                wake: Condvar::new(),
+                pool: Mutex::new(pool.clone()),
+            }),
+            pool,
+            earlier_pool_waits: 0,
+            health: Arc::new(SourceHealth::default()),
+        }
+    }
+
+    pub(crate) fn stopper(&self) -> SourceStopper {
+        SourceStopper {
+            state: self.stop.clone(),
+        }
+    }
+
+    pub(crate) fn pool_waits(&self) -> u64 {
+        self.earlier_pool_waits + self.pool.backpressure().0
+    }
+
+    pub(crate) fn is_stopped(&self) -> bool {
+        self.stop.is_stopped()
+    }
+
+    /// Waits until `deadline` unless stopped first; returns false when stopped.
+    pub(crate) fn wait_until(&self, deadline: Instant) -> bool {
+        let mut stopped = self.stop.stopped.lock().unwrap_or_else(|p| p.into_inner());
+        while !*stopped {
+            let now = Instant::now();
+            if now >= deadline {
+                return true;
+            }
+            stopped = self
+                .stop
+                .wake
+                .wait_timeout(stopped, deadline - now)
+                .unwrap_or_else(|p| p.into_inner())
+                .0;
+        }
+        false
+    }
+
+    pub(crate) fn codec_error(&self, source: CodecError) -> SourceError {
+        SourceError::Codec {
+            path: self.origin.clone(),
+            source,
+        }
+    }
+
+    /// A pool closed by a stop is a clean end, not an error.
+    pub(crate) fn end_if_stopped(
+        &self,
+        r: Result<Option<Frame>, SourceError>,
+    ) -> Result<Option<Frame>, SourceError> {
+        match r {
+            Err(SourceError::Codec {
+                source: CodecError::PoolClosed(_),
+                ..
+            }) if self.is_stopped() => Ok(None),
+            other => other,
+        }
+    }
+
+    /// The decoder's next picture in a pooled surface; on a resolution change, a new pool.
+    pub(crate) fn receive(
+        &mut self,
+        decoder: &mut VideoDecoder,
+        pts_offset_us: i64,
+    ) -> Result<Option<Frame>, SourceError> {
+        loop {
+            match decoder.receive(&self.pool, pts_offset_us) {
+                Ok(f) => return Ok(f),
+                Err(CodecError::Geometry { .. }) => {
+                    // Resolution changed mid-stream: new pool for the new geometry; frames
+                    // still in flight return to the old pool, which is freed with them.
+                    let layout = decoder.pending_layout().map_err(|e| self.codec_error(e))?;
+                    check_size(&self.origin, layout.width, layout.height)?;
+                    tracing::info!(stream = %self.stream, width = layout.width,
+                        height = layout.height, "stream changed resolution; new surface pool");
+                    self.pool.close();
+                    self.earlier_pool_waits += self.pool.backpressure().0;
+                    self.pool = SurfacePool::new(layout, self.pool_frames);
+                    let mut current = self.stop.pool.lock().unwrap_or_else(|p| p.into_inner());
+                    *current = self.pool.clone();
+                    // A stop that raced with the swap closed the old pool; close this one too.
+                    if self.stop.is_stopped() {
+                        current.close();
+                    }
+                }
+                Err(e) => return Err(self.codec_error(e)),
+            }
+        }
+    }
+}
+
+pub(crate) fn check_size(path: &Path, width: usize, height: usize) -> Result<(), SourceError> {
+    if width > MAX_FRAME_SIDE || height > MAX_FRAME_SIDE {
+        return Err(SourceError::FrameTooLarge {
+            path: path.to_path_buf(),
+            width,
+            height,
+            max: MAX_FRAME_SIDE,
+        });
+    }
+    Ok(())
+}
