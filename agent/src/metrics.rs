@@ -5,8 +5,11 @@
 //! allocates nor takes a map lock. Process-wide gauges (RSS, CPU, allocations) are refreshed
 //! when `/metrics` is scraped.
 
-use std::sync::Mutex;
 use std::sync::atomic::AtomicU64;
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use aegis_hal::source::{HealthSnapshot, SourceHealth, SourceState};
 
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
@@ -21,6 +24,23 @@ use prometheus_client::registry::Registry;
 pub struct StreamLabels {
     /// Stream id.
     pub stream: String,
+}
+
+/// Labels of the per-stream state gauges (one series per state; the current one is 1).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct StateLabels {
+    /// Stream id.
+    pub stream: String,
+    /// `connecting`, `streaming`, `stalled`, `backing_off`, `ended`.
+    pub state: String,
+}
+
+/// A source whose health `/metrics` and `/healthz` report.
+struct Watched {
+    stream: String,
+    health: Arc<SourceHealth>,
+    /// Frames and time at the previous scrape, for the input frame rate.
+    last: (Instant, u64),
 }
 
 /// Labels of per-stream, per-stage metrics (stage = `source`, a stage kind, or `sink:<kind>`).
@@ -108,6 +128,10 @@ pub struct Metrics {
     pub disk_evictions: Family<SinkLabels, Gauge>,
     /// Streams whose source is running.
     pub streams_running: Gauge,
+    source_state: Family<StateLabels, Gauge>,
+    source_reconnects: Family<StreamLabels, Gauge>,
+    source_fps: Family<StreamLabels, Gauge<f64, AtomicU64>>,
+    watched: Mutex<Vec<Watched>>,
     process_rss: Gauge,
     process_cpu_ms: Gauge,
     allocations: Gauge,
@@ -134,6 +158,10 @@ impl Metrics {
             disk_used: Family::default(),
             disk_evictions: Family::default(),
             streams_running: Gauge::default(),
+            source_state: Family::default(),
+            source_reconnects: Family::default(),
+            source_fps: Family::default(),
+            watched: Mutex::new(Vec::new()),
             process_rss: Gauge::default(),
             process_cpu_ms: Gauge::default(),
             allocations: Gauge::default(),
@@ -224,6 +252,21 @@ impl Metrics {
             m.streams_running.clone(),
         );
         registry.register(
+            "source_state",
+            "1 for the state each stream's source is in (connecting, streaming, stalled, backing_off, ended)",
+            m.source_state.clone(),
+        );
+        registry.register(
+            "source_reconnects",
+            "Connection attempts after the first, per live source (only grows)",
+            m.source_reconnects.clone(),
+        );
+        registry.register(
+            "source_fps",
+            "Frames per second coming out of each source's decoder, since the previous scrape",
+            m.source_fps.clone(),
+        );
+        registry.register(
             "process_resident_memory_bytes",
             "Resident set size of the agent",
             m.process_rss.clone(),
@@ -241,8 +284,61 @@ impl Metrics {
         Metrics { registry, ..m }
     }
 
+    /// Reports `health` as stream `stream`'s source state in `/metrics` and `/healthz`.
+    pub fn watch_source(&self, stream: &str, health: Arc<SourceHealth>) {
+        let frames = health.snapshot().frames;
+        self.watched
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(Watched {
+                stream: stream.to_string(),
+                health,
+                last: (Instant::now(), frames),
+            });
+    }
+
+    /// The health of every watched source, in pipeline order.
+    pub fn source_health(&self) -> Vec<(String, HealthSnapshot)> {
+        self.watched
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+            .map(|w| (w.stream.clone(), w.health.snapshot()))
+            .collect()
+    }
+
+    fn refresh_sources(&self) {
+        let mut watched = self.watched.lock().unwrap_or_else(|p| p.into_inner());
+        for w in watched.iter_mut() {
+            let h = w.health.snapshot();
+            for state in SourceState::ALL {
+                let labels = StateLabels {
+                    stream: w.stream.clone(),
+                    state: state.as_str().to_string(),
+                };
+                self.source_state
+                    .get_or_create(&labels)
+                    .set(i64::from(state == h.state));
+            }
+            let sl = StreamLabels {
+                stream: w.stream.clone(),
+            };
+            self.source_reconnects
+                .get_or_create(&sl)
+                .set(h.reconnects as i64);
+            let now = Instant::now();
+            let dt = now.duration_since(w.last.0).as_secs_f64();
+            if dt > 0.0 {
+                let fps = h.frames.saturating_sub(w.last.1) as f64 / dt;
+                self.source_fps.get_or_create(&sl).set(fps);
+            }
+            w.last = (now, h.frames);
+        }
+    }
+
     /// Renders the Prometheus text exposition, refreshing the process gauges first.
     pub fn render(&self) -> String {
+        self.refresh_sources();
         {
             let _one_at_a_time = self.process_state.lock().unwrap_or_else(|p| p.into_inner());
             if let Some(p) = crate::process::sample() {

@@ -55,11 +55,27 @@ async fn metrics(State(s): State<ServerState>) -> impl IntoResponse {
 
 async fn healthz(State(s): State<ServerState>) -> impl IntoResponse {
     let running = s.metrics.streams_running.get();
+    let streams: Vec<_> = s
+        .metrics
+        .source_health()
+        .into_iter()
+        .map(|(id, h)| {
+            serde_json::json!({
+                "id": id,
+                "state": h.state.as_str(),
+                "frames": h.frames,
+                "reconnects": h.reconnects,
+                "last_error": h.last_error,
+            })
+        })
+        .collect();
+    let all_streaming = streams.iter().all(|v| v["state"] == "streaming");
     let body = serde_json::json!({
-        "status": "ok",
+        "status": if all_streaming { "ok" } else { "degraded" },
         "device": s.device,
         "uptime_s": s.started.elapsed().as_secs(),
         "streams_running": running,
+        "streams": streams,
         "version": env!("CARGO_PKG_VERSION"),
     });
     (

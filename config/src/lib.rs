@@ -32,8 +32,8 @@ pub use error::{ConfigError, Problem};
 pub use model::{
     AgentConfig, BackendConfig, BackendKind, DeviceConfig, DiscardSink, EncoderConfig, FleetConfig,
     GpsConfig, ImuConfig, LogConfig, LogFormat, PassthroughStage, PipelineConfig, RecordSink,
-    SensorsConfig, SinkConfig, SourceConfig, SourceLocation, StageConfig, StoreConfig,
-    TimestampOverlayStage, VideoCodec, WebConfig,
+    RtspTransport, Secret, SensorsConfig, SinkConfig, SourceConfig, SourceLocation, StageConfig,
+    StoreConfig, TimestampOverlayStage, VideoCodec, WebConfig,
 };
 
 /// Largest configuration file [`load`] accepts, in bytes (1 MiB).

@@ -305,9 +305,20 @@ pub struct SourceConfig {
     /// Where to read video from: `file:///absolute/path.mp4`,
     /// `file:relative/path.mp4` or a plain path for files;
     /// `rtsp://host/path` or `rtsps://…` for IP cameras;
-    /// `v4l2:///dev/video0` for local cameras. This build only supports
-    /// files.
+    /// `v4l2:///dev/video0` for local cameras. This build supports files
+    /// and RTSP. Prefer `username`/`password` over credentials in the URL.
     pub url: String,
+    /// RTP transport for `rtsp` sources: `tcp` (interleaved in the RTSP
+    /// connection; works through NAT and firewalls) or `udp`.
+    #[serde(default)]
+    pub transport: RtspTransport,
+    /// User name for `rtsp` sources (digest or basic authentication).
+    #[serde(default)]
+    pub username: Option<String>,
+    /// Password for `rtsp` sources. Never logged or shown: it prints as
+    /// `***`.
+    #[serde(default)]
+    pub password: Option<Secret>,
     /// Restart a file source from the beginning when it ends.
     #[serde(default, rename = "loop")]
     pub loop_: bool,
@@ -318,6 +329,39 @@ pub struct SourceConfig {
     /// Stop the source after this many frames (omit for no limit).
     #[serde(default)]
     pub max_frames: Option<u64>,
+}
+
+/// RTP transport of an RTSP source.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum RtspTransport {
+    /// RTP interleaved in the RTSP TCP connection.
+    #[default]
+    Tcp,
+    /// RTP over UDP.
+    Udp,
+}
+
+/// A secret string (camera password): `Debug` prints `***`, so configs can be logged.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(transparent)]
+pub struct Secret(String);
+
+impl Secret {
+    /// A secret holding `value`.
+    pub fn new(value: impl Into<String>) -> Self {
+        Secret(value.into())
+    }
+    /// The secret itself; only for handing it to the protocol that needs it.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("***")
+    }
 }
 
 /// Where a source reads its video from, parsed from [`SourceConfig::url`].

@@ -225,16 +225,52 @@ fn pipeline_alone_uses_pipeline_relative_paths() {
 }
 
 #[test]
-fn live_sources_are_rejected_by_this_build() {
+fn rtsp_is_accepted_and_v4l2_is_not_yet() {
     let text = "device: {id: d}\npipeline:\n  sources:\n    - {id: a, url: \"rtsp://cam/stream\"}\n    - {id: b, url: \"v4l2:///dev/video0\"}\n";
     let problems = problems_of(text);
-    assert_eq!(problems.len(), 2);
-    assert_eq!(
-        problems[0].reason,
-        "\"rtsp\" sources are not supported by this build yet (planned: live sources)"
+    assert_eq!(problems.len(), 1, "{problems:?}");
+    assert_eq!(problems[0].path, "pipeline.sources[1].url");
+    assert!(problems[0].reason.starts_with("\"v4l2\" sources"));
+}
+
+#[test]
+fn rtsp_credentials_are_checked_and_never_printed() {
+    let text = minimal().replace(
+        "{id: cam0, url: clip.mp4}",
+        "{id: cam0, url: \"rtsp://cam/live\", transport: udp, username: admin, password: hunter2}",
     );
-    assert_eq!(problems[1].path, "pipeline.sources[1].url");
-    assert!(problems[1].reason.starts_with("\"v4l2\" sources"));
+    let cfg = ok(&text);
+    let s = &cfg.pipeline.sources[0];
+    assert_eq!(s.transport, RtspTransport::Udp);
+    assert_eq!(s.password.as_ref().map(Secret::expose), Some("hunter2"));
+    assert!(
+        !format!("{cfg:?}").contains("hunter2"),
+        "Debug must redact the password"
+    );
+
+    let text = minimal().replace(
+        "{id: cam0, url: clip.mp4}",
+        "{id: cam0, url: clip.mp4, password: x}",
+    );
+    let paths = paths_of(&text);
+    assert_eq!(
+        paths,
+        [
+            "pipeline.sources[0].password",
+            "pipeline.sources[0].password"
+        ]
+    );
+    let problems = problems_of(&text);
+    assert!(
+        problems
+            .iter()
+            .any(|p| p.reason == "only rtsp sources take credentials")
+    );
+    assert!(
+        problems
+            .iter()
+            .any(|p| p.reason == "a password needs a username")
+    );
 }
 
 #[test]
@@ -246,6 +282,9 @@ fn source_url_forms() {
             loop_: false,
             realtime: false,
             max_frames: None,
+            transport: RtspTransport::Tcp,
+            username: None,
+            password: None,
         }
         .location()
     };

@@ -36,11 +36,7 @@ const BROKER_SCHEMES: &[&str] = &["mqtt", "mqtts"];
 /// This is the only place to edit when live sources land.
 fn supported_in_this_build(location: &SourceLocation) -> Result<(), String> {
     let kind = match location {
-        SourceLocation::File(_) => return Ok(()),
-        SourceLocation::Rtsp(url) => match split_scheme(url) {
-            Some((scheme, _)) => scheme.to_ascii_lowercase(),
-            None => "rtsp".to_owned(),
-        },
+        SourceLocation::File(_) | SourceLocation::Rtsp(_) => return Ok(()),
         SourceLocation::V4l2(_) => "v4l2".to_owned(),
     };
     Err(format!(
@@ -208,8 +204,36 @@ pub(crate) fn check_source(source: &SourceConfig, prefix: &str, out: &mut Vec<Pr
             if let Err(reason) = supported_in_this_build(&location) {
                 out.push(Problem::new(url_path, reason));
             }
+            let rtsp = matches!(location, SourceLocation::Rtsp(_));
+            if !rtsp {
+                for (field, set) in [
+                    ("username", source.username.is_some()),
+                    ("password", source.password.is_some()),
+                ] {
+                    if set {
+                        out.push(Problem::new(
+                            join_key(prefix, field),
+                            "only rtsp sources take credentials",
+                        ));
+                    }
+                }
+            }
         }
         Err(reason) => out.push(Problem::new(url_path, reason)),
+    }
+    if source.password.is_some() && source.username.is_none() {
+        out.push(Problem::new(
+            join_key(prefix, "password"),
+            "a password needs a username",
+        ));
+    }
+    if let Some(u) = &source.username
+        && (u.is_empty() || u.contains(':'))
+    {
+        out.push(Problem::new(
+            join_key(prefix, "username"),
+            "must be non-empty and contain no ':'",
+        ));
     }
     if source.max_frames == Some(0) {
         out.push(Problem::new(

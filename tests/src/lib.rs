@@ -162,3 +162,67 @@ pub fn metric(body: &str, prefix: &str) -> Option<f64> {
         .and_then(|l| l.rsplit(' ').next())
         .and_then(|v| v.parse().ok())
 }
+
+/// A loopback RTSP server (GStreamer's rtsp-server via `tools/rtsp-server.py`); killed on drop.
+pub struct RtspServer {
+    child: std::process::Child,
+    /// Its port on 127.0.0.1.
+    pub port: u16,
+}
+
+impl Drop for RtspServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Whether the GStreamer RTSP server can run here. In CI its absence is a failure.
+pub fn have_rtsp_server() -> bool {
+    let ok = Command::new("/usr/bin/python3")
+        .args([
+            "-c",
+            "import gi; gi.require_version('GstRtspServer', '1.0')",
+        ])
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if !ok && std::env::var_os("CI").is_some() {
+        panic!("CI needs python3-gi and gir1.2-gst-rtsp-server-1.0 (tools/setup.sh installs them)");
+    }
+    if !ok {
+        eprintln!("skipping RTSP tests: GStreamer RTSP server not installed");
+    }
+    ok
+}
+
+/// Serves `clip` at `rtsp://127.0.0.1:PORT/cam` (optionally requiring `user:pass`), on
+/// `port` or, with 0, on a free one.
+pub fn rtsp_server(clip: &Path, port: u16, user: Option<&str>) -> RtspServer {
+    use std::io::BufRead;
+    let port = match port {
+        0 => std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .map(|a| a.port())
+            .expect("free port"),
+        p => p,
+    };
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../tools/rtsp-server.py");
+    let mut cmd = Command::new("/usr/bin/python3");
+    cmd.arg(script)
+        .arg(port.to_string())
+        .arg(format!("cam={}", clip.display()));
+    if let Some(u) = user {
+        cmd.args(["--user", u]);
+    }
+    let mut child = cmd
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("start rtsp server");
+    let mut line = String::new();
+    let stdout = child.stdout.take().expect("piped stdout");
+    std::io::BufReader::new(stdout)
+        .read_line(&mut line)
+        .expect("read server output");
+    assert_eq!(line.trim(), "ready", "rtsp server did not start");
+    RtspServer { child, port }
+}

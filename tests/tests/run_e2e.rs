@@ -280,3 +280,116 @@ fn resolution_change_mid_stream_is_recorded_in_both_sizes() {
     let frames_of = |w| sizes.iter().filter(|s| s.0 == w).map(|s| s.2).sum::<u64>();
     assert_eq!((frames_of(320), frames_of(640)), (30, 30), "{sizes:?}");
 }
+
+#[test]
+fn rtsp_camera_reconnects_and_its_health_is_reported_without_the_password() {
+    if !have_rtsp_server() || !have_ffprobe() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let clip = make_clip(dir.path(), "cam.mp4", 320, 240, 20.0);
+    let server = rtsp_server(&clip, 0, Some("viewer:Sup3r-Secret"));
+    let port = server.port;
+    let cfg = dir.path().join("aegis.yaml");
+    std::fs::write(
+        &cfg,
+        format!(
+            r#"
+device: {{ id: rtsp-test }}
+pipeline:
+  sources:
+    - {{ id: door, url: "rtsp://127.0.0.1:{port}/cam", username: viewer, password: Sup3r-Secret }}
+  sinks:
+    - {{ kind: record, dir: {rec}, segment_seconds: 2, encoder: {{ threads: 1 }} }}
+web: {{ listen: "127.0.0.1:0" }}
+"#,
+            rec = dir.path().join("rec").display()
+        ),
+    )
+    .unwrap();
+    let mut child = Command::new(aegis_bin())
+        .args(["run", "--config", cfg.to_str().unwrap()])
+        .current_dir(dir.path())
+        .env("RUST_LOG", "info")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stderr = child.stderr.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    let logs = std::thread::spawn(move || {
+        let mut all = String::new();
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            if let Some(rest) = line.strip_prefix("serving http://") {
+                let _ = tx.send(rest.split('/').next().unwrap_or_default().to_string());
+            }
+            all.push_str(&line);
+            all.push('\n');
+        }
+        all
+    });
+    let addr = rx
+        .recv_timeout(Duration::from_secs(30))
+        .expect("agent announced its address");
+    let health = |addr: &str| -> serde_json::Value {
+        let body = http_get(addr, "/healthz").map(|r| r.1).unwrap_or_default();
+        serde_json::from_str(&body).unwrap_or_default()
+    };
+    let door = |v: &serde_json::Value| v["streams"][0].clone();
+    wait_for("the camera to stream", Duration::from_secs(60), || {
+        let d = door(&health(&addr));
+        d["state"] == "streaming" && d["frames"].as_u64().unwrap_or(0) >= 30
+    });
+    let metrics = http_get(&addr, "/metrics").unwrap().1;
+    assert!(
+        metrics.contains("aegis_source_state{stream=\"door\",state=\"streaming\"} 1"),
+        "{metrics}"
+    );
+
+    // The camera goes away: the stream reports it, and comes back by itself.
+    drop(server);
+    wait_for("the outage to be reported", Duration::from_secs(30), || {
+        let d = door(&health(&addr));
+        d["state"] != "streaming" && d["last_error"].is_string()
+    });
+    let during = health(&addr);
+    assert_eq!(during["status"], "degraded", "{during}");
+    let _server = rtsp_server(&clip, port, Some("viewer:Sup3r-Secret"));
+    wait_for("the camera to come back", Duration::from_secs(60), || {
+        let d = door(&health(&addr));
+        d["state"] == "streaming" && d["reconnects"].as_u64().unwrap_or(0) >= 1
+    });
+    let metrics = http_get(&addr, "/metrics").unwrap().1;
+
+    // SAFETY: plain kill(2) on our own child's pid.
+    assert_eq!(unsafe { libc::kill(child.id() as i32, libc::SIGTERM) }, 0);
+    let status = child.wait().unwrap();
+    let mut out = String::new();
+    std::io::Read::read_to_string(child.stdout.as_mut().unwrap(), &mut out).unwrap();
+    let logs = logs.join().unwrap();
+    assert!(status.success(), "{out}\n{logs}");
+    for (what, text) in [
+        ("stdout", &out),
+        ("logs", &logs),
+        ("metrics", &metrics),
+        ("healthz", &during.to_string()),
+    ] {
+        assert!(
+            !text.contains("Sup3r-Secret"),
+            "the password leaked into {what}"
+        );
+    }
+    let delivered: u64 = out
+        .lines()
+        .find(|l| l.starts_with("stream door:"))
+        .and_then(|l| l.split(", ").nth(1))
+        .and_then(|s| s.split(' ').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no report in:\n{out}"));
+    let segs = files_with_suffix(&dir.path().join("rec/door"), ".mp4");
+    let recorded: u64 = segs.iter().map(|s| ffprobe(s).frames).sum();
+    assert_eq!(
+        recorded, delivered,
+        "every delivered frame is in a playable segment: {segs:?}"
+    );
+}

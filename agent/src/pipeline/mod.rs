@@ -20,14 +20,16 @@
 pub mod queue;
 pub mod sinks;
 
-use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::thread::JoinHandle;
 use std::time::Instant;
 
 use aegis_config::{PipelineConfig, SourceLocation, StageConfig};
-use aegis_hal::source::{FileSource, FileSourceSettings, SourceError, SourceStopper};
+use aegis_hal::source::{
+    FileSource, FileSourceSettings, LiveSource, LiveSourceSettings, RtspTransport, SourceError,
+    SourceStopper, VideoSource,
+};
 use aegis_hal::stage::{Passthrough, Stage, StageOutcome, TimestampOverlay};
 use aegis_hal::{Frame, StreamId};
 use prometheus_client::metrics::counter::Counter;
@@ -224,6 +226,41 @@ impl ErrorReporter {
     }
 }
 
+/// Frame rate assumed for rate control while a live source has not said.
+const DEFAULT_FRAME_RATE: (i32, i32) = (30, 1);
+
+/// `rtsp://host/x` + user + password → `rtsp://user:password@host/x` (percent-encoded). Without
+/// a configured user the URL is kept as written.
+fn with_credentials(
+    url: &str,
+    user: Option<&str>,
+    password: Option<&aegis_config::Secret>,
+) -> String {
+    let (Some(user), Some((scheme, rest))) = (user, url.split_once("://")) else {
+        return url.to_string();
+    };
+    let authority_end = rest.find('/').unwrap_or(rest.len());
+    let host_and_path = match rest[..authority_end].rfind('@') {
+        Some(at) => &rest[at + 1..],
+        None => rest,
+    };
+    let enc = |s: &str| {
+        s.bytes()
+            .map(|b| {
+                if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
+                    (b as char).to_string()
+                } else {
+                    format!("%{b:02X}")
+                }
+            })
+            .collect::<String>()
+    };
+    let pass = password
+        .map(|p| format!(":{}", enc(p.expose())))
+        .unwrap_or_default();
+    format!("{scheme}://{}{pass}@{host_and_path}", enc(user))
+}
+
 /// Builds the configured stages for one stream.
 pub fn build_stages(cfg: &[StageConfig]) -> Vec<Box<dyn Stage>> {
     cfg.iter()
@@ -252,16 +289,45 @@ impl Pipeline {
         aegis_hal::init();
         let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
         let auto_threads = (cores / cfg.sources.len().max(1)).max(1);
-        let mut sources = Vec::with_capacity(cfg.sources.len());
+        let mut sources: Vec<Box<dyn VideoSource>> = Vec::with_capacity(cfg.sources.len());
+        let decoder_threads = match opts.decoder_threads {
+            0 => auto_threads,
+            n => n,
+        };
         for (index, s) in cfg.sources.iter().enumerate() {
-            let path: PathBuf = match s.location() {
-                SourceLocation::File(p) => p,
-                SourceLocation::Rtsp(_) => {
-                    return Err(PipelineError::Unsupported {
-                        index,
-                        id: s.id.clone(),
-                        what: "RTSP",
-                    });
+            let src: Box<dyn VideoSource> = match s.location() {
+                SourceLocation::File(path) => {
+                    let settings = FileSourceSettings {
+                        path,
+                        stream: StreamId::new(&s.id),
+                        looping: s.loop_,
+                        realtime: opts.force_realtime.unwrap_or(s.realtime),
+                        max_frames: s.max_frames,
+                        pool_frames: cfg.pool_frames as usize,
+                        decoder_threads,
+                    };
+                    Box::new(FileSource::open(settings).map_err(|source| {
+                        PipelineError::Source {
+                            index,
+                            id: s.id.clone(),
+                            source,
+                        }
+                    })?)
+                }
+                // Live sources connect on their own thread: the agent must start while a
+                // camera is down, and says so in the stream's health.
+                SourceLocation::Rtsp(url) => {
+                    let mut settings = LiveSourceSettings::new(
+                        with_credentials(&url, s.username.as_deref(), s.password.as_ref()),
+                        StreamId::new(&s.id),
+                    );
+                    settings.transport = match s.transport {
+                        aegis_config::RtspTransport::Tcp => RtspTransport::Tcp,
+                        aegis_config::RtspTransport::Udp => RtspTransport::Udp,
+                    };
+                    settings.pool_frames = cfg.pool_frames as usize;
+                    settings.decoder_threads = decoder_threads;
+                    Box::new(LiveSource::new(settings))
                 }
                 SourceLocation::V4l2(_) => {
                     return Err(PipelineError::Unsupported {
@@ -271,23 +337,7 @@ impl Pipeline {
                     });
                 }
             };
-            let settings = FileSourceSettings {
-                path,
-                stream: StreamId::new(&s.id),
-                looping: s.loop_,
-                realtime: opts.force_realtime.unwrap_or(s.realtime),
-                max_frames: s.max_frames,
-                pool_frames: cfg.pool_frames as usize,
-                decoder_threads: match opts.decoder_threads {
-                    0 => auto_threads,
-                    n => n,
-                },
-            };
-            let src = FileSource::open(settings).map_err(|source| PipelineError::Source {
-                index,
-                id: s.id.clone(),
-                source,
-            })?;
+            metrics.watch_source(&s.id, src.health());
             sources.push(src);
         }
         let mut shared = Vec::with_capacity(cfg.sinks.len());
@@ -371,7 +421,7 @@ fn spawn_named<T: Send + 'static>(
 }
 
 fn spawn_stream(
-    mut source: FileSource,
+    mut source: Box<dyn VideoSource>,
     cfg: &PipelineConfig,
     shared: &[SharedSinkState],
     metrics: &Arc<Metrics>,
@@ -409,7 +459,11 @@ fn spawn_stream(
         })
         .collect();
     let stream_id = StreamId::new(&id);
-    let rate = source.info().frame_rate;
+    // Live sources learn their rate only once connected; encoders need one for rate control.
+    let rate = match source.frame_rate() {
+        (n, d) if n > 0 && d > 0 => (n, d),
+        _ => DEFAULT_FRAME_RATE,
+    };
     let mut sinks: Vec<Box<dyn Sink>> = cfg
         .sinks
         .iter()
@@ -583,4 +637,27 @@ fn spawn_stream(
         sinks: sink_thread,
         id,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn credentials_go_into_the_url_percent_encoded() {
+        let pw = aegis_config::Secret::new("p@ss:w/rd");
+        assert_eq!(
+            with_credentials("rtsp://cam:554/live", Some("ad min"), Some(&pw)),
+            "rtsp://ad%20min:p%40ss%3Aw%2Frd@cam:554/live"
+        );
+        // Configured credentials replace any in the URL; without them the URL is kept.
+        assert_eq!(
+            with_credentials("rtsp://old:x@cam/live", Some("u"), None),
+            "rtsp://u@cam/live"
+        );
+        assert_eq!(
+            with_credentials("rtsp://old:x@cam/live", None, Some(&pw)),
+            "rtsp://old:x@cam/live"
+        );
+    }
 }
