@@ -304,7 +304,8 @@ pub struct SourceConfig {
     pub id: String,
     /// Where to read video from: `file:///absolute/path.mp4`,
     /// `file:relative/path.mp4` or a plain path for files;
-    /// `rtsp://host/path` or `rtsps://…` for IP cameras;
+    /// `rtsp://host/path` or `rtsps://…` for IP cameras; `srt://host:port`
+    /// and `rtmp://host/app/key` for contribution encoders;
     /// `v4l2:///dev/video0` for local cameras. This build supports files
     /// and RTSP. Prefer `username`/`password` over credentials in the URL.
     pub url: String,
@@ -371,6 +372,10 @@ pub enum SourceLocation {
     File(PathBuf),
     /// An RTSP or RTSPS stream; holds the full URL.
     Rtsp(String),
+    /// An SRT stream (`srt://host:port?mode=caller…`), MPEG-TS inside; holds the full URL.
+    Srt(String),
+    /// An RTMP or RTMPS stream; holds the full URL.
+    Rtmp(String),
     /// A Video4Linux2 capture device, e.g. `/dev/video0`.
     V4l2(PathBuf),
 }

@@ -202,7 +202,10 @@ fn unsupported_scheme_message_is_exact() {
         line.starts_with("aegis.yaml: pipeline.sources[0].url: unsupported scheme \"htp\""),
         "{line}"
     );
-    assert!(line.contains("file, rtsp, rtsps, v4l2"), "{line}");
+    assert!(
+        line.contains("file, rtsp, rtsps, srt, rtmp, rtmps, v4l2"),
+        "{line}"
+    );
     assert!(
         error.problems()[0]
             .to_string()
@@ -262,9 +265,8 @@ fn rtsp_credentials_are_checked_and_never_printed() {
     );
     let problems = problems_of(&text);
     assert!(
-        problems
-            .iter()
-            .any(|p| p.reason == "only rtsp sources take credentials")
+        problems.iter().any(|p| p.reason
+            == "only rtsp sources take credentials (srt and rtmp carry theirs in the URL)")
     );
     assert!(
         problems

@@ -23,7 +23,7 @@ use crate::recover::{join_index, join_key};
 
 /// Source URL schemes this crate understands (whether or not this build can
 /// open them).
-const SOURCE_SCHEMES: &[&str] = &["file", "rtsp", "rtsps", "v4l2"];
+const SOURCE_SCHEMES: &[&str] = &["file", "rtsp", "rtsps", "srt", "rtmp", "rtmps", "v4l2"];
 /// Accepted schemes for `sensors.gps.url`.
 const GPS_SCHEMES: &[&str] = &["serial", "udp", "file"];
 /// Accepted schemes for `sensors.imu.url`.
@@ -36,7 +36,10 @@ const BROKER_SCHEMES: &[&str] = &["mqtt", "mqtts"];
 /// This is the only place to edit when live sources land.
 fn supported_in_this_build(location: &SourceLocation) -> Result<(), String> {
     let kind = match location {
-        SourceLocation::File(_) | SourceLocation::Rtsp(_) => return Ok(()),
+        SourceLocation::File(_)
+        | SourceLocation::Rtsp(_)
+        | SourceLocation::Srt(_)
+        | SourceLocation::Rtmp(_) => return Ok(()),
         SourceLocation::V4l2(_) => "v4l2".to_owned(),
     };
     Err(format!(
@@ -74,9 +77,13 @@ pub(crate) fn parse_source_url(url: &str) -> Result<SourceLocation, String> {
             None if rest.is_empty() => Err("file URL has no path".to_owned()),
             None => Ok(SourceLocation::File(PathBuf::from(rest))),
         },
-        "rtsp" | "rtsps" => match rest.strip_prefix("//") {
+        "rtsp" | "rtsps" | "srt" | "rtmp" | "rtmps" => match rest.strip_prefix("//") {
             Some(host) if !host.is_empty() && !host.starts_with('/') => {
-                Ok(SourceLocation::Rtsp(url.to_owned()))
+                Ok(match scheme.to_ascii_lowercase().as_str() {
+                    "srt" => SourceLocation::Srt(url.to_owned()),
+                    "rtmp" | "rtmps" => SourceLocation::Rtmp(url.to_owned()),
+                    _ => SourceLocation::Rtsp(url.to_owned()),
+                })
             }
             _ => Err(format!("expected {scheme}://host[:port]/path")),
         },
@@ -213,7 +220,7 @@ pub(crate) fn check_source(source: &SourceConfig, prefix: &str, out: &mut Vec<Pr
                     if set {
                         out.push(Problem::new(
                             join_key(prefix, field),
-                            "only rtsp sources take credentials",
+                            "only rtsp sources take credentials (srt and rtmp carry theirs in the URL)",
                         ));
                     }
                 }

@@ -278,3 +278,21 @@ fn resolution_change_and_corrupted_packets_keep_streaming() {
         assert_eq!((f.layout.width, f.layout.height), (640, 360));
     }
 }
+
+#[test]
+fn udp_transport_plays() {
+    if !have_gst() {
+        return;
+    }
+    let dir = tmpdir();
+    let mp4 = clip(dir.path(), "a.mp4", 320, 240, 60);
+    let port = free_port();
+    let _server = serve(port, &[("cam", &mp4)], None);
+    let mut s = settings(format!("rtsp://127.0.0.1:{port}/cam"));
+    s.transport = aegis_hal::source::RtspTransport::Udp;
+    let mut src = LiveSource::new(s);
+    for _ in 0..20 {
+        let f = src.next_frame().expect("frame").expect("not ended");
+        assert_eq!((f.layout.width, f.layout.height), (320, 240));
+    }
+}

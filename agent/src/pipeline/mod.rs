@@ -316,7 +316,9 @@ impl Pipeline {
                 }
                 // Live sources connect on their own thread: the agent must start while a
                 // camera is down, and says so in the stream's health.
-                SourceLocation::Rtsp(url) => {
+                SourceLocation::Rtsp(url)
+                | SourceLocation::Srt(url)
+                | SourceLocation::Rtmp(url) => {
                     let mut settings = LiveSourceSettings::new(
                         with_credentials(&url, s.username.as_deref(), s.password.as_ref()),
                         StreamId::new(&s.id),

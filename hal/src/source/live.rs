@@ -1,5 +1,5 @@
-//! Live network sources (RTSP today; SRT/RTMP/HLS are the same code with another URL scheme
-//! since libavformat does the protocol work).
+//! Live network sources: RTSP cameras, and SRT / RTMP contribution streams (libavformat does
+//! the protocol work, so they share every line of the connection and recovery logic).
 //!
 //! A live source never ends on its own. It connects lazily (an appliance must boot while its
 //! cameras are down), waits for a keyframe, decodes into the pool, and whenever the connection
@@ -37,7 +37,8 @@ pub enum RtspTransport {
 /// How a live source connects and recovers.
 #[derive(Clone)]
 pub struct LiveSourceSettings {
-    /// The stream URL, credentials included (`rtsp://user:pass@host/path`); never logged.
+    /// The stream URL (`rtsp://user:pass@host/path`, `srt://host:port`, `rtmp://host/app/key`),
+    /// credentials included; never logged.
     pub url: String,
     /// Stream id stamped on every frame.
     pub stream: StreamId,
@@ -194,19 +195,23 @@ impl LiveSource {
 
     fn connect(&mut self) -> Result<Connection, String> {
         let mut opts = ff::Dictionary::new();
-        opts.set(
-            "rtsp_transport",
-            match self.settings.transport {
-                RtspTransport::Tcp => "tcp",
-                RtspTransport::Udp => "udp",
-            },
-        );
-        opts.set("allowed_media_types", "video");
-        // Socket I/O timeout (µs) as a second line of defence behind the watchdog.
-        opts.set(
-            "timeout",
-            &(self.settings.connect_timeout.as_micros()).to_string(),
-        );
+        let scheme = self.settings.url.split("://").next().unwrap_or_default();
+        if scheme.eq_ignore_ascii_case("rtsp") || scheme.eq_ignore_ascii_case("rtsps") {
+            opts.set(
+                "rtsp_transport",
+                match self.settings.transport {
+                    RtspTransport::Tcp => "tcp",
+                    RtspTransport::Udp => "udp",
+                },
+            );
+            opts.set("allowed_media_types", "video");
+            // Socket I/O timeout (µs) as a second line of defence behind the watchdog. (Only
+            // for RTSP: for RTMP, libavformat's `timeout` means "listen for a publisher".)
+            opts.set(
+                "timeout",
+                &self.settings.connect_timeout.as_micros().to_string(),
+            );
+        }
         let watchdog = self.watchdog.clone();
         let stopper = self.core.stopper();
         self.watchdog.arm(self.settings.connect_timeout);
