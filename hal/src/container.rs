@@ -55,6 +55,16 @@ pub enum ContainerError {
         /// The file.
         path: PathBuf,
     },
+    /// The file's video is not camera video (e.g. a text file probed as ANSI art).
+    #[error(
+        "{path}: not a supported video stream (codec {codec}; expected H.264, H.265, MJPEG, MPEG-4/2, VP8/9 or AV1)"
+    )]
+    UnsupportedCodec {
+        /// The file.
+        path: PathBuf,
+        /// What libavformat found.
+        codec: String,
+    },
     /// Reading a packet failed (truncated or corrupt file, I/O error).
     #[error("reading {path} failed: {source}")]
     Read {
@@ -119,6 +129,23 @@ impl FileDemuxer {
                     path: path.to_path_buf(),
                 })?;
         let params = st.parameters();
+        use ff::codec::Id;
+        if !matches!(
+            params.id(),
+            Id::H264
+                | Id::HEVC
+                | Id::MJPEG
+                | Id::MPEG4
+                | Id::MPEG2VIDEO
+                | Id::VP8
+                | Id::VP9
+                | Id::AV1
+        ) {
+            return Err(ContainerError::UnsupportedCodec {
+                path: path.to_path_buf(),
+                codec: params.id().name().to_string(),
+            });
+        }
         // SAFETY: `params` wraps the stream's live AVCodecParameters, valid while `ictx` is.
         let (w, h) = unsafe {
             let p = &*params.as_ptr();

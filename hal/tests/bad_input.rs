@@ -242,7 +242,7 @@ fn random_bytes_empty_and_missing_files() {
     expect_open_error(&directory);
 
     let text = dir.path().join("notes.txt");
-    // libavformat probes plain text as the `tty` (ANSI art) format, a PAL8 "video".
+    // libavformat probes plain text as the `tty` (ANSI art) format; it is refused as not video.
     std::fs::write(&text, "this is not a video\n".repeat(100)).unwrap();
     expect_rejected(&text);
 }

@@ -32,6 +32,9 @@ pub struct VideoDecoder {
     waiting_for_key: bool,
     /// `picture` holds a decoded picture not yet copied out (its surface was not ready).
     pending: bool,
+    /// Converter for pictures in layouts the pools do not hold, and its output.
+    scaler: Option<Scaler>,
+    converted: ff::frame::Video,
     /// Timestamp (µs, before the caller's offset) of the last frame emitted since open/reset,
     /// to synthesise timestamps for pictures that carry none.
     last_raw_pts_us: Option<i64>,
@@ -77,6 +80,8 @@ impl VideoDecoder {
             waiting_for_key: true,
             pending: false,
             last_raw_pts_us: None,
+            scaler: None,
+            converted: ff::frame::Video::empty(),
             stats: DecodeStats::default(),
         })
     }
@@ -145,7 +150,6 @@ impl VideoDecoder {
         }
         let layout = self.pending_layout()?;
         let format = layout.format;
-        let pic = &self.picture;
         if layout != pool.layout() {
             return Err(CodecError::Geometry {
                 got_w: layout.width,
@@ -155,6 +159,17 @@ impl VideoDecoder {
             });
         }
         let mut surface = pool.acquire()?;
+        // Other layouts (MJPEG's 4:2:2, 10-bit, 4:4:4) are converted to I420 first: one more
+        // copy, counted on the frame.
+        let converted = !native_layout(self.picture.format());
+        if converted {
+            self.convert_to_i420()?;
+        }
+        let pic = if converted {
+            &self.converted
+        } else {
+            &self.picture
+        };
         {
             let data: &mut [u8] = &mut surface;
             for i in 0..layout.planes() {
@@ -194,6 +209,7 @@ impl VideoDecoder {
         };
         self.last_raw_pts_us = Some(raw_pts_us);
         let pts_us = raw_pts_us + pts_offset_us;
+        let pic = &self.picture;
         let corrupt = pic.is_corrupt() || pic.has_decode_errors();
         if corrupt {
             self.stats.corrupt_frames += 1;
@@ -208,7 +224,7 @@ impl VideoDecoder {
             duration_us: self.default_duration_us,
             layout,
             surface,
-            copies: 1,
+            copies: 1 + u32::from(converted),
             meta: FrameMeta {
                 keyframe: pic.is_key(),
                 corrupt,
@@ -223,9 +239,14 @@ impl VideoDecoder {
     pub(crate) fn pending_layout(&self) -> Result<FrameLayout, CodecError> {
         let pic = &self.picture;
         let format = match pic.format() {
-            ff::format::Pixel::YUV420P | ff::format::Pixel::YUVJ420P => PixelFormat::I420,
             ff::format::Pixel::NV12 => PixelFormat::Nv12,
-            other => return Err(CodecError::UnsupportedPixelFormat { format: other }),
+            ff::format::Pixel::None => {
+                return Err(CodecError::UnsupportedPixelFormat {
+                    format: ff::format::Pixel::None,
+                });
+            }
+            // Everything else arrives as (or is converted to) I420.
+            _ => PixelFormat::I420,
         };
         Ok(FrameLayout::new(
             format,
@@ -233,6 +254,58 @@ impl VideoDecoder {
             pic.height() as usize,
         ))
     }
+
+    /// Converts `picture` into `converted` (I420) with swscale, reusing the scaler and the
+    /// target picture while format and size stay the same.
+    fn convert_to_i420(&mut self) -> Result<(), CodecError> {
+        let (src, w, h) = (
+            self.picture.format(),
+            self.picture.width(),
+            self.picture.height(),
+        );
+        let reuse = self.scaler.as_ref().is_some_and(|s| {
+            let i = s.0.input();
+            (i.format, i.width, i.height) == (src, w, h)
+        });
+        if !reuse {
+            let scaler = ff::software::scaling::Context::get(
+                src,
+                w,
+                h,
+                ff::format::Pixel::YUV420P,
+                w,
+                h,
+                ff::software::scaling::Flags::BILINEAR,
+            )
+            .map_err(|_| CodecError::UnsupportedPixelFormat { format: src })?;
+            self.scaler = Some(Scaler(scaler));
+            self.converted = ff::frame::Video::new(ff::format::Pixel::YUV420P, w, h);
+            tracing::info!(stream = %self.stream, from = ?src, "converting decoded pictures to I420");
+        }
+        if let Some(scaler) = self.scaler.as_mut() {
+            scaler
+                .0
+                .run(&self.picture, &mut self.converted)
+                .map_err(|_| CodecError::UnsupportedPixelFormat { format: src })?;
+        }
+        Ok(())
+    }
+}
+
+/// A swscale context owned by one decoder.
+struct Scaler(ff::software::scaling::Context);
+
+// SAFETY: an SwsContext has no thread affinity (no thread-local state, no callbacks); this
+// wrapper owns it exclusively and it is only ever used through `&mut` by the thread that holds
+// the decoder, so moving it to another thread is sound.
+unsafe impl Send for Scaler {}
+
+/// Layouts the decoder's pictures can be copied from directly.
+fn native_layout(f: ff::format::Pixel) -> bool {
+    matches!(
+        f,
+        ff::format::Pixel::YUV420P | ff::format::Pixel::YUVJ420P | ff::format::Pixel::NV12
+    )
 }
 
 /// `ts` in `tb` units → microseconds.
