@@ -95,6 +95,28 @@ enum Command {
 
 #[derive(Subcommand, Debug)]
 enum BenchCommand {
+    /// Live RTSP sources against a loopback GStreamer server: restart → first frame, CPU per
+    /// stream, fps kept with several streams.
+    Rtsp {
+        /// Clip the server streams (default: a 60 s 720p sample, generated if missing).
+        #[arg(long)]
+        clip: Option<PathBuf>,
+        /// The loopback RTSP server script.
+        #[arg(long, default_value = "tools/rtsp-server.py")]
+        server: PathBuf,
+        /// Server restarts to time.
+        #[arg(long, default_value_t = 20)]
+        restarts: usize,
+        /// Stream counts to run at once.
+        #[arg(long, value_delimiter = ',', default_value = "4,8")]
+        streams: Vec<usize>,
+        /// Seconds each multi-stream run is measured.
+        #[arg(long, default_value_t = 8.0)]
+        seconds: f64,
+        /// Also write the results as JSON here.
+        #[arg(long)]
+        json: Option<PathBuf>,
+    },
     /// decode → passthrough → encode vs isolated steps and vs the ffmpeg CLI.
     Pipeline {
         /// Clips to run (default: 720p and 1080p samples, generated if missing).
@@ -179,6 +201,20 @@ pub fn main() -> ExitCode {
         } => {
             crate::logging::init(log_override.unwrap_or(LogFormat::Human), "warn");
             bench(clip, threads, !no_ffmpeg, json, repeat)
+        }
+        Command::Bench {
+            what:
+                BenchCommand::Rtsp {
+                    clip,
+                    server,
+                    restarts,
+                    streams,
+                    seconds,
+                    json,
+                },
+        } => {
+            crate::logging::init(log_override.unwrap_or(LogFormat::Human), "error");
+            bench_rtsp(clip, server, restarts, streams, seconds, json)
         }
         Command::Sample(spec) => {
             crate::logging::init(log_override.unwrap_or(LogFormat::Human), "info");
@@ -454,6 +490,50 @@ fn bench(
     let _ = std::fs::remove_dir_all(&opts.scratch);
     if let Some(path) = json {
         std::fs::write(&path, serde_json::to_string_pretty(&results)?)
+            .with_context(|| format!("writing {}", path.display()))?;
+    }
+    Ok(())
+}
+
+fn bench_rtsp(
+    clip: Option<PathBuf>,
+    server_script: PathBuf,
+    restarts: usize,
+    streams: Vec<usize>,
+    seconds: f64,
+    json: Option<PathBuf>,
+) -> anyhow::Result<()> {
+    let clip = match clip {
+        Some(c) => c,
+        None => {
+            let c = Path::new(SAMPLES_DIR).join("rtsp-720p.mp4");
+            if !c.exists() {
+                let background = Path::new(SAMPLES_DIR).join("astronaut.png");
+                let spec = SampleSpec {
+                    seconds: 60.0,
+                    background: background.exists().then_some(background),
+                    ..SampleSpec::new(&c)
+                };
+                eprintln!("generating {} (720p, 60 s)", c.display());
+                generate(&spec)?;
+            }
+            c
+        }
+    };
+    let opts = crate::bench_rtsp::RtspBenchOptions {
+        clip,
+        server_script,
+        restarts,
+        streams,
+        seconds,
+        scratch: std::env::temp_dir().join(format!("aegis-bench-rtsp-{}", std::process::id())),
+    };
+    let r = crate::bench_rtsp::run(&opts);
+    let _ = std::fs::remove_dir_all(&opts.scratch);
+    let r = r?;
+    crate::bench_rtsp::print(&r);
+    if let Some(path) = json {
+        std::fs::write(&path, serde_json::to_string_pretty(&r)?)
             .with_context(|| format!("writing {}", path.display()))?;
     }
     Ok(())

@@ -6,6 +6,7 @@
 
 pub mod alloc;
 pub mod bench;
+pub mod bench_rtsp;
 pub mod cli;
 pub mod logging;
 pub mod metrics;

@@ -1,0 +1,286 @@
+//! `aegis bench rtsp`: live-source costs against a real RTSP server on loopback
+//! (`tools/rtsp-server.py`, GStreamer): time from a server restart to the first decoded frame
+//! (p50/p99), CPU per connected stream, and fps kept with 4 and 8 simultaneous streams, with
+//! and without recording. Measured, printed and written as JSON; nothing asserts on time.
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use aegis_config::{
+    EncoderConfig, PassthroughStage, PipelineConfig, RecordSink, SinkConfig, SourceConfig,
+    StageConfig,
+};
+use aegis_hal::StreamId;
+use aegis_hal::source::{LiveSource, LiveSourceSettings, VideoSource};
+use anyhow::Context;
+use serde::Serialize;
+
+use crate::metrics::Metrics;
+use crate::pipeline::{Pipeline, RunOptions};
+
+/// What to run.
+#[derive(Debug, Clone)]
+pub struct RtspBenchOptions {
+    /// The clip the server streams (H.264 MP4, long enough for every run).
+    pub clip: PathBuf,
+    /// `tools/rtsp-server.py`.
+    pub server_script: PathBuf,
+    /// Server restarts to time.
+    pub restarts: usize,
+    /// Stream counts to run at once.
+    pub streams: Vec<usize>,
+    /// Seconds each multi-stream run is measured for.
+    pub seconds: f64,
+    /// Scratch directory for recordings.
+    pub scratch: PathBuf,
+}
+
+/// One multi-stream run.
+#[derive(Debug, Clone, Serialize)]
+pub struct LoadResult {
+    /// Streams at once.
+    pub streams: usize,
+    /// Whether every stream was also encoded and recorded.
+    pub recording: bool,
+    /// Frames per second each stream delivered (lowest, mean).
+    pub fps_min: f64,
+    /// Mean over streams.
+    pub fps_mean: f64,
+    /// Agent CPU time over wall time (100 = one core).
+    pub cpu_percent: f64,
+}
+
+/// Everything `bench rtsp` measured.
+#[derive(Debug, Clone, Serialize)]
+pub struct RtspBenchResult {
+    /// Restart → first frame, milliseconds, sorted.
+    pub restart_to_frame_ms: Vec<f64>,
+    /// Median of the above.
+    pub restart_p50_ms: f64,
+    /// 99th percentile of the above (the maximum for fewer than 100 restarts).
+    pub restart_p99_ms: f64,
+    /// CPU per connected, decoding stream with nothing downstream (percent of one core).
+    pub cpu_percent_per_decoding_stream: f64,
+    /// Multi-stream runs.
+    pub load: Vec<LoadResult>,
+    /// The clip's frame rate (what a stream keeping up delivers).
+    pub clip_fps: f64,
+}
+
+struct Server(Child);
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn serve(script: &Path, port: u16, clip: &Path) -> anyhow::Result<Server> {
+    let mut child = Command::new("/usr/bin/python3")
+        .arg(script)
+        .arg(port.to_string())
+        .arg(format!("cam={}", clip.display()))
+        .stdout(Stdio::piped())
+        .spawn()
+        .context(
+            "starting the RTSP server (needs Debian's python3-gi and gir1.2-gst-rtsp-server-1.0)",
+        )?;
+    let mut line = String::new();
+    let stdout = child.stdout.take().context("server stdout")?;
+    BufReader::new(stdout).read_line(&mut line)?;
+    anyhow::ensure!(line.trim() == "ready", "RTSP server did not start: {line}");
+    Ok(Server(child))
+}
+
+fn free_port() -> anyhow::Result<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port())
+}
+
+fn percentile(sorted: &[f64], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return f64::NAN;
+    }
+    let i = ((sorted.len() - 1) as f64 * p).round() as usize;
+    sorted[i.min(sorted.len() - 1)]
+}
+
+/// Runs every measurement.
+pub fn run(opts: &RtspBenchOptions) -> anyhow::Result<RtspBenchResult> {
+    aegis_hal::init();
+    let port = free_port()?;
+    let url = format!("rtsp://127.0.0.1:{port}/cam");
+    let clip_fps = {
+        let d = aegis_hal::container::FileDemuxer::open(&opts.clip)?;
+        let (n, den) = d.info().frame_rate;
+        n as f64 / den.max(1) as f64
+    };
+
+    // 1. Restart → first frame, with the source's real backoff settings.
+    let mut server = Some(serve(&opts.server_script, port, &opts.clip)?);
+    let mut src = LiveSource::new(LiveSourceSettings::new(url.clone(), StreamId::new("bench")));
+    let health = src.health();
+    let stopper = src.stopper();
+    let reader = std::thread::spawn(move || while let Ok(Some(_)) = src.next_frame() {});
+    let wait_frames = |min: u64, limit: Duration| -> bool {
+        let t0 = Instant::now();
+        while health.snapshot().frames < min {
+            if t0.elapsed() > limit {
+                return false;
+            }
+            std::thread::sleep(Duration::from_millis(2));
+        }
+        true
+    };
+    anyhow::ensure!(
+        wait_frames(10, Duration::from_secs(20)),
+        "no frames from the RTSP server"
+    );
+    let mut samples = Vec::with_capacity(opts.restarts);
+    for _ in 0..opts.restarts {
+        drop(server.take());
+        // Let the source notice and start backing off, as after a real outage.
+        std::thread::sleep(Duration::from_millis(300));
+        let before = health.snapshot().frames;
+        server = Some(serve(&opts.server_script, port, &opts.clip)?);
+        let t0 = Instant::now();
+        if wait_frames(before + 1, Duration::from_secs(60)) {
+            samples.push(t0.elapsed().as_secs_f64() * 1000.0);
+        }
+    }
+    stopper.stop();
+    let _ = reader.join();
+    samples.sort_by(f64::total_cmp);
+
+    drop(server);
+
+    // 2. Load: N streams decoding only, then N streams decoding + recording; each run gets a
+    //    fresh server, so the clip plays from its start.
+    let mut load = Vec::new();
+    let mut per_stream_cpu = f64::NAN;
+    for &n in &opts.streams {
+        for recording in [false, true] {
+            let r = load_run(n, recording, opts)?;
+            if !recording && per_stream_cpu.is_nan() {
+                per_stream_cpu = r.cpu_percent / n as f64;
+            }
+            load.push(r);
+        }
+    }
+    Ok(RtspBenchResult {
+        restart_p50_ms: percentile(&samples, 0.5),
+        restart_p99_ms: percentile(&samples, 0.99),
+        restart_to_frame_ms: samples,
+        cpu_percent_per_decoding_stream: per_stream_cpu,
+        load,
+        clip_fps,
+    })
+}
+
+fn load_run(n: usize, recording: bool, opts: &RtspBenchOptions) -> anyhow::Result<LoadResult> {
+    let port = free_port()?;
+    let _server = serve(&opts.server_script, port, &opts.clip)?;
+    let url = format!("rtsp://127.0.0.1:{port}/cam");
+    let dir = opts.scratch.join(format!("load-{n}-{recording}"));
+    let _ = std::fs::remove_dir_all(&dir);
+    let cfg = PipelineConfig {
+        sources: (0..n)
+            .map(|i| SourceConfig {
+                id: format!("cam{i}"),
+                url: url.clone(),
+                loop_: false,
+                realtime: false,
+                max_frames: None,
+                transport: Default::default(),
+                username: None,
+                password: None,
+            })
+            .collect(),
+        stages: vec![StageConfig::Passthrough(PassthroughStage {})],
+        sinks: if recording {
+            vec![SinkConfig::Record(RecordSink {
+                dir,
+                segment_seconds: 3600.0,
+                disk_budget_mb: 1 << 20,
+                encoder: EncoderConfig::default(),
+            })]
+        } else {
+            vec![SinkConfig::Discard(Default::default())]
+        },
+        pool_frames: 8,
+        queue_depth: 4,
+    };
+    let metrics = Arc::new(Metrics::new("cpu"));
+    let pipeline = Pipeline::start(&cfg, metrics.clone(), &RunOptions::default())?;
+    // Warm up: every stream connected and decoding.
+    let t0 = Instant::now();
+    while metrics.source_health().iter().any(|(_, h)| h.frames < 10) {
+        anyhow::ensure!(
+            t0.elapsed() < Duration::from_secs(30),
+            "streams did not start"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let frames0: Vec<u64> = metrics
+        .source_health()
+        .iter()
+        .map(|(_, h)| h.frames)
+        .collect();
+    let cpu0 = crate::process::sample().map_or(0, |s| s.cpu_ms);
+    let t0 = Instant::now();
+    std::thread::sleep(Duration::from_secs_f64(opts.seconds));
+    let wall = t0.elapsed().as_secs_f64();
+    let cpu = crate::process::sample().map_or(0, |s| s.cpu_ms) - cpu0;
+    let fps: Vec<f64> = metrics
+        .source_health()
+        .iter()
+        .zip(&frames0)
+        .map(|((_, h), f0)| (h.frames - f0) as f64 / wall)
+        .collect();
+    pipeline.stop();
+    pipeline.wait();
+    Ok(LoadResult {
+        streams: n,
+        recording,
+        fps_min: fps.iter().copied().fold(f64::INFINITY, f64::min),
+        fps_mean: fps.iter().sum::<f64>() / fps.len().max(1) as f64,
+        cpu_percent: cpu as f64 / 10.0 / wall,
+    })
+}
+
+/// Prints the result.
+pub fn print(r: &RtspBenchResult) {
+    println!(
+        "RTSP server restart → first decoded frame: p50 {:.0} ms, p99 {:.0} ms over {} restarts",
+        r.restart_p50_ms,
+        r.restart_p99_ms,
+        r.restart_to_frame_ms.len()
+    );
+    println!(
+        "CPU per connected stream, decode only: {:.1} % of one core",
+        r.cpu_percent_per_decoding_stream
+    );
+    println!(
+        "clip rate {:.2} fps; per-stream fps kept (min / mean) and agent CPU:",
+        r.clip_fps
+    );
+    for l in &r.load {
+        println!(
+            "  {} streams, {:<14} {:>6.2} / {:>6.2} fps   CPU {:>5.0} %",
+            l.streams,
+            if l.recording {
+                "decode+record"
+            } else {
+                "decode only"
+            },
+            l.fps_min,
+            l.fps_mean,
+            l.cpu_percent
+        );
+    }
+}
