@@ -293,6 +293,7 @@ fn run_pipeline(
             transport: Default::default(),
             username: None,
             password: None,
+            capture: None,
         }],
         stages: vec![StageConfig::Passthrough(PassthroughStage {})],
         sinks: vec![SinkConfig::Record(record_cfg(dir, threads))],

@@ -199,6 +199,7 @@ fn load_run(n: usize, recording: bool, opts: &RtspBenchOptions) -> anyhow::Resul
                 transport: Default::default(),
                 username: None,
                 password: None,
+                capture: None,
             })
             .collect(),
         stages: vec![StageConfig::Passthrough(PassthroughStage {})],

@@ -30,10 +30,11 @@ use std::path::Path;
 
 pub use error::{ConfigError, Problem};
 pub use model::{
-    AgentConfig, BackendConfig, BackendKind, DeviceConfig, DiscardSink, EncoderConfig, FleetConfig,
-    GpsConfig, ImuConfig, LogConfig, LogFormat, PassthroughStage, PipelineConfig, RecordSink,
-    RtspTransport, Secret, SensorsConfig, SinkConfig, SourceConfig, SourceLocation, StageConfig,
-    StoreConfig, TimestampOverlayStage, VideoCodec, WebConfig,
+    AgentConfig, BackendConfig, BackendKind, CaptureConfig, CaptureFormat, DeviceConfig,
+    DiscardSink, EncoderConfig, FleetConfig, GpsConfig, ImuConfig, LogConfig, LogFormat,
+    PassthroughStage, PipelineConfig, RecordSink, RtspTransport, Secret, SensorsConfig, SinkConfig,
+    SourceConfig, SourceLocation, StageConfig, StoreConfig, TimestampOverlayStage, VideoCodec,
+    WebConfig,
 };
 
 /// Largest configuration file [`load`] accepts, in bytes (1 MiB).

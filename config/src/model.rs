@@ -320,6 +320,10 @@ pub struct SourceConfig {
     /// `***`.
     #[serde(default)]
     pub password: Option<Secret>,
+    /// What to ask of a `v4l2` camera (size, rate, pixel format); omit for
+    /// the best mode up to 1080p30.
+    #[serde(default)]
+    pub capture: Option<CaptureConfig>,
     /// Restart a file source from the beginning when it ends.
     #[serde(default, rename = "loop")]
     pub loop_: bool,
@@ -330,6 +334,40 @@ pub struct SourceConfig {
     /// Stop the source after this many frames (omit for no limit).
     #[serde(default)]
     pub max_frames: Option<u64>,
+}
+
+/// The capture mode wanted from a V4L2 camera. Unset fields mean "the best
+/// the camera offers" (up to 1920x1080 at 30 fps); the closest mode is taken
+/// when the exact one does not exist.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CaptureConfig {
+    /// Frame width in pixels (give with `height`).
+    #[serde(default)]
+    pub width: Option<u32>,
+    /// Frame height in pixels (give with `width`).
+    #[serde(default)]
+    pub height: Option<u32>,
+    /// Frames per second.
+    #[serde(default)]
+    pub fps: Option<f64>,
+    /// Only this pixel format: `mjpeg`, `yuyv`, `nv12` or `h264`.
+    #[serde(default)]
+    pub format: Option<CaptureFormat>,
+}
+
+/// Pixel formats a V4L2 camera can be asked for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum CaptureFormat {
+    /// Motion JPEG.
+    Mjpeg,
+    /// Packed YUYV 4:2:2.
+    Yuyv,
+    /// NV12 (CSI cameras through the Jetson ISP).
+    Nv12,
+    /// H.264 encoded by the camera.
+    H264,
 }
 
 /// RTP transport of an RTSP source.

@@ -228,12 +228,23 @@ fn pipeline_alone_uses_pipeline_relative_paths() {
 }
 
 #[test]
-fn rtsp_is_accepted_and_v4l2_is_not_yet() {
-    let text = "device: {id: d}\npipeline:\n  sources:\n    - {id: a, url: \"rtsp://cam/stream\"}\n    - {id: b, url: \"v4l2:///dev/video0\"}\n";
-    let problems = problems_of(text);
-    assert_eq!(problems.len(), 1, "{problems:?}");
-    assert_eq!(problems[0].path, "pipeline.sources[1].url");
-    assert!(problems[0].reason.starts_with("\"v4l2\" sources"));
+fn live_sources_are_accepted_and_capture_settings_checked() {
+    let text = "device: {id: d}\npipeline:\n  sources:\n    - {id: a, url: \"rtsp://cam/stream\"}\n    - {id: b, url: \"v4l2:///dev/video0\", capture: {width: 1280, height: 720, fps: 30, format: mjpeg}}\n    - {id: c, url: \"srt://enc:9000\"}\n";
+    let cfg = ok(text);
+    let c = cfg.pipeline.sources[1].capture.unwrap();
+    assert_eq!(
+        (c.width, c.fps, c.format),
+        (Some(1280), Some(30.0), Some(CaptureFormat::Mjpeg))
+    );
+    let bad = "device: {id: d}\npipeline:\n  sources:\n    - {id: a, url: \"rtsp://cam/x\", capture: {fps: 30}}\n    - {id: b, url: \"v4l2:///dev/video0\", capture: {width: 640, fps: 0}}\n";
+    assert_eq!(
+        paths_of(bad),
+        [
+            "pipeline.sources[0].capture",
+            "pipeline.sources[1].capture",
+            "pipeline.sources[1].capture.fps"
+        ]
+    );
 }
 
 #[test]
@@ -287,6 +298,7 @@ fn source_url_forms() {
             transport: RtspTransport::Tcp,
             username: None,
             password: None,
+            capture: None,
         }
         .location()
     };

@@ -31,22 +31,6 @@ const IMU_SCHEMES: &[&str] = &["file", "iio", "mqtt"];
 /// Accepted schemes for `fleet.broker_url`.
 const BROKER_SCHEMES: &[&str] = &["mqtt", "mqtts"];
 
-/// Which source kinds this build can actually open.
-///
-/// This is the only place to edit when live sources land.
-fn supported_in_this_build(location: &SourceLocation) -> Result<(), String> {
-    let kind = match location {
-        SourceLocation::File(_)
-        | SourceLocation::Rtsp(_)
-        | SourceLocation::Srt(_)
-        | SourceLocation::Rtmp(_) => return Ok(()),
-        SourceLocation::V4l2(_) => "v4l2".to_owned(),
-    };
-    Err(format!(
-        "\"{kind}\" sources are not supported by this build yet (planned: live sources)"
-    ))
-}
-
 /// Splits `scheme:rest`. A colon inside a path (`clips/a:b.mp4`) or a single
 /// letter before it does not count as a scheme.
 fn split_scheme(url: &str) -> Option<(&str, &str)> {
@@ -208,8 +192,36 @@ pub(crate) fn check_source(source: &SourceConfig, prefix: &str, out: &mut Vec<Pr
     let url_path = join_key(prefix, "url");
     match parse_source_url(&source.url) {
         Ok(location) => {
-            if let Err(reason) = supported_in_this_build(&location) {
-                out.push(Problem::new(url_path, reason));
+            let v4l2 = matches!(location, SourceLocation::V4l2(_));
+            if let Some(c) = &source.capture {
+                if !v4l2 {
+                    out.push(Problem::new(
+                        join_key(prefix, "capture"),
+                        "only v4l2 sources take capture settings",
+                    ));
+                }
+                if c.width.is_some() != c.height.is_some() {
+                    out.push(Problem::new(
+                        join_key(prefix, "capture"),
+                        "give both width and height, or neither",
+                    ));
+                }
+                for (field, v) in [("width", c.width), ("height", c.height)] {
+                    if v.is_some_and(|v| v == 0 || v > 8192) {
+                        out.push(Problem::new(
+                            join_key(&join_key(prefix, "capture"), field),
+                            "must be 1 to 8192",
+                        ));
+                    }
+                }
+                if c.fps
+                    .is_some_and(|f| !f.is_finite() || f <= 0.0 || f > 1000.0)
+                {
+                    out.push(Problem::new(
+                        join_key(&join_key(prefix, "capture"), "fps"),
+                        "must be above 0 and at most 1000",
+                    ));
+                }
             }
             let rtsp = matches!(location, SourceLocation::Rtsp(_));
             if !rtsp {

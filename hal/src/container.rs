@@ -57,7 +57,7 @@ pub enum ContainerError {
     },
     /// The file's video is not camera video (e.g. a text file probed as ANSI art).
     #[error(
-        "{path}: not a supported video stream (codec {codec}; expected H.264, H.265, MJPEG, MPEG-4/2, VP8/9 or AV1)"
+        "{path}: not a supported video stream (codec {codec}; expected H.264, H.265, MJPEG, MPEG-4/2, VP8/9, AV1 or raw camera video)"
     )]
     UnsupportedCodec {
         /// The file.
@@ -119,6 +119,60 @@ impl FileDemuxer {
                 source: e,
             })?;
         Self::select_video(ictx, shown_as)
+    }
+
+    /// Opens a capture device through a libavdevice input format (`video4linux2`) with
+    /// `options` (`input_format`, `video_size`, `framerate`), in non-blocking mode: reads return
+    /// `EAGAIN` instead of waiting, so a silent camera is noticed by the caller's watchdog.
+    pub(crate) fn open_device(
+        device: &Path,
+        input_format: &str,
+        options: ff::Dictionary,
+        interrupt: impl FnMut() -> bool + Send + 'static,
+    ) -> Result<Self, ContainerError> {
+        use std::ffi::CString;
+        crate::init();
+        let open_err = |source| ContainerError::Open {
+            path: device.to_path_buf(),
+            source,
+        };
+        let name = CString::new(input_format).map_err(|_| open_err(ff::Error::InvalidData))?;
+        let url = CString::new(device.as_os_str().as_encoded_bytes())
+            .map_err(|_| open_err(ff::Error::InvalidData))?;
+        // SAFETY: plain FFI calls following libavformat's documented open sequence:
+        // `ps` comes from avformat_alloc_context (checked for null) and is either handed to
+        // `Input::wrap_with_interrupt`, which owns and closes it, or freed by
+        // avformat_open_input / avformat_close_input on failure. The interrupt's opaque
+        // pointer is kept alive by the guard stored in the returned `Input`. `opts` is
+        // disowned into a raw dictionary and re-owned after the call, as `Dictionary` expects.
+        unsafe {
+            let fmt = ff::ffi::av_find_input_format(name.as_ptr());
+            if fmt.is_null() {
+                return Err(open_err(ff::Error::DemuxerNotFound));
+            }
+            let mut ps = ff::ffi::avformat_alloc_context();
+            if ps.is_null() {
+                return Err(open_err(ff::Error::Other {
+                    errno: libc::ENOMEM,
+                }));
+            }
+            let interrupt = ff::util::interrupt::new(Box::new(interrupt));
+            (*ps).interrupt_callback = interrupt.interrupt;
+            (*ps).flags |= ff::ffi::AVFMT_FLAG_NONBLOCK;
+            let mut opts = options.disown();
+            let res = ff::ffi::avformat_open_input(&mut ps, url.as_ptr(), fmt, &mut opts);
+            ff::Dictionary::own(opts);
+            if res < 0 {
+                return Err(open_err(ff::Error::from(res)));
+            }
+            let res = ff::ffi::avformat_find_stream_info(ps, std::ptr::null_mut());
+            if res < 0 {
+                ff::ffi::avformat_close_input(&mut ps);
+                return Err(open_err(ff::Error::from(res)));
+            }
+            let ictx = ff::format::context::Input::wrap_with_interrupt(ps, interrupt.guard);
+            Self::select_video(ictx, device)
+        }
     }
 
     fn select_video(ictx: ff::format::context::Input, path: &Path) -> Result<Self, ContainerError> {

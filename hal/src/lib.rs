@@ -21,6 +21,7 @@ pub mod record;
 pub mod source;
 pub mod stage;
 pub mod synth;
+pub mod v4l2;
 
 pub use frame::{Frame, FrameLayout, FrameMeta, PixelFormat, StreamId};
 pub use pool::{PoolClosed, PooledSurface, SurfacePool};

@@ -25,12 +25,13 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::thread::JoinHandle;
 use std::time::Instant;
 
-use aegis_config::{PipelineConfig, SourceLocation, StageConfig};
+use aegis_config::{CaptureFormat, PipelineConfig, SourceLocation, StageConfig};
 use aegis_hal::source::{
     FileSource, FileSourceSettings, LiveSource, LiveSourceSettings, RtspTransport, SourceError,
     SourceStopper, VideoSource,
 };
 use aegis_hal::stage::{Passthrough, Stage, StageOutcome, TimestampOverlay};
+use aegis_hal::v4l2::{CaptureRequest, FourCc};
 use aegis_hal::{Frame, StreamId};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::gauge::Gauge;
@@ -51,16 +52,6 @@ pub enum PipelineError {
         id: String,
         /// Why.
         source: SourceError,
-    },
-    /// The source kind is not available in this build.
-    #[error("sources[{index}] ({id}): {what} sources are not available in this build")]
-    Unsupported {
-        /// Index in `sources`.
-        index: usize,
-        /// Source id.
-        id: String,
-        /// Kind of source.
-        what: &'static str,
     },
     /// A sink could not be set up (e.g. its directory cannot be created).
     #[error("sinks[{index}]: {source}")]
@@ -331,12 +322,24 @@ impl Pipeline {
                     settings.decoder_threads = decoder_threads;
                     Box::new(LiveSource::new(settings))
                 }
-                SourceLocation::V4l2(_) => {
-                    return Err(PipelineError::Unsupported {
-                        index,
-                        id: s.id.clone(),
-                        what: "V4L2",
-                    });
+                SourceLocation::V4l2(device) => {
+                    let c = s.capture.unwrap_or_default();
+                    let request = CaptureRequest {
+                        width: c.width,
+                        height: c.height,
+                        fps: c.fps,
+                        format: c.format.map(|f| match f {
+                            CaptureFormat::Mjpeg => FourCc::Mjpeg,
+                            CaptureFormat::Yuyv => FourCc::Yuyv,
+                            CaptureFormat::Nv12 => FourCc::Nv12,
+                            CaptureFormat::H264 => FourCc::H264,
+                        }),
+                    };
+                    let mut settings =
+                        LiveSourceSettings::v4l2(&device, request, StreamId::new(&s.id));
+                    settings.pool_frames = cfg.pool_frames as usize;
+                    settings.decoder_threads = decoder_threads;
+                    Box::new(LiveSource::new(settings))
                 }
             };
             metrics.watch_source(&s.id, src.health());

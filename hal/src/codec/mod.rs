@@ -85,6 +85,7 @@ pub fn h264_encoder_name() -> Option<&'static str> {
         .find(|n| ffmpeg_next::encoder::find_by_name(n).is_some())
 }
 
+/// libav's "try again" (`EAGAIN`): needs more input, or no data yet on a non-blocking input.
 pub(crate) fn is_again(e: &ffmpeg_next::Error) -> bool {
     matches!(e, ffmpeg_next::Error::Other { errno } if *errno == ffmpeg_next::util::error::EAGAIN)
 }

@@ -23,6 +23,7 @@ use crate::codec::VideoDecoder;
 use crate::container::FileDemuxer;
 use crate::frame::{Frame, FrameLayout, PixelFormat, StreamId};
 use crate::pool::SurfacePool;
+use crate::v4l2::{CaptureRequest, negotiate, query};
 
 /// RTP transport for RTSP.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -56,6 +57,8 @@ pub struct LiveSourceSettings {
     pub backoff_min: Duration,
     /// Longest reconnect delay.
     pub backoff_max: Duration,
+    /// For a V4L2 camera (`url` is then the device path): what to ask of it.
+    pub v4l2: Option<CaptureRequest>,
 }
 
 impl std::fmt::Debug for LiveSourceSettings {
@@ -81,6 +84,16 @@ impl LiveSourceSettings {
             stall_timeout: Duration::from_secs(2),
             backoff_min: Duration::from_millis(500),
             backoff_max: Duration::from_secs(30),
+            v4l2: None,
+        }
+    }
+
+    /// Defaults for the V4L2 camera at `device` (e.g. `/dev/video0`). An unplugged camera is
+    /// retried like a dropped stream, so re-plugging it resumes the video.
+    pub fn v4l2(device: &std::path::Path, request: CaptureRequest, stream: StreamId) -> Self {
+        LiveSourceSettings {
+            v4l2: Some(request),
+            ..Self::new(device.display().to_string(), stream)
         }
     }
 }
@@ -130,6 +143,8 @@ struct Connection {
     /// Added to this connection's timestamps so they continue the stream's timeline.
     offset_us: Option<i64>,
     frames: u64,
+    /// The stall watchdog was armed for this connection's reads.
+    armed: bool,
 }
 
 /// Frames from a camera or encoder on the network.
@@ -214,11 +229,33 @@ impl LiveSource {
         }
         let watchdog = self.watchdog.clone();
         let stopper = self.core.stopper();
+        let interrupt = move || stopper.state.is_stopped() || watchdog.expired();
         self.watchdog.arm(self.settings.connect_timeout);
-        let demux = FileDemuxer::open_live(&self.settings.url, &self.shown_as, opts, move || {
-            stopper.state.is_stopped() || watchdog.expired()
-        })
-        .map_err(|e| self.explain("connect", &e.to_string()))?;
+        let demux = match self.settings.v4l2 {
+            None => FileDemuxer::open_live(&self.settings.url, &self.shown_as, opts, interrupt)
+                .map_err(|e| self.explain("connect", &e.to_string()))?,
+            Some(want) => {
+                let device = std::path::Path::new(&self.settings.url);
+                let modes = query(device).map_err(|e| match e.kind() {
+                    std::io::ErrorKind::NotFound => {
+                        "open: camera not present (unplugged?)".to_string()
+                    }
+                    _ => format!("open: {e}"),
+                })?;
+                let choice = negotiate(&modes, &want).map_err(|e| format!("negotiate: {e}"))?;
+                let mut opts = ff::Dictionary::new();
+                if let Some(f) = choice.fourcc.av_input_format() {
+                    opts.set("input_format", f);
+                }
+                opts.set("video_size", &format!("{}x{}", choice.width, choice.height));
+                opts.set("framerate", &format!("{}/{}", choice.rate.0, choice.rate.1));
+                tracing::info!(stream = %self.settings.stream, device = %device.display(),
+                    format = %choice.fourcc, width = choice.width, height = choice.height,
+                    fps = choice.rate.0 as f64 / choice.rate.1.max(1) as f64, "camera mode");
+                FileDemuxer::open_device(device, "video4linux2", opts, interrupt)
+                    .map_err(|e| self.explain("open", &e.to_string()))?
+            }
+        };
         let info = demux.info().clone();
         if info.frame_rate.0 > 0 {
             self.frame_rate = info.frame_rate;
@@ -238,6 +275,7 @@ impl LiveSource {
             decoder,
             offset_us: None,
             frames: 0,
+            armed: false,
         })
     }
 
@@ -333,13 +371,32 @@ impl LiveSource {
                 self.core.health.frame();
                 return Ok(Some(frame));
             }
-            self.watchdog.arm(self.settings.stall_timeout);
+            if !conn.armed {
+                self.watchdog.arm(self.settings.stall_timeout);
+                conn.armed = true;
+            }
             match conn.demux.read(&mut self.packet) {
-                Ok(true) => conn.decoder.send(&self.packet),
+                Ok(true) => {
+                    // Data arrived: the stall clock starts again.
+                    self.watchdog.arm(self.settings.stall_timeout);
+                    conn.decoder.send(&self.packet);
+                }
                 Ok(false) => self.fail(
                     SourceState::BackingOff,
                     "read: the server ended the stream".into(),
                 ),
+                // Non-blocking capture devices have nothing yet: wait a little, unless the
+                // camera has been silent for the stall timeout.
+                Err(crate::container::ContainerError::Read { source, .. })
+                    if crate::codec::is_again(&source) && !self.watchdog.expired() =>
+                {
+                    if !self
+                        .core
+                        .wait_until(Instant::now() + Duration::from_millis(2))
+                    {
+                        return Ok(None);
+                    }
+                }
                 Err(e) => {
                     if self.core.is_stopped() {
                         return Ok(None);
@@ -446,5 +503,26 @@ mod tests {
         stopper.stop();
         assert!(matches!(t.join().unwrap(), Ok(false)));
         assert_eq!(health.state(), SourceState::Ended);
+    }
+
+    #[test]
+    fn an_unplugged_camera_is_reported_and_retried() {
+        let mut s = LiveSourceSettings::v4l2(
+            std::path::Path::new("/dev/video-unplugged"),
+            CaptureRequest::default(),
+            StreamId::new("usb"),
+        );
+        s.backoff_min = Duration::from_millis(10);
+        s.backoff_max = Duration::from_millis(20);
+        let mut src = LiveSource::new(s);
+        let (stopper, health) = (src.stopper(), src.health());
+        let t = std::thread::spawn(move || src.next_frame().map(|f| f.is_some()));
+        while health.snapshot().reconnects < 2 {
+            std::thread::yield_now();
+        }
+        let err = health.snapshot().last_error.unwrap_or_default();
+        assert_eq!(err, "open: camera not present (unplugged?)");
+        stopper.stop();
+        assert!(matches!(t.join().unwrap(), Ok(false)));
     }
 }
