@@ -145,6 +145,7 @@ pub fn generate(spec: &SampleSpec) -> anyhow::Result<u64> {
                 keyframe: false,
                 corrupt: false,
                 decoded_at: std::time::Instant::now(),
+                wallclock_us: None,
             },
         };
         let boxes = scene.render(&mut frame);

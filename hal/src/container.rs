@@ -248,6 +248,14 @@ impl FileDemuxer {
             .unwrap_or_default()
     }
 
+    /// Wall-clock time (µs since the Unix epoch) of the stream's timestamp zero, once the
+    /// input knows it (RTSP sets it from the first RTCP sender report).
+    pub(crate) fn start_time_realtime_us(&self) -> Option<i64> {
+        // SAFETY: reading a plain integer field of the live AVFormatContext `ictx` owns.
+        let t = unsafe { (*self.ictx.as_ptr()).start_time_realtime };
+        (t != ff::ffi::AV_NOPTS_VALUE && t > 0).then_some(t)
+    }
+
     /// Next packet of the video stream into `pkt`; `Ok(false)` at end of file.
     pub(crate) fn read(&mut self, pkt: &mut ff::Packet) -> Result<bool, ContainerError> {
         loop {

@@ -148,6 +148,9 @@ pub struct FrameMeta {
     pub corrupt: bool,
     /// When the frame left the decoder (for end-to-end latency).
     pub decoded_at: Instant,
+    /// When the camera captured it, in microseconds since the Unix epoch, where the source
+    /// knows (RTSP: from the RTCP sender reports' NTP time). What sensor fusion aligns on.
+    pub wallclock_us: Option<i64>,
 }
 
 /// One video frame in a pooled surface.

@@ -432,6 +432,7 @@ mod tests {
                 keyframe: false,
                 corrupt: false,
                 decoded_at: std::time::Instant::now(),
+                wallclock_us: None,
             },
         }
     }

@@ -296,3 +296,36 @@ fn udp_transport_plays() {
         assert_eq!((f.layout.width, f.layout.height), (320, 240));
     }
 }
+
+#[test]
+fn rtcp_sender_reports_give_frames_wall_clock_time() {
+    if !have_gst() {
+        return;
+    }
+    let dir = tmpdir();
+    let mp4 = clip(dir.path(), "a.mp4", 160, 120, 240);
+    let port = free_port();
+    let _server = serve(port, &[("cam", &mp4)], None);
+    let mut src = LiveSource::new(settings(format!("rtsp://127.0.0.1:{port}/cam")));
+    let now_us = || {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_micros() as i64
+    };
+    // The server sends its first sender report within a few seconds; from then on every frame
+    // carries the capture time, which on one machine is close to "now".
+    let mut with_clock = 0;
+    for _ in 0..200 {
+        let f = src.next_frame().expect("frame").expect("not ended");
+        if let Some(w) = f.meta.wallclock_us {
+            let skew = (now_us() - w).abs();
+            assert!(skew < 3_000_000, "wall clock {w} is {skew} µs from now");
+            with_clock += 1;
+        }
+    }
+    assert!(
+        with_clock > 50,
+        "only {with_clock} frames had a wall-clock time"
+    );
+}

@@ -229,6 +229,7 @@ impl VideoDecoder {
                 keyframe: pic.is_key(),
                 corrupt,
                 decoded_at: Instant::now(),
+                wallclock_us: None,
             },
         }))
     }

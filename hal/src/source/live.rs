@@ -359,6 +359,12 @@ impl LiveSource {
                 continue;
             };
             if let Some(mut frame) = self.core.receive(&mut conn.decoder, 0)? {
+                // RTCP sender reports map the stream's timestamps to the camera's NTP clock:
+                // timestamp zero is at `start_time_realtime`.
+                frame.meta.wallclock_us = conn
+                    .demux
+                    .start_time_realtime_us()
+                    .map(|t0| t0 + frame.pts_us);
                 let offset = *conn
                     .offset_us
                     .get_or_insert(self.next_pts_us - frame.pts_us);

@@ -28,6 +28,7 @@ pub fn blank_frame(pool: &SurfacePool, stream: &StreamId, seq: u64, pts_us: i64)
             keyframe: false,
             corrupt: false,
             decoded_at: Instant::now(),
+            wallclock_us: None,
         },
     }
 }
