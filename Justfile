@@ -31,6 +31,11 @@ bench *ARGS:
     cargo build --release -p aegis-agent
     target/release/aegis bench pipeline --json target/bench-pipeline.json {{ARGS}}
 
+# Live sources against a loopback GStreamer RTSP server (release build).
+bench-rtsp *ARGS:
+    cargo build --release -p aegis-agent
+    target/release/aegis bench rtsp --json target/bench-rtsp.json {{ARGS}}
+
 # Formatting and clippy with warnings as errors.
 lint:
     cargo fmt --all --check
