@@ -39,8 +39,10 @@ pub struct StateLabels {
 struct Watched {
     stream: String,
     health: Arc<SourceHealth>,
-    /// Frames and time at the previous scrape, for the input frame rate.
+    /// Frames and time at the start of the current fps window.
     last: (Instant, u64),
+    /// Reconnects already added to the counter.
+    reconnects: u64,
 }
 
 /// Labels of per-stream, per-stage metrics (stage = `source`, a stage kind, or `sink:<kind>`).
@@ -129,7 +131,7 @@ pub struct Metrics {
     /// Streams whose source is running.
     pub streams_running: Gauge,
     source_state: Family<StateLabels, Gauge>,
-    source_reconnects: Family<StreamLabels, Gauge>,
+    source_reconnects: Family<StreamLabels, Counter>,
     source_fps: Family<StreamLabels, Gauge<f64, AtomicU64>>,
     watched: Mutex<Vec<Watched>>,
     process_rss: Gauge,
@@ -258,12 +260,12 @@ impl Metrics {
         );
         registry.register(
             "source_reconnects",
-            "Connection attempts after the first, per live source (only grows)",
+            "Connection attempts after the first, per live source",
             m.source_reconnects.clone(),
         );
         registry.register(
             "source_fps",
-            "Frames per second coming out of each source's decoder, since the previous scrape",
+            "Frames per second coming out of each source's decoder (windows of at least 1 s)",
             m.source_fps.clone(),
         );
         registry.register(
@@ -294,6 +296,7 @@ impl Metrics {
                 stream: stream.to_string(),
                 health,
                 last: (Instant::now(), frames),
+                reconnects: 0,
             });
     }
 
@@ -325,14 +328,17 @@ impl Metrics {
             };
             self.source_reconnects
                 .get_or_create(&sl)
-                .set(h.reconnects as i64);
+                .inc_by(h.reconnects.saturating_sub(w.reconnects));
+            w.reconnects = h.reconnects;
+            // A window of at least a second, so frequent scrapers (web page, fleet link) do
+            // not turn the rate into noise.
             let now = Instant::now();
             let dt = now.duration_since(w.last.0).as_secs_f64();
-            if dt > 0.0 {
+            if dt >= 1.0 {
                 let fps = h.frames.saturating_sub(w.last.1) as f64 / dt;
                 self.source_fps.get_or_create(&sl).set(fps);
+                w.last = (now, h.frames);
             }
-            w.last = (now, h.frames);
         }
     }
 

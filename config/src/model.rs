@@ -296,7 +296,7 @@ pub struct PipelineConfig {
 }
 
 /// One video input.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[derive(Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct SourceConfig {
     /// Stream id, unique within the pipeline: 1 to 64 characters of
@@ -400,6 +400,34 @@ impl Secret {
 impl std::fmt::Debug for Secret {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str("***")
+    }
+}
+
+/// Prints the URL without user information or query string (they may hold credentials or
+/// SRT passphrases) and the password as `***`, so configs can be logged.
+impl std::fmt::Debug for SourceConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let url = match self.url.split_once("://") {
+            Some((scheme, rest)) => {
+                let rest = rest.split('?').next().unwrap_or_default();
+                let host_start = rest[..rest.find('/').unwrap_or(rest.len())]
+                    .rfind('@')
+                    .map_or(0, |at| at + 1);
+                format!("{scheme}://{}", &rest[host_start..])
+            }
+            None => self.url.clone(),
+        };
+        f.debug_struct("SourceConfig")
+            .field("id", &self.id)
+            .field("url", &url)
+            .field("loop", &self.loop_)
+            .field("realtime", &self.realtime)
+            .field("max_frames", &self.max_frames)
+            .field("transport", &self.transport)
+            .field("username", &self.username)
+            .field("password", &self.password)
+            .field("capture", &self.capture)
+            .finish()
     }
 }
 

@@ -31,6 +31,9 @@ const IMU_SCHEMES: &[&str] = &["file", "iio", "mqtt"];
 /// Accepted schemes for `fleet.broker_url`.
 const BROKER_SCHEMES: &[&str] = &["mqtt", "mqtts"];
 
+/// libavformat keeps RTSP credentials in a 128-byte buffer; percent-encoding can triple them.
+const MAX_CREDENTIALS_LEN: usize = 40;
+
 /// Splits `scheme:rest`. A colon inside a path (`clips/a:b.mp4`) or a single
 /// letter before it does not count as a scheme.
 fn split_scheme(url: &str) -> Option<(&str, &str)> {
@@ -244,6 +247,17 @@ pub(crate) fn check_source(source: &SourceConfig, prefix: &str, out: &mut Vec<Pr
         out.push(Problem::new(
             join_key(prefix, "password"),
             "a password needs a username",
+        ));
+    }
+    let secret_len = source.username.as_ref().map_or(0, String::len)
+        + source.password.as_ref().map_or(0, |p| p.expose().len());
+    if secret_len > MAX_CREDENTIALS_LEN {
+        out.push(Problem::new(
+            join_key(prefix, "password"),
+            format!(
+                "username and password together may have at most {MAX_CREDENTIALS_LEN} \
+                 characters (longer ones are cut short inside libavformat)"
+            ),
         ));
     }
     if let Some(u) = &source.username

@@ -194,6 +194,7 @@ impl FileDemuxer {
                 | Id::VP8
                 | Id::VP9
                 | Id::AV1
+                | Id::RAWVIDEO
         ) {
             return Err(ContainerError::UnsupportedCodec {
                 path: path.to_path_buf(),

@@ -28,7 +28,7 @@ impl FourCc {
     /// From the V4L2 `pixelformat` code.
     pub fn from_code(code: u32) -> Self {
         match &code.to_le_bytes() {
-            b"MJPG" => FourCc::Mjpeg,
+            b"MJPG" | b"JPEG" => FourCc::Mjpeg,
             b"YUYV" => FourCc::Yuyv,
             b"NV12" => FourCc::Nv12,
             b"H264" => FourCc::H264,
@@ -132,7 +132,13 @@ pub fn negotiate(modes: &[CaptureMode], want: &CaptureRequest) -> Result<Capture
         .filter(|m| want.format.is_none_or(|f| f == m.fourcc))
         .collect();
     if usable.is_empty() {
-        let offered: Vec<String> = modes.iter().map(|m| m.fourcc.to_string()).collect();
+        let mut offered: Vec<String> = Vec::new();
+        for m in modes {
+            let f = m.fourcc.to_string();
+            if !offered.contains(&f) {
+                offered.push(f);
+            }
+        }
         return Err(match want.format {
             Some(f) => format!(
                 "the camera does not offer {f} (it offers: {})",
@@ -149,12 +155,19 @@ pub fn negotiate(modes: &[CaptureMode], want: &CaptureRequest) -> Result<Capture
         (Some(w), Some(h)) => Some(w as u64 * h as u64),
         _ => None,
     };
+    let target_fps = want.fps.unwrap_or(DEFAULT_MAX_FPS);
+    let reaches_rate = |m: &CaptureMode| m.rates.iter().any(|&r| fps(r) + 0.01 >= target_fps);
     let size_score = |m: &CaptureMode| -> (u8, u64) {
         match target_area {
             Some(_) if (Some(m.width), Some(m.height)) == (want.width, want.height) => (0, 0),
             Some(t) => (1, area(m).abs_diff(t)),
-            None if area(m) <= DEFAULT_MAX_PIXELS => (0, DEFAULT_MAX_PIXELS - area(m)),
-            None => (1, area(m)),
+            // No size asked: the largest up to 1080p that reaches the rate, else the largest
+            // up to 1080p, else the smallest above.
+            None if area(m) <= DEFAULT_MAX_PIXELS && reaches_rate(m) => {
+                (0, DEFAULT_MAX_PIXELS - area(m))
+            }
+            None if area(m) <= DEFAULT_MAX_PIXELS => (1, DEFAULT_MAX_PIXELS - area(m)),
+            None => (2, area(m)),
         }
     };
     let best_size = usable.iter().map(|m| size_score(m)).min().unwrap_or((0, 0));
@@ -162,7 +175,6 @@ pub fn negotiate(modes: &[CaptureMode], want: &CaptureRequest) -> Result<Capture
         .iter()
         .filter(|m| size_score(m) == best_size)
         .collect();
-    let target_fps = want.fps.unwrap_or(DEFAULT_MAX_FPS);
     let rate_score = |r: (u32, u32)| -> (u8, u64) {
         let f = fps(r);
         let diff = ((f - target_fps).abs() * 1000.0) as u64;
@@ -245,10 +257,25 @@ const VIDIOC_ENUM_FRAMEINTERVALS: libc::c_ulong = iowr(75, std::mem::size_of::<F
 /// Sizes offered for a stepwise/continuous frame-size range: the common ones that fit.
 const STEPWISE_SIZES: [(u32, u32); 4] = [(1920, 1080), (1280, 720), (640, 480), (320, 240)];
 
-fn ioctl<T>(fd: libc::c_int, request: libc::c_ulong, arg: &mut T) -> bool {
+/// The enumeration structs, each tied to its ioctl request (which encodes its size).
+trait EnumIoctl {
+    const REQUEST: libc::c_ulong;
+}
+impl EnumIoctl for FmtDesc {
+    const REQUEST: libc::c_ulong = VIDIOC_ENUM_FMT;
+}
+impl EnumIoctl for FrmSizeEnum {
+    const REQUEST: libc::c_ulong = VIDIOC_ENUM_FRAMESIZES;
+}
+impl EnumIoctl for FrmIvalEnum {
+    const REQUEST: libc::c_ulong = VIDIOC_ENUM_FRAMEINTERVALS;
+}
+
+fn ioctl<T: EnumIoctl>(fd: libc::c_int, arg: &mut T) -> bool {
     // SAFETY: `arg` is a live, exclusively borrowed #[repr(C)] struct whose layout and size
-    // match what `request` (encoded with that size) makes the kernel read and write.
-    unsafe { libc::ioctl(fd, request as _, arg as *mut T) == 0 }
+    // match what `T::REQUEST` (encoded with that size) makes the kernel read and write; the
+    // trait ties each struct to its own request.
+    unsafe { libc::ioctl(fd, T::REQUEST as _, arg as *mut T) == 0 }
 }
 
 /// Every capture mode `device` offers (formats × sizes × rates).
@@ -266,7 +293,7 @@ pub fn query(device: &Path) -> std::io::Result<Vec<CaptureMode>> {
             type_: BUF_TYPE_VIDEO_CAPTURE,
             ..Default::default()
         };
-        if !ioctl(fd, VIDIOC_ENUM_FMT, &mut desc) {
+        if !ioctl(fd, &mut desc) {
             break;
         }
         let fourcc = FourCc::from_code(desc.pixelformat);
@@ -277,7 +304,7 @@ pub fn query(device: &Path) -> std::io::Result<Vec<CaptureMode>> {
                 pixel_format: desc.pixelformat,
                 ..Default::default()
             };
-            if !ioctl(fd, VIDIOC_ENUM_FRAMESIZES, &mut fs) {
+            if !ioctl(fd, &mut fs) {
                 break;
             }
             if fs.type_ == FRMSIZE_TYPE_DISCRETE {
@@ -303,7 +330,7 @@ pub fn query(device: &Path) -> std::io::Result<Vec<CaptureMode>> {
                     height,
                     ..Default::default()
                 };
-                if !ioctl(fd, VIDIOC_ENUM_FRAMEINTERVALS, &mut iv) {
+                if !ioctl(fd, &mut iv) {
                     break;
                 }
                 if iv.type_ == FRMIVAL_TYPE_DISCRETE {
@@ -359,12 +386,34 @@ mod tests {
         ]
     }
 
-    /// An IMX219 CSI sensor behind the Jetson ISP (nvargus exposes NV12).
+    /// A UVC camera that also offers raw NV12 (Logitech Brio-class).
+    fn brio() -> Vec<CaptureMode> {
+        vec![
+            mode(FourCc::Yuyv, 640, 480, &[30]),
+            mode(FourCc::Yuyv, 1920, 1080, &[5]),
+            mode(FourCc::Nv12, 640, 480, &[30]),
+            mode(FourCc::Nv12, 1280, 720, &[30]),
+            mode(FourCc::Nv12, 1920, 1080, &[30]),
+            mode(FourCc::Mjpeg, 1920, 1080, &[60, 30]),
+            mode(FourCc::Mjpeg, 1280, 720, &[90, 60, 30]),
+            mode(FourCc::Mjpeg, 3840, 2160, &[30]),
+        ]
+    }
+
+    /// An IMX219 CSI sensor as V4L2 shows it on a Jetson: raw Bayer only (NV12 comes from the
+    /// ISP through libargus, not through V4L2).
     fn imx219() -> Vec<CaptureMode> {
         vec![
-            mode(FourCc::Nv12, 3264, 2464, &[21]),
-            mode(FourCc::Nv12, 1920, 1080, &[30]),
-            mode(FourCc::Nv12, 1280, 720, &[60]),
+            mode(FourCc::Other(*b"RG10"), 3264, 2464, &[21]),
+            mode(FourCc::Other(*b"RG10"), 1920, 1080, &[30]),
+        ]
+    }
+
+    /// A camera with 1080p30 and 720p60.
+    fn fast720() -> Vec<CaptureMode> {
+        vec![
+            mode(FourCc::Mjpeg, 1920, 1080, &[30]),
+            mode(FourCc::Mjpeg, 1280, 720, &[60, 30]),
         ]
     }
 
@@ -376,11 +425,18 @@ mod tests {
             (c.fourcc, c.width, c.height, c.rate),
             (FourCc::H264, 1920, 1080, (30, 1))
         );
-        let c = negotiate(&imx219(), &CaptureRequest::default()).unwrap();
+        let c = negotiate(&brio(), &CaptureRequest::default()).unwrap();
         assert_eq!(
             (c.fourcc, c.width, c.height, c.rate),
             (FourCc::Nv12, 1920, 1080, (30, 1))
         );
+        // Only a rate asked: the largest size that reaches it.
+        let want = CaptureRequest {
+            fps: Some(60.0),
+            ..Default::default()
+        };
+        let c = negotiate(&fast720(), &want).unwrap();
+        assert_eq!((c.width, c.height, c.rate), (1280, 720, (60, 1)));
     }
 
     #[test]
@@ -411,7 +467,7 @@ mod tests {
             height: Some(900),
             ..Default::default()
         };
-        let c = negotiate(&imx219(), &want).unwrap();
+        let c = negotiate(&brio(), &want).unwrap();
         assert_eq!((c.width, c.height), (1280, 720));
         // Only faster rates exist: take the nearest above.
         let want = CaptureRequest {
@@ -420,7 +476,25 @@ mod tests {
             fps: Some(30.0),
             format: None,
         };
-        assert_eq!(negotiate(&imx219(), &want).unwrap().rate, (60, 1));
+        assert_eq!(negotiate(&fast720(), &want).unwrap().rate, (30, 1));
+        let want = CaptureRequest {
+            width: Some(1280),
+            height: Some(720),
+            fps: Some(120.0),
+            format: None,
+        };
+        assert_eq!(
+            negotiate(&brio(), &want).unwrap().rate,
+            (90, 1),
+            "nearest below"
+        );
+        let want = CaptureRequest {
+            width: Some(1920),
+            height: Some(1080),
+            fps: Some(45.0),
+            format: Some(FourCc::Nv12),
+        };
+        assert_eq!(negotiate(&brio(), &want).unwrap().rate, (30, 1));
     }
 
     #[test]
@@ -434,9 +508,8 @@ mod tests {
             e.contains("does not offer NV12") && e.contains("MJPG"),
             "{e}"
         );
-        let odd = vec![mode(FourCc::Other(*b"GREY"), 640, 480, &[30])];
-        let e = negotiate(&odd, &CaptureRequest::default()).unwrap_err();
-        assert!(e.contains("GREY"), "{e}");
+        let e = negotiate(&imx219(), &CaptureRequest::default()).unwrap_err();
+        assert!(e.contains("RG10"), "{e}");
     }
 
     #[test]

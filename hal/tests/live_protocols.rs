@@ -71,6 +71,15 @@ fn pull(url: String) {
 
 #[test]
 fn srt_and_rtmp_streams_play() {
+    // A live source never gives up on its own: a broken peer must fail the test, not hang CI.
+    with_hang_guard(
+        "srt_and_rtmp_streams_play",
+        std::time::Duration::from_secs(180),
+        srt_and_rtmp_streams_play_body,
+    );
+}
+
+fn srt_and_rtmp_streams_play_body() {
     if !require_tool("ffmpeg") {
         return;
     }

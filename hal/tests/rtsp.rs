@@ -114,6 +114,15 @@ fn clip(dir: &Path, name: &str, w: usize, h: usize, n: usize) -> PathBuf {
 
 #[test]
 fn plays_then_survives_a_server_restart() {
+    // A live source never gives up on its own: a broken peer must fail the test, not hang CI.
+    with_hang_guard(
+        "plays_then_survives_a_server_restart",
+        std::time::Duration::from_secs(180),
+        plays_then_survives_a_server_restart_body,
+    );
+}
+
+fn plays_then_survives_a_server_restart_body() {
     if !have_gst() {
         return;
     }
@@ -176,6 +185,15 @@ fn plays_then_survives_a_server_restart() {
 
 #[test]
 fn wrong_credentials_back_off_with_a_clear_error() {
+    // A live source never gives up on its own: a broken peer must fail the test, not hang CI.
+    with_hang_guard(
+        "wrong_credentials_back_off_with_a_clear_error",
+        std::time::Duration::from_secs(180),
+        wrong_credentials_back_off_with_a_clear_error_body,
+    );
+}
+
+fn wrong_credentials_back_off_with_a_clear_error_body() {
     if !have_gst() {
         return;
     }
@@ -206,6 +224,15 @@ fn wrong_credentials_back_off_with_a_clear_error() {
 
 #[test]
 fn a_server_that_never_answers_is_detected() {
+    // A live source never gives up on its own: a broken peer must fail the test, not hang CI.
+    with_hang_guard(
+        "a_server_that_never_answers_is_detected",
+        std::time::Duration::from_secs(180),
+        a_server_that_never_answers_is_detected_body,
+    );
+}
+
+fn a_server_that_never_answers_is_detected_body() {
     // Accepts TCP connections and never says a word.
     let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let port = silent.local_addr().unwrap().port();
@@ -224,6 +251,15 @@ fn a_server_that_never_answers_is_detected() {
 
 #[test]
 fn resolution_change_and_corrupted_packets_keep_streaming() {
+    // A live source never gives up on its own: a broken peer must fail the test, not hang CI.
+    with_hang_guard(
+        "resolution_change_and_corrupted_packets_keep_streaming",
+        std::time::Duration::from_secs(180),
+        resolution_change_and_corrupted_packets_keep_streaming_body,
+    );
+}
+
+fn resolution_change_and_corrupted_packets_keep_streaming_body() {
     if !have_gst() {
         return;
     }
@@ -281,6 +317,15 @@ fn resolution_change_and_corrupted_packets_keep_streaming() {
 
 #[test]
 fn udp_transport_plays() {
+    // A live source never gives up on its own: a broken peer must fail the test, not hang CI.
+    with_hang_guard(
+        "udp_transport_plays",
+        std::time::Duration::from_secs(180),
+        udp_transport_plays_body,
+    );
+}
+
+fn udp_transport_plays_body() {
     if !have_gst() {
         return;
     }
@@ -299,6 +344,15 @@ fn udp_transport_plays() {
 
 #[test]
 fn rtcp_sender_reports_give_frames_wall_clock_time() {
+    // A live source never gives up on its own: a broken peer must fail the test, not hang CI.
+    with_hang_guard(
+        "rtcp_sender_reports_give_frames_wall_clock_time",
+        std::time::Duration::from_secs(180),
+        rtcp_sender_reports_give_frames_wall_clock_time_body,
+    );
+}
+
+fn rtcp_sender_reports_give_frames_wall_clock_time_body() {
     if !have_gst() {
         return;
     }

@@ -342,7 +342,6 @@ impl Pipeline {
                     Box::new(LiveSource::new(settings))
                 }
             };
-            metrics.watch_source(&s.id, src.health());
             sources.push(src);
         }
         let mut shared = Vec::with_capacity(cfg.sinks.len());
@@ -351,6 +350,10 @@ impl Pipeline {
                 sinks::open_shared(index, s, &metrics)
                     .map_err(|source| PipelineError::Sink { index, source })?,
             );
+        }
+        // Only now that everything opened: a failed start must not leave phantom streams.
+        for (s, src) in cfg.sources.iter().zip(&sources) {
+            metrics.watch_source(&s.id, src.health());
         }
         let stop = Arc::new(AtomicBool::new(false));
         let mut pipeline = Pipeline {
@@ -513,19 +516,20 @@ fn spawn_stream(
             src_errors.report(
                 "source",
                 "corrupt_frame",
-                d.corrupt_frames - l.corrupt_frames,
+                d.corrupt_frames.saturating_sub(l.corrupt_frames),
                 &"decoder concealed damage in a frame",
             );
             src_errors.report(
                 "source",
                 "skipped_before_keyframe",
-                d.skipped_before_keyframe - l.skipped_before_keyframe,
+                d.skipped_before_keyframe
+                    .saturating_sub(l.skipped_before_keyframe),
                 &"packets dropped while waiting for a keyframe",
             );
             src_errors.report(
                 "source",
                 "read",
-                stats.read_errors - last.read_errors,
+                stats.read_errors.saturating_sub(last.read_errors),
                 &"container read error",
             );
             src_errors.report(

@@ -21,6 +21,17 @@ pub struct DecodeStats {
     pub corrupt_frames: u64,
 }
 
+impl DecodeStats {
+    /// Adds `other`'s counts to these.
+    pub fn add(&mut self, other: &DecodeStats) {
+        self.packets += other.packets;
+        self.frames += other.frames;
+        self.errors += other.errors;
+        self.skipped_before_keyframe += other.skipped_before_keyframe;
+        self.corrupt_frames += other.corrupt_frames;
+    }
+}
+
 /// Decodes one compressed stream into pooled surfaces.
 pub struct VideoDecoder {
     dec: ff::decoder::Video,
@@ -201,7 +212,8 @@ impl VideoDecoder {
         self.pending = false;
         // Raw Annex-B H.264/H.265 files carry no timestamps at all: every picture used to get
         // pts 0. Such pictures now follow the previous one by the nominal frame duration.
-        let raw_pts_us = match pic.timestamp().or(pic.pts()) {
+        // From the decoder's picture: swscale's output carries no timestamps.
+        let raw_pts_us = match self.picture.timestamp().or(self.picture.pts()) {
             Some(pts) => rescale_us(pts, self.time_base),
             None => self
                 .last_raw_pts_us

@@ -98,15 +98,42 @@ impl LiveSourceSettings {
     }
 }
 
-/// `rtsp://user:secret@host/x` → `rtsp://***@host/x`: URLs as logs and errors may show them.
+/// A URL as logs, errors and status pages may show it: user information, the query string
+/// (SRT passphrases, tokens) and RTMP stream keys become `***`.
+/// `rtsp://user:secret@host/x` → `rtsp://***@host/x`; `rtmp://h/app/KEY` → `rtmp://h/app/***`.
 pub fn redact_url(url: &str) -> String {
     let Some((scheme, rest)) = url.split_once("://") else {
         return url.to_string();
     };
+    let (rest, had_query) = match rest.split_once('?') {
+        Some((r, _)) => (r, true),
+        None => (rest, false),
+    };
     let authority_end = rest.find('/').unwrap_or(rest.len());
-    match rest[..authority_end].rfind('@') {
-        Some(at) => format!("{scheme}://***@{}", &rest[at + 1..]),
-        None => url.to_string(),
+    let (authority, path) = rest.split_at(authority_end);
+    let authority = match authority.rfind('@') {
+        Some(at) => format!("***@{}", &authority[at + 1..]),
+        None => authority.to_string(),
+    };
+    let path = if scheme.eq_ignore_ascii_case("rtmp") || scheme.eq_ignore_ascii_case("rtmps") {
+        match path.rfind('/') {
+            Some(i) if i > 0 => format!("{}/***", &path[..i]),
+            _ => path.to_string(),
+        }
+    } else {
+        path.to_string()
+    };
+    format!(
+        "{scheme}://{authority}{path}{}",
+        if had_query { "?***" } else { "" }
+    )
+}
+
+fn av_error(e: &crate::container::ContainerError) -> Option<&ff::Error> {
+    use crate::container::ContainerError as C;
+    match e {
+        C::Open { source, .. } | C::Read { source, .. } | C::Seek { source, .. } => Some(source),
+        _ => None,
     }
 }
 
@@ -143,9 +170,13 @@ struct Connection {
     /// Added to this connection's timestamps so they continue the stream's timeline.
     offset_us: Option<i64>,
     frames: u64,
-    /// The stall watchdog was armed for this connection's reads.
-    armed: bool,
+    connected_at: Instant,
+    /// When the last packet arrived (a non-blocking device's stall clock).
+    last_packet_at: Instant,
 }
+
+/// A connection must stream this long before the reconnect backoff starts over.
+const BACKOFF_RESET_AFTER: Duration = Duration::from_secs(10);
 
 /// Frames from a camera or encoder on the network.
 pub struct LiveSource {
@@ -164,6 +195,8 @@ pub struct LiveSource {
     frame_rate: (i32, i32),
     rng: u64,
     stats: SourceStats,
+    /// Decoder counters of connections already closed (stats only ever grow).
+    closed_decode: crate::codec::DecodeStats,
 }
 
 impl LiveSource {
@@ -200,6 +233,7 @@ impl LiveSource {
             frame_rate: (0, 1),
             rng: seed,
             stats: SourceStats::default(),
+            closed_decode: Default::default(),
         }
     }
 
@@ -220,6 +254,9 @@ impl LiveSource {
                 },
             );
             opts.set("allowed_media_types", "video");
+            // Stream probing must fit inside the connect timeout even for slow or
+            // long-GOP cameras.
+            opts.set("analyzeduration", "1000000");
             // Socket I/O timeout (µs) as a second line of defence behind the watchdog. (Only
             // for RTSP: for RTMP, libavformat's `timeout` means "listen for a publisher".)
             opts.set(
@@ -233,7 +270,7 @@ impl LiveSource {
         self.watchdog.arm(self.settings.connect_timeout);
         let demux = match self.settings.v4l2 {
             None => FileDemuxer::open_live(&self.settings.url, &self.shown_as, opts, interrupt)
-                .map_err(|e| self.explain("connect", &e.to_string()))?,
+                .map_err(|e| self.explain("connect", &e, av_error(&e)))?,
             Some(want) => {
                 let device = std::path::Path::new(&self.settings.url);
                 let modes = query(device).map_err(|e| match e.kind() {
@@ -253,7 +290,7 @@ impl LiveSource {
                     format = %choice.fourcc, width = choice.width, height = choice.height,
                     fps = choice.rate.0 as f64 / choice.rate.1.max(1) as f64, "camera mode");
                 FileDemuxer::open_device(device, "video4linux2", opts, interrupt)
-                    .map_err(|e| self.explain("open", &e.to_string()))?
+                    .map_err(|e| self.explain("open", &e, av_error(&e)))?
             }
         };
         let info = demux.info().clone();
@@ -267,7 +304,7 @@ impl LiveSource {
             self.settings.stream.clone(),
             self.settings.decoder_threads,
         )
-        .map_err(|e| self.explain("decoder", &e.to_string()))?;
+        .map_err(|e| self.explain("decoder", &e, None))?;
         tracing::info!(stream = %self.settings.stream, url = %self.shown_as.display(),
             codec = %info.codec, width = info.width, height = info.height, "connected");
         Ok(Connection {
@@ -275,12 +312,20 @@ impl LiveSource {
             decoder,
             offset_us: None,
             frames: 0,
-            armed: false,
+            connected_at: Instant::now(),
+            last_packet_at: Instant::now(),
         })
     }
 
     /// An error in plain words, naming what was happening; never contains credentials.
-    fn explain(&self, phase: &str, error: &str) -> String {
+    /// Classified by libav's error value, never by matching the text (a URL path may well
+    /// contain "401").
+    fn explain(
+        &self,
+        phase: &str,
+        error: &dyn std::fmt::Display,
+        av: Option<&ff::Error>,
+    ) -> String {
         if self.watchdog.fired.load(Ordering::Acquire) {
             let t = match phase {
                 "read" => self.settings.stall_timeout,
@@ -288,14 +333,18 @@ impl LiveSource {
             };
             return format!("{phase}: no answer within {:.1} s", t.as_secs_f64());
         }
-        let plain = if error.contains("401") {
-            "authentication failed (401): check the source's username and password"
-        } else if error.contains("404") {
-            "stream not found (404): check the URL path"
-        } else if error.contains("Connection refused") {
-            "connection refused: is the camera up and the port right?"
-        } else {
-            error
+        let plain = match av {
+            Some(ff::Error::HttpUnauthorized) => {
+                "authentication failed (401): check the source's username and password".to_string()
+            }
+            Some(ff::Error::HttpForbidden) => "access denied (403)".to_string(),
+            Some(ff::Error::HttpNotFound) => {
+                "stream not found (404): check the URL path".to_string()
+            }
+            Some(ff::Error::Other { errno }) if *errno == libc::ECONNREFUSED => {
+                "connection refused: is the camera up and the port right?".to_string()
+            }
+            _ => error.to_string(),
         };
         // libav errors can quote the URL; keep credentials out of logs and status pages.
         format!(
@@ -306,9 +355,13 @@ impl LiveSource {
 
     /// Drops the connection, records why, and schedules the next attempt.
     fn fail(&mut self, state: SourceState, why: String) {
-        let delivered = self.conn.take().is_some_and(|c| c.frames > 0);
-        if delivered {
-            self.failures = 0;
+        if let Some(c) = self.conn.take() {
+            self.closed_decode.add(&c.decoder.stats());
+            // A connection that streamed for a while was a success: start the backoff over. A
+            // camera that drops every session after a few frames keeps backing off.
+            if c.frames > 0 && c.connected_at.elapsed() >= BACKOFF_RESET_AFTER {
+                self.failures = 0;
+            }
         }
         let base =
             self.settings.backoff_min.as_secs_f64() * 2f64.powi(self.failures.min(16) as i32);
@@ -358,7 +411,23 @@ impl LiveSource {
                 }
                 continue;
             };
-            if let Some(mut frame) = self.core.receive(&mut conn.decoder, 0)? {
+            let received = match self.core.receive(&mut conn.decoder, 0) {
+                Ok(f) => f,
+                Err(e) if self.core.is_stopped() => return Err(e),
+                // A picture the pipeline cannot take (absurd size after a damaged SPS, an
+                // unconvertible format): drop the connection and try again, like any other
+                // camera fault; a live source never ends on its own.
+                Err(e) => {
+                    self.stats.read_errors += 1;
+                    let why = self.explain("decode", &e, None);
+                    self.fail(SourceState::BackingOff, why);
+                    continue;
+                }
+            };
+            let Some(conn) = self.conn.as_mut() else {
+                continue;
+            };
+            if let Some(mut frame) = received {
                 // RTCP sender reports map the stream's timestamps to the camera's NTP clock:
                 // timestamp zero is at `start_time_realtime`.
                 frame.meta.wallclock_us = conn
@@ -377,14 +446,12 @@ impl LiveSource {
                 self.core.health.frame();
                 return Ok(Some(frame));
             }
-            if !conn.armed {
-                self.watchdog.arm(self.settings.stall_timeout);
-                conn.armed = true;
-            }
+            // Armed right before each read, so time spent downstream (a full pool, a slow
+            // sink) never counts against the camera.
+            self.watchdog.arm(self.settings.stall_timeout);
             match conn.demux.read(&mut self.packet) {
                 Ok(true) => {
-                    // Data arrived: the stall clock starts again.
-                    self.watchdog.arm(self.settings.stall_timeout);
+                    conn.last_packet_at = Instant::now();
                     conn.decoder.send(&self.packet);
                 }
                 Ok(false) => self.fail(
@@ -394,7 +461,8 @@ impl LiveSource {
                 // Non-blocking capture devices have nothing yet: wait a little, unless the
                 // camera has been silent for the stall timeout.
                 Err(crate::container::ContainerError::Read { source, .. })
-                    if crate::codec::is_again(&source) && !self.watchdog.expired() =>
+                    if crate::codec::is_again(&source)
+                        && conn.last_packet_at.elapsed() < self.settings.stall_timeout =>
                 {
                     if !self
                         .core
@@ -403,13 +471,22 @@ impl LiveSource {
                         return Ok(None);
                     }
                 }
+                Err(crate::container::ContainerError::Read { source, .. })
+                    if crate::codec::is_again(&source) =>
+                {
+                    let why = format!(
+                        "read: no frames within {:.1} s",
+                        self.settings.stall_timeout.as_secs_f64()
+                    );
+                    self.fail(SourceState::Stalled, why);
+                }
                 Err(e) => {
                     if self.core.is_stopped() {
                         return Ok(None);
                     }
                     self.stats.read_errors += 1;
                     let stalled = self.watchdog.fired.load(Ordering::Acquire);
-                    let why = self.explain("read", &e.to_string());
+                    let why = self.explain("read", &e, av_error(&e));
                     self.fail(
                         if stalled {
                             SourceState::Stalled
@@ -476,6 +553,11 @@ mod tests {
         );
         assert_eq!(redact_url("rtsp://cam/live"), "rtsp://cam/live");
         assert_eq!(redact_url("rtsp://cam/a@b"), "rtsp://cam/a@b");
+        assert_eq!(
+            redact_url("srt://h:9000?mode=caller&passphrase=xyz"),
+            "srt://h:9000?***"
+        );
+        assert_eq!(redact_url("rtmp://h/live/STREAMKEY"), "rtmp://h/live/***");
         assert_eq!(redact_url("not a url"), "not a url");
         let s = LiveSourceSettings::new("rtsp://u:pw@h/x", StreamId::new("c"));
         assert!(!format!("{s:?}").contains("pw"));
