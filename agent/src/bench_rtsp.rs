@@ -146,6 +146,9 @@ pub fn run(opts: &RtspBenchOptions) -> anyhow::Result<RtspBenchResult> {
     let mut samples = Vec::with_capacity(opts.restarts);
     let mut restart_failures = 0;
     for _ in 0..opts.restarts {
+        // Stream long enough that the source counts the connection as healthy and its
+        // backoff starts over, as after a camera that ran fine and then rebooted.
+        std::thread::sleep(aegis_hal::source::BACKOFF_RESET_AFTER + Duration::from_millis(500));
         drop(server.take());
         // Let the source notice and start backing off, as after a real outage.
         std::thread::sleep(Duration::from_millis(300));

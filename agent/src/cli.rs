@@ -105,7 +105,7 @@ enum BenchCommand {
         #[arg(long, default_value = "tools/rtsp-server.py")]
         server: PathBuf,
         /// Server restarts to time.
-        #[arg(long, default_value_t = 20)]
+        #[arg(long, default_value_t = 10)]
         restarts: usize,
         /// Stream counts to run at once.
         #[arg(long, value_delimiter = ',', default_value = "4,8")]

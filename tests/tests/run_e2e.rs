@@ -288,7 +288,7 @@ fn rtsp_camera_reconnects_and_its_health_is_reported_without_the_password() {
     }
     let dir = tempfile::tempdir().unwrap();
     let clip = make_clip(dir.path(), "cam.mp4", 320, 240, 20.0);
-    let server = rtsp_server(&clip, 0, Some("viewer:Sup3r-Secret"));
+    let server = rtsp_server(&clip, 0, Some("viewer:Sup3r@Secret"));
     let port = server.port;
     let cfg = dir.path().join("aegis.yaml");
     std::fs::write(
@@ -298,7 +298,7 @@ fn rtsp_camera_reconnects_and_its_health_is_reported_without_the_password() {
 device: {{ id: rtsp-test }}
 pipeline:
   sources:
-    - {{ id: door, url: "rtsp://127.0.0.1:{port}/cam", username: viewer, password: Sup3r-Secret }}
+    - {{ id: door, url: "rtsp://127.0.0.1:{port}/cam", username: viewer, password: "Sup3r@Secret" }}
   sinks:
     - {{ kind: record, dir: {rec}, segment_seconds: 2, encoder: {{ threads: 1 }} }}
 web: {{ listen: "127.0.0.1:0" }}
@@ -354,7 +354,7 @@ web: {{ listen: "127.0.0.1:0" }}
     });
     let during = health(&addr);
     assert_eq!(during["status"], "degraded", "{during}");
-    let _server = rtsp_server(&clip, port, Some("viewer:Sup3r-Secret"));
+    let _server = rtsp_server(&clip, port, Some("viewer:Sup3r@Secret"));
     wait_for("the camera to come back", Duration::from_secs(60), || {
         let d = door(&health(&addr));
         d["state"] == "streaming" && d["reconnects"].as_u64().unwrap_or(0) >= 1
@@ -374,10 +374,12 @@ web: {{ listen: "127.0.0.1:0" }}
         ("metrics", &metrics),
         ("healthz", &during.to_string()),
     ] {
-        assert!(
-            !text.contains("Sup3r-Secret"),
-            "the password leaked into {what}"
-        );
+        for form in ["Sup3r@Secret", "Sup3r%40Secret"] {
+            assert!(
+                !text.contains(form),
+                "the password leaked into {what} as {form}"
+            );
+        }
     }
     let delivered: u64 = out
         .lines()

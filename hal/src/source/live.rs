@@ -176,7 +176,7 @@ struct Connection {
 }
 
 /// A connection must stream this long before the reconnect backoff starts over.
-const BACKOFF_RESET_AFTER: Duration = Duration::from_secs(10);
+pub const BACKOFF_RESET_AFTER: Duration = Duration::from_secs(5);
 
 /// Frames from a camera or encoder on the network.
 pub struct LiveSource {

@@ -9,7 +9,7 @@ mod file;
 mod live;
 
 pub use file::{FileSource, FileSourceSettings};
-pub use live::{LiveSource, LiveSourceSettings, RtspTransport, redact_url};
+pub use live::{BACKOFF_RESET_AFTER, LiveSource, LiveSourceSettings, RtspTransport, redact_url};
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU64, Ordering};
