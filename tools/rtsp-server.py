@@ -52,7 +52,10 @@ def main():
             f'( filesrc location="{path}" {demux}! h264parse config-interval=-1 '
             f"! rtph264pay name=pay0 pt=96 )"
         )
-        factory.set_shared(True)
+        # One pipeline per client: every client starts at the beginning of the file, and
+        # GStreamer 1.22's shared media can abort (gst_rtsp_media_get_rates assertion) when
+        # many clients join at once.
+        factory.set_shared(False)
         if user:
             perms = GstRtspServer.RTSPPermissions()
             perms.add_permission_for_role("camera", "media.factory.access", True)
