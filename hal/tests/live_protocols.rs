@@ -19,14 +19,6 @@ impl Drop for Peer {
     }
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 /// `ffmpeg -re -stream_loop -1 -i CLIP -c copy -f FORMAT URL`, serving until dropped.
 fn publish(clip: &std::path::Path, format: &str, url: &str) -> Peer {
     Peer(

@@ -48,14 +48,6 @@ fn have_gst() -> bool {
     ok
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 fn serve(port: u16, mounts: &[(&str, &Path)], user: Option<&str>) -> Server {
     let mut cmd = Command::new(PY);
     cmd.arg(script()).arg(port.to_string());

@@ -257,18 +257,7 @@ impl VideoSource for FileSource {
     fn stats(&self) -> SourceStats {
         FileSource::stats(self)
     }
-    fn pool(&self) -> &SurfacePool {
-        &self.core.pool
-    }
-    fn pool_waits(&self) -> u64 {
-        self.core.pool_waits()
-    }
-    fn stopper(&self) -> SourceStopper {
-        self.core.stopper()
-    }
-    fn health(&self) -> Arc<SourceHealth> {
-        self.core.health.clone()
-    }
+    super::core_accessors!();
     fn frame_rate(&self) -> (i32, i32) {
         self.demux.info().frame_rate
     }

@@ -515,27 +515,17 @@ impl VideoSource for LiveSource {
         &self.settings.stream
     }
     fn stats(&self) -> SourceStats {
+        // Closed connections' counts plus the open one's: the totals only ever grow.
+        let mut decode = self.closed_decode;
+        if let Some(c) = &self.conn {
+            decode.add(&c.decoder.stats());
+        }
         SourceStats {
-            decode: self
-                .conn
-                .as_ref()
-                .map(|c| c.decoder.stats())
-                .unwrap_or_default(),
+            decode,
             ..self.stats
         }
     }
-    fn pool(&self) -> &SurfacePool {
-        &self.core.pool
-    }
-    fn pool_waits(&self) -> u64 {
-        self.core.pool_waits()
-    }
-    fn stopper(&self) -> SourceStopper {
-        self.core.stopper()
-    }
-    fn health(&self) -> Arc<SourceHealth> {
-        self.core.health.clone()
-    }
+    super::core_accessors!();
     fn frame_rate(&self) -> (i32, i32) {
         self.frame_rate
     }

@@ -89,6 +89,25 @@ pub trait VideoSource: Send {
     fn frame_rate(&self) -> (i32, i32);
 }
 
+/// The [`VideoSource`] methods every source answers from its [`SourceCore`] (field `core`).
+macro_rules! core_accessors {
+    () => {
+        fn pool(&self) -> &SurfacePool {
+            &self.core.pool
+        }
+        fn pool_waits(&self) -> u64 {
+            self.core.pool_waits()
+        }
+        fn stopper(&self) -> SourceStopper {
+            self.core.stopper()
+        }
+        fn health(&self) -> Arc<SourceHealth> {
+            self.core.health.clone()
+        }
+    };
+}
+pub(crate) use core_accessors;
+
 /// Where a source is in its life, as the technician sees it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[repr(u8)]
