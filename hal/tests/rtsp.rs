@@ -146,7 +146,7 @@ fn plays_then_survives_a_server_restart_body() {
                 Err(e) => panic!("live source must not fail: {e}"),
             }
         }
-        frames
+        (frames, src.stats())
     });
     wait_health(&health, "the loss to be noticed", |s| {
         s.state != SourceState::Streaming || s.reconnects > 0
@@ -157,7 +157,10 @@ fn plays_then_survives_a_server_restart_body() {
         s.state == SourceState::Streaming && s.reconnects > 0
     });
     eprintln!("restart → streaming again in {:?}", restarted.elapsed());
-    let frames = reader.join().unwrap();
+    let (frames, stats) = reader.join().unwrap();
+    // Counters span connections: the first connection's 30 frames are still counted.
+    assert!(stats.decode.frames >= 90, "{stats:?}");
+    assert_eq!(stats.frames, 90, "{stats:?}");
     stopper.stop();
     assert_eq!(frames.len(), 60, "frames resume after the restart");
     assert!(
