@@ -89,6 +89,31 @@ enum Command {
     },
     /// Generate a test clip with known ground truth (CLIP and CLIP.truth.json).
     Sample(SampleSpec),
+    /// Track objects through MOTChallenge detections (det.txt → res.txt), e.g. to score the
+    /// tracker on public benchmark detections.
+    Track {
+        /// Detections: `frame,-1,left,top,width,height,conf[,…]` per line.
+        #[arg(long)]
+        det: PathBuf,
+        /// Where to write the tracks (`frame,id,left,top,width,height,conf,-1,-1,-1`).
+        #[arg(long)]
+        out: PathBuf,
+        /// Minimum IoU between a track's prediction and a detection to match.
+        #[arg(long, default_value_t = 0.3)]
+        iou: f64,
+        /// Frames a track survives without a detection.
+        #[arg(long, default_value_t = 30)]
+        max_age: u32,
+        /// Consecutive matches before a track is reported.
+        #[arg(long, default_value_t = 3)]
+        min_hits: u32,
+        /// Detections at or above this start tracks; weaker ones only extend tracks.
+        #[arg(long, default_value_t = 0.5)]
+        high_score: f64,
+        /// Detections below this are ignored.
+        #[arg(long, default_value_t = 0.1)]
+        min_score: f64,
+    },
     /// Print versions of the agent and the libraries it loaded.
     Version,
 }
@@ -225,6 +250,24 @@ pub fn main() -> ExitCode {
                     crate::sample::truth_path(&spec.out).display()
                 );
             })
+        }
+        Command::Track {
+            det,
+            out,
+            iou,
+            max_age,
+            min_hits,
+            high_score,
+            min_score,
+        } => {
+            let cfg = aegis_models::track::TrackerConfig {
+                iou_threshold: iou,
+                max_age,
+                min_hits,
+                high_score,
+                min_score,
+            };
+            track(&det, &out, cfg)
         }
         Command::Version => {
             aegis_hal::init();
@@ -536,5 +579,26 @@ fn bench_rtsp(
         std::fs::write(&path, serde_json::to_string_pretty(&r)?)
             .with_context(|| format!("writing {}", path.display()))?;
     }
+    Ok(())
+}
+
+fn track(det: &Path, out: &Path, cfg: aegis_models::track::TrackerConfig) -> anyhow::Result<()> {
+    use aegis_models::track::{Tracker, mot};
+    let text =
+        std::fs::read_to_string(det).with_context(|| format!("reading {}", det.display()))?;
+    let dets = mot::parse_detections(&text).with_context(|| format!("{}", det.display()))?;
+    let mut tracker = Tracker::new(cfg);
+    let res = mot::track_file(&mut tracker, &dets);
+    std::fs::write(out, &res).with_context(|| format!("writing {}", out.display()))?;
+    let ids: std::collections::HashSet<&str> =
+        res.lines().filter_map(|l| l.split(',').nth(1)).collect();
+    println!(
+        "{} frames, {} detections → {} track boxes, {} tracks; wrote {}",
+        dets.keys().next_back().copied().unwrap_or(0),
+        dets.values().map(Vec::len).sum::<usize>(),
+        res.lines().count(),
+        ids.len(),
+        out.display()
+    );
     Ok(())
 }

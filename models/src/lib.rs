@@ -1,9 +1,8 @@
 //! Aegis Edge inference: engines, the model registry and the video-analytics stages.
 //!
-//! **Status: interface only.** The inference stages (virtual background, content moderation,
-//! detection + tracking), the ONNX Runtime engine and the model registry arrive with the
-//! inference issue. This crate already fixes the two contracts the rest of the system relies
-//! on, so the pipeline runtime and the config can be written against them:
+//! **Status: partly built.** The multi-object tracker ([`track`]) exists; the inference
+//! engines (ONNX Runtime), the model fetch script and the segmentation, moderation and
+//! detection stages come next in the inference issue. Fixed contracts:
 //!
 //! * a stage is an [`aegis_hal::stage::Stage`] (re-exported here): it receives each frame of
 //!   one stream as `&mut Frame` and writes typed metadata, exactly like the built-in
@@ -12,6 +11,8 @@
 //!   same triple a signed workflow's `requires.models` names.
 //!
 //! This crate must not know about MQTT or the web (see `shared/DESIGN.md` §1).
+
+pub mod track;
 
 pub use aegis_hal::stage::{Stage, StageError, StageOutcome};
 

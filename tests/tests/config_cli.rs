@@ -74,3 +74,71 @@ fn schema_is_json_with_the_pipeline() {
     let v: serde_json::Value = serde_json::from_slice(&o.stdout).expect("schema is JSON");
     assert!(v["properties"]["sources"].is_object(), "{v}");
 }
+
+/// `aegis track` on detections made from a generated clip's ground truth: about one stable
+/// track per object, and bad input named by line.
+#[test]
+fn track_command_follows_the_sample_objects() {
+    let dir = tempfile::tempdir().unwrap();
+    let clip = aegis_tests::make_clip(dir.path(), "c.mp4", 320, 240, 4.0);
+    let truth: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(format!("{}.truth.json", clip.display())).unwrap())
+            .unwrap();
+    let mut det = String::new();
+    let mut objects = std::collections::HashSet::new();
+    for f in truth["frames"].as_array().unwrap() {
+        let frame = f["index"].as_u64().unwrap() + 1;
+        for o in f["objects"].as_array().unwrap() {
+            objects.insert(o["id"].as_u64().unwrap());
+            det.push_str(&format!(
+                "{frame},-1,{},{},{},{},0.9,-1,-1,-1\n",
+                o["x"], o["y"], o["w"], o["h"]
+            ));
+        }
+    }
+    let (det_path, res_path) = (dir.path().join("det.txt"), dir.path().join("res.txt"));
+    std::fs::write(&det_path, det).unwrap();
+    let o = aegis(
+        dir.path(),
+        &[
+            "track",
+            "--det",
+            det_path.to_str().unwrap(),
+            "--out",
+            res_path.to_str().unwrap(),
+        ],
+    );
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let res = std::fs::read_to_string(&res_path).unwrap();
+    let ids: std::collections::HashSet<&str> =
+        res.lines().filter_map(|l| l.split(',').nth(1)).collect();
+    // Small fast objects bouncing off the frame edge can outrun an IoU match for a frame or
+    // two (a known limit of SORT-style trackers): allow a couple of new ids, not more.
+    assert!(
+        ids.len() >= objects.len() && ids.len() <= objects.len() + 2,
+        "{} objects gave tracks {ids:?}",
+        objects.len()
+    );
+    assert!(
+        res.lines().count() >= 120 * objects.len() - 10,
+        "tracks cover the frames"
+    );
+
+    std::fs::write(&det_path, "1,-1,1,2,3,4,0.9\n2,-1,1,2,oops,4,0.9\n").unwrap();
+    let o = aegis(
+        dir.path(),
+        &[
+            "track",
+            "--det",
+            det_path.to_str().unwrap(),
+            "--out",
+            res_path.to_str().unwrap(),
+        ],
+    );
+    assert!(!o.status.success());
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        err.contains("det.txt") && err.contains("line 2") && err.contains("width"),
+        "{err}"
+    );
+}
