@@ -13,6 +13,7 @@
 //! This crate must not know about MQTT or the web (see `shared/DESIGN.md` §1).
 
 pub mod track;
+pub mod yolo;
 
 pub use aegis_hal::stage::{Stage, StageError, StageOutcome};
 
