@@ -12,6 +12,7 @@
 //!
 //! This crate must not know about MQTT or the web (see `shared/DESIGN.md` §1).
 
+pub mod preprocess;
 pub mod track;
 pub mod yolo;
 
