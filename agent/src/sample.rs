@@ -9,7 +9,7 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use aegis_hal::codec::EncoderSettings;
-use aegis_hal::frame::{FrameLayout, FrameMeta, PixelFormat};
+use aegis_hal::frame::{FrameLayout, PixelFormat};
 use aegis_hal::record::ClipWriter;
 use aegis_hal::synth::{SyntheticScene, load_png};
 use aegis_hal::{Frame, StreamId, SurfacePool};
@@ -133,21 +133,7 @@ pub fn generate(spec: &SampleSpec) -> anyhow::Result<u64> {
         spec.width, spec.height, spec.fps
     )?;
     for i in 0..frames {
-        let mut frame = Frame {
-            stream: stream.clone(),
-            seq: i,
-            pts_us: i as i64 * frame_us,
-            duration_us: frame_us,
-            layout,
-            surface: pool.acquire()?,
-            copies: 0,
-            meta: FrameMeta {
-                keyframe: false,
-                corrupt: false,
-                decoded_at: std::time::Instant::now(),
-                wallclock_us: None,
-            },
-        };
+        let mut frame = Frame::from_pool(&pool, stream.clone(), i, i as i64 * frame_us, frame_us)?;
         let boxes = scene.render(&mut frame);
         writer.push(&frame)?;
         let objects: Vec<_> = boxes

@@ -176,6 +176,33 @@ pub struct Frame {
 }
 
 impl Frame {
+    /// A frame on a fresh surface of `pool` (waiting for one: backpressure), for producers
+    /// that write the pixels themselves (scene generators, tests, image inputs). Its
+    /// metadata is empty: not a keyframe, not corrupt, no wall-clock time.
+    pub fn from_pool(
+        pool: &crate::SurfacePool,
+        stream: StreamId,
+        seq: u64,
+        pts_us: i64,
+        duration_us: i64,
+    ) -> Result<Frame, crate::PoolClosed> {
+        Ok(Frame {
+            stream,
+            seq,
+            pts_us,
+            duration_us,
+            layout: pool.layout(),
+            surface: pool.acquire()?,
+            copies: 0,
+            meta: FrameMeta {
+                keyframe: false,
+                corrupt: false,
+                decoded_at: Instant::now(),
+                wallclock_us: None,
+            },
+        })
+    }
+
     /// Read-only views of the planes (unused planes are empty).
     pub fn planes(&self) -> [Plane<'_>; 3] {
         let l = &self.layout;

@@ -416,25 +416,11 @@ fn procedural_backdrop(bw: usize, bh: usize) -> Backdrop {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::frame::{FrameLayout, FrameMeta, StreamId};
+    use crate::frame::{FrameLayout, StreamId};
     use crate::pool::SurfacePool;
 
     fn frame(pool: &SurfacePool) -> Frame {
-        Frame {
-            stream: StreamId::new("t"),
-            seq: 0,
-            pts_us: 0,
-            duration_us: 33_333,
-            layout: pool.layout(),
-            surface: pool.acquire().unwrap(),
-            copies: 0,
-            meta: FrameMeta {
-                keyframe: false,
-                corrupt: false,
-                decoded_at: std::time::Instant::now(),
-                wallclock_us: None,
-            },
-        }
+        Frame::from_pool(pool, StreamId::new("t"), 0, 0, 33_333).unwrap()
     }
 
     #[test]

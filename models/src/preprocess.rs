@@ -89,25 +89,12 @@ pub fn square_bgr_planar(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use aegis_hal::frame::{FrameLayout, FrameMeta};
+    use aegis_hal::frame::FrameLayout;
     use aegis_hal::{StreamId, SurfacePool};
 
     fn solid(pool: &SurfacePool, yuv: (u8, u8, u8)) -> Frame {
-        let mut f = Frame {
-            stream: StreamId::new("t"),
-            seq: 0,
-            pts_us: 0,
-            duration_us: 0,
-            layout: pool.layout(),
-            surface: pool.acquire().unwrap(),
-            copies: 0,
-            meta: FrameMeta {
-                keyframe: true,
-                corrupt: false,
-                decoded_at: std::time::Instant::now(),
-                wallclock_us: None,
-            },
-        };
+        let mut f = Frame::from_pool(pool, StreamId::new("t"), 0, 0, 0).unwrap();
+        f.meta.keyframe = true;
         let [y, u, v] = f.planes_mut();
         y.data.fill(yuv.0);
         u.data.fill(yuv.1);

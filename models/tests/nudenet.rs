@@ -3,7 +3,7 @@
 
 use std::path::PathBuf;
 
-use aegis_hal::frame::{FrameLayout, FrameMeta};
+use aegis_hal::frame::FrameLayout;
 use aegis_hal::pixel::{Matrix, Plane, rgb24_to_i420};
 use aegis_hal::{Frame, PixelFormat, StreamId, SurfacePool};
 use aegis_models::engine::OrtSession;
@@ -21,21 +21,7 @@ fn models_dir() -> PathBuf {
 
 /// The photo as an I420 frame (BT.601 limited range, as a camera would send it).
 fn photo_frame(pool: &SurfacePool, img: &aegis_hal::synth::RgbImage) -> Frame {
-    let mut f = Frame {
-        stream: StreamId::new("photo"),
-        seq: 0,
-        pts_us: 0,
-        duration_us: 0,
-        layout: pool.layout(),
-        surface: pool.acquire().unwrap(),
-        copies: 0,
-        meta: FrameMeta {
-            keyframe: true,
-            corrupt: false,
-            decoded_at: std::time::Instant::now(),
-            wallclock_us: None,
-        },
-    };
+    let mut f = Frame::from_pool(pool, StreamId::new("photo"), 0, 0, 0).unwrap();
     let (w, h) = (img.width, img.height);
     let [y, u, v] = f.planes_mut();
     rgb24_to_i420(

@@ -3,34 +3,20 @@
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use aegis_hal::codec::EncoderSettings;
 use aegis_hal::record::ClipWriter;
 use aegis_hal::source::{FileSource, FileSourceSettings, SourceStats};
 use aegis_hal::synth::SyntheticScene;
-use aegis_hal::{Frame, FrameLayout, FrameMeta, PixelFormat, StreamId, SurfacePool};
+use aegis_hal::{Frame, FrameLayout, PixelFormat, StreamId, SurfacePool};
 
 /// Nominal frame duration at 30 fps, as the tests stamp it.
 pub const FRAME_US: i64 = 33_333;
 
 /// A frame of `pool` with the given sequence number and timestamp (pixels untouched).
 pub fn blank_frame(pool: &SurfacePool, stream: &StreamId, seq: u64, pts_us: i64) -> Frame {
-    Frame {
-        stream: stream.clone(),
-        seq,
-        pts_us,
-        duration_us: FRAME_US,
-        layout: pool.layout(),
-        surface: pool.acquire().expect("pool open"),
-        copies: 0,
-        meta: FrameMeta {
-            keyframe: false,
-            corrupt: false,
-            decoded_at: Instant::now(),
-            wallclock_us: None,
-        },
-    }
+    Frame::from_pool(pool, stream.clone(), seq, pts_us, FRAME_US).expect("pool open")
 }
 
 /// Tightly packed copy of a frame's visible Y plane.
