@@ -35,6 +35,30 @@ pub fn aegis(cwd: &Path, args: &[&str]) -> Output {
         .expect("spawn aegis")
 }
 
+/// Runs `aegis ARGS` in `cwd`, requires success, and returns its stdout.
+pub fn aegis_ok(cwd: &Path, args: &[&str]) -> String {
+    let o = aegis(cwd, args);
+    let out = String::from_utf8_lossy(&o.stdout).into_owned();
+    assert!(
+        o.status.success(),
+        "aegis {args:?} failed:\n{out}\n{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    out
+}
+
+/// Frames delivered to the sinks of `stream`, from `aegis run`'s closing report
+/// (`stream ID: N frames decoded, M delivered ...`).
+pub fn delivered_frames(report: &str, stream: &str) -> u64 {
+    report
+        .lines()
+        .find(|l| l.starts_with(&format!("stream {stream}:")))
+        .and_then(|l| l.split(", ").nth(1))
+        .and_then(|s| s.split(' ').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no report for {stream} in:\n{report}"))
+}
+
 /// Makes a small synthetic clip with `aegis sample`.
 pub fn make_clip(dir: &Path, name: &str, width: u32, height: u32, seconds: f64) -> PathBuf {
     let out = dir.join(name);

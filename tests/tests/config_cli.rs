@@ -98,17 +98,14 @@ fn track_command_follows_the_sample_objects() {
     }
     let (det_path, res_path) = (dir.path().join("det.txt"), dir.path().join("res.txt"));
     std::fs::write(&det_path, det).unwrap();
-    let o = aegis(
-        dir.path(),
-        &[
-            "track",
-            "--det",
-            det_path.to_str().unwrap(),
-            "--out",
-            res_path.to_str().unwrap(),
-        ],
-    );
-    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let track_args = [
+        "track",
+        "--det",
+        det_path.to_str().unwrap(),
+        "--out",
+        res_path.to_str().unwrap(),
+    ];
+    aegis_tests::aegis_ok(dir.path(), &track_args);
     let res = std::fs::read_to_string(&res_path).unwrap();
     let ids: std::collections::HashSet<&str> =
         res.lines().filter_map(|l| l.split(',').nth(1)).collect();
@@ -125,16 +122,7 @@ fn track_command_follows_the_sample_objects() {
     );
 
     std::fs::write(&det_path, "1,-1,1,2,3,4,0.9\n2,-1,1,2,oops,4,0.9\n").unwrap();
-    let o = aegis(
-        dir.path(),
-        &[
-            "track",
-            "--det",
-            det_path.to_str().unwrap(),
-            "--out",
-            res_path.to_str().unwrap(),
-        ],
-    );
+    let o = aegis(dir.path(), &track_args);
     assert!(!o.status.success());
     let err = String::from_utf8_lossy(&o.stderr);
     assert!(

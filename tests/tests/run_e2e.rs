@@ -131,13 +131,7 @@ fn sigterm_finalises_playable_recordings_and_metrics_are_served() {
     );
 
     for stream in ["cam0", "cam1"] {
-        let delivered: u64 = out
-            .lines()
-            .find(|l| l.starts_with(&format!("stream {stream}:")))
-            .and_then(|l| l.split(", ").nth(1))
-            .and_then(|s| s.split(' ').next())
-            .and_then(|n| n.parse().ok())
-            .unwrap_or_else(|| panic!("no report for {stream} in:\n{out}"));
+        let delivered = delivered_frames(&out, stream);
         let segs = files_with_suffix(&dir.path().join("rec").join(stream), ".mp4");
         assert!(segs.len() >= 2, "{stream}: {segs:?}");
         if have_ffprobe() {
@@ -183,13 +177,7 @@ fn unopenable_source_is_named_and_fails_the_run() {
 #[test]
 fn demo_runs_end_to_end_in_a_fresh_directory() {
     let dir = tempfile::tempdir().unwrap();
-    let o = aegis(dir.path(), &["demo", "--fast", "--listen", "127.0.0.1:0"]);
-    let out = String::from_utf8_lossy(&o.stdout);
-    assert!(
-        o.status.success(),
-        "{out}\n{}",
-        String::from_utf8_lossy(&o.stderr)
-    );
+    let out = aegis_ok(dir.path(), &["demo", "--fast", "--listen", "127.0.0.1:0"]);
     assert!(
         out.contains("aegis_frames_total{stream=\"cam0\",stage=\"sink\"} 300"),
         "{out}"
@@ -259,13 +247,7 @@ fn resolution_change_mid_stream_is_recorded_in_both_sizes() {
     let both = dir.path().join("both.h264");
     std::fs::write(&both, raw).unwrap();
     let cfg = write_config(dir.path(), &both, "127.0.0.1:0", false);
-    let o = aegis(dir.path(), &["run", "--config", cfg.to_str().unwrap()]);
-    let out = String::from_utf8_lossy(&o.stdout);
-    assert!(
-        o.status.success(),
-        "{out}\n{}",
-        String::from_utf8_lossy(&o.stderr)
-    );
+    let out = aegis_ok(dir.path(), &["run", "--config", cfg.to_str().unwrap()]);
     assert!(
         out.contains("stream cam0: 60 frames decoded, 60 delivered"),
         "{out}"
@@ -381,13 +363,7 @@ web: {{ listen: "127.0.0.1:0" }}
             );
         }
     }
-    let delivered: u64 = out
-        .lines()
-        .find(|l| l.starts_with("stream door:"))
-        .and_then(|l| l.split(", ").nth(1))
-        .and_then(|s| s.split(' ').next())
-        .and_then(|n| n.parse().ok())
-        .unwrap_or_else(|| panic!("no report in:\n{out}"));
+    let delivered = delivered_frames(&out, "door");
     let segs = files_with_suffix(&dir.path().join("rec/door"), ".mp4");
     let recorded: u64 = segs.iter().map(|s| ffprobe(s).frames).sum();
     assert_eq!(
