@@ -62,3 +62,39 @@ PY
   mv "$out.part" "$out"
   echo "models: $name ← $pkg:$inner ($(stat -c %s "$out") bytes, sha256 ok)"
 done
+
+# selfie_segmentation.onnx: the TFLite model converted to ONNX (NCHW, dynamic batch, float32
+# weights) by tools/models/selfie_tflite2onnx.py, in its own venv with pinned packages. The
+# conversion is deterministic, so its output is pinned like the extracted files; editing the
+# converter means updating ONNX_SHA.
+ONNX_SHA=4e358553387640443f03452dc4c7f10fbedc62ecd505e21d9c151b58894bda3b
+CONVERT_REQS=(tflite==2.18.0 onnx==1.23.2 numpy==2.4.6 flatbuffers==25.12.19 protobuf==7.36.2
+  ml_dtypes==0.6.0 typing_extensions==4.16.0)
+onnx="$DIR/selfie_segmentation.onnx"
+if [ -f "$onnx" ] && echo "$ONNX_SHA  $onnx" | sha256sum -c --quiet - 2>/dev/null; then
+  echo "models: selfie_segmentation.onnx ok (cached)"
+else
+  venv=.tools/convert-venv
+  # (Re)built only when missing or pinned differently; wheels come from (and go to) $CACHE.
+  if [ "$(cat "$venv/.pinned" 2>/dev/null)" != "${CONVERT_REQS[*]}" ]; then
+    echo "models: creating $venv (${CONVERT_REQS[*]})"
+    rm -rf "$venv"
+    python3 -m venv "$venv"
+    vpip=("$venv/bin/pip" -q --disable-pip-version-check)
+    if ! "${vpip[@]}" install --no-index --no-deps --find-links "$CACHE" "${CONVERT_REQS[@]}" 2>/dev/null; then
+      "${vpip[@]}" download --no-deps --only-binary=:all: -d "$CACHE" "${CONVERT_REQS[@]}"
+      "${vpip[@]}" install --no-index --no-deps --find-links "$CACHE" "${CONVERT_REQS[@]}"
+    fi
+    echo "${CONVERT_REQS[*]}" >"$venv/.pinned"
+  fi
+  echo "models: converting selfie_segmentation.tflite to ONNX"
+  "$venv/bin/python" tools/models/selfie_tflite2onnx.py "$DIR/selfie_segmentation.tflite" "$onnx.part" >/dev/null
+  if ! echo "$ONNX_SHA  $onnx.part" | sha256sum -c --quiet - 2>/dev/null; then
+    echo "models: selfie_segmentation.onnx converted to sha256 $(sha256sum "$onnx.part" | cut -d' ' -f1)," \
+      "not the pinned $ONNX_SHA (converter or package versions changed?): refusing it" >&2
+    rm -f "$onnx.part"
+    exit 1
+  fi
+  mv "$onnx.part" "$onnx"
+  echo "models: selfie_segmentation.onnx ← selfie_segmentation.tflite ($(stat -c %s "$onnx") bytes, sha256 ok)"
+fi

@@ -151,6 +151,27 @@ pub struct FrameMeta {
     /// When the camera captured it, in microseconds since the Unix epoch, where the source
     /// knows (RTSP: from the RTCP sender reports' NTP time). What sensor fusion aligns on.
     pub wallclock_us: Option<i64>,
+    /// Objects the inference stages found (detections, tracks, moderated regions).
+    pub objects: crate::analytics::ObjectList,
+    /// The content-moderation verdict, when a moderation stage flagged the frame.
+    pub moderation: Option<crate::analytics::ModerationVerdict>,
+    /// A virtual-background stage replaced the background of this frame.
+    pub background_replaced: bool,
+}
+
+impl FrameMeta {
+    /// Metadata of a frame that left its producer at `decoded_at`: nothing known yet.
+    pub fn new(decoded_at: Instant) -> Self {
+        FrameMeta {
+            keyframe: false,
+            corrupt: false,
+            decoded_at,
+            wallclock_us: None,
+            objects: Default::default(),
+            moderation: None,
+            background_replaced: false,
+        }
+    }
 }
 
 /// One video frame in a pooled surface.
@@ -194,12 +215,7 @@ impl Frame {
             layout: pool.layout(),
             surface: pool.acquire()?,
             copies: 0,
-            meta: FrameMeta {
-                keyframe: false,
-                corrupt: false,
-                decoded_at: Instant::now(),
-                wallclock_us: None,
-            },
+            meta: FrameMeta::new(Instant::now()),
         })
     }
 

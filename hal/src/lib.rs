@@ -12,6 +12,7 @@
 //! the codec-side picture buffers that we copy into and out of (counted in
 //! [`Frame::copies`]).
 
+pub mod analytics;
 pub mod codec;
 pub mod container;
 pub mod frame;

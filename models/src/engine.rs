@@ -48,6 +48,74 @@ pub trait InferenceEngine: Send {
         shape: &[usize],
         out: &mut Vec<f32>,
     ) -> Result<Vec<usize>, EngineError>;
+    /// The model's declared input shape; `-1` marks a dynamic dimension (e.g. the batch).
+    fn input_shape(&self) -> &[i64];
+    /// The model file (for error messages).
+    fn model(&self) -> &Path;
+}
+
+/// Where ONNX Runtime runs a model (config `inference.provider`).
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub enum Provider {
+    /// The CPU execution provider (always present).
+    #[default]
+    Cpu,
+    /// NVIDIA CUDA (needs an ONNX Runtime build with the CUDA provider, e.g. JetPack's).
+    Cuda {
+        /// CUDA device index.
+        device: i32,
+    },
+    /// NVIDIA TensorRT through ONNX Runtime's TensorRT provider (CUDA as the provider for
+    /// the nodes TensorRT does not take).
+    TensorRt {
+        /// CUDA device index.
+        device: i32,
+        /// Where built engines are cached (a cold build takes minutes on an Orin).
+        engine_cache_dir: Option<PathBuf>,
+        /// Build fp16 engines.
+        fp16: bool,
+        /// Build int8 engines (needs a calibration table).
+        int8: bool,
+        /// The int8 calibration table's file name.
+        int8_calibration_table: Option<String>,
+    },
+}
+
+impl Provider {
+    /// Short name (`cpu`, `cuda`, `tensorrt`).
+    pub fn name(&self) -> &'static str {
+        match self {
+            Provider::Cpu => "cpu",
+            Provider::Cuda { .. } => "cuda",
+            Provider::TensorRt { .. } => "tensorrt",
+        }
+    }
+}
+
+/// How sessions are created.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EngineSettings {
+    /// The ONNX Runtime shared library.
+    pub runtime: PathBuf,
+    /// The wanted execution provider.
+    pub provider: Provider,
+    /// When the provider cannot be registered, run on the CPU (logged once per model)
+    /// instead of refusing to start.
+    pub fallback_to_cpu: bool,
+    /// Intra-op threads per session (0 = all cores).
+    pub threads: usize,
+}
+
+impl EngineSettings {
+    /// CPU sessions from `runtime` with `threads` threads.
+    pub fn cpu(runtime: &Path, threads: usize) -> Self {
+        EngineSettings {
+            runtime: runtime.to_path_buf(),
+            provider: Provider::Cpu,
+            fallback_to_cpu: false,
+            threads,
+        }
+    }
 }
 
 static RUNTIME: OnceLock<Result<ort::environment::Environment, String>> = OnceLock::new();
@@ -71,18 +139,64 @@ fn runtime(library: &Path) -> Result<&'static ort::environment::Environment, Eng
     })
 }
 
-/// An ONNX model in an ONNX Runtime session (CPU execution provider).
+/// An ONNX model in an ONNX Runtime session.
 pub struct OrtSession {
     session: ort::session::Session,
     model: PathBuf,
     input: String,
     output: String,
+    input_shape: Vec<i64>,
+    provider: &'static str,
+}
+
+fn ep_dispatch(p: &Provider) -> Option<ort::ep::ExecutionProviderDispatch> {
+    match p {
+        Provider::Cpu => None,
+        Provider::Cuda { device } => Some(
+            ort::ep::CUDA::default()
+                .with_device_id(*device)
+                .build()
+                .error_on_failure(),
+        ),
+        Provider::TensorRt {
+            device,
+            engine_cache_dir,
+            fp16,
+            int8,
+            int8_calibration_table,
+        } => {
+            let mut trt = ort::ep::TensorRT::default()
+                .with_device_id(*device)
+                .with_fp16(*fp16)
+                .with_int8(*int8);
+            if let Some(dir) = engine_cache_dir {
+                trt = trt
+                    .with_engine_cache(true)
+                    .with_engine_cache_path(dir.display())
+                    .with_timing_cache(true)
+                    .with_timing_cache_path(dir.display());
+            }
+            if let Some(table) = int8_calibration_table {
+                trt = trt.with_int8_calibration_table_name(table);
+            }
+            Some(trt.build().error_on_failure())
+        }
+    }
 }
 
 impl OrtSession {
-    /// Loads `model` with the runtime at `library`, using `threads` intra-op threads.
+    /// Loads `model` on the CPU with the runtime at `library`, using `threads` intra-op
+    /// threads.
     pub fn open(library: &Path, model: &Path, threads: usize) -> Result<Self, EngineError> {
-        let env = runtime(library)?;
+        Self::open_with(&EngineSettings::cpu(library, threads), model)
+    }
+
+    /// Loads `model` as `settings` say. When the provider cannot be registered (library
+    /// built without it, no GPU) this fails naming the provider, or, with
+    /// `fallback_to_cpu`, logs that and runs on the CPU ([`provider`](Self::provider) says
+    /// which one runs).
+    pub fn open_with(settings: &EngineSettings, model: &Path) -> Result<Self, EngineError> {
+        let env = runtime(&settings.runtime)?;
         let model_err = |reason: String| EngineError::Model {
             path: model.to_path_buf(),
             reason,
@@ -90,17 +204,44 @@ impl OrtSession {
         if !model.exists() {
             return Err(model_err("file not found (run `just models`)".into()));
         }
-        let session = ort::session::Session::builder(env)
-            .map_err(|e| model_err(e.to_string()))?
-            .with_intra_threads(threads.max(1))
-            .map_err(|e| model_err(e.to_string()))?
-            .commit_from_file(model)
-            .map_err(|e| model_err(e.to_string()))?;
-        let input = session
+        let threads = match settings.threads {
+            0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
+            n => n,
+        };
+        let build = |provider: &Provider| -> Result<ort::session::Session, String> {
+            let mut b = ort::session::Session::builder(env)
+                .map_err(|e| e.to_string())?
+                .with_intra_threads(threads)
+                .map_err(|e| e.to_string())?;
+            if let Some(ep) = ep_dispatch(provider) {
+                b = b.with_execution_providers([ep]).map_err(|e| {
+                    format!(
+                        "execution provider {} unavailable in {}: {e}",
+                        provider.name(),
+                        settings.runtime.display()
+                    )
+                })?;
+            }
+            b.commit_from_file(model).map_err(|e| e.to_string())
+        };
+        let (session, provider) = match build(&settings.provider) {
+            Ok(s) => (s, settings.provider.name()),
+            Err(e) if settings.fallback_to_cpu && settings.provider != Provider::Cpu => {
+                tracing::warn!(model = %model.display(), "{e}; falling back to the CPU provider");
+                (build(&Provider::Cpu).map_err(model_err)?, "cpu")
+            }
+            Err(e) => return Err(model_err(e)),
+        };
+        let first = session
             .inputs()
             .first()
-            .map(|i| i.name().to_string())
             .ok_or_else(|| model_err("the model has no inputs".into()))?;
+        let input = first.name().to_string();
+        let input_shape = first
+            .dtype()
+            .tensor_shape()
+            .map(|s| s.iter().copied().collect())
+            .ok_or_else(|| model_err(format!("input {input} is not a tensor")))?;
         let output = session
             .outputs()
             .first()
@@ -111,7 +252,14 @@ impl OrtSession {
             model: model.to_path_buf(),
             input,
             output,
+            input_shape,
+            provider,
         })
+    }
+
+    /// The execution provider that runs the model (`cpu` after a fallback).
+    pub fn provider(&self) -> &'static str {
+        self.provider
     }
 }
 
@@ -138,5 +286,13 @@ impl InferenceEngine for OrtSession {
         out.clear();
         out.extend_from_slice(data);
         Ok(out_shape.iter().map(|&d| d.max(0) as usize).collect())
+    }
+
+    fn input_shape(&self) -> &[i64] {
+        &self.input_shape
+    }
+
+    fn model(&self) -> &Path {
+        &self.model
     }
 }

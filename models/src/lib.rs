@@ -12,9 +12,12 @@
 //!
 //! This crate must not know about MQTT or the web (see `shared/DESIGN.md` §1).
 
+pub mod batch;
 pub mod engine;
 pub mod nudenet;
 pub mod preprocess;
+pub mod registry;
+pub mod stages;
 pub mod track;
 pub mod yolo;
 

@@ -28,30 +28,80 @@ fn rgb(y: u8, u: u8, v: u8) -> [f32; 3] {
     [r, g, b].map(|c| (c / 255.0).clamp(0.0, 1.0))
 }
 
-/// NudeNet's input layout: the frame padded right and bottom with black to a square, resized
-/// to `size`×`size` with bilinear interpolation at half-pixel centres (OpenCV's
-/// `INTER_LINEAR`, no anti-aliasing), planes in **B, G, R** order, values 0..1. Returns the
-/// letterbox that maps detections back to the frame.
-pub fn square_bgr_planar(
+/// Channel order of a model's input planes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ChannelOrder {
+    /// R, G, B planes (MediaPipe, Ultralytics exports).
+    Rgb,
+    /// B, G, R planes (NudeNet, OpenCV-trained models).
+    Bgr,
+}
+
+/// How the frame is fitted into the model's input.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Fit {
+    /// Keep the aspect ratio in a square input, padding right and bottom with black
+    /// (NudeNet), sampled at half-pixel centres (OpenCV's `INTER_LINEAR`).
+    PadBottomRight,
+    /// Keep the aspect ratio in a square input, centred, padding with grey `pad` (0..1;
+    /// Ultralytics uses 114/255), half-pixel centres.
+    Centred {
+        /// Padding value.
+        pad: f32,
+    },
+    /// Stretch to the input, sampled corner-aligned (`src = dst · w / W`, MediaPipe's
+    /// ImageToTensor mapping for the selfie segmenter).
+    Stretch,
+}
+
+/// A model input: `width`×`height` float planes in 0..1.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct InputSpec {
+    /// Input width.
+    pub width: usize,
+    /// Input height.
+    pub height: usize,
+    /// Plane order.
+    pub order: ChannelOrder,
+    /// Fitting.
+    pub fit: Fit,
+}
+
+/// Writes `frame` as `spec` says into `out` (3 planes, NCHW without the batch) with
+/// bilinear interpolation, and returns the mapping of input pixels back to the frame.
+pub fn planar(
     frame: &Frame,
-    size: usize,
+    spec: InputSpec,
     out: &mut [f32],
 ) -> Result<Letterbox, BufferSizeError> {
-    if out.len() != 3 * size * size {
+    let (ow, oh) = (spec.width, spec.height);
+    if out.len() != 3 * ow * oh || ow != oh && spec.fit != Fit::Stretch {
         return Err(BufferSizeError {
             got: out.len(),
-            size,
+            size: ow,
         });
     }
     let (w, h) = (frame.layout.width, frame.layout.height);
-    let side = w.max(h).max(1);
     let [py, p1, p2] = frame.planes();
     let nv12 = frame.layout.format == PixelFormat::Nv12;
-    // The padded square's pixel at (x, y): the frame inside, black outside.
-    let at = |x: usize, y: usize| -> [f32; 3] {
-        if x >= w || y >= h {
-            return [0.0; 3];
+    let (lb, pad) = match spec.fit {
+        Fit::PadBottomRight => (Letterbox::top_left(w, h, ow), 0.0),
+        Fit::Centred { pad } => (Letterbox::centred(w, h, ow), pad),
+        Fit::Stretch => (
+            Letterbox {
+                scale: ow as f64 / w.max(1) as f64,
+                pad_x: 0.0,
+                pad_y: 0.0,
+            },
+            0.0,
+        ),
+    };
+    // Frame pixel (x, y) as RGB; the padding value outside the frame.
+    let at = |x: isize, y: isize| -> [f32; 3] {
+        if x < 0 || y < 0 || x as usize >= w || y as usize >= h {
+            return [pad; 3];
         }
+        let (x, y) = (x as usize, y as usize);
         let yy = py.data[y * py.stride + x];
         let (cx, cy) = (x / 2, y / 2);
         let (u, v) = if nv12 {
@@ -62,28 +112,87 @@ pub fn square_bgr_planar(
         };
         rgb(yy, u, v)
     };
-    let ratio = side as f64 / size as f64;
-    let src = |d: usize| -> (usize, usize, f32) {
-        let s = ((d as f64 + 0.5) * ratio - 0.5).max(0.0);
-        let i0 = (s.floor() as usize).min(side - 1);
-        let i1 = (i0 + 1).min(side - 1);
-        (i0, i1, (s - s.floor()) as f32)
+    // Input coordinate → source sample positions and weight, per axis.
+    let axis =
+        |d: usize, ratio: f64, offset: f64, len: usize, corner: bool| -> (isize, isize, f32) {
+            let s = if corner {
+                d as f64 * ratio
+            } else {
+                (d as f64 + 0.5 - offset) * ratio - 0.5
+            };
+            if corner {
+                let i0 = (s.floor() as usize).min(len.saturating_sub(1));
+                let i1 = (i0 + 1).min(len.saturating_sub(1));
+                return (i0 as isize, i1 as isize, (s - s.floor()) as f32);
+            }
+            // Half-pixel sampling clamps at the frame's own edges; beyond them is padding.
+            let inside = s >= -0.5 && s < len as f64 - 0.5;
+            let sc = if inside {
+                s.clamp(0.0, (len - 1) as f64)
+            } else {
+                s
+            };
+            let i0 = sc.floor() as isize;
+            let i1 = if inside {
+                (i0 + 1).min(len as isize - 1)
+            } else {
+                i0 + 1
+            };
+            (i0, i1, (sc - sc.floor()) as f32)
+        };
+    let corner = spec.fit == Fit::Stretch;
+    // NudeNet pads first and resizes the padded square, so its samples clamp at the square's
+    // edge (and blend the frame's last row with the black padding); the others resize the
+    // frame itself and clamp at its edges.
+    let (len_x, len_y) = match spec.fit {
+        Fit::PadBottomRight => (w.max(h), w.max(h)),
+        _ => (w, h),
     };
-    let plane = size * size;
-    for dy in 0..size {
-        let (y0, y1, fy) = src(dy);
-        for dx in 0..size {
-            let (x0, x1, fx) = src(dx);
+    let (rx, ry, ox, oy) = if corner {
+        (w as f64 / ow as f64, h as f64 / oh as f64, 0.0, 0.0)
+    } else {
+        (1.0 / lb.scale, 1.0 / lb.scale, lb.pad_x, lb.pad_y)
+    };
+    let order = match spec.order {
+        ChannelOrder::Rgb => [(0, 0), (1, 1), (2, 2)],
+        ChannelOrder::Bgr => [(2, 0), (1, 1), (0, 2)],
+    };
+    let plane = ow * oh;
+    for dy in 0..oh {
+        let (y0, y1, fy) = axis(dy, ry, oy, len_y, corner);
+        for dx in 0..ow {
+            let (x0, x1, fx) = axis(dx, rx, ox, len_x, corner);
             let (a, b, c, d) = (at(x0, y0), at(x1, y0), at(x0, y1), at(x1, y1));
-            let i = dy * size + dx;
-            for (ch, plane_index) in [(2, 0), (1, 1), (0, 2)] {
+            let i = dy * ow + dx;
+            for (ch, plane_index) in order {
                 let top = a[ch] + (b[ch] - a[ch]) * fx;
                 let bottom = c[ch] + (d[ch] - c[ch]) * fx;
                 out[plane_index * plane + i] = top + (bottom - top) * fy;
             }
         }
     }
-    Ok(Letterbox::top_left(w, h, size))
+    Ok(lb)
+}
+
+/// NudeNet's input layout: the frame padded right and bottom with black to a square, resized
+/// to `size`×`size` with bilinear interpolation at half-pixel centres (OpenCV's
+/// `INTER_LINEAR`, no anti-aliasing), planes in **B, G, R** order, values 0..1. Returns the
+/// letterbox that maps detections back to the frame.
+pub fn square_bgr_planar(
+    frame: &Frame,
+    size: usize,
+    out: &mut [f32],
+) -> Result<Letterbox, BufferSizeError> {
+    planar(
+        frame,
+        InputSpec {
+            width: size,
+            height: size,
+            order: ChannelOrder::Bgr,
+            fit: Fit::PadBottomRight,
+        },
+        out,
+    )
 }
 
 #[cfg(test)]

@@ -240,8 +240,7 @@ impl VideoDecoder {
             meta: FrameMeta {
                 keyframe: pic.is_key(),
                 corrupt,
-                decoded_at: Instant::now(),
-                wallclock_us: None,
+                ..FrameMeta::new(Instant::now())
             },
         }))
     }

@@ -1,0 +1,485 @@
+//! One model, many streams: a [`Batcher`] owns a model's session on its own thread and
+//! runs the requests of several streams' stages as one batched inference call when they
+//! arrive together (within `window`), which is where a GPU earns its throughput and what
+//! keeps one copy of the weights in memory however many cameras there are.
+//!
+//! Each stage holds a [`BatchClient`] with its own input and output buffers; a request swaps
+//! the client's buffers into its slot (no copy, no allocation once the buffers have their
+//! size), the batch thread packs the submitted inputs into one tensor, runs it and unpacks
+//! the outputs into the slots. A model with a fixed batch dimension of 1 still serves every
+//! stream, one request after another.
+//!
+//! The batch thread waits for more requests only while some registered client has not
+//! submitted yet, and at most `window`: a single stream never waits.
+
+use std::path::PathBuf;
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use crate::engine::{EngineError, InferenceEngine};
+
+#[derive(Default)]
+enum SlotState {
+    /// Free for the client's next request.
+    #[default]
+    Idle,
+    /// Input in place, waiting for the batch thread.
+    Submitted,
+    /// Being run.
+    Running,
+    /// Output (or error) in place.
+    Done(Option<String>),
+}
+
+#[derive(Default)]
+struct Slot {
+    alive: bool,
+    input: Vec<f32>,
+    output: Vec<f32>,
+    out_shape: Vec<usize>,
+    state: SlotState,
+}
+
+struct State {
+    slots: Vec<Slot>,
+    shutdown: bool,
+    batches: u64,
+    items: u64,
+}
+
+struct Shared {
+    state: Mutex<State>,
+    /// Signalled on submit and on shutdown.
+    submitted: Condvar,
+    /// Signalled when a batch finished.
+    done: Condvar,
+    model: PathBuf,
+}
+
+impl Shared {
+    fn lock(&self) -> MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+/// Batch statistics.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct BatchStats {
+    /// Inference calls made.
+    pub batches: u64,
+    /// Requests served.
+    pub items: u64,
+}
+
+/// The owner of a model's session; serves [`BatchClient`]s until dropped.
+pub struct Batcher {
+    shared: Arc<Shared>,
+    thread: Option<JoinHandle<()>>,
+}
+
+/// One stage's handle on a [`Batcher`]; dropping it unregisters it.
+pub struct BatchClient {
+    shared: Arc<Shared>,
+    index: usize,
+    input: Vec<f32>,
+    output: Vec<f32>,
+    out_shape: Vec<usize>,
+}
+
+impl Batcher {
+    /// Starts the batch thread for `engine`. `item_shape` is one request's input shape
+    /// without the batch dimension (e.g. `[3, 256, 256]`); `max_batch` is capped at 1 when
+    /// the model's batch dimension is fixed.
+    pub fn start(
+        engine: Box<dyn InferenceEngine>,
+        item_shape: &[usize],
+        max_batch: usize,
+        window: Duration,
+    ) -> Result<Batcher, EngineError> {
+        let model = engine.model().to_path_buf();
+        let declared = engine.input_shape();
+        let max_batch = match declared.first() {
+            Some(&d) if d < 0 => max_batch.max(1),
+            _ => 1,
+        };
+        let shape_ok = declared.len() == item_shape.len() + 1
+            && declared[1..]
+                .iter()
+                .zip(item_shape)
+                .all(|(&d, &want)| d < 0 || d as usize == want);
+        if !shape_ok {
+            return Err(EngineError::Model {
+                path: model,
+                reason: format!(
+                    "input shape {declared:?} does not fit the configured input [N, {}]",
+                    item_shape
+                        .iter()
+                        .map(|d| d.to_string())
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ),
+            });
+        }
+        let shared = Arc::new(Shared {
+            state: Mutex::new(State {
+                slots: Vec::new(),
+                shutdown: false,
+                batches: 0,
+                items: 0,
+            }),
+            submitted: Condvar::new(),
+            done: Condvar::new(),
+            model,
+        });
+        let item_shape = item_shape.to_vec();
+        let s = shared.clone();
+        let name = format!(
+            "infer-{}",
+            shared
+                .model
+                .file_stem()
+                .and_then(|n| n.to_str())
+                .unwrap_or("model")
+        );
+        let thread = std::thread::Builder::new()
+            .name(name.chars().take(15).collect())
+            .spawn(move || serve(&s, engine, &item_shape, max_batch, window))
+            .map_err(|e| EngineError::Model {
+                path: shared.model.clone(),
+                reason: format!("cannot start the inference thread: {e}"),
+            })?;
+        Ok(Batcher {
+            shared,
+            thread: Some(thread),
+        })
+    }
+
+    /// A new client (one per stream's stage).
+    pub fn client(&self) -> BatchClient {
+        let mut st = self.shared.lock();
+        let index = match st.slots.iter().position(|s| !s.alive) {
+            Some(i) => i,
+            None => {
+                st.slots.push(Slot::default());
+                st.slots.len() - 1
+            }
+        };
+        st.slots[index] = Slot {
+            alive: true,
+            ..Slot::default()
+        };
+        BatchClient {
+            shared: self.shared.clone(),
+            index,
+            input: Vec::new(),
+            output: Vec::new(),
+            out_shape: Vec::new(),
+        }
+    }
+
+    /// Calls and requests so far.
+    pub fn stats(&self) -> BatchStats {
+        let st = self.shared.lock();
+        BatchStats {
+            batches: st.batches,
+            items: st.items,
+        }
+    }
+}
+
+impl Drop for Batcher {
+    fn drop(&mut self) {
+        self.shared.lock().shutdown = true;
+        self.shared.submitted.notify_all();
+        self.shared.done.notify_all();
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+fn serve(
+    shared: &Shared,
+    mut engine: Box<dyn InferenceEngine>,
+    item_shape: &[usize],
+    max_batch: usize,
+    window: Duration,
+) {
+    let item_len: usize = item_shape.iter().product();
+    let mut batch_in: Vec<f32> = Vec::new();
+    let mut batch_out: Vec<f32> = Vec::new();
+    let mut shape = Vec::with_capacity(item_shape.len() + 1);
+    let mut members: Vec<usize> = Vec::with_capacity(max_batch);
+    loop {
+        let mut st = shared.lock();
+        // Wait for a first request.
+        while !st.shutdown
+            && !st
+                .slots
+                .iter()
+                .any(|s| matches!(s.state, SlotState::Submitted))
+        {
+            st = shared.submitted.wait(st).unwrap_or_else(|e| e.into_inner());
+        }
+        if st.shutdown {
+            return;
+        }
+        // Give the other live clients up to `window` to join.
+        let deadline = Instant::now() + window;
+        loop {
+            let (live, waiting) = st.slots.iter().fold((0, 0), |(l, w), s| {
+                (
+                    l + usize::from(s.alive),
+                    w + usize::from(matches!(s.state, SlotState::Submitted)),
+                )
+            });
+            let now = Instant::now();
+            if waiting >= live.min(max_batch) || now >= deadline || st.shutdown {
+                break;
+            }
+            st = shared
+                .submitted
+                .wait_timeout(st, deadline - now)
+                .unwrap_or_else(|e| e.into_inner())
+                .0;
+        }
+        members.clear();
+        batch_in.clear();
+        for (i, slot) in st.slots.iter_mut().enumerate() {
+            if members.len() < max_batch && matches!(slot.state, SlotState::Submitted) {
+                slot.state = SlotState::Running;
+                members.push(i);
+                batch_in.extend_from_slice(&slot.input);
+            }
+        }
+        drop(st);
+        let n = members.len();
+        shape.clear();
+        shape.push(n);
+        shape.extend_from_slice(item_shape);
+        let result = if batch_in.len() != n * item_len {
+            Err(format!(
+                "request size {} does not match the input shape {shape:?}",
+                batch_in.len()
+            ))
+        } else {
+            engine
+                .run(&batch_in, &shape, &mut batch_out)
+                .map_err(|e| e.to_string())
+        };
+        let mut st = shared.lock();
+        st.batches += 1;
+        st.items += n as u64;
+        for (k, &i) in members.iter().enumerate() {
+            let slot = &mut st.slots[i];
+            slot.state = match &result {
+                Ok(out_shape) if out_shape.first() == Some(&n) => {
+                    let per = batch_out.len() / n;
+                    slot.output.clear();
+                    slot.output
+                        .extend_from_slice(&batch_out[k * per..(k + 1) * per]);
+                    slot.out_shape.clear();
+                    slot.out_shape.push(1);
+                    slot.out_shape.extend_from_slice(&out_shape[1..]);
+                    SlotState::Done(None)
+                }
+                Ok(out_shape) => SlotState::Done(Some(format!(
+                    "output shape {out_shape:?} has no batch dimension of {n}"
+                ))),
+                Err(e) => SlotState::Done(Some(e.clone())),
+            };
+        }
+        drop(st);
+        shared.done.notify_all();
+    }
+}
+
+impl BatchClient {
+    /// The input buffer of the next request, resized to `len` (stays allocated).
+    pub fn input(&mut self, len: usize) -> &mut [f32] {
+        self.input.resize(len, 0.0);
+        &mut self.input
+    }
+
+    /// Runs the request whose input [`input`](Self::input) holds, waiting for its batch;
+    /// returns the output and its shape (batch dimension 1).
+    pub fn run(&mut self) -> Result<(&[f32], &[usize]), EngineError> {
+        let err = |reason: String| EngineError::Run {
+            path: self.shared.model.clone(),
+            reason,
+        };
+        let mut st = self.shared.lock();
+        if st.shutdown {
+            return Err(err("the inference thread has stopped".into()));
+        }
+        {
+            let slot = &mut st.slots[self.index];
+            std::mem::swap(&mut slot.input, &mut self.input);
+            slot.state = SlotState::Submitted;
+        }
+        self.shared.submitted.notify_all();
+        loop {
+            if let SlotState::Done(_) = st.slots[self.index].state {
+                break;
+            }
+            if st.shutdown {
+                return Err(err("the inference thread has stopped".into()));
+            }
+            st = self.shared.done.wait(st).unwrap_or_else(|e| e.into_inner());
+        }
+        let slot = &mut st.slots[self.index];
+        std::mem::swap(&mut slot.input, &mut self.input);
+        std::mem::swap(&mut slot.output, &mut self.output);
+        std::mem::swap(&mut slot.out_shape, &mut self.out_shape);
+        let failure = match std::mem::take(&mut slot.state) {
+            SlotState::Done(e) => e,
+            _ => None,
+        };
+        drop(st);
+        match failure {
+            Some(e) => Err(err(e)),
+            None => Ok((&self.output, &self.out_shape)),
+        }
+    }
+}
+
+impl Drop for BatchClient {
+    fn drop(&mut self) {
+        let mut st = self.shared.lock();
+        let slot = &mut st.slots[self.index];
+        slot.alive = false;
+        // A request in flight is unpacked into a slot nobody reads; it is reset on reuse.
+        drop(st);
+        self.shared.submitted.notify_all();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::path::Path;
+
+    /// Adds the batch index offset to nothing: output = input * 2, and records batch sizes.
+    struct Doubler {
+        shape: Vec<i64>,
+        sizes: Arc<Mutex<Vec<usize>>>,
+    }
+
+    impl InferenceEngine for Doubler {
+        fn run(
+            &mut self,
+            input: &[f32],
+            shape: &[usize],
+            out: &mut Vec<f32>,
+        ) -> Result<Vec<usize>, EngineError> {
+            self.sizes.lock().unwrap().push(shape[0]);
+            std::thread::sleep(Duration::from_millis(2));
+            out.clear();
+            out.extend(input.iter().map(|v| v * 2.0));
+            Ok(shape.to_vec())
+        }
+        fn input_shape(&self) -> &[i64] {
+            &self.shape
+        }
+        fn model(&self) -> &Path {
+            Path::new("doubler.onnx")
+        }
+    }
+
+    fn batcher(batch_dim: i64, window_ms: u64) -> (Batcher, Arc<Mutex<Vec<usize>>>) {
+        let sizes = Arc::new(Mutex::new(Vec::new()));
+        let engine = Doubler {
+            shape: vec![batch_dim, 4],
+            sizes: sizes.clone(),
+        };
+        let b =
+            Batcher::start(Box::new(engine), &[4], 8, Duration::from_millis(window_ms)).unwrap();
+        (b, sizes)
+    }
+
+    #[test]
+    fn every_client_gets_its_own_result() {
+        let (b, sizes) = batcher(-1, 200);
+        let barrier = Arc::new(std::sync::Barrier::new(4));
+        let handles: Vec<_> = (0..4)
+            .map(|k| {
+                let mut c = b.client();
+                let barrier = barrier.clone();
+                std::thread::spawn(move || {
+                    barrier.wait();
+                    for round in 0..5 {
+                        let v = (k * 100 + round) as f32;
+                        c.input(4).fill(v);
+                        let (out, shape) = c.run().unwrap();
+                        assert_eq!(shape, &[1, 4]);
+                        assert_eq!(out, &[2.0 * v; 4], "client {k} round {round}");
+                    }
+                })
+            })
+            .collect();
+        for h in handles {
+            h.join().unwrap();
+        }
+        let sizes = sizes.lock().unwrap();
+        assert_eq!(sizes.iter().sum::<usize>(), 20);
+        // With four clients in lock step and a generous window, calls carry several requests.
+        assert!(
+            sizes.iter().any(|&n| n > 1),
+            "no batching happened: {sizes:?}"
+        );
+        assert_eq!(b.stats().items, 20);
+    }
+
+    #[test]
+    fn fixed_batch_models_run_one_request_at_a_time() {
+        let (b, sizes) = batcher(1, 50);
+        let handles: Vec<_> = (0..3)
+            .map(|k| {
+                let mut c = b.client();
+                std::thread::spawn(move || {
+                    c.input(4).fill(k as f32);
+                    assert_eq!(c.run().unwrap().0, &[2.0 * k as f32; 4]);
+                })
+            })
+            .collect();
+        for h in handles {
+            h.join().unwrap();
+        }
+        assert!(sizes.lock().unwrap().iter().all(|&n| n == 1));
+    }
+
+    #[test]
+    fn a_single_client_does_not_wait_for_absent_ones() {
+        // A window of an hour: the test would hang if a lone client waited for it.
+        let (b, _) = batcher(-1, 3_600_000);
+        let mut c = b.client();
+        c.input(4).fill(1.0);
+        assert_eq!(c.run().unwrap().0, &[2.0; 4]);
+        // A second client that never submits, then goes away: the first still is not held.
+        drop(b.client());
+        c.input(4).fill(3.0);
+        assert_eq!(c.run().unwrap().0, &[6.0; 4]);
+    }
+
+    #[test]
+    fn wrong_request_size_and_wrong_model_shape_are_errors() {
+        let (b, _) = batcher(-1, 1);
+        let mut c = b.client();
+        c.input(3).fill(1.0);
+        let e = c.run().err().unwrap().to_string();
+        assert!(
+            e.contains("doubler.onnx") && e.contains("request size 3"),
+            "{e}"
+        );
+        let engine = Doubler {
+            shape: vec![1, 5],
+            sizes: Default::default(),
+        };
+        let e = Batcher::start(Box::new(engine), &[4], 8, Duration::ZERO)
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(e.contains("[1, 5]") && e.contains("[N, 4]"), "{e}");
+    }
+}

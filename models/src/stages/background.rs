@@ -1,0 +1,292 @@
+//! The virtual-background stage: MediaPipe selfie segmentation → temporally smoothed,
+//! feathered person mask → composite over an image, a blur of the frame or a colour.
+
+use std::sync::Arc;
+
+use aegis_hal::pixel::{Matrix, Plane, PlaneMut, rgb24_to_i420, scale_i420, scale_plane};
+use aegis_hal::stage::{Stage, StageError, StageOutcome};
+use aegis_hal::synth::RgbImage;
+use aegis_hal::{Frame, PixelFormat};
+
+use super::pixels::{BgPlanes, composite, rgb_to_yuv};
+use crate::batch::BatchClient;
+use crate::preprocess::{ChannelOrder, Fit, InputSpec, planar};
+use crate::registry::LoadedModel;
+
+/// What replaces the background.
+#[derive(Debug, Clone)]
+pub enum Background {
+    /// A picture, stretched to the frame.
+    Image(Arc<RgbImage>),
+    /// The frame itself, blurred (`strength` = downscale factor, 2..=64).
+    Blur {
+        /// Strength.
+        strength: usize,
+    },
+    /// A solid sRGB colour.
+    Colour([u8; 3]),
+}
+
+/// Settings of the stage.
+#[derive(Debug, Clone)]
+pub struct VirtualBackgroundSettings {
+    /// The replacement.
+    pub background: Background,
+    /// Temporal smoothing 0..1: how much of the previous mask an uncertain pixel keeps
+    /// (pixels the model is sure about follow at once, so motion does not lag).
+    pub smoothing: f32,
+    /// Feather radius in mask pixels (box blur of the 256×256 mask; 0 = hard edge).
+    pub feather: usize,
+    /// Mask values below this are background, above `1 - threshold` person; in between
+    /// they blend linearly.
+    pub threshold: f32,
+}
+
+impl Default for VirtualBackgroundSettings {
+    fn default() -> Self {
+        VirtualBackgroundSettings {
+            background: Background::Blur { strength: 16 },
+            smoothing: 0.6,
+            feather: 2,
+            threshold: 0.25,
+        }
+    }
+}
+
+/// Person segmentation and background replacement for one stream.
+pub struct VirtualBackground {
+    client: BatchClient,
+    size: usize,
+    settings: VirtualBackgroundSettings,
+    prev: Vec<f32>,
+    have_prev: bool,
+    feathered: Vec<f32>,
+    tmp: Vec<f32>,
+    mask: Vec<u8>,
+    alpha_y: Vec<u8>,
+    alpha_c: Vec<u8>,
+    bg: BgPlanes,
+    small: Vec<u8>,
+    person_fraction: f32,
+}
+
+fn err(error_type: &'static str, message: String) -> StageError {
+    StageError {
+        stage: "virtual_background",
+        error_type,
+        message,
+    }
+}
+
+/// Separable box blur of a `s`×`s` float image, radius `r`, through `tmp`.
+fn box_blur(img: &mut [f32], tmp: &mut Vec<f32>, s: usize, r: usize) {
+    if r == 0 {
+        return;
+    }
+    tmp.resize(s * s, 0.0);
+    let norm = 1.0 / (2 * r + 1) as f32;
+    // Horizontal into tmp, vertical back; edges clamp.
+    for y in 0..s {
+        let row = &img[y * s..(y + 1) * s];
+        for x in 0..s {
+            let mut acc = 0.0;
+            for k in 0..=2 * r {
+                acc += row[(x + k).saturating_sub(r).min(s - 1)];
+            }
+            tmp[y * s + x] = acc * norm;
+        }
+    }
+    for y in 0..s {
+        for x in 0..s {
+            let mut acc = 0.0;
+            for k in 0..=2 * r {
+                acc += tmp[(y + k).saturating_sub(r).min(s - 1) * s + x];
+            }
+            img[y * s + x] = acc * norm;
+        }
+    }
+}
+
+impl VirtualBackground {
+    /// The stage over a loaded selfie-segmentation model.
+    pub fn new(model: &LoadedModel, settings: VirtualBackgroundSettings) -> Self {
+        let size = model.spec.input_size;
+        VirtualBackground {
+            client: model.client(),
+            size,
+            settings,
+            prev: vec![0.0; size * size],
+            have_prev: false,
+            feathered: Vec::new(),
+            tmp: Vec::new(),
+            mask: vec![0; size * size],
+            alpha_y: Vec::new(),
+            alpha_c: Vec::new(),
+            bg: BgPlanes::default(),
+            small: Vec::new(),
+            person_fraction: 0.0,
+        }
+    }
+
+    /// Share of the last frame's mask that is person (for tests and health).
+    pub fn person_fraction(&self) -> f32 {
+        self.person_fraction
+    }
+
+    /// The last mask (`size`×`size`, 0 = background, 255 = person), after smoothing and
+    /// feathering.
+    pub fn mask(&self) -> (&[u8], usize) {
+        (&self.mask, self.size)
+    }
+
+    /// Runs the model and leaves the smoothed, feathered mask in `self.mask`.
+    fn segment(&mut self, frame: &Frame) -> Result<(), StageError> {
+        let s = self.size;
+        let spec = InputSpec {
+            width: s,
+            height: s,
+            order: ChannelOrder::Rgb,
+            fit: Fit::Stretch,
+        };
+        planar(frame, spec, self.client.input(3 * s * s))
+            .map_err(|e| err("preprocess", e.to_string()))?;
+        let (out, _) = self
+            .client
+            .run()
+            .map_err(|e| err("inference", e.to_string()))?;
+        if out.len() != s * s {
+            return Err(err(
+                "inference",
+                format!("mask has {} values, expected {}", out.len(), s * s),
+            ));
+        }
+        let ratio = self.settings.smoothing.clamp(0.0, 1.0);
+        for (m, &p) in self.prev.iter_mut().zip(out) {
+            *m = if self.have_prev {
+                // Uncertainty 1 at p = 0.5, 0 at p = 0 or 1.
+                let u = 1.0 - (2.0 * p - 1.0).abs();
+                p + (*m - p) * ratio * u
+            } else {
+                p
+            };
+        }
+        self.have_prev = true;
+        self.feathered.clear();
+        self.feathered.extend_from_slice(&self.prev);
+        box_blur(&mut self.feathered, &mut self.tmp, s, self.settings.feather);
+        let lo = self.settings.threshold.clamp(0.0, 0.49);
+        let hi = 1.0 - lo;
+        let mut person = 0usize;
+        for (a, &m) in self.mask.iter_mut().zip(&self.feathered) {
+            let t = ((m - lo) / (hi - lo)).clamp(0.0, 1.0);
+            *a = (t * 255.0 + 0.5) as u8;
+            person += usize::from(*a >= 128);
+        }
+        self.person_fraction = person as f32 / (s * s) as f32;
+        Ok(())
+    }
+
+    /// Makes `self.bg` the background for `frame` (size and format).
+    fn prepare_background(&mut self, frame: &Frame) -> Result<(), StageError> {
+        let (w, h, format) = (frame.layout.width, frame.layout.height, frame.layout.format);
+        let fresh = self.bg.size == (w, h) && self.bg.format == Some(format);
+        match &self.settings.background {
+            Background::Blur { strength } => {
+                self.bg.copy_from(frame);
+                self.bg.blur((*strength).max(2), &mut self.small);
+            }
+            Background::Colour(rgb) if !fresh => self.bg.fill(w, h, format, rgb_to_yuv(*rgb)),
+            Background::Image(img) if !fresh => {
+                self.bg = image_planes(img, w, h, format).map_err(|e| err("background", e))?;
+            }
+            _ => {}
+        }
+        Ok(())
+    }
+}
+
+/// The picture converted to the frame's size and layout (once per size).
+fn image_planes(
+    img: &RgbImage,
+    w: usize,
+    h: usize,
+    format: PixelFormat,
+) -> Result<BgPlanes, String> {
+    let (iw, ih) = (img.width & !1, img.height & !1);
+    if iw == 0 || ih == 0 {
+        return Err("the background image is empty".into());
+    }
+    let (icw, ich) = (iw / 2, ih / 2);
+    let (mut y, mut u, mut v) = (vec![0; iw * ih], vec![0; icw * ich], vec![0; icw * ich]);
+    rgb24_to_i420(
+        Plane::new(&img.data, img.width * 3),
+        iw,
+        ih,
+        Matrix::Bt601,
+        PlaneMut::new(&mut y, iw),
+        PlaneMut::new(&mut u, icw),
+        PlaneMut::new(&mut v, icw),
+    )
+    .map_err(|e| e.to_string())?;
+    let (cw, ch) = (w / 2, h / 2);
+    let mut out = BgPlanes {
+        size: (w, h),
+        format: Some(format),
+        y: vec![0; w * h],
+        c: vec![0; 2 * cw * ch],
+    };
+    let (ou, ov) = out.c.split_at_mut(cw * ch);
+    scale_i420(
+        (Plane::new(&y, iw), Plane::new(&u, icw), Plane::new(&v, icw)),
+        iw,
+        ih,
+        (
+            PlaneMut::new(&mut out.y, w),
+            PlaneMut::new(ou, cw),
+            PlaneMut::new(ov, cw),
+        ),
+        w & !1,
+        h & !1,
+    )
+    .map_err(|e| e.to_string())?;
+    if format == PixelFormat::Nv12 {
+        let planar = out.c.clone();
+        for i in 0..cw * ch {
+            out.c[2 * i] = planar[i];
+            out.c[2 * i + 1] = planar[cw * ch + i];
+        }
+    }
+    Ok(out)
+}
+
+impl Stage for VirtualBackground {
+    fn kind(&self) -> &'static str {
+        "virtual_background"
+    }
+
+    fn process(&mut self, frame: &mut Frame) -> Result<StageOutcome, StageError> {
+        self.segment(frame)?;
+        self.prepare_background(frame)?;
+        let (w, h) = (frame.layout.width, frame.layout.height);
+        let (cw, ch) = (w / 2, h / 2);
+        let s = self.size;
+        self.alpha_y.resize(w * h, 0);
+        self.alpha_c.resize(cw * ch, 0);
+        let up = |dst: &mut [u8], dw: usize, dh: usize| {
+            scale_plane(
+                Plane::new(&self.mask, s),
+                s,
+                s,
+                PlaneMut::new(dst, dw),
+                dw,
+                dh,
+            )
+            .map_err(|e| err("pixel", e.to_string()))
+        };
+        up(&mut self.alpha_y, w, h)?;
+        up(&mut self.alpha_c, cw, ch)?;
+        composite(frame, &self.bg, &self.alpha_y, &self.alpha_c);
+        frame.meta.background_replaced = true;
+        Ok(StageOutcome::Keep)
+    }
+}

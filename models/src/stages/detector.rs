@@ -1,0 +1,132 @@
+//! A YOLOv8-style detector over a shared model: NudeNet's or Ultralytics' preprocessing,
+//! decode, NMS, labels; results as frame-metadata [`Object`]s. Every buffer is reused.
+
+use aegis_hal::Frame;
+use aegis_hal::analytics::{Object, ObjectSource};
+
+use crate::batch::BatchClient;
+use crate::engine::EngineError;
+use crate::preprocess::{ChannelOrder, Fit, InputSpec, planar};
+use crate::registry::{LoadedModel, ModelKind};
+use crate::yolo::{Detected, decode, nms};
+
+/// One detection with its label.
+#[derive(Debug, Clone, Copy)]
+pub struct Found {
+    /// As frame metadata (source `Detect`, no track yet).
+    pub object: Object,
+    /// The raw detection.
+    pub raw: Detected,
+}
+
+/// Decode and NMS thresholds.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Thresholds {
+    /// Anchors below this best-class score are skipped while decoding.
+    pub decode_min: f32,
+    /// Detections below this are dropped before NMS.
+    pub min_score: f32,
+    /// NMS IoU.
+    pub iou: f64,
+    /// NMS across classes.
+    pub agnostic: bool,
+}
+
+impl Thresholds {
+    /// NudeNet 3.4's own values (decode 0.2, keep 0.25, class-agnostic IoU 0.45).
+    pub const NUDENET: Thresholds = Thresholds {
+        decode_min: 0.2,
+        min_score: 0.25,
+        iou: 0.45,
+        agnostic: true,
+    };
+    /// Ultralytics' prediction defaults (0.25, per-class IoU 0.7).
+    pub const ULTRALYTICS: Thresholds = Thresholds {
+        decode_min: 0.25,
+        min_score: 0.25,
+        iou: 0.7,
+        agnostic: false,
+    };
+}
+
+/// A detector for one stream.
+pub struct Detector {
+    client: BatchClient,
+    spec: InputSpec,
+    labels: Vec<&'static str>,
+    /// Thresholds in use.
+    pub thresholds: Thresholds,
+    raw: Vec<Detected>,
+    found: Vec<Found>,
+}
+
+impl Detector {
+    /// A detector over `model` (a NudeNet or YOLOv8 kind) with the model kind's thresholds.
+    pub fn new(model: &LoadedModel) -> Self {
+        let s = model.spec.input_size;
+        let (order, fit, thresholds) = match model.spec.kind {
+            ModelKind::NudeNet => (ChannelOrder::Bgr, Fit::PadBottomRight, Thresholds::NUDENET),
+            _ => (
+                ChannelOrder::Rgb,
+                Fit::Centred { pad: 114.0 / 255.0 },
+                Thresholds::ULTRALYTICS,
+            ),
+        };
+        Detector {
+            client: model.client(),
+            spec: InputSpec {
+                width: s,
+                height: s,
+                order,
+                fit,
+            },
+            labels: model.labels.clone(),
+            thresholds,
+            raw: Vec::new(),
+            found: Vec::new(),
+        }
+    }
+
+    /// Detects on one frame; the result is valid until the next call.
+    pub fn detect(&mut self, frame: &Frame) -> Result<&[Found], EngineError> {
+        let s = self.spec.width;
+        let lb = planar(frame, self.spec, self.client.input(3 * s * s)).map_err(|e| {
+            EngineError::Run {
+                path: "preprocess".into(),
+                reason: e.to_string(),
+            }
+        })?;
+        let t = self.thresholds;
+        let classes = self.labels.len();
+        let (out, _) = self.client.run()?;
+        decode(out, classes, t.decode_min, lb, &mut self.raw).map_err(|e| EngineError::Run {
+            path: "decode".into(),
+            reason: e.to_string(),
+        })?;
+        self.raw.retain(|d| d.score >= t.min_score);
+        nms(&mut self.raw, t.iou, t.agnostic);
+        self.found.clear();
+        let (fw, fh) = (frame.layout.width as f32, frame.layout.height as f32);
+        for d in &self.raw {
+            let b = d.bbox;
+            let bbox = [
+                (b.x as f32).clamp(0.0, fw),
+                (b.y as f32).clamp(0.0, fh),
+                ((b.x + b.w) as f32).clamp(0.0, fw),
+                ((b.y + b.h) as f32).clamp(0.0, fh),
+            ];
+            self.found.push(Found {
+                object: Object {
+                    label: self.labels.get(d.class as usize).copied().unwrap_or("?"),
+                    class: d.class as u16,
+                    score: d.score,
+                    bbox,
+                    track_id: None,
+                    source: ObjectSource::Detect,
+                },
+                raw: *d,
+            });
+        }
+        Ok(&self.found)
+    }
+}

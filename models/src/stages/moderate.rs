@@ -1,0 +1,185 @@
+//! The content-moderation stage: NudeNet every N frames, classes mapped to a policy (blur
+//! the region, blur the frame, drop the frame, alert only) with per-class thresholds. The
+//! verdict of the last analysed frame holds for the frames in between, and becomes typed
+//! frame metadata ([`ModerationVerdict`]) either way.
+
+use aegis_hal::Frame;
+use aegis_hal::analytics::{ModerationAction, ModerationVerdict, Object, ObjectSource};
+use aegis_hal::stage::{Stage, StageError, StageOutcome};
+
+use super::detector::Detector;
+use super::pixels::{Rect, blur_rect};
+use crate::registry::LoadedModel;
+
+/// One policy rule: these classes, at or above this score, get this action.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Rule {
+    /// Class names (as the model's labels name them).
+    pub classes: Vec<String>,
+    /// Minimum score.
+    pub min_score: f32,
+    /// What to do.
+    pub action: ModerationAction,
+}
+
+/// Settings of the stage.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ModerationSettings {
+    /// Run the detector on every Nth frame (1 = every frame).
+    pub every_n_frames: u32,
+    /// The policy; a class in several rules takes the strongest action that fires.
+    pub rules: Vec<Rule>,
+    /// Blur strength (downscale factor) for region and frame blurs.
+    pub blur_strength: usize,
+}
+
+impl ModerationSettings {
+    /// A sensible default: exposed intimate parts blurred at 0.5, nothing else.
+    pub fn default_policy() -> Vec<Rule> {
+        vec![Rule {
+            classes: [
+                "FEMALE_GENITALIA_EXPOSED",
+                "MALE_GENITALIA_EXPOSED",
+                "FEMALE_BREAST_EXPOSED",
+                "BUTTOCKS_EXPOSED",
+                "ANUS_EXPOSED",
+            ]
+            .map(String::from)
+            .to_vec(),
+            min_score: 0.5,
+            action: ModerationAction::BlurRegion,
+        }]
+    }
+}
+
+/// A flagged region of the last analysed frame.
+#[derive(Debug, Clone, Copy)]
+struct Flag {
+    object: Object,
+    action: ModerationAction,
+}
+
+/// Content moderation for one stream.
+pub struct Moderation {
+    detector: Detector,
+    settings: ModerationSettings,
+    /// Per class index: (threshold, action) of the strongest rule naming it.
+    policy: Vec<Option<(f32, ModerationAction)>>,
+    flags: Vec<Flag>,
+    verdict: Option<ModerationVerdict>,
+    since: u32,
+    small: Vec<u8>,
+}
+
+impl Moderation {
+    /// The stage over a loaded detector. Fails when a rule names a class the model lacks.
+    pub fn new(model: &LoadedModel, settings: ModerationSettings) -> Result<Self, String> {
+        let mut policy = vec![None; model.labels.len()];
+        for rule in &settings.rules {
+            for class in &rule.classes {
+                let i = model
+                    .labels
+                    .iter()
+                    .position(|l| l == class)
+                    .ok_or_else(|| {
+                        format!(
+                            "model {} has no class {class:?} (it has: {})",
+                            model.spec.name,
+                            model.labels.join(", ")
+                        )
+                    })?;
+                let slot: &mut Option<(f32, ModerationAction)> = &mut policy[i];
+                if slot.is_none_or(|(_, a)| rule.action > a) {
+                    *slot = Some((rule.min_score, rule.action));
+                }
+            }
+        }
+        Ok(Moderation {
+            detector: Detector::new(model),
+            settings,
+            policy,
+            flags: Vec::new(),
+            verdict: None,
+            since: u32::MAX,
+            small: Vec::new(),
+        })
+    }
+
+    fn analyse(&mut self, frame: &Frame) -> Result<(), StageError> {
+        let dets = self.detector.detect(frame).map_err(|e| StageError {
+            stage: "moderate",
+            error_type: "inference",
+            message: e.to_string(),
+        })?;
+        self.flags.clear();
+        let mut verdict: Option<ModerationVerdict> = None;
+        for d in dets {
+            let Some((min, action)) = self.policy.get(d.object.class as usize).copied().flatten()
+            else {
+                continue;
+            };
+            if d.object.score < min {
+                continue;
+            }
+            let mut object = d.object;
+            object.source = ObjectSource::Moderate;
+            self.flags.push(Flag { object, action });
+            let v = verdict.get_or_insert(ModerationVerdict {
+                action,
+                label: object.label,
+                score: object.score,
+                flagged: 0,
+                analysed_seq: frame.seq,
+            });
+            v.flagged += 1;
+            if action > v.action || action == v.action && object.score > v.score {
+                (v.action, v.label, v.score) = (action, object.label, object.score);
+            }
+        }
+        self.verdict = verdict;
+        Ok(())
+    }
+}
+
+impl Stage for Moderation {
+    fn kind(&self) -> &'static str {
+        "moderate"
+    }
+
+    fn process(&mut self, frame: &mut Frame) -> Result<StageOutcome, StageError> {
+        if self.since >= self.settings.every_n_frames.max(1) - 1 {
+            self.since = 0;
+            self.analyse(frame)?;
+        } else {
+            self.since += 1;
+        }
+        frame.meta.objects.clear_from(ObjectSource::Moderate);
+        for f in &self.flags {
+            frame.meta.objects.push(f.object);
+        }
+        frame.meta.moderation = self.verdict;
+        let Some(verdict) = self.verdict else {
+            return Ok(StageOutcome::Keep);
+        };
+        let (w, h) = (frame.layout.width, frame.layout.height);
+        let strength = self.settings.blur_strength.max(2);
+        match verdict.action {
+            ModerationAction::Drop => return Ok(StageOutcome::Drop),
+            ModerationAction::BlurFrame => {
+                if let Some(r) = Rect::from_box([0.0, 0.0, w as f32, h as f32], 0.0, w, h) {
+                    blur_rect(frame, r, strength, &mut self.small);
+                }
+            }
+            ModerationAction::BlurRegion | ModerationAction::Alert => {
+                for f in &self.flags {
+                    if f.action == ModerationAction::BlurRegion
+                        && let Some(r) = Rect::from_box(f.object.bbox, 0.1, w, h)
+                    {
+                        blur_rect(frame, r, strength, &mut self.small);
+                    }
+                }
+            }
+        }
+        Ok(StageOutcome::Keep)
+    }
+}
