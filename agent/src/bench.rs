@@ -304,6 +304,7 @@ fn run_pipeline(
     let opts = RunOptions {
         force_realtime: Some(false),
         decoder_threads: threads,
+        inference: None,
     };
     let sampling = Arc::new(AtomicBool::new(true));
     let sampler = {

@@ -120,6 +120,25 @@ enum Command {
 
 #[derive(Subcommand, Debug)]
 enum BenchCommand {
+    /// The inference stages at 720p: p50/p99 per stage, engine vs pre/post time, batching
+    /// gain, and pipeline fps with the stages on vs off.
+    Stages {
+        /// Config whose stages and models to time (default: the built-in demo config).
+        #[arg(long)]
+        config: Option<PathBuf>,
+        /// Clip to decode frames from (default: the 720p demo sample).
+        #[arg(long)]
+        clip: Option<PathBuf>,
+        /// Frames decoded and timed per round.
+        #[arg(long, default_value_t = 60)]
+        frames: usize,
+        /// Rounds over the frames.
+        #[arg(long, default_value_t = 2)]
+        rounds: usize,
+        /// Also write the results as JSON here.
+        #[arg(long)]
+        json: Option<PathBuf>,
+    },
     /// Live RTSP sources against a loopback GStreamer server: restart → first frame, CPU per
     /// stream, fps kept with several streams.
     Rtsp {
@@ -183,6 +202,7 @@ pub fn main() -> ExitCode {
                     options: RunOptions {
                         force_realtime: realtime.then_some(true),
                         decoder_threads: 0,
+                        inference: None,
                     },
                     ..Default::default()
                 };
@@ -240,6 +260,19 @@ pub fn main() -> ExitCode {
         } => {
             crate::logging::init(log_override.unwrap_or(LogFormat::Human), "error");
             bench_rtsp(clip, server, restarts, streams, seconds, json)
+        }
+        Command::Bench {
+            what:
+                BenchCommand::Stages {
+                    config,
+                    clip,
+                    frames,
+                    rounds,
+                    json,
+                },
+        } => {
+            crate::logging::init(log_override.unwrap_or(LogFormat::Human), "warn");
+            bench_stages(config, clip, frames, rounds, json)
         }
         Command::Sample(spec) => {
             crate::logging::init(log_override.unwrap_or(LogFormat::Human), "info");
@@ -420,6 +453,7 @@ fn demo(fast: bool, serve: bool, listen: Option<SocketAddr>) -> anyhow::Result<(
         options: RunOptions {
             force_realtime: Some(!fast),
             decoder_threads: 0,
+            inference: None,
         },
         linger: serve,
         scrape_metrics: true,
@@ -534,6 +568,34 @@ fn bench(
     if let Some(path) = json {
         std::fs::write(&path, serde_json::to_string_pretty(&results)?)
             .with_context(|| format!("writing {}", path.display()))?;
+    }
+    Ok(())
+}
+
+fn bench_stages(
+    config: Option<PathBuf>,
+    clip: Option<PathBuf>,
+    frames: usize,
+    rounds: usize,
+    json: Option<PathBuf>,
+) -> anyhow::Result<()> {
+    let cfg = match config {
+        Some(p) => aegis_config::load(&p).map_err(|e| anyhow::anyhow!("{e}"))?,
+        None => aegis_config::from_yaml_str(DEMO_CONFIG, "demo.yaml (built in)")
+            .map_err(|e| anyhow::anyhow!("{e}"))?,
+    };
+    let clip = match clip {
+        Some(c) => c,
+        None => {
+            let c = Path::new(SAMPLES_DIR).join("demo.mp4");
+            ensure_sample(&c, 1280, 720)?;
+            c
+        }
+    };
+    let r = crate::bench_stages::run(&cfg, &clip, frames.max(1), rounds.max(1))?;
+    crate::bench_stages::print(&r);
+    if let Some(p) = json {
+        std::fs::write(&p, serde_json::to_string_pretty(&r)?)?;
     }
     Ok(())
 }

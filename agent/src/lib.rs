@@ -7,7 +7,9 @@
 pub mod alloc;
 pub mod bench;
 pub mod bench_rtsp;
+pub mod bench_stages;
 pub mod cli;
+pub mod inference;
 pub mod logging;
 pub mod metrics;
 pub mod pipeline;

@@ -99,11 +99,24 @@ pub async fn run(
     let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     let mut sigint = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt())?;
     let started = Instant::now();
+    let (config_inference, config_cuda_device) = (cfg.inference.clone(), cfg.backend.cuda_device);
     let pipeline = {
         let cfg = pipeline_cfg.clone();
         let metrics = metrics.clone();
-        let opts = req.options.clone();
-        tokio::task::spawn_blocking(move || Pipeline::start(&cfg, metrics, &opts)).await??
+        let mut opts = req.options.clone();
+        let inference_cfg = config_inference.clone();
+        let cuda_device = config_cuda_device;
+        tokio::task::spawn_blocking(move || -> anyhow::Result<Pipeline> {
+            if opts.inference.is_none() {
+                opts.inference = Some(crate::inference::Inference::load(
+                    &inference_cfg,
+                    &cfg,
+                    cuda_device,
+                )?);
+            }
+            Ok(Pipeline::start(&cfg, metrics, &opts)?)
+        })
+        .await??
     };
     let mut tick = tokio::time::interval(Duration::from_millis(100));
     let mut interrupted = false;

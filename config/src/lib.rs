@@ -30,12 +30,15 @@ use std::path::Path;
 
 pub use error::{ConfigError, Problem};
 pub use model::{
-    AgentConfig, BackendConfig, BackendKind, CaptureConfig, CaptureFormat, DeviceConfig,
-    DiscardSink, EncoderConfig, FleetConfig, GpsConfig, ImuConfig, LogConfig, LogFormat,
-    PassthroughStage, PipelineConfig, RecordSink, RtspTransport, Secret, SensorsConfig, SinkConfig,
-    SourceConfig, SourceLocation, StageConfig, StoreConfig, TimestampOverlayStage, VideoCodec,
-    WebConfig,
+    AgentConfig, BackendConfig, BackendKind, CaptureConfig, CaptureFormat, DetectStage,
+    DeviceConfig, DiscardSink, EncoderConfig, FleetConfig, GpsConfig, ImuConfig, InferenceConfig,
+    InferenceProvider, LogConfig, LogFormat, ModelConfig, ModelKindConfig, ModerateStage,
+    ModerationActionConfig, ModerationRule, PassthroughStage, PipelineConfig, RecordSink,
+    RtspTransport, Secret, SensorsConfig, SinkConfig, SourceConfig, SourceLocation, StageConfig,
+    StoreConfig, TensorRtOptions, TimestampOverlayStage, TrackerParams, VideoCodec,
+    VirtualBackgroundStage, WebConfig,
 };
+pub use validate::parse_colour;
 
 /// Largest configuration file [`load`] accepts, in bytes (1 MiB).
 pub const MAX_CONFIG_BYTES: u64 = parse::MAX_TEXT_BYTES as u64;

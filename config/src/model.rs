@@ -84,6 +84,9 @@ const DEFAULT_KEEPALIVE_S: u32 = 30;
 pub(crate) const KEEPALIVE_S_RANGE: RangeInclusive<u32> = 5..=3600;
 /// Default listen address of the local web server.
 const DEFAULT_WEB_LISTEN: &str = "127.0.0.1:8080";
+/// Default ONNX Runtime library (where the Yocto layer and the Debian
+/// package install it).
+const DEFAULT_ORT_RUNTIME: &str = "/usr/lib/aegis/libonnxruntime.so";
 /// Default log filter.
 const DEFAULT_LOG_LEVEL: &str = "info";
 
@@ -144,6 +147,54 @@ fn default_web_listen() -> String {
 fn default_log_level() -> String {
     DEFAULT_LOG_LEVEL.to_owned()
 }
+fn default_smoothing() -> f32 {
+    0.6
+}
+fn default_feather() -> u32 {
+    2
+}
+fn default_mask_threshold() -> f32 {
+    0.25
+}
+fn default_rule_score() -> f32 {
+    0.5
+}
+fn default_every_n_frames() -> u32 {
+    5
+}
+fn default_blur_strength() -> u32 {
+    24
+}
+fn default_track_iou() -> f64 {
+    0.3
+}
+fn default_track_max_age() -> u32 {
+    30
+}
+fn default_track_min_hits() -> u32 {
+    3
+}
+fn default_track_low_score() -> f64 {
+    0.1
+}
+fn default_detect_score() -> f32 {
+    0.4
+}
+fn default_nms_iou() -> f64 {
+    0.45
+}
+fn default_model_version() -> u32 {
+    1
+}
+fn default_ort_runtime() -> PathBuf {
+    PathBuf::from(DEFAULT_ORT_RUNTIME)
+}
+fn default_max_batch() -> u32 {
+    8
+}
+fn default_batch_window_ms() -> u32 {
+    4
+}
 
 // ---------------------------------------------------------------------------
 // Root
@@ -178,6 +229,9 @@ pub struct AgentConfig {
     /// Optional auxiliary sensors (GPS, IMU).
     #[serde(default)]
     pub sensors: SensorsConfig,
+    /// The inference runtime and the models the stages use.
+    #[serde(default)]
+    pub inference: InferenceConfig,
     /// Logging output.
     #[serde(default)]
     pub log: LogConfig,
@@ -466,6 +520,144 @@ pub enum StageConfig {
     /// Draws the frame timestamp (and optionally the stream id) onto the
     /// picture.
     TimestampOverlay(TimestampOverlayStage),
+    /// Segments the person and replaces the background (image, blur or
+    /// colour).
+    VirtualBackground(VirtualBackgroundStage),
+    /// Runs a nudity detector every N frames and blurs, drops or flags
+    /// frames by policy.
+    Moderate(ModerateStage),
+    /// Detects objects with a YOLOv8-style model and tracks them with stable
+    /// ids.
+    Detect(DetectStage),
+}
+
+/// Settings of the `virtual_background` stage. Give exactly one of `image`,
+/// `blur` or `colour`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct VirtualBackgroundStage {
+    /// Name of a `selfie_segmentation` model in `inference.models`.
+    pub model: String,
+    /// Background picture (PNG), stretched to the frame.
+    #[serde(default)]
+    pub image: Option<PathBuf>,
+    /// Blur the real background instead; strength 2 to 64 (larger is
+    /// blurrier).
+    #[serde(default)]
+    pub blur: Option<u32>,
+    /// A solid colour instead, as `#rrggbb`.
+    #[serde(default)]
+    pub colour: Option<String>,
+    /// Temporal smoothing 0 to 0.95: how much an uncertain mask pixel keeps of
+    /// the previous frame (less flicker at the edges; confident pixels follow
+    /// at once).
+    #[serde(default = "default_smoothing")]
+    pub smoothing: f32,
+    /// Edge feather radius in mask pixels (0 to 8; the mask is 256x256).
+    #[serde(default = "default_feather")]
+    pub feather: u32,
+    /// Mask values below this are background and above 1 - threshold person;
+    /// in between they blend (0 to 0.49).
+    #[serde(default = "default_mask_threshold")]
+    pub threshold: f32,
+}
+
+/// A moderation action, weakest first.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum ModerationActionConfig {
+    /// Only record the verdict (an event).
+    Alert,
+    /// Blur the detected region.
+    BlurRegion,
+    /// Blur the whole frame.
+    BlurFrame,
+    /// Drop the frame from every output.
+    Drop,
+}
+
+/// One moderation rule.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ModerationRule {
+    /// Class names of the model (e.g. `FEMALE_BREAST_EXPOSED`).
+    pub classes: Vec<String>,
+    /// Minimum detection score, 0 to 1.
+    #[serde(default = "default_rule_score")]
+    pub min_score: f32,
+    /// What to do.
+    pub action: ModerationActionConfig,
+}
+
+/// Settings of the `moderate` stage.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ModerateStage {
+    /// Name of a `nudenet` (or other detector) model in `inference.models`.
+    pub model: String,
+    /// Run the detector on every Nth frame (1 to 300); the verdict holds in
+    /// between.
+    #[serde(default = "default_every_n_frames")]
+    pub every_n_frames: u32,
+    /// Blur strength 2 to 64.
+    #[serde(default = "default_blur_strength")]
+    pub blur_strength: u32,
+    /// The policy. Omitted: exposed intimate parts are blurred at score 0.5.
+    #[serde(default)]
+    pub rules: Option<Vec<ModerationRule>>,
+}
+
+/// Tracker parameters of the `detect` stage.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct TrackerParams {
+    /// Least IoU between a track's prediction and a detection to match (0 to 1).
+    #[serde(default = "default_track_iou")]
+    pub iou_threshold: f64,
+    /// Frames a track survives without a match (death), 1 to 300.
+    #[serde(default = "default_track_max_age")]
+    pub max_age: u32,
+    /// Consecutive matches before a track is reported (birth), 1 to 30.
+    #[serde(default = "default_track_min_hits")]
+    pub min_hits: u32,
+    /// Detections below this score only extend existing tracks (ByteTrack's
+    /// second pass), 0 to 1.
+    #[serde(default = "default_track_low_score")]
+    pub low_score: f64,
+}
+
+impl Default for TrackerParams {
+    fn default() -> Self {
+        TrackerParams {
+            iou_threshold: default_track_iou(),
+            max_age: default_track_max_age(),
+            min_hits: default_track_min_hits(),
+            low_score: default_track_low_score(),
+        }
+    }
+}
+
+/// Settings of the `detect` stage.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct DetectStage {
+    /// Name of a `yolov8` or `nudenet` model in `inference.models`.
+    pub model: String,
+    /// Only these class names (omitted or empty: all classes).
+    #[serde(default)]
+    pub classes: Vec<String>,
+    /// Minimum score of a detection that may start a track (0 to 1).
+    #[serde(default = "default_detect_score")]
+    pub min_score: f32,
+    /// Non-maximum suppression IoU (0 to 1).
+    #[serde(default = "default_nms_iou")]
+    pub nms_iou: f64,
+    /// Draw the tracked boxes into the picture.
+    #[serde(default = "default_true")]
+    pub draw: bool,
+    /// Tracker parameters.
+    #[serde(default)]
+    pub tracker: TrackerParams,
 }
 
 /// Settings of the `passthrough` stage (it has none).
@@ -648,6 +840,134 @@ impl Default for WebConfig {
         Self {
             listen: default_web_listen(),
             metrics_public: default_true(),
+        }
+    }
+}
+
+/// Where ONNX Runtime runs the models.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum InferenceProvider {
+    /// The CPU (always available).
+    #[default]
+    Cpu,
+    /// NVIDIA CUDA (`backend.cuda_device` picks the GPU).
+    Cuda,
+    /// NVIDIA TensorRT through ONNX Runtime (CUDA for the rest of the graph).
+    Tensorrt,
+}
+
+/// TensorRT options, passed through to ONNX Runtime's TensorRT provider.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct TensorRtOptions {
+    /// Cache built engines (and timing data) here; building takes minutes.
+    #[serde(default)]
+    pub engine_cache_dir: Option<PathBuf>,
+    /// Build fp16 engines.
+    #[serde(default)]
+    pub fp16: bool,
+    /// Build int8 engines (needs `int8_calibration_table`).
+    #[serde(default)]
+    pub int8: bool,
+    /// The int8 calibration table's file name.
+    #[serde(default)]
+    pub int8_calibration_table: Option<String>,
+}
+
+/// What a model is (fixes its pre- and post-processing).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum ModelKindConfig {
+    /// MediaPipe selfie segmentation converted to ONNX (input 256).
+    SelfieSegmentation,
+    /// NudeNet 320n (YOLOv8n, 18 built-in classes; input 320).
+    Nudenet,
+    /// Any Ultralytics YOLOv8-style detector (needs `labels`; input 640
+    /// unless `input_size` says otherwise).
+    Yolov8,
+}
+
+/// One model file.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ModelConfig {
+    /// Name the stages use (same rules as ids).
+    pub name: String,
+    /// Version (what signed workflows require).
+    #[serde(default = "default_model_version")]
+    pub version: u32,
+    /// Kind.
+    pub kind: ModelKindConfig,
+    /// The ONNX file.
+    pub file: PathBuf,
+    /// Expected SHA-256 (64 hex digits); a different file is refused at
+    /// start-up.
+    #[serde(default)]
+    pub sha256: Option<String>,
+    /// Square input side in pixels (32 to 2048; default by kind).
+    #[serde(default)]
+    pub input_size: Option<u32>,
+    /// Class names, one per line (required for `yolov8`).
+    #[serde(default)]
+    pub labels: Option<PathBuf>,
+}
+
+impl ModelConfig {
+    /// The input side: configured, else the kind's.
+    pub fn input_size(&self) -> u32 {
+        self.input_size.unwrap_or(match self.kind {
+            ModelKindConfig::SelfieSegmentation => 256,
+            ModelKindConfig::Nudenet => 320,
+            ModelKindConfig::Yolov8 => 640,
+        })
+    }
+}
+
+/// The inference runtime and models.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct InferenceConfig {
+    /// ONNX Runtime shared library, loaded at start-up (JetPack's on a
+    /// Jetson; `just models` fetches the PyPI build for development).
+    #[serde(default = "default_ort_runtime")]
+    pub runtime: PathBuf,
+    /// Execution provider.
+    #[serde(default)]
+    pub provider: InferenceProvider,
+    /// Run on the CPU when the provider cannot be used (logged), instead of
+    /// refusing to start.
+    #[serde(default = "default_true")]
+    pub cpu_fallback: bool,
+    /// Threads per model session (0 = all cores).
+    #[serde(default)]
+    pub threads: u32,
+    /// Most frames of different streams per inference call (1 to 64).
+    #[serde(default = "default_max_batch")]
+    pub max_batch: u32,
+    /// How long a frame waits for the other streams' frames to batch with
+    /// (0 to 100 ms).
+    #[serde(default = "default_batch_window_ms")]
+    pub batch_window_ms: u32,
+    /// TensorRT options.
+    #[serde(default)]
+    pub tensorrt: TensorRtOptions,
+    /// The models the stages may name.
+    #[serde(default)]
+    pub models: Vec<ModelConfig>,
+}
+
+impl Default for InferenceConfig {
+    fn default() -> Self {
+        InferenceConfig {
+            runtime: default_ort_runtime(),
+            provider: InferenceProvider::Cpu,
+            cpu_fallback: true,
+            threads: 0,
+            max_batch: default_max_batch(),
+            batch_window_ms: default_batch_window_ms(),
+            tensorrt: TensorRtOptions::default(),
+            models: Vec::new(),
         }
     }
 }

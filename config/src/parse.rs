@@ -25,10 +25,24 @@ use crate::validate;
 pub(crate) const MAX_TEXT_BYTES: usize = 1024 * 1024;
 
 const ROOT_KEYS: &[&str] = &[
-    "device", "backend", "pipeline", "store", "fleet", "web", "sensors", "log",
+    "device",
+    "backend",
+    "pipeline",
+    "store",
+    "fleet",
+    "web",
+    "sensors",
+    "inference",
+    "log",
 ];
 const PIPELINE_KEYS: &[&str] = &["sources", "stages", "sinks", "pool_frames", "queue_depth"];
-const STAGE_KINDS: &[&str] = &["passthrough", "timestamp_overlay"];
+const STAGE_KINDS: &[&str] = &[
+    "passthrough",
+    "timestamp_overlay",
+    "virtual_background",
+    "moderate",
+    "detect",
+];
 const SINK_KINDS: &[&str] = &["record", "discard"];
 
 /// Parses text to a YAML value, enforcing size, anchor and depth rules.
@@ -134,12 +148,21 @@ fn build_agent(value: Value, problems: &mut Vec<Problem>) -> Option<AgentConfig>
         problems,
         Checks::fields(validate::check_sensors),
     );
+    let inference = section(
+        &mut root,
+        "inference",
+        problems,
+        Checks::fields(validate::check_inference),
+    );
     let log = section(
         &mut root,
         "log",
         problems,
         Checks::fields(validate::check_log),
     );
+    if let (Some(pipeline), Some(inference)) = (&pipeline, &inference) {
+        validate::check_stage_models(pipeline, inference, "pipeline", problems);
+    }
     Some(AgentConfig {
         device: device?,
         backend: backend?,
@@ -148,6 +171,7 @@ fn build_agent(value: Value, problems: &mut Vec<Problem>) -> Option<AgentConfig>
         fleet: fleet?,
         web: web?,
         sensors: sensors?,
+        inference: inference?,
         log: log?,
     })
 }
@@ -302,6 +326,11 @@ fn build_stage(value: Value, path: &str, problems: &mut Vec<Problem>) -> Option<
                 "timestamp_overlay" => {
                     recover(rest, path, problems).map(StageConfig::TimestampOverlay)
                 }
+                "virtual_background" => {
+                    recover(rest, path, problems).map(StageConfig::VirtualBackground)
+                }
+                "moderate" => recover(rest, path, problems).map(StageConfig::Moderate),
+                "detect" => recover(rest, path, problems).map(StageConfig::Detect),
                 _ => return None,
             };
             if let Some(stage) = &built {

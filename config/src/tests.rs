@@ -47,7 +47,7 @@ fn demo_example_parses() {
         SourceLocation::File(PathBuf::from(".samples/demo.mp4"))
     );
     assert!(!config.pipeline.sources[0].loop_);
-    assert_eq!(config.pipeline.stages.len(), 2);
+    assert_eq!(config.pipeline.stages.len(), 4);
     match &config.pipeline.sinks[..] {
         [SinkConfig::Record(record)] => {
             assert_eq!(record.dir, Path::new(".demo/recordings"));
@@ -186,7 +186,8 @@ fn unknown_kind_lists_valid_kinds() {
     assert_eq!(problems[0].path, "pipeline.stages[0].kind");
     assert_eq!(
         problems[0].reason,
-        "unknown kind \"blur\", expected one of: passthrough, timestamp_overlay"
+        "unknown kind \"blur\", expected one of: passthrough, timestamp_overlay, \
+         virtual_background, moderate, detect"
     );
     assert_eq!(problems[1].path, "pipeline.sinks[0].kind");
     assert!(problems[1].reason.contains("record, discard"));
@@ -701,4 +702,68 @@ fn record_sinks_must_not_share_directories() {
     let text =
         minimal() + "  sinks:\n    - {kind: record, dir: /a}\n    - {kind: record, dir: /b}\n";
     ok(&text);
+}
+
+const INFERENCE: &str = "inference:
+  runtime: lib/libonnxruntime.so
+  models:
+    - {name: seg, kind: selfie_segmentation, file: m/seg.onnx}
+    - {name: nn, kind: nudenet, file: m/nn.onnx, sha256: c15d8273adad2d0a92f014cc69ab2d6c311a06777a55545f2c4eb46f51911f0f}
+";
+
+#[test]
+fn inference_stages_parse_with_defaults() {
+    let text = format!(
+        "{}  stages:\n    - {{kind: virtual_background, model: seg, colour: '#00ff00'}}\n    - {{kind: moderate, model: nn}}\n    - {{kind: detect, model: nn, classes: [FACE_FEMALE]}}\n{INFERENCE}",
+        minimal()
+    );
+    let config = crate::from_yaml_str(&text, "t.yaml").unwrap();
+    assert_eq!(config.inference.models.len(), 2);
+    assert_eq!(config.inference.models[1].input_size(), 320);
+    match &config.pipeline.stages[1] {
+        StageConfig::Moderate(m) => {
+            assert_eq!((m.every_n_frames, m.rules.is_none()), (5, true));
+        }
+        other => panic!("{other:?}"),
+    }
+    match &config.pipeline.stages[2] {
+        StageConfig::Detect(d) => assert_eq!(d.tracker.min_hits, 3),
+        other => panic!("{other:?}"),
+    }
+}
+
+#[test]
+fn inference_problems_are_named() {
+    let text = format!(
+        "{}  stages:
+    - {{kind: virtual_background, model: seg, blur: 1, colour: green}}
+    - {{kind: detect, model: seg}}
+    - {{kind: moderate, model: nope, rules: [{{classes: [], action: drop, min_score: 2}}]}}
+inference:
+  max_batch: 0
+  models:
+    - {{name: seg, kind: selfie_segmentation, file: a.onnx, sha256: abc}}
+    - {{name: seg, kind: yolov8, file: b.onnx}}
+",
+        minimal()
+    );
+    let paths = paths_of(&text);
+    for want in [
+        "pipeline.stages[0]",
+        "pipeline.stages[0].blur",
+        "pipeline.stages[0].colour",
+        "pipeline.stages[1].model",
+        "pipeline.stages[2].model",
+        "pipeline.stages[2].rules[0].classes",
+        "pipeline.stages[2].rules[0].min_score",
+        "inference.max_batch",
+        "inference.models[0].sha256",
+        "inference.models[1].name",
+        "inference.models[1].labels",
+    ] {
+        assert!(
+            paths.iter().any(|p| p == want),
+            "{want} missing from {paths:?}"
+        );
+    }
 }

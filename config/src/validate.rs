@@ -14,10 +14,10 @@ use std::path::PathBuf;
 use crate::error::Problem;
 use crate::model::{
     BITRATE_KBPS_RANGE, BackendConfig, BackendKind, DeviceConfig, EncoderConfig, FleetConfig,
-    GOP_FRAMES_RANGE, KEEPALIVE_S_RANGE, LogConfig, MAX_ENCODER_THREADS, MAX_ID_LEN,
-    MIN_DISK_BUDGET_MB, OVERLAY_SCALE_RANGE, POOL_FRAMES_RANGE, PRESETS, QUEUE_DEPTH_RANGE,
-    SEGMENT_SECONDS_RANGE, SensorsConfig, SinkConfig, SourceConfig, SourceLocation, StageConfig,
-    StoreConfig, WebConfig,
+    GOP_FRAMES_RANGE, InferenceConfig, KEEPALIVE_S_RANGE, LogConfig, MAX_ENCODER_THREADS,
+    MAX_ID_LEN, MIN_DISK_BUDGET_MB, ModelKindConfig, OVERLAY_SCALE_RANGE, POOL_FRAMES_RANGE,
+    PRESETS, PipelineConfig, QUEUE_DEPTH_RANGE, SEGMENT_SECONDS_RANGE, SensorsConfig, SinkConfig,
+    SourceConfig, SourceLocation, StageConfig, StoreConfig, WebConfig,
 };
 use crate::recover::{join_index, join_key};
 
@@ -371,6 +371,192 @@ pub(crate) fn check_stage(stage: &StageConfig, prefix: &str, out: &mut Vec<Probl
                 overlay.scale,
                 &OVERLAY_SCALE_RANGE,
             );
+        }
+        StageConfig::VirtualBackground(vb) => {
+            check_not_empty(out, join_key(prefix, "model"), &vb.model);
+            let given = [vb.image.is_some(), vb.blur.is_some(), vb.colour.is_some()];
+            if given.iter().filter(|g| **g).count() != 1 {
+                out.push(Problem::new(
+                    prefix.to_string(),
+                    "give exactly one of `image`, `blur` or `colour`",
+                ));
+            }
+            if let Some(b) = vb.blur {
+                check_range(out, join_key(prefix, "blur"), b, &(2..=64));
+            }
+            if let Some(c) = &vb.colour
+                && parse_colour(c).is_none()
+            {
+                out.push(Problem::new(
+                    join_key(prefix, "colour"),
+                    format!("{c:?} is not a #rrggbb colour"),
+                ));
+            }
+            check_range(
+                out,
+                join_key(prefix, "smoothing"),
+                vb.smoothing,
+                &(0.0..=0.95),
+            );
+            check_range(out, join_key(prefix, "feather"), vb.feather, &(0..=8));
+            check_range(
+                out,
+                join_key(prefix, "threshold"),
+                vb.threshold,
+                &(0.0..=0.49),
+            );
+        }
+        StageConfig::Moderate(m) => {
+            check_not_empty(out, join_key(prefix, "model"), &m.model);
+            check_range(
+                out,
+                join_key(prefix, "every_n_frames"),
+                m.every_n_frames,
+                &(1..=300),
+            );
+            check_range(
+                out,
+                join_key(prefix, "blur_strength"),
+                m.blur_strength,
+                &(2..=64),
+            );
+            for (i, rule) in m.rules.iter().flatten().enumerate() {
+                let p = format!("{}[{i}]", join_key(prefix, "rules"));
+                if rule.classes.is_empty() {
+                    out.push(Problem::new(
+                        join_key(&p, "classes"),
+                        "must name at least one class",
+                    ));
+                }
+                check_range(out, join_key(&p, "min_score"), rule.min_score, &(0.0..=1.0));
+            }
+        }
+        StageConfig::Detect(d) => {
+            check_not_empty(out, join_key(prefix, "model"), &d.model);
+            check_range(
+                out,
+                join_key(prefix, "min_score"),
+                d.min_score,
+                &(0.0..=1.0),
+            );
+            check_range(out, join_key(prefix, "nms_iou"), d.nms_iou, &(0.0..=1.0));
+            let t = join_key(prefix, "tracker");
+            check_range(
+                out,
+                join_key(&t, "iou_threshold"),
+                d.tracker.iou_threshold,
+                &(0.0..=1.0),
+            );
+            check_range(out, join_key(&t, "max_age"), d.tracker.max_age, &(1..=300));
+            check_range(out, join_key(&t, "min_hits"), d.tracker.min_hits, &(1..=30));
+            check_range(
+                out,
+                join_key(&t, "low_score"),
+                d.tracker.low_score,
+                &(0.0..=1.0),
+            );
+        }
+    }
+}
+
+/// `#rrggbb` → RGB.
+pub fn parse_colour(text: &str) -> Option<[u8; 3]> {
+    let hex = text.strip_prefix('#')?;
+    if hex.len() != 6 || !hex.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return None;
+    }
+    let v = u32::from_str_radix(hex, 16).ok()?;
+    Some([(v >> 16) as u8, (v >> 8) as u8, v as u8])
+}
+
+pub(crate) fn check_inference(inf: &InferenceConfig, prefix: &str, out: &mut Vec<Problem>) {
+    check_not_empty(
+        out,
+        join_key(prefix, "runtime"),
+        &inf.runtime.to_string_lossy(),
+    );
+    check_range(out, join_key(prefix, "max_batch"), inf.max_batch, &(1..=64));
+    check_range(
+        out,
+        join_key(prefix, "batch_window_ms"),
+        inf.batch_window_ms,
+        &(0..=100),
+    );
+    check_range(out, join_key(prefix, "threads"), inf.threads, &(0..=256));
+    if inf.tensorrt.int8 && inf.tensorrt.int8_calibration_table.is_none() {
+        out.push(Problem::new(
+            join_key(prefix, "tensorrt.int8_calibration_table"),
+            "int8 engines need a calibration table",
+        ));
+    }
+    let mut seen = std::collections::HashSet::new();
+    for (i, m) in inf.models.iter().enumerate() {
+        let p = format!("{}[{i}]", join_key(prefix, "models"));
+        check_id(out, join_key(&p, "name"), &m.name);
+        if !seen.insert(m.name.as_str()) {
+            out.push(Problem::new(
+                join_key(&p, "name"),
+                format!("model {:?} is defined twice", m.name),
+            ));
+        }
+        check_not_empty(out, join_key(&p, "file"), &m.file.to_string_lossy());
+        if let Some(sha) = &m.sha256
+            && (sha.len() != 64 || !sha.bytes().all(|b| b.is_ascii_hexdigit()))
+        {
+            out.push(Problem::new(
+                join_key(&p, "sha256"),
+                "must be 64 hex digits",
+            ));
+        }
+        check_range(
+            out,
+            join_key(&p, "input_size"),
+            m.input_size(),
+            &(32..=2048),
+        );
+        if m.kind == ModelKindConfig::Yolov8 && m.labels.is_none() {
+            out.push(Problem::new(
+                join_key(&p, "labels"),
+                "a yolov8 model needs a labels file (one class name per line)",
+            ));
+        }
+    }
+}
+
+/// Every model-using stage names a model of a fitting kind in `inference.models`.
+pub(crate) fn check_stage_models(
+    pipeline: &PipelineConfig,
+    inference: &InferenceConfig,
+    prefix: &str,
+    out: &mut Vec<Problem>,
+) {
+    for (i, stage) in pipeline.stages.iter().enumerate() {
+        let (name, kinds): (&str, &[ModelKindConfig]) = match stage {
+            StageConfig::VirtualBackground(v) => (&v.model, &[ModelKindConfig::SelfieSegmentation]),
+            StageConfig::Moderate(m) => (
+                &m.model,
+                &[ModelKindConfig::Nudenet, ModelKindConfig::Yolov8],
+            ),
+            StageConfig::Detect(d) => (
+                &d.model,
+                &[ModelKindConfig::Nudenet, ModelKindConfig::Yolov8],
+            ),
+            _ => continue,
+        };
+        let path = format!("{}[{i}].model", join_key(prefix, "stages"));
+        match inference.models.iter().find(|m| m.name == name) {
+            None => out.push(Problem::new(
+                path,
+                format!("no model {name:?} in inference.models"),
+            )),
+            Some(m) if !kinds.contains(&m.kind) => out.push(Problem::new(
+                path,
+                format!(
+                    "model {name:?} is a {:?} model; this stage cannot use it",
+                    m.kind
+                ),
+            )),
+            Some(_) => {}
         }
     }
 }

@@ -46,6 +46,7 @@ struct State {
     shutdown: bool,
     batches: u64,
     items: u64,
+    engine: Duration,
 }
 
 struct Shared {
@@ -70,17 +71,36 @@ pub struct BatchStats {
     pub batches: u64,
     /// Requests served.
     pub items: u64,
+    /// Time spent inside the engine.
+    pub engine: Duration,
 }
 
-/// The owner of a model's session; serves [`BatchClient`]s until dropped.
-pub struct Batcher {
+/// Stops the batch thread when the last [`Batcher`] or [`BatchClient`] handle goes.
+struct Owner {
     shared: Arc<Shared>,
     thread: Option<JoinHandle<()>>,
 }
 
+impl Drop for Owner {
+    fn drop(&mut self) {
+        self.shared.lock().shutdown = true;
+        self.shared.submitted.notify_all();
+        self.shared.done.notify_all();
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// The owner of a model's session; serves [`BatchClient`]s. The batch thread runs while
+/// this or any client is alive.
+pub struct Batcher {
+    owner: Arc<Owner>,
+}
+
 /// One stage's handle on a [`Batcher`]; dropping it unregisters it.
 pub struct BatchClient {
-    shared: Arc<Shared>,
+    owner: Arc<Owner>,
     index: usize,
     input: Vec<f32>,
     output: Vec<f32>,
@@ -127,6 +147,7 @@ impl Batcher {
                 shutdown: false,
                 batches: 0,
                 items: 0,
+                engine: Duration::ZERO,
             }),
             submitted: Condvar::new(),
             done: Condvar::new(),
@@ -150,14 +171,16 @@ impl Batcher {
                 reason: format!("cannot start the inference thread: {e}"),
             })?;
         Ok(Batcher {
-            shared,
-            thread: Some(thread),
+            owner: Arc::new(Owner {
+                shared,
+                thread: Some(thread),
+            }),
         })
     }
 
     /// A new client (one per stream's stage).
     pub fn client(&self) -> BatchClient {
-        let mut st = self.shared.lock();
+        let mut st = self.owner.shared.lock();
         let index = match st.slots.iter().position(|s| !s.alive) {
             Some(i) => i,
             None => {
@@ -170,7 +193,7 @@ impl Batcher {
             ..Slot::default()
         };
         BatchClient {
-            shared: self.shared.clone(),
+            owner: self.owner.clone(),
             index,
             input: Vec::new(),
             output: Vec::new(),
@@ -180,21 +203,11 @@ impl Batcher {
 
     /// Calls and requests so far.
     pub fn stats(&self) -> BatchStats {
-        let st = self.shared.lock();
+        let st = self.owner.shared.lock();
         BatchStats {
             batches: st.batches,
             items: st.items,
-        }
-    }
-}
-
-impl Drop for Batcher {
-    fn drop(&mut self) {
-        self.shared.lock().shutdown = true;
-        self.shared.submitted.notify_all();
-        self.shared.done.notify_all();
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
+            engine: st.engine,
         }
     }
 }
@@ -258,6 +271,7 @@ fn serve(
         shape.clear();
         shape.push(n);
         shape.extend_from_slice(item_shape);
+        let t0 = Instant::now();
         let result = if batch_in.len() != n * item_len {
             Err(format!(
                 "request size {} does not match the input shape {shape:?}",
@@ -268,7 +282,9 @@ fn serve(
                 .run(&batch_in, &shape, &mut batch_out)
                 .map_err(|e| e.to_string())
         };
+        let took = t0.elapsed();
         let mut st = shared.lock();
+        st.engine += took;
         st.batches += 1;
         st.items += n as u64;
         for (k, &i) in members.iter().enumerate() {
@@ -306,10 +322,10 @@ impl BatchClient {
     /// returns the output and its shape (batch dimension 1).
     pub fn run(&mut self) -> Result<(&[f32], &[usize]), EngineError> {
         let err = |reason: String| EngineError::Run {
-            path: self.shared.model.clone(),
+            path: self.owner.shared.model.clone(),
             reason,
         };
-        let mut st = self.shared.lock();
+        let mut st = self.owner.shared.lock();
         if st.shutdown {
             return Err(err("the inference thread has stopped".into()));
         }
@@ -318,7 +334,7 @@ impl BatchClient {
             std::mem::swap(&mut slot.input, &mut self.input);
             slot.state = SlotState::Submitted;
         }
-        self.shared.submitted.notify_all();
+        self.owner.shared.submitted.notify_all();
         loop {
             if let SlotState::Done(_) = st.slots[self.index].state {
                 break;
@@ -326,7 +342,12 @@ impl BatchClient {
             if st.shutdown {
                 return Err(err("the inference thread has stopped".into()));
             }
-            st = self.shared.done.wait(st).unwrap_or_else(|e| e.into_inner());
+            st = self
+                .owner
+                .shared
+                .done
+                .wait(st)
+                .unwrap_or_else(|e| e.into_inner());
         }
         let slot = &mut st.slots[self.index];
         std::mem::swap(&mut slot.input, &mut self.input);
@@ -346,12 +367,12 @@ impl BatchClient {
 
 impl Drop for BatchClient {
     fn drop(&mut self) {
-        let mut st = self.shared.lock();
+        let mut st = self.owner.shared.lock();
         let slot = &mut st.slots[self.index];
         slot.alive = false;
         // A request in flight is unpacked into a slot nobody reads; it is reset on reuse.
         drop(st);
-        self.shared.submitted.notify_all();
+        self.owner.shared.submitted.notify_all();
     }
 }
 
@@ -466,6 +487,8 @@ mod tests {
     fn wrong_request_size_and_wrong_model_shape_are_errors() {
         let (b, _) = batcher(-1, 1);
         let mut c = b.client();
+        // The client keeps the batch thread alive on its own.
+        drop(b);
         c.input(3).fill(1.0);
         let e = c.run().err().unwrap().to_string();
         assert!(

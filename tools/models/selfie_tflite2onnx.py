@@ -154,6 +154,8 @@ class Converter:
         elif kind == "RESIZE_BILINEAR":
             o = self.opts(op, tflite.ResizeBilinearOptions)
             (_, ih, iw, _), (oh, ow) = self.shape(ins[0]), self.const(ins[1]).tolist()
+            # Scales (not sizes) keep the batch dim free; exact only for integer ratios.
+            assert oh % ih == 0 and ow % iw == 0, "non-integer resize ratio unsupported"
             mode = "align_corners" if o.AlignCorners() else \
                 "half_pixel" if o.HalfPixelCenters() else "asymmetric"
             scales = self.init(self.name(t_out) + "_scales",

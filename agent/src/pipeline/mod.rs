@@ -25,12 +25,12 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::thread::JoinHandle;
 use std::time::Instant;
 
-use aegis_config::{CaptureFormat, PipelineConfig, SourceLocation, StageConfig};
+use aegis_config::{CaptureFormat, PipelineConfig, SourceLocation};
 use aegis_hal::source::{
     FileSource, FileSourceSettings, LiveSource, LiveSourceSettings, RtspTransport, SourceError,
     SourceStopper, VideoSource,
 };
-use aegis_hal::stage::{Passthrough, Stage, StageOutcome, TimestampOverlay};
+use aegis_hal::stage::{Stage, StageOutcome};
 use aegis_hal::v4l2::{CaptureRequest, FourCc};
 use aegis_hal::{Frame, StreamId};
 use prometheus_client::metrics::counter::Counter;
@@ -61,6 +61,9 @@ pub enum PipelineError {
         /// Why.
         source: aegis_hal::record::RecordError,
     },
+    /// A stage could not be built (model not loaded, unknown class, unreadable image).
+    #[error("{0}")]
+    Stage(String),
     /// The OS refused a thread.
     #[error("cannot start thread {name}: {source}")]
     Thread {
@@ -80,6 +83,9 @@ pub struct RunOptions {
     /// least 1), which also sets the encoders' threads where their config says 0. Sixteen
     /// cameras each starting one codec thread per core would only thrash.
     pub decoder_threads: usize,
+    /// The loaded models the stages use (see [`crate::inference::Inference::load`]); `None`
+    /// for pipelines without inference stages.
+    pub inference: Option<Arc<crate::inference::Inference>>,
 }
 
 /// What one stream did, reported when it ends.
@@ -252,23 +258,6 @@ fn with_credentials(
     format!("{scheme}://{}{pass}@{host_and_path}", enc(user))
 }
 
-/// Builds the configured stages for one stream.
-pub fn build_stages(cfg: &[StageConfig]) -> Vec<Box<dyn Stage>> {
-    cfg.iter()
-        .map(|s| -> Box<dyn Stage> {
-            match s {
-                StageConfig::Passthrough(_) => Box::new(Passthrough),
-                StageConfig::TimestampOverlay(t) => Box::new(TimestampOverlay::new(
-                    t.x as usize,
-                    t.y as usize,
-                    t.scale as usize,
-                    t.show_stream_id,
-                )),
-            }
-        })
-        .collect()
-}
-
 impl Pipeline {
     /// Opens every source and sink, then starts the stream threads. Nothing is started when
     /// anything fails to open.
@@ -344,6 +333,20 @@ impl Pipeline {
             };
             sources.push(src);
         }
+        // Every stream's stages before anything starts: a bad stage must not leave a
+        // half-started pipeline.
+        let inference = opts
+            .inference
+            .clone()
+            .unwrap_or_else(crate::inference::Inference::none);
+        let mut stage_sets = Vec::with_capacity(sources.len());
+        for _ in &sources {
+            stage_sets.push(
+                inference
+                    .build_stages(&cfg.stages)
+                    .map_err(PipelineError::Stage)?,
+            );
+        }
         let mut shared = Vec::with_capacity(cfg.sinks.len());
         for (index, s) in cfg.sinks.iter().enumerate() {
             shared.push(
@@ -361,8 +364,8 @@ impl Pipeline {
             stoppers: sources.iter().map(|s| s.stopper()).collect(),
             streams: Vec::new(),
         };
-        for source in sources {
-            let threads = spawn_stream(source, cfg, &shared, &metrics, &stop, auto_threads);
+        for (source, stages) in sources.into_iter().zip(stage_sets) {
+            let threads = spawn_stream(source, stages, cfg, &shared, &metrics, &stop, auto_threads);
             match threads {
                 Ok(t) => pipeline.streams.push(t),
                 Err(e) => {
@@ -430,6 +433,7 @@ fn spawn_named<T: Send + 'static>(
 
 fn spawn_stream(
     mut source: Box<dyn VideoSource>,
+    mut stages: Vec<Box<dyn Stage>>,
     cfg: &PipelineConfig,
     shared: &[SharedSinkState],
     metrics: &Arc<Metrics>,
@@ -456,7 +460,6 @@ fn spawn_stream(
             .get_or_create_owned(&q_labels("processed")),
     );
 
-    let mut stages = build_stages(&cfg.stages);
     let stage_hist: Vec<Histogram> = stages
         .iter()
         .enumerate()

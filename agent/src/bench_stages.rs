@@ -1,0 +1,304 @@
+//! `aegis bench stages`: per-stage latency (p50/p99) of the inference stages on real decoded
+//! 720p frames, split into engine time and pre/post-processing; the gain of batching two
+//! streams into one call; and full-pipeline throughput with the stages on, against the same
+//! pipeline without them, in the same process. Nothing here asserts on time.
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Instant;
+
+use aegis_config::{AgentConfig, PipelineConfig, SinkConfig, StageConfig};
+use aegis_hal::source::{FileSource, FileSourceSettings};
+use aegis_hal::{Frame, StreamId};
+use serde::Serialize;
+
+use crate::inference::Inference;
+use crate::metrics::Metrics;
+use crate::pipeline::{Pipeline, RunOptions};
+
+/// One stage's numbers.
+#[derive(Debug, Clone, Serialize)]
+pub struct StageResult {
+    /// The stage kind.
+    pub stage: String,
+    /// Its model.
+    pub model: String,
+    /// Calls timed.
+    pub calls: usize,
+    /// Median latency of a call, ms.
+    pub p50_ms: f64,
+    /// 99th percentile, ms.
+    pub p99_ms: f64,
+    /// Mean engine (ONNX Runtime) time per call, ms.
+    pub engine_ms: f64,
+    /// Mean time outside the engine (pre/post-processing, compositing), ms.
+    pub pre_post_ms: f64,
+}
+
+/// The whole report.
+#[derive(Debug, Clone, Serialize)]
+pub struct StagesBenchResult {
+    /// Frame size.
+    pub width: usize,
+    /// Frame size.
+    pub height: usize,
+    /// ONNX Runtime execution provider.
+    pub provider: String,
+    /// Per stage (moderation and detection timed with the detector on every frame).
+    pub stages: Vec<StageResult>,
+    /// Segmentation requests per second, one stream alone.
+    pub seg_single_rps: f64,
+    /// Segmentation requests per second, two streams batched into one call.
+    pub seg_batched_rps: f64,
+    /// Average requests per inference call in the batched run.
+    pub seg_batch_size: f64,
+    /// Full pipeline fps per stream, all stages on, 1 stream.
+    pub pipeline_fps_1: f64,
+    /// Full pipeline fps per stream, all stages on, 2 streams.
+    pub pipeline_fps_2: f64,
+    /// The same pipeline without inference stages, 1 stream (baseline).
+    pub baseline_fps_1: f64,
+}
+
+fn percentile(sorted: &[f64], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return f64::NAN;
+    }
+    sorted[(((sorted.len() - 1) as f64) * p).round() as usize]
+}
+
+fn decode_frames(clip: &Path, n: usize) -> anyhow::Result<Vec<Frame>> {
+    let mut src = FileSource::open(FileSourceSettings {
+        path: clip.to_path_buf(),
+        stream: StreamId::new("bench"),
+        looping: true,
+        realtime: false,
+        max_frames: Some(n as u64),
+        pool_frames: n + 2,
+        decoder_threads: 0,
+    })?;
+    let mut frames = Vec::with_capacity(n);
+    while let Some(f) = src.next_frame()? {
+        frames.push(f);
+    }
+    anyhow::ensure!(!frames.is_empty(), "{} has no frames", clip.display());
+    Ok(frames)
+}
+
+fn model_of(s: &StageConfig) -> Option<&str> {
+    match s {
+        StageConfig::VirtualBackground(v) => Some(&v.model),
+        StageConfig::Moderate(m) => Some(&m.model),
+        StageConfig::Detect(d) => Some(&d.model),
+        _ => None,
+    }
+}
+
+/// Times each model stage of `cfg` alone over `frames`.
+fn time_stages(
+    cfg: &AgentConfig,
+    inference: &Inference,
+    frames: &mut [Frame],
+    rounds: usize,
+) -> anyhow::Result<Vec<StageResult>> {
+    let mut out = Vec::new();
+    for s in &cfg.pipeline.stages {
+        let Some(model) = model_of(s) else { continue };
+        // Moderation is timed per analysis: the detector on every frame.
+        let mut s = s.clone();
+        if let StageConfig::Moderate(m) = &mut s {
+            m.every_n_frames = 1;
+        }
+        let mut stage = inference
+            .build_stages(std::slice::from_ref(&s))
+            .map_err(|e| anyhow::anyhow!(e))?
+            .remove(0);
+        let loaded = inference
+            .registry()
+            .get(model)
+            .ok_or_else(|| anyhow::anyhow!("model {model} not loaded"))?;
+        for f in frames.iter_mut().take(3) {
+            let _ = stage.process(f);
+        }
+        let before = loaded.stats();
+        let mut lat = Vec::with_capacity(rounds * frames.len());
+        for _ in 0..rounds {
+            for f in frames.iter_mut() {
+                let t0 = Instant::now();
+                stage.process(f).map_err(|e| anyhow::anyhow!("{e}"))?;
+                lat.push(t0.elapsed().as_secs_f64() * 1e3);
+            }
+        }
+        let after = loaded.stats();
+        let calls = lat.len();
+        let mean = lat.iter().sum::<f64>() / calls as f64;
+        let engine = (after.engine - before.engine).as_secs_f64() * 1e3 / calls as f64;
+        lat.sort_by(f64::total_cmp);
+        out.push(StageResult {
+            stage: stage.kind().to_string(),
+            model: model.to_string(),
+            calls,
+            p50_ms: percentile(&lat, 0.5),
+            p99_ms: percentile(&lat, 0.99),
+            engine_ms: engine,
+            pre_post_ms: mean - engine,
+        });
+    }
+    Ok(out)
+}
+
+/// Segmentation throughput with one client, then two clients on two threads (batched).
+fn batching_gain(
+    inference: &Inference,
+    model: &str,
+    frames: &[Frame],
+) -> anyhow::Result<(f64, f64, f64)> {
+    let loaded = inference
+        .registry()
+        .get(model)
+        .ok_or_else(|| anyhow::anyhow!("model {model} not loaded"))?;
+    let s = loaded.spec.input_size;
+    let n = frames.len().max(1) * 2;
+    let run = |clients: usize| -> anyhow::Result<(f64, f64)> {
+        let before = loaded.stats();
+        let t0 = Instant::now();
+        std::thread::scope(|scope| -> anyhow::Result<()> {
+            let handles: Vec<_> = (0..clients)
+                .map(|_| {
+                    let mut c = loaded.client();
+                    scope.spawn(move || -> anyhow::Result<()> {
+                        for _ in 0..n {
+                            c.input(3 * s * s).fill(0.5);
+                            c.run()?;
+                        }
+                        Ok(())
+                    })
+                })
+                .collect();
+            for h in handles {
+                h.join()
+                    .map_err(|_| anyhow::anyhow!("bench thread panicked"))??;
+            }
+            Ok(())
+        })?;
+        let secs = t0.elapsed().as_secs_f64();
+        let after = loaded.stats();
+        let per_call =
+            (after.items - before.items) as f64 / (after.batches - before.batches).max(1) as f64;
+        Ok(((clients * n) as f64 / secs, per_call))
+    };
+    let (single, _) = run(1)?;
+    let (batched, size) = run(2)?;
+    Ok((single, batched, size))
+}
+
+fn pipeline_fps(
+    pipeline: &PipelineConfig,
+    inference: Option<Arc<Inference>>,
+) -> anyhow::Result<f64> {
+    let metrics = Arc::new(Metrics::new("cpu"));
+    let opts = RunOptions {
+        force_realtime: Some(false),
+        decoder_threads: 0,
+        inference,
+    };
+    let t0 = Instant::now();
+    let reports = Pipeline::start(pipeline, metrics, &opts)?.wait();
+    let secs = t0.elapsed().as_secs_f64();
+    let delivered = reports.iter().map(|r| r.delivered).min().unwrap_or(0);
+    Ok(delivered as f64 / secs)
+}
+
+/// Runs every measurement with the stages and models of `cfg` on `clip`.
+pub fn run(
+    cfg: &AgentConfig,
+    clip: &Path,
+    frames: usize,
+    rounds: usize,
+) -> anyhow::Result<StagesBenchResult> {
+    aegis_hal::init();
+    let inference = Inference::load(&cfg.inference, &cfg.pipeline, cfg.backend.cuda_device)?;
+    let mut decoded = decode_frames(clip, frames)?;
+    let (width, height) = (decoded[0].layout.width, decoded[0].layout.height);
+    let stages = time_stages(cfg, &inference, &mut decoded, rounds)?;
+    let seg_model = cfg.pipeline.stages.iter().find_map(|s| match s {
+        StageConfig::VirtualBackground(v) => Some(v.model.clone()),
+        _ => None,
+    });
+    let (seg_single_rps, seg_batched_rps, seg_batch_size) = match seg_model {
+        Some(m) => batching_gain(&inference, &m, &decoded)?,
+        None => (f64::NAN, f64::NAN, f64::NAN),
+    };
+    drop(decoded);
+    let provider = inference
+        .registry()
+        .iter()
+        .next()
+        .map(|m| m.provider.to_string())
+        .unwrap_or_default();
+    // Whole pipelines: the clip once per stream, discarded at the end (no encoder), so the
+    // numbers are about the stages.
+    let source = |id: &str| {
+        let mut s = cfg.pipeline.sources[0].clone();
+        s.id = id.to_string();
+        s.url = format!("file:{}", clip.display());
+        s.loop_ = false;
+        s.realtime = false;
+        s.max_frames = Some((frames * rounds) as u64);
+        s
+    };
+    let mut p1 = cfg.pipeline.clone();
+    p1.sources = vec![source("a")];
+    p1.sinks = vec![SinkConfig::Discard(Default::default())];
+    let mut p2 = p1.clone();
+    p2.sources.push(source("b"));
+    let mut base = p1.clone();
+    base.stages.retain(|s| model_of(s).is_none());
+    let baseline_fps_1 = pipeline_fps(&base, None)?;
+    let pipeline_fps_1 = pipeline_fps(&p1, Some(inference.clone()))?;
+    let pipeline_fps_2 = pipeline_fps(&p2, Some(inference.clone()))?;
+    Ok(StagesBenchResult {
+        width,
+        height,
+        provider,
+        stages,
+        seg_single_rps,
+        seg_batched_rps,
+        seg_batch_size,
+        pipeline_fps_1,
+        pipeline_fps_2,
+        baseline_fps_1,
+    })
+}
+
+/// Prints the report.
+pub fn print(r: &StagesBenchResult) {
+    println!(
+        "stages at {}x{} (provider {}):",
+        r.width, r.height, r.provider
+    );
+    println!(
+        "  {:<20} {:<12} {:>6} {:>9} {:>9} {:>10} {:>12}",
+        "stage", "model", "calls", "p50 ms", "p99 ms", "engine ms", "pre/post ms"
+    );
+    for s in &r.stages {
+        println!(
+            "  {:<20} {:<12} {:>6} {:>9.1} {:>9.1} {:>10.1} {:>12.1}",
+            s.stage, s.model, s.calls, s.p50_ms, s.p99_ms, s.engine_ms, s.pre_post_ms
+        );
+    }
+    println!(
+        "segmentation requests/s: 1 stream {:.1}, 2 streams batched {:.1} ({:.2}x, {:.2} requests per call)",
+        r.seg_single_rps,
+        r.seg_batched_rps,
+        r.seg_batched_rps / r.seg_single_rps,
+        r.seg_batch_size
+    );
+    println!(
+        "pipeline fps per stream with every stage: 1 stream {:.1}, 2 streams {:.1}; without the model stages {:.1} (ratio {:.2})",
+        r.pipeline_fps_1,
+        r.pipeline_fps_2,
+        r.baseline_fps_1,
+        r.pipeline_fps_1 / r.baseline_fps_1
+    );
+}
