@@ -400,6 +400,13 @@ fn print_reports(s: &RunSummary) {
                 .map(|e| format!(", ended by error: {e}"))
                 .unwrap_or_default()
         );
+        let a = &r.analytics;
+        if *a != Default::default() {
+            println!(
+                "  analytics: {} tracks started, {} frames with a moderation verdict, background replaced on {} frames",
+                a.tracks, a.moderated, a.background_replaced
+            );
+        }
     }
 }
 
@@ -470,6 +477,9 @@ fn demo(fast: bool, serve: bool, listen: Option<SocketAddr>) -> anyhow::Result<(
             l.starts_with("aegis_frames_total")
                 || l.starts_with("aegis_copies_per_frame")
                 || l.starts_with("aegis_recording_segments_total")
+                || l.starts_with("aegis_tracks_total")
+                || l.starts_with("aegis_objects_total")
+                || l.starts_with("aegis_moderated_frames_total")
                 || l.starts_with("aegis_process_resident_memory_bytes")
                 || (l.starts_with("aegis_stage_latency_seconds_sum"))
         }) {

@@ -204,6 +204,7 @@ impl Inference {
                             min_score: d.tracker.low_score,
                         },
                         draw: d.draw,
+                        every_n_frames: d.every_n_frames,
                     };
                     Box::new(DetectTrack::new(&*model(&d.model)?, settings).map_err(fail)?)
                 }

@@ -83,6 +83,17 @@ pub struct ErrorLabels {
     pub stream: String,
 }
 
+/// Labels of analytics counters.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct AnalyticsLabels {
+    /// Stream id.
+    pub stream: String,
+    /// `detect` or `moderate` (objects), or the moderation action (verdicts).
+    pub kind: String,
+    /// Class label (objects); empty for verdicts.
+    pub label: String,
+}
+
 /// Labels of per-sink metrics.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct SinkLabels {
@@ -130,6 +141,14 @@ pub struct Metrics {
     pub disk_evictions: Family<SinkLabels, Gauge>,
     /// Streams whose source is running.
     pub streams_running: Gauge,
+    /// Objects reported per frame by the inference stages.
+    pub objects: Family<AnalyticsLabels, Counter>,
+    /// Frames with a moderation verdict, by action.
+    pub moderated: Family<AnalyticsLabels, Counter>,
+    /// Tracks started.
+    pub tracks: Family<StreamLabels, Counter>,
+    /// Frames whose background was replaced.
+    pub background_replaced: Family<StreamLabels, Counter>,
     source_state: Family<StateLabels, Gauge>,
     source_reconnects: Family<StreamLabels, Counter>,
     source_fps: Family<StreamLabels, Gauge<f64, AtomicU64>>,
@@ -160,6 +179,10 @@ impl Metrics {
             disk_used: Family::default(),
             disk_evictions: Family::default(),
             streams_running: Gauge::default(),
+            objects: Family::default(),
+            moderated: Family::default(),
+            tracks: Family::default(),
+            background_replaced: Family::default(),
             source_state: Family::default(),
             source_reconnects: Family::default(),
             source_fps: Family::default(),
@@ -192,6 +215,22 @@ impl Metrics {
             "frame_latency_seconds",
             "Time from decoder output to the last sink, per frame",
             m.frame_latency.clone(),
+        );
+        registry.register(
+            "objects",
+            "Objects the inference stages reported, summed over frames",
+            m.objects.clone(),
+        );
+        registry.register(
+            "moderated_frames",
+            "Frames with a content-moderation verdict, by action",
+            m.moderated.clone(),
+        );
+        registry.register("tracks", "Object tracks started", m.tracks.clone());
+        registry.register(
+            "background_replaced_frames",
+            "Frames whose background a virtual-background stage replaced",
+            m.background_replaced.clone(),
         );
         registry.register(
             "queue_depth",

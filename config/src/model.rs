@@ -180,6 +180,9 @@ fn default_track_low_score() -> f64 {
 fn default_detect_score() -> f32 {
     0.4
 }
+fn default_detect_every() -> u32 {
+    1
+}
 fn default_nms_iou() -> f64 {
     0.45
 }
@@ -655,6 +658,10 @@ pub struct DetectStage {
     /// Draw the tracked boxes into the picture.
     #[serde(default = "default_true")]
     pub draw: bool,
+    /// Run the detector on every Nth frame (1 to 30); the frames in between
+    /// carry the last tracks. The tracker's ages count detector runs.
+    #[serde(default = "default_detect_every")]
+    pub every_n_frames: u32,
     /// Tracker parameters.
     #[serde(default)]
     pub tracker: TrackerParams,

@@ -440,6 +440,12 @@ pub(crate) fn check_stage(stage: &StageConfig, prefix: &str, out: &mut Vec<Probl
                 &(0.0..=1.0),
             );
             check_range(out, join_key(prefix, "nms_iou"), d.nms_iou, &(0.0..=1.0));
+            check_range(
+                out,
+                join_key(prefix, "every_n_frames"),
+                d.every_n_frames,
+                &(1..=30),
+            );
             let t = join_key(prefix, "tracker");
             check_range(
                 out,

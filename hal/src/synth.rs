@@ -339,13 +339,14 @@ fn backdrop_from_image(img: &RgbImage, bw: usize, bh: usize) -> Backdrop {
         u: vec![0; bw * bh / 4],
         v: vec![0; bw * bh / 4],
     };
-    // Centre-crop to the backdrop's aspect ratio so the photo is not stretched.
+    // Crop to the backdrop's aspect ratio so the photo is not stretched: centred across,
+    // high up and down (a portrait keeps its face, which the analytics stages look for).
     let (cw, ch) = if iw * bh > ih * bw {
         ((ih * bw / bh) & !1, ih)
     } else {
         (iw, (iw * bh / bw) & !1)
     };
-    let (cx, cy) = (((iw - cw) / 2) & !1, ((ih - ch) / 2) & !1);
+    let (cx, cy) = (((iw - cw) / 2) & !1, ((ih - ch) / 8) & !1);
     let (yo, co) = (cy * iw + cx, (cy / 2) * (iw / 2) + cx / 2);
     let scaled = scale_i420(
         (

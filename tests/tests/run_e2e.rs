@@ -175,11 +175,60 @@ fn unopenable_source_is_named_and_fails_the_run() {
 }
 
 #[test]
+fn a_model_with_the_wrong_checksum_stops_the_start_naming_the_model() {
+    let dir = tempfile::tempdir().unwrap();
+    let clip = make_clip(dir.path(), "clip.mp4", 320, 240, 1.0);
+    let models = Path::new(env!("CARGO_MANIFEST_DIR")).join("../.models");
+    let cfg = write_config(dir.path(), &clip, "127.0.0.1:0", false);
+    let text = std::fs::read_to_string(&cfg).unwrap().replace(
+        "    - kind: passthrough\n",
+        "    - { kind: moderate, model: nn }\n",
+    ) + &format!(
+        "inference:\n  runtime: {}\n  models:\n    - {{ name: nn, kind: nudenet, file: {}, sha256: {} }}\n",
+        models.join("libonnxruntime.so.1.32.0").display(),
+        models.join("nudenet-320n.onnx").display(),
+        "0".repeat(64)
+    );
+    std::fs::write(&cfg, text).unwrap();
+    let o = aegis(dir.path(), &["run", "--config", cfg.to_str().unwrap()]);
+    assert!(!o.status.success());
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        err.contains("model nn") && err.contains("SHA-256 mismatch"),
+        "{err}"
+    );
+    // Nothing started: no recordings.
+    assert!(!dir.path().join("rec").exists());
+}
+
+#[test]
 fn demo_runs_end_to_end_in_a_fresh_directory() {
     let dir = tempfile::tempdir().unwrap();
+    // What `just models` and tools/fetch-media.sh put in a checkout: the models and the
+    // photo the sample clip pans over (a face for the detector, a person to segment).
+    let repo = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    std::os::unix::fs::symlink(
+        repo.join(".models").canonicalize().unwrap(),
+        dir.path().join(".models"),
+    )
+    .unwrap();
+    std::fs::create_dir(dir.path().join(".samples")).unwrap();
+    std::fs::copy(
+        repo.join(".samples/astronaut.png"),
+        dir.path().join(".samples/astronaut.png"),
+    )
+    .unwrap();
     let out = aegis_ok(dir.path(), &["demo", "--fast", "--listen", "127.0.0.1:0"]);
     assert!(
         out.contains("aegis_frames_total{stream=\"cam0\",stage=\"sink\"} 300"),
+        "{out}"
+    );
+    // All three analytics stages did their work on both streams: the astronaut's face is one
+    // stable track, every frame had its background replaced, the harmless clip has no
+    // moderation verdict.
+    assert_eq!(
+        out.matches("analytics: 1 tracks started, 0 frames with a moderation verdict, background replaced on 300 frames").count(),
+        2,
         "{out}"
     );
     let segs = files_with_suffix(&dir.path().join(".demo/recordings"), ".mp4");

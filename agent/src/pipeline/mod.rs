@@ -26,6 +26,7 @@ use std::thread::JoinHandle;
 use std::time::Instant;
 
 use aegis_config::{CaptureFormat, PipelineConfig, SourceLocation};
+use aegis_hal::analytics::ObjectSource;
 use aegis_hal::source::{
     FileSource, FileSourceSettings, LiveSource, LiveSourceSettings, RtspTransport, SourceError,
     SourceStopper, VideoSource,
@@ -37,7 +38,9 @@ use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::Histogram;
 
-use crate::metrics::{DropLabels, ErrorLabels, Metrics, QueueLabels, StageLabels, StreamLabels};
+use crate::metrics::{
+    AnalyticsLabels, DropLabels, ErrorLabels, Metrics, QueueLabels, StageLabels, StreamLabels,
+};
 use sinks::{SharedSinkState, Sink};
 
 /// Errors that prevent a pipeline from starting; each names the config path at fault.
@@ -107,6 +110,8 @@ pub struct StreamReport {
     pub sink_errors: Vec<String>,
     /// Pixel copies per frame (decode → encoder input).
     pub copies_per_frame: u32,
+    /// What the inference stages reported.
+    pub analytics: AnalyticsSummary,
 }
 
 /// A running pipeline.
@@ -118,7 +123,7 @@ pub struct Pipeline {
 
 struct StreamThreads {
     source: JoinHandle<(u64, aegis_hal::source::SourceStats, Option<String>)>,
-    stages: JoinHandle<u64>,
+    stages: JoinHandle<(u64, AnalyticsSummary)>,
     sinks: JoinHandle<(u64, Vec<String>, u32)>,
     id: String,
 }
@@ -220,6 +225,99 @@ impl ErrorReporter {
             }
         };
         self.seen[i].2.inc_by(count);
+    }
+}
+
+/// What the inference stages reported on one stream.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct AnalyticsSummary {
+    /// Tracks started (distinct track ids).
+    pub tracks: u64,
+    /// Frames with a moderation verdict.
+    pub moderated: u64,
+    /// Frames whose background was replaced.
+    pub background_replaced: u64,
+}
+
+/// Counts frame analytics into metrics; counter handles are cached per (kind, label), so
+/// the frame path allocates only the first time a label shows up.
+struct AnalyticsTally {
+    metrics: Arc<Metrics>,
+    stream: String,
+    counters: Vec<(&'static str, &'static str, Counter)>,
+    tracks: Counter,
+    background: Counter,
+    max_track: u64,
+    summary: AnalyticsSummary,
+}
+
+impl AnalyticsTally {
+    fn new(metrics: Arc<Metrics>, stream: &str) -> Self {
+        let sl = StreamLabels {
+            stream: stream.to_string(),
+        };
+        AnalyticsTally {
+            tracks: metrics.tracks.get_or_create_owned(&sl),
+            background: metrics.background_replaced.get_or_create_owned(&sl),
+            metrics,
+            stream: stream.to_string(),
+            counters: Vec::new(),
+            max_track: 0,
+            summary: AnalyticsSummary::default(),
+        }
+    }
+
+    fn counter(&mut self, kind: &'static str, label: &'static str, verdict: bool) -> &Counter {
+        let i = match self
+            .counters
+            .iter()
+            .position(|(k, l, _)| *k == kind && std::ptr::eq(*l, label))
+        {
+            Some(i) => i,
+            None => {
+                let labels = AnalyticsLabels {
+                    stream: self.stream.clone(),
+                    kind: kind.to_string(),
+                    label: label.to_string(),
+                };
+                let family = if verdict {
+                    &self.metrics.moderated
+                } else {
+                    &self.metrics.objects
+                };
+                self.counters
+                    .push((kind, label, family.get_or_create_owned(&labels)));
+                self.counters.len() - 1
+            }
+        };
+        &self.counters[i].2
+    }
+
+    fn count(&mut self, frame: &Frame) {
+        let meta = &frame.meta;
+        for o in meta.objects.iter() {
+            let kind = match o.source {
+                ObjectSource::Detect => "detect",
+                ObjectSource::Moderate => "moderate",
+            };
+            self.counter(kind, o.label, false).inc();
+            // Track ids only grow, from 1: a new maximum is a new track.
+            if let Some(id) = o.track_id
+                && id > self.max_track
+            {
+                self.tracks.inc_by(id - self.max_track);
+                self.summary.tracks += id - self.max_track;
+                self.max_track = id;
+            }
+        }
+        if let Some(v) = meta.moderation {
+            self.counter(v.action.as_str(), "", true).inc();
+            self.summary.moderated += 1;
+        }
+        if meta.background_replaced {
+            self.background.inc();
+            self.summary.background_replaced += 1;
+        }
     }
 }
 
@@ -401,7 +499,7 @@ impl Pipeline {
                 let (decoded, source, source_error) = s.source.join().unwrap_or_else(|_| {
                     (0, Default::default(), Some("source thread panicked".into()))
                 });
-                let dropped = s.stages.join().unwrap_or(0);
+                let (dropped, analytics) = s.stages.join().unwrap_or_default();
                 let (delivered, sink_errors, copies_per_frame) = s
                     .sinks
                     .join()
@@ -415,6 +513,7 @@ impl Pipeline {
                     source_error,
                     sink_errors,
                     copies_per_frame,
+                    analytics,
                 }
             })
             .collect()
@@ -573,6 +672,7 @@ fn spawn_stream(
     // Stage thread.
     let stg_metrics = sm.clone();
     let mut stg_errors = ErrorReporter::new(metrics.clone(), &id);
+    let mut tally = AnalyticsTally::new(metrics.clone(), &id);
     let stage_thread = spawn_named(format!("stg-{id}"), move || {
         let mut dropped = 0u64;
         'frames: while let Ok(mut frame) = dec_rx.recv() {
@@ -585,16 +685,18 @@ fn spawn_stream(
                     Ok(StageOutcome::Drop) => {
                         dropped += 1;
                         stg_metrics.dropped_stage.inc();
+                        tally.count(&frame);
                         continue 'frames;
                     }
                     Err(e) => stg_errors.report("stage", e.error_type, 1, &e),
                 }
             }
+            tally.count(&frame);
             if proc_tx.send(frame).is_err() {
                 break;
             }
         }
-        dropped
+        (dropped, tally.summary)
     })?;
 
     // Sink thread.

@@ -173,7 +173,9 @@ fn scale_unchecked<const C: usize>(
     }
 }
 
-/// Bilinear on both axes: fixed 8-bit weights, result normalised by shift.
+/// Bilinear on both axes: fixed 8-bit weights, result normalised by shift. The horizontal
+/// taps are computed once per call into a per-thread buffer (kept between calls, so the
+/// frame path does not allocate once it has seen its widest row).
 fn scale_bilinear<const C: usize>(
     src: Plane<'_>,
     sw: usize,
@@ -183,24 +185,34 @@ fn scale_bilinear<const C: usize>(
     dw: usize,
     dh: usize,
 ) {
-    let row_bytes = sw * C;
-    let row = |i: usize| &src.data[i * src.stride..i * src.stride + row_bytes];
-    for (dy, out) in rows_mut(dst.data, dst.stride, dw * C, dh).enumerate() {
-        let (y0, y1, fy) = ay.linear(dy);
-        let (r0, r1) = (row(y0), row(y1));
-        let wy1 = fy;
-        let wy0 = W_ONE - fy;
-        for (dx, px) in out.chunks_exact_mut(C).enumerate() {
-            let (x0, x1, fx) = ax.linear(dx);
-            let wx1 = fx;
-            let wx0 = W_ONE - fx;
-            for (c, o) in px.iter_mut().enumerate() {
-                let top = u32::from(r0[x0 * C + c]) * wx0 + u32::from(r0[x1 * C + c]) * wx1;
-                let bot = u32::from(r1[x0 * C + c]) * wx0 + u32::from(r1[x1 * C + c]) * wx1;
-                *o = ((top * wy0 + bot * wy1 + (1 << (2 * W_BITS - 1))) >> (2 * W_BITS)) as u8;
+    thread_local! {
+        static TAPS: std::cell::RefCell<Vec<(u32, u32, u32)>> = const { std::cell::RefCell::new(Vec::new()) };
+    }
+    TAPS.with_borrow_mut(|taps| {
+        taps.clear();
+        taps.extend((0..dw).map(|dx| {
+            let (x0, x1, f) = ax.linear(dx);
+            ((x0 * C) as u32, (x1 * C) as u32, f)
+        }));
+        let row_bytes = sw * C;
+        let row = |i: usize| &src.data[i * src.stride..i * src.stride + row_bytes];
+        for (dy, out) in rows_mut(dst.data, dst.stride, dw * C, dh).enumerate() {
+            let (y0, y1, fy) = ay.linear(dy);
+            let (r0, r1) = (row(y0), row(y1));
+            let wy1 = fy;
+            let wy0 = W_ONE - fy;
+            for (px, &(x0, x1, fx)) in out.chunks_exact_mut(C).zip(taps.iter()) {
+                let (x0, x1) = (x0 as usize, x1 as usize);
+                let wx1 = fx;
+                let wx0 = W_ONE - fx;
+                for (c, o) in px.iter_mut().enumerate() {
+                    let top = u32::from(r0[x0 + c]) * wx0 + u32::from(r0[x1 + c]) * wx1;
+                    let bot = u32::from(r1[x0 + c]) * wx0 + u32::from(r1[x1 + c]) * wx1;
+                    *o = ((top * wy0 + bot * wy1 + (1 << (2 * W_BITS - 1))) >> (2 * W_BITS)) as u8;
+                }
             }
         }
-    }
+    });
 }
 
 /// Any mix of box / linear taps; normalised by division.

@@ -25,6 +25,8 @@ pub struct DetectSettings {
     pub tracker: TrackerConfig,
     /// Draw the tracked boxes into the picture.
     pub draw: bool,
+    /// Run the detector on every Nth frame; the frames between carry the last tracks.
+    pub every_n_frames: u32,
 }
 
 /// Detection and tracking for one stream.
@@ -35,6 +37,9 @@ pub struct DetectTrack {
     draw: bool,
     dets: Vec<Detection>,
     labels: Vec<&'static str>,
+    every: u32,
+    since: u32,
+    last: Vec<Object>,
 }
 
 impl DetectTrack {
@@ -67,6 +72,9 @@ impl DetectTrack {
             draw: settings.draw,
             dets: Vec::new(),
             labels: model.labels.clone(),
+            every: settings.every_n_frames.max(1),
+            since: u32::MAX,
+            last: Vec::new(),
         })
     }
 }
@@ -77,6 +85,28 @@ impl Stage for DetectTrack {
     }
 
     fn process(&mut self, frame: &mut Frame) -> Result<StageOutcome, StageError> {
+        if self.since >= self.every - 1 {
+            self.since = 0;
+            self.detect_and_track(frame)?;
+        } else {
+            self.since += 1;
+        }
+        frame.meta.objects.clear_from(ObjectSource::Detect);
+        let (w, h) = (frame.layout.width, frame.layout.height);
+        for o in &self.last {
+            frame.meta.objects.push(*o);
+            if self.draw
+                && let Some(r) = Rect::from_box(o.bbox, 0.0, w, h)
+            {
+                outline(frame, r, 235);
+            }
+        }
+        Ok(StageOutcome::Keep)
+    }
+}
+
+impl DetectTrack {
+    fn detect_and_track(&mut self, frame: &Frame) -> Result<(), StageError> {
         let found = self.detector.detect(frame).map_err(|e| StageError {
             stage: "detect",
             error_type: "inference",
@@ -98,25 +128,18 @@ impl Stage for DetectTrack {
             }
         }
         let tracks = self.tracker.update(&self.dets);
-        frame.meta.objects.clear_from(ObjectSource::Detect);
-        let (w, h) = (frame.layout.width, frame.layout.height);
+        self.last.clear();
         for t in &tracks {
             let BoxXywh { x, y, w: bw, h: bh } = t.bbox;
-            let bbox = [x as f32, y as f32, (x + bw) as f32, (y + bh) as f32];
-            frame.meta.objects.push(Object {
+            self.last.push(Object {
                 label: self.labels.get(t.class as usize).copied().unwrap_or("?"),
                 class: t.class as u16,
                 score: t.score as f32,
-                bbox,
+                bbox: [x as f32, y as f32, (x + bw) as f32, (y + bh) as f32],
                 track_id: Some(t.id),
                 source: ObjectSource::Detect,
             });
-            if self.draw
-                && let Some(r) = Rect::from_box(bbox, 0.0, w, h)
-            {
-                outline(frame, r, 235);
-            }
         }
-        Ok(StageOutcome::Keep)
+        Ok(())
     }
 }

@@ -126,7 +126,7 @@ pub fn blur_packed(buf: &mut [u8], w: usize, h: usize, factor: usize, small: &mu
     blur_area(buf, area, factor, small);
 }
 
-/// `dst = bg + (dst - bg) · alpha / 255` over a `w`×`h` plane whose pixels are `bpp` bytes;
+/// `dst = (dst · alpha + bg · (255 - alpha)) / 255` over a `w`×`h` plane whose pixels are `bpp` bytes;
 /// `bg` (packed, one byte per sample) and `alpha` (packed, one per pixel) come per pixel,
 /// so NV12 chroma takes `bg` as interleaved U,V too.
 fn blend(dst: PlaneMut<'_>, w: usize, h: usize, bpp: usize, bg: &[u8], alpha: &[u8]) {
@@ -135,9 +135,10 @@ fn blend(dst: PlaneMut<'_>, w: usize, h: usize, bpp: usize, bg: &[u8], alpha: &[
         let b = &bg[row * w * bpp..(row + 1) * w * bpp];
         let a = &alpha[row * w..(row + 1) * w];
         for (i, (dp, bp)) in d.iter_mut().zip(b).enumerate() {
-            let a = a[i / bpp] as i32;
-            let (f, g) = (*dp as i32, *bp as i32);
-            *dp = (g + ((f - g) * a + 127) / 255) as u8;
+            let a = u32::from(a[i / bpp]);
+            let (f, g) = (u32::from(*dp), u32::from(*bp));
+            // Non-negative terms only: alpha 255 gives the frame, 0 the background, exactly.
+            *dp = ((f * a + g * (255 - a) + 127) / 255) as u8;
         }
     }
 }
