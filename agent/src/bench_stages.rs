@@ -33,6 +33,8 @@ pub struct StageResult {
     pub engine_ms: f64,
     /// Mean time outside the engine (pre/post-processing, compositing), ms.
     pub pre_post_ms: f64,
+    /// Heap allocations per call (ours and ONNX Runtime's, whole process).
+    pub allocs_per_call: f64,
 }
 
 /// The whole report.
@@ -122,6 +124,7 @@ fn time_stages(
         }
         let before = loaded.stats();
         let mut lat = Vec::with_capacity(rounds * frames.len());
+        let a0 = crate::alloc::count();
         for _ in 0..rounds {
             for f in frames.iter_mut() {
                 let t0 = Instant::now();
@@ -129,6 +132,7 @@ fn time_stages(
                 lat.push(t0.elapsed().as_secs_f64() * 1e3);
             }
         }
+        let allocs = crate::alloc::count() - a0;
         let after = loaded.stats();
         let calls = lat.len();
         let mean = lat.iter().sum::<f64>() / calls as f64;
@@ -142,6 +146,7 @@ fn time_stages(
             p99_ms: percentile(&lat, 0.99),
             engine_ms: engine,
             pre_post_ms: mean - engine,
+            allocs_per_call: allocs as f64 / calls as f64,
         });
     }
     Ok(out)
@@ -278,13 +283,20 @@ pub fn print(r: &StagesBenchResult) {
         r.width, r.height, r.provider
     );
     println!(
-        "  {:<20} {:<12} {:>6} {:>9} {:>9} {:>10} {:>12}",
-        "stage", "model", "calls", "p50 ms", "p99 ms", "engine ms", "pre/post ms"
+        "  {:<20} {:<12} {:>6} {:>9} {:>9} {:>10} {:>12} {:>12}",
+        "stage", "model", "calls", "p50 ms", "p99 ms", "engine ms", "pre/post ms", "allocs/call"
     );
     for s in &r.stages {
         println!(
-            "  {:<20} {:<12} {:>6} {:>9.1} {:>9.1} {:>10.1} {:>12.1}",
-            s.stage, s.model, s.calls, s.p50_ms, s.p99_ms, s.engine_ms, s.pre_post_ms
+            "  {:<20} {:<12} {:>6} {:>9.1} {:>9.1} {:>10.1} {:>12.1} {:>12.1}",
+            s.stage,
+            s.model,
+            s.calls,
+            s.p50_ms,
+            s.p99_ms,
+            s.engine_ms,
+            s.pre_post_ms,
+            s.allocs_per_call
         );
     }
     println!(

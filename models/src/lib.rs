@@ -1,16 +1,17 @@
 //! Aegis Edge inference: engines, the model registry and the video-analytics stages.
 //!
-//! **Status: partly built.** The multi-object tracker ([`track`]) exists; the inference
-//! engines (ONNX Runtime), the model fetch script and the segmentation, moderation and
-//! detection stages come next in the inference issue. Fixed contracts:
+//! * [`engine`]: ONNX Runtime through `ort` with its shared library loaded at run time
+//!   (every build runs on every host), execution provider `cpu`/`cuda`/`tensorrt` with a
+//!   CPU fallback.
+//! * [`registry`]: the models a pipeline uses, loaded once: SHA-256 checked, shapes checked,
+//!   warmed up; each behind a [`batch::Batcher`] that batches the streams' requests.
+//! * [`preprocess`], [`yolo`]: model inputs from pooled frames, YOLOv8 decoding and NMS.
+//! * [`stages`]: `virtual_background`, `moderate` and `detect` (+ [`track`]), each an
+//!   [`aegis_hal::stage::Stage`] that writes typed metadata (`aegis_hal::analytics`).
 //!
-//! * a stage is an [`aegis_hal::stage::Stage`] (re-exported here): it receives each frame of
-//!   one stream as `&mut Frame` and writes typed metadata, exactly like the built-in
-//!   `passthrough` and `timestamp_overlay` stages of the HAL;
-//! * a model is identified by name, version and the SHA-256 of its file ([`ModelRef`]), the
-//!   same triple a signed workflow's `requires.models` names.
-//!
-//! This crate must not know about MQTT or the web (see `shared/DESIGN.md` §1).
+//! A model is identified by name, version and the SHA-256 of its file ([`ModelRef`]), the
+//! same triple a signed workflow's `requires.models` names. This crate must not know about
+//! MQTT or the web (see `shared/DESIGN.md` §1).
 
 pub mod batch;
 pub mod engine;

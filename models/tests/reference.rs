@@ -17,8 +17,9 @@ use aegis_hal::pixel::{Matrix, Plane, rgb24_to_i420};
 use aegis_hal::synth::{RgbImage, load_png};
 use aegis_hal::{Frame, PixelFormat, StreamId, SurfacePool};
 use aegis_models::engine::{InferenceEngine, OrtSession};
-use aegis_models::nudenet::{CLASSES, NudeNet};
 use aegis_models::preprocess::{ChannelOrder, Fit, InputSpec, planar};
+use aegis_models::registry::{BatchSettings, ModelKind, ModelSpec};
+use aegis_models::stages::detector::Detector;
 
 fn repo() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..")
@@ -202,7 +203,21 @@ fn selfie_full_size_through_our_frame_path_agrees_with_mediapipe() {
 #[test]
 fn nudenet_matches_the_python_package() {
     let Some(out) = reference() else { return };
-    let mut det = NudeNet::new(Box::new(session("nudenet-320n.onnx")));
+    let settings = aegis_models::engine::EngineSettings::cpu(
+        &models_dir().join("libonnxruntime.so.1.32.0"),
+        1,
+    );
+    let spec = ModelSpec {
+        name: "nudenet".into(),
+        version: 1,
+        kind: ModelKind::NudeNet,
+        file: models_dir().join("nudenet-320n.onnx"),
+        sha256: None,
+        input_size: 320,
+        labels: None,
+    };
+    let model = aegis_models::registry::load(&settings, &spec, BatchSettings::default()).unwrap();
+    let mut det = Detector::new(&model);
     let reference = json(&out.join("nudenet.json"));
     let mut compared = 0;
     for image in reference["images"].as_array().unwrap() {
@@ -213,7 +228,7 @@ fn nudenet_matches_the_python_package() {
             1,
         );
         let frame = frame_of(&pool, &img);
-        let ours = det.detect(&frame).unwrap().to_vec();
+        let ours: Vec<_> = det.detect(&frame).unwrap().iter().map(|f| f.raw).collect();
         let theirs = image["detections"].as_array().unwrap();
         assert_eq!(
             ours.len(),
@@ -238,7 +253,7 @@ fn nudenet_matches_the_python_package() {
             };
             let m = ours
                 .iter()
-                .filter(|d| CLASSES[d.class as usize] == class)
+                .filter(|d| model.labels[d.class as usize] == class)
                 .max_by(|a, b| a.bbox.iou(&tb).total_cmp(&b.bbox.iou(&tb)))
                 .unwrap_or_else(|| panic!("{}: no {class} in ours", photo.display()));
             let iou = m.bbox.iou(&tb);

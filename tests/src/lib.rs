@@ -250,3 +250,24 @@ pub fn rtsp_server(clip: &Path, port: u16, user: Option<&str>) -> RtspServer {
     assert_eq!(line.trim(), "ready", "rtsp server did not start");
     RtspServer { child, port }
 }
+
+/// A fresh directory laid out like a checkout after `just models` and tools/fetch-media.sh:
+/// `.models` (linked to the repository's) and the photo the sample clips pan over.
+pub fn dir_with_models_and_photo() -> tempfile::TempDir {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let repo = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    std::os::unix::fs::symlink(
+        repo.join(".models")
+            .canonicalize()
+            .expect("run `just models`"),
+        dir.path().join(".models"),
+    )
+    .expect("link .models");
+    std::fs::create_dir(dir.path().join(".samples")).expect("mkdir .samples");
+    std::fs::copy(
+        repo.join(".samples/astronaut.png"),
+        dir.path().join(".samples/astronaut.png"),
+    )
+    .expect("run tools/fetch-media.sh");
+    dir
+}

@@ -203,21 +203,7 @@ fn a_model_with_the_wrong_checksum_stops_the_start_naming_the_model() {
 
 #[test]
 fn demo_runs_end_to_end_in_a_fresh_directory() {
-    let dir = tempfile::tempdir().unwrap();
-    // What `just models` and tools/fetch-media.sh put in a checkout: the models and the
-    // photo the sample clip pans over (a face for the detector, a person to segment).
-    let repo = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
-    std::os::unix::fs::symlink(
-        repo.join(".models").canonicalize().unwrap(),
-        dir.path().join(".models"),
-    )
-    .unwrap();
-    std::fs::create_dir(dir.path().join(".samples")).unwrap();
-    std::fs::copy(
-        repo.join(".samples/astronaut.png"),
-        dir.path().join(".samples/astronaut.png"),
-    )
-    .unwrap();
+    let dir = dir_with_models_and_photo();
     let out = aegis_ok(dir.path(), &["demo", "--fast", "--listen", "127.0.0.1:0"]);
     assert!(
         out.contains("aegis_frames_total{stream=\"cam0\",stage=\"sink\"} 300"),
@@ -238,6 +224,39 @@ fn demo_runs_end_to_end_in_a_fresh_directory() {
         let frames: u64 = segs.iter().map(|s| ffprobe(s).frames).sum();
         assert_eq!(frames, 600);
     }
+}
+
+#[test]
+fn bench_stages_reports_every_stage() {
+    let dir = dir_with_models_and_photo();
+    let json = dir.path().join("stages.json");
+    let out = aegis_ok(
+        dir.path(),
+        &[
+            "bench",
+            "stages",
+            "--frames",
+            "4",
+            "--rounds",
+            "1",
+            "--json",
+            json.to_str().unwrap(),
+        ],
+    );
+    for stage in ["moderate", "virtual_background", "detect"] {
+        assert!(out.contains(stage), "{out}");
+    }
+    let r: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+    assert_eq!(r["stages"].as_array().unwrap().len(), 3, "{r}");
+    for s in r["stages"].as_array().unwrap() {
+        let (p50, engine) = (
+            s["p50_ms"].as_f64().unwrap(),
+            s["engine_ms"].as_f64().unwrap(),
+        );
+        assert!(p50 > 0.0 && engine > 0.0, "{s}");
+    }
+    assert!(r["pipeline_fps_2"].as_f64().unwrap() > 0.0, "{r}");
 }
 
 #[test]
