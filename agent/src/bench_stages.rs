@@ -46,7 +46,8 @@ pub struct StagesBenchResult {
     pub height: usize,
     /// ONNX Runtime execution provider.
     pub provider: String,
-    /// Per stage (moderation and detection timed with the detector on every frame).
+    /// Per stage (moderation and detection timed with the detector on every frame, whatever
+    /// their `every_n_frames`).
     pub stages: Vec<StageResult>,
     /// Segmentation requests per second, one stream alone.
     pub seg_single_rps: f64,
@@ -106,10 +107,12 @@ fn time_stages(
     let mut out = Vec::new();
     for s in &cfg.pipeline.stages {
         let Some(model) = model_of(s) else { continue };
-        // Moderation is timed per analysis: the detector on every frame.
+        // Moderation and detection are timed per analysis: the detector on every frame.
         let mut s = s.clone();
-        if let StageConfig::Moderate(m) = &mut s {
-            m.every_n_frames = 1;
+        match &mut s {
+            StageConfig::Moderate(m) => m.every_n_frames = 1,
+            StageConfig::Detect(d) => d.every_n_frames = 1,
+            _ => {}
         }
         let mut stage = inference
             .build_stages(std::slice::from_ref(&s))

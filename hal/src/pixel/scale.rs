@@ -173,9 +173,11 @@ fn scale_unchecked<const C: usize>(
     }
 }
 
-/// Bilinear on both axes: fixed 8-bit weights, result normalised by shift. The horizontal
-/// taps are computed once per call into a per-thread buffer (kept between calls, so the
-/// frame path does not allocate once it has seen its widest row).
+/// Bilinear on both axes: fixed 8-bit weights, result normalised by shift. Separable: each
+/// output row first blends its two source rows (once per distinct row pair, which upscaling
+/// reuses across output rows), then interpolates along the row with horizontal taps computed
+/// once per call. The integer sums equal the direct 2×2 formula exactly. Scratch lives in a
+/// per-thread buffer, so the frame path stops allocating once it has seen its widest row.
 fn scale_bilinear<const C: usize>(
     src: Plane<'_>,
     sw: usize,
@@ -185,30 +187,38 @@ fn scale_bilinear<const C: usize>(
     dw: usize,
     dh: usize,
 ) {
+    type Scratch = (Vec<(u32, u32, u32)>, Vec<u32>);
     thread_local! {
-        static TAPS: std::cell::RefCell<Vec<(u32, u32, u32)>> = const { std::cell::RefCell::new(Vec::new()) };
+        static SCRATCH: std::cell::RefCell<Scratch> =
+            const { std::cell::RefCell::new((Vec::new(), Vec::new())) };
     }
-    TAPS.with_borrow_mut(|taps| {
+    SCRATCH.with_borrow_mut(|(taps, vrow)| {
         taps.clear();
         taps.extend((0..dw).map(|dx| {
             let (x0, x1, f) = ax.linear(dx);
             ((x0 * C) as u32, (x1 * C) as u32, f)
         }));
         let row_bytes = sw * C;
+        vrow.clear();
+        vrow.resize(row_bytes, 0);
         let row = |i: usize| &src.data[i * src.stride..i * src.stride + row_bytes];
+        let mut blended = None;
         for (dy, out) in rows_mut(dst.data, dst.stride, dw * C, dh).enumerate() {
             let (y0, y1, fy) = ay.linear(dy);
-            let (r0, r1) = (row(y0), row(y1));
-            let wy1 = fy;
-            let wy0 = W_ONE - fy;
+            if blended != Some((y0, y1, fy)) {
+                let (r0, r1) = (row(y0), row(y1));
+                let (wy0, wy1) = (W_ONE - fy, fy);
+                for ((v, &a), &b) in vrow.iter_mut().zip(r0).zip(r1) {
+                    *v = u32::from(a) * wy0 + u32::from(b) * wy1;
+                }
+                blended = Some((y0, y1, fy));
+            }
             for (px, &(x0, x1, fx)) in out.chunks_exact_mut(C).zip(taps.iter()) {
                 let (x0, x1) = (x0 as usize, x1 as usize);
-                let wx1 = fx;
-                let wx0 = W_ONE - fx;
+                let (wx0, wx1) = (W_ONE - fx, fx);
                 for (c, o) in px.iter_mut().enumerate() {
-                    let top = u32::from(r0[x0 + c]) * wx0 + u32::from(r0[x1 + c]) * wx1;
-                    let bot = u32::from(r1[x0 + c]) * wx0 + u32::from(r1[x1 + c]) * wx1;
-                    *o = ((top * wy0 + bot * wy1 + (1 << (2 * W_BITS - 1))) >> (2 * W_BITS)) as u8;
+                    let v = vrow[x0 + c] * wx0 + vrow[x1 + c] * wx1;
+                    *o = ((v + (1 << (2 * W_BITS - 1))) >> (2 * W_BITS)) as u8;
                 }
             }
         }
