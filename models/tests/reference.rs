@@ -8,28 +8,20 @@
 //!   of the picture is person, mean |Δ| ≤ 0.05 everywhere).
 //! * NudeNet through our frame path: the same classes, IoU ≥ 0.9, scores within ±0.02.
 
+mod common;
+
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::OnceLock;
 
 use aegis_hal::frame::FrameLayout;
-use aegis_hal::pixel::{Matrix, Plane, rgb24_to_i420};
-use aegis_hal::synth::{RgbImage, load_png};
-use aegis_hal::{Frame, PixelFormat, StreamId, SurfacePool};
+use aegis_hal::synth::load_png;
+use aegis_hal::{PixelFormat, SurfacePool};
 use aegis_models::engine::{InferenceEngine, OrtSession};
 use aegis_models::preprocess::{ChannelOrder, Fit, InputSpec, planar};
 use aegis_models::registry::{BatchSettings, ModelKind, ModelSpec};
 use aegis_models::stages::detector::Detector;
-
-fn repo() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..")
-}
-
-fn models_dir() -> PathBuf {
-    std::env::var_os("AEGIS_MODELS_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| repo().join(".models"))
-}
+use common::{frame_of, models_dir, ort_library, repo};
 
 /// Runs the Python references once per test binary; `None` (skip) only outside CI.
 fn reference() -> Option<&'static Path> {
@@ -69,30 +61,7 @@ fn read_f32(path: &Path) -> Vec<f32> {
 }
 
 fn session(model: &str) -> OrtSession {
-    OrtSession::open(
-        &models_dir().join("libonnxruntime.so.1.32.0"),
-        &models_dir().join(model),
-        1,
-    )
-    .unwrap()
-}
-
-/// The photo (cropped to even size) as an I420 frame, BT.601 limited range.
-fn frame_of(pool: &SurfacePool, img: &RgbImage) -> Frame {
-    let mut f = Frame::from_pool(pool, StreamId::new("photo"), 0, 0, 0).unwrap();
-    let (w, h) = (img.width & !1, img.height & !1);
-    let [y, u, v] = f.planes_mut();
-    rgb24_to_i420(
-        Plane::new(&img.data, img.width * 3),
-        w,
-        h,
-        Matrix::Bt601,
-        y,
-        u,
-        v,
-    )
-    .unwrap();
-    f
+    OrtSession::open(&ort_library(), &models_dir().join(model), 1).unwrap()
 }
 
 fn stems(out: &Path) -> Vec<(String, PathBuf, usize, usize)> {
@@ -157,7 +126,7 @@ fn selfie_full_size_through_our_frame_path_agrees_with_mediapipe() {
         let img = load_png(&photo).unwrap();
         let (fw, fh) = (w & !1, h & !1);
         let pool = SurfacePool::new(FrameLayout::new(PixelFormat::I420, fw, fh), 1);
-        let frame = frame_of(&pool, &img);
+        let frame = frame_of(&pool, &img, 0);
         planar(&frame, spec, &mut input).unwrap();
         seg.run(&input, &[1, 3, 256, 256], &mut mask).unwrap();
         let want = read_f32(&out.join(format!("{stem}.full.f32")));
@@ -203,10 +172,7 @@ fn selfie_full_size_through_our_frame_path_agrees_with_mediapipe() {
 #[test]
 fn nudenet_matches_the_python_package() {
     let Some(out) = reference() else { return };
-    let settings = aegis_models::engine::EngineSettings::cpu(
-        &models_dir().join("libonnxruntime.so.1.32.0"),
-        1,
-    );
+    let settings = aegis_models::engine::EngineSettings::cpu(&ort_library(), 1);
     let spec = ModelSpec {
         name: "nudenet".into(),
         version: 1,
@@ -227,7 +193,7 @@ fn nudenet_matches_the_python_package() {
             FrameLayout::new(PixelFormat::I420, img.width & !1, img.height & !1),
             1,
         );
-        let frame = frame_of(&pool, &img);
+        let frame = frame_of(&pool, &img, 0);
         let ours: Vec<_> = det.detect(&frame).unwrap().iter().map(|f| f.raw).collect();
         let theirs = image["detections"].as_array().unwrap();
         assert_eq!(

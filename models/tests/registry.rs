@@ -2,37 +2,24 @@
 //! file, SHA-256 mismatch, corrupt ONNX, a model of the wrong kind or input size, labels that
 //! do not fit, an execution provider the runtime lacks.
 
-use std::path::{Path, PathBuf};
+mod common;
+
+use std::path::Path;
+
+use common::{have, models_dir, ort_library};
 
 use aegis_models::engine::{EngineSettings, Provider};
 use aegis_models::registry::{BatchSettings, ModelKind, ModelSpec, load};
 
-fn repo() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..")
-}
-
-fn models_dir() -> PathBuf {
-    std::env::var_os("AEGIS_MODELS_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| repo().join(".models"))
-}
-
 const NUDENET_SHA: &str = "c15d8273adad2d0a92f014cc69ab2d6c311a06777a55545f2c4eb46f51911f0f";
 
 fn setup() -> Option<EngineSettings> {
-    let lib = models_dir().join("libonnxruntime.so.1.32.0");
-    let ok = lib.exists()
-        && models_dir().join("nudenet-320n.onnx").exists()
-        && models_dir().join("selfie_segmentation.onnx").exists();
-    if !ok {
-        assert!(
-            std::env::var_os("CI").is_none(),
-            "CI must fetch models (just models)"
-        );
-        eprintln!("skipping: run `just models`");
-        return None;
-    }
-    Some(EngineSettings::cpu(&lib, 1))
+    let ok = have(&[
+        ort_library(),
+        models_dir().join("nudenet-320n.onnx"),
+        models_dir().join("selfie_segmentation.onnx"),
+    ]);
+    ok.then(|| EngineSettings::cpu(&ort_library(), 1))
 }
 
 fn spec(name: &str, kind: ModelKind, file: &Path, size: usize) -> ModelSpec {

@@ -3,15 +3,15 @@
 //! moderation policy's verdicts become metadata and actions (blur, drop, alert) and hold
 //! between analysed frames; the detector + tracker keeps one stable id on the face.
 
-use std::path::PathBuf;
+mod common;
+
 use std::sync::Arc;
 
 use aegis_hal::analytics::{ModerationAction, ObjectSource};
 use aegis_hal::frame::FrameLayout;
-use aegis_hal::pixel::{Matrix, Plane, rgb24_to_i420};
 use aegis_hal::stage::{Stage, StageOutcome};
 use aegis_hal::synth::{RgbImage, load_png};
-use aegis_hal::{Frame, PixelFormat, StreamId, SurfacePool};
+use aegis_hal::{Frame, PixelFormat, SurfacePool};
 use aegis_models::engine::EngineSettings;
 use aegis_models::registry::{BatchSettings, LoadedModel, ModelKind, ModelSpec, load};
 use aegis_models::stages::pixels::rgb_to_yuv;
@@ -20,16 +20,7 @@ use aegis_models::stages::{
     VirtualBackground, VirtualBackgroundSettings,
 };
 use aegis_models::track::TrackerConfig;
-
-fn repo() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..")
-}
-
-fn models_dir() -> PathBuf {
-    std::env::var_os("AEGIS_MODELS_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| repo().join(".models"))
-}
+use common::{frame_of, have, models_dir, ort_library, repo};
 
 struct Fixture {
     photo: RgbImage,
@@ -39,13 +30,7 @@ struct Fixture {
 impl Fixture {
     fn new() -> Option<Fixture> {
         let photo = repo().join(".samples/astronaut.png");
-        let ok = photo.exists() && models_dir().join("libonnxruntime.so.1.32.0").exists();
-        if !ok {
-            assert!(
-                std::env::var_os("CI").is_none(),
-                "CI must fetch models and media"
-            );
-            eprintln!("skipping: run `just models` and tools/fetch-media.sh");
+        if !have(&[photo.clone(), ort_library()]) {
             return None;
         }
         let photo = load_png(&photo).unwrap();
@@ -57,24 +42,11 @@ impl Fixture {
     }
 
     fn frame(&self, seq: u64) -> Frame {
-        let mut f = Frame::from_pool(&self.pool, StreamId::new("photo"), seq, 0, 0).unwrap();
-        let (w, h) = (self.photo.width, self.photo.height);
-        let [y, u, v] = f.planes_mut();
-        rgb24_to_i420(
-            Plane::new(&self.photo.data, w * 3),
-            w,
-            h,
-            Matrix::Bt601,
-            y,
-            u,
-            v,
-        )
-        .unwrap();
-        f
+        frame_of(&self.pool, &self.photo, seq)
     }
 
     fn model(&self, kind: ModelKind, file: &str, size: usize) -> Arc<LoadedModel> {
-        let settings = EngineSettings::cpu(&models_dir().join("libonnxruntime.so.1.32.0"), 1);
+        let settings = EngineSettings::cpu(&ort_library(), 1);
         let spec = ModelSpec {
             name: file.into(),
             version: 1,
