@@ -305,6 +305,8 @@ fn run_pipeline(
         force_realtime: Some(false),
         decoder_threads: threads,
         inference: None,
+        store: None,
+        events_topic: None,
     };
     let sampling = Arc::new(AtomicBool::new(true));
     let sampler = {

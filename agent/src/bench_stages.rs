@@ -209,6 +209,8 @@ fn pipeline_fps(
         force_realtime: Some(false),
         decoder_threads: 0,
         inference,
+        store: None,
+        events_topic: None,
     };
     let t0 = Instant::now();
     let reports = Pipeline::start(pipeline, metrics, &opts)?.wait();

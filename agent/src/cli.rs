@@ -82,6 +82,11 @@ enum Command {
         #[arg(long)]
         pipeline: bool,
     },
+    /// The local database: stats, integrity check, vacuum, export.
+    Db {
+        #[command(subcommand)]
+        what: crate::db_cli::DbCommand,
+    },
     /// Benchmarks.
     Bench {
         #[command(subcommand)]
@@ -203,6 +208,8 @@ pub fn main() -> ExitCode {
                         force_realtime: realtime.then_some(true),
                         decoder_threads: 0,
                         inference: None,
+                        store: None,
+                        events_topic: None,
                     },
                     ..Default::default()
                 };
@@ -273,6 +280,10 @@ pub fn main() -> ExitCode {
         } => {
             crate::logging::init(log_override.unwrap_or(LogFormat::Human), "warn");
             bench_stages(config, clip, frames, rounds, json)
+        }
+        Command::Db { what } => {
+            crate::logging::init(log_override.unwrap_or(LogFormat::Human), "warn");
+            crate::db_cli::run(what)
         }
         Command::Sample(spec) => {
             crate::logging::init(log_override.unwrap_or(LogFormat::Human), "info");
@@ -461,6 +472,8 @@ fn demo(fast: bool, serve: bool, listen: Option<SocketAddr>) -> anyhow::Result<(
             force_realtime: Some(!fast),
             decoder_threads: 0,
             inference: None,
+            store: None,
+            events_topic: None,
         },
         linger: serve,
         scrape_metrics: true,
@@ -485,6 +498,15 @@ fn demo(fast: bool, serve: bool, listen: Option<SocketAddr>) -> anyhow::Result<(
         }) {
             println!("  {line}");
         }
+    }
+    if let Ok(st) = crate::store::stats(&cfg.store.path) {
+        let rows: Vec<String> = st.rows.iter().map(|(t, n)| format!("{n} {t}")).collect();
+        println!(
+            "\nstore {}: {} (try: aegis db export --db {} --since 1h --format csv)",
+            cfg.store.path.display(),
+            rows.join(", "),
+            cfg.store.path.display()
+        );
     }
     println!("\nrecordings:");
     for r in &summary.streams {

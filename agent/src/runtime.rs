@@ -24,6 +24,8 @@ pub struct RunSummary {
     pub interrupted: bool,
     /// `/metrics` as scraped over HTTP just before the server stopped (if requested).
     pub final_metrics: Option<String>,
+    /// The store's writer counters at the end.
+    pub store: Option<Arc<crate::store::StoreCounters>>,
 }
 
 /// Options of a run beyond the config.
@@ -67,6 +69,25 @@ pub async fn run(
 ) -> anyhow::Result<RunSummary> {
     let backend = select_backend(cfg)?;
     let (pipeline_cfg, origin) = aegis_config::effective_pipeline(cfg, None);
+    let store = {
+        let settings = crate::store::StoreSettings::from_config(&cfg.store);
+        tokio::task::spawn_blocking(move || crate::store::Store::open(settings)).await??
+    };
+    let store_handle = store.handle();
+    let events_topic = cfg
+        .fleet
+        .enabled
+        .then(|| format!("aegis/v1/{}/events", cfg.device.id));
+    store_handle.submit(crate::store::Record::Audit {
+        ts_us: crate::store::now_us(),
+        actor: "agent".into(),
+        action: "agent.start".into(),
+        detail: format!(
+            "version {}, backend {backend}, {} streams",
+            env!("CARGO_PKG_VERSION"),
+            pipeline_cfg.sources.len()
+        ),
+    });
     let addr: SocketAddr = match req.listen {
         Some(a) => a,
         None => cfg
@@ -104,6 +125,10 @@ pub async fn run(
         let cfg = pipeline_cfg.clone();
         let metrics = metrics.clone();
         let mut opts = req.options.clone();
+        if opts.store.is_none() {
+            opts.store = Some(store_handle.clone());
+            opts.events_topic = events_topic;
+        }
         let inference_cfg = config_inference.clone();
         let cuda_device = config_cuda_device;
         tokio::task::spawn_blocking(move || -> anyhow::Result<Pipeline> {
@@ -160,12 +185,22 @@ pub async fn run(
     };
     let _ = server_stop_tx.send(());
     let _ = server.await;
+    store_handle.submit(crate::store::Record::Audit {
+        ts_us: crate::store::now_us(),
+        actor: "agent".into(),
+        action: "agent.stop".into(),
+        detail: if interrupted { "signal" } else { "input ended" }.into(),
+    });
+    let counters = store_handle.counters().clone();
+    drop(store_handle);
+    tokio::task::spawn_blocking(move || store.close()).await?;
     Ok(RunSummary {
         streams,
         elapsed,
         listen,
         interrupted,
         final_metrics,
+        store: Some(counters),
     })
 }
 

@@ -625,6 +625,26 @@ fn check_encoder(encoder: &EncoderConfig, prefix: &str, out: &mut Vec<Problem>) 
 
 pub(crate) fn check_store(store: &StoreConfig, prefix: &str, out: &mut Vec<Problem>) {
     check_not_empty(out, join_key(prefix, "path"), &store.path.to_string_lossy());
+    let key = |k| join_key(prefix, k);
+    check_range(
+        out,
+        key("retention_days"),
+        store.retention_days,
+        &(1..=3650),
+    );
+    check_range(
+        out,
+        key("size_budget_mb"),
+        store.size_budget_mb,
+        &(16..=1 << 20),
+    );
+    check_range(
+        out,
+        key("outbox_max_rows"),
+        store.outbox_max_rows,
+        &(100..=10_000_000),
+    );
+    check_range(out, key("queue"), store.queue, &(64..=1_000_000));
 }
 
 pub(crate) fn check_fleet(fleet: &FleetConfig, prefix: &str, out: &mut Vec<Problem>) {

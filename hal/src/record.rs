@@ -660,7 +660,7 @@ impl ClipWriter {
 
 /// Civil UTC date (y, m, d) and time (h, m, s) of a Unix time, without a date crate
 /// (Howard Hinnant's `civil_from_days`).
-pub(crate) fn civil_utc(secs: i64) -> ((i64, i64, i64), (i64, i64, i64)) {
+pub fn civil_utc(secs: i64) -> ((i64, i64, i64), (i64, i64, i64)) {
     let (days, rem) = (secs.div_euclid(86_400), secs.rem_euclid(86_400));
     let z = days + 719_468;
     let era = z.div_euclid(146_097);

@@ -17,6 +17,7 @@
 //! pools (waking a source that waits for a surface). Each source then ends its stream; the
 //! queues drain; the sinks get `finish()`, which closes the recordings cleanly.
 
+pub mod analytics;
 pub mod queue;
 pub mod sinks;
 
@@ -26,7 +27,6 @@ use std::thread::JoinHandle;
 use std::time::Instant;
 
 use aegis_config::{CaptureFormat, PipelineConfig, SourceLocation};
-use aegis_hal::analytics::ObjectSource;
 use aegis_hal::source::{
     FileSource, FileSourceSettings, LiveSource, LiveSourceSettings, RtspTransport, SourceError,
     SourceStopper, VideoSource,
@@ -38,9 +38,8 @@ use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::Histogram;
 
-use crate::metrics::{
-    AnalyticsLabels, DropLabels, ErrorLabels, Metrics, QueueLabels, StageLabels, StreamLabels,
-};
+use crate::metrics::{DropLabels, ErrorLabels, Metrics, QueueLabels, StageLabels, StreamLabels};
+use analytics::{AnalyticsSummary, AnalyticsTally};
 use sinks::{SharedSinkState, Sink};
 
 /// Errors that prevent a pipeline from starting; each names the config path at fault.
@@ -89,6 +88,10 @@ pub struct RunOptions {
     /// The loaded models the stages use (see [`crate::inference::Inference::load`]); `None`
     /// for pipelines without inference stages.
     pub inference: Option<Arc<crate::inference::Inference>>,
+    /// Where stage events, track summaries and stage timings go (`None`: nowhere).
+    pub store: Option<crate::store::StoreHandle>,
+    /// With a store: also queue events for the fleet broker on this topic.
+    pub events_topic: Option<String>,
 }
 
 /// What one stream did, reported when it ends.
@@ -225,99 +228,6 @@ impl ErrorReporter {
             }
         };
         self.seen[i].2.inc_by(count);
-    }
-}
-
-/// What the inference stages reported on one stream.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct AnalyticsSummary {
-    /// Tracks started (distinct track ids).
-    pub tracks: u64,
-    /// Frames with a moderation verdict.
-    pub moderated: u64,
-    /// Frames whose background was replaced.
-    pub background_replaced: u64,
-}
-
-/// Counts frame analytics into metrics; counter handles are cached per (kind, label), so
-/// the frame path allocates only the first time a label shows up.
-struct AnalyticsTally {
-    metrics: Arc<Metrics>,
-    stream: String,
-    counters: Vec<(&'static str, &'static str, Counter)>,
-    tracks: Counter,
-    background: Counter,
-    max_track: u64,
-    summary: AnalyticsSummary,
-}
-
-impl AnalyticsTally {
-    fn new(metrics: Arc<Metrics>, stream: &str) -> Self {
-        let sl = StreamLabels {
-            stream: stream.to_string(),
-        };
-        AnalyticsTally {
-            tracks: metrics.tracks.get_or_create_owned(&sl),
-            background: metrics.background_replaced.get_or_create_owned(&sl),
-            metrics,
-            stream: stream.to_string(),
-            counters: Vec::new(),
-            max_track: 0,
-            summary: AnalyticsSummary::default(),
-        }
-    }
-
-    fn counter(&mut self, kind: &'static str, label: &'static str, verdict: bool) -> &Counter {
-        let i = match self
-            .counters
-            .iter()
-            .position(|(k, l, _)| *k == kind && std::ptr::eq(*l, label))
-        {
-            Some(i) => i,
-            None => {
-                let labels = AnalyticsLabels {
-                    stream: self.stream.clone(),
-                    kind: kind.to_string(),
-                    label: label.to_string(),
-                };
-                let family = if verdict {
-                    &self.metrics.moderated
-                } else {
-                    &self.metrics.objects
-                };
-                self.counters
-                    .push((kind, label, family.get_or_create_owned(&labels)));
-                self.counters.len() - 1
-            }
-        };
-        &self.counters[i].2
-    }
-
-    fn count(&mut self, frame: &Frame) {
-        let meta = &frame.meta;
-        for o in meta.objects.iter() {
-            let kind = match o.source {
-                ObjectSource::Detect => "detect",
-                ObjectSource::Moderate => "moderate",
-            };
-            self.counter(kind, o.label, false).inc();
-            // Track ids only grow, from 1: a new maximum is a new track.
-            if let Some(id) = o.track_id
-                && id > self.max_track
-            {
-                self.tracks.inc_by(id - self.max_track);
-                self.summary.tracks += id - self.max_track;
-                self.max_track = id;
-            }
-        }
-        if let Some(v) = meta.moderation {
-            self.counter(v.action.as_str(), "", true).inc();
-            self.summary.moderated += 1;
-        }
-        if meta.background_replaced {
-            self.background.inc();
-            self.summary.background_replaced += 1;
-        }
     }
 }
 
@@ -462,8 +372,15 @@ impl Pipeline {
             stoppers: sources.iter().map(|s| s.stopper()).collect(),
             streams: Vec::new(),
         };
+        let ctx = StreamContext {
+            metrics: metrics.clone(),
+            stop,
+            auto_threads,
+            store: opts.store.clone(),
+            events_topic: opts.events_topic.clone(),
+        };
         for (source, stages) in sources.into_iter().zip(stage_sets) {
-            let threads = spawn_stream(source, stages, cfg, &shared, &metrics, &stop, auto_threads);
+            let threads = spawn_stream(source, stages, cfg, &shared, &ctx);
             match threads {
                 Ok(t) => pipeline.streams.push(t),
                 Err(e) => {
@@ -530,15 +447,24 @@ fn spawn_named<T: Send + 'static>(
         .map_err(|source| PipelineError::Thread { name, source })
 }
 
+/// What every stream of a pipeline shares.
+struct StreamContext {
+    metrics: Arc<Metrics>,
+    stop: Arc<AtomicBool>,
+    auto_threads: usize,
+    store: Option<crate::store::StoreHandle>,
+    events_topic: Option<String>,
+}
+
 fn spawn_stream(
     mut source: Box<dyn VideoSource>,
     mut stages: Vec<Box<dyn Stage>>,
     cfg: &PipelineConfig,
     shared: &[SharedSinkState],
-    metrics: &Arc<Metrics>,
-    stop: &Arc<AtomicBool>,
-    auto_threads: usize,
+    ctx: &StreamContext,
 ) -> Result<StreamThreads, PipelineError> {
+    let (metrics, stop, auto_threads) = (&ctx.metrics, &ctx.stop, ctx.auto_threads);
+    let (opts_store, events_topic) = (&ctx.store, &ctx.events_topic);
     let id = source.stream_id().to_string();
     let sm = Arc::new(StreamMetrics::new(metrics, &id));
     let depth = cfg.queue_depth as usize;
@@ -672,14 +598,27 @@ fn spawn_stream(
     // Stage thread.
     let stg_metrics = sm.clone();
     let mut stg_errors = ErrorReporter::new(metrics.clone(), &id);
-    let mut tally = AnalyticsTally::new(metrics.clone(), &id);
+    let stage_names: Vec<String> = stages
+        .iter()
+        .enumerate()
+        .map(|(i, s)| format!("{i}:{}", s.kind()))
+        .collect();
+    let mut tally = AnalyticsTally::new(
+        metrics.clone(),
+        &id,
+        opts_store.clone(),
+        events_topic.clone(),
+        stage_names,
+    );
     let stage_thread = spawn_named(format!("stg-{id}"), move || {
         let mut dropped = 0u64;
         'frames: while let Ok(mut frame) = dec_rx.recv() {
-            for (stage, hist) in stages.iter_mut().zip(&stage_hist) {
+            for (i, (stage, hist)) in stages.iter_mut().zip(&stage_hist).enumerate() {
                 let t0 = Instant::now();
                 let outcome = stage.process(&mut frame);
-                hist.observe(t0.elapsed().as_secs_f64());
+                let took = t0.elapsed().as_secs_f64();
+                hist.observe(took);
+                tally.stage_time(i, took);
                 match outcome {
                     Ok(StageOutcome::Keep) => {}
                     Ok(StageOutcome::Drop) => {
@@ -696,6 +635,7 @@ fn spawn_stream(
                 break;
             }
         }
+        tally.finish();
         (dropped, tally.summary)
     })?;
 

@@ -1,0 +1,352 @@
+//! `aegis db stats|check|vacuum|export`: the local store from the command line. Every command
+//! opens the database on its own connection; `stats`, `check` and `export` read only, so they
+//! are safe while the agent runs (WAL snapshot reads).
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use clap::{Subcommand, ValueEnum};
+
+use crate::store;
+
+/// The subcommands.
+#[derive(Subcommand, Debug)]
+pub enum DbCommand {
+    /// Rows per table, file and WAL size, event time span.
+    Stats(DbTarget),
+    /// `PRAGMA integrity_check`; exits 1 when the file is damaged.
+    Check(DbTarget),
+    /// Rebuild the file to give deleted space back (needs free disk as large as the file;
+    /// run while the agent is stopped).
+    Vacuum(DbTarget),
+    /// Events (or metrics, audit) since a time, as CSV or JSON lines, oldest first.
+    Export {
+        /// Which database.
+        #[command(flatten)]
+        target: DbTarget,
+        /// Start: RFC 3339 UTC (`2026-11-26T10:00:00Z`), a relative age (`30m`, `2h`, `7d`)
+        /// or `all`.
+        #[arg(long)]
+        since: String,
+        /// Which table.
+        #[arg(long, value_enum, default_value_t = Table::Events)]
+        table: Table,
+        /// Output format.
+        #[arg(long, value_enum, default_value_t = Format::Jsonl)]
+        format: Format,
+        /// Write here instead of standard output.
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
+    /// (testing) Write events as fast as possible until killed, through the real writer.
+    #[command(hide = true)]
+    Stress {
+        /// Which database.
+        #[command(flatten)]
+        target: DbTarget,
+        /// Stop after this many seconds.
+        #[arg(long, default_value_t = 60.0)]
+        seconds: f64,
+    },
+}
+
+/// Which database: `--db`, else the config's `store.path`.
+#[derive(clap::Args, Debug)]
+pub struct DbTarget {
+    /// The database file.
+    #[arg(long)]
+    db: Option<PathBuf>,
+    /// The agent config whose `store.path` to use.
+    #[arg(long, short, default_value = "/etc/aegis/aegis.yaml")]
+    config: PathBuf,
+}
+
+impl DbTarget {
+    fn resolve(&self) -> anyhow::Result<PathBuf> {
+        match &self.db {
+            Some(p) => Ok(p.clone()),
+            None => Ok(aegis_config::load(&self.config)
+                .map_err(|e| anyhow::anyhow!("{e} (or name the database with --db)"))?
+                .store
+                .path),
+        }
+    }
+}
+
+/// Exported tables.
+#[derive(Copy, Clone, Debug, ValueEnum)]
+pub enum Table {
+    /// Detections, tracks, verdicts.
+    Events,
+    /// Stored metric samples.
+    Metrics,
+    /// Who did what.
+    Audit,
+}
+
+/// Export formats.
+#[derive(Copy, Clone, Debug, ValueEnum)]
+pub enum Format {
+    /// One JSON object per line.
+    Jsonl,
+    /// Comma-separated, RFC 4180 quoting, header row.
+    Csv,
+}
+
+/// Parses `--since`: RFC 3339 UTC, `<n>s|m|h|d` ago, or `all`; µs since the epoch.
+pub fn parse_since(text: &str, now_us: i64) -> anyhow::Result<i64> {
+    let t = text.trim();
+    if t == "all" {
+        return Ok(i64::MIN);
+    }
+    if let Some(unit) = t.chars().last().filter(|c| "smhd".contains(*c))
+        && let Ok(n) = t[..t.len() - 1].parse::<u64>()
+    {
+        let secs = n * match unit {
+            's' => 1,
+            'm' => 60,
+            'h' => 3600,
+            _ => 86_400,
+        };
+        return Ok(now_us - secs as i64 * 1_000_000);
+    }
+    parse_rfc3339_utc(t).ok_or_else(|| {
+        anyhow::anyhow!(
+            "--since {text:?}: expected RFC 3339 UTC like 2026-11-26T10:00:00Z, an age like 30m, 2h, 7d, or all"
+        )
+    })
+}
+
+/// `YYYY-MM-DDTHH:MM:SS[.frac]Z` → µs since the epoch.
+fn parse_rfc3339_utc(t: &str) -> Option<i64> {
+    let t = t.strip_suffix('Z').or_else(|| t.strip_suffix("+00:00"))?;
+    let (date, time) = t.split_once(['T', ' '])?;
+    let mut d = date.splitn(3, '-').map(|p| p.parse::<i64>().ok());
+    let (y, mo, da) = (d.next()??, d.next()??, d.next()??);
+    let (hms, frac) = time.split_once('.').unwrap_or((time, ""));
+    let mut h = hms.splitn(3, ':').map(|p| p.parse::<i64>().ok());
+    let (hh, mm, ss) = (h.next()??, h.next()??, h.next()??);
+    let valid = (1..=12).contains(&mo)
+        && (1..=31).contains(&da)
+        && (0..24).contains(&hh)
+        && (0..60).contains(&mm)
+        && (0..=60).contains(&ss);
+    if !valid || !frac.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    let micros = format!("{frac:0<6}")[..6].parse::<i64>().ok()?;
+    Some(((days_from_civil(y, mo, da) * 86_400 + hh * 3600 + mm * 60 + ss) * 1_000_000) + micros)
+}
+
+/// Days since 1970-01-01 of a proleptic Gregorian date (Howard Hinnant's algorithm).
+fn days_from_civil(y: i64, m: i64, d: i64) -> i64 {
+    let y = if m <= 2 { y - 1 } else { y };
+    let era = y.div_euclid(400);
+    let yoe = y - era * 400;
+    let doy = (153 * (if m > 2 { m - 3 } else { m + 9 }) + 2) / 5 + d - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    era * 146_097 + doe - 719_468
+}
+
+/// µs since the epoch → `YYYY-MM-DDTHH:MM:SS.ffffffZ`.
+pub fn format_utc(us: i64) -> String {
+    let secs = us.div_euclid(1_000_000);
+    let ((y, mo, d), (h, mi, s)) = aegis_hal::record::civil_utc(secs);
+    format!(
+        "{y:04}-{mo:02}-{d:02}T{h:02}:{mi:02}:{s:02}.{:06}Z",
+        us.rem_euclid(1_000_000)
+    )
+}
+
+fn csv_field(s: &str) -> String {
+    if s.contains([',', '"', '\n', '\r']) {
+        format!("\"{}\"", s.replace('"', "\"\""))
+    } else {
+        s.to_string()
+    }
+}
+
+/// Runs a `db` subcommand.
+pub fn run(cmd: DbCommand) -> anyhow::Result<()> {
+    match cmd {
+        DbCommand::Stats(t) => {
+            let path = t.resolve()?;
+            let s = store::stats(&path)?;
+            println!("{} (schema version {})", path.display(), s.schema_version);
+            println!("  file {} bytes, WAL {} bytes", s.file_bytes, s.wal_bytes);
+            for (table, n) in &s.rows {
+                println!("  {table:<8} {n} rows");
+            }
+            if let Some((a, b)) = s.events_span_us {
+                println!("  events from {} to {}", format_utc(a), format_utc(b));
+            }
+            Ok(())
+        }
+        DbCommand::Check(t) => {
+            let path = t.resolve()?;
+            let verdict = store::check(&path)?;
+            println!("{}: {verdict}", path.display());
+            anyhow::ensure!(
+                verdict == "ok",
+                "{} is damaged: stop the agent and see docs/store.md (the agent moves a damaged \
+                 file aside at its next start and never deletes it)",
+                path.display()
+            );
+            Ok(())
+        }
+        DbCommand::Vacuum(t) => {
+            let path = t.resolve()?;
+            let (before, after) = store::vacuum(&path)?;
+            println!("{}: {before} -> {after} bytes", path.display());
+            Ok(())
+        }
+        DbCommand::Export {
+            target,
+            since,
+            table,
+            format,
+            out,
+        } => {
+            let path = target.resolve()?;
+            let since = parse_since(&since, store::now_us())?;
+            let mut w: Box<dyn Write> = match &out {
+                Some(p) => Box::new(std::io::BufWriter::new(std::fs::File::create(p)?)),
+                None => Box::new(std::io::BufWriter::new(std::io::stdout().lock())),
+            };
+            let n = export(&path, since, table, format, &mut w)?;
+            w.flush()?;
+            eprintln!("exported {n} rows");
+            Ok(())
+        }
+        DbCommand::Stress { target, seconds } => stress(&target.resolve()?, seconds),
+    }
+}
+
+fn export(
+    path: &Path,
+    since: i64,
+    table: Table,
+    format: Format,
+    w: &mut dyn Write,
+) -> anyhow::Result<u64> {
+    let conn = store::open_reader(path)?;
+    let (sql, cols): (&str, &[&str]) = match table {
+        Table::Events => (
+            "SELECT ts_us, id, stream, kind, payload FROM events WHERE ts_us >= ?1 ORDER BY ts_us, id",
+            &["time", "id", "stream", "kind", "payload"],
+        ),
+        Table::Metrics => (
+            "SELECT ts_us, name, labels, value FROM metrics WHERE ts_us >= ?1 ORDER BY ts_us",
+            &["time", "name", "labels", "value"],
+        ),
+        Table::Audit => (
+            "SELECT ts_us, actor, action, detail FROM audit WHERE ts_us >= ?1 ORDER BY ts_us, id",
+            &["time", "actor", "action", "detail"],
+        ),
+    };
+    if let Format::Csv = format {
+        writeln!(w, "{}", cols.join(","))?;
+    }
+    let mut stmt = conn.prepare(sql)?;
+    let mut rows = stmt.query([since])?;
+    let mut n = 0u64;
+    while let Some(r) = rows.next()? {
+        let mut fields = vec![format_utc(r.get::<_, i64>(0)?)];
+        for i in 1..cols.len() {
+            let v: rusqlite::types::Value = r.get(i)?;
+            fields.push(match v {
+                rusqlite::types::Value::Null => String::new(),
+                rusqlite::types::Value::Integer(i) => i.to_string(),
+                rusqlite::types::Value::Real(f) => f.to_string(),
+                rusqlite::types::Value::Text(t) => t,
+                rusqlite::types::Value::Blob(b) => String::from_utf8_lossy(&b).into_owned(),
+            });
+        }
+        match format {
+            Format::Csv => {
+                let line: Vec<String> = fields.iter().map(|f| csv_field(f)).collect();
+                writeln!(w, "{}", line.join(","))?;
+            }
+            Format::Jsonl => {
+                let mut obj = serde_json::Map::new();
+                for (c, f) in cols.iter().zip(fields) {
+                    // JSON columns stay JSON.
+                    let v = match (*c, serde_json::from_str::<serde_json::Value>(&f)) {
+                        ("payload" | "labels", Ok(j)) => j,
+                        ("value", Ok(j)) => j,
+                        _ => serde_json::Value::String(f),
+                    };
+                    obj.insert((*c).to_string(), v);
+                }
+                writeln!(w, "{}", serde_json::Value::Object(obj))?;
+            }
+        }
+        n += 1;
+    }
+    Ok(n)
+}
+
+/// Writes events through the real writer as fast as the queue takes them, printing the
+/// count each second (the kill -9 test kills this at random points).
+fn stress(path: &Path, seconds: f64) -> anyhow::Result<()> {
+    let st = store::Store::open(store::StoreSettings {
+        path: path.to_path_buf(),
+        retention: std::time::Duration::from_secs(86_400),
+        size_budget: 64 << 20,
+        outbox_max_rows: 10_000,
+        queue: 4096,
+    })?;
+    let h = st.handle();
+    let t0 = std::time::Instant::now();
+    let mut n = 0u64;
+    println!("ready");
+    while t0.elapsed().as_secs_f64() < seconds {
+        let event = store::Event {
+            id: store::new_event_id(),
+            ts_us: store::now_us(),
+            stream: Some("stress".into()),
+            kind: "stress".into(),
+            payload: serde_json::json!({ "n": n, "pad": "x".repeat(64) }),
+        };
+        if h.submit(store::Record::Event {
+            event,
+            outbox_topic: Some("aegis/v1/stress/events".into()),
+        }) {
+            n += 1;
+        } else {
+            std::thread::sleep(std::time::Duration::from_micros(200));
+        }
+    }
+    drop(h);
+    st.close();
+    println!("wrote {n}");
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn since_parses_absolute_relative_and_all() {
+        let now = 1_800_000_000_000_000;
+        assert_eq!(parse_since("2h", now).unwrap(), now - 7_200_000_000);
+        assert_eq!(parse_since("all", now).unwrap(), i64::MIN);
+        let t = parse_since("2026-11-26T10:00:00Z", now).unwrap();
+        assert_eq!(format_utc(t), "2026-11-26T10:00:00.000000Z");
+        assert_eq!(
+            format_utc(parse_since("1970-01-01T00:00:01.5Z", now).unwrap()),
+            "1970-01-01T00:00:01.500000Z"
+        );
+        for bad in ["yesterday", "2026-13-01T00:00:00Z", "10x", "2026-11-26"] {
+            let e = parse_since(bad, now).err().unwrap().to_string();
+            assert!(e.contains(bad), "{e}");
+        }
+    }
+
+    #[test]
+    fn csv_quotes_what_needs_quoting() {
+        assert_eq!(csv_field("plain"), "plain");
+        assert_eq!(csv_field(r#"{"a":1,"b":2}"#), r#""{""a"":1,""b"":2}""#);
+    }
+}

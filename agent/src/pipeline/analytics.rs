@@ -1,0 +1,319 @@
+//! What a stream's stages found, turned into metrics, store events and track summaries, on
+//! the stage thread after the stages ran. Nothing here waits: store records are handed to
+//! the writer's bounded queue ([`StoreHandle::submit`]) and dropped (counted) when it is full.
+//!
+//! Events (kind → payload):
+//! * `moderation`: each analysed frame with a verdict — action, label, score, flagged
+//!   regions;
+//! * `track_started` / `track_ended`: a track's first report, and its summary once it has
+//!   not been reported for [`TRACK_END_FRAMES`] frames (or the stream ended); the summary
+//!   also goes to the `tracks` table.
+//!
+//! Every [`TIMING_EVERY`], the mean latency of each stage and the stream's fps go to the
+//! `metrics` table.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use aegis_hal::Frame;
+use aegis_hal::analytics::{Object, ObjectSource};
+use prometheus_client::metrics::counter::Counter;
+use serde_json::json;
+
+use crate::metrics::{AnalyticsLabels, Metrics, StreamLabels};
+use crate::store::{Event, Record, StoreHandle, new_event_id, now_us};
+
+/// Frames without a report after which a track counts as ended.
+pub const TRACK_END_FRAMES: u64 = 90;
+/// How often stage timings are stored.
+pub const TIMING_EVERY: Duration = Duration::from_secs(10);
+
+/// What the inference stages reported on one stream.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct AnalyticsSummary {
+    /// Tracks started (distinct track ids).
+    pub tracks: u64,
+    /// Frames with a moderation verdict.
+    pub moderated: u64,
+    /// Frames whose background was replaced.
+    pub background_replaced: u64,
+    /// Events handed to the store.
+    pub events: u64,
+}
+
+struct TrackLife {
+    label: &'static str,
+    first_us: i64,
+    last_us: i64,
+    last_seq: u64,
+    frames: u64,
+    best_score: f32,
+    last_box: [f32; 4],
+}
+
+/// Per-stream analytics bookkeeping (lives on the stage thread).
+pub struct AnalyticsTally {
+    metrics: Arc<Metrics>,
+    stream: String,
+    counters: Vec<(&'static str, &'static str, Counter)>,
+    tracks_counter: Counter,
+    background: Counter,
+    max_track: u64,
+    /// What was seen so far.
+    pub summary: AnalyticsSummary,
+    store: Option<StoreHandle>,
+    events_topic: Option<String>,
+    live: HashMap<u64, TrackLife>,
+    last_verdict_seq: Option<u64>,
+    stage_names: Vec<String>,
+    stage_sums: Vec<(f64, u64)>,
+    window: (Instant, u64),
+}
+
+impl AnalyticsTally {
+    /// Bookkeeping for `stream`; with a `store`, events and timings are recorded.
+    pub fn new(
+        metrics: Arc<Metrics>,
+        stream: &str,
+        store: Option<StoreHandle>,
+        events_topic: Option<String>,
+        stage_names: Vec<String>,
+    ) -> Self {
+        let sl = StreamLabels {
+            stream: stream.to_string(),
+        };
+        AnalyticsTally {
+            tracks_counter: metrics.tracks.get_or_create_owned(&sl),
+            background: metrics.background_replaced.get_or_create_owned(&sl),
+            metrics,
+            stream: stream.to_string(),
+            counters: Vec::new(),
+            max_track: 0,
+            summary: AnalyticsSummary::default(),
+            store,
+            events_topic,
+            live: HashMap::new(),
+            last_verdict_seq: None,
+            stage_sums: vec![(0.0, 0); stage_names.len()],
+            stage_names,
+            window: (Instant::now(), 0),
+        }
+    }
+
+    fn counter(&mut self, kind: &'static str, label: &'static str, verdict: bool) -> &Counter {
+        let i = match self
+            .counters
+            .iter()
+            .position(|(k, l, _)| *k == kind && std::ptr::eq(*l, label))
+        {
+            Some(i) => i,
+            None => {
+                let labels = AnalyticsLabels {
+                    stream: self.stream.clone(),
+                    kind: kind.to_string(),
+                    label: label.to_string(),
+                };
+                let family = if verdict {
+                    &self.metrics.moderated
+                } else {
+                    &self.metrics.objects
+                };
+                self.counters
+                    .push((kind, label, family.get_or_create_owned(&labels)));
+                self.counters.len() - 1
+            }
+        };
+        &self.counters[i].2
+    }
+
+    fn event(&mut self, ts_us: i64, kind: &str, payload: serde_json::Value) {
+        let Some(store) = &self.store else { return };
+        let event = Event {
+            id: new_event_id(),
+            ts_us,
+            stream: Some(self.stream.clone()),
+            kind: kind.to_string(),
+            payload,
+        };
+        if store.submit(Record::Event {
+            event,
+            outbox_topic: self.events_topic.clone(),
+        }) {
+            self.summary.events += 1;
+        }
+    }
+
+    /// One stage's processing time for the current frame.
+    pub fn stage_time(&mut self, stage: usize, secs: f64) {
+        if let Some(s) = self.stage_sums.get_mut(stage) {
+            s.0 += secs;
+            s.1 += 1;
+        }
+    }
+
+    /// Counts what the stages left on `frame`.
+    pub fn count(&mut self, frame: &Frame) {
+        let meta = &frame.meta;
+        let ts = meta.wallclock_us.unwrap_or_else(now_us);
+        for o in meta.objects.iter() {
+            let kind = match o.source {
+                ObjectSource::Detect => "detect",
+                ObjectSource::Moderate => "moderate",
+            };
+            self.counter(kind, o.label, false).inc();
+            if let Some(id) = o.track_id {
+                self.track_seen(id, o, frame, ts);
+            }
+        }
+        if let Some(v) = meta.moderation {
+            self.counter(v.action.as_str(), "", true).inc();
+            self.summary.moderated += 1;
+            if self.last_verdict_seq != Some(v.analysed_seq) {
+                self.last_verdict_seq = Some(v.analysed_seq);
+                let regions: Vec<_> = meta
+                    .objects
+                    .iter()
+                    .filter(|o| o.source == ObjectSource::Moderate)
+                    .map(|o| json!({ "label": o.label, "score": o.score, "box": o.bbox }))
+                    .collect();
+                self.event(
+                    ts,
+                    "moderation",
+                    json!({
+                        "action": v.action.as_str(), "label": v.label, "score": v.score,
+                        "flagged": v.flagged, "seq": v.analysed_seq, "pts_us": frame.pts_us,
+                        "regions": regions,
+                    }),
+                );
+            }
+        }
+        if meta.background_replaced {
+            self.background.inc();
+            self.summary.background_replaced += 1;
+        }
+        self.end_stale_tracks(frame.seq);
+        self.window.1 += 1;
+        if self.window.0.elapsed() >= TIMING_EVERY {
+            self.store_timings();
+        }
+    }
+
+    fn track_seen(&mut self, id: u64, o: &Object, frame: &Frame, ts: i64) {
+        // Track ids only grow, from 1: a new maximum is a new track.
+        if id > self.max_track {
+            self.tracks_counter.inc_by(id - self.max_track);
+            self.summary.tracks += id - self.max_track;
+            self.max_track = id;
+        }
+        match self.live.get_mut(&id) {
+            Some(t) => {
+                t.last_us = ts;
+                t.last_seq = frame.seq;
+                t.frames += 1;
+                t.best_score = t.best_score.max(o.score);
+                t.last_box = o.bbox;
+            }
+            None => {
+                self.live.insert(
+                    id,
+                    TrackLife {
+                        label: o.label,
+                        first_us: ts,
+                        last_us: ts,
+                        last_seq: frame.seq,
+                        frames: 1,
+                        best_score: o.score,
+                        last_box: o.bbox,
+                    },
+                );
+                self.event(
+                    ts,
+                    "track_started",
+                    json!({ "track_id": id, "label": o.label, "score": o.score,
+                            "box": o.bbox, "pts_us": frame.pts_us }),
+                );
+            }
+        }
+    }
+
+    fn end_stale_tracks(&mut self, seq: u64) {
+        // Checked every 16th frame: no per-frame scan (or allocation) while tracks live.
+        if self.live.is_empty() || !seq.is_multiple_of(16) {
+            return;
+        }
+        let ended: Vec<u64> = self
+            .live
+            .iter()
+            .filter(|(_, t)| seq.saturating_sub(t.last_seq) > TRACK_END_FRAMES)
+            .map(|(id, _)| *id)
+            .collect();
+        for id in ended {
+            self.end_track(id);
+        }
+    }
+
+    fn end_track(&mut self, id: u64) {
+        let Some(t) = self.live.remove(&id) else {
+            return;
+        };
+        self.event(
+            t.last_us,
+            "track_ended",
+            json!({ "track_id": id, "label": t.label, "frames": t.frames,
+                    "best_score": t.best_score, "first_us": t.first_us, "last_us": t.last_us,
+                    "last_box": t.last_box }),
+        );
+        if let Some(store) = &self.store {
+            store.submit(Record::Track {
+                stream: self.stream.clone(),
+                track_id: id,
+                label: t.label.to_string(),
+                first_us: t.first_us,
+                last_us: t.last_us,
+                frames: t.frames,
+                best_score: f64::from(t.best_score),
+            });
+        }
+    }
+
+    fn store_timings(&mut self) {
+        let elapsed = self.window.0.elapsed().as_secs_f64();
+        let frames = self.window.1;
+        self.window = (Instant::now(), 0);
+        let Some(store) = &self.store else { return };
+        let ts = now_us();
+        let labels = |stage: Option<&str>| match stage {
+            Some(s) => json!({ "stream": self.stream, "stage": s }).to_string(),
+            None => json!({ "stream": self.stream }).to_string(),
+        };
+        store.submit(Record::Metric {
+            ts_us: ts,
+            name: "stream_fps".into(),
+            labels: labels(None),
+            value: frames as f64 / elapsed.max(1e-9),
+        });
+        for (name, (sum, n)) in self.stage_names.iter().zip(&mut self.stage_sums) {
+            if *n > 0 {
+                store.submit(Record::Metric {
+                    ts_us: ts,
+                    name: "stage_latency_ms_mean".into(),
+                    labels: labels(Some(name)),
+                    value: *sum * 1e3 / *n as f64,
+                });
+            }
+            (*sum, *n) = (0.0, 0);
+        }
+    }
+
+    /// The stream ended: every live track ends, timings are stored.
+    pub fn finish(&mut self) {
+        let ids: Vec<u64> = self.live.keys().copied().collect();
+        for id in ids {
+            self.end_track(id);
+        }
+        if self.window.1 > 0 {
+            self.store_timings();
+        }
+    }
+}

@@ -1,0 +1,734 @@
+//! The local store: one SQLite file in WAL mode, written by exactly one thread in batched
+//! transactions, read on separate connections.
+//!
+//! * **Never blocks frames.** Producers hand records to [`StoreHandle::submit`], which never
+//!   waits: when the bounded queue is full (the disk cannot keep up) the record is dropped and
+//!   counted (`aegis_store_dropped_total`).
+//! * **Never "database is locked".** One writer; readers use WAL snapshots; every connection
+//!   has a `busy_timeout`.
+//! * **Never corrupt, never silently lost.** `PRAGMA integrity_check` at open; a damaged file
+//!   (with its `-wal`/`-shm`) is moved aside as `<name>.corrupt-<unix time>`, never deleted,
+//!   an audit row records it, and the agent starts on a fresh file (salvage: `sqlite3
+//!   <name>.corrupt-… .recover | sqlite3 salvaged.db`, see `docs/store.md`).
+//! * **Bounded.** Retention by age and by a size budget (oldest events and metrics first);
+//!   the fleet outbox has its own row limit with an oldest-first drop policy, counted.
+
+pub mod schema;
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::mpsc::{Receiver, RecvTimeoutError, SyncSender, TrySendError};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use rusqlite::{Connection, OpenFlags, OptionalExtension, params};
+use serde::Serialize;
+
+/// How long a connection waits for a lock before failing (the writer is alone, so this only
+/// covers checkpoints and external tools).
+const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
+/// Most records per transaction.
+const MAX_BATCH: usize = 1024;
+/// Longest a record waits for its transaction.
+const BATCH_WINDOW: Duration = Duration::from_millis(50);
+/// How often retention runs.
+const RETENTION_EVERY: Duration = Duration::from_secs(60);
+
+/// Errors opening or reading the store; each names the file.
+#[derive(Debug, thiserror::Error)]
+#[error("store {path}: {reason}")]
+pub struct StoreError {
+    /// The database file.
+    pub path: PathBuf,
+    /// What went wrong.
+    pub reason: String,
+}
+
+/// Store limits (from the `store` config section).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoreSettings {
+    /// The database file.
+    pub path: PathBuf,
+    /// Age limit of events, metrics and audit rows.
+    pub retention: Duration,
+    /// Size budget of the file in bytes.
+    pub size_budget: u64,
+    /// Most outbox rows.
+    pub outbox_max_rows: u64,
+    /// Queue capacity between producers and the writer.
+    pub queue: usize,
+}
+
+impl StoreSettings {
+    /// Settings from the config section.
+    pub fn from_config(c: &aegis_config::StoreConfig) -> Self {
+        StoreSettings {
+            path: c.path.clone(),
+            retention: Duration::from_secs(u64::from(c.retention_days) * 86_400),
+            size_budget: c.size_budget_mb * 1024 * 1024,
+            outbox_max_rows: c.outbox_max_rows,
+            queue: c.queue as usize,
+        }
+    }
+}
+
+/// An event as stored (and published).
+#[derive(Debug, Clone, PartialEq, Serialize, serde::Deserialize)]
+pub struct Event {
+    /// UUIDv7, unique; consumers de-duplicate on it.
+    pub id: String,
+    /// Wall clock, µs since the Unix epoch.
+    pub ts_us: i64,
+    /// The stream it concerns.
+    pub stream: Option<String>,
+    /// `moderation`, `track_started`, `track_ended`, ...
+    pub kind: String,
+    /// Details (JSON object).
+    pub payload: serde_json::Value,
+}
+
+/// One record for the writer.
+#[derive(Debug, Clone)]
+pub enum Record {
+    /// An event; with `outbox_topic`, also queued for the fleet broker in the same
+    /// transaction.
+    Event {
+        /// The event.
+        event: Event,
+        /// Topic to publish it on, when the fleet link is on.
+        outbox_topic: Option<String>,
+    },
+    /// A metric sample.
+    Metric {
+        /// When.
+        ts_us: i64,
+        /// Name (`aegis_stream_fps`, ...).
+        name: String,
+        /// Labels as a JSON object.
+        labels: String,
+        /// Value.
+        value: f64,
+    },
+    /// An audit entry.
+    Audit {
+        /// When.
+        ts_us: i64,
+        /// Who.
+        actor: String,
+        /// What.
+        action: String,
+        /// Details.
+        detail: String,
+    },
+    /// A finished track's summary.
+    Track {
+        /// Stream id.
+        stream: String,
+        /// Track id (per stream run).
+        track_id: u64,
+        /// Class label.
+        label: String,
+        /// First and last seen, µs wall clock.
+        first_us: i64,
+        /// Last seen.
+        last_us: i64,
+        /// Frames it was reported in.
+        frames: u64,
+        /// Best detection score.
+        best_score: f64,
+    },
+}
+
+/// Writer counters.
+#[derive(Debug, Default)]
+pub struct StoreCounters {
+    /// Records written.
+    pub written: AtomicU64,
+    /// Records dropped because the queue was full.
+    pub dropped: AtomicU64,
+    /// Transactions committed.
+    pub transactions: AtomicU64,
+    /// Outbox rows dropped by the outbox limit (oldest first).
+    pub outbox_dropped: AtomicU64,
+    /// Rows deleted by retention.
+    pub retention_deleted: AtomicU64,
+    /// Write errors (logged).
+    pub errors: AtomicU64,
+}
+
+enum Msg {
+    Rec(Record),
+    /// Write what is queued and stop.
+    Close,
+}
+
+/// The producers' side: cloneable, never blocks.
+#[derive(Clone)]
+pub struct StoreHandle {
+    tx: SyncSender<Msg>,
+    counters: Arc<StoreCounters>,
+}
+
+impl std::fmt::Debug for StoreHandle {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("StoreHandle").finish_non_exhaustive()
+    }
+}
+
+impl StoreHandle {
+    /// Queues a record; returns false (and counts it) when the queue is full or the writer
+    /// has stopped.
+    pub fn submit(&self, r: Record) -> bool {
+        match self.tx.try_send(Msg::Rec(r)) {
+            Ok(()) => true,
+            Err(TrySendError::Full(_)) | Err(TrySendError::Disconnected(_)) => {
+                self.counters.dropped.fetch_add(1, Ordering::Relaxed);
+                false
+            }
+        }
+    }
+
+    /// The writer's counters.
+    pub fn counters(&self) -> &Arc<StoreCounters> {
+        &self.counters
+    }
+}
+
+/// The store: its writer thread and the path readers open.
+pub struct Store {
+    settings: StoreSettings,
+    handle: StoreHandle,
+    writer: Option<JoinHandle<()>>,
+    /// What `open` found (schema version before migration, whether a damaged file was moved
+    /// aside).
+    pub opened: OpenReport,
+}
+
+/// What opening found.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct OpenReport {
+    /// Schema version before migrations (0 = new file).
+    pub found_version: i64,
+    /// Where a damaged file was moved, if it was.
+    pub moved_aside: Option<PathBuf>,
+}
+
+/// Microseconds since the Unix epoch, now.
+pub fn now_us() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_micros() as i64)
+}
+
+/// A fresh UUIDv7 (time-ordered; 74 random bits from the OS-seeded hasher and a counter).
+pub fn new_event_id() -> String {
+    use std::hash::{BuildHasher, Hasher};
+    static COUNTER: AtomicU64 = AtomicU64::new(0);
+    let ms = (now_us() / 1000) as u64 & 0xFFFF_FFFF_FFFF;
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u64(COUNTER.fetch_add(1, Ordering::Relaxed));
+    h.write_u64(std::process::id() as u64);
+    let r = h.finish();
+    let mut h2 = std::collections::hash_map::RandomState::new().build_hasher();
+    h2.write_u64(r);
+    let r2 = h2.finish();
+    let rand_a = (r >> 52) & 0x0FFF;
+    let rand_b = ((r & 0x3FFF) << 48) | (r2 & 0xFFFF_FFFF_FFFF);
+    format!(
+        "{:08x}-{:04x}-7{:03x}-{:04x}-{:012x}",
+        ms >> 16,
+        ms & 0xFFFF,
+        rand_a,
+        0x8000 | (rand_b >> 48) as u16 & 0x3FFF,
+        rand_b & 0xFFFF_FFFF_FFFF
+    )
+}
+
+fn err(path: &Path, reason: impl std::fmt::Display) -> StoreError {
+    StoreError {
+        path: path.to_path_buf(),
+        reason: reason.to_string(),
+    }
+}
+
+fn configure(conn: &Connection) -> rusqlite::Result<()> {
+    conn.busy_timeout(BUSY_TIMEOUT)?;
+    conn.pragma_update(None, "journal_mode", "WAL")?;
+    // NORMAL in WAL mode: a power cut may lose the last transactions, never corrupts.
+    conn.pragma_update(None, "synchronous", "NORMAL")?;
+    conn.pragma_update(None, "foreign_keys", "ON")?;
+    Ok(())
+}
+
+/// The result of `PRAGMA integrity_check` ("ok" when healthy); an error when the file is
+/// not a database at all.
+fn integrity(conn: &Connection) -> rusqlite::Result<String> {
+    let mut stmt = conn.prepare("PRAGMA integrity_check")?;
+    let rows: Vec<String> = stmt
+        .query_map([], |r| r.get(0))?
+        .collect::<Result<_, _>>()?;
+    Ok(rows.join("; "))
+}
+
+/// Moves a damaged database (and its WAL and shared-memory files) aside.
+fn move_aside(path: &Path) -> Result<PathBuf, StoreError> {
+    let stamp = now_us() / 1_000_000;
+    let aside = PathBuf::from(format!("{}.corrupt-{stamp}", path.display()));
+    for suffix in ["", "-wal", "-shm"] {
+        let from = PathBuf::from(format!("{}{suffix}", path.display()));
+        if from.exists() {
+            let to = PathBuf::from(format!("{}{suffix}", aside.display()));
+            std::fs::rename(&from, &to)
+                .map_err(|e| err(path, format!("cannot move the damaged file aside: {e}")))?;
+        }
+    }
+    Ok(aside)
+}
+
+/// Opens (creating, checking and migrating) the database for writing.
+fn open_writer(path: &Path) -> Result<(Connection, OpenReport), StoreError> {
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir)
+            .map_err(|e| err(path, format!("cannot create {}: {e}", dir.display())))?;
+    }
+    let mut report = OpenReport::default();
+    let check = |conn: &Connection| -> Result<(), String> {
+        configure(conn).map_err(|e| e.to_string())?;
+        match integrity(conn) {
+            Ok(s) if s == "ok" => Ok(()),
+            Ok(s) => Err(format!("integrity check failed: {s}")),
+            Err(e) => Err(e.to_string()),
+        }
+    };
+    let mut conn = Connection::open(path).map_err(|e| err(path, e))?;
+    if let Err(problem) = check(&conn) {
+        drop(conn);
+        let aside = move_aside(path)?;
+        tracing::error!(path = %path.display(), moved_to = %aside.display(), %problem,
+            "the database is damaged: moved aside (not deleted), starting a fresh one; see docs/store.md to salvage it");
+        conn = Connection::open(path).map_err(|e| err(path, e))?;
+        check(&conn).map_err(|e| err(path, e))?;
+        report.moved_aside = Some(aside);
+    }
+    report.found_version = schema::migrate(&mut conn).map_err(|e| err(path, e))?;
+    if let Some(aside) = &report.moved_aside {
+        conn.execute(
+            "INSERT INTO audit (ts_us, actor, action, detail) VALUES (?1, 'agent', 'store.recovered', ?2)",
+            params![now_us(), format!("damaged database moved to {}", aside.display())],
+        )
+        .map_err(|e| err(path, e))?;
+    }
+    Ok((conn, report))
+}
+
+/// A read-only connection (WAL snapshot reads; never blocks the writer).
+pub fn open_reader(path: &Path) -> Result<Connection, StoreError> {
+    if !path.exists() {
+        return Err(err(path, "no such database"));
+    }
+    let conn = Connection::open_with_flags(
+        path,
+        OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+    )
+    .map_err(|e| err(path, e))?;
+    conn.busy_timeout(BUSY_TIMEOUT).map_err(|e| err(path, e))?;
+    Ok(conn)
+}
+
+impl Store {
+    /// Opens the database (integrity check, migrations) and starts the writer thread.
+    pub fn open(settings: StoreSettings) -> Result<Store, StoreError> {
+        let (conn, opened) = open_writer(&settings.path)?;
+        let (tx, rx) = std::sync::mpsc::sync_channel(settings.queue.max(1));
+        let counters = Arc::new(StoreCounters::default());
+        let writer = {
+            let counters = counters.clone();
+            let ws = settings.clone();
+            std::thread::Builder::new()
+                .name("store-writer".into())
+                .spawn(move || Writer::new(conn, ws, counters).run(rx))
+                .map_err(|e| {
+                    err(
+                        &settings.path,
+                        format!("cannot start the writer thread: {e}"),
+                    )
+                })?
+        };
+        Ok(Store {
+            settings,
+            handle: StoreHandle { tx, counters },
+            writer: Some(writer),
+            opened,
+        })
+    }
+
+    /// A producer handle.
+    pub fn handle(&self) -> StoreHandle {
+        self.handle.clone()
+    }
+
+    /// The database file.
+    pub fn path(&self) -> &Path {
+        &self.settings.path
+    }
+
+    /// Writes what is queued, checkpoints the WAL and stops the writer. Handles still held
+    /// elsewhere see later records dropped (counted).
+    pub fn close(mut self) {
+        self.finish();
+    }
+
+    fn finish(&mut self) {
+        if let Some(w) = self.writer.take() {
+            // Waits for room: everything queued before it is written first.
+            let _ = self.handle.tx.send(Msg::Close);
+            let _ = w.join();
+        }
+    }
+}
+
+impl Drop for Store {
+    fn drop(&mut self) {
+        self.finish();
+    }
+}
+
+struct Writer {
+    conn: Connection,
+    settings: StoreSettings,
+    counters: Arc<StoreCounters>,
+    last_retention: Instant,
+    batch: Vec<Record>,
+}
+
+impl Writer {
+    fn new(conn: Connection, settings: StoreSettings, counters: Arc<StoreCounters>) -> Self {
+        Writer {
+            conn,
+            settings,
+            counters,
+            last_retention: Instant::now() - RETENTION_EVERY,
+            batch: Vec::with_capacity(MAX_BATCH),
+        }
+    }
+
+    fn run(mut self, rx: Receiver<Msg>) {
+        self.retention();
+        loop {
+            // Wait for a first record (waking for retention now and then).
+            match rx.recv_timeout(RETENTION_EVERY) {
+                Ok(Msg::Rec(r)) => self.batch.push(r),
+                Ok(Msg::Close) | Err(RecvTimeoutError::Disconnected) => break,
+                Err(RecvTimeoutError::Timeout) => {
+                    self.retention();
+                    continue;
+                }
+            }
+            let deadline = Instant::now() + BATCH_WINDOW;
+            let mut closed = false;
+            while self.batch.len() < MAX_BATCH {
+                let left = deadline.saturating_duration_since(Instant::now());
+                match rx.recv_timeout(left) {
+                    Ok(Msg::Rec(r)) => self.batch.push(r),
+                    Err(RecvTimeoutError::Timeout) => break,
+                    Ok(Msg::Close) | Err(RecvTimeoutError::Disconnected) => {
+                        closed = true;
+                        break;
+                    }
+                }
+            }
+            self.flush();
+            if self.last_retention.elapsed() >= RETENTION_EVERY {
+                self.retention();
+            }
+            if closed {
+                break;
+            }
+        }
+        self.flush();
+        let _ = self
+            .conn
+            .query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()));
+    }
+
+    fn flush(&mut self) {
+        if self.batch.is_empty() {
+            return;
+        }
+        let n = self.batch.len() as u64;
+        match write_batch(&mut self.conn, &self.batch, self.settings.outbox_max_rows) {
+            Ok(outbox_dropped) => {
+                self.counters.written.fetch_add(n, Ordering::Relaxed);
+                self.counters.transactions.fetch_add(1, Ordering::Relaxed);
+                if outbox_dropped > 0 {
+                    self.counters
+                        .outbox_dropped
+                        .fetch_add(outbox_dropped, Ordering::Relaxed);
+                    tracing::warn!(
+                        dropped = outbox_dropped,
+                        limit = self.settings.outbox_max_rows,
+                        "fleet outbox full: dropped its oldest messages"
+                    );
+                }
+            }
+            Err(e) => {
+                self.counters.errors.fetch_add(1, Ordering::Relaxed);
+                self.counters.dropped.fetch_add(n, Ordering::Relaxed);
+                tracing::error!(error = %e, records = n, "store write failed; records dropped");
+            }
+        }
+        self.batch.clear();
+    }
+
+    fn retention(&mut self) {
+        self.last_retention = Instant::now();
+        match retention(&self.conn, &self.settings) {
+            Ok(n) if n > 0 => {
+                self.counters
+                    .retention_deleted
+                    .fetch_add(n, Ordering::Relaxed);
+                tracing::info!(deleted = n, "store retention");
+            }
+            Ok(_) => {}
+            Err(e) => {
+                self.counters.errors.fetch_add(1, Ordering::Relaxed);
+                tracing::warn!(error = %e, "store retention failed");
+            }
+        }
+    }
+}
+
+/// Writes `batch` in one transaction; returns outbox rows dropped by the limit.
+fn write_batch(conn: &mut Connection, batch: &[Record], outbox_max: u64) -> rusqlite::Result<u64> {
+    let tx = conn.transaction()?;
+    let mut outboxed = false;
+    {
+        let mut ev = tx.prepare_cached(
+            "INSERT OR IGNORE INTO events (id, ts_us, stream, kind, payload) VALUES (?1, ?2, ?3, ?4, ?5)",
+        )?;
+        let mut ob = tx.prepare_cached(
+            "INSERT INTO outbox (event_id, topic, payload, created_us) VALUES (?1, ?2, ?3, ?4)",
+        )?;
+        let mut me = tx.prepare_cached(
+            "INSERT INTO metrics (ts_us, name, labels, value) VALUES (?1, ?2, ?3, ?4)",
+        )?;
+        let mut au = tx.prepare_cached(
+            "INSERT INTO audit (ts_us, actor, action, detail) VALUES (?1, ?2, ?3, ?4)",
+        )?;
+        let mut tr = tx.prepare_cached(
+            "INSERT OR REPLACE INTO tracks (stream, track_id, label, first_us, last_us, frames, best_score) \
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+        )?;
+        for r in batch {
+            match r {
+                Record::Event {
+                    event,
+                    outbox_topic,
+                } => {
+                    let payload = event.payload.to_string();
+                    ev.execute(params![
+                        event.id,
+                        event.ts_us,
+                        event.stream,
+                        event.kind,
+                        payload
+                    ])?;
+                    if let Some(topic) = outbox_topic {
+                        let body = serde_json::to_vec(event).unwrap_or_default();
+                        ob.execute(params![event.id, topic, body, event.ts_us])?;
+                        outboxed = true;
+                    }
+                }
+                Record::Metric {
+                    ts_us,
+                    name,
+                    labels,
+                    value,
+                } => {
+                    me.execute(params![ts_us, name, labels, value])?;
+                }
+                Record::Audit {
+                    ts_us,
+                    actor,
+                    action,
+                    detail,
+                } => {
+                    au.execute(params![ts_us, actor, action, detail])?;
+                }
+                Record::Track {
+                    stream,
+                    track_id,
+                    label,
+                    first_us,
+                    last_us,
+                    frames,
+                    best_score,
+                } => {
+                    tr.execute(params![
+                        stream,
+                        *track_id as i64,
+                        label,
+                        first_us,
+                        last_us,
+                        *frames as i64,
+                        best_score
+                    ])?;
+                }
+            }
+        }
+    }
+    let mut dropped = 0;
+    if outboxed {
+        let rows: i64 = tx.query_row("SELECT COUNT(*) FROM outbox", [], |r| r.get(0))?;
+        let excess = rows - outbox_max as i64;
+        if excess > 0 {
+            dropped = tx.execute(
+                "DELETE FROM outbox WHERE seq IN (SELECT seq FROM outbox ORDER BY seq LIMIT ?1)",
+                params![excess],
+            )? as u64;
+        }
+    }
+    tx.commit()?;
+    Ok(dropped)
+}
+
+/// Deletes rows past the age limit, then the oldest events and metrics while the file is
+/// over its budget. Returns rows deleted.
+fn retention(conn: &Connection, s: &StoreSettings) -> rusqlite::Result<u64> {
+    let cutoff = now_us() - s.retention.as_micros() as i64;
+    let mut deleted = 0u64;
+    for table in ["events", "metrics", "audit"] {
+        deleted += conn.execute(
+            &format!("DELETE FROM {table} WHERE ts_us < ?1"),
+            params![cutoff],
+        )? as u64;
+    }
+    deleted += conn.execute("DELETE FROM tracks WHERE last_us < ?1", params![cutoff])? as u64;
+    // Size: the file's live pages (free pages are reused before the file grows).
+    let live = |conn: &Connection| -> rusqlite::Result<u64> {
+        let page_size: i64 = conn.query_row("PRAGMA page_size", [], |r| r.get(0))?;
+        let pages: i64 = conn.query_row("PRAGMA page_count", [], |r| r.get(0))?;
+        let free: i64 = conn.query_row("PRAGMA freelist_count", [], |r| r.get(0))?;
+        Ok(((pages - free).max(0) * page_size) as u64)
+    };
+    let mut rounds = 0;
+    while live(conn)? > s.size_budget && rounds < 100 {
+        rounds += 1;
+        let mut n = 0;
+        for table in ["metrics", "events"] {
+            n += conn.execute(
+                &format!(
+                    "DELETE FROM {table} WHERE rowid IN (SELECT rowid FROM {table} ORDER BY ts_us LIMIT \
+                     (SELECT MAX(100, COUNT(*) / 10) FROM {table}))"
+                ),
+                [],
+            )? as u64;
+        }
+        if n == 0 {
+            break;
+        }
+        deleted += n;
+    }
+    Ok(deleted)
+}
+
+/// Table sizes and file facts for `aegis db stats`.
+#[derive(Debug, Clone, Serialize)]
+pub struct Stats {
+    /// Schema version.
+    pub schema_version: i64,
+    /// Rows per table.
+    pub rows: Vec<(String, i64)>,
+    /// File size in bytes (main file).
+    pub file_bytes: u64,
+    /// WAL size in bytes.
+    pub wal_bytes: u64,
+    /// Oldest and newest event time (µs).
+    pub events_span_us: Option<(i64, i64)>,
+}
+
+/// Reads [`Stats`].
+pub fn stats(path: &Path) -> Result<Stats, StoreError> {
+    let conn = open_reader(path)?;
+    let e = |x: rusqlite::Error| err(path, x);
+    let schema_version: i64 = conn
+        .query_row("PRAGMA user_version", [], |r| r.get(0))
+        .map_err(e)?;
+    let mut rows = Vec::new();
+    for t in ["events", "metrics", "audit", "tracks", "outbox"] {
+        let n: i64 = conn
+            .query_row(&format!("SELECT COUNT(*) FROM {t}"), [], |r| r.get(0))
+            .map_err(e)?;
+        rows.push((t.to_string(), n));
+    }
+    let events_span_us = conn
+        .query_row("SELECT MIN(ts_us), MAX(ts_us) FROM events", [], |r| {
+            Ok(
+                match (r.get::<_, Option<i64>>(0)?, r.get::<_, Option<i64>>(1)?) {
+                    (Some(a), Some(b)) => Some((a, b)),
+                    _ => None,
+                },
+            )
+        })
+        .map_err(e)?;
+    let size = |p: PathBuf| std::fs::metadata(p).map_or(0, |m| m.len());
+    Ok(Stats {
+        schema_version,
+        rows,
+        file_bytes: size(path.to_path_buf()),
+        wal_bytes: size(PathBuf::from(format!("{}-wal", path.display()))),
+        events_span_us,
+    })
+}
+
+/// Events at or after `since_us`, oldest first, at most `limit`.
+pub fn events_since(
+    conn: &Connection,
+    since_us: i64,
+    limit: usize,
+) -> rusqlite::Result<Vec<Event>> {
+    let mut stmt = conn.prepare_cached(
+        "SELECT id, ts_us, stream, kind, payload FROM events WHERE ts_us >= ?1 ORDER BY ts_us, id LIMIT ?2",
+    )?;
+    let rows = stmt.query_map(params![since_us, limit as i64], |r| {
+        let payload: String = r.get(4)?;
+        Ok(Event {
+            id: r.get(0)?,
+            ts_us: r.get(1)?,
+            stream: r.get(2)?,
+            kind: r.get(3)?,
+            payload: serde_json::from_str(&payload).unwrap_or(serde_json::Value::Null),
+        })
+    })?;
+    rows.collect()
+}
+
+/// `VACUUM` (rebuilds the file; needs as much free disk as the database) after a checkpoint.
+pub fn vacuum(path: &Path) -> Result<(u64, u64), StoreError> {
+    let before = std::fs::metadata(path).map_or(0, |m| m.len());
+    let conn = Connection::open(path).map_err(|e| err(path, e))?;
+    configure(&conn).map_err(|e| err(path, e))?;
+    conn.execute_batch("PRAGMA wal_checkpoint(TRUNCATE); VACUUM;")
+        .map_err(|e| err(path, e))?;
+    let after = std::fs::metadata(path).map_or(0, |m| m.len());
+    Ok((before, after))
+}
+
+/// Runs `PRAGMA integrity_check` on a closed database: `Ok("ok")` when healthy.
+pub fn check(path: &Path) -> Result<String, StoreError> {
+    let conn = open_reader(path)?;
+    integrity(&conn).map_err(|e| err(path, e))
+}
+
+/// The newest outbox rows' count and the oldest's sequence number (for status).
+pub fn outbox_depth(conn: &Connection) -> rusqlite::Result<(i64, Option<i64>)> {
+    conn.query_row("SELECT COUNT(*), MIN(seq) FROM outbox", [], |r| {
+        Ok((r.get(0)?, r.get(1)?))
+    })
+    .optional()
+    .map(|o| o.unwrap_or((0, None)))
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,85 @@
+//! The database schema as numbered migrations, applied in order inside one transaction each
+//! and recorded in `PRAGMA user_version`. A database newer than this build is refused
+//! (downgrading the agent must not silently reinterpret newer tables).
+
+use rusqlite::Connection;
+
+/// Migration `i` brings the schema from version `i` to `i + 1`.
+const MIGRATIONS: &[&str] = &[
+    // 1: what the pipeline and the fleet link write. The other tables of DESIGN §7
+    // (workflows, models, sensor_samples, fused_records, users, sessions) come with the
+    // issues that fill them.
+    r#"
+    CREATE TABLE events (
+        id       TEXT PRIMARY KEY,          -- UUIDv7: consumers de-duplicate on it
+        ts_us    INTEGER NOT NULL,          -- wall clock, µs since the Unix epoch
+        stream   TEXT,                      -- stream id (NULL for device-level events)
+        kind     TEXT NOT NULL,             -- moderation, track_started, track_ended, ...
+        payload  TEXT NOT NULL              -- JSON
+    );
+    CREATE INDEX events_ts ON events(ts_us);
+    CREATE INDEX events_kind_ts ON events(kind, ts_us);
+
+    CREATE TABLE metrics (
+        ts_us    INTEGER NOT NULL,
+        name     TEXT NOT NULL,
+        labels   TEXT NOT NULL,             -- JSON object
+        value    REAL NOT NULL
+    );
+    CREATE INDEX metrics_ts ON metrics(ts_us);
+
+    CREATE TABLE audit (
+        id       INTEGER PRIMARY KEY,
+        ts_us    INTEGER NOT NULL,
+        actor    TEXT NOT NULL,             -- agent, cli, fleet:<client>, web:<user>
+        action   TEXT NOT NULL,
+        detail   TEXT NOT NULL
+    );
+    CREATE INDEX audit_ts ON audit(ts_us);
+
+    CREATE TABLE tracks (
+        stream     TEXT NOT NULL,
+        track_id   INTEGER NOT NULL,
+        label      TEXT NOT NULL,
+        first_us   INTEGER NOT NULL,
+        last_us    INTEGER NOT NULL,
+        frames     INTEGER NOT NULL,
+        best_score REAL NOT NULL,
+        PRIMARY KEY (stream, track_id, first_us)
+    );
+
+    -- Messages for the fleet broker, in order; a row goes only after the broker's PUBACK.
+    CREATE TABLE outbox (
+        seq        INTEGER PRIMARY KEY AUTOINCREMENT,
+        event_id   TEXT NOT NULL,
+        topic      TEXT NOT NULL,
+        payload    BLOB NOT NULL,
+        created_us INTEGER NOT NULL
+    );
+    "#,
+];
+
+/// The schema version this build writes.
+pub const VERSION: i64 = MIGRATIONS.len() as i64;
+
+/// Brings `conn` to [`VERSION`]; returns the version it found.
+pub fn migrate(conn: &mut Connection) -> Result<i64, String> {
+    let found: i64 = conn
+        .query_row("PRAGMA user_version", [], |r| r.get(0))
+        .map_err(|e| e.to_string())?;
+    if found > VERSION {
+        return Err(format!(
+            "the database has schema version {found}, newer than this agent's {VERSION}: \
+             refusing to touch it (run the newer agent, or move the file aside)"
+        ));
+    }
+    for (i, sql) in MIGRATIONS.iter().enumerate().skip(found as usize) {
+        let tx = conn.transaction().map_err(|e| e.to_string())?;
+        tx.execute_batch(sql)
+            .map_err(|e| format!("migration {}: {e}", i + 1))?;
+        tx.pragma_update(None, "user_version", i as i64 + 1)
+            .map_err(|e| e.to_string())?;
+        tx.commit().map_err(|e| e.to_string())?;
+    }
+    Ok(found)
+}

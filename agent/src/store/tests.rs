@@ -1,0 +1,226 @@
+use super::*;
+
+fn settings(dir: &Path) -> StoreSettings {
+    StoreSettings {
+        path: dir.join("aegis.db"),
+        retention: Duration::from_secs(30 * 86_400),
+        size_budget: 512 << 20,
+        outbox_max_rows: 100_000,
+        queue: 4096,
+    }
+}
+
+fn event(ts_us: i64, n: u64) -> Event {
+    Event {
+        id: new_event_id(),
+        ts_us,
+        stream: Some("cam0".into()),
+        kind: "test".into(),
+        payload: serde_json::json!({ "n": n }),
+    }
+}
+
+fn count(path: &Path, table: &str) -> i64 {
+    open_reader(path)
+        .unwrap()
+        .query_row(&format!("SELECT COUNT(*) FROM {table}"), [], |r| r.get(0))
+        .unwrap()
+}
+
+#[test]
+fn records_are_written_in_batched_transactions_and_read_back_in_order() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(settings(dir.path())).unwrap();
+    assert_eq!(store.opened.found_version, 0);
+    let h = store.handle();
+    let t0 = now_us();
+    for n in 0..2000 {
+        assert!(h.submit(Record::Event {
+            event: event(t0 + n as i64, n),
+            outbox_topic: None,
+        }));
+    }
+    h.submit(Record::Audit {
+        ts_us: t0,
+        actor: "test".into(),
+        action: "a".into(),
+        detail: "d".into(),
+    });
+    let counters = h.counters().clone();
+    // Closing with a handle still alive elsewhere does not hang; that handle's later
+    // records are dropped and counted.
+    store.close();
+    assert!(!h.submit(Record::Audit {
+        ts_us: t0,
+        actor: "late".into(),
+        action: "a".into(),
+        detail: "d".into(),
+    }));
+    assert_eq!(counters.dropped.load(Ordering::Relaxed), 1);
+    assert_eq!(counters.written.load(Ordering::Relaxed), 2001);
+    let tx = counters.transactions.load(Ordering::Relaxed);
+    assert!(tx < 100, "{tx} transactions for 2001 records: not batched");
+    let path = dir.path().join("aegis.db");
+    let conn = open_reader(&path).unwrap();
+    let evs = events_since(&conn, t0 + 1000, 10).unwrap();
+    assert_eq!(evs.len(), 10);
+    assert_eq!(evs[0].payload["n"], 1000);
+    assert!(evs.windows(2).all(|w| w[0].ts_us <= w[1].ts_us));
+    assert_eq!(check(&path).unwrap(), "ok");
+    // Reopening migrates nothing and keeps everything.
+    let again = Store::open(settings(dir.path())).unwrap();
+    assert_eq!(again.opened.found_version, schema::VERSION);
+    again.close();
+    assert_eq!(count(&path, "events"), 2000);
+}
+
+#[test]
+fn a_full_queue_drops_and_counts_instead_of_blocking() {
+    let (tx, _rx) = std::sync::mpsc::sync_channel(2);
+    let h = StoreHandle {
+        tx,
+        counters: Arc::default(),
+    };
+    let metric = || Record::Metric {
+        ts_us: 0,
+        name: "m".into(),
+        labels: "{}".into(),
+        value: 1.0,
+    };
+    assert!(h.submit(metric()) && h.submit(metric()));
+    // Nobody reads: the third does not wait, it is dropped and counted.
+    assert!(!h.submit(metric()));
+    assert_eq!(h.counters.dropped.load(Ordering::Relaxed), 1);
+}
+
+#[test]
+fn a_damaged_file_is_moved_aside_not_deleted() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("aegis.db");
+    std::fs::write(&path, b"this is not a database, but somebody's data").unwrap();
+    let store = Store::open(settings(dir.path())).unwrap();
+    let aside = store.opened.moved_aside.clone().expect("moved aside");
+    store.close();
+    assert_eq!(
+        std::fs::read(&aside).unwrap(),
+        b"this is not a database, but somebody's data"
+    );
+    let conn = open_reader(&path).unwrap();
+    let detail: String = conn
+        .query_row(
+            "SELECT detail FROM audit WHERE action = 'store.recovered'",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert!(detail.contains(".corrupt-"), "{detail}");
+}
+
+#[test]
+fn a_newer_schema_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("aegis.db");
+    Connection::open(&path)
+        .unwrap()
+        .pragma_update(None, "user_version", 99)
+        .unwrap();
+    let e = Store::open(settings(dir.path())).err().unwrap().to_string();
+    assert!(
+        e.contains("aegis.db") && e.contains("schema version 99"),
+        "{e}"
+    );
+}
+
+#[test]
+fn retention_by_age_and_by_size() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut s = settings(dir.path());
+    s.retention = Duration::from_secs(86_400);
+    let store = Store::open(s.clone()).unwrap();
+    let h = store.handle();
+    let now = now_us();
+    for n in 0..50 {
+        h.submit(Record::Event {
+            event: event(now - 2 * 86_400_000_000 + n, n as u64),
+            outbox_topic: None,
+        });
+        h.submit(Record::Event {
+            event: event(now + n, n as u64),
+            outbox_topic: None,
+        });
+    }
+    drop(h);
+    store.close();
+    // The next open runs retention first: the old half goes.
+    let store = Store::open(s.clone()).unwrap();
+    store.close();
+    assert_eq!(count(&s.path, "events"), 50);
+
+    // Size: ~20 MB of metrics against a 16 MB budget.
+    s.size_budget = 16 << 20;
+    let store = Store::open(s.clone()).unwrap();
+    let h = store.handle();
+    let label = "x".repeat(200);
+    for n in 0..80_000 {
+        while !h.submit(Record::Metric {
+            ts_us: now + n,
+            name: "m".into(),
+            labels: label.clone(),
+            value: n as f64,
+        }) {
+            std::thread::sleep(Duration::from_millis(1));
+        }
+    }
+    drop(h);
+    store.close();
+    let before = count(&s.path, "metrics");
+    let store = Store::open(s.clone()).unwrap();
+    store.close();
+    let after = count(&s.path, "metrics");
+    assert!(after < before, "{before} -> {after}");
+    let conn = open_reader(&s.path).unwrap();
+    let oldest: i64 = conn
+        .query_row("SELECT MIN(ts_us) FROM metrics", [], |r| r.get(0))
+        .unwrap();
+    assert!(oldest > now, "the oldest rows go first");
+}
+
+#[test]
+fn the_outbox_keeps_its_newest_rows_within_its_limit() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut s = settings(dir.path());
+    s.outbox_max_rows = 100;
+    let store = Store::open(s.clone()).unwrap();
+    let h = store.handle();
+    let now = now_us();
+    for n in 0..150 {
+        h.submit(Record::Event {
+            event: event(now + n, n as u64),
+            outbox_topic: Some("aegis/v1/d/events".into()),
+        });
+    }
+    let counters = h.counters().clone();
+    drop(h);
+    store.close();
+    assert_eq!(count(&s.path, "outbox"), 100);
+    assert_eq!(count(&s.path, "events"), 150, "events themselves are kept");
+    assert_eq!(counters.outbox_dropped.load(Ordering::Relaxed), 50);
+    let conn = open_reader(&s.path).unwrap();
+    let first: Vec<u8> = conn
+        .query_row("SELECT payload FROM outbox ORDER BY seq LIMIT 1", [], |r| {
+            r.get(0)
+        })
+        .unwrap();
+    let e: Event = serde_json::from_slice(&first).unwrap();
+    assert_eq!(e.payload["n"], 50);
+}
+
+#[test]
+fn event_ids_are_unique_uuid_v7() {
+    let ids: std::collections::HashSet<String> = (0..10_000).map(|_| new_event_id()).collect();
+    assert_eq!(ids.len(), 10_000);
+    let id = new_event_id();
+    assert_eq!(id.len(), 36);
+    assert_eq!(&id[14..15], "7", "{id}");
+    assert!(matches!(&id[19..20], "8" | "9" | "a" | "b"), "{id}");
+}
