@@ -10,6 +10,7 @@ pub mod bench_rtsp;
 pub mod bench_stages;
 pub mod cli;
 pub mod db_cli;
+pub mod fleet;
 pub mod inference;
 pub mod logging;
 pub mod metrics;

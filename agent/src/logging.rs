@@ -1,8 +1,22 @@
 //! Log output: human-readable by default, JSON lines on request, journald when running under
 //! systemd (detected by `JOURNAL_STREAM`, which systemd sets for a service's stdout/stderr).
 
+use std::sync::OnceLock;
+
 use aegis_config::LogFormat;
-use tracing_subscriber::EnvFilter;
+use tracing_subscriber::reload;
+use tracing_subscriber::{EnvFilter, Registry};
+
+static FILTER: OnceLock<reload::Handle<EnvFilter, Registry>> = OnceLock::new();
+
+/// Replaces the log filter at run time (`info`, `debug`, `aegis_agent=debug,warn`, ...).
+pub fn set_level(level: &str) -> Result<(), String> {
+    let filter = EnvFilter::try_new(level).map_err(|e| format!("bad log filter {level:?}: {e}"))?;
+    let handle = FILTER.get().ok_or("logging is not initialised")?;
+    handle.reload(filter).map_err(|e| e.to_string())?;
+    tracing::info!(level, "log filter changed");
+    Ok(())
+}
 use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
 
@@ -17,6 +31,8 @@ pub fn init(format: LogFormat, level: &str) -> LogFormat {
         LogFormat::Auto => LogFormat::Human,
         f => f,
     };
+    let (filter, handle) = reload::Layer::new(filter);
+    let _ = FILTER.set(handle);
     let registry = tracing_subscriber::registry().with(filter);
     let result = match format {
         LogFormat::Json => registry

@@ -121,17 +121,18 @@ pub async fn run(
     let mut sigint = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt())?;
     let started = Instant::now();
     let (config_inference, config_cuda_device) = (cfg.inference.clone(), cfg.backend.cuda_device);
-    let pipeline = {
+    let mut opts = req.options.clone();
+    if opts.store.is_none() {
+        opts.store = Some(store_handle.clone());
+        opts.events_topic = events_topic;
+    }
+    let start = |opts: RunOptions| {
         let cfg = pipeline_cfg.clone();
         let metrics = metrics.clone();
-        let mut opts = req.options.clone();
-        if opts.store.is_none() {
-            opts.store = Some(store_handle.clone());
-            opts.events_topic = events_topic;
-        }
         let inference_cfg = config_inference.clone();
         let cuda_device = config_cuda_device;
-        tokio::task::spawn_blocking(move || -> anyhow::Result<Pipeline> {
+        tokio::task::spawn_blocking(move || -> anyhow::Result<(Pipeline, RunOptions)> {
+            let mut opts = opts;
             if opts.inference.is_none() {
                 opts.inference = Some(crate::inference::Inference::load(
                     &inference_cfg,
@@ -139,9 +140,29 @@ pub async fn run(
                     cuda_device,
                 )?);
             }
-            Ok(Pipeline::start(&cfg, metrics, &opts)?)
+            Ok((Pipeline::start(&cfg, metrics, &opts)?, opts))
         })
-        .await??
+    };
+    let (mut pipeline, opts) = start(opts).await??;
+    // The fleet link (when enabled) starts once the pipeline runs.
+    let (restart_tx, mut restart_rx) = tokio::sync::mpsc::channel::<()>(1);
+    let fleet = if cfg.fleet.enabled {
+        let settings = crate::fleet::FleetSettings::from_config(cfg)?;
+        let host = Arc::new(AgentHost::new(
+            cfg,
+            backend,
+            metrics.clone(),
+            store_handle.clone(),
+            restart_tx,
+        ));
+        Some(crate::fleet::FleetLink::start(
+            settings,
+            store_handle.clone(),
+            host,
+        ))
+    } else {
+        drop(restart_tx);
+        None
     };
     let mut tick = tokio::time::interval(Duration::from_millis(100));
     let mut interrupted = false;
@@ -150,6 +171,15 @@ pub async fn run(
             _ = sigterm.recv() => { interrupted = true; break; }
             _ = sigint.recv() => { interrupted = true; break; }
             _ = tick.tick() => if pipeline.is_finished() { break; },
+            Some(()) = restart_rx.recv() => {
+                tracing::info!("restarting the pipeline (fleet command)");
+                pipeline.stop();
+                let old = tokio::task::spawn_blocking(move || pipeline.wait()).await?;
+                for s in &old {
+                    tracing::info!(stream = %s.stream, delivered = s.delivered, "stream stopped for restart");
+                }
+                pipeline = start(opts.clone()).await??.0;
+            }
         }
     }
     if interrupted {
@@ -185,6 +215,9 @@ pub async fn run(
     };
     let _ = server_stop_tx.send(());
     let _ = server.await;
+    if let Some(f) = fleet {
+        f.stop().await;
+    }
     store_handle.submit(crate::store::Record::Audit {
         ts_us: crate::store::now_us(),
         actor: "agent".into(),
@@ -226,4 +259,102 @@ pub async fn http_get(addr: SocketAddr, path: &str) -> anyhow::Result<String> {
         "GET {path}: {head}"
     );
     Ok(body.to_string())
+}
+
+/// What the fleet link asks of the running agent.
+struct AgentHost {
+    device: String,
+    backend: String,
+    started_us: i64,
+    metrics: Arc<Metrics>,
+    store: crate::store::StoreHandle,
+    config: serde_json::Value,
+    restart: tokio::sync::mpsc::Sender<()>,
+}
+
+/// `password` values replaced by `***` anywhere in a JSON document.
+fn redact(v: &mut serde_json::Value) {
+    match v {
+        serde_json::Value::Object(m) => {
+            for (k, x) in m.iter_mut() {
+                if k == "password" && !x.is_null() {
+                    *x = serde_json::json!("***");
+                } else {
+                    redact(x);
+                }
+            }
+        }
+        serde_json::Value::Array(a) => a.iter_mut().for_each(redact),
+        _ => {}
+    }
+}
+
+impl AgentHost {
+    fn new(
+        cfg: &AgentConfig,
+        backend: BackendKind,
+        metrics: Arc<Metrics>,
+        store: crate::store::StoreHandle,
+        restart: tokio::sync::mpsc::Sender<()>,
+    ) -> Self {
+        let mut config = serde_json::to_value(cfg).unwrap_or_default();
+        redact(&mut config);
+        AgentHost {
+            device: cfg.device.id.clone(),
+            backend: backend.to_string(),
+            started_us: crate::store::now_us(),
+            metrics,
+            store,
+            config,
+            restart,
+        }
+    }
+
+    fn streams(&self) -> serde_json::Value {
+        crate::server::streams_json(&self.metrics).into()
+    }
+}
+
+impl crate::fleet::FleetHost for AgentHost {
+    fn status(&self) -> serde_json::Value {
+        serde_json::json!({
+            "state": "online",
+            "device": self.device,
+            "version": env!("CARGO_PKG_VERSION"),
+            "backend": self.backend,
+            "started_us": self.started_us,
+            "streams": self.streams(),
+        })
+    }
+
+    fn telemetry(&self) -> serde_json::Value {
+        use std::sync::atomic::Ordering::Relaxed;
+        let c = self.store.counters();
+        let p = crate::process::sample();
+        serde_json::json!({
+            "ts_us": crate::store::now_us(),
+            "streams": self.streams(),
+            "rss_bytes": p.as_ref().map(|p| p.rss_bytes),
+            "cpu_ms": p.as_ref().map(|p| p.cpu_ms),
+            "store": {
+                "written": c.written.load(Relaxed),
+                "dropped": c.dropped.load(Relaxed),
+                "outbox_dropped": c.outbox_dropped.load(Relaxed),
+            },
+        })
+    }
+
+    fn config(&self) -> serde_json::Value {
+        self.config.clone()
+    }
+
+    fn restart_pipeline(&self) -> Result<(), String> {
+        self.restart
+            .try_send(())
+            .map_err(|_| "a restart is already under way".to_string())
+    }
+
+    fn set_log_level(&self, level: &str) -> Result<(), String> {
+        crate::logging::set_level(level)
+    }
 }

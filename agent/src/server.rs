@@ -53,10 +53,9 @@ async fn metrics(State(s): State<ServerState>) -> impl IntoResponse {
     )
 }
 
-async fn healthz(State(s): State<ServerState>) -> impl IntoResponse {
-    let running = s.metrics.streams_running.get();
-    let streams: Vec<_> = s
-        .metrics
+/// Each stream's health as JSON (`/healthz`, fleet status and telemetry).
+pub fn streams_json(metrics: &Metrics) -> Vec<serde_json::Value> {
+    metrics
         .source_health()
         .into_iter()
         .map(|(id, h)| {
@@ -68,7 +67,12 @@ async fn healthz(State(s): State<ServerState>) -> impl IntoResponse {
                 "last_error": h.last_error,
             })
         })
-        .collect();
+        .collect()
+}
+
+async fn healthz(State(s): State<ServerState>) -> impl IntoResponse {
+    let running = s.metrics.streams_running.get();
+    let streams = streams_json(&s.metrics);
     let all_streaming = streams.iter().all(|v| v["state"] == "streaming");
     let body = serde_json::json!({
         "status": if all_streaming { "ok" } else { "degraded" },

@@ -147,6 +147,12 @@ fn default_web_listen() -> String {
 fn default_log_level() -> String {
     DEFAULT_LOG_LEVEL.to_owned()
 }
+fn default_telemetry_s() -> u32 {
+    30
+}
+fn default_inflight() -> u32 {
+    100
+}
 fn default_retention_days() -> u32 {
     30
 }
@@ -850,6 +856,21 @@ pub struct FleetConfig {
     /// MQTT keepalive interval in seconds (5 to 3600).
     #[serde(default = "default_keepalive_s")]
     pub keepalive_s: u32,
+    /// MQTT client id (default: the device id).
+    #[serde(default)]
+    pub client_id: Option<String>,
+    /// Broker user name.
+    #[serde(default)]
+    pub username: Option<String>,
+    /// Broker password (never logged).
+    #[serde(default)]
+    pub password: Option<Secret>,
+    /// Seconds between telemetry messages (1 to 3600).
+    #[serde(default = "default_telemetry_s")]
+    pub telemetry_s: u32,
+    /// Most messages in flight (sent, not yet acknowledged), 1 to 1000.
+    #[serde(default = "default_inflight")]
+    pub inflight: u32,
 }
 
 impl Default for FleetConfig {
@@ -858,6 +879,11 @@ impl Default for FleetConfig {
             enabled: false,
             broker_url: default_broker_url(),
             keepalive_s: default_keepalive_s(),
+            client_id: None,
+            username: None,
+            password: None,
+            telemetry_s: default_telemetry_s(),
+            inflight: default_inflight(),
         }
     }
 }

@@ -660,6 +660,24 @@ pub(crate) fn check_fleet(fleet: &FleetConfig, prefix: &str, out: &mut Vec<Probl
         fleet.keepalive_s,
         &KEEPALIVE_S_RANGE,
     );
+    check_range(
+        out,
+        join_key(prefix, "telemetry_s"),
+        fleet.telemetry_s,
+        &(1..=3600),
+    );
+    check_range(
+        out,
+        join_key(prefix, "inflight"),
+        fleet.inflight,
+        &(1..=1000),
+    );
+    if fleet.password.is_some() && fleet.username.is_none() {
+        out.push(Problem::new(
+            join_key(prefix, "username"),
+            "a password needs a username",
+        ));
+    }
 }
 
 pub(crate) fn check_web(web: &WebConfig, prefix: &str, out: &mut Vec<Problem>) {

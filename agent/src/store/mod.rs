@@ -121,6 +121,8 @@ pub enum Record {
         /// Details.
         detail: String,
     },
+    /// Outbox rows the broker acknowledged (PUBACK): deleted.
+    OutboxAck(Vec<i64>),
     /// A finished track's summary.
     Track {
         /// Stream id.
@@ -556,6 +558,12 @@ fn write_batch(conn: &mut Connection, batch: &[Record], outbox_max: u64) -> rusq
                 } => {
                     au.execute(params![ts_us, actor, action, detail])?;
                 }
+                Record::OutboxAck(seqs) => {
+                    let mut del = tx.prepare_cached("DELETE FROM outbox WHERE seq = ?1")?;
+                    for seq in seqs {
+                        del.execute(params![seq])?;
+                    }
+                }
                 Record::Track {
                     stream,
                     track_id,
@@ -719,6 +727,32 @@ pub fn vacuum(path: &Path) -> Result<(u64, u64), StoreError> {
 pub fn check(path: &Path) -> Result<String, StoreError> {
     let conn = open_reader(path)?;
     integrity(&conn).map_err(|e| err(path, e))
+}
+
+/// One queued fleet message.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OutboxRow {
+    /// Order of publication.
+    pub seq: i64,
+    /// MQTT topic.
+    pub topic: String,
+    /// Message body.
+    pub payload: Vec<u8>,
+}
+
+/// Outbox rows after `seq`, in order, at most `limit`.
+pub fn outbox_after(conn: &Connection, seq: i64, limit: usize) -> rusqlite::Result<Vec<OutboxRow>> {
+    let mut stmt = conn.prepare_cached(
+        "SELECT seq, topic, payload FROM outbox WHERE seq > ?1 ORDER BY seq LIMIT ?2",
+    )?;
+    let rows = stmt.query_map(params![seq, limit as i64], |r| {
+        Ok(OutboxRow {
+            seq: r.get(0)?,
+            topic: r.get(1)?,
+            payload: r.get(2)?,
+        })
+    })?;
+    rows.collect()
 }
 
 /// The newest outbox rows' count and the oldest's sequence number (for status).

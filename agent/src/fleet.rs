@@ -1,0 +1,590 @@
+//! The MQTT 5 fleet link (DESIGN §6): retained status with a last will, periodic telemetry,
+//! events from the SQLite outbox (store-and-forward), and commands with request/response.
+//!
+//! ```text
+//! aegis/v1/{device}/status      retained; {"state":"online",...}; last will {"state":"offline"}
+//! aegis/v1/{device}/telemetry   every fleet.telemetry_s
+//! aegis/v1/{device}/events      outbox rows, in order, QoS 1
+//! aegis/v1/{device}/cmd/{name}  commands; the reply goes to the request's response topic
+//!                               (default aegis/v1/{device}/cmd/{name}/reply) with its
+//!                               correlation data
+//! ```
+//! At most 5 slashes per topic, QoS 0/1 only, payloads under 128 KB: the scheme runs
+//! unchanged on AWS IoT Core.
+//!
+//! **Delete after PUBACK, exactly.** `rumqttc` does not hand back the packet id of a
+//! publish, but its event loop reports every publish it writes (`Outgoing::Publish(pkid)`)
+//! in the order the publishes were requested. The link runs the event loop on its own task
+//! and publishes from that same task, so it keeps a FIFO of what it asked to publish (an
+//! outbox sequence number, or nothing for status/telemetry/replies) and pairs each
+//! `Outgoing::Publish` with the FIFO's head; a PUBACK for that packet id then deletes exactly
+//! that outbox row (through the store's single writer). Sessions start clean, so on a
+//! connection error nothing stale is resent by `rumqttc`: the FIFO is dropped and the drain
+//! restarts from the oldest unacknowledged row (at-least-once; consumers de-duplicate on the
+//! event id).
+
+use std::collections::{BTreeSet, HashMap, VecDeque};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use rumqttc::Outgoing;
+use rumqttc::v5::mqttbytes::QoS;
+use rumqttc::v5::mqttbytes::v5::{LastWill, Packet, PublishProperties};
+use rumqttc::v5::{AsyncClient, Event, EventLoop, MqttOptions};
+use serde_json::{Value, json};
+
+use crate::store::{self, Record, StoreHandle};
+
+/// Largest payload sent in one message (AWS IoT Core's limit is 128 KB).
+pub const MAX_PAYLOAD: usize = 128 * 1024;
+
+/// How the link connects and what it publishes.
+#[derive(Clone)]
+pub struct FleetSettings {
+    /// Device id (topic prefix).
+    pub device: String,
+    /// Broker host.
+    pub host: String,
+    /// Broker port.
+    pub port: u16,
+    /// MQTT client id.
+    pub client_id: String,
+    /// User name and password.
+    pub credentials: Option<(String, String)>,
+    /// Keepalive.
+    pub keepalive: Duration,
+    /// Telemetry period.
+    pub telemetry_every: Duration,
+    /// Most unacknowledged outbox messages in flight.
+    pub inflight: usize,
+    /// The store database (the outbox is read from it).
+    pub db: PathBuf,
+}
+
+impl FleetSettings {
+    /// Settings from the config; fails on a broker URL this build cannot use.
+    pub fn from_config(cfg: &aegis_config::AgentConfig) -> anyhow::Result<FleetSettings> {
+        let f = &cfg.fleet;
+        let (scheme, rest) = f
+            .broker_url
+            .split_once("://")
+            .ok_or_else(|| anyhow::anyhow!("fleet.broker_url: {:?} has no scheme", f.broker_url))?;
+        anyhow::ensure!(
+            scheme == "mqtt",
+            "fleet.broker_url: {scheme}:// (TLS) is not supported by this build yet; use mqtt:// \
+             on a trusted network or a local TLS-terminating bridge"
+        );
+        let (host, port) = match rest.trim_end_matches('/').rsplit_once(':') {
+            Some((h, p)) => (
+                h.to_string(),
+                p.parse()
+                    .map_err(|_| anyhow::anyhow!("fleet.broker_url: bad port {p:?}"))?,
+            ),
+            None => (rest.trim_end_matches('/').to_string(), 1883),
+        };
+        Ok(FleetSettings {
+            device: cfg.device.id.clone(),
+            host,
+            port,
+            client_id: f.client_id.clone().unwrap_or_else(|| cfg.device.id.clone()),
+            credentials: f.username.clone().map(|u| {
+                (
+                    u,
+                    f.password
+                        .as_ref()
+                        .map(|p| p.expose().to_string())
+                        .unwrap_or_default(),
+                )
+            }),
+            keepalive: Duration::from_secs(u64::from(f.keepalive_s)),
+            telemetry_every: Duration::from_secs(u64::from(f.telemetry_s)),
+            inflight: f.inflight as usize,
+            db: cfg.store.path.clone(),
+        })
+    }
+
+    fn topic(&self, leaf: &str) -> String {
+        format!("aegis/v1/{}/{leaf}", self.device)
+    }
+}
+
+/// What the link asks the rest of the agent.
+pub trait FleetHost: Send + Sync {
+    /// The status document (retained on `.../status`, also the `get_status` reply).
+    fn status(&self) -> Value;
+    /// The telemetry snapshot.
+    fn telemetry(&self) -> Value;
+    /// The effective config with secrets redacted (`get_config`).
+    fn config(&self) -> Value;
+    /// Restart the pipeline (`restart_pipeline`); Err explains why not.
+    fn restart_pipeline(&self) -> Result<(), String>;
+    /// Change the log filter (`set_log_level`).
+    fn set_log_level(&self, level: &str) -> Result<(), String>;
+}
+
+/// Link counters (exported as metrics by the agent).
+#[derive(Debug, Default)]
+pub struct FleetCounters {
+    /// Outbox messages acknowledged by the broker.
+    pub acked: std::sync::atomic::AtomicU64,
+    /// Outbox messages published (including re-sends after a reconnect).
+    pub published: std::sync::atomic::AtomicU64,
+    /// Connections made.
+    pub connects: std::sync::atomic::AtomicU64,
+    /// Commands answered.
+    pub commands: std::sync::atomic::AtomicU64,
+    /// Currently connected (0/1).
+    pub connected: std::sync::atomic::AtomicU64,
+}
+
+/// A running link; stop it with [`FleetLink::stop`].
+pub struct FleetLink {
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    task: Option<tokio::task::JoinHandle<()>>,
+    /// Counters.
+    pub counters: Arc<FleetCounters>,
+}
+
+impl FleetLink {
+    /// Starts the link on the current tokio runtime.
+    pub fn start(
+        settings: FleetSettings,
+        store: StoreHandle,
+        host: Arc<dyn FleetHost>,
+    ) -> FleetLink {
+        let (stop_tx, stop_rx) = tokio::sync::oneshot::channel();
+        let counters = Arc::new(FleetCounters::default());
+        let link = Link::new(settings, store, host, counters.clone());
+        let task = tokio::spawn(link.run(stop_rx));
+        FleetLink {
+            stop: Some(stop_tx),
+            task: Some(task),
+            counters,
+        }
+    }
+
+    /// Publishes `offline` (retained), disconnects cleanly and waits for the task (bounded).
+    pub async fn stop(mut self) {
+        if let Some(s) = self.stop.take() {
+            let _ = s.send(());
+        }
+        if let Some(t) = self.task.take() {
+            let _ = tokio::time::timeout(Duration::from_secs(5), t).await;
+        }
+    }
+}
+
+struct Link {
+    s: FleetSettings,
+    store: StoreHandle,
+    host: Arc<dyn FleetHost>,
+    counters: Arc<FleetCounters>,
+    client: AsyncClient,
+    events: EventLoop,
+    /// What each requested publish was: an outbox seq, or nothing.
+    fifo: VecDeque<Option<i64>>,
+    /// Packet id → outbox seq of publishes written, not yet acknowledged.
+    inflight: HashMap<u16, i64>,
+    /// Highest outbox seq handed to the client in this session.
+    cursor: i64,
+    /// Acknowledged seqs whose deletion may not have reached the database yet.
+    acked: BTreeSet<i64>,
+    acks_to_store: Vec<i64>,
+    connected: bool,
+    backoff: Duration,
+    reader: Option<rusqlite::Connection>,
+    last_telemetry: Instant,
+    started: Instant,
+}
+
+fn jitter(d: Duration) -> Duration {
+    use std::hash::{BuildHasher, Hasher};
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u64(d.as_nanos() as u64);
+    let f = 0.5 + (h.finish() % 1000) as f64 / 1000.0;
+    d.mul_f64(f)
+}
+
+impl Link {
+    fn new(
+        s: FleetSettings,
+        store: StoreHandle,
+        host: Arc<dyn FleetHost>,
+        counters: Arc<FleetCounters>,
+    ) -> Link {
+        let mut o = MqttOptions::new(s.client_id.clone(), s.host.clone(), s.port);
+        o.set_keep_alive(s.keepalive);
+        o.set_clean_start(true);
+        o.set_max_packet_size(Some(MAX_PAYLOAD as u32 + 4096));
+        if let Some((u, p)) = &s.credentials {
+            o.set_credentials(u.clone(), p.clone());
+        }
+        o.set_last_will(LastWill::new(
+            s.topic("status"),
+            json!({ "state": "offline", "device": s.device }).to_string(),
+            QoS::AtLeastOnce,
+            true,
+            None,
+        ));
+        let (client, events) = AsyncClient::new(o, 4 * s.inflight.max(16));
+        Link {
+            s,
+            store,
+            host,
+            counters,
+            client,
+            events,
+            fifo: VecDeque::new(),
+            inflight: HashMap::new(),
+            cursor: 0,
+            acked: BTreeSet::new(),
+            acks_to_store: Vec::new(),
+            connected: false,
+            backoff: Duration::from_millis(200),
+            reader: None,
+            last_telemetry: Instant::now(),
+            started: Instant::now(),
+        }
+    }
+
+    /// Requests a publish, recording what it is; false when the client's queue is full.
+    fn publish(
+        &mut self,
+        topic: String,
+        payload: Vec<u8>,
+        qos: QoS,
+        retain: bool,
+        props: Option<PublishProperties>,
+        seq: Option<i64>,
+    ) -> bool {
+        self.fifo.push_back(seq);
+        let r = match props {
+            Some(p) => self
+                .client
+                .try_publish_with_properties(topic, qos, retain, payload, p),
+            None => self.client.try_publish(topic, qos, retain, payload),
+        };
+        if r.is_err() {
+            self.fifo.pop_back();
+            return false;
+        }
+        true
+    }
+
+    async fn run(mut self, mut stop: tokio::sync::oneshot::Receiver<()>) {
+        let mut tick = tokio::time::interval(Duration::from_millis(50));
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                ev = self.events.poll() => match ev {
+                    Ok(ev) => self.on_event(ev),
+                    Err(e) => {
+                        if self.connected {
+                            tracing::warn!(error = %e, broker = %format!("{}:{}", self.s.host, self.s.port),
+                                "fleet broker connection lost; events wait in the outbox");
+                        } else {
+                            tracing::debug!(error = %e, "fleet broker unreachable");
+                        }
+                        self.on_disconnect();
+                        tokio::select! {
+                            _ = tokio::time::sleep(jitter(self.backoff)) => {}
+                            _ = &mut stop => break,
+                        }
+                        self.backoff = (self.backoff * 2).min(Duration::from_secs(30));
+                    }
+                },
+                _ = tick.tick() => self.on_tick(),
+                _ = &mut stop => break,
+            }
+        }
+        self.shutdown().await;
+    }
+
+    fn on_disconnect(&mut self) {
+        self.connected = false;
+        self.counters
+            .connected
+            .store(0, std::sync::atomic::Ordering::Relaxed);
+        self.fifo.clear();
+        self.inflight.clear();
+        self.cursor = 0;
+        self.flush_acks();
+    }
+
+    fn on_event(&mut self, ev: Event) {
+        match ev {
+            Event::Incoming(Packet::ConnAck(_)) => {
+                tracing::info!(broker = %format!("{}:{}", self.s.host, self.s.port), "fleet broker connected");
+                self.connected = true;
+                self.counters
+                    .connected
+                    .store(1, std::sync::atomic::Ordering::Relaxed);
+                self.counters
+                    .connects
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                self.backoff = Duration::from_millis(200);
+                self.fifo.clear();
+                self.inflight.clear();
+                self.cursor = 0;
+                self.prune_acked();
+                let _ = self
+                    .client
+                    .try_subscribe(self.s.topic("cmd/+"), QoS::AtLeastOnce);
+                let status = self.host.status().to_string().into_bytes();
+                self.publish(
+                    self.s.topic("status"),
+                    status,
+                    QoS::AtLeastOnce,
+                    true,
+                    None,
+                    None,
+                );
+            }
+            Event::Outgoing(Outgoing::Publish(pkid)) => match self.fifo.pop_front() {
+                Some(Some(seq)) if pkid != 0 => {
+                    self.inflight.insert(pkid, seq);
+                }
+                Some(_) => {}
+                None => {
+                    tracing::error!(pkid, "fleet: a publish nobody requested (bookkeeping bug)")
+                }
+            },
+            Event::Incoming(Packet::PubAck(ack)) => {
+                if let Some(seq) = self.inflight.remove(&ack.pkid) {
+                    self.acked.insert(seq);
+                    self.acks_to_store.push(seq);
+                    self.counters
+                        .acked
+                        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                }
+            }
+            Event::Incoming(Packet::Publish(p)) => self.on_command(p),
+            _ => {}
+        }
+    }
+
+    /// Forgets acknowledged seqs whose rows are gone from the outbox (deleted for good).
+    fn prune_acked(&mut self) {
+        if self.acked.is_empty() {
+            return;
+        }
+        if self.reader.is_none() {
+            self.reader = store::open_reader(&self.s.db).ok();
+        }
+        let Some(conn) = &self.reader else { return };
+        match store::outbox_depth(conn) {
+            Ok((_, Some(oldest))) => self.acked = self.acked.split_off(&oldest),
+            Ok((_, None)) => self.acked.clear(),
+            Err(_) => {}
+        }
+    }
+
+    fn flush_acks(&mut self) {
+        if self.acks_to_store.is_empty() {
+            return;
+        }
+        let seqs = std::mem::take(&mut self.acks_to_store);
+        // A lost ack record only means a re-send after the next reconnect.
+        self.store.submit(Record::OutboxAck(seqs));
+    }
+
+    fn on_tick(&mut self) {
+        self.flush_acks();
+        if !self.connected {
+            return;
+        }
+        self.drain_outbox();
+        if self.acked.len() > 10_000 {
+            self.prune_acked();
+        }
+        if self.last_telemetry.elapsed() >= self.s.telemetry_every {
+            self.last_telemetry = Instant::now();
+            let mut t = self.host.telemetry();
+            t["uptime_s"] = json!(self.started.elapsed().as_secs());
+            t["outbox_inflight"] = json!(self.inflight.len());
+            let body = t.to_string().into_bytes();
+            self.publish(
+                self.s.topic("telemetry"),
+                body,
+                QoS::AtMostOnce,
+                false,
+                None,
+                None,
+            );
+        }
+    }
+
+    fn drain_outbox(&mut self) {
+        let room = self
+            .s
+            .inflight
+            .saturating_sub(self.inflight.len() + self.fifo.len());
+        if room == 0 {
+            return;
+        }
+        if self.reader.is_none() {
+            self.reader = store::open_reader(&self.s.db).ok();
+        }
+        let Some(conn) = &self.reader else { return };
+        let rows = match store::outbox_after(conn, self.cursor, room + self.acked.len().min(1000)) {
+            Ok(r) => r,
+            Err(e) => {
+                tracing::warn!(error = %e, "fleet: reading the outbox failed");
+                self.reader = None;
+                return;
+            }
+        };
+        let mut sent = 0;
+        for row in rows {
+            if sent >= room {
+                break;
+            }
+            if self.acked.contains(&row.seq) {
+                self.cursor = row.seq;
+                continue;
+            }
+            if !self.publish(
+                row.topic,
+                row.payload,
+                QoS::AtLeastOnce,
+                false,
+                None,
+                Some(row.seq),
+            ) {
+                break;
+            }
+            self.cursor = row.seq;
+            sent += 1;
+            self.counters
+                .published
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        }
+    }
+
+    fn on_command(&mut self, p: rumqttc::v5::mqttbytes::v5::Publish) {
+        let topic = String::from_utf8_lossy(&p.topic).to_string();
+        let prefix = self.s.topic("cmd/");
+        let Some(name) = topic.strip_prefix(&prefix).map(str::to_string) else {
+            return;
+        };
+        let props = p.properties.clone().unwrap_or_default();
+        let reply_topic = props
+            .response_topic
+            .clone()
+            .unwrap_or_else(|| format!("{topic}/reply"));
+        let reply = match serde_json::from_slice::<Value>(if p.payload.is_empty() {
+            b"{}"
+        } else {
+            &p.payload
+        }) {
+            Err(e) => json!({ "ok": false, "error": format!("payload is not JSON: {e}") }),
+            Ok(args) => self.command(&name, &args),
+        };
+        self.counters
+            .commands
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let mut body = reply.to_string().into_bytes();
+        if body.len() > MAX_PAYLOAD {
+            body = json!({ "ok": false, "error": format!("reply of {} bytes exceeds {MAX_PAYLOAD}", body.len()) })
+                .to_string()
+                .into_bytes();
+        }
+        let out_props = PublishProperties {
+            correlation_data: props.correlation_data.clone(),
+            content_type: Some("application/json".into()),
+            ..Default::default()
+        };
+        self.publish(
+            reply_topic,
+            body,
+            QoS::AtLeastOnce,
+            false,
+            Some(out_props),
+            None,
+        );
+    }
+
+    fn command(&mut self, name: &str, args: &Value) -> Value {
+        let ok = |v: Value| json!({ "ok": true, "result": v });
+        let fail = |e: String| json!({ "ok": false, "error": e });
+        match name {
+            "ping" => ok(json!({ "pong": true, "ts_us": store::now_us() })),
+            "get_status" => ok(self.host.status()),
+            "get_config" => ok(self.host.config()),
+            "restart_pipeline" => match self.host.restart_pipeline() {
+                Ok(()) => ok(json!("restarting")),
+                Err(e) => fail(e),
+            },
+            "set_log_level" => match args.get("level").and_then(Value::as_str) {
+                Some(l) => match self.host.set_log_level(l) {
+                    Ok(()) => ok(json!({ "level": l })),
+                    Err(e) => fail(e),
+                },
+                None => fail("set_log_level needs {\"level\": \"info\"} (a tracing filter)".into()),
+            },
+            "query_events" => self.query_events(args),
+            other => fail(format!(
+                "unknown command {other:?}; known: ping, get_status, get_config, restart_pipeline, \
+                 set_log_level, query_events"
+            )),
+        }
+    }
+
+    fn query_events(&mut self, args: &Value) -> Value {
+        let since = args.get("since_us").and_then(Value::as_i64).unwrap_or(0);
+        let limit = args
+            .get("limit")
+            .and_then(Value::as_u64)
+            .unwrap_or(100)
+            .min(1000) as usize;
+        if self.reader.is_none() {
+            self.reader = store::open_reader(&self.s.db).ok();
+        }
+        let Some(conn) = &self.reader else {
+            return json!({ "ok": false, "error": "the store cannot be read" });
+        };
+        match store::events_since(conn, since, limit) {
+            Ok(mut evs) => {
+                // Stay under the payload limit: drop from the end and say so.
+                let mut truncated = false;
+                while serde_json::to_vec(&evs).map_or(0, |v| v.len()) > MAX_PAYLOAD - 1024
+                    && !evs.is_empty()
+                {
+                    let keep = evs.len() * 3 / 4;
+                    evs.truncate(keep);
+                    truncated = true;
+                }
+                json!({ "ok": true, "result": { "events": evs, "truncated": truncated } })
+            }
+            Err(e) => json!({ "ok": false, "error": e.to_string() }),
+        }
+    }
+
+    async fn shutdown(&mut self) {
+        self.flush_acks();
+        if !self.connected {
+            return;
+        }
+        let offline = json!({ "state": "offline", "device": self.s.device, "reason": "shutdown" });
+        self.publish(
+            self.s.topic("status"),
+            offline.to_string().into_bytes(),
+            QoS::AtLeastOnce,
+            true,
+            None,
+            None,
+        );
+        let _ = self.client.try_disconnect();
+        // Drive the event loop until the disconnect is written (bounded).
+        let deadline = Instant::now() + Duration::from_secs(2);
+        while Instant::now() < deadline {
+            match tokio::time::timeout(Duration::from_millis(200), self.events.poll()).await {
+                Ok(Ok(Event::Outgoing(Outgoing::Disconnect))) | Ok(Err(_)) => break,
+                Ok(Ok(ev)) => self.on_event(ev),
+                Err(_) => {}
+            }
+        }
+        self.flush_acks();
+    }
+}
