@@ -462,10 +462,78 @@ pub fn ensure_sample(path: &Path, width: usize, height: usize) -> anyhow::Result
     generate(&spec).map(|_| ())
 }
 
+/// The demo's local broker: an already running one on the configured port is used as is;
+/// otherwise Debian's `mosquitto` is started on loopback for the demo's lifetime. Without
+/// either, the demo runs without the fleet link (and says so).
+struct DemoBroker(Option<std::process::Child>);
+
+impl DemoBroker {
+    fn ensure(cfg: &mut aegis_config::AgentConfig) -> DemoBroker {
+        if !cfg.fleet.enabled {
+            return DemoBroker(None);
+        }
+        let port = cfg
+            .fleet
+            .broker_url
+            .rsplit(':')
+            .next()
+            .and_then(|p| p.trim_end_matches('/').parse::<u16>().ok())
+            .unwrap_or(1883);
+        if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+            println!("fleet: using the MQTT broker already on 127.0.0.1:{port}");
+            return DemoBroker(None);
+        }
+        let dir = Path::new(".demo");
+        let _ = std::fs::create_dir_all(dir);
+        let conf = dir.join("mosquitto.conf");
+        let spawned = std::fs::write(
+            &conf,
+            format!("listener {port} 127.0.0.1\nallow_anonymous true\n"),
+        )
+        .ok()
+        .and_then(|_| {
+            std::process::Command::new("mosquitto")
+                .arg("-c")
+                .arg(&conf)
+                .stdout(std::process::Stdio::null())
+                .stderr(std::process::Stdio::null())
+                .spawn()
+                .ok()
+        });
+        let Some(child) = spawned else {
+            eprintln!(
+                "fleet: no MQTT broker on 127.0.0.1:{port} and `mosquitto` is not installed; running without the fleet link"
+            );
+            cfg.fleet.enabled = false;
+            return DemoBroker(None);
+        };
+        let t0 = std::time::Instant::now();
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err()
+            && t0.elapsed().as_secs() < 5
+        {
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        println!(
+            "fleet: started mosquitto on 127.0.0.1:{port}; watch with: mosquitto_sub -p {port} -t 'aegis/#' -v"
+        );
+        DemoBroker(Some(child))
+    }
+}
+
+impl Drop for DemoBroker {
+    fn drop(&mut self) {
+        if let Some(c) = &mut self.0 {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
 fn demo(fast: bool, serve: bool, listen: Option<SocketAddr>) -> anyhow::Result<()> {
-    let cfg = aegis_config::from_yaml_str(DEMO_CONFIG, "demo.yaml (built in)")
+    let mut cfg = aegis_config::from_yaml_str(DEMO_CONFIG, "demo.yaml (built in)")
         .map_err(|e| anyhow::anyhow!("{e}"))?;
     ensure_sample(&Path::new(SAMPLES_DIR).join("demo.mp4"), 1280, 720)?;
+    let _broker = DemoBroker::ensure(&mut cfg);
     let req = RunRequest {
         listen,
         options: RunOptions {

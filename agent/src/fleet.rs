@@ -36,6 +36,9 @@ use serde_json::{Value, json};
 
 use crate::store::{self, Record, StoreHandle};
 
+/// How long a stopping link keeps draining the outbox to a reachable broker.
+const DRAIN_ON_STOP: Duration = Duration::from_secs(3);
+
 /// Largest payload sent in one message (AWS IoT Core's limit is 128 KB).
 pub const MAX_PAYLOAD: usize = 128 * 1024;
 
@@ -170,7 +173,7 @@ impl FleetLink {
             let _ = s.send(());
         }
         if let Some(t) = self.task.take() {
-            let _ = tokio::time::timeout(Duration::from_secs(5), t).await;
+            let _ = tokio::time::timeout(Duration::from_secs(8), t).await;
         }
     }
 }
@@ -562,6 +565,25 @@ impl Link {
     }
 
     async fn shutdown(&mut self) {
+        self.flush_acks();
+        if !self.connected {
+            return;
+        }
+        // Final drain: what the pipeline wrote before it stopped, while the broker is there.
+        let store = self.store.clone();
+        let _ = tokio::task::spawn_blocking(move || store.flush(Duration::from_secs(1))).await;
+        let deadline = Instant::now() + DRAIN_ON_STOP;
+        while Instant::now() < deadline && self.connected {
+            self.drain_outbox();
+            if self.inflight.is_empty() && self.fifo.is_empty() {
+                break;
+            }
+            match tokio::time::timeout(Duration::from_millis(100), self.events.poll()).await {
+                Ok(Ok(ev)) => self.on_event(ev),
+                Ok(Err(_)) => self.on_disconnect(),
+                Err(_) => {}
+            }
+        }
         self.flush_acks();
         if !self.connected {
             return;

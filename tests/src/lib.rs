@@ -271,3 +271,103 @@ pub fn dir_with_models_and_photo() -> tempfile::TempDir {
     .expect("run tools/fetch-media.sh");
     dir
 }
+
+/// Whether Debian's `mosquitto` broker and clients are installed. In CI their absence is a
+/// failure (`.ci/run` installs them).
+pub fn have_mosquitto() -> bool {
+    let ok = [
+        "/usr/sbin/mosquitto",
+        "/usr/bin/mosquitto_sub",
+        "/usr/bin/mosquitto_pub",
+    ]
+    .iter()
+    .all(|p| Path::new(p).exists());
+    assert!(
+        ok || std::env::var_os("CI").is_none(),
+        "CI must install mosquitto"
+    );
+    ok
+}
+
+/// A mosquitto broker on a free loopback port, with persistence in its own directory (so
+/// persistent subscriber sessions survive a restart, as a real fleet broker's do).
+pub struct Broker {
+    /// Its port.
+    pub port: u16,
+    dir: PathBuf,
+    child: Option<std::process::Child>,
+}
+
+impl Broker {
+    /// Starts one; persistence and config live in `dir`.
+    pub fn start(dir: &Path) -> Broker {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .map(|a| a.port())
+            .expect("free port");
+        std::fs::create_dir_all(dir).expect("broker dir");
+        // Started as root, mosquitto drops to user `mosquitto`, which cannot write here.
+        // SAFETY: getuid(2) has no preconditions.
+        let user = if unsafe { libc::getuid() } == 0 {
+            "user root\n"
+        } else {
+            ""
+        };
+        std::fs::write(
+            dir.join("mosquitto.conf"),
+            format!(
+                "listener {port} 127.0.0.1\nallow_anonymous true\npersistence true\n\
+                 persistence_location {}/\nautosave_interval 1\nmax_queued_messages 100000\n{user}",
+                dir.display()
+            ),
+        )
+        .expect("broker config");
+        let mut b = Broker {
+            port,
+            dir: dir.to_path_buf(),
+            child: None,
+        };
+        b.up();
+        b
+    }
+
+    /// (Re)starts the broker process and waits until it accepts connections.
+    pub fn up(&mut self) {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.join("mosquitto.log"))
+            .expect("log");
+        let child = Command::new("/usr/sbin/mosquitto")
+            .arg("-c")
+            .arg(self.dir.join("mosquitto.conf"))
+            .stdout(log.try_clone().expect("log"))
+            .stderr(log)
+            .spawn()
+            .expect("spawn mosquitto");
+        self.child = Some(child);
+        let t0 = std::time::Instant::now();
+        while std::net::TcpStream::connect(("127.0.0.1", self.port)).is_err() {
+            assert!(t0.elapsed().as_secs() < 10, "mosquitto did not start");
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+    }
+
+    /// Stops it (SIGTERM: it saves its persistent sessions) and waits.
+    pub fn down(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            // SAFETY: kill(2) on our own child's pid with a valid signal number.
+            unsafe { libc::kill(c.id() as i32, libc::SIGTERM) };
+            let _ = c.wait();
+        }
+    }
+}
+
+impl Drop for Broker {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}

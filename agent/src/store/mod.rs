@@ -161,6 +161,8 @@ pub struct StoreCounters {
 
 enum Msg {
     Rec(Record),
+    /// Write what is queued, then signal.
+    Flush(std::sync::mpsc::SyncSender<()>),
     /// Write what is queued and stop.
     Close,
 }
@@ -189,6 +191,26 @@ impl StoreHandle {
                 false
             }
         }
+    }
+
+    /// Waits (at most `limit`) until every record queued before this call is committed.
+    /// For shutdown paths (the fleet link's final drain), never for the frame path.
+    pub fn flush(&self, limit: Duration) -> bool {
+        let (tx, rx) = std::sync::mpsc::sync_channel(1);
+        let deadline = Instant::now() + limit;
+        let mut msg = Msg::Flush(tx);
+        loop {
+            match self.tx.try_send(msg) {
+                Ok(()) => break,
+                Err(TrySendError::Full(m)) if Instant::now() < deadline => {
+                    msg = m;
+                    std::thread::sleep(Duration::from_millis(5));
+                }
+                Err(_) => return false,
+            }
+        }
+        rx.recv_timeout(deadline.saturating_duration_since(Instant::now()))
+            .is_ok()
     }
 
     /// The writer's counters.
@@ -421,6 +443,11 @@ impl Writer {
             // Wait for a first record (waking for retention now and then).
             match rx.recv_timeout(RETENTION_EVERY) {
                 Ok(Msg::Rec(r)) => self.batch.push(r),
+                Ok(Msg::Flush(done)) => {
+                    self.flush();
+                    let _ = done.send(());
+                    continue;
+                }
                 Ok(Msg::Close) | Err(RecvTimeoutError::Disconnected) => break,
                 Err(RecvTimeoutError::Timeout) => {
                     self.retention();
@@ -433,6 +460,10 @@ impl Writer {
                 let left = deadline.saturating_duration_since(Instant::now());
                 match rx.recv_timeout(left) {
                     Ok(Msg::Rec(r)) => self.batch.push(r),
+                    Ok(Msg::Flush(done)) => {
+                        self.flush();
+                        let _ = done.send(());
+                    }
                     Err(RecvTimeoutError::Timeout) => break,
                     Ok(Msg::Close) | Err(RecvTimeoutError::Disconnected) => {
                         closed = true;
