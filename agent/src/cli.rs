@@ -82,6 +82,25 @@ enum Command {
         #[arg(long)]
         pipeline: bool,
     },
+    /// Simulated devices (the agent's own fleet-link code) against one local mosquitto:
+    /// connections, events/s delivered, command round trip.
+    FleetSim {
+        /// Simulated devices (comma-separated for several runs).
+        #[arg(long, value_delimiter = ',', default_value = "100")]
+        devices: Vec<usize>,
+        /// Seconds each run is measured.
+        #[arg(long, default_value_t = 10.0)]
+        seconds: f64,
+        /// Events per second per device.
+        #[arg(long, default_value_t = 1.0)]
+        rate: f64,
+        /// Pings timed after the measurement.
+        #[arg(long, default_value_t = 200)]
+        pings: usize,
+        /// Also write the results as JSON here.
+        #[arg(long)]
+        json: Option<PathBuf>,
+    },
     /// The local database: stats, integrity check, vacuum, export.
     Db {
         #[command(subcommand)]
@@ -125,6 +144,28 @@ enum Command {
 
 #[derive(Subcommand, Debug)]
 enum BenchCommand {
+    /// Fleet link: command round trip through a loopback mosquitto, and the drain rate of a
+    /// SQLite outbox backlog once the broker is back.
+    Fleet {
+        /// Pings to time.
+        #[arg(long, default_value_t = 200)]
+        pings: usize,
+        /// Outbox rows built up during the outage.
+        #[arg(long, default_value_t = 10_000)]
+        backlog: u64,
+        /// Also write the results as JSON here.
+        #[arg(long)]
+        json: Option<PathBuf>,
+    },
+    /// Store ingest: the batching writer vs one row per transaction.
+    Store {
+        /// Rows per run.
+        #[arg(long, default_value_t = 20_000)]
+        rows: u64,
+        /// Also write the results as JSON here.
+        #[arg(long)]
+        json: Option<PathBuf>,
+    },
     /// The inference stages at 720p: p50/p99 per stage, engine vs pre/post time, batching
     /// gain, and pipeline fps with the stages on vs off.
     Stages {
@@ -280,6 +321,52 @@ pub fn main() -> ExitCode {
         } => {
             crate::logging::init(log_override.unwrap_or(LogFormat::Human), "warn");
             bench_stages(config, clip, frames, rounds, json)
+        }
+        Command::FleetSim {
+            devices,
+            seconds,
+            rate,
+            pings,
+            json,
+        } => {
+            crate::logging::init(log_override.unwrap_or(LogFormat::Human), "error");
+            fleet_sim(devices, seconds, rate, pings, json)
+        }
+        Command::Bench {
+            what:
+                BenchCommand::Fleet {
+                    pings,
+                    backlog,
+                    json,
+                },
+        } => {
+            crate::logging::init(log_override.unwrap_or(LogFormat::Human), "error");
+            crate::fleet_sim::bench_fleet(pings, backlog).and_then(|r| {
+                println!(
+                    "command round trip (loopback mosquitto, {} pings): p50 {:.2} ms, p99 {:.2} ms",
+                    r.pings, r.rtt_p50_ms, r.rtt_p99_ms
+                );
+                println!(
+                    "outbox drain after an outage: {} rows in {:.2} s = {:.0} rows/s",
+                    r.backlog, r.drain_s, r.drain_rows_per_s
+                );
+                write_json(json, &r)
+            })
+        }
+        Command::Bench {
+            what: BenchCommand::Store { rows, json },
+        } => {
+            crate::logging::init(log_override.unwrap_or(LogFormat::Human), "error");
+            tempfile::tempdir()
+                .map_err(anyhow::Error::from)
+                .and_then(|d| crate::fleet_sim::bench_store(rows, d.path()))
+                .and_then(|r| {
+                    println!(
+                        "store ingest ({} event rows): batched writer {:.0} rows/s, one row per transaction {:.0} rows/s, ratio {:.1}",
+                        r.rows, r.batched_rows_per_s, r.single_rows_per_s, r.ratio
+                    );
+                    write_json(json, &r)
+                })
         }
         Command::Db { what } => {
             crate::logging::init(log_override.unwrap_or(LogFormat::Human), "warn");
@@ -670,6 +757,39 @@ fn bench(
             .with_context(|| format!("writing {}", path.display()))?;
     }
     Ok(())
+}
+
+fn write_json<T: serde::Serialize>(path: Option<PathBuf>, v: &T) -> anyhow::Result<()> {
+    if let Some(p) = path {
+        std::fs::write(&p, serde_json::to_string_pretty(v)?)?;
+    }
+    Ok(())
+}
+
+fn fleet_sim(
+    devices: Vec<usize>,
+    seconds: f64,
+    rate: f64,
+    pings: usize,
+    json: Option<PathBuf>,
+) -> anyhow::Result<()> {
+    let mut results = Vec::new();
+    for n in devices {
+        let r = crate::fleet_sim::simulate(n, seconds, rate, pings)?;
+        println!(
+            "{} devices: {} connected, produced {:.0} events/s, delivered {:.0} events/s, backlog {}; ping p50 {:.2} ms, p99 {:.2} ms ({} pings)",
+            r.devices,
+            r.connected,
+            r.produced_per_s,
+            r.delivered_per_s,
+            r.backlog,
+            r.rtt_p50_ms,
+            r.rtt_p99_ms,
+            r.pings
+        );
+        results.push(r);
+    }
+    write_json(json, &results)
 }
 
 fn bench_stages(

@@ -61,8 +61,6 @@ pub struct FleetSettings {
     pub telemetry_every: Duration,
     /// Most unacknowledged outbox messages in flight.
     pub inflight: usize,
-    /// The store database (the outbox is read from it).
-    pub db: PathBuf,
 }
 
 impl FleetSettings {
@@ -103,12 +101,79 @@ impl FleetSettings {
             keepalive: Duration::from_secs(u64::from(f.keepalive_s)),
             telemetry_every: Duration::from_secs(u64::from(f.telemetry_s)),
             inflight: f.inflight as usize,
-            db: cfg.store.path.clone(),
         })
     }
 
     fn topic(&self, leaf: &str) -> String {
         format!("aegis/v1/{}/{leaf}", self.device)
+    }
+}
+
+/// Where the link's messages wait: the agent's SQLite outbox ([`SqliteOutbox`]), or memory
+/// in the fleet simulator.
+pub trait Outbox: Send {
+    /// Rows after `seq`, in order, at most `limit`.
+    fn after(&mut self, seq: i64, limit: usize) -> Result<Vec<store::OutboxRow>, String>;
+    /// The oldest row's seq (`None` when empty).
+    fn oldest(&mut self) -> Result<Option<i64>, String>;
+    /// The broker acknowledged these rows: they may go.
+    fn acked(&mut self, seqs: Vec<i64>);
+    /// Waits (bounded) until what was queued so far is readable (shutdown only).
+    fn flush(&mut self, limit: Duration);
+    /// Stored events since `since_us` (the `query_events` command).
+    fn events_since(&mut self, since_us: i64, limit: usize) -> Result<Vec<store::Event>, String>;
+}
+
+/// The agent's outbox: rows read from the store on a read-only connection, deletions through
+/// the store's single writer.
+pub struct SqliteOutbox {
+    db: PathBuf,
+    store: StoreHandle,
+    reader: Option<rusqlite::Connection>,
+}
+
+impl SqliteOutbox {
+    /// The outbox of the database at `db`, written through `store`.
+    pub fn new(db: PathBuf, store: StoreHandle) -> Self {
+        SqliteOutbox {
+            db,
+            store,
+            reader: None,
+        }
+    }
+
+    fn with<T>(
+        &mut self,
+        f: impl FnOnce(&rusqlite::Connection) -> rusqlite::Result<T>,
+    ) -> Result<T, String> {
+        if self.reader.is_none() {
+            self.reader = Some(store::open_reader(&self.db).map_err(|e| e.to_string())?);
+        }
+        let conn = self.reader.as_ref().ok_or("no reader")?;
+        f(conn).map_err(|e| {
+            // Reopen next time (the file may have been replaced).
+            self.reader = None;
+            e.to_string()
+        })
+    }
+}
+
+impl Outbox for SqliteOutbox {
+    fn after(&mut self, seq: i64, limit: usize) -> Result<Vec<store::OutboxRow>, String> {
+        self.with(|c| store::outbox_after(c, seq, limit))
+    }
+    fn oldest(&mut self) -> Result<Option<i64>, String> {
+        self.with(|c| store::outbox_depth(c).map(|(_, oldest)| oldest))
+    }
+    fn acked(&mut self, seqs: Vec<i64>) {
+        // A lost ack record only means a re-send after the next reconnect.
+        self.store.submit(Record::OutboxAck(seqs));
+    }
+    fn flush(&mut self, limit: Duration) {
+        self.store.flush(limit);
+    }
+    fn events_since(&mut self, since_us: i64, limit: usize) -> Result<Vec<store::Event>, String> {
+        self.with(|c| store::events_since(c, since_us, limit))
     }
 }
 
@@ -153,12 +218,12 @@ impl FleetLink {
     /// Starts the link on the current tokio runtime.
     pub fn start(
         settings: FleetSettings,
-        store: StoreHandle,
+        outbox: Box<dyn Outbox>,
         host: Arc<dyn FleetHost>,
     ) -> FleetLink {
         let (stop_tx, stop_rx) = tokio::sync::oneshot::channel();
         let counters = Arc::new(FleetCounters::default());
-        let link = Link::new(settings, store, host, counters.clone());
+        let link = Link::new(settings, outbox, host, counters.clone());
         let task = tokio::spawn(link.run(stop_rx));
         FleetLink {
             stop: Some(stop_tx),
@@ -180,7 +245,7 @@ impl FleetLink {
 
 struct Link {
     s: FleetSettings,
-    store: StoreHandle,
+    outbox: Box<dyn Outbox>,
     host: Arc<dyn FleetHost>,
     counters: Arc<FleetCounters>,
     client: AsyncClient,
@@ -196,7 +261,6 @@ struct Link {
     acks_to_store: Vec<i64>,
     connected: bool,
     backoff: Duration,
-    reader: Option<rusqlite::Connection>,
     last_telemetry: Instant,
     started: Instant,
 }
@@ -212,13 +276,17 @@ fn jitter(d: Duration) -> Duration {
 impl Link {
     fn new(
         s: FleetSettings,
-        store: StoreHandle,
+        outbox: Box<dyn Outbox>,
         host: Arc<dyn FleetHost>,
         counters: Arc<FleetCounters>,
     ) -> Link {
         let mut o = MqttOptions::new(s.client_id.clone(), s.host.clone(), s.port);
         o.set_keep_alive(s.keepalive);
         o.set_clean_start(true);
+        // Commands are small request/response messages: no Nagle delay (~40 ms per hop).
+        let mut net = rumqttc::NetworkOptions::new();
+        net.set_tcp_nodelay(true);
+        o.set_network_options(net);
         o.set_max_packet_size(Some(MAX_PAYLOAD as u32 + 4096));
         if let Some((u, p)) = &s.credentials {
             o.set_credentials(u.clone(), p.clone());
@@ -233,7 +301,7 @@ impl Link {
         let (client, events) = AsyncClient::new(o, 4 * s.inflight.max(16));
         Link {
             s,
-            store,
+            outbox,
             host,
             counters,
             client,
@@ -245,7 +313,6 @@ impl Link {
             acks_to_store: Vec::new(),
             connected: false,
             backoff: Duration::from_millis(200),
-            reader: None,
             last_telemetry: Instant::now(),
             started: Instant::now(),
         }
@@ -360,6 +427,14 @@ impl Link {
                     self.counters
                         .acked
                         .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    // Refill the window as it empties, not only on the timer: a backlog
+                    // drains at the broker's pace.
+                    if self.connected
+                        && self.inflight.len() + self.fifo.len() <= self.s.inflight / 2
+                    {
+                        self.flush_acks();
+                        self.drain_outbox();
+                    }
                 }
             }
             Event::Incoming(Packet::Publish(p)) => self.on_command(p),
@@ -372,13 +447,9 @@ impl Link {
         if self.acked.is_empty() {
             return;
         }
-        if self.reader.is_none() {
-            self.reader = store::open_reader(&self.s.db).ok();
-        }
-        let Some(conn) = &self.reader else { return };
-        match store::outbox_depth(conn) {
-            Ok((_, Some(oldest))) => self.acked = self.acked.split_off(&oldest),
-            Ok((_, None)) => self.acked.clear(),
+        match self.outbox.oldest() {
+            Ok(Some(oldest)) => self.acked = self.acked.split_off(&oldest),
+            Ok(None) => self.acked.clear(),
             Err(_) => {}
         }
     }
@@ -388,8 +459,7 @@ impl Link {
             return;
         }
         let seqs = std::mem::take(&mut self.acks_to_store);
-        // A lost ack record only means a re-send after the next reconnect.
-        self.store.submit(Record::OutboxAck(seqs));
+        self.outbox.acked(seqs);
     }
 
     fn on_tick(&mut self) {
@@ -426,15 +496,13 @@ impl Link {
         if room == 0 {
             return;
         }
-        if self.reader.is_none() {
-            self.reader = store::open_reader(&self.s.db).ok();
-        }
-        let Some(conn) = &self.reader else { return };
-        let rows = match store::outbox_after(conn, self.cursor, room + self.acked.len().min(1000)) {
+        let rows = match self
+            .outbox
+            .after(self.cursor, room + self.acked.len().min(1000))
+        {
             Ok(r) => r,
             Err(e) => {
                 tracing::warn!(error = %e, "fleet: reading the outbox failed");
-                self.reader = None;
                 return;
             }
         };
@@ -541,13 +609,7 @@ impl Link {
             .and_then(Value::as_u64)
             .unwrap_or(100)
             .min(1000) as usize;
-        if self.reader.is_none() {
-            self.reader = store::open_reader(&self.s.db).ok();
-        }
-        let Some(conn) = &self.reader else {
-            return json!({ "ok": false, "error": "the store cannot be read" });
-        };
-        match store::events_since(conn, since, limit) {
+        match self.outbox.events_since(since, limit) {
             Ok(mut evs) => {
                 // Stay under the payload limit: drop from the end and say so.
                 let mut truncated = false;
@@ -560,7 +622,7 @@ impl Link {
                 }
                 json!({ "ok": true, "result": { "events": evs, "truncated": truncated } })
             }
-            Err(e) => json!({ "ok": false, "error": e.to_string() }),
+            Err(e) => json!({ "ok": false, "error": e }),
         }
     }
 
@@ -570,8 +632,7 @@ impl Link {
             return;
         }
         // Final drain: what the pipeline wrote before it stopped, while the broker is there.
-        let store = self.store.clone();
-        let _ = tokio::task::spawn_blocking(move || store.flush(Duration::from_secs(1))).await;
+        self.outbox.flush(Duration::from_secs(1));
         let deadline = Instant::now() + DRAIN_ON_STOP;
         while Instant::now() < deadline && self.connected {
             self.drain_outbox();

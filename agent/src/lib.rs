@@ -11,6 +11,7 @@ pub mod bench_stages;
 pub mod cli;
 pub mod db_cli;
 pub mod fleet;
+pub mod fleet_sim;
 pub mod inference;
 pub mod logging;
 pub mod metrics;

@@ -155,9 +155,10 @@ pub async fn run(
             store_handle.clone(),
             restart_tx,
         ));
+        let outbox = crate::fleet::SqliteOutbox::new(cfg.store.path.clone(), store_handle.clone());
         Some(crate::fleet::FleetLink::start(
             settings,
-            store_handle.clone(),
+            Box::new(outbox),
             host,
         ))
     } else {

@@ -360,3 +360,39 @@ fn commands_answer_on_the_response_topic_with_the_correlation_data() {
         .unwrap();
     assert!(String::from_utf8_lossy(&o.stdout).contains("\"offline\""));
 }
+
+#[test]
+fn fleet_sim_and_benches_run_and_report() {
+    if !have_mosquitto() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let json = d.join("sim.json");
+    aegis_ok(
+        d,
+        &[
+            "fleet-sim",
+            "--devices",
+            "20",
+            "--seconds",
+            "2",
+            "--rate",
+            "5",
+            "--pings",
+            "20",
+            "--json",
+            json.to_str().unwrap(),
+        ],
+    );
+    let r: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+    let r = &r[0];
+    assert_eq!(r["connected"], 20, "{r}");
+    assert_eq!(r["pings"], 20, "{r}");
+    assert!(r["delivered_per_s"].as_f64().unwrap() > 0.0, "{r}");
+    let out = aegis_ok(d, &["bench", "fleet", "--pings", "10", "--backlog", "300"]);
+    assert!(out.contains("300 rows in"), "{out}");
+    let out = aegis_ok(d, &["bench", "store", "--rows", "2000"]);
+    assert!(out.contains("ratio"), "{out}");
+}
