@@ -61,6 +61,8 @@ pub struct FleetSettings {
     pub telemetry_every: Duration,
     /// Most unacknowledged outbox messages in flight.
     pub inflight: usize,
+    /// TLS (`mqtts://`), built from the PEM files at start-up.
+    pub tls: Option<Arc<rustls::ClientConfig>>,
 }
 
 impl FleetSettings {
@@ -71,18 +73,19 @@ impl FleetSettings {
             .broker_url
             .split_once("://")
             .ok_or_else(|| anyhow::anyhow!("fleet.broker_url: {:?} has no scheme", f.broker_url))?;
-        anyhow::ensure!(
-            scheme == "mqtt",
-            "fleet.broker_url: {scheme}:// (TLS) is not supported by this build yet; use mqtt:// \
-             on a trusted network or a local TLS-terminating bridge"
-        );
+        let tls = match scheme {
+            "mqtt" => None,
+            "mqtts" => Some(tls_config(&f.tls)?),
+            other => anyhow::bail!("fleet.broker_url: unsupported scheme {other}://"),
+        };
+        let default_port = if tls.is_some() { 8883 } else { 1883 };
         let (host, port) = match rest.trim_end_matches('/').rsplit_once(':') {
             Some((h, p)) => (
                 h.to_string(),
                 p.parse()
                     .map_err(|_| anyhow::anyhow!("fleet.broker_url: bad port {p:?}"))?,
             ),
-            None => (rest.trim_end_matches('/').to_string(), 1883),
+            None => (rest.trim_end_matches('/').to_string(), default_port),
         };
         Ok(FleetSettings {
             device: cfg.device.id.clone(),
@@ -101,6 +104,7 @@ impl FleetSettings {
             keepalive: Duration::from_secs(u64::from(f.keepalive_s)),
             telemetry_every: Duration::from_secs(u64::from(f.telemetry_s)),
             inflight: f.inflight as usize,
+            tls,
         })
     }
 
@@ -175,6 +179,48 @@ impl Outbox for SqliteOutbox {
     fn events_since(&mut self, since_us: i64, limit: usize) -> Result<Vec<store::Event>, String> {
         self.with(|c| store::events_since(c, since_us, limit))
     }
+}
+
+/// A rustls client config (ring provider) from PEM files: the CAs the broker's certificate
+/// must chain to, and optionally this device's certificate and key (mutual TLS).
+pub fn tls_config(t: &aegis_config::FleetTls) -> anyhow::Result<Arc<rustls::ClientConfig>> {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+    let read_certs = |p: &std::path::Path| -> anyhow::Result<Vec<CertificateDer<'static>>> {
+        let certs = CertificateDer::pem_file_iter(p)
+            .map_err(|e| anyhow::anyhow!("fleet.tls: cannot read {}: {e}", p.display()))?
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| anyhow::anyhow!("fleet.tls: {}: {e}", p.display()))?;
+        anyhow::ensure!(
+            !certs.is_empty(),
+            "fleet.tls: {} holds no certificate",
+            p.display()
+        );
+        Ok(certs)
+    };
+    let mut roots = rustls::RootCertStore::empty();
+    for c in read_certs(&t.ca_file)? {
+        roots
+            .add(c)
+            .map_err(|e| anyhow::anyhow!("fleet.tls.ca_file {}: {e}", t.ca_file.display()))?;
+    }
+    let builder = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .map_err(|e| anyhow::anyhow!("fleet.tls: {e}"))?
+    .with_root_certificates(roots);
+    let config = match (&t.cert_file, &t.key_file) {
+        (Some(cert), Some(key)) => {
+            let key = PrivateKeyDer::from_pem_file(key)
+                .map_err(|e| anyhow::anyhow!("fleet.tls.key_file {}: {e}", key.display()))?;
+            builder
+                .with_client_auth_cert(read_certs(cert)?, key)
+                .map_err(|e| anyhow::anyhow!("fleet.tls: client certificate: {e}"))?
+        }
+        _ => builder.with_no_client_auth(),
+    };
+    Ok(Arc::new(config))
 }
 
 /// What the link asks the rest of the agent.
@@ -260,6 +306,8 @@ struct Link {
     acked: BTreeSet<i64>,
     acks_to_store: Vec<i64>,
     connected: bool,
+    /// The current outage was logged at warn level already.
+    warned: bool,
     backoff: Duration,
     last_telemetry: Instant,
     started: Instant,
@@ -291,6 +339,11 @@ impl Link {
         if let Some((u, p)) = &s.credentials {
             o.set_credentials(u.clone(), p.clone());
         }
+        if let Some(tls) = &s.tls {
+            o.set_transport(rumqttc::Transport::tls_with_config(
+                rumqttc::TlsConfiguration::Rustls(tls.clone()),
+            ));
+        }
         o.set_last_will(LastWill::new(
             s.topic("status"),
             json!({ "state": "offline", "device": s.device }).to_string(),
@@ -312,6 +365,7 @@ impl Link {
             acked: BTreeSet::new(),
             acks_to_store: Vec::new(),
             connected: false,
+            warned: false,
             backoff: Duration::from_millis(200),
             last_telemetry: Instant::now(),
             started: Instant::now(),
@@ -350,12 +404,17 @@ impl Link {
                 ev = self.events.poll() => match ev {
                     Ok(ev) => self.on_event(ev),
                     Err(e) => {
+                        let broker = format!("{}:{}", self.s.host, self.s.port);
                         if self.connected {
-                            tracing::warn!(error = %e, broker = %format!("{}:{}", self.s.host, self.s.port),
+                            tracing::warn!(error = %e, %broker,
                                 "fleet broker connection lost; events wait in the outbox");
+                        } else if !self.warned {
+                            tracing::warn!(error = %e, %broker,
+                                "fleet broker unreachable; events wait in the outbox, retrying with backoff");
                         } else {
-                            tracing::debug!(error = %e, "fleet broker unreachable");
+                            tracing::debug!(error = %e, %broker, "fleet broker unreachable");
                         }
+                        self.warned = true;
                         self.on_disconnect();
                         tokio::select! {
                             _ = tokio::time::sleep(jitter(self.backoff)) => {}
@@ -394,6 +453,7 @@ impl Link {
                     .connects
                     .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 self.backoff = Duration::from_millis(200);
+                self.warned = false;
                 self.fifo.clear();
                 self.inflight.clear();
                 self.cursor = 0;

@@ -179,6 +179,7 @@ fn settings(device: &str, port: u16, telemetry: Duration) -> FleetSettings {
         keepalive: Duration::from_secs(30),
         telemetry_every: telemetry,
         inflight: 100,
+        tls: None,
     }
 }
 

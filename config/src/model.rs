@@ -147,6 +147,9 @@ fn default_web_listen() -> String {
 fn default_log_level() -> String {
     DEFAULT_LOG_LEVEL.to_owned()
 }
+fn default_ca_file() -> PathBuf {
+    PathBuf::from("/etc/ssl/certs/ca-certificates.crt")
+}
 fn default_telemetry_s() -> u32 {
     30
 }
@@ -871,6 +874,36 @@ pub struct FleetConfig {
     /// Most messages in flight (sent, not yet acknowledged), 1 to 1000.
     #[serde(default = "default_inflight")]
     pub inflight: u32,
+    /// TLS for `mqtts://` brokers (server verification, optional client
+    /// certificate).
+    #[serde(default)]
+    pub tls: FleetTls,
+}
+
+/// TLS settings of the fleet link (PEM files).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct FleetTls {
+    /// CA certificates that may sign the broker's certificate.
+    #[serde(default = "default_ca_file")]
+    pub ca_file: PathBuf,
+    /// This device's certificate (with `key_file`: mutual TLS, as AWS IoT
+    /// Core requires).
+    #[serde(default)]
+    pub cert_file: Option<PathBuf>,
+    /// This device's private key.
+    #[serde(default)]
+    pub key_file: Option<PathBuf>,
+}
+
+impl Default for FleetTls {
+    fn default() -> Self {
+        FleetTls {
+            ca_file: default_ca_file(),
+            cert_file: None,
+            key_file: None,
+        }
+    }
 }
 
 impl Default for FleetConfig {
@@ -884,6 +917,7 @@ impl Default for FleetConfig {
             password: None,
             telemetry_s: default_telemetry_s(),
             inflight: default_inflight(),
+            tls: FleetTls::default(),
         }
     }
 }

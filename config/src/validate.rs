@@ -672,6 +672,12 @@ pub(crate) fn check_fleet(fleet: &FleetConfig, prefix: &str, out: &mut Vec<Probl
         fleet.inflight,
         &(1..=1000),
     );
+    if fleet.tls.cert_file.is_some() != fleet.tls.key_file.is_some() {
+        out.push(Problem::new(
+            join_key(prefix, "tls"),
+            "give both cert_file and key_file, or neither",
+        ));
+    }
     if fleet.password.is_some() && fleet.username.is_none() {
         out.push(Problem::new(
             join_key(prefix, "username"),

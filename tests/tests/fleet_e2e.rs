@@ -396,3 +396,196 @@ fn fleet_sim_and_benches_run_and_report() {
     let out = aegis_ok(d, &["bench", "store", "--rows", "2000"]);
     assert!(out.contains("ratio"), "{out}");
 }
+
+fn openssl(dir: &Path, args: &[&str]) {
+    let st = Command::new("openssl")
+        .args(args)
+        .current_dir(dir)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .unwrap();
+    assert!(st.success(), "openssl {args:?}");
+}
+
+/// A CA, a broker certificate for 127.0.0.1 and a device certificate, all signed by the CA.
+fn make_pki(dir: &Path) {
+    std::fs::create_dir_all(dir).unwrap();
+    openssl(
+        dir,
+        &[
+            "req",
+            "-x509",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:P-256",
+            "-nodes",
+            "-keyout",
+            "ca.key",
+            "-out",
+            "ca.pem",
+            "-days",
+            "2",
+            "-subj",
+            "/CN=aegis-test-ca",
+        ],
+    );
+    std::fs::write(dir.join("server.ext"), "subjectAltName=IP:127.0.0.1\n").unwrap();
+    // Extensions make X.509 v3 certificates (webpki refuses v1).
+    std::fs::write(dir.join("client.ext"), "extendedKeyUsage=clientAuth\n").unwrap();
+    for (name, cn) in [("server", "127.0.0.1"), ("client", "dev1")] {
+        openssl(
+            dir,
+            &[
+                "req",
+                "-newkey",
+                "ec",
+                "-pkeyopt",
+                "ec_paramgen_curve:P-256",
+                "-nodes",
+                "-keyout",
+                &format!("{name}.key"),
+                "-out",
+                &format!("{name}.csr"),
+                "-subj",
+                &format!("/CN={cn}"),
+            ],
+        );
+        let mut args = vec![
+            "x509",
+            "-req",
+            "-in",
+            &format!("{name}.csr"),
+            "-CA",
+            "ca.pem",
+            "-CAkey",
+            "ca.key",
+            "-CAcreateserial",
+            "-out",
+            &format!("{name}.pem"),
+            "-days",
+            "2",
+        ]
+        .into_iter()
+        .map(String::from)
+        .collect::<Vec<_>>();
+        args.extend(["-extfile".into(), format!("{name}.ext")]);
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        openssl(dir, &args);
+    }
+}
+
+#[test]
+fn mutual_tls_connects_and_a_device_without_a_certificate_is_refused() {
+    if !have_mosquitto() {
+        return;
+    }
+    let dir = dir_with_models_and_photo();
+    let d = dir.path();
+    let pki = d.join("pki");
+    make_pki(&pki);
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    // SAFETY: getuid(2) has no preconditions.
+    let user = if unsafe { libc::getuid() } == 0 {
+        "user root\n"
+    } else {
+        ""
+    };
+    std::fs::write(
+        d.join("tls.conf"),
+        format!(
+            "listener {port} 127.0.0.1\ncafile {p}/ca.pem\ncertfile {p}/server.pem\nkeyfile {p}/server.key\n\
+             require_certificate true\nallow_anonymous true\n{user}",
+            p = pki.display()
+        ),
+    )
+    .unwrap();
+    let mut broker = Command::new("/usr/sbin/mosquitto")
+        .args(["-c", d.join("tls.conf").to_str().unwrap()])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let t0 = Instant::now();
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(t0.elapsed() < Duration::from_secs(10));
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let clip = make_clip(d, "clip.mp4", 320, 240, 1.0);
+    let status = |want_client_cert: bool| -> String {
+        let p = pki.display().to_string();
+        let mut args = vec![
+            "-h".to_string(),
+            "127.0.0.1".into(),
+            "-p".into(),
+            port.to_string(),
+            "--cafile".into(),
+            format!("{p}/ca.pem"),
+            "-t".into(),
+            "aegis/v1/dev1/status".into(),
+            "-C".into(),
+            "1".into(),
+            "-W".into(),
+            "3".into(),
+        ];
+        if want_client_cert {
+            args.extend([
+                "--cert".into(),
+                format!("{p}/client.pem"),
+                "--key".into(),
+                format!("{p}/client.key"),
+            ]);
+        }
+        let o = Command::new("/usr/bin/mosquitto_sub")
+            .args(&args)
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&o.stdout).into_owned()
+    };
+    let run = |with_cert: bool| {
+        let cfg = write_config(d, &clip, port);
+        let p = pki.display();
+        let tls = if with_cert {
+            format!(
+                "tls: {{ ca_file: {p}/ca.pem, cert_file: {p}/client.pem, key_file: {p}/client.key }}"
+            )
+        } else {
+            format!("tls: {{ ca_file: {p}/ca.pem }}")
+        };
+        let text = std::fs::read_to_string(&cfg).unwrap().replace(
+            &format!("mqtt://127.0.0.1:{port}\", telemetry_s: 1,"),
+            &format!("mqtts://127.0.0.1:{port}\", telemetry_s: 1, {tls},"),
+        );
+        assert!(text.contains("mqtts://"), "{text}");
+        std::fs::write(&cfg, text).unwrap();
+        agent(d, &cfg)
+    };
+    // With its certificate the device connects and its retained status is there.
+    let mut a = run(true);
+    let t0 = Instant::now();
+    while !status(true).contains("\"online\"") {
+        assert!(
+            t0.elapsed() < Duration::from_secs(20),
+            "no online status over TLS"
+        );
+    }
+    sigterm(&mut a);
+    assert!(status(true).contains("\"offline\""));
+    // Without a client certificate the broker refuses it; the agent keeps running and says why.
+    let mut a = run(false);
+    std::thread::sleep(Duration::from_secs(3));
+    sigterm(&mut a);
+    assert!(
+        status(true).contains("\"offline\""),
+        "a refused device must not look online"
+    );
+    let log = std::fs::read_to_string(d.join("agent.log")).unwrap();
+    assert!(log.contains("fleet broker unreachable"), "{log}");
+    broker.kill().unwrap();
+    broker.wait().unwrap();
+}
