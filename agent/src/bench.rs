@@ -307,6 +307,7 @@ fn run_pipeline(
         inference: None,
         store: None,
         events_topic: None,
+        snapshots: None,
     };
     let sampling = Arc::new(AtomicBool::new(true));
     let sampler = {

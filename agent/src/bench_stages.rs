@@ -211,6 +211,7 @@ fn pipeline_fps(
         inference,
         store: None,
         events_topic: None,
+        snapshots: None,
     };
     let t0 = Instant::now();
     let reports = Pipeline::start(pipeline, metrics, &opts)?.wait();

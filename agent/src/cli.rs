@@ -251,6 +251,7 @@ pub fn main() -> ExitCode {
                         inference: None,
                         store: None,
                         events_topic: None,
+                        snapshots: None,
                     },
                     ..Default::default()
                 };
@@ -629,6 +630,7 @@ fn demo(fast: bool, serve: bool, listen: Option<SocketAddr>) -> anyhow::Result<(
             inference: None,
             store: None,
             events_topic: None,
+            snapshots: None,
         },
         linger: serve,
         scrape_metrics: true,

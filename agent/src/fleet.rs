@@ -235,6 +235,20 @@ pub trait FleetHost: Send + Sync {
     fn restart_pipeline(&self) -> Result<(), String>;
     /// Change the log filter (`set_log_level`).
     fn set_log_level(&self, level: &str) -> Result<(), String>;
+    /// The next frame of `stream` (default: the first) as a JPEG (`snapshot`).
+    fn snapshot(
+        &self,
+        _stream: Option<&str>,
+    ) -> Result<tokio::sync::oneshot::Receiver<Result<Vec<u8>, String>>, String> {
+        Err("snapshots are not available on this device".into())
+    }
+}
+
+/// A reply finished off the link's task (snapshots): where it goes and what it is.
+struct LateReply {
+    topic: String,
+    correlation: Option<bytes::Bytes>,
+    body: Result<Vec<u8>, String>,
 }
 
 /// Link counters (exported as metrics by the agent).
@@ -311,6 +325,8 @@ struct Link {
     backoff: Duration,
     last_telemetry: Instant,
     started: Instant,
+    late_tx: tokio::sync::mpsc::Sender<LateReply>,
+    late_rx: tokio::sync::mpsc::Receiver<LateReply>,
 }
 
 fn jitter(d: Duration) -> Duration {
@@ -352,6 +368,7 @@ impl Link {
             None,
         ));
         let (client, events) = AsyncClient::new(o, 4 * s.inflight.max(16));
+        let (late_tx, late_rx) = tokio::sync::mpsc::channel(16);
         Link {
             s,
             outbox,
@@ -369,6 +386,8 @@ impl Link {
             backoff: Duration::from_millis(200),
             last_telemetry: Instant::now(),
             started: Instant::now(),
+            late_tx,
+            late_rx,
         }
     }
 
@@ -424,6 +443,7 @@ impl Link {
                     }
                 },
                 _ = tick.tick() => self.on_tick(),
+                Some(r) = self.late_rx.recv() => self.late_reply(r),
                 _ = &mut stop => break,
             }
         }
@@ -604,6 +624,39 @@ impl Link {
             .response_topic
             .clone()
             .unwrap_or_else(|| format!("{topic}/reply"));
+        if name == "snapshot" {
+            self.counters
+                .commands
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            let args: Value = serde_json::from_slice(&p.payload).unwrap_or(Value::Null);
+            let stream = args.get("stream").and_then(Value::as_str);
+            let late = self.late_tx.clone();
+            let correlation = props.correlation_data.clone();
+            match self.host.snapshot(stream) {
+                Ok(rx) => {
+                    tokio::spawn(async move {
+                        let body = match tokio::time::timeout(Duration::from_secs(5), rx).await {
+                            Ok(Ok(r)) => r,
+                            Ok(Err(_)) => Err("the stream ended before a frame came".into()),
+                            Err(_) => Err("no frame within 5 s (is the stream running?)".into()),
+                        };
+                        let _ = late
+                            .send(LateReply {
+                                topic: reply_topic,
+                                correlation,
+                                body,
+                            })
+                            .await;
+                    });
+                }
+                Err(e) => self.late_reply(LateReply {
+                    topic: reply_topic,
+                    correlation,
+                    body: Err(e),
+                }),
+            }
+            return;
+        }
         let reply = match serde_json::from_slice::<Value>(if p.payload.is_empty() {
             b"{}"
         } else {
@@ -636,6 +689,47 @@ impl Link {
         );
     }
 
+    /// A binary reply (a JPEG), in chunks of at most [`MAX_PAYLOAD`] bytes, each carrying the
+    /// correlation data and a `chunk` user property `i/n` (1-based); an error is a JSON reply.
+    fn late_reply(&mut self, r: LateReply) {
+        let props = |content_type: &str, chunk: Option<(usize, usize)>| PublishProperties {
+            correlation_data: r.correlation.clone(),
+            content_type: Some(content_type.into()),
+            user_properties: chunk
+                .map(|(i, n)| vec![("chunk".to_string(), format!("{i}/{n}"))])
+                .unwrap_or_default(),
+            ..Default::default()
+        };
+        match &r.body {
+            Ok(data) => {
+                let n = data.len().div_ceil(MAX_PAYLOAD).max(1);
+                for (i, part) in data.chunks(MAX_PAYLOAD).enumerate() {
+                    let p = props("image/jpeg", Some((i + 1, n)));
+                    self.publish(
+                        r.topic.clone(),
+                        part.to_vec(),
+                        QoS::AtLeastOnce,
+                        false,
+                        Some(p),
+                        None,
+                    );
+                }
+            }
+            Err(e) => {
+                let body = json!({ "ok": false, "error": e }).to_string().into_bytes();
+                let p = props("application/json", None);
+                self.publish(
+                    r.topic.clone(),
+                    body,
+                    QoS::AtLeastOnce,
+                    false,
+                    Some(p),
+                    None,
+                );
+            }
+        }
+    }
+
     fn command(&mut self, name: &str, args: &Value) -> Value {
         let ok = |v: Value| json!({ "ok": true, "result": v });
         let fail = |e: String| json!({ "ok": false, "error": e });
@@ -657,7 +751,7 @@ impl Link {
             "query_events" => self.query_events(args),
             other => fail(format!(
                 "unknown command {other:?}; known: ping, get_status, get_config, restart_pipeline, \
-                 set_log_level, query_events"
+                 set_log_level, query_events, snapshot"
             )),
         }
     }

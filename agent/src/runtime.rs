@@ -122,6 +122,7 @@ pub async fn run(
     let started = Instant::now();
     let (config_inference, config_cuda_device) = (cfg.inference.clone(), cfg.backend.cuda_device);
     let mut opts = req.options.clone();
+    let snapshots = opts.snapshots.get_or_insert_with(Default::default).clone();
     if opts.store.is_none() {
         opts.store = Some(store_handle.clone());
         opts.events_topic = events_topic;
@@ -154,6 +155,7 @@ pub async fn run(
             metrics.clone(),
             store_handle.clone(),
             restart_tx,
+            snapshots,
         ));
         let outbox = crate::fleet::SqliteOutbox::new(cfg.store.path.clone(), store_handle.clone());
         Some(crate::fleet::FleetLink::start(
@@ -271,6 +273,7 @@ struct AgentHost {
     store: crate::store::StoreHandle,
     config: serde_json::Value,
     restart: tokio::sync::mpsc::Sender<()>,
+    snapshots: Arc<crate::pipeline::snapshot::SnapshotHub>,
 }
 
 /// `password` values replaced by `***` anywhere in a JSON document.
@@ -297,6 +300,7 @@ impl AgentHost {
         metrics: Arc<Metrics>,
         store: crate::store::StoreHandle,
         restart: tokio::sync::mpsc::Sender<()>,
+        snapshots: Arc<crate::pipeline::snapshot::SnapshotHub>,
     ) -> Self {
         let mut config = serde_json::to_value(cfg).unwrap_or_default();
         redact(&mut config);
@@ -308,6 +312,7 @@ impl AgentHost {
             store,
             config,
             restart,
+            snapshots,
         }
     }
 
@@ -357,5 +362,12 @@ impl crate::fleet::FleetHost for AgentHost {
 
     fn set_log_level(&self, level: &str) -> Result<(), String> {
         crate::logging::set_level(level)
+    }
+
+    fn snapshot(
+        &self,
+        stream: Option<&str>,
+    ) -> Result<tokio::sync::oneshot::Receiver<Result<Vec<u8>, String>>, String> {
+        self.snapshots.request(stream)
     }
 }

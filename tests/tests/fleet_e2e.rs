@@ -305,6 +305,26 @@ fn commands_answer_on_the_response_topic_with_the_correlation_data() {
             .unwrap();
         assert!(st.success());
     };
+    let snapshot = Command::new("/usr/bin/mosquitto_sub")
+        .args([
+            "-p",
+            &broker.port.to_string(),
+            "-V",
+            "mqttv5",
+            "-t",
+            "replies/snapshot",
+            "-C",
+            "1",
+            "-W",
+            "20",
+            "-F",
+            "%D %P %x",
+        ])
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(200));
+    send("snapshot", "{}", "c-6");
     send("ping", "{}", "c-1");
     send("get_config", "{}", "c-2");
     send("query_events", r#"{"since_us": 0, "limit": 5}"#, "c-3");
@@ -312,15 +332,27 @@ fn commands_answer_on_the_response_topic_with_the_correlation_data() {
     send("set_log_level", "not json", "c-5");
     let t0 = Instant::now();
     let text = loop {
-        let text = std::fs::read_to_string(&replies).unwrap_or_default();
-        if text.lines().count() >= 5 || t0.elapsed() > Duration::from_secs(15) {
+        let text =
+            String::from_utf8_lossy(&std::fs::read(&replies).unwrap_or_default()).into_owned();
+        if text.lines().filter(|l| l.starts_with("replies/")).count() >= 6
+            || t0.elapsed() > Duration::from_secs(15)
+        {
             break text;
         }
         std::thread::sleep(Duration::from_millis(100));
     };
+    let snap = String::from_utf8_lossy(&snapshot.wait_with_output().unwrap().stdout).into_owned();
     sigterm(&mut a);
     sub.kill().unwrap();
     sub.wait().unwrap();
+    // The snapshot: a JPEG (SOI ... EOI) in one chunk of one, with the correlation data.
+    let snap = snap.trim();
+    assert!(
+        snap.starts_with("c-6 chunk:1/1 ffd8"),
+        "{}",
+        &snap[..snap.len().min(80)]
+    );
+    assert!(snap.ends_with("ffd9"), "not a whole JPEG");
     let line = |name: &str| {
         text.lines()
             .find(|l| l.starts_with(&format!("replies/{name} ")))

@@ -20,6 +20,7 @@
 pub mod analytics;
 pub mod queue;
 pub mod sinks;
+pub mod snapshot;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -92,6 +93,8 @@ pub struct RunOptions {
     pub store: Option<crate::store::StoreHandle>,
     /// With a store: also queue events for the fleet broker on this topic.
     pub events_topic: Option<String>,
+    /// Where snapshot requests reach the streams' sink threads.
+    pub snapshots: Option<Arc<snapshot::SnapshotHub>>,
 }
 
 /// What one stream did, reported when it ends.
@@ -378,6 +381,7 @@ impl Pipeline {
             auto_threads,
             store: opts.store.clone(),
             events_topic: opts.events_topic.clone(),
+            snapshots: opts.snapshots.clone(),
         };
         for (source, stages) in sources.into_iter().zip(stage_sets) {
             let threads = spawn_stream(source, stages, cfg, &shared, &ctx);
@@ -454,6 +458,7 @@ struct StreamContext {
     auto_threads: usize,
     store: Option<crate::store::StoreHandle>,
     events_topic: Option<String>,
+    snapshots: Option<Arc<snapshot::SnapshotHub>>,
 }
 
 fn spawn_stream(
@@ -641,6 +646,7 @@ fn spawn_stream(
 
     // Sink thread.
     let snk_metrics = sm;
+    let snapshot_slot = ctx.snapshots.as_ref().map(|h| h.slot(&id));
     let mut snk_errors = ErrorReporter::new(metrics.clone(), &id);
     let sink_thread = spawn_named(format!("snk-{id}"), move || {
         let mut delivered = 0u64;
@@ -659,6 +665,9 @@ fn spawn_stream(
                 if let Err(e) = r {
                     snk_errors.report("sink", e.error_type, 1, &e);
                 }
+            }
+            if let Some(slot) = &snapshot_slot {
+                slot.offer(&frame);
             }
             copies = frame.copies + sink_copies;
             snk_metrics.copies.set(copies as i64);

@@ -9,11 +9,13 @@
 
 mod decode;
 mod encode;
+mod jpeg;
 
 pub(crate) use decode::rescale_us as decode_rescale_us;
 pub use decode::{DecodeStats, VideoDecoder};
 pub(crate) use encode::ENCODER_TIME_BASE;
 pub use encode::{EncoderSettings, VideoEncoder};
+pub use jpeg::encode_jpeg;
 
 /// Errors of the codec layer; each names the codec and what it was asked to do.
 #[derive(Debug, thiserror::Error)]

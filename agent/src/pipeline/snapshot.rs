@@ -1,0 +1,99 @@
+//! Snapshots on request: a caller (the fleet `snapshot` command, later the technician page)
+//! asks for a stream's next frame as a JPEG; the stream's sink thread encodes the next frame
+//! it delivers and answers. Nothing is encoded unless asked: the frame path only reads one
+//! atomic flag.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+
+use aegis_hal::Frame;
+
+/// Width limit of snapshots (keeps a JPEG of a 4K camera within one 128 KB MQTT message most
+/// of the time; larger ones are sent in chunks).
+pub const SNAPSHOT_MAX_WIDTH: usize = 1280;
+/// JPEG quantiser (2 best … 31 smallest).
+pub const SNAPSHOT_QUALITY: u32 = 6;
+
+type Reply = tokio::sync::oneshot::Sender<Result<Vec<u8>, String>>;
+
+/// One stream's pending requests.
+#[derive(Default)]
+pub struct SnapshotSlot {
+    wanted: AtomicBool,
+    waiters: Mutex<Vec<Reply>>,
+}
+
+impl SnapshotSlot {
+    /// Called by the sink thread for each delivered frame: answers pending requests with it.
+    pub fn offer(&self, frame: &Frame) {
+        if !self.wanted.load(Ordering::Acquire) {
+            return;
+        }
+        let waiters: Vec<Reply> = {
+            let mut w = self.waiters.lock().unwrap_or_else(|e| e.into_inner());
+            self.wanted.store(false, Ordering::Release);
+            std::mem::take(&mut *w)
+        };
+        let jpeg = aegis_hal::codec::encode_jpeg(frame, SNAPSHOT_MAX_WIDTH, SNAPSHOT_QUALITY)
+            .map_err(|e| e.to_string());
+        for w in waiters {
+            let _ = w.send(jpeg.clone());
+        }
+    }
+}
+
+/// The snapshot slots of every stream of a pipeline.
+#[derive(Default)]
+pub struct SnapshotHub {
+    slots: Mutex<Vec<(String, Arc<SnapshotSlot>)>>,
+}
+
+impl std::fmt::Debug for SnapshotHub {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SnapshotHub").finish_non_exhaustive()
+    }
+}
+
+impl SnapshotHub {
+    /// The slot of `stream` (created on first use).
+    pub fn slot(&self, stream: &str) -> Arc<SnapshotSlot> {
+        let mut slots = self.slots.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some((_, s)) = slots.iter().find(|(id, _)| id == stream) {
+            return s.clone();
+        }
+        let s = Arc::new(SnapshotSlot::default());
+        slots.push((stream.to_string(), s.clone()));
+        s
+    }
+
+    /// Asks for the next frame of `stream` (default: the first stream) as a JPEG.
+    pub fn request(
+        &self,
+        stream: Option<&str>,
+    ) -> Result<tokio::sync::oneshot::Receiver<Result<Vec<u8>, String>>, String> {
+        let slots = self.slots.lock().unwrap_or_else(|e| e.into_inner());
+        let known: HashMap<&str, &Arc<SnapshotSlot>> =
+            slots.iter().map(|(id, s)| (id.as_str(), s)).collect();
+        let slot = match stream {
+            Some(id) => known.get(id).ok_or_else(|| {
+                format!(
+                    "no stream {id:?} (streams: {})",
+                    slots
+                        .iter()
+                        .map(|(i, _)| i.as_str())
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                )
+            })?,
+            None => &slots.first().ok_or("no streams are running")?.1,
+        };
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        slot.waiters
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(tx);
+        slot.wanted.store(true, Ordering::Release);
+        Ok(rx)
+    }
+}
