@@ -8,6 +8,8 @@
 //! aegis/v1/{device}/cmd/{name}  commands; the reply goes to the request's response topic
 //!                               (default aegis/v1/{device}/cmd/{name}/reply) with its
 //!                               correlation data
+//! aegis/v1/{device}/toggles/{name}/set    runtime toggles (log_level, telemetry_s) …
+//! aegis/v1/{device}/toggles/{name}/state  … and the value in force (retained)
 //! ```
 //! At most 5 slashes per topic, QoS 0/1 only, payloads under 128 KB: the scheme runs
 //! unchanged on AWS IoT Core.
@@ -36,6 +38,9 @@ use serde_json::{Value, json};
 
 use crate::store::{self, Record, StoreHandle};
 
+/// Runtime toggles (`…/toggles/{name}/set` → `…/toggles/{name}/state`).
+pub const TOGGLES: &[&str] = &["log_level", "telemetry_s"];
+
 /// How long a stopping link keeps draining the outbox to a reachable broker.
 const DRAIN_ON_STOP: Duration = Duration::from_secs(3);
 
@@ -63,6 +68,8 @@ pub struct FleetSettings {
     pub inflight: usize,
     /// TLS (`mqtts://`), built from the PEM files at start-up.
     pub tls: Option<Arc<rustls::ClientConfig>>,
+    /// The log filter in force (the `log_level` toggle's initial state).
+    pub log_level: String,
 }
 
 impl FleetSettings {
@@ -105,6 +112,7 @@ impl FleetSettings {
             telemetry_every: Duration::from_secs(u64::from(f.telemetry_s)),
             inflight: f.inflight as usize,
             tls,
+            log_level: cfg.log.level.clone(),
         })
     }
 
@@ -481,6 +489,12 @@ impl Link {
                 let _ = self
                     .client
                     .try_subscribe(self.s.topic("cmd/+"), QoS::AtLeastOnce);
+                let _ = self
+                    .client
+                    .try_subscribe(self.s.topic("toggles/+/set"), QoS::AtLeastOnce);
+                for name in TOGGLES {
+                    self.publish_toggle_state(name);
+                }
                 let status = self.host.status().to_string().into_bytes();
                 self.publish(
                     self.s.topic("status"),
@@ -613,8 +627,80 @@ impl Link {
         }
     }
 
+    fn toggle_value(&self, name: &str) -> Value {
+        match name {
+            "log_level" => json!(self.s.log_level),
+            "telemetry_s" => json!(self.s.telemetry_every.as_secs()),
+            _ => Value::Null,
+        }
+    }
+
+    /// Retained `…/toggles/{name}/state` with the value in force.
+    fn publish_toggle_state(&mut self, name: &str) {
+        let body = json!({ "value": self.toggle_value(name) })
+            .to_string()
+            .into_bytes();
+        self.publish(
+            self.s.topic(&format!("toggles/{name}/state")),
+            body,
+            QoS::AtLeastOnce,
+            true,
+            None,
+            None,
+        );
+    }
+
+    /// `…/toggles/{name}/set` with `{"value": …}` (or a bare JSON value): applied, then the
+    /// state topic says what is in force (unchanged, with `error`, when refused).
+    fn on_toggle(&mut self, name: &str, payload: &[u8]) {
+        let v: Result<Value, _> = serde_json::from_slice(payload);
+        let value = match v {
+            Ok(Value::Object(m)) if m.contains_key("value") => Ok(m["value"].clone()),
+            Ok(other) => Ok(other),
+            Err(e) => Err(format!("payload is not JSON: {e}")),
+        };
+        let result = value.and_then(|v| match (name, &v) {
+            ("log_level", Value::String(l)) => self.host.set_log_level(l).map(|()| {
+                self.s.log_level = l.clone();
+            }),
+            ("telemetry_s", Value::Number(n)) => {
+                match n.as_u64().filter(|s| (1..=3600).contains(s)) {
+                    Some(secs) => {
+                        self.s.telemetry_every = Duration::from_secs(secs);
+                        Ok(())
+                    }
+                    None => Err("telemetry_s must be 1 to 3600".into()),
+                }
+            }
+            (n, _) if TOGGLES.contains(&n) => Err(format!("wrong value type for {n}: {v}")),
+            (n, _) => Err(format!(
+                "unknown toggle {n:?}; known: {}",
+                TOGGLES.join(", ")
+            )),
+        });
+        match result {
+            Ok(()) => self.publish_toggle_state(name),
+            Err(e) => {
+                let body = json!({ "value": self.toggle_value(name), "error": e })
+                    .to_string()
+                    .into_bytes();
+                let topic = self.s.topic(&format!("toggles/{name}/state"));
+                // Not retained: the retained state stays the value in force.
+                self.publish(topic, body, QoS::AtLeastOnce, false, None, None);
+            }
+        }
+    }
+
     fn on_command(&mut self, p: rumqttc::v5::mqttbytes::v5::Publish) {
         let topic = String::from_utf8_lossy(&p.topic).to_string();
+        if let Some(name) = topic
+            .strip_prefix(&self.s.topic("toggles/"))
+            .and_then(|rest| rest.strip_suffix("/set"))
+        {
+            let name = name.to_string();
+            self.on_toggle(&name, &p.payload);
+            return;
+        }
         let prefix = self.s.topic("cmd/");
         let Some(name) = topic.strip_prefix(&prefix).map(str::to_string) else {
             return;

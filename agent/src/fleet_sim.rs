@@ -180,6 +180,7 @@ fn settings(device: &str, port: u16, telemetry: Duration) -> FleetSettings {
         telemetry_every: telemetry,
         inflight: 100,
         tls: None,
+        log_level: "info".into(),
     }
 }
 

@@ -342,6 +342,42 @@ fn commands_answer_on_the_response_topic_with_the_correlation_data() {
         std::thread::sleep(Duration::from_millis(100));
     };
     let snap = String::from_utf8_lossy(&snapshot.wait_with_output().unwrap().stdout).into_owned();
+    // A runtime toggle: set → retained state.
+    let retained = |topic: &str| {
+        let o = Command::new("/usr/bin/mosquitto_sub")
+            .args([
+                "-p",
+                &broker.port.to_string(),
+                "-t",
+                topic,
+                "-C",
+                "1",
+                "-W",
+                "2",
+            ])
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&o.stdout).into_owned()
+    };
+    assert!(retained("aegis/v1/dev1/toggles/telemetry_s/state").contains("\"value\":1"));
+    let st = Command::new("/usr/bin/mosquitto_pub")
+        .args([
+            "-p",
+            &broker.port.to_string(),
+            "-q",
+            "1",
+            "-t",
+            "aegis/v1/dev1/toggles/telemetry_s/set",
+            "-m",
+            r#"{"value": 7}"#,
+        ])
+        .status()
+        .unwrap();
+    assert!(st.success());
+    let t0 = Instant::now();
+    while !retained("aegis/v1/dev1/toggles/telemetry_s/state").contains("\"value\":7") {
+        assert!(t0.elapsed() < Duration::from_secs(10), "toggle not applied");
+    }
     sigterm(&mut a);
     sub.kill().unwrap();
     sub.wait().unwrap();
