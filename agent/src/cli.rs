@@ -650,6 +650,7 @@ fn demo(fast: bool, serve: bool, listen: Option<SocketAddr>) -> anyhow::Result<(
                 || l.starts_with("aegis_tracks_total")
                 || l.starts_with("aegis_objects_total")
                 || l.starts_with("aegis_moderated_frames_total")
+                || l.starts_with("aegis_component_counter")
                 || l.starts_with("aegis_process_resident_memory_bytes")
                 || (l.starts_with("aegis_stage_latency_seconds_sum"))
         }) {

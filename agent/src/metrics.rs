@@ -94,6 +94,18 @@ pub struct AnalyticsLabels {
     pub label: String,
 }
 
+/// Labels of component counters copied in at scrape time (store writer, fleet link).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ComponentLabels {
+    /// `store`, `fleet`.
+    pub component: String,
+    /// The counter (`written`, `dropped`, `acked`, ...).
+    pub counter: String,
+}
+
+/// Reads a component's counters at scrape time.
+pub type CounterSource = Box<dyn Fn() -> Vec<(&'static str, u64)> + Send + Sync>;
+
 /// Labels of per-sink metrics.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct SinkLabels {
@@ -154,6 +166,8 @@ pub struct Metrics {
     source_fps: Family<StreamLabels, Gauge<f64, AtomicU64>>,
     watched: Mutex<Vec<Watched>>,
     process_rss: Gauge,
+    components: Family<ComponentLabels, Gauge>,
+    component_sources: Mutex<Vec<(String, CounterSource)>>,
     process_cpu_ms: Gauge,
     allocations: Gauge,
     process_state: Mutex<()>,
@@ -188,6 +202,8 @@ impl Metrics {
             source_fps: Family::default(),
             watched: Mutex::new(Vec::new()),
             process_rss: Gauge::default(),
+            components: Family::default(),
+            component_sources: Mutex::new(Vec::new()),
             process_cpu_ms: Gauge::default(),
             allocations: Gauge::default(),
             process_state: Mutex::new(()),
@@ -308,6 +324,11 @@ impl Metrics {
             m.source_fps.clone(),
         );
         registry.register(
+            "component_counter",
+            "Counters of the store writer and the fleet link (written, dropped, acked, ...)",
+            m.components.clone(),
+        );
+        registry.register(
             "process_resident_memory_bytes",
             "Resident set size of the agent",
             m.process_rss.clone(),
@@ -381,9 +402,32 @@ impl Metrics {
         }
     }
 
+    /// Exports `source`'s counters as `aegis_component_counter{component=...}`.
+    pub fn watch_component(&self, component: &str, source: CounterSource) {
+        self.component_sources
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push((component.to_string(), source));
+    }
+
     /// Renders the Prometheus text exposition, refreshing the process gauges first.
     pub fn render(&self) -> String {
         self.refresh_sources();
+        for (component, source) in self
+            .component_sources
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+        {
+            for (counter, v) in source() {
+                self.components
+                    .get_or_create(&ComponentLabels {
+                        component: component.clone(),
+                        counter: counter.to_string(),
+                    })
+                    .set(v as i64);
+            }
+        }
         {
             let _one_at_a_time = self.process_state.lock().unwrap_or_else(|p| p.into_inner());
             if let Some(p) = crate::process::sample() {

@@ -74,6 +74,23 @@ pub async fn run(
         tokio::task::spawn_blocking(move || crate::store::Store::open(settings)).await??
     };
     let store_handle = store.handle();
+    {
+        let c = store_handle.counters().clone();
+        metrics.watch_component(
+            "store",
+            Box::new(move || {
+                use std::sync::atomic::Ordering::Relaxed;
+                vec![
+                    ("written", c.written.load(Relaxed)),
+                    ("dropped", c.dropped.load(Relaxed)),
+                    ("transactions", c.transactions.load(Relaxed)),
+                    ("outbox_dropped", c.outbox_dropped.load(Relaxed)),
+                    ("retention_deleted", c.retention_deleted.load(Relaxed)),
+                    ("errors", c.errors.load(Relaxed)),
+                ]
+            }),
+        );
+    }
     let events_topic = cfg
         .fleet
         .enabled
@@ -158,11 +175,22 @@ pub async fn run(
             snapshots,
         ));
         let outbox = crate::fleet::SqliteOutbox::new(cfg.store.path.clone(), store_handle.clone());
-        Some(crate::fleet::FleetLink::start(
-            settings,
-            Box::new(outbox),
-            host,
-        ))
+        let link = crate::fleet::FleetLink::start(settings, Box::new(outbox), host);
+        let c = link.counters.clone();
+        metrics.watch_component(
+            "fleet",
+            Box::new(move || {
+                use std::sync::atomic::Ordering::Relaxed;
+                vec![
+                    ("connected", c.connected.load(Relaxed)),
+                    ("connects", c.connects.load(Relaxed)),
+                    ("published", c.published.load(Relaxed)),
+                    ("acked", c.acked.load(Relaxed)),
+                    ("commands", c.commands.load(Relaxed)),
+                ]
+            }),
+        );
+        Some(link)
     } else {
         drop(restart_tx);
         None

@@ -657,3 +657,101 @@ fn mutual_tls_connects_and_a_device_without_a_certificate_is_refused() {
     broker.kill().unwrap();
     broker.wait().unwrap();
 }
+
+#[test]
+fn username_and_password_are_used_and_a_wrong_password_is_refused() {
+    if !have_mosquitto() {
+        return;
+    }
+    let dir = dir_with_models_and_photo();
+    let d = dir.path();
+    let passwd = d.join("passwd");
+    let st = Command::new("/usr/bin/mosquitto_passwd")
+        .args(["-c", "-b", passwd.to_str().unwrap(), "dev1", "s3cret"])
+        .status()
+        .unwrap();
+    assert!(st.success());
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    // SAFETY: getuid(2) has no preconditions.
+    let user = if unsafe { libc::getuid() } == 0 {
+        "user root\n"
+    } else {
+        ""
+    };
+    std::fs::write(
+        d.join("auth.conf"),
+        format!(
+            "listener {port} 127.0.0.1\nallow_anonymous false\npassword_file {}\n{user}",
+            passwd.display()
+        ),
+    )
+    .unwrap();
+    let mut broker = Command::new("/usr/sbin/mosquitto")
+        .args(["-c", d.join("auth.conf").to_str().unwrap()])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let t0 = Instant::now();
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(t0.elapsed() < Duration::from_secs(10));
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let clip = make_clip(d, "clip.mp4", 320, 240, 1.0);
+    let status = || {
+        let o = Command::new("/usr/bin/mosquitto_sub")
+            .args([
+                "-p",
+                &port.to_string(),
+                "-u",
+                "dev1",
+                "-P",
+                "s3cret",
+                "-t",
+                "aegis/v1/dev1/status",
+                "-C",
+                "1",
+                "-W",
+                "2",
+            ])
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&o.stdout).into_owned()
+    };
+    let run = |password: &str| {
+        let cfg = write_config(d, &clip, port);
+        let text = std::fs::read_to_string(&cfg).unwrap().replace(
+            "telemetry_s: 1,",
+            &format!("telemetry_s: 1, username: dev1, password: {password},"),
+        );
+        std::fs::write(&cfg, text).unwrap();
+        agent(d, &cfg)
+    };
+    let mut a = run("wrong");
+    std::thread::sleep(Duration::from_secs(3));
+    assert!(
+        !status().contains("\"online\""),
+        "a wrong password must not get in"
+    );
+    sigterm(&mut a);
+    let log = std::fs::read_to_string(d.join("agent.log")).unwrap();
+    assert!(
+        log.contains("fleet broker unreachable") && !log.contains("wrong,"),
+        "{log}"
+    );
+    let mut a = run("s3cret");
+    let t0 = Instant::now();
+    while !status().contains("\"online\"") {
+        assert!(
+            t0.elapsed() < Duration::from_secs(20),
+            "no online status with the right password"
+        );
+    }
+    sigterm(&mut a);
+    broker.kill().unwrap();
+    broker.wait().unwrap();
+}
