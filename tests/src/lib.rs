@@ -299,8 +299,13 @@ pub struct Broker {
 }
 
 impl Broker {
-    /// Starts one; persistence and config live in `dir`.
+    /// Starts one allowing anonymous clients; persistence and config live in `dir`.
     pub fn start(dir: &Path) -> Broker {
+        Broker::start_with(dir, "allow_anonymous true\n")
+    }
+
+    /// Starts one with `listener_options` (TLS files, authentication) for its listener.
+    pub fn start_with(dir: &Path, listener_options: &str) -> Broker {
         let port = std::net::TcpListener::bind("127.0.0.1:0")
             .and_then(|l| l.local_addr())
             .map(|a| a.port())
@@ -316,7 +321,7 @@ impl Broker {
         std::fs::write(
             dir.join("mosquitto.conf"),
             format!(
-                "listener {port} 127.0.0.1\nallow_anonymous true\npersistence true\n\
+                "listener {port} 127.0.0.1\n{listener_options}persistence true\n\
                  persistence_location {}/\nautosave_interval 1\nmax_queued_messages 100000\n{user}",
                 dir.display()
             ),

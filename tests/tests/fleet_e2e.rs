@@ -553,37 +553,15 @@ fn mutual_tls_connects_and_a_device_without_a_certificate_is_refused() {
     let d = dir.path();
     let pki = d.join("pki");
     make_pki(&pki);
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    // SAFETY: getuid(2) has no preconditions.
-    let user = if unsafe { libc::getuid() } == 0 {
-        "user root\n"
-    } else {
-        ""
-    };
-    std::fs::write(
-        d.join("tls.conf"),
-        format!(
-            "listener {port} 127.0.0.1\ncafile {p}/ca.pem\ncertfile {p}/server.pem\nkeyfile {p}/server.key\n\
-             require_certificate true\nallow_anonymous true\n{user}",
+    let broker = Broker::start_with(
+        &d.join("broker"),
+        &format!(
+            "cafile {p}/ca.pem\ncertfile {p}/server.pem\nkeyfile {p}/server.key\n\
+             require_certificate true\nallow_anonymous true\n",
             p = pki.display()
         ),
-    )
-    .unwrap();
-    let mut broker = Command::new("/usr/sbin/mosquitto")
-        .args(["-c", d.join("tls.conf").to_str().unwrap()])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let t0 = Instant::now();
-    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(t0.elapsed() < Duration::from_secs(10));
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    );
+    let port = broker.port;
     let clip = make_clip(d, "clip.mp4", 320, 240, 1.0);
     let status = |want_client_cert: bool| -> String {
         let p = pki.display().to_string();
@@ -654,8 +632,7 @@ fn mutual_tls_connects_and_a_device_without_a_certificate_is_refused() {
     );
     let log = std::fs::read_to_string(d.join("agent.log")).unwrap();
     assert!(log.contains("fleet broker unreachable"), "{log}");
-    broker.kill().unwrap();
-    broker.wait().unwrap();
+    drop(broker);
 }
 
 #[test]
@@ -671,36 +648,14 @@ fn username_and_password_are_used_and_a_wrong_password_is_refused() {
         .status()
         .unwrap();
     assert!(st.success());
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    // SAFETY: getuid(2) has no preconditions.
-    let user = if unsafe { libc::getuid() } == 0 {
-        "user root\n"
-    } else {
-        ""
-    };
-    std::fs::write(
-        d.join("auth.conf"),
-        format!(
-            "listener {port} 127.0.0.1\nallow_anonymous false\npassword_file {}\n{user}",
+    let broker = Broker::start_with(
+        &d.join("broker"),
+        &format!(
+            "allow_anonymous false\npassword_file {}\n",
             passwd.display()
         ),
-    )
-    .unwrap();
-    let mut broker = Command::new("/usr/sbin/mosquitto")
-        .args(["-c", d.join("auth.conf").to_str().unwrap()])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let t0 = Instant::now();
-    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(t0.elapsed() < Duration::from_secs(10));
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    );
+    let port = broker.port;
     let clip = make_clip(d, "clip.mp4", 320, 240, 1.0);
     let status = || {
         let o = Command::new("/usr/bin/mosquitto_sub")
@@ -752,6 +707,5 @@ fn username_and_password_are_used_and_a_wrong_password_is_refused() {
         );
     }
     sigterm(&mut a);
-    broker.kill().unwrap();
-    broker.wait().unwrap();
+    drop(broker);
 }
