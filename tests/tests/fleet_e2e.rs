@@ -49,6 +49,16 @@ fn agent(dir: &Path, cfg: &Path) -> Child {
         .unwrap()
 }
 
+/// The retained message on `topic` (waits up to 2 s), with extra `mosquitto_sub` arguments.
+fn retained(port: u16, topic: &str, extra: &[&str]) -> String {
+    let o = Command::new("/usr/bin/mosquitto_sub")
+        .args(["-p", &port.to_string(), "-t", topic, "-C", "1", "-W", "2"])
+        .args(extra)
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
 fn sigterm(c: &mut Child) {
     // SAFETY: kill(2) on our own child's pid with a valid signal number.
     unsafe { libc::kill(c.id() as i32, libc::SIGTERM) };
@@ -261,20 +271,8 @@ fn commands_answer_on_the_response_topic_with_the_correlation_data() {
     // Wait for the retained online status.
     let t0 = Instant::now();
     loop {
-        let o = Command::new("/usr/bin/mosquitto_sub")
-            .args([
-                "-p",
-                &broker.port.to_string(),
-                "-t",
-                "aegis/v1/dev1/status",
-                "-C",
-                "1",
-                "-W",
-                "2",
-            ])
-            .output()
-            .unwrap();
-        if String::from_utf8_lossy(&o.stdout).contains("\"online\"") {
+        let status = retained(broker.port, "aegis/v1/dev1/status", &[]);
+        if status.contains("\"online\"") {
             break;
         }
         assert!(t0.elapsed() < Duration::from_secs(30), "no online status");
@@ -343,23 +341,10 @@ fn commands_answer_on_the_response_topic_with_the_correlation_data() {
     };
     let snap = String::from_utf8_lossy(&snapshot.wait_with_output().unwrap().stdout).into_owned();
     // A runtime toggle: set → retained state.
-    let retained = |topic: &str| {
-        let o = Command::new("/usr/bin/mosquitto_sub")
-            .args([
-                "-p",
-                &broker.port.to_string(),
-                "-t",
-                topic,
-                "-C",
-                "1",
-                "-W",
-                "2",
-            ])
-            .output()
-            .unwrap();
-        String::from_utf8_lossy(&o.stdout).into_owned()
-    };
-    assert!(retained("aegis/v1/dev1/toggles/telemetry_s/state").contains("\"value\":1"));
+    assert!(
+        retained(broker.port, "aegis/v1/dev1/toggles/telemetry_s/state", &[])
+            .contains("\"value\":1")
+    );
     let st = Command::new("/usr/bin/mosquitto_pub")
         .args([
             "-p",
@@ -375,7 +360,9 @@ fn commands_answer_on_the_response_topic_with_the_correlation_data() {
         .unwrap();
     assert!(st.success());
     let t0 = Instant::now();
-    while !retained("aegis/v1/dev1/toggles/telemetry_s/state").contains("\"value\":7") {
+    while !retained(broker.port, "aegis/v1/dev1/toggles/telemetry_s/state", &[])
+        .contains("\"value\":7")
+    {
         assert!(t0.elapsed() < Duration::from_secs(10), "toggle not applied");
     }
     sigterm(&mut a);
@@ -413,20 +400,8 @@ fn commands_answer_on_the_response_topic_with_the_correlation_data() {
     let bad = line("set_log_level");
     assert!(bad.contains(" c-5 ") && bad.contains("not JSON"), "{bad}");
     // The agent said goodbye: retained offline status.
-    let o = Command::new("/usr/bin/mosquitto_sub")
-        .args([
-            "-p",
-            &broker.port.to_string(),
-            "-t",
-            "aegis/v1/dev1/status",
-            "-C",
-            "1",
-            "-W",
-            "2",
-        ])
-        .output()
-        .unwrap();
-    assert!(String::from_utf8_lossy(&o.stdout).contains("\"offline\""));
+    let status = retained(broker.port, "aegis/v1/dev1/status", &[]);
+    assert!(status.contains("\"offline\""));
 }
 
 #[test]
@@ -564,34 +539,16 @@ fn mutual_tls_connects_and_a_device_without_a_certificate_is_refused() {
     let port = broker.port;
     let clip = make_clip(d, "clip.mp4", 320, 240, 1.0);
     let status = |want_client_cert: bool| -> String {
-        let p = pki.display().to_string();
-        let mut args = vec![
-            "-h".to_string(),
-            "127.0.0.1".into(),
-            "-p".into(),
-            port.to_string(),
-            "--cafile".into(),
-            format!("{p}/ca.pem"),
-            "-t".into(),
-            "aegis/v1/dev1/status".into(),
-            "-C".into(),
-            "1".into(),
-            "-W".into(),
-            "3".into(),
-        ];
+        let (ca, cert, key) = (
+            format!("{}/ca.pem", pki.display()),
+            format!("{}/client.pem", pki.display()),
+            format!("{}/client.key", pki.display()),
+        );
+        let mut args = vec!["-h", "127.0.0.1", "--cafile", &ca];
         if want_client_cert {
-            args.extend([
-                "--cert".into(),
-                format!("{p}/client.pem"),
-                "--key".into(),
-                format!("{p}/client.key"),
-            ]);
+            args.extend(["--cert", &cert, "--key", &key]);
         }
-        let o = Command::new("/usr/bin/mosquitto_sub")
-            .args(&args)
-            .output()
-            .unwrap();
-        String::from_utf8_lossy(&o.stdout).into_owned()
+        retained(port, "aegis/v1/dev1/status", &args)
     };
     let run = |with_cert: bool| {
         let cfg = write_config(d, &clip, port);
@@ -658,24 +615,11 @@ fn username_and_password_are_used_and_a_wrong_password_is_refused() {
     let port = broker.port;
     let clip = make_clip(d, "clip.mp4", 320, 240, 1.0);
     let status = || {
-        let o = Command::new("/usr/bin/mosquitto_sub")
-            .args([
-                "-p",
-                &port.to_string(),
-                "-u",
-                "dev1",
-                "-P",
-                "s3cret",
-                "-t",
-                "aegis/v1/dev1/status",
-                "-C",
-                "1",
-                "-W",
-                "2",
-            ])
-            .output()
-            .unwrap();
-        String::from_utf8_lossy(&o.stdout).into_owned()
+        retained(
+            port,
+            "aegis/v1/dev1/status",
+            &["-u", "dev1", "-P", "s3cret"],
+        )
     };
     let run = |password: &str| {
         let cfg = write_config(d, &clip, port);
