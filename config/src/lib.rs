@@ -93,6 +93,13 @@ fn invalid(origin: &str, problems: Vec<Problem>) -> ConfigError {
     }
 }
 
+/// Parses YAML text with the configuration's safety rules (size limit, anchors and aliases
+/// rejected, bounded depth), for other YAML documents the agent accepts (workflow front
+/// matter). `origin` names the text in messages.
+pub fn yaml_value(text: &str, origin: &str) -> Result<serde_yaml_ng::Value, ConfigError> {
+    parse::parse_document(text).map_err(|problems| invalid(origin, problems))
+}
+
 /// JSON Schema of the agent configuration file, for editor completion and
 /// validation.
 pub fn json_schema() -> serde_json::Value {

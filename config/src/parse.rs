@@ -46,7 +46,7 @@ const STAGE_KINDS: &[&str] = &[
 const SINK_KINDS: &[&str] = &["record", "discard"];
 
 /// Parses text to a YAML value, enforcing size, anchor and depth rules.
-fn parse_document(text: &str) -> Result<Value, Vec<Problem>> {
+pub(crate) fn parse_document(text: &str) -> Result<Value, Vec<Problem>> {
     if text.len() > MAX_TEXT_BYTES {
         return Err(vec![Problem::new(
             "",

@@ -1,0 +1,542 @@
+//! The `.maml.md` workflow format (DESIGN §5): YAML front matter between `---` lines,
+//! Markdown sections under `## ` headings, and a trailing fenced ```` ```signature ```` block.
+//!
+//! Order matters for safety: [`split_signed`] is a plain text scan (no YAML) that yields the
+//! signed bytes — the document exactly as transmitted up to the signature block, CRLF
+//! normalised to LF — and the signature block; only after the signature verified does
+//! [`parse`] look at YAML. Nothing is ever re-serialised for signing or verification.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+/// Largest document accepted, in bytes.
+pub const MAX_DOCUMENT_BYTES: usize = 128 * 1024;
+/// The format version this build reads and writes.
+pub const MAML_VERSION: &str = "2.0";
+/// Section names with a meaning; others are kept and ignored.
+pub const KNOWN_SECTIONS: &[&str] = &[
+    "Intent",
+    "Context",
+    "Pipeline",
+    "Input_Schema",
+    "Output_Schema",
+    "History",
+];
+
+/// A problem with a document, with the 1-based line it was found on where known.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{}{message}", line.map(|l| format!("line {l}: ")).unwrap_or_default())]
+pub struct MamlError {
+    /// 1-based line number.
+    pub line: Option<usize>,
+    /// What is wrong.
+    pub message: String,
+}
+
+fn at(line: usize, message: impl Into<String>) -> MamlError {
+    MamlError {
+        line: Some(line),
+        message: message.into(),
+    }
+}
+
+fn whole(message: impl Into<String>) -> MamlError {
+    MamlError {
+        line: None,
+        message: message.into(),
+    }
+}
+
+/// The trailing signature block.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SignatureBlock {
+    /// Signing key id.
+    pub key: String,
+    /// Algorithm (`ml-dsa-65`).
+    pub alg: String,
+    /// Base64 signature.
+    pub sig: String,
+}
+
+impl SignatureBlock {
+    /// The block as it is appended to a document.
+    pub fn render(&self) -> String {
+        format!(
+            "```signature\nalg: {}\nkey: {}\nsig: {}\n```\n",
+            self.alg, self.key, self.sig
+        )
+    }
+}
+
+/// The opening line of the signature block.
+const SIGNATURE_FENCE: &str = "```signature";
+
+/// LF-normalises `doc` (CRLF → LF).
+pub fn normalise(doc: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(doc.len());
+    let mut i = 0;
+    while i < doc.len() {
+        if doc[i] == b'\r' && doc.get(i + 1) == Some(&b'\n') {
+            i += 1;
+            continue;
+        }
+        out.push(doc[i]);
+        i += 1;
+    }
+    out
+}
+
+/// Splits a transmitted document into its signed bytes (LF-normalised) and its signature
+/// block. A text scan only: no YAML is parsed here.
+pub fn split_signed(doc: &[u8]) -> Result<(Vec<u8>, SignatureBlock), MamlError> {
+    if doc.len() > MAX_DOCUMENT_BYTES {
+        return Err(whole(format!(
+            "document is {} bytes; the limit is {MAX_DOCUMENT_BYTES}",
+            doc.len()
+        )));
+    }
+    let text = normalise(doc);
+    let s = std::str::from_utf8(&text).map_err(|e| whole(format!("not UTF-8: {e}")))?;
+    // The last line that opens a signature fence; only blank lines may follow its closing.
+    let start = s
+        .match_indices(SIGNATURE_FENCE)
+        .map(|(i, _)| i)
+        .filter(|&i| i == 0 || s.as_bytes()[i - 1] == b'\n')
+        .last()
+        .ok_or_else(|| whole("no ```signature block at the end: the document is not signed"))?;
+    let line_of = |byte: usize| s[..byte].matches('\n').count() + 1;
+    let block = &s[start..];
+    let mut lines = block.lines();
+    if lines.next().map(str::trim_end) != Some(SIGNATURE_FENCE) {
+        return Err(at(line_of(start), "malformed signature fence"));
+    }
+    let mut fields = BTreeMap::new();
+    let mut closed = false;
+    for (k, line) in lines.enumerate() {
+        let n = line_of(start) + 1 + k;
+        if closed {
+            if !line.trim().is_empty() {
+                return Err(at(n, "text after the signature block"));
+            }
+            continue;
+        }
+        if line.trim_end() == "```" {
+            closed = true;
+            continue;
+        }
+        let (key, value) = line.split_once(':').ok_or_else(|| {
+            at(
+                n,
+                format!("signature block line {line:?} is not `key: value`"),
+            )
+        })?;
+        let key = key.trim();
+        if !["alg", "key", "sig"].contains(&key) {
+            return Err(at(n, format!("unknown signature field {key:?}")));
+        }
+        if fields
+            .insert(key.to_string(), value.trim().to_string())
+            .is_some()
+        {
+            return Err(at(n, format!("signature field {key:?} given twice")));
+        }
+    }
+    if !closed {
+        return Err(at(
+            line_of(start),
+            "the signature block is not closed with ```",
+        ));
+    }
+    let mut take = |k: &str| {
+        fields
+            .remove(k)
+            .filter(|v| !v.is_empty())
+            .ok_or_else(|| at(line_of(start), format!("the signature block has no {k}")))
+    };
+    let sig = SignatureBlock {
+        alg: take("alg")?,
+        key: take("key")?,
+        sig: take("sig")?,
+    };
+    Ok((text[..start].to_vec(), sig))
+}
+
+/// Who may apply a workflow.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Target {
+    /// Device ids.
+    #[serde(default)]
+    pub devices: Vec<String>,
+    /// Group names.
+    #[serde(default)]
+    pub groups: Vec<String>,
+}
+
+/// A model a workflow needs.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RequiredModel {
+    /// Registry name.
+    pub name: String,
+    /// Version.
+    pub version: u32,
+    /// SHA-256 of the model file.
+    pub sha256: String,
+}
+
+/// What a workflow needs to run.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Requires {
+    /// Models (by name, version, digest).
+    #[serde(default)]
+    pub models: Vec<RequiredModel>,
+    /// Backends it can run on (`cuda`, `jetson`, `cpu`).
+    #[serde(default)]
+    pub backend: Vec<String>,
+}
+
+/// What a workflow asks to read, write and execute (checked against device policy).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Permissions {
+    /// Things read (sources).
+    #[serde(default)]
+    pub read: Vec<String>,
+    /// Things written (sink paths, topics).
+    #[serde(default)]
+    pub write: Vec<String>,
+    /// Things executed (models).
+    #[serde(default)]
+    pub execute: Vec<String>,
+}
+
+/// How the document is protected.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Security {
+    /// Signature algorithm (`ml-dsa-65`).
+    pub signature: String,
+    /// `none` or `aes-256-gcm+ml-kem-768`.
+    pub encryption: String,
+}
+
+/// The front matter; unknown keys are errors.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FrontMatter {
+    /// Must be [`MAML_VERSION`].
+    pub maml_version: String,
+    /// `urn:uuid:…`, unique per workflow.
+    pub id: String,
+    /// `workflow`.
+    #[serde(rename = "type")]
+    pub kind: String,
+    /// Issuer, e.g. `chimera://fleet-gw-1`.
+    pub origin: String,
+    /// Who may apply it.
+    pub target: Target,
+    /// Strictly increasing per (issuer key, target): anti-replay.
+    pub sequence: u64,
+    /// RFC 3339 UTC.
+    pub issued_at: String,
+    /// RFC 3339 UTC.
+    pub expires_at: String,
+    /// Requirements.
+    #[serde(default)]
+    pub requires: Requires,
+    /// Permissions.
+    #[serde(default)]
+    pub permissions: Permissions,
+    /// Protection.
+    pub security: Security,
+}
+
+/// A Markdown section.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Section {
+    /// Heading text after `## `.
+    pub name: String,
+    /// 1-based line of the heading.
+    pub line: usize,
+    /// The section's text (without its heading).
+    pub body: String,
+}
+
+/// A parsed (and, by the caller, already verified) document.
+#[derive(Debug, Clone)]
+pub struct Document {
+    /// The front matter.
+    pub front: FrontMatter,
+    /// The exact front-matter bytes (associated data of sealing).
+    pub front_text: String,
+    /// Sections in order.
+    pub sections: Vec<Section>,
+    /// The Pipeline section's YAML block and its first line, if any.
+    pub pipeline_yaml: Option<(String, usize)>,
+}
+
+/// `YYYY-MM-DDTHH:MM:SS[.frac]Z` → seconds since the Unix epoch.
+pub fn parse_time(t: &str) -> Option<i64> {
+    let t = t.strip_suffix('Z')?;
+    let (date, time) = t.split_once('T')?;
+    let mut d = date.splitn(3, '-').map(|p| p.parse::<i64>().ok());
+    let (y, mo, da) = (d.next()??, d.next()??, d.next()??);
+    let hms = time.split('.').next()?;
+    let mut h = hms.splitn(3, ':').map(|p| p.parse::<i64>().ok());
+    let (hh, mm, ss) = (h.next()??, h.next()??, h.next()??);
+    if !((1..=12).contains(&mo) && (1..=31).contains(&da) && hh < 24 && mm < 60 && ss <= 60) {
+        return None;
+    }
+    let y = if mo <= 2 { y - 1 } else { y };
+    let era = y.div_euclid(400);
+    let yoe = y - era * 400;
+    let doy = (153 * (if mo > 2 { mo - 3 } else { mo + 9 }) + 2) / 5 + da - 1;
+    let days = era * 146_097 + yoe * 365 + yoe / 4 - yoe / 100 + doy - 719_468;
+    Some(days * 86_400 + hh * 3600 + mm * 60 + ss)
+}
+
+/// Parses signed bytes (from [`split_signed`], after verification) into a document.
+pub fn parse(signed: &[u8]) -> Result<Document, MamlError> {
+    if signed.len() > MAX_DOCUMENT_BYTES {
+        return Err(whole(format!(
+            "document is {} bytes; the limit is {MAX_DOCUMENT_BYTES}",
+            signed.len()
+        )));
+    }
+    let s = std::str::from_utf8(signed).map_err(|e| whole(format!("not UTF-8: {e}")))?;
+    let mut lines = s.split_inclusive('\n').enumerate();
+    match lines.next() {
+        Some((_, l)) if l.trim_end() == "---" => {}
+        _ => {
+            return Err(at(
+                1,
+                "a MAML document starts with a `---` front-matter line",
+            ));
+        }
+    }
+    let mut front_text = String::new();
+    let mut body_start = None;
+    for (i, l) in lines.by_ref() {
+        if l.trim_end() == "---" {
+            body_start = Some(i + 1);
+            break;
+        }
+        front_text.push_str(l);
+    }
+    let body_start =
+        body_start.ok_or_else(|| at(1, "the front matter is not closed with `---`"))?;
+    let value = aegis_config::yaml_value(&front_text, "front matter").map_err(|e| {
+        // YAML errors carry a line inside the front matter; shift to document lines.
+        let msg = e.to_string();
+        match line_in(&msg) {
+            Some(l) => at(l + 1, msg),
+            None => whole(msg),
+        }
+    })?;
+    let front: FrontMatter = serde_path_to_error::deserialize(value).map_err(|e| {
+        let path = e.path().to_string();
+        let key_line = path
+            .split('.')
+            .next_back()
+            .and_then(|k| {
+                find_key_line(
+                    &front_text,
+                    k.trim_end_matches(|c: char| c == ']' || c.is_ascii_digit())
+                        .trim_end_matches('['),
+                )
+            })
+            .map_or(1, |l| l + 1);
+        at(key_line, format!("front matter {path}: {}", e.inner()))
+    })?;
+    check_front(&front, &front_text)?;
+    let mut sections: Vec<Section> = Vec::new();
+    for (i, l) in lines {
+        if let Some(name) = l.strip_prefix("## ") {
+            sections.push(Section {
+                name: name.trim().to_string(),
+                line: i + 1,
+                body: String::new(),
+            });
+        } else if let Some(sec) = sections.last_mut() {
+            sec.body.push_str(l);
+        } else if !l.trim().is_empty() && !l.starts_with("# ") {
+            return Err(at(i + 1, "text before the first `## ` section"));
+        }
+    }
+    let _ = body_start;
+    let mut seen = std::collections::HashSet::new();
+    for sec in &sections {
+        if KNOWN_SECTIONS.contains(&sec.name.as_str()) && !seen.insert(sec.name.clone()) {
+            return Err(at(
+                sec.line,
+                format!("section {:?} appears twice", sec.name),
+            ));
+        }
+    }
+    let pipeline_yaml = match sections.iter().find(|s| s.name == "Pipeline") {
+        None => None,
+        Some(sec) => Some(fenced_yaml(sec)?),
+    };
+    Ok(Document {
+        front,
+        front_text,
+        sections,
+        pipeline_yaml,
+    })
+}
+
+/// The first ```` ```yaml ```` block of a section and the document line its YAML starts on.
+fn fenced_yaml(sec: &Section) -> Result<(String, usize), MamlError> {
+    let mut out = String::new();
+    let mut start = None;
+    for (k, l) in sec.body.split_inclusive('\n').enumerate() {
+        let n = sec.line + 1 + k;
+        match start {
+            None if l.trim_end() == "```yaml" => start = Some(n + 1),
+            None => {}
+            Some(_) if l.trim_end() == "```" => return Ok((out, start.unwrap_or(n))),
+            Some(_) => out.push_str(l),
+        }
+    }
+    Err(at(
+        sec.line,
+        match start {
+            None => "the Pipeline section has no ```yaml block",
+            Some(_) => "the Pipeline section's ```yaml block is not closed",
+        },
+    ))
+}
+
+fn line_in(msg: &str) -> Option<usize> {
+    let i = msg.find("line ")?;
+    msg[i + 5..]
+        .split(|c: char| !c.is_ascii_digit())
+        .next()?
+        .parse()
+        .ok()
+}
+
+fn find_key_line(front: &str, key: &str) -> Option<usize> {
+    front
+        .lines()
+        .position(|l| l.trim_start().starts_with(&format!("{key}:")))
+        .map(|i| i + 1)
+}
+
+fn check_front(f: &FrontMatter, text: &str) -> Result<(), MamlError> {
+    let line = |k: &str| find_key_line(text, k).map_or(1, |l| l + 1);
+    if f.maml_version != MAML_VERSION {
+        return Err(at(
+            line("maml_version"),
+            format!(
+                "maml_version {:?} is not supported (this agent reads {MAML_VERSION:?})",
+                f.maml_version
+            ),
+        ));
+    }
+    if f.kind != "workflow" {
+        return Err(at(
+            line("type"),
+            format!("type {:?}: only `workflow` documents exist", f.kind),
+        ));
+    }
+    let uuid = f.id.strip_prefix("urn:uuid:").unwrap_or("");
+    if uuid.len() != 36 || !uuid.chars().all(|c| c.is_ascii_hexdigit() || c == '-') {
+        return Err(at(
+            line("id"),
+            format!("id {:?} is not urn:uuid:<uuid>", f.id),
+        ));
+    }
+    if !f.origin.starts_with("chimera://") {
+        return Err(at(
+            line("origin"),
+            format!("origin {:?} is not chimera://<issuer>", f.origin),
+        ));
+    }
+    if f.target.devices.is_empty() && f.target.groups.is_empty() {
+        return Err(at(line("target"), "target names no device and no group"));
+    }
+    let (issued, expires) = (parse_time(&f.issued_at), parse_time(&f.expires_at));
+    let issued = issued.ok_or_else(|| {
+        at(
+            line("issued_at"),
+            format!("issued_at {:?} is not RFC 3339 UTC", f.issued_at),
+        )
+    })?;
+    let expires = expires.ok_or_else(|| {
+        at(
+            line("expires_at"),
+            format!("expires_at {:?} is not RFC 3339 UTC", f.expires_at),
+        )
+    })?;
+    if expires <= issued {
+        return Err(at(line("expires_at"), "expires_at is not after issued_at"));
+    }
+    if f.security.signature != crate::sign::ALG {
+        return Err(at(
+            line("signature"),
+            format!(
+                "security.signature {:?}: only {} is supported",
+                f.security.signature,
+                crate::sign::ALG
+            ),
+        ));
+    }
+    if !["none", crate::seal::ALG].contains(&f.security.encryption.as_str()) {
+        return Err(at(
+            line("encryption"),
+            format!(
+                "security.encryption {:?}: none or {}",
+                f.security.encryption,
+                crate::seal::ALG
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// A valid, unsigned workflow to start from (`chimera new`).
+pub fn template(
+    id: &str,
+    issuer: &str,
+    device: &str,
+    sequence: u64,
+    issued_at: &str,
+    expires_at: &str,
+) -> String {
+    format!(
+        r#"---
+maml_version: "{MAML_VERSION}"
+id: urn:uuid:{id}
+type: workflow
+origin: chimera://{issuer}
+target: {{ devices: [{device}], groups: [] }}
+sequence: {sequence}
+issued_at: {issued_at}
+expires_at: {expires_at}
+requires: {{ models: [], backend: [cpu, cuda, jetson] }}
+permissions: {{ read: [], write: [], execute: [] }}
+security: {{ signature: {sig}, encryption: none }}
+---
+## Intent
+What this workflow is for, in plain words.
+
+## Pipeline
+```yaml
+sources:
+  - {{ id: cam0, url: "rtsp://192.0.2.10/stream1" }}
+stages:
+  - {{ kind: timestamp_overlay }}
+sinks:
+  - {{ kind: record, dir: /var/lib/aegis/recordings }}
+```
+
+## History
+[{issued_at}] [CREATE] chimera new
+"#,
+        sig = crate::sign::ALG
+    )
+}

@@ -1,0 +1,284 @@
+//! ML-DSA-65 (FIPS 204) keys, signatures and key files (RustCrypto `ml-dsa`: pure Rust,
+//! maintained; the PQClean-based `pqcrypto-*` crates are unmaintained). Every signature is
+//! made with a per-purpose context string, so a signature made for one purpose (a receipt)
+//! can never be replayed as another (a workflow).
+//!
+//! Key files are text: a type line, then base64. The secret file holds the 32-byte seed
+//! (the whole key; the expanded key is derived), is written 0600 and zeroized in memory.
+
+use std::path::Path;
+
+use base64::Engine as _;
+use base64::engine::general_purpose::STANDARD as B64;
+use ml_dsa::{EncodedSignature, EncodedVerifyingKey, MlDsa65, Signature, SigningKey, VerifyingKey};
+use sha2::Digest;
+use zeroize::Zeroizing;
+
+use crate::maml::SignatureBlock;
+
+/// The signature algorithm's name in documents.
+pub const ALG: &str = "ml-dsa-65";
+
+/// What a signature is for (its FIPS 204 context string).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Purpose {
+    /// A `.maml.md` workflow.
+    Workflow,
+    /// Root-signed trust metadata.
+    Trust,
+    /// A model manifest.
+    Model,
+    /// A device's `.mu` receipt.
+    Receipt,
+}
+
+impl Purpose {
+    /// The context string.
+    pub fn context(self) -> &'static [u8] {
+        match self {
+            Purpose::Workflow => b"aegis-workflow-v1",
+            Purpose::Trust => b"aegis-trust-v1",
+            Purpose::Model => b"aegis-model-v1",
+            Purpose::Receipt => b"aegis-receipt-v1",
+        }
+    }
+}
+
+/// Key and signature errors.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SignError {
+    /// A key file could not be read or written.
+    #[error("{path}: {reason}")]
+    KeyFile {
+        /// The file.
+        path: String,
+        /// Why.
+        reason: String,
+    },
+    /// The signature block names an algorithm this device does not accept.
+    #[error("signature algorithm {0:?} is not accepted (only {ALG})")]
+    Algorithm(String),
+    /// No trusted key has this id.
+    #[error("unknown signing key {0}")]
+    UnknownKey(String),
+    /// The signature is not valid base64 or has the wrong length.
+    #[error("malformed signature: {0}")]
+    Malformed(String),
+    /// The signature does not verify over these bytes with this key and purpose.
+    #[error("bad signature by key {0}: the document was altered or signed for another purpose")]
+    Invalid(String),
+}
+
+/// A public key with its id.
+#[derive(Clone)]
+pub struct PublicKey {
+    key: VerifyingKey<MlDsa65>,
+    id: String,
+}
+
+impl std::fmt::Debug for PublicKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "PublicKey({})", self.id)
+    }
+}
+
+/// A secret key (seed zeroized on drop by `ml-dsa`).
+pub struct SecretKey {
+    key: SigningKey<MlDsa65>,
+    public: PublicKey,
+}
+
+/// `mldsa65:` + the first 16 hex digits of the SHA-256 of the encoded public key.
+fn key_id(encoded: &[u8]) -> String {
+    let h = sha2::Sha256::digest(encoded);
+    let hex: String = h.iter().take(8).map(|b| format!("{b:02x}")).collect();
+    format!("mldsa65:{hex}")
+}
+
+const PUBLIC_HEADER: &str = "aegis ml-dsa-65 public key";
+const SECRET_HEADER: &str = "aegis ml-dsa-65 secret key (seed)";
+
+impl PublicKey {
+    /// From the FIPS 204 encoding.
+    pub fn from_bytes(b: &[u8]) -> Result<PublicKey, String> {
+        let enc = EncodedVerifyingKey::<MlDsa65>::try_from(b)
+            .map_err(|_| format!("a public key is 1952 bytes, not {}", b.len()))?;
+        Ok(PublicKey {
+            key: VerifyingKey::decode(&enc),
+            id: key_id(b),
+        })
+    }
+    /// The FIPS 204 encoding.
+    pub fn to_bytes(&self) -> Vec<u8> {
+        self.key.encode().to_vec()
+    }
+    /// Its id.
+    pub fn id(&self) -> &str {
+        &self.id
+    }
+    /// The key file text.
+    pub fn to_file_text(&self) -> String {
+        format!("{PUBLIC_HEADER}\n{}\n", B64.encode(self.to_bytes()))
+    }
+    /// Reads a key file.
+    pub fn read(path: &Path) -> Result<PublicKey, SignError> {
+        let bad = |reason: String| SignError::KeyFile {
+            path: path.display().to_string(),
+            reason,
+        };
+        let text = std::fs::read_to_string(path).map_err(|e| bad(e.to_string()))?;
+        let b64 = text.strip_prefix(PUBLIC_HEADER).ok_or_else(|| {
+            bad(format!(
+                "not a public key file (first line must be {PUBLIC_HEADER:?})"
+            ))
+        })?;
+        let bytes = B64
+            .decode(b64.trim())
+            .map_err(|e| bad(format!("bad base64: {e}")))?;
+        PublicKey::from_bytes(&bytes).map_err(bad)
+    }
+
+    /// Verifies `block` over `signed` for `purpose`.
+    pub fn verify(&self, signed: &[u8], purpose: Purpose, sig_b64: &str) -> Result<(), SignError> {
+        let bytes = B64
+            .decode(sig_b64.trim())
+            .map_err(|e| SignError::Malformed(format!("base64: {e}")))?;
+        let enc = EncodedSignature::<MlDsa65>::try_from(bytes.as_slice()).map_err(|_| {
+            SignError::Malformed(format!(
+                "{} bytes, an ML-DSA-65 signature is 3309",
+                bytes.len()
+            ))
+        })?;
+        let sig = Signature::<MlDsa65>::decode(&enc)
+            .ok_or_else(|| SignError::Malformed("not a valid signature encoding".into()))?;
+        if self
+            .key
+            .verify_with_context(signed, purpose.context(), &sig)
+        {
+            Ok(())
+        } else {
+            Err(SignError::Invalid(self.id.clone()))
+        }
+    }
+}
+
+impl SecretKey {
+    /// A fresh key from the OS random generator.
+    pub fn generate() -> Result<SecretKey, SignError> {
+        let mut seed = Zeroizing::new([0u8; 32]);
+        getrandom::fill(seed.as_mut()).map_err(|e| SignError::KeyFile {
+            path: "(random generator)".into(),
+            reason: e.to_string(),
+        })?;
+        Ok(SecretKey::from_seed(&seed))
+    }
+
+    fn from_seed(seed: &[u8; 32]) -> SecretKey {
+        let key = SigningKey::<MlDsa65>::from_seed(&(*seed).into());
+        let vk = key.expanded_key().verifying_key();
+        let encoded = vk.encode();
+        SecretKey {
+            public: PublicKey {
+                id: key_id(&encoded),
+                key: vk,
+            },
+            key,
+        }
+    }
+
+    /// Its public half.
+    pub fn public(&self) -> &PublicKey {
+        &self.public
+    }
+
+    /// Signs `message` for `purpose` (deterministic FIPS 204 variant: no dependence on a
+    /// random generator at signing time).
+    pub fn sign(&self, message: &[u8], purpose: Purpose) -> Result<String, SignError> {
+        let sig = self
+            .key
+            .expanded_key()
+            .sign_deterministic(message, purpose.context())
+            .map_err(|_| SignError::Malformed("signing failed".into()))?;
+        Ok(B64.encode(sig.encode()))
+    }
+
+    /// A signature block over `signed` (LF-normalised document bytes) for `purpose`.
+    pub fn sign_block(&self, signed: &[u8], purpose: Purpose) -> Result<SignatureBlock, SignError> {
+        Ok(SignatureBlock {
+            alg: ALG.into(),
+            key: self.public.id.clone(),
+            sig: self.sign(signed, purpose)?,
+        })
+    }
+
+    /// Writes the secret key file (mode 0600, created new: never overwrites a key).
+    pub fn write(&self, path: &Path) -> Result<(), SignError> {
+        use std::io::Write;
+        use std::os::unix::fs::OpenOptionsExt;
+        let bad = |reason: String| SignError::KeyFile {
+            path: path.display().to_string(),
+            reason,
+        };
+        let seed = Zeroizing::new(self.key.to_seed().to_vec());
+        let text = Zeroizing::new(format!("{SECRET_HEADER}\n{}\n", B64.encode(&*seed)));
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(path)
+            .map_err(|e| bad(e.to_string()))?;
+        f.write_all(text.as_bytes())
+            .map_err(|e| bad(e.to_string()))?;
+        f.sync_all().map_err(|e| bad(e.to_string()))
+    }
+
+    /// Reads a secret key file; refuses one that others can read.
+    pub fn read(path: &Path) -> Result<SecretKey, SignError> {
+        use std::os::unix::fs::PermissionsExt;
+        let bad = |reason: String| SignError::KeyFile {
+            path: path.display().to_string(),
+            reason,
+        };
+        let meta = std::fs::metadata(path).map_err(|e| bad(e.to_string()))?;
+        if meta.permissions().mode() & 0o077 != 0 {
+            return Err(bad(format!(
+                "mode {:o}: a secret key must not be readable by others (chmod 600)",
+                meta.permissions().mode() & 0o777
+            )));
+        }
+        let text = Zeroizing::new(std::fs::read_to_string(path).map_err(|e| bad(e.to_string()))?);
+        let b64 = text.strip_prefix(SECRET_HEADER).ok_or_else(|| {
+            bad(format!(
+                "not a secret key file (first line must be {SECRET_HEADER:?})"
+            ))
+        })?;
+        let seed = Zeroizing::new(
+            B64.decode(b64.trim())
+                .map_err(|e| bad(format!("bad base64: {e}")))?,
+        );
+        let seed: Zeroizing<[u8; 32]> = Zeroizing::new(
+            seed.as_slice()
+                .try_into()
+                .map_err(|_| bad(format!("a seed is 32 bytes, not {}", seed.len())))?,
+        );
+        Ok(SecretKey::from_seed(&seed))
+    }
+}
+
+/// Verifies a signature block against a set of trusted keys.
+pub fn verify_block(
+    signed: &[u8],
+    block: &SignatureBlock,
+    purpose: Purpose,
+    trusted: &[PublicKey],
+) -> Result<PublicKey, SignError> {
+    if block.alg != ALG {
+        return Err(SignError::Algorithm(block.alg.clone()));
+    }
+    let key = trusted
+        .iter()
+        .find(|k| k.id == block.key)
+        .ok_or_else(|| SignError::UnknownKey(block.key.clone()))?;
+    key.verify(signed, purpose, &block.sig)?;
+    Ok(key.clone())
+}
