@@ -9,9 +9,11 @@
 //! time-floor state, device policy, sealing (ML-KEM + AES-GCM), provisioning; see
 //! `docs/security.md` once they land. This crate must never know about frames.
 
+pub mod device;
 pub mod maml;
 pub mod seal;
 pub mod sign;
+pub mod trust;
 
 use maml::{Document, MamlError};
 use sign::{PublicKey, Purpose, SignError};
@@ -36,6 +38,18 @@ pub enum Rejection {
         /// The validation problems.
         message: String,
     },
+    /// Not for this device, or the issuer may not target it.
+    #[error("target: {0}")]
+    Target(String),
+    /// Not yet valid or expired against trusted time.
+    #[error("time: {0}")]
+    Time(String),
+    /// Replayed or fast-forwarded sequence.
+    #[error("replay: {0}")]
+    Replay(String),
+    /// Device policy refuses it.
+    #[error("policy: {0}")]
+    Policy(String),
     /// The document is sealed; this build cannot open sealed documents yet.
     #[error("sealed documents ({}) are not supported by this build yet", seal::ALG)]
     Sealed,
@@ -90,3 +104,5 @@ pub fn verify_document(doc: &[u8], trusted: &[PublicKey]) -> Result<Verified, Re
 
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod tests_device;

@@ -87,7 +87,76 @@ pub fn normalise(doc: &[u8]) -> Vec<u8> {
     out
 }
 
-/// Splits a transmitted document into its signed bytes (LF-normalised) and its signature
+/// Parses consecutive signature blocks (`text` starts at the first fence, on 1-based line
+/// `first_line`); blank lines may separate and follow them, nothing else.
+pub fn parse_signature_blocks(
+    text: &str,
+    first_line: usize,
+) -> Result<Vec<SignatureBlock>, MamlError> {
+    let mut blocks = Vec::new();
+    let mut open: Option<(usize, BTreeMap<String, String>)> = None;
+    for (k, line) in text.lines().enumerate() {
+        let n = first_line + k;
+        match &mut open {
+            None if line.trim().is_empty() => {}
+            None if line.trim_end() == SIGNATURE_FENCE => open = Some((n, BTreeMap::new())),
+            None => return Err(at(n, "text after the signature block")),
+            Some((start, fields)) if line.trim_end() == "```" => {
+                let start = *start;
+                let mut take = |key: &str| {
+                    fields
+                        .remove(key)
+                        .filter(|v| !v.is_empty())
+                        .ok_or_else(|| at(start, format!("the signature block has no {key}")))
+                };
+                blocks.push(SignatureBlock {
+                    alg: take("alg")?,
+                    key: take("key")?,
+                    sig: take("sig")?,
+                });
+                open = None;
+            }
+            Some((_, fields)) => {
+                let (key, value) = line.split_once(':').ok_or_else(|| {
+                    at(
+                        n,
+                        format!("signature block line {line:?} is not `key: value`"),
+                    )
+                })?;
+                let key = key.trim();
+                if !["alg", "key", "sig"].contains(&key) {
+                    return Err(at(n, format!("unknown signature field {key:?}")));
+                }
+                if fields
+                    .insert(key.to_string(), value.trim().to_string())
+                    .is_some()
+                {
+                    return Err(at(n, format!("signature field {key:?} given twice")));
+                }
+            }
+        }
+    }
+    if let Some((start, _)) = open {
+        return Err(at(start, "the signature block is not closed with ```"));
+    }
+    Ok(blocks)
+}
+
+/// Splits LF-normalised `text` at its first signature fence (a line of its own): the signed
+/// bytes and every signature block after them.
+pub fn split_blocks(text: &[u8]) -> Result<(Vec<u8>, Vec<SignatureBlock>), MamlError> {
+    let s = std::str::from_utf8(text).map_err(|e| whole(format!("not UTF-8: {e}")))?;
+    let start = s
+        .match_indices(SIGNATURE_FENCE)
+        .map(|(i, _)| i)
+        .find(|&i| i == 0 || s.as_bytes()[i - 1] == b'\n')
+        .ok_or_else(|| whole("no ```signature block at the end: the document is not signed"))?;
+    let first_line = s[..start].matches('\n').count() + 1;
+    let blocks = parse_signature_blocks(&s[start..], first_line)?;
+    Ok((text[..start].to_vec(), blocks))
+}
+
+/// Splits a transmitted document into its signed bytes (LF-normalised) and its one signature
 /// block. A text scan only: no YAML is parsed here.
 pub fn split_signed(doc: &[u8]) -> Result<(Vec<u8>, SignatureBlock), MamlError> {
     if doc.len() > MAX_DOCUMENT_BYTES {
@@ -97,69 +166,13 @@ pub fn split_signed(doc: &[u8]) -> Result<(Vec<u8>, SignatureBlock), MamlError> 
         )));
     }
     let text = normalise(doc);
-    let s = std::str::from_utf8(&text).map_err(|e| whole(format!("not UTF-8: {e}")))?;
-    // The last line that opens a signature fence; only blank lines may follow its closing.
-    let start = s
-        .match_indices(SIGNATURE_FENCE)
-        .map(|(i, _)| i)
-        .filter(|&i| i == 0 || s.as_bytes()[i - 1] == b'\n')
-        .last()
-        .ok_or_else(|| whole("no ```signature block at the end: the document is not signed"))?;
-    let line_of = |byte: usize| s[..byte].matches('\n').count() + 1;
-    let block = &s[start..];
-    let mut lines = block.lines();
-    if lines.next().map(str::trim_end) != Some(SIGNATURE_FENCE) {
-        return Err(at(line_of(start), "malformed signature fence"));
+    let (signed, mut blocks) = split_blocks(&text)?;
+    match blocks.len() {
+        1 => Ok((signed, blocks.remove(0))),
+        n => Err(whole(format!(
+            "a workflow carries exactly one signature block, not {n}"
+        ))),
     }
-    let mut fields = BTreeMap::new();
-    let mut closed = false;
-    for (k, line) in lines.enumerate() {
-        let n = line_of(start) + 1 + k;
-        if closed {
-            if !line.trim().is_empty() {
-                return Err(at(n, "text after the signature block"));
-            }
-            continue;
-        }
-        if line.trim_end() == "```" {
-            closed = true;
-            continue;
-        }
-        let (key, value) = line.split_once(':').ok_or_else(|| {
-            at(
-                n,
-                format!("signature block line {line:?} is not `key: value`"),
-            )
-        })?;
-        let key = key.trim();
-        if !["alg", "key", "sig"].contains(&key) {
-            return Err(at(n, format!("unknown signature field {key:?}")));
-        }
-        if fields
-            .insert(key.to_string(), value.trim().to_string())
-            .is_some()
-        {
-            return Err(at(n, format!("signature field {key:?} given twice")));
-        }
-    }
-    if !closed {
-        return Err(at(
-            line_of(start),
-            "the signature block is not closed with ```",
-        ));
-    }
-    let mut take = |k: &str| {
-        fields
-            .remove(k)
-            .filter(|v| !v.is_empty())
-            .ok_or_else(|| at(line_of(start), format!("the signature block has no {k}")))
-    };
-    let sig = SignatureBlock {
-        alg: take("alg")?,
-        key: take("key")?,
-        sig: take("sig")?,
-    };
-    Ok((text[..start].to_vec(), sig))
 }
 
 /// Who may apply a workflow.

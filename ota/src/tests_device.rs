@@ -1,0 +1,391 @@
+//! The rejection matrix: each refused case with its exact reason, against real keys, trust
+//! metadata and replay state.
+
+use base64::Engine as _;
+
+use crate::device::{Identity, Policy, ReplayState, check};
+use crate::maml::{normalise, template};
+use crate::sign::{Purpose, SecretKey};
+use crate::trust::{Issuer, Roots, TrustError, TrustMetadata};
+
+const NOW: i64 = 1_795_730_000; // 2026-11-26T…
+const ISSUED: &str = "2026-11-26T10:00:00Z";
+const EXPIRES: &str = "2026-11-27T10:00:00Z";
+
+fn b64(k: &SecretKey) -> String {
+    base64::engine::general_purpose::STANDARD.encode(k.public().to_bytes())
+}
+
+struct World {
+    root: SecretKey,
+    issuer: SecretKey,
+    trust: TrustMetadata,
+    me: Identity,
+    policy: Policy,
+}
+
+fn world() -> World {
+    let root = SecretKey::generate().unwrap();
+    let issuer = SecretKey::generate().unwrap();
+    let trust = TrustMetadata {
+        kind: "aegis-trust".into(),
+        version: 2,
+        expires_at: "2027-06-01T00:00:00Z".into(),
+        root: Roots {
+            threshold: 1,
+            keys: vec![b64(&root)],
+        },
+        issuers: vec![Issuer {
+            name: "gw-1".into(),
+            key: b64(&issuer),
+            devices: vec!["orin-0042".into(), "orin-0043".into()],
+            groups: vec!["site-a".into()],
+        }],
+        revoked: vec![],
+    };
+    World {
+        root,
+        issuer,
+        trust,
+        me: Identity {
+            id: "orin-0042".into(),
+            groups: vec!["site-a".into()],
+        },
+        policy: Policy {
+            source_hosts: vec!["192.0.2.10".into()],
+            ..Policy::default()
+        },
+    }
+}
+
+fn doc_with(edit: impl Fn(String) -> String) -> String {
+    edit(template(
+        "0f8fad5b-d9cb-469f-a165-70867728950e",
+        "gw-1",
+        "orin-0042",
+        17,
+        ISSUED,
+        EXPIRES,
+    ))
+}
+
+fn sign(text: &str, k: &SecretKey) -> Vec<u8> {
+    let mut b = normalise(text.as_bytes());
+    b.extend_from_slice(
+        k.sign_block(&b, Purpose::Workflow)
+            .unwrap()
+            .render()
+            .as_bytes(),
+    );
+    b
+}
+
+#[test]
+fn the_rejection_matrix() {
+    let w = world();
+    let state = ReplayState::default();
+    let run =
+        |doc: &[u8], trust: &TrustMetadata, policy: &Policy, state: &ReplayState, now: i64| {
+            check(doc, trust, &w.me, policy, state, now)
+        };
+    let ok_doc = sign(&doc_with(|d| d), &w.issuer);
+    let v = run(&ok_doc, &w.trust, &w.policy, &state, NOW).expect("the good document");
+    assert_eq!(v.document.front.sequence, 17);
+
+    let reason =
+        |doc: &[u8], trust: &TrustMetadata, policy: &Policy, state: &ReplayState, now: i64| {
+            run(doc, trust, policy, state, now)
+                .expect_err("must be refused")
+                .to_string()
+        };
+    let cases: Vec<(&str, String, &str)> = vec![
+        (
+            "unknown key",
+            reason(
+                &sign(&doc_with(|d| d), &w.root),
+                &w.trust,
+                &w.policy,
+                &state,
+                NOW,
+            ),
+            "unknown signing key",
+        ),
+        (
+            "revoked key",
+            {
+                let mut t = w.trust.clone();
+                t.revoked.push(w.issuer.public().id().to_string());
+                reason(&ok_doc, &t, &w.policy, &state, NOW)
+            },
+            "(revoked)",
+        ),
+        (
+            "key not allowed for that target",
+            {
+                let d = sign(
+                    &doc_with(|d| {
+                        d.replace("devices: [orin-0042]", "devices: [orin-0042, orin-9999]")
+                    }),
+                    &w.issuer,
+                );
+                reason(&d, &w.trust, &w.policy, &state, NOW)
+            },
+            "may not target device \"orin-9999\"",
+        ),
+        (
+            "wrong device",
+            {
+                let d = sign(
+                    &doc_with(|d| d.replace("devices: [orin-0042]", "devices: [orin-0043]")),
+                    &w.issuer,
+                );
+                reason(&d, &w.trust, &w.policy, &state, NOW)
+            },
+            "not this device \"orin-0042\"",
+        ),
+        (
+            "replayed sequence",
+            {
+                let mut s = ReplayState::default();
+                s.accept(&v);
+                reason(&ok_doc, &w.trust, &w.policy, &s, NOW)
+            },
+            "sequence 17 is not above the last accepted 17",
+        ),
+        (
+            "fast-forward sequence",
+            {
+                let d = sign(
+                    &doc_with(|d| d.replace("sequence: 17", "sequence: 5000")),
+                    &w.issuer,
+                );
+                reason(&d, &w.trust, &w.policy, &state, NOW)
+            },
+            "fast-forward refused",
+        ),
+        (
+            "expired",
+            reason(&ok_doc, &w.trust, &w.policy, &state, NOW + 3 * 86_400),
+            "expired at",
+        ),
+        (
+            "not yet valid",
+            reason(&ok_doc, &w.trust, &w.policy, &state, NOW - 2 * 86_400),
+            "not valid before",
+        ),
+        (
+            "clock set back below the floor",
+            {
+                let s = ReplayState {
+                    time_floor_s: NOW + 3 * 86_400,
+                    ..ReplayState::default()
+                };
+                reason(&ok_doc, &w.trust, &w.policy, &s, NOW - 30 * 86_400)
+            },
+            "expired at",
+        ),
+        (
+            "algorithm not allowed by policy",
+            {
+                let p = Policy {
+                    algorithms: vec!["ml-dsa-87".into()],
+                    ..w.policy.clone()
+                };
+                reason(&ok_doc, &w.trust, &p, &state, NOW)
+            },
+            "\"ml-dsa-65\" is not accepted",
+        ),
+        (
+            "unsealed when policy requires sealing",
+            {
+                let p = Policy {
+                    require_sealing: true,
+                    ..w.policy.clone()
+                };
+                reason(&ok_doc, &w.trust, &p, &state, NOW)
+            },
+            "requires sealed documents",
+        ),
+        (
+            "source URL outside the allow-list",
+            {
+                let d = sign(
+                    &doc_with(|d| {
+                        d.replace("rtsp://192.0.2.10/stream1", "rtsp://169.254.169.254/latest")
+                    }),
+                    &w.issuer,
+                );
+                reason(&d, &w.trust, &w.policy, &state, NOW)
+            },
+            "host \"169.254.169.254\" is not in the device's source allow-list",
+        ),
+        (
+            "sink path outside the allowed paths",
+            {
+                let d = sign(
+                    &doc_with(|d| {
+                        d.replace(
+                            "dir: /var/lib/aegis/recordings",
+                            "dir: /var/lib/aegis/../../etc",
+                        )
+                    }),
+                    &w.issuer,
+                );
+                reason(&d, &w.trust, &w.policy, &state, NOW)
+            },
+            "outside the allowed paths",
+        ),
+        (
+            "password in an unsealed document",
+            {
+                let d = sign(
+                    &doc_with(|d| {
+                        d.replace(
+                            "url: \"rtsp://192.0.2.10/stream1\" }",
+                            "url: \"rtsp://192.0.2.10/stream1\", username: u, password: p }",
+                        )
+                    }),
+                    &w.issuer,
+                );
+                reason(&d, &w.trust, &w.policy, &state, NOW)
+            },
+            "may only travel in a sealed document",
+        ),
+        (
+            "origin that is not the signer",
+            {
+                let d = sign(
+                    &doc_with(|d| d.replace("chimera://gw-1", "chimera://gw-2")),
+                    &w.issuer,
+                );
+                reason(&d, &w.trust, &w.policy, &state, NOW)
+            },
+            "is not the signing issuer",
+        ),
+        (
+            "unknown front-matter key",
+            {
+                let d = sign(
+                    &doc_with(|d| d.replace("sequence: 17\n", "sequence: 17\npriority: high\n")),
+                    &w.issuer,
+                );
+                reason(&d, &w.trust, &w.policy, &state, NOW)
+            },
+            "priority",
+        ),
+    ];
+    for (case, got, want) in &cases {
+        assert!(got.contains(want), "{case}: expected {want:?} in {got:?}");
+    }
+    // A group target works when the issuer may target the group.
+    let d = sign(
+        &doc_with(|d| {
+            d.replace(
+                "devices: [orin-0042], groups: []",
+                "devices: [], groups: [site-a]",
+            )
+        }),
+        &w.issuer,
+    );
+    assert!(run(&d, &w.trust, &w.policy, &state, NOW).is_ok());
+}
+
+#[test]
+fn replay_state_survives_a_restart_and_is_written_atomically() {
+    let w = world();
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("replay.json");
+    let mut s = ReplayState::load(&path).unwrap();
+    let v = check(
+        &sign(&doc_with(|d| d), &w.issuer),
+        &w.trust,
+        &w.me,
+        &w.policy,
+        &s,
+        NOW,
+    )
+    .unwrap();
+    s.accept(&v);
+    s.save(&path).unwrap();
+    assert!(!path.with_extension("tmp").exists());
+    let back = ReplayState::load(&path).unwrap();
+    assert_eq!(back, s);
+    assert!(back.time_floor_s >= NOW - 86_400);
+}
+
+#[test]
+fn trust_updates_need_the_roots_a_higher_version_and_no_expiry() {
+    let w = world();
+    let roots = vec![w.root.public().clone()];
+    let mut next = w.trust.clone();
+    next.version = 3;
+    let signed = next.sign(&[&w.root]).unwrap();
+    let got = TrustMetadata::verify_update(&signed, &roots, 1, 2, NOW).unwrap();
+    assert_eq!(got.version, 3);
+    // Older (rollback) or equal versions.
+    let e = TrustMetadata::verify_update(&signed, &roots, 1, 3, NOW).unwrap_err();
+    assert!(
+        matches!(
+            e,
+            TrustError::Rollback {
+                offered: 3,
+                held: 3
+            }
+        ),
+        "{e}"
+    );
+    // Expired.
+    let e = TrustMetadata::verify_update(&signed, &roots, 1, 2, NOW + 400 * 86_400).unwrap_err();
+    assert!(e.to_string().contains("expired"), "{e}");
+    // Signed by someone else.
+    let mallory = SecretKey::generate().unwrap();
+    let forged = next.sign(&[&mallory]).unwrap();
+    let e = TrustMetadata::verify_update(&forged, &roots, 1, 2, NOW).unwrap_err();
+    assert!(
+        e.to_string()
+            .contains("0 valid signatures by current root keys"),
+        "{e}"
+    );
+    // One flipped byte in the JSON.
+    let mut tampered = signed.clone();
+    let i = tampered.iter().position(|&b| b == b'3').unwrap();
+    tampered[i] = b'9';
+    assert!(TrustMetadata::verify_update(&tampered, &roots, 1, 2, NOW).is_err());
+    // 2-of-3 roots: one signature is not enough, two are.
+    let r2 = SecretKey::generate().unwrap();
+    let r3 = SecretKey::generate().unwrap();
+    let three = vec![
+        w.root.public().clone(),
+        r2.public().clone(),
+        r3.public().clone(),
+    ];
+    let mut k_of_n = next.clone();
+    k_of_n.root = Roots {
+        threshold: 2,
+        keys: vec![b64(&w.root), b64(&r2), b64(&r3)],
+    };
+    let one = k_of_n.sign(&[&w.root]).unwrap();
+    let e = TrustMetadata::verify_update(&one, &three, 2, 2, NOW).unwrap_err();
+    assert!(
+        e.to_string()
+            .contains("1 valid signatures by current root keys, 2 needed"),
+        "{e}"
+    );
+    // The same root signing twice still counts once.
+    let twice = k_of_n.sign(&[&w.root, &w.root]).unwrap();
+    assert!(TrustMetadata::verify_update(&twice, &three, 2, 2, NOW).is_err());
+    let two = k_of_n.sign(&[&w.root, &r3]).unwrap();
+    assert!(TrustMetadata::verify_update(&two, &three, 2, 2, NOW).is_ok());
+    // Rotation to a new root must be signed by the new root too.
+    let new_root = SecretKey::generate().unwrap();
+    let mut rotated = next.clone();
+    rotated.root = Roots {
+        threshold: 1,
+        keys: vec![b64(&new_root)],
+    };
+    let old_only = rotated.sign(&[&w.root]).unwrap();
+    let e = TrustMetadata::verify_update(&old_only, &roots, 1, 2, NOW).unwrap_err();
+    assert!(e.to_string().contains("new root keys"), "{e}");
+    let both = rotated.sign(&[&w.root, &new_root]).unwrap();
+    assert!(TrustMetadata::verify_update(&both, &roots, 1, 2, NOW).is_ok());
+}
