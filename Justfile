@@ -20,7 +20,7 @@ demo *ARGS:
 
 # Lint, then every test of every crate (unit, integration, end-to-end).
 test: lint
-    cargo build -p aegis-agent
+    cargo build -p aegis-agent -p aegis-ota --bins
     cargo test --workspace --no-fail-fast
 
 # What CI runs (.ci/run calls `tools/dev.sh test`, i.e. setup + this).

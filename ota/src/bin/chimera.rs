@@ -7,6 +7,7 @@ use std::process::ExitCode;
 
 use aegis_ota::maml;
 use aegis_ota::sign::{PublicKey, Purpose, SecretKey};
+use aegis_ota::trust::{Issuer, Roots, TrustMetadata};
 use clap::{Parser, Subcommand};
 
 #[derive(Parser)]
@@ -58,14 +59,139 @@ enum Command {
         #[arg(long)]
         out: Option<PathBuf>,
     },
-    /// Run every device-side check that needs no device state and print each.
+    /// Run the device-side checks that need no device state and print each: with
+    /// `--trust-metadata` (and `--root`) the issuer, target, time, replay (fresh state) and
+    /// default policy checks too.
     Verify {
         /// The signed workflow.
         file: PathBuf,
-        /// Trusted public key files.
-        #[arg(long = "trust", required = true)]
+        /// Trusted issuer public key files (without trust metadata).
+        #[arg(long = "trust")]
         trust: Vec<PathBuf>,
+        /// Signed trust metadata to check against (as the device would).
+        #[arg(long)]
+        trust_metadata: Option<PathBuf>,
+        /// Root public key files that must have signed the trust metadata.
+        #[arg(long)]
+        root: Vec<PathBuf>,
+        /// The device to check for.
+        #[arg(long)]
+        device: Option<String>,
+        /// Its groups.
+        #[arg(long)]
+        group: Vec<String>,
     },
+    /// The offline root: create it, sign trust metadata.
+    Root {
+        #[command(subcommand)]
+        what: RootCommand,
+    },
+    /// Edit a trust metadata draft (each edit raises its version).
+    Trust {
+        #[command(subcommand)]
+        what: TrustCommand,
+    },
+    /// Record a device's public keys (and groups) in the gateway's device registry.
+    Enroll {
+        /// Device id.
+        device: String,
+        /// The device's ML-DSA public key file (from `aegis provision`).
+        pubkey: PathBuf,
+        /// Groups.
+        #[arg(long)]
+        group: Vec<String>,
+        /// The registry file.
+        #[arg(long, default_value = "devices.json")]
+        registry: PathBuf,
+    },
+}
+
+#[derive(Subcommand)]
+enum RootCommand {
+    /// Make a root key pair (DIR/root.key, DIR/root.pub) and a version-1 trust draft
+    /// (DIR/trust.json) naming it, valid for a year.
+    Init {
+        /// Directory (created).
+        #[arg(long)]
+        dir: PathBuf,
+    },
+    /// Sign a trust draft with one or more root keys (k of n; a rotation needs the old and
+    /// the new roots).
+    SignTrust {
+        /// The draft (JSON).
+        #[arg(long)]
+        trust: PathBuf,
+        /// Root secret key files.
+        #[arg(long = "key", required = true)]
+        keys: Vec<PathBuf>,
+        /// The signed trust metadata file.
+        #[arg(long)]
+        out: PathBuf,
+    },
+}
+
+#[derive(Subcommand)]
+enum TrustCommand {
+    /// Allow an issuer key to sign workflows for some devices and groups (`*` = any).
+    AddIssuer {
+        /// The draft.
+        #[arg(long)]
+        trust: PathBuf,
+        /// Issuer name (workflows say origin: chimera://NAME).
+        #[arg(long)]
+        name: String,
+        /// Its public key file.
+        #[arg(long)]
+        key: PathBuf,
+        /// Devices it may target.
+        #[arg(long, value_delimiter = ',')]
+        devices: Vec<String>,
+        /// Groups it may target.
+        #[arg(long, value_delimiter = ',')]
+        groups: Vec<String>,
+    },
+    /// Revoke a key (by id): its signatures stop verifying once devices have the new version.
+    Revoke {
+        /// The draft.
+        #[arg(long)]
+        trust: PathBuf,
+        /// Key id (`mldsa65:…`).
+        #[arg(long)]
+        key_id: String,
+    },
+    /// Replace the root keys (sign the result with the old and the new roots).
+    Rotate {
+        /// The draft.
+        #[arg(long)]
+        trust: PathBuf,
+        /// New root public key files.
+        #[arg(long = "new-root", required = true)]
+        new_roots: Vec<PathBuf>,
+        /// Signatures needed from now on.
+        #[arg(long, default_value_t = 1)]
+        threshold: u32,
+    },
+}
+
+fn read_draft(path: &std::path::Path) -> anyhow::Result<TrustMetadata> {
+    let text = std::fs::read(path).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+    serde_json::from_slice(&text).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))
+}
+
+fn write_draft(path: &std::path::Path, mut t: TrustMetadata) -> anyhow::Result<()> {
+    t.version += 1;
+    std::fs::write(path, serde_json::to_vec_pretty(&t)?)?;
+    println!(
+        "{} is now version {} (sign it with `chimera root sign-trust`)",
+        path.display(),
+        t.version
+    );
+    Ok(())
+}
+
+fn b64_pub(path: &std::path::Path) -> anyhow::Result<String> {
+    use base64::Engine as _;
+    Ok(base64::engine::general_purpose::STANDARD.encode(PublicKey::read(path)?.to_bytes()))
 }
 
 fn now_rfc3339(offset_days: i64) -> String {
@@ -173,51 +299,208 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             std::fs::write(&out, out_bytes)?;
             println!("{} signed by {}", out.display(), key.public().id());
         }
-        Command::Verify { file, trust } => {
-            let keys = trust
-                .iter()
-                .map(|p| PublicKey::read(p))
-                .collect::<Result<Vec<_>, _>>()?;
+        Command::Verify {
+            file,
+            trust,
+            trust_metadata,
+            root,
+            device,
+            group,
+        } => {
             let doc = std::fs::read(&file)?;
-            match aegis_ota::verify_document(&doc, &keys) {
-                Ok(v) => {
-                    println!(
-                        "ok  size {} bytes (limit {})",
-                        doc.len(),
-                        maml::MAX_DOCUMENT_BYTES
+            let v = match trust_metadata {
+                None => {
+                    anyhow::ensure!(
+                        !trust.is_empty(),
+                        "give --trust KEY.pub or --trust-metadata with --root"
                     );
-                    println!(
-                        "ok  signature {} by {}",
-                        aegis_ota::sign::ALG,
-                        v.signer.id()
-                    );
-                    println!(
-                        "ok  front matter: {} sequence {} for {:?} {:?}",
-                        v.document.front.id,
-                        v.document.front.sequence,
-                        v.document.front.target.devices,
-                        v.document.front.target.groups
-                    );
-                    println!(
-                        "ok  valid {} .. {}",
-                        v.document.front.issued_at, v.document.front.expires_at
-                    );
-                    match &v.pipeline {
-                        Some(p) => println!(
-                            "ok  pipeline: {} sources, {} stages, {} sinks",
-                            p.sources.len(),
-                            p.stages.len(),
-                            p.sinks.len()
-                        ),
-                        None => println!("--  no Pipeline section"),
-                    }
-                    println!("sha256 {}", v.digest);
-                    println!(
-                        "not checked here (device state): trust metadata version, replay sequence, time floor, device policy, target = this device"
-                    );
+                    let keys = trust
+                        .iter()
+                        .map(|p| PublicKey::read(p))
+                        .collect::<Result<Vec<_>, _>>()?;
+                    aegis_ota::verify_document(&doc, &keys)
+                        .map_err(|e| anyhow::anyhow!("REFUSED: {e}"))?
                 }
-                Err(e) => anyhow::bail!("REFUSED: {e}"),
+                Some(tm) => {
+                    let roots = root
+                        .iter()
+                        .map(|p| PublicKey::read(p))
+                        .collect::<Result<Vec<_>, _>>()?;
+                    anyhow::ensure!(!roots.is_empty(), "--trust-metadata needs --root ROOT.pub");
+                    let now = std::time::SystemTime::now()
+                        .duration_since(std::time::UNIX_EPOCH)
+                        .map_or(0, |d| d.as_secs() as i64);
+                    let meta =
+                        TrustMetadata::verify_update(&std::fs::read(&tm)?, &roots, 1, 0, now)
+                            .map_err(|e| anyhow::anyhow!("REFUSED trust metadata: {e}"))?;
+                    println!(
+                        "ok  trust metadata version {} (expires {})",
+                        meta.version, meta.expires_at
+                    );
+                    let me = aegis_ota::device::Identity {
+                        id: device
+                            .ok_or_else(|| anyhow::anyhow!("--trust-metadata needs --device ID"))?,
+                        groups: group,
+                    };
+                    let policy = aegis_ota::device::Policy {
+                        source_hosts: vec!["*".into()],
+                        paths: vec!["/".into()],
+                        ..Default::default()
+                    };
+                    let v = aegis_ota::device::check(
+                        &doc,
+                        &meta,
+                        &me,
+                        &policy,
+                        &Default::default(),
+                        now,
+                    )
+                    .map_err(|e| anyhow::anyhow!("REFUSED: {e}"))?;
+                    println!(
+                        "ok  issuer may target {:?} / {:?}; time valid now; sequence {} (fresh state)",
+                        v.document.front.target.devices,
+                        v.document.front.target.groups,
+                        v.document.front.sequence
+                    );
+                    v
+                }
+            };
+            println!(
+                "ok  size {} bytes (limit {})",
+                doc.len(),
+                maml::MAX_DOCUMENT_BYTES
+            );
+            println!(
+                "ok  signature {} by {}",
+                aegis_ota::sign::ALG,
+                v.signer.id()
+            );
+            println!(
+                "ok  front matter: {} sequence {}",
+                v.document.front.id, v.document.front.sequence
+            );
+            match &v.pipeline {
+                Some(p) => println!(
+                    "ok  pipeline: {} sources, {} stages, {} sinks",
+                    p.sources.len(),
+                    p.stages.len(),
+                    p.sinks.len()
+                ),
+                None => println!("--  no Pipeline section"),
             }
+            println!("sha256 {}", v.digest);
+            println!("not checked here: this device's replay state and time floor, its own policy");
+        }
+        Command::Root {
+            what: RootCommand::Init { dir },
+        } => {
+            std::fs::create_dir_all(&dir)?;
+            let key = SecretKey::generate()?;
+            key.write(&dir.join("root.key"))?;
+            std::fs::write(dir.join("root.pub"), key.public().to_file_text())?;
+            let draft = TrustMetadata {
+                kind: "aegis-trust".into(),
+                version: 0,
+                expires_at: now_rfc3339(365),
+                root: Roots {
+                    threshold: 1,
+                    keys: vec![b64_pub(&dir.join("root.pub"))?],
+                },
+                issuers: vec![],
+                revoked: vec![],
+            };
+            write_draft(&dir.join("trust.json"), draft)?;
+            println!(
+                "root key {} in {} (keep root.key offline)",
+                key.public().id(),
+                dir.display()
+            );
+        }
+        Command::Root {
+            what: RootCommand::SignTrust { trust, keys, out },
+        } => {
+            let draft = read_draft(&trust)?;
+            let keys = keys
+                .iter()
+                .map(|k| SecretKey::read(k))
+                .collect::<Result<Vec<_>, _>>()?;
+            let refs: Vec<&SecretKey> = keys.iter().collect();
+            std::fs::write(&out, draft.sign(&refs)?)?;
+            println!(
+                "{} (version {}, {} signatures)",
+                out.display(),
+                draft.version,
+                refs.len()
+            );
+        }
+        Command::Trust { what } => match what {
+            TrustCommand::AddIssuer {
+                trust,
+                name,
+                key,
+                devices,
+                groups,
+            } => {
+                let mut t = read_draft(&trust)?;
+                let k = b64_pub(&key)?;
+                t.issuers.retain(|i| i.name != name);
+                t.issuers.push(Issuer {
+                    name,
+                    key: k,
+                    devices,
+                    groups,
+                });
+                write_draft(&trust, t)?;
+            }
+            TrustCommand::Revoke { trust, key_id } => {
+                let mut t = read_draft(&trust)?;
+                anyhow::ensure!(
+                    key_id.starts_with("mldsa65:"),
+                    "{key_id:?} is not a key id (mldsa65:…)"
+                );
+                if !t.revoked.contains(&key_id) {
+                    t.revoked.push(key_id);
+                }
+                write_draft(&trust, t)?;
+            }
+            TrustCommand::Rotate {
+                trust,
+                new_roots,
+                threshold,
+            } => {
+                let mut t = read_draft(&trust)?;
+                anyhow::ensure!(
+                    threshold >= 1 && threshold as usize <= new_roots.len(),
+                    "threshold must be 1..={}",
+                    new_roots.len()
+                );
+                t.root = Roots {
+                    threshold,
+                    keys: new_roots
+                        .iter()
+                        .map(|p| b64_pub(p))
+                        .collect::<Result<_, _>>()?,
+                };
+                write_draft(&trust, t)?;
+            }
+        },
+        Command::Enroll {
+            device,
+            pubkey,
+            group,
+            registry,
+        } => {
+            let key = PublicKey::read(&pubkey)?;
+            let mut reg: serde_json::Map<String, serde_json::Value> = match std::fs::read(&registry)
+            {
+                Ok(b) => serde_json::from_slice(&b)
+                    .map_err(|e| anyhow::anyhow!("{}: {e}", registry.display()))?,
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => Default::default(),
+                Err(e) => anyhow::bail!("{}: {e}", registry.display()),
+            };
+            reg.insert(device.clone(), serde_json::json!({ "signing_key": b64_pub(&pubkey)?, "key_id": key.id(), "groups": group }));
+            std::fs::write(&registry, serde_json::to_vec_pretty(&reg)?)?;
+            println!("enrolled {device} ({}) in {}", key.id(), registry.display());
         }
     }
     Ok(())

@@ -1,0 +1,156 @@
+//! The gateway's offline flow through the real `chimera` binary: root, issuer, trust
+//! metadata, a workflow signed and verified as a device would, then the issuer revoked.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+fn chimera_bin() -> PathBuf {
+    aegis_tests::aegis_bin().with_file_name("chimera")
+}
+
+fn chimera(dir: &Path, args: &[&str]) -> Output {
+    let bin = chimera_bin();
+    assert!(
+        bin.exists(),
+        "{} missing: cargo build -p aegis-ota --bins",
+        bin.display()
+    );
+    Command::new(bin)
+        .args(args)
+        .current_dir(dir)
+        .output()
+        .unwrap()
+}
+
+fn ok(dir: &Path, args: &[&str]) -> String {
+    let o = chimera(dir, args);
+    assert!(
+        o.status.success(),
+        "chimera {args:?} failed: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+fn refused(dir: &Path, args: &[&str]) -> String {
+    let o = chimera(dir, args);
+    assert!(!o.status.success(), "chimera {args:?} should fail");
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+#[test]
+fn root_issuer_sign_verify_and_revoke() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    ok(d, &["root", "init", "--dir", "root"]);
+    ok(d, &["keygen", "--out", "gw"]);
+    let add = ok(
+        d,
+        &[
+            "trust",
+            "add-issuer",
+            "--trust",
+            "root/trust.json",
+            "--name",
+            "fleet-gw-1",
+            "--key",
+            "gw.pub",
+            "--devices",
+            "orin-0042",
+            "--groups",
+            "site-a",
+        ],
+    );
+    assert!(add.contains("version 2"), "{add}");
+    ok(
+        d,
+        &[
+            "root",
+            "sign-trust",
+            "--trust",
+            "root/trust.json",
+            "--key",
+            "root/root.key",
+            "--out",
+            "trust.signed",
+        ],
+    );
+    ok(d, &["new", "--out", "wf.maml.md", "--device", "orin-0042"]);
+    ok(d, &["sign", "wf.maml.md", "--key", "gw.key"]);
+    let verify = [
+        "verify",
+        "wf.signed.maml.md",
+        "--trust-metadata",
+        "trust.signed",
+        "--root",
+        "root/root.pub",
+        "--device",
+        "orin-0042",
+    ];
+    let out = ok(d, &verify);
+    assert!(
+        out.contains("ok  trust metadata version 2") && out.contains("ok  signature ml-dsa-65"),
+        "{out}"
+    );
+    // Another device: refused, with the reason.
+    let mut other = verify;
+    other[7] = "orin-0099";
+    assert!(refused(d, &other).contains("not this device \"orin-0099\""));
+    // Secret key files are private.
+    let mode = std::fs::metadata(d.join("gw.key")).unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    assert_eq!(mode.permissions().mode() & 0o777, 0o600);
+    // Revoke the issuer: the same workflow stops verifying under the new trust version.
+    let id = ok(d, &["keygen", "--out", "spare"]);
+    assert!(id.contains("key id mldsa65:"));
+    let gw_id = {
+        let out = ok(d, &["verify", "wf.signed.maml.md", "--trust", "gw.pub"]);
+        out.lines()
+            .find_map(|l| l.split(" by ").nth(1))
+            .unwrap()
+            .trim()
+            .to_string()
+    };
+    ok(
+        d,
+        &[
+            "trust",
+            "revoke",
+            "--trust",
+            "root/trust.json",
+            "--key-id",
+            &gw_id,
+        ],
+    );
+    ok(
+        d,
+        &[
+            "root",
+            "sign-trust",
+            "--trust",
+            "root/trust.json",
+            "--key",
+            "root/root.key",
+            "--out",
+            "trust.signed",
+        ],
+    );
+    assert!(refused(d, &verify).contains("(revoked)"));
+    // Trust metadata signed by a key that is not the root: refused.
+    ok(
+        d,
+        &[
+            "root",
+            "sign-trust",
+            "--trust",
+            "root/trust.json",
+            "--key",
+            "spare.key",
+            "--out",
+            "forged.signed",
+        ],
+    );
+    let mut forged = verify;
+    forged[3] = "forged.signed";
+    assert!(refused(d, &forged).contains("0 valid signatures by current root keys"));
+}
