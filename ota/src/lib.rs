@@ -4,10 +4,11 @@
 //!
 //! **Status: in progress** (MAML part 1). Built: the format (strict front matter, sections,
 //! the Pipeline block validated with the agent's own pipeline schema), signing and
-//! verification with per-purpose contexts, key files, `chimera keygen|new|sign|verify`.
-//! Not built yet: root-signed trust metadata (rotation, revocation, k-of-n), anti-replay and
-//! time-floor state, device policy, sealing (ML-KEM + AES-GCM), provisioning; see
-//! `docs/security.md` once they land. This crate must never know about frames.
+//! verification with per-purpose contexts, key files, root-signed trust metadata
+//! ([`trust`]: k of n, rotation, revocation, rollback and expiry), the device-side checks
+//! ([`device`]: targets, trusted time, anti-replay, policy), and `chimera`. Not built yet:
+//! sealing (ML-KEM + AES-GCM), provisioning, fuzzing; see `docs/security.md`. This crate
+//! must never know about frames.
 
 pub mod device;
 pub mod maml;
