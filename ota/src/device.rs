@@ -207,8 +207,8 @@ pub fn check(
     policy: &Policy,
     state: &ReplayState,
     now_s: i64,
+    keys: &[&crate::seal::SealSecret],
 ) -> Result<Verified, Rejection> {
-    use sha2::Digest;
     let (signed, block) = maml::split_signed(doc).map_err(Rejection::Format)?;
     if !policy.algorithms.contains(&block.alg) {
         return Err(Rejection::Signature(SignError::Algorithm(block.alg)));
@@ -290,29 +290,12 @@ pub fn check(
             "device policy requires sealed documents".into(),
         ));
     }
-    if f.security.encryption != "none" {
-        return Err(Rejection::Sealed);
-    }
-    let pipeline = match &document.pipeline_yaml {
-        Some((yaml, line)) => Some(
-            aegis_config::PipelineConfig::from_yaml_str(yaml, "Pipeline").map_err(|e| {
-                Rejection::Pipeline {
-                    line: *line,
-                    message: e.to_string(),
-                }
-            })?,
-        ),
-        None => None,
-    };
-    let digest = sha2::Sha256::digest(&signed)
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect();
+    let (document, pipeline) = crate::open_and_validate(&signed, document, keys)?;
     let v = Verified {
         document,
         signer: key,
         pipeline,
-        digest,
+        digest: crate::digest(&signed),
     };
     policy_check(&v, policy).map_err(Rejection::Policy)?;
     Ok(v)

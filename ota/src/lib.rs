@@ -6,9 +6,10 @@
 //! the Pipeline block validated with the agent's own pipeline schema), signing and
 //! verification with per-purpose contexts, key files, root-signed trust metadata
 //! ([`trust`]: k of n, rotation, revocation, rollback and expiry), the device-side checks
-//! ([`device`]: targets, trusted time, anti-replay, policy), and `chimera`. Not built yet:
-//! sealing (ML-KEM + AES-GCM), provisioning, fuzzing; see `docs/security.md`. This crate
-//! must never know about frames.
+//! ([`device`]: targets, trusted time, anti-replay, policy), sealing ([`seal`]: ML-KEM-768
+//! + AES-256-GCM), and `chimera`. Not built yet: device provisioning, group-key
+//! distribution, fuzzing, benchmarks; see `docs/security.md`. This crate must never know
+//! about frames.
 
 pub mod device;
 pub mod maml;
@@ -51,9 +52,9 @@ pub enum Rejection {
     /// Device policy refuses it.
     #[error("policy: {0}")]
     Policy(String),
-    /// The document is sealed; this build cannot open sealed documents yet.
-    #[error("sealed documents ({}) are not supported by this build yet", seal::ALG)]
-    Sealed,
+    /// The document is sealed and could not be opened.
+    #[error("sealed: {0}")]
+    Sealed(seal::SealError),
 }
 
 /// A document whose signature verified and whose content validated.
@@ -69,17 +70,24 @@ pub struct Verified {
     pub digest: String,
 }
 
-/// The device-side checks that need no device state, in DESIGN §5's order: size → split off
-/// the signature block (text scan) → key lookup → signature → YAML parse → schema.
-pub fn verify_document(doc: &[u8], trusted: &[PublicKey]) -> Result<Verified, Rejection> {
-    use sha2::Digest;
-    let (signed, block) = maml::split_signed(doc).map_err(Rejection::Format)?;
-    let signer = sign::verify_block(&signed, &block, Purpose::Workflow, trusted)
-        .map_err(Rejection::Signature)?;
-    let document = maml::parse(&signed).map_err(Rejection::Document)?;
-    if document.front.security.encryption != "none" {
-        return Err(Rejection::Sealed);
-    }
+/// Opens a sealed document's body (when it is sealed) and validates its Pipeline block.
+fn open_and_validate(
+    signed: &[u8],
+    document: Document,
+    keys: &[&seal::SealSecret],
+) -> Result<(Document, Option<aegis_config::PipelineConfig>), Rejection> {
+    let document = if document.front.security.encryption == "none" {
+        document
+    } else {
+        let text = std::str::from_utf8(signed).map_err(|e| {
+            Rejection::Document(MamlError {
+                line: None,
+                message: e.to_string(),
+            })
+        })?;
+        let clear = seal::open(text, keys).map_err(Rejection::Sealed)?;
+        maml::parse(clear.as_bytes()).map_err(Rejection::Document)?
+    };
     let pipeline = match &document.pipeline_yaml {
         Some((yaml, line)) => Some(
             aegis_config::PipelineConfig::from_yaml_str(yaml, "Pipeline").map_err(|e| {
@@ -91,15 +99,35 @@ pub fn verify_document(doc: &[u8], trusted: &[PublicKey]) -> Result<Verified, Re
         ),
         None => None,
     };
-    let digest = sha2::Sha256::digest(&signed)
+    Ok((document, pipeline))
+}
+
+fn digest(signed: &[u8]) -> String {
+    use sha2::Digest;
+    sha2::Sha256::digest(signed)
         .iter()
         .map(|b| format!("{b:02x}"))
-        .collect();
+        .collect()
+}
+
+/// The device-side checks that need no device state, in DESIGN §5's order: size → split off
+/// the signature block (text scan) → key lookup → signature → YAML parse → open the seal
+/// (with `keys`, when sealed) → schema.
+pub fn verify_document(
+    doc: &[u8],
+    trusted: &[PublicKey],
+    keys: &[&seal::SealSecret],
+) -> Result<Verified, Rejection> {
+    let (signed, block) = maml::split_signed(doc).map_err(Rejection::Format)?;
+    let signer = sign::verify_block(&signed, &block, Purpose::Workflow, trusted)
+        .map_err(Rejection::Signature)?;
+    let document = maml::parse(&signed).map_err(Rejection::Document)?;
+    let (document, pipeline) = open_and_validate(&signed, document, keys)?;
     Ok(Verified {
         document,
         signer,
         pipeline,
-        digest,
+        digest: digest(&signed),
     })
 }
 

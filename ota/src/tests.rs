@@ -25,7 +25,7 @@ fn signed(text: &str, key: &SecretKey) -> Vec<u8> {
 fn a_signed_template_verifies_and_its_pipeline_validates() {
     let key = SecretKey::generate().unwrap();
     let d = signed(&doc(""), &key);
-    let v = verify_document(&d, std::slice::from_ref(key.public())).unwrap();
+    let v = verify_document(&d, std::slice::from_ref(key.public()), &[]).unwrap();
     assert_eq!(v.document.front.sequence, 17);
     assert_eq!(v.signer.id(), key.public().id());
     let p = v.pipeline.unwrap();
@@ -36,7 +36,7 @@ fn a_signed_template_verifies_and_its_pipeline_validates() {
         .unwrap()
         .replace('\n', "\r\n")
         .into_bytes();
-    assert!(verify_document(&crlf, std::slice::from_ref(key.public())).is_ok());
+    assert!(verify_document(&crlf, std::slice::from_ref(key.public()), &[]).is_ok());
 }
 
 #[test]
@@ -54,7 +54,7 @@ fn one_flipped_bit_anywhere_is_refused() {
             let mut bad = d.clone();
             bad[i] ^= bit;
             assert!(
-                verify_document(&bad, &trusted).is_err(),
+                verify_document(&bad, &trusted, &[]).is_err(),
                 "flip of {bit:#x} at byte {i} ({:?}) was accepted",
                 d[i] as char
             );
@@ -67,7 +67,11 @@ fn rejections_name_their_reason() {
     let key = SecretKey::generate().unwrap();
     let other = SecretKey::generate().unwrap();
     let trusted = [key.public().clone()];
-    let reason = |bytes: &[u8]| verify_document(bytes, &trusted).unwrap_err().to_string();
+    let reason = |bytes: &[u8]| {
+        verify_document(bytes, &trusted, &[])
+            .unwrap_err()
+            .to_string()
+    };
 
     // Unknown key.
     let e = reason(&signed(&doc(""), &other));
@@ -103,7 +107,7 @@ fn signed_but_bad_documents_are_refused_with_line_numbers() {
     let key = SecretKey::generate().unwrap();
     let trusted = [key.public().clone()];
     let reason = |text: &str| {
-        verify_document(&signed(text, &key), &trusted)
+        verify_document(&signed(text, &key), &trusted, &[])
             .unwrap_err()
             .to_string()
     };
@@ -137,9 +141,12 @@ fn signed_but_bad_documents_are_refused_with_line_numbers() {
         e.contains("line 9") && e.contains("expires_at is not after issued_at"),
         "{e}"
     );
-    // Sealed documents are not supported yet: said so.
+    // Marked sealed but not sealed: said so.
     let e = reason(&doc("").replacen("encryption: none", "encryption: aes-256-gcm+ml-kem-768", 1));
-    assert!(e.contains("sealed documents"), "{e}");
+    assert!(
+        e.contains("sealed: sealed section: the body is not one ```sealed block"),
+        "{e}"
+    );
 }
 
 #[test]

@@ -86,7 +86,7 @@ fn the_rejection_matrix() {
     let state = ReplayState::default();
     let run =
         |doc: &[u8], trust: &TrustMetadata, policy: &Policy, state: &ReplayState, now: i64| {
-            check(doc, trust, &w.me, policy, state, now)
+            check(doc, trust, &w.me, policy, state, now, &[])
         };
     let ok_doc = sign(&doc_with(|d| d), &w.issuer);
     let v = run(&ok_doc, &w.trust, &w.policy, &state, NOW).expect("the good document");
@@ -303,6 +303,7 @@ fn replay_state_survives_a_restart_and_is_written_atomically() {
         &w.policy,
         &s,
         NOW,
+        &[],
     )
     .unwrap();
     s.accept(&v);
@@ -388,4 +389,83 @@ fn trust_updates_need_the_roots_a_higher_version_and_no_expiry() {
     assert!(e.to_string().contains("new root keys"), "{e}");
     let both = rotated.sign(&[&w.root, &new_root]).unwrap();
     assert!(TrustMetadata::verify_update(&both, &roots, 1, 2, NOW).is_ok());
+}
+
+#[test]
+fn sealed_workflows_open_only_for_their_recipients_and_may_carry_secrets() {
+    use crate::seal::{SealSecret, seal};
+    let w = world();
+    let me_key = SealSecret::generate().unwrap();
+    let group_key = SealSecret::generate().unwrap();
+    let other = SealSecret::generate().unwrap();
+    let secret_doc = doc_with(|d| {
+        d.replace(
+            "url: \"rtsp://192.0.2.10/stream1\" }",
+            "url: \"rtsp://192.0.2.10/stream1\", username: viewer, password: hunter2 }",
+        )
+    });
+    let sealed = seal(
+        &secret_doc,
+        &[me_key.public().clone(), group_key.public().clone()],
+    )
+    .unwrap();
+    assert!(
+        !sealed.contains("hunter2"),
+        "the password must not be in the clear"
+    );
+    assert!(sealed.contains("encryption: aes-256-gcm+ml-kem-768"));
+    let signed = sign(&sealed, &w.issuer);
+    let state = ReplayState::default();
+    // The device opens it with its own key, or with the group key.
+    for key in [&me_key, &group_key] {
+        let v = check(&signed, &w.trust, &w.me, &w.policy, &state, NOW, &[key]).unwrap();
+        let p = v.pipeline.expect("pipeline from the opened body");
+        assert_eq!(
+            p.sources[0].password.as_ref().map(|s| s.expose()),
+            Some("hunter2")
+        );
+    }
+    // Another device's key cannot.
+    let e = check(&signed, &w.trust, &w.me, &w.policy, &state, NOW, &[&other]).unwrap_err();
+    assert!(e.to_string().contains("not for this device's keys"), "{e}");
+    // Policy requiring sealing is satisfied.
+    let p = Policy {
+        require_sealing: true,
+        ..w.policy.clone()
+    };
+    assert!(check(&signed, &w.trust, &w.me, &p, &state, NOW, &[&me_key]).is_ok());
+    // The front matter is bound to the ciphertext (associated data): a swapped header fails
+    // to open even before the signature is considered.
+    let body_start = sealed.find("## Sealed").unwrap();
+    let other_front = doc_with(|d| d.replace("sequence: 17", "sequence: 18")).replacen(
+        "encryption: none",
+        "encryption: aes-256-gcm+ml-kem-768",
+        1,
+    );
+    let front_end = other_front.find("---\n## ").unwrap() + 4;
+    let swapped = format!("{}{}", &other_front[..front_end], &sealed[body_start..]);
+    let e = crate::seal::open(&swapped, &[&me_key]).unwrap_err();
+    assert_eq!(e, crate::seal::SealError::Open);
+}
+
+#[test]
+fn sealing_for_many_devices_is_bounded_and_says_to_use_a_group_key() {
+    use crate::seal::{SealSecret, seal};
+    let keys: Vec<SealSecret> = (0..100).map(|_| SealSecret::generate().unwrap()).collect();
+    let pubs: Vec<_> = keys.iter().map(|k| k.public().clone()).collect();
+    let d = doc_with(|d| d);
+    // ~1.6 KB per recipient (1088-byte KEM ciphertext + wrapped key, base64): 100 device
+    // recipients do not fit 128 KB. That is what group keys are for.
+    let e = seal(&d, &pubs).unwrap_err().to_string();
+    assert!(
+        e.contains("100 recipients") && e.contains("group key"),
+        "{e}"
+    );
+    let sealed = seal(&d, &pubs[..60]).unwrap();
+    assert!(sealed.len() < crate::maml::MAX_DOCUMENT_BYTES);
+    let opened = crate::seal::open(&sealed, &[&keys[57]]).unwrap();
+    assert_eq!(
+        opened,
+        d.replacen("encryption: none", "encryption: aes-256-gcm+ml-kem-768", 1)
+    );
 }

@@ -154,3 +154,61 @@ fn root_issuer_sign_verify_and_revoke() {
     forged[3] = "forged.signed";
     assert!(refused(d, &forged).contains("0 valid signatures by current root keys"));
 }
+
+#[test]
+fn a_sealed_workflow_opens_only_with_the_devices_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    ok(d, &["keygen", "--out", "gw"]);
+    ok(d, &["keygen", "--out", "dev"]);
+    ok(d, &["kem-keygen", "--out", "dev"]);
+    ok(d, &["kem-keygen", "--out", "stranger"]);
+    ok(
+        d,
+        &[
+            "enroll",
+            "orin-0042",
+            "dev.pub",
+            "--kem",
+            "dev.kem.pub",
+            "--group",
+            "site-a",
+        ],
+    );
+    ok(d, &["new", "--out", "wf.maml.md", "--device", "orin-0042"]);
+    let text = std::fs::read_to_string(d.join("wf.maml.md"))
+        .unwrap()
+        .replace(
+            "url: \"rtsp://192.0.2.10/stream1\" }",
+            "url: \"rtsp://192.0.2.10/stream1\", username: viewer, password: hunter2 }",
+        );
+    std::fs::write(d.join("wf.maml.md"), text).unwrap();
+    ok(d, &["seal", "wf.maml.md", "--to", "orin-0042"]);
+    let sealed = std::fs::read_to_string(d.join("wf.sealed.maml.md")).unwrap();
+    assert!(!sealed.contains("hunter2") && sealed.contains("## Sealed"));
+    ok(d, &["sign", "wf.sealed.maml.md", "--key", "gw.key"]);
+    let out = ok(
+        d,
+        &[
+            "verify",
+            "wf.sealed.signed.maml.md",
+            "--trust",
+            "gw.pub",
+            "--open",
+            "dev.kem.key",
+        ],
+    );
+    assert!(out.contains("ok  pipeline: 1 sources"), "{out}");
+    let e = refused(
+        d,
+        &[
+            "verify",
+            "wf.sealed.signed.maml.md",
+            "--trust",
+            "gw.pub",
+            "--open",
+            "stranger.kem.key",
+        ],
+    );
+    assert!(e.contains("not for this device's keys"), "{e}");
+}

@@ -6,6 +6,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use aegis_ota::maml;
+use aegis_ota::seal::{SealPublic, SealSecret};
 use aegis_ota::sign::{PublicKey, Purpose, SecretKey};
 use aegis_ota::trust::{Issuer, Roots, TrustMetadata};
 use clap::{Parser, Subcommand};
@@ -80,6 +81,31 @@ enum Command {
         /// Its groups.
         #[arg(long)]
         group: Vec<String>,
+        /// ML-KEM secret key files to open a sealed document with (a device's or a group's).
+        #[arg(long)]
+        open: Vec<PathBuf>,
+    },
+    /// Make an ML-KEM-768 key pair for sealing: PREFIX.kem.key (0600) and PREFIX.kem.pub
+    /// (devices: `aegis provision` makes theirs; groups: made here and sealed to members).
+    KemKeygen {
+        /// Path prefix.
+        #[arg(long)]
+        out: PathBuf,
+    },
+    /// Seal a workflow's body for recipients (before signing): AES-256-GCM under a random
+    /// content key, the key encapsulated with ML-KEM-768 for each recipient.
+    Seal {
+        /// The unsigned workflow.
+        file: PathBuf,
+        /// Recipients: ML-KEM public key files, or device/group names in the registry.
+        #[arg(long = "to", required = true)]
+        to: Vec<String>,
+        /// The device registry (`chimera enroll`).
+        #[arg(long, default_value = "devices.json")]
+        registry: PathBuf,
+        /// Output (default: FILE with `.sealed` before `.maml.md`).
+        #[arg(long)]
+        out: Option<PathBuf>,
     },
     /// The offline root: create it, sign trust metadata.
     Root {
@@ -100,6 +126,9 @@ enum Command {
         /// Groups.
         #[arg(long)]
         group: Vec<String>,
+        /// The device's ML-KEM public key file (for `chimera seal --to DEVICE`).
+        #[arg(long)]
+        kem: Option<PathBuf>,
         /// The registry file.
         #[arg(long, default_value = "devices.json")]
         registry: PathBuf,
@@ -299,6 +328,68 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             std::fs::write(&out, out_bytes)?;
             println!("{} signed by {}", out.display(), key.public().id());
         }
+        Command::KemKeygen { out } => {
+            let key = SealSecret::generate()?;
+            let (secret, public) = (out.with_extension("kem.key"), out.with_extension("kem.pub"));
+            key.write(&secret)?;
+            std::fs::write(&public, key.public().to_file_text())?;
+            println!(
+                "{} (secret, 0600)\n{} (public)\nkey id {}",
+                secret.display(),
+                public.display(),
+                key.public().id()
+            );
+        }
+        Command::Seal {
+            file,
+            to,
+            registry,
+            out,
+        } => {
+            let reg: serde_json::Map<String, serde_json::Value> = match std::fs::read(&registry) {
+                Ok(b) => serde_json::from_slice(&b)
+                    .map_err(|e| anyhow::anyhow!("{}: {e}", registry.display()))?,
+                Err(_) => Default::default(),
+            };
+            let mut recipients = Vec::new();
+            for r in &to {
+                let p = PathBuf::from(r);
+                if p.exists() {
+                    recipients.push(SealPublic::read(&p)?);
+                } else {
+                    let kem = reg
+                        .get(r)
+                        .and_then(|e| e.get("kem_key"))
+                        .and_then(|k| k.as_str())
+                        .ok_or_else(|| anyhow::anyhow!("{r:?} is neither a key file nor a device/group with an ML-KEM key in {}", registry.display()))?;
+                    use base64::Engine as _;
+                    let bytes = base64::engine::general_purpose::STANDARD.decode(kem)?;
+                    recipients.push(
+                        SealPublic::from_bytes(&bytes).map_err(|e| anyhow::anyhow!("{r}: {e}"))?,
+                    );
+                }
+            }
+            let text = String::from_utf8(maml::normalise(&std::fs::read(&file)?))?;
+            maml::parse(text.as_bytes()).map_err(|e| anyhow::anyhow!("{}: {e}", file.display()))?;
+            let sealed = aegis_ota::seal::seal(&text, &recipients)?;
+            let out = out.unwrap_or_else(|| {
+                let name = file.to_string_lossy();
+                PathBuf::from(match name.strip_suffix(".maml.md") {
+                    Some(stem) => format!("{stem}.sealed.maml.md"),
+                    None => format!("{name}.sealed"),
+                })
+            });
+            std::fs::write(&out, sealed)?;
+            println!(
+                "{} sealed for {}",
+                out.display(),
+                recipients
+                    .iter()
+                    .map(|r| r.id())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            );
+        }
         Command::Verify {
             file,
             trust,
@@ -306,8 +397,14 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             root,
             device,
             group,
+            open,
         } => {
             let doc = std::fs::read(&file)?;
+            let open_keys = open
+                .iter()
+                .map(|p| SealSecret::read(p))
+                .collect::<Result<Vec<_>, _>>()?;
+            let open_refs: Vec<&SealSecret> = open_keys.iter().collect();
             let v = match trust_metadata {
                 None => {
                     anyhow::ensure!(
@@ -318,7 +415,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                         .iter()
                         .map(|p| PublicKey::read(p))
                         .collect::<Result<Vec<_>, _>>()?;
-                    aegis_ota::verify_document(&doc, &keys)
+                    aegis_ota::verify_document(&doc, &keys, &open_refs)
                         .map_err(|e| anyhow::anyhow!("REFUSED: {e}"))?
                 }
                 Some(tm) => {
@@ -354,6 +451,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                         &policy,
                         &Default::default(),
                         now,
+                        &open_refs,
                     )
                     .map_err(|e| anyhow::anyhow!("REFUSED: {e}"))?;
                     println!(
@@ -488,6 +586,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             device,
             pubkey,
             group,
+            kem,
             registry,
         } => {
             let key = PublicKey::read(&pubkey)?;
@@ -498,7 +597,16 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => Default::default(),
                 Err(e) => anyhow::bail!("{}: {e}", registry.display()),
             };
-            reg.insert(device.clone(), serde_json::json!({ "signing_key": b64_pub(&pubkey)?, "key_id": key.id(), "groups": group }));
+            let kem_key = match &kem {
+                Some(p) => {
+                    // Validated, then stored as the file's base64 line.
+                    SealPublic::read(p)?;
+                    let text = std::fs::read_to_string(p)?;
+                    Some(text.lines().nth(1).unwrap_or_default().trim().to_string())
+                }
+                None => None,
+            };
+            reg.insert(device.clone(), serde_json::json!({ "signing_key": b64_pub(&pubkey)?, "key_id": key.id(), "groups": group, "kem_key": kem_key }));
             std::fs::write(&registry, serde_json::to_vec_pretty(&reg)?)?;
             println!("enrolled {device} ({}) in {}", key.id(), registry.display());
         }
