@@ -140,6 +140,14 @@ enum Command {
     },
     /// Print versions of the agent and the libraries it loaded.
     Version,
+    /// Create this device's key pairs: ML-DSA-65 (receipts) and ML-KEM-768 (sealed
+    /// workflows), secret files 0600 in DIR, never overwritten; prints the public key ids
+    /// to enrol with `chimera enroll`.
+    Provision {
+        /// Where the keys go (e.g. /var/lib/aegis/keys).
+        #[arg(long, default_value = "/var/lib/aegis/keys")]
+        dir: PathBuf,
+    },
 }
 
 #[derive(Subcommand, Debug)]
@@ -400,6 +408,10 @@ pub fn main() -> ExitCode {
                 min_score,
             };
             track(&det, &out, cfg)
+        }
+        Command::Provision { dir } => {
+            crate::logging::init(log_override.unwrap_or(LogFormat::Human), "warn");
+            provision(&dir)
         }
         Command::Version => {
             aegis_hal::init();
@@ -759,6 +771,35 @@ fn bench(
         std::fs::write(&path, serde_json::to_string_pretty(&results)?)
             .with_context(|| format!("writing {}", path.display()))?;
     }
+    Ok(())
+}
+
+fn provision(dir: &Path) -> anyhow::Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::create_dir_all(dir)?;
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))?;
+    let sign = aegis_ota::sign::SecretKey::generate()?;
+    let kem = aegis_ota::seal::SealSecret::generate()?;
+    let (sk, sp) = (dir.join("device.key"), dir.join("device.pub"));
+    let (kk, kp) = (dir.join("device.kem.key"), dir.join("device.kem.pub"));
+    for p in [&sk, &kk] {
+        anyhow::ensure!(
+            !p.exists(),
+            "{} exists: this device is provisioned already (keys are never overwritten)",
+            p.display()
+        );
+    }
+    sign.write(&sk)?;
+    std::fs::write(&sp, sign.public().to_file_text())?;
+    kem.write(&kk)?;
+    std::fs::write(&kp, kem.public().to_file_text())?;
+    println!("signing key {} -> {}", sign.public().id(), sp.display());
+    println!("sealing key {} -> {}", kem.public().id(), kp.display());
+    println!(
+        "enrol on the gateway: chimera enroll DEVICE_ID {} --kem {}",
+        sp.display(),
+        kp.display()
+    );
     Ok(())
 }
 

@@ -212,3 +212,56 @@ fn a_sealed_workflow_opens_only_with_the_devices_key() {
     );
     assert!(e.contains("not for this device's keys"), "{e}");
 }
+
+#[test]
+fn bench_reports_every_operation() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = ok(dir.path(), &["bench", "--runs", "2"]);
+    for what in [
+        "ML-DSA-65 sign",
+        "ML-DSA-65 verify",
+        "seal for 100",
+        "open as recipient 100",
+        "full device check",
+    ] {
+        assert!(out.contains(what), "{what} missing: {out}");
+    }
+}
+
+#[test]
+fn aegis_provision_makes_private_keys_once_and_chimera_enrols_them() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let aegis = |args: &[&str]| {
+        Command::new(aegis_tests::aegis_bin())
+            .args(args)
+            .current_dir(d)
+            .output()
+            .unwrap()
+    };
+    let o = aegis(&["provision", "--dir", "keys"]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    for (f, mode) in [
+        ("keys/device.key", 0o600),
+        ("keys/device.kem.key", 0o600),
+        ("keys", 0o700),
+    ] {
+        let m = std::fs::metadata(d.join(f)).unwrap().permissions().mode() & 0o777;
+        assert_eq!(m, mode, "{f}");
+    }
+    let again = aegis(&["provision", "--dir", "keys"]);
+    assert!(!again.status.success());
+    assert!(String::from_utf8_lossy(&again.stderr).contains("never overwritten"));
+    let out = ok(
+        d,
+        &[
+            "enroll",
+            "orin-7",
+            "keys/device.pub",
+            "--kem",
+            "keys/device.kem.pub",
+        ],
+    );
+    assert!(out.contains("enrolled orin-7 (mldsa65:"), "{out}");
+}
