@@ -7,9 +7,8 @@
 //! verification with per-purpose contexts, key files, root-signed trust metadata
 //! ([`trust`]: k of n, rotation, revocation, rollback and expiry), the device-side checks
 //! ([`device`]: targets, trusted time, anti-replay, policy), sealing ([`seal`]: ML-KEM-768
-//! + AES-256-GCM), and `chimera`. Not built yet: device provisioning, group-key
-//! distribution, fuzzing, benchmarks; see `docs/security.md`. This crate must never know
-//! about frames.
+//! and AES-256-GCM), and `chimera`. Not built yet: group-key distribution and fuzzing; see
+//! `docs/security.md`. This crate must never know about frames.
 
 pub mod device;
 pub mod maml;
