@@ -22,6 +22,11 @@ demo *ARGS:
 test: lint
     cargo build -p aegis-agent -p aegis-ota --bins
     cargo test --workspace --no-fail-fast
+    tools/fuzz.sh 20
+
+# Fuzz the MAML parser and verifier (cargo-fuzz, nightly), SECONDS per target.
+fuzz SECONDS="300":
+    tools/fuzz.sh {{SECONDS}}
 
 # What CI runs (.ci/run calls `tools/dev.sh test`, i.e. setup + this).
 ci: test

@@ -1,0 +1,31 @@
+#!/usr/bin/env bash
+# Fuzzes the MAML parser and the device-side verifier with cargo-fuzz (libFuzzer, nightly).
+# Installs the nightly toolchain and a pinned cargo-fuzz when missing.
+#
+#   tools/fuzz.sh [SECONDS_PER_TARGET]     (default 300; CI uses a short run)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+SECONDS_PER_TARGET="${1:-300}"
+CARGO_FUZZ_VERSION=0.13.1
+[ -x "$HOME/.cargo/bin/cargo" ] && export PATH="$HOME/.cargo/bin:$PATH"
+if ! rustup toolchain list | grep -q '^nightly'; then
+  echo "fuzz: installing the nightly toolchain"
+  rustup toolchain install nightly --profile minimal >/dev/null
+fi
+if ! cargo fuzz --version 2>/dev/null | grep -q " $CARGO_FUZZ_VERSION"; then
+  echo "fuzz: installing cargo-fuzz $CARGO_FUZZ_VERSION"
+  cargo install cargo-fuzz --version "$CARGO_FUZZ_VERSION" --locked -q
+fi
+cd ota
+for target in maml_parse verify; do
+  echo "fuzz: $target for ${SECONDS_PER_TARGET}s"
+  log="fuzz/$target.log"
+  # -rss_limit_mb: unbounded memory is a failure; -max_len: a little over the 128 KB limit.
+  if ! cargo +nightly fuzz run "$target" -- -max_total_time="$SECONDS_PER_TARGET" \
+    -rss_limit_mb=1024 -max_len=140000 -print_final_stats=1 >"$log" 2>&1; then
+    tail -n 40 "$log" >&2
+    echo "fuzz: $target FAILED (crash input under ota/fuzz/artifacts/$target/)" >&2
+    exit 1
+  fi
+  grep -E "stat::number_of_executed_units|stat::peak_rss_mb" "$log" || true
+done
