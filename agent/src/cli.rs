@@ -147,6 +147,12 @@ enum Command {
         /// Where the keys go (e.g. /var/lib/aegis/keys).
         #[arg(long, default_value = "/var/lib/aegis/keys")]
         dir: PathBuf,
+        /// Instead: install a group sealing key delivered by the gateway (`chimera group-key`).
+        #[arg(long, requires = "issuer")]
+        group_key: Option<PathBuf>,
+        /// The gateway public key that must have signed the delivery.
+        #[arg(long)]
+        issuer: Option<PathBuf>,
     },
 }
 
@@ -409,9 +415,16 @@ pub fn main() -> ExitCode {
             };
             track(&det, &out, cfg)
         }
-        Command::Provision { dir } => {
+        Command::Provision {
+            dir,
+            group_key,
+            issuer,
+        } => {
             crate::logging::init(log_override.unwrap_or(LogFormat::Human), "warn");
-            provision(&dir)
+            match (group_key, issuer) {
+                (Some(d), Some(i)) => install_group_key(&dir, &d, &i),
+                _ => provision(&dir),
+            }
         }
         Command::Version => {
             aegis_hal::init();
@@ -799,6 +812,34 @@ fn provision(dir: &Path) -> anyhow::Result<()> {
         "enrol on the gateway: chimera enroll DEVICE_ID {} --kem {}",
         sp.display(),
         kp.display()
+    );
+    Ok(())
+}
+
+fn install_group_key(dir: &Path, delivery: &Path, issuer: &Path) -> anyhow::Result<()> {
+    use aegis_ota::sign::{PublicKey, Purpose, verify_block};
+    let text = aegis_ota::maml::normalise(&std::fs::read(delivery)?);
+    let (signed, blocks) = aegis_ota::maml::split_blocks(&text)
+        .map_err(|e| anyhow::anyhow!("{}: {e}", delivery.display()))?;
+    let issuer = PublicKey::read(issuer)?;
+    let block = blocks
+        .first()
+        .ok_or_else(|| anyhow::anyhow!("{}: unsigned", delivery.display()))?;
+    verify_block(
+        &signed,
+        block,
+        Purpose::KeyDelivery,
+        std::slice::from_ref(&issuer),
+    )
+    .map_err(|e| anyhow::anyhow!("{}: {e}", delivery.display()))?;
+    let device = aegis_ota::seal::SealSecret::read(&dir.join("device.kem.key"))?;
+    let (group, key) = aegis_ota::seal::open_group_key(std::str::from_utf8(&signed)?, &device)?;
+    let out = dir.join(format!("group.{group}.kem.key"));
+    key.write(&out)?;
+    println!(
+        "group {group}: key {} installed in {}",
+        key.public().id(),
+        out.display()
     );
     Ok(())
 }

@@ -261,9 +261,6 @@ pub fn seal(doc: &str, recipients: &[SealPublic]) -> Result<String, SealError> {
 
 /// [`seal`] without the size limit (benchmarks; devices refuse oversized documents).
 pub fn seal_unbounded(doc: &str, recipients: &[SealPublic]) -> Result<String, SealError> {
-    if recipients.is_empty() {
-        return Err(SealError::Malformed("no recipients".into()));
-    }
     let marked = doc.replacen("encryption: none", &format!("encryption: {ALG}"), 1);
     if marked == doc && !doc.contains(&format!("encryption: {ALG}")) {
         return Err(SealError::Malformed(
@@ -271,16 +268,20 @@ pub fn seal_unbounded(doc: &str, recipients: &[SealPublic]) -> Result<String, Se
         ));
     }
     let (front, body) = split_front(&marked)?;
+    let json = seal_bytes(body.as_bytes(), front.as_bytes(), recipients)?;
+    Ok(format!("{front}## Sealed\n```sealed\n{json}\n```\n"))
+}
+
+/// Encrypts `msg` (AES-256-GCM, `aad` bound to it) under a fresh content key encapsulated
+/// for each recipient; returns the sealed JSON.
+pub fn seal_bytes(msg: &[u8], aad: &[u8], recipients: &[SealPublic]) -> Result<String, SealError> {
+    if recipients.is_empty() {
+        return Err(SealError::Malformed("no recipients".into()));
+    }
     let content_key = random::<32>()?;
     let nonce = random::<12>()?;
     let ciphertext = gcm(&content_key)
-        .encrypt(
-            Nonce::from_slice(&*nonce),
-            Payload {
-                msg: body.as_bytes(),
-                aad: front.as_bytes(),
-            },
-        )
+        .encrypt(Nonce::from_slice(&*nonce), Payload { msg, aad })
         .map_err(|_| SealError::Open)?;
     let mut rs = Vec::with_capacity(recipients.len());
     for r in recipients {
@@ -309,19 +310,15 @@ pub fn seal_unbounded(doc: &str, recipients: &[SealPublic]) -> Result<String, Se
         nonce: B64.encode(*nonce),
         ciphertext: B64.encode(ciphertext),
     };
-    let json = serde_json::to_string(&sealed).map_err(|e| SealError::Malformed(e.to_string()))?;
-    Ok(format!("{front}## Sealed\n```sealed\n{json}\n```\n"))
+    serde_json::to_string(&sealed).map_err(|e| SealError::Malformed(e.to_string()))
 }
 
-/// Opens the body of a sealed, already verified document (`signed` = LF-normalised signed
-/// bytes) with whichever of `keys` it was sealed for; returns the document with its
-/// cleartext body.
-pub fn open(signed: &str, keys: &[&SealSecret]) -> Result<String, SealError> {
-    let (front, body) = split_front(signed)?;
-    let json = body
-        .strip_prefix("## Sealed\n```sealed\n")
-        .and_then(|b| b.strip_suffix("\n```\n"))
-        .ok_or_else(|| SealError::Malformed("the body is not one ```sealed block".into()))?;
+/// Opens sealed JSON from [`seal_bytes`] with whichever of `keys` it was sealed for.
+pub fn open_bytes(
+    json: &str,
+    aad: &[u8],
+    keys: &[&SealSecret],
+) -> Result<Zeroizing<Vec<u8>>, SealError> {
     let sealed: Sealed =
         serde_json::from_str(json).map_err(|e| SealError::Malformed(e.to_string()))?;
     if sealed.alg != ALG {
@@ -370,15 +367,75 @@ pub fn open(signed: &str, keys: &[&SealSecret]) -> Result<String, SealError> {
         .as_slice()
         .try_into()
         .map_err(|_| SealError::Open)?;
-    let body = gcm(&content_key)
+    let msg = gcm(&content_key)
         .decrypt(
             Nonce::from_slice(&nonce(b(&sealed.nonce)?)?),
             Payload {
                 msg: &b(&sealed.ciphertext)?,
-                aad: front.as_bytes(),
+                aad,
             },
         )
         .map_err(|_| SealError::Open)?;
-    let body = String::from_utf8(body).map_err(|_| SealError::Open)?;
+    Ok(Zeroizing::new(msg))
+}
+
+/// Opens the body of a sealed, already verified document (`signed` = LF-normalised signed
+/// bytes) with whichever of `keys` it was sealed for; returns the document with its
+/// cleartext body.
+pub fn open(signed: &str, keys: &[&SealSecret]) -> Result<String, SealError> {
+    let (front, body) = split_front(signed)?;
+    let json = body
+        .strip_prefix("## Sealed\n```sealed\n")
+        .and_then(|b| b.strip_suffix("\n```\n"))
+        .ok_or_else(|| SealError::Malformed("the body is not one ```sealed block".into()))?;
+    let body = open_bytes(json, front.as_bytes(), keys)?;
+    let body = String::from_utf8(body.to_vec()).map_err(|_| SealError::Open)?;
     Ok(format!("{front}{body}"))
+}
+
+/// A group's sealing key delivered to one member: the group key pair's seed sealed to the
+/// member's own key, with the group name and public key id bound as associated data. The
+/// gateway signs the delivery (context `aegis-key-v1`).
+pub fn group_key_delivery(
+    group: &str,
+    group_key: &SealSecret,
+    member: &SealPublic,
+) -> Result<String, SealError> {
+    let aad = format!("aegis-group-key-v1|{group}|{}", group_key.public.id);
+    let sealed = seal_bytes(
+        &*group_key.seed,
+        aad.as_bytes(),
+        std::slice::from_ref(member),
+    )?;
+    Ok(format!(
+        "aegis group key delivery v1\ngroup: {group}\nkey: {}\nsealed: {sealed}\n",
+        group_key.public.id
+    ))
+}
+
+/// Opens a (verified) group-key delivery with this device's key: the group name and its key.
+pub fn open_group_key(
+    delivery: &str,
+    device: &SealSecret,
+) -> Result<(String, SealSecret), SealError> {
+    let mut lines = delivery.lines();
+    if lines.next() != Some("aegis group key delivery v1") {
+        return Err(SealError::Malformed("not a group key delivery".into()));
+    }
+    let field = |l: Option<&str>, name: &str| -> Result<String, SealError> {
+        l.and_then(|l| l.strip_prefix(&format!("{name}: ")))
+            .map(str::to_string)
+            .ok_or_else(|| SealError::Malformed(format!("no {name} line")))
+    };
+    let group = field(lines.next(), "group")?;
+    let id = field(lines.next(), "key")?;
+    let sealed = field(lines.next(), "sealed")?;
+    let aad = format!("aegis-group-key-v1|{group}|{id}");
+    let seed = open_bytes(&sealed, aad.as_bytes(), &[device])?;
+    let seed: [u8; 64] = seed.as_slice().try_into().map_err(|_| SealError::Open)?;
+    let key = SealSecret::from_seed(Zeroizing::new(seed));
+    if key.public.id != id {
+        return Err(SealError::Open);
+    }
+    Ok((group, key))
 }

@@ -30,6 +30,8 @@ pub enum Purpose {
     Model,
     /// A device's `.mu` receipt.
     Receipt,
+    /// A key delivered to a device (group sealing keys).
+    KeyDelivery,
 }
 
 impl Purpose {
@@ -40,6 +42,7 @@ impl Purpose {
             Purpose::Trust => b"aegis-trust-v1",
             Purpose::Model => b"aegis-model-v1",
             Purpose::Receipt => b"aegis-receipt-v1",
+            Purpose::KeyDelivery => b"aegis-key-v1",
         }
     }
 }

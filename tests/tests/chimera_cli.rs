@@ -265,3 +265,85 @@ fn aegis_provision_makes_private_keys_once_and_chimera_enrols_them() {
     );
     assert!(out.contains("enrolled orin-7 (mldsa65:"), "{out}");
 }
+
+#[test]
+fn a_group_key_reaches_members_sealed_and_opens_group_sealed_workflows() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let aegis = |args: &[&str]| {
+        Command::new(aegis_tests::aegis_bin())
+            .args(args)
+            .current_dir(d)
+            .output()
+            .unwrap()
+    };
+    ok(d, &["keygen", "--out", "gw"]);
+    ok(d, &["keygen", "--out", "mallory"]);
+    assert!(aegis(&["provision", "--dir", "dev"]).status.success());
+    ok(
+        d,
+        &[
+            "enroll",
+            "orin-0042",
+            "dev/device.pub",
+            "--kem",
+            "dev/device.kem.pub",
+            "--group",
+            "site-a",
+        ],
+    );
+    let out = ok(
+        d,
+        &[
+            "group-key",
+            "--group",
+            "site-a",
+            "--key",
+            "gw.key",
+            "--out",
+            "groups",
+        ],
+    );
+    assert!(out.contains("delivered to 1 members"), "{out}");
+    let delivery = "groups/site-a.for-orin-0042.delivery";
+    // A delivery checked against the wrong gateway key is refused.
+    let bad = aegis(&[
+        "provision",
+        "--dir",
+        "dev",
+        "--group-key",
+        delivery,
+        "--issuer",
+        "mallory.pub",
+    ]);
+    assert!(
+        !bad.status.success()
+            && String::from_utf8_lossy(&bad.stderr).contains("unknown signing key")
+    );
+    let o = aegis(&[
+        "provision",
+        "--dir",
+        "dev",
+        "--group-key",
+        delivery,
+        "--issuer",
+        "gw.pub",
+    ]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    // A workflow sealed to the group opens with the installed group key.
+    ok(d, &["new", "--out", "wf.maml.md", "--device", "orin-0042"]);
+    ok(d, &["seal", "wf.maml.md", "--to", "site-a"]);
+    ok(d, &["sign", "wf.sealed.maml.md", "--key", "gw.key"]);
+    let out = ok(
+        d,
+        &[
+            "verify",
+            "wf.sealed.signed.maml.md",
+            "--trust",
+            "gw.pub",
+            "--open",
+            "dev/group.site-a.kem.key",
+        ],
+    );
+    assert!(out.contains("ok  pipeline"), "{out}");
+}

@@ -92,6 +92,22 @@ enum Command {
         #[arg(long)]
         out: PathBuf,
     },
+    /// Make a group's sealing key and deliver it, sealed and signed, to every enrolled member
+    /// (`aegis provision --group-key FILE --issuer GW.pub` installs it on a device).
+    GroupKey {
+        /// Group name.
+        #[arg(long)]
+        group: String,
+        /// The device registry.
+        #[arg(long, default_value = "devices.json")]
+        registry: PathBuf,
+        /// The gateway's signing key (deliveries are signed).
+        #[arg(long)]
+        key: PathBuf,
+        /// Where the group key and the deliveries go.
+        #[arg(long)]
+        out: PathBuf,
+    },
     /// Seal a workflow's body for recipients (before signing): AES-256-GCM under a random
     /// content key, the key encapsulated with ML-KEM-768 for each recipient.
     Seal {
@@ -336,6 +352,64 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             println!("{} signed by {}", out.display(), key.public().id());
         }
         Command::Bench { runs } => bench(runs.max(2))?,
+        Command::GroupKey {
+            group,
+            registry,
+            key,
+            out,
+        } => {
+            let signer = SecretKey::read(&key)?;
+            let mut reg: serde_json::Map<String, serde_json::Value> = serde_json::from_slice(
+                &std::fs::read(&registry)
+                    .map_err(|e| anyhow::anyhow!("{}: {e}", registry.display()))?,
+            )?;
+            std::fs::create_dir_all(&out)?;
+            let gk = SealSecret::generate()?;
+            gk.write(&out.join(format!("{group}.kem.key")))?;
+            std::fs::write(
+                out.join(format!("{group}.kem.pub")),
+                gk.public().to_file_text(),
+            )?;
+            let members: Vec<(String, String)> = reg
+                .iter()
+                .filter(|(_, e)| {
+                    e["groups"]
+                        .as_array()
+                        .is_some_and(|g| g.iter().any(|x| x == group.as_str()))
+                })
+                .filter_map(|(d, e)| Some((d.clone(), e["kem_key"].as_str()?.to_string())))
+                .collect();
+            anyhow::ensure!(
+                !members.is_empty(),
+                "no enrolled device with an ML-KEM key is in group {group:?}"
+            );
+            for (device, kem) in &members {
+                use base64::Engine as _;
+                let member =
+                    SealPublic::from_bytes(&base64::engine::general_purpose::STANDARD.decode(kem)?)
+                        .map_err(|e| anyhow::anyhow!("{device}: {e}"))?;
+                let mut text =
+                    aegis_ota::seal::group_key_delivery(&group, &gk, &member)?.into_bytes();
+                let block = signer.sign_block(&text, Purpose::KeyDelivery)?;
+                text.extend_from_slice(block.render().as_bytes());
+                std::fs::write(out.join(format!("{group}.for-{device}.delivery")), text)?;
+            }
+            let pub_line = gk
+                .public()
+                .to_file_text()
+                .lines()
+                .nth(1)
+                .unwrap_or_default()
+                .to_string();
+            reg.insert(group.clone(), serde_json::json!({ "group": true, "kem_key": pub_line, "key_id": gk.public().id() }));
+            std::fs::write(&registry, serde_json::to_vec_pretty(&reg)?)?;
+            println!(
+                "group {group}: key {} delivered to {} members in {}",
+                gk.public().id(),
+                members.len(),
+                out.display()
+            );
+        }
         Command::KemKeygen { out } => {
             let key = SealSecret::generate()?;
             let (secret, public) = (out.with_extension("kem.key"), out.with_extension("kem.pub"));
