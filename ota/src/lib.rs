@@ -11,6 +11,7 @@
 //! `docs/security.md`. This crate must never know about frames.
 
 pub mod device;
+mod keyfile;
 pub mod maml;
 pub mod seal;
 pub mod sign;

@@ -124,24 +124,13 @@ impl SealPublic {
     }
     /// The key file text.
     pub fn to_file_text(&self) -> String {
-        format!("{PUBLIC_HEADER}\n{}\n", B64.encode(self.key.to_bytes()))
+        crate::keyfile::text(PUBLIC_HEADER, &self.key.to_bytes())
     }
     /// Reads a key file.
     pub fn read(path: &Path) -> Result<SealPublic, SealError> {
-        let bad = |reason: String| SealError::KeyFile {
-            path: path.display().to_string(),
-            reason,
-        };
-        let text = std::fs::read_to_string(path).map_err(|e| bad(e.to_string()))?;
-        let b64 = text.strip_prefix(PUBLIC_HEADER).ok_or_else(|| {
-            bad(format!(
-                "not an ML-KEM public key file (first line must be {PUBLIC_HEADER:?})"
-            ))
-        })?;
-        let bytes = B64
-            .decode(b64.trim())
-            .map_err(|e| bad(format!("bad base64: {e}")))?;
-        SealPublic::from_bytes(&bytes).map_err(bad)
+        let bytes = crate::keyfile::read_public(path, PUBLIC_HEADER).map_err(key_file)?;
+        SealPublic::from_bytes(&bytes)
+            .map_err(|reason| key_file((path.display().to_string(), reason)))
     }
 }
 
@@ -169,53 +158,24 @@ impl SealSecret {
 
     /// Writes the secret file (0600, never overwrites).
     pub fn write(&self, path: &Path) -> Result<(), SealError> {
-        use std::io::Write;
-        use std::os::unix::fs::OpenOptionsExt;
-        let bad = |reason: String| SealError::KeyFile {
-            path: path.display().to_string(),
-            reason,
-        };
-        let text = Zeroizing::new(format!("{SECRET_HEADER}\n{}\n", B64.encode(*self.seed)));
-        let mut f = std::fs::OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(0o600)
-            .open(path)
-            .map_err(|e| bad(e.to_string()))?;
-        f.write_all(text.as_bytes())
-            .map_err(|e| bad(e.to_string()))?;
-        f.sync_all().map_err(|e| bad(e.to_string()))
+        crate::keyfile::write_secret(path, SECRET_HEADER, &*self.seed).map_err(key_file)
     }
 
     /// Reads a secret file; refuses one others can read.
     pub fn read(path: &Path) -> Result<SealSecret, SealError> {
-        use std::os::unix::fs::PermissionsExt;
-        let bad = |reason: String| SealError::KeyFile {
-            path: path.display().to_string(),
-            reason,
-        };
-        let meta = std::fs::metadata(path).map_err(|e| bad(e.to_string()))?;
-        if meta.permissions().mode() & 0o077 != 0 {
-            return Err(bad(
-                "a secret key must not be readable by others (chmod 600)".into(),
-            ));
-        }
-        let text = Zeroizing::new(std::fs::read_to_string(path).map_err(|e| bad(e.to_string()))?);
-        let b64 = text.strip_prefix(SECRET_HEADER).ok_or_else(|| {
-            bad(format!(
-                "not an ML-KEM secret key file (first line must be {SECRET_HEADER:?})"
+        let bytes = crate::keyfile::read_secret(path, SECRET_HEADER).map_err(key_file)?;
+        let seed: [u8; 64] = bytes.as_slice().try_into().map_err(|_| {
+            key_file((
+                path.display().to_string(),
+                format!("a seed is 64 bytes, not {}", bytes.len()),
             ))
         })?;
-        let bytes = Zeroizing::new(
-            B64.decode(b64.trim())
-                .map_err(|e| bad(format!("bad base64: {e}")))?,
-        );
-        let seed: [u8; 64] = bytes
-            .as_slice()
-            .try_into()
-            .map_err(|_| bad(format!("a seed is 64 bytes, not {}", bytes.len())))?;
         Ok(SealSecret::from_seed(Zeroizing::new(seed)))
     }
+}
+
+fn key_file((path, reason): (String, String)) -> SealError {
+    SealError::KeyFile { path, reason }
 }
 
 fn wrap_key(shared: &[u8]) -> Zeroizing<[u8; 32]> {

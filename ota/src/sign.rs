@@ -121,24 +121,13 @@ impl PublicKey {
     }
     /// The key file text.
     pub fn to_file_text(&self) -> String {
-        format!("{PUBLIC_HEADER}\n{}\n", B64.encode(self.to_bytes()))
+        crate::keyfile::text(PUBLIC_HEADER, &self.to_bytes())
     }
     /// Reads a key file.
     pub fn read(path: &Path) -> Result<PublicKey, SignError> {
-        let bad = |reason: String| SignError::KeyFile {
-            path: path.display().to_string(),
-            reason,
-        };
-        let text = std::fs::read_to_string(path).map_err(|e| bad(e.to_string()))?;
-        let b64 = text.strip_prefix(PUBLIC_HEADER).ok_or_else(|| {
-            bad(format!(
-                "not a public key file (first line must be {PUBLIC_HEADER:?})"
-            ))
-        })?;
-        let bytes = B64
-            .decode(b64.trim())
-            .map_err(|e| bad(format!("bad base64: {e}")))?;
-        PublicKey::from_bytes(&bytes).map_err(bad)
+        let bytes = crate::keyfile::read_public(path, PUBLIC_HEADER).map_err(key_file)?;
+        PublicKey::from_bytes(&bytes)
+            .map_err(|reason| key_file((path.display().to_string(), reason)))
     }
 
     /// Verifies `block` over `signed` for `purpose`.
@@ -216,56 +205,26 @@ impl SecretKey {
 
     /// Writes the secret key file (mode 0600, created new: never overwrites a key).
     pub fn write(&self, path: &Path) -> Result<(), SignError> {
-        use std::io::Write;
-        use std::os::unix::fs::OpenOptionsExt;
-        let bad = |reason: String| SignError::KeyFile {
-            path: path.display().to_string(),
-            reason,
-        };
         let seed = Zeroizing::new(self.key.to_seed().to_vec());
-        let text = Zeroizing::new(format!("{SECRET_HEADER}\n{}\n", B64.encode(&*seed)));
-        let mut f = std::fs::OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(0o600)
-            .open(path)
-            .map_err(|e| bad(e.to_string()))?;
-        f.write_all(text.as_bytes())
-            .map_err(|e| bad(e.to_string()))?;
-        f.sync_all().map_err(|e| bad(e.to_string()))
+        crate::keyfile::write_secret(path, SECRET_HEADER, &seed).map_err(key_file)
     }
 
     /// Reads a secret key file; refuses one that others can read.
     pub fn read(path: &Path) -> Result<SecretKey, SignError> {
-        use std::os::unix::fs::PermissionsExt;
-        let bad = |reason: String| SignError::KeyFile {
-            path: path.display().to_string(),
-            reason,
-        };
-        let meta = std::fs::metadata(path).map_err(|e| bad(e.to_string()))?;
-        if meta.permissions().mode() & 0o077 != 0 {
-            return Err(bad(format!(
-                "mode {:o}: a secret key must not be readable by others (chmod 600)",
-                meta.permissions().mode() & 0o777
-            )));
-        }
-        let text = Zeroizing::new(std::fs::read_to_string(path).map_err(|e| bad(e.to_string()))?);
-        let b64 = text.strip_prefix(SECRET_HEADER).ok_or_else(|| {
-            bad(format!(
-                "not a secret key file (first line must be {SECRET_HEADER:?})"
-            ))
-        })?;
-        let seed = Zeroizing::new(
-            B64.decode(b64.trim())
-                .map_err(|e| bad(format!("bad base64: {e}")))?,
-        );
-        let seed: Zeroizing<[u8; 32]> = Zeroizing::new(
-            seed.as_slice()
-                .try_into()
-                .map_err(|_| bad(format!("a seed is 32 bytes, not {}", seed.len())))?,
-        );
+        let seed = crate::keyfile::read_secret(path, SECRET_HEADER).map_err(key_file)?;
+        let seed: Zeroizing<[u8; 32]> =
+            Zeroizing::new(seed.as_slice().try_into().map_err(|_| {
+                key_file((
+                    path.display().to_string(),
+                    format!("a seed is 32 bytes, not {}", seed.len()),
+                ))
+            })?);
         Ok(SecretKey::from_seed(&seed))
     }
+}
+
+fn key_file((path, reason): (String, String)) -> SignError {
+    SignError::KeyFile { path, reason }
 }
 
 /// Verifies a signature block against a set of trusted keys.
