@@ -225,6 +225,15 @@ enum TrustCommand {
     },
 }
 
+/// `wf.maml.md` → `wf.TAG.maml.md` (other names get `.TAG` appended).
+fn derived_name(file: &std::path::Path, tag: &str) -> PathBuf {
+    let name = file.to_string_lossy();
+    PathBuf::from(match name.strip_suffix(".maml.md") {
+        Some(stem) => format!("{stem}.{tag}.maml.md"),
+        None => format!("{name}.{tag}"),
+    })
+}
+
 fn read_draft(path: &std::path::Path) -> anyhow::Result<TrustMetadata> {
     let text = std::fs::read(path).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
     serde_json::from_slice(&text).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))
@@ -341,13 +350,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             maml::parse(&out_bytes).map_err(|e| anyhow::anyhow!("{}: {e}", file.display()))?;
             let block = key.sign_block(&out_bytes, Purpose::Workflow)?;
             out_bytes.extend_from_slice(block.render().as_bytes());
-            let out = out.unwrap_or_else(|| {
-                let name = file.to_string_lossy();
-                PathBuf::from(match name.strip_suffix(".maml.md") {
-                    Some(stem) => format!("{stem}.signed.maml.md"),
-                    None => format!("{name}.signed"),
-                })
-            });
+            let out = out.unwrap_or_else(|| derived_name(&file, "signed"));
             std::fs::write(&out, out_bytes)?;
             println!("{} signed by {}", out.display(), key.public().id());
         }
@@ -454,13 +457,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             let text = String::from_utf8(maml::normalise(&std::fs::read(&file)?))?;
             maml::parse(text.as_bytes()).map_err(|e| anyhow::anyhow!("{}: {e}", file.display()))?;
             let sealed = aegis_ota::seal::seal(&text, &recipients)?;
-            let out = out.unwrap_or_else(|| {
-                let name = file.to_string_lossy();
-                PathBuf::from(match name.strip_suffix(".maml.md") {
-                    Some(stem) => format!("{stem}.sealed.maml.md"),
-                    None => format!("{name}.sealed"),
-                })
-            });
+            let out = out.unwrap_or_else(|| derived_name(&file, "sealed"));
             std::fs::write(&out, sealed)?;
             println!(
                 "{} sealed for {}",
