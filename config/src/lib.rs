@@ -31,12 +31,13 @@ use std::path::Path;
 pub use error::{ConfigError, Problem};
 pub use model::{
     AgentConfig, BackendConfig, BackendKind, CaptureConfig, CaptureFormat, DetectStage,
-    DeviceConfig, DiscardSink, EncoderConfig, FleetConfig, FleetTls, GpsConfig, ImuConfig,
-    InferenceConfig, InferenceProvider, LogConfig, LogFormat, ModelConfig, ModelKindConfig,
-    ModerateStage, ModerationActionConfig, ModerationRule, PassthroughStage, PipelineConfig,
-    RecordSink, RtspTransport, Secret, SensorsConfig, SinkConfig, SourceConfig, SourceLocation,
-    StageConfig, StoreConfig, TensorRtOptions, TimestampOverlayStage, TrackerParams, VideoCodec,
-    VirtualBackgroundStage, WebConfig,
+    DeviceConfig, DiscardSink, EncoderConfig, FleetConfig, FleetTls, GpsConfig, HealthCheckConfig,
+    ImuConfig, InferenceConfig, InferenceProvider, LogConfig, LogFormat, ModelConfig,
+    ModelKindConfig, ModerateStage, ModerationActionConfig, ModerationRule, PassthroughStage,
+    PipelineConfig, RecordSink, RtspTransport, Secret, SensorsConfig, SinkConfig, SourceConfig,
+    SourceLocation, StageConfig, StoreConfig, TensorRtOptions, TimestampOverlayStage,
+    TrackerParams, TrustAnchors, VideoCodec, VirtualBackgroundStage, WebConfig, WorkflowPolicy,
+    WorkflowsConfig,
 };
 pub use validate::parse_colour;
 

@@ -33,6 +33,7 @@ const ROOT_KEYS: &[&str] = &[
     "web",
     "sensors",
     "inference",
+    "workflows",
     "log",
 ];
 const PIPELINE_KEYS: &[&str] = &["sources", "stages", "sinks", "pool_frames", "queue_depth"];
@@ -154,6 +155,12 @@ fn build_agent(value: Value, problems: &mut Vec<Problem>) -> Option<AgentConfig>
         problems,
         Checks::fields(validate::check_inference),
     );
+    let workflows = section(
+        &mut root,
+        "workflows",
+        problems,
+        Checks::fields(validate::check_workflows),
+    );
     let log = section(
         &mut root,
         "log",
@@ -172,6 +179,7 @@ fn build_agent(value: Value, problems: &mut Vec<Problem>) -> Option<AgentConfig>
         web: web?,
         sensors: sensors?,
         inference: inference?,
+        workflows: workflows?,
         log: log?,
     })
 }

@@ -767,3 +767,25 @@ inference:
         );
     }
 }
+
+#[test]
+fn workflow_settings_are_checked() {
+    let text = "device: { id: d }\npipeline:\n  sources: [{ id: a, url: \"file:///x.mp4\" }]\n  sinks: [{ kind: discard }]\nworkflows:\n  enabled: true\n  trust: { threshold: 2, roots: [/r.pub] }\n  policy: { algorithms: [rsa], paths: [rel/dir, /a/../b] }\n  health: { max_error_ratio: 2 }\n";
+    let err = crate::from_yaml_str(text, "t.yaml")
+        .unwrap_err()
+        .to_string();
+    for want in [
+        "workflows.trust.threshold",
+        "workflows.policy.algorithms[0]",
+        "workflows.policy.paths[0]",
+        "workflows.policy.paths[1]",
+        "workflows.health.max_error_ratio",
+    ] {
+        assert!(err.contains(want), "{want} missing from {err}");
+    }
+    let none = "device: { id: d }\npipeline:\n  sources: [{ id: a, url: \"file:///x.mp4\" }]\n  sinks: [{ kind: discard }]\nworkflows: { enabled: true }\n";
+    let err = crate::from_yaml_str(none, "t.yaml")
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("workflows.trust.roots"), "{err}");
+}

@@ -17,7 +17,7 @@ use crate::model::{
     GOP_FRAMES_RANGE, InferenceConfig, KEEPALIVE_S_RANGE, LogConfig, MAX_ENCODER_THREADS,
     MAX_ID_LEN, MIN_DISK_BUDGET_MB, ModelKindConfig, OVERLAY_SCALE_RANGE, POOL_FRAMES_RANGE,
     PRESETS, PipelineConfig, QUEUE_DEPTH_RANGE, SEGMENT_SECONDS_RANGE, SensorsConfig, SinkConfig,
-    SourceConfig, SourceLocation, StageConfig, StoreConfig, WebConfig,
+    SourceConfig, SourceLocation, StageConfig, StoreConfig, WebConfig, WorkflowsConfig,
 };
 use crate::recover::{join_index, join_key};
 
@@ -684,6 +684,78 @@ pub(crate) fn check_fleet(fleet: &FleetConfig, prefix: &str, out: &mut Vec<Probl
             "a password needs a username",
         ));
     }
+}
+
+pub(crate) fn check_workflows(w: &WorkflowsConfig, prefix: &str, out: &mut Vec<Problem>) {
+    let key = |k: &str| join_key(prefix, k);
+    if w.enabled && w.trust.roots.is_empty() {
+        out.push(Problem::new(
+            key("trust.roots"),
+            "workflows are enabled but no root key is given (chimera root init makes root.pub)",
+        ));
+    }
+    if w.trust.threshold == 0
+        || (!w.trust.roots.is_empty() && w.trust.threshold as usize > w.trust.roots.len())
+    {
+        out.push(Problem::new(
+            key("trust.threshold"),
+            format!(
+                "{} root signatures cannot be met by {} root keys (1 to the number of roots)",
+                w.trust.threshold,
+                w.trust.roots.len()
+            ),
+        ));
+    }
+    for (i, a) in w.policy.algorithms.iter().enumerate() {
+        if a != "ml-dsa-65" {
+            out.push(Problem::new(
+                key(&format!("policy.algorithms[{i}]")),
+                format!("unknown signature algorithm {a:?} (supported: ml-dsa-65)"),
+            ));
+        }
+    }
+    if w.policy.algorithms.is_empty() {
+        out.push(Problem::new(
+            key("policy.algorithms"),
+            "no algorithm allowed: no workflow could ever verify",
+        ));
+    }
+    for (i, p) in w.policy.paths.iter().enumerate() {
+        if !p.is_absolute()
+            || p.components()
+                .any(|c| matches!(c, std::path::Component::ParentDir))
+        {
+            out.push(Problem::new(
+                key(&format!("policy.paths[{i}]")),
+                format!("{} must be an absolute path without `..`", p.display()),
+            ));
+        }
+    }
+    check_range(
+        out,
+        key("policy.max_sequence_jump"),
+        w.policy.max_sequence_jump,
+        &(1..=1_000_000_000),
+    );
+    check_range(
+        out,
+        key("policy.max_clock_skew_s"),
+        w.policy.max_clock_skew_s,
+        &(0..=86_400),
+    );
+    check_range(
+        out,
+        key("health.window_s"),
+        w.health.window_s,
+        &(0.1..=600.0),
+    );
+    check_range(out, key("health.frames"), w.health.frames, &(1..=10_000));
+    check_range(
+        out,
+        key("health.max_error_ratio"),
+        w.health.max_error_ratio,
+        &(0.0..=1.0),
+    );
 }
 
 pub(crate) fn check_web(web: &WebConfig, prefix: &str, out: &mut Vec<Problem>) {

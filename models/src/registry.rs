@@ -222,8 +222,24 @@ impl Registry {
         specs: &[ModelSpec],
         batch: BatchSettings,
     ) -> Result<Registry, RegistryError> {
+        Self::load_reusing(settings, specs, batch, &Registry::default())
+    }
+
+    /// [`Registry::load`], sharing the models of `loaded` whose spec is unchanged (a
+    /// pipeline switch does not reload what both pipelines use). A shared model is the
+    /// session that was verified when it was first loaded.
+    pub fn load_reusing(
+        settings: &EngineSettings,
+        specs: &[ModelSpec],
+        batch: BatchSettings,
+        loaded: &Registry,
+    ) -> Result<Registry, RegistryError> {
         let mut models = HashMap::new();
         for spec in specs {
+            if let Some(m) = loaded.models.get(&spec.name).filter(|m| &m.spec == spec) {
+                models.insert(spec.name.clone(), m.clone());
+                continue;
+            }
             let m = load(settings, spec, batch)?;
             tracing::info!(
                 model = %spec.name,

@@ -59,6 +59,20 @@ impl Default for Policy {
     }
 }
 
+impl From<&aegis_config::WorkflowPolicy> for Policy {
+    fn from(p: &aegis_config::WorkflowPolicy) -> Policy {
+        Policy {
+            algorithms: p.algorithms.clone(),
+            require_sealing: p.require_sealing,
+            source_hosts: p.source_hosts.clone(),
+            paths: p.paths.clone(),
+            models: p.models.clone(),
+            max_sequence_jump: p.max_sequence_jump,
+            max_clock_skew_s: i64::from(p.max_clock_skew_s),
+        }
+    }
+}
+
 /// Persisted anti-replay state (kept off the A/B firmware slots).
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ReplayState {
@@ -184,6 +198,30 @@ fn policy_check(v: &Verified, policy: &Policy) -> Result<(), String> {
                 ));
             }
         }
+        for (i, s) in p.stages.iter().enumerate() {
+            use aegis_config::StageConfig as S;
+            let (model, image) = match s {
+                S::VirtualBackground(v) => (Some(&v.model), v.image.as_ref()),
+                S::Moderate(m) => (Some(&m.model), None),
+                S::Detect(d) => (Some(&d.model), None),
+                S::Passthrough(_) | S::TimestampOverlay(_) => (None, None),
+            };
+            if let Some(m) = model
+                && !allowed(&policy.models, m)
+            {
+                return Err(format!(
+                    "stages[{i}]: model {m:?} is not allowed by device policy"
+                ));
+            }
+            if let Some(img) = image
+                && !under(img, &policy.paths)
+            {
+                return Err(format!(
+                    "stages[{i}]: image {} is outside the allowed paths",
+                    img.display()
+                ));
+            }
+        }
         for (i, s) in p.sinks.iter().enumerate() {
             if let aegis_config::SinkConfig::Record(r) = s
                 && !under(&r.dir, &policy.paths)
@@ -207,6 +245,35 @@ pub fn check(
     policy: &Policy,
     state: &ReplayState,
     now_s: i64,
+    keys: &[&crate::seal::SealSecret],
+) -> Result<Verified, Rejection> {
+    check_mode(doc, trust, me, policy, state, Some(now_s), keys)
+}
+
+/// The checks for the workflow a device already runs (at start-up, or to roll back to the
+/// previous one): the same as [`check`] except freshness and replay. It was fresh when it
+/// was accepted, and its sequence is the accepted one; expiry limits *installation*, not
+/// running (a device cut off from its gateway keeps working). Signature, issuer (revocation
+/// included: the current trust metadata must still list the key), target and policy are
+/// checked again.
+pub fn recheck(
+    doc: &[u8],
+    trust: &TrustMetadata,
+    me: &Identity,
+    policy: &Policy,
+    state: &ReplayState,
+    keys: &[&crate::seal::SealSecret],
+) -> Result<Verified, Rejection> {
+    check_mode(doc, trust, me, policy, state, None, keys)
+}
+
+fn check_mode(
+    doc: &[u8],
+    trust: &TrustMetadata,
+    me: &Identity,
+    policy: &Policy,
+    state: &ReplayState,
+    now_s: Option<i64>,
     keys: &[&crate::seal::SealSecret],
 ) -> Result<Verified, Rejection> {
     let (signed, block) = maml::split_signed(doc).map_err(Rejection::Format)?;
@@ -255,7 +322,34 @@ pub fn check(
             f.origin, issuer.name
         )));
     }
-    // Time, never before the persisted floor.
+    if let Some(now_s) = now_s {
+        fresh(f, &key, policy, state, now_s)?;
+    }
+    if policy.require_sealing && f.security.encryption == "none" {
+        return Err(Rejection::Policy(
+            "device policy requires sealed documents".into(),
+        ));
+    }
+    let (document, pipeline) = crate::open_and_validate(&signed, document, keys)?;
+    let v = Verified {
+        document,
+        signer: key,
+        pipeline,
+        digest: crate::digest(&signed),
+    };
+    policy_check(&v, policy).map_err(Rejection::Policy)?;
+    Ok(v)
+}
+
+/// Freshness: issued/expires against trusted time (never before the persisted floor), then
+/// the sequence against replay and fast-forward.
+fn fresh(
+    f: &maml::FrontMatter,
+    key: &crate::sign::PublicKey,
+    policy: &Policy,
+    state: &ReplayState,
+    now_s: i64,
+) -> Result<(), Rejection> {
     let now = now_s.max(state.time_floor_s);
     let issued = maml::parse_time(&f.issued_at).unwrap_or(i64::MAX);
     let expires = maml::parse_time(&f.expires_at).unwrap_or(i64::MIN);
@@ -285,18 +379,5 @@ pub fn check(
             policy.max_sequence_jump
         )));
     }
-    if policy.require_sealing && f.security.encryption == "none" {
-        return Err(Rejection::Policy(
-            "device policy requires sealed documents".into(),
-        ));
-    }
-    let (document, pipeline) = crate::open_and_validate(&signed, document, keys)?;
-    let v = Verified {
-        document,
-        signer: key,
-        pipeline,
-        digest: crate::digest(&signed),
-    };
-    policy_check(&v, policy).map_err(Rejection::Policy)?;
-    Ok(v)
+    Ok(())
 }

@@ -2,17 +2,18 @@
 //! ([`sign`]) and the device-side check of a signed document ([`verify_document`]), used by
 //! the agent and by the `chimera` gateway CLI.
 //!
-//! **Status: in progress** (MAML part 1). Built: the format (strict front matter, sections,
-//! the Pipeline block validated with the agent's own pipeline schema), signing and
-//! verification with per-purpose contexts, key files, root-signed trust metadata
-//! ([`trust`]: k of n, rotation, revocation, rollback and expiry), the device-side checks
-//! ([`device`]: targets, trusted time, anti-replay, policy), sealing ([`seal`]: ML-KEM-768
-//! and AES-256-GCM), and `chimera`. Not built yet: group-key distribution and fuzzing; see
-//! `docs/security.md`. This crate must never know about frames.
+//! Built: the format (strict front matter, sections, the Pipeline block validated with the
+//! agent's own pipeline schema), signing and verification with per-purpose contexts, key
+//! files, root-signed trust metadata ([`trust`]: k of n, rotation, revocation, rollback and
+//! expiry), the device-side checks ([`device`]: targets, trusted time, anti-replay, policy),
+//! sealing and group keys ([`seal`]: ML-KEM-768 and AES-256-GCM), `.mu` receipts
+//! ([`receipt`]), and the `chimera` gateway CLI. See `docs/security.md`. This crate must
+//! never know about frames.
 
 pub mod device;
 mod keyfile;
 pub mod maml;
+pub mod receipt;
 pub mod seal;
 pub mod sign;
 pub mod trust;
@@ -55,6 +56,23 @@ pub enum Rejection {
     /// The document is sealed and could not be opened.
     #[error("sealed: {0}")]
     Sealed(seal::SealError),
+}
+
+impl Rejection {
+    /// True when the document's signature verified before it was refused: such a
+    /// document gets a signed receipt; anything else is unauthenticated input.
+    pub fn authenticated(&self) -> bool {
+        !matches!(self, Rejection::Format(_) | Rejection::Signature(_))
+    }
+}
+
+/// The transmitted document parsed, and its digest, for a document refused after its
+/// signature verified ([`Rejection::authenticated`]): what its receipt names and mirrors.
+/// Only call it for such documents; it checks nothing.
+pub fn authenticated_view(doc: &[u8]) -> Option<(Document, String)> {
+    let (signed, _) = maml::split_signed(doc).ok()?;
+    let parsed = maml::parse(&signed).ok()?;
+    Some((parsed, digest(&signed)))
 }
 
 /// A document whose signature verified and whose content validated.

@@ -173,3 +173,12 @@ fn key_files_round_trip_and_secret_files_must_be_private() {
         key.public().id()
     );
 }
+
+#[test]
+fn time_format_round_trips_through_parse() {
+    assert_eq!(maml::format_time(0), "1970-01-01T00:00:00Z");
+    assert_eq!(maml::format_time(951_782_400), "2000-02-29T00:00:00Z");
+    for t in [-86_401_i64, 0, 951_782_399, 1_795_694_400, 4_102_444_800] {
+        assert_eq!(maml::parse_time(&maml::format_time(t)), Some(t), "{t}");
+    }
+}

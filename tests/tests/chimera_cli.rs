@@ -330,20 +330,75 @@ fn a_group_key_reaches_members_sealed_and_opens_group_sealed_workflows() {
         "gw.pub",
     ]);
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let group_keys = || -> Vec<String> {
+        let mut v: Vec<String> = std::fs::read_dir(d.join("dev"))
+            .unwrap()
+            .filter_map(|e| e.ok()?.file_name().into_string().ok())
+            .filter(|n| n.starts_with("group.site-a.") && n.ends_with(".kem.key"))
+            .map(|n| format!("dev/{n}"))
+            .collect();
+        v.sort();
+        v
+    };
+    let first = group_keys();
+    assert_eq!(first.len(), 1, "{first:?}");
     // A workflow sealed to the group opens with the installed group key.
     ok(d, &["new", "--out", "wf.maml.md", "--device", "orin-0042"]);
     ok(d, &["seal", "wf.maml.md", "--to", "site-a"]);
     ok(d, &["sign", "wf.sealed.maml.md", "--key", "gw.key"]);
-    let out = ok(
+    let verify_with =
+        |doc: &str, key: &str| chimera(d, &["verify", doc, "--trust", "gw.pub", "--open", key]);
+    let out = verify_with("wf.sealed.signed.maml.md", &first[0]);
+    assert!(
+        out.status.success() && String::from_utf8_lossy(&out.stdout).contains("ok  pipeline"),
+        "{out:?}"
+    );
+    // Rotation: a second run makes a new group key for the members enrolled now; the
+    // device installs it beside the old one; documents sealed from then on need the new
+    // key (a removed member keeping the old key reads nothing new).
+    ok(
         d,
         &[
-            "verify",
-            "wf.sealed.signed.maml.md",
-            "--trust",
-            "gw.pub",
-            "--open",
-            "dev/group.site-a.kem.key",
+            "group-key",
+            "--group",
+            "site-a",
+            "--key",
+            "gw.key",
+            "--out",
+            "groups2",
         ],
     );
-    assert!(out.contains("ok  pipeline"), "{out}");
+    let o = aegis(&[
+        "provision",
+        "--dir",
+        "dev",
+        "--group-key",
+        "groups2/site-a.for-orin-0042.delivery",
+        "--issuer",
+        "gw.pub",
+    ]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let both = group_keys();
+    assert_eq!(both.len(), 2, "{both:?}");
+    let new_key = both.iter().find(|k| **k != first[0]).unwrap().clone();
+    ok(d, &["new", "--out", "wf2.maml.md", "--device", "orin-0042"]);
+    ok(d, &["seal", "wf2.maml.md", "--to", "site-a"]);
+    ok(d, &["sign", "wf2.sealed.maml.md", "--key", "gw.key"]);
+    assert!(
+        verify_with("wf2.sealed.signed.maml.md", &new_key)
+            .status
+            .success()
+    );
+    let old = verify_with("wf2.sealed.signed.maml.md", &first[0]);
+    assert!(
+        !old.status.success(),
+        "the retired key still opens new documents"
+    );
+    let reg: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(d.join("devices.json")).unwrap()).unwrap();
+    assert_eq!(
+        reg["site-a"]["retired"].as_array().map(Vec::len),
+        Some(1),
+        "{reg}"
+    );
 }

@@ -256,28 +256,7 @@ fn b64_pub(path: &std::path::Path) -> anyhow::Result<String> {
 }
 
 fn now_rfc3339(offset_days: i64) -> String {
-    let secs = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs() as i64)
-        + offset_days * 86_400;
-    let days = secs.div_euclid(86_400);
-    let rem = secs.rem_euclid(86_400);
-    // civil_from_days (Howard Hinnant).
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = doy - (153 * mp + 2) / 5 + 1;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 };
-    let y = yoe + era * 400 + i64::from(m <= 2);
-    format!(
-        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z",
-        rem / 3600,
-        rem % 3600 / 60,
-        rem % 60
-    )
+    maml::format_time(maml::now_s() + offset_days * 86_400)
 }
 
 fn uuid_v4() -> anyhow::Result<String> {
@@ -367,10 +346,20 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                     .map_err(|e| anyhow::anyhow!("{}: {e}", registry.display()))?,
             )?;
             std::fs::create_dir_all(&out)?;
+            // A rerun rotates the key: members are whoever is enrolled in the group now (a
+            // device re-enrolled without the group is left out), and `seal --to GROUP`
+            // uses only the new key from then on.
             let gk = SealSecret::generate()?;
-            gk.write(&out.join(format!("{group}.kem.key")))?;
+            let short = gk
+                .public()
+                .id()
+                .rsplit(':')
+                .next()
+                .unwrap_or("key")
+                .to_string();
+            gk.write(&out.join(format!("{group}.{short}.kem.key")))?;
             std::fs::write(
-                out.join(format!("{group}.kem.pub")),
+                out.join(format!("{group}.{short}.kem.pub")),
                 gk.public().to_file_text(),
             )?;
             let members: Vec<(String, String)> = reg
@@ -404,7 +393,14 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 .nth(1)
                 .unwrap_or_default()
                 .to_string();
-            reg.insert(group.clone(), serde_json::json!({ "group": true, "kem_key": pub_line, "key_id": gk.public().id() }));
+            let mut retired: Vec<serde_json::Value> = reg
+                .get(&group)
+                .and_then(|g| g["retired"].as_array().cloned())
+                .unwrap_or_default();
+            if let Some(old) = reg.get(&group).and_then(|g| g["key_id"].as_str()) {
+                retired.push(old.into());
+            }
+            reg.insert(group.clone(), serde_json::json!({ "group": true, "kem_key": pub_line, "key_id": gk.public().id(), "retired": retired }));
             std::fs::write(&registry, serde_json::to_vec_pretty(&reg)?)?;
             println!(
                 "group {group}: key {} delivered to {} members in {}",
