@@ -101,6 +101,11 @@ enum Command {
         #[arg(long)]
         json: Option<PathBuf>,
     },
+    /// Signed workflows: apply one to the running agent, show what runs.
+    Workflow {
+        #[command(subcommand)]
+        what: crate::workflow_cli::WorkflowCommand,
+    },
     /// The local database: stats, integrity check, vacuum, export.
     Db {
         #[command(subcommand)]
@@ -382,6 +387,10 @@ pub fn main() -> ExitCode {
                     );
                     write_json(json, &r)
                 })
+        }
+        Command::Workflow { what } => {
+            crate::logging::init(log_override.unwrap_or(LogFormat::Human), "warn");
+            crate::workflow_cli::run(what)
         }
         Command::Db { what } => {
             crate::logging::init(log_override.unwrap_or(LogFormat::Human), "warn");
@@ -834,7 +843,16 @@ fn install_group_key(dir: &Path, delivery: &Path, issuer: &Path) -> anyhow::Resu
     .map_err(|e| anyhow::anyhow!("{}: {e}", delivery.display()))?;
     let device = aegis_ota::seal::SealSecret::read(&dir.join("device.kem.key"))?;
     let (group, key) = aegis_ota::seal::open_group_key(std::str::from_utf8(&signed)?, &device)?;
-    let out = dir.join(format!("group.{group}.kem.key"));
+    // Named by key id: a rotated group key sits beside the one it replaces (documents
+    // still in flight under the old key open), and neither is ever overwritten.
+    let short = key
+        .public()
+        .id()
+        .rsplit(':')
+        .next()
+        .unwrap_or("key")
+        .to_string();
+    let out = dir.join(format!("group.{group}.{short}.kem.key"));
     key.write(&out)?;
     println!(
         "group {group}: key {} installed in {}",

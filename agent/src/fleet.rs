@@ -70,6 +70,8 @@ pub struct FleetSettings {
     pub tls: Option<Arc<rustls::ClientConfig>>,
     /// The log filter in force (the `log_level` toggle's initial state).
     pub log_level: String,
+    /// Groups whose workflow topics the link subscribes to (with workflows enabled).
+    pub workflow_groups: Option<Vec<String>>,
 }
 
 impl FleetSettings {
@@ -113,6 +115,7 @@ impl FleetSettings {
             inflight: f.inflight as usize,
             tls,
             log_level: cfg.log.level.clone(),
+            workflow_groups: cfg.workflows.enabled.then(|| cfg.device.groups.clone()),
         })
     }
 
@@ -250,7 +253,18 @@ pub trait FleetHost: Send + Sync {
     ) -> Result<tokio::sync::oneshot::Receiver<Result<Vec<u8>, String>>, String> {
         Err("snapshots are not available on this device".into())
     }
+    /// A message on a workflow or trust topic (signed documents; anything may arrive).
+    fn workflow(&self, _topic: &str, _payload: &[u8]) {}
 }
+
+/// Topic of group `g`'s workflows (retained: a member that was offline gets the latest on
+/// its next connect).
+pub fn group_workflow_topic(g: &str) -> String {
+    format!("aegis/v1/groups/{g}/workflows")
+}
+
+/// Topic of root-signed trust metadata updates (retained).
+pub const TRUST_TOPIC: &str = "aegis/v1/fleet/trust";
 
 /// A reply finished off the link's task (snapshots): where it goes and what it is.
 struct LateReply {
@@ -276,6 +290,9 @@ pub struct FleetCounters {
 
 /// A running link; stop it with [`FleetLink::stop`].
 pub struct FleetLink {
+    /// Wake the link now: republish the retained status and drain the outbox (after a
+    /// workflow switch, so receipts and the new desired state go out at once).
+    pub nudge: Arc<tokio::sync::Notify>,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
     task: Option<tokio::task::JoinHandle<()>>,
     /// Counters.
@@ -292,8 +309,10 @@ impl FleetLink {
         let (stop_tx, stop_rx) = tokio::sync::oneshot::channel();
         let counters = Arc::new(FleetCounters::default());
         let link = Link::new(settings, outbox, host, counters.clone());
-        let task = tokio::spawn(link.run(stop_rx));
+        let nudge = Arc::new(tokio::sync::Notify::new());
+        let task = tokio::spawn(link.run(stop_rx, nudge.clone()));
         FleetLink {
+            nudge,
             stop: Some(stop_tx),
             task: Some(task),
             counters,
@@ -423,7 +442,11 @@ impl Link {
         true
     }
 
-    async fn run(mut self, mut stop: tokio::sync::oneshot::Receiver<()>) {
+    async fn run(
+        mut self,
+        mut stop: tokio::sync::oneshot::Receiver<()>,
+        nudge: Arc<tokio::sync::Notify>,
+    ) {
         let mut tick = tokio::time::interval(Duration::from_millis(50));
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
@@ -451,6 +474,11 @@ impl Link {
                     }
                 },
                 _ = tick.tick() => self.on_tick(),
+                _ = nudge.notified() => if self.connected {
+                    self.publish_status();
+                    self.flush_acks();
+                    self.drain_outbox();
+                },
                 Some(r) = self.late_rx.recv() => self.late_reply(r),
                 _ = &mut stop => break,
             }
@@ -495,15 +523,16 @@ impl Link {
                 for name in TOGGLES {
                     self.publish_toggle_state(name);
                 }
-                let status = self.host.status().to_string().into_bytes();
-                self.publish(
-                    self.s.topic("status"),
-                    status,
-                    QoS::AtLeastOnce,
-                    true,
-                    None,
-                    None,
-                );
+                // Status first: the gateway sees what runs before the retained workflows
+                // (subscribed next) are judged.
+                self.publish_status();
+                if let Some(groups) = &self.s.workflow_groups {
+                    let mut topics = vec![self.s.topic("workflows"), TRUST_TOPIC.to_string()];
+                    topics.extend(groups.iter().map(|g| group_workflow_topic(g)));
+                    for t in topics {
+                        let _ = self.client.try_subscribe(t, QoS::AtLeastOnce);
+                    }
+                }
             }
             Event::Outgoing(Outgoing::Publish(pkid)) => match self.fifo.pop_front() {
                 Some(Some(seq)) if pkid != 0 => {
@@ -534,6 +563,19 @@ impl Link {
             Event::Incoming(Packet::Publish(p)) => self.on_command(p),
             _ => {}
         }
+    }
+
+    /// The retained status (what runs: the desired-state report).
+    fn publish_status(&mut self) {
+        let status = self.host.status().to_string().into_bytes();
+        self.publish(
+            self.s.topic("status"),
+            status,
+            QoS::AtLeastOnce,
+            true,
+            None,
+            None,
+        );
     }
 
     /// Forgets acknowledged seqs whose rows are gone from the outbox (deleted for good).
@@ -693,6 +735,15 @@ impl Link {
 
     fn on_command(&mut self, p: rumqttc::v5::mqttbytes::v5::Publish) {
         let topic = String::from_utf8_lossy(&p.topic).to_string();
+        if self.s.workflow_groups.is_some()
+            && (topic.ends_with("/workflows") || topic == TRUST_TOPIC)
+        {
+            // Retained deletions arrive as empty payloads: nothing to judge.
+            if !p.payload.is_empty() {
+                self.host.workflow(&topic, &p.payload);
+            }
+            return;
+        }
         if let Some(name) = topic
             .strip_prefix(&self.s.topic("toggles/"))
             .and_then(|rest| rest.strip_suffix("/set"))

@@ -181,6 +181,7 @@ fn settings(device: &str, port: u16, telemetry: Duration) -> FleetSettings {
         inflight: 100,
         tls: None,
         log_level: "info".into(),
+        workflow_groups: None,
     }
 }
 

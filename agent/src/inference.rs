@@ -84,6 +84,16 @@ impl Inference {
         pipeline: &PipelineConfig,
         cuda_device: u32,
     ) -> anyhow::Result<Arc<Inference>> {
+        Self::load_reusing(inf, pipeline, cuda_device, &Inference::none())
+    }
+
+    /// [`Inference::load`], sharing the unchanged models `loaded` holds (a pipeline switch).
+    pub fn load_reusing(
+        inf: &InferenceConfig,
+        pipeline: &PipelineConfig,
+        cuda_device: u32,
+        loaded: &Inference,
+    ) -> anyhow::Result<Arc<Inference>> {
         let mut specs = Vec::new();
         for name in used_models(&pipeline.stages) {
             let m = inf
@@ -112,7 +122,12 @@ impl Inference {
             max_batch: inf.max_batch as usize,
             window: Duration::from_millis(u64::from(inf.batch_window_ms)),
         };
-        let registry = Registry::load(&engine_settings(inf, cuda_device), &specs, batch)?;
+        let registry = Registry::load_reusing(
+            &engine_settings(inf, cuda_device),
+            &specs,
+            batch,
+            &loaded.registry,
+        )?;
         Ok(Arc::new(Inference { registry }))
     }
 

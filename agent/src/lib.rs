@@ -5,6 +5,7 @@
 //! and serves the local HTTP endpoints. See `docs/architecture.md`.
 
 pub mod alloc;
+pub mod apply;
 pub mod bench;
 pub mod bench_rtsp;
 pub mod bench_stages;
@@ -21,3 +22,5 @@ pub mod runtime;
 pub mod sample;
 pub mod server;
 pub mod store;
+pub mod workflow;
+pub mod workflow_cli;

@@ -5,7 +5,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use aegis_config::{AgentConfig, BackendKind, PipelineOrigin};
+use aegis_config::{AgentConfig, BackendKind, PipelineConfig, PipelineOrigin};
 
 use crate::metrics::Metrics;
 use crate::pipeline::{Pipeline, RunOptions, StreamReport};
@@ -68,7 +68,6 @@ pub async fn run(
     on_listening: impl FnOnce(SocketAddr),
 ) -> anyhow::Result<RunSummary> {
     let backend = select_backend(cfg)?;
-    let (pipeline_cfg, origin) = aegis_config::effective_pipeline(cfg, None);
     let store = {
         let settings = crate::store::StoreSettings::from_config(&cfg.store);
         tokio::task::spawn_blocking(move || crate::store::Store::open(settings)).await??
@@ -95,6 +94,19 @@ pub async fn run(
         .fleet
         .enabled
         .then(|| format!("aegis/v1/{}/events", cfg.device.id));
+    // The pipeline that runs: the active signed workflow's, else the local default.
+    let mut workflows = match cfg.workflows.enabled {
+        true => Some(crate::workflow::Workflows::open(cfg)?),
+        false => None,
+    };
+    let active = match workflows.as_mut() {
+        Some(w) => w.active_pipeline()?,
+        None => None,
+    };
+    let (pipeline_cfg, origin) = {
+        let (p, o) = aegis_config::effective_pipeline(cfg, active.as_ref().map(|(_, p)| p));
+        (p.clone(), o)
+    };
     store_handle.submit(crate::store::Record::Audit {
         ts_us: crate::store::now_us(),
         actor: "agent".into(),
@@ -115,10 +127,12 @@ pub async fn run(
     };
     let listener = bind(addr).await?;
     let listen = listener.local_addr()?;
+    let (wf_tx, mut wf_rx) = tokio::sync::mpsc::channel::<crate::apply::Request>(16);
     let state = ServerState {
         metrics: metrics.clone(),
         device: cfg.device.id.clone(),
         started: Instant::now(),
+        workflows: workflows.is_some().then(|| wf_tx.clone()),
     };
     let (server_stop_tx, server_stop_rx) = tokio::sync::oneshot::channel::<()>();
     let server = tokio::spawn(async move {
@@ -137,31 +151,84 @@ pub async fn run(
     let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     let mut sigint = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt())?;
     let started = Instant::now();
-    let (config_inference, config_cuda_device) = (cfg.inference.clone(), cfg.backend.cuda_device);
     let mut opts = req.options.clone();
     let snapshots = opts.snapshots.get_or_insert_with(Default::default).clone();
     if opts.store.is_none() {
         opts.store = Some(store_handle.clone());
         opts.events_topic = events_topic;
     }
-    let start = |opts: RunOptions| {
-        let cfg = pipeline_cfg.clone();
-        let metrics = metrics.clone();
-        let inference_cfg = config_inference.clone();
-        let cuda_device = config_cuda_device;
-        tokio::task::spawn_blocking(move || -> anyhow::Result<(Pipeline, RunOptions)> {
-            let mut opts = opts;
-            if opts.inference.is_none() {
-                opts.inference = Some(crate::inference::Inference::load(
-                    &inference_cfg,
-                    &cfg,
-                    cuda_device,
-                )?);
-            }
-            Ok((Pipeline::start(&cfg, metrics, &opts)?, opts))
-        })
+    let preloaded = opts.inference.take();
+    let starter = Arc::new(crate::apply::Starter {
+        metrics: metrics.clone(),
+        opts,
+        inference: cfg.inference.clone(),
+        cuda_device: cfg.backend.cuda_device,
+    });
+    let start = |cfg: PipelineConfig, preloaded: Option<Arc<crate::inference::Inference>>| {
+        let starter = starter.clone();
+        tokio::task::spawn_blocking(
+            move || -> anyhow::Result<(Pipeline, Arc<crate::inference::Inference>)> {
+                let inference = match preloaded {
+                    Some(i) => i,
+                    None => starter.load(&cfg, &crate::inference::Inference::none())?,
+                };
+                Ok((starter.start(&cfg, inference.clone())?, inference))
+            },
+        )
     };
-    let (mut pipeline, opts) = start(opts).await??;
+    let (mut pipeline, mut inference) = match start(pipeline_cfg.clone(), preloaded.clone()).await?
+    {
+        Ok(p) => p,
+        Err(e) if origin == PipelineOrigin::SignedWorkflow => {
+            // The stored workflow does not start here any more (a model file went
+            // missing...): the local default runs, and the state says so.
+            tracing::error!(error = %format!("{e:#}"),
+                "the active workflow's pipeline does not start; rolling back to the previous one");
+            let w = workflows
+                .as_mut()
+                .expect("a signed workflow implies workflows");
+            w.rollback()?;
+            let fallback = match w.active_pipeline()? {
+                Some((_, p)) => p,
+                None => cfg.pipeline.clone(),
+            };
+            start(fallback, preloaded).await??
+        }
+        Err(e) => return Err(e),
+    };
+    let workflow_status = Arc::new(std::sync::Mutex::new(serde_json::Value::Null));
+    let mut applier = workflows.map(|w| {
+        crate::apply::Applier::new(
+            w,
+            starter.clone(),
+            inference.clone(),
+            cfg.workflows.health.clone(),
+            store_handle.clone(),
+            cfg.fleet
+                .enabled
+                .then(|| format!("aegis/v1/{}/receipts", cfg.device.id)),
+            workflow_status.clone(),
+        )
+    });
+    if let Some(a) = &applier {
+        let c = a.counters.clone();
+        metrics.watch_component(
+            "workflows",
+            Box::new(move || {
+                use std::sync::atomic::Ordering::Relaxed;
+                vec![
+                    ("received", c.received.load(Relaxed)),
+                    ("applied", c.applied.load(Relaxed)),
+                    ("rolled_back", c.rolled_back.load(Relaxed)),
+                    ("rejected", c.rejected.load(Relaxed)),
+                    ("refused", c.refused.load(Relaxed)),
+                    ("duplicates", c.duplicates.load(Relaxed)),
+                    ("busy", c.busy.load(Relaxed)),
+                    ("trust_updates", c.trust_updates.load(Relaxed)),
+                ]
+            }),
+        );
+    }
     // The fleet link (when enabled) starts once the pipeline runs.
     let (restart_tx, mut restart_rx) = tokio::sync::mpsc::channel::<()>(1);
     let fleet = if cfg.fleet.enabled {
@@ -173,9 +240,18 @@ pub async fn run(
             store_handle.clone(),
             restart_tx,
             snapshots,
+            WorkflowHooks {
+                status: workflow_status.clone(),
+                queue: applier
+                    .as_ref()
+                    .map(|a| (wf_tx.clone(), a.counters.clone())),
+            },
         ));
         let outbox = crate::fleet::SqliteOutbox::new(cfg.store.path.clone(), store_handle.clone());
         let link = crate::fleet::FleetLink::start(settings, Box::new(outbox), host);
+        if let Some(a) = applier.as_mut() {
+            a.nudge = Some(link.nudge.clone());
+        }
         let c = link.counters.clone();
         metrics.watch_component(
             "fleet",
@@ -204,12 +280,32 @@ pub async fn run(
             _ = tick.tick() => if pipeline.is_finished() { break; },
             Some(()) = restart_rx.recv() => {
                 tracing::info!("restarting the pipeline (fleet command)");
+                let running = pipeline.config().clone();
                 pipeline.stop();
                 let old = tokio::task::spawn_blocking(move || pipeline.wait()).await?;
                 for s in &old {
                     tracing::info!(stream = %s.stream, delivered = s.delivered, "stream stopped for restart");
                 }
-                pipeline = start(opts.clone()).await??.0;
+                pipeline = start(running, Some(inference.clone())).await??.0;
+            }
+            Some(req) = wf_rx.recv() => {
+                let reply = match applier.as_mut() {
+                    Some(a) => {
+                        let (p, reply) = a.handle(pipeline, &req).await;
+                        pipeline = p;
+                        inference = a.inference();
+                        reply
+                    }
+                    None => crate::apply::Reply {
+                        verdict: "refused".into(),
+                        reason: "workflows are disabled on this device".into(),
+                        receipt: None,
+                        apply_ms: 0.0,
+                    },
+                };
+                if let Some(tx) = req.reply {
+                    let _ = tx.send(reply);
+                }
             }
         }
     }
@@ -302,6 +398,17 @@ struct AgentHost {
     config: serde_json::Value,
     restart: tokio::sync::mpsc::Sender<()>,
     snapshots: Arc<crate::pipeline::snapshot::SnapshotHub>,
+    workflows: WorkflowHooks,
+    models: serde_json::Value,
+}
+
+/// The fleet link's way to the workflow applier: the status it reports and its queue.
+struct WorkflowHooks {
+    status: Arc<std::sync::Mutex<serde_json::Value>>,
+    queue: Option<(
+        tokio::sync::mpsc::Sender<crate::apply::Request>,
+        Arc<crate::apply::ApplyCounters>,
+    )>,
 }
 
 /// `password` values replaced by `***` anywhere in a JSON document.
@@ -329,6 +436,7 @@ impl AgentHost {
         store: crate::store::StoreHandle,
         restart: tokio::sync::mpsc::Sender<()>,
         snapshots: Arc<crate::pipeline::snapshot::SnapshotHub>,
+        workflows: WorkflowHooks,
     ) -> Self {
         let mut config = serde_json::to_value(cfg).unwrap_or_default();
         redact(&mut config);
@@ -341,6 +449,13 @@ impl AgentHost {
             config,
             restart,
             snapshots,
+            workflows,
+            models: cfg
+                .inference
+                .models
+                .iter()
+                .map(|m| serde_json::json!({ "name": m.name, "version": m.version, "sha256": m.sha256 }))
+                .collect(),
         }
     }
 
@@ -358,7 +473,24 @@ impl crate::fleet::FleetHost for AgentHost {
             "backend": self.backend,
             "started_us": self.started_us,
             "streams": self.streams(),
+            "workflow": self.workflows.status.lock().unwrap_or_else(|p| p.into_inner()).clone(),
+            "models": self.models,
         })
+    }
+
+    fn workflow(&self, topic: &str, payload: &[u8]) {
+        if let Some((tx, counters)) = &self.workflows.queue {
+            let req = crate::apply::Request {
+                topic: topic.to_string(),
+                payload: payload.to_vec(),
+                reply: None,
+            };
+            if tx.try_send(req).is_err() {
+                counters
+                    .busy
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            }
+        }
     }
 
     fn telemetry(&self) -> serde_json::Value {

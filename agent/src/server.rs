@@ -1,5 +1,7 @@
-//! The local HTTP endpoints served during a run: `/metrics` (Prometheus text format) and
-//! `/healthz`. The technician web page (a later change) mounts on the same server.
+//! The local HTTP endpoints served during a run: `/metrics` (Prometheus text format),
+//! `/healthz`, and `POST /workflow` (a signed workflow, as `aegis workflow apply` sends it;
+//! the same path as the fleet topics — the document's signature is its authentication).
+//! The technician web page (a later change) mounts on the same server.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -9,7 +11,7 @@ use axum::Router;
 use axum::extract::State;
 use axum::http::{StatusCode, header};
 use axum::response::IntoResponse;
-use axum::routing::get;
+use axum::routing::{get, post};
 
 use crate::metrics::Metrics;
 
@@ -22,6 +24,8 @@ pub struct ServerState {
     pub device: String,
     /// Process start, for uptime.
     pub started: Instant,
+    /// The workflow applier's queue (None: workflows are off).
+    pub workflows: Option<tokio::sync::mpsc::Sender<crate::apply::Request>>,
 }
 
 /// The router with every endpoint.
@@ -29,6 +33,10 @@ pub fn router(state: ServerState) -> Router {
     Router::new()
         .route("/metrics", get(metrics))
         .route("/healthz", get(healthz))
+        .route("/workflow", post(workflow))
+        .layer(axum::extract::DefaultBodyLimit::max(
+            aegis_ota::maml::MAX_DOCUMENT_BYTES + 1,
+        ))
         .with_state(state)
 }
 
@@ -87,4 +95,39 @@ async fn healthz(State(s): State<ServerState>) -> impl IntoResponse {
         [(header::CONTENT_TYPE, "application/json")],
         body.to_string(),
     )
+}
+
+async fn workflow(State(s): State<ServerState>, body: axum::body::Bytes) -> impl IntoResponse {
+    let json = |code: StatusCode, v: serde_json::Value| {
+        (
+            code,
+            [(header::CONTENT_TYPE, "application/json")],
+            v.to_string(),
+        )
+    };
+    let Some(tx) = s.workflows else {
+        return json(
+            StatusCode::NOT_FOUND,
+            serde_json::json!({ "error": "workflows are disabled on this device (workflows.enabled)" }),
+        );
+    };
+    let (reply_tx, reply_rx) = tokio::sync::oneshot::channel();
+    let req = crate::apply::Request {
+        topic: "http".into(),
+        payload: body.to_vec(),
+        reply: Some(reply_tx),
+    };
+    if tx.try_send(req).is_err() {
+        return json(
+            StatusCode::SERVICE_UNAVAILABLE,
+            serde_json::json!({ "error": "the agent is busy applying a workflow; retry" }),
+        );
+    }
+    match reply_rx.await {
+        Ok(r) => json(StatusCode::OK, serde_json::to_value(r).unwrap_or_default()),
+        Err(_) => json(
+            StatusCode::SERVICE_UNAVAILABLE,
+            serde_json::json!({ "error": "the agent stopped before answering" }),
+        ),
+    }
 }

@@ -306,6 +306,16 @@ impl AnalyticsTally {
         }
     }
 
+    /// The stage chain was replaced (a workflow switch): timings so far are stored under
+    /// the old names, later ones under `names`.
+    pub fn set_stages(&mut self, names: Vec<String>) {
+        if self.window.1 > 0 {
+            self.store_timings();
+        }
+        self.stage_sums = vec![(0.0, 0); names.len()];
+        self.stage_names = names;
+    }
+
     /// The stream ended: every live track ends, timings are stored.
     pub fn finish(&mut self) {
         let ids: Vec<u64> = self.live.keys().copied().collect();

@@ -23,7 +23,7 @@ pub mod sinks;
 pub mod snapshot;
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::thread::JoinHandle;
 use std::time::Instant;
 
@@ -125,9 +125,40 @@ pub struct Pipeline {
     stop: Arc<AtomicBool>,
     stoppers: Vec<SourceStopper>,
     streams: Vec<StreamThreads>,
+    cfg: PipelineConfig,
+}
+
+/// One stream's stage chain as its stage thread sees it: a replacement waiting to be picked
+/// up between two frames, and how the chain in use has fared since it was installed.
+#[derive(Default)]
+struct StageSlot {
+    pending: AtomicBool,
+    next: std::sync::Mutex<Option<Vec<Box<dyn Stage>>>>,
+    generation: AtomicU64,
+    frames: AtomicU64,
+    failed_frames: AtomicU64,
+    last_error: std::sync::Mutex<Option<String>>,
+}
+
+/// How one stream's current stage chain has fared since it was installed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StageHealth {
+    /// Stream id.
+    pub stream: String,
+    /// Stage chains installed so far (0 = the one the stream started with).
+    pub generation: u64,
+    /// Frames through the current chain.
+    pub frames: u64,
+    /// Of those, frames on which a stage failed.
+    pub failed_frames: u64,
+    /// The last stage error, if any.
+    pub last_error: Option<String>,
+    /// The stream's threads have ended.
+    pub ended: bool,
 }
 
 struct StreamThreads {
+    slot: Arc<StageSlot>,
     source: JoinHandle<(u64, aegis_hal::source::SourceStats, Option<String>)>,
     stages: JoinHandle<(u64, AnalyticsSummary)>,
     sinks: JoinHandle<(u64, Vec<String>, u32)>,
@@ -374,6 +405,7 @@ impl Pipeline {
             stop: stop.clone(),
             stoppers: sources.iter().map(|s| s.stopper()).collect(),
             streams: Vec::new(),
+            cfg: cfg.clone(),
         };
         let ctx = StreamContext {
             metrics: metrics.clone(),
@@ -395,6 +427,70 @@ impl Pipeline {
             }
         }
         Ok(pipeline)
+    }
+
+    /// The pipeline this runs.
+    pub fn config(&self) -> &PipelineConfig {
+        &self.cfg
+    }
+
+    /// True when `new` differs from the running pipeline only in its stages, so that
+    /// [`Pipeline::swap_stages`] can switch to it without stopping anything.
+    pub fn can_swap_in_place(&self, new: &PipelineConfig) -> bool {
+        let (a, b) = (&self.cfg, new);
+        a.sources == b.sources
+            && a.sinks == b.sinks
+            && a.pool_frames == b.pool_frames
+            && a.queue_depth == b.queue_depth
+    }
+
+    /// Switches every stream to `new`'s stages between two frames: no frame is dropped,
+    /// nothing is reopened. Every stream's chain is built first, so a failure changes
+    /// nothing. Follow the switch with [`Pipeline::stage_health`].
+    pub fn swap_stages(
+        &mut self,
+        new: &PipelineConfig,
+        inference: &crate::inference::Inference,
+    ) -> Result<(), PipelineError> {
+        if !self.can_swap_in_place(new) {
+            return Err(PipelineError::Stage(
+                "sources or sinks differ: the pipeline must be rebuilt".into(),
+            ));
+        }
+        let mut sets = Vec::with_capacity(self.streams.len());
+        for _ in &self.streams {
+            sets.push(
+                inference
+                    .build_stages(&new.stages)
+                    .map_err(PipelineError::Stage)?,
+            );
+        }
+        for (s, set) in self.streams.iter().zip(sets) {
+            *s.slot.next.lock().unwrap_or_else(|p| p.into_inner()) = Some(set);
+            s.slot.pending.store(true, Ordering::Release);
+        }
+        self.cfg = new.clone();
+        Ok(())
+    }
+
+    /// Each stream's current stage chain and how it has fared.
+    pub fn stage_health(&self) -> Vec<StageHealth> {
+        self.streams
+            .iter()
+            .map(|s| StageHealth {
+                stream: s.id.clone(),
+                generation: s.slot.generation.load(Ordering::Acquire),
+                frames: s.slot.frames.load(Ordering::Acquire),
+                failed_frames: s.slot.failed_frames.load(Ordering::Acquire),
+                last_error: s
+                    .slot
+                    .last_error
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .clone(),
+                ended: s.stages.is_finished(),
+            })
+            .collect()
     }
 
     /// Asks every stream to end; recordings are finalised as the queues drain.
@@ -603,21 +699,55 @@ fn spawn_stream(
     // Stage thread.
     let stg_metrics = sm.clone();
     let mut stg_errors = ErrorReporter::new(metrics.clone(), &id);
-    let stage_names: Vec<String> = stages
-        .iter()
-        .enumerate()
-        .map(|(i, s)| format!("{i}:{}", s.kind()))
-        .collect();
+    let names = |stages: &[Box<dyn Stage>]| -> Vec<String> {
+        stages
+            .iter()
+            .enumerate()
+            .map(|(i, s)| format!("{i}:{}", s.kind()))
+            .collect()
+    };
     let mut tally = AnalyticsTally::new(
         metrics.clone(),
         &id,
         opts_store.clone(),
         events_topic.clone(),
-        stage_names,
+        names(&stages),
     );
+    let slot = Arc::new(StageSlot::default());
+    let stg_slot = slot.clone();
+    let (stg_all_metrics, stg_id) = (metrics.clone(), id.clone());
+    let mut stage_hist = stage_hist;
     let stage_thread = spawn_named(format!("stg-{id}"), move || {
         let mut dropped = 0u64;
         'frames: while let Ok(mut frame) = dec_rx.recv() {
+            // A new chain (workflow switch) takes over between two frames.
+            if stg_slot.pending.swap(false, Ordering::AcqRel)
+                && let Some(next) = stg_slot
+                    .next
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .take()
+            {
+                stages = next;
+                let n = names(&stages);
+                stage_hist = n
+                    .iter()
+                    .map(|name| {
+                        stg_all_metrics
+                            .stage_latency
+                            .get_or_create_owned(&stage_labels(&stg_id, name.clone()))
+                    })
+                    .collect();
+                tally.set_stages(n);
+                stg_slot.frames.store(0, Ordering::Release);
+                stg_slot.failed_frames.store(0, Ordering::Release);
+                *stg_slot
+                    .last_error
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner()) = None;
+                stg_slot.generation.fetch_add(1, Ordering::AcqRel);
+            }
+            let mut failed = false;
             for (i, (stage, hist)) in stages.iter_mut().zip(&stage_hist).enumerate() {
                 let t0 = Instant::now();
                 let outcome = stage.process(&mut frame);
@@ -630,11 +760,25 @@ fn spawn_stream(
                         dropped += 1;
                         stg_metrics.dropped_stage.inc();
                         tally.count(&frame);
+                        stg_slot.frames.fetch_add(1, Ordering::AcqRel);
                         continue 'frames;
                     }
-                    Err(e) => stg_errors.report("stage", e.error_type, 1, &e),
+                    Err(e) => {
+                        if !failed {
+                            failed = true;
+                            *stg_slot
+                                .last_error
+                                .lock()
+                                .unwrap_or_else(|p| p.into_inner()) = Some(e.to_string());
+                        }
+                        stg_errors.report("stage", e.error_type, 1, &e)
+                    }
                 }
             }
+            if failed {
+                stg_slot.failed_frames.fetch_add(1, Ordering::AcqRel);
+            }
+            stg_slot.frames.fetch_add(1, Ordering::AcqRel);
             tally.count(&frame);
             if proc_tx.send(frame).is_err() {
                 break;
@@ -695,6 +839,7 @@ fn spawn_stream(
     })?;
 
     Ok(StreamThreads {
+        slot,
         source: source_thread,
         stages: stage_thread,
         sinks: sink_thread,

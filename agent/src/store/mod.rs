@@ -123,6 +123,18 @@ pub enum Record {
     },
     /// Outbox rows the broker acknowledged (PUBACK): deleted.
     OutboxAck(Vec<i64>),
+    /// A message for the fleet broker that is not an event (a `.mu` receipt, a rejection
+    /// notice): outbox only.
+    Message {
+        /// Unique id (the outbox row's `event_id`).
+        id: String,
+        /// Topic.
+        topic: String,
+        /// Body.
+        payload: Vec<u8>,
+        /// When.
+        ts_us: i64,
+    },
     /// A finished track's summary.
     Track {
         /// Stream id.
@@ -588,6 +600,15 @@ fn write_batch(conn: &mut Connection, batch: &[Record], outbox_max: u64) -> rusq
                     detail,
                 } => {
                     au.execute(params![ts_us, actor, action, detail])?;
+                }
+                Record::Message {
+                    id,
+                    topic,
+                    payload,
+                    ts_us,
+                } => {
+                    ob.execute(params![id, topic, payload, ts_us])?;
+                    outboxed = true;
                 }
                 Record::OutboxAck(seqs) => {
                     let mut del = tx.prepare_cached("DELETE FROM outbox WHERE seq = ?1")?;

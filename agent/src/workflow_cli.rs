@@ -1,0 +1,126 @@
+//! `aegis workflow apply|status`: hand a signed workflow to the running agent (the same path
+//! as the fleet topics), and show what the device runs.
+
+use std::io::{Read, Write};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use clap::Subcommand;
+
+/// `aegis workflow …`
+#[derive(Subcommand, Debug)]
+pub enum WorkflowCommand {
+    /// Send a signed (optionally sealed) workflow to the running agent, which verifies,
+    /// applies, health-checks and answers with its receipt. Exit status 0 only when the
+    /// workflow runs (applied, or already active).
+    Apply {
+        /// The signed `.maml.md` file.
+        file: PathBuf,
+        /// The agent's config (its `web.listen` is where the agent is reached).
+        #[arg(long, short)]
+        config: PathBuf,
+        /// Reach the agent here instead.
+        #[arg(long)]
+        agent: Option<SocketAddr>,
+        /// Also write the receipt (`.mu`) here.
+        #[arg(long)]
+        receipt: Option<PathBuf>,
+    },
+    /// What runs: the active and previous workflows, the anti-replay state, and whether the
+    /// active workflow still passes its checks. Reads only.
+    Status {
+        /// The agent's config.
+        #[arg(long, short)]
+        config: PathBuf,
+    },
+}
+
+/// Runs a `workflow` subcommand.
+pub fn run(cmd: WorkflowCommand) -> anyhow::Result<()> {
+    match cmd {
+        WorkflowCommand::Apply {
+            file,
+            config,
+            agent,
+            receipt,
+        } => apply(&file, &config, agent, receipt.as_deref()),
+        WorkflowCommand::Status { config } => {
+            let cfg = aegis_config::load(&config)?;
+            anyhow::ensure!(
+                cfg.workflows.enabled,
+                "{}: workflows.enabled is off",
+                config.display()
+            );
+            let w = crate::workflow::Workflows::inspect(&cfg)?;
+            println!("{}", serde_json::to_string_pretty(&w)?);
+            Ok(())
+        }
+    }
+}
+
+fn apply(
+    file: &Path,
+    config: &Path,
+    agent: Option<SocketAddr>,
+    receipt_out: Option<&Path>,
+) -> anyhow::Result<()> {
+    let doc = std::fs::read(file).map_err(|e| anyhow::anyhow!("{}: {e}", file.display()))?;
+    let addr = match agent {
+        Some(a) => a,
+        None => {
+            let cfg = aegis_config::load(config)?;
+            cfg.web
+                .listen
+                .parse()
+                .map_err(|e| anyhow::anyhow!("web.listen: {e}"))?
+        }
+    };
+    let body = post(addr, "/workflow", &doc)
+        .map_err(|e| anyhow::anyhow!("cannot reach the agent at {addr} (is it running?): {e}"))?;
+    let v: serde_json::Value = serde_json::from_str(&body).map_err(|e| {
+        anyhow::anyhow!("the agent answered something else than JSON ({e}): {body}")
+    })?;
+    if let Some(err) = v.get("error").and_then(|e| e.as_str()) {
+        anyhow::bail!("{err}");
+    }
+    let verdict = v["verdict"].as_str().unwrap_or("?");
+    println!(
+        "{}: {verdict}{} ({:.1} ms)",
+        file.display(),
+        match v["reason"].as_str() {
+            Some(r) if !r.is_empty() => format!(" — {r}"),
+            _ => String::new(),
+        },
+        v["apply_ms"].as_f64().unwrap_or(0.0)
+    );
+    if let (Some(out), Some(r)) = (receipt_out, v["receipt"].as_str()) {
+        std::fs::write(out, r)?;
+    }
+    anyhow::ensure!(
+        matches!(verdict, "applied" | "already_active"),
+        "the workflow does not run"
+    );
+    Ok(())
+}
+
+/// A minimal HTTP/1.0 POST over loopback; returns the body.
+fn post(addr: SocketAddr, path: &str, body: &[u8]) -> std::io::Result<String> {
+    let mut s = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(5))?;
+    s.set_read_timeout(Some(Duration::from_secs(120)))?;
+    write!(
+        s,
+        "POST {path} HTTP/1.0\r\nHost: {addr}\r\nContent-Type: text/markdown\r\nContent-Length: {}\r\n\r\n",
+        body.len()
+    )?;
+    s.write_all(body)?;
+    let mut buf = Vec::new();
+    s.read_to_end(&mut buf)?;
+    let text = String::from_utf8_lossy(&buf).to_string();
+    match text.split_once("\r\n\r\n") {
+        Some((_, b)) => Ok(b.to_string()),
+        None => Err(std::io::Error::other(format!(
+            "malformed HTTP response: {text}"
+        ))),
+    }
+}
