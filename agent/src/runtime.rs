@@ -127,7 +127,7 @@ pub async fn run(
     };
     let listener = bind(addr).await?;
     let listen = listener.local_addr()?;
-    let (wf_tx, mut wf_rx) = tokio::sync::mpsc::channel::<crate::apply::Request>(16);
+    let (wf_tx, mut wf_rx) = tokio::sync::mpsc::channel::<crate::apply::Request>(64);
     let state = ServerState {
         metrics: metrics.clone(),
         device: cfg.device.id.clone(),

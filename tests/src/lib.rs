@@ -376,3 +376,86 @@ impl Drop for Broker {
         }
     }
 }
+
+/// The `chimera` gateway binary (next to `aegis`).
+pub fn chimera_bin() -> PathBuf {
+    aegis_bin().with_file_name("chimera")
+}
+
+/// Runs `chimera ARGS` in `dir`.
+pub fn chimera(dir: &Path, args: &[&str]) -> Output {
+    let bin = chimera_bin();
+    assert!(
+        bin.exists(),
+        "{} missing: cargo build -p aegis-ota --bins",
+        bin.display()
+    );
+    Command::new(bin)
+        .args(args)
+        .current_dir(dir)
+        .output()
+        .expect("spawn chimera")
+}
+
+/// Runs `chimera ARGS` in `dir`, requires success, returns stdout.
+pub fn chimera_ok(dir: &Path, args: &[&str]) -> String {
+    let o = chimera(dir, args);
+    assert!(
+        o.status.success(),
+        "chimera {args:?} failed: {}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    );
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+/// A gateway and one provisioned device in `dir`: root (`root/`), issuer `fleet-gw-1`
+/// (`gw.key`, allowed any device and group), signed trust metadata (`trust.signed`), the
+/// device's keys (`keys/`, by `aegis provision`), and its enrolment in `devices.json`
+/// with `groups`.
+pub fn gateway_and_device(dir: &Path, device: &str, groups: &[&str]) {
+    chimera_ok(dir, &["root", "init", "--dir", "root"]);
+    chimera_ok(dir, &["keygen", "--out", "gw"]);
+    chimera_ok(
+        dir,
+        &[
+            "trust",
+            "add-issuer",
+            "--trust",
+            "root/trust.json",
+            "--name",
+            "fleet-gw-1",
+            "--key",
+            "gw.pub",
+            "--devices",
+            "*",
+            "--groups",
+            "*",
+        ],
+    );
+    chimera_ok(
+        dir,
+        &[
+            "root",
+            "sign-trust",
+            "--trust",
+            "root/trust.json",
+            "--key",
+            "root/root.key",
+            "--out",
+            "trust.signed",
+        ],
+    );
+    aegis_ok(dir, &["provision", "--dir", "keys"]);
+    let mut enrol = vec![
+        "enroll",
+        device,
+        "keys/device.pub",
+        "--kem",
+        "keys/device.kem.pub",
+    ];
+    for g in groups {
+        enrol.extend(["--group", g]);
+    }
+    chimera_ok(dir, &enrol);
+}

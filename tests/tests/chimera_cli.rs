@@ -1,36 +1,10 @@
 //! The gateway's offline flow through the real `chimera` binary: root, issuer, trust
 //! metadata, a workflow signed and verified as a device would, then the issuer revoked.
 
-use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::path::Path;
+use std::process::Command;
 
-fn chimera_bin() -> PathBuf {
-    aegis_tests::aegis_bin().with_file_name("chimera")
-}
-
-fn chimera(dir: &Path, args: &[&str]) -> Output {
-    let bin = chimera_bin();
-    assert!(
-        bin.exists(),
-        "{} missing: cargo build -p aegis-ota --bins",
-        bin.display()
-    );
-    Command::new(bin)
-        .args(args)
-        .current_dir(dir)
-        .output()
-        .unwrap()
-}
-
-fn ok(dir: &Path, args: &[&str]) -> String {
-    let o = chimera(dir, args);
-    assert!(
-        o.status.success(),
-        "chimera {args:?} failed: {}",
-        String::from_utf8_lossy(&o.stderr)
-    );
-    String::from_utf8_lossy(&o.stdout).into_owned()
-}
+use aegis_tests::{chimera, chimera_ok as ok};
 
 fn refused(dir: &Path, args: &[&str]) -> String {
     let o = chimera(dir, args);

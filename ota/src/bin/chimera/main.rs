@@ -1,6 +1,8 @@
-//! `chimera`: the gateway's offline CLI for MAML workflows (keys, templates, signing,
-//! verification). Trust metadata, enrolment and sealing commands come with the rest of the
-//! MAML issue.
+//! `chimera`: the gateway CLI for MAML workflows. Offline: keys, trust metadata, enrolment,
+//! templates, sealing, signing, verification. Online ([`gateway`]): publishing over MQTT,
+//! receipt verification, fleet status and reconciliation.
+
+mod gateway;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -38,9 +40,12 @@ enum Command {
         /// Issuer name (origin: chimera://ISSUER).
         #[arg(long, default_value = "fleet-gw-1")]
         issuer: String,
-        /// Target device id.
+        /// Target device ids.
+        #[arg(long, required_unless_present = "group")]
+        device: Vec<String>,
+        /// Target groups.
         #[arg(long)]
-        device: String,
+        group: Vec<String>,
         /// Sequence number (strictly increasing per issuer key and target).
         #[arg(long, default_value_t = 1)]
         sequence: u64,
@@ -123,6 +128,38 @@ enum Command {
         #[arg(long)]
         out: Option<PathBuf>,
     },
+    /// Publish a signed workflow (retained, QoS 1) to a device or a group; `--canary N`
+    /// sends it first to N% of the group's members, on their own topics.
+    Publish {
+        /// The signed workflow.
+        file: PathBuf,
+        /// A device or a group in the registry.
+        #[arg(long)]
+        to: String,
+        /// Percentage of the group to send to (a canary); the rest follows with a publish
+        /// without `--canary`.
+        #[arg(long, value_parser = parse_percent)]
+        canary: Option<f64>,
+        #[command(flatten)]
+        gw: GatewayArgs,
+    },
+    /// Verify devices' `.mu` receipts as they arrive: signature by the device's enrolled
+    /// key, digest and mirror against what was sent. Exits non-zero if any fails.
+    WatchReceipts {
+        /// Stop after this many receipts.
+        #[arg(long, default_value_t = 1)]
+        count: usize,
+        /// Give up after this many seconds.
+        #[arg(long, default_value_t = 30.0)]
+        timeout: f64,
+        #[command(flatten)]
+        gw: GatewayArgs,
+    },
+    /// Fleet desired state: who runs what, who is behind; re-send to those behind.
+    Fleet {
+        #[command(subcommand)]
+        what: FleetCommand,
+    },
     /// Crypto costs on this machine: ML-DSA-65 sign/verify, seal/open for 1 and 100
     /// recipients, the full device-side check of a 100 KB document (p50/p99).
     Bench {
@@ -156,6 +193,56 @@ enum Command {
         #[arg(long, default_value = "devices.json")]
         registry: PathBuf,
     },
+}
+
+/// Where the gateway talks and keeps its records.
+#[derive(clap::Args, Clone)]
+struct GatewayArgs {
+    /// The MQTT 5 broker.
+    #[arg(long, default_value = "mqtt://127.0.0.1:1883")]
+    broker: String,
+    /// The device registry (`chimera enroll`).
+    #[arg(long, default_value = "devices.json")]
+    registry: PathBuf,
+    /// The gateway's records (sent.json, receipts.json).
+    #[arg(long, default_value = "chimera-state")]
+    state: PathBuf,
+}
+
+#[derive(Subcommand)]
+enum FleetCommand {
+    /// Each enrolled device: online, what it runs (from its retained status), what it
+    /// should run, its last receipt.
+    Status {
+        /// Seconds to collect retained statuses.
+        #[arg(long, default_value_t = 1.0)]
+        wait: f64,
+        /// JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        gw: GatewayArgs,
+    },
+    /// Re-send the desired workflow to every device that runs something else.
+    Reconcile {
+        /// Seconds to collect retained statuses.
+        #[arg(long, default_value_t = 1.0)]
+        wait: f64,
+        #[command(flatten)]
+        gw: GatewayArgs,
+    },
+}
+
+fn parse_percent(s: &str) -> Result<f64, String> {
+    let v: f64 = s
+        .trim_end_matches('%')
+        .parse()
+        .map_err(|e| format!("{s:?}: {e}"))?;
+    if v > 0.0 && v <= 100.0 {
+        Ok(v)
+    } else {
+        Err(format!("{s:?}: a percentage above 0 and at most 100"))
+    }
 }
 
 #[derive(Subcommand)]
@@ -294,16 +381,26 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             out,
             issuer,
             device,
+            group,
             sequence,
             days,
         } => {
             let text = maml::template(
                 &uuid_v4()?,
                 &issuer,
-                &device,
+                "DEVICE",
                 sequence,
                 &now_rfc3339(0),
                 &now_rfc3339(i64::from(days)),
+            )
+            .replacen(
+                "target: { devices: [DEVICE], groups: [] }",
+                &format!(
+                    "target: {{ devices: [{}], groups: [{}] }}",
+                    device.join(", "),
+                    group.join(", ")
+                ),
+                1,
             );
             use std::io::Write;
             let mut f = std::fs::OpenOptions::new()
@@ -331,9 +428,40 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             out_bytes.extend_from_slice(block.render().as_bytes());
             let out = out.unwrap_or_else(|| derived_name(&file, "signed"));
             std::fs::write(&out, out_bytes)?;
+            if let Ok(m) = std::fs::read(gateway::mirror_sidecar(&file)) {
+                std::fs::write(gateway::mirror_sidecar(&out), m)?;
+            }
             println!("{} signed by {}", out.display(), key.public().id());
         }
         Command::Bench { runs } => bench(runs.max(2))?,
+        Command::Publish {
+            file,
+            to,
+            canary,
+            gw,
+        } => gateway::publish(&file, &to, canary, &gw.broker, &gw.registry, &gw.state)?,
+        Command::WatchReceipts { count, timeout, gw } => gateway::watch_receipts(
+            &gw.broker,
+            &gw.registry,
+            &gw.state,
+            count.max(1),
+            std::time::Duration::from_secs_f64(timeout.max(0.1)),
+        )?,
+        Command::Fleet { what } => match what {
+            FleetCommand::Status { wait, json, gw } => gateway::fleet_status(
+                &gw.broker,
+                &gw.registry,
+                &gw.state,
+                std::time::Duration::from_secs_f64(wait.max(0.1)),
+                json,
+            )?,
+            FleetCommand::Reconcile { wait, gw } => gateway::fleet_reconcile(
+                &gw.broker,
+                &gw.registry,
+                &gw.state,
+                std::time::Duration::from_secs_f64(wait.max(0.1)),
+            )?,
+        },
         Command::GroupKey {
             group,
             registry,
@@ -451,10 +579,17 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 }
             }
             let text = String::from_utf8(maml::normalise(&std::fs::read(&file)?))?;
-            maml::parse(text.as_bytes()).map_err(|e| anyhow::anyhow!("{}: {e}", file.display()))?;
+            let clear = maml::parse(text.as_bytes())
+                .map_err(|e| anyhow::anyhow!("{}: {e}", file.display()))?;
             let sealed = aegis_ota::seal::seal(&text, &recipients)?;
             let out = out.unwrap_or_else(|| derived_name(&file, "sealed"));
             std::fs::write(&out, sealed)?;
+            // The mirror a device's receipt will carry (it mirrors the opened document);
+            // `publish` reads it, as the sealed file no longer shows the sections.
+            std::fs::write(
+                gateway::mirror_sidecar(&out),
+                serde_json::to_vec_pretty(&aegis_ota::receipt::mirror(&clear))?,
+            )?;
             println!(
                 "{} sealed for {}",
                 out.display(),

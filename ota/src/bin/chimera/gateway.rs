@@ -1,0 +1,617 @@
+//! The gateway's online side: publish signed workflows over MQTT 5 (DESIGN §6), verify the
+//! devices' `.mu` receipts against what was sent, and reconcile the fleet's desired state.
+//!
+//! Gateway state (`--state DIR`):
+//! - `sent.json`: per device, the workflow it should run (id, digest, sequence, the file,
+//!   the expected mirror, topic, when) — written by `publish`.
+//! - `receipts.json`: per device, the last verified receipt — written by `watch-receipts`.
+//!
+//! Topics: a device's workflows go retained to `aegis/v1/{device}/workflows`, a group's to
+//! `aegis/v1/groups/{group}/workflows`, so a device that was offline gets the latest one
+//! when it reconnects; `fleet reconcile` re-sends to the devices whose retained status
+//! still names something else.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use aegis_ota::maml;
+use aegis_ota::receipt::{MirrorEntry, Receipt};
+use aegis_ota::sign::PublicKey;
+use rumqttc::v5::mqttbytes::QoS;
+use rumqttc::v5::mqttbytes::v5::Packet;
+use rumqttc::v5::{AsyncClient, Event, EventLoop, MqttOptions};
+use serde::{Deserialize, Serialize};
+use sha2::Digest;
+
+/// What a device should run (one `sent.json` entry).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Sent {
+    /// Workflow id.
+    pub id: String,
+    /// SHA-256 of the signed bytes.
+    pub digest: String,
+    /// Its sequence.
+    pub sequence: u64,
+    /// The signed file (for reconcile).
+    pub file: PathBuf,
+    /// Where it was published.
+    pub topic: String,
+    /// The mirror a correct receipt carries (None: sealed, and no cleartext mirror known).
+    pub mirror: Option<Vec<MirrorEntry>>,
+    /// When (RFC 3339).
+    pub sent_at: String,
+}
+
+type Registry = serde_json::Map<String, serde_json::Value>;
+
+fn read_json<T: for<'de> Deserialize<'de> + Default>(path: &Path) -> anyhow::Result<T> {
+    match std::fs::read(path) {
+        Ok(b) => serde_json::from_slice(&b).map_err(|e| anyhow::anyhow!("{}: {e}", path.display())),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(T::default()),
+        Err(e) => Err(anyhow::anyhow!("{}: {e}", path.display())),
+    }
+}
+
+fn write_json<T: Serialize>(path: &Path, v: &T) -> anyhow::Result<()> {
+    if let Some(d) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(d)?;
+    }
+    let tmp = path.with_extension("tmp");
+    std::fs::write(&tmp, serde_json::to_vec_pretty(v)?)?;
+    std::fs::rename(&tmp, path)?;
+    Ok(())
+}
+
+/// The mirror sidecar `chimera seal` writes next to a sealed document.
+pub fn mirror_sidecar(doc: &Path) -> PathBuf {
+    let mut s = doc.as_os_str().to_owned();
+    s.push(".mirror.json");
+    PathBuf::from(s)
+}
+
+fn registry(path: &Path) -> anyhow::Result<Registry> {
+    let r: Registry = read_json(path)?;
+    anyhow::ensure!(!r.is_empty(), "{}: no enrolled devices", path.display());
+    Ok(r)
+}
+
+fn members(reg: &Registry, group: &str) -> Vec<String> {
+    reg.iter()
+        .filter(|(_, e)| {
+            e["groups"]
+                .as_array()
+                .is_some_and(|g| g.iter().any(|x| x == group))
+        })
+        .map(|(d, _)| d.clone())
+        .collect()
+}
+
+fn device_key(reg: &Registry, device: &str) -> Option<PublicKey> {
+    use base64::Engine as _;
+    let b64 = reg.get(device)?["signing_key"].as_str()?;
+    let bytes = base64::engine::general_purpose::STANDARD.decode(b64).ok()?;
+    PublicKey::from_bytes(&bytes).ok()
+}
+
+/// An MQTT 5 session to the broker (`mqtt://host:port`).
+struct Session {
+    client: AsyncClient,
+    events: EventLoop,
+}
+
+impl Session {
+    async fn connect(broker: &str, client_id: &str) -> anyhow::Result<Session> {
+        let rest = broker
+            .strip_prefix("mqtt://")
+            .ok_or_else(|| anyhow::anyhow!("--broker {broker:?}: only mqtt://host:port here"))?;
+        let (host, port) = match rest.trim_end_matches('/').rsplit_once(':') {
+            Some((h, p)) => (
+                h.to_string(),
+                p.parse()
+                    .map_err(|_| anyhow::anyhow!("--broker: bad port {p:?}"))?,
+            ),
+            None => (rest.to_string(), 1883),
+        };
+        let mut o = MqttOptions::new(client_id, host, port);
+        o.set_keep_alive(Duration::from_secs(30));
+        o.set_max_packet_size(Some(256 * 1024));
+        let mut net = rumqttc::NetworkOptions::new();
+        net.set_tcp_nodelay(true);
+        o.set_network_options(net);
+        let (client, mut events) = AsyncClient::new(o, 64);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let ev = tokio::time::timeout_at(deadline.into(), events.poll())
+                .await
+                .map_err(|_| anyhow::anyhow!("{broker}: no CONNACK within 10 s"))?
+                .map_err(|e| anyhow::anyhow!("{broker}: {e}"))?;
+            if let Event::Incoming(Packet::ConnAck(_)) = ev {
+                return Ok(Session { client, events });
+            }
+        }
+    }
+
+    /// Publishes retained QoS 1 messages and waits for every PUBACK.
+    async fn publish_retained(&mut self, msgs: Vec<(String, Vec<u8>)>) -> anyhow::Result<()> {
+        let n = msgs.len();
+        for (t, p) in msgs {
+            self.client.publish(t, QoS::AtLeastOnce, true, p).await?;
+        }
+        let mut acked = 0;
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while acked < n {
+            let ev = tokio::time::timeout_at(deadline.into(), self.events.poll())
+                .await
+                .map_err(|_| {
+                    anyhow::anyhow!("{acked} of {n} publishes acknowledged within 10 s")
+                })??;
+            if let Event::Incoming(Packet::PubAck(_)) = ev {
+                acked += 1;
+            }
+        }
+        Ok(())
+    }
+
+    /// Messages on `filter` until `until` says stop or `wait` passes.
+    async fn collect(
+        &mut self,
+        filter: &str,
+        wait: Duration,
+        mut until: impl FnMut(&str, &[u8]) -> bool,
+    ) -> anyhow::Result<()> {
+        self.client.subscribe(filter, QoS::AtLeastOnce).await?;
+        let deadline = Instant::now() + wait;
+        loop {
+            let ev = match tokio::time::timeout_at(deadline.into(), self.events.poll()).await {
+                Err(_) => return Ok(()),
+                Ok(ev) => ev?,
+            };
+            if let Event::Incoming(Packet::Publish(p)) = ev {
+                let topic = String::from_utf8_lossy(&p.topic).to_string();
+                if until(&topic, &p.payload) {
+                    return Ok(());
+                }
+            }
+        }
+    }
+
+    async fn close(self) {
+        let Session { client, mut events } = self;
+        let _ = client.disconnect().await;
+        let _ = tokio::time::timeout(Duration::from_millis(500), async {
+            while events.poll().await.is_ok() {}
+        })
+        .await;
+    }
+}
+
+fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    Ok(tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?)
+}
+
+fn client_id(what: &str) -> String {
+    let mut b = [0u8; 4];
+    let _ = getrandom::fill(&mut b);
+    format!("chimera-{what}-{:08x}", u32::from_le_bytes(b))
+}
+
+/// Which devices a canary of `percent` takes from `members`: a stable choice per workflow
+/// (the same run picks the same devices), at least one.
+fn canary(members: &[String], workflow_id: &str, percent: f64) -> Vec<String> {
+    let mut ranked: Vec<(Vec<u8>, String)> = members
+        .iter()
+        .map(|d| {
+            let h = sha2::Sha256::digest(format!("{workflow_id}|{d}").as_bytes()).to_vec();
+            (h, d.clone())
+        })
+        .collect();
+    ranked.sort();
+    let n = ((members.len() as f64 * percent / 100.0).ceil() as usize).clamp(1, members.len());
+    ranked.into_iter().take(n).map(|(_, d)| d).collect()
+}
+
+/// `chimera publish`.
+pub fn publish(
+    file: &Path,
+    to: &str,
+    canary_percent: Option<f64>,
+    broker: &str,
+    registry_path: &Path,
+    state: &Path,
+) -> anyhow::Result<()> {
+    let doc = std::fs::read(file).map_err(|e| anyhow::anyhow!("{}: {e}", file.display()))?;
+    let (signed, _) =
+        maml::split_signed(&doc).map_err(|e| anyhow::anyhow!("{}: {e}", file.display()))?;
+    let parsed = maml::parse(&signed).map_err(|e| anyhow::anyhow!("{}: {e}", file.display()))?;
+    let digest: String = sha2::Sha256::digest(&signed)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    let mirror = if parsed.front.security.encryption == "none" {
+        Some(aegis_ota::receipt::mirror(&parsed))
+    } else {
+        read_json::<Option<Vec<MirrorEntry>>>(&mirror_sidecar(file))?
+    };
+    let reg = registry(registry_path)?;
+    let f = &parsed.front;
+    let (devices, topics): (Vec<String>, Vec<String>) =
+        if reg.get(to).is_some_and(|e| e["group"] == true) || !members(&reg, to).is_empty() {
+            anyhow::ensure!(
+                f.target.groups.iter().any(|g| g == to),
+                "{} targets groups {:?}, not {to:?}: devices would refuse it",
+                file.display(),
+                f.target.groups
+            );
+            let all = members(&reg, to);
+            anyhow::ensure!(!all.is_empty(), "group {to:?} has no enrolled members");
+            match canary_percent {
+                Some(p) => {
+                    let chosen = canary(&all, &f.id, p);
+                    let topics = chosen
+                        .iter()
+                        .map(|d| format!("aegis/v1/{d}/workflows"))
+                        .collect();
+                    (chosen, topics)
+                }
+                None => (all, vec![format!("aegis/v1/groups/{to}/workflows")]),
+            }
+        } else {
+            anyhow::ensure!(
+                reg.contains_key(to),
+                "{to:?} is neither an enrolled device nor a group in {}",
+                registry_path.display()
+            );
+            anyhow::ensure!(canary_percent.is_none(), "--canary needs a group");
+            anyhow::ensure!(
+                f.target.devices.iter().any(|d| d == to)
+                    || f.target
+                        .groups
+                        .iter()
+                        .any(|g| members(&reg, g).iter().any(|m| m == to)),
+                "{} does not target {to:?}: the device would refuse it",
+                file.display()
+            );
+            (
+                vec![to.to_string()],
+                vec![format!("aegis/v1/{to}/workflows")],
+            )
+        };
+    let rt = runtime()?;
+    rt.block_on(async {
+        let mut s = Session::connect(broker, &client_id("publish")).await?;
+        s.publish_retained(topics.iter().map(|t| (t.clone(), doc.clone())).collect())
+            .await?;
+        s.close().await;
+        anyhow::Ok(())
+    })?;
+    let sent_path = state.join("sent.json");
+    let mut sent: BTreeMap<String, Sent> = read_json(&sent_path)?;
+    let file_abs = std::fs::canonicalize(file)?;
+    for (i, d) in devices.iter().enumerate() {
+        sent.insert(
+            d.clone(),
+            Sent {
+                id: f.id.clone(),
+                digest: digest.clone(),
+                sequence: f.sequence,
+                file: file_abs.clone(),
+                topic: topics.get(i).unwrap_or(&topics[0]).clone(),
+                mirror: mirror.clone(),
+                sent_at: crate::now_rfc3339(0),
+            },
+        );
+    }
+    write_json(&sent_path, &sent)?;
+    println!(
+        "published {} (sequence {}, sha256 {}) to {} for {} device(s){}",
+        f.id,
+        f.sequence,
+        &digest[..16],
+        topics.join(", "),
+        devices.len(),
+        canary_percent
+            .map(|p| format!(" (canary {p}%)"))
+            .unwrap_or_default()
+    );
+    Ok(())
+}
+
+/// One receipt judged against what was sent.
+#[derive(Debug, Serialize, Deserialize)]
+struct Judged {
+    verdict: String,
+    workflow_id: String,
+    sequence: u64,
+    digest_matches: bool,
+    mirror: String,
+    reason: String,
+    apply_ms: Option<f64>,
+    at: String,
+}
+
+/// `chimera watch-receipts`: verifies each receipt's signature with the device's enrolled
+/// key and its digest and mirror against what was sent; exits non-zero if any fails.
+pub fn watch_receipts(
+    broker: &str,
+    registry_path: &Path,
+    state: &Path,
+    count: usize,
+    timeout: Duration,
+) -> anyhow::Result<()> {
+    let reg = registry(registry_path)?;
+    let sent_path = state.join("sent.json");
+    let receipts_path = state.join("receipts.json");
+    let mut judged: BTreeMap<String, Judged> = read_json(&receipts_path)?;
+    let mut seen = 0usize;
+    let mut bad = 0usize;
+    let rt = runtime()?;
+    rt.block_on(async {
+        let mut s = Session::connect(broker, &client_id("receipts")).await?;
+        s.collect("aegis/v1/+/receipts", timeout, |topic, payload| {
+            let device = topic.split('/').nth(2).unwrap_or("?").to_string();
+            if payload.first() == Some(&b'{') {
+                println!(
+                    "{device}: unsigned rejection notice {}",
+                    String::from_utf8_lossy(payload)
+                );
+                return false;
+            }
+            seen += 1;
+            let Some(key) = device_key(&reg, &device) else {
+                println!("{device}: BAD receipt from a device not in the registry");
+                bad += 1;
+                return seen >= count;
+            };
+            match Receipt::verify(payload, &key) {
+                Err(e) => {
+                    println!("{device}: BAD {e}");
+                    bad += 1;
+                }
+                Ok(r) => {
+                    // Read now: a publish may have happened after the watch began.
+                    let sent: BTreeMap<String, Sent> = read_json(&sent_path).unwrap_or_default();
+                    let expected = sent.get(&device).filter(|x| x.id == r.workflow_id);
+                    let digest_ok = expected.is_some_and(|x| x.digest == r.workflow_sha256);
+                    let mirror = match expected.map(|x| &x.mirror) {
+                        None => "not sent from here".to_string(),
+                        Some(None) => "not checked (sealed, no mirror sidecar)".into(),
+                        Some(Some(m)) if *m == r.mirror => "ok".into(),
+                        Some(Some(_)) => "MISMATCH".into(),
+                    };
+                    let sent_here = expected.is_some();
+                    if sent_here && (!digest_ok || mirror == "MISMATCH") {
+                        bad += 1;
+                    }
+                    println!(
+                        "{device}: {} {} sequence {} ({}) — signature ok, digest {}, mirror {}{}{}",
+                        r.verdict.as_str(),
+                        r.workflow_id,
+                        r.sequence,
+                        r.mode,
+                        if !sent_here {
+                            "?"
+                        } else if digest_ok {
+                            "ok"
+                        } else {
+                            "MISMATCH"
+                        },
+                        mirror,
+                        r.apply_ms
+                            .map(|m| format!(", {m:.1} ms"))
+                            .unwrap_or_default(),
+                        if r.reason.is_empty() {
+                            String::new()
+                        } else {
+                            format!(" ({})", r.reason)
+                        }
+                    );
+                    judged.insert(
+                        device,
+                        Judged {
+                            verdict: r.verdict.as_str().into(),
+                            workflow_id: r.workflow_id,
+                            sequence: r.sequence,
+                            digest_matches: digest_ok,
+                            mirror,
+                            reason: r.reason,
+                            apply_ms: r.apply_ms,
+                            at: r.at,
+                        },
+                    );
+                }
+            }
+            seen >= count
+        })
+        .await?;
+        s.close().await;
+        anyhow::Ok(())
+    })?;
+    write_json(&receipts_path, &judged)?;
+    anyhow::ensure!(bad == 0, "{bad} receipt(s) failed verification");
+    anyhow::ensure!(
+        seen >= count,
+        "{seen} of {count} receipt(s) arrived within {timeout:?}"
+    );
+    Ok(())
+}
+
+/// A device's line in `fleet status`.
+#[derive(Debug, Serialize)]
+struct Row {
+    device: String,
+    online: Option<bool>,
+    running: Option<String>,
+    running_digest: Option<String>,
+    desired: Option<String>,
+    state: &'static str,
+    last_receipt: Option<String>,
+}
+
+fn fleet_rows(
+    broker: &str,
+    registry_path: &Path,
+    state: &Path,
+    wait: Duration,
+) -> anyhow::Result<(Vec<Row>, BTreeMap<String, Sent>)> {
+    let reg = registry(registry_path)?;
+    let sent: BTreeMap<String, Sent> = read_json(&state.join("sent.json"))?;
+    let receipts: BTreeMap<String, Judged> = read_json(&state.join("receipts.json"))?;
+    let devices: Vec<String> = reg
+        .iter()
+        .filter(|(_, e)| e["group"] != true)
+        .map(|(d, _)| d.clone())
+        .collect();
+    let mut status: BTreeMap<String, serde_json::Value> = BTreeMap::new();
+    let rt = runtime()?;
+    rt.block_on(async {
+        let mut s = Session::connect(broker, &client_id("status")).await?;
+        let n = devices.len();
+        s.collect("aegis/v1/+/status", wait, |topic, payload| {
+            let device = topic.split('/').nth(2).unwrap_or("?").to_string();
+            if let Ok(v) = serde_json::from_slice(payload) {
+                status.insert(device, v);
+            }
+            status.len() >= n
+        })
+        .await?;
+        s.close().await;
+        anyhow::Ok(())
+    })?;
+    let rows = devices
+        .into_iter()
+        .map(|d| {
+            let st = status.get(&d);
+            let active = st.map(|s| &s["workflow"]["active"]);
+            let running_digest = active.and_then(|a| a["digest"].as_str()).map(String::from);
+            let desired = sent.get(&d);
+            let state = match (st, desired) {
+                (None, _) => "unknown",
+                (Some(_), None) => "no desired workflow",
+                (Some(_), Some(x)) if running_digest.as_deref() == Some(x.digest.as_str()) => {
+                    "in sync"
+                }
+                (Some(_), Some(_)) => "behind",
+            };
+            Row {
+                online: st.map(|s| s["state"] == "online"),
+                running: active.and_then(|a| a["id"].as_str()).map(String::from),
+                running_digest,
+                desired: desired.map(|x| x.id.clone()),
+                state,
+                last_receipt: receipts
+                    .get(&d)
+                    .map(|r| format!("{} {} (sequence {})", r.verdict, r.workflow_id, r.sequence)),
+                device: d,
+            }
+        })
+        .collect();
+    Ok((rows, sent))
+}
+
+/// `chimera fleet status`.
+pub fn fleet_status(
+    broker: &str,
+    registry_path: &Path,
+    state: &Path,
+    wait: Duration,
+    json: bool,
+) -> anyhow::Result<()> {
+    let (rows, _) = fleet_rows(broker, registry_path, state, wait)?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&rows)?);
+        return Ok(());
+    }
+    println!(
+        "{:<20} {:<8} {:<22} {:<45} last receipt",
+        "device", "online", "state", "running"
+    );
+    for r in &rows {
+        println!(
+            "{:<20} {:<8} {:<22} {:<45} {}",
+            r.device,
+            match r.online {
+                Some(true) => "yes",
+                Some(false) => "no",
+                None => "?",
+            },
+            r.state,
+            r.running.as_deref().unwrap_or("(local default)"),
+            r.last_receipt.as_deref().unwrap_or("-")
+        );
+    }
+    Ok(())
+}
+
+/// `chimera fleet reconcile`: re-sends the desired workflow (retained, on the device's own
+/// topic) to every device whose status names something else — except where the device
+/// already answered that workflow with a rollback or rejection (re-sending cannot help;
+/// it needs a new workflow).
+pub fn fleet_reconcile(
+    broker: &str,
+    registry_path: &Path,
+    state: &Path,
+    wait: Duration,
+) -> anyhow::Result<()> {
+    let (rows, sent) = fleet_rows(broker, registry_path, state, wait)?;
+    let receipts: BTreeMap<String, Judged> = read_json(&state.join("receipts.json"))?;
+    let mut msgs = Vec::new();
+    for r in rows
+        .iter()
+        .filter(|r| r.state == "behind" || (r.state == "unknown" && sent.contains_key(&r.device)))
+    {
+        let x = &sent[&r.device];
+        if let Some(j) = receipts
+            .get(&r.device)
+            .filter(|j| j.workflow_id == x.id && j.verdict != "applied")
+        {
+            println!(
+                "{}: skipped — it answered {} with {} ({})",
+                r.device, x.id, j.verdict, j.reason
+            );
+            continue;
+        }
+        let doc =
+            std::fs::read(&x.file).map_err(|e| anyhow::anyhow!("{}: {e}", x.file.display()))?;
+        msgs.push((
+            r.device.clone(),
+            format!("aegis/v1/{}/workflows", r.device),
+            doc,
+        ));
+    }
+    if msgs.is_empty() {
+        println!("every device with a desired workflow runs it");
+        return Ok(());
+    }
+    let rt = runtime()?;
+    rt.block_on(async {
+        let mut s = Session::connect(broker, &client_id("reconcile")).await?;
+        s.publish_retained(
+            msgs.iter()
+                .map(|(_, t, d)| (t.clone(), d.clone()))
+                .collect(),
+        )
+        .await?;
+        s.close().await;
+        anyhow::Ok(())
+    })?;
+    for (d, t, _) in &msgs {
+        println!("{d}: re-sent {} on {t}", sent[d].id);
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn canary_is_stable_and_sized() {
+        let m: Vec<String> = (0..10).map(|i| format!("d{i}")).collect();
+        let a = super::canary(&m, "urn:uuid:1", 20.0);
+        assert_eq!(a.len(), 2);
+        assert_eq!(a, super::canary(&m, "urn:uuid:1", 20.0));
+        assert_eq!(super::canary(&m, "urn:uuid:1", 0.1).len(), 1);
+        assert_eq!(super::canary(&m, "urn:uuid:1", 100.0).len(), 10);
+    }
+}
