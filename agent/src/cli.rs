@@ -176,6 +176,19 @@ enum BenchCommand {
         #[arg(long)]
         json: Option<PathBuf>,
     },
+    /// Signed workflows: publish → verified → pipeline switched → receipt through a
+    /// loopback mosquitto against a real agent, vs the command round trip.
+    Workflow {
+        /// Workflows to apply.
+        #[arg(long, default_value_t = 40)]
+        runs: usize,
+        /// Frames the health check watches per switch (`workflows.health.frames`).
+        #[arg(long, default_value_t = 5)]
+        health_frames: u32,
+        /// Also write the results as JSON here.
+        #[arg(long)]
+        json: Option<PathBuf>,
+    },
     /// Store ingest: the batching writer vs one row per transaction.
     Store {
         /// Rows per run.
@@ -351,6 +364,20 @@ pub fn main() -> ExitCode {
         } => {
             crate::logging::init(log_override.unwrap_or(LogFormat::Human), "error");
             fleet_sim(devices, seconds, rate, pings, json)
+        }
+        Command::Bench {
+            what:
+                BenchCommand::Workflow {
+                    runs,
+                    health_frames,
+                    json,
+                },
+        } => {
+            crate::logging::init(log_override.unwrap_or(LogFormat::Human), "error");
+            crate::bench_workflow::bench_workflow(runs.max(2), health_frames.max(1)).and_then(|r| {
+                crate::bench_workflow::print(&r);
+                write_json(json, &r)
+            })
         }
         Command::Bench {
             what:

@@ -9,6 +9,7 @@ pub mod apply;
 pub mod bench;
 pub mod bench_rtsp;
 pub mod bench_stages;
+pub mod bench_workflow;
 pub mod cli;
 pub mod db_cli;
 pub mod fleet;

@@ -121,7 +121,7 @@ fn default_health_window_s() -> f64 {
     3.0
 }
 fn default_health_frames() -> u32 {
-    10
+    5
 }
 fn default_health_error_ratio() -> f64 {
     0.2

@@ -548,13 +548,51 @@ pub fn template(
     issued_at: &str,
     expires_at: &str,
 ) -> String {
+    workflow_text(
+        &Draft {
+            id,
+            issuer,
+            devices: &[device],
+            groups: &[],
+            sequence,
+            issued_at,
+            expires_at,
+        },
+        TEMPLATE_PIPELINE,
+    )
+}
+
+/// The Pipeline block of [`template`].
+pub const TEMPLATE_PIPELINE: &str = "sources:\n  - { id: cam0, url: \"rtsp://192.0.2.10/stream1\" }\nstages:\n  - { kind: timestamp_overlay }\nsinks:\n  - { kind: record, dir: /var/lib/aegis/recordings }";
+
+/// The front-matter values of a new workflow.
+#[derive(Debug, Clone, Copy)]
+pub struct Draft<'a> {
+    /// UUID (without `urn:uuid:`).
+    pub id: &'a str,
+    /// Issuer name (`origin: chimera://ISSUER`).
+    pub issuer: &'a str,
+    /// Target devices.
+    pub devices: &'a [&'a str],
+    /// Target groups.
+    pub groups: &'a [&'a str],
+    /// Sequence.
+    pub sequence: u64,
+    /// RFC 3339 UTC.
+    pub issued_at: &'a str,
+    /// RFC 3339 UTC.
+    pub expires_at: &'a str,
+}
+
+/// An unsigned, unsealed workflow with `pipeline` (YAML, the Pipeline block's content).
+pub fn workflow_text(d: &Draft<'_>, pipeline: &str) -> String {
     format!(
         r#"---
 maml_version: "{MAML_VERSION}"
 id: urn:uuid:{id}
 type: workflow
 origin: chimera://{issuer}
-target: {{ devices: [{device}], groups: [] }}
+target: {{ devices: [{devices}], groups: [{groups}] }}
 sequence: {sequence}
 issued_at: {issued_at}
 expires_at: {expires_at}
@@ -567,17 +605,19 @@ What this workflow is for, in plain words.
 
 ## Pipeline
 ```yaml
-sources:
-  - {{ id: cam0, url: "rtsp://192.0.2.10/stream1" }}
-stages:
-  - {{ kind: timestamp_overlay }}
-sinks:
-  - {{ kind: record, dir: /var/lib/aegis/recordings }}
+{pipeline}
 ```
 
 ## History
 [{issued_at}] [CREATE] chimera new
 "#,
+        id = d.id,
+        issuer = d.issuer,
+        devices = d.devices.join(", "),
+        groups = d.groups.join(", "),
+        sequence = d.sequence,
+        issued_at = d.issued_at,
+        expires_at = d.expires_at,
         sig = crate::sign::ALG
     )
 }

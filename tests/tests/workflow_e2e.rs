@@ -66,31 +66,18 @@ fn workflow(d: &Path, name: &str, seq: u64, pipeline: &str) -> PathBuf {
         .and_then(|mut f| std::io::Read::read_exact(&mut f, &mut id))
         .unwrap();
     let hex: String = id.iter().map(|b| format!("{b:02x}")).collect();
-    let text = format!(
-        r#"---
-maml_version: "2.0"
-id: urn:uuid:00000000-0000-4000-8000-{hex}
-type: workflow
-origin: chimera://fleet-gw-1
-target: {{ devices: [orin-1], groups: [site-a] }}
-sequence: {seq}
-issued_at: {issued}
-expires_at: {expires}
-requires: {{ models: [], backend: [cpu] }}
-permissions: {{ read: [], write: [], execute: [] }}
-security: {{ signature: ml-dsa-65, encryption: none }}
----
-## Intent
-Test workflow {seq}.
-
-## Pipeline
-```yaml
-{pipeline}
-```
-
-## History
-[{issued}] [CREATE] test
-"#
+    let id = format!("00000000-0000-4000-8000-{hex}");
+    let text = aegis_ota::maml::workflow_text(
+        &aegis_ota::maml::Draft {
+            id: &id,
+            issuer: "fleet-gw-1",
+            devices: &["orin-1"],
+            groups: &["site-a"],
+            sequence: seq,
+            issued_at: &issued,
+            expires_at: &expires,
+        },
+        pipeline,
     );
     let p = d.join(format!("{name}.maml.md"));
     std::fs::write(&p, text).unwrap();
@@ -723,4 +710,135 @@ fn kill_9_at_random_points_of_apply_always_restarts_signed_and_consistent() {
         applied_seen > 0 && applied_seen < iterations,
         "{applied_seen} of {iterations}"
     );
+}
+
+fn workflow_counter(web: u16, name: &str) -> u64 {
+    let (_, body) = http_get(&format!("127.0.0.1:{web}"), "/metrics").unwrap();
+    metric(
+        &body,
+        &format!("aegis_component_counter{{component=\"workflows\",counter=\"{name}\"}}"),
+    )
+    .unwrap_or(0.0) as u64
+}
+
+fn wait_counter(web: u16, name: &str, at_least: u64) {
+    let t0 = Instant::now();
+    while workflow_counter(web, name) < at_least {
+        assert!(
+            t0.elapsed() < Duration::from_secs(20),
+            "{name} never reached {at_least}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn trust_metadata_from_the_fleet_revokes_an_issuer_and_its_running_workflow() {
+    if !have_mosquitto() {
+        eprintln!("skipped: mosquitto not installed");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    gateway_and_device(d, "orin-1", &["site-a"]);
+    let broker = Broker::start(&d.join("broker"));
+    make_clip(d, "clip.mp4", 320, 240, 2.0);
+    let url = format!("mqtt://127.0.0.1:{}", broker.port);
+    let web = free_port();
+    let cfg = write_config(
+        d,
+        &light(d, "[{ kind: timestamp_overlay }]"),
+        Some(broker.port),
+        web,
+        false,
+    );
+    let mut a = agent(d, &cfg, "agent1");
+    wait_online(broker.port);
+    let wf1 = sign(
+        d,
+        &workflow(d, "wf1", 1, &light(d, "[{ kind: passthrough }]")),
+        false,
+    );
+    chimera_ok(d, &["publish", &wf1, "--to", "orin-1", "--broker", &url]);
+    wait_counter(web, "applied", 1);
+    // The root revokes the issuer; the new trust metadata goes out retained.
+    let gw = aegis_ota::sign::PublicKey::read(&d.join("gw.pub")).unwrap();
+    chimera_ok(
+        d,
+        &[
+            "trust",
+            "revoke",
+            "--trust",
+            "root/trust.json",
+            "--key-id",
+            gw.id(),
+        ],
+    );
+    chimera_ok(
+        d,
+        &[
+            "root",
+            "sign-trust",
+            "--trust",
+            "root/trust.json",
+            "--key",
+            "root/root.key",
+            "--out",
+            "trust3.signed",
+        ],
+    );
+    let s = Command::new("/usr/bin/mosquitto_pub")
+        .args([
+            "-p",
+            &broker.port.to_string(),
+            "-t",
+            "aegis/v1/fleet/trust",
+            "-r",
+            "-q",
+            "1",
+            "-f",
+        ])
+        .arg(d.join("trust3.signed"))
+        .status()
+        .unwrap();
+    assert!(s.success());
+    wait_counter(web, "trust_updates", 1);
+    // The revoked issuer's next workflow is unauthenticated now: refused, unsigned.
+    let wf2 = sign(
+        d,
+        &workflow(
+            d,
+            "wf2",
+            2,
+            &light(d, "[{ kind: timestamp_overlay, scale: 3 }]"),
+        ),
+        false,
+    );
+    chimera_ok(d, &["publish", &wf2, "--to", "orin-1", "--broker", &url]);
+    wait_counter(web, "refused", 1);
+    assert_eq!(workflow_counter(web, "applied"), 1);
+    sigterm(&mut a);
+    let st = aegis_ok(
+        d,
+        &["workflow", "status", "--config", cfg.to_str().unwrap()],
+    );
+    let v: serde_json::Value = serde_json::from_str(&st).unwrap();
+    assert_eq!(v["trust_version"], 3, "{st}");
+    assert_eq!(v["active_verifies"], false, "{st}");
+    assert!(
+        v["active_error"].as_str().unwrap().contains("revoked"),
+        "{st}"
+    );
+    // At the next start the revoked workflow stops: the local default runs.
+    let mut a = agent(d, &cfg, "agent2");
+    wait_online(broker.port);
+    sigterm(&mut a);
+    let st = aegis_ok(
+        d,
+        &["workflow", "status", "--config", cfg.to_str().unwrap()],
+    );
+    let v: serde_json::Value = serde_json::from_str(&st).unwrap();
+    assert!(v["state"]["active"].is_null(), "{st}");
+    let log = std::fs::read_to_string(d.join("agent2.log")).unwrap();
+    assert!(log.contains("no longer passes its checks"), "{log}");
 }

@@ -385,23 +385,19 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             sequence,
             days,
         } => {
-            let text = maml::template(
-                &uuid_v4()?,
-                &issuer,
-                "DEVICE",
+            let (id, issued, expires) = (uuid_v4()?, now_rfc3339(0), now_rfc3339(i64::from(days)));
+            let devices: Vec<&str> = device.iter().map(String::as_str).collect();
+            let groups: Vec<&str> = group.iter().map(String::as_str).collect();
+            let draft = maml::Draft {
+                id: &id,
+                issuer: &issuer,
+                devices: &devices,
+                groups: &groups,
                 sequence,
-                &now_rfc3339(0),
-                &now_rfc3339(i64::from(days)),
-            )
-            .replacen(
-                "target: { devices: [DEVICE], groups: [] }",
-                &format!(
-                    "target: {{ devices: [{}], groups: [{}] }}",
-                    device.join(", "),
-                    group.join(", ")
-                ),
-                1,
-            );
+                issued_at: &issued,
+                expires_at: &expires,
+            };
+            let text = maml::workflow_text(&draft, maml::TEMPLATE_PIPELINE);
             use std::io::Write;
             let mut f = std::fs::OpenOptions::new()
                 .write(true)
