@@ -30,14 +30,15 @@ use std::path::Path;
 
 pub use error::{ConfigError, Problem};
 pub use model::{
-    AgentConfig, BackendConfig, BackendKind, CaptureConfig, CaptureFormat, DetectStage,
-    DeviceConfig, DiscardSink, EncoderConfig, FleetConfig, FleetTls, GpsConfig, HealthCheckConfig,
-    ImuConfig, InferenceConfig, InferenceProvider, LogConfig, LogFormat, ModelConfig,
-    ModelKindConfig, ModerateStage, ModerationActionConfig, ModerationRule, PassthroughStage,
-    PipelineConfig, RecordSink, RtspTransport, Secret, SensorsConfig, SinkConfig, SourceConfig,
+    AgentConfig, BackendConfig, BackendKind, CaptureConfig, CaptureFormat, Comparison, Condition,
+    DetectStage, DeviceConfig, DiscardSink, EncoderConfig, FleetConfig, FleetTls, FusionConfig,
+    GpsConfig, HealthCheckConfig, ImuConfig, InferenceConfig, InferenceProvider, IotSensorConfig,
+    LogConfig, LogFormat, ModelConfig, ModelKindConfig, ModerateStage, ModerationActionConfig,
+    ModerationCondition, ModerationRule, PassthroughStage, PipelineConfig, RecordSink,
+    RtspTransport, RuleConfig, Secret, SensorCondition, SensorsConfig, SinkConfig, SourceConfig,
     SourceLocation, StageConfig, StoreConfig, TensorRtOptions, TimestampOverlayStage,
-    TrackerParams, TrustAnchors, VideoCodec, VirtualBackgroundStage, WebConfig, WorkflowPolicy,
-    WorkflowsConfig,
+    TrackCondition, TrackerParams, TrustAnchors, VideoCodec, VirtualBackgroundStage, WebConfig,
+    WorkflowPolicy, WorkflowsConfig,
 };
 pub use validate::parse_colour;
 

@@ -13,11 +13,12 @@ use std::path::PathBuf;
 
 use crate::error::Problem;
 use crate::model::{
-    BITRATE_KBPS_RANGE, BackendConfig, BackendKind, DeviceConfig, EncoderConfig, FleetConfig,
-    GOP_FRAMES_RANGE, InferenceConfig, KEEPALIVE_S_RANGE, LogConfig, MAX_ENCODER_THREADS,
-    MAX_ID_LEN, MIN_DISK_BUDGET_MB, ModelKindConfig, OVERLAY_SCALE_RANGE, POOL_FRAMES_RANGE,
-    PRESETS, PipelineConfig, QUEUE_DEPTH_RANGE, SEGMENT_SECONDS_RANGE, SensorsConfig, SinkConfig,
-    SourceConfig, SourceLocation, StageConfig, StoreConfig, WebConfig, WorkflowsConfig,
+    BITRATE_KBPS_RANGE, BackendConfig, BackendKind, Comparison, Condition, DeviceConfig,
+    EncoderConfig, FleetConfig, GOP_FRAMES_RANGE, InferenceConfig, KEEPALIVE_S_RANGE, LogConfig,
+    MAX_ENCODER_THREADS, MAX_ID_LEN, MIN_DISK_BUDGET_MB, ModelKindConfig, OVERLAY_SCALE_RANGE,
+    POOL_FRAMES_RANGE, PRESETS, PipelineConfig, QUEUE_DEPTH_RANGE, SEGMENT_SECONDS_RANGE,
+    SensorsConfig, SinkConfig, SourceConfig, SourceLocation, StageConfig, StoreConfig, WebConfig,
+    WorkflowsConfig,
 };
 use crate::recover::{join_index, join_key};
 
@@ -771,21 +772,137 @@ pub(crate) fn check_web(web: &WebConfig, prefix: &str, out: &mut Vec<Problem>) {
 }
 
 pub(crate) fn check_sensors(sensors: &SensorsConfig, prefix: &str, out: &mut Vec<Problem>) {
+    let key = |k: &str| join_key(prefix, k);
     if let Some(gps) = &sensors.gps {
-        check_scheme(
-            out,
-            join_key(&join_key(prefix, "gps"), "url"),
-            &gps.url,
-            GPS_SCHEMES,
-        );
+        check_scheme(out, key("gps.url"), &gps.url, GPS_SCHEMES);
     }
     if let Some(imu) = &sensors.imu {
-        check_scheme(
-            out,
-            join_key(&join_key(prefix, "imu"), "url"),
-            &imu.url,
-            IMU_SCHEMES,
-        );
+        check_scheme(out, key("imu.url"), &imu.url, IMU_SCHEMES);
+        check_range(out, key("imu.rate_hz"), imu.rate_hz, &(1.0..=1000.0));
+        for (i, a) in imu.mounting_ypr_deg.iter().enumerate() {
+            check_range(
+                out,
+                key(&format!("imu.mounting_ypr_deg[{i}]")),
+                *a,
+                &(-360.0..=360.0),
+            );
+        }
+    }
+    check_scheme(
+        out,
+        key("iot_broker_url"),
+        &sensors.iot_broker_url,
+        BROKER_SCHEMES,
+    );
+    let mut names: Vec<&str> = Vec::new();
+    for (i, s) in sensors.iot.iter().enumerate() {
+        let p = format!("iot[{i}]");
+        check_id(out, key(&format!("{p}.name")), &s.name);
+        if names.contains(&s.name.as_str()) || s.name == "speed" {
+            out.push(Problem::new(
+                key(&format!("{p}.name")),
+                format!("{:?} is used twice (or reserved)", s.name),
+            ));
+        }
+        names.push(&s.name);
+        if s.topic.is_empty() || s.topic.contains(['+', '#']) {
+            out.push(Problem::new(
+                key(&format!("{p}.topic")),
+                "a topic without wildcards is needed",
+            ));
+        }
+        if let (Some(lo), Some(hi)) = (s.min, s.max)
+            && lo >= hi
+        {
+            out.push(Problem::new(
+                key(&format!("{p}.max")),
+                format!("{hi} is not above min {lo}"),
+            ));
+        }
+    }
+    let f = &sensors.fusion;
+    check_range(out, key("fusion.uere_m"), f.uere_m, &(0.01..=1000.0));
+    check_range(
+        out,
+        key("fusion.accel_noise"),
+        f.accel_noise,
+        &(0.001..=100.0),
+    );
+    check_range(
+        out,
+        key("fusion.gyro_noise"),
+        f.gyro_noise,
+        &(0.00001..=10.0),
+    );
+    check_range(out, key("fusion.gate"), f.gate, &(1.0..=10_000.0));
+    check_range(out, key("fusion.reorder_ms"), f.reorder_ms, &(0..=10_000));
+    let mut rule_names: Vec<&str> = Vec::new();
+    for (i, r) in sensors.rules.iter().enumerate() {
+        let p = key(&format!("rules[{i}]"));
+        check_id(out, join_key(&p, "name"), &r.name);
+        if rule_names.contains(&r.name.as_str()) {
+            out.push(Problem::new(
+                join_key(&p, "name"),
+                format!("rule {:?} twice", r.name),
+            ));
+        }
+        rule_names.push(&r.name);
+        check_range(out, join_key(&p, "for_s"), r.for_s, &(0.0..=86_400.0));
+        check_condition(&r.when, &join_key(&p, "when"), &names, out);
+    }
+}
+
+fn check_comparison(c: &Comparison, path: &str, out: &mut Vec<Problem>) {
+    if [c.eq, c.gt, c.lt, c.ge, c.le].iter().all(Option::is_none) {
+        out.push(Problem::new(
+            path,
+            "give at least one of eq, gt, lt, ge, le",
+        ));
+    }
+}
+
+fn check_condition(c: &Condition, path: &str, sensors: &[&str], out: &mut Vec<Problem>) {
+    match c {
+        Condition::All(v) | Condition::Any(v) => {
+            if v.is_empty() {
+                out.push(Problem::new(path, "an empty list"));
+            }
+            for (i, c) in v.iter().enumerate() {
+                check_condition(c, &join_index(path, i), sensors, out);
+            }
+        }
+        Condition::Not(c) => check_condition(c, &join_key(path, "not"), sensors, out),
+        Condition::Track(t) => {
+            if let Some(z) = &t.zone {
+                if z.len() < 3 {
+                    out.push(Problem::new(
+                        join_key(path, "track.zone"),
+                        "a zone needs at least 3 points",
+                    ));
+                }
+                if z.iter().flatten().any(|v| !(0.0..=1.0).contains(v)) {
+                    out.push(Problem::new(
+                        join_key(path, "track.zone"),
+                        "zone points are image fractions 0 to 1",
+                    ));
+                }
+            }
+        }
+        Condition::Moderation(_) => {}
+        Condition::Sensor(s) => {
+            if !sensors.contains(&s.name.as_str()) {
+                out.push(Problem::new(
+                    join_key(path, "sensor.name"),
+                    format!(
+                        "no iot sensor {:?} (declared: {})",
+                        s.name,
+                        sensors.join(", ")
+                    ),
+                ));
+            }
+            check_comparison(&s.compare, &join_key(path, "sensor"), out);
+        }
+        Condition::Speed(c) => check_comparison(c, &join_key(path, "speed"), out),
     }
 }
 

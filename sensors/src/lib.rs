@@ -1,7 +1,21 @@
-//! BELUGA sensor fusion: GPS (NMEA), IMU and MQTT IoT sensors, time-aligned to frame
-//! timestamps and fused with video tracks.
+//! BELUGA sensor fusion: GPS (NMEA 0183), IMU and MQTT IoT sensors on one clock, fused into
+//! a pose (position, speed, heading) that video tracks and events are stamped with, and
+//! rules over video metadata and sensor state. See `docs/sensors.md`.
 //!
-//! **Status: not implemented yet** (the BELUGA issue). The config schema already has its
-//! `sensors:` section (`aegis_config::SensorsConfig`), validated so that configs written
-//! today stay valid. The crate exports nothing until its drivers exist; it must never touch
-//! frames (see `shared/DESIGN.md` §8).
+//! - [`nmea`]: GGA/RMC/VTG/GSA with checksum validation; a line splitter for byte streams.
+//! - [`imu`]: samples from replay CSV, IIO sysfs or MQTT JSON; mounting rotation.
+//! - [`ekf`]: the filter (state, noise, gating, dead reckoning) and the local tangent plane.
+//! - [`fusion`]: the clock, reordering of late samples, pose history and queries, GPS time.
+//! - [`rules`]: conditions, truth, episodes.
+//! - [`sim`]: synthetic trajectories with known truth (tests, benchmarks, the demo track).
+//! - [`source`]: drivers (serial, UDP, replay files, IIO) feeding a [`fusion::Fusion`].
+//!
+//! This crate never touches frames (DESIGN §8): the agent passes it timestamps and labels.
+
+pub mod ekf;
+pub mod fusion;
+pub mod imu;
+pub mod nmea;
+pub mod rules;
+pub mod sim;
+pub mod source;
