@@ -165,6 +165,18 @@ impl Applier {
         }
     }
 
+    /// GPS time (trusted by the fusion's rule) raises the persisted time floor.
+    pub fn raise_time_floor(&mut self, gps_s: i64) {
+        match self.workflows.raise_time_floor(gps_s) {
+            Ok(true) => {
+                tracing::info!(gps_s, "trusted-time floor raised from GPS time");
+                self.audit("time.floor", format!("raised to {gps_s} from GPS"));
+            }
+            Ok(false) => {}
+            Err(e) => tracing::warn!(error = %e, "cannot save the time floor"),
+        }
+    }
+
     /// The models the running pipeline uses.
     pub fn inference(&self) -> Arc<Inference> {
         self.inference.clone()

@@ -299,6 +299,7 @@ fn run_pipeline(
         sinks: vec![SinkConfig::Record(record_cfg(dir, threads))],
         pool_frames: 8,
         queue_depth: 4,
+        rules: Vec::new(),
     };
     let metrics = Arc::new(Metrics::new("cpu"));
     let opts = RunOptions {
@@ -308,6 +309,7 @@ fn run_pipeline(
         store: None,
         events_topic: None,
         snapshots: None,
+        sensing: None,
     };
     let sampling = Arc::new(AtomicBool::new(true));
     let sampler = {

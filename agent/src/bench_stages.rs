@@ -212,6 +212,7 @@ fn pipeline_fps(
         store: None,
         events_topic: None,
         snapshots: None,
+        sensing: None,
     };
     let t0 = Instant::now();
     let reports = Pipeline::start(pipeline, metrics, &opts)?.wait();

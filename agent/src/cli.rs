@@ -101,6 +101,12 @@ enum Command {
         #[arg(long)]
         json: Option<PathBuf>,
     },
+    /// Sensors: simulate a drive with known truth, replay recorded NMEA/IMU through the
+    /// fusion.
+    Sensors {
+        #[command(subcommand)]
+        what: crate::sensors_cli::SensorsCommand,
+    },
     /// Signed workflows: apply one to the running agent, show what runs.
     Workflow {
         #[command(subcommand)]
@@ -172,6 +178,13 @@ enum BenchCommand {
         /// Outbox rows built up during the outage.
         #[arg(long, default_value_t = 10_000)]
         backlog: u64,
+        /// Also write the results as JSON here.
+        #[arg(long)]
+        json: Option<PathBuf>,
+    },
+    /// Sensors: samples/s through NMEA/IMU parsing and the fusion on one core, vs parsing
+    /// alone; the per-frame cost of the pose lookup and rule evaluation.
+    Sensors {
         /// Also write the results as JSON here.
         #[arg(long)]
         json: Option<PathBuf>,
@@ -284,6 +297,7 @@ pub fn main() -> ExitCode {
                         store: None,
                         events_topic: None,
                         snapshots: None,
+                        sensing: None,
                     },
                     ..Default::default()
                 };
@@ -366,6 +380,22 @@ pub fn main() -> ExitCode {
             fleet_sim(devices, seconds, rate, pings, json)
         }
         Command::Bench {
+            what: BenchCommand::Sensors { json },
+        } => {
+            crate::logging::init(log_override.unwrap_or(LogFormat::Human), "error");
+            crate::sensors_cli::bench().and_then(|r| {
+                println!(
+                    "sensors, one core: {} samples; parsing alone {:.0} samples/s, parsing + fusion {:.0} samples/s (fusion keeps {:.0} % of the parse rate)",
+                    r.samples, r.parse_per_s, r.fused_per_s, r.ratio * 100.0
+                );
+                println!(
+                    "per frame: pose lookup + 3 rules p50 {:.2} µs, p99 {:.2} µs (goal < 500 µs)",
+                    r.per_frame_p50_us, r.per_frame_p99_us
+                );
+                write_json(json, &r)
+            })
+        }
+        Command::Bench {
             what:
                 BenchCommand::Workflow {
                     runs,
@@ -414,6 +444,10 @@ pub fn main() -> ExitCode {
                     );
                     write_json(json, &r)
                 })
+        }
+        Command::Sensors { what } => {
+            crate::logging::init(log_override.unwrap_or(LogFormat::Human), "warn");
+            crate::sensors_cli::run(what)
         }
         Command::Workflow { what } => {
             crate::logging::init(log_override.unwrap_or(LogFormat::Human), "warn");
@@ -682,6 +716,10 @@ fn demo(fast: bool, serve: bool, listen: Option<SocketAddr>) -> anyhow::Result<(
     let mut cfg = aegis_config::from_yaml_str(DEMO_CONFIG, "demo.yaml (built in)")
         .map_err(|e| anyhow::anyhow!("{e}"))?;
     ensure_sample(&Path::new(SAMPLES_DIR).join("demo.mp4"), 1280, 720)?;
+    let track = Path::new(SAMPLES_DIR).join("demo-track");
+    if !track.join("track.nmea").exists() {
+        crate::sensors_cli::simulate(&track, 60.0, &aegis_sensors::sim::SensorModel::default())?;
+    }
     let _broker = DemoBroker::ensure(&mut cfg);
     let req = RunRequest {
         listen,
@@ -692,6 +730,7 @@ fn demo(fast: bool, serve: bool, listen: Option<SocketAddr>) -> anyhow::Result<(
             store: None,
             events_topic: None,
             snapshots: None,
+            sensing: None,
         },
         linger: serve,
         scrape_metrics: true,

@@ -19,7 +19,8 @@ pub enum DbCommand {
     /// Rebuild the file to give deleted space back (needs free disk as large as the file;
     /// run while the agent is stopped).
     Vacuum(DbTarget),
-    /// Events (or metrics, audit) since a time, as CSV or JSON lines, oldest first.
+    /// Events (or metrics, audit, fused records, sensor readings) since a time, as CSV or
+    /// JSON lines, oldest first; fused records also by place (`--near LAT,LON`).
     Export {
         /// Which database.
         #[command(flatten)]
@@ -37,6 +38,12 @@ pub enum DbCommand {
         /// Write here instead of standard output.
         #[arg(long)]
         out: Option<PathBuf>,
+        /// With `--table fused`: only records within `--radius-m` of `LAT,LON`.
+        #[arg(long, value_delimiter = ',', allow_negative_numbers = true)]
+        near: Vec<f64>,
+        /// Radius for `--near`, metres.
+        #[arg(long, default_value_t = 100.0)]
+        radius_m: f64,
     },
     /// (testing) Write events as fast as possible until killed, through the real writer.
     #[command(hide = true)]
@@ -82,6 +89,10 @@ pub enum Table {
     Metrics,
     /// Who did what.
     Audit,
+    /// Events with the fused position at their frame's time (geotagged).
+    Fused,
+    /// Sensor readings (GPS fixes, IoT values).
+    Sensors,
 }
 
 /// Export formats.
@@ -206,6 +217,8 @@ pub fn run(cmd: DbCommand) -> anyhow::Result<()> {
             table,
             format,
             out,
+            near,
+            radius_m,
         } => {
             let path = target.resolve()?;
             let since = parse_since(&since, store::now_us())?;
@@ -213,7 +226,13 @@ pub fn run(cmd: DbCommand) -> anyhow::Result<()> {
                 Some(p) => Box::new(std::io::BufWriter::new(std::fs::File::create(p)?)),
                 None => Box::new(std::io::BufWriter::new(std::io::stdout().lock())),
             };
-            let n = export(&path, since, table, format, &mut w)?;
+            let area = match (near.as_slice(), table) {
+                ([], _) => None,
+                ([lat, lon], Table::Fused) => Some((*lat, *lon, radius_m)),
+                (_, Table::Fused) => anyhow::bail!("--near takes LAT,LON"),
+                _ => anyhow::bail!("--near needs --table fused"),
+            };
+            let n = export(&path, since, table, area, format, &mut w)?;
             w.flush()?;
             eprintln!("exported {n} rows");
             Ok(())
@@ -226,10 +245,15 @@ fn export(
     path: &Path,
     since: i64,
     table: Table,
+    area: Option<(f64, f64, f64)>,
     format: Format,
     w: &mut dyn Write,
 ) -> anyhow::Result<u64> {
     let conn = store::open_reader(path)?;
+    // A box around the point (the index on lat, lon serves it); metres → degrees.
+    let (lat, lon, r) = area.unwrap_or((0.0, 0.0, f64::INFINITY));
+    let dlat = (r / 111_320.0).min(180.0);
+    let dlon = (r / (111_320.0 * lat.to_radians().cos().max(1e-6))).min(360.0);
     let (sql, cols): (&str, &[&str]) = match table {
         Table::Events => (
             "SELECT ts_us, id, stream, kind, payload FROM events WHERE ts_us >= ?1 ORDER BY ts_us, id",
@@ -243,12 +267,42 @@ fn export(
             "SELECT ts_us, actor, action, detail FROM audit WHERE ts_us >= ?1 ORDER BY ts_us, id",
             &["time", "actor", "action", "detail"],
         ),
+        Table::Fused => (
+            "SELECT ts_us, event_id, stream, kind, lat, lon, speed_mps, heading_deg, sigma_m, sensors \
+             FROM fused_records WHERE ts_us >= ?1 AND lat BETWEEN ?2 AND ?3 AND lon BETWEEN ?4 AND ?5 \
+             ORDER BY ts_us",
+            &[
+                "time",
+                "event_id",
+                "stream",
+                "kind",
+                "lat",
+                "lon",
+                "speed_mps",
+                "heading_deg",
+                "sigma_m",
+                "sensors",
+            ],
+        ),
+        Table::Sensors => (
+            "SELECT ts_us, sensor, value FROM sensor_samples WHERE ts_us >= ?1 ORDER BY ts_us",
+            &["time", "sensor", "value"],
+        ),
     };
     if let Format::Csv = format {
         writeln!(w, "{}", cols.join(","))?;
     }
     let mut stmt = conn.prepare(sql)?;
-    let mut rows = stmt.query([since])?;
+    let mut rows = match table {
+        Table::Fused => stmt.query(rusqlite::params![
+            since,
+            lat - dlat,
+            lat + dlat,
+            lon - dlon,
+            lon + dlon
+        ])?,
+        _ => stmt.query([since])?,
+    };
     let mut n = 0u64;
     while let Some(r) = rows.next()? {
         let mut fields = vec![format_utc(r.get::<_, i64>(0)?)];
@@ -272,8 +326,11 @@ fn export(
                 for (c, f) in cols.iter().zip(fields) {
                     // JSON columns stay JSON.
                     let v = match (*c, serde_json::from_str::<serde_json::Value>(&f)) {
-                        ("payload" | "labels", Ok(j)) => j,
-                        ("value", Ok(j)) => j,
+                        ("payload" | "labels" | "sensors", Ok(j)) => j,
+                        (
+                            "value" | "lat" | "lon" | "speed_mps" | "heading_deg" | "sigma_m",
+                            Ok(j),
+                        ) => j,
                         _ => serde_json::Value::String(f),
                     };
                     obj.insert((*c).to_string(), v);

@@ -21,6 +21,8 @@ pub mod pipeline;
 pub mod process;
 pub mod runtime;
 pub mod sample;
+pub mod sensing;
+pub mod sensors_cli;
 pub mod server;
 pub mod store;
 pub mod workflow;

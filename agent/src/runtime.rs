@@ -153,6 +153,24 @@ pub async fn run(
     let started = Instant::now();
     let mut opts = req.options.clone();
     let snapshots = opts.snapshots.get_or_insert_with(Default::default).clone();
+    let sensing = crate::sensing::Sensing::start(&cfg.sensors, Some(store_handle.clone()))?;
+    if let Some(sn) = &sensing {
+        let me = sn.clone();
+        metrics.watch_component(
+            "sensors",
+            Box::new(move || {
+                use std::sync::atomic::Ordering::Relaxed;
+                let c = &me.counters;
+                vec![
+                    ("gps", c.gps.load(Relaxed)),
+                    ("imu", c.imu.load(Relaxed)),
+                    ("iot", c.iot.load(Relaxed)),
+                    ("bad", c.bad.load(Relaxed)),
+                ]
+            }),
+        );
+        opts.sensing = Some(sn.clone());
+    }
     if opts.store.is_none() {
         opts.store = Some(store_handle.clone());
         opts.events_topic = events_topic;
@@ -245,6 +263,7 @@ pub async fn run(
                 queue: applier
                     .as_ref()
                     .map(|a| (wf_tx.clone(), a.counters.clone())),
+                sensing: sensing.clone(),
             },
         ));
         let outbox = crate::fleet::SqliteOutbox::new(cfg.store.path.clone(), store_handle.clone());
@@ -277,7 +296,16 @@ pub async fn run(
         tokio::select! {
             _ = sigterm.recv() => { interrupted = true; break; }
             _ = sigint.recv() => { interrupted = true; break; }
-            _ = tick.tick() => if pipeline.is_finished() { break; },
+            _ = tick.tick() => {
+                if pipeline.is_finished() { break; }
+                // Consistent GPS time raises the trusted-time floor (never lowers it).
+                if cfg.sensors.fusion.gps_time_floor
+                    && let (Some(sn), Some(a)) = (&sensing, applier.as_mut())
+                    && let Some(t) = sn.gps_time()
+                {
+                    a.raise_time_floor(t);
+                }
+            },
             Some(()) = restart_rx.recv() => {
                 tracing::info!("restarting the pipeline (fleet command)");
                 let running = pipeline.config().clone();
@@ -345,6 +373,10 @@ pub async fn run(
     if let Some(f) = fleet {
         f.stop().await;
     }
+    if let Some(sn) = &sensing {
+        let sn = sn.clone();
+        tokio::task::spawn_blocking(move || sn.stop()).await?;
+    }
     store_handle.submit(crate::store::Record::Audit {
         ts_us: crate::store::now_us(),
         actor: "agent".into(),
@@ -402,8 +434,10 @@ struct AgentHost {
     models: serde_json::Value,
 }
 
-/// The fleet link's way to the workflow applier: the status it reports and its queue.
+/// The fleet link's way to the workflow applier (the status it reports and its queue) and
+/// to the sensors (status and telemetry).
 struct WorkflowHooks {
+    sensing: Option<Arc<crate::sensing::Sensing>>,
     status: Arc<std::sync::Mutex<serde_json::Value>>,
     queue: Option<(
         tokio::sync::mpsc::Sender<crate::apply::Request>,
@@ -500,6 +534,7 @@ impl crate::fleet::FleetHost for AgentHost {
         serde_json::json!({
             "ts_us": crate::store::now_us(),
             "streams": self.streams(),
+            "sensors": self.workflows.sensing.as_ref().map(|s| s.status()),
             "rss_bytes": p.as_ref().map(|p| p.rss_bytes),
             "cpu_ms": p.as_ref().map(|p| p.cpu_ms),
             "store": {

@@ -387,6 +387,17 @@ impl Workflows {
         self.save()
     }
 
+    /// Raises the trusted-time floor to `t` (GPS time). Saved only when it moves by more
+    /// than a minute (the floor guards against clocks set back by hours, not seconds).
+    pub fn raise_time_floor(&mut self, t: i64) -> anyhow::Result<bool> {
+        if t <= self.state.replay.time_floor_s + 60 {
+            return Ok(false);
+        }
+        self.state.replay.time_floor_s = t;
+        self.save()?;
+        Ok(true)
+    }
+
     /// The trial passed: the active workflow is kept.
     pub fn commit(&mut self) -> anyhow::Result<()> {
         self.state.trial = false;

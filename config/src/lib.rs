@@ -40,7 +40,7 @@ pub use model::{
     TrackCondition, TrackerParams, TrustAnchors, VideoCodec, VirtualBackgroundStage, WebConfig,
     WorkflowPolicy, WorkflowsConfig,
 };
-pub use validate::parse_colour;
+pub use validate::{check_rule_sensors, parse_colour};
 
 /// Largest configuration file [`load`] accepts, in bytes (1 MiB).
 pub const MAX_CONFIG_BYTES: u64 = parse::MAX_TEXT_BYTES as u64;

@@ -435,6 +435,10 @@ pub struct PipelineConfig {
     /// and the decoder stalls.
     #[serde(default = "default_queue_depth")]
     pub queue_depth: u32,
+    /// Rules over this pipeline's video metadata and the sensors (in
+    /// addition to `sensors.rules`; a workflow can carry them).
+    #[serde(default)]
+    pub rules: Vec<RuleConfig>,
 }
 
 /// One video input.
@@ -1272,7 +1276,9 @@ impl Default for FusionConfig {
 pub struct RuleConfig {
     /// Name (in the event).
     pub name: String,
-    /// The condition.
+    /// The condition (`{all: [...]}`, `{track: {...}}`, ... : one key each).
+    #[serde(with = "serde_yaml_ng::with::singleton_map_recursive")]
+    #[schemars(with = "Condition")]
     pub when: Condition,
     /// Seconds the condition must hold continuously (0: at once).
     #[serde(default)]

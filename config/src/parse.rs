@@ -36,7 +36,14 @@ const ROOT_KEYS: &[&str] = &[
     "workflows",
     "log",
 ];
-const PIPELINE_KEYS: &[&str] = &["sources", "stages", "sinks", "pool_frames", "queue_depth"];
+const PIPELINE_KEYS: &[&str] = &[
+    "sources",
+    "stages",
+    "sinks",
+    "pool_frames",
+    "queue_depth",
+    "rules",
+];
 const STAGE_KINDS: &[&str] = &[
     "passthrough",
     "timestamp_overlay",
@@ -167,6 +174,10 @@ fn build_agent(value: Value, problems: &mut Vec<Problem>) -> Option<AgentConfig>
         problems,
         Checks::fields(validate::check_log),
     );
+    if let (Some(pipeline), Some(sensors)) = (&pipeline, &sensors) {
+        let names: Vec<&str> = sensors.iot.iter().map(|s| s.name.as_str()).collect();
+        validate::check_rule_sensors(&pipeline.rules, &names, "pipeline.rules", problems);
+    }
     if let (Some(pipeline), Some(inference)) = (&pipeline, &inference) {
         validate::check_stage_models(pipeline, inference, "pipeline", problems);
     }
@@ -295,12 +306,24 @@ fn build_pipeline(
     if let Some(sinks) = sinks.as_deref() {
         validate::check_record_dirs(sinks, prefix, problems);
     }
+    let rules = match map.remove("rules") {
+        Some(value) => piece::<Vec<crate::model::RuleConfig>>(
+            value,
+            &join_key(prefix, "rules"),
+            problems,
+            Checks::fields(|r: &Vec<crate::model::RuleConfig>, p, out| {
+                validate::check_rules(r, p, out)
+            }),
+        ),
+        None => Some(Vec::new()),
+    };
     Some(PipelineConfig {
         sources: all(sources?)?,
         stages: all(stages?)?,
         sinks: all(sinks?)?,
         pool_frames: pool_frames?,
         queue_depth: queue_depth?,
+        rules: rules?,
     })
 }
 

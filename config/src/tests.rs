@@ -789,3 +789,56 @@ fn workflow_settings_are_checked() {
         .to_string();
     assert!(err.contains("workflows.trust.roots"), "{err}");
 }
+
+#[test]
+fn sensors_rules_and_iot_are_parsed_and_checked() {
+    let text = r#"device: { id: d }
+pipeline:
+  sources: [{ id: a, url: "file:///x.mp4" }]
+  sinks: [{ kind: discard }]
+  rules:
+    - { name: moving_alert, when: { all: [ { moderation: {} }, { speed: { gt: 0 } } ] } }
+sensors:
+  gps: { url: "udp://0.0.0.0:10110" }
+  iot:
+    - { name: door, topic: site/door, unit: contact }
+    - { name: temp, topic: site/temp, field: celsius, min: -40, max: 85 }
+  rules:
+    - name: intruder
+      when:
+        all:
+          - track: { label: person, zone: [[0, 0], [0.5, 0], [0.5, 1], [0, 1]] }
+          - sensor: { name: door, eq: 1 }
+      for_s: 5
+    - { name: hot, when: { not: { sensor: { name: temp, le: 40 } } } }
+"#;
+    let cfg = crate::from_yaml_str(text, "t.yaml").unwrap();
+    assert_eq!(cfg.sensors.rules.len(), 2);
+    assert_eq!(cfg.pipeline.rules.len(), 1);
+    assert_eq!(cfg.sensors.iot[1].field, "celsius");
+    let bad = text
+        .replace("name: door, eq: 1", "name: window, eq: 1")
+        .replace("[0.5, 1], [0, 1]", "[1.5, 1]")
+        .replace("{ speed: { gt: 0 } }", "{ speed: {} }")
+        .replace("min: -40, max: 85", "min: 85, max: -40");
+    let err = crate::from_yaml_str(&bad, "t.yaml")
+        .unwrap_err()
+        .to_string();
+    for want in [
+        "sensors.rules[0].when.all[1].sensor.name",
+        "sensors.rules[0].when.all[0].track.zone",
+        "pipeline.rules[0].when.all[1].speed",
+        "sensors.iot[1].max",
+    ] {
+        assert!(err.contains(want), "{want} missing from {err}");
+    }
+    // A pipeline rule naming a sensor the device does not have.
+    let unknown = text.replace("{ speed: { gt: 0 } }", "{ sensor: { name: gate, eq: 1 } }");
+    let err = crate::from_yaml_str(&unknown, "t.yaml")
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("pipeline.rules[0].when.all[1].sensor.name"),
+        "{err}"
+    );
+}

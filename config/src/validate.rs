@@ -16,9 +16,9 @@ use crate::model::{
     BITRATE_KBPS_RANGE, BackendConfig, BackendKind, Comparison, Condition, DeviceConfig,
     EncoderConfig, FleetConfig, GOP_FRAMES_RANGE, InferenceConfig, KEEPALIVE_S_RANGE, LogConfig,
     MAX_ENCODER_THREADS, MAX_ID_LEN, MIN_DISK_BUDGET_MB, ModelKindConfig, OVERLAY_SCALE_RANGE,
-    POOL_FRAMES_RANGE, PRESETS, PipelineConfig, QUEUE_DEPTH_RANGE, SEGMENT_SECONDS_RANGE,
-    SensorsConfig, SinkConfig, SourceConfig, SourceLocation, StageConfig, StoreConfig, WebConfig,
-    WorkflowsConfig,
+    POOL_FRAMES_RANGE, PRESETS, PipelineConfig, QUEUE_DEPTH_RANGE, RuleConfig,
+    SEGMENT_SECONDS_RANGE, SensorsConfig, SinkConfig, SourceConfig, SourceLocation, StageConfig,
+    StoreConfig, WebConfig, WorkflowsConfig,
 };
 use crate::recover::{join_index, join_key};
 
@@ -836,9 +836,15 @@ pub(crate) fn check_sensors(sensors: &SensorsConfig, prefix: &str, out: &mut Vec
     );
     check_range(out, key("fusion.gate"), f.gate, &(1.0..=10_000.0));
     check_range(out, key("fusion.reorder_ms"), f.reorder_ms, &(0..=10_000));
+    check_rules(&sensors.rules, &key("rules"), out);
+    check_rule_sensors(&sensors.rules, &names, &key("rules"), out);
+}
+
+/// Rules: names, durations and conditions (sensor names: [`check_rule_sensors`]).
+pub(crate) fn check_rules(rules: &[RuleConfig], prefix: &str, out: &mut Vec<Problem>) {
     let mut rule_names: Vec<&str> = Vec::new();
-    for (i, r) in sensors.rules.iter().enumerate() {
-        let p = key(&format!("rules[{i}]"));
+    for (i, r) in rules.iter().enumerate() {
+        let p = join_index(prefix, i);
         check_id(out, join_key(&p, "name"), &r.name);
         if rule_names.contains(&r.name.as_str()) {
             out.push(Problem::new(
@@ -848,8 +854,33 @@ pub(crate) fn check_sensors(sensors: &SensorsConfig, prefix: &str, out: &mut Vec
         }
         rule_names.push(&r.name);
         check_range(out, join_key(&p, "for_s"), r.for_s, &(0.0..=86_400.0));
-        check_condition(&r.when, &join_key(&p, "when"), &names, out);
+        check_condition(&r.when, &join_key(&p, "when"), None, out);
     }
+}
+
+/// That every sensor the rules name is one of `sensors` (a workflow's rules are checked
+/// against the device's sensors when it is applied).
+pub fn check_rule_sensors(
+    rules: &[RuleConfig],
+    sensors: &[&str],
+    prefix: &str,
+    out: &mut Vec<Problem>,
+) {
+    let mut inner = Vec::new();
+    for (i, r) in rules.iter().enumerate() {
+        check_condition(
+            &r.when,
+            &join_key(&join_index(prefix, i), "when"),
+            Some(sensors),
+            &mut inner,
+        );
+    }
+    // Only the sensor-name problems (the rest was reported by check_rules).
+    out.extend(
+        inner
+            .into_iter()
+            .filter(|p| p.path.ends_with("sensor.name")),
+    );
 }
 
 fn check_comparison(c: &Comparison, path: &str, out: &mut Vec<Problem>) {
@@ -861,14 +892,22 @@ fn check_comparison(c: &Comparison, path: &str, out: &mut Vec<Problem>) {
     }
 }
 
-fn check_condition(c: &Condition, path: &str, sensors: &[&str], out: &mut Vec<Problem>) {
+fn check_condition(c: &Condition, path: &str, sensors: Option<&[&str]>, out: &mut Vec<Problem>) {
     match c {
         Condition::All(v) | Condition::Any(v) => {
+            let path = join_key(
+                path,
+                if matches!(c, Condition::All(_)) {
+                    "all"
+                } else {
+                    "any"
+                },
+            );
             if v.is_empty() {
-                out.push(Problem::new(path, "an empty list"));
+                out.push(Problem::new(path.clone(), "an empty list"));
             }
             for (i, c) in v.iter().enumerate() {
-                check_condition(c, &join_index(path, i), sensors, out);
+                check_condition(c, &join_index(&path, i), sensors, out);
             }
         }
         Condition::Not(c) => check_condition(c, &join_key(path, "not"), sensors, out),
@@ -890,7 +929,9 @@ fn check_condition(c: &Condition, path: &str, sensors: &[&str], out: &mut Vec<Pr
         }
         Condition::Moderation(_) => {}
         Condition::Sensor(s) => {
-            if !sensors.contains(&s.name.as_str()) {
+            if let Some(sensors) = sensors
+                && !sensors.contains(&s.name.as_str())
+            {
                 out.push(Problem::new(
                     join_key(path, "sensor.name"),
                     format!(

@@ -4,6 +4,7 @@
 //!
 //! - [`nmea`]: GGA/RMC/VTG/GSA with checksum validation; a line splitter for byte streams.
 //! - [`imu`]: samples from replay CSV, IIO sysfs or MQTT JSON; mounting rotation.
+//! - [`iot`]: IoT readings (numbers, booleans, state words) from MQTT JSON.
 //! - [`ekf`]: the filter (state, noise, gating, dead reckoning) and the local tangent plane.
 //! - [`fusion`]: the clock, reordering of late samples, pose history and queries, GPS time.
 //! - [`rules`]: conditions, truth, episodes.
@@ -15,6 +16,7 @@
 pub mod ekf;
 pub mod fusion;
 pub mod imu;
+pub mod iot;
 pub mod nmea;
 pub mod rules;
 pub mod sim;

@@ -50,15 +50,17 @@ fn sleep_until(clock: &Clock, t: f64, stop: &AtomicBool) -> bool {
 }
 
 /// Replays NMEA lines paced by their UTC times at `speed`× (0: no pacing, samples stamped
-/// on the file's own time line from `clock.now()`).
+/// on the file's own time line). The first sentence's time maps to monotonic `start`;
+/// replay GPS and IMU files together with the same `start` (their first samples must be
+/// simultaneous).
 pub fn replay_nmea(
     reader: impl BufRead,
     clock: &Clock,
+    start: f64,
     speed: f64,
     stop: &AtomicBool,
     mut sink: impl FnMut(f64, Input),
 ) -> std::io::Result<DriverStats> {
-    let start = clock.now();
     let mut st = DriverStats::default();
     let (mut first, mut last_utc, mut day) = (None::<f64>, None::<f64>, 0.0);
     let mut current = start;
@@ -95,15 +97,16 @@ pub fn replay_nmea(
     Ok(st)
 }
 
-/// Replays an IMU CSV paced by its `t` column at `speed`× (0: no pacing).
+/// Replays an IMU CSV paced by its `t` column at `speed`× (0: no pacing); the first
+/// sample maps to monotonic `start`.
 pub fn replay_imu(
     reader: impl BufRead,
     clock: &Clock,
+    start: f64,
     speed: f64,
     stop: &AtomicBool,
     mut sink: impl FnMut(f64, Input),
 ) -> std::io::Result<DriverStats> {
-    let start = clock.now();
     let mut st = DriverStats::default();
     let mut first = None::<f64>;
     for line in reader.lines() {
@@ -317,7 +320,10 @@ mod tests {
         let clock = Clock::new();
         let stop = AtomicBool::new(false);
         let mut got = Vec::new();
-        let st = replay_nmea(text.as_bytes(), &clock, 10.0, &stop, |t, _| got.push(t)).unwrap();
+        let st = replay_nmea(text.as_bytes(), &clock, clock.now(), 10.0, &stop, |t, _| {
+            got.push(t)
+        })
+        .unwrap();
         assert_eq!(st, DriverStats { samples: 3, bad: 1 });
         // 0.5 s of file time at 10× is 50 ms apart.
         assert!(

@@ -69,6 +69,11 @@ pub struct AnalyticsTally {
     stage_names: Vec<String>,
     stage_sums: Vec<(f64, u64)>,
     window: (Instant, u64),
+    sensing: Option<Arc<crate::sensing::Sensing>>,
+    rules: aegis_sensors::rules::RuleEngine,
+    seen: Vec<aegis_sensors::rules::Seen<'static>>,
+    frame_at: Option<Instant>,
+    started: Instant,
 }
 
 impl AnalyticsTally {
@@ -98,7 +103,29 @@ impl AnalyticsTally {
             stage_sums: vec![(0.0, 0); stage_names.len()],
             stage_names,
             window: (Instant::now(), 0),
+            sensing: None,
+            rules: aegis_sensors::rules::RuleEngine::new(Vec::new()),
+            seen: Vec::new(),
+            frame_at: None,
+            started: Instant::now(),
         }
+    }
+
+    /// Events get the fused pose at their frame's time (and a `fused_records` row), and
+    /// `rules` are evaluated on every frame.
+    pub fn with_fusion(
+        mut self,
+        sensing: Option<Arc<crate::sensing::Sensing>>,
+        rules: aegis_sensors::rules::RuleEngine,
+    ) -> Self {
+        self.sensing = sensing;
+        self.rules = rules;
+        self
+    }
+
+    /// New rules (a workflow switch).
+    pub fn set_rules(&mut self, rules: aegis_sensors::rules::RuleEngine) {
+        self.rules = rules;
     }
 
     fn counter(&mut self, kind: &'static str, label: &'static str, verdict: bool) -> &Counter {
@@ -127,10 +154,31 @@ impl AnalyticsTally {
         &self.counters[i].2
     }
 
-    fn event(&mut self, ts_us: i64, kind: &str, payload: serde_json::Value) {
+    fn event(&mut self, ts_us: i64, kind: &str, mut payload: serde_json::Value) {
         let Some(store) = &self.store else { return };
+        let id = new_event_id();
+        // Geotag: the fused pose at the frame that raised the event.
+        if let (Some(sensing), Some(at)) = (&self.sensing, self.frame_at)
+            && let Some(p) = sensing.pose_at(at)
+        {
+            let iot = serde_json::to_string(&*sensing.iot()).unwrap_or_default();
+            payload["pose"] = json!({ "lat": p.lat, "lon": p.lon, "speed_mps": p.speed,
+                "heading_deg": p.heading_deg, "sigma_m": p.sigma_m, "since_fix_s": p.since_fix_s });
+            store.submit(Record::Fused(Box::new(crate::store::FusedRecord {
+                event_id: id.clone(),
+                ts_us,
+                stream: Some(self.stream.clone()),
+                kind: kind.to_string(),
+                lat: p.lat,
+                lon: p.lon,
+                speed_mps: p.speed,
+                heading_deg: p.heading_deg,
+                sigma_m: p.sigma_m,
+                sensors: iot,
+            })));
+        }
         let event = Event {
-            id: new_event_id(),
+            id,
             ts_us,
             stream: Some(self.stream.clone()),
             kind: kind.to_string(),
@@ -155,6 +203,7 @@ impl AnalyticsTally {
     /// Counts what the stages left on `frame`.
     pub fn count(&mut self, frame: &Frame) {
         let meta = &frame.meta;
+        self.frame_at = Some(meta.decoded_at);
         let ts = meta.wallclock_us.unwrap_or_else(now_us);
         for o in meta.objects.iter() {
             let kind = match o.source {
@@ -193,9 +242,65 @@ impl AnalyticsTally {
             self.summary.background_replaced += 1;
         }
         self.end_stale_tracks(frame.seq);
+        if !self.rules.is_empty() {
+            self.evaluate_rules(frame, ts);
+        }
         self.window.1 += 1;
         if self.window.0.elapsed() >= TIMING_EVERY {
             self.store_timings();
+        }
+    }
+
+    /// The rules on this frame's objects and verdict and the sensors at its time.
+    fn evaluate_rules(&mut self, frame: &Frame, ts: i64) {
+        use aegis_sensors::rules::{Facts, Seen};
+        let meta = &frame.meta;
+        let (w, h) = (
+            frame.layout.width.max(1) as f64,
+            frame.layout.height.max(1) as f64,
+        );
+        self.seen.clear();
+        for o in meta
+            .objects
+            .iter()
+            .filter(|o| o.source == ObjectSource::Detect)
+        {
+            let [x1, _, x2, y2] = o.bbox;
+            self.seen.push(Seen {
+                label: o.label,
+                foot: (f64::from(x1 + x2) / 2.0 / w, f64::from(y2) / h),
+            });
+        }
+        let (t, speed) = match &self.sensing {
+            Some(s) => (
+                s.clock.at(meta.decoded_at),
+                s.pose_at(meta.decoded_at).map(|p| p.speed),
+            ),
+            None => (
+                meta.decoded_at
+                    .saturating_duration_since(self.started)
+                    .as_secs_f64(),
+                None,
+            ),
+        };
+        let empty = HashMap::new();
+        let fired = {
+            let guard = self.sensing.as_ref().map(|s| s.iot());
+            let facts = Facts {
+                stream: &self.stream,
+                objects: &self.seen,
+                moderation: meta.moderation.is_some(),
+                sensors: guard.as_deref().unwrap_or(&empty),
+                speed,
+            };
+            self.rules.evaluate(t, &facts)
+        };
+        for f in fired {
+            self.event(
+                ts,
+                "rule",
+                json!({ "rule": f.rule, "held_s": f.held_s, "pts_us": frame.pts_us }),
+            );
         }
     }
 

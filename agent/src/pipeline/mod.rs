@@ -95,6 +95,27 @@ pub struct RunOptions {
     pub events_topic: Option<String>,
     /// Where snapshot requests reach the streams' sink threads.
     pub snapshots: Option<Arc<snapshot::SnapshotHub>>,
+    /// The sensors: events get the fused pose, rules see the sensor state.
+    pub sensing: Option<Arc<crate::sensing::Sensing>>,
+}
+
+/// The rules a pipeline runs: the local `sensors.rules` and its own `rules`, whose sensor
+/// names must be sensors this device has.
+fn rules_of(
+    cfg: &PipelineConfig,
+    sensing: Option<&Arc<crate::sensing::Sensing>>,
+) -> Result<Vec<aegis_config::RuleConfig>, PipelineError> {
+    let names: Vec<&str> = sensing
+        .map(|s| s.iot_names().iter().map(String::as_str).collect())
+        .unwrap_or_default();
+    let mut problems = Vec::new();
+    aegis_config::check_rule_sensors(&cfg.rules, &names, "rules", &mut problems);
+    if let Some(p) = problems.first() {
+        return Err(PipelineError::Stage(format!("{}: {}", p.path, p.reason)));
+    }
+    let mut rules: Vec<_> = sensing.map(|s| s.rules().to_vec()).unwrap_or_default();
+    rules.extend(cfg.rules.iter().cloned());
+    Ok(rules)
 }
 
 /// What one stream did, reported when it ends.
@@ -126,14 +147,18 @@ pub struct Pipeline {
     stoppers: Vec<SourceStopper>,
     streams: Vec<StreamThreads>,
     cfg: PipelineConfig,
+    sensing: Option<Arc<crate::sensing::Sensing>>,
 }
+
+/// A stream's stages and rules, as a workflow switch hands them over.
+type Chain = (Vec<Box<dyn Stage>>, Vec<aegis_config::RuleConfig>);
 
 /// One stream's stage chain as its stage thread sees it: a replacement waiting to be picked
 /// up between two frames, and how the chain in use has fared since it was installed.
 #[derive(Default)]
 struct StageSlot {
     pending: AtomicBool,
-    next: std::sync::Mutex<Option<Vec<Box<dyn Stage>>>>,
+    next: std::sync::Mutex<Option<Chain>>,
     generation: AtomicU64,
     frames: AtomicU64,
     failed_frames: AtomicU64,
@@ -389,6 +414,7 @@ impl Pipeline {
                     .map_err(PipelineError::Stage)?,
             );
         }
+        let rules = rules_of(cfg, opts.sensing.as_ref())?;
         let mut shared = Vec::with_capacity(cfg.sinks.len());
         for (index, s) in cfg.sinks.iter().enumerate() {
             shared.push(
@@ -406,6 +432,7 @@ impl Pipeline {
             stoppers: sources.iter().map(|s| s.stopper()).collect(),
             streams: Vec::new(),
             cfg: cfg.clone(),
+            sensing: opts.sensing.clone(),
         };
         let ctx = StreamContext {
             metrics: metrics.clone(),
@@ -414,6 +441,8 @@ impl Pipeline {
             store: opts.store.clone(),
             events_topic: opts.events_topic.clone(),
             snapshots: opts.snapshots.clone(),
+            sensing: opts.sensing.clone(),
+            rules,
         };
         for (source, stages) in sources.into_iter().zip(stage_sets) {
             let threads = spawn_stream(source, stages, cfg, &shared, &ctx);
@@ -457,6 +486,7 @@ impl Pipeline {
                 "sources or sinks differ: the pipeline must be rebuilt".into(),
             ));
         }
+        let rules = rules_of(new, self.sensing.as_ref())?;
         let mut sets = Vec::with_capacity(self.streams.len());
         for _ in &self.streams {
             sets.push(
@@ -466,7 +496,7 @@ impl Pipeline {
             );
         }
         for (s, set) in self.streams.iter().zip(sets) {
-            *s.slot.next.lock().unwrap_or_else(|p| p.into_inner()) = Some(set);
+            *s.slot.next.lock().unwrap_or_else(|p| p.into_inner()) = Some((set, rules.clone()));
             s.slot.pending.store(true, Ordering::Release);
         }
         self.cfg = new.clone();
@@ -555,6 +585,8 @@ struct StreamContext {
     store: Option<crate::store::StoreHandle>,
     events_topic: Option<String>,
     snapshots: Option<Arc<snapshot::SnapshotHub>>,
+    sensing: Option<Arc<crate::sensing::Sensing>>,
+    rules: Vec<aegis_config::RuleConfig>,
 }
 
 fn spawn_stream(
@@ -712,6 +744,10 @@ fn spawn_stream(
         opts_store.clone(),
         events_topic.clone(),
         names(&stages),
+    )
+    .with_fusion(
+        ctx.sensing.clone(),
+        aegis_sensors::rules::RuleEngine::new(ctx.rules.clone()),
     );
     let slot = Arc::new(StageSlot::default());
     let stg_slot = slot.clone();
@@ -728,7 +764,8 @@ fn spawn_stream(
                     .unwrap_or_else(|p| p.into_inner())
                     .take()
             {
-                stages = next;
+                stages = next.0;
+                tally.set_rules(aegis_sensors::rules::RuleEngine::new(next.1));
                 let n = names(&stages);
                 stage_hist = n
                     .iter()

@@ -123,6 +123,17 @@ pub enum Record {
     },
     /// Outbox rows the broker acknowledged (PUBACK): deleted.
     OutboxAck(Vec<i64>),
+    /// A sensor reading.
+    SensorSample {
+        /// When.
+        ts_us: i64,
+        /// `gps`, `imu`, or an IoT sensor's name.
+        sensor: String,
+        /// JSON.
+        value: String,
+    },
+    /// An event's fused pose.
+    Fused(Box<FusedRecord>),
     /// A message for the fleet broker that is not an event (a `.mu` receipt, a rejection
     /// notice): outbox only.
     Message {
@@ -152,6 +163,31 @@ pub enum Record {
         /// Best detection score.
         best_score: f64,
     },
+}
+
+/// An event with the fused pose at its frame's time.
+#[derive(Debug, Clone, PartialEq)]
+pub struct FusedRecord {
+    /// The event's id.
+    pub event_id: String,
+    /// When.
+    pub ts_us: i64,
+    /// Stream.
+    pub stream: Option<String>,
+    /// Event kind.
+    pub kind: String,
+    /// Degrees.
+    pub lat: f64,
+    /// Degrees.
+    pub lon: f64,
+    /// m/s.
+    pub speed_mps: f64,
+    /// Degrees from north.
+    pub heading_deg: f64,
+    /// Position σ, metres.
+    pub sigma_m: f64,
+    /// IoT values, JSON.
+    pub sensors: String,
 }
 
 /// Writer counters.
@@ -601,6 +637,26 @@ fn write_batch(conn: &mut Connection, batch: &[Record], outbox_max: u64) -> rusq
                 } => {
                     au.execute(params![ts_us, actor, action, detail])?;
                 }
+                Record::SensorSample {
+                    ts_us,
+                    sensor,
+                    value,
+                } => {
+                    tx.prepare_cached(
+                        "INSERT INTO sensor_samples (ts_us, sensor, value) VALUES (?1, ?2, ?3)",
+                    )?
+                    .execute(params![ts_us, sensor, value])?;
+                }
+                Record::Fused(f) => {
+                    tx.prepare_cached(
+                        "INSERT OR IGNORE INTO fused_records (event_id, ts_us, stream, kind, lat, lon, \
+                         speed_mps, heading_deg, sigma_m, sensors) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
+                    )?
+                    .execute(params![
+                        f.event_id, f.ts_us, f.stream, f.kind, f.lat, f.lon, f.speed_mps,
+                        f.heading_deg, f.sigma_m, f.sensors
+                    ])?;
+                }
                 Record::Message {
                     id,
                     topic,
@@ -658,7 +714,13 @@ fn write_batch(conn: &mut Connection, batch: &[Record], outbox_max: u64) -> rusq
 fn retention(conn: &Connection, s: &StoreSettings) -> rusqlite::Result<u64> {
     let cutoff = now_us() - s.retention.as_micros() as i64;
     let mut deleted = 0u64;
-    for table in ["events", "metrics", "audit"] {
+    for table in [
+        "events",
+        "metrics",
+        "audit",
+        "sensor_samples",
+        "fused_records",
+    ] {
         deleted += conn.execute(
             &format!("DELETE FROM {table} WHERE ts_us < ?1"),
             params![cutoff],
@@ -676,7 +738,7 @@ fn retention(conn: &Connection, s: &StoreSettings) -> rusqlite::Result<u64> {
     while live(conn)? > s.size_budget && rounds < 100 {
         rounds += 1;
         let mut n = 0;
-        for table in ["metrics", "events"] {
+        for table in ["metrics", "sensor_samples", "events", "fused_records"] {
             n += conn.execute(
                 &format!(
                     "DELETE FROM {table} WHERE rowid IN (SELECT rowid FROM {table} ORDER BY ts_us LIMIT \
@@ -716,7 +778,15 @@ pub fn stats(path: &Path) -> Result<Stats, StoreError> {
         .query_row("PRAGMA user_version", [], |r| r.get(0))
         .map_err(e)?;
     let mut rows = Vec::new();
-    for t in ["events", "metrics", "audit", "tracks", "outbox"] {
+    for t in [
+        "events",
+        "metrics",
+        "audit",
+        "tracks",
+        "outbox",
+        "sensor_samples",
+        "fused_records",
+    ] {
         let n: i64 = conn
             .query_row(&format!("SELECT COUNT(*) FROM {t}"), [], |r| r.get(0))
             .map_err(e)?;

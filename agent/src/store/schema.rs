@@ -7,8 +7,8 @@ use rusqlite::Connection;
 /// Migration `i` brings the schema from version `i` to `i + 1`.
 const MIGRATIONS: &[&str] = &[
     // 1: what the pipeline and the fleet link write. The other tables of DESIGN §7
-    // (workflows, models, sensor_samples, fused_records, users, sessions) come with the
-    // issues that fill them.
+    // (models, users, sessions) come with the issues that fill them; workflows live in
+    // their own atomic state directory (docs/workflows.md).
     r#"
     CREATE TABLE events (
         id       TEXT PRIMARY KEY,          -- UUIDv7: consumers de-duplicate on it
@@ -56,6 +56,33 @@ const MIGRATIONS: &[&str] = &[
         payload    BLOB NOT NULL,
         created_us INTEGER NOT NULL
     );
+    "#,
+    // 2: BELUGA sensor fusion.
+    r#"
+    -- Sensor readings: GPS fixes, IMU summaries, IoT values (value is JSON).
+    CREATE TABLE sensor_samples (
+        ts_us    INTEGER NOT NULL,
+        sensor   TEXT NOT NULL,             -- gps, imu, or an iot sensor's name
+        value    TEXT NOT NULL
+    );
+    CREATE INDEX sensor_samples_ts ON sensor_samples(ts_us);
+    CREATE INDEX sensor_samples_sensor_ts ON sensor_samples(sensor, ts_us);
+
+    -- Events with the fused pose at their frame's time: geotagged, queryable by place.
+    CREATE TABLE fused_records (
+        event_id   TEXT PRIMARY KEY,        -- events.id
+        ts_us      INTEGER NOT NULL,
+        stream     TEXT,
+        kind       TEXT NOT NULL,
+        lat        REAL NOT NULL,
+        lon        REAL NOT NULL,
+        speed_mps  REAL NOT NULL,
+        heading_deg REAL NOT NULL,
+        sigma_m    REAL NOT NULL,
+        sensors    TEXT NOT NULL            -- JSON: the IoT values at that time
+    );
+    CREATE INDEX fused_records_ts ON fused_records(ts_us);
+    CREATE INDEX fused_records_place ON fused_records(lat, lon);
     "#,
 ];
 

@@ -1,0 +1,445 @@
+//! The agent's sensors (BELUGA): drivers on their own threads feed one
+//! [`aegis_sensors::fusion::Fusion`]; IoT sensors (and an MQTT IMU) come through an MQTT
+//! client on the IoT broker; readings go to `sensor_samples`; the pipeline's stage threads
+//! ask for the pose and the IoT values at each frame's time (see
+//! `pipeline::analytics`). Nothing here touches frames.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
+use std::sync::{Arc, Mutex, RwLock};
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use aegis_config::{RuleConfig, SensorsConfig};
+use aegis_sensors::fusion::{Clock, Fusion, Input, Pose, Settings};
+use aegis_sensors::nmea::Sentence;
+
+use crate::store::{Record, StoreHandle};
+
+/// Sensor counters (exported as `aegis_component_counter{component="sensors"}`).
+#[derive(Debug, Default)]
+pub struct SensingCounters {
+    /// GPS sentences used.
+    pub gps: AtomicU64,
+    /// IMU samples used.
+    pub imu: AtomicU64,
+    /// IoT readings used.
+    pub iot: AtomicU64,
+    /// Lines/messages refused (checksum, framing, bad values, out of range).
+    pub bad: AtomicU64,
+}
+
+/// The running sensors.
+pub struct Sensing {
+    /// The clock every sample is stamped on.
+    pub clock: Clock,
+    /// Where replayed GPS and IMU files start on it (together).
+    replay_start: f64,
+    fusion: Mutex<Fusion>,
+    iot: RwLock<HashMap<String, f64>>,
+    rules: Vec<RuleConfig>,
+    stop: Arc<AtomicBool>,
+    threads: Mutex<Vec<JoinHandle<()>>>,
+    iot_task: Mutex<Option<tokio::task::JoinHandle<()>>>,
+    /// Counters.
+    pub counters: SensingCounters,
+    store: Option<StoreHandle>,
+    names: Vec<String>,
+}
+
+fn fusion_settings(cfg: &SensorsConfig) -> Settings {
+    let f = &cfg.fusion;
+    let mut s = Settings::default();
+    s.noise.uere_m = f.uere_m;
+    s.noise.accel = f.accel_noise;
+    s.noise.gyro = f.gyro_noise;
+    s.noise.gate = f.gate;
+    s.reorder_s = f64::from(f.reorder_ms) / 1000.0;
+    if let Some(imu) = &cfg.imu {
+        let [y, p, r] = imu.mounting_ypr_deg;
+        s.mounting = aegis_sensors::imu::Mounting::from_ypr_deg(y, p, r);
+    }
+    s
+}
+
+/// `scheme://rest?query` (or `file:relative/path`) → (scheme, rest, query value of `key`).
+fn split_url<'a>(url: &'a str, key: &str) -> (&'a str, &'a str, Option<&'a str>) {
+    let (scheme, rest) = url.split_once(':').unwrap_or(("", url));
+    let rest = rest.strip_prefix("//").unwrap_or(rest);
+    let (path, query) = rest.split_once('?').unwrap_or((rest, ""));
+    let v = query
+        .split('&')
+        .find_map(|kv| kv.strip_prefix(key)?.strip_prefix('='));
+    (scheme, path, v)
+}
+
+impl Sensing {
+    /// Starts what `cfg` declares; `None` when no sensor is configured.
+    pub fn start(
+        cfg: &SensorsConfig,
+        store: Option<StoreHandle>,
+    ) -> anyhow::Result<Option<Arc<Sensing>>> {
+        if cfg.gps.is_none() && cfg.imu.is_none() && cfg.iot.is_empty() {
+            return Ok(None);
+        }
+        let clock = Clock::new();
+        let s = Arc::new(Sensing {
+            replay_start: clock.now(),
+            clock,
+            fusion: Mutex::new(Fusion::new(fusion_settings(cfg))),
+            iot: RwLock::new(HashMap::new()),
+            rules: cfg.rules.clone(),
+            stop: Arc::new(AtomicBool::new(false)),
+            threads: Mutex::new(Vec::new()),
+            iot_task: Mutex::new(None),
+            counters: SensingCounters::default(),
+            store,
+            names: cfg.iot.iter().map(|s| s.name.clone()).collect(),
+        });
+        if let Some(gps) = &cfg.gps {
+            s.spawn_gps(&gps.url)?;
+        }
+        let mut mqtt_imu = None;
+        if let Some(imu) = &cfg.imu {
+            match split_url(&imu.url, "").0 {
+                "mqtt" => mqtt_imu = Some(split_url(&imu.url, "").1.to_string()),
+                _ => s.spawn_imu(&imu.url, imu.rate_hz)?,
+            }
+        }
+        // The filter runs its queue every 50 ms (the reorder window decides what is ready).
+        {
+            let me = s.clone();
+            s.spawn("sensors-fusion", move || {
+                while !me.stop.load(Relaxed) {
+                    me.fusion().advance(me.clock.now());
+                    std::thread::sleep(Duration::from_millis(50));
+                }
+            })?;
+        }
+        if !cfg.iot.is_empty() || mqtt_imu.is_some() {
+            let task = tokio::spawn(iot_loop(s.clone(), cfg.clone(), mqtt_imu));
+            *s.iot_task.lock().unwrap_or_else(|p| p.into_inner()) = Some(task);
+        }
+        Ok(Some(s))
+    }
+
+    fn fusion(&self) -> std::sync::MutexGuard<'_, Fusion> {
+        self.fusion.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn spawn(&self, name: &str, f: impl FnOnce() + Send + 'static) -> anyhow::Result<()> {
+        let h = std::thread::Builder::new().name(name.into()).spawn(f)?;
+        self.threads
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(h);
+        Ok(())
+    }
+
+    /// A sample from a driver: into the filter, and GPS fixes into `sensor_samples`.
+    fn take(&self, t: f64, input: Input) {
+        match &input {
+            Input::Gps(Sentence::Gga(g)) => {
+                self.counters.gps.fetch_add(1, Relaxed);
+                if let (1.., Some(lat), Some(lon)) = (g.quality, g.lat, g.lon) {
+                    self.sample(
+                        t,
+                        "gps",
+                        serde_json::json!({ "lat": lat, "lon": lon, "quality": g.quality,
+                            "hdop": g.hdop, "satellites": g.satellites, "alt_m": g.altitude_m }),
+                    );
+                }
+            }
+            Input::Gps(_) => {
+                self.counters.gps.fetch_add(1, Relaxed);
+            }
+            Input::Imu(_) => {
+                self.counters.imu.fetch_add(1, Relaxed);
+            }
+        }
+        self.fusion().push(t, input);
+    }
+
+    fn sample(&self, t: f64, sensor: &str, value: serde_json::Value) {
+        if let Some(store) = &self.store {
+            store.submit(Record::SensorSample {
+                ts_us: self.clock.wall_us(t),
+                sensor: sensor.into(),
+                value: value.to_string(),
+            });
+        }
+    }
+
+    fn spawn_gps(self: &Arc<Self>, url: &str) -> anyhow::Result<()> {
+        let (scheme, path, baud) = split_url(url, "baud");
+        let me = self.clone();
+        let path = path.to_string();
+        let baud: u32 = baud
+            .unwrap_or("9600")
+            .parse()
+            .map_err(|_| anyhow::anyhow!("sensors.gps.url: bad baud"))?;
+        let run: Box<dyn FnOnce() -> std::io::Result<aegis_sensors::source::DriverStats> + Send> =
+            match scheme {
+                "file" => {
+                    let f = std::fs::File::open(&path)
+                        .map_err(|e| anyhow::anyhow!("sensors.gps.url: {path}: {e}"))?;
+                    let me2 = me.clone();
+                    Box::new(move || {
+                        aegis_sensors::source::replay_nmea(
+                            std::io::BufReader::new(f),
+                            &me2.clock,
+                            me2.replay_start,
+                            1.0,
+                            &me2.stop,
+                            |t, i| me2.take(t, i),
+                        )
+                    })
+                }
+                "udp" => {
+                    let sock = std::net::UdpSocket::bind(&path)
+                        .map_err(|e| anyhow::anyhow!("sensors.gps.url: cannot bind {path}: {e}"))?;
+                    let me2 = me.clone();
+                    Box::new(move || {
+                        aegis_sensors::source::udp_nmea(&sock, &me2.clock, &me2.stop, |t, i| {
+                            me2.take(t, i)
+                        })
+                    })
+                }
+                "serial" => {
+                    let port =
+                        aegis_sensors::source::open_serial(std::path::Path::new(&path), baud)
+                            .map_err(|e| anyhow::anyhow!("sensors.gps.url: {path}: {e}"))?;
+                    let me2 = me.clone();
+                    Box::new(move || {
+                        aegis_sensors::source::stream_nmea(port, &me2.clock, &me2.stop, |t, i| {
+                            me2.take(t, i)
+                        })
+                    })
+                }
+                other => anyhow::bail!("sensors.gps.url: unsupported scheme {other}://"),
+            };
+        self.spawn("sensors-gps", move || match run() {
+            Ok(st) => {
+                me.counters.bad.fetch_add(st.bad, Relaxed);
+                tracing::info!(sentences = st.samples, bad = st.bad, "GPS input ended");
+            }
+            Err(e) => tracing::error!(error = %e, "GPS input failed"),
+        })
+    }
+
+    fn spawn_imu(self: &Arc<Self>, url: &str, rate_hz: f64) -> anyhow::Result<()> {
+        let (scheme, path, _) = split_url(url, "");
+        let me = self.clone();
+        match scheme {
+            "file" => {
+                let f = std::fs::File::open(path)
+                    .map_err(|e| anyhow::anyhow!("sensors.imu.url: {path}: {e}"))?;
+                self.spawn(
+                    "sensors-imu",
+                    move || match aegis_sensors::source::replay_imu(
+                        std::io::BufReader::new(f),
+                        &me.clock,
+                        me.replay_start,
+                        1.0,
+                        &me.stop,
+                        |t, i| me.take(t, i),
+                    ) {
+                        Ok(st) => {
+                            me.counters.bad.fetch_add(st.bad, Relaxed);
+                            tracing::info!(samples = st.samples, bad = st.bad, "IMU input ended");
+                        }
+                        Err(e) => tracing::error!(error = %e, "IMU input failed"),
+                    },
+                )
+            }
+            "iio" => {
+                let imu = aegis_sensors::imu::IioImu::open(std::path::Path::new(path))
+                    .map_err(|e| anyhow::anyhow!("sensors.imu.url: {e}"))?;
+                self.spawn("sensors-imu", move || {
+                    let st = aegis_sensors::source::poll_iio(
+                        &imu,
+                        rate_hz,
+                        &me.clock,
+                        &me.stop,
+                        |t, i| me.take(t, i),
+                    );
+                    me.counters.bad.fetch_add(st.bad, Relaxed);
+                })
+            }
+            other => anyhow::bail!("sensors.imu.url: unsupported scheme {other}://"),
+        }
+    }
+
+    /// The fused pose at a frame's decode instant.
+    pub fn pose_at(&self, at: std::time::Instant) -> Option<Pose> {
+        let t = self.clock.at(at);
+        self.fusion().pose_at(t)
+    }
+
+    /// The IoT values now.
+    pub fn iot(&self) -> std::sync::RwLockReadGuard<'_, HashMap<String, f64>> {
+        self.iot.read().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The IoT sensors declared (rules may name only these).
+    pub fn iot_names(&self) -> &[String] {
+        &self.names
+    }
+
+    /// The rules of `sensors.rules`.
+    pub fn rules(&self) -> &[RuleConfig] {
+        &self.rules
+    }
+
+    /// Trusted GPS time now (see `Fusion::gps_time`).
+    pub fn gps_time(&self) -> Option<i64> {
+        self.fusion().gps_time(self.clock.now())
+    }
+
+    /// For status and telemetry.
+    pub fn status(&self) -> serde_json::Value {
+        let now = self.clock.now();
+        let f = self.fusion();
+        let pose = f.pose_at(now);
+        serde_json::json!({
+            "pose": pose.map(|p| serde_json::json!({ "lat": p.lat, "lon": p.lon, "speed_mps": p.speed,
+                "heading_deg": p.heading_deg, "sigma_m": p.sigma_m, "since_fix_s": p.since_fix_s })),
+            "fixes": f.stats.fixes, "rejected_fixes": f.stats.rejected, "late": f.stats.late,
+            "iot": *self.iot(),
+        })
+    }
+
+    /// Stops every driver and waits for them.
+    pub fn stop(&self) {
+        self.stop.store(true, Relaxed);
+        if let Some(t) = self
+            .iot_task
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take()
+        {
+            t.abort();
+        }
+        let threads: Vec<_> =
+            std::mem::take(&mut *self.threads.lock().unwrap_or_else(|p| p.into_inner()));
+        for t in threads {
+            let _ = t.join();
+        }
+    }
+}
+
+/// IoT sensors (and an MQTT IMU) over the IoT broker.
+async fn iot_loop(s: Arc<Sensing>, cfg: SensorsConfig, imu_topic: Option<String>) {
+    use rumqttc::v5::mqttbytes::QoS;
+    use rumqttc::v5::mqttbytes::v5::Packet;
+    use rumqttc::v5::{AsyncClient, Event, MqttOptions};
+    let (_, rest, _) = split_url(&cfg.iot_broker_url, "");
+    let (host, port) = match rest.rsplit_once(':') {
+        Some((h, p)) => (h.to_string(), p.parse().unwrap_or(1883)),
+        None => (rest.to_string(), 1883),
+    };
+    let mut o = MqttOptions::new(format!("aegis-sensors-{}", std::process::id()), host, port);
+    o.set_keep_alive(Duration::from_secs(30));
+    let (client, mut el) = AsyncClient::new(o, 64);
+    let mut warned = false;
+    loop {
+        match el.poll().await {
+            Ok(Event::Incoming(Packet::ConnAck(_))) => {
+                warned = false;
+                for sensor in &cfg.iot {
+                    let _ = client
+                        .subscribe(sensor.topic.clone(), QoS::AtMostOnce)
+                        .await;
+                }
+                if let Some(t) = &imu_topic {
+                    let _ = client.subscribe(t.clone(), QoS::AtMostOnce).await;
+                }
+            }
+            Ok(Event::Incoming(Packet::Publish(p))) => {
+                let topic = String::from_utf8_lossy(&p.topic);
+                let t = s.clock.now();
+                if imu_topic.as_deref() == Some(&*topic) {
+                    match aegis_sensors::imu::parse_json(&p.payload, t) {
+                        Ok(mut sample) => {
+                            sample.t = t;
+                            s.take(t, Input::Imu(sample));
+                        }
+                        Err(_) => {
+                            s.counters.bad.fetch_add(1, Relaxed);
+                        }
+                    }
+                    continue;
+                }
+                for sensor in cfg.iot.iter().filter(|x| x.topic == topic) {
+                    match aegis_sensors::iot::parse_value(&p.payload, &sensor.field) {
+                        Ok(v)
+                            if sensor.min.is_none_or(|m| v >= m)
+                                && sensor.max.is_none_or(|m| v <= m) =>
+                        {
+                            s.counters.iot.fetch_add(1, Relaxed);
+                            s.iot
+                                .write()
+                                .unwrap_or_else(|p| p.into_inner())
+                                .insert(sensor.name.clone(), v);
+                            s.sample(
+                                t,
+                                &sensor.name,
+                                serde_json::json!({ "value": v, "unit": sensor.unit }),
+                            );
+                        }
+                        Ok(v) => {
+                            s.counters.bad.fetch_add(1, Relaxed);
+                            tracing::debug!(sensor = %sensor.name, value = v, "IoT reading outside its range");
+                        }
+                        Err(e) => {
+                            s.counters.bad.fetch_add(1, Relaxed);
+                            tracing::debug!(sensor = %sensor.name, error = %e, "IoT message refused");
+                        }
+                    }
+                }
+            }
+            Ok(_) => {}
+            Err(e) => {
+                if !warned {
+                    tracing::warn!(error = %e, broker = %cfg.iot_broker_url, "IoT broker unreachable; retrying");
+                    warned = true;
+                }
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+        }
+    }
+}
+
+impl std::fmt::Debug for Sensing {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Sensing")
+            .field("iot", &self.names)
+            .field("rules", &self.rules.len())
+            .finish_non_exhaustive()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn sensor_urls() {
+        use super::split_url;
+        assert_eq!(
+            split_url("serial:///dev/ttyTHS0?baud=115200", "baud"),
+            ("serial", "/dev/ttyTHS0", Some("115200"))
+        );
+        assert_eq!(
+            split_url("udp://0.0.0.0:10110", "baud"),
+            ("udp", "0.0.0.0:10110", None)
+        );
+        assert_eq!(
+            split_url("file:.samples/t.nmea", ""),
+            ("file", ".samples/t.nmea", None)
+        );
+        assert_eq!(
+            split_url("file:///data/t.nmea", ""),
+            ("file", "/data/t.nmea", None)
+        );
+        assert_eq!(split_url("mqtt://imu/raw", ""), ("mqtt", "imu/raw", None));
+    }
+}
