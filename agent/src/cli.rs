@@ -107,6 +107,13 @@ enum Command {
         #[command(subcommand)]
         what: crate::sensors_cli::SensorsCommand,
     },
+    /// (development) Write the CUDA kernels' golden files: inputs and CPU outputs.
+    #[command(hide = true)]
+    CudaGolden {
+        /// Output directory.
+        #[arg(long)]
+        out: PathBuf,
+    },
     /// Signed workflows: apply one to the running agent, show what runs.
     Workflow {
         #[command(subcommand)]
@@ -448,6 +455,10 @@ pub fn main() -> ExitCode {
         Command::Sensors { what } => {
             crate::logging::init(log_override.unwrap_or(LogFormat::Human), "warn");
             crate::sensors_cli::run(what)
+        }
+        Command::CudaGolden { out } => {
+            crate::logging::init(log_override.unwrap_or(LogFormat::Human), "warn");
+            crate::cuda_golden::write(&out)
         }
         Command::Workflow { what } => {
             crate::logging::init(log_override.unwrap_or(LogFormat::Human), "warn");

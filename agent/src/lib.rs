@@ -11,6 +11,7 @@ pub mod bench_rtsp;
 pub mod bench_stages;
 pub mod bench_workflow;
 pub mod cli;
+pub mod cuda_golden;
 pub mod db_cli;
 pub mod fleet;
 pub mod fleet_sim;

@@ -1,0 +1,567 @@
+//! The CUDA backend's device side: NV12 frames in pitched device memory, pooled; NVRTC
+//! kernels compiled at start-up (and cached) for the pipeline's pixel work — model
+//! preprocessing (NV12 → planar RGB float, resized), the virtual background composite (mask
+//! upsample + alpha blend), the moderation blur, RGB → NV12 for an encoder.
+//!
+//! **Loading.** libcuda and libnvrtc are opened at run time through `cudarc`
+//! (`dynamic-loading`, API level CUDA 12.6, which JetPack 6 and CUDA 13 drivers both serve).
+//! cudarc panics when a library is missing, so [`Gpu::open`] probes both first and returns
+//! [`CudaError::NoDriver`] / [`CudaError::NoNvrtc`] — the agent then falls back to its
+//! configured backend. Nothing here links a vendor library at build time.
+//!
+//! **Exactness.** Every kernel mirrors a CPU function of `aegis-hal` / `aegis-models`
+//! operation for operation (integer kernels bit for bit; the float preprocess is compiled
+//! with `--fmad=false` so its rounding follows the CPU's), and the device tests compare
+//! them against outputs of those CPU functions (`tests/kernels.rs`).
+//!
+//! **Copies.** [`Gpu::host_copies`] counts every transfer between host and device, so the
+//! pipeline can show that frames stay on the device from decode to the final download.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use cudarc::driver::{
+    CudaContext, CudaFunction, CudaSlice, CudaStream, LaunchConfig, PushKernelArg,
+};
+
+/// The kernels' source (CUDA C, NVRTC).
+pub const KERNELS: &str = include_str!("kernels.cu");
+
+/// Why the GPU cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum CudaError {
+    /// libcuda is not installed (no NVIDIA driver).
+    #[error(
+        "no CUDA driver: libcuda.so.1 could not be loaded (install the NVIDIA driver, or select another backend)"
+    )]
+    NoDriver,
+    /// libnvrtc is not installed.
+    #[error(
+        "NVRTC not found (libnvrtc.so / libnvrtc.so.12): install the CUDA toolkit's nvrtc, or put a libnvrtc.so link on LD_LIBRARY_PATH"
+    )]
+    NoNvrtc,
+    /// A driver call failed.
+    #[error("CUDA: {0}")]
+    Driver(#[from] cudarc::driver::DriverError),
+    /// The kernels did not compile.
+    #[error("NVRTC: {0}")]
+    Compile(String),
+    /// A buffer does not fit the operation.
+    #[error("{0}")]
+    Size(String),
+}
+
+/// An NV12 frame in device memory: luma rows of `pitch` bytes, then `h/2` rows of
+/// interleaved CbCr at offset `pitch * h`.
+#[derive(Debug)]
+pub struct DeviceNv12 {
+    /// Width in pixels (even).
+    pub width: usize,
+    /// Height in pixels (even).
+    pub height: usize,
+    /// Row pitch in bytes (a multiple of 256).
+    pub pitch: usize,
+    /// The pixels.
+    pub data: CudaSlice<u8>,
+}
+
+impl DeviceNv12 {
+    /// Bytes of the whole surface.
+    pub fn len(&self) -> usize {
+        self.pitch * self.height * 3 / 2
+    }
+
+    /// True for a 0×0 surface.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// Row pitch for `width` bytes: 256-byte aligned, as NVDEC and NVENC like it.
+pub fn pitch_for(width: usize) -> usize {
+    width.div_ceil(256) * 256
+}
+
+/// A fixed set of same-size device frames: `acquire` hands one out or says the pool is
+/// empty (backpressure, never growth); `release` takes it back.
+pub struct SurfacePool {
+    free: std::sync::Mutex<Vec<DeviceNv12>>,
+    /// Frames in the pool.
+    pub capacity: usize,
+}
+
+impl SurfacePool {
+    /// `n` frames of `width`×`height`.
+    pub fn new(gpu: &Gpu, width: usize, height: usize, n: usize) -> Result<SurfacePool, CudaError> {
+        let mut v = Vec::with_capacity(n);
+        for _ in 0..n {
+            v.push(gpu.alloc_nv12(width, height)?);
+        }
+        Ok(SurfacePool {
+            free: std::sync::Mutex::new(v),
+            capacity: n,
+        })
+    }
+
+    /// A free frame, or `None` when all are in use.
+    pub fn acquire(&self) -> Option<DeviceNv12> {
+        self.free.lock().unwrap_or_else(|p| p.into_inner()).pop()
+    }
+
+    /// Gives a frame back.
+    pub fn release(&self, f: DeviceNv12) {
+        self.free.lock().unwrap_or_else(|p| p.into_inner()).push(f);
+    }
+
+    /// Frames free now.
+    pub fn available(&self) -> usize {
+        self.free.lock().unwrap_or_else(|p| p.into_inner()).len()
+    }
+}
+
+/// The compiled kernels.
+struct Kernels {
+    preprocess: CudaFunction,
+    composite: CudaFunction,
+    scale: CudaFunction,
+    rgb_to_nv12: CudaFunction,
+}
+
+/// An open GPU with its stream and kernels.
+pub struct Gpu {
+    /// The context.
+    pub ctx: Arc<CudaContext>,
+    /// The stream every operation is queued on.
+    pub stream: Arc<CudaStream>,
+    kernels: Kernels,
+    host_copies: AtomicU64,
+    /// Device name and compute capability, for reports.
+    pub name: String,
+    /// Where the PTX came from: `compiled` or `cache`.
+    pub ptx_source: &'static str,
+}
+
+/// Whether libcuda can be loaded (no panic, no context).
+pub fn driver_present() -> bool {
+    // SAFETY: dlopen probing only; no CUDA call is made.
+    unsafe { cudarc::driver::sys::is_culib_present() }
+}
+
+/// Whether libnvrtc can be loaded.
+pub fn nvrtc_present() -> bool {
+    // SAFETY: dlopen probing only.
+    unsafe { cudarc::nvrtc::sys::is_culib_present() }
+}
+
+fn launch_2d(w: usize, h: usize) -> LaunchConfig {
+    LaunchConfig {
+        grid_dim: (w.div_ceil(32) as u32, h.div_ceil(8) as u32, 1),
+        block_dim: (32, 8, 1),
+        shared_mem_bytes: 0,
+    }
+}
+
+/// BT.601 limited-range RGB → YCbCr weights in 16-bit fixed point, computed exactly as
+/// `aegis_hal::pixel` computes them (luma weights summing to the rounded total, chroma
+/// weights to zero).
+pub fn bt601_rgb_to_yuv() -> [i32; 9] {
+    let fx = |x: f64| -> i32 {
+        let v = x * 65536.0;
+        if v >= 0.0 {
+            (v + 0.5) as i32
+        } else {
+            (v - 0.5) as i32
+        }
+    };
+    let (kr, kb) = (0.299, 0.114);
+    let (ys, cs) = (219.0 / 255.0, 224.0 / 255.0);
+    let yr = fx(ys * kr);
+    let yb = fx(ys * kb);
+    let yg = fx(ys) - yr - yb;
+    let ur = -fx(cs * kr / (2.0 * (1.0 - kb)));
+    let ub = fx(cs * 0.5);
+    let vr = ub;
+    let vb = -fx(cs * kb / (2.0 * (1.0 - kr)));
+    let ug = -(ur + ub);
+    let vg = -(vr + vb);
+    [yr, yg, yb, ur, ug, ub, vr, vg, vb]
+}
+
+impl Gpu {
+    /// Opens device `ordinal`: probes the libraries, creates the context and a stream,
+    /// compiles the kernels for its architecture (or loads them from `cache_dir`).
+    pub fn open(ordinal: usize, cache_dir: Option<PathBuf>) -> Result<Gpu, CudaError> {
+        if !driver_present() {
+            return Err(CudaError::NoDriver);
+        }
+        let ctx = CudaContext::new(ordinal)?;
+        let (maj, min) = ctx.compute_capability()?;
+        let name = format!("{} (sm_{maj}{min})", ctx.name()?);
+        let stream = ctx.new_stream()?;
+        let (ptx, ptx_source) = Self::ptx(maj, min, cache_dir)?;
+        let module = ctx.load_module(ptx)?;
+        let kernels = Kernels {
+            preprocess: module.load_function("nv12_to_rgb_planar_stretch")?,
+            composite: module.load_function("composite_nv12")?,
+            scale: module.load_function("scale_plane")?,
+            rgb_to_nv12: module.load_function("rgb_to_nv12")?,
+        };
+        Ok(Gpu {
+            ctx,
+            stream,
+            kernels,
+            host_copies: AtomicU64::new(0),
+            name,
+            ptx_source,
+        })
+    }
+
+    /// PTX for `sm_<maj><min>`: from the cache (keyed by the source's hash and the
+    /// architecture) or compiled with NVRTC and cached.
+    fn ptx(
+        maj: i32,
+        min: i32,
+        cache_dir: Option<PathBuf>,
+    ) -> Result<(cudarc::nvrtc::Ptx, &'static str), CudaError> {
+        use sha2::Digest;
+        let key: String = sha2::Sha256::digest(format!("{KERNELS}|sm_{maj}{min}|fmad=false"))
+            .iter()
+            .take(8)
+            .map(|b| format!("{b:02x}"))
+            .collect();
+        let cached = cache_dir
+            .as_ref()
+            .map(|d| d.join(format!("kernels-{key}.ptx")));
+        if let Some(p) = &cached
+            && let Ok(text) = std::fs::read_to_string(p)
+        {
+            return Ok((cudarc::nvrtc::Ptx::from_src(text), "cache"));
+        }
+        if !nvrtc_present() {
+            return Err(CudaError::NoNvrtc);
+        }
+        let opts = cudarc::nvrtc::CompileOptions {
+            fmad: Some(false),
+            options: vec![format!("--gpu-architecture=compute_{maj}{min}")],
+            ..Default::default()
+        };
+        let ptx = cudarc::nvrtc::compile_ptx_with_opts(KERNELS, opts)
+            .map_err(|e| CudaError::Compile(e.to_string()))?;
+        if let (Some(p), Some(d)) = (&cached, &cache_dir) {
+            let _ = std::fs::create_dir_all(d);
+            let _ = std::fs::write(p, ptx.to_src());
+        }
+        Ok((ptx, "compiled"))
+    }
+
+    /// Host↔device transfers so far (each upload or download of a buffer counts one).
+    pub fn host_copies(&self) -> u64 {
+        self.host_copies.load(Ordering::Relaxed)
+    }
+
+    /// A zeroed NV12 frame.
+    pub fn alloc_nv12(&self, width: usize, height: usize) -> Result<DeviceNv12, CudaError> {
+        if !width.is_multiple_of(2) || !height.is_multiple_of(2) || width == 0 || height == 0 {
+            return Err(CudaError::Size(format!(
+                "NV12 needs even, non-zero sizes, not {width}x{height}"
+            )));
+        }
+        let pitch = pitch_for(width);
+        Ok(DeviceNv12 {
+            width,
+            height,
+            pitch,
+            data: self.stream.alloc_zeros::<u8>(pitch * height * 3 / 2)?,
+        })
+    }
+
+    /// Uploads tightly packed NV12 (`width*height*3/2` bytes) into `dst` (one host copy).
+    pub fn upload_nv12(&self, packed: &[u8], dst: &mut DeviceNv12) -> Result<(), CudaError> {
+        let (w, h, p) = (dst.width, dst.height, dst.pitch);
+        if packed.len() != w * h * 3 / 2 {
+            return Err(CudaError::Size(format!(
+                "{} bytes is not a {w}x{h} NV12 frame",
+                packed.len()
+            )));
+        }
+        let mut staged = vec![0u8; dst.len()];
+        for row in 0..h * 3 / 2 {
+            staged[row * p..row * p + w].copy_from_slice(&packed[row * w..row * w + w]);
+        }
+        self.stream.memcpy_htod(&staged, &mut dst.data)?;
+        self.host_copies.fetch_add(1, Ordering::Relaxed);
+        Ok(())
+    }
+
+    /// Downloads `src` as tightly packed NV12 (one host copy).
+    pub fn download_nv12(&self, src: &DeviceNv12) -> Result<Vec<u8>, CudaError> {
+        let (w, h, p) = (src.width, src.height, src.pitch);
+        let staged = self.stream.clone_dtoh(&src.data)?;
+        self.host_copies.fetch_add(1, Ordering::Relaxed);
+        let mut out = vec![0u8; w * h * 3 / 2];
+        for row in 0..h * 3 / 2 {
+            out[row * w..row * w + w].copy_from_slice(&staged[row * p..row * p + w]);
+        }
+        Ok(out)
+    }
+
+    /// Uploads any buffer (one host copy).
+    pub fn upload<T: cudarc::driver::DeviceRepr>(
+        &self,
+        host: &[T],
+    ) -> Result<CudaSlice<T>, CudaError> {
+        let s = self.stream.clone_htod(host)?;
+        self.host_copies.fetch_add(1, Ordering::Relaxed);
+        Ok(s)
+    }
+
+    /// Downloads any buffer (one host copy).
+    pub fn download<T: cudarc::driver::DeviceRepr>(
+        &self,
+        dev: &CudaSlice<T>,
+    ) -> Result<Vec<T>, CudaError> {
+        let v = self.stream.clone_dtoh(dev)?;
+        self.host_copies.fetch_add(1, Ordering::Relaxed);
+        Ok(v)
+    }
+
+    /// Model input: `src` as planar RGB float 0..1, stretched to `ow`×`oh` (corner-aligned
+    /// bilinear) into `out` (`3*ow*oh`) — `aegis_models::preprocess::planar` with
+    /// `Fit::Stretch`, RGB order.
+    pub fn preprocess(
+        &self,
+        src: &DeviceNv12,
+        out: &mut CudaSlice<f32>,
+        ow: usize,
+        oh: usize,
+    ) -> Result<(), CudaError> {
+        if out.len() < 3 * ow * oh {
+            return Err(CudaError::Size(format!(
+                "output holds {} floats, {} needed",
+                out.len(),
+                3 * ow * oh
+            )));
+        }
+        let uv = src.data.slice(src.pitch * src.height..);
+        let (pitch, w, h, ow_i, oh_i) = (
+            src.pitch as i32,
+            src.width as i32,
+            src.height as i32,
+            ow as i32,
+            oh as i32,
+        );
+        let mut b = self.stream.launch_builder(&self.kernels.preprocess);
+        b.arg(&src.data)
+            .arg(&uv)
+            .arg(&pitch)
+            .arg(&w)
+            .arg(&h)
+            .arg(out)
+            .arg(&ow_i)
+            .arg(&oh_i);
+        // SAFETY: the arguments match the kernel's signature; sizes were checked above and
+        // the kernel bounds-checks its coordinates.
+        unsafe { b.launch(launch_2d(ow, oh)) }?;
+        Ok(())
+    }
+
+    /// Composites `frame` over `bg` (same size) with the `s`×`s` mask (0 = background,
+    /// 255 = frame), upsampled exactly as the CPU stage does.
+    pub fn composite(
+        &self,
+        frame: &mut DeviceNv12,
+        bg: &DeviceNv12,
+        mask: &CudaSlice<u8>,
+        s: usize,
+    ) -> Result<(), CudaError> {
+        if bg.width != frame.width || bg.height != frame.height || mask.len() < s * s {
+            return Err(CudaError::Size(
+                "background or mask does not fit the frame".into(),
+            ));
+        }
+        let off = frame.pitch * frame.height;
+        let (mut y, mut uv) = frame.data.split_at_mut(off);
+        let bg_uv = bg.data.slice(bg.pitch * bg.height..);
+        let (pitch, w, h, bp, si) = (
+            frame.pitch as i32,
+            frame.width as i32,
+            frame.height as i32,
+            bg.pitch as i32,
+            s as i32,
+        );
+        // The scaler's fixed-point steps per axis, computed once here (not per pixel).
+        let step = |d: usize| ((s as i64) << 32) / d as i64;
+        let steps = [
+            step(frame.width),
+            step(frame.height),
+            step(frame.width / 2),
+            step(frame.height / 2),
+        ];
+        let mut b = self.stream.launch_builder(&self.kernels.composite);
+        b.arg(&mut y)
+            .arg(&mut uv)
+            .arg(&pitch)
+            .arg(&w)
+            .arg(&h)
+            .arg(&bg.data)
+            .arg(&bg_uv)
+            .arg(&bp)
+            .arg(mask)
+            .arg(&si);
+        for st in &steps {
+            b.arg(st);
+        }
+        // SAFETY: arguments match the kernel; sizes checked above.
+        unsafe { b.launch(launch_2d(frame.width / 2, frame.height / 2)) }?;
+        Ok(())
+    }
+
+    /// Scales a plane region (`bpp` 1 = luma, 2 = CbCr) from `src` (`sw`×`sh` at byte
+    /// offset `so`, pitch `sp`) to `dst` — `aegis_hal::pixel::scale_plane[_uv]`.
+    #[allow(clippy::too_many_arguments)]
+    fn scale(
+        &self,
+        src: &cudarc::driver::CudaView<'_, u8>,
+        sp: usize,
+        sw: usize,
+        sh: usize,
+        dst: &mut cudarc::driver::CudaViewMut<'_, u8>,
+        dp: usize,
+        dw: usize,
+        dh: usize,
+        bpp: usize,
+    ) -> Result<(), CudaError> {
+        let a = [sp, sw, sh].map(|v| v as i32);
+        let d = [dp, dw, dh, bpp].map(|v| v as i32);
+        let mut b = self.stream.launch_builder(&self.kernels.scale);
+        b.arg(src)
+            .arg(&a[0])
+            .arg(&a[1])
+            .arg(&a[2])
+            .arg(dst)
+            .arg(&d[0])
+            .arg(&d[1])
+            .arg(&d[2])
+            .arg(&d[3]);
+        // SAFETY: arguments match the kernel; callers pass regions inside their buffers.
+        unsafe { b.launch(launch_2d(dw, dh)) }?;
+        Ok(())
+    }
+
+    /// Blurs rectangle (`x`, `y`, `w`, `h`, even values) of `frame` with strength `factor`:
+    /// shrink by `factor` (box filter) into `scratch`, scale back — as the CPU moderation
+    /// stage's `blur_rect`.
+    #[allow(clippy::too_many_arguments)]
+    pub fn blur_rect(
+        &self,
+        frame: &mut DeviceNv12,
+        x: usize,
+        y: usize,
+        w: usize,
+        h: usize,
+        factor: usize,
+        scratch: &mut CudaSlice<u8>,
+    ) -> Result<(), CudaError> {
+        let factor = factor.max(2);
+        if x + w > frame.width || y + h > frame.height {
+            return Err(CudaError::Size("blur rectangle outside the frame".into()));
+        }
+        let p = frame.pitch;
+        for (bpp, off, rx, ry, rw, rh) in [
+            (1usize, 0usize, x, y, w, h),
+            (2, p * frame.height, x / 2, y / 2, w / 2, h / 2),
+        ] {
+            let (sw, sh) = ((rw / factor).max(1), (rh / factor).max(1));
+            if rw == 0 || rh == 0 || (sw == rw && sh == rh) {
+                continue;
+            }
+            if scratch.len() < sw * sh * bpp {
+                return Err(CudaError::Size(format!(
+                    "scratch needs {} bytes",
+                    sw * sh * bpp
+                )));
+            }
+            let start = off + ry * p + rx * bpp;
+            let end = off + (ry + rh - 1) * p + (rx + rw) * bpp;
+            {
+                let region = frame.data.slice(start..end);
+                let mut small = scratch.slice_mut(0..sw * sh * bpp);
+                self.scale(&region, p, rw, rh, &mut small, sw * bpp, sw, sh, bpp)?;
+            }
+            let small = scratch.slice(0..sw * sh * bpp);
+            let mut region = frame.data.slice_mut(start..end);
+            self.scale(&small, sw * bpp, sw, sh, &mut region, p, rw, rh, bpp)?;
+        }
+        Ok(())
+    }
+
+    /// Packed RGB24 (`rgb_pitch` bytes per row) → NV12 `dst` — `rgb24_to_nv12`, BT.601.
+    pub fn rgb_to_nv12(
+        &self,
+        rgb: &CudaSlice<u8>,
+        rgb_pitch: usize,
+        dst: &mut DeviceNv12,
+    ) -> Result<(), CudaError> {
+        if rgb.len() < rgb_pitch * dst.height || rgb_pitch < 3 * dst.width {
+            return Err(CudaError::Size("RGB buffer smaller than the frame".into()));
+        }
+        let off = dst.pitch * dst.height;
+        let (mut y, mut uv) = dst.data.split_at_mut(off);
+        let c = bt601_rgb_to_yuv();
+        let (rp, w, h, p) = (
+            rgb_pitch as i32,
+            dst.width as i32,
+            dst.height as i32,
+            dst.pitch as i32,
+        );
+        let mut b = self.stream.launch_builder(&self.kernels.rgb_to_nv12);
+        b.arg(rgb)
+            .arg(&rp)
+            .arg(&w)
+            .arg(&h)
+            .arg(&mut y)
+            .arg(&mut uv)
+            .arg(&p);
+        for k in &c {
+            b.arg(k);
+        }
+        // SAFETY: arguments match the kernel; sizes checked above.
+        unsafe { b.launch(launch_2d(dst.width / 2, dst.height / 2)) }?;
+        Ok(())
+    }
+
+    /// Waits for everything queued.
+    pub fn sync(&self) -> Result<(), CudaError> {
+        self.stream.synchronize()?;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn coefficients_match_the_cpu_formula() {
+        // The values aegis_hal::pixel uses for BT.601 (checked bit-exact on the device too).
+        let c = super::bt601_rgb_to_yuv();
+        assert_eq!(
+            c[0] + c[1] + c[2],
+            (219.0f64 / 255.0 * 65536.0 + 0.5) as i32
+        );
+        assert_eq!(c[3] + c[4] + c[5], 0);
+        assert_eq!(c[6] + c[7] + c[8], 0);
+    }
+
+    #[test]
+    fn without_a_driver_open_says_so_instead_of_panicking() {
+        if super::driver_present() {
+            eprintln!("skipped: this machine has a CUDA driver");
+            return;
+        }
+        let e = super::Gpu::open(0, None)
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default();
+        assert!(e.contains("no CUDA driver"), "{e}");
+    }
+}

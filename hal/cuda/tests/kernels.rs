@@ -1,0 +1,164 @@
+//! Every kernel against the CPU implementation it mirrors, on a real GPU. The expected
+//! outputs come from the CPU code (`aegis cuda-golden --out DIR`, where libav and the models
+//! crate are); `AEGIS_CUDA_GOLDEN=DIR` points here. They are `#[ignore]`d, so a plain
+//! `cargo test` (CI, no GPU) lists them as ignored; `tools/device-test.sh` runs them on the
+//! GPU machine with `--include-ignored`, where a missing driver or golden file fails them.
+
+use std::path::PathBuf;
+
+use aegis_cuda::Gpu;
+
+const W: usize = 1920;
+const H: usize = 1080;
+
+fn setup() -> (Gpu, PathBuf) {
+    assert!(
+        aegis_cuda::driver_present(),
+        "no CUDA driver on this machine"
+    );
+    let dir = std::env::var_os("AEGIS_CUDA_GOLDEN")
+        .map(PathBuf::from)
+        .expect("AEGIS_CUDA_GOLDEN (aegis cuda-golden --out DIR)");
+    let gpu = Gpu::open(0, None).expect("open the GPU");
+    (gpu, dir)
+}
+
+fn read(dir: &std::path::Path, name: &str) -> Vec<u8> {
+    std::fs::read(dir.join(name)).unwrap_or_else(|e| panic!("{name}: {e}"))
+}
+
+/// Counts differing bytes and the largest difference.
+fn diff(got: &[u8], want: &[u8]) -> (usize, u8) {
+    assert_eq!(got.len(), want.len());
+    got.iter().zip(want).fold((0, 0), |(n, m), (a, b)| {
+        let d = a.abs_diff(*b);
+        (n + usize::from(d != 0), m.max(d))
+    })
+}
+
+#[test]
+#[ignore = "needs a CUDA GPU and golden files: tools/device-test.sh runs it"]
+fn preprocess_matches_the_cpu_within_float_rounding() {
+    let (gpu, dir) = setup();
+    let mut frame = gpu.alloc_nv12(W, H).unwrap();
+    gpu.upload_nv12(&read(&dir, "frame.nv12"), &mut frame)
+        .unwrap();
+    let mut out = gpu.stream.alloc_zeros::<f32>(3 * 256 * 256).unwrap();
+    gpu.preprocess(&frame, &mut out, 256, 256).unwrap();
+    let got = gpu.download(&out).unwrap();
+    let want: Vec<f32> = read(&dir, "preprocess.f32")
+        .chunks_exact(4)
+        .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+        .collect();
+    let (mut max, mut exact) = (0f32, 0usize);
+    for (a, b) in got.iter().zip(&want) {
+        max = max.max((a - b).abs());
+        exact += usize::from(a.to_bits() == b.to_bits());
+    }
+    eprintln!(
+        "preprocess: {exact} of {} values bit-identical, max |Δ| {max:e}",
+        want.len()
+    );
+    assert!(max <= 1e-6, "max |Δ| {max}");
+}
+
+#[test]
+#[ignore = "needs a CUDA GPU and golden files: tools/device-test.sh runs it"]
+fn composite_is_bit_exact() {
+    let (gpu, dir) = setup();
+    let mut frame = gpu.alloc_nv12(W, H).unwrap();
+    gpu.upload_nv12(&read(&dir, "frame.nv12"), &mut frame)
+        .unwrap();
+    let mut bg = gpu.alloc_nv12(W, H).unwrap();
+    gpu.upload_nv12(&read(&dir, "bg.nv12"), &mut bg).unwrap();
+    let mask = gpu.upload(&read(&dir, "mask.u8")).unwrap();
+    gpu.composite(&mut frame, &bg, &mask, 256).unwrap();
+    let got = gpu.download_nv12(&frame).unwrap();
+    let (n, m) = diff(&got, &read(&dir, "composite.nv12"));
+    eprintln!("composite: {n} bytes differ (max {m})");
+    assert_eq!((n, m), (0, 0));
+}
+
+#[test]
+#[ignore = "needs a CUDA GPU and golden files: tools/device-test.sh runs it"]
+fn blur_is_bit_exact() {
+    let (gpu, dir) = setup();
+    let m: serde_like::Blur = serde_like::blur(&read(&dir, "manifest.json"));
+    let mut frame = gpu.alloc_nv12(W, H).unwrap();
+    gpu.upload_nv12(&read(&dir, "frame.nv12"), &mut frame)
+        .unwrap();
+    let mut scratch = gpu.stream.alloc_zeros::<u8>(m.w * m.h).unwrap();
+    gpu.blur_rect(&mut frame, m.x, m.y, m.w, m.h, m.factor, &mut scratch)
+        .unwrap();
+    let got = gpu.download_nv12(&frame).unwrap();
+    let (n, mx) = diff(&got, &read(&dir, "blur.nv12"));
+    eprintln!("blur: {n} bytes differ (max {mx})");
+    assert_eq!((n, mx), (0, 0));
+}
+
+#[test]
+#[ignore = "needs a CUDA GPU and golden files: tools/device-test.sh runs it"]
+fn rgb_to_nv12_is_bit_exact() {
+    let (gpu, dir) = setup();
+    let rgb = gpu.upload(&read(&dir, "rgb.rgb24")).unwrap();
+    let mut out = gpu.alloc_nv12(W, H).unwrap();
+    gpu.rgb_to_nv12(&rgb, 3 * W, &mut out).unwrap();
+    let got = gpu.download_nv12(&out).unwrap();
+    let (n, m) = diff(&got, &read(&dir, "rgb2nv12.nv12"));
+    eprintln!("rgb_to_nv12: {n} bytes differ (max {m})");
+    assert_eq!((n, m), (0, 0));
+}
+
+#[test]
+#[ignore = "needs a CUDA GPU and golden files: tools/device-test.sh runs it"]
+fn surfaces_are_pooled_and_copies_counted() {
+    let (gpu, _) = setup();
+    let pool = aegis_cuda::SurfacePool::new(&gpu, W, H, 2).unwrap();
+    let a = pool.acquire().unwrap();
+    let b = pool.acquire().unwrap();
+    assert!(
+        pool.acquire().is_none(),
+        "a full pool is backpressure, not growth"
+    );
+    assert_eq!(a.pitch % 256, 0);
+    pool.release(a);
+    assert_eq!(pool.available(), 1);
+    pool.release(b);
+    let before = gpu.host_copies();
+    let f = pool.acquire().unwrap();
+    let _ = gpu.download_nv12(&f).unwrap();
+    assert_eq!(gpu.host_copies(), before + 1);
+}
+
+/// The manifest's blur rectangle, without a JSON dependency in this crate.
+mod serde_like {
+    pub struct Blur {
+        pub x: usize,
+        pub y: usize,
+        pub w: usize,
+        pub h: usize,
+        pub factor: usize,
+    }
+
+    pub fn blur(manifest: &[u8]) -> Blur {
+        let text = String::from_utf8_lossy(manifest);
+        let part = &text[text.find("\"blur\"").expect("blur in manifest")..];
+        let num = |k: &str| -> usize {
+            let i = part.find(&format!("\"{k}\"")).expect(k) + k.len() + 2;
+            part[i..]
+                .trim_start_matches([':', ' '])
+                .chars()
+                .take_while(char::is_ascii_digit)
+                .collect::<String>()
+                .parse()
+                .expect(k)
+        };
+        Blur {
+            x: num("x"),
+            y: num("y"),
+            w: num("w"),
+            h: num("h"),
+            factor: num("factor"),
+        }
+    }
+}
