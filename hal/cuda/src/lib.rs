@@ -17,6 +17,8 @@
 //! **Copies.** [`Gpu::host_copies`] counts every transfer between host and device, so the
 //! pipeline can show that frames stay on the device from decode to the final download.
 
+pub mod nvdec;
+
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -47,6 +49,9 @@ pub enum CudaError {
     /// The kernels did not compile.
     #[error("NVRTC: {0}")]
     Compile(String),
+    /// libnvcuvid (NVDEC) is not installed.
+    #[error("NVDEC not available: libnvcuvid.so.1: {0}")]
+    NoNvdec(String),
     /// A buffer does not fit the operation.
     #[error("{0}")]
     Size(String),
