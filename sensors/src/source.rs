@@ -35,6 +35,19 @@ fn utc_of(s: &Sentence) -> Option<f64> {
     }
 }
 
+/// Parses one NMEA line into `sink` at time `t`, counting it (sentence types the fusion does
+/// not use are skipped silently).
+fn take_line(line: &[u8], t: f64, st: &mut DriverStats, sink: &mut impl FnMut(f64, Input)) {
+    match nmea::parse(line) {
+        Ok(s) => {
+            st.samples += 1;
+            sink(t, Input::Gps(s));
+        }
+        Err(nmea::NmeaError::Unsupported) => {}
+        Err(_) => st.bad += 1,
+    }
+}
+
 /// Sleeps until monotonic `t` on `clock` (in slices, watching `stop`); false if stopped.
 fn sleep_until(clock: &Clock, t: f64, stop: &AtomicBool) -> bool {
     loop {
@@ -158,14 +171,7 @@ pub fn stream_nmea(
             Err(e) => return Err(e),
         };
         let t = clock.now();
-        split.feed(&buf[..n], |line| match nmea::parse(line) {
-            Ok(s) => {
-                st.samples += 1;
-                sink(t, Input::Gps(s));
-            }
-            Err(nmea::NmeaError::Unsupported) => {}
-            Err(_) => st.bad += 1,
-        });
+        split.feed(&buf[..n], |line| take_line(line, t, &mut st, &mut sink));
     }
     Ok(st)
 }
@@ -198,16 +204,8 @@ pub fn udp_nmea(
         let mut data = buf[..n].to_vec();
         data.push(b'\n');
         split.feed(&data, |line| {
-            if line.iter().all(u8::is_ascii_whitespace) {
-                return;
-            }
-            match nmea::parse(line) {
-                Ok(s) => {
-                    st.samples += 1;
-                    sink(t, Input::Gps(s));
-                }
-                Err(nmea::NmeaError::Unsupported) => {}
-                Err(_) => st.bad += 1,
+            if !line.iter().all(u8::is_ascii_whitespace) {
+                take_line(line, t, &mut st, &mut sink);
             }
         });
     }

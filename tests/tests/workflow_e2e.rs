@@ -145,6 +145,25 @@ fn watch(d: &Path, port: u16, count: usize) -> Child {
     c
 }
 
+/// Publishes `file` to `to` with a receipt watcher running; the watcher's success and output.
+fn publish_watched(d: &Path, port: u16, file: &str, to: &str) -> String {
+    let w = watch(d, port, 1);
+    chimera_ok(
+        d,
+        &[
+            "publish",
+            file,
+            "--to",
+            to,
+            "--broker",
+            &format!("mqtt://127.0.0.1:{port}"),
+        ],
+    );
+    let (ok, out) = finish(w);
+    assert!(ok, "{out}");
+    out
+}
+
 fn finish(c: Child) -> (bool, String) {
     let o = c.wait_with_output().unwrap();
     (
@@ -237,20 +256,7 @@ fn a_sealed_workflow_switches_stages_live_without_dropping_a_frame_and_a_failing
         ),
     );
     let wf1 = sign(d, &wf1, true);
-    let w = watch(d, broker.port, 1);
-    chimera_ok(
-        d,
-        &[
-            "publish",
-            &wf1,
-            "--to",
-            "orin-1",
-            "--broker",
-            &format!("mqtt://127.0.0.1:{}", broker.port),
-        ],
-    );
-    let (ok, out) = finish(w);
-    assert!(ok, "{out}");
+    let out = publish_watched(d, broker.port, &wf1, "orin-1");
     assert!(
         out.contains("orin-1: applied")
             && out.contains("(in_place) — signature ok, digest ok, mirror ok"),
@@ -269,20 +275,7 @@ fn a_sealed_workflow_switches_stages_live_without_dropping_a_frame_and_a_failing
         )),
     );
     let wf2 = sign(d, &wf2, false);
-    let w = watch(d, broker.port, 1);
-    chimera_ok(
-        d,
-        &[
-            "publish",
-            &wf2,
-            "--to",
-            "site-a",
-            "--broker",
-            &format!("mqtt://127.0.0.1:{}", broker.port),
-        ],
-    );
-    let (ok, out) = finish(w);
-    assert!(ok, "{out}");
+    let out = publish_watched(d, broker.port, &wf2, "site-a");
     assert!(
         out.contains("orin-1: rolled_back")
             && out.contains("health: stream cam0: stages failed")
