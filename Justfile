@@ -70,6 +70,8 @@ device-build:
     mkdir -p .device-nvdec
     target/release/aegis sample --out .device-nvdec/clip.mp4 --width 1920 --height 1080 --seconds 20
     ffmpeg -v error -y -i .device-nvdec/clip.mp4 -c copy -bsf:v h264_mp4toannexb -f h264 .device-nvdec/clip.h264
+    # A realistic one too: 10 s with film-grain noise at ~15 Mbit/s, B-frames.
+    ffmpeg -v error -y -i .device-nvdec/clip.mp4 -t 10 -vf "noise=alls=12:allf=t" -c:v libx264 -preset veryfast -b:v 15M -maxrate 15M -bufsize 30M -bsf:v h264_mp4toannexb -f h264 .device-nvdec/clip-hq.h264
     rm -f .device-nvdec/clip.mp4 .device-nvdec/clip.mp4.truth.json
     pip download av==19.0.2 --only-binary=:all: --python-version 3.12 --platform manylinux_2_28_x86_64 --no-deps -d .device-nvdec -q
     du -sh .device .device-nvdec

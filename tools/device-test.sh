@@ -13,10 +13,14 @@ echo "== PyTorch baseline"
 python3 tools/device/torch_preprocess.py "$out/torch.json" 2>&1 | tee "$out/torch.txt" || echo "PyTorch baseline failed"
 echo "== benchmarks"
 .device/aegis-cuda-bench --torch "$out/torch.json" --json "$out/bench.json" 2>&1 | tee "$out/bench.txt"
-if [ -f .device-nvdec/clip.h264 ]; then
-  echo "== NVDEC"
-  pip install -q --no-deps --target /tmp/pyav .device-nvdec/av-*.whl 2>&1 | tail -1 || true
-  mkdir -p "$out/dump"
-  .device/aegis-cuda-bench --h264 .device-nvdec/clip.h264 --dump "$out/dump" --json "$out/bench-nvdec.json" 2>&1 | grep -E "NVDEC|pipeline" | tee "$out/nvdec.txt"
-  python3 tools/device/cpu_decode.py .device-nvdec/clip.h264 "$out/dump" "$out/cpu-decode.json" 2>&1 | tee -a "$out/nvdec.txt" || echo "CPU decode baseline failed"
+if [ -d .device-nvdec ]; then
+  echo "== NVDEC vs libavcodec (PyAV)"
+  pip install -q --no-deps --root-user-action=ignore --target /tmp/pyav .device-nvdec/av-*.whl >/dev/null 2>&1 || true
+  for clip in .device-nvdec/*.h264; do
+    name=$(basename "$clip" .h264)
+    mkdir -p "$out/$name"
+    echo "-- $name"
+    .device/aegis-cuda-bench --h264 "$clip" --dump "$out/$name" --json "$out/$name/bench.json" 2>&1 | grep -E "NVDEC|pipeline|Error" | tee "$out/$name/nvdec.txt"
+    python3 tools/device/cpu_decode.py "$clip" "$out/$name" "$out/$name/cpu.json" 2>&1 | tail -1 | tee -a "$out/$name/nvdec.txt"
+  done
 fi

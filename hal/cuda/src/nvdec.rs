@@ -213,6 +213,8 @@ pub struct DecodeStats {
 /// What the parser callbacks see.
 struct State {
     api: Arc<Api>,
+    /// The decoder's own stream: its copies and waits do not serialise with other work.
+    stream: Arc<cudarc::driver::CudaStream>,
     gpu_stream: sys::CUstream,
     decoder: *mut c_void,
     coded: (u32, u32),
@@ -313,7 +315,7 @@ impl State {
                 deinterlace_mode: if f.progressive_sequence != 0 { 0 } else { 2 },
                 ul_target_width: f.coded_width as c_ulong,
                 ul_target_height: target_h as c_ulong,
-                ul_num_output_surfaces: 2,
+                ul_num_output_surfaces: 4,
                 vid_lock: std::ptr::null_mut(),
                 target_rect: Rect16 {
                     left: 0,
@@ -370,11 +372,9 @@ impl State {
             pool.release(out);
             return Err(format!("cuvidMapVideoFrame64 failed ({r})"));
         }
-        // SAFETY: see above.
-        let gpu = unsafe { &*self.gpu };
         let (w, h, dp) = (out.width, out.height, out.pitch);
         let copied = {
-            let (dst, _guard) = out.data.device_ptr_mut(&gpu.stream);
+            let (dst, _guard) = out.data.device_ptr_mut(&self.stream);
             let copy = |src_dev: u64, dst_dev: u64, rows: usize| -> Result<(), String> {
                 let cp = sys::CUDA_MEMCPY2D {
                     srcXInBytes: 0,
@@ -408,7 +408,7 @@ impl State {
             })
         };
         // The copies are queued on our stream; unmapping must wait for them.
-        let synced = gpu.stream.synchronize().map_err(|e| e.to_string());
+        let synced = self.stream.synchronize().map_err(|e| e.to_string());
         // SAFETY: `src` was mapped above.
         unsafe { (self.api.unmap)(self.decoder, src) };
         copied?;
@@ -421,12 +421,21 @@ impl State {
 
 impl Decoder {
     /// A decoder for `codec` on `gpu`, delivering into a pool of `pool_size` surfaces.
-    pub fn new(gpu: &Gpu, codec: Codec, pool_size: usize) -> Result<Decoder, CudaError> {
+    /// `display_delay` pictures may queue on NVDEC before the first is mapped (0 = lowest
+    /// latency; 2–4 let decode and copy overlap, NVIDIA's recommendation for throughput).
+    pub fn new(
+        gpu: &Gpu,
+        codec: Codec,
+        pool_size: usize,
+        display_delay: u32,
+    ) -> Result<Decoder, CudaError> {
         let api = Arc::new(Api::load()?);
         gpu.ctx.bind_to_thread()?;
+        let stream = gpu.ctx.new_stream()?;
         let mut state = Box::new(State {
             api: api.clone(),
-            gpu_stream: gpu.stream.cu_stream(),
+            gpu_stream: stream.cu_stream(),
+            stream,
             decoder: std::ptr::null_mut(),
             coded: (0, 0),
             visible: (0, 0),
@@ -443,7 +452,7 @@ impl Decoder {
             ul_max_num_decode_surfaces: 1,
             ul_clock_rate: 0,
             ul_error_threshold: 0,
-            ul_max_display_delay: 0,
+            ul_max_display_delay: display_delay,
             flags: 0,
             reserved1: [0; 4],
             user_data: &mut *state as *mut State as *mut c_void,
