@@ -324,6 +324,20 @@ fn a_sealed_workflow_switches_stages_live_without_dropping_a_frame_and_a_failing
     assert_eq!((delivered, dropped), (decoded, 0), "{out}\n{log}");
 }
 
+/// A gateway, a provisioned `orin-1` (group `site-a`), a broker and a 2 s clip; `None`
+/// (the test skips) without mosquitto.
+fn fleet_fixture() -> Option<(tempfile::TempDir, Broker)> {
+    if !have_mosquitto() {
+        eprintln!("skipped: mosquitto not installed");
+        return None;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    gateway_and_device(dir.path(), "orin-1", &["site-a"]);
+    let broker = Broker::start(&dir.path().join("broker"));
+    make_clip(dir.path(), "clip.mp4", 320, 240, 2.0);
+    Some((dir, broker))
+}
+
 /// A 1×1 RGB PNG.
 const TINY_PNG: &[u8] = &[
     137, 80, 78, 71, 13, 10, 26, 10, 0, 0, 0, 13, 73, 72, 68, 82, 0, 0, 0, 1, 0, 0, 0, 1, 8, 2, 0,
@@ -333,15 +347,10 @@ const TINY_PNG: &[u8] = &[
 
 #[test]
 fn an_offline_device_gets_the_retained_workflow_on_reconnect_and_converges_through_reconcile() {
-    if !have_mosquitto() {
-        eprintln!("skipped: mosquitto not installed");
+    let Some((dir, broker)) = fleet_fixture() else {
         return;
-    }
-    let dir = tempfile::tempdir().unwrap();
+    };
     let d = dir.path();
-    gateway_and_device(d, "orin-1", &["site-a"]);
-    let broker = Broker::start(&d.join("broker"));
-    make_clip(d, "clip.mp4", 320, 240, 2.0);
     let url = format!("mqtt://127.0.0.1:{}", broker.port);
     let cfg = write_config(
         d,
@@ -432,15 +441,10 @@ fn cpu_ms(pid: u32) -> f64 {
 
 #[test]
 fn garbage_on_the_workflow_topic_is_counted_and_never_answered_with_a_signature() {
-    if !have_mosquitto() {
-        eprintln!("skipped: mosquitto not installed");
+    let Some((dir, broker)) = fleet_fixture() else {
         return;
-    }
-    let dir = tempfile::tempdir().unwrap();
+    };
     let d = dir.path();
-    gateway_and_device(d, "orin-1", &["site-a"]);
-    let broker = Broker::start(&d.join("broker"));
-    make_clip(d, "clip.mp4", 320, 240, 2.0);
     let web = free_port();
     let cfg = write_config(
         d,
@@ -727,15 +731,10 @@ fn wait_counter(web: u16, name: &str, at_least: u64) {
 
 #[test]
 fn trust_metadata_from_the_fleet_revokes_an_issuer_and_its_running_workflow() {
-    if !have_mosquitto() {
-        eprintln!("skipped: mosquitto not installed");
+    let Some((dir, broker)) = fleet_fixture() else {
         return;
-    }
-    let dir = tempfile::tempdir().unwrap();
+    };
     let d = dir.path();
-    gateway_and_device(d, "orin-1", &["site-a"]);
-    let broker = Broker::start(&d.join("broker"));
-    make_clip(d, "clip.mp4", 320, 240, 2.0);
     let url = format!("mqtt://127.0.0.1:{}", broker.port);
     let web = free_port();
     let cfg = write_config(
