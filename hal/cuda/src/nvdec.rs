@@ -223,6 +223,8 @@ struct State {
     pool: Option<Arc<SurfacePool>>,
     pool_size: usize,
     ready: VecDeque<(DeviceNv12, i64)>,
+    /// Mapped pictures whose copies are still in flight.
+    mapped: VecDeque<(u64, cudarc::driver::CudaEvent)>,
     stats: DecodeStats,
     error: Option<String>,
     gpu: *const Gpu,
@@ -278,7 +280,21 @@ unsafe extern "C" fn on_display(user: *mut c_void, di: *mut DispInfo) -> c_int {
     }
 }
 
+/// Pictures mapped at once (the decoder has `ul_num_output_surfaces` = 4 slots).
+const MAPPED_MAX: usize = 3;
+
 impl State {
+    /// Waits for the oldest mapped picture's copies and unmaps it.
+    fn unmap_oldest(&mut self) -> Result<(), String> {
+        let Some((ptr, ev)) = self.mapped.pop_front() else {
+            return Ok(());
+        };
+        let r = ev.synchronize().map_err(|e| e.to_string());
+        // SAFETY: `ptr` was mapped by this decoder and its copies have finished.
+        unsafe { (self.api.unmap)(self.decoder, ptr) };
+        r
+    }
+
     fn sequence(&mut self, f: &VideoFormat) -> Result<c_int, String> {
         if f.bit_depth_luma_minus8 != 0 || f.chroma_format != 1 {
             return Err("only 8-bit 4:2:0 video is supported".into());
@@ -288,6 +304,9 @@ impl State {
         let visible = (((r - l) as usize) & !1, ((b - t) as usize) & !1);
         if self.decoder.is_null() || self.coded != (f.coded_width, f.coded_height) {
             if !self.decoder.is_null() {
+                while !self.mapped.is_empty() {
+                    self.unmap_oldest()?;
+                }
                 // SAFETY: created below in an earlier call.
                 unsafe { (self.api.destroy_decoder)(self.decoder) };
                 self.decoder = std::ptr::null_mut();
@@ -364,6 +383,10 @@ impl State {
         pp.top_field_first = d.top_field_first;
         pp.unpaired_field = i32::from(d.repeat_first_field < 0);
         pp.output_stream = self.gpu_stream as *mut c_void;
+        // At most MAPPED_MAX pictures stay mapped while their copies finish.
+        while self.mapped.len() >= MAPPED_MAX {
+            self.unmap_oldest()?;
+        }
         let (mut src, mut pitch) = (0u64, 0u32);
         // SAFETY: the decoder exists; the out-pointers are valid.
         let r =
@@ -407,12 +430,21 @@ impl State {
                 )
             })
         };
-        // The copies are queued on our stream; unmapping must wait for them.
-        let synced = self.stream.synchronize().map_err(|e| e.to_string());
-        // SAFETY: `src` was mapped above.
-        unsafe { (self.api.unmap)(self.decoder, src) };
-        copied?;
-        synced?;
+        // The copies are queued on our stream; the picture is unmapped once they are done,
+        // without waiting here: an event marks them and the unmap happens when the next
+        // picture needs the mapping slot (consumers on other streams wait for the copy
+        // through the surface's own write event, which cudarc tracks).
+        let done = self.stream.record_event(None).map_err(|e| e.to_string());
+        match (copied, done) {
+            (Ok(()), Ok(ev)) => self.mapped.push_back((src, ev)),
+            (c, d) => {
+                let _ = self.stream.synchronize();
+                // SAFETY: `src` was mapped above and its copies are finished.
+                unsafe { (self.api.unmap)(self.decoder, src) };
+                c?;
+                d?;
+            }
+        }
         self.stats.delivered += 1;
         self.ready.push_back((out, d.timestamp));
         Ok(())
@@ -443,6 +475,7 @@ impl Decoder {
             pool: None,
             pool_size: pool_size.max(2),
             ready: VecDeque::new(),
+            mapped: VecDeque::new(),
             stats: DecodeStats::default(),
             error: None,
             gpu: gpu as *const Gpu,
@@ -527,9 +560,15 @@ impl Decoder {
         Ok(true)
     }
 
-    /// End of stream: the remaining pictures come out.
+    /// End of stream: the remaining pictures come out, and every mapping is released.
     pub fn flush(&mut self) -> Result<(), CudaError> {
-        self.packet(&[], PKT_ENDOFSTREAM, 0)
+        self.packet(&[], PKT_ENDOFSTREAM, 0)?;
+        while !self.state.mapped.is_empty() {
+            self.state
+                .unmap_oldest()
+                .map_err(|e| CudaError::Size(format!("NVDEC: {e}")))?;
+        }
+        Ok(())
     }
 
     /// The next decoded frame (with its timestamp).
@@ -552,6 +591,9 @@ impl Decoder {
 
 impl Drop for Decoder {
     fn drop(&mut self) {
+        while !self.state.mapped.is_empty() {
+            let _ = self.state.unmap_oldest();
+        }
         // SAFETY: created in new() / the sequence callback, destroyed once here.
         unsafe {
             (self.state.api.destroy_parser)(self.parser);
