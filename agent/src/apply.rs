@@ -335,8 +335,15 @@ impl Applier {
         if self.seen(&v.digest) {
             return (pipeline, self.duplicate(t0, &v.digest));
         }
+        // Workflows::verify refuses documents without a pipeline; never panic on it anyway.
         let Some(new_cfg) = v.pipeline.clone() else {
-            unreachable!("Workflows::verify refuses documents without a pipeline")
+            let outcome = Outcome {
+                verdict: Verdict::Rejected,
+                reason: "the workflow has no Pipeline section".into(),
+                mode: "none",
+                apply_ms: ms(t0),
+            };
+            return (pipeline, self.answer(&v.document, &v.digest, outcome));
         };
         let (pipeline, outcome) = self.switch(pipeline, doc, &v, &new_cfg, t0).await;
         let reply = self.answer(&v.document, &v.digest, outcome);

@@ -228,8 +228,13 @@ fn replay(
     if let Some(out) = out {
         let mut w = std::io::BufWriter::new(std::fs::File::create(out)?);
         writeln!(w, "t,lat,lon,speed_mps,heading_deg,sigma_m")?;
-        let mut t = start;
-        while let Some(p) = f.pose_at(t) {
+        let (first, last) = f
+            .span()
+            .ok_or_else(|| anyhow::anyhow!("no GPS fix in the replay: nothing to write"))?;
+        let mut t = first;
+        while t <= last
+            && let Some(p) = f.pose_at(t)
+        {
             writeln!(
                 w,
                 "{:.1},{:.8},{:.8},{:.3},{:.2},{:.2}",

@@ -365,6 +365,11 @@ impl Fusion {
         })
     }
 
+    /// The time span the pose history covers (monotonic seconds), once a fix arrived.
+    pub fn span(&self) -> Option<(f64, f64)> {
+        Some((self.history.front()?.0, self.history.back()?.0))
+    }
+
     /// The local frame (metres east/north of the first fix), once a fix arrived.
     pub fn frame(&self) -> Option<LocalFrame> {
         self.frame
