@@ -22,7 +22,13 @@ demo *ARGS:
 test: lint
     cargo build -p aegis-agent -p aegis-ota --bins
     cargo test --workspace --no-fail-fast
+    tools/cross-test.sh
     tools/fuzz.sh 20
+
+# The libav-free crates (config, ota, sensors, cuda) cross-compiled for the Jetson's
+# aarch64, their tests run under qemu-user.
+cross-test:
+    tools/cross-test.sh
 
 # Fuzz the MAML parser and verifier (cargo-fuzz, nightly), SECONDS per target.
 fuzz SECONDS="300":
