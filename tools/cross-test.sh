@@ -2,14 +2,13 @@
 # Cross-compiles the crates that need no libav (config, ota, sensors, cuda) for the Jetson's
 # aarch64 and runs their tests under qemu-user. On the aarch64 build the CUDA crate finds no
 # driver and must say so cleanly (its GPU tests are ignored here as on any machine without
-# one). Installs the target, the cross linker and qemu when missing.
+# one). Installs the Rust target when missing (tools/setup.sh installs the linker and qemu).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 target=aarch64-unknown-linux-gnu
 rustup target list --installed | grep -q "^$target\$" || rustup target add "$target"
 if ! command -v aarch64-linux-gnu-gcc >/dev/null || ! command -v qemu-aarch64-static >/dev/null; then
-  sudo_or() { if [ "$(id -u)" = 0 ]; then "$@"; else sudo "$@"; fi; }
-  sudo_or env DEBIAN_FRONTEND=noninteractive apt-get install -y -q gcc-aarch64-linux-gnu qemu-user-static
+  tools/setup.sh # installs gcc-aarch64-linux-gnu and qemu-user-static
 fi
 export CARGO_TARGET_AARCH64_UNKNOWN_LINUX_GNU_LINKER=aarch64-linux-gnu-gcc
 export CARGO_TARGET_AARCH64_UNKNOWN_LINUX_GNU_RUNNER="qemu-aarch64-static -L /usr/aarch64-linux-gnu"
