@@ -6,6 +6,23 @@ use std::process::Command;
 
 use aegis_tests::{chimera, chimera_ok as ok};
 
+/// `chimera root sign-trust` of `root/trust.json` with `key` into `out`.
+fn sign_trust(d: &Path, key: &str, out: &str) {
+    ok(
+        d,
+        &[
+            "root",
+            "sign-trust",
+            "--trust",
+            "root/trust.json",
+            "--key",
+            key,
+            "--out",
+            out,
+        ],
+    );
+}
+
 fn refused(dir: &Path, args: &[&str]) -> String {
     let o = chimera(dir, args);
     assert!(!o.status.success(), "chimera {args:?} should fail");
@@ -36,19 +53,7 @@ fn root_issuer_sign_verify_and_revoke() {
         ],
     );
     assert!(add.contains("version 2"), "{add}");
-    ok(
-        d,
-        &[
-            "root",
-            "sign-trust",
-            "--trust",
-            "root/trust.json",
-            "--key",
-            "root/root.key",
-            "--out",
-            "trust.signed",
-        ],
-    );
+    sign_trust(d, "root/root.key", "trust.signed");
     ok(d, &["new", "--out", "wf.maml.md", "--device", "orin-0042"]);
     ok(d, &["sign", "wf.maml.md", "--key", "gw.key"]);
     let verify = [
@@ -96,34 +101,10 @@ fn root_issuer_sign_verify_and_revoke() {
             &gw_id,
         ],
     );
-    ok(
-        d,
-        &[
-            "root",
-            "sign-trust",
-            "--trust",
-            "root/trust.json",
-            "--key",
-            "root/root.key",
-            "--out",
-            "trust.signed",
-        ],
-    );
+    sign_trust(d, "root/root.key", "trust.signed");
     assert!(refused(d, &verify).contains("(revoked)"));
     // Trust metadata signed by a key that is not the root: refused.
-    ok(
-        d,
-        &[
-            "root",
-            "sign-trust",
-            "--trust",
-            "root/trust.json",
-            "--key",
-            "spare.key",
-            "--out",
-            "forged.signed",
-        ],
-    );
+    sign_trust(d, "spare.key", "forged.signed");
     let mut forged = verify;
     forged[3] = "forged.signed";
     assert!(refused(d, &forged).contains("0 valid signatures by current root keys"));

@@ -186,6 +186,11 @@ fn sign(d: &Path, wf: &Path, seal: bool) -> String {
     f.replace(".maml.md", ".signed.maml.md")
 }
 
+/// A signed (unsealed) workflow over the light pipeline with `stages`.
+fn signed_light(d: &Path, name: &str, seq: u64, stages: &str) -> String {
+    sign(d, &workflow(d, name, seq, &light(d, stages)), false)
+}
+
 fn stream_report(out: &str) -> (u64, u64, u64) {
     let line = out
         .lines()
@@ -361,11 +366,7 @@ fn an_offline_device_gets_the_retained_workflow_on_reconnect_and_converges_throu
     );
 
     // Published while the device is offline: the retained message reaches it on connect.
-    let wf1 = sign(
-        d,
-        &workflow(d, "wf1", 1, &light(d, "[{ kind: passthrough }]")),
-        false,
-    );
+    let wf1 = signed_light(d, "wf1", 1, "[{ kind: passthrough }]");
     chimera_ok(d, &["publish", &wf1, "--to", "orin-1", "--broker", &url]);
     let w = watch(d, broker.port, 1);
     let mut a = agent(d, &cfg, "agent1");
@@ -375,16 +376,7 @@ fn an_offline_device_gets_the_retained_workflow_on_reconnect_and_converges_throu
 
     // Offline again; this time the broker loses the retained message (cleared), so only
     // the gateway's reconcile can bring the device up to date.
-    let wf2 = sign(
-        d,
-        &workflow(
-            d,
-            "wf2",
-            2,
-            &light(d, "[{ kind: timestamp_overlay, scale: 3 }]"),
-        ),
-        false,
-    );
+    let wf2 = signed_light(d, "wf2", 2, "[{ kind: timestamp_overlay, scale: 3 }]");
     chimera_ok(d, &["publish", &wf2, "--to", "orin-1", "--broker", &url]);
     let cleared = Command::new("/usr/bin/mosquitto_pub")
         .args([
@@ -499,12 +491,7 @@ fn garbage_on_the_workflow_topic_is_counted_and_never_answered_with_a_signature(
         .unwrap();
     p.stdin.take().unwrap().write_all(&noise).unwrap();
     assert!(p.wait().unwrap().success());
-    let good = std::fs::read(sign(
-        d,
-        &workflow(d, "wf1", 1, &light(d, "[{ kind: passthrough }]")),
-        false,
-    ))
-    .unwrap();
+    let good = std::fs::read(signed_light(d, "wf1", 1, "[{ kind: passthrough }]")).unwrap();
     let flips = 20;
     for k in 0..flips {
         let mut bad = good.clone();
@@ -746,11 +733,7 @@ fn trust_metadata_from_the_fleet_revokes_an_issuer_and_its_running_workflow() {
     );
     let mut a = agent(d, &cfg, "agent1");
     wait_online(broker.port);
-    let wf1 = sign(
-        d,
-        &workflow(d, "wf1", 1, &light(d, "[{ kind: passthrough }]")),
-        false,
-    );
+    let wf1 = signed_light(d, "wf1", 1, "[{ kind: passthrough }]");
     chimera_ok(d, &["publish", &wf1, "--to", "orin-1", "--broker", &url]);
     wait_counter(web, "applied", 1);
     // The root revokes the issuer; the new trust metadata goes out retained.
@@ -796,16 +779,7 @@ fn trust_metadata_from_the_fleet_revokes_an_issuer_and_its_running_workflow() {
     assert!(s.success());
     wait_counter(web, "trust_updates", 1);
     // The revoked issuer's next workflow is unauthenticated now: refused, unsigned.
-    let wf2 = sign(
-        d,
-        &workflow(
-            d,
-            "wf2",
-            2,
-            &light(d, "[{ kind: timestamp_overlay, scale: 3 }]"),
-        ),
-        false,
-    );
+    let wf2 = signed_light(d, "wf2", 2, "[{ kind: timestamp_overlay, scale: 3 }]");
     chimera_ok(d, &["publish", &wf2, "--to", "orin-1", "--broker", &url]);
     wait_counter(web, "refused", 1);
     assert_eq!(workflow_counter(web, "applied"), 1);
