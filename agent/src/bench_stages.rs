@@ -213,6 +213,7 @@ fn pipeline_fps(
         events_topic: None,
         snapshots: None,
         sensing: None,
+        backend: None,
     };
     let t0 = Instant::now();
     let reports = Pipeline::start(pipeline, metrics, &opts)?.wait();

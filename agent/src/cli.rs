@@ -218,6 +218,30 @@ enum BenchCommand {
         #[arg(long)]
         json: Option<PathBuf>,
     },
+    /// The cpu and cuda backends on one 1080p clip, same process: fps, copies per frame,
+    /// host↔device transfers per frame; into a discard sink and into H.264 recordings.
+    Backends {
+        /// Config whose stages, models and record sink to use (default: the demo config
+        /// with only its virtual background stage).
+        #[arg(long)]
+        config: Option<PathBuf>,
+        /// Clip (default: the 1080p bench sample).
+        #[arg(long)]
+        clip: Option<PathBuf>,
+        /// Frames per stream per run.
+        #[arg(long, default_value_t = 300)]
+        frames: u64,
+        /// Stream counts to run.
+        #[arg(long, value_delimiter = ',', default_value = "1,4")]
+        streams: Vec<usize>,
+        /// Without --config: every stage of the demo config (moderation, virtual
+        /// background, face detection + tracking, timestamp), not only the background.
+        #[arg(long)]
+        all_stages: bool,
+        /// Also write the results as JSON here.
+        #[arg(long)]
+        json: Option<PathBuf>,
+    },
     /// The inference stages at 720p: p50/p99 per stage, engine vs pre/post time, batching
     /// gain, and pipeline fps with the stages on vs off.
     Stages {
@@ -305,6 +329,7 @@ pub fn main() -> ExitCode {
                         events_topic: None,
                         snapshots: None,
                         sensing: None,
+                        backend: None,
                     },
                     ..Default::default()
                 };
@@ -375,6 +400,20 @@ pub fn main() -> ExitCode {
         } => {
             crate::logging::init(log_override.unwrap_or(LogFormat::Human), "warn");
             bench_stages(config, clip, frames, rounds, json)
+        }
+        Command::Bench {
+            what:
+                BenchCommand::Backends {
+                    config,
+                    clip,
+                    frames,
+                    streams,
+                    all_stages,
+                    json,
+                },
+        } => {
+            crate::logging::init(log_override.unwrap_or(LogFormat::Human), "warn");
+            bench_backends(config, clip, frames, streams, all_stages, json)
         }
         Command::FleetSim {
             devices,
@@ -515,7 +554,12 @@ pub fn main() -> ExitCode {
                 "H.264 encoder: {}",
                 aegis_hal::codec::h264_encoder_name().unwrap_or("none")
             );
-            println!("backends in this build: cpu");
+            println!(
+                "backends in this build: cpu, cuda (CUDA driver {}, NVRTC {}, NVDEC {} here)",
+                found(aegis_cuda::driver_present()),
+                found(aegis_cuda::nvrtc_present()),
+                found(aegis_cuda::nvdec::nvdec_present())
+            );
             Ok(())
         }
     };
@@ -526,6 +570,10 @@ pub fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+fn found(present: bool) -> &'static str {
+    if present { "found" } else { "not found" }
 }
 
 /// Loads and validates a config; on failure prints every problem and returns exit code 2.
@@ -552,7 +600,7 @@ fn check_config(files: &[PathBuf]) -> ExitCode {
     for f in files {
         match aegis_config::load(f) {
             Ok(cfg) => {
-                let backend = select_backend(&cfg).map(|b| b.to_string());
+                let backend = select_backend(&cfg).map(|b| b.kind.to_string());
                 match backend {
                     Ok(_) => println!("{}: ok", f.display()),
                     Err(e) => {
@@ -574,9 +622,10 @@ fn check_config(files: &[PathBuf]) -> ExitCode {
     }
 }
 
-fn run_blocking(cfg: &AgentConfig, req: RunRequest) -> anyhow::Result<RunSummary> {
+fn run_blocking(cfg: &AgentConfig, mut req: RunRequest) -> anyhow::Result<RunSummary> {
     let backend = select_backend(cfg)?;
-    let metrics = Arc::new(Metrics::new(backend.as_str()));
+    let metrics = Arc::new(Metrics::new(backend.kind.as_str()));
+    req.options.backend = Some(backend);
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .thread_name("aegis-io")
@@ -742,6 +791,7 @@ fn demo(fast: bool, serve: bool, listen: Option<SocketAddr>) -> anyhow::Result<(
             events_topic: None,
             snapshots: None,
             sensing: None,
+            backend: None,
         },
         linger: serve,
         scrape_metrics: true,
@@ -994,6 +1044,43 @@ fn bench_stages(
     };
     let r = crate::bench_stages::run(&cfg, &clip, frames.max(1), rounds.max(1))?;
     crate::bench_stages::print(&r);
+    if let Some(p) = json {
+        std::fs::write(&p, serde_json::to_string_pretty(&r)?)?;
+    }
+    Ok(())
+}
+
+fn bench_backends(
+    config: Option<PathBuf>,
+    clip: Option<PathBuf>,
+    frames: u64,
+    streams: Vec<usize>,
+    all_stages: bool,
+    json: Option<PathBuf>,
+) -> anyhow::Result<()> {
+    let cfg = match config {
+        Some(p) => aegis_config::load(&p).map_err(|e| anyhow::anyhow!("{e}"))?,
+        None => {
+            let mut c = aegis_config::from_yaml_str(DEMO_CONFIG, "demo.yaml (built in)")
+                .map_err(|e| anyhow::anyhow!("{e}"))?;
+            if !all_stages {
+                c.pipeline
+                    .stages
+                    .retain(|s| matches!(s, aegis_config::StageConfig::VirtualBackground(_)));
+            }
+            c
+        }
+    };
+    let clip = match clip {
+        Some(c) => c,
+        None => {
+            let c = Path::new(SAMPLES_DIR).join("bench-1080p.mp4");
+            ensure_sample(&c, 1920, 1080)?;
+            c
+        }
+    };
+    let r = crate::bench_backends::run(&cfg, &clip, frames.max(1), &streams)?;
+    crate::bench_backends::print(&r);
     if let Some(p) = json {
         std::fs::write(&p, serde_json::to_string_pretty(&r)?)?;
     }

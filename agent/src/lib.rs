@@ -7,6 +7,7 @@
 pub mod alloc;
 pub mod apply;
 pub mod bench;
+pub mod bench_backends;
 pub mod bench_rtsp;
 pub mod bench_stages;
 pub mod bench_workflow;

@@ -174,6 +174,67 @@ impl FrameMeta {
     }
 }
 
+/// A frame's pixels in GPU memory (the CUDA backend): an NVDEC output surface on loan from
+/// its decoder's pool, returned there when dropped, and the GPU (with the stream's own CUDA
+/// stream) that works on it. Moving one is moving a handle: nothing is allocated per frame.
+pub struct DeviceSurface {
+    nv12: Option<aegis_cuda::DeviceNv12>,
+    pool: Arc<aegis_cuda::SurfacePool>,
+    gpu: Arc<aegis_cuda::Gpu>,
+}
+
+impl DeviceSurface {
+    /// `nv12`, taken from `pool`, worked on by `gpu`.
+    pub fn new(
+        nv12: aegis_cuda::DeviceNv12,
+        pool: Arc<aegis_cuda::SurfacePool>,
+        gpu: Arc<aegis_cuda::Gpu>,
+    ) -> Self {
+        DeviceSurface {
+            nv12: Some(nv12),
+            pool,
+            gpu,
+        }
+    }
+
+    /// The pixels.
+    pub fn nv12(&self) -> &aegis_cuda::DeviceNv12 {
+        self.nv12
+            .as_ref()
+            .expect("device surface present until dropped")
+    }
+
+    /// The pixels, to change in place.
+    pub fn nv12_mut(&mut self) -> &mut aegis_cuda::DeviceNv12 {
+        self.nv12
+            .as_mut()
+            .expect("device surface present until dropped")
+    }
+
+    /// The GPU and stream that process this stream's frames.
+    pub fn gpu(&self) -> &Arc<aegis_cuda::Gpu> {
+        &self.gpu
+    }
+
+    /// The pixels and the GPU at once (a stage needs both, one of them mutably).
+    pub fn parts(&mut self) -> (&mut aegis_cuda::DeviceNv12, &aegis_cuda::Gpu) {
+        (
+            self.nv12
+                .as_mut()
+                .expect("device surface present until dropped"),
+            &self.gpu,
+        )
+    }
+}
+
+impl Drop for DeviceSurface {
+    fn drop(&mut self) {
+        if let Some(f) = self.nv12.take() {
+            self.pool.release(f);
+        }
+    }
+}
+
 /// One video frame in a pooled surface.
 pub struct Frame {
     /// Which stream it belongs to.
@@ -194,6 +255,11 @@ pub struct Frame {
     pub copies: u32,
     /// Stage metadata.
     pub meta: FrameMeta,
+    /// Where the pixels are while they are on the GPU (CUDA backend): then `surface` holds
+    /// nothing meaningful until [`Frame::to_host`] downloads them. Stages that work on the
+    /// device ([`crate::stage::Stage::on_device`]) use this; the pipeline downloads before
+    /// the first stage that does not, and before the sinks.
+    pub device: Option<DeviceSurface>,
 }
 
 impl Frame {
@@ -216,7 +282,30 @@ impl Frame {
             surface: pool.acquire()?,
             copies: 0,
             meta: FrameMeta::new(Instant::now()),
+            device: None,
         })
+    }
+
+    /// Brings pixels that are on the GPU into `surface` (one download, counted in
+    /// `copies` and by the GPU) and gives the device surface back; nothing to do for a
+    /// frame already on the host.
+    pub fn to_host(&mut self) -> Result<(), aegis_cuda::CudaError> {
+        let Some(dev) = self.device.take() else {
+            return Ok(());
+        };
+        let (w, h) = (self.layout.width, self.layout.height);
+        let src = dev.nv12();
+        if self.layout.format != PixelFormat::Nv12 || (src.width, src.height) != (w, h) {
+            return Err(aegis_cuda::CudaError::Size(format!(
+                "device frame {}x{} does not fit the host surface ({} {w}x{h})",
+                src.width, src.height, self.layout.format
+            )));
+        }
+        let [y, uv, _] = self.planes_mut();
+        dev.gpu()
+            .download_nv12_into(src, y.data, y.stride, uv.data, uv.stride)?;
+        self.copies += 1;
+        Ok(())
     }
 
     /// Read-only views of the planes (unused planes are empty).
@@ -284,6 +373,7 @@ impl fmt::Debug for Frame {
             .field("seq", &self.seq)
             .field("pts_us", &self.pts_us)
             .field("layout", &self.layout)
+            .field("on_device", &self.device.is_some())
             .finish_non_exhaustive()
     }
 }

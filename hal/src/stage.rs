@@ -39,6 +39,12 @@ pub trait Stage: Send {
     fn kind(&self) -> &'static str;
     /// Processes one frame in place.
     fn process(&mut self, frame: &mut Frame) -> Result<StageOutcome, StageError>;
+    /// Whether `process` works on frames whose pixels are on the GPU (`frame.device`, CUDA
+    /// backend). A stage that says no gets its frames downloaded to the host first, so
+    /// every stage works on every backend; one that says yes must handle both.
+    fn on_device(&self) -> bool {
+        false
+    }
 }
 
 /// Does nothing; a baseline for measuring pipeline overhead.
@@ -51,6 +57,9 @@ impl Stage for Passthrough {
     }
     fn process(&mut self, _frame: &mut Frame) -> Result<StageOutcome, StageError> {
         Ok(StageOutcome::Keep)
+    }
+    fn on_device(&self) -> bool {
+        true
     }
 }
 

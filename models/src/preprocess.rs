@@ -67,6 +67,107 @@ pub struct InputSpec {
     pub fit: Fit,
 }
 
+/// How `spec` samples a `w`×`h` frame: what [`planar`] computes per input pixel, and what
+/// the CUDA kernel gets for the same mapping.
+struct Sampling {
+    lb: Letterbox,
+    pad: f32,
+    /// Corner-aligned (stretch) rather than half-pixel centres.
+    corner: bool,
+    rx: f64,
+    ry: f64,
+    ox: f64,
+    oy: f64,
+    len_x: usize,
+    len_y: usize,
+}
+
+fn sampling(spec: InputSpec, w: usize, h: usize) -> Sampling {
+    let ow = spec.width;
+    let oh = spec.height;
+    let (lb, pad) = match spec.fit {
+        Fit::PadBottomRight => (Letterbox::top_left(w, h, ow), 0.0),
+        Fit::Centred { pad } => (Letterbox::centred(w, h, ow), pad),
+        Fit::Stretch => (
+            Letterbox {
+                scale: ow as f64 / w.max(1) as f64,
+                pad_x: 0.0,
+                pad_y: 0.0,
+            },
+            0.0,
+        ),
+    };
+    let corner = spec.fit == Fit::Stretch;
+    // NudeNet pads first and resizes the padded square, so its samples clamp at the square's
+    // edge (and blend the frame's last row with the black padding); the others resize the
+    // frame itself and clamp at its edges.
+    let (len_x, len_y) = match spec.fit {
+        Fit::PadBottomRight => (w.max(h), w.max(h)),
+        _ => (w, h),
+    };
+    let (rx, ry, ox, oy) = if corner {
+        (w as f64 / ow as f64, h as f64 / oh as f64, 0.0, 0.0)
+    } else {
+        (1.0 / lb.scale, 1.0 / lb.scale, lb.pad_x, lb.pad_y)
+    };
+    Sampling {
+        lb,
+        pad,
+        corner,
+        rx,
+        ry,
+        ox,
+        oy,
+        len_x,
+        len_y,
+    }
+}
+
+/// [`planar`] for a frame whose pixels are on the GPU (CUDA backend): the same sampling by
+/// a kernel into `dev` (`3*s*s` floats), then downloaded into `out` — the only copy; the
+/// frame stays on the device.
+pub fn planar_on_device(
+    frame: &Frame,
+    spec: InputSpec,
+    dev: &mut aegis_cuda::CudaSlice<f32>,
+    out: &mut [f32],
+) -> Result<Letterbox, String> {
+    let d = frame
+        .device
+        .as_ref()
+        .ok_or("the frame is not on the device")?;
+    let (src, gpu) = (d.nv12(), d.gpu());
+    let (ow, oh) = (spec.width, spec.height);
+    if out.len() != 3 * ow * oh || dev.len() != out.len() || ow != oh && spec.fit != Fit::Stretch {
+        return Err(BufferSizeError {
+            got: out.len(),
+            size: ow,
+        }
+        .to_string());
+    }
+    let s = sampling(spec, src.width, src.height);
+    let r = if s.corner && spec.order == ChannelOrder::Rgb {
+        gpu.preprocess(src, dev, ow, oh)
+    } else if s.corner {
+        return Err("stretched BGR input is not built on the GPU".into());
+    } else {
+        let fit = aegis_cuda::Letterboxed {
+            ratio_x: s.rx,
+            ratio_y: s.ry,
+            offset_x: s.ox,
+            offset_y: s.oy,
+            len_x: s.len_x,
+            len_y: s.len_y,
+            pad: s.pad,
+            bgr: spec.order == ChannelOrder::Bgr,
+        };
+        gpu.preprocess_fit(src, dev, ow, oh, &fit)
+    };
+    r.and_then(|()| gpu.download_into(dev, out))
+        .map_err(|e| e.to_string())?;
+    Ok(s.lb)
+}
+
 /// Writes `frame` as `spec` says into `out` (3 planes, NCHW without the batch) with
 /// bilinear interpolation, and returns the mapping of input pixels back to the frame.
 pub fn planar(
@@ -84,18 +185,17 @@ pub fn planar(
     let (w, h) = (frame.layout.width, frame.layout.height);
     let [py, p1, p2] = frame.planes();
     let nv12 = frame.layout.format == PixelFormat::Nv12;
-    let (lb, pad) = match spec.fit {
-        Fit::PadBottomRight => (Letterbox::top_left(w, h, ow), 0.0),
-        Fit::Centred { pad } => (Letterbox::centred(w, h, ow), pad),
-        Fit::Stretch => (
-            Letterbox {
-                scale: ow as f64 / w.max(1) as f64,
-                pad_x: 0.0,
-                pad_y: 0.0,
-            },
-            0.0,
-        ),
-    };
+    let Sampling {
+        lb,
+        pad,
+        corner,
+        rx,
+        ry,
+        ox,
+        oy,
+        len_x,
+        len_y,
+    } = sampling(spec, w, h);
     // Frame pixel (x, y) as RGB; the padding value outside the frame.
     let at = |x: isize, y: isize| -> [f32; 3] {
         if x < 0 || y < 0 || x as usize >= w || y as usize >= h {
@@ -140,19 +240,6 @@ pub fn planar(
             };
             (i0, i1, (sc - sc.floor()) as f32)
         };
-    let corner = spec.fit == Fit::Stretch;
-    // NudeNet pads first and resizes the padded square, so its samples clamp at the square's
-    // edge (and blend the frame's last row with the black padding); the others resize the
-    // frame itself and clamp at its edges.
-    let (len_x, len_y) = match spec.fit {
-        Fit::PadBottomRight => (w.max(h), w.max(h)),
-        _ => (w, h),
-    };
-    let (rx, ry, ox, oy) = if corner {
-        (w as f64 / ow as f64, h as f64 / oh as f64, 0.0, 0.0)
-    } else {
-        (1.0 / lb.scale, 1.0 / lb.scale, lb.pad_x, lb.pad_y)
-    };
     let order = match spec.order {
         ChannelOrder::Rgb => [(0, 0), (1, 1), (2, 2)],
         ChannelOrder::Bgr => [(2, 0), (1, 1), (0, 2)],

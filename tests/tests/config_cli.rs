@@ -130,3 +130,36 @@ fn track_command_follows_the_sample_objects() {
         "{err}"
     );
 }
+
+#[test]
+fn cuda_backend_without_a_driver_falls_back_or_names_the_reason() {
+    if std::path::Path::new("/dev/nvidiactl").exists() {
+        eprintln!("skipped: this machine has an NVIDIA driver (tools/device-test.sh covers it)");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let write = |name: &str, fallback: &str| {
+        let p = dir.path().join(name);
+        std::fs::write(
+            &p,
+            format!(
+                "device: {{id: gpu-box}}\nbackend: {{kind: cuda, fallback: {fallback}}}\n\
+                 pipeline:\n  sources: [{{id: a, url: \"file:a.mp4\"}}]\n  stages: []\n  \
+                 sinks: [{{kind: discard}}]\n"
+            ),
+        )
+        .unwrap();
+        p
+    };
+    let strict = write("strict.yaml", "null");
+    let o = aegis(dir.path(), &["check-config", strict.to_str().unwrap()]);
+    assert_eq!(o.status.code(), Some(2), "{o:?}");
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        err.contains("backend.kind: cuda cannot run here: no CUDA driver"),
+        "{err}"
+    );
+    let lenient = write("lenient.yaml", "cpu");
+    let o = aegis(dir.path(), &["check-config", lenient.to_str().unwrap()]);
+    assert!(o.status.success(), "{o:?}");
+}

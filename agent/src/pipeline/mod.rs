@@ -29,8 +29,8 @@ use std::time::Instant;
 
 use aegis_config::{CaptureFormat, PipelineConfig, SourceLocation};
 use aegis_hal::source::{
-    FileSource, FileSourceSettings, LiveSource, LiveSourceSettings, RtspTransport, SourceError,
-    SourceStopper, VideoSource,
+    CudaFileSource, FileSource, FileSourceSettings, LiveSource, LiveSourceSettings, RtspTransport,
+    SourceError, SourceStopper, VideoSource,
 };
 use aegis_hal::stage::{Stage, StageOutcome};
 use aegis_hal::v4l2::{CaptureRequest, FourCc};
@@ -97,6 +97,9 @@ pub struct RunOptions {
     pub snapshots: Option<Arc<snapshot::SnapshotHub>>,
     /// The sensors: events get the fused pose, rules see the sensor state.
     pub sensing: Option<Arc<crate::sensing::Sensing>>,
+    /// The backend (`None`: cpu). With a GPU, file sources decode on NVDEC and the stages
+    /// that can work on device frames do.
+    pub backend: Option<crate::runtime::Backend>,
 }
 
 /// The rules a pipeline runs: the local `sensors.rules` and its own `rules`, whose sensor
@@ -116,6 +119,31 @@ fn rules_of(
     let mut rules: Vec<_> = sensing.map(|s| s.rules().to_vec()).unwrap_or_default();
     rules.extend(cfg.rules.iter().cloned());
     Ok(rules)
+}
+
+/// Downloads a frame's pixels from the GPU; a failure is reported and the frame dropped
+/// (its host surface holds nothing valid).
+fn download(frame: &mut Frame, errors: &mut ErrorReporter) -> bool {
+    match frame.to_host() {
+        Ok(()) => true,
+        Err(e) => {
+            errors.report("stage", "gpu_download", 1, &e);
+            false
+        }
+    }
+}
+
+/// A file source decoded by NVDEC on its own fork of `gpu` (own CUDA stream).
+fn open_on_gpu(
+    gpu: &Arc<aegis_cuda::Gpu>,
+    settings: FileSourceSettings,
+) -> Result<Box<dyn VideoSource>, String> {
+    if !aegis_cuda::nvdec::nvdec_present() {
+        return Err("libnvcuvid.so.1 (NVDEC) is not installed".into());
+    }
+    let fork = Arc::new(gpu.fork().map_err(|e| e.to_string())?);
+    let src = CudaFileSource::open(settings, fork).map_err(|e| e.to_string())?;
+    Ok(Box::new(src))
 }
 
 /// What one stream did, reported when it ends.
@@ -353,13 +381,23 @@ impl Pipeline {
                         pool_frames: cfg.pool_frames as usize,
                         decoder_threads,
                     };
-                    Box::new(FileSource::open(settings).map_err(|source| {
-                        PipelineError::Source {
-                            index,
-                            id: s.id.clone(),
-                            source,
+                    let gpu = opts.backend.as_ref().and_then(|b| b.gpu.as_ref());
+                    match gpu.map(|g| open_on_gpu(g, settings.clone())) {
+                        Some(Ok(src)) => src,
+                        fallback => {
+                            if let Some(Err(e)) = fallback {
+                                tracing::warn!(stream = %s.id, error = %e,
+                                    "NVDEC cannot decode this file; decoding on the CPU");
+                            }
+                            Box::new(FileSource::open(settings).map_err(|source| {
+                                PipelineError::Source {
+                                    index,
+                                    id: s.id.clone(),
+                                    source,
+                                }
+                            })?)
                         }
-                    })?)
+                    }
                 }
                 // Live sources connect on their own thread: the agent must start while a
                 // camera is down, and says so in the stream's health.
@@ -787,6 +825,16 @@ fn spawn_stream(
             let mut failed = false;
             for (i, (stage, hist)) in stages.iter_mut().zip(&stage_hist).enumerate() {
                 let t0 = Instant::now();
+                // Pixels on the GPU come down once, before the first stage that works on
+                // the host (and before the sinks, below).
+                if frame.device.is_some()
+                    && !stage.on_device()
+                    && !download(&mut frame, &mut stg_errors)
+                {
+                    dropped += 1;
+                    stg_metrics.dropped_stage.inc();
+                    continue 'frames;
+                }
                 let outcome = stage.process(&mut frame);
                 let took = t0.elapsed().as_secs_f64();
                 hist.observe(took);
@@ -811,6 +859,11 @@ fn spawn_stream(
                         stg_errors.report("stage", e.error_type, 1, &e)
                     }
                 }
+            }
+            if frame.device.is_some() && !download(&mut frame, &mut stg_errors) {
+                dropped += 1;
+                stg_metrics.dropped_stage.inc();
+                continue 'frames;
             }
             if failed {
                 stg_slot.failed_frames.fetch_add(1, Ordering::AcqRel);

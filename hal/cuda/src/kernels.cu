@@ -56,6 +56,72 @@ extern "C" __global__ void nv12_to_rgb_planar_stretch(
     }
 }
 
+// --- NV12 -> planar float, letterboxed (half-pixel centres) --------------------------------
+// Mirrors aegis_models::preprocess::planar with Fit::PadBottomRight (NudeNet: BGR, pad 0,
+// samples clamp at the padded square's edge) and Fit::Centred (Ultralytics: RGB, grey pad).
+// `rx`/`ry` = 1/scale, `ox`/`oy` the letterbox offsets, `len_x`/`len_y` where samples clamp.
+
+struct Half { int i0, i1; float f; };
+
+__device__ __forceinline__ Half axis_half(int d, double ratio, double offset, int len) {
+    double s = ((double)d + 0.5 - offset) * ratio - 0.5;
+    bool inside = s >= -0.5 && s < (double)len - 0.5;
+    double sc = inside ? fmin(fmax(s, 0.0), (double)(len - 1)) : s;
+    Half t;
+    t.i0 = (int)floor(sc);
+    t.i1 = inside ? min(t.i0 + 1, len - 1) : t.i0 + 1;
+    t.f = (float)(sc - floor(sc));
+    return t;
+}
+
+__device__ __forceinline__ void px_or_pad(const u8* y, const u8* uv, int pitch, int w, int h,
+                                          int x, int yy, float pad, float* c) {
+    if (x < 0 || yy < 0 || x >= w || yy >= h) { c[0] = pad; c[1] = pad; c[2] = pad; return; }
+    px_rgb(y, uv, pitch, x, yy, &c[0], &c[1], &c[2]);
+}
+
+extern "C" __global__ void nv12_to_planar_fit(
+    const u8* __restrict__ y, const u8* __restrict__ uv, int pitch, int w, int h,
+    float* __restrict__ out, int ow, int oh, double rx, double ry, double ox, double oy,
+    int len_x, int len_y, float pad, int bgr)
+{
+    int dx = blockIdx.x * blockDim.x + threadIdx.x;
+    int dy = blockIdx.y * blockDim.y + threadIdx.y;
+    if (dx >= ow || dy >= oh) return;
+    Half ty = axis_half(dy, ry, oy, len_y), tx = axis_half(dx, rx, ox, len_x);
+    float a[3], b[3], c[3], d[3];
+    px_or_pad(y, uv, pitch, w, h, tx.i0, ty.i0, pad, a);
+    px_or_pad(y, uv, pitch, w, h, tx.i1, ty.i0, pad, b);
+    px_or_pad(y, uv, pitch, w, h, tx.i0, ty.i1, pad, c);
+    px_or_pad(y, uv, pitch, w, h, tx.i1, ty.i1, pad, d);
+    int plane = ow * oh, i = dy * ow + dx;
+    for (int ch = 0; ch < 3; ch++) {
+        float top = a[ch] + (b[ch] - a[ch]) * tx.f;
+        float bottom = c[ch] + (d[ch] - c[ch]) * tx.f;
+        int p = bgr ? 2 - ch : ch;
+        out[p * plane + i] = top + (bottom - top) * ty.f;
+    }
+}
+
+// --- Box outline into luma (aegis_models::stages::pixels::outline: 2 px, clamped) ---------
+
+extern "C" __global__ void outline_luma(u8* __restrict__ y, int pitch, int rx, int ry, int rw,
+                                        int rh, u8 value)
+{
+    int i = blockIdx.x * blockDim.x + threadIdx.x;
+    int t = blockIdx.y; // 0 or 1: the two rings
+    int x2 = rx + rw - 1, y2 = ry + rh - 1;
+    int tw = min(t, rw - 1), th = min(t, rh - 1);
+    if (i < rw) {
+        y[(size_t)(ry + th) * pitch + rx + i] = value;
+        y[(size_t)(y2 - th) * pitch + rx + i] = value;
+    }
+    if (i < rh) {
+        y[(size_t)(ry + i) * pitch + rx + tw] = value;
+        y[(size_t)(ry + i) * pitch + x2 - tw] = value;
+    }
+}
+
 // --- Mask upsample + alpha composite -----------------------------------------------------
 // Mirrors the CPU virtual background: aegis_hal::pixel::scale_plane (fixed-point bilinear,
 // pixel-centre aligned, 32-bit position, 8-bit weights) of the s x s mask to the luma and

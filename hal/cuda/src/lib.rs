@@ -18,14 +18,17 @@
 //! pipeline can show that frames stay on the device from decode to the final download.
 
 pub mod nvdec;
+pub mod nvenc;
+
+/// The CUDA bindings this crate uses (device buffers are `cudarc::driver::CudaSlice`).
+pub use cudarc;
+pub use cudarc::driver::CudaSlice;
 
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use cudarc::driver::{
-    CudaContext, CudaFunction, CudaSlice, CudaStream, LaunchConfig, PushKernelArg,
-};
+use cudarc::driver::{CudaContext, CudaFunction, CudaStream, LaunchConfig, PushKernelArg};
 
 /// The kernels' source (CUDA C, NVRTC).
 pub const KERNELS: &str = include_str!("kernels.cu");
@@ -83,15 +86,39 @@ impl DeviceNv12 {
     }
 }
 
+/// How a letterboxed model input samples the frame (half-pixel centres): input pixel `d`
+/// reads source position `(d + 0.5 - offset) * ratio - 0.5`, clamped inside `len`; source
+/// pixels outside the frame read `pad`; `bgr` writes the planes in B, G, R order.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Letterboxed {
+    /// Source pixels per input pixel, x.
+    pub ratio_x: f64,
+    /// Source pixels per input pixel, y.
+    pub ratio_y: f64,
+    /// Input pixels of padding before the frame, x.
+    pub offset_x: f64,
+    /// Input pixels of padding before the frame, y.
+    pub offset_y: f64,
+    /// Extent where samples clamp, x (the frame's width, or the padded square's side).
+    pub len_x: usize,
+    /// Extent where samples clamp, y.
+    pub len_y: usize,
+    /// Value of pixels outside the frame (0..1).
+    pub pad: f32,
+    /// Planes in B, G, R order.
+    pub bgr: bool,
+}
+
 /// Row pitch for `width` bytes: 256-byte aligned, as NVDEC and NVENC like it.
 pub fn pitch_for(width: usize) -> usize {
     width.div_ceil(256) * 256
 }
 
 /// A fixed set of same-size device frames: `acquire` hands one out or says the pool is
-/// empty (backpressure, never growth); `release` takes it back.
+/// empty (backpressure, never growth); `release` takes it back and wakes a waiter.
 pub struct SurfacePool {
     free: std::sync::Mutex<Vec<DeviceNv12>>,
+    returned: std::sync::Condvar,
     /// Frames in the pool.
     pub capacity: usize,
 }
@@ -105,6 +132,7 @@ impl SurfacePool {
         }
         Ok(SurfacePool {
             free: std::sync::Mutex::new(v),
+            returned: std::sync::Condvar::new(),
             capacity: n,
         })
     }
@@ -117,17 +145,31 @@ impl SurfacePool {
     /// Gives a frame back.
     pub fn release(&self, f: DeviceNv12) {
         self.free.lock().unwrap_or_else(|p| p.into_inner()).push(f);
+        self.returned.notify_all();
     }
 
     /// Frames free now.
     pub fn available(&self) -> usize {
         self.free.lock().unwrap_or_else(|p| p.into_inner()).len()
     }
+
+    /// Waits up to `timeout` until at least `n` frames are free; true if they are.
+    pub fn wait_available(&self, n: usize, timeout: std::time::Duration) -> bool {
+        let free = self.free.lock().unwrap_or_else(|p| p.into_inner());
+        let (free, _) = self
+            .returned
+            .wait_timeout_while(free, timeout, |f| f.len() < n)
+            .unwrap_or_else(|p| p.into_inner());
+        free.len() >= n
+    }
 }
 
 /// The compiled kernels.
+#[derive(Clone)]
 struct Kernels {
     preprocess: CudaFunction,
+    fit: CudaFunction,
+    outline: CudaFunction,
     composite: CudaFunction,
     scale: CudaFunction,
     rgb_to_nv12: CudaFunction,
@@ -140,7 +182,8 @@ pub struct Gpu {
     /// The stream every operation is queued on.
     pub stream: Arc<CudaStream>,
     kernels: Kernels,
-    host_copies: AtomicU64,
+    /// Host↔device copies and whole-frame transfers, shared with every fork.
+    copies: Arc<[AtomicU64; 2]>,
     /// Device name and compute capability, for reports.
     pub name: String,
     /// Where the PTX came from: `compiled` or `cache`.
@@ -208,6 +251,8 @@ impl Gpu {
         let module = ctx.load_module(ptx)?;
         let kernels = Kernels {
             preprocess: module.load_function("nv12_to_rgb_planar_stretch")?,
+            fit: module.load_function("nv12_to_planar_fit")?,
+            outline: module.load_function("outline_luma")?,
             composite: module.load_function("composite_nv12")?,
             scale: module.load_function("scale_plane")?,
             rgb_to_nv12: module.load_function("rgb_to_nv12")?,
@@ -216,9 +261,22 @@ impl Gpu {
             ctx,
             stream,
             kernels,
-            host_copies: AtomicU64::new(0),
+            copies: Arc::new([AtomicU64::new(0), AtomicU64::new(0)]),
             name,
             ptx_source,
+        })
+    }
+
+    /// The same GPU and kernels with a stream of its own: one per pipeline stream, so
+    /// streams do not wait for each other's work. Copies count in the shared counters.
+    pub fn fork(&self) -> Result<Gpu, CudaError> {
+        Ok(Gpu {
+            ctx: self.ctx.clone(),
+            stream: self.ctx.new_stream()?,
+            kernels: self.kernels.clone(),
+            copies: self.copies.clone(),
+            name: self.name.clone(),
+            ptx_source: self.ptx_source,
         })
     }
 
@@ -260,9 +318,125 @@ impl Gpu {
         Ok((ptx, "compiled"))
     }
 
-    /// Host↔device transfers so far (each upload or download of a buffer counts one).
+    /// Host↔device transfers so far, this GPU's and its forks' (each upload or download of
+    /// a buffer counts one).
     pub fn host_copies(&self) -> u64 {
-        self.host_copies.load(Ordering::Relaxed)
+        self.copies[0].load(Ordering::Relaxed)
+    }
+
+    /// Of [`Gpu::host_copies`], the transfers of whole frames (the rest are model tensors,
+    /// masks and one-off backgrounds).
+    pub fn frame_transfers(&self) -> u64 {
+        self.copies[1].load(Ordering::Relaxed)
+    }
+
+    /// Downloads `src` into host planes (`y`: `height` rows of `y_stride` bytes; `uv`:
+    /// `height/2` rows of `uv_stride`), two pitched copies, then waits for them. One host
+    /// copy, one frame transfer; nothing is allocated.
+    pub fn download_nv12_into(
+        &self,
+        src: &DeviceNv12,
+        y: &mut [u8],
+        y_stride: usize,
+        uv: &mut [u8],
+        uv_stride: usize,
+    ) -> Result<(), CudaError> {
+        use cudarc::driver::{DevicePtr, sys};
+        let (w, h, p) = (src.width, src.height, src.pitch);
+        if y_stride < w || uv_stride < w || y.len() < y_stride * h || uv.len() < uv_stride * h / 2 {
+            return Err(CudaError::Size(format!(
+                "host planes too small for a {w}x{h} NV12 frame"
+            )));
+        }
+        {
+            let (base, _guard) = src.data.device_ptr(&self.stream);
+            let copy = |dev: u64, host: *mut u8, stride: usize, rows: usize| {
+                let cp = sys::CUDA_MEMCPY2D {
+                    srcXInBytes: 0,
+                    srcY: 0,
+                    srcMemoryType: sys::CUmemorytype::CU_MEMORYTYPE_DEVICE,
+                    srcHost: std::ptr::null(),
+                    srcDevice: dev,
+                    srcArray: std::ptr::null_mut(),
+                    srcPitch: p,
+                    dstXInBytes: 0,
+                    dstY: 0,
+                    dstMemoryType: sys::CUmemorytype::CU_MEMORYTYPE_HOST,
+                    dstHost: host.cast(),
+                    dstDevice: 0,
+                    dstArray: std::ptr::null_mut(),
+                    dstPitch: stride,
+                    WidthInBytes: w,
+                    Height: rows,
+                };
+                // SAFETY: source rows lie inside `src` (pitch × rows), destination rows inside
+                // the host slices (checked above); we wait for the copies before returning.
+                unsafe { sys::cuMemcpy2DAsync_v2(&cp, self.stream.cu_stream()) }.result()
+            };
+            self.ctx.bind_to_thread()?;
+            copy(base, y.as_mut_ptr(), y_stride, h)?;
+            copy(base + (p * h) as u64, uv.as_mut_ptr(), uv_stride, h / 2)?;
+        }
+        self.stream.synchronize()?;
+        self.copies[0].fetch_add(1, Ordering::Relaxed);
+        self.copies[1].fetch_add(1, Ordering::Relaxed);
+        Ok(())
+    }
+
+    /// Downloads `dev` into `host` (same length; one host copy, waits for it).
+    pub fn download_into<T: cudarc::driver::DeviceRepr>(
+        &self,
+        dev: &CudaSlice<T>,
+        host: &mut [T],
+    ) -> Result<(), CudaError> {
+        if host.len() != dev.len() {
+            return Err(CudaError::Size(format!(
+                "download of {} values into {}",
+                dev.len(),
+                host.len()
+            )));
+        }
+        self.stream.memcpy_dtoh(dev, host)?;
+        self.stream.synchronize()?;
+        self.copies[0].fetch_add(1, Ordering::Relaxed);
+        Ok(())
+    }
+
+    /// Uploads `host` into `dev` (same length; one host copy).
+    pub fn upload_into<T: cudarc::driver::DeviceRepr>(
+        &self,
+        host: &[T],
+        dev: &mut CudaSlice<T>,
+    ) -> Result<(), CudaError> {
+        if host.len() != dev.len() {
+            return Err(CudaError::Size(format!(
+                "upload of {} values into {}",
+                host.len(),
+                dev.len()
+            )));
+        }
+        self.stream.memcpy_htod(host, dev)?;
+        self.copies[0].fetch_add(1, Ordering::Relaxed);
+        Ok(())
+    }
+
+    /// Copies `src` to `dst` on the device (same size; no host copy).
+    pub fn copy_nv12(&self, src: &DeviceNv12, dst: &mut DeviceNv12) -> Result<(), CudaError> {
+        if (src.width, src.height, src.pitch) != (dst.width, dst.height, dst.pitch) {
+            return Err(CudaError::Size(
+                "device copy between different sizes".into(),
+            ));
+        }
+        self.stream.memcpy_dtod(&src.data, &mut dst.data)?;
+        Ok(())
+    }
+
+    /// A zeroed device buffer of `n` values.
+    pub fn alloc_zeros<T: cudarc::driver::DeviceRepr + cudarc::driver::ValidAsZeroBits>(
+        &self,
+        n: usize,
+    ) -> Result<CudaSlice<T>, CudaError> {
+        Ok(self.stream.alloc_zeros::<T>(n)?)
     }
 
     /// A zeroed NV12 frame.
@@ -295,7 +469,8 @@ impl Gpu {
             staged[row * p..row * p + w].copy_from_slice(&packed[row * w..row * w + w]);
         }
         self.stream.memcpy_htod(&staged, &mut dst.data)?;
-        self.host_copies.fetch_add(1, Ordering::Relaxed);
+        self.copies[0].fetch_add(1, Ordering::Relaxed);
+        self.copies[1].fetch_add(1, Ordering::Relaxed);
         Ok(())
     }
 
@@ -303,7 +478,8 @@ impl Gpu {
     pub fn download_nv12(&self, src: &DeviceNv12) -> Result<Vec<u8>, CudaError> {
         let (w, h, p) = (src.width, src.height, src.pitch);
         let staged = self.stream.clone_dtoh(&src.data)?;
-        self.host_copies.fetch_add(1, Ordering::Relaxed);
+        self.copies[0].fetch_add(1, Ordering::Relaxed);
+        self.copies[1].fetch_add(1, Ordering::Relaxed);
         let mut out = vec![0u8; w * h * 3 / 2];
         for row in 0..h * 3 / 2 {
             out[row * w..row * w + w].copy_from_slice(&staged[row * p..row * p + w]);
@@ -317,7 +493,7 @@ impl Gpu {
         host: &[T],
     ) -> Result<CudaSlice<T>, CudaError> {
         let s = self.stream.clone_htod(host)?;
-        self.host_copies.fetch_add(1, Ordering::Relaxed);
+        self.copies[0].fetch_add(1, Ordering::Relaxed);
         Ok(s)
     }
 
@@ -327,7 +503,7 @@ impl Gpu {
         dev: &CudaSlice<T>,
     ) -> Result<Vec<T>, CudaError> {
         let v = self.stream.clone_dtoh(dev)?;
-        self.host_copies.fetch_add(1, Ordering::Relaxed);
+        self.copies[0].fetch_add(1, Ordering::Relaxed);
         Ok(v)
     }
 
@@ -368,6 +544,73 @@ impl Gpu {
         // SAFETY: the arguments match the kernel's signature; sizes were checked above and
         // the kernel bounds-checks its coordinates.
         unsafe { b.launch(launch_2d(ow, oh)) }?;
+        Ok(())
+    }
+
+    /// Model input with the aspect ratio kept (half-pixel centres): `src` as planar float
+    /// 0..1 into `out` (`3*ow*oh`), sampled as `fit` says — `aegis_models::preprocess::planar`
+    /// with `Fit::PadBottomRight` or `Fit::Centred`.
+    pub fn preprocess_fit(
+        &self,
+        src: &DeviceNv12,
+        out: &mut CudaSlice<f32>,
+        ow: usize,
+        oh: usize,
+        fit: &Letterboxed,
+    ) -> Result<(), CudaError> {
+        if out.len() < 3 * ow * oh {
+            return Err(CudaError::Size(format!(
+                "output holds {} floats, {} needed",
+                out.len(),
+                3 * ow * oh
+            )));
+        }
+        let uv = src.data.slice(src.pitch * src.height..);
+        let ints = [src.pitch, src.width, src.height, ow, oh].map(|v| v as i32);
+        let lens = [fit.len_x as i32, fit.len_y as i32, i32::from(fit.bgr)];
+        let mut b = self.stream.launch_builder(&self.kernels.fit);
+        b.arg(&src.data).arg(&uv);
+        b.arg(&ints[0]).arg(&ints[1]).arg(&ints[2]);
+        b.arg(out).arg(&ints[3]).arg(&ints[4]);
+        b.arg(&fit.ratio_x)
+            .arg(&fit.ratio_y)
+            .arg(&fit.offset_x)
+            .arg(&fit.offset_y);
+        b.arg(&lens[0]).arg(&lens[1]).arg(&fit.pad).arg(&lens[2]);
+        // SAFETY: the arguments match the kernel's signature; the output size was checked
+        // and the kernel reads the frame only inside its bounds.
+        unsafe { b.launch(launch_2d(ow, oh)) }?;
+        Ok(())
+    }
+
+    /// Draws a rectangle's outline (2 px, `value`) into the luma plane —
+    /// `aegis_models::stages::pixels::outline`.
+    pub fn outline(
+        &self,
+        frame: &mut DeviceNv12,
+        x: usize,
+        y: usize,
+        w: usize,
+        h: usize,
+        value: u8,
+    ) -> Result<(), CudaError> {
+        if w == 0 || h == 0 || x + w > frame.width || y + h > frame.height {
+            return Err(CudaError::Size("outline outside the frame".into()));
+        }
+        let a = [frame.pitch, x, y, w, h].map(|v| v as i32);
+        let mut b = self.stream.launch_builder(&self.kernels.outline);
+        b.arg(&mut frame.data);
+        for v in &a {
+            b.arg(v);
+        }
+        b.arg(&value);
+        let cfg = LaunchConfig {
+            grid_dim: ((w.max(h) as u32).div_ceil(256), 2, 1),
+            block_dim: (256, 1, 1),
+            shared_mem_bytes: 0,
+        };
+        // SAFETY: the arguments match the kernel; the rectangle lies inside the frame.
+        unsafe { b.launch(cfg) }?;
         Ok(())
     }
 

@@ -576,6 +576,12 @@ impl Decoder {
         self.state.ready.pop_front()
     }
 
+    /// The output pool (known once the first sequence header was parsed): frames taken
+    /// with [`Decoder::next_frame`] go back here when released, from any thread.
+    pub fn pool(&self) -> Option<Arc<SurfacePool>> {
+        self.state.pool.clone()
+    }
+
     /// Returns a frame's surface to the pool.
     pub fn release(&self, f: DeviceNv12) {
         if let Some(p) = &self.state.pool {
@@ -653,6 +659,38 @@ pub fn avcc_parameter_sets(avcc: &[u8]) -> Result<(Vec<u8>, usize), String> {
     Ok((out, nal_len))
 }
 
+/// The VPS, SPS and PPS of an `hvcC` record (MP4 H.265) as Annex-B, and the NAL length
+/// size (samples are length-prefixed like AVCC, so [`avcc_to_annexb`] converts them).
+pub fn hvcc_parameter_sets(hvcc: &[u8]) -> Result<(Vec<u8>, usize), String> {
+    let bad = || "malformed hvcC record".to_string();
+    if hvcc.len() < 23 || hvcc[0] != 1 {
+        return Err(bad());
+    }
+    let nal_len = usize::from(hvcc[21] & 3) + 1;
+    let arrays = usize::from(hvcc[22]);
+    let mut out = Vec::new();
+    let mut i = 23;
+    for _ in 0..arrays {
+        i += 1; // array_completeness, reserved, NAL unit type
+        let count = usize::from(u16::from_be_bytes([
+            *hvcc.get(i).ok_or_else(bad)?,
+            *hvcc.get(i + 1).ok_or_else(bad)?,
+        ]));
+        i += 2;
+        for _ in 0..count {
+            let n = usize::from(u16::from_be_bytes([
+                *hvcc.get(i).ok_or_else(bad)?,
+                *hvcc.get(i + 1).ok_or_else(bad)?,
+            ]));
+            i += 2;
+            out.extend_from_slice(&[0, 0, 0, 1]);
+            out.extend_from_slice(hvcc.get(i..i + n).ok_or_else(bad)?);
+            i += n;
+        }
+    }
+    Ok((out, nal_len))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -676,5 +714,22 @@ mod tests {
         assert_eq!(n, 4);
         assert_eq!(ps, [0, 0, 0, 1, 0x67, 0x64, 0, 0, 0, 1, 0x68]);
         assert!(avcc_parameter_sets(&avcc[..9]).is_err());
+    }
+
+    #[test]
+    fn hvcc_parameter_sets_become_annexb() {
+        // 22 header bytes (version 1, 4-byte lengths in byte 21), 2 arrays: VPS (1 NAL of
+        // 2 bytes), SPS (1 NAL of 1 byte).
+        let mut hvcc = vec![1u8];
+        hvcc.extend_from_slice(&[0; 20]);
+        hvcc.push(0xf3);
+        hvcc.push(2);
+        hvcc.extend_from_slice(&[0xa0, 0, 1, 0, 2, 0x40, 0x01]);
+        hvcc.extend_from_slice(&[0xa1, 0, 1, 0, 1, 0x42]);
+        let (ps, n) = hvcc_parameter_sets(&hvcc).unwrap();
+        assert_eq!(n, 4);
+        assert_eq!(ps, [0, 0, 0, 1, 0x40, 0x01, 0, 0, 0, 1, 0x42]);
+        assert!(hvcc_parameter_sets(&hvcc[..hvcc.len() - 1]).is_err());
+        assert!(hvcc_parameter_sets(&[2; 30]).is_err());
     }
 }

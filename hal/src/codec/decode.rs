@@ -242,6 +242,7 @@ impl VideoDecoder {
                 corrupt,
                 ..FrameMeta::new(Instant::now())
             },
+            device: None,
         }))
     }
 }

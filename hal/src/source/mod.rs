@@ -5,9 +5,11 @@
 //! reports damage as counters rather than errors wherever playback can go on. Live sources
 //! never end on their own: they reconnect, and tell why through [`SourceHealth`].
 
+mod cuda;
 mod file;
 mod live;
 
+pub use cuda::{CudaFileSource, nvdec_codec};
 pub use file::{FileSource, FileSourceSettings};
 pub use live::{BACKOFF_RESET_AFTER, LiveSource, LiveSourceSettings, RtspTransport, redact_url};
 
@@ -38,6 +40,14 @@ pub enum SourceError {
         path: PathBuf,
         /// What went wrong.
         source: CodecError,
+    },
+    /// The GPU decoder (CUDA backend) failed.
+    #[error("{path}: {source}")]
+    Gpu {
+        /// The file.
+        path: PathBuf,
+        /// What the GPU said.
+        source: aegis_cuda::CudaError,
     },
     /// The stream's frames are larger than [`MAX_FRAME_SIDE`].
     #[error("{path}: frame size {width}x{height} exceeds the {max}x{max} limit")]
@@ -362,25 +372,30 @@ impl SourceCore {
             match decoder.receive(&self.pool, pts_offset_us) {
                 Ok(f) => return Ok(f),
                 Err(CodecError::Geometry { .. }) => {
-                    // Resolution changed mid-stream: new pool for the new geometry; frames
-                    // still in flight return to the old pool, which is freed with them.
                     let layout = decoder.pending_layout().map_err(|e| self.codec_error(e))?;
-                    check_size(&self.origin, layout.width, layout.height)?;
-                    tracing::info!(stream = %self.stream, width = layout.width,
-                        height = layout.height, "stream changed resolution; new surface pool");
-                    self.pool.close();
-                    self.earlier_pool_waits += self.pool.backpressure().0;
-                    self.pool = SurfacePool::new(layout, self.pool_frames);
-                    let mut current = self.stop.pool.lock().unwrap_or_else(|p| p.into_inner());
-                    *current = self.pool.clone();
-                    // A stop that raced with the swap closed the old pool; close this one too.
-                    if self.stop.is_stopped() {
-                        current.close();
-                    }
+                    self.replace_pool(layout)?;
                 }
                 Err(e) => return Err(self.codec_error(e)),
             }
         }
+    }
+
+    /// Resolution changed mid-stream: a new pool for the new geometry; frames still in
+    /// flight return to the old pool, which is freed with them.
+    pub(crate) fn replace_pool(&mut self, layout: FrameLayout) -> Result<(), SourceError> {
+        check_size(&self.origin, layout.width, layout.height)?;
+        tracing::info!(stream = %self.stream, width = layout.width,
+            height = layout.height, "stream changed resolution; new surface pool");
+        self.pool.close();
+        self.earlier_pool_waits += self.pool.backpressure().0;
+        self.pool = SurfacePool::new(layout, self.pool_frames);
+        let mut current = self.stop.pool.lock().unwrap_or_else(|p| p.into_inner());
+        *current = self.pool.clone();
+        // A stop that raced with the swap closed the old pool; close this one too.
+        if self.stop.is_stopped() {
+            current.close();
+        }
+        Ok(())
     }
 }
 

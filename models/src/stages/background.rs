@@ -3,6 +3,7 @@
 
 use std::sync::Arc;
 
+use aegis_cuda::{CudaSlice, DeviceNv12};
 use aegis_hal::pixel::{Matrix, Plane, PlaneMut, rgb24_to_i420, scale_i420, scale_plane};
 use aegis_hal::stage::{Stage, StageError, StageOutcome};
 use aegis_hal::synth::RgbImage;
@@ -10,7 +11,7 @@ use aegis_hal::{Frame, PixelFormat};
 
 use super::pixels::{BgPlanes, composite, rgb_to_yuv};
 use crate::batch::BatchClient;
-use crate::preprocess::{ChannelOrder, Fit, InputSpec, planar};
+use crate::preprocess::{ChannelOrder, Fit, InputSpec, planar, planar_on_device};
 use crate::registry::LoadedModel;
 
 /// What replaces the background.
@@ -60,6 +61,7 @@ pub struct VirtualBackground {
     settings: VirtualBackgroundSettings,
     prev: Vec<f32>,
     have_prev: bool,
+    device: Option<DeviceBuffers>,
     feathered: Vec<f32>,
     tmp: Vec<f32>,
     mask: Vec<u8>,
@@ -117,6 +119,7 @@ impl VirtualBackground {
             settings,
             prev: vec![0.0; size * size],
             have_prev: false,
+            device: None,
             feathered: Vec::new(),
             tmp: Vec::new(),
             mask: vec![0; size * size],
@@ -139,17 +142,29 @@ impl VirtualBackground {
         (&self.mask, self.size)
     }
 
+    /// The segmenter's input: RGB, stretched, corner-aligned (MediaPipe's mapping).
+    fn spec(&self) -> InputSpec {
+        InputSpec {
+            width: self.size,
+            height: self.size,
+            order: ChannelOrder::Rgb,
+            fit: Fit::Stretch,
+        }
+    }
+
     /// Runs the model and leaves the smoothed, feathered mask in `self.mask`.
     fn segment(&mut self, frame: &Frame) -> Result<(), StageError> {
         let s = self.size;
-        let spec = InputSpec {
-            width: s,
-            height: s,
-            order: ChannelOrder::Rgb,
-            fit: Fit::Stretch,
-        };
+        let spec = self.spec();
         planar(frame, spec, self.client.input(3 * s * s))
             .map_err(|e| err("preprocess", e.to_string()))?;
+        self.infer_mask()
+    }
+
+    /// Runs the model on the input already in the batch client; leaves the smoothed,
+    /// feathered mask in `self.mask`.
+    fn infer_mask(&mut self) -> Result<(), StageError> {
+        let s = self.size;
         let (out, _) = self
             .client
             .run()
@@ -259,12 +274,101 @@ fn image_planes(
     Ok(out)
 }
 
+/// GPU buffers of the stage (CUDA backend), allocated on the first device frame and again
+/// only when the frame size changes.
+struct DeviceBuffers {
+    /// Model input, `3*s*s` floats.
+    input: CudaSlice<f32>,
+    /// The mask, `s*s`.
+    mask: CudaSlice<u8>,
+    /// The background at frame size (the blurred frame, a colour or the picture).
+    bg: DeviceNv12,
+    /// The blur's shrunken copy.
+    scratch: CudaSlice<u8>,
+    /// A colour or picture background is in `bg` (it is made once per size).
+    bg_ready: bool,
+}
+
+fn gpu_err(e: aegis_cuda::CudaError) -> StageError {
+    err("gpu", e.to_string())
+}
+
+impl VirtualBackground {
+    /// The same operations as [`Stage::process`] on the host, on a frame whose pixels are
+    /// on the GPU: preprocess and composite run as kernels; only the model input goes down
+    /// (the model runs where the engine runs) and the mask comes back up; the frame stays.
+    fn process_on_device(&mut self, frame: &mut Frame) -> Result<(), StageError> {
+        let s = self.size;
+        let Some(dev) = frame.device.as_ref() else {
+            return Err(err("gpu", "frame is not on the device".into()));
+        };
+        let (w, h) = (dev.nv12().width, dev.nv12().height);
+        let fits = self
+            .device
+            .as_ref()
+            .is_some_and(|d| (d.bg.width, d.bg.height) == (w, h));
+        if !fits {
+            let gpu = dev.gpu();
+            self.device = Some(DeviceBuffers {
+                input: gpu.alloc_zeros(3 * s * s).map_err(gpu_err)?,
+                mask: gpu.alloc_zeros(s * s).map_err(gpu_err)?,
+                bg: gpu.alloc_nv12(w, h).map_err(gpu_err)?,
+                scratch: gpu.alloc_zeros(w * h).map_err(gpu_err)?,
+                bg_ready: false,
+            });
+        }
+        let spec = self.spec();
+        let d = self.device.as_mut().expect("allocated above");
+        planar_on_device(frame, spec, &mut d.input, self.client.input(3 * s * s))
+            .map_err(|e| err("preprocess", e))?;
+        self.infer_mask()?;
+        let d = self.device.as_mut().expect("allocated above");
+        let (nv12, gpu) = frame.device.as_mut().expect("checked above").parts();
+        gpu.upload_into(&self.mask, &mut d.mask).map_err(gpu_err)?;
+        match &self.settings.background {
+            Background::Blur { strength } => {
+                gpu.copy_nv12(nv12, &mut d.bg).map_err(gpu_err)?;
+                gpu.blur_rect(&mut d.bg, 0, 0, w, h, (*strength).max(2), &mut d.scratch)
+                    .map_err(gpu_err)?;
+            }
+            Background::Colour(_) | Background::Image(_) if !d.bg_ready => {
+                // Made on the host exactly as the CPU path makes it, uploaded once.
+                let planes = match &self.settings.background {
+                    Background::Image(img) => image_planes(img, w, h, PixelFormat::Nv12)
+                        .map_err(|e| err("background", e))?,
+                    Background::Colour(rgb) => {
+                        let mut p = BgPlanes::default();
+                        p.fill(w, h, PixelFormat::Nv12, rgb_to_yuv(*rgb));
+                        p
+                    }
+                    Background::Blur { .. } => unreachable!("matched above"),
+                };
+                let packed = [planes.y, planes.c].concat();
+                gpu.upload_nv12(&packed, &mut d.bg).map_err(gpu_err)?;
+                d.bg_ready = true;
+            }
+            _ => {}
+        }
+        gpu.composite(nv12, &d.bg, &d.mask, s).map_err(gpu_err)?;
+        frame.meta.background_replaced = true;
+        Ok(())
+    }
+}
+
 impl Stage for VirtualBackground {
     fn kind(&self) -> &'static str {
         "virtual_background"
     }
 
+    fn on_device(&self) -> bool {
+        true
+    }
+
     fn process(&mut self, frame: &mut Frame) -> Result<StageOutcome, StageError> {
+        if frame.device.is_some() {
+            self.process_on_device(frame)?;
+            return Ok(StageOutcome::Keep);
+        }
         self.segment(frame)?;
         self.prepare_background(frame)?;
         let (w, h) = (frame.layout.width, frame.layout.height);

@@ -98,10 +98,25 @@ impl Stage for DetectTrack {
             if self.draw
                 && let Some(r) = Rect::from_box(o.bbox, 0.0, w, h)
             {
-                outline(frame, r, 235);
+                match frame.device.as_mut() {
+                    Some(d) => {
+                        let (nv12, gpu) = d.parts();
+                        gpu.outline(nv12, r.x, r.y, r.w, r.h, 235)
+                            .map_err(|e| StageError {
+                                stage: "detect",
+                                error_type: "gpu",
+                                message: e.to_string(),
+                            })?;
+                    }
+                    None => outline(frame, r, 235),
+                }
             }
         }
         Ok(StageOutcome::Keep)
+    }
+
+    fn on_device(&self) -> bool {
+        true
     }
 }
 

@@ -6,7 +6,7 @@ use aegis_hal::analytics::{Object, ObjectSource};
 
 use crate::batch::BatchClient;
 use crate::engine::EngineError;
-use crate::preprocess::{ChannelOrder, Fit, InputSpec, planar};
+use crate::preprocess::{ChannelOrder, Fit, InputSpec, planar, planar_on_device};
 use crate::registry::{LoadedModel, ModelKind};
 use crate::yolo::{Detected, decode, nms};
 
@@ -58,6 +58,8 @@ pub struct Detector {
     pub thresholds: Thresholds,
     raw: Vec<Detected>,
     found: Vec<Found>,
+    /// The model input on the GPU, for frames that are there (CUDA backend).
+    device_input: Option<aegis_cuda::CudaSlice<f32>>,
 }
 
 impl Detector {
@@ -84,18 +86,33 @@ impl Detector {
             thresholds,
             raw: Vec::new(),
             found: Vec::new(),
+            device_input: None,
         }
     }
 
     /// Detects on one frame; the result is valid until the next call.
     pub fn detect(&mut self, frame: &Frame) -> Result<&[Found], EngineError> {
         let s = self.spec.width;
-        let lb = planar(frame, self.spec, self.client.input(3 * s * s)).map_err(|e| {
-            EngineError::Run {
-                path: "preprocess".into(),
-                reason: e.to_string(),
+        let pre = |reason: String| EngineError::Run {
+            path: "preprocess".into(),
+            reason,
+        };
+        let lb = match &frame.device {
+            Some(d) => {
+                if self.device_input.is_none() {
+                    self.device_input = Some(
+                        d.gpu()
+                            .alloc_zeros(3 * s * s)
+                            .map_err(|e| pre(e.to_string()))?,
+                    );
+                }
+                let dev = self.device_input.as_mut().expect("allocated above");
+                planar_on_device(frame, self.spec, dev, self.client.input(3 * s * s))
+                    .map_err(pre)?
             }
-        })?;
+            None => planar(frame, self.spec, self.client.input(3 * s * s))
+                .map_err(|e| pre(e.to_string()))?,
+        };
         let t = self.thresholds;
         let classes = self.labels.len();
         let (out, _) = self.client.run()?;

@@ -69,6 +69,10 @@ pub struct Moderation {
     verdict: Option<ModerationVerdict>,
     since: u32,
     small: Vec<u8>,
+    /// Rectangles to blur on this frame (kept: no allocation per frame).
+    rects: Vec<Rect>,
+    /// The blur's scratch on the GPU (CUDA backend).
+    device_scratch: Option<aegis_cuda::CudaSlice<u8>>,
 }
 
 impl Moderation {
@@ -102,6 +106,8 @@ impl Moderation {
             verdict: None,
             since: u32::MAX,
             small: Vec::new(),
+            rects: Vec::new(),
+            device_scratch: None,
         })
     }
 
@@ -141,6 +147,29 @@ impl Moderation {
     }
 }
 
+impl Moderation {
+    /// Blurs `r`, on the GPU when the frame is there (same result as on the host).
+    fn blur(&mut self, frame: &mut Frame, r: Rect, strength: usize) -> Result<(), StageError> {
+        let Some(d) = frame.device.as_mut() else {
+            blur_rect(frame, r, strength, &mut self.small);
+            return Ok(());
+        };
+        let (nv12, gpu) = d.parts();
+        let gpu_err = |e: aegis_cuda::CudaError| StageError {
+            stage: "moderate",
+            error_type: "gpu",
+            message: e.to_string(),
+        };
+        let need = nv12.width * nv12.height;
+        if self.device_scratch.as_ref().is_none_or(|s| s.len() < need) {
+            self.device_scratch = Some(gpu.alloc_zeros(need).map_err(gpu_err)?);
+        }
+        let scratch = self.device_scratch.as_mut().expect("allocated above");
+        gpu.blur_rect(nv12, r.x, r.y, r.w, r.h, strength, scratch)
+            .map_err(gpu_err)
+    }
+}
+
 impl Stage for Moderation {
     fn kind(&self) -> &'static str {
         "moderate"
@@ -163,23 +192,30 @@ impl Stage for Moderation {
         };
         let (w, h) = (frame.layout.width, frame.layout.height);
         let strength = self.settings.blur_strength.max(2);
+        let mut rects = std::mem::take(&mut self.rects);
+        rects.clear();
         match verdict.action {
             ModerationAction::Drop => return Ok(StageOutcome::Drop),
             ModerationAction::BlurFrame => {
-                if let Some(r) = Rect::from_box([0.0, 0.0, w as f32, h as f32], 0.0, w, h) {
-                    blur_rect(frame, r, strength, &mut self.small);
-                }
+                rects.extend(Rect::from_box([0.0, 0.0, w as f32, h as f32], 0.0, w, h));
             }
             ModerationAction::BlurRegion | ModerationAction::Alert => {
                 for f in &self.flags {
-                    if f.action == ModerationAction::BlurRegion
-                        && let Some(r) = Rect::from_box(f.object.bbox, 0.1, w, h)
-                    {
-                        blur_rect(frame, r, strength, &mut self.small);
+                    if f.action == ModerationAction::BlurRegion {
+                        rects.extend(Rect::from_box(f.object.bbox, 0.1, w, h));
                     }
                 }
             }
         }
-        Ok(StageOutcome::Keep)
+        let mut result = Ok(());
+        for &r in &rects {
+            result = result.and_then(|()| self.blur(frame, r, strength));
+        }
+        self.rects = rects;
+        result.map(|()| StageOutcome::Keep)
+    }
+
+    fn on_device(&self) -> bool {
+        true
     }
 }

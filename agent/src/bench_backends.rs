@@ -1,0 +1,214 @@
+//! `aegis bench backends`: the same pipeline on the cpu and the cuda backend, in one
+//! process, on one clip: frames per second, copies per frame and, on the GPU, host↔device
+//! transfers per frame (whole frames and model tensors apart).
+//!
+//! The pipeline is the clip (once per stream, not paced) → the config's stages → a discard
+//! sink (what the backend itself costs) or the config's record sink (H.264 on the CPU after
+//! the one download: what an appliance without NVENC does).
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Instant;
+
+use aegis_config::{AgentConfig, BackendKind, PipelineConfig, SinkConfig};
+
+use crate::inference::Inference;
+use crate::metrics::Metrics;
+use crate::pipeline::{Pipeline, RunOptions};
+use crate::runtime::{Backend, select_backend};
+
+/// One measured run.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct BackendRun {
+    /// `cpu` or `cuda`.
+    pub backend: String,
+    /// `discard` or `record`.
+    pub sink: String,
+    /// Streams at once.
+    pub streams: usize,
+    /// Frames delivered, all streams.
+    pub frames: u64,
+    /// Frames per second per stream (the slowest stream).
+    pub fps_per_stream: f64,
+    /// Frames per second, all streams.
+    pub fps_total: f64,
+    /// Pixel copies per frame from decode to the sink's input (CPU: decoder picture →
+    /// surface; CUDA: NVDEC picture → device surface, and the download).
+    pub copies_per_frame: u32,
+    /// Whole-frame host↔device transfers per frame (goal: 1, the final download).
+    pub frame_transfers_per_frame: f64,
+    /// All host↔device transfers per frame (adds model inputs down, masks up).
+    pub host_copies_per_frame: f64,
+}
+
+/// The results and where they ran.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct BackendsBench {
+    /// The GPU, or why there is none.
+    pub gpu: String,
+    /// The clip.
+    pub clip: String,
+    /// Every run.
+    pub runs: Vec<BackendRun>,
+}
+
+fn one_run(
+    pipeline: &PipelineConfig,
+    inference: &Arc<Inference>,
+    backend: &Backend,
+    sink: &str,
+) -> anyhow::Result<BackendRun> {
+    let metrics = Arc::new(Metrics::new(backend.kind.as_str()));
+    let opts = RunOptions {
+        force_realtime: Some(false),
+        decoder_threads: 0,
+        inference: Some(inference.clone()),
+        store: None,
+        events_topic: None,
+        snapshots: None,
+        sensing: None,
+        backend: Some(backend.clone()),
+    };
+    let gpu_before = backend
+        .gpu
+        .as_ref()
+        .map_or((0, 0), |g| (g.frame_transfers(), g.host_copies()));
+    let t0 = Instant::now();
+    let reports = Pipeline::start(pipeline, metrics, &opts)?.wait();
+    let secs = t0.elapsed().as_secs_f64();
+    let frames: u64 = reports.iter().map(|r| r.delivered).sum();
+    let slowest = reports.iter().map(|r| r.delivered).min().unwrap_or(0);
+    if let Some(e) = reports.iter().find_map(|r| r.source_error.clone()) {
+        anyhow::bail!("{} {sink}: a source failed: {e}", backend.kind);
+    }
+    let (ft, hc) = backend.gpu.as_ref().map_or((0, 0), |g| {
+        (
+            g.frame_transfers() - gpu_before.0,
+            g.host_copies() - gpu_before.1,
+        )
+    });
+    let per = |n: u64| n as f64 / frames.max(1) as f64;
+    Ok(BackendRun {
+        backend: backend.kind.to_string(),
+        sink: sink.to_string(),
+        streams: pipeline.sources.len(),
+        frames,
+        fps_per_stream: slowest as f64 / secs,
+        fps_total: frames as f64 / secs,
+        copies_per_frame: reports
+            .iter()
+            .map(|r| r.copies_per_frame)
+            .max()
+            .unwrap_or(0),
+        frame_transfers_per_frame: per(ft),
+        host_copies_per_frame: per(hc),
+    })
+}
+
+/// Runs the config's stages on `clip` with `streams` streams each, on the cpu backend and
+/// (when it opens) the cuda backend, into a discard sink and into the config's first record
+/// sink.
+pub fn run(
+    cfg: &AgentConfig,
+    clip: &Path,
+    frames: u64,
+    streams: &[usize],
+) -> anyhow::Result<BackendsBench> {
+    aegis_hal::init();
+    let inference = Inference::load(&cfg.inference, &cfg.pipeline, cfg.backend.cuda_device)?;
+    let cpu = Backend {
+        kind: BackendKind::Cpu,
+        gpu: None,
+    };
+    let mut cuda_cfg = cfg.clone();
+    cuda_cfg.backend.kind = BackendKind::Cuda;
+    cuda_cfg.backend.fallback = None;
+    let (gpu, backends) = match select_backend(&cuda_cfg) {
+        Ok(b) => {
+            let name = b.gpu.as_ref().map_or_else(String::new, |g| {
+                format!("{}, NVENC: {:?}", g.name, aegis_cuda::nvenc::probe(g))
+            });
+            (name, vec![cpu, b])
+        }
+        Err(e) => (format!("none: {e}"), vec![cpu]),
+    };
+    let record = cfg
+        .pipeline
+        .sinks
+        .iter()
+        .find(|s| matches!(s, SinkConfig::Record(_)))
+        .cloned();
+    let mut sinks = vec![("discard", SinkConfig::Discard(Default::default()))];
+    if let Some(r) = record {
+        sinks.push(("record", r));
+    }
+    let mut runs = Vec::new();
+    for &n in streams {
+        for (sink_name, sink) in &sinks {
+            let mut p = cfg.pipeline.clone();
+            p.sources = (0..n)
+                .map(|i| {
+                    let mut s = cfg.pipeline.sources[0].clone();
+                    s.id = format!("b{i}");
+                    s.url = format!("file:{}", clip.display());
+                    s.loop_ = true;
+                    s.realtime = false;
+                    s.max_frames = Some(frames);
+                    s
+                })
+                .collect();
+            p.sinks = vec![sink.clone()];
+            for b in &backends {
+                let r = one_run(&p, &inference, b, sink_name)?;
+                eprintln!(
+                    "  {} {} x{}: {:.1} fps/stream",
+                    r.backend, r.sink, r.streams, r.fps_per_stream
+                );
+                runs.push(r);
+            }
+        }
+    }
+    Ok(BackendsBench {
+        gpu,
+        clip: clip.display().to_string(),
+        runs,
+    })
+}
+
+/// Prints the table, with cuda/cpu ratios for matching runs.
+pub fn print(b: &BackendsBench) {
+    println!("backends on {} (GPU: {})", b.clip, b.gpu);
+    println!(
+        "  {:<6} {:<8} {:>7} {:>8} {:>10} {:>9} {:>7} {:>14} {:>12} {:>9}",
+        "backend",
+        "sink",
+        "streams",
+        "frames",
+        "fps/stream",
+        "fps total",
+        "copies",
+        "frame xfers/f",
+        "host cp/f",
+        "vs cpu"
+    );
+    for r in &b.runs {
+        let base = b
+            .runs
+            .iter()
+            .find(|c| c.backend == "cpu" && c.sink == r.sink && c.streams == r.streams);
+        let ratio = base.map_or(f64::NAN, |c| r.fps_total / c.fps_total);
+        println!(
+            "  {:<6} {:<8} {:>7} {:>8} {:>10.1} {:>9.1} {:>7} {:>14.2} {:>12.2} {:>8.2}x",
+            r.backend,
+            r.sink,
+            r.streams,
+            r.frames,
+            r.fps_per_stream,
+            r.fps_total,
+            r.copies_per_frame,
+            r.frame_transfers_per_frame,
+            r.host_copies_per_frame,
+            ratio
+        );
+    }
+}

@@ -1,0 +1,29 @@
+#!/usr/bin/env bash
+# Runs the agent itself with `backend.kind: cuda` ON the GPU machine, from the bundle that
+# `just device-bundle` prepares on the build machine (.device-agent/bundle.tar.xz: the
+# stripped `aegis` binary and the CUDA-vs-CPU stage test, a minimal FFmpeg 5.1 built by
+# tools/device/build-ffmpeg-min.sh — the GPU machine has no libav —, ONNX Runtime, the
+# segmentation model and the sample clips). Results go to $OUT (or .device-agent/out).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+out="${OUT:-$PWD/.device-agent/out}"
+mkdir -p "$out"
+work=$(mktemp -d)
+tar -C "$work" -xJf .device-agent/bundle.tar.xz
+cd "$work"
+export LD_LIBRARY_PATH="$PWD/lib${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
+nvidia-smi --query-gpu=name,driver_version --format=csv,noheader | tee "$out/gpu.txt"
+./aegis version | tee "$out/version.txt"
+echo "== CUDA stage vs CPU stage, frame by frame"
+AEGIS_MODELS_DIR=.models AEGIS_SAMPLES_DIR=.samples ./cuda-stages-test --include-ignored --nocapture 2>&1 \
+  | tee "$out/stages-test.txt" || echo "STAGE TEST FAILED"
+echo "== aegis run, backend cuda, virtual background, H.264 recordings"
+./aegis run --config cuda.yaml > "$out/run.log" 2>&1 || echo "RUN FAILED"
+grep -v INFO "$out/run.log" | tail -20
+find .demo -name '*.mp4' -printf '%p %s\n' | sort | tee "$out/recordings.txt"
+echo "== aegis bench backends (same process: cpu, cuda)"
+./aegis bench backends --clip .samples/bench-1080p.mp4 --frames "${FRAMES:-300}" \
+  --streams "${STREAMS:-1,4}" --json "$out/backends.json" 2>&1 | tee "$out/backends.txt"
+echo "== aegis bench backends --all-stages (moderation, background, faces, timestamp)"
+./aegis bench backends --all-stages --clip .samples/bench-1080p.mp4 --frames "${FRAMES:-300}" \
+  --streams 1 --json "$out/backends-all.json" 2>&1 | tee "$out/backends-all.txt"

@@ -1,0 +1,41 @@
+#!/usr/bin/env bash
+# Builds what tools/device-agent.sh runs on the GPU machine into .device-agent/bundle.tar.xz:
+# the stripped release `aegis` and the CUDA-vs-CPU stage test, a minimal FFmpeg 5.1 (the
+# GPU machine has no libav; tools/device/build-ffmpeg-min.sh), ONNX Runtime and the
+# models (from `just models`), the sample clips (plus an H.265 one). Must stay under the 64 MiB a
+# device call can carry.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+target="${CARGO_TARGET_DIR:-target}"
+cargo build --release -p aegis-agent --bins
+test_exe=$(cargo test --release -p aegis-models --test cuda_stages --no-run --message-format=json 2>/dev/null \
+  | grep -o '"executable":"[^"]*cuda_stages-[^"]*"' | tail -1 | cut -d'"' -f4)
+[ -d .device-libav ] || AEGIS_BIN="$target/release/aegis" FFMIN_TESTS=0 tools/device/build-ffmpeg-min.sh .device-libav
+for f in bench-1080p.mp4 bench-720p.mp4; do
+  [ -f ".samples/$f" ] || "$target/release/aegis" sample --out ".samples/$f" \
+    --width "$([ "$f" = bench-720p.mp4 ] && echo 1280 || echo 1920)" \
+    --height "$([ "$f" = bench-720p.mp4 ] && echo 720 || echo 1080)"
+done
+# The astronaut pans across this one: a face from the first frame (moderation, detection).
+[ -f .samples/demo.mp4 ] || "$target/release/aegis" sample --out .samples/demo.mp4 \
+  --background .samples/astronaut.png
+# H.265 in MP4 (hvcC) for the NVDEC-vs-libavcodec stage test (Debian's ffmpeg has x265).
+if [ ! -f .samples/bench-720p-hevc.mp4 ]; then
+  ffmpeg -v error -y -i .samples/bench-720p.mp4 -frames:v 60 -c:v libx265 -preset fast \
+    -x265-params log-level=error -tag:v hvc1 .samples/bench-720p-hevc.mp4
+fi
+stage=$(mktemp -d)
+trap 'rm -rf "$stage"' EXIT
+mkdir -p "$stage/lib" "$stage/.models" "$stage/.samples"
+cp "$target/release/aegis" "$stage/aegis"
+cp "$test_exe" "$stage/cuda-stages-test"
+strip "$stage/aegis" "$stage/cuda-stages-test"
+cp -L .device-libav/*.so* "$stage/lib/"
+cp .models/libonnxruntime.so.1.32.0 .models/selfie_segmentation.onnx .models/nudenet-320n.onnx \
+  "$stage/.models/"
+cp .samples/bench-1080p.mp4 .samples/bench-720p.mp4 .samples/bench-720p-hevc.mp4 .samples/demo.mp4 \
+  .samples/astronaut.png "$stage/.samples/"
+cp tools/device/cuda.yaml "$stage/cuda.yaml"
+mkdir -p .device-agent
+tar -C "$stage" -cf - . | xz -T0 -6 > .device-agent/bundle.tar.xz
+du -h .device-agent/bundle.tar.xz
