@@ -27,3 +27,6 @@ echo "== aegis bench backends (same process: cpu, cuda)"
 echo "== aegis bench backends --all-stages (moderation, background, faces, timestamp)"
 ./aegis bench backends --all-stages --clip .samples/bench-1080p.mp4 --frames "${FRAMES:-300}" \
   --streams 1 --json "$out/backends-all.json" 2>&1 | tee "$out/backends-all.txt"
+echo "== aegis bench backends, no stages (decode + download + sink)"
+./aegis bench backends --config decode.yaml --clip .samples/bench-1080p.mp4 --frames "${FRAMES:-300}" \
+  --streams 1,4,8 --json "$out/backends-decode.json" 2>&1 | tee "$out/backends-decode.txt"

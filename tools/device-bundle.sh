@@ -35,7 +35,7 @@ cp .models/libonnxruntime.so.1.32.0 .models/selfie_segmentation.onnx .models/nud
   "$stage/.models/"
 cp .samples/bench-1080p.mp4 .samples/bench-720p.mp4 .samples/bench-720p-hevc.mp4 .samples/demo.mp4 \
   .samples/astronaut.png "$stage/.samples/"
-cp tools/device/cuda.yaml "$stage/cuda.yaml"
+cp tools/device/cuda.yaml tools/device/decode.yaml "$stage/"
 mkdir -p .device-agent
 tar -C "$stage" -cf - . | xz -T0 -6 > .device-agent/bundle.tar.xz
 du -h .device-agent/bundle.tar.xz

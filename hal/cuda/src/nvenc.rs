@@ -102,7 +102,9 @@ pub fn probe(gpu: &Gpu) -> Nvenc {
     } {
         (Ok(m), Ok(c)) => (*m, *c),
         _ => {
-            return Nvenc::Absent("libnvidia-encode.so.1 lacks the NvEncodeAPI entry points".into());
+            return Nvenc::Absent(
+                "libnvidia-encode.so.1 lacks the NvEncodeAPI entry points".into(),
+            );
         }
     };
     let mut v = 0u32;
