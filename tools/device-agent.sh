@@ -28,5 +28,7 @@ echo "== aegis bench backends --all-stages (moderation, background, faces, times
 ./aegis bench backends --all-stages --clip .samples/bench-1080p.mp4 --frames "${FRAMES:-300}" \
   --streams 1 --json "$out/backends-all.json" 2>&1 | tee "$out/backends-all.txt"
 echo "== aegis bench backends, no stages (decode + download + sink)"
-./aegis bench backends --config decode.yaml --clip .samples/bench-1080p.mp4 --frames "${FRAMES:-300}" \
-  --streams 1,4,8 --json "$out/backends-decode.json" 2>&1 | tee "$out/backends-decode.txt"
+for clip in bench-1080p bench-1080p-hq; do
+  ./aegis bench backends --config decode.yaml --clip ".samples/$clip.mp4" --frames "${FRAMES:-300}" \
+    --streams 1,4,8 --json "$out/decode-$clip.json" 2>&1 | tee "$out/decode-$clip.txt"
+done

@@ -24,6 +24,11 @@ if [ ! -f .samples/bench-720p-hevc.mp4 ]; then
   ffmpeg -v error -y -i .samples/bench-720p.mp4 -frames:v 60 -c:v libx265 -preset fast \
     -x265-params log-level=error -tag:v hvc1 .samples/bench-720p-hevc.mp4
 fi
+# A realistic one for the decode comparison: film-grain noise, ~15 Mbit/s, B-frames, 5 s.
+if [ ! -f .samples/bench-1080p-hq.mp4 ]; then
+  ffmpeg -v error -y -i .samples/bench-1080p.mp4 -t 5 -vf "noise=alls=12:allf=t" -c:v libx264 \
+    -preset veryfast -b:v 15M -maxrate 15M -bufsize 30M .samples/bench-1080p-hq.mp4
+fi
 stage=$(mktemp -d)
 trap 'rm -rf "$stage"' EXIT
 mkdir -p "$stage/lib" "$stage/.models" "$stage/.samples"
@@ -33,7 +38,8 @@ strip "$stage/aegis" "$stage/cuda-stages-test"
 cp -L .device-libav/*.so* "$stage/lib/"
 cp .models/libonnxruntime.so.1.32.0 .models/selfie_segmentation.onnx .models/nudenet-320n.onnx \
   "$stage/.models/"
-cp .samples/bench-1080p.mp4 .samples/bench-720p.mp4 .samples/bench-720p-hevc.mp4 .samples/demo.mp4 \
+cp .samples/bench-1080p.mp4 .samples/bench-1080p-hq.mp4 .samples/bench-720p.mp4 \
+  .samples/bench-720p-hevc.mp4 .samples/demo.mp4 \
   .samples/astronaut.png "$stage/.samples/"
 cp tools/device/cuda.yaml tools/device/decode.yaml "$stage/"
 mkdir -p .device-agent

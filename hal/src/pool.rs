@@ -28,6 +28,20 @@ struct Shared {
     wait_ns: AtomicU64,
     /// Producers blocked in `acquire` right now.
     waiting: AtomicUsize,
+    /// The surfaces page-locked for GPU downloads (CUDA backend); unpinned before the
+    /// surfaces are freed.
+    pinned: Mutex<Vec<aegis_cuda::PinnedHost>>,
+}
+
+impl Drop for Shared {
+    fn drop(&mut self) {
+        // Before the buffers in `free` go: every surface is back by now (each loan holds
+        // this struct alive).
+        self.pinned
+            .get_mut()
+            .unwrap_or_else(|p| p.into_inner())
+            .clear();
+    }
 }
 
 impl Shared {
@@ -68,6 +82,7 @@ impl SurfacePool {
                 waits: AtomicU64::new(0),
                 wait_ns: AtomicU64::new(0),
                 waiting: AtomicUsize::new(0),
+                pinned: Mutex::new(Vec::new()),
             }),
         }
     }
@@ -165,6 +180,17 @@ impl SurfacePool {
                 Err(()) => return Ok(None),
             };
         }
+    }
+
+    /// Page-locks every surface for downloads from `gpu` (the CUDA backend's final copy
+    /// then runs as DMA). Call it on a fresh pool: surfaces on loan are not pinned.
+    pub fn pin_for(&self, gpu: &aegis_cuda::Gpu) -> Result<(), aegis_cuda::CudaError> {
+        let mut free = self.shared.free();
+        let mut pinned = self.shared.pinned.lock().unwrap_or_else(|p| p.into_inner());
+        for buf in free.iter_mut() {
+            pinned.push(gpu.pin_host(buf)?);
+        }
+        Ok(())
     }
 
     /// Wakes every waiting producer with [`PoolClosed`]; surfaces still on loan return normally.

@@ -109,6 +109,28 @@ pub struct Letterboxed {
     pub bgr: bool,
 }
 
+/// Host memory page-locked for DMA (`cuMemHostRegister`): downloads into it run at full bus
+/// speed instead of through the driver's staging copies. Unpinned when dropped, which must
+/// happen before the memory is freed (the owner keeps both and drops this first).
+pub struct PinnedHost {
+    ptr: *mut std::ffi::c_void,
+    ctx: Arc<CudaContext>,
+}
+
+// SAFETY: the handle is an address the driver knows; unregistering it is thread-safe.
+unsafe impl Send for PinnedHost {}
+// SAFETY: as above; the handle is never used through a shared reference.
+unsafe impl Sync for PinnedHost {}
+
+impl Drop for PinnedHost {
+    fn drop(&mut self) {
+        if self.ctx.bind_to_thread().is_ok() {
+            // SAFETY: `ptr` was registered by `Gpu::pin_host` and is still allocated.
+            unsafe { cudarc::driver::sys::cuMemHostUnregister(self.ptr) };
+        }
+    }
+}
+
 /// Row pitch for `width` bytes: 256-byte aligned, as NVDEC and NVENC like it.
 pub fn pitch_for(width: usize) -> usize {
     width.div_ceil(256) * 256
@@ -381,6 +403,19 @@ impl Gpu {
         self.copies[0].fetch_add(1, Ordering::Relaxed);
         self.copies[1].fetch_add(1, Ordering::Relaxed);
         Ok(())
+    }
+
+    /// Page-locks `buf` for fast downloads into it; keep the returned handle no longer
+    /// than the memory lives.
+    pub fn pin_host(&self, buf: &mut [u8]) -> Result<PinnedHost, CudaError> {
+        self.ctx.bind_to_thread()?;
+        let ptr = buf.as_mut_ptr().cast();
+        // SAFETY: `buf` is valid for its length; flags 0 = plain page-locking.
+        unsafe { cudarc::driver::sys::cuMemHostRegister_v2(ptr, buf.len(), 0) }.result()?;
+        Ok(PinnedHost {
+            ptr,
+            ctx: self.ctx.clone(),
+        })
     }
 
     /// Downloads `dev` into `host` (same length; one host copy, waits for it).

@@ -74,6 +74,14 @@ pub struct CudaFileSource {
     stats: SourceStats,
 }
 
+/// Page-locks the host pool the frames are downloaded into; without it the downloads still
+/// work, through the driver's staging copies (slower), so a failure is only logged.
+fn pin(pool: &SurfacePool, gpu: &Gpu) {
+    if let Err(e) = pool.pin_for(gpu) {
+        tracing::warn!(error = %e, "cannot page-lock the host surfaces; downloads will be slower");
+    }
+}
+
 fn gpu_err(path: &Path, source: aegis_cuda::CudaError) -> SourceError {
     SourceError::Gpu {
         path: path.to_path_buf(),
@@ -129,6 +137,7 @@ impl CudaFileSource {
             (info.height.max(2) + 1) & !1,
         );
         let core = SourceCore::new(path, settings.stream.clone(), settings.pool_frames, layout);
+        pin(&core.pool, &gpu);
         core.health.set_state(SourceState::Streaming);
         Ok(CudaFileSource {
             time_base: demux.time_base(),
@@ -268,6 +277,7 @@ impl CudaFileSource {
         if (layout.width, layout.height) != (w, h) {
             self.core
                 .replace_pool(FrameLayout::new(PixelFormat::Nv12, w, h))?;
+            pin(&self.core.pool, &self.gpu);
         }
         let Ok(surface) = self.core.pool.acquire() else {
             return Ok(None); // closed: stopping
