@@ -131,6 +131,15 @@ impl Drop for PinnedHost {
     }
 }
 
+fn same_len(what: &str, from: usize, to: usize) -> Result<(), CudaError> {
+    if from == to {
+        return Ok(());
+    }
+    Err(CudaError::Size(format!(
+        "{what} of {from} values into {to}"
+    )))
+}
+
 /// Row pitch for `width` bytes: 256-byte aligned, as NVDEC and NVENC like it.
 pub fn pitch_for(width: usize) -> usize {
     width.div_ceil(256) * 256
@@ -424,13 +433,7 @@ impl Gpu {
         dev: &CudaSlice<T>,
         host: &mut [T],
     ) -> Result<(), CudaError> {
-        if host.len() != dev.len() {
-            return Err(CudaError::Size(format!(
-                "download of {} values into {}",
-                dev.len(),
-                host.len()
-            )));
-        }
+        same_len("download", dev.len(), host.len())?;
         self.stream.memcpy_dtoh(dev, host)?;
         self.stream.synchronize()?;
         self.copies[0].fetch_add(1, Ordering::Relaxed);
@@ -443,13 +446,7 @@ impl Gpu {
         host: &[T],
         dev: &mut CudaSlice<T>,
     ) -> Result<(), CudaError> {
-        if host.len() != dev.len() {
-            return Err(CudaError::Size(format!(
-                "upload of {} values into {}",
-                host.len(),
-                dev.len()
-            )));
-        }
+        same_len("upload", host.len(), dev.len())?;
         self.stream.memcpy_htod(host, dev)?;
         self.copies[0].fetch_add(1, Ordering::Relaxed);
         Ok(())

@@ -180,11 +180,9 @@ impl CudaFileSource {
     }
 
     fn next_frame_inner(&mut self) -> Result<Option<Frame>, SourceError> {
-        if self.core.is_stopped()
-            || self
-                .settings
-                .max_frames
-                .is_some_and(|m| self.stats.frames >= m)
+        if self
+            .core
+            .exhausted(self.settings.max_frames, self.stats.frames)
         {
             return Ok(None);
         }
@@ -324,12 +322,9 @@ impl CudaFileSource {
     }
 
     fn pace(&mut self, pts_us: i64) {
-        if !self.settings.realtime {
-            return;
+        if self.settings.realtime {
+            self.core.pace(&mut self.clock, pts_us);
         }
-        let (t0, p0) = *self.clock.get_or_insert((Instant::now(), pts_us));
-        self.core
-            .wait_until(t0 + Duration::from_micros((pts_us - p0).max(0) as u64));
     }
 }
 

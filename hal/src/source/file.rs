@@ -3,7 +3,7 @@
 
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use ffmpeg_next as ff;
 
@@ -153,11 +153,9 @@ impl FileSource {
     }
 
     fn next_frame_inner(&mut self) -> Result<Option<Frame>, SourceError> {
-        if self.core.is_stopped()
-            || self
-                .settings
-                .max_frames
-                .is_some_and(|m| self.stats.frames >= m)
+        if self
+            .core
+            .exhausted(self.settings.max_frames, self.stats.frames)
         {
             return Ok(None);
         }
@@ -236,14 +234,9 @@ impl FileSource {
     }
 
     fn pace(&mut self, pts_us: i64) {
-        if !self.settings.realtime {
-            return;
+        if self.settings.realtime {
+            self.core.pace(&mut self.clock, pts_us);
         }
-        let (t0, p0) = *self.clock.get_or_insert((Instant::now(), pts_us));
-        let due = t0 + Duration::from_micros((pts_us - p0).max(0) as u64);
-        // Wait on the stop condition rather than sleeping: a timestamp jump in a damaged file
-        // must not delay shutdown by the size of the jump.
-        self.core.wait_until(due);
     }
 }
 

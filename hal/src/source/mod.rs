@@ -323,6 +323,19 @@ impl SourceCore {
         self.stop.is_stopped()
     }
 
+    /// True once the source should emit nothing more: stopped, or `max_frames` reached.
+    pub(crate) fn exhausted(&self, max_frames: Option<u64>, frames: u64) -> bool {
+        self.is_stopped() || max_frames.is_some_and(|m| frames >= m)
+    }
+
+    /// Real-time pacing: waits until the frame at `pts_us` is due on the clock started by
+    /// the first frame (`clock`). Waits on the stop condition rather than sleeping: a
+    /// timestamp jump in a damaged file must not delay shutdown by the size of the jump.
+    pub(crate) fn pace(&self, clock: &mut Option<(Instant, i64)>, pts_us: i64) {
+        let (t0, p0) = *clock.get_or_insert((Instant::now(), pts_us));
+        self.wait_until(t0 + std::time::Duration::from_micros((pts_us - p0).max(0) as u64));
+    }
+
     /// Waits until `deadline` unless stopped first; returns false when stopped.
     pub(crate) fn wait_until(&self, deadline: Instant) -> bool {
         let mut stopped = self.stop.stopped.lock().unwrap_or_else(|p| p.into_inner());
