@@ -44,4 +44,11 @@ cp .samples/bench-1080p.mp4 .samples/bench-1080p-hq.mp4 .samples/bench-720p.mp4 
 cp tools/device/cuda.yaml tools/device/decode.yaml "$stage/"
 mkdir -p .device-agent
 tar -C "$stage" -cf - . | xz -T0 -6 > .device-agent/bundle.tar.xz
-du -h .device-agent/bundle.tar.xz
+# The stage test alone (no agent, no 1080p clips), small enough to travel with another
+# NVRTC: tools/device-nvrtc12.sh runs it with CUDA 12's NVRTC from PyPI.
+rm -f "$stage/aegis" "$stage"/.samples/bench-1080p*.mp4
+tar -C "$stage" -cf - . | xz -T0 -6 > .device-agent/tests.tar.xz
+mkdir -p .device-nvrtc12
+[ -n "$(ls .device-nvrtc12/*.whl 2>/dev/null)" ] || pip download -q --no-deps -d .device-nvrtc12 \
+  nvidia-cuda-nvrtc-cu12==12.6.85 --only-binary=:all: --platform manylinux_2_12_x86_64
+du -h .device-agent/*.tar.xz .device-nvrtc12/*.whl

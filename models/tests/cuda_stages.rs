@@ -174,6 +174,7 @@ fn device_stages_equal_the_host_stages() {
         .map(std::path::PathBuf::from)
         .unwrap_or_else(|| repo().join(".samples"));
     let gpu = Arc::new(aegis_cuda::Gpu::open(0, None).expect("a GPU"));
+    eprintln!("{}: kernels {}", gpu.name, gpu.ptx_source);
     let engine = EngineSettings::cpu(&ort_library(), 1);
     let spec = |name: &str, kind, file: &str, input_size| ModelSpec {
         name: name.into(),

@@ -217,8 +217,8 @@ pub struct Gpu {
     copies: Arc<[AtomicU64; 2]>,
     /// Device name and compute capability, for reports.
     pub name: String,
-    /// Where the PTX came from: `compiled` or `cache`.
-    pub ptx_source: &'static str,
+    /// Where the kernels came from: `cache`, or `compiled by NVRTC <major>.<minor>`.
+    pub ptx_source: String,
 }
 
 /// Whether libcuda can be loaded (no panic, no context).
@@ -231,6 +231,19 @@ pub fn driver_present() -> bool {
 pub fn nvrtc_present() -> bool {
     // SAFETY: dlopen probing only.
     unsafe { cudarc::nvrtc::sys::is_culib_present() }
+}
+
+/// The NVRTC that would compile the kernels, as (major, minor); `None` when none loads.
+pub fn nvrtc_version() -> Option<(i32, i32)> {
+    if !nvrtc_present() {
+        return None;
+    }
+    let (mut major, mut minor) = (0, 0);
+    // SAFETY: the library is present (checked above); both out-pointers are valid.
+    unsafe { cudarc::nvrtc::sys::nvrtcVersion(&mut major, &mut minor) }
+        .result()
+        .ok()?;
+    Some((major, minor))
 }
 
 fn launch_2d(w: usize, h: usize) -> LaunchConfig {
@@ -278,8 +291,7 @@ impl Gpu {
         let (maj, min) = ctx.compute_capability()?;
         let name = format!("{} (sm_{maj}{min})", ctx.name()?);
         let stream = ctx.new_stream()?;
-        let (ptx, ptx_source) = Self::ptx(maj, min, cache_dir)?;
-        let module = ctx.load_module(ptx)?;
+        let (module, ptx_source) = Self::module(&ctx, maj, min, cache_dir)?;
         let kernels = Kernels {
             preprocess: module.load_function("nv12_to_rgb_planar_stretch")?,
             fit: module.load_function("nv12_to_planar_fit")?,
@@ -307,17 +319,20 @@ impl Gpu {
             kernels: self.kernels.clone(),
             copies: self.copies.clone(),
             name: self.name.clone(),
-            ptx_source: self.ptx_source,
+            ptx_source: self.ptx_source.clone(),
         })
     }
 
-    /// PTX for `sm_<maj><min>`: from the cache (keyed by the source's hash and the
-    /// architecture) or compiled with NVRTC and cached.
-    fn ptx(
+    /// The kernels for `sm_<maj><min>`: PTX from the cache (keyed by the source's hash and
+    /// the architecture) when the driver accepts it, else compiled with NVRTC and cached. A
+    /// cached PTX the driver refuses (written by a newer NVRTC before a driver downgrade) is
+    /// compiled again, not an error.
+    fn module(
+        ctx: &Arc<CudaContext>,
         maj: i32,
         min: i32,
         cache_dir: Option<PathBuf>,
-    ) -> Result<(cudarc::nvrtc::Ptx, &'static str), CudaError> {
+    ) -> Result<(Arc<cudarc::driver::CudaModule>, String), CudaError> {
         use sha2::Digest;
         let key: String = sha2::Sha256::digest(format!("{KERNELS}|sm_{maj}{min}|fmad=false"))
             .iter()
@@ -329,12 +344,11 @@ impl Gpu {
             .map(|d| d.join(format!("kernels-{key}.ptx")));
         if let Some(p) = &cached
             && let Ok(text) = std::fs::read_to_string(p)
+            && let Ok(m) = ctx.load_module(cudarc::nvrtc::Ptx::from_src(text))
         {
-            return Ok((cudarc::nvrtc::Ptx::from_src(text), "cache"));
+            return Ok((m, "cache".into()));
         }
-        if !nvrtc_present() {
-            return Err(CudaError::NoNvrtc);
-        }
+        let version = nvrtc_version().ok_or(CudaError::NoNvrtc)?;
         let opts = cudarc::nvrtc::CompileOptions {
             fmad: Some(false),
             options: vec![format!("--gpu-architecture=compute_{maj}{min}")],
@@ -346,7 +360,10 @@ impl Gpu {
             let _ = std::fs::create_dir_all(d);
             let _ = std::fs::write(p, ptx.to_src());
         }
-        Ok((ptx, "compiled"))
+        Ok((
+            ctx.load_module(ptx)?,
+            format!("compiled by NVRTC {}.{}", version.0, version.1),
+        ))
     }
 
     /// Host↔device transfers so far, this GPU's and its forks' (each upload or download of
