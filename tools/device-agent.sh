@@ -21,6 +21,13 @@ echo "== aegis run, backend cuda, virtual background, H.264 recordings"
 ./aegis run --config cuda.yaml > "$out/run.log" 2>&1 || echo "RUN FAILED"
 grep -v INFO "$out/run.log" | tail -20
 find .demo -name '*.mp4' -printf '%p %s\n' | sort | tee "$out/recordings.txt"
+echo "== RTSP camera (tools/device/rtsp_serve.py), backend cuda, 10 s"
+python3 rtsp_serve.py 8554 bench-720p.h264 30 > "$out/rtsp-server.txt" 2>&1 &
+server=$!
+sleep 1
+timeout -s INT 10 ./aegis run --config rtsp.yaml > "$out/rtsp.log" 2>&1 || true
+kill "$server" 2>/dev/null || true
+grep -E "NVDEC|connected|stream cam|error" "$out/rtsp.log" | sed 's/\x1b\[[0-9;]*m//g' | tail -8
 echo "== aegis bench backends (same process: cpu, cuda)"
 ./aegis bench backends --clip .samples/bench-1080p.mp4 --frames "${FRAMES:-300}" \
   --streams "${STREAMS:-1,4}" --json "$out/backends.json" 2>&1 | tee "$out/backends.txt"

@@ -29,6 +29,9 @@ if [ ! -f .samples/bench-1080p-hq.mp4 ]; then
   ffmpeg -v error -y -i .samples/bench-1080p.mp4 -t 5 -vf "noise=alls=12:allf=t" -c:v libx264 \
     -preset veryfast -b:v 15M -maxrate 15M -bufsize 30M .samples/bench-1080p-hq.mp4
 fi
+# Raw Annex-B for the RTSP server on the GPU machine (tools/device/rtsp_serve.py).
+[ -f .samples/bench-720p.h264 ] || ffmpeg -v error -y -i .samples/bench-720p.mp4 -c copy \
+  -bsf:v h264_mp4toannexb -f h264 .samples/bench-720p.h264
 stage=$(mktemp -d)
 trap 'rm -rf "$stage"' EXIT
 mkdir -p "$stage/lib" "$stage/.models" "$stage/.samples"
@@ -41,7 +44,8 @@ cp .models/libonnxruntime.so.1.32.0 .models/selfie_segmentation.onnx .models/nud
 cp .samples/bench-1080p.mp4 .samples/bench-1080p-hq.mp4 .samples/bench-720p.mp4 \
   .samples/bench-720p-hevc.mp4 .samples/demo.mp4 \
   .samples/astronaut.png "$stage/.samples/"
-cp tools/device/cuda.yaml tools/device/decode.yaml "$stage/"
+cp tools/device/cuda.yaml tools/device/decode.yaml tools/device/rtsp.yaml \
+  tools/device/rtsp_serve.py .samples/bench-720p.h264 "$stage/"
 mkdir -p .device-agent
 tar -C "$stage" -cf - . | xz -T0 -6 > .device-agent/bundle.tar.xz
 # The stage test alone (no agent, no 1080p clips), small enough to travel with another

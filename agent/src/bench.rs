@@ -93,6 +93,7 @@ fn source_settings(
         max_frames: max,
         pool_frames: pool,
         decoder_threads: threads,
+        gpu: None,
     }
 }
 

@@ -79,6 +79,7 @@ fn decode_frames(clip: &Path, n: usize) -> anyhow::Result<Vec<Frame>> {
         max_frames: Some(n as u64),
         pool_frames: n + 2,
         decoder_threads: 0,
+        gpu: None,
     })?;
     let mut frames = Vec::with_capacity(n);
     while let Some(f) = src.next_frame()? {

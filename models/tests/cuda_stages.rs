@@ -11,7 +11,7 @@ use std::sync::Arc;
 
 use aegis_hal::Frame;
 use aegis_hal::analytics::ModerationAction;
-use aegis_hal::source::{CudaFileSource, FileSource, FileSourceSettings, VideoSource};
+use aegis_hal::source::{FileSource, FileSourceSettings, VideoSource};
 use aegis_hal::stage::{Stage, StageOutcome};
 use aegis_hal::synth::{RgbImage, load_png};
 use aegis_hal::{PixelFormat, StreamId};
@@ -48,7 +48,12 @@ fn planar(f: &Frame) -> Vec<u8> {
     out
 }
 
-fn settings(clip: &std::path::Path, id: &str) -> FileSourceSettings {
+/// The clip's first frames; decoded by NVDEC on `gpu` when given.
+fn settings(
+    clip: &std::path::Path,
+    id: &str,
+    gpu: Option<&Arc<aegis_cuda::Gpu>>,
+) -> FileSourceSettings {
     FileSourceSettings {
         path: clip.to_path_buf(),
         stream: StreamId::new(id),
@@ -57,6 +62,7 @@ fn settings(clip: &std::path::Path, id: &str) -> FileSourceSettings {
         max_frames: Some(FRAMES),
         pool_frames: 4,
         decoder_threads: 1,
+        gpu: gpu.cloned(),
     }
 }
 
@@ -214,10 +220,10 @@ fn device_stages_equal_the_host_stages() {
         for ((what, mut host_chain, uploads), (_, mut dev_chain, _)) in
             host_chains.into_iter().zip(device_chains)
         {
-            let mut host_src = FileSource::open(settings(clip, "host")).unwrap();
+            let mut host_src = FileSource::open(settings(clip, "host", None)).unwrap();
             let (host, host_objects) = run(&mut host_src, &mut host_chain);
             let (t0, c0) = (gpu.frame_transfers(), gpu.host_copies());
-            let mut dev_src = CudaFileSource::open(settings(clip, "dev"), gpu.clone()).unwrap();
+            let mut dev_src = FileSource::open(settings(clip, "dev", Some(&gpu))).unwrap();
             let (device, dev_objects) = run(&mut dev_src, &mut dev_chain);
             let n = device.len() as u64;
             assert_eq!(n, FRAMES, "{name} {what}");
@@ -263,8 +269,8 @@ fn device_model_inputs_equal_the_host_inputs() {
         .unwrap_or_else(|| repo().join(".samples"));
     let clip = samples.join("bench-720p.mp4");
     let gpu = Arc::new(aegis_cuda::Gpu::open(0, None).expect("a GPU"));
-    let mut host_src = FileSource::open(settings(&clip, "host")).unwrap();
-    let mut dev_src = CudaFileSource::open(settings(&clip, "dev"), gpu.clone()).unwrap();
+    let mut host_src = FileSource::open(settings(&clip, "host", None)).unwrap();
+    let mut dev_src = FileSource::open(settings(&clip, "dev", Some(&gpu))).unwrap();
     for seq in 0..3 {
         let host = host_src.next_frame().unwrap().unwrap();
         let dev = dev_src.next_frame().unwrap().unwrap();

@@ -29,8 +29,8 @@ use std::time::Instant;
 
 use aegis_config::{CaptureFormat, PipelineConfig, SourceLocation};
 use aegis_hal::source::{
-    CudaFileSource, FileSource, FileSourceSettings, LiveSource, LiveSourceSettings, RtspTransport,
-    SourceError, SourceStopper, VideoSource,
+    FileSource, FileSourceSettings, LiveSource, LiveSourceSettings, RtspTransport, SourceError,
+    SourceStopper, VideoSource,
 };
 use aegis_hal::stage::{Stage, StageOutcome};
 use aegis_hal::v4l2::{CaptureRequest, FourCc};
@@ -133,17 +133,24 @@ fn download(frame: &mut Frame, errors: &mut ErrorReporter) -> bool {
     }
 }
 
-/// A file source decoded by NVDEC on its own fork of `gpu` (own CUDA stream).
-fn open_on_gpu(
-    gpu: &Arc<aegis_cuda::Gpu>,
-    settings: FileSourceSettings,
-) -> Result<Box<dyn VideoSource>, String> {
+/// The GPU a source decodes on (CUDA backend): its own fork of the backend's GPU (own CUDA
+/// stream), when NVDEC is installed; `None` decodes on the CPU, saying why.
+fn gpu_for(opts: &RunOptions, stream: &str) -> Option<Arc<aegis_cuda::Gpu>> {
+    let gpu = opts.backend.as_ref()?.gpu.as_ref()?;
     if !aegis_cuda::nvdec::nvdec_present() {
-        return Err("libnvcuvid.so.1 (NVDEC) is not installed".into());
+        tracing::warn!(
+            stream,
+            "libnvcuvid.so.1 (NVDEC) is not installed; decoding on the CPU"
+        );
+        return None;
     }
-    let fork = Arc::new(gpu.fork().map_err(|e| e.to_string())?);
-    let src = CudaFileSource::open(settings, fork).map_err(|e| e.to_string())?;
-    Ok(Box::new(src))
+    match gpu.fork() {
+        Ok(g) => Some(Arc::new(g)),
+        Err(e) => {
+            tracing::warn!(stream, error = %e, "no CUDA stream for this source; decoding on the CPU");
+            None
+        }
+    }
 }
 
 /// What one stream did, reported when it ends.
@@ -380,24 +387,15 @@ impl Pipeline {
                         max_frames: s.max_frames,
                         pool_frames: cfg.pool_frames as usize,
                         decoder_threads,
+                        gpu: gpu_for(opts, &s.id),
                     };
-                    let gpu = opts.backend.as_ref().and_then(|b| b.gpu.as_ref());
-                    match gpu.map(|g| open_on_gpu(g, settings.clone())) {
-                        Some(Ok(src)) => src,
-                        fallback => {
-                            if let Some(Err(e)) = fallback {
-                                tracing::warn!(stream = %s.id, error = %e,
-                                    "NVDEC cannot decode this file; decoding on the CPU");
-                            }
-                            Box::new(FileSource::open(settings).map_err(|source| {
-                                PipelineError::Source {
-                                    index,
-                                    id: s.id.clone(),
-                                    source,
-                                }
-                            })?)
+                    Box::new(FileSource::open(settings).map_err(|source| {
+                        PipelineError::Source {
+                            index,
+                            id: s.id.clone(),
+                            source,
                         }
-                    }
+                    })?)
                 }
                 // Live sources connect on their own thread: the agent must start while a
                 // camera is down, and says so in the stream's health.
@@ -414,6 +412,7 @@ impl Pipeline {
                     };
                     settings.pool_frames = cfg.pool_frames as usize;
                     settings.decoder_threads = decoder_threads;
+                    settings.gpu = gpu_for(opts, &s.id);
                     Box::new(LiveSource::new(settings))
                 }
                 SourceLocation::V4l2(device) => {
@@ -433,6 +432,7 @@ impl Pipeline {
                         LiveSourceSettings::v4l2(&device, request, StreamId::new(&s.id));
                     settings.pool_frames = cfg.pool_frames as usize;
                     settings.decoder_threads = decoder_threads;
+                    settings.gpu = gpu_for(opts, &s.id);
                     Box::new(LiveSource::new(settings))
                 }
             };

@@ -221,6 +221,15 @@ pub struct Gpu {
     pub ptx_source: String,
 }
 
+impl std::fmt::Debug for Gpu {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Gpu")
+            .field("name", &self.name)
+            .field("kernels", &self.ptx_source)
+            .finish_non_exhaustive()
+    }
+}
+
 /// Whether libcuda can be loaded (no panic, no context).
 pub fn driver_present() -> bool {
     // SAFETY: dlopen probing only; no CUDA call is made.

@@ -1,6 +1,6 @@
-//! Video codecs of the CPU backend: libavcodec's H.264/H.265 decoders and libx264 (through
-//! libavcodec) for encode, with libopenh264 as the fallback encoder when libavcodec was built
-//! without x264.
+//! Video codecs: libavcodec's decoders and libx264 (through libavcodec) for encode, with
+//! libopenh264 as the fallback encoder when libavcodec was built without x264; NVDEC for the
+//! CUDA backend ([`Decoding`] picks one per stream).
 //!
 //! Decoders write straight into pooled surfaces (one copy out of libavcodec's picture);
 //! encoders read from them (one copy into the encoder's picture). Both copies are counted
@@ -10,12 +10,21 @@
 mod decode;
 mod encode;
 mod jpeg;
+mod nvdec;
 
 pub(crate) use decode::rescale_us as decode_rescale_us;
 pub use decode::{DecodeStats, VideoDecoder};
 pub(crate) use encode::ENCODER_TIME_BASE;
 pub use encode::{EncoderSettings, VideoEncoder};
 pub use jpeg::encode_jpeg;
+pub use nvdec::nvdec_codec;
+
+use std::sync::Arc;
+
+use ffmpeg_next as ff;
+
+use crate::frame::{Frame, FrameLayout, PixelFormat, StreamId};
+use crate::pool::SurfacePool;
 
 /// Errors of the codec layer; each names the codec and what it was asked to do.
 #[derive(Debug, thiserror::Error)]
@@ -77,6 +86,139 @@ pub enum CodecError {
     /// A pixel copy failed (layout mismatch; a bug, reported rather than panicking).
     #[error("pixel copy failed: {0}")]
     Pixel(#[from] crate::pixel::PixelError),
+    /// NVDEC (CUDA backend) failed.
+    #[error("NVDEC: {0}")]
+    Gpu(#[from] aegis_cuda::CudaError),
+}
+
+/// A source's decoder: libavcodec into host surfaces, or NVDEC into device surfaces (CUDA
+/// backend). Sources drive both the same way: send packets, receive pooled frames.
+pub(crate) enum Decoding {
+    /// libavcodec (every codec the container accepts).
+    Cpu(VideoDecoder),
+    /// NVDEC (H.264, H.265).
+    Gpu(Box<nvdec::GpuDecoder>),
+}
+
+impl Decoding {
+    /// NVDEC on `gpu` when given and it takes this stream, else libavcodec (`threads` = 0:
+    /// one per core). Why NVDEC was not used is logged, naming `origin`.
+    pub(crate) fn open(
+        params: ff::codec::Parameters,
+        time_base: ff::Rational,
+        frame_us: i64,
+        stream: StreamId,
+        threads: usize,
+        gpu: Option<&Arc<aegis_cuda::Gpu>>,
+        pool_frames: usize,
+    ) -> Result<Decoding, CodecError> {
+        if let Some(gpu) = gpu {
+            match nvdec::GpuDecoder::open(
+                &params,
+                time_base,
+                frame_us,
+                stream.clone(),
+                gpu.clone(),
+                pool_frames,
+            ) {
+                Ok(d) => {
+                    tracing::info!(%stream, "decoding on NVDEC");
+                    return Ok(Decoding::Gpu(Box::new(d)));
+                }
+                Err(e) => tracing::warn!(%stream, error = %e,
+                    "NVDEC cannot decode this stream; decoding on the CPU"),
+            }
+        }
+        VideoDecoder::open(params, time_base, frame_us, stream, threads).map(Decoding::Cpu)
+    }
+
+    /// The layout the first frames will have (NVDEC writes NV12; libavcodec I420).
+    pub(crate) fn layout(&self, width: usize, height: usize) -> FrameLayout {
+        match self {
+            Decoding::Cpu(_) => FrameLayout::new(PixelFormat::I420, width.max(2), height.max(2)),
+            Decoding::Gpu(_) => FrameLayout::new(
+                PixelFormat::Nv12,
+                (width.max(2) + 1) & !1,
+                (height.max(2) + 1) & !1,
+            ),
+        }
+    }
+
+    /// The GPU when decoding there (its host pools are page-locked for the download).
+    pub(crate) fn gpu(&self) -> Option<&Arc<aegis_cuda::Gpu>> {
+        match self {
+            Decoding::Cpu(_) => None,
+            Decoding::Gpu(d) => Some(d.gpu()),
+        }
+    }
+
+    /// Hands one packet over; a stopping source (`stopped`) does not wait for surfaces.
+    pub(crate) fn send(
+        &mut self,
+        pkt: &ff::Packet,
+        stopped: &dyn Fn() -> bool,
+    ) -> Result<(), CodecError> {
+        match self {
+            Decoding::Cpu(d) => {
+                d.send(pkt);
+                Ok(())
+            }
+            Decoding::Gpu(d) => Ok(d.send(pkt, stopped)?),
+        }
+    }
+
+    /// End of stream: the decoder gives up the pictures it holds.
+    pub(crate) fn send_eof(&mut self) -> Result<(), CodecError> {
+        match self {
+            Decoding::Cpu(d) => {
+                d.send_eof();
+                Ok(())
+            }
+            Decoding::Gpu(d) => Ok(d.send_eof()?),
+        }
+    }
+
+    /// After a seek.
+    pub(crate) fn reset(&mut self) {
+        match self {
+            Decoding::Cpu(d) => d.reset(),
+            Decoding::Gpu(d) => d.reset(),
+        }
+    }
+
+    /// The next frame in a surface of `pool`; [`CodecError::Geometry`] when the stream
+    /// changed size (make a pool of [`Decoding::pending_layout`] and ask again).
+    pub(crate) fn receive(
+        &mut self,
+        pool: &SurfacePool,
+        pts_offset_us: i64,
+    ) -> Result<Option<Frame>, CodecError> {
+        match self {
+            Decoding::Cpu(d) => d.receive(pool, pts_offset_us),
+            Decoding::Gpu(d) => d.receive(pool, pts_offset_us),
+        }
+    }
+
+    /// Layout of the frame waiting for a pool of its size.
+    pub(crate) fn pending_layout(&self) -> Result<FrameLayout, CodecError> {
+        match self {
+            Decoding::Cpu(d) => d.pending_layout(),
+            Decoding::Gpu(d) => d.pending_layout().ok_or(CodecError::Geometry {
+                got_w: 0,
+                got_h: 0,
+                want_w: 0,
+                want_h: 0,
+            }),
+        }
+    }
+
+    /// Counters so far.
+    pub(crate) fn stats(&self) -> DecodeStats {
+        match self {
+            Decoding::Cpu(d) => d.stats(),
+            Decoding::Gpu(d) => d.stats(),
+        }
+    }
 }
 
 /// The H.264 encoder libavcodec offers (`libx264`, else `libopenh264`), if any.

@@ -11,9 +11,9 @@ use super::{
     SourceCore, SourceError, SourceHealth, SourceState, SourceStats, SourceStopper, VideoSource,
     check_size,
 };
-use crate::codec::VideoDecoder;
+use crate::codec::Decoding;
 use crate::container::{FileDemuxer, StreamInfo};
-use crate::frame::{Frame, FrameLayout, PixelFormat, StreamId};
+use crate::frame::{Frame, StreamId};
 use crate::pool::SurfacePool;
 
 /// After this many read errors in a row the file is treated as ending there (truncated).
@@ -36,13 +36,17 @@ pub struct FileSourceSettings {
     pub pool_frames: usize,
     /// Decoder threads (0 = one per core).
     pub decoder_threads: usize,
+    /// Decode with NVDEC on this GPU (CUDA backend; give each source its own
+    /// [`aegis_cuda::Gpu::fork`]): frames then start on the device. H.264 and H.265 only;
+    /// other codecs, or a missing libnvcuvid, decode on the CPU (logged).
+    pub gpu: Option<std::sync::Arc<aegis_cuda::Gpu>>,
 }
 
 /// Frames from a video file.
 pub struct FileSource {
     settings: FileSourceSettings,
     demux: FileDemuxer,
-    decoder: VideoDecoder,
+    decoder: Decoding,
     core: SourceCore,
     packet: ff::Packet,
     eof_sent: bool,
@@ -69,22 +73,25 @@ impl FileSource {
             path: settings.path.clone(),
             source,
         };
-        let decoder = VideoDecoder::open(
+        check_size(&settings.path, info.width, info.height)?;
+        let decoder = Decoding::open(
             demux.parameters(),
             demux.time_base(),
             info.frame_duration_us(),
             settings.stream.clone(),
             settings.decoder_threads,
+            settings.gpu.as_ref(),
+            settings.pool_frames,
         )
         .map_err(codec_err)?;
-        check_size(&settings.path, info.width, info.height)?;
-        let layout = FrameLayout::new(PixelFormat::I420, info.width.max(2), info.height.max(2));
+        let layout = decoder.layout(info.width, info.height);
         let core = SourceCore::new(
             settings.path.clone(),
             settings.stream.clone(),
             settings.pool_frames,
             layout,
         );
+        core.pin_for(&decoder);
         core.health.set_state(SourceState::Streaming);
         Ok(FileSource {
             settings,
@@ -177,7 +184,10 @@ impl FileSource {
                     self.consecutive_read_errors = 0;
                     self.packets_this_loop += 1;
                     self.last_packet_partial = self.packet.is_corrupt();
-                    self.decoder.send(&self.packet);
+                    let core = &self.core;
+                    self.decoder
+                        .send(&self.packet, &|| core.is_stopped())
+                        .map_err(|e| core.codec_error(e))?;
                 }
                 Ok(false) => {
                     // A file cut short (copy interrupted, disk full, crash) reads as a plain
@@ -189,7 +199,9 @@ impl FileSource {
                     {
                         self.stats.truncated = true;
                     }
-                    self.decoder.send_eof();
+                    self.decoder
+                        .send_eof()
+                        .map_err(|e| self.core.codec_error(e))?;
                     self.eof_sent = true;
                 }
                 Err(e) => {
@@ -198,7 +210,9 @@ impl FileSource {
                     tracing::warn!(stream = %self.settings.stream, error = %e, "read error");
                     if self.consecutive_read_errors >= MAX_CONSECUTIVE_READ_ERRORS {
                         self.stats.truncated = true;
-                        self.decoder.send_eof();
+                        self.decoder
+                            .send_eof()
+                            .map_err(|e| self.core.codec_error(e))?;
                         self.eof_sent = true;
                     }
                 }

@@ -19,7 +19,7 @@ use ffmpeg_next as ff;
 use super::{
     SourceCore, SourceError, SourceHealth, SourceState, SourceStats, SourceStopper, VideoSource,
 };
-use crate::codec::VideoDecoder;
+use crate::codec::Decoding;
 use crate::container::FileDemuxer;
 use crate::frame::{Frame, FrameLayout, PixelFormat, StreamId};
 use crate::pool::SurfacePool;
@@ -59,6 +59,9 @@ pub struct LiveSourceSettings {
     pub backoff_max: Duration,
     /// For a V4L2 camera (`url` is then the device path): what to ask of it.
     pub v4l2: Option<CaptureRequest>,
+    /// Decode with NVDEC on this GPU (CUDA backend; one [`aegis_cuda::Gpu::fork`] per
+    /// source). H.264 and H.265 only; other codecs decode on the CPU (logged).
+    pub gpu: Option<std::sync::Arc<aegis_cuda::Gpu>>,
 }
 
 impl std::fmt::Debug for LiveSourceSettings {
@@ -85,6 +88,7 @@ impl LiveSourceSettings {
             backoff_min: Duration::from_millis(500),
             backoff_max: Duration::from_secs(30),
             v4l2: None,
+            gpu: None,
         }
     }
 
@@ -166,7 +170,7 @@ impl Watchdog {
 
 struct Connection {
     demux: FileDemuxer,
-    decoder: VideoDecoder,
+    decoder: Decoding,
     /// Added to this connection's timestamps so they continue the stream's timeline.
     offset_us: Option<i64>,
     frames: u64,
@@ -297,12 +301,14 @@ impl LiveSource {
         if info.frame_rate.0 > 0 {
             self.frame_rate = info.frame_rate;
         }
-        let decoder = VideoDecoder::open(
+        let decoder = Decoding::open(
             demux.parameters(),
             demux.time_base(),
             info.frame_duration_us(),
             self.settings.stream.clone(),
             self.settings.decoder_threads,
+            self.settings.gpu.as_ref(),
+            self.settings.pool_frames,
         )
         .map_err(|e| self.explain("decoder", &e, None))?;
         tracing::info!(stream = %self.settings.stream, url = %self.shown_as.display(),
@@ -452,7 +458,11 @@ impl LiveSource {
             match conn.demux.read(&mut self.packet) {
                 Ok(true) => {
                     conn.last_packet_at = Instant::now();
-                    conn.decoder.send(&self.packet);
+                    let core = &self.core;
+                    if let Err(e) = conn.decoder.send(&self.packet, &|| core.is_stopped()) {
+                        let why = self.explain("decode", &e, None);
+                        self.fail(SourceState::BackingOff, why);
+                    }
                 }
                 Ok(false) => self.fail(
                     SourceState::BackingOff,

@@ -5,11 +5,9 @@
 //! reports damage as counters rather than errors wherever playback can go on. Live sources
 //! never end on their own: they reconnect, and tell why through [`SourceHealth`].
 
-mod cuda;
 mod file;
 mod live;
 
-pub use cuda::{CudaFileSource, nvdec_codec};
 pub use file::{FileSource, FileSourceSettings};
 pub use live::{BACKOFF_RESET_AFTER, LiveSource, LiveSourceSettings, RtspTransport, redact_url};
 
@@ -18,7 +16,7 @@ use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::Instant;
 
-use crate::codec::{CodecError, DecodeStats, VideoDecoder};
+use crate::codec::{CodecError, DecodeStats, Decoding};
 use crate::container::ContainerError;
 use crate::frame::{Frame, FrameLayout, StreamId};
 use crate::pool::SurfacePool;
@@ -40,14 +38,6 @@ pub enum SourceError {
         path: PathBuf,
         /// What went wrong.
         source: CodecError,
-    },
-    /// The GPU decoder (CUDA backend) failed.
-    #[error("{path}: {source}")]
-    Gpu {
-        /// The file.
-        path: PathBuf,
-        /// What the GPU said.
-        source: aegis_cuda::CudaError,
     },
     /// The stream's frames are larger than [`MAX_FRAME_SIDE`].
     #[error("{path}: frame size {width}x{height} exceeds the {max}x{max} limit")]
@@ -378,7 +368,7 @@ impl SourceCore {
     /// The decoder's next picture in a pooled surface; on a resolution change, a new pool.
     pub(crate) fn receive(
         &mut self,
-        decoder: &mut VideoDecoder,
+        decoder: &mut Decoding,
         pts_offset_us: i64,
     ) -> Result<Option<Frame>, SourceError> {
         loop {
@@ -387,9 +377,22 @@ impl SourceCore {
                 Err(CodecError::Geometry { .. }) => {
                     let layout = decoder.pending_layout().map_err(|e| self.codec_error(e))?;
                     self.replace_pool(layout)?;
+                    self.pin_for(decoder);
                 }
                 Err(e) => return Err(self.codec_error(e)),
             }
+        }
+    }
+
+    /// Page-locks the host pool when `decoder` decodes on the GPU: the one download per
+    /// frame then runs as DMA. Without it the downloads still work, through the driver's
+    /// staging copies (slower), so a failure is only logged.
+    pub(crate) fn pin_for(&self, decoder: &Decoding) {
+        if let Some(gpu) = decoder.gpu()
+            && let Err(e) = self.pool.pin_for(gpu)
+        {
+            tracing::warn!(stream = %self.stream, error = %e,
+                "cannot page-lock the host surfaces; downloads will be slower");
         }
     }
 

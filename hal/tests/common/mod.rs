@@ -97,6 +97,7 @@ pub fn source_settings(path: &Path) -> FileSourceSettings {
         max_frames: None,
         pool_frames: 4,
         decoder_threads: 1,
+        gpu: None,
     }
 }
 
