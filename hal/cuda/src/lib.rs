@@ -131,6 +131,18 @@ impl Drop for PinnedHost {
     }
 }
 
+/// `out` holds three `ow`×`oh` float planes.
+fn fits_planes(out: &CudaSlice<f32>, ow: usize, oh: usize) -> Result<(), CudaError> {
+    if out.len() >= 3 * ow * oh {
+        return Ok(());
+    }
+    Err(CudaError::Size(format!(
+        "output holds {} floats, {} needed",
+        out.len(),
+        3 * ow * oh
+    )))
+}
+
 fn same_len(what: &str, from: usize, to: usize) -> Result<(), CudaError> {
     if from == to {
         return Ok(());
@@ -575,13 +587,7 @@ impl Gpu {
         ow: usize,
         oh: usize,
     ) -> Result<(), CudaError> {
-        if out.len() < 3 * ow * oh {
-            return Err(CudaError::Size(format!(
-                "output holds {} floats, {} needed",
-                out.len(),
-                3 * ow * oh
-            )));
-        }
+        fits_planes(out, ow, oh)?;
         let uv = src.data.slice(src.pitch * src.height..);
         let (pitch, w, h, ow_i, oh_i) = (
             src.pitch as i32,
@@ -616,13 +622,7 @@ impl Gpu {
         oh: usize,
         fit: &Letterboxed,
     ) -> Result<(), CudaError> {
-        if out.len() < 3 * ow * oh {
-            return Err(CudaError::Size(format!(
-                "output holds {} floats, {} needed",
-                out.len(),
-                3 * ow * oh
-            )));
-        }
+        fits_planes(out, ow, oh)?;
         let uv = src.data.slice(src.pitch * src.height..);
         let ints = [src.pitch, src.width, src.height, ow, oh].map(|v| v as i32);
         let lens = [fit.len_x as i32, fit.len_y as i32, i32::from(fit.bgr)];
