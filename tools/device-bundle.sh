@@ -29,9 +29,10 @@ if [ ! -f .samples/bench-1080p-hq.mp4 ]; then
   ffmpeg -v error -y -i .samples/bench-1080p.mp4 -t 5 -vf "noise=alls=12:allf=t" -c:v libx264 \
     -preset veryfast -b:v 15M -maxrate 15M -bufsize 30M .samples/bench-1080p-hq.mp4
 fi
-# Raw Annex-B for the RTSP server on the GPU machine (tools/device/rtsp_serve.py).
-[ -f .samples/bench-720p.h264 ] || ffmpeg -v error -y -i .samples/bench-720p.mp4 -c copy \
-  -bsf:v h264_mp4toannexb -f h264 .samples/bench-720p.h264
+# Raw Annex-B for the RTSP server on the GPU machine (tools/device/rtsp_serve.py), without
+# B-frames (that server stamps RTP in file order).
+[ -f .samples/bench-720p.h264 ] || ffmpeg -v error -y -i .samples/bench-720p.mp4 -c:v libx264 \
+  -preset veryfast -bf 0 -b:v 4M -f h264 .samples/bench-720p.h264
 stage=$(mktemp -d)
 trap 'rm -rf "$stage"' EXIT
 mkdir -p "$stage/lib" "$stage/.models" "$stage/.samples"

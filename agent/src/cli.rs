@@ -600,7 +600,7 @@ fn check_config(files: &[PathBuf]) -> ExitCode {
     for f in files {
         match aegis_config::load(f) {
             Ok(cfg) => {
-                let backend = select_backend(&cfg).map(|b| b.kind.to_string());
+                let backend = crate::runtime::check_backend(&cfg).map(|b| b.to_string());
                 match backend {
                     Ok(_) => println!("{}: ok", f.display()),
                     Err(e) => {

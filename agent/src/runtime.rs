@@ -62,12 +62,34 @@ impl std::fmt::Debug for Backend {
 /// Opens the configured backend, applying `backend.fallback` when it cannot run here
 /// (no NVIDIA driver, no NVRTC, kernels that do not compile): the error says why.
 pub fn select_backend(cfg: &AgentConfig) -> anyhow::Result<Backend> {
+    choose_backend(cfg, true)
+}
+
+/// What [`select_backend`] would choose, from the vendor libraries alone: no GPU context,
+/// no kernel compilation, nothing written (`aegis check-config`).
+pub fn check_backend(cfg: &AgentConfig) -> anyhow::Result<BackendKind> {
+    choose_backend(cfg, false).map(|b| b.kind)
+}
+
+fn choose_backend(cfg: &AgentConfig, open: bool) -> anyhow::Result<Backend> {
     let why = match cfg.backend.kind {
         BackendKind::Cpu => {
             return Ok(Backend {
                 kind: BackendKind::Cpu,
                 gpu: None,
             });
+        }
+        BackendKind::Cuda if !open => {
+            if !aegis_cuda::driver_present() {
+                aegis_cuda::CudaError::NoDriver.to_string()
+            } else if !aegis_cuda::nvrtc_present() {
+                aegis_cuda::CudaError::NoNvrtc.to_string()
+            } else {
+                return Ok(Backend {
+                    kind: BackendKind::Cuda,
+                    gpu: None,
+                });
+            }
         }
         BackendKind::Cuda => {
             // Compiled kernels are cached next to the database (≈0.3 s saved per start).

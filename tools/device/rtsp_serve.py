@@ -5,7 +5,8 @@ packetization mode 1 (single NAL units and FU-A). Standard library only.
 
 Usage: rtsp_serve.py PORT FILE.h264 [FPS]   -> rtsp://127.0.0.1:PORT/cam ; prints "ready".
 
-Not a general server: one track, TCP only (UDP setups get 461), no authentication. The
+Not a general server: one track, TCP only (UDP setups get 461), no authentication, RTP
+timestamps in file order (serve clips without B-frames). The
 agent's RTSP tests use GStreamer's server (tools/rtsp-server.py); this one exists so the
 CUDA backend's live path can be run where GStreamer is not installed.
 """
@@ -97,8 +98,31 @@ def serve(conn, aus, fps):
                 time.sleep(delay)
 
     buf = b""
+
+    def fill(n):
+        """Reads until `buf` holds `n` bytes; False when the peer closed."""
+        nonlocal buf
+        while len(buf) < n:
+            more = conn.recv(65536)
+            if not more:
+                return False
+            buf += more
+        return True
+
     try:
         while True:
+            if not fill(1):
+                return
+            # Interleaved data from the client (RTCP receiver reports): '$', channel,
+            # 16-bit length, payload. Skipped by its length.
+            if buf[:1] == b"$":
+                if not fill(4):
+                    return
+                n = int.from_bytes(buf[2:4], "big")
+                if not fill(4 + n):
+                    return
+                buf = buf[4 + n:]
+                continue
             while b"\r\n\r\n" not in buf:
                 more = conn.recv(65536)
                 if not more:
@@ -106,17 +130,12 @@ def serve(conn, aus, fps):
                 buf += more
             head, buf = buf.split(b"\r\n\r\n", 1)
             lines = head.decode("latin-1").split("\r\n")
-            # Interleaved RTCP from the client may precede a request: skip to the method.
-            while lines and not lines[0][:1].isalpha():
-                lines.pop(0)
-            if not lines:
-                continue
             method, url = lines[0].split(" ")[:2]
             hdr = {l.split(":", 1)[0].strip().lower(): l.split(":", 1)[1].strip()
                    for l in lines[1:] if ":" in l}
             body_len = int(hdr.get("content-length", "0"))
-            while len(buf) < body_len:
-                buf += conn.recv(65536)
+            if not fill(body_len):
+                return
             buf = buf[body_len:]
             cseq = hdr.get("cseq", "0")
             extra, body, status = "", "", "200 OK"

@@ -161,6 +161,7 @@ pub fn pitch_for(width: usize) -> usize {
 /// empty (backpressure, never growth); `release` takes it back and wakes a waiter.
 pub struct SurfacePool {
     free: std::sync::Mutex<Vec<DeviceNv12>>,
+    size: (usize, usize),
     returned: std::sync::Condvar,
     /// Frames in the pool.
     pub capacity: usize,
@@ -175,6 +176,7 @@ impl SurfacePool {
         }
         Ok(SurfacePool {
             free: std::sync::Mutex::new(v),
+            size: (width, height),
             returned: std::sync::Condvar::new(),
             capacity: n,
         })
@@ -185,8 +187,11 @@ impl SurfacePool {
         self.free.lock().unwrap_or_else(|p| p.into_inner()).pop()
     }
 
-    /// Gives a frame back.
+    /// Gives a frame back (a frame of another size is freed instead: it is not this pool's).
     pub fn release(&self, f: DeviceNv12) {
+        if (f.width, f.height) != self.size {
+            return;
+        }
         self.free.lock().unwrap_or_else(|p| p.into_inner()).push(f);
         self.returned.notify_all();
     }
@@ -443,10 +448,14 @@ impl Gpu {
                 unsafe { sys::cuMemcpy2DAsync_v2(&cp, self.stream.cu_stream()) }.result()
             };
             self.ctx.bind_to_thread()?;
-            copy(base, y.as_mut_ptr(), y_stride, h)?;
-            copy(base + (p * h) as u64, uv.as_mut_ptr(), uv_stride, h / 2)?;
+            let queued = copy(base, y.as_mut_ptr(), y_stride, h)
+                .and_then(|()| copy(base + (p * h) as u64, uv.as_mut_ptr(), uv_stride, h / 2));
+            // Wait even after a failure: a queued copy must not write into a surface that
+            // goes back to its pool.
+            let done = self.stream.synchronize();
+            queued?;
+            done?;
         }
-        self.stream.synchronize()?;
         self.copies[0].fetch_add(1, Ordering::Relaxed);
         self.copies[1].fetch_add(1, Ordering::Relaxed);
         Ok(())

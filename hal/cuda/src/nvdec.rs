@@ -208,6 +208,19 @@ pub struct DecodeStats {
     pub delivered: u64,
     /// Pictures lost because no output surface was free (the caller fed past backpressure).
     pub overrun: u64,
+    /// Pictures NVDEC refused to decode or map (damaged data).
+    pub errors: u64,
+}
+
+/// A decoded picture: its surface, its timestamp and the pool it returns to (a resolution
+/// change gives the decoder a new pool; earlier pictures still go back to theirs).
+pub struct Decoded {
+    /// The pixels.
+    pub frame: DeviceNv12,
+    /// The timestamp fed with its packet.
+    pub pts: i64,
+    /// Where `frame` goes back.
+    pub pool: Arc<SurfacePool>,
 }
 
 /// What the parser callbacks see.
@@ -222,12 +235,12 @@ struct State {
     target_h: u32,
     pool: Option<Arc<SurfacePool>>,
     pool_size: usize,
-    ready: VecDeque<(DeviceNv12, i64)>,
+    ready: VecDeque<Decoded>,
     /// Mapped pictures whose copies are still in flight.
     mapped: VecDeque<(u64, cudarc::driver::CudaEvent)>,
     stats: DecodeStats,
     error: Option<String>,
-    gpu: *const Gpu,
+    gpu: Arc<Gpu>,
 }
 
 /// An NVDEC decoder over Annex-B input.
@@ -260,8 +273,9 @@ unsafe extern "C" fn on_decode(user: *mut c_void, pic: *mut c_void) -> c_int {
     // SAFETY: the decoder was created in the sequence callback.
     let r = unsafe { (st.api.decode)(st.decoder, pic) };
     if r != 0 {
-        st.error = Some(format!("cuvidDecodePicture failed ({r})"));
-        return 0;
+        // A damaged picture: counted, and decoding goes on (as libavcodec does).
+        st.stats.errors += 1;
+        return 1;
     }
     st.stats.decoded += 1;
     1
@@ -357,8 +371,7 @@ impl State {
             self.target_h = target_h;
         }
         if self.visible != visible || self.pool.is_none() {
-            // SAFETY: the Gpu outlives the decoder (Decoder borrows it at creation).
-            let gpu = unsafe { &*self.gpu };
+            let gpu = &self.gpu;
             self.pool = Some(Arc::new(
                 SurfacePool::new(gpu, visible.0, visible.1, self.pool_size)
                     .map_err(|e| e.to_string())?,
@@ -393,7 +406,8 @@ impl State {
             unsafe { (self.api.map)(self.decoder, d.picture_index, &mut src, &mut pitch, &mut pp) };
         if r != 0 {
             pool.release(out);
-            return Err(format!("cuvidMapVideoFrame64 failed ({r})"));
+            self.stats.errors += 1;
+            return Ok(());
         }
         let (w, h, dp) = (out.width, out.height, out.pitch);
         let copied = {
@@ -446,7 +460,11 @@ impl State {
             }
         }
         self.stats.delivered += 1;
-        self.ready.push_back((out, d.timestamp));
+        self.ready.push_back(Decoded {
+            frame: out,
+            pts: d.timestamp,
+            pool,
+        });
         Ok(())
     }
 }
@@ -456,7 +474,7 @@ impl Decoder {
     /// `display_delay` pictures may queue on NVDEC before the first is mapped (0 = lowest
     /// latency; 2–4 let decode and copy overlap, NVIDIA's recommendation for throughput).
     pub fn new(
-        gpu: &Gpu,
+        gpu: &Arc<Gpu>,
         codec: Codec,
         pool_size: usize,
         display_delay: u32,
@@ -478,7 +496,7 @@ impl Decoder {
             mapped: VecDeque::new(),
             stats: DecodeStats::default(),
             error: None,
-            gpu: gpu as *const Gpu,
+            gpu: gpu.clone(),
         });
         let mut p = ParserParams {
             codec_type: codec as c_int,
@@ -522,8 +540,8 @@ impl Decoder {
     }
 
     fn packet(&mut self, data: &[u8], flags: c_ulong, pts: i64) -> Result<(), CudaError> {
-        // SAFETY: the Gpu outlives the decoder; callbacks need its context current.
-        unsafe { &*self.state.gpu }.ctx.bind_to_thread()?;
+        // The callbacks need the context current on this thread.
+        self.state.gpu.ctx.bind_to_thread()?;
         let mut pkt = SourceDataPacket {
             flags,
             payload_size: data.len() as c_ulong,
@@ -571,8 +589,8 @@ impl Decoder {
         Ok(())
     }
 
-    /// The next decoded frame (with its timestamp).
-    pub fn next_frame(&mut self) -> Option<(DeviceNv12, i64)> {
+    /// The next decoded frame, with its timestamp and the pool it goes back to.
+    pub fn next_frame(&mut self) -> Option<Decoded> {
         self.state.ready.pop_front()
     }
 
@@ -580,13 +598,6 @@ impl Decoder {
     /// with [`Decoder::next_frame`] go back here when released, from any thread.
     pub fn pool(&self) -> Option<Arc<SurfacePool>> {
         self.state.pool.clone()
-    }
-
-    /// Returns a frame's surface to the pool.
-    pub fn release(&self, f: DeviceNv12) {
-        if let Some(p) = &self.state.pool {
-            p.release(f);
-        }
     }
 
     /// Counters.
@@ -597,6 +608,7 @@ impl Decoder {
 
 impl Drop for Decoder {
     fn drop(&mut self) {
+        let _ = self.state.gpu.ctx.bind_to_thread();
         while !self.state.mapped.is_empty() {
             let _ = self.state.unmap_oldest();
         }

@@ -168,13 +168,13 @@ impl Decoding {
     }
 
     /// End of stream: the decoder gives up the pictures it holds.
-    pub(crate) fn send_eof(&mut self) -> Result<(), CodecError> {
+    pub(crate) fn send_eof(&mut self, stopped: &dyn Fn() -> bool) -> Result<(), CodecError> {
         match self {
             Decoding::Cpu(d) => {
                 d.send_eof();
                 Ok(())
             }
-            Decoding::Gpu(d) => Ok(d.send_eof()?),
+            Decoding::Gpu(d) => Ok(d.send_eof(stopped)?),
         }
     }
 

@@ -8,13 +8,25 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use aegis_cuda::nvdec::{self, Codec, Decoder};
-use aegis_cuda::{CudaError, DeviceNv12, Gpu};
+use aegis_cuda::nvdec::{self, Codec, Decoded, Decoder};
+use aegis_cuda::{CudaError, Gpu};
 use ffmpeg_next as ff;
 
 use super::{CodecError, DecodeStats, decode_rescale_us};
 use crate::frame::{DeviceSurface, Frame, FrameLayout, FrameMeta, PixelFormat, StreamId};
 use crate::pool::SurfacePool;
+
+/// The timestamp fed for packets that carry none; frames that come out with it get one
+/// from the previous frame and the nominal duration (as the CPU decoder does).
+const NO_PTS: i64 = i64::MIN;
+
+/// Largest coded side NVDEC takes per codec (the H100/H200 and Orin limits).
+fn max_side(codec: Codec) -> usize {
+    match codec {
+        Codec::H264 => 4096,
+        Codec::Hevc => 8192,
+    }
+}
 
 /// NVDEC pictures waiting on the decoder before the first is shown: lets decoding and the
 /// copy out overlap (NVIDIA's advice for throughput; +2 frames of latency).
@@ -40,7 +52,6 @@ enum Framing {
 
 /// NVDEC decoding into device surfaces.
 pub(crate) struct GpuDecoder {
-    // Declared before `gpu`: the decoder must be destroyed while its GPU is alive.
     decoder: Decoder,
     gpu: Arc<Gpu>,
     framing: Framing,
@@ -50,13 +61,11 @@ pub(crate) struct GpuDecoder {
     annexb: Vec<u8>,
     time_base: ff::Rational,
     frame_us: i64,
-    /// Some packet had no timestamp (raw Annex-B files): frames are numbered instead.
-    untimed: bool,
     last_raw_pts_us: Option<i64>,
     stream: StreamId,
     next_seq: u64,
     /// A decoded picture waiting for a host pool of its size.
-    pending: Option<(DeviceNv12, i64)>,
+    pending: Option<Decoded>,
     stats: DecodeStats,
 }
 
@@ -80,22 +89,51 @@ impl GpuDecoder {
         })?;
         // SAFETY: `params` wraps a live AVCodecParameters; extradata is `extradata_size`
         // bytes (or null).
-        let extra: Vec<u8> = unsafe {
+        let (extra, width, height, format) = unsafe {
             let p = &*params.as_ptr();
-            if p.extradata.is_null() || p.extradata_size <= 0 {
+            let extra = if p.extradata.is_null() || p.extradata_size <= 0 {
                 Vec::new()
             } else {
                 std::slice::from_raw_parts(p.extradata, p.extradata_size as usize).to_vec()
-            }
+            };
+            (
+                extra,
+                p.width.max(0) as usize,
+                p.height.max(0) as usize,
+                p.format,
+            )
         };
-        let (headers, framing) = match (extra.first(), codec) {
-            (Some(1), Codec::H264) => {
+        // What NVDEC decodes here: 8-bit 4:2:0 within its size limit. Anything else goes to
+        // the CPU decoder now rather than failing at the first sequence header.
+        use ff::ffi::AVPixelFormat as P;
+        let known_420 = [
+            P::AV_PIX_FMT_NONE as i32,
+            P::AV_PIX_FMT_YUV420P as i32,
+            P::AV_PIX_FMT_YUVJ420P as i32,
+            P::AV_PIX_FMT_NV12 as i32,
+        ];
+        if !known_420.contains(&format) {
+            return Err(CudaError::Size(
+                "NVDEC decodes 8-bit 4:2:0 here; this stream is another format".into(),
+            ));
+        }
+        if width > max_side(codec) || height > max_side(codec) {
+            return Err(CudaError::Size(format!(
+                "{width}x{height} exceeds NVDEC's {0}x{0} for this codec",
+                max_side(codec)
+            )));
+        }
+        // MP4/MKV headers are length-prefixed records (avcC/hvcC); raw and TS streams carry
+        // Annex-B parameter sets (start codes), or none.
+        let annexb = extra.starts_with(&[0, 0, 1]) || extra.starts_with(&[0, 0, 0, 1]);
+        let (headers, framing) = match (extra.is_empty() || annexb, codec) {
+            (true, _) => Ok((extra, Framing::AnnexB)),
+            (false, Codec::H264) => {
                 nvdec::avcc_parameter_sets(&extra).map(|(h, n)| (h, Framing::LengthPrefixed(n)))
             }
-            (Some(1), Codec::Hevc) => {
+            (false, Codec::Hevc) => {
                 nvdec::hvcc_parameter_sets(&extra).map(|(h, n)| (h, Framing::LengthPrefixed(n)))
             }
-            _ => Ok((extra, Framing::AnnexB)),
         }
         .map_err(CudaError::Size)?;
         let decoder = Decoder::new(&gpu, codec, pool_frames.max(2) + 4, DISPLAY_DELAY)?;
@@ -108,7 +146,6 @@ impl GpuDecoder {
             annexb: Vec::new(),
             time_base,
             frame_us,
-            untimed: false,
             last_raw_pts_us: None,
             stream,
             next_seq: 0,
@@ -128,7 +165,7 @@ impl GpuDecoder {
         let d = self.decoder.stats();
         DecodeStats {
             frames: d.delivered,
-            errors: self.stats.errors + d.overrun,
+            errors: self.stats.errors + d.overrun + d.errors,
             ..self.stats
         }
     }
@@ -141,7 +178,7 @@ impl GpuDecoder {
         stopped: &dyn Fn() -> bool,
     ) -> Result<(), CudaError> {
         self.annexb.clear();
-        if std::mem::take(&mut self.headers_due) {
+        if self.headers_due {
             self.annexb.extend_from_slice(&self.headers);
         }
         let data = pkt.data().unwrap_or_default();
@@ -156,10 +193,11 @@ impl GpuDecoder {
             Framing::AnnexB => self.annexb.extend_from_slice(data),
         }
         self.stats.packets += 1;
-        let pts = pkt.pts().or(pkt.dts());
-        self.untimed |= pts.is_none();
-        let pts = pts.map(|p| decode_rescale_us(p, self.time_base));
-        while !self.decoder.feed(&self.annexb, pts)? {
+        let pts = pkt
+            .pts()
+            .or(pkt.dts())
+            .map_or(NO_PTS, |p| decode_rescale_us(p, self.time_base));
+        while !self.decoder.feed(&self.annexb, Some(pts))? {
             if stopped() {
                 return Ok(());
             }
@@ -167,11 +205,21 @@ impl GpuDecoder {
                 p.wait_available(p.capacity / 2, Duration::from_millis(20));
             }
         }
+        // Only now: the parameter sets went in with this packet.
+        self.headers_due = false;
         Ok(())
     }
 
-    /// End of stream: the pictures NVDEC still holds come out.
-    pub(crate) fn send_eof(&mut self) -> Result<(), CudaError> {
+    /// End of stream: the pictures NVDEC still holds come out, all at once, so first every
+    /// surface must be back from the pipeline (or the source stopping).
+    pub(crate) fn send_eof(&mut self, stopped: &dyn Fn() -> bool) -> Result<(), CudaError> {
+        if let Some(p) = self.decoder.pool() {
+            while !p.wait_available(p.capacity, Duration::from_millis(20)) {
+                if stopped() {
+                    return Ok(());
+                }
+            }
+        }
         self.decoder.flush()
     }
 
@@ -185,7 +233,7 @@ impl GpuDecoder {
     pub(crate) fn pending_layout(&self) -> Option<FrameLayout> {
         self.pending
             .as_ref()
-            .map(|(f, _)| FrameLayout::new(PixelFormat::Nv12, f.width, f.height))
+            .map(|d| FrameLayout::new(PixelFormat::Nv12, d.frame.width, d.frame.height))
     }
 
     /// The next decoded frame on a surface of `pool` (waiting for one: backpressure), or
@@ -197,26 +245,24 @@ impl GpuDecoder {
         pool: &SurfacePool,
         pts_offset_us: i64,
     ) -> Result<Option<Frame>, CodecError> {
-        let Some((nv12, pts)) = self.pending.take().or_else(|| self.decoder.next_frame()) else {
+        let Some(decoded) = self.pending.take().or_else(|| self.decoder.next_frame()) else {
             return Ok(None);
         };
         let layout = pool.layout();
-        if (layout.format, layout.width, layout.height)
-            != (PixelFormat::Nv12, nv12.width, nv12.height)
-        {
-            let (got_w, got_h) = (nv12.width, nv12.height);
-            self.pending = Some((nv12, pts));
+        let (w, h) = (decoded.frame.width, decoded.frame.height);
+        if (layout.format, layout.width, layout.height) != (PixelFormat::Nv12, w, h) {
+            self.pending = Some(decoded);
             return Err(CodecError::Geometry {
-                got_w,
-                got_h,
+                got_w: w,
+                got_h: h,
                 want_w: layout.width,
                 want_h: layout.height,
             });
         }
-        let device_pool = self.decoder.pool().expect("a decoded frame implies a pool");
-        let device = DeviceSurface::new(nv12, device_pool, self.gpu.clone());
+        let pts = decoded.pts;
+        let device = DeviceSurface::new(decoded.frame, decoded.pool, self.gpu.clone());
         let surface = pool.acquire()?;
-        let raw = if self.untimed {
+        let raw = if pts == NO_PTS {
             self.last_raw_pts_us.map_or(0, |p| p + self.frame_us)
         } else {
             pts

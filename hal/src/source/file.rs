@@ -199,9 +199,10 @@ impl FileSource {
                     {
                         self.stats.truncated = true;
                     }
+                    let core = &self.core;
                     self.decoder
-                        .send_eof()
-                        .map_err(|e| self.core.codec_error(e))?;
+                        .send_eof(&|| core.is_stopped())
+                        .map_err(|e| core.codec_error(e))?;
                     self.eof_sent = true;
                 }
                 Err(e) => {
@@ -210,9 +211,10 @@ impl FileSource {
                     tracing::warn!(stream = %self.settings.stream, error = %e, "read error");
                     if self.consecutive_read_errors >= MAX_CONSECUTIVE_READ_ERRORS {
                         self.stats.truncated = true;
+                        let core = &self.core;
                         self.decoder
-                            .send_eof()
-                            .map_err(|e| self.core.codec_error(e))?;
+                            .send_eof(&|| core.is_stopped())
+                            .map_err(|e| core.codec_error(e))?;
                         self.eof_sent = true;
                     }
                 }

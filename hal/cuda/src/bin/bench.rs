@@ -36,7 +36,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             .cloned()
     };
     let t0 = Instant::now();
-    let gpu = Gpu::open(0, None)?;
+    let gpu = std::sync::Arc::new(Gpu::open(0, None)?);
     let open_ms = t0.elapsed().as_secs_f64() * 1e3;
     // Inputs.
     let frame_bytes: Vec<u8> = (0..W * H * 3 / 2).map(|i| (i * 7 % 251) as u8).collect();
@@ -175,7 +175,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
 /// host copies per frame. With `dump`, frames 0 and 100 are written there as NV12 for the
 /// comparison with a CPU decoder.
 fn nvdec(
-    gpu: &Gpu,
+    gpu: &std::sync::Arc<Gpu>,
     clip: &str,
     mask: &cudarc::driver::CudaSlice<u8>,
     dump: Option<String>,
@@ -194,7 +194,8 @@ fn nvdec(
         let mut handle = |dec: &mut Decoder,
                           frames: &mut u64|
          -> Result<(), Box<dyn std::error::Error>> {
-            while let Some((mut f, _)) = dec.next_frame() {
+            while let Some(d) = dec.next_frame() {
+                let mut f = d.frame;
                 if let Some(dir) = &dump
                     && !full
                     && (*frames == 0 || *frames == 100)
@@ -212,7 +213,7 @@ fn nvdec(
                     let _ = gpu.download_nv12(&f)?; // what a CPU encoder would take
                     bg = Some(b);
                 }
-                dec.release(f);
+                d.pool.release(f);
                 *frames += 1;
             }
             Ok(())
@@ -252,8 +253,8 @@ fn nvdec(
                             Decoder::new(gpu, Codec::H264, 16, 2).map_err(|e| e.to_string())?;
                         let mut frames = 0u64;
                         let drain = |dec: &mut Decoder, frames: &mut u64| {
-                            while let Some((f, _)) = dec.next_frame() {
-                                dec.release(f);
+                            while let Some(d) = dec.next_frame() {
+                                d.pool.release(d.frame);
                                 *frames += 1;
                             }
                         };
