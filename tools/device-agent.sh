@@ -25,7 +25,13 @@ echo "== RTSP camera (tools/device/rtsp_serve.py), backend cuda, 10 s"
 python3 rtsp_serve.py 8554 bench-720p.h264 30 > "$out/rtsp-server.txt" 2>&1 &
 server=$!
 sleep 1
-timeout -s INT 10 ./aegis run --config rtsp.yaml > "$out/rtsp.log" 2>&1 || true
+# One SIGINT from here (timeout(1) would also signal the process group: a second signal
+# skips finalising the recordings).
+./aegis run --config rtsp.yaml > "$out/rtsp.log" 2>&1 &
+agent=$!
+sleep 10
+kill -INT "$agent" 2>/dev/null || true
+wait "$agent" || true
 kill "$server" 2>/dev/null || true
 grep -E "NVDEC|connected|stream cam|error" "$out/rtsp.log" | sed 's/\x1b\[[0-9;]*m//g' | tail -8
 echo "== aegis bench backends (same process: cpu, cuda)"
