@@ -146,17 +146,11 @@ fn parse_rfc3339_utc(t: &str) -> Option<i64> {
         return None;
     }
     let micros = format!("{frac:0<6}")[..6].parse::<i64>().ok()?;
-    Some(((days_from_civil(y, mo, da) * 86_400 + hh * 3600 + mm * 60 + ss) * 1_000_000) + micros)
-}
-
-/// Days since 1970-01-01 of a proleptic Gregorian date (Howard Hinnant's algorithm).
-fn days_from_civil(y: i64, m: i64, d: i64) -> i64 {
-    let y = if m <= 2 { y - 1 } else { y };
-    let era = y.div_euclid(400);
-    let yoe = y - era * 400;
-    let doy = (153 * (if m > 2 { m - 3 } else { m + 9 }) + 2) / 5 + d - 1;
-    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
-    era * 146_097 + doe - 719_468
+    Some(
+        ((aegis_config::civil::days_from_civil(y, mo, da) * 86_400 + hh * 3600 + mm * 60 + ss)
+            * 1_000_000)
+            + micros,
+    )
 }
 
 /// µs since the epoch → `YYYY-MM-DDTHH:MM:SS.ffffffZ`.

@@ -15,6 +15,7 @@
 //! The crate performs no I/O other than reading the configuration file in
 //! [`load`].
 
+pub mod civil;
 mod error;
 mod model;
 mod parse;

@@ -658,21 +658,8 @@ impl ClipWriter {
     }
 }
 
-/// Civil UTC date (y, m, d) and time (h, m, s) of a Unix time, without a date crate
-/// (Howard Hinnant's `civil_from_days`).
-pub fn civil_utc(secs: i64) -> ((i64, i64, i64), (i64, i64, i64)) {
-    let (days, rem) = (secs.div_euclid(86_400), secs.rem_euclid(86_400));
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1_460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = doy - (153 * mp + 2) / 5 + 1;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 };
-    let y = yoe + era * 400 + i64::from(m <= 2);
-    ((y, m, d), (rem / 3600, rem % 3600 / 60, rem % 60))
-}
+/// Civil UTC date (y, m, d) and time (h, m, s) of a Unix time.
+pub use aegis_config::civil::civil_utc;
 
 /// `20261126T152233Z`: UTC, for file names that sort by time.
 fn utc_stamp(t: SystemTime) -> String {

@@ -303,33 +303,14 @@ pub fn parse_time(t: &str) -> Option<i64> {
     if !((1..=12).contains(&mo) && (1..=31).contains(&da) && hh < 24 && mm < 60 && ss <= 60) {
         return None;
     }
-    let y = if mo <= 2 { y - 1 } else { y };
-    let era = y.div_euclid(400);
-    let yoe = y - era * 400;
-    let doy = (153 * (if mo > 2 { mo - 3 } else { mo + 9 }) + 2) / 5 + da - 1;
-    let days = era * 146_097 + yoe * 365 + yoe / 4 - yoe / 100 + doy - 719_468;
+    let days = aegis_config::civil::days_from_civil(y, mo, da);
     Some(days * 86_400 + hh * 3600 + mm * 60 + ss)
 }
 
 /// Seconds since the Unix epoch → `YYYY-MM-DDTHH:MM:SSZ` (the inverse of [`parse_time`]).
 pub fn format_time(secs: i64) -> String {
-    let (days, rem) = (secs.div_euclid(86_400), secs.rem_euclid(86_400));
-    // civil_from_days (Howard Hinnant).
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = doy - (153 * mp + 2) / 5 + 1;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 };
-    let y = yoe + era * 400 + i64::from(m <= 2);
-    format!(
-        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z",
-        rem / 3600,
-        rem % 3600 / 60,
-        rem % 60
-    )
+    let ((y, m, d), (hh, mm, ss)) = aegis_config::civil::civil_utc(secs);
+    format!("{y:04}-{m:02}-{d:02}T{hh:02}:{mm:02}:{ss:02}Z")
 }
 
 /// The system clock in seconds since the Unix epoch.

@@ -159,15 +159,6 @@ pub struct Fusion {
     pub stats: Stats,
 }
 
-fn days_from_civil(y: i64, m: u32, d: u32) -> i64 {
-    let y = if m <= 2 { y - 1 } else { y };
-    let era = y.div_euclid(400);
-    let yoe = y - era * 400;
-    let mp = (i64::from(m) + 9) % 12;
-    let doy = (153 * mp + 2) / 5 + i64::from(d) - 1;
-    era * 146_097 + yoe * 365 + yoe / 4 - yoe / 100 + doy - 719_468
-}
-
 impl Fusion {
     /// A fusion service.
     pub fn new(settings: Settings) -> Fusion {
@@ -294,7 +285,7 @@ impl Fusion {
         let (Some((y, m, d)), Some(utc)) = (r.date, r.utc_s) else {
             return;
         };
-        let day = days_from_civil(i64::from(y), m, d);
+        let day = aegis_config::civil::days_from_civil(i64::from(y), i64::from(m), i64::from(d));
         let g = &mut self.gps_time;
         let consistent = g.last.is_some_and(|(pd, pu, pt)| {
             let gps_dt = (day - pd) as f64 * 86_400.0 + (utc - pu);
