@@ -1029,11 +1029,7 @@ fn bench_stages(
     rounds: usize,
     json: Option<PathBuf>,
 ) -> anyhow::Result<()> {
-    let cfg = match config {
-        Some(p) => aegis_config::load(&p).map_err(|e| anyhow::anyhow!("{e}"))?,
-        None => aegis_config::from_yaml_str(DEMO_CONFIG, "demo.yaml (built in)")
-            .map_err(|e| anyhow::anyhow!("{e}"))?,
-    };
+    let cfg = config_or_demo(config.as_deref())?;
     let clip = match clip {
         Some(c) => c,
         None => {
@@ -1050,6 +1046,15 @@ fn bench_stages(
     Ok(())
 }
 
+/// The config at `path`, or the built-in demo config (what the benches default to).
+fn config_or_demo(path: Option<&Path>) -> anyhow::Result<AgentConfig> {
+    match path {
+        Some(p) => aegis_config::load(p),
+        None => aegis_config::from_yaml_str(DEMO_CONFIG, "demo.yaml (built in)"),
+    }
+    .map_err(|e| anyhow::anyhow!("{e}"))
+}
+
 fn bench_backends(
     config: Option<PathBuf>,
     clip: Option<PathBuf>,
@@ -1058,19 +1063,12 @@ fn bench_backends(
     all_stages: bool,
     json: Option<PathBuf>,
 ) -> anyhow::Result<()> {
-    let cfg = match config {
-        Some(p) => aegis_config::load(&p).map_err(|e| anyhow::anyhow!("{e}"))?,
-        None => {
-            let mut c = aegis_config::from_yaml_str(DEMO_CONFIG, "demo.yaml (built in)")
-                .map_err(|e| anyhow::anyhow!("{e}"))?;
-            if !all_stages {
-                c.pipeline
-                    .stages
-                    .retain(|s| matches!(s, aegis_config::StageConfig::VirtualBackground(_)));
-            }
-            c
-        }
-    };
+    let mut cfg = config_or_demo(config.as_deref())?;
+    if config.is_none() && !all_stages {
+        cfg.pipeline
+            .stages
+            .retain(|s| matches!(s, aegis_config::StageConfig::VirtualBackground(_)));
+    }
     let clip = match clip {
         Some(c) => c,
         None => {
