@@ -939,9 +939,9 @@ fn provision(dir: &Path) -> anyhow::Result<()> {
         );
     }
     sign.write(&sk)?;
-    std::fs::write(&sp, sign.public().to_file_text())?;
+    sign.public().write(&sp)?;
     kem.write(&kk)?;
-    std::fs::write(&kp, kem.public().to_file_text())?;
+    kem.public().write(&kp)?;
     println!("signing key {} -> {}", sign.public().id(), sp.display());
     println!("sealing key {} -> {}", kem.public().id(), kp.display());
     println!(

@@ -12,18 +12,31 @@
 //! {"alg":"aes-256-gcm+ml-kem-768","recipients":[{"to":"mlkem768:…","kem":"<b64>","nonce":"<b64>","key":"<b64>"}],"nonce":"<b64>","ciphertext":"<b64>"}
 //! ```
 //! ````
+//!
+//! What is wiped (the workspace enables `ml-kem`'s `zeroize` feature; this crate enables
+//! `aes`'s): a [`SealSecret`]'s seed (kept in a `Zeroizing` buffer) and its
+//! `DecapsulationKey768` (`ZeroizeOnDrop`: the decryption key, `d` and `z`); seeds while
+//! generated, read, written, delivered or received (only ever in `Zeroizing` buffers); the
+//! content key, the ML-KEM shared secrets and the key-wrapping keys of [`seal_bytes`] and
+//! [`open_bytes`]; the AES round keys of every cipher made from them; the decrypted body,
+//! which [`open_bytes`] returns in a `Zeroizing` buffer. What is not: the document that
+//! [`open`] returns (the caller parses and runs it; the parsed document holds the same text);
+//! the SHA-256 state that derives a wrapping key and the GHASH key inside AES-GCM (neither
+//! `sha2` 0.10 nor `polyval` wipes its state); stack temporaries inside `ml-kem` (its seed
+//! is passed by value to the key derivation) and copies the compiler makes when it moves
+//! values — Rust offers no way to wipe those; they are overwritten by later calls.
 
 use std::path::Path;
 
-use aes_gcm::aead::{Aead, Payload};
+use aes_gcm::aead::AeadInPlace;
 use aes_gcm::{Aes256Gcm, KeyInit, Nonce};
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as B64;
 use ml_kem::kem::{Decapsulate, Encapsulate};
-use ml_kem::{DecapsulationKey768, EncapsulationKey768, KeyExport};
+use ml_kem::{DecapsulationKey768, EncapsulationKey768, KeyExport, Seed};
 use serde::{Deserialize, Serialize};
 use sha2::Digest;
-use zeroize::Zeroizing;
+use zeroize::{Zeroize, Zeroizing};
 
 /// The sealing algorithm's name in documents (`security.encryption`).
 pub const ALG: &str = "aes-256-gcm+ml-kem-768";
@@ -78,11 +91,22 @@ pub struct SealPublic {
     id: String,
 }
 
-/// A decapsulation key (seed zeroized on drop).
+/// A decapsulation key. Its seed (`Zeroizing`) and its ML-KEM key (`ZeroizeOnDrop` with
+/// `ml-kem`'s `zeroize` feature) are wiped on drop; the public half is not secret.
 pub struct SealSecret {
-    seed: Zeroizing<[u8; 64]>,
+    // Boxed: the seed stays where it was generated or decoded when the key moves.
+    seed: Box<Zeroizing<Seed>>,
     key: DecapsulationKey768,
     public: SealPublic,
+}
+
+// Every secret field is wiped on drop (asserted in the tests), so the whole key is.
+impl zeroize::ZeroizeOnDrop for SealSecret {}
+
+impl std::fmt::Debug for SealSecret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "SealSecret({})", self.public.id)
+    }
 }
 
 fn kem_id(encoded: &[u8]) -> String {
@@ -99,13 +123,44 @@ fn kem_id(encoded: &[u8]) -> String {
 const PUBLIC_HEADER: &str = "aegis ml-kem-768 public key";
 const SECRET_HEADER: &str = "aegis ml-kem-768 secret key (seed)";
 
-fn random<const N: usize>() -> Result<Zeroizing<[u8; N]>, SealError> {
-    let mut b = Zeroizing::new([0u8; N]);
-    getrandom::fill(b.as_mut()).map_err(|e| SealError::KeyFile {
+/// Fills `buf` from the OS random generator.
+fn fill_random(buf: &mut [u8]) -> Result<(), SealError> {
+    getrandom::fill(buf).map_err(|e| SealError::KeyFile {
         path: "(random generator)".into(),
         reason: e.to_string(),
-    })?;
+    })
+}
+
+/// A random nonce (not secret).
+fn random_nonce() -> Result<[u8; 12], SealError> {
+    let mut b = [0u8; 12];
+    fill_random(&mut b)?;
     Ok(b)
+}
+
+/// Moves a `Copy` secret that `ml-kem` returns by value (a shared key) into a `Zeroizing`
+/// and wipes the place it was returned into (inlined: no frame of its own holds a copy).
+#[inline(always)]
+fn take_secret<T: Zeroize + Copy>(src: &mut T) -> Zeroizing<T> {
+    let out = Zeroizing::new(*src);
+    src.zeroize();
+    out
+}
+
+/// An empty seed on the heap, to be filled in place.
+fn new_seed() -> Box<Zeroizing<Seed>> {
+    Box::new(Zeroizing::new(Seed::default()))
+}
+
+/// A seed from `bytes` (a decrypted delivery or a key file), copied once into a zeroizing
+/// heap buffer; `None` when it is not 64 bytes.
+fn seed_from(bytes: &[u8]) -> Option<Box<Zeroizing<Seed>>> {
+    let mut seed = new_seed();
+    if bytes.len() != seed.len() {
+        return None;
+    }
+    seed.copy_from_slice(bytes);
+    Some(seed)
 }
 
 impl SealPublic {
@@ -122,11 +177,21 @@ impl SealPublic {
     pub fn id(&self) -> &str {
         &self.id
     }
+    /// The FIPS 203 encoding.
+    pub fn to_bytes(&self) -> Vec<u8> {
+        self.key.to_bytes().to_vec()
+    }
     /// The key file text.
     pub fn to_file_text(&self) -> String {
         crate::keyfile::text(PUBLIC_HEADER, &self.key.to_bytes())
     }
-    /// Reads a key file.
+    /// Writes the key file, mode 0644 whatever the umask (replacing an existing file, never
+    /// through a symbolic link), so that [`SealPublic::read`] accepts it.
+    pub fn write(&self, path: &Path) -> Result<(), SealError> {
+        crate::keyfile::write_public(path, &self.to_file_text()).map_err(key_file)
+    }
+    /// Reads a key file: a regular file (not a symbolic link) of at most 64 KB, owned by
+    /// root or by this process's user, not writable by group or others.
     pub fn read(path: &Path) -> Result<SealPublic, SealError> {
         let bytes = crate::keyfile::read_public(path, PUBLIC_HEADER).map_err(key_file)?;
         SealPublic::from_bytes(&bytes)
@@ -135,13 +200,16 @@ impl SealPublic {
 }
 
 impl SealSecret {
-    /// A fresh key pair.
+    /// A fresh key pair (the seed is generated in place in a zeroizing buffer).
     pub fn generate() -> Result<SealSecret, SealError> {
-        Ok(SealSecret::from_seed(random::<64>()?))
+        let mut seed = new_seed();
+        fill_random(seed.as_mut_slice())?;
+        Ok(SealSecret::from_seed(seed))
     }
 
-    fn from_seed(seed: Zeroizing<[u8; 64]>) -> SealSecret {
-        let key = DecapsulationKey768::from_seed((*seed).into());
+    fn from_seed(seed: Box<Zeroizing<Seed>>) -> SealSecret {
+        // By reference: the copy `ml-kem` makes is its own (see the module documentation).
+        let key = <DecapsulationKey768 as ml_kem::KeyInit>::new(&seed);
         let ek = key.encapsulation_key().clone();
         let id = kem_id(&ek.to_bytes());
         SealSecret {
@@ -158,19 +226,23 @@ impl SealSecret {
 
     /// Writes the secret file (0600, never overwrites).
     pub fn write(&self, path: &Path) -> Result<(), SealError> {
-        crate::keyfile::write_secret(path, SECRET_HEADER, &*self.seed).map_err(key_file)
+        crate::keyfile::write_secret(path, SECRET_HEADER, self.seed.as_slice()).map_err(key_file)
     }
 
-    /// Reads a secret file; refuses one others can read.
+    /// Reads a secret file: a regular file (not a symbolic link) owned by this process's
+    /// user, mode 0600 or stricter (see `keyfile`).
     pub fn read(path: &Path) -> Result<SealSecret, SealError> {
         let bytes = crate::keyfile::read_secret(path, SECRET_HEADER).map_err(key_file)?;
-        let seed: [u8; 64] = bytes.as_slice().try_into().map_err(|_| {
+        let seed = seed_from(&bytes).ok_or_else(|| {
             key_file((
                 path.display().to_string(),
-                format!("a seed is 64 bytes, not {}", bytes.len()),
+                format!(
+                    "a seed is 64 bytes, not {}: is this an ML-KEM-768 secret key file?",
+                    bytes.len()
+                ),
             ))
         })?;
-        Ok(SealSecret::from_seed(Zeroizing::new(seed)))
+        Ok(SealSecret::from_seed(seed))
     }
 }
 
@@ -178,15 +250,52 @@ fn key_file((path, reason): (String, String)) -> SealError {
     SealError::KeyFile { path, reason }
 }
 
-fn wrap_key(shared: &[u8]) -> Zeroizing<[u8; 32]> {
+/// The key-wrapping key of an ML-KEM shared secret, written into `out` (a zeroizing buffer
+/// of the caller's).
+fn wrap_key(shared: &[u8], out: &mut [u8; 32]) {
     let mut h = sha2::Sha256::new();
     h.update(WRAP_CONTEXT);
     h.update(shared);
-    Zeroizing::new(h.finalize().into())
+    h.finalize_into(sha2::digest::generic_array::GenericArray::from_mut_slice(
+        out,
+    ));
 }
 
+/// An AES-256-GCM cipher (its round keys are wiped on drop: `aes`'s `zeroize` feature).
 fn gcm(key: &[u8; 32]) -> Aes256Gcm {
     Aes256Gcm::new(key.into())
+}
+
+/// Decrypts `ciphertext` (with its tag) into a zeroizing buffer: the cleartext never lives
+/// in a plain `Vec`, whether decryption succeeds or not.
+fn decrypt(
+    cipher: &Aes256Gcm,
+    nonce: &[u8; 12],
+    ciphertext: Vec<u8>,
+    aad: &[u8],
+) -> Result<Zeroizing<Vec<u8>>, SealError> {
+    let mut buf = Zeroizing::new(ciphertext);
+    cipher
+        .decrypt_in_place(Nonce::from_slice(nonce), aad, &mut *buf)
+        .map_err(|_| SealError::Open)?;
+    Ok(buf)
+}
+
+/// Encrypts `msg` (a secret) into a new buffer; the only copy of the cleartext made is
+/// encrypted in place.
+fn encrypt(
+    cipher: &Aes256Gcm,
+    nonce: &[u8; 12],
+    msg: &[u8],
+    aad: &[u8],
+) -> Result<Vec<u8>, SealError> {
+    // Room for the tag: no reallocation leaves a cleartext copy behind.
+    let mut buf = Zeroizing::new(Vec::with_capacity(msg.len() + 16));
+    buf.extend_from_slice(msg);
+    cipher
+        .encrypt_in_place(Nonce::from_slice(nonce), aad, &mut *buf)
+        .map_err(|_| SealError::Open)?;
+    Ok(std::mem::take(&mut *buf))
 }
 
 /// Splits a document into its front matter (with both `---` lines) and its body.
@@ -238,36 +347,29 @@ pub fn seal_bytes(msg: &[u8], aad: &[u8], recipients: &[SealPublic]) -> Result<S
     if recipients.is_empty() {
         return Err(SealError::Malformed("no recipients".into()));
     }
-    let content_key = random::<32>()?;
-    let nonce = random::<12>()?;
-    let ciphertext = gcm(&content_key)
-        .encrypt(Nonce::from_slice(&*nonce), Payload { msg, aad })
-        .map_err(|_| SealError::Open)?;
+    let mut content_key = Zeroizing::new([0u8; 32]);
+    fill_random(content_key.as_mut_slice())?;
+    let nonce = random_nonce()?;
+    let ciphertext = encrypt(&gcm(&content_key), &nonce, msg, aad)?;
     let mut rs = Vec::with_capacity(recipients.len());
     for r in recipients {
-        let (kem_ct, shared) = r.key.encapsulate();
-        let wk = wrap_key(shared.as_slice());
-        let wn = random::<12>()?;
-        let wrapped = gcm(&wk)
-            .encrypt(
-                Nonce::from_slice(&*wn),
-                Payload {
-                    msg: content_key.as_slice(),
-                    aad: r.id.as_bytes(),
-                },
-            )
-            .map_err(|_| SealError::Open)?;
+        let (kem_ct, mut shared) = r.key.encapsulate();
+        let shared = take_secret(&mut shared);
+        let mut wk = Zeroizing::new([0u8; 32]);
+        wrap_key(shared.as_slice(), &mut wk);
+        let wn = random_nonce()?;
+        let wrapped = encrypt(&gcm(&wk), &wn, content_key.as_slice(), r.id.as_bytes())?;
         rs.push(Recipient {
             to: r.id.clone(),
             kem: B64.encode(kem_ct.as_slice()),
-            nonce: B64.encode(*wn),
+            nonce: B64.encode(wn),
             key: B64.encode(wrapped),
         });
     }
     let sealed = Sealed {
         alg: ALG.into(),
         recipients: rs,
-        nonce: B64.encode(*nonce),
+        nonce: B64.encode(nonce),
         ciphertext: B64.encode(ciphertext),
     };
     serde_json::to_string(&sealed).map_err(|e| SealError::Malformed(e.to_string()))
@@ -303,45 +405,37 @@ pub fn open_bytes(
             )
         })?;
     let kem_ct = b(&r.kem)?;
-    let shared = k
+    let mut shared = k
         .key
         .decapsulate_slice(&kem_ct)
         .map_err(|_| SealError::Malformed("KEM ciphertext has the wrong length".into()))?;
-    let wk = wrap_key(shared.as_slice());
+    let shared = take_secret(&mut shared);
+    let mut wk = Zeroizing::new([0u8; 32]);
+    wrap_key(shared.as_slice(), &mut wk);
     let nonce = |v: Vec<u8>| -> Result<[u8; 12], SealError> {
         v.try_into()
             .map_err(|_| SealError::Malformed("nonce is not 12 bytes".into()))
     };
-    let content_key = Zeroizing::new(
-        gcm(&wk)
-            .decrypt(
-                Nonce::from_slice(&nonce(b(&r.nonce)?)?),
-                Payload {
-                    msg: &b(&r.key)?,
-                    aad: r.to.as_bytes(),
-                },
-            )
-            .map_err(|_| SealError::Open)?,
-    );
-    let content_key: [u8; 32] = content_key
-        .as_slice()
-        .try_into()
-        .map_err(|_| SealError::Open)?;
-    let msg = gcm(&content_key)
-        .decrypt(
-            Nonce::from_slice(&nonce(b(&sealed.nonce)?)?),
-            Payload {
-                msg: &b(&sealed.ciphertext)?,
-                aad,
-            },
-        )
-        .map_err(|_| SealError::Open)?;
-    Ok(Zeroizing::new(msg))
+    let content_key = decrypt(
+        &gcm(&wk),
+        &nonce(b(&r.nonce)?)?,
+        b(&r.key)?,
+        r.to.as_bytes(),
+    )?;
+    // From the zeroizing buffer itself: no plain `[u8; 32]` copy of the content key.
+    let cipher = Aes256Gcm::new_from_slice(&content_key).map_err(|_| SealError::Open)?;
+    decrypt(
+        &cipher,
+        &nonce(b(&sealed.nonce)?)?,
+        b(&sealed.ciphertext)?,
+        aad,
+    )
 }
 
 /// Opens the body of a sealed, already verified document (`signed` = LF-normalised signed
 /// bytes) with whichever of `keys` it was sealed for; returns the document with its
-/// cleartext body.
+/// cleartext body. The decrypted body is wiped; the returned document is the caller's
+/// (made in one allocation, so no reallocation leaves a copy behind).
 pub fn open(signed: &str, keys: &[&SealSecret]) -> Result<String, SealError> {
     let (front, body) = split_front(signed)?;
     let json = body
@@ -349,8 +443,11 @@ pub fn open(signed: &str, keys: &[&SealSecret]) -> Result<String, SealError> {
         .and_then(|b| b.strip_suffix("\n```\n"))
         .ok_or_else(|| SealError::Malformed("the body is not one ```sealed block".into()))?;
     let body = open_bytes(json, front.as_bytes(), keys)?;
-    let body = String::from_utf8(body.to_vec()).map_err(|_| SealError::Open)?;
-    Ok(format!("{front}{body}"))
+    let body = std::str::from_utf8(&body).map_err(|_| SealError::Open)?;
+    let mut out = String::with_capacity(front.len() + body.len());
+    out.push_str(front);
+    out.push_str(body);
+    Ok(out)
 }
 
 /// A group's sealing key delivered to one member: the group key pair's seed sealed to the
@@ -363,7 +460,7 @@ pub fn group_key_delivery(
 ) -> Result<String, SealError> {
     let aad = format!("aegis-group-key-v1|{group}|{}", group_key.public.id);
     let sealed = seal_bytes(
-        &*group_key.seed,
+        group_key.seed.as_slice(),
         aad.as_bytes(),
         std::slice::from_ref(member),
     )?;
@@ -392,8 +489,7 @@ pub fn open_group_key(
     let sealed = field(lines.next(), "sealed")?;
     let aad = format!("aegis-group-key-v1|{group}|{id}");
     let seed = open_bytes(&sealed, aad.as_bytes(), &[device])?;
-    let seed: [u8; 64] = seed.as_slice().try_into().map_err(|_| SealError::Open)?;
-    let key = SealSecret::from_seed(Zeroizing::new(seed));
+    let key = SealSecret::from_seed(seed_from(&seed).ok_or(SealError::Open)?);
     if key.public.id != id {
         return Err(SealError::Open);
     }

@@ -5,12 +5,23 @@
 //!
 //! Key files are text: a type line, then base64. The secret file holds the 32-byte seed
 //! (the whole key; the expanded key is derived), is written 0600 and zeroized in memory.
+//!
+//! What is wiped (the workspace enables `ml-dsa`'s `zeroize` feature): a [`SecretKey`]'s
+//! seed and expanded key (`SigningKey` and `ExpandedSigningKey` are `ZeroizeOnDrop`: `rho`,
+//! `K`, `tr`, `s1`, `s2`, `t0` and their NTT forms), the seed while it is generated, read or
+//! written (only ever in `Zeroizing` buffers, never copied into a plain array), and the key
+//! file's text. What is not: the public key and signatures (not secret); stack temporaries
+//! inside `ml-dsa` (SHAKE state and masking vectors while deriving a key or signing; the
+//! crate wipes some of them itself) and copies the compiler makes when it moves values —
+//! Rust offers no way to wipe those; they are overwritten by later calls.
 
 use std::path::Path;
 
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as B64;
-use ml_dsa::{EncodedSignature, EncodedVerifyingKey, MlDsa65, Signature, SigningKey, VerifyingKey};
+use ml_dsa::{
+    EncodedSignature, EncodedVerifyingKey, MlDsa65, Seed, Signature, SigningKey, VerifyingKey,
+};
 use sha2::Digest;
 use zeroize::Zeroizing;
 
@@ -70,6 +81,12 @@ pub enum SignError {
     /// The signature does not verify over these bytes with this key and purpose.
     #[error("bad signature by key {0}: the document was altered or signed for another purpose")]
     Invalid(String),
+    /// The key is listed as revoked in the device's trust metadata (whatever it signed).
+    #[error("signing key {key} is revoked by the device's trust metadata")]
+    Revoked {
+        /// The key id.
+        key: String,
+    },
 }
 
 /// A public key with its id.
@@ -85,10 +102,20 @@ impl std::fmt::Debug for PublicKey {
     }
 }
 
-/// A secret key (seed zeroized on drop by `ml-dsa`).
+/// A secret key. Its seed and expanded key are wiped on drop by `ml-dsa` (the `zeroize`
+/// feature: `SigningKey<MlDsa65>` is `ZeroizeOnDrop`); the public half is not secret.
 pub struct SecretKey {
     key: SigningKey<MlDsa65>,
     public: PublicKey,
+}
+
+// Every secret field is `ZeroizeOnDrop` (asserted in the tests), so the whole key is.
+impl zeroize::ZeroizeOnDrop for SecretKey {}
+
+impl std::fmt::Debug for SecretKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "SecretKey({})", self.public.id)
+    }
 }
 
 /// `mldsa65:` + the first 16 hex digits of the SHA-256 of the encoded public key.
@@ -123,7 +150,13 @@ impl PublicKey {
     pub fn to_file_text(&self) -> String {
         crate::keyfile::text(PUBLIC_HEADER, &self.to_bytes())
     }
-    /// Reads a key file.
+    /// Writes the key file, mode 0644 whatever the umask (replacing an existing file, never
+    /// through a symbolic link), so that [`PublicKey::read`] accepts it.
+    pub fn write(&self, path: &Path) -> Result<(), SignError> {
+        crate::keyfile::write_public(path, &self.to_file_text()).map_err(key_file)
+    }
+    /// Reads a key file: a regular file (not a symbolic link) of at most 64 KB, owned by
+    /// root or by this process's user, not writable by group or others.
     pub fn read(path: &Path) -> Result<PublicKey, SignError> {
         let bytes = crate::keyfile::read_public(path, PUBLIC_HEADER).map_err(key_file)?;
         PublicKey::from_bytes(&bytes)
@@ -155,19 +188,22 @@ impl PublicKey {
 }
 
 impl SecretKey {
-    /// A fresh key from the OS random generator.
+    /// A fresh key from the OS random generator (the seed is generated in place in a
+    /// zeroizing buffer).
     pub fn generate() -> Result<SecretKey, SignError> {
-        let mut seed = Zeroizing::new([0u8; 32]);
-        getrandom::fill(seed.as_mut()).map_err(|e| SignError::KeyFile {
+        let mut seed = Zeroizing::new(Seed::default());
+        getrandom::fill(seed.as_mut_slice()).map_err(|e| SignError::KeyFile {
             path: "(random generator)".into(),
             reason: e.to_string(),
         })?;
         Ok(SecretKey::from_seed(&seed))
     }
 
-    fn from_seed(seed: &[u8; 32]) -> SecretKey {
-        let key = SigningKey::<MlDsa65>::from_seed(&(*seed).into());
-        let vk = key.expanded_key().verifying_key();
+    /// The key of `seed` (borrowed: `ml-dsa` keeps its own copy, wiped on drop).
+    fn from_seed(seed: &Seed) -> SecretKey {
+        let key = SigningKey::<MlDsa65>::from_seed(seed);
+        let vk: &VerifyingKey<MlDsa65> = key.as_ref();
+        let vk = vk.clone();
         let encoded = vk.encode();
         SecretKey {
             public: PublicKey {
@@ -203,22 +239,29 @@ impl SecretKey {
         })
     }
 
-    /// Writes the secret key file (mode 0600, created new: never overwrites a key).
+    /// Writes the secret key file (mode 0600, created new: never overwrites a key; the
+    /// seed is encoded from the key's own storage, in a zeroizing buffer).
     pub fn write(&self, path: &Path) -> Result<(), SignError> {
-        let seed = Zeroizing::new(self.key.to_seed().to_vec());
-        crate::keyfile::write_secret(path, SECRET_HEADER, &seed).map_err(key_file)
+        crate::keyfile::write_secret(path, SECRET_HEADER, self.key.as_seed().as_slice())
+            .map_err(key_file)
     }
 
-    /// Reads a secret key file; refuses one that others can read.
+    /// Reads a secret key file: a regular file (not a symbolic link) owned by this process's
+    /// user, mode 0600 or stricter (see `keyfile`).
     pub fn read(path: &Path) -> Result<SecretKey, SignError> {
-        let seed = crate::keyfile::read_secret(path, SECRET_HEADER).map_err(key_file)?;
-        let seed: Zeroizing<[u8; 32]> =
-            Zeroizing::new(seed.as_slice().try_into().map_err(|_| {
-                key_file((
-                    path.display().to_string(),
-                    format!("a seed is 32 bytes, not {}", seed.len()),
-                ))
-            })?);
+        let bytes = crate::keyfile::read_secret(path, SECRET_HEADER).map_err(key_file)?;
+        let mut seed = Zeroizing::new(Seed::default());
+        if bytes.len() != seed.len() {
+            return Err(key_file((
+                path.display().to_string(),
+                format!(
+                    "a seed is {} bytes, not {}: is this an ML-DSA-65 secret key file?",
+                    seed.len(),
+                    bytes.len()
+                ),
+            )));
+        }
+        seed.copy_from_slice(&bytes);
         Ok(SecretKey::from_seed(&seed))
     }
 }

@@ -174,11 +174,336 @@ fn key_files_round_trip_and_secret_files_must_be_private() {
     );
 }
 
+/// Key-file checks (`keyfile`: one descriptor, owner, mode, type, size) and what is wiped.
+mod key_files {
+    use std::os::unix::fs::PermissionsExt;
+    use std::path::{Path, PathBuf};
+
+    use crate::seal::{SealPublic, SealSecret};
+    use crate::sign::{PublicKey, SecretKey, SignError};
+
+    fn euid() -> u32 {
+        // SAFETY: geteuid takes no arguments and cannot fail.
+        unsafe { libc::geteuid() }
+    }
+
+    fn chmod(p: &Path, mode: u32) {
+        std::fs::set_permissions(p, std::fs::Permissions::from_mode(mode)).unwrap();
+    }
+
+    /// A directory with a signing key pair and a sealing key pair written by the crate.
+    struct Keys {
+        dir: tempfile::TempDir,
+        key: SecretKey,
+    }
+
+    impl Keys {
+        fn new() -> Keys {
+            let dir = tempfile::tempdir().unwrap();
+            let key = SecretKey::generate().unwrap();
+            key.write(&dir.path().join("k.key")).unwrap();
+            key.public().write(&dir.path().join("k.pub")).unwrap();
+            let kem = SealSecret::generate().unwrap();
+            kem.write(&dir.path().join("k.kem.key")).unwrap();
+            kem.public().write(&dir.path().join("k.kem.pub")).unwrap();
+            Keys { dir, key }
+        }
+        fn path(&self, name: &str) -> PathBuf {
+            self.dir.path().join(name)
+        }
+    }
+
+    fn secret_err(p: &Path) -> String {
+        let a = SecretKey::read(p).err().map(|e| e.to_string());
+        let b = SealSecret::read(p).err().map(|e| e.to_string());
+        let a = a.unwrap_or_else(|| panic!("{} was accepted as a signing key", p.display()));
+        assert!(b.is_some(), "{} was accepted as a sealing key", p.display());
+        assert!(a.contains(&p.display().to_string()), "names the file: {a}");
+        a
+    }
+
+    fn public_err(p: &Path) -> String {
+        let e = PublicKey::read(p)
+            .err()
+            .unwrap_or_else(|| panic!("{} was accepted as a public key", p.display()))
+            .to_string();
+        assert!(e.contains(&p.display().to_string()), "names the file: {e}");
+        e
+    }
+
+    #[test]
+    fn written_key_files_read_back_with_their_modes() {
+        let k = Keys::new();
+        let mode = |n: &str| std::fs::metadata(k.path(n)).unwrap().permissions().mode() & 0o7777;
+        assert_eq!((mode("k.key"), mode("k.kem.key")), (0o600, 0o600));
+        assert_eq!((mode("k.pub"), mode("k.kem.pub")), (0o644, 0o644));
+        assert_eq!(
+            SecretKey::read(&k.path("k.key")).unwrap().public().id(),
+            k.key.public().id()
+        );
+        assert_eq!(
+            PublicKey::read(&k.path("k.pub")).unwrap().id(),
+            k.key.public().id()
+        );
+        let kem = SealSecret::read(&k.path("k.kem.key")).unwrap();
+        let kem_pub = SealPublic::read(&k.path("k.kem.pub")).unwrap();
+        assert_eq!(kem.public().id(), kem_pub.id());
+        // A public file written over a group-writable one ends 0644 (umask or not).
+        let p = k.path("loose.pub");
+        std::fs::write(&p, "x").unwrap();
+        chmod(&p, 0o666);
+        k.key.public().write(&p).unwrap();
+        assert_eq!(mode("loose.pub"), 0o644);
+        assert!(PublicKey::read(&p).is_ok());
+    }
+
+    #[test]
+    fn a_secret_key_is_never_overwritten_nor_written_through_a_link() {
+        let k = Keys::new();
+        let e = k.key.write(&k.path("k.key")).unwrap_err().to_string();
+        assert!(e.contains("never overwritten"), "{e}");
+        let target = k.path("elsewhere.key");
+        std::os::unix::fs::symlink(&target, k.path("link.key")).unwrap();
+        assert!(k.key.write(&k.path("link.key")).is_err());
+        assert!(!target.exists(), "wrote through a dangling link");
+        // Public files are not written through a link either (the target stays as it is).
+        std::fs::write(&target, "unchanged").unwrap();
+        std::os::unix::fs::symlink(&target, k.path("link.pub")).unwrap();
+        let e = k.key.public().write(&k.path("link.pub")).unwrap_err();
+        assert!(e.to_string().contains("symbolic link"), "{e}");
+        assert_eq!(std::fs::read_to_string(&target).unwrap(), "unchanged");
+    }
+
+    #[test]
+    fn symbolic_links_are_refused_for_secret_and_public_keys() {
+        let k = Keys::new();
+        for (link, to) in [("s.key", "k.key"), ("s.kem.key", "k.kem.key")] {
+            std::os::unix::fs::symlink(k.path(to), k.path(link)).unwrap();
+        }
+        std::os::unix::fs::symlink(k.path("k.pub"), k.path("s.pub")).unwrap();
+        let e = SecretKey::read(&k.path("s.key")).unwrap_err().to_string();
+        assert!(e.contains("symbolic link") && e.contains("s.key"), "{e}");
+        let e = SealSecret::read(&k.path("s.kem.key"))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("symbolic link"), "{e}");
+        let e = public_err(&k.path("s.pub"));
+        assert!(
+            e.contains("symbolic link") && e.contains("readlink -f"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn secret_keys_accessible_to_group_or_others_are_refused() {
+        let k = Keys::new();
+        for mode in [0o640, 0o604, 0o620, 0o610, 0o700 | 0o004] {
+            for name in ["k.key", "k.kem.key"] {
+                chmod(&k.path(name), mode);
+            }
+            let e = secret_err(&k.path("k.key"));
+            assert!(e.contains("chmod 600"), "{mode:o}: {e}");
+        }
+        chmod(&k.path("k.key"), 0o400);
+        assert!(SecretKey::read(&k.path("k.key")).is_ok(), "0400 is fine");
+    }
+
+    #[test]
+    fn secret_keys_of_another_user_are_refused() {
+        let k = Keys::new();
+        let p = if euid() == 0 {
+            // As root: a key owned by another uid, even mode 0600.
+            let p = k.path("k.key");
+            std::os::unix::fs::chown(&p, Some(54_321), None).unwrap();
+            p
+        } else {
+            // As a user: a root-owned readable file (owner is checked before the mode).
+            PathBuf::from("/etc/passwd")
+        };
+        let e = secret_err(&p);
+        assert!(e.contains("is owned by uid") && e.contains("chown"), "{e}");
+    }
+
+    #[test]
+    fn public_keys_others_can_rewrite_are_refused() {
+        let k = Keys::new();
+        for mode in [0o664, 0o646, 0o666] {
+            chmod(&k.path("k.pub"), mode);
+            let e = public_err(&k.path("k.pub"));
+            assert!(e.contains("chmod 644"), "{mode:o}: {e}");
+            chmod(&k.path("k.kem.pub"), mode);
+            assert!(SealPublic::read(&k.path("k.kem.pub")).is_err(), "{mode:o}");
+        }
+        chmod(&k.path("k.pub"), 0o444);
+        assert!(
+            PublicKey::read(&k.path("k.pub")).is_ok(),
+            "read-only is fine"
+        );
+        if euid() == 0 {
+            // Owned by a user other than root and this process: that user could replace it.
+            std::os::unix::fs::chown(k.path("k.pub"), Some(54_321), None).unwrap();
+            let e = public_err(&k.path("k.pub"));
+            assert!(
+                e.contains("owned by uid 54321") && e.contains("chown root"),
+                "{e}"
+            );
+        }
+    }
+
+    #[test]
+    fn directories_fifos_and_oversized_files_are_refused_without_blocking() {
+        let k = Keys::new();
+        // A directory.
+        let d = k.path("dir.key");
+        std::fs::create_dir(&d).unwrap();
+        chmod(&d, 0o700);
+        let e = secret_err(&d);
+        assert!(e.contains("is a directory, not a regular file"), "{e}");
+        let e = public_err(&d);
+        assert!(e.contains("not a regular file"), "{e}");
+        // A FIFO with no writer: opening it must not block (O_NONBLOCK), and it is refused.
+        let fifo = k.path("fifo.key");
+        let c = std::ffi::CString::new(fifo.as_os_str().as_encoded_bytes()).unwrap();
+        // SAFETY: `c` is a valid NUL-terminated path that outlives the call.
+        assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
+        let (tx, rx) = std::sync::mpsc::channel();
+        let f2 = fifo.clone();
+        std::thread::spawn(move || {
+            let _ = tx.send((
+                SecretKey::read(&f2).err().map(|e| e.to_string()),
+                PublicKey::read(&f2).err().map(|e| e.to_string()),
+            ));
+        });
+        let (s, p) = rx
+            .recv_timeout(std::time::Duration::from_secs(10))
+            .expect("reading a FIFO blocked");
+        for e in [s, p] {
+            let e = e.expect("a FIFO was accepted");
+            assert!(e.contains("is a FIFO, not a regular file"), "{e}");
+        }
+        // Over 64 KB: refused before anything is read, with the size.
+        let big = k.path("big.key");
+        let mut text = std::fs::read_to_string(k.path("k.key")).unwrap();
+        text.push_str(&"A".repeat(64 * 1024));
+        std::fs::write(&big, text).unwrap();
+        chmod(&big, 0o600);
+        let e = secret_err(&big);
+        assert!(e.contains("at most 65536 bytes"), "{e}");
+        let bigp = k.path("big.pub");
+        std::fs::write(&bigp, vec![b'A'; 64 * 1024 + 1]).unwrap();
+        chmod(&bigp, 0o644);
+        assert!(public_err(&bigp).contains("at most 65536 bytes"));
+    }
+
+    #[test]
+    fn wrong_kind_and_bad_base64_are_named() {
+        let k = Keys::new();
+        // A public key file given as a secret one (after making it private).
+        let p = k.path("k.pub");
+        chmod(&p, 0o600);
+        let e = secret_err(&p);
+        assert!(e.contains("first line must be"), "{e}");
+        // The signing key given as a sealing key: right checks, wrong header.
+        let e = SealSecret::read(&k.path("k.key")).unwrap_err().to_string();
+        assert!(e.contains("first line must be"), "{e}");
+        let bad = k.path("bad.key");
+        std::fs::write(
+            &bad,
+            "aegis ml-dsa-65 secret key (seed)\n%%%not base64%%%\n",
+        )
+        .unwrap();
+        chmod(&bad, 0o600);
+        assert!(secret_err(&bad).contains("bad base64"));
+        let short = k.path("short.key");
+        std::fs::write(&short, "aegis ml-dsa-65 secret key (seed)\nAAAA\n").unwrap();
+        chmod(&short, 0o600);
+        assert!(secret_err(&short).contains("a seed is 32 bytes, not 3"));
+    }
+
+    fn assert_zod<T: zeroize::ZeroizeOnDrop>() {}
+
+    /// Compile-time: the secret key types wipe themselves on drop (the crates' `zeroize`
+    /// features are on), and so do the cipher states made from content keys.
+    #[test]
+    fn secret_key_types_are_zeroize_on_drop() {
+        assert_zod::<ml_dsa::SigningKey<ml_dsa::MlDsa65>>();
+        assert_zod::<ml_dsa::ExpandedSigningKey<ml_dsa::MlDsa65>>();
+        assert_zod::<ml_kem::DecapsulationKey768>();
+        assert_zod::<aes::Aes256>();
+        assert_zod::<zeroize::Zeroizing<ml_dsa::Seed>>();
+        assert_zod::<zeroize::Zeroizing<ml_kem::Seed>>();
+        assert_zod::<SecretKey>();
+        assert_zod::<SealSecret>();
+    }
+
+    #[test]
+    fn a_group_key_delivery_round_trips_only_for_its_member() {
+        let member = SealSecret::generate().unwrap();
+        let stranger = SealSecret::generate().unwrap();
+        let group = SealSecret::generate().unwrap();
+        let d = crate::seal::group_key_delivery("site-a", &group, member.public()).unwrap();
+        let (name, key) = crate::seal::open_group_key(&d, &member).unwrap();
+        assert_eq!(
+            (name.as_str(), key.public().id()),
+            ("site-a", group.public().id())
+        );
+        assert!(crate::seal::open_group_key(&d, &stranger).is_err());
+        // The group name is bound: a delivery relabelled for another group does not open.
+        let relabelled = d.replacen("group: site-a", "group: site-b", 1);
+        assert_eq!(
+            crate::seal::open_group_key(&relabelled, &member).unwrap_err(),
+            crate::seal::SealError::Open
+        );
+    }
+
+    #[test]
+    fn a_revoked_key_is_reported_as_revoked_not_as_a_bad_signature() {
+        use base64::Engine as _;
+        let issuer = SecretKey::generate().unwrap();
+        let mut t = crate::trust::TrustMetadata {
+            kind: "aegis-trust".into(),
+            version: 1,
+            expires_at: "2099-01-01T00:00:00Z".into(),
+            root: crate::trust::Roots {
+                threshold: 1,
+                keys: vec![],
+            },
+            issuers: vec![crate::trust::Issuer {
+                name: "gw-1".into(),
+                key: base64::engine::general_purpose::STANDARD.encode(issuer.public().to_bytes()),
+                devices: vec!["*".into()],
+                groups: vec![],
+            }],
+            revoked: vec![],
+        };
+        let id = issuer.public().id().to_string();
+        assert!(t.issuer(&id).is_ok());
+        t.revoked.push(id.clone());
+        let e = t.issuer(&id).unwrap_err();
+        assert_eq!(e, SignError::Revoked { key: id.clone() });
+        let msg = e.to_string();
+        assert_eq!(
+            msg,
+            format!("signing key {id} is revoked by the device's trust metadata")
+        );
+        assert!(!msg.contains("altered") && !msg.contains("bad signature"));
+        // Revoked even when no issuer lists the key any more.
+        t.issuers.clear();
+        assert!(matches!(t.issuer(&id), Err(SignError::Revoked { .. })));
+    }
+}
+
 #[test]
 fn time_format_round_trips_through_parse() {
     assert_eq!(maml::format_time(0), "1970-01-01T00:00:00Z");
     assert_eq!(maml::format_time(951_782_400), "2000-02-29T00:00:00Z");
-    for t in [-86_401_i64, 0, 951_782_399, 1_795_694_400, 4_102_444_800] {
+    for t in [
+        0_i64,
+        951_782_399,
+        1_795_694_400,
+        4_102_444_800,
+        253_402_300_799,
+    ] {
         assert_eq!(maml::parse_time(&maml::format_time(t)), Some(t), "{t}");
     }
 }

@@ -192,10 +192,14 @@ impl TrustMetadata {
         Ok(meta)
     }
 
-    /// The issuer with key id `id`, unless revoked.
+    /// The issuer with key id `id`: [`SignError::Revoked`] when the key is revoked (checked
+    /// first: a revoked key is refused as revoked, whatever it signed), otherwise
+    /// [`SignError::UnknownKey`] when no issuer has it.
     pub fn issuer(&self, id: &str) -> Result<(Issuer, PublicKey), SignError> {
         if self.revoked.iter().any(|r| r == id) {
-            return Err(SignError::Invalid(format!("{id} (revoked)")));
+            return Err(SignError::Revoked {
+                key: id.to_string(),
+            });
         }
         for i in &self.issuers {
             if let Ok(mut keys) = keys_of(std::slice::from_ref(&i.key))

@@ -102,7 +102,13 @@ fn root_issuer_sign_verify_and_revoke() {
         ],
     );
     sign_trust(d, "root/root.key", "trust.signed");
-    assert!(refused(d, &verify).contains("(revoked)"));
+    let e = refused(d, &verify);
+    assert!(
+        e.contains(&format!(
+            "signing key {gw_id} is revoked by the device's trust metadata"
+        )) && !e.contains("altered"),
+        "{e}"
+    );
     // Trust metadata signed by a key that is not the root: refused.
     sign_trust(d, "spare.key", "forged.signed");
     let mut forged = verify;
@@ -356,4 +362,331 @@ fn a_group_key_reaches_members_sealed_and_opens_group_sealed_workflows() {
         Some(1),
         "{reg}"
     );
+}
+
+#[test]
+fn verify_applies_the_trust_metadatas_root_threshold() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    ok(d, &["root", "init", "--dir", "root"]);
+    ok(d, &["keygen", "--out", "root2"]);
+    ok(d, &["keygen", "--out", "stranger"]);
+    ok(d, &["keygen", "--out", "gw"]);
+    ok(
+        d,
+        &[
+            "trust",
+            "add-issuer",
+            "--trust",
+            "root/trust.json",
+            "--name",
+            "fleet-gw-1",
+            "--key",
+            "gw.pub",
+            "--devices",
+            "orin-0042",
+        ],
+    );
+    // Two roots, both needed from now on; both sign.
+    ok(
+        d,
+        &[
+            "trust",
+            "rotate",
+            "--trust",
+            "root/trust.json",
+            "--new-root",
+            "root/root.pub",
+            "--new-root",
+            "root2.pub",
+            "--threshold",
+            "2",
+        ],
+    );
+    ok(
+        d,
+        &[
+            "root",
+            "sign-trust",
+            "--trust",
+            "root/trust.json",
+            "--key",
+            "root/root.key",
+            "--key",
+            "root2.key",
+            "--out",
+            "trust.signed",
+        ],
+    );
+    ok(d, &["new", "--out", "wf.maml.md", "--device", "orin-0042"]);
+    ok(d, &["sign", "wf.maml.md", "--key", "gw.key"]);
+    let verify = |roots: &[&str], extra: &[&str]| {
+        let mut a = vec![
+            "verify",
+            "wf.signed.maml.md",
+            "--trust-metadata",
+            "trust.signed",
+            "--device",
+            "orin-0042",
+        ];
+        for r in roots {
+            a.extend(["--root", r]);
+        }
+        a.extend(extra);
+        chimera(d, &a)
+    };
+    // Both roots given: 2 of 2 valid, the metadata's threshold 2 applied and said.
+    let o = verify(&["root/root.pub", "root2.pub"], &[]);
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert!(
+        o.status.success(),
+        "{out}{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    assert!(
+        out.contains(
+            "2 of the 2 --root keys signed it, threshold 2 (the metadata's root.threshold)"
+        ),
+        "{out}"
+    );
+    // One real root and a stranger: one valid signature is not the threshold of 2
+    // (`verify` used to check the --root keys with threshold 1 and accept this).
+    let o = verify(&["root/root.pub", "stranger.pub"], &[]);
+    let e = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success(), "accepted below the threshold");
+    assert!(
+        e.contains("1 valid signatures by current root keys, 2 needed")
+            && e.contains("threshold 2, the metadata's root.threshold"),
+        "{e}"
+    );
+    // A device that holds a lower threshold: given explicitly, and said so.
+    let o = verify(&["root/root.pub", "stranger.pub"], &["--threshold", "1"]);
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert!(
+        o.status.success(),
+        "{out}{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    assert!(
+        out.contains("1 of the 2 --root keys signed it, threshold 1 (given with --threshold)"),
+        "{out}"
+    );
+    let e = refused(
+        d,
+        &[
+            "verify",
+            "wf.signed.maml.md",
+            "--trust-metadata",
+            "trust.signed",
+            "--root",
+            "root/root.pub",
+            "--device",
+            "orin-0042",
+            "--threshold",
+            "0",
+        ],
+    );
+    assert!(e.contains("--threshold must be at least 1"), "{e}");
+}
+
+#[test]
+fn every_file_error_names_the_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    ok(d, &["root", "init", "--dir", "root"]);
+    ok(d, &["keygen", "--out", "gw"]);
+    ok(d, &["kem-keygen", "--out", "dev"]);
+    ok(d, &["new", "--out", "wf.maml.md", "--device", "orin-0042"]);
+    ok(d, &["sign", "wf.maml.md", "--key", "gw.key"]);
+    let cases: &[(&[&str], &str)] = &[
+        (
+            &["sign", "absent-wf.maml.md", "--key", "gw.key"],
+            "absent-wf.maml.md",
+        ),
+        (
+            &["sign", "wf.maml.md", "--key", "absent-gw.key"],
+            "absent-gw.key",
+        ),
+        (
+            &[
+                "sign",
+                "wf.maml.md",
+                "--key",
+                "gw.key",
+                "--out",
+                "no-dir/wf.signed.maml.md",
+            ],
+            "no-dir/wf.signed.maml.md",
+        ),
+        (
+            &["verify", "absent.signed.maml.md", "--trust", "gw.pub"],
+            "absent.signed.maml.md",
+        ),
+        (
+            &["verify", "wf.signed.maml.md", "--trust", "absent-trust.pub"],
+            "absent-trust.pub",
+        ),
+        (
+            &[
+                "verify",
+                "wf.signed.maml.md",
+                "--trust-metadata",
+                "absent-trust.signed",
+                "--root",
+                "root/root.pub",
+                "--device",
+                "orin-0042",
+            ],
+            "absent-trust.signed",
+        ),
+        (
+            &[
+                "verify",
+                "wf.signed.maml.md",
+                "--trust",
+                "gw.pub",
+                "--open",
+                "absent.kem.key",
+            ],
+            "absent.kem.key",
+        ),
+        (
+            &["seal", "absent-seal.maml.md", "--to", "dev.kem.pub"],
+            "absent-seal.maml.md",
+        ),
+        (
+            &[
+                "trust",
+                "add-issuer",
+                "--trust",
+                "absent-draft.json",
+                "--name",
+                "x",
+                "--key",
+                "gw.pub",
+            ],
+            "absent-draft.json",
+        ),
+        (
+            &[
+                "trust",
+                "add-issuer",
+                "--trust",
+                "root/trust.json",
+                "--name",
+                "x",
+                "--key",
+                "absent-issuer.pub",
+            ],
+            "absent-issuer.pub",
+        ),
+        (
+            &[
+                "root",
+                "sign-trust",
+                "--trust",
+                "root/trust.json",
+                "--key",
+                "root/root.key",
+                "--out",
+                "no-dir/trust.signed",
+            ],
+            "no-dir/trust.signed",
+        ),
+        (
+            &["enroll", "orin-1", "absent-device.pub"],
+            "absent-device.pub",
+        ),
+        (
+            &[
+                "enroll",
+                "orin-1",
+                "gw.pub",
+                "--kem",
+                "absent-device.kem.pub",
+            ],
+            "absent-device.kem.pub",
+        ),
+        (
+            &[
+                "group-key",
+                "--group",
+                "g",
+                "--registry",
+                "absent-registry.json",
+                "--key",
+                "gw.key",
+                "--out",
+                "groups",
+            ],
+            "absent-registry.json",
+        ),
+        (
+            &["publish", "absent-pub.signed.maml.md", "--to", "orin-1"],
+            "absent-pub.signed.maml.md",
+        ),
+    ];
+    for (args, path) in cases {
+        let e = refused(d, args);
+        assert!(
+            e.contains(path),
+            "chimera {args:?}: the error does not name {path}: {e}"
+        );
+    }
+    // A key file that fails its checks: named, with the fix.
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(d.join("gw.pub"), std::fs::Permissions::from_mode(0o664)).unwrap();
+    let e = refused(d, &["verify", "wf.signed.maml.md", "--trust", "gw.pub"]);
+    assert!(e.contains("gw.pub") && e.contains("chmod 644"), "{e}");
+    std::fs::set_permissions(d.join("gw.key"), std::fs::Permissions::from_mode(0o640)).unwrap();
+    let e = refused(
+        d,
+        &[
+            "sign",
+            "wf.maml.md",
+            "--key",
+            "gw.key",
+            "--out",
+            "x.maml.md",
+        ],
+    );
+    assert!(e.contains("gw.key") && e.contains("chmod 600"), "{e}");
+}
+
+#[test]
+fn public_key_files_are_written_so_the_key_checks_accept_them_under_any_umask() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    // A group-writable umask (Debian's default for users with a private group).
+    let o = Command::new("sh")
+        .arg("-c")
+        .arg("umask 002 && \"$0\" keygen --out gw && \"$0\" kem-keygen --out dev && \"$0\" root init --dir root")
+        .arg(aegis_tests::chimera_bin())
+        .current_dir(d)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    for f in ["gw.pub", "dev.kem.pub", "root/root.pub"] {
+        let m = std::fs::metadata(d.join(f)).unwrap().permissions().mode() & 0o777;
+        assert_eq!(m, 0o644, "{f}");
+    }
+    for f in ["gw.key", "dev.kem.key", "root/root.key"] {
+        let m = std::fs::metadata(d.join(f)).unwrap().permissions().mode() & 0o777;
+        assert_eq!(m, 0o600, "{f}");
+    }
+    ok(
+        d,
+        &[
+            "trust",
+            "add-issuer",
+            "--trust",
+            "root/trust.json",
+            "--name",
+            "gw",
+            "--key",
+            "gw.pub",
+        ],
+    );
+    ok(d, &["enroll", "orin-1", "gw.pub", "--kem", "dev.kem.pub"]);
 }

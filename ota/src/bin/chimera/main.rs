@@ -4,7 +4,7 @@
 
 mod gateway;
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use aegis_ota::maml;
@@ -80,6 +80,13 @@ enum Command {
         /// Root public key files that must have signed the trust metadata.
         #[arg(long)]
         root: Vec<PathBuf>,
+        /// Valid signatures needed from the --root keys: the device's current threshold
+        /// (`workflows.trust.threshold`, or the root threshold of the metadata it holds).
+        /// Default: the threshold the metadata itself declares (`root.threshold`) — give the
+        /// device's own when checking a root rotation, as a stolen root key can write
+        /// metadata that declares threshold 1.
+        #[arg(long)]
+        threshold: Option<u32>,
         /// The device to check for.
         #[arg(long)]
         device: Option<String>,
@@ -313,7 +320,7 @@ enum TrustCommand {
 }
 
 /// `wf.maml.md` → `wf.TAG.maml.md` (other names get `.TAG` appended).
-fn derived_name(file: &std::path::Path, tag: &str) -> PathBuf {
+fn derived_name(file: &Path, tag: &str) -> PathBuf {
     let name = file.to_string_lossy();
     PathBuf::from(match name.strip_suffix(".maml.md") {
         Some(stem) => format!("{stem}.{tag}.maml.md"),
@@ -321,14 +328,40 @@ fn derived_name(file: &std::path::Path, tag: &str) -> PathBuf {
     })
 }
 
-fn read_draft(path: &std::path::Path) -> anyhow::Result<TrustMetadata> {
-    let text = std::fs::read(path).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+/// Reads a whole file; the error names it.
+pub(crate) fn read_file(path: &Path) -> anyhow::Result<Vec<u8>> {
+    std::fs::read(path).map_err(|e| anyhow::anyhow!("cannot read {}: {e}", path.display()))
+}
+
+/// Writes a whole file; the error names it.
+pub(crate) fn write_file(path: &Path, bytes: impl AsRef<[u8]>) -> anyhow::Result<()> {
+    std::fs::write(path, bytes).map_err(|e| anyhow::anyhow!("cannot write {}: {e}", path.display()))
+}
+
+/// Creates a directory and its parents; the error names it.
+pub(crate) fn create_dir(path: &Path) -> anyhow::Result<()> {
+    std::fs::create_dir_all(path)
+        .map_err(|e| anyhow::anyhow!("cannot create directory {}: {e}", path.display()))
+}
+
+/// The device registry (`chimera enroll`): empty when the file does not exist yet; any other
+/// read or parse error names the file.
+fn read_registry(path: &Path) -> anyhow::Result<serde_json::Map<String, serde_json::Value>> {
+    match std::fs::read(path) {
+        Ok(b) => serde_json::from_slice(&b).map_err(|e| anyhow::anyhow!("{}: {e}", path.display())),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Default::default()),
+        Err(e) => anyhow::bail!("cannot read {}: {e}", path.display()),
+    }
+}
+
+fn read_draft(path: &Path) -> anyhow::Result<TrustMetadata> {
+    let text = read_file(path)?;
     serde_json::from_slice(&text).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))
 }
 
-fn write_draft(path: &std::path::Path, mut t: TrustMetadata) -> anyhow::Result<()> {
+fn write_draft(path: &Path, mut t: TrustMetadata) -> anyhow::Result<()> {
     t.version += 1;
-    std::fs::write(path, serde_json::to_vec_pretty(&t)?)?;
+    write_file(path, serde_json::to_vec_pretty(&t)?)?;
     println!(
         "{} is now version {} (sign it with `chimera root sign-trust`)",
         path.display(),
@@ -337,7 +370,7 @@ fn write_draft(path: &std::path::Path, mut t: TrustMetadata) -> anyhow::Result<(
     Ok(())
 }
 
-fn b64_pub(path: &std::path::Path) -> anyhow::Result<String> {
+fn b64_pub(path: &Path) -> anyhow::Result<String> {
     use base64::Engine as _;
     Ok(base64::engine::general_purpose::STANDARD.encode(PublicKey::read(path)?.to_bytes()))
 }
@@ -362,6 +395,35 @@ fn uuid_v4() -> anyhow::Result<String> {
     ))
 }
 
+/// The threshold `chimera verify` applies to the --root keys, and where it comes from: the
+/// one given, else the one the metadata declares (`root.threshold`, at least 1). The
+/// metadata is read here unverified, only for that number; `verify_update` then checks its
+/// signatures at that threshold.
+fn root_threshold(file: &[u8], given: Option<u32>) -> anyhow::Result<(u32, &'static str)> {
+    if let Some(t) = given {
+        anyhow::ensure!(t >= 1, "--threshold must be at least 1");
+        return Ok((t, "given with --threshold"));
+    }
+    let (signed, _) = aegis_ota::trust::split(file)?;
+    let meta: TrustMetadata = serde_json::from_slice(&signed)?;
+    Ok((meta.root.threshold.max(1), "the metadata's root.threshold"))
+}
+
+/// How many distinct --root keys made a valid signature over the trust metadata.
+fn root_signers(file: &[u8], roots: &[PublicKey]) -> usize {
+    let Ok((signed, blocks)) = aegis_ota::trust::split(file) else {
+        return 0;
+    };
+    let mut ids: Vec<String> = blocks
+        .iter()
+        .filter_map(|b| aegis_ota::sign::verify_block(&signed, b, Purpose::Trust, roots).ok())
+        .map(|k| k.id().to_string())
+        .collect();
+    ids.sort();
+    ids.dedup();
+    ids.len()
+}
+
 fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Keygen { out } => {
@@ -369,7 +431,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             let secret = out.with_extension("key");
             let public = out.with_extension("pub");
             key.write(&secret)?;
-            std::fs::write(&public, key.public().to_file_text())?;
+            key.public().write(&public)?;
             println!(
                 "{} (secret, 0600)\n{} (public)\nkey id {}",
                 secret.display(),
@@ -403,13 +465,14 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 .write(true)
                 .create_new(true)
                 .open(&out)
-                .map_err(|e| anyhow::anyhow!("{}: {e}", out.display()))?;
-            f.write_all(text.as_bytes())?;
+                .map_err(|e| anyhow::anyhow!("cannot create {}: {e}", out.display()))?;
+            f.write_all(text.as_bytes())
+                .map_err(|e| anyhow::anyhow!("cannot write {}: {e}", out.display()))?;
             println!("{}", out.display());
         }
         Command::Sign { file, key, out } => {
             let key = SecretKey::read(&key)?;
-            let doc = std::fs::read(&file)?;
+            let doc = read_file(&file)?;
             if maml::split_signed(&doc).is_ok() {
                 anyhow::bail!("{} is already signed", file.display());
             }
@@ -423,9 +486,12 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             let block = key.sign_block(&out_bytes, Purpose::Workflow)?;
             out_bytes.extend_from_slice(block.render().as_bytes());
             let out = out.unwrap_or_else(|| derived_name(&file, "signed"));
-            std::fs::write(&out, out_bytes)?;
-            if let Ok(m) = std::fs::read(gateway::mirror_sidecar(&file)) {
-                std::fs::write(gateway::mirror_sidecar(&out), m)?;
+            write_file(&out, out_bytes)?;
+            let sidecar = gateway::mirror_sidecar(&file);
+            match std::fs::read(&sidecar) {
+                Ok(m) => write_file(&gateway::mirror_sidecar(&out), m)?,
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => anyhow::bail!("cannot read {}: {e}", sidecar.display()),
             }
             println!("{} signed by {}", out.display(), key.public().id());
         }
@@ -465,11 +531,10 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             out,
         } => {
             let signer = SecretKey::read(&key)?;
-            let mut reg: serde_json::Map<String, serde_json::Value> = serde_json::from_slice(
-                &std::fs::read(&registry)
-                    .map_err(|e| anyhow::anyhow!("{}: {e}", registry.display()))?,
-            )?;
-            std::fs::create_dir_all(&out)?;
+            let mut reg: serde_json::Map<String, serde_json::Value> =
+                serde_json::from_slice(&read_file(&registry)?)
+                    .map_err(|e| anyhow::anyhow!("{}: {e}", registry.display()))?;
+            create_dir(&out)?;
             // A rerun rotates the key: members are whoever is enrolled in the group now (a
             // device re-enrolled without the group is left out), and `seal --to GROUP`
             // uses only the new key from then on.
@@ -482,10 +547,8 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 .unwrap_or("key")
                 .to_string();
             gk.write(&out.join(format!("{group}.{short}.kem.key")))?;
-            std::fs::write(
-                out.join(format!("{group}.{short}.kem.pub")),
-                gk.public().to_file_text(),
-            )?;
+            gk.public()
+                .write(&out.join(format!("{group}.{short}.kem.pub")))?;
             let members: Vec<(String, String)> = reg
                 .iter()
                 .filter(|(_, e)| {
@@ -501,14 +564,19 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             );
             for (device, kem) in &members {
                 use base64::Engine as _;
-                let member =
-                    SealPublic::from_bytes(&base64::engine::general_purpose::STANDARD.decode(kem)?)
-                        .map_err(|e| anyhow::anyhow!("{device}: {e}"))?;
+                let bytes = base64::engine::general_purpose::STANDARD
+                    .decode(kem)
+                    .map_err(|e| {
+                        anyhow::anyhow!("{}: {device}'s kem_key: {e}", registry.display())
+                    })?;
+                let member = SealPublic::from_bytes(&bytes).map_err(|e| {
+                    anyhow::anyhow!("{}: {device}'s kem_key: {e}", registry.display())
+                })?;
                 let mut text =
                     aegis_ota::seal::group_key_delivery(&group, &gk, &member)?.into_bytes();
                 let block = signer.sign_block(&text, Purpose::KeyDelivery)?;
                 text.extend_from_slice(block.render().as_bytes());
-                std::fs::write(out.join(format!("{group}.for-{device}.delivery")), text)?;
+                write_file(&out.join(format!("{group}.for-{device}.delivery")), text)?;
             }
             let pub_line = gk
                 .public()
@@ -525,7 +593,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 retired.push(old.into());
             }
             reg.insert(group.clone(), serde_json::json!({ "group": true, "kem_key": pub_line, "key_id": gk.public().id(), "retired": retired }));
-            std::fs::write(&registry, serde_json::to_vec_pretty(&reg)?)?;
+            write_file(&registry, serde_json::to_vec_pretty(&reg)?)?;
             println!(
                 "group {group}: key {} delivered to {} members in {}",
                 gk.public().id(),
@@ -537,7 +605,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             let key = SealSecret::generate()?;
             let (secret, public) = (out.with_extension("kem.key"), out.with_extension("kem.pub"));
             key.write(&secret)?;
-            std::fs::write(&public, key.public().to_file_text())?;
+            key.public().write(&public)?;
             println!(
                 "{} (secret, 0600)\n{} (public)\nkey id {}",
                 secret.display(),
@@ -551,11 +619,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             registry,
             out,
         } => {
-            let reg: serde_json::Map<String, serde_json::Value> = match std::fs::read(&registry) {
-                Ok(b) => serde_json::from_slice(&b)
-                    .map_err(|e| anyhow::anyhow!("{}: {e}", registry.display()))?,
-                Err(_) => Default::default(),
-            };
+            let reg = read_registry(&registry)?;
             let mut recipients = Vec::new();
             for r in &to {
                 let p = PathBuf::from(r);
@@ -568,22 +632,28 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                         .and_then(|k| k.as_str())
                         .ok_or_else(|| anyhow::anyhow!("{r:?} is neither a key file nor a device/group with an ML-KEM key in {}", registry.display()))?;
                     use base64::Engine as _;
-                    let bytes = base64::engine::general_purpose::STANDARD.decode(kem)?;
-                    recipients.push(
-                        SealPublic::from_bytes(&bytes).map_err(|e| anyhow::anyhow!("{r}: {e}"))?,
-                    );
+                    let bytes = base64::engine::general_purpose::STANDARD
+                        .decode(kem)
+                        .map_err(|e| {
+                            anyhow::anyhow!("{}: {r}'s kem_key: {e}", registry.display())
+                        })?;
+                    recipients.push(SealPublic::from_bytes(&bytes).map_err(|e| {
+                        anyhow::anyhow!("{}: {r}'s kem_key: {e}", registry.display())
+                    })?);
                 }
             }
-            let text = String::from_utf8(maml::normalise(&std::fs::read(&file)?))?;
+            let text = String::from_utf8(maml::normalise(&read_file(&file)?))
+                .map_err(|e| anyhow::anyhow!("{}: not UTF-8 text: {e}", file.display()))?;
             let clear = maml::parse(text.as_bytes())
                 .map_err(|e| anyhow::anyhow!("{}: {e}", file.display()))?;
-            let sealed = aegis_ota::seal::seal(&text, &recipients)?;
+            let sealed = aegis_ota::seal::seal(&text, &recipients)
+                .map_err(|e| anyhow::anyhow!("{}: {e}", file.display()))?;
             let out = out.unwrap_or_else(|| derived_name(&file, "sealed"));
-            std::fs::write(&out, sealed)?;
+            write_file(&out, sealed)?;
             // The mirror a device's receipt will carry (it mirrors the opened document);
             // `publish` reads it, as the sealed file no longer shows the sections.
-            std::fs::write(
-                gateway::mirror_sidecar(&out),
+            write_file(
+                &gateway::mirror_sidecar(&out),
                 serde_json::to_vec_pretty(&aegis_ota::receipt::mirror(&clear))?,
             )?;
             println!(
@@ -601,11 +671,12 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             trust,
             trust_metadata,
             root,
+            threshold,
             device,
             group,
             open,
         } => {
-            let doc = std::fs::read(&file)?;
+            let doc = read_file(&file)?;
             let open_keys = open
                 .iter()
                 .map(|p| SealSecret::read(p))
@@ -633,12 +704,24 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                     let now = std::time::SystemTime::now()
                         .duration_since(std::time::UNIX_EPOCH)
                         .map_or(0, |d| d.as_secs() as i64);
-                    let meta =
-                        TrustMetadata::verify_update(&std::fs::read(&tm)?, &roots, 1, 0, now)
-                            .map_err(|e| anyhow::anyhow!("REFUSED trust metadata: {e}"))?;
+                    let tm_bytes = read_file(&tm)?;
+                    let (needed, source) = root_threshold(&tm_bytes, threshold).map_err(|e| {
+                        anyhow::anyhow!("REFUSED trust metadata {}: {e}", tm.display())
+                    })?;
+                    let meta = TrustMetadata::verify_update(&tm_bytes, &roots, needed, 0, now)
+                        .map_err(|e| {
+                            anyhow::anyhow!(
+                                "REFUSED trust metadata {}: {e} (threshold {needed}, {source})",
+                                tm.display()
+                            )
+                        })?;
                     println!(
-                        "ok  trust metadata version {} (expires {})",
-                        meta.version, meta.expires_at
+                        "ok  trust metadata version {} (expires {}): {} of the {} --root keys \
+                         signed it, threshold {needed} ({source})",
+                        meta.version,
+                        meta.expires_at,
+                        root_signers(&tm_bytes, &roots),
+                        roots.len()
                     );
                     let me = aegis_ota::device::Identity {
                         id: device
@@ -698,10 +781,10 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Root {
             what: RootCommand::Init { dir },
         } => {
-            std::fs::create_dir_all(&dir)?;
+            create_dir(&dir)?;
             let key = SecretKey::generate()?;
             key.write(&dir.join("root.key"))?;
-            std::fs::write(dir.join("root.pub"), key.public().to_file_text())?;
+            key.public().write(&dir.join("root.pub"))?;
             let draft = TrustMetadata {
                 kind: "aegis-trust".into(),
                 version: 0,
@@ -729,7 +812,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 .map(|k| SecretKey::read(k))
                 .collect::<Result<Vec<_>, _>>()?;
             let refs: Vec<&SecretKey> = keys.iter().collect();
-            std::fs::write(&out, draft.sign(&refs)?)?;
+            write_file(&out, draft.sign(&refs)?)?;
             println!(
                 "{} (version {}, {} signatures)",
                 out.display(),
@@ -796,24 +879,18 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             registry,
         } => {
             let key = PublicKey::read(&pubkey)?;
-            let mut reg: serde_json::Map<String, serde_json::Value> = match std::fs::read(&registry)
-            {
-                Ok(b) => serde_json::from_slice(&b)
-                    .map_err(|e| anyhow::anyhow!("{}: {e}", registry.display()))?,
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => Default::default(),
-                Err(e) => anyhow::bail!("{}: {e}", registry.display()),
-            };
+            let mut reg = read_registry(&registry)?;
             let kem_key = match &kem {
                 Some(p) => {
-                    // Validated, then stored as the file's base64 line.
-                    SealPublic::read(p)?;
-                    let text = std::fs::read_to_string(p)?;
-                    Some(text.lines().nth(1).unwrap_or_default().trim().to_string())
+                    // Validated (with the key file checks), then stored as base64.
+                    use base64::Engine as _;
+                    let k = SealPublic::read(p)?;
+                    Some(base64::engine::general_purpose::STANDARD.encode(k.to_bytes()))
                 }
                 None => None,
             };
             reg.insert(device.clone(), serde_json::json!({ "signing_key": b64_pub(&pubkey)?, "key_id": key.id(), "groups": group, "kem_key": kem_key }));
-            std::fs::write(&registry, serde_json::to_vec_pretty(&reg)?)?;
+            write_file(&registry, serde_json::to_vec_pretty(&reg)?)?;
             println!("enrolled {device} ({}) in {}", key.id(), registry.display());
         }
     }
