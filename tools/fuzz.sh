@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Fuzzes the MAML parser and the device-side verifier with cargo-fuzz (libFuzzer, nightly).
+# Fuzzes the MAML parser, the device-side verifier, the source-URL policy (against a port of
+# libavformat's av_url_split) and the time parser with cargo-fuzz (libFuzzer, nightly).
 # Installs the nightly toolchain and a pinned cargo-fuzz when missing.
 #
 #   tools/fuzz.sh [SECONDS_PER_TARGET]     (default 300; CI uses a short run)
@@ -17,7 +18,7 @@ if ! cargo fuzz --version 2>/dev/null | grep -q " $CARGO_FUZZ_VERSION"; then
   cargo install cargo-fuzz --version "$CARGO_FUZZ_VERSION" --locked -q
 fi
 cd ota
-for target in maml_parse verify; do
+for target in maml_parse verify url_policy time_parse; do
   echo "fuzz: $target for ${SECONDS_PER_TARGET}s"
   log="fuzz/$target.log"
   # -rss_limit_mb: unbounded memory is a failure; -max_len: a little over the 128 KB limit.

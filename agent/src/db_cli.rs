@@ -146,11 +146,11 @@ fn parse_rfc3339_utc(t: &str) -> Option<i64> {
         return None;
     }
     let micros = format!("{frac:0<6}")[..6].parse::<i64>().ok()?;
-    Some(
-        ((aegis_config::civil::days_from_civil(y, mo, da) * 86_400 + hh * 3600 + mm * 60 + ss)
-            * 1_000_000)
-            + micros,
-    )
+    aegis_config::civil::days_from_civil(y, mo, da)?
+        .checked_mul(86_400)?
+        .checked_add(hh * 3600 + mm * 60 + ss)?
+        .checked_mul(1_000_000)?
+        .checked_add(micros)
 }
 
 /// µs since the epoch → `YYYY-MM-DDTHH:MM:SS.ffffffZ`.
@@ -389,7 +389,15 @@ mod tests {
             format_utc(parse_since("1970-01-01T00:00:01.5Z", now).unwrap()),
             "1970-01-01T00:00:01.500000Z"
         );
-        for bad in ["yesterday", "2026-13-01T00:00:00Z", "10x", "2026-11-26"] {
+        for bad in [
+            "yesterday",
+            "2026-13-01T00:00:00Z",
+            "10x",
+            "2026-11-26",
+            "2026-02-30T00:00:00Z",
+            "99999999999999999-01-01T00:00:00Z",
+            "292277026596-12-04T15:30:08Z",
+        ] {
             let e = parse_since(bad, now).err().unwrap().to_string();
             assert!(e.contains(bad), "{e}");
         }

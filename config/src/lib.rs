@@ -17,9 +17,11 @@
 
 pub mod civil;
 mod error;
+mod events;
 mod model;
 mod parse;
 mod recover;
+pub mod url;
 mod validate;
 
 #[cfg(test)]
@@ -41,6 +43,7 @@ pub use model::{
     TrackCondition, TrackerParams, TrustAnchors, VideoCodec, VirtualBackgroundStage, WebConfig,
     WorkflowPolicy, WorkflowsConfig,
 };
+pub use url::{Host, NetScheme, NetUrl};
 pub use validate::{check_rule_sensors, parse_colour};
 
 /// Largest configuration file [`load`] accepts, in bytes (1 MiB).

@@ -549,19 +549,17 @@ impl std::fmt::Debug for Secret {
     }
 }
 
-/// Prints the URL without user information or query string (they may hold credentials or
-/// SRT passphrases) and the password as `***`, so configs can be logged.
+/// Prints network URLs [redacted](crate::url::NetUrl::redacted) (no user information, no
+/// query: they may hold credentials or SRT passphrases), URLs that do not parse as
+/// `<invalid URL>`, and the password as `***`, so configs can be logged.
 impl std::fmt::Debug for SourceConfig {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let url = match self.url.split_once("://") {
-            Some((scheme, rest)) => {
-                let rest = rest.split('?').next().unwrap_or_default();
-                let host_start = rest[..rest.find('/').unwrap_or(rest.len())]
-                    .rfind('@')
-                    .map_or(0, |at| at + 1);
-                format!("{scheme}://{}", &rest[host_start..])
+        let url = match self.try_location() {
+            Ok(SourceLocation::Rtsp(u) | SourceLocation::Srt(u) | SourceLocation::Rtmp(u)) => {
+                u.redacted()
             }
-            None => self.url.clone(),
+            Ok(SourceLocation::File(_) | SourceLocation::V4l2(_)) => self.url.clone(),
+            Err(_) => "<invalid URL>".to_owned(),
         };
         f.debug_struct("SourceConfig")
             .field("id", &self.id)
@@ -578,17 +576,22 @@ impl std::fmt::Debug for SourceConfig {
 }
 
 /// Where a source reads its video from, parsed from [`SourceConfig::url`].
+///
+/// Network URLs are held parsed ([`NetUrl`](crate::url::NetUrl)): the policy checks the
+/// parsed host, and libavformat receives [`NetUrl::to_libav`](crate::url::NetUrl::to_libav),
+/// the canonical re-serialisation of exactly what was checked.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum SourceLocation {
     /// A video file (absolute, or relative to the agent's working directory).
     File(PathBuf),
-    /// An RTSP or RTSPS stream; holds the full URL.
-    Rtsp(String),
-    /// An SRT stream (`srt://host:port?mode=caller…`), MPEG-TS inside; holds the full URL.
-    Srt(String),
-    /// An RTMP or RTMPS stream; holds the full URL.
-    Rtmp(String),
-    /// A Video4Linux2 capture device, e.g. `/dev/video0`.
+    /// An RTSP or RTSPS stream.
+    Rtsp(crate::url::NetUrl),
+    /// An SRT stream (`srt://host:port?mode=caller…`), MPEG-TS inside.
+    Srt(crate::url::NetUrl),
+    /// An RTMP or RTMPS stream.
+    Rtmp(crate::url::NetUrl),
+    /// A Video4Linux2 capture device: an absolute path such as `/dev/video0`, without `.`,
+    /// `..` or empty components.
     V4l2(PathBuf),
 }
 
@@ -596,10 +599,16 @@ impl SourceConfig {
     /// The parsed location of this source.
     ///
     /// Meaningful on a validated configuration (validation rejects every URL
-    /// that does not parse); an unparseable URL is treated as a file path.
+    /// that does not parse); an unparseable URL is treated as a file path. Security checks
+    /// use [`SourceConfig::try_location`], which fails instead.
     pub fn location(&self) -> SourceLocation {
-        crate::validate::parse_source_url(&self.url)
+        self.try_location()
             .unwrap_or_else(|_| SourceLocation::File(PathBuf::from(&self.url)))
+    }
+
+    /// The parsed location of this source, or the reason the URL does not parse.
+    pub fn try_location(&self) -> Result<SourceLocation, String> {
+        crate::validate::parse_source_url(&self.url)
     }
 }
 
@@ -998,9 +1007,17 @@ pub struct WebConfig {
     /// `127.0.0.1:8080`, or `0.0.0.0:8080` to accept remote connections).
     #[serde(default = "default_web_listen")]
     pub listen: String,
-    /// Serve `/metrics` without authentication.
+    /// Serve `/metrics` without a credential. When off, scrapers send the
+    /// local API token (`Authorization: Bearer …`, Prometheus'
+    /// `authorization.credentials_file`).
     #[serde(default = "default_true")]
     pub metrics_public: bool,
+    /// The local API token file: `POST /workflow` (and `/metrics` unless
+    /// public) need `Authorization: Bearer <its contents>`. Created (0600,
+    /// 256 random bits) at first start; `aegis workflow apply` reads it.
+    /// Default: `api.token` next to `store.path`.
+    #[serde(default)]
+    pub token_file: Option<PathBuf>,
 }
 
 impl Default for WebConfig {
@@ -1008,6 +1025,23 @@ impl Default for WebConfig {
         Self {
             listen: default_web_listen(),
             metrics_public: default_true(),
+            token_file: None,
+        }
+    }
+}
+
+impl AgentConfig {
+    /// Where the local API token lives (`web.token_file`, else `api.token` next to the
+    /// store).
+    pub fn token_path(&self) -> PathBuf {
+        match &self.web.token_file {
+            Some(p) => p.clone(),
+            None => self
+                .store
+                .path
+                .parent()
+                .filter(|d| !d.as_os_str().is_empty())
+                .map_or_else(|| PathBuf::from("api.token"), |d| d.join("api.token")),
         }
     }
 }
@@ -1440,10 +1474,17 @@ pub struct WorkflowPolicy {
     /// Refuse workflows that are not sealed.
     #[serde(default)]
     pub require_sealing: bool,
-    /// Hosts a network source may name (`*` = any; `v4l2` allows cameras).
-    /// Empty: workflows may not add network sources.
+    /// Hosts a network source may name: DNS names (compared without regard to case), IPv4
+    /// or IPv6 addresses (compared as addresses), or `*` for any. The host is the one the
+    /// strictly parsed URL names, which is the one libavformat connects to. Empty: workflows
+    /// may not add network sources. (An entry `v4l2` no longer allows cameras: list their
+    /// device nodes under `devices`.)
     #[serde(default)]
     pub source_hosts: Vec<String>,
+    /// Camera device nodes a `v4l2` source of a workflow may open, as absolute paths
+    /// compared exactly (e.g. `/dev/video0`). Empty: workflows may not open cameras.
+    #[serde(default)]
+    pub devices: Vec<PathBuf>,
     /// Directories that file sources, recordings and background images of a
     /// workflow must be under.
     #[serde(default = "default_policy_paths")]
@@ -1466,6 +1507,7 @@ impl Default for WorkflowPolicy {
             algorithms: default_algorithms(),
             require_sealing: false,
             source_hosts: Vec::new(),
+            devices: Vec::new(),
             paths: default_policy_paths(),
             models: default_policy_models(),
             max_sequence_jump: default_max_sequence_jump(),

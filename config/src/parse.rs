@@ -11,13 +11,13 @@ use serde::de::DeserializeOwned;
 use serde_yaml_ng::{Mapping, Value};
 
 use crate::error::Problem;
+use crate::events::{self, Finding, Stop};
 use crate::model::{
     AgentConfig, PipelineConfig, SinkConfig, SourceConfig, StageConfig, default_pool_frames,
     default_queue_depth,
 };
 use crate::recover::{
-    MAX_DEPTH, find_anchors, join_key, recover, recover_list, recover_tagged, recover_tracking,
-    split_mapping, too_deep,
+    MAX_DEPTH, join_key, recover, recover_list, recover_tagged, recover_tracking, split_mapping,
 };
 use crate::validate;
 
@@ -54,6 +54,11 @@ const STAGE_KINDS: &[&str] = &[
 const SINK_KINDS: &[&str] = &["record", "discard"];
 
 /// Parses text to a YAML value, enforcing size, anchor and depth rules.
+///
+/// The rules are checked on libyaml's event stream (see [`events`]) before
+/// serde_yaml_ng builds anything, so a hostile document costs at most a
+/// bounded amount of parser work; only text that passed is given to
+/// serde_yaml_ng.
 pub(crate) fn parse_document(text: &str) -> Result<Value, Vec<Problem>> {
     if text.len() > MAX_TEXT_BYTES {
         return Err(vec![Problem::new(
@@ -64,19 +69,37 @@ pub(crate) fn parse_document(text: &str) -> Result<Value, Vec<Problem>> {
             ),
         )]);
     }
-    let anchors = find_anchors(text);
-    if !anchors.is_empty() {
-        return Err(anchors);
-    }
-    let value: Value = serde_yaml_ng::from_str(text)
-        .map_err(|error| vec![Problem::new("", format!("invalid YAML: {error}"))])?;
-    if let Some(path) = too_deep(&value) {
-        return Err(vec![Problem::new(
-            path,
-            format!("nested deeper than {MAX_DEPTH} levels"),
-        )]);
-    }
-    Ok(value)
+    events::check(text, MAX_DEPTH).map_err(|finding| vec![problem_of(finding)])?;
+    serde_yaml_ng::from_str(text)
+        .map_err(|error| vec![Problem::new("", format!("invalid YAML: {error}"))])
+}
+
+/// The operator's wording of what the event pre-pass stopped at.
+fn problem_of(finding: Finding) -> Problem {
+    let Finding {
+        stop,
+        path,
+        line,
+        column,
+    } = finding;
+    let what = match stop {
+        Stop::Syntax(message) => return Problem::new(path, format!("invalid YAML: {message}")),
+        Stop::TooDeep => {
+            return Problem::new(
+                path,
+                format!("line {line} column {column}: nested deeper than {MAX_DEPTH} levels"),
+            );
+        }
+        Stop::Anchor => "anchors (&name)",
+        Stop::Alias => "aliases (*name)",
+    };
+    Problem::new(
+        path,
+        format!(
+            "line {line} column {column}: YAML {what} are not supported in configuration \
+             files; write the value out in full"
+        ),
+    )
 }
 
 /// Parses and validates a full agent configuration.

@@ -8,8 +8,9 @@
 //! is retried. Pieces that still cannot be built are skipped, but their
 //! siblings are still checked.
 //!
-//! It also rejects YAML features that have no place in a device config and
-//! that could hide what a value really is: anchors/aliases and deep nesting.
+//! Anchors, aliases and deep nesting, which have no place in a device config
+//! and could hide what a value really is, are rejected before this module
+//! sees a value, by the event pre-pass in `events`.
 
 use serde::de::DeserializeOwned;
 use serde_yaml_ng::{Mapping, Value};
@@ -18,7 +19,8 @@ use crate::error::Problem;
 
 /// How many errors one piece may produce before we stop retrying it.
 const MAX_ROUNDS: usize = 64;
-/// Deepest nesting of mappings and lists accepted in a config document.
+/// Deepest nesting of mappings and lists accepted in a config document: at
+/// most this many may be open at once.
 pub(crate) const MAX_DEPTH: usize = 32;
 
 /// `prefix.key`, or `key` at the top level.
@@ -292,143 +294,4 @@ pub(crate) fn recover_tagged<T>(
             None
         }
     }
-}
-
-/// Finds the first node nested deeper than [`MAX_DEPTH`], returning its path.
-pub(crate) fn too_deep(value: &Value) -> Option<String> {
-    fn walk(value: &Value, depth: usize, path: &str) -> Option<String> {
-        if depth > MAX_DEPTH {
-            return Some(path.to_owned());
-        }
-        match value {
-            Value::Mapping(map) => map.iter().find_map(|(key, child)| {
-                let name = match key {
-                    Value::String(name) => name.clone(),
-                    _ => "?".to_owned(),
-                };
-                walk(child, depth + 1, &join_key(path, &name))
-            }),
-            Value::Sequence(items) => items
-                .iter()
-                .enumerate()
-                .find_map(|(index, child)| walk(child, depth + 1, &join_index(path, index))),
-            Value::Tagged(tagged) => walk(&tagged.value, depth, path),
-            _ => None,
-        }
-    }
-    walk(value, 0, "")
-}
-
-/// Reports YAML anchors (`&name`) and aliases (`*name`).
-///
-/// The loader expands aliases before we see the values, so they are found
-/// by scanning the text: quoted strings, comments and block scalars are
-/// skipped, and `&`/`*` count only where a value may begin (plain scalars
-/// cannot start with them, so valid YAML has no other reading there). The
-/// one false positive is a multi-line plain scalar whose continuation line
-/// starts with `&` or `*`; quoting that value avoids it. Alias expansion in
-/// the loader is bounded by serde_yaml_ng's own limits regardless.
-pub(crate) fn find_anchors(text: &str) -> Vec<Problem> {
-    let mut problems = Vec::new();
-    let mut in_double = false;
-    let mut in_single = false;
-    let mut block_parent_indent: Option<usize> = None;
-    let mut flow_depth: usize = 0;
-
-    for (line_index, line) in text.lines().enumerate() {
-        let indent = line.len() - line.trim_start_matches(' ').len();
-        if let Some(parent) = block_parent_indent {
-            if line.trim().is_empty() || indent > parent {
-                continue;
-            }
-            block_parent_indent = None;
-        }
-        let chars: Vec<char> = line.chars().collect();
-        let mut at_node_start = !(in_double || in_single);
-        let mut previous_blank = true;
-        let mut column = 0;
-        while column < chars.len() {
-            let c = chars[column];
-            let next = chars.get(column + 1).copied();
-            let next_blank = next.is_none_or(char::is_whitespace);
-            if in_double {
-                match c {
-                    '\\' => column += 1,
-                    '"' => in_double = false,
-                    _ => {}
-                }
-            } else if in_single {
-                if c == '\'' {
-                    if next == Some('\'') {
-                        column += 1;
-                    } else {
-                        in_single = false;
-                    }
-                }
-            } else if c.is_whitespace() {
-                // Whitespace never changes what may come next.
-            } else if c == '#' && previous_blank {
-                break;
-            } else if at_node_start {
-                match c {
-                    '&' | '*' => {
-                        let what = if c == '&' {
-                            "anchors (&name)"
-                        } else {
-                            "aliases (*name)"
-                        };
-                        problems.push(Problem::new(
-                            "",
-                            format!(
-                                "line {} column {}: YAML {what} are not supported in \
-                                 configuration files; write the value out in full",
-                                line_index + 1,
-                                column + 1
-                            ),
-                        ));
-                        break;
-                    }
-                    '"' => {
-                        in_double = true;
-                        at_node_start = false;
-                    }
-                    '\'' => {
-                        in_single = true;
-                        at_node_start = false;
-                    }
-                    '-' | '?' if next_blank => {}
-                    '[' | '{' => flow_depth += 1,
-                    ']' | '}' => {
-                        flow_depth = flow_depth.saturating_sub(1);
-                        at_node_start = false;
-                    }
-                    '|' | '>' => {
-                        block_parent_indent = Some(indent);
-                        break;
-                    }
-                    '!' => {
-                        // A tag: skip it, a value may still follow.
-                        while chars.get(column + 1).is_some_and(|c| !c.is_whitespace()) {
-                            column += 1;
-                        }
-                    }
-                    _ => at_node_start = false,
-                }
-            } else {
-                match c {
-                    ':' if next_blank
-                        || (flow_depth > 0 && matches!(next, Some(',' | ']' | '}'))) =>
-                    {
-                        at_node_start = true;
-                    }
-                    ',' if flow_depth > 0 => at_node_start = true,
-                    ']' | '}' if flow_depth > 0 => flow_depth -= 1,
-                    _ => {}
-                }
-            }
-            previous_blank = c.is_whitespace();
-            column += 1;
-        }
-    }
-    problems
 }

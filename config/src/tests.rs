@@ -321,7 +321,20 @@ fn source_url_forms() {
     );
     assert_eq!(
         location("rtsps://h/x"),
-        SourceLocation::Rtsp("rtsps://h/x".into())
+        SourceLocation::Rtsp(NetUrl::parse("rtsps://h/x").unwrap())
+    );
+    match location("RTMP://U:pw@Enc.Example:1935/live/key") {
+        SourceLocation::Rtmp(u) => {
+            assert_eq!(u.host_str(), "enc.example");
+            assert_eq!(
+                u.to_libav(None, None),
+                "rtmp://U:pw@enc.example:1935/live/key"
+            );
+        }
+        other => panic!("not rtmp: {other:?}"),
+    }
+    assert!(
+        matches!(location("srt://10.0.0.5:9000?mode=caller"), SourceLocation::Srt(u) if u.port == Some(9000))
     );
     assert_eq!(
         location("v4l2:///dev/video0"),
@@ -578,29 +591,83 @@ fn yaml_syntax_error_reports_line() {
 
 #[test]
 fn anchors_and_aliases_are_rejected() {
+    // The first anchor or alias stops the parse, with its position and path.
     let text =
         "device: &dev {id: d}\npipeline:\n  sources:\n    - &src {id: a, url: a.mp4}\n    - *src\n";
     let problems = problems_of(text);
-    assert_eq!(problems.len(), 3, "{problems:?}");
+    assert_eq!(problems.len(), 1, "{problems:?}");
+    assert_eq!(problems[0].path, "device");
     assert!(
         problems[0]
             .reason
-            .starts_with("line 1 column 9: YAML anchors")
+            .starts_with("line 1 column 9: YAML anchors"),
+        "{problems:?}"
     );
+    let text = "device: {id: d}\npipeline:\n  sources:\n    - {id: a, url: a.mp4}\n    - *src\n";
+    let problems = problems_of(text);
+    assert_eq!(problems.len(), 1, "{problems:?}");
+    assert_eq!(problems[0].path, "pipeline.sources[1]");
     assert!(
-        problems[2]
+        problems[0]
             .reason
-            .starts_with("line 5 column 7: YAML aliases")
+            .starts_with("line 5 column 7: YAML aliases"),
+        "{problems:?}"
     );
-    // `&` and `*` inside values, quotes, comments and block scalars are fine.
-    ok(&format!(
-        "{}# a comment with &anchor and *alias\ndevice:\n  id: d\n  name: \"Tom & *Jerry\"\nlog:\n  level: |\n    *info\n",
-        minimal().replace("device: {id: dev0}\n", "")
+    // Flow style, which a text scan missed: anchors and aliases after `:` or
+    // `,` without a space, on scalars, lists and mappings.
+    for (flow, at, what) in [
+        ("{\"k\":&a x, \"j\": *a}", '&', "anchors"),
+        ("{\"k\": x, \"j\":*a}", '*', "aliases"),
+        ("[\"a\",&b 1]", '&', "anchors"),
+        ("[\"a\",*b]", '*', "aliases"),
+        ("{a: [1, &c {x: 1}]}", '&', "anchors"),
+        ("[&d [1]]", '&', "anchors"),
+        ("[!!str &e q]", '!', "anchors"),
+        ("{? &f k : v}", '&', "anchors"),
+    ] {
+        let problems = problems_of(&format!("{}sensors: {flow}\n", minimal()));
+        assert_eq!(problems.len(), 1, "{flow}: {problems:?}");
+        let column = "sensors: ".len() + flow.find(at).expect("marker") + 1;
+        assert!(
+            problems[0]
+                .reason
+                .starts_with(&format!("line 5 column {column}: YAML {what}")),
+            "{flow}: {problems:?}"
+        );
+    }
+    // A multi-line flow alias, after a comment.
+    let problems = problems_of(&format!(
+        "{}sensors: [1, # &not-this\n  *this]\n",
+        minimal()
     ));
-    ok(&format!(
-        "{}device: {{id: d, name: R&D *lab*}}\n",
-        minimal().replace("device: {id: dev0}\n", "")
+    assert!(
+        problems[0]
+            .reason
+            .starts_with("line 6 column 3: YAML aliases"),
+        "{problems:?}"
+    );
+    // `&` and `*` inside values, quotes, comments and block scalars are fine,
+    // and so is a continuation line of a plain scalar that starts with them
+    // (the text scanner's false positive).
+    let device_free = minimal().replace("device: {id: dev0}\n", "");
+    let config = ok(&format!(
+        "{device_free}# a comment with &anchor and *alias\ndevice:\n  id: d\n  name: \"Tom & *Jerry\"\nlog:\n  level: |\n    *info\n"
     ));
+    assert_eq!(config.device.name.as_deref(), Some("Tom & *Jerry"));
+    let config = ok(&format!(
+        "{device_free}device: {{id: d, name: R&D *lab*}}\n"
+    ));
+    assert_eq!(config.device.name.as_deref(), Some("R&D *lab*"));
+    let config = ok(&format!("{device_free}device:\n  id: d\n  name: a&b\n"));
+    assert_eq!(config.device.name.as_deref(), Some("a&b"));
+    let config = ok(&format!(
+        "{device_free}device:\n  id: d\n  name: lobby\n    &north *door\n"
+    ));
+    assert_eq!(config.device.name.as_deref(), Some("lobby &north *door"));
+    let config = ok(&format!(
+        "{device_free}device: {{id: d, name: 'it''s &x, *y'}}\n"
+    ));
+    assert_eq!(config.device.name.as_deref(), Some("it's &x, *y"));
 }
 
 #[test]
@@ -608,8 +675,28 @@ fn deep_nesting_is_rejected() {
     let deep = format!("{}1{}", "[".repeat(40), "]".repeat(40));
     let problems = problems_of(&format!("{}sensors: {deep}\n", minimal()));
     assert_eq!(problems.len(), 1);
-    assert!(problems[0].reason.contains("deeper than 32"));
-    assert!(problems[0].path.starts_with("sensors[0]"));
+    // The root mapping and 31 lists are open: the 32nd list is one too many.
+    assert_eq!(problems[0].path, format!("sensors{}", "[0]".repeat(31)));
+    assert_eq!(
+        problems[0].reason,
+        "line 5 column 41: nested deeper than 32 levels"
+    );
+    // Exactly 32 open collections are allowed; block style counts the same.
+    let deep = format!("{}1{}", "[".repeat(31), "]".repeat(31));
+    let problems = problems_of(&format!("{}sensors: {deep}\n", minimal()));
+    assert!(problems[0].path.starts_with("sensors"), "{problems:?}");
+    assert!(!problems[0].reason.contains("deeper"), "{problems:?}");
+    let mut block = String::from("sensors:\n");
+    for level in 1..40 {
+        block.push_str(&format!("{}k{level}:\n", "  ".repeat(level)));
+    }
+    let problems = problems_of(&format!("{}{block}", minimal()));
+    assert_eq!(problems.len(), 1, "{problems:?}");
+    assert!(
+        problems[0].path.starts_with("sensors.k1.k2.") && problems[0].path.ends_with(".k31"),
+        "{problems:?}"
+    );
+    assert!(problems[0].reason.ends_with("nested deeper than 32 levels"));
 }
 
 #[test]
@@ -841,4 +928,116 @@ sensors:
         err.contains("pipeline.rules[0].when.all[1].sensor.name"),
         "{err}"
     );
+}
+
+/// Every URL the strict parser refuses fails validation at `sources[i].url` with the parser's
+/// reason; the config's `Debug` never shows user information or the query.
+#[test]
+fn ambiguous_source_urls_fail_validation_with_the_parsers_reason() {
+    let cases = [
+        ("rtsp://127.0.0.2?@169.254.169.254/x", None),
+        ("rtsp://a@b@127.0.0.2/", Some("more than one '@'")),
+        ("rtsp://127.0.0.2#@evil/", Some("fragment")),
+        ("rtsp://127.1/", Some("ambiguous numeric host")),
+        ("rtmp://2130706433/app", Some("ambiguous numeric host")),
+        ("rtsp://[::1%25lo]/", Some("zone")),
+        ("rtsp://h:554x/", Some("invalid character 'x' in the port")),
+        ("srt://h", Some("need a port")),
+        ("rtsp://h/s?tcp", Some("transport")),
+        ("v4l2:///dev/../dev/video0", Some("`..` component")),
+        ("v4l2:///dev//video0", Some("empty component")),
+        ("v4l2:///dev/./video0", Some("`.` component")),
+        ("v4l2://dev/video0", Some("absolute device path")),
+        ("v4l2:///dev/video0/", Some("empty component")),
+    ];
+    for (url, reason) in cases {
+        let text = format!(
+            "device: {{id: d}}\npipeline:\n  sources:\n    - {{id: a, url: a.mp4}}\n    - {{id: b, url: \"{url}\"}}\n"
+        );
+        match reason {
+            None => {
+                // Not ambiguous: the authority ends at '?', so the host is 127.0.0.2 for the
+                // parser and for libavformat alike.
+                let cfg = ok(&text);
+                match cfg.pipeline.sources[1].location() {
+                    SourceLocation::Rtsp(u) => assert_eq!(u.host_str(), "127.0.0.2"),
+                    other => panic!("{other:?}"),
+                }
+            }
+            Some(reason) => {
+                let problems = problems_of(&text);
+                assert_eq!(problems.len(), 1, "{url}: {problems:?}");
+                assert_eq!(problems[0].path, "pipeline.sources[1].url", "{url}");
+                assert!(
+                    problems[0].reason.contains(reason),
+                    "{url}: {:?} lacks {reason:?}",
+                    problems[0].reason
+                );
+            }
+        }
+    }
+    let text = minimal().replace(
+        "{id: cam0, url: clip.mp4}",
+        "{id: cam0, url: \"srt://enc:9000?passphrase=sesame99&mode=caller\"}",
+    );
+    let shown = format!("{:?}", ok(&text));
+    assert!(!shown.contains("sesame99"), "{shown}");
+    assert!(shown.contains("srt://enc:9000?***"), "{shown}");
+    let text = minimal().replace(
+        "{id: cam0, url: clip.mp4}",
+        "{id: cam0, url: \"rtsp://admin:hunter2@cam/live\"}",
+    );
+    let shown = format!("{:?}", ok(&text));
+    assert!(
+        !shown.contains("hunter2") && !shown.contains("admin"),
+        "{shown}"
+    );
+}
+
+#[test]
+fn policy_devices_must_be_plain_absolute_paths() {
+    let text = "device: { id: d }\npipeline:\n  sources: [{ id: a, url: \"file:///x.mp4\" }]\nworkflows:\n  policy: { devices: [/dev/video0, dev/video1, /dev/../video2, /dev//video3] }\n";
+    let problems = problems_of(text);
+    let paths: Vec<&str> = problems.iter().map(|p| p.path.as_str()).collect();
+    assert_eq!(
+        paths,
+        [
+            "workflows.policy.devices[1]",
+            "workflows.policy.devices[2]",
+            "workflows.policy.devices[3]"
+        ],
+        "{problems:?}"
+    );
+    let good = text.replace(", dev/video1, /dev/../video2, /dev//video3", "");
+    assert_eq!(
+        ok(&good).workflows.policy.devices,
+        [PathBuf::from("/dev/video0")]
+    );
+}
+
+#[test]
+fn overlapping_record_directories_are_named_once_each() {
+    let text = format!(
+        "{}  sinks:\n    - {{kind: record, dir: /r/a}}\n    - {{kind: record, dir: /r/a/b}}\n    - {{kind: record, dir: /r/c}}\n    - {{kind: record, dir: /r/a}}\n    - {{kind: record, dir: /r/ab}}\n    - {{kind: record, dir: /r}}\n",
+        minimal()
+    );
+    let problems = problems_of(&text);
+    let got: Vec<(String, String)> = problems
+        .iter()
+        .map(|p| (p.path.clone(), p.reason.clone()))
+        .collect();
+    // A sink is named when an earlier one overlaps it: /r/a/b (1) and the second /r/a (3)
+    // nest in /r/a (0); /r (5) holds them all. /r/c (2) and /r/ab (4, a name prefix of
+    // /r/a, not a path prefix) overlap only the later /r, which is named instead.
+    let paths: Vec<&str> = got.iter().map(|(p, _)| p.as_str()).collect();
+    assert_eq!(
+        paths,
+        [
+            "pipeline.sinks[1].dir",
+            "pipeline.sinks[3].dir",
+            "pipeline.sinks[5].dir"
+        ],
+        "{got:?}"
+    );
+    assert!(got.iter().all(|(_, m)| m.contains("sinks[0]")), "{got:?}");
 }

@@ -105,20 +105,108 @@ impl FileDemuxer {
 
     /// Opens a network input (`rtsp://…`) with libavformat `options`; `interrupt` is polled
     /// during every blocking operation and aborts it by returning true (stall watchdog,
-    /// shutdown). `shown_as` is what errors print instead of the URL (no credentials).
+    /// shutdown). It receives the URL libavformat is working on *now*, which differs from
+    /// `url` once an RTSP server's 3xx redirect made libavformat switch (it does so inside
+    /// `avformat_open_input`; it checks the interrupt before every write, so returning true
+    /// then stops the redirected connection before a byte is sent on it). `shown_as` is what
+    /// errors print instead of the URL (no credentials).
     pub(crate) fn open_live(
         url: &str,
         shown_as: &Path,
         options: ff::Dictionary,
-        interrupt: impl FnMut() -> bool + Send + 'static,
+        mut interrupt: impl FnMut(Option<&str>) -> bool + Send + 'static,
     ) -> Result<Self, ContainerError> {
+        use std::sync::Arc;
+        use std::sync::atomic::{AtomicPtr, Ordering};
         crate::init();
-        let ictx = ff::format::input_with_interrupt_and_dictionary(url, interrupt, options)
-            .map_err(|e| ContainerError::Open {
-                path: shown_as.to_path_buf(),
-                source: e,
-            })?;
-        Self::select_video(ictx, shown_as)
+        let open_err = |source| ContainerError::Open {
+            path: shown_as.to_path_buf(),
+            source,
+        };
+        let c_url = std::ffi::CString::new(url).map_err(|_| open_err(ff::Error::InvalidData))?;
+        let context = Arc::new(AtomicPtr::<ff::ffi::AVFormatContext>::default());
+        let seen_by_callback = context.clone();
+        let callback = move || {
+            let ps = seen_by_callback.load(Ordering::Acquire);
+            // SAFETY: libavformat calls the interrupt callback only from the thread running an
+            // operation on this context, while the context is alive (the callback is dropped
+            // with it), and changes `url` only on that same thread between calls; `url` is a
+            // NUL-terminated string or null.
+            let current = unsafe {
+                match ps.as_ref() {
+                    Some(ctx) if !ctx.url.is_null() => {
+                        std::ffi::CStr::from_ptr(ctx.url).to_str().ok()
+                    }
+                    _ => None,
+                }
+            };
+            interrupt(current)
+        };
+        Self::open_input(
+            &c_url,
+            std::ptr::null(),
+            options,
+            false,
+            Some(&context),
+            callback,
+            shown_as,
+        )
+    }
+
+    /// The open sequence of `ff::format::input_with_interrupt_and_dictionary`, shared by
+    /// network inputs and capture devices: allocate the context, install the interrupt
+    /// callback (and, for `context`, publish the context's address so the callback can read
+    /// it), open with input format `fmt` (null: probe), probe the streams, select the video
+    /// stream. `nonblock` sets `AVFMT_FLAG_NONBLOCK`.
+    fn open_input(
+        url: &std::ffi::CStr,
+        fmt: *const ff::ffi::AVInputFormat,
+        options: ff::Dictionary,
+        nonblock: bool,
+        context: Option<&std::sync::atomic::AtomicPtr<ff::ffi::AVFormatContext>>,
+        callback: impl FnMut() -> bool + Send + 'static,
+        shown_as: &Path,
+    ) -> Result<Self, ContainerError> {
+        let open_err = |source| ContainerError::Open {
+            path: shown_as.to_path_buf(),
+            source,
+        };
+        // SAFETY: `ps` comes from avformat_alloc_context (checked for null); on failure
+        // avformat_open_input frees it (and the callback, dropped with `interrupt.guard` at
+        // the end of this scope, is never called again); after a failed stream probe it is
+        // closed here; on success it is owned by the returned `Input` together with the
+        // callback's guard, which keeps the interrupt's opaque pointer alive. `fmt` is null or
+        // a format libavformat returned. `opts` is disowned into a raw dictionary and re-owned
+        // after the call, as `Dictionary` expects.
+        unsafe {
+            let mut ps = ff::ffi::avformat_alloc_context();
+            if ps.is_null() {
+                return Err(open_err(ff::Error::Other {
+                    errno: libc::ENOMEM,
+                }));
+            }
+            if let Some(c) = context {
+                c.store(ps, std::sync::atomic::Ordering::Release);
+            }
+            let interrupt = ff::util::interrupt::new(Box::new(callback));
+            (*ps).interrupt_callback = interrupt.interrupt;
+            if nonblock {
+                (*ps).flags |= ff::ffi::AVFMT_FLAG_NONBLOCK;
+            }
+            let mut opts = options.disown();
+            let res = ff::ffi::avformat_open_input(&mut ps, url.as_ptr(), fmt, &mut opts);
+            ff::Dictionary::own(opts);
+            if res < 0 {
+                return Err(open_err(ff::Error::from(res)));
+            }
+            let res = ff::ffi::avformat_find_stream_info(ps, std::ptr::null_mut());
+            if res < 0 {
+                ff::ffi::avformat_close_input(&mut ps);
+                return Err(open_err(ff::Error::from(res)));
+            }
+            let ictx = ff::format::context::Input::wrap_with_interrupt(ps, interrupt.guard);
+            Self::select_video(ictx, shown_as)
+        }
     }
 
     /// Opens a capture device through a libavdevice input format (`video4linux2`) with
@@ -139,40 +227,13 @@ impl FileDemuxer {
         let name = CString::new(input_format).map_err(|_| open_err(ff::Error::InvalidData))?;
         let url = CString::new(device.as_os_str().as_encoded_bytes())
             .map_err(|_| open_err(ff::Error::InvalidData))?;
-        // SAFETY: plain FFI calls following libavformat's documented open sequence:
-        // `ps` comes from avformat_alloc_context (checked for null) and is either handed to
-        // `Input::wrap_with_interrupt`, which owns and closes it, or freed by
-        // avformat_open_input / avformat_close_input on failure. The interrupt's opaque
-        // pointer is kept alive by the guard stored in the returned `Input`. `opts` is
-        // disowned into a raw dictionary and re-owned after the call, as `Dictionary` expects.
-        unsafe {
-            let fmt = ff::ffi::av_find_input_format(name.as_ptr());
-            if fmt.is_null() {
-                return Err(open_err(ff::Error::DemuxerNotFound));
-            }
-            let mut ps = ff::ffi::avformat_alloc_context();
-            if ps.is_null() {
-                return Err(open_err(ff::Error::Other {
-                    errno: libc::ENOMEM,
-                }));
-            }
-            let interrupt = ff::util::interrupt::new(Box::new(interrupt));
-            (*ps).interrupt_callback = interrupt.interrupt;
-            (*ps).flags |= ff::ffi::AVFMT_FLAG_NONBLOCK;
-            let mut opts = options.disown();
-            let res = ff::ffi::avformat_open_input(&mut ps, url.as_ptr(), fmt, &mut opts);
-            ff::Dictionary::own(opts);
-            if res < 0 {
-                return Err(open_err(ff::Error::from(res)));
-            }
-            let res = ff::ffi::avformat_find_stream_info(ps, std::ptr::null_mut());
-            if res < 0 {
-                ff::ffi::avformat_close_input(&mut ps);
-                return Err(open_err(ff::Error::from(res)));
-            }
-            let ictx = ff::format::context::Input::wrap_with_interrupt(ps, interrupt.guard);
-            Self::select_video(ictx, device)
+        // SAFETY: av_find_input_format takes a NUL-terminated name and returns a static
+        // format or null.
+        let fmt = unsafe { ff::ffi::av_find_input_format(name.as_ptr()) };
+        if fmt.is_null() {
+            return Err(open_err(ff::Error::DemuxerNotFound));
         }
+        Self::open_input(&url, fmt, options, true, None, interrupt, device)
     }
 
     fn select_video(ictx: ff::format::context::Input, path: &Path) -> Result<Self, ContainerError> {

@@ -291,33 +291,73 @@ pub struct Document {
     pub pipeline_yaml: Option<(String, usize)>,
 }
 
+/// Earliest time [`parse_time`] accepts and [`format_time`] writes: `1970-01-01T00:00:00Z`.
+pub const MIN_TIME_S: i64 = 0;
+/// Latest time [`parse_time`] accepts and [`format_time`] writes: `9999-12-31T23:59:59Z`.
+pub const MAX_TIME_S: i64 = 253_402_300_799;
+
 /// `YYYY-MM-DDTHH:MM:SS[.frac]Z` → seconds since the Unix epoch.
+///
+/// Strict, since these times come from documents and trust metadata: exactly four year
+/// digits, two digits for every other field, an upper-case `T` and `Z` (UTC only, no
+/// offsets), ASCII digits only (no signs, spaces or other numerals), and a fraction, if
+/// any, of 1–9 digits after a `.`, which is truncated (the result is whole seconds). The
+/// date must exist (leap years included) and lie in 1970–9999; hours are 0–23, minutes
+/// and seconds 0–59. Leap seconds (`:60`) are refused: Unix time has no number for them,
+/// and accepting one would give two spellings of the next second. `None` for anything
+/// else; never panics.
 pub fn parse_time(t: &str) -> Option<i64> {
-    let t = t.strip_suffix('Z')?;
-    let (date, time) = t.split_once('T')?;
-    let mut d = date.splitn(3, '-').map(|p| p.parse::<i64>().ok());
-    let (y, mo, da) = (d.next()??, d.next()??, d.next()??);
-    let hms = time.split('.').next()?;
-    let mut h = hms.splitn(3, ':').map(|p| p.parse::<i64>().ok());
-    let (hh, mm, ss) = (h.next()??, h.next()??, h.next()??);
-    if !((1..=12).contains(&mo) && (1..=31).contains(&da) && hh < 24 && mm < 60 && ss <= 60) {
+    let b = t.as_bytes();
+    if b.len() < 20 || [b[4], b[7], b[10], b[13], b[16]] != *b"--T::" {
         return None;
     }
-    let days = aegis_config::civil::days_from_civil(y, mo, da);
-    Some(days * 86_400 + hh * 3600 + mm * 60 + ss)
+    let rest = &b[19..];
+    let rest = match rest.split_first() {
+        Some((b'.', frac)) => {
+            let digits = frac.iter().take_while(|c| c.is_ascii_digit()).count();
+            if !(1..=9).contains(&digits) {
+                return None;
+            }
+            &frac[digits..]
+        }
+        _ => rest,
+    };
+    if rest != b"Z" {
+        return None;
+    }
+    let number = |at: usize, len: usize| -> Option<i64> {
+        b.get(at..at + len)?.iter().try_fold(0_i64, |n, &c| {
+            c.is_ascii_digit().then(|| n * 10 + i64::from(c - b'0'))
+        })
+    };
+    let (y, mo, d) = (number(0, 4)?, number(5, 2)?, number(8, 2)?);
+    let (hh, mm, ss) = (number(11, 2)?, number(14, 2)?, number(17, 2)?);
+    if !(1970..=9999).contains(&y) || hh > 23 || mm > 59 || ss > 59 {
+        return None;
+    }
+    let days = aegis_config::civil::days_from_civil(y, mo, d)?;
+    days.checked_mul(86_400)?
+        .checked_add(hh * 3600 + mm * 60 + ss)
 }
 
 /// Seconds since the Unix epoch → `YYYY-MM-DDTHH:MM:SSZ` (the inverse of [`parse_time`]).
+///
+/// Never panics. Times outside what [`parse_time`] accepts are clamped to
+/// [`MIN_TIME_S`]..=[`MAX_TIME_S`] (`1970-01-01T00:00:00Z`..=`9999-12-31T23:59:59Z`), so the
+/// result always parses back: a pre-1970 clock reads as the epoch, and "never expires"
+/// arithmetic that overshoots reads as the end of year 9999.
 pub fn format_time(secs: i64) -> String {
+    let secs = secs.clamp(MIN_TIME_S, MAX_TIME_S);
     let ((y, m, d), (hh, mm, ss)) = aegis_config::civil::civil_utc(secs);
     format!("{y:04}-{m:02}-{d:02}T{hh:02}:{mm:02}:{ss:02}Z")
 }
 
-/// The system clock in seconds since the Unix epoch.
+/// The system clock in seconds since the Unix epoch (0 for a clock set before 1970,
+/// `i64::MAX` for one beyond the year 292 billion).
 pub fn now_s() -> i64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs() as i64)
+        .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
 }
 
 /// Parses signed bytes (from [`split_signed`], after verification) into a document.
@@ -601,4 +641,108 @@ What this workflow is for, in plain words.
         expires_at = d.expires_at,
         sig = crate::sign::ALG
     )
+}
+
+#[cfg(test)]
+mod time_tests {
+    use super::*;
+
+    #[test]
+    fn valid_times_parse() {
+        assert_eq!(parse_time("1970-01-01T00:00:00Z"), Some(0));
+        assert_eq!(parse_time("2026-11-26T15:22:33Z"), Some(1_795_706_553));
+        assert_eq!(parse_time("2026-11-26T15:22:33.5Z"), Some(1_795_706_553));
+        assert_eq!(
+            parse_time("2026-11-26T15:22:33.123456789Z"),
+            Some(1_795_706_553)
+        );
+        assert_eq!(parse_time("9999-12-31T23:59:59Z"), Some(MAX_TIME_S));
+        assert_eq!(
+            parse_time("9999-12-31T23:59:59.999999999Z"),
+            Some(MAX_TIME_S)
+        );
+        // Leap years: 2000 and 2024 have February 29, 1900 (before the range anyway)
+        // and 2100 do not.
+        assert_eq!(parse_time("2000-02-29T00:00:00Z"), Some(951_782_400));
+        assert_eq!(parse_time("2024-02-29T12:00:00Z"), Some(1_709_208_000));
+        assert_eq!(parse_time("2100-02-28T00:00:00Z"), Some(4_107_456_000));
+        assert_eq!(parse_time("2000-12-31T23:59:59Z"), Some(978_307_199));
+    }
+
+    #[test]
+    fn malformed_or_out_of_range_times_are_refused() {
+        for bad in [
+            "",
+            "Z",
+            "1969-12-31T23:59:59Z",
+            "10000-01-01T00:00:00Z",
+            "99999999999-01-01T00:00:00Z",
+            "-0001-01-01T00:00:00Z",
+            "+2026-01-01T00:00:00Z",
+            "0000-01-01T00:00:00Z",
+            "2026-00-10T00:00:00Z",
+            "2026-13-10T00:00:00Z",
+            "2026-01-00T00:00:00Z",
+            "2026-01-32T00:00:00Z",
+            "2026-04-31T00:00:00Z",
+            "2026-02-29T00:00:00Z",
+            "1900-02-29T00:00:00Z",
+            "2100-02-29T00:00:00Z",
+            "2026-01-01T24:00:00Z",
+            "2026-01-01T23:60:00Z",
+            "2026-01-01T23:59:60Z",
+            "2026-01-01T-1:00:00Z",
+            "2026-01-01T00:-1:00Z",
+            "2026-01-01T00:00:+1Z",
+            "2026-1-01T00:00:00Z",
+            "2026-01-1T00:00:00Z",
+            "2026-01-01T0:00:00Z",
+            "2026-01-01 00:00:00Z",
+            "2026-01-01t00:00:00Z",
+            "2026-01-01T00:00:00z",
+            "2026-01-01T00:00:00",
+            "2026-01-01T00:00:00+00:00",
+            "2026-01-01T00:00:00.Z",
+            "2026-01-01T00:00:00.1234567890Z",
+            "2026-01-01T00:00:00.1aZ",
+            "2026-01-01T00:00:00ZZ",
+            "2026-01-01T00:00:00Z ",
+            " 2026-01-01T00:00:00Z",
+            "2026-01-01T00:00:0 Z",
+            "2026-01-01T00:00:00,5Z",
+            "２０２６-01-01T00:00:00Z",
+            "2026-01-01T00:00:0٥Z",
+        ] {
+            assert_eq!(parse_time(bad), None, "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn format_time_clamps_and_round_trips() {
+        assert_eq!(format_time(0), "1970-01-01T00:00:00Z");
+        assert_eq!(format_time(951_782_400), "2000-02-29T00:00:00Z");
+        assert_eq!(format_time(-1), "1970-01-01T00:00:00Z");
+        assert_eq!(format_time(i64::MIN), "1970-01-01T00:00:00Z");
+        assert_eq!(format_time(MAX_TIME_S), "9999-12-31T23:59:59Z");
+        assert_eq!(format_time(MAX_TIME_S + 1), "9999-12-31T23:59:59Z");
+        assert_eq!(format_time(i64::MAX), "9999-12-31T23:59:59Z");
+        // Every boundary of a day, month and year, and a stride through the whole range.
+        let mut t = MIN_TIME_S;
+        while t <= MAX_TIME_S {
+            for probe in [t, t + 86_399, t.saturating_sub(1).max(0)] {
+                assert_eq!(parse_time(&format_time(probe)), Some(probe), "{probe}");
+            }
+            t += 86_400 * 29 + 3_601;
+        }
+        for probe in [MAX_TIME_S - 1, MAX_TIME_S, 4_107_456_000 - 1, 4_107_456_000] {
+            assert_eq!(parse_time(&format_time(probe)), Some(probe), "{probe}");
+        }
+    }
+
+    #[test]
+    fn now_is_in_range() {
+        let now = now_s();
+        assert!((1_700_000_000..MAX_TIME_S).contains(&now), "{now}");
+        assert_eq!(parse_time(&format_time(now)), Some(now));
+    }
 }

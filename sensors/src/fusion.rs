@@ -285,7 +285,12 @@ impl Fusion {
         let (Some((y, m, d)), Some(utc)) = (r.date, r.utc_s) else {
             return;
         };
-        let day = aegis_config::civil::days_from_civil(i64::from(y), i64::from(m), i64::from(d));
+        // A date that does not exist is a receiver fault: not an epoch to count.
+        let Some(day) =
+            aegis_config::civil::days_from_civil(i64::from(y), i64::from(m), i64::from(d))
+        else {
+            return;
+        };
         let g = &mut self.gps_time;
         let consistent = g.last.is_some_and(|(pd, pu, pt)| {
             let gps_dt = (day - pd) as f64 * 86_400.0 + (utc - pu);

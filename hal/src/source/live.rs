@@ -24,6 +24,22 @@ use crate::container::FileDemuxer;
 use crate::frame::{Frame, FrameLayout, PixelFormat, StreamId};
 use crate::pool::SurfacePool;
 use crate::v4l2::{CaptureRequest, negotiate, query};
+use aegis_config::{NetScheme, NetUrl};
+
+/// libavformat protocols a network source of `scheme` may use, for its `protocol_whitelist`
+/// (everything else, `file`, `http`, `data`, `subfile` included, is refused):
+/// RTSP needs `tcp` for the control connection and `rtp`/`udp` for RTP over UDP; RTSPS runs
+/// the control connection over `tls` (itself over `tcp`) and interleaves RTP in it; RTMP is
+/// the `rtmp` protocol over `tcp` (RTMPS: `rtmps` over `tls`); libsrt makes its own sockets.
+pub(crate) fn protocol_whitelist(scheme: NetScheme) -> &'static str {
+    match scheme {
+        NetScheme::Rtsp => "rtsp,rtp,udp,tcp",
+        NetScheme::Rtsps => "rtsps,tls,tcp",
+        NetScheme::Rtmp => "rtmp,tcp",
+        NetScheme::Rtmps => "rtmps,tls,tcp",
+        NetScheme::Srt => "srt",
+    }
+}
 
 /// RTP transport for RTSP.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -39,7 +55,10 @@ pub enum RtspTransport {
 #[derive(Clone)]
 pub struct LiveSourceSettings {
     /// The stream URL (`rtsp://user:pass@host/path`, `srt://host:port`, `rtmp://host/app/key`),
-    /// credentials included; never logged.
+    /// credentials included; never logged. It must be in canonical form, the output of
+    /// [`aegis_config::NetUrl::to_libav`] (the agent passes exactly that): the connection
+    /// refuses any other spelling, so what the policy checked is what libavformat opens. For
+    /// a V4L2 camera it is the device path.
     pub url: String,
     /// Stream id stamped on every frame.
     pub stream: StreamId,
@@ -103,18 +122,25 @@ impl LiveSourceSettings {
 }
 
 /// A URL as logs, errors and status pages may show it: user information, the query string
-/// (SRT passphrases, tokens) and RTMP stream keys become `***`.
-/// `rtsp://user:secret@host/x` → `rtsp://***@host/x`; `rtmp://h/app/KEY` → `rtmp://h/app/***`.
+/// (SRT passphrases, tokens) and RTMP stream keys are left out or become `***`.
+/// A URL the strict parser accepts is shown as [`NetUrl::redacted`] (`rtsp://user:secret@host/x`
+/// → `rtsp://host/x`); anything else is cut the way libavformat would read it (authority up to
+/// the first `/`, `?` or `#`, user information up to its last `@`):
+/// `rtsp://a:s@t@h/x` → `rtsp://***@h/x`; `rtmp://h/app/KEY` → `rtmp://h/app/***`.
 pub fn redact_url(url: &str) -> String {
+    if let Ok(parsed) = NetUrl::parse(url) {
+        return parsed.redacted();
+    }
     let Some((scheme, rest)) = url.split_once("://") else {
         return url.to_string();
     };
-    let (rest, had_query) = match rest.split_once('?') {
-        Some((r, _)) => (r, true),
-        None => (rest, false),
+    let rest = rest.split('#').next().unwrap_or_default();
+    let authority_end = rest.find(['/', '?']).unwrap_or(rest.len());
+    let (authority, tail) = rest.split_at(authority_end);
+    let (path, had_query) = match tail.split_once('?') {
+        Some((p, _)) => (p, true),
+        None => (tail, false),
     };
-    let authority_end = rest.find('/').unwrap_or(rest.len());
-    let (authority, path) = rest.split_at(authority_end);
     let authority = match authority.rfind('@') {
         Some(at) => format!("***@{}", &authority[at + 1..]),
         None => authority.to_string(),
@@ -248,8 +274,20 @@ impl LiveSource {
 
     fn connect(&mut self) -> Result<Connection, String> {
         let mut opts = ff::Dictionary::new();
-        let scheme = self.settings.url.split("://").next().unwrap_or_default();
-        if scheme.eq_ignore_ascii_case("rtsp") || scheme.eq_ignore_ascii_case("rtsps") {
+        let url = if self.settings.v4l2.is_none() {
+            let url = NetUrl::parse(&self.settings.url).map_err(|e| format!("url: {e}"))?;
+            if url.to_libav(None, None) != self.settings.url {
+                return Err(format!(
+                    "url: not in canonical form (expected the spelling of NetUrl::to_libav, {})",
+                    url.redacted()
+                ));
+            }
+            opts.set("protocol_whitelist", protocol_whitelist(url.scheme));
+            Some(url)
+        } else {
+            None
+        };
+        if url.as_ref().is_some_and(|u| u.scheme.is_rtsp()) {
             opts.set(
                 "rtsp_transport",
                 match self.settings.transport {
@@ -273,8 +311,37 @@ impl LiveSource {
         let interrupt = move || stopper.state.is_stopped() || watchdog.expired();
         self.watchdog.arm(self.settings.connect_timeout);
         let demux = match self.settings.v4l2 {
-            None => FileDemuxer::open_live(&self.settings.url, &self.shown_as, opts, interrupt)
-                .map_err(|e| self.explain("connect", &e, av_error(&e)))?,
+            None => {
+                // libavformat follows an RTSP 3xx redirect inside the open, to a host nobody
+                // checked: stop at the first interrupt poll on the new URL (before anything
+                // is written to it) and say so.
+                let expected = self.settings.url.clone();
+                let redirect = Arc::new(std::sync::Mutex::new(None::<String>));
+                let seen = redirect.clone();
+                let guarded = move |current: Option<&str>| {
+                    if let Some(now) = current.filter(|now| *now != expected) {
+                        if let Ok(mut r) = seen.lock() {
+                            r.get_or_insert_with(|| now.to_owned());
+                        }
+                        return true;
+                    }
+                    interrupt()
+                };
+                let opened =
+                    FileDemuxer::open_live(&self.settings.url, &self.shown_as, opts, guarded);
+                let target = redirect.lock().ok().and_then(|mut r| r.take());
+                match (opened, target) {
+                    (_, Some(target)) => {
+                        return Err(format!(
+                            "connect: the server redirected to {}: redirects are not followed \
+                             (name the stream's real address in the source URL)",
+                            redact_url(&target)
+                        ));
+                    }
+                    (Ok(d), None) => d,
+                    (Err(e), None) => return Err(self.explain("connect", &e, av_error(&e))),
+                }
+            }
             Some(want) => {
                 let device = std::path::Path::new(&self.settings.url);
                 let modes = query(device).map_err(|e| match e.kind() {
@@ -559,8 +626,35 @@ mod tests {
         );
         assert_eq!(redact_url("rtmp://h/live/STREAMKEY"), "rtmp://h/live/***");
         assert_eq!(redact_url("not a url"), "not a url");
+        assert_eq!(redact_url("rtsp://u:pw@h:554/x?t=1"), "rtsp://h:554/x?***");
+        assert_eq!(redact_url("rtsp://u:p@w@h/x"), "rtsp://***@h/x");
+        assert_eq!(redact_url("rtsp://u:p@h?x/@y"), "rtsp://h?***");
+        assert_eq!(redact_url("rtsp://u:p@h#x/@y"), "rtsp://***@h");
         let s = LiveSourceSettings::new("rtsp://u:pw@h/x", StreamId::new("c"));
         assert!(!format!("{s:?}").contains("pw"));
+    }
+
+    #[test]
+    fn only_canonical_urls_reach_libav() {
+        for (url, want) in [
+            ("RTSP://127.0.0.1:9/x", "not in canonical form"),
+            ("rtsp://127.1:9/x", "ambiguous numeric host"),
+        ] {
+            let mut s = LiveSourceSettings::new(url, StreamId::new("c"));
+            s.backoff_min = Duration::from_millis(10);
+            s.backoff_max = Duration::from_millis(20);
+            let mut src = LiveSource::new(s);
+            let (stopper, health) = (src.stopper(), src.health());
+            let t = std::thread::spawn(move || src.next_frame().map(|f| f.is_some()));
+            while health.snapshot().last_error.is_none() {
+                std::thread::yield_now();
+            }
+            let err = health.snapshot().last_error.unwrap_or_default();
+            stopper.stop();
+            assert!(matches!(t.join().unwrap(), Ok(false)));
+            assert!(err.contains(want), "{url}: {err}");
+        }
+        assert_eq!(protocol_whitelist(NetScheme::Srt), "srt");
     }
 
     #[test]
