@@ -13,31 +13,44 @@
 //! `max_error_ratio`, or a stream that dies, fail it); a stream whose source delivers nothing
 //! is judged on its build alone.
 //!
-//! Unauthenticated input (format or signature failures) gets no signed answer: it is
-//! counted, audited, and at most one unsigned rejection notice per
-//! [`NOTICE_INTERVAL`] summarises it, so the device is never a signing oracle and a flood
-//! costs one failed check per message.
+//! Unauthenticated input (format or signature failures, anything while the device's trust
+//! metadata is expired or lost) gets no signed answer: it is counted, each refusal gets an
+//! audit row (rate-limited storage: beyond a budget per minute they are counted in a
+//! summary row), and at most one unsigned rejection notice per [`NOTICE_INTERVAL`]
+//! summarises it, so the device is never a signing oracle and a flood costs one failed
+//! check per message.
+//!
+//! Fleet deliveries and local requests wait in separate places, so neither starves the
+//! other: the fleet's [`FleetInbox`] keeps the latest message per topic (a message replaced
+//! before it was judged is counted as superseded, and its topic's retained message is
+//! fetched again once the topic is quiet, so a valid retained document is never lost to a
+//! flood), and `POST /workflow` has its own small queue (a full queue answers 503).
 
-use std::collections::VecDeque;
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use aegis_config::{HealthCheckConfig, InferenceConfig, PipelineConfig};
-use aegis_ota::receipt::Verdict;
+use aegis_ota::receipt::{Verdict, redact};
+use aegis_ota::state::{Outcome, Stopped, TrustUpdate, Workflows};
 use serde::Serialize;
 
 use crate::inference::Inference;
 use crate::metrics::Metrics;
 use crate::pipeline::{Pipeline, RunOptions};
 use crate::store::{Record, StoreHandle, now_us};
-use crate::workflow::{Outcome, Workflows};
 
 /// Unsigned rejection notices are sent at most this often.
 pub const NOTICE_INTERVAL: Duration = Duration::from_secs(10);
-/// Digests answered recently: a redelivered document (a retained message after a
-/// reconnect, a flood of one valid document) gets no second receipt.
-const RECENT: usize = 64;
+/// Window of the refusal audit budget.
+pub const AUDIT_WINDOW: Duration = Duration::from_secs(60);
+/// Refusals stored as their own audit row per window; the rest are counted in a summary row.
+pub const AUDIT_ROWS_PER_WINDOW: u64 = 60;
+/// A superseded topic's retained message is fetched again at most this often.
+const REFETCH_INTERVAL: Duration = Duration::from_secs(2);
+/// Local (`POST /workflow`) requests waiting for the applier.
+pub const LOCAL_QUEUE: usize = 8;
 
 /// Starts pipelines with the run's fixed options.
 pub struct Starter {
@@ -83,13 +96,11 @@ pub struct Reply {
     pub apply_ms: f64,
 }
 
-/// A message for the applier.
+/// A local request for the applier (`POST /workflow`).
 pub struct Request {
-    /// Topic it came on (`http` for the local endpoint).
-    pub topic: String,
     /// The bytes.
     pub payload: Vec<u8>,
-    /// Where the reply goes (local callers).
+    /// Where the reply goes.
     pub reply: Option<tokio::sync::oneshot::Sender<Reply>>,
 }
 
@@ -104,14 +115,190 @@ pub struct ApplyCounters {
     pub rolled_back: AtomicU64,
     /// Authenticated but refused.
     pub rejected: AtomicU64,
-    /// Unauthenticated (format/signature).
+    /// Unauthenticated (format/signature, or trust expired or lost).
     pub refused: AtomicU64,
     /// Redeliveries ignored.
     pub duplicates: AtomicU64,
-    /// Messages dropped because the applier was busy.
+    /// Local requests answered 503 because the local queue was full.
     pub busy: AtomicU64,
+    /// Fleet messages replaced by a newer one on the same topic before they were judged.
+    pub superseded: AtomicU64,
+    /// Retained messages fetched again after a topic's message was superseded.
+    pub refetched: AtomicU64,
     /// Trust metadata updates accepted.
     pub trust_updates: AtomicU64,
+    /// Running workflows stopped because they no longer pass their checks.
+    pub revoked: AtomicU64,
+}
+
+/// Fleet deliveries waiting for the applier: the latest message per topic. The fleet link
+/// never blocks and never drops a topic: a message replaced before it was judged is counted,
+/// and its topic is marked so the applier fetches the retained message again.
+pub struct FleetInbox {
+    inner: Mutex<InboxInner>,
+    ready: tokio::sync::Notify,
+    counters: Arc<ApplyCounters>,
+}
+
+#[derive(Default)]
+struct InboxInner {
+    pending: BTreeMap<String, Vec<u8>>,
+    superseded: BTreeSet<String>,
+}
+
+impl FleetInbox {
+    /// An empty inbox counting into `counters`.
+    pub fn new(counters: Arc<ApplyCounters>) -> Arc<FleetInbox> {
+        Arc::new(FleetInbox {
+            inner: Mutex::new(InboxInner::default()),
+            ready: tokio::sync::Notify::new(),
+            counters,
+        })
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, InboxInner> {
+        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Leaves `payload` for the applier (the fleet link's side; never blocks).
+    pub fn put(&self, topic: &str, payload: &[u8]) {
+        let mut inner = self.lock();
+        if inner
+            .pending
+            .insert(topic.to_string(), payload.to_vec())
+            .is_some()
+        {
+            self.counters.superseded.fetch_add(1, Relaxed);
+            inner.superseded.insert(topic.to_string());
+        }
+        drop(inner);
+        self.ready.notify_one();
+    }
+
+    /// The next message: trust metadata first (a workflow may need it), then the others.
+    pub fn take(&self) -> Option<(String, Vec<u8>)> {
+        let mut inner = self.lock();
+        let topic = if inner.pending.contains_key(crate::fleet::TRUST_TOPIC) {
+            crate::fleet::TRUST_TOPIC.to_string()
+        } else {
+            inner.pending.keys().next()?.clone()
+        };
+        inner.pending.remove(&topic).map(|p| (topic, p))
+    }
+
+    /// Waits for the next message.
+    pub async fn next(&self) -> (String, Vec<u8>) {
+        loop {
+            if let Some(m) = self.take() {
+                return m;
+            }
+            self.ready.notified().await;
+        }
+    }
+
+    /// Topics whose message was superseded and that have nothing pending now: their
+    /// retained message should be fetched again. Clears the marks returned.
+    fn quiet_superseded(&self, ready: impl Fn(&str) -> bool) -> Vec<String> {
+        let mut inner = self.lock();
+        let topics: Vec<String> = inner
+            .superseded
+            .iter()
+            .filter(|t| !inner.pending.contains_key(*t) && ready(t))
+            .cloned()
+            .collect();
+        for t in &topics {
+            inner.superseded.remove(t);
+        }
+        topics
+    }
+}
+
+/// Audit rows for refused input. Every refusal gets its own row until
+/// [`AUDIT_ROWS_PER_WINDOW`] rows were written in the current [`AUDIT_WINDOW`]; the rest are
+/// counted per action and written as one summary row when the window ends: storage is
+/// rate-limited, nothing is dropped silently.
+pub struct RefusalAudit {
+    store: StoreHandle,
+    inner: Mutex<AuditWindow>,
+}
+
+struct AuditWindow {
+    start: Instant,
+    rows: u64,
+    suppressed: BTreeMap<String, u64>,
+    last: String,
+}
+
+impl RefusalAudit {
+    /// An audit trail into `store`.
+    pub fn new(store: StoreHandle) -> Arc<RefusalAudit> {
+        Arc::new(RefusalAudit {
+            store,
+            inner: Mutex::new(AuditWindow {
+                start: Instant::now(),
+                rows: 0,
+                suppressed: BTreeMap::new(),
+                last: String::new(),
+            }),
+        })
+    }
+
+    fn row(&self, action: &str, detail: String) {
+        self.store.submit(Record::Audit {
+            ts_us: now_us(),
+            actor: "workflow".into(),
+            action: action.into(),
+            detail,
+        });
+    }
+
+    /// Records one refusal (`detail` is redacted here).
+    pub fn record(&self, action: &str, detail: &str) {
+        let detail = redact(detail);
+        let mut w = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+        self.roll(&mut w);
+        if w.rows < AUDIT_ROWS_PER_WINDOW {
+            w.rows += 1;
+            drop(w);
+            tracing::warn!(action, detail = %detail, "refused");
+            self.row(action, detail);
+        } else {
+            *w.suppressed.entry(action.to_string()).or_insert(0) += 1;
+            w.last = detail;
+        }
+    }
+
+    /// Writes the summary row of a window that ended (called on the run loop's tick).
+    pub fn flush(&self) {
+        let mut w = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+        self.roll(&mut w);
+    }
+
+    fn roll(&self, w: &mut AuditWindow) {
+        if w.start.elapsed() < AUDIT_WINDOW {
+            return;
+        }
+        if !w.suppressed.is_empty() {
+            let total: u64 = w.suppressed.values().sum();
+            let by: Vec<String> = w
+                .suppressed
+                .iter()
+                .map(|(a, n)| format!("{a}: {n}"))
+                .collect();
+            let detail = format!(
+                "{total} more refusal(s) in {} s beyond the {AUDIT_ROWS_PER_WINDOW} stored one by one ({}); last: {}",
+                w.start.elapsed().as_secs(),
+                by.join(", "),
+                w.last
+            );
+            tracing::warn!(detail = %detail, "refusals summarised");
+            self.row("refusals.summary", detail);
+        }
+        w.start = Instant::now();
+        w.rows = 0;
+        w.suppressed.clear();
+        w.last.clear();
+    }
 }
 
 /// The device's workflow applier; owned by the run loop (it switches the pipeline).
@@ -121,13 +308,20 @@ pub struct Applier {
     inference: Arc<Inference>,
     health: HealthCheckConfig,
     store: StoreHandle,
+    /// What runs when no signed workflow may (the local config's pipeline).
+    default_pipeline: PipelineConfig,
     receipts_topic: Option<String>,
     /// Fleet link wake-up (receipt and status out now).
     pub nudge: Option<Arc<tokio::sync::Notify>>,
+    /// Asks the fleet link to subscribe to a topic again (its retained message comes back).
+    pub resubscribe: Option<tokio::sync::mpsc::Sender<String>>,
+    inbox: Arc<FleetInbox>,
     status: Arc<Mutex<serde_json::Value>>,
-    recent: VecDeque<String>,
+    audit: Arc<RefusalAudit>,
     last_notice: Option<Instant>,
     unnoticed: u64,
+    refetched: HashMap<String, Instant>,
+    trust_health: Option<aegis_ota::state::TrustHealth>,
     /// Counters.
     pub counters: Arc<ApplyCounters>,
 }
@@ -136,17 +330,49 @@ fn ms(t: Instant) -> f64 {
     t.elapsed().as_secs_f64() * 1e3
 }
 
+fn sha256_hex(b: &[u8]) -> String {
+    use sha2::Digest;
+    sha2::Sha256::digest(b)
+        .iter()
+        .map(|x| format!("{x:02x}"))
+        .collect()
+}
+
+/// Where a message came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Via<'a> {
+    /// A fleet topic.
+    Fleet(&'a str),
+    /// `POST /workflow`.
+    Local,
+}
+
+impl Via<'_> {
+    fn name(&self) -> &str {
+        match self {
+            Via::Fleet(t) => t,
+            Via::Local => "http",
+        }
+    }
+}
+
 impl Applier {
     /// An applier over the opened workflow state. `inference` is what the running pipeline
-    /// uses; `status` is the shared desired-state report.
+    /// uses; `default_pipeline` is the local config's; `status` is the shared desired-state
+    /// report; `inbox` is where the fleet link leaves deliveries.
+    #[allow(clippy::too_many_arguments)]
     pub fn new(
         workflows: Workflows,
         starter: Arc<Starter>,
         inference: Arc<Inference>,
         health: HealthCheckConfig,
         store: StoreHandle,
+        default_pipeline: PipelineConfig,
         receipts_topic: Option<String>,
         status: Arc<Mutex<serde_json::Value>>,
+        inbox: Arc<FleetInbox>,
+        counters: Arc<ApplyCounters>,
+        audit: Arc<RefusalAudit>,
     ) -> Applier {
         *status.lock().unwrap_or_else(|p| p.into_inner()) = workflows.status();
         Applier {
@@ -155,13 +381,28 @@ impl Applier {
             inference,
             health,
             store,
+            default_pipeline,
             receipts_topic,
             nudge: None,
+            resubscribe: None,
+            inbox,
             status,
-            recent: VecDeque::new(),
+            audit,
             last_notice: None,
             unnoticed: 0,
-            counters: Arc::new(ApplyCounters::default()),
+            refetched: HashMap::new(),
+            trust_health: None,
+            counters,
+        }
+    }
+
+    /// Reports workflows that stopped before the applier existed (at start-up).
+    pub fn report_stopped_at_start(&mut self, stopped: &[Stopped]) {
+        for s in stopped {
+            self.report_stopped(s);
+        }
+        if !stopped.is_empty() {
+            self.publish_status();
         }
     }
 
@@ -177,6 +418,52 @@ impl Applier {
         }
     }
 
+    /// Periodic work (the run loop's tick): the refusal summary, and fetching again the
+    /// retained message of topics whose delivery was superseded.
+    pub fn tick(&mut self) {
+        self.audit.flush();
+        // Trust expires with time, not with a message: the status says so when it happens.
+        let health = self.workflows.trust_health();
+        if self.trust_health != Some(health) {
+            if health != aegis_ota::state::TrustHealth::Valid {
+                tracing::error!(
+                    trust = health.as_str(),
+                    "the device's trust metadata can vouch for no new workflow"
+                );
+                self.audit(
+                    "trust.state",
+                    format!(
+                        "trust metadata version {}: {}",
+                        self.workflows.trust_version(),
+                        health.as_str()
+                    ),
+                );
+            }
+            self.trust_health = Some(health);
+            self.publish_status();
+        }
+        let Some(tx) = &self.resubscribe else {
+            return;
+        };
+        let now = Instant::now();
+        let refetched = &self.refetched;
+        let topics = self.inbox.quiet_superseded(|t| {
+            refetched
+                .get(t)
+                .is_none_or(|at| now.duration_since(*at) >= REFETCH_INTERVAL)
+        });
+        for t in topics {
+            if tx.try_send(t.clone()).is_ok() {
+                self.counters.refetched.fetch_add(1, Relaxed);
+                self.audit.record(
+                    "workflow.refetch",
+                    &format!("{t}: a delivery was superseded before it was judged; fetching the retained message again"),
+                );
+                self.refetched.insert(t, now);
+            }
+        }
+    }
+
     /// The models the running pipeline uses.
     pub fn inference(&self) -> Arc<Inference> {
         self.inference.clone()
@@ -187,7 +474,7 @@ impl Applier {
             ts_us: now_us(),
             actor: "workflow".into(),
             action: action.into(),
-            detail,
+            detail: redact(&detail),
         });
     }
 
@@ -224,27 +511,38 @@ impl Applier {
         }
     }
 
-    /// Unauthenticated input: counted, audited, and summarised by at most one unsigned
-    /// notice per interval.
-    fn refuse(&mut self, t0: Instant, reason: String) -> Reply {
+    /// Unauthenticated input: counted, audited (one row each, rate-limited storage), and
+    /// summarised by at most one unsigned notice per interval.
+    fn refuse(
+        &mut self,
+        t0: Instant,
+        via: Via<'_>,
+        payload: &[u8],
+        action: &str,
+        reason: String,
+    ) -> Reply {
         self.counters.refused.fetch_add(1, Relaxed);
+        let reason = redact(&reason);
+        self.audit.record(
+            action,
+            &format!(
+                "via {}: {} bytes, sha256 {}: {reason}",
+                via.name(),
+                payload.len(),
+                sha256_hex(payload)
+            ),
+        );
         self.unnoticed += 1;
         let due = self
             .last_notice
             .is_none_or(|t| t.elapsed() >= NOTICE_INTERVAL);
         if due {
-            self.audit(
-                "workflow.refused",
-                format!(
-                    "{} unauthenticated message(s); last: {reason}",
-                    self.unnoticed
-                ),
-            );
             let notice = serde_json::json!({
                 "type": "rejection-notice",
                 "signed": false,
                 "count": self.unnoticed,
                 "last_reason": reason,
+                "trust": self.workflows.trust_health().as_str(),
             });
             self.send("notice", notice.to_string().into_bytes());
             self.last_notice = Some(Instant::now());
@@ -258,35 +556,30 @@ impl Applier {
         }
     }
 
-    fn seen(&mut self, digest: &str) -> bool {
-        if self.recent.iter().any(|d| d == digest) {
-            return true;
-        }
-        if self.recent.len() == RECENT {
-            self.recent.pop_front();
-        }
-        self.recent.push_back(digest.to_string());
-        false
-    }
-
-    /// A signed answer for an authenticated document.
+    /// A signed answer for a document whose signature verified against valid trust. The
+    /// digest is remembered (persisted) first, so a redelivery gets no second receipt.
     fn answer(&mut self, doc: &aegis_ota::maml::Document, digest: &str, outcome: Outcome) -> Reply {
         let (counter, action) = match outcome.verdict {
             Verdict::Applied => (&self.counters.applied, "workflow.applied"),
             Verdict::RolledBack => (&self.counters.rolled_back, "workflow.rolled_back"),
             Verdict::Rejected => (&self.counters.rejected, "workflow.rejected"),
+            Verdict::Revoked => (&self.counters.revoked, "workflow.revoked"),
         };
         counter.fetch_add(1, Relaxed);
+        let reason = redact(&outcome.reason);
         self.audit(
             action,
             format!(
-                "{} sequence {} sha256 {digest}: {}",
-                doc.front.id, doc.front.sequence, outcome.reason
+                "{} sequence {} sha256 {digest}: {reason}",
+                doc.front.id, doc.front.sequence
             ),
         );
         tracing::info!(workflow = %doc.front.id, sequence = doc.front.sequence,
             verdict = outcome.verdict.as_str(), mode = outcome.mode, ms = outcome.apply_ms,
-            reason = %outcome.reason, "workflow");
+            reason = %reason, "workflow");
+        if let Err(e) = self.workflows.record_answer(digest) {
+            tracing::warn!(error = %e, "cannot remember the answered digest");
+        }
         let receipt = match self.workflows.receipt(doc, digest, &outcome) {
             Ok(r) => {
                 self.send("receipt", r.clone().into_bytes());
@@ -299,40 +592,50 @@ impl Applier {
         };
         Reply {
             verdict: outcome.verdict.as_str().into(),
-            reason: outcome.reason,
+            reason,
             receipt,
             apply_ms: outcome.apply_ms,
         }
     }
 
     /// Handles one message; returns the (possibly replaced) pipeline and the reply.
-    pub async fn handle(&mut self, pipeline: Pipeline, req: &Request) -> (Pipeline, Reply) {
+    pub async fn handle(
+        &mut self,
+        pipeline: Pipeline,
+        via: Via<'_>,
+        doc: &[u8],
+    ) -> (Pipeline, Reply) {
         let t0 = Instant::now();
         self.counters.received.fetch_add(1, Relaxed);
-        if req.topic == crate::fleet::TRUST_TOPIC {
-            return (pipeline, self.trust(t0, &req.payload));
+        if via == Via::Fleet(crate::fleet::TRUST_TOPIC) {
+            return self.trust(pipeline, t0, doc).await;
         }
-        let doc = &req.payload;
         let v = match self.workflows.verify(doc) {
             Ok(v) => v,
-            Err(r) if !r.authenticated() => return (pipeline, self.refuse(t0, r.to_string())),
-            Err(r) => {
-                let Some((parsed, digest)) = aegis_ota::authenticated_view(doc) else {
-                    return (pipeline, self.refuse(t0, r.to_string()));
+            Err(refusal) => {
+                let Some(a) = refusal.authenticated else {
+                    let action = match refusal.rejection {
+                        aegis_ota::Rejection::Trust(_) => "workflow.refused.trust",
+                        _ => "workflow.refused",
+                    };
+                    return (
+                        pipeline,
+                        self.refuse(t0, via, doc, action, refusal.rejection.to_string()),
+                    );
                 };
-                if self.seen(&digest) || self.is_active(&digest) {
-                    return (pipeline, self.duplicate(t0, &digest));
+                if self.workflows.answered(&a.digest) || self.is_active(&a.digest) {
+                    return (pipeline, self.duplicate(t0, &a.digest));
                 }
                 let outcome = Outcome {
                     verdict: Verdict::Rejected,
-                    reason: r.to_string(),
+                    reason: refusal.rejection.to_string(),
                     mode: "none",
                     apply_ms: ms(t0),
                 };
-                return (pipeline, self.answer(&parsed, &digest, outcome));
+                return (pipeline, self.answer(&a.document, &a.digest, outcome));
             }
         };
-        if self.seen(&v.digest) {
+        if self.workflows.answered(&v.digest) {
             return (pipeline, self.duplicate(t0, &v.digest));
         }
         // Workflows::verify refuses documents without a pipeline; never panic on it anyway.
@@ -375,32 +678,134 @@ impl Applier {
         }
     }
 
-    fn trust(&mut self, t0: Instant, file: &[u8]) -> Reply {
+    /// Trust metadata from the fleet: installed (acknowledged with a signed trust receipt,
+    /// and the running workflow checked again at once — a revoked issuer's workflow stops
+    /// now), a duplicate of the version held (audited), or refused (audited, unsigned).
+    async fn trust(&mut self, pipeline: Pipeline, t0: Instant, file: &[u8]) -> (Pipeline, Reply) {
         match self.workflows.update_trust(file) {
-            Ok(version) => {
+            Ok(TrustUpdate::Installed { version, digest }) => {
                 self.counters.trust_updates.fetch_add(1, Relaxed);
-                self.audit("trust.updated", format!("version {version}"));
+                self.audit(
+                    "trust.updated",
+                    format!("version {version}, sha256 {digest}"),
+                );
                 tracing::info!(version, "trust metadata updated");
-                self.publish_status();
-                Reply {
-                    verdict: "applied".into(),
-                    reason: format!("trust metadata version {version}"),
-                    receipt: None,
-                    apply_ms: ms(t0),
+                match self.workflows.trust_receipt(version, &digest) {
+                    Ok(r) => self.send("receipt", r.into_bytes()),
+                    Err(e) => tracing::error!(error = %e, "cannot sign the trust receipt"),
                 }
+                let pipeline = self.revalidate(pipeline).await;
+                self.publish_status();
+                (
+                    pipeline,
+                    Reply {
+                        verdict: "applied".into(),
+                        reason: format!("trust metadata version {version}"),
+                        receipt: None,
+                        apply_ms: ms(t0),
+                    },
+                )
             }
             // A retained copy of the version held comes back on every connect.
-            Err(e) if e.to_string().contains("is not newer") => {
+            Ok(TrustUpdate::Duplicate(version)) => {
                 self.counters.duplicates.fetch_add(1, Relaxed);
-                Reply {
-                    verdict: "duplicate".into(),
-                    reason: e.to_string(),
-                    receipt: None,
-                    apply_ms: ms(t0),
-                }
+                self.audit.record(
+                    "trust.duplicate",
+                    &format!(
+                        "{} bytes, sha256 {}: version {version}, held already",
+                        file.len(),
+                        sha256_hex(file)
+                    ),
+                );
+                (
+                    pipeline,
+                    Reply {
+                        verdict: "duplicate".into(),
+                        reason: format!("trust metadata version {version} is held already"),
+                        receipt: None,
+                        apply_ms: ms(t0),
+                    },
+                )
             }
-            Err(e) => self.refuse(t0, format!("trust metadata: {e}")),
+            Err(e) => {
+                let reply = self.refuse(
+                    t0,
+                    Via::Fleet(crate::fleet::TRUST_TOPIC),
+                    file,
+                    "trust.refused",
+                    format!("trust metadata: {e:#}"),
+                );
+                (pipeline, reply)
+            }
         }
+    }
+
+    /// After a trust change: the active workflow is checked again. One that no longer
+    /// passes stops now (signed `revoked` receipt, audit row, status): the previous
+    /// workflow runs if it passes, else the local default. A workflow that can run again
+    /// (trust recovered) is started.
+    async fn revalidate(&mut self, pipeline: Pipeline) -> Pipeline {
+        let (desired, stopped) = match self.workflows.active_pipeline() {
+            Ok(x) => x,
+            Err(e) => {
+                tracing::error!(error = %format!("{e:#}"), "cannot record the stopped workflow");
+                return pipeline;
+            }
+        };
+        for s in &stopped {
+            self.report_stopped(s);
+        }
+        let cfg = match desired {
+            Some((_, p)) => p,
+            None => self.default_pipeline.clone(),
+        };
+        if *pipeline.config() == cfg {
+            return pipeline;
+        }
+        tracing::info!("switching to the pipeline the checks allow now");
+        self.run_instead(pipeline, &cfg).await
+    }
+
+    fn report_stopped(&mut self, s: &Stopped) {
+        self.counters.revoked.fetch_add(1, Relaxed);
+        let reason = redact(&s.reason);
+        self.audit(
+            "workflow.revoked",
+            format!(
+                "{} sequence {} sha256 {}: {reason}",
+                s.entry.id, s.entry.sequence, s.entry.digest
+            ),
+        );
+        tracing::warn!(workflow = %s.entry.id, reason = %reason, "running workflow stopped");
+        match self.workflows.stopped_receipt(s) {
+            Ok(r) => self.send("receipt", r.into_bytes()),
+            Err(e) => tracing::error!(error = %e, "cannot sign the receipt"),
+        }
+    }
+
+    /// Runs `cfg` instead of what runs: in place when only the stages differ, else rebuilt.
+    async fn run_instead(&mut self, mut pipeline: Pipeline, cfg: &PipelineConfig) -> Pipeline {
+        let loaded = {
+            let (starter, c, loaded) = (self.starter.clone(), cfg.clone(), self.inference.clone());
+            tokio::task::spawn_blocking(move || starter.load(&c, &loaded)).await
+        };
+        let inference = match loaded {
+            Ok(Ok(i)) => i,
+            Ok(Err(e)) => {
+                tracing::error!(error = %format!("{e:#}"), "models for the fallback pipeline do not load; keeping what runs");
+                return pipeline;
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "loading models panicked; keeping what runs");
+                return pipeline;
+            }
+        };
+        if pipeline.can_swap_in_place(cfg) && pipeline.swap_stages(cfg, &inference).is_ok() {
+            self.inference = inference;
+            return pipeline;
+        }
+        self.inference = inference;
+        self.restore(Some(pipeline), cfg).await
     }
 
     /// Loads, commits on trial, switches, judges; keeps or rolls back.

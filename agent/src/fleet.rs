@@ -293,6 +293,9 @@ pub struct FleetLink {
     /// Wake the link now: republish the retained status and drain the outbox (after a
     /// workflow switch, so receipts and the new desired state go out at once).
     pub nudge: Arc<tokio::sync::Notify>,
+    /// Subscribe to a topic again, so the broker sends its retained message once more (a
+    /// workflow delivery that was superseded before it was judged).
+    pub resubscribe: tokio::sync::mpsc::Sender<String>,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
     task: Option<tokio::task::JoinHandle<()>>,
     /// Counters.
@@ -310,9 +313,11 @@ impl FleetLink {
         let counters = Arc::new(FleetCounters::default());
         let link = Link::new(settings, outbox, host, counters.clone());
         let nudge = Arc::new(tokio::sync::Notify::new());
-        let task = tokio::spawn(link.run(stop_rx, nudge.clone()));
+        let (resubscribe, resub_rx) = tokio::sync::mpsc::channel(16);
+        let task = tokio::spawn(link.run(stop_rx, nudge.clone(), resub_rx));
         FleetLink {
             nudge,
+            resubscribe,
             stop: Some(stop_tx),
             task: Some(task),
             counters,
@@ -446,6 +451,7 @@ impl Link {
         mut self,
         mut stop: tokio::sync::oneshot::Receiver<()>,
         nudge: Arc<tokio::sync::Notify>,
+        mut resubscribe: tokio::sync::mpsc::Receiver<String>,
     ) {
         let mut tick = tokio::time::interval(Duration::from_millis(50));
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -480,10 +486,27 @@ impl Link {
                     self.drain_outbox();
                 },
                 Some(r) = self.late_rx.recv() => self.late_reply(r),
+                Some(topic) = resubscribe.recv() => self.resubscribe(topic),
                 _ = &mut stop => break,
             }
         }
         self.shutdown().await;
+    }
+
+    /// Subscribes to a workflow topic again (MQTT replaces the subscription and sends the
+    /// topic's retained message once more). Only workflow and trust topics; while offline
+    /// nothing is needed: the next connect subscribes afresh.
+    fn resubscribe(&mut self, topic: String) {
+        let ours = topic == TRUST_TOPIC
+            || topic == self.s.topic("workflows")
+            || self
+                .s
+                .workflow_groups
+                .as_ref()
+                .is_some_and(|g| g.iter().any(|g| group_workflow_topic(g) == topic));
+        if self.connected && ours {
+            let _ = self.client.try_subscribe(topic, QoS::AtLeastOnce);
+        }
     }
 
     fn on_disconnect(&mut self) {

@@ -27,5 +27,4 @@ pub mod sensing;
 pub mod sensors_cli;
 pub mod server;
 pub mod store;
-pub mod workflow;
 pub mod workflow_cli;

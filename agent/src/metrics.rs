@@ -346,18 +346,39 @@ impl Metrics {
         Metrics { registry, ..m }
     }
 
-    /// Reports `health` as stream `stream`'s source state in `/metrics` and `/healthz`.
-    pub fn watch_source(&self, stream: &str, health: Arc<SourceHealth>) {
-        let frames = health.snapshot().frames;
-        self.watched
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .push(Watched {
-                stream: stream.to_string(),
-                health,
-                last: (Instant::now(), frames),
-                reconnects: 0,
-            });
+    /// Reports each `(stream, health)` as that stream's source state in `/metrics` and
+    /// `/healthz`, replacing the sources of the pipeline that ran before (one pipeline runs
+    /// at a time): a rebuilt pipeline's old streams no longer count.
+    pub fn watch_sources(&self, sources: Vec<(String, Arc<SourceHealth>)>) {
+        let mut watched = self.watched.lock().unwrap_or_else(|p| p.into_inner());
+        for old in watched.iter() {
+            if sources.iter().any(|(id, _)| *id == old.stream) {
+                continue;
+            }
+            for state in SourceState::ALL {
+                self.source_state.remove(&StateLabels {
+                    stream: old.stream.clone(),
+                    state: state.as_str().to_string(),
+                });
+            }
+            let sl = StreamLabels {
+                stream: old.stream.clone(),
+            };
+            self.source_fps.remove(&sl);
+        }
+        *watched = sources
+            .into_iter()
+            .map(|(stream, health)| {
+                let frames = health.snapshot().frames;
+                // A new source's counts start at zero; the exported counter keeps adding.
+                Watched {
+                    stream,
+                    health,
+                    last: (Instant::now(), frames),
+                    reconnects: 0,
+                }
+            })
+            .collect();
     }
 
     /// The health of every watched source, in pipeline order.

@@ -173,12 +173,12 @@ pub async fn run(
         .then(|| format!("aegis/v1/{}/events", cfg.device.id));
     // The pipeline that runs: the active signed workflow's, else the local default.
     let mut workflows = match cfg.workflows.enabled {
-        true => Some(crate::workflow::Workflows::open(cfg)?),
+        true => Some(aegis_ota::state::Workflows::open(cfg)?),
         false => None,
     };
-    let active = match workflows.as_mut() {
+    let (active, mut stopped_at_start) = match workflows.as_mut() {
         Some(w) => w.active_pipeline()?,
-        None => None,
+        None => (None, Vec::new()),
     };
     let (pipeline_cfg, origin) = {
         let (p, o) = aegis_config::effective_pipeline(cfg, active.as_ref().map(|(_, p)| p));
@@ -204,12 +204,24 @@ pub async fn run(
     };
     let listener = bind(addr).await?;
     let listen = listener.local_addr()?;
-    let (wf_tx, mut wf_rx) = tokio::sync::mpsc::channel::<crate::apply::Request>(64);
+    // Local requests and fleet deliveries wait apart: neither can starve the other.
+    let (wf_tx, mut wf_rx) =
+        tokio::sync::mpsc::channel::<crate::apply::Request>(crate::apply::LOCAL_QUEUE);
+    let apply_counters = Arc::new(crate::apply::ApplyCounters::default());
+    let inbox = crate::apply::FleetInbox::new(apply_counters.clone());
+    let refusals = crate::apply::RefusalAudit::new(store_handle.clone());
+    let token = Arc::new(crate::server::LocalToken::load_or_create(
+        &cfg.token_path(),
+    )?);
     let state = ServerState {
         metrics: metrics.clone(),
         device: cfg.device.id.clone(),
         started: Instant::now(),
         workflows: workflows.is_some().then(|| wf_tx.clone()),
+        token,
+        metrics_public: cfg.web.metrics_public,
+        audit: workflows.is_some().then(|| refusals.clone()),
+        counters: workflows.is_some().then(|| apply_counters.clone()),
     };
     let (server_stop_tx, server_stop_rx) = tokio::sync::oneshot::channel::<()>();
     let server = tokio::spawn(async move {
@@ -284,7 +296,9 @@ pub async fn run(
                 .as_mut()
                 .expect("a signed workflow implies workflows");
             w.rollback()?;
-            let fallback = match w.active_pipeline()? {
+            let (fallback, stopped) = w.active_pipeline()?;
+            stopped_at_start.extend(stopped);
+            let fallback = match fallback {
                 Some((_, p)) => p,
                 None => cfg.pipeline.clone(),
             };
@@ -300,10 +314,14 @@ pub async fn run(
             inference.clone(),
             cfg.workflows.health.clone(),
             store_handle.clone(),
+            cfg.pipeline.clone(),
             cfg.fleet
                 .enabled
                 .then(|| format!("aegis/v1/{}/receipts", cfg.device.id)),
             workflow_status.clone(),
+            inbox.clone(),
+            apply_counters.clone(),
+            refusals.clone(),
         )
     });
     if let Some(a) = &applier {
@@ -320,7 +338,10 @@ pub async fn run(
                     ("refused", c.refused.load(Relaxed)),
                     ("duplicates", c.duplicates.load(Relaxed)),
                     ("busy", c.busy.load(Relaxed)),
+                    ("superseded", c.superseded.load(Relaxed)),
+                    ("refetched", c.refetched.load(Relaxed)),
                     ("trust_updates", c.trust_updates.load(Relaxed)),
+                    ("revoked", c.revoked.load(Relaxed)),
                 ]
             }),
         );
@@ -338,9 +359,7 @@ pub async fn run(
             snapshots,
             WorkflowHooks {
                 status: workflow_status.clone(),
-                queue: applier
-                    .as_ref()
-                    .map(|a| (wf_tx.clone(), a.counters.clone())),
+                inbox: applier.as_ref().map(|_| inbox.clone()),
                 sensing: sensing.clone(),
             },
         ));
@@ -348,6 +367,7 @@ pub async fn run(
         let link = crate::fleet::FleetLink::start(settings, Box::new(outbox), host);
         if let Some(a) = applier.as_mut() {
             a.nudge = Some(link.nudge.clone());
+            a.resubscribe = Some(link.resubscribe.clone());
         }
         let c = link.counters.clone();
         metrics.watch_component(
@@ -368,6 +388,9 @@ pub async fn run(
         drop(restart_tx);
         None
     };
+    if let Some(a) = applier.as_mut() {
+        a.report_stopped_at_start(&stopped_at_start);
+    }
     let mut tick = tokio::time::interval(Duration::from_millis(100));
     let mut interrupted = false;
     loop {
@@ -376,6 +399,9 @@ pub async fn run(
             _ = sigint.recv() => { interrupted = true; break; }
             _ = tick.tick() => {
                 if pipeline.is_finished() { break; }
+                if let Some(a) = applier.as_mut() {
+                    a.tick();
+                }
                 // Consistent GPS time raises the trusted-time floor (never lowers it).
                 if cfg.sensors.fusion.gps_time_floor
                     && let (Some(sn), Some(a)) = (&sensing, applier.as_mut())
@@ -394,10 +420,17 @@ pub async fn run(
                 }
                 pipeline = start(running, Some(inference.clone())).await??.0;
             }
+            (topic, payload) = inbox.next(), if applier.is_some() => {
+                if let Some(a) = applier.as_mut() {
+                    let (p, _) = a.handle(pipeline, crate::apply::Via::Fleet(&topic), &payload).await;
+                    pipeline = p;
+                    inference = a.inference();
+                }
+            }
             Some(req) = wf_rx.recv() => {
                 let reply = match applier.as_mut() {
                     Some(a) => {
-                        let (p, reply) = a.handle(pipeline, &req).await;
+                        let (p, reply) = a.handle(pipeline, crate::apply::Via::Local, &req.payload).await;
                         pipeline = p;
                         inference = a.inference();
                         reply
@@ -517,10 +550,8 @@ struct AgentHost {
 struct WorkflowHooks {
     sensing: Option<Arc<crate::sensing::Sensing>>,
     status: Arc<std::sync::Mutex<serde_json::Value>>,
-    queue: Option<(
-        tokio::sync::mpsc::Sender<crate::apply::Request>,
-        Arc<crate::apply::ApplyCounters>,
-    )>,
+    /// Where workflow and trust deliveries go (None: workflows are off).
+    inbox: Option<Arc<crate::apply::FleetInbox>>,
 }
 
 /// `password` values replaced by `***` anywhere in a JSON document.
@@ -591,17 +622,8 @@ impl crate::fleet::FleetHost for AgentHost {
     }
 
     fn workflow(&self, topic: &str, payload: &[u8]) {
-        if let Some((tx, counters)) = &self.workflows.queue {
-            let req = crate::apply::Request {
-                topic: topic.to_string(),
-                payload: payload.to_vec(),
-                reply: None,
-            };
-            if tx.try_send(req).is_err() {
-                counters
-                    .busy
-                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-            }
+        if let Some(inbox) = &self.workflows.inbox {
+            inbox.put(topic, payload);
         }
     }
 

@@ -26,6 +26,10 @@ pub enum WorkflowCommand {
         /// Also write the receipt (`.mu`) here.
         #[arg(long)]
         receipt: Option<PathBuf>,
+        /// The local API token file (default: the config's `web.token_file`, else
+        /// `api.token` next to `store.path`).
+        #[arg(long)]
+        token_file: Option<PathBuf>,
     },
     /// What runs: the active and previous workflows, the anti-replay state, and whether the
     /// active workflow still passes its checks. Reads only.
@@ -44,7 +48,8 @@ pub fn run(cmd: WorkflowCommand) -> anyhow::Result<()> {
             config,
             agent,
             receipt,
-        } => apply(&file, &config, agent, receipt.as_deref()),
+            token_file,
+        } => apply(&file, &config, agent, receipt.as_deref(), token_file),
         WorkflowCommand::Status { config } => {
             let cfg = aegis_config::load(&config)?;
             anyhow::ensure!(
@@ -52,7 +57,7 @@ pub fn run(cmd: WorkflowCommand) -> anyhow::Result<()> {
                 "{}: workflows.enabled is off",
                 config.display()
             );
-            let w = crate::workflow::Workflows::inspect(&cfg)?;
+            let w = aegis_ota::state::Workflows::inspect(&cfg)?;
             println!("{}", serde_json::to_string_pretty(&w)?);
             Ok(())
         }
@@ -64,19 +69,30 @@ fn apply(
     config: &Path,
     agent: Option<SocketAddr>,
     receipt_out: Option<&Path>,
+    token_file: Option<PathBuf>,
 ) -> anyhow::Result<()> {
     let doc = std::fs::read(file).map_err(|e| anyhow::anyhow!("{}: {e}", file.display()))?;
+    let cfg = aegis_config::load(config)?;
     let addr = match agent {
         Some(a) => a,
         None => {
-            let cfg = aegis_config::load(config)?;
-            cfg.web
+            let mut a: SocketAddr = cfg
+                .web
                 .listen
                 .parse()
-                .map_err(|e| anyhow::anyhow!("web.listen: {e}"))?
+                .map_err(|e| anyhow::anyhow!("web.listen: {e}"))?;
+            // An agent listening on every address is reached on loopback.
+            if a.ip().is_unspecified() {
+                a.set_ip(match a {
+                    SocketAddr::V4(_) => std::net::Ipv4Addr::LOCALHOST.into(),
+                    SocketAddr::V6(_) => std::net::Ipv6Addr::LOCALHOST.into(),
+                });
+            }
+            a
         }
     };
-    let body = post(addr, "/workflow", &doc)
+    let token = crate::server::LocalToken::read(&token_file.unwrap_or_else(|| cfg.token_path()))?;
+    let body = post(addr, "/workflow", &doc, &token.header())
         .map_err(|e| anyhow::anyhow!("cannot reach the agent at {addr} (is it running?): {e}"))?;
     let v: serde_json::Value = serde_json::from_str(&body).map_err(|e| {
         anyhow::anyhow!("the agent answered something else than JSON ({e}): {body}")
@@ -105,12 +121,12 @@ fn apply(
 }
 
 /// A minimal HTTP/1.0 POST over loopback; returns the body.
-fn post(addr: SocketAddr, path: &str, body: &[u8]) -> std::io::Result<String> {
+fn post(addr: SocketAddr, path: &str, body: &[u8], auth: &str) -> std::io::Result<String> {
     let mut s = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(5))?;
     s.set_read_timeout(Some(Duration::from_secs(120)))?;
     write!(
         s,
-        "POST {path} HTTP/1.0\r\nHost: {addr}\r\nContent-Type: text/markdown\r\nContent-Length: {}\r\n\r\n",
+        "POST {path} HTTP/1.0\r\nHost: {addr}\r\nAuthorization: {auth}\r\nContent-Type: text/markdown\r\nContent-Length: {}\r\n\r\n",
         body.len()
     )?;
     s.write_all(body)?;

@@ -15,7 +15,7 @@ use serde::{Deserialize, Serialize};
 use crate::maml::{self, MamlError};
 use crate::sign::{Purpose, SignError};
 use crate::trust::TrustMetadata;
-use crate::{Rejection, Verified};
+use crate::{Refusal, Rejection, Verified};
 
 /// Who this device is.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -33,8 +33,13 @@ pub struct Policy {
     pub algorithms: Vec<String>,
     /// Refuse unsealed documents.
     pub require_sealing: bool,
-    /// Hosts a source URL may name (`*` = any); `file:` sources are sink-path-checked.
+    /// Hosts a network source URL may name (`*` = any): names compared without regard to
+    /// case, addresses compared as addresses, against the host of the strictly parsed URL
+    /// (the one libavformat connects to). `file:` sources are checked against `paths`, and
+    /// `v4l2` sources against `devices` (an entry `v4l2` here no longer allows cameras).
     pub source_hosts: Vec<String>,
+    /// Camera device nodes a `v4l2` source may open (exact paths, e.g. `/dev/video0`).
+    pub devices: Vec<PathBuf>,
     /// Directories sinks (and file sources) may use.
     pub paths: Vec<PathBuf>,
     /// Model names a workflow may require (`*` = any).
@@ -51,6 +56,7 @@ impl Default for Policy {
             algorithms: vec![crate::sign::ALG.into()],
             require_sealing: false,
             source_hosts: Vec::new(),
+            devices: Vec::new(),
             paths: vec![PathBuf::from("/var/lib/aegis")],
             models: vec!["*".into()],
             max_sequence_jump: 1000,
@@ -65,6 +71,7 @@ impl From<&aegis_config::WorkflowPolicy> for Policy {
             algorithms: p.algorithms.clone(),
             require_sealing: p.require_sealing,
             source_hosts: p.source_hosts.clone(),
+            devices: p.devices.clone(),
             paths: p.paths.clone(),
             models: p.models.clone(),
             max_sequence_jump: p.max_sequence_jump,
@@ -74,14 +81,33 @@ impl From<&aegis_config::WorkflowPolicy> for Policy {
 }
 
 /// Persisted anti-replay state (kept off the A/B firmware slots).
+///
+/// The order it enforces (docs/security.md, "Freshness"): an issuer's documents are
+/// ordered by `issued_at` across every target, with `sequence` ordering the documents for
+/// one target; and no document replaces the running workflow unless it was issued at or
+/// after it, whoever issued either. Rolling back is re-issuing the older pipeline as a new
+/// document (new `issued_at`, next sequence): a signed statement that says so.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ReplayState {
-    /// Trust metadata version held.
+    /// The highest trust metadata version this device has ever held (never goes down).
     pub trust_version: u64,
+    /// The root keys (base64) of that version: the keys a later version, or a lost copy of
+    /// this one, must be signed by. Empty in state written by older agents.
+    #[serde(default)]
+    pub trust_roots: Vec<String>,
+    /// The root threshold of that version.
+    #[serde(default)]
+    pub trust_threshold: u32,
     /// Trusted time never goes below this (seconds since the epoch).
     pub time_floor_s: i64,
     /// Last accepted sequence per "issuer key id|target".
     pub sequences: BTreeMap<String, u64>,
+    /// Newest `issued_at` accepted per issuer key id (any target).
+    #[serde(default)]
+    pub issued: BTreeMap<String, i64>,
+    /// `issued_at` of the workflow that runs (None: the local default pipeline).
+    #[serde(default)]
+    pub active_issued_s: Option<i64>,
 }
 
 impl ReplayState {
@@ -94,31 +120,32 @@ impl ReplayState {
         }
     }
 
-    /// Saves atomically: temp file, fsync, rename, fsync of the directory.
+    /// Saves atomically (0600): temp file, fsync, rename, fsync of the directory.
     pub fn save(&self, path: &Path) -> Result<(), String> {
-        use std::io::Write;
-        let err = |e: std::io::Error| format!("{}: {e}", path.display());
-        let tmp = path.with_extension("tmp");
-        let mut f = std::fs::File::create(&tmp).map_err(err)?;
-        f.write_all(&serde_json::to_vec_pretty(self).map_err(|e| e.to_string())?)
-            .map_err(err)?;
-        f.sync_all().map_err(err)?;
-        std::fs::rename(&tmp, path).map_err(err)?;
-        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-            std::fs::File::open(dir)
-                .and_then(|d| d.sync_all())
-                .map_err(err)?;
-        }
-        Ok(())
+        let bytes = serde_json::to_vec_pretty(self).map_err(|e| e.to_string())?;
+        crate::fsutil::write_atomic(path, &bytes).map_err(|e| format!("{}: {e}", path.display()))
     }
 
-    /// Records an accepted workflow (sequence, time floor).
+    /// Records an accepted (or authenticated and consumed) workflow: its sequence, its
+    /// issuer's newest `issued_at`, the time floor. Never moves anything backwards.
     pub fn accept(&mut self, v: &Verified) {
         let f = &v.document.front;
-        self.sequences
-            .insert(replay_key(v.signer.id(), &f.target), f.sequence);
+        let key = replay_key(v.signer.id(), &f.target);
+        let seq = self.sequences.entry(key).or_insert(0);
+        *seq = (*seq).max(f.sequence);
         if let Some(t) = maml::parse_time(&f.issued_at) {
             self.time_floor_s = self.time_floor_s.max(t);
+            let newest = self.issued.entry(v.signer.id().to_string()).or_insert(t);
+            *newest = (*newest).max(t);
+        }
+    }
+
+    /// Records trust metadata now held: its version and roots (never a lower version).
+    pub fn hold_trust(&mut self, t: &TrustMetadata) {
+        if t.version >= self.trust_version {
+            self.trust_version = t.version;
+            self.trust_roots = t.root.keys.clone();
+            self.trust_threshold = t.root.threshold;
         }
     }
 }
@@ -135,14 +162,25 @@ fn allowed(list: &[String], item: &str) -> bool {
     list.iter().any(|a| a == "*" || a == item)
 }
 
-/// Host of a source URL (`rtsp://user:pw@host:554/x` → `host`).
-fn url_host(url: &str) -> Option<&str> {
-    let rest = url.split_once("://")?.1;
-    let authority = rest.split('/').next()?;
-    let host_port = authority.rsplit('@').next()?;
-    Some(match host_port.strip_prefix('[') {
-        Some(v6) => v6.split(']').next()?,
-        None => host_port.split(':').next()?,
+/// Whether the host of `url` (parsed strictly: the host libavformat connects to) is in the
+/// allow-list `list`: `*` allows any; an entry that is an IP address (IPv6 with or without
+/// brackets) matches that address; any other entry matches a DNS name without regard to
+/// case. A name never matches an address entry, nor an address a name entry.
+fn url_host_allowed(list: &[String], url: &aegis_config::NetUrl) -> bool {
+    use aegis_config::Host;
+    list.iter().any(|entry| {
+        let entry = entry.trim();
+        let bare = entry
+            .strip_prefix('[')
+            .and_then(|e| e.strip_suffix(']'))
+            .unwrap_or(entry);
+        match (&url.host, bare.parse::<std::net::IpAddr>()) {
+            _ if entry == "*" => true,
+            (Host::Ipv4(a), Ok(b)) => std::net::IpAddr::V4(*a) == b,
+            (Host::Ipv6(a), Ok(b)) => std::net::IpAddr::V6(*a) == b,
+            (Host::Domain(name), Err(_)) => name.eq_ignore_ascii_case(entry),
+            _ => false,
+        }
     })
 }
 
@@ -166,7 +204,11 @@ fn policy_check(v: &Verified, policy: &Policy) -> Result<(), String> {
     }
     if let Some(p) = &v.pipeline {
         for (i, s) in p.sources.iter().enumerate() {
-            match s.location() {
+            let unsealed = f.security.encryption == "none";
+            let location = s
+                .try_location()
+                .map_err(|why| format!("sources[{i}]: url: {why}"))?;
+            match location {
                 aegis_config::SourceLocation::File(path) => {
                     if !under(&path, &policy.paths) {
                         return Err(format!(
@@ -176,23 +218,40 @@ fn policy_check(v: &Verified, policy: &Policy) -> Result<(), String> {
                     }
                 }
                 aegis_config::SourceLocation::V4l2(dev) => {
-                    if !allowed(&policy.source_hosts, "v4l2") {
+                    if !policy.devices.iter().any(|d| d == &dev) {
                         return Err(format!(
-                            "sources[{i}]: camera device {} is not allowed by device policy",
+                            "sources[{i}]: camera device {} is not in the device policy's \
+                             `devices` list",
                             dev.display()
                         ));
                     }
                 }
-                _ => {
-                    let host = url_host(&s.url).unwrap_or("");
-                    if !allowed(&policy.source_hosts, host) {
+                aegis_config::SourceLocation::Rtsp(url)
+                | aegis_config::SourceLocation::Srt(url)
+                | aegis_config::SourceLocation::Rtmp(url) => {
+                    if !url_host_allowed(&policy.source_hosts, &url) {
                         return Err(format!(
-                            "sources[{i}]: host {host:?} is not in the device's source allow-list"
+                            "sources[{i}]: host {:?} is not in the device's source allow-list",
+                            url.host_str()
+                        ));
+                    }
+                    if unsealed && url.has_userinfo() {
+                        return Err(format!(
+                            "sources[{i}]: the URL carries a user name or password: credentials \
+                             may only travel in a sealed document"
+                        ));
+                    }
+                    let keys = url.secret_query_keys();
+                    if unsealed && !keys.is_empty() {
+                        return Err(format!(
+                            "sources[{i}]: the URL's query carries a secret ({}): credentials \
+                             may only travel in a sealed document",
+                            keys.join(", ")
                         ));
                     }
                 }
             }
-            if s.password.is_some() && f.security.encryption == "none" {
+            if s.password.is_some() && unsealed {
                 return Err(format!(
                     "sources[{i}]: a camera password may only travel in a sealed document"
                 ));
@@ -237,7 +296,10 @@ fn policy_check(v: &Verified, policy: &Policy) -> Result<(), String> {
 }
 
 /// Every check, in order, without changing `state` (call [`ReplayState::accept`] after the
-/// workflow was applied).
+/// workflow was applied). Trust metadata that expired (against trusted time) vouches for
+/// nothing: the document is refused before its signature is even looked at, and the
+/// refusal is unauthenticated. Only refusals after the signature verified carry the
+/// [`crate::Authenticated`] view a receipt may name.
 pub fn check(
     doc: &[u8],
     trust: &TrustMetadata,
@@ -246,16 +308,36 @@ pub fn check(
     state: &ReplayState,
     now_s: i64,
     keys: &[&crate::seal::SealSecret],
-) -> Result<Verified, Rejection> {
+) -> Result<Verified, Refusal> {
+    let now = now_s.max(state.time_floor_s);
+    if let Some(why) = trust_expired(trust, now) {
+        return Err(Refusal::unauthenticated(Rejection::Trust(why)));
+    }
     check_mode(doc, trust, me, policy, state, Some(now_s), keys)
 }
 
+/// Why `trust` vouches for nothing at trusted time `now` (None: it is valid).
+pub fn trust_expired(trust: &TrustMetadata, now: i64) -> Option<String> {
+    match maml::parse_time(&trust.expires_at) {
+        Some(exp) if exp > now => None,
+        Some(_) => Some(format!(
+            "the device's trust metadata (version {}) expired at {}; it needs a trust update \
+             before it accepts any workflow",
+            trust.version, trust.expires_at
+        )),
+        None => Some(format!(
+            "the device's trust metadata (version {}) has an unreadable expiry {:?}",
+            trust.version, trust.expires_at
+        )),
+    }
+}
+
 /// The checks for the workflow a device already runs (at start-up, or to roll back to the
-/// previous one): the same as [`check`] except freshness and replay. It was fresh when it
-/// was accepted, and its sequence is the accepted one; expiry limits *installation*, not
-/// running (a device cut off from its gateway keeps working). Signature, issuer (revocation
-/// included: the current trust metadata must still list the key), target and policy are
-/// checked again.
+/// previous one): the same as [`check`] except freshness, replay and trust expiry. It was
+/// fresh when it was accepted, and its sequence is the accepted one; expiry limits
+/// *installation*, not running (a device cut off from its gateway keeps working).
+/// Signature, issuer (revocation included: the current trust metadata must still list the
+/// key), target and policy are checked again.
 pub fn recheck(
     doc: &[u8],
     trust: &TrustMetadata,
@@ -263,7 +345,7 @@ pub fn recheck(
     policy: &Policy,
     state: &ReplayState,
     keys: &[&crate::seal::SealSecret],
-) -> Result<Verified, Rejection> {
+) -> Result<Verified, Refusal> {
     check_mode(doc, trust, me, policy, state, None, keys)
 }
 
@@ -275,23 +357,66 @@ fn check_mode(
     state: &ReplayState,
     now_s: Option<i64>,
     keys: &[&crate::seal::SealSecret],
-) -> Result<Verified, Rejection> {
-    let (signed, block) = maml::split_signed(doc).map_err(Rejection::Format)?;
+) -> Result<Verified, Refusal> {
+    let unauth = Refusal::unauthenticated;
+    let (signed, block) = maml::split_signed(doc).map_err(|e| unauth(Rejection::Format(e)))?;
     if !policy.algorithms.contains(&block.alg) {
-        return Err(Rejection::Signature(SignError::Algorithm(block.alg)));
+        return Err(unauth(Rejection::Signature(SignError::Algorithm(
+            block.alg,
+        ))));
     }
-    let (issuer, key) = trust.issuer(&block.key).map_err(Rejection::Signature)?;
+    let (issuer, key) = trust
+        .issuer(&block.key)
+        .map_err(|e| unauth(Rejection::Signature(e)))?;
     key.verify(&signed, Purpose::Workflow, &block.sig)
-        .map_err(Rejection::Signature)?;
-    let document = maml::parse(&signed).map_err(Rejection::Document)?;
-    let f = &document.front;
-    let doc_err = |m: String| {
-        Rejection::Document(MamlError {
-            line: None,
-            message: m,
-        })
+        .map_err(|e| unauth(Rejection::Signature(e)))?;
+    // From here on the bytes are the issuer's: parsed once, and what a receipt names.
+    let document = maml::parse(&signed).map_err(|e| unauth(Rejection::Document(e)))?;
+    let digest = crate::digest(&signed);
+    let authenticated = |rejection: Rejection, document: &maml::Document| Refusal {
+        rejection,
+        authenticated: Some(Box::new(crate::Authenticated {
+            document: document.clone(),
+            digest: digest.clone(),
+        })),
     };
-    // Target: this device, and only what the issuer may target.
+    if let Err(r) = check_authorised(&document, &issuer, me) {
+        return Err(authenticated(r, &document));
+    }
+    if let Some(now_s) = now_s
+        && let Err(r) = fresh(&document.front, &key, policy, state, now_s)
+    {
+        return Err(authenticated(r, &document));
+    }
+    if policy.require_sealing && document.front.security.encryption == "none" {
+        return Err(authenticated(
+            Rejection::Policy("device policy requires sealed documents".into()),
+            &document,
+        ));
+    }
+    let (opened, pipeline) = match crate::open_and_validate(&signed, document.clone(), keys) {
+        Ok(x) => x,
+        Err(r) => return Err(authenticated(r, &document)),
+    };
+    let v = Verified {
+        document: opened,
+        signer: key,
+        pipeline,
+        digest: digest.clone(),
+    };
+    if let Err(e) = policy_check(&v, policy) {
+        return Err(authenticated(Rejection::Policy(e), &v.document));
+    }
+    Ok(v)
+}
+
+/// Target and origin: this device, and only what the issuer may target.
+fn check_authorised(
+    document: &maml::Document,
+    issuer: &crate::trust::Issuer,
+    me: &Identity,
+) -> Result<(), Rejection> {
+    let f = &document.front;
     let for_me =
         f.target.devices.contains(&me.id) || f.target.groups.iter().any(|g| me.groups.contains(g));
     if !for_me {
@@ -317,32 +442,20 @@ fn check_mode(
         }
     }
     if f.origin != format!("chimera://{}", issuer.name) {
-        return Err(doc_err(format!(
-            "origin {:?} is not the signing issuer chimera://{}",
-            f.origin, issuer.name
-        )));
+        return Err(Rejection::Document(MamlError {
+            line: None,
+            message: format!(
+                "origin {:?} is not the signing issuer chimera://{}",
+                f.origin, issuer.name
+            ),
+        }));
     }
-    if let Some(now_s) = now_s {
-        fresh(f, &key, policy, state, now_s)?;
-    }
-    if policy.require_sealing && f.security.encryption == "none" {
-        return Err(Rejection::Policy(
-            "device policy requires sealed documents".into(),
-        ));
-    }
-    let (document, pipeline) = crate::open_and_validate(&signed, document, keys)?;
-    let v = Verified {
-        document,
-        signer: key,
-        pipeline,
-        digest: crate::digest(&signed),
-    };
-    policy_check(&v, policy).map_err(Rejection::Policy)?;
-    Ok(v)
+    Ok(())
 }
 
-/// Freshness: issued/expires against trusted time (never before the persisted floor), then
-/// the sequence against replay and fast-forward.
+/// Freshness: issued/expires against trusted time (never before the persisted floor), the
+/// issuer's order and the running workflow's age, then the sequence against replay and
+/// fast-forward.
 fn fresh(
     f: &maml::FrontMatter,
     key: &crate::sign::PublicKey,
@@ -353,11 +466,34 @@ fn fresh(
     let now = now_s.max(state.time_floor_s);
     let issued = maml::parse_time(&f.issued_at).unwrap_or(i64::MAX);
     let expires = maml::parse_time(&f.expires_at).unwrap_or(i64::MIN);
-    if issued > now + policy.max_clock_skew_s {
+    if issued > now.saturating_add(policy.max_clock_skew_s) {
         return Err(Rejection::Time(format!("not valid before {}", f.issued_at)));
     }
     if expires <= now {
         return Err(Rejection::Time(format!("expired at {}", f.expires_at)));
+    }
+    // One order per issuer, across its targets: nothing issued before what it already
+    // sent this device.
+    if let Some(&newest) = state.issued.get(key.id())
+        && issued < newest
+    {
+        return Err(Rejection::Replay(format!(
+            "issued at {}, before {} — the newest document this device accepted from the same \
+             issuer: an older document never replaces a newer one (re-issue it to roll back)",
+            f.issued_at,
+            maml::format_time(newest)
+        )));
+    }
+    // Across issuers: the running workflow is replaced only by a document issued after it.
+    if let Some(active) = state.active_issued_s
+        && issued < active
+    {
+        return Err(Rejection::Replay(format!(
+            "issued at {}, before the running workflow (issued {}): an older document never \
+             replaces a newer one (re-issue it to roll back)",
+            f.issued_at,
+            maml::format_time(active)
+        )));
     }
     // Replay and fast-forward.
     let last = state

@@ -7,15 +7,18 @@
 //! files, root-signed trust metadata ([`trust`]: k of n, rotation, revocation, rollback and
 //! expiry), the device-side checks ([`device`]: targets, trusted time, anti-replay, policy),
 //! sealing and group keys ([`seal`]: ML-KEM-768 and AES-256-GCM), `.mu` receipts
-//! ([`receipt`]), and the `chimera` gateway CLI. See `docs/security.md`. This crate must
-//! never know about frames.
+//! ([`receipt`]), the device's persisted workflow state ([`state`]: trial, commit, rollback,
+//! monotonic trust, answered digests), and the `chimera` gateway CLI. See
+//! `docs/security.md`. This crate must never know about frames.
 
 pub mod device;
+mod fsutil;
 mod keyfile;
 pub mod maml;
 pub mod receipt;
 pub mod seal;
 pub mod sign;
+pub mod state;
 pub mod trust;
 
 use maml::{Document, MamlError};
@@ -24,6 +27,10 @@ use sign::{PublicKey, Purpose, SignError};
 /// Why a document was refused; each names the first check that failed.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum Rejection {
+    /// The device's trust metadata cannot vouch for any document now (expired, or older
+    /// than the newest version this device has held): nothing is verified or answered.
+    #[error("trust: {0}")]
+    Trust(String),
     /// Size, encoding or signature-block problems, before any YAML is read.
     #[error("format: {0}")]
     Format(MamlError),
@@ -58,21 +65,42 @@ pub enum Rejection {
     Sealed(seal::SealError),
 }
 
-impl Rejection {
-    /// True when the document's signature verified before it was refused: such a
-    /// document gets a signed receipt; anything else is unauthenticated input.
-    pub fn authenticated(&self) -> bool {
-        !matches!(self, Rejection::Format(_) | Rejection::Signature(_))
+/// A refused document that may be named in a signed receipt: its signature verified
+/// against trust metadata that is valid now, and its signed bytes parsed. Only
+/// [`device::check`] makes one, from the bytes it verified: nothing else may hand the
+/// device's key a document to make statements about.
+#[derive(Debug, Clone)]
+pub struct Authenticated {
+    /// The verified document, as parsed once by the check.
+    pub document: Document,
+    /// SHA-256 of its signed bytes.
+    pub digest: String,
+}
+
+/// Why a document was refused, and — only when it was authenticated — what a receipt
+/// may say about it.
+#[derive(Debug, Clone)]
+pub struct Refusal {
+    /// The first check that failed.
+    pub rejection: Rejection,
+    /// Present only for documents whose signature verified against valid trust.
+    pub authenticated: Option<Box<Authenticated>>,
+}
+
+impl Refusal {
+    /// Unauthenticated input: no signed answer, at most an unsigned notice.
+    pub fn unauthenticated(rejection: Rejection) -> Refusal {
+        Refusal {
+            rejection,
+            authenticated: None,
+        }
     }
 }
 
-/// The transmitted document parsed, and its digest, for a document refused after its
-/// signature verified ([`Rejection::authenticated`]): what its receipt names and mirrors.
-/// Only call it for such documents; it checks nothing.
-pub fn authenticated_view(doc: &[u8]) -> Option<(Document, String)> {
-    let (signed, _) = maml::split_signed(doc).ok()?;
-    let parsed = maml::parse(&signed).ok()?;
-    Some((parsed, digest(&signed)))
+impl std::fmt::Display for Refusal {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.rejection.fmt(f)
+    }
 }
 
 /// A document whose signature verified and whose content validated.
@@ -153,3 +181,5 @@ pub fn verify_document(
 mod tests;
 #[cfg(test)]
 mod tests_device;
+#[cfg(test)]
+mod tests_state;

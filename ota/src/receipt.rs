@@ -43,6 +43,9 @@ pub enum Verdict {
     RolledBack,
     /// It was refused after its signature verified (target, time, replay, policy, build).
     Rejected,
+    /// It ran, and stopped because it no longer passes its checks (its issuer's key was
+    /// revoked by new trust metadata): the previous workflow or the local default runs.
+    Revoked,
 }
 
 impl Verdict {
@@ -52,6 +55,7 @@ impl Verdict {
             Verdict::Applied => "applied",
             Verdict::RolledBack => "rolled_back",
             Verdict::Rejected => "rejected",
+            Verdict::Revoked => "revoked",
         }
     }
 }
@@ -96,6 +100,58 @@ pub struct Receipt {
     /// The mirror (not part of the front matter; filled from the body).
     #[serde(skip)]
     pub mirror: Vec<MirrorEntry>,
+}
+
+/// `text` with what may be a secret replaced by `***`: the user information of URLs
+/// (`rtsp://user:pw@host` → `rtsp://***@host`) and the values of secret-looking query or
+/// option keys (`passphrase=…`). Receipts, audit rows and notices go through it, so no
+/// error message can carry a credential off the device.
+pub fn redact(text: &str) -> String {
+    let stop = |c: char| c.is_whitespace() || matches!(c, '"' | '\'' | '`' | '<' | '>' | ')');
+    let mut out = String::with_capacity(text.len());
+    let mut rest = text;
+    while let Some(i) = rest.find("://") {
+        out.push_str(&rest[..i + 3]);
+        let after = &rest[i + 3..];
+        let end = after.find(stop).unwrap_or(after.len());
+        let authority_end = after[..end].find(['/', '?', '#']).unwrap_or(end);
+        match after[..authority_end].rfind('@') {
+            Some(at) => {
+                out.push_str("***");
+                rest = &after[at..];
+            }
+            None => rest = after,
+        }
+    }
+    out.push_str(rest);
+    // key=value pairs.
+    let mut result = String::with_capacity(out.len());
+    let mut s = out.as_str();
+    while let Some(eq) = s.find('=') {
+        let before = &s[..eq];
+        let key_start = before
+            .rfind(|c: char| !(c.is_ascii_alphanumeric() || c == '_' || c == '-'))
+            .map_or(0, |k| k + 1);
+        let key = &before[key_start..];
+        result.push_str(&s[..=eq]);
+        let after = &s[eq + 1..];
+        if aegis_config::url::SECRET_QUERY_KEYS
+            .iter()
+            .any(|k| key.eq_ignore_ascii_case(k))
+        {
+            let end = after
+                .find(|c: char| stop(c) || c == '&' || c == ',' || c == ';')
+                .unwrap_or(after.len());
+            if end > 0 {
+                result.push_str("***");
+            }
+            s = &after[end..];
+        } else {
+            s = after;
+        }
+    }
+    result.push_str(s);
+    result
 }
 
 fn hex(b: &[u8]) -> String {
@@ -257,6 +313,33 @@ mod tests {
             Receipt::verify(forged.as_bytes(), key.public()),
             Err(ReceiptError::Signature(_))
         ));
+    }
+
+    #[test]
+    fn redaction_removes_credentials_and_secret_query_values() {
+        let cases = [
+            (
+                "connect rtsp://admin:hunter2@10.0.0.5:554/s failed",
+                "connect rtsp://***@10.0.0.5:554/s failed",
+            ),
+            (
+                "srt://h:9000?mode=caller&passphrase=abcdefghij&latency=20",
+                "srt://h:9000?mode=caller&passphrase=***&latency=20",
+            ),
+            (
+                "url \"rtmp://u@h/app/k?token=xyz\"",
+                "url \"rtmp://***@h/app/k?token=***\"",
+            ),
+            ("a@b://c@d@e/x", "a@b://***@e/x"),
+            (
+                "no secrets here: rtsp://cam/x",
+                "no secrets here: rtsp://cam/x",
+            ),
+            ("PassPhrase=S3cret,other", "PassPhrase=***,other"),
+        ];
+        for (input, want) in cases {
+            assert_eq!(redact(input), want, "{input}");
+        }
     }
 
     #[test]

@@ -117,7 +117,7 @@ fn the_rejection_matrix() {
                 t.revoked.push(w.issuer.public().id().to_string());
                 reason(&ok_doc, &t, &w.policy, &state, NOW)
             },
-            "(revoked)",
+            "is revoked",
         ),
         (
             "key not allowed for that target",
@@ -468,4 +468,73 @@ fn sealing_for_many_devices_is_bounded_and_says_to_use_a_group_key() {
         opened,
         d.replacen("encryption: none", "encryption: aes-256-gcm+ml-kem-768", 1)
     );
+}
+
+/// Source URLs are judged as libavformat reads them (the strictly parsed host), credentials
+/// in URLs need a sealed document, and cameras need their device node in `devices`.
+#[test]
+fn source_urls_and_devices_are_checked_as_libav_reads_them() {
+    let w = world();
+    let state = ReplayState::default();
+    let with_url = |url: &str| {
+        sign(
+            &doc_with(|d| d.replace("rtsp://192.0.2.10/stream1", url)),
+            &w.issuer,
+        )
+    };
+    let verdict = |url: &str, policy: &Policy| {
+        check(&with_url(url), &w.trust, &w.me, policy, &state, NOW, &[]).map_err(|e| e.to_string())
+    };
+    let cameras = Policy {
+        source_hosts: vec!["192.0.2.10".into(), "v4l2".into(), "[2001:db8::1]".into()],
+        devices: vec![std::path::PathBuf::from("/dev/video0")],
+        ..w.policy.clone()
+    };
+    let refused = [
+        // libavformat ends the authority at '?': this connects to the metadata address.
+        (
+            "rtsp://169.254.169.254?@192.0.2.10/latest",
+            "host \"169.254.169.254\" is not in",
+        ),
+        ("rtsp://169.254.169.254#@192.0.2.10/", "fragment"),
+        ("rtsp://x@y@192.0.2.10/stream1", "more than one '@'"),
+        ("rtsp://3221225994/stream1", "ambiguous numeric host"),
+        ("rtsp://192.0.2.10:554junk/stream1", "in the port"),
+        (
+            "rtsp://[::ffff:192.0.2.10]/stream1",
+            "host \"::ffff:192.0.2.10\" is not in",
+        ),
+        (
+            "rtsp://viewer:hunter2@192.0.2.10/stream1",
+            "credentials may only travel in a sealed document",
+        ),
+        (
+            "srt://192.0.2.10:9000?mode=caller&passphrase=sesame99",
+            "query carries a secret (passphrase)",
+        ),
+        ("v4l2:///dev/video1", "`devices` list"),
+    ];
+    for (url, want) in refused {
+        let got = verdict(url, &cameras).expect_err(url);
+        assert!(got.contains(want), "{url}: expected {want:?} in {got:?}");
+        assert!(
+            !got.contains("hunter2") && !got.contains("sesame99"),
+            "{got}"
+        );
+    }
+    // The old "v4l2" host entry no longer allows cameras.
+    let old_style = Policy {
+        source_hosts: vec!["v4l2".into()],
+        ..w.policy.clone()
+    };
+    let got = verdict("v4l2:///dev/video0", &old_style).unwrap_err();
+    assert!(got.contains("`devices` list"), "{got}");
+    for url in [
+        "v4l2:///dev/video0",
+        "RTSP://192.0.2.10:554/stream1",
+        "rtsp://[2001:DB8:0::1]/stream1",
+        "srt://192.0.2.10:9000?mode=caller&latency=120",
+    ] {
+        verdict(url, &cameras).unwrap_or_else(|e| panic!("{url}: {e}"));
+    }
 }

@@ -515,7 +515,8 @@ fn garbage_on_the_workflow_topic_is_counted_and_never_answered_with_a_signature(
         assert!(s.success());
     }
     let sent = 2000 + flips as u64;
-    // Everything is accounted for: refused, or dropped while the applier was busy.
+    // Everything is accounted for: refused, or superseded by a newer message on the topic
+    // before it was judged (counted; the topic's retained message is fetched again).
     let t0 = Instant::now();
     let (refused, busy) = loop {
         let (_, body) = http_get(&format!("127.0.0.1:{web}"), "/metrics").unwrap();
@@ -526,8 +527,12 @@ fn garbage_on_the_workflow_topic_is_counted_and_never_answered_with_a_signature(
             )
             .unwrap_or(0.0) as u64
         };
-        let (r, b, applied, rejected) =
-            (get("refused"), get("busy"), get("applied"), get("rejected"));
+        let (r, b, applied, rejected) = (
+            get("refused"),
+            get("superseded"),
+            get("applied"),
+            get("rejected"),
+        );
         assert_eq!(
             (applied, rejected),
             (0, 0),
@@ -540,7 +545,7 @@ fn garbage_on_the_workflow_topic_is_counted_and_never_answered_with_a_signature(
     };
     let cpu = cpu_ms(a.id()) - cpu0;
     eprintln!(
-        "garbage flood: {sent} messages, {refused} refused, {busy} dropped while busy; agent CPU {cpu:.0} ms ({:.3} ms per message, pipeline included)",
+        "garbage flood: {sent} messages, {refused} refused, {busy} superseded before judged; agent CPU {cpu:.0} ms ({:.3} ms per message, pipeline included)",
         cpu / sent as f64
     );
     assert_eq!(refused + busy, sent);
@@ -778,6 +783,8 @@ fn trust_metadata_from_the_fleet_revokes_an_issuer_and_its_running_workflow() {
         .unwrap();
     assert!(s.success());
     wait_counter(web, "trust_updates", 1);
+    // The running workflow stops at once (no restart needed): the local default runs.
+    wait_counter(web, "revoked", 1);
     // The revoked issuer's next workflow is unauthenticated now: refused, unsigned.
     let wf2 = signed_light(d, "wf2", 2, "[{ kind: timestamp_overlay, scale: 3 }]");
     chimera_ok(d, &["publish", &wf2, "--to", "orin-1", "--broker", &url]);
@@ -790,21 +797,7 @@ fn trust_metadata_from_the_fleet_revokes_an_issuer_and_its_running_workflow() {
     );
     let v: serde_json::Value = serde_json::from_str(&st).unwrap();
     assert_eq!(v["trust_version"], 3, "{st}");
-    assert_eq!(v["active_verifies"], false, "{st}");
-    assert!(
-        v["active_error"].as_str().unwrap().contains("revoked"),
-        "{st}"
-    );
-    // At the next start the revoked workflow stops: the local default runs.
-    let mut a = agent(d, &cfg, "agent2");
-    wait_online(broker.port);
-    sigterm(&mut a);
-    let st = aegis_ok(
-        d,
-        &["workflow", "status", "--config", cfg.to_str().unwrap()],
-    );
-    let v: serde_json::Value = serde_json::from_str(&st).unwrap();
     assert!(v["state"]["active"].is_null(), "{st}");
-    let log = std::fs::read_to_string(d.join("agent2.log")).unwrap();
+    let log = std::fs::read_to_string(d.join("agent1.log")).unwrap();
     assert!(log.contains("no longer passes its checks"), "{log}");
 }

@@ -328,38 +328,6 @@ impl ErrorReporter {
 /// Frame rate assumed for rate control while a live source has not said.
 const DEFAULT_FRAME_RATE: (i32, i32) = (30, 1);
 
-/// `rtsp://host/x` + user + password → `rtsp://user:password@host/x` (percent-encoded). Without
-/// a configured user the URL is kept as written.
-fn with_credentials(
-    url: &str,
-    user: Option<&str>,
-    password: Option<&aegis_config::Secret>,
-) -> String {
-    let (Some(user), Some((scheme, rest))) = (user, url.split_once("://")) else {
-        return url.to_string();
-    };
-    let authority_end = rest.find('/').unwrap_or(rest.len());
-    let host_and_path = match rest[..authority_end].rfind('@') {
-        Some(at) => &rest[at + 1..],
-        None => rest,
-    };
-    let enc = |s: &str| {
-        s.bytes()
-            .map(|b| {
-                if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
-                    (b as char).to_string()
-                } else {
-                    format!("%{b:02X}")
-                }
-            })
-            .collect::<String>()
-    };
-    let pass = password
-        .map(|p| format!(":{}", enc(p.expose())))
-        .unwrap_or_default();
-    format!("{scheme}://{}{pass}@{host_and_path}", enc(user))
-}
-
 impl Pipeline {
     /// Opens every source and sink, then starts the stream threads. Nothing is started when
     /// anything fails to open.
@@ -399,11 +367,14 @@ impl Pipeline {
                 }
                 // Live sources connect on their own thread: the agent must start while a
                 // camera is down, and says so in the stream's health.
+                // libavformat receives the canonical re-serialisation of the parsed URL, with
+                // the configured credentials in place of the URL's: exactly what validation
+                // and the workflow policy checked.
                 SourceLocation::Rtsp(url)
                 | SourceLocation::Srt(url)
                 | SourceLocation::Rtmp(url) => {
                     let mut settings = LiveSourceSettings::new(
-                        with_credentials(&url, s.username.as_deref(), s.password.as_ref()),
+                        url.to_libav(s.username.as_deref(), s.password.as_ref()),
                         StreamId::new(&s.id),
                     );
                     settings.transport = match s.transport {
@@ -460,10 +431,15 @@ impl Pipeline {
                     .map_err(|source| PipelineError::Sink { index, source })?,
             );
         }
-        // Only now that everything opened: a failed start must not leave phantom streams.
-        for (s, src) in cfg.sources.iter().zip(&sources) {
-            metrics.watch_source(&s.id, src.health());
-        }
+        // Only now that everything opened: a failed start must not leave phantom streams,
+        // and the streams of the pipeline this one replaces are forgotten.
+        metrics.watch_sources(
+            cfg.sources
+                .iter()
+                .zip(&sources)
+                .map(|(s, src)| (s.id.clone(), src.health()))
+                .collect(),
+        );
         let stop = Arc::new(AtomicBool::new(false));
         let mut pipeline = Pipeline {
             stop: stop.clone(),
@@ -942,20 +918,38 @@ mod tests {
     use super::*;
 
     #[test]
-    fn credentials_go_into_the_url_percent_encoded() {
+    fn credentials_go_into_the_canonical_url_percent_encoded() {
+        let source = |url: &str| aegis_config::SourceConfig {
+            id: "cam".into(),
+            url: url.into(),
+            transport: aegis_config::RtspTransport::Tcp,
+            username: None,
+            password: None,
+            capture: None,
+            loop_: false,
+            realtime: false,
+            max_frames: None,
+        };
+        let libav = |url: &str, user: Option<&str>, pw: Option<&aegis_config::Secret>| {
+            let SourceLocation::Rtsp(u) = source(url).location() else {
+                panic!("{url} is not an rtsp source");
+            };
+            u.to_libav(user, pw)
+        };
         let pw = aegis_config::Secret::new("p@ss:w/rd");
         assert_eq!(
-            with_credentials("rtsp://cam:554/live", Some("ad min"), Some(&pw)),
+            libav("RTSP://Cam:554/live", Some("ad min"), Some(&pw)),
             "rtsp://ad%20min:p%40ss%3Aw%2Frd@cam:554/live"
         );
-        // Configured credentials replace any in the URL; without them the URL is kept.
+        // Configured credentials replace any in the URL; without them the URL's are kept,
+        // re-encoded.
         assert_eq!(
-            with_credentials("rtsp://old:x@cam/live", Some("u"), None),
+            libav("rtsp://old:x@cam/live", Some("u"), None),
             "rtsp://u@cam/live"
         );
         assert_eq!(
-            with_credentials("rtsp://old:x@cam/live", None, Some(&pw)),
-            "rtsp://old:x@cam/live"
+            libav("rtsp://old:x%21@cam/live", None, Some(&pw)),
+            "rtsp://old:x%21@cam/live"
         );
     }
 }

@@ -49,18 +49,18 @@ fn read_json<T: for<'de> Deserialize<'de> + Default>(path: &Path) -> anyhow::Res
     match std::fs::read(path) {
         Ok(b) => serde_json::from_slice(&b).map_err(|e| anyhow::anyhow!("{}: {e}", path.display())),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(T::default()),
-        Err(e) => Err(anyhow::anyhow!("{}: {e}", path.display())),
+        Err(e) => Err(anyhow::anyhow!("cannot read {}: {e}", path.display())),
     }
 }
 
 fn write_json<T: Serialize>(path: &Path, v: &T) -> anyhow::Result<()> {
     if let Some(d) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-        std::fs::create_dir_all(d)?;
+        crate::create_dir(d)?;
     }
     let tmp = path.with_extension("tmp");
-    std::fs::write(&tmp, serde_json::to_vec_pretty(v)?)?;
-    std::fs::rename(&tmp, path)?;
-    Ok(())
+    crate::write_file(&tmp, serde_json::to_vec_pretty(v)?)?;
+    std::fs::rename(&tmp, path)
+        .map_err(|e| anyhow::anyhow!("cannot rename {} to {}: {e}", tmp.display(), path.display()))
 }
 
 /// The mirror sidecar `chimera seal` writes next to a sealed document.
@@ -222,7 +222,7 @@ pub fn publish(
     registry_path: &Path,
     state: &Path,
 ) -> anyhow::Result<()> {
-    let doc = std::fs::read(file).map_err(|e| anyhow::anyhow!("{}: {e}", file.display()))?;
+    let doc = crate::read_file(file)?;
     let (signed, _) =
         maml::split_signed(&doc).map_err(|e| anyhow::anyhow!("{}: {e}", file.display()))?;
     let parsed = maml::parse(&signed).map_err(|e| anyhow::anyhow!("{}: {e}", file.display()))?;
@@ -289,7 +289,8 @@ pub fn publish(
     })?;
     let sent_path = state.join("sent.json");
     let mut sent: BTreeMap<String, Sent> = read_json(&sent_path)?;
-    let file_abs = std::fs::canonicalize(file)?;
+    let file_abs = std::fs::canonicalize(file)
+        .map_err(|e| anyhow::anyhow!("cannot resolve {}: {e}", file.display()))?;
     for (i, d) in devices.iter().enumerate() {
         sent.insert(
             d.clone(),
@@ -369,6 +370,14 @@ pub fn watch_receipts(
                 Err(e) => {
                     println!("{device}: BAD {e}");
                     bad += 1;
+                }
+                Ok(r) if r.mode == "trust" => {
+                    // A trust metadata acknowledgement: not a workflow answer.
+                    seen -= 1;
+                    println!(
+                        "{device}: trust metadata version {} installed (sha256 {}) — signature ok",
+                        r.sequence, r.workflow_sha256
+                    );
                 }
                 Ok(r) => {
                     // Read now: a publish may have happened after the watch began.
@@ -573,8 +582,7 @@ pub fn fleet_reconcile(
             );
             continue;
         }
-        let doc =
-            std::fs::read(&x.file).map_err(|e| anyhow::anyhow!("{}: {e}", x.file.display()))?;
+        let doc = crate::read_file(&x.file)?;
         msgs.push((
             r.device.clone(),
             format!("aegis/v1/{}/workflows", r.device),
