@@ -33,7 +33,7 @@ use std::time::{Duration, Instant};
 
 use aegis_config::{HealthCheckConfig, InferenceConfig, PipelineConfig};
 use aegis_ota::receipt::{Verdict, redact};
-use aegis_ota::state::{Outcome, Stopped, TrustUpdate, Workflows};
+use aegis_ota::state::{Outcome, Stopped, Subject, TrustUpdate, Workflows};
 use serde::Serialize;
 
 use crate::inference::Inference;
@@ -49,6 +49,8 @@ pub const AUDIT_WINDOW: Duration = Duration::from_secs(60);
 pub const AUDIT_ROWS_PER_WINDOW: u64 = 60;
 /// A superseded topic's retained message is fetched again at most this often.
 const REFETCH_INTERVAL: Duration = Duration::from_secs(2);
+/// Signed `rejected` receipts per [`AUDIT_WINDOW`]; more are answered unsigned.
+pub const SIGNED_REJECTIONS_PER_WINDOW: u32 = 30;
 /// Local (`POST /workflow`) requests waiting for the applier.
 pub const LOCAL_QUEUE: usize = 8;
 
@@ -144,6 +146,9 @@ pub struct FleetInbox {
 struct InboxInner {
     pending: BTreeMap<String, Vec<u8>>,
     superseded: BTreeSet<String>,
+    /// The topic served last: the next one is the first after it (round robin), so a
+    /// flood on one topic never starves another.
+    last: Option<String>,
 }
 
 impl FleetInbox {
@@ -175,14 +180,21 @@ impl FleetInbox {
         self.ready.notify_one();
     }
 
-    /// The next message: trust metadata first (a workflow may need it), then the others.
+    /// The next message, topics taken in turn (round robin in topic order, so after a
+    /// connect the trust topic, `aegis/v1/fleet/trust`, comes before the workflow topics).
     pub fn take(&self) -> Option<(String, Vec<u8>)> {
         let mut inner = self.lock();
-        let topic = if inner.pending.contains_key(crate::fleet::TRUST_TOPIC) {
-            crate::fleet::TRUST_TOPIC.to_string()
-        } else {
-            inner.pending.keys().next()?.clone()
+        let after = inner.last.clone();
+        let topic = match &after {
+            Some(last) => inner
+                .pending
+                .range::<String, _>((std::ops::Bound::Excluded(last), std::ops::Bound::Unbounded))
+                .next()
+                .or_else(|| inner.pending.iter().next())
+                .map(|(t, _)| t.clone())?,
+            None => inner.pending.keys().next()?.clone(),
         };
+        inner.last = Some(topic.clone());
         inner.pending.remove(&topic).map(|p| (topic, p))
     }
 
@@ -260,7 +272,11 @@ impl RefusalAudit {
         if w.rows < AUDIT_ROWS_PER_WINDOW {
             w.rows += 1;
             drop(w);
-            tracing::warn!(action, detail = %detail, "refused");
+            if action.contains("refused") || action.contains("rejected") {
+                tracing::warn!(action, detail = %detail, "refused");
+            } else {
+                tracing::info!(action, detail = %detail, "audit");
+            }
             self.row(action, detail);
         } else {
             *w.suppressed.entry(action.to_string()).or_insert(0) += 1;
@@ -322,6 +338,8 @@ pub struct Applier {
     unnoticed: u64,
     refetched: HashMap<String, Instant>,
     trust_health: Option<aegis_ota::state::TrustHealth>,
+    /// Start of the signed-rejection window and the rejections signed in it.
+    rejections: (Instant, u32),
     /// Counters.
     pub counters: Arc<ApplyCounters>,
 }
@@ -392,6 +410,7 @@ impl Applier {
             unnoticed: 0,
             refetched: HashMap::new(),
             trust_health: None,
+            rejections: (Instant::now(), 0),
             counters,
         }
     }
@@ -532,6 +551,18 @@ impl Applier {
                 sha256_hex(payload)
             ),
         );
+        self.notice(&reason);
+        Reply {
+            verdict: "refused".into(),
+            reason,
+            receipt: None,
+            apply_ms: ms(t0),
+        }
+    }
+
+    /// Counts a refusal for the next unsigned notice; sends one when it is due (at most
+    /// one per [`NOTICE_INTERVAL`]).
+    fn notice(&mut self, reason: &str) {
         self.unnoticed += 1;
         let due = self
             .last_notice
@@ -548,17 +579,38 @@ impl Applier {
             self.last_notice = Some(Instant::now());
             self.unnoticed = 0;
         }
-        Reply {
-            verdict: "refused".into(),
-            reason,
-            receipt: None,
-            apply_ms: ms(t0),
-        }
     }
 
     /// A signed answer for a document whose signature verified against valid trust. The
     /// digest is remembered (persisted) first, so a redelivery gets no second receipt.
-    fn answer(&mut self, doc: &aegis_ota::maml::Document, digest: &str, outcome: Outcome) -> Reply {
+    /// Rejections (captured documents for other devices, old ones replayed) are signed at
+    /// most [`SIGNED_REJECTIONS_PER_WINDOW`] times per [`AUDIT_WINDOW`]: beyond that they
+    /// are answered like unauthenticated input, so cycling captured documents costs the
+    /// device neither signatures nor flash writes.
+    fn answer(&mut self, subject: Subject<'_>, outcome: Outcome) -> Reply {
+        let (doc, digest) = match subject {
+            Subject::Verified(v) => (&v.document, v.digest.as_str()),
+            Subject::Authenticated(a) => (&a.document, a.digest.as_str()),
+        };
+        if outcome.verdict == Verdict::Rejected && !self.signed_rejection_due() {
+            self.counters.rejected.fetch_add(1, Relaxed);
+            let reason = redact(&outcome.reason);
+            self.audit.record(
+                "workflow.rejected.unsigned",
+                &format!(
+                    "{} sequence {} sha256 {digest}: more than {SIGNED_REJECTIONS_PER_WINDOW} \
+                     rejections this minute, answered unsigned: {reason}",
+                    doc.front.id, doc.front.sequence
+                ),
+            );
+            self.notice(&reason);
+            return Reply {
+                verdict: "rejected".into(),
+                reason,
+                receipt: None,
+                apply_ms: outcome.apply_ms,
+            };
+        }
         let (counter, action) = match outcome.verdict {
             Verdict::Applied => (&self.counters.applied, "workflow.applied"),
             Verdict::RolledBack => (&self.counters.rolled_back, "workflow.rolled_back"),
@@ -580,7 +632,7 @@ impl Applier {
         if let Err(e) = self.workflows.record_answer(digest) {
             tracing::warn!(error = %e, "cannot remember the answered digest");
         }
-        let receipt = match self.workflows.receipt(doc, digest, &outcome) {
+        let receipt = match self.workflows.receipt(subject, &outcome) {
             Ok(r) => {
                 self.send("receipt", r.clone().into_bytes());
                 Some(r)
@@ -596,6 +648,18 @@ impl Applier {
             receipt,
             apply_ms: outcome.apply_ms,
         }
+    }
+
+    /// Whether another signed rejection fits this window's budget (counts it if so).
+    fn signed_rejection_due(&mut self) -> bool {
+        if self.rejections.0.elapsed() >= AUDIT_WINDOW {
+            self.rejections = (Instant::now(), 0);
+        }
+        if self.rejections.1 >= SIGNED_REJECTIONS_PER_WINDOW {
+            return false;
+        }
+        self.rejections.1 += 1;
+        true
     }
 
     /// Handles one message; returns the (possibly replaced) pipeline and the reply.
@@ -632,7 +696,7 @@ impl Applier {
                     mode: "none",
                     apply_ms: ms(t0),
                 };
-                return (pipeline, self.answer(&a.document, &a.digest, outcome));
+                return (pipeline, self.answer(Subject::Authenticated(&a), outcome));
             }
         };
         if self.workflows.answered(&v.digest) {
@@ -646,10 +710,10 @@ impl Applier {
                 mode: "none",
                 apply_ms: ms(t0),
             };
-            return (pipeline, self.answer(&v.document, &v.digest, outcome));
+            return (pipeline, self.answer(Subject::Verified(&v), outcome));
         };
         let (pipeline, outcome) = self.switch(pipeline, doc, &v, &new_cfg, t0).await;
-        let reply = self.answer(&v.document, &v.digest, outcome);
+        let reply = self.answer(Subject::Verified(&v), outcome);
         self.publish_status();
         (pipeline, reply)
     }
@@ -665,6 +729,13 @@ impl Applier {
     fn duplicate(&self, t0: Instant, digest: &str) -> Reply {
         self.counters.duplicates.fetch_add(1, Relaxed);
         let active = self.is_active(digest);
+        self.audit.record(
+            "workflow.duplicate",
+            &format!(
+                "sha256 {digest}: answered already{}",
+                if active { " (it runs)" } else { "" }
+            ),
+        );
         Reply {
             verdict: if active {
                 "already_active"
@@ -748,8 +819,11 @@ impl Applier {
         let (desired, stopped) = match self.workflows.active_pipeline() {
             Ok(x) => x,
             Err(e) => {
-                tracing::error!(error = %format!("{e:#}"), "cannot record the stopped workflow");
-                return pipeline;
+                // The state could not be saved: whatever runs may be what was just revoked.
+                // Fail closed: the local default runs until the next start sorts it out.
+                tracing::error!(error = %format!("{e:#}"),
+                    "cannot record the workflow change; running the local default pipeline");
+                (None, Vec::new())
             }
         };
         for s in &stopped {
@@ -763,7 +837,19 @@ impl Applier {
             return pipeline;
         }
         tracing::info!("switching to the pipeline the checks allow now");
-        self.run_instead(pipeline, &cfg).await
+        match self.run_instead(pipeline, &cfg).await {
+            Ok(p) => p,
+            Err(p) => {
+                // The allowed pipeline's models do not load: never keep running what was
+                // revoked. The local default replaces it; if even that cannot start, the
+                // agent exits (restore) and systemd restarts it from the recorded state.
+                let default = self.default_pipeline.clone();
+                match self.run_instead(p, &default).await {
+                    Ok(p) => p,
+                    Err(p) => self.restore(Some(p), &default).await,
+                }
+            }
+        }
     }
 
     fn report_stopped(&mut self, s: &Stopped) {
@@ -784,7 +870,12 @@ impl Applier {
     }
 
     /// Runs `cfg` instead of what runs: in place when only the stages differ, else rebuilt.
-    async fn run_instead(&mut self, mut pipeline: Pipeline, cfg: &PipelineConfig) -> Pipeline {
+    /// When its models do not load, the running pipeline is handed back as the error.
+    async fn run_instead(
+        &mut self,
+        mut pipeline: Pipeline,
+        cfg: &PipelineConfig,
+    ) -> Result<Pipeline, Pipeline> {
         let loaded = {
             let (starter, c, loaded) = (self.starter.clone(), cfg.clone(), self.inference.clone());
             tokio::task::spawn_blocking(move || starter.load(&c, &loaded)).await
@@ -792,20 +883,20 @@ impl Applier {
         let inference = match loaded {
             Ok(Ok(i)) => i,
             Ok(Err(e)) => {
-                tracing::error!(error = %format!("{e:#}"), "models for the fallback pipeline do not load; keeping what runs");
-                return pipeline;
+                tracing::error!(error = %format!("{e:#}"), "models for the allowed pipeline do not load");
+                return Err(pipeline);
             }
             Err(e) => {
-                tracing::error!(error = %e, "loading models panicked; keeping what runs");
-                return pipeline;
+                tracing::error!(error = %e, "loading models panicked");
+                return Err(pipeline);
             }
         };
         if pipeline.can_swap_in_place(cfg) && pipeline.swap_stages(cfg, &inference).is_ok() {
             self.inference = inference;
-            return pipeline;
+            return Ok(pipeline);
         }
         self.inference = inference;
-        self.restore(Some(pipeline), cfg).await
+        Ok(self.restore(Some(pipeline), cfg).await)
     }
 
     /// Loads, commits on trial, switches, judges; keeps or rolls back.
@@ -1008,5 +1099,44 @@ impl Applier {
             }
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_inbox_keeps_the_latest_per_topic_and_serves_topics_in_turn() {
+        let counters = Arc::new(ApplyCounters::default());
+        let inbox = FleetInbox::new(counters.clone());
+        let (trust, group, device) = (
+            crate::fleet::TRUST_TOPIC,
+            "aegis/v1/groups/g/workflows",
+            "aegis/v1/orin-1/workflows",
+        );
+        // A flood on the group topic: only the latest waits, the rest are counted.
+        for i in 0..100 {
+            inbox.put(group, format!("junk {i}").as_bytes());
+        }
+        inbox.put(device, b"valid");
+        inbox.put(trust, b"trust");
+        assert_eq!(counters.superseded.load(Relaxed), 99);
+        let order: Vec<String> = std::iter::from_fn(|| inbox.take().map(|(t, _)| t)).collect();
+        assert_eq!(order, [trust, group, device]);
+        // Round robin: a topic that keeps receiving does not starve the next one.
+        inbox.put(group, b"a");
+        inbox.put(device, b"b");
+        let (first, _) = inbox.take().unwrap();
+        inbox.put(&first, b"again");
+        let (second, _) = inbox.take().unwrap();
+        assert_ne!(
+            first, second,
+            "the refilled topic was served twice in a row"
+        );
+        // The group topic was superseded: once quiet it is handed out for a re-fetch, once.
+        while inbox.take().is_some() {}
+        assert_eq!(inbox.quiet_superseded(|_| true), [group.to_string()]);
+        assert!(inbox.quiet_superseded(|_| true).is_empty());
     }
 }

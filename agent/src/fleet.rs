@@ -497,16 +497,20 @@ impl Link {
     /// topic's retained message once more). Only workflow and trust topics; while offline
     /// nothing is needed: the next connect subscribes afresh.
     fn resubscribe(&mut self, topic: String) {
-        let ours = topic == TRUST_TOPIC
-            || topic == self.s.topic("workflows")
-            || self
-                .s
-                .workflow_groups
-                .as_ref()
-                .is_some_and(|g| g.iter().any(|g| group_workflow_topic(g) == topic));
-        if self.connected && ours {
+        if self.connected && self.is_workflow_topic(&topic) {
             let _ = self.client.try_subscribe(topic, QoS::AtLeastOnce);
         }
+    }
+
+    /// Exactly the workflow and trust topics this device subscribed to (not a command
+    /// that happens to be named `workflows`).
+    fn is_workflow_topic(&self, topic: &str) -> bool {
+        let Some(groups) = &self.s.workflow_groups else {
+            return false;
+        };
+        topic == TRUST_TOPIC
+            || topic == self.s.topic("workflows")
+            || groups.iter().any(|g| group_workflow_topic(g) == topic)
     }
 
     fn on_disconnect(&mut self) {
@@ -758,9 +762,7 @@ impl Link {
 
     fn on_command(&mut self, p: rumqttc::v5::mqttbytes::v5::Publish) {
         let topic = String::from_utf8_lossy(&p.topic).to_string();
-        if self.s.workflow_groups.is_some()
-            && (topic.ends_with("/workflows") || topic == TRUST_TOPIC)
-        {
+        if self.is_workflow_topic(&topic) {
             // Retained deletions arrive as empty payloads: nothing to judge.
             if !p.payload.is_empty() {
                 self.host.workflow(&topic, &p.payload);

@@ -541,6 +541,17 @@ impl NetUrl {
                     ),
                 ));
             }
+            // libavformat's RTSP demuxer takes its own options after the *last* `?`
+            // (`strrchr`): a second `?` would hide a transport option from the key check.
+            if scheme.is_rtsp()
+                && let Some(i) = q.bytes().position(|b| b == b'?')
+            {
+                return Err(at(
+                    q_start + i,
+                    "a second '?' in an RTSP query is ambiguous (libavformat reads its options \
+                     after the last one)",
+                ));
+            }
             if scheme.is_rtsp()
                 && let Some(k) = query_keys(q).find(|k| {
                     RTSP_RESERVED_QUERY_KEYS
@@ -948,6 +959,8 @@ mod tests {
     fn rejects_the_ambiguous() {
         for (url, needle) in [
             ("rtsp://a@b@127.0.0.2/", "more than one '@'"),
+            ("rtsp://cam.example/live?x?udp", "second '?'"),
+            ("rtsps://cam.example/live?a=1?multicast", "second '?'"),
             ("rtsp://127.0.0.2#@evil/", "fragment"),
             ("rtsp://127.1/", "ambiguous numeric host"),
             ("rtsp://2130706433/", "ambiguous numeric host"),

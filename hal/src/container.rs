@@ -93,13 +93,20 @@ pub struct FileDemuxer {
 }
 
 impl FileDemuxer {
-    /// Opens `path` and selects its best video stream.
+    /// Opens `path` and selects its best video stream. Only libavformat's `file` protocol
+    /// may be used (nested protocols inherit the list): a playlist or session description in
+    /// the file (`.m3u8`, `.sdp`, `concat:`) cannot make the agent open network connections
+    /// the source policy never saw. (FFmpeg 5.1 already limits nested protocols of a file to
+    /// `file,crypto,data`; this does not depend on that default.)
     pub fn open(path: &Path) -> Result<Self, ContainerError> {
         crate::init();
-        let ictx = ff::format::input(path).map_err(|e| ContainerError::Open {
-            path: path.to_path_buf(),
-            source: e,
-        })?;
+        let mut opts = ff::Dictionary::new();
+        opts.set("protocol_whitelist", "file");
+        let ictx =
+            ff::format::input_with_dictionary(path, opts).map_err(|e| ContainerError::Open {
+                path: path.to_path_buf(),
+                source: e,
+            })?;
         Self::select_video(ictx, path)
     }
 

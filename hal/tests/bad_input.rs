@@ -318,3 +318,42 @@ fn annexb_with_garbage_spliced_in() {
     eprintln!("annexb cut: {frames} frames, {stats:?}");
     assert!(frames > N / 3 && frames < N);
 }
+
+/// A "video file" that is a playlist or concat list pointing at the network must not make
+/// the agent connect anywhere (the source policy only saw a file path). libavformat's
+/// nested protocols inherit the parent's whitelist (`file,crypto,data` for a file), and the
+/// file source sets `protocol_whitelist=file` itself so this holds whatever the library's
+/// defaults are.
+#[test]
+fn files_that_point_at_the_network_are_not_followed() {
+    let dir = tempfile::tempdir().unwrap();
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    listener.set_nonblocking(true).unwrap();
+    let playlist = dir.path().join("cam.m3u8");
+    std::fs::write(
+        &playlist,
+        format!(
+            "#EXTM3U\n#EXT-X-TARGETDURATION:2\n#EXTINF:2.0,\nhttp://127.0.0.1:{port}/seg0.ts\n#EXT-X-ENDLIST\n"
+        ),
+    )
+    .unwrap();
+    let concat = dir.path().join("list.txt");
+    std::fs::write(
+        &concat,
+        format!("ffconcat version 1.0\nfile 'http://127.0.0.1:{port}/x.mp4'\n"),
+    )
+    .unwrap();
+    for p in [&playlist, &concat] {
+        match run(p) {
+            Outcome::OpenError(_) => {}
+            Outcome::FrameError { .. } => {}
+            Outcome::Decoded { frames, .. } => assert_eq!(frames, 0, "{}", p.display()),
+        }
+    }
+    std::thread::sleep(std::time::Duration::from_millis(200));
+    assert!(
+        listener.accept().is_err(),
+        "a file source connected to the network"
+    );
+}

@@ -48,6 +48,10 @@ pub struct Policy {
     pub max_sequence_jump: u64,
     /// Clock skew tolerated for `issued_at` in the future, seconds.
     pub max_clock_skew_s: i64,
+    /// The agent's own files and directories (workflow state, keys, the store, the API
+    /// token): no sink, file source or image may be inside one of them, even when `paths`
+    /// allows their parent.
+    pub protected: Vec<PathBuf>,
 }
 
 impl Default for Policy {
@@ -61,6 +65,7 @@ impl Default for Policy {
             models: vec!["*".into()],
             max_sequence_jump: 1000,
             max_clock_skew_s: 300,
+            protected: Vec::new(),
         }
     }
 }
@@ -76,6 +81,7 @@ impl From<&aegis_config::WorkflowPolicy> for Policy {
             models: p.models.clone(),
             max_sequence_jump: p.max_sequence_jump,
             max_clock_skew_s: i64::from(p.max_clock_skew_s),
+            protected: Vec::new(),
         }
     }
 }
@@ -184,12 +190,14 @@ fn url_host_allowed(list: &[String], url: &aegis_config::NetUrl) -> bool {
     })
 }
 
-fn under(path: &Path, roots: &[PathBuf]) -> bool {
-    // Lexical check; `..` is refused outright so a path cannot climb out of its root.
+fn under(path: &Path, policy: &Policy) -> bool {
+    // Lexical check; `..` is refused outright so a path cannot climb out of its root, and
+    // nothing may land in the agent's own state.
     !path
         .components()
         .any(|c| matches!(c, std::path::Component::ParentDir))
-        && roots.iter().any(|r| path.starts_with(r))
+        && policy.paths.iter().any(|r| path.starts_with(r))
+        && !policy.protected.iter().any(|p| path.starts_with(p))
 }
 
 fn policy_check(v: &Verified, policy: &Policy) -> Result<(), String> {
@@ -210,9 +218,9 @@ fn policy_check(v: &Verified, policy: &Policy) -> Result<(), String> {
                 .map_err(|why| format!("sources[{i}]: url: {why}"))?;
             match location {
                 aegis_config::SourceLocation::File(path) => {
-                    if !under(&path, &policy.paths) {
+                    if !under(&path, policy) {
                         return Err(format!(
-                            "sources[{i}]: file {} is outside the allowed paths",
+                            "sources[{i}]: file {} is outside the allowed paths (or inside the agent's own state)",
                             path.display()
                         ));
                     }
@@ -273,20 +281,20 @@ fn policy_check(v: &Verified, policy: &Policy) -> Result<(), String> {
                 ));
             }
             if let Some(img) = image
-                && !under(img, &policy.paths)
+                && !under(img, policy)
             {
                 return Err(format!(
-                    "stages[{i}]: image {} is outside the allowed paths",
+                    "stages[{i}]: image {} is outside the allowed paths (or inside the agent's own state)",
                     img.display()
                 ));
             }
         }
         for (i, s) in p.sinks.iter().enumerate() {
             if let aegis_config::SinkConfig::Record(r) = s
-                && !under(&r.dir, &policy.paths)
+                && !under(&r.dir, policy)
             {
                 return Err(format!(
-                    "sinks[{i}]: {} is outside the allowed paths",
+                    "sinks[{i}]: {} is outside the allowed paths (or inside the agent's own state)",
                     r.dir.display()
                 ));
             }
@@ -378,6 +386,7 @@ fn check_mode(
         authenticated: Some(Box::new(crate::Authenticated {
             document: document.clone(),
             digest: digest.clone(),
+            mirror: crate::receipt::mirror(document),
         })),
     };
     if let Err(r) = check_authorised(&document, &issuer, me) {
@@ -403,9 +412,11 @@ fn check_mode(
         signer: key,
         pipeline,
         digest: digest.clone(),
+        mirror: crate::receipt::mirror(&document),
     };
     if let Err(e) = policy_check(&v, policy) {
-        return Err(authenticated(Rejection::Policy(e), &v.document));
+        // The receipt names the document as transmitted (sealed stays sealed).
+        return Err(authenticated(Rejection::Policy(e), &document));
     }
     Ok(v)
 }

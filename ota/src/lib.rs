@@ -70,16 +70,28 @@ pub enum Rejection {
 /// [`device::check`] makes one, from the bytes it verified: nothing else may hand the
 /// device's key a document to make statements about.
 #[derive(Debug, Clone)]
+#[non_exhaustive]
 pub struct Authenticated {
-    /// The verified document, as parsed once by the check.
+    /// The verified document, as transmitted (a sealed body stays sealed), parsed once by
+    /// the check.
     pub document: Document,
     /// SHA-256 of its signed bytes.
     pub digest: String,
+    /// The receipt mirror: its sections as transmitted.
+    pub mirror: Vec<receipt::MirrorEntry>,
+}
+
+impl Authenticated {
+    /// Whether the document is sealed: its receipt then names only the failed check.
+    pub fn sealed(&self) -> bool {
+        self.document.front.security.encryption != "none"
+    }
 }
 
 /// Why a document was refused, and — only when it was authenticated — what a receipt
 /// may say about it.
 #[derive(Debug, Clone)]
+#[non_exhaustive]
 pub struct Refusal {
     /// The first check that failed.
     pub rejection: Rejection,
@@ -103,8 +115,10 @@ impl std::fmt::Display for Refusal {
     }
 }
 
-/// A document whose signature verified and whose content validated.
+/// A document whose signature verified and whose content validated. Only this crate makes
+/// one (`non_exhaustive`): what a receipt names comes from the checks, never from a caller.
 #[derive(Debug, Clone)]
+#[non_exhaustive]
 pub struct Verified {
     /// The parsed document.
     pub document: Document,
@@ -114,6 +128,33 @@ pub struct Verified {
     pub pipeline: Option<aegis_config::PipelineConfig>,
     /// SHA-256 of the signed bytes (what receipts name).
     pub digest: String,
+    /// The receipt mirror: the sections as transmitted (for a sealed document, the
+    /// ciphertext section, never the opened cleartext).
+    pub mirror: Vec<receipt::MirrorEntry>,
+}
+
+impl Verified {
+    /// Whether the document was sealed.
+    pub fn sealed(&self) -> bool {
+        self.document.front.security.encryption != "none"
+    }
+
+    /// What a receipt may name when this verified document is refused later (a model it
+    /// needs is missing): the document as transmitted, when it was sealed its front matter
+    /// and the sealed section only.
+    pub(crate) fn transmitted(&self) -> Authenticated {
+        let mut document = self.document.clone();
+        if self.sealed() {
+            // The opened sections are not named; the mirror below is the transmitted one.
+            document.sections.clear();
+            document.pipeline_yaml = None;
+        }
+        Authenticated {
+            document,
+            digest: self.digest.clone(),
+            mirror: self.mirror.clone(),
+        }
+    }
 }
 
 /// Opens a sealed document's body (when it is sealed) and validates its Pipeline block.
@@ -168,12 +209,14 @@ pub fn verify_document(
     let signer = sign::verify_block(&signed, &block, Purpose::Workflow, trusted)
         .map_err(Rejection::Signature)?;
     let document = maml::parse(&signed).map_err(Rejection::Document)?;
+    let mirror = receipt::mirror(&document);
     let (document, pipeline) = open_and_validate(&signed, document, keys)?;
     Ok(Verified {
         document,
         signer,
         pipeline,
         digest: digest(&signed),
+        mirror,
     })
 }
 

@@ -34,7 +34,7 @@ use aegis_config::{AgentConfig, PipelineConfig};
 use serde::{Deserialize, Serialize};
 
 use crate::device::{Identity, Policy, ReplayState};
-use crate::maml::{Document, format_time as rfc3339, now_s};
+use crate::maml::{format_time as rfc3339, now_s};
 use crate::receipt::{Receipt, Verdict};
 use crate::seal::SealSecret;
 use crate::sign::{PublicKey, SecretKey};
@@ -104,16 +104,26 @@ pub enum TrustUpdate {
     Duplicate(u64),
 }
 
+/// What a receipt may name.
+#[derive(Debug, Clone, Copy)]
+pub enum Subject<'a> {
+    /// A document that passed every check.
+    Verified(&'a Verified),
+    /// A document refused after its signature verified against valid trust.
+    Authenticated(&'a Authenticated),
+}
+
 /// A workflow that stopped running because it no longer passes its checks (its issuer was
-/// revoked, the policy changed).
+/// revoked, the policy changed). Its receipt names the entry the device recorded when it
+/// accepted the document, and carries no mirror: the stored document no longer verifies,
+/// so the device says nothing about its content.
 #[derive(Debug, Clone)]
+#[non_exhaustive]
 pub struct Stopped {
     /// Its entry.
     pub entry: Entry,
     /// Why it no longer passes.
     pub reason: String,
-    /// The stored document, parsed (for the receipt's mirror), when it is still readable.
-    pub document: Option<Document>,
 }
 
 /// The workflow that should run: the verified document and its pipeline.
@@ -185,12 +195,57 @@ impl Workflows {
             me.state.replay.hold_trust(&me.trust);
             me.save()?;
         }
+        if me.backfill_issued() {
+            me.save()?;
+        }
         if me.state.trial {
             tracing::warn!(workflow = ?me.state.active.as_ref().map(|e| &e.id),
                 "the agent stopped while a workflow was on trial: rolling back to the previous one");
             me.rollback()?;
         }
         Ok(me)
+    }
+
+    /// State written by an older agent has no `issued_at` for its entries and no per-issuer
+    /// order: learn them from the stored documents (they verified when they were accepted;
+    /// the digest in the entry must still match), so the freshness rules hold from the first
+    /// start after an upgrade. True when something was learnt.
+    fn backfill_issued(&mut self) -> bool {
+        let mut changed = false;
+        let mut entries = [self.state.active.take(), self.state.previous.take()];
+        for e in entries.iter_mut().flatten() {
+            if e.issued_at_s.is_some() {
+                continue;
+            }
+            let Ok(doc) = std::fs::read(self.doc_path(&e.digest)) else {
+                continue;
+            };
+            let Ok((signed, block)) = crate::maml::split_signed(&doc) else {
+                continue;
+            };
+            if crate::digest(&signed) != e.digest {
+                continue;
+            }
+            let Some(t) = crate::maml::parse(&signed)
+                .ok()
+                .and_then(|d| crate::maml::parse_time(&d.front.issued_at))
+            else {
+                continue;
+            };
+            e.issued_at_s = Some(t);
+            let newest = self.state.replay.issued.entry(block.key).or_insert(t);
+            *newest = (*newest).max(t);
+            changed = true;
+        }
+        let [active, previous] = entries;
+        self.state.active = active;
+        self.state.previous = previous;
+        let active_issued = self.state.active.as_ref().and_then(|e| e.issued_at_s);
+        if self.state.replay.active_issued_s != active_issued {
+            self.state.replay.active_issued_s = active_issued;
+            changed = true;
+        }
+        changed
     }
 
     /// What the device holds, without changing anything (`aegis workflow status`): the
@@ -279,7 +334,25 @@ impl Workflows {
                 id: cfg.device.id.clone(),
                 groups: cfg.device.groups.clone(),
             },
-            policy: Policy::from(&w.policy),
+            policy: Policy {
+                protected: {
+                    let store = cfg.store.path.clone();
+                    let with = |suffix: &str| {
+                        let mut s = store.clone().into_os_string();
+                        s.push(suffix);
+                        PathBuf::from(s)
+                    };
+                    vec![
+                        w.state_dir.clone(),
+                        w.keys_dir.clone(),
+                        cfg.token_path(),
+                        with(""),
+                        with("-wal"),
+                        with("-shm"),
+                    ]
+                },
+                ..Policy::from(&w.policy)
+            },
             roots,
             threshold: w.trust.threshold,
             trust,
@@ -380,14 +453,9 @@ impl Workflows {
                 Err(e) => {
                     tracing::error!(workflow = %active.id, error = %e,
                         "the active workflow no longer passes its checks; falling back");
-                    let document = std::fs::read(self.doc_path(&active.digest))
-                        .ok()
-                        .and_then(|d| crate::maml::split_signed(&d).ok())
-                        .and_then(|(signed, _)| crate::maml::parse(&signed).ok());
                     stopped.push(Stopped {
                         entry: active,
                         reason: e,
-                        document,
                     });
                 }
             }
@@ -413,10 +481,7 @@ impl Workflows {
         )?;
         let refuse = |rejection: Rejection| Refusal {
             rejection,
-            authenticated: Some(Box::new(Authenticated {
-                document: v.document.clone(),
-                digest: v.digest.clone(),
-            })),
+            authenticated: Some(Box::new(v.transmitted())),
         };
         for m in &v.document.front.requires.models {
             let ok = self.models.iter().any(|(name, version, sha)| {
@@ -495,7 +560,20 @@ impl Workflows {
 
     /// Raises the trusted-time floor to `t` (GPS time). Saved only when it moves by more
     /// than a minute (the floor guards against clocks set back by hours, not seconds).
+    ///
+    /// GPS can be spoofed (a UDP NMEA feed, a transmitter nearby): a floor pushed years ahead
+    /// would make every document and the trust metadata look expired, for good. So GPS never
+    /// raises the floor to or past the held trust metadata's expiry, and when the system
+    /// clock is kept synchronised (NTP, chrony, timesyncd: the kernel's `STA_UNSYNC` is
+    /// clear) not past that clock plus `max_clock_skew_s` either. GPS matters when the
+    /// clock is *not* synchronised (a dead RTC, no network) and was set back.
     pub fn raise_time_floor(&mut self, t: i64) -> anyhow::Result<bool> {
+        let mut cap = crate::maml::parse_time(&self.trust.expires_at)
+            .map_or(i64::MAX, |e| e.saturating_sub(1));
+        if clock_synchronized() {
+            cap = cap.min(now_s().saturating_add(self.policy.max_clock_skew_s));
+        }
+        let t = t.min(cap);
         if t <= self.state.replay.time_floor_s.saturating_add(60) {
             return Ok(false);
         }
@@ -608,11 +686,23 @@ impl Workflows {
         ))
     }
 
-    /// The signed `.mu` receipt for a document the device verified (`doc` as the device
-    /// parsed it, `digest` of its signed bytes): call it only with what a [`Verified`], an
-    /// [`Authenticated`] refusal or a [`Stopped`] entry carries. Secrets are redacted from
-    /// the reason.
-    pub fn receipt(&self, doc: &Document, digest: &str, o: &Outcome) -> anyhow::Result<String> {
+    /// The signed `.mu` receipt for a document the device verified: only a [`Verified`] or
+    /// an [`Authenticated`] refusal (both made by the checks alone) can be named. Secrets
+    /// are redacted from the reason; a sealed document's mirror covers its sections as
+    /// transmitted (the ciphertext), never the opened cleartext.
+    pub fn receipt(&self, subject: Subject<'_>, o: &Outcome) -> anyhow::Result<String> {
+        let (doc, digest, mirror, sealed) = match subject {
+            Subject::Verified(v) => (&v.document, &v.digest, v.mirror.clone(), v.sealed()),
+            Subject::Authenticated(a) => (&a.document, &a.digest, a.mirror.clone(), a.sealed()),
+        };
+        let reason = if sealed && !o.reason.is_empty() {
+            // Refusal details may quote sealed values (a host name): the receipt names the
+            // failed check only; the audit log on the device keeps the rest.
+            let class = o.reason.split(':').next().unwrap_or("refused");
+            format!("{class}: details withheld for a sealed document (see the device's audit log)")
+        } else {
+            crate::receipt::redact(&o.reason)
+        };
         let r = Receipt {
             kind: "receipt".into(),
             device: self.me.id.clone(),
@@ -620,12 +710,12 @@ impl Workflows {
             workflow_sha256: digest.to_string(),
             sequence: doc.front.sequence,
             verdict: o.verdict,
-            reason: crate::receipt::redact(&o.reason),
+            reason,
             trust_version: self.trust.version,
             at: rfc3339(now_s()),
             mode: o.mode.into(),
             apply_ms: Some(o.apply_ms),
-            mirror: crate::receipt::mirror(doc),
+            mirror,
         };
         Ok(r.render_signed(&self.sign_key)?)
     }
@@ -644,11 +734,7 @@ impl Workflows {
             at: rfc3339(now_s()),
             mode: "none".into(),
             apply_ms: None,
-            mirror: s
-                .document
-                .as_ref()
-                .map(crate::receipt::mirror)
-                .unwrap_or_default(),
+            mirror: Vec::new(),
         };
         Ok(r.render_signed(&self.sign_key)?)
     }
@@ -706,6 +792,19 @@ impl Workflows {
             "time_floor_s": self.state.replay.time_floor_s,
         })
     }
+}
+
+/// Whether the kernel says the system clock is synchronised (`adjtimex`: not
+/// `TIME_ERROR`, `STA_UNSYNC` clear).
+fn clock_synchronized() -> bool {
+    // SAFETY: adjtimex with `modes == 0` only reads the kernel's clock state into the
+    // zeroed struct we own; it has no other effect.
+    let (state, status) = unsafe {
+        let mut t: libc::timex = std::mem::zeroed();
+        let state = libc::adjtimex(&mut t);
+        (state, t.status)
+    };
+    state >= 0 && state != libc::TIME_ERROR && status & libc::STA_UNSYNC == 0
 }
 
 /// The trust metadata to use: the newest valid one of the provisioned file and the kept

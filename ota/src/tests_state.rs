@@ -359,3 +359,44 @@ fn answered_digests_survive_a_restart_and_state_files_are_private() {
         .mode();
     assert_eq!(mode & 0o777, 0o700);
 }
+
+#[test]
+fn spoofed_gps_time_cannot_expire_the_trust_metadata() {
+    let dev = Device::new(86_400);
+    let mut w = dev.open();
+    // GPS claims 2079 (the latest year two-digit NMEA can say).
+    let spoofed = crate::maml::parse_time("2079-06-01T00:00:00Z").unwrap();
+    let _ = w.raise_time_floor(spoofed).unwrap();
+    assert!(
+        w.state().replay.time_floor_s < crate::maml::parse_time(&dev.trust.expires_at).unwrap()
+    );
+    assert_eq!(w.trust_health(), TrustHealth::Valid);
+    // A fresh document is still accepted.
+    assert!(
+        w.verify(&dev.doc(&dev.gw, "gw-1", &["orin-1"], &[], 1, 60))
+            .is_ok()
+    );
+}
+
+#[test]
+fn state_from_an_older_agent_learns_the_issue_order_of_its_workflows() {
+    let dev = Device::new(86_400);
+    let mut w = dev.open();
+    let group_old = dev.doc(&dev.gw, "gw-1", &[], &["site-a"], 5, 3600);
+    let device_new = dev.doc(&dev.gw, "gw-1", &["orin-1"], &[], 9, 60);
+    apply(&mut w, &device_new);
+    drop(w);
+    // Rewrite state.json as an older agent wrote it: no issue times, no per-issuer order.
+    let path = dev.d().join("wf/state.json");
+    let mut v: serde_json::Value = serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
+    v["active"].as_object_mut().unwrap().remove("issued_at_s");
+    v["replay"].as_object_mut().unwrap().remove("issued");
+    v["replay"]
+        .as_object_mut()
+        .unwrap()
+        .remove("active_issued_s");
+    std::fs::write(&path, serde_json::to_vec(&v).unwrap()).unwrap();
+    let w = dev.open();
+    let r = w.verify(&group_old).unwrap_err();
+    assert!(matches!(r.rejection, Rejection::Replay(_)), "{r}");
+}

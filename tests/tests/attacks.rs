@@ -978,7 +978,7 @@ fn attack_credentials_in_unsealed_documents_are_refused_and_never_leak() {
     let Some(mut rig) = Rig::started(86_400, "") else {
         return;
     };
-    let secrets = ["Hunter2Secret", "PassPhrase0123456"];
+    let secrets = ["Hunter2Secret", "PassPhrase0123456", "Sealed0Secret"];
     let urls = [
         format!("rtsp://admin:{}@127.0.0.2/stream", secrets[0]),
         format!("srt://127.0.0.2:9000?mode=caller&passphrase={}", secrets[1]),
@@ -998,6 +998,38 @@ fn attack_credentials_in_unsealed_documents_are_refused_and_never_leak() {
         assert!(r.reason.contains("sealed"), "{}", r.reason);
     }
     rig.wait_audit("workflow.rejected", "sequence 2", 1);
+    // Sealed, with a password, for a host the policy refuses: the receipt names the failed
+    // check only, and its mirror covers the sealed section as transmitted (no digest of
+    // the cleartext that a broker reader could match guesses against).
+    let kem = aegis_ota::seal::SealPublic::read(&rig.d().join("keys/device.kem.pub")).unwrap();
+    let p = format!(
+        "sources: [{{ id: cam0, url: \"rtsp://10.66.0.9/s\", username: admin, password: {} }}]\nstages: []\nsinks: [{{ kind: discard }}]",
+        secrets[2]
+    );
+    let clear = String::from_utf8(normalise(
+        rig.text("gw-1", &[DEVICE], &[], 3, 60, &p).as_bytes(),
+    ))
+    .unwrap();
+    let sealed = aegis_ota::seal::seal(&clear, &[kem]).unwrap();
+    rig.publish(DEVICE_TOPIC, &Rig::sign(&rig.gw, &sealed), false);
+    let r = rig.wait_receipt(|r| r.sequence == 3);
+    assert_eq!(r.verdict, Verdict::Rejected);
+    assert!(
+        r.reason.starts_with("policy") && r.reason.contains("withheld"),
+        "{}",
+        r.reason
+    );
+    let sections: Vec<&str> = r.mirror.iter().map(|m| m.section.as_str()).collect();
+    assert_eq!(sections, ["Sealed"]);
+    assert!(
+        rig.tap()
+            .messages()
+            .iter()
+            .all(|m| !m.contains("10.66.0.9")),
+        "a sealed host name left the device"
+    );
+    // The details stay in the device's own audit log.
+    rig.wait_audit("workflow.rejected", "10.66.0.9", 1);
     rig.assert_streaming();
     let report = rig.stop();
     let mut everything = rig.tap().messages().join("\n");

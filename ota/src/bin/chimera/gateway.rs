@@ -63,13 +63,6 @@ fn write_json<T: Serialize>(path: &Path, v: &T) -> anyhow::Result<()> {
         .map_err(|e| anyhow::anyhow!("cannot rename {} to {}: {e}", tmp.display(), path.display()))
 }
 
-/// The mirror sidecar `chimera seal` writes next to a sealed document.
-pub fn mirror_sidecar(doc: &Path) -> PathBuf {
-    let mut s = doc.as_os_str().to_owned();
-    s.push(".mirror.json");
-    PathBuf::from(s)
-}
-
 fn registry(path: &Path) -> anyhow::Result<Registry> {
     let r: Registry = read_json(path)?;
     anyhow::ensure!(!r.is_empty(), "{}: no enrolled devices", path.display());
@@ -230,11 +223,9 @@ pub fn publish(
         .iter()
         .map(|b| format!("{b:02x}"))
         .collect();
-    let mirror = if parsed.front.security.encryption == "none" {
-        Some(aegis_ota::receipt::mirror(&parsed))
-    } else {
-        read_json::<Option<Vec<MirrorEntry>>>(&mirror_sidecar(file))?
-    };
+    // Devices mirror the sections as transmitted (for a sealed document, the ciphertext):
+    // a receipt never carries digests of sealed cleartext.
+    let mirror = Some(aegis_ota::receipt::mirror(&parsed));
     let reg = registry(registry_path)?;
     let f = &parsed.front;
     let (devices, topics): (Vec<String>, Vec<String>) =
@@ -386,7 +377,7 @@ pub fn watch_receipts(
                     let digest_ok = expected.is_some_and(|x| x.digest == r.workflow_sha256);
                     let mirror = match expected.map(|x| &x.mirror) {
                         None => "not sent from here".to_string(),
-                        Some(None) => "not checked (sealed, no mirror sidecar)".into(),
+                        Some(None) => "not checked (sent by an older chimera)".into(),
                         Some(Some(m)) if *m == r.mirror => "ok".into(),
                         Some(Some(_)) => "MISMATCH".into(),
                     };

@@ -487,12 +487,6 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             out_bytes.extend_from_slice(block.render().as_bytes());
             let out = out.unwrap_or_else(|| derived_name(&file, "signed"));
             write_file(&out, out_bytes)?;
-            let sidecar = gateway::mirror_sidecar(&file);
-            match std::fs::read(&sidecar) {
-                Ok(m) => write_file(&gateway::mirror_sidecar(&out), m)?,
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-                Err(e) => anyhow::bail!("cannot read {}: {e}", sidecar.display()),
-            }
             println!("{} signed by {}", out.display(), key.public().id());
         }
         Command::Bench { runs } => bench(runs.max(2))?,
@@ -644,18 +638,11 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             }
             let text = String::from_utf8(maml::normalise(&read_file(&file)?))
                 .map_err(|e| anyhow::anyhow!("{}: not UTF-8 text: {e}", file.display()))?;
-            let clear = maml::parse(text.as_bytes())
-                .map_err(|e| anyhow::anyhow!("{}: {e}", file.display()))?;
+            maml::parse(text.as_bytes()).map_err(|e| anyhow::anyhow!("{}: {e}", file.display()))?;
             let sealed = aegis_ota::seal::seal(&text, &recipients)
                 .map_err(|e| anyhow::anyhow!("{}: {e}", file.display()))?;
             let out = out.unwrap_or_else(|| derived_name(&file, "sealed"));
             write_file(&out, sealed)?;
-            // The mirror a device's receipt will carry (it mirrors the opened document);
-            // `publish` reads it, as the sealed file no longer shows the sections.
-            write_file(
-                &gateway::mirror_sidecar(&out),
-                serde_json::to_vec_pretty(&aegis_ota::receipt::mirror(&clear))?,
-            )?;
             println!(
                 "{} sealed for {}",
                 out.display(),
