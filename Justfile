@@ -30,7 +30,8 @@ test: lint
 cross-test:
     tools/cross-test.sh
 
-# Fuzz the MAML parser and verifier (cargo-fuzz, nightly), SECONDS per target.
+# Fuzz the MAML parser, the verifier, the source-URL policy and the time parser (cargo-fuzz,
+# nightly), SECONDS per target.
 fuzz SECONDS="300":
     tools/fuzz.sh {{SECONDS}}
 
