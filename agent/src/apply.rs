@@ -264,6 +264,12 @@ impl RefusalAudit {
         });
     }
 
+    /// Writes an audit row that is not rate-limited (applied workflows, trust updates…);
+    /// `detail` is redacted here.
+    pub fn write(&self, action: &str, detail: &str) {
+        self.row(action, redact(detail));
+    }
+
     /// Records one refusal (`detail` is redacted here).
     pub fn record(&self, action: &str, detail: &str) {
         let detail = redact(detail);
@@ -346,14 +352,6 @@ pub struct Applier {
 
 fn ms(t: Instant) -> f64 {
     t.elapsed().as_secs_f64() * 1e3
-}
-
-fn sha256_hex(b: &[u8]) -> String {
-    use sha2::Digest;
-    sha2::Sha256::digest(b)
-        .iter()
-        .map(|x| format!("{x:02x}"))
-        .collect()
 }
 
 /// Where a message came from.
@@ -489,12 +487,7 @@ impl Applier {
     }
 
     fn audit(&self, action: &str, detail: String) {
-        self.store.submit(Record::Audit {
-            ts_us: now_us(),
-            actor: "workflow".into(),
-            action: action.into(),
-            detail: redact(&detail),
-        });
+        self.audit.write(action, &detail);
     }
 
     /// Queues `payload` for the broker (durably) and wakes the link.
@@ -548,7 +541,7 @@ impl Applier {
                 "via {}: {} bytes, sha256 {}: {reason}",
                 via.name(),
                 payload.len(),
-                sha256_hex(payload)
+                aegis_ota::sha256_hex(payload)
             ),
         );
         self.notice(&reason);
@@ -785,7 +778,7 @@ impl Applier {
                     &format!(
                         "{} bytes, sha256 {}: version {version}, held already",
                         file.len(),
-                        sha256_hex(file)
+                        aegis_ota::sha256_hex(file)
                     ),
                 );
                 (

@@ -46,8 +46,6 @@ fn token_err(path: &Path, e: impl std::fmt::Display) -> anyhow::Error {
 impl LocalToken {
     /// Reads the token at `path`, creating it (0600, new) when it does not exist.
     pub fn load_or_create(path: &Path) -> anyhow::Result<LocalToken> {
-        use std::io::Write;
-        use std::os::unix::fs::OpenOptionsExt;
         match Self::read(path) {
             Ok(t) => return Ok(t),
             Err(e) if path.exists() => return Err(e),
@@ -60,47 +58,22 @@ impl LocalToken {
         getrandom::fill(raw.as_mut()).map_err(|e| token_err(path, e))?;
         let hex: zeroize::Zeroizing<String> =
             zeroize::Zeroizing::new(raw.iter().map(|b| format!("{b:02x}")).collect());
-        let mut f = std::fs::OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(0o600)
-            .custom_flags(libc::O_NOFOLLOW)
-            .open(path)
-            .map_err(|e| token_err(path, e))?;
-        f.write_all(format!("{}\n", hex.as_str()).as_bytes())
-            .and_then(|()| f.sync_all())
-            .map_err(|e| token_err(path, e))?;
+        let line = zeroize::Zeroizing::new(format!("{}\n", hex.as_str()));
+        aegis_ota::write_private(path, line.as_bytes())
+            .map_err(|(_, reason)| token_err(path, reason))?;
         Ok(LocalToken {
             secret: hex,
             path: path.to_path_buf(),
         })
     }
 
-    /// Reads an existing token; refuses a file others can read.
+    /// Reads an existing token with the secret-key file checks (one descriptor, no link,
+    /// owned by this user, no group or other access).
     pub fn read(path: &Path) -> anyhow::Result<LocalToken> {
-        use std::io::Read;
-        use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
-        let mut f = std::fs::OpenOptions::new()
-            .read(true)
-            .custom_flags(libc::O_NOFOLLOW)
-            .open(path)
-            .map_err(|e| token_err(path, e))?;
-        let meta = f.metadata().map_err(|e| token_err(path, e))?;
-        if !meta.is_file() || meta.len() > 1024 {
-            return Err(token_err(path, "not a small regular file"));
-        }
-        if meta.mode() & 0o077 != 0 {
-            return Err(token_err(
-                path,
-                format!(
-                    "mode {:o}: others may read it (chmod 600)",
-                    meta.mode() & 0o777
-                ),
-            ));
-        }
-        let mut s = zeroize::Zeroizing::new(String::new());
-        f.read_to_string(&mut s).map_err(|e| token_err(path, e))?;
-        let t = s.trim();
+        let bytes = aegis_ota::read_private(path).map_err(|(_, reason)| token_err(path, reason))?;
+        let t = std::str::from_utf8(&bytes)
+            .map_err(|_| token_err(path, "not UTF-8 text"))?
+            .trim();
         if t.len() < 32 || !t.bytes().all(|b| b.is_ascii_hexdigit()) {
             return Err(token_err(path, "not a token (64 hex digits expected)"));
         }

@@ -141,9 +141,14 @@ impl ReplayState {
         *seq = (*seq).max(f.sequence);
         if let Some(t) = maml::parse_time(&f.issued_at) {
             self.time_floor_s = self.time_floor_s.max(t);
-            let newest = self.issued.entry(v.signer.id().to_string()).or_insert(t);
-            *newest = (*newest).max(t);
+            self.note_issued(v.signer.id(), t);
         }
+    }
+
+    /// Records that issuer key `key` issued a document at `t` (keeps the newest).
+    pub fn note_issued(&mut self, key: &str, t: i64) {
+        let newest = self.issued.entry(key.to_string()).or_insert(t);
+        *newest = (*newest).max(t);
     }
 
     /// Records trust metadata now held: its version and roots (never a lower version).
@@ -380,7 +385,7 @@ fn check_mode(
         .map_err(|e| unauth(Rejection::Signature(e)))?;
     // From here on the bytes are the issuer's: parsed once, and what a receipt names.
     let document = maml::parse(&signed).map_err(|e| unauth(Rejection::Document(e)))?;
-    let digest = crate::digest(&signed);
+    let digest = crate::sha256_hex(&signed);
     let authenticated = |rejection: Rejection, document: &maml::Document| Refusal {
         rejection,
         authenticated: Some(Box::new(crate::Authenticated {

@@ -262,6 +262,19 @@ fn sync_dir(path: &Path) -> std::io::Result<()> {
 /// 0600, file and directory fsynced. A partly written file is removed.
 pub fn write_secret(path: &Path, header: &str, bytes: &[u8]) -> Result<(), Failure> {
     let body = secret_text(header, bytes).map_err(|e| fail(path, e))?;
+    write_private(path, &body)
+}
+
+/// Reads a private file (a secret key, the agent's local API token) with the secret-key
+/// checks: one descriptor, no link, a regular file of at most [`MAX_KEY_FILE_BYTES`], owned
+/// by this process's user, no group or other permission bits.
+pub fn read_private(path: &Path) -> Result<Zeroizing<Vec<u8>>, Failure> {
+    read_checked(path, Kind::Secret)
+}
+
+/// Writes a private file: created new (never overwrites, never follows a link), mode 0600,
+/// file and directory fsynced. A partly written file is removed.
+pub fn write_private(path: &Path, body: &[u8]) -> Result<(), Failure> {
     let mut f = OpenOptions::new()
         .write(true)
         .create_new(true)
@@ -280,7 +293,7 @@ pub fn write_secret(path: &Path, header: &str, bytes: &[u8]) -> Result<(), Failu
             }
         })?;
     let written = f
-        .write_all(&body)
+        .write_all(body)
         .and_then(|()| f.sync_all())
         .and_then(|()| sync_dir(path));
     if let Err(e) = written {

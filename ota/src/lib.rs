@@ -14,6 +14,7 @@
 pub mod device;
 mod fsutil;
 mod keyfile;
+pub use keyfile::{read_private, write_private};
 pub mod maml;
 pub mod receipt;
 pub mod seal;
@@ -189,9 +190,11 @@ fn open_and_validate(
     Ok((document, pipeline))
 }
 
-fn digest(signed: &[u8]) -> String {
+/// Lowercase hex SHA-256 of `bytes`: how documents, trust files and payloads are named in
+/// receipts, audit rows and the gateway's records.
+pub fn sha256_hex(bytes: &[u8]) -> String {
     use sha2::Digest;
-    sha2::Sha256::digest(signed)
+    sha2::Sha256::digest(bytes)
         .iter()
         .map(|b| format!("{b:02x}"))
         .collect()
@@ -215,7 +218,7 @@ pub fn verify_document(
         document,
         signer,
         pipeline,
-        digest: digest(&signed),
+        digest: sha256_hex(&signed),
         mirror,
     })
 }

@@ -28,7 +28,6 @@
 //! JSON scalars, which YAML reads unchanged, so no YAML emitter is involved.
 
 use serde::{Deserialize, Serialize};
-use sha2::Digest;
 
 use crate::maml::{self, Document};
 use crate::sign::{PublicKey, Purpose, SecretKey, SignError};
@@ -154,10 +153,6 @@ pub fn redact(text: &str) -> String {
     result
 }
 
-fn hex(b: &[u8]) -> String {
-    b.iter().map(|x| format!("{x:02x}")).collect()
-}
-
 /// The mirror of a parsed document: its sections in reverse order with the sha256 of each
 /// body.
 pub fn mirror(doc: &Document) -> Vec<MirrorEntry> {
@@ -166,7 +161,7 @@ pub fn mirror(doc: &Document) -> Vec<MirrorEntry> {
         .rev()
         .map(|s| MirrorEntry {
             section: s.name.clone(),
-            sha256: hex(&sha2::Sha256::digest(s.body.as_bytes())),
+            sha256: crate::sha256_hex(s.body.as_bytes()),
         })
         .collect()
 }
@@ -366,7 +361,7 @@ mod tests {
         );
         assert_eq!(
             m.last().unwrap().sha256,
-            hex(&sha2::Sha256::digest(parsed.sections[0].body.as_bytes()))
+            crate::sha256_hex(parsed.sections[0].body.as_bytes())
         );
     }
 }

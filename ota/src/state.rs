@@ -175,27 +175,22 @@ fn ctx<T, E: std::fmt::Display>(
     r.map_err(|e| anyhow::anyhow!("{what}: {e}"))
 }
 
-/// Writes `bytes` to `path` atomically and privately (0600): temp file, fsync, rename,
-/// directory fsync.
-pub fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
-    crate::fsutil::write_atomic(path, bytes)
-}
-
 impl Workflows {
     /// Opens the workflow side of `cfg`: keys, trust metadata (the provisioned file, or the
     /// newer one kept in the state directory), policy and state. An interrupted trial is
     /// rolled back here, and state written by an older agent learns its trust anchor.
     pub fn open(cfg: &AgentConfig) -> anyhow::Result<Workflows> {
         let mut me = Self::load(cfg)?;
+        let mut learnt = false;
         if let Some(lost) = &me.trust_lost {
             tracing::error!(problem = %lost, "trust lost: every workflow is refused until the trust metadata is delivered again");
         } else if me.state.replay.trust_roots.is_empty()
             || me.state.replay.trust_version < me.trust.version
         {
             me.state.replay.hold_trust(&me.trust);
-            me.save()?;
+            learnt = true;
         }
-        if me.backfill_issued() {
+        if me.backfill_issued() || learnt {
             me.save()?;
         }
         if me.state.trial {
@@ -212,18 +207,24 @@ impl Workflows {
     /// start after an upgrade. True when something was learnt.
     fn backfill_issued(&mut self) -> bool {
         let mut changed = false;
-        let mut entries = [self.state.active.take(), self.state.previous.take()];
-        for e in entries.iter_mut().flatten() {
+        let docs = self.dir.join("docs");
+        let State {
+            replay,
+            active,
+            previous,
+            ..
+        } = &mut self.state;
+        for e in [active.as_mut(), previous.as_mut()].into_iter().flatten() {
             if e.issued_at_s.is_some() {
                 continue;
             }
-            let Ok(doc) = std::fs::read(self.doc_path(&e.digest)) else {
+            let Ok(doc) = std::fs::read(docs.join(format!("{}.maml.md", e.digest))) else {
                 continue;
             };
             let Ok((signed, block)) = crate::maml::split_signed(&doc) else {
                 continue;
             };
-            if crate::digest(&signed) != e.digest {
+            if crate::sha256_hex(&signed) != e.digest {
                 continue;
             }
             let Some(t) = crate::maml::parse(&signed)
@@ -233,16 +234,12 @@ impl Workflows {
                 continue;
             };
             e.issued_at_s = Some(t);
-            let newest = self.state.replay.issued.entry(block.key).or_insert(t);
-            *newest = (*newest).max(t);
+            replay.note_issued(&block.key, t);
             changed = true;
         }
-        let [active, previous] = entries;
-        self.state.active = active;
-        self.state.previous = previous;
-        let active_issued = self.state.active.as_ref().and_then(|e| e.issued_at_s);
-        if self.state.replay.active_issued_s != active_issued {
-            self.state.replay.active_issued_s = active_issued;
+        let active_issued = active.as_ref().and_then(|e| e.issued_at_s);
+        if replay.active_issued_s != active_issued {
+            replay.active_issued_s = active_issued;
             changed = true;
         }
         changed
@@ -401,7 +398,7 @@ impl Workflows {
     fn save(&self) -> anyhow::Result<()> {
         let path = self.dir.join("state.json");
         ctx(
-            write_atomic(&path, &serde_json::to_vec_pretty(&self.state)?),
+            crate::fsutil::write_atomic(&path, &serde_json::to_vec_pretty(&self.state)?),
             path.display(),
         )
     }
@@ -512,7 +509,7 @@ impl Workflows {
     /// (the commit point) names it, with its sequence accepted.
     pub fn begin(&mut self, doc: &[u8], v: &Verified) -> anyhow::Result<()> {
         let path = self.doc_path(&v.digest);
-        ctx(write_atomic(&path, doc), path.display())?;
+        ctx(crate::fsutil::write_atomic(&path, doc), path.display())?;
         let issued = crate::maml::parse_time(&v.document.front.issued_at);
         let mut next = self.state.clone();
         next.replay.accept(v);
@@ -650,7 +647,7 @@ impl Workflows {
             Err(e) => return Err(e.into()),
         };
         let path = self.dir.join("trust.json");
-        ctx(write_atomic(&path, file), path.display())?;
+        ctx(crate::fsutil::write_atomic(&path, file), path.display())?;
         let version = meta.version;
         self.trust = meta;
         self.trust_lost = None;
@@ -659,7 +656,7 @@ impl Workflows {
         let (signed, _) = crate::trust::split(file)?;
         Ok(TrustUpdate::Installed {
             version,
-            digest: crate::digest(&signed),
+            digest: crate::sha256_hex(&signed),
         })
     }
 
@@ -831,12 +828,6 @@ fn choose_trust(
         Err(e) => (provisioned, Some(e)),
     };
     if best.version >= held {
-        if let Some(e) = kept_error
-            && held > 0
-            && best.version == held
-        {
-            tracing::debug!(error = %e, "no kept trust metadata; the provisioned version is the newest");
-        }
         return (best, None);
     }
     let why = format!(

@@ -219,10 +219,7 @@ pub fn publish(
     let (signed, _) =
         maml::split_signed(&doc).map_err(|e| anyhow::anyhow!("{}: {e}", file.display()))?;
     let parsed = maml::parse(&signed).map_err(|e| anyhow::anyhow!("{}: {e}", file.display()))?;
-    let digest: String = sha2::Sha256::digest(&signed)
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect();
+    let digest = aegis_ota::sha256_hex(&signed);
     // Devices mirror the sections as transmitted (for a sealed document, the ciphertext):
     // a receipt never carries digests of sealed cleartext.
     let mirror = Some(aegis_ota::receipt::mirror(&parsed));
