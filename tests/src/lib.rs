@@ -47,16 +47,25 @@ pub fn aegis_ok(cwd: &Path, args: &[&str]) -> String {
     out
 }
 
-/// Frames delivered to the sinks of `stream`, from `aegis run`'s closing report
-/// (`stream ID: N frames decoded, M delivered ...`).
-pub fn delivered_frames(report: &str, stream: &str) -> u64 {
-    report
+/// Frames `(decoded, delivered, dropped)` of `stream`, from `aegis run`'s closing report
+/// (`stream ID: N frames decoded, M delivered (x fps), K dropped, ...`).
+pub fn stream_counts(report: &str, stream: &str) -> (u64, u64, u64) {
+    let prefix = format!("stream {stream}: ");
+    let counts = report
         .lines()
-        .find(|l| l.starts_with(&format!("stream {stream}:")))
-        .and_then(|l| l.split(", ").nth(1))
-        .and_then(|s| s.split(' ').next())
-        .and_then(|n| n.parse().ok())
-        .unwrap_or_else(|| panic!("no report for {stream} in:\n{report}"))
+        .find_map(|l| l.strip_prefix(&prefix))
+        .and_then(|rest| {
+            let mut parts = rest
+                .split(", ")
+                .map(|p| p.split(' ').next().and_then(|n| n.parse().ok()));
+            Some((parts.next()??, parts.next()??, parts.next()??))
+        });
+    counts.unwrap_or_else(|| panic!("no report for {stream} in:\n{report}"))
+}
+
+/// Frames delivered to the sinks of `stream`, from `aegis run`'s closing report.
+pub fn delivered_frames(report: &str, stream: &str) -> u64 {
+    stream_counts(report, stream).1
 }
 
 /// Makes a small synthetic clip with `aegis sample`.

@@ -53,6 +53,24 @@ mod base64_lite {
     }
 }
 
+/// Polls `check` every `every` until it yields a value; fails with `why()` once `limit` has
+/// passed (a bound on waiting for the device, not a performance assertion).
+fn eventually<T>(
+    limit: Duration,
+    every: Duration,
+    mut check: impl FnMut() -> Option<T>,
+    why: impl Fn() -> String,
+) -> T {
+    let t0 = Instant::now();
+    loop {
+        if let Some(v) = check() {
+            return v;
+        }
+        assert!(t0.elapsed() < limit, "{}", why());
+        std::thread::sleep(every);
+    }
+}
+
 /// Receipts and notices published by the device, collected by `mosquitto_sub`.
 struct Tap {
     child: Child,
@@ -112,18 +130,12 @@ impl Tap {
     }
 
     fn wait_receipt(&self, key: &PublicKey, what: impl Fn(&Receipt) -> bool) -> Receipt {
-        let t0 = Instant::now();
-        loop {
-            if let Some(r) = self.receipts(key).into_iter().find(|r| what(r)) {
-                return r;
-            }
-            assert!(
-                t0.elapsed() < Duration::from_secs(30),
-                "the receipt never came; got: {:?}",
-                self.messages()
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
+        eventually(
+            Duration::from_secs(30),
+            Duration::from_millis(50),
+            || self.receipts(key).into_iter().find(|r| what(r)),
+            || format!("the receipt never came; got: {:?}", self.messages()),
+        )
     }
 }
 
@@ -238,7 +250,9 @@ impl Rig {
     /// dropped over the whole run.
     fn finish(mut self) {
         self.assert_streaming();
-        Rig::assert_no_frame_lost(&self.stop());
+        let report = self.stop();
+        let (_, _, dropped) = stream_counts(&report, "cam0");
+        assert_eq!(dropped, 0, "frames dropped: {report}");
     }
 
     /// [`Rig::text`] signed by `key` (the front-matter fields in their document order).
@@ -281,15 +295,15 @@ impl Rig {
             .unwrap();
         self.agent = Some(child);
         // Online (retained status) and streaming.
-        let t0 = Instant::now();
-        while self.status()["state"].as_str() != Some("online") || self.frames() == 0 {
-            assert!(
-                t0.elapsed() < Duration::from_secs(60),
-                "agent never came online: {}",
-                self.log()
-            );
-            std::thread::sleep(Duration::from_millis(100));
-        }
+        eventually(
+            Duration::from_secs(60),
+            Duration::from_millis(100),
+            || {
+                (self.status()["state"].as_str() == Some("online") && self.frames() > 0)
+                    .then_some(())
+            },
+            || format!("agent never came online: {}", self.log()),
+        );
         // Subscriptions go out right after the status.
         std::thread::sleep(Duration::from_millis(300));
     }
@@ -344,15 +358,12 @@ impl Rig {
     /// Asserts the pipeline keeps delivering frames.
     fn assert_streaming(&self) {
         let f0 = self.frames();
-        let t0 = Instant::now();
-        while self.frames() <= f0 + 10 {
-            assert!(
-                t0.elapsed() < Duration::from_secs(15),
-                "the pipeline stopped delivering frames: {}",
-                self.healthz()
-            );
-            std::thread::sleep(Duration::from_millis(100));
-        }
+        eventually(
+            Duration::from_secs(15),
+            Duration::from_millis(100),
+            || (self.frames() > f0 + 10).then_some(()),
+            || format!("the pipeline stopped delivering frames: {}", self.healthz()),
+        );
     }
 
     fn token(&self) -> String {
@@ -376,16 +387,18 @@ impl Rig {
     }
 
     fn wait_counter(&self, name: &str, at_least: u64) {
-        let t0 = Instant::now();
-        while self.counter(name) < at_least {
-            assert!(
-                t0.elapsed() < Duration::from_secs(30),
-                "{name} never reached {at_least} (is {}):\n{}",
-                self.counter(name),
-                self.log()
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
+        eventually(
+            Duration::from_secs(30),
+            Duration::from_millis(50),
+            || (self.counter(name) >= at_least).then_some(()),
+            || {
+                format!(
+                    "{name} never reached {at_least} (is {}):\n{}",
+                    self.counter(name),
+                    self.log()
+                )
+            },
+        );
     }
 
     /// The audit rows (through `aegis db export`).
@@ -410,25 +423,27 @@ impl Rig {
 
     /// Waits for at least `n` audit rows with `action` whose detail contains `text`.
     fn wait_audit(&self, action: &str, text: &str, n: usize) -> Vec<serde_json::Value> {
-        let t0 = Instant::now();
-        loop {
-            let rows: Vec<_> = self
-                .audit()
-                .into_iter()
-                .filter(|r| {
-                    r["action"] == action && r["detail"].as_str().is_some_and(|d| d.contains(text))
-                })
-                .collect();
-            if rows.len() >= n {
-                return rows;
-            }
-            assert!(
-                t0.elapsed() < Duration::from_secs(20),
-                "{n} audit row(s) {action} containing {text:?} expected; have: {:?}",
-                self.audit()
-            );
-            std::thread::sleep(Duration::from_millis(200));
-        }
+        eventually(
+            Duration::from_secs(20),
+            Duration::from_millis(200),
+            || {
+                let rows: Vec<_> = self
+                    .audit()
+                    .into_iter()
+                    .filter(|r| {
+                        r["action"] == action
+                            && r["detail"].as_str().is_some_and(|d| d.contains(text))
+                    })
+                    .collect();
+                (rows.len() >= n).then_some(rows)
+            },
+            || {
+                format!(
+                    "{n} audit row(s) {action} containing {text:?} expected; have: {:?}",
+                    self.audit()
+                )
+            },
+        )
     }
 
     fn publish(&self, topic: &str, payload: &[u8], retain: bool) {
@@ -522,22 +537,6 @@ impl Rig {
 
     fn wait_receipt(&self, what: impl Fn(&Receipt) -> bool) -> Receipt {
         self.tap().wait_receipt(&self.device_key, what)
-    }
-
-    /// The final report after a stop: no frame lost over the whole run.
-    fn assert_no_frame_lost(report: &str) {
-        let line = report
-            .lines()
-            .find(|l| l.starts_with("stream "))
-            .unwrap_or_else(|| panic!("no stream report in {report}"));
-        let n = |i: usize| -> u64 {
-            line.split(", ")
-                .nth(i)
-                .and_then(|s| s.split(' ').next())
-                .and_then(|v| v.parse().ok())
-                .unwrap_or(u64::MAX)
-        };
-        assert_eq!(n(2), 0, "frames dropped: {line}");
     }
 }
 
@@ -867,11 +866,12 @@ fn attack_revoking_the_running_issuer_stops_its_workflow_now() {
     assert!(r.reason.contains("revoked"), "{}", r.reason);
     rig.wait_receipt(|r| r.mode == "trust" && r.sequence == 2);
     rig.wait_audit("workflow.revoked", "revoked", 1);
-    let t0 = Instant::now();
-    while rig.status()["workflow"]["active"]["sequence"] != 1 {
-        assert!(t0.elapsed() < Duration::from_secs(10), "{}", rig.status());
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    eventually(
+        Duration::from_secs(10),
+        Duration::from_millis(100),
+        || (rig.status()["workflow"]["active"]["sequence"] == 1).then_some(()),
+        || rig.status().to_string(),
+    );
     rig.finish();
 }
 
@@ -955,18 +955,13 @@ fn attack_floods_and_deep_nesting_do_not_starve_fleet_delivery() {
     assert!(p.wait().unwrap().success());
     rig.wait_receipt(|r| r.sequence == 3 && r.verdict == Verdict::Applied);
     // Every garbage message is accounted for: refused, or superseded (then re-fetched).
-    let t0 = Instant::now();
-    loop {
-        let accounted = rig.counter("refused") - refused0 + rig.counter("superseded");
-        if accounted >= 500 {
-            break;
-        }
-        assert!(
-            t0.elapsed() < Duration::from_secs(20),
-            "garbage lost silently: {accounted} of 500"
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    let accounted = || rig.counter("refused") - refused0 + rig.counter("superseded");
+    eventually(
+        Duration::from_secs(20),
+        Duration::from_millis(100),
+        || (accounted() >= 500).then_some(()),
+        || format!("garbage lost silently: {} of 500", accounted()),
+    );
     rig.finish();
 }
 
@@ -1099,28 +1094,28 @@ fn attack_time_fields_anchors_and_camera_devices_are_refused() {
     for (seq, text, want) in &cases {
         rig.publish(DEVICE_TOPIC, &Rig::sign(&rig.gw, text), false);
         // Documents that do not parse are verified but cannot be named: refused unsigned.
-        let t0 = Instant::now();
-        loop {
-            let receipt = rig.receipts().into_iter().find(|r| r.sequence == *seq);
-            let refused = rig.audit().into_iter().any(|r| {
-                r["action"] == "workflow.refused"
-                    && r["detail"].as_str().is_some_and(|d| d.contains(want))
-            });
-            if let Some(r) = &receipt {
-                assert_eq!(r.verdict, Verdict::Rejected, "case {seq}");
-                assert!(r.reason.contains(want), "case {seq}: {}", r.reason);
-                break;
-            }
-            if refused {
-                break;
-            }
-            assert!(
-                t0.elapsed() < Duration::from_secs(20),
-                "case {seq}: no verdict naming {want:?}: {:?} {:?}",
-                rig.tap().messages(),
-                rig.audit()
-            );
-            std::thread::sleep(Duration::from_millis(100));
+        let receipt = eventually(
+            Duration::from_secs(20),
+            Duration::from_millis(100),
+            || {
+                let receipt = rig.receipts().into_iter().find(|r| r.sequence == *seq);
+                let refused = rig.audit().into_iter().any(|r| {
+                    r["action"] == "workflow.refused"
+                        && r["detail"].as_str().is_some_and(|d| d.contains(want))
+                });
+                (receipt.is_some() || refused).then_some(receipt)
+            },
+            || {
+                format!(
+                    "case {seq}: no verdict naming {want:?}: {:?} {:?}",
+                    rig.tap().messages(),
+                    rig.audit()
+                )
+            },
+        );
+        if let Some(r) = &receipt {
+            assert_eq!(r.verdict, Verdict::Rejected, "case {seq}");
+            assert!(r.reason.contains(want), "case {seq}: {}", r.reason);
         }
     }
     assert_eq!(rig.counter("applied"), 0, "{}", rig.log());
@@ -1224,21 +1219,21 @@ fn attack_local_endpoint_needs_the_token_and_healthz_forgets_old_streams() {
         status.contains("200") && body.contains("\"applied\""),
         "{body}"
     );
-    let t0 = Instant::now();
-    loop {
-        let h = rig.healthz();
-        let ids: Vec<_> = h["streams"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|s| s["id"].as_str().unwrap().to_string())
-            .collect();
-        if ids == ["cam1"] && h["status"] == "ok" {
-            break;
-        }
-        assert!(t0.elapsed() < Duration::from_secs(10), "{h}");
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    eventually(
+        Duration::from_secs(10),
+        Duration::from_millis(100),
+        || {
+            let h = rig.healthz();
+            let ids: Vec<_> = h["streams"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|s| s["id"].as_str().unwrap().to_string())
+                .collect();
+            (ids == ["cam1"] && h["status"] == "ok").then_some(())
+        },
+        || rig.healthz().to_string(),
+    );
     rig.assert_streaming();
     rig.stop();
 }

@@ -191,27 +191,6 @@ fn signed_light(d: &Path, name: &str, seq: u64, stages: &str) -> String {
     sign(d, &workflow(d, name, seq, &light(d, stages)), false)
 }
 
-fn stream_report(out: &str) -> (u64, u64, u64) {
-    let line = out
-        .lines()
-        .find(|l| l.starts_with("stream cam0:"))
-        .unwrap_or_else(|| panic!("no stream report in {out}"));
-    let n = |i: usize| -> u64 {
-        line.split(", ")
-            .nth(i)
-            .and_then(|s| s.split(' ').next())
-            .and_then(|v| v.parse().ok())
-            .unwrap()
-    };
-    let decoded: u64 = line["stream cam0: ".len()..]
-        .split(' ')
-        .next()
-        .unwrap()
-        .parse()
-        .unwrap();
-    (decoded, n(1), n(2))
-}
-
 const LIGHT: &str = "  sources: [{ id: cam0, url: \"file://CLIP\", loop: true, realtime: true }]\n  stages: [{ kind: timestamp_overlay }]\n  sinks: [{ kind: discard }]";
 
 fn light(d: &Path, stages: &str) -> String {
@@ -324,7 +303,7 @@ fn a_sealed_workflow_switches_stages_live_without_dropping_a_frame_and_a_failing
     let out = std::fs::read_to_string(d.join("agent.out")).unwrap();
     let log = std::fs::read_to_string(d.join("agent.log")).unwrap();
     assert!(status.success(), "{out}\n{log}");
-    let (decoded, delivered, dropped) = stream_report(&out);
+    let (decoded, delivered, dropped) = stream_counts(&out, "cam0");
     assert!(decoded >= 300, "{out}");
     assert_eq!((delivered, dropped), (decoded, 0), "{out}\n{log}");
 }
