@@ -44,7 +44,7 @@ pub use model::{
     WorkflowPolicy, WorkflowsConfig,
 };
 pub use url::{Host, NetScheme, NetUrl};
-pub use validate::{check_rule_sensors, parse_colour};
+pub use validate::{check_log_filter, check_rule_sensors, parse_colour};
 
 /// Largest configuration file [`load`] accepts, in bytes (1 MiB).
 pub const MAX_CONFIG_BYTES: u64 = parse::MAX_TEXT_BYTES as u64;

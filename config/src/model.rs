@@ -452,8 +452,8 @@ pub struct SourceConfig {
     /// `file:relative/path.mp4` or a plain path for files;
     /// `rtsp://host/path` or `rtsps://…` for IP cameras; `srt://host:port`
     /// and `rtmp://host/app/key` for contribution encoders;
-    /// `v4l2:///dev/video0` for local cameras. This build supports files
-    /// and RTSP. Prefer `username`/`password` over credentials in the URL.
+    /// `v4l2:///dev/video0` for local cameras. Prefer `username`/`password`
+    /// over credentials in the URL.
     pub url: String,
     /// RTP transport for `rtsp` sources: `tcp` (interleaved in the RTSP
     /// connection; works through NAT and firewalls) or `udp`.
@@ -1553,8 +1553,10 @@ pub struct LogConfig {
     /// human-readable), `human`, `json` or `journald`.
     #[serde(default)]
     pub format: LogFormat,
-    /// Log filter, e.g. `info` or `info,aegis_hal=debug`
-    /// (tracing `EnvFilter` syntax).
+    /// Log filter, e.g. `info` or `info,aegis_hal=debug`: comma-separated
+    /// levels (`off`, `error`, `warn`, `info`, `debug`, `trace`) and
+    /// `target=level` directives; a bare word that is not a level is refused
+    /// (tracing would read it as a target and log nothing else).
     #[serde(default = "default_log_level")]
     pub level: String,
 }

@@ -651,9 +651,13 @@ fn anchors_and_aliases_are_rejected() {
     // (the text scanner's false positive).
     let device_free = minimal().replace("device: {id: dev0}\n", "");
     let config = ok(&format!(
-        "{device_free}# a comment with &anchor and *alias\ndevice:\n  id: d\n  name: \"Tom & *Jerry\"\nlog:\n  level: |\n    *info\n"
+        "{device_free}# a comment with &anchor and *alias\ndevice:\n  id: d\n  name: \"Tom & *Jerry\"\n"
     ));
     assert_eq!(config.device.name.as_deref(), Some("Tom & *Jerry"));
+    let config = ok(&format!(
+        "{device_free}device:\n  id: d\n  name: |\n    *north &door\n"
+    ));
+    assert_eq!(config.device.name.as_deref(), Some("*north &door\n"));
     let config = ok(&format!(
         "{device_free}device: {{id: d, name: R&D *lab*}}\n"
     ));

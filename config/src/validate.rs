@@ -1029,6 +1029,109 @@ fn check_condition(c: &Condition, path: &str, sensors: Option<&[&str]>, out: &mu
     }
 }
 
+/// Levels a log filter may name (case-insensitive).
+const LOG_LEVELS: [&str; 6] = ["off", "error", "warn", "info", "debug", "trace"];
+
+/// `log.level`, through [`check_log_filter`].
 pub(crate) fn check_log(log: &LogConfig, prefix: &str, out: &mut Vec<Problem>) {
-    check_not_empty(out, join_key(prefix, "level"), &log.level);
+    let path = join_key(prefix, "level");
+    if log.level.trim().is_empty() {
+        check_not_empty(out, path, &log.level);
+        return;
+    }
+    if let Err(reason) = check_log_filter(&log.level) {
+        out.push(Problem::new(path, reason));
+    }
+}
+
+/// Checks a log filter: comma-separated directives, each a level (`off`, `error`, `warn`,
+/// `info`, `debug`, `trace`, any case) or `target=level`. Refused, naming the offending
+/// directive: an empty filter, a bare word that is not a level (`verbose`: tracing would read
+/// it as a target and log nothing else), a directive without a target (`=debug`) or with a
+/// level that is not one. `log.level` goes through it, and so does every filter the agent
+/// installs at run time (fleet command, toggle, `RUST_LOG`).
+pub fn check_log_filter(spec: &str) -> Result<(), String> {
+    let is_level = |w: &str| LOG_LEVELS.iter().any(|l| l.eq_ignore_ascii_case(w.trim()));
+    let levels = LOG_LEVELS.join(", ");
+    let mut directives = spec.split(',').map(str::trim).filter(|d| !d.is_empty());
+    let mut any = false;
+    directives.try_for_each(|d| {
+        any = true;
+        match d.rsplit_once('=') {
+            None if is_level(d) => Ok(()),
+            None if d
+                .chars()
+                .all(|c| c.is_alphanumeric() || matches!(c, '_' | ':' | '-')) =>
+            {
+                Err(format!(
+                    "{d:?} is not a log level ({levels}); a target needs one, e.g. {d}=debug"
+                ))
+            }
+            None => Err(format!("{d:?} is not a log level ({levels})")),
+            Some((target, _)) if target.trim().is_empty() => Err(format!("{d:?} names no target")),
+            Some((_, level)) if !is_level(level) => Err(format!(
+                "{:?} in {d:?} is not a log level ({levels})",
+                level.trim()
+            )),
+            Some((target, _)) => match target.trim().chars().next() {
+                Some(c) if c.is_alphanumeric() || matches!(c, '_' | '-' | ':' | '[') => Ok(()),
+                _ => Err(format!(
+                    "{d:?}: a target starts with a letter, digit, _ or :"
+                )),
+            },
+        }
+    })?;
+    if any {
+        Ok(())
+    } else {
+        Err(format!(
+            "{spec:?} holds no directive: give a level ({levels})"
+        ))
+    }
+}
+
+#[cfg(test)]
+mod log_level_tests {
+    use super::*;
+
+    fn problems(level: &str) -> Vec<Problem> {
+        let mut out = Vec::new();
+        let log = LogConfig {
+            level: level.into(),
+            ..LogConfig::default()
+        };
+        check_log(&log, "log", &mut out);
+        out
+    }
+
+    #[test]
+    fn levels_and_target_directives_pass() {
+        for ok in [
+            "info",
+            "WARN",
+            "warn,aegis_agent=debug",
+            "aegis_agent::fleet=Trace,",
+        ] {
+            assert!(problems(ok).is_empty(), "{ok:?}: {:?}", problems(ok));
+        }
+    }
+
+    #[test]
+    fn a_word_that_is_not_a_level_is_named() {
+        for (bad, named) in [
+            ("verbose", "\"verbose\" is not a log level"),
+            ("info,verbose", "\"verbose\" is not a log level"),
+            ("*info", "\"*info\" is not a log level"),
+            ("aegis_agent=loud", "\"loud\" in \"aegis_agent=loud\""),
+            ("=info", "names no target"),
+            ("*x=info", "a target starts with"),
+            (",", "holds no directive"),
+            ("", "must not be empty"),
+        ] {
+            let p = problems(bad);
+            assert_eq!(p.len(), 1, "{bad:?}: {p:?}");
+            assert_eq!(p[0].path, "log.level");
+            assert!(p[0].reason.contains(named), "{bad:?}: {}", p[0].reason);
+        }
+    }
 }
