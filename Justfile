@@ -102,3 +102,12 @@ lint:
 sample OUT *ARGS:
     cargo build --release -p aegis-agent
     target/release/aegis sample --out {{OUT}} {{ARGS}}
+
+# Detections made from public MOT ground truth (TUD-Campus, TUD-Stadtmitte, out of the pinned
+# motmetrics wheel) with misses and jitter, through aegis track (live, back-filled, min_hits 1)
+# and a greedy IoU baseline.
+# Score the tracker on public MOT sequences with py-motmetrics (tools/mot/score.py).
+mot *ARGS:
+    cargo build -p aegis-agent --bin aegis
+    tools/mot-data.sh
+    .tools/mot-venv/bin/python tools/mot/score.py --aegis target/debug/aegis {{ARGS}}

@@ -36,6 +36,26 @@ pub struct Object {
     pub track_id: Option<u64>,
     /// The stage that found it.
     pub source: ObjectSource,
+    /// Set on the one frame whose detector run confirmed this track (the tracker's birth
+    /// gate hid it until then): the earlier frames it was in but not reported. Live output
+    /// stays gated; stored track summaries start at [`TrackBackfill::first_seq`] instead.
+    pub track_backfill: Option<TrackBackfill>,
+}
+
+/// The frames a just-confirmed track was in before it was first reported: what the birth
+/// gate hid. Fixed-size, so it rides on [`Object`] without allocating.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TrackBackfill {
+    /// Hidden frames: the detector runs the track matched in (at most the tracker's
+    /// `min_hits`), each with the frames that would have carried its result (`every_n_frames`).
+    pub frames: u32,
+    /// Sequence number of the first hidden frame.
+    pub first_seq: u64,
+    /// Its presentation timestamp, µs on the stream's timeline.
+    pub first_pts_us: i64,
+    /// Its time, µs since the Unix epoch: the capture wall clock where the source reports one,
+    /// else the agent's clock when the detector ran on it (as events are timed).
+    pub first_wallclock_us: i64,
 }
 
 /// A bounded list of objects (no heap).
@@ -178,6 +198,7 @@ mod tests {
             bbox: [0.0; 4],
             track_id: None,
             source,
+            track_backfill: None,
         }
     }
 

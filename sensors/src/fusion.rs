@@ -7,6 +7,13 @@
 //! processed, so a sample that arrives up to that much late still lands in order. Older
 //! ones are counted (`late`) and dropped — re-running the filter for them would move poses
 //! that events have already been stamped with.
+//!
+//! Time jumps: when the receiver's UTC moves by more than [`MAX_TIME_JUMP_S`] more or less
+//! than the agent's clock between two GGA/RMC sentences (either direction: a receiver
+//! reset, two recordings joined), or the receiver was silent for over
+//! [`MAX_GPS_SILENCE_S`], the filter restarts at the next fix (new state, new local frame)
+//! instead of dead-reckoning across the break; counted as `restarts`. Poses from before
+//! the restart stay queryable; none is interpolated across it.
 
 use std::collections::VecDeque;
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
@@ -128,6 +135,20 @@ pub struct Stats {
     pub imu: u64,
     /// Samples older than the reorder window, dropped.
     pub late: u64,
+    /// Restarts of the filter at a receiver time jump or after a silence.
+    pub restarts: u64,
+}
+
+/// A pose in the history: time, state, position σ, time of the last accepted fix, the
+/// local frame of the state, and the run (filter restarts) it belongs to.
+#[derive(Debug, Clone, Copy)]
+struct Past {
+    t: f64,
+    s: [f64; 5],
+    sigma: f64,
+    fix_t: f64,
+    frame: LocalFrame,
+    run: u64,
 }
 
 /// GPS time once the fix is good (see [`Fusion::gps_time`]).
@@ -152,8 +173,9 @@ pub struct Fusion {
     last_fix_utc: Option<f64>,
     last_fix_t: f64,
     last_hdop: f64,
-    /// (t, state, position σ, time of the last accepted fix).
-    history: VecDeque<(f64, [f64; 5], f64, f64)>,
+    /// (receiver UTC seconds of day, agent time) of the last GGA/RMC with a time.
+    last_utc: Option<(f64, f64)>,
+    history: VecDeque<Past>,
     gps_time: GpsTime,
     /// Counters.
     pub stats: Stats,
@@ -172,6 +194,7 @@ impl Fusion {
             last_fix_utc: None,
             last_fix_t: f64::NEG_INFINITY,
             last_hdop: 2.0,
+            last_utc: None,
             history: VecDeque::new(),
             gps_time: GpsTime::default(),
             stats: Stats::default(),
@@ -220,22 +243,28 @@ impl Fusion {
                 self.stats.imu += 1;
             }
             Input::Gps(Sentence::Gga(g)) => {
+                self.watch_time(t, g.utc_s);
                 if let Some(h) = g.hdop {
                     self.last_hdop = h;
                 }
                 match (g.quality, g.lat, g.lon) {
                     (1.., Some(lat), Some(lon)) => {
-                        self.last_fix_utc = g.utc_s;
-                        self.use_fix(t, lat, lon, g.hdop.unwrap_or(self.last_hdop));
+                        // One position an epoch: the same epoch's RMC may have come first.
+                        if g.utc_s.is_none() || g.utc_s != self.last_fix_utc {
+                            self.last_fix_utc = g.utc_s;
+                            self.use_fix(t, lat, lon, g.hdop.unwrap_or(self.last_hdop));
+                        }
                     }
                     _ => self.stats.no_fix += 1,
                 }
             }
             Input::Gps(Sentence::Rmc(r)) => {
+                self.watch_time(t, r.utc_s);
                 if !r.valid {
                     self.stats.no_fix += 1;
                 } else {
-                    // The same epoch's GGA already gave the position (with its HDOP).
+                    // The same epoch's GGA may already have given the position (with its
+                    // HDOP).
                     let fresh = r.utc_s.is_none() || r.utc_s != self.last_fix_utc;
                     if fresh && let (Some(lat), Some(lon)) = (r.lat, r.lon) {
                         self.last_fix_utc = r.utc_s;
@@ -252,17 +281,52 @@ impl Fusion {
                 }
             }
         }
-        if self.ekf.initialised() {
-            self.history
-                .push_back((t, self.ekf.s, self.ekf.position_sigma(), self.last_fix_t));
+        if self.ekf.initialised()
+            && let Some(frame) = self.frame
+        {
+            self.history.push_back(Past {
+                t,
+                s: self.ekf.s,
+                sigma: self.ekf.position_sigma(),
+                fix_t: self.last_fix_t,
+                frame,
+                run: self.stats.restarts,
+            });
             while self
                 .history
                 .front()
-                .is_some_and(|(h, _, _, _)| t - h > self.settings.history_s)
+                .is_some_and(|p| t - p.t > self.settings.history_s)
             {
                 self.history.pop_front();
             }
         }
+    }
+
+    /// Restarts the filter when the receiver's time broke away from the agent's clock, or
+    /// after a long silence (see the module doc).
+    fn watch_time(&mut self, t: f64, utc: Option<f64>) {
+        let Some(u) = utc else {
+            return;
+        };
+        if let Some((pu, pt)) = self.last_utc {
+            let dt = t - pt;
+            // The receiver's step, taken across midnight the short way round.
+            let du = (u - pu + 43_200.0).rem_euclid(86_400.0) - 43_200.0;
+            if ((du - dt).abs() > MAX_TIME_JUMP_S || dt > MAX_GPS_SILENCE_S)
+                && self.ekf.initialised()
+            {
+                self.restart();
+            }
+        }
+        self.last_utc = Some((u, t));
+    }
+
+    fn restart(&mut self) {
+        self.ekf = Ekf::new(self.settings.noise);
+        self.frame = None;
+        self.last_fix_utc = None;
+        self.last_fix_t = f64::NEG_INFINITY;
+        self.stats.restarts += 1;
     }
 
     fn use_fix(&mut self, t: f64, lat: f64, lon: f64, hdop: f64) {
@@ -318,36 +382,45 @@ impl Fusion {
 
     /// The fused pose at monotonic `t`: interpolated inside the history, extrapolated at
     /// most `max_extrapolate_s` past its end (dead reckoning on the last state).
+    ///
+    /// Between the last pose before a restart and the first after it there is no
+    /// interpolation: the earlier run is extrapolated as at the end of the history.
     pub fn pose_at(&self, t: f64) -> Option<Pose> {
-        let frame = self.frame?;
         let first = self.history.front()?;
         let last = self.history.back()?;
-        if t < first.0 || t > last.0 + self.settings.max_extrapolate_s {
+        if t < first.t || t > last.t + self.settings.max_extrapolate_s {
             return None;
         }
-        let (s, sigma, fix_t) = if t >= last.0 {
-            let dt = t - last.0;
-            let [x, y, v, psi, b] = last.1;
-            let grow = self.settings.noise.no_imu_accel * dt * dt / 2.0;
-            (
-                [x + v * psi.sin() * dt, y + v * psi.cos() * dt, v, psi, b],
-                last.2 + grow,
-                last.3,
-            )
-        } else {
-            let i = self.history.partition_point(|(h, _, _, _)| *h <= t);
-            let (a, b) = (&self.history[i - 1], &self.history[i]);
-            let w = if b.0 > a.0 {
-                (t - a.0) / (b.0 - a.0)
-            } else {
-                0.0
-            };
-            let mut s = a.1;
-            for k in [0, 1, 2, 4] {
-                s[k] = a.1[k] + (b.1[k] - a.1[k]) * w;
+        let i = self.history.partition_point(|p| p.t <= t);
+        let a = &self.history[i - 1];
+        let (s, sigma, fix_t, frame) = match self.history.get(i) {
+            Some(b) if b.run == a.run => {
+                let w = if b.t > a.t {
+                    (t - a.t) / (b.t - a.t)
+                } else {
+                    0.0
+                };
+                let mut s = a.s;
+                for k in [0, 1, 2, 4] {
+                    s[k] = a.s[k] + (b.s[k] - a.s[k]) * w;
+                }
+                s[3] = a.s[3] + crate::ekf::wrap(b.s[3] - a.s[3]) * w;
+                (s, a.sigma + (b.sigma - a.sigma) * w, a.fix_t, a.frame)
             }
-            s[3] = a.1[3] + crate::ekf::wrap(b.1[3] - a.1[3]) * w;
-            (s, a.2 + (b.2 - a.2) * w, a.3)
+            _ => {
+                let dt = t - a.t;
+                if dt > self.settings.max_extrapolate_s {
+                    return None;
+                }
+                let [x, y, v, psi, b] = a.s;
+                let grow = self.settings.noise.no_imu_accel * dt * dt / 2.0;
+                (
+                    [x + v * psi.sin() * dt, y + v * psi.cos() * dt, v, psi, b],
+                    a.sigma + grow,
+                    a.fix_t,
+                    a.frame,
+                )
+            }
         };
         let (lat, lon) = frame.to_geo(s[0], s[1]);
         Some(Pose {
@@ -363,10 +436,11 @@ impl Fusion {
 
     /// The time span the pose history covers (monotonic seconds), once a fix arrived.
     pub fn span(&self) -> Option<(f64, f64)> {
-        Some((self.history.front()?.0, self.history.back()?.0))
+        Some((self.history.front()?.t, self.history.back()?.t))
     }
 
-    /// The local frame (metres east/north of the first fix), once a fix arrived.
+    /// The local frame (metres east/north of the first fix since the last restart), once a
+    /// fix arrived.
     pub fn frame(&self) -> Option<LocalFrame> {
         self.frame
     }
@@ -379,6 +453,18 @@ impl Fusion {
 
 /// Consecutive consistent epochs before GPS time is trusted.
 pub const GPS_TIME_EPOCHS: u32 = 3;
+
+/// A receiver time jump: between two GGA/RMC sentences the receiver's UTC moved this many
+/// seconds more (or less) than the agent's clock. Serial latency and buffering, a leap
+/// second and receivers' 0.1–2 s epochs stay well inside it; a reset or joined recordings
+/// do not.
+pub const MAX_TIME_JUMP_S: f64 = 5.0;
+
+/// A receiver silent (no GGA/RMC with a time) this long: its next fix restarts the filter
+/// rather than correcting a minute of dead reckoning (without an IMU the position σ is
+/// about 500 m by then). A receiver that keeps talking without a fix (a tunnel) is an
+/// outage and is dead-reckoned through, however long.
+pub const MAX_GPS_SILENCE_S: f64 = 60.0;
 
 #[cfg(test)]
 mod tests {
@@ -421,5 +507,53 @@ mod tests {
         f.push(13.0, rmc("000500.00", "261126"));
         f.flush();
         assert_eq!(f.gps_time(13.0), None);
+    }
+
+    fn gga(utc: &str, quality: u8) -> Input {
+        let s = nmea::with_checksum(&format!(
+            "$GPGGA,{utc},4807.0380,N,01131.0000,E,{quality},08,0.9,545.4,M,46.9,M,,"
+        ));
+        Input::Gps(nmea::parse(s.as_bytes()).unwrap())
+    }
+
+    #[test]
+    fn an_epoch_gives_one_position_whichever_sentence_comes_first() {
+        let mut f = Fusion::new(Settings::default());
+        // u-blox order: RMC, then GGA of the same epoch; then the other way round.
+        f.push(1.0, rmc("120001.00", "261126"));
+        f.push(1.01, gga("120001.00", 1));
+        f.push(2.0, gga("120002.00", 1));
+        f.push(2.01, rmc("120002.00", "261126"));
+        f.flush();
+        assert_eq!(f.stats.fixes, 2, "{:?}", f.stats);
+    }
+
+    #[test]
+    fn a_receiver_silent_for_over_a_minute_restarts_the_filter_one_talking_without_a_fix_does_not()
+    {
+        let mut f = Fusion::new(Settings {
+            history_s: 1e6,
+            ..Settings::default()
+        });
+        f.push(0.0, gga("120000.00", 1));
+        // 90 s in a tunnel, the receiver still talking: dead reckoning, no restart.
+        for k in 1..=90 {
+            f.push(
+                f64::from(k),
+                gga(&format!("12{:02}{:02}.00", k / 60, k % 60), 0),
+            );
+        }
+        f.push(91.0, gga("120131.00", 1));
+        f.flush();
+        assert_eq!((f.stats.restarts, f.stats.fixes), (0, 2), "{:?}", f.stats);
+        // Then silent for 61 s.
+        f.push(152.0, gga("120232.00", 1));
+        f.flush();
+        assert_eq!((f.stats.restarts, f.stats.fixes), (1, 3), "{:?}", f.stats);
+        // No pose is interpolated across the restart; the run before it is extrapolated
+        // for at most `max_extrapolate_s`.
+        assert!(f.pose_at(92.0).is_some());
+        assert!(f.pose_at(120.0).is_none());
+        assert!(f.pose_at(152.0).is_some_and(|p| p.since_fix_s == 0.0));
     }
 }

@@ -4,6 +4,13 @@
 //! (receivers always send it; accepting unchecked data would let line noise move the
 //! vehicle). The parser never panics and never allocates per sentence beyond its fields:
 //! it is fuzzed with random bytes, broken checksums and cut sentences.
+//!
+//! Lines that are sound but of no use are told apart from damaged ones
+//! ([`NmeaError::ignored`]): proprietary sentences (`$PMTK…`, `$PUBX…`, any `$P…`) and other
+//! sentence types with a valid checksum, and `#` comment lines (recorded logs carry them).
+//!
+//! [`Epochs`] puts a receiver's GGA and RMC of one epoch (same UTC) together into one
+//! [`Fix`], whichever of the two the receiver sends, and in whichever order.
 
 /// What one sentence said.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -81,25 +88,47 @@ pub struct Gsa {
 /// Why a line was not used.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 pub enum NmeaError {
-    /// Not `$…*hh`.
+    /// Not `$…*hh` (or longer than [`MAX_SENTENCE`]).
     #[error("not an NMEA sentence")]
     Framing,
     /// The checksum does not match.
     #[error("checksum mismatch")]
     Checksum,
-    /// A sentence type this parser does not use.
+    /// A valid sentence of a type this parser does not use (GSV, ZDA, `!AIVDM`, …).
     #[error("sentence type not used")]
     Unsupported,
+    /// A valid proprietary sentence (`$P` and a maker's code: `$PMTK…`, `$PUBX…`).
+    #[error("proprietary sentence")]
+    Proprietary,
+    /// A `#` comment line (recorded logs).
+    #[error("comment line")]
+    Comment,
+    /// An empty line (blank between CR LF pairs).
+    #[error("empty line")]
+    Empty,
     /// A field is malformed.
     #[error("malformed field {0}")]
     Field(usize),
 }
 
+impl NmeaError {
+    /// A sound line of no use here (another sentence type, a proprietary sentence, a
+    /// comment): to be counted as ignored, not as bad. Empty lines are neither.
+    pub fn ignored(&self) -> bool {
+        matches!(
+            self,
+            NmeaError::Unsupported | NmeaError::Proprietary | NmeaError::Comment
+        )
+    }
+}
+
 const KNOTS_TO_MPS: f64 = 0.514_444;
 const KMH_TO_MPS: f64 = 1.0 / 3.6;
 
-/// Longest sentence accepted (the standard says 82 characters; some receivers exceed it).
-pub const MAX_SENTENCE: usize = 164;
+/// Longest line accepted (the standard says 82 characters; receivers' proprietary
+/// sentences exceed it: MediaTek's `$PMTKCHN` is 203, u-blox's `$PUBX,03` grows with the
+/// satellites in view).
+pub const MAX_SENTENCE: usize = 512;
 
 fn hex(b: u8) -> Option<u8> {
     match b {
@@ -110,10 +139,17 @@ fn hex(b: u8) -> Option<u8> {
     }
 }
 
-/// Checks framing and checksum; returns the fields between `$` and `*`.
+/// Checks framing and checksum; returns the fields between `$` (or `!`, encapsulation
+/// sentences such as AIS) and `*`.
 fn body(line: &[u8]) -> Result<&str, NmeaError> {
     let line = line.trim_ascii();
-    if line.len() < 6 || line.len() > MAX_SENTENCE || line[0] != b'$' {
+    if line.is_empty() {
+        return Err(NmeaError::Empty);
+    }
+    if line[0] == b'#' {
+        return Err(NmeaError::Comment);
+    }
+    if line.len() < 6 || line.len() > MAX_SENTENCE || !matches!(line[0], b'$' | b'!') {
         return Err(NmeaError::Framing);
     }
     let star = line.len() - 3;
@@ -206,6 +242,13 @@ fn small(v: &str, i: usize) -> Result<u8, NmeaError> {
 /// Parses one line (with or without its CR LF).
 pub fn parse(line: &[u8]) -> Result<Sentence, NmeaError> {
     let body = body(line)?;
+    if line.trim_ascii_start().first() == Some(&b'!') {
+        // Encapsulated data (AIS from a combined receiver): sound, not ours.
+        return Err(NmeaError::Unsupported);
+    }
+    if body.starts_with('P') {
+        return Err(NmeaError::Proprietary);
+    }
     let mut f: [&str; 24] = [""; 24];
     let mut n = 0;
     for (i, part) in body.split(',').enumerate() {
@@ -283,11 +326,12 @@ pub fn with_checksum(body: &str) -> String {
 
 /// Splits a byte stream into lines, keeping a partial last line for the next read; lines
 /// longer than [`MAX_SENTENCE`] are dropped (a receiver at the wrong baud rate sends noise
-/// without newlines).
+/// without newlines) and counted ([`LineSplitter::take_overlong`]).
 #[derive(Debug, Default)]
 pub struct LineSplitter {
     buf: Vec<u8>,
     overlong: bool,
+    dropped: u64,
 }
 
 impl LineSplitter {
@@ -295,7 +339,9 @@ impl LineSplitter {
     pub fn feed(&mut self, bytes: &[u8], mut line: impl FnMut(&[u8])) {
         for &b in bytes {
             if b == b'\n' {
-                if !self.overlong {
+                if self.overlong {
+                    self.dropped += 1;
+                } else {
                     line(&self.buf);
                 }
                 self.buf.clear();
@@ -306,6 +352,163 @@ impl LineSplitter {
                 self.buf.push(b);
             }
         }
+    }
+
+    /// Overlong lines dropped since the last call.
+    pub fn take_overlong(&mut self) -> u64 {
+        std::mem::take(&mut self.dropped)
+    }
+}
+
+/// One receiver epoch's position fix, from its GGA, its RMC, or both.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Fix {
+    /// The receiver's UTC, seconds since midnight.
+    pub utc_s: Option<f64>,
+    /// The receiver's UTC as Unix microseconds, where its date is known: this epoch's RMC
+    /// date, or the last valid RMC's carried on while the receiver's clock ran on without a
+    /// jump. A receiver that sends GGA only never says the date.
+    pub utc_us: Option<i64>,
+    /// Degrees (GGA's when it has a fix, else RMC's).
+    pub lat: f64,
+    /// Degrees.
+    pub lon: f64,
+    /// GGA fix quality (`None`: no GGA this epoch).
+    pub quality: Option<u8>,
+    /// Satellites used (GGA).
+    pub satellites: Option<u8>,
+    /// Horizontal dilution of precision (GGA).
+    pub hdop: Option<f64>,
+    /// Altitude above mean sea level, metres (GGA).
+    pub altitude_m: Option<f64>,
+    /// Speed over ground, m/s (RMC).
+    pub speed_mps: Option<f64>,
+    /// Course over ground, degrees true (RMC).
+    pub course_deg: Option<f64>,
+}
+
+/// An epoch being gathered: the time its first sentence arrived and its GGA and RMC.
+#[derive(Debug, Clone, Copy)]
+struct Open {
+    t: f64,
+    utc_s: Option<f64>,
+    gga: Option<Gga>,
+    rmc: Option<Rmc>,
+}
+
+/// Puts each receiver epoch's GGA and RMC together into one [`Fix`]: an epoch with both
+/// gives one fix, not two, and one with only a GGA or only a valid RMC gives one as well
+/// (receivers differ in what they send and in which order).
+///
+/// An epoch closes when it has both sentences, or when a GGA or RMC of another UTC (or a
+/// second one of the same type) arrives; [`Epochs::finish`] closes the last one at the
+/// end of an input.
+#[derive(Debug, Default)]
+pub struct Epochs {
+    open: Option<Open>,
+    /// (days since 1970-01-01, UTC seconds of day) of the last dated epoch.
+    date: Option<(i64, f64)>,
+}
+
+impl Epochs {
+    /// Takes a sentence that arrived at `t` (the agent's clock); calls `fix` with the
+    /// arrival time of its first sentence and the fix, for each epoch this closes that had
+    /// a position. Sentences other than GGA and RMC are not looked at.
+    pub fn push(&mut self, t: f64, s: &Sentence, mut fix: impl FnMut(f64, Fix)) {
+        let (utc, gga) = match s {
+            Sentence::Gga(g) => (g.utc_s, true),
+            Sentence::Rmc(r) => (r.utc_s, false),
+            _ => return,
+        };
+        if let Some(o) = &self.open {
+            let free = if gga {
+                o.gga.is_none()
+            } else {
+                o.rmc.is_none()
+            };
+            if !(free && utc.is_some() && o.utc_s == utc) {
+                self.close(&mut fix);
+            }
+        }
+        let o = self.open.get_or_insert(Open {
+            t,
+            utc_s: utc,
+            gga: None,
+            rmc: None,
+        });
+        match s {
+            Sentence::Gga(g) => o.gga = Some(*g),
+            Sentence::Rmc(r) => o.rmc = Some(*r),
+            _ => {}
+        }
+        if o.gga.is_some() && o.rmc.is_some() {
+            self.close(&mut fix);
+        }
+    }
+
+    /// Closes the epoch still open (the input ended).
+    pub fn finish(&mut self, mut fix: impl FnMut(f64, Fix)) {
+        self.close(&mut fix);
+    }
+
+    fn close(&mut self, fix: &mut impl FnMut(f64, Fix)) {
+        let Some(o) = self.open.take() else {
+            return;
+        };
+        let utc_us = self.utc_us(&o);
+        let gga = o
+            .gga
+            .filter(|g| g.quality >= 1)
+            .and_then(|g| Some((g.lat?, g.lon?)));
+        let rmc = o
+            .rmc
+            .filter(|r| r.valid)
+            .and_then(|r| Some((r.lat?, r.lon?)));
+        let Some((lat, lon)) = gga.or(rmc) else {
+            return;
+        };
+        fix(
+            o.t,
+            Fix {
+                utc_s: o.utc_s,
+                utc_us,
+                lat,
+                lon,
+                quality: o.gga.map(|g| g.quality),
+                satellites: o.gga.map(|g| g.satellites),
+                hdop: o.gga.and_then(|g| g.hdop),
+                altitude_m: o.gga.and_then(|g| g.altitude_m),
+                speed_mps: o.rmc.and_then(|r| r.speed_mps),
+                course_deg: o.rmc.and_then(|r| r.course_deg),
+            },
+        );
+    }
+
+    /// The epoch's UTC as Unix µs, remembering its date for the epochs after it.
+    fn utc_us(&mut self, o: &Open) -> Option<i64> {
+        let u = o.utc_s?;
+        let dated = o
+            .rmc
+            .filter(|r| r.valid)
+            .and_then(|r| r.date)
+            .and_then(|(y, m, d)| {
+                aegis_config::civil::days_from_civil(i64::from(y), i64::from(m), i64::from(d))
+            });
+        let day = dated.or_else(|| {
+            let (day, before) = self.date?;
+            let step = u - before;
+            // Past midnight the time of day starts again.
+            let (day, step) = if step < -43_200.0 {
+                (day + 1, step + 86_400.0)
+            } else {
+                (day, step)
+            };
+            let steady = (-crate::fusion::MAX_TIME_JUMP_S..=crate::fusion::MAX_GPS_SILENCE_S)
+                .contains(&step);
+            steady.then_some(day)
+        });
+        self.date = day.map(|d| (d, u));
+        Some(day? * 86_400_000_000 + (u * 1e6).round() as i64)
     }
 }
 
@@ -428,14 +631,85 @@ mod tests {
         let mut lines = Vec::new();
         s.feed(b"$GPVTG,a\r\n$GPV", |l| lines.push(l.to_vec()));
         s.feed(b"TG,b\r\n", |l| lines.push(l.to_vec()));
-        s.feed(&[b'x'; 500], |l| lines.push(l.to_vec()));
+        s.feed(&[b'x'; MAX_SENTENCE + 100], |l| lines.push(l.to_vec()));
         s.feed(b"\nok\n", |l| lines.push(l.to_vec()));
+        assert_eq!(s.take_overlong(), 1);
+        assert_eq!(s.take_overlong(), 0);
         assert_eq!(
             lines,
             vec![
                 b"$GPVTG,a\r".to_vec(),
                 b"$GPVTG,b\r".to_vec(),
                 b"ok".to_vec()
+            ]
+        );
+    }
+
+    #[test]
+    fn sound_lines_of_no_use_are_told_apart_from_damaged_ones() {
+        // MediaTek and AIS lines from gpsd's regression logs (mtk-3301.log, ait250.log).
+        let cases: [(&[u8], NmeaError); 7] = [
+            (b"$PMTK010,001*2E\r\n", NmeaError::Proprietary),
+            (b"$PMTK010,001*2F", NmeaError::Checksum),
+            (b"$POLYN,TIME,RESTART_OCCURRED", NmeaError::Framing),
+            (b"# Chipset: MKT-3301", NmeaError::Comment),
+            (b"\r", NmeaError::Empty),
+            (
+                b"!AIVDM,1,1,,B,13njCt031t0DA=lN2:jKmad60l1p,0*12",
+                NmeaError::Unsupported,
+            ),
+            (b"$GPGSV,2,2,06,08,,,49,10,,,41*7E", NmeaError::Unsupported),
+        ];
+        for (line, want) in cases {
+            assert_eq!(parse(line), Err(want), "{}", String::from_utf8_lossy(line));
+        }
+        let ignored: Vec<bool> = [
+            NmeaError::Proprietary,
+            NmeaError::Comment,
+            NmeaError::Unsupported,
+            NmeaError::Empty,
+            NmeaError::Checksum,
+            NmeaError::Framing,
+            NmeaError::Field(2),
+        ]
+        .iter()
+        .map(NmeaError::ignored)
+        .collect();
+        assert_eq!(ignored, [true, true, true, false, false, false, false]);
+    }
+
+    #[test]
+    fn epochs_carry_the_rmc_date_to_gga_only_epochs_until_the_clock_jumps() {
+        let s = |body: &str| parse(with_checksum(body).as_bytes()).unwrap();
+        let gga = |utc: &str| {
+            s(&format!(
+                "$GPGGA,{utc},4807.0380,N,01131.0000,E,1,08,0.9,545.4,M,46.9,M,,"
+            ))
+        };
+        let mut e = Epochs::default();
+        let mut fixes = Vec::new();
+        let lines = [
+            s("$GPRMC,235959.00,A,4807.0380,N,01131.0000,E,0.0,0.0,251126,,,A"),
+            gga("235959.00"),
+            gga("000000.00"), // past midnight: the next day
+            gga("000001.00"),
+            gga("001001.00"), // ten minutes on: a jump, the date is no longer known
+            gga("001002.00"),
+        ];
+        for (t, l) in lines.iter().enumerate() {
+            e.push(t as f64, l, |t, f| fixes.push((t, f.utc_us)));
+        }
+        e.finish(|t, f| fixes.push((t, f.utc_us)));
+        // 2026-11-25T23:59:59Z = 1_795_651_199.
+        let day = |s: i64| Some(s * 1_000_000);
+        assert_eq!(
+            fixes,
+            [
+                (0.0, day(1_795_651_199)),
+                (2.0, day(1_795_651_200)),
+                (3.0, day(1_795_651_201)),
+                (4.0, None),
+                (5.0, None),
             ]
         );
     }

@@ -154,7 +154,7 @@ impl FileSource {
             self.core.health.set_state(SourceState::Ended);
         }
         if let Err(e) = &r {
-            self.core.health.fail(SourceState::Ended, e.to_string());
+            self.core.health.fail(SourceState::Failed, e.to_string());
         }
         r
     }

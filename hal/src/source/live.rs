@@ -4,8 +4,9 @@
 //! A live source never ends on its own. It connects lazily (an appliance must boot while its
 //! cameras are down), waits for a keyframe, decodes into the pool, and whenever the connection
 //! fails — refused, unauthorised, closed, or silent for longer than the stall timeout — it
-//! records why in its [`SourceHealth`] and reconnects after a jittered exponential backoff. A
-//! new connection gets a new decoder (the camera may come back with other parameters);
+//! records why in its [`SourceHealth`] and reconnects after a jittered exponential backoff
+//! (see [`LiveSourceSettings::backoff_recent_max`] for how a camera that streamed a moment
+//! ago is retried quickly). A new connection gets a new decoder (the camera may come back with other parameters);
 //! timestamps continue from where the last connection stopped, so the pipeline sees one
 //! monotonic stream.
 
@@ -72,10 +73,17 @@ pub struct LiveSourceSettings {
     pub connect_timeout: Duration,
     /// No packet for this long while connected = stalled: drop the connection and reconnect.
     pub stall_timeout: Duration,
-    /// First reconnect delay; doubles on every failure.
+    /// First reconnect delay; doubles on every failure and starts over with the first
+    /// frame of a connection.
     pub backoff_min: Duration,
     /// Longest reconnect delay.
     pub backoff_max: Duration,
+    /// Longest reconnect delay while the camera delivered a frame within the last
+    /// [`RECENTLY_HEALTHY`]: a camera that reboots or flaps is back within about this long
+    /// of coming up, instead of waiting out a delay that grew while it was down. Errors the
+    /// camera itself answers (401, 403, 404, a redirect) and URL errors keep the full backoff,
+    /// so a wrong password is not retried twice a second.
+    pub backoff_recent_max: Duration,
     /// For a V4L2 camera (`url` is then the device path): what to ask of it.
     pub v4l2: Option<CaptureRequest>,
     /// Decode with NVDEC on this GPU (CUDA backend; one [`aegis_cuda::Gpu::fork`] per
@@ -94,7 +102,8 @@ impl std::fmt::Debug for LiveSourceSettings {
 }
 
 impl LiveSourceSettings {
-    /// Defaults for a camera at `url`: TCP, 5 s connect, 2 s stall, backoff 0.5 s … 30 s.
+    /// Defaults for a camera at `url`: TCP, 5 s connect, 2 s stall, backoff 0.5 s … 30 s
+    /// (at most 0.5 s while the camera streamed within the last minute).
     pub fn new(url: impl Into<String>, stream: StreamId) -> Self {
         LiveSourceSettings {
             url: url.into(),
@@ -106,6 +115,7 @@ impl LiveSourceSettings {
             stall_timeout: Duration::from_secs(2),
             backoff_min: Duration::from_millis(500),
             backoff_max: Duration::from_secs(30),
+            backoff_recent_max: Duration::from_millis(500),
             v4l2: None,
             gpu: None,
         }
@@ -167,6 +177,69 @@ fn av_error(e: &crate::container::ContainerError) -> Option<&ff::Error> {
     }
 }
 
+/// What a plain-RTSP server at `url`'s host and port answers to an `OPTIONS` request (no
+/// credentials sent): its first line, quoted, non-printable bytes escaped, cut at 120
+/// characters; or what went wrong asking. For error messages only, when libavformat could
+/// not make sense of the answer.
+fn first_answer_line(url: &NetUrl, timeout: Duration) -> String {
+    use std::io::{Read, Write};
+    use std::net::ToSocketAddrs;
+    let port = url.port.unwrap_or(554);
+    let host = url.host_str();
+    let Some(addr) = (host.as_str(), port)
+        .to_socket_addrs()
+        .ok()
+        .and_then(|mut a| a.next())
+    else {
+        return "nothing (the address no longer resolves)".into();
+    };
+    let answer = (|| -> std::io::Result<Vec<u8>> {
+        let mut s = std::net::TcpStream::connect_timeout(&addr, timeout)?;
+        s.set_read_timeout(Some(timeout))?;
+        s.set_write_timeout(Some(timeout))?;
+        let target = match url.host {
+            aegis_config::Host::Ipv6(_) => format!("[{host}]:{port}"),
+            _ => format!("{host}:{port}"),
+        };
+        let path = if url.path.is_empty() { "/" } else { &url.path };
+        let request = format!(
+            "OPTIONS rtsp://{target}{path} RTSP/1.0\r\nCSeq: 1\r\nUser-Agent: aegis\r\n\r\n"
+        );
+        // A server may answer (and hang up) before reading it all: read what it sent anyway.
+        let _ = s.write_all(request.as_bytes());
+        let mut got = Vec::new();
+        let mut buf = [0u8; 256];
+        while got.len() < 256 && !got.contains(&b'\n') {
+            match s.read(&mut buf) {
+                Ok(0) => break,
+                Ok(n) => got.extend_from_slice(&buf[..n]),
+                Err(e) if got.is_empty() => return Err(e),
+                Err(_) => break,
+            }
+        }
+        Ok(got)
+    })();
+    match answer {
+        Ok(bytes) if bytes.is_empty() => "nothing (it closed the connection)".into(),
+        Ok(bytes) => {
+            let line = bytes.split(|b| *b == b'\n').next().unwrap_or_default();
+            let line = line.strip_suffix(b"\r").unwrap_or(line);
+            let mut shown = String::new();
+            for &b in line.iter().take(120) {
+                match b {
+                    0x20..=0x7e => shown.push(b as char),
+                    _ => shown.push_str(&format!("\\x{b:02x}")),
+                }
+            }
+            if line.len() > 120 {
+                shown.push('…');
+            }
+            format!("\"{shown}\"")
+        }
+        Err(e) => format!("nothing ({e})"),
+    }
+}
+
 /// Deadline for libavformat's blocking calls, checked by its interrupt callback.
 struct Watchdog {
     epoch: Instant,
@@ -200,13 +273,71 @@ struct Connection {
     /// Added to this connection's timestamps so they continue the stream's timeline.
     offset_us: Option<i64>,
     frames: u64,
-    connected_at: Instant,
     /// When the last packet arrived (a non-blocking device's stall clock).
     last_packet_at: Instant,
 }
 
-/// A connection must stream this long before the reconnect backoff starts over.
-pub const BACKOFF_RESET_AFTER: Duration = Duration::from_secs(5);
+/// A camera that delivered a frame this recently is retried within
+/// [`LiveSourceSettings::backoff_recent_max`].
+pub const RECENTLY_HEALTHY: Duration = Duration::from_secs(60);
+
+/// When to try again after a failed or lost connection: `backoff_min` doubling with every
+/// failure in a row up to `backoff_max`, ×0.8–1.2 jitter (so cameras that failed together do
+/// not all reconnect in the same instant). Any decoded frame starts the count over, and while
+/// the camera delivered a frame within [`RECENTLY_HEALTHY`] the delay is at most
+/// `backoff_recent_max` — unless the camera itself refused us (`persistent`). Time is passed
+/// in, so the schedule can be tested without waiting.
+#[derive(Debug, Clone)]
+struct Backoff {
+    min: f64,
+    max: f64,
+    recent_max: f64,
+    failures: u32,
+    last_frame_at: Option<Instant>,
+    rng: u64,
+}
+
+impl Backoff {
+    fn new(s: &LiveSourceSettings, seed: u64) -> Self {
+        Backoff {
+            min: s.backoff_min.as_secs_f64(),
+            max: s.backoff_max.as_secs_f64(),
+            recent_max: s.backoff_recent_max.min(s.backoff_max).as_secs_f64(),
+            failures: 0,
+            last_frame_at: None,
+            rng: seed | 1,
+        }
+    }
+
+    /// A frame arrived at `now`: the camera works.
+    fn frame(&mut self, now: Instant) {
+        self.failures = 0;
+        self.last_frame_at = Some(now);
+    }
+
+    /// A connection failed (or was lost) at `now`: how long to wait before the next attempt.
+    fn failed(&mut self, now: Instant, persistent: bool) -> Duration {
+        let exponential = self.min * 2f64.powi(self.failures.min(16) as i32);
+        let recently_healthy = self
+            .last_frame_at
+            .is_some_and(|t| now.saturating_duration_since(t) < RECENTLY_HEALTHY);
+        let cap = if recently_healthy && !persistent {
+            self.recent_max
+        } else {
+            self.max
+        };
+        self.failures = self.failures.saturating_add(1);
+        Duration::from_secs_f64(exponential.min(cap) * self.jitter())
+    }
+
+    /// 0.8 … 1.2.
+    fn jitter(&mut self) -> f64 {
+        self.rng ^= self.rng << 13;
+        self.rng ^= self.rng >> 7;
+        self.rng ^= self.rng << 17;
+        0.8 + 0.4 * ((self.rng >> 11) as f64 / (1u64 << 53) as f64)
+    }
+}
 
 /// Frames from a camera or encoder on the network.
 pub struct LiveSource {
@@ -218,12 +349,14 @@ pub struct LiveSource {
     packet: ff::Packet,
     /// When the next connection attempt may start, and how many failed in a row.
     retry_at: Option<Instant>,
-    failures: u32,
+    backoff: Backoff,
     attempts: u64,
+    /// The last connection attempt failed on something retrying soon will not change: the
+    /// camera refused the credentials or the path, redirected, or the URL is bad.
+    persistent_error: bool,
     next_seq: u64,
     next_pts_us: i64,
     frame_rate: (i32, i32),
-    rng: u64,
     stats: SourceStats,
     /// Decoder counters of connections already closed (stats only ever grow).
     closed_decode: crate::codec::DecodeStats,
@@ -244,6 +377,7 @@ impl LiveSource {
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(1, |d| d.as_nanos() as u64)
             | 1;
+        let backoff = Backoff::new(&settings, seed);
         LiveSource {
             settings,
             shown_as,
@@ -256,12 +390,12 @@ impl LiveSource {
             conn: None,
             packet: ff::Packet::empty(),
             retry_at: None,
-            failures: 0,
+            backoff,
             attempts: 0,
+            persistent_error: false,
             next_seq: 0,
             next_pts_us: 0,
             frame_rate: (0, 1),
-            rng: seed,
             stats: SourceStats::default(),
             closed_decode: Default::default(),
         }
@@ -273,8 +407,11 @@ impl LiveSource {
     }
 
     fn connect(&mut self) -> Result<Connection, String> {
+        // Until shown otherwise, a failure is the network's or the camera's being down.
+        self.persistent_error = false;
         let mut opts = ff::Dictionary::new();
         let url = if self.settings.v4l2.is_none() {
+            self.persistent_error = true;
             let url = NetUrl::parse(&self.settings.url).map_err(|e| format!("url: {e}"))?;
             if url.to_libav(None, None) != self.settings.url {
                 return Err(format!(
@@ -283,6 +420,7 @@ impl LiveSource {
                 ));
             }
             opts.set("protocol_whitelist", protocol_whitelist(url.scheme));
+            self.persistent_error = false;
             Some(url)
         } else {
             None
@@ -332,6 +470,7 @@ impl LiveSource {
                 let target = redirect.lock().ok().and_then(|mut r| r.take());
                 match (opened, target) {
                     (_, Some(target)) => {
+                        self.persistent_error = true;
                         return Err(format!(
                             "connect: the server redirected to {}: redirects are not followed \
                              (name the stream's real address in the source URL)",
@@ -339,7 +478,39 @@ impl LiveSource {
                         ));
                     }
                     (Ok(d), None) => d,
-                    (Err(e), None) => return Err(self.explain("connect", &e, av_error(&e))),
+                    (Err(e), None) => {
+                        let av = av_error(&e);
+                        self.persistent_error = matches!(
+                            av,
+                            Some(
+                                ff::Error::HttpUnauthorized
+                                    | ff::Error::HttpForbidden
+                                    | ff::Error::HttpNotFound
+                            )
+                        );
+                        let mut why = self.explain("connect", &e, av);
+                        // libavformat says only "Invalid data found" or "5XX reply": ask the
+                        // server ourselves and quote what it answers.
+                        let unexpected = matches!(
+                            av,
+                            Some(
+                                ff::Error::InvalidData
+                                    | ff::Error::HttpBadRequest
+                                    | ff::Error::HttpOther4xx
+                                    | ff::Error::HttpServerError
+                            )
+                        );
+                        if unexpected
+                            && !self.watchdog.fired.load(Ordering::Acquire)
+                            && let Some(url) = url.as_ref().filter(|u| u.scheme == NetScheme::Rtsp)
+                        {
+                            why.push_str(&format!(
+                                " (the server answered an RTSP OPTIONS request with {})",
+                                first_answer_line(url, Duration::from_secs(1))
+                            ));
+                        }
+                        return Err(why);
+                    }
                 }
             }
             Some(want) => {
@@ -385,7 +556,6 @@ impl LiveSource {
             decoder,
             offset_us: None,
             frames: 0,
-            connected_at: Instant::now(),
             last_packet_at: Instant::now(),
         })
     }
@@ -430,28 +600,15 @@ impl LiveSource {
     fn fail(&mut self, state: SourceState, why: String) {
         if let Some(c) = self.conn.take() {
             self.closed_decode.add(&c.decoder.stats());
-            // A connection that streamed for a while was a success: start the backoff over. A
-            // camera that drops every session after a few frames keeps backing off.
-            if c.frames > 0 && c.connected_at.elapsed() >= BACKOFF_RESET_AFTER {
-                self.failures = 0;
-            }
         }
-        let base =
-            self.settings.backoff_min.as_secs_f64() * 2f64.powi(self.failures.min(16) as i32);
-        let delay = base.min(self.settings.backoff_max.as_secs_f64()) * self.jitter();
-        self.failures = self.failures.saturating_add(1);
+        let delay = self
+            .backoff
+            .failed(Instant::now(), self.persistent_error)
+            .as_secs_f64();
         tracing::warn!(stream = %self.settings.stream, url = %self.shown_as.display(),
             error = %why, retry_in_s = delay, "live source disconnected");
         self.core.health.fail(state, why);
         self.retry_at = Some(Instant::now() + Duration::from_secs_f64(delay));
-    }
-
-    /// 0.8 … 1.2, so cameras that failed together do not all reconnect in the same instant.
-    fn jitter(&mut self) -> f64 {
-        self.rng ^= self.rng << 13;
-        self.rng ^= self.rng >> 7;
-        self.rng ^= self.rng << 17;
-        0.8 + 0.4 * ((self.rng >> 11) as f64 / (1u64 << 53) as f64)
     }
 
     fn next_frame_inner(&mut self) -> Result<Option<Frame>, SourceError> {
@@ -515,6 +672,7 @@ impl LiveSource {
                 self.next_seq += 1;
                 self.next_pts_us = frame.pts_us + frame.duration_us.max(1);
                 conn.frames += 1;
+                self.backoff.frame(Instant::now());
                 self.stats.frames += 1;
                 self.core.health.frame();
                 return Ok(Some(frame));
@@ -657,6 +815,98 @@ mod tests {
         assert_eq!(protocol_whitelist(NetScheme::Srt), "srt");
     }
 
+    /// A camera up `up` s, down `down` s, for `cycles` cycles, driven through [`Backoff`] on a
+    /// virtual clock: connecting takes `connect` s when the camera is up, and fails at once
+    /// when it is down. Returns, per up-window after the first, the seconds from the camera
+    /// coming up to the first frame (`None`: the window was missed).
+    fn flap(b: &mut Backoff, up: f64, down: f64, cycles: usize, connect: f64) -> Vec<Option<f64>> {
+        let t0 = Instant::now();
+        let at = |t: f64| t0 + Duration::from_secs_f64(t);
+        let period = up + down;
+        let is_up = |t: f64| t.rem_euclid(period) < up;
+        let mut t = 0.0;
+        let mut first_frames = vec![None; cycles];
+        // Connected at 0 and streaming until the first outage.
+        b.frame(at(0.0));
+        let mut connected = true;
+        while t < period * cycles as f64 {
+            let window = (t / period) as usize;
+            if connected {
+                // Frames until the camera goes down; the loss is noticed at once.
+                let down_at = window as f64 * period + up;
+                b.frame(at(down_at - 0.04));
+                t = down_at;
+                connected = false;
+                t += b.failed(at(t), false).as_secs_f64();
+            } else if is_up(t) && is_up(t + connect) {
+                t += connect;
+                b.frame(at(t));
+                let w = (t / period) as usize;
+                if let Some(slot) = first_frames.get_mut(w) {
+                    slot.get_or_insert(t - w as f64 * period);
+                }
+                connected = true;
+            } else {
+                t += 0.001;
+                t += b.failed(at(t), false).as_secs_f64();
+            }
+        }
+        first_frames.into_iter().skip(1).collect()
+    }
+
+    #[test]
+    fn a_flapping_camera_is_back_within_the_recent_cap_in_every_up_window() {
+        // The field case: up 8 s, down 5 s. Before, the backoff started over only after 5 s
+        // of streaming, which a flapping camera never gets to, so the delay climbed to 16–35 s
+        // and whole up-windows were missed.
+        let mut s = LiveSourceSettings::new("rtsp://cam/x", StreamId::new("c"));
+        s.backoff_recent_max = Duration::from_millis(500);
+        let mut b = Backoff::new(&s, 7);
+        let windows = flap(&mut b, 8.0, 5.0, 20, 0.3);
+        assert_eq!(windows.len(), 19);
+        for (i, w) in windows.iter().enumerate() {
+            let first = w.unwrap_or_else(|| panic!("up-window {i} missed: {windows:?}"));
+            // At most one capped delay (0.5 s × 1.2 jitter) plus the connect time.
+            assert!(
+                first <= 0.6 + 0.3 + 0.01,
+                "window {i}: {first} s: {windows:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn backoff_grows_while_the_camera_refuses_us_or_has_been_gone_long() {
+        let s = LiveSourceSettings::new("rtsp://cam/x", StreamId::new("c"));
+        let t0 = Instant::now();
+        let secs = |d: Duration| d.as_secs_f64();
+        // Never streamed: 0.5 s doubling to 30 s.
+        let mut b = Backoff::new(&s, 3);
+        let delays: Vec<f64> = (0..10).map(|_| secs(b.failed(t0, false))).collect();
+        for (i, d) in delays.iter().enumerate() {
+            let nominal = (0.5 * 2f64.powi(i as i32)).min(30.0);
+            assert!(
+                (nominal * 0.8..=nominal * 1.2).contains(d),
+                "{i}: {delays:?}"
+            );
+        }
+        // Streamed a moment ago, but the camera answers 401: the full backoff, not the cap.
+        let mut b = Backoff::new(&s, 3);
+        b.frame(t0);
+        let refused: Vec<f64> = (0..8).map(|_| secs(b.failed(t0, true))).collect();
+        assert!(refused[7] >= 0.5 * 128.0_f64.min(60.0) * 0.8, "{refused:?}");
+        // Streamed, then gone: capped for RECENTLY_HEALTHY, exponential after that.
+        let mut b = Backoff::new(&s, 3);
+        b.frame(t0);
+        for _ in 0..20 {
+            assert!(secs(b.failed(t0 + Duration::from_secs(30), false)) <= 0.6);
+        }
+        let later = t0 + RECENTLY_HEALTHY + Duration::from_secs(1);
+        assert!(secs(b.failed(later, false)) >= 30.0 * 0.8);
+        // A frame starts the count over.
+        b.frame(later);
+        assert!(secs(b.failed(later + Duration::from_secs(61), false)) <= 0.6);
+    }
+
     #[test]
     fn connection_refused_backs_off_and_reports_in_plain_words() {
         // A port nothing listens on (bound then dropped).
@@ -685,6 +935,49 @@ mod tests {
         stopper.stop();
         assert!(matches!(t.join().unwrap(), Ok(false)));
         assert_eq!(health.state(), SourceState::Ended);
+    }
+
+    #[test]
+    fn a_server_that_is_not_rtsp_is_quoted_in_the_error() {
+        use std::io::{Read, Write};
+        // An HTTP server on the camera's port, and one that sends bytes no protocol knows:
+        // the error says what each sent, not only libav's "Invalid data found".
+        for (answer, want) in [
+            (
+                &b"HTTP/1.0 400 Bad Request\r\nServer: toy\r\n\r\n<html></html>\n"[..],
+                "\"HTTP/1.0 400 Bad Request\"",
+            ),
+            (
+                &b"\x00\x01garbage\xff\r\n\r\n"[..],
+                "\"\\x00\\x01garbage\\xff\"",
+            ),
+        ] {
+            let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+            let port = listener.local_addr().unwrap().port();
+            let server = std::thread::spawn(move || {
+                for c in listener.incoming().take(2) {
+                    let mut c = c.unwrap();
+                    let mut buf = [0u8; 1024];
+                    let _ = c.read(&mut buf);
+                    let _ = c.write_all(answer);
+                }
+            });
+            let mut s =
+                LiveSourceSettings::new(format!("rtsp://127.0.0.1:{port}/x"), StreamId::new("c"));
+            s.backoff_min = Duration::from_secs(60);
+            let mut src = LiveSource::new(s);
+            let (stopper, health) = (src.stopper(), src.health());
+            let t = std::thread::spawn(move || src.next_frame().map(|f| f.is_some()));
+            while health.snapshot().last_error.is_none() {
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            let err = health.snapshot().last_error.unwrap_or_default();
+            stopper.stop();
+            assert!(matches!(t.join().unwrap(), Ok(false)));
+            server.join().unwrap();
+            assert!(err.contains(want), "{err}");
+            assert!(err.starts_with("connect: "), "{err}");
+        }
     }
 
     #[test]

@@ -9,7 +9,7 @@ mod file;
 mod live;
 
 pub use file::{FileSource, FileSourceSettings};
-pub use live::{BACKOFF_RESET_AFTER, LiveSource, LiveSourceSettings, RtspTransport, redact_url};
+pub use live::{LiveSource, LiveSourceSettings, RECENTLY_HEALTHY, RtspTransport, redact_url};
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU64, Ordering};
@@ -18,7 +18,7 @@ use std::time::Instant;
 
 use crate::codec::{CodecError, DecodeStats, Decoding};
 use crate::container::ContainerError;
-use crate::frame::{Frame, FrameLayout, StreamId};
+use crate::frame::{Frame, FrameLayout, PixelFormat, StreamId};
 use crate::pool::SurfacePool;
 
 /// Largest frame side accepted: a corrupt or hostile header must not make the pool allocate
@@ -108,6 +108,47 @@ macro_rules! core_accessors {
 }
 pub(crate) use core_accessors;
 
+/// A source that could not be opened (a missing or unreadable file). Its stream still
+/// starts: the source reports the error once (state [`SourceState::Failed`], `last_error`,
+/// and the error from the first [`VideoSource::next_frame`]) and ends, so one bad source never
+/// keeps the other streams from running.
+pub struct FailedSource {
+    core: SourceCore,
+    error: Option<SourceError>,
+}
+
+impl FailedSource {
+    /// The stream `stream`, whose source at `origin` (a path, or a URL without credentials)
+    /// failed with `error`.
+    pub fn new(stream: StreamId, origin: PathBuf, error: SourceError) -> Self {
+        let core = SourceCore::new(origin, stream, 1, FrameLayout::new(PixelFormat::I420, 2, 2));
+        core.health.fail(SourceState::Failed, error.to_string());
+        FailedSource {
+            core,
+            error: Some(error),
+        }
+    }
+}
+
+impl VideoSource for FailedSource {
+    fn next_frame(&mut self) -> Result<Option<Frame>, SourceError> {
+        match self.error.take() {
+            Some(e) => Err(e),
+            None => Ok(None),
+        }
+    }
+    fn stream_id(&self) -> &StreamId {
+        &self.core.stream
+    }
+    fn stats(&self) -> SourceStats {
+        SourceStats::default()
+    }
+    core_accessors!();
+    fn frame_rate(&self) -> (i32, i32) {
+        (0, 1)
+    }
+}
+
 /// Where a source is in its life, as the technician sees it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[repr(u8)]
@@ -122,16 +163,20 @@ pub enum SourceState {
     BackingOff = 3,
     /// The stream ended (end of file, or stopped).
     Ended = 4,
+    /// The source could not be opened, or ended on an error it cannot recover from (a file
+    /// source; live sources retry instead). `last_error` says why.
+    Failed = 5,
 }
 
 impl SourceState {
     /// Every state, for metrics that export one series per state.
-    pub const ALL: [SourceState; 5] = [
+    pub const ALL: [SourceState; 6] = [
         SourceState::Connecting,
         SourceState::Streaming,
         SourceState::Stalled,
         SourceState::BackingOff,
         SourceState::Ended,
+        SourceState::Failed,
     ];
 
     /// Lower-case name (`backing_off`, ...).
@@ -142,6 +187,7 @@ impl SourceState {
             SourceState::Stalled => "stalled",
             SourceState::BackingOff => "backing_off",
             SourceState::Ended => "ended",
+            SourceState::Failed => "failed",
         }
     }
 

@@ -140,6 +140,7 @@ impl Detector {
                     bbox,
                     track_id: None,
                     source: ObjectSource::Detect,
+                    track_backfill: None,
                 },
                 raw: *d,
             });

@@ -4,6 +4,15 @@
 //!
 //! The tracker sees only boxes, so it runs after any detector, and on public benchmark
 //! detections through `aegis track` (MOTChallenge text format, see [`mot`]).
+//!
+//! Birth gate and back-fill: a new track is reported only once it has matched `min_hits`
+//! frames in a row, so a one-frame false alarm never reaches live output. Its hidden
+//! (tentative) frames are not lost: the tracker keeps at most `min_hits` of them per track
+//! and, in the frame that confirms the track, hands them out through
+//! [`Tracker::backfill`], for offline output that can still write earlier frames. Live
+//! output ([`Tracker::update`]'s return value) never includes them.
+
+use std::collections::VecDeque;
 
 mod hungarian;
 mod kalman;
@@ -65,6 +74,15 @@ pub struct Track {
     pub score: f64,
 }
 
+/// A confirmed track as it was in an earlier frame, when the birth gate still hid it.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct PastTrack {
+    /// The frame, counted like [`Tracker::frame`] (the first `update` is frame 1).
+    pub frame: u64,
+    /// The track as it would have been reported in that frame (the filtered box then).
+    pub track: Track,
+}
+
 #[derive(Debug, Clone)]
 struct TrackState {
     id: u64,
@@ -77,6 +95,9 @@ struct TrackState {
     /// Reached `min_hits` consecutive matches once; a confirmed track is reported whenever
     /// it is matched (a single missed detection does not hide it for `min_hits` frames).
     confirmed: bool,
+    /// While not confirmed: the last (at most `min_hits`) frames it was matched in but not
+    /// reported, as `(frame, filtered box, score)`; handed to `backfill` on confirmation.
+    tentative: VecDeque<(u64, BoxXywh, f64)>,
 }
 
 /// The tracker of one stream.
@@ -86,6 +107,8 @@ pub struct Tracker {
     tracks: Vec<TrackState>,
     next_id: u64,
     frame: u64,
+    /// Tentative frames of the tracks the last `update` confirmed (reused buffer).
+    backfill: Vec<PastTrack>,
 }
 
 impl Tracker {
@@ -96,13 +119,31 @@ impl Tracker {
             tracks: Vec::new(),
             next_id: 1,
             frame: 0,
+            backfill: Vec::new(),
         }
     }
 
-    /// Takes one frame's detections; returns the tracks to report for this frame: matched in
-    /// this frame and confirmed (or still in the first `min_hits` frames of the sequence).
+    /// Frames seen so far: the number of [`update`](Self::update) calls.
+    pub fn frame(&self) -> u64 {
+        self.frame
+    }
+
+    /// The frames, before this one, in which the tracks that the last
+    /// [`update`](Self::update) confirmed were matched but hidden by the birth gate, in frame
+    /// order (at most `min_hits` per track; never a track that has not been confirmed, never
+    /// a frame that `update` already reported). Replaced by the next `update`: read it after
+    /// each call, or not at all (live use), it never grows.
+    pub fn backfill(&self) -> &[PastTrack] {
+        &self.backfill
+    }
+
+    /// Takes one frame's detections; returns the tracks to report for this frame (live
+    /// output): matched in this frame and confirmed (or still in the first `min_hits` frames
+    /// of the sequence). The earlier frames of a track confirmed now are in
+    /// [`backfill`](Self::backfill), never here.
     pub fn update(&mut self, detections: &[Detection]) -> Vec<Track> {
         self.frame += 1;
+        self.backfill.clear();
         for t in &mut self.tracks {
             t.predicted = t.filter.predict();
             t.since_update += 1;
@@ -127,6 +168,7 @@ impl Tracker {
                 hit_streak: 1,
                 since_update: 0,
                 confirmed: false,
+                tentative: VecDeque::new(),
             });
             self.next_id += 1;
         }
@@ -134,9 +176,35 @@ impl Tracker {
         self.tracks.retain(|t| t.since_update <= max_age);
         let min_hits = self.cfg.min_hits;
         let early = self.frame <= u64::from(min_hits);
+        let cap = min_hits as usize;
         for t in &mut self.tracks {
-            t.confirmed |= t.hit_streak >= min_hits;
+            if t.confirmed || t.since_update != 0 {
+                continue;
+            }
+            if t.hit_streak >= min_hits {
+                t.confirmed = true;
+                let (id, class) = (t.id, t.class);
+                self.backfill
+                    .extend(t.tentative.drain(..).map(|(frame, bbox, score)| PastTrack {
+                        frame,
+                        track: Track {
+                            id,
+                            bbox,
+                            class,
+                            score,
+                        },
+                    }));
+                t.tentative = VecDeque::new();
+            } else if !early && cap > 0 {
+                // Hidden by the birth gate in this frame: remembered, the oldest dropped.
+                if t.tentative.len() == cap {
+                    t.tentative.pop_front();
+                }
+                t.tentative
+                    .push_back((self.frame, t.filter.state_box(), t.score));
+            }
         }
+        self.backfill.sort_by_key(|p| (p.frame, p.track.id));
         self.tracks
             .iter()
             .filter(|t| t.since_update == 0 && (t.confirmed || early))

@@ -70,15 +70,39 @@ pub fn parse_detections(text: &str) -> Result<BTreeMap<u64, Vec<Detection>>, Mot
 }
 
 /// Runs `tracker` over every frame from 1 to the last one with detections and writes the
-/// results in MOTChallenge format.
-pub fn track_file(tracker: &mut Tracker, detections: &BTreeMap<u64, Vec<Detection>>) -> String {
+/// results in MOTChallenge format, in frame order (then by track id).
+///
+/// With `backfill`, a track's rows start where the track did: the frames in which it was
+/// matched but still hidden by the birth gate (`min_hits`) are written once it is
+/// confirmed (see [`Tracker::backfill`]). Without it, the rows are what live output
+/// reports.
+pub fn track_file(
+    tracker: &mut Tracker,
+    detections: &BTreeMap<u64, Vec<Detection>>,
+    backfill: bool,
+) -> String {
     let last = detections.keys().next_back().copied().unwrap_or(0);
-    let mut out = String::new();
+    // The tracker counts frames from its first update; this file's frame 1 is the next one.
+    let base = tracker.frame();
+    let mut rows: Vec<(u64, Track)> = Vec::new();
     for frame in 1..=last {
         let dets = detections.get(&frame).map(Vec::as_slice).unwrap_or(&[]);
-        for t in tracker.update(dets) {
-            write_track(&mut out, frame, &t);
+        rows.extend(tracker.update(dets).into_iter().map(|t| (frame, t)));
+        if backfill {
+            rows.extend(
+                tracker
+                    .backfill()
+                    .iter()
+                    .filter(|p| p.frame > base)
+                    .map(|p| (p.frame - base, p.track)),
+            );
         }
+    }
+    // A track has one row per frame, so (frame, id) orders every row.
+    rows.sort_by_key(|(frame, t)| (*frame, t.id));
+    let mut out = String::new();
+    for (frame, t) in &rows {
+        write_track(&mut out, *frame, t);
     }
     out
 }
@@ -140,7 +164,7 @@ mod tests {
     fn writes_results_for_every_frame_in_order() {
         let det = "1,-1,10,10,20,40,0.9\n2,-1,12,10,20,40,0.9\n3,-1,14,10,20,40,0.9\n";
         let mut tracker = Tracker::new(Default::default());
-        let res = track_file(&mut tracker, &parse_detections(det).unwrap());
+        let res = track_file(&mut tracker, &parse_detections(det).unwrap(), true);
         let lines: Vec<&str> = res.lines().collect();
         assert_eq!(lines.len(), 3, "{res}");
         assert!(
