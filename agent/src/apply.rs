@@ -797,7 +797,7 @@ impl Applier {
                     Via::Fleet(crate::fleet::TRUST_TOPIC),
                     file,
                     "trust.refused",
-                    format!("trust metadata: {e:#}"),
+                    format!("trust metadata: {}", crate::cli::error_text(&e)),
                 );
                 (pipeline, reply)
             }
@@ -814,7 +814,7 @@ impl Applier {
             Err(e) => {
                 // The state could not be saved: whatever runs may be what was just revoked.
                 // Fail closed: the local default runs until the next start sorts it out.
-                tracing::error!(error = %format!("{e:#}"),
+                tracing::error!(error = %crate::cli::error_text(&e),
                     "cannot record the workflow change; running the local default pipeline");
                 (None, Vec::new())
             }
@@ -876,7 +876,7 @@ impl Applier {
         let inference = match loaded {
             Ok(Ok(i)) => i,
             Ok(Err(e)) => {
-                tracing::error!(error = %format!("{e:#}"), "models for the allowed pipeline do not load");
+                tracing::error!(error = %crate::cli::error_text(&e), "models for the allowed pipeline do not load");
                 return Err(pipeline);
             }
             Err(e) => {
@@ -917,7 +917,10 @@ impl Applier {
                 Ok(Ok(i)) => i,
                 Ok(Err(e)) => {
                     let _ = self.workflows.consume_sequence(v);
-                    return (pipeline, rejected(format!("models: {e:#}"), t0));
+                    return (
+                        pipeline,
+                        rejected(format!("models: {}", crate::cli::error_text(&e)), t0),
+                    );
                 }
                 Err(e) => return (pipeline, rejected(format!("models: {e}"), t0)),
             }
@@ -925,7 +928,10 @@ impl Applier {
         let old_cfg = pipeline.config().clone();
         let in_place = pipeline.can_swap_in_place(new_cfg);
         if let Err(e) = self.workflows.begin(doc, v) {
-            return (pipeline, rejected(format!("state: {e:#}"), t0));
+            return (
+                pipeline,
+                rejected(format!("state: {}", crate::cli::error_text(&e)), t0),
+            );
         }
         let mode = if in_place { "in_place" } else { "rebuild" };
         let targets: Vec<u64>;
@@ -946,7 +952,7 @@ impl Applier {
                     let _ = self.workflows.rollback();
                     let outcome = Outcome {
                         verdict: Verdict::RolledBack,
-                        reason: format!("start: {e:#}"),
+                        reason: format!("start: {}", crate::cli::error_text(&e)),
                         mode,
                         apply_ms: ms(t0),
                     };

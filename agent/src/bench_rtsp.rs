@@ -1,7 +1,10 @@
 //! `aegis bench rtsp`: live-source costs against a real RTSP server on loopback
-//! (`tools/rtsp-server.py`, GStreamer): time from a server restart to the first decoded frame
-//! (p50/p99), CPU per connected stream, and fps kept with 4 and 8 simultaneous streams, with
-//! and without recording. Measured, printed and written as JSON; nothing asserts on time.
+//! (`tools/rtsp-server.py`, GStreamer): time from a server restart (after it was down for
+//! `--down-s`) to the first decoded frame (p50/p99); a flapping camera (up `--flap-up-s`, down
+//! `--flap-down-s`, repeated): time to the first frame in each up-window and how much of the
+//! up-time was streamed; CPU per connected stream; and fps kept with 4 and 8 simultaneous
+//! streams, with and without recording. Measured, printed and written as JSON; nothing
+//! asserts on time.
 
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
@@ -30,6 +33,14 @@ pub struct RtspBenchOptions {
     pub server_script: PathBuf,
     /// Server restarts to time.
     pub restarts: usize,
+    /// How long the server stays down at each restart.
+    pub down: Duration,
+    /// Flapping camera: cycles of `flap_down` down, then `flap_up` up (0: skip).
+    pub flap_cycles: usize,
+    /// Flapping camera: up-time per cycle.
+    pub flap_up: Duration,
+    /// Flapping camera: down-time per cycle.
+    pub flap_down: Duration,
     /// Stream counts to run at once.
     pub streams: Vec<usize>,
     /// Seconds each multi-stream run is measured for.
@@ -53,6 +64,28 @@ pub struct LoadResult {
     pub cpu_percent: f64,
 }
 
+/// A camera that keeps going up and down.
+#[derive(Debug, Clone, Serialize)]
+pub struct FlapResult {
+    /// Seconds up per cycle.
+    pub up_s: f64,
+    /// Seconds down per cycle.
+    pub down_s: f64,
+    /// Up-windows.
+    pub cycles: usize,
+    /// Server up → first decoded frame in each up-window that had one, milliseconds, sorted.
+    pub up_to_frame_ms: Vec<f64>,
+    /// Median of the above.
+    pub up_to_frame_p50_ms: f64,
+    /// Largest of the above.
+    pub up_to_frame_max_ms: f64,
+    /// Up-windows without a single frame.
+    pub windows_missed: usize,
+    /// Share of the up-time during which frames flowed (from each window's first frame to
+    /// its end, over all windows' up-time).
+    pub streamed_fraction: f64,
+}
+
 /// Everything `bench rtsp` measured.
 #[derive(Debug, Clone, Serialize)]
 pub struct RtspBenchResult {
@@ -64,6 +97,10 @@ pub struct RtspBenchResult {
     pub restart_p99_ms: f64,
     /// Restarts after which no frame came within 60 s (left out of the percentiles).
     pub restart_failures: usize,
+    /// Seconds the server was down at each restart.
+    pub restart_down_s: f64,
+    /// The flapping camera, if run.
+    pub flapping: Option<FlapResult>,
     /// CPU per connected, decoding stream with nothing downstream (percent of one core).
     pub cpu_percent_per_decoding_stream: f64,
     /// Multi-stream runs.
@@ -146,12 +183,10 @@ pub fn run(opts: &RtspBenchOptions) -> anyhow::Result<RtspBenchResult> {
     let mut samples = Vec::with_capacity(opts.restarts);
     let mut restart_failures = 0;
     for _ in 0..opts.restarts {
-        // Stream long enough that the source counts the connection as healthy and its
-        // backoff starts over, as after a camera that ran fine and then rebooted.
-        std::thread::sleep(aegis_hal::source::BACKOFF_RESET_AFTER + Duration::from_millis(500));
+        // A camera that ran fine for a while, then rebooted (down for `opts.down`).
+        std::thread::sleep(Duration::from_millis(5500));
         drop(server.take());
-        // Let the source notice and start backing off, as after a real outage.
-        std::thread::sleep(Duration::from_millis(300));
+        std::thread::sleep(opts.down);
         let before = health.snapshot().frames;
         server = Some(serve(&opts.server_script, port, &opts.clip)?);
         let t0 = Instant::now();
@@ -161,13 +196,53 @@ pub fn run(opts: &RtspBenchOptions) -> anyhow::Result<RtspBenchResult> {
             restart_failures += 1;
         }
     }
+    samples.sort_by(f64::total_cmp);
+
+    // 2. A flapping camera: down, up, down, up ... with the same source (its backoff state
+    //    carries over from window to window, as in the field).
+    let flapping = (opts.flap_cycles > 0).then(|| -> anyhow::Result<FlapResult> {
+        let mut ttff = Vec::new();
+        let (mut missed, mut streamed) = (0, 0.0);
+        for _ in 0..opts.flap_cycles {
+            drop(server.take());
+            std::thread::sleep(opts.flap_down);
+            let before = health.snapshot().frames;
+            server = Some(serve(&opts.server_script, port, &opts.clip)?);
+            let t0 = Instant::now();
+            let mut first = None;
+            while t0.elapsed() < opts.flap_up {
+                if first.is_none() && health.snapshot().frames > before {
+                    first = Some(t0.elapsed());
+                }
+                std::thread::sleep(Duration::from_millis(2));
+            }
+            match first {
+                Some(t) => {
+                    ttff.push(t.as_secs_f64() * 1000.0);
+                    streamed += (opts.flap_up - t).as_secs_f64();
+                }
+                None => missed += 1,
+            }
+        }
+        ttff.sort_by(f64::total_cmp);
+        Ok(FlapResult {
+            up_s: opts.flap_up.as_secs_f64(),
+            down_s: opts.flap_down.as_secs_f64(),
+            cycles: opts.flap_cycles,
+            up_to_frame_p50_ms: percentile(&ttff, 0.5),
+            up_to_frame_max_ms: ttff.last().copied().unwrap_or(f64::NAN),
+            up_to_frame_ms: ttff,
+            windows_missed: missed,
+            streamed_fraction: streamed / (opts.flap_up.as_secs_f64() * opts.flap_cycles as f64),
+        })
+    });
+    let flapping = flapping.transpose()?;
     stopper.stop();
     let _ = reader.join();
-    samples.sort_by(f64::total_cmp);
 
     drop(server);
 
-    // 2. Load: N streams decoding only, then N streams decoding + recording; each run gets a
+    // 3. Load: N streams decoding only, then N streams decoding + recording; each run gets a
     //    fresh server, so the clip plays from its start.
     let mut load = Vec::new();
     let mut per_stream_cpu = f64::NAN;
@@ -184,6 +259,8 @@ pub fn run(opts: &RtspBenchOptions) -> anyhow::Result<RtspBenchResult> {
         restart_p50_ms: percentile(&samples, 0.5),
         restart_p99_ms: percentile(&samples, 0.99),
         restart_failures,
+        restart_down_s: opts.down.as_secs_f64(),
+        flapping,
         restart_to_frame_ms: samples,
         cpu_percent_per_decoding_stream: per_stream_cpu,
         load,
@@ -267,12 +344,25 @@ fn load_run(n: usize, recording: bool, opts: &RtspBenchOptions) -> anyhow::Resul
 /// Prints the result.
 pub fn print(r: &RtspBenchResult) {
     println!(
-        "RTSP server restart → first decoded frame: p50 {:.0} ms, p99 {:.0} ms over {} restarts ({} without a frame within 60 s)",
+        "RTSP server restart after {:.1} s down → first decoded frame: p50 {:.0} ms, p99 {:.0} ms over {} restarts ({} without a frame within 60 s)",
+        r.restart_down_s,
         r.restart_p50_ms,
         r.restart_p99_ms,
         r.restart_to_frame_ms.len(),
         r.restart_failures
     );
+    if let Some(f) = &r.flapping {
+        println!(
+            "flapping camera ({:.0} s up / {:.0} s down, {} cycles): up → first frame p50 {:.0} ms, max {:.0} ms; {} up-windows missed; {:.0} % of the up-time streamed",
+            f.up_s,
+            f.down_s,
+            f.cycles,
+            f.up_to_frame_p50_ms,
+            f.up_to_frame_max_ms,
+            f.windows_missed,
+            f.streamed_fraction * 100.0
+        );
+    }
     println!(
         "CPU per connected stream, decode only: {:.1} % of one core",
         r.cpu_percent_per_decoding_stream

@@ -17,6 +17,51 @@ use crate::sample::{SampleSpec, generate};
 
 /// Exit code for invalid configuration or usage.
 pub const EXIT_INVALID: u8 = 2;
+/// Exit code of `aegis run` when some streams ended on an error while others ran to their end.
+pub const EXIT_SOME_STREAMS_FAILED: u8 = 1;
+/// Exit code of `aegis run` when every stream ended on an error (no source could be opened,
+/// or each failed): nothing this configuration asked for ran.
+pub const EXIT_ALL_STREAMS_FAILED: u8 = 3;
+
+/// `aegis run` ended with streams that failed (see [`stream_failures`]).
+#[derive(Debug, thiserror::Error)]
+#[error("{failed} of {total} streams ended with errors: {names}")]
+pub struct StreamsFailed {
+    /// Streams that ended with an error.
+    pub failed: usize,
+    /// Streams in the pipeline.
+    pub total: usize,
+    /// Their ids, comma-separated.
+    pub names: String,
+}
+
+impl StreamsFailed {
+    /// The process exit code this failure maps to.
+    pub fn exit_code(&self) -> u8 {
+        if self.failed == self.total {
+            EXIT_ALL_STREAMS_FAILED
+        } else {
+            EXIT_SOME_STREAMS_FAILED
+        }
+    }
+}
+
+/// An error and its causes, each said once: `anyhow`'s `{:#}` repeats a cause whose message the
+/// outer error already quotes (`cannot open X: No such file…: No such file…`).
+pub fn error_text(e: &anyhow::Error) -> String {
+    let mut text = String::new();
+    for cause in e.chain() {
+        let c = cause.to_string();
+        if text.contains(&c) {
+            continue;
+        }
+        if !text.is_empty() {
+            text.push_str(": ");
+        }
+        text.push_str(&c);
+    }
+    text
+}
 
 /// The demo's configuration, shipped inside the binary.
 pub const DEMO_CONFIG: &str = include_str!("../../config/examples/demo.yaml");
@@ -146,7 +191,8 @@ enum Command {
         /// Frames a track survives without a detection.
         #[arg(long, default_value_t = 30)]
         max_age: u32,
-        /// Consecutive matches before a track is reported.
+        /// Consecutive matches before a track is reported (its earlier frames are written too,
+        /// once it is confirmed, unless --no-backfill).
         #[arg(long, default_value_t = 3)]
         min_hits: u32,
         /// Detections at or above this start tracks; weaker ones only extend tracks.
@@ -155,6 +201,10 @@ enum Command {
         /// Detections below this are ignored.
         #[arg(long, default_value_t = 0.1)]
         min_score: f64,
+        /// Write only what live output reports: a track's frames from its confirmation on,
+        /// not the first min_hits frames it was tentative in.
+        #[arg(long)]
+        no_backfill: bool,
     },
     /// Print versions of the agent and the libraries it loaded.
     Version,
@@ -273,6 +323,18 @@ enum BenchCommand {
         /// Server restarts to time.
         #[arg(long, default_value_t = 10)]
         restarts: usize,
+        /// Seconds the server stays down at each restart.
+        #[arg(long, default_value_t = 5.0)]
+        down_s: f64,
+        /// Flapping camera: cycles of `--flap-up-s` up, `--flap-down-s` down (0: skip).
+        #[arg(long, default_value_t = 6)]
+        flap_cycles: usize,
+        /// Flapping camera: seconds up per cycle.
+        #[arg(long, default_value_t = 8.0)]
+        flap_up_s: f64,
+        /// Flapping camera: seconds down per cycle.
+        #[arg(long, default_value_t = 5.0)]
+        flap_down_s: f64,
         /// Stream counts to run at once.
         #[arg(long, value_delimiter = ',', default_value = "4,8")]
         streams: Vec<usize>,
@@ -380,13 +442,30 @@ pub fn main() -> ExitCode {
                     clip,
                     server,
                     restarts,
+                    down_s,
+                    flap_cycles,
+                    flap_up_s,
+                    flap_down_s,
                     streams,
                     seconds,
                     json,
                 },
         } => {
             crate::logging::init(log_override.unwrap_or(LogFormat::Human), "error");
-            bench_rtsp(clip, server, restarts, streams, seconds, json)
+            let opts = crate::bench_rtsp::RtspBenchOptions {
+                clip: PathBuf::new(),
+                server_script: server,
+                restarts,
+                down: std::time::Duration::from_secs_f64(down_s.max(0.0)),
+                flap_cycles,
+                flap_up: std::time::Duration::from_secs_f64(flap_up_s.max(0.5)),
+                flap_down: std::time::Duration::from_secs_f64(flap_down_s.max(0.0)),
+                streams,
+                seconds,
+                scratch: std::env::temp_dir()
+                    .join(format!("aegis-bench-rtsp-{}", std::process::id())),
+            };
+            bench_rtsp(clip, opts, json)
         }
         Command::Bench {
             what:
@@ -525,6 +604,7 @@ pub fn main() -> ExitCode {
             min_hits,
             high_score,
             min_score,
+            no_backfill,
         } => {
             let cfg = aegis_models::track::TrackerConfig {
                 iou_threshold: iou,
@@ -533,7 +613,7 @@ pub fn main() -> ExitCode {
                 high_score,
                 min_score,
             };
-            track(&det, &out, cfg)
+            track(&det, &out, cfg, !no_backfill)
         }
         Command::Provision {
             dir,
@@ -566,8 +646,11 @@ pub fn main() -> ExitCode {
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("error: {e:#}");
-            ExitCode::FAILURE
+            eprintln!("error: {}", error_text(&e));
+            match e.downcast_ref::<StreamsFailed>() {
+                Some(f) => ExitCode::from(f.exit_code()),
+                None => ExitCode::FAILURE,
+            }
         }
     }
 }
@@ -641,7 +724,7 @@ fn print_reports(s: &RunSummary) {
     let secs = s.elapsed.as_secs_f64().max(1e-9);
     for r in &s.streams {
         println!(
-            "stream {}: {} frames decoded, {} delivered ({:.1} fps), {} dropped, {} decode errors, {} read errors{}",
+            "stream {}: {} frames decoded, {} delivered ({:.1} fps), {} dropped, {} decode errors, {} read errors{}{}",
             r.stream,
             r.decoded,
             r.delivered,
@@ -649,6 +732,11 @@ fn print_reports(s: &RunSummary) {
             r.dropped,
             r.source.decode.errors,
             r.source.read_errors,
+            if r.source.truncated {
+                ", file truncated (it ends in the middle of its data)"
+            } else {
+                ""
+            },
             r.source_error
                 .as_ref()
                 .map(|e| format!(", ended by error: {e}"))
@@ -664,6 +752,8 @@ fn print_reports(s: &RunSummary) {
     }
 }
 
+/// `Err(StreamsFailed)` when any stream ended on an error (its source failed, or a sink
+/// could not finish its recording).
 fn stream_failures(s: &RunSummary) -> anyhow::Result<()> {
     let failed: Vec<_> = s
         .streams
@@ -674,7 +764,12 @@ fn stream_failures(s: &RunSummary) -> anyhow::Result<()> {
     if failed.is_empty() {
         Ok(())
     } else {
-        anyhow::bail!("streams ended with errors: {}", failed.join(", "))
+        Err(StreamsFailed {
+            failed: failed.len(),
+            total: s.streams.len(),
+            names: failed.join(", "),
+        }
+        .into())
     }
 }
 
@@ -1087,13 +1182,10 @@ fn bench_backends(
 
 fn bench_rtsp(
     clip: Option<PathBuf>,
-    server_script: PathBuf,
-    restarts: usize,
-    streams: Vec<usize>,
-    seconds: f64,
+    mut opts: crate::bench_rtsp::RtspBenchOptions,
     json: Option<PathBuf>,
 ) -> anyhow::Result<()> {
-    let clip = match clip {
+    opts.clip = match clip {
         Some(c) => c,
         None => {
             let c = Path::new(SAMPLES_DIR).join("rtsp-720p.mp4");
@@ -1110,14 +1202,6 @@ fn bench_rtsp(
             c
         }
     };
-    let opts = crate::bench_rtsp::RtspBenchOptions {
-        clip,
-        server_script,
-        restarts,
-        streams,
-        seconds,
-        scratch: std::env::temp_dir().join(format!("aegis-bench-rtsp-{}", std::process::id())),
-    };
     let r = crate::bench_rtsp::run(&opts);
     let _ = std::fs::remove_dir_all(&opts.scratch);
     let r = r?;
@@ -1129,13 +1213,20 @@ fn bench_rtsp(
     Ok(())
 }
 
-fn track(det: &Path, out: &Path, cfg: aegis_models::track::TrackerConfig) -> anyhow::Result<()> {
+/// `aegis track`: `det` (MOTChallenge detections) through a fresh tracker into `out`; with
+/// `backfill`, confirmed tracks' tentative frames are written too.
+fn track(
+    det: &Path,
+    out: &Path,
+    cfg: aegis_models::track::TrackerConfig,
+    backfill: bool,
+) -> anyhow::Result<()> {
     use aegis_models::track::{Tracker, mot};
     let text =
         std::fs::read_to_string(det).with_context(|| format!("reading {}", det.display()))?;
     let dets = mot::parse_detections(&text).with_context(|| format!("{}", det.display()))?;
     let mut tracker = Tracker::new(cfg);
-    let res = mot::track_file(&mut tracker, &dets);
+    let res = mot::track_file(&mut tracker, &dets, backfill);
     std::fs::write(out, &res).with_context(|| format!("writing {}", out.display()))?;
     let ids: std::collections::HashSet<&str> =
         res.lines().filter_map(|l| l.split(',').nth(1)).collect();
@@ -1148,4 +1239,43 @@ fn track(det: &Path, out: &Path, cfg: aegis_models::track::TrackerConfig) -> any
         out.display()
     );
     Ok(())
+}
+
+#[cfg(test)]
+mod track_tests {
+    use super::track;
+    use aegis_models::track::TrackerConfig;
+
+    /// `aegis track` writes a track's rows from its first detection (after the first
+    /// min_hits frames of the file, where everything is reported anyway), unless told not to.
+    #[test]
+    fn track_writes_the_backfilled_rows_in_frame_order() {
+        let dir = tempfile::tempdir().unwrap();
+        let (det, res) = (dir.path().join("det.txt"), dir.path().join("res.txt"));
+        let rows: String = (5..=9)
+            .map(|f| format!("{f},-1,{},20,30,60,0.9,-1,-1,-1\n", 10 + 3 * f))
+            .collect();
+        std::fs::write(&det, rows).unwrap();
+        let frames = |backfill: bool| -> Vec<(u64, u64)> {
+            track(&det, &res, TrackerConfig::default(), backfill).unwrap();
+            std::fs::read_to_string(&res)
+                .unwrap()
+                .lines()
+                .map(|l| {
+                    let f: Vec<&str> = l.split(',').collect();
+                    (f[0].parse().unwrap(), f[1].parse().unwrap())
+                })
+                .collect()
+        };
+        assert_eq!(frames(true), [(5, 1), (6, 1), (7, 1), (8, 1), (9, 1)]);
+        assert_eq!(frames(false), [(7, 1), (8, 1), (9, 1)]);
+        let first = std::fs::read_to_string(&res).unwrap();
+        assert!(first.starts_with("7,1,"), "{first}");
+        track(&det, &res, TrackerConfig::default(), true).unwrap();
+        let filled = std::fs::read_to_string(&res).unwrap();
+        assert!(
+            filled.starts_with("5,1,25.00,20.00,30.00,60.00,0.900,-1,-1,-1\n"),
+            "{filled}"
+        );
+    }
 }

@@ -279,8 +279,11 @@ fn export(
             ],
         ),
         Table::Sensors => (
-            "SELECT ts_us, sensor, value FROM sensor_samples WHERE ts_us >= ?1 ORDER BY ts_us",
-            &["time", "sensor", "value"],
+            "SELECT ts_us, sensor, value, utc_us FROM sensor_samples WHERE ts_us >= ?1 \
+             ORDER BY ts_us",
+            // `receiver_utc`: the GPS receiver's own time of the fix (empty when it sent no
+            // date); `time` is the agent's clock when the sample arrived.
+            &["time", "sensor", "value", "receiver_utc"],
         ),
     };
     if let Format::Csv = format {
@@ -300,9 +303,10 @@ fn export(
     let mut n = 0u64;
     while let Some(r) = rows.next()? {
         let mut fields = vec![format_utc(r.get::<_, i64>(0)?)];
-        for i in 1..cols.len() {
+        for (i, col) in cols.iter().enumerate().skip(1) {
             let v: rusqlite::types::Value = r.get(i)?;
             fields.push(match v {
+                rusqlite::types::Value::Integer(t) if *col == "receiver_utc" => format_utc(t),
                 rusqlite::types::Value::Null => String::new(),
                 rusqlite::types::Value::Integer(i) => i.to_string(),
                 rusqlite::types::Value::Real(f) => f.to_string(),

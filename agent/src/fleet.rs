@@ -47,6 +47,13 @@ const DRAIN_ON_STOP: Duration = Duration::from_secs(3);
 /// Largest payload sent in one message (AWS IoT Core's limit is 128 KB).
 pub const MAX_PAYLOAD: usize = 128 * 1024;
 
+/// Most events one `query_events` reply carries; a larger `limit` is clamped to it and the
+/// reply says so (`"clamped": true`).
+pub const QUERY_EVENTS_MAX: u64 = 1000;
+
+/// Events a `query_events` without `limit` returns.
+const QUERY_EVENTS_DEFAULT: u64 = 100;
+
 /// How the link connects and what it publishes.
 #[derive(Clone)]
 pub struct FleetSettings {
@@ -68,7 +75,8 @@ pub struct FleetSettings {
     pub inflight: usize,
     /// TLS (`mqtts://`), built from the PEM files at start-up.
     pub tls: Option<Arc<rustls::ClientConfig>>,
-    /// The log filter in force (the `log_level` toggle's initial state).
+    /// The log filter in force (the `log_level` toggle's initial state): `RUST_LOG` when it
+    /// overrode `log.level`.
     pub log_level: String,
     /// Groups whose workflow topics the link subscribes to (with workflows enabled).
     pub workflow_groups: Option<Vec<String>>,
@@ -114,7 +122,7 @@ impl FleetSettings {
             telemetry_every: Duration::from_secs(u64::from(f.telemetry_s)),
             inflight: f.inflight as usize,
             tls,
-            log_level: cfg.log.level.clone(),
+            log_level: crate::logging::in_force().unwrap_or_else(|| cfg.log.level.clone()),
             workflow_groups: cfg.workflows.enabled.then(|| cfg.device.groups.clone()),
         })
     }
@@ -367,6 +375,22 @@ fn jitter(d: Duration) -> Duration {
     h.write_u64(d.as_nanos() as u64);
     let f = 0.5 + (h.finish() % 1000) as f64 / 1000.0;
     d.mul_f64(f)
+}
+
+/// A toggle's value from a `…/set` payload: `{"value": v}`, a bare JSON value (`7`,
+/// `"debug"`), or, when the payload is not JSON, its text as a string (`debug`, `warn,aegis_agent=debug`).
+fn toggle_payload(payload: &[u8]) -> Result<Value, String> {
+    match serde_json::from_slice::<Value>(payload) {
+        Ok(Value::Object(mut m)) if m.contains_key("value") => {
+            Ok(m.remove("value").unwrap_or(Value::Null))
+        }
+        Ok(v) => Ok(v),
+        Err(_) => match std::str::from_utf8(payload).map(str::trim) {
+            Ok("") => Err("empty payload: send {\"value\": …} or the bare value".into()),
+            Ok(text) => Ok(Value::String(text.to_string())),
+            Err(_) => Err("payload is neither JSON nor UTF-8 text".into()),
+        },
+    }
 }
 
 impl Link {
@@ -719,19 +743,17 @@ impl Link {
         );
     }
 
-    /// `…/toggles/{name}/set` with `{"value": …}` (or a bare JSON value): applied, then the
-    /// state topic says what is in force (unchanged, with `error`, when refused).
+    /// `…/toggles/{name}/set`: applied, then the retained state topic says what is in force;
+    /// a refused value is answered on the state topic, not retained, with `error` and the
+    /// value still in force.
     fn on_toggle(&mut self, name: &str, payload: &[u8]) {
-        let v: Result<Value, _> = serde_json::from_slice(payload);
-        let value = match v {
-            Ok(Value::Object(m)) if m.contains_key("value") => Ok(m["value"].clone()),
-            Ok(other) => Ok(other),
-            Err(e) => Err(format!("payload is not JSON: {e}")),
-        };
-        let result = value.and_then(|v| match (name, &v) {
-            ("log_level", Value::String(l)) => self.host.set_log_level(l).map(|()| {
-                self.s.log_level = l.clone();
-            }),
+        let result = toggle_payload(payload).and_then(|v| match (name, &v) {
+            ("log_level", Value::String(l)) => {
+                let l = l.trim();
+                self.host.set_log_level(l).map(|()| {
+                    self.s.log_level = l.to_string();
+                })
+            }
             ("telemetry_s", Value::Number(n)) => {
                 match n.as_u64().filter(|s| (1..=3600).contains(s)) {
                     Some(secs) => {
@@ -903,12 +925,21 @@ impl Link {
                 Ok(()) => ok(json!("restarting")),
                 Err(e) => fail(e),
             },
-            "set_log_level" => match args.get("level").and_then(Value::as_str) {
+            "set_log_level" => match args.get("level").and_then(Value::as_str).map(str::trim) {
                 Some(l) => match self.host.set_log_level(l) {
-                    Ok(()) => ok(json!({ "level": l })),
+                    Ok(()) => {
+                        // The toggle's retained state follows: one value in force.
+                        self.s.log_level = l.to_string();
+                        self.publish_toggle_state("log_level");
+                        ok(json!({ "level": l }))
+                    }
                     Err(e) => fail(e),
                 },
-                None => fail("set_log_level needs {\"level\": \"info\"} (a tracing filter)".into()),
+                None => fail(
+                    "set_log_level needs {\"level\": \"info\"}: a level (off, error, warn, info, \
+                     debug, trace) or target=level directives, comma-separated"
+                        .into(),
+                ),
             },
             "query_events" => self.query_events(args),
             other => fail(format!(
@@ -918,14 +949,36 @@ impl Link {
         }
     }
 
+    /// `query_events {"since_us": µs, "limit": n}`: stored events with `ts_us >= since_us`,
+    /// oldest first. `limit` (default 100) above [`QUERY_EVENTS_MAX`] is clamped and the reply
+    /// says so; a wrong type or a limit of 0 is refused.
     fn query_events(&mut self, args: &Value) -> Value {
-        let since = args.get("since_us").and_then(Value::as_i64).unwrap_or(0);
-        let limit = args
-            .get("limit")
-            .and_then(Value::as_u64)
-            .unwrap_or(100)
-            .min(1000) as usize;
-        match self.outbox.events_since(since, limit) {
+        let fail = |e: &str| json!({ "ok": false, "error": e });
+        let since = match args.get("since_us") {
+            None | Some(Value::Null) => 0,
+            Some(v) => match v.as_i64() {
+                Some(s) => s,
+                None => {
+                    return fail(&format!(
+                        "since_us must be an integer (µs since the Unix epoch), got {v}"
+                    ));
+                }
+            },
+        };
+        let asked = match args.get("limit") {
+            None | Some(Value::Null) => QUERY_EVENTS_DEFAULT,
+            Some(v) => match v.as_u64().filter(|&n| n > 0) {
+                Some(n) => n,
+                None => {
+                    return fail(&format!(
+                        "limit must be a whole number from 1 to {QUERY_EVENTS_MAX}, got {v}"
+                    ));
+                }
+            },
+        };
+        let limit = asked.min(QUERY_EVENTS_MAX);
+        let clamped = asked > limit;
+        match self.outbox.events_since(since, limit as usize) {
             Ok(mut evs) => {
                 // Stay under the payload limit: drop from the end and say so.
                 let mut truncated = false;
@@ -936,7 +989,9 @@ impl Link {
                     evs.truncate(keep);
                     truncated = true;
                 }
-                json!({ "ok": true, "result": { "events": evs, "truncated": truncated } })
+                json!({ "ok": true, "result": {
+                    "events": evs, "truncated": truncated, "limit": limit, "clamped": clamped,
+                } })
             }
             Err(e) => json!({ "ok": false, "error": e }),
         }
@@ -985,5 +1040,314 @@ impl Link {
             }
         }
         self.flush_acks();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Mutex;
+
+    use rumqttc::v5::Request;
+    use rumqttc::v5::mqttbytes::v5::Publish;
+
+    use super::*;
+
+    /// A host whose log filter goes through the agent's real validation.
+    #[derive(Default)]
+    struct TestHost {
+        levels: Mutex<Vec<String>>,
+    }
+
+    impl FleetHost for TestHost {
+        fn status(&self) -> Value {
+            json!({ "state": "online" })
+        }
+        fn telemetry(&self) -> Value {
+            json!({})
+        }
+        fn config(&self) -> Value {
+            json!({})
+        }
+        fn restart_pipeline(&self) -> Result<(), String> {
+            Ok(())
+        }
+        fn set_log_level(&self, level: &str) -> Result<(), String> {
+            crate::logging::parse_filter(level)?;
+            self.levels.lock().unwrap().push(level.to_string());
+            Ok(())
+        }
+    }
+
+    /// `n` stored events, one per µs from 1; remembers the limits it was asked for.
+    struct TestOutbox {
+        events: usize,
+        limits: Arc<Mutex<Vec<usize>>>,
+    }
+
+    impl Outbox for TestOutbox {
+        fn after(&mut self, _: i64, _: usize) -> Result<Vec<store::OutboxRow>, String> {
+            Ok(Vec::new())
+        }
+        fn oldest(&mut self) -> Result<Option<i64>, String> {
+            Ok(None)
+        }
+        fn acked(&mut self, _: Vec<i64>) {}
+        fn flush(&mut self, _: Duration) {}
+        fn events_since(
+            &mut self,
+            since_us: i64,
+            limit: usize,
+        ) -> Result<Vec<store::Event>, String> {
+            self.limits.lock().unwrap().push(limit);
+            Ok((1..=self.events as i64)
+                .filter(|&ts| ts >= since_us)
+                .take(limit)
+                .map(|ts| store::Event {
+                    id: store::new_event_id(),
+                    ts_us: ts,
+                    stream: None,
+                    kind: "test".into(),
+                    payload: json!({}),
+                })
+                .collect())
+        }
+    }
+
+    struct Harness {
+        link: Link,
+        host: Arc<TestHost>,
+        limits: Arc<Mutex<Vec<usize>>>,
+    }
+
+    fn harness() -> Harness {
+        let settings = FleetSettings {
+            device: "dev1".into(),
+            host: "127.0.0.1".into(),
+            port: 1,
+            client_id: "dev1".into(),
+            credentials: None,
+            keepalive: Duration::from_secs(5),
+            telemetry_every: Duration::from_secs(1),
+            inflight: 16,
+            tls: None,
+            log_level: "info".into(),
+            workflow_groups: None,
+        };
+        let host = Arc::new(TestHost::default());
+        let limits = Arc::new(Mutex::new(Vec::new()));
+        let outbox = TestOutbox {
+            events: 5000,
+            limits: limits.clone(),
+        };
+        let link = Link::new(
+            settings,
+            Box::new(outbox),
+            host.clone(),
+            Arc::new(FleetCounters::default()),
+        );
+        Harness { link, host, limits }
+    }
+
+    impl Harness {
+        /// A message from the broker on `aegis/v1/dev1/{leaf}`.
+        fn receive(&mut self, leaf: &str, payload: &str) {
+            let p = Publish::new(
+                format!("aegis/v1/dev1/{leaf}"),
+                QoS::AtLeastOnce,
+                payload.as_bytes().to_vec(),
+                None,
+            );
+            self.link.on_command(p);
+        }
+
+        /// What the link asked to publish since the last call: (topic, retained, JSON body).
+        fn published(&mut self) -> Vec<(String, bool, Value)> {
+            self.link.events.clean();
+            self.link
+                .events
+                .pending
+                .drain(..)
+                .filter_map(|r| match r {
+                    Request::Publish(p) => Some((
+                        String::from_utf8_lossy(&p.topic).into_owned(),
+                        p.retain,
+                        serde_json::from_slice(&p.payload).unwrap(),
+                    )),
+                    _ => None,
+                })
+                .collect()
+        }
+
+        /// The reply to command `name` with `args`.
+        fn command(&mut self, name: &str, args: &str) -> Value {
+            self.receive(&format!("cmd/{name}"), args);
+            let reply_topic = format!("aegis/v1/dev1/cmd/{name}/reply");
+            let replies: Vec<Value> = self
+                .published()
+                .into_iter()
+                .filter(|(t, _, _)| *t == reply_topic)
+                .map(|(_, _, v)| v)
+                .collect();
+            assert_eq!(replies.len(), 1, "{replies:?}");
+            replies.into_iter().next().unwrap_or_default()
+        }
+
+        /// Sends `payload` to toggle `name`; returns what the state topic got.
+        fn toggle(&mut self, name: &str, payload: &str) -> (bool, Value) {
+            self.receive(&format!("toggles/{name}/set"), payload);
+            let state = format!("aegis/v1/dev1/toggles/{name}/state");
+            let states: Vec<(bool, Value)> = self
+                .published()
+                .into_iter()
+                .filter(|(t, _, _)| *t == state)
+                .map(|(_, r, v)| (r, v))
+                .collect();
+            assert_eq!(states.len(), 1, "{states:?}");
+            states.into_iter().next().unwrap_or_default()
+        }
+    }
+
+    #[test]
+    fn set_log_level_refuses_a_word_that_is_not_a_level_and_keeps_the_one_in_force() {
+        let mut h = harness();
+        let reply = h.command("set_log_level", r#"{"level": "verbose"}"#);
+        assert_eq!(reply["ok"], false, "{reply}");
+        let error = reply["error"].as_str().unwrap();
+        assert!(error.contains("\"verbose\" is not a log level"), "{error}");
+        assert!(h.host.levels.lock().unwrap().is_empty());
+        assert_eq!(h.link.s.log_level, "info");
+        let reply = h.command("set_log_level", r#"{"level": 3}"#);
+        assert!(
+            reply["error"].as_str().unwrap().contains("needs"),
+            "{reply}"
+        );
+    }
+
+    #[test]
+    fn set_log_level_also_updates_the_retained_toggle_state() {
+        let mut h = harness();
+        h.receive(
+            "cmd/set_log_level",
+            r#"{"level": "warn,aegis_agent=debug"}"#,
+        );
+        let out = h.published();
+        let reply = out
+            .iter()
+            .find(|(t, _, _)| t.ends_with("/cmd/set_log_level/reply"))
+            .unwrap();
+        assert_eq!(reply.2["ok"], true, "{out:?}");
+        let state = out
+            .iter()
+            .find(|(t, _, _)| t == "aegis/v1/dev1/toggles/log_level/state")
+            .unwrap_or_else(|| panic!("no toggle state published: {out:?}"));
+        assert!(state.1, "the state in force is retained");
+        assert_eq!(state.2["value"], "warn,aegis_agent=debug");
+    }
+
+    #[test]
+    fn the_log_level_toggle_takes_bare_text_or_json_and_never_retains_a_refused_value() {
+        let mut h = harness();
+        for (payload, level) in [
+            ("debug", "debug"),
+            (r#""WARN""#, "WARN"),
+            (
+                r#"{"value": "info,aegis_agent=trace"}"#,
+                "info,aegis_agent=trace",
+            ),
+            (" error\n", "error"),
+        ] {
+            let (retained, state) = h.toggle("log_level", payload);
+            assert!(retained, "{payload:?}");
+            assert_eq!(state, json!({ "value": level }), "{payload:?}");
+        }
+        for (payload, named) in [
+            ("verbose", "\"verbose\" is not a log level"),
+            (r#"{"value": "verbose"}"#, "\"verbose\" is not a log level"),
+            ("2", "wrong value type for log_level"),
+            ("", "empty payload"),
+        ] {
+            let (retained, state) = h.toggle("log_level", payload);
+            assert!(
+                !retained,
+                "a refused value must not be retained: {payload:?}"
+            );
+            assert_eq!(state["value"], "error", "the level in force: {state}");
+            let e = state["error"].as_str().unwrap();
+            assert!(e.contains(named), "{payload:?}: {e}");
+        }
+        assert_eq!(h.link.s.log_level, "error");
+    }
+
+    #[test]
+    fn the_telemetry_toggle_takes_a_number_in_range() {
+        let mut h = harness();
+        assert_eq!(h.toggle("telemetry_s", "7"), (true, json!({ "value": 7 })));
+        assert_eq!(
+            h.toggle("telemetry_s", r#"{"value": 9}"#),
+            (true, json!({ "value": 9 }))
+        );
+        let (retained, state) = h.toggle("telemetry_s", "0");
+        assert!(!retained && state["error"].as_str().unwrap().contains("1 to 3600"));
+        let (_, state) = h.toggle("telemetry_s", "often");
+        assert!(
+            state["error"]
+                .as_str()
+                .unwrap()
+                .contains("wrong value type")
+        );
+        assert_eq!(state["value"], 9);
+    }
+
+    #[test]
+    fn query_events_clamps_a_limit_above_the_bound_and_says_so() {
+        let mut h = harness();
+        let reply = h.command("query_events", r#"{"since_us": 0, "limit": 5000}"#);
+        let r = &reply["result"];
+        assert_eq!(reply["ok"], true, "{reply}");
+        assert_eq!(r["limit"], QUERY_EVENTS_MAX);
+        assert_eq!(r["clamped"], true);
+        assert_eq!(*h.limits.lock().unwrap(), [QUERY_EVENTS_MAX as usize]);
+        // (1000 small events fit one message.)
+        assert_eq!(r["events"].as_array().unwrap().len(), 1000);
+        assert_eq!(r["truncated"], false);
+
+        let reply = h.command("query_events", r#"{"since_us": 4990, "limit": 5}"#);
+        let r = &reply["result"];
+        assert_eq!(
+            (r["limit"].as_u64(), r["clamped"].as_bool()),
+            (Some(5), Some(false))
+        );
+        let ts: Vec<i64> = r["events"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|e| e["ts_us"].as_i64().unwrap())
+            .collect();
+        assert_eq!(ts, [4990, 4991, 4992, 4993, 4994]);
+
+        let reply = h.command("query_events", "{}");
+        assert_eq!(reply["result"]["limit"], QUERY_EVENTS_DEFAULT);
+    }
+
+    #[test]
+    fn query_events_refuses_arguments_of_the_wrong_kind() {
+        let mut h = harness();
+        for (args, named) in [
+            (
+                r#"{"limit": 0}"#,
+                "limit must be a whole number from 1 to 1000, got 0",
+            ),
+            (r#"{"limit": -5}"#, "got -5"),
+            (r#"{"limit": "all"}"#, "got \"all\""),
+            (
+                r#"{"since_us": "yesterday"}"#,
+                "since_us must be an integer",
+            ),
+        ] {
+            let reply = h.command("query_events", args);
+            assert_eq!(reply["ok"], false, "{args}: {reply}");
+            assert!(reply["error"].as_str().unwrap().contains(named), "{reply}");
+        }
+        assert!(h.limits.lock().unwrap().is_empty(), "nothing was queried");
     }
 }

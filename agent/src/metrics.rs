@@ -465,3 +465,362 @@ impl Metrics {
         out
     }
 }
+
+/// The metric names the documentation mentions are names `/metrics` exports.
+#[cfg(test)]
+mod doc_metric_names {
+    use std::collections::BTreeSet;
+    use std::path::{Path, PathBuf};
+    use std::time::Duration;
+
+    use super::*;
+
+    /// A registry with a series in every family, as a running stream (`cam0`, live source,
+    /// record sink, analytics stages) and the store component create them: families whose
+    /// series appear only once a stream exists render no sample line before.
+    fn populated() -> Metrics {
+        let m = Metrics::new("cpu");
+        let stream = || "cam0".to_string();
+        let sl = StreamLabels { stream: stream() };
+        let stage = StageLabels {
+            stream: stream(),
+            stage: "source".into(),
+        };
+        m.frames.get_or_create(&stage).inc();
+        m.stage_latency.get_or_create(&stage).observe(0.001);
+        m.frame_latency.get_or_create(&sl).observe(0.002);
+        m.queue_depth
+            .get_or_create(&QueueLabels {
+                stream: stream(),
+                queue: "decoded".into(),
+            })
+            .set(1);
+        m.dropped
+            .get_or_create(&DropLabels {
+                stream: stream(),
+                reason: "stage".into(),
+            })
+            .inc();
+        m.copies_per_frame.get_or_create(&sl).set(0);
+        m.fps.get_or_create(&sl).set(25.0);
+        m.errors
+            .get_or_create(&ErrorLabels {
+                component: "source".into(),
+                error_type: "decode".into(),
+                stream: stream(),
+            })
+            .inc();
+        m.pool_free.get_or_create(&sl).set(4);
+        m.pool_waits.get_or_create(&sl).inc();
+        m.segments.get_or_create(&sl).inc();
+        m.recorded_bytes.get_or_create(&sl).inc_by(1000);
+        let sink = SinkLabels {
+            sink: "0:record".into(),
+        };
+        m.disk_used.get_or_create(&sink).set(1000);
+        m.disk_evictions.get_or_create(&sink).set(0);
+        m.streams_running.set(1);
+        m.objects
+            .get_or_create(&AnalyticsLabels {
+                stream: stream(),
+                kind: "detect".into(),
+                label: "person".into(),
+            })
+            .inc();
+        m.moderated
+            .get_or_create(&AnalyticsLabels {
+                stream: stream(),
+                kind: "blur_region".into(),
+                label: String::new(),
+            })
+            .inc();
+        m.tracks.get_or_create(&sl).inc();
+        m.background_replaced.get_or_create(&sl).inc();
+        m.watch_sources(vec![(stream(), Arc::new(SourceHealth::default()))]);
+        // The source fps is computed over windows of at least a second: start the window in
+        // the past instead of waiting for one.
+        for w in m
+            .watched
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter_mut()
+        {
+            if let Some(earlier) = w.last.0.checked_sub(Duration::from_secs(2)) {
+                w.last.0 = earlier;
+            }
+        }
+        m.watch_component("store", Box::new(|| vec![("written", 1)]));
+        m
+    }
+
+    /// The families of `m` without a series: they render nothing, not even their name, so
+    /// [`populated`] must create one in each. The destructuring names every field, so a
+    /// metric added to [`Metrics`] does not compile here until it is sorted in.
+    fn unpopulated(m: &Metrics) -> Vec<&'static str> {
+        use prometheus_client::encoding::EncodeMetric;
+        let Metrics {
+            registry: _,
+            frames,
+            stage_latency,
+            frame_latency,
+            queue_depth,
+            dropped,
+            copies_per_frame,
+            fps,
+            errors,
+            pool_free,
+            pool_waits,
+            segments,
+            recorded_bytes,
+            disk_used,
+            disk_evictions,
+            objects,
+            moderated,
+            tracks,
+            background_replaced,
+            source_state,
+            source_reconnects,
+            source_fps,
+            components,
+            // Without labels: always rendered.
+            streams_running: _,
+            process_rss: _,
+            process_cpu_ms: _,
+            allocations: _,
+            // Not metrics.
+            watched: _,
+            component_sources: _,
+            process_state: _,
+        } = m;
+        let families: [(&'static str, &dyn EncodeMetric); 22] = [
+            ("frames", frames),
+            ("stage_latency", stage_latency),
+            ("frame_latency", frame_latency),
+            ("queue_depth", queue_depth),
+            ("dropped", dropped),
+            ("copies_per_frame", copies_per_frame),
+            ("fps", fps),
+            ("errors", errors),
+            ("pool_free", pool_free),
+            ("pool_waits", pool_waits),
+            ("segments", segments),
+            ("recorded_bytes", recorded_bytes),
+            ("disk_used", disk_used),
+            ("disk_evictions", disk_evictions),
+            ("objects", objects),
+            ("moderated", moderated),
+            ("tracks", tracks),
+            ("background_replaced", background_replaced),
+            ("source_state", source_state),
+            ("source_reconnects", source_reconnects),
+            ("source_fps", source_fps),
+            ("components", components),
+        ];
+        families
+            .into_iter()
+            .filter(|(_, f)| f.is_empty())
+            .map(|(name, _)| name)
+            .collect()
+    }
+
+    /// The names a scraper can use from a rendering: every sample's name, and the family
+    /// name of histograms (`<name>` for `<name>_bucket`, `_sum` and `_count`).
+    fn exported(text: &str) -> BTreeSet<String> {
+        let mut names = BTreeSet::new();
+        for line in text.lines() {
+            if let Some(rest) = line.strip_prefix("# TYPE ") {
+                let mut parts = rest.split_whitespace();
+                if let (Some(name), Some("histogram")) = (parts.next(), parts.next()) {
+                    names.insert(name.to_string());
+                }
+            } else if !line.starts_with('#') && !line.is_empty() {
+                let end = line.find(['{', ' ']).unwrap_or(line.len());
+                names.insert(line[..end].to_string());
+            }
+        }
+        names
+    }
+
+    /// The repository root (the workspace's directory).
+    fn root() -> PathBuf {
+        Path::new(env!("CARGO_MANIFEST_DIR"))
+            .parent()
+            .expect("the agent crate is inside the workspace")
+            .to_path_buf()
+    }
+
+    /// `aegis_hal`, `aegis_config`, ...: the library names of the crates in the repository
+    /// (every `Cargo.toml` one or two levels down), which docs name but are not metrics.
+    fn crate_names(root: &Path) -> BTreeSet<String> {
+        let mut manifests = Vec::new();
+        let subdirs = |dir: &Path| -> Vec<PathBuf> {
+            std::fs::read_dir(dir)
+                .map(|entries| {
+                    entries
+                        .filter_map(|e| e.ok().map(|e| e.path()))
+                        .filter(|p| {
+                            p.is_dir()
+                                && p.file_name().is_some_and(|n| {
+                                    let n = n.to_string_lossy();
+                                    !n.starts_with('.') && n != "target"
+                                })
+                        })
+                        .collect()
+                })
+                .unwrap_or_default()
+        };
+        for dir in subdirs(root) {
+            manifests.push(dir.join("Cargo.toml"));
+            manifests.extend(subdirs(&dir).into_iter().map(|d| d.join("Cargo.toml")));
+        }
+        manifests
+            .iter()
+            .filter_map(|m| std::fs::read_to_string(m).ok())
+            .filter_map(|text| {
+                text.lines()
+                    .find_map(|l| l.trim().strip_prefix("name = \"")?.strip_suffix('"'))
+                    .map(|name| name.replace('-', "_"))
+            })
+            .collect()
+    }
+
+    /// A metric name a document mentions: a name, or a prefix (`aegis_source_*`).
+    #[derive(Debug, PartialEq, Eq, PartialOrd, Ord)]
+    struct Mention {
+        name: String,
+        prefix: bool,
+    }
+
+    /// The metric names in `text`: `aegis_[a-z0-9_]+` tokens that are not part of a longer
+    /// identifier, a Rust path (`aegis_hal::x`), a crate name (`aegis_hal=debug`) or a file
+    /// name (`/x/aegis_y`, `aegis_y.so`).
+    fn mentions(text: &str, crates: &BTreeSet<String>) -> Vec<Mention> {
+        let bytes = text.as_bytes();
+        let is_word = |b: u8| b.is_ascii_alphanumeric() || b == b'_';
+        let mut out = Vec::new();
+        for (start, _) in text.match_indices("aegis_") {
+            if start > 0 && (is_word(bytes[start - 1]) || bytes[start - 1] == b'/') {
+                continue;
+            }
+            let len = text[start..]
+                .bytes()
+                .take_while(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || *b == b'_')
+                .count();
+            let name = &text[start..start + len];
+            let after = &text[start + len..];
+            let file_extension = after
+                .strip_prefix('.')
+                .is_some_and(|a| a.starts_with(|c: char| c.is_ascii_alphanumeric()));
+            if after.starts_with("::")
+                || after.starts_with(|c: char| c.is_ascii_uppercase())
+                || file_extension
+                || crates.contains(name)
+            {
+                continue;
+            }
+            out.push(Mention {
+                name: name.to_string(),
+                prefix: after.starts_with('*'),
+            });
+        }
+        out
+    }
+
+    #[test]
+    fn every_family_renders_a_sample_once_a_stream_exists() {
+        let m = populated();
+        let names = exported(&m.render());
+        let empty = unpopulated(&m);
+        assert!(
+            empty.is_empty(),
+            "families without a series: create one in `populated` so the doc check sees \
+             their names: {empty:?}"
+        );
+        for name in [
+            "aegis_frames_total",
+            "aegis_source_reconnects_total",
+            "aegis_source_fps",
+            "aegis_stage_latency_seconds",
+            "aegis_build_info",
+        ] {
+            assert!(names.contains(name), "{name} not in {names:?}");
+        }
+        assert!(!names.contains("aegis_source_reconnects"));
+    }
+
+    #[test]
+    fn mentions_skip_crates_paths_and_files() {
+        let crates = BTreeSet::from(["aegis_hal".to_string(), "aegis_config".to_string()]);
+        let text = "`aegis_hal::stage` and aegis_config; RUST_LOG=aegis_hal=debug, \
+                    /usr/lib/aegis_x, aegis_y.so, myaegis_z, `aegis_frames_total{stream}` \
+                    and aegis_source_*.";
+        assert_eq!(
+            mentions(text, &crates),
+            [
+                Mention {
+                    name: "aegis_frames_total".into(),
+                    prefix: false
+                },
+                Mention {
+                    name: "aegis_source_".into(),
+                    prefix: true
+                },
+            ]
+        );
+    }
+
+    /// Every metric name in docs/*.md and README.md is one the endpoint exports, so a
+    /// dashboard or alert written from the docs finds its series.
+    #[test]
+    fn docs_name_only_exported_metrics() {
+        let names = exported(&populated().render());
+        let root = root();
+        let crates = crate_names(&root);
+        assert!(
+            crates.contains("aegis_hal") && crates.contains("aegis_ota"),
+            "crate names not found under {}: {crates:?}",
+            root.display()
+        );
+        let mut files = vec![root.join("README.md")];
+        let mut docs: Vec<PathBuf> = std::fs::read_dir(root.join("docs"))
+            .expect("docs/ is readable")
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .filter(|p| p.extension().is_some_and(|x| x == "md"))
+            .collect();
+        docs.sort();
+        files.extend(docs);
+        let mut checked = 0;
+        let mut wrong = Vec::new();
+        for file in &files {
+            let text = std::fs::read_to_string(file)
+                .unwrap_or_else(|e| panic!("reading {}: {e}", file.display()));
+            for (line_no, line) in text.lines().enumerate() {
+                for m in mentions(line, &crates) {
+                    checked += 1;
+                    let found = if m.prefix {
+                        names.iter().any(|n| n.starts_with(&m.name))
+                    } else {
+                        names.contains(&m.name)
+                    };
+                    if !found {
+                        let near: Vec<&String> =
+                            names.iter().filter(|n| n.starts_with(&m.name)).collect();
+                        wrong.push(format!(
+                            "{}:{}: {}{} (exported: {near:?})",
+                            file.strip_prefix(&root).unwrap_or(file).display(),
+                            line_no + 1,
+                            m.name,
+                            if m.prefix { "*" } else { "" },
+                        ));
+                    }
+                }
+            }
+        }
+        assert!(checked > 0, "no metric names found in {files:?}");
+        assert!(
+            wrong.is_empty(),
+            "the docs name metrics /metrics does not export:\n  {}",
+            wrong.join("\n  ")
+        );
+    }
+}

@@ -246,19 +246,7 @@ pub async fn run(
     let sensing = crate::sensing::Sensing::start(&cfg.sensors, Some(store_handle.clone()))?;
     if let Some(sn) = &sensing {
         let me = sn.clone();
-        metrics.watch_component(
-            "sensors",
-            Box::new(move || {
-                use std::sync::atomic::Ordering::Relaxed;
-                let c = &me.counters;
-                vec![
-                    ("gps", c.gps.load(Relaxed)),
-                    ("imu", c.imu.load(Relaxed)),
-                    ("iot", c.iot.load(Relaxed)),
-                    ("bad", c.bad.load(Relaxed)),
-                ]
-            }),
-        );
+        metrics.watch_component("sensors", Box::new(move || me.counters.values()));
         opts.sensing = Some(sn.clone());
     }
     if opts.store.is_none() {
@@ -290,7 +278,7 @@ pub async fn run(
         Err(e) if origin == PipelineOrigin::SignedWorkflow => {
             // The stored workflow does not start here any more (a model file went
             // missing...): the local default runs, and the state says so.
-            tracing::error!(error = %format!("{e:#}"),
+            tracing::error!(error = %crate::cli::error_text(&e),
                 "the active workflow's pipeline does not start; rolling back to the previous one");
             let w = workflows
                 .as_mut()
@@ -398,6 +386,7 @@ pub async fn run(
             _ = sigterm.recv() => { interrupted = true; break; }
             _ = sigint.recv() => { interrupted = true; break; }
             _ = tick.tick() => {
+                pipeline.check_sources();
                 if pipeline.is_finished() { break; }
                 if let Some(a) = applier.as_mut() {
                     a.tick();
@@ -451,6 +440,7 @@ pub async fn run(
     if interrupted {
         tracing::info!("signal received: stopping pipeline and finalising recordings");
     }
+    pipeline.check_sources();
     pipeline.stop();
     let waiting = tokio::task::spawn_blocking(move || pipeline.wait());
     // A second signal while draining means "now": exit without waiting for the recordings
@@ -464,7 +454,8 @@ pub async fn run(
     for s in &streams {
         tracing::info!(stream = %s.stream, decoded = s.decoded, delivered = s.delivered,
             dropped = s.dropped, decode_errors = s.source.decode.errors,
-            read_errors = s.source.read_errors, error = s.source_error.as_deref().unwrap_or(""),
+            read_errors = s.source.read_errors, truncated = s.source.truncated,
+            error = s.source_error.as_deref().unwrap_or(""),
             "stream ended");
     }
     if req.linger && !interrupted {

@@ -1,8 +1,10 @@
 //! The agent's sensors (BELUGA): drivers on their own threads feed one
 //! [`aegis_sensors::fusion::Fusion`]; IoT sensors (and an MQTT IMU) come through an MQTT
-//! client on the IoT broker; readings go to `sensor_samples`; the pipeline's stage threads
-//! ask for the pose and the IoT values at each frame's time (see
-//! `pipeline::analytics`). Nothing here touches frames.
+//! client on the IoT broker; readings go to `sensor_samples` (GPS: one fix a receiver
+//! epoch, from its GGA and/or RMC, with the receiver's UTC beside the agent's clock); the
+//! pipeline's stage threads ask for the pose and the IoT values at each frame's time (see
+//! `pipeline::analytics`). Nothing here touches frames. Counters move as lines are read,
+//! not when an input ends (a serial port or a UDP socket never does).
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
@@ -12,7 +14,8 @@ use std::time::Duration;
 
 use aegis_config::{RuleConfig, SensorsConfig};
 use aegis_sensors::fusion::{Clock, Fusion, Input, Pose, Settings};
-use aegis_sensors::nmea::Sentence;
+use aegis_sensors::nmea::{Epochs, Fix};
+use aegis_sensors::source::Sink;
 
 use crate::store::{Record, StoreHandle};
 
@@ -25,8 +28,46 @@ pub struct SensingCounters {
     pub imu: AtomicU64,
     /// IoT readings used.
     pub iot: AtomicU64,
-    /// Lines/messages refused (checksum, framing, bad values, out of range).
+    /// Lines/messages refused (checksum, framing, bad values, out of range, overlong).
     pub bad: AtomicU64,
+    /// Sound lines of no use (NMEA sentence types not used, proprietary `$P…` sentences,
+    /// `#` comments).
+    pub ignored: AtomicU64,
+}
+
+impl SensingCounters {
+    /// Every counter by name, for metrics and status.
+    pub fn values(&self) -> Vec<(&'static str, u64)> {
+        vec![
+            ("gps", self.gps.load(Relaxed)),
+            ("imu", self.imu.load(Relaxed)),
+            ("iot", self.iot.load(Relaxed)),
+            ("bad", self.bad.load(Relaxed)),
+            ("ignored", self.ignored.load(Relaxed)),
+        ]
+    }
+}
+
+/// A driver's sink: samples into [`Sensing::take`], refusals and ignored lines counted as
+/// they are read.
+struct Feed<'a> {
+    sensing: &'a Sensing,
+    input: &'static str,
+}
+
+impl Sink for Feed<'_> {
+    fn sample(&mut self, t: f64, input: Input) {
+        self.sensing.take(t, input);
+    }
+
+    fn refused(&mut self, why: &dyn std::fmt::Display) {
+        self.sensing.counters.bad.fetch_add(1, Relaxed);
+        tracing::debug!(input = self.input, %why, "sensor line refused");
+    }
+
+    fn ignored(&mut self) {
+        self.sensing.counters.ignored.fetch_add(1, Relaxed);
+    }
 }
 
 /// The running sensors.
@@ -36,6 +77,8 @@ pub struct Sensing {
     /// Where replayed GPS and IMU files start on it (together).
     replay_start: f64,
     fusion: Mutex<Fusion>,
+    /// GGA and RMC gathered into one fix a receiver epoch (for the store).
+    epochs: Mutex<Epochs>,
     iot: RwLock<HashMap<String, f64>>,
     rules: Vec<RuleConfig>,
     stop: Arc<AtomicBool>,
@@ -87,6 +130,7 @@ impl Sensing {
             replay_start: clock.now(),
             clock,
             fusion: Mutex::new(Fusion::new(fusion_settings(cfg))),
+            epochs: Mutex::new(Epochs::default()),
             iot: RwLock::new(HashMap::new()),
             rules: cfg.rules.clone(),
             stop: Arc::new(AtomicBool::new(false)),
@@ -136,22 +180,14 @@ impl Sensing {
         Ok(())
     }
 
-    /// A sample from a driver: into the filter, and GPS fixes into `sensor_samples`.
+    /// A sample from a driver: into the filter, and each receiver epoch's fix into
+    /// `sensor_samples`.
     fn take(&self, t: f64, input: Input) {
         match &input {
-            Input::Gps(Sentence::Gga(g)) => {
+            Input::Gps(s) => {
                 self.counters.gps.fetch_add(1, Relaxed);
-                if let (1.., Some(lat), Some(lon)) = (g.quality, g.lat, g.lon) {
-                    self.sample(
-                        t,
-                        "gps",
-                        serde_json::json!({ "lat": lat, "lon": lon, "quality": g.quality,
-                            "hdop": g.hdop, "satellites": g.satellites, "alt_m": g.altitude_m }),
-                    );
-                }
-            }
-            Input::Gps(_) => {
-                self.counters.gps.fetch_add(1, Relaxed);
+                let mut epochs = self.epochs.lock().unwrap_or_else(|p| p.into_inner());
+                epochs.push(t, s, |t, fix| self.store_fix(t, &fix));
             }
             Input::Imu(_) => {
                 self.counters.imu.fetch_add(1, Relaxed);
@@ -160,13 +196,38 @@ impl Sensing {
         self.fusion().push(t, input);
     }
 
-    fn sample(&self, t: f64, sensor: &str, value: serde_json::Value) {
+    /// Stores the fix of the epoch still open (the GPS input ended or the agent stops).
+    fn finish_epoch(&self) {
+        let mut epochs = self.epochs.lock().unwrap_or_else(|p| p.into_inner());
+        epochs.finish(|t, fix| self.store_fix(t, &fix));
+    }
+
+    fn store_fix(&self, t: f64, f: &Fix) {
+        self.sample(
+            t,
+            "gps",
+            serde_json::json!({ "lat": f.lat, "lon": f.lon, "quality": f.quality,
+                "hdop": f.hdop, "satellites": f.satellites, "alt_m": f.altitude_m,
+                "speed_mps": f.speed_mps, "course_deg": f.course_deg, "utc_s": f.utc_s }),
+            f.utc_us,
+        );
+    }
+
+    fn sample(&self, t: f64, sensor: &str, value: serde_json::Value, utc_us: Option<i64>) {
         if let Some(store) = &self.store {
             store.submit(Record::SensorSample {
                 ts_us: self.clock.wall_us(t),
                 sensor: sensor.into(),
                 value: value.to_string(),
+                utc_us,
             });
+        }
+    }
+
+    fn feed(&self, input: &'static str) -> Feed<'_> {
+        Feed {
+            sensing: self,
+            input,
         }
     }
 
@@ -191,7 +252,7 @@ impl Sensing {
                             me2.replay_start,
                             1.0,
                             &me2.stop,
-                            |t, i| me2.take(t, i),
+                            me2.feed("gps"),
                         )
                     })
                 }
@@ -200,9 +261,12 @@ impl Sensing {
                         .map_err(|e| anyhow::anyhow!("sensors.gps.url: cannot bind {path}: {e}"))?;
                     let me2 = me.clone();
                     Box::new(move || {
-                        aegis_sensors::source::udp_nmea(&sock, &me2.clock, &me2.stop, |t, i| {
-                            me2.take(t, i)
-                        })
+                        aegis_sensors::source::udp_nmea(
+                            &sock,
+                            &me2.clock,
+                            &me2.stop,
+                            me2.feed("gps"),
+                        )
                     })
                 }
                 "serial" => {
@@ -211,19 +275,27 @@ impl Sensing {
                             .map_err(|e| anyhow::anyhow!("sensors.gps.url: {path}: {e}"))?;
                     let me2 = me.clone();
                     Box::new(move || {
-                        aegis_sensors::source::stream_nmea(port, &me2.clock, &me2.stop, |t, i| {
-                            me2.take(t, i)
-                        })
+                        aegis_sensors::source::stream_nmea(
+                            port,
+                            &me2.clock,
+                            &me2.stop,
+                            me2.feed("gps"),
+                        )
                     })
                 }
                 other => anyhow::bail!("sensors.gps.url: unsupported scheme {other}://"),
             };
-        self.spawn("sensors-gps", move || match run() {
-            Ok(st) => {
-                me.counters.bad.fetch_add(st.bad, Relaxed);
-                tracing::info!(sentences = st.samples, bad = st.bad, "GPS input ended");
+        self.spawn("sensors-gps", move || {
+            match run() {
+                Ok(st) => tracing::info!(
+                    sentences = st.samples,
+                    bad = st.bad,
+                    ignored = st.ignored,
+                    "GPS input ended"
+                ),
+                Err(e) => tracing::error!(error = %e, "GPS input failed"),
             }
-            Err(e) => tracing::error!(error = %e, "GPS input failed"),
+            me.finish_epoch();
         })
     }
 
@@ -242,10 +314,9 @@ impl Sensing {
                         me.replay_start,
                         1.0,
                         &me.stop,
-                        |t, i| me.take(t, i),
+                        me.feed("imu"),
                     ) {
                         Ok(st) => {
-                            me.counters.bad.fetch_add(st.bad, Relaxed);
                             tracing::info!(samples = st.samples, bad = st.bad, "IMU input ended");
                         }
                         Err(e) => tracing::error!(error = %e, "IMU input failed"),
@@ -256,14 +327,13 @@ impl Sensing {
                 let imu = aegis_sensors::imu::IioImu::open(std::path::Path::new(path))
                     .map_err(|e| anyhow::anyhow!("sensors.imu.url: {e}"))?;
                 self.spawn("sensors-imu", move || {
-                    let st = aegis_sensors::source::poll_iio(
+                    aegis_sensors::source::poll_iio(
                         &imu,
                         rate_hz,
                         &me.clock,
                         &me.stop,
-                        |t, i| me.take(t, i),
+                        me.feed("imu"),
                     );
-                    me.counters.bad.fetch_add(st.bad, Relaxed);
                 })
             }
             other => anyhow::bail!("sensors.imu.url: unsupported scheme {other}://"),
@@ -305,6 +375,8 @@ impl Sensing {
             "pose": pose.map(|p| serde_json::json!({ "lat": p.lat, "lon": p.lon, "speed_mps": p.speed,
                 "heading_deg": p.heading_deg, "sigma_m": p.sigma_m, "since_fix_s": p.since_fix_s })),
             "fixes": f.stats.fixes, "rejected_fixes": f.stats.rejected, "late": f.stats.late,
+            "restarts": f.stats.restarts,
+            "counters": self.counters.values().into_iter().collect::<HashMap<_, _>>(),
             "iot": *self.iot(),
         })
     }
@@ -385,6 +457,7 @@ async fn iot_loop(s: Arc<Sensing>, cfg: SensorsConfig, imu_topic: Option<String>
                                 t,
                                 &sensor.name,
                                 serde_json::json!({ "value": v, "unit": sensor.unit }),
+                                None,
                             );
                         }
                         Ok(v) => {
@@ -421,9 +494,108 @@ impl std::fmt::Debug for Sensing {
 
 #[cfg(test)]
 mod tests {
+    use super::*;
+    use crate::store::{Store, StoreSettings, open_reader, sensor_samples_since};
+
+    /// Polls (bounded) until `f` holds; returns whether it did.
+    fn eventually(mut f: impl FnMut() -> bool) -> bool {
+        for _ in 0..500 {
+            if f() {
+                return true;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        false
+    }
+
+    /// A GPS input that stays open (a FIFO, as a serial port or a UDP socket never ends):
+    /// the counters move while it runs; an RMC-only receiver's epochs and a GGA+RMC
+    /// receiver's are stored as one fix each, with the receiver's UTC beside the agent's
+    /// clock. Real lines from gpsd's regression logs (test/daemon/magellan-ec10.log and
+    /// ublox-lea-5h.log, BSD-2-Clause).
+    #[test]
+    fn a_gps_input_that_never_ends_is_counted_and_stored_as_it_runs() {
+        let dir = tempfile::tempdir().unwrap();
+        let fifo = dir.path().join("gps.fifo");
+        let c = std::ffi::CString::new(fifo.to_str().unwrap()).unwrap();
+        // SAFETY: `c` is a valid NUL-terminated path.
+        assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
+        // Read-write: opening never blocks, and the reader sees no end while it is open.
+        let mut tx = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(&fifo)
+            .unwrap();
+        let store = Store::open(StoreSettings::for_test(dir.path())).unwrap();
+        let cfg = SensorsConfig {
+            gps: Some(aegis_config::GpsConfig {
+                url: format!("file:{}", fifo.display()),
+            }),
+            ..Default::default()
+        };
+        let s = Sensing::start(&cfg, Some(store.handle())).unwrap().unwrap();
+        use std::io::Write;
+        tx.write_all(
+            b"# Name: Magellan EC-10X\n\
+              $PMTK010,001*2E\n\
+              $GPRMB,A,,,,,,,,,,,,V*71\n\
+              $GPGGA,garbage*00\n\
+              $GPRMC,205206.00,A,4405.556,N,12118.398,W,000.0,000.0,090605,0.0,E*49\n",
+        )
+        .unwrap();
+        let counters = || {
+            let c = s.status()["counters"].clone();
+            (c["gps"].as_u64(), c["bad"].as_u64(), c["ignored"].as_u64())
+        };
+        let moved = eventually(|| counters() == (Some(1), Some(1), Some(3)));
+        // Still open.
+        assert!(moved, "{:?}", counters());
+        tx.write_all(
+            b"$GPRMC,205208.00,A,4405.556,N,12118.398,W,000.0,000.0,090605,0.0,E*47\n\
+              $GPRMC,085516.00,A,5155.55350,N,00434.65733,E,0.050,,210810,,,A*75\n\
+              $GPGGA,085516.00,5155.55350,N,00434.65733,E,1,08,1.00,2.0,M,46.0,M,,*5F\n\
+              $GPRMC,085517.00,A,5155.55340,N,00434.65739,E,0.025,,210810,,,A*7D\n\
+              $GPGGA,085517.00,5155.55340,N,00434.65739,E,1,08,1.00,1.8,M,46.0,M,,*5E\n",
+        )
+        .unwrap();
+        assert!(eventually(|| counters().0 == Some(6)), "{:?}", counters());
+        drop(tx);
+        s.stop();
+        store.close();
+        let rows =
+            sensor_samples_since(&open_reader(&dir.path().join("aegis.db")).unwrap(), 0, 100)
+                .unwrap();
+        let utc = |y: i64, mo: i64, d: i64, h: i64, mi: i64, sec: i64| {
+            let day = aegis_config::civil::days_from_civil(y, mo, d).unwrap();
+            Some((day * 86_400 + h * 3600 + mi * 60 + sec) * 1_000_000)
+        };
+        let got: Vec<(&str, Option<i64>)> =
+            rows.iter().map(|r| (r.sensor.as_str(), r.utc_us)).collect();
+        assert_eq!(
+            got,
+            [
+                ("gps", utc(2005, 6, 9, 20, 52, 6)),
+                ("gps", utc(2005, 6, 9, 20, 52, 8)),
+                ("gps", utc(2010, 8, 21, 8, 55, 16)),
+                ("gps", utc(2010, 8, 21, 8, 55, 17)),
+            ]
+        );
+        // The agent's clock, not the receiver's, is the row's time.
+        assert!(
+            rows.iter()
+                .all(|r| r.ts_us > utc(2020, 1, 1, 0, 0, 0).unwrap())
+        );
+        let v: serde_json::Value = serde_json::from_str(&rows[2].value).unwrap();
+        assert_eq!(
+            (v["quality"].as_u64(), v["hdop"].as_f64()),
+            (Some(1), Some(1.0))
+        );
+        let first: serde_json::Value = serde_json::from_str(&rows[0].value).unwrap();
+        assert!(first["quality"].is_null(), "{first}");
+    }
+
     #[test]
     fn sensor_urls() {
-        use super::split_url;
         assert_eq!(
             split_url("serial:///dev/ttyTHS0?baud=115200", "baud"),
             ("serial", "/dev/ttyTHS0", Some("115200"))

@@ -216,14 +216,17 @@ fn replay(
     let mut f = fusion.into_inner().unwrap_or_else(|p| p.into_inner());
     f.flush();
     println!(
-        "GPS: {} sentences ({} refused); IMU: {} samples ({} refused); fixes used {}, rejected as outliers {}, late {}",
+        "GPS: {} sentences ({} refused, {} ignored); IMU: {} samples ({} refused); fixes used {}, \
+         rejected as outliers {}, late {}, filter restarts at time jumps {}",
         g.samples,
         g.bad,
+        g.ignored,
         i.map_or(0, |i| i.samples),
         i.map_or(0, |i| i.bad),
         f.stats.fixes,
         f.stats.rejected,
-        f.stats.late
+        f.stats.late,
+        f.stats.restarts
     );
     if let Some(out) = out {
         let mut w = std::io::BufWriter::new(std::fs::File::create(out)?);
@@ -231,15 +234,16 @@ fn replay(
         let (first, last) = f
             .span()
             .ok_or_else(|| anyhow::anyhow!("no GPS fix in the replay: nothing to write"))?;
+        // Rows every 0.1 s; none where no pose is known (past a filter restart's gap).
         let mut t = first;
-        while t <= last
-            && let Some(p) = f.pose_at(t)
-        {
-            writeln!(
-                w,
-                "{:.1},{:.8},{:.8},{:.3},{:.2},{:.2}",
-                p.t, p.lat, p.lon, p.speed, p.heading_deg, p.sigma_m
-            )?;
+        while t <= last {
+            if let Some(p) = f.pose_at(t) {
+                writeln!(
+                    w,
+                    "{:.1},{:.8},{:.8},{:.3},{:.2},{:.2}",
+                    p.t, p.lat, p.lon, p.speed, p.heading_deg, p.sigma_m
+                )?;
+            }
             t += 0.1;
         }
         w.flush()?;
@@ -270,14 +274,22 @@ fn score(f: &Fusion, gps: &Path, truth: &Path, start: f64, speed: f64) -> anyhow
     };
     let scale = if speed > 0.0 { speed } else { 1.0 };
     let (mut sf, mut sg, mut n) = (0.0, 0.0, 0.0);
-    let mut t0 = None;
+    // The replay's own time line (it passes over receiver time jumps).
+    let mut timeline = aegis_sensors::source::ReplayTimeline::default();
     for line in std::io::BufReader::new(std::fs::File::open(gps)?).lines() {
         let line = line?;
-        if let Ok(aegis_sensors::nmea::Sentence::Gga(g)) =
-            aegis_sensors::nmea::parse(line.as_bytes())
-            && let (Some(u), Some(lat), Some(lon)) = (g.utc_s, g.lat, g.lon)
+        let sentence = aegis_sensors::nmea::parse(line.as_bytes());
+        let utc = match &sentence {
+            Ok(aegis_sensors::nmea::Sentence::Gga(g)) => g.utc_s,
+            Ok(aegis_sensors::nmea::Sentence::Rmc(r)) => r.utc_s,
+            _ => None,
+        };
+        let Some(ft) = utc.map(|u| timeline.place(u)) else {
+            continue;
+        };
+        if let Ok(aegis_sensors::nmea::Sentence::Gga(g)) = sentence
+            && let (Some(lat), Some(lon)) = (g.lat, g.lon)
         {
-            let ft = u - *t0.get_or_insert(u);
             let Some((_, tl, tn)) = at(ft) else { continue };
             // The replay put file time ft at start + ft / speed on the monotonic clock.
             let Some(p) = f.pose_at(start + ft / scale) else {

@@ -63,6 +63,21 @@ pub fn stream_counts(report: &str, stream: &str) -> (u64, u64, u64) {
     counts.unwrap_or_else(|| panic!("no report for {stream} in:\n{report}"))
 }
 
+/// The rows of `table` (`events`, `sensors`, `fused`, …) in the database `db`, exported by
+/// `aegis db export` as JSON lines, oldest first.
+pub fn db_export(cwd: &Path, db: &Path, table: &str) -> Vec<serde_json::Value> {
+    let db = db.to_str().expect("utf-8 path");
+    aegis_ok(
+        cwd,
+        &[
+            "db", "export", "--db", db, "--since", "all", "--table", table,
+        ],
+    )
+    .lines()
+    .map(|l| serde_json::from_str(l).expect("a JSON line"))
+    .collect()
+}
+
 /// Frames delivered to the sinks of `stream`, from `aegis run`'s closing report.
 pub fn delivered_frames(report: &str, stream: &str) -> u64 {
     stream_counts(report, stream).1

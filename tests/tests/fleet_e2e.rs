@@ -328,11 +328,14 @@ fn commands_answer_on_the_response_topic_with_the_correlation_data() {
     send("query_events", r#"{"since_us": 0, "limit": 5}"#, "c-3");
     send("launch_missiles", "{}", "c-4");
     send("set_log_level", "not json", "c-5");
+    // A word tracing would take for a target name (silencing every log) is refused.
+    send("set_log_level", r#"{"level": "verbose"}"#, "c-7");
+    send("query_events", r#"{"limit": 5000}"#, "c-8");
     let t0 = Instant::now();
     let text = loop {
         let text =
             String::from_utf8_lossy(&std::fs::read(&replies).unwrap_or_default()).into_owned();
-        if text.lines().filter(|l| l.starts_with("replies/")).count() >= 6
+        if text.lines().filter(|l| l.starts_with("replies/")).count() >= 8
             || t0.elapsed() > Duration::from_secs(15)
         {
             break text;
@@ -345,6 +348,19 @@ fn commands_answer_on_the_response_topic_with_the_correlation_data() {
         retained(broker.port, "aegis/v1/dev1/toggles/telemetry_s/state", &[])
             .contains("\"value\":1")
     );
+    // The log filter in force is RUST_LOG's (it overrides the config's `info`).
+    let state = retained(broker.port, "aegis/v1/dev1/toggles/log_level/state", &[]);
+    assert!(state.contains("\"value\":\"warn\""), "{state}");
+    // log_level takes bare text; a refused value never becomes the retained state (checked
+    // once the telemetry_s toggle sent after it was applied: toggles are handled in order).
+    for level in ["debug", "verbose"] {
+        let st = Command::new("/usr/bin/mosquitto_pub")
+            .args(["-p", &broker.port.to_string(), "-q", "1"])
+            .args(["-t", "aegis/v1/dev1/toggles/log_level/set", "-m", level])
+            .status()
+            .unwrap();
+        assert!(st.success());
+    }
     let st = Command::new("/usr/bin/mosquitto_pub")
         .args([
             "-p",
@@ -365,6 +381,8 @@ fn commands_answer_on_the_response_topic_with_the_correlation_data() {
     {
         assert!(t0.elapsed() < Duration::from_secs(10), "toggle not applied");
     }
+    let state = retained(broker.port, "aegis/v1/dev1/toggles/log_level/state", &[]);
+    assert!(state.contains("\"value\":\"debug\""), "{state}");
     sigterm(&mut a);
     sub.kill().unwrap();
     sub.wait().unwrap();
@@ -391,14 +409,34 @@ fn commands_answer_on_the_response_topic_with_the_correlation_data() {
         config.contains(" c-2 ") && config.contains("\"device\""),
         "{config}"
     );
-    assert!(line("query_events").contains(" c-3 ") && line("query_events").contains("\"ok\":true"));
     let unknown = line("launch_missiles");
     assert!(
         unknown.contains(" c-4 ") && unknown.contains("unknown command"),
         "{unknown}"
     );
-    let bad = line("set_log_level");
-    assert!(bad.contains(" c-5 ") && bad.contains("not JSON"), "{bad}");
+    let replies_to = |name: &str, corr: &str| {
+        text.lines()
+            .find(|l| l.starts_with(&format!("replies/{name} {corr} ")))
+            .unwrap_or_else(|| panic!("no reply {corr} to {name}: {text}"))
+            .to_string()
+    };
+    let events = replies_to("query_events", "c-3");
+    assert!(
+        events.contains("\"ok\":true") && events.contains("\"clamped\":false"),
+        "{events}"
+    );
+    let bad = replies_to("set_log_level", "c-5");
+    assert!(bad.contains("not JSON"), "{bad}");
+    let typo = replies_to("set_log_level", "c-7");
+    assert!(
+        typo.contains("\"ok\":false") && typo.contains("verbose"),
+        "{typo}"
+    );
+    let clamped = replies_to("query_events", "c-8");
+    assert!(
+        clamped.contains("\"limit\":1000") && clamped.contains("\"clamped\":true"),
+        "{clamped}"
+    );
     // The agent said goodbye: retained offline status.
     let status = retained(broker.port, "aegis/v1/dev1/status", &[]);
     assert!(status.contains("\"offline\""));
@@ -652,4 +690,73 @@ fn username_and_password_are_used_and_a_wrong_password_is_refused() {
     }
     sigterm(&mut a);
     drop(broker);
+}
+
+/// A config whose one source does not exist: `aegis run` logs its start, then fails fast.
+fn failing_run_config(dir: &Path) -> std::path::PathBuf {
+    let cfg = dir.join("fails.yaml");
+    std::fs::write(
+        &cfg,
+        format!(
+            r#"
+device: {{ id: dev1 }}
+pipeline:
+  sources: [{{ id: cam0, url: "file://{missing}" }}]
+  sinks: [{{ kind: discard }}]
+store: {{ path: {db} }}
+web: {{ listen: "127.0.0.1:0" }}
+log: {{ format: human, level: info }}
+"#,
+            missing = dir.join("missing.mp4").display(),
+            db = dir.join("aegis.db").display(),
+        ),
+    )
+    .unwrap();
+    cfg
+}
+
+/// `aegis run` with stderr to a pipe and `RUST_LOG` as given (unset when `None`).
+fn run_to_pipe(dir: &Path, rust_log: Option<&str>) -> String {
+    let cfg = failing_run_config(dir);
+    let mut cmd = Command::new(aegis_bin());
+    cmd.args(["run", "--config", cfg.to_str().unwrap()])
+        .current_dir(dir)
+        .env_remove("NO_COLOR")
+        .env_remove("JOURNAL_STREAM");
+    match rust_log {
+        Some(v) => cmd.env("RUST_LOG", v),
+        None => cmd.env_remove("RUST_LOG"),
+    };
+    let out = cmd.output().unwrap();
+    assert!(!out.status.success(), "a missing source must fail the run");
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+#[test]
+fn human_logs_to_a_pipe_carry_no_colour_codes() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = run_to_pipe(dir.path(), None);
+    assert!(
+        log.contains("INFO") && log.contains("starting pipeline"),
+        "{log}"
+    );
+    assert!(
+        !log.contains("\x1b["),
+        "ANSI escape codes in piped logs: {log:?}"
+    );
+}
+
+#[test]
+fn a_rust_log_that_is_not_a_filter_is_refused_out_loud_and_logging_goes_on() {
+    let dir = tempfile::tempdir().unwrap();
+    // A bare word is a target name to tracing: accepted as such, it silenced every log.
+    let log = run_to_pipe(dir.path(), Some("verbose"));
+    assert!(
+        log.contains("RUST_LOG") && log.contains("\"verbose\""),
+        "the refusal must name the variable and the value: {log}"
+    );
+    assert!(
+        log.contains("starting pipeline"),
+        "the configured level (info) must stay in force: {log}"
+    );
 }

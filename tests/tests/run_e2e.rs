@@ -156,21 +156,116 @@ fn sigterm_finalises_playable_recordings_and_metrics_are_served() {
     }
 }
 
+/// A config with one stream per `(id, url)`, recording nothing, storing into `aegis.db`.
+fn streams_config(dir: &Path, sources: &[(&str, String)]) -> std::path::PathBuf {
+    let cfg = dir.join("streams.yaml");
+    let list: String = sources
+        .iter()
+        .map(|(id, url)| format!("    - {{ id: {id}, url: \"{url}\" }}\n"))
+        .collect();
+    std::fs::write(
+        &cfg,
+        format!(
+            "device: {{ id: e2e-test }}\npipeline:\n  sources:\n{list}  stages: []\n  \
+             sinks: [{{ kind: discard }}]\nstore: {{ path: {db} }}\n\
+             web: {{ listen: \"127.0.0.1:0\" }}\n",
+            db = dir.join("aegis.db").display()
+        ),
+    )
+    .unwrap();
+    cfg
+}
+
 #[test]
-fn unopenable_source_is_named_and_fails_the_run() {
+fn an_unopenable_source_ends_only_its_own_stream() {
     let dir = tempfile::tempdir().unwrap();
-    let cfg = write_config(
+    let clip = make_clip(dir.path(), "clip.mp4", 320, 240, 1.0);
+    let missing = dir.path().join("missing.mp4");
+    let cfg = streams_config(
         dir.path(),
-        &dir.path().join("missing.mp4"),
-        "127.0.0.1:0",
-        false,
+        &[
+            ("good", format!("file://{}", clip.display())),
+            ("bad", format!("file://{}", missing.display())),
+            ("also_good", format!("file://{}", clip.display())),
+        ],
     );
     let o = aegis(dir.path(), &["run", "--config", cfg.to_str().unwrap()]);
-    assert!(!o.status.success());
-    let err = String::from_utf8_lossy(&o.stderr);
+    let (out, err) = (
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr),
+    );
+    // The healthy streams ran to the end of their clip; the run reports the one failure
+    // with exit code 1 (some streams failed), naming the stream and the path.
+    assert_eq!(o.status.code(), Some(1), "{out}\n{err}");
+    for stream in ["good", "also_good"] {
+        assert_eq!(delivered_frames(&out, stream), 30, "{stream}: {out}");
+    }
+    let line = out
+        .lines()
+        .find(|l| l.starts_with("stream bad:"))
+        .unwrap_or_else(|| panic!("no summary for the bad stream: {out}"));
+    assert!(line.contains(&missing.display().to_string()), "{line}");
+    // One cause, said once.
+    assert_eq!(
+        line.matches("No such file or directory").count(),
+        1,
+        "{line}"
+    );
     assert!(
-        err.contains("sources[0] (cam0)") && err.contains("missing.mp4"),
+        err.contains("1 of 3 streams ended with errors: bad"),
         "{err}"
+    );
+    assert_eq!(
+        err.lines()
+            .filter(|l| l.starts_with("error:"))
+            .map(|l| l.matches("No such file").count())
+            .sum::<usize>(),
+        0,
+        "{err}"
+    );
+    // The failure is an event (stored, and published when the fleet link is on).
+    let events = db_export(dir.path(), &dir.path().join("aegis.db"), "events");
+    let failed: Vec<_> = events
+        .iter()
+        .filter(|e| e["kind"] == "source_failed")
+        .collect();
+    assert_eq!(failed.len(), 1, "{events:?}");
+    assert_eq!(failed[0]["stream"], "bad");
+    assert!(
+        failed[0]["payload"]["error"]
+            .as_str()
+            .is_some_and(|e| e.contains("missing.mp4")),
+        "{failed:?}"
+    );
+}
+
+#[test]
+fn when_every_source_fails_the_run_exits_3() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = streams_config(
+        dir.path(),
+        &[
+            (
+                "cam0",
+                format!("file://{}", dir.path().join("gone0.mp4").display()),
+            ),
+            (
+                "cam1",
+                format!("file://{}", dir.path().join("gone1.mp4").display()),
+            ),
+        ],
+    );
+    let o = aegis(dir.path(), &["run", "--config", cfg.to_str().unwrap()]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(3), "{err}");
+    assert!(
+        err.contains("2 of 2 streams ended with errors: cam0, cam1"),
+        "{err}"
+    );
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert!(
+        out.contains("gone0.mp4") && out.contains("gone1.mp4"),
+        "{out}"
     );
 }
 
@@ -352,8 +447,10 @@ pipeline:
   sinks:
     - {{ kind: record, dir: {rec}, segment_seconds: 2, encoder: {{ threads: 1 }} }}
 web: {{ listen: "127.0.0.1:0" }}
+store: {{ path: {db} }}
 "#,
-            rec = dir.path().join("rec").display()
+            rec = dir.path().join("rec").display(),
+            db = dir.path().join("aegis.db").display(),
         ),
     )
     .unwrap();
@@ -431,6 +528,18 @@ web: {{ listen: "127.0.0.1:0" }}
             );
         }
     }
+    // The outage is one `source_down` and one `source_up` event, however many attempts it
+    // took, and the stored error holds no password either.
+    let events = db_export(dir.path(), &dir.path().join("aegis.db"), "events");
+    let kinds: Vec<&str> = events
+        .iter()
+        .filter(|e| e["stream"] == "door")
+        .filter_map(|e| e["kind"].as_str())
+        .filter(|k| k.starts_with("source_"))
+        .collect();
+    assert_eq!(kinds, ["source_down", "source_up"], "{events:?}");
+    let text = serde_json::to_string(&events).unwrap();
+    assert!(!text.contains("Sup3r"), "{text}");
     let delivered = delivered_frames(&out, "door");
     let segs = files_with_suffix(&dir.path().join("rec/door"), ".mp4");
     let recorded: u64 = segs.iter().map(|s| ffprobe(s).frames).sum();

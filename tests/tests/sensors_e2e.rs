@@ -63,24 +63,7 @@ sensors:
     )
     .unwrap();
     let out = aegis_ok(d, &["run", "--config", cfg.to_str().unwrap()]);
-    let export = |table: &str| -> Vec<serde_json::Value> {
-        aegis_ok(
-            d,
-            &[
-                "db",
-                "export",
-                "--db",
-                db.to_str().unwrap(),
-                "--since",
-                "all",
-                "--table",
-                table,
-            ],
-        )
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect()
-    };
+    let export = |table: &str| db_export(d, &db, table);
     let events = export("events");
     let rules: Vec<_> = events.iter().filter(|e| e["kind"] == "rule").collect();
     // Exactly one episode of the door rule; the temperature (500 °C, outside its range)
@@ -127,4 +110,72 @@ sensors:
     assert!(count("gps") >= 4, "{samples:?}");
     assert_eq!(count("door"), 1);
     assert_eq!(count("temp"), 0);
+}
+
+/// A receiver that sends RMC and no GGA, with `#` comments and a proprietary sentence in
+/// its log (issue 16, items 6 and 8): the agent stores one GPS fix an epoch.
+#[test]
+fn an_rmc_only_log_with_comments_is_stored_one_fix_an_epoch() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let clip = make_clip(d, "clip.mp4", 320, 240, 6.0);
+    aegis_ok(
+        d,
+        &["sensors", "simulate", "--out", "track", "--seconds", "30"],
+    );
+    let full = std::fs::read_to_string(d.join("track/track.nmea")).unwrap();
+    let rmc: Vec<&str> = full.lines().filter(|l| l.contains("RMC")).collect();
+    // A comment as gpsd's logs have, and MediaTek's start-up sentence (mtk-3301.log).
+    std::fs::write(
+        d.join("rmc.nmea"),
+        format!(
+            "# Chipset: RMC only\r\n$PMTK010,001*2E\r\n{}\r\n",
+            rmc.join("\n")
+        ),
+    )
+    .unwrap();
+    let db = d.join("aegis.db");
+    let cfg = d.join("aegis.yaml");
+    std::fs::write(
+        &cfg,
+        format!(
+            r#"device: {{ id: van-2 }}
+pipeline:
+  sources: [{{ id: cam0, url: "file://{clip}", realtime: true }}]
+  stages: [{{ kind: timestamp_overlay }}]
+  sinks: [{{ kind: discard }}]
+store: {{ path: {db} }}
+web: {{ listen: "127.0.0.1:0" }}
+sensors:
+  gps: {{ url: "file:rmc.nmea" }}
+"#,
+            clip = clip.display(),
+            db = db.display(),
+        ),
+    )
+    .unwrap();
+    let out = aegis_ok(d, &["run", "--config", cfg.to_str().unwrap()]);
+    let samples = db_export(d, &db, "sensors");
+    let gps: Vec<serde_json::Value> = samples
+        .iter()
+        .filter(|x| x["sensor"] == "gps")
+        .map(|x| match &x["value"] {
+            serde_json::Value::String(s) => serde_json::from_str(s).unwrap(),
+            v => v.clone(),
+        })
+        .collect();
+    // About one a second over the 6 s clip, each from an RMC alone.
+    assert!(gps.len() >= 4, "{out}\n{samples:?}");
+    // Each row keeps the receiver's own UTC (RMC carries the date) beside the agent's time.
+    for x in samples.iter().filter(|x| x["sensor"] == "gps") {
+        let utc = x["receiver_utc"].as_str().unwrap_or_default();
+        assert!(utc.len() > 20 && utc.ends_with('Z'), "{x}");
+    }
+    for v in &gps {
+        assert!((v["lat"].as_f64().unwrap() - 48.137).abs() < 0.01, "{v}");
+        assert!(
+            v["quality"].is_null() && v["speed_mps"].as_f64().is_some(),
+            "{v}"
+        );
+    }
 }

@@ -7,7 +7,10 @@
 //!   regions;
 //! * `track_started` / `track_ended`: a track's first report, and its summary once it has
 //!   not been reported for [`TRACK_END_FRAMES`] frames (or the stream ended); the summary
-//!   also goes to the `tracks` table.
+//!   also goes to the `tracks` table. Both include the frames the tracker's birth gate hid
+//!   ([`Object::track_backfill`]): `track_started` is written when the track is first
+//!   reported but is timed at its first hidden frame, and the summary's first time and frame
+//!   count include the hidden frames.
 //!
 //! Every [`TIMING_EVERY`], the mean latency of each stage and the stream's fps go to the
 //! `metrics` table.
@@ -311,32 +314,43 @@ impl AnalyticsTally {
             self.summary.tracks += id - self.max_track;
             self.max_track = id;
         }
+        // The frames the birth gate hid, on the frame that confirmed the track.
+        let hidden = o.track_backfill.map_or(0, |b| u64::from(b.frames));
         match self.live.get_mut(&id) {
             Some(t) => {
+                // Reported before it was confirmed (a sequence's first frames): its first
+                // time stands, the hidden frames since then still count.
+                if let Some(b) = o.track_backfill {
+                    t.first_us = t.first_us.min(b.first_wallclock_us);
+                }
                 t.last_us = ts;
                 t.last_seq = frame.seq;
-                t.frames += 1;
+                t.frames += 1 + hidden;
                 t.best_score = t.best_score.max(o.score);
                 t.last_box = o.bbox;
             }
             None => {
+                let (first_us, first_pts_us) = o.track_backfill.map_or((ts, frame.pts_us), |b| {
+                    (b.first_wallclock_us, b.first_pts_us)
+                });
                 self.live.insert(
                     id,
                     TrackLife {
                         label: o.label,
-                        first_us: ts,
+                        first_us,
                         last_us: ts,
                         last_seq: frame.seq,
-                        frames: 1,
+                        frames: 1 + hidden,
                         best_score: o.score,
                         last_box: o.bbox,
                     },
                 );
                 self.event(
-                    ts,
+                    first_us,
                     "track_started",
                     json!({ "track_id": id, "label": o.label, "score": o.score,
-                            "box": o.bbox, "pts_us": frame.pts_us }),
+                            "box": o.bbox, "pts_us": first_pts_us,
+                            "hidden_frames": hidden }),
                 );
             }
         }
@@ -430,5 +444,93 @@ impl AnalyticsTally {
         if self.window.1 > 0 {
             self.store_timings();
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use aegis_hal::analytics::TrackBackfill;
+    use aegis_hal::frame::FrameLayout;
+    use aegis_hal::{PixelFormat, StreamId, SurfacePool};
+
+    use super::*;
+    use crate::store::{Store, StoreSettings, open_reader};
+
+    const WALL0: i64 = 1_700_000_000_000_000;
+
+    fn person(backfill: Option<TrackBackfill>) -> Object {
+        Object {
+            label: "person",
+            class: 0,
+            score: 0.8,
+            bbox: [10.0, 10.0, 50.0, 90.0],
+            track_id: Some(1),
+            source: ObjectSource::Detect,
+            track_backfill: backfill,
+        }
+    }
+
+    /// A track hidden by the birth gate in seq 2-5 and reported from seq 6 to 9: the stored
+    /// summary and its events start at seq 2 and count all eight frames.
+    #[test]
+    fn stored_track_summaries_include_the_hidden_frames() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(StoreSettings::for_test(dir.path())).unwrap();
+        let mut tally = AnalyticsTally::new(
+            Arc::new(Metrics::new("cpu")),
+            "cam0",
+            Some(store.handle()),
+            None,
+            Vec::new(),
+        );
+        let pool = SurfacePool::new(FrameLayout::new(PixelFormat::I420, 16, 16), 1);
+        let at = |seq: u64| seq as i64 * 40_000;
+        for seq in 0..10 {
+            let mut f =
+                Frame::from_pool(&pool, StreamId::new("cam0"), seq, at(seq), 40_000).unwrap();
+            f.meta.wallclock_us = Some(WALL0 + at(seq));
+            match seq {
+                0..6 => {}
+                6 => f.meta.objects.push(person(Some(TrackBackfill {
+                    frames: 4,
+                    first_seq: 2,
+                    first_pts_us: at(2),
+                    first_wallclock_us: WALL0 + at(2),
+                }))),
+                _ => f.meta.objects.push(person(None)),
+            }
+            tally.count(&f);
+        }
+        tally.finish();
+        store.close();
+
+        let db = open_reader(&dir.path().join("aegis.db")).unwrap();
+        let row: (i64, i64, i64) = db
+            .query_row(
+                "SELECT first_us, last_us, frames FROM tracks WHERE track_id = 1",
+                [],
+                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+            )
+            .unwrap();
+        assert_eq!(row, (WALL0 + at(2), WALL0 + at(9), 8));
+        let event = |kind: &str| -> (i64, serde_json::Value) {
+            db.query_row(
+                "SELECT ts_us, payload FROM events WHERE kind = ?1",
+                [kind],
+                |r| {
+                    let p: String = r.get(1)?;
+                    Ok((r.get(0)?, serde_json::from_str(&p).unwrap()))
+                },
+            )
+            .unwrap()
+        };
+        let (ts, started) = event("track_started");
+        assert_eq!(ts, WALL0 + at(2));
+        assert_eq!(started["pts_us"], at(2));
+        assert_eq!(started["hidden_frames"], 4);
+        let (ts, ended) = event("track_ended");
+        assert_eq!(ts, WALL0 + at(9));
+        assert_eq!(ended["first_us"], WALL0 + at(2));
+        assert_eq!(ended["frames"], 8);
     }
 }

@@ -29,7 +29,7 @@ use std::time::Instant;
 
 use aegis_config::{CaptureFormat, PipelineConfig, SourceLocation};
 use aegis_hal::source::{
-    FileSource, FileSourceSettings, LiveSource, LiveSourceSettings, RtspTransport, SourceError,
+    FailedSource, FileSource, FileSourceSettings, LiveSource, LiveSourceSettings, RtspTransport,
     SourceStopper, VideoSource,
 };
 use aegis_hal::stage::{Stage, StageOutcome};
@@ -43,19 +43,11 @@ use crate::metrics::{DropLabels, ErrorLabels, Metrics, QueueLabels, StageLabels,
 use analytics::{AnalyticsSummary, AnalyticsTally};
 use sinks::{SharedSinkState, Sink};
 
-/// Errors that prevent a pipeline from starting; each names the config path at fault.
+/// Errors that prevent a pipeline from starting; each names the config path at fault. A source
+/// that cannot be opened is not one of them: its stream reports it and ends (see
+/// [`FailedSource`]).
 #[derive(Debug, thiserror::Error)]
 pub enum PipelineError {
-    /// A source could not be opened.
-    #[error("sources[{index}] ({id}): {source}")]
-    Source {
-        /// Index in `sources`.
-        index: usize,
-        /// Source id.
-        id: String,
-        /// Why.
-        source: SourceError,
-    },
     /// A sink could not be set up (e.g. its directory cannot be created).
     #[error("sinks[{index}]: {source}")]
     Sink {
@@ -183,6 +175,65 @@ pub struct Pipeline {
     streams: Vec<StreamThreads>,
     cfg: PipelineConfig,
     sensing: Option<Arc<crate::sensing::Sensing>>,
+    source_events: SourceEvents,
+}
+
+/// Turns changes of the sources' health into stored (and, with the fleet link, published)
+/// events: `source_failed` once when a source cannot be opened or ends on an error,
+/// `source_down` when a live source loses its camera (or cannot reach it at first), and
+/// `source_up` when frames flow again. One `source_down`/`source_up` pair per outage, however
+/// many reconnect attempts it takes.
+struct SourceEvents {
+    store: Option<crate::store::StoreHandle>,
+    topic: Option<String>,
+    /// Per stream: since when it has been down (`None`: up or not yet connected), and whether
+    /// its failure was reported.
+    seen: Vec<(Option<Instant>, bool)>,
+}
+
+impl SourceEvents {
+    fn check(&mut self, streams: &[StreamThreads]) {
+        use aegis_hal::source::SourceState as S;
+        self.seen.resize(streams.len(), (None, false));
+        for (s, (down_since, failed)) in streams.iter().zip(self.seen.iter_mut()) {
+            let h = s.health.snapshot();
+            let error = h.last_error.clone().unwrap_or_default();
+            let event = match h.state {
+                S::Failed if !*failed => {
+                    *failed = true;
+                    Some(("source_failed", serde_json::json!({ "error": error })))
+                }
+                S::BackingOff | S::Stalled if down_since.is_none() => {
+                    *down_since = Some(Instant::now());
+                    Some((
+                        "source_down",
+                        serde_json::json!({ "state": h.state.as_str(), "error": error,
+                            "reconnects": h.reconnects }),
+                    ))
+                }
+                S::Streaming => down_since.take().map(|t| {
+                    let down_ms = t.elapsed().as_millis() as u64;
+                    (
+                        "source_up",
+                        serde_json::json!({ "down_ms": down_ms, "reconnects": h.reconnects }),
+                    )
+                }),
+                _ => None,
+            };
+            if let (Some((kind, payload)), Some(store)) = (event, &self.store) {
+                store.submit(crate::store::Record::Event {
+                    event: crate::store::Event {
+                        id: crate::store::new_event_id(),
+                        ts_us: crate::store::now_us(),
+                        stream: Some(s.id.clone()),
+                        kind: kind.into(),
+                        payload,
+                    },
+                    outbox_topic: self.topic.clone(),
+                });
+            }
+        }
+    }
 }
 
 /// A stream's stages and rules, as a workflow switch hands them over.
@@ -219,6 +270,7 @@ pub struct StageHealth {
 
 struct StreamThreads {
     slot: Arc<StageSlot>,
+    health: Arc<aegis_hal::source::SourceHealth>,
     source: JoinHandle<(u64, aegis_hal::source::SourceStats, Option<String>)>,
     stages: JoinHandle<(u64, AnalyticsSummary)>,
     sinks: JoinHandle<(u64, Vec<String>, u32)>,
@@ -344,11 +396,11 @@ impl Pipeline {
             0 => auto_threads,
             n => n,
         };
-        for (index, s) in cfg.sources.iter().enumerate() {
+        for s in &cfg.sources {
             let src: Box<dyn VideoSource> = match s.location() {
                 SourceLocation::File(path) => {
                     let settings = FileSourceSettings {
-                        path,
+                        path: path.clone(),
                         stream: StreamId::new(&s.id),
                         looping: s.loop_,
                         realtime: opts.force_realtime.unwrap_or(s.realtime),
@@ -357,13 +409,12 @@ impl Pipeline {
                         decoder_threads,
                         gpu: gpu_for(opts, &s.id),
                     };
-                    Box::new(FileSource::open(settings).map_err(|source| {
-                        PipelineError::Source {
-                            index,
-                            id: s.id.clone(),
-                            source,
-                        }
-                    })?)
+                    // A file that cannot be opened is its stream's problem: the stream
+                    // starts, reports the error (health, event) and ends; the others run.
+                    match FileSource::open(settings) {
+                        Ok(f) => Box::new(f),
+                        Err(e) => Box::new(FailedSource::new(StreamId::new(&s.id), path, e)),
+                    }
                 }
                 // Live sources connect on their own thread: the agent must start while a
                 // camera is down, and says so in the stream's health.
@@ -447,6 +498,11 @@ impl Pipeline {
             streams: Vec::new(),
             cfg: cfg.clone(),
             sensing: opts.sensing.clone(),
+            source_events: SourceEvents {
+                store: opts.store.clone(),
+                topic: opts.events_topic.clone(),
+                seen: Vec::new(),
+            },
         };
         let ctx = StreamContext {
             metrics: metrics.clone(),
@@ -469,7 +525,14 @@ impl Pipeline {
                 }
             }
         }
+        pipeline.check_sources();
         Ok(pipeline)
+    }
+
+    /// Stores an event for every source that failed, went down or came back since the last
+    /// call (see [`SourceEvents`]); the runtime calls it on its tick and once at the end.
+    pub fn check_sources(&mut self) {
+        self.source_events.check(&self.streams);
     }
 
     /// The pipeline this runs.
@@ -613,6 +676,7 @@ fn spawn_stream(
     let (metrics, stop, auto_threads) = (&ctx.metrics, &ctx.stop, ctx.auto_threads);
     let (opts_store, events_topic) = (&ctx.store, &ctx.events_topic);
     let id = source.stream_id().to_string();
+    let health = source.health();
     let sm = Arc::new(StreamMetrics::new(metrics, &id));
     let depth = cfg.queue_depth as usize;
     let q_labels = |q: &str| QueueLabels {
@@ -906,6 +970,7 @@ fn spawn_stream(
 
     Ok(StreamThreads {
         slot,
+        health,
         source: source_thread,
         stages: stage_thread,
         sinks: sink_thread,

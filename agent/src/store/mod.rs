@@ -61,6 +61,18 @@ pub struct StoreSettings {
 }
 
 impl StoreSettings {
+    /// A store `aegis.db` in `dir` with generous limits, for tests.
+    #[cfg(test)]
+    pub(crate) fn for_test(dir: &Path) -> Self {
+        StoreSettings {
+            path: dir.join("aegis.db"),
+            retention: Duration::from_secs(30 * 86_400),
+            size_budget: 512 << 20,
+            outbox_max_rows: 100_000,
+            queue: 4096,
+        }
+    }
+
     /// Settings from the config section.
     pub fn from_config(c: &aegis_config::StoreConfig) -> Self {
         StoreSettings {
@@ -125,12 +137,15 @@ pub enum Record {
     OutboxAck(Vec<i64>),
     /// A sensor reading.
     SensorSample {
-        /// When.
+        /// When, on the agent's clock.
         ts_us: i64,
         /// `gps`, `imu`, or an IoT sensor's name.
         sensor: String,
         /// JSON.
         value: String,
+        /// The GPS receiver's own UTC (µs since the Unix epoch) for a fix whose date the
+        /// receiver gave; `None` otherwise.
+        utc_us: Option<i64>,
     },
     /// An event's fused pose.
     Fused(Box<FusedRecord>),
@@ -293,26 +308,49 @@ pub fn now_us() -> i64 {
         .map_or(0, |d| d.as_micros() as i64)
 }
 
-/// A fresh UUIDv7 (time-ordered; 74 random bits from the OS-seeded hasher and a counter).
+/// A fresh UUIDv7 whose ids sort (as strings too) in the order this process made them, on
+/// every thread: RFC 9562 §6.2 method 1. The 74 bits after the 48-bit millisecond timestamp
+/// (`rand_a` and `rand_b`, around the version and variant) are one counter, seeded from the OS
+/// random source at each new millisecond with its top bit clear (2^73 increments of room) and
+/// incremented for every further id in that millisecond. When the clock steps back the last
+/// timestamp is kept and the counter goes on; should it ever run out, the timestamp moves one
+/// millisecond ahead. Ids from different processes within one millisecond are not ordered.
 pub fn new_event_id() -> String {
-    use std::hash::{BuildHasher, Hasher};
-    static COUNTER: AtomicU64 = AtomicU64::new(0);
-    let ms = (now_us() / 1000) as u64 & 0xFFFF_FFFF_FFFF;
-    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
-    h.write_u64(COUNTER.fetch_add(1, Ordering::Relaxed));
-    h.write_u64(std::process::id() as u64);
-    let r = h.finish();
-    let mut h2 = std::collections::hash_map::RandomState::new().build_hasher();
-    h2.write_u64(r);
-    let r2 = h2.finish();
-    let rand_a = (r >> 52) & 0x0FFF;
-    let rand_b = ((r & 0x3FFF) << 48) | (r2 & 0xFFFF_FFFF_FFFF);
+    static LAST: std::sync::Mutex<(u64, u128)> = std::sync::Mutex::new((0, 0));
+    const COUNTER_BITS: u32 = 74;
+    const COUNTER_MAX: u128 = (1 << COUNTER_BITS) - 1;
+    let seed = || {
+        let mut b = [0u8; 16];
+        if getrandom::fill(&mut b).is_err() {
+            // No OS randomness: the hasher's per-process keys still differ between runs.
+            use std::hash::{BuildHasher, Hasher};
+            let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+            h.write_i64(now_us());
+            b[..8].copy_from_slice(&h.finish().to_le_bytes());
+        }
+        u128::from_le_bytes(b) & (COUNTER_MAX >> 1)
+    };
+    let now_ms = (now_us() / 1000).max(0) as u64 & 0xFFFF_FFFF_FFFF;
+    let (ms, counter) = {
+        // The state is two integers, valid whatever a panicking holder left behind.
+        let mut last = LAST.lock().unwrap_or_else(|p| p.into_inner());
+        *last = if now_ms > last.0 {
+            (now_ms, seed())
+        } else if last.1 < COUNTER_MAX {
+            (last.0, last.1 + 1)
+        } else {
+            ((last.0 + 1) & 0xFFFF_FFFF_FFFF, seed())
+        };
+        *last
+    };
+    let rand_a = (counter >> 62) as u64 & 0x0FFF;
+    let rand_b = counter as u64 & 0x3FFF_FFFF_FFFF_FFFF;
     format!(
         "{:08x}-{:04x}-7{:03x}-{:04x}-{:012x}",
         ms >> 16,
         ms & 0xFFFF,
         rand_a,
-        0x8000 | (rand_b >> 48) as u16 & 0x3FFF,
+        0x8000 | (rand_b >> 48) as u16,
         rand_b & 0xFFFF_FFFF_FFFF
     )
 }
@@ -641,11 +679,13 @@ fn write_batch(conn: &mut Connection, batch: &[Record], outbox_max: u64) -> rusq
                     ts_us,
                     sensor,
                     value,
+                    utc_us,
                 } => {
                     tx.prepare_cached(
-                        "INSERT INTO sensor_samples (ts_us, sensor, value) VALUES (?1, ?2, ?3)",
+                        "INSERT INTO sensor_samples (ts_us, sensor, value, utc_us) \
+                         VALUES (?1, ?2, ?3, ?4)",
                     )?
-                    .execute(params![ts_us, sensor, value])?;
+                    .execute(params![ts_us, sensor, value, utc_us])?;
                 }
                 Record::Fused(f) => {
                     tx.prepare_cached(
@@ -810,6 +850,41 @@ pub fn stats(path: &Path) -> Result<Stats, StoreError> {
         wal_bytes: size(PathBuf::from(format!("{}-wal", path.display()))),
         events_span_us,
     })
+}
+
+/// A stored sensor reading.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SensorSampleRow {
+    /// When, on the agent's clock (µs since the Unix epoch).
+    pub ts_us: i64,
+    /// `gps`, `imu`, or an IoT sensor's name.
+    pub sensor: String,
+    /// JSON.
+    pub value: String,
+    /// The GPS receiver's UTC (µs); `None` for other readings, fixes without a date, and
+    /// rows written before schema version 3.
+    pub utc_us: Option<i64>,
+}
+
+/// Sensor readings at or after `since_us` (agent clock), oldest first, at most `limit`.
+pub fn sensor_samples_since(
+    conn: &Connection,
+    since_us: i64,
+    limit: usize,
+) -> rusqlite::Result<Vec<SensorSampleRow>> {
+    let mut stmt = conn.prepare_cached(
+        "SELECT ts_us, sensor, value, utc_us FROM sensor_samples WHERE ts_us >= ?1 \
+         ORDER BY ts_us, rowid LIMIT ?2",
+    )?;
+    let rows = stmt.query_map(params![since_us, limit as i64], |r| {
+        Ok(SensorSampleRow {
+            ts_us: r.get(0)?,
+            sensor: r.get(1)?,
+            value: r.get(2)?,
+            utc_us: r.get(3)?,
+        })
+    })?;
+    rows.collect()
 }
 
 /// Events at or after `since_us`, oldest first, at most `limit`.

@@ -84,6 +84,11 @@ const MIGRATIONS: &[&str] = &[
     CREATE INDEX fused_records_ts ON fused_records(ts_us);
     CREATE INDEX fused_records_place ON fused_records(lat, lon);
     "#,
+    // 3: the GPS receiver's own UTC beside the agent's clock (issue 16). Rows from before,
+    // and readings that are not GPS fixes, keep it NULL.
+    r#"
+    ALTER TABLE sensor_samples ADD COLUMN utc_us INTEGER;  -- receiver UTC, µs since the Unix epoch
+    "#,
 ];
 
 /// The schema version this build writes.

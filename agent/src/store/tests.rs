@@ -1,13 +1,7 @@
 use super::*;
 
 fn settings(dir: &Path) -> StoreSettings {
-    StoreSettings {
-        path: dir.join("aegis.db"),
-        retention: Duration::from_secs(30 * 86_400),
-        size_budget: 512 << 20,
-        outbox_max_rows: 100_000,
-        queue: 4096,
-    }
+    StoreSettings::for_test(dir)
 }
 
 fn event(ts_us: i64, n: u64) -> Event {
@@ -131,6 +125,59 @@ fn a_newer_schema_is_refused() {
     );
 }
 
+/// Schema 3 adds the receiver's UTC to `sensor_samples`: a version-2 database keeps its
+/// rows (read back without one) and takes new rows with it.
+#[test]
+fn sensor_samples_keep_the_receiver_utc_and_old_databases_keep_their_rows() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("aegis.db");
+    // A version-2 database with a GPS fix in it, as an agent before this one left it.
+    Store::open(settings(dir.path())).unwrap().close();
+    let t0 = now_us();
+    {
+        let conn = Connection::open(&path).unwrap();
+        conn.execute_batch(
+            "ALTER TABLE sensor_samples DROP COLUMN utc_us; PRAGMA user_version = 2;",
+        )
+        .unwrap();
+        conn.execute(
+            "INSERT INTO sensor_samples (ts_us, sensor, value) VALUES (?1, 'gps', '{\"lat\":48.1}')",
+            params![t0],
+        )
+        .unwrap();
+    }
+    let store = Store::open(settings(dir.path())).unwrap();
+    assert_eq!(store.opened.found_version, 2);
+    let h = store.handle();
+    let receiver = 1_282_380_916_000_000;
+    for (dt, sensor, utc_us) in [(1, "gps", Some(receiver)), (2, "door", None)] {
+        assert!(h.submit(Record::SensorSample {
+            ts_us: t0 + dt,
+            sensor: sensor.into(),
+            value: "{}".into(),
+            utc_us,
+        }));
+    }
+    store.close();
+    let rows = sensor_samples_since(&open_reader(&path).unwrap(), t0, 10).unwrap();
+    let got: Vec<(i64, &str, Option<i64>)> = rows
+        .iter()
+        .map(|r| (r.ts_us - t0, r.sensor.as_str(), r.utc_us))
+        .collect();
+    assert_eq!(
+        got,
+        [
+            (0, "gps", None),
+            (1, "gps", Some(receiver)),
+            (2, "door", None)
+        ]
+    );
+    assert_eq!(rows[0].value, r#"{"lat":48.1}"#);
+    let again = Store::open(settings(dir.path())).unwrap();
+    assert_eq!(again.opened.found_version, schema::VERSION);
+    again.close();
+}
+
 #[test]
 fn retention_by_age_and_by_size() {
     let dir = tempfile::tempdir().unwrap();
@@ -223,4 +270,32 @@ fn event_ids_are_unique_uuid_v7() {
     assert_eq!(id.len(), 36);
     assert_eq!(&id[14..15], "7", "{id}");
     assert!(matches!(&id[19..20], "8" | "9" | "a" | "b"), "{id}");
+}
+
+/// Many ids per millisecond (a tight loop makes thousands): each must sort after the one
+/// before it, as a string, on every thread, and no two threads may share one.
+#[test]
+fn event_ids_sort_in_the_order_they_were_made_within_a_millisecond_and_across_threads() {
+    let strictly_increasing = |ids: &[String]| {
+        if let Some(w) = ids.windows(2).find(|w| w[0] >= w[1]) {
+            panic!(
+                "{} was made before {} but does not sort before it",
+                w[0], w[1]
+            );
+        }
+    };
+    let ids: Vec<String> = (0..50_000).map(|_| new_event_id()).collect();
+    strictly_increasing(&ids);
+    let threads: Vec<_> = (0..4)
+        .map(|_| std::thread::spawn(|| (0..20_000).map(|_| new_event_id()).collect::<Vec<_>>()))
+        .collect();
+    let mut all = std::collections::HashSet::new();
+    for t in threads {
+        let ids = t.join().unwrap();
+        strictly_increasing(&ids);
+        for id in ids {
+            assert_eq!(&id[14..15], "7", "{id}");
+            assert!(all.insert(id), "an id was made twice");
+        }
+    }
 }
