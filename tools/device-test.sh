@@ -1,26 +1,51 @@
 #!/usr/bin/env bash
 # Runs the CUDA kernel tests and benchmarks ON the GPU machine, from the .device/ folder that
 # `just device-build` prepares on the build machine (test and bench binaries, golden files
-# from the CPU implementations). Results go to $OUT (or .device/out).
+# from the CPU implementations). Results go to $OUT (or .device/out). Every check runs even
+# when an earlier one fails; the summary lists them, and the script exits 1 if any failed.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 out="${OUT:-.device/out}"
 mkdir -p "$out"
+# shellcheck source=tools/device/checks.sh
+source tools/device/checks.sh
+
+# With libcuda hidden (AEGIS_CUDA_HIDE), opening the GPU must fail with the reason, not panic
+# and not use the GPU: the agent's fallback path, on a machine that has a driver.
+hidden_driver_is_refused() {
+  local o
+  if o=$(AEGIS_CUDA_HIDE=libcuda .device/aegis-cuda-bench 2>&1); then
+    echo "aegis-cuda-bench ran with libcuda hidden: $o"
+    return 1
+  fi
+  echo "$o"
+  grep -q "no CUDA driver.*hidden by AEGIS_CUDA_HIDE" <<<"$o"
+}
+
+# `just device-build` packs the golden files.
+if [ -f .device/golden.tar.xz ]; then
+  rm -rf .device/golden
+  tar -C .device -xJf .device/golden.tar.xz
+fi
 nvidia-smi --query-gpu=name,driver_version --format=csv,noheader | tee "$out/gpu.txt"
-echo "== kernel tests against the CPU implementations"
-AEGIS_CUDA_GOLDEN=.device/golden .device/kernels-test --include-ignored --test-threads=1 --nocapture 2>&1 | tee "$out/tests.txt"
-echo "== PyTorch baseline"
-python3 tools/device/torch_preprocess.py "$out/torch.json" 2>&1 | tee "$out/torch.txt" || echo "PyTorch baseline failed"
-echo "== benchmarks"
-.device/aegis-cuda-bench --torch "$out/torch.json" --json "$out/bench.json" 2>&1 | tee "$out/bench.txt"
+check kernel-tests env AEGIS_CUDA_GOLDEN=.device/golden .device/kernels-test \
+  --include-ignored --test-threads=1 --nocapture
+check hidden-driver hidden_driver_is_refused
+check torch-baseline python3 tools/device/torch_preprocess.py "$out/torch.json"
+check bench .device/aegis-cuda-bench --torch "$out/torch.json" --json "$out/bench.json"
 if [ -d .device-nvdec ]; then
-  echo "== NVDEC vs libavcodec (PyAV)"
-  pip install -q --no-deps --root-user-action=ignore --target /tmp/pyav .device-nvdec/av-*.whl >/dev/null 2>&1 || true
+  check pyav-install pip install -q --no-deps --root-user-action=ignore --target /tmp/pyav \
+    .device-nvdec/av-*.whl
   for clip in .device-nvdec/*.h264; do
     name=$(basename "$clip" .h264)
     mkdir -p "$out/$name"
-    echo "-- $name"
-    .device/aegis-cuda-bench --h264 "$clip" --dump "$out/$name" --json "$out/$name/bench.json" 2>&1 | grep -E "NVDEC|pipeline|Error" | tee "$out/$name/nvdec.txt"
-    python3 tools/device/cpu_decode.py "$clip" "$out/$name" "$out/$name/cpu.json" 2>&1 | tail -1 | tee -a "$out/$name/nvdec.txt"
+    check "nvdec-$name" .device/aegis-cuda-bench --h264 "$clip" --dump "$out/$name" \
+      --json "$out/$name/bench.json"
+    # Exits 1 unless every NVDEC picture equals libavcodec's (H.264 decoding is exact).
+    check "nvdec-vs-libavcodec-$name" python3 tools/device/cpu_decode.py "$clip" "$out/$name" \
+      "$out/$name/cpu.json"
   done
+else
+  echo "no .device-nvdec: the NVDEC checks were not run"
 fi
+check_summary

@@ -135,7 +135,7 @@ pub fn generate(spec: &SampleSpec) -> anyhow::Result<u64> {
     for i in 0..frames {
         let mut frame = Frame::from_pool(&pool, stream.clone(), i, i as i64 * frame_us, frame_us)?;
         let boxes = scene.render(&mut frame);
-        writer.push(&frame)?;
+        writer.push(&mut frame)?;
         let objects: Vec<_> = boxes
             .iter()
             .map(|b| {

@@ -250,8 +250,14 @@ pub struct Frame {
     pub layout: FrameLayout,
     /// The pixels.
     pub surface: PooledSurface,
-    /// Number of times the pixels were copied since the source produced them (decoder picture →
-    /// surface counts as one). Reported as the `copies per frame` metric.
+    /// Whole-frame copies of the pixels made so far, counted by the code that makes each one
+    /// when (and only when) it has copied: libavcodec's picture → I420 conversion and → the
+    /// pooled surface ([`crate::codec::VideoDecoder`]), NVDEC's picture → the device surface,
+    /// device → host ([`Frame::to_host`]), surface → encoder picture
+    /// ([`crate::codec::VideoEncoder::encode`]). Scaled or cropped reads (model inputs,
+    /// snapshot JPEGs) make other images and are not counted; a stage's own working copy of
+    /// the frame (the virtual background's blur) is not counted yet. Reported as the
+    /// `aegis_copies_per_frame` metric once the sinks are done with the frame.
     pub copies: u32,
     /// Stage metadata.
     pub meta: FrameMeta,
@@ -287,8 +293,8 @@ impl Frame {
     }
 
     /// Brings pixels that are on the GPU into `surface` (one download, counted in
-    /// `copies` and by the GPU) and gives the device surface back; nothing to do for a
-    /// frame already on the host.
+    /// `copies` once it has succeeded, and by the GPU) and gives the device surface back;
+    /// nothing to do, and nothing counted, for a frame already on the host.
     pub fn to_host(&mut self) -> Result<(), aegis_cuda::CudaError> {
         let Some(dev) = self.device.take() else {
             return Ok(());

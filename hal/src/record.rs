@@ -415,8 +415,9 @@ impl SegmentRecorder {
         self.encoder.as_ref().map(|e| e.codec_name())
     }
 
-    /// Encodes and writes one frame (the encoder's picture is filled by one copy).
-    pub fn push(&mut self, frame: &Frame) -> Result<(), RecordError> {
+    /// Encodes and writes one frame. Filling the encoder's picture is one copy, counted in
+    /// [`Frame::copies`] when it is made (not for a frame refused before it).
+    pub fn push(&mut self, frame: &mut Frame) -> Result<(), RecordError> {
         let geometry = (frame.layout.width, frame.layout.height);
         if let Some((g, reason)) = &self.refused
             && *g == geometry
@@ -624,8 +625,8 @@ impl ClipWriter {
         })
     }
 
-    /// Encodes and writes one frame.
-    pub fn push(&mut self, frame: &Frame) -> Result<(), RecordError> {
+    /// Encodes and writes one frame (one copy into the encoder, counted in [`Frame::copies`]).
+    pub fn push(&mut self, frame: &mut Frame) -> Result<(), RecordError> {
         let force_key = self.frames == 0;
         self.frames += 1;
         let pts = next_encoder_pts(self.last_pts, frame.pts_us);

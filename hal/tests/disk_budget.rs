@@ -33,7 +33,7 @@ fn record(root: &Path, budget: &DiskBudget) -> u64 {
     for i in 0..FRAMES {
         let mut f = blank_frame(&pool, &stream, i as u64, i as i64 * FRAME_US);
         scene.render(&mut f);
-        rec.push(&f).expect("push");
+        rec.push(&mut f).expect("push");
     }
     rec.finish().expect("finish");
     rec.stats().segments

@@ -34,14 +34,27 @@ fn non_420_streams_are_converted_to_i420() {
         all.push(out.to_str().unwrap());
         ffmpeg(&all);
         let mut s = aegis_hal::source::FileSource::open(source_settings(&out)).expect("open");
+        let mut clip: Option<aegis_hal::record::ClipWriter> = None;
         let mut n = 0;
-        while let Some(f) = s.next_frame().expect("decodes") {
+        while let Some(mut f) = s.next_frame().expect("decodes") {
             assert_eq!(f.layout.format, aegis_hal::PixelFormat::I420, "{name}");
+            // Counted by the decoder: the conversion to I420, then into the surface.
             assert_eq!(f.copies, 2, "{name}: conversion is one more copy");
             let p = psnr(&originals[n], &luma(&f));
             assert!(p > 30.0, "{name} frame {n}: Y PSNR {p:.1} dB");
+            let w = clip.get_or_insert_with(|| {
+                let path = dir.path().join(format!("{name}.out.mp4"));
+                aegis_hal::record::ClipWriter::create(&path, &encoder(1000, 10), f.layout)
+                    .expect("clip")
+            });
+            w.push(&mut f).expect("encode");
+            assert_eq!(
+                f.copies, 3,
+                "{name}: the encoder's input copy counted on top"
+            );
             n += 1;
         }
         assert_eq!(n, 20, "{name}");
+        clip.expect("frames were encoded").finish().expect("finish");
     }
 }

@@ -51,7 +51,7 @@ fn resolution_change_mid_stream() {
         budget,
     );
     let mut i = 0;
-    while let Some(f) = src
+    while let Some(mut f) = src
         .next_frame()
         .expect("no error across the resolution change")
     {
@@ -62,7 +62,7 @@ fn resolution_change_mid_stream() {
         assert!(p > 30.0, "frame {i} ({size:?}): Y PSNR {p:.1} dB");
         sizes.push(size);
         pts.push(f.pts_us);
-        rec.push(&f)
+        rec.push(&mut f)
             .expect("recorder follows the resolution change");
         if i == N1 - 1 {
             kept_small = Some(f);

@@ -33,7 +33,7 @@ fn segmented_recording() {
     for i in 0..FRAMES {
         let mut f = blank_frame(&pool, &stream, i as u64, i as i64 * 33_333);
         scene.render(&mut f);
-        rec.push(&f).expect("push");
+        rec.push(&mut f).expect("push");
     }
     rec.finish().expect("finish");
     // finish() twice is harmless.
@@ -161,7 +161,7 @@ fn segments_stay_exact_at_ntsc_rates() {
             let mut f = blank_frame(&pool, &stream, i, pts);
             f.duration_us = 1_000_000 * den / num;
             scene.render(&mut f);
-            rec.push(&f).expect("push");
+            rec.push(&mut f).expect("push");
         }
         rec.finish().expect("finish");
         let segs = list_with_suffix(&dir.path().join("ntsc"), ".mp4");

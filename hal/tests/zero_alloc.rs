@@ -136,7 +136,7 @@ fn steady_state_pipeline_allocates_nothing() {
         for s in stages.iter_mut() {
             assert_eq!(s.process(&mut f).expect("stage"), StageOutcome::Keep);
         }
-        rec.push(&f).expect("record");
+        rec.push(&mut f).expect("record");
         f.seq
     };
     // Warm-up: opens the encoder and the first segment, fills libav's and the pool's state.

@@ -86,10 +86,19 @@ fn run(src: &mut dyn VideoSource, chain: &mut [Box<dyn Stage>]) -> (Vec<Vec<u8>>
             continue;
         }
         objects += f.meta.objects.iter().count();
+        // Counted where made: NVDEC's picture → the pooled device surface (the decoder), or
+        // libavcodec's picture → the host surface; the device stages work in place.
+        assert_eq!(f.copies, 1, "as decoded, after the stages");
         f.to_host().unwrap();
-        if on_device {
-            assert_eq!(f.copies, 2, "NVDEC → pool surface, then the one download");
-        }
+        // The download counts one more, only for a frame that was on the device; a second
+        // `to_host` has nothing to copy and counts nothing.
+        let downloaded = 1 + u32::from(on_device);
+        assert_eq!(
+            f.copies, downloaded,
+            "after the download (on device: {on_device})"
+        );
+        f.to_host().unwrap();
+        assert_eq!(f.copies, downloaded, "a to_host with nothing to download");
         out.push(planar(&f));
     }
     (out, objects)

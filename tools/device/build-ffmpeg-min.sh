@@ -98,6 +98,7 @@ fi
 #    5.1 sources' defaults, which is what Debian ships too.
 # ---------------------------------------------------------------------------------------
 list() { local kind=$1; shift; local x; for x in "$@"; do printf -- '--enable-%s=%s ' "$kind" "$x"; done; }
+# shellcheck disable=SC2207  # list() prints one flag per word: splitting is intended.
 CONF=(
     --prefix=/usr --libdir=/usr/lib
     --extra-version=0+deb12u1-aegis-min

@@ -162,7 +162,8 @@ pub struct StreamReport {
     pub source_error: Option<String>,
     /// Errors raised by sinks at finish.
     pub sink_errors: Vec<String>,
-    /// Pixel copies per frame (decode → encoder input).
+    /// Whole-frame pixel copies of the last delivered frame, as counted by the copy sites
+    /// it went through (decoder → surface, conversion, download, encoder input).
     pub copies_per_frame: u32,
     /// What the inference stages reported.
     pub analytics: AnalyticsSummary,
@@ -924,17 +925,12 @@ fn spawn_stream(
     let mut snk_errors = ErrorReporter::new(metrics.clone(), &id);
     let sink_thread = spawn_named(format!("snk-{id}"), move || {
         let mut delivered = 0u64;
-        let sink_copies: u32 = sinks
-            .iter()
-            .map(|s| s.copies_per_frame())
-            .max()
-            .unwrap_or(0);
         let mut copies = 0;
         let mut window = (Instant::now(), 0u64);
-        while let Ok(frame) = proc_rx.recv() {
+        while let Ok(mut frame) = proc_rx.recv() {
             for (sink, hist) in sinks.iter_mut().zip(&sink_hist) {
                 let t0 = Instant::now();
-                let r = sink.consume(&frame);
+                let r = sink.consume(&mut frame);
                 hist.observe(t0.elapsed().as_secs_f64());
                 if let Err(e) = r {
                     snk_errors.report("sink", e.error_type, 1, &e);
@@ -943,7 +939,8 @@ fn spawn_stream(
             if let Some(slot) = &snapshot_slot {
                 slot.offer(&frame);
             }
-            copies = frame.copies + sink_copies;
+            // Counted by each copy site the frame went through, the sinks' included.
+            copies = frame.copies;
             snk_metrics.copies.set(copies as i64);
             snk_metrics
                 .frame_latency

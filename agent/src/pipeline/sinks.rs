@@ -29,12 +29,11 @@ pub struct SinkError {
 pub trait Sink: Send {
     /// The sink's kind, as in the config.
     fn kind(&self) -> &'static str;
-    /// Consumes one frame.
-    fn consume(&mut self, frame: &Frame) -> Result<(), SinkError>;
+    /// Consumes one frame. A sink that copies the frame's pixels (the record sink's encoder
+    /// input) counts each copy it makes in [`Frame::copies`].
+    fn consume(&mut self, frame: &mut Frame) -> Result<(), SinkError>;
     /// Flushes and closes whatever is open (called once, at end of stream or shutdown).
     fn finish(&mut self) -> Result<(), SinkError>;
-    /// Pixel copies this sink makes of each frame (the encoder's input copy).
-    fn copies_per_frame(&self) -> u32;
 }
 
 /// State a sink config shares across all streams (the record sink's disk budget).
@@ -163,7 +162,7 @@ impl Sink for RecordSinkRuntime {
     fn kind(&self) -> &'static str {
         "record"
     }
-    fn consume(&mut self, frame: &Frame) -> Result<(), SinkError> {
+    fn consume(&mut self, frame: &mut Frame) -> Result<(), SinkError> {
         let r = self.recorder.push(frame).map_err(record_error);
         self.publish();
         r
@@ -173,9 +172,6 @@ impl Sink for RecordSinkRuntime {
         self.publish();
         r
     }
-    fn copies_per_frame(&self) -> u32 {
-        1
-    }
 }
 
 struct DiscardSinkRuntime;
@@ -184,13 +180,124 @@ impl Sink for DiscardSinkRuntime {
     fn kind(&self) -> &'static str {
         "discard"
     }
-    fn consume(&mut self, _frame: &Frame) -> Result<(), SinkError> {
+    fn consume(&mut self, _frame: &mut Frame) -> Result<(), SinkError> {
         Ok(())
     }
     fn finish(&mut self) -> Result<(), SinkError> {
         Ok(())
     }
-    fn copies_per_frame(&self) -> u32 {
-        0
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+    use std::sync::Arc;
+
+    use aegis_config::{DiscardSink, EncoderConfig, PipelineConfig, SourceConfig};
+    use aegis_hal::record::ClipWriter;
+    use aegis_hal::synth::SyntheticScene;
+    use aegis_hal::{FrameLayout, PixelFormat, StreamId, SurfacePool};
+
+    use super::*;
+    use crate::pipeline::{Pipeline, RunOptions};
+
+    const FRAMES: u64 = 8;
+
+    /// An H.264 (4:2:0, so decoded without conversion) clip of `FRAMES` synthetic frames.
+    fn clip(dir: &Path) -> PathBuf {
+        let path = dir.join("clip.mp4");
+        let layout = FrameLayout::new(PixelFormat::I420, 160, 120);
+        let pool = SurfacePool::new(layout, 2);
+        let mut scene = SyntheticScene::new(160, 120, 2, 3, None);
+        let mut w = ClipWriter::create(&path, &EncoderSettings::default(), layout).unwrap();
+        for i in 0..FRAMES {
+            let mut f =
+                Frame::from_pool(&pool, StreamId::new("s"), i, i as i64 * 33_333, 33_333).unwrap();
+            scene.render(&mut f);
+            w.push(&mut f).unwrap();
+        }
+        w.finish().unwrap();
+        path
+    }
+
+    fn record(dir: &Path) -> SinkConfig {
+        SinkConfig::Record(RecordSink {
+            dir: dir.to_path_buf(),
+            segment_seconds: 60.0,
+            disk_budget_mb: 64,
+            encoder: EncoderConfig {
+                threads: 1,
+                ..EncoderConfig::default()
+            },
+        })
+    }
+
+    /// Runs `clip` through a pipeline with `sinks`; the copies the report and the
+    /// `aegis_copies_per_frame` gauge give for the last frame.
+    fn copies_with(clip: &Path, sinks: Vec<SinkConfig>) -> (u32, i64) {
+        let cfg = PipelineConfig {
+            sources: vec![SourceConfig {
+                id: "cam".into(),
+                url: clip.display().to_string(),
+                loop_: false,
+                realtime: false,
+                max_frames: None,
+                transport: Default::default(),
+                username: None,
+                password: None,
+                capture: None,
+            }],
+            stages: Vec::new(),
+            sinks,
+            pool_frames: 4,
+            queue_depth: 2,
+            rules: Vec::new(),
+        };
+        let metrics = Arc::new(Metrics::new("cpu"));
+        let opts = RunOptions {
+            force_realtime: Some(false),
+            decoder_threads: 1,
+            ..Default::default()
+        };
+        let reports = Pipeline::start(&cfg, metrics.clone(), &opts)
+            .unwrap()
+            .wait();
+        let r = &reports[0];
+        assert_eq!(r.delivered, FRAMES, "{:?}", r.sink_errors);
+        assert!(r.sink_errors.is_empty(), "{:?}", r.sink_errors);
+        let gauge = metrics
+            .copies_per_frame
+            .get_or_create(&StreamLabels {
+                stream: "cam".into(),
+            })
+            .get();
+        (r.copies_per_frame, gauge)
+    }
+
+    #[test]
+    fn copies_per_frame_is_what_the_copy_sites_counted() {
+        let dir = tempfile::tempdir().unwrap();
+        let clip = clip(dir.path());
+        let discard = || SinkConfig::Discard(DiscardSink {});
+        // Decoder picture → surface only: a discard sink copies nothing.
+        assert_eq!(copies_with(&clip, vec![discard()]), (1, 1));
+        // …and the record sink's encoder input.
+        assert_eq!(
+            copies_with(&clip, vec![record(&dir.path().join("a"))]),
+            (2, 2)
+        );
+        assert_eq!(
+            copies_with(&clip, vec![discard(), record(&dir.path().join("b"))]),
+            (2, 2)
+        );
+        // Two encoders, two copies into encoders (the declared per-sink constant, taken as
+        // the largest over the sinks, said 2).
+        assert_eq!(
+            copies_with(
+                &clip,
+                vec![record(&dir.path().join("c")), record(&dir.path().join("d"))]
+            ),
+            (3, 3)
+        );
     }
 }

@@ -7,7 +7,9 @@
 //! (`dynamic-loading`, API level CUDA 12.6, which JetPack 6 and CUDA 13 drivers both serve).
 //! cudarc panics when a library is missing, so [`Gpu::open`] probes both first and returns
 //! [`CudaError::NoDriver`] / [`CudaError::NoNvrtc`] — the agent then falls back to its
-//! configured backend. Nothing here links a vendor library at build time.
+//! configured backend. Nothing here links a vendor library at build time. [`HIDE_ENV`]
+//! (`AEGIS_CUDA_HIDE=libcuda,libnvrtc,libnvcuvid`) makes libraries count as missing, so the
+//! fallback and refusal paths can be run (and tested) on a machine that has a GPU.
 //!
 //! **Exactness.** Every kernel mirrors a CPU function of `aegis-hal` / `aegis-models`
 //! operation for operation (integer kernels bit for bit; the float preprocess is compiled
@@ -36,14 +38,16 @@ pub const KERNELS: &str = include_str!("kernels.cu");
 /// Why the GPU cannot be used.
 #[derive(Debug, thiserror::Error)]
 pub enum CudaError {
-    /// libcuda is not installed (no NVIDIA driver).
+    /// libcuda is not installed (no NVIDIA driver), or [`HIDE_ENV`] hides it.
     #[error(
-        "no CUDA driver: libcuda.so.1 could not be loaded (install the NVIDIA driver, or select another backend)"
+        "no CUDA driver: libcuda.so.1 could not be loaded{} (install the NVIDIA driver, or select another backend)",
+        hidden_note("libcuda")
     )]
     NoDriver,
-    /// libnvrtc is not installed.
+    /// libnvrtc is not installed, or [`HIDE_ENV`] hides it.
     #[error(
-        "NVRTC not found (libnvrtc.so / libnvrtc.so.12): install the CUDA toolkit's nvrtc, or put a libnvrtc.so link on LD_LIBRARY_PATH"
+        "NVRTC not found (libnvrtc.so / libnvrtc.so.12){}: install the CUDA toolkit's nvrtc, or put a libnvrtc.so link on LD_LIBRARY_PATH",
+        hidden_note("libnvrtc")
     )]
     NoNvrtc,
     /// A driver call failed.
@@ -247,16 +251,58 @@ impl std::fmt::Debug for Gpu {
     }
 }
 
-/// Whether libcuda can be loaded (no panic, no context).
-pub fn driver_present() -> bool {
-    // SAFETY: dlopen probing only; no CUDA call is made.
-    unsafe { cudarc::driver::sys::is_culib_present() }
+/// Environment variable listing vendor libraries this crate treats as not installed:
+/// comma-separated `libcuda`, `libnvrtc`, `libnvcuvid`. It runs the no-driver, no-NVRTC and
+/// no-NVDEC paths (the agent's fallback or refusal, CPU decoding) on a machine that has
+/// them, for tests and for operators who want the CPU path there. An entry that names none
+/// of these hides every library (and the error says which entry was wrong), so a typo never
+/// silently uses the GPU.
+pub const HIDE_ENV: &str = "AEGIS_CUDA_HIDE";
+
+/// The libraries [`HIDE_ENV`] can hide.
+const HIDEABLE: [&str; 3] = ["libcuda", "libnvrtc", "libnvcuvid"];
+
+/// Why `lib` (one of [`HIDEABLE`]) counts as missing under the [`HIDE_ENV`] value `list`,
+/// or `None` when it does not.
+fn hidden_by(list: &str, lib: &str) -> Option<String> {
+    let entries = list.split(',').map(str::trim).filter(|e| !e.is_empty());
+    let mut hit = None;
+    for e in entries {
+        if !HIDEABLE.contains(&e) {
+            return Some(format!(
+                "{HIDE_ENV} names {e:?}, not one of {}: every CUDA library counts as missing",
+                HIDEABLE.join(", ")
+            ));
+        }
+        if e == lib {
+            hit = Some(format!("hidden by {HIDE_ENV}"));
+        }
+    }
+    hit
 }
 
-/// Whether libnvrtc can be loaded.
+/// Why [`HIDE_ENV`] hides `lib` in this process, or `None`.
+pub(crate) fn hidden(lib: &str) -> Option<String> {
+    hidden_by(&std::env::var(HIDE_ENV).ok()?, lib)
+}
+
+/// `" (why)"` when [`HIDE_ENV`] hides `lib`, else nothing: for error messages.
+fn hidden_note(lib: &str) -> String {
+    hidden(lib)
+        .map(|why| format!(" ({why})"))
+        .unwrap_or_default()
+}
+
+/// Whether libcuda can be loaded (no panic, no context), and is not hidden by [`HIDE_ENV`].
+pub fn driver_present() -> bool {
+    // SAFETY: dlopen probing only; no CUDA call is made.
+    hidden("libcuda").is_none() && unsafe { cudarc::driver::sys::is_culib_present() }
+}
+
+/// Whether libnvrtc can be loaded, and is not hidden by [`HIDE_ENV`].
 pub fn nvrtc_present() -> bool {
     // SAFETY: dlopen probing only.
-    unsafe { cudarc::nvrtc::sys::is_culib_present() }
+    hidden("libnvrtc").is_none() && unsafe { cudarc::nvrtc::sys::is_culib_present() }
 }
 
 /// The NVRTC that would compile the kernels, as (major, minor); `None` when none loads.
@@ -282,7 +328,8 @@ fn launch_2d(w: usize, h: usize) -> LaunchConfig {
 
 /// BT.601 limited-range RGB → YCbCr weights in 16-bit fixed point, computed exactly as
 /// `aegis_hal::pixel` computes them (luma weights summing to the rounded total, chroma
-/// weights to zero).
+/// weights to zero). `hal/tests/cuda_coefficients.rs` checks them against aegis-hal's own
+/// conversion on every RGB value (this crate cannot depend on aegis-hal).
 pub fn bt601_rgb_to_yuv() -> [i32; 9] {
     let fx = |x: f64| -> i32 {
         let v = x * 65536.0;
@@ -855,16 +902,28 @@ impl Gpu {
 
 #[cfg(test)]
 mod tests {
+    // `bt601_rgb_to_yuv` against aegis-hal's own converter: hal/tests/cuda_coefficients.rs
+    // (this crate cannot depend on aegis-hal, which depends on it and on libav).
+
     #[test]
-    fn coefficients_match_the_cpu_formula() {
-        // The values aegis_hal::pixel uses for BT.601 (checked bit-exact on the device too).
-        let c = super::bt601_rgb_to_yuv();
+    fn hide_list_names_libraries_and_rejects_typos() {
+        use super::hidden_by;
+        assert_eq!(hidden_by("", "libcuda"), None);
+        assert_eq!(hidden_by("libnvrtc", "libcuda"), None);
         assert_eq!(
-            c[0] + c[1] + c[2],
-            (219.0f64 / 255.0 * 65536.0 + 0.5) as i32
+            hidden_by(" libnvrtc , libcuda", "libcuda").as_deref(),
+            Some("hidden by AEGIS_CUDA_HIDE")
         );
-        assert_eq!(c[3] + c[4] + c[5], 0);
-        assert_eq!(c[6] + c[7] + c[8], 0);
+        assert!(hidden_by("libnvrtc,libcuda", "libnvrtc").is_some());
+        assert!(hidden_by("libnvcuvid", "libnvcuvid").is_some());
+        // A typo hides everything and names the entry, rather than quietly hiding nothing.
+        for lib in ["libcuda", "libnvrtc", "libnvcuvid"] {
+            let why = hidden_by("cuda", lib).expect("unknown entry hides");
+            assert!(
+                why.contains("\"cuda\"") && why.contains("libcuda, libnvrtc"),
+                "{why}"
+            );
+        }
     }
 
     #[test]

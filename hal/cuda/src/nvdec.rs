@@ -171,6 +171,9 @@ struct Api {
 
 impl Api {
     fn load() -> Result<Api, CudaError> {
+        if let Some(why) = crate::hidden("libnvcuvid") {
+            return Err(CudaError::NoNvdec(why));
+        }
         // SAFETY: loading the driver's video library runs its initialisers only.
         let lib = unsafe { libloading::Library::new("libnvcuvid.so.1") }
             .map_err(|e| CudaError::NoNvdec(e.to_string()))?;
@@ -221,6 +224,9 @@ pub struct Decoded {
     pub pts: i64,
     /// Where `frame` goes back.
     pub pool: Arc<SurfacePool>,
+    /// Whole-frame copies made to deliver it (NVDEC's mapped picture → `frame`: one device
+    /// copy), counted where the copy is made; the start of the frame's `copies` count.
+    pub copies: u32,
 }
 
 /// What the parser callbacks see.
@@ -449,8 +455,12 @@ impl State {
         // picture needs the mapping slot (consumers on other streams wait for the copy
         // through the surface's own write event, which cudarc tracks).
         let done = self.stream.record_event(None).map_err(|e| e.to_string());
+        let mut copies = 0;
         match (copied, done) {
-            (Ok(()), Ok(ev)) => self.mapped.push_back((src, ev)),
+            (Ok(()), Ok(ev)) => {
+                copies += 1;
+                self.mapped.push_back((src, ev));
+            }
             (c, d) => {
                 let _ = self.stream.synchronize();
                 // SAFETY: `src` was mapped above and its copies are finished.
@@ -464,6 +474,7 @@ impl State {
             frame: out,
             pts: d.timestamp,
             pool,
+            copies,
         });
         Ok(())
     }

@@ -170,11 +170,14 @@ impl VideoDecoder {
             });
         }
         let mut surface = pool.acquire()?;
-        // Other layouts (MJPEG's 4:2:2, 10-bit, 4:4:4) are converted to I420 first: one more
-        // copy, counted on the frame.
+        // Whole-frame copies made here, counted as each one is done (see `Frame::copies`).
+        let mut copies = 0;
+        // Other layouts (MJPEG's 4:2:2, 10-bit, 4:4:4) are converted to I420 first: swscale
+        // writes the whole picture into `converted`, one copy of its own.
         let converted = !native_layout(self.picture.format());
         if converted {
             self.convert_to_i420()?;
+            copies += 1;
         }
         let pic = if converted {
             &self.converted
@@ -209,6 +212,8 @@ impl VideoDecoder {
                 copy_plane(src, dst, w_bytes, rows)?;
             }
         }
+        // The picture → the pooled surface.
+        copies += 1;
         self.pending = false;
         // Raw Annex-B H.264/H.265 files carry no timestamps at all: every picture used to get
         // pts 0. Such pictures now follow the previous one by the nominal frame duration.
@@ -236,7 +241,7 @@ impl VideoDecoder {
             duration_us: self.default_duration_us,
             layout,
             surface,
-            copies: 1 + u32::from(converted),
+            copies,
             meta: FrameMeta {
                 keyframe: pic.is_key(),
                 corrupt,

@@ -143,9 +143,11 @@ impl VideoEncoder {
     /// Encodes `frame` at `pts` (in [`ENCODER_TIME_BASE`] ticks, strictly increasing; a
     /// keyframe when `force_key`); every packet that comes out is passed to `sink` with
     /// timestamps in the same time base. Packets may lag frames by the encoder's thread delay.
+    /// Filling the encoder's picture from the frame is one whole-frame copy, added to
+    /// [`Frame::copies`] once it is made (a frame refused before that is not counted).
     pub fn encode(
         &mut self,
-        frame: &Frame,
+        frame: &mut Frame,
         pts: i64,
         force_key: bool,
         sink: &mut dyn FnMut(&mut ff::Packet) -> Result<(), CodecError>,
@@ -161,6 +163,7 @@ impl VideoEncoder {
         }
         self.make_picture_writable(frame)?;
         self.fill_picture(frame)?;
+        frame.copies += 1;
         self.picture.set_pts(Some(pts));
         self.picture.set_kind(if force_key {
             ff::picture::Type::I

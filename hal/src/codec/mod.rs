@@ -3,9 +3,9 @@
 //! CUDA backend ([`Decoding`] picks one per stream).
 //!
 //! Decoders write straight into pooled surfaces (one copy out of libavcodec's picture);
-//! encoders read from them (one copy into the encoder's picture). Both copies are counted
-//! on the frame. Compressed packets are libav's own refcounted buffers and never surface
-//! in the public API.
+//! encoders read from them (one copy into the encoder's picture). Each copy is added to
+//! [`Frame::copies`] where it is made, once it is made. Compressed packets are libav's own
+//! refcounted buffers and never surface in the public API.
 
 mod decode;
 mod encode;

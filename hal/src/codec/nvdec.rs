@@ -259,7 +259,7 @@ impl GpuDecoder {
                 want_h: layout.height,
             });
         }
-        let pts = decoded.pts;
+        let (pts, copies) = (decoded.pts, decoded.copies);
         let device = DeviceSurface::new(decoded.frame, decoded.pool, self.gpu.clone());
         let surface = pool.acquire()?;
         let raw = if pts == NO_PTS {
@@ -277,9 +277,9 @@ impl GpuDecoder {
             duration_us: self.frame_us,
             layout,
             surface,
-            // NVDEC's picture → the pooled device surface (a device copy); the download
-            // adds the second.
-            copies: 1,
+            // As counted by the NVDEC decoder (its picture → the pooled device surface);
+            // `Frame::to_host` counts the download.
+            copies,
             meta: FrameMeta::new(Instant::now()),
             device: Some(device),
         }))

@@ -1,4 +1,4 @@
-//! `aegis-cuda-bench [--torch torch.json] [--json out.json]`: the CUDA kernels on a 1080p
+//! `aegis-cuda-bench [--torch torch.json] [--json out.json] [--h264 CLIP [--dump DIR]]`: the CUDA kernels on a 1080p
 //! NV12 frame, timed with CUDA events, against baselines measured in the same run:
 //! a device-to-device copy of the same buffers (bandwidth) and, when given, PyTorch eager
 //! doing the same preprocess on the same GPU (`tools/device/torch_preprocess.py`).
@@ -27,7 +27,19 @@ fn time_ms(gpu: &Gpu, mut f: impl FnMut() -> Result<(), CudaError>) -> Result<f6
     Ok(f64::from(a.elapsed_ms(&b)?) / RUNS as f64)
 }
 
-fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// Runs the benchmark; an error is printed as its message (why the GPU cannot be used, say)
+/// and the exit status is 1.
+fn main() -> std::process::ExitCode {
+    match bench() {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+fn bench() -> Result<(), Box<dyn std::error::Error>> {
     let args: Vec<String> = std::env::args().collect();
     let arg = |k: &str| {
         args.iter()
@@ -170,10 +182,48 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     Ok(())
 }
 
+/// SHA-256 (hex) of every picture NVDEC decodes from `data`, in display order, each taken
+/// as tightly packed NV12 (`w*h` luma bytes, then `w*h/2` interleaved CbCr): what
+/// `tools/device/cpu_decode.py` compares with libavcodec's pictures. Not timed.
+fn frame_hashes(
+    gpu: &std::sync::Arc<Gpu>,
+    data: &[u8],
+) -> Result<Vec<String>, Box<dyn std::error::Error>> {
+    use aegis_cuda::nvdec::{Codec, Decoder};
+    use sha2::Digest;
+    let mut dec = Decoder::new(gpu, Codec::H264, 16, 2)?;
+    let mut hashes = Vec::new();
+    let mut drain = |dec: &mut Decoder| -> Result<(), Box<dyn std::error::Error>> {
+        while let Some(d) = dec.next_frame() {
+            let nv12 = gpu.download_nv12(&d.frame)?;
+            d.pool.release(d.frame);
+            hashes.push(
+                sha2::Sha256::digest(&nv12)
+                    .iter()
+                    .map(|b| format!("{b:02x}"))
+                    .collect::<String>(),
+            );
+        }
+        Ok(())
+    };
+    for chunk in data.chunks(2048) {
+        while !dec.feed(chunk, None)? {
+            drain(&mut dec)?;
+        }
+        drain(&mut dec)?;
+    }
+    dec.flush()?;
+    drain(&mut dec)?;
+    if dec.stats().overrun > 0 {
+        return Err(format!("{} frames overran the output pool", dec.stats().overrun).into());
+    }
+    Ok(hashes)
+}
+
 /// NVDEC over an Annex-B H.264 file: decode-only fps, then the full device pipeline
 /// (decode → composite → preprocess → blur → the one download a CPU encoder needs) with its
-/// host copies per frame. With `dump`, frames 0 and 100 are written there as NV12 for the
-/// comparison with a CPU decoder.
+/// host copies per frame. With `dump`, frames 0 and 100 are written there as NV12 and every
+/// frame's hash to `nvdec-frames.sha256`, for the comparison with a CPU decoder.
 fn nvdec(
     gpu: &std::sync::Arc<Gpu>,
     clip: &str,
@@ -236,6 +286,17 @@ fn nvdec(
         }
         Ok((frames, frames as f64 / secs, gpu.host_copies() - copies0))
     };
+    if let Some(dir) = &dump {
+        let hashes = frame_hashes(gpu, &data)?;
+        std::fs::write(
+            format!("{dir}/nvdec-frames.sha256"),
+            hashes.join("\n") + "\n",
+        )?;
+        println!(
+            "NVDEC frames hashed for the comparison with libavcodec: {}",
+            hashes.len()
+        );
+    }
     let (n, fps0, _) = run(false, 0)?;
     let (_, fps, _) = run(false, 2)?;
     let (n2, full_fps, copies) = run(true, 2)?;
@@ -244,7 +305,7 @@ fn nvdec(
     let mut parallel = Vec::new();
     for k in [2usize, 4, 7] {
         let t0 = Instant::now();
-        let total: u64 = std::thread::scope(|s| {
+        let total: Result<u64, String> = std::thread::scope(|s| {
             let hs: Vec<_> = (0..k)
                 .map(|_| {
                     s.spawn(|| -> Result<u64, String> {
@@ -271,9 +332,11 @@ fn nvdec(
                 })
                 .collect();
             hs.into_iter()
-                .map(|h| h.join().unwrap_or(Err("panicked".into())).unwrap_or(0))
+                .map(|h| h.join().unwrap_or(Err("panicked".into())))
                 .sum()
         });
+        // A decoder that failed fails the benchmark (its frames are not quietly left out).
+        let total = total.map_err(|e| format!("NVDEC, {k} decoders in parallel: {e}"))?;
         let agg = total as f64 / t0.elapsed().as_secs_f64();
         println!("NVDEC, {k} decoders in parallel: {total} frames, {agg:.0} fps in total");
         parallel.push(format!("\"{k}\":{agg:.1}"));
