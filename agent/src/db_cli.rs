@@ -341,8 +341,12 @@ fn export(
     Ok(n)
 }
 
-/// Writes events through the real writer as fast as the queue takes them, printing the
-/// count each second (the kill -9 test kills this at random points).
+/// Writes events through the real writer as fast as the queue takes them until killed or
+/// `seconds` pass. Prints `ready <run>` (a fresh id, stored in each event's payload as `run`
+/// with its sequence number `n` from 0), then `committed <first> <last>` for each span of
+/// sequence numbers the writer has committed, printed only after the commit returned: a
+/// printed row survives the process being killed at any point (a power cut may still take
+/// the last ones, see [`store::Progress`]). The kill -9 test kills this at random points.
 fn stress(path: &Path, seconds: f64) -> anyhow::Result<()> {
     let st = store::Store::open(store::StoreSettings {
         path: path.to_path_buf(),
@@ -352,26 +356,56 @@ fn stress(path: &Path, seconds: f64) -> anyhow::Result<()> {
         queue: 4096,
     })?;
     let h = st.handle();
+    let run = store::new_event_id();
     let t0 = std::time::Instant::now();
-    let mut n = 0u64;
-    println!("ready");
-    while t0.elapsed().as_secs_f64() < seconds {
-        let event = store::Event {
-            id: store::new_event_id(),
-            ts_us: store::now_us(),
-            stream: Some("stress".into()),
-            kind: "stress".into(),
-            payload: serde_json::json!({ "n": n, "pad": "x".repeat(64) }),
-        };
-        if h.submit(store::Record::Event {
-            event,
-            outbox_topic: Some("aegis/v1/stress/events".into()),
-        }) {
-            n += 1;
-        } else {
-            std::thread::sleep(std::time::Duration::from_micros(200));
+    let stop = std::sync::atomic::AtomicBool::new(false);
+    println!("ready {run}");
+    let n = std::thread::scope(|s| -> anyhow::Result<u64> {
+        // This is the only producer, so queue position k is sequence number k - 1.
+        let reporter = s.spawn(|| -> anyhow::Result<()> {
+            let mut reported = 0u64;
+            loop {
+                let done = stop.load(std::sync::atomic::Ordering::Acquire);
+                let p = h.wait_progress(reported, std::time::Duration::from_millis(50));
+                anyhow::ensure!(
+                    p.failed == 0,
+                    "the store failed to commit {} records",
+                    p.failed
+                );
+                if p.settled > reported {
+                    println!("committed {} {}", reported, p.settled - 1);
+                    reported = p.settled;
+                }
+                if done {
+                    return Ok(());
+                }
+            }
+        });
+        let mut n = 0u64;
+        while t0.elapsed().as_secs_f64() < seconds && !reporter.is_finished() {
+            let event = store::Event {
+                id: store::new_event_id(),
+                ts_us: store::now_us(),
+                stream: Some("stress".into()),
+                kind: "stress".into(),
+                payload: serde_json::json!({ "run": run, "n": n, "pad": "x".repeat(64) }),
+            };
+            if h.submit(store::Record::Event {
+                event,
+                outbox_topic: Some("aegis/v1/stress/events".into()),
+            }) {
+                n += 1;
+            } else {
+                std::thread::sleep(std::time::Duration::from_micros(200));
+            }
         }
-    }
+        h.flush(std::time::Duration::from_secs(30));
+        stop.store(true, std::sync::atomic::Ordering::Release);
+        reporter
+            .join()
+            .map_err(|_| anyhow::anyhow!("the reporter panicked"))??;
+        Ok(n)
+    })?;
     drop(h);
     st.close();
     println!("wrote {n}");

@@ -5,7 +5,8 @@
 //!   event rate, against one broker; a consumer counts delivered events, a controller sends
 //!   `ping` commands and times the replies.
 //! * **bench fleet**: command round trip through the broker on loopback, and how fast a
-//!   backlog drains from the SQLite outbox once the broker comes back.
+//!   backlog drains from the SQLite outbox to a subscribed consumer (every event checked
+//!   off) once the broker comes back.
 //! * **bench store**: store ingest, batched transactions (the writer) vs one row per
 //!   transaction, in the same process.
 //!
@@ -226,6 +227,76 @@ async fn consumer(
     Ok((count, task))
 }
 
+/// Records which of `expected` events (payload `n` in `0..expected`, the event's JSON as the
+/// outbox sends it) arrive on `filter`; returns once the subscription is acknowledged, so
+/// nothing published after the return is missed.
+async fn delivery_checker(
+    port: u16,
+    id: &str,
+    filter: &str,
+    expected: u64,
+) -> anyhow::Result<(Arc<Mutex<Delivery>>, tokio::task::JoinHandle<()>)> {
+    let mut o = MqttOptions::new(id, "127.0.0.1", port);
+    o.set_keep_alive(Duration::from_secs(30));
+    o.set_network_options(nodelay());
+    o.set_max_packet_size(Some(1 << 20));
+    let (client, mut el) = AsyncClient::new(o, 1024);
+    client.subscribe(filter, QoS::AtLeastOnce).await?;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let ev = tokio::time::timeout_at(deadline.into(), el.poll())
+            .await
+            .map_err(|_| anyhow::anyhow!("the broker did not acknowledge the subscription"))??;
+        if let Event::Incoming(Packet::SubAck(_)) = ev {
+            break;
+        }
+    }
+    let seen = Arc::new(Mutex::new(Delivery {
+        seen: vec![false; expected as usize],
+        ..Delivery::default()
+    }));
+    let s = seen.clone();
+    let task = tokio::spawn(async move {
+        let _client = client;
+        loop {
+            match el.poll().await {
+                Ok(Event::Incoming(Packet::Publish(p))) => {
+                    let n = serde_json::from_slice::<Value>(&p.payload)
+                        .ok()
+                        .and_then(|v| v["payload"]["n"].as_u64());
+                    let mut d = s.lock().unwrap_or_else(|e| e.into_inner());
+                    match n {
+                        Some(n) if (n as usize) < d.seen.len() => {
+                            if std::mem::replace(&mut d.seen[n as usize], true) {
+                                d.duplicates += 1;
+                            } else {
+                                d.distinct += 1;
+                            }
+                        }
+                        _ => d.foreign += 1,
+                    }
+                }
+                Ok(_) => {}
+                Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
+            }
+        }
+    });
+    Ok((seen, task))
+}
+
+/// What [`delivery_checker`] received.
+#[derive(Debug, Default)]
+struct Delivery {
+    /// Which events arrived.
+    seen: Vec<bool>,
+    /// Distinct expected events received.
+    distinct: u64,
+    /// Repeats of events already received (QoS 1 may deliver twice).
+    duplicates: u64,
+    /// Messages that are not one of the expected events.
+    foreign: u64,
+}
+
 /// Sends `n` pings to `devices` (round robin) one at a time and returns the round trips in ms.
 async fn ping_rtts(port: u16, devices: &[String], n: usize) -> anyhow::Result<Vec<f64>> {
     let mut o = MqttOptions::new("aegis-sim-controller", "127.0.0.1", port);
@@ -415,10 +486,13 @@ pub struct FleetBench {
     pub rtt_p99_ms: f64,
     /// Rows in the outbox when the broker came back.
     pub backlog: u64,
-    /// Seconds from broker start to an empty outbox.
+    /// Seconds from the link's start (broker back, consumer subscribed) until a consumer
+    /// has received every one of the backlog's events and the outbox is empty.
     pub drain_s: f64,
-    /// Rows per second.
+    /// Backlog rows delivered per second (backlog / `drain_s`).
     pub drain_rows_per_s: f64,
+    /// Events the consumer received more than once (QoS 1 allows it), not counted above.
+    pub duplicates: u64,
 }
 
 /// Command round trip on one device, then the drain of a `backlog`-row SQLite outbox.
@@ -473,11 +547,17 @@ pub fn bench_fleet(pings: usize, backlog: u64) -> anyhow::Result<FleetBench> {
             }
         }
         h.flush(Duration::from_secs(60));
-        // Broker back (new port is fine: the link is new too), time the drain.
+        // Broker back (new port is fine: the link is new too), time the drain: until every
+        // event has reached a consumer, not only left the outbox.
         let broker = LocalBroker::start()?;
         let _ = port;
-        let (received, consumer_task) =
-            consumer(broker.port, "bench-consumer", "aegis/v1/bench-dev/events").await?;
+        let (delivery, consumer_task) = delivery_checker(
+            broker.port,
+            "bench-consumer",
+            "aegis/v1/bench-dev/events",
+            backlog,
+        )
+        .await?;
         let t0 = Instant::now();
         let link = FleetLink::start(
             settings("bench-dev", broker.port, Duration::from_secs(3600)),
@@ -485,20 +565,29 @@ pub fn bench_fleet(pings: usize, backlog: u64) -> anyhow::Result<FleetBench> {
             Arc::new(SimHost("bench-dev".into())),
         );
         let mut reader = SqliteOutbox::new(db.clone(), h.clone());
+        let delivered = || delivery.lock().map_or(0, |d| d.distinct);
         loop {
-            if reader.oldest().map_err(|e| anyhow::anyhow!(e))?.is_none() {
+            if delivered() == backlog && reader.oldest().map_err(|e| anyhow::anyhow!(e))?.is_none()
+            {
                 break;
             }
             anyhow::ensure!(
                 t0.elapsed() < Duration::from_secs(300),
-                "outbox did not drain"
+                "the backlog did not drain in 300 s: {} of {backlog} events delivered",
+                delivered()
             );
-            tokio::time::sleep(Duration::from_millis(20)).await;
+            tokio::time::sleep(Duration::from_millis(5)).await;
         }
         let drain = t0.elapsed().as_secs_f64();
         link.stop().await;
         consumer_task.abort();
-        let _ = received;
+        let (duplicates, foreign) = delivery
+            .lock()
+            .map_or((0, 0), |d| (d.duplicates, d.foreign));
+        anyhow::ensure!(
+            foreign == 0,
+            "the consumer received {foreign} messages that are not backlog events"
+        );
         drop(h);
         st.close();
         Ok(FleetBench {
@@ -508,6 +597,7 @@ pub fn bench_fleet(pings: usize, backlog: u64) -> anyhow::Result<FleetBench> {
             backlog,
             drain_s: drain,
             drain_rows_per_s: backlog as f64 / drain,
+            duplicates,
         })
     })
 }
@@ -517,13 +607,21 @@ pub fn bench_fleet(pings: usize, backlog: u64) -> anyhow::Result<FleetBench> {
 pub struct StoreBench {
     /// Rows written per run.
     pub rows: u64,
-    /// Through the writer (batched transactions).
+    /// Through the writer (batched transactions, cached prepared statements).
     pub batched_rows_per_s: f64,
-    /// One row per transaction, same pragmas.
+    /// One row per transaction, same pragmas, same cached prepared statement: the strongest
+    /// fair baseline.
     pub single_rows_per_s: f64,
-    /// batched / single.
+    /// batched / single: the effect of batching alone.
     pub ratio: f64,
+    /// One row per transaction preparing its statement each time (the naive logger), for
+    /// reference: single / this is what caching the statement alone is worth.
+    pub single_unprepared_rows_per_s: f64,
 }
+
+/// Rounds `bench store` alternates its three writers over, so that a change in machine
+/// load during the run weighs on each alike.
+const STORE_BENCH_ROUNDS: u64 = 4;
 
 fn event_record(n: u64) -> store::Record {
     store::Record::Event {
@@ -538,50 +636,105 @@ fn event_record(n: u64) -> store::Record {
     }
 }
 
-/// Store ingest: the batching writer vs one row per transaction.
+/// Store ingest of the same event rows three ways, each into its own fresh database with
+/// the store's schema and pragmas, alternating over [`STORE_BENCH_ROUNDS`] rounds: the
+/// batching writer (until its last transaction committed); one row per transaction with
+/// the writer's statement prepared once (cached), so the ratio is batching alone; and one
+/// row per transaction preparing the statement each time, for reference. Records are made
+/// before each clock starts: only writing them is timed.
 pub fn bench_store(rows: u64, dir: &Path) -> anyhow::Result<StoreBench> {
-    let batched_db = dir.join("batched.db");
-    let single_db = dir.join("single.db");
-    for p in [&batched_db, &single_db] {
-        let _ = std::fs::remove_file(p);
-    }
-    let settings = |path: PathBuf| store::StoreSettings {
+    anyhow::ensure!(rows >= 1, "bench store: --rows must be at least 1");
+    let path = |name: &str| {
+        let p = dir.join(name);
+        for suffix in ["", "-wal", "-shm"] {
+            let _ = std::fs::remove_file(format!("{}{suffix}", p.display()));
+        }
+        p
+    };
+    let settings = |path: PathBuf, queue: usize| store::StoreSettings {
         path,
         retention: Duration::from_secs(86_400),
         size_budget: 1 << 30,
         outbox_max_rows: 1000,
-        queue: 65_536,
+        queue,
     };
-    let st = store::Store::open(settings(batched_db))?;
+    let per_round = rows.div_ceil(STORE_BENCH_ROUNDS);
+    // The queue holds a whole round and the flush after it: no row is refused, the flush
+    // never waits for room.
+    let st = store::Store::open(settings(path("batched.db"), per_round as usize + 1))?;
     let h = st.handle();
-    let t0 = Instant::now();
-    for n in 0..rows {
-        while !h.submit(event_record(n)) {
-            std::thread::yield_now();
+    let mut single = Vec::new();
+    for (name, cached) in [("single.db", true), ("unprepared.db", false)] {
+        let p = path(name);
+        store::Store::open(settings(p.clone(), 1))?.close();
+        let conn = rusqlite::Connection::open(&p)?;
+        conn.pragma_update(None, "journal_mode", "WAL")?;
+        conn.pragma_update(None, "synchronous", "NORMAL")?;
+        single.push((conn, cached, Duration::ZERO));
+    }
+    let mut batched = Duration::ZERO;
+    let mut n = 0;
+    while n < rows {
+        let round = n..(n + per_round).min(rows);
+        n = round.end;
+        let records: Vec<store::Record> = round.clone().map(event_record).collect();
+        let t0 = Instant::now();
+        for r in records {
+            anyhow::ensure!(h.submit(r), "the store refused a row");
+        }
+        anyhow::ensure!(
+            h.flush(Duration::from_secs(600)),
+            "the writer did not commit within 600 s"
+        );
+        batched += t0.elapsed();
+        for (conn, cached, spent) in &mut single {
+            let records: Vec<store::Record> = round.clone().map(event_record).collect();
+            *spent += one_row_per_transaction(conn, &records, *cached)?;
         }
     }
+    let progress = h.progress();
+    anyhow::ensure!(
+        progress.failed == 0 && progress.settled == rows,
+        "the batching writer committed {} of {rows} rows",
+        progress.settled - progress.failed
+    );
     drop(h);
     st.close();
-    let batched = rows as f64 / t0.elapsed().as_secs_f64();
-    // The same rows, one transaction each (what a naive logger does).
-    let st = store::Store::open(settings(single_db.clone()))?;
-    st.close();
-    let conn = rusqlite::Connection::open(&single_db)?;
-    conn.pragma_update(None, "journal_mode", "WAL")?;
-    conn.pragma_update(None, "synchronous", "NORMAL")?;
-    let t0 = Instant::now();
-    for n in 0..rows {
-        let payload = json!({ "n": n, "label": "person", "score": 0.9 }).to_string();
-        conn.execute(
-            "INSERT INTO events (id, ts_us, stream, kind, payload) VALUES (?1, ?2, 'cam0', 'bench', ?3)",
-            rusqlite::params![store::new_event_id(), store::now_us(), payload],
-        )?;
-    }
-    let single = rows as f64 / t0.elapsed().as_secs_f64();
+    let per_s = |d: Duration| rows as f64 / d.as_secs_f64();
+    let (single, unprepared) = (per_s(single[0].2), per_s(single[1].2));
     Ok(StoreBench {
         rows,
-        batched_rows_per_s: batched,
+        batched_rows_per_s: per_s(batched),
         single_rows_per_s: single,
-        ratio: batched / single,
+        ratio: per_s(batched) / single,
+        single_unprepared_rows_per_s: unprepared,
     })
+}
+
+/// Time to write `records` (events) one transaction each, with the writer's statement
+/// prepared once (`cached`) or for every row.
+fn one_row_per_transaction(
+    conn: &mut rusqlite::Connection,
+    records: &[store::Record],
+    cached: bool,
+) -> anyhow::Result<Duration> {
+    // The writer's statement, word for word.
+    const SQL: &str = "INSERT OR IGNORE INTO events (id, ts_us, stream, kind, payload) \
+                       VALUES (?1, ?2, ?3, ?4, ?5)";
+    let t0 = Instant::now();
+    for r in records {
+        let store::Record::Event { event, .. } = r else {
+            anyhow::bail!("bench store writes events only")
+        };
+        let payload = event.payload.to_string();
+        let tx = conn.transaction()?;
+        let values = rusqlite::params![event.id, event.ts_us, event.stream, event.kind, payload];
+        if cached {
+            tx.prepare_cached(SQL)?.execute(values)?;
+        } else {
+            tx.prepare(SQL)?.execute(values)?;
+        }
+        tx.commit()?;
+    }
+    Ok(t0.elapsed())
 }

@@ -76,7 +76,8 @@ impl Listeners {
             std::thread::sleep(Duration::from_millis(1));
         }
         t.join().expect("opener panicked");
-        std::thread::sleep(Duration::from_millis(5));
+        // Every connection it made completed its handshake before its connect() returned,
+        // so it is in a listener's queue now: no wait needed.
         self.drain(&mut seen);
         seen
     }
@@ -93,8 +94,13 @@ fn open_live_once(url: String) -> String {
     let t = std::thread::spawn(move || {
         let _ = src.next_frame();
     });
+    // A hang guard, not a speed check: the attempt itself is bounded by connect_timeout.
     let t0 = Instant::now();
-    while health.snapshot().last_error.is_none() && t0.elapsed() < Duration::from_secs(10) {
+    while health.snapshot().last_error.is_none() {
+        assert!(
+            t0.elapsed() < Duration::from_secs(60),
+            "gave up waiting for the connection attempt to fail"
+        );
         std::thread::sleep(Duration::from_millis(1));
     }
     stopper.stop();
@@ -404,6 +410,33 @@ fn rtsp_peer(
     log
 }
 
+/// Marks the end of a connection's log (see [`logged`]); never an RTSP request.
+const MARKER: &str = "end-of-test-marker";
+
+/// Everything the [`rtsp_peer`] on `addr` logged before now: connects once more itself and
+/// waits until that marker connection is logged. The peer takes connections one at a time in
+/// the order they arrived, so every earlier one is then in the log: a positive signal, where
+/// a sleep would only guess. A hang guard bounds the wait.
+fn logged(addr: (&str, u16), log: &Arc<Mutex<Vec<String>>>) -> String {
+    let mut marker = std::net::TcpStream::connect(addr).expect("marker connection");
+    marker.write_all(MARKER.as_bytes()).expect("marker");
+    drop(marker);
+    let t0 = Instant::now();
+    loop {
+        {
+            let entries = log.lock().unwrap();
+            if let Some(at) = entries.iter().position(|e| e == MARKER) {
+                return entries[..at].concat();
+            }
+        }
+        assert!(
+            t0.elapsed() < Duration::from_secs(60),
+            "gave up waiting for the peer on {addr:?} to log its connections"
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
 #[test]
 fn rtsp_redirects_are_not_followed() {
     common::with_hang_guard(
@@ -442,9 +475,8 @@ fn rtsp_redirects_are_not_followed_body() {
             assert_eq!(NetUrl::parse(&url).unwrap().to_libav(None, None), url);
             open_live_once(url.clone())
         };
-        std::thread::sleep(Duration::from_millis(50));
-        let camera_got = camera_log.lock().unwrap().concat();
-        let target_got = target_log.lock().unwrap().concat();
+        let camera_got = logged(("127.0.0.2", cam_port), &camera_log);
+        let target_got = logged(("127.0.0.3", target_port), &target_log);
         assert!(camera_got.starts_with("OPTIONS "), "{camera_got:?}");
         if old_code {
             // What libavformat does on its own: follows the redirect and hands the camera's
@@ -489,6 +521,5 @@ fn rtsp_redirects_are_not_followed_body() {
         "{error}"
     );
     assert!(!error.contains("leak") && !error.contains("t0k"), "{error}");
-    std::thread::sleep(Duration::from_millis(50));
-    assert_eq!(target_log.lock().unwrap().concat(), "");
+    assert_eq!(logged(("127.0.0.3", target_port), &target_log), "");
 }

@@ -21,12 +21,13 @@ use aegis_models::engine::{InferenceEngine, OrtSession};
 use aegis_models::preprocess::{ChannelOrder, Fit, InputSpec, planar};
 use aegis_models::registry::{BatchSettings, ModelKind, ModelSpec};
 use aegis_models::stages::detector::Detector;
-use common::{frame_of, models_dir, ort_library, repo};
+use common::{frame_of, models_dir, ort_library, record_skip, repo};
 
 /// Runs the Python references once per test binary; `None` (skip) only outside CI.
 fn reference() -> Option<&'static Path> {
-    static OUT: OnceLock<Option<PathBuf>> = OnceLock::new();
-    OUT.get_or_init(|| {
+    // The run's outcome, kept; each test that cannot use it records its own skip.
+    static OUT: OnceLock<Result<PathBuf, String>> = OnceLock::new();
+    let out = OUT.get_or_init(|| {
         let out = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("model-reference");
         let status = Command::new("bash")
             .arg(repo().join("tools/models/reference.sh"))
@@ -34,18 +35,23 @@ fn reference() -> Option<&'static Path> {
             .current_dir(repo())
             .status();
         match status {
-            Ok(s) if s.success() => Some(out),
+            Ok(s) if s.success() => Ok(out),
             other => {
                 assert!(
                     std::env::var_os("CI").is_none(),
                     "CI must run the Python references: {other:?}"
                 );
-                eprintln!("skipping: tools/models/reference.sh failed ({other:?})");
-                None
+                Err(format!("tools/models/reference.sh failed ({other:?})"))
             }
         }
-    })
-    .as_deref()
+    });
+    match out {
+        Ok(out) => Some(out.as_path()),
+        Err(why) => {
+            record_skip(why);
+            None
+        }
+    }
 }
 
 fn json(path: &Path) -> serde_json::Value {

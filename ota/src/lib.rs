@@ -177,14 +177,15 @@ fn open_and_validate(
         maml::parse(clear.as_bytes()).map_err(Rejection::Document)?
     };
     let pipeline = match &document.pipeline_yaml {
-        Some((yaml, line)) => Some(
+        Some((yaml, line)) => Some({
+            maml::note_yaml_entry();
             aegis_config::PipelineConfig::from_yaml_str(yaml, "Pipeline").map_err(|e| {
                 Rejection::Pipeline {
                     line: *line,
                     message: e.to_string(),
                 }
-            })?,
-        ),
+            })?
+        }),
         None => None,
     };
     Ok((document, pipeline))

@@ -360,6 +360,24 @@ pub fn now_s() -> i64 {
         .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
 }
 
+thread_local! {
+    static YAML_ENTRIES: std::cell::Cell<u64> = const { std::cell::Cell::new(0) };
+}
+
+/// How many times this thread has handed workflow text (front matter, a Pipeline block) to
+/// the YAML parser. For tests that a document whose signature does not verify is refused
+/// before any YAML is read (DESIGN §5); per thread, so tests running in parallel do not
+/// disturb each other. Not an interface.
+#[doc(hidden)]
+pub fn yaml_parser_entries() -> u64 {
+    YAML_ENTRIES.with(std::cell::Cell::get)
+}
+
+/// Counts one entry into the YAML parser (see [`yaml_parser_entries`]): call just before.
+pub(crate) fn note_yaml_entry() {
+    YAML_ENTRIES.with(|c| c.set(c.get() + 1));
+}
+
 /// Parses signed bytes (from [`split_signed`], after verification) into a document.
 pub fn parse(signed: &[u8]) -> Result<Document, MamlError> {
     if signed.len() > MAX_DOCUMENT_BYTES {
@@ -390,6 +408,7 @@ pub fn parse(signed: &[u8]) -> Result<Document, MamlError> {
     }
     let body_start =
         body_start.ok_or_else(|| at(1, "the front matter is not closed with `---`"))?;
+    note_yaml_entry();
     let value = aegis_config::yaml_value(&front_text, "front matter").map_err(|e| {
         // YAML errors carry a line inside the front matter; shift to document lines.
         let msg = e.to_string();

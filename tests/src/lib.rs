@@ -5,6 +5,47 @@
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
+/// The variable naming the file where skipped tests are recorded (`just test` sets it, lists
+/// the file at the end and fails when anything was skipped under `CI`).
+pub const SKIP_LOG_VAR: &str = "AEGIS_SKIP_LOG";
+
+/// Says loudly that the running test skips for `why`, and records it: one line
+/// `<test binary> <test>: <why>` appended to the file `$AEGIS_SKIP_LOG` names, when set.
+pub fn record_skip(why: &str) {
+    let line = skip_line(why);
+    eprintln!("SKIPPED {line}");
+    if let Some(log) = std::env::var_os(SKIP_LOG_VAR) {
+        append_skip(Path::new(&log), &line);
+    }
+}
+
+/// `<test binary> <test>: <why>`: the binary without cargo's hash suffix, the test from the
+/// thread libtest runs it on.
+fn skip_line(why: &str) -> String {
+    let bin = std::env::current_exe()
+        .ok()
+        .and_then(|p| p.file_stem().map(|s| s.to_string_lossy().into_owned()))
+        .unwrap_or_default();
+    let bin = bin.rsplit_once('-').map_or(bin.as_str(), |(b, _)| b);
+    let thread = std::thread::current();
+    format!("{bin} {}: {why}", thread.name().unwrap_or("?"))
+}
+
+/// Appends `line` to `log` in one `write` on a file opened for appending, so lines from test
+/// processes running in parallel never interleave. A log that cannot be written fails the
+/// test: a skip nobody hears about is what the log exists to prevent.
+fn append_skip(log: &Path, line: &str) {
+    use std::io::Write;
+    let written = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(log)
+        .and_then(|mut f| f.write_all(format!("{line}\n").as_bytes()));
+    if let Err(e) = written {
+        panic!("cannot record the skip in {}: {e}", log.display());
+    }
+}
+
 /// The `aegis` binary: `$AEGIS_BIN`, else `aegis` next to this test's target directory.
 pub fn aegis_bin() -> PathBuf {
     if let Some(p) = std::env::var_os("AEGIS_BIN") {
@@ -118,7 +159,7 @@ pub fn have_ffprobe() -> bool {
         panic!("ffprobe is required in CI (tools/setup.sh installs ffmpeg)");
     }
     if !ok {
-        eprintln!("skipping ffprobe checks: ffprobe not found");
+        record_skip("ffprobe not found");
     }
     ok
 }
@@ -238,7 +279,7 @@ pub fn have_rtsp_server() -> bool {
         panic!("CI needs python3-gi and gir1.2-gst-rtsp-server-1.0 (tools/setup.sh installs them)");
     }
     if !ok {
-        eprintln!("skipping RTSP tests: GStreamer RTSP server not installed");
+        record_skip("GStreamer RTSP server not installed");
     }
     ok
 }
@@ -310,6 +351,9 @@ pub fn have_mosquitto() -> bool {
         ok || std::env::var_os("CI").is_none(),
         "CI must install mosquitto"
     );
+    if !ok {
+        record_skip("mosquitto not installed");
+    }
     ok
 }
 
@@ -375,11 +419,22 @@ impl Broker {
             .spawn()
             .expect("spawn mosquitto");
         self.child = Some(child);
+        // A hang guard, not a speed check: generous for a loaded 2-core machine.
         let t0 = std::time::Instant::now();
         while std::net::TcpStream::connect(("127.0.0.1", self.port)).is_err() {
-            assert!(t0.elapsed().as_secs() < 10, "mosquitto did not start");
+            assert!(
+                t0.elapsed().as_secs() < 120,
+                "gave up waiting for mosquitto to listen on {}: {}",
+                self.port,
+                self.log()
+            );
             std::thread::sleep(std::time::Duration::from_millis(20));
         }
+    }
+
+    /// What the broker logged so far (connections, refusals, TLS errors).
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.join("mosquitto.log")).unwrap_or_default()
     }
 
     /// Stops it (SIGTERM: it saves its persistent sessions) and waits.
@@ -398,6 +453,33 @@ impl Drop for Broker {
             let _ = c.kill();
             let _ = c.wait();
         }
+    }
+}
+
+/// The payload [`wait_subscribed`] publishes: not JSON and not a signed document, so tests
+/// reading the subscriber's output can tell it from what they are after.
+pub const PROBE: &str = "aegis-test-probe";
+
+/// Waits until the `mosquitto_sub` writing to `out` receives on `topic` (a positive signal
+/// that its subscription is in place): publishes [`PROBE`] there (QoS 1) until `out` shows
+/// it. A hang guard only: gives up after two minutes.
+pub fn wait_subscribed(port: u16, topic: &str, out: &Path) {
+    let t0 = std::time::Instant::now();
+    loop {
+        let st = Command::new("/usr/bin/mosquitto_pub")
+            .args(["-p", &port.to_string(), "-q", "1", "-t", topic, "-m", PROBE])
+            .status()
+            .expect("mosquitto_pub");
+        assert!(st.success(), "mosquitto_pub to {topic}: {st}");
+        let seen = std::fs::read_to_string(out).unwrap_or_default();
+        if seen.contains(PROBE) {
+            return;
+        }
+        assert!(
+            t0.elapsed().as_secs() < 120,
+            "gave up waiting for the subscriber of {topic} to receive"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(100));
     }
 }
 
@@ -482,4 +564,46 @@ pub fn gateway_and_device(dir: &Path, device: &str, groups: &[&str]) {
         enrol.extend(["--group", g]);
     }
     chimera_ok(dir, &enrol);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn skips_from_parallel_writers_land_as_whole_lines_naming_the_test() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = dir.path().join("skips.log");
+        let threads: Vec<_> = (0..8)
+            .map(|i| {
+                let log = log.clone();
+                std::thread::Builder::new()
+                    .name(format!("gated_test_{i}"))
+                    .spawn(move || {
+                        for _ in 0..50 {
+                            append_skip(&log, &skip_line(&format!("tool {i} not installed")));
+                        }
+                    })
+                    .unwrap()
+            })
+            .collect();
+        for t in threads {
+            t.join().unwrap();
+        }
+        let text = std::fs::read_to_string(&log).unwrap();
+        assert_eq!(text.lines().count(), 400, "{text}");
+        for i in 0..8 {
+            let want = format!(" gated_test_{i}: tool {i} not installed");
+            let n = text.lines().filter(|l| l.ends_with(&want)).count();
+            assert_eq!(n, 50, "lines of gated_test_{i} in {text}");
+        }
+    }
+
+    #[test]
+    fn a_skip_log_that_cannot_be_written_fails_the_test() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = dir.path().join("no-such-dir").join("skips.log");
+        let r = std::panic::catch_unwind(|| append_skip(&log, "x: y"));
+        assert!(r.is_err(), "an unwritable skip log must not be ignored");
+    }
 }

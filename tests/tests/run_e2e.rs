@@ -94,6 +94,8 @@ fn sigterm_finalises_playable_recordings_and_metrics_are_served() {
     for needle in [
         "aegis_stage_latency_seconds_bucket{",
         "aegis_queue_depth{",
+        // Counted on the frame where the copies are made: libavcodec's picture → the surface,
+        // the surface → the record sink's encoder (the overlay draws in place).
         "aegis_copies_per_frame{stream=\"cam0\"} 2",
         "aegis_process_resident_memory_bytes",
         "aegis_process_cpu_milliseconds",
@@ -381,6 +383,7 @@ fn bench_reports_ratios_and_no_per_frame_allocations() {
     for k in ["decode_fps", "encode_fps", "pipeline_fps", "overhead_ratio"] {
         assert!(r[k].as_f64().is_some_and(|x| x > 0.0), "{k} in {r}");
     }
+    // Counted, not declared: decoder picture → surface, surface → encoder.
     assert_eq!(r["copies_per_frame"], 2);
     // Steady state must not allocate per frame (a per-frame allocation shows as >= 1).
     let apf = r["allocs_per_frame"].as_f64().unwrap();
@@ -549,12 +552,34 @@ store: {{ path: {db} }}
     );
 }
 
+/// `(run, n)` of every stress event in the database at `db`.
+fn stress_rows(dir: &Path, db: &str) -> std::collections::HashSet<(String, u64)> {
+    let out = aegis_ok(
+        dir,
+        &[
+            "db", "export", "--db", db, "--since", "all", "--table", "events",
+        ],
+    );
+    out.lines()
+        .map(|l| {
+            let v: serde_json::Value =
+                serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}"));
+            let p = &v["payload"];
+            match (p["run"].as_str(), p["n"].as_u64()) {
+                (Some(run), Some(n)) => (run.to_string(), n),
+                _ => panic!("not a stress event: {l}"),
+            }
+        })
+        .collect()
+}
+
 #[test]
 fn the_database_survives_kill_9_at_random_points_while_writing() {
     let dir = tempfile::tempdir().unwrap();
     let db = dir.path().join("stress.db");
     let db_arg = db.to_str().unwrap();
-    let mut last = 0u64;
+    // Every (run, first, last) span the writers reported committed before they were killed.
+    let mut committed: Vec<(String, u64, u64)> = Vec::new();
     // Deterministic "random" kill points between 30 and 600 ms after the writer is ready.
     let mut seed = 0x9e37_79b9_7f4a_7c15u64;
     for round in 0..8 {
@@ -564,29 +589,52 @@ fn the_database_survives_kill_9_at_random_points_while_writing() {
             .stderr(Stdio::null())
             .spawn()
             .unwrap();
+        let mut out = BufReader::new(child.stdout.take().unwrap());
         let mut line = String::new();
-        BufReader::new(child.stdout.take().unwrap())
-            .read_line(&mut line)
-            .unwrap();
-        assert_eq!(line.trim(), "ready", "round {round}");
+        out.read_line(&mut line).unwrap();
+        let run = line
+            .trim()
+            .strip_prefix("ready ")
+            .unwrap_or_else(|| panic!("round {round}: {line:?}"))
+            .to_string();
         seed ^= seed << 13;
         seed ^= seed >> 7;
         seed ^= seed << 17;
         std::thread::sleep(Duration::from_millis(30 + seed % 570));
         child.kill().unwrap(); // SIGKILL
         child.wait().unwrap();
-        // Opens clean every time, and nothing committed before is lost.
+        // Everything it printed before it died: each span was printed after its commit.
+        let before = committed.len();
+        for l in out.lines() {
+            let l = l.unwrap();
+            let span: Vec<u64> = l
+                .strip_prefix("committed ")
+                .unwrap_or_else(|| panic!("round {round}: unexpected line {l:?}"))
+                .split(' ')
+                .map(|n| n.parse().unwrap())
+                .collect();
+            assert!(
+                span.len() == 2 && span[0] <= span[1],
+                "round {round}: {l:?}"
+            );
+            committed.push((run.clone(), span[0], span[1]));
+        }
+        assert!(
+            committed.len() > before,
+            "round {round}: the writer reported no commit before it was killed"
+        );
+        // Opens clean every time, and every row reported committed, in this round and all
+        // before, is there.
         let check = aegis_ok(dir.path(), &["db", "check", "--db", db_arg]);
         assert!(check.trim().ends_with(": ok"), "round {round}: {check}");
-        let stats = aegis_ok(dir.path(), &["db", "stats", "--db", db_arg]);
-        let events: u64 = stats
-            .lines()
-            .find_map(|l| l.trim().strip_prefix("events"))
-            .and_then(|l| l.split_whitespace().next())
-            .and_then(|n| n.parse().ok())
-            .unwrap_or_else(|| panic!("{stats}"));
-        assert!(events >= last, "round {round}: {events} < {last}");
-        last = events;
+        let rows = stress_rows(dir.path(), db_arg);
+        for (run, first, last) in &committed {
+            for n in *first..=*last {
+                assert!(
+                    rows.contains(&(run.clone(), n)),
+                    "round {round}: row {n} of run {run} was reported committed and is gone"
+                );
+            }
+        }
     }
-    assert!(last > 0, "the stress writer wrote nothing");
 }

@@ -202,7 +202,6 @@ fn light(d: &Path, stages: &str) -> String {
 #[test]
 fn a_sealed_workflow_switches_stages_live_without_dropping_a_frame_and_a_failing_one_rolls_back() {
     if !have_mosquitto() {
-        eprintln!("skipped: mosquitto not installed");
         return;
     }
     let dir = dir_with_models_and_photo();
@@ -312,7 +311,6 @@ fn a_sealed_workflow_switches_stages_live_without_dropping_a_frame_and_a_failing
 /// (the test skips) without mosquitto.
 fn fleet_fixture() -> Option<(tempfile::TempDir, Broker)> {
     if !have_mosquitto() {
-        eprintln!("skipped: mosquitto not installed");
         return None;
     }
     let dir = tempfile::tempdir().unwrap();
@@ -439,7 +437,7 @@ fn garbage_on_the_workflow_topic_is_counted_and_never_answered_with_a_signature(
         .stdout(std::fs::File::create(&receipts).unwrap())
         .spawn()
         .unwrap();
-    std::thread::sleep(Duration::from_millis(300));
+    wait_subscribed(broker.port, "aegis/v1/orin-1/receipts", &receipts);
     // 2000 lines of noise (one message each), then documents one bit off a valid one.
     let mut noise = Vec::new();
     let mut seed = 0x2545_f491_4f6c_dd1d_u64;
@@ -528,15 +526,47 @@ fn garbage_on_the_workflow_topic_is_counted_and_never_answered_with_a_signature(
         cpu / sent as f64
     );
     assert_eq!(refused + busy, sent);
-    std::thread::sleep(Duration::from_millis(500));
+    // The positive signal that every answer to the flood has reached the subscriber: the
+    // agent answers in order on one connection, so once the receipt of a valid document
+    // sent after the flood is in, whatever it said about the flood is in before it.
+    let good_file = d.join("good.signed.maml.md");
+    std::fs::write(&good_file, &good).unwrap();
+    let st = Command::new("/usr/bin/mosquitto_pub")
+        .args(["-p", &broker.port.to_string(), "-q", "1"])
+        .args(["-t", "aegis/v1/orin-1/workflows", "-f"])
+        .arg(&good_file)
+        .status()
+        .unwrap();
+    assert!(st.success());
+    let signed = |m: &&str| m.trim_start().starts_with("---");
+    let t0 = Instant::now();
+    let out = loop {
+        let out = std::fs::read_to_string(&receipts).unwrap();
+        if out.split("@END@").any(|m| signed(&m)) {
+            break out;
+        }
+        assert!(
+            t0.elapsed() < Duration::from_secs(120),
+            "gave up waiting for the receipt of the valid document: {out}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    };
     let _ = sub.kill();
     let _ = sub.wait();
-    let out = std::fs::read_to_string(&receipts).unwrap();
-    // Receipts are `.mu` documents (front matter first); notices are unsigned JSON.
-    assert!(
-        out.split("@END@")
-            .all(|m| !m.trim_start().starts_with("---")),
-        "a signed answer to garbage: {out}"
+    // `-F %p@@END@@` prints `@END@` after each message (`@@` is an escaped `@`).
+    // Receipts are `.mu` documents (front matter first); notices are unsigned JSON. The one
+    // signed answer is the valid document's, after everything said about the garbage.
+    let answers: Vec<&str> = out
+        .split("@END@")
+        .filter(|m| !m.trim().is_empty() && m.trim() != PROBE)
+        .collect();
+    let signed_at: Vec<usize> = (0..answers.len())
+        .filter(|&k| signed(&answers[k]))
+        .collect();
+    assert_eq!(
+        signed_at,
+        [answers.len() - 1],
+        "a signed answer to garbage (only the valid document's receipt, last, may be): {out}"
     );
     let notices = out.matches("rejection-notice").count();
     assert!((1..=3).contains(&notices), "{notices} notices: {out}");
@@ -577,7 +607,7 @@ fn kill_9_at_random_points_of_apply_always_restarts_signed_and_consistent() {
         seed ^= seed << 17;
         seed
     };
-    let (mut applied_seen, mut killed_in_trial) = (0, 0);
+    let (mut applied_seen, mut killed_in_trial, mut acknowledged) = (0, 0, 0);
     let iterations = soak_iterations();
     for i in 1..=iterations as u64 {
         // Alternate stage sets (in place) and, every fifth, a different sink (rebuild).
@@ -618,15 +648,23 @@ fn kill_9_at_random_points_of_apply_always_restarts_signed_and_consistent() {
                 "--config",
                 cfg.to_str().unwrap(),
             ])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
             .spawn()
             .unwrap();
         std::thread::sleep(Duration::from_micros(rand() % 250_000));
         // SAFETY: kill(2) on our own child's pid with a valid signal number.
         unsafe { libc::kill(a.id() as i32, libc::SIGKILL) };
         a.wait().unwrap();
-        let _ = apply.wait_with_output();
+        // The client races the kill: it may have had its answer or lost the agent. Either
+        // way it ends, and a failure says why.
+        let apply = apply.wait_with_output().expect("workflow apply ran");
+        let apply_err = String::from_utf8_lossy(&apply.stderr);
+        assert!(
+            apply.status.success() || !apply_err.trim().is_empty(),
+            "iteration {i}: workflow apply failed without a word ({})",
+            apply.status
+        );
         // What the next start will find: state parses, the active document (if any) is
         // intact and verifies, the replay counter covers it.
         let st = aegis_ok(
@@ -635,6 +673,15 @@ fn kill_9_at_random_points_of_apply_always_restarts_signed_and_consistent() {
         );
         let v: serde_json::Value = serde_json::from_str(&st).unwrap();
         let active = &v["state"]["active"];
+        // Exit 0 means "the workflow runs": that answer must survive the kill -9.
+        if apply.status.success() {
+            acknowledged += 1;
+            assert_eq!(
+                active["sequence"].as_u64(),
+                Some(i),
+                "iteration {i}: apply reported success, the state lost it: {st}"
+            );
+        }
         if !active.is_null() {
             assert_eq!(v["active_verifies"], true, "iteration {i}: {st}");
             let seq = active["sequence"].as_u64().unwrap();
@@ -671,7 +718,7 @@ fn kill_9_at_random_points_of_apply_always_restarts_signed_and_consistent() {
     assert_eq!(v["state"]["trial"], false, "{st}");
     assert_ne!(v["active_verifies"], false, "{st}");
     eprintln!(
-        "kill -9 soak: {iterations} iterations; the new workflow was active (committed or on trial) after {applied_seen}, killed during its trial {killed_in_trial} times"
+        "kill -9 soak: {iterations} iterations; the new workflow was active (committed or on trial) after {applied_seen} ({acknowledged} acknowledged to the client before the kill), killed during its trial {killed_in_trial} times"
     );
     // The kills must have landed on both sides of the commit point.
     assert!(

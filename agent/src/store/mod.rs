@@ -16,9 +16,9 @@
 pub mod schema;
 
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::{Receiver, RecvTimeoutError, SyncSender, TrySendError};
+use std::sync::{Arc, Condvar, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -222,6 +222,50 @@ pub struct StoreCounters {
     pub errors: AtomicU64,
 }
 
+/// How far the writer has got, in queue order (the order records left the queue, which for a
+/// single producer is the order its successful [`StoreHandle::submit`] calls were made).
+/// Published once per transaction, after it ended.
+///
+/// When `failed` is 0, queue positions `1..=settled` are all committed. A committed record
+/// survives the process being killed at any point (`kill -9`, a panic, the OOM killer): the
+/// database runs in WAL mode with `synchronous=NORMAL`, so a commit has reached the
+/// operating system when it returns. It is not yet on the disk: the WAL is synced at each
+/// checkpoint, so a power cut or kernel crash may roll back the transactions committed since
+/// the last one (the file stays consistent; nothing half-written appears).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Progress {
+    /// Records taken off the queue whose transaction has ended, committed or failed.
+    pub settled: u64,
+    /// Of those, records in transactions that failed (dropped, and counted in
+    /// [`StoreCounters::dropped`]).
+    pub failed: u64,
+}
+
+/// [`Progress`] and a way to wait for it to move.
+#[derive(Debug, Default)]
+struct CommitWatch {
+    progress: Mutex<Progress>,
+    moved: Condvar,
+}
+
+impl CommitWatch {
+    fn get(&self) -> Progress {
+        // Two integers: valid whatever a panicking holder left behind.
+        *self.progress.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Called by the writer after each transaction ended: once per batch, never per record.
+    fn advance(&self, records: u64, failed: bool) {
+        let mut p = self.progress.lock().unwrap_or_else(|p| p.into_inner());
+        p.settled += records;
+        if failed {
+            p.failed += records;
+        }
+        drop(p);
+        self.moved.notify_all();
+    }
+}
+
 enum Msg {
     Rec(Record),
     /// Write what is queued, then signal.
@@ -235,6 +279,7 @@ enum Msg {
 pub struct StoreHandle {
     tx: SyncSender<Msg>,
     counters: Arc<StoreCounters>,
+    commits: Arc<CommitWatch>,
 }
 
 impl std::fmt::Debug for StoreHandle {
@@ -279,6 +324,28 @@ impl StoreHandle {
     /// The writer's counters.
     pub fn counters(&self) -> &Arc<StoreCounters> {
         &self.counters
+    }
+
+    /// The writer's progress now: which records are committed (see [`Progress`]).
+    pub fn progress(&self) -> Progress {
+        self.commits.get()
+    }
+
+    /// Waits (at most `limit`) until the writer has settled more than `past` records, and
+    /// returns its progress then (unchanged when the limit passed first). Costs producers
+    /// nothing: the writer publishes once per transaction.
+    pub fn wait_progress(&self, past: u64, limit: Duration) -> Progress {
+        let guard = self
+            .commits
+            .progress
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        let (guard, _) = self
+            .commits
+            .moved
+            .wait_timeout_while(guard, limit, |p| p.settled <= past)
+            .unwrap_or_else(|p| p.into_inner());
+        *guard
     }
 }
 
@@ -452,12 +519,14 @@ impl Store {
         let (conn, opened) = open_writer(&settings.path)?;
         let (tx, rx) = std::sync::mpsc::sync_channel(settings.queue.max(1));
         let counters = Arc::new(StoreCounters::default());
+        let commits = Arc::new(CommitWatch::default());
         let writer = {
             let counters = counters.clone();
+            let commits = commits.clone();
             let ws = settings.clone();
             std::thread::Builder::new()
                 .name("store-writer".into())
-                .spawn(move || Writer::new(conn, ws, counters).run(rx))
+                .spawn(move || Writer::new(conn, ws, counters, commits).run(rx))
                 .map_err(|e| {
                     err(
                         &settings.path,
@@ -467,7 +536,11 @@ impl Store {
         };
         Ok(Store {
             settings,
-            handle: StoreHandle { tx, counters },
+            handle: StoreHandle {
+                tx,
+                counters,
+                commits,
+            },
             writer: Some(writer),
             opened,
         })
@@ -508,16 +581,23 @@ struct Writer {
     conn: Connection,
     settings: StoreSettings,
     counters: Arc<StoreCounters>,
+    commits: Arc<CommitWatch>,
     last_retention: Instant,
     batch: Vec<Record>,
 }
 
 impl Writer {
-    fn new(conn: Connection, settings: StoreSettings, counters: Arc<StoreCounters>) -> Self {
+    fn new(
+        conn: Connection,
+        settings: StoreSettings,
+        counters: Arc<StoreCounters>,
+        commits: Arc<CommitWatch>,
+    ) -> Self {
         Writer {
             conn,
             settings,
             counters,
+            commits,
             last_retention: Instant::now() - RETENTION_EVERY,
             batch: Vec::with_capacity(MAX_BATCH),
         }
@@ -576,7 +656,11 @@ impl Writer {
             return;
         }
         let n = self.batch.len() as u64;
-        match write_batch(&mut self.conn, &self.batch, self.settings.outbox_max_rows) {
+        let result = write_batch(&mut self.conn, &self.batch, self.settings.outbox_max_rows);
+        // Published only after the transaction ended: a record counted as settled and not
+        // failed is committed.
+        self.commits.advance(n, result.is_err());
+        match result {
             Ok(outbox_dropped) => {
                 self.counters.written.fetch_add(n, Ordering::Relaxed);
                 self.counters.transactions.fetch_add(1, Ordering::Relaxed);

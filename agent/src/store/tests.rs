@@ -69,11 +69,57 @@ fn records_are_written_in_batched_transactions_and_read_back_in_order() {
 }
 
 #[test]
+fn progress_tells_which_records_are_committed_and_which_failed() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(settings(dir.path())).unwrap();
+    let h = store.handle();
+    assert_eq!(h.progress(), Progress::default());
+    let t0 = now_us();
+    for n in 0..10 {
+        assert!(h.submit(Record::Event {
+            event: event(t0 + n as i64, n),
+            outbox_topic: None,
+        }));
+    }
+    let p = h.wait_progress(9, Duration::from_secs(10));
+    assert_eq!(
+        p,
+        Progress {
+            settled: 10,
+            failed: 0
+        }
+    );
+    // Reported committed: a reader sees every one of them now.
+    let path = dir.path().join("aegis.db");
+    assert_eq!(count(&path, "events"), 10);
+    // A transaction that fails (NaN is stored as NULL: NOT NULL violated) is settled and
+    // failed, not committed.
+    assert!(h.flush(Duration::from_secs(10)));
+    assert!(h.submit(Record::Metric {
+        ts_us: t0,
+        name: "m".into(),
+        labels: "{}".into(),
+        value: f64::NAN,
+    }));
+    let p = h.wait_progress(10, Duration::from_secs(10));
+    assert_eq!(
+        p,
+        Progress {
+            settled: 11,
+            failed: 1
+        }
+    );
+    assert_eq!(count(&path, "metrics"), 0);
+    store.close();
+}
+
+#[test]
 fn a_full_queue_drops_and_counts_instead_of_blocking() {
     let (tx, _rx) = std::sync::mpsc::sync_channel(2);
     let h = StoreHandle {
         tx,
         counters: Arc::default(),
+        commits: Arc::default(),
     };
     let metric = || Record::Metric {
         ts_us: 0,

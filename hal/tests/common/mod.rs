@@ -80,7 +80,7 @@ pub fn write_clip(
         let mut f = blank_frame(&pool, &stream, i as u64, i as i64 * FRAME_US);
         scene.render(&mut f);
         lumas.push(luma(&f));
-        writer.push(&f).expect("encode frame");
+        writer.push(&mut f).expect("encode frame");
     }
     let bytes = writer.finish().expect("finish clip");
     assert!(bytes > 0);
@@ -168,7 +168,7 @@ pub fn require_tool(name: &str) -> bool {
             "{name} not found on PATH, but CI is set: CI must install ffmpeg (ffmpeg + ffprobe)"
         );
     }
-    eprintln!("skipping: {name} not found");
+    record_skip(&format!("{name} not found"));
     false
 }
 
@@ -369,4 +369,32 @@ pub fn free_port() -> u16 {
         .local_addr()
         .unwrap()
         .port()
+}
+
+/// Says loudly that the running test skips for `why`, and records it for `just test`'s
+/// summary: one line `<test binary> <test>: <why>` appended, in one write to a file opened
+/// for appending (parallel test processes do not interleave), to the file `$AEGIS_SKIP_LOG`
+/// names when set. The same as `aegis_tests::record_skip` (this crate cannot depend on it).
+pub fn record_skip(why: &str) {
+    use std::io::Write;
+    let bin = std::env::current_exe()
+        .ok()
+        .and_then(|p| p.file_stem().map(|s| s.to_string_lossy().into_owned()))
+        .unwrap_or_default();
+    let bin = bin.rsplit_once('-').map_or(bin.as_str(), |(b, _)| b);
+    let line = format!(
+        "{bin} {}: {why}",
+        std::thread::current().name().unwrap_or("?")
+    );
+    eprintln!("SKIPPED {line}");
+    if let Some(log) = std::env::var_os("AEGIS_SKIP_LOG") {
+        let written = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&log)
+            .and_then(|mut f| f.write_all(format!("{line}\n").as_bytes()));
+        if let Err(e) = written {
+            panic!("cannot record the skip in {}: {e}", log.to_string_lossy());
+        }
+    }
 }

@@ -35,7 +35,7 @@ pub fn have(files: &[PathBuf]) -> bool {
         std::env::var_os("CI").is_none(),
         "CI must fetch models and media (just models, tools/fetch-media.sh): {files:?}"
     );
-    eprintln!("skipping: run `just models` and tools/fetch-media.sh");
+    record_skip("models or photos missing: run `just models` and tools/fetch-media.sh");
     false
 }
 
@@ -55,4 +55,32 @@ pub fn frame_of(pool: &SurfacePool, img: &RgbImage, seq: u64) -> Frame {
     )
     .unwrap();
     f
+}
+
+/// Says loudly that the running test skips for `why`, and records it for `just test`'s
+/// summary: one line `<test binary> <test>: <why>` appended, in one write to a file opened
+/// for appending (parallel test processes do not interleave), to the file `$AEGIS_SKIP_LOG`
+/// names when set. The same as `aegis_tests::record_skip` (this crate cannot depend on it).
+pub fn record_skip(why: &str) {
+    use std::io::Write;
+    let bin = std::env::current_exe()
+        .ok()
+        .and_then(|p| p.file_stem().map(|s| s.to_string_lossy().into_owned()))
+        .unwrap_or_default();
+    let bin = bin.rsplit_once('-').map_or(bin.as_str(), |(b, _)| b);
+    let line = format!(
+        "{bin} {}: {why}",
+        std::thread::current().name().unwrap_or("?")
+    );
+    eprintln!("SKIPPED {line}");
+    if let Some(log) = std::env::var_os("AEGIS_SKIP_LOG") {
+        let written = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&log)
+            .and_then(|mut f| f.write_all(format!("{line}\n").as_bytes()));
+        if let Err(e) = written {
+            panic!("cannot record the skip in {}: {e}", log.to_string_lossy());
+        }
+    }
 }
