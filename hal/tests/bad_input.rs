@@ -358,3 +358,26 @@ fn files_that_point_at_the_network_are_not_followed() {
         "a file source connected to the network"
     );
 }
+
+#[test]
+fn a_frame_wider_than_the_limit_is_refused_before_any_pool_is_allocated() {
+    // A real H.264 stream 8208 pixels wide (16 high, so it stays small): one side over
+    // MAX_FRAME_SIDE is refused at open, naming the file and the size, before a surface pool
+    // of that size exists. One pixel row under the limit opens.
+    let dir = tmpdir();
+    let wide = dir.path().join("wide.mp4");
+    write_clip(&wide, 8208, 16, 2, &encoder(200, 2));
+    let msg = expect_open_error(&wide);
+    assert!(
+        msg.contains("frame size 8208x16 exceeds the 8192x8192 limit"),
+        "{msg}"
+    );
+    let ok = dir.path().join("at-limit.mp4");
+    write_clip(&ok, 8192, 16, 2, &encoder(200, 2));
+    let mut src = FileSource::open(source_settings(&ok)).expect("8192 wide opens");
+    let mut widths = Vec::new();
+    while let Some(f) = src.next_frame().expect("decodes") {
+        widths.push(f.layout.width);
+    }
+    assert_eq!(widths, [8192, 8192]);
+}

@@ -183,3 +183,53 @@ fn disk_budget_open_errors_name_the_path() {
     let e = DiskBudget::open(&file, 1000).unwrap_err();
     assert!(e.to_string().contains("plain-file"), "{e}");
 }
+
+#[test]
+fn the_budget_deletes_only_its_own_segments_and_follows_no_symlink() {
+    // A recordings directory shared with things the recorder never wrote: foreign files in
+    // the stream's directory, a symlink posing as a segment, a symlinked "stream" directory
+    // pointing outside. A budget far too small must evict only real segments of its own.
+    let root = tmpdir();
+    let outside = tmpdir();
+    let cam = root.path().join("cam1");
+    std::fs::create_dir_all(&cam).unwrap();
+    let victim = outside.path().join("victim.mp4");
+    let far = outside.path().join("cam9");
+    std::fs::create_dir_all(&far).unwrap();
+    let far_segment = far.join("cam9-20260101T000000Z-0.mp4");
+    let foreign = [
+        cam.join("notes.mp4"),
+        cam.join("other-20260101T000000Z-0.mp4"),
+        cam.join("cam1-20260101T000000Z-0.txt"),
+    ];
+    for f in foreign.iter().chain([&victim, &far_segment]) {
+        std::fs::write(f, vec![7u8; 100_000]).unwrap();
+    }
+    std::os::unix::fs::symlink(&victim, cam.join("cam1-20260101T000000Z-9.mp4")).unwrap();
+    std::os::unix::fs::symlink(&far, root.path().join("cam9")).unwrap();
+
+    let budget = DiskBudget::open(root.path(), 1).unwrap();
+    assert!(budget.segments().is_empty(), "{:?}", budget.segments());
+    assert_eq!(record(root.path(), &budget), 5);
+    // Only the newest of its own segments is left; everything else is untouched.
+    let kept = budget.segments();
+    assert_eq!(kept.len(), 1, "{kept:?}");
+    let mut left = list_with_suffix(&cam, ".mp4");
+    left.sort();
+    let mut want = vec![
+        foreign[0].clone(),
+        foreign[1].clone(),
+        cam.join("cam1-20260101T000000Z-9.mp4"),
+        kept[0].clone(),
+    ];
+    want.sort();
+    assert_eq!(left, want);
+    for f in foreign.iter().chain([&victim, &far_segment]) {
+        assert_eq!(
+            std::fs::metadata(f).map(|m| m.len()).ok(),
+            Some(100_000),
+            "{f:?}"
+        );
+    }
+    assert!(cam.join("cam1-20260101T000000Z-9.mp4").is_symlink());
+}

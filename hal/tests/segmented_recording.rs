@@ -181,3 +181,51 @@ fn segments_stay_exact_at_ntsc_rates() {
         }
     }
 }
+
+/// Records `pts_us` (one frame each) into a recorder with 60 s segments; returns each
+/// segment's decoded timestamps, oldest first.
+fn record_with_pts(pts_us: &[i64]) -> Vec<Vec<i64>> {
+    let dir = tmpdir();
+    let stream = StreamId::new("cam");
+    let mut rec = SegmentRecorder::new(
+        RecorderSettings {
+            dir: dir.path().to_path_buf(),
+            stream: stream.clone(),
+            segment: Duration::from_secs(60),
+            encoder: encoder(500, 30),
+        },
+        DiskBudget::open(dir.path(), u64::MAX).expect("budget"),
+    );
+    let pool = SurfacePool::new(FrameLayout::new(PixelFormat::I420, 64, 48), 2);
+    let mut scene = SyntheticScene::new(64, 48, 1, 5, None);
+    for (i, &pts) in pts_us.iter().enumerate() {
+        let mut f = blank_frame(&pool, &stream, i as u64, pts);
+        scene.render(&mut f);
+        rec.push(&mut f).expect("push");
+    }
+    rec.finish().expect("finish");
+    assert_eq!(rec.stats().frames, pts_us.len() as u64);
+    list_with_suffix(&dir.path().join("cam"), ".mp4")
+        .iter()
+        .map(|s| decode_all(s).pts_us)
+        .collect()
+}
+
+#[test]
+fn a_jump_back_over_a_second_starts_a_new_segment_and_a_small_one_is_smoothed() {
+    let frame = 33_333;
+    // 2 s of video, then the camera restarts its clock at 0: a discontinuity, new segment.
+    let restart: Vec<i64> = (0..60).chain(0..30).map(|i| i * frame).collect();
+    let segs = record_with_pts(&restart);
+    assert_eq!(segs.iter().map(Vec::len).collect::<Vec<_>>(), [60, 30]);
+    // 2 s of video, then a step back of half a second: same segment, timestamps kept
+    // strictly increasing so that no frame is dropped by the encoder or the muxer.
+    let step: Vec<i64> = (0..60)
+        .map(|i| i * frame)
+        .chain((0..30).map(|i| 1_500_000 + i * frame))
+        .collect();
+    let segs = record_with_pts(&step);
+    assert_eq!(segs.len(), 1, "{segs:?}");
+    assert_eq!(segs[0].len(), 90);
+    assert!(segs[0].windows(2).all(|p| p[1] > p[0]), "{:?}", segs[0]);
+}
