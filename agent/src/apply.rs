@@ -797,7 +797,7 @@ impl Applier {
                     Via::Fleet(crate::fleet::TRUST_TOPIC),
                     file,
                     "trust.refused",
-                    format!("trust metadata: {}", crate::cli::error_text(&e)),
+                    format!("trust metadata: {}", crate::error_text(&e)),
                 );
                 (pipeline, reply)
             }
@@ -814,7 +814,7 @@ impl Applier {
             Err(e) => {
                 // The state could not be saved: whatever runs may be what was just revoked.
                 // Fail closed: the local default runs until the next start sorts it out.
-                tracing::error!(error = %crate::cli::error_text(&e),
+                tracing::error!(error = %crate::error_text(&e),
                     "cannot record the workflow change; running the local default pipeline");
                 (None, Vec::new())
             }
@@ -876,7 +876,7 @@ impl Applier {
         let inference = match loaded {
             Ok(Ok(i)) => i,
             Ok(Err(e)) => {
-                tracing::error!(error = %crate::cli::error_text(&e), "models for the allowed pipeline do not load");
+                tracing::error!(error = %crate::error_text(&e), "models for the allowed pipeline do not load");
                 return Err(pipeline);
             }
             Err(e) => {
@@ -919,7 +919,7 @@ impl Applier {
                     let _ = self.workflows.consume_sequence(v);
                     return (
                         pipeline,
-                        rejected(format!("models: {}", crate::cli::error_text(&e)), t0),
+                        rejected(format!("models: {}", crate::error_text(&e)), t0),
                     );
                 }
                 Err(e) => return (pipeline, rejected(format!("models: {e}"), t0)),
@@ -930,7 +930,7 @@ impl Applier {
         if let Err(e) = self.workflows.begin(doc, v) {
             return (
                 pipeline,
-                rejected(format!("state: {}", crate::cli::error_text(&e)), t0),
+                rejected(format!("state: {}", crate::error_text(&e)), t0),
             );
         }
         let mode = if in_place { "in_place" } else { "rebuild" };
@@ -952,7 +952,7 @@ impl Applier {
                     let _ = self.workflows.rollback();
                     let outcome = Outcome {
                         verdict: Verdict::RolledBack,
-                        reason: format!("start: {}", crate::cli::error_text(&e)),
+                        reason: format!("start: {}", crate::error_text(&e)),
                         mode,
                         apply_ms: ms(t0),
                     };

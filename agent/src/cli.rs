@@ -46,23 +46,6 @@ impl StreamsFailed {
     }
 }
 
-/// An error and its causes, each said once: `anyhow`'s `{:#}` repeats a cause whose message the
-/// outer error already quotes (`cannot open X: No such file…: No such file…`).
-pub fn error_text(e: &anyhow::Error) -> String {
-    let mut text = String::new();
-    for cause in e.chain() {
-        let c = cause.to_string();
-        if text.contains(&c) {
-            continue;
-        }
-        if !text.is_empty() {
-            text.push_str(": ");
-        }
-        text.push_str(&c);
-    }
-    text
-}
-
 /// The demo's configuration, shipped inside the binary.
 pub const DEMO_CONFIG: &str = include_str!("../../config/examples/demo.yaml");
 /// Where the demo and the benches keep generated clips.
@@ -651,7 +634,7 @@ pub fn main() -> ExitCode {
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("error: {}", error_text(&e));
+            eprintln!("error: {}", crate::error_text(&e));
             match e.downcast_ref::<StreamsFailed>() {
                 Some(f) => ExitCode::from(f.exit_code()),
                 None => ExitCode::FAILURE,

@@ -28,3 +28,20 @@ pub mod sensors_cli;
 pub mod server;
 pub mod store;
 pub mod workflow_cli;
+
+/// An error and its causes, each said once: `anyhow`'s `{:#}` repeats a cause whose message the
+/// outer error already quotes (`cannot open X: No such file…: No such file…`).
+pub fn error_text(e: &anyhow::Error) -> String {
+    let mut text = String::new();
+    for cause in e.chain() {
+        let c = cause.to_string();
+        if text.contains(&c) {
+            continue;
+        }
+        if !text.is_empty() {
+            text.push_str(": ");
+        }
+        text.push_str(&c);
+    }
+    text
+}

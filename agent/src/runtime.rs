@@ -278,7 +278,7 @@ pub async fn run(
         Err(e) if origin == PipelineOrigin::SignedWorkflow => {
             // The stored workflow does not start here any more (a model file went
             // missing...): the local default runs, and the state says so.
-            tracing::error!(error = %crate::cli::error_text(&e),
+            tracing::error!(error = %crate::error_text(&e),
                 "the active workflow's pipeline does not start; rolling back to the previous one");
             let w = workflows
                 .as_mut()
