@@ -286,15 +286,8 @@ fn run_pipeline(
 ) -> anyhow::Result<(Duration, u64, u32, u64, u64)> {
     let cfg = PipelineConfig {
         sources: vec![SourceConfig {
-            id: "bench".into(),
-            url: clip.display().to_string(),
-            loop_: false,
-            realtime: false,
             max_frames,
-            transport: Default::default(),
-            username: None,
-            password: None,
-            capture: None,
+            ..SourceConfig::new("bench", clip.display().to_string())
         }],
         stages: vec![StageConfig::Passthrough(PassthroughStage {})],
         sinks: vec![SinkConfig::Record(record_cfg(dir, threads))],

@@ -276,17 +276,7 @@ fn load_run(n: usize, recording: bool, opts: &RtspBenchOptions) -> anyhow::Resul
     let _ = std::fs::remove_dir_all(&dir);
     let cfg = PipelineConfig {
         sources: (0..n)
-            .map(|i| SourceConfig {
-                id: format!("cam{i}"),
-                url: url.clone(),
-                loop_: false,
-                realtime: false,
-                max_frames: None,
-                transport: Default::default(),
-                username: None,
-                password: None,
-                capture: None,
-            })
+            .map(|i| SourceConfig::new(format!("cam{i}"), url.clone()))
             .collect(),
         stages: vec![StageConfig::Passthrough(PassthroughStage {})],
         sinks: if recording {

@@ -596,6 +596,22 @@ pub enum SourceLocation {
 }
 
 impl SourceConfig {
+    /// Source `id` reading `url`, every other option at the default a config file gets
+    /// when it leaves the option out.
+    pub fn new(id: impl Into<String>, url: impl Into<String>) -> Self {
+        SourceConfig {
+            id: id.into(),
+            url: url.into(),
+            transport: RtspTransport::default(),
+            username: None,
+            password: None,
+            capture: None,
+            loop_: false,
+            realtime: false,
+            max_frames: None,
+        }
+    }
+
     /// The parsed location of this source.
     ///
     /// Meaningful on a validated configuration (validation rejects every URL

@@ -289,20 +289,7 @@ fn rtsp_credentials_are_checked_and_never_printed() {
 
 #[test]
 fn source_url_forms() {
-    let location = |url: &str| {
-        SourceConfig {
-            id: "a".into(),
-            url: url.into(),
-            loop_: false,
-            realtime: false,
-            max_frames: None,
-            transport: RtspTransport::Tcp,
-            username: None,
-            password: None,
-            capture: None,
-        }
-        .location()
-    };
+    let location = |url: &str| SourceConfig::new("a", url).location();
     assert_eq!(
         location("file:///data/a.mp4"),
         SourceLocation::File("/data/a.mp4".into())

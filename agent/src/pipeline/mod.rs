@@ -981,17 +981,7 @@ mod tests {
 
     #[test]
     fn credentials_go_into_the_canonical_url_percent_encoded() {
-        let source = |url: &str| aegis_config::SourceConfig {
-            id: "cam".into(),
-            url: url.into(),
-            transport: aegis_config::RtspTransport::Tcp,
-            username: None,
-            password: None,
-            capture: None,
-            loop_: false,
-            realtime: false,
-            max_frames: None,
-        };
+        let source = |url: &str| aegis_config::SourceConfig::new("cam", url);
         let libav = |url: &str, user: Option<&str>, pw: Option<&aegis_config::Secret>| {
             let SourceLocation::Rtsp(u) = source(url).location() else {
                 panic!("{url} is not an rtsp source");

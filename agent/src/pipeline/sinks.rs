@@ -236,17 +236,7 @@ mod tests {
     /// `aegis_copies_per_frame` gauge give for the last frame.
     fn copies_with(clip: &Path, sinks: Vec<SinkConfig>) -> (u32, i64) {
         let cfg = PipelineConfig {
-            sources: vec![SourceConfig {
-                id: "cam".into(),
-                url: clip.display().to_string(),
-                loop_: false,
-                realtime: false,
-                max_frames: None,
-                transport: Default::default(),
-                username: None,
-                password: None,
-                capture: None,
-            }],
+            sources: vec![SourceConfig::new("cam", clip.display().to_string())],
             stages: Vec::new(),
             sinks,
             pool_frames: 4,
