@@ -279,11 +279,10 @@ fn score(f: &Fusion, gps: &Path, truth: &Path, start: f64, speed: f64) -> anyhow
     for line in std::io::BufReader::new(std::fs::File::open(gps)?).lines() {
         let line = line?;
         let sentence = aegis_sensors::nmea::parse(line.as_bytes());
-        let utc = match &sentence {
-            Ok(aegis_sensors::nmea::Sentence::Gga(g)) => g.utc_s,
-            Ok(aegis_sensors::nmea::Sentence::Rmc(r)) => r.utc_s,
-            _ => None,
-        };
+        let utc = sentence
+            .as_ref()
+            .ok()
+            .and_then(aegis_sensors::nmea::Sentence::utc_s);
         let Some(ft) = utc.map(|u| timeline.place(u)) else {
             continue;
         };

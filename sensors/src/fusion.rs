@@ -249,11 +249,7 @@ impl Fusion {
                 }
                 match (g.quality, g.lat, g.lon) {
                     (1.., Some(lat), Some(lon)) => {
-                        // One position an epoch: the same epoch's RMC may have come first.
-                        if g.utc_s.is_none() || g.utc_s != self.last_fix_utc {
-                            self.last_fix_utc = g.utc_s;
-                            self.use_fix(t, lat, lon, g.hdop.unwrap_or(self.last_hdop));
-                        }
+                        self.use_fix(t, g.utc_s, lat, lon, g.hdop.unwrap_or(self.last_hdop));
                     }
                     _ => self.stats.no_fix += 1,
                 }
@@ -263,12 +259,8 @@ impl Fusion {
                 if !r.valid {
                     self.stats.no_fix += 1;
                 } else {
-                    // The same epoch's GGA may already have given the position (with its
-                    // HDOP).
-                    let fresh = r.utc_s.is_none() || r.utc_s != self.last_fix_utc;
-                    if fresh && let (Some(lat), Some(lon)) = (r.lat, r.lon) {
-                        self.last_fix_utc = r.utc_s;
-                        self.use_fix(t, lat, lon, self.last_hdop);
+                    if let (Some(lat), Some(lon)) = (r.lat, r.lon) {
+                        self.use_fix(t, r.utc_s, lat, lon, self.last_hdop);
                     }
                     self.ekf.velocity(r.speed_mps, r.course_deg);
                     self.gps_epoch(t, &r);
@@ -329,7 +321,13 @@ impl Fusion {
         self.stats.restarts += 1;
     }
 
-    fn use_fix(&mut self, t: f64, lat: f64, lon: f64, hdop: f64) {
+    fn use_fix(&mut self, t: f64, utc: Option<f64>, lat: f64, lon: f64, hdop: f64) {
+        // One position an epoch: the same epoch's GGA and RMC both carry it, in either order
+        // (the first one's, with the GGA's HDOP when it came first).
+        if utc.is_some() && utc == self.last_fix_utc {
+            return;
+        }
+        self.last_fix_utc = utc;
         let frame = *self.frame.get_or_insert_with(|| LocalFrame::new(lat, lon));
         let (x, y) = frame.to_local(lat, lon);
         match self.ekf.fix(x, y, hdop) {

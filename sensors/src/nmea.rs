@@ -25,6 +25,18 @@ pub enum Sentence {
     Gsa(Gsa),
 }
 
+impl Sentence {
+    /// The receiver's UTC time of day (seconds since midnight) the sentence carries: GGA and
+    /// RMC have one, the others do not.
+    pub fn utc_s(&self) -> Option<f64> {
+        match self {
+            Sentence::Gga(g) => g.utc_s,
+            Sentence::Rmc(r) => r.utc_s,
+            _ => None,
+        }
+    }
+}
+
 /// A GGA sentence.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Gga {

@@ -20,7 +20,7 @@ use std::time::Duration;
 
 use crate::fusion::{Clock, Input, MAX_GPS_SILENCE_S, MAX_TIME_JUMP_S};
 use crate::imu::IioImu;
-use crate::nmea::{self, LineSplitter, Sentence};
+use crate::nmea::{self, LineSplitter};
 
 /// What a driver did (its totals when it returns).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -88,14 +88,6 @@ impl DriverStats {
         for _ in 0..split.take_overlong() {
             self.refused(sink, &Overlong);
         }
-    }
-}
-
-fn utc_of(s: &Sentence) -> Option<f64> {
-    match s {
-        Sentence::Gga(g) => g.utc_s,
-        Sentence::Rmc(r) => r.utc_s,
-        _ => None,
     }
 }
 
@@ -181,7 +173,7 @@ pub fn replay_nmea(
         let line = line?;
         match nmea::parse(&line) {
             Ok(s) => {
-                if let Some(u) = utc_of(&s) {
+                if let Some(u) = s.utc_s() {
                     let ft = timeline.place(u);
                     current = if speed > 0.0 {
                         start + ft / speed

@@ -702,14 +702,17 @@ impl Writer {
     }
 }
 
+/// The writer's statement for one event (also what `aegis bench store`'s single-row baseline
+/// runs, so both measure the same statement).
+pub(crate) const INSERT_EVENT_SQL: &str =
+    "INSERT OR IGNORE INTO events (id, ts_us, stream, kind, payload) VALUES (?1, ?2, ?3, ?4, ?5)";
+
 /// Writes `batch` in one transaction; returns outbox rows dropped by the limit.
 fn write_batch(conn: &mut Connection, batch: &[Record], outbox_max: u64) -> rusqlite::Result<u64> {
     let tx = conn.transaction()?;
     let mut outboxed = false;
     {
-        let mut ev = tx.prepare_cached(
-            "INSERT OR IGNORE INTO events (id, ts_us, stream, kind, payload) VALUES (?1, ?2, ?3, ?4, ?5)",
-        )?;
+        let mut ev = tx.prepare_cached(INSERT_EVENT_SQL)?;
         let mut ob = tx.prepare_cached(
             "INSERT INTO outbox (event_id, topic, payload, created_us) VALUES (?1, ?2, ?3, ?4)",
         )?;
