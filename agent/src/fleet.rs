@@ -785,17 +785,21 @@ impl Link {
         );
     }
 
+    /// Installs the log filter `level` (trimmed) and records it as the `log_level` toggle's
+    /// value; a filter the host refuses changes nothing.
+    fn apply_log_level(&mut self, level: &str) -> Result<(), String> {
+        let level = level.trim();
+        self.host.set_log_level(level)?;
+        self.s.log_level = level.to_string();
+        Ok(())
+    }
+
     /// `…/toggles/{name}/set`: applied, then the retained state topic says what is in force;
     /// a refused value is answered on the state topic, not retained, with `error` and the
     /// value still in force.
     fn on_toggle(&mut self, name: &str, payload: &[u8]) {
         let result = toggle_payload(payload).and_then(|v| match (name, &v) {
-            ("log_level", Value::String(l)) => {
-                let l = l.trim();
-                self.host.set_log_level(l).map(|()| {
-                    self.s.log_level = l.to_string();
-                })
-            }
+            ("log_level", Value::String(l)) => self.apply_log_level(l),
             ("telemetry_s", Value::Number(n)) => {
                 match n.as_u64().filter(|s| (1..=3600).contains(s)) {
                     Some(secs) => {
@@ -973,10 +977,9 @@ impl Link {
                 Err(e) => fail(e),
             },
             "set_log_level" => match args.get("level").and_then(Value::as_str).map(str::trim) {
-                Some(l) => match self.host.set_log_level(l) {
+                Some(l) => match self.apply_log_level(l) {
                     Ok(()) => {
                         // The toggle's retained state follows: one value in force.
-                        self.s.log_level = l.to_string();
                         self.publish_toggle_state("log_level");
                         ok(json!({ "level": l }))
                     }
