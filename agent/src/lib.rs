@@ -5,29 +5,19 @@
 //! and serves the local HTTP endpoints. See `docs/architecture.md`.
 
 pub mod alloc;
-pub mod apply;
-pub mod bench;
-pub mod bench_backends;
-pub mod bench_rtsp;
-pub mod bench_stages;
-pub mod bench_workflow;
 pub mod cli;
-pub mod cuda_golden;
-pub mod db_cli;
 pub mod fleet;
-pub mod fleet_sim;
 pub mod inference;
 pub mod logging;
 pub mod metrics;
 pub mod pipeline;
 pub mod process;
 pub mod runtime;
-pub mod sample;
 pub mod sensing;
-pub mod sensors_cli;
-pub mod server;
 pub mod store;
-pub mod workflow_cli;
+pub mod tools;
+pub mod web;
+pub mod workflows;
 
 /// An error and its causes, each said once: `anyhow`'s `{:#}` repeats a cause whose message the
 /// outer error already quotes (`cannot open X: No such file…: No such file…`).

@@ -23,8 +23,8 @@ use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 
-use crate::apply::{ApplyCounters, RefusalAudit};
 use crate::metrics::Metrics;
+use crate::workflows::apply::{ApplyCounters, RefusalAudit};
 
 /// The local API credential: 256 random bits, hex, in a 0600 file.
 pub struct LocalToken {
@@ -108,7 +108,7 @@ pub struct ServerState {
     /// Process start, for uptime.
     pub started: Instant,
     /// The applier's local queue (None: workflows are off).
-    pub workflows: Option<tokio::sync::mpsc::Sender<crate::apply::Request>>,
+    pub workflows: Option<tokio::sync::mpsc::Sender<crate::workflows::apply::Request>>,
     /// The local API token.
     pub token: Arc<LocalToken>,
     /// Serve `/metrics` without the token.
@@ -283,7 +283,7 @@ async fn workflow(
         return deny(&s, "/workflow", code, why);
     }
     let (reply_tx, reply_rx) = tokio::sync::oneshot::channel();
-    let req = crate::apply::Request {
+    let req = crate::workflows::apply::Request {
         payload: body.to_vec(),
         reply: Some(reply_tx),
     };

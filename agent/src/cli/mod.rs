@@ -1,5 +1,9 @@
 //! The `aegis` command line.
 
+pub mod db;
+pub mod sensors;
+pub mod workflow;
+
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -9,11 +13,11 @@ use aegis_config::{AgentConfig, ConfigError, LogFormat};
 use anyhow::Context;
 use clap::{Parser, Subcommand, ValueEnum};
 
-use crate::bench::{BenchOptions, bench_clip};
 use crate::metrics::Metrics;
 use crate::pipeline::RunOptions;
 use crate::runtime::{RunRequest, RunSummary, run, select_backend};
-use crate::sample::{SampleSpec, generate};
+use crate::tools::bench::{BenchOptions, bench_clip};
+use crate::tools::sample::{SampleSpec, generate};
 
 /// Exit code for invalid configuration or usage.
 pub const EXIT_INVALID: u8 = 2;
@@ -47,7 +51,7 @@ impl StreamsFailed {
 }
 
 /// The demo's configuration, shipped inside the binary.
-pub const DEMO_CONFIG: &str = include_str!("../../config/examples/demo.yaml");
+pub const DEMO_CONFIG: &str = include_str!("../../../config/examples/demo.yaml");
 /// Where the demo and the benches keep generated clips.
 pub const SAMPLES_DIR: &str = ".samples";
 
@@ -133,7 +137,7 @@ enum Command {
     /// fusion.
     Sensors {
         #[command(subcommand)]
-        what: crate::sensors_cli::SensorsCommand,
+        what: crate::cli::sensors::SensorsCommand,
     },
     /// (development) Write the CUDA kernels' golden files: inputs and CPU outputs.
     #[command(hide = true)]
@@ -145,12 +149,12 @@ enum Command {
     /// Signed workflows: apply one to the running agent, show what runs.
     Workflow {
         #[command(subcommand)]
-        what: crate::workflow_cli::WorkflowCommand,
+        what: crate::cli::workflow::WorkflowCommand,
     },
     /// The local database: stats, integrity check, vacuum, export.
     Db {
         #[command(subcommand)]
-        what: crate::db_cli::DbCommand,
+        what: crate::cli::db::DbCommand,
     },
     /// Benchmarks.
     Bench {
@@ -436,7 +440,7 @@ pub fn main() -> ExitCode {
                 },
         } => {
             crate::logging::init(log_override.unwrap_or(LogFormat::Human), "error");
-            let opts = crate::bench_rtsp::RtspBenchOptions {
+            let opts = crate::tools::bench_rtsp::RtspBenchOptions {
                 clip: PathBuf::new(),
                 server_script: server,
                 restarts,
@@ -492,7 +496,7 @@ pub fn main() -> ExitCode {
             what: BenchCommand::Sensors { json },
         } => {
             crate::logging::init(log_override.unwrap_or(LogFormat::Human), "error");
-            crate::sensors_cli::bench().and_then(|r| {
+            crate::cli::sensors::bench().and_then(|r| {
                 println!(
                     "sensors, one core: {} samples; parsing alone {:.0} samples/s, parsing + fusion {:.0} samples/s (fusion keeps {:.0} % of the parse rate)",
                     r.samples, r.parse_per_s, r.fused_per_s, r.ratio * 100.0
@@ -513,10 +517,11 @@ pub fn main() -> ExitCode {
                 },
         } => {
             crate::logging::init(log_override.unwrap_or(LogFormat::Human), "error");
-            crate::bench_workflow::bench_workflow(runs.max(2), health_frames.max(1)).and_then(|r| {
-                crate::bench_workflow::print(&r);
-                write_json(json, &r)
-            })
+            crate::tools::bench_workflow::bench_workflow(runs.max(2), health_frames.max(1))
+                .and_then(|r| {
+                    crate::tools::bench_workflow::print(&r);
+                    write_json(json, &r)
+                })
         }
         Command::Bench {
             what:
@@ -527,7 +532,7 @@ pub fn main() -> ExitCode {
                 },
         } => {
             crate::logging::init(log_override.unwrap_or(LogFormat::Human), "error");
-            crate::fleet_sim::bench_fleet(pings, backlog).and_then(|r| {
+            crate::tools::fleet_sim::bench_fleet(pings, backlog).and_then(|r| {
                 println!(
                     "command round trip (loopback mosquitto, {} pings): p50 {:.2} ms, p99 {:.2} ms",
                     r.pings, r.rtt_p50_ms, r.rtt_p99_ms
@@ -545,7 +550,7 @@ pub fn main() -> ExitCode {
             crate::logging::init(log_override.unwrap_or(LogFormat::Human), "error");
             tempfile::tempdir()
                 .map_err(anyhow::Error::from)
-                .and_then(|d| crate::fleet_sim::bench_store(rows, d.path()))
+                .and_then(|d| crate::tools::fleet_sim::bench_store(rows, d.path()))
                 .and_then(|r| {
                     println!(
                         "store ingest ({} event rows, cached prepared statement in both): batched writer {:.0} rows/s, one row per transaction {:.0} rows/s, batching alone {:.1}x",
@@ -560,19 +565,19 @@ pub fn main() -> ExitCode {
         }
         Command::Sensors { what } => {
             crate::logging::init(log_override.unwrap_or(LogFormat::Human), "warn");
-            crate::sensors_cli::run(what)
+            crate::cli::sensors::run(what)
         }
         Command::CudaGolden { out } => {
             crate::logging::init(log_override.unwrap_or(LogFormat::Human), "warn");
-            crate::cuda_golden::write(&out)
+            crate::tools::cuda_golden::write(&out)
         }
         Command::Workflow { what } => {
             crate::logging::init(log_override.unwrap_or(LogFormat::Human), "warn");
-            crate::workflow_cli::run(what)
+            crate::cli::workflow::run(what)
         }
         Command::Db { what } => {
             crate::logging::init(log_override.unwrap_or(LogFormat::Human), "warn");
-            crate::db_cli::run(what)
+            crate::cli::db::run(what)
         }
         Command::Sample(spec) => {
             crate::logging::init(log_override.unwrap_or(LogFormat::Human), "info");
@@ -580,7 +585,7 @@ pub fn main() -> ExitCode {
                 println!(
                     "wrote {} ({n} frames) and {}",
                     spec.out.display(),
-                    crate::sample::truth_path(&spec.out).display()
+                    crate::tools::sample::truth_path(&spec.out).display()
                 );
             })
         }
@@ -861,7 +866,7 @@ fn demo(fast: bool, serve: bool, listen: Option<SocketAddr>) -> anyhow::Result<(
     ensure_sample(&Path::new(SAMPLES_DIR).join("demo.mp4"), 1280, 720)?;
     let track = Path::new(SAMPLES_DIR).join("demo-track");
     if !track.join("track.nmea").exists() {
-        crate::sensors_cli::simulate(&track, 60.0, &aegis_sensors::sim::SensorModel::default())?;
+        crate::cli::sensors::simulate(&track, 60.0, &aegis_sensors::sim::SensorModel::default())?;
     }
     let _broker = DemoBroker::ensure(&mut cfg);
     let req = RunRequest {
@@ -995,7 +1000,7 @@ fn bench(
     let mut results = Vec::new();
     for c in &clips {
         let r = bench_clip(c, &opts).with_context(|| format!("benchmarking {}", c.display()))?;
-        crate::bench::print(&r);
+        crate::tools::bench::print(&r);
         results.push(r);
     }
     let _ = std::fs::remove_dir_all(&opts.scratch);
@@ -1088,7 +1093,7 @@ fn fleet_sim(
 ) -> anyhow::Result<()> {
     let mut results = Vec::new();
     for n in devices {
-        let r = crate::fleet_sim::simulate(n, seconds, rate, pings)?;
+        let r = crate::tools::fleet_sim::simulate(n, seconds, rate, pings)?;
         println!(
             "{} devices: {} connected, produced {:.0} events/s, delivered {:.0} events/s, backlog {}; ping p50 {:.2} ms, p99 {:.2} ms ({} pings)",
             r.devices,
@@ -1121,8 +1126,8 @@ fn bench_stages(
             c
         }
     };
-    let r = crate::bench_stages::run(&cfg, &clip, frames.max(1), rounds.max(1))?;
-    crate::bench_stages::print(&r);
+    let r = crate::tools::bench_stages::run(&cfg, &clip, frames.max(1), rounds.max(1))?;
+    crate::tools::bench_stages::print(&r);
     if let Some(p) = json {
         std::fs::write(&p, serde_json::to_string_pretty(&r)?)?;
     }
@@ -1160,8 +1165,8 @@ fn bench_backends(
             c
         }
     };
-    let r = crate::bench_backends::run(&cfg, &clip, frames.max(1), &streams)?;
-    crate::bench_backends::print(&r);
+    let r = crate::tools::bench_backends::run(&cfg, &clip, frames.max(1), &streams)?;
+    crate::tools::bench_backends::print(&r);
     if let Some(p) = json {
         std::fs::write(&p, serde_json::to_string_pretty(&r)?)?;
     }
@@ -1170,7 +1175,7 @@ fn bench_backends(
 
 fn bench_rtsp(
     clip: Option<PathBuf>,
-    mut opts: crate::bench_rtsp::RtspBenchOptions,
+    mut opts: crate::tools::bench_rtsp::RtspBenchOptions,
     json: Option<PathBuf>,
 ) -> anyhow::Result<()> {
     opts.clip = match clip {
@@ -1190,10 +1195,10 @@ fn bench_rtsp(
             c
         }
     };
-    let r = crate::bench_rtsp::run(&opts);
+    let r = crate::tools::bench_rtsp::run(&opts);
     let _ = std::fs::remove_dir_all(&opts.scratch);
     let r = r?;
-    crate::bench_rtsp::print(&r);
+    crate::tools::bench_rtsp::print(&r);
     if let Some(path) = json {
         std::fs::write(&path, serde_json::to_string_pretty(&r)?)
             .with_context(|| format!("writing {}", path.display()))?;

@@ -9,7 +9,7 @@ use aegis_config::{AgentConfig, BackendKind, PipelineConfig, PipelineOrigin};
 
 use crate::metrics::Metrics;
 use crate::pipeline::{Pipeline, RunOptions, StreamReport};
-use crate::server::{ServerState, bind, router};
+use crate::web::{ServerState, bind, router};
 
 /// How a run ended.
 #[derive(Debug)]
@@ -205,14 +205,13 @@ pub async fn run(
     let listener = bind(addr).await?;
     let listen = listener.local_addr()?;
     // Local requests and fleet deliveries wait apart: neither can starve the other.
-    let (wf_tx, mut wf_rx) =
-        tokio::sync::mpsc::channel::<crate::apply::Request>(crate::apply::LOCAL_QUEUE);
-    let apply_counters = Arc::new(crate::apply::ApplyCounters::default());
-    let inbox = crate::apply::FleetInbox::new(apply_counters.clone());
-    let refusals = crate::apply::RefusalAudit::new(store_handle.clone());
-    let token = Arc::new(crate::server::LocalToken::load_or_create(
-        &cfg.token_path(),
-    )?);
+    let (wf_tx, mut wf_rx) = tokio::sync::mpsc::channel::<crate::workflows::apply::Request>(
+        crate::workflows::apply::LOCAL_QUEUE,
+    );
+    let apply_counters = Arc::new(crate::workflows::apply::ApplyCounters::default());
+    let inbox = crate::workflows::apply::FleetInbox::new(apply_counters.clone());
+    let refusals = crate::workflows::apply::RefusalAudit::new(store_handle.clone());
+    let token = Arc::new(crate::web::LocalToken::load_or_create(&cfg.token_path())?);
     let state = ServerState {
         metrics: metrics.clone(),
         device: cfg.device.id.clone(),
@@ -254,7 +253,7 @@ pub async fn run(
         opts.events_topic = events_topic;
     }
     let preloaded = opts.inference.take();
-    let starter = Arc::new(crate::apply::Starter {
+    let starter = Arc::new(crate::workflows::apply::Starter {
         metrics: metrics.clone(),
         opts,
         inference: cfg.inference.clone(),
@@ -296,7 +295,7 @@ pub async fn run(
     };
     let workflow_status = Arc::new(std::sync::Mutex::new(serde_json::Value::Null));
     let mut applier = workflows.map(|w| {
-        crate::apply::Applier::new(
+        crate::workflows::apply::Applier::new(
             w,
             starter.clone(),
             inference.clone(),
@@ -411,7 +410,7 @@ pub async fn run(
             }
             (topic, payload) = inbox.next(), if applier.is_some() => {
                 if let Some(a) = applier.as_mut() {
-                    let (p, _) = a.handle(pipeline, crate::apply::Via::Fleet(&topic), &payload).await;
+                    let (p, _) = a.handle(pipeline, crate::workflows::apply::Via::Fleet(&topic), &payload).await;
                     pipeline = p;
                     inference = a.inference();
                 }
@@ -419,12 +418,12 @@ pub async fn run(
             Some(req) = wf_rx.recv() => {
                 let reply = match applier.as_mut() {
                     Some(a) => {
-                        let (p, reply) = a.handle(pipeline, crate::apply::Via::Local, &req.payload).await;
+                        let (p, reply) = a.handle(pipeline, crate::workflows::apply::Via::Local, &req.payload).await;
                         pipeline = p;
                         inference = a.inference();
                         reply
                     }
-                    None => crate::apply::Reply {
+                    None => crate::workflows::apply::Reply {
                         verdict: "refused".into(),
                         reason: "workflows are disabled on this device".into(),
                         receipt: None,
@@ -542,7 +541,7 @@ struct WorkflowHooks {
     sensing: Option<Arc<crate::sensing::Sensing>>,
     status: Arc<std::sync::Mutex<serde_json::Value>>,
     /// Where workflow and trust deliveries go (None: workflows are off).
-    inbox: Option<Arc<crate::apply::FleetInbox>>,
+    inbox: Option<Arc<crate::workflows::apply::FleetInbox>>,
 }
 
 /// `password` values replaced by `***` anywhere in a JSON document.
@@ -594,7 +593,7 @@ impl AgentHost {
     }
 
     fn streams(&self) -> serde_json::Value {
-        crate::server::streams_json(&self.metrics).into()
+        crate::web::streams_json(&self.metrics).into()
     }
 }
 

@@ -91,7 +91,7 @@ fn apply(
             a
         }
     };
-    let token = crate::server::LocalToken::read(&token_file.unwrap_or_else(|| cfg.token_path()))?;
+    let token = crate::web::LocalToken::read(&token_file.unwrap_or_else(|| cfg.token_path()))?;
     let body = post(addr, "/workflow", &doc, &token.header())
         .map_err(|e| anyhow::anyhow!("cannot reach the agent at {addr} (is it running?): {e}"))?;
     let v: serde_json::Value = serde_json::from_str(&body).map_err(|e| {

@@ -58,7 +58,7 @@ fn pct(v: &mut [f64], p: f64) -> f64 {
 
 /// Runs the benchmark: `runs` workflows, each judged on `health_frames` frames.
 pub fn bench_workflow(runs: usize, health_frames: u32) -> anyhow::Result<WorkflowBench> {
-    let broker = crate::fleet_sim::LocalBroker::start()?;
+    let broker = crate::tools::fleet_sim::LocalBroker::start()?;
     let dir = tempfile::tempdir()?;
     let d = dir.path();
     // Root, issuer and trust metadata; the device's keys.
@@ -88,9 +88,9 @@ pub fn bench_workflow(runs: usize, health_frames: u32) -> anyhow::Result<Workflo
     let seal_key = SealSecret::generate()?;
     seal_key.write(&d.join("keys/device.kem.key"))?;
     let clip = d.join("clip.mp4");
-    let mut spec = crate::sample::SampleSpec::new(&clip);
+    let mut spec = crate::tools::sample::SampleSpec::new(&clip);
     (spec.width, spec.height, spec.seconds) = (640, 360, 4.0);
-    crate::sample::generate(&spec)?;
+    crate::tools::sample::generate(&spec)?;
     let web = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?;
     let pipeline = |stages: &str| {
         format!(
