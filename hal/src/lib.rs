@@ -13,6 +13,7 @@
 //! [`Frame::copies`]).
 
 pub mod analytics;
+pub mod backend;
 pub mod codec;
 pub mod container;
 pub mod frame;

@@ -621,6 +621,7 @@ pub fn main() -> ExitCode {
         }
         Command::Version => {
             aegis_hal::init();
+            let probe = aegis_hal::backend::probe();
             println!("aegis {}", env!("CARGO_PKG_VERSION"));
             println!("{}", aegis_hal::libav_versions());
             println!(
@@ -629,9 +630,9 @@ pub fn main() -> ExitCode {
             );
             println!(
                 "backends in this build: cpu, cuda (CUDA driver {}, NVRTC {}, NVDEC {} here)",
-                found(aegis_cuda::driver_present()),
-                found(aegis_cuda::nvrtc_present()),
-                found(aegis_cuda::nvdec::nvdec_present())
+                found(probe.driver),
+                found(probe.nvrtc),
+                found(probe.nvdec)
             );
             Ok(())
         }

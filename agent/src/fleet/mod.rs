@@ -309,6 +309,20 @@ pub struct FleetCounters {
     pub refused: std::sync::atomic::AtomicU64,
 }
 
+impl FleetCounters {
+    /// Every counter by name, for metrics.
+    pub fn values(&self) -> Vec<(&'static str, u64)> {
+        use std::sync::atomic::Ordering::Relaxed;
+        vec![
+            ("connected", self.connected.load(Relaxed)),
+            ("connects", self.connects.load(Relaxed)),
+            ("published", self.published.load(Relaxed)),
+            ("acked", self.acked.load(Relaxed)),
+            ("commands", self.commands.load(Relaxed)),
+        ]
+    }
+}
+
 /// A running link; stop it with [`FleetLink::stop`].
 pub struct FleetLink {
     /// Wake the link now: republish the retained status and drain the outbox (after a

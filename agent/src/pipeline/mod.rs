@@ -91,7 +91,7 @@ pub struct RunOptions {
     pub sensing: Option<Arc<crate::sensing::Sensing>>,
     /// The backend (`None`: cpu). With a GPU, file sources decode on NVDEC and the stages
     /// that can work on device frames do.
-    pub backend: Option<crate::runtime::Backend>,
+    pub backend: Option<aegis_hal::backend::Backend>,
 }
 
 /// The rules a pipeline runs: the local `sensors.rules` and its own `rules`, whose sensor
@@ -125,24 +125,9 @@ fn download(frame: &mut Frame, errors: &mut ErrorReporter) -> bool {
     }
 }
 
-/// The GPU a source decodes on (CUDA backend): its own fork of the backend's GPU (own CUDA
-/// stream), when NVDEC is installed; `None` decodes on the CPU, saying why.
-fn gpu_for(opts: &RunOptions, stream: &str) -> Option<Arc<aegis_cuda::Gpu>> {
-    let gpu = opts.backend.as_ref()?.gpu.as_ref()?;
-    if !aegis_cuda::nvdec::nvdec_present() {
-        tracing::warn!(
-            stream,
-            "libnvcuvid.so.1 (NVDEC) is not installed; decoding on the CPU"
-        );
-        return None;
-    }
-    match gpu.fork() {
-        Ok(g) => Some(Arc::new(g)),
-        Err(e) => {
-            tracing::warn!(stream, error = %e, "no CUDA stream for this source; decoding on the CPU");
-            None
-        }
-    }
+/// The GPU a source decodes on (CUDA backend), or `None` to decode on the CPU.
+fn gpu_for(opts: &RunOptions, stream: &str) -> Option<Arc<aegis_hal::backend::Gpu>> {
+    opts.backend.as_ref()?.stream_gpu(stream)
 }
 
 /// What one stream did, reported when it ends.

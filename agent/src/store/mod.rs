@@ -222,6 +222,21 @@ pub struct StoreCounters {
     pub errors: AtomicU64,
 }
 
+impl StoreCounters {
+    /// Every counter by name, for metrics.
+    pub fn values(&self) -> Vec<(&'static str, u64)> {
+        use std::sync::atomic::Ordering::Relaxed;
+        vec![
+            ("written", self.written.load(Relaxed)),
+            ("dropped", self.dropped.load(Relaxed)),
+            ("transactions", self.transactions.load(Relaxed)),
+            ("outbox_dropped", self.outbox_dropped.load(Relaxed)),
+            ("retention_deleted", self.retention_deleted.load(Relaxed)),
+            ("errors", self.errors.load(Relaxed)),
+        ]
+    }
+}
+
 /// How far the writer has got, in queue order (the order records left the queue, which for a
 /// single producer is the order its successful [`StoreHandle::submit`] calls were made).
 /// Published once per transaction, after it ended.

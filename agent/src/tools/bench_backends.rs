@@ -116,18 +116,13 @@ pub fn run(
 ) -> anyhow::Result<BackendsBench> {
     aegis_hal::init();
     let inference = Inference::load(&cfg.inference, &cfg.pipeline, cfg.backend.cuda_device)?;
-    let cpu = Backend {
-        kind: BackendKind::Cpu,
-        gpu: None,
-    };
+    let cpu = Backend::cpu();
     let mut cuda_cfg = cfg.clone();
     cuda_cfg.backend.kind = BackendKind::Cuda;
     cuda_cfg.backend.fallback = None;
     let (gpu, backends) = match select_backend(&cuda_cfg) {
         Ok(b) => {
-            let name = b.gpu.as_ref().map_or_else(String::new, |g| {
-                format!("{}, NVENC: {:?}", g.name, aegis_cuda::nvenc::probe(g))
-            });
+            let name = b.gpu_summary().unwrap_or_default();
             (name, vec![cpu, b])
         }
         Err(e) => (format!("none: {e}"), vec![cpu]),

@@ -84,12 +84,44 @@ impl Starter {
     }
 }
 
+/// The verdict of a reply: a signed verdict (the receipt says the same), or one that no
+/// device key signs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Answer {
+    /// A verdict the device signs in a receipt (or would, but for the rejection budget).
+    Signed(Verdict),
+    /// Refused before it authenticated: nothing is signed.
+    Refused,
+    /// The document runs already (answered before).
+    AlreadyActive,
+    /// The document was answered before and does not run.
+    Duplicate,
+}
+
+impl Answer {
+    /// The word used in replies and logs.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Answer::Signed(v) => v.as_str(),
+            Answer::Refused => "refused",
+            Answer::AlreadyActive => "already_active",
+            Answer::Duplicate => "duplicate",
+        }
+    }
+}
+
+impl serde::Serialize for Answer {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(self.as_str())
+    }
+}
+
 /// What became of one message.
 #[derive(Debug, Clone, Serialize)]
 pub struct Reply {
-    /// `applied`, `rolled_back`, `rejected` (authenticated), `refused`
-    /// (unauthenticated), `already_active` or `duplicate`.
-    pub verdict: String,
+    /// What became of it (serialised as `applied`, `rolled_back`, `rejected`, `revoked`,
+    /// `refused`, `already_active` or `duplicate`).
+    pub verdict: Answer,
     /// Why.
     pub reason: String,
     /// The signed receipt, when one was made.
@@ -131,6 +163,26 @@ pub struct ApplyCounters {
     pub trust_updates: AtomicU64,
     /// Running workflows stopped because they no longer pass their checks.
     pub revoked: AtomicU64,
+}
+
+impl ApplyCounters {
+    /// Every counter by name, for metrics.
+    pub fn values(&self) -> Vec<(&'static str, u64)> {
+        use std::sync::atomic::Ordering::Relaxed;
+        vec![
+            ("received", self.received.load(Relaxed)),
+            ("applied", self.applied.load(Relaxed)),
+            ("rolled_back", self.rolled_back.load(Relaxed)),
+            ("rejected", self.rejected.load(Relaxed)),
+            ("refused", self.refused.load(Relaxed)),
+            ("duplicates", self.duplicates.load(Relaxed)),
+            ("busy", self.busy.load(Relaxed)),
+            ("superseded", self.superseded.load(Relaxed)),
+            ("refetched", self.refetched.load(Relaxed)),
+            ("trust_updates", self.trust_updates.load(Relaxed)),
+            ("revoked", self.revoked.load(Relaxed)),
+        ]
+    }
 }
 
 /// Fleet deliveries waiting for the applier: the latest message per topic. The fleet link
@@ -546,7 +598,7 @@ impl Applier {
         );
         self.notice(&reason);
         Reply {
-            verdict: "refused".into(),
+            verdict: Answer::Refused,
             reason,
             receipt: None,
             apply_ms: ms(t0),
@@ -598,7 +650,7 @@ impl Applier {
             );
             self.notice(&reason);
             return Reply {
-                verdict: "rejected".into(),
+                verdict: Answer::Signed(Verdict::Rejected),
                 reason,
                 receipt: None,
                 apply_ms: outcome.apply_ms,
@@ -636,7 +688,7 @@ impl Applier {
             }
         };
         Reply {
-            verdict: outcome.verdict.as_str().into(),
+            verdict: Answer::Signed(outcome.verdict),
             reason,
             receipt,
             apply_ms: outcome.apply_ms,
@@ -731,11 +783,10 @@ impl Applier {
         );
         Reply {
             verdict: if active {
-                "already_active"
+                Answer::AlreadyActive
             } else {
-                "duplicate"
-            }
-            .into(),
+                Answer::Duplicate
+            },
             reason: format!("{digest} was answered already"),
             receipt: None,
             apply_ms: ms(t0),
@@ -763,7 +814,7 @@ impl Applier {
                 (
                     pipeline,
                     Reply {
-                        verdict: "applied".into(),
+                        verdict: Answer::Signed(Verdict::Applied),
                         reason: format!("trust metadata version {version}"),
                         receipt: None,
                         apply_ms: ms(t0),
@@ -784,7 +835,7 @@ impl Applier {
                 (
                     pipeline,
                     Reply {
-                        verdict: "duplicate".into(),
+                        verdict: Answer::Duplicate,
                         reason: format!("trust metadata version {version} is held already"),
                         receipt: None,
                         apply_ms: ms(t0),

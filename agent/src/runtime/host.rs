@@ -1,0 +1,145 @@
+//! What the fleet link (and, later, the web page) asks of the running agent: status,
+//! telemetry, the redacted config, restarts, log levels, snapshots, and the way to the
+//! workflow applier.
+
+use std::sync::Arc;
+
+use aegis_config::{AgentConfig, BackendKind};
+
+use crate::metrics::Metrics;
+
+/// What the fleet link asks of the running agent.
+pub(crate) struct AgentHost {
+    device: String,
+    backend: String,
+    started_us: i64,
+    metrics: Arc<Metrics>,
+    store: crate::store::StoreHandle,
+    config: serde_json::Value,
+    restart: tokio::sync::mpsc::Sender<()>,
+    snapshots: Arc<crate::pipeline::snapshot::SnapshotHub>,
+    workflows: WorkflowHooks,
+    models: serde_json::Value,
+}
+
+/// The fleet link's way to the workflow applier (the status it reports and its queue) and
+/// to the sensors (status and telemetry).
+pub(crate) struct WorkflowHooks {
+    pub(crate) sensing: Option<Arc<crate::sensing::Sensing>>,
+    pub(crate) status: Arc<std::sync::Mutex<serde_json::Value>>,
+    /// Where workflow and trust deliveries go (None: workflows are off).
+    pub(crate) inbox: Option<Arc<crate::workflows::apply::FleetInbox>>,
+}
+
+/// `password` values replaced by `***` anywhere in a JSON document.
+fn redact(v: &mut serde_json::Value) {
+    match v {
+        serde_json::Value::Object(m) => {
+            for (k, x) in m.iter_mut() {
+                if k == "password" && !x.is_null() {
+                    *x = serde_json::json!("***");
+                } else {
+                    redact(x);
+                }
+            }
+        }
+        serde_json::Value::Array(a) => a.iter_mut().for_each(redact),
+        _ => {}
+    }
+}
+
+impl AgentHost {
+    pub(crate) fn new(
+        cfg: &AgentConfig,
+        backend: BackendKind,
+        metrics: Arc<Metrics>,
+        store: crate::store::StoreHandle,
+        restart: tokio::sync::mpsc::Sender<()>,
+        snapshots: Arc<crate::pipeline::snapshot::SnapshotHub>,
+        workflows: WorkflowHooks,
+    ) -> Self {
+        let mut config = serde_json::to_value(cfg).unwrap_or_default();
+        redact(&mut config);
+        AgentHost {
+            device: cfg.device.id.clone(),
+            backend: backend.to_string(),
+            started_us: crate::store::now_us(),
+            metrics,
+            store,
+            config,
+            restart,
+            snapshots,
+            workflows,
+            models: cfg
+                .inference
+                .models
+                .iter()
+                .map(|m| serde_json::json!({ "name": m.name, "version": m.version, "sha256": m.sha256 }))
+                .collect(),
+        }
+    }
+
+    fn streams(&self) -> serde_json::Value {
+        crate::web::streams_json(&self.metrics).into()
+    }
+}
+
+impl crate::fleet::FleetHost for AgentHost {
+    fn status(&self) -> serde_json::Value {
+        serde_json::json!({
+            "state": "online",
+            "device": self.device,
+            "version": env!("CARGO_PKG_VERSION"),
+            "backend": self.backend,
+            "started_us": self.started_us,
+            "streams": self.streams(),
+            "workflow": self.workflows.status.lock().unwrap_or_else(|p| p.into_inner()).clone(),
+            "models": self.models,
+        })
+    }
+
+    fn workflow(&self, topic: &str, payload: &[u8]) {
+        if let Some(inbox) = &self.workflows.inbox {
+            inbox.put(topic, payload);
+        }
+    }
+
+    fn telemetry(&self) -> serde_json::Value {
+        use std::sync::atomic::Ordering::Relaxed;
+        let c = self.store.counters();
+        let p = crate::process::sample();
+        serde_json::json!({
+            "ts_us": crate::store::now_us(),
+            "streams": self.streams(),
+            "sensors": self.workflows.sensing.as_ref().map(|s| s.status()),
+            "rss_bytes": p.as_ref().map(|p| p.rss_bytes),
+            "cpu_ms": p.as_ref().map(|p| p.cpu_ms),
+            "store": {
+                "written": c.written.load(Relaxed),
+                "dropped": c.dropped.load(Relaxed),
+                "outbox_dropped": c.outbox_dropped.load(Relaxed),
+            },
+        })
+    }
+
+    fn config(&self) -> serde_json::Value {
+        self.config.clone()
+    }
+
+    fn restart_pipeline(&self) -> Result<(), String> {
+        self.restart
+            .try_send(())
+            .map_err(|_| "a restart is already under way".to_string())
+    }
+
+    fn set_log_level(&self, level: &str) -> Result<(), String> {
+        crate::logging::set_level(level)
+    }
+
+    fn snapshot(
+        &self,
+        stream: Option<&str>,
+    ) -> Result<tokio::sync::oneshot::Receiver<Result<Vec<u8>, String>>, String> {
+        self.snapshots.request(stream)
+    }
+}
