@@ -1,0 +1,94 @@
+//! `aegis provision` and `aegis version`: this device's keys and what this build and this
+//! machine can run.
+
+use std::path::Path;
+
+pub(super) fn provision(dir: &Path) -> anyhow::Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::create_dir_all(dir)?;
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))?;
+    let sign = aegis_ota::sign::SecretKey::generate()?;
+    let kem = aegis_ota::seal::SealSecret::generate()?;
+    let (sk, sp) = (dir.join("device.key"), dir.join("device.pub"));
+    let (kk, kp) = (dir.join("device.kem.key"), dir.join("device.kem.pub"));
+    for p in [&sk, &kk] {
+        anyhow::ensure!(
+            !p.exists(),
+            "{} exists: this device is provisioned already (keys are never overwritten)",
+            p.display()
+        );
+    }
+    sign.write(&sk)?;
+    sign.public().write(&sp)?;
+    kem.write(&kk)?;
+    kem.public().write(&kp)?;
+    println!("signing key {} -> {}", sign.public().id(), sp.display());
+    println!("sealing key {} -> {}", kem.public().id(), kp.display());
+    println!(
+        "enrol on the gateway: chimera enroll DEVICE_ID {} --kem {}",
+        sp.display(),
+        kp.display()
+    );
+    Ok(())
+}
+
+pub(super) fn install_group_key(dir: &Path, delivery: &Path, issuer: &Path) -> anyhow::Result<()> {
+    use aegis_ota::sign::{PublicKey, Purpose, verify_block};
+    let text = aegis_ota::maml::normalise(&std::fs::read(delivery)?);
+    let (signed, blocks) = aegis_ota::maml::split_blocks(&text)
+        .map_err(|e| anyhow::anyhow!("{}: {e}", delivery.display()))?;
+    let issuer = PublicKey::read(issuer)?;
+    let block = blocks
+        .first()
+        .ok_or_else(|| anyhow::anyhow!("{}: unsigned", delivery.display()))?;
+    verify_block(
+        &signed,
+        block,
+        Purpose::KeyDelivery,
+        std::slice::from_ref(&issuer),
+    )
+    .map_err(|e| anyhow::anyhow!("{}: {e}", delivery.display()))?;
+    let device = aegis_ota::seal::SealSecret::read(&dir.join("device.kem.key"))?;
+    let (group, key) = aegis_ota::seal::open_group_key(std::str::from_utf8(&signed)?, &device)?;
+    // Named by key id: a rotated group key sits beside the one it replaces (documents
+    // still in flight under the old key open), and neither is ever overwritten.
+    let short = key
+        .public()
+        .id()
+        .rsplit(':')
+        .next()
+        .unwrap_or("key")
+        .to_string();
+    let out = dir.join(format!("group.{group}.{short}.kem.key"));
+    key.write(&out)?;
+    println!(
+        "group {group}: key {} installed in {}",
+        key.public().id(),
+        out.display()
+    );
+    Ok(())
+}
+
+pub(super) fn found(present: bool) -> &'static str {
+    if present { "found" } else { "not found" }
+}
+
+/// `aegis version`: the agent, the libav* it loaded, its encoder, and which vendor libraries
+/// this machine has.
+pub(super) fn version() -> anyhow::Result<()> {
+    aegis_hal::init();
+    let probe = aegis_hal::backend::probe();
+    println!("aegis {}", env!("CARGO_PKG_VERSION"));
+    println!("{}", aegis_hal::libav_versions());
+    println!(
+        "H.264 encoder: {}",
+        aegis_hal::codec::h264_encoder_name().unwrap_or("none")
+    );
+    println!(
+        "backends in this build: cpu, cuda (CUDA driver {}, NVRTC {}, NVDEC {} here)",
+        found(probe.driver),
+        found(probe.nvrtc),
+        found(probe.nvdec)
+    );
+    Ok(())
+}
