@@ -20,6 +20,7 @@ pub mod frame;
 pub mod pixel;
 pub mod pool;
 pub mod record;
+pub mod sink;
 pub mod source;
 pub mod stage;
 pub mod synth;

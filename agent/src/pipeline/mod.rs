@@ -21,27 +21,24 @@ pub mod analytics;
 pub mod queue;
 pub mod sinks;
 pub mod snapshot;
+mod stream;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::thread::JoinHandle;
 use std::time::Instant;
 
-use aegis_config::{CaptureFormat, PipelineConfig, SourceLocation};
-use aegis_hal::source::{
-    FailedSource, FileSource, FileSourceSettings, LiveSource, LiveSourceSettings, RtspTransport,
-    SourceStopper, VideoSource,
-};
-use aegis_hal::stage::{Stage, StageOutcome};
-use aegis_hal::v4l2::{CaptureRequest, FourCc};
-use aegis_hal::{Frame, StreamId};
+use aegis_config::PipelineConfig;
+use aegis_hal::Frame;
+use aegis_hal::source::{SourceStopper, VideoSource};
+use aegis_hal::stage::Stage;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::Histogram;
 
-use crate::metrics::{DropLabels, ErrorLabels, Metrics, QueueLabels, StageLabels, StreamLabels};
-use analytics::{AnalyticsSummary, AnalyticsTally};
-use sinks::{SharedSinkState, Sink};
+use crate::metrics::{DropLabels, ErrorLabels, Metrics, StageLabels, StreamLabels};
+use analytics::AnalyticsSummary;
+use stream::{StreamContext, spawn_stream};
 
 /// Errors that prevent a pipeline from starting; each names the config path at fault. A source
 /// that cannot be opened is not one of them: its stream reports it and ends (see
@@ -123,11 +120,6 @@ fn download(frame: &mut Frame, errors: &mut ErrorReporter) -> bool {
             false
         }
     }
-}
-
-/// The GPU a source decodes on (CUDA backend), or `None` to decode on the CPU.
-fn gpu_for(opts: &RunOptions, stream: &str) -> Option<Arc<aegis_hal::backend::Gpu>> {
-    opts.backend.as_ref()?.stream_gpu(stream)
 }
 
 /// What one stream did, reported when it ends.
@@ -382,69 +374,14 @@ impl Pipeline {
             0 => auto_threads,
             n => n,
         };
+        let open = aegis_hal::source::OpenSettings {
+            pool_frames: cfg.pool_frames as usize,
+            decoder_threads,
+            force_realtime: opts.force_realtime,
+            backend: opts.backend.as_ref(),
+        };
         for s in &cfg.sources {
-            let src: Box<dyn VideoSource> = match s.location() {
-                SourceLocation::File(path) => {
-                    let settings = FileSourceSettings {
-                        path: path.clone(),
-                        stream: StreamId::new(&s.id),
-                        looping: s.loop_,
-                        realtime: opts.force_realtime.unwrap_or(s.realtime),
-                        max_frames: s.max_frames,
-                        pool_frames: cfg.pool_frames as usize,
-                        decoder_threads,
-                        gpu: gpu_for(opts, &s.id),
-                    };
-                    // A file that cannot be opened is its stream's problem: the stream
-                    // starts, reports the error (health, event) and ends; the others run.
-                    match FileSource::open(settings) {
-                        Ok(f) => Box::new(f),
-                        Err(e) => Box::new(FailedSource::new(StreamId::new(&s.id), path, e)),
-                    }
-                }
-                // Live sources connect on their own thread: the agent must start while a
-                // camera is down, and says so in the stream's health.
-                // libavformat receives the canonical re-serialisation of the parsed URL, with
-                // the configured credentials in place of the URL's: exactly what validation
-                // and the workflow policy checked.
-                SourceLocation::Rtsp(url)
-                | SourceLocation::Srt(url)
-                | SourceLocation::Rtmp(url) => {
-                    let mut settings = LiveSourceSettings::new(
-                        url.to_libav(s.username.as_deref(), s.password.as_ref()),
-                        StreamId::new(&s.id),
-                    );
-                    settings.transport = match s.transport {
-                        aegis_config::RtspTransport::Tcp => RtspTransport::Tcp,
-                        aegis_config::RtspTransport::Udp => RtspTransport::Udp,
-                    };
-                    settings.pool_frames = cfg.pool_frames as usize;
-                    settings.decoder_threads = decoder_threads;
-                    settings.gpu = gpu_for(opts, &s.id);
-                    Box::new(LiveSource::new(settings))
-                }
-                SourceLocation::V4l2(device) => {
-                    let c = s.capture.unwrap_or_default();
-                    let request = CaptureRequest {
-                        width: c.width,
-                        height: c.height,
-                        fps: c.fps,
-                        format: c.format.map(|f| match f {
-                            CaptureFormat::Mjpeg => FourCc::Mjpeg,
-                            CaptureFormat::Yuyv => FourCc::Yuyv,
-                            CaptureFormat::Nv12 => FourCc::Nv12,
-                            CaptureFormat::H264 => FourCc::H264,
-                        }),
-                    };
-                    let mut settings =
-                        LiveSourceSettings::v4l2(&device, request, StreamId::new(&s.id));
-                    settings.pool_frames = cfg.pool_frames as usize;
-                    settings.decoder_threads = decoder_threads;
-                    settings.gpu = gpu_for(opts, &s.id);
-                    Box::new(LiveSource::new(settings))
-                }
-            };
-            sources.push(src);
+            sources.push(aegis_hal::source::open(s, &open));
         }
         // Every stream's stages before anything starts: a bad stage must not leave a
         // half-started pipeline.
@@ -640,329 +577,9 @@ fn spawn_named<T: Send + 'static>(
         .map_err(|source| PipelineError::Thread { name, source })
 }
 
-/// What every stream of a pipeline shares.
-struct StreamContext {
-    metrics: Arc<Metrics>,
-    stop: Arc<AtomicBool>,
-    auto_threads: usize,
-    store: Option<crate::store::StoreHandle>,
-    events_topic: Option<String>,
-    snapshots: Option<Arc<snapshot::SnapshotHub>>,
-    sensing: Option<Arc<crate::sensing::Sensing>>,
-    rules: Vec<aegis_config::RuleConfig>,
-}
-
-fn spawn_stream(
-    mut source: Box<dyn VideoSource>,
-    mut stages: Vec<Box<dyn Stage>>,
-    cfg: &PipelineConfig,
-    shared: &[SharedSinkState],
-    ctx: &StreamContext,
-) -> Result<StreamThreads, PipelineError> {
-    let (metrics, stop, auto_threads) = (&ctx.metrics, &ctx.stop, ctx.auto_threads);
-    let (opts_store, events_topic) = (&ctx.store, &ctx.events_topic);
-    let id = source.stream_id().to_string();
-    let health = source.health();
-    let sm = Arc::new(StreamMetrics::new(metrics, &id));
-    let depth = cfg.queue_depth as usize;
-    let q_labels = |q: &str| QueueLabels {
-        stream: id.clone(),
-        queue: q.into(),
-    };
-    let (dec_tx, dec_rx) = queue::bounded::<Frame>(
-        depth,
-        metrics
-            .queue_depth
-            .get_or_create_owned(&q_labels("decoded")),
-    );
-    let (proc_tx, proc_rx) = queue::bounded::<Frame>(
-        depth,
-        metrics
-            .queue_depth
-            .get_or_create_owned(&q_labels("processed")),
-    );
-
-    let stage_hist: Vec<Histogram> = stages
-        .iter()
-        .enumerate()
-        .map(|(i, s)| {
-            metrics
-                .stage_latency
-                .get_or_create_owned(&stage_labels(&id, format!("{i}:{}", s.kind())))
-        })
-        .collect();
-    let stream_id = StreamId::new(&id);
-    // Live sources learn their rate only once connected; encoders need one for rate control.
-    let rate = match source.frame_rate() {
-        (n, d) if n > 0 && d > 0 => (n, d),
-        _ => DEFAULT_FRAME_RATE,
-    };
-    let mut sinks: Vec<Box<dyn Sink>> = cfg
-        .sinks
-        .iter()
-        .zip(shared)
-        .map(|(c, sh)| sinks::build(c, sh, &stream_id, rate, auto_threads, metrics))
-        .collect();
-    let sink_hist: Vec<Histogram> = sinks
-        .iter()
-        .enumerate()
-        .map(|(i, s)| {
-            metrics
-                .stage_latency
-                .get_or_create_owned(&stage_labels(&id, format!("sink:{i}:{}", s.kind())))
-        })
-        .collect();
-
-    // Source thread.
-    let src_metrics = sm.clone();
-    let src_stop = stop.clone();
-    let mut src_errors = ErrorReporter::new(metrics.clone(), &id);
-    let src_id = id.clone();
-    let source_thread = spawn_named(format!("src-{id}"), move || {
-        src_metrics.running.inc();
-        let mut decoded = 0u64;
-        let mut last = source.stats();
-        let mut end_error = None;
-        let mut waits_seen = 0;
-        while !src_stop.load(Ordering::Acquire) {
-            let t0 = Instant::now();
-            let next = source.next_frame();
-            src_metrics
-                .source_latency
-                .observe(t0.elapsed().as_secs_f64());
-            let stats = source.stats();
-            let (d, l) = (&stats.decode, &last.decode);
-            src_errors.report(
-                "source",
-                "decode",
-                d.errors - l.errors,
-                &"decoder rejected data",
-            );
-            src_errors.report(
-                "source",
-                "corrupt_frame",
-                d.corrupt_frames.saturating_sub(l.corrupt_frames),
-                &"decoder concealed damage in a frame",
-            );
-            src_errors.report(
-                "source",
-                "skipped_before_keyframe",
-                d.skipped_before_keyframe
-                    .saturating_sub(l.skipped_before_keyframe),
-                &"packets dropped while waiting for a keyframe",
-            );
-            src_errors.report(
-                "source",
-                "read",
-                stats.read_errors.saturating_sub(last.read_errors),
-                &"container read error",
-            );
-            src_errors.report(
-                "source",
-                "truncated",
-                u64::from(stats.truncated && !last.truncated),
-                &"file ends in the middle of its data",
-            );
-            last = stats;
-            let waits = source.pool_waits();
-            src_metrics
-                .pool_waits
-                .inc_by(waits.saturating_sub(waits_seen));
-            waits_seen = waits;
-            src_metrics.pool_free.set(source.pool().available() as i64);
-            match next {
-                Ok(Some(frame)) => {
-                    decoded += 1;
-                    src_metrics.decoded.inc();
-                    if dec_tx.send(frame).is_err() {
-                        break;
-                    }
-                }
-                Ok(None) => break,
-                Err(e) => {
-                    src_errors.report("source", "fatal", 1, &e);
-                    tracing::error!(stream = %src_id, error = %e, "source ended with an error");
-                    end_error = Some(e.to_string());
-                    break;
-                }
-            }
-        }
-        src_metrics.running.dec();
-        tracing::info!(stream = %src_id, frames = decoded, "source ended");
-        (decoded, source.stats(), end_error)
-    })?;
-
-    // Stage thread.
-    let stg_metrics = sm.clone();
-    let mut stg_errors = ErrorReporter::new(metrics.clone(), &id);
-    let names = |stages: &[Box<dyn Stage>]| -> Vec<String> {
-        stages
-            .iter()
-            .enumerate()
-            .map(|(i, s)| format!("{i}:{}", s.kind()))
-            .collect()
-    };
-    let mut tally = AnalyticsTally::new(
-        metrics.clone(),
-        &id,
-        opts_store.clone(),
-        events_topic.clone(),
-        names(&stages),
-    )
-    .with_fusion(
-        ctx.sensing.clone(),
-        aegis_sensors::rules::RuleEngine::new(ctx.rules.clone()),
-    );
-    let slot = Arc::new(StageSlot::default());
-    let stg_slot = slot.clone();
-    let (stg_all_metrics, stg_id) = (metrics.clone(), id.clone());
-    let mut stage_hist = stage_hist;
-    let stage_thread = spawn_named(format!("stg-{id}"), move || {
-        let mut dropped = 0u64;
-        'frames: while let Ok(mut frame) = dec_rx.recv() {
-            // A new chain (workflow switch) takes over between two frames.
-            if stg_slot.pending.swap(false, Ordering::AcqRel)
-                && let Some(next) = stg_slot
-                    .next
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .take()
-            {
-                stages = next.0;
-                tally.set_rules(aegis_sensors::rules::RuleEngine::new(next.1));
-                let n = names(&stages);
-                stage_hist = n
-                    .iter()
-                    .map(|name| {
-                        stg_all_metrics
-                            .stage_latency
-                            .get_or_create_owned(&stage_labels(&stg_id, name.clone()))
-                    })
-                    .collect();
-                tally.set_stages(n);
-                stg_slot.frames.store(0, Ordering::Release);
-                stg_slot.failed_frames.store(0, Ordering::Release);
-                *stg_slot
-                    .last_error
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner()) = None;
-                stg_slot.generation.fetch_add(1, Ordering::AcqRel);
-            }
-            let mut failed = false;
-            for (i, (stage, hist)) in stages.iter_mut().zip(&stage_hist).enumerate() {
-                let t0 = Instant::now();
-                // Pixels on the GPU come down once, before the first stage that works on
-                // the host (and before the sinks, below).
-                if frame.device.is_some()
-                    && !stage.on_device()
-                    && !download(&mut frame, &mut stg_errors)
-                {
-                    dropped += 1;
-                    stg_metrics.dropped_stage.inc();
-                    continue 'frames;
-                }
-                let outcome = stage.process(&mut frame);
-                let took = t0.elapsed().as_secs_f64();
-                hist.observe(took);
-                tally.stage_time(i, took);
-                match outcome {
-                    Ok(StageOutcome::Keep) => {}
-                    Ok(StageOutcome::Drop) => {
-                        dropped += 1;
-                        stg_metrics.dropped_stage.inc();
-                        tally.count(&frame);
-                        stg_slot.frames.fetch_add(1, Ordering::AcqRel);
-                        continue 'frames;
-                    }
-                    Err(e) => {
-                        if !failed {
-                            failed = true;
-                            *stg_slot
-                                .last_error
-                                .lock()
-                                .unwrap_or_else(|p| p.into_inner()) = Some(e.to_string());
-                        }
-                        stg_errors.report("stage", e.error_type, 1, &e)
-                    }
-                }
-            }
-            if frame.device.is_some() && !download(&mut frame, &mut stg_errors) {
-                dropped += 1;
-                stg_metrics.dropped_stage.inc();
-                continue 'frames;
-            }
-            if failed {
-                stg_slot.failed_frames.fetch_add(1, Ordering::AcqRel);
-            }
-            stg_slot.frames.fetch_add(1, Ordering::AcqRel);
-            tally.count(&frame);
-            if proc_tx.send(frame).is_err() {
-                break;
-            }
-        }
-        tally.finish();
-        (dropped, tally.summary)
-    })?;
-
-    // Sink thread.
-    let snk_metrics = sm;
-    let snapshot_slot = ctx.snapshots.as_ref().map(|h| h.slot(&id));
-    let mut snk_errors = ErrorReporter::new(metrics.clone(), &id);
-    let sink_thread = spawn_named(format!("snk-{id}"), move || {
-        let mut delivered = 0u64;
-        let mut copies = 0;
-        let mut window = (Instant::now(), 0u64);
-        while let Ok(mut frame) = proc_rx.recv() {
-            for (sink, hist) in sinks.iter_mut().zip(&sink_hist) {
-                let t0 = Instant::now();
-                let r = sink.consume(&mut frame);
-                hist.observe(t0.elapsed().as_secs_f64());
-                if let Err(e) = r {
-                    snk_errors.report("sink", e.error_type, 1, &e);
-                }
-            }
-            if let Some(slot) = &snapshot_slot {
-                slot.offer(&frame);
-            }
-            // Counted by each copy site the frame went through, the sinks' included.
-            copies = frame.copies;
-            snk_metrics.copies.set(copies as i64);
-            snk_metrics
-                .frame_latency
-                .observe(frame.meta.decoded_at.elapsed().as_secs_f64());
-            snk_metrics.delivered.inc();
-            delivered += 1;
-            window.1 += 1;
-            let elapsed = window.0.elapsed();
-            if elapsed.as_secs_f64() >= 1.0 {
-                snk_metrics.fps.set(window.1 as f64 / elapsed.as_secs_f64());
-                window = (Instant::now(), 0);
-            }
-        }
-        let mut errors = Vec::new();
-        for sink in &mut sinks {
-            if let Err(e) = sink.finish() {
-                snk_errors.report("sink", e.error_type, 1, &e);
-                errors.push(e.to_string());
-            }
-        }
-        snk_metrics.fps.set(0.0);
-        (delivered, errors, copies)
-    })?;
-
-    Ok(StreamThreads {
-        slot,
-        health,
-        source: source_thread,
-        stages: stage_thread,
-        sinks: sink_thread,
-        id,
-    })
-}
-
 #[cfg(test)]
 mod tests {
-    use super::*;
+    use aegis_config::SourceLocation;
 
     #[test]
     fn credentials_go_into_the_canonical_url_percent_encoded() {

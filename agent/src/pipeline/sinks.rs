@@ -1,4 +1,4 @@
-//! Sinks: where processed frames go. A sink instance serves one stream.
+//! The sinks a pipeline config names, built per stream (the [`Sink`] trait is hal's).
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -12,29 +12,7 @@ use prometheus_client::metrics::gauge::Gauge;
 
 use crate::metrics::{Metrics, SinkLabels, StreamLabels};
 
-/// A sink failed on a frame or at finish.
-#[derive(Debug, thiserror::Error)]
-#[error("{kind} sink: {source}")]
-pub struct SinkError {
-    /// Sink kind.
-    pub kind: &'static str,
-    /// Stable short error type for metrics.
-    pub error_type: &'static str,
-    /// The cause.
-    #[source]
-    pub source: anyhow::Error,
-}
-
-/// A per-stream frame consumer.
-pub trait Sink: Send {
-    /// The sink's kind, as in the config.
-    fn kind(&self) -> &'static str;
-    /// Consumes one frame. A sink that copies the frame's pixels (the record sink's encoder
-    /// input) counts each copy it makes in [`Frame::copies`].
-    fn consume(&mut self, frame: &mut Frame) -> Result<(), SinkError>;
-    /// Flushes and closes whatever is open (called once, at end of stream or shutdown).
-    fn finish(&mut self) -> Result<(), SinkError>;
-}
+pub use aegis_hal::sink::{Sink, SinkError};
 
 /// State a sink config shares across all streams (the record sink's disk budget).
 pub enum SharedSinkState {

@@ -7,9 +7,11 @@
 
 mod file;
 mod live;
+mod open;
 
 pub use file::{FileSource, FileSourceSettings};
 pub use live::{LiveSource, LiveSourceSettings, RECENTLY_HEALTHY, RtspTransport, redact_url};
+pub use open::{OpenSettings, open};
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU64, Ordering};

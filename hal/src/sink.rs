@@ -1,0 +1,29 @@
+//! Sinks: where a stream's processed frames go, beside [`crate::stage::Stage`] (what changes
+//! them). A sink instance serves one stream, on that stream's sink thread; several sinks of a
+//! stream see the same frame in turn.
+
+use crate::Frame;
+
+/// A sink failed on a frame or at finish.
+#[derive(Debug, thiserror::Error)]
+#[error("{kind} sink: {source}")]
+pub struct SinkError {
+    /// Sink kind.
+    pub kind: &'static str,
+    /// Stable short error type for metrics.
+    pub error_type: &'static str,
+    /// The cause.
+    #[source]
+    pub source: Box<dyn std::error::Error + Send + Sync>,
+}
+
+/// A per-stream frame consumer.
+pub trait Sink: Send {
+    /// The sink's kind, as in the config.
+    fn kind(&self) -> &'static str;
+    /// Consumes one frame. A sink that copies the frame's pixels (the record sink's encoder
+    /// input) counts each copy it makes in [`Frame::copies`].
+    fn consume(&mut self, frame: &mut Frame) -> Result<(), SinkError>;
+    /// Flushes and closes whatever is open (called once, at end of stream or shutdown).
+    fn finish(&mut self) -> Result<(), SinkError>;
+}
