@@ -237,13 +237,7 @@ pub fn main() -> ExitCode {
                     listen,
                     options: RunOptions {
                         force_realtime: realtime.then_some(true),
-                        decoder_threads: 0,
-                        inference: None,
-                        store: None,
-                        events_topic: None,
-                        snapshots: None,
-                        sensing: None,
-                        backend: None,
+                        ..Default::default()
                     },
                     ..Default::default()
                 };

@@ -238,13 +238,7 @@ pub(super) fn demo(fast: bool, serve: bool, listen: Option<SocketAddr>) -> anyho
         listen,
         options: RunOptions {
             force_realtime: Some(!fast),
-            decoder_threads: 0,
-            inference: None,
-            store: None,
-            events_topic: None,
-            snapshots: None,
-            sensing: None,
-            backend: None,
+            ..Default::default()
         },
         linger: serve,
         scrape_metrics: true,

@@ -299,12 +299,7 @@ fn run_pipeline(
     let opts = RunOptions {
         force_realtime: Some(false),
         decoder_threads: threads,
-        inference: None,
-        store: None,
-        events_topic: None,
-        snapshots: None,
-        sensing: None,
-        backend: None,
+        ..Default::default()
     };
     let sampling = Arc::new(AtomicBool::new(true));
     let sampler = {
