@@ -18,6 +18,8 @@ use std::path::PathBuf;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
+use crate::stages::StageConfig;
+
 // ---------------------------------------------------------------------------
 // Defaults and limits. Kept together so they are easy to audit.
 // ---------------------------------------------------------------------------
@@ -34,12 +36,6 @@ pub(crate) const POOL_FRAMES_RANGE: RangeInclusive<u32> = 2..=64;
 const DEFAULT_QUEUE_DEPTH: u32 = 4;
 /// Allowed range of `pipeline.queue_depth`.
 pub(crate) const QUEUE_DEPTH_RANGE: RangeInclusive<u32> = 1..=64;
-/// Default overlay position, in pixels from the left/top edge.
-const DEFAULT_OVERLAY_OFFSET: u32 = 16;
-/// Default overlay glyph scale factor.
-const DEFAULT_OVERLAY_SCALE: u32 = 2;
-/// Allowed range of `timestamp_overlay.scale`.
-pub(crate) const OVERLAY_SCALE_RANGE: RangeInclusive<u32> = 1..=8;
 /// Default recording segment length in seconds.
 const DEFAULT_SEGMENT_SECONDS: f64 = 10.0;
 /// Allowed range of `record.segment_seconds`.
@@ -165,13 +161,7 @@ pub(crate) fn default_pool_frames() -> u32 {
 pub(crate) fn default_queue_depth() -> u32 {
     DEFAULT_QUEUE_DEPTH
 }
-fn default_overlay_offset() -> u32 {
-    DEFAULT_OVERLAY_OFFSET
-}
-fn default_overlay_scale() -> u32 {
-    DEFAULT_OVERLAY_SCALE
-}
-fn default_true() -> bool {
+pub(crate) fn default_true() -> bool {
     true
 }
 fn default_segment_seconds() -> f64 {
@@ -227,45 +217,6 @@ fn default_outbox_max_rows() -> u64 {
 }
 fn default_store_queue() -> u32 {
     4096
-}
-fn default_smoothing() -> f32 {
-    0.6
-}
-fn default_feather() -> u32 {
-    2
-}
-fn default_mask_threshold() -> f32 {
-    0.25
-}
-fn default_rule_score() -> f32 {
-    0.5
-}
-fn default_every_n_frames() -> u32 {
-    5
-}
-fn default_blur_strength() -> u32 {
-    24
-}
-fn default_track_iou() -> f64 {
-    0.3
-}
-fn default_track_max_age() -> u32 {
-    30
-}
-fn default_track_min_hits() -> u32 {
-    3
-}
-fn default_track_low_score() -> f64 {
-    0.1
-}
-fn default_detect_score() -> f32 {
-    0.4
-}
-fn default_detect_every() -> u32 {
-    1
-}
-fn default_nms_iou() -> f64 {
-    0.45
 }
 fn default_model_version() -> u32 {
     1
@@ -625,193 +576,6 @@ impl SourceConfig {
     /// The parsed location of this source, or the reason the URL does not parse.
     pub fn try_location(&self) -> Result<SourceLocation, String> {
         crate::validate::parse_source_url(&self.url)
-    }
-}
-
-/// A processing stage, selected by `kind`.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
-#[serde(tag = "kind", rename_all = "snake_case")]
-pub enum StageConfig {
-    /// Forwards frames unchanged (useful to measure pipeline overhead).
-    Passthrough(PassthroughStage),
-    /// Draws the frame timestamp (and optionally the stream id) onto the
-    /// picture.
-    TimestampOverlay(TimestampOverlayStage),
-    /// Segments the person and replaces the background (image, blur or
-    /// colour).
-    VirtualBackground(VirtualBackgroundStage),
-    /// Runs a nudity detector every N frames and blurs, drops or flags
-    /// frames by policy.
-    Moderate(ModerateStage),
-    /// Detects objects with a YOLOv8-style model and tracks them with stable
-    /// ids.
-    Detect(DetectStage),
-}
-
-/// Settings of the `virtual_background` stage. Give exactly one of `image`,
-/// `blur` or `colour`.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
-#[serde(deny_unknown_fields)]
-pub struct VirtualBackgroundStage {
-    /// Name of a `selfie_segmentation` model in `inference.models`.
-    pub model: String,
-    /// Background picture (PNG), stretched to the frame.
-    #[serde(default)]
-    pub image: Option<PathBuf>,
-    /// Blur the real background instead; strength 2 to 64 (larger is
-    /// blurrier).
-    #[serde(default)]
-    pub blur: Option<u32>,
-    /// A solid colour instead, as `#rrggbb`.
-    #[serde(default)]
-    pub colour: Option<String>,
-    /// Temporal smoothing 0 to 0.95: how much an uncertain mask pixel keeps of
-    /// the previous frame (less flicker at the edges; confident pixels follow
-    /// at once).
-    #[serde(default = "default_smoothing")]
-    pub smoothing: f32,
-    /// Edge feather radius in mask pixels (0 to 8; the mask is 256x256).
-    #[serde(default = "default_feather")]
-    pub feather: u32,
-    /// Mask values below this are background and above 1 - threshold person;
-    /// in between they blend (0 to 0.49).
-    #[serde(default = "default_mask_threshold")]
-    pub threshold: f32,
-}
-
-/// A moderation action, weakest first.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
-#[serde(rename_all = "snake_case")]
-pub enum ModerationActionConfig {
-    /// Only record the verdict (an event).
-    Alert,
-    /// Blur the detected region.
-    BlurRegion,
-    /// Blur the whole frame.
-    BlurFrame,
-    /// Drop the frame from every output.
-    Drop,
-}
-
-/// One moderation rule.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
-#[serde(deny_unknown_fields)]
-pub struct ModerationRule {
-    /// Class names of the model (e.g. `FEMALE_BREAST_EXPOSED`).
-    pub classes: Vec<String>,
-    /// Minimum detection score, 0 to 1.
-    #[serde(default = "default_rule_score")]
-    pub min_score: f32,
-    /// What to do.
-    pub action: ModerationActionConfig,
-}
-
-/// Settings of the `moderate` stage.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
-#[serde(deny_unknown_fields)]
-pub struct ModerateStage {
-    /// Name of a `nudenet` (or other detector) model in `inference.models`.
-    pub model: String,
-    /// Run the detector on every Nth frame (1 to 300); the verdict holds in
-    /// between.
-    #[serde(default = "default_every_n_frames")]
-    pub every_n_frames: u32,
-    /// Blur strength 2 to 64.
-    #[serde(default = "default_blur_strength")]
-    pub blur_strength: u32,
-    /// The policy. Omitted: exposed intimate parts are blurred at score 0.5.
-    #[serde(default)]
-    pub rules: Option<Vec<ModerationRule>>,
-}
-
-/// Tracker parameters of the `detect` stage.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
-#[serde(deny_unknown_fields)]
-pub struct TrackerParams {
-    /// Least IoU between a track's prediction and a detection to match (0 to 1).
-    #[serde(default = "default_track_iou")]
-    pub iou_threshold: f64,
-    /// Frames a track survives without a match (death), 1 to 300.
-    #[serde(default = "default_track_max_age")]
-    pub max_age: u32,
-    /// Consecutive matches before a track is reported (birth), 1 to 30.
-    #[serde(default = "default_track_min_hits")]
-    pub min_hits: u32,
-    /// Detections below this score only extend existing tracks (ByteTrack's
-    /// second pass), 0 to 1.
-    #[serde(default = "default_track_low_score")]
-    pub low_score: f64,
-}
-
-impl Default for TrackerParams {
-    fn default() -> Self {
-        TrackerParams {
-            iou_threshold: default_track_iou(),
-            max_age: default_track_max_age(),
-            min_hits: default_track_min_hits(),
-            low_score: default_track_low_score(),
-        }
-    }
-}
-
-/// Settings of the `detect` stage.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
-#[serde(deny_unknown_fields)]
-pub struct DetectStage {
-    /// Name of a `yolov8` or `nudenet` model in `inference.models`.
-    pub model: String,
-    /// Only these class names (omitted or empty: all classes).
-    #[serde(default)]
-    pub classes: Vec<String>,
-    /// Minimum score of a detection that may start a track (0 to 1).
-    #[serde(default = "default_detect_score")]
-    pub min_score: f32,
-    /// Non-maximum suppression IoU (0 to 1).
-    #[serde(default = "default_nms_iou")]
-    pub nms_iou: f64,
-    /// Draw the tracked boxes into the picture.
-    #[serde(default = "default_true")]
-    pub draw: bool,
-    /// Run the detector on every Nth frame (1 to 30); the frames in between
-    /// carry the last tracks. The tracker's ages count detector runs.
-    #[serde(default = "default_detect_every")]
-    pub every_n_frames: u32,
-    /// Tracker parameters.
-    #[serde(default)]
-    pub tracker: TrackerParams,
-}
-
-/// Settings of the `passthrough` stage (it has none).
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
-#[serde(deny_unknown_fields)]
-pub struct PassthroughStage {}
-
-/// Settings of the `timestamp_overlay` stage.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
-#[serde(deny_unknown_fields)]
-pub struct TimestampOverlayStage {
-    /// Horizontal position of the text, in pixels from the left edge.
-    #[serde(default = "default_overlay_offset")]
-    pub x: u32,
-    /// Vertical position of the text, in pixels from the top edge.
-    #[serde(default = "default_overlay_offset")]
-    pub y: u32,
-    /// Text size multiplier (1 to 8).
-    #[serde(default = "default_overlay_scale")]
-    pub scale: u32,
-    /// Also print the stream id next to the timestamp.
-    #[serde(default = "default_true")]
-    pub show_stream_id: bool,
-}
-
-impl Default for TimestampOverlayStage {
-    fn default() -> Self {
-        Self {
-            x: default_overlay_offset(),
-            y: default_overlay_offset(),
-            scale: default_overlay_scale(),
-            show_stream_id: default_true(),
-        }
     }
 }
 
