@@ -44,8 +44,8 @@ pub use model::{
 };
 pub use stages::{
     DetectStage, ModerateStage, ModerationActionConfig, ModerationRule, PassthroughStage,
-    STAGE_KINDS, StageConfig, StageModel, StageSection, TimestampOverlayStage, TrackerParams,
-    VirtualBackgroundStage,
+    STAGE_KINDS, StageConfig, StageFile, StageModel, StageSection, TimestampOverlayStage,
+    TrackerParams, VirtualBackgroundStage,
 };
 pub use url::{Host, NetScheme, NetUrl};
 pub use validate::{check_log_filter, check_rule_sensors, parse_colour};

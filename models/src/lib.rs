@@ -15,6 +15,7 @@
 
 pub mod batch;
 pub mod engine;
+pub mod geometry;
 pub mod nudenet;
 pub mod preprocess;
 pub mod registry;

@@ -47,6 +47,15 @@ pub struct StageModel<'a> {
     pub kinds: &'static [ModelKindConfig],
 }
 
+/// A file a stage reads, with the setting that names it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StageFile<'a> {
+    /// The setting's key (`image`).
+    pub setting: &'static str,
+    /// The path as configured.
+    pub path: &'a Path,
+}
+
 /// The settings of one stage kind: what the registration list needs to know about it.
 pub trait StageSection:
     Debug + Clone + PartialEq + Serialize + DeserializeOwned + JsonSchema
@@ -68,7 +77,7 @@ pub trait StageSection:
     }
 
     /// The files the stage reads (a workflow's policy allows only some paths).
-    fn files(&self) -> Vec<&Path> {
+    fn files(&self) -> Vec<StageFile<'_>> {
         Vec::new()
     }
 }
@@ -138,7 +147,7 @@ macro_rules! define_stages {
             }
 
             /// The files the stage reads.
-            pub fn files(&self) -> Vec<&Path> {
+            pub fn files(&self) -> Vec<StageFile<'_>> {
                 match self {
                     $(StageConfig::$variant(s) => s.files(),)*
                 }

@@ -1,11 +1,11 @@
 //! The `virtual_background` stage: segments the person and replaces the background.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
-use super::{StageModel, StageSection};
+use super::{StageFile, StageModel, StageSection};
 use crate::error::Problem;
 use crate::model::ModelKindConfig;
 use crate::recover::join_key;
@@ -102,7 +102,13 @@ impl StageSection for VirtualBackgroundStage {
         })
     }
 
-    fn files(&self) -> Vec<&Path> {
-        self.image.iter().map(PathBuf::as_path).collect()
+    fn files(&self) -> Vec<StageFile<'_>> {
+        self.image
+            .iter()
+            .map(|path| StageFile {
+                setting: "image",
+                path,
+            })
+            .collect()
     }
 }
