@@ -90,7 +90,7 @@ pub struct DetectStage {
 
 impl StageSection for DetectStage {
     const KIND: &'static str = "detect";
-    const EXAMPLE: &'static str = "{model: yolo, classes: [person]}";
+    const EXAMPLE: &'static str = "{model: detector, every_n_frames: 2}";
 
     fn check(&self, prefix: &str, out: &mut Vec<Problem>) {
         check_not_empty(out, join_key(prefix, "model"), &self.model);
