@@ -1,6 +1,7 @@
-//! From the `inference` config section and a pipeline's stages to loaded models and stage
-//! instances. Only the models the pipeline uses are loaded; each is loaded once (one session,
-//! one batcher) and shared by every stream's stage.
+//! From the `inference` config section and a pipeline's stages to loaded models. Only the
+//! models the pipeline uses are loaded; each is loaded once (one session, one batcher) and
+//! shared by every stream's stage. The stages themselves are built by
+//! [`aegis_models::stages::build`], each kind beside its stage.
 
 use std::sync::Arc;
 use std::time::Duration;
