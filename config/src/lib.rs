@@ -42,11 +42,9 @@ pub use model::{
     SourceLocation, StoreConfig, TensorRtOptions, TrackCondition, TrustAnchors, VideoCodec,
     WebConfig, WorkflowPolicy, WorkflowsConfig,
 };
-pub use stages::{
-    DetectStage, ModerateStage, ModerationActionConfig, ModerationRule, PassthroughStage,
-    STAGE_KINDS, StageConfig, StageFile, StageModel, StageSection, TimestampOverlayStage,
-    TrackerParams, VirtualBackgroundStage,
-};
+// Everything public of the stages (the settings of each kind, `StageConfig`, the list's
+// accessors), so that a new kind needs no line here.
+pub use stages::*;
 pub use url::{Host, NetScheme, NetUrl};
 pub use validate::{check_log_filter, check_rule_sensors, parse_colour};
 
