@@ -1,24 +1,15 @@
-//! From the `inference` config section and a pipeline's stages to loaded models and stage
-//! instances. Only the models the pipeline uses are loaded; each is loaded once (one session,
-//! one batcher) and shared by every stream's stage.
+//! From the `inference` config section and a pipeline's stages to loaded models. Only the
+//! models the pipeline uses are loaded; each is loaded once (one session, one batcher) and
+//! shared by every stream's stage. The stages themselves are built by
+//! [`aegis_models::stages::build`], each kind beside its stage.
 
-use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
-use aegis_config::{
-    InferenceConfig, InferenceProvider, ModelKindConfig, ModerationActionConfig, PipelineConfig,
-    StageConfig,
-};
-use aegis_hal::analytics::ModerationAction;
-use aegis_hal::stage::{Passthrough, Stage, TimestampOverlay};
+use aegis_config::{InferenceConfig, InferenceProvider, PipelineConfig, StageConfig};
+use aegis_hal::stage::Stage;
 use aegis_models::engine::{EngineSettings, Provider};
-use aegis_models::registry::{BatchSettings, ModelKind, ModelSpec, Registry};
-use aegis_models::stages::{
-    Background, DetectSettings, DetectTrack, Moderation, ModerationSettings, Rule,
-    VirtualBackground, VirtualBackgroundSettings,
-};
-use aegis_models::track::TrackerConfig;
+use aegis_models::registry::{BatchSettings, ModelSpec, Registry};
 
 /// The loaded models of a pipeline.
 pub struct Inference {
@@ -58,12 +49,7 @@ pub fn engine_settings(inf: &InferenceConfig, cuda_device: u32) -> EngineSetting
 pub fn used_models(stages: &[StageConfig]) -> Vec<&str> {
     let mut names: Vec<&str> = stages
         .iter()
-        .filter_map(|s| match s {
-            StageConfig::VirtualBackground(v) => Some(v.model.as_str()),
-            StageConfig::Moderate(m) => Some(m.model.as_str()),
-            StageConfig::Detect(d) => Some(d.model.as_str()),
-            _ => None,
-        })
+        .filter_map(|s| s.model().map(|m| m.name))
         .collect();
     names.sort_unstable();
     names.dedup();
@@ -104,11 +90,7 @@ impl Inference {
             specs.push(ModelSpec {
                 name: m.name.clone(),
                 version: m.version,
-                kind: match m.kind {
-                    ModelKindConfig::SelfieSegmentation => ModelKind::SelfieSegmentation,
-                    ModelKindConfig::Nudenet => ModelKind::NudeNet,
-                    ModelKindConfig::Yolov8 => ModelKind::Yolov8,
-                },
+                kind: m.kind.into(),
                 file: m.file.clone(),
                 sha256: m.sha256.clone(),
                 input_size: m.input_size() as usize,
@@ -136,100 +118,11 @@ impl Inference {
         &self.registry
     }
 
-    /// One stream's stages. Fails (naming the stage) when a stage's model is not loaded, a
-    /// class name is unknown or a background image cannot be read.
-    pub fn build_stages(&self, cfg: &[StageConfig]) -> Result<Vec<Box<dyn Stage>>, String> {
-        let mut stages: Vec<Box<dyn Stage>> = Vec::with_capacity(cfg.len());
-        for (i, s) in cfg.iter().enumerate() {
-            let fail = |e: String| format!("stages[{i}]: {e}");
-            let model = |name: &str| {
-                self.registry
-                    .get(name)
-                    .ok_or_else(|| fail(format!("model {name:?} is not loaded")))
-            };
-            let stage: Box<dyn Stage> = match s {
-                StageConfig::Passthrough(_) => Box::new(Passthrough),
-                StageConfig::TimestampOverlay(t) => Box::new(TimestampOverlay::new(
-                    t.x as usize,
-                    t.y as usize,
-                    t.scale as usize,
-                    t.show_stream_id,
-                )),
-                StageConfig::VirtualBackground(v) => {
-                    let background = if let Some(path) = &v.image {
-                        Background::Image(Arc::new(load_image(path).map_err(fail)?))
-                    } else if let Some(c) = &v.colour {
-                        Background::Colour(
-                            aegis_config::parse_colour(c)
-                                .ok_or_else(|| fail(format!("bad colour {c:?}")))?,
-                        )
-                    } else {
-                        Background::Blur {
-                            strength: v.blur.unwrap_or(16) as usize,
-                        }
-                    };
-                    Box::new(VirtualBackground::new(
-                        &*model(&v.model)?,
-                        VirtualBackgroundSettings {
-                            background,
-                            smoothing: v.smoothing,
-                            feather: v.feather as usize,
-                            threshold: v.threshold,
-                        },
-                    ))
-                }
-                StageConfig::Moderate(m) => {
-                    let rules = match &m.rules {
-                        None => ModerationSettings::default_policy(),
-                        Some(rules) => rules
-                            .iter()
-                            .map(|r| Rule {
-                                classes: r.classes.clone(),
-                                min_score: r.min_score,
-                                action: match r.action {
-                                    ModerationActionConfig::Alert => ModerationAction::Alert,
-                                    ModerationActionConfig::BlurRegion => {
-                                        ModerationAction::BlurRegion
-                                    }
-                                    ModerationActionConfig::BlurFrame => {
-                                        ModerationAction::BlurFrame
-                                    }
-                                    ModerationActionConfig::Drop => ModerationAction::Drop,
-                                },
-                            })
-                            .collect(),
-                    };
-                    let settings = ModerationSettings {
-                        every_n_frames: m.every_n_frames,
-                        rules,
-                        blur_strength: m.blur_strength as usize,
-                    };
-                    Box::new(Moderation::new(&*model(&m.model)?, settings).map_err(fail)?)
-                }
-                StageConfig::Detect(d) => {
-                    let settings = DetectSettings {
-                        classes: d.classes.clone(),
-                        min_score: d.min_score,
-                        nms_iou: d.nms_iou,
-                        tracker: TrackerConfig {
-                            iou_threshold: d.tracker.iou_threshold,
-                            max_age: d.tracker.max_age,
-                            min_hits: d.tracker.min_hits,
-                            high_score: f64::from(d.min_score),
-                            min_score: d.tracker.low_score,
-                        },
-                        draw: d.draw,
-                        every_n_frames: d.every_n_frames,
-                    };
-                    Box::new(DetectTrack::new(&*model(&d.model)?, settings).map_err(fail)?)
-                }
-            };
-            stages.push(stage);
-        }
-        Ok(stages)
+    /// One stream's stages (see [`aegis_models::stages::build`]).
+    pub fn build_stages(
+        &self,
+        cfg: &[StageConfig],
+    ) -> Result<Vec<Box<dyn Stage>>, aegis_models::stages::StageBuildError> {
+        aegis_models::stages::build(cfg, &self.registry)
     }
-}
-
-fn load_image(path: &Path) -> Result<aegis_hal::synth::RgbImage, String> {
-    aegis_hal::synth::load_png(path).map_err(|e| format!("background image: {e}"))
 }

@@ -21,6 +21,7 @@ mod events;
 mod model;
 mod parse;
 mod recover;
+mod stages;
 pub mod url;
 mod validate;
 
@@ -34,15 +35,16 @@ use std::path::Path;
 pub use error::{ConfigError, Problem};
 pub use model::{
     AgentConfig, BackendConfig, BackendKind, CaptureConfig, CaptureFormat, Comparison, Condition,
-    DetectStage, DeviceConfig, DiscardSink, EncoderConfig, FleetConfig, FleetTls, FusionConfig,
-    GpsConfig, HealthCheckConfig, ImuConfig, InferenceConfig, InferenceProvider, IotSensorConfig,
-    LogConfig, LogFormat, ModelConfig, ModelKindConfig, ModerateStage, ModerationActionConfig,
-    ModerationCondition, ModerationRule, PassthroughStage, PipelineConfig, RecordSink,
+    DeviceConfig, DiscardSink, EncoderConfig, FleetConfig, FleetTls, FusionConfig, GpsConfig,
+    HealthCheckConfig, ImuConfig, InferenceConfig, InferenceProvider, IotSensorConfig, LogConfig,
+    LogFormat, ModelConfig, ModelKindConfig, ModerationCondition, PipelineConfig, RecordSink,
     RtspTransport, RuleConfig, Secret, SensorCondition, SensorsConfig, SinkConfig, SourceConfig,
-    SourceLocation, StageConfig, StoreConfig, TensorRtOptions, TimestampOverlayStage,
-    TrackCondition, TrackerParams, TrustAnchors, VideoCodec, VirtualBackgroundStage, WebConfig,
-    WorkflowPolicy, WorkflowsConfig,
+    SourceLocation, StoreConfig, TensorRtOptions, TrackCondition, TrustAnchors, VideoCodec,
+    WebConfig, WorkflowPolicy, WorkflowsConfig,
 };
+// Everything public of the stages (the settings of each kind, `StageConfig`, the list's
+// accessors), so that a new kind needs no line here.
+pub use stages::*;
 pub use url::{Host, NetScheme, NetUrl};
 pub use validate::{check_log_filter, check_rule_sensors, parse_colour};
 

@@ -13,12 +13,12 @@ use serde_yaml_ng::{Mapping, Value};
 use crate::error::Problem;
 use crate::events::{self, Finding, Stop};
 use crate::model::{
-    AgentConfig, PipelineConfig, SinkConfig, SourceConfig, StageConfig, default_pool_frames,
-    default_queue_depth,
+    AgentConfig, PipelineConfig, SinkConfig, SourceConfig, default_pool_frames, default_queue_depth,
 };
 use crate::recover::{
     MAX_DEPTH, join_key, recover, recover_list, recover_tagged, recover_tracking, split_mapping,
 };
+use crate::stages::{STAGE_KINDS, StageConfig};
 use crate::validate;
 
 /// Largest configuration text accepted, in bytes.
@@ -43,13 +43,6 @@ const PIPELINE_KEYS: &[&str] = &[
     "pool_frames",
     "queue_depth",
     "rules",
-];
-const STAGE_KINDS: &[&str] = &[
-    "passthrough",
-    "timestamp_overlay",
-    "virtual_background",
-    "moderate",
-    "detect",
 ];
 const SINK_KINDS: &[&str] = &["record", "discard"];
 
@@ -375,20 +368,9 @@ fn build_stage(value: Value, path: &str, problems: &mut Vec<Problem>) -> Option<
         STAGE_KINDS,
         problems,
         |kind, rest, problems| {
-            let built = match kind {
-                "passthrough" => recover(rest, path, problems).map(StageConfig::Passthrough),
-                "timestamp_overlay" => {
-                    recover(rest, path, problems).map(StageConfig::TimestampOverlay)
-                }
-                "virtual_background" => {
-                    recover(rest, path, problems).map(StageConfig::VirtualBackground)
-                }
-                "moderate" => recover(rest, path, problems).map(StageConfig::Moderate),
-                "detect" => recover(rest, path, problems).map(StageConfig::Detect),
-                _ => return None,
-            };
+            let built = StageConfig::parse(kind, rest, path, problems)?;
             if let Some(stage) = &built {
-                validate::check_stage(stage, path, problems);
+                stage.check(path, problems);
             }
             Some(built)
         },

@@ -15,12 +15,12 @@ use crate::error::Problem;
 use crate::model::{
     BITRATE_KBPS_RANGE, BackendConfig, BackendKind, Comparison, Condition, DeviceConfig,
     EncoderConfig, FleetConfig, GOP_FRAMES_RANGE, InferenceConfig, KEEPALIVE_S_RANGE, LogConfig,
-    MAX_ENCODER_THREADS, MAX_ID_LEN, MIN_DISK_BUDGET_MB, ModelKindConfig, OVERLAY_SCALE_RANGE,
-    POOL_FRAMES_RANGE, PRESETS, PipelineConfig, QUEUE_DEPTH_RANGE, RuleConfig,
-    SEGMENT_SECONDS_RANGE, SensorsConfig, SinkConfig, SourceConfig, SourceLocation, StageConfig,
-    StoreConfig, WebConfig, WorkflowsConfig,
+    MAX_ENCODER_THREADS, MAX_ID_LEN, MIN_DISK_BUDGET_MB, ModelKindConfig, POOL_FRAMES_RANGE,
+    PRESETS, PipelineConfig, QUEUE_DEPTH_RANGE, RuleConfig, SEGMENT_SECONDS_RANGE, SensorsConfig,
+    SinkConfig, SourceConfig, SourceLocation, StoreConfig, WebConfig, WorkflowsConfig,
 };
 use crate::recover::{join_index, join_key};
+use crate::stages::StageModel;
 use crate::url::{NetScheme, NetUrl};
 
 /// Source URL schemes this crate understands (whether or not this build can
@@ -121,7 +121,7 @@ pub(crate) fn check_device_path(path: &str) -> Result<(), String> {
     Ok(())
 }
 
-fn check_range<T: PartialOrd + Display>(
+pub(crate) fn check_range<T: PartialOrd + Display>(
     out: &mut Vec<Problem>,
     path: String,
     value: T,
@@ -139,7 +139,7 @@ fn check_range<T: PartialOrd + Display>(
     }
 }
 
-fn check_not_empty(out: &mut Vec<Problem>, path: String, value: &str) {
+pub(crate) fn check_not_empty(out: &mut Vec<Problem>, path: String, value: &str) {
     if value.trim().is_empty() {
         out.push(Problem::new(path, "must not be empty"));
     }
@@ -435,110 +435,6 @@ pub(crate) fn check_record_dirs(
     }
 }
 
-pub(crate) fn check_stage(stage: &StageConfig, prefix: &str, out: &mut Vec<Problem>) {
-    match stage {
-        StageConfig::Passthrough(_) => {}
-        StageConfig::TimestampOverlay(overlay) => {
-            check_range(
-                out,
-                join_key(prefix, "scale"),
-                overlay.scale,
-                &OVERLAY_SCALE_RANGE,
-            );
-        }
-        StageConfig::VirtualBackground(vb) => {
-            check_not_empty(out, join_key(prefix, "model"), &vb.model);
-            let given = [vb.image.is_some(), vb.blur.is_some(), vb.colour.is_some()];
-            if given.iter().filter(|g| **g).count() != 1 {
-                out.push(Problem::new(
-                    prefix.to_string(),
-                    "give exactly one of `image`, `blur` or `colour`",
-                ));
-            }
-            if let Some(b) = vb.blur {
-                check_range(out, join_key(prefix, "blur"), b, &(2..=64));
-            }
-            if let Some(c) = &vb.colour
-                && parse_colour(c).is_none()
-            {
-                out.push(Problem::new(
-                    join_key(prefix, "colour"),
-                    format!("{c:?} is not a #rrggbb colour"),
-                ));
-            }
-            check_range(
-                out,
-                join_key(prefix, "smoothing"),
-                vb.smoothing,
-                &(0.0..=0.95),
-            );
-            check_range(out, join_key(prefix, "feather"), vb.feather, &(0..=8));
-            check_range(
-                out,
-                join_key(prefix, "threshold"),
-                vb.threshold,
-                &(0.0..=0.49),
-            );
-        }
-        StageConfig::Moderate(m) => {
-            check_not_empty(out, join_key(prefix, "model"), &m.model);
-            check_range(
-                out,
-                join_key(prefix, "every_n_frames"),
-                m.every_n_frames,
-                &(1..=300),
-            );
-            check_range(
-                out,
-                join_key(prefix, "blur_strength"),
-                m.blur_strength,
-                &(2..=64),
-            );
-            for (i, rule) in m.rules.iter().flatten().enumerate() {
-                let p = format!("{}[{i}]", join_key(prefix, "rules"));
-                if rule.classes.is_empty() {
-                    out.push(Problem::new(
-                        join_key(&p, "classes"),
-                        "must name at least one class",
-                    ));
-                }
-                check_range(out, join_key(&p, "min_score"), rule.min_score, &(0.0..=1.0));
-            }
-        }
-        StageConfig::Detect(d) => {
-            check_not_empty(out, join_key(prefix, "model"), &d.model);
-            check_range(
-                out,
-                join_key(prefix, "min_score"),
-                d.min_score,
-                &(0.0..=1.0),
-            );
-            check_range(out, join_key(prefix, "nms_iou"), d.nms_iou, &(0.0..=1.0));
-            check_range(
-                out,
-                join_key(prefix, "every_n_frames"),
-                d.every_n_frames,
-                &(1..=30),
-            );
-            let t = join_key(prefix, "tracker");
-            check_range(
-                out,
-                join_key(&t, "iou_threshold"),
-                d.tracker.iou_threshold,
-                &(0.0..=1.0),
-            );
-            check_range(out, join_key(&t, "max_age"), d.tracker.max_age, &(1..=300));
-            check_range(out, join_key(&t, "min_hits"), d.tracker.min_hits, &(1..=30));
-            check_range(
-                out,
-                join_key(&t, "low_score"),
-                d.tracker.low_score,
-                &(0.0..=1.0),
-            );
-        }
-    }
-}
-
 /// `#rrggbb` → RGB.
 pub fn parse_colour(text: &str) -> Option<[u8; 3]> {
     let hex = text.strip_prefix('#')?;
@@ -611,17 +507,8 @@ pub(crate) fn check_stage_models(
     out: &mut Vec<Problem>,
 ) {
     for (i, stage) in pipeline.stages.iter().enumerate() {
-        let (name, kinds): (&str, &[ModelKindConfig]) = match stage {
-            StageConfig::VirtualBackground(v) => (&v.model, &[ModelKindConfig::SelfieSegmentation]),
-            StageConfig::Moderate(m) => (
-                &m.model,
-                &[ModelKindConfig::Nudenet, ModelKindConfig::Yolov8],
-            ),
-            StageConfig::Detect(d) => (
-                &d.model,
-                &[ModelKindConfig::Nudenet, ModelKindConfig::Yolov8],
-            ),
-            _ => continue,
+        let Some(StageModel { name, kinds }) = stage.model() else {
+            continue;
         };
         let path = format!("{}[{i}].model", join_key(prefix, "stages"));
         match inference.models.iter().find(|m| m.name == name) {

@@ -5,8 +5,11 @@
 //!   CPU fallback.
 //! * [`registry`]: the models a pipeline uses, loaded once: SHA-256 checked, shapes checked,
 //!   warmed up; each behind a [`batch::Batcher`] that batches the streams' requests.
-//! * [`preprocess`], [`yolo`]: model inputs from pooled frames, YOLOv8 decoding and NMS.
-//! * [`stages`]: `virtual_background`, `moderate` and `detect` (+ [`track`]), each an
+//! * [`preprocess`], [`yolo`], [`geometry`]: model inputs from pooled frames, YOLOv8
+//!   decoding and NMS, the boxes and letterbox they share.
+//! * [`stages`]: one module per stage kind of `aegis-config`'s list, each building its
+//!   stage from its config section ([`stages::build`]); the inference stages
+//!   `virtual_background`, `moderate` and `detect` (+ [`track`]) are each an
 //!   [`aegis_hal::stage::Stage`] that writes typed metadata (`aegis_hal::analytics`).
 //!
 //! A model is identified by name, version and the SHA-256 of its file ([`ModelRef`]), the
@@ -15,6 +18,7 @@
 
 pub mod batch;
 pub mod engine;
+pub mod geometry;
 pub mod nudenet;
 pub mod preprocess;
 pub mod registry;

@@ -3,7 +3,7 @@
 
 use aegis_hal::{Frame, PixelFormat};
 
-use crate::yolo::Letterbox;
+use crate::geometry::Letterbox;
 
 /// The input buffer does not have the size the model input needs.
 #[derive(Debug, thiserror::Error, PartialEq)]
@@ -13,6 +13,23 @@ pub struct BufferSizeError {
     pub got: usize,
     /// Model input side.
     pub size: usize,
+}
+
+/// A model input could not be built on the GPU.
+#[derive(Debug, thiserror::Error)]
+pub enum PreprocessError {
+    /// The frame's pixels are on the host.
+    #[error("the frame is not on the device")]
+    NotOnDevice,
+    /// The buffers do not fit the model input.
+    #[error(transparent)]
+    BufferSize(#[from] BufferSizeError),
+    /// The GPU kernels build RGB input for stretched fits only.
+    #[error("stretched BGR input is not built on the GPU")]
+    StretchedBgr,
+    /// A CUDA call failed.
+    #[error(transparent)]
+    Gpu(#[from] aegis_cuda::CudaError),
 }
 
 /// BT.601 limited-range YCbCr (what H.264 cameras send) → RGB in 0..=1.
@@ -131,11 +148,8 @@ pub fn planar_on_device(
     spec: InputSpec,
     dev: &mut aegis_cuda::CudaSlice<f32>,
     out: &mut [f32],
-) -> Result<Letterbox, String> {
-    let d = frame
-        .device
-        .as_ref()
-        .ok_or("the frame is not on the device")?;
+) -> Result<Letterbox, PreprocessError> {
+    let d = frame.device.as_ref().ok_or(PreprocessError::NotOnDevice)?;
     let (src, gpu) = (d.nv12(), d.gpu());
     let (ow, oh) = (spec.width, spec.height);
     if out.len() != 3 * ow * oh || dev.len() != out.len() || ow != oh && spec.fit != Fit::Stretch {
@@ -143,13 +157,13 @@ pub fn planar_on_device(
             got: out.len(),
             size: ow,
         }
-        .to_string());
+        .into());
     }
     let s = sampling(spec, src.width, src.height);
     let r = if s.corner && spec.order == ChannelOrder::Rgb {
         gpu.preprocess(src, dev, ow, oh)
     } else if s.corner {
-        return Err("stretched BGR input is not built on the GPU".into());
+        return Err(PreprocessError::StretchedBgr);
     } else {
         let fit = aegis_cuda::Letterboxed {
             ratio_x: s.rx,
@@ -163,8 +177,7 @@ pub fn planar_on_device(
         };
         gpu.preprocess_fit(src, dev, ow, oh, &fit)
     };
-    r.and_then(|()| gpu.download_into(dev, out))
-        .map_err(|e| e.to_string())?;
+    r.and_then(|()| gpu.download_into(dev, out))?;
     Ok(s.lb)
 }
 

@@ -36,6 +36,17 @@ impl ModelKind {
     }
 }
 
+impl From<aegis_config::ModelKindConfig> for ModelKind {
+    fn from(kind: aegis_config::ModelKindConfig) -> Self {
+        use aegis_config::ModelKindConfig as K;
+        match kind {
+            K::SelfieSegmentation => ModelKind::SelfieSegmentation,
+            K::Nudenet => ModelKind::NudeNet,
+            K::Yolov8 => ModelKind::Yolov8,
+        }
+    }
+}
+
 /// A model to load.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ModelSpec {

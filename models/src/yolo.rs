@@ -5,7 +5,7 @@
 //! (C = 18, N = 2100) and any detector a user supplies go through this same code. Decoding
 //! writes into a caller-owned `Vec` so the per-frame path reuses its buffers.
 
-use crate::track::BoxXywh;
+use crate::geometry::{BoxXywh, Letterbox};
 
 /// One detection, in frame pixels.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -16,39 +16,6 @@ pub struct Detected {
     pub class: u32,
     /// Class score, 0 to 1.
     pub score: f32,
-}
-
-/// How a frame was fitted into the model's input: input pixel = frame pixel × `scale` +
-/// `pad` (NudeNet pads right/bottom, so its pads are 0; centred letterboxing pads both sides).
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub struct Letterbox {
-    /// Frame → input scale.
-    pub scale: f64,
-    /// Horizontal offset of the frame inside the input, in input pixels.
-    pub pad_x: f64,
-    /// Vertical offset, in input pixels.
-    pub pad_y: f64,
-}
-
-impl Letterbox {
-    /// Fits a `w`×`h` frame into a square `input`, padding right and bottom (NudeNet's way).
-    pub fn top_left(w: usize, h: usize, input: usize) -> Self {
-        Letterbox {
-            scale: input as f64 / w.max(h).max(1) as f64,
-            pad_x: 0.0,
-            pad_y: 0.0,
-        }
-    }
-
-    /// Fits a `w`×`h` frame into a square `input`, centred (Ultralytics' way).
-    pub fn centred(w: usize, h: usize, input: usize) -> Self {
-        let scale = input as f64 / w.max(h).max(1) as f64;
-        Letterbox {
-            scale,
-            pad_x: (input as f64 - w as f64 * scale) / 2.0,
-            pad_y: (input as f64 - h as f64 * scale) / 2.0,
-        }
-    }
 }
 
 /// Why an output tensor cannot be decoded.

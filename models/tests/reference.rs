@@ -217,7 +217,7 @@ fn nudenet_matches_the_python_package() {
                 .iter()
                 .map(|v| v.as_f64().unwrap())
                 .collect();
-            let tb = aegis_models::track::BoxXywh {
+            let tb = aegis_models::geometry::BoxXywh {
                 x: b[0],
                 y: b[1],
                 w: b[2],

@@ -16,7 +16,7 @@ use aegis_models::engine::EngineSettings;
 use aegis_models::registry::{BatchSettings, LoadedModel, ModelKind, ModelSpec, load};
 use aegis_models::stages::pixels::rgb_to_yuv;
 use aegis_models::stages::{
-    Background, DetectSettings, DetectTrack, Moderation, ModerationSettings, Rule,
+    Background, BuildError, DetectSettings, DetectTrack, Moderation, ModerationSettings, Rule,
     VirtualBackground, VirtualBackgroundSettings,
 };
 use aegis_models::track::TrackerConfig;
@@ -229,6 +229,11 @@ fn moderation_policy_blurs_drops_or_alerts_and_verdicts_hold_between_runs() {
     )
     .err()
     .unwrap();
+    assert!(
+        matches!(&e, BuildError::UnknownClass { class, .. } if class == "PERSON"),
+        "{e}"
+    );
+    let e = e.to_string();
     assert!(e.contains("no class \"PERSON\""), "{e}");
 }
 

@@ -117,21 +117,6 @@ pub struct ReplayState {
 }
 
 impl ReplayState {
-    /// Loads the state; a missing file is a fresh device.
-    pub fn load(path: &Path) -> Result<ReplayState, String> {
-        match std::fs::read(path) {
-            Ok(b) => serde_json::from_slice(&b).map_err(|e| format!("{}: {e}", path.display())),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(ReplayState::default()),
-            Err(e) => Err(format!("{}: {e}", path.display())),
-        }
-    }
-
-    /// Saves atomically (0600): temp file, fsync, rename, fsync of the directory.
-    pub fn save(&self, path: &Path) -> Result<(), String> {
-        let bytes = serde_json::to_vec_pretty(self).map_err(|e| e.to_string())?;
-        crate::fsutil::write_atomic(path, &bytes).map_err(|e| format!("{}: {e}", path.display()))
-    }
-
     /// Records an accepted (or authenticated and consumed) workflow: its sequence, its
     /// issuer's newest `issued_at`, the time floor. Never moves anything backwards.
     pub fn accept(&mut self, v: &Verified) {
@@ -205,104 +190,205 @@ fn under(path: &Path, policy: &Policy) -> bool {
         && !policy.protected.iter().any(|p| path.starts_with(p))
 }
 
-fn policy_check(v: &Verified, policy: &Policy) -> Result<(), String> {
+/// Why the device policy refuses a workflow (one variant per refusal).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum PolicyError {
+    /// The policy requires sealed documents and this one is not.
+    #[error("device policy requires sealed documents")]
+    SealingRequired,
+    /// `requires.models` names a model the policy does not allow.
+    #[error("model {name:?} is not allowed by device policy")]
+    ModelNotAllowed {
+        /// The model's name.
+        name: String,
+    },
+    /// `requires.models` names a model this device does not have pinned.
+    #[error(
+        "requires model {name:?} version {version} (sha256 {sha256}) which this device does \
+         not have pinned in inference.models"
+    )]
+    ModelNotPinned {
+        /// The model's name.
+        name: String,
+        /// The version required.
+        version: u32,
+        /// The SHA-256 required.
+        sha256: String,
+    },
+    /// A source URL does not parse.
+    #[error("sources[{index}]: url: {reason}")]
+    SourceUrl {
+        /// Index in `sources`.
+        index: usize,
+        /// Why.
+        reason: String,
+    },
+    /// A file source outside the allowed paths.
+    #[error(
+        "sources[{index}]: file {} is outside the allowed paths (or inside the agent's own state)",
+        .path.display()
+    )]
+    SourceFile {
+        /// Index in `sources`.
+        index: usize,
+        /// The file.
+        path: PathBuf,
+    },
+    /// A camera the policy does not list.
+    #[error(
+        "sources[{index}]: camera device {} is not in the device policy's `devices` list",
+        .device.display()
+    )]
+    Camera {
+        /// Index in `sources`.
+        index: usize,
+        /// The device path.
+        device: PathBuf,
+    },
+    /// A network source whose host is not allowed.
+    #[error("sources[{index}]: host {host:?} is not in the device's source allow-list")]
+    SourceHost {
+        /// Index in `sources`.
+        index: usize,
+        /// The host.
+        host: String,
+    },
+    /// Credentials in the URL of an unsealed document.
+    #[error(
+        "sources[{index}]: the URL carries a user name or password: credentials may only \
+         travel in a sealed document"
+    )]
+    UrlCredentials {
+        /// Index in `sources`.
+        index: usize,
+    },
+    /// A secret query parameter in the URL of an unsealed document.
+    #[error(
+        "sources[{index}]: the URL's query carries a secret ({}): credentials may only travel \
+         in a sealed document",
+        .keys.join(", ")
+    )]
+    UrlSecret {
+        /// Index in `sources`.
+        index: usize,
+        /// The secret query keys.
+        keys: Vec<String>,
+    },
+    /// A camera password in an unsealed document.
+    #[error("sources[{index}]: a camera password may only travel in a sealed document")]
+    Password {
+        /// Index in `sources`.
+        index: usize,
+    },
+    /// A stage runs a model the policy does not allow.
+    #[error("stages[{index}]: model {model:?} is not allowed by device policy")]
+    StageModel {
+        /// Index in `stages`.
+        index: usize,
+        /// The model's name.
+        model: String,
+    },
+    /// A stage reads a file outside the allowed paths.
+    #[error(
+        "stages[{index}]: {setting} {} is outside the allowed paths (or inside the agent's own state)",
+        .path.display()
+    )]
+    StageFile {
+        /// Index in `stages`.
+        index: usize,
+        /// The setting naming the file (`image`).
+        setting: &'static str,
+        /// The file.
+        path: PathBuf,
+    },
+    /// A record sink writes outside the allowed paths.
+    #[error(
+        "sinks[{index}]: {} is outside the allowed paths (or inside the agent's own state)",
+        .dir.display()
+    )]
+    SinkDir {
+        /// Index in `sinks`.
+        index: usize,
+        /// The directory.
+        dir: PathBuf,
+    },
+}
+
+fn policy_check(v: &Verified, policy: &Policy) -> Result<(), PolicyError> {
     let f = &v.document.front;
     for m in &f.requires.models {
         if !allowed(&policy.models, &m.name) {
-            return Err(format!(
-                "model {:?} is not allowed by device policy",
-                m.name
-            ));
+            return Err(PolicyError::ModelNotAllowed {
+                name: m.name.clone(),
+            });
         }
     }
-    if let Some(p) = &v.pipeline {
-        for (i, s) in p.sources.iter().enumerate() {
-            let unsealed = f.security.encryption == "none";
-            let location = s
-                .try_location()
-                .map_err(|why| format!("sources[{i}]: url: {why}"))?;
-            match location {
-                aegis_config::SourceLocation::File(path) => {
-                    if !under(&path, policy) {
-                        return Err(format!(
-                            "sources[{i}]: file {} is outside the allowed paths (or inside the agent's own state)",
-                            path.display()
-                        ));
-                    }
-                }
-                aegis_config::SourceLocation::V4l2(dev) => {
-                    if !policy.devices.iter().any(|d| d == &dev) {
-                        return Err(format!(
-                            "sources[{i}]: camera device {} is not in the device policy's \
-                             `devices` list",
-                            dev.display()
-                        ));
-                    }
-                }
-                aegis_config::SourceLocation::Rtsp(url)
-                | aegis_config::SourceLocation::Srt(url)
-                | aegis_config::SourceLocation::Rtmp(url) => {
-                    if !url_host_allowed(&policy.source_hosts, &url) {
-                        return Err(format!(
-                            "sources[{i}]: host {:?} is not in the device's source allow-list",
-                            url.host_str()
-                        ));
-                    }
-                    if unsealed && url.has_userinfo() {
-                        return Err(format!(
-                            "sources[{i}]: the URL carries a user name or password: credentials \
-                             may only travel in a sealed document"
-                        ));
-                    }
-                    let keys = url.secret_query_keys();
-                    if unsealed && !keys.is_empty() {
-                        return Err(format!(
-                            "sources[{i}]: the URL's query carries a secret ({}): credentials \
-                             may only travel in a sealed document",
-                            keys.join(", ")
-                        ));
-                    }
+    let Some(p) = &v.pipeline else {
+        return Ok(());
+    };
+    for (index, s) in p.sources.iter().enumerate() {
+        let unsealed = f.security.encryption == "none";
+        let location = s
+            .try_location()
+            .map_err(|reason| PolicyError::SourceUrl { index, reason })?;
+        match location {
+            aegis_config::SourceLocation::File(path) => {
+                if !under(&path, policy) {
+                    return Err(PolicyError::SourceFile { index, path });
                 }
             }
-            if s.password.is_some() && unsealed {
-                return Err(format!(
-                    "sources[{i}]: a camera password may only travel in a sealed document"
-                ));
+            aegis_config::SourceLocation::V4l2(device) => {
+                if !policy.devices.iter().any(|d| d == &device) {
+                    return Err(PolicyError::Camera { index, device });
+                }
+            }
+            aegis_config::SourceLocation::Rtsp(url)
+            | aegis_config::SourceLocation::Srt(url)
+            | aegis_config::SourceLocation::Rtmp(url) => {
+                if !url_host_allowed(&policy.source_hosts, &url) {
+                    return Err(PolicyError::SourceHost {
+                        index,
+                        host: url.host_str(),
+                    });
+                }
+                if unsealed && url.has_userinfo() {
+                    return Err(PolicyError::UrlCredentials { index });
+                }
+                let keys = url.secret_query_keys();
+                if unsealed && !keys.is_empty() {
+                    return Err(PolicyError::UrlSecret { index, keys });
+                }
             }
         }
-        for (i, s) in p.stages.iter().enumerate() {
-            use aegis_config::StageConfig as S;
-            let (model, image) = match s {
-                S::VirtualBackground(v) => (Some(&v.model), v.image.as_ref()),
-                S::Moderate(m) => (Some(&m.model), None),
-                S::Detect(d) => (Some(&d.model), None),
-                S::Passthrough(_) | S::TimestampOverlay(_) => (None, None),
-            };
-            if let Some(m) = model
-                && !allowed(&policy.models, m)
-            {
-                return Err(format!(
-                    "stages[{i}]: model {m:?} is not allowed by device policy"
-                ));
-            }
-            if let Some(img) = image
-                && !under(img, policy)
-            {
-                return Err(format!(
-                    "stages[{i}]: image {} is outside the allowed paths (or inside the agent's own state)",
-                    img.display()
-                ));
-            }
+        if s.password.is_some() && unsealed {
+            return Err(PolicyError::Password { index });
         }
-        for (i, s) in p.sinks.iter().enumerate() {
-            if let aegis_config::SinkConfig::Record(r) = s
-                && !under(&r.dir, policy)
-            {
-                return Err(format!(
-                    "sinks[{i}]: {} is outside the allowed paths (or inside the agent's own state)",
-                    r.dir.display()
-                ));
-            }
+    }
+    for (index, s) in p.stages.iter().enumerate() {
+        if let Some(m) = s.model()
+            && !allowed(&policy.models, m.name)
+        {
+            return Err(PolicyError::StageModel {
+                index,
+                model: m.name.to_owned(),
+            });
+        }
+        if let Some(file) = s.files().into_iter().find(|f| !under(f.path, policy)) {
+            return Err(PolicyError::StageFile {
+                index,
+                setting: file.setting,
+                path: file.path.to_path_buf(),
+            });
+        }
+    }
+    for (index, s) in p.sinks.iter().enumerate() {
+        if let aegis_config::SinkConfig::Record(r) = s
+            && !under(&r.dir, policy)
+        {
+            return Err(PolicyError::SinkDir {
+                index,
+                dir: r.dir.clone(),
+            });
         }
     }
     Ok(())
@@ -404,7 +490,7 @@ fn check_mode(
     }
     if policy.require_sealing && document.front.security.encryption == "none" {
         return Err(authenticated(
-            Rejection::Policy("device policy requires sealed documents".into()),
+            Rejection::Policy(PolicyError::SealingRequired),
             &document,
         ));
     }

@@ -60,7 +60,7 @@ pub enum Rejection {
     Replay(String),
     /// Device policy refuses it.
     #[error("policy: {0}")]
-    Policy(String),
+    Policy(device::PolicyError),
     /// The document is sealed and could not be opened.
     #[error("sealed: {0}")]
     Sealed(seal::SealError),

@@ -489,11 +489,13 @@ impl Workflows {
                         .is_some_and(|have| have.eq_ignore_ascii_case(&m.sha256))
             });
             if !ok {
-                return Err(refuse(Rejection::Policy(format!(
-                    "requires model {:?} version {} (sha256 {}) which this device does not have \
-                     pinned in inference.models",
-                    m.name, m.version, m.sha256
-                ))));
+                return Err(refuse(Rejection::Policy(
+                    crate::device::PolicyError::ModelNotPinned {
+                        name: m.name.clone(),
+                        version: m.version,
+                        sha256: m.sha256.clone(),
+                    },
+                )));
             }
         }
         if v.pipeline.is_none() {

@@ -291,30 +291,6 @@ fn the_rejection_matrix() {
 }
 
 #[test]
-fn replay_state_survives_a_restart_and_is_written_atomically() {
-    let w = world();
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("replay.json");
-    let mut s = ReplayState::load(&path).unwrap();
-    let v = check(
-        &sign(&doc_with(|d| d), &w.issuer),
-        &w.trust,
-        &w.me,
-        &w.policy,
-        &s,
-        NOW,
-        &[],
-    )
-    .unwrap();
-    s.accept(&v);
-    s.save(&path).unwrap();
-    assert!(!path.with_extension("tmp").exists());
-    let back = ReplayState::load(&path).unwrap();
-    assert_eq!(back, s);
-    assert!(back.time_floor_s >= NOW - 86_400);
-}
-
-#[test]
 fn trust_updates_need_the_roots_a_higher_version_and_no_expiry() {
     let w = world();
     let roots = vec![w.root.public().clone()];

@@ -360,6 +360,25 @@ fn answered_digests_survive_a_restart_and_state_files_are_private() {
     assert_eq!(mode & 0o777, 0o700);
 }
 
+/// The replay state goes through the one save path (`state.json`, written atomically) and
+/// comes back unchanged after a restart.
+#[test]
+fn replay_state_survives_a_restart_and_is_written_atomically() {
+    let dev = Device::new(86_400);
+    let mut w = dev.open();
+    let doc = dev.doc(&dev.gw, "gw-1", &["orin-1"], &[], 1, 60);
+    let v = w.verify(&doc).unwrap_or_else(|e| panic!("refused: {e}"));
+    let before = w.state().replay.clone();
+    w.consume_sequence(&v).unwrap();
+    let saved = w.state().replay.clone();
+    assert_ne!(saved, before, "the accepted sequence is recorded");
+    assert!(!dev.d().join("wf/state.tmp").exists());
+    drop(w);
+    let back = dev.open().state().replay.clone();
+    assert_eq!(back, saved);
+    assert!(back.time_floor_s >= now_s() - 86_400);
+}
+
 #[test]
 fn spoofed_gps_time_cannot_expire_the_trust_metadata() {
     let dev = Device::new(86_400);

@@ -54,8 +54,27 @@ pub enum PipelineError {
         source: aegis_hal::record::RecordError,
     },
     /// A stage could not be built (model not loaded, unknown class, unreadable image).
-    #[error("{0}")]
-    Stage(String),
+    #[error("stages[{index}]: {source}")]
+    Stage {
+        /// Index in `stages`.
+        index: usize,
+        /// The stage's kind.
+        kind: &'static str,
+        /// Why.
+        source: aegis_models::stages::BuildError,
+    },
+    /// A rule names a sensor this device does not have.
+    #[error("{path}: {reason}")]
+    Rule {
+        /// The rule's path (`rules[0].when.sensor`).
+        path: String,
+        /// What is wrong.
+        reason: String,
+    },
+    /// A new pipeline's sources or sinks differ from the running one's, so its stages
+    /// cannot be swapped in place.
+    #[error("sources or sinks differ: the pipeline must be rebuilt")]
+    NotSwappable,
     /// The OS refused a thread.
     #[error("cannot start thread {name}: {source}")]
     Thread {
@@ -64,6 +83,16 @@ pub enum PipelineError {
         /// Why.
         source: std::io::Error,
     },
+}
+
+impl From<aegis_models::stages::StageBuildError> for PipelineError {
+    fn from(e: aegis_models::stages::StageBuildError) -> Self {
+        PipelineError::Stage {
+            index: e.index,
+            kind: e.kind,
+            source: e.source,
+        }
+    }
 }
 
 /// Knobs that are not part of the config (set by the CLI, benches and tests).
@@ -103,7 +132,10 @@ fn rules_of(
     let mut problems = Vec::new();
     aegis_config::check_rule_sensors(&cfg.rules, &names, "rules", &mut problems);
     if let Some(p) = problems.first() {
-        return Err(PipelineError::Stage(format!("{}: {}", p.path, p.reason)));
+        return Err(PipelineError::Rule {
+            path: p.path.clone(),
+            reason: p.reason.clone(),
+        });
     }
     let mut rules: Vec<_> = sensing.map(|s| s.rules().to_vec()).unwrap_or_default();
     rules.extend(cfg.rules.iter().cloned());
@@ -391,11 +423,7 @@ impl Pipeline {
             .unwrap_or_else(crate::inference::Inference::none);
         let mut stage_sets = Vec::with_capacity(sources.len());
         for _ in &sources {
-            stage_sets.push(
-                inference
-                    .build_stages(&cfg.stages)
-                    .map_err(PipelineError::Stage)?,
-            );
+            stage_sets.push(inference.build_stages(&cfg.stages)?);
         }
         let rules = rules_of(cfg, opts.sensing.as_ref())?;
         let mut shared = Vec::with_capacity(cfg.sinks.len());
@@ -482,18 +510,12 @@ impl Pipeline {
         inference: &crate::inference::Inference,
     ) -> Result<(), PipelineError> {
         if !self.can_swap_in_place(new) {
-            return Err(PipelineError::Stage(
-                "sources or sinks differ: the pipeline must be rebuilt".into(),
-            ));
+            return Err(PipelineError::NotSwappable);
         }
         let rules = rules_of(new, self.sensing.as_ref())?;
         let mut sets = Vec::with_capacity(self.streams.len());
         for _ in &self.streams {
-            sets.push(
-                inference
-                    .build_stages(&new.stages)
-                    .map_err(PipelineError::Stage)?,
-            );
+            sets.push(inference.build_stages(&new.stages)?);
         }
         for (s, set) in self.streams.iter().zip(sets) {
             *s.slot.next.lock().unwrap_or_else(|p| p.into_inner()) = Some((set, rules.clone()));

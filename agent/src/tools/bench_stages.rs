@@ -7,7 +7,7 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Instant;
 
-use aegis_config::{AgentConfig, PipelineConfig, SinkConfig, StageConfig};
+use aegis_config::{AgentConfig, ModelKindConfig, PipelineConfig, SinkConfig, StageConfig};
 use aegis_hal::source::{FileSource, FileSourceSettings};
 use aegis_hal::{Frame, StreamId};
 use serde::Serialize;
@@ -90,12 +90,7 @@ fn decode_frames(clip: &Path, n: usize) -> anyhow::Result<Vec<Frame>> {
 }
 
 fn model_of(s: &StageConfig) -> Option<&str> {
-    match s {
-        StageConfig::VirtualBackground(v) => Some(&v.model),
-        StageConfig::Moderate(m) => Some(&m.model),
-        StageConfig::Detect(d) => Some(&d.model),
-        _ => None,
-    }
+    s.model().map(|m| m.name)
 }
 
 /// Times each model stage of `cfg` alone over `frames`.
@@ -115,10 +110,7 @@ fn time_stages(
             StageConfig::Detect(d) => d.every_n_frames = 1,
             _ => {}
         }
-        let mut stage = inference
-            .build_stages(std::slice::from_ref(&s))
-            .map_err(|e| anyhow::anyhow!(e))?
-            .remove(0);
+        let mut stage = inference.build_stages(std::slice::from_ref(&s))?.remove(0);
         let loaded = inference
             .registry()
             .get(model)
@@ -235,9 +227,11 @@ pub fn run(
     let mut decoded = decode_frames(clip, frames)?;
     let (width, height) = (decoded[0].layout.width, decoded[0].layout.height);
     let stages = time_stages(cfg, &inference, &mut decoded, rounds)?;
-    let seg_model = cfg.pipeline.stages.iter().find_map(|s| match s {
-        StageConfig::VirtualBackground(v) => Some(v.model.clone()),
-        _ => None,
+    // The segmentation model's batching gain (the stage that runs on every frame).
+    let seg_model = cfg.pipeline.stages.iter().find_map(|s| {
+        s.model()
+            .filter(|m| m.kinds == [ModelKindConfig::SelfieSegmentation])
+            .map(|m| m.name.to_owned())
     });
     let (seg_single_rps, seg_batched_rps, seg_batch_size) = match seg_model {
         Some(m) => batching_gain(&inference, &m, &decoded)?,

@@ -7,14 +7,17 @@
 //! ([`Object::track_backfill`]: how many, and the first one's seq and times), so that stored
 //! track summaries can start where the track really started.
 
+use aegis_config::DetectStage;
 use aegis_hal::Frame;
 use aegis_hal::analytics::{Object, ObjectSource, TrackBackfill};
 use aegis_hal::stage::{Stage, StageError, StageOutcome};
 
 use super::detector::{Detector, Thresholds};
 use super::pixels::{Rect, outline};
-use crate::registry::LoadedModel;
-use crate::track::{BoxXywh, Detection, PastTrack, Tracker, TrackerConfig};
+use super::{BuildError, BuildStage, loaded_model};
+use crate::geometry::BoxXywh;
+use crate::registry::{LoadedModel, Registry};
+use crate::track::{Detection, PastTrack, Tracker, TrackerConfig};
 
 /// Settings of the stage.
 #[derive(Debug, Clone, PartialEq)]
@@ -32,6 +35,29 @@ pub struct DetectSettings {
     pub draw: bool,
     /// Run the detector on every Nth frame; the frames between carry the last tracks.
     pub every_n_frames: u32,
+}
+
+impl BuildStage for DetectStage {
+    fn build(&self, models: &Registry) -> Result<Box<dyn Stage>, BuildError> {
+        let settings = DetectSettings {
+            classes: self.classes.clone(),
+            min_score: self.min_score,
+            nms_iou: self.nms_iou,
+            tracker: TrackerConfig {
+                iou_threshold: self.tracker.iou_threshold,
+                max_age: self.tracker.max_age,
+                min_hits: self.tracker.min_hits,
+                high_score: f64::from(self.min_score),
+                min_score: self.tracker.low_score,
+            },
+            draw: self.draw,
+            every_n_frames: self.every_n_frames,
+        };
+        Ok(Box::new(DetectTrack::new(
+            &*loaded_model(models, &self.model)?,
+            settings,
+        )?))
+    }
 }
 
 /// Detection and tracking for one stream.
@@ -122,14 +148,16 @@ fn now_us() -> i64 {
 
 impl DetectTrack {
     /// The stage over a loaded detector; fails when a class is not in the model's labels.
-    pub fn new(model: &LoadedModel, settings: DetectSettings) -> Result<Self, String> {
+    pub fn new(model: &LoadedModel, settings: DetectSettings) -> Result<Self, BuildError> {
         let mut keep = vec![settings.classes.is_empty(); model.labels.len()];
         for c in &settings.classes {
-            let i = model
-                .labels
-                .iter()
-                .position(|l| l == c)
-                .ok_or_else(|| format!("model {} has no class {c:?}", model.spec.name))?;
+            let i = model.labels.iter().position(|l| l == c).ok_or_else(|| {
+                BuildError::UnknownClass {
+                    model: model.spec.name.clone(),
+                    class: c.clone(),
+                    known: None,
+                }
+            })?;
             keep[i] = true;
         }
         let mut detector = Detector::new(model);

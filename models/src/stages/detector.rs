@@ -58,6 +58,8 @@ pub struct Detector {
     pub thresholds: Thresholds,
     raw: Vec<Detected>,
     found: Vec<Found>,
+    /// The model file (named in errors).
+    model: std::path::PathBuf,
     /// The model input on the GPU, for frames that are there (CUDA backend).
     device_input: Option<aegis_cuda::CudaSlice<f32>>,
 }
@@ -75,6 +77,7 @@ impl Detector {
             ),
         };
         Detector {
+            model: model.spec.file.clone(),
             client: model.client(),
             spec: InputSpec {
                 width: s,
@@ -94,8 +97,8 @@ impl Detector {
     pub fn detect(&mut self, frame: &Frame) -> Result<&[Found], EngineError> {
         let s = self.spec.width;
         let pre = |reason: String| EngineError::Run {
-            path: "preprocess".into(),
-            reason,
+            path: self.model.clone(),
+            reason: format!("preprocess: {reason}"),
         };
         let lb = match &frame.device {
             Some(d) => {
@@ -108,7 +111,7 @@ impl Detector {
                 }
                 let dev = self.device_input.as_mut().expect("allocated above");
                 planar_on_device(frame, self.spec, dev, self.client.input(3 * s * s))
-                    .map_err(pre)?
+                    .map_err(|e| pre(e.to_string()))?
             }
             None => planar(frame, self.spec, self.client.input(3 * s * s))
                 .map_err(|e| pre(e.to_string()))?,
@@ -117,8 +120,8 @@ impl Detector {
         let classes = self.labels.len();
         let (out, _) = self.client.run()?;
         decode(out, classes, t.decode_min, lb, &mut self.raw).map_err(|e| EngineError::Run {
-            path: "decode".into(),
-            reason: e.to_string(),
+            path: self.model.clone(),
+            reason: format!("decode: {e}"),
         })?;
         self.raw.retain(|d| d.score >= t.min_score);
         nms(&mut self.raw, t.iou, t.agnostic);

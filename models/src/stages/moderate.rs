@@ -3,13 +3,15 @@
 //! verdict of the last analysed frame holds for the frames in between, and becomes typed
 //! frame metadata ([`ModerationVerdict`]) either way.
 
+use aegis_config::{ModerateStage, ModerationActionConfig};
 use aegis_hal::Frame;
 use aegis_hal::analytics::{ModerationAction, ModerationVerdict, Object, ObjectSource};
 use aegis_hal::stage::{Stage, StageError, StageOutcome};
 
 use super::detector::Detector;
 use super::pixels::{Rect, blur_rect};
-use crate::registry::LoadedModel;
+use super::{BuildError, BuildStage, loaded_model};
+use crate::registry::{LoadedModel, Registry};
 
 /// One policy rule: these classes, at or above this score, get this action.
 #[derive(Debug, Clone, PartialEq)]
@@ -52,6 +54,41 @@ impl ModerationSettings {
     }
 }
 
+/// The action of a config rule.
+fn action(a: ModerationActionConfig) -> ModerationAction {
+    match a {
+        ModerationActionConfig::Alert => ModerationAction::Alert,
+        ModerationActionConfig::BlurRegion => ModerationAction::BlurRegion,
+        ModerationActionConfig::BlurFrame => ModerationAction::BlurFrame,
+        ModerationActionConfig::Drop => ModerationAction::Drop,
+    }
+}
+
+impl BuildStage for ModerateStage {
+    fn build(&self, models: &Registry) -> Result<Box<dyn Stage>, BuildError> {
+        let rules = match &self.rules {
+            None => ModerationSettings::default_policy(),
+            Some(rules) => rules
+                .iter()
+                .map(|r| Rule {
+                    classes: r.classes.clone(),
+                    min_score: r.min_score,
+                    action: action(r.action),
+                })
+                .collect(),
+        };
+        let settings = ModerationSettings {
+            every_n_frames: self.every_n_frames,
+            rules,
+            blur_strength: self.blur_strength as usize,
+        };
+        Ok(Box::new(Moderation::new(
+            &*loaded_model(models, &self.model)?,
+            settings,
+        )?))
+    }
+}
+
 /// A flagged region of the last analysed frame.
 #[derive(Debug, Clone, Copy)]
 struct Flag {
@@ -77,7 +114,7 @@ pub struct Moderation {
 
 impl Moderation {
     /// The stage over a loaded detector. Fails when a rule names a class the model lacks.
-    pub fn new(model: &LoadedModel, settings: ModerationSettings) -> Result<Self, String> {
+    pub fn new(model: &LoadedModel, settings: ModerationSettings) -> Result<Self, BuildError> {
         let mut policy = vec![None; model.labels.len()];
         for rule in &settings.rules {
             for class in &rule.classes {
@@ -85,12 +122,10 @@ impl Moderation {
                     .labels
                     .iter()
                     .position(|l| l == class)
-                    .ok_or_else(|| {
-                        format!(
-                            "model {} has no class {class:?} (it has: {})",
-                            model.spec.name,
-                            model.labels.join(", ")
-                        )
+                    .ok_or_else(|| BuildError::UnknownClass {
+                        model: model.spec.name.clone(),
+                        class: class.clone(),
+                        known: Some(model.labels.clone()),
                     })?;
                 let slot: &mut Option<(f32, ModerationAction)> = &mut policy[i];
                 if slot.is_none_or(|(_, a)| rule.action > a) {

@@ -7,33 +7,11 @@
 type M7 = [[f64; 7]; 7];
 type M4 = [[f64; 4]; 4];
 
-/// An axis-aligned box: left, top, width, height (pixels).
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub struct BoxXywh {
-    /// Left edge.
-    pub x: f64,
-    /// Top edge.
-    pub y: f64,
-    /// Width.
-    pub w: f64,
-    /// Height.
-    pub h: f64,
-}
+use crate::geometry::BoxXywh;
 
+/// The filter's view of a box: measurement vector and state.
 impl BoxXywh {
-    /// Intersection over union (0 for empty boxes).
-    pub fn iou(&self, o: &BoxXywh) -> f64 {
-        let ix = (self.x + self.w).min(o.x + o.w) - self.x.max(o.x);
-        let iy = (self.y + self.h).min(o.y + o.h) - self.y.max(o.y);
-        if ix <= 0.0 || iy <= 0.0 {
-            return 0.0;
-        }
-        let inter = ix * iy;
-        let union = self.w * self.h + o.w * o.h - inter;
-        if union <= 0.0 { 0.0 } else { inter / union }
-    }
-
-    fn to_z(self) -> [f64; 4] {
+    pub(crate) fn to_z(self) -> [f64; 4] {
         [
             self.x + self.w / 2.0,
             self.y + self.h / 2.0,
@@ -42,7 +20,7 @@ impl BoxXywh {
         ]
     }
 
-    fn from_state(x: &[f64; 7]) -> Self {
+    pub(crate) fn from_state(x: &[f64; 7]) -> Self {
         let area = x[2].max(0.0);
         let w = (area * x[3].max(0.0)).sqrt();
         let h = if w > 0.0 { area / w } else { 0.0 };

@@ -19,7 +19,9 @@ mod kalman;
 pub mod mot;
 
 pub use hungarian::assign;
-pub use kalman::{BoxFilter, BoxXywh};
+pub use kalman::BoxFilter;
+
+use crate::geometry::BoxXywh;
 
 /// Tracker parameters.
 #[derive(Debug, Clone, Copy, PartialEq)]

@@ -10,9 +10,10 @@ use aegis_hal::synth::RgbImage;
 use aegis_hal::{Frame, PixelFormat};
 
 use super::pixels::{BgPlanes, composite, rgb_to_yuv};
+use super::{BuildError, BuildStage, loaded_model};
 use crate::batch::BatchClient;
 use crate::preprocess::{ChannelOrder, Fit, InputSpec, planar, planar_on_device};
-use crate::registry::LoadedModel;
+use crate::registry::{LoadedModel, Registry};
 
 /// What replaces the background.
 #[derive(Debug, Clone)]
@@ -77,6 +78,33 @@ fn err(error_type: &'static str, message: String) -> StageError {
         stage: "virtual_background",
         error_type,
         message,
+    }
+}
+
+impl BuildStage for aegis_config::VirtualBackgroundStage {
+    fn build(&self, models: &Registry) -> Result<Box<dyn Stage>, BuildError> {
+        let background = if let Some(path) = &self.image {
+            Background::Image(Arc::new(
+                aegis_hal::synth::load_png(path).map_err(BuildError::BackgroundImage)?,
+            ))
+        } else if let Some(c) = &self.colour {
+            Background::Colour(
+                aegis_config::parse_colour(c).ok_or_else(|| BuildError::BadColour(c.clone()))?,
+            )
+        } else {
+            Background::Blur {
+                strength: self.blur.unwrap_or(16) as usize,
+            }
+        };
+        Ok(Box::new(VirtualBackground::new(
+            &*loaded_model(models, &self.model)?,
+            VirtualBackgroundSettings {
+                background,
+                smoothing: self.smoothing,
+                feather: self.feather as usize,
+                threshold: self.threshold,
+            },
+        )))
     }
 }
 
@@ -212,12 +240,24 @@ impl VirtualBackground {
             }
             Background::Colour(rgb) if !fresh => self.bg.fill(w, h, format, rgb_to_yuv(*rgb)),
             Background::Image(img) if !fresh => {
-                self.bg = image_planes(img, w, h, format).map_err(|e| err("background", e))?;
+                self.bg = image_planes(img, w, h, format)
+                    .map_err(|e| err("background", e.to_string()))?;
             }
             _ => {}
         }
         Ok(())
     }
+}
+
+/// The background picture cannot be converted to the frame's layout.
+#[derive(Debug, thiserror::Error)]
+pub enum BackgroundImageError {
+    /// Less than 2×2 pixels.
+    #[error("the background image is empty")]
+    Empty,
+    /// The colour conversion refused the picture.
+    #[error(transparent)]
+    Convert(#[from] aegis_hal::pixel::PixelError),
 }
 
 /// The picture converted to the frame's size and layout (once per size).
@@ -226,10 +266,10 @@ fn image_planes(
     w: usize,
     h: usize,
     format: PixelFormat,
-) -> Result<BgPlanes, String> {
+) -> Result<BgPlanes, BackgroundImageError> {
     let (iw, ih) = (img.width & !1, img.height & !1);
     if iw == 0 || ih == 0 {
-        return Err("the background image is empty".into());
+        return Err(BackgroundImageError::Empty);
     }
     let (icw, ich) = (iw / 2, ih / 2);
     let (mut y, mut u, mut v) = (vec![0; iw * ih], vec![0; icw * ich], vec![0; icw * ich]);
@@ -241,8 +281,7 @@ fn image_planes(
         PlaneMut::new(&mut y, iw),
         PlaneMut::new(&mut u, icw),
         PlaneMut::new(&mut v, icw),
-    )
-    .map_err(|e| e.to_string())?;
+    )?;
     let (cw, ch) = (w / 2, h / 2);
     let mut out = BgPlanes {
         size: (w, h),
@@ -262,8 +301,7 @@ fn image_planes(
         ),
         w & !1,
         h & !1,
-    )
-    .map_err(|e| e.to_string())?;
+    )?;
     if format == PixelFormat::Nv12 {
         let planar = out.c.clone();
         for i in 0..cw * ch {
@@ -320,7 +358,7 @@ impl VirtualBackground {
         let spec = self.spec();
         let d = self.device.as_mut().expect("allocated above");
         planar_on_device(frame, spec, &mut d.input, self.client.input(3 * s * s))
-            .map_err(|e| err("preprocess", e))?;
+            .map_err(|e| err("preprocess", e.to_string()))?;
         self.infer_mask()?;
         let d = self.device.as_mut().expect("allocated above");
         let (nv12, gpu) = frame.device.as_mut().expect("checked above").parts();
@@ -335,7 +373,7 @@ impl VirtualBackground {
                 // Made on the host exactly as the CPU path makes it, uploaded once.
                 let planes = match &self.settings.background {
                     Background::Image(img) => image_planes(img, w, h, PixelFormat::Nv12)
-                        .map_err(|e| err("background", e))?,
+                        .map_err(|e| err("background", e.to_string()))?,
                     Background::Colour(rgb) => {
                         let mut p = BgPlanes::default();
                         p.fill(w, h, PixelFormat::Nv12, rgb_to_yuv(*rgb));

@@ -1,0 +1,156 @@
+//! The `inference` section: ONNX Runtime and the models.
+
+use std::path::PathBuf;
+
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+use crate::model::default_true;
+
+/// Default ONNX Runtime library (where the Yocto layer and the Debian
+/// package install it).
+const DEFAULT_ORT_RUNTIME: &str = "/usr/lib/aegis/libonnxruntime.so";
+
+fn default_model_version() -> u32 {
+    1
+}
+
+fn default_ort_runtime() -> PathBuf {
+    PathBuf::from(DEFAULT_ORT_RUNTIME)
+}
+
+fn default_max_batch() -> u32 {
+    8
+}
+
+fn default_batch_window_ms() -> u32 {
+    4
+}
+
+/// Where ONNX Runtime runs the models.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum InferenceProvider {
+    /// The CPU (always available).
+    #[default]
+    Cpu,
+    /// NVIDIA CUDA (`backend.cuda_device` picks the GPU).
+    Cuda,
+    /// NVIDIA TensorRT through ONNX Runtime (CUDA for the rest of the graph).
+    Tensorrt,
+}
+
+/// TensorRT options, passed through to ONNX Runtime's TensorRT provider.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct TensorRtOptions {
+    /// Cache built engines (and timing data) here; building takes minutes.
+    #[serde(default)]
+    pub engine_cache_dir: Option<PathBuf>,
+    /// Build fp16 engines.
+    #[serde(default)]
+    pub fp16: bool,
+    /// Build int8 engines (needs `int8_calibration_table`).
+    #[serde(default)]
+    pub int8: bool,
+    /// The int8 calibration table's file name.
+    #[serde(default)]
+    pub int8_calibration_table: Option<String>,
+}
+
+/// What a model is (fixes its pre- and post-processing).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum ModelKindConfig {
+    /// MediaPipe selfie segmentation converted to ONNX (input 256).
+    SelfieSegmentation,
+    /// NudeNet 320n (YOLOv8n, 18 built-in classes; input 320).
+    Nudenet,
+    /// Any Ultralytics YOLOv8-style detector (needs `labels`; input 640
+    /// unless `input_size` says otherwise).
+    Yolov8,
+}
+
+/// One model file.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ModelConfig {
+    /// Name the stages use (same rules as ids).
+    pub name: String,
+    /// Version (what signed workflows require).
+    #[serde(default = "default_model_version")]
+    pub version: u32,
+    /// Kind.
+    pub kind: ModelKindConfig,
+    /// The ONNX file.
+    pub file: PathBuf,
+    /// Expected SHA-256 (64 hex digits); a different file is refused at
+    /// start-up.
+    #[serde(default)]
+    pub sha256: Option<String>,
+    /// Square input side in pixels (32 to 2048; default by kind).
+    #[serde(default)]
+    pub input_size: Option<u32>,
+    /// Class names, one per line (required for `yolov8`).
+    #[serde(default)]
+    pub labels: Option<PathBuf>,
+}
+
+impl ModelConfig {
+    /// The input side: configured, else the kind's.
+    pub fn input_size(&self) -> u32 {
+        self.input_size.unwrap_or(match self.kind {
+            ModelKindConfig::SelfieSegmentation => 256,
+            ModelKindConfig::Nudenet => 320,
+            ModelKindConfig::Yolov8 => 640,
+        })
+    }
+}
+
+/// The inference runtime and models.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct InferenceConfig {
+    /// ONNX Runtime shared library, loaded at start-up (JetPack's on a
+    /// Jetson; `just models` fetches the PyPI build for development).
+    #[serde(default = "default_ort_runtime")]
+    pub runtime: PathBuf,
+    /// Execution provider.
+    #[serde(default)]
+    pub provider: InferenceProvider,
+    /// Run on the CPU when the provider cannot be used (logged), instead of
+    /// refusing to start.
+    #[serde(default = "default_true")]
+    pub cpu_fallback: bool,
+    /// Threads per model session (0 = all cores).
+    #[serde(default)]
+    pub threads: u32,
+    /// Most frames of different streams per inference call (1 to 64).
+    #[serde(default = "default_max_batch")]
+    pub max_batch: u32,
+    /// How long a frame waits for the other streams' frames to batch with
+    /// (0 to 100 ms).
+    #[serde(default = "default_batch_window_ms")]
+    pub batch_window_ms: u32,
+    /// TensorRT options.
+    #[serde(default)]
+    pub tensorrt: TensorRtOptions,
+    /// The models the stages may name.
+    #[serde(default)]
+    pub models: Vec<ModelConfig>,
+}
+
+impl Default for InferenceConfig {
+    fn default() -> Self {
+        InferenceConfig {
+            runtime: default_ort_runtime(),
+            provider: InferenceProvider::Cpu,
+            cpu_fallback: true,
+            threads: 0,
+            max_batch: default_max_batch(),
+            batch_window_ms: default_batch_window_ms(),
+            tensorrt: TensorRtOptions::default(),
+            models: Vec::new(),
+        }
+    }
+}

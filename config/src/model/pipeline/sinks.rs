@@ -1,0 +1,158 @@
+//! The sinks of a pipeline (`pipeline.sinks`) and their encoder.
+
+use std::ops::RangeInclusive;
+use std::path::PathBuf;
+
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+/// Default recording segment length in seconds.
+const DEFAULT_SEGMENT_SECONDS: f64 = 10.0;
+
+/// Allowed range of `record.segment_seconds`.
+pub(crate) const SEGMENT_SECONDS_RANGE: RangeInclusive<f64> = 1.0..=3600.0;
+
+/// Default disk budget of a recorder, in MiB.
+const DEFAULT_DISK_BUDGET_MB: u64 = 1024;
+
+/// Smallest allowed `record.disk_budget_mb`.
+pub(crate) const MIN_DISK_BUDGET_MB: u64 = 1;
+
+/// Default encoder preset.
+const DEFAULT_PRESET: &str = "ultrafast";
+
+/// Encoder presets accepted by `encoder.preset`, fastest first.
+pub(crate) const PRESETS: &[&str] = &[
+    "ultrafast",
+    "superfast",
+    "veryfast",
+    "faster",
+    "fast",
+    "medium",
+    "slow",
+    "slower",
+    "veryslow",
+];
+
+/// Default encoder bitrate in kbit/s.
+const DEFAULT_BITRATE_KBPS: u32 = 4000;
+
+/// Allowed range of `encoder.bitrate_kbps`.
+pub(crate) const BITRATE_KBPS_RANGE: RangeInclusive<u32> = 100..=200_000;
+
+/// Default keyframe interval in frames.
+const DEFAULT_GOP_FRAMES: u32 = 60;
+
+/// Allowed range of `encoder.gop_frames`.
+pub(crate) const GOP_FRAMES_RANGE: RangeInclusive<u32> = 1..=1000;
+
+/// Default encoder thread count (0 = automatic).
+const DEFAULT_ENCODER_THREADS: u32 = 0;
+
+/// Largest allowed `encoder.threads`.
+pub(crate) const MAX_ENCODER_THREADS: u32 = 64;
+
+fn default_segment_seconds() -> f64 {
+    DEFAULT_SEGMENT_SECONDS
+}
+
+fn default_disk_budget_mb() -> u64 {
+    DEFAULT_DISK_BUDGET_MB
+}
+
+fn default_preset() -> String {
+    DEFAULT_PRESET.to_owned()
+}
+
+fn default_bitrate_kbps() -> u32 {
+    DEFAULT_BITRATE_KBPS
+}
+
+fn default_gop_frames() -> u32 {
+    DEFAULT_GOP_FRAMES
+}
+
+fn default_encoder_threads() -> u32 {
+    DEFAULT_ENCODER_THREADS
+}
+
+/// An output, selected by `kind`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum SinkConfig {
+    /// Encodes every stream and writes it to disk as fixed-length segments,
+    /// deleting the oldest segments to stay within a disk budget.
+    Record(RecordSink),
+    /// Counts frames and drops them (for benchmarks and tests).
+    Discard(DiscardSink),
+}
+
+/// Settings of the `record` sink.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RecordSink {
+    /// Directory for recordings (created if missing); one sub-directory per
+    /// stream.
+    pub dir: PathBuf,
+    /// Length of each recorded file, in seconds (1 to 3600).
+    #[serde(default = "default_segment_seconds")]
+    pub segment_seconds: f64,
+    /// Disk space the recordings may use, in MiB (at least 1). The oldest
+    /// segments are deleted when it is exceeded.
+    #[serde(default = "default_disk_budget_mb")]
+    pub disk_budget_mb: u64,
+    /// Video encoder settings.
+    #[serde(default)]
+    pub encoder: EncoderConfig,
+}
+
+/// Settings of the `discard` sink (it has none).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct DiscardSink {}
+
+/// Video encoder settings for recording.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct EncoderConfig {
+    /// Video codec. Only `h264` is available.
+    #[serde(default)]
+    pub codec: VideoCodec,
+    /// Speed/quality trade-off: `ultrafast`, `superfast`, `veryfast`,
+    /// `faster`, `fast`, `medium`, `slow`, `slower` or `veryslow`. Faster
+    /// presets use less CPU but produce larger files.
+    #[serde(default = "default_preset")]
+    pub preset: String,
+    /// Target bitrate in kbit/s (100 to 200000).
+    #[serde(default = "default_bitrate_kbps")]
+    pub bitrate_kbps: u32,
+    /// Keyframe interval in frames (1 to 1000). Smaller values make seeking
+    /// faster and files larger.
+    #[serde(default = "default_gop_frames")]
+    pub gop_frames: u32,
+    /// Encoder threads per stream (0 = the CPU cores divided among the streams, at least 1;
+    /// at most 64).
+    #[serde(default = "default_encoder_threads")]
+    pub threads: u32,
+}
+
+impl Default for EncoderConfig {
+    fn default() -> Self {
+        Self {
+            codec: VideoCodec::default(),
+            preset: default_preset(),
+            bitrate_kbps: default_bitrate_kbps(),
+            gop_frames: default_gop_frames(),
+            threads: default_encoder_threads(),
+        }
+    }
+}
+
+/// A video codec.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum VideoCodec {
+    /// H.264 / AVC.
+    #[default]
+    H264,
+}

@@ -1,0 +1,204 @@
+//! The `workflows` section: trust anchors, policy and health checks of signed workflows.
+
+use std::path::PathBuf;
+
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+fn default_workflow_state_dir() -> PathBuf {
+    PathBuf::from("/var/lib/aegis/workflows")
+}
+
+fn default_keys_dir() -> PathBuf {
+    PathBuf::from("/var/lib/aegis/keys")
+}
+
+fn default_threshold() -> u32 {
+    1
+}
+
+fn default_trust_file() -> PathBuf {
+    PathBuf::from("/etc/aegis/trust.json")
+}
+
+fn default_algorithms() -> Vec<String> {
+    vec!["ml-dsa-65".into()]
+}
+
+fn default_policy_paths() -> Vec<PathBuf> {
+    vec![PathBuf::from("/var/lib/aegis")]
+}
+
+fn default_policy_models() -> Vec<String> {
+    vec!["*".into()]
+}
+
+fn default_max_sequence_jump() -> u64 {
+    1000
+}
+
+fn default_max_clock_skew_s() -> u32 {
+    300
+}
+
+fn default_health_window_s() -> f64 {
+    3.0
+}
+
+fn default_health_frames() -> u32 {
+    5
+}
+
+fn default_health_error_ratio() -> f64 {
+    0.2
+}
+
+/// Signed workflows (see docs/security.md). Off by default: the local
+/// pipeline always runs.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct WorkflowsConfig {
+    /// Accept signed workflows from the fleet topics, `aegis workflow apply`
+    /// and the web page.
+    #[serde(default)]
+    pub enabled: bool,
+    /// Where the active and previous workflows and the anti-replay state are
+    /// kept (persistent storage, not on the A/B firmware slots).
+    #[serde(default = "default_workflow_state_dir")]
+    pub state_dir: PathBuf,
+    /// This device's keys, as written by `aegis provision` (`device.key`,
+    /// `device.kem.key`, `group.*.kem.key`).
+    #[serde(default = "default_keys_dir")]
+    pub keys_dir: PathBuf,
+    /// The trust anchors.
+    #[serde(default)]
+    pub trust: TrustAnchors,
+    /// What a workflow may do on this device.
+    #[serde(default)]
+    pub policy: WorkflowPolicy,
+    /// How a newly applied workflow is judged before it is kept.
+    #[serde(default)]
+    pub health: HealthCheckConfig,
+}
+
+impl Default for WorkflowsConfig {
+    fn default() -> Self {
+        WorkflowsConfig {
+            enabled: false,
+            state_dir: default_workflow_state_dir(),
+            keys_dir: default_keys_dir(),
+            trust: TrustAnchors::default(),
+            policy: WorkflowPolicy::default(),
+            health: HealthCheckConfig::default(),
+        }
+    }
+}
+
+/// The root of trust installed at provisioning.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct TrustAnchors {
+    /// Root public key files (`chimera root init` writes `root.pub`). Only
+    /// trust metadata signed by `threshold` of them is accepted.
+    #[serde(default)]
+    pub roots: Vec<PathBuf>,
+    /// Root signatures needed (k of n).
+    #[serde(default = "default_threshold")]
+    pub threshold: u32,
+    /// The signed trust metadata installed with the device. Newer versions
+    /// received from the fleet are kept in `state_dir`.
+    #[serde(default = "default_trust_file")]
+    pub metadata: PathBuf,
+}
+
+impl Default for TrustAnchors {
+    fn default() -> Self {
+        TrustAnchors {
+            roots: Vec::new(),
+            threshold: default_threshold(),
+            metadata: default_trust_file(),
+        }
+    }
+}
+
+/// Device policy: what a workflow may name. Decided here, never by the
+/// workflow itself.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct WorkflowPolicy {
+    /// Signature algorithms accepted.
+    #[serde(default = "default_algorithms")]
+    pub algorithms: Vec<String>,
+    /// Refuse workflows that are not sealed.
+    #[serde(default)]
+    pub require_sealing: bool,
+    /// Hosts a network source may name: DNS names (compared without regard to case), IPv4
+    /// or IPv6 addresses (compared as addresses), or `*` for any. The host is the one the
+    /// strictly parsed URL names, which is the one libavformat connects to. Empty: workflows
+    /// may not add network sources. (An entry `v4l2` no longer allows cameras: list their
+    /// device nodes under `devices`.)
+    #[serde(default)]
+    pub source_hosts: Vec<String>,
+    /// Camera device nodes a `v4l2` source of a workflow may open, as absolute paths
+    /// compared exactly (e.g. `/dev/video0`). Empty: workflows may not open cameras.
+    #[serde(default)]
+    pub devices: Vec<PathBuf>,
+    /// Directories that file sources, recordings and background images of a
+    /// workflow must be under.
+    #[serde(default = "default_policy_paths")]
+    pub paths: Vec<PathBuf>,
+    /// Model names a workflow may require (`*` = any).
+    #[serde(default = "default_policy_models")]
+    pub models: Vec<String>,
+    /// Largest accepted step of a workflow's sequence number (a bigger jump is
+    /// a fast-forward attack).
+    #[serde(default = "default_max_sequence_jump")]
+    pub max_sequence_jump: u64,
+    /// Seconds a workflow's `issued_at` may be ahead of this device's clock.
+    #[serde(default = "default_max_clock_skew_s")]
+    pub max_clock_skew_s: u32,
+}
+
+impl Default for WorkflowPolicy {
+    fn default() -> Self {
+        WorkflowPolicy {
+            algorithms: default_algorithms(),
+            require_sealing: false,
+            source_hosts: Vec::new(),
+            devices: Vec::new(),
+            paths: default_policy_paths(),
+            models: default_policy_models(),
+            max_sequence_jump: default_max_sequence_jump(),
+            max_clock_skew_s: default_max_clock_skew_s(),
+        }
+    }
+}
+
+/// The health check of a newly applied workflow. It needs neither the broker
+/// nor a camera: a stream whose source delivers nothing is judged on its
+/// build alone.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct HealthCheckConfig {
+    /// Longest time the check watches the new pipeline, in seconds.
+    #[serde(default = "default_health_window_s")]
+    pub window_s: f64,
+    /// Frames per stream after which the verdict is known (earlier than
+    /// `window_s` when frames flow).
+    #[serde(default = "default_health_frames")]
+    pub frames: u32,
+    /// Largest share of frames a stage may fail on before the workflow is
+    /// rolled back (0 to 1).
+    #[serde(default = "default_health_error_ratio")]
+    pub max_error_ratio: f64,
+}
+
+impl Default for HealthCheckConfig {
+    fn default() -> Self {
+        HealthCheckConfig {
+            window_s: default_health_window_s(),
+            frames: default_health_frames(),
+            max_error_ratio: default_health_error_ratio(),
+        }
+    }
+}
