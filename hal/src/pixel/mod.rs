@@ -113,7 +113,7 @@ impl Matrix {
     /// The luma weights `(Kr, Kb)` defining this matrix (`Kg = 1 - Kr - Kb`).
     pub const fn kr_kb(self) -> (f64, f64) {
         match self {
-            Matrix::Bt601 => (0.299, 0.114),
+            Matrix::Bt601 => (aegis_bt601::KR, aegis_bt601::KB),
             Matrix::Bt709 => (0.2126, 0.0722),
         }
     }
