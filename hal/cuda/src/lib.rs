@@ -170,7 +170,7 @@ pub fn pitch_for(width: usize) -> usize {
 
 /// A fixed set of same-size device frames: `acquire` hands one out or says the pool is
 /// empty (backpressure, never growth); `release` takes it back and wakes a waiter.
-pub struct SurfacePool {
+pub struct DevicePool {
     free: std::sync::Mutex<Vec<DeviceNv12>>,
     size: (usize, usize),
     returned: std::sync::Condvar,
@@ -178,14 +178,14 @@ pub struct SurfacePool {
     pub capacity: usize,
 }
 
-impl SurfacePool {
+impl DevicePool {
     /// `n` frames of `width`×`height`.
-    pub fn new(gpu: &Gpu, width: usize, height: usize, n: usize) -> Result<SurfacePool, CudaError> {
+    pub fn new(gpu: &Gpu, width: usize, height: usize, n: usize) -> Result<DevicePool, CudaError> {
         let mut v = Vec::with_capacity(n);
         for _ in 0..n {
             v.push(gpu.alloc_nv12(width, height)?);
         }
-        Ok(SurfacePool {
+        Ok(DevicePool {
             free: std::sync::Mutex::new(v),
             size: (width, height),
             returned: std::sync::Condvar::new(),
