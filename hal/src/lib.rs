@@ -25,6 +25,7 @@ pub mod image;
 pub mod pixel;
 pub mod pool;
 pub mod record;
+pub mod rng;
 pub mod source;
 pub mod stage;
 pub mod synth;

@@ -7,6 +7,7 @@
 
 use crate::frame::{Frame, PixelFormat};
 use crate::pixel::{Matrix, Plane, PlaneMut, rgb24_to_i420, scale_i420};
+use crate::rng::XorShift;
 
 // Kept here for the callers that name them through this module (models' stages and tests,
 // the agent's inference wiring); new code uses `crate::image`.
@@ -60,16 +61,6 @@ pub struct SyntheticScene {
     frame_index: u64,
 }
 
-struct XorShift(u64);
-impl XorShift {
-    fn next(&mut self) -> f64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        (self.0 >> 11) as f64 / (1u64 << 53) as f64
-    }
-}
-
 impl SyntheticScene {
     /// A `width`×`height` scene (even sizes) with `objects` movers, seeded for repeatability.
     /// With `background`, the camera pans across that image (scaled to 1.25× the frame);
@@ -96,19 +87,19 @@ impl SyntheticScene {
         let movers = (0..objects)
             .map(|i| {
                 let (class, wf, aspect, yuv) = classes[i % classes.len()];
-                let w = (base * wf * (0.8 + 0.4 * rng.next()))
+                let w = (base * wf * (0.8 + 0.4 * rng.next_f64()))
                     .max(8.0)
                     .min(width as f64 * 0.8);
                 let h = (w * aspect).min(height as f64 * 0.8);
-                let speed = (width as f64 / 120.0) * (0.5 + rng.next());
-                let angle = rng.next() * std::f64::consts::TAU;
+                let speed = (width as f64 / 120.0) * (0.5 + rng.next_f64());
+                let angle = rng.next_f64() * std::f64::consts::TAU;
                 Mover {
                     id: i as u32 + 1,
                     class,
                     w,
                     h,
-                    x: rng.next() * (width as f64 - w),
-                    y: rng.next() * (height as f64 - h),
+                    x: rng.next_f64() * (width as f64 - w),
+                    y: rng.next_f64() * (height as f64 - h),
                     vx: speed * angle.cos(),
                     vy: speed * angle.sin(),
                     yuv,

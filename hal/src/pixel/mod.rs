@@ -352,25 +352,7 @@ pub(crate) mod testutil {
     /// Sentinel written into padding bytes; tests check it survives.
     pub const SENTINEL: u8 = 0xA5;
 
-    /// Small deterministic xorshift PRNG.
-    pub struct XorShift(pub u64);
-
-    impl XorShift {
-        pub fn next_u64(&mut self) -> u64 {
-            let mut x = self.0;
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            self.0 = x;
-            x
-        }
-        pub fn byte(&mut self) -> u8 {
-            (self.next_u64() >> 32) as u8
-        }
-        pub fn below(&mut self, n: usize) -> usize {
-            (self.next_u64() % n as u64) as usize
-        }
-    }
+    pub use crate::rng::XorShift;
 
     /// A plane buffer with `pad` sentinel bytes after each row.
     pub struct Buf {
