@@ -7,6 +7,7 @@
 pub mod alloc;
 pub mod cli;
 pub mod fleet;
+pub mod http;
 pub mod inference;
 pub mod logging;
 pub mod metrics;

@@ -179,7 +179,7 @@ impl FrameMeta {
 /// stream) that works on it. Moving one is moving a handle: nothing is allocated per frame.
 pub struct DeviceSurface {
     nv12: Option<aegis_cuda::DeviceNv12>,
-    pool: Arc<aegis_cuda::SurfacePool>,
+    pool: Arc<aegis_cuda::DevicePool>,
     gpu: Arc<aegis_cuda::Gpu>,
 }
 
@@ -187,7 +187,7 @@ impl DeviceSurface {
     /// `nv12`, taken from `pool`, worked on by `gpu`.
     pub fn new(
         nv12: aegis_cuda::DeviceNv12,
-        pool: Arc<aegis_cuda::SurfacePool>,
+        pool: Arc<aegis_cuda::DevicePool>,
         gpu: Arc<aegis_cuda::Gpu>,
     ) -> Self {
         DeviceSurface {

@@ -5,9 +5,14 @@
 //! ([`container`]), sources ([`source`]) and recording sinks ([`record`]). It knows nothing
 //! about models, MQTT or the web; the agent wires these pieces into a pipeline.
 //!
-//! Only the CPU backend exists so far: host memory surfaces, libavcodec for H.264/H.265
-//! decode, libx264 (through libavcodec) for encode, libavformat for MP4 demux and the
-//! fragmented-MP4 recorder. The decision and its measurements are in `docs/codecs.md`.
+//! Two backends. The CPU backend: host memory surfaces, libavcodec for H.264/H.265 decode,
+//! libx264 (through libavcodec) for encode, libavformat for MP4 demux and the fragmented-MP4
+//! recorder (the decision and its measurements are in `docs/codecs.md`). The CUDA backend
+//! (`aegis-cuda`, loaded at run time): NVDEC decode into device surfaces
+//! ([`codec::nvdec_codec`], [`Frame::device`]) and NVRTC kernels for the pixel work, each
+//! bit-exact with its CPU counterpart (`docs/cuda.md`); without a driver the CPU backend runs.
+//! Still images are loaded by [`image`]; the BT.601 constants both backends use are the
+//! `aegis-bt601` crate's.
 //! Raw frames never leave the HAL's pooled surfaces: libav* only sees compressed packets and
 //! the codec-side picture buffers that we copy into and out of (counted in
 //! [`Frame::copies`]).
@@ -17,9 +22,11 @@ pub mod backend;
 pub mod codec;
 pub mod container;
 pub mod frame;
+pub mod image;
 pub mod pixel;
 pub mod pool;
 pub mod record;
+pub mod rng;
 pub mod sink;
 pub mod source;
 pub mod stage;

@@ -5,87 +5,13 @@
 //! given) with moving, bouncing objects whose bounding boxes are returned for every frame.
 //! Clips are encoded with the project's own encoder (see `aegis sample`), never downloaded.
 
-use std::path::Path;
-
 use crate::frame::{Frame, PixelFormat};
 use crate::pixel::{Matrix, Plane, PlaneMut, rgb24_to_i420, scale_i420};
+use crate::rng::XorShift;
 
-/// An RGB image (8-bit, packed, no padding).
-#[derive(Debug, Clone)]
-pub struct RgbImage {
-    /// Width in pixels.
-    pub width: usize,
-    /// Height in pixels.
-    pub height: usize,
-    /// `width * height * 3` bytes.
-    pub data: Vec<u8>,
-}
-
-/// Errors loading a background image.
-#[derive(Debug, thiserror::Error)]
-pub enum ImageError {
-    /// The file could not be read.
-    #[error("reading {path}: {source}")]
-    Io {
-        /// The file.
-        path: String,
-        /// OS error.
-        source: std::io::Error,
-    },
-    /// The PNG could not be decoded or has an unsupported layout.
-    #[error("decoding {path}: {message}")]
-    Decode {
-        /// The file.
-        path: String,
-        /// What was wrong.
-        message: String,
-    },
-}
-
-/// Loads an 8-bit grey, grey+alpha, RGB or RGBA PNG as RGB.
-pub fn load_png(path: &Path) -> Result<RgbImage, ImageError> {
-    let p = path.display().to_string();
-    let file = std::fs::File::open(path).map_err(|source| ImageError::Io {
-        path: p.clone(),
-        source,
-    })?;
-    let dec_err = |message: String| ImageError::Decode {
-        path: p.clone(),
-        message,
-    };
-    let mut decoder = png::Decoder::new(std::io::BufReader::new(file));
-    decoder.set_transformations(png::Transformations::EXPAND | png::Transformations::STRIP_16);
-    let mut reader = decoder.read_info().map_err(|e| dec_err(e.to_string()))?;
-    let size = reader
-        .output_buffer_size()
-        .ok_or_else(|| dec_err("image too large".into()))?;
-    let mut buf = vec![0; size];
-    let info = reader
-        .next_frame(&mut buf)
-        .map_err(|e| dec_err(e.to_string()))?;
-    let (w, h) = (info.width as usize, info.height as usize);
-    let channels = match info.color_type {
-        png::ColorType::Grayscale => 1,
-        png::ColorType::GrayscaleAlpha => 2,
-        png::ColorType::Rgb => 3,
-        png::ColorType::Rgba => 4,
-        other => return Err(dec_err(format!("unsupported colour type {other:?}"))),
-    };
-    let mut data = Vec::with_capacity(w * h * 3);
-    for row in buf[..info.line_size * h].chunks_exact(info.line_size) {
-        for px in row[..w * channels].chunks_exact(channels) {
-            match channels {
-                1 | 2 => data.extend_from_slice(&[px[0], px[0], px[0]]),
-                _ => data.extend_from_slice(&px[..3]),
-            }
-        }
-    }
-    Ok(RgbImage {
-        width: w,
-        height: h,
-        data,
-    })
-}
+// Kept here for the callers that name them through this module (models' stages and tests,
+// the agent's inference wiring); new code uses `crate::image`.
+pub use crate::image::{ImageError, RgbImage, load_png};
 
 /// One object's box in one frame, in frame pixels (clipped to the frame).
 #[derive(Debug, Clone, PartialEq)]
@@ -135,16 +61,6 @@ pub struct SyntheticScene {
     frame_index: u64,
 }
 
-struct XorShift(u64);
-impl XorShift {
-    fn next(&mut self) -> f64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        (self.0 >> 11) as f64 / (1u64 << 53) as f64
-    }
-}
-
 impl SyntheticScene {
     /// A `width`×`height` scene (even sizes) with `objects` movers, seeded for repeatability.
     /// With `background`, the camera pans across that image (scaled to 1.25× the frame);
@@ -171,19 +87,19 @@ impl SyntheticScene {
         let movers = (0..objects)
             .map(|i| {
                 let (class, wf, aspect, yuv) = classes[i % classes.len()];
-                let w = (base * wf * (0.8 + 0.4 * rng.next()))
+                let w = (base * wf * (0.8 + 0.4 * rng.next_f64()))
                     .max(8.0)
                     .min(width as f64 * 0.8);
                 let h = (w * aspect).min(height as f64 * 0.8);
-                let speed = (width as f64 / 120.0) * (0.5 + rng.next());
-                let angle = rng.next() * std::f64::consts::TAU;
+                let speed = (width as f64 / 120.0) * (0.5 + rng.next_f64());
+                let angle = rng.next_f64() * std::f64::consts::TAU;
                 Mover {
                     id: i as u32 + 1,
                     class,
                     w,
                     h,
-                    x: rng.next() * (width as f64 - w),
-                    y: rng.next() * (height as f64 - h),
+                    x: rng.next_f64() * (width as f64 - w),
+                    y: rng.next_f64() * (height as f64 - h),
                     vx: speed * angle.cos(),
                     vy: speed * angle.sin(),
                     yuv,

@@ -1,8 +1,9 @@
-//! The CUDA `rgb_to_nv12` kernel takes its BT.601 coefficients from
-//! `aegis_cuda::bt601_rgb_to_yuv` (aegis-cuda cannot depend on this crate). Applied the way
-//! `hal/cuda/src/kernels.cu` applies them, they must give exactly what this crate's
-//! `pixel::rgb24_to_nv12` gives, on every RGB value. The device test
-//! (`hal/cuda/tests/kernels.rs`) then checks the kernel itself against this crate's output.
+//! The CUDA `rgb_to_nv12` kernel gets its BT.601 constants as `#define`s generated from
+//! `aegis-bt601` (`aegis_bt601::cuda_constants`, checked against the consts by
+//! `hal/cuda/tests/kernel_source.rs`). Applied the way `hal/cuda/src/kernels.cu` applies
+//! them, those values must give exactly what this crate's `pixel::rgb24_to_nv12` gives, on
+//! every RGB value. The device test (`hal/cuda/tests/kernels.rs`) then checks the kernel
+//! itself against this crate's output.
 
 use aegis_hal::pixel::{Matrix, Plane, PlaneMut, rgb24_to_nv12};
 
@@ -16,10 +17,49 @@ fn every_colour() -> Vec<u8> {
         .collect()
 }
 
-/// `rgb_to_nv12` of kernels.cu, on the host: luma per pixel, chroma from the 2×2 sums, 16-bit
-/// fixed point with two extra bits for the sums.
-fn kernel_formula(rgb: &[u8], c: [i32; 9]) -> Vec<u8> {
+/// The kernel's constants as NVRTC sees them: the generated `#define` values.
+struct Defines {
+    /// `BT601_YR` … `BT601_VB`.
+    c: [i32; 9],
+    // `BT601_SHIFT`, `BT601_Y_MIN`, `BT601_Y_MAX`, `BT601_C_MIN`, `BT601_C_MAX`, `BT601_C_ZERO`.
+    shift: i32,
+    y_min: i32,
+    y_max: i32,
+    c_min: i32,
+    c_max: i32,
+    c_zero: i32,
+}
+
+fn defines() -> Defines {
+    let all = aegis_bt601::cuda_constants();
+    let get = |name: &str| -> i32 {
+        let v = &all
+            .iter()
+            .find(|(n, _)| *n == name)
+            .unwrap_or_else(|| panic!("{name} is not generated"))
+            .1;
+        v.trim_start_matches('(')
+            .trim_end_matches(')')
+            .parse()
+            .unwrap_or_else(|e| panic!("{name} = {v}: {e}"))
+    };
+    let names = ["YR", "YG", "YB", "UR", "UG", "UB", "VR", "VG", "VB"];
+    Defines {
+        c: names.map(|n| get(&format!("BT601_{n}"))),
+        shift: get("BT601_SHIFT"),
+        y_min: get("BT601_Y_MIN"),
+        y_max: get("BT601_Y_MAX"),
+        c_min: get("BT601_C_MIN"),
+        c_max: get("BT601_C_MAX"),
+        c_zero: get("BT601_C_ZERO"),
+    }
+}
+
+/// `rgb_to_nv12` of kernels.cu, on the host: luma per pixel, chroma from the 2×2 sums, fixed
+/// point with two extra bits for the sums, with coefficients `c`.
+fn kernel_formula(rgb: &[u8], d: &Defines, c: [i32; 9]) -> Vec<u8> {
     let [yr, yg, yb, ur, ug, ub, vr, vg, vb] = c;
+    let (s, cs) = (d.shift, d.shift + 2);
     let (w, h) = (SIDE, SIDE);
     let mut out = vec![0u8; w * h * 3 / 2];
     let (y, uv) = out.split_at_mut(w * h);
@@ -30,16 +70,16 @@ fn kernel_formula(rgb: &[u8], c: [i32; 9]) -> Vec<u8> {
                 let (x, yy) = (2 * cx + (k & 1), 2 * cy + (k >> 1));
                 let p = &rgb[3 * (yy * w + x)..][..3];
                 let (r, g, b) = (i32::from(p[0]), i32::from(p[1]), i32::from(p[2]));
-                let l = (yr * r + yg * g + yb * b + (16 << 16) + (1 << 15)) >> 16;
-                y[yy * w + x] = l.clamp(16, 235) as u8;
+                let l = (yr * r + yg * g + yb * b + (d.y_min << s) + (1 << (s - 1))) >> s;
+                y[yy * w + x] = l.clamp(d.y_min, d.y_max) as u8;
                 rs += r;
                 gs += g;
                 bs += b;
             }
-            let u = (ur * rs + ug * gs + ub * bs + (128 << 18) + (1 << 17)) >> 18;
-            let v = (vr * rs + vg * gs + vb * bs + (128 << 18) + (1 << 17)) >> 18;
-            uv[cy * w + 2 * cx] = u.clamp(16, 240) as u8;
-            uv[cy * w + 2 * cx + 1] = v.clamp(16, 240) as u8;
+            let u = (ur * rs + ug * gs + ub * bs + (d.c_zero << cs) + (1 << (cs - 1))) >> cs;
+            let v = (vr * rs + vg * gs + vb * bs + (d.c_zero << cs) + (1 << (cs - 1))) >> cs;
+            uv[cy * w + 2 * cx] = u.clamp(d.c_min, d.c_max) as u8;
+            uv[cy * w + 2 * cx + 1] = v.clamp(d.c_min, d.c_max) as u8;
         }
     }
     out
@@ -69,8 +109,9 @@ fn differing(a: &[u8], b: &[u8]) -> usize {
 fn cuda_coefficients_reproduce_the_cpu_conversion_on_every_colour() {
     let rgb = every_colour();
     let want = hal_nv12(&rgb);
-    let c = aegis_cuda::bt601_rgb_to_yuv();
-    let n = differing(&kernel_formula(&rgb, c), &want);
+    let k = defines();
+    let c = k.c;
+    let n = differing(&kernel_formula(&rgb, &k, c), &want);
     assert_eq!(n, 0, "{n} NV12 bytes differ with coefficients {c:?}");
     // The inputs are fine enough to see any coefficient off by one (so the comparison above
     // would catch a drifted copy of the formula).
@@ -78,7 +119,7 @@ fn cuda_coefficients_reproduce_the_cpu_conversion_on_every_colour() {
         for d in [-1, 1] {
             let mut off = c;
             off[i] += d;
-            let n = differing(&kernel_formula(&rgb, off), &want);
+            let n = differing(&kernel_formula(&rgb, &k, off), &want);
             assert!(n > 0, "coefficient {i} off by {d} went unnoticed");
         }
     }

@@ -1,5 +1,7 @@
-//! Private, crash-safe files for the device's workflow state: every file is written whole
-//! (temp file, fsync, rename, directory fsync) and readable by the agent's user only.
+//! Crash-safe file writes: a file is written whole (temp file, fsync, rename, directory
+//! fsync), so a crash leaves the old content or the new, never a mix. This is the one such
+//! write in the workspace (the device's workflow state, the gateway's records); write one
+//! here rather than beside a caller. Crates below ota (hal, sensors) have no such write.
 
 use std::io::Write;
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
@@ -9,6 +11,13 @@ use std::path::Path;
 /// new one, never a mix, and no other user can read either (workflow documents may name
 /// camera hosts; the state names what runs).
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    write_atomic_mode(path, bytes, 0o600)
+}
+
+/// [`write_atomic`] with the new file created with `mode` (then reduced by the umask, as
+/// `open(2)` does): for files other users may read, such as the gateway's records (0o666).
+/// The temp file is `path` with the extension `tmp`; a stale one from a crash is replaced.
+pub fn write_atomic_mode(path: &Path, bytes: &[u8], mode: u32) -> std::io::Result<()> {
     let tmp = path.with_extension("tmp");
     // A stale temp file from a crash (possibly with wider permissions) is replaced.
     match std::fs::remove_file(&tmp) {
@@ -19,7 +28,7 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     let mut f = std::fs::OpenOptions::new()
         .write(true)
         .create_new(true)
-        .mode(0o600)
+        .mode(mode)
         .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
         .open(&tmp)?;
     f.write_all(bytes)?;
@@ -74,6 +83,20 @@ mod tests {
             std::fs::metadata(&p).unwrap().permissions().mode() & 0o777,
             0o600
         );
+        assert!(!p.with_extension("tmp").exists());
+    }
+
+    #[test]
+    fn a_wider_mode_replaces_the_file_whole_and_leaves_no_temp_file() {
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path().join("sent.json");
+        std::fs::write(&p, b"old content, longer than the new").unwrap();
+        write_atomic_mode(&p, b"[]", 0o644).unwrap();
+        assert_eq!(std::fs::read(&p).unwrap(), b"[]");
+        let mode = std::fs::metadata(&p).unwrap().permissions().mode() & 0o777;
+        // 0644 less whatever the umask takes; never more.
+        assert_eq!(mode & !0o644, 0, "{mode:o}");
+        assert_eq!(mode & 0o600, 0o600, "{mode:o}");
         assert!(!p.with_extension("tmp").exists());
     }
 }

@@ -12,7 +12,7 @@
 //! `docs/security.md`. This crate must never know about frames.
 
 pub mod device;
-mod fsutil;
+pub mod fsutil;
 mod keyfile;
 pub use keyfile::{read_private, write_private};
 pub mod maml;

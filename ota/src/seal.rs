@@ -177,6 +177,10 @@ impl SealPublic {
     pub fn id(&self) -> &str {
         &self.id
     }
+    /// Its id without the algorithm prefix (the hex digest): what key file names carry.
+    pub fn short_id(&self) -> &str {
+        self.id.rsplit(':').next().unwrap_or(&self.id)
+    }
     /// The FIPS 203 encoding.
     pub fn to_bytes(&self) -> Vec<u8> {
         self.key.to_bytes().to_vec()
@@ -494,4 +498,256 @@ pub fn open_group_key(
         return Err(SealError::Open);
     }
     Ok((group, key))
+}
+
+/// Suffix of an ML-KEM secret key file; a device opens sealed documents with every file of
+/// its key directory that ends so.
+pub const SECRET_KEY_SUFFIX: &str = ".kem.key";
+/// Suffix of an ML-KEM public key file.
+pub const PUBLIC_KEY_SUFFIX: &str = ".kem.pub";
+/// The device's own ML-KEM secret key file, in its key directory.
+pub const DEVICE_SECRET_KEY_FILE: &str = "device.kem.key";
+
+/// Whether `name` (a file name in a key directory) is an ML-KEM secret key file.
+pub fn is_secret_key_file(name: &str) -> bool {
+    name.ends_with(SECRET_KEY_SUFFIX)
+}
+
+/// A group key's file stem, `GROUP.SHORTID`: named by key id, so that a rotated group key
+/// sits beside the one it replaces (documents still in flight under the old key open) and
+/// neither is ever overwritten. The gateway keeps `STEM.kem.key` and `STEM.kem.pub`.
+pub fn group_key_stem(group: &str, key: &SealPublic) -> String {
+    format!("{group}.{}", key.short_id())
+}
+
+/// The file a device installs a group key in: `group.GROUP.SHORTID.kem.key`.
+pub fn installed_group_key_file(group: &str, key: &SealPublic) -> String {
+    format!("group.{}{SECRET_KEY_SUFFIX}", group_key_stem(group, key))
+}
+
+/// Why a group key delivery was not installed.
+#[derive(Debug, thiserror::Error)]
+pub enum GroupKeyError {
+    /// The delivery file cannot be read.
+    #[error("{}: cannot read the group key delivery: {source}", path.display())]
+    Read {
+        /// The delivery file.
+        path: std::path::PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The delivery is not a signed text (encoding or signature block).
+    #[error("{}: {source}", path.display())]
+    Format {
+        /// The delivery file.
+        path: std::path::PathBuf,
+        /// What is wrong.
+        source: crate::maml::MamlError,
+    },
+    /// The delivery carries no signature block.
+    #[error("{}: unsigned", path.display())]
+    Unsigned {
+        /// The delivery file.
+        path: std::path::PathBuf,
+    },
+    /// The issuer's public key file cannot be used.
+    #[error("issuer key: {0}")]
+    Issuer(crate::sign::SignError),
+    /// The signature does not verify against the issuer's key.
+    #[error("{}: {source}", path.display())]
+    Signature {
+        /// The delivery file.
+        path: std::path::PathBuf,
+        /// Why.
+        source: crate::sign::SignError,
+    },
+    /// The device's own ML-KEM key cannot be read.
+    #[error("device key: {0}")]
+    DeviceKey(SealError),
+    /// The signed delivery does not open with the device's key, or is malformed.
+    #[error("{}: {source}", path.display())]
+    Open {
+        /// The delivery file.
+        path: std::path::PathBuf,
+        /// Why.
+        source: SealError,
+    },
+    /// The delivery names a group that cannot be part of a file name.
+    #[error("{}: group name {group:?} cannot name a key file", path.display())]
+    GroupName {
+        /// The delivery file.
+        path: std::path::PathBuf,
+        /// The group it names.
+        group: String,
+    },
+    /// The key file cannot be written (it exists, or the directory refuses it).
+    #[error("cannot install the group key: {0}")]
+    Write(SealError),
+}
+
+/// A group key installed by [`install_group_key`].
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub struct Installed {
+    /// The group the key is for.
+    pub group: String,
+    /// The key's id.
+    pub key_id: String,
+    /// The file it was written to.
+    pub path: std::path::PathBuf,
+}
+
+/// Installs a group key delivered to this device: checks the delivery's signature
+/// (`Purpose::KeyDelivery`) against `issuer` (a public key file), opens it with the
+/// device's own key (`dir/device.kem.key`) and writes the group key to
+/// `dir/`[`installed_group_key_file`] (0600, never overwriting a file).
+pub fn install_group_key(
+    dir: &Path,
+    delivery: &Path,
+    issuer: &Path,
+) -> Result<Installed, GroupKeyError> {
+    use crate::sign::{PublicKey, Purpose, verify_block};
+    let path = || delivery.to_path_buf();
+    let bytes = std::fs::read(delivery).map_err(|source| GroupKeyError::Read {
+        path: path(),
+        source,
+    })?;
+    let text = crate::maml::normalise(&bytes);
+    let (signed, blocks) =
+        crate::maml::split_blocks(&text).map_err(|source| GroupKeyError::Format {
+            path: path(),
+            source,
+        })?;
+    let issuer = PublicKey::read(issuer).map_err(GroupKeyError::Issuer)?;
+    let block = blocks
+        .first()
+        .ok_or_else(|| GroupKeyError::Unsigned { path: path() })?;
+    verify_block(
+        &signed,
+        block,
+        Purpose::KeyDelivery,
+        std::slice::from_ref(&issuer),
+    )
+    .map_err(|source| GroupKeyError::Signature {
+        path: path(),
+        source,
+    })?;
+    let device =
+        SealSecret::read(&dir.join(DEVICE_SECRET_KEY_FILE)).map_err(GroupKeyError::DeviceKey)?;
+    // `split_blocks` accepted the text as UTF-8, so its signed part is too.
+    let signed = std::str::from_utf8(&signed).map_err(|e| GroupKeyError::Open {
+        path: path(),
+        source: SealError::Malformed(format!("not UTF-8: {e}")),
+    })?;
+    let (group, key) = open_group_key(signed, &device).map_err(|source| GroupKeyError::Open {
+        path: path(),
+        source,
+    })?;
+    if group.is_empty() || group.contains(['/', '\0']) || group == "." || group == ".." {
+        return Err(GroupKeyError::GroupName {
+            path: path(),
+            group,
+        });
+    }
+    let out = dir.join(installed_group_key_file(&group, key.public()));
+    key.write(&out).map_err(GroupKeyError::Write)?;
+    Ok(Installed {
+        group,
+        key_id: key.public().id().to_string(),
+        path: out,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::sign::{Purpose, SecretKey};
+
+    /// A device key directory, a gateway key and a signed delivery of a fresh group key.
+    fn delivered(group: &str) -> (tempfile::TempDir, SealSecret, std::path::PathBuf) {
+        let d = tempfile::tempdir().unwrap();
+        let device = SealSecret::generate().unwrap();
+        device
+            .write(&d.path().join(DEVICE_SECRET_KEY_FILE))
+            .unwrap();
+        let gateway = SecretKey::generate().unwrap();
+        gateway.public().write(&d.path().join("gw.pub")).unwrap();
+        let gk = SealSecret::generate().unwrap();
+        let mut text = group_key_delivery(group, &gk, device.public())
+            .unwrap()
+            .into_bytes();
+        let block = gateway.sign_block(&text, Purpose::KeyDelivery).unwrap();
+        text.extend_from_slice(block.render().as_bytes());
+        let delivery = d.path().join("delivery");
+        std::fs::write(&delivery, text).unwrap();
+        (d, gk, delivery)
+    }
+
+    #[test]
+    fn a_signed_delivery_installs_under_the_key_id_and_never_overwrites() {
+        let (d, gk, delivery) = delivered("site-a");
+        let got = install_group_key(d.path(), &delivery, &d.path().join("gw.pub")).unwrap();
+        assert_eq!(got.group, "site-a");
+        assert_eq!(got.key_id, gk.public().id());
+        let name = format!("group.site-a.{}.kem.key", gk.public().short_id());
+        assert_eq!(got.path, d.path().join(&name));
+        assert_eq!(installed_group_key_file("site-a", gk.public()), name);
+        assert!(is_secret_key_file(&name));
+        let back = SealSecret::read(&got.path).unwrap();
+        assert_eq!(back.public().id(), gk.public().id());
+        // The same delivery again: the installed key is not replaced.
+        let again = install_group_key(d.path(), &delivery, &d.path().join("gw.pub"));
+        assert!(matches!(again, Err(GroupKeyError::Write(_))), "{again:?}");
+    }
+
+    #[test]
+    fn a_delivery_from_another_issuer_or_altered_is_refused() {
+        let (d, _, delivery) = delivered("site-a");
+        let mallory = SecretKey::generate().unwrap();
+        mallory.public().write(&d.path().join("m.pub")).unwrap();
+        let e = install_group_key(d.path(), &delivery, &d.path().join("m.pub")).unwrap_err();
+        assert!(matches!(e, GroupKeyError::Signature { .. }), "{e:?}");
+        assert!(e.to_string().contains("unknown signing key"), "{e}");
+        let text = std::fs::read_to_string(&delivery).unwrap();
+        std::fs::write(&delivery, text.replace("group: site-a", "group: site-b")).unwrap();
+        let e = install_group_key(d.path(), &delivery, &d.path().join("gw.pub")).unwrap_err();
+        assert!(matches!(e, GroupKeyError::Signature { .. }), "{e:?}");
+        // Nothing was installed.
+        let keys: Vec<_> = std::fs::read_dir(d.path())
+            .unwrap()
+            .filter_map(|e| e.ok()?.file_name().into_string().ok())
+            .filter(|n| n.starts_with("group."))
+            .collect();
+        assert!(keys.is_empty(), "{keys:?}");
+    }
+
+    #[test]
+    fn a_group_name_that_leaves_the_directory_is_refused() {
+        let (d, _, delivery) = delivered("../escape");
+        let e = install_group_key(d.path(), &delivery, &d.path().join("gw.pub")).unwrap_err();
+        assert!(matches!(e, GroupKeyError::GroupName { .. }), "{e:?}");
+    }
+
+    #[test]
+    fn an_unsigned_delivery_is_refused() {
+        let d = tempfile::tempdir().unwrap();
+        let device = SealSecret::generate().unwrap();
+        let gk = SealSecret::generate().unwrap();
+        let delivery = d.path().join("delivery");
+        std::fs::write(
+            &delivery,
+            group_key_delivery("g", &gk, device.public()).unwrap(),
+        )
+        .unwrap();
+        let gateway = SecretKey::generate().unwrap();
+        gateway.public().write(&d.path().join("gw.pub")).unwrap();
+        let e = install_group_key(d.path(), &delivery, &d.path().join("gw.pub")).unwrap_err();
+        assert!(
+            matches!(
+                e,
+                GroupKeyError::Unsigned { .. } | GroupKeyError::Format { .. }
+            ),
+            "{e:?}"
+        );
+    }
 }

@@ -314,7 +314,7 @@ impl Workflows {
             names.sort();
             for p in names {
                 let n = p.file_name().and_then(|n| n.to_str()).unwrap_or("");
-                if n.ends_with(".kem.key") {
+                if crate::seal::is_secret_key_file(n) {
                     seal_keys.push(ctx(SealSecret::read(&p), p.display())?);
                 }
             }

@@ -5,6 +5,10 @@
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
+/// The deterministic generator the tests draw "random" kill points, noise and inputs from
+/// (the workspace's one xorshift, in aegis-hal).
+pub use aegis_hal::rng::XorShift;
+
 /// The variable naming the file where skipped tests are recorded (`just test` sets it, lists
 /// the file at the end and fails when anything was skipped under `CI`).
 pub const SKIP_LOG_VAR: &str = "AEGIS_SKIP_LOG";

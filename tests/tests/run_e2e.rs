@@ -581,7 +581,7 @@ fn the_database_survives_kill_9_at_random_points_while_writing() {
     // Every (run, first, last) span the writers reported committed before they were killed.
     let mut committed: Vec<(String, u64, u64)> = Vec::new();
     // Deterministic "random" kill points between 30 and 600 ms after the writer is ready.
-    let mut seed = 0x9e37_79b9_7f4a_7c15u64;
+    let mut rng = XorShift(0x9e37_79b9_7f4a_7c15);
     for round in 0..8 {
         let mut child = Command::new(aegis_bin())
             .args(["db", "stress", "--db", db_arg, "--seconds", "30"])
@@ -597,10 +597,7 @@ fn the_database_survives_kill_9_at_random_points_while_writing() {
             .strip_prefix("ready ")
             .unwrap_or_else(|| panic!("round {round}: {line:?}"))
             .to_string();
-        seed ^= seed << 13;
-        seed ^= seed >> 7;
-        seed ^= seed << 17;
-        std::thread::sleep(Duration::from_millis(30 + seed % 570));
+        std::thread::sleep(Duration::from_millis(30 + rng.next_u64() % 570));
         child.kill().unwrap(); // SIGKILL
         child.wait().unwrap();
         // Everything it printed before it died: each span was printed after its commit.

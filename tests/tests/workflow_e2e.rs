@@ -440,14 +440,11 @@ fn garbage_on_the_workflow_topic_is_counted_and_never_answered_with_a_signature(
     wait_subscribed(broker.port, "aegis/v1/orin-1/receipts", &receipts);
     // 2000 lines of noise (one message each), then documents one bit off a valid one.
     let mut noise = Vec::new();
-    let mut seed = 0x2545_f491_4f6c_dd1d_u64;
+    let mut rng = XorShift(0x2545_f491_4f6c_dd1d);
     for i in 0..2000 {
         let len = 1 + (i * 37) % 400;
         for _ in 0..len {
-            seed ^= seed << 13;
-            seed ^= seed >> 7;
-            seed ^= seed << 17;
-            let b = (seed % 94) as u8 + 33;
+            let b = (rng.next_u64() % 94) as u8 + 33;
             noise.push(b);
         }
         noise.push(b'\n');
@@ -600,13 +597,8 @@ fn kill_9_at_random_points_of_apply_always_restarts_signed_and_consistent() {
         "[{{ kind: record, dir: {}/rec, segment_seconds: 1 }}]",
         d.display()
     );
-    let mut seed = 0x9e37_79b9_7f4a_7c15_u64;
-    let mut rand = move || {
-        seed ^= seed << 13;
-        seed ^= seed >> 7;
-        seed ^= seed << 17;
-        seed
-    };
+    let mut rng = XorShift(0x9e37_79b9_7f4a_7c15);
+    let mut rand = move || rng.next_u64();
     let (mut applied_seen, mut killed_in_trial, mut acknowledged) = (0, 0, 0);
     let iterations = soak_iterations();
     for i in 1..=iterations as u64 {

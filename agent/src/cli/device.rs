@@ -10,7 +10,8 @@ pub(super) fn provision(dir: &Path) -> anyhow::Result<()> {
     let sign = aegis_ota::sign::SecretKey::generate()?;
     let kem = aegis_ota::seal::SealSecret::generate()?;
     let (sk, sp) = (dir.join("device.key"), dir.join("device.pub"));
-    let (kk, kp) = (dir.join("device.kem.key"), dir.join("device.kem.pub"));
+    let kk = dir.join(aegis_ota::seal::DEVICE_SECRET_KEY_FILE);
+    let kp = kk.with_extension("pub"); // device.kem.pub
     for p in [&sk, &kk] {
         anyhow::ensure!(
             !p.exists(),
@@ -33,38 +34,12 @@ pub(super) fn provision(dir: &Path) -> anyhow::Result<()> {
 }
 
 pub(super) fn install_group_key(dir: &Path, delivery: &Path, issuer: &Path) -> anyhow::Result<()> {
-    use aegis_ota::sign::{PublicKey, Purpose, verify_block};
-    let text = aegis_ota::maml::normalise(&std::fs::read(delivery)?);
-    let (signed, blocks) = aegis_ota::maml::split_blocks(&text)
-        .map_err(|e| anyhow::anyhow!("{}: {e}", delivery.display()))?;
-    let issuer = PublicKey::read(issuer)?;
-    let block = blocks
-        .first()
-        .ok_or_else(|| anyhow::anyhow!("{}: unsigned", delivery.display()))?;
-    verify_block(
-        &signed,
-        block,
-        Purpose::KeyDelivery,
-        std::slice::from_ref(&issuer),
-    )
-    .map_err(|e| anyhow::anyhow!("{}: {e}", delivery.display()))?;
-    let device = aegis_ota::seal::SealSecret::read(&dir.join("device.kem.key"))?;
-    let (group, key) = aegis_ota::seal::open_group_key(std::str::from_utf8(&signed)?, &device)?;
-    // Named by key id: a rotated group key sits beside the one it replaces (documents
-    // still in flight under the old key open), and neither is ever overwritten.
-    let short = key
-        .public()
-        .id()
-        .rsplit(':')
-        .next()
-        .unwrap_or("key")
-        .to_string();
-    let out = dir.join(format!("group.{group}.{short}.kem.key"));
-    key.write(&out)?;
+    let installed = aegis_ota::seal::install_group_key(dir, delivery, issuer)?;
     println!(
-        "group {group}: key {} installed in {}",
-        key.public().id(),
-        out.display()
+        "group {}: key {} installed in {}",
+        installed.group,
+        installed.key_id,
+        installed.path.display()
     );
     Ok(())
 }

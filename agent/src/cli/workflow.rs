@@ -1,10 +1,8 @@
 //! `aegis workflow apply|status`: hand a signed workflow to the running agent (the same path
 //! as the fleet topics), and show what the device runs.
 
-use std::io::{Read, Write};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::time::Duration;
 
 use clap::Subcommand;
 
@@ -92,8 +90,19 @@ fn apply(
         }
     };
     let token = crate::web::LocalToken::read(&token_file.unwrap_or_else(|| cfg.token_path()))?;
-    let body = post(addr, "/workflow", &doc, &token.header())
-        .map_err(|e| anyhow::anyhow!("cannot reach the agent at {addr} (is it running?): {e}"))?;
+    // Whatever the status, the agent answers JSON (an `error` field when it refuses).
+    let body = crate::http::post(
+        addr,
+        "/workflow",
+        &[
+            ("Authorization", &token.header()),
+            ("Content-Type", "text/markdown"),
+        ],
+        &doc,
+        &crate::http::Limits::DEFAULT,
+    )
+    .map_err(|e| anyhow::anyhow!("cannot reach the agent at {addr} (is it running?): {e}"))?
+    .text();
     let v: serde_json::Value = serde_json::from_str(&body).map_err(|e| {
         anyhow::anyhow!("the agent answered something else than JSON ({e}): {body}")
     })?;
@@ -118,25 +127,4 @@ fn apply(
         "the workflow does not run"
     );
     Ok(())
-}
-
-/// A minimal HTTP/1.0 POST over loopback; returns the body.
-fn post(addr: SocketAddr, path: &str, body: &[u8], auth: &str) -> std::io::Result<String> {
-    let mut s = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(5))?;
-    s.set_read_timeout(Some(Duration::from_secs(120)))?;
-    write!(
-        s,
-        "POST {path} HTTP/1.0\r\nHost: {addr}\r\nAuthorization: {auth}\r\nContent-Type: text/markdown\r\nContent-Length: {}\r\n\r\n",
-        body.len()
-    )?;
-    s.write_all(body)?;
-    let mut buf = Vec::new();
-    s.read_to_end(&mut buf)?;
-    let text = String::from_utf8_lossy(&buf).to_string();
-    match text.split_once("\r\n\r\n") {
-        Some((_, b)) => Ok(b.to_string()),
-        None => Err(std::io::Error::other(format!(
-            "malformed HTTP response: {text}"
-        ))),
-    }
 }

@@ -86,7 +86,7 @@ pub fn bench_workflow(runs: usize, health_frames: u32) -> anyhow::Result<Workflo
     let device_key = SecretKey::generate()?;
     device_key.write(&d.join("keys/device.key"))?;
     let seal_key = SealSecret::generate()?;
-    seal_key.write(&d.join("keys/device.kem.key"))?;
+    seal_key.write(&d.join("keys").join(aegis_ota::seal::DEVICE_SECRET_KEY_FILE))?;
     let clip = d.join("clip.mp4");
     let mut spec = crate::tools::sample::SampleSpec::new(&clip);
     (spec.width, spec.height, spec.seconds) = (640, 360, 4.0);

@@ -4,6 +4,10 @@
 //
 // Frames are NV12 in pitched device memory: luma rows of `pitch` bytes, then h/2 rows of
 // interleaved CbCr at `uv` (also `pitch` bytes per row).
+//
+// The BT.601 coefficients, offsets and rounding (BT601_*) are not written here: aegis-cuda
+// prepends them as #defines generated from the aegis-bt601 crate, the one copy the CPU
+// kernels use too (a test fails if a literal copy appears in this file).
 
 typedef unsigned char u8;
 typedef unsigned int u32;
@@ -13,12 +17,12 @@ typedef long long i64;
 // Mirrors aegis_models::preprocess::planar with Fit::Stretch, ChannelOrder::Rgb.
 
 __device__ __forceinline__ void yuv_to_rgb01(u8 y8, u8 u8v, u8 v8v, float* r, float* g, float* b) {
-    float y = ((float)y8 - 16.0f) * (255.0f / 219.0f);
-    float u = ((float)u8v - 128.0f) * (255.0f / 224.0f);
-    float v = ((float)v8v - 128.0f) * (255.0f / 224.0f);
-    float rr = y + 1.402f * v;
-    float gg = y - 0.344136f * u - 0.714136f * v;
-    float bb = y + 1.772f * u;
+    float y = ((float)y8 - BT601_F_Y_MIN) * BT601_F_Y_SCALE;
+    float u = ((float)u8v - BT601_F_C_ZERO) * BT601_F_C_SCALE;
+    float v = ((float)v8v - BT601_F_C_ZERO) * BT601_F_C_SCALE;
+    float rr = y + BT601_F_RV * v;
+    float gg = y - BT601_F_GU * u - BT601_F_GV * v;
+    float bb = y + BT601_F_BU * u;
     *r = fminf(fmaxf(rr / 255.0f, 0.0f), 1.0f);
     *g = fminf(fmaxf(gg / 255.0f, 0.0f), 1.0f);
     *b = fminf(fmaxf(bb / 255.0f, 0.0f), 1.0f);
@@ -240,12 +244,13 @@ extern "C" __global__ void scale_plane(
 }
 
 // --- Packed RGB24 -> NV12 -----------------------------------------------------------------
-// Mirrors aegis_hal::pixel::rgb24_to_nv12 (16-bit fixed point, luma clamped 16..235, chroma
-// from the 2x2 average, clamped 16..240). Coefficients come from the host (same formula).
+// Mirrors aegis_hal::pixel::rgb24_to_nv12 (BT601_SHIFT-bit fixed point, luma clamped to
+// BT601_Y_MIN..BT601_Y_MAX, chroma from the 2x2 sum with two more fractional bits, clamped to
+// BT601_C_MIN..BT601_C_MAX).
+#define BT601_CSHIFT (BT601_SHIFT + 2)
 extern "C" __global__ void rgb_to_nv12(
     const u8* __restrict__ rgb, int rgb_pitch, int w, int h,
-    u8* __restrict__ y, u8* __restrict__ uv, int pitch,
-    int yr, int yg, int yb, int ur, int ug, int ub, int vr, int vg, int vb)
+    u8* __restrict__ y, u8* __restrict__ uv, int pitch)
 {
     int cx = blockIdx.x * blockDim.x + threadIdx.x;
     int cy = blockIdx.y * blockDim.y + threadIdx.y;
@@ -255,13 +260,16 @@ extern "C" __global__ void rgb_to_nv12(
         int x = 2 * cx + (k & 1), yy = 2 * cy + (k >> 1);
         const u8* p = rgb + (size_t)yy * rgb_pitch + 3 * x;
         int r = p[0], g = p[1], b = p[2];
-        int l = (yr * r + yg * g + yb * b + (16 << 16) + (1 << 15)) >> 16;
-        y[(size_t)yy * pitch + x] = (u8)min(max(l, 16), 235);
+        int l = (BT601_YR * r + BT601_YG * g + BT601_YB * b + (BT601_Y_MIN << BT601_SHIFT)
+                 + (1 << (BT601_SHIFT - 1))) >> BT601_SHIFT;
+        y[(size_t)yy * pitch + x] = (u8)min(max(l, BT601_Y_MIN), BT601_Y_MAX);
         rs += r; gs += g; bs += b;
     }
-    int u = (ur * rs + ug * gs + ub * bs + (128 << 18) + (1 << 17)) >> 18;
-    int v = (vr * rs + vg * gs + vb * bs + (128 << 18) + (1 << 17)) >> 18;
+    int u = (BT601_UR * rs + BT601_UG * gs + BT601_UB * bs + (BT601_C_ZERO << BT601_CSHIFT)
+             + (1 << (BT601_CSHIFT - 1))) >> BT601_CSHIFT;
+    int v = (BT601_VR * rs + BT601_VG * gs + BT601_VB * bs + (BT601_C_ZERO << BT601_CSHIFT)
+             + (1 << (BT601_CSHIFT - 1))) >> BT601_CSHIFT;
     size_t i = (size_t)cy * pitch + 2 * cx;
-    uv[i] = (u8)min(max(u, 16), 240);
-    uv[i + 1] = (u8)min(max(v, 16), 240);
+    uv[i] = (u8)min(max(u, BT601_C_MIN), BT601_C_MAX);
+    uv[i + 1] = (u8)min(max(v, BT601_C_MIN), BT601_C_MAX);
 }

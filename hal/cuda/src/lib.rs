@@ -32,8 +32,15 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use cudarc::driver::{CudaContext, CudaFunction, CudaStream, LaunchConfig, PushKernelArg};
 
-/// The kernels' source (CUDA C, NVRTC).
+/// The kernels' source as written (CUDA C): it uses the `BT601_*` constants without
+/// defining them; [`kernel_source`] is what NVRTC compiles.
 pub const KERNELS: &str = include_str!("kernels.cu");
+
+/// What NVRTC compiles: the BT.601 constants as `#define`s generated from `aegis-bt601` (the
+/// copy the CPU kernels use), then [`KERNELS`].
+pub fn kernel_source() -> String {
+    format!("{}\n{KERNELS}", aegis_bt601::cuda_defines())
+}
 
 /// Why the GPU cannot be used.
 #[derive(Debug, thiserror::Error)]
@@ -163,7 +170,7 @@ pub fn pitch_for(width: usize) -> usize {
 
 /// A fixed set of same-size device frames: `acquire` hands one out or says the pool is
 /// empty (backpressure, never growth); `release` takes it back and wakes a waiter.
-pub struct SurfacePool {
+pub struct DevicePool {
     free: std::sync::Mutex<Vec<DeviceNv12>>,
     size: (usize, usize),
     returned: std::sync::Condvar,
@@ -171,14 +178,14 @@ pub struct SurfacePool {
     pub capacity: usize,
 }
 
-impl SurfacePool {
+impl DevicePool {
     /// `n` frames of `width`×`height`.
-    pub fn new(gpu: &Gpu, width: usize, height: usize, n: usize) -> Result<SurfacePool, CudaError> {
+    pub fn new(gpu: &Gpu, width: usize, height: usize, n: usize) -> Result<DevicePool, CudaError> {
         let mut v = Vec::with_capacity(n);
         for _ in 0..n {
             v.push(gpu.alloc_nv12(width, height)?);
         }
-        Ok(SurfacePool {
+        Ok(DevicePool {
             free: std::sync::Mutex::new(v),
             size: (width, height),
             returned: std::sync::Condvar::new(),
@@ -326,33 +333,6 @@ fn launch_2d(w: usize, h: usize) -> LaunchConfig {
     }
 }
 
-/// BT.601 limited-range RGB → YCbCr weights in 16-bit fixed point, computed exactly as
-/// `aegis_hal::pixel` computes them (luma weights summing to the rounded total, chroma
-/// weights to zero). `hal/tests/cuda_coefficients.rs` checks them against aegis-hal's own
-/// conversion on every RGB value (this crate cannot depend on aegis-hal).
-pub fn bt601_rgb_to_yuv() -> [i32; 9] {
-    let fx = |x: f64| -> i32 {
-        let v = x * 65536.0;
-        if v >= 0.0 {
-            (v + 0.5) as i32
-        } else {
-            (v - 0.5) as i32
-        }
-    };
-    let (kr, kb) = (0.299, 0.114);
-    let (ys, cs) = (219.0 / 255.0, 224.0 / 255.0);
-    let yr = fx(ys * kr);
-    let yb = fx(ys * kb);
-    let yg = fx(ys) - yr - yb;
-    let ur = -fx(cs * kr / (2.0 * (1.0 - kb)));
-    let ub = fx(cs * 0.5);
-    let vr = ub;
-    let vb = -fx(cs * kb / (2.0 * (1.0 - kr)));
-    let ug = -(ur + ub);
-    let vg = -(vr + vb);
-    [yr, yg, yb, ur, ug, ub, vr, vg, vb]
-}
-
 impl Gpu {
     /// Opens device `ordinal`: probes the libraries, creates the context and a stream,
     /// compiles the kernels for its architecture (or loads them from `cache_dir`).
@@ -407,7 +387,8 @@ impl Gpu {
         cache_dir: Option<PathBuf>,
     ) -> Result<(Arc<cudarc::driver::CudaModule>, String), CudaError> {
         use sha2::Digest;
-        let key: String = sha2::Sha256::digest(format!("{KERNELS}|sm_{maj}{min}|fmad=false"))
+        let source = kernel_source();
+        let key: String = sha2::Sha256::digest(format!("{source}|sm_{maj}{min}|fmad=false"))
             .iter()
             .take(8)
             .map(|b| format!("{b:02x}"))
@@ -427,7 +408,7 @@ impl Gpu {
             options: vec![format!("--gpu-architecture=compute_{maj}{min}")],
             ..Default::default()
         };
-        let ptx = cudarc::nvrtc::compile_ptx_with_opts(KERNELS, opts)
+        let ptx = cudarc::nvrtc::compile_ptx_with_opts(source, opts)
             .map_err(|e| CudaError::Compile(e.to_string()))?;
         if let (Some(p), Some(d)) = (&cached, &cache_dir) {
             let _ = std::fs::create_dir_all(d);
@@ -870,7 +851,6 @@ impl Gpu {
         }
         let off = dst.pitch * dst.height;
         let (mut y, mut uv) = dst.data.split_at_mut(off);
-        let c = bt601_rgb_to_yuv();
         let (rp, w, h, p) = (
             rgb_pitch as i32,
             dst.width as i32,
@@ -885,9 +865,6 @@ impl Gpu {
             .arg(&mut y)
             .arg(&mut uv)
             .arg(&p);
-        for k in &c {
-            b.arg(k);
-        }
         // SAFETY: arguments match the kernel; sizes checked above.
         unsafe { b.launch(launch_2d(dst.width / 2, dst.height / 2)) }?;
         Ok(())
@@ -902,8 +879,9 @@ impl Gpu {
 
 #[cfg(test)]
 mod tests {
-    // `bt601_rgb_to_yuv` against aegis-hal's own converter: hal/tests/cuda_coefficients.rs
-    // (this crate cannot depend on aegis-hal, which depends on it and on libav).
+    // The BT.601 constants injected into the kernel source: tests/kernel_source.rs; their
+    // values against aegis-hal's own converter: hal/tests/cuda_coefficients.rs (this crate
+    // cannot depend on aegis-hal, which depends on it and on libav).
 
     #[test]
     fn hide_list_names_libraries_and_rejects_typos() {

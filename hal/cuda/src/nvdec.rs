@@ -13,7 +13,7 @@ use std::sync::Arc;
 
 use cudarc::driver::{DevicePtrMut, sys};
 
-use crate::{CudaError, DeviceNv12, Gpu, SurfacePool};
+use crate::{CudaError, DeviceNv12, DevicePool, Gpu};
 
 type CuResult = c_int;
 
@@ -223,7 +223,7 @@ pub struct Decoded {
     /// The timestamp fed with its packet.
     pub pts: i64,
     /// Where `frame` goes back.
-    pub pool: Arc<SurfacePool>,
+    pub pool: Arc<DevicePool>,
     /// Whole-frame copies made to deliver it (NVDEC's mapped picture → `frame`: one device
     /// copy), counted where the copy is made; the start of the frame's `copies` count.
     pub copies: u32,
@@ -239,7 +239,7 @@ struct State {
     coded: (u32, u32),
     visible: (usize, usize),
     target_h: u32,
-    pool: Option<Arc<SurfacePool>>,
+    pool: Option<Arc<DevicePool>>,
     pool_size: usize,
     ready: VecDeque<Decoded>,
     /// Mapped pictures whose copies are still in flight.
@@ -379,7 +379,7 @@ impl State {
         if self.visible != visible || self.pool.is_none() {
             let gpu = &self.gpu;
             self.pool = Some(Arc::new(
-                SurfacePool::new(gpu, visible.0, visible.1, self.pool_size)
+                DevicePool::new(gpu, visible.0, visible.1, self.pool_size)
                     .map_err(|e| e.to_string())?,
             ));
             self.visible = visible;
@@ -607,7 +607,7 @@ impl Decoder {
 
     /// The output pool (known once the first sequence header was parsed): frames taken
     /// with [`Decoder::next_frame`] go back here when released, from any thread.
-    pub fn pool(&self) -> Option<Arc<SurfacePool>> {
+    pub fn pool(&self) -> Option<Arc<DevicePool>> {
         self.state.pool.clone()
     }
 

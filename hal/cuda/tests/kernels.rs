@@ -117,7 +117,7 @@ fn rgb_to_nv12_is_bit_exact() {
 #[ignore = "needs a CUDA GPU and golden files: tools/device-test.sh runs it"]
 fn surfaces_are_pooled_and_copies_counted() {
     let (gpu, _) = setup();
-    let pool = aegis_cuda::SurfacePool::new(&gpu, W, H, 2).unwrap();
+    let pool = aegis_cuda::DevicePool::new(&gpu, W, H, 2).unwrap();
     let a = pool.acquire().unwrap();
     let b = pool.acquire().unwrap();
     assert!(

@@ -1,3 +1,13 @@
+//! The CPU decoder: libavcodec's H.264/H.265 decoders (frame threads) behind
+//! [`VideoDecoder`], counting what they reject in [`DecodeStats`].
+//!
+//! Why it exists apart from the demuxer: a decoder is fed packets by a source (file or live)
+//! and must write each picture into a pooled surface with exactly one copy out of
+//! libavcodec's buffer (counted in `Frame::copies`), waiting for a keyframe after open, seek
+//! or an error burst rather than emitting smeared pictures. It must not allocate per frame,
+//! own the pool, or know where packets come from; NVDEC (`nvdec.rs`) is the CUDA backend's
+//! counterpart behind the same `Decoding` interface.
+
 use ffmpeg_next as ff;
 use std::time::Instant;
 

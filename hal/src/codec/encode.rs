@@ -1,3 +1,13 @@
+//! The CPU encoder: H.264 with libx264 through libavcodec (libopenh264 when libavcodec has
+//! no x264), fed from pooled frames, behind [`VideoEncoder`] and configured by
+//! [`EncoderSettings`] (the sink's `encoder:` section).
+//!
+//! Why it exists: recording and re-streaming sinks need compressed video from the frames the
+//! pipeline produced; the encoder copies each frame once into its own picture (NV12 frames
+//! are converted to I420 on the way) and timestamps in a 90 kHz time base so microsecond
+//! timestamps survive. It must not mux (containers are `crate::container` / `crate::record`)
+//! nor decide which frames to encode.
+
 use ffmpeg_next as ff;
 
 use super::{CodecError, is_again};

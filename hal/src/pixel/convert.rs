@@ -20,115 +20,33 @@ use super::{
     Matrix, PixelError, Plane, PlaneMut, check_even, row_pairs, row_pairs_mut, rows, rows_mut,
 };
 
-/// Fixed-point precision of the colour coefficients.
-const SHIFT: u32 = 16;
-const ONE: f64 = (1u32 << SHIFT) as f64;
-const HALF: i32 = 1 << (SHIFT - 1);
+// The coefficients, offsets and rounding are aegis-bt601's: the CUDA kernels get the same
+// consts injected, so CPU and GPU cannot drift apart. BT.709 is derived by the same code.
+use aegis_bt601::{C_MAX, C_MIN, C_ZERO, HALF, RgbToYuv, SHIFT, Y_MAX, Y_MIN, YuvToRgb};
 
-/// Rounds `x * 2^SHIFT` to the nearest integer (usable in const context).
-const fn fx(x: f64) -> i32 {
-    let v = x * ONE;
-    if v >= 0.0 {
-        (v + 0.5) as i32
-    } else {
-        (v - 0.5) as i32
+const YUV_TO_RGB_709: YuvToRgb = {
+    let (kr, kb) = Matrix::Bt709.kr_kb();
+    YuvToRgb::new(kr, kb)
+};
+const RGB_TO_YUV_709: RgbToYuv = {
+    let (kr, kb) = Matrix::Bt709.kr_kb();
+    RgbToYuv::new(kr, kb)
+};
+
+/// Fixed-point YCbCr → RGB weights of `m`.
+const fn yuv_to_rgb(m: Matrix) -> YuvToRgb {
+    match m {
+        Matrix::Bt601 => aegis_bt601::YUV_TO_RGB,
+        Matrix::Bt709 => YUV_TO_RGB_709,
     }
 }
 
-/// Fixed-point coefficients for YCbCr → RGB.
-#[derive(Clone, Copy)]
-struct YuvToRgb {
-    /// 255/219, applied to `Y - 16`.
-    y: i32,
-    /// Cr contribution to R.
-    rv: i32,
-    /// Cb contribution to G (subtracted).
-    gu: i32,
-    /// Cr contribution to G (subtracted).
-    gv: i32,
-    /// Cb contribution to B.
-    bu: i32,
-}
-
-impl YuvToRgb {
-    const fn new(m: Matrix) -> Self {
-        let (kr, kb) = m.kr_kb();
-        let kg = 1.0 - kr - kb;
-        let ys = 255.0 / 219.0;
-        let cs = 255.0 / 224.0;
-        YuvToRgb {
-            y: fx(ys),
-            rv: fx(cs * 2.0 * (1.0 - kr)),
-            gu: fx(cs * 2.0 * (1.0 - kb) * kb / kg),
-            gv: fx(cs * 2.0 * (1.0 - kr) * kr / kg),
-            bu: fx(cs * 2.0 * (1.0 - kb)),
-        }
+/// Fixed-point RGB → YCbCr weights of `m`.
+const fn rgb_to_yuv(m: Matrix) -> RgbToYuv {
+    match m {
+        Matrix::Bt601 => aegis_bt601::RGB_TO_YUV,
+        Matrix::Bt709 => RGB_TO_YUV_709,
     }
-
-    const fn for_matrix(m: Matrix) -> Self {
-        match m {
-            Matrix::Bt601 => Self::BT601,
-            Matrix::Bt709 => Self::BT709,
-        }
-    }
-
-    const BT601: Self = Self::new(Matrix::Bt601);
-    const BT709: Self = Self::new(Matrix::Bt709);
-}
-
-/// Fixed-point coefficients for RGB → YCbCr.
-#[derive(Clone, Copy)]
-struct RgbToYuv {
-    yr: i32,
-    yg: i32,
-    yb: i32,
-    ur: i32,
-    ug: i32,
-    ub: i32,
-    vr: i32,
-    vg: i32,
-    vb: i32,
-}
-
-impl RgbToYuv {
-    const fn new(m: Matrix) -> Self {
-        let (kr, kb) = m.kr_kb();
-        let ys = 219.0 / 255.0;
-        let cs = 224.0 / 255.0;
-        let yr = fx(ys * kr);
-        let yb = fx(ys * kb);
-        // Force the luma weights to sum to the exactly rounded total so that
-        // white maps to exactly 235 and greys stay neutral.
-        let yg = fx(ys) - yr - yb;
-        let ur = -fx(cs * kr / (2.0 * (1.0 - kb)));
-        let ub = fx(cs * 0.5);
-        let vr = ub;
-        let vb = -fx(cs * kb / (2.0 * (1.0 - kr)));
-        // Chroma weights must sum to exactly zero so greys give Cb = Cr = 128.
-        let ug = -(ur + ub);
-        let vg = -(vr + vb);
-        RgbToYuv {
-            yr,
-            yg,
-            yb,
-            ur,
-            ug,
-            ub,
-            vr,
-            vg,
-            vb,
-        }
-    }
-
-    const fn for_matrix(m: Matrix) -> Self {
-        match m {
-            Matrix::Bt601 => Self::BT601,
-            Matrix::Bt709 => Self::BT709,
-        }
-    }
-
-    const BT601: Self = Self::new(Matrix::Bt601);
-    const BT709: Self = Self::new(Matrix::Bt709);
 }
 
 #[inline(always)]
@@ -140,13 +58,13 @@ fn clamp_u8(v: i32) -> u8 {
 /// pixels (`out.len() == 6`).
 #[inline(always)]
 fn yuv2_to_rgb(c: &YuvToRgb, y: &[u8], u: u8, v: u8, out: &mut [u8]) {
-    let u = i32::from(u) - 128;
-    let v = i32::from(v) - 128;
+    let u = i32::from(u) - C_ZERO;
+    let v = i32::from(v) - C_ZERO;
     let r_add = c.rv * v + HALF;
     let g_add = HALF - c.gu * u - c.gv * v;
     let b_add = c.bu * u + HALF;
     for (&yy, px) in y.iter().zip(out.chunks_exact_mut(3)) {
-        let yv = c.y * (i32::from(yy) - 16);
+        let yv = c.y * (i32::from(yy) - Y_MIN);
         px[0] = clamp_u8((yv + r_add) >> SHIFT);
         px[1] = clamp_u8((yv + g_add) >> SHIFT);
         px[2] = clamp_u8((yv + b_add) >> SHIFT);
@@ -178,7 +96,8 @@ fn row_nv12_to_rgb(c: &YuvToRgb, y: &[u8], uv: &[u8], out: &mut [u8]) {
 #[inline(always)]
 fn rgb2x2_to_yuv(c: &RgbToYuv, p0: &[u8], p1: &[u8], y0: &mut [u8], y1: &mut [u8]) -> (u8, u8) {
     let luma = |r: i32, g: i32, b: i32| -> u8 {
-        ((c.yr * r + c.yg * g + c.yb * b + (16 << SHIFT) + HALF) >> SHIFT).clamp(16, 235) as u8
+        ((c.yr * r + c.yg * g + c.yb * b + (Y_MIN << SHIFT) + HALF) >> SHIFT).clamp(Y_MIN, Y_MAX)
+            as u8
     };
     let (mut rs, mut gs, mut bs) = (0i32, 0i32, 0i32);
     for (src, dst) in [(p0, y0), (p1, y1)] {
@@ -192,8 +111,10 @@ fn rgb2x2_to_yuv(c: &RgbToYuv, p0: &[u8], p1: &[u8], y0: &mut [u8], y1: &mut [u8
     }
     // Sums of four pixels: two extra fractional bits.
     const S: u32 = SHIFT + 2;
-    let u = ((c.ur * rs + c.ug * gs + c.ub * bs + (128 << S) + (1 << (S - 1))) >> S).clamp(16, 240);
-    let v = ((c.vr * rs + c.vg * gs + c.vb * bs + (128 << S) + (1 << (S - 1))) >> S).clamp(16, 240);
+    let u = ((c.ur * rs + c.ug * gs + c.ub * bs + (C_ZERO << S) + (1 << (S - 1))) >> S)
+        .clamp(C_MIN, C_MAX);
+    let v = ((c.vr * rs + c.vg * gs + c.vb * bs + (C_ZERO << S) + (1 << (S - 1))) >> S)
+        .clamp(C_MIN, C_MAX);
     (u as u8, v as u8)
 }
 
@@ -328,7 +249,7 @@ pub fn i420_to_rgb24(
     if w == 0 || h == 0 {
         return Ok(());
     }
-    let c = YuvToRgb::for_matrix(m);
+    let c = yuv_to_rgb(m);
     for ((((y0, y1), (o0, o1)), ur), vr) in row_pairs(y.data, y.stride, w, ch)
         .zip(row_pairs_mut(out.data, out.stride, 3 * w, ch))
         .zip(rows(u.data, u.stride, cw, ch))
@@ -360,7 +281,7 @@ pub fn nv12_to_rgb24(
     if w == 0 || h == 0 {
         return Ok(());
     }
-    let c = YuvToRgb::for_matrix(m);
+    let c = yuv_to_rgb(m);
     for (((y0, y1), (o0, o1)), cr) in row_pairs(y.data, y.stride, w, ch)
         .zip(row_pairs_mut(out.data, out.stride, 3 * w, ch))
         .zip(rows(uv.data, uv.stride, w, ch))
@@ -393,7 +314,7 @@ pub fn rgb24_to_i420(
     if w == 0 || h == 0 {
         return Ok(());
     }
-    let c = RgbToYuv::for_matrix(m);
+    let c = rgb_to_yuv(m);
     for ((((r0, r1), (y0, y1)), ur), vr) in row_pairs(rgb.data, rgb.stride, 3 * w, ch)
         .zip(row_pairs_mut(oy.data, oy.stride, w, ch))
         .zip(rows_mut(ou.data, ou.stride, cw, ch))
@@ -435,7 +356,7 @@ pub fn rgb24_to_nv12(
     if w == 0 || h == 0 {
         return Ok(());
     }
-    let c = RgbToYuv::for_matrix(m);
+    let c = rgb_to_yuv(m);
     for (((r0, r1), (y0, y1)), cr) in row_pairs(rgb.data, rgb.stride, 3 * w, ch)
         .zip(row_pairs_mut(oy.data, oy.stride, w, ch))
         .zip(rows_mut(ouv.data, ouv.stride, w, ch))
@@ -591,7 +512,7 @@ mod tests {
         // Every (Y, U, V) on a step-3 grid, including out-of-range codes that
         // must clamp.
         for m in MATRICES {
-            let c = YuvToRgb::for_matrix(m);
+            let c = yuv_to_rgb(m);
             let mut out = [0u8; 6];
             let (mut total, mut off_by_one) = (0u32, 0u32);
             for y in (0..=255u16).step_by(3) {
@@ -1090,13 +1011,13 @@ mod tests {
     #[test]
     fn coefficients_are_consistent() {
         for m in MATRICES {
-            let c = RgbToYuv::for_matrix(m);
+            let c = rgb_to_yuv(m);
             assert_eq!(c.ur + c.ug + c.ub, 0);
             assert_eq!(c.vr + c.vg + c.vb, 0);
             let (kr, kb) = m.kr_kb();
             let one = f64::from(1u32 << SHIFT);
             assert!((f64::from(c.yg) / one - (1.0 - kr - kb) * 219.0 / 255.0).abs() < 2.0 / one);
-            let d = YuvToRgb::for_matrix(m);
+            let d = yuv_to_rgb(m);
             assert!((f64::from(d.y) / one - 255.0 / 219.0).abs() < 1.0 / one);
         }
     }

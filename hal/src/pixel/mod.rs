@@ -113,7 +113,7 @@ impl Matrix {
     /// The luma weights `(Kr, Kb)` defining this matrix (`Kg = 1 - Kr - Kb`).
     pub const fn kr_kb(self) -> (f64, f64) {
         match self {
-            Matrix::Bt601 => (0.299, 0.114),
+            Matrix::Bt601 => (aegis_bt601::KR, aegis_bt601::KB),
             Matrix::Bt709 => (0.2126, 0.0722),
         }
     }
@@ -352,25 +352,7 @@ pub(crate) mod testutil {
     /// Sentinel written into padding bytes; tests check it survives.
     pub const SENTINEL: u8 = 0xA5;
 
-    /// Small deterministic xorshift PRNG.
-    pub struct XorShift(pub u64);
-
-    impl XorShift {
-        pub fn next_u64(&mut self) -> u64 {
-            let mut x = self.0;
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            self.0 = x;
-            x
-        }
-        pub fn byte(&mut self) -> u8 {
-            (self.next_u64() >> 32) as u8
-        }
-        pub fn below(&mut self, n: usize) -> usize {
-            (self.next_u64() % n as u64) as usize
-        }
-    }
+    pub use crate::rng::XorShift;
 
     /// A plane buffer with `pad` sentinel bytes after each row.
     pub struct Buf {

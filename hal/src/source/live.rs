@@ -294,7 +294,7 @@ struct Backoff {
     recent_max: f64,
     failures: u32,
     last_frame_at: Option<Instant>,
-    rng: u64,
+    rng: crate::rng::XorShift,
 }
 
 impl Backoff {
@@ -305,7 +305,7 @@ impl Backoff {
             recent_max: s.backoff_recent_max.min(s.backoff_max).as_secs_f64(),
             failures: 0,
             last_frame_at: None,
-            rng: seed | 1,
+            rng: crate::rng::XorShift(seed | 1),
         }
     }
 
@@ -332,10 +332,7 @@ impl Backoff {
 
     /// 0.8 … 1.2.
     fn jitter(&mut self) -> f64 {
-        self.rng ^= self.rng << 13;
-        self.rng ^= self.rng >> 7;
-        self.rng ^= self.rng << 17;
-        0.8 + 0.4 * ((self.rng >> 11) as f64 / (1u64 << 53) as f64)
+        0.8 + 0.4 * self.rng.next_f64()
     }
 }
 

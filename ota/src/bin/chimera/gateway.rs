@@ -57,10 +57,9 @@ fn write_json<T: Serialize>(path: &Path, v: &T) -> anyhow::Result<()> {
     if let Some(d) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
         crate::create_dir(d)?;
     }
-    let tmp = path.with_extension("tmp");
-    crate::write_file(&tmp, serde_json::to_vec_pretty(v)?)?;
-    std::fs::rename(&tmp, path)
-        .map_err(|e| anyhow::anyhow!("cannot rename {} to {}: {e}", tmp.display(), path.display()))
+    // Readable as before (0666 less the umask), now also fsynced before it replaces the old.
+    aegis_ota::fsutil::write_atomic_mode(path, &serde_json::to_vec_pretty(v)?, 0o666)
+        .map_err(|e| anyhow::anyhow!("cannot write {}: {e}", path.display()))
 }
 
 fn registry(path: &Path) -> anyhow::Result<Registry> {

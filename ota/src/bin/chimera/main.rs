@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use aegis_ota::maml;
-use aegis_ota::seal::{SealPublic, SealSecret};
+use aegis_ota::seal::{PUBLIC_KEY_SUFFIX, SECRET_KEY_SUFFIX, SealPublic, SealSecret};
 use aegis_ota::sign::{PublicKey, Purpose, SecretKey};
 use aegis_ota::trust::{Issuer, Roots, TrustMetadata};
 use clap::{Parser, Subcommand};
@@ -533,16 +533,10 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             // device re-enrolled without the group is left out), and `seal --to GROUP`
             // uses only the new key from then on.
             let gk = SealSecret::generate()?;
-            let short = gk
-                .public()
-                .id()
-                .rsplit(':')
-                .next()
-                .unwrap_or("key")
-                .to_string();
-            gk.write(&out.join(format!("{group}.{short}.kem.key")))?;
+            let stem = aegis_ota::seal::group_key_stem(&group, gk.public());
+            gk.write(&out.join(format!("{stem}{SECRET_KEY_SUFFIX}")))?;
             gk.public()
-                .write(&out.join(format!("{group}.{short}.kem.pub")))?;
+                .write(&out.join(format!("{stem}{PUBLIC_KEY_SUFFIX}")))?;
             let members: Vec<(String, String)> = reg
                 .iter()
                 .filter(|(_, e)| {
@@ -597,7 +591,11 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::KemKeygen { out } => {
             let key = SealSecret::generate()?;
-            let (secret, public) = (out.with_extension("kem.key"), out.with_extension("kem.pub"));
+            // PREFIX.kem.key / PREFIX.kem.pub (the suffixes without their leading dot).
+            let (secret, public) = (
+                out.with_extension(&SECRET_KEY_SUFFIX[1..]),
+                out.with_extension(&PUBLIC_KEY_SUFFIX[1..]),
+            );
             key.write(&secret)?;
             key.public().write(&public)?;
             println!(
