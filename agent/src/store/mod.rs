@@ -463,6 +463,24 @@ fn integrity(conn: &Connection) -> rusqlite::Result<String> {
     Ok(rows.join("; "))
 }
 
+/// Why a database file cannot be used as it is (it is moved aside and a fresh one started).
+#[derive(Debug, thiserror::Error)]
+enum Damage {
+    /// `PRAGMA integrity_check` found problems.
+    #[error("integrity check failed: {report}")]
+    Integrity {
+        /// What the check reported.
+        report: String,
+    },
+    /// The file is not a database SQLite can configure or check.
+    #[error("{source}")]
+    Unreadable {
+        /// Why.
+        #[from]
+        source: rusqlite::Error,
+    },
+}
+
 /// Moves a damaged database (and its WAL and shared-memory files) aside.
 fn move_aside(path: &Path) -> Result<PathBuf, StoreError> {
     let stamp = now_us() / 1_000_000;
@@ -485,12 +503,11 @@ fn open_writer(path: &Path) -> Result<(Connection, OpenReport), StoreError> {
             .map_err(|e| err(path, format!("cannot create {}: {e}", dir.display())))?;
     }
     let mut report = OpenReport::default();
-    let check = |conn: &Connection| -> Result<(), String> {
-        configure(conn).map_err(|e| e.to_string())?;
-        match integrity(conn) {
-            Ok(s) if s == "ok" => Ok(()),
-            Ok(s) => Err(format!("integrity check failed: {s}")),
-            Err(e) => Err(e.to_string()),
+    let check = |conn: &Connection| -> Result<(), Damage> {
+        configure(conn)?;
+        match integrity(conn)? {
+            s if s == "ok" => Ok(()),
+            report => Err(Damage::Integrity { report }),
         }
     };
     let mut conn = Connection::open(path).map_err(|e| err(path, e))?;
