@@ -588,6 +588,44 @@ mod tests {
         false
     }
 
+    /// A sensor URL that cannot be used stops the start with an error naming its config
+    /// path and the file (or the scheme); nothing is started.
+    #[test]
+    fn a_sensor_url_that_cannot_be_used_is_refused_by_config_path() {
+        let dir = tempfile::tempdir().unwrap();
+        let missing = dir.path().join("gps.nmea");
+        let cfg = SensorsConfig {
+            gps: Some(aegis_config::GpsConfig {
+                url: format!("file:{}", missing.display()),
+            }),
+            ..Default::default()
+        };
+        let e = Sensing::start(&cfg, None)
+            .err()
+            .expect("a missing file is refused");
+        assert!(
+            matches!(&e, SensingError::Open { key: GPS_URL, path, .. } if *path == missing.display().to_string()),
+            "{e:?}"
+        );
+        assert!(
+            e.to_string()
+                .starts_with(&format!("sensors.gps.url: {}: ", missing.display())),
+            "{e}"
+        );
+        let cfg = SensorsConfig {
+            imu: Some(aegis_config::ImuConfig {
+                url: "ftp://imu".into(),
+                mounting_ypr_deg: [0.0; 3],
+                rate_hz: 100.0,
+            }),
+            ..Default::default()
+        };
+        let e = Sensing::start(&cfg, None)
+            .err()
+            .expect("an unknown scheme is refused");
+        assert_eq!(e.to_string(), "sensors.imu.url: unsupported scheme ftp://");
+    }
+
     /// A GPS input that stays open (a FIFO, as a serial port or a UDP socket never ends):
     /// the counters move while it runs; an RMC-only receiver's epochs and a GGA+RMC
     /// receiver's are stored as one fix each, with the receiver's UTC beside the agent's

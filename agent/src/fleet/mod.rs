@@ -1432,6 +1432,38 @@ mod tests {
         }
     }
 
+    /// A TLS file that cannot be used is refused with its config key and path.
+    #[test]
+    fn tls_files_that_cannot_be_used_are_named() {
+        let d = tempfile::tempdir().unwrap();
+        let ca = d.path().join("ca.pem");
+        let tls = aegis_config::FleetTls {
+            ca_file: ca.clone(),
+            cert_file: None,
+            key_file: None,
+        };
+        let e = tls_config(&tls)
+            .err()
+            .expect("a missing CA file is refused");
+        assert!(
+            matches!(e, FleetSetupError::ReadPem { ref path, .. } if *path == ca),
+            "{e:?}"
+        );
+        assert!(
+            e.to_string()
+                .starts_with(&format!("fleet.tls: cannot read {}: ", ca.display())),
+            "{e}"
+        );
+        std::fs::write(&ca, "no certificate here\n").unwrap();
+        let e = tls_config(&tls)
+            .err()
+            .expect("a CA file without a certificate is refused");
+        assert_eq!(
+            e.to_string(),
+            format!("fleet.tls: {} holds no certificate", ca.display())
+        );
+    }
+
     #[test]
     fn set_log_level_refuses_a_word_that_is_not_a_level_and_keeps_the_one_in_force() {
         let mut h = harness();
