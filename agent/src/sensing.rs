@@ -600,9 +600,9 @@ mod tests {
             }),
             ..Default::default()
         };
-        let e = Sensing::start(&cfg, None)
-            .err()
-            .expect("a missing file is refused");
+        let Err(e) = Sensing::start(&cfg, None) else {
+            panic!("a missing file is refused");
+        };
         assert!(
             matches!(&e, SensingError::Open { key: GPS_URL, path, .. } if *path == missing.display().to_string()),
             "{e:?}"
@@ -620,9 +620,9 @@ mod tests {
             }),
             ..Default::default()
         };
-        let e = Sensing::start(&cfg, None)
-            .err()
-            .expect("an unknown scheme is refused");
+        let Err(e) = Sensing::start(&cfg, None) else {
+            panic!("an unknown scheme is refused");
+        };
         assert_eq!(e.to_string(), "sensors.imu.url: unsupported scheme ftp://");
     }
 

@@ -1442,9 +1442,9 @@ mod tests {
             cert_file: None,
             key_file: None,
         };
-        let e = tls_config(&tls)
-            .err()
-            .expect("a missing CA file is refused");
+        let Err(e) = tls_config(&tls) else {
+            panic!("a missing CA file is refused");
+        };
         assert!(
             matches!(e, FleetSetupError::ReadPem { ref path, .. } if *path == ca),
             "{e:?}"
@@ -1455,9 +1455,9 @@ mod tests {
             "{e}"
         );
         std::fs::write(&ca, "no certificate here\n").unwrap();
-        let e = tls_config(&tls)
-            .err()
-            .expect("a CA file without a certificate is refused");
+        let Err(e) = tls_config(&tls) else {
+            panic!("a CA file without a certificate is refused");
+        };
         assert_eq!(
             e.to_string(),
             format!("fleet.tls: {} holds no certificate", ca.display())
