@@ -23,8 +23,13 @@ pub mod workflows;
 /// An error and its causes, each said once: `anyhow`'s `{:#}` repeats a cause whose message the
 /// outer error already quotes (`cannot open X: No such file…: No such file…`).
 pub fn error_text(e: &anyhow::Error) -> String {
+    causes_text(e.as_ref())
+}
+
+/// [`error_text`] for a typed error: it and its sources, each said once.
+pub fn causes_text(e: &(dyn std::error::Error + 'static)) -> String {
     let mut text = String::new();
-    for cause in e.chain() {
+    for cause in std::iter::successors(Some(e), |c| c.source()) {
         let c = cause.to_string();
         if text.contains(&c) {
             continue;

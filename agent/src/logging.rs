@@ -27,6 +27,37 @@ static IN_FORCE: Mutex<String> = Mutex::new(String::new());
 /// The filter used when neither `RUST_LOG` nor the given level can be used.
 const FALLBACK_LEVEL: &str = "info";
 
+/// Why a log filter was refused or could not be installed; each names the filter.
+#[derive(Debug, thiserror::Error)]
+pub enum LogFilterError {
+    /// Not a filter this agent accepts: a bare word that is not a level, a directive without
+    /// a target or with a level that is not one, or no directive at all.
+    #[error("log filter {spec:?}: {reason}")]
+    Refused {
+        /// The filter as given.
+        spec: String,
+        /// The offending directive and why (from `aegis_config::check_log_filter`).
+        reason: String,
+    },
+    /// Accepted by the agent's own check, refused by tracing's parser.
+    #[error("log filter {spec:?} is not a valid filter: {source}")]
+    Invalid {
+        /// The filter as given.
+        spec: String,
+        /// tracing's reason.
+        source: tracing_subscriber::filter::ParseError,
+    },
+    /// [`set_level`] before [`init`].
+    #[error("logging is not initialised")]
+    NotInitialised,
+    /// The subscriber refused the new filter.
+    #[error("{source}")]
+    Reload {
+        /// Why.
+        source: reload::Error,
+    },
+}
+
 /// Parses a log filter: comma-separated directives, each either a level (`info`) or
 /// `target=level` (`aegis_agent::fleet=debug`; tracing's `target[span{field=value}]=level`
 /// also works), levels being `off`, `error`, `warn`, `info`, `debug`, `trace` in any case.
@@ -35,23 +66,30 @@ const FALLBACK_LEVEL: &str = "info";
 /// Refused, with an error naming the offending directive: an empty filter, a bare word that
 /// is not a level (`verbose`), a directive without a target (`=debug`) or with a level that
 /// is not one (`aegis_agent=loud`), and anything tracing itself cannot parse.
-pub fn parse_filter(spec: &str) -> Result<EnvFilter, String> {
-    aegis_config::check_log_filter(spec).map_err(|e| format!("log filter {spec:?}: {e}"))?;
+pub fn parse_filter(spec: &str) -> Result<EnvFilter, LogFilterError> {
+    aegis_config::check_log_filter(spec).map_err(|reason| LogFilterError::Refused {
+        spec: spec.to_string(),
+        reason,
+    })?;
     let directives: Vec<&str> = spec
         .split(',')
         .map(str::trim)
         .filter(|d| !d.is_empty())
         .collect();
-    EnvFilter::try_new(directives.join(","))
-        .map_err(|e| format!("log filter {spec:?} is not a valid filter: {e}"))
+    EnvFilter::try_new(directives.join(",")).map_err(|source| LogFilterError::Invalid {
+        spec: spec.to_string(),
+        source,
+    })
 }
 
 /// Replaces the log filter at run time (`info`, `debug`, `aegis_agent=debug,warn`, ...); a
 /// filter [`parse_filter`] refuses leaves the one in force unchanged.
-pub fn set_level(level: &str) -> Result<(), String> {
+pub fn set_level(level: &str) -> Result<(), LogFilterError> {
     let filter = parse_filter(level)?;
-    let handle = FILTER.get().ok_or("logging is not initialised")?;
-    handle.reload(filter).map_err(|e| e.to_string())?;
+    let handle = FILTER.get().ok_or(LogFilterError::NotInitialised)?;
+    handle
+        .reload(filter)
+        .map_err(|source| LogFilterError::Reload { source })?;
     *IN_FORCE.lock().unwrap_or_else(|p| p.into_inner()) = level.trim().to_string();
     tracing::info!(level, "log filter changed");
     Ok(())
@@ -205,7 +243,8 @@ mod tests {
         ] {
             let e = parse_filter(bad)
                 .err()
-                .unwrap_or_else(|| panic!("{bad:?} accepted"));
+                .unwrap_or_else(|| panic!("{bad:?} accepted"))
+                .to_string();
             assert!(e.contains(named), "{bad:?}: {e}");
         }
     }

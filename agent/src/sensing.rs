@@ -116,12 +116,65 @@ fn split_url<'a>(url: &'a str, key: &str) -> (&'a str, &'a str, Option<&'a str>)
     (scheme, path, v)
 }
 
+/// Why the sensors cannot start; each names the config path (`sensors.gps.url`,
+/// `sensors.imu.url`) and the device or file at fault.
+#[derive(Debug, thiserror::Error)]
+pub enum SensingError {
+    /// The `baud` query of a GPS URL is not a number.
+    #[error("sensors.gps.url: bad baud")]
+    BadBaud,
+    /// A replay file or serial port cannot be opened.
+    #[error("{key}: {path}: {source}")]
+    Open {
+        /// The config path (`sensors.gps.url`, `sensors.imu.url`).
+        key: &'static str,
+        /// The file or device.
+        path: String,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The GPS UDP address cannot be bound.
+    #[error("sensors.gps.url: cannot bind {path}: {source}")]
+    Bind {
+        /// The address.
+        path: String,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The IIO IMU device cannot be used.
+    #[error("sensors.imu.url: {reason}")]
+    Iio {
+        /// Why (from `aegis_sensors::imu::IioImu::open`, naming the file).
+        reason: String,
+    },
+    /// A URL scheme this build does not read.
+    #[error("{key}: unsupported scheme {scheme}://")]
+    UnsupportedScheme {
+        /// The config path (`sensors.gps.url`, `sensors.imu.url`).
+        key: &'static str,
+        /// The scheme found.
+        scheme: String,
+    },
+    /// The OS refused a driver thread.
+    #[error("cannot start thread {name}: {source}")]
+    Thread {
+        /// Thread name.
+        name: String,
+        /// Why.
+        source: std::io::Error,
+    },
+}
+
+/// The config paths of the sensor URLs, as errors name them.
+const GPS_URL: &str = "sensors.gps.url";
+const IMU_URL: &str = "sensors.imu.url";
+
 impl Sensing {
     /// Starts what `cfg` declares; `None` when no sensor is configured.
     pub fn start(
         cfg: &SensorsConfig,
         store: Option<StoreHandle>,
-    ) -> anyhow::Result<Option<Arc<Sensing>>> {
+    ) -> Result<Option<Arc<Sensing>>, SensingError> {
         if cfg.gps.is_none() && cfg.imu.is_none() && cfg.iot.is_empty() {
             return Ok(None);
         }
@@ -171,8 +224,14 @@ impl Sensing {
         self.fusion.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    fn spawn(&self, name: &str, f: impl FnOnce() + Send + 'static) -> anyhow::Result<()> {
-        let h = std::thread::Builder::new().name(name.into()).spawn(f)?;
+    fn spawn(&self, name: &str, f: impl FnOnce() + Send + 'static) -> Result<(), SensingError> {
+        let h = std::thread::Builder::new()
+            .name(name.into())
+            .spawn(f)
+            .map_err(|source| SensingError::Thread {
+                name: name.to_string(),
+                source,
+            })?;
         self.threads
             .lock()
             .unwrap_or_else(|p| p.into_inner())
@@ -231,19 +290,22 @@ impl Sensing {
         }
     }
 
-    fn spawn_gps(self: &Arc<Self>, url: &str) -> anyhow::Result<()> {
+    fn spawn_gps(self: &Arc<Self>, url: &str) -> Result<(), SensingError> {
         let (scheme, path, baud) = split_url(url, "baud");
         let me = self.clone();
         let path = path.to_string();
         let baud: u32 = baud
             .unwrap_or("9600")
             .parse()
-            .map_err(|_| anyhow::anyhow!("sensors.gps.url: bad baud"))?;
+            .map_err(|_| SensingError::BadBaud)?;
         let run: Box<dyn FnOnce() -> std::io::Result<aegis_sensors::source::DriverStats> + Send> =
             match scheme {
                 "file" => {
-                    let f = std::fs::File::open(&path)
-                        .map_err(|e| anyhow::anyhow!("sensors.gps.url: {path}: {e}"))?;
+                    let f = std::fs::File::open(&path).map_err(|source| SensingError::Open {
+                        key: GPS_URL,
+                        path: path.clone(),
+                        source,
+                    })?;
                     let me2 = me.clone();
                     Box::new(move || {
                         aegis_sensors::source::replay_nmea(
@@ -257,8 +319,11 @@ impl Sensing {
                     })
                 }
                 "udp" => {
-                    let sock = std::net::UdpSocket::bind(&path)
-                        .map_err(|e| anyhow::anyhow!("sensors.gps.url: cannot bind {path}: {e}"))?;
+                    let sock =
+                        std::net::UdpSocket::bind(&path).map_err(|source| SensingError::Bind {
+                            path: path.clone(),
+                            source,
+                        })?;
                     let me2 = me.clone();
                     Box::new(move || {
                         aegis_sensors::source::udp_nmea(
@@ -272,7 +337,11 @@ impl Sensing {
                 "serial" => {
                     let port =
                         aegis_sensors::source::open_serial(std::path::Path::new(&path), baud)
-                            .map_err(|e| anyhow::anyhow!("sensors.gps.url: {path}: {e}"))?;
+                            .map_err(|source| SensingError::Open {
+                                key: GPS_URL,
+                                path: path.clone(),
+                                source,
+                            })?;
                     let me2 = me.clone();
                     Box::new(move || {
                         aegis_sensors::source::stream_nmea(
@@ -283,7 +352,12 @@ impl Sensing {
                         )
                     })
                 }
-                other => anyhow::bail!("sensors.gps.url: unsupported scheme {other}://"),
+                other => {
+                    return Err(SensingError::UnsupportedScheme {
+                        key: GPS_URL,
+                        scheme: other.to_string(),
+                    });
+                }
             };
         self.spawn("sensors-gps", move || {
             match run() {
@@ -299,13 +373,16 @@ impl Sensing {
         })
     }
 
-    fn spawn_imu(self: &Arc<Self>, url: &str, rate_hz: f64) -> anyhow::Result<()> {
+    fn spawn_imu(self: &Arc<Self>, url: &str, rate_hz: f64) -> Result<(), SensingError> {
         let (scheme, path, _) = split_url(url, "");
         let me = self.clone();
         match scheme {
             "file" => {
-                let f = std::fs::File::open(path)
-                    .map_err(|e| anyhow::anyhow!("sensors.imu.url: {path}: {e}"))?;
+                let f = std::fs::File::open(path).map_err(|source| SensingError::Open {
+                    key: IMU_URL,
+                    path: path.to_string(),
+                    source,
+                })?;
                 self.spawn(
                     "sensors-imu",
                     move || match aegis_sensors::source::replay_imu(
@@ -325,7 +402,7 @@ impl Sensing {
             }
             "iio" => {
                 let imu = aegis_sensors::imu::IioImu::open(std::path::Path::new(path))
-                    .map_err(|e| anyhow::anyhow!("sensors.imu.url: {e}"))?;
+                    .map_err(|reason| SensingError::Iio { reason })?;
                 self.spawn("sensors-imu", move || {
                     aegis_sensors::source::poll_iio(
                         &imu,
@@ -336,7 +413,10 @@ impl Sensing {
                     );
                 })
             }
-            other => anyhow::bail!("sensors.imu.url: unsupported scheme {other}://"),
+            other => Err(SensingError::UnsupportedScheme {
+                key: IMU_URL,
+                scheme: other.to_string(),
+            }),
         }
     }
 
@@ -506,6 +586,44 @@ mod tests {
             std::thread::sleep(Duration::from_millis(20));
         }
         false
+    }
+
+    /// A sensor URL that cannot be used stops the start with an error naming its config
+    /// path and the file (or the scheme); nothing is started.
+    #[test]
+    fn a_sensor_url_that_cannot_be_used_is_refused_by_config_path() {
+        let dir = tempfile::tempdir().unwrap();
+        let missing = dir.path().join("gps.nmea");
+        let cfg = SensorsConfig {
+            gps: Some(aegis_config::GpsConfig {
+                url: format!("file:{}", missing.display()),
+            }),
+            ..Default::default()
+        };
+        let Err(e) = Sensing::start(&cfg, None) else {
+            panic!("a missing file is refused");
+        };
+        assert!(
+            matches!(&e, SensingError::Open { key: GPS_URL, path, .. } if *path == missing.display().to_string()),
+            "{e:?}"
+        );
+        assert!(
+            e.to_string()
+                .starts_with(&format!("sensors.gps.url: {}: ", missing.display())),
+            "{e}"
+        );
+        let cfg = SensorsConfig {
+            imu: Some(aegis_config::ImuConfig {
+                url: "ftp://imu".into(),
+                mounting_ypr_deg: [0.0; 3],
+                rate_hz: 100.0,
+            }),
+            ..Default::default()
+        };
+        let Err(e) = Sensing::start(&cfg, None) else {
+            panic!("an unknown scheme is refused");
+        };
+        assert_eq!(e.to_string(), "sensors.imu.url: unsupported scheme ftp://");
     }
 
     /// A GPS input that stays open (a FIFO, as a serial port or a UDP socket never ends):

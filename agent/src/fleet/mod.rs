@@ -46,6 +46,8 @@ use rumqttc::v5::mqttbytes::v5::{LastWill, Packet, PubAckReason, PublishProperti
 use rumqttc::v5::{AsyncClient, Event, EventLoop, MqttOptions};
 use serde_json::{Value, json};
 
+use crate::logging::LogFilterError;
+use crate::pipeline::snapshot::SnapshotError;
 use crate::store::{self, Record, StoreHandle};
 
 /// Runtime toggles (`…/toggles/{name}/set` → `…/toggles/{name}/state`).
@@ -63,6 +65,129 @@ pub const QUERY_EVENTS_MAX: u64 = 1000;
 
 /// Events a `query_events` without `limit` returns.
 const QUERY_EVENTS_DEFAULT: u64 = 100;
+
+/// Why the fleet link cannot be set up from the config; each names the config path and, for
+/// TLS, the file at fault.
+#[derive(Debug, thiserror::Error)]
+pub enum FleetSetupError {
+    /// `fleet.broker_url` lacks `scheme://`.
+    #[error("fleet.broker_url: {url:?} has no scheme")]
+    NoScheme {
+        /// The URL as configured.
+        url: String,
+    },
+    /// Neither `mqtt://` nor `mqtts://`.
+    #[error("fleet.broker_url: unsupported scheme {scheme}://")]
+    UnsupportedScheme {
+        /// The scheme found.
+        scheme: String,
+    },
+    /// The port after the last `:` is not a number from 0 to 65535.
+    #[error("fleet.broker_url: bad port {port:?}")]
+    BadPort {
+        /// The text found.
+        port: String,
+    },
+    /// A PEM file (`fleet.tls.ca_file`, `fleet.tls.cert_file`) cannot be opened.
+    #[error("fleet.tls: cannot read {}: {source}", path.display())]
+    ReadPem {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        source: rustls::pki_types::pem::Error,
+    },
+    /// A PEM file holds a section that is not a valid certificate.
+    #[error("fleet.tls: {}: {source}", path.display())]
+    BadPem {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        source: rustls::pki_types::pem::Error,
+    },
+    /// A PEM file holds no certificate at all.
+    #[error("fleet.tls: {} holds no certificate", path.display())]
+    NoCertificate {
+        /// The file.
+        path: PathBuf,
+    },
+    /// A CA certificate is not usable as a trust anchor.
+    #[error("fleet.tls.ca_file {}: {source}", path.display())]
+    CaCertificate {
+        /// `fleet.tls.ca_file`.
+        path: PathBuf,
+        /// Why.
+        source: rustls::Error,
+    },
+    /// The TLS provider offers no protocol version rustls accepts.
+    #[error("fleet.tls: {source}")]
+    Protocols {
+        /// Why.
+        source: rustls::Error,
+    },
+    /// `fleet.tls.key_file` cannot be read as a PEM private key.
+    #[error("fleet.tls.key_file {}: {source}", path.display())]
+    Key {
+        /// `fleet.tls.key_file`.
+        path: PathBuf,
+        /// Why.
+        source: rustls::pki_types::pem::Error,
+    },
+    /// The client certificate and key do not make a usable identity.
+    #[error("fleet.tls: client certificate: {source}")]
+    ClientCertificate {
+        /// Why.
+        source: rustls::Error,
+    },
+}
+
+/// Why a command or toggle was refused; the message is the `error` text of the reply (or of
+/// the toggle's state).
+#[derive(Debug, thiserror::Error)]
+pub enum CommandError {
+    /// `restart_pipeline` while a restart is pending.
+    #[error("a restart is already under way")]
+    RestartUnderWay,
+    /// A log filter the agent refuses (`set_log_level`, the `log_level` toggle).
+    #[error(transparent)]
+    LogFilter(#[from] LogFilterError),
+    /// This device does not run the command (the fleet simulator's devices).
+    #[error("simulated device")]
+    Simulated,
+    /// A toggle's `…/set` payload is empty.
+    #[error("empty payload: send {{\"value\": …}} or the bare value")]
+    EmptyPayload,
+    /// A toggle's `…/set` payload is neither JSON nor text.
+    #[error("payload is neither JSON nor UTF-8 text")]
+    NotText,
+    /// `telemetry_s` out of range.
+    #[error("telemetry_s must be 1 to 3600")]
+    TelemetryRange,
+    /// A known toggle got a value of the wrong JSON type.
+    #[error("wrong value type for {toggle}: {value}")]
+    WrongType {
+        /// The toggle.
+        toggle: String,
+        /// The value received.
+        value: Value,
+    },
+    /// No such toggle.
+    #[error("unknown toggle {toggle:?}; known: {}", TOGGLES.join(", "))]
+    UnknownToggle {
+        /// The name received.
+        toggle: String,
+    },
+}
+
+/// Why the outbox could not be read (the link retries on its next drain).
+#[derive(Debug, thiserror::Error)]
+pub enum OutboxError {
+    /// The database cannot be opened for reading.
+    #[error(transparent)]
+    Open(#[from] store::StoreError),
+    /// A query failed (the reader is reopened next time: the file may have been replaced).
+    #[error(transparent)]
+    Query(#[from] rusqlite::Error),
+}
 
 /// How the link connects and what it publishes.
 #[derive(Clone)]
@@ -94,23 +219,30 @@ pub struct FleetSettings {
 
 impl FleetSettings {
     /// Settings from the config; fails on a broker URL this build cannot use.
-    pub fn from_config(cfg: &aegis_config::AgentConfig) -> anyhow::Result<FleetSettings> {
+    pub fn from_config(cfg: &aegis_config::AgentConfig) -> Result<FleetSettings, FleetSetupError> {
         let f = &cfg.fleet;
-        let (scheme, rest) = f
-            .broker_url
-            .split_once("://")
-            .ok_or_else(|| anyhow::anyhow!("fleet.broker_url: {:?} has no scheme", f.broker_url))?;
+        let (scheme, rest) =
+            f.broker_url
+                .split_once("://")
+                .ok_or_else(|| FleetSetupError::NoScheme {
+                    url: f.broker_url.clone(),
+                })?;
         let tls = match scheme {
             "mqtt" => None,
             "mqtts" => Some(tls_config(&f.tls)?),
-            other => anyhow::bail!("fleet.broker_url: unsupported scheme {other}://"),
+            other => {
+                return Err(FleetSetupError::UnsupportedScheme {
+                    scheme: other.to_string(),
+                });
+            }
         };
         let default_port = if tls.is_some() { 8883 } else { 1883 };
         let (host, port) = match rest.trim_end_matches('/').rsplit_once(':') {
             Some((h, p)) => (
                 h.to_string(),
-                p.parse()
-                    .map_err(|_| anyhow::anyhow!("fleet.broker_url: bad port {p:?}"))?,
+                p.parse().map_err(|_| FleetSetupError::BadPort {
+                    port: p.to_string(),
+                })?,
             ),
             None => (rest.trim_end_matches('/').to_string(), default_port),
         };
@@ -146,15 +278,19 @@ impl FleetSettings {
 /// in the fleet simulator.
 pub trait Outbox: Send {
     /// Rows after `seq`, in order, at most `limit`.
-    fn after(&mut self, seq: i64, limit: usize) -> Result<Vec<store::OutboxRow>, String>;
+    fn after(&mut self, seq: i64, limit: usize) -> Result<Vec<store::OutboxRow>, OutboxError>;
     /// The oldest row's seq (`None` when empty).
-    fn oldest(&mut self) -> Result<Option<i64>, String>;
+    fn oldest(&mut self) -> Result<Option<i64>, OutboxError>;
     /// The broker acknowledged these rows: they may go.
     fn acked(&mut self, seqs: Vec<i64>);
     /// Waits (bounded) until what was queued so far is readable (shutdown only).
     fn flush(&mut self, limit: Duration);
     /// Stored events since `since_us` (the `query_events` command).
-    fn events_since(&mut self, since_us: i64, limit: usize) -> Result<Vec<store::Event>, String>;
+    fn events_since(
+        &mut self,
+        since_us: i64,
+        limit: usize,
+    ) -> Result<Vec<store::Event>, OutboxError>;
 }
 
 /// The agent's outbox: rows read from the store on a read-only connection, deletions through
@@ -178,24 +314,25 @@ impl SqliteOutbox {
     fn with<T>(
         &mut self,
         f: impl FnOnce(&rusqlite::Connection) -> rusqlite::Result<T>,
-    ) -> Result<T, String> {
-        if self.reader.is_none() {
-            self.reader = Some(store::open_reader(&self.db).map_err(|e| e.to_string())?);
-        }
-        let conn = self.reader.as_ref().ok_or("no reader")?;
-        f(conn).map_err(|e| {
+    ) -> Result<T, OutboxError> {
+        let conn = match &self.reader {
+            Some(conn) => conn,
+            None => self.reader.insert(store::open_reader(&self.db)?),
+        };
+        let result = f(conn);
+        if result.is_err() {
             // Reopen next time (the file may have been replaced).
             self.reader = None;
-            e.to_string()
-        })
+        }
+        Ok(result?)
     }
 }
 
 impl Outbox for SqliteOutbox {
-    fn after(&mut self, seq: i64, limit: usize) -> Result<Vec<store::OutboxRow>, String> {
+    fn after(&mut self, seq: i64, limit: usize) -> Result<Vec<store::OutboxRow>, OutboxError> {
         self.with(|c| store::outbox_after(c, seq, limit))
     }
-    fn oldest(&mut self) -> Result<Option<i64>, String> {
+    fn oldest(&mut self) -> Result<Option<i64>, OutboxError> {
         self.with(|c| store::outbox_depth(c).map(|(_, oldest)| oldest))
     }
     fn acked(&mut self, seqs: Vec<i64>) {
@@ -205,47 +342,65 @@ impl Outbox for SqliteOutbox {
     fn flush(&mut self, limit: Duration) {
         self.store.flush(limit);
     }
-    fn events_since(&mut self, since_us: i64, limit: usize) -> Result<Vec<store::Event>, String> {
+    fn events_since(
+        &mut self,
+        since_us: i64,
+        limit: usize,
+    ) -> Result<Vec<store::Event>, OutboxError> {
         self.with(|c| store::events_since(c, since_us, limit))
     }
 }
 
 /// A rustls client config (ring provider) from PEM files: the CAs the broker's certificate
 /// must chain to, and optionally this device's certificate and key (mutual TLS).
-pub fn tls_config(t: &aegis_config::FleetTls) -> anyhow::Result<Arc<rustls::ClientConfig>> {
+pub fn tls_config(
+    t: &aegis_config::FleetTls,
+) -> Result<Arc<rustls::ClientConfig>, FleetSetupError> {
     use rustls::pki_types::pem::PemObject;
     use rustls::pki_types::{CertificateDer, PrivateKeyDer};
-    let read_certs = |p: &std::path::Path| -> anyhow::Result<Vec<CertificateDer<'static>>> {
-        let certs = CertificateDer::pem_file_iter(p)
-            .map_err(|e| anyhow::anyhow!("fleet.tls: cannot read {}: {e}", p.display()))?
-            .collect::<Result<Vec<_>, _>>()
-            .map_err(|e| anyhow::anyhow!("fleet.tls: {}: {e}", p.display()))?;
-        anyhow::ensure!(
-            !certs.is_empty(),
-            "fleet.tls: {} holds no certificate",
-            p.display()
-        );
-        Ok(certs)
-    };
+    let read_certs =
+        |p: &std::path::Path| -> Result<Vec<CertificateDer<'static>>, FleetSetupError> {
+            let certs = CertificateDer::pem_file_iter(p)
+                .map_err(|source| FleetSetupError::ReadPem {
+                    path: p.to_path_buf(),
+                    source,
+                })?
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(|source| FleetSetupError::BadPem {
+                    path: p.to_path_buf(),
+                    source,
+                })?;
+            if certs.is_empty() {
+                return Err(FleetSetupError::NoCertificate {
+                    path: p.to_path_buf(),
+                });
+            }
+            Ok(certs)
+        };
     let mut roots = rustls::RootCertStore::empty();
     for c in read_certs(&t.ca_file)? {
         roots
             .add(c)
-            .map_err(|e| anyhow::anyhow!("fleet.tls.ca_file {}: {e}", t.ca_file.display()))?;
+            .map_err(|source| FleetSetupError::CaCertificate {
+                path: t.ca_file.clone(),
+                source,
+            })?;
     }
     let builder = rustls::ClientConfig::builder_with_provider(Arc::new(
         rustls::crypto::ring::default_provider(),
     ))
     .with_safe_default_protocol_versions()
-    .map_err(|e| anyhow::anyhow!("fleet.tls: {e}"))?
+    .map_err(|source| FleetSetupError::Protocols { source })?
     .with_root_certificates(roots);
     let config = match (&t.cert_file, &t.key_file) {
         (Some(cert), Some(key)) => {
-            let key = PrivateKeyDer::from_pem_file(key)
-                .map_err(|e| anyhow::anyhow!("fleet.tls.key_file {}: {e}", key.display()))?;
+            let key = PrivateKeyDer::from_pem_file(key).map_err(|source| FleetSetupError::Key {
+                path: key.clone(),
+                source,
+            })?;
             builder
                 .with_client_auth_cert(read_certs(cert)?, key)
-                .map_err(|e| anyhow::anyhow!("fleet.tls: client certificate: {e}"))?
+                .map_err(|source| FleetSetupError::ClientCertificate { source })?
         }
         _ => builder.with_no_client_auth(),
     };
@@ -261,15 +416,15 @@ pub trait FleetHost: Send + Sync {
     /// The effective config with secrets redacted (`get_config`).
     fn config(&self) -> Value;
     /// Restart the pipeline (`restart_pipeline`); Err explains why not.
-    fn restart_pipeline(&self) -> Result<(), String>;
+    fn restart_pipeline(&self) -> Result<(), CommandError>;
     /// Change the log filter (`set_log_level`).
-    fn set_log_level(&self, level: &str) -> Result<(), String>;
+    fn set_log_level(&self, level: &str) -> Result<(), CommandError>;
     /// The next frame of `stream` (default: the first) as a JPEG (`snapshot`).
     fn snapshot(
         &self,
         _stream: Option<&str>,
-    ) -> Result<tokio::sync::oneshot::Receiver<Result<Vec<u8>, String>>, String> {
-        Err("snapshots are not available on this device".into())
+    ) -> Result<tokio::sync::oneshot::Receiver<Result<Vec<u8>, SnapshotError>>, SnapshotError> {
+        Err(SnapshotError::Unavailable)
     }
     /// A message on a workflow or trust topic (signed documents; anything may arrive).
     fn workflow(&self, _topic: &str, _payload: &[u8]) {}
@@ -288,7 +443,7 @@ pub const TRUST_TOPIC: &str = "aegis/v1/fleet/trust";
 struct LateReply {
     topic: String,
     correlation: Option<bytes::Bytes>,
-    body: Result<Vec<u8>, String>,
+    body: Result<Vec<u8>, SnapshotError>,
 }
 
 /// Link counters (exported as metrics by the agent).
@@ -407,16 +562,16 @@ fn jitter(d: Duration) -> Duration {
 
 /// A toggle's value from a `…/set` payload: `{"value": v}`, a bare JSON value (`7`,
 /// `"debug"`), or, when the payload is not JSON, its text as a string (`debug`, `warn,aegis_agent=debug`).
-fn toggle_payload(payload: &[u8]) -> Result<Value, String> {
+fn toggle_payload(payload: &[u8]) -> Result<Value, CommandError> {
     match serde_json::from_slice::<Value>(payload) {
         Ok(Value::Object(mut m)) if m.contains_key("value") => {
             Ok(m.remove("value").unwrap_or(Value::Null))
         }
         Ok(v) => Ok(v),
         Err(_) => match std::str::from_utf8(payload).map(str::trim) {
-            Ok("") => Err("empty payload: send {\"value\": …} or the bare value".into()),
+            Ok("") => Err(CommandError::EmptyPayload),
             Ok(text) => Ok(Value::String(text.to_string())),
-            Err(_) => Err("payload is neither JSON nor UTF-8 text".into()),
+            Err(_) => Err(CommandError::NotText),
         },
     }
 }
@@ -801,7 +956,7 @@ impl Link {
 
     /// Installs the log filter `level` (trimmed) and records it as the `log_level` toggle's
     /// value; a filter the host refuses changes nothing.
-    fn apply_log_level(&mut self, level: &str) -> Result<(), String> {
+    fn apply_log_level(&mut self, level: &str) -> Result<(), CommandError> {
         let level = level.trim();
         self.host.set_log_level(level)?;
         self.s.log_level = level.to_string();
@@ -820,19 +975,21 @@ impl Link {
                         self.s.telemetry_every = Duration::from_secs(secs);
                         Ok(())
                     }
-                    None => Err("telemetry_s must be 1 to 3600".into()),
+                    None => Err(CommandError::TelemetryRange),
                 }
             }
-            (n, _) if TOGGLES.contains(&n) => Err(format!("wrong value type for {n}: {v}")),
-            (n, _) => Err(format!(
-                "unknown toggle {n:?}; known: {}",
-                TOGGLES.join(", ")
-            )),
+            (n, _) if TOGGLES.contains(&n) => Err(CommandError::WrongType {
+                toggle: n.to_string(),
+                value: v.clone(),
+            }),
+            (n, _) => Err(CommandError::UnknownToggle {
+                toggle: n.to_string(),
+            }),
         });
         match result {
             Ok(()) => self.publish_toggle_state(name),
             Err(e) => {
-                let body = json!({ "value": self.toggle_value(name), "error": e })
+                let body = json!({ "value": self.toggle_value(name), "error": e.to_string() })
                     .to_string()
                     .into_bytes();
                 let topic = self.s.topic(&format!("toggles/{name}/state"));
@@ -881,8 +1038,8 @@ impl Link {
                     tokio::spawn(async move {
                         let body = match tokio::time::timeout(Duration::from_secs(5), rx).await {
                             Ok(Ok(r)) => r,
-                            Ok(Err(_)) => Err("the stream ended before a frame came".into()),
-                            Err(_) => Err("no frame within 5 s (is the stream running?)".into()),
+                            Ok(Err(_)) => Err(SnapshotError::Ended),
+                            Err(_) => Err(SnapshotError::Timeout),
                         };
                         let _ = late
                             .send(LateReply {
@@ -965,7 +1122,9 @@ impl Link {
                 }
             }
             Err(e) => {
-                let body = json!({ "ok": false, "error": e }).to_string().into_bytes();
+                let body = json!({ "ok": false, "error": e.to_string() })
+                    .to_string()
+                    .into_bytes();
                 let p = props("application/json", None);
                 self.publish(
                     r.topic.clone(),
@@ -988,7 +1147,7 @@ impl Link {
             "get_config" => ok(self.host.config()),
             "restart_pipeline" => match self.host.restart_pipeline() {
                 Ok(()) => ok(json!("restarting")),
-                Err(e) => fail(e),
+                Err(e) => fail(e.to_string()),
             },
             "set_log_level" => match args.get("level").and_then(Value::as_str).map(str::trim) {
                 Some(l) => match self.apply_log_level(l) {
@@ -997,7 +1156,7 @@ impl Link {
                         self.publish_toggle_state("log_level");
                         ok(json!({ "level": l }))
                     }
-                    Err(e) => fail(e),
+                    Err(e) => fail(e.to_string()),
                 },
                 None => fail(
                     "set_log_level needs {\"level\": \"info\"}: a level (off, error, warn, info, \
@@ -1057,7 +1216,7 @@ impl Link {
                     "events": evs, "truncated": truncated, "limit": limit, "clamped": clamped,
                 } })
             }
-            Err(e) => json!({ "ok": false, "error": e }),
+            Err(e) => json!({ "ok": false, "error": e.to_string() }),
         }
     }
 
@@ -1132,10 +1291,10 @@ mod tests {
         fn config(&self) -> Value {
             json!({})
         }
-        fn restart_pipeline(&self) -> Result<(), String> {
+        fn restart_pipeline(&self) -> Result<(), CommandError> {
             Ok(())
         }
-        fn set_log_level(&self, level: &str) -> Result<(), String> {
+        fn set_log_level(&self, level: &str) -> Result<(), CommandError> {
             crate::logging::parse_filter(level)?;
             self.levels.lock().unwrap().push(level.to_string());
             Ok(())
@@ -1149,10 +1308,10 @@ mod tests {
     }
 
     impl Outbox for TestOutbox {
-        fn after(&mut self, _: i64, _: usize) -> Result<Vec<store::OutboxRow>, String> {
+        fn after(&mut self, _: i64, _: usize) -> Result<Vec<store::OutboxRow>, OutboxError> {
             Ok(Vec::new())
         }
-        fn oldest(&mut self) -> Result<Option<i64>, String> {
+        fn oldest(&mut self) -> Result<Option<i64>, OutboxError> {
             Ok(None)
         }
         fn acked(&mut self, _: Vec<i64>) {}
@@ -1161,7 +1320,7 @@ mod tests {
             &mut self,
             since_us: i64,
             limit: usize,
-        ) -> Result<Vec<store::Event>, String> {
+        ) -> Result<Vec<store::Event>, OutboxError> {
             self.limits.lock().unwrap().push(limit);
             Ok((1..=self.events as i64)
                 .filter(|&ts| ts >= since_us)
@@ -1271,6 +1430,38 @@ mod tests {
             assert_eq!(states.len(), 1, "{states:?}");
             states.into_iter().next().unwrap_or_default()
         }
+    }
+
+    /// A TLS file that cannot be used is refused with its config key and path.
+    #[test]
+    fn tls_files_that_cannot_be_used_are_named() {
+        let d = tempfile::tempdir().unwrap();
+        let ca = d.path().join("ca.pem");
+        let tls = aegis_config::FleetTls {
+            ca_file: ca.clone(),
+            cert_file: None,
+            key_file: None,
+        };
+        let Err(e) = tls_config(&tls) else {
+            panic!("a missing CA file is refused");
+        };
+        assert!(
+            matches!(e, FleetSetupError::ReadPem { ref path, .. } if *path == ca),
+            "{e:?}"
+        );
+        assert!(
+            e.to_string()
+                .starts_with(&format!("fleet.tls: cannot read {}: ", ca.display())),
+            "{e}"
+        );
+        std::fs::write(&ca, "no certificate here\n").unwrap();
+        let Err(e) = tls_config(&tls) else {
+            panic!("a CA file without a certificate is refused");
+        };
+        assert_eq!(
+            e.to_string(),
+            format!("fleet.tls: {} holds no certificate", ca.display())
+        );
     }
 
     #[test]
@@ -1460,7 +1651,7 @@ mod tests {
     struct MemOutbox(Arc<Mutex<Ledger>>);
 
     impl Outbox for MemOutbox {
-        fn after(&mut self, seq: i64, limit: usize) -> Result<Vec<store::OutboxRow>, String> {
+        fn after(&mut self, seq: i64, limit: usize) -> Result<Vec<store::OutboxRow>, OutboxError> {
             let l = self.0.lock().unwrap();
             Ok(l.rows
                 .range(seq + 1..)
@@ -1472,7 +1663,7 @@ mod tests {
                 })
                 .collect())
         }
-        fn oldest(&mut self) -> Result<Option<i64>, String> {
+        fn oldest(&mut self) -> Result<Option<i64>, OutboxError> {
             Ok(self.0.lock().unwrap().rows.keys().next().copied())
         }
         fn acked(&mut self, seqs: Vec<i64>) {
@@ -1486,7 +1677,7 @@ mod tests {
             }
         }
         fn flush(&mut self, _: Duration) {}
-        fn events_since(&mut self, _: i64, _: usize) -> Result<Vec<store::Event>, String> {
+        fn events_since(&mut self, _: i64, _: usize) -> Result<Vec<store::Event>, OutboxError> {
             Ok(Vec::new())
         }
     }
@@ -1795,7 +1986,7 @@ mod tests {
             self.link.late_reply(LateReply {
                 topic: "aegis/v1/dev1/cmd/snapshot/reply".into(),
                 correlation: None,
-                body: Err("no frame".into()),
+                body: Err(SnapshotError::Timeout),
             });
             self.pull();
         }

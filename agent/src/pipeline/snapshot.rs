@@ -15,7 +15,38 @@ pub const SNAPSHOT_MAX_WIDTH: usize = 1280;
 /// JPEG quantiser (2 best … 31 smallest).
 pub const SNAPSHOT_QUALITY: u32 = 6;
 
-type Reply = tokio::sync::oneshot::Sender<Result<Vec<u8>, String>>;
+type Reply = tokio::sync::oneshot::Sender<Result<Vec<u8>, SnapshotError>>;
+
+/// Why no snapshot came; the message is the `error` text of the fleet reply.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum SnapshotError {
+    /// The device takes no snapshots (the fleet simulator's devices).
+    #[error("snapshots are not available on this device")]
+    Unavailable,
+    /// No stream has the id asked for.
+    #[error("no stream {stream:?} (streams: {known})")]
+    NoStream {
+        /// The id asked for.
+        stream: String,
+        /// The running streams' ids, comma-separated.
+        known: String,
+    },
+    /// No stream runs.
+    #[error("no streams are running")]
+    NoStreams,
+    /// The stream stopped before its next frame.
+    #[error("the stream ended before a frame came")]
+    Ended,
+    /// No frame came in time.
+    #[error("no frame within 5 s (is the stream running?)")]
+    Timeout,
+    /// The frame could not be encoded (shared by every request the frame answers).
+    #[error("{source}")]
+    Encode {
+        /// Why.
+        source: Arc<aegis_hal::codec::CodecError>,
+    },
+}
 
 /// One stream's pending requests.
 #[derive(Default)]
@@ -36,7 +67,9 @@ impl SnapshotSlot {
             std::mem::take(&mut *w)
         };
         let jpeg = aegis_hal::codec::encode_jpeg(frame, SNAPSHOT_MAX_WIDTH, SNAPSHOT_QUALITY)
-            .map_err(|e| e.to_string());
+            .map_err(|e| SnapshotError::Encode {
+                source: Arc::new(e),
+            });
         for w in waiters {
             let _ = w.send(jpeg.clone());
         }
@@ -71,22 +104,20 @@ impl SnapshotHub {
     pub fn request(
         &self,
         stream: Option<&str>,
-    ) -> Result<tokio::sync::oneshot::Receiver<Result<Vec<u8>, String>>, String> {
+    ) -> Result<tokio::sync::oneshot::Receiver<Result<Vec<u8>, SnapshotError>>, SnapshotError> {
         let slots = self.slots.lock().unwrap_or_else(|e| e.into_inner());
         let known: HashMap<&str, &Arc<SnapshotSlot>> =
             slots.iter().map(|(id, s)| (id.as_str(), s)).collect();
         let slot = match stream {
-            Some(id) => known.get(id).ok_or_else(|| {
-                format!(
-                    "no stream {id:?} (streams: {})",
-                    slots
-                        .iter()
-                        .map(|(i, _)| i.as_str())
-                        .collect::<Vec<_>>()
-                        .join(", ")
-                )
+            Some(id) => known.get(id).ok_or_else(|| SnapshotError::NoStream {
+                stream: id.to_string(),
+                known: slots
+                    .iter()
+                    .map(|(i, _)| i.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", "),
             })?,
-            None => &slots.first().ok_or("no streams are running")?.1,
+            None => &slots.first().ok_or(SnapshotError::NoStreams)?.1,
         };
         let (tx, rx) = tokio::sync::oneshot::channel();
         slot.waiters

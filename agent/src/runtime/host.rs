@@ -126,20 +126,23 @@ impl crate::fleet::FleetHost for AgentHost {
         self.config.clone()
     }
 
-    fn restart_pipeline(&self) -> Result<(), String> {
+    fn restart_pipeline(&self) -> Result<(), crate::fleet::CommandError> {
         self.restart
             .try_send(())
-            .map_err(|_| "a restart is already under way".to_string())
+            .map_err(|_| crate::fleet::CommandError::RestartUnderWay)
     }
 
-    fn set_log_level(&self, level: &str) -> Result<(), String> {
-        crate::logging::set_level(level)
+    fn set_log_level(&self, level: &str) -> Result<(), crate::fleet::CommandError> {
+        Ok(crate::logging::set_level(level)?)
     }
 
     fn snapshot(
         &self,
         stream: Option<&str>,
-    ) -> Result<tokio::sync::oneshot::Receiver<Result<Vec<u8>, String>>, String> {
+    ) -> Result<
+        tokio::sync::oneshot::Receiver<Result<Vec<u8>, crate::pipeline::snapshot::SnapshotError>>,
+        crate::pipeline::snapshot::SnapshotError,
+    > {
         self.snapshots.request(stream)
     }
 }

@@ -37,12 +37,49 @@ const RETENTION_EVERY: Duration = Duration::from_secs(60);
 
 /// Errors opening or reading the store; each names the file.
 #[derive(Debug, thiserror::Error)]
-#[error("store {path}: {reason}")]
+#[error("store {path}: {problem}")]
 pub struct StoreError {
     /// The database file.
     pub path: PathBuf,
     /// What went wrong.
-    pub reason: String,
+    pub problem: StoreProblem,
+}
+
+/// What went wrong with the database file (see [`StoreError`]).
+#[derive(Debug, thiserror::Error)]
+pub enum StoreProblem {
+    /// The file to read does not exist.
+    #[error("no such database")]
+    Missing,
+    /// The database's folder cannot be created.
+    #[error("cannot create {}: {source}", dir.display())]
+    Folder {
+        /// The folder.
+        dir: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// A damaged file (and its WAL) cannot be renamed out of the way.
+    #[error("cannot move the damaged file aside: {source}")]
+    MoveAside {
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The OS refused the writer thread.
+    #[error("cannot start the writer thread: {source}")]
+    WriterThread {
+        /// Why.
+        source: std::io::Error,
+    },
+    /// A fresh database is damaged as well.
+    #[error(transparent)]
+    Damaged(#[from] Damage),
+    /// The schema cannot be brought to this build's version.
+    #[error(transparent)]
+    Schema(#[from] schema::SchemaError),
+    /// SQLite refused an operation.
+    #[error(transparent)]
+    Sqlite(#[from] rusqlite::Error),
 }
 
 /// Store limits (from the `store` config section).
@@ -437,10 +474,10 @@ pub fn new_event_id() -> String {
     )
 }
 
-fn err(path: &Path, reason: impl std::fmt::Display) -> StoreError {
+fn err(path: &Path, problem: impl Into<StoreProblem>) -> StoreError {
     StoreError {
         path: path.to_path_buf(),
-        reason: reason.to_string(),
+        problem: problem.into(),
     }
 }
 
@@ -463,6 +500,24 @@ fn integrity(conn: &Connection) -> rusqlite::Result<String> {
     Ok(rows.join("; "))
 }
 
+/// Why a database file cannot be used as it is (it is moved aside and a fresh one started).
+#[derive(Debug, thiserror::Error)]
+pub enum Damage {
+    /// `PRAGMA integrity_check` found problems.
+    #[error("integrity check failed: {report}")]
+    Integrity {
+        /// What the check reported.
+        report: String,
+    },
+    /// The file is not a database SQLite can configure or check.
+    #[error("{source}")]
+    Unreadable {
+        /// Why.
+        #[from]
+        source: rusqlite::Error,
+    },
+}
+
 /// Moves a damaged database (and its WAL and shared-memory files) aside.
 fn move_aside(path: &Path) -> Result<PathBuf, StoreError> {
     let stamp = now_us() / 1_000_000;
@@ -472,7 +527,7 @@ fn move_aside(path: &Path) -> Result<PathBuf, StoreError> {
         if from.exists() {
             let to = PathBuf::from(format!("{}{suffix}", aside.display()));
             std::fs::rename(&from, &to)
-                .map_err(|e| err(path, format!("cannot move the damaged file aside: {e}")))?;
+                .map_err(|source| err(path, StoreProblem::MoveAside { source }))?;
         }
     }
     Ok(aside)
@@ -481,16 +536,22 @@ fn move_aside(path: &Path) -> Result<PathBuf, StoreError> {
 /// Opens (creating, checking and migrating) the database for writing.
 fn open_writer(path: &Path) -> Result<(Connection, OpenReport), StoreError> {
     if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-        std::fs::create_dir_all(dir)
-            .map_err(|e| err(path, format!("cannot create {}: {e}", dir.display())))?;
+        std::fs::create_dir_all(dir).map_err(|source| {
+            err(
+                path,
+                StoreProblem::Folder {
+                    dir: dir.to_path_buf(),
+                    source,
+                },
+            )
+        })?;
     }
     let mut report = OpenReport::default();
-    let check = |conn: &Connection| -> Result<(), String> {
-        configure(conn).map_err(|e| e.to_string())?;
-        match integrity(conn) {
-            Ok(s) if s == "ok" => Ok(()),
-            Ok(s) => Err(format!("integrity check failed: {s}")),
-            Err(e) => Err(e.to_string()),
+    let check = |conn: &Connection| -> Result<(), Damage> {
+        configure(conn)?;
+        match integrity(conn)? {
+            s if s == "ok" => Ok(()),
+            report => Err(Damage::Integrity { report }),
         }
     };
     let mut conn = Connection::open(path).map_err(|e| err(path, e))?;
@@ -517,7 +578,7 @@ fn open_writer(path: &Path) -> Result<(Connection, OpenReport), StoreError> {
 /// A read-only connection (WAL snapshot reads; never blocks the writer).
 pub fn open_reader(path: &Path) -> Result<Connection, StoreError> {
     if !path.exists() {
-        return Err(err(path, "no such database"));
+        return Err(err(path, StoreProblem::Missing));
     }
     let conn = Connection::open_with_flags(
         path,
@@ -542,12 +603,7 @@ impl Store {
             std::thread::Builder::new()
                 .name("store-writer".into())
                 .spawn(move || Writer::new(conn, ws, counters, commits).run(rx))
-                .map_err(|e| {
-                    err(
-                        &settings.path,
-                        format!("cannot start the writer thread: {e}"),
-                    )
-                })?
+                .map_err(|source| err(&settings.path, StoreProblem::WriterThread { source }))?
         };
         Ok(Store {
             settings,

@@ -94,24 +94,50 @@ const MIGRATIONS: &[&str] = &[
 /// The schema version this build writes.
 pub const VERSION: i64 = MIGRATIONS.len() as i64;
 
+/// Why the schema could not be brought to [`VERSION`].
+#[derive(Debug, thiserror::Error)]
+pub enum SchemaError {
+    /// The database is newer than this build.
+    #[error(
+        "the database has schema version {found}, newer than this agent's {VERSION}: \
+         refusing to touch it (run the newer agent, or move the file aside)"
+    )]
+    Newer {
+        /// The version found.
+        found: i64,
+    },
+    /// Migration `number` (1-based) failed; its transaction was rolled back.
+    #[error("migration {number}: {source}")]
+    Migration {
+        /// The migration's number (the version it leads to).
+        number: usize,
+        /// Why.
+        source: rusqlite::Error,
+    },
+    /// Reading or recording `user_version`, or a transaction, failed.
+    #[error("{source}")]
+    Sqlite {
+        /// Why.
+        #[from]
+        source: rusqlite::Error,
+    },
+}
+
 /// Brings `conn` to [`VERSION`]; returns the version it found.
-pub fn migrate(conn: &mut Connection) -> Result<i64, String> {
-    let found: i64 = conn
-        .query_row("PRAGMA user_version", [], |r| r.get(0))
-        .map_err(|e| e.to_string())?;
+pub fn migrate(conn: &mut Connection) -> Result<i64, SchemaError> {
+    let found: i64 = conn.query_row("PRAGMA user_version", [], |r| r.get(0))?;
     if found > VERSION {
-        return Err(format!(
-            "the database has schema version {found}, newer than this agent's {VERSION}: \
-             refusing to touch it (run the newer agent, or move the file aside)"
-        ));
+        return Err(SchemaError::Newer { found });
     }
     for (i, sql) in MIGRATIONS.iter().enumerate().skip(found as usize) {
-        let tx = conn.transaction().map_err(|e| e.to_string())?;
+        let tx = conn.transaction()?;
         tx.execute_batch(sql)
-            .map_err(|e| format!("migration {}: {e}", i + 1))?;
-        tx.pragma_update(None, "user_version", i as i64 + 1)
-            .map_err(|e| e.to_string())?;
-        tx.commit().map_err(|e| e.to_string())?;
+            .map_err(|source| SchemaError::Migration {
+                number: i + 1,
+                source,
+            })?;
+        tx.pragma_update(None, "user_version", i as i64 + 1)?;
+        tx.commit()?;
     }
     Ok(found)
 }

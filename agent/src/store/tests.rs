@@ -164,7 +164,15 @@ fn a_newer_schema_is_refused() {
         .unwrap()
         .pragma_update(None, "user_version", 99)
         .unwrap();
-    let e = Store::open(settings(dir.path())).err().unwrap().to_string();
+    let err = Store::open(settings(dir.path())).err().unwrap();
+    assert!(
+        matches!(
+            err.problem,
+            StoreProblem::Schema(schema::SchemaError::Newer { found: 99 })
+        ),
+        "{err:?}"
+    );
+    let e = err.to_string();
     assert!(
         e.contains("aegis.db") && e.contains("schema version 99"),
         "{e}"

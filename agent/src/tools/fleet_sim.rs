@@ -24,7 +24,9 @@ use rumqttc::v5::{AsyncClient, Event, MqttOptions};
 use serde::Serialize;
 use serde_json::{Value, json};
 
-use crate::fleet::{FleetHost, FleetLink, FleetSettings, Outbox, SqliteOutbox};
+use crate::fleet::{
+    CommandError, FleetHost, FleetLink, FleetSettings, Outbox, OutboxError, SqliteOutbox,
+};
 use crate::store::{self, OutboxRow};
 
 /// A mosquitto on a free loopback port, for as long as this lives.
@@ -126,7 +128,7 @@ impl MemOutbox {
 struct MemOutboxRef(Arc<MemOutbox>);
 
 impl Outbox for MemOutboxRef {
-    fn after(&mut self, seq: i64, limit: usize) -> Result<Vec<OutboxRow>, String> {
+    fn after(&mut self, seq: i64, limit: usize) -> Result<Vec<OutboxRow>, OutboxError> {
         let rows = self.0.rows.lock().unwrap_or_else(|e| e.into_inner());
         Ok(rows
             .range(seq + 1..)
@@ -134,7 +136,7 @@ impl Outbox for MemOutboxRef {
             .map(|(_, r)| r.clone())
             .collect())
     }
-    fn oldest(&mut self) -> Result<Option<i64>, String> {
+    fn oldest(&mut self) -> Result<Option<i64>, OutboxError> {
         let rows = self.0.rows.lock().unwrap_or_else(|e| e.into_inner());
         Ok(rows.keys().next().copied())
     }
@@ -145,7 +147,11 @@ impl Outbox for MemOutboxRef {
         }
     }
     fn flush(&mut self, _limit: Duration) {}
-    fn events_since(&mut self, _since: i64, _limit: usize) -> Result<Vec<store::Event>, String> {
+    fn events_since(
+        &mut self,
+        _since: i64,
+        _limit: usize,
+    ) -> Result<Vec<store::Event>, OutboxError> {
         Ok(Vec::new())
     }
 }
@@ -162,11 +168,11 @@ impl FleetHost for SimHost {
     fn config(&self) -> Value {
         json!({})
     }
-    fn restart_pipeline(&self) -> Result<(), String> {
-        Err("simulated device".into())
+    fn restart_pipeline(&self) -> Result<(), CommandError> {
+        Err(CommandError::Simulated)
     }
-    fn set_log_level(&self, _: &str) -> Result<(), String> {
-        Err("simulated device".into())
+    fn set_log_level(&self, _: &str) -> Result<(), CommandError> {
+        Err(CommandError::Simulated)
     }
 }
 
@@ -567,8 +573,7 @@ pub fn bench_fleet(pings: usize, backlog: u64) -> anyhow::Result<FleetBench> {
         let mut reader = SqliteOutbox::new(db.clone(), h.clone());
         let delivered = || delivery.lock().map_or(0, |d| d.distinct);
         loop {
-            if delivered() == backlog && reader.oldest().map_err(|e| anyhow::anyhow!(e))?.is_none()
-            {
+            if delivered() == backlog && reader.oldest()?.is_none() {
                 break;
             }
             anyhow::ensure!(

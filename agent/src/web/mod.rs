@@ -39,28 +39,72 @@ impl std::fmt::Debug for LocalToken {
     }
 }
 
-fn token_err(path: &Path, e: impl std::fmt::Display) -> anyhow::Error {
-    anyhow::anyhow!("local API token {}: {e} (web.token_file)", path.display())
+/// Why the local API token cannot be read or created; names the file and the config key.
+#[derive(Debug, thiserror::Error)]
+#[error("local API token {}: {problem} (web.token_file)", path.display())]
+pub struct TokenError {
+    /// The token file.
+    pub path: PathBuf,
+    /// What is wrong with it.
+    pub problem: TokenProblem,
+}
+
+/// What is wrong with a token file (see [`TokenError`]).
+#[derive(Debug, thiserror::Error)]
+pub enum TokenProblem {
+    /// Its folder cannot be created.
+    #[error("{0}")]
+    Folder(std::io::Error),
+    /// The OS gave no random bytes.
+    #[error("{0}")]
+    Random(getrandom::Error),
+    /// The file fails the private-file checks (owner, mode, link) or cannot be read or
+    /// written; the reason comes from `aegis_ota`'s key-file code.
+    #[error("{0}")]
+    File(String),
+    /// The file is not text.
+    #[error("not UTF-8 text")]
+    NotText,
+    /// The text is not a token.
+    #[error("not a token (64 hex digits expected)")]
+    NotAToken,
+}
+
+fn token_err(path: &Path, problem: TokenProblem) -> TokenError {
+    TokenError {
+        path: path.to_path_buf(),
+        problem,
+    }
+}
+
+/// `addr` cannot be listened on (a busy port is the usual cause).
+#[derive(Debug, thiserror::Error)]
+#[error("cannot listen on {addr}: {source} (set web.listen or --listen)")]
+pub struct BindError {
+    /// The address.
+    pub addr: SocketAddr,
+    /// Why.
+    pub source: std::io::Error,
 }
 
 impl LocalToken {
     /// Reads the token at `path`, creating it (0600, new) when it does not exist.
-    pub fn load_or_create(path: &Path) -> anyhow::Result<LocalToken> {
+    pub fn load_or_create(path: &Path) -> Result<LocalToken, TokenError> {
         match Self::read(path) {
             Ok(t) => return Ok(t),
             Err(e) if path.exists() => return Err(e),
             Err(_) => {}
         }
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-            std::fs::create_dir_all(dir).map_err(|e| token_err(path, e))?;
+            std::fs::create_dir_all(dir).map_err(|e| token_err(path, TokenProblem::Folder(e)))?;
         }
         let mut raw = zeroize::Zeroizing::new([0u8; 32]);
-        getrandom::fill(raw.as_mut()).map_err(|e| token_err(path, e))?;
+        getrandom::fill(raw.as_mut()).map_err(|e| token_err(path, TokenProblem::Random(e)))?;
         let hex: zeroize::Zeroizing<String> =
             zeroize::Zeroizing::new(raw.iter().map(|b| format!("{b:02x}")).collect());
         let line = zeroize::Zeroizing::new(format!("{}\n", hex.as_str()));
         aegis_ota::write_private(path, line.as_bytes())
-            .map_err(|(_, reason)| token_err(path, reason))?;
+            .map_err(|(_, reason)| token_err(path, TokenProblem::File(reason)))?;
         Ok(LocalToken {
             secret: hex,
             path: path.to_path_buf(),
@@ -69,13 +113,14 @@ impl LocalToken {
 
     /// Reads an existing token with the secret-key file checks (one descriptor, no link,
     /// owned by this user, no group or other access).
-    pub fn read(path: &Path) -> anyhow::Result<LocalToken> {
-        let bytes = aegis_ota::read_private(path).map_err(|(_, reason)| token_err(path, reason))?;
+    pub fn read(path: &Path) -> Result<LocalToken, TokenError> {
+        let bytes = aegis_ota::read_private(path)
+            .map_err(|(_, reason)| token_err(path, TokenProblem::File(reason)))?;
         let t = std::str::from_utf8(&bytes)
-            .map_err(|_| token_err(path, "not UTF-8 text"))?
+            .map_err(|_| token_err(path, TokenProblem::NotText))?
             .trim();
         if t.len() < 32 || !t.bytes().all(|b| b.is_ascii_hexdigit()) {
-            return Err(token_err(path, "not a token (64 hex digits expected)"));
+            return Err(token_err(path, TokenProblem::NotAToken));
         }
         Ok(LocalToken {
             secret: zeroize::Zeroizing::new(t.to_string()),
@@ -132,10 +177,10 @@ pub fn router(state: ServerState) -> Router {
 }
 
 /// Binds `addr`, naming it in the error (a busy port is the usual cause).
-pub async fn bind(addr: SocketAddr) -> anyhow::Result<tokio::net::TcpListener> {
+pub async fn bind(addr: SocketAddr) -> Result<tokio::net::TcpListener, BindError> {
     tokio::net::TcpListener::bind(addr)
         .await
-        .map_err(|e| anyhow::anyhow!("cannot listen on {addr}: {e} (set web.listen or --listen)"))
+        .map_err(|source| BindError { addr, source })
 }
 
 fn json(code: StatusCode, v: serde_json::Value) -> Response {

@@ -38,7 +38,7 @@ use serde::Serialize;
 
 use crate::inference::Inference;
 use crate::metrics::Metrics;
-use crate::pipeline::{Pipeline, RunOptions};
+use crate::pipeline::{Pipeline, PipelineError, RunOptions, StageHealth};
 use crate::store::{Record, StoreHandle, now_us};
 
 /// Unsigned rejection notices are sent at most this often.
@@ -77,11 +77,66 @@ impl Starter {
         &self,
         cfg: &PipelineConfig,
         inference: Arc<Inference>,
-    ) -> anyhow::Result<Pipeline> {
+    ) -> Result<Pipeline, PipelineError> {
         let mut opts = self.opts.clone();
         opts.inference = Some(inference);
-        Ok(Pipeline::start(cfg, self.metrics.clone(), &opts)?)
+        Pipeline::start(cfg, self.metrics.clone(), &opts)
     }
+}
+
+/// Why a pipeline did not start on its worker thread (the receipt's reason after `start: `).
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// The pipeline refused to start.
+    #[error(transparent)]
+    Pipeline(#[from] PipelineError),
+    /// The thread starting it panicked.
+    #[error("{0}")]
+    Panicked(tokio::task::JoinError),
+}
+
+/// Why a new pipeline failed its health check (the receipt's reason after `health: `).
+#[derive(Debug, thiserror::Error)]
+pub enum HealthError {
+    /// A stream ended before its new chain was judged (its input did not end).
+    #[error("stream {stream} stopped")]
+    Stopped {
+        /// The stream's id.
+        stream: String,
+    },
+    /// A stream's new stages failed on more frames than `health.max_error_ratio` allows.
+    #[error(
+        "stream {stream}: stages failed on {failed} of {frames} frames (at most {allowed} of \
+         {need} allowed); last error: {last_error}"
+    )]
+    TooManyFailures {
+        /// The stream's id.
+        stream: String,
+        /// Frames on which a stage failed.
+        failed: u64,
+        /// Frames processed by the new chain.
+        frames: u64,
+        /// Failures allowed in `need` frames.
+        allowed: u64,
+        /// `health.frames`.
+        need: u64,
+        /// The last stage error (`?` when none was kept).
+        last_error: String,
+    },
+    /// At the end of the window, a stream's failure ratio is above `health.max_error_ratio`.
+    #[error(
+        "stream {stream}: stages failed on {failed} of {frames} frames; last error: {last_error}"
+    )]
+    FailedInWindow {
+        /// The stream's id.
+        stream: String,
+        /// Frames on which a stage failed.
+        failed: u64,
+        /// Frames processed.
+        frames: u64,
+        /// The last stage error (`?` when none was kept).
+        last_error: String,
+    },
 }
 
 /// The verdict of a reply: a signed verdict (the receipt says the same), or one that no
@@ -404,6 +459,11 @@ pub struct Applier {
 
 fn ms(t: Instant) -> f64 {
     t.elapsed().as_secs_f64() * 1e3
+}
+
+/// A stream's last stage error as a health failure quotes it (`?` when none was kept).
+fn last_error(s: &StageHealth) -> String {
+    s.last_error.as_deref().unwrap_or("?").to_string()
 }
 
 /// Where a message came from.
@@ -999,15 +1059,15 @@ impl Applier {
         } else {
             match self.rebuild(pipeline, new_cfg, new_inf.clone()).await {
                 Ok(p) => pipeline = p,
-                Err((old, e)) => {
+                Err(e) => {
                     let _ = self.workflows.rollback();
                     let outcome = Outcome {
                         verdict: Verdict::RolledBack,
-                        reason: format!("start: {}", crate::error_text(&e)),
+                        reason: format!("start: {}", crate::causes_text(&e)),
                         mode,
                         apply_ms: ms(t0),
                     };
-                    return (self.restore(old, &old_cfg).await, outcome);
+                    return (self.restore(None, &old_cfg).await, outcome);
                 }
             }
             targets = vec![0; pipeline.stage_health().len()];
@@ -1059,14 +1119,13 @@ impl Applier {
         old: Pipeline,
         cfg: &PipelineConfig,
         inference: Arc<Inference>,
-    ) -> Result<Pipeline, (Option<Pipeline>, anyhow::Error)> {
+    ) -> Result<Pipeline, StartError> {
         old.stop();
         let _ = tokio::task::spawn_blocking(move || old.wait()).await;
         let (starter, cfg) = (self.starter.clone(), cfg.clone());
         match tokio::task::spawn_blocking(move || starter.start(&cfg, inference)).await {
-            Ok(Ok(p)) => Ok(p),
-            Ok(Err(e)) => Err((None, e)),
-            Err(e) => Err((None, anyhow::anyhow!("{e}"))),
+            Ok(started) => Ok(started?),
+            Err(e) => Err(StartError::Panicked(e)),
         }
     }
 
@@ -1095,7 +1154,7 @@ impl Applier {
     /// The health check: every stream's new chain (generation `targets[i]`) must process
     /// `health.frames` frames (or the window ends) with stage failures at most
     /// `max_error_ratio` of them, and no stream may die.
-    async fn judge(&self, pipeline: &Pipeline, targets: &[u64]) -> Result<(), String> {
+    async fn judge(&self, pipeline: &Pipeline, targets: &[u64]) -> Result<(), HealthError> {
         let h = &self.health;
         let deadline = Instant::now() + Duration::from_secs_f64(h.window_s);
         let need = u64::from(h.frames);
@@ -1109,7 +1168,9 @@ impl Applier {
                         // The input ended (a file): nothing more to judge on.
                         continue;
                     }
-                    return Err(format!("stream {} stopped", s.stream));
+                    return Err(HealthError::Stopped {
+                        stream: s.stream.clone(),
+                    });
                 }
                 if !current {
                     done = false;
@@ -1117,13 +1178,14 @@ impl Applier {
                 }
                 let allowed = (h.max_error_ratio * need as f64).floor() as u64;
                 if s.failed_frames > allowed {
-                    return Err(format!(
-                        "stream {}: stages failed on {} of {} frames (at most {allowed} of {need} allowed); last error: {}",
-                        s.stream,
-                        s.failed_frames,
-                        s.frames,
-                        s.last_error.as_deref().unwrap_or("?")
-                    ));
+                    return Err(HealthError::TooManyFailures {
+                        stream: s.stream.clone(),
+                        failed: s.failed_frames,
+                        frames: s.frames,
+                        allowed,
+                        need,
+                        last_error: last_error(s),
+                    });
                 }
                 if s.frames < need && !s.ended {
                     done = false;
@@ -1136,13 +1198,12 @@ impl Applier {
                 for s in &health {
                     if s.frames > 0 && s.failed_frames as f64 > h.max_error_ratio * s.frames as f64
                     {
-                        return Err(format!(
-                            "stream {}: stages failed on {} of {} frames; last error: {}",
-                            s.stream,
-                            s.failed_frames,
-                            s.frames,
-                            s.last_error.as_deref().unwrap_or("?")
-                        ));
+                        return Err(HealthError::FailedInWindow {
+                            stream: s.stream.clone(),
+                            failed: s.failed_frames,
+                            frames: s.frames,
+                            last_error: last_error(s),
+                        });
                     }
                 }
                 return Ok(());
