@@ -11,6 +11,17 @@ use aegis_hal::stage::Stage;
 use aegis_models::engine::{EngineSettings, Provider};
 use aegis_models::registry::{BatchSettings, ModelSpec, Registry};
 
+/// Why a pipeline's models did not load.
+#[derive(Debug, thiserror::Error)]
+pub enum InferenceError {
+    /// A stage names a model the `inference` section does not define.
+    #[error("no model {0:?} in inference.models")]
+    NotConfigured(String),
+    /// The registry refused a model (file, checksum, shape, engine).
+    #[error(transparent)]
+    Registry(#[from] aegis_models::registry::RegistryError),
+}
+
 /// The loaded models of a pipeline.
 pub struct Inference {
     registry: Registry,
@@ -69,7 +80,7 @@ impl Inference {
         inf: &InferenceConfig,
         pipeline: &PipelineConfig,
         cuda_device: u32,
-    ) -> anyhow::Result<Arc<Inference>> {
+    ) -> Result<Arc<Inference>, InferenceError> {
         Self::load_reusing(inf, pipeline, cuda_device, &Inference::none())
     }
 
@@ -79,14 +90,14 @@ impl Inference {
         pipeline: &PipelineConfig,
         cuda_device: u32,
         loaded: &Inference,
-    ) -> anyhow::Result<Arc<Inference>> {
+    ) -> Result<Arc<Inference>, InferenceError> {
         let mut specs = Vec::new();
         for name in used_models(&pipeline.stages) {
             let m = inf
                 .models
                 .iter()
                 .find(|m| m.name == name)
-                .ok_or_else(|| anyhow::anyhow!("no model {name:?} in inference.models"))?;
+                .ok_or_else(|| InferenceError::NotConfigured(name.to_string()))?;
             specs.push(ModelSpec {
                 name: m.name.clone(),
                 version: m.version,

@@ -11,7 +11,7 @@ use crate::rng::XorShift;
 
 // Kept here for the callers that name them through this module (models' stages and tests,
 // the agent's inference wiring); new code uses `crate::image`.
-pub use crate::image::{ImageError, RgbImage, load_png};
+use crate::image::RgbImage;
 
 /// One object's box in one frame, in frame pixels (clipped to the frame).
 #[derive(Debug, Clone, PartialEq)]

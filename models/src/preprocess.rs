@@ -34,14 +34,15 @@ pub enum PreprocessError {
 
 /// BT.601 limited-range YCbCr (what H.264 cameras send) → RGB in 0..=1.
 fn rgb(y: u8, u: u8, v: u8) -> [f32; 3] {
+    use aegis_bt601::float::{BU, C_SCALE, C_ZERO, GU, GV, RV, Y_MIN, Y_SCALE};
     let (y, u, v) = (
-        (y as f32 - 16.0) * (255.0 / 219.0),
-        (u as f32 - 128.0) * (255.0 / 224.0),
-        (v as f32 - 128.0) * (255.0 / 224.0),
+        (y as f32 - Y_MIN) * Y_SCALE,
+        (u as f32 - C_ZERO) * C_SCALE,
+        (v as f32 - C_ZERO) * C_SCALE,
     );
-    let r = y + 1.402 * v;
-    let g = y - 0.344_136 * u - 0.714_136 * v;
-    let b = y + 1.772 * u;
+    let r = y + RV * v;
+    let g = y - GU * u - GV * v;
+    let b = y + BU * u;
     [r, g, b].map(|c| (c / 255.0).clamp(0.0, 1.0))
 }
 

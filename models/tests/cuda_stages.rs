@@ -11,9 +11,9 @@ use std::sync::Arc;
 
 use aegis_hal::Frame;
 use aegis_hal::analytics::ModerationAction;
+use aegis_hal::image::{RgbImage, load_png};
 use aegis_hal::source::{FileSource, FileSourceSettings, VideoSource};
 use aegis_hal::stage::{Stage, StageOutcome};
-use aegis_hal::synth::{RgbImage, load_png};
 use aegis_hal::{PixelFormat, StreamId};
 use aegis_models::engine::EngineSettings;
 use aegis_models::registry::{BatchSettings, LoadedModel, ModelKind, ModelSpec, load};

@@ -15,7 +15,7 @@ use std::process::Command;
 use std::sync::OnceLock;
 
 use aegis_hal::frame::FrameLayout;
-use aegis_hal::synth::load_png;
+use aegis_hal::image::load_png;
 use aegis_hal::{PixelFormat, SurfacePool};
 use aegis_models::engine::{InferenceEngine, OrtSession};
 use aegis_models::preprocess::{ChannelOrder, Fit, InputSpec, planar};

@@ -9,8 +9,8 @@ use std::sync::Arc;
 
 use aegis_hal::analytics::{ModerationAction, ObjectSource};
 use aegis_hal::frame::FrameLayout;
+use aegis_hal::image::{RgbImage, load_png};
 use aegis_hal::stage::{Stage, StageOutcome};
-use aegis_hal::synth::{RgbImage, load_png};
 use aegis_hal::{Frame, PixelFormat, SurfacePool};
 use aegis_models::engine::EngineSettings;
 use aegis_models::registry::{BatchSettings, LoadedModel, ModelKind, ModelSpec, load};

@@ -287,7 +287,7 @@ pub async fn run(
         signals.next().await;
     }
     let final_metrics = if req.scrape_metrics {
-        http_get(listen, "/metrics").await.ok()
+        crate::http::get_text(listen, "/metrics").await.ok()
     } else {
         None
     };
@@ -317,23 +317,4 @@ pub async fn run(
         final_metrics,
         store: Some(counters),
     })
-}
-
-/// A minimal HTTP/1.0 GET over loopback, returning the body.
-pub async fn http_get(addr: SocketAddr, path: &str) -> anyhow::Result<String> {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut s = tokio::net::TcpStream::connect(addr).await?;
-    s.write_all(format!("GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n").as_bytes())
-        .await?;
-    let mut buf = Vec::new();
-    s.read_to_end(&mut buf).await?;
-    let text = String::from_utf8_lossy(&buf);
-    let (head, body) = text
-        .split_once("\r\n\r\n")
-        .ok_or_else(|| anyhow::anyhow!("malformed HTTP response from {addr}"))?;
-    anyhow::ensure!(
-        head.starts_with("HTTP/1.") && head.contains(" 200 "),
-        "GET {path}: {head}"
-    );
-    Ok(body.to_string())
 }

@@ -19,20 +19,17 @@ const W: usize = 1920;
 const H: usize = 1080;
 const S: usize = 256;
 
-struct Rng(u64);
+struct Rng(aegis_hal::rng::XorShift);
 impl Rng {
     fn next(&mut self) -> u8 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        (self.0 >> 24) as u8
+        (self.0.next_u64() >> 24) as u8
     }
 }
 
 /// A frame with gradients, edges and noise (every code path of the kernels sees varied data).
 fn pattern(pool: &SurfacePool, seed: u64) -> Frame {
     let mut f = Frame::from_pool(pool, StreamId::new("golden"), 0, 0, 0).expect("pool frame");
-    let mut r = Rng(seed);
+    let mut r = Rng(aegis_hal::rng::XorShift(seed));
     let [y, uv, _] = f.planes_mut();
     for row in 0..H {
         for x in 0..W {
@@ -93,7 +90,7 @@ pub fn write(out: &Path) -> anyhow::Result<()> {
             .collect::<Vec<u8>>(),
     )?;
     // Mask: a soft blob with hard 0/255 regions and noise.
-    let mut r = Rng(3);
+    let mut r = Rng(aegis_hal::rng::XorShift(3));
     let mask: Vec<u8> = (0..S * S)
         .map(|i| {
             let (x, y) = ((i % S) as f64 - 128.0, (i / S) as f64 - 140.0);
@@ -138,7 +135,7 @@ pub fn write(out: &Path) -> anyhow::Result<()> {
     blur_rect(&mut blurred, rect, factor, &mut small);
     std::fs::write(out.join("blur.nv12"), packed(&blurred))?;
     // RGB → NV12.
-    let mut r = Rng(4);
+    let mut r = Rng(aegis_hal::rng::XorShift(4));
     let rgb: Vec<u8> = (0..W * H * 3)
         .map(|i| {
             if i % 7 == 0 {

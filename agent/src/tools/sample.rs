@@ -10,8 +10,9 @@ use std::path::{Path, PathBuf};
 
 use aegis_hal::codec::EncoderSettings;
 use aegis_hal::frame::{FrameLayout, PixelFormat};
+use aegis_hal::image::load_png;
 use aegis_hal::record::ClipWriter;
-use aegis_hal::synth::{SyntheticScene, load_png};
+use aegis_hal::synth::SyntheticScene;
 use aegis_hal::{Frame, StreamId, SurfacePool};
 use anyhow::Context;
 

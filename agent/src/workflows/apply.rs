@@ -68,7 +68,11 @@ pub struct Starter {
 
 impl Starter {
     /// Loads the models `cfg` needs, sharing those `loaded` has.
-    pub fn load(&self, cfg: &PipelineConfig, loaded: &Inference) -> anyhow::Result<Arc<Inference>> {
+    pub fn load(
+        &self,
+        cfg: &PipelineConfig,
+        loaded: &Inference,
+    ) -> Result<Arc<Inference>, crate::inference::InferenceError> {
         Inference::load_reusing(&self.inference, cfg, self.cuda_device, loaded)
     }
 
@@ -987,7 +991,7 @@ impl Applier {
         let inference = match loaded {
             Ok(Ok(i)) => i,
             Ok(Err(e)) => {
-                tracing::error!(error = %crate::error_text(&e), "models for the allowed pipeline do not load");
+                tracing::error!(error = %crate::causes_text(&e), "models for the allowed pipeline do not load");
                 return Err(pipeline);
             }
             Err(e) => {
@@ -1030,7 +1034,7 @@ impl Applier {
                     let _ = self.workflows.consume_sequence(v);
                     return (
                         pipeline,
-                        rejected(format!("models: {}", crate::error_text(&e)), t0),
+                        rejected(format!("models: {}", crate::causes_text(&e)), t0),
                     );
                 }
                 Err(e) => return (pipeline, rejected(format!("models: {e}"), t0)),

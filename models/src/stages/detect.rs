@@ -296,8 +296,8 @@ mod tests {
     use std::sync::Arc;
 
     use aegis_hal::frame::FrameLayout;
+    use aegis_hal::image::{RgbImage, load_png};
     use aegis_hal::pixel::{Matrix, Plane, rgb24_to_i420};
-    use aegis_hal::synth::{RgbImage, load_png};
     use aegis_hal::{PixelFormat, StreamId, SurfacePool};
 
     use super::*;

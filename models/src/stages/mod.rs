@@ -49,7 +49,7 @@ pub enum BuildError {
     BadColour(String),
     /// The background picture cannot be read.
     #[error("background image: {0}")]
-    BackgroundImage(#[source] aegis_hal::synth::ImageError),
+    BackgroundImage(#[source] aegis_hal::image::ImageError),
 }
 
 fn known_classes(known: &Option<Vec<&'static str>>) -> String {

@@ -4,9 +4,9 @@
 use std::sync::Arc;
 
 use aegis_cuda::{CudaSlice, DeviceNv12};
+use aegis_hal::image::RgbImage;
 use aegis_hal::pixel::{Matrix, Plane, PlaneMut, rgb24_to_i420, scale_i420, scale_plane};
 use aegis_hal::stage::{Stage, StageError, StageOutcome};
-use aegis_hal::synth::RgbImage;
 use aegis_hal::{Frame, PixelFormat};
 
 use super::pixels::{BgPlanes, composite, rgb_to_yuv};
@@ -85,7 +85,7 @@ impl BuildStage for aegis_config::VirtualBackgroundStage {
     fn build(&self, models: &Registry) -> Result<Box<dyn Stage>, BuildError> {
         let background = if let Some(path) = &self.image {
             Background::Image(Arc::new(
-                aegis_hal::synth::load_png(path).map_err(BuildError::BackgroundImage)?,
+                aegis_hal::image::load_png(path).map_err(BuildError::BackgroundImage)?,
             ))
         } else if let Some(c) = &self.colour {
             Background::Colour(

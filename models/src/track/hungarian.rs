@@ -121,13 +121,8 @@ mod tests {
 
     #[test]
     fn matches_brute_force_on_random_matrices() {
-        let mut seed = 0x9e37_79b9_7f4a_7c15u64;
-        let mut rnd = || {
-            seed ^= seed << 13;
-            seed ^= seed >> 7;
-            seed ^= seed << 17;
-            (seed >> 11) as f64 / (1u64 << 53) as f64
-        };
+        let mut rng = aegis_hal::rng::XorShift(0x9e37_79b9_7f4a_7c15);
+        let mut rnd = || rng.next_f64();
         for rows in 1..=5 {
             for cols in 1..=5 {
                 for _ in 0..20 {

@@ -3,19 +3,16 @@
 
 use super::*;
 
-struct Rng(u64);
+struct Rng(aegis_hal::rng::XorShift);
 impl Rng {
     fn f(&mut self) -> f64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        (self.0 >> 11) as f64 / (1u64 << 53) as f64
+        self.0.next_f64()
     }
 }
 
 /// Ground truth: `n` boxes moving with constant velocity, bouncing in a 1280×720 frame.
 fn truth(frames: usize, n: usize, seed: u64) -> Vec<Vec<(u64, BoxXywh)>> {
-    let mut rng = Rng(seed);
+    let mut rng = Rng(aegis_hal::rng::XorShift(seed));
     let mut objs: Vec<(BoxXywh, f64, f64)> = (0..n)
         .map(|_| {
             let w = 40.0 + 60.0 * rng.f();
@@ -107,7 +104,7 @@ fn clean_detections_give_one_stable_id_per_object() {
 #[test]
 fn noise_misses_false_alarms_and_weak_scores_are_survived() {
     let gt = truth(400, 6, 99);
-    let mut rng = Rng(12345);
+    let mut rng = Rng(aegis_hal::rng::XorShift(12345));
     let mut tr = Tracker::new(TrackerConfig::default());
     let mut out = Vec::new();
     for (f, g) in gt.iter().enumerate() {
@@ -386,7 +383,7 @@ fn backfill_keeps_the_last_min_hits_tentative_frames() {
 #[test]
 fn backfilled_rows_on_noisy_detections_are_rows_of_tracks_that_were_confirmed() {
     let gt = truth(400, 6, 99);
-    let mut rng = Rng(777);
+    let mut rng = Rng(aegis_hal::rng::XorShift(777));
     let mut text = String::new();
     for (f, g) in gt.iter().enumerate() {
         for (_, b) in g {

@@ -5,8 +5,8 @@
 
 use std::path::PathBuf;
 
+use aegis_hal::image::RgbImage;
 use aegis_hal::pixel::{Matrix, Plane, rgb24_to_i420};
-use aegis_hal::synth::RgbImage;
 use aegis_hal::{Frame, StreamId, SurfacePool};
 
 /// The repository root.
