@@ -168,18 +168,71 @@ pub struct Workflows {
     models: Vec<(String, u32, Option<String>)>,
 }
 
-fn ctx<T, E: std::fmt::Display>(
+/// Why the workflow state could not be read, written or changed.
+#[derive(Debug, thiserror::Error)]
+pub enum StateError {
+    /// A file of the state, or one the configuration names (keys, trust), cannot be used;
+    /// `what` names it.
+    #[error("{what}: {source}")]
+    File {
+        /// The file (and, where it helps, what to do about it).
+        what: String,
+        /// The cause.
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+    /// Offered trust metadata is older than the newest version this device has held.
+    #[error(
+        "trust metadata version {offered} is older than version {held}, the newest \
+         this device has held (rollback refused)"
+    )]
+    TrustRollback {
+        /// The version offered.
+        offered: u64,
+        /// The newest version held.
+        held: u64,
+    },
+    /// Offered trust metadata does not verify.
+    #[error(transparent)]
+    Trust(#[from] TrustError),
+    /// A receipt could not be signed.
+    #[error("signing a receipt: {0}")]
+    Sign(#[from] crate::sign::SignError),
+}
+
+/// Why a stored workflow no longer passes its checks (it stops; the reason goes into its
+/// `revoked` receipt).
+#[derive(Debug, thiserror::Error)]
+pub enum RecheckError {
+    /// Trust is lost: nothing can be checked.
+    #[error("trust: {0}")]
+    TrustLost(String),
+    /// The stored document cannot be read.
+    #[error("{0}")]
+    Read(#[from] std::io::Error),
+    /// The document fails a check now (a revoked issuer, a changed policy...).
+    #[error("{0}")]
+    Refused(Box<Refusal>),
+    /// The stored document is not the one the entry names.
+    #[error("the stored document does not match its digest")]
+    DigestMismatch,
+}
+
+fn ctx<T, E: std::error::Error + Send + Sync + 'static>(
     r: Result<T, E>,
     what: impl std::fmt::Display,
-) -> anyhow::Result<T> {
-    r.map_err(|e| anyhow::anyhow!("{what}: {e}"))
+) -> Result<T, StateError> {
+    r.map_err(|e| StateError::File {
+        what: what.to_string(),
+        source: Box::new(e),
+    })
 }
 
 impl Workflows {
     /// Opens the workflow side of `cfg`: keys, trust metadata (the provisioned file, or the
     /// newer one kept in the state directory), policy and state. An interrupted trial is
     /// rolled back here, and state written by an older agent learns its trust anchor.
-    pub fn open(cfg: &AgentConfig) -> anyhow::Result<Workflows> {
+    pub fn open(cfg: &AgentConfig) -> Result<Workflows, StateError> {
         let mut me = Self::load(cfg)?;
         let mut learnt = false;
         if let Some(lost) = &me.trust_lost {
@@ -247,7 +300,7 @@ impl Workflows {
 
     /// What the device holds, without changing anything (`aegis workflow status`): the
     /// state, the trust version, and whether the active workflow passes its checks now.
-    pub fn inspect(cfg: &AgentConfig) -> anyhow::Result<serde_json::Value> {
+    pub fn inspect(cfg: &AgentConfig) -> Result<serde_json::Value, StateError> {
         let me = Self::load(cfg)?;
         let active_check = me.state.active.as_ref().map(|a| me.recheck(a).map(|_| ()));
         let mut v = serde_json::json!({
@@ -255,13 +308,13 @@ impl Workflows {
             "trust_version": me.trust.version,
             "device_key": me.sign_key.public().id(),
             "active_verifies": active_check.as_ref().map(|r| r.is_ok()),
-            "active_error": active_check.and_then(|r| r.err()),
+            "active_error": active_check.and_then(|r| r.err()).map(|e| e.to_string()),
         });
         v["trust"] = me.trust_status();
         Ok(v)
     }
 
-    fn load(cfg: &AgentConfig) -> anyhow::Result<Workflows> {
+    fn load(cfg: &AgentConfig) -> Result<Workflows, StateError> {
         let w = &cfg.workflows;
         let dir = w.state_dir.clone();
         ctx(crate::fsutil::private_dir(&dir), dir.display())?;
@@ -279,7 +332,7 @@ impl Workflows {
                     format!("workflows.trust.roots: {}", p.display()),
                 )
             })
-            .collect::<anyhow::Result<Vec<_>>>()?;
+            .collect::<Result<Vec<_>, StateError>>()?;
         let provisioned = ctx(
             std::fs::read(&w.trust.metadata),
             format!("workflows.trust.metadata: {}", w.trust.metadata.display()),
@@ -301,7 +354,12 @@ impl Workflows {
                 ),
             )?,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => State::default(),
-            Err(e) => anyhow::bail!("{}: {e}", state_file.display()),
+            Err(e) => {
+                return Err(StateError::File {
+                    what: state_file.display().to_string(),
+                    source: Box::new(e),
+                });
+            }
         };
         let (trust, trust_lost) = choose_trust(&dir, provisioned, &state.replay);
         let sign_key = ctx(
@@ -395,10 +453,12 @@ impl Workflows {
         self.dir.join("docs").join(format!("{digest}.maml.md"))
     }
 
-    fn save(&self) -> anyhow::Result<()> {
+    fn save(&self) -> Result<(), StateError> {
         let path = self.dir.join("state.json");
         ctx(
-            crate::fsutil::write_atomic(&path, &serde_json::to_vec_pretty(&self.state)?),
+            serde_json::to_vec_pretty(&self.state)
+                .map_err(std::io::Error::other)
+                .and_then(|b| crate::fsutil::write_atomic(&path, &b)),
             path.display(),
         )
     }
@@ -408,11 +468,11 @@ impl Workflows {
     }
 
     /// The stored document of `entry`, checked again against the current trust and policy.
-    fn recheck(&self, entry: &Entry) -> Result<Verified, String> {
+    fn recheck(&self, entry: &Entry) -> Result<Verified, RecheckError> {
         if let Some(lost) = &self.trust_lost {
-            return Err(format!("trust: {lost}"));
+            return Err(RecheckError::TrustLost(lost.clone()));
         }
-        let doc = std::fs::read(self.doc_path(&entry.digest)).map_err(|e| e.to_string())?;
+        let doc = std::fs::read(self.doc_path(&entry.digest))?;
         let v = crate::device::recheck(
             &doc,
             &self.trust,
@@ -421,9 +481,9 @@ impl Workflows {
             &self.state.replay,
             &self.keys(),
         )
-        .map_err(|e| e.to_string())?;
+        .map_err(|e| RecheckError::Refused(Box::new(e)))?;
         if v.digest != entry.digest {
-            return Err("the stored document does not match its digest".into());
+            return Err(RecheckError::DigestMismatch);
         }
         Ok(v)
     }
@@ -433,7 +493,7 @@ impl Workflows {
     /// previous one is tried, then the local default (`None`); what stopped is returned so
     /// the caller can report it. While trust is lost nothing is checked or changed: the
     /// local default runs until trust is back.
-    pub fn active_pipeline(&mut self) -> anyhow::Result<(Option<Active>, Vec<Stopped>)> {
+    pub fn active_pipeline(&mut self) -> Result<(Option<Active>, Vec<Stopped>), StateError> {
         let mut stopped = Vec::new();
         if self.trust_lost.is_some() {
             return Ok((None, stopped));
@@ -452,7 +512,7 @@ impl Workflows {
                         "the active workflow no longer passes its checks; falling back");
                     stopped.push(Stopped {
                         entry: active,
-                        reason: e,
+                        reason: e.to_string(),
                     });
                 }
             }
@@ -509,7 +569,7 @@ impl Workflows {
 
     /// Makes `v` the active workflow on trial: its document is written, then `state.json`
     /// (the commit point) names it, with its sequence accepted.
-    pub fn begin(&mut self, doc: &[u8], v: &Verified) -> anyhow::Result<()> {
+    pub fn begin(&mut self, doc: &[u8], v: &Verified) -> Result<(), StateError> {
         let path = self.doc_path(&v.digest);
         ctx(crate::fsutil::write_atomic(&path, doc), path.display())?;
         let issued = crate::maml::parse_time(&v.document.front.issued_at);
@@ -535,7 +595,7 @@ impl Workflows {
 
     /// Records a refused but verified document's sequence, so that it cannot be replayed
     /// later (e.g. once a model it needs appears).
-    pub fn consume_sequence(&mut self, v: &Verified) -> anyhow::Result<()> {
+    pub fn consume_sequence(&mut self, v: &Verified) -> Result<(), StateError> {
         self.state.replay.accept(v);
         self.save()
     }
@@ -546,7 +606,7 @@ impl Workflows {
     }
 
     /// Remembers that `digest` was answered (persisted before the receipt goes out).
-    pub fn record_answer(&mut self, digest: &str) -> anyhow::Result<()> {
+    pub fn record_answer(&mut self, digest: &str) -> Result<(), StateError> {
         if self.answered(digest) {
             return Ok(());
         }
@@ -566,7 +626,7 @@ impl Workflows {
     /// clock is kept synchronised (NTP, chrony, timesyncd: the kernel's `STA_UNSYNC` is
     /// clear) not past that clock plus `max_clock_skew_s` either. GPS matters when the
     /// clock is *not* synchronised (a dead RTC, no network) and was set back.
-    pub fn raise_time_floor(&mut self, t: i64) -> anyhow::Result<bool> {
+    pub fn raise_time_floor(&mut self, t: i64) -> Result<bool, StateError> {
         let mut cap = crate::maml::parse_time(&self.trust.expires_at)
             .map_or(i64::MAX, |e| e.saturating_sub(1));
         if clock_synchronized() {
@@ -582,7 +642,7 @@ impl Workflows {
     }
 
     /// The trial passed: the active workflow is kept.
-    pub fn commit(&mut self) -> anyhow::Result<()> {
+    pub fn commit(&mut self) -> Result<(), StateError> {
         self.state.trial = false;
         self.save()?;
         self.prune();
@@ -590,7 +650,7 @@ impl Workflows {
     }
 
     /// The previous workflow (or the local default) becomes active again.
-    pub fn rollback(&mut self) -> anyhow::Result<()> {
+    pub fn rollback(&mut self) -> Result<(), StateError> {
         self.state.active = self.state.previous.take();
         self.state.replay.active_issued_s = self.state.active.as_ref().and_then(|e| e.issued_at_s);
         self.state.trial = false;
@@ -620,7 +680,7 @@ impl Workflows {
     /// of the roots of the highest version this device ever held, be newer than that version
     /// (or, while trust is lost, that version again), and not be expired. Kept in the state
     /// directory; the new version and its roots are recorded in `state.json`.
-    pub fn update_trust(&mut self, file: &[u8]) -> anyhow::Result<TrustUpdate> {
+    pub fn update_trust(&mut self, file: &[u8]) -> Result<TrustUpdate, StateError> {
         let (roots, threshold) = self.anchor()?;
         let held = self.state.replay.trust_version.max(self.trust.version);
         let floor = match self.trust_lost {
@@ -641,10 +701,7 @@ impl Workflows {
                 return Ok(TrustUpdate::Duplicate(offered));
             }
             Err(TrustError::Rollback { offered, .. }) => {
-                anyhow::bail!(
-                    "trust metadata version {offered} is older than version {held}, the newest \
-                     this device has held (rollback refused)"
-                )
+                return Err(StateError::TrustRollback { offered, held });
             }
             Err(e) => return Err(e.into()),
         };
@@ -665,7 +722,7 @@ impl Workflows {
     /// The roots (and threshold) a trust update must be signed by: those of the highest
     /// version held, as recorded in `state.json`; for state written by older agents, those
     /// of the metadata held (or the configured roots before any metadata).
-    fn anchor(&self) -> anyhow::Result<(Vec<PublicKey>, u32)> {
+    fn anchor(&self) -> Result<(Vec<PublicKey>, u32), StateError> {
         let r = &self.state.replay;
         if !r.trust_roots.is_empty() {
             return Ok((
@@ -689,7 +746,7 @@ impl Workflows {
     /// an [`Authenticated`] refusal (both made by the checks alone) can be named. Secrets
     /// are redacted from the reason; a sealed document's mirror covers its sections as
     /// transmitted (the ciphertext), never the opened cleartext.
-    pub fn receipt(&self, subject: Subject<'_>, o: &Outcome) -> anyhow::Result<String> {
+    pub fn receipt(&self, subject: Subject<'_>, o: &Outcome) -> Result<String, StateError> {
         let (doc, digest, mirror, sealed) = match subject {
             Subject::Verified(v) => (&v.document, &v.digest, v.mirror.clone(), v.sealed()),
             Subject::Authenticated(a) => (&a.document, &a.digest, a.mirror.clone(), a.sealed()),
@@ -720,7 +777,7 @@ impl Workflows {
     }
 
     /// The signed receipt for a workflow that stopped (`verdict: revoked`).
-    pub fn stopped_receipt(&self, s: &Stopped) -> anyhow::Result<String> {
+    pub fn stopped_receipt(&self, s: &Stopped) -> Result<String, StateError> {
         let r = Receipt {
             kind: "receipt".into(),
             device: self.me.id.clone(),
@@ -741,7 +798,7 @@ impl Workflows {
     /// The signed acknowledgement of installed trust metadata (`mode: trust`,
     /// `workflow_id: trust-metadata:vN`, the digest of the file's signed bytes): only for a
     /// file that verified against the device's roots.
-    pub fn trust_receipt(&self, version: u64, digest: &str) -> anyhow::Result<String> {
+    pub fn trust_receipt(&self, version: u64, digest: &str) -> Result<String, StateError> {
         let r = Receipt {
             kind: "receipt".into(),
             device: self.me.id.clone(),

@@ -2,7 +2,10 @@
 //! templates, sealing, signing, verification. Online ([`gateway`]): publishing over MQTT,
 //! receipt verification, fleet status and reconciliation.
 
+mod docs;
 mod gateway;
+mod keys;
+mod trust;
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -27,114 +30,25 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Make an ML-DSA-65 key pair: PREFIX.key (secret, 0600, never overwritten) and PREFIX.pub.
-    Keygen {
-        /// Path prefix of the two files.
-        #[arg(long)]
-        out: PathBuf,
-    },
+    Keygen(KeygenArgs),
     /// Write a valid, unsigned workflow template.
-    New {
-        /// Output file (`.maml.md`); never overwritten.
-        #[arg(long)]
-        out: PathBuf,
-        /// Issuer name (origin: chimera://ISSUER).
-        #[arg(long, default_value = "fleet-gw-1")]
-        issuer: String,
-        /// Target device ids.
-        #[arg(long, required_unless_present = "group")]
-        device: Vec<String>,
-        /// Target groups.
-        #[arg(long)]
-        group: Vec<String>,
-        /// Sequence number (strictly increasing per issuer key and target).
-        #[arg(long, default_value_t = 1)]
-        sequence: u64,
-        /// Validity in days from now.
-        #[arg(long, default_value_t = 7)]
-        days: u32,
-    },
+    New(NewArgs),
     /// Sign a workflow: appends the ```signature block (the signed bytes are the file as is,
     /// CRLF normalised to LF).
-    Sign {
-        /// The workflow.
-        file: PathBuf,
-        /// Secret key file.
-        #[arg(long)]
-        key: PathBuf,
-        /// Output (default: FILE with `.signed` before `.maml.md`).
-        #[arg(long)]
-        out: Option<PathBuf>,
-    },
+    Sign(SignArgs),
     /// Run the device-side checks that need no device state and print each: with
     /// `--trust-metadata` (and `--root`) the issuer, target, time, replay (fresh state) and
     /// default policy checks too.
-    Verify {
-        /// The signed workflow.
-        file: PathBuf,
-        /// Trusted issuer public key files (without trust metadata).
-        #[arg(long = "trust")]
-        trust: Vec<PathBuf>,
-        /// Signed trust metadata to check against (as the device would).
-        #[arg(long)]
-        trust_metadata: Option<PathBuf>,
-        /// Root public key files that must have signed the trust metadata.
-        #[arg(long)]
-        root: Vec<PathBuf>,
-        /// Valid signatures needed from the --root keys: the device's current threshold
-        /// (`workflows.trust.threshold`, or the root threshold of the metadata it holds).
-        /// Default: the threshold the metadata itself declares (`root.threshold`) — give the
-        /// device's own when checking a root rotation, as a stolen root key can write
-        /// metadata that declares threshold 1.
-        #[arg(long)]
-        threshold: Option<u32>,
-        /// The device to check for.
-        #[arg(long)]
-        device: Option<String>,
-        /// Its groups.
-        #[arg(long)]
-        group: Vec<String>,
-        /// ML-KEM secret key files to open a sealed document with (a device's or a group's).
-        #[arg(long)]
-        open: Vec<PathBuf>,
-    },
+    Verify(VerifyArgs),
     /// Make an ML-KEM-768 key pair for sealing: PREFIX.kem.key (0600) and PREFIX.kem.pub
     /// (devices: `aegis provision` makes theirs; groups: made here and sealed to members).
-    KemKeygen {
-        /// Path prefix.
-        #[arg(long)]
-        out: PathBuf,
-    },
+    KemKeygen(KemKeygenArgs),
     /// Make a group's sealing key and deliver it, sealed and signed, to every enrolled member
     /// (`aegis provision --group-key FILE --issuer GW.pub` installs it on a device).
-    GroupKey {
-        /// Group name.
-        #[arg(long)]
-        group: String,
-        /// The device registry.
-        #[arg(long, default_value = "devices.json")]
-        registry: PathBuf,
-        /// The gateway's signing key (deliveries are signed).
-        #[arg(long)]
-        key: PathBuf,
-        /// Where the group key and the deliveries go.
-        #[arg(long)]
-        out: PathBuf,
-    },
+    GroupKey(GroupKeyArgs),
     /// Seal a workflow's body for recipients (before signing): AES-256-GCM under a random
     /// content key, the key encapsulated with ML-KEM-768 for each recipient.
-    Seal {
-        /// The unsigned workflow.
-        file: PathBuf,
-        /// Recipients: ML-KEM public key files, or device/group names in the registry.
-        #[arg(long = "to", required = true)]
-        to: Vec<String>,
-        /// The device registry (`chimera enroll`).
-        #[arg(long, default_value = "devices.json")]
-        registry: PathBuf,
-        /// Output (default: FILE with `.sealed` before `.maml.md`).
-        #[arg(long)]
-        out: Option<PathBuf>,
-    },
+    Seal(SealArgs),
     /// Publish a signed workflow (retained, QoS 1) to a device or a group; `--canary N`
     /// sends it first to N% of the group's members, on their own topics.
     Publish {
@@ -185,21 +99,134 @@ enum Command {
         what: TrustCommand,
     },
     /// Record a device's public keys (and groups) in the gateway's device registry.
-    Enroll {
-        /// Device id.
-        device: String,
-        /// The device's ML-DSA public key file (from `aegis provision`).
-        pubkey: PathBuf,
-        /// Groups.
-        #[arg(long)]
-        group: Vec<String>,
-        /// The device's ML-KEM public key file (for `chimera seal --to DEVICE`).
-        #[arg(long)]
-        kem: Option<PathBuf>,
-        /// The registry file.
-        #[arg(long, default_value = "devices.json")]
-        registry: PathBuf,
-    },
+    Enroll(EnrollArgs),
+}
+
+#[derive(clap::Args, Debug)]
+pub(crate) struct NewArgs {
+    /// Output file (`.maml.md`); never overwritten.
+    #[arg(long)]
+    pub(crate) out: PathBuf,
+    /// Issuer name (origin: chimera://ISSUER).
+    #[arg(long, default_value = "fleet-gw-1")]
+    pub(crate) issuer: String,
+    /// Target device ids.
+    #[arg(long, required_unless_present = "group")]
+    pub(crate) device: Vec<String>,
+    /// Target groups.
+    #[arg(long)]
+    pub(crate) group: Vec<String>,
+    /// Sequence number (strictly increasing per issuer key and target).
+    #[arg(long, default_value_t = 1)]
+    pub(crate) sequence: u64,
+    /// Validity in days from now.
+    #[arg(long, default_value_t = 7)]
+    pub(crate) days: u32,
+}
+
+#[derive(clap::Args, Debug)]
+pub(crate) struct SignArgs {
+    /// The workflow.
+    pub(crate) file: PathBuf,
+    /// Secret key file.
+    #[arg(long)]
+    pub(crate) key: PathBuf,
+    /// Output (default: FILE with `.signed` before `.maml.md`).
+    #[arg(long)]
+    pub(crate) out: Option<PathBuf>,
+}
+
+#[derive(clap::Args, Debug)]
+pub(crate) struct SealArgs {
+    /// The unsigned workflow.
+    pub(crate) file: PathBuf,
+    /// Recipients: ML-KEM public key files, or device/group names in the registry.
+    #[arg(long = "to", required = true)]
+    pub(crate) to: Vec<String>,
+    /// The device registry (`chimera enroll`).
+    #[arg(long, default_value = "devices.json")]
+    pub(crate) registry: PathBuf,
+    /// Output (default: FILE with `.sealed` before `.maml.md`).
+    #[arg(long)]
+    pub(crate) out: Option<PathBuf>,
+}
+
+#[derive(clap::Args, Debug)]
+pub(crate) struct VerifyArgs {
+    /// The signed workflow.
+    pub(crate) file: PathBuf,
+    /// Trusted issuer public key files (without trust metadata).
+    #[arg(long = "trust")]
+    pub(crate) trust: Vec<PathBuf>,
+    /// Signed trust metadata to check against (as the device would).
+    #[arg(long)]
+    pub(crate) trust_metadata: Option<PathBuf>,
+    /// Root public key files that must have signed the trust metadata.
+    #[arg(long)]
+    pub(crate) root: Vec<PathBuf>,
+    /// Valid signatures needed from the --root keys: the device's current threshold
+    /// (`workflows.trust.threshold`, or the root threshold of the metadata it holds).
+    /// Default: the threshold the metadata itself declares (`root.threshold`) — give the
+    /// device's own when checking a root rotation, as a stolen root key can write
+    /// metadata that declares threshold 1.
+    #[arg(long)]
+    pub(crate) threshold: Option<u32>,
+    /// The device to check for.
+    #[arg(long)]
+    pub(crate) device: Option<String>,
+    /// Its groups.
+    #[arg(long)]
+    pub(crate) group: Vec<String>,
+    /// ML-KEM secret key files to open a sealed document with (a device's or a group's).
+    #[arg(long)]
+    pub(crate) open: Vec<PathBuf>,
+}
+
+#[derive(clap::Args, Debug)]
+pub(crate) struct GroupKeyArgs {
+    /// Group name.
+    #[arg(long)]
+    pub(crate) group: String,
+    /// The device registry.
+    #[arg(long, default_value = "devices.json")]
+    pub(crate) registry: PathBuf,
+    /// The gateway's signing key (deliveries are signed).
+    #[arg(long)]
+    pub(crate) key: PathBuf,
+    /// Where the group key and the deliveries go.
+    #[arg(long)]
+    pub(crate) out: PathBuf,
+}
+
+#[derive(clap::Args, Debug)]
+pub(crate) struct KemKeygenArgs {
+    /// Path prefix.
+    #[arg(long)]
+    pub(crate) out: PathBuf,
+}
+
+#[derive(clap::Args, Debug)]
+pub(crate) struct KeygenArgs {
+    /// Path prefix of the two files.
+    #[arg(long)]
+    pub(crate) out: PathBuf,
+}
+
+#[derive(clap::Args, Debug)]
+pub(crate) struct EnrollArgs {
+    /// Device id.
+    pub(crate) device: String,
+    /// The device's ML-DSA public key file (from `aegis provision`).
+    pub(crate) pubkey: PathBuf,
+    /// Groups.
+    #[arg(long)]
+    pub(crate) group: Vec<String>,
+    /// The device's ML-KEM public key file (for `chimera seal --to DEVICE`).
+    #[arg(long)]
+    pub(crate) kem: Option<PathBuf>,
+    /// The registry file.
+    #[arg(long, default_value = "devices.json")]
+    pub(crate) registry: PathBuf,
 }
 
 /// Where the gateway talks and keeps its records.
@@ -426,69 +453,9 @@ fn root_signers(file: &[u8], roots: &[PublicKey]) -> usize {
 
 fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
-        Command::Keygen { out } => {
-            let key = SecretKey::generate()?;
-            let secret = out.with_extension("key");
-            let public = out.with_extension("pub");
-            key.write(&secret)?;
-            key.public().write(&public)?;
-            println!(
-                "{} (secret, 0600)\n{} (public)\nkey id {}",
-                secret.display(),
-                public.display(),
-                key.public().id()
-            );
-        }
-        Command::New {
-            out,
-            issuer,
-            device,
-            group,
-            sequence,
-            days,
-        } => {
-            let (id, issued, expires) = (uuid_v4()?, now_rfc3339(0), now_rfc3339(i64::from(days)));
-            let devices: Vec<&str> = device.iter().map(String::as_str).collect();
-            let groups: Vec<&str> = group.iter().map(String::as_str).collect();
-            let draft = maml::Draft {
-                id: &id,
-                issuer: &issuer,
-                devices: &devices,
-                groups: &groups,
-                sequence,
-                issued_at: &issued,
-                expires_at: &expires,
-            };
-            let text = maml::workflow_text(&draft, maml::TEMPLATE_PIPELINE);
-            use std::io::Write;
-            let mut f = std::fs::OpenOptions::new()
-                .write(true)
-                .create_new(true)
-                .open(&out)
-                .map_err(|e| anyhow::anyhow!("cannot create {}: {e}", out.display()))?;
-            f.write_all(text.as_bytes())
-                .map_err(|e| anyhow::anyhow!("cannot write {}: {e}", out.display()))?;
-            println!("{}", out.display());
-        }
-        Command::Sign { file, key, out } => {
-            let key = SecretKey::read(&key)?;
-            let doc = read_file(&file)?;
-            if maml::split_signed(&doc).is_ok() {
-                anyhow::bail!("{} is already signed", file.display());
-            }
-            let mut out_bytes = maml::normalise(&doc);
-            // The signature block starts on a line of its own.
-            if !out_bytes.ends_with(b"\n") {
-                out_bytes.push(b'\n');
-            }
-            // Sign only what parses: a gateway must not sign a document devices will refuse.
-            maml::parse(&out_bytes).map_err(|e| anyhow::anyhow!("{}: {e}", file.display()))?;
-            let block = key.sign_block(&out_bytes, Purpose::Workflow)?;
-            out_bytes.extend_from_slice(block.render().as_bytes());
-            let out = out.unwrap_or_else(|| derived_name(&file, "signed"));
-            write_file(&out, out_bytes)?;
-            println!("{} signed by {}", out.display(), key.public().id());
-        }
+        Command::Keygen(args) => keys::keygen(args)?,
+        Command::New(args) => docs::new(args)?,
+        Command::Sign(args) => docs::sign(args)?,
         Command::Bench { runs } => bench(runs.max(2))?,
         Command::Publish {
             file,
@@ -518,366 +485,13 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 std::time::Duration::from_secs_f64(wait.max(0.1)),
             )?,
         },
-        Command::GroupKey {
-            group,
-            registry,
-            key,
-            out,
-        } => {
-            let signer = SecretKey::read(&key)?;
-            let mut reg: serde_json::Map<String, serde_json::Value> =
-                serde_json::from_slice(&read_file(&registry)?)
-                    .map_err(|e| anyhow::anyhow!("{}: {e}", registry.display()))?;
-            create_dir(&out)?;
-            // A rerun rotates the key: members are whoever is enrolled in the group now (a
-            // device re-enrolled without the group is left out), and `seal --to GROUP`
-            // uses only the new key from then on.
-            let gk = SealSecret::generate()?;
-            let stem = aegis_ota::seal::group_key_stem(&group, gk.public());
-            gk.write(&out.join(format!("{stem}{SECRET_KEY_SUFFIX}")))?;
-            gk.public()
-                .write(&out.join(format!("{stem}{PUBLIC_KEY_SUFFIX}")))?;
-            let members: Vec<(String, String)> = reg
-                .iter()
-                .filter(|(_, e)| {
-                    e["groups"]
-                        .as_array()
-                        .is_some_and(|g| g.iter().any(|x| x == group.as_str()))
-                })
-                .filter_map(|(d, e)| Some((d.clone(), e["kem_key"].as_str()?.to_string())))
-                .collect();
-            anyhow::ensure!(
-                !members.is_empty(),
-                "no enrolled device with an ML-KEM key is in group {group:?}"
-            );
-            for (device, kem) in &members {
-                use base64::Engine as _;
-                let bytes = base64::engine::general_purpose::STANDARD
-                    .decode(kem)
-                    .map_err(|e| {
-                        anyhow::anyhow!("{}: {device}'s kem_key: {e}", registry.display())
-                    })?;
-                let member = SealPublic::from_bytes(&bytes).map_err(|e| {
-                    anyhow::anyhow!("{}: {device}'s kem_key: {e}", registry.display())
-                })?;
-                let mut text =
-                    aegis_ota::seal::group_key_delivery(&group, &gk, &member)?.into_bytes();
-                let block = signer.sign_block(&text, Purpose::KeyDelivery)?;
-                text.extend_from_slice(block.render().as_bytes());
-                write_file(&out.join(format!("{group}.for-{device}.delivery")), text)?;
-            }
-            let pub_line = gk
-                .public()
-                .to_file_text()
-                .lines()
-                .nth(1)
-                .unwrap_or_default()
-                .to_string();
-            let mut retired: Vec<serde_json::Value> = reg
-                .get(&group)
-                .and_then(|g| g["retired"].as_array().cloned())
-                .unwrap_or_default();
-            if let Some(old) = reg.get(&group).and_then(|g| g["key_id"].as_str()) {
-                retired.push(old.into());
-            }
-            reg.insert(group.clone(), serde_json::json!({ "group": true, "kem_key": pub_line, "key_id": gk.public().id(), "retired": retired }));
-            write_file(&registry, serde_json::to_vec_pretty(&reg)?)?;
-            println!(
-                "group {group}: key {} delivered to {} members in {}",
-                gk.public().id(),
-                members.len(),
-                out.display()
-            );
-        }
-        Command::KemKeygen { out } => {
-            let key = SealSecret::generate()?;
-            // PREFIX.kem.key / PREFIX.kem.pub (the suffixes without their leading dot).
-            let (secret, public) = (
-                out.with_extension(&SECRET_KEY_SUFFIX[1..]),
-                out.with_extension(&PUBLIC_KEY_SUFFIX[1..]),
-            );
-            key.write(&secret)?;
-            key.public().write(&public)?;
-            println!(
-                "{} (secret, 0600)\n{} (public)\nkey id {}",
-                secret.display(),
-                public.display(),
-                key.public().id()
-            );
-        }
-        Command::Seal {
-            file,
-            to,
-            registry,
-            out,
-        } => {
-            let reg = read_registry(&registry)?;
-            let mut recipients = Vec::new();
-            for r in &to {
-                let p = PathBuf::from(r);
-                if p.exists() {
-                    recipients.push(SealPublic::read(&p)?);
-                } else {
-                    let kem = reg
-                        .get(r)
-                        .and_then(|e| e.get("kem_key"))
-                        .and_then(|k| k.as_str())
-                        .ok_or_else(|| anyhow::anyhow!("{r:?} is neither a key file nor a device/group with an ML-KEM key in {}", registry.display()))?;
-                    use base64::Engine as _;
-                    let bytes = base64::engine::general_purpose::STANDARD
-                        .decode(kem)
-                        .map_err(|e| {
-                            anyhow::anyhow!("{}: {r}'s kem_key: {e}", registry.display())
-                        })?;
-                    recipients.push(SealPublic::from_bytes(&bytes).map_err(|e| {
-                        anyhow::anyhow!("{}: {r}'s kem_key: {e}", registry.display())
-                    })?);
-                }
-            }
-            let text = String::from_utf8(maml::normalise(&read_file(&file)?))
-                .map_err(|e| anyhow::anyhow!("{}: not UTF-8 text: {e}", file.display()))?;
-            maml::parse(text.as_bytes()).map_err(|e| anyhow::anyhow!("{}: {e}", file.display()))?;
-            let sealed = aegis_ota::seal::seal(&text, &recipients)
-                .map_err(|e| anyhow::anyhow!("{}: {e}", file.display()))?;
-            let out = out.unwrap_or_else(|| derived_name(&file, "sealed"));
-            write_file(&out, sealed)?;
-            println!(
-                "{} sealed for {}",
-                out.display(),
-                recipients
-                    .iter()
-                    .map(|r| r.id())
-                    .collect::<Vec<_>>()
-                    .join(", ")
-            );
-        }
-        Command::Verify {
-            file,
-            trust,
-            trust_metadata,
-            root,
-            threshold,
-            device,
-            group,
-            open,
-        } => {
-            let doc = read_file(&file)?;
-            let open_keys = open
-                .iter()
-                .map(|p| SealSecret::read(p))
-                .collect::<Result<Vec<_>, _>>()?;
-            let open_refs: Vec<&SealSecret> = open_keys.iter().collect();
-            let v = match trust_metadata {
-                None => {
-                    anyhow::ensure!(
-                        !trust.is_empty(),
-                        "give --trust KEY.pub or --trust-metadata with --root"
-                    );
-                    let keys = trust
-                        .iter()
-                        .map(|p| PublicKey::read(p))
-                        .collect::<Result<Vec<_>, _>>()?;
-                    aegis_ota::verify_document(&doc, &keys, &open_refs)
-                        .map_err(|e| anyhow::anyhow!("REFUSED: {e}"))?
-                }
-                Some(tm) => {
-                    let roots = root
-                        .iter()
-                        .map(|p| PublicKey::read(p))
-                        .collect::<Result<Vec<_>, _>>()?;
-                    anyhow::ensure!(!roots.is_empty(), "--trust-metadata needs --root ROOT.pub");
-                    let now = std::time::SystemTime::now()
-                        .duration_since(std::time::UNIX_EPOCH)
-                        .map_or(0, |d| d.as_secs() as i64);
-                    let tm_bytes = read_file(&tm)?;
-                    let (needed, source) = root_threshold(&tm_bytes, threshold).map_err(|e| {
-                        anyhow::anyhow!("REFUSED trust metadata {}: {e}", tm.display())
-                    })?;
-                    let meta = TrustMetadata::verify_update(&tm_bytes, &roots, needed, 0, now)
-                        .map_err(|e| {
-                            anyhow::anyhow!(
-                                "REFUSED trust metadata {}: {e} (threshold {needed}, {source})",
-                                tm.display()
-                            )
-                        })?;
-                    println!(
-                        "ok  trust metadata version {} (expires {}): {} of the {} --root keys \
-                         signed it, threshold {needed} ({source})",
-                        meta.version,
-                        meta.expires_at,
-                        root_signers(&tm_bytes, &roots),
-                        roots.len()
-                    );
-                    let me = aegis_ota::device::Identity {
-                        id: device
-                            .ok_or_else(|| anyhow::anyhow!("--trust-metadata needs --device ID"))?,
-                        groups: group,
-                    };
-                    let policy = aegis_ota::device::Policy {
-                        source_hosts: vec!["*".into()],
-                        paths: vec!["/".into()],
-                        ..Default::default()
-                    };
-                    let v = aegis_ota::device::check(
-                        &doc,
-                        &meta,
-                        &me,
-                        &policy,
-                        &Default::default(),
-                        now,
-                        &open_refs,
-                    )
-                    .map_err(|e| anyhow::anyhow!("REFUSED: {e}"))?;
-                    println!(
-                        "ok  issuer may target {:?} / {:?}; time valid now; sequence {} (fresh state)",
-                        v.document.front.target.devices,
-                        v.document.front.target.groups,
-                        v.document.front.sequence
-                    );
-                    v
-                }
-            };
-            println!(
-                "ok  size {} bytes (limit {})",
-                doc.len(),
-                maml::MAX_DOCUMENT_BYTES
-            );
-            println!(
-                "ok  signature {} by {}",
-                aegis_ota::sign::ALG,
-                v.signer.id()
-            );
-            println!(
-                "ok  front matter: {} sequence {}",
-                v.document.front.id, v.document.front.sequence
-            );
-            match &v.pipeline {
-                Some(p) => println!(
-                    "ok  pipeline: {} sources, {} stages, {} sinks",
-                    p.sources.len(),
-                    p.stages.len(),
-                    p.sinks.len()
-                ),
-                None => println!("--  no Pipeline section"),
-            }
-            println!("sha256 {}", v.digest);
-            println!("not checked here: this device's replay state and time floor, its own policy");
-        }
-        Command::Root {
-            what: RootCommand::Init { dir },
-        } => {
-            create_dir(&dir)?;
-            let key = SecretKey::generate()?;
-            key.write(&dir.join("root.key"))?;
-            key.public().write(&dir.join("root.pub"))?;
-            let draft = TrustMetadata {
-                kind: "aegis-trust".into(),
-                version: 0,
-                expires_at: now_rfc3339(365),
-                root: Roots {
-                    threshold: 1,
-                    keys: vec![b64_pub(&dir.join("root.pub"))?],
-                },
-                issuers: vec![],
-                revoked: vec![],
-            };
-            write_draft(&dir.join("trust.json"), draft)?;
-            println!(
-                "root key {} in {} (keep root.key offline)",
-                key.public().id(),
-                dir.display()
-            );
-        }
-        Command::Root {
-            what: RootCommand::SignTrust { trust, keys, out },
-        } => {
-            let draft = read_draft(&trust)?;
-            let keys = keys
-                .iter()
-                .map(|k| SecretKey::read(k))
-                .collect::<Result<Vec<_>, _>>()?;
-            let refs: Vec<&SecretKey> = keys.iter().collect();
-            write_file(&out, draft.sign(&refs)?)?;
-            println!(
-                "{} (version {}, {} signatures)",
-                out.display(),
-                draft.version,
-                refs.len()
-            );
-        }
-        Command::Trust { what } => match what {
-            TrustCommand::AddIssuer {
-                trust,
-                name,
-                key,
-                devices,
-                groups,
-            } => {
-                let mut t = read_draft(&trust)?;
-                let k = b64_pub(&key)?;
-                t.issuers.retain(|i| i.name != name);
-                t.issuers.push(Issuer {
-                    name,
-                    key: k,
-                    devices,
-                    groups,
-                });
-                write_draft(&trust, t)?;
-            }
-            TrustCommand::Revoke { trust, key_id } => {
-                let mut t = read_draft(&trust)?;
-                anyhow::ensure!(
-                    key_id.starts_with("mldsa65:"),
-                    "{key_id:?} is not a key id (mldsa65:…)"
-                );
-                if !t.revoked.contains(&key_id) {
-                    t.revoked.push(key_id);
-                }
-                write_draft(&trust, t)?;
-            }
-            TrustCommand::Rotate {
-                trust,
-                new_roots,
-                threshold,
-            } => {
-                let mut t = read_draft(&trust)?;
-                anyhow::ensure!(
-                    threshold >= 1 && threshold as usize <= new_roots.len(),
-                    "threshold must be 1..={}",
-                    new_roots.len()
-                );
-                t.root = Roots {
-                    threshold,
-                    keys: new_roots
-                        .iter()
-                        .map(|p| b64_pub(p))
-                        .collect::<Result<_, _>>()?,
-                };
-                write_draft(&trust, t)?;
-            }
-        },
-        Command::Enroll {
-            device,
-            pubkey,
-            group,
-            kem,
-            registry,
-        } => {
-            let key = PublicKey::read(&pubkey)?;
-            let mut reg = read_registry(&registry)?;
-            let kem_key = match &kem {
-                Some(p) => {
-                    // Validated (with the key file checks), then stored as base64.
-                    use base64::Engine as _;
-                    let k = SealPublic::read(p)?;
-                    Some(base64::engine::general_purpose::STANDARD.encode(k.to_bytes()))
-                }
-                None => None,
-            };
-            reg.insert(device.clone(), serde_json::json!({ "signing_key": b64_pub(&pubkey)?, "key_id": key.id(), "groups": group, "kem_key": kem_key }));
-            write_file(&registry, serde_json::to_vec_pretty(&reg)?)?;
-            println!("enrolled {device} ({}) in {}", key.id(), registry.display());
-        }
+        Command::GroupKey(args) => keys::group_key(args)?,
+        Command::KemKeygen(args) => keys::kem_keygen(args)?,
+        Command::Seal(args) => docs::seal(args)?,
+        Command::Verify(args) => docs::verify(args)?,
+        Command::Root { what } => trust::root(what)?,
+        Command::Trust { what } => trust::trust(what)?,
+        Command::Enroll(args) => keys::enroll(args)?,
     }
     Ok(())
 }

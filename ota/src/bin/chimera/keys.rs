@@ -1,0 +1,138 @@
+//! `chimera keygen`, `kem-keygen`, `group-key`, `enroll`: the gateway's keys and the device registry.
+
+// The command modules share the binary's imports, helpers and argument types.
+use super::*;
+
+/// `chimera group-key`.
+pub(crate) fn group_key(args: GroupKeyArgs) -> anyhow::Result<()> {
+    let GroupKeyArgs {
+        group,
+        registry,
+        key,
+        out,
+    } = args;
+    let signer = SecretKey::read(&key)?;
+    let mut reg: serde_json::Map<String, serde_json::Value> =
+        serde_json::from_slice(&read_file(&registry)?)
+            .map_err(|e| anyhow::anyhow!("{}: {e}", registry.display()))?;
+    create_dir(&out)?;
+    // A rerun rotates the key: members are whoever is enrolled in the group now (a
+    // device re-enrolled without the group is left out), and `seal --to GROUP`
+    // uses only the new key from then on.
+    let gk = SealSecret::generate()?;
+    let stem = aegis_ota::seal::group_key_stem(&group, gk.public());
+    gk.write(&out.join(format!("{stem}{SECRET_KEY_SUFFIX}")))?;
+    gk.public()
+        .write(&out.join(format!("{stem}{PUBLIC_KEY_SUFFIX}")))?;
+    let members: Vec<(String, String)> = reg
+        .iter()
+        .filter(|(_, e)| {
+            e["groups"]
+                .as_array()
+                .is_some_and(|g| g.iter().any(|x| x == group.as_str()))
+        })
+        .filter_map(|(d, e)| Some((d.clone(), e["kem_key"].as_str()?.to_string())))
+        .collect();
+    anyhow::ensure!(
+        !members.is_empty(),
+        "no enrolled device with an ML-KEM key is in group {group:?}"
+    );
+    for (device, kem) in &members {
+        use base64::Engine as _;
+        let bytes = base64::engine::general_purpose::STANDARD
+            .decode(kem)
+            .map_err(|e| anyhow::anyhow!("{}: {device}'s kem_key: {e}", registry.display()))?;
+        let member = SealPublic::from_bytes(&bytes)
+            .map_err(|e| anyhow::anyhow!("{}: {device}'s kem_key: {e}", registry.display()))?;
+        let mut text = aegis_ota::seal::group_key_delivery(&group, &gk, &member)?.into_bytes();
+        let block = signer.sign_block(&text, Purpose::KeyDelivery)?;
+        text.extend_from_slice(block.render().as_bytes());
+        write_file(&out.join(format!("{group}.for-{device}.delivery")), text)?;
+    }
+    let pub_line = gk
+        .public()
+        .to_file_text()
+        .lines()
+        .nth(1)
+        .unwrap_or_default()
+        .to_string();
+    let mut retired: Vec<serde_json::Value> = reg
+        .get(&group)
+        .and_then(|g| g["retired"].as_array().cloned())
+        .unwrap_or_default();
+    if let Some(old) = reg.get(&group).and_then(|g| g["key_id"].as_str()) {
+        retired.push(old.into());
+    }
+    reg.insert(group.clone(), serde_json::json!({ "group": true, "kem_key": pub_line, "key_id": gk.public().id(), "retired": retired }));
+    write_file(&registry, serde_json::to_vec_pretty(&reg)?)?;
+    println!(
+        "group {group}: key {} delivered to {} members in {}",
+        gk.public().id(),
+        members.len(),
+        out.display()
+    );
+    Ok(())
+}
+
+/// `chimera kem-keygen`.
+pub(crate) fn kem_keygen(args: KemKeygenArgs) -> anyhow::Result<()> {
+    let KemKeygenArgs { out } = args;
+    let key = SealSecret::generate()?;
+    // PREFIX.kem.key / PREFIX.kem.pub (the suffixes without their leading dot).
+    let (secret, public) = (
+        out.with_extension(&SECRET_KEY_SUFFIX[1..]),
+        out.with_extension(&PUBLIC_KEY_SUFFIX[1..]),
+    );
+    key.write(&secret)?;
+    key.public().write(&public)?;
+    println!(
+        "{} (secret, 0600)\n{} (public)\nkey id {}",
+        secret.display(),
+        public.display(),
+        key.public().id()
+    );
+    Ok(())
+}
+
+/// `chimera keygen`.
+pub(crate) fn keygen(args: KeygenArgs) -> anyhow::Result<()> {
+    let KeygenArgs { out } = args;
+    let key = SecretKey::generate()?;
+    let secret = out.with_extension("key");
+    let public = out.with_extension("pub");
+    key.write(&secret)?;
+    key.public().write(&public)?;
+    println!(
+        "{} (secret, 0600)\n{} (public)\nkey id {}",
+        secret.display(),
+        public.display(),
+        key.public().id()
+    );
+    Ok(())
+}
+
+/// `chimera enroll`.
+pub(crate) fn enroll(args: EnrollArgs) -> anyhow::Result<()> {
+    let EnrollArgs {
+        device,
+        pubkey,
+        group,
+        kem,
+        registry,
+    } = args;
+    let key = PublicKey::read(&pubkey)?;
+    let mut reg = read_registry(&registry)?;
+    let kem_key = match &kem {
+        Some(p) => {
+            // Validated (with the key file checks), then stored as base64.
+            use base64::Engine as _;
+            let k = SealPublic::read(p)?;
+            Some(base64::engine::general_purpose::STANDARD.encode(k.to_bytes()))
+        }
+        None => None,
+    };
+    reg.insert(device.clone(), serde_json::json!({ "signing_key": b64_pub(&pubkey)?, "key_id": key.id(), "groups": group, "kem_key": kem_key }));
+    write_file(&registry, serde_json::to_vec_pretty(&reg)?)?;
+    println!("enrolled {device} ({}) in {}", key.id(), registry.display());
+    Ok(())
+}
