@@ -912,7 +912,7 @@ impl Applier {
                     Via::Fleet(crate::fleet::TRUST_TOPIC),
                     file,
                     "trust.refused",
-                    format!("trust metadata: {}", crate::error_text(&e)),
+                    format!("trust metadata: {}", crate::causes_text(&e)),
                 );
                 (pipeline, reply)
             }
@@ -929,7 +929,7 @@ impl Applier {
             Err(e) => {
                 // The state could not be saved: whatever runs may be what was just revoked.
                 // Fail closed: the local default runs until the next start sorts it out.
-                tracing::error!(error = %crate::error_text(&e),
+                tracing::error!(error = %crate::causes_text(&e),
                     "cannot record the workflow change; running the local default pipeline");
                 (None, Vec::new())
             }
@@ -1045,7 +1045,7 @@ impl Applier {
         if let Err(e) = self.workflows.begin(doc, v) {
             return (
                 pipeline,
-                rejected(format!("state: {}", crate::error_text(&e)), t0),
+                rejected(format!("state: {}", crate::causes_text(&e)), t0),
             );
         }
         let mode = if in_place { "in_place" } else { "rebuild" };
