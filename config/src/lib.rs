@@ -45,7 +45,7 @@ pub use model::{
 // Everything public of the stages (the settings of each kind, `StageConfig`, the list's
 // accessors), so that a new kind needs no line here.
 pub use stages::*;
-pub use url::{Host, NetScheme, NetUrl};
+pub use url::{Host, NetScheme, NetUrl, UrlError};
 pub use validate::{check_log_filter, check_rule_sensors, parse_colour};
 
 /// Largest configuration file [`load`] accepts, in bytes (1 MiB).

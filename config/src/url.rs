@@ -206,8 +206,44 @@ impl std::fmt::Debug for NetUrl {
 
 /// An error message naming the problem and, where there is one, its byte offset (counted
 /// from 0).
-fn at(pos: usize, what: impl std::fmt::Display) -> String {
-    format!("{what} at byte {pos}")
+/// Why a URL (or a source's location) was refused: the problem, and where it is when it is
+/// at one place of the text.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{message}{}", .at.map(|p| format!(" at byte {p}")).unwrap_or_default())]
+pub struct UrlError {
+    /// What is wrong.
+    pub message: String,
+    /// Byte offset of the problem in the text, when it has one.
+    pub at: Option<usize>,
+}
+
+impl UrlError {
+    /// A problem of the whole text.
+    pub fn new(message: impl Into<String>) -> UrlError {
+        UrlError {
+            message: message.into(),
+            at: None,
+        }
+    }
+}
+
+impl From<String> for UrlError {
+    fn from(message: String) -> UrlError {
+        UrlError::new(message)
+    }
+}
+
+impl From<&str> for UrlError {
+    fn from(message: &str) -> UrlError {
+        UrlError::new(message)
+    }
+}
+
+fn at(pos: usize, what: impl std::fmt::Display) -> UrlError {
+    UrlError {
+        message: what.to_string(),
+        at: Some(pos),
+    }
 }
 
 fn is_unreserved(b: u8) -> bool {
@@ -241,7 +277,7 @@ fn hex_val(b: u8) -> Option<u8> {
 
 /// Percent-decodes `s` (already checked: every `%` has two hex digits). `base` is the byte
 /// offset of `s` in the URL, for messages.
-fn decode(s: &str, base: usize, what: &str) -> Result<String, String> {
+fn decode(s: &str, base: usize, what: &str) -> Result<String, UrlError> {
     let b = s.as_bytes();
     let mut out = Vec::with_capacity(b.len());
     let mut i = 0;
@@ -316,7 +352,7 @@ fn dotted_quad(host: &str) -> Option<Ipv4Addr> {
 }
 
 /// Parses a host that is not in brackets (`base` is its byte offset in the URL).
-fn parse_reg_host(raw: &str, base: usize, scheme: NetScheme) -> Result<Host, String> {
+fn parse_reg_host(raw: &str, base: usize, scheme: NetScheme) -> Result<Host, UrlError> {
     if raw.is_empty() {
         return Err(at(base, "the host is missing"));
     }
@@ -386,15 +422,16 @@ fn parse_reg_host(raw: &str, base: usize, scheme: NetScheme) -> Result<Host, Str
 
 impl NetUrl {
     /// Parses `text`; the error names the problem and its byte offset.
-    pub fn parse(text: &str) -> Result<NetUrl, String> {
+    pub fn parse(text: &str) -> Result<NetUrl, UrlError> {
         if text.is_empty() {
-            return Err("must not be empty".to_owned());
+            return Err("must not be empty".into());
         }
         if text.len() > MAX_URL_LEN {
             return Err(format!(
                 "the URL has {} bytes; at most {MAX_URL_LEN} are allowed",
                 text.len()
-            ));
+            )
+            .into());
         }
         let bytes = text.as_bytes();
         for (i, &b) in bytes.iter().enumerate() {
@@ -455,7 +492,8 @@ impl NetUrl {
                      '@' in a user name or password as %40",
                     auth_start + first,
                     auth_start + second
-                ));
+                )
+                .into());
             }
         };
         let (user, password) = match userinfo {
@@ -584,7 +622,8 @@ impl NetUrl {
             return Err(format!(
                 "the URL has {canonical} bytes in canonical form (user information \
                  percent-encoded); at most {MAX_URL_LEN} are allowed"
-            ));
+            )
+            .into());
         }
         Ok(url)
     }
@@ -692,7 +731,7 @@ fn query_keys(q: &str) -> impl Iterator<Item = &str> {
         .filter(|k| !k.is_empty())
 }
 
-fn parse_port(p: &str, start: usize) -> Result<u16, String> {
+fn parse_port(p: &str, start: usize) -> Result<u16, UrlError> {
     if p.is_empty() {
         return Err(at(start, "the port after ':' is empty"));
     }
@@ -716,7 +755,7 @@ fn parse_userinfo(
     ui: &str,
     base: usize,
     scheme: NetScheme,
-) -> Result<(String, Option<Secret>), String> {
+) -> Result<(String, Option<Secret>), UrlError> {
     if ui.is_empty() {
         return Err(at(base, "empty user information before '@'"));
     }
@@ -925,7 +964,7 @@ mod tests {
     fn err(s: &str) -> String {
         match NetUrl::parse(s) {
             Ok(u) => panic!("{s} was accepted as {}", u.to_libav(None, None)),
-            Err(e) => e,
+            Err(e) => e.to_string(),
         }
     }
 

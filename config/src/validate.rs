@@ -21,7 +21,7 @@ use crate::model::{
 };
 use crate::recover::{join_index, join_key};
 use crate::stages::StageModel;
-use crate::url::{NetScheme, NetUrl};
+use crate::url::{NetScheme, NetUrl, UrlError};
 
 /// Source URL schemes this crate understands (whether or not this build can
 /// open them).
@@ -48,22 +48,22 @@ fn split_scheme(url: &str) -> Option<(&str, &str)> {
 }
 
 /// Parses a source URL; the error is a message for the operator.
-pub(crate) fn parse_source_url(url: &str) -> Result<SourceLocation, String> {
+pub(crate) fn parse_source_url(url: &str) -> Result<SourceLocation, UrlError> {
     if url.is_empty() {
-        return Err("must not be empty".to_owned());
+        return Err("must not be empty".into());
     }
     let Some((scheme, rest)) = split_scheme(url) else {
         return Ok(SourceLocation::File(PathBuf::from(url)));
     };
     match scheme.to_ascii_lowercase().as_str() {
         "file" => match rest.strip_prefix("//") {
-            Some("") => Err("file URL has no path".to_owned()),
+            Some("") => Err("file URL has no path".into()),
             Some(path) if path.starts_with('/') => Ok(SourceLocation::File(PathBuf::from(path))),
             Some(_) => Err(
                 "file URLs must not name a host: use file:///absolute/path or file:relative/path"
-                    .to_owned(),
+                    .into(),
             ),
-            None if rest.is_empty() => Err("file URL has no path".to_owned()),
+            None if rest.is_empty() => Err("file URL has no path".into()),
             None => Ok(SourceLocation::File(PathBuf::from(rest))),
         },
         "rtsp" | "rtsps" | "srt" | "rtmp" | "rtmps" => {
@@ -79,41 +79,42 @@ pub(crate) fn parse_source_url(url: &str) -> Result<SourceLocation, String> {
                 check_device_path(device)?;
                 Ok(SourceLocation::V4l2(PathBuf::from(device)))
             }
-            _ => Err("expected v4l2:///dev/videoN (an absolute device path)".to_owned()),
+            _ => Err("expected v4l2:///dev/videoN (an absolute device path)".into()),
         },
         _ => Err(format!(
             "unsupported scheme \"{scheme}\" (supported: {}, or a plain file path)",
             SOURCE_SCHEMES.join(", ")
-        )),
+        )
+        .into()),
     }
 }
 
 /// A camera device node: an absolute path whose components are neither empty (`//`, a
 /// trailing `/`), `.` nor `..`, without control characters or white space. Policies compare
 /// device paths exactly, so there is one spelling per device.
-pub(crate) fn check_device_path(path: &str) -> Result<(), String> {
+pub(crate) fn check_device_path(path: &str) -> Result<(), UrlError> {
     let Some(rest) = path.strip_prefix('/') else {
-        return Err(format!("{path:?} is not an absolute path"));
+        return Err(format!("{path:?} is not an absolute path").into());
     };
     if let Some(i) = path
         .bytes()
         .position(|b| b.is_ascii_control() || b.is_ascii_whitespace())
     {
-        return Err(format!(
-            "the device path has a control or white-space character at byte {i}"
-        ));
+        return Err(
+            format!("the device path has a control or white-space character at byte {i}").into(),
+        );
     }
     for segment in rest.split('/') {
         match segment {
             "" => {
-                return Err(format!(
-                    "{path:?} has an empty component (`//` or a trailing `/`)"
-                ));
+                return Err(
+                    format!("{path:?} has an empty component (`//` or a trailing `/`)").into(),
+                );
             }
             "." | ".." => {
                 return Err(format!(
                     "{path:?} has a `{segment}` component: write the device path directly (/dev/video0)"
-                ));
+                ).into());
             }
             _ => {}
         }
@@ -275,7 +276,7 @@ pub(crate) fn check_source(source: &SourceConfig, prefix: &str, out: &mut Vec<Pr
                 }
             }
         }
-        Err(reason) => out.push(Problem::new(url_path, reason)),
+        Err(reason) => out.push(Problem::new(url_path, reason.to_string())),
     }
     if source.password.is_some() && source.username.is_none() {
         out.push(Problem::new(
@@ -683,7 +684,7 @@ pub(crate) fn check_workflows(w: &WorkflowsConfig, prefix: &str, out: &mut Vec<P
     }
     for (i, d) in w.policy.devices.iter().enumerate() {
         let problem = match d.to_str() {
-            Some(text) => check_device_path(text).err(),
+            Some(text) => check_device_path(text).err().map(|e| e.to_string()),
             None => Some("the device path is not valid UTF-8".to_owned()),
         };
         if let Some(why) = problem {

@@ -221,7 +221,7 @@ pub enum PolicyError {
         /// Index in `sources`.
         index: usize,
         /// Why.
-        reason: String,
+        reason: aegis_config::UrlError,
     },
     /// A file source outside the allowed paths.
     #[error(

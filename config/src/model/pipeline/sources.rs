@@ -187,7 +187,7 @@ impl SourceConfig {
     }
 
     /// The parsed location of this source, or the reason the URL does not parse.
-    pub fn try_location(&self) -> Result<SourceLocation, String> {
+    pub fn try_location(&self) -> Result<SourceLocation, crate::url::UrlError> {
         crate::validate::parse_source_url(&self.url)
     }
 }
