@@ -51,6 +51,12 @@ bench *ARGS:
     cargo build --release -p aegis-agent
     target/release/aegis bench pipeline --json target/bench-pipeline.json {{ARGS}}
 
+# Before/after of a change: bench pipeline + bench workflow, BASE binary vs this build,
+# interleaved (e.g. `just bench-compare /tmp/aegis-before`).
+bench-compare BASE:
+    cargo build --release -p aegis-agent
+    BASE={{BASE}} tools/bench-compare.sh
+
 # Live sources against a loopback GStreamer RTSP server (release build).
 bench-rtsp *ARGS:
     cargo build --release -p aegis-agent
