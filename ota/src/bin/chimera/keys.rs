@@ -85,12 +85,7 @@ pub(crate) fn kem_keygen(args: KemKeygenArgs) -> anyhow::Result<()> {
     );
     key.write(&secret)?;
     key.public().write(&public)?;
-    println!(
-        "{} (secret, 0600)\n{} (public)\nkey id {}",
-        secret.display(),
-        public.display(),
-        key.public().id()
-    );
+    print_pair(&secret, &public, key.public().id());
     Ok(())
 }
 
@@ -102,12 +97,7 @@ pub(crate) fn keygen(args: KeygenArgs) -> anyhow::Result<()> {
     let public = out.with_extension("pub");
     key.write(&secret)?;
     key.public().write(&public)?;
-    println!(
-        "{} (secret, 0600)\n{} (public)\nkey id {}",
-        secret.display(),
-        public.display(),
-        key.public().id()
-    );
+    print_pair(&secret, &public, key.public().id());
     Ok(())
 }
 
@@ -135,4 +125,13 @@ pub(crate) fn enroll(args: EnrollArgs) -> anyhow::Result<()> {
     write_file(&registry, serde_json::to_vec_pretty(&reg)?)?;
     println!("enrolled {device} ({}) in {}", key.id(), registry.display());
     Ok(())
+}
+
+/// What `keygen` and `kem-keygen` print about the pair they wrote.
+fn print_pair(secret: &Path, public: &Path, id: &str) {
+    println!(
+        "{} (secret, 0600)\n{} (public)\nkey id {id}",
+        secret.display(),
+        public.display()
+    );
 }
