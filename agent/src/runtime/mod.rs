@@ -104,26 +104,15 @@ pub async fn run(
         let (p, o) = aegis_config::effective_pipeline(cfg, active.as_ref().map(|(_, p)| p));
         (p.clone(), o)
     };
-    store_handle.submit(crate::store::Record::Audit {
-        ts_us: crate::store::now_us(),
-        actor: "agent".into(),
-        action: "agent.start".into(),
-        detail: format!(
+    audit(
+        &store_handle,
+        "agent.start",
+        format!(
             "version {}, backend {backend}, {} streams",
             env!("CARGO_PKG_VERSION"),
             pipeline_cfg.sources.len()
         ),
-    });
-    let addr: SocketAddr = match req.listen {
-        Some(a) => a,
-        None => cfg
-            .web
-            .listen
-            .parse()
-            .map_err(|e| anyhow::anyhow!("web.listen: {e}"))?,
-    };
-    let listener = bind(addr).await?;
-    let listen = listener.local_addr()?;
+    );
     // Local requests and fleet deliveries wait apart: neither can starve the other.
     let (wf_tx, wf_rx) = tokio::sync::mpsc::channel::<crate::workflows::apply::Request>(
         crate::workflows::apply::LOCAL_QUEUE,
@@ -132,24 +121,22 @@ pub async fn run(
     let inbox = crate::workflows::apply::FleetInbox::new(apply_counters.clone());
     let refusals = crate::workflows::apply::RefusalAudit::new(store_handle.clone());
     let token = Arc::new(crate::web::LocalToken::load_or_create(&cfg.token_path())?);
-    let state = ServerState {
-        metrics: metrics.clone(),
-        device: cfg.device.id.clone(),
-        started: Instant::now(),
-        workflows: workflows.is_some().then(|| wf_tx.clone()),
-        token,
-        metrics_public: cfg.web.metrics_public,
-        audit: workflows.is_some().then(|| refusals.clone()),
-        counters: workflows.is_some().then(|| apply_counters.clone()),
-    };
-    let (server_stop_tx, server_stop_rx) = tokio::sync::oneshot::channel::<()>();
-    let server = tokio::spawn(async move {
-        axum::serve(listener, router(state))
-            .with_graceful_shutdown(async {
-                let _ = server_stop_rx.await;
-            })
-            .await
-    });
+    let endpoints = Endpoints::serve(
+        cfg,
+        req.listen,
+        ServerState {
+            metrics: metrics.clone(),
+            device: cfg.device.id.clone(),
+            started: Instant::now(),
+            workflows: workflows.is_some().then(|| wf_tx.clone()),
+            token,
+            metrics_public: cfg.web.metrics_public,
+            audit: workflows.is_some().then(|| refusals.clone()),
+            counters: workflows.is_some().then(|| apply_counters.clone()),
+        },
+    )
+    .await?;
+    let listen = endpoints.listen;
     on_listening(listen);
     tracing::info!(device = %cfg.device.id, %backend, streams = pipeline_cfg.sources.len(),
         pipeline = match origin { PipelineOrigin::LocalDefault => "local default", PipelineOrigin::SignedWorkflow => "signed workflow" },
@@ -178,28 +165,15 @@ pub async fn run(
         inference: cfg.inference.clone(),
         cuda_device: cfg.backend.cuda_device,
     });
-    let (pipeline, inference) =
-        match start_pipeline(&starter, pipeline_cfg.clone(), preloaded.clone()).await {
-            Ok(p) => p,
-            Err(e) if origin == PipelineOrigin::SignedWorkflow => {
-                // The stored workflow does not start here any more (a model file went
-                // missing...): the local default runs, and the state says so.
-                tracing::error!(error = %crate::error_text(&e),
-                "the active workflow's pipeline does not start; rolling back to the previous one");
-                let w = workflows
-                    .as_mut()
-                    .expect("a signed workflow implies workflows");
-                w.rollback()?;
-                let (fallback, stopped) = w.active_pipeline()?;
-                stopped_at_start.extend(stopped);
-                let fallback = match fallback {
-                    Some((_, p)) => p,
-                    None => cfg.pipeline.clone(),
-                };
-                start_pipeline(&starter, fallback, preloaded).await?
-            }
-            Err(e) => return Err(e),
-        };
+    let (pipeline, inference) = start_first(
+        &starter,
+        (pipeline_cfg.clone(), origin),
+        preloaded,
+        workflows.as_mut(),
+        &cfg.pipeline,
+        &mut stopped_at_start,
+    )
+    .await?;
     let workflow_status = Arc::new(std::sync::Mutex::new(serde_json::Value::Null));
     let mut applier = workflows.map(|w| {
         crate::workflows::apply::Applier::new(
@@ -224,13 +198,12 @@ pub async fn run(
     }
     // The fleet link (when enabled) starts once the pipeline runs.
     let (restart_tx, restart_rx) = tokio::sync::mpsc::channel::<()>(1);
-    let fleet = if cfg.fleet.enabled {
-        let settings = crate::fleet::FleetSettings::from_config(cfg)?;
-        let host = Arc::new(AgentHost::new(
+    let fleet = match cfg.fleet.enabled {
+        true => Some(start_fleet(
             cfg,
             backend,
-            metrics.clone(),
-            store_handle.clone(),
+            &metrics,
+            &store_handle,
             restart_tx,
             snapshots,
             WorkflowHooks {
@@ -238,19 +211,12 @@ pub async fn run(
                 inbox: applier.as_ref().map(|_| inbox.clone()),
                 sensing: sensing.clone(),
             },
-        ));
-        let outbox = crate::fleet::SqliteOutbox::new(cfg.store.path.clone(), store_handle.clone());
-        let link = crate::fleet::FleetLink::start(settings, Box::new(outbox), host);
-        if let Some(a) = applier.as_mut() {
-            a.nudge = Some(link.nudge.clone());
-            a.resubscribe = Some(link.resubscribe.clone());
+            applier.as_mut(),
+        )?),
+        false => {
+            drop(restart_tx);
+            None
         }
-        let c = link.counters.clone();
-        metrics.watch_component("fleet", Box::new(move || c.values()));
-        Some(link)
-    } else {
-        drop(restart_tx);
-        None
     };
     if let Some(a) = applier.as_mut() {
         a.report_stopped_at_start(&stopped_at_start);
@@ -291,8 +257,7 @@ pub async fn run(
     } else {
         None
     };
-    let _ = server_stop_tx.send(());
-    let _ = server.await;
+    endpoints.stop().await;
     if let Some(f) = fleet {
         f.stop().await;
     }
@@ -300,12 +265,11 @@ pub async fn run(
         let sn = sn.clone();
         tokio::task::spawn_blocking(move || sn.stop()).await?;
     }
-    store_handle.submit(crate::store::Record::Audit {
-        ts_us: crate::store::now_us(),
-        actor: "agent".into(),
-        action: "agent.stop".into(),
-        detail: if interrupted { "signal" } else { "input ended" }.into(),
-    });
+    audit(
+        &store_handle,
+        "agent.stop",
+        if interrupted { "signal" } else { "input ended" }.into(),
+    );
     let counters = store_handle.counters().clone();
     drop(store_handle);
     tokio::task::spawn_blocking(move || store.close()).await?;
@@ -317,4 +281,119 @@ pub async fn run(
         final_metrics,
         store: Some(counters),
     })
+}
+
+/// An audit row from the agent itself.
+fn audit(store: &crate::store::StoreHandle, action: &str, detail: String) {
+    store.submit(crate::store::Record::Audit {
+        ts_us: crate::store::now_us(),
+        actor: "agent".into(),
+        action: action.into(),
+        detail,
+    });
+}
+
+/// The local HTTP endpoints, served on their own task until [`Endpoints::stop`].
+struct Endpoints {
+    listen: SocketAddr,
+    stop: tokio::sync::oneshot::Sender<()>,
+    task: tokio::task::JoinHandle<std::io::Result<()>>,
+}
+
+impl Endpoints {
+    /// Binds `listen` (else `web.listen`) and serves `state`'s router.
+    async fn serve(
+        cfg: &AgentConfig,
+        listen: Option<SocketAddr>,
+        state: ServerState,
+    ) -> anyhow::Result<Endpoints> {
+        let addr: SocketAddr = match listen {
+            Some(a) => a,
+            None => cfg
+                .web
+                .listen
+                .parse()
+                .map_err(|e| anyhow::anyhow!("web.listen: {e}"))?,
+        };
+        let listener = bind(addr).await?;
+        let listen = listener.local_addr()?;
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let task = tokio::spawn(async move {
+            axum::serve(listener, router(state))
+                .with_graceful_shutdown(async {
+                    let _ = stopped.await;
+                })
+                .await
+        });
+        Ok(Endpoints { listen, stop, task })
+    }
+
+    async fn stop(self) {
+        let _ = self.stop.send(());
+        let _ = self.task.await;
+    }
+}
+
+/// Starts the pipeline the device should run. When that is a stored signed workflow that no
+/// longer starts here (a model file went missing...), the workflow is rolled back and the
+/// previous one (or the local default) starts instead; what stopped is added to `stopped`.
+async fn start_first(
+    starter: &Arc<crate::workflows::apply::Starter>,
+    (pipeline, origin): (aegis_config::PipelineConfig, PipelineOrigin),
+    preloaded: Option<Arc<crate::inference::Inference>>,
+    workflows: Option<&mut aegis_ota::state::Workflows>,
+    local_default: &aegis_config::PipelineConfig,
+    stopped: &mut Vec<aegis_ota::state::Stopped>,
+) -> anyhow::Result<(crate::pipeline::Pipeline, Arc<crate::inference::Inference>)> {
+    let e = match start_pipeline(starter, pipeline, preloaded.clone()).await {
+        Ok(p) => return Ok(p),
+        Err(e) => e,
+    };
+    let (PipelineOrigin::SignedWorkflow, Some(w)) = (origin, workflows) else {
+        return Err(e);
+    };
+    tracing::error!(error = %crate::error_text(&e),
+        "the active workflow's pipeline does not start; rolling back to the previous one");
+    w.rollback()?;
+    let (fallback, more) = w.active_pipeline()?;
+    stopped.extend(more);
+    let fallback = match fallback {
+        Some((_, p)) => p,
+        None => local_default.clone(),
+    };
+    start_pipeline(starter, fallback, preloaded).await
+}
+
+/// Starts the fleet link (once the pipeline runs) and watches its counters; the applier
+/// gets the link's wake-up and resubscribe handles.
+#[allow(clippy::too_many_arguments)]
+fn start_fleet(
+    cfg: &AgentConfig,
+    backend: BackendKind,
+    metrics: &Arc<Metrics>,
+    store: &crate::store::StoreHandle,
+    restart: tokio::sync::mpsc::Sender<()>,
+    snapshots: Arc<crate::pipeline::snapshot::SnapshotHub>,
+    hooks: WorkflowHooks,
+    applier: Option<&mut crate::workflows::apply::Applier>,
+) -> anyhow::Result<crate::fleet::FleetLink> {
+    let settings = crate::fleet::FleetSettings::from_config(cfg)?;
+    let host = Arc::new(AgentHost::new(
+        cfg,
+        backend,
+        metrics.clone(),
+        store.clone(),
+        restart,
+        snapshots,
+        hooks,
+    ));
+    let outbox = crate::fleet::SqliteOutbox::new(cfg.store.path.clone(), store.clone());
+    let link = crate::fleet::FleetLink::start(settings, Box::new(outbox), host);
+    if let Some(a) = applier {
+        a.nudge = Some(link.nudge.clone());
+        a.resubscribe = Some(link.resubscribe.clone());
+    }
+    let c = link.counters.clone();
+    metrics.watch_component("fleet", Box::new(move || c.values()));
+    Ok(link)
 }
