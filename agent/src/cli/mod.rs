@@ -6,6 +6,7 @@ mod device;
 mod run;
 pub mod sensors;
 mod track;
+pub mod user;
 pub mod workflow;
 
 pub use run::ensure_sample;
@@ -154,6 +155,11 @@ enum Command {
         #[command(subcommand)]
         what: crate::cli::workflow::WorkflowCommand,
     },
+    /// The technician web page's accounts: add, change a password, delete, list.
+    User {
+        #[command(subcommand)]
+        what: crate::cli::user::UserCommand,
+    },
     /// The local database: stats, integrity check, vacuum, export.
     Db {
         #[command(subcommand)]
@@ -291,6 +297,10 @@ pub fn main() -> ExitCode {
         Command::Workflow { what } => {
             log_at("warn");
             crate::cli::workflow::run(what)
+        }
+        Command::User { what } => {
+            log_at("warn");
+            crate::cli::user::run(what)
         }
         Command::Db { what } => {
             log_at("warn");

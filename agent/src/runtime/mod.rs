@@ -133,6 +133,12 @@ pub async fn run(
             metrics_public: cfg.web.metrics_public,
             audit: workflows.is_some().then(|| refusals.clone()),
             counters: workflows.is_some().then(|| apply_counters.clone()),
+            auth: Arc::new(crate::web::Auth::new(
+                cfg.accounts_path(),
+                Arc::new(crate::web::auth::SystemClock),
+            )),
+            // Set by Endpoints::serve from the address it listens on.
+            cookie_secure: true,
         },
     )
     .await?;
@@ -317,13 +323,21 @@ impl Endpoints {
         };
         let listener = bind(addr).await?;
         let listen = listener.local_addr()?;
+        // Plain HTTP: a `Secure` cookie would not come back, so only loopback drops it.
+        let state = ServerState {
+            cookie_secure: !listen.ip().is_loopback(),
+            ..state
+        };
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
         let task = tokio::spawn(async move {
-            axum::serve(listener, router(state))
-                .with_graceful_shutdown(async {
-                    let _ = stopped.await;
-                })
-                .await
+            axum::serve(
+                listener,
+                router(state).into_make_service_with_connect_info::<SocketAddr>(),
+            )
+            .with_graceful_shutdown(async {
+                let _ = stopped.await;
+            })
+            .await
         });
         Ok(Endpoints { listen, stop, task })
     }

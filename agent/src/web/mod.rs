@@ -10,7 +10,16 @@
 //! the **local API token** (`Authorization: Bearer …`, a 0600 file only the agent's user
 //! can read), the `Host` header must be an IP literal or `localhost` (a rebound DNS name is
 //! refused), and a browser's `Origin` must be that same host. `/healthz` stays open.
+//!
+//! Every route is one [`RouteSpec`] in one table ([`routes`]): the router is built from it,
+//! and one middleware ([`enforce`]) gives each route its [`Access`] — public, the bearer token
+//! (machine clients), or a login session with at least a [`Role`]. A session's state-changing
+//! request (POST/PUT/PATCH/DELETE) must also carry its CSRF token. One layer adds the security
+//! headers (CSP, `nosniff`, `no-referrer`) to every response.
 
+pub mod auth;
+
+use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -18,10 +27,13 @@ use std::sync::atomic::Ordering::Relaxed;
 use std::time::Instant;
 
 use axum::Router;
-use axum::extract::State;
-use axum::http::{HeaderMap, StatusCode, header};
+use axum::extract::{ConnectInfo, Request, State};
+use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
+use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
+use axum::routing::{MethodFilter, MethodRouter, on};
+
+pub use auth::{Auth, Role, Viewer};
 
 use crate::metrics::Metrics;
 use crate::workflows::apply::{ApplyCounters, RefusalAudit};
@@ -135,11 +147,7 @@ impl LocalToken {
 
     /// Constant-time comparison with a presented bearer token.
     fn matches(&self, presented: &str) -> bool {
-        let (a, b) = (self.secret.as_bytes(), presented.as_bytes());
-        if a.len() != b.len() {
-            return false;
-        }
-        a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+        auth::same(&self.secret, presented)
     }
 }
 
@@ -162,18 +170,403 @@ pub struct ServerState {
     pub audit: Option<Arc<RefusalAudit>>,
     /// Counters (`busy`).
     pub counters: Option<Arc<ApplyCounters>>,
+    /// Accounts, sessions, login lockouts.
+    pub auth: Arc<Auth>,
+    /// Mark the session cookie `Secure`. Off only for plain HTTP on a loopback address (a
+    /// browser does not send a `Secure` cookie over plain HTTP; loopback traffic never
+    /// leaves the device).
+    pub cookie_secure: bool,
 }
 
-/// The router with every endpoint.
+/// Who may use a route.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Access {
+    /// Anyone.
+    Public,
+    /// A logged-in viewer (or more).
+    Viewer,
+    /// A logged-in technician (or admin).
+    Technician,
+    /// A logged-in admin.
+    Admin,
+    /// Machine clients: the local API token, with the Host/Origin checks.
+    Token,
+}
+
+impl Access {
+    /// The least role a session needs (None: no session is used).
+    pub fn role(self) -> Option<Role> {
+        match self {
+            Access::Viewer => Some(Role::Viewer),
+            Access::Technician => Some(Role::Technician),
+            Access::Admin => Some(Role::Admin),
+            Access::Public | Access::Token => None,
+        }
+    }
+}
+
+/// Builds a route's handler for its method: `|m| on(m, handler)`.
+pub type HandlerFn = fn(MethodFilter) -> MethodRouter<ServerState>;
+
+/// One route: the router is built from a table of these, and [`enforce`] gives each its
+/// access. A page adds one entry, e.g. `RouteSpec { method: Method::GET, path: "/status",
+/// access: Access::Viewer, handler: |m| on(m, status) }`, its handler taking a [`Viewer`].
+#[derive(Debug, Clone)]
+pub struct RouteSpec {
+    /// The method.
+    pub method: Method,
+    /// The path (axum syntax).
+    pub path: &'static str,
+    /// Who may use it.
+    pub access: Access,
+    /// Its handler.
+    pub handler: HandlerFn,
+}
+
+/// The pages' routes (the technician web page's table is appended here).
+const PAGE_ROUTES: &[RouteSpec] = &[];
+
+/// Every route: the endpoints of this module, then [`PAGE_ROUTES`]. `/metrics` is public or
+/// needs the token, as `metrics_public` says.
+pub fn routes(metrics_public: bool) -> Vec<RouteSpec> {
+    let core = [
+        RouteSpec {
+            method: Method::GET,
+            path: "/metrics",
+            access: if metrics_public {
+                Access::Public
+            } else {
+                Access::Token
+            },
+            handler: |m| on(m, metrics),
+        },
+        RouteSpec {
+            method: Method::GET,
+            path: "/healthz",
+            access: Access::Public,
+            handler: |m| on(m, healthz),
+        },
+        RouteSpec {
+            method: Method::POST,
+            path: "/workflow",
+            access: Access::Token,
+            handler: |m| on(m, workflow),
+        },
+        RouteSpec {
+            method: Method::GET,
+            path: "/login",
+            access: Access::Public,
+            handler: |m| on(m, login_page),
+        },
+        RouteSpec {
+            method: Method::POST,
+            path: "/login",
+            access: Access::Public,
+            handler: |m| on(m, login),
+        },
+        RouteSpec {
+            method: Method::POST,
+            path: "/logout",
+            access: Access::Viewer,
+            handler: |m| on(m, logout),
+        },
+    ];
+    core.into_iter()
+        .chain(PAGE_ROUTES.iter().cloned())
+        .collect()
+}
+
+/// The router with every route of [`routes`], each behind [`enforce`], and the security
+/// headers on every response.
 pub fn router(state: ServerState) -> Router {
-    Router::new()
-        .route("/metrics", get(metrics))
-        .route("/healthz", get(healthz))
-        .route("/workflow", post(workflow))
-        .layer(axum::extract::DefaultBodyLimit::max(
-            aegis_ota::maml::MAX_DOCUMENT_BYTES + 1,
-        ))
-        .with_state(state)
+    let mut r = Router::new();
+    for spec in routes(state.metrics_public) {
+        let filter = MethodFilter::try_from(spec.method.clone())
+            .unwrap_or_else(|_| panic!("{} {}: no such method filter", spec.method, spec.path));
+        let layer = axum::middleware::from_fn_with_state((state.clone(), spec.access), enforce);
+        r = r.route(spec.path, (spec.handler)(filter).layer(layer));
+    }
+    r.layer(axum::extract::DefaultBodyLimit::max(
+        aegis_ota::maml::MAX_DOCUMENT_BYTES + 1,
+    ))
+    .layer(axum::middleware::map_response(security_headers))
+    .with_state(state)
+}
+
+/// The Content-Security-Policy of every response.
+pub const CSP: &str = "default-src 'self'; script-src 'self'; style-src 'self'; \
+img-src 'self' data: blob:; connect-src 'self'; frame-ancestors 'none'; base-uri 'none'; \
+form-action 'self'";
+
+async fn security_headers(mut r: Response) -> Response {
+    let h = r.headers_mut();
+    h.insert(
+        header::CONTENT_SECURITY_POLICY,
+        HeaderValue::from_static(CSP),
+    );
+    h.insert(
+        header::X_CONTENT_TYPE_OPTIONS,
+        HeaderValue::from_static("nosniff"),
+    );
+    h.insert(
+        header::REFERRER_POLICY,
+        HeaderValue::from_static("no-referrer"),
+    );
+    r
+}
+
+/// The session cookie's value in `headers`.
+fn session_cookie(headers: &HeaderMap) -> Option<&str> {
+    headers
+        .get_all(header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .filter_map(|c| c.trim().split_once('='))
+        .find(|(k, _)| *k == auth::COOKIE)
+        .map(|(_, v)| v)
+}
+
+/// `application/x-www-form-urlencoded` fields.
+fn form_fields(body: &[u8]) -> HashMap<String, String> {
+    String::from_utf8_lossy(body)
+        .split('&')
+        .filter_map(|kv| kv.split_once('='))
+        .map(|(k, v)| {
+            let dec = |s: &str| {
+                percent_encoding::percent_decode_str(&s.replace('+', " "))
+                    .decode_utf8_lossy()
+                    .into_owned()
+            };
+            (dec(k), dec(v))
+        })
+        .collect()
+}
+
+fn wants_html(req: &Request) -> bool {
+    matches!(*req.method(), Method::GET | Method::HEAD)
+        && req
+            .headers()
+            .get(header::ACCEPT)
+            .and_then(|a| a.to_str().ok())
+            .is_some_and(|a| a.contains("text/html"))
+}
+
+fn see_other(to: &str) -> Response {
+    (StatusCode::SEE_OTHER, [(header::LOCATION, to.to_string())]).into_response()
+}
+
+/// The one enforcement point: `access` for this route. Token routes check the bearer token
+/// (and Host/Origin); session routes need a live session of at least the route's role
+/// (none: a browser's page load goes to `/login`, anything else gets 401), and the session's
+/// CSRF token (`X-CSRF-Token` header or `csrf` form field) on a state-changing request. The
+/// handler finds the [`Viewer`] in the request's extensions.
+pub async fn enforce(
+    State((s, access)): State<(ServerState, Access)>,
+    req: Request,
+    next: Next,
+) -> Response {
+    let path = req.uri().path().to_string();
+    if access == Access::Token {
+        if let Some((code, why)) = refused(&s, req.headers()) {
+            return deny(&s, &path, code, why);
+        }
+        return next.run(req).await;
+    }
+    let Some(need) = access.role() else {
+        return next.run(req).await;
+    };
+    let viewer = session_cookie(req.headers()).and_then(|id| s.auth.session(id));
+    let Some(viewer) = viewer else {
+        if wants_html(&req) {
+            return see_other("/login");
+        }
+        return json(
+            StatusCode::UNAUTHORIZED,
+            serde_json::json!({ "error": "log in first (POST /login)" }),
+        );
+    };
+    if viewer.role < need {
+        return deny(
+            &s,
+            &path,
+            StatusCode::FORBIDDEN,
+            format!(
+                "{} is a {}; this needs a {}",
+                viewer.user,
+                viewer.role.as_str(),
+                need.as_str()
+            ),
+        );
+    }
+    let mut req = req;
+    if !matches!(
+        *req.method(),
+        Method::GET | Method::HEAD | Method::OPTIONS | Method::TRACE
+    ) {
+        let header_token = req
+            .headers()
+            .get("x-csrf-token")
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string);
+        let presented = match header_token {
+            Some(t) => Some(t),
+            None if req
+                .headers()
+                .get(header::CONTENT_TYPE)
+                .and_then(|v| v.to_str().ok())
+                .is_some_and(|c| c.starts_with("application/x-www-form-urlencoded")) =>
+            {
+                let (parts, body) = req.into_parts();
+                let Ok(bytes) =
+                    axum::body::to_bytes(body, aegis_ota::maml::MAX_DOCUMENT_BYTES + 1).await
+                else {
+                    return json(
+                        StatusCode::PAYLOAD_TOO_LARGE,
+                        serde_json::json!({ "error": "the form is too large" }),
+                    );
+                };
+                let t = form_fields(&bytes).remove("csrf");
+                req = Request::from_parts(parts, axum::body::Body::from(bytes));
+                t
+            }
+            None => None,
+        };
+        if !presented.is_some_and(|t| auth::same(&t, &viewer.csrf)) {
+            return deny(
+                &s,
+                &path,
+                StatusCode::FORBIDDEN,
+                "missing or wrong CSRF token (X-CSRF-Token header or csrf form field)".into(),
+            );
+        }
+    }
+    req.extensions_mut().insert(viewer);
+    let mut r = next.run(req).await;
+    r.headers_mut()
+        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    r
+}
+
+fn html(code: StatusCode, body: String) -> Response {
+    (
+        code,
+        [
+            (header::CONTENT_TYPE, "text/html; charset=utf-8"),
+            (header::CACHE_CONTROL, "no-store"),
+        ],
+        body,
+    )
+        .into_response()
+}
+
+fn escape(s: &str) -> String {
+    s.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
+        .replace('"', "&quot;")
+        .replace('\'', "&#39;")
+}
+
+/// The login page; without any account, how to create one (and nothing else).
+fn login_html(s: &ServerState, message: Option<&str>) -> String {
+    let body = if s.auth.has_accounts() {
+        format!(
+            "{}<form method=\"post\" action=\"/login\">\
+             <label>User <input name=\"user\" autocomplete=\"username\" required></label>\
+             <label>Password <input name=\"password\" type=\"password\" \
+             autocomplete=\"current-password\" required></label>\
+             <button type=\"submit\">Log in</button></form>",
+            message.map_or_else(String::new, |m| format!(
+                "<p role=\"alert\">{}</p>",
+                escape(m)
+            ))
+        )
+    } else {
+        format!(
+            "<p>No account exists on this device yet. On the device, create one:</p>\
+             <pre>aegis user add NAME --role admin --config CONFIG.yaml</pre>\
+             <p>(accounts file: {})</p>",
+            escape(&s.auth.accounts_path().display().to_string())
+        )
+    };
+    format!(
+        "<!doctype html><html lang=\"en\"><head><meta charset=\"utf-8\">\
+         <title>Aegis Edge — log in</title></head><body><h1>{}</h1>{body}</body></html>",
+        escape(&s.device)
+    )
+}
+
+async fn login_page(State(s): State<ServerState>) -> Response {
+    html(StatusCode::OK, login_html(&s, None))
+}
+
+async fn login(State(s): State<ServerState>, req: Request) -> Response {
+    let ip = req
+        .extensions()
+        .get::<ConnectInfo<SocketAddr>>()
+        .map(|c| c.0.ip());
+    let Ok(bytes) = axum::body::to_bytes(req.into_body(), 64 * 1024).await else {
+        return html(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            login_html(&s, Some("the form is too large")),
+        );
+    };
+    let f = form_fields(&bytes);
+    let (user, password) = (
+        f.get("user").map_or("", String::as_str),
+        f.get("password").map_or("", String::as_str),
+    );
+    let auth = s.auth.clone();
+    let (user_c, password_c) = (
+        user.to_string(),
+        zeroize::Zeroizing::new(password.to_string()),
+    );
+    // argon2 takes tens of milliseconds: off the async workers.
+    let res = tokio::task::spawn_blocking(move || auth.login(&user_c, &password_c, ip)).await;
+    match res {
+        Ok(Ok(new)) => {
+            let mut r = see_other("/");
+            let cookie = format!(
+                "{}={}; HttpOnly;{} SameSite=Strict; Path=/; Max-Age={}",
+                auth::COOKIE,
+                new.id,
+                if s.cookie_secure { " Secure;" } else { "" },
+                auth::SESSION_TTL.as_secs()
+            );
+            if let Ok(v) = HeaderValue::from_str(&cookie) {
+                r.headers_mut().insert(header::SET_COOKIE, v);
+            }
+            r
+        }
+        Ok(Err(e)) => {
+            if let Some(a) = &s.audit {
+                a.record("http.login_failed", &format!("{user}: {e}"));
+            }
+            let code = match e {
+                auth::LoginError::BadCredentials => StatusCode::UNAUTHORIZED,
+                auth::LoginError::Locked => StatusCode::TOO_MANY_REQUESTS,
+                _ => StatusCode::INTERNAL_SERVER_ERROR,
+            };
+            html(code, login_html(&s, Some(&e.to_string())))
+        }
+        Err(_) => html(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            login_html(&s, Some("the login check stopped")),
+        ),
+    }
+}
+
+async fn logout(State(s): State<ServerState>, headers: HeaderMap) -> Response {
+    if let Some(id) = session_cookie(&headers) {
+        s.auth.logout(id);
+    }
+    let mut r = see_other("/login");
+    r.headers_mut().insert(
+        header::SET_COOKIE,
+        HeaderValue::from_static("aegis_session=; HttpOnly; SameSite=Strict; Path=/; Max-Age=0"),
+    );
+    r
 }
 
 /// Binds `addr`, naming it in the error (a busy port is the usual cause).
@@ -257,12 +650,7 @@ fn deny(s: &ServerState, path: &str, code: StatusCode, why: String) -> Response 
     r
 }
 
-async fn metrics(State(s): State<ServerState>, headers: HeaderMap) -> Response {
-    if !s.metrics_public
-        && let Some((code, why)) = refused(&s, &headers)
-    {
-        return deny(&s, "/metrics", code, why);
-    }
+async fn metrics(State(s): State<ServerState>) -> Response {
     let body = tokio::task::spawn_blocking(move || s.metrics.render())
         .await
         .unwrap_or_default();
@@ -313,20 +701,13 @@ async fn healthz(State(s): State<ServerState>) -> impl IntoResponse {
     )
 }
 
-async fn workflow(
-    State(s): State<ServerState>,
-    headers: HeaderMap,
-    body: axum::body::Bytes,
-) -> Response {
+async fn workflow(State(s): State<ServerState>, body: axum::body::Bytes) -> Response {
     let Some(tx) = s.workflows.clone() else {
         return json(
             StatusCode::NOT_FOUND,
             serde_json::json!({ "error": "workflows are disabled on this device (workflows.enabled)" }),
         );
     };
-    if let Some((code, why)) = refused(&s, &headers) {
-        return deny(&s, "/workflow", code, why);
-    }
     let (reply_tx, reply_rx) = tokio::sync::oneshot::channel();
     let req = crate::workflows::apply::Request {
         payload: body.to_vec(),

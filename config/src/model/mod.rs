@@ -95,14 +95,25 @@ impl AgentConfig {
     /// Where the local API token lives (`web.token_file`, else `api.token` next to the
     /// store).
     pub fn token_path(&self) -> PathBuf {
-        match &self.web.token_file {
+        self.beside_store(&self.web.token_file, "api.token")
+    }
+
+    /// Where the web page's accounts live (`web.accounts_file`, else `accounts.json` next to
+    /// the store).
+    pub fn accounts_path(&self) -> PathBuf {
+        self.beside_store(&self.web.accounts_file, "accounts.json")
+    }
+
+    /// `set`, else `name` in the store's folder.
+    fn beside_store(&self, set: &Option<PathBuf>, name: &str) -> PathBuf {
+        match set {
             Some(p) => p.clone(),
             None => self
                 .store
                 .path
                 .parent()
                 .filter(|d| !d.as_os_str().is_empty())
-                .map_or_else(|| PathBuf::from("api.token"), |d| d.join("api.token")),
+                .map_or_else(|| PathBuf::from(name), |d| d.join(name)),
         }
     }
 }

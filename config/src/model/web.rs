@@ -33,6 +33,12 @@ pub struct WebConfig {
     /// Default: `api.token` next to `store.path`.
     #[serde(default)]
     pub token_file: Option<PathBuf>,
+    /// The technician web page's accounts (argon2id password hashes and
+    /// roles, 0600; managed with `aegis user add|passwd|del|list`). No
+    /// account exists until one is added: there is no default password.
+    /// Default: `accounts.json` next to `store.path`.
+    #[serde(default)]
+    pub accounts_file: Option<PathBuf>,
 }
 
 impl Default for WebConfig {
@@ -41,6 +47,7 @@ impl Default for WebConfig {
             listen: default_web_listen(),
             metrics_public: default_true(),
             token_file: None,
+            accounts_file: None,
         }
     }
 }
