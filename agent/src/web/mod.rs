@@ -279,8 +279,14 @@ pub fn routes(metrics_public: bool) -> Vec<RouteSpec> {
 /// The router with every route of [`routes`], each behind [`enforce`], and the security
 /// headers on every response.
 pub fn router(state: ServerState) -> Router {
+    let table = routes(state.metrics_public);
+    build(state, table)
+}
+
+/// The router of `table`.
+fn build(state: ServerState, table: Vec<RouteSpec>) -> Router {
     let mut r = Router::new();
-    for spec in routes(state.metrics_public) {
+    for spec in table {
         let filter = MethodFilter::try_from(spec.method.clone())
             .unwrap_or_else(|_| panic!("{} {}: no such method filter", spec.method, spec.path));
         let layer = axum::middleware::from_fn_with_state((state.clone(), spec.access), enforce);
@@ -766,5 +772,487 @@ mod tests {
         assert_eq!(host_part("[::1]:8080"), "::1");
         assert_eq!(host_part("localhost"), "localhost");
         assert_eq!(host_part("evil.example:8080"), "evil.example");
+    }
+}
+
+/// The route table and its one enforcement point, through the router (no network).
+#[cfg(test)]
+mod route_tests {
+    use std::sync::Mutex;
+    use std::time::Duration;
+
+    use axum::body::Body;
+    use tower::ServiceExt;
+
+    use super::auth::{Accounts, Clock};
+    use super::*;
+
+    struct TestClock(Mutex<Instant>);
+
+    impl Clock for TestClock {
+        fn now(&self) -> Instant {
+            *self.0.lock().unwrap()
+        }
+    }
+
+    impl TestClock {
+        fn advance(&self, d: Duration) {
+            *self.0.lock().unwrap() += d;
+        }
+    }
+
+    struct Rig {
+        _dir: tempfile::TempDir,
+        state: ServerState,
+        clock: Arc<TestClock>,
+        extra: Vec<RouteSpec>,
+    }
+
+    async fn whoami(v: Viewer) -> String {
+        format!("{} {}", v.user, v.role.as_str())
+    }
+
+    /// A technician route and an admin route, as pages add them.
+    fn page_routes() -> Vec<RouteSpec> {
+        vec![
+            RouteSpec {
+                method: Method::GET,
+                path: "/t/view",
+                access: Access::Viewer,
+                handler: |m| on(m, whoami),
+            },
+            RouteSpec {
+                method: Method::POST,
+                path: "/t/change",
+                access: Access::Technician,
+                handler: |m| on(m, whoami),
+            },
+            RouteSpec {
+                method: Method::DELETE,
+                path: "/t/admin",
+                access: Access::Admin,
+                handler: |m| on(m, whoami),
+            },
+        ]
+    }
+
+    const PW: &str = "correct horse";
+
+    fn rig(metrics_public: bool, with_accounts: bool, cookie_secure: bool) -> Rig {
+        let dir = tempfile::tempdir().unwrap();
+        let accounts = dir.path().join("accounts.json");
+        if with_accounts {
+            let mut a = Accounts::default();
+            a.add("vic", Role::Viewer, PW).unwrap();
+            a.add("tess", Role::Technician, PW).unwrap();
+            a.save(&accounts).unwrap();
+        }
+        let clock = Arc::new(TestClock(Mutex::new(Instant::now())));
+        let state = ServerState {
+            metrics: Arc::new(Metrics::new("cpu")),
+            device: "dev-1".into(),
+            started: Instant::now(),
+            workflows: None,
+            token: Arc::new(LocalToken::load_or_create(&dir.path().join("api.token")).unwrap()),
+            metrics_public,
+            audit: None,
+            counters: None,
+            auth: Arc::new(Auth::new(accounts, clock.clone())),
+            cookie_secure,
+        };
+        Rig {
+            _dir: dir,
+            state,
+            clock,
+            extra: page_routes(),
+        }
+    }
+
+    impl Rig {
+        fn table(&self) -> Vec<RouteSpec> {
+            let mut t = routes(self.state.metrics_public);
+            t.extend(self.extra.iter().cloned());
+            t
+        }
+
+        async fn send(&self, req: axum::http::Request<Body>) -> (StatusCode, HeaderMap, String) {
+            let r = build(self.state.clone(), self.table())
+                .oneshot(req)
+                .await
+                .unwrap();
+            let (parts, body) = r.into_parts();
+            let body = axum::body::to_bytes(body, usize::MAX).await.unwrap();
+            (
+                parts.status,
+                parts.headers,
+                String::from_utf8_lossy(&body).into_owned(),
+            )
+        }
+
+        async fn login_from(
+            &self,
+            user: &str,
+            pw: &str,
+            ip: [u8; 4],
+        ) -> (StatusCode, HeaderMap, String) {
+            let mut req = axum::http::Request::post("/login")
+                .header(header::HOST, "127.0.0.1")
+                .header(header::CONTENT_TYPE, "application/x-www-form-urlencoded")
+                .body(Body::from(format!(
+                    "user={user}&password={}",
+                    pw.replace(' ', "+")
+                )))
+                .unwrap();
+            req.extensions_mut()
+                .insert(ConnectInfo(SocketAddr::from((ip, 4000))));
+            self.send(req).await
+        }
+
+        /// Logs in; the cookie header and the session's CSRF token.
+        async fn session(&self, user: &str) -> (String, String) {
+            let (code, h, body) = self.login_from(user, PW, [10, 0, 0, 1]).await;
+            assert_eq!(code, StatusCode::SEE_OTHER, "{body}");
+            let set = h[header::SET_COOKIE].to_str().unwrap();
+            let id = set.split(';').next().unwrap().to_string();
+            let v = self
+                .state
+                .auth
+                .session(id.split_once('=').unwrap().1)
+                .unwrap();
+            (id, v.csrf)
+        }
+    }
+
+    fn req(method: &Method, path: &str) -> axum::http::request::Builder {
+        axum::http::Request::builder()
+            .method(method.clone())
+            .uri(path)
+            .header(header::HOST, "127.0.0.1")
+    }
+
+    #[tokio::test]
+    async fn every_protected_route_refuses_a_request_without_credentials() {
+        for public_metrics in [true, false] {
+            let rig = rig(public_metrics, true, true);
+            for spec in rig.table() {
+                let (code, _, body) = rig
+                    .send(req(&spec.method, spec.path).body(Body::empty()).unwrap())
+                    .await;
+                match spec.access {
+                    // (POST /login answers 401 itself: no user name, no password.)
+                    Access::Public => assert!(
+                        code != StatusCode::FORBIDDEN
+                            && (code != StatusCode::UNAUTHORIZED || spec.path == "/login"),
+                        "{} {}: {code}",
+                        spec.method,
+                        spec.path
+                    ),
+                    _ => assert_eq!(
+                        code,
+                        StatusCode::UNAUTHORIZED,
+                        "{} {}: {body}",
+                        spec.method,
+                        spec.path
+                    ),
+                }
+                if spec.access.role().is_some() && spec.method == Method::GET {
+                    let (code, h, _) = rig
+                        .send(
+                            req(&spec.method, spec.path)
+                                .header(header::ACCEPT, "text/html,*/*")
+                                .body(Body::empty())
+                                .unwrap(),
+                        )
+                        .await;
+                    assert_eq!(code, StatusCode::SEE_OTHER, "{}", spec.path);
+                    assert_eq!(h[header::LOCATION], "/login");
+                }
+            }
+            let metrics_access = rig
+                .table()
+                .iter()
+                .find(|s| s.path == "/metrics")
+                .unwrap()
+                .access;
+            assert_eq!(
+                metrics_access,
+                if public_metrics {
+                    Access::Public
+                } else {
+                    Access::Token
+                }
+            );
+        }
+    }
+
+    #[tokio::test]
+    async fn token_routes_take_the_bearer_token_as_before() {
+        let rig = rig(false, true, true);
+        let bearer = rig.state.token.header();
+        let (code, _, _) = rig
+            .send(
+                req(&Method::GET, "/metrics")
+                    .header(header::AUTHORIZATION, &bearer)
+                    .body(Body::empty())
+                    .unwrap(),
+            )
+            .await;
+        assert_eq!(code, StatusCode::OK);
+        // Past the token check: this rig has workflows off.
+        let (code, _, body) = rig
+            .send(
+                req(&Method::POST, "/workflow")
+                    .header(header::AUTHORIZATION, &bearer)
+                    .body(Body::empty())
+                    .unwrap(),
+            )
+            .await;
+        assert_eq!(code, StatusCode::NOT_FOUND, "{body}");
+        let (code, _, _) = rig
+            .send(
+                axum::http::Request::post("/workflow")
+                    .header(header::HOST, "evil.example")
+                    .header(header::AUTHORIZATION, &bearer)
+                    .body(Body::empty())
+                    .unwrap(),
+            )
+            .await;
+        assert_eq!(code, StatusCode::FORBIDDEN);
+        // A session is no bearer token.
+        let (cookie, csrf) = rig.session("tess").await;
+        let (code, _, _) = rig
+            .send(
+                req(&Method::POST, "/workflow")
+                    .header(header::COOKIE, &cookie)
+                    .header("x-csrf-token", &csrf)
+                    .body(Body::empty())
+                    .unwrap(),
+            )
+            .await;
+        assert_eq!(code, StatusCode::UNAUTHORIZED);
+    }
+
+    #[tokio::test]
+    async fn security_headers_are_on_every_response() {
+        let rig = rig(false, true, true);
+        let (cookie, _) = rig.session("tess").await;
+        let mut paths: Vec<(Method, &str)> = rig
+            .table()
+            .iter()
+            .map(|s| (s.method.clone(), s.path))
+            .collect();
+        paths.push((Method::GET, "/no/such/route"));
+        for (m, p) in paths {
+            for with_cookie in [false, true] {
+                let mut b = req(&m, p);
+                if with_cookie {
+                    b = b.header(header::COOKIE, &cookie);
+                }
+                let (code, h, _) = rig.send(b.body(Body::empty()).unwrap()).await;
+                assert_eq!(h[header::CONTENT_SECURITY_POLICY], CSP, "{m} {p} {code}");
+                assert!(CSP.contains("frame-ancestors 'none'") && CSP.contains("base-uri 'none'"));
+                assert_eq!(h[header::X_CONTENT_TYPE_OPTIONS], "nosniff", "{m} {p}");
+                assert_eq!(h[header::REFERRER_POLICY], "no-referrer", "{m} {p}");
+            }
+        }
+        let (code, h, body) = rig
+            .send(
+                req(&Method::GET, "/t/view")
+                    .header(header::COOKIE, &cookie)
+                    .body(Body::empty())
+                    .unwrap(),
+            )
+            .await;
+        assert_eq!((code, body.as_str()), (StatusCode::OK, "tess technician"));
+        assert_eq!(h[header::CACHE_CONTROL], "no-store");
+    }
+
+    #[tokio::test]
+    async fn the_session_cookie_is_strict_and_secure_except_on_loopback_http() {
+        for secure in [true, false] {
+            let rig = rig(true, true, secure);
+            let (code, h, _) = rig.login_from("vic", PW, [10, 0, 0, 1]).await;
+            assert_eq!(code, StatusCode::SEE_OTHER);
+            let c = h[header::SET_COOKIE].to_str().unwrap();
+            let attrs: Vec<&str> = c.split(';').map(str::trim).collect();
+            let id = attrs[0].strip_prefix("aegis_session=").unwrap();
+            assert_eq!(id.len(), 64, "256 random bits, hex: {c}");
+            assert!(id.bytes().all(|b| b.is_ascii_hexdigit()));
+            for a in ["HttpOnly", "SameSite=Strict", "Path=/"] {
+                assert!(attrs.contains(&a), "{a} missing: {c}");
+            }
+            assert_eq!(attrs.contains(&"Secure"), secure, "{c}");
+        }
+    }
+
+    #[tokio::test]
+    async fn csrf_is_required_and_roles_are_enforced() {
+        let rig = rig(true, true, true);
+        let (vic, vic_csrf) = rig.session("vic").await;
+        let (tess, csrf) = rig.session("tess").await;
+        let post = |cookie: &str| {
+            req(&Method::POST, "/t/change").header(header::COOKIE, format!("theme=dark; {cookie}"))
+        };
+        // Missing, wrong, another session's: 403.
+        for b in [
+            post(&tess),
+            post(&tess).header("x-csrf-token", "0".repeat(64)),
+            post(&tess).header("x-csrf-token", &vic_csrf),
+        ] {
+            let (code, _, _) = rig.send(b.body(Body::empty()).unwrap()).await;
+            assert_eq!(code, StatusCode::FORBIDDEN);
+        }
+        let (code, _, _) = rig
+            .send(
+                post(&tess)
+                    .header(header::CONTENT_TYPE, "application/x-www-form-urlencoded")
+                    .body(Body::from("csrf=nope&x=1"))
+                    .unwrap(),
+            )
+            .await;
+        assert_eq!(code, StatusCode::FORBIDDEN);
+        // Right, as a header or a form field: through, with the viewer.
+        let (code, _, body) = rig
+            .send(
+                post(&tess)
+                    .header("x-csrf-token", &csrf)
+                    .body(Body::empty())
+                    .unwrap(),
+            )
+            .await;
+        assert_eq!((code, body.as_str()), (StatusCode::OK, "tess technician"));
+        let (code, _, _) = rig
+            .send(
+                post(&tess)
+                    .header(header::CONTENT_TYPE, "application/x-www-form-urlencoded")
+                    .body(Body::from(format!("x=1&csrf={csrf}")))
+                    .unwrap(),
+            )
+            .await;
+        assert_eq!(code, StatusCode::OK);
+        // A viewer with its right token on a technician route, a technician on an admin one.
+        let (code, _, _) = rig
+            .send(
+                post(&vic)
+                    .header("x-csrf-token", &vic_csrf)
+                    .body(Body::empty())
+                    .unwrap(),
+            )
+            .await;
+        assert_eq!(code, StatusCode::FORBIDDEN);
+        let (code, _, _) = rig
+            .send(
+                req(&Method::DELETE, "/t/admin")
+                    .header(header::COOKIE, &tess)
+                    .header("x-csrf-token", &csrf)
+                    .body(Body::empty())
+                    .unwrap(),
+            )
+            .await;
+        assert_eq!(code, StatusCode::FORBIDDEN);
+        // Logout needs the token too, and ends the session.
+        let (code, _, _) = rig
+            .send(
+                req(&Method::POST, "/logout")
+                    .header(header::COOKIE, &tess)
+                    .body(Body::empty())
+                    .unwrap(),
+            )
+            .await;
+        assert_eq!(code, StatusCode::FORBIDDEN);
+        let (code, h, _) = rig
+            .send(
+                req(&Method::POST, "/logout")
+                    .header(header::COOKIE, &tess)
+                    .header("x-csrf-token", &csrf)
+                    .body(Body::empty())
+                    .unwrap(),
+            )
+            .await;
+        assert_eq!(code, StatusCode::SEE_OTHER);
+        assert!(
+            h[header::SET_COOKIE]
+                .to_str()
+                .unwrap()
+                .contains("Max-Age=0")
+        );
+        let (code, _, _) = rig
+            .send(
+                post(&tess)
+                    .header("x-csrf-token", &csrf)
+                    .body(Body::empty())
+                    .unwrap(),
+            )
+            .await;
+        assert_eq!(code, StatusCode::UNAUTHORIZED);
+        // Sessions expire.
+        rig.clock.advance(auth::SESSION_TTL);
+        let (code, _, _) = rig
+            .send(
+                req(&Method::GET, "/t/view")
+                    .header(header::COOKIE, &vic)
+                    .body(Body::empty())
+                    .unwrap(),
+            )
+            .await;
+        assert_eq!(code, StatusCode::UNAUTHORIZED);
+    }
+
+    #[tokio::test]
+    async fn wrong_and_unknown_users_get_one_answer_and_failures_lock_out() {
+        let rig = rig(true, true, true);
+        let wrong = rig.login_from("vic", "wrong horse", [10, 0, 0, 2]).await;
+        let unknown = rig.login_from("nobody", PW, [10, 0, 0, 3]).await;
+        assert_eq!(wrong.0, StatusCode::UNAUTHORIZED);
+        assert_eq!((wrong.0, &wrong.2), (unknown.0, &unknown.2));
+        assert!(wrong.1.get(header::SET_COOKIE).is_none());
+        // Per user: failures from several addresses lock the name, even for the right
+        // password, until the lockout ends.
+        for i in 1..auth::MAX_FAILURES {
+            let (code, _, _) = rig
+                .login_from("vic", "wrong horse", [10, 0, 1, i as u8])
+                .await;
+            assert_eq!(code, StatusCode::UNAUTHORIZED);
+        }
+        let (code, _, _) = rig.login_from("vic", PW, [10, 0, 2, 1]).await;
+        assert_eq!(code, StatusCode::TOO_MANY_REQUESTS);
+        rig.clock.advance(auth::LOCKOUT - Duration::from_secs(1));
+        let (code, _, _) = rig.login_from("vic", PW, [10, 0, 2, 1]).await;
+        assert_eq!(code, StatusCode::TOO_MANY_REQUESTS);
+        // Others are not locked.
+        let (code, _, _) = rig.login_from("tess", PW, [10, 0, 2, 1]).await;
+        assert_eq!(code, StatusCode::SEE_OTHER);
+        rig.clock.advance(Duration::from_secs(2));
+        let (code, _, _) = rig.login_from("vic", PW, [10, 0, 2, 1]).await;
+        assert_eq!(code, StatusCode::SEE_OTHER);
+        // Per address: guesses at many names from one address lock that address.
+        for i in 0..auth::MAX_FAILURES {
+            rig.login_from(&format!("guess{i}"), PW, [10, 9, 9, 9])
+                .await;
+        }
+        let (code, _, _) = rig.login_from("tess", PW, [10, 9, 9, 9]).await;
+        assert_eq!(code, StatusCode::TOO_MANY_REQUESTS);
+    }
+
+    #[tokio::test]
+    async fn without_accounts_the_login_page_says_how_to_create_one() {
+        let rig = rig(true, false, true);
+        let (code, h, body) = rig
+            .send(req(&Method::GET, "/login").body(Body::empty()).unwrap())
+            .await;
+        assert_eq!(code, StatusCode::OK);
+        assert!(body.contains("aegis user add"), "{body}");
+        assert!(!body.contains("<form"), "{body}");
+        assert_eq!(h[header::CACHE_CONTROL], "no-store");
+        let (code, _, _) = rig.login_from("admin", "admin", [10, 0, 0, 1]).await;
+        assert_eq!(code, StatusCode::UNAUTHORIZED);
+        let rig = super::route_tests::rig(true, true, true);
+        let (_, _, body) = rig
+            .send(req(&Method::GET, "/login").body(Body::empty()).unwrap())
+            .await;
+        assert!(
+            body.contains("<form") && !body.contains("aegis user add"),
+            "{body}"
+        );
     }
 }
