@@ -39,8 +39,8 @@ pub use model::{
     HealthCheckConfig, ImuConfig, InferenceConfig, InferenceProvider, IotSensorConfig, LogConfig,
     LogFormat, ModelConfig, ModelKindConfig, ModerationCondition, PipelineConfig, RecordSink,
     RtspTransport, RuleConfig, Secret, SensorCondition, SensorsConfig, SinkConfig, SourceConfig,
-    SourceLocation, StoreConfig, TensorRtOptions, TrackCondition, TrustAnchors, VideoCodec,
-    WebConfig, WorkflowPolicy, WorkflowsConfig,
+    SourceLocation, StoreConfig, TensorRtOptions, TlsMode, TrackCondition, TrustAnchors,
+    VideoCodec, WebConfig, WorkflowPolicy, WorkflowsConfig,
 };
 // Everything public of the stages (the settings of each kind, `StageConfig`, the list's
 // accessors), so that a new kind needs no line here.

@@ -18,6 +18,7 @@
 //! headers (CSP, `nosniff`, `no-referrer`) to every response.
 
 pub mod auth;
+pub mod tls;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;

@@ -39,6 +39,26 @@ pub struct WebConfig {
     /// Default: `accounts.json` next to `store.path`.
     #[serde(default)]
     pub accounts_file: Option<PathBuf>,
+    /// HTTPS: `auto` (TLS unless `listen` is a loopback address), `on`, or
+    /// `off`. The device certificate (self-signed; the host name and the
+    /// listen IP) is created at first start next to `store.path`
+    /// (`web.crt`, key `web.key` 0600); the agent logs its SHA-256
+    /// fingerprint at start.
+    #[serde(default)]
+    pub tls: TlsMode,
+}
+
+/// When the local web server speaks TLS (`web.tls`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum TlsMode {
+    /// TLS unless the listen address is a loopback address.
+    #[default]
+    Auto,
+    /// Always TLS.
+    On,
+    /// Never TLS (plain HTTP).
+    Off,
 }
 
 impl Default for WebConfig {
@@ -48,6 +68,7 @@ impl Default for WebConfig {
             metrics_public: default_true(),
             token_file: None,
             accounts_file: None,
+            tls: TlsMode::Auto,
         }
     }
 }
