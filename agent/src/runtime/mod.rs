@@ -323,22 +323,39 @@ impl Endpoints {
         };
         let listener = bind(addr).await?;
         let listen = listener.local_addr()?;
+        let tls = crate::web::tls::wants_tls(cfg.web.tls, listen);
         // Plain HTTP: a `Secure` cookie would not come back, so only loopback drops it.
         let state = ServerState {
-            cookie_secure: !listen.ip().is_loopback(),
+            cookie_secure: tls || !listen.ip().is_loopback(),
             ..state
         };
+        let app = router(state).into_make_service_with_connect_info::<SocketAddr>();
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-        let task = tokio::spawn(async move {
-            axum::serve(
-                listener,
-                router(state).into_make_service_with_connect_info::<SocketAddr>(),
-            )
-            .with_graceful_shutdown(async {
-                let _ = stopped.await;
+        let stopped = async {
+            let _ = stopped.await;
+        };
+        let task = if tls {
+            let dir = cfg.store.path.parent().unwrap_or(std::path::Path::new("."));
+            let cert = crate::web::tls::DeviceCert::load_or_create(dir, listen.ip())?;
+            tracing::info!(fingerprint = %cert.fingerprint(), cert = %cert.cert_path.display(),
+                "web: HTTPS with the device certificate (compare this SHA-256 fingerprint in the browser)");
+            // `tap_io` only to have the peer address as connect info.
+            let listener = axum::serve::ListenerExt::tap_io(
+                crate::web::tls::TlsListener::new(listener, cert.server_config()?)?,
+                |_| {},
+            );
+            tokio::spawn(async move {
+                axum::serve(listener, app)
+                    .with_graceful_shutdown(stopped)
+                    .await
             })
-            .await
-        });
+        } else {
+            tokio::spawn(async move {
+                axum::serve(listener, app)
+                    .with_graceful_shutdown(stopped)
+                    .await
+            })
+        };
         Ok(Endpoints { listen, stop, task })
     }
 
