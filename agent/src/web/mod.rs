@@ -813,29 +813,27 @@ mod route_tests {
         format!("{} {}", v.user, v.role.as_str())
     }
 
-    /// A technician route and an admin route, as pages add them.
-    fn page_routes() -> Vec<RouteSpec> {
-        vec![
-            RouteSpec {
-                method: Method::GET,
-                path: "/t/view",
-                access: Access::Viewer,
-                handler: |m| on(m, whoami),
-            },
-            RouteSpec {
-                method: Method::POST,
-                path: "/t/change",
-                access: Access::Technician,
-                handler: |m| on(m, whoami),
-            },
-            RouteSpec {
-                method: Method::DELETE,
-                path: "/t/admin",
-                access: Access::Admin,
-                handler: |m| on(m, whoami),
-            },
-        ]
-    }
+    /// A viewer, a technician and an admin route, as a page module declares its table.
+    static PAGES: &[RouteSpec] = &[
+        RouteSpec {
+            method: Method::GET,
+            path: "/t/view",
+            access: Access::Viewer,
+            handler: |m| on(m, whoami),
+        },
+        RouteSpec {
+            method: Method::POST,
+            path: "/t/change",
+            access: Access::Technician,
+            handler: |m| on(m, whoami),
+        },
+        RouteSpec {
+            method: Method::DELETE,
+            path: "/t/admin",
+            access: Access::Admin,
+            handler: |m| on(m, whoami),
+        },
+    ];
 
     const PW: &str = "correct horse";
 
@@ -865,7 +863,7 @@ mod route_tests {
             _dir: dir,
             state,
             clock,
-            extra: page_routes(),
+            extra: PAGES.to_vec(),
         }
     }
 
