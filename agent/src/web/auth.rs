@@ -278,6 +278,8 @@ impl<S: Send + Sync> axum::extract::FromRequestParts<S> for Viewer {
 
 struct Session {
     viewer: Viewer,
+    /// The account's hash at login: a changed password or a deleted account ends it.
+    hash: String,
     expires: Instant,
 }
 
@@ -394,6 +396,10 @@ impl Auth {
             self.failed(&keys, now);
             return Err(LoginError::BadCredentials);
         };
+        let hash = accounts
+            .find(user)
+            .map(|a| a.hash.clone())
+            .unwrap_or_default();
         {
             let mut f = self.failures.lock().unwrap_or_else(|p| p.into_inner());
             for k in &keys {
@@ -412,6 +418,7 @@ impl Auth {
             id.clone(),
             Session {
                 viewer: viewer.clone(),
+                hash,
                 expires: now + SESSION_TTL,
             },
         );
@@ -440,13 +447,27 @@ impl Auth {
         }
     }
 
-    /// The session `id`'s viewer, while it lasts.
+    /// The session `id`'s viewer, while it lasts and its account is as it was at login
+    /// (`aegis user del|passwd` end it; the role is the file's, now).
     pub fn session(&self, id: &str) -> Option<Viewer> {
         let now = self.clock.now();
-        let s = self.sessions.lock().unwrap_or_else(|p| p.into_inner());
-        s.iter()
-            .find(|(k, x)| same(k, id) && now < x.expires)
-            .map(|(_, x)| x.viewer.clone())
+        let (mut viewer, hash) = {
+            let s = self.sessions.lock().unwrap_or_else(|p| p.into_inner());
+            s.iter()
+                .find(|(k, x)| same(k, id) && now < x.expires)
+                .map(|(_, x)| (x.viewer.clone(), x.hash.clone()))?
+        };
+        let accounts = Accounts::load(&self.accounts).ok()?;
+        match accounts.find(&viewer.user) {
+            Some(a) if a.hash == hash => {
+                viewer.role = a.role;
+                Some(viewer)
+            }
+            _ => {
+                self.logout(id);
+                None
+            }
+        }
     }
 
     /// Ends the session `id`.
@@ -506,6 +527,27 @@ mod tests {
             Accounts::load(&p),
             Err(AccountsError::Read { .. })
         ));
+    }
+
+    #[test]
+    fn deleting_or_repasswording_an_account_ends_its_sessions() {
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path().join("accounts.json");
+        let mut a = Accounts::default();
+        a.add("ana", Role::Admin, "correct horse").unwrap();
+        a.add("bo", Role::Technician, "correct horse").unwrap();
+        a.save(&p).unwrap();
+        let auth = Auth::new(p.clone(), Arc::new(SystemClock));
+        let ana = auth.login("ana", "correct horse", None).unwrap();
+        let bo = auth.login("bo", "correct horse", None).unwrap();
+        assert_eq!(auth.session(&ana.id).unwrap().role, Role::Admin);
+        a.set_password("ana", "battery staple").unwrap();
+        a.remove("bo").unwrap();
+        a.save(&p).unwrap();
+        assert_eq!(auth.session(&ana.id), None);
+        assert_eq!(auth.session(&bo.id), None);
+        let again = auth.login("ana", "battery staple", None).unwrap();
+        assert_eq!(auth.session(&again.id).unwrap().user, "ana");
     }
 
     #[test]
