@@ -7,6 +7,7 @@ use std::sync::Arc;
 use aegis_config::{AgentConfig, BackendKind};
 
 use crate::metrics::Metrics;
+use crate::web::pages::redact;
 
 /// What the fleet link asks of the running agent.
 pub(crate) struct AgentHost {
@@ -29,23 +30,6 @@ pub(crate) struct WorkflowHooks {
     pub(crate) status: Arc<std::sync::Mutex<serde_json::Value>>,
     /// Where workflow and trust deliveries go (None: workflows are off).
     pub(crate) inbox: Option<Arc<crate::workflows::apply::FleetInbox>>,
-}
-
-/// `password` values replaced by `***` anywhere in a JSON document.
-fn redact(v: &mut serde_json::Value) {
-    match v {
-        serde_json::Value::Object(m) => {
-            for (k, x) in m.iter_mut() {
-                if k == "password" && !x.is_null() {
-                    *x = serde_json::json!("***");
-                } else {
-                    redact(x);
-                }
-            }
-        }
-        serde_json::Value::Array(a) => a.iter_mut().for_each(redact),
-        _ => {}
-    }
 }
 
 impl AgentHost {

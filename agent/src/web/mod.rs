@@ -11,6 +11,8 @@
 //! can read), the `Host` header must be an IP literal or `localhost` (a rebound DNS name is
 //! refused), and a browser's `Origin` must be that same host. `/healthz` stays open.
 
+pub mod pages;
+
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
