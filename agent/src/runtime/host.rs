@@ -7,7 +7,6 @@ use std::sync::Arc;
 use aegis_config::{AgentConfig, BackendKind};
 
 use crate::metrics::Metrics;
-use crate::web::pages::redact;
 
 /// What the fleet link asks of the running agent.
 pub(crate) struct AgentHost {
@@ -42,8 +41,7 @@ impl AgentHost {
         snapshots: Arc<crate::pipeline::snapshot::SnapshotHub>,
         workflows: WorkflowHooks,
     ) -> Self {
-        let mut config = serde_json::to_value(cfg).unwrap_or_default();
-        redact(&mut config);
+        let config = crate::web::pages::redacted_config(cfg);
         AgentHost {
             device: cfg.device.id.clone(),
             backend: backend.to_string(),

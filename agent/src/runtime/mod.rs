@@ -121,9 +121,22 @@ pub async fn run(
     let inbox = crate::workflows::apply::FleetInbox::new(apply_counters.clone());
     let refusals = crate::workflows::apply::RefusalAudit::new(store_handle.clone());
     let token = Arc::new(crate::web::LocalToken::load_or_create(&cfg.token_path())?);
+    let workflow_status = Arc::new(std::sync::Mutex::new(serde_json::Value::Null));
+    let pages = Arc::new(crate::web::pages::PagesState {
+        metrics: metrics.clone(),
+        device: cfg.device.id.clone(),
+        backend: backend.to_string(),
+        started: Instant::now(),
+        store_path: store.path().to_path_buf(),
+        config: crate::web::pages::redacted_config(cfg),
+        workflow: workflow_status.clone(),
+        logs: crate::logging::ring(),
+        thermal_root: "/sys/class/thermal".into(),
+    });
     let endpoints = Endpoints::serve(
         cfg,
         req.listen,
+        pages,
         ServerState {
             metrics: metrics.clone(),
             device: cfg.device.id.clone(),
@@ -174,7 +187,6 @@ pub async fn run(
         &mut stopped_at_start,
     )
     .await?;
-    let workflow_status = Arc::new(std::sync::Mutex::new(serde_json::Value::Null));
     let mut applier = workflows.map(|w| {
         crate::workflows::apply::Applier::new(
             w,
@@ -301,10 +313,12 @@ struct Endpoints {
 }
 
 impl Endpoints {
-    /// Binds `listen` (else `web.listen`) and serves `state`'s router.
+    /// Binds `listen` (else `web.listen`) and serves `state`'s router with the technician
+    /// pages merged in.
     async fn serve(
         cfg: &AgentConfig,
         listen: Option<SocketAddr>,
+        pages: Arc<crate::web::pages::PagesState>,
         state: ServerState,
     ) -> anyhow::Result<Endpoints> {
         let addr: SocketAddr = match listen {
@@ -319,11 +333,14 @@ impl Endpoints {
         let listen = listener.local_addr()?;
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
         let task = tokio::spawn(async move {
-            axum::serve(listener, router(state))
-                .with_graceful_shutdown(async {
-                    let _ = stopped.await;
-                })
-                .await
+            axum::serve(
+                listener,
+                router(state).merge(crate::web::pages::router(pages)),
+            )
+            .with_graceful_shutdown(async {
+                let _ = stopped.await;
+            })
+            .await
         });
         Ok(Endpoints { listen, stop, task })
     }

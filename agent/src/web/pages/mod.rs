@@ -83,6 +83,14 @@ pub fn router(state: Arc<PagesState>) -> Router {
         .with_state(state)
 }
 
+/// The config as JSON with its passwords [`redact`]ed (what the config page and the fleet's
+/// `config` command show).
+pub fn redacted_config(cfg: &aegis_config::AgentConfig) -> serde_json::Value {
+    let mut v = serde_json::to_value(cfg).unwrap_or_default();
+    redact(&mut v);
+    v
+}
+
 /// `password` values replaced by `***` anywhere in a JSON document.
 pub fn redact(v: &mut serde_json::Value) {
     match v {
