@@ -422,14 +422,11 @@ pub(super) async fn page(State(s): State<Arc<PagesState>>, uri: Uri) -> Response
 }
 
 /// Percent-encodes a query value (everything but unreserved characters).
-fn url_encode(v: &str) -> String {
-    v.bytes()
-        .map(|b| {
-            if b.is_ascii_alphanumeric() || b"-_.~".contains(&b) {
-                (b as char).to_string()
-            } else {
-                format!("%{b:02X}")
-            }
-        })
-        .collect()
+pub(super) fn url_encode(v: &str) -> String {
+    const RESERVED: &percent_encoding::AsciiSet = &percent_encoding::NON_ALPHANUMERIC
+        .remove(b'-')
+        .remove(b'_')
+        .remove(b'.')
+        .remove(b'~');
+    percent_encoding::utf8_percent_encode(v, RESERVED).to_string()
 }

@@ -399,3 +399,13 @@ async fn static_assets_have_their_content_types() {
     );
     assert!(js.contains("textContent") && !js.contains("innerHTML"));
 }
+
+#[test]
+fn query_values_are_decoded_and_pager_links_reencoded() {
+    let uri: axum::http::Uri = "/events?stream=cam%200&kind=a+b&x".parse().unwrap();
+    let q = query(&uri);
+    assert_eq!(q["stream"], "cam 0");
+    assert_eq!(q["kind"], "a b");
+    assert_eq!(q["x"], "");
+    assert_eq!(events::url_encode("cam 0&<x>"), "cam%200%26%3Cx%3E");
+}
