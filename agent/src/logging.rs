@@ -217,7 +217,7 @@ pub struct LogLine {
     /// `ERROR`, `WARN`, `INFO`, `DEBUG` or `TRACE`.
     pub level: &'static str,
     /// The event's target (module path).
-    pub target: String,
+    pub target: &'static str,
     /// The message and its fields, `key=value`.
     pub text: String,
 }
@@ -239,7 +239,7 @@ impl LogRing {
     }
 
     /// Adds a line, dropping the oldest when full.
-    pub fn push(&self, ts_us: i64, level: &'static str, target: &str, text: String) {
+    pub fn push(&self, ts_us: i64, level: &'static str, target: &'static str, text: String) {
         let mut g = self.lines.lock().unwrap_or_else(|p| p.into_inner());
         g.0 += 1;
         let seq = g.0;
@@ -250,7 +250,7 @@ impl LogRing {
             seq,
             ts_us,
             level,
-            target: target.to_string(),
+            target,
             text,
         });
     }
@@ -276,7 +276,8 @@ pub fn ring() -> std::sync::Arc<LogRing> {
         .clone()
 }
 
-/// A tracing layer writing each event (that passed the filter) into a [`LogRing`].
+/// A tracing layer writing each event (that passed the filter) into a [`LogRing`]; the only
+/// allocation per event is the line's text.
 pub struct RingLayer(pub std::sync::Arc<LogRing>);
 
 /// Formats an event's message and fields into one string.
