@@ -161,7 +161,9 @@ pub fn init(format: LogFormat, level: &str) -> LogFormat {
     if FILTER.set(handle).is_ok() {
         *IN_FORCE.lock().unwrap_or_else(|p| p.into_inner()) = spec;
     }
-    let registry = tracing_subscriber::registry().with(filter);
+    let registry = tracing_subscriber::registry()
+        .with(filter)
+        .with(RingLayer(ring()));
     let (result, used) = match format {
         LogFormat::Json => (
             registry
@@ -202,9 +204,151 @@ pub fn init(format: LogFormat, level: &str) -> LogFormat {
     used
 }
 
+/// How many lines [`ring`] keeps.
+pub const RING_LINES: usize = 2000;
+
+/// One log line kept for the web page.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct LogLine {
+    /// Sequence number, increasing from 1 (the web page's `after`).
+    pub seq: u64,
+    /// When, µs since the Unix epoch.
+    pub ts_us: i64,
+    /// `ERROR`, `WARN`, `INFO`, `DEBUG` or `TRACE`.
+    pub level: &'static str,
+    /// The event's target (module path).
+    pub target: &'static str,
+    /// The message and its fields, `key=value`.
+    pub text: String,
+}
+
+/// The last `capacity` log lines (what passed the log filter), oldest dropped first.
+#[derive(Debug)]
+pub struct LogRing {
+    capacity: usize,
+    lines: Mutex<(u64, std::collections::VecDeque<LogLine>)>,
+}
+
+impl LogRing {
+    /// An empty ring keeping at most `capacity` lines.
+    pub fn new(capacity: usize) -> Self {
+        LogRing {
+            capacity: capacity.max(1),
+            lines: Mutex::new((0, std::collections::VecDeque::with_capacity(capacity))),
+        }
+    }
+
+    /// Adds a line, dropping the oldest when full.
+    pub fn push(&self, ts_us: i64, level: &'static str, target: &'static str, text: String) {
+        let mut g = self.lines.lock().unwrap_or_else(|p| p.into_inner());
+        g.0 += 1;
+        let seq = g.0;
+        if g.1.len() == self.capacity {
+            g.1.pop_front();
+        }
+        g.1.push_back(LogLine {
+            seq,
+            ts_us,
+            level,
+            target,
+            text,
+        });
+    }
+
+    /// Lines after sequence number `after`, at `at_least` severity or worse (`None`: all).
+    pub fn after(&self, after: u64, at_least: Option<tracing::Level>) -> Vec<LogLine> {
+        let g = self.lines.lock().unwrap_or_else(|p| p.into_inner());
+        g.1.iter()
+            .filter(|l| l.seq > after)
+            .filter(|l| {
+                at_least
+                    .is_none_or(|min| l.level.parse::<tracing::Level>().is_ok_and(|lv| lv <= min))
+            })
+            .cloned()
+            .collect()
+    }
+}
+
+/// The process's log ring, fed by the subscriber [`init`] installs.
+pub fn ring() -> std::sync::Arc<LogRing> {
+    static RING: OnceLock<std::sync::Arc<LogRing>> = OnceLock::new();
+    RING.get_or_init(|| std::sync::Arc::new(LogRing::new(RING_LINES)))
+        .clone()
+}
+
+/// A tracing layer writing each event (that passed the filter) into a [`LogRing`]; the only
+/// allocation per event is the line's text.
+pub struct RingLayer(pub std::sync::Arc<LogRing>);
+
+/// Formats an event's message and fields into one string.
+struct LineVisitor(String);
+
+impl tracing::field::Visit for LineVisitor {
+    fn record_debug(&mut self, field: &tracing::field::Field, value: &dyn std::fmt::Debug) {
+        use std::fmt::Write;
+        if !self.0.is_empty() {
+            self.0.push(' ');
+        }
+        let _ = if field.name() == "message" {
+            write!(self.0, "{value:?}")
+        } else {
+            write!(self.0, "{}={value:?}", field.name())
+        };
+    }
+
+    fn record_str(&mut self, field: &tracing::field::Field, value: &str) {
+        if field.name() == "message" {
+            if !self.0.is_empty() {
+                self.0.push(' ');
+            }
+            self.0.push_str(value);
+        } else {
+            self.record_debug(field, &value);
+        }
+    }
+}
+
+impl<S: tracing::Subscriber> tracing_subscriber::Layer<S> for RingLayer {
+    fn on_event(
+        &self,
+        event: &tracing::Event<'_>,
+        _ctx: tracing_subscriber::layer::Context<'_, S>,
+    ) {
+        let meta = event.metadata();
+        let mut v = LineVisitor(String::new());
+        event.record(&mut v);
+        self.0.push(
+            crate::store::now_us(),
+            meta.level().as_str(),
+            meta.target(),
+            v.0,
+        );
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_ring_is_bounded_filtered_and_tails_by_sequence() {
+        let ring = std::sync::Arc::new(LogRing::new(3));
+        let sub = tracing_subscriber::registry().with(RingLayer(ring.clone()));
+        tracing::subscriber::with_default(sub, || {
+            tracing::info!(n = 1, "one");
+            tracing::warn!("two");
+            tracing::debug!("three");
+            tracing::error!(stream = "cam0", "four");
+        });
+        let all = ring.after(0, None);
+        assert_eq!(all.iter().map(|l| l.seq).collect::<Vec<_>>(), [2, 3, 4]);
+        assert_eq!(all[2].text, "four stream=\"cam0\"");
+        assert_eq!(all[2].level, "ERROR");
+        let warn: Vec<_> = ring.after(0, Some(tracing::Level::WARN));
+        assert_eq!(warn.iter().map(|l| l.seq).collect::<Vec<_>>(), [2, 4]);
+        assert_eq!(ring.after(3, None).len(), 1);
+        assert!(ring.after(4, None).is_empty());
+    }
 
     #[test]
     fn levels_and_target_directives_are_accepted_in_any_case() {

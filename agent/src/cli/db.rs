@@ -163,7 +163,8 @@ pub fn format_utc(us: i64) -> String {
     )
 }
 
-fn csv_field(s: &str) -> String {
+/// `s` as one CSV field (RFC 4180: quoted when it holds `,` `"` or a line break).
+pub(crate) fn csv_field(s: &str) -> String {
     if s.contains([',', '"', '\n', '\r']) {
         format!("\"{}\"", s.replace('"', "\"\""))
     } else {

@@ -31,23 +31,6 @@ pub(crate) struct WorkflowHooks {
     pub(crate) inbox: Option<Arc<crate::workflows::apply::FleetInbox>>,
 }
 
-/// `password` values replaced by `***` anywhere in a JSON document.
-fn redact(v: &mut serde_json::Value) {
-    match v {
-        serde_json::Value::Object(m) => {
-            for (k, x) in m.iter_mut() {
-                if k == "password" && !x.is_null() {
-                    *x = serde_json::json!("***");
-                } else {
-                    redact(x);
-                }
-            }
-        }
-        serde_json::Value::Array(a) => a.iter_mut().for_each(redact),
-        _ => {}
-    }
-}
-
 impl AgentHost {
     pub(crate) fn new(
         cfg: &AgentConfig,
@@ -58,8 +41,7 @@ impl AgentHost {
         snapshots: Arc<crate::pipeline::snapshot::SnapshotHub>,
         workflows: WorkflowHooks,
     ) -> Self {
-        let mut config = serde_json::to_value(cfg).unwrap_or_default();
-        redact(&mut config);
+        let config = crate::web::pages::redacted_config(cfg);
         AgentHost {
             device: cfg.device.id.clone(),
             backend: backend.to_string(),

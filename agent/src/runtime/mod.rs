@@ -121,10 +121,23 @@ pub async fn run(
     let inbox = crate::workflows::apply::FleetInbox::new(apply_counters.clone());
     let refusals = crate::workflows::apply::RefusalAudit::new(store_handle.clone());
     let token = Arc::new(crate::web::LocalToken::load_or_create(&cfg.token_path())?);
+    let workflow_status = Arc::new(std::sync::Mutex::new(serde_json::Value::Null));
+    let pages = Arc::new(crate::web::pages::PagesState {
+        metrics: metrics.clone(),
+        device: cfg.device.id.clone(),
+        backend: backend.to_string(),
+        started: Instant::now(),
+        store_path: store.path().to_path_buf(),
+        config: crate::web::pages::redacted_config(cfg),
+        workflow: workflow_status.clone(),
+        logs: crate::logging::ring(),
+        thermal_root: "/sys/class/thermal".into(),
+    });
     let endpoints = Endpoints::serve(
         cfg,
         req.listen,
         ServerState {
+            pages,
             metrics: metrics.clone(),
             device: cfg.device.id.clone(),
             started: Instant::now(),
@@ -180,7 +193,6 @@ pub async fn run(
         &mut stopped_at_start,
     )
     .await?;
-    let workflow_status = Arc::new(std::sync::Mutex::new(serde_json::Value::Null));
     let mut applier = workflows.map(|w| {
         crate::workflows::apply::Applier::new(
             w,
@@ -307,7 +319,9 @@ struct Endpoints {
 }
 
 impl Endpoints {
-    /// Binds `listen` (else `web.listen`) and serves `state`'s router.
+    /// Binds `listen` (else `web.listen`) and serves `state`'s router (the technician pages
+    /// included, each behind the same access check): HTTPS with the device certificate
+    /// unless `web.tls` says otherwise.
     async fn serve(
         cfg: &AgentConfig,
         listen: Option<SocketAddr>,

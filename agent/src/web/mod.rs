@@ -18,6 +18,7 @@
 //! headers (CSP, `nosniff`, `no-referrer`) to every response.
 
 pub mod auth;
+pub mod pages;
 pub mod tls;
 
 use std::collections::HashMap;
@@ -177,6 +178,14 @@ pub struct ServerState {
     /// browser does not send a `Secure` cookie over plain HTTP; loopback traffic never
     /// leaves the device).
     pub cookie_secure: bool,
+    /// What the technician pages read.
+    pub pages: Arc<pages::PagesState>,
+}
+
+impl axum::extract::FromRef<ServerState> for Arc<pages::PagesState> {
+    fn from_ref(s: &ServerState) -> Self {
+        s.pages.clone()
+    }
 }
 
 /// Who may use a route.
@@ -224,8 +233,8 @@ pub struct RouteSpec {
     pub handler: HandlerFn,
 }
 
-/// The pages' routes (the technician web page's table is appended here).
-const PAGE_ROUTES: &[RouteSpec] = &[];
+/// The technician web page's routes.
+const PAGE_ROUTES: &[RouteSpec] = pages::ROUTES;
 
 /// Every route: the endpoints of this module, then [`PAGE_ROUTES`]. `/metrics` is public or
 /// needs the token, as `metrics_public` says.
@@ -858,6 +867,17 @@ mod route_tests {
             counters: None,
             auth: Arc::new(Auth::new(accounts, clock.clone())),
             cookie_secure,
+            pages: Arc::new(pages::PagesState {
+                metrics: Arc::new(Metrics::new("cpu")),
+                device: "dev-1".into(),
+                backend: "cpu".into(),
+                started: Instant::now(),
+                store_path: dir.path().join("none.db"),
+                config: serde_json::Value::Null,
+                workflow: Arc::new(Mutex::new(serde_json::Value::Null)),
+                logs: Arc::new(crate::logging::LogRing::new(10)),
+                thermal_root: dir.path().join("no-thermal"),
+            }),
         };
         Rig {
             _dir: dir,

@@ -1,0 +1,350 @@
+//! The technician web page: server-rendered HTML pages (overview, cameras, events, logs,
+//! config) and the JSON they refresh from every 2 s, plus the page's own CSS and script
+//! (served from the binary: no CDN, no inline script or style, so the CSP can be
+//! `script-src 'self'; style-src 'self'`).
+//!
+//! Every value interpolated into HTML goes through [`esc`]. Access control (sessions, roles,
+//! CSRF) is the web module's middleware; each route below names the role it needs.
+
+mod cameras;
+mod config;
+mod events;
+mod logs;
+mod overview;
+#[cfg(test)]
+mod tests;
+
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+#[cfg(test)]
+use axum::Router;
+use axum::http::{Method, StatusCode, header};
+use axum::response::{Html, IntoResponse, Response};
+use axum::routing::on;
+
+use crate::logging::LogRing;
+use crate::metrics::Metrics;
+use crate::web::{Access, HandlerFn, RouteSpec};
+
+pub use events::FilterError;
+
+/// What the pages read.
+pub struct PagesState {
+    /// The metrics registry (streams' health, fps, stage latency).
+    pub metrics: Arc<Metrics>,
+    /// Device id.
+    pub device: String,
+    /// The inference backend in use.
+    pub backend: String,
+    /// Process start, for uptime.
+    pub started: Instant,
+    /// The event store's database file (read with read-only connections).
+    pub store_path: PathBuf,
+    /// The effective config, passwords already [`redact`]ed.
+    pub config: serde_json::Value,
+    /// The workflow applier's status (`Null` when unknown or workflows are off).
+    pub workflow: Arc<Mutex<serde_json::Value>>,
+    /// Recent log lines.
+    pub logs: Arc<LogRing>,
+    /// Where thermal zones are read (`/sys/class/thermal`; a temp dir in tests).
+    pub thermal_root: PathBuf,
+}
+
+/// The pages' routes, each with the least role that may use it; the web module's route
+/// table carries them, so its one access check covers every page. The static files hold no
+/// data and are public (the login page uses them).
+pub static ROUTES: &[RouteSpec] = &[
+    page(Method::GET, "/", Access::Viewer, |m| on(m, overview::page)),
+    page(Method::GET, "/api/overview", Access::Viewer, |m| {
+        on(m, overview::api)
+    }),
+    page(Method::GET, "/cameras", Access::Viewer, |m| {
+        on(m, cameras::page)
+    }),
+    page(Method::GET, "/api/cameras", Access::Viewer, |m| {
+        on(m, cameras::api)
+    }),
+    page(Method::GET, "/events", Access::Viewer, |m| {
+        on(m, events::page)
+    }),
+    page(Method::GET, "/api/events", Access::Viewer, |m| {
+        on(m, events::api)
+    }),
+    page(Method::GET, "/api/events.csv", Access::Technician, |m| {
+        on(m, events::csv)
+    }),
+    page(Method::GET, "/logs", Access::Technician, |m| {
+        on(m, logs::page)
+    }),
+    page(Method::GET, "/api/logs", Access::Technician, |m| {
+        on(m, logs::api)
+    }),
+    page(Method::GET, "/api/logs.txt", Access::Technician, |m| {
+        on(m, logs::txt)
+    }),
+    page(Method::GET, "/config", Access::Technician, |m| {
+        on(m, config::page)
+    }),
+    page(Method::GET, "/static/app.css", Access::Public, |m| {
+        on(m, css)
+    }),
+    page(Method::GET, "/static/app.js", Access::Public, |m| on(m, js)),
+];
+
+const fn page(method: Method, path: &'static str, access: Access, handler: HandlerFn) -> RouteSpec {
+    RouteSpec {
+        method,
+        path,
+        access,
+        handler,
+    }
+}
+
+/// The pages alone over `state`, without the access check (the handler tests; the access
+/// check has its own tests over the whole table in `web`).
+#[cfg(test)]
+pub(crate) fn router(state: Arc<PagesState>) -> Router {
+    use axum::routing::get;
+    Router::new()
+        .route("/", get(overview::page))
+        .route("/api/overview", get(overview::api))
+        .route("/cameras", get(cameras::page))
+        .route("/api/cameras", get(cameras::api))
+        .route("/events", get(events::page))
+        .route("/api/events", get(events::api))
+        .route("/api/events.csv", get(events::csv))
+        .route("/logs", get(logs::page))
+        .route("/api/logs", get(logs::api))
+        .route("/api/logs.txt", get(logs::txt))
+        .route("/config", get(config::page))
+        .route("/static/app.css", get(css))
+        .route("/static/app.js", get(js))
+        .with_state(state)
+}
+
+/// The config as JSON with its passwords [`redact`]ed (what the config page and the fleet's
+/// `config` command show).
+pub fn redacted_config(cfg: &aegis_config::AgentConfig) -> serde_json::Value {
+    let mut v = serde_json::to_value(cfg).unwrap_or_default();
+    redact(&mut v);
+    v
+}
+
+/// `password` values replaced by `***` anywhere in a JSON document.
+pub fn redact(v: &mut serde_json::Value) {
+    match v {
+        serde_json::Value::Object(m) => {
+            for (k, x) in m.iter_mut() {
+                if k == "password" && !x.is_null() {
+                    *x = serde_json::json!("***");
+                } else {
+                    redact(x);
+                }
+            }
+        }
+        serde_json::Value::Array(a) => a.iter_mut().for_each(redact),
+        _ => {}
+    }
+}
+
+/// `s` with `&`, `<`, `>`, `"` and `'` HTML-escaped (safe in text and quoted attributes).
+pub fn esc(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for c in s.chars() {
+        match c {
+            '&' => out.push_str("&amp;"),
+            '<' => out.push_str("&lt;"),
+            '>' => out.push_str("&gt;"),
+            '"' => out.push_str("&quot;"),
+            '\'' => out.push_str("&#39;"),
+            c => out.push(c),
+        }
+    }
+    out
+}
+
+/// The page frame: navigation, the stylesheet and the script. `api` is the JSON endpoint the
+/// script refreshes `data-key` elements from (None: no refresh). `body` is HTML already
+/// escaped by the caller.
+fn layout(title: &str, api: Option<&str>, body: &str) -> Html<String> {
+    let nav = [
+        ("/", "Overview"),
+        ("/cameras", "Cameras"),
+        ("/events", "Events"),
+        ("/logs", "Logs"),
+        ("/config", "Config"),
+    ]
+    .iter()
+    .map(|(href, name)| {
+        let current = if *name == title {
+            " aria-current=\"page\""
+        } else {
+            ""
+        };
+        format!("<a href=\"{href}\"{current}>{name}</a>")
+    })
+    .collect::<String>();
+    let api = api.map_or(String::new(), |a| format!(" data-api=\"{}\"", esc(a)));
+    Html(format!(
+        "<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">\
+         <meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">\
+         <title>{t} · Aegis Edge</title><link rel=\"stylesheet\" href=\"/static/app.css\">\
+         <script src=\"/static/app.js\" defer></script></head>\
+         <body{api}><header><strong>Aegis Edge</strong><nav>{nav}</nav></header>\
+         <main><h1>{t}</h1>{body}</main></body></html>\n",
+        t = esc(title),
+    ))
+}
+
+/// `v` as a JSON response.
+fn json(v: serde_json::Value) -> Response {
+    (
+        StatusCode::OK,
+        [(header::CONTENT_TYPE, "application/json")],
+        v.to_string(),
+    )
+        .into_response()
+}
+
+/// A value shown in a `data-key` element the script keeps fresh.
+fn live(key: &str, text: &str) -> String {
+    format!("<span data-key=\"{}\">{}</span>", esc(key), esc(text))
+}
+
+/// A JSON value as page text (`—` for null, strings unquoted).
+fn text(v: &serde_json::Value) -> String {
+    match v {
+        serde_json::Value::Null => "—".into(),
+        serde_json::Value::String(s) => s.clone(),
+        v => v.to_string(),
+    }
+}
+
+async fn css() -> impl IntoResponse {
+    (
+        [(header::CONTENT_TYPE, "text/css; charset=utf-8")],
+        include_str!("../static/app.css"),
+    )
+}
+
+async fn js() -> impl IntoResponse {
+    (
+        [(header::CONTENT_TYPE, "text/javascript; charset=utf-8")],
+        include_str!("../static/app.js"),
+    )
+}
+
+/// A request's query parameters, `+` and `%XX` decoded (a later repeat wins).
+fn query(uri: &axum::http::Uri) -> std::collections::HashMap<String, String> {
+    let decode = |s: &str| {
+        percent_encoding::percent_decode_str(&s.replace('+', " "))
+            .decode_utf8_lossy()
+            .into_owned()
+    };
+    uri.query()
+        .unwrap_or("")
+        .split('&')
+        .filter(|p| !p.is_empty())
+        .map(|p| {
+            let (k, v) = p.split_once('=').unwrap_or((p, ""));
+            (decode(k), decode(v))
+        })
+        .collect()
+}
+
+/// One sample of the rendered metrics: its labels and value.
+struct Sample {
+    labels: Vec<(String, String)>,
+    value: f64,
+}
+
+impl Sample {
+    fn label(&self, name: &str) -> Option<&str> {
+        self.labels
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.as_str())
+    }
+}
+
+/// The samples of metric `name` in a Prometheus text exposition (the one `/metrics` serves:
+/// the registry's single source of its values).
+fn samples(exposition: &str, name: &str) -> Vec<Sample> {
+    exposition
+        .lines()
+        .filter_map(|line| {
+            let rest = line.strip_prefix(name)?;
+            let (labels, value) = if let Some(r) = rest.strip_prefix('{') {
+                let (labels, r) = parse_labels(r)?;
+                (labels, r.strip_prefix('}')?)
+            } else {
+                (Vec::new(), rest)
+            };
+            let value = value.split_whitespace().next()?.parse().ok()?;
+            Some(Sample { labels, value })
+        })
+        .collect()
+}
+
+/// `a="x",b="y\"z"` up to the closing `}`.
+fn parse_labels(mut r: &str) -> Option<(Vec<(String, String)>, &str)> {
+    let mut out = Vec::new();
+    while !r.starts_with('}') {
+        let (k, rest) = r.split_once("=\"")?;
+        let mut v = String::new();
+        let mut chars = rest.char_indices();
+        let end = loop {
+            match chars.next()? {
+                (i, '"') => break i,
+                (_, '\\') => match chars.next()?.1 {
+                    'n' => v.push('\n'),
+                    c => v.push(c),
+                },
+                (_, c) => v.push(c),
+            }
+        };
+        out.push((k.to_string(), v));
+        r = &rest[end + 1..];
+        r = r.strip_prefix(',').unwrap_or(r);
+    }
+    Some((out, r))
+}
+
+/// Per stream (every watched source, and any other stream with samples): fps in (from the decoder), fps out (through the pipeline) and mean latency in
+/// ms per stage since start.
+fn stream_rates(metrics: &Metrics) -> std::collections::BTreeMap<String, serde_json::Value> {
+    let text = metrics.render();
+    let mut out: std::collections::BTreeMap<String, serde_json::Value> = Default::default();
+    let empty = || serde_json::json!({ "fps_in": null, "fps_out": null, "stages": {} });
+    for (id, _) in metrics.source_health() {
+        out.insert(id, empty());
+    }
+    for (metric, key) in [
+        ("aegis_source_fps", "fps_in"),
+        ("aegis_stream_fps", "fps_out"),
+    ] {
+        for s in samples(&text, metric) {
+            if let Some(st) = s.label("stream") {
+                let e = out.entry(st.to_string()).or_insert_with(empty);
+                e[key] = serde_json::json!((s.value * 10.0).round() / 10.0);
+            }
+        }
+    }
+    let counts = samples(&text, "aegis_stage_latency_seconds_count");
+    for s in samples(&text, "aegis_stage_latency_seconds_sum") {
+        let (Some(st), Some(stage)) = (s.label("stream"), s.label("stage")) else {
+            continue;
+        };
+        let n = counts
+            .iter()
+            .find(|c| c.label("stream") == Some(st) && c.label("stage") == Some(stage))
+            .map_or(0.0, |c| c.value);
+        if n > 0.0 {
+            let e = out.entry(st.to_string()).or_insert_with(empty);
+            e["stages"][stage] = serde_json::json!((s.value / n * 1e5).round() / 100.0);
+        }
+    }
+    out
+}
