@@ -13,6 +13,7 @@
 //! * **Bounded.** Retention by age and by a size budget (oldest events and metrics first);
 //!   the fleet outbox has its own row limit with an oldest-first drop policy, counted.
 
+pub mod export;
 pub mod schema;
 
 use std::path::{Path, PathBuf};

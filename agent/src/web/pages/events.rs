@@ -78,7 +78,7 @@ impl RawFilter {
         let now = crate::store::now_us();
         let time = |param, v: Option<&str>| {
             v.map(|t| {
-                crate::cli::db::parse_since(t, now).map_err(|_| {
+                crate::store::export::parse_since(t, now).map_err(|_| {
                     bad(
                         param,
                         t,
@@ -172,7 +172,7 @@ impl Row {
         json!({
             "id": self.id,
             "ts_us": self.ts_us,
-            "time": crate::cli::db::format_utc(self.ts_us),
+            "time": crate::store::export::format_utc(self.ts_us),
             "stream": self.stream,
             "kind": self.kind,
             "payload": self.payload(),
@@ -275,14 +275,14 @@ pub(super) async fn api(State(s): State<Arc<PagesState>>, uri: Uri) -> Response 
 
 /// The rows as CSV (RFC 4180 quoting, header row).
 pub(super) fn to_csv(rows: &[Row]) -> String {
-    use crate::cli::db::csv_field;
+    use crate::store::export::csv_field;
     let mut out = String::from("time,id,stream,kind,lat,lon,payload\n");
     for r in rows {
         let (lat, lon) = r.geotag().map_or((String::new(), String::new()), |(a, o)| {
             (a.to_string(), o.to_string())
         });
         let fields = [
-            crate::cli::db::format_utc(r.ts_us),
+            crate::store::export::format_utc(r.ts_us),
             r.id.clone(),
             r.stream.clone().unwrap_or_default(),
             r.kind.clone(),
@@ -397,7 +397,7 @@ pub(super) async fn page(State(s): State<Arc<PagesState>>, uri: Uri) -> Response
             .map_or(String::new(), |(lat, lon)| format!("{lat:.6}, {lon:.6}"));
         body.push_str(&format!(
             "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td><code>{}</code></td></tr>",
-            esc(&crate::cli::db::format_utc(r.ts_us)),
+            esc(&crate::store::export::format_utc(r.ts_us)),
             esc(r.stream.as_deref().unwrap_or("")),
             esc(&r.kind),
             esc(&geo),

@@ -81,7 +81,7 @@ fn lines(s: &PagesState, q: &RawQuery) -> Result<Vec<LogLine>, Box<Response>> {
 fn plain(l: &LogLine) -> String {
     format!(
         "{} {:5} {}: {}",
-        crate::cli::db::format_utc(l.ts_us),
+        crate::store::export::format_utc(l.ts_us),
         l.level,
         l.target,
         l.text
