@@ -125,7 +125,10 @@ pub async fn run(
     let pages = Arc::new(crate::web::pages::PagesState {
         metrics: metrics.clone(),
         device: cfg.device.id.clone(),
-        backend: backend.to_string(),
+        backend: match &selected.fell_back {
+            Some(why) => format!("{backend} (fell back: {why})"),
+            None => backend.to_string(),
+        },
         started: Instant::now(),
         store_path: store.path().to_path_buf(),
         config: crate::web::pages::redacted_config(cfg),

@@ -36,7 +36,7 @@ pub struct PagesState {
     pub metrics: Arc<Metrics>,
     /// Device id.
     pub device: String,
-    /// The inference backend in use.
+    /// The backend in use, and why the configured one was not, if it fell back.
     pub backend: String,
     /// Process start, for uptime.
     pub started: Instant,
