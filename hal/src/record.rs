@@ -351,6 +351,39 @@ impl SegmentWriter {
     }
 }
 
+/// One encoded packet as a [`PacketTap`] sees it: Annex-B H.264, timestamps in the
+/// encoder's 90 kHz time base.
+#[derive(Debug, Clone, Copy)]
+pub struct TapPacket<'a> {
+    /// The access unit (start-code delimited NAL units).
+    pub data: &'a [u8],
+    /// Presentation time.
+    pub pts: i64,
+    /// Decode time.
+    pub dts: i64,
+    /// Duration.
+    pub duration: i64,
+    /// An IDR picture (a consumer may start here).
+    pub key: bool,
+}
+
+/// Where a recorder also hands its encoded packets (the web page's live view, later other
+/// outputs), so the stream is encoded once whoever consumes it. The recorder asks
+/// [`PacketTap::active`] before each packet and does nothing more when it says no: with
+/// nobody watching, the tap costs one atomic load per packet.
+pub trait PacketTap: Send + Sync {
+    /// Whether anyone consumes packets now.
+    fn active(&self) -> bool;
+    /// A consumer joined (or fell behind) and waits for a keyframe: returns the request and
+    /// clears it. The recorder then makes the next frame an IDR (it does not cut a segment).
+    fn take_keyframe_request(&self) -> bool;
+    /// The encoder (re)opened for `width`×`height`: its SPS/PPS (`extradata`, Annex-B).
+    /// Called whether or not the tap is active, so a later consumer can start.
+    fn stream_start(&self, extradata: &[u8], width: usize, height: usize);
+    /// One encoded packet, in decode order.
+    fn packet(&self, packet: &TapPacket<'_>);
+}
+
 /// Encodes one stream's frames into segmented fragmented MP4.
 pub struct SegmentRecorder {
     settings: RecorderSettings,
@@ -371,6 +404,8 @@ pub struct SegmentRecorder {
     /// key packet that carries it — the one cut rule, whatever the frame rate or GOP.
     pending_cut: Option<i64>,
     stats: RecorderStats,
+    /// Also hands packets here (see [`PacketTap`]).
+    tap: Option<std::sync::Arc<dyn PacketTap>>,
 }
 
 /// A jump back in time larger than this is a discontinuity (camera restart, wrapped
@@ -402,7 +437,14 @@ impl SegmentRecorder {
             last_pts: None,
             pending_cut: None,
             stats: RecorderStats::default(),
+            tap: None,
         }
+    }
+
+    /// Also hands every encoded packet to `tap` (see [`PacketTap`]).
+    pub fn with_tap(mut self, tap: std::sync::Arc<dyn PacketTap>) -> Self {
+        self.tap = Some(tap);
+        self
     }
 
     /// Counters so far.
@@ -453,6 +495,10 @@ impl SegmentRecorder {
             };
             self.refused = None;
             self.params = Some(enc.parameters());
+            if let Some(tap) = &self.tap {
+                let (w, h) = enc.geometry();
+                tap.stream_start(&enc.extradata(), w, h);
+            }
             self.encoder = Some(enc);
         }
         let pts = next_encoder_pts(self.last_pts, frame.pts_us);
@@ -483,11 +529,13 @@ impl SegmentRecorder {
         if force_key {
             self.pending_cut = Some(pts);
         }
+        // A keyframe a tap's consumer asked for: an IDR that does not cut the segment.
+        let tap_key = self.tap.as_ref().is_some_and(|t| t.take_keyframe_request());
         let (enc, mut route) = self.split();
         let Some(enc) = enc else {
             return Ok(());
         };
-        enc.encode(frame, pts, force_key, &mut |pkt| {
+        enc.encode(frame, pts, force_key || tap_key, &mut |pkt| {
             route.route(pkt);
             Ok(())
         })?;
@@ -532,6 +580,7 @@ impl SegmentRecorder {
                 next_index: &mut self.next_index,
                 stats: &mut self.stats,
                 pending_cut: &mut self.pending_cut,
+                tap: self.tap.as_deref(),
                 failure: None,
             },
         )
@@ -547,12 +596,25 @@ struct PacketRouter<'a> {
     next_index: &'a mut u64,
     stats: &'a mut RecorderStats,
     pending_cut: &'a mut Option<i64>,
+    tap: Option<&'a dyn PacketTap>,
     /// First error; later packets are dropped until the caller sees it.
     failure: Option<RecordError>,
 }
 
 impl PacketRouter<'_> {
     fn route(&mut self, pkt: &mut ff::Packet) {
+        // Before the muxer, which rescales the packet's timestamps to its own time base.
+        if let Some(tap) = self.tap.filter(|t| t.active())
+            && let Some(data) = pkt.data()
+        {
+            tap.packet(&TapPacket {
+                data,
+                pts: pkt.pts().unwrap_or(0),
+                dts: pkt.dts().or(pkt.pts()).unwrap_or(0),
+                duration: pkt.duration(),
+                key: pkt.is_key(),
+            });
+        }
         if self.failure.is_none()
             && let Err(e) = self.try_route(pkt)
         {

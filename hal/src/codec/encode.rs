@@ -140,6 +140,20 @@ impl VideoEncoder {
         ff::codec::Parameters::from(&self.enc.0)
     }
 
+    /// The codec extradata (SPS/PPS, Annex-B as libx264 writes it with a global header;
+    /// empty without one): what an fMP4 init segment is built from.
+    pub fn extradata(&self) -> Vec<u8> {
+        // SAFETY: `enc` wraps an open AVCodecContext; `extradata` is null or points to
+        // `extradata_size` bytes the codec owns for the context's lifetime, copied here.
+        unsafe {
+            let ctx = &*self.enc.0.as_ptr();
+            if ctx.extradata.is_null() || ctx.extradata_size <= 0 {
+                return Vec::new();
+            }
+            std::slice::from_raw_parts(ctx.extradata, ctx.extradata_size as usize).to_vec()
+        }
+    }
+
     /// Width and height the encoder was opened for (the frame size rounded down to even).
     pub fn geometry(&self) -> (usize, usize) {
         (self.width, self.height)
