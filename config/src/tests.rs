@@ -111,7 +111,8 @@ fn defaults_are_applied() {
             x: 16,
             y: 16,
             scale: 2,
-            show_stream_id: true
+            show_stream_id: true,
+            clock_code: false
         })]
     );
     let SinkConfig::Record(record) = &config.pipeline.sinks[0] else {

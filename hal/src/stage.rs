@@ -9,7 +9,7 @@
 use std::fmt::Write as _;
 
 use crate::frame::{Frame, PixelFormat};
-use crate::pixel::{draw_text_i420, draw_text_nv12};
+use crate::pixel::{draw_code_i420, draw_code_nv12, draw_text_i420, draw_text_nv12, text_size};
 
 /// What happens to a frame after a stage.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -70,6 +70,7 @@ pub struct TimestampOverlay {
     y: usize,
     scale: usize,
     show_stream_id: bool,
+    clock_code: bool,
     text: String,
 }
 
@@ -81,9 +82,18 @@ impl TimestampOverlay {
             y,
             scale: scale.max(1),
             show_stream_id,
+            clock_code: false,
             // Room for "stream-id-of-64-chars 2026-11-26 15:22:33.123 #123456789": no growth later.
             text: String::with_capacity(128),
         }
+    }
+
+    /// Also draws, under the text, the wall-clock milliseconds (modulo 2³²) as a row of
+    /// black/white blocks ([`crate::pixel::CODE_BLOCKS`] of 8×`scale` pixels): what a
+    /// glass-to-glass latency probe reads back from the picture a viewer sees.
+    pub fn with_clock_code(mut self, on: bool) -> Self {
+        self.clock_code = on;
+        self
     }
 }
 
@@ -125,6 +135,19 @@ impl Stage for TimestampOverlay {
                 draw_text_nv12(y, p1, w, h, self.x, self.y, self.scale, &self.text)
             }
         };
+        let r = r.and_then(|()| {
+            if !self.clock_code {
+                return Ok(());
+            }
+            let ms = now.as_millis() as u32;
+            let block = 8 * self.scale;
+            let cy = self.y + text_size(&self.text, self.scale).1 + 2 * self.scale;
+            let [y, p1, p2] = frame.planes_mut();
+            match format {
+                PixelFormat::I420 => draw_code_i420(y, p1, p2, w, h, self.x, cy, block, ms),
+                PixelFormat::Nv12 => draw_code_nv12(y, p1, w, h, self.x, cy, block, ms),
+            }
+        });
         r.map_err(|e| StageError {
             stage: "timestamp_overlay",
             error_type: "pixel",

@@ -41,6 +41,10 @@ pub struct TimestampOverlayStage {
     /// Also print the stream id next to the timestamp.
     #[serde(default = "default_true")]
     pub show_stream_id: bool,
+    /// Also draw the wall-clock milliseconds as a row of black/white blocks under the text,
+    /// for glass-to-glass latency probes (the browser test of the live view reads it back).
+    #[serde(default)]
+    pub clock_code: bool,
 }
 
 impl Default for TimestampOverlayStage {
@@ -50,6 +54,7 @@ impl Default for TimestampOverlayStage {
             y: default_overlay_offset(),
             scale: default_overlay_scale(),
             show_stream_id: default_true(),
+            clock_code: false,
         }
     }
 }

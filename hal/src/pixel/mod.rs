@@ -38,7 +38,9 @@ pub use convert::{
     copy_plane, i420_to_nv12, i420_to_rgb24, nv12_to_i420, nv12_to_rgb24, rgb24_to_i420,
     rgb24_to_nv12,
 };
-pub use overlay::{draw_text_i420, draw_text_nv12, text_size};
+pub use overlay::{
+    CODE_BLOCKS, draw_code_i420, draw_code_nv12, draw_text_i420, draw_text_nv12, text_size,
+};
 pub use scale::{scale_i420, scale_nv12, scale_plane, scale_plane_uv};
 
 /// A read-only image plane: pixel bytes plus the row stride in bytes.

@@ -141,6 +141,94 @@ fn chroma_rect(r: Rect) -> Rect {
     }
 }
 
+/// Blocks of a [`draw_code_i420`] code: a white and a black reference, then 32 bits.
+pub const CODE_BLOCKS: usize = 34;
+
+/// Draws the code of `value` into a validated luma plane: [`CODE_BLOCKS`] squares of
+/// `block` pixels in a row from `(x, y0)` — white, black, then `value`'s bits from the most
+/// significant (white = 1). Returns the clipped rectangle.
+fn code_luma(
+    y: &mut PlaneMut<'_>,
+    w: usize,
+    h: usize,
+    x: usize,
+    y0: usize,
+    block: usize,
+    value: u32,
+) -> Option<Rect> {
+    let all = Rect::clipped(x, y0, CODE_BLOCKS.saturating_mul(block), block, w, h)?;
+    for i in 0..CODE_BLOCKS {
+        let white = match i {
+            0 => true,
+            1 => false,
+            b => (value >> (31 - (b - 2))) & 1 == 1,
+        };
+        let bx = x.saturating_add(i.saturating_mul(block));
+        if let Some(r) = Rect::clipped(bx, y0, block, block, all.x1, all.y1) {
+            fill(y, r, if white { TEXT_LUMA } else { BOX_LUMA });
+        }
+    }
+    Some(all)
+}
+
+/// Draws a machine-readable code of `value` (a row of [`CODE_BLOCKS`] black/white squares of
+/// `block` pixels, see [`code_luma`]) into an I420 frame at `(x, y0)`, clipped like text:
+/// what a latency probe reads back from the displayed picture (the wall clock at the time
+/// the frame was stamped).
+#[allow(clippy::too_many_arguments)]
+pub fn draw_code_i420(
+    mut y: PlaneMut<'_>,
+    mut u: PlaneMut<'_>,
+    mut v: PlaneMut<'_>,
+    w: usize,
+    h: usize,
+    x: usize,
+    y0: usize,
+    block: usize,
+    value: u32,
+) -> Result<(), PixelError> {
+    check_even("I420 frame", w, h)?;
+    y.check("Y", w, h)?;
+    u.check("U", w / 2, h / 2)?;
+    v.check("V", w / 2, h / 2)?;
+    if let Some(bx) = code_luma(&mut y, w, h, x, y0, block, value) {
+        let c = chroma_rect(bx);
+        fill(&mut u, c, NEUTRAL_CHROMA);
+        fill(&mut v, c, NEUTRAL_CHROMA);
+    }
+    Ok(())
+}
+
+/// [`draw_code_i420`] for NV12 frames.
+#[allow(clippy::too_many_arguments)]
+pub fn draw_code_nv12(
+    mut y: PlaneMut<'_>,
+    mut uv: PlaneMut<'_>,
+    w: usize,
+    h: usize,
+    x: usize,
+    y0: usize,
+    block: usize,
+    value: u32,
+) -> Result<(), PixelError> {
+    check_even("NV12 frame", w, h)?;
+    y.check("Y", w, h)?;
+    uv.check("UV", w, h / 2)?;
+    if let Some(bx) = code_luma(&mut y, w, h, x, y0, block, value) {
+        let c = chroma_rect(bx);
+        fill(
+            &mut uv,
+            Rect {
+                x0: 2 * c.x0,
+                x1: 2 * c.x1,
+                ..c
+            },
+            NEUTRAL_CHROMA,
+        );
+    }
+    Ok(())
+}
+
 /// Draws `text` into an I420 frame of `w`x`h` pixels (both even), with the
 /// top-left corner of its background box at pixel `(x, y0)` and glyphs
 /// scaled by `scale`. See the module docs for layout and clipping.
@@ -479,5 +567,58 @@ mod tests {
             matches!(e, PixelError::BufferTooSmall { plane: "UV", .. }),
             "{e}"
         );
+    }
+}
+
+#[cfg(test)]
+mod code_tests {
+    use super::*;
+
+    /// Reads a code back the way the browser probe does: block centres against the mean
+    /// of the two reference blocks.
+    fn read(y: &[u8], stride: usize, x: usize, y0: usize, block: usize) -> u32 {
+        let at = |i: usize| y[(y0 + block / 2) * stride + x + i * block + block / 2];
+        let threshold = (at(0) as u32 + at(1) as u32) / 2;
+        (2..CODE_BLOCKS).fold(0u32, |v, i| (v << 1) | (at(i) as u32 > threshold) as u32)
+    }
+
+    #[test]
+    fn code_round_trips_and_clips() {
+        let (w, h) = (640, 64);
+        for value in [0u32, 1, 0x8000_0001, 0xDEAD_BEEF, u32::MAX] {
+            let mut y = vec![100u8; w * h];
+            let mut u = vec![7u8; w * h / 4];
+            let mut v = vec![9u8; w * h / 4];
+            draw_code_i420(
+                PlaneMut::new(&mut y, w),
+                PlaneMut::new(&mut u, w / 2),
+                PlaneMut::new(&mut v, w / 2),
+                w,
+                h,
+                10,
+                20,
+                16,
+                value,
+            )
+            .unwrap();
+            assert_eq!(read(&y, w, 10, 20, 16), value);
+            // Chroma under the code is neutral, outside untouched.
+            assert_eq!(u[(20 / 2) * (w / 2) + 10 / 2 + 1], NEUTRAL_CHROMA);
+            assert_eq!(u[0], 7);
+        }
+        // Partly outside the frame: clipped, not an error.
+        let mut y = vec![0u8; w * h];
+        let mut uv = vec![0u8; w * h / 2];
+        draw_code_nv12(
+            PlaneMut::new(&mut y, w),
+            PlaneMut::new(&mut uv, w),
+            w,
+            h,
+            600,
+            60,
+            16,
+            5,
+        )
+        .unwrap();
     }
 }

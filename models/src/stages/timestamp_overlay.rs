@@ -8,11 +8,14 @@ use crate::registry::Registry;
 
 impl BuildStage for TimestampOverlayStage {
     fn build(&self, _models: &Registry) -> Result<Box<dyn Stage>, BuildError> {
-        Ok(Box::new(TimestampOverlay::new(
-            self.x as usize,
-            self.y as usize,
-            self.scale as usize,
-            self.show_stream_id,
-        )))
+        Ok(Box::new(
+            TimestampOverlay::new(
+                self.x as usize,
+                self.y as usize,
+                self.scale as usize,
+                self.show_stream_id,
+            )
+            .with_clock_code(self.clock_code),
+        ))
     }
 }
