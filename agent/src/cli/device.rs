@@ -50,7 +50,7 @@ pub(super) fn found(present: bool) -> &'static str {
 
 /// `aegis version`: the agent, the libav* it loaded, its encoder, and which vendor libraries
 /// this machine has.
-pub(super) fn version() -> anyhow::Result<()> {
+pub(super) fn version(config: Option<&std::path::Path>) -> anyhow::Result<()> {
     aegis_hal::init();
     let probe = aegis_hal::backend::probe();
     println!("aegis {}", env!("CARGO_PKG_VERSION"));
@@ -65,5 +65,17 @@ pub(super) fn version() -> anyhow::Result<()> {
         found(probe.nvrtc),
         found(probe.nvdec)
     );
+    if let Some(path) = config {
+        let cfg = aegis_config::load(path)?;
+        let dir = crate::web::tls::cert_dir(&cfg);
+        match crate::web::tls::DeviceCert::read(&dir) {
+            Ok(cert) => println!(
+                "web certificate {}: SHA-256 {}",
+                cert.cert_path.display(),
+                cert.fingerprint()
+            ),
+            Err(e) => println!("web certificate: {e} (made at the first start with TLS)"),
+        }
+    }
     Ok(())
 }

@@ -202,8 +202,14 @@ enum Command {
         #[arg(long)]
         no_backfill: bool,
     },
-    /// Print versions of the agent and the libraries it loaded.
-    Version,
+    /// Print versions of the agent and the libraries it loaded; with `--config`, also the
+    /// SHA-256 fingerprint of the web page's device certificate (what a technician compares
+    /// with the one the browser shows).
+    Version {
+        /// The agent's config (its store folder holds the certificate).
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+    },
     /// Create this device's key pairs: ML-DSA-65 (receipts) and ML-KEM-768 (sealed
     /// workflows), secret files 0600 in DIR, never overwritten; prints the public key ids
     /// to enrol with `chimera enroll`.
@@ -346,7 +352,7 @@ pub fn main() -> ExitCode {
                 _ => device::provision(&dir),
             }
         }
-        Command::Version => device::version(),
+        Command::Version { config } => device::version(config.as_deref()),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

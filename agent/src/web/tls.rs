@@ -90,6 +90,15 @@ fn host_name() -> String {
         .unwrap_or_else(|| "localhost".into())
 }
 
+/// The folder of the device certificate: beside the store's database.
+pub fn cert_dir(cfg: &aegis_config::AgentConfig) -> std::path::PathBuf {
+    cfg.store
+        .path
+        .parent()
+        .unwrap_or(Path::new("."))
+        .to_path_buf()
+}
+
 impl DeviceCert {
     /// Reads `web.crt` and `web.key` in `dir`, or (neither there) makes them: a self-signed
     /// certificate for this host's name, `localhost` and `ip` (unless unspecified), the key
@@ -111,6 +120,13 @@ impl DeviceCert {
             aegis_ota::fsutil::write_atomic_mode(&cert_path, made.cert.pem().as_bytes(), 0o644)
                 .map_err(|e| file_err(&cert_path)(e.to_string()))?;
         }
+        Self::read(dir)
+    }
+
+    /// Reads `web.crt` and `web.key` in `dir` (made by [`DeviceCert::load_or_create`]).
+    pub fn read(dir: &Path) -> Result<DeviceCert, TlsError> {
+        let cert_path = dir.join("web.crt");
+        let key_path = dir.join("web.key");
         let pem = std::fs::read(&cert_path).map_err(|e| file_err(&cert_path)(e.to_string()))?;
         let cert = pem_block(&pem, "CERTIFICATE").ok_or_else(|| TlsError::NoCertificate {
             path: cert_path.clone(),
