@@ -15,6 +15,8 @@ use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::time::{Duration, Instant};
 
+use tokio_rustls::rustls;
+
 /// The bounds of one request.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Limits {
@@ -52,6 +54,8 @@ pub struct Response {
     pub status: u16,
     /// The body, exactly as sent.
     pub body: Vec<u8>,
+    /// The headers, names lower-cased, in order.
+    pub headers: Vec<(String, String)>,
 }
 
 impl Response {
@@ -123,6 +127,16 @@ pub fn get(addr: SocketAddr, path: &str, limits: &Limits) -> Result<Response, Ht
     request(addr, "GET", path, &[], &[], limits)
 }
 
+/// `GET path` at `addr` with extra `headers` (a session cookie).
+pub fn get_with(
+    addr: SocketAddr,
+    path: &str,
+    headers: &[(&str, &str)],
+    limits: &Limits,
+) -> Result<Response, HttpError> {
+    request(addr, "GET", path, headers, &[], limits)
+}
+
 /// `POST path` at `addr` with `body` and extra `headers` (`Content-Length` is added).
 pub fn post(
     addr: SocketAddr,
@@ -164,8 +178,70 @@ fn request(
     body: &[u8],
     limits: &Limits,
 ) -> Result<Response, HttpError> {
-    let mut s = TcpStream::connect_timeout(&addr, limits.connect)
+    let s = TcpStream::connect_timeout(&addr, limits.connect)
         .map_err(|source| HttpError::Connect { addr, source })?;
+    exchange(s, addr, method, path, headers, body, limits)
+}
+
+/// `POST path` at `addr` over TLS, accepting only the server certificate whose SHA-256
+/// fingerprint is `pin` (the device certificate the caller read from disk): how `aegis
+/// workflow apply` reaches an agent that serves HTTPS.
+pub fn post_pinned(
+    addr: SocketAddr,
+    pin: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &[u8],
+    limits: &Limits,
+) -> Result<Response, HttpError> {
+    let tcp = TcpStream::connect_timeout(&addr, limits.connect)
+        .map_err(|source| HttpError::Connect { addr, source })?;
+    let name = rustls::pki_types::ServerName::IpAddress(addr.ip().into());
+    let conn =
+        rustls::ClientConnection::new(crate::web::tls::pinned_client(pin), name).map_err(|e| {
+            HttpError::Io {
+                addr,
+                source: std::io::Error::other(e),
+            }
+        })?;
+    exchange(
+        rustls::StreamOwned::new(conn, tcp),
+        addr,
+        "POST",
+        path,
+        headers,
+        body,
+        limits,
+    )
+}
+
+/// A connection whose socket the deadline can set timeouts on.
+trait Conn: Read + Write {
+    fn socket(&self) -> &TcpStream;
+}
+
+impl Conn for TcpStream {
+    fn socket(&self) -> &TcpStream {
+        self
+    }
+}
+
+impl Conn for rustls::StreamOwned<rustls::ClientConnection, TcpStream> {
+    fn socket(&self) -> &TcpStream {
+        &self.sock
+    }
+}
+
+/// One request and its response on `s`, all within `limits.total`.
+fn exchange(
+    mut s: impl Conn,
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &[u8],
+    limits: &Limits,
+) -> Result<Response, HttpError> {
     let deadline = Instant::now() + limits.total;
     let io = |source: std::io::Error| match source.kind() {
         std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut => HttpError::TimedOut {
@@ -182,9 +258,15 @@ fn request(
         head.push_str(&format!("Content-Length: {}\r\n", body.len()));
     }
     head.push_str("\r\n");
-    s.set_write_timeout(Some(limits.total)).map_err(io)?;
+    s.socket()
+        .set_write_timeout(Some(limits.total))
+        .map_err(io)?;
+    s.socket()
+        .set_read_timeout(Some(limits.total))
+        .map_err(io)?;
     s.write_all(head.as_bytes()).map_err(io)?;
     s.write_all(body).map_err(io)?;
+    s.flush().map_err(io)?;
     let mut reader = Deadline {
         stream: s,
         deadline,
@@ -197,18 +279,18 @@ fn request(
 }
 
 /// A stream whose every read ends by one deadline.
-struct Deadline {
-    stream: TcpStream,
+struct Deadline<S> {
+    stream: S,
     deadline: Instant,
 }
 
-impl Read for Deadline {
+impl<S: Conn> Read for Deadline<S> {
     fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
         let left = self.deadline.saturating_duration_since(Instant::now());
         if left.is_zero() {
             return Err(std::io::ErrorKind::TimedOut.into());
         }
-        self.stream.set_read_timeout(Some(left))?;
+        self.stream.socket().set_read_timeout(Some(left))?;
         self.stream.read(buf)
     }
 }
@@ -251,10 +333,12 @@ fn read_response(r: &mut impl Read, max_body: usize) -> Result<Response, ReadErr
         .filter(|code| (100..=999).contains(code))
         .ok_or_else(|| ReadError::Malformed(format!("status line {status_line:?}")))?;
     let mut length = None;
+    let mut headers = Vec::new();
     for line in lines {
         let Some((name, value)) = line.split_once(':') else {
             return Err(ReadError::Malformed(format!("header line {line:?}")));
         };
+        headers.push((name.trim().to_ascii_lowercase(), value.trim().to_string()));
         if name.trim().eq_ignore_ascii_case("content-length") {
             let n: usize = value
                 .trim()
@@ -288,7 +372,11 @@ fn read_response(r: &mut impl Read, max_body: usize) -> Result<Response, ReadErr
         ))),
         Some(n) => {
             body.truncate(n);
-            Ok(Response { status, body })
+            Ok(Response {
+                status,
+                body,
+                headers,
+            })
         }
         None => {
             // No length: the body ends at the close; one more byte than allowed is refused.
@@ -298,7 +386,11 @@ fn read_response(r: &mut impl Read, max_body: usize) -> Result<Response, ReadErr
                     return Err(ReadError::TooLarge(max_body));
                 }
             }
-            Ok(Response { status, body })
+            Ok(Response {
+                status,
+                body,
+                headers,
+            })
         }
     }
 }

@@ -819,3 +819,90 @@ fn trust_metadata_from_the_fleet_revokes_an_issuer_and_its_running_workflow() {
     let log = std::fs::read_to_string(d.join("agent1.log")).unwrap();
     assert!(log.contains("no longer passes its checks"), "{log}");
 }
+
+/// `aegis workflow apply` reaches an agent serving HTTPS (`web.tls: on`) over TLS pinned to
+/// the device certificate it reads from disk, and refuses a server whose certificate is not
+/// that one; `aegis version --config` prints the fingerprint the server really presents.
+#[test]
+fn workflow_apply_reaches_an_https_agent_pinned_to_its_device_certificate() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    gateway_and_device(d, "orin-1", &["site-a"]);
+    make_clip(d, "clip.mp4", 320, 240, 2.0);
+    let web = free_port();
+    let cfg = write_config(d, &light(d, "[{ kind: passthrough }]"), None, web, false);
+    let text = std::fs::read_to_string(&cfg).unwrap().replace(
+        &format!("web: {{ listen: \"127.0.0.1:{web}\" }}"),
+        &format!("web: {{ listen: \"127.0.0.1:{web}\", tls: on }}"),
+    );
+    std::fs::write(&cfg, text).unwrap();
+    let mut a = agent(d, &cfg, "tls");
+    let t0 = Instant::now();
+    while std::net::TcpStream::connect(("127.0.0.1", web)).is_err() || !d.join("web.crt").exists() {
+        assert!(
+            t0.elapsed() < Duration::from_secs(20),
+            "agent did not start: {}",
+            std::fs::read_to_string(d.join("tls.log")).unwrap_or_default()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    // The fingerprint printed is the one served.
+    let version = aegis_ok(d, &["version", "--config", cfg.to_str().unwrap()]);
+    let printed = version
+        .lines()
+        .find_map(|l| l.split_once("SHA-256 ").map(|(_, f)| f.trim().to_string()))
+        .unwrap_or_else(|| panic!("no fingerprint in: {version}"));
+    assert_eq!(printed.len(), 95, "{printed}");
+    let served = Command::new("sh")
+        .arg("-c")
+        .arg(format!(
+            "openssl s_client -connect 127.0.0.1:{web} </dev/null 2>/dev/null | openssl x509 -noout -fingerprint -sha256"
+        ))
+        .output()
+        .expect("openssl");
+    let served = String::from_utf8_lossy(&served.stdout);
+    assert_eq!(
+        served.trim().rsplit('=').next().unwrap_or_default(),
+        printed,
+        "{served}"
+    );
+    // The CLI applies through the pinned TLS connection.
+    let wf = signed_light(d, "tls", 1, "[{ kind: timestamp_overlay }]");
+    let apply = |file: &str| {
+        Command::new(aegis_bin())
+            .current_dir(d)
+            .args(["workflow", "apply", file, "--config", cfg.to_str().unwrap()])
+            .output()
+            .unwrap()
+    };
+    let o = apply(&wf);
+    assert!(
+        o.status.success(),
+        "{}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    );
+    // Another certificate on disk than the one served: the CLI refuses the server.
+    let other = Command::new("openssl")
+        .args([
+            "req",
+            "-x509",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:P-256",
+        ])
+        .args(["-nodes", "-subj", "/CN=impostor", "-days", "1", "-keyout"])
+        .arg(d.join("other.key"))
+        .arg("-out")
+        .arg(d.join("web.crt"))
+        .output()
+        .unwrap();
+    assert!(other.status.success(), "{other:?}");
+    let wf2 = signed_light(d, "tls2", 2, "[{ kind: passthrough }]");
+    let o = apply(&wf2);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success(), "applied despite a foreign certificate");
+    assert!(err.contains("fingerprint differs"), "{err}");
+    sigterm(&mut a);
+}

@@ -68,12 +68,8 @@ pub(super) fn version(config: Option<&std::path::Path>) -> anyhow::Result<()> {
     if let Some(path) = config {
         let cfg = aegis_config::load(path)?;
         let dir = crate::web::tls::cert_dir(&cfg);
-        match crate::web::tls::DeviceCert::read(&dir) {
-            Ok(cert) => println!(
-                "web certificate {}: SHA-256 {}",
-                cert.cert_path.display(),
-                cert.fingerprint()
-            ),
+        match crate::web::tls::DeviceCert::fingerprint_in(&dir) {
+            Ok((path, fp)) => println!("web certificate {}: SHA-256 {fp}", path.display()),
             Err(e) => println!("web certificate: {e} (made at the first start with TLS)"),
         }
     }

@@ -90,19 +90,38 @@ fn apply(
         }
     };
     let token = crate::web::LocalToken::read(&token_file.unwrap_or_else(|| cfg.token_path()))?;
+    let auth = token.header();
+    let headers = [
+        ("Authorization", auth.as_str()),
+        ("Content-Type", "text/markdown"),
+    ];
+    let limits = crate::http::Limits::DEFAULT;
+    // An agent serving HTTPS (web.tls) is reached over TLS pinned to its own device
+    // certificate, read from disk: no password and no CA, and nothing else is accepted.
+    // (Whether it does follows from where it listens, whichever address reaches it.)
+    let tls = cfg
+        .web
+        .listen
+        .parse()
+        .is_ok_and(|a| crate::web::tls::wants_tls(cfg.web.tls, a));
+    let sent = if tls {
+        let (path, pin) = crate::web::tls::DeviceCert::fingerprint_in(&crate::web::tls::cert_dir(
+            &cfg,
+        ))
+        .map_err(|e| {
+            anyhow::anyhow!(
+                "the agent serves HTTPS (web.tls) but its certificate cannot be read: {e}"
+            )
+        })?;
+        tracing::debug!(cert = %path.display(), %pin, "pinned TLS to the agent");
+        crate::http::post_pinned(addr, &pin, "/workflow", &headers, &doc, &limits)
+    } else {
+        crate::http::post(addr, "/workflow", &headers, &doc, &limits)
+    };
     // Whatever the status, the agent answers JSON (an `error` field when it refuses).
-    let body = crate::http::post(
-        addr,
-        "/workflow",
-        &[
-            ("Authorization", &token.header()),
-            ("Content-Type", "text/markdown"),
-        ],
-        &doc,
-        &crate::http::Limits::DEFAULT,
-    )
-    .map_err(|e| anyhow::anyhow!("cannot reach the agent at {addr} (is it running?): {e}"))?
-    .text();
+    let body = sent
+        .map_err(|e| anyhow::anyhow!("cannot reach the agent at {addr} (is it running?): {e}"))?
+        .text();
     let v: serde_json::Value = serde_json::from_str(&body).map_err(|e| {
         anyhow::anyhow!("the agent answered something else than JSON ({e}): {body}")
     })?;

@@ -125,12 +125,8 @@ impl DeviceCert {
 
     /// Reads `web.crt` and `web.key` in `dir` (made by [`DeviceCert::load_or_create`]).
     pub fn read(dir: &Path) -> Result<DeviceCert, TlsError> {
-        let cert_path = dir.join("web.crt");
         let key_path = dir.join("web.key");
-        let pem = std::fs::read(&cert_path).map_err(|e| file_err(&cert_path)(e.to_string()))?;
-        let cert = pem_block(&pem, "CERTIFICATE").ok_or_else(|| TlsError::NoCertificate {
-            path: cert_path.clone(),
-        })?;
+        let (cert_path, cert) = Self::read_cert(dir)?;
         let key_pem =
             aegis_ota::read_private(&key_path).map_err(|(_, r)| file_err(&key_path)(r))?;
         let key = pem_block(&key_pem, "PRIVATE KEY")
@@ -140,6 +136,23 @@ impl DeviceCert {
             key: zeroize::Zeroizing::new(key),
             cert_path,
         })
+    }
+
+    /// The certificate alone (`web.crt` in `dir`, public): its path and DER bytes.
+    fn read_cert(dir: &Path) -> Result<(PathBuf, Vec<u8>), TlsError> {
+        let cert_path = dir.join("web.crt");
+        let pem = std::fs::read(&cert_path).map_err(|e| file_err(&cert_path)(e.to_string()))?;
+        let cert = pem_block(&pem, "CERTIFICATE").ok_or_else(|| TlsError::NoCertificate {
+            path: cert_path.clone(),
+        })?;
+        Ok((cert_path, cert))
+    }
+
+    /// The SHA-256 fingerprint of the certificate in `dir` and its path, without its key:
+    /// what `aegis version` prints and `aegis workflow apply` pins.
+    pub fn fingerprint_in(dir: &Path) -> Result<(PathBuf, String), TlsError> {
+        let (path, der) = Self::read_cert(dir)?;
+        Ok((path, fingerprint(&der)))
     }
 
     /// Its SHA-256 fingerprint.
@@ -247,6 +260,74 @@ impl axum::serve::Listener for TlsListener {
     }
 }
 
+/// A TLS client's check of the server: exactly the certificate with this SHA-256
+/// [`fingerprint`] — what a technician does in the browser, and what `aegis workflow apply`
+/// does with the device certificate it reads from disk.
+#[derive(Debug)]
+pub struct Pinned(pub String);
+
+impl rustls::client::danger::ServerCertVerifier for Pinned {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        _: &[CertificateDer<'_>],
+        _: &rustls::pki_types::ServerName<'_>,
+        _: &[u8],
+        _: rustls::pki_types::UnixTime,
+    ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
+        if fingerprint(end_entity) == self.0 {
+            Ok(rustls::client::danger::ServerCertVerified::assertion())
+        } else {
+            Err(rustls::Error::General("fingerprint differs".into()))
+        }
+    }
+    fn verify_tls12_signature(
+        &self,
+        m: &[u8],
+        c: &CertificateDer<'_>,
+        d: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(
+            m,
+            c,
+            d,
+            &rustls::crypto::ring::default_provider().signature_verification_algorithms,
+        )
+    }
+    fn verify_tls13_signature(
+        &self,
+        m: &[u8],
+        c: &CertificateDer<'_>,
+        d: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(
+            m,
+            c,
+            d,
+            &rustls::crypto::ring::default_provider().signature_verification_algorithms,
+        )
+    }
+    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+        rustls::crypto::ring::default_provider()
+            .signature_verification_algorithms
+            .supported_schemes()
+    }
+}
+
+/// A rustls client configuration that accepts only the certificate with `fingerprint`.
+pub fn pinned_client(fingerprint: &str) -> Arc<rustls::ClientConfig> {
+    Arc::new(
+        rustls::ClientConfig::builder_with_provider(Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .expect("ring supports the default TLS versions")
+        .dangerous()
+        .with_custom_certificate_verifier(Arc::new(Pinned(fingerprint.to_string())))
+        .with_no_client_auth(),
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -260,58 +341,6 @@ mod tests {
         assert!(wants_tls(TlsMode::Auto, any));
         assert!(wants_tls(TlsMode::On, lo));
         assert!(!wants_tls(TlsMode::Off, any));
-    }
-
-    /// Accepts exactly the certificate with one fingerprint (what a technician does).
-    #[derive(Debug)]
-    struct Pinned(String);
-
-    impl rustls::client::danger::ServerCertVerifier for Pinned {
-        fn verify_server_cert(
-            &self,
-            end_entity: &CertificateDer<'_>,
-            _: &[CertificateDer<'_>],
-            _: &rustls::pki_types::ServerName<'_>,
-            _: &[u8],
-            _: rustls::pki_types::UnixTime,
-        ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
-            if fingerprint(end_entity) == self.0 {
-                Ok(rustls::client::danger::ServerCertVerified::assertion())
-            } else {
-                Err(rustls::Error::General("fingerprint differs".into()))
-            }
-        }
-        fn verify_tls12_signature(
-            &self,
-            m: &[u8],
-            c: &CertificateDer<'_>,
-            d: &rustls::DigitallySignedStruct,
-        ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
-            rustls::crypto::verify_tls12_signature(
-                m,
-                c,
-                d,
-                &rustls::crypto::ring::default_provider().signature_verification_algorithms,
-            )
-        }
-        fn verify_tls13_signature(
-            &self,
-            m: &[u8],
-            c: &CertificateDer<'_>,
-            d: &rustls::DigitallySignedStruct,
-        ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
-            rustls::crypto::verify_tls13_signature(
-                m,
-                c,
-                d,
-                &rustls::crypto::ring::default_provider().signature_verification_algorithms,
-            )
-        }
-        fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
-            rustls::crypto::ring::default_provider()
-                .signature_verification_algorithms
-                .supported_schemes()
-        }
     }
 
     #[tokio::test]
