@@ -68,7 +68,7 @@ pub enum Fmp4Error {
         why: &'static str,
     },
     /// What should be an SPS or PPS has another NAL header.
-    #[error("the {what} is not an {what} NAL unit (header byte {header:02x?})")]
+    #[error("the NAL unit given as {what} has header byte {header:02x?}, not an {what} header")]
     WrongNalType {
         /// `"SPS"` or `"PPS"`.
         what: &'static str,
@@ -702,8 +702,12 @@ pub struct Sample<'a> {
     pub data: &'a [u8],
 }
 
-/// Turns samples into `moof` + `mdat` fragments, numbering them (mfhd sequence numbers from
-/// 1) and checking that fragments do not go back in time. One per viewer stream.
+/// Turns samples into `moof` + `mdat` fragments, numbering them (mfhd sequence numbers
+/// from one) and checking that fragments do not go back in time. One per viewer stream,
+/// after that viewer's init segment; when the encoder restarts (new SPS, timestamps from
+/// zero), start a new writer and send a new init segment. Decode times are written as given:
+/// a browser's buffered range starts at the first one, so a page joining mid-stream seeks
+/// there (or the caller subtracts the first decode time from every sample).
 #[derive(Debug, Clone)]
 pub struct FragmentWriter {
     sequence: u32,
