@@ -2,8 +2,9 @@
 //!
 //! The HAL owns everything that touches pixels or compressed video: pooled frame memory
 //! ([`pool`], [`frame`]), pixel kernels ([`pixel`]), codecs ([`codec`]), containers
-//! ([`container`]), sources ([`source`]) and recording sinks ([`record`]). It knows nothing
-//! about models, MQTT or the web; the agent wires these pieces into a pipeline.
+//! ([`container`]; [`fmp4`], the live view's fragmented MP4), sources ([`source`]) and
+//! recording sinks ([`record`]). It knows nothing about models, MQTT or the web; the agent
+//! wires these pieces into a pipeline.
 //!
 //! Two backends. The CPU backend: host memory surfaces, libavcodec for H.264/H.265 decode,
 //! libx264 (through libavcodec) for encode, libavformat for MP4 demux and the fragmented-MP4
@@ -21,6 +22,7 @@ pub mod analytics;
 pub mod backend;
 pub mod codec;
 pub mod container;
+pub mod fmp4;
 pub mod frame;
 pub mod image;
 pub mod pixel;
