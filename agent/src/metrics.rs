@@ -161,6 +161,12 @@ pub struct Metrics {
     pub tracks: Family<StreamLabels, Counter>,
     /// Frames whose background was replaced.
     pub background_replaced: Family<StreamLabels, Counter>,
+    /// Live-view viewers now.
+    pub live_viewers: Family<StreamLabels, Gauge>,
+    /// Live-view bytes queued to viewers (fMP4, all viewers summed).
+    pub live_bytes: Family<StreamLabels, Counter>,
+    /// Live-view fragments a viewer missed because its queue was full.
+    pub live_dropped: Family<StreamLabels, Counter>,
     source_state: Family<StateLabels, Gauge>,
     source_reconnects: Family<StreamLabels, Counter>,
     source_fps: Family<StreamLabels, Gauge<f64, AtomicU64>>,
@@ -197,6 +203,9 @@ impl Metrics {
             moderated: Family::default(),
             tracks: Family::default(),
             background_replaced: Family::default(),
+            live_viewers: Family::default(),
+            live_bytes: Family::default(),
+            live_dropped: Family::default(),
             source_state: Family::default(),
             source_reconnects: Family::default(),
             source_fps: Family::default(),
@@ -247,6 +256,21 @@ impl Metrics {
             "background_replaced_frames",
             "Frames whose background a virtual-background stage replaced",
             m.background_replaced.clone(),
+        );
+        registry.register(
+            "live_viewers",
+            "Viewers of the web page's live view",
+            m.live_viewers.clone(),
+        );
+        registry.register(
+            "live_bytes",
+            "Live-view video bytes queued to viewers",
+            m.live_bytes.clone(),
+        );
+        registry.register(
+            "live_dropped",
+            "Live-view fragments a slow viewer missed (it resumes at the next keyframe)",
+            m.live_dropped.clone(),
         );
         registry.register(
             "queue_depth",
@@ -536,6 +560,9 @@ mod doc_metric_names {
             .inc();
         m.tracks.get_or_create(&sl).inc();
         m.background_replaced.get_or_create(&sl).inc();
+        m.live_viewers.get_or_create(&sl).set(1);
+        m.live_bytes.get_or_create(&sl).inc();
+        m.live_dropped.get_or_create(&sl).inc();
         m.watch_sources(vec![(stream(), Arc::new(SourceHealth::default()))]);
         // The source fps is computed over windows of at least a second: start the window in
         // the past instead of waiting for one.
@@ -578,6 +605,9 @@ mod doc_metric_names {
             moderated,
             tracks,
             background_replaced,
+            live_viewers,
+            live_bytes,
+            live_dropped,
             source_state,
             source_reconnects,
             source_fps,
@@ -592,7 +622,7 @@ mod doc_metric_names {
             component_sources: _,
             process_state: _,
         } = m;
-        let families: [(&'static str, &dyn EncodeMetric); 22] = [
+        let families: [(&'static str, &dyn EncodeMetric); 25] = [
             ("frames", frames),
             ("stage_latency", stage_latency),
             ("frame_latency", frame_latency),
@@ -611,6 +641,9 @@ mod doc_metric_names {
             ("moderated", moderated),
             ("tracks", tracks),
             ("background_replaced", background_replaced),
+            ("live_viewers", live_viewers),
+            ("live_bytes", live_bytes),
+            ("live_dropped", live_dropped),
             ("source_state", source_state),
             ("source_reconnects", source_reconnects),
             ("source_fps", source_fps),

@@ -18,6 +18,7 @@
 //! queues drain; the sinks get `finish()`, which closes the recordings cleanly.
 
 pub mod analytics;
+pub mod live;
 pub mod queue;
 pub mod sinks;
 pub mod snapshot;
@@ -113,6 +114,8 @@ pub struct RunOptions {
     pub events_topic: Option<String>,
     /// Where snapshot requests reach the streams' sink threads.
     pub snapshots: Option<Arc<snapshot::SnapshotHub>>,
+    /// Where the web page's live viewers reach the streams' encoded video.
+    pub live: Option<Arc<live::LiveHub>>,
     /// The sensors: events get the fused pose, rules see the sensor state.
     pub sensing: Option<Arc<crate::sensing::Sensing>>,
     /// The backend (`None`: cpu). With a GPU, file sources decode on NVDEC and the stages
@@ -462,6 +465,7 @@ impl Pipeline {
             store: opts.store.clone(),
             events_topic: opts.events_topic.clone(),
             snapshots: opts.snapshots.clone(),
+            live: opts.live.clone(),
             sensing: opts.sensing.clone(),
             rules,
         };

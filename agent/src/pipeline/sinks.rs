@@ -42,7 +42,8 @@ pub fn open_shared(
     }
 }
 
-/// Builds the sink for one stream.
+/// Builds the sink for one stream; a record sink also hands its packets to `tap` (the live
+/// view), when given.
 pub fn build(
     cfg: &SinkConfig,
     shared: &SharedSinkState,
@@ -50,17 +51,22 @@ pub fn build(
     frame_rate: (i32, i32),
     auto_threads: usize,
     metrics: &Metrics,
+    tap: Option<std::sync::Arc<dyn aegis_hal::record::PacketTap>>,
 ) -> Box<dyn Sink> {
     match (cfg, shared) {
         (SinkConfig::Record(r), SharedSinkState::Record(budget, used, evicted)) => {
             let labels = StreamLabels {
                 stream: stream.to_string(),
             };
+            let recorder = SegmentRecorder::new(
+                recorder_settings(r, stream, frame_rate, auto_threads),
+                budget.clone(),
+            );
             Box::new(RecordSinkRuntime {
-                recorder: SegmentRecorder::new(
-                    recorder_settings(r, stream, frame_rate, auto_threads),
-                    budget.clone(),
-                ),
+                recorder: match tap {
+                    Some(t) => recorder.with_tap(t),
+                    None => recorder,
+                },
                 budget: budget.clone(),
                 segments: metrics.segments.get_or_create_owned(&labels),
                 bytes: metrics.recorded_bytes.get_or_create_owned(&labels),

@@ -23,7 +23,7 @@ use super::queue::{QueueRx as Receiver, QueueTx as Sender};
 use super::sinks::{self, SharedSinkState, Sink};
 use super::{
     DEFAULT_FRAME_RATE, ErrorReporter, PipelineError, StageSlot, StreamMetrics, StreamThreads,
-    download, queue, snapshot, spawn_named, stage_labels,
+    download, live, queue, snapshot, spawn_named, stage_labels,
 };
 use crate::metrics::{Metrics, QueueLabels};
 
@@ -35,6 +35,7 @@ pub(super) struct StreamContext {
     pub(super) store: Option<crate::store::StoreHandle>,
     pub(super) events_topic: Option<String>,
     pub(super) snapshots: Option<Arc<snapshot::SnapshotHub>>,
+    pub(super) live: Option<Arc<live::LiveHub>>,
     pub(super) sensing: Option<Arc<crate::sensing::Sensing>>,
     pub(super) rules: Vec<aegis_config::RuleConfig>,
 }
@@ -69,12 +70,33 @@ pub(super) fn spawn_stream(
         (n, d) if n > 0 && d > 0 => (n, d),
         _ => DEFAULT_FRAME_RATE,
     };
+    // The live view takes the first recorder's packets (one encode for both), else encodes
+    // on its own while somebody watches.
+    let live_slot = ctx.live.as_ref().map(|h| h.slot(&id));
+    let mut tap = live_slot
+        .clone()
+        .map(|s| s as Arc<dyn aegis_hal::record::PacketTap>);
+    let mut tapped = false;
     let sinks: Vec<Box<dyn Sink>> = cfg
         .sinks
         .iter()
         .zip(shared)
-        .map(|(c, sh)| sinks::build(c, sh, &stream_id, rate, ctx.auto_threads, metrics))
+        .map(|(c, sh)| {
+            let t = match c {
+                aegis_config::SinkConfig::Record(_) => tap.take(),
+                _ => None,
+            };
+            tapped |= t.is_some();
+            sinks::build(c, sh, &stream_id, rate, ctx.auto_threads, metrics, t)
+        })
         .collect();
+    let live = live_slot.map(|slot| {
+        if tapped {
+            live::LiveFeed::Recorder(slot)
+        } else {
+            live::LiveFeed::Own(Box::new(live::OwnEncoder::new(slot, rate)))
+        }
+    });
 
     let last = source.stats();
     let source_thread = spawn_named(
@@ -134,6 +156,7 @@ pub(super) fn spawn_stream(
             hist,
             input: proc_rx,
             snapshot: ctx.snapshots.as_ref().map(|h| h.slot(&id)),
+            live,
             metrics: sm,
             errors: ErrorReporter::new(metrics.clone(), &id),
         }
@@ -393,6 +416,7 @@ struct SinkLoop {
     hist: Vec<Histogram>,
     input: Receiver<Frame>,
     snapshot: Option<Arc<snapshot::SnapshotSlot>>,
+    live: Option<live::LiveFeed>,
     metrics: Arc<StreamMetrics>,
     errors: ErrorReporter,
 }
@@ -407,6 +431,9 @@ impl SinkLoop {
         let mut delivered = 0u64;
         let mut copies = 0;
         let mut window = (Instant::now(), 0u64);
+        if let Some(l) = &self.live {
+            l.slot().set_running(true);
+        }
         while let Ok(mut frame) = self.input.recv() {
             for (sink, hist) in self.sinks.iter_mut().zip(&self.hist) {
                 let t0 = Instant::now();
@@ -418,6 +445,9 @@ impl SinkLoop {
             }
             if let Some(slot) = &self.snapshot {
                 slot.offer(&frame);
+            }
+            if let Some(l) = &mut self.live {
+                l.offer(&mut frame);
             }
             // Counted by each copy site the frame went through, the sinks' included.
             copies = frame.copies;
@@ -435,6 +465,9 @@ impl SinkLoop {
                     .set(window.1 as f64 / elapsed.as_secs_f64());
                 window = (Instant::now(), 0);
             }
+        }
+        if let Some(l) = &self.live {
+            l.slot().set_running(false);
         }
         let mut errors = Vec::new();
         for sink in &mut self.sinks {

@@ -122,6 +122,13 @@ pub async fn run(
     let refusals = crate::workflows::apply::RefusalAudit::new(store_handle.clone());
     let token = Arc::new(crate::web::LocalToken::load_or_create(&cfg.token_path())?);
     let workflow_status = Arc::new(std::sync::Mutex::new(serde_json::Value::Null));
+    // Snapshots and live video outlive pipeline swaps: the pages and the fleet hold the hubs.
+    let snapshots = req.options.snapshots.clone().unwrap_or_default();
+    let live = req
+        .options
+        .live
+        .clone()
+        .unwrap_or_else(|| Arc::new(crate::pipeline::live::LiveHub::new(metrics.clone())));
     let pages = Arc::new(crate::web::pages::PagesState {
         metrics: metrics.clone(),
         device: cfg.device.id.clone(),
@@ -135,6 +142,8 @@ pub async fn run(
         workflow: workflow_status.clone(),
         logs: crate::logging::ring(),
         thermal_root: "/sys/class/thermal".into(),
+        live: live.clone(),
+        snapshots: snapshots.clone(),
     });
     let endpoints = Endpoints::serve(
         cfg,
@@ -169,7 +178,8 @@ pub async fn run(
     let started = Instant::now();
     let mut opts = req.options.clone();
     opts.backend = Some(selected);
-    let snapshots = opts.snapshots.get_or_insert_with(Default::default).clone();
+    opts.snapshots = Some(snapshots.clone());
+    opts.live = Some(live);
     let sensing = crate::sensing::Sensing::start(&cfg.sensors, Some(store_handle.clone()))?;
     if let Some(sn) = &sensing {
         let me = sn.clone();
@@ -352,8 +362,8 @@ impl Endpoints {
             let _ = stopped.await;
         };
         let task = if tls {
-            let dir = cfg.store.path.parent().unwrap_or(std::path::Path::new("."));
-            let cert = crate::web::tls::DeviceCert::load_or_create(dir, listen.ip())?;
+            let dir = crate::web::tls::cert_dir(cfg);
+            let cert = crate::web::tls::DeviceCert::load_or_create(&dir, listen.ip())?;
             tracing::info!(fingerprint = %cert.fingerprint(), cert = %cert.cert_path.display(),
                 "web: HTTPS with the device certificate (compare this SHA-256 fingerprint in the browser)");
             // `tap_io` only to have the peer address as connect info.

@@ -66,6 +66,7 @@ fn one_run(
         store: None,
         events_topic: None,
         snapshots: None,
+        live: None,
         sensing: None,
         backend: Some(backend.clone()),
     };

@@ -205,6 +205,7 @@ fn pipeline_fps(
         store: None,
         events_topic: None,
         snapshots: None,
+        live: None,
         sensing: None,
         backend: None,
     };

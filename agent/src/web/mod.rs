@@ -311,7 +311,7 @@ fn build(state: ServerState, table: Vec<RouteSpec>) -> Router {
 
 /// The Content-Security-Policy of every response.
 pub const CSP: &str = "default-src 'self'; script-src 'self'; style-src 'self'; \
-img-src 'self' data: blob:; connect-src 'self'; frame-ancestors 'none'; base-uri 'none'; \
+img-src 'self' data: blob:; media-src 'self' blob:; connect-src 'self'; frame-ancestors 'none'; base-uri 'none'; \
 form-action 'self'";
 
 async fn security_headers(mut r: Response) -> Response {
@@ -877,6 +877,8 @@ mod route_tests {
                 workflow: Arc::new(Mutex::new(serde_json::Value::Null)),
                 logs: Arc::new(crate::logging::LogRing::new(10)),
                 thermal_root: dir.path().join("no-thermal"),
+                live: Default::default(),
+                snapshots: Default::default(),
             }),
         };
         Rig {

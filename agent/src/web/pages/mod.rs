@@ -9,6 +9,7 @@
 mod cameras;
 mod config;
 mod events;
+mod liveview;
 mod logs;
 mod overview;
 #[cfg(test)]
@@ -50,6 +51,10 @@ pub struct PagesState {
     pub logs: Arc<LogRing>,
     /// Where thermal zones are read (`/sys/class/thermal`; a temp dir in tests).
     pub thermal_root: PathBuf,
+    /// The streams' live video (the live view).
+    pub live: Arc<crate::pipeline::live::LiveHub>,
+    /// The streams' next frames as JPEG (the live view's fallback).
+    pub snapshots: Arc<crate::pipeline::snapshot::SnapshotHub>,
 }
 
 /// The pages' routes, each with the least role that may use it; the web module's route
@@ -60,6 +65,18 @@ pub static ROUTES: &[RouteSpec] = &[
     page(Method::GET, "/api/overview", Access::Viewer, |m| {
         on(m, overview::api)
     }),
+    page(Method::GET, "/live", Access::Viewer, |m| {
+        on(m, liveview::page)
+    }),
+    page(Method::GET, "/api/live/{stream}/ws", Access::Viewer, |m| {
+        on(m, liveview::ws)
+    }),
+    page(
+        Method::GET,
+        "/api/live/{stream}/frame.jpg",
+        Access::Viewer,
+        |m| on(m, liveview::jpeg),
+    ),
     page(Method::GET, "/cameras", Access::Viewer, |m| {
         on(m, cameras::page)
     }),
@@ -91,6 +108,9 @@ pub static ROUTES: &[RouteSpec] = &[
         on(m, css)
     }),
     page(Method::GET, "/static/app.js", Access::Public, |m| on(m, js)),
+    page(Method::GET, "/static/live.js", Access::Public, |m| {
+        on(m, liveview::js)
+    }),
 ];
 
 const fn page(method: Method, path: &'static str, access: Access, handler: HandlerFn) -> RouteSpec {
@@ -110,6 +130,9 @@ pub(crate) fn router(state: Arc<PagesState>) -> Router {
     Router::new()
         .route("/", get(overview::page))
         .route("/api/overview", get(overview::api))
+        .route("/live", get(liveview::page))
+        .route("/api/live/{stream}/ws", get(liveview::ws))
+        .route("/api/live/{stream}/frame.jpg", get(liveview::jpeg))
         .route("/cameras", get(cameras::page))
         .route("/api/cameras", get(cameras::api))
         .route("/events", get(events::page))
@@ -121,6 +144,7 @@ pub(crate) fn router(state: Arc<PagesState>) -> Router {
         .route("/config", get(config::page))
         .route("/static/app.css", get(css))
         .route("/static/app.js", get(js))
+        .route("/static/live.js", get(liveview::js))
         .with_state(state)
 }
 
@@ -171,6 +195,7 @@ pub fn esc(s: &str) -> String {
 fn layout(title: &str, api: Option<&str>, body: &str) -> Html<String> {
     let nav = [
         ("/", "Overview"),
+        ("/live", "Live"),
         ("/cameras", "Cameras"),
         ("/events", "Events"),
         ("/logs", "Logs"),

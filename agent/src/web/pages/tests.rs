@@ -63,6 +63,8 @@ fn fixture(events: &[(&str, i64, Option<&str>, &str, &str)], streams: &[&str]) -
         )),
         logs: Arc::new(LogRing::new(10)),
         thermal_root: thermal,
+        live: Default::default(),
+        snapshots: Default::default(),
     });
     Fixture { _dir: dir, state }
 }
