@@ -99,6 +99,23 @@ pub enum BenchCommand {
         #[arg(long)]
         json: Option<PathBuf>,
     },
+    /// The technician page against a real agent playing a 30 fps clip into a recorder: page
+    /// load p50/p95, and agent CPU, bytes/s and delivery latency with 0, 1 and 4 live viewers
+    /// (interleaved rounds; CPU as a ratio to no viewer).
+    Web {
+        /// Clip (default: the 720p bench sample).
+        #[arg(long)]
+        clip: Option<PathBuf>,
+        /// Rounds of (0, 1, 4) viewers.
+        #[arg(long, default_value_t = 2)]
+        rounds: usize,
+        /// Seconds per window.
+        #[arg(long, default_value_t = 8.0)]
+        window_s: f64,
+        /// Also write the results as JSON here.
+        #[arg(long)]
+        json: Option<PathBuf>,
+    },
     /// Live RTSP sources against a loopback GStreamer server: restart → first frame, CPU per
     /// stream, fps kept with several streams.
     Rtsp {
@@ -226,6 +243,26 @@ pub(super) fn run(what: BenchCommand, log: impl Fn(&str)) -> anyhow::Result<()> 
                     "per frame: pose lookup + 3 rules p50 {:.2} µs, p99 {:.2} µs (goal < 500 µs)",
                     r.per_frame_p50_us, r.per_frame_p99_us
                 );
+                write_json(json, &r)
+            })
+        }
+        BenchCommand::Web {
+            clip,
+            rounds,
+            window_s,
+            json,
+        } => {
+            log("error");
+            let clip = clip.unwrap_or_else(|| Path::new(SAMPLES_DIR).join("bench-720p.mp4"));
+            anyhow::ensure!(
+                clip.exists(),
+                "{} is missing (tools/fetch-media.sh, or pass --clip)",
+                clip.display()
+            );
+            let clip = std::fs::canonicalize(&clip)?;
+            let window = std::time::Duration::from_secs_f64(window_s.clamp(1.0, 120.0));
+            crate::tools::bench_web::bench_web(&clip, rounds, window).and_then(|r| {
+                crate::tools::bench_web::print(&r);
                 write_json(json, &r)
             })
         }

@@ -6,6 +6,7 @@ pub mod bench;
 pub mod bench_backends;
 pub mod bench_rtsp;
 pub mod bench_stages;
+pub mod bench_web;
 pub mod bench_workflow;
 pub mod cuda_golden;
 pub mod fleet_sim;
