@@ -133,9 +133,13 @@
     const last = video.buffered.length - 1;
     const end = video.buffered.end(last);
     const begin = video.buffered.start(last);
-    if (video.currentTime < begin || end - video.currentTime > MAX_LAG_S) {
+    const lag = end - video.currentTime;
+    if (video.currentTime < begin || lag > MAX_LAG_S) {
       video.currentTime = Math.max(begin, end - 0.05);
     }
+    // Between jumps, play a little faster while behind: the player's own buffering then
+    // does not settle a few frames late.
+    video.playbackRate = lag > 0.1 ? 1.1 : 1.0;
     if (video.paused) video.play().catch(function () { /* autoplay needs muted: it is */ });
     const first = video.buffered.start(0);
     if (video.currentTime - first > 20) sb.remove(first, video.currentTime - 10);
