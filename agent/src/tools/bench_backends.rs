@@ -68,6 +68,7 @@ fn one_run(
         snapshots: None,
         sensing: None,
         backend: Some(backend.clone()),
+        models_in_use: None,
     };
     let gpu_before = backend
         .gpu
