@@ -122,6 +122,9 @@ pub async fn run(
     let refusals = crate::workflows::apply::RefusalAudit::new(store_handle.clone());
     let token = Arc::new(crate::web::LocalToken::load_or_create(&cfg.token_path())?);
     let workflow_status = Arc::new(std::sync::Mutex::new(serde_json::Value::Null));
+    // The pages hold these before the sensors and the pipeline start; those fill them.
+    let readings = Arc::new(crate::sensing::Readings::default());
+    let models_in_use = Arc::new(crate::inference::ModelsInUse::default());
     let pages = Arc::new(crate::web::pages::PagesState {
         metrics: metrics.clone(),
         device: cfg.device.id.clone(),
@@ -135,6 +138,8 @@ pub async fn run(
         workflow: workflow_status.clone(),
         logs: crate::logging::ring(),
         thermal_root: "/sys/class/thermal".into(),
+        readings: readings.clone(),
+        models: crate::web::pages::ModelsState::new(cfg.inference.clone(), models_in_use.clone()),
     });
     let endpoints = Endpoints::serve(
         cfg,
@@ -169,8 +174,10 @@ pub async fn run(
     let started = Instant::now();
     let mut opts = req.options.clone();
     opts.backend = Some(selected);
+    opts.models_in_use = Some(models_in_use);
     let snapshots = opts.snapshots.get_or_insert_with(Default::default).clone();
-    let sensing = crate::sensing::Sensing::start(&cfg.sensors, Some(store_handle.clone()))?;
+    let sensing =
+        crate::sensing::Sensing::start_with(&cfg.sensors, Some(store_handle.clone()), readings)?;
     if let Some(sn) = &sensing {
         let me = sn.clone();
         metrics.watch_component("sensors", Box::new(move || me.counters.values()));

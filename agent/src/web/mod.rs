@@ -877,6 +877,8 @@ mod route_tests {
                 workflow: Arc::new(Mutex::new(serde_json::Value::Null)),
                 logs: Arc::new(crate::logging::LogRing::new(10)),
                 thermal_root: dir.path().join("no-thermal"),
+                readings: Default::default(),
+                models: Default::default(),
             }),
         };
         Rig {
