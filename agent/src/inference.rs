@@ -3,7 +3,7 @@
 //! shared by every stream's stage. The stages themselves are built by
 //! [`aegis_models::stages::build`], each kind beside its stage.
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use aegis_config::{InferenceConfig, InferenceProvider, PipelineConfig, StageConfig};
@@ -135,5 +135,86 @@ impl Inference {
         cfg: &[StageConfig],
     ) -> Result<Vec<Box<dyn Stage>>, aegis_models::stages::StageBuildError> {
         aegis_models::stages::build(cfg, &self.registry)
+    }
+}
+
+/// What the running pipeline's stages use: the pipeline publishes it when it starts and
+/// when it switches stages (a workflow), and the web page's model list reads it. Nothing
+/// here is on the frame path.
+#[derive(Debug, Default)]
+pub struct ModelsInUse {
+    current: Mutex<Option<InUse>>,
+}
+
+/// The running pipeline's stages and the models they share.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct InUse {
+    /// Each stage, in pipeline order.
+    pub stages: Vec<StageUse>,
+    /// Each loaded model.
+    pub loaded: Vec<LoadedInfo>,
+}
+
+/// One stage of the running pipeline.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StageUse {
+    /// Its place in the pipeline (0-based).
+    pub index: usize,
+    /// Its kind (`detect`, `moderate`, ...).
+    pub kind: &'static str,
+    /// The model it names (`None`: it runs none).
+    pub model: Option<String>,
+}
+
+/// A loaded model, as the registry verified it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LoadedInfo {
+    /// Registry name.
+    pub name: String,
+    /// Version.
+    pub version: u32,
+    /// The execution provider that runs it (`cpu` after a fallback).
+    pub provider: &'static str,
+    /// The file's SHA-256 when it was loaded.
+    pub sha256: String,
+}
+
+impl ModelsInUse {
+    /// `stages` now run with `inference`'s models.
+    pub fn publish(&self, stages: &[StageConfig], inference: &Inference) {
+        let mut loaded: Vec<LoadedInfo> = inference
+            .registry
+            .iter()
+            .map(|m| LoadedInfo {
+                name: m.spec.name.clone(),
+                version: m.spec.version,
+                provider: m.provider,
+                sha256: m.sha256.clone(),
+            })
+            .collect();
+        loaded.sort_by(|a, b| a.name.cmp(&b.name));
+        let stages = stages
+            .iter()
+            .enumerate()
+            .map(|(index, s)| StageUse {
+                index,
+                kind: s.kind(),
+                model: s.model().map(|m| m.name.to_string()),
+            })
+            .collect();
+        self.set(InUse { stages, loaded });
+    }
+
+    /// `now` runs.
+    pub fn set(&self, now: InUse) {
+        *self.current.lock().unwrap_or_else(|p| p.into_inner()) = Some(now);
+    }
+
+    /// What runs now (`None`: no pipeline has started yet).
+    pub fn current(&self) -> Option<InUse> {
+        self.current
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
     }
 }

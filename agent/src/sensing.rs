@@ -14,6 +14,7 @@ use std::time::Duration;
 
 use aegis_config::{RuleConfig, SensorsConfig};
 use aegis_sensors::fusion::{Clock, Fusion, Input, Pose, Settings};
+use aegis_sensors::imu::ImuSample;
 use aegis_sensors::nmea::{Epochs, Fix};
 use aegis_sensors::source::Sink;
 
@@ -45,6 +46,125 @@ impl SensingCounters {
             ("bad", self.bad.load(Relaxed)),
             ("ignored", self.ignored.load(Relaxed)),
         ]
+    }
+}
+
+/// The sensors' newest readings, for the technician page: the drivers write each sample as
+/// it is taken (one short lock and a few copies), the web server reads a copy. Only the
+/// newest value of each input is kept; the history is the store's.
+#[derive(Debug, Default)]
+pub struct Readings {
+    latest: Mutex<Latest>,
+}
+
+/// What [`Readings`] holds.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Latest {
+    /// The sensors run (false: none is configured).
+    pub on: bool,
+    /// A GPS is configured.
+    pub gps_configured: bool,
+    /// An IMU is configured.
+    pub imu_configured: bool,
+    /// The newest GPS fix and when it was taken (agent wall clock, µs).
+    pub gps: Option<(i64, Fix)>,
+    /// The newest IMU sample.
+    pub imu: Option<ImuReading>,
+    /// Each declared IoT sensor, in config order.
+    pub iot: Vec<IotReading>,
+    imu_window: Option<(f64, u64)>,
+}
+
+/// The newest IMU sample and the sample rate.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct ImuReading {
+    /// When it was taken (agent wall clock, µs).
+    pub at_us: i64,
+    /// Acceleration, m/s² (sensor axes).
+    pub accel: [f64; 3],
+    /// Angular rate, rad/s (sensor axes).
+    pub gyro: [f64; 3],
+    /// Samples per second over the last second or more (`None` until a second has passed).
+    pub rate_hz: Option<f64>,
+}
+
+/// An IoT sensor as declared, with its newest accepted value.
+#[derive(Debug, Clone, PartialEq)]
+pub struct IotReading {
+    /// Its name (`sensors.iot[].name`).
+    pub name: String,
+    /// The MQTT topic it is read from.
+    pub topic: String,
+    /// Its unit.
+    pub unit: String,
+    /// The newest value in range (`None`: none yet).
+    pub value: Option<f64>,
+    /// When it arrived (agent wall clock, µs).
+    pub at_us: Option<i64>,
+}
+
+impl Readings {
+    /// A copy of the newest readings.
+    pub fn latest(&self) -> Latest {
+        self.lock().clone()
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Latest> {
+        self.latest.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The sensors `cfg` declares are running (their readings start empty).
+    pub fn declare(&self, cfg: &SensorsConfig) {
+        *self.lock() = Latest {
+            on: true,
+            gps_configured: cfg.gps.is_some(),
+            imu_configured: cfg.imu.is_some(),
+            iot: cfg
+                .iot
+                .iter()
+                .map(|s| IotReading {
+                    name: s.name.clone(),
+                    topic: s.topic.clone(),
+                    unit: s.unit.clone(),
+                    value: None,
+                    at_us: None,
+                })
+                .collect(),
+            ..Latest::default()
+        };
+    }
+
+    /// A GPS fix taken at `at_us`.
+    pub fn gps(&self, at_us: i64, fix: &Fix) {
+        self.lock().gps = Some((at_us, *fix));
+    }
+
+    /// An IMU sample taken at `at_us` (`s.t` on the sensors' monotonic clock, for the rate).
+    pub fn imu(&self, at_us: i64, s: &ImuSample) {
+        let mut l = self.lock();
+        let mut rate_hz = l.imu.and_then(|i| i.rate_hz);
+        l.imu_window = match l.imu_window {
+            None => Some((s.t, 0)),
+            Some((start, n)) if s.t - start >= 1.0 => {
+                rate_hz = Some((n + 1) as f64 / (s.t - start));
+                Some((s.t, 0))
+            }
+            Some((start, n)) => Some((start, n + 1)),
+        };
+        l.imu = Some(ImuReading {
+            at_us,
+            accel: s.accel,
+            gyro: s.gyro,
+            rate_hz,
+        });
+    }
+
+    /// IoT sensor `name`'s value `v`, accepted at `at_us` (an undeclared name is ignored).
+    pub fn iot(&self, name: &str, at_us: i64, v: f64) {
+        if let Some(r) = self.lock().iot.iter_mut().find(|r| r.name == name) {
+            r.value = Some(v);
+            r.at_us = Some(at_us);
+        }
     }
 }
 
@@ -88,6 +208,7 @@ pub struct Sensing {
     pub counters: SensingCounters,
     store: Option<StoreHandle>,
     names: Vec<String>,
+    readings: Arc<Readings>,
 }
 
 fn fusion_settings(cfg: &SensorsConfig) -> Settings {
@@ -175,6 +296,16 @@ impl Sensing {
         cfg: &SensorsConfig,
         store: Option<StoreHandle>,
     ) -> Result<Option<Arc<Sensing>>, SensingError> {
+        Self::start_with(cfg, store, Arc::default())
+    }
+
+    /// [`Sensing::start`], keeping the newest readings in `readings` (the web page holds
+    /// it before the sensors start).
+    pub fn start_with(
+        cfg: &SensorsConfig,
+        store: Option<StoreHandle>,
+        readings: Arc<Readings>,
+    ) -> Result<Option<Arc<Sensing>>, SensingError> {
         if cfg.gps.is_none() && cfg.imu.is_none() && cfg.iot.is_empty() {
             return Ok(None);
         }
@@ -192,7 +323,9 @@ impl Sensing {
             counters: SensingCounters::default(),
             store,
             names: cfg.iot.iter().map(|s| s.name.clone()).collect(),
+            readings,
         });
+        s.readings.declare(cfg);
         if let Some(gps) = &cfg.gps {
             s.spawn_gps(&gps.url)?;
         }
@@ -248,8 +381,9 @@ impl Sensing {
                 let mut epochs = self.epochs.lock().unwrap_or_else(|p| p.into_inner());
                 epochs.push(t, s, |t, fix| self.store_fix(t, &fix));
             }
-            Input::Imu(_) => {
+            Input::Imu(sample) => {
                 self.counters.imu.fetch_add(1, Relaxed);
+                self.readings.imu(self.clock.wall_us(t), sample);
             }
         }
         self.fusion().push(t, input);
@@ -262,6 +396,7 @@ impl Sensing {
     }
 
     fn store_fix(&self, t: f64, f: &Fix) {
+        self.readings.gps(self.clock.wall_us(t), f);
         self.sample(
             t,
             "gps",
@@ -431,6 +566,11 @@ impl Sensing {
         self.iot.read().unwrap_or_else(|p| p.into_inner())
     }
 
+    /// The newest readings (what the web page shows).
+    pub fn readings(&self) -> &Arc<Readings> {
+        &self.readings
+    }
+
     /// The IoT sensors declared (rules may name only these).
     pub fn iot_names(&self) -> &[String] {
         &self.names
@@ -529,6 +669,7 @@ async fn iot_loop(s: Arc<Sensing>, cfg: SensorsConfig, imu_topic: Option<String>
                                 && sensor.max.is_none_or(|m| v <= m) =>
                         {
                             s.counters.iot.fetch_add(1, Relaxed);
+                            s.readings.iot(&sensor.name, s.clock.wall_us(t), v);
                             s.iot
                                 .write()
                                 .unwrap_or_else(|p| p.into_inner())

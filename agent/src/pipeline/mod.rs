@@ -121,6 +121,8 @@ pub struct RunOptions {
     /// The backend (`None`: cpu). With a GPU, file sources decode on NVDEC and the stages
     /// that can work on device frames do.
     pub backend: Option<aegis_hal::backend::Backend>,
+    /// Told which stages and models run, at each start and stage switch (the web page).
+    pub models_in_use: Option<Arc<crate::inference::ModelsInUse>>,
 }
 
 /// The rules a pipeline runs: the local `sensors.rules` and its own `rules`, whose sensor
@@ -189,6 +191,7 @@ pub struct Pipeline {
     cfg: PipelineConfig,
     sensing: Option<Arc<crate::sensing::Sensing>>,
     source_events: SourceEvents,
+    models_in_use: Option<Arc<crate::inference::ModelsInUse>>,
 }
 
 /// Turns changes of the sources' health into stored (and, with the fleet link, published)
@@ -457,6 +460,7 @@ impl Pipeline {
                 topic: opts.events_topic.clone(),
                 seen: Vec::new(),
             },
+            models_in_use: opts.models_in_use.clone(),
         };
         let ctx = StreamContext {
             metrics: metrics.clone(),
@@ -481,6 +485,9 @@ impl Pipeline {
             }
         }
         pipeline.check_sources();
+        if let Some(m) = &pipeline.models_in_use {
+            m.publish(&cfg.stages, &inference);
+        }
         Ok(pipeline)
     }
 
@@ -526,6 +533,9 @@ impl Pipeline {
             s.slot.pending.store(true, Ordering::Release);
         }
         self.cfg = new.clone();
+        if let Some(m) = &self.models_in_use {
+            m.publish(&new.stages, inference);
+        }
         Ok(())
     }
 

@@ -129,6 +129,9 @@ pub async fn run(
         .live
         .clone()
         .unwrap_or_else(|| Arc::new(crate::pipeline::live::LiveHub::new(metrics.clone())));
+    // The pages hold these before the sensors and the pipeline start; those fill them.
+    let readings = Arc::new(crate::sensing::Readings::default());
+    let models_in_use = Arc::new(crate::inference::ModelsInUse::default());
     let pages = Arc::new(crate::web::pages::PagesState {
         metrics: metrics.clone(),
         device: cfg.device.id.clone(),
@@ -144,6 +147,8 @@ pub async fn run(
         thermal_root: "/sys/class/thermal".into(),
         live: live.clone(),
         snapshots: snapshots.clone(),
+        readings: readings.clone(),
+        models: crate::web::pages::ModelsState::new(cfg.inference.clone(), models_in_use.clone()),
     });
     let endpoints = Endpoints::serve(
         cfg,
@@ -180,7 +185,9 @@ pub async fn run(
     opts.backend = Some(selected);
     opts.snapshots = Some(snapshots.clone());
     opts.live = Some(live);
-    let sensing = crate::sensing::Sensing::start(&cfg.sensors, Some(store_handle.clone()))?;
+    opts.models_in_use = Some(models_in_use);
+    let sensing =
+        crate::sensing::Sensing::start_with(&cfg.sensors, Some(store_handle.clone()), readings)?;
     if let Some(sn) = &sensing {
         let me = sn.clone();
         metrics.watch_component("sensors", Box::new(move || me.counters.values()));

@@ -69,6 +69,7 @@ fn one_run(
         live: None,
         sensing: None,
         backend: Some(backend.clone()),
+        models_in_use: None,
     };
     let gpu_before = backend
         .gpu

@@ -208,6 +208,7 @@ fn pipeline_fps(
         live: None,
         sensing: None,
         backend: None,
+        models_in_use: None,
     };
     let t0 = Instant::now();
     let reports = Pipeline::start(pipeline, metrics, &opts)?.wait();

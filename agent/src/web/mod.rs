@@ -879,6 +879,8 @@ mod route_tests {
                 thermal_root: dir.path().join("no-thermal"),
                 live: Default::default(),
                 snapshots: Default::default(),
+                readings: Default::default(),
+                models: Default::default(),
             }),
         };
         Rig {

@@ -18,7 +18,7 @@ use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode, Uri, header};
 use axum::response::{IntoResponse, Response};
 
-use super::{PagesState, esc, layout};
+use super::{PagesState, esc, layout, layout_with};
 use crate::pipeline::live::{LiveMsg, Subscription};
 
 /// `GET /live[?stream=ID]`.
@@ -60,11 +60,7 @@ pub(super) async fn page(State(s): State<Arc<PagesState>>, uri: Uri) -> Response
          latency <span id=\"live-latency\">—</span> · objects <span id=\"live-objects\">—</span></p>",
         esc(&current)
     ));
-    let html = layout("Live", None, &body).0.replace(
-        "<script src=\"/static/app.js\" defer></script>",
-        "<script src=\"/static/app.js\" defer></script><script src=\"/static/live.js\" defer></script>",
-    );
-    axum::response::Html(html).into_response()
+    layout_with("Live", None, &["/static/live.js"], &body).into_response()
 }
 
 /// `GET /static/live.js`.

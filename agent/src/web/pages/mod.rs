@@ -1,6 +1,6 @@
-//! The technician web page: server-rendered HTML pages (overview, cameras, events, logs,
-//! config) and the JSON they refresh from every 2 s, plus the page's own CSS and script
-//! (served from the binary: no CDN, no inline script or style, so the CSP can be
+//! The technician web page: server-rendered HTML pages (overview, cameras, events, sensors,
+//! models, logs, config) and the JSON they refresh from every 2 s, plus the page's own CSS
+//! and scripts (served from the binary: no CDN, no inline script or style, so the CSP can be
 //! `script-src 'self'; style-src 'self'`).
 //!
 //! Every value interpolated into HTML goes through [`esc`]. Access control (sessions, roles,
@@ -11,7 +11,9 @@ mod config;
 mod events;
 mod liveview;
 mod logs;
+mod models;
 mod overview;
+mod sensors;
 #[cfg(test)]
 mod tests;
 
@@ -30,6 +32,7 @@ use crate::metrics::Metrics;
 use crate::web::{Access, HandlerFn, RouteSpec};
 
 pub use events::FilterError;
+pub use models::ModelsState;
 
 /// What the pages read.
 pub struct PagesState {
@@ -55,6 +58,10 @@ pub struct PagesState {
     pub live: Arc<crate::pipeline::live::LiveHub>,
     /// The streams' next frames as JPEG (the live view's fallback).
     pub snapshots: Arc<crate::pipeline::snapshot::SnapshotHub>,
+    /// The sensors' newest readings (all off when no sensor is configured).
+    pub readings: Arc<crate::sensing::Readings>,
+    /// What the models page reads.
+    pub models: ModelsState,
 }
 
 /// The pages' routes, each with the least role that may use it; the web module's route
@@ -92,6 +99,18 @@ pub static ROUTES: &[RouteSpec] = &[
     page(Method::GET, "/api/events.csv", Access::Technician, |m| {
         on(m, events::csv)
     }),
+    page(Method::GET, "/sensors", Access::Viewer, |m| {
+        on(m, sensors::page)
+    }),
+    page(Method::GET, "/api/sensors", Access::Viewer, |m| {
+        on(m, sensors::api)
+    }),
+    page(Method::GET, "/models", Access::Viewer, |m| {
+        on(m, models::page)
+    }),
+    page(Method::GET, "/api/models", Access::Viewer, |m| {
+        on(m, models::api)
+    }),
     page(Method::GET, "/logs", Access::Technician, |m| {
         on(m, logs::page)
     }),
@@ -110,6 +129,9 @@ pub static ROUTES: &[RouteSpec] = &[
     page(Method::GET, "/static/app.js", Access::Public, |m| on(m, js)),
     page(Method::GET, "/static/live.js", Access::Public, |m| {
         on(m, liveview::js)
+    }),
+    page(Method::GET, "/static/sensors.js", Access::Public, |m| {
+        on(m, sensors_js)
     }),
 ];
 
@@ -138,6 +160,10 @@ pub(crate) fn router(state: Arc<PagesState>) -> Router {
         .route("/events", get(events::page))
         .route("/api/events", get(events::api))
         .route("/api/events.csv", get(events::csv))
+        .route("/sensors", get(sensors::page))
+        .route("/api/sensors", get(sensors::api))
+        .route("/models", get(models::page))
+        .route("/api/models", get(models::api))
         .route("/logs", get(logs::page))
         .route("/api/logs", get(logs::api))
         .route("/api/logs.txt", get(logs::txt))
@@ -145,6 +171,7 @@ pub(crate) fn router(state: Arc<PagesState>) -> Router {
         .route("/static/app.css", get(css))
         .route("/static/app.js", get(js))
         .route("/static/live.js", get(liveview::js))
+        .route("/static/sensors.js", get(sensors_js))
         .with_state(state)
 }
 
@@ -193,11 +220,18 @@ pub fn esc(s: &str) -> String {
 /// script refreshes `data-key` elements from (None: no refresh). `body` is HTML already
 /// escaped by the caller.
 fn layout(title: &str, api: Option<&str>, body: &str) -> Html<String> {
+    layout_with(title, api, &[], body)
+}
+
+/// [`layout`] with the page's own `scripts` (paths of static files) after `app.js`.
+fn layout_with(title: &str, api: Option<&str>, scripts: &[&str], body: &str) -> Html<String> {
     let nav = [
         ("/", "Overview"),
         ("/live", "Live"),
         ("/cameras", "Cameras"),
         ("/events", "Events"),
+        ("/sensors", "Sensors"),
+        ("/models", "Models"),
         ("/logs", "Logs"),
         ("/config", "Config"),
     ]
@@ -212,11 +246,15 @@ fn layout(title: &str, api: Option<&str>, body: &str) -> Html<String> {
     })
     .collect::<String>();
     let api = api.map_or(String::new(), |a| format!(" data-api=\"{}\"", esc(a)));
+    let scripts: String = scripts
+        .iter()
+        .map(|s| format!("<script src=\"{}\" defer></script>", esc(s)))
+        .collect();
     Html(format!(
         "<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">\
          <meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">\
          <title>{t} · Aegis Edge</title><link rel=\"stylesheet\" href=\"/static/app.css\">\
-         <script src=\"/static/app.js\" defer></script></head>\
+         <script src=\"/static/app.js\" defer></script>{scripts}</head>\
          <body{api}><header><strong>Aegis Edge</strong><nav>{nav}</nav></header>\
          <main><h1>{t}</h1>{body}</main></body></html>\n",
         t = esc(title),
@@ -258,6 +296,13 @@ async fn js() -> impl IntoResponse {
     (
         [(header::CONTENT_TYPE, "text/javascript; charset=utf-8")],
         include_str!("../static/app.js"),
+    )
+}
+
+async fn sensors_js() -> impl IntoResponse {
+    (
+        [(header::CONTENT_TYPE, "text/javascript; charset=utf-8")],
+        include_str!("../static/sensors.js"),
     )
 }
 

@@ -15,6 +15,15 @@ struct Fixture {
 
 /// A store with `events` (id, ts_us, stream, kind, payload) and a state reading it.
 fn fixture(events: &[(&str, i64, Option<&str>, &str, &str)], streams: &[&str]) -> Fixture {
+    fixture_with(events, streams, ModelsState::default())
+}
+
+/// [`fixture`] whose models page reads `models`.
+fn fixture_with(
+    events: &[(&str, i64, Option<&str>, &str, &str)],
+    streams: &[&str],
+    models: ModelsState,
+) -> Fixture {
     let dir = tempfile::tempdir().unwrap();
     let store_path = dir.path().join("aegis.db");
     let store =
@@ -65,6 +74,8 @@ fn fixture(events: &[(&str, i64, Option<&str>, &str, &str)], streams: &[&str]) -
         thermal_root: thermal,
         live: Default::default(),
         snapshots: Default::default(),
+        readings: Default::default(),
+        models,
     });
     Fixture { _dir: dir, state }
 }
@@ -410,4 +421,464 @@ fn query_values_are_decoded_and_pager_links_reencoded() {
     assert_eq!(q["kind"], "a b");
     assert_eq!(q["x"], "");
     assert_eq!(events::url_encode("cam 0&<x>"), "cam%200%26%3Cx%3E");
+}
+
+/// The IoT sensors of the sensor tests: one with markup in its name, topic and unit.
+fn sensors_config() -> aegis_config::SensorsConfig {
+    let iot = |name: &str, topic: &str, unit: &str| aegis_config::IotSensorConfig {
+        name: name.into(),
+        topic: topic.into(),
+        field: "value".into(),
+        unit: unit.into(),
+        min: None,
+        max: None,
+    };
+    aegis_config::SensorsConfig {
+        gps: Some(aegis_config::GpsConfig {
+            url: "udp://127.0.0.1:10110".into(),
+        }),
+        imu: Some(aegis_config::ImuConfig {
+            url: "iio:///sys/bus/iio/devices/iio:device0".into(),
+            mounting_ypr_deg: [0.0; 3],
+            rate_hz: 100.0,
+        }),
+        iot: vec![
+            iot("cabin_temp", "site/cabin/temp", "°C"),
+            iot("<script>alert(1)</script>", "x/<b>", "<i>u"),
+        ],
+        ..Default::default()
+    }
+}
+
+fn fix() -> aegis_sensors::nmea::Fix {
+    aegis_sensors::nmea::Fix {
+        utc_s: Some(3600.0),
+        utc_us: Some(1_700_000_000_000_000),
+        lat: 48.137,
+        lon: 11.575,
+        quality: Some(1),
+        satellites: Some(9),
+        hdop: Some(0.9),
+        altitude_m: Some(519.5),
+        speed_mps: Some(3.25),
+        course_deg: Some(87.0),
+    }
+}
+
+/// Fused rows (and the events they geotag) and GPS samples in the fixture's store.
+fn store_positions(f: &Fixture) {
+    let conn = rusqlite::Connection::open(&f.state.store_path).unwrap();
+    let events = [
+        (
+            "f1",
+            10,
+            "track_started",
+            r#"{"track_id":3,"label":"person"}"#,
+        ),
+        (
+            "f2",
+            20,
+            "track_ended",
+            r#"{"track_id":3,"label":"person"}"#,
+        ),
+        ("f3", 30, "moderation", r#"{"action":"blur"}"#),
+        ("f4", 40, "track_started", "not json"),
+        (
+            "f5",
+            50,
+            "track_started",
+            r#"{"track_id":"7","label":"<img src=x onerror=alert(1)>"}"#,
+        ),
+        (
+            "f6",
+            60,
+            "track_started",
+            r#"{"track_id":8,"label":"<img src=x onerror=alert(1)>"}"#,
+        ),
+    ];
+    for (i, (id, ts, kind, payload)) in events.iter().enumerate() {
+        conn.execute(
+            "INSERT INTO events (id, ts_us, stream, kind, payload) VALUES (?1, ?2, 'cam0', ?3, ?4)",
+            rusqlite::params![id, ts, kind, payload],
+        )
+        .unwrap();
+        conn.execute(
+            "INSERT INTO fused_records (event_id, ts_us, stream, kind, lat, lon, speed_mps, \
+             heading_deg, sigma_m, sensors) VALUES (?1, ?2, 'cam0', ?3, ?4, 11.5, 1.0, 90.0, 2.5, '{}')",
+            rusqlite::params![id, ts, kind, 48.0 + i as f64 * 1e-4],
+        )
+        .unwrap();
+    }
+    for (ts, sensor, value) in [
+        (1, "gps", r#"{"lat":48.1,"lon":11.5}"#),
+        (2, "cabin_temp", r#"{"value":21.5,"unit":"°C"}"#),
+        (3, "gps", "damaged"),
+        (4, "gps", r#"{"lat":48.2,"lon":11.6}"#),
+    ] {
+        conn.execute(
+            "INSERT INTO sensor_samples (ts_us, sensor, value) VALUES (?1, ?2, ?3)",
+            rusqlite::params![ts, sensor, value],
+        )
+        .unwrap();
+    }
+}
+
+#[tokio::test]
+async fn sensors_json_carries_the_readings_and_the_positions() {
+    let f = fixture(&[], &[]);
+    let r = &f.state.readings;
+    r.declare(&sensors_config());
+    let now = crate::store::now_us();
+    r.gps(now, &fix());
+    for t in [0.0, 0.5, 1.0] {
+        let s = aegis_sensors::imu::ImuSample {
+            t,
+            accel: [0.1, -0.2, 9.81],
+            gyro: [0.01, 0.02, -0.03],
+            mag: None,
+        };
+        r.imu(now, &s);
+    }
+    r.iot("cabin_temp", now, 21.5);
+    r.iot("not declared", now, 1.0);
+    store_positions(&f);
+    let (status, ctype, body) = get(&f.state, "/api/sensors").await;
+    assert_eq!(
+        (status, ctype.as_str()),
+        (StatusCode::OK, "application/json")
+    );
+    let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(v["on"], true);
+    let g = &v["gps"];
+    assert_eq!(
+        (g["lat"].as_f64(), g["lon"].as_f64()),
+        (Some(48.137), Some(11.575))
+    );
+    assert_eq!(
+        (&g["alt_m"], &g["speed_mps"], &g["course_deg"]),
+        (
+            &serde_json::json!(519.5),
+            &serde_json::json!(3.25),
+            &serde_json::json!(87.0)
+        )
+    );
+    assert_eq!(
+        (&g["quality"], &g["satellites"]),
+        (&serde_json::json!(1), &serde_json::json!(9))
+    );
+    assert_eq!(g["utc"], "2023-11-14T22:13:20.000000Z");
+    assert!(g["age_s"].as_f64().unwrap() >= 0.0);
+    let i = &v["imu"];
+    assert_eq!(i["accel"], serde_json::json!([0.1, -0.2, 9.81]));
+    assert_eq!(i["gyro"], serde_json::json!([0.01, 0.02, -0.03]));
+    assert_eq!(
+        i["rate_hz"], 2.0,
+        "two samples after the first, in one second"
+    );
+    let iot = v["iot"].as_array().unwrap();
+    assert_eq!(iot.len(), 2, "the declared sensors only");
+    assert_eq!(
+        (
+            &iot[0]["name"],
+            &iot[0]["topic"],
+            &iot[0]["unit"],
+            &iot[0]["value"]
+        ),
+        (
+            &serde_json::json!("cabin_temp"),
+            &serde_json::json!("site/cabin/temp"),
+            &serde_json::json!("°C"),
+            &serde_json::json!(21.5)
+        )
+    );
+    assert_eq!(iot[1]["value"], serde_json::Value::Null, "no reading yet");
+    assert_eq!(iot[1]["age_s"], serde_json::Value::Null);
+    // Newest first; the track and class come from the event; a payload that is not JSON,
+    // or a track id that is not a number, gives none (and does not fail the query).
+    let fused = v["fused"].as_array().unwrap();
+    let ids: Vec<_> = fused.iter().map(|r| r["event_id"].clone()).collect();
+    assert_eq!(ids, ["f6", "f5", "f4", "f3", "f2", "f1"]);
+    assert_eq!(
+        (&fused[5]["track_id"], &fused[5]["label"]),
+        (&serde_json::json!(3), &serde_json::json!("person"))
+    );
+    assert_eq!(fused[5]["sigma_m"], 2.5);
+    assert_eq!(fused[5]["lat"], 48.0);
+    assert_eq!(fused[2]["track_id"], serde_json::Value::Null);
+    assert_eq!(fused[1]["track_id"], serde_json::Value::Null);
+    assert_eq!(fused[3]["track_id"], serde_json::Value::Null);
+    // The device's trail: GPS rows only, oldest first, damaged rows skipped.
+    assert_eq!(
+        v["trail"],
+        serde_json::json!([{ "ts_us": 1, "lat": 48.1, "lon": 11.5 }, { "ts_us": 4, "lat": 48.2, "lon": 11.6 }])
+    );
+    assert_eq!(v["store_error"], serde_json::Value::Null);
+    let (_, _, html) = get(&f.state, "/sensors").await;
+    assert!(html.contains("data-api=\"/api/sensors\""), "{html}");
+    assert!(
+        html.contains("<span data-key=\"gps.lat\">48.137</span>"),
+        "{html}"
+    );
+    assert!(
+        html.contains("<span data-key=\"iot.0.value\">21.5</span>"),
+        "{html}"
+    );
+    assert!(html.contains("<canvas id=\"sensor-map\""), "{html}");
+    assert!(html.contains("<script src=\"/static/sensors.js\" defer></script>"));
+    assert!(
+        html.contains("48.000000, 11.500000") && html.contains("person"),
+        "{html}"
+    );
+    assert!(!html.contains("Sensors are off"));
+}
+
+#[tokio::test]
+async fn sensor_and_class_names_with_markup_are_escaped() {
+    let f = fixture(&[], &[]);
+    f.state.readings.declare(&sensors_config());
+    f.state
+        .readings
+        .iot("<script>alert(1)</script>", crate::store::now_us(), 7.0);
+    store_positions(&f);
+    let (status, _, html) = get(&f.state, "/sensors").await;
+    assert_eq!(status, StatusCode::OK);
+    for raw in ["<script>alert", "<b>", "<i>u", "<img src=x"] {
+        assert!(!html.contains(raw), "{raw} in {html}");
+    }
+    for escaped in [
+        "&lt;script&gt;alert(1)&lt;/script&gt;",
+        "x/&lt;b&gt;",
+        "&lt;i&gt;u",
+        "&lt;img src=x onerror=alert(1)&gt;",
+    ] {
+        assert!(html.contains(escaped), "{escaped} missing: {html}");
+    }
+    assert!(!html.contains("<style") && !html.contains("style="));
+    assert_eq!(
+        html.matches("<script").count(),
+        2,
+        "app.js and sensors.js only"
+    );
+    let v: serde_json::Value =
+        serde_json::from_str(&get(&f.state, "/api/sensors").await.2).unwrap();
+    assert_eq!(v["iot"][1]["name"], "<script>alert(1)</script>");
+    assert_eq!(v["iot"][1]["value"], 7.0);
+}
+
+#[tokio::test]
+async fn without_sensors_the_page_says_they_are_off() {
+    let f = fixture(&[], &[]);
+    let v: serde_json::Value =
+        serde_json::from_str(&get(&f.state, "/api/sensors").await.2).unwrap();
+    assert_eq!(v["on"], false);
+    assert_eq!(
+        (&v["gps"], &v["imu"]),
+        (&serde_json::Value::Null, &serde_json::Value::Null)
+    );
+    assert_eq!(v["iot"], serde_json::json!([]));
+    assert_eq!(
+        (&v["fused"], &v["trail"]),
+        (&serde_json::json!([]), &serde_json::json!([]))
+    );
+    let (status, _, html) = get(&f.state, "/sensors").await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(html.contains("Sensors are off"), "{html}");
+    assert!(html.contains("No GPS is configured") && html.contains("No IMU is configured"));
+    assert!(html.contains("No fused position is stored yet"), "{html}");
+    // A store that cannot be read: the readings still come, with the reason.
+    assert!(sensors::positions(&f.state.store_path.with_file_name("missing.db")).is_err());
+}
+
+#[tokio::test]
+async fn the_sensor_script_is_served_and_writes_no_html() {
+    let f = fixture(&[], &[]);
+    let (status, ctype, js) = get(&f.state, "/static/sensors.js").await;
+    assert_eq!(
+        (status, ctype.as_str()),
+        (StatusCode::OK, "text/javascript; charset=utf-8")
+    );
+    assert!(js.contains("getContext") && js.contains("textContent"));
+    assert!(
+        !js.contains("innerHTML") && !js.contains("http"),
+        "local only, no markup"
+    );
+    let (_, _, app) = get(&f.state, "/static/app.js").await;
+    assert!(app.contains("aegis:data"));
+}
+
+/// A models page over one model file in a temp dir (plus one missing), `detect` in stage 1.
+fn models_fixture(dir: &std::path::Path) -> (ModelsState, std::path::PathBuf) {
+    let file = dir.join("det.onnx");
+    std::fs::write(&file, b"not really onnx, but bytes to hash").unwrap();
+    let sha = {
+        use sha2::Digest;
+        let d = sha2::Sha256::digest(std::fs::read(&file).unwrap());
+        d.iter().map(|b| format!("{b:02x}")).collect::<String>()
+    };
+    let model =
+        |name: &str, file: std::path::PathBuf, sha256: Option<String>| aegis_config::ModelConfig {
+            name: name.into(),
+            version: 4,
+            kind: aegis_config::ModelKindConfig::Yolov8,
+            file,
+            sha256,
+            input_size: Some(320),
+            labels: Some(dir.join("labels.txt")),
+        };
+    let inference = aegis_config::InferenceConfig {
+        runtime: dir.join("libonnxruntime.so"),
+        models: vec![
+            model("det", file.clone(), Some(sha.to_uppercase())),
+            model("<script>m</script>", dir.join("missing.onnx"), None),
+        ],
+        ..Default::default()
+    };
+    let in_use = Arc::new(crate::inference::ModelsInUse::default());
+    in_use.set(crate::inference::InUse {
+        stages: vec![
+            crate::inference::StageUse {
+                index: 0,
+                kind: "timestamp_overlay",
+                model: None,
+            },
+            crate::inference::StageUse {
+                index: 1,
+                kind: "detect",
+                model: Some("det".into()),
+            },
+        ],
+        loaded: vec![crate::inference::LoadedInfo {
+            name: "det".into(),
+            version: 4,
+            provider: "cpu",
+            sha256: sha,
+        }],
+    });
+    (ModelsState::new(inference, in_use), file)
+}
+
+#[tokio::test]
+async fn models_json_has_each_file_its_digest_and_the_stages_using_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let (models, file) = models_fixture(dir.path());
+    let f = fixture_with(&[], &[], models);
+    let want = {
+        use sha2::Digest;
+        let d = sha2::Sha256::digest(std::fs::read(&file).unwrap());
+        d.iter().map(|b| format!("{b:02x}")).collect::<String>()
+    };
+    let (status, ctype, body) = get(&f.state, "/api/models").await;
+    assert_eq!(
+        (status, ctype.as_str()),
+        (StatusCode::OK, "application/json")
+    );
+    let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+    let m = &v["models"][0];
+    assert_eq!(m["name"], "det");
+    assert_eq!(m["kind"], "yolov8");
+    assert_eq!(m["version"], 4);
+    assert_eq!(m["file"], file.display().to_string());
+    assert_eq!(m["bytes"], 34);
+    assert_eq!(m["sha256"], want);
+    assert_eq!(m["matches_pin"], true, "the pin is compared without case");
+    assert_eq!(
+        m["stages"],
+        serde_json::json!([{ "index": 1, "kind": "detect" }])
+    );
+    assert_eq!(
+        (&m["loaded"], &m["provider"]),
+        (&serde_json::json!(true), &serde_json::json!("cpu"))
+    );
+    assert_eq!(m["changed_since_load"], false);
+    assert_eq!(m["package"], serde_json::Value::Null, "not a pinned file");
+    assert_eq!(m["error"], serde_json::Value::Null);
+    let missing = &v["models"][1];
+    assert_eq!(missing["loaded"], false);
+    assert_eq!(missing["stages"], serde_json::json!([]));
+    assert!(
+        missing["error"]
+            .as_str()
+            .unwrap()
+            .contains("file not found"),
+        "{missing}"
+    );
+    assert_eq!(v["runtime"]["engine"], "ONNX Runtime");
+    assert_eq!(v["runtime"]["provider"], "cpu");
+    assert!(v["runtime"]["error"].as_str().is_some());
+    assert_eq!(v["pipeline_running"], true);
+    assert!(v.get("updates").is_some());
+}
+
+#[tokio::test]
+async fn a_model_file_is_hashed_once_until_it_changes() {
+    let dir = tempfile::tempdir().unwrap();
+    let (models, file) = models_fixture(dir.path());
+    let f = fixture_with(&[], &[], models);
+    for uri in ["/api/models", "/models", "/api/models"] {
+        assert_eq!(get(&f.state, uri).await.0, StatusCode::OK);
+    }
+    assert_eq!(
+        f.state.models.digests.hashed(),
+        1,
+        "one readable file, read once"
+    );
+    // New content (another size, so the stamp differs whatever the clock's resolution).
+    std::fs::write(&file, b"a newer model").unwrap();
+    let v: serde_json::Value = serde_json::from_str(&get(&f.state, "/api/models").await.2).unwrap();
+    assert_eq!(f.state.models.digests.hashed(), 2);
+    let want = {
+        use sha2::Digest;
+        let d = sha2::Sha256::digest(b"a newer model");
+        d.iter().map(|b| format!("{b:02x}")).collect::<String>()
+    };
+    assert_eq!(v["models"][0]["sha256"], want);
+    assert_eq!(v["models"][0]["matches_pin"], false);
+    assert_eq!(v["models"][0]["changed_since_load"], true);
+    get(&f.state, "/api/models").await;
+    assert_eq!(f.state.models.digests.hashed(), 2);
+}
+
+#[tokio::test]
+async fn the_models_page_escapes_names_and_leaves_room_for_updates() {
+    let dir = tempfile::tempdir().unwrap();
+    let (models, _) = models_fixture(dir.path());
+    let f = fixture_with(&[], &[], models);
+    let (status, _, html) = get(&f.state, "/models").await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(!html.contains("<script>m"), "{html}");
+    assert!(html.contains("&lt;script&gt;m&lt;/script&gt;"), "{html}");
+    assert!(html.contains("detect (stage 1)"), "{html}");
+    assert!(html.contains("<h2 id=\"updates\">Updates</h2>"), "{html}");
+    assert!(html.contains("aria-current=\"page\">Models</a>"), "{html}");
+    // Without models or a pipeline.
+    let f = fixture(&[], &[]);
+    let (_, _, html) = get(&f.state, "/models").await;
+    assert!(html.contains("No model is configured") && html.contains("No pipeline has started"));
+}
+
+#[test]
+fn pinned_packages_are_those_of_the_fetch_script() {
+    let script = include_str!("../../../../tools/fetch-models.sh");
+    for p in models::PINS {
+        assert!(
+            script.contains(p.sha256),
+            "{} not in tools/fetch-models.sh",
+            p.sha256
+        );
+        assert!(
+            script.contains(p.package),
+            "{} not in tools/fetch-models.sh",
+            p.package
+        );
+    }
+    // Every 64-hex digest of the script is known here.
+    let digests = script
+        .split(|c: char| !c.is_ascii_hexdigit())
+        .filter(|w| w.len() == 64);
+    for d in digests {
+        assert!(
+            models::PINS.iter().any(|p| p.sha256 == d),
+            "{d} of tools/fetch-models.sh is not in models::PINS"
+        );
+    }
 }

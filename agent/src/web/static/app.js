@@ -25,6 +25,8 @@
       document.querySelectorAll("[data-key]").forEach(function (el) {
         el.textContent = show(lookup(data, el.dataset.key));
       });
+      // A page's own script (sensors.js) redraws from the same data.
+      document.dispatchEvent(new CustomEvent("aegis:data", { detail: data }));
     } catch (e) {
       // Offline for a moment: keep the last values.
     }
