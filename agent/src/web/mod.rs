@@ -1278,4 +1278,100 @@ mod route_tests {
             "{body}"
         );
     }
+
+    #[tokio::test]
+    async fn traversal_and_oversized_bodies_are_refused() {
+        let rig = rig(true, true, true);
+        let (cookie, _) = rig.session("vic").await;
+        // No file route takes a path: traversal finds no route, or a stream id that is not
+        // a running stream (named in the answer, nothing read).
+        for path in [
+            "/static/../../Cargo.toml",
+            "/static/app.js/../../../etc/passwd",
+            "/static/%2e%2e/%2e%2e/etc/passwd",
+            "/api/live/..%2F..%2Fetc%2Fpasswd/frame.jpg",
+            "/api/live/../../etc/passwd/frame.jpg",
+        ] {
+            let (code, _, body) = rig
+                .send(
+                    req(&Method::GET, path)
+                        .header(header::COOKIE, &cookie)
+                        .body(Body::empty())
+                        .unwrap(),
+                )
+                .await;
+            assert_eq!(code, StatusCode::NOT_FOUND, "{path}: {body}");
+            assert!(
+                !body.contains("root:") && !body.contains("[workspace]"),
+                "{path}"
+            );
+        }
+        // Bodies over the limit: 413 before anything reads them.
+        let big = vec![b'a'; aegis_ota::maml::MAX_DOCUMENT_BYTES + 2];
+        let (code, _, _) = rig
+            .send(
+                req(&Method::POST, "/workflow")
+                    .header(header::AUTHORIZATION, rig.state.token.header())
+                    .body(Body::from(big.clone()))
+                    .unwrap(),
+            )
+            .await;
+        assert_eq!(code, StatusCode::PAYLOAD_TOO_LARGE);
+        let mut login = req(&Method::POST, "/login")
+            .header(header::CONTENT_TYPE, "application/x-www-form-urlencoded")
+            .body(Body::from(big))
+            .unwrap();
+        login
+            .extensions_mut()
+            .insert(ConnectInfo(SocketAddr::from(([10, 0, 0, 9], 4000))));
+        let (code, _, _) = rig.send(login).await;
+        assert_eq!(code, StatusCode::PAYLOAD_TOO_LARGE);
+    }
+
+    /// The live view's socket, on a real server: a session and this host's Origin get the
+    /// upgrade (and a 404 naming the running streams when the stream does not run); a
+    /// foreign Origin is refused even with the session cookie; no session, no socket.
+    #[tokio::test]
+    async fn the_live_socket_needs_a_session_and_this_origin() {
+        use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+        let rig = rig(true, true, true);
+        let (cookie, _) = rig.session("vic").await;
+        let slot = rig.state.pages.live.slot("cam0");
+        slot.set_running(true);
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let app = build(rig.state.clone(), rig.table())
+            .into_make_service_with_connect_info::<SocketAddr>();
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        let connect = |stream: &str, cookie: Option<&str>, origin: Option<String>| {
+            let mut r = format!("ws://{addr}/api/live/{stream}/ws")
+                .into_client_request()
+                .unwrap();
+            if let Some(c) = cookie {
+                r.headers_mut().insert(header::COOKIE, c.parse().unwrap());
+            }
+            if let Some(o) = origin {
+                r.headers_mut().insert(header::ORIGIN, o.parse().unwrap());
+            }
+            tokio_tungstenite::connect_async(r)
+        };
+        let status = |r: Result<_, tokio_tungstenite::tungstenite::Error>| match r {
+            Ok(_) => 101,
+            Err(tokio_tungstenite::tungstenite::Error::Http(resp)) => resp.status().as_u16(),
+            Err(e) => panic!("{e}"),
+        };
+        let own = Some(format!("http://{addr}"));
+        let (ws, _) = connect("cam0", Some(&cookie), own.clone()).await.unwrap();
+        assert_eq!(slot.viewers(), 1);
+        drop(ws);
+        assert_eq!(status(connect("cam0", None, own.clone()).await), 401);
+        let foreign = Some("https://evil.example".to_string());
+        assert_eq!(status(connect("cam0", Some(&cookie), foreign).await), 403);
+        let other_port = Some(format!("http://127.0.0.1:{}", addr.port() + 1));
+        assert_eq!(
+            status(connect("cam0", Some(&cookie), other_port).await),
+            403
+        );
+        assert_eq!(status(connect("nope", Some(&cookie), own).await), 404);
+    }
 }
