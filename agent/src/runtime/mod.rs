@@ -45,6 +45,9 @@ pub struct RunRequest {
     pub linger: bool,
     /// Scrape our own `/metrics` over HTTP before stopping the server (the demo shows it).
     pub scrape_metrics: bool,
+    /// The configuration file the config was loaded from: the web page's editor changes it
+    /// (None: the page only shows the configuration).
+    pub config_path: Option<std::path::PathBuf>,
 }
 
 pub use aegis_hal::backend::Backend;
@@ -122,6 +125,17 @@ pub async fn run(
     let refusals = crate::workflows::apply::RefusalAudit::new(store_handle.clone());
     let token = Arc::new(crate::web::LocalToken::load_or_create(&cfg.token_path())?);
     let workflow_status = Arc::new(std::sync::Mutex::new(serde_json::Value::Null));
+    // New local default pipelines from the web page's config editor, for the supervisor.
+    let (defaults_tx, defaults_rx) =
+        tokio::sync::mpsc::channel::<crate::workflows::apply::DefaultPipeline>(1);
+    let editor = req.config_path.as_ref().map(|path| {
+        Arc::new(crate::web::edit::Editor::new(
+            path,
+            crate::web::edit::pipeline_refusal(cfg, workflows.is_some()),
+            Some(store_handle.clone()),
+            Some(defaults_tx.clone()),
+        ))
+    });
     let pages = Arc::new(crate::web::pages::PagesState {
         metrics: metrics.clone(),
         device: cfg.device.id.clone(),
@@ -135,6 +149,10 @@ pub async fn run(
         workflow: workflow_status.clone(),
         logs: crate::logging::ring(),
         thermal_root: "/sys/class/thermal".into(),
+        editor,
+        workflows: workflows.is_some().then(|| wf_tx.clone()),
+        counters: workflows.is_some().then(|| apply_counters.clone()),
+        store: Some(store_handle.clone()),
     });
     let endpoints = Endpoints::serve(
         cfg,
@@ -249,6 +267,7 @@ pub async fn run(
         applier,
         inbox,
         local: wf_rx,
+        defaults: defaults_rx,
         restarts: restart_rx,
         sensing: sensing.clone(),
         gps_time_floor: cfg.sensors.fusion.gps_time_floor,

@@ -1,18 +1,23 @@
 //! The technician web page: server-rendered HTML pages (overview, cameras, events, logs,
-//! config) and the JSON they refresh from every 2 s, plus the page's own CSS and script
-//! (served from the binary: no CDN, no inline script or style, so the CSP can be
-//! `script-src 'self'; style-src 'self'`).
+//! workflows, config) and the JSON they refresh from every 2 s, plus the page's own CSS and
+//! scripts (served from the binary: no CDN, no inline script or style, so the CSP can be
+//! `script-src 'self'; style-src 'self'`). The config editor, the camera forms and the
+//! workflow upload change the device: they save through [`crate::web::edit`] and the
+//! workflow applier.
 //!
 //! Every value interpolated into HTML goes through [`esc`]. Access control (sessions, roles,
 //! CSRF) is the web module's middleware; each route below names the role it needs.
 
 mod cameras;
 mod config;
+#[cfg(test)]
+mod edit_tests;
 mod events;
 mod logs;
 mod overview;
 #[cfg(test)]
 mod tests;
+mod workflows;
 
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
@@ -50,6 +55,15 @@ pub struct PagesState {
     pub logs: Arc<LogRing>,
     /// Where thermal zones are read (`/sys/class/thermal`; a temp dir in tests).
     pub thermal_root: PathBuf,
+    /// The configuration file's editor (None: this run has no file, e.g. `aegis demo`,
+    /// and the config page only shows the configuration).
+    pub editor: Option<Arc<crate::web::edit::Editor>>,
+    /// The workflow applier's local queue, for uploads (None: workflows are off).
+    pub workflows: Option<tokio::sync::mpsc::Sender<crate::workflows::apply::Request>>,
+    /// The applier's counters (`busy`).
+    pub counters: Option<Arc<crate::workflows::apply::ApplyCounters>>,
+    /// Where the pages' own audit rows go (uploads).
+    pub store: Option<crate::store::StoreHandle>,
 }
 
 /// The pages' routes, each with the least role that may use it; the web module's route
@@ -84,13 +98,49 @@ pub static ROUTES: &[RouteSpec] = &[
     page(Method::GET, "/api/logs.txt", Access::Technician, |m| {
         on(m, logs::txt)
     }),
+    page(Method::POST, "/api/cameras", Access::Technician, |m| {
+        on(m, cameras::change)
+    }),
+    page(Method::GET, "/workflows", Access::Viewer, |m| {
+        on(m, workflows::page)
+    }),
+    page(Method::GET, "/api/workflows", Access::Viewer, |m| {
+        on(m, workflows::api)
+    }),
+    page(
+        Method::GET,
+        "/workflows/receipt/{id}",
+        Access::Viewer,
+        |m| on(m, workflows::receipt),
+    ),
+    page(Method::POST, "/api/workflows", Access::Technician, |m| {
+        on(m, workflows::upload)
+    }),
     page(Method::GET, "/config", Access::Technician, |m| {
         on(m, config::page)
+    }),
+    page(
+        Method::POST,
+        "/api/config/validate",
+        Access::Technician,
+        |m| on(m, config::validate).layer(axum::extract::DefaultBodyLimit::max(config::BODY_LIMIT)),
+    ),
+    page(Method::POST, "/api/config", Access::Technician, |m| {
+        on(m, config::save).layer(axum::extract::DefaultBodyLimit::max(config::BODY_LIMIT))
     }),
     page(Method::GET, "/static/app.css", Access::Public, |m| {
         on(m, css)
     }),
     page(Method::GET, "/static/app.js", Access::Public, |m| on(m, js)),
+    page(Method::GET, "/static/config.js", Access::Public, |m| {
+        on(m, || script(include_str!("../static/config.js")))
+    }),
+    page(Method::GET, "/static/cameras.js", Access::Public, |m| {
+        on(m, || script(include_str!("../static/cameras.js")))
+    }),
+    page(Method::GET, "/static/workflows.js", Access::Public, |m| {
+        on(m, || script(include_str!("../static/workflows.js")))
+    }),
 ];
 
 const fn page(method: Method, path: &'static str, access: Access, handler: HandlerFn) -> RouteSpec {
@@ -119,8 +169,23 @@ pub(crate) fn router(state: Arc<PagesState>) -> Router {
         .route("/api/logs", get(logs::api))
         .route("/api/logs.txt", get(logs::txt))
         .route("/config", get(config::page))
+        .route("/workflows", get(workflows::page))
+        .route("/api/workflows", get(workflows::api))
+        .route("/workflows/receipt/{id}", get(workflows::receipt))
         .route("/static/app.css", get(css))
         .route("/static/app.js", get(js))
+        .route(
+            "/static/config.js",
+            get(|| script(include_str!("../static/config.js"))),
+        )
+        .route(
+            "/static/cameras.js",
+            get(|| script(include_str!("../static/cameras.js"))),
+        )
+        .route(
+            "/static/workflows.js",
+            get(|| script(include_str!("../static/workflows.js"))),
+        )
         .with_state(state)
 }
 
@@ -132,13 +197,16 @@ pub fn redacted_config(cfg: &aegis_config::AgentConfig) -> serde_json::Value {
     v
 }
 
-/// `password` values replaced by `***` anywhere in a JSON document.
+/// `password` values, and the password or SRT passphrase inside URLs (`url`, `*_url`),
+/// replaced by `***` anywhere in a JSON document.
 pub fn redact(v: &mut serde_json::Value) {
     match v {
         serde_json::Value::Object(m) => {
             for (k, x) in m.iter_mut() {
                 if k == "password" && !x.is_null() {
                     *x = serde_json::json!("***");
+                } else if let (true, Some(u)) = (k == "url" || k.ends_with("_url"), x.as_str()) {
+                    *x = serde_json::json!(crate::web::edit::redact_url(u));
                 } else {
                     redact(x);
                 }
@@ -169,11 +237,17 @@ pub fn esc(s: &str) -> String {
 /// script refreshes `data-key` elements from (None: no refresh). `body` is HTML already
 /// escaped by the caller.
 fn layout(title: &str, api: Option<&str>, body: &str) -> Html<String> {
+    layout_with(title, api, body, None)
+}
+
+/// [`layout`] with the page's own script (one of the agent's static files) after app.js.
+fn layout_with(title: &str, api: Option<&str>, body: &str, script: Option<&str>) -> Html<String> {
     let nav = [
         ("/", "Overview"),
         ("/cameras", "Cameras"),
         ("/events", "Events"),
         ("/logs", "Logs"),
+        ("/workflows", "Workflows"),
         ("/config", "Config"),
     ]
     .iter()
@@ -187,11 +261,14 @@ fn layout(title: &str, api: Option<&str>, body: &str) -> Html<String> {
     })
     .collect::<String>();
     let api = api.map_or(String::new(), |a| format!(" data-api=\"{}\"", esc(a)));
+    let script = script.map_or(String::new(), |s| {
+        format!("<script src=\"{}\" defer></script>", esc(s))
+    });
     Html(format!(
         "<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">\
          <meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">\
          <title>{t} · Aegis Edge</title><link rel=\"stylesheet\" href=\"/static/app.css\">\
-         <script src=\"/static/app.js\" defer></script></head>\
+         <script src=\"/static/app.js\" defer></script>{script}</head>\
          <body{api}><header><strong>Aegis Edge</strong><nav>{nav}</nav></header>\
          <main><h1>{t}</h1>{body}</main></body></html>\n",
         t = esc(title),
@@ -200,8 +277,13 @@ fn layout(title: &str, api: Option<&str>, body: &str) -> Html<String> {
 
 /// `v` as a JSON response.
 fn json(v: serde_json::Value) -> Response {
+    json_with(StatusCode::OK, v)
+}
+
+/// `v` as a JSON response with status `code`.
+fn json_with(code: StatusCode, v: serde_json::Value) -> Response {
     (
-        StatusCode::OK,
+        code,
         [(header::CONTENT_TYPE, "application/json")],
         v.to_string(),
     )
@@ -230,9 +312,14 @@ async fn css() -> impl IntoResponse {
 }
 
 async fn js() -> impl IntoResponse {
+    script(include_str!("../static/app.js")).await
+}
+
+/// A page script of the agent's static files.
+async fn script(text: &'static str) -> impl IntoResponse {
     (
         [(header::CONTENT_TYPE, "text/javascript; charset=utf-8")],
-        include_str!("../static/app.js"),
+        text,
     )
 }
 

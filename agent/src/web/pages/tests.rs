@@ -63,6 +63,10 @@ fn fixture(events: &[(&str, i64, Option<&str>, &str, &str)], streams: &[&str]) -
         )),
         logs: Arc::new(LogRing::new(10)),
         thermal_root: thermal,
+        editor: None,
+        workflows: None,
+        counters: None,
+        store: None,
     });
     Fixture { _dir: dir, state }
 }
