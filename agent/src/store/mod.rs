@@ -237,7 +237,7 @@ pub struct WorkflowAnswer {
     pub verdict: String,
     /// Why (redacted).
     pub reason: String,
-    /// The signed `.mu` receipt (None: answered unsigned, or signing failed).
+    /// The signed `.mu` receipt (None: signing failed).
     pub receipt: Option<String>,
 }
 

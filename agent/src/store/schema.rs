@@ -102,7 +102,7 @@ const MIGRATIONS: &[&str] = &[
         digest      TEXT NOT NULL,          -- sha256 of the signed bytes
         verdict     TEXT NOT NULL,          -- applied, rolled_back, rejected, revoked
         reason      TEXT NOT NULL,
-        receipt     TEXT                    -- the signed .mu receipt (NULL: answered unsigned)
+        receipt     TEXT                    -- the signed .mu receipt (NULL: signing failed)
     );
     CREATE INDEX workflow_history_ts ON workflow_history(ts_us);
     "#,

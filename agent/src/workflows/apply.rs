@@ -835,15 +835,9 @@ impl Applier {
                     doc.front.id, doc.front.sequence
                 ),
             );
+            // No history row either: beyond the budget a rejection costs no flash write
+            // (the audit above is rate-limited).
             self.notice(&reason);
-            self.history(
-                &doc.front.id,
-                doc.front.sequence,
-                digest,
-                Verdict::Rejected,
-                &reason,
-                None,
-            );
             return Reply {
                 verdict: Answer::Signed(Verdict::Rejected),
                 reason,

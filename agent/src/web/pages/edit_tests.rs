@@ -378,6 +378,18 @@ async fn the_editor_shows_every_option_with_secrets_hidden_and_validate_names_fi
         .await;
     assert_eq!(code, StatusCode::OK, "{v}");
     assert_eq!(v["changed"], serde_json::json!(["pipeline"]));
+    // A file larger than a workflow may be (comments and all) is still a configuration;
+    // beyond twice the configuration limit the body is refused unread.
+    let padded = format!("# {}\n{text}", "x".repeat(300 * 1024));
+    let (code, v) = rig
+        .post_text((&tess, Some(&csrf)), "/api/config/validate", &padded, None)
+        .await;
+    assert_eq!(code, StatusCode::OK, "{v}");
+    let huge = format!("# {}\n{text}", "x".repeat(3 << 20));
+    let (code, _) = rig
+        .post_text((&tess, Some(&csrf)), "/api/config/validate", &huge, None)
+        .await;
+    assert_eq!(code, StatusCode::PAYLOAD_TOO_LARGE);
     // Validation writes nothing.
     assert!(rig.applied.lock().unwrap().is_empty());
 }
