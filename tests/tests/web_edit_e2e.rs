@@ -271,6 +271,14 @@ fn a_technician_edits_the_config_adds_a_camera_and_applies_a_signed_workflow_fro
     );
     assert!(std::fs::read_to_string(&cfg).unwrap().contains("scale: 3"));
     assert!(d.join("aegis.yaml.bak").exists());
+    // The status (what the fleet sees) says the local pipeline was changed, and by whom.
+    let (_, _, body) = get("/api/overview");
+    let edit = &json(&body)["workflow"]["local_edit"];
+    assert_eq!(
+        (edit["by"].as_str(), edit["runs"].as_bool()),
+        (Some("web:tess"), Some(true)),
+        "{body}"
+    );
     let f0 = frames(&agent.healthz(), "cam0");
     agent.wait(
         "frames after the edit",

@@ -140,22 +140,23 @@ impl Supervisor {
                     }
                 }
                 Some(req) = defaults.recv() => {
+                    let DefaultPipeline { pipeline: cfg, by, reply } = req;
                     let (p, outcome) = match applier.as_mut() {
                         Some(a) => {
-                            let (p, o) = a.set_default(pipeline, req.pipeline).await;
+                            let (p, o) = a.set_default(pipeline, cfg, &by).await;
                             inference = a.inference();
                             (p, o)
                         }
                         None => {
                             let (p, i, o) =
-                                switch_local(&starter, inference.clone(), pipeline, &req.pipeline).await;
+                                switch_local(&starter, inference.clone(), pipeline, &cfg).await;
                             inference = i;
                             (p, o)
                         }
                     };
                     pipeline = p;
-                    tracing::info!(outcome = ?outcome, "new local default pipeline");
-                    let _ = req.reply.send(outcome);
+                    tracing::info!(outcome = ?outcome, by = %by, "new local default pipeline");
+                    let _ = reply.send(outcome);
                 }
                 Some(req) = local.recv() => {
                     let via = match &req.user {

@@ -339,7 +339,7 @@ impl Editor {
         let digest = aegis_ota::sha256_hex(text.as_bytes());
         let mut said = Vec::new();
         if pipeline_changed {
-            match self.apply(cfg.pipeline.clone()).await {
+            match self.apply(who, cfg.pipeline.clone()).await {
                 Ok(outcome) => said.push(match outcome {
                     DefaultOutcome::Running("in_place") => {
                         "pipeline: live now (stages switched in place, no frame dropped)".into()
@@ -402,15 +402,21 @@ impl Editor {
     /// Hands the pipeline to the supervisor and waits for what became of it.
     async fn apply(
         &self,
+        who: &Viewer,
         pipeline: aegis_config::PipelineConfig,
     ) -> Result<DefaultOutcome, SaveError> {
         let Some(tx) = &self.defaults else {
             return Ok(DefaultOutcome::Unchanged);
         };
         let (reply, answer) = tokio::sync::oneshot::channel();
-        tx.send(DefaultPipeline { pipeline, reply })
-            .await
-            .map_err(|_| SaveError::Stopping)?;
+        let by = format!("web:{}", who.user);
+        tx.send(DefaultPipeline {
+            pipeline,
+            by,
+            reply,
+        })
+        .await
+        .map_err(|_| SaveError::Stopping)?;
         answer.await.map_err(|_| SaveError::Stopping)
     }
 

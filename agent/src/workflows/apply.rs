@@ -207,6 +207,8 @@ pub struct Request {
 pub struct DefaultPipeline {
     /// The pipeline, validated with the rest of the configuration file it was saved in.
     pub pipeline: PipelineConfig,
+    /// Who saved it (the status reports the last local edit: `web:<user>`).
+    pub by: String,
     /// Where the outcome goes.
     pub reply: tokio::sync::oneshot::Sender<DefaultOutcome>,
 }
@@ -490,6 +492,8 @@ pub struct Applier {
     rejections: (Instant, u32),
     /// Where the message being handled came from ([`Via::name`]), for the history.
     via: String,
+    /// The last local change of the default pipeline (who, when), reported in the status.
+    local_edit: serde_json::Value,
     /// Counters.
     pub counters: Arc<ApplyCounters>,
 }
@@ -625,6 +629,7 @@ impl Applier {
             trust_health: None,
             rejections: (Instant::now(), 0),
             via: String::new(),
+            local_edit: serde_json::Value::Null,
             counters,
         }
     }
@@ -633,21 +638,34 @@ impl Applier {
     /// runs now unless a signed workflow is active (that keeps running; the default runs
     /// when none is). When it does not start, what ran before runs again and the previous
     /// default is kept.
+    /// `by` names who saved it (`web:<user>`) in the status.
     pub async fn set_default(
         &mut self,
         pipeline: Pipeline,
         cfg: PipelineConfig,
+        by: &str,
     ) -> (Pipeline, DefaultOutcome) {
-        if let Some(active) = &self.workflows.state().active {
-            let workflow = active.id.clone();
-            self.default_pipeline = cfg;
-            return (pipeline, DefaultOutcome::WorkflowRuns { workflow });
-        }
-        let (pipeline, inference, outcome) =
-            switch_local(&self.starter, self.inference.clone(), pipeline, &cfg).await;
-        self.inference = inference;
+        let (pipeline, outcome) = match &self.workflows.state().active {
+            Some(active) => {
+                let workflow = active.id.clone();
+                (pipeline, DefaultOutcome::WorkflowRuns { workflow })
+            }
+            None => {
+                let (pipeline, inference, outcome) =
+                    switch_local(&self.starter, self.inference.clone(), pipeline, &cfg).await;
+                self.inference = inference;
+                (pipeline, outcome)
+            }
+        };
         if !matches!(outcome, DefaultOutcome::Failed(_)) {
             self.default_pipeline = cfg;
+            // The fleet sees that the device's own pipeline was changed on site.
+            self.local_edit = serde_json::json!({
+                "by": by,
+                "at": aegis_ota::maml::format_time(now_us() / 1_000_000),
+                "runs": !matches!(outcome, DefaultOutcome::WorkflowRuns { .. }),
+            });
+            self.publish_status();
         }
         (pipeline, outcome)
     }
@@ -756,7 +774,11 @@ impl Applier {
     }
 
     fn publish_status(&self) {
-        *self.status.lock().unwrap_or_else(|p| p.into_inner()) = self.workflows.status();
+        let mut status = self.workflows.status();
+        if !self.local_edit.is_null() {
+            status["local_edit"] = self.local_edit.clone();
+        }
+        *self.status.lock().unwrap_or_else(|p| p.into_inner()) = status;
         if let Some(n) = &self.nudge {
             n.notify_one();
         }
