@@ -324,16 +324,25 @@ impl Editor {
             .map(String::as_str)
             .filter(|s| *s != "pipeline")
             .collect();
-        if !others.is_empty() && who.role < Role::Admin {
-            return Err(SaveError::Role {
+        let pipeline_changed = changed.iter().any(|s| s == "pipeline");
+        let refused = if !others.is_empty() && who.role < Role::Admin {
+            Some(SaveError::Role {
                 user: who.user.clone(),
                 role: who.role.as_str(),
                 sections: others.join(", "),
-            });
-        }
-        let pipeline_changed = changed.iter().any(|s| s == "pipeline");
-        if pipeline_changed && let Some(why) = &self.refuse_pipeline {
-            return Err(SaveError::FleetManaged(why.clone()));
+            })
+        } else if pipeline_changed && let Some(why) = &self.refuse_pipeline {
+            Some(SaveError::FleetManaged(why.clone()))
+        } else {
+            None
+        };
+        if let Some(e) = refused {
+            self.audit(
+                who,
+                "config.edit_refused",
+                format!("sections {}: {e}", changed.join(", ")),
+            );
+            return Err(e);
         }
         self.write(&snap.bytes, text.as_bytes())?;
         let digest = aegis_ota::sha256_hex(text.as_bytes());

@@ -631,6 +631,17 @@ async fn a_fleet_managed_device_refuses_local_pipeline_edits() {
     assert_eq!(code, StatusCode::FORBIDDEN, "{v}");
     assert_eq!(rig.on_disk(), before);
     assert!(rig.applied.lock().unwrap().is_empty());
+    let audit = rig.audit();
+    assert_eq!(
+        audit
+            .iter()
+            .filter(|(who, a, d)| who == "web:tess"
+                && a == "config.edit_refused"
+                && d.contains("fleet-managed"))
+            .count(),
+        2,
+        "{audit:?}"
+    );
     // The pages say why instead of offering the forms.
     let (_, html) = rig.get(&tess, "/cameras").await;
     assert!(
