@@ -108,6 +108,80 @@ pub fn yaml_value(text: &str, origin: &str) -> Result<serde_yaml_ng::Value, Conf
     parse::parse_document(text).map_err(|problems| invalid(origin, problems))
 }
 
+/// The configuration as a YAML value: every option spelled out (the effective
+/// configuration, defaults included) in the order of the config types, with unset
+/// optional options left out where leaving them out means the same (an explicit
+/// `fallback: null` stays). The text of this value parses back to `cfg` with
+/// [`from_yaml_str`]: the web page's config editor shows it, and saves what the
+/// operator changed in it.
+pub fn effective_yaml(cfg: &AgentConfig) -> serde_yaml_ng::Value {
+    // Serialising plain data (strings, numbers, lists, maps) cannot fail.
+    let full = serde_yaml_ng::to_value(cfg).unwrap_or(serde_yaml_ng::Value::Null);
+    let mut lean = full.clone();
+    strip_nulls(&mut lean);
+    let reparsed = serde_yaml_ng::to_string(&lean)
+        .ok()
+        .and_then(|t| from_yaml_str(&t, "effective configuration").ok());
+    match reparsed {
+        Some(c) if c == *cfg => lean,
+        Some(c) => {
+            // Where an absent option means something else than null (its default is
+            // not null), the null is put back.
+            let back = serde_yaml_ng::to_value(&c).unwrap_or(serde_yaml_ng::Value::Null);
+            keep_needed_nulls(&mut lean, &full, &back);
+            lean
+        }
+        None => full,
+    }
+}
+
+fn strip_nulls(v: &mut serde_yaml_ng::Value) {
+    match v {
+        serde_yaml_ng::Value::Mapping(m) => {
+            m.retain(|_, x| !x.is_null());
+            m.iter_mut().for_each(|(_, x)| strip_nulls(x));
+        }
+        serde_yaml_ng::Value::Sequence(s) => s.iter_mut().for_each(strip_nulls),
+        _ => {}
+    }
+}
+
+/// Puts back into `lean` the nulls of `full` that `reparsed` (what `lean` parses to)
+/// does not have, in `full`'s key order.
+fn keep_needed_nulls(
+    lean: &mut serde_yaml_ng::Value,
+    full: &serde_yaml_ng::Value,
+    reparsed: &serde_yaml_ng::Value,
+) {
+    use serde_yaml_ng::Value;
+    match (lean, full, reparsed) {
+        (Value::Mapping(l), Value::Mapping(f), Value::Mapping(r)) => {
+            let mut out = serde_yaml_ng::Mapping::new();
+            for (k, fv) in f {
+                if fv.is_null() {
+                    if r.get(k).is_some_and(|x| !x.is_null()) {
+                        out.insert(k.clone(), Value::Null);
+                    }
+                    continue;
+                }
+                if let Some(mut lv) = l.remove(k) {
+                    if let Some(rv) = r.get(k) {
+                        keep_needed_nulls(&mut lv, fv, rv);
+                    }
+                    out.insert(k.clone(), lv);
+                }
+            }
+            *l = out;
+        }
+        (Value::Sequence(l), Value::Sequence(f), Value::Sequence(r)) => {
+            for ((lv, fv), rv) in l.iter_mut().zip(f).zip(r) {
+                keep_needed_nulls(lv, fv, rv);
+            }
+        }
+        _ => {}
+    }
+}
+
 /// JSON Schema of the agent configuration file, for editor completion and
 /// validation.
 pub fn json_schema() -> serde_json::Value {

@@ -1033,3 +1033,30 @@ fn overlapping_record_directories_are_named_once_each() {
     );
     assert!(got.iter().all(|(_, m)| m.contains("sinks[0]")), "{got:?}");
 }
+
+#[test]
+fn the_effective_yaml_parses_back_to_the_same_configuration() {
+    let with_null_fallback = format!("{}backend: {{ kind: cuda, fallback: null }}\n", minimal());
+    for text in [DEMO, FULL, minimal().as_str(), with_null_fallback.as_str()] {
+        let cfg = ok(text);
+        let v = effective_yaml(&cfg);
+        let emitted = serde_yaml_ng::to_string(&v).unwrap();
+        let back = ok(&emitted);
+        assert_eq!(back, cfg, "{emitted}");
+        // Every option is spelled out, unset optional ones left out.
+        assert!(emitted.contains("retention_days:"), "{emitted}");
+        assert!(!emitted.contains("max_frames: null"), "{emitted}");
+    }
+    let cfg = ok(&with_null_fallback);
+    let emitted = serde_yaml_ng::to_string(&effective_yaml(&cfg)).unwrap();
+    assert!(emitted.contains("fallback: null"), "{emitted}");
+    // The sections in the order of the config types.
+    let keys: Vec<String> = match effective_yaml(&cfg) {
+        serde_yaml_ng::Value::Mapping(m) => m
+            .keys()
+            .filter_map(|k| k.as_str().map(str::to_owned))
+            .collect(),
+        other => panic!("{other:?}"),
+    };
+    assert_eq!(&keys[..3], ["device", "backend", "pipeline"]);
+}

@@ -251,6 +251,7 @@ pub fn main() -> ExitCode {
                         force_realtime: realtime.then_some(true),
                         ..Default::default()
                     },
+                    config_path: Some(config.clone()),
                     ..Default::default()
                 };
                 run::run_blocking(&cfg, req).and_then(|s| {

@@ -242,6 +242,7 @@ pub(super) fn demo(fast: bool, serve: bool, listen: Option<SocketAddr>) -> anyho
         },
         linger: serve,
         scrape_metrics: true,
+        config_path: None,
     };
     let summary = run_blocking(&cfg, req)?;
     print_reports(&summary);

@@ -45,6 +45,9 @@ pub struct RunRequest {
     pub linger: bool,
     /// Scrape our own `/metrics` over HTTP before stopping the server (the demo shows it).
     pub scrape_metrics: bool,
+    /// The configuration file the config was loaded from: the web page's editor changes it
+    /// (None: the page only shows the configuration).
+    pub config_path: Option<std::path::PathBuf>,
 }
 
 pub use aegis_hal::backend::Backend;
@@ -132,6 +135,17 @@ pub async fn run(
     // The pages hold these before the sensors and the pipeline start; those fill them.
     let readings = Arc::new(crate::sensing::Readings::default());
     let models_in_use = Arc::new(crate::inference::ModelsInUse::default());
+    // New local default pipelines from the web page's config editor, for the supervisor.
+    let (defaults_tx, defaults_rx) =
+        tokio::sync::mpsc::channel::<crate::workflows::apply::DefaultPipeline>(1);
+    let editor = req.config_path.as_ref().map(|path| {
+        Arc::new(crate::web::edit::Editor::new(
+            path,
+            crate::web::edit::pipeline_refusal(cfg, workflows.is_some()),
+            Some(store_handle.clone()),
+            Some(defaults_tx.clone()),
+        ))
+    });
     let pages = Arc::new(crate::web::pages::PagesState {
         metrics: metrics.clone(),
         device: cfg.device.id.clone(),
@@ -149,6 +163,10 @@ pub async fn run(
         snapshots: snapshots.clone(),
         readings: readings.clone(),
         models: crate::web::pages::ModelsState::new(cfg.inference.clone(), models_in_use.clone()),
+        editor,
+        workflows: workflows.is_some().then(|| wf_tx.clone()),
+        counters: workflows.is_some().then(|| apply_counters.clone()),
+        store: Some(store_handle.clone()),
     });
     let endpoints = Endpoints::serve(
         cfg,
@@ -266,6 +284,7 @@ pub async fn run(
         applier,
         inbox,
         local: wf_rx,
+        defaults: defaults_rx,
         restarts: restart_rx,
         sensing: sensing.clone(),
         gps_time_floor: cfg.sensors.fusion.gps_time_floor,

@@ -14,7 +14,9 @@ use tokio::sync::mpsc::Receiver;
 
 use crate::inference::Inference;
 use crate::pipeline::{Pipeline, StreamReport};
-use crate::workflows::apply::{Answer, Applier, FleetInbox, Reply, Request, Starter, Via};
+use crate::workflows::apply::{
+    Answer, Applier, DefaultPipeline, FleetInbox, Reply, Request, Starter, Via, switch_local,
+};
 
 /// SIGTERM and SIGINT, installed before anything slow starts (a SIGTERM while sources are
 /// still opening must stop cleanly too).
@@ -65,8 +67,10 @@ pub(crate) struct Supervisor {
     pub(crate) starter: Arc<Starter>,
     pub(crate) applier: Option<Applier>,
     pub(crate) inbox: Arc<FleetInbox>,
-    /// Local `POST /workflow` requests.
+    /// Local `POST /workflow` requests (and the web page's uploads).
     pub(crate) local: Receiver<Request>,
+    /// New local default pipelines (the web page's config editor).
+    pub(crate) defaults: Receiver<DefaultPipeline>,
     /// Fleet `restart_pipeline` commands.
     pub(crate) restarts: Receiver<()>,
     pub(crate) sensing: Option<Arc<crate::sensing::Sensing>>,
@@ -94,6 +98,7 @@ impl Supervisor {
             mut applier,
             inbox,
             mut local,
+            mut defaults,
             mut restarts,
             sensing,
             gps_time_floor,
@@ -134,10 +139,33 @@ impl Supervisor {
                         inference = a.inference();
                     }
                 }
+                Some(req) = defaults.recv() => {
+                    let DefaultPipeline { pipeline: cfg, by, reply } = req;
+                    let (p, outcome) = match applier.as_mut() {
+                        Some(a) => {
+                            let (p, o) = a.set_default(pipeline, cfg, &by).await;
+                            inference = a.inference();
+                            (p, o)
+                        }
+                        None => {
+                            let (p, i, o) =
+                                switch_local(&starter, inference.clone(), pipeline, &cfg).await;
+                            inference = i;
+                            (p, o)
+                        }
+                    };
+                    pipeline = p;
+                    tracing::info!(outcome = ?outcome, by = %by, "new local default pipeline");
+                    let _ = reply.send(outcome);
+                }
                 Some(req) = local.recv() => {
+                    let via = match &req.user {
+                        Some(u) => Via::Web(u),
+                        None => Via::Local,
+                    };
                     let reply = match applier.as_mut() {
                         Some(a) => {
-                            let (p, reply) = a.handle(pipeline, Via::Local, &req.payload).await;
+                            let (p, reply) = a.handle(pipeline, via, &req.payload).await;
                             pipeline = p;
                             inference = a.inference();
                             reply

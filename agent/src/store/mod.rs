@@ -199,6 +199,8 @@ pub enum Record {
         /// When.
         ts_us: i64,
     },
+    /// A signed answer of the workflow applier, for the history the web page shows.
+    WorkflowAnswer(Box<WorkflowAnswer>),
     /// A finished track's summary.
     Track {
         /// Stream id.
@@ -216,6 +218,27 @@ pub enum Record {
         /// Best detection score.
         best_score: f64,
     },
+}
+
+/// One row of the workflow history (`workflow_history`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct WorkflowAnswer {
+    /// When, µs since the Unix epoch.
+    pub ts_us: i64,
+    /// Where the document came from: a fleet topic, `http` (the local API) or `web:<user>`.
+    pub via: String,
+    /// The workflow's `id`.
+    pub workflow_id: String,
+    /// Its sequence.
+    pub sequence: u64,
+    /// SHA-256 of its signed bytes.
+    pub digest: String,
+    /// `applied`, `rolled_back`, `rejected` or `revoked`.
+    pub verdict: String,
+    /// Why (redacted).
+    pub reason: String,
+    /// The signed `.mu` receipt (None: signing failed).
+    pub receipt: Option<String>,
 }
 
 /// An event with the fused pose at its frame's time.
@@ -871,6 +894,22 @@ fn write_batch(conn: &mut Connection, batch: &[Record], outbox_max: u64) -> rusq
                         del.execute(params![seq])?;
                     }
                 }
+                Record::WorkflowAnswer(w) => {
+                    tx.prepare_cached(
+                        "INSERT INTO workflow_history (ts_us, via, workflow_id, sequence, digest, \
+                         verdict, reason, receipt) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+                    )?
+                    .execute(params![
+                        w.ts_us,
+                        w.via,
+                        w.workflow_id,
+                        w.sequence as i64,
+                        w.digest,
+                        w.verdict,
+                        w.reason,
+                        w.receipt
+                    ])?;
+                }
                 Record::Track {
                     stream,
                     track_id,
@@ -919,6 +958,7 @@ fn retention(conn: &Connection, s: &StoreSettings) -> rusqlite::Result<u64> {
         "audit",
         "sensor_samples",
         "fused_records",
+        "workflow_history",
     ] {
         deleted += conn.execute(
             &format!("DELETE FROM {table} WHERE ts_us < ?1"),
@@ -985,6 +1025,7 @@ pub fn stats(path: &Path) -> Result<Stats, StoreError> {
         "outbox",
         "sensor_samples",
         "fused_records",
+        "workflow_history",
     ] {
         let n: i64 = conn
             .query_row(&format!("SELECT COUNT(*) FROM {t}"), [], |r| r.get(0))

@@ -89,6 +89,23 @@ const MIGRATIONS: &[&str] = &[
     r#"
     ALTER TABLE sensor_samples ADD COLUMN utc_us INTEGER;  -- receiver UTC, µs since the Unix epoch
     "#,
+    // 4: the workflow history the web page shows (issue 19): one row per signed answer the
+    // applier gave (applied, rolled back, rejected, revoked), with the signed `.mu` receipt.
+    // Unauthenticated input gets no row here (it is audited, rate-limited).
+    r#"
+    CREATE TABLE workflow_history (
+        id          INTEGER PRIMARY KEY,
+        ts_us       INTEGER NOT NULL,
+        via         TEXT NOT NULL,          -- fleet topic, http (local API) or web:<user>
+        workflow_id TEXT NOT NULL,
+        sequence    INTEGER NOT NULL,
+        digest      TEXT NOT NULL,          -- sha256 of the signed bytes
+        verdict     TEXT NOT NULL,          -- applied, rolled_back, rejected, revoked
+        reason      TEXT NOT NULL,
+        receipt     TEXT                    -- the signed .mu receipt (NULL: signing failed)
+    );
+    CREATE INDEX workflow_history_ts ON workflow_history(ts_us);
+    "#,
 ];
 
 /// The schema version this build writes.

@@ -18,6 +18,7 @@
 //! headers (CSP, `nosniff`, `no-referrer`) to every response.
 
 pub mod auth;
+pub mod edit;
 pub mod pages;
 pub mod tls;
 
@@ -344,7 +345,7 @@ fn session_cookie(headers: &HeaderMap) -> Option<&str> {
 }
 
 /// `application/x-www-form-urlencoded` fields.
-fn form_fields(body: &[u8]) -> HashMap<String, String> {
+pub(crate) fn form_fields(body: &[u8]) -> HashMap<String, String> {
     String::from_utf8_lossy(body)
         .split('&')
         .filter_map(|kv| kv.split_once('='))
@@ -728,6 +729,7 @@ async fn workflow(State(s): State<ServerState>, body: axum::body::Bytes) -> Resp
     let req = crate::workflows::apply::Request {
         payload: body.to_vec(),
         reply: Some(reply_tx),
+        user: None,
     };
     if tx.try_send(req).is_err() {
         if let Some(c) = &s.counters {
@@ -881,6 +883,10 @@ mod route_tests {
                 snapshots: Default::default(),
                 readings: Default::default(),
                 models: Default::default(),
+                editor: None,
+                workflows: None,
+                counters: None,
+                store: None,
             }),
         };
         Rig {

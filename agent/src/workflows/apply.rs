@@ -189,12 +189,45 @@ pub struct Reply {
     pub apply_ms: f64,
 }
 
-/// A local request for the applier (`POST /workflow`).
+/// A local request for the applier (`POST /workflow`, or an upload on the web page's
+/// workflows page): the same verification as a fleet delivery.
 pub struct Request {
     /// The bytes.
     pub payload: Vec<u8>,
     /// Where the reply goes.
     pub reply: Option<tokio::sync::oneshot::Sender<Reply>>,
+    /// The web page's user who uploaded it (None: the local API token, `aegis workflow
+    /// apply`); named in the history and the refusal audit rows.
+    pub user: Option<String>,
+}
+
+/// A new local default pipeline (the web page's config editor saved one): it runs at once
+/// unless a signed workflow is active, which keeps running (the default is what runs when
+/// none is).
+pub struct DefaultPipeline {
+    /// The pipeline, validated with the rest of the configuration file it was saved in.
+    pub pipeline: PipelineConfig,
+    /// Who saved it (the status reports the last local edit: `web:<user>`).
+    pub by: String,
+    /// Where the outcome goes.
+    pub reply: tokio::sync::oneshot::Sender<DefaultOutcome>,
+}
+
+/// What became of a new local default pipeline.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DefaultOutcome {
+    /// It runs now: `in_place` (only the stages changed, no frame dropped) or `rebuild`.
+    Running(&'static str),
+    /// It is what ran already.
+    Unchanged,
+    /// A signed workflow is active and keeps running; the default is kept for when none is.
+    WorkflowRuns {
+        /// The active workflow's id.
+        workflow: String,
+    },
+    /// It does not start here (its models do not load, a source or sink refuses to
+    /// start): the pipeline that ran before runs again.
+    Failed(String),
 }
 
 /// Applier counters (exported as `aegis_component_counter{component="workflows"}`).
@@ -457,6 +490,10 @@ pub struct Applier {
     trust_health: Option<aegis_ota::state::TrustHealth>,
     /// Start of the signed-rejection window and the rejections signed in it.
     rejections: (Instant, u32),
+    /// Where the message being handled came from ([`Via::name`]), for the history.
+    via: String,
+    /// The last local change of the default pipeline (who, when), reported in the status.
+    local_edit: serde_json::Value,
     /// Counters.
     pub counters: Arc<ApplyCounters>,
 }
@@ -470,20 +507,86 @@ fn last_error(s: &StageHealth) -> String {
     s.last_error.as_deref().unwrap_or("?").to_string()
 }
 
+/// Runs `cfg` instead of `pipeline` (a new local default pipeline): in place when only
+/// the stages differ (no frame dropped), else rebuilt. When `cfg` does not start, the
+/// pipeline that ran starts again with the models it used, and the outcome says why; if
+/// even that fails the agent exits (as the applier's restore does) so that systemd starts
+/// it again from the files.
+pub async fn switch_local(
+    starter: &Arc<Starter>,
+    inference: Arc<Inference>,
+    mut pipeline: Pipeline,
+    cfg: &PipelineConfig,
+) -> (Pipeline, Arc<Inference>, DefaultOutcome) {
+    if pipeline.config() == cfg {
+        return (pipeline, inference, DefaultOutcome::Unchanged);
+    }
+    let loaded = {
+        let (s, c, l) = (starter.clone(), cfg.clone(), inference.clone());
+        tokio::task::spawn_blocking(move || s.load(&c, &l)).await
+    };
+    let new_inf = match loaded {
+        Ok(Ok(i)) => i,
+        Ok(Err(e)) => {
+            let why = format!("models: {}", crate::causes_text(&e));
+            return (pipeline, inference, DefaultOutcome::Failed(why));
+        }
+        Err(e) => {
+            let why = format!("models: {e}");
+            return (pipeline, inference, DefaultOutcome::Failed(why));
+        }
+    };
+    if pipeline.can_swap_in_place(cfg) && pipeline.swap_stages(cfg, &new_inf).is_ok() {
+        return (pipeline, new_inf, DefaultOutcome::Running("in_place"));
+    }
+    let old_cfg = pipeline.config().clone();
+    pipeline.stop();
+    let _ = tokio::task::spawn_blocking(move || pipeline.wait()).await;
+    let started = {
+        let (s, c, i) = (starter.clone(), cfg.clone(), new_inf.clone());
+        tokio::task::spawn_blocking(move || s.start(&c, i)).await
+    };
+    let why = match started {
+        Ok(Ok(p)) => return (p, new_inf, DefaultOutcome::Running("rebuild")),
+        Ok(Err(e)) => format!("start: {}", crate::causes_text(&e)),
+        Err(e) => format!("start: {e}"),
+    };
+    tracing::warn!(reason = %why, "the new local pipeline does not start; starting the previous one again");
+    let again = {
+        let (s, i) = (starter.clone(), inference.clone());
+        tokio::task::spawn_blocking(move || s.start(&old_cfg, i)).await
+    };
+    match again {
+        Ok(Ok(p)) => (p, inference, DefaultOutcome::Failed(why)),
+        Ok(Err(e)) => {
+            tracing::error!(error = %crate::causes_text(&e), "the previous pipeline does not start again; exiting");
+            std::process::exit(70)
+        }
+        Err(e) => {
+            tracing::error!(error = %e, "restarting the previous pipeline panicked; exiting");
+            std::process::exit(70)
+        }
+    }
+}
+
 /// Where a message came from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Via<'a> {
     /// A fleet topic.
     Fleet(&'a str),
-    /// `POST /workflow`.
+    /// `POST /workflow` (the local API token).
     Local,
+    /// An upload on the web page's workflows page, by this user.
+    Web(&'a str),
 }
 
 impl Via<'_> {
-    fn name(&self) -> &str {
+    /// How the history and the audit rows name it: the topic, `http` or `web:<user>`.
+    pub fn name(&self) -> String {
         match self {
-            Via::Fleet(t) => t,
-            Via::Local => "http",
+            Via::Fleet(t) => (*t).to_string(),
+            Via::Local => "http".into(),
+            Via::Web(user) => format!("web:{user}"),
         }
     }
 }
@@ -525,8 +628,46 @@ impl Applier {
             refetched: HashMap::new(),
             trust_health: None,
             rejections: (Instant::now(), 0),
+            via: String::new(),
+            local_edit: serde_json::Value::Null,
             counters,
         }
+    }
+
+    /// Makes `cfg` the local default pipeline (the web page's config editor saved it). It
+    /// runs now unless a signed workflow is active (that keeps running; the default runs
+    /// when none is). When it does not start, what ran before runs again and the previous
+    /// default is kept.
+    /// `by` names who saved it (`web:<user>`) in the status.
+    pub async fn set_default(
+        &mut self,
+        pipeline: Pipeline,
+        cfg: PipelineConfig,
+        by: &str,
+    ) -> (Pipeline, DefaultOutcome) {
+        let (pipeline, outcome) = match &self.workflows.state().active {
+            Some(active) => {
+                let workflow = active.id.clone();
+                (pipeline, DefaultOutcome::WorkflowRuns { workflow })
+            }
+            None => {
+                let (pipeline, inference, outcome) =
+                    switch_local(&self.starter, self.inference.clone(), pipeline, &cfg).await;
+                self.inference = inference;
+                (pipeline, outcome)
+            }
+        };
+        if !matches!(outcome, DefaultOutcome::Failed(_)) {
+            self.default_pipeline = cfg;
+            // The fleet sees that the device's own pipeline was changed on site.
+            self.local_edit = serde_json::json!({
+                "by": by,
+                "at": aegis_ota::maml::format_time(now_us() / 1_000_000),
+                "runs": !matches!(outcome, DefaultOutcome::WorkflowRuns { .. }),
+            });
+            self.publish_status();
+        }
+        (pipeline, outcome)
     }
 
     /// Reports workflows that stopped before the applier existed (at start-up).
@@ -633,7 +774,11 @@ impl Applier {
     }
 
     fn publish_status(&self) {
-        *self.status.lock().unwrap_or_else(|p| p.into_inner()) = self.workflows.status();
+        let mut status = self.workflows.status();
+        if !self.local_edit.is_null() {
+            status["local_edit"] = self.local_edit.clone();
+        }
+        *self.status.lock().unwrap_or_else(|p| p.into_inner()) = status;
         if let Some(n) = &self.nudge {
             n.notify_one();
         }
@@ -712,6 +857,8 @@ impl Applier {
                     doc.front.id, doc.front.sequence
                 ),
             );
+            // No history row either: beyond the budget a rejection costs no flash write
+            // (the audit above is rate-limited).
             self.notice(&reason);
             return Reply {
                 verdict: Answer::Signed(Verdict::Rejected),
@@ -751,6 +898,14 @@ impl Applier {
                 None
             }
         };
+        self.history(
+            &doc.front.id,
+            doc.front.sequence,
+            digest,
+            outcome.verdict,
+            &reason,
+            receipt.clone(),
+        );
         Reply {
             verdict: Answer::Signed(outcome.verdict),
             reason,
@@ -780,6 +935,7 @@ impl Applier {
     ) -> (Pipeline, Reply) {
         let t0 = Instant::now();
         self.counters.received.fetch_add(1, Relaxed);
+        self.via = via.name();
         if via == Via::Fleet(crate::fleet::TRUST_TOPIC) {
             return self.trust(pipeline, t0, doc).await;
         }
@@ -971,10 +1127,54 @@ impl Applier {
             ),
         );
         tracing::warn!(workflow = %s.entry.id, reason = %reason, "running workflow stopped");
-        match self.workflows.stopped_receipt(s) {
-            Ok(r) => self.send("receipt", r.into_bytes()),
-            Err(e) => tracing::error!(error = %e, "cannot sign the receipt"),
-        }
+        let receipt = match self.workflows.stopped_receipt(s) {
+            Ok(r) => {
+                self.send("receipt", r.clone().into_bytes());
+                Some(r)
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "cannot sign the receipt");
+                None
+            }
+        };
+        let via = std::mem::replace(&mut self.via, "agent".into());
+        self.history(
+            &s.entry.id,
+            s.entry.sequence,
+            &s.entry.digest,
+            Verdict::Revoked,
+            &reason,
+            receipt,
+        );
+        self.via = via;
+    }
+
+    /// A row of the workflow history (the web page's workflows page).
+    fn history(
+        &self,
+        id: &str,
+        sequence: u64,
+        digest: &str,
+        verdict: Verdict,
+        reason: &str,
+        receipt: Option<String>,
+    ) {
+        self.store.submit(Record::WorkflowAnswer(Box::new(
+            crate::store::WorkflowAnswer {
+                ts_us: now_us(),
+                via: if self.via.is_empty() {
+                    "agent".into()
+                } else {
+                    self.via.clone()
+                },
+                workflow_id: id.to_string(),
+                sequence,
+                digest: digest.to_string(),
+                verdict: verdict.as_str().to_string(),
+                reason: reason.to_string(),
+                receipt,
+            },
+        )));
     }
 
     /// Runs `cfg` instead of what runs: in place when only the stages differ, else rebuilt.

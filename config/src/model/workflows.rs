@@ -79,6 +79,15 @@ pub struct WorkflowsConfig {
     /// How a newly applied workflow is judged before it is kept.
     #[serde(default)]
     pub health: HealthCheckConfig,
+    /// Let the technician web page change the local default pipeline (its
+    /// config editor and camera forms) while this device is fleet-managed
+    /// (`fleet.enabled` with workflows on). Off: on a fleet-managed device
+    /// the pipeline comes from signed workflows only, and local pipeline
+    /// edits are refused. Devices that are not fleet-managed accept local
+    /// edits whatever this says. Read at start: a change takes effect after
+    /// a restart.
+    #[serde(default)]
+    pub allow_local_edits: bool,
 }
 
 impl Default for WorkflowsConfig {
@@ -90,6 +99,7 @@ impl Default for WorkflowsConfig {
             trust: TrustAnchors::default(),
             policy: WorkflowPolicy::default(),
             health: HealthCheckConfig::default(),
+            allow_local_edits: false,
         }
     }
 }

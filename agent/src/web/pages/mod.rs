@@ -1,13 +1,17 @@
-//! The technician web page: server-rendered HTML pages (overview, cameras, events, sensors,
-//! models, logs, config) and the JSON they refresh from every 2 s, plus the page's own CSS
-//! and scripts (served from the binary: no CDN, no inline script or style, so the CSP can be
-//! `script-src 'self'; style-src 'self'`).
+//! The technician web page: server-rendered HTML pages (overview, live view, cameras,
+//! events, sensors, models, logs, workflows, config) and the JSON they refresh from every
+//! 2 s, plus the page's own CSS and scripts (served from the binary: no CDN, no inline script
+//! or style, so the CSP can be `script-src 'self'; style-src 'self'`). The config editor, the
+//! camera forms and the workflow upload change the device: they save through
+//! [`crate::web::edit`] and the workflow applier.
 //!
 //! Every value interpolated into HTML goes through [`esc`]. Access control (sessions, roles,
 //! CSRF) is the web module's middleware; each route below names the role it needs.
 
 mod cameras;
 mod config;
+#[cfg(test)]
+mod edit_tests;
 mod events;
 mod liveview;
 mod logs;
@@ -16,6 +20,7 @@ mod overview;
 mod sensors;
 #[cfg(test)]
 mod tests;
+mod workflows;
 
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
@@ -62,6 +67,15 @@ pub struct PagesState {
     pub readings: Arc<crate::sensing::Readings>,
     /// What the models page reads.
     pub models: ModelsState,
+    /// The configuration file's editor (None: this run has no file, e.g. `aegis demo`,
+    /// and the config page only shows the configuration).
+    pub editor: Option<Arc<crate::web::edit::Editor>>,
+    /// The workflow applier's local queue, for uploads (None: workflows are off).
+    pub workflows: Option<tokio::sync::mpsc::Sender<crate::workflows::apply::Request>>,
+    /// The applier's counters (`busy`).
+    pub counters: Option<Arc<crate::workflows::apply::ApplyCounters>>,
+    /// Where the pages' own audit rows go (uploads).
+    pub store: Option<crate::store::StoreHandle>,
 }
 
 /// The pages' routes, each with the least role that may use it; the web module's route
@@ -120,8 +134,35 @@ pub static ROUTES: &[RouteSpec] = &[
     page(Method::GET, "/api/logs.txt", Access::Technician, |m| {
         on(m, logs::txt)
     }),
+    page(Method::POST, "/api/cameras", Access::Technician, |m| {
+        on(m, cameras::change)
+    }),
+    page(Method::GET, "/workflows", Access::Viewer, |m| {
+        on(m, workflows::page)
+    }),
+    page(Method::GET, "/api/workflows", Access::Viewer, |m| {
+        on(m, workflows::api)
+    }),
+    page(
+        Method::GET,
+        "/workflows/receipt/{id}",
+        Access::Viewer,
+        |m| on(m, workflows::receipt),
+    ),
+    page(Method::POST, "/api/workflows", Access::Technician, |m| {
+        on(m, workflows::upload)
+    }),
     page(Method::GET, "/config", Access::Technician, |m| {
         on(m, config::page)
+    }),
+    page(
+        Method::POST,
+        "/api/config/validate",
+        Access::Technician,
+        |m| on(m, config::validate).layer(axum::extract::DefaultBodyLimit::max(config::BODY_LIMIT)),
+    ),
+    page(Method::POST, "/api/config", Access::Technician, |m| {
+        on(m, config::save).layer(axum::extract::DefaultBodyLimit::max(config::BODY_LIMIT))
     }),
     page(Method::GET, "/static/app.css", Access::Public, |m| {
         on(m, css)
@@ -132,6 +173,15 @@ pub static ROUTES: &[RouteSpec] = &[
     }),
     page(Method::GET, "/static/sensors.js", Access::Public, |m| {
         on(m, sensors_js)
+    }),
+    page(Method::GET, "/static/config.js", Access::Public, |m| {
+        on(m, || script(include_str!("../static/config.js")))
+    }),
+    page(Method::GET, "/static/cameras.js", Access::Public, |m| {
+        on(m, || script(include_str!("../static/cameras.js")))
+    }),
+    page(Method::GET, "/static/workflows.js", Access::Public, |m| {
+        on(m, || script(include_str!("../static/workflows.js")))
     }),
 ];
 
@@ -168,10 +218,25 @@ pub(crate) fn router(state: Arc<PagesState>) -> Router {
         .route("/api/logs", get(logs::api))
         .route("/api/logs.txt", get(logs::txt))
         .route("/config", get(config::page))
+        .route("/workflows", get(workflows::page))
+        .route("/api/workflows", get(workflows::api))
+        .route("/workflows/receipt/{id}", get(workflows::receipt))
         .route("/static/app.css", get(css))
         .route("/static/app.js", get(js))
         .route("/static/live.js", get(liveview::js))
         .route("/static/sensors.js", get(sensors_js))
+        .route(
+            "/static/config.js",
+            get(|| script(include_str!("../static/config.js"))),
+        )
+        .route(
+            "/static/cameras.js",
+            get(|| script(include_str!("../static/cameras.js"))),
+        )
+        .route(
+            "/static/workflows.js",
+            get(|| script(include_str!("../static/workflows.js"))),
+        )
         .with_state(state)
 }
 
@@ -183,13 +248,16 @@ pub fn redacted_config(cfg: &aegis_config::AgentConfig) -> serde_json::Value {
     v
 }
 
-/// `password` values replaced by `***` anywhere in a JSON document.
+/// `password` values, and the password or SRT passphrase inside URLs (`url`, `*_url`),
+/// replaced by `***` anywhere in a JSON document.
 pub fn redact(v: &mut serde_json::Value) {
     match v {
         serde_json::Value::Object(m) => {
             for (k, x) in m.iter_mut() {
                 if k == "password" && !x.is_null() {
                     *x = serde_json::json!("***");
+                } else if let (true, Some(u)) = (k == "url" || k.ends_with("_url"), x.as_str()) {
+                    *x = serde_json::json!(crate::web::edit::redact_url(u));
                 } else {
                     redact(x);
                 }
@@ -223,6 +291,11 @@ fn layout(title: &str, api: Option<&str>, body: &str) -> Html<String> {
     layout_with(title, api, &[], body)
 }
 
+/// [`layout`] with at most one page script (one of the agent's static files).
+fn layout_script(title: &str, api: Option<&str>, body: &str, script: Option<&str>) -> Html<String> {
+    layout_with(title, api, script.as_slice(), body)
+}
+
 /// [`layout`] with the page's own `scripts` (paths of static files) after `app.js`.
 fn layout_with(title: &str, api: Option<&str>, scripts: &[&str], body: &str) -> Html<String> {
     let nav = [
@@ -233,6 +306,7 @@ fn layout_with(title: &str, api: Option<&str>, scripts: &[&str], body: &str) -> 
         ("/sensors", "Sensors"),
         ("/models", "Models"),
         ("/logs", "Logs"),
+        ("/workflows", "Workflows"),
         ("/config", "Config"),
     ]
     .iter()
@@ -263,8 +337,13 @@ fn layout_with(title: &str, api: Option<&str>, scripts: &[&str], body: &str) -> 
 
 /// `v` as a JSON response.
 fn json(v: serde_json::Value) -> Response {
+    json_with(StatusCode::OK, v)
+}
+
+/// `v` as a JSON response with status `code`.
+fn json_with(code: StatusCode, v: serde_json::Value) -> Response {
     (
-        StatusCode::OK,
+        code,
         [(header::CONTENT_TYPE, "application/json")],
         v.to_string(),
     )
@@ -293,9 +372,14 @@ async fn css() -> impl IntoResponse {
 }
 
 async fn js() -> impl IntoResponse {
+    script(include_str!("../static/app.js")).await
+}
+
+/// A page script of the agent's static files.
+async fn script(text: &'static str) -> impl IntoResponse {
     (
         [(header::CONTENT_TYPE, "text/javascript; charset=utf-8")],
-        include_str!("../static/app.js"),
+        text,
     )
 }
 

@@ -76,6 +76,10 @@ fn fixture_with(
         snapshots: Default::default(),
         readings: Default::default(),
         models,
+        editor: None,
+        workflows: None,
+        counters: None,
+        store: None,
     });
     Fixture { _dir: dir, state }
 }
