@@ -8,6 +8,7 @@ use axum::response::{Html, Response};
 use serde_json::{Value, json};
 
 use super::{PagesState, esc, layout, live, text};
+use crate::web::Viewer;
 
 /// A source state in plain words.
 fn state_words(state: &str) -> &str {
@@ -47,7 +48,7 @@ pub(super) async fn api(State(s): State<Arc<PagesState>>) -> Response {
 }
 
 /// `GET /cameras`.
-pub(super) async fn page(State(s): State<Arc<PagesState>>) -> Html<String> {
+pub(super) async fn page(State(s): State<Arc<PagesState>>, viewer: Viewer) -> Html<String> {
     let v = tokio::task::spawn_blocking(move || cameras(&s))
         .await
         .unwrap_or_default();
@@ -72,5 +73,5 @@ pub(super) async fn page(State(s): State<Arc<PagesState>>) -> Html<String> {
         ));
     }
     body.push_str("</div>");
-    layout("Cameras", Some("/api/cameras"), &body)
+    layout(&viewer, "Cameras", Some("/api/cameras"), &body)
 }

@@ -26,7 +26,7 @@ use axum::routing::on;
 
 use crate::logging::LogRing;
 use crate::metrics::Metrics;
-use crate::web::{Access, HandlerFn, RouteSpec};
+use crate::web::{Access, HandlerFn, Role, RouteSpec, Viewer};
 
 pub use events::FilterError;
 
@@ -102,10 +102,23 @@ const fn page(method: Method, path: &'static str, access: Access, handler: Handl
     }
 }
 
-/// The pages alone over `state`, without the access check (the handler tests; the access
-/// check has its own tests over the whole table in `web`).
+/// The pages alone over `state`, without the access check, as an admin sees them (the
+/// handler tests; the access check has its own tests over the whole table in `web`).
 #[cfg(test)]
 pub(crate) fn router(state: Arc<PagesState>) -> Router {
+    router_as(
+        state,
+        Viewer {
+            user: "ada".into(),
+            role: Role::Admin,
+            csrf: "c5rf".into(),
+        },
+    )
+}
+
+/// [`router`] as `viewer` sees the pages (what the access check would hand the handlers).
+#[cfg(test)]
+pub(crate) fn router_as(state: Arc<PagesState>, viewer: Viewer) -> Router {
     use axum::routing::get;
     Router::new()
         .route("/", get(overview::page))
@@ -121,6 +134,7 @@ pub(crate) fn router(state: Arc<PagesState>) -> Router {
         .route("/config", get(config::page))
         .route("/static/app.css", get(css))
         .route("/static/app.js", get(js))
+        .layer(axum::Extension(viewer))
         .with_state(state)
 }
 
@@ -165,10 +179,11 @@ pub fn esc(s: &str) -> String {
     out
 }
 
-/// The page frame: navigation, the stylesheet and the script. `api` is the JSON endpoint the
-/// script refreshes `data-key` elements from (None: no refresh). `body` is HTML already
-/// escaped by the caller.
-fn layout(title: &str, api: Option<&str>, body: &str) -> Html<String> {
+/// The page frame: navigation (the pages `viewer`'s role may open), who is logged in with
+/// the log-out button (a form carrying the session's CSRF token), the stylesheet and the
+/// script. `api` is the JSON endpoint the script refreshes `data-key` elements from (None: no
+/// refresh). `body` is HTML already escaped by the caller.
+fn layout(viewer: &Viewer, title: &str, api: Option<&str>, body: &str) -> Html<String> {
     let nav = [
         ("/", "Overview"),
         ("/cameras", "Cameras"),
@@ -177,6 +192,7 @@ fn layout(title: &str, api: Option<&str>, body: &str) -> Html<String> {
         ("/config", "Config"),
     ]
     .iter()
+    .filter(|(href, _)| may_open(viewer.role, href))
     .map(|(href, name)| {
         let current = if *name == title {
             " aria-current=\"page\""
@@ -186,16 +202,33 @@ fn layout(title: &str, api: Option<&str>, body: &str) -> Html<String> {
         format!("<a href=\"{href}\"{current}>{name}</a>")
     })
     .collect::<String>();
+    let session = format!(
+        "<form method=\"post\" action=\"/logout\" class=\"session\">\
+         <input type=\"hidden\" name=\"csrf\" value=\"{csrf}\">\
+         <span>{user} ({role})</span> <button type=\"submit\">Log out</button></form>",
+        csrf = esc(&viewer.csrf),
+        user = esc(&viewer.user),
+        role = viewer.role.as_str(),
+    );
     let api = api.map_or(String::new(), |a| format!(" data-api=\"{}\"", esc(a)));
     Html(format!(
         "<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">\
          <meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">\
          <title>{t} · Aegis Edge</title><link rel=\"stylesheet\" href=\"/static/app.css\">\
          <script src=\"/static/app.js\" defer></script></head>\
-         <body{api}><header><strong>Aegis Edge</strong><nav>{nav}</nav></header>\
+         <body{api}><header><strong>Aegis Edge</strong><nav>{nav}</nav>{session}</header>\
          <main><h1>{t}</h1>{body}</main></body></html>\n",
         t = esc(title),
     ))
+}
+
+/// Whether `role` may open the page at `path` (its `GET` entry in [`ROUTES`]).
+fn may_open(role: Role, path: &str) -> bool {
+    ROUTES
+        .iter()
+        .find(|r| r.method == Method::GET && r.path == path)
+        .and_then(|r| r.access.role())
+        .is_some_and(|need| role >= need)
 }
 
 /// `v` as a JSON response.
