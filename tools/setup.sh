@@ -5,8 +5,10 @@
 #    server with its Python bindings (the loopback camera the live-source tests talk to), and
 #    mosquitto (the local MQTT broker of the demo and the fleet tests; its system service is
 #    not needed and is left as the package installs it), and the aarch64 cross linker and
-#    qemu-user (tools/cross-test.sh: the Jetson build's tests under emulation), and shellcheck
-#    (`just lint` checks every shell script with it).
+#    qemu-user (tools/cross-test.sh: the Jetson build's tests under emulation), shellcheck
+#    (`just lint` checks every shell script with it), and chromium with chromium-driver (the
+#    real-browser tests of the technician web page, tests/tests/browser.rs, drive a headless
+#    Chromium through chromedriver).
 #  - `just`, pinned, from PyPI (rust-just) into .tools/venv (Debian has no `just` package).
 #  - A Rust toolchain via rustup only if cargo is missing.
 #  - Sample photos: tools/fetch-media.sh (pinned scikit-image wheel, checksummed files).
@@ -20,7 +22,7 @@ APT_PACKAGES=(build-essential pkg-config clang libclang-dev
   ffmpeg python3 python3-venv python3-pip ca-certificates curl
   python3-gi gir1.2-gst-rtsp-server-1.0 gstreamer1.0-plugins-base gstreamer1.0-plugins-good
   gstreamer1.0-plugins-bad mosquitto mosquitto-clients gcc-aarch64-linux-gnu qemu-user-static
-  shellcheck)
+  shellcheck chromium chromium-driver)
 
 as_root() {
   if [ "$(id -u)" -eq 0 ]; then "$@"

@@ -1,9 +1,13 @@
 //! Helpers for the cross-crate, end-to-end tests in `tests/tests/`: they drive the real
 //! `aegis` binary (built by `just test` before the tests run) against real media files and
-//! real tools (`ffprobe`).
+//! real tools (`ffprobe`, mosquitto, Chromium through chromedriver: [`browser`], with the
+//! agent it drives in [`web_agent`]).
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
+
+pub mod browser;
+pub mod web_agent;
 
 /// The deterministic generator the tests draw "random" kill points, noise and inputs from
 /// (the workspace's one xorshift, in aegis-hal).

@@ -404,17 +404,25 @@ pub async fn enforce(
         );
     };
     if viewer.role < need {
-        return deny(
-            &s,
-            &path,
-            StatusCode::FORBIDDEN,
-            format!(
-                "{} is a {}; this needs a {}",
-                viewer.user,
-                viewer.role.as_str(),
-                need.as_str()
-            ),
+        let why = format!(
+            "{} is a {}; this needs a {}",
+            viewer.user,
+            viewer.role.as_str(),
+            need.as_str()
         );
+        if wants_html(&req) {
+            // A page load (a typed URL, a bookmark): a page that says why, not JSON.
+            audit_refusal(&s, &path, &why);
+            let body = format!(
+                "<p role=\"alert\">{}</p><p><a href=\"/\">Back to the overview</a></p>",
+                escape(&why)
+            );
+            return html(
+                StatusCode::FORBIDDEN,
+                plain_page("not allowed", "Not allowed", &body),
+            );
+        }
+        return deny(&s, &path, StatusCode::FORBIDDEN, why);
     }
     let mut req = req;
     if !matches!(
@@ -507,10 +515,18 @@ fn login_html(s: &ServerState, message: Option<&str>) -> String {
             escape(&s.auth.accounts_path().display().to_string())
         )
     };
+    plain_page("log in", &escape(&s.device), &body)
+}
+
+/// A page outside the technician pages' frame (no navigation, no script): the login page and
+/// the refusal page. `heading` and `body` are HTML already escaped by the caller.
+fn plain_page(title: &str, heading: &str, body: &str) -> String {
     format!(
         "<!doctype html><html lang=\"en\"><head><meta charset=\"utf-8\">\
-         <title>Aegis Edge — log in</title></head><body><h1>{}</h1>{body}</body></html>",
-        escape(&s.device)
+         <meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">\
+         <title>Aegis Edge — {title}</title><link rel=\"stylesheet\" href=\"/static/app.css\">\
+         </head><body><main class=\"plain\"><h1>{heading}</h1>{body}</main></body></html>",
+        title = escape(title),
     )
 }
 
@@ -653,10 +669,15 @@ fn refused(s: &ServerState, headers: &HeaderMap) -> Option<(StatusCode, String)>
     }
 }
 
-fn deny(s: &ServerState, path: &str, code: StatusCode, why: String) -> Response {
+/// Audits a refused request (with workflows on).
+fn audit_refusal(s: &ServerState, path: &str, why: &str) {
     if let Some(a) = &s.audit {
         a.record("http.refused", &format!("{path}: {why}"));
     }
+}
+
+fn deny(s: &ServerState, path: &str, code: StatusCode, why: String) -> Response {
+    audit_refusal(s, path, &why);
     let mut r = json(code, serde_json::json!({ "error": why }));
     if code == StatusCode::UNAUTHORIZED {
         r.headers_mut().insert(
@@ -835,6 +856,12 @@ mod route_tests {
         RouteSpec {
             method: Method::POST,
             path: "/t/change",
+            access: Access::Technician,
+            handler: |m| on(m, whoami),
+        },
+        RouteSpec {
+            method: Method::GET,
+            path: "/t/tech",
             access: Access::Technician,
             handler: |m| on(m, whoami),
         },
@@ -1379,5 +1406,48 @@ mod route_tests {
             403
         );
         assert_eq!(status(connect("nope", Some(&cookie), own).await), 404);
+    }
+
+    #[tokio::test]
+    async fn a_page_load_past_the_role_gets_a_page_that_says_why() {
+        let rig = rig(true, true, true);
+        let (vic, _) = rig.session("vic").await;
+        let page = |accept: &str| {
+            req(&Method::GET, "/t/tech")
+                .header(header::COOKIE, &vic)
+                .header(header::ACCEPT, accept)
+                .body(Body::empty())
+                .unwrap()
+        };
+        let (code, h, body) = rig.send(page("text/html,*/*")).await;
+        assert_eq!(code, StatusCode::FORBIDDEN);
+        assert!(
+            h[header::CONTENT_TYPE]
+                .to_str()
+                .unwrap()
+                .starts_with("text/html")
+        );
+        assert!(
+            body.contains("<p role=\"alert\">vic is a viewer; this needs a technician</p>"),
+            "{body}"
+        );
+        assert!(body.contains("name=\"viewport\""), "{body}");
+        // A script's request still gets JSON.
+        let (code, h, body) = rig.send(page("application/json")).await;
+        assert_eq!(code, StatusCode::FORBIDDEN);
+        assert_eq!(h[header::CONTENT_TYPE], "application/json");
+        assert!(body.contains("this needs a technician"), "{body}");
+        // The technician gets through.
+        let (tess, _) = rig.session("tess").await;
+        let (code, _, body) = rig
+            .send(
+                req(&Method::GET, "/t/tech")
+                    .header(header::COOKIE, &tess)
+                    .header(header::ACCEPT, "text/html")
+                    .body(Body::empty())
+                    .unwrap(),
+            )
+            .await;
+        assert_eq!((code, body.as_str()), (StatusCode::OK, "tess technician"));
     }
 }

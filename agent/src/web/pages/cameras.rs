@@ -173,12 +173,9 @@ fn add_form(f: &Forms) -> String {
 }
 
 /// `GET /cameras`.
-pub(super) async fn page(
-    State(s): State<Arc<PagesState>>,
-    viewer: Option<axum::Extension<Viewer>>,
-) -> Html<String> {
-    let viewer = viewer.map(|v| v.0);
-    let (v, forms) = tokio::task::spawn_blocking(move || (cameras(&s), forms(&s, viewer.as_ref())))
+pub(super) async fn page(State(s): State<Arc<PagesState>>, viewer: Viewer) -> Html<String> {
+    let me = viewer.clone();
+    let (v, forms) = tokio::task::spawn_blocking(move || (cameras(&s), forms(&s, Some(&me))))
         .await
         .unwrap_or_else(|e| (Value::Null, Err(e.to_string())));
     let mut body = String::new();
@@ -240,7 +237,7 @@ pub(super) async fn page(
     }
     body.push_str("</div>");
     let script = forms.is_ok().then_some("/static/cameras.js");
-    layout_script("Cameras", Some("/api/cameras"), &body, script)
+    layout_script(&viewer, "Cameras", Some("/api/cameras"), &body, script)
 }
 
 /// `POST /api/cameras` (form fields `op` = add|edit|remove, `source`, `id`, `url`,

@@ -21,13 +21,11 @@ use crate::web::{Role, Viewer};
 pub(super) const BODY_LIMIT: usize = 2 * aegis_config::MAX_CONFIG_BYTES as usize + 4096;
 
 /// `GET /config`.
-pub(super) async fn page(
-    State(s): State<Arc<PagesState>>,
-    viewer: Option<axum::Extension<Viewer>>,
-) -> Html<String> {
+pub(super) async fn page(State(s): State<Arc<PagesState>>, viewer: Viewer) -> Html<String> {
     let Some(editor) = s.editor.clone() else {
         let pretty = serde_json::to_string_pretty(&s.config).unwrap_or_default();
         return layout_script(
+            &viewer,
             "Config",
             None,
             &format!(
@@ -43,6 +41,7 @@ pub(super) async fn page(
         Ok(Ok(s)) => s,
         Ok(Err(e)) => {
             return layout_script(
+                &viewer,
                 "Config",
                 None,
                 &format!("<p class=\"error\">{}</p>", esc(&e.to_string())),
@@ -51,6 +50,7 @@ pub(super) async fn page(
         }
         Err(e) => {
             return layout_script(
+                &viewer,
                 "Config",
                 None,
                 &format!("<p class=\"error\">reading the configuration: {e}</p>"),
@@ -86,9 +86,7 @@ pub(super) async fn page(
                 .unwrap_or_default()
         }
     };
-    let (csrf, role) = viewer
-        .map(|v| (v.0.csrf.clone(), v.0.role))
-        .unwrap_or((String::new(), Role::Viewer));
+    let (csrf, role) = (viewer.csrf.clone(), viewer.role);
     let path = s
         .editor
         .as_ref()
@@ -120,7 +118,7 @@ pub(super) async fn page(
         esc(&snap.digest),
         esc(&text)
     ));
-    layout_script("Config", None, &body, Some("/static/config.js"))
+    layout_script(&viewer, "Config", None, &body, Some("/static/config.js"))
 }
 
 /// The editor's request body.

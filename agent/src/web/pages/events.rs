@@ -10,6 +10,7 @@ use axum::response::{IntoResponse, Response};
 use serde_json::{Value, json};
 
 use super::{PagesState, esc, layout, text};
+use crate::web::Viewer;
 
 /// Events per page.
 pub const PAGE_LIMIT: usize = 100;
@@ -327,7 +328,7 @@ pub(super) async fn csv(State(s): State<Arc<PagesState>>, uri: Uri) -> Response 
 }
 
 /// `GET /events`: the filter form and one page of events.
-pub(super) async fn page(State(s): State<Arc<PagesState>>, uri: Uri) -> Response {
+pub(super) async fn page(State(s): State<Arc<PagesState>>, viewer: Viewer, uri: Uri) -> Response {
     let raw = RawFilter::from_uri(&uri);
     let input = |name: &str, v: &Option<String>| {
         format!(
@@ -361,7 +362,11 @@ pub(super) async fn page(State(s): State<Arc<PagesState>>, uri: Uri) -> Response
         Ok(f) => f,
         Err(e) => {
             let body = format!("{form}<p class=\"error\">{}</p>", esc(&e.to_string()));
-            return (StatusCode::BAD_REQUEST, layout("Events", None, &body)).into_response();
+            return (
+                StatusCode::BAD_REQUEST,
+                layout(&viewer, "Events", None, &body),
+            )
+                .into_response();
         }
     };
     let page = f.page;
@@ -372,7 +377,7 @@ pub(super) async fn page(State(s): State<Arc<PagesState>>, uri: Uri) -> Response
             let body = format!("{form}<p class=\"error\">{}</p>", esc(&e.to_string()));
             return (
                 StatusCode::SERVICE_UNAVAILABLE,
-                layout("Events", None, &body),
+                layout(&viewer, "Events", None, &body),
             )
                 .into_response();
         }
@@ -380,7 +385,7 @@ pub(super) async fn page(State(s): State<Arc<PagesState>>, uri: Uri) -> Response
             let body = format!("<p class=\"error\">{}</p>", esc(&e.to_string()));
             return (
                 StatusCode::INTERNAL_SERVER_ERROR,
-                layout("Events", None, &body),
+                layout(&viewer, "Events", None, &body),
             )
                 .into_response();
         }
@@ -418,7 +423,7 @@ pub(super) async fn page(State(s): State<Arc<PagesState>>, uri: Uri) -> Response
         ));
     }
     body.push_str("</nav>");
-    layout("Events", None, &body).into_response()
+    layout(&viewer, "Events", None, &body).into_response()
 }
 
 /// Percent-encodes a query value (everything but unreserved characters).

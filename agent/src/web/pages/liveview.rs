@@ -20,9 +20,10 @@ use axum::response::{IntoResponse, Response};
 
 use super::{PagesState, esc, layout, layout_with};
 use crate::pipeline::live::{LiveMsg, Subscription};
+use crate::web::Viewer;
 
 /// `GET /live[?stream=ID]`.
-pub(super) async fn page(State(s): State<Arc<PagesState>>, uri: Uri) -> Response {
+pub(super) async fn page(State(s): State<Arc<PagesState>>, viewer: Viewer, uri: Uri) -> Response {
     let running = s.live.running();
     let want = super::query(&uri).remove("stream");
     let current = want
@@ -31,7 +32,7 @@ pub(super) async fn page(State(s): State<Arc<PagesState>>, uri: Uri) -> Response
     let mut body = String::new();
     let Some(current) = current else {
         body.push_str("<p>No stream is running.</p>");
-        return layout("Live", None, &body).into_response();
+        return layout(&viewer, "Live", None, &body).into_response();
     };
     body.push_str("<form class=\"live-controls\" method=\"get\" action=\"/live\"><label>Stream <select name=\"stream\" id=\"live-stream\">");
     for id in &running {
@@ -60,7 +61,7 @@ pub(super) async fn page(State(s): State<Arc<PagesState>>, uri: Uri) -> Response
          latency <span id=\"live-latency\">—</span> · objects <span id=\"live-objects\">—</span></p>",
         esc(&current)
     ));
-    layout_with("Live", None, &["/static/live.js"], &body).into_response()
+    layout_with(&viewer, "Live", None, &["/static/live.js"], &body).into_response()
 }
 
 /// `GET /static/live.js`.

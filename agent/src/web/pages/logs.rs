@@ -12,6 +12,7 @@ use serde_json::json;
 use super::events::FilterError;
 use super::{PagesState, esc, layout};
 use crate::logging::LogLine;
+use crate::web::Viewer;
 
 /// `level` and `after` as sent.
 #[derive(Debug, Default)]
@@ -124,7 +125,7 @@ pub(super) async fn txt(State(s): State<Arc<PagesState>>, uri: Uri) -> Response 
 }
 
 /// `GET /logs`.
-pub(super) async fn page(State(s): State<Arc<PagesState>>, uri: Uri) -> Response {
+pub(super) async fn page(State(s): State<Arc<PagesState>>, viewer: Viewer, uri: Uri) -> Response {
     let q = RawQuery::from_uri(&uri);
     let l = match lines(&s, &q) {
         Ok(l) => l,
@@ -156,5 +157,5 @@ pub(super) async fn page(State(s): State<Arc<PagesState>>, uri: Uri) -> Response
         body.push('\n');
     }
     body.push_str("</pre>");
-    layout("Logs", None, &body).into_response()
+    layout(&viewer, "Logs", None, &body).into_response()
 }

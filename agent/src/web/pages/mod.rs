@@ -34,7 +34,7 @@ use axum::routing::on;
 
 use crate::logging::LogRing;
 use crate::metrics::Metrics;
-use crate::web::{Access, HandlerFn, RouteSpec};
+use crate::web::{Access, HandlerFn, Role, RouteSpec, Viewer};
 
 pub use events::FilterError;
 pub use models::ModelsState;
@@ -194,10 +194,23 @@ const fn page(method: Method, path: &'static str, access: Access, handler: Handl
     }
 }
 
-/// The pages alone over `state`, without the access check (the handler tests; the access
-/// check has its own tests over the whole table in `web`).
+/// The pages alone over `state`, without the access check, as an admin sees them (the
+/// handler tests; the access check has its own tests over the whole table in `web`).
 #[cfg(test)]
 pub(crate) fn router(state: Arc<PagesState>) -> Router {
+    router_as(
+        state,
+        Viewer {
+            user: "ada".into(),
+            role: Role::Admin,
+            csrf: "c5rf".into(),
+        },
+    )
+}
+
+/// [`router`] as `viewer` sees the pages (what the access check would hand the handlers).
+#[cfg(test)]
+pub(crate) fn router_as(state: Arc<PagesState>, viewer: Viewer) -> Router {
     use axum::routing::get;
     Router::new()
         .route("/", get(overview::page))
@@ -237,6 +250,7 @@ pub(crate) fn router(state: Arc<PagesState>) -> Router {
             "/static/workflows.js",
             get(|| script(include_str!("../static/workflows.js"))),
         )
+        .layer(axum::Extension(viewer))
         .with_state(state)
 }
 
@@ -284,20 +298,33 @@ pub fn esc(s: &str) -> String {
     out
 }
 
-/// The page frame: navigation, the stylesheet and the script. `api` is the JSON endpoint the
-/// script refreshes `data-key` elements from (None: no refresh). `body` is HTML already
-/// escaped by the caller.
-fn layout(title: &str, api: Option<&str>, body: &str) -> Html<String> {
-    layout_with(title, api, &[], body)
+/// The page frame: navigation (the pages `viewer`'s role may open), who is logged in with
+/// the log-out button (a form carrying the session's CSRF token), the stylesheet and the
+/// script. `api` is the JSON endpoint the script refreshes `data-key` elements from (None: no
+/// refresh). `body` is HTML already escaped by the caller.
+fn layout(viewer: &Viewer, title: &str, api: Option<&str>, body: &str) -> Html<String> {
+    layout_with(viewer, title, api, &[], body)
 }
 
 /// [`layout`] with at most one page script (one of the agent's static files).
-fn layout_script(title: &str, api: Option<&str>, body: &str, script: Option<&str>) -> Html<String> {
-    layout_with(title, api, script.as_slice(), body)
+fn layout_script(
+    viewer: &Viewer,
+    title: &str,
+    api: Option<&str>,
+    body: &str,
+    script: Option<&str>,
+) -> Html<String> {
+    layout_with(viewer, title, api, script.as_slice(), body)
 }
 
 /// [`layout`] with the page's own `scripts` (paths of static files) after `app.js`.
-fn layout_with(title: &str, api: Option<&str>, scripts: &[&str], body: &str) -> Html<String> {
+fn layout_with(
+    viewer: &Viewer,
+    title: &str,
+    api: Option<&str>,
+    scripts: &[&str],
+    body: &str,
+) -> Html<String> {
     let nav = [
         ("/", "Overview"),
         ("/live", "Live"),
@@ -310,6 +337,7 @@ fn layout_with(title: &str, api: Option<&str>, scripts: &[&str], body: &str) -> 
         ("/config", "Config"),
     ]
     .iter()
+    .filter(|(href, _)| may_open(viewer.role, href))
     .map(|(href, name)| {
         let current = if *name == title {
             " aria-current=\"page\""
@@ -319,6 +347,14 @@ fn layout_with(title: &str, api: Option<&str>, scripts: &[&str], body: &str) -> 
         format!("<a href=\"{href}\"{current}>{name}</a>")
     })
     .collect::<String>();
+    let session = format!(
+        "<form method=\"post\" action=\"/logout\" class=\"session\">\
+         <input type=\"hidden\" name=\"csrf\" value=\"{csrf}\">\
+         <span>{user} ({role})</span> <button type=\"submit\">Log out</button></form>",
+        csrf = esc(&viewer.csrf),
+        user = esc(&viewer.user),
+        role = viewer.role.as_str(),
+    );
     let api = api.map_or(String::new(), |a| format!(" data-api=\"{}\"", esc(a)));
     let scripts: String = scripts
         .iter()
@@ -329,10 +365,19 @@ fn layout_with(title: &str, api: Option<&str>, scripts: &[&str], body: &str) -> 
          <meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">\
          <title>{t} · Aegis Edge</title><link rel=\"stylesheet\" href=\"/static/app.css\">\
          <script src=\"/static/app.js\" defer></script>{scripts}</head>\
-         <body{api}><header><strong>Aegis Edge</strong><nav>{nav}</nav></header>\
+         <body{api}><header><strong>Aegis Edge</strong><nav>{nav}</nav>{session}</header>\
          <main><h1>{t}</h1>{body}</main></body></html>\n",
         t = esc(title),
     ))
+}
+
+/// Whether `role` may open the page at `path` (its `GET` entry in [`ROUTES`]).
+fn may_open(role: Role, path: &str) -> bool {
+    ROUTES
+        .iter()
+        .find(|r| r.method == Method::GET && r.path == path)
+        .and_then(|r| r.access.role())
+        .is_some_and(|need| role >= need)
 }
 
 /// `v` as a JSON response.

@@ -19,6 +19,7 @@ use serde_json::{Value, json};
 
 use super::{PagesState, esc, layout, text};
 use crate::inference::{InUse, ModelsInUse};
+use crate::web::Viewer;
 
 /// A file that `tools/fetch-models.sh` pins: where it comes from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -278,7 +279,7 @@ fn yes_no(v: &Value) -> &'static str {
 }
 
 /// `GET /models`.
-pub(super) async fn page(State(s): State<Arc<PagesState>>) -> Html<String> {
+pub(super) async fn page(State(s): State<Arc<PagesState>>, viewer: Viewer) -> Html<String> {
     let v = tokio::task::spawn_blocking(move || models(&s))
         .await
         .unwrap_or_default();
@@ -362,5 +363,5 @@ pub(super) async fn page(State(s): State<Arc<PagesState>>) -> Html<String> {
         "<h2 id=\"updates\">Updates</h2><p>No model update is in progress. Model bundles \
          from the fleet (progress, activation and rollback) will be shown here.</p>",
     );
-    layout("Models", None, &body)
+    layout(&viewer, "Models", None, &body)
 }

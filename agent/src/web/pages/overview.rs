@@ -9,6 +9,7 @@ use axum::response::{Html, Response};
 use serde_json::{Value, json};
 
 use super::{PagesState, esc, layout, live, text};
+use crate::web::Viewer;
 
 /// Each `thermal_zone*` under `root` with a readable `temp` (millidegrees Celsius), sorted by
 /// zone: `{zone, type, celsius}`.
@@ -106,7 +107,7 @@ pub(super) async fn api(State(s): State<Arc<PagesState>>) -> Response {
 }
 
 /// `GET /`.
-pub(super) async fn page(State(s): State<Arc<PagesState>>) -> Html<String> {
+pub(super) async fn page(State(s): State<Arc<PagesState>>, viewer: Viewer) -> Html<String> {
     let v = tokio::task::spawn_blocking(move || overview(&s))
         .await
         .unwrap_or_default();
@@ -178,5 +179,5 @@ pub(super) async fn page(State(s): State<Arc<PagesState>>) -> Html<String> {
         &serde_json::to_string_pretty(&v["workflow"]).unwrap_or_default()
     ));
     body.push_str("</pre>");
-    layout("Overview", Some("/api/overview"), &body)
+    layout(&viewer, "Overview", Some("/api/overview"), &body)
 }

@@ -14,6 +14,7 @@ use serde_json::{Value, json};
 
 use super::{PagesState, esc, layout_with, live, text};
 use crate::store::export::format_utc;
+use crate::web::Viewer;
 
 /// The most fused positions the page plots (newest first).
 pub const FUSED_LIMIT: usize = 500;
@@ -187,7 +188,7 @@ fn facts(v: &Value, rows: &[(&str, &str)]) -> String {
 }
 
 /// `GET /sensors`.
-pub(super) async fn page(State(s): State<Arc<PagesState>>) -> Html<String> {
+pub(super) async fn page(State(s): State<Arc<PagesState>>, viewer: Viewer) -> Html<String> {
     let v = tokio::task::spawn_blocking(move || sensors(&s))
         .await
         .unwrap_or_default();
@@ -298,6 +299,7 @@ pub(super) async fn page(State(s): State<Arc<PagesState>>) -> Html<String> {
         body.push_str("</table>");
     }
     layout_with(
+        &viewer,
         "Sensors",
         Some("/api/sensors"),
         &["/static/sensors.js"],

@@ -886,3 +886,73 @@ fn pinned_packages_are_those_of_the_fetch_script() {
         );
     }
 }
+
+#[tokio::test]
+async fn every_page_names_the_user_and_logs_out_with_the_sessions_csrf_token() {
+    let f = fixture(&[], &["cam0"]);
+    let as_role = |role: crate::web::Role| crate::web::Viewer {
+        user: "<b>o".into(),
+        role,
+        csrf: "tok\"en".into(),
+    };
+    for (role, links) in [
+        (
+            crate::web::Role::Viewer,
+            &[
+                "/",
+                "/live",
+                "/cameras",
+                "/events",
+                "/sensors",
+                "/models",
+                "/workflows",
+            ][..],
+        ),
+        (
+            crate::web::Role::Technician,
+            &[
+                "/",
+                "/live",
+                "/cameras",
+                "/events",
+                "/sensors",
+                "/models",
+                "/logs",
+                "/workflows",
+                "/config",
+            ][..],
+        ),
+    ] {
+        let r = router_as(f.state.clone(), as_role(role))
+            .oneshot(Request::get("/cameras").body(Body::empty()).unwrap())
+            .await
+            .unwrap();
+        let body = axum::body::to_bytes(r.into_body(), 1 << 24).await.unwrap();
+        let html = String::from_utf8(body.to_vec()).unwrap();
+        assert!(
+            html.contains(
+                "<form method=\"post\" action=\"/logout\" class=\"session\">\
+                 <input type=\"hidden\" name=\"csrf\" value=\"tok&quot;en\">"
+            ),
+            "{html}"
+        );
+        assert!(
+            html.contains(&format!("<span>&lt;b&gt;o ({})</span>", role.as_str())),
+            "{html}"
+        );
+        // The navigation offers only what the role may open.
+        let nav = html
+            .split("<nav>")
+            .nth(1)
+            .unwrap()
+            .split("</nav>")
+            .next()
+            .unwrap();
+        let hrefs: Vec<&str> = nav
+            .split("href=\"")
+            .skip(1)
+            .map(|h| h.split('"').next().unwrap())
+            .collect();
+        assert_eq!(hrefs, links, "{role:?}");
+    }
+}

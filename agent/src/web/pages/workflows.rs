@@ -119,16 +119,14 @@ fn entry_row(name: &str, e: &Value) -> String {
 }
 
 /// `GET /workflows`.
-pub(super) async fn page(
-    State(s): State<Arc<PagesState>>,
-    viewer: Option<axum::Extension<Viewer>>,
-) -> Html<String> {
+pub(super) async fn page(State(s): State<Arc<PagesState>>, viewer: Viewer) -> Html<String> {
     let uploads = s.workflows.is_some();
     let v = tokio::task::spawn_blocking(move || workflows(&s)).await;
     let v = match v {
         Ok(Ok(v)) => v,
         Ok(Err(e)) => {
             return layout_script(
+                &viewer,
                 "Workflows",
                 None,
                 &format!("<p class=\"error\">{}</p>", esc(&e.to_string())),
@@ -137,6 +135,7 @@ pub(super) async fn page(
         }
         Err(e) => {
             return layout_script(
+                &viewer,
                 "Workflows",
                 None,
                 &format!("<p class=\"error\">{}</p>", esc(&e.to_string())),
@@ -160,9 +159,9 @@ pub(super) async fn page(
             body.push_str("<p>No signed workflow is active: the local default pipeline runs.</p>");
         }
     }
-    let viewer = viewer.map(|v| v.0);
+    let me = Some(viewer.clone());
     let mut script = None;
-    match (&viewer, uploads) {
+    match (&me, uploads) {
         (Some(me), true) if me.role >= Role::Technician => {
             script = Some("/static/workflows.js");
             body.push_str(&format!(
@@ -228,7 +227,7 @@ pub(super) async fn page(
         }
         body.push_str("</tbody></table>");
     }
-    layout_script("Workflows", None, &body, script)
+    layout_script(&viewer, "Workflows", None, &body, script)
 }
 
 /// `GET /workflows/receipt/{id}`: a signed `.mu` receipt of the history, as text.

@@ -1,0 +1,693 @@
+//! The technician web page in a real browser (headless Chromium through chromedriver), on a
+//! desktop and on a phone viewport: what a technician does on site, step by step, each step
+//! screenshotted into `<CARGO_TARGET_TMPDIR>/browser-artifacts/`. On the phone the page
+//! must also never be wider than the screen.
+//!
+//! A new step is one more block in [`walk`] (or a test of its own over [`Walk`]).
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use aegis_tests::browser::{Browser, BrowserError, Viewport, WAIT, have_browser};
+use aegis_tests::web_agent::{
+    ADMIN, AgentSetup, FAILING_STREAM, SEEDED_KIND, STREAM, TECHNICIAN, VIEWER, WebAgent,
+};
+use serde_json::json;
+
+/// Events per page on the events page (`web::pages::events::PAGE_LIMIT`).
+const PAGE: usize = 100;
+
+/// The fleet broker password the config carries (the config page must not show it).
+const FLEET_PASSWORD: &str = "fleet-Secret-42";
+
+fn artifacts() -> PathBuf {
+    PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("browser-artifacts")
+}
+
+/// A browser on the agent's page: each step ends with [`Walk::step`].
+struct Walk {
+    b: Browser,
+}
+
+impl Walk {
+    /// Screenshots the step as `name`; on the phone, checks that nothing is wider than the
+    /// screen.
+    async fn step(&self, name: &str) -> Result<(), BrowserError> {
+        self.b.screenshot(name).await?;
+        if self.b.viewport() == Viewport::Phone
+            && let Some(over) = self.b.horizontal_overflow().await?
+        {
+            self.b.ensure(false, format!("{name}: {over}")).await?;
+        }
+        Ok(())
+    }
+
+    /// Follows the navigation link to `path` and waits for its page.
+    async fn nav(&self, path: &str) -> Result<(), BrowserError> {
+        self.b
+            .click(&format!("header nav a[href='{path}']"))
+            .await?;
+        self.at(path).await
+    }
+
+    /// Waits until the browser shows `path`.
+    async fn at(&self, path: &str) -> Result<(), BrowserError> {
+        self.b
+            .wait_js_with(
+                &format!("the page {path}"),
+                "return location.pathname === arguments[0] && document.readyState === 'complete'",
+                vec![json!(path)],
+                WAIT,
+            )
+            .await
+            .map(|_| ())
+    }
+
+    /// The events table's rows as (stream, kind).
+    async fn event_rows(&self) -> Result<Vec<(String, String)>, BrowserError> {
+        let v = self
+            .b
+            .execute(
+                "return [...document.querySelectorAll('main table.grid tr')].slice(1)\
+                 .map(r => [r.cells[1].textContent, r.cells[2].textContent]);",
+            )
+            .await?;
+        Ok(v.as_array()
+            .into_iter()
+            .flatten()
+            .map(|r| {
+                let s = |i: usize| r[i].as_str().unwrap_or_default().to_string();
+                (s(0), s(1))
+            })
+            .collect())
+    }
+
+    /// Sets the events page's kind filter to `kind` and submits the form.
+    async fn filter_kind(&self, kind: &str) -> Result<(), BrowserError> {
+        self.b.fill("form.filters input[name=kind]", kind).await?;
+        self.b.click("form.filters button").await?;
+        self.b
+            .wait_js_with(
+                &format!("the events filtered by kind {kind}"),
+                "return new URLSearchParams(location.search).get('kind') === arguments[0] \
+                 && document.readyState === 'complete'",
+                vec![json!(kind)],
+                WAIT,
+            )
+            .await
+            .map(|_| ())
+    }
+
+    async fn logout(&self) -> Result<(), BrowserError> {
+        self.b.click("form[action='/logout'] button").await?;
+        self.at("/login").await
+    }
+}
+
+/// Everything a technician does, in `viewport`.
+async fn walk(agent: &WebAgent, viewport: Viewport) -> Result<(), BrowserError> {
+    let b = Browser::start(viewport, &agent.base_url(), &artifacts(), "walk").await?;
+    let w = Walk { b };
+    let b = &w.b;
+
+    // Not logged in: the overview sends the browser to the login page.
+    b.goto("/").await?;
+    w.at("/login").await?;
+    b.wait_for("form[action='/login']", WAIT).await?;
+    w.step("login-page").await?;
+
+    // A wrong password: the page says so, and no session starts.
+    b.login(ADMIN.name, "not-the-password").await?;
+    let alert = b.text("[role=alert]").await?;
+    b.ensure(
+        alert.contains("wrong user name or password"),
+        format!("the login alert says {alert:?}"),
+    )
+    .await?;
+    w.step("login-wrong-password").await?;
+    b.goto("/").await?;
+    w.at("/login").await?;
+
+    // The admin logs in and lands on the overview: the device id, and the stream's fps,
+    // which the page's script keeps fresh (the value shown is first replaced by a marker:
+    // only a refresh from /api/overview can turn it back into a number).
+    b.login(ADMIN.name, ADMIN.password).await?;
+    w.at("/").await?;
+    let device = b.text("[data-key=device]").await?;
+    b.ensure(
+        device == "browser-test",
+        format!("the overview's device is {device:?}"),
+    )
+    .await?;
+    let fps_of = "const row = [...document.querySelectorAll('main table.grid tr')]\
+                  .find(r => r.cells[0] && r.cells[0].textContent === arguments[0]);\
+                  const el = row && row.querySelector('[data-key$=\".fps_in\"]');";
+    let marked = b
+        .execute_with(
+            &format!("{fps_of} if (!el) return false; el.textContent = 'refreshing'; return true;"),
+            vec![json!(STREAM)],
+        )
+        .await?;
+    b.ensure(
+        marked == json!(true),
+        format!("no fps cell for {STREAM} on the overview"),
+    )
+    .await?;
+    let fps = b
+        .wait_js_with(
+            &format!("a refreshed fps > 0 for {STREAM}"),
+            &format!("{fps_of} const v = parseFloat(el.textContent); return v > 0 ? v : false;"),
+            vec![json!(STREAM)],
+            Duration::from_secs(30),
+        )
+        .await?;
+    b.ensure(fps.as_f64().is_some_and(|f| f > 0.0), format!("fps {fps}"))
+        .await?;
+    w.step("overview").await?;
+
+    // Cameras: a tile per stream, the looping one streaming, the missing file failed with
+    // its error.
+    w.nav("/cameras").await?;
+    let tile = "const t = [...document.querySelectorAll('.tile')]\
+                .find(t => t.querySelector('h2').textContent === arguments[0]);";
+    b.wait_js_with(
+        &format!("the {STREAM} tile to say Streaming"),
+        &format!("{tile} return !!t && t.querySelector('.state').textContent === 'Streaming';"),
+        vec![json!(STREAM)],
+        WAIT,
+    )
+    .await?;
+    let gone = b
+        .wait_js_with(
+            &format!("the {FAILING_STREAM} tile with its error"),
+            &format!(
+                "{tile} const e = t && t.querySelector('[data-key$=\".last_error\"]');\
+                 return !!e && e.textContent.includes('no-such-clip.mp4') && e.textContent;"
+            ),
+            vec![json!(FAILING_STREAM)],
+            WAIT,
+        )
+        .await?;
+    b.ensure(gone.is_string(), format!("the failed tile shows {gone}"))
+        .await?;
+    w.step("cameras").await?;
+
+    // Events: a full first page, newest first (the failure after the seeded burst); the
+    // kind filter narrows it to the one failure; the seeded kind pages forward.
+    w.nav("/events").await?;
+    let rows = w.event_rows().await?;
+    b.ensure(
+        rows.len() == PAGE && rows[0] == (FAILING_STREAM.into(), "source_failed".into()),
+        format!(
+            "the events page shows {} rows, first {:?}",
+            rows.len(),
+            rows.first()
+        ),
+    )
+    .await?;
+    w.step("events").await?;
+    w.filter_kind("source_failed").await?;
+    let rows = w.event_rows().await?;
+    b.ensure(
+        rows == [(FAILING_STREAM.to_string(), "source_failed".to_string())],
+        format!("filtered by source_failed, the rows are {rows:?}"),
+    )
+    .await?;
+    w.step("events-filtered").await?;
+    w.filter_kind(SEEDED_KIND).await?;
+    let rows = w.event_rows().await?;
+    b.ensure(
+        rows.len() == PAGE && rows.iter().all(|r| r.1 == SEEDED_KIND),
+        format!("filtered by {SEEDED_KIND}: {} rows", rows.len()),
+    )
+    .await?;
+    let older = b.texts("nav.pager a").await?;
+    b.ensure(
+        older == ["Older"],
+        format!("page 1 of {} events links {older:?}", agent.seeded_events()),
+    )
+    .await?;
+    b.click("nav.pager a").await?;
+    b.wait_js(
+        "page 2 of the events",
+        "return new URLSearchParams(location.search).get('page') === '2' \
+         && document.readyState === 'complete'",
+        WAIT,
+    )
+    .await?;
+    let rows = w.event_rows().await?;
+    let expected = (agent.seeded_events() - PAGE).min(PAGE);
+    b.ensure(
+        rows.len() == expected && rows.iter().all(|r| r.1 == SEEDED_KIND),
+        format!("page 2 shows {} rows, {expected} expected", rows.len()),
+    )
+    .await?;
+    let links = b.texts("nav.pager a").await?;
+    b.ensure(
+        links.first().map(String::as_str) == Some("Newer"),
+        format!("page 2 links {links:?}"),
+    )
+    .await?;
+    w.step("events-page-2").await?;
+
+    // Logs: the agent's recent lines.
+    w.nav("/logs").await?;
+    b.wait_js(
+        "log lines",
+        "const p = document.getElementById('log'); return !!p && p.textContent.trim().length > 0;",
+        WAIT,
+    )
+    .await?;
+    w.step("logs").await?;
+
+    // Config: the configuration file in the editor, the broker password shown as ***.
+    w.nav("/config").await?;
+    b.wait_for("#config-text", WAIT).await?;
+    let config = b
+        .execute("return document.getElementById('config-text').value;")
+        .await?;
+    let config = config.as_str().unwrap_or_default();
+    b.ensure(
+        config.contains("***") && !config.contains(FLEET_PASSWORD),
+        format!("the config editor shows the password as: {config}"),
+    )
+    .await?;
+    w.step("config").await?;
+
+    // Live: the stream plays as video (this agent has no recorder: the live view's own
+    // encoder, opened for this viewer), frames keep coming; the JPEG fallback shows frames.
+    w.nav("/live").await?;
+    live_plays(b, "mse").await?;
+    w.step("live").await?;
+    b.execute(
+        "const m = document.getElementById('live-mode'); m.value = 'jpeg'; \
+               m.dispatchEvent(new Event('change')); return true;",
+    )
+    .await?;
+    live_plays(b, "jpeg").await?;
+    w.step("live-jpeg").await?;
+
+    // Logging out ends the session: the overview sends the browser to the login page again.
+    w.logout().await?;
+    w.step("logged-out").await?;
+    b.goto("/").await?;
+    w.at("/login").await?;
+
+    // A technician reads the logs too.
+    b.login(TECHNICIAN.name, TECHNICIAN.password).await?;
+    w.at("/").await?;
+    w.nav("/logs").await?;
+    b.wait_for("pre#log", WAIT).await?;
+    w.logout().await?;
+
+    // A viewer sees the overview but is refused the config page.
+    b.login(VIEWER.name, VIEWER.password).await?;
+    w.at("/").await?;
+    b.goto("/config").await?;
+    let refusal = b.text("body").await?;
+    b.ensure(
+        refusal.contains("vic is a viewer; this needs a technician"),
+        format!("the viewer on /config sees {refusal:?}"),
+    )
+    .await?;
+    w.step("viewer-refused-config").await?;
+    b.goto("/").await?;
+    w.logout().await?;
+
+    w.b.close().await
+}
+
+/// Waits until the live view plays in `mode` (`mse` or `jpeg`): at least 10 frames shown,
+/// then 10 more (the picture keeps changing, it is not one frame).
+async fn live_plays(b: &Browser, mode: &str) -> Result<(), BrowserError> {
+    let shown = b
+        .wait_js_with(
+            &format!("the live view playing ({mode})"),
+            "const l = window.aegisLive; return !!l && l.mode === arguments[0] \
+             && l.frames >= 10 && l.frames;",
+            vec![json!(mode)],
+            Duration::from_secs(30),
+        )
+        .await?;
+    let first = shown.as_u64().unwrap_or(0);
+    b.wait_js_with(
+        &format!("more live frames ({mode})"),
+        "const l = window.aegisLive; return l.mode === arguments[0] && l.frames >= arguments[1];",
+        vec![json!(mode), json!(first + 10)],
+        Duration::from_secs(30),
+    )
+    .await?;
+    Ok(())
+}
+
+/// The agent every walk runs against: a failing source next to the looping one, more than
+/// a page of seeded events, a password in the config.
+fn agent() -> WebAgent {
+    WebAgent::start(&AgentSetup {
+        failing_source: true,
+        seed_events: PAGE + 20,
+        extra: format!(
+            "fleet: {{ enabled: false, username: edge, password: \"{FLEET_PASSWORD}\" }}\n"
+        ),
+        ..AgentSetup::default()
+    })
+}
+
+async fn run(viewport: Viewport) {
+    if !have_browser() {
+        return;
+    }
+    let agent = agent();
+    if let Err(e) = walk(&agent, viewport).await {
+        panic!(
+            "{e}\n(artifacts in {})\nthe agent's log:\n{}",
+            artifacts().display(),
+            agent.log()
+        );
+    }
+}
+
+#[tokio::test]
+async fn a_technician_walks_the_web_page_on_a_desktop() {
+    run(Viewport::Desktop).await;
+}
+
+#[tokio::test]
+async fn a_technician_walks_the_web_page_on_a_phone() {
+    run(Viewport::Phone).await;
+}
+
+/// The glass-to-glass probe: for `ms` milliseconds, each frame the browser presents is drawn
+/// into a canvas and the `timestamp_overlay` stage's clock code read back from its pixels
+/// (`clock_code: true` at x = y = 16, scale 2: 34 blocks of 16 px, 38 px from the top); the
+/// latency is the frame's expected display time minus the wall clock the stage stamped.
+const GLASS_TO_GLASS: &str = r#"
+const done = arguments[arguments.length - 1];
+const ms = arguments[0];
+const v = document.getElementById('live-video');
+const c = document.createElement('canvas');
+const ctx = c.getContext('2d', { willReadFrequently: true });
+const out = { latencies: [], unreadable: 0 };
+const t0 = performance.now();
+const B = 16, X = 16, Y = 38;
+function read(now, md) {
+  if (v.videoWidth >= X + 34 * B) {
+    c.width = v.videoWidth; c.height = v.videoHeight;
+    ctx.drawImage(v, 0, 0);
+    const row = ctx.getImageData(X, Y + B / 2, 34 * B, 1).data;
+    const lum = i => row[(i * B + B / 2) * 4];
+    if (lum(0) - lum(1) > 100) {
+      const thr = (lum(0) + lum(1)) / 2;
+      let val = 0;
+      for (let i = 2; i < 34; i++) val = val * 2 + (lum(i) > thr ? 1 : 0);
+      const shown = Math.floor(performance.timeOrigin + md.expectedDisplayTime);
+      out.latencies.push(((shown % 4294967296) - val + 4294967296) % 4294967296);
+    } else {
+      out.unreadable++;
+    }
+  }
+  if (performance.now() - t0 < ms) v.requestVideoFrameCallback(read); else done(out);
+}
+v.requestVideoFrameCallback(read);
+"#;
+
+/// Milliseconds from navigation start to the load event of the page now shown.
+const LOAD_MS: &str = "const n = performance.getEntriesByType('navigation')[0]; \
+                       return n && n.loadEventEnd > 0 ? n.loadEventEnd : false;";
+
+fn percentile(v: &mut [f64], p: f64) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v.get(((v.len().saturating_sub(1)) as f64 * p).round() as usize)
+        .copied()
+        .unwrap_or(f64::NAN)
+}
+
+/// Live view with the recorder's H.264 and a detector's overlays, measured; the config
+/// editor's inline error; a signed workflow and a tampered copy uploaded from the page.
+async fn console(agent: &WebAgent, gateway: &std::path::Path) -> Result<(), BrowserError> {
+    let b = Browser::start(
+        Viewport::Desktop,
+        &agent.base_url(),
+        &artifacts(),
+        "console",
+    )
+    .await?;
+    let w = Walk { b };
+    let b = &w.b;
+    b.goto("/").await?;
+    b.login(ADMIN.name, ADMIN.password).await?;
+    w.at("/").await?;
+
+    // Load times of the overview and the live page (to the first frame shown), pipeline
+    // running: recorded, not asserted.
+    let mut overview = Vec::new();
+    let mut live = Vec::new();
+    let mut first_frame = Vec::new();
+    for _ in 0..10 {
+        b.goto("/").await?;
+        w.at("/").await?;
+        overview.push(
+            b.wait_js("the overview's load time", LOAD_MS, WAIT)
+                .await?
+                .as_f64()
+                .unwrap_or(f64::NAN),
+        );
+        b.goto("/live").await?;
+        w.at("/live").await?;
+        live.push(
+            b.wait_js("the live page's load time", LOAD_MS, WAIT)
+                .await?
+                .as_f64()
+                .unwrap_or(f64::NAN),
+        );
+        let t = b
+            .wait_js(
+                "the first live frame",
+                "return window.aegisLive && window.aegisLive.frames > 0 ? performance.now() : false;",
+                Duration::from_secs(30),
+            )
+            .await?;
+        first_frame.push(t.as_f64().unwrap_or(f64::NAN));
+    }
+
+    // The detector finds the faces; its boxes are drawn beside the video, and the checkboxes
+    // take them off again (the picture itself carries no box).
+    live_plays(b, "mse").await?;
+    b.wait_js(
+        "objects in the live metadata",
+        "return parseInt(document.getElementById('live-objects').textContent) > 0;",
+        Duration::from_secs(60),
+    )
+    .await?;
+    let painted = "const c = document.getElementById('live-overlay'); \
+                   const d = c.getContext('2d').getImageData(0, 0, c.width, c.height).data; \
+                   let n = 0; for (let i = 3; i < d.length; i += 4) if (d[i] > 0) n++; return n;";
+    let on = b
+        .wait_js(
+            "boxes drawn on the overlay",
+            &format!("const f = () => {{ {painted} }}; const n = f(); return n > 0 && n;"),
+            WAIT,
+        )
+        .await?;
+    w.step("live-overlays-on").await?;
+    b.click("#ov-boxes").await?;
+    b.click("#ov-ids").await?;
+    b.wait_js(
+        "an empty overlay with boxes and ids off",
+        &format!("const f = () => {{ {painted} }}; return f() === 0;"),
+        WAIT,
+    )
+    .await?;
+    w.step("live-overlays-off").await?;
+    b.ensure(on.as_u64().unwrap_or(0) > 0, format!("overlay pixels {on}"))
+        .await?;
+
+    // Glass to glass: the stamped clock read back from the displayed frames.
+    let probe = b
+        .client()
+        .execute_async(GLASS_TO_GLASS, vec![json!(5000)])
+        .await
+        .map_err(|e| BrowserError::Other(format!("glass-to-glass probe: {e}")))?;
+    let mut lat: Vec<f64> = probe["latencies"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|v| v.as_f64())
+        .collect();
+    b.ensure(
+        lat.len() >= 30 && lat.iter().all(|&l| l > 0.0 && l < 30_000.0),
+        format!("clock codes read back: {probe}"),
+    )
+    .await?;
+    let report = json!({
+        "glass_to_glass_ms": { "samples": lat.len(), "p50": percentile(&mut lat, 0.5),
+            "p95": percentile(&mut lat, 0.95), "unreadable_frames": probe["unreadable"] },
+        "overview_load_ms": { "p50": percentile(&mut overview, 0.5), "p95": percentile(&mut overview, 0.95) },
+        "live_load_ms": { "p50": percentile(&mut live, 0.5), "p95": percentile(&mut live, 0.95) },
+        "live_first_frame_ms": { "p50": percentile(&mut first_frame, 0.5), "p95": percentile(&mut first_frame, 0.95) },
+        "live": b.execute("return window.aegisLive;").await?,
+    });
+    eprintln!("browser measurements: {report}");
+    std::fs::write(artifacts().join("measurements.json"), report.to_string())
+        .map_err(|e| BrowserError::Other(format!("measurements.json: {e}")))?;
+
+    // The config editor: a deliberate error is shown at its field path, nothing is saved.
+    w.nav("/config").await?;
+    b.wait_for("#config-text", WAIT).await?;
+    let before = std::fs::read_to_string(agent.config()).unwrap_or_default();
+    b.execute(
+        "const t = document.getElementById('config-text'); \
+         t.value = t.value.replace(/(\\n\\s*queue_depth:)\\s*\\d+/, '$1 0'); return true;",
+    )
+    .await?;
+    b.click("#config-save").await?;
+    let problem = b
+        .wait_js(
+            "the editor's inline error",
+            "const l = [...document.querySelectorAll('#config-problems li')]; \
+             return l.length > 0 && l.map(e => e.textContent).join(' | ');",
+            WAIT,
+        )
+        .await?;
+    let problem = problem.as_str().unwrap_or_default().to_string();
+    b.ensure(
+        problem.contains("pipeline.queue_depth") && problem.contains("between 1 and 64"),
+        format!("the editor says {problem:?}"),
+    )
+    .await?;
+    w.step("config-error-inline").await?;
+    let after = std::fs::read_to_string(agent.config()).unwrap_or_default();
+    b.ensure(
+        before == after,
+        "the config file changed after a refused save".to_string(),
+    )
+    .await?;
+
+    // Workflows: a signed workflow is applied; a tampered copy is refused with the reason.
+    w.nav("/workflows").await?;
+    let upload = |file: std::path::PathBuf| async move {
+        let input = b
+            .client()
+            .find(fantoccini::Locator::Css("#workflow-file"))
+            .await
+            .map_err(|e| BrowserError::Other(format!("the upload input: {e}")))?;
+        input
+            .send_keys(&file.display().to_string())
+            .await
+            .map_err(|e| BrowserError::Other(format!("choosing {}: {e}", file.display())))?;
+        b.execute("document.getElementById('workflow-result').textContent = ''; return true;")
+            .await?;
+        b.click("#workflow-upload button[type=submit]").await?;
+        let r = b
+            .wait_js(
+                "the upload's verdict",
+                "const r = document.getElementById('workflow-result').textContent; \
+                 return r && !r.startsWith('Verifying') && r;",
+                Duration::from_secs(60),
+            )
+            .await?;
+        Ok::<String, BrowserError>(r.as_str().unwrap_or_default().to_string())
+    };
+    let good = gateway.join("web.signed.maml.md");
+    let verdict = upload(good.clone()).await?;
+    b.ensure(
+        verdict.starts_with("applied"),
+        format!("the signed workflow: {verdict}"),
+    )
+    .await?;
+    w.step("workflow-applied").await?;
+    let text = std::fs::read_to_string(&good).unwrap_or_default();
+    let tampered = gateway.join("tampered.signed.maml.md");
+    std::fs::write(
+        &tampered,
+        text.replacen("passthrough", "timestamp_overlay", 1),
+    )
+    .map_err(|e| BrowserError::Other(format!("tampered copy: {e}")))?;
+    let verdict = upload(tampered).await?;
+    b.ensure(
+        !verdict.starts_with("applied") && verdict.to_lowercase().contains("signature"),
+        format!("the tampered workflow: {verdict}"),
+    )
+    .await?;
+    w.step("workflow-tampered-refused").await?;
+    w.logout().await?;
+    w.b.close().await
+}
+
+#[tokio::test]
+async fn live_overlays_latency_config_errors_and_workflow_uploads_in_a_browser() {
+    if !have_browser() {
+        return;
+    }
+    let repo = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let models = repo.join(".models");
+    // The gateway's keys, trust and a signed workflow for this device; the clip: the demo
+    // sample (faces for the detector) at 640x360.
+    let g = tempfile::tempdir().unwrap();
+    let gd = g.path();
+    aegis_tests::gateway_and_device(gd, "orin-1", &["site-a"]);
+    let clip = gd.join("faces.mp4");
+    let o = std::process::Command::new("ffmpeg")
+        .args(["-v", "error", "-i"])
+        .arg(repo.join(".samples/demo.mp4"))
+        .args([
+            "-vf",
+            "scale=640:360",
+            "-c:v",
+            "libx264",
+            "-preset",
+            "ultrafast",
+            "-g",
+            "30",
+        ])
+        .arg(&clip)
+        .output()
+        .expect("ffmpeg (tools/setup.sh installs it)");
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let now = aegis_ota::maml::now_s();
+    let text = aegis_ota::maml::workflow_text(
+        &aegis_ota::maml::Draft {
+            id: "00000000-0000-4000-8000-00000000b0b1",
+            issuer: "fleet-gw-1",
+            devices: &["orin-1"],
+            groups: &["site-a"],
+            sequence: 1,
+            issued_at: &aegis_ota::maml::format_time(now - 60),
+            expires_at: &aegis_ota::maml::format_time(now + 86_400),
+        },
+        &format!(
+            "  sources: [{{ id: cam0, url: \"file://{}\", loop: true, realtime: true }}]\n  stages: [{{ kind: passthrough }}]\n  sinks: [{{ kind: discard }}]",
+            clip.display()
+        ),
+    );
+    std::fs::write(gd.join("web.maml.md"), text).unwrap();
+    aegis_tests::chimera_ok(gd, &["sign", "web.maml.md", "--key", "gw.key"]);
+    let gp = gd.display();
+    let agent = WebAgent::start(&AgentSetup {
+        device: "orin-1".into(),
+        clip_file: Some(clip.clone()),
+        stages: vec![
+            "{ kind: detect, model: nn, classes: [FACE_FEMALE, FACE_MALE], min_score: 0.4, every_n_frames: 3 }".into(),
+            "{ kind: timestamp_overlay, clock_code: true }".into(),
+        ],
+        sinks: vec![format!(
+            "{{ kind: record, dir: {gp}/rec, segment_seconds: 10, disk_budget_mb: 50 }}"
+        )],
+        extra: format!(
+            "inference:\n  runtime: {}\n  models:\n    - {{ name: nn, kind: nudenet, file: {} }}\n\
+             workflows:\n  enabled: true\n  state_dir: {gp}/wf\n  keys_dir: {gp}/keys\n  \
+             trust: {{ roots: [{gp}/root/root.pub], metadata: {gp}/trust.signed }}\n  \
+             policy: {{ paths: [{gp}] }}\n  health: {{ window_s: 2, frames: 5 }}\n",
+            models.join("libonnxruntime.so.1.32.0").display(),
+            models.join("nudenet-320n.onnx").display(),
+        ),
+        ..AgentSetup::default()
+    });
+    if let Err(e) = console(&agent, gd).await {
+        panic!(
+            "{e}\n(artifacts in {})\nthe agent's log:\n{}",
+            artifacts().display(),
+            agent.log()
+        );
+    }
+}
