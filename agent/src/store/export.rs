@@ -64,11 +64,39 @@ pub fn format_utc(us: i64) -> String {
     )
 }
 
-/// `s` as one CSV field (RFC 4180: quoted when it holds `,` `"` or a line break).
+/// `s` as one CSV field (RFC 4180: quoted when it holds `,` `"` or a line break). Text that
+/// a spreadsheet would run as a formula (starting with `=`, `+`, `-`, `@`, a tab or a carriage
+/// return — a camera name or a sensor value is hostile input) gets a leading `'`, as OWASP
+/// advises; numbers (`-3.5`) are left as they are.
 pub fn csv_field(s: &str) -> String {
+    let formula = s.starts_with(['=', '+', '-', '@', '\t', '\r']) && s.parse::<f64>().is_err();
+    let s = if formula {
+        std::borrow::Cow::Owned(format!("'{s}"))
+    } else {
+        std::borrow::Cow::Borrowed(s)
+    };
     if s.contains([',', '"', '\n', '\r']) {
         format!("\"{}\"", s.replace('"', "\"\""))
     } else {
-        s.to_string()
+        s.into_owned()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::csv_field;
+
+    #[test]
+    fn csv_fields_are_quoted_and_formulas_defused() {
+        assert_eq!(csv_field("plain"), "plain");
+        assert_eq!(csv_field("a,b"), "\"a,b\"");
+        assert_eq!(csv_field("say \"hi\""), "\"say \"\"hi\"\"\"");
+        assert_eq!(csv_field("=HYPERLINK(\"http://x\")"), "\"'=HYPERLINK(\"\"http://x\"\")\"");
+        assert_eq!(csv_field("+1+cmd"), "'+1+cmd");
+        assert_eq!(csv_field("@SUM(A1)"), "'@SUM(A1)");
+        assert_eq!(csv_field("\tx"), "'\tx");
+        // Numbers stay numbers.
+        assert_eq!(csv_field("-3.5"), "-3.5");
+        assert_eq!(csv_field("+48.1"), "+48.1");
     }
 }
