@@ -168,6 +168,10 @@ pub static ROUTES: &[RouteSpec] = &[
         on(m, css)
     }),
     page(Method::GET, "/static/app.js", Access::Public, |m| on(m, js)),
+    // Browsers ask for it on every page: an empty answer instead of a 404 in their console.
+    page(Method::GET, "/favicon.ico", Access::Public, |m| {
+        on(m, || async { StatusCode::NO_CONTENT })
+    }),
     page(Method::GET, "/static/live.js", Access::Public, |m| {
         on(m, liveview::js)
     }),
