@@ -455,6 +455,17 @@ impl Metrics {
             .push((component.to_string(), source));
     }
 
+    /// One counter of a watched component, read now (None: no such component or counter).
+    pub fn component_value(&self, component: &str, counter: &str) -> Option<u64> {
+        self.component_sources
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+            .filter(|(c, _)| c == component)
+            .find_map(|(_, source)| source().into_iter().find(|(k, _)| *k == counter))
+            .map(|(_, v)| v)
+    }
+
     /// Renders the Prometheus text exposition, refreshing the process gauges first.
     pub fn render(&self) -> String {
         self.refresh_sources();

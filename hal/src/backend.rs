@@ -111,6 +111,18 @@ impl Backend {
         }
     }
 
+    /// The GPU's name and device memory `(name, used, total)` in bytes, when a GPU runs the
+    /// pipeline (None otherwise, or when the driver cannot say).
+    pub fn gpu_memory(&self) -> Option<(String, u64, u64)> {
+        let g = self.gpu.as_ref()?;
+        let (free, total) = g.memory().ok()?;
+        Some((
+            g.name.clone(),
+            (total - free.min(total)) as u64,
+            total as u64,
+        ))
+    }
+
     /// The GPU's name and its hardware encoder, for benchmark reports (`None` on the CPU).
     pub fn gpu_summary(&self) -> Option<String> {
         let g = self.gpu.as_ref()?;

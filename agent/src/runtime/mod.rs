@@ -153,6 +153,7 @@ pub async fn run(
             Some(why) => format!("{backend} (fell back: {why})"),
             None => backend.to_string(),
         },
+        gpu: selected.gpu.is_some().then(|| selected.clone()),
         started: Instant::now(),
         store_path: store.path().to_path_buf(),
         config: crate::web::pages::redacted_config(cfg),

@@ -900,6 +900,7 @@ mod route_tests {
                 metrics: Arc::new(Metrics::new("cpu")),
                 device: "dev-1".into(),
                 backend: "cpu".into(),
+                gpu: None,
                 started: Instant::now(),
                 store_path: dir.path().join("none.db"),
                 config: serde_json::Value::Null,

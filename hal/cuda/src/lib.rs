@@ -334,6 +334,13 @@ fn launch_2d(w: usize, h: usize) -> LaunchConfig {
 }
 
 impl Gpu {
+    /// Device memory `(free, total)` in bytes, as the driver reports it (`cuMemGetInfo`):
+    /// what the technician page's overview shows.
+    pub fn memory(&self) -> Result<(usize, usize), CudaError> {
+        self.ctx.bind_to_thread()?;
+        Ok(cudarc::driver::result::mem_get_info()?)
+    }
+
     /// Opens device `ordinal`: probes the libraries, creates the context and a stream,
     /// compiles the kernels for its architecture (or loads them from `cache_dir`).
     pub fn open(ordinal: usize, cache_dir: Option<PathBuf>) -> Result<Gpu, CudaError> {

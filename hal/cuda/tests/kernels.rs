@@ -166,3 +166,17 @@ mod serde_like {
         }
     }
 }
+
+/// The overview's GPU memory: the driver's figures, and an allocation shows in them.
+#[test]
+#[ignore = "needs a CUDA GPU and golden files: tools/device-test.sh runs it"]
+fn device_memory_is_reported_and_grows_with_an_allocation() {
+    let (gpu, _) = setup();
+    let (free0, total) = gpu.memory().unwrap();
+    assert!(total > 0 && free0 <= total, "{free0} of {total}");
+    let block = gpu.stream.alloc_zeros::<u8>(256 << 20).unwrap();
+    let (free1, _) = gpu.memory().unwrap();
+    eprintln!("device memory: {total} bytes, free {free0} then {free1} after 256 MiB");
+    assert!(free1 + (200 << 20) <= free0, "{free0} → {free1}");
+    drop(block);
+}

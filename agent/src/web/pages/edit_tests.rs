@@ -119,6 +119,7 @@ fn rig(outcome: DefaultOutcome, refuse: Option<String>) -> Rig {
             metrics,
             device: "dev-1".into(),
             backend: "cpu".into(),
+            gpu: None,
             started: Instant::now(),
             store_path: store.path().to_path_buf(),
             config: serde_json::Value::Null,

@@ -47,6 +47,8 @@ pub struct PagesState {
     pub device: String,
     /// The backend in use, and why the configured one was not, if it fell back.
     pub backend: String,
+    /// The backend in use, for the GPU's memory on the overview (None in tests).
+    pub gpu: Option<aegis_hal::backend::Backend>,
     /// Process start, for uptime.
     pub started: Instant,
     /// The event store's database file (read with read-only connections).

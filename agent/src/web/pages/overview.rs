@@ -86,11 +86,21 @@ pub(super) fn overview(s: &PagesState) -> Value {
             "cpu_ms": p.map(|p| p.cpu_ms),
         },
         "temperatures": temperatures(&s.thermal_root),
+        "gpu": s.gpu.as_ref().and_then(|b| b.gpu_memory()).map(|(name, used, total)| json!({
+            "name": name,
+            "memory_used_bytes": used,
+            "memory_total_bytes": total,
+        })),
         "store": {
             "db_bytes": size(&s.store_path),
             "wal_bytes": size(&wal),
             "disk_total_bytes": total,
             "disk_free_bytes": free,
+        },
+        "broker": match s.metrics.component_value("fleet", "connected") {
+            Some(1) => "connected",
+            Some(_) => "disconnected (events wait in the outbox)",
+            None => "off (fleet.enabled: false)",
         },
         "trust_version": trust,
         "workflow": workflow,
@@ -134,6 +144,10 @@ pub(super) async fn page(State(s): State<Arc<PagesState>>, viewer: Viewer) -> Ht
         ("Store WAL (bytes)", "store.wal_bytes"),
         ("Disk free (bytes)", "store.disk_free_bytes"),
         ("Disk total (bytes)", "store.disk_total_bytes"),
+        ("Broker", "broker"),
+        ("GPU", "gpu.name"),
+        ("GPU memory used (bytes)", "gpu.memory_used_bytes"),
+        ("GPU memory (bytes)", "gpu.memory_total_bytes"),
         ("Trust version", "trust_version"),
     ] {
         body.push_str(&row(label, key));

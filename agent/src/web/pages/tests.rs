@@ -64,6 +64,7 @@ fn fixture_with(
         metrics,
         device: "dev-1".into(),
         backend: "cpu".into(),
+        gpu: None,
         started: Instant::now(),
         store_path,
         config,
@@ -180,8 +181,25 @@ async fn overview_json_has_device_process_temperature_store_and_workflow() {
     assert!(v["store"]["disk_total_bytes"].as_u64().unwrap() > 0);
     assert_eq!(v["trust_version"], 3);
     assert_eq!(v["workflow"]["active"], "wf-7");
+    // No fleet link: the broker is off; no GPU: none shown.
+    assert_eq!(v["broker"], "off (fleet.enabled: false)");
+    assert_eq!(v["gpu"], serde_json::Value::Null);
     let (_, _, html) = get(&f.state, "/").await;
     assert!(html.contains("data-api=\"/api/overview\"") && html.contains("dev-1"));
+    // The fleet link's own counter says whether it is connected.
+    let up = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let u = up.clone();
+    f.state.metrics.watch_component(
+        "fleet",
+        Box::new(move || vec![("connected", u.load(std::sync::atomic::Ordering::Relaxed))]),
+    );
+    let broker =
+        |body: &str| serde_json::from_str::<serde_json::Value>(body).unwrap()["broker"].clone();
+    let (_, _, body) = get(&f.state, "/api/overview").await;
+    assert_eq!(broker(&body), "disconnected (events wait in the outbox)");
+    up.store(1, std::sync::atomic::Ordering::Relaxed);
+    let (_, _, body) = get(&f.state, "/api/overview").await;
+    assert_eq!(broker(&body), "connected");
 }
 
 #[test]
