@@ -141,6 +141,51 @@ fn chroma_rect(r: Rect) -> Rect {
     }
 }
 
+/// Checks an I420 frame's planes, lets `luma` draw into Y, and makes the chroma under the
+/// rectangle it drew neutral.
+fn on_i420(
+    mut y: PlaneMut<'_>,
+    mut u: PlaneMut<'_>,
+    mut v: PlaneMut<'_>,
+    w: usize,
+    h: usize,
+    luma: impl FnOnce(&mut PlaneMut<'_>) -> Option<Rect>,
+) -> Result<(), PixelError> {
+    check_even("I420 frame", w, h)?;
+    y.check("Y", w, h)?;
+    u.check("U", w / 2, h / 2)?;
+    v.check("V", w / 2, h / 2)?;
+    if let Some(bx) = luma(&mut y) {
+        let c = chroma_rect(bx);
+        fill(&mut u, c, NEUTRAL_CHROMA);
+        fill(&mut v, c, NEUTRAL_CHROMA);
+    }
+    Ok(())
+}
+
+/// [`on_i420`] for NV12 (interleaved chroma: two bytes per chroma sample).
+fn on_nv12(
+    mut y: PlaneMut<'_>,
+    mut uv: PlaneMut<'_>,
+    w: usize,
+    h: usize,
+    luma: impl FnOnce(&mut PlaneMut<'_>) -> Option<Rect>,
+) -> Result<(), PixelError> {
+    check_even("NV12 frame", w, h)?;
+    y.check("Y", w, h)?;
+    uv.check("UV", w, h / 2)?;
+    if let Some(bx) = luma(&mut y) {
+        let c = chroma_rect(bx);
+        let bytes = Rect {
+            x0: 2 * c.x0,
+            x1: 2 * c.x1,
+            ..c
+        };
+        fill(&mut uv, bytes, NEUTRAL_CHROMA);
+    }
+    Ok(())
+}
+
 /// Blocks of a [`draw_code_i420`] code: a white and a black reference, then 32 bits.
 pub const CODE_BLOCKS: usize = 34;
 
@@ -177,9 +222,9 @@ fn code_luma(
 /// the frame was stamped).
 #[allow(clippy::too_many_arguments)]
 pub fn draw_code_i420(
-    mut y: PlaneMut<'_>,
-    mut u: PlaneMut<'_>,
-    mut v: PlaneMut<'_>,
+    y: PlaneMut<'_>,
+    u: PlaneMut<'_>,
+    v: PlaneMut<'_>,
     w: usize,
     h: usize,
     x: usize,
@@ -187,23 +232,14 @@ pub fn draw_code_i420(
     block: usize,
     value: u32,
 ) -> Result<(), PixelError> {
-    check_even("I420 frame", w, h)?;
-    y.check("Y", w, h)?;
-    u.check("U", w / 2, h / 2)?;
-    v.check("V", w / 2, h / 2)?;
-    if let Some(bx) = code_luma(&mut y, w, h, x, y0, block, value) {
-        let c = chroma_rect(bx);
-        fill(&mut u, c, NEUTRAL_CHROMA);
-        fill(&mut v, c, NEUTRAL_CHROMA);
-    }
-    Ok(())
+    on_i420(y, u, v, w, h, |y| code_luma(y, w, h, x, y0, block, value))
 }
 
 /// [`draw_code_i420`] for NV12 frames.
 #[allow(clippy::too_many_arguments)]
 pub fn draw_code_nv12(
-    mut y: PlaneMut<'_>,
-    mut uv: PlaneMut<'_>,
+    y: PlaneMut<'_>,
+    uv: PlaneMut<'_>,
     w: usize,
     h: usize,
     x: usize,
@@ -211,22 +247,7 @@ pub fn draw_code_nv12(
     block: usize,
     value: u32,
 ) -> Result<(), PixelError> {
-    check_even("NV12 frame", w, h)?;
-    y.check("Y", w, h)?;
-    uv.check("UV", w, h / 2)?;
-    if let Some(bx) = code_luma(&mut y, w, h, x, y0, block, value) {
-        let c = chroma_rect(bx);
-        fill(
-            &mut uv,
-            Rect {
-                x0: 2 * c.x0,
-                x1: 2 * c.x1,
-                ..c
-            },
-            NEUTRAL_CHROMA,
-        );
-    }
-    Ok(())
+    on_nv12(y, uv, w, h, |y| code_luma(y, w, h, x, y0, block, value))
 }
 
 /// Draws `text` into an I420 frame of `w`x`h` pixels (both even), with the
@@ -236,9 +257,9 @@ pub fn draw_code_nv12(
 /// Errors only for odd dimensions or planes too small for the frame.
 #[allow(clippy::too_many_arguments)]
 pub fn draw_text_i420(
-    mut y: PlaneMut<'_>,
-    mut u: PlaneMut<'_>,
-    mut v: PlaneMut<'_>,
+    y: PlaneMut<'_>,
+    u: PlaneMut<'_>,
+    v: PlaneMut<'_>,
     w: usize,
     h: usize,
     x: usize,
@@ -246,24 +267,15 @@ pub fn draw_text_i420(
     scale: usize,
     text: &str,
 ) -> Result<(), PixelError> {
-    check_even("I420 frame", w, h)?;
-    y.check("Y", w, h)?;
-    u.check("U", w / 2, h / 2)?;
-    v.check("V", w / 2, h / 2)?;
-    if let Some(bx) = draw_luma(&mut y, w, h, x, y0, scale, text) {
-        let c = chroma_rect(bx);
-        fill(&mut u, c, NEUTRAL_CHROMA);
-        fill(&mut v, c, NEUTRAL_CHROMA);
-    }
-    Ok(())
+    on_i420(y, u, v, w, h, |y| draw_luma(y, w, h, x, y0, scale, text))
 }
 
 /// Draws `text` into an NV12 frame of `w`x`h` pixels (both even); same
 /// behaviour as [`draw_text_i420`].
 #[allow(clippy::too_many_arguments)]
 pub fn draw_text_nv12(
-    mut y: PlaneMut<'_>,
-    mut uv: PlaneMut<'_>,
+    y: PlaneMut<'_>,
+    uv: PlaneMut<'_>,
     w: usize,
     h: usize,
     x: usize,
@@ -271,19 +283,7 @@ pub fn draw_text_nv12(
     scale: usize,
     text: &str,
 ) -> Result<(), PixelError> {
-    check_even("NV12 frame", w, h)?;
-    y.check("Y", w, h)?;
-    uv.check("UV", w, h / 2)?;
-    if let Some(bx) = draw_luma(&mut y, w, h, x, y0, scale, text) {
-        let c = chroma_rect(bx);
-        let bytes = Rect {
-            x0: 2 * c.x0,
-            x1: 2 * c.x1,
-            ..c
-        };
-        fill(&mut uv, bytes, NEUTRAL_CHROMA);
-    }
-    Ok(())
+    on_nv12(y, uv, w, h, |y| draw_luma(y, w, h, x, y0, scale, text))
 }
 
 #[cfg(test)]
