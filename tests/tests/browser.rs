@@ -621,29 +621,28 @@ async fn live_overlays_latency_config_errors_and_workflow_uploads_in_a_browser()
     }
     let repo = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
     let models = repo.join(".models");
-    // The gateway's keys, trust and a signed workflow for this device; the clip: the demo
-    // sample (faces for the detector) at 640x360.
+    // The gateway's keys, trust and a signed workflow for this device; the clip: a sample
+    // panning over the astronaut photo (a face for the detector) at 640x360, as the demo's.
     let g = tempfile::tempdir().unwrap();
     let gd = g.path();
     aegis_tests::gateway_and_device(gd, "orin-1", &["site-a"]);
     let clip = gd.join("faces.mp4");
-    let o = std::process::Command::new("ffmpeg")
-        .args(["-v", "error", "-i"])
-        .arg(repo.join(".samples/demo.mp4"))
-        .args([
-            "-vf",
-            "scale=640:360",
-            "-c:v",
-            "libx264",
-            "-preset",
-            "ultrafast",
-            "-g",
-            "30",
-        ])
-        .arg(&clip)
-        .output()
-        .expect("ffmpeg (tools/setup.sh installs it)");
-    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    aegis_tests::aegis_ok(
+        gd,
+        &[
+            "sample",
+            "--out",
+            clip.to_str().unwrap(),
+            "--width",
+            "640",
+            "--height",
+            "360",
+            "--seconds",
+            "4",
+            "--background",
+            repo.join(".samples/astronaut.png").to_str().unwrap(),
+        ],
+    );
     let now = aegis_ota::maml::now_s();
     let text = aegis_ota::maml::workflow_text(
         &aegis_ota::maml::Draft {
