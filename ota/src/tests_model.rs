@@ -444,7 +444,8 @@ fn size_and_disk_rules() {
 
 #[test]
 fn format_rules_name_the_field() {
-    let cases: Vec<(fn(&mut ModelManifest), &str)> = vec![
+    type Edit = fn(&mut ModelManifest);
+    let cases: Vec<(Edit, &str)> = vec![
         (|m| m.name = "Moderation".into(), "name"),
         (|m| m.name = "a/b".into(), "name"),
         (|m| m.version = 0, "version"),
@@ -534,7 +535,7 @@ fn unsafe_file_paths_are_refused_naming_the_path() {
             other => panic!("{bad:?}: {other}"),
         }
     }
-    let too_deep = vec!["d"; MAX_PATH_DEPTH + 1].join("/");
+    let too_deep = ["d"; MAX_PATH_DEPTH + 1].join("/");
     assert!(check_file_path(&too_deep).is_err());
     assert!(check_file_path(&"a".repeat(MAX_PATH_LEN + 1)).is_err());
     // Twice, and a file that is also a directory.
