@@ -8,7 +8,8 @@
 //! expiry), the device-side checks ([`device`]: targets, trusted time, anti-replay, policy),
 //! sealing and group keys ([`seal`]: ML-KEM-768 and AES-256-GCM), `.mu` receipts
 //! ([`receipt`]), the device's persisted workflow state ([`state`]: trial, commit, rollback,
-//! monotonic trust, answered digests), and the `chimera` gateway CLI. See
+//! monotonic trust, answered digests), signed model bundle manifests ([`model`]), and the
+//! `chimera` gateway CLI. See
 //! `docs/security.md`. This crate must never know about frames.
 
 pub mod device;
@@ -16,6 +17,7 @@ pub mod fsutil;
 mod keyfile;
 pub use keyfile::{read_private, write_private};
 pub mod maml;
+pub mod model;
 pub mod receipt;
 pub mod seal;
 pub mod sign;
@@ -228,5 +230,7 @@ pub fn verify_document(
 mod tests;
 #[cfg(test)]
 mod tests_device;
+#[cfg(test)]
+mod tests_model;
 #[cfg(test)]
 mod tests_state;

@@ -473,6 +473,7 @@ mod key_files {
                 key: base64::engine::general_purpose::STANDARD.encode(issuer.public().to_bytes()),
                 devices: vec!["*".into()],
                 groups: vec![],
+                models: false,
             }],
             revoked: vec![],
         };

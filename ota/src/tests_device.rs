@@ -40,6 +40,7 @@ fn world() -> World {
             key: b64(&issuer),
             devices: vec!["orin-0042".into(), "orin-0043".into()],
             groups: vec!["site-a".into()],
+            models: false,
         }],
         revoked: vec![],
     };

@@ -39,6 +39,7 @@ impl Device {
             key: b64(k),
             devices: vec!["*".into()],
             groups: vec!["*".into()],
+            models: false,
         };
         let trust = TrustMetadata {
             kind: "aegis-trust".into(),

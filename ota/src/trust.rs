@@ -28,6 +28,12 @@ pub struct Issuer {
     /// Groups it may target (`*` = any).
     #[serde(default)]
     pub groups: Vec<String>,
+    /// Whether it may ship model bundles (signed model manifests) to those devices and
+    /// groups. Absent means no: a key trusted for workflows gains no new power when devices
+    /// learn about models. Written only when true, so metadata that grants no issuer models
+    /// stays readable by agents that predate the field (they refuse unknown fields).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub models: bool,
 }
 
 /// The root of trust: keys and how many must sign.

@@ -70,6 +70,7 @@ fn world() -> World {
             key: b64(&issuer),
             devices: vec!["orin-0042".into()],
             groups: vec![],
+            models: false,
         }],
         revoked: vec![],
     };

@@ -191,6 +191,7 @@ impl Rig {
             key: b64(k),
             devices: vec!["*".into()],
             groups: vec!["*".into()],
+            models: false,
         };
         let trust = TrustMetadata {
             kind: "aegis-trust".into(),

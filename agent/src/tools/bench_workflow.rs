@@ -78,6 +78,7 @@ pub fn bench_workflow(runs: usize, health_frames: u32) -> anyhow::Result<Workflo
             key: b64(&gw.public().to_bytes()),
             devices: vec!["*".into()],
             groups: vec![],
+            models: false,
         }],
         revoked: vec![],
     };

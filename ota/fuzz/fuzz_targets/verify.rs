@@ -40,6 +40,7 @@ fn world() -> &'static World {
                     key: base64::engine::general_purpose::STANDARD.encode(key.public().to_bytes()),
                     devices: vec!["*".into()],
                     groups: vec![],
+                    models: false,
                 }],
                 revoked: vec![],
             },

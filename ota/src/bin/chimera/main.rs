@@ -5,6 +5,7 @@
 mod docs;
 mod gateway;
 mod keys;
+mod model;
 mod trust;
 
 use std::path::{Path, PathBuf};
@@ -20,7 +21,7 @@ use clap::{Parser, Subcommand};
 #[command(
     name = "chimera",
     version,
-    about = "Aegis Edge gateway CLI: MAML workflows"
+    about = "Aegis Edge gateway CLI: MAML workflows and model bundles"
 )]
 struct Cli {
     #[command(subcommand)]
@@ -100,6 +101,11 @@ enum Command {
     },
     /// Record a device's public keys (and groups) in the gateway's device registry.
     Enroll(EnrollArgs),
+    /// Model bundles: pack a directory into a manifest, sign the manifest.
+    Model {
+        #[command(subcommand)]
+        what: model::ModelCommand,
+    },
 }
 
 #[derive(clap::Args, Debug)]
@@ -305,7 +311,8 @@ enum RootCommand {
 
 #[derive(Subcommand)]
 enum TrustCommand {
-    /// Allow an issuer key to sign workflows for some devices and groups (`*` = any).
+    /// Allow an issuer key to sign workflows (and, with --models, model manifests) for some
+    /// devices and groups (`*` = any).
     AddIssuer {
         /// The draft.
         #[arg(long)]
@@ -322,6 +329,10 @@ enum TrustCommand {
         /// Groups it may target.
         #[arg(long, value_delimiter = ',')]
         groups: Vec<String>,
+        /// It may also ship model bundles to them (signed model manifests). Only agents
+        /// that know model manifests read metadata that grants this.
+        #[arg(long)]
+        models: bool,
     },
     /// Revoke a key (by id): its signatures stop verifying once devices have the new version.
     Revoke {
@@ -492,6 +503,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Root { what } => trust::root(what)?,
         Command::Trust { what } => trust::trust(what)?,
         Command::Enroll(args) => keys::enroll(args)?,
+        Command::Model { what } => model::model(what)?,
     }
     Ok(())
 }
@@ -590,6 +602,7 @@ fn bench(runs: usize) -> anyhow::Result<()> {
             },
             devices: vec!["*".into()],
             groups: vec![],
+            models: false,
         }],
         revoked: vec![],
     };

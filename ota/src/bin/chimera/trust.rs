@@ -57,6 +57,7 @@ pub(crate) fn trust(what: TrustCommand) -> anyhow::Result<()> {
             key,
             devices,
             groups,
+            models,
         } => {
             let mut t = read_draft(&trust)?;
             let k = b64_pub(&key)?;
@@ -66,6 +67,7 @@ pub(crate) fn trust(what: TrustCommand) -> anyhow::Result<()> {
                 key: k,
                 devices,
                 groups,
+                models,
             });
             write_draft(&trust, t)?;
         }

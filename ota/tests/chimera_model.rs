@@ -1,0 +1,201 @@
+//! `chimera model pack` and `chimera model sign` through the real binary, then the
+//! device-side checks of the library on what they wrote: the manifest verifies against
+//! trust metadata that lets the issuer ship models, and the bundle's files match it.
+
+use std::path::Path;
+use std::process::{Command, Output};
+
+use aegis_config::BackendKind;
+use aegis_ota::device::Identity;
+use aegis_ota::model::{
+    BundleError, ModelContext, ModelRejection, Platform, verify_bundle_files, verify_manifest,
+};
+use aegis_ota::sign::PublicKey;
+use aegis_ota::trust::{Issuer, Roots, TrustMetadata};
+
+fn chimera(dir: &Path, args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_chimera"))
+        .current_dir(dir)
+        .args(args)
+        .output()
+        .expect("run chimera")
+}
+
+fn ok(dir: &Path, args: &[&str]) -> String {
+    let o = chimera(dir, args);
+    assert!(
+        o.status.success(),
+        "chimera {args:?}: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+fn refused(dir: &Path, args: &[&str]) -> String {
+    let o = chimera(dir, args);
+    assert!(!o.status.success(), "chimera {args:?} should fail");
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+const PACK: &[&str] = &[
+    "model",
+    "pack",
+    "bundle",
+    "--name",
+    "moderation",
+    "--version",
+    "4",
+    "--kind",
+    "yolov8",
+    "--group",
+    "site-a",
+    "--model",
+    "model.onnx",
+    "--labels",
+    "labels.txt",
+    "--input",
+    "images:float32:1x3x640x640",
+    "--output",
+    "output0:float32:1x84x8400",
+    "--reference-input",
+    "health/input.bin",
+    "--expect",
+    "output0:max:0.5:1",
+    "--out",
+    "manifest.json",
+];
+
+#[test]
+fn pack_sign_and_verify_round_trip() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let bundle = d.join("bundle");
+    std::fs::create_dir_all(bundle.join("health")).unwrap();
+    std::fs::write(bundle.join("model.onnx"), vec![3u8; 5000]).unwrap();
+    std::fs::write(bundle.join("labels.txt"), "person\ncar\n").unwrap();
+    std::fs::write(bundle.join("health/input.bin"), vec![1u8; 64]).unwrap();
+    ok(d, &["keygen", "--out", "gw"]);
+
+    let packed = ok(d, PACK);
+    assert!(packed.contains("3 files"), "{packed}");
+    // Never overwritten.
+    assert!(refused(d, PACK).contains("manifest.json"));
+    ok(d, &["model", "sign", "manifest.json", "--key", "gw.key"]);
+    let signed = std::fs::read(d.join("manifest.json.signed")).unwrap();
+    // Signing twice is refused.
+    let again = refused(
+        d,
+        &["model", "sign", "manifest.json.signed", "--key", "gw.key"],
+    );
+    assert!(again.contains("already signed"), "{again}");
+
+    let key = PublicKey::read(&d.join("gw.pub")).unwrap();
+    let mut trust = TrustMetadata {
+        kind: "aegis-trust".into(),
+        version: 2,
+        expires_at: "9999-01-01T00:00:00Z".into(),
+        root: Roots {
+            threshold: 1,
+            keys: vec![],
+        },
+        issuers: vec![Issuer {
+            name: "fleet-gw-1".into(),
+            key: {
+                use base64::Engine as _;
+                base64::engine::general_purpose::STANDARD.encode(key.to_bytes())
+            },
+            devices: vec![],
+            groups: vec!["site-a".into()],
+            models: true,
+        }],
+        revoked: vec![],
+    };
+    let ctx = ModelContext {
+        identity: Identity {
+            id: "orin-0042".into(),
+            groups: vec!["site-a".into()],
+        },
+        platform: Platform {
+            backend: BackendKind::Cuda,
+            module: None,
+            trt_version: None,
+        },
+        agent_version: env!("CARGO_PKG_VERSION").into(),
+        now_s: aegis_ota::maml::now_s(),
+        max_clock_skew_s: 300,
+        installed_version: Some(3),
+        free_disk_bytes: 1 << 30,
+        max_bundle_bytes: 1 << 30,
+    };
+    let v = verify_manifest(&signed, &trust, &ctx).unwrap();
+    assert_eq!(v.manifest.name, "moderation");
+    assert_eq!(v.manifest.version, 4);
+    assert_eq!(v.total_bytes, 5000 + 11 + 64);
+    verify_bundle_files(&bundle, &v).unwrap();
+
+    // A file changed after packing is caught, by name.
+    std::fs::write(bundle.join("labels.txt"), "person\ncat\n").unwrap();
+    assert!(matches!(
+        verify_bundle_files(&bundle, &v).unwrap_err(),
+        BundleError::Hash { path, .. } if path == "labels.txt"
+    ));
+    // The same issuer without the models grant is refused.
+    trust.issuers[0].models = false;
+    assert!(matches!(
+        verify_manifest(&signed, &trust, &ctx).unwrap_err(),
+        ModelRejection::NotModelIssuer { .. }
+    ));
+}
+
+#[test]
+fn add_issuer_models_flag_reaches_the_trust_metadata() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    ok(d, &["root", "init", "--dir", "root"]);
+    ok(d, &["keygen", "--out", "gw"]);
+    let add = |models: bool| {
+        let mut args = vec![
+            "trust",
+            "add-issuer",
+            "--trust",
+            "root/trust.json",
+            "--name",
+            "fleet-gw-1",
+            "--key",
+            "gw.pub",
+            "--groups",
+            "site-a",
+        ];
+        if models {
+            args.push("--models");
+        }
+        ok(d, &args);
+        let t: TrustMetadata =
+            serde_json::from_slice(&std::fs::read(d.join("root/trust.json")).unwrap()).unwrap();
+        t.issuers[0].models
+    };
+    assert!(!add(false));
+    assert!(add(true));
+}
+
+#[test]
+fn pack_refuses_a_bundle_with_a_symbolic_link_or_a_bad_manifest() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let bundle = d.join("bundle");
+    std::fs::create_dir_all(bundle.join("health")).unwrap();
+    std::fs::write(bundle.join("model.onnx"), b"m").unwrap();
+    std::fs::write(bundle.join("labels.txt"), b"l").unwrap();
+    std::fs::write(bundle.join("health/input.bin"), b"i").unwrap();
+    std::os::unix::fs::symlink("/etc/passwd", bundle.join("passwd")).unwrap();
+    let e = refused(d, PACK);
+    assert!(e.contains("passwd") && e.contains("symbolic link"), "{e}");
+    std::fs::remove_file(bundle.join("passwd")).unwrap();
+    // The model file named is not in the bundle.
+    let mut args = PACK.to_vec();
+    let i = args.iter().position(|a| *a == "model.onnx").unwrap();
+    args[i] = "missing.onnx";
+    let e = refused(d, &args);
+    assert!(e.contains("missing.onnx"), "{e}");
+    assert!(!d.join("manifest.json").exists());
+}
