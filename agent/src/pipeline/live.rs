@@ -106,7 +106,9 @@ pub struct LiveSlot {
     stream: String,
     watching: AtomicUsize,
     want_key: AtomicBool,
-    running: AtomicBool,
+    /// Sink threads feeding this stream now (a pipeline being replaced and its successor
+    /// may overlap for a moment: a count, not a flag).
+    running: AtomicUsize,
     next_id: AtomicU64,
     inner: Mutex<Inner>,
     counters: LiveCounters,
@@ -153,7 +155,7 @@ impl LiveSlot {
             stream: stream.to_string(),
             watching: AtomicUsize::new(0),
             want_key: AtomicBool::new(false),
-            running: AtomicBool::new(false),
+            running: AtomicUsize::new(0),
             next_id: AtomicU64::new(1),
             inner: Mutex::new(Inner::default()),
             counters,
@@ -170,9 +172,16 @@ impl LiveSlot {
         self.watching.load(Ordering::Relaxed)
     }
 
-    /// The sink thread says whether the stream runs (a workflow may remove it).
+    /// A sink thread starts (`true`) or stops (`false`) feeding the stream (a workflow may
+    /// remove it).
     pub fn set_running(&self, running: bool) {
-        self.running.store(running, Ordering::Relaxed);
+        if running {
+            self.running.fetch_add(1, Ordering::AcqRel);
+        } else {
+            let _ = self
+                .running
+                .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| n.checked_sub(1));
+        }
     }
 
     fn join(self: &Arc<Self>) -> Subscription {
@@ -420,7 +429,7 @@ impl LiveHub {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .iter()
-            .filter(|s| s.running.load(Ordering::Relaxed))
+            .filter(|s| s.running.load(Ordering::Acquire) > 0)
             .map(|s| s.stream.clone())
             .collect()
     }
@@ -431,7 +440,7 @@ impl LiveHub {
             let slots = self.slots.lock().unwrap_or_else(|e| e.into_inner());
             slots
                 .iter()
-                .find(|s| s.stream == stream && s.running.load(Ordering::Relaxed))
+                .find(|s| s.stream == stream && s.running.load(Ordering::Acquire) > 0)
                 .cloned()
         };
         match slot {
@@ -688,6 +697,22 @@ mod tests {
             }
         }
         out
+    }
+
+    #[test]
+    fn a_stream_runs_while_any_sink_thread_feeds_it() {
+        let hub = LiveHub::default();
+        let slot = hub.slot("cam");
+        assert!(hub.running().is_empty());
+        slot.set_running(true);
+        // The replacing pipeline starts before the old one's sink thread ends.
+        slot.set_running(true);
+        slot.set_running(false);
+        assert_eq!(hub.running(), ["cam"]);
+        slot.set_running(false);
+        slot.set_running(false);
+        assert!(hub.running().is_empty());
+        assert!(hub.subscribe("cam").is_err());
     }
 
     #[test]
