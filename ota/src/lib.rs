@@ -8,9 +8,10 @@
 //! expiry), the device-side checks ([`device`]: targets, trusted time, anti-replay, policy),
 //! sealing and group keys ([`seal`]: ML-KEM-768 and AES-256-GCM), `.mu` receipts
 //! ([`receipt`]), the device's persisted workflow state ([`state`]: trial, commit, rollback,
-//! monotonic trust, answered digests), signed model bundle manifests ([`model`]), and the
-//! `chimera` gateway CLI. See
-//! `docs/security.md`. This crate must never know about frames.
+//! monotonic trust, answered digests), signed model bundle manifests ([`model`]), the
+//! device's model store ([`model_store`]: staging, install on trial, confirm, rollback,
+//! crash recovery), and the `chimera` gateway CLI. See `docs/security.md`. This crate must
+//! never know about frames.
 
 pub mod device;
 pub mod fsutil;
@@ -18,6 +19,7 @@ mod keyfile;
 pub use keyfile::{read_private, write_private};
 pub mod maml;
 pub mod model;
+pub mod model_store;
 pub mod receipt;
 pub mod seal;
 pub mod sign;
@@ -232,5 +234,7 @@ mod tests;
 mod tests_device;
 #[cfg(test)]
 mod tests_model;
+#[cfg(test)]
+mod tests_model_store;
 #[cfg(test)]
 mod tests_state;

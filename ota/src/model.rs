@@ -14,7 +14,8 @@
 //! signature can never pass as a model's (or the reverse).
 //!
 //! This module must not download, install or load anything: it decides whether bytes may
-//! go further. Delivery, staging and the swap are the agent's.
+//! go further. Staging, install and rollback on disk are [`crate::model_store`]'s; delivery
+//! and the swap are the agent's.
 
 use std::collections::BTreeSet;
 use std::path::{Component, Path, PathBuf};
@@ -452,7 +453,7 @@ pub fn check_file_path(path: &str) -> Result<(), String> {
 }
 
 /// The model name rule (configuration ids): 1 to 64 of `[a-z0-9_-]`.
-fn check_name(name: &str) -> Result<(), String> {
+pub(crate) fn check_name(name: &str) -> Result<(), String> {
     if name.is_empty() || name.len() > MAX_NAME_LEN {
         return Err(format!("name {name:?}: 1 to {MAX_NAME_LEN} characters"));
     }
@@ -483,7 +484,7 @@ pub fn parse_version(v: &str) -> Option<(u64, u64, u64)> {
     it.next().is_none().then_some(t)
 }
 
-fn is_sha256_hex(s: &str) -> bool {
+pub(crate) fn is_sha256_hex(s: &str) -> bool {
     s.len() == 64 && s.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
 }
 

@@ -1,0 +1,769 @@
+//! The device's model store: where verified model bundles are staged, installed, tried,
+//! confirmed and rolled back, within a disk budget, so that a crash at any moment leaves
+//! every model's `active` version a complete directory.
+//!
+//! On disk, under the store root (0700, e.g. `/var/lib/aegis/models`):
+//!
+//! ```text
+//! state.json                 per model name: active, previous and trial versions (with the
+//!                            manifest digest and byte total of each) and the highest
+//!                            version ever installed; the only commit point
+//! <name>/<version>/…         an installed bundle, exactly the manifest's files
+//! .staging/<name>-<version>/ where the downloader writes a bundle before install
+//! .trash/                    directories on their way out (renamed here, then deleted)
+//! ```
+//!
+//! Model names are `[a-z0-9_-]`, so `.staging`, `.trash` and `state.json` never collide with
+//! one. Every change is a sequence of atomic steps — a directory rename (then an fsync of
+//! the directories involved) or a whole-file replacement of `state.json`
+//! ([`crate::fsutil::write_atomic`]) — ordered so that `state.json` only ever names
+//! directories that are complete: a bundle is verified in staging and renamed into place
+//! *before* the state names it, and a version leaves the state *before* its directory is
+//! moved to `.trash`. A directory the state does not name is an orphan of an interrupted
+//! change, and [`ModelStore::open`] removes it.
+//!
+//! This module moves and deletes directories and keeps the record; it never loads a model,
+//! runs a health check or downloads anything (the agent does, and calls
+//! [`ModelStore::confirm`] or [`ModelStore::rollback`] with the verdict).
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use crate::fsutil::{private_dir, write_atomic};
+use crate::model::{BundleError, VerifiedManifest, check_name, is_sha256_hex, verify_bundle_files};
+
+/// The state file's name under the root.
+pub const STATE_FILE: &str = "state.json";
+/// The staging area under the root.
+pub const STAGING_DIR: &str = ".staging";
+/// Where directories go before they are deleted.
+pub const TRASH_DIR: &str = ".trash";
+/// Largest state file read (bytes): a record per model name, each a few hundred bytes.
+pub const MAX_STATE_BYTES: u64 = 1 << 20;
+/// The `format` of the state file this module writes.
+pub const STATE_FORMAT: u32 = 1;
+
+/// One installed version, as the state records it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct VersionRecord {
+    /// The manifest's version.
+    pub version: u64,
+    /// SHA-256 of the signed manifest it was installed from.
+    pub digest: String,
+    /// The bundle's total size (sum of its files), bytes.
+    pub bytes: u64,
+}
+
+/// What the store records for one model name.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ModelRecord {
+    /// The confirmed version that runs (None: none confirmed yet).
+    #[serde(default)]
+    pub active: Option<VersionRecord>,
+    /// The confirmed version before it (the rollback target).
+    #[serde(default)]
+    pub previous: Option<VersionRecord>,
+    /// A version installed and activated but not yet confirmed healthy.
+    #[serde(default)]
+    pub trial: Option<VersionRecord>,
+    /// The highest version ever installed under this name: an install must be above it
+    /// (a version rolled back from is never installed again; its fix gets a new version).
+    pub highest: u64,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct StoreState {
+    format: u32,
+    models: BTreeMap<String, ModelRecord>,
+}
+
+/// One model in [`ModelStore::list`] (for `aegis models list` and the web page).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ModelEntry {
+    /// Its name.
+    pub name: String,
+    /// Its record (versions, digests, sizes).
+    pub record: ModelRecord,
+}
+
+/// A bundle installed on trial by [`ModelStore::install`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Installed {
+    /// The model name.
+    pub name: String,
+    /// The version.
+    pub version: u64,
+    /// Its directory (the bundle's files, verified).
+    pub dir: PathBuf,
+}
+
+/// What [`ModelStore::open`] repaired after an interruption, one line each (for the log
+/// and status).
+pub type Recovered = Vec<String>;
+
+/// Why a store operation failed; each names the path, model or version.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// A file or directory of the store could not be read, written or moved.
+    #[error("model store: {path}: {source}")]
+    Io {
+        /// The path.
+        path: PathBuf,
+        /// The cause.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The store root is not a plain directory.
+    #[error("model store: root {path}: {reason}")]
+    Root {
+        /// The root.
+        path: PathBuf,
+        /// Why.
+        reason: String,
+    },
+    /// The state file is damaged or hostile; nothing it says is followed.
+    #[error("model store: state file {path}: {reason} (refused; nothing was changed)")]
+    State {
+        /// The state file.
+        path: PathBuf,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// A name the store cannot use as a directory.
+    #[error("model store: model name {name:?}: {reason}")]
+    Name {
+        /// The name.
+        name: String,
+        /// Why.
+        reason: String,
+    },
+    /// Not above the highest version ever installed under this name.
+    #[error(
+        "model {name:?}: version {offered} is not above version {highest}, the highest installed \
+         (versions only move forward; going back is a rollback)"
+    )]
+    NotNewer {
+        /// The model.
+        name: String,
+        /// Offered.
+        offered: u64,
+        /// The highest ever installed.
+        highest: u64,
+    },
+    /// A version is on trial: confirm or roll it back first.
+    #[error("model {name:?}: version {version} is on trial; confirm or roll it back first")]
+    TrialPending {
+        /// The model.
+        name: String,
+        /// The version on trial.
+        version: u64,
+    },
+    /// Nothing on trial to confirm.
+    #[error("model {name:?}: no version on trial to confirm")]
+    NoTrial {
+        /// The model.
+        name: String,
+    },
+    /// Nothing to roll back to.
+    #[error("model {name:?}: nothing to roll back to (no trial and no previous version)")]
+    NoPrevious {
+        /// The model.
+        name: String,
+    },
+    /// The bundle would not fit in the budget.
+    #[error(
+        "model {name:?} version {version}: {needed} bytes do not fit: {used} bytes of the \
+         {budget}-byte budget are used by installed and staged bundles"
+    )]
+    Budget {
+        /// The model.
+        name: String,
+        /// The version.
+        version: u64,
+        /// The bundle's size.
+        needed: u64,
+        /// Installed + staged bytes.
+        used: u64,
+        /// The budget.
+        budget: u64,
+    },
+    /// The staged files do not match the manifest (the staging directory was removed).
+    #[error("model {name:?} version {version}: staged bundle refused: {source}")]
+    Bundle {
+        /// The model.
+        name: String,
+        /// The version.
+        version: u64,
+        /// What did not match.
+        #[source]
+        source: BundleError,
+    },
+    /// A test stopped the operation at this step, as a crash would.
+    #[cfg(test)]
+    #[error("interrupted at step {0}")]
+    Interrupted(&'static str),
+}
+
+fn io(path: &Path) -> impl FnOnce(std::io::Error) -> StoreError + '_ {
+    move |source| StoreError::Io {
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+/// The device's model store (see the module docs). One per root; not shared between
+/// processes.
+#[derive(Debug)]
+pub struct ModelStore {
+    root: PathBuf,
+    budget: u64,
+    state: StoreState,
+    /// Test hook: fail with `Interrupted` when this many steps have run.
+    #[cfg(test)]
+    pub(crate) crash_after: Option<usize>,
+}
+
+impl ModelStore {
+    /// Opens (creating if absent) the store at `root` with a budget of `budget_bytes` for
+    /// installed plus staged bundles, and recovers from an interrupted change: empties
+    /// staging and trash, rolls back a version left on trial (the device keeps only models
+    /// that passed their health check), checks that every recorded directory is complete
+    /// (a plain directory holding exactly the recorded bytes, no symbolic link) — an
+    /// incomplete `active` falls back to `previous`, or to none — and removes directories
+    /// the state does not name. A damaged or hostile state file is refused
+    /// ([`StoreError::State`]) and nothing is changed.
+    pub fn open(root: &Path, budget_bytes: u64) -> Result<(ModelStore, Recovered), StoreError> {
+        match std::fs::symlink_metadata(root) {
+            Ok(m) if !m.is_dir() => {
+                return Err(StoreError::Root {
+                    path: root.to_path_buf(),
+                    reason: "not a directory (or a symbolic link)".into(),
+                });
+            }
+            Ok(_) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(io(root)(e)),
+        }
+        private_dir(root).map_err(io(root))?;
+        let state = read_state(&root.join(STATE_FILE))?;
+        let mut store = ModelStore {
+            root: root.to_path_buf(),
+            budget: budget_bytes,
+            state,
+            #[cfg(test)]
+            crash_after: None,
+        };
+        let mut recovered = Vec::new();
+        for area in [STAGING_DIR, TRASH_DIR] {
+            let dir = store.root.join(area);
+            remove_path(&dir)?;
+            private_dir(&dir).map_err(io(&dir))?;
+        }
+        let mut next = store.state.clone();
+        for (name, rec) in next.models.iter_mut() {
+            if let Some(t) = rec.trial.take() {
+                recovered.push(format!(
+                    "model {name:?}: version {} was on trial at start-up: rolled back",
+                    t.version
+                ));
+            }
+            if let Some(p) = rec.previous.take() {
+                if store.complete(name, &p)? {
+                    rec.previous = Some(p);
+                } else {
+                    recovered.push(format!(
+                        "model {name:?}: previous version {} is incomplete: dropped",
+                        p.version
+                    ));
+                }
+            }
+            if let Some(a) = rec.active.take() {
+                if store.complete(name, &a)? {
+                    rec.active = Some(a);
+                } else {
+                    recovered.push(format!(
+                        "model {name:?}: active version {} is incomplete: {}",
+                        a.version,
+                        match &rec.previous {
+                            Some(p) => format!("back to version {}", p.version),
+                            None => "none active".into(),
+                        }
+                    ));
+                    rec.active = rec.previous.take();
+                }
+            }
+        }
+        if next != store.state {
+            store.commit(next)?;
+        }
+        store.remove_orphans(&mut recovered)?;
+        Ok((store, recovered))
+    }
+
+    /// The store root.
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    /// The staging directory for `v`'s bundle, created empty if absent (a partial download
+    /// of the same version is kept, for resume). Other staged versions of the same name are
+    /// removed first. Refuses, before creating anything, a bundle that does not fit in the
+    /// budget counting every installed version and every other staged directory, and a
+    /// version that [`install`](Self::install) would refuse.
+    pub fn staging_dir(&mut self, v: &VerifiedManifest) -> Result<PathBuf, StoreError> {
+        let (name, version) = (&v.manifest.name, v.manifest.version);
+        self.check_installable(name, version)?;
+        let staging = self.root.join(STAGING_DIR);
+        let mine = format!("{name}-{version}");
+        let mut staged = 0u64;
+        let mut stale = Vec::new();
+        for entry in std::fs::read_dir(&staging).map_err(io(&staging))? {
+            let entry = entry.map_err(io(&staging))?;
+            let file_name = entry.file_name().to_string_lossy().into_owned();
+            if file_name == mine {
+                continue;
+            }
+            let same_name = file_name
+                .rsplit_once('-')
+                .is_some_and(|(n, ver)| n == name && ver.parse::<u64>().is_ok());
+            if same_name {
+                stale.push(entry.path());
+            } else {
+                staged = staged.saturating_add(tree_bytes(&entry.path())?.unwrap_or(0));
+            }
+        }
+        let used = self.installed_bytes().saturating_add(staged);
+        if used.saturating_add(v.total_bytes) > self.budget {
+            return Err(StoreError::Budget {
+                name: name.clone(),
+                version,
+                needed: v.total_bytes,
+                used,
+                budget: self.budget,
+            });
+        }
+        for p in stale {
+            self.discard(&p)?;
+        }
+        let dir = staging.join(mine);
+        private_dir(&dir).map_err(io(&dir))?;
+        Ok(dir)
+    }
+
+    /// Installs `v`'s staged bundle on trial: checks its files against the manifest
+    /// ([`verify_bundle_files`]; on a mismatch the staging directory is removed and nothing
+    /// else changes), renames it into `<name>/<version>`, then records it as `trial`. The
+    /// confirmed `active` version is untouched until [`confirm`](Self::confirm).
+    pub fn install(&mut self, v: &VerifiedManifest) -> Result<Installed, StoreError> {
+        let (name, version) = (v.manifest.name.clone(), v.manifest.version);
+        self.check_installable(&name, version)?;
+        let staged = self
+            .root
+            .join(STAGING_DIR)
+            .join(format!("{name}-{version}"));
+        if let Err(source) = verify_bundle_files(&staged, v) {
+            if std::fs::symlink_metadata(&staged).is_ok() {
+                self.discard(&staged)?;
+            }
+            return Err(StoreError::Bundle {
+                name,
+                version,
+                source,
+            });
+        }
+        self.step("verified")?;
+        let name_dir = self.root.join(&name);
+        private_dir(&name_dir).map_err(io(&name_dir))?;
+        let dest = name_dir.join(version.to_string());
+        if std::fs::symlink_metadata(&dest).is_ok() {
+            // An orphan of an earlier interrupted install in this session.
+            self.discard(&dest)?;
+        }
+        self.step("name directory")?;
+        std::fs::rename(&staged, &dest).map_err(io(&dest))?;
+        sync_dir(&name_dir)?;
+        sync_dir(&self.root.join(STAGING_DIR))?;
+        self.step("renamed into place")?;
+        let mut next = self.state.clone();
+        let rec = next.models.entry(name.clone()).or_default();
+        rec.trial = Some(VersionRecord {
+            version,
+            digest: v.digest.clone(),
+            bytes: v.total_bytes,
+        });
+        rec.highest = version;
+        self.commit(next)?;
+        Ok(Installed {
+            name,
+            version,
+            dir: dest,
+        })
+    }
+
+    /// Confirms `name`'s trial version healthy: it becomes `active`, the old active becomes
+    /// `previous`, and the old previous is deleted.
+    pub fn confirm(&mut self, name: &str) -> Result<(), StoreError> {
+        let mut next = self.state.clone();
+        let rec = next
+            .models
+            .get_mut(name)
+            .ok_or_else(|| StoreError::NoTrial { name: name.into() })?;
+        let trial = rec
+            .trial
+            .take()
+            .ok_or_else(|| StoreError::NoTrial { name: name.into() })?;
+        let dropped = rec.previous.take();
+        rec.previous = rec.active.replace(trial);
+        self.step("confirm")?;
+        self.commit(next)?;
+        self.step("confirmed")?;
+        if let Some(old) = dropped {
+            let dir = self.version_dir(name, old.version);
+            self.discard(&dir)?;
+        }
+        Ok(())
+    }
+
+    /// Rolls `name` back: a version on trial is dropped (the health check failed; `active`
+    /// stays what it was), otherwise `active` returns to `previous` (a signed rollback
+    /// order) and the version rolled back from is deleted. Either way the version left is
+    /// never installed again ([`ModelRecord::highest`]).
+    pub fn rollback(&mut self, name: &str) -> Result<u64, StoreError> {
+        let mut next = self.state.clone();
+        let rec = next
+            .models
+            .get_mut(name)
+            .ok_or_else(|| StoreError::NoPrevious { name: name.into() })?;
+        let dropped = if let Some(t) = rec.trial.take() {
+            t
+        } else if let Some(p) = rec.previous.take() {
+            match rec.active.replace(p) {
+                Some(a) => a,
+                None => return Err(StoreError::NoPrevious { name: name.into() }),
+            }
+        } else {
+            return Err(StoreError::NoPrevious { name: name.into() });
+        };
+        self.step("rollback")?;
+        self.commit(next)?;
+        self.step("rolled back")?;
+        let dir = self.version_dir(name, dropped.version);
+        self.discard(&dir)?;
+        Ok(dropped.version)
+    }
+
+    /// `name`'s confirmed active version and its directory.
+    pub fn active(&self, name: &str) -> Option<(u64, PathBuf)> {
+        let a = self.state.models.get(name)?.active.as_ref()?;
+        Some((a.version, self.version_dir(name, a.version)))
+    }
+
+    /// `name`'s version on trial and its directory.
+    pub fn trial(&self, name: &str) -> Option<(u64, PathBuf)> {
+        let t = self.state.models.get(name)?.trial.as_ref()?;
+        Some((t.version, self.version_dir(name, t.version)))
+    }
+
+    /// Every model name with its record, sorted by name.
+    pub fn list(&self) -> Vec<ModelEntry> {
+        self.state
+            .models
+            .iter()
+            .map(|(name, record)| ModelEntry {
+                name: name.clone(),
+                record: record.clone(),
+            })
+            .collect()
+    }
+
+    /// Bytes of every installed version (active, previous, trial) of every model.
+    pub fn installed_bytes(&self) -> u64 {
+        self.state
+            .models
+            .values()
+            .flat_map(|r| [&r.active, &r.previous, &r.trial])
+            .flatten()
+            .fold(0u64, |acc, v| acc.saturating_add(v.bytes))
+    }
+
+    fn version_dir(&self, name: &str, version: u64) -> PathBuf {
+        self.root.join(name).join(version.to_string())
+    }
+
+    fn check_installable(&self, name: &str, version: u64) -> Result<(), StoreError> {
+        check_name(name).map_err(|reason| StoreError::Name {
+            name: name.into(),
+            reason,
+        })?;
+        if let Some(rec) = self.state.models.get(name) {
+            if let Some(t) = &rec.trial {
+                return Err(StoreError::TrialPending {
+                    name: name.into(),
+                    version: t.version,
+                });
+            }
+            if version <= rec.highest {
+                return Err(StoreError::NotNewer {
+                    name: name.into(),
+                    offered: version,
+                    highest: rec.highest,
+                });
+            }
+        }
+        Ok(())
+    }
+
+    /// Whether `name`'s version `v` is a plain directory of exactly its recorded bytes with
+    /// no symbolic link (a cheap check at start-up; the loader checks the hashes).
+    fn complete(&self, name: &str, v: &VersionRecord) -> Result<bool, StoreError> {
+        let name_dir = self.root.join(name);
+        match std::fs::symlink_metadata(&name_dir) {
+            Ok(m) if m.is_dir() => {}
+            Ok(_) => return Ok(false),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(false),
+            Err(e) => return Err(io(&name_dir)(e)),
+        }
+        Ok(tree_bytes(&self.version_dir(name, v.version))? == Some(v.bytes))
+    }
+
+    /// Removes what the state does not name: unknown version directories under a model's
+    /// directory, and directories of names with no record (only entries shaped like a
+    /// model name; anything else at the root is left alone).
+    fn remove_orphans(&mut self, recovered: &mut Recovered) -> Result<(), StoreError> {
+        let root = self.root.clone();
+        for entry in std::fs::read_dir(&root).map_err(io(&root))? {
+            let entry = entry.map_err(io(&root))?;
+            let file_name = entry.file_name().to_string_lossy().into_owned();
+            if check_name(&file_name).is_err() {
+                continue;
+            }
+            let ft = entry.file_type().map_err(io(&entry.path()))?;
+            let rec = match self.state.models.get(&file_name) {
+                // A link or file where a model's directory belongs is never followed.
+                Some(rec) if ft.is_dir() => rec.clone(),
+                _ => {
+                    recovered.push(format!(
+                        "{file_name}: no record, or not a directory: removed"
+                    ));
+                    self.discard(&entry.path())?;
+                    continue;
+                }
+            };
+            let keep: Vec<String> = [&rec.active, &rec.previous, &rec.trial]
+                .into_iter()
+                .flatten()
+                .map(|v| v.version.to_string())
+                .collect();
+            let dir = entry.path();
+            for sub in std::fs::read_dir(&dir).map_err(io(&dir))? {
+                let sub = sub.map_err(io(&dir))?;
+                let n = sub.file_name().to_string_lossy().into_owned();
+                if !keep.contains(&n) {
+                    recovered.push(format!("{file_name}/{n}: not in the state: removed"));
+                    self.discard(&sub.path())?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Deletes `path` crash-safely: renamed into the trash first (so a half-deleted tree
+    /// never sits where a version is looked for), then removed.
+    fn discard(&mut self, path: &Path) -> Result<(), StoreError> {
+        let trash = self.root.join(TRASH_DIR);
+        private_dir(&trash).map_err(io(&trash))?;
+        let mut n = 0u32;
+        let target = loop {
+            let t = trash.join(format!("{}-{n}", std::process::id()));
+            if std::fs::symlink_metadata(&t).is_err() {
+                break t;
+            }
+            n += 1;
+        };
+        match std::fs::rename(path, &target) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+            Err(e) => return Err(io(path)(e)),
+        }
+        if let Some(parent) = path.parent() {
+            sync_dir(parent)?;
+        }
+        self.step("moved to the trash")?;
+        remove_path(&target)
+    }
+
+    /// Writes `next` as the state (the commit point), then holds it in memory.
+    fn commit(&mut self, mut next: StoreState) -> Result<(), StoreError> {
+        next.format = STATE_FORMAT;
+        next.models.retain(|_, r| {
+            r.active.is_some() || r.previous.is_some() || r.trial.is_some() || r.highest > 0
+        });
+        let path = self.root.join(STATE_FILE);
+        let bytes = serde_json::to_vec_pretty(&next).map_err(|e| StoreError::State {
+            path: path.clone(),
+            reason: e.to_string(),
+        })?;
+        write_atomic(&path, &bytes).map_err(io(&path))?;
+        self.state = next;
+        Ok(())
+    }
+
+    #[cfg(test)]
+    fn step(&mut self, what: &'static str) -> Result<(), StoreError> {
+        match self.crash_after.as_mut() {
+            Some(0) => Err(StoreError::Interrupted(what)),
+            Some(n) => {
+                *n -= 1;
+                Ok(())
+            }
+            None => Ok(()),
+        }
+    }
+
+    #[cfg(not(test))]
+    fn step(&mut self, _what: &'static str) -> Result<(), StoreError> {
+        Ok(())
+    }
+}
+
+/// Reads and validates the state file (absent: empty).
+fn read_state(path: &Path) -> Result<StoreState, StoreError> {
+    use std::io::Read;
+    use std::os::unix::fs::OpenOptionsExt;
+    let bad = |reason: String| StoreError::State {
+        path: path.to_path_buf(),
+        reason,
+    };
+    let file = match std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC | libc::O_NONBLOCK)
+        .open(path)
+    {
+        Ok(f) => f,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            return Ok(StoreState {
+                format: STATE_FORMAT,
+                models: BTreeMap::new(),
+            });
+        }
+        Err(e) if e.raw_os_error() == Some(libc::ELOOP) => {
+            return Err(bad("a symbolic link".into()));
+        }
+        Err(e) => return Err(io(path)(e)),
+    };
+    let meta = file.metadata().map_err(io(path))?;
+    if !meta.is_file() {
+        return Err(bad("not a regular file".into()));
+    }
+    let mut bytes = Vec::new();
+    file.take(MAX_STATE_BYTES + 1)
+        .read_to_end(&mut bytes)
+        .map_err(io(path))?;
+    if bytes.len() as u64 > MAX_STATE_BYTES {
+        return Err(bad(format!("larger than {MAX_STATE_BYTES} bytes")));
+    }
+    let state: StoreState = serde_json::from_slice(&bytes).map_err(|e| bad(e.to_string()))?;
+    if state.format != STATE_FORMAT {
+        return Err(bad(format!(
+            "format {} (this agent reads {STATE_FORMAT})",
+            state.format
+        )));
+    }
+    for (name, rec) in &state.models {
+        check_name(name).map_err(|r| bad(format!("model {r}")))?;
+        let versions = [
+            ("active", &rec.active),
+            ("previous", &rec.previous),
+            ("trial", &rec.trial),
+        ];
+        for (what, v) in versions {
+            let Some(v) = v else { continue };
+            if v.version == 0 || v.version > rec.highest {
+                return Err(bad(format!(
+                    "model {name:?}: {what} version {} is not between 1 and highest {}",
+                    v.version, rec.highest
+                )));
+            }
+            if !is_sha256_hex(&v.digest) {
+                return Err(bad(format!(
+                    "model {name:?}: {what} digest {:?} is not a sha256",
+                    v.digest
+                )));
+            }
+        }
+        let order = |lo: &Option<VersionRecord>, hi: &Option<VersionRecord>| match (lo, hi) {
+            (Some(l), Some(h)) => l.version < h.version,
+            _ => true,
+        };
+        if !order(&rec.previous, &rec.active)
+            || !order(&rec.active, &rec.trial)
+            || !order(&rec.previous, &rec.trial)
+            || (rec.previous.is_some() && rec.active.is_none())
+        {
+            return Err(bad(format!(
+                "model {name:?}: versions out of order (previous < active < trial required)"
+            )));
+        }
+    }
+    Ok(state)
+}
+
+/// The total size of the regular files under `dir`, or None if it is missing, not a plain
+/// directory, or holds a symbolic link or special file anywhere (depth bounded by the
+/// manifest path rule).
+fn tree_bytes(dir: &Path) -> Result<Option<u64>, StoreError> {
+    fn walk(dir: &Path, depth: usize) -> Result<Option<u64>, StoreError> {
+        if depth > crate::model::MAX_PATH_DEPTH {
+            return Ok(None);
+        }
+        let mut total = 0u64;
+        for entry in std::fs::read_dir(dir).map_err(io(dir))? {
+            let entry = entry.map_err(io(dir))?;
+            let ft = entry.file_type().map_err(io(&entry.path()))?;
+            if ft.is_dir() {
+                match walk(&entry.path(), depth + 1)? {
+                    Some(n) => total = total.saturating_add(n),
+                    None => return Ok(None),
+                }
+            } else if ft.is_file() {
+                let len = entry.metadata().map_err(io(&entry.path()))?.len();
+                total = total.saturating_add(len);
+            } else {
+                return Ok(None);
+            }
+        }
+        Ok(Some(total))
+    }
+    match std::fs::symlink_metadata(dir) {
+        Ok(m) if m.is_dir() => walk(dir, 0),
+        Ok(_) => Ok(None),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(io(dir)(e)),
+    }
+}
+
+/// Removes a file, link or directory tree (never following a link: `remove_dir_all` removes
+/// a link, not its target); absent is fine.
+fn remove_path(path: &Path) -> Result<(), StoreError> {
+    let r = match std::fs::symlink_metadata(path) {
+        Ok(m) if m.is_dir() => std::fs::remove_dir_all(path),
+        Ok(_) => std::fs::remove_file(path),
+        Err(e) => Err(e),
+    };
+    match r {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(io(path)(e)),
+    }
+}
+
+fn sync_dir(dir: &Path) -> Result<(), StoreError> {
+    std::fs::File::open(dir)
+        .and_then(|f| f.sync_all())
+        .map_err(io(dir))
+}
