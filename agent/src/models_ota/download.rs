@@ -360,10 +360,12 @@ impl Meter {
         };
         let eta = self.first_byte.and_then(|t| {
             let secs = t.elapsed().as_secs_f64();
-            (secs > 0.0 && self.fetched > 0).then(|| {
-                let rate = self.fetched as f64 / secs;
-                Duration::from_secs_f64(self.total.saturating_sub(self.done) as f64 / rate)
-            })
+            if secs <= 0.0 || self.fetched == 0 {
+                return None;
+            }
+            let rate = self.fetched as f64 / secs;
+            // `try_`: a crawl over a huge remainder must not overflow `Duration` (a panic).
+            Duration::try_from_secs_f64(self.total.saturating_sub(self.done) as f64 / rate).ok()
         });
         Progress {
             file,
@@ -1176,12 +1178,15 @@ mod tests {
         assert_eq!(target.seen().len(), 1);
     }
 
+    /// Whether an error is the expected one.
+    type Expect = fn(&DownloadError) -> bool;
+
     #[test]
     fn paths_digests_and_budget_are_checked_before_any_connection() {
         let model = bytes(1000, 10);
         let (server, base) = serve(&[("bundle/model.onnx", &model)]);
         let dir = tempfile::tempdir().expect("tempdir");
-        let cases: Vec<(BundleFile, fn(&DownloadError) -> bool)> = vec![
+        let cases: Vec<(BundleFile, Expect)> = vec![
             (bundle_file("../model.onnx", &model), |e| {
                 matches!(e, DownloadError::BadPath { .. })
             }),
