@@ -11,6 +11,7 @@ pub mod http;
 pub mod inference;
 pub mod logging;
 pub mod metrics;
+pub mod models_ota;
 pub mod pipeline;
 pub mod process;
 pub mod runtime;
