@@ -14,8 +14,20 @@ use aegis_ota::sign::PublicKey;
 use aegis_ota::trust::{Issuer, Roots, TrustMetadata};
 
 fn chimera(dir: &Path, args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_chimera"))
-        .current_dir(dir)
+    let exe = env!("CARGO_BIN_EXE_chimera");
+    // Under tools/cross-test.sh the binary is built for the Jetson (aarch64): it runs through
+    // the same emulator as this test (AEGIS_CROSS_RUNNER), as the kernel cannot exec it.
+    let runner = std::env::var("AEGIS_CROSS_RUNNER").unwrap_or_default();
+    let mut words = runner.split_whitespace();
+    let mut cmd = match words.next() {
+        Some(emulator) => {
+            let mut c = Command::new(emulator);
+            c.args(words).arg(exe);
+            c
+        }
+        None => Command::new(exe),
+    };
+    cmd.current_dir(dir)
         .args(args)
         .output()
         .expect("run chimera")
