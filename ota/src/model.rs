@@ -440,6 +440,13 @@ pub fn check_file_path(path: &str) -> Result<(), String> {
         if part.starts_with('.') {
             return Err(format!("component {part:?} starts with `.`"));
         }
+        // The downloader stages each file as `<path>.part`: a bundle file of that name would
+        // be taken for another file's partial download.
+        if part.ends_with(".part") {
+            return Err(format!(
+                "component {part:?} ends with `.part` (the name of a partial download)"
+            ));
+        }
         if let Some(c) = part
             .chars()
             .find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-')))

@@ -526,6 +526,8 @@ fn unsafe_file_paths_are_refused_naming_the_path() {
         "back\\slash",
         "ünï",
         "",
+        "model.onnx.part",
+        "labels/x.part/y",
     ] {
         let mut m = manifest();
         m.files.push(file(bad, b"x"));
