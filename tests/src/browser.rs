@@ -76,10 +76,12 @@ pub enum BrowserError {
         log: PathBuf,
     },
     /// No browser session could be opened.
-    #[error("opening a {viewport} Chromium session: {source}")]
+    #[error("opening a {viewport} Chromium session: {source} (chromedriver's log: {})", log.display())]
     Session {
         /// The viewport asked for.
         viewport: &'static str,
+        /// chromedriver's log file.
+        log: PathBuf,
         /// WebDriver's answer.
         source: Box<NewSessionError>,
     },
@@ -176,6 +178,7 @@ impl Driver {
             .arg(format!("--port={port}"))
             .arg(format!("--log-path={}", log.display()))
             .arg("--log-level=WARNING")
+            .arg("--append-log")
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::null())
@@ -187,17 +190,48 @@ impl Driver {
             port,
             log: log.to_path_buf(),
         };
+        // Ready means chromedriver itself says so on `GET /status`: a bare TCP connect can
+        // succeed against another process that took the port, or against itself (a loopback
+        // connect whose source port equals the destination), and then the session fails.
         let t0 = Instant::now();
-        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        loop {
             if let Ok(Some(status)) = d.child.try_wait() {
-                return Err(err(format!("exited before listening: {status}")));
+                return Err(err(format!("exited before it was ready: {status}")));
+            }
+            if d.ready() {
+                return Ok(d);
             }
             if t0.elapsed() > WAIT {
-                return Err(err(format!("not listening after {WAIT:?}")));
+                return Err(err(format!("not ready after {WAIT:?}")));
             }
             std::thread::sleep(Duration::from_millis(50));
         }
-        Ok(d)
+    }
+
+    /// Whether `GET /status` answers with WebDriver's `"ready": true`.
+    fn ready(&self) -> bool {
+        use std::io::{Read, Write};
+        let Ok(mut s) = std::net::TcpStream::connect(("127.0.0.1", self.port)) else {
+            return false;
+        };
+        let _ = s.set_read_timeout(Some(Duration::from_secs(2)));
+        let request = format!(
+            "GET /status HTTP/1.1\r\nHost: 127.0.0.1:{}\r\nConnection: close\r\n\r\n",
+            self.port
+        );
+        if s.write_all(request.as_bytes()).is_err() {
+            return false;
+        }
+        let mut reply = Vec::new();
+        let _ = s.take(64 * 1024).read_to_end(&mut reply);
+        let reply = String::from_utf8_lossy(&reply);
+        let Some((_, body)) = reply.split_once("\r\n\r\n") else {
+            return false;
+        };
+        serde_json::from_str::<Value>(body.trim())
+            .ok()
+            .and_then(|v| v["value"]["ready"].as_bool())
+            .unwrap_or(false)
     }
 
     fn url(&self) -> String {
@@ -311,23 +345,36 @@ impl Browser {
         let log = artifacts.join(format!("{prefix}-chromedriver.log"));
         // The free port is free when picked; another process may take it before chromedriver
         // binds it (chromedriver then exits at once): pick again.
+        // A session whose request never reached a ready driver (a transport error, not a
+        // refusal from WebDriver) is retried with a fresh driver too.
         let mut tries = 0;
-        let driver = loop {
+        let (driver, client) = loop {
             tries += 1;
-            match Driver::start(&log) {
+            let driver = match Driver::start(&log) {
                 Err(BrowserError::Driver { .. }) if tries < 3 => continue,
-                other => break other?,
+                other => other?,
+            };
+            let connector = hyper_util::client::legacy::connect::HttpConnector::new();
+            match ClientBuilder::new(connector)
+                .capabilities(capabilities(viewport))
+                .connect(&driver.url())
+                .await
+            {
+                Ok(client) => break (driver, client),
+                Err(
+                    NewSessionError::Lost(_)
+                    | NewSessionError::Failed(_)
+                    | NewSessionError::FailedC(_),
+                ) if tries < 3 => continue,
+                Err(source) => {
+                    return Err(BrowserError::Session {
+                        viewport: viewport.name(),
+                        log: log.clone(),
+                        source: Box::new(source),
+                    });
+                }
             }
         };
-        let connector = hyper_util::client::legacy::connect::HttpConnector::new();
-        let client = ClientBuilder::new(connector)
-            .capabilities(capabilities(viewport))
-            .connect(&driver.url())
-            .await
-            .map_err(|source| BrowserError::Session {
-                viewport: viewport.name(),
-                source: Box::new(source),
-            })?;
         Ok(Browser {
             client,
             driver,
