@@ -20,6 +20,7 @@ pub use keyfile::{read_private, write_private};
 pub mod maml;
 pub mod model;
 pub mod model_store;
+pub mod model_wire;
 pub mod receipt;
 pub mod seal;
 pub mod sign;
