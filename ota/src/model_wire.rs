@@ -385,12 +385,12 @@ mod tests {
         };
         let text = r.render_signed(&key).unwrap();
         assert_eq!(
-            ModelReceipt::verify(text.as_bytes(), &key.public()).unwrap(),
+            ModelReceipt::verify(text.as_bytes(), key.public()).unwrap(),
             r
         );
-        assert!(ModelReceipt::verify(text.as_bytes(), &other.public()).is_err());
-        assert!(crate::receipt::Receipt::verify(text.as_bytes(), &key.public()).is_err());
+        assert!(ModelReceipt::verify(text.as_bytes(), other.public()).is_err());
+        assert!(crate::receipt::Receipt::verify(text.as_bytes(), key.public()).is_err());
         let tampered = text.replacen("\"applied\"", "\"rejected\"", 1);
-        assert!(ModelReceipt::verify(tampered.as_bytes(), &key.public()).is_err());
+        assert!(ModelReceipt::verify(tampered.as_bytes(), key.public()).is_err());
     }
 }
