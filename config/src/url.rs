@@ -167,6 +167,33 @@ pub enum Host {
     Ipv6(Ipv6Addr),
 }
 
+impl Host {
+    /// Parses a host as it appears in a URL's authority (`cam.example`, `10.0.0.5`,
+    /// `[::1]`, or `::1` without brackets) by the rules of [`NetUrl::parse`]: a canonical
+    /// dotted quad, an IPv6 address, or a DNS name of letter-digit-hyphen labels; numeric
+    /// forms a resolver would read differently (`127.1`, `0x7f.1`, `010.0.0.1`),
+    /// percent-encoding and zone ids are refused. For URLs of other schemes (the model
+    /// downloader's `http(s)`), so that what an allow-list checks is what is connected to.
+    pub fn parse(text: &str) -> Result<Host, UrlError> {
+        if let Some(inner) = text.strip_prefix('[') {
+            let inner = inner
+                .strip_suffix(']')
+                .ok_or_else(|| at(0, "'[' without a closing ']'"))?;
+            return inner
+                .parse::<Ipv6Addr>()
+                .map(Host::Ipv6)
+                .map_err(|_| at(1, format!("\"{inner}\" is not an IPv6 address")));
+        }
+        if text.contains(':') {
+            return text
+                .parse::<Ipv6Addr>()
+                .map(Host::Ipv6)
+                .map_err(|_| at(0, format!("\"{text}\" is not an IPv6 address")));
+        }
+        parse_reg_host(text, 0, None)
+    }
+}
+
 impl std::fmt::Display for Host {
     /// The host as the policy sees it: `cam.example`, `10.0.0.5`, `::1` (no brackets).
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -352,7 +379,7 @@ fn dotted_quad(host: &str) -> Option<Ipv4Addr> {
 }
 
 /// Parses a host that is not in brackets (`base` is its byte offset in the URL).
-fn parse_reg_host(raw: &str, base: usize, scheme: NetScheme) -> Result<Host, UrlError> {
+fn parse_reg_host(raw: &str, base: usize, scheme: Option<NetScheme>) -> Result<Host, UrlError> {
     if raw.is_empty() {
         return Err(at(base, "the host is missing"));
     }
@@ -381,16 +408,16 @@ fn parse_reg_host(raw: &str, base: usize, scheme: NetScheme) -> Result<Host, Url
             )
         });
     }
-    let limit = if scheme.is_tls() {
-        MAX_TLS_HOST_LEN
-    } else {
-        MAX_HOST_LEN
+    let limit = match scheme {
+        Some(s) if s.is_tls() => MAX_TLS_HOST_LEN,
+        _ => MAX_HOST_LEN,
     };
     if host.len() > limit {
+        let what = scheme.map(|s| format!(" for {s}")).unwrap_or_default();
         return Err(at(
             base,
             format!(
-                "the host name has {} bytes; at most {limit} are allowed for {scheme}",
+                "the host name has {} bytes; at most {limit} are allowed{what}",
                 host.len()
             ),
         ));
@@ -537,7 +564,7 @@ impl NetUrl {
                 None => (host_port, None),
             };
             (
-                parse_reg_host(h, hp_start, scheme)?,
+                parse_reg_host(h, hp_start, Some(scheme))?,
                 p,
                 hp_start + h.len() + 1,
             )
@@ -965,6 +992,35 @@ mod tests {
         match NetUrl::parse(s) {
             Ok(u) => panic!("{s} was accepted as {}", u.to_libav(None, None)),
             Err(e) => e.to_string(),
+        }
+    }
+
+    #[test]
+    fn a_bare_host_parses_by_the_url_rules() {
+        assert_eq!(
+            Host::parse("Models.Example").unwrap(),
+            Host::Domain("models.example".into())
+        );
+        assert_eq!(
+            Host::parse("10.0.0.5").unwrap(),
+            Host::Ipv4([10, 0, 0, 5].into())
+        );
+        assert_eq!(
+            Host::parse("[::1]").unwrap(),
+            Host::Ipv6(Ipv6Addr::LOCALHOST)
+        );
+        assert_eq!(Host::parse("::1").unwrap(), Host::Ipv6(Ipv6Addr::LOCALHOST));
+        for bad in [
+            "127.1",
+            "0x7f.0.0.1",
+            "010.0.0.1",
+            "a%2eb",
+            "[::1",
+            "[fe80::1%25eth0]",
+            "",
+            "a_b",
+        ] {
+            assert!(Host::parse(bad).is_err(), "{bad} was accepted");
         }
     }
 

@@ -159,10 +159,18 @@ fn allowed(list: &[String], item: &str) -> bool {
 }
 
 /// Whether the host of `url` (parsed strictly: the host libavformat connects to) is in the
-/// allow-list `list`: `*` allows any; an entry that is an IP address (IPv6 with or without
-/// brackets) matches that address; any other entry matches a DNS name without regard to
-/// case. A name never matches an address entry, nor an address a name entry.
+/// allow-list `list` (see [`host_allowed`]).
 fn url_host_allowed(list: &[String], url: &aegis_config::NetUrl) -> bool {
+    host_allowed(list, &url.host)
+}
+
+/// The policy's host rule, for every URL the device connects to (sources, model
+/// downloads): `*` allows any; an entry that is an IP address (IPv6 with or without
+/// brackets) matches that address; any other entry matches a DNS name without regard to
+/// case. A name never matches an address entry, nor an address a name entry. `host` comes
+/// from a strict parse ([`aegis_config::Host::parse`] or [`aegis_config::NetUrl::parse`]),
+/// so it is the host that is then connected to.
+pub fn host_allowed(list: &[String], host: &aegis_config::Host) -> bool {
     use aegis_config::Host;
     list.iter().any(|entry| {
         let entry = entry.trim();
@@ -170,7 +178,7 @@ fn url_host_allowed(list: &[String], url: &aegis_config::NetUrl) -> bool {
             .strip_prefix('[')
             .and_then(|e| e.strip_suffix(']'))
             .unwrap_or(entry);
-        match (&url.host, bare.parse::<std::net::IpAddr>()) {
+        match (host, bare.parse::<std::net::IpAddr>()) {
             _ if entry == "*" => true,
             (Host::Ipv4(a), Ok(b)) => std::net::IpAddr::V4(*a) == b,
             (Host::Ipv6(a), Ok(b)) => std::net::IpAddr::V6(*a) == b,

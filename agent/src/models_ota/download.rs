@@ -26,7 +26,6 @@
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Read, Write};
-use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -565,8 +564,9 @@ fn get(
 ) -> Result<(String, ureq::http::Response<ureq::Body>), DownloadError> {
     let mut current = url.to_owned();
     for _ in 0..=MAX_REDIRECTS {
+        // Parsed once: the request goes to exactly the URI whose host was checked.
         let uri = checked_url(&current, policy)?;
-        let mut request = agent.get(&current);
+        let mut request = agent.get(uri.clone());
         if offset > 0 {
             request = request.header(header::RANGE, format!("bytes={offset}-"));
         }
@@ -617,7 +617,11 @@ fn resolve(base: &Uri, location: &str) -> Option<String> {
 }
 
 /// Parses `url` and checks it against the policy: `http` or `https` (only `https` when
-/// required), a host, no user information, the host in the allow-list.
+/// required), a host, no user information, the host in the allow-list. The host is parsed
+/// again by the strict URL rules ([`aegis_config::Host::parse`]: no ambiguous numeric
+/// forms such as `127.1`) and checked by the policy's own rule
+/// ([`aegis_ota::device::host_allowed`], as for sources); the caller connects to the
+/// returned `Uri`, never to the text.
 fn checked_url(url: &str, policy: &DownloadPolicy) -> Result<Uri, DownloadError> {
     let bad = |reason: &str| DownloadError::BadUrl {
         url: shown(url),
@@ -636,41 +640,18 @@ fn checked_url(url: &str, policy: &DownloadPolicy) -> Result<Uri, DownloadError>
     if authority.as_str().contains('@') {
         return Err(bad("it carries user information"));
     }
-    let host = authority.host();
-    if host.is_empty() {
+    let text = authority.host();
+    if text.is_empty() {
         return Err(bad("it has no host"));
     }
-    if !host_allowed(&policy.allowed_hosts, host) {
+    let host = aegis_config::Host::parse(text).map_err(|e| bad(&format!("host {text:?}: {e}")))?;
+    if !aegis_ota::device::host_allowed(&policy.allowed_hosts, &host) {
         return Err(DownloadError::HostNotAllowed {
             url: shown(url),
-            host: host.to_owned(),
+            host: text.to_owned(),
         });
     }
     Ok(uri)
-}
-
-/// The workflow policy's host rule (as `aegis_ota`'s check of source URLs): `*` allows
-/// any, address entries match addresses, name entries match names without regard to case.
-fn host_allowed(list: &[String], host: &str) -> bool {
-    let unbracket = |s: &str| {
-        s.strip_prefix('[')
-            .and_then(|s| s.strip_suffix(']'))
-            .map(str::to_owned)
-            .unwrap_or_else(|| s.to_owned())
-    };
-    let host = unbracket(host);
-    let host_ip = host.parse::<IpAddr>().ok();
-    list.iter().any(|entry| {
-        let entry = entry.trim();
-        if entry == "*" {
-            return true;
-        }
-        match (host_ip, unbracket(entry).parse::<IpAddr>()) {
-            (Some(a), Ok(b)) => a == b,
-            (None, Err(_)) => host.eq_ignore_ascii_case(entry),
-            _ => false,
-        }
-    })
 }
 
 /// The start of a `Content-Range: bytes START-END/SIZE` value.
@@ -1226,17 +1207,40 @@ mod tests {
 
     #[test]
     fn host_rules_match_the_workflow_policy() {
-        let list = |l: &[&str]| l.iter().map(|s| (*s).to_owned()).collect::<Vec<_>>();
-        assert!(host_allowed(
-            &list(&["Models.Example.com"]),
-            "models.example.COM"
-        ));
-        assert!(host_allowed(&list(&["[::1]"]), "[::1]"));
-        assert!(host_allowed(&list(&["::1"]), "[0:0::1]"));
-        assert!(!host_allowed(&list(&["127.0.0.1"]), "localhost"));
-        assert!(!host_allowed(&list(&["localhost"]), "127.0.0.1"));
-        assert!(host_allowed(&list(&["*"]), "anything"));
-        assert!(!host_allowed(&[], "anything"));
+        let check = |allowed: &[&str], url: &str| {
+            let mut p = policy();
+            p.allowed_hosts = allowed.iter().map(|s| (*s).to_owned()).collect();
+            checked_url(url, &p)
+        };
+        assert!(check(&["Models.Example.com"], "https://models.example.COM/b").is_ok());
+        assert!(check(&["[::1]"], "http://[::1]:8080/b").is_ok());
+        assert!(check(&["::1"], "http://[0:0::1]/b").is_ok());
+        assert!(check(&["*"], "http://anything/b").is_ok());
+        for (allowed, url) in [
+            (&["127.0.0.1"][..], "http://localhost/b"),
+            (&["localhost"][..], "http://127.0.0.1/b"),
+            (&[][..], "http://anything/b"),
+        ] {
+            assert!(
+                matches!(
+                    check(allowed, url),
+                    Err(DownloadError::HostNotAllowed { .. })
+                ),
+                "{url} with {allowed:?}"
+            );
+        }
+        // Numeric forms that a resolver reads as an address the list does not name are
+        // refused by the parse, whatever the list says (no "127.1" entry can admit them).
+        for url in [
+            "http://127.1/b",
+            "http://0x7f.0.0.1/b",
+            "http://017.0.0.1/b",
+        ] {
+            assert!(
+                matches!(check(&["*"], url), Err(DownloadError::BadUrl { .. })),
+                "{url}"
+            );
+        }
         assert_eq!(content_range_start(Some("bytes 10-99/100")), Some(10));
         assert_eq!(content_range_start(Some("bytes 10-99/*")), Some(10));
         assert_eq!(content_range_start(Some("bytes 99-10/100")), None);
