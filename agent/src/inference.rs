@@ -67,6 +67,19 @@ pub fn used_models(stages: &[StageConfig]) -> Vec<&str> {
     names
 }
 
+/// The registry's spec of a configured (or installed) model.
+pub fn spec_of(m: &aegis_config::ModelConfig) -> ModelSpec {
+    ModelSpec {
+        name: m.name.clone(),
+        version: m.version,
+        kind: m.kind.into(),
+        file: m.file.clone(),
+        sha256: m.sha256.clone(),
+        input_size: m.input_size() as usize,
+        labels: m.labels.clone(),
+    }
+}
+
 impl Inference {
     /// No models (pipelines without inference stages).
     pub fn none() -> Arc<Inference> {
@@ -98,15 +111,7 @@ impl Inference {
                 .iter()
                 .find(|m| m.name == name)
                 .ok_or_else(|| InferenceError::NotConfigured(name.to_string()))?;
-            specs.push(ModelSpec {
-                name: m.name.clone(),
-                version: m.version,
-                kind: m.kind.into(),
-                file: m.file.clone(),
-                sha256: m.sha256.clone(),
-                input_size: m.input_size() as usize,
-                labels: m.labels.clone(),
-            });
+            specs.push(spec_of(m));
         }
         if specs.is_empty() {
             return Ok(Inference::none());

@@ -47,6 +47,21 @@ fn read_small<'a>(path: &str, buf: &'a mut [u8]) -> Option<&'a str> {
     std::str::from_utf8(&buf[..n]).ok()
 }
 
+/// The file system holding `dir`: `(total, free)` bytes (free: what an unprivileged
+/// process may still use).
+pub fn disk(dir: &std::path::Path) -> Option<(u64, u64)> {
+    use std::os::unix::ffi::OsStrExt;
+    let c = std::ffi::CString::new(dir.as_os_str().as_bytes()).ok()?;
+    // SAFETY: statvfs is plain old data; all-zero bytes are a valid value.
+    let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
+    // SAFETY: `c` is a NUL-terminated path and `st` a valid, writable statvfs.
+    if unsafe { libc::statvfs(c.as_ptr(), &mut st) } != 0 {
+        return None;
+    }
+    let frag = st.f_frsize as u64;
+    Some((st.f_blocks as u64 * frag, st.f_bavail as u64 * frag))
+}
+
 #[cfg(test)]
 mod tests {
     #[test]

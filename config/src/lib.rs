@@ -37,10 +37,10 @@ pub use model::{
     AgentConfig, BackendConfig, BackendKind, CaptureConfig, CaptureFormat, Comparison, Condition,
     DeviceConfig, DiscardSink, EncoderConfig, FleetConfig, FleetTls, FusionConfig, GpsConfig,
     HealthCheckConfig, ImuConfig, InferenceConfig, InferenceProvider, IotSensorConfig, LogConfig,
-    LogFormat, ModelConfig, ModelKindConfig, ModerationCondition, PipelineConfig, RecordSink,
-    RtspTransport, RuleConfig, Secret, SensorCondition, SensorsConfig, SinkConfig, SourceConfig,
-    SourceLocation, StoreConfig, TensorRtOptions, TlsMode, TrackCondition, TrustAnchors,
-    VideoCodec, WebConfig, WorkflowPolicy, WorkflowsConfig,
+    LogFormat, ModelConfig, ModelDeliveryConfig, ModelKindConfig, ModerationCondition,
+    PipelineConfig, RecordSink, RtspTransport, RuleConfig, Secret, SensorCondition, SensorsConfig,
+    SinkConfig, SourceConfig, SourceLocation, StoreConfig, TensorRtOptions, TlsMode,
+    TrackCondition, TrustAnchors, VideoCodec, WebConfig, WorkflowPolicy, WorkflowsConfig,
 };
 // Everything public of the stages (the settings of each kind, `StageConfig`, the list's
 // accessors), so that a new kind needs no line here.

@@ -166,6 +166,8 @@ pub struct Workflows {
     state: State,
     /// Required models must be among these (name, version, sha256).
     models: Vec<(String, u32, Option<String>)>,
+    /// Models installed over the air (same shape).
+    installed_models: Vec<(String, u32, Option<String>)>,
 }
 
 /// Why the workflow state could not be read, written or changed.
@@ -416,6 +418,7 @@ impl Workflows {
             seal_keys,
             state,
             models,
+            installed_models: Vec::new(),
         })
     }
 
@@ -442,6 +445,42 @@ impl Workflows {
 
     fn trusted_now(&self) -> i64 {
         now_s().max(self.state.replay.time_floor_s)
+    }
+
+    /// What the model delivery checks a signed manifest or rollback order against: the
+    /// trust metadata held (None while trust is lost: nothing may be accepted), who this
+    /// device is, trusted time (the clock, raised to the time floor) and the clock skew
+    /// the policy tolerates.
+    pub fn model_checks(&self) -> Option<(&TrustMetadata, &Identity, i64, i64)> {
+        self.trust_lost.is_none().then(|| {
+            (
+                &self.trust,
+                &self.me,
+                self.trusted_now(),
+                self.policy.max_clock_skew_s,
+            )
+        })
+    }
+
+    /// Signs a model receipt with the device key (its `device`, `trust_version` and `at`
+    /// are filled in here).
+    pub fn model_receipt(
+        &self,
+        mut r: crate::model_wire::ModelReceipt,
+    ) -> Result<String, StateError> {
+        r.device = self.me.id.clone();
+        r.trust_version = self.trust.version;
+        r.at = rfc3339(now_s());
+        Ok(r.render_signed(&self.sign_key)?)
+    }
+
+    /// The models installed over the air now (name, version, SHA-256 of the model file):
+    /// they count for workflows' `requires.models` like those in the configuration.
+    pub fn set_installed_models(&mut self, models: Vec<(String, u32, String)>) {
+        self.installed_models = models
+            .into_iter()
+            .map(|(n, v, sha)| (n, v, Some(sha)))
+            .collect();
     }
 
     /// The device's public signing key (receipts verify with it).
@@ -541,13 +580,17 @@ impl Workflows {
             authenticated: Some(Box::new(v.transmitted())),
         };
         for m in &v.document.front.requires.models {
-            let ok = self.models.iter().any(|(name, version, sha)| {
-                name == &m.name
-                    && *version >= m.version
-                    && sha
-                        .as_ref()
-                        .is_some_and(|have| have.eq_ignore_ascii_case(&m.sha256))
-            });
+            let ok =
+                self.models
+                    .iter()
+                    .chain(&self.installed_models)
+                    .any(|(name, version, sha)| {
+                        name == &m.name
+                            && *version >= m.version
+                            && sha
+                                .as_ref()
+                                .is_some_and(|have| have.eq_ignore_ascii_case(&m.sha256))
+                    });
             if !ok {
                 return Err(refuse(Rejection::Policy(
                     crate::device::PolicyError::ModelNotPinned {

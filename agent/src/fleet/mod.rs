@@ -215,6 +215,8 @@ pub struct FleetSettings {
     pub log_level: String,
     /// Groups whose workflow topics the link subscribes to (with workflows enabled).
     pub workflow_groups: Option<Vec<String>>,
+    /// Subscribe to the device's and the groups' models topics too (model delivery on).
+    pub models: bool,
 }
 
 impl FleetSettings {
@@ -266,6 +268,7 @@ impl FleetSettings {
             tls,
             log_level: crate::logging::in_force().unwrap_or_else(|| cfg.log.level.clone()),
             workflow_groups: cfg.workflows.enabled.then(|| cfg.device.groups.clone()),
+            models: cfg.workflows.enabled && cfg.workflows.models.enabled,
         })
     }
 
@@ -723,6 +726,11 @@ impl Link {
         topic == TRUST_TOPIC
             || topic == self.s.topic("workflows")
             || groups.iter().any(|g| group_workflow_topic(g) == topic)
+            || (self.s.models
+                && (topic == aegis_ota::model_wire::device_models_topic(&self.s.device)
+                    || groups
+                        .iter()
+                        .any(|g| aegis_ota::model_wire::group_models_topic(g) == topic)))
     }
 
     /// After a connection error (or a failed connect attempt): forgets everything in flight,
@@ -778,6 +786,14 @@ impl Link {
                 if let Some(groups) = &self.s.workflow_groups {
                     let mut topics = vec![self.s.topic("workflows"), TRUST_TOPIC.to_string()];
                     topics.extend(groups.iter().map(|g| group_workflow_topic(g)));
+                    if self.s.models {
+                        topics.push(aegis_ota::model_wire::device_models_topic(&self.s.device));
+                        topics.extend(
+                            groups
+                                .iter()
+                                .map(|g| aegis_ota::model_wire::group_models_topic(g)),
+                        );
+                    }
                     for t in topics {
                         let _ = self.client.try_subscribe(t, QoS::AtLeastOnce);
                     }
@@ -1355,6 +1371,7 @@ mod tests {
             tls: None,
             log_level: "info".into(),
             workflow_groups: None,
+            models: false,
         };
         let host = Arc::new(TestHost::default());
         let limits = Arc::new(Mutex::new(Vec::new()));
@@ -1733,6 +1750,7 @@ mod tests {
                 tls: None,
                 log_level: "info".into(),
                 workflow_groups: None,
+                models: false,
             };
             let mut link = Link::new(
                 settings,

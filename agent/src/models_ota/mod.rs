@@ -6,7 +6,9 @@
 //! size and SHA-256 before it is renamed into place. Installing, the health check and the
 //! swap are later slices; nothing here loads or runs a model.
 
+pub mod delivery;
 pub mod download;
+pub mod install;
 
 pub use download::{
     DownloadError, DownloadPolicy, DownloadTimeouts, Progress, TlsRoots, download_bundle,

@@ -29,6 +29,8 @@ pub(crate) struct WorkflowHooks {
     pub(crate) status: Arc<std::sync::Mutex<serde_json::Value>>,
     /// Where workflow and trust deliveries go (None: workflows are off).
     pub(crate) inbox: Option<Arc<crate::workflows::apply::FleetInbox>>,
+    /// Model delivery's progress and results (None: off).
+    pub(crate) models: Option<Arc<crate::models_ota::delivery::DeliveryStatus>>,
 }
 
 impl AgentHost {
@@ -61,6 +63,33 @@ impl AgentHost {
         }
     }
 
+    /// The configured models, each replaced by the version installed over the air when
+    /// one is active (`"source": "ota"`, with its manifest's digest).
+    fn models_now(&self) -> serde_json::Value {
+        let mut models = self.models.as_array().cloned().unwrap_or_default();
+        let delivery = self.workflows.models.as_ref().map(|m| m.get());
+        let installed = delivery
+            .as_ref()
+            .and_then(|d| d["store"]["models"].as_array().cloned())
+            .unwrap_or_default();
+        for m in installed {
+            let (Some(name), Some(active)) = (m["name"].as_str(), m.get("active")) else {
+                continue;
+            };
+            if active.is_null() {
+                continue;
+            }
+            models.retain(|c| c["name"].as_str() != Some(name));
+            models.push(serde_json::json!({
+                "name": name,
+                "version": active["version"],
+                "source": "ota",
+                "manifest_sha256": active["digest"],
+            }));
+        }
+        models.into()
+    }
+
     fn streams(&self) -> serde_json::Value {
         crate::web::streams_json(&self.metrics).into()
     }
@@ -76,7 +105,8 @@ impl crate::fleet::FleetHost for AgentHost {
             "started_us": self.started_us,
             "streams": self.streams(),
             "workflow": self.workflows.status.lock().unwrap_or_else(|p| p.into_inner()).clone(),
-            "models": self.models,
+            "models": self.models_now(),
+            "model_delivery": self.workflows.models.as_ref().map(|m| m.get()),
         })
     }
 
@@ -94,6 +124,7 @@ impl crate::fleet::FleetHost for AgentHost {
             "ts_us": crate::store::now_us(),
             "streams": self.streams(),
             "sensors": self.workflows.sensing.as_ref().map(|s| s.status()),
+            "model_transfer": self.workflows.models.as_ref().map(|m| m.get()["transfer"].clone()),
             "rss_bytes": p.as_ref().map(|p| p.rss_bytes),
             "cpu_ms": p.as_ref().map(|p| p.cpu_ms),
             "store": {

@@ -222,6 +222,7 @@ pub async fn run(
         opts,
         inference: cfg.inference.clone(),
         cuda_device: cfg.backend.cuda_device,
+        installed: Default::default(),
     });
     let (pipeline, inference) = start_first(
         &starter,
@@ -232,6 +233,18 @@ pub async fn run(
         &mut stopped_at_start,
     )
     .await?;
+    // Model delivery (with workflows): its store opened (an interrupted change repaired)
+    // before the fleet link can deliver an announcement.
+    let (delivery, staged) = match (&workflows, cfg.workflows.models.enabled) {
+        (Some(_), true) => {
+            let (d, rx) = crate::models_ota::delivery::Delivery::open(cfg, backend)?;
+            let status = d.status.clone();
+            metrics.watch_component("models", Box::new(move || status.counters.values()));
+            (Some(d), Some(rx))
+        }
+        _ => (None, None),
+    };
+    let model_status = delivery.as_ref().map(|d| d.status.clone());
     let mut applier = workflows.map(|w| {
         crate::workflows::apply::Applier::new(
             w,
@@ -249,6 +262,9 @@ pub async fn run(
             refusals.clone(),
         )
     });
+    if let (Some(a), Some(d)) = (applier.as_mut(), delivery) {
+        a.set_models(d);
+    }
     if let Some(a) = &applier {
         let c = a.counters.clone();
         metrics.watch_component("workflows", Box::new(move || c.values()));
@@ -267,6 +283,7 @@ pub async fn run(
                 status: workflow_status.clone(),
                 inbox: applier.as_ref().map(|_| inbox.clone()),
                 sensing: sensing.clone(),
+                models: model_status,
             },
             applier.as_mut(),
         )?),
@@ -285,6 +302,7 @@ pub async fn run(
         applier,
         inbox,
         local: wf_rx,
+        staged,
         defaults: defaults_rx,
         restarts: restart_rx,
         sensing: sensing.clone(),

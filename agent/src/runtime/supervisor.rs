@@ -69,6 +69,8 @@ pub(crate) struct Supervisor {
     pub(crate) inbox: Arc<FleetInbox>,
     /// Local `POST /workflow` requests (and the web page's uploads).
     pub(crate) local: Receiver<Request>,
+    /// Model bundle transfers that ended (model delivery on).
+    pub(crate) staged: Option<Receiver<crate::models_ota::delivery::Staged>>,
     /// New local default pipelines (the web page's config editor).
     pub(crate) defaults: Receiver<DefaultPipeline>,
     /// Fleet `restart_pipeline` commands.
@@ -98,6 +100,7 @@ impl Supervisor {
             mut applier,
             inbox,
             mut local,
+            mut staged,
             mut defaults,
             mut restarts,
             sensing,
@@ -135,6 +138,13 @@ impl Supervisor {
                 (topic, payload) = inbox.next(), if applier.is_some() => {
                     if let Some(a) = applier.as_mut() {
                         let (p, _) = a.handle(pipeline, Via::Fleet(&topic), &payload).await;
+                        pipeline = p;
+                        inference = a.inference();
+                    }
+                }
+                Some(s) = async { staged.as_mut()?.recv().await }, if staged.is_some() => {
+                    if let Some(a) = applier.as_mut() {
+                        let (p, _) = a.model_staged(pipeline, s).await;
                         pipeline = p;
                         inference = a.inference();
                     }

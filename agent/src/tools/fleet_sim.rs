@@ -189,6 +189,7 @@ fn settings(device: &str, port: u16, telemetry: Duration) -> FleetSettings {
         tls: None,
         log_level: "info".into(),
         workflow_groups: None,
+        models: false,
     }
 }
 

@@ -41,6 +41,9 @@ use crate::metrics::Metrics;
 use crate::pipeline::{Pipeline, PipelineError, RunOptions, StageHealth};
 use crate::store::{Record, StoreHandle, now_us};
 
+mod models;
+pub use models::is_models_topic;
+
 /// Unsigned rejection notices are sent at most this often.
 pub const NOTICE_INTERVAL: Duration = Duration::from_secs(10);
 /// Window of the refusal audit budget.
@@ -64,6 +67,9 @@ pub struct Starter {
     pub inference: InferenceConfig,
     /// CUDA device index.
     pub cuda_device: u32,
+    /// Models installed over the air (confirmed): each replaces the configured model of
+    /// its name, or adds one.
+    pub installed: Mutex<Vec<aegis_config::ModelConfig>>,
 }
 
 impl Starter {
@@ -73,7 +79,29 @@ impl Starter {
         cfg: &PipelineConfig,
         loaded: &Inference,
     ) -> Result<Arc<Inference>, crate::inference::InferenceError> {
-        Inference::load_reusing(&self.inference, cfg, self.cuda_device, loaded)
+        Inference::load_reusing(&self.models(None), cfg, self.cuda_device, loaded)
+    }
+
+    /// [`Starter::load`] with `trial` in place of the model of its name (a bundle on
+    /// trial).
+    pub fn load_with(
+        &self,
+        cfg: &PipelineConfig,
+        loaded: &Inference,
+        trial: &aegis_config::ModelConfig,
+    ) -> Result<Arc<Inference>, crate::inference::InferenceError> {
+        Inference::load_reusing(&self.models(Some(trial)), cfg, self.cuda_device, loaded)
+    }
+
+    /// The inference section with the installed models (and `trial`) in place.
+    pub fn models(&self, trial: Option<&aegis_config::ModelConfig>) -> InferenceConfig {
+        let mut inf = self.inference.clone();
+        let installed = self.installed.lock().unwrap_or_else(|p| p.into_inner());
+        for m in installed.iter().chain(trial) {
+            inf.models.retain(|c| c.name != m.name);
+            inf.models.push(m.clone());
+        }
+        inf
     }
 
     /// Starts `cfg` with `inference`.
@@ -155,6 +183,8 @@ pub enum Answer {
     AlreadyActive,
     /// The document was answered before and does not run.
     Duplicate,
+    /// Accepted for now; the verdict comes later (a model bundle being downloaded).
+    Started,
 }
 
 impl Answer {
@@ -165,6 +195,7 @@ impl Answer {
             Answer::Refused => "refused",
             Answer::AlreadyActive => "already_active",
             Answer::Duplicate => "duplicate",
+            Answer::Started => "started",
         }
     }
 }
@@ -496,6 +527,8 @@ pub struct Applier {
     local_edit: serde_json::Value,
     /// Counters.
     pub counters: Arc<ApplyCounters>,
+    /// Model delivery (None: off).
+    models: Option<crate::models_ota::delivery::Delivery>,
 }
 
 fn ms(t: Instant) -> f64 {
@@ -631,6 +664,7 @@ impl Applier {
             via: String::new(),
             local_edit: serde_json::Value::Null,
             counters,
+            models: None,
         }
     }
 
@@ -938,6 +972,11 @@ impl Applier {
         self.via = via.name();
         if via == Via::Fleet(crate::fleet::TRUST_TOPIC) {
             return self.trust(pipeline, t0, doc).await;
+        }
+        if let Via::Fleet(topic) = via
+            && is_models_topic(topic)
+        {
+            return self.model_message(pipeline, t0, via, doc).await;
         }
         let v = match self.workflows.verify(doc) {
             Ok(v) => v,

@@ -88,6 +88,81 @@ pub struct WorkflowsConfig {
     /// a restart.
     #[serde(default)]
     pub allow_local_edits: bool,
+    /// Signed model bundles from the fleet (docs/models.md).
+    #[serde(default)]
+    pub models: ModelDeliveryConfig,
+}
+
+fn default_models_dir() -> PathBuf {
+    PathBuf::from("/var/lib/aegis/models")
+}
+
+fn default_models_budget_mb() -> u64 {
+    2048
+}
+
+fn default_max_bundle_mb() -> u64 {
+    512
+}
+
+fn default_true() -> bool {
+    true
+}
+
+/// Model delivery: bundles announced on the device's or a group's models topic, their
+/// signed manifest checked before anything is downloaded (docs/models.md). Needs
+/// `workflows.enabled` (it uses the same trust, keys and receipts).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ModelDeliveryConfig {
+    /// Accept model announcements (with workflows enabled).
+    #[serde(default = "default_true")]
+    pub enabled: bool,
+    /// Where installed bundles, the staging area and the model state are kept
+    /// (persistent storage, not on the A/B firmware slots).
+    #[serde(default = "default_models_dir")]
+    pub dir: PathBuf,
+    /// Disk budget of installed plus staged bundles, MiB.
+    #[serde(default = "default_models_budget_mb")]
+    pub budget_mb: u64,
+    /// Largest bundle accepted, MiB.
+    #[serde(default = "default_max_bundle_mb")]
+    pub max_bundle_mb: u64,
+    /// Hosts a bundle may be downloaded from (rules of `policy.source_hosts`). Empty:
+    /// bundles come over MQTT only.
+    #[serde(default)]
+    pub download_hosts: Vec<String>,
+    /// Refuse plain-HTTP downloads (files are verified against the signed manifest
+    /// either way).
+    #[serde(default = "default_true")]
+    pub https_only: bool,
+    /// PEM file of the CA that download servers' certificates must chain to; absent:
+    /// Mozilla's roots.
+    #[serde(default)]
+    pub ca_file: Option<PathBuf>,
+    /// This device's module for TensorRT engines (`jetson-orin-nx-16gb`); absent: no
+    /// engine is accepted.
+    #[serde(default)]
+    pub module: Option<String>,
+    /// The TensorRT version engines must be built with (`10.3.0`); absent: none.
+    #[serde(default)]
+    pub trt_version: Option<String>,
+}
+
+impl Default for ModelDeliveryConfig {
+    fn default() -> Self {
+        ModelDeliveryConfig {
+            enabled: true,
+            dir: default_models_dir(),
+            budget_mb: default_models_budget_mb(),
+            max_bundle_mb: default_max_bundle_mb(),
+            download_hosts: Vec::new(),
+            https_only: true,
+            ca_file: None,
+            module: None,
+            trt_version: None,
+        }
+    }
 }
 
 impl Default for WorkflowsConfig {
@@ -100,6 +175,7 @@ impl Default for WorkflowsConfig {
             policy: WorkflowPolicy::default(),
             health: HealthCheckConfig::default(),
             allow_local_edits: false,
+            models: ModelDeliveryConfig::default(),
         }
     }
 }

@@ -38,20 +38,6 @@ pub(super) fn temperatures(root: &Path) -> Vec<Value> {
     zones
 }
 
-/// The file system holding `dir`: `(total, free)` bytes.
-fn disk(dir: &Path) -> Option<(u64, u64)> {
-    use std::os::unix::ffi::OsStrExt;
-    let c = std::ffi::CString::new(dir.as_os_str().as_bytes()).ok()?;
-    // SAFETY: statvfs is plain old data; all-zero bytes are a valid value.
-    let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
-    // SAFETY: `c` is a NUL-terminated path and `st` a valid, writable statvfs.
-    if unsafe { libc::statvfs(c.as_ptr(), &mut st) } != 0 {
-        return None;
-    }
-    let frag = st.f_frsize as u64;
-    Some((st.f_blocks as u64 * frag, st.f_bavail as u64 * frag))
-}
-
 /// The overview as JSON.
 pub(super) fn overview(s: &PagesState) -> Value {
     let p = crate::process::sample();
@@ -62,7 +48,7 @@ pub(super) fn overview(s: &PagesState) -> Value {
         .parent()
         .filter(|d| !d.as_os_str().is_empty())
         .unwrap_or(Path::new("."));
-    let (total, free) = disk(dir).unzip();
+    let (total, free) = crate::process::disk(dir).unzip();
     let workflow = s.workflow.lock().unwrap_or_else(|p| p.into_inner()).clone();
     let trust = workflow
         .get("trust_version")

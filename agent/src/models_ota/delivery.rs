@@ -1,0 +1,337 @@
+//! The device's model delivery: its store, its platform, the transfer under way and what
+//! everyone else sees of it (status, telemetry, metrics, the web page). The workflow
+//! applier owns one ([`crate::workflows::apply::Applier`]) and decides; this module keeps
+//! the state and runs transfers on their own task, so a download of minutes never holds the
+//! supervisor (signals, health ticks and workflows go on meanwhile).
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use aegis_config::{AgentConfig, BackendKind, ModelDeliveryConfig};
+use aegis_ota::model::{Platform, VerifiedManifest};
+use aegis_ota::model_store::ModelStore;
+use serde_json::{Value, json};
+
+use super::download::{self, DownloadError, DownloadPolicy, DownloadTimeouts, TlsRoots};
+
+/// Attempts of one HTTP transfer before it is given up (each resumes the last).
+pub const ATTEMPTS: u32 = 5;
+
+/// Why model delivery could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum DeliveryError {
+    /// The store could not be opened.
+    #[error("model store: {0}")]
+    Store(#[from] aegis_ota::model_store::StoreError),
+    /// `workflows.models.ca_file` cannot be used.
+    #[error("workflows.models.ca_file {path}: {reason}")]
+    Ca {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        reason: String,
+    },
+}
+
+/// A transfer that ended: the bundle is staged (or why not).
+pub struct Staged {
+    /// The manifest it was for.
+    pub verified: VerifiedManifest,
+    /// The signed manifest as announced.
+    pub signed: Vec<u8>,
+    /// Ok, or why the transfer failed, and whether trying again later may succeed.
+    pub outcome: Result<(), (String, bool)>,
+    /// When the announcement arrived.
+    pub t0: Instant,
+}
+
+/// Counters (exported as `aegis_component_counter{component="models"}`).
+#[derive(Debug, Default)]
+pub struct DeliveryCounters {
+    /// Announcements and orders received.
+    pub received: AtomicU64,
+    /// Bundles installed and kept.
+    pub installed: AtomicU64,
+    /// Bundles that failed their health check or first frames.
+    pub rolled_back: AtomicU64,
+    /// Announcements refused or rejected.
+    pub rejected: AtomicU64,
+    /// Bytes received for bundles.
+    pub bytes: AtomicU64,
+    /// Transfers that ended in an error.
+    pub transfer_errors: AtomicU64,
+}
+
+impl DeliveryCounters {
+    /// Name/value pairs for the metrics.
+    pub fn values(&self) -> Vec<(&'static str, u64)> {
+        vec![
+            ("received", self.received.load(Relaxed)),
+            ("installed", self.installed.load(Relaxed)),
+            ("rolled_back", self.rolled_back.load(Relaxed)),
+            ("rejected", self.rejected.load(Relaxed)),
+            ("bytes", self.bytes.load(Relaxed)),
+            ("transfer_errors", self.transfer_errors.load(Relaxed)),
+        ]
+    }
+}
+
+/// What the status, telemetry and web page show of model delivery.
+#[derive(Debug, Default)]
+pub struct DeliveryStatus {
+    inner: Mutex<Value>,
+    /// Counters.
+    pub counters: DeliveryCounters,
+}
+
+impl DeliveryStatus {
+    /// `{ "store": …, "transfer": …, "last": … }`.
+    pub fn get(&self) -> Value {
+        self.inner.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    fn update(&self, f: impl FnOnce(&mut serde_json::Map<String, Value>)) {
+        let mut v = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+        if !v.is_object() {
+            *v = json!({});
+        }
+        if let Some(m) = v.as_object_mut() {
+            f(m);
+        }
+    }
+
+    /// The transfer under way (None: none).
+    pub fn set_transfer(&self, t: Option<Value>) {
+        self.update(|m| {
+            m.insert("transfer".into(), t.unwrap_or(Value::Null));
+        });
+    }
+
+    /// The last verdict.
+    pub fn set_last(&self, last: Value) {
+        self.update(|m| {
+            m.insert("last".into(), last);
+        });
+    }
+
+    /// The store's models.
+    pub fn set_store(&self, store: &ModelStore) {
+        let models: Vec<Value> = store
+            .list()
+            .into_iter()
+            .map(|e| {
+                let v = |r: &Option<aegis_ota::model_store::VersionRecord>| {
+                    r.as_ref().map(
+                        |r| json!({ "version": r.version, "digest": r.digest, "bytes": r.bytes }),
+                    )
+                };
+                json!({
+                    "name": e.name,
+                    "active": v(&e.record.active),
+                    "previous": v(&e.record.previous),
+                    "trial": v(&e.record.trial),
+                    "highest": e.record.highest,
+                })
+            })
+            .collect();
+        let used = store.installed_bytes();
+        self.update(|m| {
+            m.insert(
+                "store".into(),
+                json!({ "models": models, "installed_bytes": used }),
+            );
+        });
+    }
+}
+
+/// The device's model delivery.
+pub struct Delivery {
+    /// The configuration.
+    pub cfg: ModelDeliveryConfig,
+    /// The installed bundles.
+    pub store: ModelStore,
+    /// What manifests are matched against.
+    pub platform: Platform,
+    /// The HTTP download policy.
+    pub download: DownloadPolicy,
+    /// Shared with status, telemetry, metrics and the web page.
+    pub status: Arc<DeliveryStatus>,
+    /// What `open` repaired.
+    pub recovered: Vec<String>,
+    /// The manifest digest of the transfer under way.
+    pub transfer: Option<String>,
+    done: tokio::sync::mpsc::Sender<Staged>,
+}
+
+impl Delivery {
+    /// Opens the store (repairing an interrupted change) and reads the CA file; the
+    /// receiver gets each finished transfer.
+    pub fn open(
+        cfg: &AgentConfig,
+        backend: BackendKind,
+    ) -> Result<(Delivery, tokio::sync::mpsc::Receiver<Staged>), DeliveryError> {
+        let m = cfg.workflows.models.clone();
+        let (store, recovered) = ModelStore::open(&m.dir, m.budget_mb.saturating_mul(1 << 20))?;
+        for r in &recovered {
+            tracing::warn!(repair = %r, "model store repaired at start-up");
+        }
+        let roots = match &m.ca_file {
+            None => TlsRoots::Mozilla,
+            Some(path) => TlsRoots::Certificates(read_pem_certs(path)?),
+        };
+        let download = DownloadPolicy {
+            allowed_hosts: m.download_hosts.clone(),
+            max_bytes: m.max_bundle_mb.saturating_mul(1 << 20),
+            https_only: m.https_only,
+            timeouts: DownloadTimeouts::default(),
+            roots,
+        };
+        let platform = Platform {
+            backend,
+            module: m.module.clone(),
+            trt_version: m.trt_version.clone(),
+        };
+        let status = Arc::new(DeliveryStatus::default());
+        status.set_store(&store);
+        status.set_transfer(None);
+        let (tx, rx) = tokio::sync::mpsc::channel(4);
+        Ok((
+            Delivery {
+                cfg: m,
+                store,
+                platform,
+                download,
+                status,
+                recovered,
+                transfer: None,
+                done: tx,
+            },
+            rx,
+        ))
+    }
+
+    /// Free bytes on the store's file system.
+    pub fn free_disk(&self) -> u64 {
+        crate::process::disk(self.store.root()).map_or(0, |(_, free)| free)
+    }
+
+    /// Starts fetching `v`'s files from `url` into `staging` on a task of its own: up to
+    /// [`ATTEMPTS`] attempts, each resuming the last, with growing pauses; the end goes to
+    /// the receiver [`Delivery::open`] returned.
+    pub fn start_http(
+        &mut self,
+        v: VerifiedManifest,
+        signed: Vec<u8>,
+        url: String,
+        staging: PathBuf,
+        t0: Instant,
+    ) {
+        self.transfer = Some(v.digest.clone());
+        let (policy, status, done) = (
+            self.download.clone(),
+            self.status.clone(),
+            self.done.clone(),
+        );
+        let (name, version) = (v.manifest.name.clone(), v.manifest.version);
+        status.set_transfer(Some(json!({
+            "name": name, "version": version, "via": "http", "done": 0,
+            "total": v.total_bytes, "percent": 0.0, "eta_s": null, "attempt": 1,
+        })));
+        tokio::spawn(async move {
+            let files = v.manifest.files.clone();
+            let mut outcome = Err(("not started".to_string(), true));
+            for attempt in 1..=ATTEMPTS {
+                let (files, staging, policy, status2, url2) = (
+                    files.clone(),
+                    staging.clone(),
+                    policy.clone(),
+                    status.clone(),
+                    url.clone(),
+                );
+                let (name2, last) = (name.clone(), Arc::new(AtomicU64::new(0)));
+                let r = tokio::task::spawn_blocking(move || {
+                    download::download_bundle(&url2, &files, &staging, &policy, &|p| {
+                        let before = last.swap(p.done, Relaxed);
+                        status2
+                            .counters
+                            .bytes
+                            .fetch_add(p.done.saturating_sub(before), Relaxed);
+                        status2.set_transfer(Some(json!({
+                            "name": name2, "version": version, "via": "http",
+                            "file": p.file, "done": p.done, "total": p.total,
+                            "percent": (p.percent * 10.0).round() / 10.0,
+                            "eta_s": p.eta.map(|d| d.as_secs()), "attempt": attempt,
+                        })));
+                    })
+                })
+                .await;
+                outcome = match r {
+                    Ok(Ok(())) => Ok(()),
+                    Ok(Err(e)) => Err((crate::causes_text(&e), transient(&e))),
+                    Err(e) => Err((format!("download task: {e}"), false)),
+                };
+                match &outcome {
+                    Err((why, true)) if attempt < ATTEMPTS => {
+                        status.counters.transfer_errors.fetch_add(1, Relaxed);
+                        let pause = Duration::from_secs(1 << (attempt - 1));
+                        tracing::warn!(model = %name, version, attempt, error = %why,
+                            retry_in_s = pause.as_secs(), "model download interrupted; resuming");
+                        tokio::time::sleep(pause).await;
+                    }
+                    _ => break,
+                }
+            }
+            if outcome.is_err() {
+                status.counters.transfer_errors.fetch_add(1, Relaxed);
+            }
+            let _ = done
+                .send(Staged {
+                    verified: v,
+                    signed,
+                    outcome,
+                    t0,
+                })
+                .await;
+        });
+    }
+
+    /// The transfer ended: forget it.
+    pub fn transfer_ended(&mut self) {
+        self.transfer = None;
+        self.status.set_transfer(None);
+    }
+}
+
+/// Whether trying again later may succeed (the network, the server, the disk), rather
+/// than a bundle that can never verify (wrong bytes, too long) or a refused URL.
+fn transient(e: &DownloadError) -> bool {
+    matches!(
+        e,
+        DownloadError::Request { .. }
+            | DownloadError::Status { .. }
+            | DownloadError::Interrupted { .. }
+            | DownloadError::Truncated { .. }
+            | DownloadError::BadContentRange { .. }
+            | DownloadError::Io { .. }
+    )
+}
+
+/// The DER certificates of a PEM file.
+fn read_pem_certs(path: &Path) -> Result<Vec<Vec<u8>>, DeliveryError> {
+    use rustls::pki_types::CertificateDer;
+    use rustls::pki_types::pem::PemObject;
+    let fail = |reason: String| DeliveryError::Ca {
+        path: path.to_path_buf(),
+        reason,
+    };
+    let certs: Vec<Vec<u8>> = CertificateDer::pem_file_iter(path)
+        .map_err(|e| fail(e.to_string()))?
+        .map(|c| c.map(|c| c.to_vec()).map_err(|e| fail(e.to_string())))
+        .collect::<Result<_, _>>()?;
+    if certs.is_empty() {
+        return Err(fail("no certificate in it".into()));
+    }
+    Ok(certs)
+}

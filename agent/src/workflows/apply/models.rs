@@ -1,0 +1,540 @@
+//! Model bundles through the applier (docs/models.md): an announcement on a models topic is
+//! checked (the signed manifest, before anything is downloaded), its files fetched on a
+//! task of their own, then — back in the applier, between other deliveries — installed on
+//! trial, loaded beside the running model, health-checked on the manifest's reference
+//! input, swapped in between two frames, judged on the first frames, and confirmed or
+//! rolled back; every authenticated outcome is answered with a signed model receipt.
+
+use std::sync::atomic::Ordering::Relaxed;
+use std::time::Instant;
+
+use aegis_ota::model::{ModelContext, ModelRejection, VerifiedManifest, verify_manifest};
+use aegis_ota::model_wire::{Announcement, MODEL_RECEIPT_TYPE, ModelMessage, ModelReceipt};
+use aegis_ota::receipt::{Verdict, redact};
+
+use super::{Answer, Applier, Reply, Via, ms};
+use crate::models_ota::delivery::Staged;
+use crate::models_ota::install::{health_check, model_config};
+use crate::pipeline::Pipeline;
+
+/// Whether `topic` carries model messages (a device's or a group's models topic).
+pub fn is_models_topic(topic: &str) -> bool {
+    topic.ends_with("/models") && topic.starts_with("aegis/v1/")
+}
+
+/// What one model message led to, before it is answered.
+struct ModelOutcome {
+    verdict: Verdict,
+    reason: String,
+}
+
+impl Applier {
+    /// Model delivery on this device (None: off).
+    pub fn set_models(&mut self, d: crate::models_ota::delivery::Delivery) {
+        self.models = Some(d);
+    }
+
+    /// A message on a models topic.
+    pub(super) async fn model_message(
+        &mut self,
+        pipeline: Pipeline,
+        t0: Instant,
+        via: Via<'_>,
+        payload: &[u8],
+    ) -> (Pipeline, Reply) {
+        let Some(d) = self.models.as_ref() else {
+            return (
+                pipeline,
+                self.refuse(
+                    t0,
+                    via,
+                    payload,
+                    "model.refused",
+                    "model delivery is off".into(),
+                ),
+            );
+        };
+        d.status.counters.received.fetch_add(1, Relaxed);
+        match aegis_ota::model_wire::parse_model_message(payload) {
+            Err(e) => (pipeline, self.refuse(t0, via, payload, "model.refused", e)),
+            Ok(ModelMessage::Announcement(a)) => {
+                let reply = self.announce(t0, via, payload, a);
+                (pipeline, reply)
+            }
+            Ok(ModelMessage::Rollback { .. }) => (
+                pipeline,
+                self.refuse(
+                    t0,
+                    via,
+                    payload,
+                    "model.refused",
+                    "rollback orders are not accepted by this agent yet".into(),
+                ),
+            ),
+        }
+    }
+
+    /// Checks an announcement's manifest and starts its transfer.
+    fn announce(&mut self, t0: Instant, via: Via<'_>, payload: &[u8], a: Announcement) -> Reply {
+        let signed = a.manifest.into_bytes();
+        let v = match self.check_manifest(&signed) {
+            Ok(v) => v,
+            Err(None) => {
+                return self.refuse(
+                    t0,
+                    via,
+                    payload,
+                    "model.refused.trust",
+                    "trust lost: no model is accepted until the trust metadata is delivered \
+                     again"
+                        .into(),
+                );
+            }
+            Err(Some(rej)) if !rej.authenticated() => {
+                return self.refuse(t0, via, payload, "model.refused", rej.to_string());
+            }
+            Err(Some(rej)) => {
+                // Authenticated but refused: signed (budgeted) answer naming the manifest.
+                let digest = aegis_ota::sha256_hex(&aegis_ota::maml::normalise(&signed));
+                if self.workflows.answered(&digest) {
+                    return self.duplicate(t0, &digest);
+                }
+                return self.model_answer(
+                    peek(&signed),
+                    &digest,
+                    t0,
+                    ModelOutcome {
+                        verdict: Verdict::Rejected,
+                        reason: rej.to_string(),
+                    },
+                );
+            }
+        };
+        let d = self.models.as_mut().expect("checked above");
+        if d.store
+            .active(&v.manifest.name)
+            .is_some_and(|(ver, _)| ver == v.manifest.version)
+        {
+            return self.duplicate(t0, &v.digest);
+        }
+        if self.workflows.answered(&v.digest) {
+            return self.duplicate(t0, &v.digest);
+        }
+        if let Some(busy) = &d.transfer {
+            let reason = if *busy == v.digest {
+                "its transfer is under way".to_string()
+            } else {
+                "another bundle's transfer is under way; announce it again later".to_string()
+            };
+            return Reply {
+                verdict: Answer::Duplicate,
+                reason,
+                receipt: None,
+                apply_ms: ms(t0),
+            };
+        }
+        let staging = match d.store.staging_dir(&v) {
+            Ok(s) => s,
+            Err(e) => {
+                let digest = v.digest.clone();
+                return self.model_answer(
+                    head(&v),
+                    &digest,
+                    t0,
+                    ModelOutcome {
+                        verdict: Verdict::Rejected,
+                        reason: format!("store: {}", crate::causes_text(&e)),
+                    },
+                );
+            }
+        };
+        match a.url {
+            Some(url) => {
+                tracing::info!(model = %v.manifest.name, version = v.manifest.version,
+                    bytes = v.total_bytes, url = %redact(&url), "model bundle announced: downloading");
+                self.audit(
+                    "model.download",
+                    format!(
+                        "{} version {} sha256 {}: {} bytes from {}",
+                        v.manifest.name,
+                        v.manifest.version,
+                        v.digest,
+                        v.total_bytes,
+                        redact(&url)
+                    ),
+                );
+                if let Some(d) = self.models.as_mut() {
+                    d.start_http(v, signed, url, staging, t0);
+                }
+                Reply {
+                    verdict: Answer::Started,
+                    reason: "downloading".into(),
+                    receipt: None,
+                    apply_ms: ms(t0),
+                }
+            }
+            None => {
+                let digest = v.digest.clone();
+                self.model_answer(
+                    head(&v),
+                    &digest,
+                    t0,
+                    ModelOutcome {
+                        verdict: Verdict::Rejected,
+                        reason: "the announcement names no URL and this agent has no MQTT \
+                                 transfer yet"
+                            .into(),
+                    },
+                )
+            }
+        }
+    }
+
+    /// `verify_manifest` against this device: Err(None) while trust is lost.
+    fn check_manifest(&self, signed: &[u8]) -> Result<VerifiedManifest, Option<ModelRejection>> {
+        let d = self.models.as_ref().ok_or(None)?;
+        let (trust, me, now_s, skew) = self.workflows.model_checks().ok_or(None)?;
+        let name = peek(signed).map(|(n, _)| n);
+        let installed_version = name
+            .as_deref()
+            .and_then(|n| {
+                d.store
+                    .list()
+                    .into_iter()
+                    .find(|e| e.name == n)
+                    .map(|e| e.record.highest)
+            })
+            .filter(|h| *h > 0);
+        let ctx = ModelContext {
+            identity: me.clone(),
+            platform: d.platform.clone(),
+            agent_version: env!("CARGO_PKG_VERSION").into(),
+            now_s,
+            max_clock_skew_s: skew,
+            installed_version,
+            free_disk_bytes: d.free_disk(),
+            max_bundle_bytes: d.download.max_bytes,
+        };
+        let v = verify_manifest(signed, trust, &ctx).map_err(Some)?;
+        // The installed version looked up above came from a lenient read of the same
+        // bytes; the verified parse must name the same model (the store checks the
+        // version again against the verified name before anything is staged).
+        if name.as_deref() != Some(v.manifest.name.as_str()) {
+            return Err(Some(ModelRejection::Manifest(format!(
+                "the name {:?} does not read the same twice",
+                v.manifest.name
+            ))));
+        }
+        Ok(v)
+    }
+
+    /// A transfer ended (the supervisor hands it over): install, load, check, swap, judge.
+    pub async fn model_staged(&mut self, mut pipeline: Pipeline, s: Staged) -> (Pipeline, Reply) {
+        let Some(d) = self.models.as_mut() else {
+            return (
+                pipeline,
+                Reply {
+                    verdict: Answer::Refused,
+                    reason: "model delivery is off".into(),
+                    receipt: None,
+                    apply_ms: ms(s.t0),
+                },
+            );
+        };
+        d.transfer_ended();
+        let v = &s.verified;
+        let (name, version) = (v.manifest.name.clone(), v.manifest.version);
+        if let Err((why, transient)) = &s.outcome {
+            let outcome = ModelOutcome {
+                verdict: Verdict::Rejected,
+                reason: format!("download: {why}"),
+            };
+            if *transient {
+                // Not remembered as answered: the next delivery of the announcement (a
+                // reconnect, a new publish) resumes the staged part.
+                return (pipeline, self.model_answer_once(v, s.t0, outcome));
+            }
+            let digest = v.digest.clone();
+            return (pipeline, self.model_answer(head(v), &digest, s.t0, outcome));
+        }
+        let outcome = self.try_install(&mut pipeline, &s).await;
+        let d = self.models.as_mut().expect("checked above");
+        match outcome.verdict {
+            Verdict::Applied => {
+                d.status.counters.installed.fetch_add(1, Relaxed);
+            }
+            Verdict::RolledBack => {
+                d.status.counters.rolled_back.fetch_add(1, Relaxed);
+            }
+            _ => {}
+        }
+        d.status.set_store(&d.store);
+        tracing::info!(model = %name, version, verdict = outcome.verdict.as_str(),
+            reason = %outcome.reason, ms = ms(s.t0), "model bundle");
+        let digest = v.digest.clone();
+        let reply = self.model_answer(head(v), &digest, s.t0, outcome);
+        (pipeline, reply)
+    }
+
+    /// Install on trial → load beside the running model → reference input → swap → first
+    /// frames → confirm; any failure rolls the store and the pipeline back.
+    async fn try_install(&mut self, pipeline: &mut Pipeline, s: &Staged) -> ModelOutcome {
+        let v = &s.verified;
+        let name = v.manifest.name.clone();
+        let d = self.models.as_mut().expect("checked by the caller");
+        let rejected = |reason: String| ModelOutcome {
+            verdict: Verdict::Rejected,
+            reason,
+        };
+        let installed = match d.store.install(v) {
+            Ok(i) => i,
+            Err(e) => return rejected(format!("install: {}", crate::causes_text(&e))),
+        };
+        let mc = match model_config(&v.manifest, &installed.dir) {
+            Ok(m) => m,
+            Err(why) => {
+                let _ = d.store.rollback(&name);
+                return rejected(format!("model: {why}"));
+            }
+        };
+        let rolled_back = |d: &mut crate::models_ota::delivery::Delivery, reason: String| {
+            if let Err(e) = d.store.rollback(&name) {
+                tracing::error!(error = %e, model = %name, "cannot roll the model store back");
+            }
+            ModelOutcome {
+                verdict: Verdict::RolledBack,
+                reason,
+            }
+        };
+        // Loaded beside the running model: the registry shares every unchanged model and
+        // loads this one anew (checksum, session, warm-up).
+        let loaded = {
+            let (starter, cfg, inf, mc2) = (
+                self.starter.clone(),
+                pipeline.config().clone(),
+                self.inference.clone(),
+                mc.clone(),
+            );
+            tokio::task::spawn_blocking(move || -> Result<_, String> {
+                let new_inf = starter
+                    .load_with(&cfg, &inf, &mc2)
+                    .map_err(|e| crate::causes_text(&e))?;
+                // A model no stage uses is loaded on its own for the check.
+                let model = match new_inf.registry().get(&mc2.name) {
+                    Some(m) => m,
+                    None => std::sync::Arc::new(
+                        aegis_models::registry::load(
+                            &crate::inference::engine_settings(
+                                &starter.models(Some(&mc2)),
+                                starter.cuda_device,
+                            ),
+                            &crate::inference::spec_of(&mc2),
+                            aegis_models::registry::BatchSettings::default(),
+                        )
+                        .map_err(|e| e.to_string())?,
+                    ),
+                };
+                Ok((new_inf, model))
+            })
+            .await
+        };
+        let d = self.models.as_mut().expect("checked by the caller");
+        let (new_inf, model) = match loaded {
+            Ok(Ok(x)) => x,
+            Ok(Err(why)) => return rolled_back(d, format!("load: {why}")),
+            Err(e) => return rolled_back(d, format!("load: {e}")),
+        };
+        let checked = {
+            let (manifest, dir, model) = (v.manifest.clone(), installed.dir.clone(), model.clone());
+            tokio::task::spawn_blocking(move || health_check(&model, &manifest, &dir)).await
+        };
+        match checked {
+            Ok(Ok(report)) => {
+                tracing::info!(model = %name, seen = ?report.seen, "model health check passed");
+            }
+            Ok(Err(why)) => return rolled_back(d, format!("health: {why}")),
+            Err(e) => return rolled_back(d, format!("health: {e}")),
+        }
+        drop(model);
+        let used =
+            crate::inference::used_models(&pipeline.config().stages).contains(&name.as_str());
+        if used {
+            let targets: Vec<u64> = pipeline
+                .stage_health()
+                .iter()
+                .map(|h| h.generation + 1)
+                .collect();
+            let cfg = pipeline.config().clone();
+            if let Err(e) = pipeline.swap_stages(&cfg, &new_inf) {
+                return rolled_back(d, format!("swap: {e}"));
+            }
+            if let Err(why) = self.judge(pipeline, &targets).await {
+                let old = self.inference.clone();
+                if let Err(e) = pipeline.swap_stages(&cfg, &old) {
+                    tracing::error!(error = %e, "swapping the old model back failed");
+                }
+                let d = self.models.as_mut().expect("checked by the caller");
+                return rolled_back(d, format!("first frames: {why}"));
+            }
+        }
+        let d = self.models.as_mut().expect("checked by the caller");
+        if let Err(e) = d.store.confirm(&name) {
+            // The trial stays recorded: the next start rolls it back.
+            let old = self.inference.clone();
+            if used {
+                let cfg = pipeline.config().clone();
+                let _ = pipeline.swap_stages(&cfg, &old);
+            }
+            return ModelOutcome {
+                verdict: Verdict::RolledBack,
+                reason: format!("confirm: {}", crate::causes_text(&e)),
+            };
+        }
+        {
+            let mut installed = self
+                .starter
+                .installed
+                .lock()
+                .unwrap_or_else(|p| p.into_inner());
+            installed.retain(|m| m.name != mc.name);
+            installed.push(mc);
+            self.workflows.set_installed_models(
+                installed
+                    .iter()
+                    .map(|m| {
+                        (
+                            m.name.clone(),
+                            m.version,
+                            m.sha256.clone().unwrap_or_default(),
+                        )
+                    })
+                    .collect(),
+            );
+        }
+        self.inference = if used {
+            new_inf
+        } else {
+            self.inference.clone()
+        };
+        ModelOutcome {
+            verdict: Verdict::Applied,
+            reason: String::new(),
+        }
+    }
+
+    /// Answers without remembering the digest (a transient failure: a redelivery retries).
+    fn model_answer_once(&mut self, v: &VerifiedManifest, t0: Instant, o: ModelOutcome) -> Reply {
+        self.model_reply(head(v), &v.digest.clone(), t0, o, false)
+    }
+
+    /// Answers an authenticated manifest: remembered, audited, receipt signed and sent.
+    fn model_answer(
+        &mut self,
+        v: Option<(String, u64)>,
+        digest: &str,
+        t0: Instant,
+        o: ModelOutcome,
+    ) -> Reply {
+        self.model_reply(v, digest, t0, o, true)
+    }
+
+    fn model_reply(
+        &mut self,
+        v: Option<(String, u64)>,
+        digest: &str,
+        t0: Instant,
+        o: ModelOutcome,
+        remember: bool,
+    ) -> Reply {
+        let reason = redact(&o.reason);
+        if let Some(d) = &self.models
+            && o.verdict == Verdict::Rejected
+        {
+            d.status.counters.rejected.fetch_add(1, Relaxed);
+        }
+        if o.verdict == Verdict::Rejected && !self.signed_rejection_due() {
+            self.audit.record(
+                "model.rejected.unsigned",
+                &format!("sha256 {digest}: answered unsigned (budget): {reason}"),
+            );
+            self.notice(&reason);
+            return Reply {
+                verdict: Answer::Signed(Verdict::Rejected),
+                reason,
+                receipt: None,
+                apply_ms: ms(t0),
+            };
+        }
+        let (name, version) = v.unwrap_or_default();
+        self.audit(
+            &format!("model.{}", o.verdict.as_str()),
+            format!("{name} version {version} sha256 {digest}: {reason}"),
+        );
+        if remember && let Err(e) = self.workflows.record_answer(digest) {
+            tracing::warn!(error = %e, "cannot remember the answered digest");
+        }
+        let active_version = self
+            .models
+            .as_ref()
+            .and_then(|d| d.store.active(&name))
+            .map(|(v, _)| v);
+        let total_ms = ms(t0);
+        let receipt = ModelReceipt {
+            kind: MODEL_RECEIPT_TYPE.into(),
+            device: String::new(),
+            name: name.clone(),
+            version,
+            manifest_sha256: digest.to_string(),
+            action: "install".into(),
+            verdict: o.verdict,
+            reason: reason.clone(),
+            active_version,
+            trust_version: 0,
+            at: String::new(),
+            total_ms: Some(total_ms),
+        };
+        let receipt = match self.workflows.model_receipt(receipt) {
+            Ok(r) => {
+                self.send("receipt", r.clone().into_bytes());
+                Some(r)
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "cannot sign the model receipt");
+                None
+            }
+        };
+        if let Some(d) = &self.models {
+            d.status.set_last(serde_json::json!({
+                "name": name, "version": version, "verdict": o.verdict.as_str(),
+                "reason": reason, "total_ms": total_ms, "at_us": crate::store::now_us(),
+            }));
+        }
+        self.publish_status();
+        Reply {
+            verdict: Answer::Signed(o.verdict),
+            reason,
+            receipt,
+            apply_ms: total_ms,
+        }
+    }
+}
+
+/// A verified manifest's name and version.
+fn head(v: &VerifiedManifest) -> Option<(String, u64)> {
+    Some((v.manifest.name.clone(), v.manifest.version))
+}
+
+/// The `name` and `version` of a manifest, read leniently: to find the installed version
+/// the real check compares against (the check parses the signed bytes itself), and to name
+/// an authenticated manifest that the check refused in its receipt.
+fn peek(signed: &[u8]) -> Option<(String, u64)> {
+    let (json, _) = aegis_ota::model::split_manifest(signed).ok()?;
+    #[derive(serde::Deserialize)]
+    struct Head {
+        name: String,
+        version: u64,
+    }
+    serde_json::from_slice::<Head>(&json)
+        .ok()
+        .map(|h| (h.name, h.version))
+}

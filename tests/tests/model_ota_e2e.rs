@@ -1,0 +1,538 @@
+//! Model bundles over the air, end to end with the real binaries, a real mosquitto, a local
+//! HTTP server and the real NudeNet model: `chimera model pack|sign`, an announcement on the
+//! device's models topic, the agent's check of the signed manifest before any download,
+//! the resumable download, the health check on the reference input, the swap between two
+//! frames on a running pipeline, and the signed model receipt.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use aegis_ota::model_wire::{Announcement, ModelReceipt};
+use aegis_tests::*;
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .unwrap()
+}
+
+/// A static file server on 127.0.0.1 that honours `Range: bytes=N-` and, while `cut` is
+/// above zero, breaks the connection after that many body bytes (once per request, counting
+/// down `cuts`). Counts requests and the ranges asked for.
+struct Files {
+    port: u16,
+    requests: Arc<AtomicUsize>,
+    ranged: Arc<AtomicUsize>,
+    cut: Arc<AtomicU64>,
+    cuts: Arc<AtomicUsize>,
+}
+
+impl Files {
+    fn serve(root: PathBuf) -> Files {
+        let l = TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = l.local_addr().unwrap().port();
+        let f = Files {
+            port,
+            requests: Arc::default(),
+            ranged: Arc::default(),
+            cut: Arc::default(),
+            cuts: Arc::default(),
+        };
+        let (requests, ranged, cut, cuts) = (
+            f.requests.clone(),
+            f.ranged.clone(),
+            f.cut.clone(),
+            f.cuts.clone(),
+        );
+        std::thread::spawn(move || {
+            for s in l.incoming().flatten() {
+                let (root, requests, ranged, cut, cuts) = (
+                    root.clone(),
+                    requests.clone(),
+                    ranged.clone(),
+                    cut.clone(),
+                    cuts.clone(),
+                );
+                std::thread::spawn(move || {
+                    let _ = answer(s, &root, &requests, &ranged, &cut, &cuts);
+                });
+            }
+        });
+        f
+    }
+
+    fn url(&self, dir: &str) -> String {
+        format!("http://127.0.0.1:{}/{dir}", self.port)
+    }
+}
+
+fn answer(
+    s: TcpStream,
+    root: &Path,
+    requests: &AtomicUsize,
+    ranged: &AtomicUsize,
+    cut: &AtomicU64,
+    cuts: &AtomicUsize,
+) -> std::io::Result<()> {
+    let mut r = BufReader::new(s.try_clone()?);
+    let mut line = String::new();
+    r.read_line(&mut line)?;
+    let path = line.split_whitespace().nth(1).unwrap_or("/").to_string();
+    let mut from = 0u64;
+    loop {
+        let mut h = String::new();
+        if r.read_line(&mut h)? == 0 || h == "\r\n" {
+            break;
+        }
+        if let Some(v) = h.to_ascii_lowercase().strip_prefix("range: bytes=") {
+            from = v.trim().trim_end_matches('-').parse().unwrap_or(0);
+            ranged.fetch_add(1, Ordering::SeqCst);
+        }
+    }
+    requests.fetch_add(1, Ordering::SeqCst);
+    let mut s = s;
+    let Ok(data) = std::fs::read(root.join(path.trim_start_matches('/'))) else {
+        return s.write_all(
+            b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
+        );
+    };
+    let body = &data[(from as usize).min(data.len())..];
+    let head = if from > 0 {
+        format!(
+            "HTTP/1.1 206 Partial Content\r\nContent-Length: {}\r\nContent-Range: bytes {from}-{}/{}\r\nConnection: close\r\n\r\n",
+            body.len(),
+            data.len() - 1,
+            data.len()
+        )
+    } else {
+        format!(
+            "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+            body.len()
+        )
+    };
+    s.write_all(head.as_bytes())?;
+    let limit = cut.load(Ordering::SeqCst);
+    if limit > 0 && (limit as usize) < body.len() && cuts.load(Ordering::SeqCst) > 0 {
+        cuts.fetch_sub(1, Ordering::SeqCst);
+        s.write_all(&body[..limit as usize])?;
+        return s.shutdown(std::net::Shutdown::Both);
+    }
+    s.write_all(body)
+}
+
+/// Receipts on the device's receipts topic, collected from a `mosquitto_sub` started now.
+struct Receipts {
+    child: Child,
+    lines: Arc<std::sync::Mutex<Vec<String>>>,
+}
+
+impl Receipts {
+    fn watch(port: u16) -> Receipts {
+        let mut child = Command::new("/usr/bin/mosquitto_sub")
+            .args([
+                "-p",
+                &port.to_string(),
+                "-t",
+                "aegis/v1/orin-1/receipts",
+                "-N",
+            ])
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let out = child.stdout.take().unwrap();
+        let lines: Arc<std::sync::Mutex<Vec<String>>> = Arc::default();
+        let l2 = lines.clone();
+        std::thread::spawn(move || {
+            // Each receipt is JSON on one line, then its signature block: split on the
+            // JSON line's start.
+            let mut text = String::new();
+            let mut r = BufReader::new(out);
+            let mut buf = [0u8; 4096];
+            while let Ok(n) = r.read(&mut buf) {
+                if n == 0 {
+                    break;
+                }
+                text.push_str(&String::from_utf8_lossy(&buf[..n]));
+                let parts: Vec<&str> = text.split("{\"type\":\"model-receipt\"").collect();
+                let mut l = l2.lock().unwrap();
+                l.clear();
+                for p in parts.iter().skip(1) {
+                    l.push(format!("{{\"type\":\"model-receipt\"{p}"));
+                }
+            }
+        });
+        std::thread::sleep(Duration::from_millis(300));
+        Receipts { child, lines }
+    }
+
+    /// The `n`-th model receipt (0-based), verified with the device key.
+    fn nth(&self, n: usize, device_pub: &aegis_ota::sign::PublicKey) -> ModelReceipt {
+        let t0 = Instant::now();
+        loop {
+            let text = self.lines.lock().unwrap().get(n).cloned();
+            if let Some(t) = text
+                && let Ok(r) = ModelReceipt::verify(t.trim_end().as_bytes(), device_pub)
+            {
+                return r;
+            }
+            assert!(
+                t0.elapsed() < Duration::from_secs(90),
+                "no model receipt #{n}; got {:?}",
+                self.lines.lock().unwrap()
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+}
+
+impl Drop for Receipts {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Packs and signs bundle `dir` as `nn` version `version` with the health bound `expect`.
+fn pack(d: &Path, dir: &str, version: u64, expect: &str) -> String {
+    let out = format!("{dir}.json");
+    chimera_ok(
+        d,
+        &[
+            "model",
+            "pack",
+            dir,
+            "--name",
+            "nn",
+            "--version",
+            &version.to_string(),
+            "--kind",
+            "nudenet",
+            "--issuer",
+            "models-gw",
+            "--group",
+            "site-a",
+            "--model",
+            "model.onnx",
+            "--input",
+            "images:float32:-1x3x320x320",
+            "--output",
+            "output0:float32:-1x22x2100",
+            "--reference-input",
+            "health/input.bin",
+            "--expect",
+            expect,
+            "--out",
+            &out,
+        ],
+    );
+    chimera_ok(d, &["model", "sign", &out, "--key", "models.key"]);
+    std::fs::read_to_string(d.join(format!("{out}.signed"))).unwrap()
+}
+
+/// A bundle directory: the NudeNet model, a grey reference input.
+fn bundle(d: &Path, name: &str) {
+    let b = d.join(name);
+    std::fs::create_dir_all(b.join("health")).unwrap();
+    std::fs::copy(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../.models/nudenet-320n.onnx"),
+        b.join("model.onnx"),
+    )
+    .unwrap();
+    let grey: Vec<u8> = std::iter::repeat_n(0.5f32.to_le_bytes(), 3 * 320 * 320)
+        .flatten()
+        .collect();
+    std::fs::write(b.join("health/input.bin"), grey).unwrap();
+}
+
+fn announce(port: u16, signed: &str, url: &str) {
+    let a = Announcement::new(signed.to_string(), Some(url.to_string()));
+    let mut p = Command::new("/usr/bin/mosquitto_pub")
+        .args([
+            "-p",
+            &port.to_string(),
+            "-t",
+            "aegis/v1/orin-1/models",
+            "-q",
+            "1",
+            "-s",
+        ])
+        .stdin(Stdio::piped())
+        .spawn()
+        .unwrap();
+    p.stdin.take().unwrap().write_all(&a.to_json()).unwrap();
+    assert!(p.wait().unwrap().success());
+}
+
+#[test]
+fn a_bundle_goes_live_without_dropping_a_frame_a_failing_one_rolls_back_and_bad_ones_are_refused_before_download()
+ {
+    if !have_mosquitto() {
+        return;
+    }
+    let dir = dir_with_models_and_photo();
+    let d = dir.path();
+    gateway_and_device(d, "orin-1", &["site-a"]);
+    // A second issuer that may ship models; the workflow issuer may not.
+    chimera_ok(d, &["keygen", "--out", "models"]);
+    chimera_ok(
+        d,
+        &[
+            "trust",
+            "add-issuer",
+            "--trust",
+            "root/trust.json",
+            "--name",
+            "models-gw",
+            "--key",
+            "models.pub",
+            "--groups",
+            "site-a",
+            "--models",
+        ],
+    );
+    std::fs::remove_file(d.join("trust.signed")).unwrap();
+    chimera_ok(
+        d,
+        &[
+            "root",
+            "sign-trust",
+            "--trust",
+            "root/trust.json",
+            "--key",
+            "root/root.key",
+            "--out",
+            "trust.signed",
+        ],
+    );
+    let broker = Broker::start(&d.join("broker"));
+    let clip = make_clip(d, "clip.mp4", 640, 360, 30.0);
+    let files = Files::serve(d.to_path_buf());
+    let (web, dirs) = (free_port(), d.display().to_string());
+    let cfg = d.join("aegis.yaml");
+    std::fs::write(
+        &cfg,
+        format!(
+            r#"device: {{ id: orin-1, groups: [site-a] }}
+pipeline:
+  sources:
+    - {{ id: cam0, url: "file://{clip}", realtime: true }}
+    - {{ id: cam1, url: "file://{clip}", realtime: true }}
+  stages: [{{ kind: moderate, model: nn, every_n_frames: 2 }}]
+  sinks: [{{ kind: discard }}]
+inference:
+  runtime: .models/libonnxruntime.so.1.32.0
+  models: [{{ name: nn, kind: nudenet, file: .models/nudenet-320n.onnx }}]
+store: {{ path: {dirs}/aegis.db }}
+fleet: {{ enabled: true, broker_url: "mqtt://127.0.0.1:{port}", telemetry_s: 30, keepalive_s: 5 }}
+web: {{ listen: "127.0.0.1:{web}" }}
+workflows:
+  enabled: true
+  state_dir: {dirs}/wf
+  keys_dir: {dirs}/keys
+  trust: {{ roots: [{dirs}/root/root.pub], metadata: {dirs}/trust.signed }}
+  policy: {{ paths: [{dirs}] }}
+  health: {{ window_s: 3, frames: 5 }}
+  models: {{ dir: {dirs}/models, download_hosts: [127.0.0.1], https_only: false }}
+"#,
+            clip = clip.display(),
+            port = broker.port,
+        ),
+    )
+    .unwrap();
+    let device_pub = aegis_ota::sign::PublicKey::read(&d.join("keys/device.pub")).unwrap();
+    let mut agent = Command::new(aegis_bin())
+        .args(["run", "--config", cfg.to_str().unwrap()])
+        .current_dir(d)
+        .env("RUST_LOG", "info")
+        .stdout(std::fs::File::create(d.join("agent.out")).unwrap())
+        .stderr(std::fs::File::create(d.join("agent.log")).unwrap())
+        .spawn()
+        .unwrap();
+    wait_online(broker.port);
+    let receipts = Receipts::watch(broker.port);
+
+    // 1. A good bundle, its first transfer cut half way: resumed with a range request,
+    //    installed, health-checked, swapped in between two frames.
+    bundle(d, "b2");
+    let v2 = pack(d, "b2", 2, "output0:max:0:1000");
+    files.cut.store(4 << 20, Ordering::SeqCst);
+    files.cuts.store(1, Ordering::SeqCst);
+    announce(broker.port, &v2, &files.url("b2"));
+    let r = receipts.nth(0, &device_pub);
+    assert_eq!(
+        (
+            r.name.as_str(),
+            r.version,
+            r.verdict.as_str(),
+            r.active_version
+        ),
+        ("nn", 2, "applied", Some(2)),
+        "{r:?}"
+    );
+    assert!(
+        files.ranged.load(Ordering::SeqCst) >= 1,
+        "the cut transfer was not resumed with a range request"
+    );
+
+    // 2. A bundle whose health check fails (a bound the real output cannot meet): rolled
+    //    back, version 2 stays active.
+    bundle(d, "b3");
+    let v3 = pack(d, "b3", 3, "output0:max:5000:6000");
+    announce(broker.port, &v3, &files.url("b3"));
+    let r = receipts.nth(1, &device_pub);
+    assert_eq!(
+        (r.version, r.verdict.as_str(), r.active_version),
+        (3, "rolled_back", Some(2)),
+        "{r:?}"
+    );
+    assert!(r.reason.starts_with("health: "), "{r:?}");
+
+    // 3. Refused before anything is downloaded: an older version, a manifest from an
+    //    issuer that may not ship models, a tampered file (caught by its hash, never
+    //    installed).
+    let before = files.requests.load(Ordering::SeqCst);
+    bundle(d, "b1");
+    let v1 = pack(d, "b1", 1, "output0:max:0:1000");
+    announce(broker.port, &v1, &files.url("b1"));
+    let r = receipts.nth(2, &device_pub);
+    assert_eq!((r.version, r.verdict.as_str()), (1, "rejected"), "{r:?}");
+    assert!(r.reason.contains("version"), "{r:?}");
+    assert_eq!(
+        files.requests.load(Ordering::SeqCst),
+        before,
+        "v1 was fetched"
+    );
+
+    bundle(d, "b4");
+    let json = d.join("b4.json");
+    chimera_ok(
+        d,
+        &[
+            "model",
+            "pack",
+            "b4",
+            "--name",
+            "nn",
+            "--version",
+            "4",
+            "--kind",
+            "nudenet",
+            "--issuer",
+            "fleet-gw-1",
+            "--group",
+            "site-a",
+            "--model",
+            "model.onnx",
+            "--input",
+            "images:float32:-1x3x320x320",
+            "--output",
+            "output0:float32:-1x22x2100",
+            "--reference-input",
+            "health/input.bin",
+            "--expect",
+            "output0:max:0:1000",
+            "--out",
+            json.to_str().unwrap(),
+        ],
+    );
+    chimera_ok(d, &["model", "sign", "b4.json", "--key", "gw.key"]);
+    let wrong_issuer = std::fs::read_to_string(d.join("b4.json.signed")).unwrap();
+    announce(broker.port, &wrong_issuer, &files.url("b4"));
+    let r = receipts.nth(3, &device_pub);
+    assert_eq!((r.version, r.verdict.as_str()), (4, "rejected"), "{r:?}");
+    assert!(r.reason.contains("model"), "{r:?}");
+    assert_eq!(
+        files.requests.load(Ordering::SeqCst),
+        before,
+        "v4 was fetched"
+    );
+
+    bundle(d, "b5");
+    let v5 = pack(d, "b5", 5, "output0:max:0:1000");
+    let mut m = std::fs::read(d.join("b5/model.onnx")).unwrap();
+    let n = m.len();
+    m[n / 2] ^= 0xff;
+    std::fs::write(d.join("b5/model.onnx"), m).unwrap();
+    announce(broker.port, &v5, &files.url("b5"));
+    let r = receipts.nth(4, &device_pub);
+    assert_eq!(
+        (r.version, r.verdict.as_str(), r.active_version),
+        (5, "rejected", Some(2)),
+        "{r:?}"
+    );
+    assert!(r.reason.contains("sha256"), "{r:?}");
+
+    // The status names the installed version.
+    let status = Command::new("/usr/bin/mosquitto_sub")
+        .args([
+            "-p",
+            &broker.port.to_string(),
+            "-t",
+            "aegis/v1/orin-1/status",
+            "-C",
+            "1",
+            "-W",
+            "5",
+        ])
+        .output()
+        .unwrap();
+    let status: serde_json::Value = serde_json::from_slice(&status.stdout).unwrap();
+    let nn = status["models"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|m| m["name"] == "nn")
+        .unwrap()
+        .clone();
+    assert_eq!(
+        (nn["version"].as_u64(), nn["source"].as_str()),
+        (Some(2), Some("ota")),
+        "{status}"
+    );
+
+    // The clips end; no frame of either stream was lost across the swap and the rollback.
+    let st = agent.wait().unwrap();
+    let out = std::fs::read_to_string(d.join("agent.out")).unwrap();
+    let log = std::fs::read_to_string(d.join("agent.log")).unwrap();
+    assert!(st.success(), "{out}\n{log}");
+    for cam in ["cam0", "cam1"] {
+        let (decoded, delivered, dropped) = stream_counts(&out, cam);
+        assert!(decoded >= 600, "{out}");
+        assert_eq!((delivered, dropped), (decoded, 0), "{cam}: {out}\n{log}");
+    }
+    assert!(log.contains("model health check passed"), "{log}");
+}
+
+/// Waits for the device's retained status to say online.
+fn wait_online(port: u16) {
+    let t0 = Instant::now();
+    loop {
+        let o = Command::new("/usr/bin/mosquitto_sub")
+            .args([
+                "-p",
+                &port.to_string(),
+                "-t",
+                "aegis/v1/orin-1/status",
+                "-C",
+                "1",
+                "-W",
+                "2",
+            ])
+            .output()
+            .unwrap();
+        if String::from_utf8_lossy(&o.stdout).contains("\"online\"") {
+            std::thread::sleep(Duration::from_millis(300));
+            return;
+        }
+        assert!(
+            t0.elapsed() < Duration::from_secs(60),
+            "agent never came online"
+        );
+    }
+}
