@@ -507,6 +507,27 @@ workflows:
         assert_eq!((delivered, dropped), (decoded, 0), "{cam}: {out}\n{log}");
     }
     assert!(log.contains("model health check passed"), "{log}");
+
+    // After a restart the installed version runs from the start (its kept manifest hashes
+    // to the store's digest; the registry checks the model file's pin as it loads it).
+    let mut again = Command::new(aegis_bin())
+        .args(["run", "--config", cfg.to_str().unwrap()])
+        .current_dir(d)
+        .env("RUST_LOG", "info")
+        .stdout(std::fs::File::create(d.join("again.out")).unwrap())
+        .stderr(std::fs::File::create(d.join("again.log")).unwrap())
+        .spawn()
+        .unwrap();
+    wait_online(broker.port);
+    let log = std::fs::read_to_string(d.join("again.log")).unwrap();
+    let loaded = log
+        .lines()
+        .find(|l| l.contains("model loaded") && l.contains("model=nn"))
+        .unwrap_or_else(|| panic!("{log}"));
+    assert!(loaded.contains("version=2"), "{loaded}");
+    // SAFETY: kill(2) on our own child, which has not been waited for.
+    unsafe { libc::kill(again.id() as i32, libc::SIGTERM) };
+    assert!(again.wait().unwrap().success());
 }
 
 /// Waits for the device's retained status to say online.

@@ -162,6 +162,9 @@ pub struct Delivery {
     pub recovered: Vec<String>,
     /// The manifest digest of the transfer under way.
     pub transfer: Option<String>,
+    /// Where the signed manifest of each confirmed version is kept (outside the store, whose
+    /// recovery removes what its state does not name), for loading it again at start-up.
+    manifests: PathBuf,
     done: tokio::sync::mpsc::Sender<Staged>,
 }
 
@@ -206,6 +209,7 @@ impl Delivery {
                 status,
                 recovered,
                 transfer: None,
+                manifests: cfg.workflows.state_dir.join("model-manifests"),
                 done: tx,
             },
             rx,
@@ -297,6 +301,78 @@ impl Delivery {
         });
     }
 
+    /// Keeps `signed`, the manifest of a confirmed version, for [`Delivery::installed`].
+    pub fn keep_manifest(&self, name: &str, version: u64, signed: &[u8]) -> std::io::Result<()> {
+        std::fs::create_dir_all(&self.manifests)?;
+        aegis_ota::fsutil::write_atomic(
+            &self.manifests.join(format!("{name}-{version}.manifest")),
+            signed,
+        )
+    }
+
+    /// The confirmed versions in the store as model entries, to load at start-up: each
+    /// one's kept manifest must hash to the digest the store recorded when it verified (the
+    /// state names only manifests that passed `verify_manifest`), parse by the format's
+    /// rules and name the same model and version; its model file is pinned to the
+    /// manifest's SHA-256, which the registry checks as it loads it. A version that fails
+    /// is skipped with the reason (the configured model of its name runs).
+    pub fn installed(&self) -> (Vec<aegis_config::ModelConfig>, Vec<String>) {
+        let (mut ok, mut problems) = (Vec::new(), Vec::new());
+        for e in self.store.list() {
+            let Some(active) = &e.record.active else {
+                continue;
+            };
+            let Some((_, dir)) = self.store.active(&e.name) else {
+                continue;
+            };
+            let path = self
+                .manifests
+                .join(format!("{}-{}.manifest", e.name, active.version));
+            let r = (|| -> Result<aegis_config::ModelConfig, String> {
+                let bytes = read_bounded(&path, aegis_ota::model::MAX_MANIFEST_BYTES as u64)
+                    .map_err(|e| format!("{}: {e}", path.display()))?;
+                let (json, _) =
+                    aegis_ota::model::split_manifest(&bytes).map_err(|e| e.to_string())?;
+                if aegis_ota::sha256_hex(&json) != active.digest {
+                    return Err(format!(
+                        "{} does not hash to the digest the store recorded",
+                        path.display()
+                    ));
+                }
+                let m =
+                    aegis_ota::model::ModelManifest::from_json(&json).map_err(|e| e.to_string())?;
+                if m.name != e.name || m.version != active.version {
+                    return Err(format!(
+                        "{} is for {} version {}",
+                        path.display(),
+                        m.name,
+                        m.version
+                    ));
+                }
+                super::install::model_config(&m, &dir)
+            })();
+            match r {
+                Ok(mc) => ok.push(mc),
+                Err(why) => problems.push(format!(
+                    "model {} version {}: not loaded ({why}); the configured model runs",
+                    e.name, active.version
+                )),
+            }
+        }
+        (ok, problems)
+    }
+
+    /// The models installed over the air that run now (status: `"source": "ota"`).
+    pub fn set_running(&self, running: &[aegis_config::ModelConfig]) {
+        let list: Vec<Value> = running
+            .iter()
+            .map(|m| json!({ "name": m.name, "version": m.version, "sha256": m.sha256 }))
+            .collect();
+        self.status.update(|s| {
+            s.insert("running".into(), Value::Array(list));
+        });
+    }
+
     /// The transfer ended: forget it.
     pub fn transfer_ended(&mut self) {
         self.transfer = None;
@@ -334,4 +410,23 @@ fn read_pem_certs(path: &Path) -> Result<Vec<Vec<u8>>, DeliveryError> {
         return Err(fail("no certificate in it".into()));
     }
     Ok(certs)
+}
+
+/// Reads at most `max` bytes of a regular file, not following a symbolic link.
+fn read_bounded(path: &Path, max: u64) -> std::io::Result<Vec<u8>> {
+    use std::io::Read;
+    use std::os::unix::fs::OpenOptionsExt;
+    let f = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW)
+        .open(path)?;
+    if !f.metadata()?.is_file() {
+        return Err(std::io::Error::other("not a regular file"));
+    }
+    let mut buf = Vec::new();
+    f.take(max + 1).read_to_end(&mut buf)?;
+    if buf.len() as u64 > max {
+        return Err(std::io::Error::other(format!("over {max} bytes")));
+    }
+    Ok(buf)
 }

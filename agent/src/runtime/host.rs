@@ -63,28 +63,26 @@ impl AgentHost {
         }
     }
 
-    /// The configured models, each replaced by the version installed over the air when
-    /// one is active (`"source": "ota"`, with its manifest's digest).
+    /// The configured models, each replaced by the version installed over the air that
+    /// runs now (`"source": "ota"`).
     fn models_now(&self) -> serde_json::Value {
         let mut models = self.models.as_array().cloned().unwrap_or_default();
-        let delivery = self.workflows.models.as_ref().map(|m| m.get());
-        let installed = delivery
+        let running = self
+            .workflows
+            .models
             .as_ref()
-            .and_then(|d| d["store"]["models"].as_array().cloned())
+            .and_then(|m| m.get()["running"].as_array().cloned())
             .unwrap_or_default();
-        for m in installed {
-            let (Some(name), Some(active)) = (m["name"].as_str(), m.get("active")) else {
+        for m in running {
+            let Some(name) = m["name"].as_str() else {
                 continue;
             };
-            if active.is_null() {
-                continue;
-            }
             models.retain(|c| c["name"].as_str() != Some(name));
             models.push(serde_json::json!({
                 "name": name,
-                "version": active["version"],
+                "version": m["version"],
+                "sha256": m["sha256"],
                 "source": "ota",
-                "manifest_sha256": active["digest"],
             }));
         }
         models.into()

@@ -216,23 +216,6 @@ pub async fn run(
         opts.store = Some(store_handle.clone());
         opts.events_topic = events_topic;
     }
-    let preloaded = opts.inference.take();
-    let starter = Arc::new(crate::workflows::apply::Starter {
-        metrics: metrics.clone(),
-        opts,
-        inference: cfg.inference.clone(),
-        cuda_device: cfg.backend.cuda_device,
-        installed: Default::default(),
-    });
-    let (pipeline, inference) = start_first(
-        &starter,
-        (pipeline_cfg.clone(), origin),
-        preloaded,
-        workflows.as_mut(),
-        &cfg.pipeline,
-        &mut stopped_at_start,
-    )
-    .await?;
     // Model delivery (with workflows): its store opened (an interrupted change repaired)
     // before the fleet link can deliver an announcement.
     let (delivery, staged) = match (&workflows, cfg.workflows.models.enabled) {
@@ -245,6 +228,35 @@ pub async fn run(
         _ => (None, None),
     };
     let model_status = delivery.as_ref().map(|d| d.status.clone());
+    // Confirmed bundles replace the configured models of their names from the start.
+    let installed = match &delivery {
+        Some(d) => {
+            let (ok, problems) = d.installed();
+            for p in &problems {
+                tracing::error!(problem = %p, "installed model");
+            }
+            d.set_running(&ok);
+            ok
+        }
+        None => Vec::new(),
+    };
+    let preloaded = opts.inference.take();
+    let starter = Arc::new(crate::workflows::apply::Starter {
+        metrics: metrics.clone(),
+        opts,
+        inference: cfg.inference.clone(),
+        cuda_device: cfg.backend.cuda_device,
+        installed: std::sync::Mutex::new(installed),
+    });
+    let (pipeline, inference) = start_first(
+        &starter,
+        (pipeline_cfg.clone(), origin),
+        preloaded,
+        workflows.as_mut(),
+        &cfg.pipeline,
+        &mut stopped_at_start,
+    )
+    .await?;
     let mut applier = workflows.map(|w| {
         crate::workflows::apply::Applier::new(
             w,

@@ -32,6 +32,14 @@ impl Applier {
     /// Model delivery on this device (None: off).
     pub fn set_models(&mut self, d: crate::models_ota::delivery::Delivery) {
         self.models = Some(d);
+        let installed = self
+            .starter
+            .installed
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        self.workflows
+            .set_installed_models(requirements(&installed));
     }
 
     /// A message on a models topic.
@@ -95,7 +103,9 @@ impl Applier {
             }
             Err(Some(rej)) => {
                 // Authenticated but refused: signed (budgeted) answer naming the manifest.
-                let digest = aegis_ota::sha256_hex(&aegis_ota::maml::normalise(&signed));
+                let digest = aegis_ota::model::split_manifest(&signed)
+                    .map(|(json, _)| aegis_ota::sha256_hex(&json))
+                    .unwrap_or_else(|_| aegis_ota::sha256_hex(&signed));
                 if self.workflows.answered(&digest) {
                     return self.duplicate(t0, &digest);
                 }
@@ -390,6 +400,10 @@ impl Applier {
                 reason: format!("confirm: {}", crate::causes_text(&e)),
             };
         }
+        if let Err(e) = d.keep_manifest(&name, v.manifest.version, &s.signed) {
+            tracing::error!(error = %e, model = %name,
+                "cannot keep the manifest: after a restart the configured model runs");
+        }
         {
             let mut installed = self
                 .starter
@@ -398,18 +412,9 @@ impl Applier {
                 .unwrap_or_else(|p| p.into_inner());
             installed.retain(|m| m.name != mc.name);
             installed.push(mc);
-            self.workflows.set_installed_models(
-                installed
-                    .iter()
-                    .map(|m| {
-                        (
-                            m.name.clone(),
-                            m.version,
-                            m.sha256.clone().unwrap_or_default(),
-                        )
-                    })
-                    .collect(),
-            );
+            d.set_running(&installed);
+            self.workflows
+                .set_installed_models(requirements(&installed));
         }
         self.inference = if used {
             new_inf
@@ -517,6 +522,20 @@ impl Applier {
             apply_ms: total_ms,
         }
     }
+}
+
+/// What workflows' `requires.models` may name: (name, version, model file SHA-256).
+fn requirements(installed: &[aegis_config::ModelConfig]) -> Vec<(String, u32, String)> {
+    installed
+        .iter()
+        .map(|m| {
+            (
+                m.name.clone(),
+                m.version,
+                m.sha256.clone().unwrap_or_default(),
+            )
+        })
+        .collect()
 }
 
 /// A verified manifest's name and version.
