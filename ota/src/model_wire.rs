@@ -18,7 +18,6 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::maml;
 use crate::receipt::{ReceiptError, Verdict};
 use crate::sign::{PublicKey, Purpose, SecretKey, SignError};
 
@@ -287,15 +286,7 @@ impl ModelReceipt {
 
     /// Verifies `text`'s signature by `device_key`, then parses it.
     pub fn verify(text: &[u8], device_key: &PublicKey) -> Result<ModelReceipt, ReceiptError> {
-        let (signed, block) =
-            maml::split_signed(text).map_err(|e| ReceiptError::Format(e.to_string()))?;
-        crate::sign::verify_block(
-            &signed,
-            &block,
-            Purpose::Receipt,
-            std::slice::from_ref(device_key),
-        )
-        .map_err(ReceiptError::Signature)?;
+        let signed = crate::receipt::verified_part(text, device_key)?;
         let r: ModelReceipt =
             serde_json::from_slice(&signed).map_err(|e| ReceiptError::Format(e.to_string()))?;
         if r.kind != MODEL_RECEIPT_TYPE {

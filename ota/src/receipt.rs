@@ -181,6 +181,21 @@ pub enum ReceiptError {
     Signature(SignError),
 }
 
+/// The signed part of a device-signed text (a workflow or model receipt) whose one
+/// signature block verifies by `device_key` for [`Purpose::Receipt`].
+pub fn verified_part(text: &[u8], device_key: &PublicKey) -> Result<Vec<u8>, ReceiptError> {
+    let (signed, block) =
+        maml::split_signed(text).map_err(|e| ReceiptError::Format(e.to_string()))?;
+    crate::sign::verify_block(
+        &signed,
+        &block,
+        Purpose::Receipt,
+        std::slice::from_ref(device_key),
+    )
+    .map_err(ReceiptError::Signature)?;
+    Ok(signed)
+}
+
 impl Receipt {
     /// The signed `.mu` text.
     pub fn render_signed(&self, key: &SecretKey) -> Result<String, SignError> {
@@ -214,16 +229,7 @@ impl Receipt {
 
     /// Parses a receipt and verifies its signature by `device_key`.
     pub fn verify(text: &[u8], device_key: &PublicKey) -> Result<Receipt, ReceiptError> {
-        let (signed, block) =
-            maml::split_signed(text).map_err(|e| ReceiptError::Format(e.to_string()))?;
-        crate::sign::verify_block(
-            &signed,
-            &block,
-            Purpose::Receipt,
-            std::slice::from_ref(device_key),
-        )
-        .map_err(ReceiptError::Signature)?;
-        Self::parse_body(&signed)
+        Self::parse_body(&verified_part(text, device_key)?)
     }
 
     /// Parses the signed part of a receipt (no signature check: callers verify first).

@@ -574,6 +574,36 @@ pub fn gateway_and_device(dir: &Path, device: &str, groups: &[&str]) {
     chimera_ok(dir, &enrol);
 }
 
+/// Waits for `orin-1`'s retained status on the broker at `port` to say online (the agent is
+/// up and subscribed).
+pub fn wait_online(port: u16) {
+    let t0 = std::time::Instant::now();
+    loop {
+        let o = Command::new("/usr/bin/mosquitto_sub")
+            .args([
+                "-p",
+                &port.to_string(),
+                "-t",
+                "aegis/v1/orin-1/status",
+                "-C",
+                "1",
+                "-W",
+                "2",
+            ])
+            .output()
+            .unwrap();
+        if String::from_utf8_lossy(&o.stdout).contains("\"online\"") {
+            // Subscriptions go out right after the status.
+            std::thread::sleep(std::time::Duration::from_millis(300));
+            return;
+        }
+        assert!(
+            t0.elapsed() < std::time::Duration::from_secs(60),
+            "agent never came online"
+        );
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

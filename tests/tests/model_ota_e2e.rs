@@ -198,8 +198,9 @@ impl Drop for Receipts {
     }
 }
 
-/// Packs and signs bundle `dir` as `nn` version `version` with the health bound `expect`.
-fn pack(d: &Path, dir: &str, version: u64, expect: &str) -> String {
+/// Packs and signs bundle `dir` as `nn` version `version` with the health bound `expect`,
+/// by `issuer` with its key file `key`; returns the signed manifest.
+fn pack_by(d: &Path, dir: &str, version: u64, expect: &str, issuer: &str, key: &str) -> String {
     let out = format!("{dir}.json");
     chimera_ok(
         d,
@@ -214,7 +215,7 @@ fn pack(d: &Path, dir: &str, version: u64, expect: &str) -> String {
             "--kind",
             "nudenet",
             "--issuer",
-            "models-gw",
+            issuer,
             "--group",
             "site-a",
             "--model",
@@ -231,8 +232,13 @@ fn pack(d: &Path, dir: &str, version: u64, expect: &str) -> String {
             &out,
         ],
     );
-    chimera_ok(d, &["model", "sign", &out, "--key", "models.key"]);
+    chimera_ok(d, &["model", "sign", &out, "--key", key]);
     std::fs::read_to_string(d.join(format!("{out}.signed"))).unwrap()
+}
+
+/// [`pack_by`] the issuer that may ship models.
+fn pack(d: &Path, dir: &str, version: u64, expect: &str) -> String {
+    pack_by(d, dir, version, expect, "models-gw", "models.key")
 }
 
 /// A bundle directory: the NudeNet model, a grey reference input.
@@ -410,39 +416,7 @@ workflows:
     );
 
     bundle(d, "b4");
-    let json = d.join("b4.json");
-    chimera_ok(
-        d,
-        &[
-            "model",
-            "pack",
-            "b4",
-            "--name",
-            "nn",
-            "--version",
-            "4",
-            "--kind",
-            "nudenet",
-            "--issuer",
-            "fleet-gw-1",
-            "--group",
-            "site-a",
-            "--model",
-            "model.onnx",
-            "--input",
-            "images:float32:-1x3x320x320",
-            "--output",
-            "output0:float32:-1x22x2100",
-            "--reference-input",
-            "health/input.bin",
-            "--expect",
-            "output0:max:0:1000",
-            "--out",
-            json.to_str().unwrap(),
-        ],
-    );
-    chimera_ok(d, &["model", "sign", "b4.json", "--key", "gw.key"]);
-    let wrong_issuer = std::fs::read_to_string(d.join("b4.json.signed")).unwrap();
+    let wrong_issuer = pack_by(d, "b4", 4, "output0:max:0:1000", "fleet-gw-1", "gw.key");
     announce(broker.port, &wrong_issuer, &files.url("b4"));
     let r = receipts.nth(3, &device_pub);
     assert_eq!((r.version, r.verdict.as_str()), (4, "rejected"), "{r:?}");
@@ -528,32 +502,4 @@ workflows:
     // SAFETY: kill(2) on our own child, which has not been waited for.
     unsafe { libc::kill(again.id() as i32, libc::SIGTERM) };
     assert!(again.wait().unwrap().success());
-}
-
-/// Waits for the device's retained status to say online.
-fn wait_online(port: u16) {
-    let t0 = Instant::now();
-    loop {
-        let o = Command::new("/usr/bin/mosquitto_sub")
-            .args([
-                "-p",
-                &port.to_string(),
-                "-t",
-                "aegis/v1/orin-1/status",
-                "-C",
-                "1",
-                "-W",
-                "2",
-            ])
-            .output()
-            .unwrap();
-        if String::from_utf8_lossy(&o.stdout).contains("\"online\"") {
-            std::thread::sleep(Duration::from_millis(300));
-            return;
-        }
-        assert!(
-            t0.elapsed() < Duration::from_secs(60),
-            "agent never came online"
-        );
-    }
 }

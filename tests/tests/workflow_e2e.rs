@@ -95,35 +95,6 @@ fn agent(d: &Path, cfg: &Path, log: &str) -> Child {
         .unwrap()
 }
 
-/// Waits for the device's retained status to say online (the agent is up and subscribed).
-fn wait_online(port: u16) {
-    let t0 = Instant::now();
-    loop {
-        let o = Command::new("/usr/bin/mosquitto_sub")
-            .args([
-                "-p",
-                &port.to_string(),
-                "-t",
-                "aegis/v1/orin-1/status",
-                "-C",
-                "1",
-                "-W",
-                "2",
-            ])
-            .output()
-            .unwrap();
-        if String::from_utf8_lossy(&o.stdout).contains("\"online\"") {
-            // Subscriptions go out right after the status.
-            std::thread::sleep(Duration::from_millis(300));
-            return;
-        }
-        assert!(
-            t0.elapsed() < Duration::from_secs(60),
-            "agent never came online"
-        );
-    }
-}
-
 /// `chimera watch-receipts` started before the publish (receipts are not retained).
 fn watch(d: &Path, port: u16, count: usize) -> Child {
     let c = Command::new(chimera_bin())
