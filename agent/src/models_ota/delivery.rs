@@ -116,6 +116,17 @@ impl DeliveryStatus {
         });
     }
 
+    /// The models installed over the air that run now (status: `"source": "ota"`).
+    pub fn set_running(&self, running: &[aegis_config::ModelConfig]) {
+        let list: Vec<Value> = running
+            .iter()
+            .map(|m| serde_json::to_value(m).unwrap_or_default())
+            .collect();
+        self.update(|s| {
+            s.insert("running".into(), Value::Array(list));
+        });
+    }
+
     /// The store's models.
     pub fn set_store(&self, store: &ModelStore) {
         let models: Vec<Value> = store
@@ -360,17 +371,6 @@ impl Delivery {
             }
         }
         (ok, problems)
-    }
-
-    /// The models installed over the air that run now (status: `"source": "ota"`).
-    pub fn set_running(&self, running: &[aegis_config::ModelConfig]) {
-        let list: Vec<Value> = running
-            .iter()
-            .map(|m| json!({ "name": m.name, "version": m.version, "sha256": m.sha256 }))
-            .collect();
-        self.status.update(|s| {
-            s.insert("running".into(), Value::Array(list));
-        });
     }
 
     /// The transfer ended: forget it.

@@ -103,6 +103,18 @@ pub async fn run(
         Some(w) => w.active_pipeline()?,
         None => (None, Vec::new()),
     };
+    // Model delivery (with workflows): its store opened (an interrupted change repaired)
+    // before the fleet link can deliver an announcement.
+    let (delivery, staged) = match (&workflows, cfg.workflows.models.enabled) {
+        (Some(_), true) => {
+            let (d, rx) = crate::models_ota::delivery::Delivery::open(cfg, backend)?;
+            let status = d.status.clone();
+            metrics.watch_component("models", Box::new(move || status.counters.values()));
+            (Some(d), Some(rx))
+        }
+        _ => (None, None),
+    };
+    let model_status = delivery.as_ref().map(|d| d.status.clone());
     let (pipeline_cfg, origin) = {
         let (p, o) = aegis_config::effective_pipeline(cfg, active.as_ref().map(|(_, p)| p));
         (p.clone(), o)
@@ -163,7 +175,8 @@ pub async fn run(
         live: live.clone(),
         snapshots: snapshots.clone(),
         readings: readings.clone(),
-        models: crate::web::pages::ModelsState::new(cfg.inference.clone(), models_in_use.clone()),
+        models: crate::web::pages::ModelsState::new(cfg.inference.clone(), models_in_use.clone())
+            .with_delivery(model_status.clone()),
         editor,
         workflows: workflows.is_some().then(|| wf_tx.clone()),
         counters: workflows.is_some().then(|| apply_counters.clone()),
@@ -216,18 +229,6 @@ pub async fn run(
         opts.store = Some(store_handle.clone());
         opts.events_topic = events_topic;
     }
-    // Model delivery (with workflows): its store opened (an interrupted change repaired)
-    // before the fleet link can deliver an announcement.
-    let (delivery, staged) = match (&workflows, cfg.workflows.models.enabled) {
-        (Some(_), true) => {
-            let (d, rx) = crate::models_ota::delivery::Delivery::open(cfg, backend)?;
-            let status = d.status.clone();
-            metrics.watch_component("models", Box::new(move || status.counters.values()));
-            (Some(d), Some(rx))
-        }
-        _ => (None, None),
-    };
-    let model_status = delivery.as_ref().map(|d| d.status.clone());
     // Confirmed bundles replace the configured models of their names from the start.
     let installed = match &delivery {
         Some(d) => {
@@ -235,7 +236,7 @@ pub async fn run(
             for p in &problems {
                 tracing::error!(problem = %p, "installed model");
             }
-            d.set_running(&ok);
+            d.status.set_running(&ok);
             ok
         }
         None => Vec::new(),

@@ -155,6 +155,8 @@ pub struct ModelsState {
     pub inference: aegis_config::InferenceConfig,
     /// What the running pipeline uses (the pipeline publishes it).
     pub in_use: Arc<ModelsInUse>,
+    /// Model delivery's progress, results and store (None: off).
+    pub delivery: Option<Arc<crate::models_ota::delivery::DeliveryStatus>>,
     pub(super) digests: DigestCache,
 }
 
@@ -164,8 +166,20 @@ impl ModelsState {
         ModelsState {
             inference,
             in_use,
+            delivery: None,
             digests: DigestCache::default(),
         }
+    }
+}
+
+impl ModelsState {
+    /// The page also shows model delivery (`status`: its progress, results and store).
+    pub fn with_delivery(
+        mut self,
+        status: Option<Arc<crate::models_ota::delivery::DeliveryStatus>>,
+    ) -> Self {
+        self.delivery = status;
+        self
     }
 }
 
@@ -210,8 +224,19 @@ pub(super) fn models(s: &PagesState) -> Value {
     let m = &s.models;
     let inf = &m.inference;
     let in_use: Option<InUse> = m.in_use.current();
-    let models: Vec<Value> = inf
-        .models
+    let delivery = m.delivery.as_ref().map(|d| d.get());
+    // What runs: the configured models, each replaced by the version installed over the air
+    // that runs now.
+    let mut configured = inf.models.clone();
+    let ota: Vec<aegis_config::ModelConfig> = delivery
+        .as_ref()
+        .and_then(|d| serde_json::from_value(d["running"].clone()).ok())
+        .unwrap_or_default();
+    for o in &ota {
+        configured.retain(|c| c.name != o.name);
+        configured.push(o.clone());
+    }
+    let models: Vec<Value> = configured
         .iter()
         .map(|c| {
             let (mut v, sha) = file_json(&m.digests, &c.file);
@@ -243,6 +268,11 @@ pub(super) fn models(s: &PagesState) -> Value {
                 _ => None,
             });
             v["stages"] = json!(stages);
+            v["source"] = json!(if ota.iter().any(|o| o.name == c.name) {
+                "ota"
+            } else {
+                "config"
+            });
             v
         })
         .collect();
@@ -256,8 +286,8 @@ pub(super) fn models(s: &PagesState) -> Value {
         "runtime": runtime,
         "pipeline_running": in_use.is_some(),
         "models": models,
-        // Model updates (bundles over the fleet link, progress, rollback) come with OTA.
-        "updates": null,
+        // Model updates over the fleet link (None: model delivery is off).
+        "updates": delivery,
     })
 }
 
@@ -335,6 +365,7 @@ pub(super) async fn page(State(s): State<Arc<PagesState>>, viewer: Viewer) -> Ht
         for (label, value) in [
             ("Kind", text(&m["kind"])),
             ("Version", text(&m["version"])),
+            ("Installed by", text(&m["source"])),
             ("Package", package),
             ("File", text(&m["file"])),
             ("Size (bytes)", text(&m["bytes"])),
@@ -359,9 +390,69 @@ pub(super) async fn page(State(s): State<Arc<PagesState>>, viewer: Viewer) -> Ht
             body.push_str(&format!("<p class=\"error\">{}</p>", esc(e)));
         }
     }
-    body.push_str(
-        "<h2 id=\"updates\">Updates</h2><p>No model update is in progress. Model bundles \
-         from the fleet (progress, activation and rollback) will be shown here.</p>",
-    );
+    body.push_str(&updates_html(&v["updates"]));
     layout(&viewer, "Models", None, &body)
+}
+
+/// The "Updates" section: the transfer under way, the last verdict, the store's versions.
+fn updates_html(u: &Value) -> String {
+    let mut h = String::from("<h2 id=\"updates\">Updates</h2>");
+    if u.is_null() {
+        h.push_str("<p>Model delivery is off (workflows.models, with workflows on).</p>");
+        return h;
+    }
+    let t = &u["transfer"];
+    if t.is_null() {
+        h.push_str("<p>No model update is in progress.</p>");
+    } else {
+        let pct = t["percent"].as_f64().unwrap_or(0.0).clamp(0.0, 100.0);
+        h.push_str(&format!(
+            "<p>Downloading {} version {} over {}: {} of {} bytes ({pct:.1} %), ETA {} s, \
+             attempt {}.</p><progress max=\"100\" value=\"{pct:.1}\"></progress>",
+            esc(&text(&t["name"])),
+            esc(&text(&t["version"])),
+            esc(&text(&t["via"])),
+            esc(&text(&t["done"])),
+            esc(&text(&t["total"])),
+            esc(&text(&t["eta_s"])),
+            esc(&text(&t["attempt"])),
+        ));
+    }
+    let last = &u["last"];
+    if !last.is_null() {
+        let reason = last["reason"].as_str().filter(|r| !r.is_empty());
+        h.push_str(&format!(
+            "<p>Last: {} version {} — <strong>{}</strong>{}</p>",
+            esc(&text(&last["name"])),
+            esc(&text(&last["version"])),
+            esc(&text(&last["verdict"])),
+            reason.map(|r| format!(": {}", esc(r))).unwrap_or_default()
+        ));
+    }
+    let models = u["store"]["models"].as_array().cloned().unwrap_or_default();
+    if !models.is_empty() {
+        h.push_str(
+            "<table><thead><tr><th>Model</th><th>Active</th><th>Previous</th><th>On trial</th>\
+             <th>Highest ever</th></tr></thead><tbody>",
+        );
+        let ver = |v: &Value| {
+            if v.is_null() {
+                "—".to_string()
+            } else {
+                format!("{} ({} bytes)", text(&v["version"]), text(&v["bytes"]))
+            }
+        };
+        for m in &models {
+            h.push_str(&format!(
+                "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
+                esc(&text(&m["name"])),
+                esc(&ver(&m["active"])),
+                esc(&ver(&m["previous"])),
+                esc(&ver(&m["trial"])),
+                esc(&text(&m["highest"])),
+            ));
+        }
+        h.push_str("</tbody></table>");
+    }
+    h
 }

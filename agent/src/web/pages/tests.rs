@@ -832,6 +832,60 @@ async fn models_json_has_each_file_its_digest_and_the_stages_using_it() {
 }
 
 #[tokio::test]
+async fn the_models_page_shows_what_runs_from_ota_and_the_update_under_way() {
+    let dir = tempfile::tempdir().unwrap();
+    let (models, _file) = models_fixture(dir.path());
+    let status = Arc::new(crate::models_ota::delivery::DeliveryStatus::default());
+    let ota = dir.path().join("models/det/7/model.onnx");
+    std::fs::create_dir_all(ota.parent().unwrap()).unwrap();
+    std::fs::write(&ota, b"ota model").unwrap();
+    let mut running: aegis_config::ModelConfig = serde_json::from_value(serde_json::json!({
+        "name": "det", "version": 7, "kind": "yolov8", "file": ota, "labels": null,
+    }))
+    .unwrap();
+    running.sha256 = Some("ab".repeat(32));
+    status.set_running(&[running]);
+    status.set_transfer(Some(serde_json::json!({
+        "name": "seg", "version": 3, "via": "http", "done": 512, "total": 2048,
+        "percent": 25.0, "eta_s": 9, "attempt": 2,
+    })));
+    status.set_last(serde_json::json!({
+        "name": "det", "version": 8, "verdict": "rolled_back", "reason": "health: max <b>",
+    }));
+    let f = fixture_with(&[], &[], models.with_delivery(Some(status)));
+    let v: serde_json::Value = serde_json::from_str(&get(&f.state, "/api/models").await.2).unwrap();
+    let det = v["models"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|m| m["name"] == "det")
+        .unwrap();
+    assert_eq!(
+        (&det["version"], &det["source"], &det["file"]),
+        (
+            &serde_json::json!(7),
+            &serde_json::json!("ota"),
+            &serde_json::json!(ota.display().to_string())
+        )
+    );
+    assert_eq!(v["updates"]["transfer"]["percent"], 25.0);
+    let (_, _, page) = get(&f.state, "/models").await;
+    assert!(
+        page.contains("Downloading seg version 3 over http: 512 of 2048 bytes (25.0 %)"),
+        "{page}"
+    );
+    assert!(
+        page.contains("<progress max=\"100\" value=\"25.0\">"),
+        "{page}"
+    );
+    assert!(
+        page.contains("rolled_back</strong>: health: max &lt;b&gt;"),
+        "{page}"
+    );
+    assert!(!page.contains("max <b>"), "escaped");
+}
+
+#[tokio::test]
 async fn a_model_file_is_hashed_once_until_it_changes() {
     let dir = tempfile::tempdir().unwrap();
     let (models, file) = models_fixture(dir.path());

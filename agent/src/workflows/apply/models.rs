@@ -412,7 +412,7 @@ impl Applier {
                 .unwrap_or_else(|p| p.into_inner());
             installed.retain(|m| m.name != mc.name);
             installed.push(mc);
-            d.set_running(&installed);
+            d.status.set_running(&installed);
             self.workflows
                 .set_installed_models(requirements(&installed));
         }
