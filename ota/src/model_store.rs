@@ -469,6 +469,17 @@ impl ModelStore {
         Some((t.version, self.version_dir(name, t.version)))
     }
 
+    /// The records under `root` as they are, changing nothing (no recovery, no lock): for
+    /// `aegis models list` while the agent runs. A store never opened lists nothing.
+    pub fn inspect(root: &Path) -> Result<Vec<ModelEntry>, StoreError> {
+        let state = read_state(&root.join(STATE_FILE))?;
+        Ok(state
+            .models
+            .into_iter()
+            .map(|(name, record)| ModelEntry { name, record })
+            .collect())
+    }
+
     /// Every model name with its record, sorted by name.
     pub fn list(&self) -> Vec<ModelEntry> {
         self.state

@@ -481,6 +481,34 @@ workflows:
         assert_eq!((delivered, dropped), (decoded, 0), "{cam}: {out}\n{log}");
     }
     assert!(log.contains("model health check passed"), "{log}");
+    // `aegis models list` reads the store: version 2 active, 3 installed once (and rolled
+    // back), so nothing at or below 3 is taken again.
+    let list: serde_json::Value = serde_json::from_str(&aegis_ok(
+        d,
+        &[
+            "models",
+            "list",
+            "--config",
+            cfg.to_str().unwrap(),
+            "--json",
+        ],
+    ))
+    .unwrap();
+    assert_eq!(
+        (
+            &list[0]["name"],
+            &list[0]["active"]["version"],
+            &list[0]["trial"],
+            &list[0]["highest"]
+        ),
+        (
+            &serde_json::json!("nn"),
+            &serde_json::json!(2),
+            &serde_json::Value::Null,
+            &serde_json::json!(3)
+        ),
+        "{list}"
+    );
 
     // After a restart the installed version runs from the start (its kept manifest hashes
     // to the store's digest; the registry checks the model file's pin as it loads it).

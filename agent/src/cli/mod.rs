@@ -3,6 +3,7 @@
 mod bench;
 pub mod db;
 mod device;
+pub mod models;
 mod run;
 pub mod sensors;
 mod track;
@@ -155,6 +156,11 @@ enum Command {
         #[command(subcommand)]
         what: crate::cli::workflow::WorkflowCommand,
     },
+    /// Model bundles installed over the air: list them.
+    Models {
+        #[command(subcommand)]
+        what: crate::cli::models::ModelsCommand,
+    },
     /// The technician web page's accounts: add, change a password, delete, list.
     User {
         #[command(subcommand)]
@@ -304,6 +310,10 @@ pub fn main() -> ExitCode {
         Command::Workflow { what } => {
             log_at("warn");
             crate::cli::workflow::run(what)
+        }
+        Command::Models { what } => {
+            log_at("warn");
+            crate::cli::models::run(what)
         }
         Command::User { what } => {
             log_at("warn");

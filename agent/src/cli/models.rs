@@ -1,0 +1,76 @@
+//! `aegis models list`: the model bundles installed over the air on this device, read from
+//! the model store without changing it (safe while the agent runs).
+
+use std::path::PathBuf;
+
+use clap::Subcommand;
+
+/// `aegis models …`
+#[derive(Subcommand, Debug)]
+pub enum ModelsCommand {
+    /// Each model installed over the air: its active, previous and on-trial versions (with
+    /// the manifest digest and size) and the highest version ever installed. Reads only.
+    List {
+        /// The agent's config (`workflows.models.dir` is the store).
+        #[arg(long, short)]
+        config: PathBuf,
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+/// Runs a `models` subcommand.
+pub fn run(cmd: ModelsCommand) -> anyhow::Result<()> {
+    match cmd {
+        ModelsCommand::List { config, json } => {
+            let cfg = aegis_config::load(&config)?;
+            let dir = &cfg.workflows.models.dir;
+            let entries = aegis_ota::model_store::ModelStore::inspect(dir)?;
+            let version = |v: &Option<aegis_ota::model_store::VersionRecord>| {
+                v.as_ref().map(|v| {
+                    serde_json::json!({ "version": v.version, "digest": v.digest, "bytes": v.bytes })
+                })
+            };
+            if json {
+                let list: Vec<serde_json::Value> = entries
+                    .iter()
+                    .map(|e| {
+                        serde_json::json!({
+                            "name": e.name,
+                            "active": version(&e.record.active),
+                            "previous": version(&e.record.previous),
+                            "trial": version(&e.record.trial),
+                            "highest": e.record.highest,
+                        })
+                    })
+                    .collect();
+                println!("{}", serde_json::to_string_pretty(&list)?);
+                return Ok(());
+            }
+            if entries.is_empty() {
+                println!("no model installed over the air (store {})", dir.display());
+                return Ok(());
+            }
+            let short = |v: &Option<aegis_ota::model_store::VersionRecord>| match v {
+                Some(v) => format!("v{} {}…", v.version, &v.digest[..12.min(v.digest.len())]),
+                None => "-".into(),
+            };
+            println!(
+                "{:<20} {:<22} {:<22} {:<22} {:>7}",
+                "MODEL", "ACTIVE", "PREVIOUS", "ON TRIAL", "HIGHEST"
+            );
+            for e in &entries {
+                println!(
+                    "{:<20} {:<22} {:<22} {:<22} {:>7}",
+                    e.name,
+                    short(&e.record.active),
+                    short(&e.record.previous),
+                    short(&e.record.trial),
+                    e.record.highest
+                );
+            }
+            Ok(())
+        }
+    }
+}
