@@ -67,6 +67,12 @@ bench-stages *ARGS:
     cargo build --release -p aegis-agent
     target/release/aegis bench stages --json target/bench-stages.json {{ARGS}}
 
+# Model delivery: announcement → download → install → health check → swap → receipt, vs
+# restarting the agent with the new model.
+bench-models *ARGS:
+    cargo build --release -p aegis-agent
+    target/release/aegis bench models --json target/bench-models.json {{ARGS}}
+
 # Signed workflows: publish → receipt through mosquitto against a real agent (release).
 bench-workflow *ARGS:
     cargo build --release -p aegis-agent

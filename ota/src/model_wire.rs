@@ -272,6 +272,10 @@ pub struct ModelReceipt {
     /// Milliseconds from the announcement to the verdict.
     #[serde(default)]
     pub total_ms: Option<f64>,
+    /// Milliseconds of each step that ran (`verify`, `transfer`, `install`, `load`,
+    /// `health`, `swap`, `judge`), in order.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub phases: Vec<(String, f64)>,
 }
 
 impl ModelReceipt {
@@ -373,6 +377,7 @@ mod tests {
             trust_version: 3,
             at: "2026-12-04T10:00:00Z".into(),
             total_ms: Some(12.5),
+            phases: vec![("verify".into(), 1.5), ("install".into(), 3.25)],
         };
         let text = r.render_signed(&key).unwrap();
         assert_eq!(

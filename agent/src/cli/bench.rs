@@ -46,6 +46,23 @@ pub enum BenchCommand {
         #[arg(long)]
         json: Option<PathBuf>,
     },
+    /// Model delivery: a bundle announced → downloaded → installed → health-checked →
+    /// swapped into a running pipeline → receipt, through a loopback mosquitto and HTTP
+    /// server, against restarting the agent with the new model (the baseline).
+    Models {
+        /// Bundles to install (each the next version).
+        #[arg(long, default_value_t = 10)]
+        runs: usize,
+        /// The model (NudeNet 320, ONNX).
+        #[arg(long, default_value = ".models/nudenet-320n.onnx")]
+        model: PathBuf,
+        /// The ONNX Runtime library.
+        #[arg(long, default_value = ".models/libonnxruntime.so.1.32.0")]
+        runtime: PathBuf,
+        /// Also write the results as JSON here.
+        #[arg(long)]
+        json: Option<PathBuf>,
+    },
     /// Store ingest: the batching writer vs one row per transaction (both with a cached
     /// prepared statement), and one row per transaction preparing each time.
     Store {
@@ -277,6 +294,18 @@ pub(super) fn run(what: BenchCommand, log: impl Fn(&str)) -> anyhow::Result<()> 
                     crate::tools::bench_workflow::print(&r);
                     write_json(json, &r)
                 })
+        }
+        BenchCommand::Models {
+            runs,
+            model,
+            runtime,
+            json,
+        } => {
+            log("error");
+            crate::tools::bench_models::bench_models(runs.max(1), &model, &runtime).and_then(|r| {
+                crate::tools::bench_models::print(&r);
+                write_json(json, &r)
+            })
         }
         BenchCommand::Fleet {
             pings,

@@ -45,6 +45,8 @@ pub struct Staged {
     pub outcome: Result<(), (String, bool)>,
     /// When the announcement arrived.
     pub t0: Instant,
+    /// Milliseconds the transfer took (every attempt and pause).
+    pub transfer_ms: f64,
 }
 
 /// Counters (exported as `aegis_component_counter{component="models"}`).
@@ -173,6 +175,8 @@ pub struct Delivery {
     pub recovered: Vec<String>,
     /// The manifest digest of the transfer under way.
     pub transfer: Option<String>,
+    /// Milliseconds of each step of the bundle being handled (for its receipt and status).
+    pub phases: Vec<(String, f64)>,
     /// Where the signed manifest of each confirmed version is kept (outside the store, whose
     /// recovery removes what its state does not name), for loading it again at start-up.
     manifests: PathBuf,
@@ -220,6 +224,7 @@ impl Delivery {
                 status,
                 recovered,
                 transfer: None,
+                phases: Vec::new(),
                 manifests: cfg.workflows.state_dir.join("model-manifests"),
                 done: tx,
             },
@@ -255,6 +260,7 @@ impl Delivery {
             "total": v.total_bytes, "percent": 0.0, "eta_s": null, "attempt": 1,
         })));
         tokio::spawn(async move {
+            let started = Instant::now();
             let files = v.manifest.files.clone();
             let mut outcome = Err(("not started".to_string(), true));
             for attempt in 1..=ATTEMPTS {
@@ -307,6 +313,7 @@ impl Delivery {
                     signed,
                     outcome,
                     t0,
+                    transfer_ms: started.elapsed().as_secs_f64() * 1e3,
                 })
                 .await;
         });

@@ -44,16 +44,54 @@ pub struct WorkflowBench {
     pub frames: (u64, u64, u64),
 }
 
-fn b64(b: &[u8]) -> String {
+pub(crate) fn b64(b: &[u8]) -> String {
     use base64::Engine as _;
     base64::engine::general_purpose::STANDARD.encode(b)
 }
 
-fn pct(v: &mut [f64], p: f64) -> f64 {
+/// The `p` quantile (0 to 1) of `v` (sorted here).
+pub(crate) fn pct(v: &mut [f64], p: f64) -> f64 {
     v.sort_by(f64::total_cmp);
     v.get(((v.len().saturating_sub(1)) as f64 * p).round() as usize)
         .copied()
         .unwrap_or(f64::NAN)
+}
+
+/// Waits for the next publish on a topic ending in `suffix` (30 s at most).
+pub(crate) async fn next(
+    el: &mut rumqttc::v5::EventLoop,
+    suffix: &[u8],
+) -> anyhow::Result<rumqttc::v5::mqttbytes::v5::Publish> {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let ev = tokio::time::timeout_at(deadline.into(), el.poll())
+            .await
+            .map_err(|_| anyhow::anyhow!("no answer within 30 s"))??;
+        if let Event::Incoming(Packet::Publish(p)) = ev
+            && p.topic.ends_with(suffix)
+        {
+            return Ok(p);
+        }
+    }
+}
+
+/// Waits (60 s at most) for a retained status saying `online` on a subscribed status topic.
+pub(crate) async fn wait_online(el: &mut rumqttc::v5::EventLoop) -> anyhow::Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let ev = tokio::time::timeout_at(deadline.into(), el.poll())
+            .await
+            .map_err(|_| anyhow::anyhow!("the agent did not come online"))??;
+        if let Event::Incoming(Packet::Publish(p)) = ev
+            && p.topic.ends_with(b"/status")
+            && p.payload.windows(8).any(|w| w == b"\"online\"")
+        {
+            break;
+        }
+    }
+    // Subscriptions go out right after the status.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    Ok(())
 }
 
 /// Runs the benchmark: `runs` workflows, each judged on `health_frames` frames.
@@ -142,37 +180,7 @@ pub fn bench_workflow(runs: usize, health_frames: u32) -> anyhow::Result<Workflo
             .subscribe("aegis/v1/bench-1/status", QoS::AtLeastOnce)
             .await?;
         client.subscribe("bench/replies", QoS::AtLeastOnce).await?;
-        // Wait for the agent to come online (its retained status).
-        let deadline = Instant::now() + Duration::from_secs(60);
-        loop {
-            let ev = tokio::time::timeout_at(deadline.into(), el.poll())
-                .await
-                .map_err(|_| anyhow::anyhow!("the agent did not come online"))??;
-            if let Event::Incoming(Packet::Publish(p)) = ev
-                && p.topic.ends_with(b"/status")
-                && p.payload.windows(8).any(|w| w == b"\"online\"")
-            {
-                break;
-            }
-        }
-        tokio::time::sleep(Duration::from_millis(300)).await;
-        // Waits for the next publish on a topic ending in `suffix`.
-        async fn next(
-            el: &mut rumqttc::v5::EventLoop,
-            suffix: &[u8],
-        ) -> anyhow::Result<rumqttc::v5::mqttbytes::v5::Publish> {
-            let deadline = Instant::now() + Duration::from_secs(30);
-            loop {
-                let ev = tokio::time::timeout_at(deadline.into(), el.poll())
-                    .await
-                    .map_err(|_| anyhow::anyhow!("no answer within 30 s"))??;
-                if let Event::Incoming(Packet::Publish(p)) = ev
-                    && p.topic.ends_with(suffix)
-                {
-                    return Ok(p);
-                }
-            }
-        }
+        wait_online(&mut el).await?;
         // Baseline: command round trips.
         let mut pings = Vec::new();
         for i in 0..30u32 {
@@ -267,10 +275,16 @@ pub fn bench_workflow(runs: usize, health_frames: u32) -> anyhow::Result<Workflo
 }
 
 /// (decoded, delivered, dropped) from `aegis run`'s report line `stream cam0: …`.
-fn frame_counts(report: &str) -> Option<(u64, u64, u64)> {
-    let line = report.lines().find(|l| l.starts_with("stream cam0: "))?;
+pub(crate) fn frame_counts(report: &str) -> Option<(u64, u64, u64)> {
+    stream_frames(report, "cam0")
+}
+
+/// (decoded, delivered, dropped) of `stream` from `aegis run`'s report.
+pub(crate) fn stream_frames(report: &str, stream: &str) -> Option<(u64, u64, u64)> {
+    let prefix = format!("stream {stream}: ");
+    let line = report.lines().find(|l| l.starts_with(&prefix))?;
     let num = |s: &str| s.split(' ').next()?.parse().ok();
-    let mut parts = line["stream cam0: ".len()..].split(", ");
+    let mut parts = line[prefix.len()..].split(", ");
     Some((
         num(parts.next()?)?,
         num(parts.next()?)?,

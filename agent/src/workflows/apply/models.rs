@@ -85,7 +85,11 @@ impl Applier {
     /// Checks an announcement's manifest and starts its transfer.
     fn announce(&mut self, t0: Instant, via: Via<'_>, payload: &[u8], a: Announcement) -> Reply {
         let signed = a.manifest.into_bytes();
-        let v = match self.check_manifest(&signed) {
+        let checked = self.check_manifest(&signed);
+        if let Some(d) = self.models.as_mut() {
+            d.phases = vec![("verify".into(), ms(t0))];
+        }
+        let v = match checked {
             Ok(v) => v,
             Err(None) => {
                 return self.refuse(
@@ -252,6 +256,7 @@ impl Applier {
             );
         };
         d.transfer_ended();
+        d.phases.push(("transfer".into(), s.transfer_ms));
         let v = &s.verified;
         let (name, version) = (v.manifest.name.clone(), v.manifest.version);
         if let Err((why, transient)) = &s.outcome {
@@ -296,10 +301,12 @@ impl Applier {
             verdict: Verdict::Rejected,
             reason,
         };
+        let mut mark = Instant::now();
         let installed = match d.store.install(v) {
             Ok(i) => i,
             Err(e) => return rejected(format!("install: {}", crate::causes_text(&e))),
         };
+        phase(d, "install", &mut mark);
         let mc = match model_config(&v.manifest, &installed.dir) {
             Ok(m) => m,
             Err(why) => {
@@ -349,6 +356,7 @@ impl Applier {
             .await
         };
         let d = self.models.as_mut().expect("checked by the caller");
+        phase(d, "load", &mut mark);
         let (new_inf, model) = match loaded {
             Ok(Ok(x)) => x,
             Ok(Err(why)) => return rolled_back(d, format!("load: {why}")),
@@ -358,6 +366,7 @@ impl Applier {
             let (manifest, dir, model) = (v.manifest.clone(), installed.dir.clone(), model.clone());
             tokio::task::spawn_blocking(move || health_check(&model, &manifest, &dir)).await
         };
+        phase(d, "health", &mut mark);
         match checked {
             Ok(Ok(report)) => {
                 tracing::info!(model = %name, seen = ?report.seen, "model health check passed");
@@ -378,7 +387,12 @@ impl Applier {
             if let Err(e) = pipeline.swap_stages(&cfg, &new_inf) {
                 return rolled_back(d, format!("swap: {e}"));
             }
-            if let Err(why) = self.judge(pipeline, &targets).await {
+            phase(d, "swap", &mut mark);
+            let judged = self.judge(pipeline, &targets).await;
+            if let Some(d) = self.models.as_mut() {
+                phase(d, "judge", &mut mark);
+            }
+            if let Err(why) = judged {
                 let old = self.inference.clone();
                 if let Err(e) = pipeline.swap_stages(&cfg, &old) {
                     tracing::error!(error = %e, "swapping the old model back failed");
@@ -497,6 +511,11 @@ impl Applier {
             trust_version: 0,
             at: String::new(),
             total_ms: Some(total_ms),
+            phases: self
+                .models
+                .as_ref()
+                .map(|d| d.phases.clone())
+                .unwrap_or_default(),
         };
         let receipt = match self.workflows.model_receipt(receipt) {
             Ok(r) => {
@@ -512,6 +531,7 @@ impl Applier {
             d.status.set_last(serde_json::json!({
                 "name": name, "version": version, "verdict": o.verdict.as_str(),
                 "reason": reason, "total_ms": total_ms, "at_us": crate::store::now_us(),
+                "phases_ms": d.phases.iter().map(|(k, v)| (k.clone(), serde_json::json!(v))).collect::<serde_json::Map<String, serde_json::Value>>(),
             }));
         }
         self.publish_status();
@@ -522,6 +542,12 @@ impl Applier {
             apply_ms: total_ms,
         }
     }
+}
+
+/// Records the milliseconds since `mark` as step `name`, and restarts `mark`.
+fn phase(d: &mut crate::models_ota::delivery::Delivery, name: &str, mark: &mut Instant) {
+    d.phases.push((name.into(), ms(*mark)));
+    *mark = Instant::now();
 }
 
 /// What workflows' `requires.models` may name: (name, version, model file SHA-256).
