@@ -78,6 +78,10 @@ bench-workflow *ARGS:
     cargo build --release -p aegis-agent
     target/release/aegis bench workflow --json target/bench-workflow.json {{ARGS}}
 
+# The kill -9 soak of model delivery (download, install, swap), ITERATIONS times (CI: 5).
+soak-models ITERATIONS="100":
+    AEGIS_MODEL_SOAK={{ITERATIONS}} cargo test -p aegis-tests --test model_ota_e2e kill_9 -- --nocapture
+
 # The kill -9 soak of workflow apply, ITERATIONS times (CI runs 100).
 soak ITERATIONS="1000":
     cargo build -p aegis-agent -p aegis-ota --bins

@@ -257,17 +257,22 @@ fn bundle(d: &Path, name: &str) {
 }
 
 fn announce(port: u16, signed: &str, url: &str) {
+    publish_announcement(port, signed, url, false);
+}
+
+fn announce_retained(port: u16, signed: &str, url: &str) {
+    publish_announcement(port, signed, url, true);
+}
+
+fn publish_announcement(port: u16, signed: &str, url: &str, retain: bool) {
     let a = Announcement::new(signed.to_string(), Some(url.to_string()));
+    let port = port.to_string();
+    let mut args = vec!["-p", &port, "-t", "aegis/v1/orin-1/models", "-q", "1", "-s"];
+    if retain {
+        args.push("-r");
+    }
     let mut p = Command::new("/usr/bin/mosquitto_pub")
-        .args([
-            "-p",
-            &port.to_string(),
-            "-t",
-            "aegis/v1/orin-1/models",
-            "-q",
-            "1",
-            "-s",
-        ])
+        .args(args)
         .stdin(Stdio::piped())
         .spawn()
         .unwrap();
@@ -275,14 +280,11 @@ fn announce(port: u16, signed: &str, url: &str) {
     assert!(p.wait().unwrap().success());
 }
 
-#[test]
-fn a_bundle_goes_live_without_dropping_a_frame_a_failing_one_rolls_back_and_bad_ones_are_refused_before_download()
- {
-    if !have_mosquitto() {
-        return;
-    }
-    let dir = dir_with_models_and_photo();
-    let d = dir.path();
+/// A gateway, a provisioned `orin-1` (group `site-a`), a second issuer `models-gw` that
+/// may ship models (the workflow issuer `fleet-gw-1` may not), a broker, a 30 s clip and
+/// the agent's config: two streams of the clip (`source`: extra source options) through a
+/// moderation stage using the configured NudeNet model `nn`, model delivery on.
+fn fixture(d: &Path, source: &str) -> (Broker, PathBuf) {
     gateway_and_device(d, "orin-1", &["site-a"]);
     // A second issuer that may ship models; the workflow issuer may not.
     chimera_ok(d, &["keygen", "--out", "models"]);
@@ -318,7 +320,6 @@ fn a_bundle_goes_live_without_dropping_a_frame_a_failing_one_rolls_back_and_bad_
     );
     let broker = Broker::start(&d.join("broker"));
     let clip = make_clip(d, "clip.mp4", 640, 360, 30.0);
-    let files = Files::serve(d.to_path_buf());
     let (web, dirs) = (free_port(), d.display().to_string());
     let cfg = d.join("aegis.yaml");
     std::fs::write(
@@ -327,8 +328,8 @@ fn a_bundle_goes_live_without_dropping_a_frame_a_failing_one_rolls_back_and_bad_
             r#"device: {{ id: orin-1, groups: [site-a] }}
 pipeline:
   sources:
-    - {{ id: cam0, url: "file://{clip}", realtime: true }}
-    - {{ id: cam1, url: "file://{clip}", realtime: true }}
+    - {{ id: cam0, url: "file://{clip}", {source} }}
+    - {{ id: cam1, url: "file://{clip}", {source} }}
   stages: [{{ kind: moderate, model: nn, every_n_frames: 2 }}]
   sinks: [{{ kind: discard }}]
 inference:
@@ -351,6 +352,19 @@ workflows:
         ),
     )
     .unwrap();
+    (broker, cfg)
+}
+
+#[test]
+fn a_bundle_goes_live_without_dropping_a_frame_a_failing_one_rolls_back_and_bad_ones_are_refused_before_download()
+ {
+    if !have_mosquitto() {
+        return;
+    }
+    let dir = dir_with_models_and_photo();
+    let d = dir.path();
+    let (broker, cfg) = fixture(d, "realtime: true");
+    let files = Files::serve(d.to_path_buf());
     let device_pub = aegis_ota::sign::PublicKey::read(&d.join("keys/device.pub")).unwrap();
     let mut agent = Command::new(aegis_bin())
         .args(["run", "--config", cfg.to_str().unwrap()])
@@ -530,4 +544,146 @@ workflows:
     // SAFETY: kill(2) on our own child, which has not been waited for.
     unsafe { libc::kill(again.id() as i32, libc::SIGTERM) };
     assert!(again.wait().unwrap().success());
+}
+
+/// The version of `nn` the status says runs, and where it comes from.
+fn running_nn(port: u16) -> Option<(u64, String)> {
+    let o = Command::new("/usr/bin/mosquitto_sub")
+        .args([
+            "-p",
+            &port.to_string(),
+            "-t",
+            "aegis/v1/orin-1/status",
+            "-C",
+            "1",
+            "-W",
+            "3",
+        ])
+        .output()
+        .ok()?;
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).ok()?;
+    if v["state"] != "online" {
+        return None;
+    }
+    let nn = v["models"]
+        .as_array()?
+        .iter()
+        .find(|m| m["name"] == "nn")?
+        .clone();
+    Some((
+        nn["version"].as_u64()?,
+        nn["source"].as_str().unwrap_or("config").to_string(),
+    ))
+}
+
+/// Iterations of the kill -9 soak (CI: a few; `AEGIS_MODEL_SOAK` for more).
+fn model_soak_iterations() -> u64 {
+    std::env::var("AEGIS_MODEL_SOAK")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(5)
+}
+
+#[test]
+fn kill_9_during_download_install_or_swap_never_leaves_a_broken_model_and_the_update_completes() {
+    if !have_mosquitto() {
+        return;
+    }
+    let dir = dir_with_models_and_photo();
+    let d = dir.path();
+    let (broker, cfg) = fixture(d, "loop: true, realtime: true");
+    let files = Files::serve(d.to_path_buf());
+    let start = |n: u64| {
+        Command::new(aegis_bin())
+            .args(["run", "--config", cfg.to_str().unwrap()])
+            .current_dir(d)
+            .env("RUST_LOG", "info")
+            .stdout(std::fs::File::create(d.join(format!("run{n}.out"))).unwrap())
+            .stderr(std::fs::File::create(d.join(format!("run{n}.log"))).unwrap())
+            .spawn()
+            .unwrap()
+    };
+    // Kill points spread from the announcement: during the transfer, the install, the
+    // load, the health check, the swap and the judging window.
+    let mut agent = start(0);
+    wait_online(broker.port);
+    let iterations = model_soak_iterations();
+    let mut outcomes = Vec::new();
+    // What runs before each iteration: the configured model, then each completed version.
+    let mut before = (1u64, "config".to_string());
+    for i in 0..iterations {
+        let version = 2 + i;
+        let name = format!("k{version}");
+        bundle(d, &name);
+        let signed = pack(d, &name, version, "output0:max:0:1000");
+        // Retained: a restarted agent gets the announcement again and finishes the job.
+        announce_retained(broker.port, &signed, &files.url(&name));
+        std::thread::sleep(Duration::from_millis(i * 1400 / iterations.max(1)));
+        // SAFETY: kill(2) on our own child, which has not been waited for.
+        unsafe { libc::kill(agent.id() as i32, libc::SIGKILL) };
+        agent.wait().unwrap();
+        // The store is consistent after every kill: nothing on trial survives a start.
+        agent = start(i + 1);
+        wait_online(broker.port);
+        // Either the update completes (killed before its trial began: the transfer starts
+        // again from the retained announcement), or it was on trial when the agent died and
+        // stays rolled back (tried once, as a model that crashes the agent must not be
+        // retried in a loop). Never anything else.
+        let t0 = Instant::now();
+        let outcome = loop {
+            let list: serde_json::Value = serde_json::from_str(&aegis_ok(
+                d,
+                &[
+                    "models",
+                    "list",
+                    "--config",
+                    cfg.to_str().unwrap(),
+                    "--json",
+                ],
+            ))
+            .unwrap();
+            // (A trial may be under way: the restarted agent got the announcement again.)
+            let settled = list[0]["trial"].is_null();
+            let running = running_nn(broker.port);
+            if running
+                .as_ref()
+                .is_some_and(|(v, src)| *v == version && src == "ota")
+                && settled
+            {
+                assert_eq!(list[0]["active"]["version"], version, "{list}");
+                break "completed";
+            }
+            if settled && list[0]["highest"] == version && list[0]["active"]["version"] != version {
+                // Rolled back by the crash: what runs is what ran before.
+                if running.as_ref() == Some(&before) {
+                    break "rolled back";
+                }
+            }
+            assert!(
+                t0.elapsed() < Duration::from_secs(90),
+                "iteration {i}: version {version} neither active nor rolled back; status {:?}, store {list}\n{}",
+                running,
+                std::fs::read_to_string(d.join(format!("run{}.log", i + 1))).unwrap_or_default()
+            );
+            std::thread::sleep(Duration::from_millis(200));
+        };
+        outcomes.push(outcome);
+        if outcome == "completed" {
+            before = (version, "ota".to_string());
+        }
+    }
+    eprintln!("kill -9 soak, {iterations} iterations: {outcomes:?}");
+    assert!(
+        outcomes.contains(&"completed"),
+        "no iteration completed: {outcomes:?}"
+    );
+    // SAFETY: as above.
+    unsafe { libc::kill(agent.id() as i32, libc::SIGTERM) };
+    assert!(agent.wait().unwrap().success());
+    let out = std::fs::read_to_string(d.join(format!("run{iterations}.out"))).unwrap();
+    for cam in ["cam0", "cam1"] {
+        let (decoded, delivered, dropped) = stream_counts(&out, cam);
+        assert!(decoded > 0, "{out}");
+        assert_eq!((delivered, dropped), (decoded, 0), "{cam}: {out}");
+    }
 }

@@ -31,6 +31,9 @@ struct ModelOutcome {
 impl Applier {
     /// Model delivery on this device (None: off).
     pub fn set_models(&mut self, d: crate::models_ota::delivery::Delivery) {
+        for r in &d.recovered {
+            self.audit("model.recovered", r.clone());
+        }
         self.models = Some(d);
         let installed = self
             .starter
@@ -113,13 +116,14 @@ impl Applier {
                 if self.workflows.answered(&digest) {
                     return self.duplicate(t0, &digest);
                 }
+                let reason = self.explain(&rej);
                 return self.model_answer(
                     peek(&signed),
                     &digest,
                     t0,
                     ModelOutcome {
                         verdict: Verdict::Rejected,
-                        reason: rej.to_string(),
+                        reason,
                     },
                 );
             }
@@ -202,6 +206,27 @@ impl Applier {
                 )
             }
         }
+    }
+
+    /// The reason for a refusal, said plainly where the store knows more: a version that is
+    /// not newer because it was itself tried here and rolled back.
+    fn explain(&self, rej: &ModelRejection) -> String {
+        if let ModelRejection::NotNewer {
+            name,
+            offered,
+            installed,
+        } = rej
+            && offered == installed
+            && let Some(d) = &self.models
+            && d.store.active(name).is_none_or(|(v, _)| v != *offered)
+        {
+            return format!(
+                "version: model {name:?} version {offered} was tried on this device and rolled \
+                 back (its health check or first frames failed, or the agent stopped while it \
+                 was on trial): a version is tried once; ship the fix as a new version"
+            );
+        }
+        rej.to_string()
     }
 
     /// `verify_manifest` against this device: Err(None) while trust is lost.
