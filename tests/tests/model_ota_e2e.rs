@@ -198,42 +198,60 @@ impl Drop for Receipts {
     }
 }
 
-/// Packs and signs bundle `dir` as `nn` version `version` with the health bound `expect`,
-/// by `issuer` with its key file `key`; returns the signed manifest.
-fn pack_by(d: &Path, dir: &str, version: u64, expect: &str, issuer: &str, key: &str) -> String {
+/// Packs bundle `dir` as `nn` version `version` with the health bound `expect`, for
+/// `issuer`, with `extra` options; returns the manifest's file name.
+fn pack_json(
+    d: &Path,
+    dir: &str,
+    version: u64,
+    expect: &str,
+    issuer: &str,
+    extra: &[&str],
+) -> String {
     let out = format!("{dir}.json");
-    chimera_ok(
-        d,
-        &[
-            "model",
-            "pack",
-            dir,
-            "--name",
-            "nn",
-            "--version",
-            &version.to_string(),
-            "--kind",
-            "nudenet",
-            "--issuer",
-            issuer,
-            "--group",
-            "site-a",
-            "--model",
-            "model.onnx",
-            "--input",
-            "images:float32:-1x3x320x320",
-            "--output",
-            "output0:float32:-1x22x2100",
-            "--reference-input",
-            "health/input.bin",
-            "--expect",
-            expect,
-            "--out",
-            &out,
-        ],
-    );
-    chimera_ok(d, &["model", "sign", &out, "--key", key]);
-    std::fs::read_to_string(d.join(format!("{out}.signed"))).unwrap()
+    let version = version.to_string();
+    let mut args = vec![
+        "model",
+        "pack",
+        dir,
+        "--name",
+        "nn",
+        "--version",
+        &version,
+        "--kind",
+        "nudenet",
+        "--issuer",
+        issuer,
+        "--group",
+        "site-a",
+        "--model",
+        "model.onnx",
+        "--input",
+        "images:float32:-1x3x320x320",
+        "--output",
+        "output0:float32:-1x22x2100",
+        "--reference-input",
+        "health/input.bin",
+        "--expect",
+        expect,
+        "--out",
+        &out,
+    ];
+    args.extend_from_slice(extra);
+    chimera_ok(d, &args);
+    out
+}
+
+/// Signs manifest file `json` with `key`; returns the signed manifest.
+fn sign_json(d: &Path, json: &str, key: &str) -> String {
+    chimera_ok(d, &["model", "sign", json, "--key", key]);
+    std::fs::read_to_string(d.join(format!("{json}.signed"))).unwrap()
+}
+
+/// Packs and signs bundle `dir` (see [`pack_json`]) by `issuer` with its key file `key`.
+fn pack_by(d: &Path, dir: &str, version: u64, expect: &str, issuer: &str, key: &str) -> String {
+    let json = pack_json(d, dir, version, expect, issuer, &[]);
+    sign_json(d, &json, key)
 }
 
 /// [`pack_by`] the issuer that may ship models.
@@ -441,6 +459,47 @@ fn a_bundle_goes_live_without_dropping_a_frame_a_failing_one_rolls_back_and_bad_
         "v4 was fetched"
     );
 
+    // A manifest for another platform (a Jetson-only bundle; this device runs on the CPU)
+    // and an expired one (signed, but its announcement window is over).
+    bundle(d, "b6");
+    let json = pack_json(
+        d,
+        "b6",
+        6,
+        "output0:max:0:1000",
+        "models-gw",
+        &["--backend", "jetson"],
+    );
+    announce(
+        broker.port,
+        &sign_json(d, &json, "models.key"),
+        &files.url("b6"),
+    );
+    let r = receipts.nth(4, &device_pub);
+    assert_eq!((r.version, r.verdict.as_str()), (6, "rejected"), "{r:?}");
+    assert!(r.reason.contains("backend"), "{r:?}");
+    bundle(d, "b7");
+    let json = pack_json(d, "b7", 7, "output0:max:0:1000", "models-gw", &[]);
+    let mut m: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(d.join(&json)).unwrap()).unwrap();
+    let now = aegis_ota::maml::now_s();
+    m["issued_at"] = aegis_ota::maml::format_time(now - 7200).into();
+    m["expires_at"] = aegis_ota::maml::format_time(now - 3600).into();
+    std::fs::write(d.join(&json), serde_json::to_vec_pretty(&m).unwrap()).unwrap();
+    announce(
+        broker.port,
+        &sign_json(d, &json, "models.key"),
+        &files.url("b7"),
+    );
+    let r = receipts.nth(5, &device_pub);
+    assert_eq!((r.version, r.verdict.as_str()), (7, "rejected"), "{r:?}");
+    assert!(r.reason.contains("expire"), "{r:?}");
+    assert_eq!(
+        files.requests.load(Ordering::SeqCst),
+        before,
+        "b6 or b7 was fetched"
+    );
+
     bundle(d, "b5");
     let v5 = pack(d, "b5", 5, "output0:max:0:1000");
     let mut m = std::fs::read(d.join("b5/model.onnx")).unwrap();
@@ -448,7 +507,7 @@ fn a_bundle_goes_live_without_dropping_a_frame_a_failing_one_rolls_back_and_bad_
     m[n / 2] ^= 0xff;
     std::fs::write(d.join("b5/model.onnx"), m).unwrap();
     announce(broker.port, &v5, &files.url("b5"));
-    let r = receipts.nth(4, &device_pub);
+    let r = receipts.nth(6, &device_pub);
     assert_eq!(
         (r.version, r.verdict.as_str(), r.active_version),
         (5, "rejected", Some(2)),
