@@ -89,6 +89,21 @@ pub struct DeliveryStatus {
 }
 
 impl DeliveryStatus {
+    /// The counters and the transfer under way (bytes done and total, whole percent, ETA
+    /// seconds; 0 when none), for the metrics.
+    pub fn metric_values(&self) -> Vec<(&'static str, u64)> {
+        let t = self.get()["transfer"].clone();
+        let n = |k: &str| t[k].as_f64().unwrap_or(0.0).max(0.0) as u64;
+        let mut v = self.counters.values();
+        v.extend([
+            ("transfer_done_bytes", n("done")),
+            ("transfer_total_bytes", n("total")),
+            ("transfer_percent", n("percent")),
+            ("transfer_eta_s", n("eta_s")),
+        ]);
+        v
+    }
+
     /// `{ "store": …, "transfer": …, "last": … }`.
     pub fn get(&self) -> Value {
         self.inner.lock().unwrap_or_else(|p| p.into_inner()).clone()

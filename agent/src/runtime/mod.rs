@@ -109,7 +109,7 @@ pub async fn run(
         (Some(_), true) => {
             let (d, rx) = crate::models_ota::delivery::Delivery::open(cfg, backend)?;
             let status = d.status.clone();
-            metrics.watch_component("models", Box::new(move || status.counters.values()));
+            metrics.watch_component("models", Box::new(move || status.metric_values()));
             (Some(d), Some(rx))
         }
         _ => (None, None),
