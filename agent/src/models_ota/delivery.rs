@@ -452,3 +452,32 @@ fn read_bounded(path: &Path, max: u64) -> std::io::Result<Vec<u8>> {
     }
     Ok(buf)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn metrics_carry_the_transfer_under_way_and_zero_without_one() {
+        let s = DeliveryStatus::default();
+        let get = |s: &DeliveryStatus, k: &str| {
+            s.metric_values()
+                .into_iter()
+                .find(|(n, _)| *n == k)
+                .map(|(_, v)| v)
+        };
+        assert_eq!(get(&s, "transfer_percent"), Some(0));
+        s.set_transfer(Some(json!({
+            "name": "nn", "version": 2, "via": "http", "done": 4096, "total": 16384,
+            "percent": 25.0, "eta_s": 3, "attempt": 1,
+        })));
+        s.counters.bytes.fetch_add(4096, Relaxed);
+        assert_eq!(get(&s, "transfer_done_bytes"), Some(4096));
+        assert_eq!(get(&s, "transfer_total_bytes"), Some(16384));
+        assert_eq!(get(&s, "transfer_percent"), Some(25));
+        assert_eq!(get(&s, "transfer_eta_s"), Some(3));
+        assert_eq!(get(&s, "bytes"), Some(4096));
+        s.set_transfer(None);
+        assert_eq!(get(&s, "transfer_done_bytes"), Some(0));
+    }
+}
