@@ -780,7 +780,13 @@ fn attack_lost_trust_file_never_falls_back_to_older_trust() {
     rig.wait_audit("trust.refused", "rollback", 1);
     rig.publish(TRUST_TOPIC, &v2, true);
     rig.wait_counter("trust_updates", 1);
-    assert_eq!(rig.status()["workflow"]["trust"]["state"], "valid");
+    // The counter moves before the retained status is published again.
+    eventually(
+        Duration::from_secs(10),
+        Duration::from_millis(100),
+        || (rig.status()["workflow"]["trust"]["state"] == "valid").then_some(()),
+        || rig.status().to_string(),
+    );
     // gw-2 stays revoked.
     let again = rig.by(
         &rig.gw2,

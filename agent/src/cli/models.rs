@@ -11,7 +11,8 @@ pub enum ModelsCommand {
     /// Each model installed over the air: its active, previous and on-trial versions (with
     /// the manifest digest and size) and the highest version ever installed. Reads only.
     List {
-        /// The agent's config (`workflows.models.dir` is the store).
+        /// The agent's config (`workflows.models.dir`, else `models` under
+        /// `workflows.state_dir`, is the store).
         #[arg(long, short)]
         config: PathBuf,
         /// Print JSON instead of a table.
@@ -25,7 +26,7 @@ pub fn run(cmd: ModelsCommand) -> anyhow::Result<()> {
     match cmd {
         ModelsCommand::List { config, json } => {
             let cfg = aegis_config::load(&config)?;
-            let dir = &cfg.workflows.models.dir;
+            let dir = &cfg.workflows.models_dir();
             let entries = aegis_ota::model_store::ModelStore::inspect(dir)?;
             let version = |v: &Option<aegis_ota::model_store::VersionRecord>| {
                 v.as_ref().map(|v| {

@@ -206,7 +206,10 @@ impl Delivery {
         backend: BackendKind,
     ) -> Result<(Delivery, tokio::sync::mpsc::Receiver<Staged>), DeliveryError> {
         let m = cfg.workflows.models.clone();
-        let (store, recovered) = ModelStore::open(&m.dir, m.budget_mb.saturating_mul(1 << 20))?;
+        let (store, recovered) = ModelStore::open(
+            &cfg.workflows.models_dir(),
+            m.budget_mb.saturating_mul(1 << 20),
+        )?;
         for r in &recovered {
             tracing::warn!(repair = %r, "model store repaired at start-up");
         }

@@ -93,10 +93,6 @@ pub struct WorkflowsConfig {
     pub models: ModelDeliveryConfig,
 }
 
-fn default_models_dir() -> PathBuf {
-    PathBuf::from("/var/lib/aegis/models")
-}
-
 fn default_models_budget_mb() -> u64 {
     2048
 }
@@ -119,9 +115,10 @@ pub struct ModelDeliveryConfig {
     #[serde(default = "default_true")]
     pub enabled: bool,
     /// Where installed bundles, the staging area and the model state are kept
-    /// (persistent storage, not on the A/B firmware slots).
-    #[serde(default = "default_models_dir")]
-    pub dir: PathBuf,
+    /// (persistent storage, not on the A/B firmware slots). Absent: `models` under
+    /// `workflows.state_dir`.
+    #[serde(default)]
+    pub dir: Option<PathBuf>,
     /// Disk budget of installed plus staged bundles, MiB.
     #[serde(default = "default_models_budget_mb")]
     pub budget_mb: u64,
@@ -153,7 +150,7 @@ impl Default for ModelDeliveryConfig {
     fn default() -> Self {
         ModelDeliveryConfig {
             enabled: true,
-            dir: default_models_dir(),
+            dir: None,
             budget_mb: default_models_budget_mb(),
             max_bundle_mb: default_max_bundle_mb(),
             download_hosts: Vec::new(),
@@ -162,6 +159,16 @@ impl Default for ModelDeliveryConfig {
             module: None,
             trt_version: None,
         }
+    }
+}
+
+impl WorkflowsConfig {
+    /// The model store's directory: `models.dir`, else `models` under `state_dir`.
+    pub fn models_dir(&self) -> PathBuf {
+        self.models
+            .dir
+            .clone()
+            .unwrap_or_else(|| self.state_dir.join("models"))
     }
 }
 
