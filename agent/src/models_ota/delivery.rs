@@ -192,6 +192,9 @@ pub struct Delivery {
     pub transfer: Option<String>,
     /// Milliseconds of each step of the bundle being handled (for its receipt and status).
     pub phases: Vec<(String, f64)>,
+    /// The latest fleet announcement of another bundle that came during the transfer
+    /// (topic, payload): handled when it ends.
+    pub pending: Option<(String, Vec<u8>)>,
     /// Where the signed manifest of each confirmed version is kept (outside the store, whose
     /// recovery removes what its state does not name), for loading it again at start-up.
     manifests: PathBuf,
@@ -243,6 +246,7 @@ impl Delivery {
                 recovered,
                 transfer: None,
                 phases: Vec::new(),
+                pending: None,
                 manifests: cfg.workflows.state_dir.join("model-manifests"),
                 done: tx,
             },

@@ -141,8 +141,12 @@ impl Applier {
         if let Some(busy) = &d.transfer {
             let reason = if *busy == v.digest {
                 "its transfer is under way".to_string()
+            } else if let Via::Fleet(topic) = via {
+                // Kept (the latest one) and handled when the transfer under way ends.
+                d.pending = Some((topic.to_string(), payload.to_vec()));
+                "another bundle's transfer is under way; this one follows".to_string()
             } else {
-                "another bundle's transfer is under way; announce it again later".to_string()
+                "another bundle's transfer is under way; try again later".to_string()
             };
             return Reply {
                 verdict: Answer::Duplicate,
@@ -268,7 +272,19 @@ impl Applier {
     }
 
     /// A transfer ended (the supervisor hands it over): install, load, check, swap, judge.
-    pub async fn model_staged(&mut self, mut pipeline: Pipeline, s: Staged) -> (Pipeline, Reply) {
+    pub async fn model_staged(&mut self, pipeline: Pipeline, s: Staged) -> (Pipeline, Reply) {
+        let (mut pipeline, reply) = self.finish_transfer(pipeline, s).await;
+        // An announcement that came during the transfer goes next.
+        if let Some((topic, payload)) = self.models.as_mut().and_then(|d| d.pending.take()) {
+            let (p, _) = self
+                .model_message(pipeline, Instant::now(), Via::Fleet(&topic), &payload)
+                .await;
+            pipeline = p;
+        }
+        (pipeline, reply)
+    }
+
+    async fn finish_transfer(&mut self, mut pipeline: Pipeline, s: Staged) -> (Pipeline, Reply) {
         let Some(d) = self.models.as_mut() else {
             return (
                 pipeline,
