@@ -251,7 +251,8 @@ fn target_and_time_refusals() {
 #[test]
 fn format_refusals_name_the_field() {
     let w = world();
-    let cases: Vec<(Box<dyn Fn(&mut RollbackOrder)>, &str)> = vec![
+    type Change = Box<dyn Fn(&mut RollbackOrder)>;
+    let cases: Vec<(Change, &str)> = vec![
         (Box::new(|o| o.kind_tag = "aegis-model".into()), "type"),
         (Box::new(|o| o.name = "../x".into()), "not allowed"),
         (Box::new(|o| o.to_version = 5), "below from_version"),
