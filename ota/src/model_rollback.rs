@@ -4,9 +4,9 @@
 //! models, naming the model, the version to leave and the version to return to.
 //!
 //! The signed file is shaped as a manifest is: JSON (LF-normalised), then exactly one
-//! ```` ```signature ```` block made with [`Purpose::Model`](crate::sign::Purpose::Model),
-//! at most [`MAX_MANIFEST_BYTES`] — one verifier path ([`crate::model`]'s signature, issuer,
-//! target and time checks). Sharing the manifests' signature context is safe because the
+//! ```` ```signature ```` block made with [`Purpose::Model`], at most
+//! [`MAX_MANIFEST_BYTES`] — one verifier path ([`crate::model`]'s signature, issuer, target
+//! and time checks). Sharing the manifests' signature context is safe because the
 //! two never parse as each other: both refuse unknown fields and check their `type`, so a
 //! signed manifest is never an order (nor the reverse).
 //!
@@ -41,7 +41,7 @@ use serde::{Deserialize, Serialize};
 use crate::maml;
 use crate::model::{
     MAX_MANIFEST_BYTES, ModelContext, ModelRejection, ModelTarget, check_issuer_and_target,
-    check_name, check_time, split_one, verify_signature,
+    check_name, check_time, verify_signature,
 };
 use crate::sign::{PublicKey, Purpose, SecretKey};
 use crate::trust::TrustMetadata;
@@ -168,14 +168,6 @@ pub fn sign_rollback_order(json: &[u8], key: &SecretKey) -> Result<Vec<u8>, Mode
         )));
     }
     Ok(out)
-}
-
-/// Splits a signed order into its signed bytes (LF-normalised) and its one signature block.
-/// A text scan: no JSON is read. (`chimera` uses it to refuse signing twice.)
-pub fn split_rollback_order(
-    bytes: &[u8],
-) -> Result<(Vec<u8>, maml::SignatureBlock), ModelRejection> {
-    split_one(bytes, "rollback order")
 }
 
 /// The device-side checks of a signed rollback order, in the manifests' order: trust

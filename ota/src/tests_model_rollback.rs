@@ -104,7 +104,7 @@ fn a_good_order_verifies_once_parsed() {
     let v = verify_rollback_order(&bytes, &w.trust, &w.ctx).unwrap();
     assert_eq!(v.order, order());
     assert_eq!(v.signer.id(), w.issuer.public().id());
-    let (signed, _) = split_rollback_order(&bytes).unwrap();
+    let (signed, _) = crate::model::split_one(&bytes, "rollback order").unwrap();
     assert_eq!(v.digest, crate::sha256_hex(&signed));
     // CRLF in transit does not change what was signed.
     let crlf = String::from_utf8(bytes)
