@@ -8,9 +8,11 @@
 //! expiry), the device-side checks ([`device`]: targets, trusted time, anti-replay, policy),
 //! sealing and group keys ([`seal`]: ML-KEM-768 and AES-256-GCM), `.mu` receipts
 //! ([`receipt`]), the device's persisted workflow state ([`state`]: trial, commit, rollback,
-//! monotonic trust, answered digests), signed model bundle manifests ([`model`]), the
-//! device's model store ([`model_store`]: staging, install on trial, confirm, rollback,
-//! crash recovery), and the `chimera` gateway CLI. See `docs/security.md`. This crate must
+//! monotonic trust, answered digests), signed model bundle manifests ([`model`]) and
+//! rollback orders ([`model_rollback`]), the device's model store ([`model_store`]: staging
+//! that survives a restart, install on trial with the signed manifest kept, confirm,
+//! rollback, crash recovery), what travels for model delivery ([`model_wire`]), and the
+//! `chimera` gateway CLI. See `docs/security.md`. This crate must
 //! never know about frames.
 
 pub mod device;
@@ -19,6 +21,7 @@ mod keyfile;
 pub use keyfile::{read_private, write_private};
 pub mod maml;
 pub mod model;
+pub mod model_rollback;
 pub mod model_store;
 pub mod model_wire;
 pub mod receipt;
@@ -235,6 +238,8 @@ mod tests;
 mod tests_device;
 #[cfg(test)]
 mod tests_model;
+#[cfg(test)]
+mod tests_model_rollback;
 #[cfg(test)]
 mod tests_model_store;
 #[cfg(test)]

@@ -1,8 +1,10 @@
 //! Signed model bundle manifests: what a model bundle is (its files with their sizes and
 //! SHA-256, its kind, tensors, platform, minimum agent version and health check), the
 //! device-side checks of a signed manifest *before anything is downloaded*
-//! ([`verify_manifest`]), and the check of a staged bundle's files against it
-//! ([`verify_bundle_files`]).
+//! ([`verify_manifest`]) and again at start-up for an installed one
+//! ([`verify_installed_manifest`]), and the check of a staged bundle's files against it
+//! ([`verify_bundle_files`]). Signed rollback orders share the signature, issuer, target
+//! and time checks ([`crate::model_rollback`]).
 //!
 //! The format is JSON, like the trust metadata, not YAML like workflows: a manifest is
 //! written by `chimera model pack`, not by hand, and JSON has one reading of each value (no
@@ -27,7 +29,7 @@ use aegis_config::{BackendKind, ModelKindConfig};
 use crate::device::Identity;
 use crate::maml::{self, SignatureBlock};
 use crate::sign::{PublicKey, Purpose, SecretKey, SignError};
-use crate::trust::TrustMetadata;
+use crate::trust::{Issuer, TrustMetadata};
 
 /// `type` of every manifest.
 pub const MANIFEST_TYPE: &str = "aegis-model";
@@ -233,7 +235,8 @@ pub struct ModelContext {
     pub now_s: i64,
     /// Clock skew tolerated for `issued_at` in the future, seconds.
     pub max_clock_skew_s: i64,
-    /// The version of this name installed now (None: none).
+    /// The version of this name installed now (None: none). For
+    /// [`verify_installed_manifest`]: the version the store recorded for the manifest.
     pub installed_version: Option<u64>,
     /// Free bytes where the bundle would be staged.
     pub free_disk_bytes: u64,
@@ -333,6 +336,22 @@ pub enum ModelRejection {
         /// Installed.
         installed: u64,
     },
+    /// An installed manifest ([`verify_installed_manifest`]) is not the version the store
+    /// recorded.
+    #[error(
+        "version: the kept manifest is model {name:?} version {found}, the store records version {recorded:?}"
+    )]
+    NotRecordedVersion {
+        /// The model.
+        name: String,
+        /// The manifest's version.
+        found: u64,
+        /// The version recorded (None: none).
+        recorded: Option<u64>,
+    },
+    /// The signed bytes are not a valid rollback order (after the signature verified).
+    #[error("rollback order: {0}")]
+    Order(String),
     /// This device's backend is not one of `platform.backends`.
     #[error("platform: backends {allowed:?} do not include this device's {backend}")]
     Backend {
@@ -715,9 +734,18 @@ pub fn sign_manifest(json: &[u8], key: &SecretKey) -> Result<Vec<u8>, ModelRejec
 /// Splits a signed manifest into its signed bytes (LF-normalised) and its one signature
 /// block. A text scan: no JSON is read here.
 pub fn split_manifest(bytes: &[u8]) -> Result<(Vec<u8>, SignatureBlock), ModelRejection> {
+    split_one(bytes, "manifest")
+}
+
+/// The split shared by manifests and rollback orders (`what` names which in errors): at
+/// most [`MAX_MANIFEST_BYTES`], then exactly one signature block.
+pub(crate) fn split_one(
+    bytes: &[u8],
+    what: &str,
+) -> Result<(Vec<u8>, SignatureBlock), ModelRejection> {
     if bytes.len() > MAX_MANIFEST_BYTES {
         return Err(ModelRejection::Format(format!(
-            "the signed manifest is {} bytes; the limit is {MAX_MANIFEST_BYTES}",
+            "the signed {what} is {} bytes; the limit is {MAX_MANIFEST_BYTES}",
             bytes.len()
         )));
     }
@@ -727,9 +755,18 @@ pub fn split_manifest(bytes: &[u8]) -> Result<(Vec<u8>, SignatureBlock), ModelRe
     match blocks.len() {
         1 => Ok((signed, blocks.remove(0))),
         n => Err(ModelRejection::Format(format!(
-            "a manifest carries exactly one signature block, not {n}"
+            "a {what} carries exactly one signature block, not {n}"
         ))),
     }
+}
+
+/// The digest a signed manifest is known by ([`VerifiedManifest::digest`]): the SHA-256
+/// of its signed bytes (LF-normalised, without the signature block, so a CRLF copy or
+/// another signature over the same statement has the same digest). Splits only; checks no
+/// signature.
+pub fn manifest_digest(bytes: &[u8]) -> Result<String, ModelRejection> {
+    let (signed, _) = split_manifest(bytes)?;
+    Ok(crate::sha256_hex(&signed))
 }
 
 fn allowed(list: &[String], item: &str) -> bool {
@@ -747,10 +784,68 @@ pub fn verify_manifest(
     trust: &TrustMetadata,
     ctx: &ModelContext,
 ) -> Result<VerifiedManifest, ModelRejection> {
-    if let Some(why) = crate::device::trust_expired(trust, ctx.now_s) {
+    verify(bytes, trust, ctx, Use::Announcement)
+}
+
+/// The checks of a manifest the store already installed (read back with
+/// [`crate::model_store::ModelStore::manifest`]), for an agent that is about to run the
+/// version again at start-up: every check of [`verify_manifest`], in the same order,
+/// except three.
+///
+/// - `expires_at` is not checked: it bounds how long an *announcement* may be acted on, not
+///   how long an installed model may run (a model installed a week before its manifest
+///   expired must still run after).
+/// - "version above the installed one" becomes "version equal to the recorded one":
+///   `ctx.installed_version` is the version the store recorded for this manifest (None is
+///   refused), so a manifest of another version never passes as this one's
+///   ([`ModelRejection::NotRecordedVersion`]).
+/// - Free disk is not checked: the files are already on disk.
+///
+/// Everything else still refuses: trust metadata expired, an issuer key unknown or revoked
+/// since, a bad signature, an issuer that lost its `models: true` or its right to target
+/// this device, `issued_at` beyond trusted time plus skew, another platform or TensorRT
+/// version (after an upgrade of the device), an agent older than `min_agent_version` (after
+/// a downgrade), a bundle above the policy's size limit.
+pub fn verify_installed_manifest(
+    bytes: &[u8],
+    trust: &TrustMetadata,
+    ctx: &ModelContext,
+) -> Result<VerifiedManifest, ModelRejection> {
+    verify(bytes, trust, ctx, Use::Installed)
+}
+
+/// What a manifest is checked for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Use {
+    /// An announcement: everything.
+    Announcement,
+    /// Already installed: no expiry, no free disk, version equal to the recorded one.
+    Installed,
+}
+
+/// A signature that verified: the signed bytes and who signed them.
+pub(crate) struct SignedBy {
+    /// The signed bytes (LF-normalised, no signature block).
+    pub(crate) signed: Vec<u8>,
+    /// The issuer whose key signed.
+    pub(crate) issuer: Issuer,
+    /// That key.
+    pub(crate) key: PublicKey,
+}
+
+/// The checks before any JSON is read, shared by manifests and rollback orders (`what`
+/// names which): trust metadata valid now → size and one signature block → algorithm →
+/// issuer key known and not revoked → signature with [`Purpose::Model`].
+pub(crate) fn verify_signature(
+    bytes: &[u8],
+    trust: &TrustMetadata,
+    now_s: i64,
+    what: &str,
+) -> Result<SignedBy, ModelRejection> {
+    if let Some(why) = crate::device::trust_expired(trust, now_s) {
         return Err(ModelRejection::Trust(why));
     }
-    let (signed, block) = split_manifest(bytes)?;
+    let (signed, block) = split_one(bytes, what)?;
     if block.alg != crate::sign::ALG {
         return Err(ModelRejection::Signature(SignError::Algorithm(block.alg)));
     }
@@ -759,59 +854,114 @@ pub fn verify_manifest(
         .map_err(ModelRejection::Signature)?;
     key.verify(&signed, Purpose::Model, &block.sig)
         .map_err(ModelRejection::Signature)?;
-    // From here on the bytes are the issuer's: parsed once.
-    let m = ModelManifest::from_json(&signed)?;
+    Ok(SignedBy {
+        signed,
+        issuer,
+        key,
+    })
+}
+
+/// The issuer and target rules shared by manifests and rollback orders: the signing
+/// issuer may ship models and is the one `claimed`; `target` names this device or one of
+/// its groups; the issuer may target every device and group named.
+pub(crate) fn check_issuer_and_target(
+    issuer: &Issuer,
+    claimed: &str,
+    target: &ModelTarget,
+    me: &Identity,
+) -> Result<(), ModelRejection> {
     if !issuer.models {
         return Err(ModelRejection::NotModelIssuer {
-            issuer: issuer.name,
+            issuer: issuer.name.clone(),
         });
     }
-    if m.issuer != issuer.name {
+    if claimed != issuer.name {
         return Err(ModelRejection::IssuerMismatch {
-            claimed: m.issuer,
-            signer: issuer.name,
+            claimed: claimed.to_string(),
+            signer: issuer.name.clone(),
         });
     }
-    let me = &ctx.identity;
     let for_me =
-        m.target.devices.contains(&me.id) || m.target.groups.iter().any(|g| me.groups.contains(g));
+        target.devices.contains(&me.id) || target.groups.iter().any(|g| me.groups.contains(g));
     if !for_me {
         return Err(ModelRejection::NotForThisDevice {
-            devices: m.target.devices,
-            groups: m.target.groups,
+            devices: target.devices.clone(),
+            groups: target.groups.clone(),
             device: me.id.clone(),
             device_groups: me.groups.clone(),
         });
     }
     for (what, names, may) in [
-        ("device", &m.target.devices, &issuer.devices),
-        ("group", &m.target.groups, &issuer.groups),
+        ("device", &target.devices, &issuer.devices),
+        ("group", &target.groups, &issuer.groups),
     ] {
         if let Some(n) = names.iter().find(|n| !allowed(may, n)) {
             return Err(ModelRejection::IssuerMayNotTarget {
-                issuer: issuer.name,
+                issuer: issuer.name.clone(),
                 what,
                 name: n.clone(),
             });
         }
     }
-    // Validated above: both parse.
-    let issued = maml::parse_time(&m.issued_at).unwrap_or(i64::MAX);
-    let expires = maml::parse_time(&m.expires_at).unwrap_or(i64::MIN);
+    Ok(())
+}
+
+/// The time rules shared by manifests and rollback orders: `issued_at` not beyond trusted
+/// time plus the skew; `expires_at` (when given) after trusted time. Both were validated
+/// by the format's rules.
+pub(crate) fn check_time(
+    issued_at: &str,
+    expires_at: Option<&str>,
+    ctx: &ModelContext,
+) -> Result<(), ModelRejection> {
+    let issued = maml::parse_time(issued_at).unwrap_or(i64::MAX);
     if issued > ctx.now_s.saturating_add(ctx.max_clock_skew_s) {
         return Err(ModelRejection::NotYetValid {
-            issued_at: m.issued_at,
+            issued_at: issued_at.to_string(),
             now: maml::format_time(ctx.now_s),
             skew_s: ctx.max_clock_skew_s,
         });
     }
-    if expires <= ctx.now_s {
+    if let Some(expires_at) = expires_at
+        && maml::parse_time(expires_at).unwrap_or(i64::MIN) <= ctx.now_s
+    {
         return Err(ModelRejection::Expired {
-            expires_at: m.expires_at,
+            expires_at: expires_at.to_string(),
             now: maml::format_time(ctx.now_s),
         });
     }
-    if let Some(installed) = ctx.installed_version
+    Ok(())
+}
+
+fn verify(
+    bytes: &[u8],
+    trust: &TrustMetadata,
+    ctx: &ModelContext,
+    what: Use,
+) -> Result<VerifiedManifest, ModelRejection> {
+    let SignedBy {
+        signed,
+        issuer,
+        key,
+    } = verify_signature(bytes, trust, ctx.now_s, "manifest")?;
+    // From here on the bytes are the issuer's: parsed once.
+    let m = ModelManifest::from_json(&signed)?;
+    check_issuer_and_target(&issuer, &m.issuer, &m.target, &ctx.identity)?;
+    let installed = what == Use::Installed;
+    check_time(
+        &m.issued_at,
+        (!installed).then_some(m.expires_at.as_str()),
+        ctx,
+    )?;
+    if installed {
+        if ctx.installed_version != Some(m.version) {
+            return Err(ModelRejection::NotRecordedVersion {
+                name: m.name,
+                found: m.version,
+                recorded: ctx.installed_version,
+            });
+        }
+    } else if let Some(installed) = ctx.installed_version
         && m.version <= installed
     {
         return Err(ModelRejection::NotNewer {
@@ -837,7 +987,7 @@ pub fn verify_manifest(
             limit: ctx.max_bundle_bytes,
         });
     }
-    if total > ctx.free_disk_bytes {
+    if !installed && total > ctx.free_disk_bytes {
         return Err(ModelRejection::NoDisk {
             total,
             free: ctx.free_disk_bytes,

@@ -739,3 +739,88 @@ fn hostile_bytes_never_panic() {
         Err(ModelRejection::Format(m)) if m.contains("limit")
     ));
 }
+
+/// An installed manifest is checked again at start-up without its expiry or free disk,
+/// and with "version equal to the recorded one" instead of "above the installed one";
+/// every other refusal still refuses.
+#[test]
+fn an_installed_manifest_is_checked_without_expiry_against_its_recorded_version() {
+    let mut w = world();
+    let mut m = manifest();
+    m.platform.backends = vec![BackendKind::Jetson];
+    let bytes = signed(&m, &w.issuer);
+    w.ctx.installed_version = Some(3);
+    // Long after the announcement expired, with no free disk: still the installed model.
+    w.ctx.now_s = crate::maml::parse_time(EXPIRES).unwrap() + 90 * 86_400;
+    w.ctx.free_disk_bytes = 0;
+    let v = verify_installed_manifest(&bytes, &w.trust, &w.ctx).unwrap();
+    assert_eq!(v.manifest, m);
+    assert_eq!(v.digest, manifest_digest(&bytes).unwrap());
+    // The same bytes as an announcement are refused for both reasons skipped above, and
+    // for not being newer.
+    assert!(matches!(
+        verify_manifest(&bytes, &w.trust, &w.ctx),
+        Err(ModelRejection::Expired { .. })
+    ));
+    // Another version than the one recorded, or none recorded.
+    for recorded in [Some(2), Some(4), None] {
+        w.ctx.installed_version = recorded;
+        let r = verify_installed_manifest(&bytes, &w.trust, &w.ctx).unwrap_err();
+        assert_eq!(
+            r,
+            ModelRejection::NotRecordedVersion {
+                name: "moderation".into(),
+                found: 3,
+                recorded
+            }
+        );
+        assert!(r.to_string().contains("version 3"), "{r}");
+    }
+    w.ctx.installed_version = Some(3);
+    // Still refused: trust expired, the key revoked, the models grant or the target
+    // withdrawn, another platform, an older agent, a bundle above the policy limit, a
+    // tampered byte, issued in the future.
+    type Change = Box<dyn Fn(&mut TrustMetadata, &mut ModelContext)>;
+    let id = w.issuer.public().id().to_string();
+    let refusals: Vec<(&str, Change)> = vec![
+        (
+            "trust expired",
+            Box::new(|t, _| t.expires_at = "2026-12-01T00:00:00Z".into()),
+        ),
+        ("revoked", Box::new(move |t, _| t.revoked.push(id.clone()))),
+        ("no models", Box::new(|t, _| t.issuers[0].models = false)),
+        (
+            "target withdrawn",
+            Box::new(|t, _| t.issuers[0].groups = vec!["site-b".into()]),
+        ),
+        (
+            "other backend",
+            Box::new(|_, c| c.platform.backend = BackendKind::Cpu),
+        ),
+        (
+            "agent downgraded",
+            Box::new(|_, c| c.agent_version = "0.3.9".into()),
+        ),
+        ("policy limit", Box::new(|_, c| c.max_bundle_bytes = 10)),
+        (
+            "issued in the future",
+            Box::new(|_, c| c.now_s = crate::maml::parse_time(ISSUED).unwrap() - 301),
+        ),
+    ];
+    for (what, change) in refusals {
+        let (mut trust, mut ctx) = (w.trust.clone(), w.ctx.clone());
+        change(&mut trust, &mut ctx);
+        let r = verify_installed_manifest(&bytes, &trust, &ctx);
+        assert!(r.is_err(), "{what}: accepted");
+    }
+    let mut tampered = bytes.clone();
+    let at = tampered
+        .windows(10)
+        .position(|x| x == b"moderation")
+        .unwrap();
+    tampered[at] = b'n';
+    assert!(matches!(
+        verify_installed_manifest(&tampered, &w.trust, &w.ctx),
+        Err(ModelRejection::Signature(_))
+    ));
+}

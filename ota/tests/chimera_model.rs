@@ -1,6 +1,7 @@
-//! `chimera model pack` and `chimera model sign` through the real binary, then the
+//! `chimera model pack`, `sign` and `rollback` through the real binary, then the
 //! device-side checks of the library on what they wrote: the manifest verifies against
-//! trust metadata that lets the issuer ship models, and the bundle's files match it.
+//! trust metadata that lets the issuer ship models, the bundle's files match it, and the
+//! rollback order verifies for the devices it targets.
 
 use std::path::Path;
 use std::process::{Command, Output};
@@ -10,6 +11,7 @@ use aegis_ota::device::Identity;
 use aegis_ota::model::{
     BundleError, ModelContext, ModelRejection, Platform, verify_bundle_files, verify_manifest,
 };
+use aegis_ota::model_rollback::verify_rollback_order;
 use aegis_ota::sign::PublicKey;
 use aegis_ota::trust::{Issuer, Roots, TrustMetadata};
 
@@ -210,4 +212,111 @@ fn pack_refuses_a_bundle_with_a_symbolic_link_or_a_bad_manifest() {
     let e = refused(d, &args);
     assert!(e.contains("missing.onnx"), "{e}");
     assert!(!d.join("manifest.json").exists());
+}
+
+#[test]
+fn rollback_writes_a_signed_order_devices_verify_and_never_overwrites() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    ok(d, &["keygen", "--out", "gw"]);
+    let args = [
+        "model",
+        "rollback",
+        "--name",
+        "moderation",
+        "--from",
+        "5",
+        "--to",
+        "4",
+        "--group",
+        "site-a",
+        "--key",
+        "gw.key",
+        "--expires-in",
+        "2d",
+        "--reason",
+        "false positives on site A",
+        "--out",
+        "rollback.signed",
+    ];
+    let said = ok(d, &args);
+    assert!(said.contains("from version 5 to version 4"), "{said}");
+    let bytes = std::fs::read(d.join("rollback.signed")).unwrap();
+    // Never overwritten.
+    let e = refused(d, &args);
+    assert!(e.contains("rollback.signed"), "{e}");
+    assert_eq!(std::fs::read(d.join("rollback.signed")).unwrap(), bytes);
+
+    let key = PublicKey::read(&d.join("gw.pub")).unwrap();
+    let mut trust = TrustMetadata {
+        kind: "aegis-trust".into(),
+        version: 2,
+        expires_at: "9999-01-01T00:00:00Z".into(),
+        root: Roots {
+            threshold: 1,
+            keys: vec![],
+        },
+        issuers: vec![Issuer {
+            name: "fleet-gw-1".into(),
+            key: {
+                use base64::Engine as _;
+                base64::engine::general_purpose::STANDARD.encode(key.to_bytes())
+            },
+            devices: vec![],
+            groups: vec!["site-a".into()],
+            models: true,
+        }],
+        revoked: vec![],
+    };
+    let mut ctx = ModelContext {
+        identity: Identity {
+            id: "orin-0042".into(),
+            groups: vec!["site-a".into()],
+        },
+        platform: Platform {
+            backend: BackendKind::Cuda,
+            module: None,
+            trt_version: None,
+        },
+        agent_version: env!("CARGO_PKG_VERSION").into(),
+        now_s: aegis_ota::maml::now_s(),
+        max_clock_skew_s: 300,
+        installed_version: Some(5),
+        free_disk_bytes: 0,
+        max_bundle_bytes: 0,
+    };
+    let v = verify_rollback_order(&bytes, &trust, &ctx).unwrap();
+    assert_eq!(
+        (
+            v.order.name.as_str(),
+            v.order.from_version,
+            v.order.to_version
+        ),
+        ("moderation", 5, 4)
+    );
+    assert_eq!(v.order.reason, "false positives on site A");
+    // It expires after the two days asked for.
+    ctx.now_s += 2 * 86_400 + 1;
+    assert!(matches!(
+        verify_rollback_order(&bytes, &trust, &ctx),
+        Err(ModelRejection::Expired { .. })
+    ));
+    ctx.now_s -= 2 * 86_400 + 1;
+    trust.issuers[0].models = false;
+    assert!(matches!(
+        verify_rollback_order(&bytes, &trust, &ctx),
+        Err(ModelRejection::NotModelIssuer { .. })
+    ));
+
+    // Refused before anything is written: forward "rollback", a bad validity.
+    let mut forward = args.to_vec();
+    forward[5] = "3";
+    forward[17] = "forward.signed";
+    let e = refused(d, &forward);
+    assert!(e.contains("below from_version"), "{e}");
+    let mut bad = args.to_vec();
+    bad[13] = "7w";
+    bad[17] = "bad.signed";
+    assert!(refused(d, &bad).contains("7w"));
+    assert!(!d.join("forward.signed").exists() && !d.join("bad.signed").exists());
 }

@@ -1,10 +1,13 @@
 //! The gateway's online side: publish signed workflows over MQTT 5 (DESIGN §6), verify the
-//! devices' `.mu` receipts against what was sent, and reconcile the fleet's desired state.
+//! devices' `.mu` receipts against what was sent (and their signed model receipts), and
+//! reconcile the fleet's desired state.
 //!
 //! Gateway state (`--state DIR`):
 //! - `sent.json`: per device, the workflow it should run (id, digest, sequence, the file,
 //!   the expected mirror, topic, when) — written by `publish`.
 //! - `receipts.json`: per device, the last verified receipt — written by `watch-receipts`.
+//! - `model-receipts.json`: per device and model, the last verified model receipt — written
+//!   by `watch-receipts`.
 //!
 //! Topics: a device's workflows go retained to `aegis/v1/{device}/workflows`, a group's to
 //! `aegis/v1/groups/{group}/workflows`, so a device that was offline gets the latest one
@@ -16,6 +19,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use aegis_ota::maml;
+use aegis_ota::model_wire::{MODEL_RECEIPT_TYPE, ModelReceipt};
 use aegis_ota::receipt::{MirrorEntry, Receipt};
 use aegis_ota::sign::PublicKey;
 use rumqttc::v5::mqttbytes::QoS;
@@ -320,8 +324,73 @@ struct Judged {
     at: String,
 }
 
+/// One model receipt (`model-receipts.json`: device → model name → the last).
+#[derive(Debug, Serialize, Deserialize)]
+struct JudgedModel {
+    action: String,
+    version: u64,
+    verdict: String,
+    active_version: Option<u64>,
+    manifest_sha256: String,
+    reason: String,
+    total_ms: Option<f64>,
+    at: String,
+}
+
+/// What a message on a receipts topic is, told by its content.
+#[derive(Debug, PartialEq, Eq)]
+enum ReceiptKind {
+    /// A workflow `.mu` receipt (YAML front matter, then a signature block).
+    Workflow,
+    /// A model receipt: one JSON line whose `type` is `model-receipt`, then a signature
+    /// block (verified as such, so an unsigned one claiming the type is a bad receipt).
+    Model,
+    /// An unsigned JSON notice (a rejection the device would not sign).
+    Notice,
+}
+
+fn receipt_kind(payload: &[u8]) -> ReceiptKind {
+    if payload.first() != Some(&b'{') {
+        return ReceiptKind::Workflow;
+    }
+    #[derive(Deserialize)]
+    struct Kind {
+        #[serde(rename = "type")]
+        kind: String,
+    }
+    let first_line = payload.split(|&b| b == b'\n').next().unwrap_or_default();
+    match serde_json::from_slice::<Kind>(first_line) {
+        Ok(k) if k.kind == MODEL_RECEIPT_TYPE => ReceiptKind::Model,
+        _ => ReceiptKind::Notice,
+    }
+}
+
+/// The line `watch-receipts` prints for a verified model receipt.
+fn model_receipt_line(device: &str, r: &ModelReceipt) -> String {
+    format!(
+        "{device}: model {} version {} {}: {} — signature ok, active {}, manifest {}{}{}",
+        r.name,
+        r.version,
+        r.action,
+        r.verdict.as_str(),
+        r.active_version
+            .map_or("none".into(), |v| format!("version {v}")),
+        r.manifest_sha256.get(..16).unwrap_or(&r.manifest_sha256),
+        r.total_ms
+            .map(|m| format!(", {m:.1} ms"))
+            .unwrap_or_default(),
+        if r.reason.is_empty() {
+            String::new()
+        } else {
+            format!(" ({})", r.reason)
+        }
+    )
+}
+
 /// `chimera watch-receipts`: verifies each receipt's signature with the device's enrolled
-/// key and its digest and mirror against what was sent; exits non-zero if any fails.
+/// key — a workflow receipt's digest and mirror against what was sent too; a model receipt
+/// (told by its content) is printed and kept in `model-receipts.json` — and exits non-zero
+/// if any fails.
 pub fn watch_receipts(
     broker: &str,
     registry_path: &Path,
@@ -333,6 +402,8 @@ pub fn watch_receipts(
     let sent_path = state.join("sent.json");
     let receipts_path = state.join("receipts.json");
     let mut judged: BTreeMap<String, Judged> = read_json(&receipts_path)?;
+    let models_path = state.join("model-receipts.json");
+    let mut models: BTreeMap<String, BTreeMap<String, JudgedModel>> = read_json(&models_path)?;
     let mut seen = 0usize;
     let mut bad = 0usize;
     let rt = runtime()?;
@@ -340,7 +411,8 @@ pub fn watch_receipts(
         let mut s = Session::connect(broker, &client_id("receipts")).await?;
         s.collect("aegis/v1/+/receipts", timeout, |topic, payload| {
             let device = topic.split('/').nth(2).unwrap_or("?").to_string();
-            if payload.first() == Some(&b'{') {
+            let kind = receipt_kind(payload);
+            if kind == ReceiptKind::Notice {
                 println!(
                     "{device}: unsigned rejection notice {}",
                     String::from_utf8_lossy(payload)
@@ -353,6 +425,31 @@ pub fn watch_receipts(
                 bad += 1;
                 return seen >= count;
             };
+            if kind == ReceiptKind::Model {
+                match ModelReceipt::verify(payload, &key) {
+                    Err(e) => {
+                        println!("{device}: BAD model receipt: {e}");
+                        bad += 1;
+                    }
+                    Ok(r) => {
+                        println!("{}", model_receipt_line(&device, &r));
+                        models.entry(device).or_default().insert(
+                            r.name.clone(),
+                            JudgedModel {
+                                action: r.action,
+                                version: r.version,
+                                verdict: r.verdict.as_str().into(),
+                                active_version: r.active_version,
+                                manifest_sha256: r.manifest_sha256,
+                                reason: r.reason,
+                                total_ms: r.total_ms,
+                                at: r.at,
+                            },
+                        );
+                    }
+                }
+                return seen >= count;
+            }
             match Receipt::verify(payload, &key) {
                 Err(e) => {
                     println!("{device}: BAD {e}");
@@ -426,6 +523,9 @@ pub fn watch_receipts(
         anyhow::Ok(())
     })?;
     write_json(&receipts_path, &judged)?;
+    if !models.is_empty() {
+        write_json(&models_path, &models)?;
+    }
     anyhow::ensure!(bad == 0, "{bad} receipt(s) failed verification");
     anyhow::ensure!(
         seen >= count,
@@ -600,6 +700,56 @@ pub fn fleet_reconcile(
 
 #[cfg(test)]
 mod tests {
+    use super::*;
+    use aegis_ota::receipt::Verdict;
+    use aegis_ota::sign::SecretKey;
+
+    #[test]
+    fn receipts_are_told_apart_by_content_and_a_model_receipt_prints() {
+        let key = SecretKey::generate().unwrap();
+        let r = ModelReceipt {
+            kind: MODEL_RECEIPT_TYPE.into(),
+            device: "orin-0042".into(),
+            name: "moderation".into(),
+            version: 5,
+            manifest_sha256: "ab".repeat(32),
+            action: "rollback".into(),
+            verdict: Verdict::Applied,
+            reason: "false positives".into(),
+            active_version: Some(4),
+            trust_version: 3,
+            at: "2026-12-04T10:00:00Z".into(),
+            total_ms: Some(12.5),
+            phases: vec![],
+        };
+        let text = r.render_signed(&key).unwrap();
+        assert_eq!(receipt_kind(text.as_bytes()), ReceiptKind::Model);
+        let back = ModelReceipt::verify(text.as_bytes(), key.public()).unwrap();
+        let line = model_receipt_line("orin-0042", &back);
+        for part in [
+            "orin-0042: model moderation version 5 rollback: applied",
+            "active version 4",
+            "abababababababab",
+            "12.5 ms",
+            "(false positives)",
+        ] {
+            assert!(line.contains(part), "{part}: {line}");
+        }
+        assert_eq!(
+            receipt_kind(br#"{"type":"rejection-notice","reason":"x"}"#),
+            ReceiptKind::Notice
+        );
+        assert_eq!(receipt_kind(b"not json {"), ReceiptKind::Workflow);
+        assert_eq!(
+            receipt_kind(b"---\nworkflow_id: x\n---\n"),
+            ReceiptKind::Workflow
+        );
+        // Claiming the type without a valid signature is a model receipt that fails.
+        let forged = text.replacen("\"applied\"", "\"rejected\"", 1);
+        assert_eq!(receipt_kind(forged.as_bytes()), ReceiptKind::Model);
+        assert!(ModelReceipt::verify(forged.as_bytes(), key.public()).is_err());
+    }
+
     #[test]
     fn canary_is_stable_and_sized() {
         let m: Vec<String> = (0..10).map(|i| format!("d{i}")).collect();

@@ -101,7 +101,8 @@ enum Command {
     },
     /// Record a device's public keys (and groups) in the gateway's device registry.
     Enroll(EnrollArgs),
-    /// Model bundles: pack a directory into a manifest, sign the manifest.
+    /// Model bundles: pack a directory into a manifest, sign the manifest, write a signed
+    /// rollback order.
     Model {
         #[command(subcommand)]
         what: model::ModelCommand,

@@ -1,5 +1,5 @@
-//! `chimera model pack|sign`: describe a model bundle directory in a manifest, sign it
-//! (`aegis-model-v1`). Offline; delivery comes later.
+//! `chimera model pack|sign|rollback`: describe a model bundle directory in a manifest, sign
+//! it (`aegis-model-v1`), write a signed rollback order. Offline; publishing is apart.
 
 use std::path::{Path, PathBuf};
 
@@ -8,10 +8,14 @@ use aegis_ota::model::{
     BundleFile, DType, HealthCheck, MANIFEST_TYPE, ModelManifest, ModelTarget, OutputBound,
     PlatformSpec, Runtime, Statistic, TensorSpec, scan_bundle, sign_manifest,
 };
+use aegis_ota::model_rollback::{ROLLBACK_TYPE, RollbackOrder, sign_rollback_order};
 use aegis_ota::sign::SecretKey;
 use clap::Subcommand;
 
 use crate::{now_rfc3339, read_file};
+
+/// Longest validity of a rollback order.
+const MAX_ORDER_VALIDITY_S: i64 = 366 * 86_400;
 
 /// `chimera model …`.
 #[derive(Subcommand)]
@@ -32,6 +36,62 @@ pub(crate) enum ModelCommand {
         #[arg(long)]
         out: Option<PathBuf>,
     },
+    /// Write a signed rollback order (context `aegis-model-v1`): devices whose active
+    /// version of NAME is FROM, with TO kept as the previous version, go back to TO and
+    /// delete FROM. It applies once per device (FROM never comes back) and expires.
+    Rollback(Box<RollbackArgs>),
+}
+
+#[derive(clap::Args, Debug)]
+pub(crate) struct RollbackArgs {
+    /// Model name.
+    #[arg(long)]
+    name: String,
+    /// The version to leave (active on the devices).
+    #[arg(long)]
+    from: u64,
+    /// The version to return to (the previous version on the devices).
+    #[arg(long)]
+    to: u64,
+    /// Target device ids.
+    #[arg(long, required_unless_present = "group")]
+    device: Vec<String>,
+    /// Target groups.
+    #[arg(long)]
+    group: Vec<String>,
+    /// Issuer name (its trust metadata entry needs `models: true`).
+    #[arg(long, default_value = "fleet-gw-1")]
+    issuer: String,
+    /// The issuer's secret key file.
+    #[arg(long)]
+    key: PathBuf,
+    /// Validity from now: a number and a unit, `s`, `m`, `h` or `d` (`7d`, `12h`).
+    #[arg(long, default_value = "7d", value_parser = parse_validity)]
+    expires_in: i64,
+    /// Why (audit trail and receipts): at most 512 bytes, one line.
+    #[arg(long, default_value = "")]
+    reason: String,
+    /// The signed order to write; never overwritten.
+    #[arg(long)]
+    out: PathBuf,
+}
+
+/// `7d`, `12h`, `30m`, `90s` → seconds (1 s to 366 days).
+fn parse_validity(s: &str) -> Result<i64, String> {
+    let unit = match s.chars().last() {
+        Some('s') => 1,
+        Some('m') => 60,
+        Some('h') => 3600,
+        Some('d') => 86_400,
+        _ => return Err(format!("{s:?}: a number then s, m, h or d (`7d`)")),
+    };
+    let n: i64 = s[..s.len() - 1]
+        .parse()
+        .map_err(|_| format!("{s:?}: a number then s, m, h or d (`7d`)"))?;
+    match n.checked_mul(unit) {
+        Some(v) if (1..=MAX_ORDER_VALIDITY_S).contains(&v) => Ok(v),
+        _ => Err(format!("{s:?}: from 1 s to 366 days")),
+    }
 }
 
 #[derive(clap::Args, Debug)]
@@ -180,7 +240,40 @@ pub(crate) fn model(what: ModelCommand) -> anyhow::Result<()> {
             println!("{} signed by {}", out.display(), key.public().id());
             Ok(())
         }
+        ModelCommand::Rollback(args) => rollback(*args),
     }
+}
+
+fn rollback(a: RollbackArgs) -> anyhow::Result<()> {
+    let key = SecretKey::read(&a.key)?;
+    let now = aegis_ota::maml::now_s();
+    let order = RollbackOrder {
+        kind_tag: ROLLBACK_TYPE.into(),
+        name: a.name,
+        from_version: a.from,
+        to_version: a.to,
+        issuer: a.issuer,
+        target: ModelTarget {
+            devices: a.device,
+            groups: a.group,
+        },
+        issued_at: aegis_ota::maml::format_time(now),
+        expires_at: aegis_ota::maml::format_time(now + a.expires_in),
+        reason: a.reason,
+    };
+    // Validated before signing: devices would refuse what the format refuses.
+    let signed = sign_rollback_order(&order.to_json(), &key).map_err(|e| anyhow::anyhow!("{e}"))?;
+    write_new(&a.out, &signed)?;
+    println!(
+        "{}: rollback order for {} from version {} to version {}, signed by {}, expires {}",
+        a.out.display(),
+        order.name,
+        order.from_version,
+        order.to_version,
+        key.public().id(),
+        order.expires_at
+    );
+    Ok(())
 }
 
 fn pack(a: PackArgs) -> anyhow::Result<()> {
