@@ -10,7 +10,9 @@
 //! ([`receipt`]), the device's persisted workflow state ([`state`]: trial, commit, rollback,
 //! monotonic trust, answered digests), signed model bundle manifests ([`model`]), the
 //! device's model store ([`model_store`]: staging, install on trial, confirm, rollback,
-//! crash recovery), and the `chimera` gateway CLI. See `docs/security.md`. This crate must
+//! crash recovery), the MQTT chunk transfer of a bundle ([`model_chunks`]: the gateway's
+//! server and the device's resumable fetcher, without the network), and the `chimera`
+//! gateway CLI. See `docs/security.md`. This crate must
 //! never know about frames.
 
 pub mod device;
@@ -19,6 +21,7 @@ mod keyfile;
 pub use keyfile::{read_private, write_private};
 pub mod maml;
 pub mod model;
+pub mod model_chunks;
 pub mod model_store;
 pub mod model_wire;
 pub mod receipt;
@@ -235,6 +238,8 @@ mod tests;
 mod tests_device;
 #[cfg(test)]
 mod tests_model;
+#[cfg(test)]
+mod tests_model_chunks;
 #[cfg(test)]
 mod tests_model_store;
 #[cfg(test)]
