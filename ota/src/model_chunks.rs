@@ -561,9 +561,10 @@ impl ChunkFetcher {
         self.failed
     }
 
-    /// Chunks asked for and not arrived yet.
+    /// Chunks asked for and not arrived yet (those [`on_timeout`](Self::on_timeout) marked
+    /// to be asked again included).
     pub fn outstanding(&self) -> usize {
-        self.pending.values().filter(|p| p.asked).count()
+        self.pending.len()
     }
 
     /// Why the last ignored message was ignored (for a log line).

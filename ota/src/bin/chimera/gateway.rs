@@ -716,13 +716,69 @@ pub fn fleet_reconcile(
 
 #[cfg(test)]
 mod tests {
+    use super::*;
+
+    #[test]
+    fn audiences_of_devices_groups_and_canaries() {
+        let mut reg = Registry::new();
+        for i in 0..10 {
+            reg.insert(format!("d{i}"), serde_json::json!({ "groups": ["site-a"] }));
+        }
+        reg.insert("x".into(), serde_json::json!({ "groups": ["site-b"] }));
+        let groups = vec!["site-a".to_string()];
+        let rules = AudienceRules {
+            what: "m.signed",
+            canary_key: "model:moderation",
+            target_devices: &[],
+            target_groups: &groups,
+            device_topic: &|d| format!("aegis/v1/{d}/models"),
+            group_topic: &|g| format!("aegis/v1/groups/{g}/models"),
+        };
+        let path = Path::new("devices.json");
+        let all = audience(&reg, path, To::Group("site-a"), None, &rules).unwrap();
+        assert_eq!(all.devices.len(), 10);
+        assert_eq!(
+            all.topics,
+            vec!["aegis/v1/groups/site-a/models".to_string()]
+        );
+        let c = audience(&reg, path, To::Group("site-a"), Some(20.0), &rules).unwrap();
+        let members: Vec<String> = (0..10).map(|i| format!("d{i}")).collect();
+        assert_eq!(c.devices, canary(&members, "model:moderation", 20.0));
+        assert_eq!(
+            c.topics,
+            c.devices
+                .iter()
+                .map(|d| format!("aegis/v1/{d}/models"))
+                .collect::<Vec<_>>()
+        );
+        let one = audience(&reg, path, To::Device("d3"), None, &rules).unwrap();
+        assert_eq!(one.topics, vec!["aegis/v1/d3/models".to_string()]);
+        for (to, canary, why) in [
+            (To::Device("site-a"), None, "not an enrolled device"),
+            (To::Group("d3"), None, "not a group"),
+            (To::Device("x"), None, "does not target \"x\""),
+            (To::Group("site-b"), None, "targets groups"),
+            (To::Device("d3"), Some(10.0), "--canary needs a group"),
+            (
+                To::Either("nobody"),
+                None,
+                "neither an enrolled device nor a group",
+            ),
+        ] {
+            let e = audience(&reg, path, to, canary, &rules)
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains(why), "{to:?}: {e}");
+        }
+    }
+
     #[test]
     fn canary_is_stable_and_sized() {
         let m: Vec<String> = (0..10).map(|i| format!("d{i}")).collect();
-        let a = super::canary(&m, "urn:uuid:1", 20.0);
+        let a = canary(&m, "urn:uuid:1", 20.0);
         assert_eq!(a.len(), 2);
-        assert_eq!(a, super::canary(&m, "urn:uuid:1", 20.0));
-        assert_eq!(super::canary(&m, "urn:uuid:1", 0.1).len(), 1);
-        assert_eq!(super::canary(&m, "urn:uuid:1", 100.0).len(), 10);
+        assert_eq!(a, canary(&m, "urn:uuid:1", 20.0));
+        assert_eq!(canary(&m, "urn:uuid:1", 0.1).len(), 1);
+        assert_eq!(canary(&m, "urn:uuid:1", 100.0).len(), 10);
     }
 }
