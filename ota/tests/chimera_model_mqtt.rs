@@ -314,7 +314,7 @@ struct Seen {
 /// into `staging`. At 30 % of the bundle it kills the broker and restarts it (keeping its
 /// fetcher: outstanding chunks are asked again after the reconnect); at 60 % again, this
 /// time dropping its fetcher as a device restart would (a new one resumes from the
-/// parts). Also asks once as orin-2, which the publish does not target.
+/// parts). Also asks as orin-2, which the publish does not target.
 async fn device(broker: &mut Broker, d: &Path, staging: &Path) -> (Seen, VerifiedManifest) {
     let port = broker.port;
     let (client, mut el) = mqtt(port, "orin-1");
@@ -329,6 +329,23 @@ async fn device(broker: &mut Broker, d: &Path, staging: &Path) -> (Seen, Verifie
             // Dropped while the link is down: asked again after a timeout.
             let _ = client.try_publish(
                 fetch_topic("orin-1"),
+                QoS::AtLeastOnce,
+                false,
+                fetch_request_json(&r),
+            );
+        }
+        // orin-2 asks too (the publish does not target it), alongside orin-1's requests
+        // until chimera has seen one (a request sent before it subscribed is lost).
+        if !serve_log(d).contains("orin-2: chunk requests ignored") {
+            let r = FetchRequest {
+                name: "moderation".into(),
+                version: 4,
+                file: "labels.txt".into(),
+                offset: 0,
+                length: 11,
+            };
+            let _ = client.try_publish(
+                fetch_topic("orin-2"),
                 QoS::AtLeastOnce,
                 false,
                 fetch_request_json(&r),
@@ -370,24 +387,6 @@ async fn device(broker: &mut Broker, d: &Path, staging: &Path) -> (Seen, Verifie
                     chunk_topic("orin-2"),
                 ] {
                     client.try_subscribe(t, QoS::AtLeastOnce).unwrap();
-                }
-                if seen.reconnects == 1 {
-                    // orin-2 asks too: the publish does not target it.
-                    let r = FetchRequest {
-                        name: "moderation".into(),
-                        version: 4,
-                        file: "labels.txt".into(),
-                        offset: 0,
-                        length: 11,
-                    };
-                    client
-                        .try_publish(
-                            fetch_topic("orin-2"),
-                            QoS::AtLeastOnce,
-                            false,
-                            fetch_request_json(&r),
-                        )
-                        .unwrap();
                 }
                 if let (None, Some(v)) = (&fetcher, &verified) {
                     // Restarted: a new fetcher resumes from the parts.
