@@ -11,8 +11,10 @@
 //! monotonic trust, answered digests), signed model bundle manifests ([`model`]) and
 //! rollback orders ([`model_rollback`]), the device's model store ([`model_store`]: staging
 //! that survives a restart, install on trial with the signed manifest kept, confirm,
-//! rollback, crash recovery), what travels for model delivery ([`model_wire`]), and the
-//! `chimera` gateway CLI. See `docs/security.md`. This crate must
+//! rollback, crash recovery), what travels for model delivery ([`model_wire`]), the MQTT
+//! chunk transfer of a bundle ([`model_chunks`]: the gateway's server and the device's
+//! resumable fetcher, without the network), and the `chimera` gateway CLI. See
+//! `docs/security.md`. This crate must
 //! never know about frames.
 
 pub mod device;
@@ -21,6 +23,7 @@ mod keyfile;
 pub use keyfile::{read_private, write_private};
 pub mod maml;
 pub mod model;
+pub mod model_chunks;
 pub mod model_rollback;
 pub mod model_store;
 pub mod model_wire;
@@ -238,6 +241,8 @@ mod tests;
 mod tests_device;
 #[cfg(test)]
 mod tests_model;
+#[cfg(test)]
+mod tests_model_chunks;
 #[cfg(test)]
 mod tests_model_rollback;
 #[cfg(test)]

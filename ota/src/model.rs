@@ -1118,6 +1118,15 @@ fn io_err(path: &str, e: std::io::Error) -> BundleError {
 /// still swap a file between this check and its use, so the agent loads from the checked
 /// directory only after moving it out of reach of the download.
 pub fn verify_bundle_files(dir: &Path, v: &VerifiedManifest) -> Result<(), BundleError> {
+    check_bundle_dir(dir, &v.manifest.files)
+}
+
+/// The check of [`verify_bundle_files`] against a list of files rather than a verified
+/// manifest: for the gateway, which checks its own bundle directory against the manifest
+/// it is about to announce (`chimera model publish --serve`) and holds no trust metadata.
+/// Devices check what they staged with [`verify_bundle_files`], so that only a manifest
+/// that verified can vouch for files.
+pub fn check_bundle_dir(dir: &Path, files: &[BundleFile]) -> Result<(), BundleError> {
     let meta = std::fs::symlink_metadata(dir).map_err(|e| BundleError::Directory {
         dir: dir.to_path_buf(),
         reason: e.to_string(),
@@ -1128,8 +1137,8 @@ pub fn verify_bundle_files(dir: &Path, v: &VerifiedManifest) -> Result<(), Bundl
             reason: "not a directory (or a symbolic link)".into(),
         });
     }
-    let listed: BTreeSet<&str> = v.manifest.files.iter().map(|f| f.path.as_str()).collect();
-    for f in &v.manifest.files {
+    let listed: BTreeSet<&str> = files.iter().map(|f| f.path.as_str()).collect();
+    for f in files {
         check_file_path(&f.path).map_err(|reason| BundleError::UnsafePath {
             path: f.path.clone(),
             reason,
@@ -1149,7 +1158,7 @@ pub fn verify_bundle_files(dir: &Path, v: &VerifiedManifest) -> Result<(), Bundl
         }
     }
     walk(dir, "", &listed, &dirs)?;
-    for f in &v.manifest.files {
+    for f in files {
         check_file(dir, f)?;
     }
     Ok(())

@@ -195,9 +195,6 @@ pub struct Delivery {
     /// The latest fleet announcement of another bundle that came during the transfer
     /// (topic, payload): handled when it ends.
     pub pending: Option<(String, Vec<u8>)>,
-    /// Where the signed manifest of each confirmed version is kept (outside the store, whose
-    /// recovery removes what its state does not name), for loading it again at start-up.
-    manifests: PathBuf,
     done: tokio::sync::mpsc::Sender<Staged>,
 }
 
@@ -247,7 +244,6 @@ impl Delivery {
                 transfer: None,
                 phases: Vec::new(),
                 pending: None,
-                manifests: cfg.workflows.state_dir.join("model-manifests"),
                 done: tx,
             },
             rx,
@@ -341,22 +337,24 @@ impl Delivery {
         });
     }
 
-    /// Keeps `signed`, the manifest of a confirmed version, for [`Delivery::installed`].
-    pub fn keep_manifest(&self, name: &str, version: u64, signed: &[u8]) -> std::io::Result<()> {
-        std::fs::create_dir_all(&self.manifests)?;
-        aegis_ota::fsutil::write_atomic(
-            &self.manifests.join(format!("{name}-{version}.manifest")),
-            signed,
-        )
-    }
-
-    /// The confirmed versions in the store as model entries, to load at start-up: each
-    /// one's kept manifest must hash to the digest the store recorded when it verified (the
-    /// state names only manifests that passed `verify_manifest`), parse by the format's
-    /// rules and name the same model and version; its model file is pinned to the
-    /// manifest's SHA-256, which the registry checks as it loads it. A version that fails
-    /// is skipped with the reason (the configured model of its name runs).
-    pub fn installed(&self) -> (Vec<aegis_config::ModelConfig>, Vec<String>) {
+    /// The confirmed versions in the store as model entries, to load at start-up. Each
+    /// one's manifest, kept beside it by the store (its digest checked against the state),
+    /// is verified again against the trust metadata held now
+    /// ([`aegis_ota::model::verify_installed_manifest`]: a revoked issuer, another platform
+    /// or a withdrawn `models` grant refuse it; an announcement's expiry does not), and the
+    /// bundle's files against it ([`aegis_ota::model::verify_bundle_files`]). A version
+    /// that fails is skipped with the reason (the configured model of its name runs).
+    /// `checks` is [`aegis_ota::state::Workflows::model_checks`] (None: trust lost, nothing
+    /// is loaded from the store).
+    pub fn installed(
+        &self,
+        checks: Option<(
+            &aegis_ota::trust::TrustMetadata,
+            &aegis_ota::device::Identity,
+            i64,
+            i64,
+        )>,
+    ) -> (Vec<aegis_config::ModelConfig>, Vec<String>) {
         let (mut ok, mut problems) = (Vec::new(), Vec::new());
         for e in self.store.list() {
             let Some(active) = &e.record.active else {
@@ -365,31 +363,27 @@ impl Delivery {
             let Some((_, dir)) = self.store.active(&e.name) else {
                 continue;
             };
-            let path = self
-                .manifests
-                .join(format!("{}-{}.manifest", e.name, active.version));
             let r = (|| -> Result<aegis_config::ModelConfig, String> {
-                let bytes = read_bounded(&path, aegis_ota::model::MAX_MANIFEST_BYTES as u64)
-                    .map_err(|e| format!("{}: {e}", path.display()))?;
-                let (json, _) =
-                    aegis_ota::model::split_manifest(&bytes).map_err(|e| e.to_string())?;
-                if aegis_ota::sha256_hex(&json) != active.digest {
-                    return Err(format!(
-                        "{} does not hash to the digest the store recorded",
-                        path.display()
-                    ));
-                }
-                let m =
-                    aegis_ota::model::ModelManifest::from_json(&json).map_err(|e| e.to_string())?;
-                if m.name != e.name || m.version != active.version {
-                    return Err(format!(
-                        "{} is for {} version {}",
-                        path.display(),
-                        m.name,
-                        m.version
-                    ));
-                }
-                super::install::model_config(&m, &dir)
+                let (trust, me, now_s, skew) =
+                    checks.ok_or("trust lost: installed models are not loaded")?;
+                let bytes = self
+                    .store
+                    .manifest(&e.name, active.version)
+                    .map_err(|e| e.to_string())?;
+                let ctx = aegis_ota::model::ModelContext {
+                    identity: me.clone(),
+                    platform: self.platform.clone(),
+                    agent_version: env!("CARGO_PKG_VERSION").into(),
+                    now_s,
+                    max_clock_skew_s: skew,
+                    installed_version: Some(active.version),
+                    free_disk_bytes: 0,
+                    max_bundle_bytes: self.download.max_bytes,
+                };
+                let v = aegis_ota::model::verify_installed_manifest(&bytes, trust, &ctx)
+                    .map_err(|e| e.to_string())?;
+                aegis_ota::model::verify_bundle_files(&dir, &v).map_err(|e| e.to_string())?;
+                super::install::model_config(&v.manifest, &dir)
             })();
             match r {
                 Ok(mc) => ok.push(mc),
@@ -439,25 +433,6 @@ fn read_pem_certs(path: &Path) -> Result<Vec<Vec<u8>>, DeliveryError> {
         return Err(fail("no certificate in it".into()));
     }
     Ok(certs)
-}
-
-/// Reads at most `max` bytes of a regular file, not following a symbolic link.
-fn read_bounded(path: &Path, max: u64) -> std::io::Result<Vec<u8>> {
-    use std::io::Read;
-    use std::os::unix::fs::OpenOptionsExt;
-    let f = std::fs::OpenOptions::new()
-        .read(true)
-        .custom_flags(libc::O_NOFOLLOW)
-        .open(path)?;
-    if !f.metadata()?.is_file() {
-        return Err(std::io::Error::other("not a regular file"));
-    }
-    let mut buf = Vec::new();
-    f.take(max + 1).read_to_end(&mut buf)?;
-    if buf.len() as u64 > max {
-        return Err(std::io::Error::other(format!("over {max} bytes")));
-    }
-    Ok(buf)
 }
 
 #[cfg(test)]

@@ -232,7 +232,7 @@ pub async fn run(
     // Confirmed bundles replace the configured models of their names from the start.
     let installed = match &delivery {
         Some(d) => {
-            let (ok, problems) = d.installed();
+            let (ok, problems) = d.installed(workflows.as_ref().and_then(|w| w.model_checks()));
             for p in &problems {
                 tracing::error!(problem = %p, "installed model");
             }

@@ -343,7 +343,7 @@ impl Applier {
             reason,
         };
         let mut mark = Instant::now();
-        let installed = match d.store.install(v) {
+        let installed = match d.store.install(v, &s.signed) {
             Ok(i) => i,
             Err(e) => return rejected(format!("install: {}", crate::causes_text(&e))),
         };
@@ -454,10 +454,6 @@ impl Applier {
                 verdict: Verdict::RolledBack,
                 reason: format!("confirm: {}", crate::causes_text(&e)),
             };
-        }
-        if let Err(e) = d.keep_manifest(&name, v.manifest.version, &s.signed) {
-            tracing::error!(error = %e, model = %name,
-                "cannot keep the manifest: after a restart the configured model runs");
         }
         {
             let mut installed = self

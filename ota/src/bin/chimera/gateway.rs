@@ -6,8 +6,8 @@
 //! - `sent.json`: per device, the workflow it should run (id, digest, sequence, the file,
 //!   the expected mirror, topic, when) — written by `publish`.
 //! - `receipts.json`: per device, the last verified receipt — written by `watch-receipts`.
-//! - `model-receipts.json`: per device and model, the last verified model receipt — written
-//!   by `watch-receipts`.
+//! - `model-receipts.json`: per device, the last verified model receipt — written by
+//!   `watch-receipts`, `model publish --serve` and `model status` (see `model_gateway`).
 //!
 //! Topics: a device's workflows go retained to `aegis/v1/{device}/workflows`, a group's to
 //! `aegis/v1/groups/{group}/workflows`, so a device that was offline gets the latest one
@@ -19,7 +19,6 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use aegis_ota::maml;
-use aegis_ota::model_wire::{MODEL_RECEIPT_TYPE, ModelReceipt};
 use aegis_ota::receipt::{MirrorEntry, Receipt};
 use aegis_ota::sign::PublicKey;
 use rumqttc::v5::mqttbytes::QoS;
@@ -47,9 +46,10 @@ pub struct Sent {
     pub sent_at: String,
 }
 
-type Registry = serde_json::Map<String, serde_json::Value>;
+/// The device registry (`chimera enroll`): device or group name → entry.
+pub(crate) type Registry = serde_json::Map<String, serde_json::Value>;
 
-fn read_json<T: for<'de> Deserialize<'de> + Default>(path: &Path) -> anyhow::Result<T> {
+pub(crate) fn read_json<T: for<'de> Deserialize<'de> + Default>(path: &Path) -> anyhow::Result<T> {
     match std::fs::read(path) {
         Ok(b) => serde_json::from_slice(&b).map_err(|e| anyhow::anyhow!("{}: {e}", path.display())),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(T::default()),
@@ -57,7 +57,7 @@ fn read_json<T: for<'de> Deserialize<'de> + Default>(path: &Path) -> anyhow::Res
     }
 }
 
-fn write_json<T: Serialize>(path: &Path, v: &T) -> anyhow::Result<()> {
+pub(crate) fn write_json<T: Serialize>(path: &Path, v: &T) -> anyhow::Result<()> {
     if let Some(d) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
         crate::create_dir(d)?;
     }
@@ -66,13 +66,14 @@ fn write_json<T: Serialize>(path: &Path, v: &T) -> anyhow::Result<()> {
         .map_err(|e| anyhow::anyhow!("cannot write {}: {e}", path.display()))
 }
 
-fn registry(path: &Path) -> anyhow::Result<Registry> {
+pub(crate) fn registry(path: &Path) -> anyhow::Result<Registry> {
     let r: Registry = read_json(path)?;
     anyhow::ensure!(!r.is_empty(), "{}: no enrolled devices", path.display());
     Ok(r)
 }
 
-fn members(reg: &Registry, group: &str) -> Vec<String> {
+/// The enrolled devices of `group`.
+pub(crate) fn members(reg: &Registry, group: &str) -> Vec<String> {
     reg.iter()
         .filter(|(_, e)| {
             e["groups"]
@@ -83,24 +84,30 @@ fn members(reg: &Registry, group: &str) -> Vec<String> {
         .collect()
 }
 
-fn device_key(reg: &Registry, device: &str) -> Option<PublicKey> {
+/// A device's enrolled signing key (receipts are verified with it).
+pub(crate) fn device_key(reg: &Registry, device: &str) -> Option<PublicKey> {
     use base64::Engine as _;
     let b64 = reg.get(device)?["signing_key"].as_str()?;
     let bytes = base64::engine::general_purpose::STANDARD.decode(b64).ok()?;
     PublicKey::from_bytes(&bytes).ok()
 }
 
-/// An MQTT 5 session to the broker (`mqtt://host:port`).
-struct Session {
-    client: AsyncClient,
-    events: EventLoop,
+/// An MQTT 5 session to the broker (`mqtt://host:port`, or `host:port`).
+pub(crate) struct Session {
+    pub(crate) client: AsyncClient,
+    pub(crate) events: EventLoop,
 }
 
 impl Session {
-    async fn connect(broker: &str, client_id: &str) -> anyhow::Result<Session> {
-        let rest = broker
-            .strip_prefix("mqtt://")
-            .ok_or_else(|| anyhow::anyhow!("--broker {broker:?}: only mqtt://host:port here"))?;
+    /// Connects and waits for the CONNACK (10 s at most).
+    pub(crate) async fn connect(broker: &str, client_id: &str) -> anyhow::Result<Session> {
+        let rest = match broker.split_once("://") {
+            Some(("mqtt", rest)) => rest,
+            Some(_) => {
+                anyhow::bail!("--broker {broker:?}: only mqtt://host:port (or host:port) here")
+            }
+            None => broker,
+        };
         let (host, port) = match rest.trim_end_matches('/').rsplit_once(':') {
             Some((h, p)) => (
                 h.to_string(),
@@ -129,7 +136,10 @@ impl Session {
     }
 
     /// Publishes retained QoS 1 messages and waits for every PUBACK.
-    async fn publish_retained(&mut self, msgs: Vec<(String, Vec<u8>)>) -> anyhow::Result<()> {
+    pub(crate) async fn publish_retained(
+        &mut self,
+        msgs: Vec<(String, Vec<u8>)>,
+    ) -> anyhow::Result<()> {
         let n = msgs.len();
         for (t, p) in msgs {
             self.client.publish(t, QoS::AtLeastOnce, true, p).await?;
@@ -149,14 +159,16 @@ impl Session {
         Ok(())
     }
 
-    /// Messages on `filter` until `until` says stop or `wait` passes.
-    async fn collect(
+    /// Messages on `filters` until `until` says stop or `wait` passes.
+    pub(crate) async fn collect(
         &mut self,
-        filter: &str,
+        filters: &[&str],
         wait: Duration,
         mut until: impl FnMut(&str, &[u8]) -> bool,
     ) -> anyhow::Result<()> {
-        self.client.subscribe(filter, QoS::AtLeastOnce).await?;
+        for filter in filters {
+            self.client.subscribe(*filter, QoS::AtLeastOnce).await?;
+        }
         let deadline = Instant::now() + wait;
         loop {
             let ev = match tokio::time::timeout_at(deadline.into(), self.events.poll()).await {
@@ -172,7 +184,8 @@ impl Session {
         }
     }
 
-    async fn close(self) {
+    /// Disconnects cleanly (bounded).
+    pub(crate) async fn close(self) {
         let Session { client, mut events } = self;
         let _ = client.disconnect().await;
         let _ = tokio::time::timeout(Duration::from_millis(500), async {
@@ -182,21 +195,23 @@ impl Session {
     }
 }
 
-fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+/// The runtime the online commands run on (one thread: a CLI).
+pub(crate) fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
     Ok(tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?)
 }
 
-fn client_id(what: &str) -> String {
+/// A client id of its own per run (`chimera-WHAT-RANDOM`).
+pub(crate) fn client_id(what: &str) -> String {
     let mut b = [0u8; 4];
     let _ = getrandom::fill(&mut b);
     format!("chimera-{what}-{:08x}", u32::from_le_bytes(b))
 }
 
-/// Which devices a canary of `percent` takes from `members`: a stable choice per workflow
-/// (the same run picks the same devices), at least one.
-fn canary(members: &[String], workflow_id: &str, percent: f64) -> Vec<String> {
+/// Which devices a canary of `percent` takes from `members`: a stable choice per key (a
+/// workflow's id, a model's name: the same run picks the same devices), at least one.
+pub(crate) fn canary(members: &[String], workflow_id: &str, percent: f64) -> Vec<String> {
     let mut ranked: Vec<(Vec<u8>, String)> = members
         .iter()
         .map(|d| {
@@ -207,6 +222,122 @@ fn canary(members: &[String], workflow_id: &str, percent: f64) -> Vec<String> {
     ranked.sort();
     let n = ((members.len() as f64 * percent / 100.0).ceil() as usize).clamp(1, members.len());
     ranked.into_iter().take(n).map(|(_, d)| d).collect()
+}
+
+/// Where a publish goes: `--to` (either, decided by the registry) for workflows, or
+/// `--device` / `--group` for models.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum To<'a> {
+    /// An enrolled device or a group of the registry.
+    Either(&'a str),
+    /// An enrolled device.
+    Device(&'a str),
+    /// A group of the registry.
+    Group(&'a str),
+}
+
+/// What a published document says about its audience, and its topics.
+pub(crate) struct AudienceRules<'a> {
+    /// The document, as errors name it.
+    pub(crate) what: &'a str,
+    /// The canary's stable key (a workflow's id, a model's name).
+    pub(crate) canary_key: &'a str,
+    /// Devices the document targets.
+    pub(crate) target_devices: &'a [String],
+    /// Groups the document targets.
+    pub(crate) target_groups: &'a [String],
+    /// A device's topic.
+    pub(crate) device_topic: &'a dyn Fn(&str) -> String,
+    /// A group's topic.
+    pub(crate) group_topic: &'a dyn Fn(&str) -> String,
+}
+
+/// The devices a publish reaches and the topics it goes to.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct Audience {
+    /// The devices that get it.
+    pub(crate) devices: Vec<String>,
+    /// One group topic, or one topic per device (a device, or a canary's members).
+    pub(crate) topics: Vec<String>,
+}
+
+/// Resolves where a document goes: a group (its enrolled members; with a canary, a stable
+/// share of them, each on its own topic) the document targets, or one enrolled device the
+/// document targets by id or through one of its groups. Refuses what devices would refuse.
+pub(crate) fn audience(
+    reg: &Registry,
+    registry_path: &Path,
+    to: To<'_>,
+    canary_percent: Option<f64>,
+    rules: &AudienceRules<'_>,
+) -> anyhow::Result<Audience> {
+    let is_group =
+        |g: &str| reg.get(g).is_some_and(|e| e["group"] == true) || !members(reg, g).is_empty();
+    let group = match to {
+        To::Either(x) if is_group(x) => Some(x),
+        To::Either(x) | To::Device(x) => {
+            anyhow::ensure!(
+                reg.contains_key(x) && !(matches!(to, To::Device(_)) && is_group(x)),
+                "{x:?} is {} in {}",
+                if matches!(to, To::Device(_)) {
+                    "not an enrolled device"
+                } else {
+                    "neither an enrolled device nor a group"
+                },
+                registry_path.display()
+            );
+            None
+        }
+        To::Group(g) => {
+            anyhow::ensure!(
+                is_group(g),
+                "{g:?} is not a group in {}",
+                registry_path.display()
+            );
+            Some(g)
+        }
+    };
+    let Some(to) = group else {
+        let to = match to {
+            To::Either(x) | To::Device(x) | To::Group(x) => x,
+        };
+        anyhow::ensure!(canary_percent.is_none(), "--canary needs a group");
+        anyhow::ensure!(
+            rules.target_devices.iter().any(|d| d == to)
+                || rules
+                    .target_groups
+                    .iter()
+                    .any(|g| members(reg, g).iter().any(|m| m == to)),
+            "{} does not target {to:?}: the device would refuse it",
+            rules.what
+        );
+        return Ok(Audience {
+            devices: vec![to.to_string()],
+            topics: vec![(rules.device_topic)(to)],
+        });
+    };
+    anyhow::ensure!(
+        rules.target_groups.iter().any(|g| g == to),
+        "{} targets groups {:?}, not {to:?}: devices would refuse it",
+        rules.what,
+        rules.target_groups
+    );
+    let all = members(reg, to);
+    anyhow::ensure!(!all.is_empty(), "group {to:?} has no enrolled members");
+    Ok(match canary_percent {
+        Some(p) => {
+            let chosen = canary(&all, rules.canary_key, p);
+            let topics = chosen.iter().map(|d| (rules.device_topic)(d)).collect();
+            Audience {
+                devices: chosen,
+                topics,
+            }
+        }
+        None => Audience {
+            devices: all,
+            topics: vec![(rules.group_topic)(to)],
+        },
+    })
 }
 
 /// `chimera publish`.
@@ -228,48 +359,20 @@ pub fn publish(
     let mirror = Some(aegis_ota::receipt::mirror(&parsed));
     let reg = registry(registry_path)?;
     let f = &parsed.front;
-    let (devices, topics): (Vec<String>, Vec<String>) =
-        if reg.get(to).is_some_and(|e| e["group"] == true) || !members(&reg, to).is_empty() {
-            anyhow::ensure!(
-                f.target.groups.iter().any(|g| g == to),
-                "{} targets groups {:?}, not {to:?}: devices would refuse it",
-                file.display(),
-                f.target.groups
-            );
-            let all = members(&reg, to);
-            anyhow::ensure!(!all.is_empty(), "group {to:?} has no enrolled members");
-            match canary_percent {
-                Some(p) => {
-                    let chosen = canary(&all, &f.id, p);
-                    let topics = chosen
-                        .iter()
-                        .map(|d| format!("aegis/v1/{d}/workflows"))
-                        .collect();
-                    (chosen, topics)
-                }
-                None => (all, vec![format!("aegis/v1/groups/{to}/workflows")]),
-            }
-        } else {
-            anyhow::ensure!(
-                reg.contains_key(to),
-                "{to:?} is neither an enrolled device nor a group in {}",
-                registry_path.display()
-            );
-            anyhow::ensure!(canary_percent.is_none(), "--canary needs a group");
-            anyhow::ensure!(
-                f.target.devices.iter().any(|d| d == to)
-                    || f.target
-                        .groups
-                        .iter()
-                        .any(|g| members(&reg, g).iter().any(|m| m == to)),
-                "{} does not target {to:?}: the device would refuse it",
-                file.display()
-            );
-            (
-                vec![to.to_string()],
-                vec![format!("aegis/v1/{to}/workflows")],
-            )
-        };
+    let Audience { devices, topics } = audience(
+        &reg,
+        registry_path,
+        To::Either(to),
+        canary_percent,
+        &AudienceRules {
+            what: &file.display().to_string(),
+            canary_key: &f.id,
+            target_devices: &f.target.devices,
+            target_groups: &f.target.groups,
+            device_topic: &|d| format!("aegis/v1/{d}/workflows"),
+            group_topic: &|g| format!("aegis/v1/groups/{g}/workflows"),
+        },
+    )?;
     let rt = runtime()?;
     rt.block_on(async {
         let mut s = Session::connect(broker, &client_id("publish")).await?;
@@ -324,69 +427,6 @@ struct Judged {
     at: String,
 }
 
-/// One model receipt (`model-receipts.json`: device → model name → the last).
-#[derive(Debug, Serialize, Deserialize)]
-struct JudgedModel {
-    action: String,
-    version: u64,
-    verdict: String,
-    active_version: Option<u64>,
-    manifest_sha256: String,
-    reason: String,
-    total_ms: Option<f64>,
-    at: String,
-}
-
-/// What a message on a receipts topic is, told by its content.
-#[derive(Debug, PartialEq, Eq)]
-enum ReceiptKind {
-    /// A workflow `.mu` receipt (YAML front matter, then a signature block).
-    Workflow,
-    /// A model receipt: one JSON line whose `type` is `model-receipt`, then a signature
-    /// block (verified as such, so an unsigned one claiming the type is a bad receipt).
-    Model,
-    /// An unsigned JSON notice (a rejection the device would not sign).
-    Notice,
-}
-
-fn receipt_kind(payload: &[u8]) -> ReceiptKind {
-    if payload.first() != Some(&b'{') {
-        return ReceiptKind::Workflow;
-    }
-    #[derive(Deserialize)]
-    struct Kind {
-        #[serde(rename = "type")]
-        kind: String,
-    }
-    let first_line = payload.split(|&b| b == b'\n').next().unwrap_or_default();
-    match serde_json::from_slice::<Kind>(first_line) {
-        Ok(k) if k.kind == MODEL_RECEIPT_TYPE => ReceiptKind::Model,
-        _ => ReceiptKind::Notice,
-    }
-}
-
-/// The line `watch-receipts` prints for a verified model receipt.
-fn model_receipt_line(device: &str, r: &ModelReceipt) -> String {
-    format!(
-        "{device}: model {} version {} {}: {} — signature ok, active {}, manifest {}{}{}",
-        r.name,
-        r.version,
-        r.action,
-        r.verdict.as_str(),
-        r.active_version
-            .map_or("none".into(), |v| format!("version {v}")),
-        r.manifest_sha256.get(..16).unwrap_or(&r.manifest_sha256),
-        r.total_ms
-            .map(|m| format!(", {m:.1} ms"))
-            .unwrap_or_default(),
-        if r.reason.is_empty() {
-            String::new()
-        } else {
-            format!(" ({})", r.reason)
-        }
-    )
-}
-
 /// `chimera watch-receipts`: verifies each receipt's signature with the device's enrolled
 /// key — a workflow receipt's digest and mirror against what was sent too; a model receipt
 /// (told by its content) is printed and kept in `model-receipts.json` — and exits non-zero
@@ -402,17 +442,26 @@ pub fn watch_receipts(
     let sent_path = state.join("sent.json");
     let receipts_path = state.join("receipts.json");
     let mut judged: BTreeMap<String, Judged> = read_json(&receipts_path)?;
-    let models_path = state.join("model-receipts.json");
-    let mut models: BTreeMap<String, BTreeMap<String, JudgedModel>> = read_json(&models_path)?;
     let mut seen = 0usize;
     let mut bad = 0usize;
     let rt = runtime()?;
     rt.block_on(async {
         let mut s = Session::connect(broker, &client_id("receipts")).await?;
-        s.collect("aegis/v1/+/receipts", timeout, |topic, payload| {
+        s.collect(&["aegis/v1/+/receipts"], timeout, |topic, payload| {
             let device = topic.split('/').nth(2).unwrap_or("?").to_string();
-            let kind = receipt_kind(payload);
-            if kind == ReceiptKind::Notice {
+            if crate::model_gateway::is_model_receipt(payload) {
+                // A model receipt: verified, recorded for `chimera model status`; not one
+                // of the workflow receipts counted here.
+                match crate::model_gateway::record_receipt(&reg, state, &device, payload) {
+                    Ok(r) => println!("{device}: {}", crate::model_gateway::receipt_line(&r)),
+                    Err(e) => {
+                        println!("{device}: BAD model receipt: {e}");
+                        bad += 1;
+                    }
+                }
+                return false;
+            }
+            if payload.first() == Some(&b'{') {
                 println!(
                     "{device}: unsigned rejection notice {}",
                     String::from_utf8_lossy(payload)
@@ -425,31 +474,6 @@ pub fn watch_receipts(
                 bad += 1;
                 return seen >= count;
             };
-            if kind == ReceiptKind::Model {
-                match ModelReceipt::verify(payload, &key) {
-                    Err(e) => {
-                        println!("{device}: BAD model receipt: {e}");
-                        bad += 1;
-                    }
-                    Ok(r) => {
-                        println!("{}", model_receipt_line(&device, &r));
-                        models.entry(device).or_default().insert(
-                            r.name.clone(),
-                            JudgedModel {
-                                action: r.action,
-                                version: r.version,
-                                verdict: r.verdict.as_str().into(),
-                                active_version: r.active_version,
-                                manifest_sha256: r.manifest_sha256,
-                                reason: r.reason,
-                                total_ms: r.total_ms,
-                                at: r.at,
-                            },
-                        );
-                    }
-                }
-                return seen >= count;
-            }
             match Receipt::verify(payload, &key) {
                 Err(e) => {
                     println!("{device}: BAD {e}");
@@ -523,9 +547,6 @@ pub fn watch_receipts(
         anyhow::Ok(())
     })?;
     write_json(&receipts_path, &judged)?;
-    if !models.is_empty() {
-        write_json(&models_path, &models)?;
-    }
     anyhow::ensure!(bad == 0, "{bad} receipt(s) failed verification");
     anyhow::ensure!(
         seen >= count,
@@ -565,7 +586,7 @@ fn fleet_rows(
     rt.block_on(async {
         let mut s = Session::connect(broker, &client_id("status")).await?;
         let n = devices.len();
-        s.collect("aegis/v1/+/status", wait, |topic, payload| {
+        s.collect(&["aegis/v1/+/status"], wait, |topic, payload| {
             let device = topic.split('/').nth(2).unwrap_or("?").to_string();
             if let Ok(v) = serde_json::from_slice(payload) {
                 status.insert(device, v);
@@ -701,62 +722,68 @@ pub fn fleet_reconcile(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use aegis_ota::receipt::Verdict;
-    use aegis_ota::sign::SecretKey;
 
     #[test]
-    fn receipts_are_told_apart_by_content_and_a_model_receipt_prints() {
-        let key = SecretKey::generate().unwrap();
-        let r = ModelReceipt {
-            kind: MODEL_RECEIPT_TYPE.into(),
-            device: "orin-0042".into(),
-            name: "moderation".into(),
-            version: 5,
-            manifest_sha256: "ab".repeat(32),
-            action: "rollback".into(),
-            verdict: Verdict::Applied,
-            reason: "false positives".into(),
-            active_version: Some(4),
-            trust_version: 3,
-            at: "2026-12-04T10:00:00Z".into(),
-            total_ms: Some(12.5),
-            phases: vec![],
-        };
-        let text = r.render_signed(&key).unwrap();
-        assert_eq!(receipt_kind(text.as_bytes()), ReceiptKind::Model);
-        let back = ModelReceipt::verify(text.as_bytes(), key.public()).unwrap();
-        let line = model_receipt_line("orin-0042", &back);
-        for part in [
-            "orin-0042: model moderation version 5 rollback: applied",
-            "active version 4",
-            "abababababababab",
-            "12.5 ms",
-            "(false positives)",
-        ] {
-            assert!(line.contains(part), "{part}: {line}");
+    fn audiences_of_devices_groups_and_canaries() {
+        let mut reg = Registry::new();
+        for i in 0..10 {
+            reg.insert(format!("d{i}"), serde_json::json!({ "groups": ["site-a"] }));
         }
+        reg.insert("x".into(), serde_json::json!({ "groups": ["site-b"] }));
+        let groups = vec!["site-a".to_string()];
+        let rules = AudienceRules {
+            what: "m.signed",
+            canary_key: "model:moderation",
+            target_devices: &[],
+            target_groups: &groups,
+            device_topic: &|d| format!("aegis/v1/{d}/models"),
+            group_topic: &|g| format!("aegis/v1/groups/{g}/models"),
+        };
+        let path = Path::new("devices.json");
+        let all = audience(&reg, path, To::Group("site-a"), None, &rules).unwrap();
+        assert_eq!(all.devices.len(), 10);
         assert_eq!(
-            receipt_kind(br#"{"type":"rejection-notice","reason":"x"}"#),
-            ReceiptKind::Notice
+            all.topics,
+            vec!["aegis/v1/groups/site-a/models".to_string()]
         );
-        assert_eq!(receipt_kind(b"not json {"), ReceiptKind::Workflow);
+        let c = audience(&reg, path, To::Group("site-a"), Some(20.0), &rules).unwrap();
+        let members: Vec<String> = (0..10).map(|i| format!("d{i}")).collect();
+        assert_eq!(c.devices, canary(&members, "model:moderation", 20.0));
         assert_eq!(
-            receipt_kind(b"---\nworkflow_id: x\n---\n"),
-            ReceiptKind::Workflow
+            c.topics,
+            c.devices
+                .iter()
+                .map(|d| format!("aegis/v1/{d}/models"))
+                .collect::<Vec<_>>()
         );
-        // Claiming the type without a valid signature is a model receipt that fails.
-        let forged = text.replacen("\"applied\"", "\"rejected\"", 1);
-        assert_eq!(receipt_kind(forged.as_bytes()), ReceiptKind::Model);
-        assert!(ModelReceipt::verify(forged.as_bytes(), key.public()).is_err());
+        let one = audience(&reg, path, To::Device("d3"), None, &rules).unwrap();
+        assert_eq!(one.topics, vec!["aegis/v1/d3/models".to_string()]);
+        for (to, canary, why) in [
+            (To::Device("site-a"), None, "not an enrolled device"),
+            (To::Group("d3"), None, "not a group"),
+            (To::Device("x"), None, "does not target \"x\""),
+            (To::Group("site-b"), None, "targets groups"),
+            (To::Device("d3"), Some(10.0), "--canary needs a group"),
+            (
+                To::Either("nobody"),
+                None,
+                "neither an enrolled device nor a group",
+            ),
+        ] {
+            let e = audience(&reg, path, to, canary, &rules)
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains(why), "{to:?}: {e}");
+        }
     }
 
     #[test]
     fn canary_is_stable_and_sized() {
         let m: Vec<String> = (0..10).map(|i| format!("d{i}")).collect();
-        let a = super::canary(&m, "urn:uuid:1", 20.0);
+        let a = canary(&m, "urn:uuid:1", 20.0);
         assert_eq!(a.len(), 2);
-        assert_eq!(a, super::canary(&m, "urn:uuid:1", 20.0));
-        assert_eq!(super::canary(&m, "urn:uuid:1", 0.1).len(), 1);
-        assert_eq!(super::canary(&m, "urn:uuid:1", 100.0).len(), 10);
+        assert_eq!(a, canary(&m, "urn:uuid:1", 20.0));
+        assert_eq!(canary(&m, "urn:uuid:1", 0.1).len(), 1);
+        assert_eq!(canary(&m, "urn:uuid:1", 100.0).len(), 10);
     }
 }

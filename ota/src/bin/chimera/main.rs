@@ -1,11 +1,13 @@
 //! `chimera`: the gateway CLI for MAML workflows. Offline: keys, trust metadata, enrolment,
 //! templates, sealing, signing, verification. Online ([`gateway`]): publishing over MQTT,
-//! receipt verification, fleet status and reconciliation.
+//! receipt verification, fleet status and reconciliation; for models
+//! ([`model_gateway`]): announcements, the MQTT chunk server, per-device model status.
 
 mod docs;
 mod gateway;
 mod keys;
 mod model;
+mod model_gateway;
 mod trust;
 
 use std::path::{Path, PathBuf};
@@ -101,7 +103,8 @@ enum Command {
     },
     /// Record a device's public keys (and groups) in the gateway's device registry.
     Enroll(EnrollArgs),
-    /// Model bundles: pack a directory into a manifest, sign the manifest, write a signed
+    /// Model bundles: pack a directory into a manifest, sign the manifest, announce it to
+    /// devices (and serve its files over MQTT), see what devices run, write a signed
     /// rollback order.
     Model {
         #[command(subcommand)]
@@ -238,16 +241,17 @@ pub(crate) struct EnrollArgs {
 
 /// Where the gateway talks and keeps its records.
 #[derive(clap::Args, Clone)]
-struct GatewayArgs {
-    /// The MQTT 5 broker.
+pub(crate) struct GatewayArgs {
+    /// The MQTT 5 broker (`mqtt://HOST:PORT`, or `HOST:PORT`).
     #[arg(long, default_value = "mqtt://127.0.0.1:1883")]
-    broker: String,
+    pub(crate) broker: String,
     /// The device registry (`chimera enroll`).
     #[arg(long, default_value = "devices.json")]
-    registry: PathBuf,
-    /// The gateway's records (sent.json, receipts.json).
+    pub(crate) registry: PathBuf,
+    /// The gateway's records (sent.json, receipts.json, models-sent.json,
+    /// model-receipts.json).
     #[arg(long, default_value = "chimera-state")]
-    state: PathBuf,
+    pub(crate) state: PathBuf,
 }
 
 #[derive(Subcommand)]
@@ -274,7 +278,7 @@ enum FleetCommand {
     },
 }
 
-fn parse_percent(s: &str) -> Result<f64, String> {
+pub(crate) fn parse_percent(s: &str) -> Result<f64, String> {
     let v: f64 = s
         .trim_end_matches('%')
         .parse()
@@ -414,7 +418,7 @@ fn b64_pub(path: &Path) -> anyhow::Result<String> {
     Ok(base64::engine::general_purpose::STANDARD.encode(PublicKey::read(path)?.to_bytes()))
 }
 
-fn now_rfc3339(offset_days: i64) -> String {
+pub(crate) fn now_rfc3339(offset_days: i64) -> String {
     maml::format_time(maml::now_s() + offset_days * 86_400)
 }
 

@@ -1,5 +1,6 @@
 //! `chimera model pack|sign|rollback`: describe a model bundle directory in a manifest, sign
-//! it (`aegis-model-v1`), write a signed rollback order. Offline; publishing is apart.
+//! it (`aegis-model-v1`), write a signed rollback order. Offline; `publish` and `status` are
+//! in [`crate::model_gateway`].
 
 use std::path::{Path, PathBuf};
 
@@ -40,6 +41,24 @@ pub(crate) enum ModelCommand {
     /// version of NAME is FROM, with TO kept as the previous version, go back to TO and
     /// delete FROM. It applies once per device (FROM never comes back) and expires.
     Rollback(Box<RollbackArgs>),
+    /// Announce a signed manifest to a device or a group (retained, QoS 1, on its models
+    /// topic; `--canary N`: N% of the group, each on its own topic), with the URL of its
+    /// files (`--url`) or serving them over MQTT in chunks (`--serve DIR`, after checking
+    /// that DIR holds exactly the manifest's files).
+    Publish(Box<crate::model_gateway::PublishArgs>),
+    /// Per enrolled device: the models its retained status reports, the transfer under
+    /// way, what was announced to it from here, and its last model receipt (verified with
+    /// its enrolled key; one that does not verify is shown as such, never trusted).
+    Status {
+        /// Seconds to collect retained statuses and receipts.
+        #[arg(long, default_value_t = 1.0)]
+        wait: f64,
+        /// JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        gw: crate::GatewayArgs,
+    },
 }
 
 #[derive(clap::Args, Debug)]
@@ -223,6 +242,12 @@ fn write_new(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
 pub(crate) fn model(what: ModelCommand) -> anyhow::Result<()> {
     match what {
         ModelCommand::Pack(args) => pack(*args),
+        ModelCommand::Publish(args) => crate::model_gateway::publish(*args),
+        ModelCommand::Status { wait, json, gw } => crate::model_gateway::status(
+            std::time::Duration::from_secs_f64(wait.max(0.1)),
+            json,
+            &gw,
+        ),
         ModelCommand::Sign { manifest, key, out } => {
             let key = SecretKey::read(&key)?;
             let json = read_file(&manifest)?;
