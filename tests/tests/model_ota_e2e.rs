@@ -515,6 +515,79 @@ fn a_bundle_goes_live_without_dropping_a_frame_a_failing_one_rolls_back_and_bad_
     );
     assert!(r.reason.contains("sha256"), "{r:?}");
 
+    // 4. A signed rollback order, handed in locally: version 8 goes live over 2, then the
+    //    order takes the device back to 2 (swapped in between two frames); replayed, it
+    //    changes nothing.
+    bundle(d, "b8");
+    let v8 = pack(d, "b8", 8, "output0:max:0:1000");
+    announce(broker.port, &v8, &files.url("b8"));
+    let r = receipts.nth(7, &device_pub);
+    assert_eq!(
+        (r.version, r.verdict.as_str(), r.active_version),
+        (8, "applied", Some(8)),
+        "{r:?}"
+    );
+    chimera_ok(
+        d,
+        &[
+            "model",
+            "rollback",
+            "--name",
+            "nn",
+            "--from",
+            "8",
+            "--to",
+            "2",
+            "--group",
+            "site-a",
+            "--issuer",
+            "models-gw",
+            "--key",
+            "models.key",
+            "--reason",
+            "false positives",
+            "--out",
+            "rb.signed",
+        ],
+    );
+    let out = aegis_ok(
+        d,
+        &[
+            "models",
+            "rollback",
+            "rb.signed",
+            "--config",
+            cfg.to_str().unwrap(),
+        ],
+    );
+    assert!(out.contains("rb.signed: applied"), "{out}");
+    let r = receipts.nth(8, &device_pub);
+    assert_eq!(
+        (
+            r.action.as_str(),
+            r.version,
+            r.verdict.as_str(),
+            r.active_version
+        ),
+        ("rollback", 2, "applied", Some(2)),
+        "{r:?}"
+    );
+    let again = Command::new(aegis_bin())
+        .args([
+            "models",
+            "rollback",
+            "rb.signed",
+            "--config",
+            cfg.to_str().unwrap(),
+        ])
+        .current_dir(d)
+        .output()
+        .unwrap();
+    assert!(
+        !again.status.success(),
+        "a replayed order was applied again"
+    );
+
     // The status names the installed version.
     let status = Command::new("/usr/bin/mosquitto_sub")
         .args([
@@ -554,8 +627,8 @@ fn a_bundle_goes_live_without_dropping_a_frame_a_failing_one_rolls_back_and_bad_
         assert_eq!((delivered, dropped), (decoded, 0), "{cam}: {out}\n{log}");
     }
     assert!(log.contains("model health check passed"), "{log}");
-    // `aegis models list` reads the store: version 2 active, 3 installed once (and rolled
-    // back), so nothing at or below 3 is taken again.
+    // `aegis models list` reads the store: version 2 active again, 8 installed once (and
+    // ordered back), so nothing at or below 8 is taken again.
     let list: serde_json::Value = serde_json::from_str(&aegis_ok(
         d,
         &[
@@ -578,7 +651,7 @@ fn a_bundle_goes_live_without_dropping_a_frame_a_failing_one_rolls_back_and_bad_
             &serde_json::json!("nn"),
             &serde_json::json!(2),
             &serde_json::Value::Null,
-            &serde_json::json!(3)
+            &serde_json::json!(8)
         ),
         "{list}"
     );

@@ -1,6 +1,8 @@
-//! `aegis models list`: the model bundles installed over the air on this device, read from
-//! the model store without changing it (safe while the agent runs).
+//! `aegis models list|rollback`: the model bundles installed over the air on this device,
+//! read from the model store without changing it (safe while the agent runs); a signed
+//! rollback order handed to the running agent.
 
+use std::net::SocketAddr;
 use std::path::PathBuf;
 
 use clap::Subcommand;
@@ -19,11 +21,55 @@ pub enum ModelsCommand {
         #[arg(long)]
         json: bool,
     },
+    /// Hand a signed rollback order (`chimera model rollback`) to the running agent, which
+    /// checks it like a fleet delivery, goes back to the previous version and answers with
+    /// its signed receipt. Exit status 0 only when the order was applied.
+    Rollback {
+        /// The signed order.
+        order: PathBuf,
+        /// The agent's config (its `web.listen` is where the agent is reached).
+        #[arg(long, short)]
+        config: PathBuf,
+        /// Reach the agent here instead.
+        #[arg(long)]
+        agent: Option<SocketAddr>,
+        /// The local API token file (default: the config's).
+        #[arg(long)]
+        token_file: Option<PathBuf>,
+    },
 }
 
 /// Runs a `models` subcommand.
 pub fn run(cmd: ModelsCommand) -> anyhow::Result<()> {
     match cmd {
+        ModelsCommand::Rollback {
+            order,
+            config,
+            agent,
+            token_file,
+        } => {
+            let text = std::fs::read_to_string(&order)
+                .map_err(|e| anyhow::anyhow!("{}: {e}", order.display()))?;
+            let body = aegis_ota::model_wire::rollback_envelope(&text);
+            let v = crate::cli::workflow::post_to_agent(
+                &config,
+                agent,
+                token_file,
+                "application/json",
+                &body,
+            )?;
+            let verdict = v["verdict"].as_str().unwrap_or("?");
+            println!(
+                "{}: {verdict}{}",
+                order.display(),
+                match v["reason"].as_str() {
+                    Some(r) if !r.is_empty() => format!(" — {r}"),
+                    _ => String::new(),
+                }
+            );
+            anyhow::ensure!(verdict == "applied", "the rollback order was not applied");
+            Ok(())
+        }
         ModelsCommand::List { config, json } => {
             let cfg = aegis_config::load(&config)?;
             let dir = &cfg.workflows.models_dir();

@@ -973,9 +973,11 @@ impl Applier {
         if via == Via::Fleet(crate::fleet::TRUST_TOPIC) {
             return self.trust(pipeline, t0, doc).await;
         }
-        if let Via::Fleet(topic) = via
-            && is_models_topic(topic)
-        {
+        // Model messages: on a models topic, or handed in locally (`aegis models
+        // rollback`): JSON, where a workflow starts with its front matter.
+        let local_json = matches!(via, Via::Local | Via::Web(_))
+            && doc.iter().find(|b| !b.is_ascii_whitespace()) == Some(&b'{');
+        if local_json || matches!(via, Via::Fleet(topic) if is_models_topic(topic)) {
             return self.model_message(pipeline, t0, via, doc).await;
         }
         let v = match self.workflows.verify(doc) {

@@ -28,6 +28,22 @@ struct ModelOutcome {
     reason: String,
 }
 
+/// What a receipt answers: an announcement (`install`) or a rollback order (`rollback`).
+#[derive(Clone, Copy)]
+enum Action {
+    Install,
+    Rollback,
+}
+
+impl Action {
+    fn as_str(self) -> &'static str {
+        match self {
+            Action::Install => "install",
+            Action::Rollback => "rollback",
+        }
+    }
+}
+
 impl Applier {
     /// Model delivery on this device (None: off).
     pub fn set_models(&mut self, d: crate::models_ota::delivery::Delivery) {
@@ -72,16 +88,10 @@ impl Applier {
                 let reply = self.announce(t0, via, payload, a);
                 (pipeline, reply)
             }
-            Ok(ModelMessage::Rollback { .. }) => (
-                pipeline,
-                self.refuse(
-                    t0,
-                    via,
-                    payload,
-                    "model.refused",
-                    "rollback orders are not accepted by this agent yet".into(),
-                ),
-            ),
+            Ok(ModelMessage::Rollback { order }) => {
+                self.rollback_order(pipeline, t0, via, payload, order.as_bytes())
+                    .await
+            }
         }
     }
 
@@ -478,9 +488,197 @@ impl Applier {
         }
     }
 
+    /// A signed rollback order: checked like a manifest (trust, issuer allowed to ship
+    /// models, target, time), applied by the store only when its `from_version` is the
+    /// active version and its `to_version` the previous one (so it applies once), then the
+    /// version returned to is loaded, checked on its reference input and swapped in as an
+    /// install would be. Answered with a signed `rollback` receipt.
+    async fn rollback_order(
+        &mut self,
+        mut pipeline: Pipeline,
+        t0: Instant,
+        via: Via<'_>,
+        payload: &[u8],
+        order: &[u8],
+    ) -> (Pipeline, Reply) {
+        let checked = {
+            let Some(d) = self.models.as_ref() else {
+                return (
+                    pipeline,
+                    self.refuse(
+                        t0,
+                        via,
+                        payload,
+                        "model.refused",
+                        "model delivery is off".into(),
+                    ),
+                );
+            };
+            self.workflows
+                .model_checks()
+                .map(|(trust, me, now_s, skew)| {
+                    let ctx = ModelContext {
+                        identity: me.clone(),
+                        platform: d.platform.clone(),
+                        agent_version: env!("CARGO_PKG_VERSION").into(),
+                        now_s,
+                        max_clock_skew_s: skew,
+                        installed_version: None,
+                        free_disk_bytes: 0,
+                        max_bundle_bytes: d.download.max_bytes,
+                    };
+                    aegis_ota::model_rollback::verify_rollback_order(order, trust, &ctx)
+                })
+        };
+        let v = match checked {
+            None => {
+                return (
+                    pipeline,
+                    self.refuse(
+                        t0,
+                        via,
+                        payload,
+                        "model.refused.trust",
+                        "trust lost: no rollback order is accepted until the trust metadata is \
+                         delivered again"
+                            .into(),
+                    ),
+                );
+            }
+            Some(Err(rej)) if !rej.authenticated() => {
+                return (
+                    pipeline,
+                    self.refuse(t0, via, payload, "model.refused", rej.to_string()),
+                );
+            }
+            Some(Err(rej)) => {
+                let digest = aegis_ota::model::manifest_digest(order)
+                    .unwrap_or_else(|_| aegis_ota::sha256_hex(order));
+                if self.workflows.answered(&digest) {
+                    return (pipeline, self.duplicate(t0, &digest));
+                }
+                let reply = self.model_reply(
+                    Action::Rollback,
+                    None,
+                    &digest,
+                    t0,
+                    ModelOutcome {
+                        verdict: Verdict::Rejected,
+                        reason: rej.to_string(),
+                    },
+                    true,
+                );
+                return (pipeline, reply);
+            }
+            Some(Ok(v)) => v,
+        };
+        if self.workflows.answered(&v.digest) {
+            return (pipeline, self.duplicate(t0, &v.digest));
+        }
+        let (name, to) = (v.order.name.clone(), v.order.to_version);
+        let head = Some((name.clone(), to));
+        let d = self.models.as_mut().expect("checked above");
+        if let Err(e) = d.store.rollback_to(&v) {
+            let reply = self.model_reply(
+                Action::Rollback,
+                head,
+                &v.digest,
+                t0,
+                ModelOutcome {
+                    verdict: Verdict::Rejected,
+                    reason: format!("store: {}", crate::causes_text(&e)),
+                },
+                true,
+            );
+            return (pipeline, reply);
+        }
+        d.status.set_store(&d.store);
+        // What runs now: the store's confirmed versions, each verified again.
+        let (installed, problems) = d.installed(self.workflows.model_checks());
+        for p in &problems {
+            tracing::error!(problem = %p, "installed model");
+        }
+        d.status.set_running(&installed);
+        *self
+            .starter
+            .installed
+            .lock()
+            .unwrap_or_else(|p| p.into_inner()) = installed.clone();
+        self.workflows
+            .set_installed_models(requirements(&installed));
+        let outcome = self.reload(&mut pipeline, &name).await;
+        let reply = self.model_reply(Action::Rollback, head, &v.digest, t0, outcome, true);
+        (pipeline, reply)
+    }
+
+    /// After the store changed what `name` is: the pipeline's models loaded again (the
+    /// others shared) and, when a stage uses `name`, its streams swapped between two frames
+    /// and judged. A version that does not load or fails its first frames leaves the old
+    /// chain running, and the verdict says so.
+    async fn reload(&mut self, pipeline: &mut Pipeline, name: &str) -> ModelOutcome {
+        let used = crate::inference::used_models(&pipeline.config().stages).contains(&name);
+        if !used {
+            return ModelOutcome {
+                verdict: Verdict::Applied,
+                reason: String::new(),
+            };
+        }
+        let loaded = {
+            let (starter, cfg, inf) = (
+                self.starter.clone(),
+                pipeline.config().clone(),
+                self.inference.clone(),
+            );
+            tokio::task::spawn_blocking(move || starter.load(&cfg, &inf)).await
+        };
+        let new_inf = match loaded {
+            Ok(Ok(i)) => i,
+            Ok(Err(e)) => {
+                return ModelOutcome {
+                    verdict: Verdict::RolledBack,
+                    reason: format!(
+                        "load: {}; the stages keep the model they ran",
+                        crate::causes_text(&e)
+                    ),
+                };
+            }
+            Err(e) => {
+                return ModelOutcome {
+                    verdict: Verdict::RolledBack,
+                    reason: format!("load: {e}"),
+                };
+            }
+        };
+        let targets: Vec<u64> = pipeline
+            .stage_health()
+            .iter()
+            .map(|h| h.generation + 1)
+            .collect();
+        let cfg = pipeline.config().clone();
+        if let Err(e) = pipeline.swap_stages(&cfg, &new_inf) {
+            return ModelOutcome {
+                verdict: Verdict::RolledBack,
+                reason: format!("swap: {e}"),
+            };
+        }
+        if let Err(why) = self.judge(pipeline, &targets).await {
+            let old = self.inference.clone();
+            let _ = pipeline.swap_stages(&cfg, &old);
+            return ModelOutcome {
+                verdict: Verdict::RolledBack,
+                reason: format!("first frames: {why}; the stages keep the model they ran"),
+            };
+        }
+        self.inference = new_inf;
+        ModelOutcome {
+            verdict: Verdict::Applied,
+            reason: String::new(),
+        }
+    }
+
     /// Answers without remembering the digest (a transient failure: a redelivery retries).
     fn model_answer_once(&mut self, v: &VerifiedManifest, t0: Instant, o: ModelOutcome) -> Reply {
-        self.model_reply(head(v), &v.digest.clone(), t0, o, false)
+        self.model_reply(Action::Install, head(v), &v.digest.clone(), t0, o, false)
     }
 
     /// Answers an authenticated manifest: remembered, audited, receipt signed and sent.
@@ -491,11 +689,12 @@ impl Applier {
         t0: Instant,
         o: ModelOutcome,
     ) -> Reply {
-        self.model_reply(v, digest, t0, o, true)
+        self.model_reply(Action::Install, v, digest, t0, o, true)
     }
 
     fn model_reply(
         &mut self,
+        action: Action,
         v: Option<(String, u64)>,
         digest: &str,
         t0: Instant,
@@ -524,7 +723,10 @@ impl Applier {
         let (name, version) = v.unwrap_or_default();
         self.audit(
             &format!("model.{}", o.verdict.as_str()),
-            format!("{name} version {version} sha256 {digest}: {reason}"),
+            format!(
+                "{} {name} version {version} sha256 {digest}: {reason}",
+                action.as_str()
+            ),
         );
         if remember && let Err(e) = self.workflows.record_answer(digest) {
             tracing::warn!(error = %e, "cannot remember the answered digest");
@@ -541,7 +743,7 @@ impl Applier {
             name: name.clone(),
             version,
             manifest_sha256: digest.to_string(),
-            action: "install".into(),
+            action: action.as_str().into(),
             verdict: o.verdict,
             reason: reason.clone(),
             active_version,
