@@ -678,6 +678,16 @@ fn a_bundle_goes_live_without_dropping_a_frame_a_failing_one_rolls_back_and_bad_
     assert!(again.wait().unwrap().success());
 }
 
+/// A child process killed (SIGKILL) and reaped when dropped.
+struct Killed(Child);
+
+impl Drop for Killed {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 /// The version of `nn` the status says runs, and where it comes from.
 fn running_nn(port: u16) -> Option<(u64, String)> {
     let o = Command::new("/usr/bin/mosquitto_sub")
@@ -725,15 +735,19 @@ fn kill_9_during_download_install_or_swap_never_leaves_a_broken_model_and_the_up
     let d = dir.path();
     let (broker, cfg) = fixture(d, "loop: true, realtime: true");
     let files = Files::serve(d.to_path_buf());
+    // Each agent is killed when its guard drops, so a failing assertion never leaves one
+    // looping the clip.
     let start = |n: u64| {
-        Command::new(aegis_bin())
-            .args(["run", "--config", cfg.to_str().unwrap()])
-            .current_dir(d)
-            .env("RUST_LOG", "info")
-            .stdout(std::fs::File::create(d.join(format!("run{n}.out"))).unwrap())
-            .stderr(std::fs::File::create(d.join(format!("run{n}.log"))).unwrap())
-            .spawn()
-            .unwrap()
+        Killed(
+            Command::new(aegis_bin())
+                .args(["run", "--config", cfg.to_str().unwrap()])
+                .current_dir(d)
+                .env("RUST_LOG", "info")
+                .stdout(std::fs::File::create(d.join(format!("run{n}.out"))).unwrap())
+                .stderr(std::fs::File::create(d.join(format!("run{n}.log"))).unwrap())
+                .spawn()
+                .unwrap(),
+        )
     };
     // Kill points spread from the announcement: during the transfer, the install, the
     // load, the health check, the swap and the judging window.
@@ -751,10 +765,8 @@ fn kill_9_during_download_install_or_swap_never_leaves_a_broken_model_and_the_up
         // Retained: a restarted agent gets the announcement again and finishes the job.
         announce_retained(broker.port, &signed, &files.url(&name));
         std::thread::sleep(Duration::from_millis(i * 1400 / iterations.max(1)));
-        // SAFETY: kill(2) on our own child, which has not been waited for.
-        unsafe { libc::kill(agent.id() as i32, libc::SIGKILL) };
-        agent.wait().unwrap();
-        // The store is consistent after every kill: nothing on trial survives a start.
+        // SIGKILL (the guard), before the next agent starts on the same store and ports.
+        drop(agent);
         agent = start(i + 1);
         wait_online(broker.port);
         // Either the update completes (killed before its trial began: the transfer starts
@@ -809,9 +821,9 @@ fn kill_9_during_download_install_or_swap_never_leaves_a_broken_model_and_the_up
         outcomes.contains(&"completed"),
         "no iteration completed: {outcomes:?}"
     );
-    // SAFETY: as above.
-    unsafe { libc::kill(agent.id() as i32, libc::SIGTERM) };
-    assert!(agent.wait().unwrap().success());
+    // SAFETY: kill(2) on our own child, which has not been waited for.
+    unsafe { libc::kill(agent.0.id() as i32, libc::SIGTERM) };
+    assert!(agent.0.wait().unwrap().success());
     let out = std::fs::read_to_string(d.join(format!("run{iterations}.out"))).unwrap();
     for cam in ["cam0", "cam1"] {
         let (decoded, delivered, dropped) = stream_counts(&out, cam);
