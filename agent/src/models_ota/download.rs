@@ -38,8 +38,8 @@ use aegis_ota::model::{BundleFile, check_file_path};
 
 /// Most redirects followed for one file (each target checked against the policy).
 pub const MAX_REDIRECTS: usize = 5;
-/// Suffix of a file being downloaded, next to where the finished file goes.
-pub const PART_SUFFIX: &str = ".part";
+/// Suffix of a file being staged (the MQTT transfer uses the same one).
+pub use aegis_ota::model_chunks::PART_SUFFIX;
 /// Bytes read, hashed and written at a time (and so between progress reports).
 const CHUNK: usize = 64 * 1024;
 
