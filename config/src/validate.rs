@@ -727,6 +727,12 @@ pub(crate) fn check_workflows(w: &WorkflowsConfig, prefix: &str, out: &mut Vec<P
         w.health.max_error_ratio,
         &(0.0..=1.0),
     );
+    check_range(
+        out,
+        key("models.mqtt_stall_s"),
+        w.models.mqtt_stall_s,
+        &(5..=86_400),
+    );
 }
 
 pub(crate) fn check_web(web: &WebConfig, prefix: &str, out: &mut Vec<Problem>) {

@@ -554,6 +554,55 @@ fn check_tensors(what: &str, list: &[TensorSpec]) -> Result<(), String> {
 }
 
 impl ModelManifest {
+    /// An example manifest (for tests and documentation, never for a device): `name`
+    /// `version` by issuer `gw-1` for device `orin-1`, issued 2026-11-26T10:00:00Z for a
+    /// day, a YOLOv8 ONNX model `model.onnx` with `labels.txt`, CPU only, whose health check
+    /// runs `health/input.bin` and wants output0's maximum in 0.5..=1.0; its files are
+    /// `files` (they should list the paths it names).
+    #[doc(hidden)]
+    pub fn example(name: &str, version: u64, files: Vec<BundleFile>) -> ModelManifest {
+        ModelManifest {
+            kind_tag: MANIFEST_TYPE.into(),
+            name: name.into(),
+            version,
+            issuer: "gw-1".into(),
+            target: ModelTarget {
+                devices: vec!["orin-1".into()],
+                groups: vec![],
+            },
+            issued_at: "2026-11-26T10:00:00Z".into(),
+            expires_at: "2026-11-27T10:00:00Z".into(),
+            kind: aegis_config::ModelKindConfig::Yolov8,
+            model: "model.onnx".into(),
+            labels: Some("labels.txt".into()),
+            inputs: vec![TensorSpec {
+                name: "images".into(),
+                dtype: DType::Float32,
+                shape: vec![-1, 3, 640, 640],
+            }],
+            outputs: vec![TensorSpec {
+                name: "output0".into(),
+                dtype: DType::Float32,
+                shape: vec![-1, 84, 8400],
+            }],
+            platform: PlatformSpec {
+                backends: vec![aegis_config::BackendKind::Cpu],
+                runtime: Runtime::Onnx {},
+            },
+            min_agent_version: "0.1.0".into(),
+            health: HealthCheck {
+                reference_input: "health/input.bin".into(),
+                expected: vec![OutputBound {
+                    output: "output0".into(),
+                    statistic: Statistic::Max,
+                    min: 0.5,
+                    max: 1.0,
+                }],
+            },
+            files,
+        }
+    }
+
     /// Parses and validates manifest JSON (no signature involved): every rule of the
     /// format, nothing about the device.
     pub fn from_json(bytes: &[u8]) -> Result<ModelManifest, ModelRejection> {

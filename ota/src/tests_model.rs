@@ -3,7 +3,7 @@
 
 use std::path::Path;
 
-use aegis_config::{BackendKind, ModelKindConfig};
+use aegis_config::BackendKind;
 use base64::Engine as _;
 
 use crate::device::Identity;
@@ -81,48 +81,26 @@ fn file(path: &str, bytes: &[u8]) -> BundleFile {
 
 fn manifest() -> ModelManifest {
     ModelManifest {
-        kind_tag: MANIFEST_TYPE.into(),
-        name: "moderation".into(),
-        version: 3,
-        issuer: "gw-1".into(),
         target: ModelTarget {
             devices: vec![],
             groups: vec!["site-a".into()],
         },
         issued_at: ISSUED.into(),
         expires_at: EXPIRES.into(),
-        kind: ModelKindConfig::Yolov8,
-        model: "model.onnx".into(),
-        labels: Some("labels.txt".into()),
-        inputs: vec![TensorSpec {
-            name: "images".into(),
-            dtype: DType::Float32,
-            shape: vec![-1, 3, 640, 640],
-        }],
-        outputs: vec![TensorSpec {
-            name: "output0".into(),
-            dtype: DType::Float32,
-            shape: vec![-1, 84, 8400],
-        }],
         platform: PlatformSpec {
             backends: vec![BackendKind::Cpu, BackendKind::Cuda, BackendKind::Jetson],
             runtime: Runtime::Onnx {},
         },
         min_agent_version: "0.4.0".into(),
-        health: HealthCheck {
-            reference_input: "health/input.bin".into(),
-            expected: vec![OutputBound {
-                output: "output0".into(),
-                statistic: Statistic::Max,
-                min: 0.5,
-                max: 1.0,
-            }],
-        },
-        files: vec![
-            file("health/input.bin", INPUT),
-            file("labels.txt", LABELS),
-            file("model.onnx", MODEL),
-        ],
+        ..ModelManifest::example(
+            "moderation",
+            3,
+            vec![
+                file("health/input.bin", INPUT),
+                file("labels.txt", LABELS),
+                file("model.onnx", MODEL),
+            ],
+        )
     }
 }
 

@@ -4,8 +4,6 @@
 
 use std::path::Path;
 
-use aegis_config::{BackendKind, ModelKindConfig};
-
 use crate::model::*;
 use crate::model_chunks::*;
 use crate::model_wire::{ChunkHeader, FetchRequest, MAX_CHUNK_DATA, decode_chunk, encode_chunk};
@@ -45,46 +43,7 @@ fn contents() -> Vec<(&'static str, Vec<u8>)> {
 }
 
 fn manifest(files: Vec<BundleFile>) -> ModelManifest {
-    ModelManifest {
-        kind_tag: MANIFEST_TYPE.into(),
-        name: "moderation".into(),
-        version: 3,
-        issuer: "gw-1".into(),
-        target: ModelTarget {
-            devices: vec!["orin-1".into()],
-            groups: vec![],
-        },
-        issued_at: "2026-11-26T10:00:00Z".into(),
-        expires_at: "2026-11-27T10:00:00Z".into(),
-        kind: ModelKindConfig::Yolov8,
-        model: "model.onnx".into(),
-        labels: Some("labels.txt".into()),
-        inputs: vec![TensorSpec {
-            name: "images".into(),
-            dtype: DType::Float32,
-            shape: vec![-1, 3, 640, 640],
-        }],
-        outputs: vec![TensorSpec {
-            name: "output0".into(),
-            dtype: DType::Float32,
-            shape: vec![-1, 84, 8400],
-        }],
-        platform: PlatformSpec {
-            backends: vec![BackendKind::Cpu],
-            runtime: Runtime::Onnx {},
-        },
-        min_agent_version: "0.1.0".into(),
-        health: HealthCheck {
-            reference_input: "health/input.bin".into(),
-            expected: vec![OutputBound {
-                output: "output0".into(),
-                statistic: Statistic::Max,
-                min: 0.5,
-                max: 1.0,
-            }],
-        },
-        files,
-    }
+    ModelManifest::example("moderation", 3, files)
 }
 
 struct World {

@@ -831,3 +831,231 @@ fn kill_9_during_download_install_or_swap_never_leaves_a_broken_model_and_the_up
         assert_eq!((delivered, dropped), (decoded, 0), "{cam}: {out}");
     }
 }
+
+/// A TCP forwarder to 127.0.0.1:`to` whose broker-to-client direction passes at most
+/// `rate` bytes per second, so that a transfer through it lasts long enough to be
+/// interrupted at a chosen point. A connection to the broker that fails closes the
+/// client's (it connects again).
+fn paced_proxy(to: u16, rate: u64) -> u16 {
+    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = l.local_addr().unwrap().port();
+    std::thread::spawn(move || {
+        for c in l.incoming().flatten() {
+            let Ok(b) = TcpStream::connect(("127.0.0.1", to)) else {
+                continue;
+            };
+            let (c2, b2) = (c.try_clone().unwrap(), b.try_clone().unwrap());
+            std::thread::spawn(move || {
+                let _ = std::io::copy(&mut &c, &mut &b);
+                let _ = b.shutdown(std::net::Shutdown::Both);
+            });
+            std::thread::spawn(move || pace(b2, c2, rate));
+        }
+    });
+    port
+}
+
+/// Copies `from` to `to` at most `rate` bytes per second (a token bucket without burst).
+fn pace(mut from: TcpStream, mut to: TcpStream, rate: u64) {
+    let mut free_at = Instant::now();
+    let mut buf = [0u8; 16 * 1024];
+    loop {
+        let n = match from.read(&mut buf) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => n,
+        };
+        if to.write_all(&buf[..n]).is_err() {
+            break;
+        }
+        free_at = free_at.max(Instant::now()) + Duration::from_secs_f64(n as f64 / rate as f64);
+        std::thread::sleep(free_at.saturating_duration_since(Instant::now()));
+    }
+    let _ = to.shutdown(std::net::Shutdown::Both);
+    let _ = from.shutdown(std::net::Shutdown::Both);
+}
+
+/// Bytes of the part of `file` staged under `root` (0: none yet).
+fn staged_part(root: &Path, file: &str) -> u64 {
+    let mut stack = vec![root.to_path_buf()];
+    while let Some(dir) = stack.pop() {
+        for e in std::fs::read_dir(&dir).into_iter().flatten().flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                stack.push(p);
+            } else if p.file_name().and_then(|n| n.to_str()) == Some(&format!("{file}.part")) {
+                return e.metadata().map_or(0, |m| m.len());
+            }
+        }
+    }
+    0
+}
+
+#[test]
+fn a_bundle_announced_without_a_url_comes_over_mqtt_through_a_broker_restart_and_a_kill_9() {
+    if !have_mosquitto() {
+        return;
+    }
+    let dir = dir_with_models_and_photo();
+    let d = dir.path();
+    let (mut broker, cfg) = fixture(d, "loop: true, realtime: true");
+    // The agent reaches the broker through a link of 1.5 MB/s: the 13 MB bundle takes
+    // about 9 s, long enough to restart the broker and kill the agent on the way.
+    let proxy = paced_proxy(broker.port, 1_500_000);
+    let text = std::fs::read_to_string(&cfg).unwrap().replace(
+        &format!("mqtt://127.0.0.1:{}", broker.port),
+        &format!("mqtt://127.0.0.1:{proxy}"),
+    );
+    std::fs::write(&cfg, text).unwrap();
+    let device_pub = aegis_ota::sign::PublicKey::read(&d.join("keys/device.pub")).unwrap();
+    let start = |n: u64| {
+        Killed(
+            Command::new(aegis_bin())
+                .args(["run", "--config", cfg.to_str().unwrap()])
+                .current_dir(d)
+                .env("RUST_LOG", "info,aegis_agent::models_ota=debug")
+                .stdout(std::fs::File::create(d.join(format!("mqtt{n}.out"))).unwrap())
+                .stderr(std::fs::File::create(d.join(format!("mqtt{n}.log"))).unwrap())
+                .spawn()
+                .unwrap(),
+        )
+    };
+    let agent = start(0);
+    wait_online(broker.port);
+
+    bundle(d, "m2");
+    pack(d, "m2", 2, "output0:max:0:1000");
+    let log = std::fs::File::create(d.join("serve.log")).unwrap();
+    let serve = Killed(
+        Command::new(chimera_bin())
+            .args([
+                "model",
+                "publish",
+                "m2.json.signed",
+                "--broker",
+                &format!("127.0.0.1:{}", broker.port),
+                "--device",
+                "orin-1",
+                "--serve",
+                "m2",
+                "--serve-for",
+                "10m",
+            ])
+            .current_dir(d)
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .unwrap(),
+    );
+    let serve_log = || std::fs::read_to_string(d.join("serve.log")).unwrap_or_default();
+    let agent_log = |n: u64| std::fs::read_to_string(d.join(format!("mqtt{n}.log"))).unwrap();
+    let wait_part = |at_least: u64, n: u64| {
+        let t0 = Instant::now();
+        loop {
+            let have = staged_part(&d.join("models"), "model.onnx");
+            if have >= at_least {
+                return have;
+            }
+            assert!(
+                t0.elapsed() < Duration::from_secs(120),
+                "model.onnx.part at {have} bytes, not {at_least}\nserve: {}\nagent: {}",
+                serve_log(),
+                agent_log(n)
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    };
+
+    // 1. The broker restarts a quarter of the way: the link reconnects, the transfer asks
+    //    again for what was outstanding and goes on from there.
+    let cut1 = wait_part(3 << 20, 0);
+    // Progress in the metrics meanwhile (bytes, percent, ETA of the transfer under way).
+    let web = std::fs::read_to_string(&cfg)
+        .unwrap()
+        .split("listen: \"")
+        .nth(1)
+        .and_then(|r| r.split('"').next())
+        .unwrap()
+        .to_string();
+    let metric = |body: &str, name: &str| -> Option<u64> {
+        body.lines()
+            .find(|l| l.contains("component=\"models\"") && l.contains(&format!("\"{name}\"")))
+            .and_then(|l| l.rsplit(' ').next())
+            .and_then(|v| v.parse::<f64>().ok())
+            .map(|v| v as u64)
+    };
+    let (_, body) = http_get(&web, "/metrics").unwrap();
+    let (done, total) = (
+        metric(&body, "transfer_done_bytes"),
+        metric(&body, "transfer_total_bytes"),
+    );
+    assert!(
+        done.is_some_and(|d| d >= 3 << 20)
+            && total > done
+            && metric(&body, "transfer_percent") > Some(0),
+        "{body}"
+    );
+    broker.down();
+    std::thread::sleep(Duration::from_secs(1));
+    broker.up();
+    // 2. The agent is killed (SIGKILL) past half way and started again: the retained
+    //    announcement comes again, the part is hashed and continued.
+    let cut2 = wait_part(cut1 + (3 << 20), 0);
+    drop(agent);
+    let receipts = Receipts::watch(broker.port);
+    let agent = start(1);
+    let r = receipts.nth(0, &device_pub);
+    assert_eq!(
+        (
+            r.name.as_str(),
+            r.version,
+            r.verdict.as_str(),
+            r.active_version
+        ),
+        ("nn", 2, "applied", Some(2)),
+        "{r:?}\n{}",
+        agent_log(1)
+    );
+    assert!(
+        agent_log(1).contains("fetching over MQTT"),
+        "{}",
+        agent_log(1)
+    );
+    // The gateway stops by itself once the device answered, and says how much it served.
+    let t0 = Instant::now();
+    let mut serve = serve;
+    while serve.0.try_wait().unwrap().is_none() {
+        assert!(
+            t0.elapsed() < Duration::from_secs(60),
+            "chimera still serving: {}",
+            serve_log()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let out = serve_log();
+    let line = out
+        .lines()
+        .find(|l| l.starts_with("orin-1: ") && l.contains(" chunks served ("))
+        .unwrap_or_else(|| panic!("{out}"));
+    // "orin-1: N chunks served (M again), …"
+    let nums: Vec<u64> = line
+        .split(|c: char| !c.is_ascii_digit())
+        .filter_map(|w| w.parse().ok())
+        .collect();
+    let (served, again) = (nums[1], nums[2]);
+    let bundle_bytes: u64 = ["m2/model.onnx", "m2/health/input.bin"]
+        .iter()
+        .map(|f| std::fs::metadata(d.join(f)).unwrap().len())
+        .sum();
+    let chunks = bundle_bytes.div_ceil(120 * 1024) + 1;
+    // Resumed twice, never restarted: each chunk served about once; only the few in
+    // flight at each cut went again (not the 2 × 3 MB before them).
+    assert!(
+        served >= chunks - 1 && again <= 24 && served <= chunks + again,
+        "{served} chunks served, {again} again, for {chunks} chunks (cuts at {cut1} and \
+         {cut2} bytes)\n{out}"
+    );
+    eprintln!(
+        "MQTT transfer: {chunks} chunks, {served} served, {again} again; cut at {cut1} and {cut2} bytes"
+    );
+    drop(agent);
+}

@@ -73,9 +73,13 @@ pub(super) fn run_blocking(cfg: &AgentConfig, mut req: RunRequest) -> anyhow::Re
         .enable_all()
         .build()
         .context("starting the async runtime")?;
-    rt.block_on(run(cfg, req, metrics, |addr| {
+    let summary = rt.block_on(run(cfg, req, metrics, |addr| {
         eprintln!("serving http://{addr}/metrics and http://{addr}/healthz");
-    }))
+    }));
+    // Everything `run` owns has stopped; a blocking task still going (a model transfer
+    // waiting for its next chunk or byte) must not hold the exit.
+    rt.shutdown_timeout(std::time::Duration::from_secs(5));
+    summary
 }
 
 pub(super) fn print_reports(s: &RunSummary) {

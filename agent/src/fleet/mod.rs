@@ -217,6 +217,10 @@ pub struct FleetSettings {
     pub workflow_groups: Option<Vec<String>>,
     /// Subscribe to the device's and the groups' models topics too (model delivery on).
     pub models: bool,
+    /// With `models`: where model bundles announced without a URL are fetched over the
+    /// broker (the link subscribes to the device's chunk topic, hands its messages and
+    /// every connect to the port, and publishes the port's requests on the fetch topic).
+    pub model_chunks: Option<Arc<crate::models_ota::mqtt::ChunkPort>>,
 }
 
 impl FleetSettings {
@@ -269,6 +273,7 @@ impl FleetSettings {
             log_level: crate::logging::in_force().unwrap_or_else(|| cfg.log.level.clone()),
             workflow_groups: cfg.workflows.enabled.then(|| cfg.device.groups.clone()),
             models: cfg.workflows.enabled && cfg.workflows.models.enabled,
+            model_chunks: None,
         })
     }
 
@@ -553,6 +558,18 @@ struct Link {
     started: Instant,
     late_tx: tokio::sync::mpsc::Sender<LateReply>,
     late_rx: tokio::sync::mpsc::Receiver<LateReply>,
+    /// Fetch requests of the model transfer under way, to publish (None: no MQTT transfer).
+    chunk_requests: Option<tokio::sync::mpsc::UnboundedReceiver<Vec<u8>>>,
+}
+
+/// The next request on an optional channel (never, without one).
+async fn next_request(
+    rx: &mut Option<tokio::sync::mpsc::UnboundedReceiver<Vec<u8>>>,
+) -> Option<Vec<u8>> {
+    match rx {
+        Some(rx) => rx.recv().await,
+        None => std::future::pending().await,
+    }
 }
 
 fn jitter(d: Duration) -> Duration {
@@ -611,6 +628,11 @@ impl Link {
         ));
         let (client, events) = AsyncClient::new(o, 4 * s.inflight.max(16));
         let (late_tx, late_rx) = tokio::sync::mpsc::channel(16);
+        let chunk_requests = s
+            .model_chunks
+            .as_ref()
+            .filter(|_| s.models)
+            .and_then(|p| p.attach());
         Link {
             s,
             outbox,
@@ -630,6 +652,7 @@ impl Link {
             started: Instant::now(),
             late_tx,
             late_rx,
+            chunk_requests,
         }
     }
 
@@ -702,6 +725,12 @@ impl Link {
                 },
                 Some(r) = self.late_rx.recv() => self.late_reply(r),
                 Some(topic) = resubscribe.recv() => self.resubscribe(topic),
+                Some(request) = next_request(&mut self.chunk_requests) => {
+                    let topic = aegis_ota::model_wire::fetch_topic(&self.s.device);
+                    // Offline or queue full: dropped; the transfer asks again after the
+                    // next connect or when nothing came.
+                    self.publish(topic, request, QoS::AtLeastOnce, false, None, None);
+                }
                 _ = &mut stop => break,
             }
         }
@@ -715,6 +744,13 @@ impl Link {
         if self.connected && self.is_workflow_topic(&topic) {
             let _ = self.client.try_subscribe(topic, QoS::AtLeastOnce);
         }
+    }
+
+    /// The model chunk port, when this link carries MQTT model transfers.
+    fn chunk_port(&self) -> Option<&Arc<crate::models_ota::mqtt::ChunkPort>> {
+        self.chunk_requests
+            .as_ref()
+            .and(self.s.model_chunks.as_ref())
     }
 
     /// Exactly the workflow and trust topics this device subscribed to (not a command
@@ -797,6 +833,14 @@ impl Link {
                     for t in topics {
                         let _ = self.client.try_subscribe(t, QoS::AtLeastOnce);
                     }
+                }
+                if let Some(port) = self.chunk_port() {
+                    let _ = self.client.try_subscribe(
+                        aegis_ota::model_wire::chunk_topic(&self.s.device),
+                        QoS::AtLeastOnce,
+                    );
+                    // Subscribed (queued before any request the transfer sends now).
+                    port.connected();
                 }
             }
             Event::Outgoing(Outgoing::Publish(pkid)) => match self.fifo.pop_front() {
@@ -1017,6 +1061,12 @@ impl Link {
 
     fn on_command(&mut self, p: rumqttc::v5::mqttbytes::v5::Publish) {
         let topic = String::from_utf8_lossy(&p.topic).to_string();
+        if let Some(port) = self.chunk_port()
+            && topic == aegis_ota::model_wire::chunk_topic(&self.s.device)
+        {
+            port.chunk(&p.payload);
+            return;
+        }
         if self.is_workflow_topic(&topic) {
             // Retained deletions arrive as empty payloads: nothing to judge.
             if !p.payload.is_empty() {
@@ -1372,6 +1422,7 @@ mod tests {
             log_level: "info".into(),
             workflow_groups: None,
             models: false,
+            model_chunks: None,
         };
         let host = Arc::new(TestHost::default());
         let limits = Arc::new(Mutex::new(Vec::new()));
@@ -1751,6 +1802,7 @@ mod tests {
                 log_level: "info".into(),
                 workflow_groups: None,
                 models: false,
+                model_chunks: None,
             };
             let mut link = Link::new(
                 settings,

@@ -15,6 +15,7 @@ use aegis_ota::model_store::ModelStore;
 use serde_json::{Value, json};
 
 use super::download::{self, DownloadError, DownloadPolicy, DownloadTimeouts, TlsRoots};
+use super::mqtt::{ChunkPort, Timing, Transfer};
 
 /// Attempts of one HTTP transfer before it is given up (each resumes the last).
 pub const ATTEMPTS: u32 = 5;
@@ -195,6 +196,8 @@ pub struct Delivery {
     /// The latest fleet announcement of another bundle that came during the transfer
     /// (topic, payload): handled when it ends.
     pub pending: Option<(String, Vec<u8>)>,
+    /// Where the fleet link meets a transfer over MQTT (the link attaches at its start).
+    pub port: Arc<ChunkPort>,
     done: tokio::sync::mpsc::Sender<Staged>,
 }
 
@@ -244,6 +247,7 @@ impl Delivery {
                 transfer: None,
                 phases: Vec::new(),
                 pending: None,
+                port: ChunkPort::new(),
                 done: tx,
             },
             rx,
@@ -322,18 +326,75 @@ impl Delivery {
                     _ => break,
                 }
             }
-            if outcome.is_err() {
-                status.counters.transfer_errors.fetch_add(1, Relaxed);
-            }
-            let _ = done
-                .send(Staged {
-                    verified: v,
-                    signed,
-                    outcome,
-                    t0,
-                    transfer_ms: started.elapsed().as_secs_f64() * 1e3,
+            transfer_end(&status, &done, v, signed, outcome, t0, started).await;
+        });
+    }
+
+    /// Whether a bundle announced without a URL can come over the fleet broker (a fleet
+    /// link runs).
+    pub fn mqtt_available(&self) -> bool {
+        self.port.is_attached()
+    }
+
+    /// Starts fetching `v`'s files over the fleet broker in chunks into `staging`
+    /// ([`super::mqtt`]), on a blocking thread; the end goes to the receiver
+    /// [`Delivery::open`] returned.
+    pub fn start_mqtt(
+        &mut self,
+        v: VerifiedManifest,
+        signed: Vec<u8>,
+        staging: PathBuf,
+        t0: Instant,
+    ) {
+        self.transfer = Some(v.digest.clone());
+        let (status, done) = (self.status.clone(), self.done.clone());
+        let timing = Timing::with_stall(Duration::from_secs(self.cfg.mqtt_stall_s));
+        let (name, version) = (v.manifest.name.clone(), v.manifest.version);
+        status.set_transfer(Some(json!({
+            "name": name, "version": version, "via": "mqtt", "done": 0,
+            "total": v.total_bytes, "percent": 0.0, "eta_s": null,
+        })));
+        let transfer = Transfer::open(self.port.clone());
+        tokio::spawn(async move {
+            let started = Instant::now();
+            let files = v.manifest.files.clone();
+            let status2 = status.clone();
+            let r = tokio::task::spawn_blocking(move || {
+                let first = std::sync::Mutex::new(None::<u64>);
+                let last = AtomicU64::new(0);
+                transfer.fetch(&name, version, &files, &staging, timing, &|p| {
+                    // Resumed bytes are on disk already: neither received nor part of the
+                    // rate the ETA is computed from.
+                    let from = *first
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .get_or_insert(p.done);
+                    let before = last.swap(p.done, Relaxed).max(from);
+                    status2
+                        .counters
+                        .bytes
+                        .fetch_add(p.done.saturating_sub(before), Relaxed);
+                    status2.set_transfer(Some(json!({
+                        "name": name, "version": version, "via": "mqtt",
+                        "file": p.file, "done": p.done, "total": p.total,
+                        "percent": (p.percent * 10.0).round() / 10.0,
+                        "eta_s": eta(p.done - from, p.total - p.done, started.elapsed())
+                            .map(|d| d.as_secs()),
+                        "ignored": p.ignored,
+                    })));
                 })
-                .await;
+            })
+            .await;
+            let outcome = match r {
+                Ok(Ok(())) => Ok(()),
+                Ok(Err(e)) => {
+                    tracing::warn!(model = %v.manifest.name, version, error = %e,
+                        "model transfer over MQTT ended");
+                    Err((crate::causes_text(&e), e.transient()))
+                }
+                Err(e) => Err((format!("transfer task: {e}"), false)),
+            };
+            transfer_end(&status, &done, v, signed, outcome, t0, started).await;
         });
     }
 
@@ -401,6 +462,37 @@ impl Delivery {
         self.transfer = None;
         self.status.set_transfer(None);
     }
+}
+
+/// A transfer ended (HTTP or MQTT): counted, and handed to the applier.
+async fn transfer_end(
+    status: &DeliveryStatus,
+    done: &tokio::sync::mpsc::Sender<Staged>,
+    verified: VerifiedManifest,
+    signed: Vec<u8>,
+    outcome: Result<(), (String, bool)>,
+    t0: Instant,
+    started: Instant,
+) {
+    if outcome.is_err() {
+        status.counters.transfer_errors.fetch_add(1, Relaxed);
+    }
+    let _ = done
+        .send(Staged {
+            verified,
+            signed,
+            outcome,
+            t0,
+            transfer_ms: started.elapsed().as_secs_f64() * 1e3,
+        })
+        .await;
+}
+
+/// Time left at the rate so far: `got` bytes in `elapsed`, `left` to go (None until a
+/// rate is known).
+fn eta(got: u64, left: u64, elapsed: Duration) -> Option<Duration> {
+    let secs = elapsed.as_secs_f64();
+    (got > 0 && secs > 0.0).then(|| Duration::from_secs_f64(left as f64 * secs / got as f64))
 }
 
 /// Whether trying again later may succeed (the network, the server, the disk), rather

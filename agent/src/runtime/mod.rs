@@ -493,7 +493,8 @@ fn start_fleet(
     hooks: WorkflowHooks,
     applier: Option<&mut crate::workflows::apply::Applier>,
 ) -> anyhow::Result<crate::fleet::FleetLink> {
-    let settings = crate::fleet::FleetSettings::from_config(cfg)?;
+    let mut settings = crate::fleet::FleetSettings::from_config(cfg)?;
+    settings.model_chunks = applier.as_ref().and_then(|a| a.model_chunk_port());
     let host = Arc::new(AgentHost::new(
         cfg,
         backend,

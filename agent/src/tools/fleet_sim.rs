@@ -190,6 +190,7 @@ fn settings(device: &str, port: u16, telemetry: Duration) -> FleetSettings {
         log_level: "info".into(),
         workflow_groups: None,
         models: false,
+        model_chunks: None,
     }
 }
 

@@ -101,6 +101,10 @@ fn default_max_bundle_mb() -> u64 {
     512
 }
 
+fn default_mqtt_stall_s() -> u64 {
+    600
+}
+
 fn default_true() -> bool {
     true
 }
@@ -144,6 +148,11 @@ pub struct ModelDeliveryConfig {
     /// The TensorRT version engines must be built with (`10.3.0`); absent: none.
     #[serde(default)]
     pub trt_version: Option<String>,
+    /// A bundle announced without a URL comes over the fleet broker in chunks; the
+    /// transfer ends when no chunk was accepted for this many seconds (its parts are kept:
+    /// the next delivery of the announcement resumes them).
+    #[serde(default = "default_mqtt_stall_s")]
+    pub mqtt_stall_s: u64,
 }
 
 impl Default for ModelDeliveryConfig {
@@ -158,6 +167,7 @@ impl Default for ModelDeliveryConfig {
             ca_file: None,
             module: None,
             trt_version: None,
+            mqtt_stall_s: default_mqtt_stall_s(),
         }
     }
 }

@@ -45,6 +45,11 @@ impl Action {
 }
 
 impl Applier {
+    /// Where the fleet link meets a model transfer over MQTT (None: model delivery off).
+    pub fn model_chunk_port(&self) -> Option<std::sync::Arc<crate::models_ota::mqtt::ChunkPort>> {
+        self.models.as_ref().map(|d| d.port.clone())
+    }
+
     /// Model delivery on this device (None: off).
     pub fn set_models(&mut self, d: crate::models_ota::delivery::Delivery) {
         for r in &d.recovered {
@@ -205,6 +210,26 @@ impl Applier {
                     apply_ms: ms(t0),
                 }
             }
+            None if d.mqtt_available() => {
+                tracing::info!(model = %v.manifest.name, version = v.manifest.version,
+                    bytes = v.total_bytes, "model bundle announced: fetching over MQTT");
+                self.audit(
+                    "model.download",
+                    format!(
+                        "{} version {} sha256 {}: {} bytes over MQTT",
+                        v.manifest.name, v.manifest.version, v.digest, v.total_bytes
+                    ),
+                );
+                if let Some(d) = self.models.as_mut() {
+                    d.start_mqtt(v, signed, staging, t0);
+                }
+                Reply {
+                    verdict: Answer::Started,
+                    reason: "fetching over MQTT".into(),
+                    receipt: None,
+                    apply_ms: ms(t0),
+                }
+            }
             None => {
                 let digest = v.digest.clone();
                 self.model_answer(
@@ -213,8 +238,9 @@ impl Applier {
                     t0,
                     ModelOutcome {
                         verdict: Verdict::Rejected,
-                        reason: "the announcement names no URL and this agent has no MQTT \
-                                 transfer yet"
+                        reason: "the announcement names no URL, so its files come over the \
+                                 fleet broker, and this agent runs no fleet link \
+                                 (fleet.enabled is false)"
                             .into(),
                     },
                 )
