@@ -50,7 +50,8 @@ pub enum BenchCommand {
     /// swapped into a running pipeline → receipt, through a loopback mosquitto and HTTP
     /// server, against restarting the agent with the new model (the baseline).
     Models {
-        /// Bundles to install (each the next version).
+        /// Bundles to install per transport (each the next version; HTTP and MQTT runs
+        /// alternate).
         #[arg(long, default_value_t = 10)]
         runs: usize,
         /// The model (NudeNet 320, ONNX).

@@ -1,6 +1,8 @@
 //! `aegis bench models`: a model bundle announced → verified → downloaded → installed →
 //! health-checked → swapped into a running two-stream moderation pipeline → signed
-//! receipt, through a loopback mosquitto and a loopback HTTP server, against a real agent
+//! receipt, through a loopback mosquitto and a loopback HTTP server — or, every other run,
+//! with the files in chunks over the same broker (announced without a URL, served by this
+//! process with `ChunkServer` as `chimera model publish --serve` does) — against a real agent
 //! process (this binary, `aegis run`) playing a 30 fps clip on each stream. Every run
 //! announces the next version of the same model (the real NudeNet file), so each one loads,
 //! checks and swaps a 12 MB model. The receipt's phases say where the time went.
@@ -18,35 +20,46 @@ use std::time::{Duration, Instant};
 use aegis_config::{BackendKind, ModelKindConfig};
 use aegis_ota::maml;
 use aegis_ota::model::{
-    BundleFile, DType, HealthCheck, MANIFEST_TYPE, ModelManifest, ModelTarget, OutputBound,
-    PlatformSpec, Runtime, Statistic, TensorSpec, sign_manifest,
+    BundleFile, DType, HealthCheck, ModelManifest, ModelTarget, OutputBound, PlatformSpec, Runtime,
+    Statistic, TensorSpec, sign_manifest,
 };
-use aegis_ota::model_wire::{Announcement, ModelReceipt};
+use aegis_ota::model_chunks::{ChunkServer, parse_fetch_request};
+use aegis_ota::model_wire::{Announcement, ModelReceipt, chunk_topic};
 use aegis_ota::sign::SecretKey;
 use aegis_ota::trust::{Issuer, Roots, TrustMetadata};
+use rumqttc::v5::Event;
 use rumqttc::v5::mqttbytes::QoS;
+use rumqttc::v5::mqttbytes::v5::Packet;
 use rumqttc::v5::{AsyncClient, MqttOptions};
 use serde::Serialize;
 
-use super::bench_workflow::{b64, next, pct, stream_frames, wait_online};
+use super::bench_workflow::{b64, next, pct, stream_frames, wait_online, wait_state};
 
 /// The results.
 #[derive(Debug, Clone, Serialize)]
 pub struct ModelsBench {
-    /// Bundles installed.
+    /// Bundles installed per transport (HTTP, then as many over MQTT).
     pub runs: usize,
     /// Size of the model file, bytes.
     pub model_bytes: u64,
-    /// Announcement published → verified `applied` receipt received, ms.
+    /// Announcement published → verified `applied` receipt received, ms (files over HTTP).
     pub round_trip_p50_ms: f64,
-    /// Announcement published → verified receipt, ms.
+    /// Announcement published → verified receipt, ms (files over HTTP).
     pub round_trip_p99_ms: f64,
+    /// The same with the files over MQTT in chunks (served by this process from the
+    /// bundle directory through the broker, as `chimera model publish --serve` does), p50.
+    pub mqtt_round_trip_p50_ms: f64,
+    /// The same over MQTT, p99.
+    pub mqtt_round_trip_p99_ms: f64,
+    /// The transfer phase's p50 over HTTP and over MQTT, ms.
+    pub transfer_p50_ms: (f64, f64),
     /// Inside the agent: verify + install + load + health + swap (no transfer, no judging
     /// window), ms.
     pub install_swap_p50_ms: f64,
     /// The same, p99.
     pub install_swap_p99_ms: f64,
-    /// Each phase's p50 (verify, transfer, install, load, health, swap, judge), ms.
+    /// Each phase's p50 over both transports (verify, transfer, install, load, health,
+    /// swap, judge), ms.
     pub phases_p50_ms: Vec<(String, f64)>,
     /// Baseline: SIGTERM → restarted agent online with the new model, ms: the time the
     /// streams run without analytics (a live camera's frames are lost).
@@ -122,9 +135,6 @@ fn stop(agent: Child) -> anyhow::Result<String> {
 fn manifest(version: u64, files: Vec<BundleFile>) -> ModelManifest {
     let now = maml::now_s();
     ModelManifest {
-        kind_tag: MANIFEST_TYPE.into(),
-        name: "nn".into(),
-        version,
         issuer: "models-gw".into(),
         target: ModelTarget {
             devices: vec!["bench-1".into()],
@@ -133,7 +143,6 @@ fn manifest(version: u64, files: Vec<BundleFile>) -> ModelManifest {
         issued_at: maml::format_time(now - 60),
         expires_at: maml::format_time(now + 3600),
         kind: ModelKindConfig::Nudenet,
-        model: "model.onnx".into(),
         labels: None,
         inputs: vec![TensorSpec {
             name: "images".into(),
@@ -159,11 +168,41 @@ fn manifest(version: u64, files: Vec<BundleFile>) -> ModelManifest {
                 max: 1000.0,
             }],
         },
-        files,
+        ..ModelManifest::example("nn", version, files)
     }
 }
 
-/// Runs the benchmark: `runs` bundles of `model` (NudeNet 320, ONNX) and `runtime` (the
+/// Answers the agent's chunk requests from `server` until its receipt arrives (30 s at
+/// most without one).
+async fn serve_until_receipt(
+    client: &AsyncClient,
+    el: &mut rumqttc::v5::EventLoop,
+    server: &ChunkServer,
+) -> anyhow::Result<rumqttc::v5::mqttbytes::v5::Publish> {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let ev = tokio::time::timeout_at(deadline.into(), el.poll())
+            .await
+            .map_err(|_| anyhow::anyhow!("no receipt within 30 s"))??;
+        let Event::Incoming(Packet::Publish(p)) = ev else {
+            continue;
+        };
+        if p.topic.ends_with(b"/receipts") {
+            return Ok(p);
+        }
+        if p.topic.ends_with(b"/ota/fetch") {
+            let req = parse_fetch_request(&p.payload).map_err(anyhow::Error::msg)?;
+            client.try_publish(
+                chunk_topic("bench-1"),
+                QoS::AtLeastOnce,
+                false,
+                server.answer(&req).message,
+            )?;
+        }
+    }
+}
+
+/// Runs the benchmark: `runs` bundles over each transport of `model` (NudeNet 320, ONNX) and `runtime` (the
 /// ONNX Runtime library).
 pub fn bench_models(runs: usize, model: &Path, runtime: &Path) -> anyhow::Result<ModelsBench> {
     let model = model
@@ -245,6 +284,7 @@ pub fn bench_models(runs: usize, model: &Path, runtime: &Path) -> anyhow::Result
         .enable_all()
         .build()?;
     let url = format!("http://127.0.0.1:{http}/bundle");
+    let bundle = bundle.clone();
     let result = rt.block_on(async {
         let mut o = MqttOptions::new("bench-gateway", "127.0.0.1", broker.port);
         o.set_keep_alive(Duration::from_secs(30));
@@ -257,12 +297,23 @@ pub fn bench_models(runs: usize, model: &Path, runtime: &Path) -> anyhow::Result
             .subscribe("aegis/v1/bench-1/status", QoS::AtLeastOnce)
             .await?;
         wait_online(&mut el).await?;
-        let (mut trips, mut inside) = (Vec::new(), Vec::new());
+        client
+            .subscribe("aegis/v1/bench-1/ota/fetch", QoS::AtLeastOnce)
+            .await?;
+        let (mut trips, mut inside) = ([Vec::new(), Vec::new()], Vec::new());
+        let mut transfers = [Vec::new(), Vec::new()];
         let mut phases: Vec<(String, Vec<f64>)> = Vec::new();
-        for version in 2..(2 + runs as u64) {
-            let json = serde_json::to_vec(&manifest(version, files.clone()))?;
+        // Alternating: even runs over HTTP, odd ones over MQTT.
+        for (i, version) in (2..(2 + 2 * runs as u64)).enumerate() {
+            let m = manifest(version, files.clone());
+            let json = serde_json::to_vec(&m)?;
             let signed = String::from_utf8(sign_manifest(&json, &issuer)?)?;
-            let announcement = Announcement::new(signed, Some(url.clone())).to_json();
+            let via = i % 2;
+            let (url, server) = match via {
+                0 => (Some(url.clone()), None),
+                _ => (None, Some(ChunkServer::new(&bundle, &m)?)),
+            };
+            let announcement = Announcement::new(signed, url).to_json();
             let t0 = Instant::now();
             client
                 .publish(
@@ -272,9 +323,15 @@ pub fn bench_models(runs: usize, model: &Path, runtime: &Path) -> anyhow::Result
                     announcement,
                 )
                 .await?;
-            let p = next(&mut el, b"/receipts").await?;
+            let p = match &server {
+                None => next(&mut el, b"/receipts").await?,
+                Some(server) => serve_until_receipt(&client, &mut el, server).await?,
+            };
             let r = ModelReceipt::verify(&p.payload, device_key.public())?;
-            trips.push(t0.elapsed().as_secs_f64() * 1e3);
+            trips[via].push(t0.elapsed().as_secs_f64() * 1e3);
+            if let Some((_, ms)) = r.phases.iter().find(|(k, _)| k == "transfer") {
+                transfers[via].push(*ms);
+            }
             anyhow::ensure!(
                 r.verdict == aegis_ota::receipt::Verdict::Applied && r.version == version,
                 "version {version}: {} {}",
@@ -295,10 +352,10 @@ pub fn bench_models(runs: usize, model: &Path, runtime: &Path) -> anyhow::Result
                 }
             }
         }
-        anyhow::Ok((trips, inside, phases))
+        anyhow::Ok((trips, inside, phases, transfers))
     });
     let report = stop(agent)?;
-    let (mut trips, mut inside, phases) = result?;
+    let ([mut trips, mut mqtt_trips], mut inside, phases, [mut http_t, mut mqtt_t]) = result?;
     let frames = ["cam0", "cam1"]
         .iter()
         .map(|s| {
@@ -327,13 +384,14 @@ pub fn bench_models(runs: usize, model: &Path, runtime: &Path) -> anyhow::Result
         unsafe { libc::kill(pid, libc::SIGTERM) };
         agent.wait()?;
         let mut again = start_agent(&cfg)?;
-        // The last will says offline first; then the new process's online status.
-        let r = wait_online(&mut el).await;
+        // The stopping agent says offline first; then the new process's online status.
+        wait_state(&mut el, "offline").await?;
+        let r = wait_state(&mut el, "online").await;
         let ms = t0.elapsed().as_secs_f64() * 1e3;
         // SAFETY: as above, on the new child.
         unsafe { libc::kill(again.id() as i32, libc::SIGTERM) };
         again.wait()?;
-        r.map(|_| ms - 300.0)
+        r.map(|_| ms)
     })?;
     let p50 = pct(&mut trips, 0.5);
     let swap_p50 = phases
@@ -346,6 +404,9 @@ pub fn bench_models(runs: usize, model: &Path, runtime: &Path) -> anyhow::Result
         model_bytes,
         round_trip_p50_ms: p50,
         round_trip_p99_ms: pct(&mut trips, 0.99),
+        mqtt_round_trip_p50_ms: pct(&mut mqtt_trips, 0.5),
+        mqtt_round_trip_p99_ms: pct(&mut mqtt_trips, 0.99),
+        transfer_p50_ms: (pct(&mut http_t, 0.5), pct(&mut mqtt_t, 0.5)),
         install_swap_p50_ms: pct(&mut inside, 0.5),
         install_swap_p99_ms: pct(&mut inside, 0.99),
         phases_p50_ms: phases
@@ -367,6 +428,14 @@ pub fn print(r: &ModelsBench) {
         r.model_bytes / 1_000_000,
         r.round_trip_p50_ms,
         r.round_trip_p99_ms
+    );
+    println!(
+        "  the same with the files over MQTT (chunks through the broker): p50 {:.0} ms, p99 {:.0} ms; transfer p50: HTTP {:.0} ms, MQTT {:.0} ms ({:.1}x)",
+        r.mqtt_round_trip_p50_ms,
+        r.mqtt_round_trip_p99_ms,
+        r.transfer_p50_ms.0,
+        r.transfer_p50_ms.1,
+        r.transfer_p50_ms.1 / r.transfer_p50_ms.0
     );
     println!(
         "  verify + install + load + health check + swap inside the agent: p50 {:.0} ms, p99 {:.0} ms",

@@ -77,21 +77,27 @@ pub(crate) async fn next(
 
 /// Waits (60 s at most) for a retained status saying `online` on a subscribed status topic.
 pub(crate) async fn wait_online(el: &mut rumqttc::v5::EventLoop) -> anyhow::Result<()> {
+    wait_state(el, "online").await?;
+    // Subscriptions go out right after the status.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    Ok(())
+}
+
+/// Waits (60 s at most) for a status whose `state` is `state` on a subscribed status topic.
+pub(crate) async fn wait_state(el: &mut rumqttc::v5::EventLoop, state: &str) -> anyhow::Result<()> {
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
         let ev = tokio::time::timeout_at(deadline.into(), el.poll())
             .await
-            .map_err(|_| anyhow::anyhow!("the agent did not come online"))??;
+            .map_err(|_| anyhow::anyhow!("the agent's status never said {state}"))??;
         if let Event::Incoming(Packet::Publish(p)) = ev
             && p.topic.ends_with(b"/status")
-            && p.payload.windows(8).any(|w| w == b"\"online\"")
+            && serde_json::from_slice::<serde_json::Value>(&p.payload)
+                .is_ok_and(|v| v["state"] == state)
         {
-            break;
+            return Ok(());
         }
     }
-    // Subscriptions go out right after the status.
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    Ok(())
 }
 
 /// Runs the benchmark: `runs` workflows, each judged on `health_frames` frames.
