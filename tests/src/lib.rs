@@ -523,6 +523,49 @@ pub fn chimera_ok(dir: &Path, args: &[&str]) -> String {
     String::from_utf8_lossy(&o.stdout).into_owned()
 }
 
+/// An unsigned workflow `DIR/NAME.maml.md` by issuer `fleet-gw-1` for `orin-1` (and group
+/// `site-a`), sequence `seq`, issued a minute ago for a day, running `pipeline` (YAML,
+/// indented by two spaces); `requires_models` is the `requires.models` list (`[]`: none).
+/// Sign it with `chimera sign FILE --key gw.key` (→ `NAME.signed.maml.md`).
+pub fn draft_workflow(
+    dir: &Path,
+    name: &str,
+    seq: u64,
+    pipeline: &str,
+    requires_models: &str,
+) -> PathBuf {
+    let now = aegis_ota::maml::now_s();
+    let (issued, expires) = (
+        aegis_ota::maml::format_time(now - 60),
+        aegis_ota::maml::format_time(now + 86_400),
+    );
+    let mut id = [0u8; 6];
+    std::fs::File::open("/dev/urandom")
+        .and_then(|mut f| std::io::Read::read_exact(&mut f, &mut id))
+        .expect("urandom");
+    let hex: String = id.iter().map(|b| format!("{b:02x}")).collect();
+    let id = format!("00000000-0000-4000-8000-{hex}");
+    let text = aegis_ota::maml::workflow_text(
+        &aegis_ota::maml::Draft {
+            id: &id,
+            issuer: "fleet-gw-1",
+            devices: &["orin-1"],
+            groups: &["site-a"],
+            sequence: seq,
+            issued_at: &issued,
+            expires_at: &expires,
+        },
+        pipeline,
+    )
+    .replace(
+        "requires: { models: [], ",
+        &format!("requires: {{ models: {requires_models}, "),
+    );
+    let p = dir.join(format!("{name}.maml.md"));
+    std::fs::write(&p, text).expect("write the workflow");
+    p
+}
+
 /// A gateway and one provisioned device in `dir`: root (`root/`), issuer `fleet-gw-1`
 /// (`gw.key`, allowed any device and group), signed trust metadata (`trust.signed`), the
 /// device's keys (`keys/`, by `aegis provision`), and its enrolment in `devices.json`

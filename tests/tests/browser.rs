@@ -643,23 +643,16 @@ async fn live_overlays_latency_config_errors_and_workflow_uploads_in_a_browser()
             repo.join(".samples/astronaut.png").to_str().unwrap(),
         ],
     );
-    let now = aegis_ota::maml::now_s();
-    let text = aegis_ota::maml::workflow_text(
-        &aegis_ota::maml::Draft {
-            id: "00000000-0000-4000-8000-00000000b0b1",
-            issuer: "fleet-gw-1",
-            devices: &["orin-1"],
-            groups: &["site-a"],
-            sequence: 1,
-            issued_at: &aegis_ota::maml::format_time(now - 60),
-            expires_at: &aegis_ota::maml::format_time(now + 86_400),
-        },
+    aegis_tests::draft_workflow(
+        gd,
+        "web",
+        1,
         &format!(
             "  sources: [{{ id: cam0, url: \"file://{}\", loop: true, realtime: true }}]\n  stages: [{{ kind: passthrough }}]\n  sinks: [{{ kind: discard }}]",
             clip.display()
         ),
+        "[]",
     );
-    std::fs::write(gd.join("web.maml.md"), text).unwrap();
     aegis_tests::chimera_ok(gd, &["sign", "web.maml.md", "--key", "gw.key"]);
     let gp = gd.display();
     let agent = WebAgent::start(&AgentSetup {

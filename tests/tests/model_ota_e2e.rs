@@ -688,8 +688,8 @@ impl Drop for Killed {
     }
 }
 
-/// The version of `nn` the status says runs, and where it comes from.
-fn running_nn(port: u16) -> Option<(u64, String)> {
+/// `orin-1`'s retained status, when it says online.
+fn online_status(port: u16) -> Option<serde_json::Value> {
     let o = Command::new("/usr/bin/mosquitto_sub")
         .args([
             "-p",
@@ -704,9 +704,12 @@ fn running_nn(port: u16) -> Option<(u64, String)> {
         .output()
         .ok()?;
     let v: serde_json::Value = serde_json::from_slice(&o.stdout).ok()?;
-    if v["state"] != "online" {
-        return None;
-    }
+    (v["state"] == "online").then_some(v)
+}
+
+/// The version of `nn` the status says runs, and where it comes from.
+fn running_nn(port: u16) -> Option<(u64, String)> {
+    let v = online_status(port)?;
     let nn = v["models"]
         .as_array()?
         .iter()
@@ -924,6 +927,59 @@ fn a_bundle_announced_without_a_url_comes_over_mqtt_through_a_broker_restart_and
 
     bundle(d, "m2");
     pack(d, "m2", 2, "output0:max:0:1000");
+    // A signed workflow that requires the bundle's model (nn version 2, its file's SHA-256)
+    // comes first: it waits (no receipt, the status says for what) and is applied once the
+    // bundle is installed.
+    let sha = aegis_ota::sha256_hex(&std::fs::read(d.join("m2/model.onnx")).unwrap());
+    let clip = d.join("clip.mp4");
+    let pipeline = format!(
+        "  sources:\n    - {{ id: cam0, url: \"file://{c}\", loop: true, realtime: true }}\n    - {{ id: cam1, url: \"file://{c}\", loop: true, realtime: true }}\n  stages: [{{ kind: moderate, model: nn, every_n_frames: 3 }}]\n  sinks: [{{ kind: discard }}]",
+        c = clip.display()
+    );
+    draft_workflow(
+        d,
+        "needs-nn2",
+        1,
+        &pipeline,
+        &format!("[{{ name: nn, version: 2, sha256: {sha} }}]"),
+    );
+    chimera_ok(d, &["sign", "needs-nn2.maml.md", "--key", "gw.key"]);
+    let broker_url = format!("mqtt://127.0.0.1:{}", broker.port);
+    chimera_ok(
+        d,
+        &[
+            "publish",
+            "needs-nn2.signed.maml.md",
+            "--to",
+            "orin-1",
+            "--broker",
+            &broker_url,
+        ],
+    );
+    let port = broker.port;
+    let waiting = |what: &str| {
+        let t0 = Instant::now();
+        loop {
+            let st = online_status(port);
+            let needs = st.as_ref().and_then(|v| {
+                v["workflow"]["waiting"][0]["needs"]
+                    .as_str()
+                    .map(String::from)
+            });
+            if needs
+                .as_deref()
+                .is_some_and(|n| n.contains("\"nn\" version 2"))
+            {
+                return;
+            }
+            assert!(
+                t0.elapsed() < Duration::from_secs(60),
+                "{what}: the workflow does not wait for nn version 2: {st:?}"
+            );
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    };
+    waiting("before the bundle");
     let log = std::fs::File::create(d.join("serve.log")).unwrap();
     let serve = Killed(
         Command::new(chimera_bin())
@@ -976,12 +1032,12 @@ fn a_bundle_announced_without_a_url_comes_over_mqtt_through_a_broker_restart_and
         .and_then(|r| r.split('"').next())
         .unwrap()
         .to_string();
-    let metric = |body: &str, name: &str| -> Option<u64> {
-        body.lines()
-            .find(|l| l.contains("component=\"models\"") && l.contains(&format!("\"{name}\"")))
-            .and_then(|l| l.rsplit(' ').next())
-            .and_then(|v| v.parse::<f64>().ok())
-            .map(|v| v as u64)
+    let metric = |body: &str, name: &str| {
+        metric(
+            body,
+            &format!("aegis_component_counter{{component=\"models\",counter=\"{name}\"}}"),
+        )
+        .map(|v| v as u64)
     };
     let (_, body) = http_get(&web, "/metrics").unwrap();
     let (done, total) = (
@@ -1003,6 +1059,8 @@ fn a_bundle_announced_without_a_url_comes_over_mqtt_through_a_broker_restart_and
     drop(agent);
     let receipts = Receipts::watch(broker.port);
     let agent = start(1);
+    // The restarted agent gets the retained workflow again: it waits again.
+    waiting("after the restart");
     let r = receipts.nth(0, &device_pub);
     assert_eq!(
         (
@@ -1020,6 +1078,20 @@ fn a_bundle_announced_without_a_url_comes_over_mqtt_through_a_broker_restart_and
         "{}",
         agent_log(1)
     );
+    // The waiting workflow was handled again and runs now.
+    let t0 = Instant::now();
+    loop {
+        let st = online_status(broker.port).unwrap_or_default();
+        if st["workflow"]["active"]["sequence"] == 1 && st["workflow"]["waiting"].is_null() {
+            break;
+        }
+        assert!(
+            t0.elapsed() < Duration::from_secs(60),
+            "the workflow needing nn version 2 does not run: {st}\n{}",
+            agent_log(1)
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
     // The gateway stops by itself once the device answered, and says how much it served.
     let t0 = Instant::now();
     let mut serve = serve;

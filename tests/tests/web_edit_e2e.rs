@@ -133,30 +133,11 @@ fn frames(h: &serde_json::Value, stream: &str) -> u64 {
 
 /// A signed workflow (by the gateway's issuer `gw.key`) over a looping clip through `stages`.
 fn signed_workflow(d: &Path, name: &str, seq: u64, stages: &str) -> Vec<u8> {
-    let now = aegis_ota::maml::now_s();
-    let (issued, expires) = (
-        aegis_ota::maml::format_time(now - 60),
-        aegis_ota::maml::format_time(now + 86_400),
-    );
-    let id = format!("00000000-0000-4000-8000-{seq:012x}");
     let pipeline = format!(
         "  sources: [{{ id: cam0, url: \"file://{}\", loop: true, realtime: true }}]\n  stages: {stages}\n  sinks: [{{ kind: discard }}]",
         d.join("clip.mp4").display()
     );
-    let text = aegis_ota::maml::workflow_text(
-        &aegis_ota::maml::Draft {
-            id: &id,
-            issuer: "fleet-gw-1",
-            devices: &["orin-1"],
-            groups: &["site-a"],
-            sequence: seq,
-            issued_at: &issued,
-            expires_at: &expires,
-        },
-        &pipeline,
-    );
-    let file = d.join(format!("{name}.maml.md"));
-    std::fs::write(&file, text).unwrap();
+    let file = draft_workflow(d, name, seq, &pipeline, "[]");
     chimera_ok(d, &["sign", file.to_str().unwrap(), "--key", "gw.key"]);
     std::fs::read(d.join(format!("{name}.signed.maml.md"))).unwrap()
 }

@@ -56,32 +56,7 @@ workflows:
 
 /// An unsigned workflow for orin-1 (and group site-a) with `pipeline` (YAML, indented).
 fn workflow(d: &Path, name: &str, seq: u64, pipeline: &str) -> PathBuf {
-    let now = aegis_ota::maml::now_s();
-    let (issued, expires) = (
-        aegis_ota::maml::format_time(now - 60),
-        aegis_ota::maml::format_time(now + 86_400),
-    );
-    let mut id = [0u8; 6];
-    std::fs::File::open("/dev/urandom")
-        .and_then(|mut f| std::io::Read::read_exact(&mut f, &mut id))
-        .unwrap();
-    let hex: String = id.iter().map(|b| format!("{b:02x}")).collect();
-    let id = format!("00000000-0000-4000-8000-{hex}");
-    let text = aegis_ota::maml::workflow_text(
-        &aegis_ota::maml::Draft {
-            id: &id,
-            issuer: "fleet-gw-1",
-            devices: &["orin-1"],
-            groups: &["site-a"],
-            sequence: seq,
-            issued_at: &issued,
-            expires_at: &expires,
-        },
-        pipeline,
-    );
-    let p = d.join(format!("{name}.maml.md"));
-    std::fs::write(&p, text).unwrap();
-    p
+    draft_workflow(d, name, seq, pipeline, "[]")
 }
 
 fn agent(d: &Path, cfg: &Path, log: &str) -> Child {

@@ -185,6 +185,9 @@ pub enum Answer {
     Duplicate,
     /// Accepted for now; the verdict comes later (a model bundle being downloaded).
     Started,
+    /// Authenticated, but it requires a model this device does not have yet: handled
+    /// again when model delivery installs one (no receipt until then).
+    Waiting,
 }
 
 impl Answer {
@@ -196,6 +199,7 @@ impl Answer {
             Answer::AlreadyActive => "already_active",
             Answer::Duplicate => "duplicate",
             Answer::Started => "started",
+            Answer::Waiting => "waiting",
         }
     }
 }
@@ -529,6 +533,21 @@ pub struct Applier {
     pub counters: Arc<ApplyCounters>,
     /// Model delivery (None: off).
     models: Option<crate::models_ota::delivery::Delivery>,
+    /// Fleet workflows that wait for a model (at most [`MAX_WAITING`], one per topic).
+    waiting: Vec<Waiting>,
+}
+
+/// Most workflows kept waiting for a model at once (the oldest is dropped beyond).
+pub const MAX_WAITING: usize = 4;
+
+/// A fleet workflow, authenticated, that requires a model this device does not have yet:
+/// handled again (verified from scratch) after model delivery installs a bundle.
+struct Waiting {
+    topic: String,
+    doc: Vec<u8>,
+    digest: String,
+    needs: String,
+    since: String,
 }
 
 fn ms(t: Instant) -> f64 {
@@ -665,6 +684,7 @@ impl Applier {
             local_edit: serde_json::Value::Null,
             counters,
             models: None,
+            waiting: Vec::new(),
         }
     }
 
@@ -811,6 +831,16 @@ impl Applier {
         let mut status = self.workflows.status();
         if !self.local_edit.is_null() {
             status["local_edit"] = self.local_edit.clone();
+        }
+        if !self.waiting.is_empty() {
+            status["waiting"] = self
+                .waiting
+                .iter()
+                .map(|w| {
+                    serde_json::json!({ "topic": w.topic, "sha256": w.digest,
+                                        "needs": w.needs, "since": w.since })
+                })
+                .collect();
         }
         *self.status.lock().unwrap_or_else(|p| p.into_inner()) = status;
         if let Some(n) = &self.nudge {
@@ -980,6 +1010,10 @@ impl Applier {
         if local_json || matches!(via, Via::Fleet(topic) if is_models_topic(topic)) {
             return self.model_message(pipeline, t0, via, doc).await;
         }
+        if let Via::Fleet(topic) = via {
+            // The latest message on a topic supersedes one waiting there.
+            self.waiting.retain(|w| w.topic != topic);
+        }
         let v = match self.workflows.verify(doc) {
             Ok(v) => v,
             Err(refusal) => {
@@ -995,6 +1029,14 @@ impl Applier {
                 };
                 if self.workflows.answered(&a.digest) || self.is_active(&a.digest) {
                     return (pipeline, self.duplicate(t0, &a.digest));
+                }
+                if let (Via::Fleet(topic), Some(needs)) =
+                    (via, self.model_to_wait_for(&refusal.rejection))
+                {
+                    return (
+                        pipeline,
+                        self.wait_for_model(t0, topic, doc, &a.digest, needs),
+                    );
                 }
                 let outcome = Outcome {
                     verdict: Verdict::Rejected,
@@ -1022,6 +1064,77 @@ impl Applier {
         let reply = self.answer(Subject::Verified(&v), outcome);
         self.publish_status();
         (pipeline, reply)
+    }
+
+    /// The model a refused workflow waits for: it requires one this device does not have
+    /// and model delivery is on (a bundle may come).
+    fn model_to_wait_for(&self, rejection: &aegis_ota::Rejection) -> Option<String> {
+        match rejection {
+            aegis_ota::Rejection::Policy(aegis_ota::device::PolicyError::ModelNotPinned {
+                name,
+                version,
+                sha256,
+            }) if self.models.is_some() => Some(format!(
+                "model {name:?} version {version} (model file sha256 {sha256})"
+            )),
+            _ => None,
+        }
+    }
+
+    /// Keeps a fleet workflow until a model bundle is installed (see [`Waiting`]).
+    fn wait_for_model(
+        &mut self,
+        t0: Instant,
+        topic: &str,
+        doc: &[u8],
+        digest: &str,
+        needs: String,
+    ) -> Reply {
+        if self.waiting.len() >= MAX_WAITING {
+            let dropped = self.waiting.remove(0);
+            self.audit(
+                "workflow.waiting.dropped",
+                format!(
+                    "sha256 {} on {}: more than {MAX_WAITING} workflows wait for models",
+                    dropped.digest, dropped.topic
+                ),
+            );
+        }
+        self.audit(
+            "workflow.waiting",
+            format!("sha256 {digest} on {topic}: waits for {needs}"),
+        );
+        tracing::info!(%topic, sha256 = %digest, needs = %needs,
+            "workflow waits for a model bundle");
+        self.waiting.push(Waiting {
+            topic: topic.to_string(),
+            doc: doc.to_vec(),
+            digest: digest.to_string(),
+            needs: needs.clone(),
+            since: aegis_ota::maml::format_time(aegis_ota::maml::now_s()),
+        });
+        self.publish_status();
+        Reply {
+            verdict: Answer::Waiting,
+            reason: format!(
+                "requires {needs}, not on this device yet: applied once model delivery \
+                 installs it (a newer workflow on {topic} replaces this one)"
+            ),
+            receipt: None,
+            apply_ms: ms(t0),
+        }
+    }
+
+    /// A model bundle was installed: every waiting workflow is handled again.
+    async fn retry_waiting(&mut self, mut pipeline: Pipeline) -> Pipeline {
+        for w in std::mem::take(&mut self.waiting) {
+            let (p, reply) = self.handle(pipeline, Via::Fleet(&w.topic), &w.doc).await;
+            pipeline = p;
+            tracing::info!(topic = %w.topic, sha256 = %w.digest,
+                verdict = reply.verdict.as_str(), "waiting workflow handled again");
+        }
+        self.publish_status();
+        pipeline
     }
 
     fn is_active(&self, digest: &str) -> bool {

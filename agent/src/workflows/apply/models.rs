@@ -310,6 +310,9 @@ impl Applier {
     /// A transfer ended (the supervisor hands it over): install, load, check, swap, judge.
     pub async fn model_staged(&mut self, pipeline: Pipeline, s: Staged) -> (Pipeline, Reply) {
         let (mut pipeline, reply) = self.finish_transfer(pipeline, s).await;
+        if reply.verdict == Answer::Signed(Verdict::Applied) {
+            pipeline = self.retry_waiting(pipeline).await;
+        }
         // An announcement that came during the transfer goes next.
         if let Some((topic, payload)) = self.models.as_mut().and_then(|d| d.pending.take()) {
             let (p, _) = self
