@@ -5,7 +5,7 @@
 use std::collections::BTreeMap;
 use std::path::Path;
 
-use aegis_config::{BackendKind, ModelKindConfig};
+use aegis_config::BackendKind;
 use base64::Engine as _;
 
 use crate::device::Identity;
@@ -86,44 +86,16 @@ fn bundle(w: &Issuing, name: &str, version: u64) -> Bundle {
         ("model.onnx", vec![version as u8; 100 + version as usize]),
     ];
     let m = ModelManifest {
-        kind_tag: MANIFEST_TYPE.into(),
-        name: name.into(),
-        version,
-        issuer: "gw-1".into(),
         target: ModelTarget {
             devices: vec![],
             groups: vec!["site-a".into()],
         },
-        issued_at: "2026-11-26T10:00:00Z".into(),
-        expires_at: "2026-11-27T10:00:00Z".into(),
-        kind: ModelKindConfig::Yolov8,
-        model: "model.onnx".into(),
-        labels: Some("labels.txt".into()),
-        inputs: vec![TensorSpec {
-            name: "images".into(),
-            dtype: DType::Float32,
-            shape: vec![-1, 3, 640, 640],
-        }],
-        outputs: vec![TensorSpec {
-            name: "output0".into(),
-            dtype: DType::Float32,
-            shape: vec![-1, 84, 8400],
-        }],
-        platform: PlatformSpec {
-            backends: vec![BackendKind::Cpu],
-            runtime: Runtime::Onnx {},
-        },
         min_agent_version: "0.4.0".into(),
-        health: HealthCheck {
-            reference_input: "health/input.bin".into(),
-            expected: vec![OutputBound {
-                output: "output0".into(),
-                statistic: Statistic::Max,
-                min: 0.5,
-                max: 1.0,
-            }],
-        },
-        files: files.iter().map(|(p, b)| file(p, b)).collect(),
+        ..ModelManifest::example(
+            name,
+            version,
+            files.iter().map(|(p, b)| file(p, b)).collect(),
+        )
     };
     let signed = sign_manifest(&m.to_json().unwrap(), &w.key).unwrap();
     let v = verify_manifest(&signed, &w.trust, &w.ctx).unwrap();

@@ -681,6 +681,22 @@ fn a_bundle_goes_live_without_dropping_a_frame_a_failing_one_rolls_back_and_bad_
 /// A child process killed (SIGKILL) and reaped when dropped.
 struct Killed(Child);
 
+impl Killed {
+    /// `aegis run --config CFG` in `d`, its output in `LOG.out` and `LOG.log`.
+    fn agent(d: &Path, cfg: &Path, log: &str, rust_log: &str) -> Killed {
+        Killed(
+            Command::new(aegis_bin())
+                .args(["run", "--config", cfg.to_str().unwrap()])
+                .current_dir(d)
+                .env("RUST_LOG", rust_log)
+                .stdout(std::fs::File::create(d.join(format!("{log}.out"))).unwrap())
+                .stderr(std::fs::File::create(d.join(format!("{log}.log"))).unwrap())
+                .spawn()
+                .unwrap(),
+        )
+    }
+}
+
 impl Drop for Killed {
     fn drop(&mut self) {
         let _ = self.0.kill();
@@ -740,18 +756,7 @@ fn kill_9_during_download_install_or_swap_never_leaves_a_broken_model_and_the_up
     let files = Files::serve(d.to_path_buf());
     // Each agent is killed when its guard drops, so a failing assertion never leaves one
     // looping the clip.
-    let start = |n: u64| {
-        Killed(
-            Command::new(aegis_bin())
-                .args(["run", "--config", cfg.to_str().unwrap()])
-                .current_dir(d)
-                .env("RUST_LOG", "info")
-                .stdout(std::fs::File::create(d.join(format!("run{n}.out"))).unwrap())
-                .stderr(std::fs::File::create(d.join(format!("run{n}.log"))).unwrap())
-                .spawn()
-                .unwrap(),
-        )
-    };
+    let start = |n: u64| Killed::agent(d, &cfg, &format!("run{n}"), "info");
     // Kill points spread from the announcement: during the transfer, the install, the
     // load, the health check, the swap and the judging window.
     let mut agent = start(0);
@@ -911,15 +916,11 @@ fn a_bundle_announced_without_a_url_comes_over_mqtt_through_a_broker_restart_and
     std::fs::write(&cfg, text).unwrap();
     let device_pub = aegis_ota::sign::PublicKey::read(&d.join("keys/device.pub")).unwrap();
     let start = |n: u64| {
-        Killed(
-            Command::new(aegis_bin())
-                .args(["run", "--config", cfg.to_str().unwrap()])
-                .current_dir(d)
-                .env("RUST_LOG", "info,aegis_agent::models_ota=debug")
-                .stdout(std::fs::File::create(d.join(format!("mqtt{n}.out"))).unwrap())
-                .stderr(std::fs::File::create(d.join(format!("mqtt{n}.log"))).unwrap())
-                .spawn()
-                .unwrap(),
+        Killed::agent(
+            d,
+            &cfg,
+            &format!("mqtt{n}"),
+            "info,aegis_agent::models_ota=debug",
         )
     };
     let agent = start(0);
