@@ -923,6 +923,18 @@ async fn uploads_go_to_the_applier_with_the_user_and_history_shows_receipts() {
         rig.get(&vic, "/workflows/receipt/999").await.0,
         StatusCode::NOT_FOUND
     );
+    // A fleet workflow waiting for a model bundle, as the applier reports it.
+    rig.state.pages.workflow.lock().unwrap()["waiting"] = serde_json::json!([{
+        "topic": "aegis/v1/dev-1/workflows", "sha256": "cd".repeat(32),
+        "needs": "model \"<nn>\" version 2", "since": "2026-12-04T10:00:00Z",
+    }]);
+    let (_, html) = rig.get(&vic, "/workflows").await;
+    assert!(
+        html.contains(
+            "Waiting since 2026-12-04T10:00:00Z for model &quot;&lt;nn&gt;&quot; version 2"
+        ),
+        "{html}"
+    );
     assert_eq!(
         rig.get(&vic, "/workflows/receipt/x'").await.0,
         StatusCode::BAD_REQUEST

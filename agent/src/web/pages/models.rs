@@ -406,16 +406,23 @@ fn updates_html(u: &Value) -> String {
         h.push_str("<p>No model update is in progress.</p>");
     } else {
         let pct = t["percent"].as_f64().unwrap_or(0.0).clamp(0.0, 100.0);
+        // HTTP counts attempts; MQTT counts the messages it ignored (damaged, foreign,
+        // duplicated).
+        let extra = match (t["attempt"].as_u64(), t["ignored"].as_u64()) {
+            (Some(a), _) => format!(", attempt {a}"),
+            (None, Some(i)) if i > 0 => format!(", {i} messages ignored"),
+            _ => String::new(),
+        };
         h.push_str(&format!(
-            "<p>Downloading {} version {} over {}: {} of {} bytes ({pct:.1} %), ETA {} s, \
-             attempt {}.</p><progress max=\"100\" value=\"{pct:.1}\"></progress>",
+            "<p>Downloading {} version {} over {}: {} of {} bytes ({pct:.1} %), ETA {} s{}.</p>\
+             <progress max=\"100\" value=\"{pct:.1}\"></progress>",
             esc(&text(&t["name"])),
             esc(&text(&t["version"])),
             esc(&text(&t["via"])),
             esc(&text(&t["done"])),
             esc(&text(&t["total"])),
             esc(&text(&t["eta_s"])),
-            esc(&text(&t["attempt"])),
+            esc(&extra),
         ));
     }
     let last = &u["last"];

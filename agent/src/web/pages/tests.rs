@@ -852,7 +852,7 @@ async fn the_models_page_shows_what_runs_from_ota_and_the_update_under_way() {
     status.set_last(serde_json::json!({
         "name": "det", "version": 8, "verdict": "rolled_back", "reason": "health: max <b>",
     }));
-    let f = fixture_with(&[], &[], models.with_delivery(Some(status)));
+    let f = fixture_with(&[], &[], models.with_delivery(Some(status.clone())));
     let v: serde_json::Value = serde_json::from_str(&get(&f.state, "/api/models").await.2).unwrap();
     let det = v["models"]
         .as_array()
@@ -875,7 +875,18 @@ async fn the_models_page_shows_what_runs_from_ota_and_the_update_under_way() {
         "{page}"
     );
     assert!(
-        page.contains("<progress max=\"100\" value=\"25.0\">"),
+        page.contains("<progress max=\"100\" value=\"25.0\">")
+            && page.contains("ETA 9 s, attempt 2."),
+        "{page}"
+    );
+    // Over MQTT: messages ignored instead of attempts.
+    status.set_transfer(Some(serde_json::json!({
+        "name": "seg", "version": 3, "via": "mqtt", "done": 1024, "total": 2048,
+        "percent": 50.0, "eta_s": 2, "ignored": 4,
+    })));
+    let (_, _, page) = get(&f.state, "/models").await;
+    assert!(
+        page.contains("over mqtt: 1024 of 2048 bytes (50.0 %), ETA 2 s, 4 messages ignored."),
         "{page}"
     );
     assert!(

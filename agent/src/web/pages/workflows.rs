@@ -158,6 +158,16 @@ pub(super) async fn page(State(s): State<Arc<PagesState>>, viewer: Viewer) -> Ht
         if status["active"].is_null() {
             body.push_str("<p>No signed workflow is active: the local default pipeline runs.</p>");
         }
+        for w in status["waiting"].as_array().into_iter().flatten() {
+            body.push_str(&format!(
+                "<p class=\"note\">Waiting since {} for {} (from {}, sha256 <code>{}</code>): \
+                 applied once model delivery installs it.</p>",
+                esc(&text(&w["since"])),
+                esc(&text(&w["needs"])),
+                esc(&text(&w["topic"])),
+                esc(&text(&w["sha256"])),
+            ));
+        }
     }
     let me = Some(viewer.clone());
     let mut script = None;
