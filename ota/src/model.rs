@@ -833,7 +833,22 @@ pub fn verify_manifest(
     trust: &TrustMetadata,
     ctx: &ModelContext,
 ) -> Result<VerifiedManifest, ModelRejection> {
-    verify(bytes, trust, ctx, Use::Announcement)
+    verify(bytes, trust, ctx, Use::Announcement, &|_| {
+        ctx.installed_version
+    })
+}
+
+/// [`verify_manifest`] for a device that holds several models: the version installed under
+/// the manifest's name is `installed(name)`, asked with the name of the verified parse
+/// (`ctx.installed_version` is not used). The manifest is parsed once, after its signature
+/// verified; nothing is read from it before.
+pub fn verify_manifest_against(
+    bytes: &[u8],
+    trust: &TrustMetadata,
+    ctx: &ModelContext,
+    installed: &dyn Fn(&str) -> Option<u64>,
+) -> Result<VerifiedManifest, ModelRejection> {
+    verify(bytes, trust, ctx, Use::Announcement, installed)
 }
 
 /// The checks of a manifest the store already installed (read back with
@@ -860,7 +875,9 @@ pub fn verify_installed_manifest(
     trust: &TrustMetadata,
     ctx: &ModelContext,
 ) -> Result<VerifiedManifest, ModelRejection> {
-    verify(bytes, trust, ctx, Use::Installed)
+    verify(bytes, trust, ctx, Use::Installed, &|_| {
+        ctx.installed_version
+    })
 }
 
 /// What a manifest is checked for.
@@ -987,6 +1004,7 @@ fn verify(
     trust: &TrustMetadata,
     ctx: &ModelContext,
     what: Use,
+    installed_of: &dyn Fn(&str) -> Option<u64>,
 ) -> Result<VerifiedManifest, ModelRejection> {
     let SignedBy {
         signed,
@@ -1002,15 +1020,16 @@ fn verify(
         (!installed).then_some(m.expires_at.as_str()),
         ctx,
     )?;
+    let recorded = installed_of(&m.name);
     if installed {
-        if ctx.installed_version != Some(m.version) {
+        if recorded != Some(m.version) {
             return Err(ModelRejection::NotRecordedVersion {
                 name: m.name,
                 found: m.version,
-                recorded: ctx.installed_version,
+                recorded,
             });
         }
-    } else if let Some(installed) = ctx.installed_version
+    } else if let Some(installed) = recorded
         && m.version <= installed
     {
         return Err(ModelRejection::NotNewer {

@@ -316,6 +316,38 @@ fn versions_only_move_forward() {
 }
 
 #[test]
+fn a_device_with_several_models_is_asked_for_the_verified_name_only() {
+    let w = world();
+    let bytes = signed(&manifest(), &w.issuer);
+    let asked = std::cell::RefCell::new(Vec::new());
+    let lookup = |installed: Option<u64>| {
+        let asked = &asked;
+        move |name: &str| {
+            asked.borrow_mut().push(name.to_string());
+            installed
+        }
+    };
+    // ctx.installed_version (2 in the world) is not used: the lookup decides.
+    let v = verify_manifest_against(&bytes, &w.trust, &w.ctx, &lookup(None)).unwrap();
+    assert_eq!(v.manifest.version, 3);
+    assert_eq!(
+        verify_manifest_against(&bytes, &w.trust, &w.ctx, &lookup(Some(3))).unwrap_err(),
+        ModelRejection::NotNewer {
+            name: "moderation".into(),
+            offered: 3,
+            installed: 3
+        }
+    );
+    assert_eq!(*asked.borrow(), ["moderation", "moderation"]);
+    // Nothing is asked before the signature verified.
+    let mut forged = bytes.clone();
+    let at = forged.iter().position(|b| *b == b'3').unwrap();
+    forged[at] = b'4';
+    verify_manifest_against(&forged, &w.trust, &w.ctx, &lookup(None)).unwrap_err();
+    assert_eq!(asked.borrow().len(), 2);
+}
+
+#[test]
 fn platform_rules() {
     let mut w = world();
     let mut m = manifest();

@@ -8,7 +8,7 @@
 use std::sync::atomic::Ordering::Relaxed;
 use std::time::Instant;
 
-use aegis_ota::model::{ModelContext, ModelRejection, VerifiedManifest, verify_manifest};
+use aegis_ota::model::{ModelContext, ModelRejection, VerifiedManifest, verify_manifest_against};
 use aegis_ota::model_wire::{Announcement, MODEL_RECEIPT_TYPE, ModelMessage, ModelReceipt};
 use aegis_ota::receipt::{Verdict, redact};
 
@@ -269,42 +269,30 @@ impl Applier {
         rej.to_string()
     }
 
-    /// `verify_manifest` against this device: Err(None) while trust is lost.
+    /// `verify_manifest_against` this device and its store: Err(None) while trust is lost.
     fn check_manifest(&self, signed: &[u8]) -> Result<VerifiedManifest, Option<ModelRejection>> {
         let d = self.models.as_ref().ok_or(None)?;
         let (trust, me, now_s, skew) = self.workflows.model_checks().ok_or(None)?;
-        let name = peek(signed).map(|(n, _)| n);
-        let installed_version = name
-            .as_deref()
-            .and_then(|n| {
-                d.store
-                    .list()
-                    .into_iter()
-                    .find(|e| e.name == n)
-                    .map(|e| e.record.highest)
-            })
-            .filter(|h| *h > 0);
         let ctx = ModelContext {
             identity: me.clone(),
             platform: d.platform.clone(),
             agent_version: env!("CARGO_PKG_VERSION").into(),
             now_s,
             max_clock_skew_s: skew,
-            installed_version,
+            installed_version: None,
             free_disk_bytes: d.free_disk(),
             max_bundle_bytes: d.download.max_bytes,
         };
-        let v = verify_manifest(signed, trust, &ctx).map_err(Some)?;
-        // The installed version looked up above came from a lenient read of the same
-        // bytes; the verified parse must name the same model (the store checks the
-        // version again against the verified name before anything is staged).
-        if name.as_deref() != Some(v.manifest.name.as_str()) {
-            return Err(Some(ModelRejection::Manifest(format!(
-                "the name {:?} does not read the same twice",
-                v.manifest.name
-            ))));
-        }
-        Ok(v)
+        // The highest version ever installed under the name the verified parse reads.
+        let highest = |name: &str| {
+            d.store
+                .list()
+                .into_iter()
+                .find(|e| e.name == name)
+                .map(|e| e.record.highest)
+                .filter(|h| *h > 0)
+        };
+        verify_manifest_against(signed, trust, &ctx, &highest).map_err(Some)
     }
 
     /// A transfer ended (the supervisor hands it over): install, load, check, swap, judge.
