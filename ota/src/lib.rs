@@ -30,6 +30,7 @@ pub mod model_wire;
 pub mod receipt;
 pub mod seal;
 pub mod sign;
+pub mod staging;
 pub mod state;
 pub mod trust;
 

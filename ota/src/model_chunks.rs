@@ -24,24 +24,23 @@
 //!   size, or put a file in place whose SHA-256 is not the manifest's (the chunk's own
 //!   SHA-256 only catches transport damage early; the manifest decides).
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 use std::ffi::CString;
 use std::fs::{self, File, OpenOptions};
-use std::io::{self, Read};
+use std::io;
 use std::os::fd::{AsRawFd, FromRawFd};
 use std::os::unix::fs::{FileExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 
 use sha2::{Digest, Sha256};
 
-use crate::model::{
-    BundleError, BundleFile, ModelManifest, check_file_path, check_name, is_sha256_hex,
-};
+use crate::model::{BundleError, BundleFile, ModelManifest, check_file_path, check_name};
 use crate::model_wire::{ChunkHeader, FetchRequest, MAX_CHUNK_DATA, decode_chunk, encode_chunk};
+use crate::staging::{self, StagedFile, StagingError};
 
 /// Suffix of a file being transferred, next to where the finished file goes (the HTTP
 /// downloader's too, so either transfer resumes the other's part).
-pub const PART_SUFFIX: &str = ".part";
+pub use crate::staging::PART_SUFFIX;
 /// Chunks a fetcher keeps in flight by default (asked for, or arrived ahead of a gap).
 pub const DEFAULT_WINDOW: usize = 4;
 /// Most chunks a fetcher keeps in flight (so at most this many chunks are held in memory).
@@ -391,6 +390,33 @@ pub enum ChunkError {
     Stopped,
 }
 
+impl From<StagingError> for ChunkError {
+    fn from(e: StagingError) -> ChunkError {
+        match e {
+            StagingError::BadPath { path, reason } => ChunkError::BadPath { path, reason },
+            StagingError::BadDigest { path, sha256 } => ChunkError::BadDigest { path, sha256 },
+            StagingError::HashMismatch {
+                file,
+                expected,
+                actual,
+            } => ChunkError::HashMismatch {
+                file,
+                expected,
+                actual,
+            },
+            StagingError::Io {
+                action,
+                path,
+                source,
+            } => ChunkError::Io {
+                action,
+                path,
+                source,
+            },
+        }
+    }
+}
+
 /// A chunk asked for (or about to be).
 #[derive(Debug, Clone, Copy)]
 struct Pending {
@@ -403,12 +429,7 @@ struct Pending {
 #[derive(Debug)]
 struct Staged {
     file: BundleFile,
-    dest: PathBuf,
-    part: PathBuf,
-    /// SHA-256 of the part's first `have` bytes.
-    hasher: Sha256,
-    have: u64,
-    finished: bool,
+    s: StagedFile,
 }
 
 /// The device side of a chunk transfer: stages a verified manifest's files into a
@@ -422,8 +443,9 @@ struct Staged {
 /// asked again). Done when [`is_done`](Self::is_done). File I/O happens in `new` and
 /// `on_chunk` (blocking, at most one chunk written per call plus the ones it releases).
 ///
-/// Rules, the HTTP downloader's: paths pass [`check_file_path`] (which refuses `.part`
-/// names) and digests are 64 lowercase hex digits, before anything is touched; each file
+/// Rules, the HTTP downloader's (both use [`crate::staging`]): paths pass
+/// [`check_file_path`], no `.part` names, none twice, digests are 64 lowercase hex digits,
+/// before anything is touched; each file
 /// is written to `<path>.part` in order, hashed as it is written, and renamed into place
 /// only when complete and matching; a mismatch removes the part and fails naming the
 /// file. On construction a finished file that matches is kept, an existing part is hashed
@@ -468,45 +490,18 @@ impl ChunkFetcher {
         files: &[BundleFile],
         staging: &Path,
     ) -> Result<ChunkFetcher, ChunkError> {
-        let mut seen = BTreeSet::new();
-        let mut total = 0u64;
-        for f in files {
-            check_file_path(&f.path).map_err(|reason| ChunkError::BadPath {
-                path: f.path.clone(),
-                reason,
-            })?;
-            if f.path.ends_with(PART_SUFFIX) {
-                return Err(ChunkError::BadPath {
-                    path: f.path.clone(),
-                    reason: format!("ends with {PART_SUFFIX:?}, the suffix of files being staged"),
-                });
-            }
-            if !seen.insert(f.path.as_str()) {
-                return Err(ChunkError::BadPath {
-                    path: f.path.clone(),
-                    reason: "listed twice".into(),
-                });
-            }
-            if !is_sha256_hex(&f.sha256) {
-                return Err(ChunkError::BadDigest {
-                    path: f.path.clone(),
-                    sha256: f.sha256.clone(),
-                });
-            }
-            total = total
-                .checked_add(f.size)
-                .ok_or_else(|| ChunkError::BadPath {
-                    path: f.path.clone(),
-                    reason: "the bundle's total size overflows".into(),
-                })?;
-        }
-        fs::create_dir_all(staging).map_err(io_err("create", staging))?;
+        let total = staging::check_files(files)?;
+        fs::create_dir_all(staging).map_err(|source| ChunkError::Io {
+            action: "create",
+            path: staging.to_path_buf(),
+            source,
+        })?;
         let mut staged = Vec::with_capacity(files.len());
         let mut done = 0u64;
         for f in files {
-            let s = resume(staging, f)?;
+            let s = staging::resume(staging, f)?;
             done += if s.finished { f.size } else { s.have };
-            staged.push(s);
+            staged.push(Staged { file: f.clone(), s });
         }
         let mut fetcher = ChunkFetcher {
             name: name.to_owned(),
@@ -523,7 +518,7 @@ impl ChunkFetcher {
             last_ignored: None,
             failed: false,
         };
-        fetcher.next = (0, fetcher.files.first().map_or(0, |s| s.have));
+        fetcher.next = (0, fetcher.files.first().map_or(0, |s| s.s.have));
         Ok(fetcher)
     }
 
@@ -553,7 +548,7 @@ impl ChunkFetcher {
 
     /// Every file is staged, verified and in place.
     pub fn is_done(&self) -> bool {
-        self.files.iter().all(|s| s.finished)
+        self.files.iter().all(|s| s.s.finished)
     }
 
     /// An error ended the transfer.
@@ -583,12 +578,12 @@ impl ChunkFetcher {
             file: self
                 .files
                 .iter()
-                .find(|s| !s.finished)
+                .find(|s| !s.s.finished)
                 .map(|s| s.file.path.clone()),
             done: self.done,
             total: self.total,
             percent,
-            files_done: self.files.iter().filter(|s| s.finished).count(),
+            files_done: self.files.iter().filter(|s| s.s.finished).count(),
             files: self.files.len(),
             ignored: self.ignored,
         }
@@ -687,12 +682,12 @@ impl ChunkFetcher {
             )));
         }
         self.pending.remove(&key);
-        if header.offset != self.files[i].have {
+        if header.offset != self.files[i].s.have {
             self.held.insert(key, data.to_vec());
             return Ok(self.progress());
         }
         let result = self.write(i, data).and_then(|()| {
-            while let Some(d) = self.held.remove(&(i, self.files[i].have)) {
+            while let Some(d) = self.held.remove(&(i, self.files[i].s.have)) {
                 self.write(i, &d)?;
             }
             Ok(())
@@ -714,9 +709,9 @@ impl ChunkFetcher {
     /// every chunk has been put in `pending`.
     fn advance(&mut self) -> Option<(usize, u64, u64)> {
         while let Some(s) = self.files.get(self.next.0) {
-            if s.finished || self.next.1 >= s.file.size {
+            if s.s.finished || self.next.1 >= s.file.size {
                 let i = self.next.0 + 1;
-                self.next = (i, self.files.get(i).map_or(0, |s| s.have));
+                self.next = (i, self.files.get(i).map_or(0, |s| s.s.have));
                 continue;
             }
             let at = self.next;
@@ -730,156 +725,28 @@ impl ChunkFetcher {
     /// Appends `data` to file `i`'s part at its end; a file that becomes complete is
     /// checked and renamed into place (or its part removed).
     fn write(&mut self, i: usize, data: &[u8]) -> Result<(), ChunkError> {
-        let s = &mut self.files[i];
-        debug_assert!(data.len() as u64 <= s.file.size - s.have);
-        let out = OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(false)
-            .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
-            .open(&s.part)
-            .map_err(io_err("open", &s.part))?;
-        let meta = out.metadata().map_err(io_err("inspect", &s.part))?;
-        if !meta.is_file() || meta.len() != s.have {
-            return Err(ChunkError::Io {
-                action: "continue",
-                path: s.part.clone(),
-                source: io::Error::other(format!(
-                    "the part is {} bytes, {} expected: something else changed it",
-                    meta.len(),
-                    s.have
-                )),
-            });
-        }
+        let Staged { file, s } = &mut self.files[i];
+        debug_assert!(data.len() as u64 <= file.size - s.have);
+        let out = staging::open_part(s)?;
         out.write_all_at(data, s.have)
-            .map_err(io_err("write", &s.part))?;
+            .map_err(|source| StagingError::Io {
+                action: "write",
+                path: s.part.clone(),
+                source,
+            })?;
         s.hasher.update(data);
         s.have += data.len() as u64;
         self.done += data.len() as u64;
-        if s.have == s.file.size {
-            out.sync_all().map_err(io_err("sync", &s.part))?;
-            drop(out);
-            let actual = hex(s.hasher.clone().finalize());
-            if actual != s.file.sha256 {
-                remove(&s.part)?;
+        if s.have == file.size {
+            let r = staging::finish(s, file, s.hasher.clone(), &out);
+            if let Err(StagingError::HashMismatch { .. }) = &r {
+                // The part is gone: the file starts again at 0.
                 self.done -= s.have;
-                s.have = 0;
-                s.hasher = Sha256::new();
-                return Err(ChunkError::HashMismatch {
-                    file: s.file.path.clone(),
-                    expected: s.file.sha256.clone(),
-                    actual,
-                });
+                (s.have, s.hasher) = (0, Sha256::new());
             }
-            fs::rename(&s.part, &s.dest).map_err(io_err("rename into place", &s.part))?;
+            r?;
             s.finished = true;
         }
         Ok(())
     }
-}
-
-/// What is already in `staging` for `f`: a finished file that matches is kept (anything
-/// else there is removed); a part no longer than the file is hashed and continued, a
-/// full-length part that matches is renamed into place, other parts are removed. A file of
-/// 0 bytes needs no chunk: it is put in place here when the empty digest is the listed one.
-fn resume(staging: &Path, f: &BundleFile) -> Result<Staged, ChunkError> {
-    let dest = staging.join(&f.path);
-    let part = staging.join(format!("{}{PART_SUFFIX}", f.path));
-    if let Some(dir) = dest.parent() {
-        fs::create_dir_all(dir).map_err(io_err("create", dir))?;
-    }
-    let mut s = Staged {
-        file: f.clone(),
-        dest,
-        part,
-        hasher: Sha256::new(),
-        have: 0,
-        finished: false,
-    };
-    if let Ok(meta) = fs::symlink_metadata(&s.dest) {
-        if meta.is_file()
-            && meta.len() == f.size
-            && hex(hash_file(&s.dest, f.size)?.0.finalize()) == f.sha256
-        {
-            s.finished = true;
-            return Ok(s);
-        }
-        fs::remove_file(&s.dest).map_err(io_err("remove", &s.dest))?;
-    }
-    match fs::symlink_metadata(&s.part) {
-        Ok(meta) if meta.is_file() && meta.len() <= f.size => {
-            (s.hasher, s.have) = hash_file(&s.part, f.size)?;
-        }
-        Ok(_) => remove(&s.part)?,
-        Err(_) => {}
-    }
-    if s.have == f.size {
-        let actual = hex(s.hasher.clone().finalize());
-        if actual == f.sha256 {
-            if f.size == 0 {
-                // An empty file: its part is made here (there is no chunk to write).
-                OpenOptions::new()
-                    .write(true)
-                    .create(true)
-                    .truncate(true)
-                    .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
-                    .open(&s.part)
-                    .map_err(io_err("create", &s.part))?;
-            }
-            fs::rename(&s.part, &s.dest).map_err(io_err("rename into place", &s.part))?;
-            s.finished = true;
-        } else if f.size == 0 {
-            remove(&s.part)?;
-            return Err(ChunkError::HashMismatch {
-                file: f.path.clone(),
-                expected: f.sha256.clone(),
-                actual,
-            });
-        } else {
-            // A full-length part that does not match: leftovers of another bundle.
-            remove(&s.part)?;
-            (s.hasher, s.have) = (Sha256::new(), 0);
-        }
-    }
-    Ok(s)
-}
-
-/// The SHA-256 state and length of the first `max` bytes of `path` (not following a
-/// symbolic link).
-fn hash_file(path: &Path, max: u64) -> Result<(Sha256, u64), ChunkError> {
-    let file = OpenOptions::new()
-        .read(true)
-        .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC | libc::O_NONBLOCK)
-        .open(path)
-        .map_err(io_err("open", path))?;
-    let mut hasher = Sha256::new();
-    let n = io::copy(&mut file.take(max), &mut hasher).map_err(io_err("read", path))?;
-    Ok((hasher, n))
-}
-
-fn remove(path: &Path) -> Result<(), ChunkError> {
-    match fs::remove_file(path) {
-        Err(e) if e.kind() != io::ErrorKind::NotFound => Err(io_err("remove", path)(e)),
-        _ => Ok(()),
-    }
-}
-
-fn io_err(action: &'static str, path: &Path) -> impl FnOnce(io::Error) -> ChunkError {
-    let path = path.to_path_buf();
-    move |source| ChunkError::Io {
-        action,
-        path,
-        source,
-    }
-}
-
-fn hex(digest: impl AsRef<[u8]>) -> String {
-    use std::fmt::Write as _;
-    digest
-        .as_ref()
-        .iter()
-        .fold(String::with_capacity(64), |mut s, b| {
-            let _ = write!(s, "{b:02x}");
-            s
-        })
 }

@@ -24,8 +24,8 @@
 //! `tokio::task::spawn_blocking`. The agent's own `crate::http` client is loopback-only by
 //! design and is not stretched for the internet.
 
-use std::fs::{self, File, OpenOptions};
-use std::io::{self, Read, Write};
+use std::fs;
+use std::io::{self, Read, Seek, Write};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -34,7 +34,8 @@ use sha2::{Digest, Sha256};
 use ureq::http::{Uri, header};
 use ureq::tls::{Certificate, RootCerts, TlsConfig, TlsProvider};
 
-use aegis_ota::model::{BundleFile, check_file_path};
+use aegis_ota::model::BundleFile;
+use aegis_ota::staging::{self, StagingError};
 
 /// Most redirects followed for one file (each target checked against the policy).
 pub const MAX_REDIRECTS: usize = 5;
@@ -262,6 +263,33 @@ pub enum DownloadError {
     },
 }
 
+impl From<StagingError> for DownloadError {
+    fn from(e: StagingError) -> DownloadError {
+        match e {
+            StagingError::BadPath { path, reason } => DownloadError::BadPath { path, reason },
+            StagingError::BadDigest { path, sha256 } => DownloadError::BadDigest { path, sha256 },
+            StagingError::HashMismatch {
+                file,
+                expected,
+                actual,
+            } => DownloadError::HashMismatch {
+                file,
+                expected,
+                actual,
+            },
+            StagingError::Io {
+                action,
+                path,
+                source,
+            } => DownloadError::Io {
+                action,
+                path,
+                source,
+            },
+        }
+    }
+}
+
 /// Downloads the bundle files `files` (a verified manifest's `files`) from
 /// `<base_url>/<path>` into `staging` (created if missing), each checked against its
 /// listed size and SHA-256. A finished file already in `staging` that matches is kept; a
@@ -283,31 +311,7 @@ pub fn download_bundle(
             reason: "a base URL has no query: file paths are appended to it".into(),
         });
     }
-    let mut total: u64 = 0;
-    for f in files {
-        check_file_path(&f.path).map_err(|reason| DownloadError::BadPath {
-            path: f.path.clone(),
-            reason,
-        })?;
-        if f.path.ends_with(PART_SUFFIX) {
-            return Err(DownloadError::BadPath {
-                path: f.path.clone(),
-                reason: format!("ends with {PART_SUFFIX:?}, the suffix of files being staged"),
-            });
-        }
-        if f.sha256.len() != 64
-            || !f
-                .sha256
-                .bytes()
-                .all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
-        {
-            return Err(DownloadError::BadDigest {
-                path: f.path.clone(),
-                sha256: f.sha256.clone(),
-            });
-        }
-        total = total.saturating_add(f.size);
-    }
+    let total = staging::check_files(files)?;
     if total > policy.max_bytes {
         return Err(DownloadError::OverBudget {
             total,
@@ -385,41 +389,15 @@ fn fetch_file(
     meter: &mut Meter,
     progress: &dyn Fn(Progress<'_>),
 ) -> Result<(), DownloadError> {
-    let dest = staging.join(&f.path);
-    let part = staging.join(format!("{}{PART_SUFFIX}", f.path));
-    if let Some(dir) = dest.parent() {
-        fs::create_dir_all(dir).map_err(io_err("create", dir))?;
+    // What an earlier attempt (or an MQTT transfer) left: a finished file, or a part
+    // hashed so far.
+    let mut st = staging::resume(staging, f)?;
+    if st.finished {
+        meter.done += f.size;
+        progress(meter.report(&f.path));
+        return Ok(());
     }
-    // A file finished by an earlier attempt.
-    if let Ok(meta) = fs::symlink_metadata(&dest) {
-        if meta.is_file()
-            && meta.len() == f.size
-            && hash_file(&dest, f.size)?.0.finalize_hex() == f.sha256
-        {
-            meter.done += f.size;
-            progress(meter.report(&f.path));
-            return Ok(());
-        }
-        fs::remove_file(&dest).map_err(io_err("remove", &dest))?;
-    }
-    // A part left by an earlier attempt: hashed first, so the digest covers all of it.
-    let (mut hasher, mut have) = match fs::symlink_metadata(&part) {
-        Ok(meta) if meta.is_file() && meta.len() <= f.size => hash_file(&part, f.size)?,
-        Ok(_) => {
-            remove(&part)?;
-            (Sha256::new(), 0)
-        }
-        Err(_) => (Sha256::new(), 0),
-    };
-    if have == f.size {
-        if hasher.clone().finalize_hex() == f.sha256 {
-            meter.done += have;
-            return install(&part, &dest, f, meter, progress);
-        }
-        // A full-length part that does not match: leftovers of another bundle; start over.
-        remove(&part)?;
-        (hasher, have) = (Sha256::new(), 0);
-    }
+    let (mut hasher, mut have) = (st.hasher.clone(), st.have);
     meter.done += have;
     progress(meter.report(&f.path));
 
@@ -444,13 +422,14 @@ fn fetch_file(
             200 => {
                 // A server that ignores `Range` sends the whole file: start over.
                 if have > 0 {
+                    staging::remove(&st.part)?;
                     meter.done -= have;
                     (hasher, have) = (Sha256::new(), 0);
                 }
             }
             // The server's file is shorter than our part: the part is not a prefix of it.
             416 if have > 0 && !restarted => {
-                remove(&part)?;
+                staging::remove(&st.part)?;
                 meter.done -= have;
                 (hasher, have) = (Sha256::new(), 0);
                 restarted = true;
@@ -466,7 +445,7 @@ fn fetch_file(
         break (final_url, response);
     };
     let too_long = |part: &Path| -> Result<DownloadError, DownloadError> {
-        remove(part)?;
+        staging::remove(part)?;
         Ok(DownloadError::TooLong {
             url: shown(&final_url),
             file: f.path.clone(),
@@ -479,16 +458,12 @@ fn fetch_file(
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<u64>().ok());
     if announced.is_some_and(|n| n > f.size - have) {
-        return Err(too_long(&part)?);
+        return Err(too_long(&st.part)?);
     }
-    let mut out = if have == 0 {
-        File::create(&part).map_err(io_err("create", &part))?
-    } else {
-        OpenOptions::new()
-            .append(true)
-            .open(&part)
-            .map_err(io_err("open", &part))?
-    };
+    st.have = have;
+    let mut out = staging::open_part(&st)?;
+    out.seek(io::SeekFrom::Start(have))
+        .map_err(io_err("seek", &st.part))?;
     let mut body = response.into_body().into_reader();
     let mut buf = vec![0u8; CHUNK];
     loop {
@@ -497,7 +472,7 @@ fn fetch_file(
             Ok(n) => n,
             Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
             Err(source) => {
-                out.sync_all().map_err(io_err("sync", &part))?;
+                out.sync_all().map_err(io_err("sync", &st.part))?;
                 return Err(DownloadError::Interrupted {
                     url: shown(&final_url),
                     file: f.path.clone(),
@@ -509,18 +484,17 @@ fn fetch_file(
         };
         if n as u64 > f.size - have {
             drop(out);
-            return Err(too_long(&part)?);
+            return Err(too_long(&st.part)?);
         }
         let chunk = &buf[..n];
-        out.write_all(chunk).map_err(io_err("write", &part))?;
+        out.write_all(chunk).map_err(io_err("write", &st.part))?;
         hasher.update(chunk);
         have += n as u64;
         meter.received(n as u64);
         progress(meter.report(&f.path));
     }
-    out.sync_all().map_err(io_err("sync", &part))?;
-    drop(out);
     if have < f.size {
+        out.sync_all().map_err(io_err("sync", &st.part))?;
         return Err(DownloadError::Truncated {
             url: shown(&final_url),
             file: f.path.clone(),
@@ -528,27 +502,8 @@ fn fetch_file(
             size: f.size,
         });
     }
-    let actual = hasher.finalize_hex();
-    if actual != f.sha256 {
-        remove(&part)?;
-        return Err(DownloadError::HashMismatch {
-            file: f.path.clone(),
-            expected: f.sha256.clone(),
-            actual,
-        });
-    }
-    install(&part, &dest, f, meter, progress)
-}
-
-/// Renames a complete, verified part into place and reports the file done.
-fn install(
-    part: &Path,
-    dest: &Path,
-    f: &BundleFile,
-    meter: &Meter,
-    progress: &dyn Fn(Progress<'_>),
-) -> Result<(), DownloadError> {
-    fs::rename(part, dest).map_err(io_err("rename into place", part))?;
+    // Synced, checked against the manifest, renamed into place (or removed).
+    staging::finish(&st, f, hasher, &out)?;
     progress(meter.report(&f.path));
     Ok(())
 }
@@ -670,20 +625,6 @@ fn shown(url: &str) -> String {
 }
 
 /// The SHA-256 state and length of the first `max` bytes of `path`.
-fn hash_file(path: &Path, max: u64) -> Result<(Sha256, u64), DownloadError> {
-    let file = File::open(path).map_err(io_err("open", path))?;
-    let mut hasher = Sha256::new();
-    let n = io::copy(&mut file.take(max), &mut hasher).map_err(io_err("read", path))?;
-    Ok((hasher, n))
-}
-
-fn remove(path: &Path) -> Result<(), DownloadError> {
-    match fs::remove_file(path) {
-        Err(e) if e.kind() != io::ErrorKind::NotFound => Err(io_err("remove", path)(e)),
-        _ => Ok(()),
-    }
-}
-
 fn io_err(action: &'static str, path: &Path) -> impl FnOnce(io::Error) -> DownloadError {
     let path = path.to_path_buf();
     move |source| DownloadError::Io {
@@ -723,23 +664,6 @@ fn client(policy: &DownloadPolicy) -> ureq::Agent {
         .user_agent(concat!("aegis-agent/", env!("CARGO_PKG_VERSION")))
         .build()
         .into()
-}
-
-/// Lowercase hex of a finished digest.
-trait FinalizeHex {
-    fn finalize_hex(self) -> String;
-}
-
-impl FinalizeHex for Sha256 {
-    fn finalize_hex(self) -> String {
-        use std::fmt::Write as _;
-        self.finalize()
-            .iter()
-            .fold(String::with_capacity(64), |mut s, b| {
-                let _ = write!(s, "{b:02x}");
-                s
-            })
-    }
 }
 
 #[cfg(test)]
@@ -914,11 +838,9 @@ mod tests {
     }
 
     fn bundle_file(path: &str, data: &[u8]) -> BundleFile {
-        let mut h = Sha256::new();
-        h.update(data);
         BundleFile {
             path: path.to_owned(),
-            sha256: h.finalize_hex(),
+            sha256: aegis_ota::sha256_hex(data),
             size: data.len() as u64,
         }
     }
@@ -958,9 +880,11 @@ mod tests {
             ("bundle/model.onnx", &model),
             ("bundle/meta/labels.txt", &labels),
         ]);
+        // An empty file needs no request (it is put in place from its digest alone).
         let files = [
             bundle_file("model.onnx", &model),
             bundle_file("meta/labels.txt", &labels),
+            bundle_file("meta/empty.txt", b""),
         ];
         let dir = tempfile::tempdir().expect("tempdir");
         let reports = RefCell::new(Vec::new());
@@ -972,6 +896,8 @@ mod tests {
             Some(labels.clone())
         );
         assert!(!dir.path().join("model.onnx.part").exists());
+        assert_eq!(read(dir.path().join("meta/empty.txt")), Some(Vec::new()));
+        assert_eq!(server.seen().len(), 2);
         let reports = reports.into_inner();
         assert!(reports.len() > 2, "{reports:?}");
         assert!(
