@@ -30,7 +30,7 @@ use std::fs::{self, File, OpenOptions};
 use std::io;
 use std::os::fd::{AsRawFd, FromRawFd};
 use std::os::unix::fs::{FileExt, OpenOptionsExt};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use sha2::{Digest, Sha256};
 
@@ -338,22 +338,6 @@ pub struct Progress {
 /// a part that cannot (wrong hash) is removed.
 #[derive(Debug, thiserror::Error)]
 pub enum ChunkError {
-    /// A bundle file path that cannot be staged.
-    #[error("bundle file {path:?} is refused: {reason}")]
-    BadPath {
-        /// The path.
-        path: String,
-        /// What is wrong with it.
-        reason: String,
-    },
-    /// A bundle file's listed digest is not 64 lowercase hex digits.
-    #[error("bundle file {path:?} has sha256 {sha256:?}, not 64 lowercase hex digits")]
-    BadDigest {
-        /// The path.
-        path: String,
-        /// The listed digest.
-        sha256: String,
-    },
     /// The gateway answered a request of ours with an error; the parts are kept.
     #[error("the gateway refused {file:?} at byte {offset}: {reason}")]
     Refused {
@@ -364,57 +348,13 @@ pub enum ChunkError {
         /// The gateway's reason.
         reason: String,
     },
-    /// A complete file does not hash to the manifest's digest; its part was removed.
-    #[error("{file:?} has sha256 {actual}, the manifest says {expected}; part removed")]
-    HashMismatch {
-        /// The bundle path.
-        file: String,
-        /// The manifest's digest.
-        expected: String,
-        /// The digest of what arrived.
-        actual: String,
-    },
-    /// A file-system operation in the staging directory failed.
-    #[error("cannot {action} {path:?}: {source}")]
-    Io {
-        /// What was being done.
-        action: &'static str,
-        /// The path.
-        path: PathBuf,
-        /// The error.
-        #[source]
-        source: io::Error,
-    },
     /// A chunk after the transfer had already failed.
     #[error("the transfer stopped after an earlier error")]
     Stopped,
-}
-
-impl From<StagingError> for ChunkError {
-    fn from(e: StagingError) -> ChunkError {
-        match e {
-            StagingError::BadPath { path, reason } => ChunkError::BadPath { path, reason },
-            StagingError::BadDigest { path, sha256 } => ChunkError::BadDigest { path, sha256 },
-            StagingError::HashMismatch {
-                file,
-                expected,
-                actual,
-            } => ChunkError::HashMismatch {
-                file,
-                expected,
-                actual,
-            },
-            StagingError::Io {
-                action,
-                path,
-                source,
-            } => ChunkError::Io {
-                action,
-                path,
-                source,
-            },
-        }
-    }
+    /// A staging rule or file-system operation (bad path or digest, a complete file with
+    /// the wrong hash, I/O).
+    #[error(transparent)]
+    Staging(#[from] StagingError),
 }
 
 /// A chunk asked for (or about to be).
@@ -491,7 +431,7 @@ impl ChunkFetcher {
         staging: &Path,
     ) -> Result<ChunkFetcher, ChunkError> {
         let total = staging::check_files(files)?;
-        fs::create_dir_all(staging).map_err(|source| ChunkError::Io {
+        fs::create_dir_all(staging).map_err(|source| StagingError::Io {
             action: "create",
             path: staging.to_path_buf(),
             source,
@@ -636,7 +576,7 @@ impl ChunkFetcher {
     /// Handles one message from the chunk topic. `Ok` with the progress when it was
     /// written, held or ignored (see the type's rules); `Err` ends the transfer: an error
     /// answer to a request of ours ([`ChunkError::Refused`]), a complete file with the
-    /// wrong hash ([`ChunkError::HashMismatch`], part removed), or a staging I/O error.
+    /// wrong hash ([`StagingError::HashMismatch`], part removed), or a staging I/O error.
     pub fn on_chunk(&mut self, msg: &[u8]) -> Result<Progress, ChunkError> {
         if self.failed {
             return Err(ChunkError::Stopped);

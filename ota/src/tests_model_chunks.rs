@@ -331,7 +331,9 @@ fn a_file_changed_on_the_gateway_fails_at_its_end_naming_it_and_its_part_is_remo
     let mut f = w.fetcher();
     let err = pump(&server, &mut f).unwrap_err();
     match &err {
-        ChunkError::HashMismatch { file, expected, .. } => {
+        ChunkError::Staging(crate::staging::StagingError::HashMismatch {
+            file, expected, ..
+        }) => {
             assert_eq!(file, "model.onnx");
             assert_eq!(expected, &w.manifest.files[0].sha256);
         }
@@ -618,7 +620,13 @@ fn unsafe_manifests_are_refused_before_anything_is_written() {
         &staging,
     )
     .unwrap_err();
-    assert!(matches!(e, ChunkError::HashMismatch { .. }), "{e}");
+    assert!(
+        matches!(
+            e,
+            ChunkError::Staging(crate::staging::StagingError::HashMismatch { .. })
+        ),
+        "{e}"
+    );
 }
 
 #[test]

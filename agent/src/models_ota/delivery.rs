@@ -505,7 +505,7 @@ fn transient(e: &DownloadError) -> bool {
             | DownloadError::Interrupted { .. }
             | DownloadError::Truncated { .. }
             | DownloadError::BadContentRange { .. }
-            | DownloadError::Io { .. }
+            | DownloadError::Staging(aegis_ota::staging::StagingError::Io { .. })
     )
 }
 

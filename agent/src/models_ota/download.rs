@@ -26,7 +26,7 @@
 
 use std::fs;
 use std::io::{self, Read, Seek, Write};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -150,22 +150,6 @@ pub enum DownloadError {
         /// The file's URL (query removed).
         url: String,
     },
-    /// A bundle file path that cannot be staged.
-    #[error("bundle file {path:?} is refused: {reason}")]
-    BadPath {
-        /// The path.
-        path: String,
-        /// What is wrong with it.
-        reason: String,
-    },
-    /// A bundle file's listed digest is not 64 lowercase hex digits.
-    #[error("bundle file {path:?} has sha256 {sha256:?}, not 64 lowercase hex digits")]
-    BadDigest {
-        /// The path.
-        path: String,
-        /// The listed digest.
-        sha256: String,
-    },
     /// The bundle does not fit the staging budget; nothing was fetched.
     #[error("bundle is {total} bytes, over the staging budget of {max} bytes")]
     OverBudget {
@@ -240,54 +224,10 @@ pub enum DownloadError {
         /// The manifest's size of the file.
         size: u64,
     },
-    /// The file's bytes do not hash to the manifest's digest; the part was removed.
-    #[error("{file:?} has sha256 {actual}, the manifest says {expected}; part removed")]
-    HashMismatch {
-        /// The bundle path.
-        file: String,
-        /// The manifest's digest.
-        expected: String,
-        /// The digest of what arrived.
-        actual: String,
-    },
-    /// A file-system operation in the staging directory failed.
-    #[error("cannot {action} {path:?}: {source}")]
-    Io {
-        /// What was being done.
-        action: &'static str,
-        /// The path.
-        path: PathBuf,
-        /// The error.
-        #[source]
-        source: io::Error,
-    },
-}
-
-impl From<StagingError> for DownloadError {
-    fn from(e: StagingError) -> DownloadError {
-        match e {
-            StagingError::BadPath { path, reason } => DownloadError::BadPath { path, reason },
-            StagingError::BadDigest { path, sha256 } => DownloadError::BadDigest { path, sha256 },
-            StagingError::HashMismatch {
-                file,
-                expected,
-                actual,
-            } => DownloadError::HashMismatch {
-                file,
-                expected,
-                actual,
-            },
-            StagingError::Io {
-                action,
-                path,
-                source,
-            } => DownloadError::Io {
-                action,
-                path,
-                source,
-            },
-        }
-    }
+    /// A staging rule or file-system operation (bad path or digest, a complete file with
+    /// the wrong hash, I/O).
+    #[error(transparent)]
+    Staging(#[from] StagingError),
 }
 
 /// Downloads the bundle files `files` (a verified manifest's `files`) from
@@ -627,10 +567,12 @@ fn shown(url: &str) -> String {
 /// The SHA-256 state and length of the first `max` bytes of `path`.
 fn io_err(action: &'static str, path: &Path) -> impl FnOnce(io::Error) -> DownloadError {
     let path = path.to_path_buf();
-    move |source| DownloadError::Io {
-        action,
-        path,
-        source,
+    move |source| {
+        DownloadError::Staging(StagingError::Io {
+            action,
+            path,
+            source,
+        })
     }
 }
 
@@ -868,7 +810,7 @@ mod tests {
 
     fn ignore(_: Progress<'_>) {}
 
-    fn read(path: PathBuf) -> Option<Vec<u8>> {
+    fn read(path: std::path::PathBuf) -> Option<Vec<u8>> {
         fs::read(path).ok()
     }
 
@@ -990,7 +932,9 @@ mod tests {
         let dir = tempfile::tempdir().expect("tempdir");
         let err =
             download_bundle(&base, &files, dir.path(), &policy(), &ignore).expect_err("tampered");
-        assert!(matches!(&err, DownloadError::HashMismatch { file, .. } if file == "model.onnx"));
+        assert!(
+            matches!(&err, DownloadError::Staging(StagingError::HashMismatch { file, .. }) if file == "model.onnx")
+        );
         assert!(err.to_string().contains("model.onnx"), "{err}");
         assert!(!dir.path().join("model.onnx.part").exists());
         assert!(!dir.path().join("model.onnx").exists());
@@ -1007,7 +951,13 @@ mod tests {
         fs::write(dir.path().join("model.onnx.part"), &part).expect("part");
         let err = download_bundle(&base, &files, dir.path(), &policy(), &ignore)
             .expect_err("tampered part");
-        assert!(matches!(err, DownloadError::HashMismatch { .. }), "{err}");
+        assert!(
+            matches!(
+                err,
+                DownloadError::Staging(StagingError::HashMismatch { .. })
+            ),
+            "{err}"
+        );
         assert!(!dir.path().join("model.onnx.part").exists());
         // The next attempt starts over and succeeds.
         download_bundle(&base, &files, dir.path(), &policy(), &ignore).expect("fresh");
@@ -1095,17 +1045,17 @@ mod tests {
         let dir = tempfile::tempdir().expect("tempdir");
         let cases: Vec<(BundleFile, Expect)> = vec![
             (bundle_file("../model.onnx", &model), |e| {
-                matches!(e, DownloadError::BadPath { .. })
+                matches!(e, DownloadError::Staging(StagingError::BadPath { .. }))
             }),
             (bundle_file("model.onnx.part", &model), |e| {
-                matches!(e, DownloadError::BadPath { .. })
+                matches!(e, DownloadError::Staging(StagingError::BadPath { .. }))
             }),
             (
                 BundleFile {
                     sha256: "AB".repeat(32),
                     ..bundle_file("model.onnx", &model)
                 },
-                |e| matches!(e, DownloadError::BadDigest { .. }),
+                |e| matches!(e, DownloadError::Staging(StagingError::BadDigest { .. })),
             ),
             (
                 BundleFile {

@@ -26,6 +26,7 @@ use std::time::{Duration, Instant};
 
 use aegis_ota::model::BundleFile;
 use aegis_ota::model_chunks::{ChunkError, ChunkFetcher, Progress, fetch_request_json};
+use aegis_ota::staging::StagingError;
 
 /// Messages the port holds for the transfer before it drops more (chunks of at most
 /// 122 KiB: about 2 MiB at most).
@@ -168,7 +169,9 @@ impl TransferError {
     pub fn transient(&self) -> bool {
         match self {
             TransferError::Stalled(_) | TransferError::LinkGone => true,
-            TransferError::Chunk(e) => matches!(e, ChunkError::Io { .. }),
+            TransferError::Chunk(e) => {
+                matches!(e, ChunkError::Staging(StagingError::Io { .. }))
+            }
         }
     }
 }
@@ -418,7 +421,10 @@ mod tests {
             .fetch("nn", 3, &m.files, &staging, fast(10_000), &|_| {})
             .unwrap_err();
         assert!(
-            matches!(e, TransferError::Chunk(ChunkError::HashMismatch { .. })),
+            matches!(
+                e,
+                TransferError::Chunk(ChunkError::Staging(StagingError::HashMismatch { .. }))
+            ),
             "{e}"
         );
         assert!(!e.transient());
