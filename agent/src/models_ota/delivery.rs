@@ -293,20 +293,15 @@ impl Delivery {
                     status.clone(),
                     url.clone(),
                 );
-                let (name2, last) = (name.clone(), Arc::new(AtomicU64::new(0)));
+                let report = Reporter::new(status2, &name, version, "http");
                 let r = tokio::task::spawn_blocking(move || {
                     download::download_bundle(&url2, &files, &staging, &policy, &|p| {
-                        let before = last.swap(p.done, Relaxed);
-                        status2
-                            .counters
-                            .bytes
-                            .fetch_add(p.done.saturating_sub(before), Relaxed);
-                        status2.set_transfer(Some(json!({
-                            "name": name2, "version": version, "via": "http",
-                            "file": p.file, "done": p.done, "total": p.total,
-                            "percent": (p.percent * 10.0).round() / 10.0,
-                            "eta_s": p.eta.map(|d| d.as_secs()), "attempt": attempt,
-                        })));
+                        report.report(
+                            Some(p.file),
+                            (p.done, p.total, p.percent),
+                            p.eta,
+                            ("attempt", attempt.into()),
+                        )
                     })
                 })
                 .await;
@@ -358,30 +353,16 @@ impl Delivery {
         tokio::spawn(async move {
             let started = Instant::now();
             let files = v.manifest.files.clone();
-            let status2 = status.clone();
+            let report = Reporter::new(status.clone(), &name, version, "mqtt");
             let r = tokio::task::spawn_blocking(move || {
-                let first = std::sync::Mutex::new(None::<u64>);
-                let last = AtomicU64::new(0);
                 transfer.fetch(&name, version, &files, &staging, timing, &|p| {
-                    // Resumed bytes are on disk already: neither received nor part of the
-                    // rate the ETA is computed from.
-                    let from = *first
-                        .lock()
-                        .unwrap_or_else(|e| e.into_inner())
-                        .get_or_insert(p.done);
-                    let before = last.swap(p.done, Relaxed).max(from);
-                    status2
-                        .counters
-                        .bytes
-                        .fetch_add(p.done.saturating_sub(before), Relaxed);
-                    status2.set_transfer(Some(json!({
-                        "name": name, "version": version, "via": "mqtt",
-                        "file": p.file, "done": p.done, "total": p.total,
-                        "percent": (p.percent * 10.0).round() / 10.0,
-                        "eta_s": eta(p.done - from, p.total - p.done, started.elapsed())
-                            .map(|d| d.as_secs()),
-                        "ignored": p.ignored,
-                    })));
+                    let eta = report.eta(p.done, p.total);
+                    report.report(
+                        p.file.as_deref(),
+                        (p.done, p.total, p.percent),
+                        eta,
+                        ("ignored", p.ignored.into()),
+                    )
                 })
             })
             .await;
@@ -488,11 +469,72 @@ async fn transfer_end(
         .await;
 }
 
-/// Time left at the rate so far: `got` bytes in `elapsed`, `left` to go (None until a
-/// rate is known).
-fn eta(got: u64, left: u64, elapsed: Duration) -> Option<Duration> {
-    let secs = elapsed.as_secs_f64();
-    (got > 0 && secs > 0.0).then(|| Duration::from_secs_f64(left as f64 * secs / got as f64))
+/// One transfer attempt's progress reports (bytes of the bundle on disk, resumed ones
+/// included) turned into the bytes-received counter and the status's `transfer` entry.
+/// The first report's bytes were on disk already: neither received nor part of the rate.
+struct Reporter {
+    status: Arc<DeliveryStatus>,
+    name: String,
+    version: u64,
+    via: &'static str,
+    started: Instant,
+    /// (bytes at the first report, bytes at the last).
+    seen: std::sync::Mutex<Option<(u64, u64)>>,
+}
+
+impl Reporter {
+    fn new(status: Arc<DeliveryStatus>, name: &str, version: u64, via: &'static str) -> Reporter {
+        Reporter {
+            status,
+            name: name.to_owned(),
+            version,
+            via,
+            started: Instant::now(),
+            seen: std::sync::Mutex::new(None),
+        }
+    }
+
+    /// Time left at this attempt's rate so far (None until a rate is known).
+    fn eta(&self, done: u64, total: u64) -> Option<Duration> {
+        let first = self
+            .seen
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .map(|s| s.0)?;
+        let (got, secs) = (
+            done.saturating_sub(first),
+            self.started.elapsed().as_secs_f64(),
+        );
+        (got > 0 && secs > 0.0)
+            .then(|| Duration::from_secs_f64(total.saturating_sub(done) as f64 * secs / got as f64))
+    }
+
+    /// A report: `(done, total, percent)`, the ETA, and one more field of the transport.
+    fn report(
+        &self,
+        file: Option<&str>,
+        (done, total, percent): (u64, u64, f64),
+        eta: Option<Duration>,
+        (key, value): (&str, Value),
+    ) {
+        let before = {
+            let mut seen = self.seen.lock().unwrap_or_else(|e| e.into_inner());
+            let (first, last) = seen.get_or_insert((done, done));
+            std::mem::replace(last, done).max(*first)
+        };
+        self.status
+            .counters
+            .bytes
+            .fetch_add(done.saturating_sub(before), Relaxed);
+        let mut t = json!({
+            "name": self.name, "version": self.version, "via": self.via,
+            "file": file, "done": done, "total": total,
+            "percent": (percent * 10.0).round() / 10.0,
+            "eta_s": eta.map(|d| d.as_secs()),
+        });
+        t[key] = value;
+        self.status.set_transfer(Some(t));
+    }
 }
 
 /// Whether trying again later may succeed (the network, the server, the disk), rather
@@ -530,6 +572,45 @@ fn read_pem_certs(path: &Path) -> Result<Vec<Vec<u8>>, DeliveryError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn resumed_bytes_are_not_counted_as_received_nor_in_the_rate() {
+        let s = Arc::new(DeliveryStatus::default());
+        let r = Reporter::new(s.clone(), "nn", 2, "mqtt");
+        // Resumed at 6000 of 10000: nothing received yet, no rate.
+        r.report(
+            Some("model.onnx"),
+            (6000, 10_000, 60.0),
+            None,
+            ("ignored", 0.into()),
+        );
+        assert_eq!(s.counters.bytes.load(Relaxed), 0);
+        std::thread::sleep(Duration::from_millis(20));
+        assert_eq!(r.eta(6000, 10_000), None);
+        r.report(
+            Some("model.onnx"),
+            (8000, 10_000, 80.0),
+            None,
+            ("ignored", 1.into()),
+        );
+        assert_eq!(s.counters.bytes.load(Relaxed), 2000);
+        // 2000 bytes in the time so far, 2000 to go: about as long again.
+        let eta = r.eta(8000, 10_000).unwrap();
+        assert!(
+            eta >= Duration::from_millis(20) && eta < Duration::from_secs(60),
+            "{eta:?}"
+        );
+        let t = s.get()["transfer"].clone();
+        assert_eq!(
+            (&t["via"], &t["done"], &t["ignored"], &t["file"]),
+            (
+                &json!("mqtt"),
+                &json!(8000),
+                &json!(1),
+                &json!("model.onnx")
+            )
+        );
+    }
 
     #[test]
     fn metrics_carry_the_transfer_under_way_and_zero_without_one() {
