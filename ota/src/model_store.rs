@@ -301,6 +301,8 @@ pub struct ModelStore {
     root: PathBuf,
     budget: u64,
     state: StoreState,
+    /// Versions [`open`](Self::open) found on trial and rolled back (name, record).
+    rolled_back_at_open: Vec<(String, VersionRecord)>,
     /// Test hook: fail with `Interrupted` when this many steps have run.
     #[cfg(test)]
     pub(crate) crash_after: Option<usize>,
@@ -344,6 +346,7 @@ impl ModelStore {
             root: root.to_path_buf(),
             budget: budget_bytes,
             state,
+            rolled_back_at_open: Vec::new(),
             #[cfg(test)]
             crash_after: None,
         };
@@ -358,6 +361,7 @@ impl ModelStore {
                     "model {name:?}: version {} was on trial at start-up: rolled back",
                     t.version
                 ));
+                store.rolled_back_at_open.push((name.clone(), t));
             }
             if let Some(p) = rec.previous.take() {
                 match store.incomplete(name, &p)? {
@@ -391,6 +395,13 @@ impl ModelStore {
         store.remove_orphans(&mut recovered)?;
         store.recover_staging(&mut recovered)?;
         Ok((store, recovered))
+    }
+
+    /// The versions [`open`](Self::open) found on trial and rolled back (the agent stopped
+    /// while judging them), to be answered: name and the trial's record (its manifest
+    /// digest included).
+    pub fn rolled_back_at_open(&self) -> &[(String, VersionRecord)] {
+        &self.rolled_back_at_open
     }
 
     /// The store root.

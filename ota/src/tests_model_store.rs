@@ -150,6 +150,44 @@ fn tree(dir: &Path) -> Vec<String> {
 const BIG: u64 = 1 << 20;
 
 #[test]
+fn a_trial_the_agent_stopped_on_is_rolled_back_at_open_and_named_for_its_answer() {
+    let w = issuing();
+    let d = tempfile::tempdir().unwrap();
+    let root = d.path().join("models");
+    let mut store = open(&root, BIG);
+    let b1 = bundle(&w, NAME, 1);
+    install(&mut store, &b1);
+    store.confirm(NAME).unwrap();
+    let b2 = bundle(&w, NAME, 2);
+    install(&mut store, &b2);
+    assert!(store.rolled_back_at_open().is_empty());
+    // The agent stops with 2 on trial.
+    drop(store);
+    let (mut store, recovered) = ModelStore::open(&root, BIG).unwrap();
+    assert_eq!(versions(&store, NAME), (Some(1), None, None));
+    assert!(
+        recovered
+            .iter()
+            .any(|r| r.contains("version 2 was on trial")),
+        "{recovered:?}"
+    );
+    let rolled: Vec<(&str, u64, &str)> = store
+        .rolled_back_at_open()
+        .iter()
+        .map(|(n, r)| (n.as_str(), r.version, r.digest.as_str()))
+        .collect();
+    assert_eq!(rolled, [(NAME, 2, b2.v.digest.as_str())]);
+    // Tried once: version 2 is not staged again; 3 is.
+    assert!(store.staging_dir(&b2.v).is_err());
+    install(&mut store, &bundle(&w, NAME, 3));
+    // Each open names what it rolled back itself: now version 3.
+    drop(store);
+    let (store, _) = ModelStore::open(&root, BIG).unwrap();
+    assert_eq!(store.rolled_back_at_open().len(), 1, "3 was on trial");
+    assert_eq!(store.rolled_back_at_open()[0].1.version, 3);
+}
+
+#[test]
 fn full_cycle_keeps_active_and_previous_and_evicts_older() {
     let w = issuing();
     let d = tempfile::tempdir().unwrap();

@@ -171,6 +171,16 @@ impl Receipts {
         Receipts { child, lines }
     }
 
+    /// Every model receipt so far that verifies with the device key.
+    fn all(&self, device_pub: &aegis_ota::sign::PublicKey) -> Vec<ModelReceipt> {
+        self.lines
+            .lock()
+            .unwrap()
+            .iter()
+            .filter_map(|t| ModelReceipt::verify(t.trim_end().as_bytes(), device_pub).ok())
+            .collect()
+    }
+
     /// The `n`-th model receipt (0-based), verified with the device key.
     fn nth(&self, n: usize, device_pub: &aegis_ota::sign::PublicKey) -> ModelReceipt {
         let t0 = Instant::now();
@@ -761,6 +771,8 @@ fn kill_9_during_download_install_or_swap_never_leaves_a_broken_model_and_the_up
     // load, the health check, the swap and the judging window.
     let mut agent = start(0);
     wait_online(broker.port);
+    let receipts = Receipts::watch(broker.port);
+    let device_pub = aegis_ota::sign::PublicKey::read(&d.join("keys/device.pub")).unwrap();
     let iterations = model_soak_iterations();
     let mut outcomes = Vec::new();
     // What runs before each iteration: the configured model, then each completed version.
@@ -819,11 +831,44 @@ fn kill_9_during_download_install_or_swap_never_leaves_a_broken_model_and_the_up
             );
             std::thread::sleep(Duration::from_millis(200));
         };
-        outcomes.push(outcome);
+        outcomes.push((version, outcome));
         if outcome == "completed" {
             before = (version, "ota".to_string());
         }
     }
+    // Each version rolled back by a crash was answered at the next start with a signed
+    // `rolled_back` receipt; each completed one with `applied`.
+    let t0 = Instant::now();
+    loop {
+        let got = receipts.all(&device_pub);
+        let missing: Vec<&(u64, &str)> = outcomes
+            .iter()
+            .filter(|(v, o)| {
+                let want = if *o == "completed" {
+                    "applied"
+                } else {
+                    "rolled_back"
+                };
+                !got.iter().any(|r| {
+                    r.version == *v
+                        && r.verdict.as_str() == want
+                        && (want == "applied" || r.reason.contains("stopped while"))
+                })
+            })
+            .collect();
+        if missing.is_empty() {
+            break;
+        }
+        assert!(
+            t0.elapsed() < Duration::from_secs(60),
+            "no receipt for {missing:?}; receipts: {:?}",
+            got.iter()
+                .map(|r| (r.version, r.verdict.as_str(), r.reason.as_str()))
+                .collect::<Vec<_>>()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let outcomes: Vec<&str> = outcomes.iter().map(|(_, o)| *o).collect();
     eprintln!("kill -9 soak, {iterations} iterations: {outcomes:?}");
     assert!(
         outcomes.contains(&"completed"),

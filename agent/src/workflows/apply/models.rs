@@ -55,6 +55,7 @@ impl Applier {
         for r in &d.recovered {
             self.audit("model.recovered", r.clone());
         }
+        let crashed = d.store.rolled_back_at_open().to_vec();
         self.models = Some(d);
         let installed = self
             .starter
@@ -64,6 +65,32 @@ impl Applier {
             .clone();
         self.workflows
             .set_installed_models(requirements(&installed));
+        // A version the agent stopped on while judging it (a crash, a kill, a power cut)
+        // was rolled back by the store: answered now with a signed receipt (it goes out
+        // with the outbox once the link is up), and remembered, so the announcement's
+        // next delivery is a duplicate rather than a second answer.
+        for (name, rec) in crashed {
+            if self.workflows.answered(&rec.digest) {
+                continue;
+            }
+            if let Some(d) = &self.models {
+                d.status.counters.rolled_back.fetch_add(1, Relaxed);
+            }
+            self.model_answer(
+                Some((name.clone(), rec.version)),
+                &rec.digest,
+                Instant::now(),
+                ModelOutcome {
+                    verdict: Verdict::RolledBack,
+                    reason: format!(
+                        "the agent stopped while model {name:?} version {} was on trial \
+                         (a crash, a kill or a power cut): rolled back at start-up; a version \
+                         is tried once, ship a fix as a new version",
+                        rec.version
+                    ),
+                },
+            );
+        }
     }
 
     /// A message on a models topic.
