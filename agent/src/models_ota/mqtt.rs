@@ -80,20 +80,21 @@ impl ChunkPort {
             .is_none()
     }
 
-    /// The link: a message arrived on the chunk topic. Never blocks.
+    /// The link: a message arrived on the chunk topic. Never blocks; copied only when a
+    /// transfer runs.
     pub fn chunk(&self, payload: &[u8]) {
-        self.offer(PortEvent::Chunk(payload.to_vec()));
+        self.offer(|| PortEvent::Chunk(payload.to_vec()));
     }
 
     /// The link: connected and subscribed to the chunk topic. Never blocks.
     pub fn connected(&self) {
-        self.offer(PortEvent::Connected);
+        self.offer(|| PortEvent::Connected);
     }
 
-    fn offer(&self, ev: PortEvent) {
+    fn offer(&self, ev: impl FnOnce() -> PortEvent) {
         let inbox = self.inbox.lock().unwrap_or_else(|p| p.into_inner());
         let sent = match inbox.as_ref() {
-            Some(tx) => match tx.try_send(ev) {
+            Some(tx) => match tx.try_send(ev()) {
                 Ok(()) => true,
                 Err(TrySendError::Full(_) | TrySendError::Disconnected(_)) => false,
             },

@@ -108,8 +108,18 @@ pub async fn run(
     let (delivery, staged) = match (&workflows, cfg.workflows.models.enabled) {
         (Some(_), true) => {
             let (d, rx) = crate::models_ota::delivery::Delivery::open(cfg, backend)?;
-            let status = d.status.clone();
-            metrics.watch_component("models", Box::new(move || status.metric_values()));
+            let (status, port) = (d.status.clone(), d.port.clone());
+            metrics.watch_component(
+                "models",
+                Box::new(move || {
+                    let mut v = status.metric_values();
+                    v.push((
+                        "chunk_messages_dropped",
+                        port.dropped.load(std::sync::atomic::Ordering::Relaxed),
+                    ));
+                    v
+                }),
+            );
             (Some(d), Some(rx))
         }
         _ => (None, None),
