@@ -25,15 +25,13 @@ use aegis_ota::model::{
 };
 use aegis_ota::model_chunks::{ChunkServer, parse_fetch_request};
 use aegis_ota::model_wire::{Announcement, ModelReceipt, chunk_topic};
-use aegis_ota::sign::SecretKey;
-use aegis_ota::trust::{Issuer, Roots, TrustMetadata};
 use rumqttc::v5::Event;
 use rumqttc::v5::mqttbytes::QoS;
 use rumqttc::v5::mqttbytes::v5::Packet;
 use rumqttc::v5::{AsyncClient, MqttOptions};
 use serde::Serialize;
 
-use super::bench_workflow::{b64, next, pct, stream_frames, wait_online, wait_state};
+use super::bench_workflow::{bench_trust, next, pct, stream_frames, wait_online, wait_state};
 
 /// The results.
 #[derive(Debug, Clone, Serialize)]
@@ -215,30 +213,7 @@ pub fn bench_models(runs: usize, model: &Path, runtime: &Path) -> anyhow::Result
     let dir = tempfile::tempdir()?;
     let d = dir.path();
     // Root, a model issuer and trust metadata; the device's key.
-    let root = SecretKey::generate()?;
-    let issuer = SecretKey::generate()?;
-    std::fs::write(d.join("root.pub"), root.public().to_file_text())?;
-    let trust = TrustMetadata {
-        kind: "aegis-trust".into(),
-        version: 1,
-        expires_at: maml::format_time(maml::now_s() + 86_400),
-        root: Roots {
-            threshold: 1,
-            keys: vec![b64(&root.public().to_bytes())],
-        },
-        issuers: vec![Issuer {
-            name: "models-gw".into(),
-            key: b64(&issuer.public().to_bytes()),
-            devices: vec!["*".into()],
-            groups: vec![],
-            models: true,
-        }],
-        revoked: vec![],
-    };
-    std::fs::write(d.join("trust.signed"), trust.sign(&[&root])?)?;
-    std::fs::create_dir(d.join("keys"))?;
-    let device_key = SecretKey::generate()?;
-    device_key.write(&d.join("keys/device.key"))?;
+    let (issuer, device_key) = bench_trust(d, "models-gw", true)?;
     // The bundle's files, served from `bundle/`.
     let bundle = d.join("bundle");
     std::fs::create_dir(&bundle)?;

@@ -100,14 +100,16 @@ pub(crate) async fn wait_state(el: &mut rumqttc::v5::EventLoop, state: &str) -> 
     }
 }
 
-/// Runs the benchmark: `runs` workflows, each judged on `health_frames` frames.
-pub fn bench_workflow(runs: usize, health_frames: u32) -> anyhow::Result<WorkflowBench> {
-    let broker = crate::tools::fleet_sim::LocalBroker::start()?;
-    let dir = tempfile::tempdir()?;
-    let d = dir.path();
-    // Root, issuer and trust metadata; the device's keys.
+/// A root and one issuer `issuer` (any device; `models`: may ship models) in `d`:
+/// `root.pub`, `trust.signed`, and the device's signing key in `keys/device.key`. Returns
+/// the issuer's and the device's keys.
+pub(crate) fn bench_trust(
+    d: &std::path::Path,
+    issuer: &str,
+    models: bool,
+) -> anyhow::Result<(SecretKey, SecretKey)> {
     let root = SecretKey::generate()?;
-    let gw = SecretKey::generate()?;
+    let key = SecretKey::generate()?;
     std::fs::write(d.join("root.pub"), root.public().to_file_text())?;
     let trust = TrustMetadata {
         kind: "aegis-trust".into(),
@@ -118,11 +120,11 @@ pub fn bench_workflow(runs: usize, health_frames: u32) -> anyhow::Result<Workflo
             keys: vec![b64(&root.public().to_bytes())],
         },
         issuers: vec![Issuer {
-            name: "gw".into(),
-            key: b64(&gw.public().to_bytes()),
+            name: issuer.into(),
+            key: b64(&key.public().to_bytes()),
             devices: vec!["*".into()],
             groups: vec![],
-            models: false,
+            models,
         }],
         revoked: vec![],
     };
@@ -130,6 +132,15 @@ pub fn bench_workflow(runs: usize, health_frames: u32) -> anyhow::Result<Workflo
     std::fs::create_dir(d.join("keys"))?;
     let device_key = SecretKey::generate()?;
     device_key.write(&d.join("keys/device.key"))?;
+    Ok((key, device_key))
+}
+
+/// Runs the benchmark: `runs` workflows, each judged on `health_frames` frames.
+pub fn bench_workflow(runs: usize, health_frames: u32) -> anyhow::Result<WorkflowBench> {
+    let broker = crate::tools::fleet_sim::LocalBroker::start()?;
+    let dir = tempfile::tempdir()?;
+    let d = dir.path();
+    let (gw, device_key) = bench_trust(d, "gw", false)?;
     let seal_key = SealSecret::generate()?;
     seal_key.write(&d.join("keys").join(aegis_ota::seal::DEVICE_SECRET_KEY_FILE))?;
     let clip = d.join("clip.mp4");
