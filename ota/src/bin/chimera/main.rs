@@ -2,12 +2,14 @@
 //! templates, sealing, signing, verification. Online ([`gateway`]): publishing over MQTT,
 //! receipt verification, fleet status and reconciliation; for models
 //! ([`model_gateway`]): announcements, the MQTT chunk server, per-device model status.
+//! As a service ([`serve`]): the HTTP API over the gateway's persistent state.
 
 mod docs;
 mod gateway;
 mod keys;
 mod model;
 mod model_gateway;
+mod serve;
 mod trust;
 
 use std::path::{Path, PathBuf};
@@ -110,6 +112,9 @@ enum Command {
         #[command(subcommand)]
         what: model::ModelCommand,
     },
+    /// The gateway as a service: HTTP API (OpenAPI at /api/v1/openapi.json), API tokens,
+    /// SQLite state; `serve token create` makes API tokens (docs/chimera-serve.md).
+    Serve(serve::ServeArgs),
 }
 
 #[derive(clap::Args, Debug)]
@@ -509,6 +514,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Trust { what } => trust::trust(what)?,
         Command::Enroll(args) => keys::enroll(args)?,
         Command::Model { what } => model::model(what)?,
+        Command::Serve(args) => serve::run(args)?,
     }
     Ok(())
 }

@@ -1,0 +1,567 @@
+//! The HTTP API: one route table ([`ROUTES`]) from which both the axum router and the OpenAPI
+//! document are built, so a route cannot exist without its documented role, nor be
+//! documented without existing. Authorisation is one middleware on the whole router and
+//! denies by default: a path or method not in the table (the fallback included) needs an
+//! admin token, so it answers 401/403 before it can say 404/405 to a stranger.
+//!
+//! Request bodies are hostile until parsed: a size limit before anything reads them,
+//! JSON with unknown fields refused, errors that name the field.
+
+use std::sync::Arc;
+
+use aegis_ota::trust::TrustMetadata;
+use axum::Router;
+use axum::extract::rejection::{JsonRejection, QueryRejection};
+use axum::extract::{DefaultBodyLimit, Extension, MatchedPath, Path, Query, Request, State};
+use axum::http::{HeaderValue, Method, StatusCode, header};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{MethodRouter, get, post};
+use axum::{Json, middleware};
+use serde::Deserialize;
+use serde_json::{Value, json};
+
+use super::service;
+use super::store::{Role, Store};
+
+/// What every handler gets.
+#[derive(Clone)]
+pub(crate) struct AppState {
+    /// The state.
+    pub(crate) store: Arc<dyn Store>,
+    /// The verified trust metadata uploads are checked against (None: uploads refused).
+    pub(crate) trust: Option<Arc<TrustMetadata>>,
+}
+
+/// Who called (put in the request by the auth middleware).
+#[derive(Debug, Clone)]
+pub(crate) struct Caller {
+    /// The token's name.
+    pub(crate) name: String,
+    /// Its role.
+    pub(crate) role: Role,
+}
+
+impl Caller {
+    fn actor(&self) -> String {
+        format!("token:{}", self.name)
+    }
+}
+
+/// A documented parameter.
+pub(crate) struct Param {
+    name: &'static str,
+    /// `path` or `query`.
+    location: &'static str,
+    description: &'static str,
+}
+
+/// One route: method, path (axum syntax, which is OpenAPI's), the least role that may call
+/// it (None: public), and its documentation.
+pub(crate) struct Route {
+    pub(crate) method: Method,
+    pub(crate) path: &'static str,
+    pub(crate) role: Option<Role>,
+    summary: &'static str,
+    params: &'static [Param],
+    /// A JSON request body and its description.
+    body: Option<&'static str>,
+    /// The success status.
+    ok: u16,
+    make: fn() -> MethodRouter<AppState>,
+}
+
+const LIMIT: Param = Param {
+    name: "limit",
+    location: "query",
+    description: "Rows to return, newest first (1..=1000, default 100).",
+};
+
+/// Every route the service answers.
+pub(crate) static ROUTES: &[Route] = &[
+    Route {
+        method: Method::GET,
+        path: "/healthz",
+        role: None,
+        summary: "Liveness: `ok` while the process serves requests.",
+        params: &[],
+        body: None,
+        ok: 200,
+        make: || get(healthz),
+    },
+    Route {
+        method: Method::GET,
+        path: "/api/v1/openapi.json",
+        role: None,
+        summary: "This document.",
+        params: &[],
+        body: None,
+        ok: 200,
+        make: || get(openapi),
+    },
+    Route {
+        method: Method::GET,
+        path: "/api/v1/devices",
+        role: Some(Role::Viewer),
+        summary: "Enrolled devices: groups and last receipt.",
+        params: &[],
+        body: None,
+        ok: 200,
+        make: || get(list_devices),
+    },
+    Route {
+        method: Method::GET,
+        path: "/api/v1/devices/{id}",
+        role: Some(Role::Viewer),
+        summary: "One enrolled device.",
+        params: &[Param {
+            name: "id",
+            location: "path",
+            description: "Device id.",
+        }],
+        body: None,
+        ok: 200,
+        make: || get(get_device),
+    },
+    Route {
+        method: Method::GET,
+        path: "/api/v1/receipts",
+        role: Some(Role::Viewer),
+        summary: "Receipts as received (verified or not), newest first.",
+        params: &[
+            Param {
+                name: "device",
+                location: "query",
+                description: "Only this device's receipts.",
+            },
+            LIMIT,
+        ],
+        body: None,
+        ok: 200,
+        make: || get(list_receipts),
+    },
+    Route {
+        method: Method::GET,
+        path: "/api/v1/workflows",
+        role: Some(Role::Viewer),
+        summary: "Uploaded signed workflows (without their text), newest first.",
+        params: &[LIMIT],
+        body: None,
+        ok: 200,
+        make: || get(list_workflows),
+    },
+    Route {
+        method: Method::POST,
+        path: "/api/v1/workflows",
+        role: Some(Role::Operator),
+        summary: "Upload a signed workflow: stored only if it verifies against the service's \
+                  trust metadata (signature, issuer, targets, time, pipeline).",
+        params: &[],
+        body: Some(
+            "{\"document\": \"<the signed workflow, as chimera sign wrote it>\"}; no other field.",
+        ),
+        ok: 201,
+        make: || post(upload_workflow),
+    },
+    Route {
+        method: Method::GET,
+        path: "/api/v1/audit",
+        role: Some(Role::Admin),
+        summary: "The audit log, newest first.",
+        params: &[LIMIT],
+        body: None,
+        ok: 200,
+        make: || get(list_audit),
+    },
+];
+
+/// The router: every route of [`ROUTES`], default-deny authorisation, the body limit.
+pub(crate) fn router(state: AppState, max_body_bytes: usize) -> Router {
+    let mut r = Router::new();
+    for route in ROUTES {
+        r = r.route(route.path, (route.make)());
+    }
+    r.fallback(not_found)
+        .layer(middleware::from_fn_with_state(state.clone(), authorise))
+        .layer(DefaultBodyLimit::max(max_body_bytes))
+        .with_state(state)
+}
+
+/// The OpenAPI 3.1 document of [`ROUTES`].
+pub(crate) fn openapi_document() -> Value {
+    let mut paths = serde_json::Map::new();
+    for r in ROUTES {
+        let mut params: Vec<Value> = r
+            .params
+            .iter()
+            .map(|p| {
+                json!({
+                    "name": p.name, "in": p.location, "required": p.location == "path",
+                    "description": p.description, "schema": { "type": "string" }
+                })
+            })
+            .collect();
+        params.sort_by_key(|p| p["name"].to_string());
+        let mut responses = serde_json::Map::new();
+        responses.insert(
+            r.ok.to_string(),
+            json!({ "description": "Success (JSON).", "content": { "application/json": { "schema": {} } } }),
+        );
+        let error = |d: &str| json!({ "description": d, "content": { "application/json": { "schema": { "$ref": "#/components/schemas/Error" } } } });
+        if r.role.is_some() {
+            responses.insert(
+                "401".into(),
+                error("No token, or a token the service does not know."),
+            );
+            responses.insert(
+                "403".into(),
+                error("The token's role is below the route's."),
+            );
+        }
+        if !r.params.is_empty() || r.body.is_some() {
+            responses.insert(
+                "400".into(),
+                error("A parameter or the body is malformed; the error names it."),
+            );
+        }
+        if r.path.contains('{') {
+            responses.insert("404".into(), error("No such object."));
+        }
+        if r.body.is_some() {
+            responses.insert(
+                "413".into(),
+                error("The body is over the configured limit."),
+            );
+            responses.insert(
+                "422".into(),
+                error("The document was refused; `check` names the check that failed."),
+            );
+        }
+        let mut op = json!({
+            "operationId": format!("{}{}", r.method.as_str().to_lowercase(), r.path.replace(['/', '{', '}', '.'], "_")),
+            "summary": r.summary,
+            "parameters": params,
+            "responses": responses,
+            "security": match r.role { Some(_) => json!([{ "bearer": [] }]), None => json!([]) },
+            "x-aegis-role": r.role.map(Role::as_str),
+        });
+        if let Some(body) = r.body {
+            op["requestBody"] = json!({
+                "required": true, "description": body,
+                "content": { "application/json": { "schema": {
+                    "type": "object", "additionalProperties": false, "required": ["document"],
+                    "properties": { "document": { "type": "string" } } } } }
+            });
+        }
+        let entry = paths.entry(r.path).or_insert_with(|| json!({}));
+        entry[r.method.as_str().to_lowercase()] = op;
+    }
+    json!({
+        "openapi": "3.1.0",
+        "info": {
+            "title": "chimera serve",
+            "version": env!("CARGO_PKG_VERSION"),
+            "description": "The Aegis Edge gateway service (docs/chimera-serve.md). Every route \
+                            needs `Authorization: Bearer <API token>` except those whose \
+                            `security` is empty; `x-aegis-role` is the least role it needs \
+                            (viewer < operator < admin)."
+        },
+        "components": {
+            "securitySchemes": { "bearer": { "type": "http", "scheme": "bearer" } },
+            "schemas": { "Error": {
+                "type": "object", "required": ["error"],
+                "properties": { "error": { "type": "string" }, "check": { "type": "string" } } } }
+        },
+        "paths": paths,
+    })
+}
+
+/// An error answer: `{"error": …}` (and `check` for refused uploads).
+#[derive(Debug)]
+pub(crate) struct ApiError {
+    status: StatusCode,
+    body: Value,
+}
+
+impl ApiError {
+    fn new(status: StatusCode, message: impl std::fmt::Display) -> ApiError {
+        ApiError {
+            status,
+            body: json!({ "error": message.to_string() }),
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let mut r = (self.status, Json(self.body)).into_response();
+        if self.status == StatusCode::UNAUTHORIZED {
+            r.headers_mut()
+                .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+        }
+        r
+    }
+}
+
+impl From<super::store::StoreError> for ApiError {
+    fn from(e: super::store::StoreError) -> ApiError {
+        eprintln!("chimera serve: {e}");
+        ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal error (logged)")
+    }
+}
+
+impl From<JsonRejection> for ApiError {
+    fn from(e: JsonRejection) -> ApiError {
+        // body_text names the field (`unknown field `x``, `missing field `document``).
+        ApiError::new(e.status(), format!("request body: {}", e.body_text()))
+    }
+}
+
+impl From<QueryRejection> for ApiError {
+    fn from(e: QueryRejection) -> ApiError {
+        ApiError::new(StatusCode::BAD_REQUEST, e.body_text())
+    }
+}
+
+/// The least role `method path` needs: the table's, admin for anything not in it.
+fn needed_role(method: &Method, matched: Option<&str>) -> Option<Role> {
+    match matched.and_then(|p| ROUTES.iter().find(|r| r.path == p && r.method == *method)) {
+        Some(r) => r.role,
+        None => Some(Role::Admin),
+    }
+}
+
+/// Longest `Authorization` value looked at (a token is 72 characters).
+const MAX_AUTHORIZATION_BYTES: usize = 256;
+
+async fn authorise(State(s): State<AppState>, mut req: Request, next: Next) -> Response {
+    let matched = req
+        .extensions()
+        .get::<MatchedPath>()
+        .map(|m| m.as_str().to_string());
+    let Some(needed) = needed_role(req.method(), matched.as_deref()) else {
+        return next.run(req).await;
+    };
+    let token = req
+        .headers()
+        .get(header::AUTHORIZATION)
+        .filter(|v| v.len() <= MAX_AUTHORIZATION_BYTES)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| {
+            let (scheme, token) = v.split_once(' ')?;
+            scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
+        })
+        .filter(|t| !t.is_empty());
+    let Some(token) = token else {
+        return ApiError::new(
+            StatusCode::UNAUTHORIZED,
+            "this route needs `Authorization: Bearer <API token>`",
+        )
+        .into_response();
+    };
+    let caller = match s.store.token(service::token_hash(token)).await {
+        Ok(Some((name, role))) => Caller { name, role },
+        Ok(None) => {
+            return ApiError::new(StatusCode::UNAUTHORIZED, "unknown API token").into_response();
+        }
+        Err(e) => return ApiError::from(e).into_response(),
+    };
+    if caller.role < needed {
+        return ApiError::new(
+            StatusCode::FORBIDDEN,
+            format!(
+                "token {:?} has role {}; this route needs {}",
+                caller.name,
+                caller.role.as_str(),
+                needed.as_str()
+            ),
+        )
+        .into_response();
+    }
+    req.extensions_mut().insert(caller);
+    next.run(req).await
+}
+
+async fn not_found() -> ApiError {
+    ApiError::new(StatusCode::NOT_FOUND, "no such route")
+}
+
+async fn healthz() -> &'static str {
+    "ok"
+}
+
+async fn openapi() -> Json<Value> {
+    Json(openapi_document())
+}
+
+/// `?limit=` (and nothing else).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct LimitQuery {
+    limit: Option<u32>,
+}
+
+/// `?device=&limit=`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ReceiptQuery {
+    device: Option<String>,
+    limit: Option<u32>,
+}
+
+fn limit(l: Option<u32>) -> Result<u32, ApiError> {
+    match l.unwrap_or(100) {
+        n @ 1..=1000 => Ok(n),
+        n => Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            format!("limit: {n} is not in 1..=1000"),
+        )),
+    }
+}
+
+async fn list_devices(State(s): State<AppState>) -> Result<Json<Value>, ApiError> {
+    Ok(Json(json!(s.store.devices().await?)))
+}
+
+async fn get_device(
+    State(s): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    match s.store.device(id.clone()).await? {
+        Some(d) => Ok(Json(json!(d))),
+        None => Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            format!("no enrolled device {id:?}"),
+        )),
+    }
+}
+
+async fn list_receipts(
+    State(s): State<AppState>,
+    q: Result<Query<ReceiptQuery>, QueryRejection>,
+) -> Result<Json<Value>, ApiError> {
+    let Query(q) = q?;
+    let n = limit(q.limit)?;
+    Ok(Json(json!(s.store.receipts(q.device, n).await?)))
+}
+
+async fn list_workflows(
+    State(s): State<AppState>,
+    q: Result<Query<LimitQuery>, QueryRejection>,
+) -> Result<Json<Value>, ApiError> {
+    let Query(q) = q?;
+    Ok(Json(json!(s.store.workflows(limit(q.limit)?).await?)))
+}
+
+async fn list_audit(
+    State(s): State<AppState>,
+    q: Result<Query<LimitQuery>, QueryRejection>,
+) -> Result<Json<Value>, ApiError> {
+    let Query(q) = q?;
+    Ok(Json(json!(s.store.audit_log(limit(q.limit)?).await?)))
+}
+
+/// `POST /api/v1/workflows`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Upload {
+    /// The signed workflow.
+    document: String,
+}
+
+async fn upload_workflow(
+    State(s): State<AppState>,
+    Extension(caller): Extension<Caller>,
+    body: Result<Json<Upload>, JsonRejection>,
+) -> Result<(StatusCode, Json<Value>), ApiError> {
+    let Json(up) = body?;
+    let Some(trust) = s.trust.clone() else {
+        return Err(ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "this service has no trust metadata to check workflows against \
+             (serve.yaml: trust_metadata, trust_roots)",
+        ));
+    };
+    let actor = caller.actor();
+    let checked = {
+        let doc = up.document.clone();
+        let actor = actor.clone();
+        // ML-DSA verification and YAML parsing: CPU work off the async workers.
+        tokio::task::spawn_blocking(move || {
+            service::check_upload(doc.as_bytes(), &trust, aegis_ota::maml::now_s(), &actor)
+        })
+        .await
+        .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e))?
+    };
+    let w = match checked {
+        Ok(w) => w,
+        Err(refused) => {
+            s.store
+                .audit(actor, "workflow.refused".into(), refused.to_string())
+                .await?;
+            return Err(ApiError {
+                status: StatusCode::UNPROCESSABLE_ENTITY,
+                body: json!({
+                    "error": format!("workflow refused: {refused}"),
+                    "check": refused.check,
+                }),
+            });
+        }
+    };
+    let created = s.store.add_workflow(w.clone(), up.document).await?;
+    s.store
+        .audit(
+            actor,
+            "workflow.upload".into(),
+            format!(
+                "{} sequence {} digest {}{}",
+                w.id,
+                w.sequence,
+                w.digest,
+                if created { "" } else { " (already held)" }
+            ),
+        )
+        .await?;
+    let status = if created {
+        StatusCode::CREATED
+    } else {
+        StatusCode::OK
+    };
+    Ok((status, Json(json!(w))))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_document_lists_every_route_with_its_role() {
+        let doc = openapi_document();
+        for r in ROUTES {
+            let op = &doc["paths"][r.path][r.method.as_str().to_lowercase()];
+            assert!(op.is_object(), "{} {} missing", r.method, r.path);
+            assert_eq!(op["x-aegis-role"], json!(r.role.map(Role::as_str)));
+        }
+        // Only /healthz and the document itself are public.
+        let public: Vec<_> = ROUTES
+            .iter()
+            .filter(|r| r.role.is_none())
+            .map(|r| r.path)
+            .collect();
+        assert_eq!(public, ["/healthz", "/api/v1/openapi.json"]);
+    }
+
+    #[test]
+    fn anything_not_in_the_table_needs_an_admin() {
+        assert_eq!(needed_role(&Method::GET, None), Some(Role::Admin));
+        assert_eq!(
+            needed_role(&Method::DELETE, Some("/api/v1/devices")),
+            Some(Role::Admin)
+        );
+        assert_eq!(
+            needed_role(&Method::GET, Some("/api/v1/devices")),
+            Some(Role::Viewer)
+        );
+        assert_eq!(needed_role(&Method::GET, Some("/healthz")), None);
+    }
+}

@@ -1,0 +1,235 @@
+//! `chimera serve`: the gateway as a service (issue 21; docs/chimera-serve.md). This first
+//! slice: an HTTP API over a SQLite state file (devices imported from the CLI's registry,
+//! receipts verified with each device's enrolled key, signed workflow uploads checked
+//! against the trust metadata, an audit log), with API tokens and roles.
+//!
+//! What it must not do: hold or ask for the offline root key or an issuer's secret key —
+//! its configuration has no place for either; it verifies with public keys only.
+//!
+//! Layout (vector's habit): `config.rs` is the contract, `store.rs` the state behind a
+//! trait, `service.rs` the decisions, `api.rs` the HTTP surface.
+
+mod api;
+mod config;
+mod service;
+mod store;
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use clap::Subcommand;
+
+use config::ServeConfig;
+use store::{Role, SqliteStore, Store};
+
+/// `chimera serve`.
+#[derive(clap::Args)]
+pub(crate) struct ServeArgs {
+    /// The service's configuration (YAML; docs/chimera-serve.md lists its keys).
+    #[arg(long, global = true, default_value = "serve.yaml")]
+    config: PathBuf,
+    #[command(subcommand)]
+    what: Option<ServeCommand>,
+}
+
+#[derive(Subcommand)]
+enum ServeCommand {
+    /// API tokens (bearer tokens for tools and CI).
+    Token {
+        #[command(subcommand)]
+        what: TokenCommand,
+    },
+    /// Receipts: record one as the service's MQTT ingest will (verified with the enrolled
+    /// key of the device it is recorded for).
+    Receipt {
+        #[command(subcommand)]
+        what: ReceiptCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum TokenCommand {
+    /// Make a token and print it, once; only its SHA-256 is stored.
+    Create {
+        /// viewer (reads), operator (also uploads workflows), admin (also reads the audit log).
+        #[arg(long, value_parser = parse_role)]
+        role: Role,
+        /// A unique name (audit rows say `token:NAME`).
+        #[arg(long)]
+        name: String,
+    },
+}
+
+#[derive(Subcommand)]
+enum ReceiptCommand {
+    /// Record a device's `.mu` receipt file.
+    Add {
+        /// The device it was received from (its enrolled key must verify it).
+        #[arg(long)]
+        device: String,
+        /// The receipt file.
+        file: PathBuf,
+    },
+}
+
+fn parse_role(s: &str) -> Result<Role, String> {
+    Role::parse(s).ok_or_else(|| format!("{s:?}: one of viewer, operator, admin"))
+}
+
+/// Runs `chimera serve …`.
+pub(crate) fn run(args: ServeArgs) -> anyhow::Result<()> {
+    let cfg = ServeConfig::read(&args.config)?;
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
+    rt.block_on(async move {
+        match args.what {
+            None => serve(cfg).await,
+            Some(ServeCommand::Token {
+                what: TokenCommand::Create { role, name },
+            }) => create_token(&cfg, role, name).await,
+            Some(ServeCommand::Receipt {
+                what: ReceiptCommand::Add { device, file },
+            }) => add_receipt(&cfg, &device, &file).await,
+        }
+    })
+}
+
+/// Opens the database (migrating it) and brings in the registry and token files: what
+/// every command starts with, so the CLI and the service see the same devices.
+async fn open(cfg: &ServeConfig) -> anyhow::Result<SqliteStore> {
+    crate::create_dir(&cfg.state)?;
+    let store = SqliteStore::open(&cfg.database)?;
+    let (devices, groups) = service::read_registry(&cfg.registry)?;
+    let (nd, ng) = (devices.len(), groups.len());
+    let counts = store.import_registry(devices, groups).await?;
+    if counts.added + counts.updated > 0 {
+        store
+            .audit(
+                "system".into(),
+                "registry.import".into(),
+                format!(
+                    "{}: {nd} devices ({} added, {} updated), {ng} group entries",
+                    cfg.registry.display(),
+                    counts.added,
+                    counts.updated
+                ),
+            )
+            .await?;
+    }
+    for t in cfg.token_hashes()? {
+        if store
+            .create_token(t.name.clone(), t.role, t.sha256.to_ascii_lowercase())
+            .await?
+        {
+            store
+                .audit(
+                    "system".into(),
+                    "token.import".into(),
+                    format!("{} ({})", t.name, t.role.as_str()),
+                )
+                .await?;
+        }
+    }
+    Ok(store)
+}
+
+async fn create_token(cfg: &ServeConfig, role: Role, name: String) -> anyhow::Result<()> {
+    anyhow::ensure!(
+        !name.is_empty() && name.len() <= 64 && !name.chars().any(char::is_control),
+        "--name: 1 to 64 characters, no control characters"
+    );
+    let store = open(cfg).await?;
+    let (token, hash) = service::new_token()?;
+    anyhow::ensure!(
+        store.create_token(name.clone(), role, hash).await?,
+        "a token named {name:?} exists already"
+    );
+    store
+        .audit(
+            "cli".into(),
+            "token.create".into(),
+            format!("{name} ({})", role.as_str()),
+        )
+        .await?;
+    eprintln!(
+        "token {name:?} ({}): shown once, store it now",
+        role.as_str()
+    );
+    println!("{token}");
+    Ok(())
+}
+
+async fn add_receipt(
+    cfg: &ServeConfig,
+    device: &str,
+    file: &std::path::Path,
+) -> anyhow::Result<()> {
+    let store = open(cfg).await?;
+    let text = crate::read_file(file)?;
+    let r = service::ingest_receipt(&store, device, &text).await?;
+    match r.error {
+        None => println!("receipt {} from {device}: verified", r.id),
+        Some(e) => anyhow::bail!(
+            "receipt {} from {device} recorded as NOT verified: {e}",
+            r.id
+        ),
+    }
+    Ok(())
+}
+
+async fn serve(cfg: ServeConfig) -> anyhow::Result<()> {
+    let store = open(&cfg).await?;
+    let trust = match &cfg.trust_metadata {
+        Some(f) => Some(Arc::new(service::load_trust(f, &cfg.trust_roots)?)),
+        None => None,
+    };
+    let listener = tokio::net::TcpListener::bind(cfg.listen)
+        .await
+        .map_err(|e| anyhow::anyhow!("cannot listen on {}: {e}", cfg.listen))?;
+    let addr = listener.local_addr()?;
+    store
+        .audit(
+            "system".into(),
+            "service.start".into(),
+            format!(
+                "listening on {addr}; trust metadata {}",
+                trust
+                    .as_ref()
+                    .map_or("none".into(), |t| format!("version {}", t.version))
+            ),
+        )
+        .await?;
+    let app = api::router(
+        api::AppState {
+            store: Arc::new(store),
+            trust,
+        },
+        cfg.max_body_bytes,
+    );
+    // Tests and scripts read the address from this line (listen: …:0 picks a free port).
+    println!("chimera serve: listening on http://{addr}");
+    use std::io::Write as _;
+    let _ = std::io::stdout().flush();
+    axum::serve(listener, app)
+        .with_graceful_shutdown(shutdown())
+        .await?;
+    Ok(())
+}
+
+/// Ctrl-C or SIGTERM.
+async fn shutdown() {
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending().await,
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term => {}
+    }
+}

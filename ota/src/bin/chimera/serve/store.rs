@@ -1,0 +1,794 @@
+//! The service's state behind [`Store`]: one method per operation the service performs (not
+//! generic SQL), so a PostgreSQL implementation can be added beside [`SqliteStore`] without
+//! touching the API. The SQL is portable (see `migrations/`); what differs per engine is how a
+//! connection is driven.
+//!
+//! SQLite: `rusqlite` on one connection behind a mutex, every call on
+//! `tokio::task::spawn_blocking` so the HTTP tasks never block on the disk. WAL, so readers
+//! (a second `chimera serve token create` while the service runs) do not wait on the writer.
+//!
+//! This module never verifies anything: callers (`service.rs`) decide what is `verified`.
+
+use std::future::Future;
+use std::path::{Path, PathBuf};
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+
+use rusqlite::{Connection, OptionalExtension, params};
+use serde::Serialize;
+
+/// The migrations, in order: version, name, SQL. Applied each in its own transaction and
+/// recorded in `schema_migrations`; never edit one that has shipped, add the next.
+pub(crate) const MIGRATIONS: &[(i64, &str, &str)] = &[
+    (1, "init", include_str!("migrations/0001_init.sql")),
+    (
+        2,
+        "workflows",
+        include_str!("migrations/0002_workflows.sql"),
+    ),
+];
+
+/// Why a store operation failed.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum StoreError {
+    /// The database said no.
+    #[error("database {path}: {source}")]
+    Db {
+        /// The database file.
+        path: PathBuf,
+        /// What SQLite said.
+        source: rusqlite::Error,
+    },
+    /// The blocking task died (a panic in a store call).
+    #[error("database task: {0}")]
+    Task(String),
+    /// The database holds a schema newer than this build knows.
+    #[error("database {path}: schema version {found} is newer than this chimera ({known})")]
+    TooNew {
+        /// The database file.
+        path: PathBuf,
+        /// Its version.
+        found: i64,
+        /// The newest this build knows.
+        known: i64,
+    },
+}
+
+/// A store call's future (boxed, so the trait stays usable as `dyn Store`).
+pub(crate) type StoreFuture<'a, T> =
+    Pin<Box<dyn Future<Output = Result<T, StoreError>> + Send + 'a>>;
+
+/// A role, lowest first: each role may do what the ones before it may.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub(crate) enum Role {
+    /// Reads the fleet, receipts and workflows.
+    Viewer,
+    /// Also uploads workflows (and, later, publishes and runs rollouts).
+    Operator,
+    /// Also reads the audit log (and, later, manages tokens and keys).
+    Admin,
+}
+
+impl Role {
+    /// The word used in the database, the CLI and the API.
+    pub(crate) fn as_str(self) -> &'static str {
+        match self {
+            Role::Viewer => "viewer",
+            Role::Operator => "operator",
+            Role::Admin => "admin",
+        }
+    }
+
+    /// The role a stored word names.
+    pub(crate) fn parse(s: &str) -> Option<Role> {
+        match s {
+            "viewer" => Some(Role::Viewer),
+            "operator" => Some(Role::Operator),
+            "admin" => Some(Role::Admin),
+            _ => None,
+        }
+    }
+}
+
+/// A device as the registry enrols it.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct Enrolment {
+    /// Device id.
+    pub(crate) id: String,
+    /// Base64 ML-DSA-65 public key.
+    pub(crate) signing_key: String,
+    /// Its key id.
+    pub(crate) key_id: String,
+    /// Base64 ML-KEM-768 public key.
+    pub(crate) kem_key: Option<String>,
+    /// Its groups.
+    pub(crate) groups: Vec<String>,
+}
+
+/// A group as the registry names it.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct GroupEntry {
+    /// Name.
+    pub(crate) name: String,
+    /// Its sealing key line, if `chimera group-key` made one.
+    pub(crate) kem_key: Option<String>,
+}
+
+/// The last receipt of a device, as the fleet list shows it.
+#[derive(Debug, Clone, Serialize)]
+pub(crate) struct ReceiptSummary {
+    /// Receipt id (service-made).
+    pub(crate) id: String,
+    /// `workflow`, `trust` or `unverified`.
+    pub(crate) kind: String,
+    /// The workflow's id (verified receipts only).
+    pub(crate) workflow_id: Option<String>,
+    /// SHA-256 of the workflow's signed bytes (verified receipts only).
+    pub(crate) digest: Option<String>,
+    /// What the device did (verified receipts only).
+    pub(crate) verdict: Option<String>,
+    /// Whether the device's enrolled key verified the receipt.
+    pub(crate) verified: bool,
+    /// Why it did not verify.
+    pub(crate) error: Option<String>,
+    /// When the service received it (unix milliseconds).
+    pub(crate) received_at: i64,
+}
+
+/// A device with its groups and last receipt.
+#[derive(Debug, Clone, Serialize)]
+pub(crate) struct Device {
+    /// Device id.
+    pub(crate) id: String,
+    /// Its signing key's id.
+    pub(crate) key_id: String,
+    /// Whether it has a sealing key enrolled.
+    pub(crate) sealing_key: bool,
+    /// Its groups.
+    pub(crate) groups: Vec<String>,
+    /// Its newest receipt (verified or not), if any.
+    pub(crate) last_receipt: Option<ReceiptSummary>,
+}
+
+/// A stored receipt, with the text the device sent.
+#[derive(Debug, Clone, Serialize)]
+pub(crate) struct StoredReceipt {
+    /// The device the receipt was received for.
+    pub(crate) device: String,
+    /// The summary.
+    #[serde(flatten)]
+    pub(crate) summary: ReceiptSummary,
+    /// The receipt as received.
+    pub(crate) signed_text: String,
+}
+
+/// An audit row.
+#[derive(Debug, Clone, Serialize)]
+pub(crate) struct AuditRow {
+    /// Row id.
+    pub(crate) id: String,
+    /// When (unix milliseconds).
+    pub(crate) at: i64,
+    /// Who: `token:NAME`, `cli`, `system`.
+    pub(crate) actor: String,
+    /// What (`token.create`, `registry.import`, `workflow.upload`, …).
+    pub(crate) action: String,
+    /// Details (free text, never a secret).
+    pub(crate) detail: String,
+}
+
+/// A workflow document the service holds.
+#[derive(Debug, Clone, Serialize)]
+pub(crate) struct Workflow {
+    /// SHA-256 of its signed bytes.
+    pub(crate) digest: String,
+    /// Its id.
+    pub(crate) id: String,
+    /// Its sequence.
+    pub(crate) sequence: u64,
+    /// The issuer (trust metadata name).
+    pub(crate) issuer: String,
+    /// The issuer key that signed it.
+    pub(crate) key_id: String,
+    /// Whether its body is sealed.
+    pub(crate) sealed: bool,
+    /// Devices it targets.
+    pub(crate) devices: Vec<String>,
+    /// Groups it targets.
+    pub(crate) groups: Vec<String>,
+    /// Who uploaded it.
+    pub(crate) created_by: String,
+    /// When (unix milliseconds).
+    pub(crate) created_at: i64,
+}
+
+/// A receipt to record (its verification already decided by the caller).
+#[derive(Debug, Clone)]
+pub(crate) struct NewReceipt {
+    /// The device it was received for (topic or caller; its key was the one tried).
+    pub(crate) device: String,
+    /// `workflow`, `trust` or `unverified`.
+    pub(crate) kind: String,
+    /// Verified fields (all None when not verified).
+    pub(crate) workflow_id: Option<String>,
+    /// The workflow digest it names.
+    pub(crate) digest: Option<String>,
+    /// Its verdict.
+    pub(crate) verdict: Option<String>,
+    /// The text as received.
+    pub(crate) signed_text: String,
+    /// Whether the device's enrolled key verified it.
+    pub(crate) verified: bool,
+    /// Why not.
+    pub(crate) error: Option<String>,
+}
+
+/// What the registry import changed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub(crate) struct ImportCounts {
+    /// Devices inserted.
+    pub(crate) added: usize,
+    /// Devices whose keys or groups changed.
+    pub(crate) updated: usize,
+    /// Devices already as the registry says.
+    pub(crate) unchanged: usize,
+}
+
+/// The service's operations on its state.
+pub(crate) trait Store: Send + Sync {
+    /// Inserts or updates the registry's devices and groups (idempotent: the same registry
+    /// twice changes nothing the second time).
+    fn import_registry(
+        &self,
+        devices: Vec<Enrolment>,
+        groups: Vec<GroupEntry>,
+    ) -> StoreFuture<'_, ImportCounts>;
+    /// Records a token's hash; false when that name or hash exists.
+    fn create_token(&self, name: String, role: Role, sha256: String) -> StoreFuture<'_, bool>;
+    /// The name and role of the token with this hash.
+    fn token(&self, sha256: String) -> StoreFuture<'_, Option<(String, Role)>>;
+    /// Every device, with groups and last receipt.
+    fn devices(&self) -> StoreFuture<'_, Vec<Device>>;
+    /// One device.
+    fn device(&self, id: String) -> StoreFuture<'_, Option<Device>>;
+    /// A device's enrolled signing key (base64).
+    fn signing_key(&self, id: String) -> StoreFuture<'_, Option<String>>;
+    /// Records a receipt; returns its id.
+    fn add_receipt(&self, r: NewReceipt) -> StoreFuture<'_, String>;
+    /// Newest receipts first, of one device or all.
+    fn receipts(&self, device: Option<String>, limit: u32) -> StoreFuture<'_, Vec<StoredReceipt>>;
+    /// Appends an audit row.
+    fn audit(&self, actor: String, action: String, detail: String) -> StoreFuture<'_, ()>;
+    /// Newest audit rows first.
+    fn audit_log(&self, limit: u32) -> StoreFuture<'_, Vec<AuditRow>>;
+    /// Stores a verified workflow; false when one with that digest exists.
+    fn add_workflow(&self, w: Workflow, text: String) -> StoreFuture<'_, bool>;
+    /// Newest workflows first.
+    fn workflows(&self, limit: u32) -> StoreFuture<'_, Vec<Workflow>>;
+}
+
+/// Milliseconds since the Unix epoch.
+pub(crate) fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64)
+}
+
+/// A random 128-bit id, hex.
+pub(crate) fn new_id() -> String {
+    let mut b = [0u8; 16];
+    // getrandom fails only without an OS random source, where nothing here works anyway;
+    // the time keeps ids distinct in that case.
+    if getrandom::fill(&mut b).is_err() {
+        b[..8].copy_from_slice(&now_ms().to_le_bytes());
+    }
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
+/// The SQLite store (one file).
+#[derive(Clone)]
+pub(crate) struct SqliteStore {
+    path: PathBuf,
+    conn: Arc<Mutex<Connection>>,
+}
+
+impl SqliteStore {
+    /// Opens (creating) the database and applies the migrations it lacks.
+    pub(crate) fn open(path: &Path) -> Result<SqliteStore, StoreError> {
+        let db = |source| StoreError::Db {
+            path: path.to_path_buf(),
+            source,
+        };
+        if let Some(d) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            let _ = std::fs::create_dir_all(d);
+        }
+        let mut conn = Connection::open(path).map_err(db)?;
+        conn.busy_timeout(std::time::Duration::from_secs(5))
+            .map_err(db)?;
+        conn.pragma_update(None, "journal_mode", "WAL")
+            .map_err(db)?;
+        conn.pragma_update(None, "foreign_keys", "ON").map_err(db)?;
+        migrate(&mut conn, path)?;
+        Ok(SqliteStore {
+            path: path.to_path_buf(),
+            conn: Arc::new(Mutex::new(conn)),
+        })
+    }
+
+    /// Runs `f` on the connection on a blocking thread.
+    fn call<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&mut Connection) -> rusqlite::Result<T> + Send + 'static,
+    ) -> StoreFuture<'_, T> {
+        let conn = self.conn.clone();
+        let path = self.path.clone();
+        Box::pin(async move {
+            tokio::task::spawn_blocking(move || {
+                // A panic while holding the lock poisons it; the connection itself is
+                // still consistent (SQLite rolls back an unfinished transaction).
+                let mut c = conn.lock().unwrap_or_else(|p| p.into_inner());
+                f(&mut c).map_err(|source| StoreError::Db { path, source })
+            })
+            .await
+            .map_err(|e| StoreError::Task(e.to_string()))?
+        })
+    }
+}
+
+/// Applies the migrations the database lacks, each in a transaction with its
+/// `schema_migrations` row, in order.
+fn migrate(conn: &mut Connection, path: &Path) -> Result<(), StoreError> {
+    let db = |source| StoreError::Db {
+        path: path.to_path_buf(),
+        source,
+    };
+    conn.execute_batch(
+        "CREATE TABLE IF NOT EXISTS schema_migrations (
+             version    BIGINT PRIMARY KEY,
+             name       TEXT NOT NULL,
+             applied_at BIGINT NOT NULL
+         )",
+    )
+    .map_err(db)?;
+    let found: i64 = conn
+        .query_row(
+            "SELECT COALESCE(MAX(version), 0) FROM schema_migrations",
+            [],
+            |r| r.get(0),
+        )
+        .map_err(db)?;
+    let known = MIGRATIONS.last().map_or(0, |m| m.0);
+    if found > known {
+        return Err(StoreError::TooNew {
+            path: path.to_path_buf(),
+            found,
+            known,
+        });
+    }
+    for (version, name, sql) in MIGRATIONS.iter().filter(|m| m.0 > found) {
+        // IMMEDIATE: two processes starting on one new file do not both migrate.
+        let tx = conn
+            .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
+            .map_err(db)?;
+        let done: Option<i64> = tx
+            .query_row(
+                "SELECT version FROM schema_migrations WHERE version = ?1",
+                [version],
+                |r| r.get(0),
+            )
+            .optional()
+            .map_err(db)?;
+        if done.is_some() {
+            continue;
+        }
+        tx.execute_batch(sql).map_err(db)?;
+        tx.execute(
+            "INSERT INTO schema_migrations (version, name, applied_at) VALUES (?1, ?2, ?3)",
+            params![version, name, now_ms()],
+        )
+        .map_err(db)?;
+        tx.commit().map_err(db)?;
+    }
+    Ok(())
+}
+
+fn summary(r: &rusqlite::Row<'_>, at: usize) -> rusqlite::Result<ReceiptSummary> {
+    Ok(ReceiptSummary {
+        id: r.get(at)?,
+        kind: r.get(at + 1)?,
+        workflow_id: r.get(at + 2)?,
+        digest: r.get(at + 3)?,
+        verdict: r.get(at + 4)?,
+        verified: r.get::<_, i64>(at + 5)? != 0,
+        error: r.get(at + 6)?,
+        received_at: r.get(at + 7)?,
+    })
+}
+
+const SUMMARY_COLUMNS: &str =
+    "id, kind, workflow_id, digest, verdict, verified, error, received_at";
+
+fn load_device(c: &Connection, id: &str) -> rusqlite::Result<Option<Device>> {
+    let row = c
+        .query_row(
+            "SELECT id, key_id, kem_key FROM devices WHERE id = ?1",
+            [id],
+            |r| {
+                Ok((
+                    r.get::<_, String>(0)?,
+                    r.get::<_, String>(1)?,
+                    r.get::<_, Option<String>>(2)?,
+                ))
+            },
+        )
+        .optional()?;
+    let Some((id, key_id, kem)) = row else {
+        return Ok(None);
+    };
+    let mut st =
+        c.prepare("SELECT group_name FROM group_members WHERE device_id = ?1 ORDER BY group_name")?;
+    let groups = st
+        .query_map([&id], |r| r.get(0))?
+        .collect::<rusqlite::Result<Vec<String>>>()?;
+    let last_receipt = c
+        .query_row(
+            &format!(
+                "SELECT {SUMMARY_COLUMNS} FROM receipts WHERE device_id = ?1 \
+                 ORDER BY received_at DESC, id DESC LIMIT 1"
+            ),
+            [&id],
+            |r| summary(r, 0),
+        )
+        .optional()?;
+    Ok(Some(Device {
+        id,
+        key_id,
+        sealing_key: kem.is_some(),
+        groups,
+        last_receipt,
+    }))
+}
+
+fn strings(json: &str) -> Vec<String> {
+    serde_json::from_str(json).unwrap_or_default()
+}
+
+impl Store for SqliteStore {
+    fn import_registry(
+        &self,
+        devices: Vec<Enrolment>,
+        groups: Vec<GroupEntry>,
+    ) -> StoreFuture<'_, ImportCounts> {
+        self.call(move |c| {
+            let tx = c.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+            let mut counts = ImportCounts::default();
+            for g in &groups {
+                tx.execute(
+                    "INSERT INTO groups (name, kem_key) VALUES (?1, ?2) \
+                     ON CONFLICT (name) DO UPDATE SET kem_key = excluded.kem_key",
+                    params![g.name, g.kem_key],
+                )?;
+            }
+            for d in &devices {
+                let old = load_device(&tx, &d.id)?;
+                let old_key: Option<(String, Option<String>)> = tx
+                    .query_row(
+                        "SELECT signing_key, kem_key FROM devices WHERE id = ?1",
+                        [&d.id],
+                        |r| Ok((r.get(0)?, r.get(1)?)),
+                    )
+                    .optional()?;
+                let mut groups = d.groups.clone();
+                groups.sort();
+                groups.dedup();
+                match (&old, &old_key) {
+                    (Some(o), Some((sk, kem)))
+                        if *sk == d.signing_key && *kem == d.kem_key && o.groups == groups =>
+                    {
+                        counts.unchanged += 1;
+                        continue;
+                    }
+                    (Some(_), _) => counts.updated += 1,
+                    (None, _) => counts.added += 1,
+                }
+                tx.execute(
+                    "INSERT INTO devices (id, signing_key, key_id, kem_key, enrolled_at) \
+                     VALUES (?1, ?2, ?3, ?4, ?5) ON CONFLICT (id) DO UPDATE SET \
+                     signing_key = excluded.signing_key, key_id = excluded.key_id, \
+                     kem_key = excluded.kem_key",
+                    params![d.id, d.signing_key, d.key_id, d.kem_key, now_ms()],
+                )?;
+                tx.execute("DELETE FROM group_members WHERE device_id = ?1", [&d.id])?;
+                for g in &groups {
+                    tx.execute(
+                        "INSERT INTO groups (name, kem_key) VALUES (?1, NULL) \
+                         ON CONFLICT (name) DO NOTHING",
+                        [g],
+                    )?;
+                    tx.execute(
+                        "INSERT INTO group_members (group_name, device_id) VALUES (?1, ?2)",
+                        params![g, d.id],
+                    )?;
+                }
+            }
+            tx.commit()?;
+            Ok(counts)
+        })
+    }
+
+    fn create_token(&self, name: String, role: Role, sha256: String) -> StoreFuture<'_, bool> {
+        self.call(move |c| {
+            let n = c.execute(
+                "INSERT INTO api_tokens (sha256, name, role, created_at) VALUES (?1, ?2, ?3, ?4) \
+                 ON CONFLICT DO NOTHING",
+                params![sha256, name, role.as_str(), now_ms()],
+            )?;
+            Ok(n == 1)
+        })
+    }
+
+    fn token(&self, sha256: String) -> StoreFuture<'_, Option<(String, Role)>> {
+        self.call(move |c| {
+            let row: Option<(String, String)> = c
+                .query_row(
+                    "SELECT name, role FROM api_tokens WHERE sha256 = ?1",
+                    [sha256],
+                    |r| Ok((r.get(0)?, r.get(1)?)),
+                )
+                .optional()?;
+            // A row with a role this build does not know grants nothing.
+            Ok(row.and_then(|(n, r)| Some((n, Role::parse(&r)?))))
+        })
+    }
+
+    fn devices(&self) -> StoreFuture<'_, Vec<Device>> {
+        self.call(|c| {
+            let ids = c
+                .prepare("SELECT id FROM devices ORDER BY id")?
+                .query_map([], |r| r.get::<_, String>(0))?
+                .collect::<rusqlite::Result<Vec<_>>>()?;
+            let mut out = Vec::with_capacity(ids.len());
+            for id in ids {
+                out.extend(load_device(c, &id)?);
+            }
+            Ok(out)
+        })
+    }
+
+    fn device(&self, id: String) -> StoreFuture<'_, Option<Device>> {
+        self.call(move |c| load_device(c, &id))
+    }
+
+    fn signing_key(&self, id: String) -> StoreFuture<'_, Option<String>> {
+        self.call(move |c| {
+            c.query_row("SELECT signing_key FROM devices WHERE id = ?1", [id], |r| {
+                r.get(0)
+            })
+            .optional()
+        })
+    }
+
+    fn add_receipt(&self, r: NewReceipt) -> StoreFuture<'_, String> {
+        self.call(move |c| {
+            let id = new_id();
+            c.execute(
+                "INSERT INTO receipts (id, device_id, kind, workflow_id, digest, verdict, \
+                 signed_text, received_at, verified, error) \
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
+                params![
+                    id,
+                    r.device,
+                    r.kind,
+                    r.workflow_id,
+                    r.digest,
+                    r.verdict,
+                    r.signed_text,
+                    now_ms(),
+                    i64::from(r.verified),
+                    r.error
+                ],
+            )?;
+            Ok(id)
+        })
+    }
+
+    fn receipts(&self, device: Option<String>, limit: u32) -> StoreFuture<'_, Vec<StoredReceipt>> {
+        self.call(move |c| {
+            let sql = format!(
+                "SELECT device_id, signed_text, {SUMMARY_COLUMNS} FROM receipts \
+                 WHERE (?1 IS NULL OR device_id = ?1) \
+                 ORDER BY received_at DESC, id DESC LIMIT ?2"
+            );
+            c.prepare(&sql)?
+                .query_map(params![device, limit], |r| {
+                    Ok(StoredReceipt {
+                        device: r.get(0)?,
+                        signed_text: r.get(1)?,
+                        summary: summary(r, 2)?,
+                    })
+                })?
+                .collect()
+        })
+    }
+
+    fn audit(&self, actor: String, action: String, detail: String) -> StoreFuture<'_, ()> {
+        self.call(move |c| {
+            c.execute(
+                "INSERT INTO audit (id, at, actor, action, detail) VALUES (?1, ?2, ?3, ?4, ?5)",
+                params![new_id(), now_ms(), actor, action, detail],
+            )?;
+            Ok(())
+        })
+    }
+
+    fn audit_log(&self, limit: u32) -> StoreFuture<'_, Vec<AuditRow>> {
+        self.call(move |c| {
+            c.prepare(
+                "SELECT id, at, actor, action, detail FROM audit \
+                     ORDER BY at DESC, id DESC LIMIT ?1",
+            )?
+            .query_map([limit], |r| {
+                Ok(AuditRow {
+                    id: r.get(0)?,
+                    at: r.get(1)?,
+                    actor: r.get(2)?,
+                    action: r.get(3)?,
+                    detail: r.get(4)?,
+                })
+            })?
+            .collect()
+        })
+    }
+
+    fn add_workflow(&self, w: Workflow, text: String) -> StoreFuture<'_, bool> {
+        self.call(move |c| {
+            let targets = serde_json::json!({ "devices": w.devices, "groups": w.groups });
+            let n = c.execute(
+                "INSERT INTO workflows (digest, id, sequence, issuer, key_id, sealed, targets, \
+                 text, created_by, created_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10) \
+                 ON CONFLICT (digest) DO NOTHING",
+                params![
+                    w.digest,
+                    w.id,
+                    w.sequence as i64,
+                    w.issuer,
+                    w.key_id,
+                    i64::from(w.sealed),
+                    targets.to_string(),
+                    text,
+                    w.created_by,
+                    w.created_at
+                ],
+            )?;
+            Ok(n == 1)
+        })
+    }
+
+    fn workflows(&self, limit: u32) -> StoreFuture<'_, Vec<Workflow>> {
+        self.call(move |c| {
+            c.prepare(
+                "SELECT digest, id, sequence, issuer, key_id, sealed, targets, created_by, \
+                     created_at FROM workflows ORDER BY created_at DESC, digest LIMIT ?1",
+            )?
+            .query_map([limit], |r| {
+                let targets: serde_json::Value =
+                    serde_json::from_str(&r.get::<_, String>(6)?).unwrap_or_default();
+                Ok(Workflow {
+                    digest: r.get(0)?,
+                    id: r.get(1)?,
+                    sequence: r.get::<_, i64>(2)? as u64,
+                    issuer: r.get(3)?,
+                    key_id: r.get(4)?,
+                    sealed: r.get::<_, i64>(5)? != 0,
+                    devices: strings(&targets["devices"].to_string()),
+                    groups: strings(&targets["groups"].to_string()),
+                    created_by: r.get(7)?,
+                    created_at: r.get(8)?,
+                })
+            })?
+            .collect()
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn enrolment(id: &str, groups: &[&str]) -> Enrolment {
+        Enrolment {
+            id: id.into(),
+            signing_key: format!("key-of-{id}"),
+            key_id: format!("mldsa65:{id}"),
+            kem_key: None,
+            groups: groups.iter().map(|g| g.to_string()).collect(),
+        }
+    }
+
+    #[test]
+    fn migrations_apply_once_in_order_and_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("chimera.db");
+        drop(SqliteStore::open(&path).unwrap());
+        drop(SqliteStore::open(&path).unwrap());
+        let c = Connection::open(&path).unwrap();
+        let versions: Vec<i64> = c
+            .prepare("SELECT version FROM schema_migrations ORDER BY version")
+            .unwrap()
+            .query_map([], |r| r.get(0))
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap();
+        assert_eq!(versions, MIGRATIONS.iter().map(|m| m.0).collect::<Vec<_>>());
+        // Numbered 1, 2, … without gaps.
+        for (i, m) in MIGRATIONS.iter().enumerate() {
+            assert_eq!(m.0, i as i64 + 1);
+        }
+    }
+
+    #[test]
+    fn a_newer_schema_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("chimera.db");
+        drop(SqliteStore::open(&path).unwrap());
+        Connection::open(&path)
+            .unwrap()
+            .execute(
+                "INSERT INTO schema_migrations (version, name, applied_at) VALUES (99, 'x', 0)",
+                [],
+            )
+            .unwrap();
+        let e = SqliteStore::open(&path).err().expect("refused");
+        assert!(matches!(e, StoreError::TooNew { found: 99, .. }), "{e}");
+    }
+
+    #[tokio::test]
+    async fn registry_import_is_idempotent_and_follows_changes() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = SqliteStore::open(&dir.path().join("chimera.db")).unwrap();
+        let devices = vec![enrolment("cam-1", &["lobby"]), enrolment("cam-2", &[])];
+        let groups = vec![GroupEntry {
+            name: "lobby".into(),
+            kem_key: Some("k".into()),
+        }];
+        let first = s
+            .import_registry(devices.clone(), groups.clone())
+            .await
+            .unwrap();
+        assert_eq!((first.added, first.updated, first.unchanged), (2, 0, 0));
+        let again = s
+            .import_registry(devices.clone(), groups.clone())
+            .await
+            .unwrap();
+        assert_eq!((again.added, again.updated, again.unchanged), (0, 0, 2));
+        let mut moved = devices.clone();
+        moved[1].groups = vec!["yard".into()];
+        let third = s.import_registry(moved, groups).await.unwrap();
+        assert_eq!((third.added, third.updated, third.unchanged), (0, 1, 1));
+        let d = s.device("cam-2".into()).await.unwrap().unwrap();
+        assert_eq!(d.groups, vec!["yard".to_string()]);
+        assert_eq!(s.devices().await.unwrap().len(), 2);
+    }
+
+    #[tokio::test]
+    async fn tokens_are_unique_by_name_and_hash() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = SqliteStore::open(&dir.path().join("chimera.db")).unwrap();
+        assert!(
+            s.create_token("ci".into(), Role::Operator, "aa".into())
+                .await
+                .unwrap()
+        );
+        assert!(
+            !s.create_token("ci".into(), Role::Admin, "bb".into())
+                .await
+                .unwrap()
+        );
+        assert_eq!(
+            s.token("aa".into()).await.unwrap(),
+            Some(("ci".to_string(), Role::Operator))
+        );
+        assert_eq!(s.token("bb".into()).await.unwrap(), None);
+    }
+}

@@ -1,0 +1,617 @@
+//! `chimera serve` as a real process on a free loopback port, set up with the real CLI
+//! (root, issuer and device keys, trust metadata, enrolment, tokens) in a temporary
+//! directory, called over HTTP: authorisation of every route the OpenAPI document lists,
+//! the read API, receipts recorded through the CLI, signed workflow uploads, the audit log.
+//!
+//! The offline root key is deleted before the service starts (its configuration has no key
+//! for it anyway): everything here works without it.
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+
+use aegis_ota::receipt::{Receipt, Verdict};
+use aegis_ota::sign::SecretKey;
+use serde_json::{Value, json};
+
+fn command(dir: &Path, args: &[&str]) -> Command {
+    let exe = env!("CARGO_BIN_EXE_chimera");
+    // Under tools/cross-test.sh the binary is built for the Jetson (aarch64): it runs
+    // through the same emulator as this test (AEGIS_CROSS_RUNNER).
+    let runner = std::env::var("AEGIS_CROSS_RUNNER").unwrap_or_default();
+    let mut words = runner.split_whitespace();
+    let mut cmd = match words.next() {
+        Some(emulator) => {
+            let mut c = Command::new(emulator);
+            c.args(words).arg(exe);
+            c
+        }
+        None => Command::new(exe),
+    };
+    cmd.current_dir(dir).args(args);
+    cmd
+}
+
+fn chimera(dir: &Path, args: &[&str]) -> Output {
+    command(dir, args).output().expect("run chimera")
+}
+
+fn ok(dir: &Path, args: &[&str]) -> String {
+    let o = chimera(dir, args);
+    assert!(
+        o.status.success(),
+        "chimera {args:?}: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+/// A gateway directory: trust (root key removed), an issuer key, two enrolled devices, a
+/// config, one token per role.
+struct Gateway {
+    dir: tempfile::TempDir,
+    viewer: String,
+    operator: String,
+    admin: String,
+}
+
+const CONFIG: &str = "listen: 127.0.0.1:0\n\
+database: state/chimera.db\n\
+registry: devices.json\n\
+state: state\n\
+trust_metadata: trust.signed.json\n\
+trust_roots: [root/root.pub]\n";
+
+impl Gateway {
+    fn new() -> Gateway {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path();
+        ok(d, &["root", "init", "--dir", "root"]);
+        ok(d, &["keygen", "--out", "gw"]);
+        ok(
+            d,
+            &[
+                "trust",
+                "add-issuer",
+                "--trust",
+                "root/trust.json",
+                "--name",
+                "gw-1",
+                "--key",
+                "gw.pub",
+                "--devices",
+                "cam-1",
+                "--groups",
+                "lobby",
+            ],
+        );
+        ok(
+            d,
+            &[
+                "root",
+                "sign-trust",
+                "--trust",
+                "root/trust.json",
+                "--key",
+                "root/root.key",
+                "--out",
+                "trust.signed.json",
+            ],
+        );
+        // The offline root stays offline: the service never gets it.
+        std::fs::remove_file(d.join("root/root.key")).unwrap();
+        for cam in ["cam-1", "cam-2"] {
+            ok(d, &["keygen", "--out", cam]);
+            ok(
+                d,
+                &["enroll", cam, &format!("{cam}.pub"), "--group", "lobby"],
+            );
+        }
+        std::fs::write(d.join("serve.yaml"), CONFIG).unwrap();
+        let token = |role: &str| {
+            ok(
+                d,
+                &[
+                    "serve",
+                    "token",
+                    "create",
+                    "--role",
+                    role,
+                    "--name",
+                    role,
+                    "--config",
+                    "serve.yaml",
+                ],
+            )
+            .trim()
+            .to_string()
+        };
+        let (viewer, operator, admin) = (token("viewer"), token("operator"), token("admin"));
+        Gateway {
+            dir,
+            viewer,
+            operator,
+            admin,
+        }
+    }
+
+    fn path(&self) -> &Path {
+        self.dir.path()
+    }
+
+    fn start(&self) -> Server {
+        let mut child = command(self.path(), &["serve", "--config", "serve.yaml"])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("start chimera serve");
+        let mut line = String::new();
+        BufReader::new(child.stdout.take().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        let base = line
+            .trim()
+            .strip_prefix("chimera serve: listening on ")
+            .unwrap_or_else(|| {
+                let _ = child.kill();
+                panic!("chimera serve did not start: {line:?}")
+            })
+            .to_string();
+        Server { child, base }
+    }
+}
+
+/// A running `chimera serve`, stopped on drop.
+struct Server {
+    child: Child,
+    base: String,
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Server {
+    /// `method path` with an optional `Authorization` value and JSON body: status and body.
+    fn call(
+        &self,
+        method: &str,
+        path: &str,
+        auth: Option<&str>,
+        body: Option<&str>,
+    ) -> (u16, String) {
+        let agent: ureq::Agent = ureq::Agent::config_builder()
+            .http_status_as_error(false)
+            .build()
+            .into();
+        let mut req = ureq::http::Request::builder()
+            .method(method)
+            .uri(format!("{}{path}", self.base));
+        if let Some(a) = auth {
+            req = req.header("Authorization", a);
+        }
+        if body.is_some() {
+            req = req.header("Content-Type", "application/json");
+        }
+        let req = req.body(body.unwrap_or("").to_string()).unwrap();
+        let mut resp = agent.run(req).expect("HTTP exchange");
+        let status = resp.status().as_u16();
+        let text = resp
+            .body_mut()
+            .with_config()
+            .limit(16 * 1024 * 1024)
+            .read_to_string()
+            .unwrap_or_default();
+        (status, text)
+    }
+
+    fn get(&self, path: &str, token: &str) -> Value {
+        let (status, body) = self.call("GET", path, Some(&format!("Bearer {token}")), None);
+        assert_eq!(status, 200, "GET {path}: {body}");
+        serde_json::from_str(&body).unwrap()
+    }
+}
+
+fn role_rank(r: &str) -> u8 {
+    match r {
+        "viewer" => 0,
+        "operator" => 1,
+        "admin" => 2,
+        other => panic!("unknown role {other:?}"),
+    }
+}
+
+#[test]
+fn every_documented_route_refuses_missing_unknown_and_lower_tokens() {
+    let gw = Gateway::new();
+    let s = gw.start();
+    let (status, body) = s.call("GET", "/api/v1/openapi.json", None, None);
+    assert_eq!(status, 200);
+    let doc: Value = serde_json::from_str(&body).unwrap();
+    let paths = doc["paths"].as_object().unwrap();
+    let mut protected = 0;
+    for (path, ops) in paths {
+        for (method, op) in ops.as_object().unwrap() {
+            let method = method.to_uppercase();
+            let url = path.replace("{id}", "cam-1");
+            let body = (method == "POST").then_some("{}");
+            if op["security"] == json!([]) {
+                let (st, b) = s.call(&method, &url, None, body);
+                assert_eq!(st, 200, "{method} {path} is public: {b}");
+                continue;
+            }
+            protected += 1;
+            let needed = op["x-aegis-role"].as_str().unwrap();
+            for auth in [
+                None,
+                Some(format!("Bearer chimera_{}", "0".repeat(64))),
+                Some(format!("Bearer {}x", gw.admin)),
+                Some(format!("Basic {}", gw.admin)),
+                Some("Bearer ".to_string()),
+            ] {
+                let (st, b) = s.call(&method, &url, auth.as_deref(), body);
+                assert_eq!(st, 401, "{method} {path} with {auth:?}: {b}");
+            }
+            for (role, token) in [
+                ("viewer", &gw.viewer),
+                ("operator", &gw.operator),
+                ("admin", &gw.admin),
+            ] {
+                let (st, b) = s.call(&method, &url, Some(&format!("Bearer {token}")), body);
+                if role_rank(role) < role_rank(needed) {
+                    assert_eq!(st, 403, "{method} {path} as {role}: {b}");
+                } else {
+                    // Let through: whatever the handler says, it is not about the token,
+                    // and the route exists.
+                    assert!(
+                        ![401, 403, 404, 405].contains(&st),
+                        "{method} {path} as {role}: {st} {b}"
+                    );
+                }
+            }
+        }
+    }
+    assert!(
+        protected >= 6,
+        "only {protected} protected operations documented"
+    );
+    // What is not documented is not open: an unknown path or method needs an admin before
+    // it says 404/405.
+    for (method, path) in [
+        ("GET", "/api/v1/nope"),
+        ("DELETE", "/api/v1/devices"),
+        ("GET", "/"),
+    ] {
+        assert_eq!(s.call(method, path, None, None).0, 401, "{method} {path}");
+        let viewer = format!("Bearer {}", gw.viewer);
+        assert_eq!(
+            s.call(method, path, Some(&viewer), None).0,
+            403,
+            "{method} {path}"
+        );
+        let admin = format!("Bearer {}", gw.admin);
+        assert!(
+            [404, 405].contains(&s.call(method, path, Some(&admin), None).0),
+            "{method} {path}"
+        );
+    }
+}
+
+fn signed_receipt(dir: &Path, key_file: &str, claims: &str, verdict: Verdict) -> PathBuf {
+    let key = SecretKey::read(&dir.join(key_file)).unwrap();
+    let r = Receipt {
+        kind: "receipt".into(),
+        device: claims.into(),
+        workflow_id: "0f8fad5b-d9cb-469f-a165-70867728950e".into(),
+        workflow_sha256: "ab".repeat(32),
+        sequence: 1,
+        verdict,
+        reason: String::new(),
+        trust_version: 2,
+        at: "2026-12-04T10:00:00Z".into(),
+        mode: "in_place".into(),
+        apply_ms: Some(12.0),
+        mirror: vec![],
+    };
+    let p = dir.join(format!("{key_file}-{claims}.mu"));
+    std::fs::write(&p, r.render_signed(&key).unwrap()).unwrap();
+    p
+}
+
+#[test]
+fn read_api_shows_the_imported_fleet_and_only_verified_receipts_count() {
+    let gw = Gateway::new();
+    let d = gw.path();
+    let s = gw.start();
+    let devices = s.get("/api/v1/devices", &gw.viewer);
+    let ids: Vec<&str> = devices
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x["id"].as_str().unwrap())
+        .collect();
+    assert_eq!(ids, ["cam-1", "cam-2"]);
+    assert_eq!(devices[0]["groups"], json!(["lobby"]));
+    assert_eq!(devices[0]["last_receipt"], Value::Null);
+
+    // Recorded while the service runs (the same SQLite file, another process).
+    let good = signed_receipt(d, "cam-1.key", "cam-1", Verdict::Applied);
+    let out = ok(
+        d,
+        &[
+            "serve",
+            "receipt",
+            "add",
+            "--device",
+            "cam-1",
+            good.to_str().unwrap(),
+        ],
+    );
+    assert!(out.contains("verified"), "{out}");
+    // cam-2's key, claiming to be cam-1: recorded for cam-1, not verified.
+    let forged = signed_receipt(d, "cam-2.key", "cam-1", Verdict::Applied);
+    let o = chimera(
+        d,
+        &[
+            "serve",
+            "receipt",
+            "add",
+            "--device",
+            "cam-1",
+            forged.to_str().unwrap(),
+        ],
+    );
+    assert!(!o.status.success());
+    assert!(String::from_utf8_lossy(&o.stderr).contains("NOT verified"));
+    // A device that is not enrolled: refused.
+    let o = chimera(
+        d,
+        &[
+            "serve",
+            "receipt",
+            "add",
+            "--device",
+            "cam-9",
+            good.to_str().unwrap(),
+        ],
+    );
+    assert!(!o.status.success());
+
+    let receipts = s.get("/api/v1/receipts?device=cam-1", &gw.viewer);
+    let receipts = receipts.as_array().unwrap();
+    assert_eq!(receipts.len(), 2);
+    let verified: Vec<&Value> = receipts.iter().filter(|r| r["verified"] == true).collect();
+    assert_eq!(verified.len(), 1);
+    assert_eq!(verified[0]["verdict"], "applied");
+    assert_eq!(verified[0]["digest"], "ab".repeat(32));
+    let unverified = receipts.iter().find(|r| r["verified"] == false).unwrap();
+    assert_eq!(unverified["verdict"], Value::Null);
+    assert!(unverified["error"].as_str().unwrap().contains("signature"));
+    assert_eq!(
+        s.get("/api/v1/receipts?device=cam-2", &gw.viewer),
+        json!([])
+    );
+
+    let cam1 = s.get("/api/v1/devices/cam-1", &gw.viewer);
+    assert!(cam1["last_receipt"].is_object(), "{cam1}");
+    let (st, b) = s.call(
+        "GET",
+        "/api/v1/devices/cam-9",
+        Some(&format!("Bearer {}", gw.viewer)),
+        None,
+    );
+    assert_eq!(st, 404);
+    assert!(b.contains("cam-9"), "{b}");
+
+    // Strict queries: unknown parameters and out-of-range limits are named.
+    let viewer = format!("Bearer {}", gw.viewer);
+    let (st, b) = s.call("GET", "/api/v1/receipts?bogus=1", Some(&viewer), None);
+    assert_eq!(st, 400);
+    assert!(b.contains("bogus"), "{b}");
+    let (st, b) = s.call("GET", "/api/v1/receipts?limit=0", Some(&viewer), None);
+    assert_eq!(st, 400);
+    assert!(b.contains("limit"), "{b}");
+
+    let audit = s.get("/api/v1/audit", &gw.admin);
+    let actions: Vec<&str> = audit
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a["action"].as_str().unwrap())
+        .collect();
+    for a in [
+        "registry.import",
+        "token.create",
+        "service.start",
+        "receipt.refused",
+    ] {
+        assert!(actions.contains(&a), "{a} not in {actions:?}");
+    }
+    // Token values never reach the audit log.
+    for t in [&gw.viewer, &gw.operator, &gw.admin] {
+        assert!(!audit.to_string().contains(t.as_str()));
+    }
+
+    // A restart imports the same registry again: nothing changes, nothing is audited twice.
+    drop(s);
+    let s = gw.start();
+    let audit = s.get("/api/v1/audit", &gw.admin);
+    let imports = audit
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|a| a["action"] == "registry.import")
+        .count();
+    assert_eq!(imports, 1);
+    assert_eq!(
+        s.get("/api/v1/devices", &gw.viewer)
+            .as_array()
+            .unwrap()
+            .len(),
+        2
+    );
+}
+
+#[test]
+fn workflow_uploads_are_verified_against_the_trust_metadata_and_refusals_say_why() {
+    let gw = Gateway::new();
+    let d = gw.path();
+    ok(
+        d,
+        &[
+            "new",
+            "--out",
+            "wf.maml.md",
+            "--issuer",
+            "gw-1",
+            "--device",
+            "cam-1",
+        ],
+    );
+    ok(d, &["sign", "wf.maml.md", "--key", "gw.key"]);
+    let signed = std::fs::read_to_string(d.join("wf.signed.maml.md")).unwrap();
+    // Targets a device the issuer may not address (trust lists cam-1 only).
+    ok(
+        d,
+        &[
+            "new",
+            "--out",
+            "wf2.maml.md",
+            "--issuer",
+            "gw-1",
+            "--device",
+            "cam-2",
+        ],
+    );
+    ok(d, &["sign", "wf2.maml.md", "--key", "gw.key"]);
+    let off_target = std::fs::read_to_string(d.join("wf2.signed.maml.md")).unwrap();
+
+    let s = gw.start();
+    let op = format!("Bearer {}", gw.operator);
+    let upload = |auth: &str, doc: &str| {
+        s.call(
+            "POST",
+            "/api/v1/workflows",
+            Some(auth),
+            Some(&json!({ "document": doc }).to_string()),
+        )
+    };
+
+    let (st, b) = upload(&op, &signed);
+    assert_eq!(st, 201, "{b}");
+    let w: Value = serde_json::from_str(&b).unwrap();
+    let signed_part = &signed[..signed.find("```signature").unwrap()];
+    assert_eq!(w["digest"], aegis_ota::sha256_hex(signed_part.as_bytes()));
+    assert_eq!(w["issuer"], "gw-1");
+    assert_eq!(w["devices"], json!(["cam-1"]));
+    // The same document again: already held.
+    assert_eq!(upload(&op, &signed).0, 200);
+
+    // A viewer may not upload.
+    assert_eq!(upload(&format!("Bearer {}", gw.viewer), &signed).0, 403);
+
+    let refusal = |doc: &str| {
+        let (st, b) = upload(&op, doc);
+        assert_eq!(st, 422, "{b}");
+        let v: Value = serde_json::from_str(&b).unwrap();
+        (
+            v["check"].as_str().unwrap().to_string(),
+            v["error"].as_str().unwrap().to_string(),
+        )
+    };
+    let tampered = signed.replacen("cam0", "cam9", 1);
+    assert_ne!(tampered, signed);
+    assert_eq!(refusal(&tampered).0, "signature");
+    let (check, error) = refusal(&off_target);
+    assert_eq!(check, "target");
+    assert!(error.contains("cam-2"), "{error}");
+    assert_eq!(refusal("no signature here").0, "format");
+
+    // Hostile bodies: unknown fields, wrong types, no JSON, too big.
+    let (st, b) = s.call(
+        "POST",
+        "/api/v1/workflows",
+        Some(&op),
+        Some(&json!({ "document": signed, "publish": true }).to_string()),
+    );
+    assert_eq!(st, 422, "{b}");
+    assert!(b.contains("publish"), "{b}");
+    let (st, b) = s.call(
+        "POST",
+        "/api/v1/workflows",
+        Some(&op),
+        Some("{\"document\": 5}"),
+    );
+    assert!([400, 422].contains(&st), "{st} {b}");
+    assert!(b.contains("document"), "{b}");
+    let (st, _) = s.call("POST", "/api/v1/workflows", Some(&op), Some("not json"));
+    assert_eq!(st, 400);
+    let big = json!({ "document": "a".repeat(600 * 1024) }).to_string();
+    let (st, _) = s.call("POST", "/api/v1/workflows", Some(&op), Some(&big));
+    assert_eq!(st, 413);
+
+    let listed = s.get("/api/v1/workflows", &gw.viewer);
+    assert_eq!(listed.as_array().unwrap().len(), 1);
+    assert_eq!(listed[0]["digest"], w["digest"]);
+
+    let audit = s.get("/api/v1/audit", &gw.admin).to_string();
+    assert!(audit.contains("workflow.upload"), "{audit}");
+    assert!(audit.contains("workflow.refused"), "{audit}");
+    assert!(audit.contains("token:operator"), "{audit}");
+}
+
+#[test]
+fn the_config_has_no_place_for_a_root_key_and_uploads_need_trust() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    std::fs::write(
+        d.join("serve.yaml"),
+        "listen: 127.0.0.1:0\ndatabase: a.db\nregistry: devices.json\nstate: st\nroot_key: root.key\n",
+    )
+    .unwrap();
+    let o = chimera(d, &["serve", "--config", "serve.yaml"]);
+    assert!(!o.status.success());
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(err.contains("root_key"), "{err}");
+
+    // Without trust metadata the service starts (no registry file yet: an empty fleet)
+    // and refuses uploads, saying what is missing.
+    std::fs::write(
+        d.join("serve.yaml"),
+        "listen: 127.0.0.1:0\ndatabase: a.db\nregistry: devices.json\nstate: st\n",
+    )
+    .unwrap();
+    let token = ok(
+        d,
+        &[
+            "serve", "token", "create", "--role", "operator", "--name", "ci",
+        ],
+    );
+    let gw = Gateway {
+        dir,
+        viewer: String::new(),
+        operator: token.trim().to_string(),
+        admin: String::new(),
+    };
+    let s = gw.start();
+    assert_eq!(s.get("/api/v1/devices", &gw.operator), json!([]));
+    let (st, b) = s.call(
+        "POST",
+        "/api/v1/workflows",
+        Some(&format!("Bearer {}", gw.operator)),
+        Some("{\"document\": \"x\"}"),
+    );
+    assert_eq!(st, 503, "{b}");
+    assert!(b.contains("trust_metadata"), "{b}");
+    // A second token with the same name is refused.
+    let o = chimera(
+        gw.path(),
+        &[
+            "serve", "token", "create", "--role", "admin", "--name", "ci",
+        ],
+    );
+    assert!(!o.status.success());
+}
