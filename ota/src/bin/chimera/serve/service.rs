@@ -113,6 +113,12 @@ pub(crate) async fn ingest_receipt(
         "receipt for {device:?}: {} bytes, over the {MAX_RECEIPT_BYTES}-byte limit",
         text.len()
     );
+    // Model receipts have their own format and checks (`model_gateway`); ingesting them is
+    // for a later slice, so they are refused rather than recorded as failed workflow receipts.
+    anyhow::ensure!(
+        !crate::model_gateway::is_model_receipt(text),
+        "receipt for {device:?}: a model receipt; chimera serve does not ingest those yet"
+    );
     let Some(b64) = store.signing_key(device.to_string()).await? else {
         store
             .audit(
@@ -390,6 +396,17 @@ mod tests {
             .await
             .unwrap();
         assert!(!r.verified);
+
+        // A model receipt (its own format): refused, not recorded as a failed one.
+        let model = format!(
+            "{{\"type\":\"{}\"}}\n",
+            aegis_ota::model_wire::MODEL_RECEIPT_TYPE
+        );
+        let e = ingest_receipt(&s, "cam-a", model.as_bytes())
+            .await
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("model receipt"), "{e}");
 
         // Not enrolled: refused, not stored, audited.
         let e = ingest_receipt(&s, "ghost", good.as_bytes())
