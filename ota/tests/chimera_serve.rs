@@ -215,6 +215,26 @@ impl Server {
     }
 }
 
+/// `value` (an object, or an array of them) has exactly the properties the served OpenAPI
+/// document gives schema `name`, with every required one present.
+fn assert_shape(s: &Server, name: &str, value: &Value) {
+    let (_, body) = s.call("GET", "/api/v1/openapi.json", None, None);
+    let doc: Value = serde_json::from_str(&body).unwrap();
+    let schema = &doc["components"]["schemas"][name];
+    let mut documented: Vec<&String> = schema["properties"].as_object().unwrap().keys().collect();
+    documented.sort();
+    let objects = match value {
+        Value::Array(a) => a.iter().collect(),
+        v => vec![v],
+    };
+    assert!(!objects.is_empty(), "no {name} to check");
+    for o in objects {
+        let mut keys: Vec<&String> = o.as_object().unwrap().keys().collect();
+        keys.sort();
+        assert_eq!(keys, documented, "{name}: {o}");
+    }
+}
+
 fn role_rank(r: &str) -> u8 {
     match r {
         "viewer" => 0,
@@ -397,6 +417,9 @@ fn read_api_shows_the_imported_fleet_and_only_verified_receipts_count() {
 
     let cam1 = s.get("/api/v1/devices/cam-1", &gw.viewer);
     assert!(cam1["last_receipt"].is_object(), "{cam1}");
+    assert_shape(&s, "Device", &cam1);
+    assert_shape(&s, "ReceiptSummary", &cam1["last_receipt"]);
+    assert_shape(&s, "StoredReceipt", &json!(receipts));
     let (st, b) = s.call(
         "GET",
         "/api/v1/devices/cam-9",
@@ -430,6 +453,7 @@ fn read_api_shows_the_imported_fleet_and_only_verified_receipts_count() {
     ] {
         assert!(actions.contains(&a), "{a} not in {actions:?}");
     }
+    assert_shape(&s, "AuditRow", &audit);
     // Token values never reach the audit log.
     for t in [&gw.viewer, &gw.operator, &gw.admin] {
         assert!(!audit.to_string().contains(t.as_str()));
@@ -553,6 +577,7 @@ fn workflow_uploads_are_verified_against_the_trust_metadata_and_refusals_say_why
     let (st, _) = s.call("POST", "/api/v1/workflows", Some(&op), Some(&big));
     assert_eq!(st, 413);
 
+    assert_shape(&s, "Workflow", &w);
     let listed = s.get("/api/v1/workflows", &gw.viewer);
     assert_eq!(listed.as_array().unwrap().len(), 1);
     assert_eq!(listed[0]["digest"], w["digest"]);

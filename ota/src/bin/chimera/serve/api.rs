@@ -18,11 +18,13 @@ use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{MethodRouter, get, post};
 use axum::{Json, middleware};
+use schemars::generate::{SchemaGenerator, SchemaSettings};
+use schemars::{JsonSchema, Schema};
 use serde::Deserialize;
 use serde_json::{Value, json};
 
 use super::service;
-use super::store::{Role, Store};
+use super::store::{AuditRow, Device, Role, Store, StoredReceipt, Workflow};
 
 /// What every handler gets.
 #[derive(Clone)]
@@ -68,6 +70,8 @@ pub(crate) struct Route {
     body: Option<&'static str>,
     /// The success status.
     ok: u16,
+    /// The JSON Schema of the success body (None: not JSON, or this document itself).
+    response: Option<fn(&mut SchemaGenerator) -> Schema>,
     make: fn() -> MethodRouter<AppState>,
 }
 
@@ -87,6 +91,7 @@ pub(crate) static ROUTES: &[Route] = &[
         params: &[],
         body: None,
         ok: 200,
+        response: None,
         make: || get(healthz),
     },
     Route {
@@ -97,6 +102,7 @@ pub(crate) static ROUTES: &[Route] = &[
         params: &[],
         body: None,
         ok: 200,
+        response: None,
         make: || get(openapi),
     },
     Route {
@@ -107,6 +113,7 @@ pub(crate) static ROUTES: &[Route] = &[
         params: &[],
         body: None,
         ok: 200,
+        response: Some(|g| g.subschema_for::<Vec<Device>>()),
         make: || get(list_devices),
     },
     Route {
@@ -121,6 +128,7 @@ pub(crate) static ROUTES: &[Route] = &[
         }],
         body: None,
         ok: 200,
+        response: Some(|g| g.subschema_for::<Device>()),
         make: || get(get_device),
     },
     Route {
@@ -138,6 +146,7 @@ pub(crate) static ROUTES: &[Route] = &[
         ],
         body: None,
         ok: 200,
+        response: Some(|g| g.subschema_for::<Vec<StoredReceipt>>()),
         make: || get(list_receipts),
     },
     Route {
@@ -148,6 +157,7 @@ pub(crate) static ROUTES: &[Route] = &[
         params: &[LIMIT],
         body: None,
         ok: 200,
+        response: Some(|g| g.subschema_for::<Vec<Workflow>>()),
         make: || get(list_workflows),
     },
     Route {
@@ -161,6 +171,7 @@ pub(crate) static ROUTES: &[Route] = &[
             "{\"document\": \"<the signed workflow, as chimera sign wrote it>\"}; no other field.",
         ),
         ok: 201,
+        response: Some(|g| g.subschema_for::<Workflow>()),
         make: || post(upload_workflow),
     },
     Route {
@@ -171,6 +182,7 @@ pub(crate) static ROUTES: &[Route] = &[
         params: &[LIMIT],
         body: None,
         ok: 200,
+        response: Some(|g| g.subschema_for::<Vec<AuditRow>>()),
         make: || get(list_audit),
     },
 ];
@@ -187,8 +199,29 @@ pub(crate) fn router(state: AppState, max_body_bytes: usize) -> Router {
         .with_state(state)
 }
 
-/// The OpenAPI 3.1 document of [`ROUTES`].
+/// An error body, as documented (the answers are built by [`ApiError`]).
+#[derive(JsonSchema)]
+#[allow(dead_code)] // Only its schema is used.
+struct ErrorBody {
+    /// What failed, naming the input.
+    error: String,
+    /// For a refused workflow upload: the check that failed.
+    check: Option<String>,
+}
+
+/// The OpenAPI 3.1 document of [`ROUTES`]. Schemas are generated from the Rust types the
+/// handlers serialise (JSON Schema 2020-12, OpenAPI 3.1's own dialect) and referenced from
+/// `components/schemas`.
 pub(crate) fn openapi_document() -> Value {
+    let mut schemas = SchemaSettings::draft2020_12()
+        .with(|s| {
+            s.definitions_path = "/components/schemas".into();
+            s.meta_schema = None;
+        })
+        .for_serialize()
+        .into_generator();
+    let error_schema = schemas.subschema_for::<ErrorBody>().to_value();
+    let upload_schema = schemas.subschema_for::<Upload>().to_value();
     let mut paths = serde_json::Map::new();
     for r in ROUTES {
         let mut params: Vec<Value> = r
@@ -197,17 +230,27 @@ pub(crate) fn openapi_document() -> Value {
             .map(|p| {
                 json!({
                     "name": p.name, "in": p.location, "required": p.location == "path",
-                    "description": p.description, "schema": { "type": "string" }
+                    "description": p.description,
+                    "schema": if p.name == "limit" {
+                        json!({ "type": "integer", "minimum": 1, "maximum": 1000 })
+                    } else {
+                        json!({ "type": "string" })
+                    }
                 })
             })
             .collect();
         params.sort_by_key(|p| p["name"].to_string());
         let mut responses = serde_json::Map::new();
+        let ok_content = match (r.response, r.path) {
+            (Some(schema), _) => json!({ "application/json": { "schema": schema(&mut schemas) } }),
+            (None, "/healthz") => json!({ "text/plain": { "schema": { "type": "string" } } }),
+            (None, _) => json!({ "application/json": { "schema": { "type": "object" } } }),
+        };
         responses.insert(
             r.ok.to_string(),
-            json!({ "description": "Success (JSON).", "content": { "application/json": { "schema": {} } } }),
+            json!({ "description": "Success.", "content": ok_content }),
         );
-        let error = |d: &str| json!({ "description": d, "content": { "application/json": { "schema": { "$ref": "#/components/schemas/Error" } } } });
+        let error = |d: &str| json!({ "description": d, "content": { "application/json": { "schema": error_schema } } });
         if r.role.is_some() {
             responses.insert(
                 "401".into(),
@@ -233,8 +276,16 @@ pub(crate) fn openapi_document() -> Value {
                 error("The body is over the configured limit."),
             );
             responses.insert(
+                "415".into(),
+                error("The body is not declared as application/json."),
+            );
+            responses.insert(
                 "422".into(),
-                error("The document was refused; `check` names the check that failed."),
+                error("A body field is unknown or of the wrong type, or the document was refused (`check` names the check that failed)."),
+            );
+            responses.insert(
+                "503".into(),
+                error("The service has no trust metadata to check documents against."),
             );
         }
         let mut op = json!({
@@ -248,9 +299,7 @@ pub(crate) fn openapi_document() -> Value {
         if let Some(body) = r.body {
             op["requestBody"] = json!({
                 "required": true, "description": body,
-                "content": { "application/json": { "schema": {
-                    "type": "object", "additionalProperties": false, "required": ["document"],
-                    "properties": { "document": { "type": "string" } } } } }
+                "content": { "application/json": { "schema": upload_schema } }
             });
         }
         let entry = paths.entry(r.path).or_insert_with(|| json!({}));
@@ -268,9 +317,7 @@ pub(crate) fn openapi_document() -> Value {
         },
         "components": {
             "securitySchemes": { "bearer": { "type": "http", "scheme": "bearer" } },
-            "schemas": { "Error": {
-                "type": "object", "required": ["error"],
-                "properties": { "error": { "type": "string" }, "check": { "type": "string" } } } }
+            "schemas": schemas.take_definitions(true),
         },
         "paths": paths,
     })
@@ -462,7 +509,7 @@ async fn list_audit(
 }
 
 /// `POST /api/v1/workflows`.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 struct Upload {
     /// The signed workflow.
@@ -549,6 +596,55 @@ mod tests {
             .map(|r| r.path)
             .collect();
         assert_eq!(public, ["/healthz", "/api/v1/openapi.json"]);
+    }
+
+    /// Every `$ref` in the document names a schema of `components/schemas`, and every
+    /// JSON answer but the document itself has one.
+    #[test]
+    fn every_schema_reference_resolves() {
+        let doc = openapi_document();
+        let schemas = doc["components"]["schemas"].as_object().unwrap();
+        for name in [
+            "Device",
+            "ReceiptSummary",
+            "StoredReceipt",
+            "Workflow",
+            "AuditRow",
+            "ErrorBody",
+            "Upload",
+        ] {
+            assert!(
+                schemas.contains_key(name),
+                "{name} not in {:?}",
+                schemas.keys()
+            );
+        }
+        fn refs(v: &Value, out: &mut Vec<String>) {
+            match v {
+                Value::Object(m) => {
+                    if let Some(Value::String(r)) = m.get("$ref") {
+                        out.push(r.clone());
+                    }
+                    m.values().for_each(|x| refs(x, out));
+                }
+                Value::Array(a) => a.iter().for_each(|x| refs(x, out)),
+                _ => {}
+            }
+        }
+        let mut all = vec![];
+        refs(&doc, &mut all);
+        assert!(all.len() > 10);
+        for r in all {
+            let name = r
+                .strip_prefix("#/components/schemas/")
+                .unwrap_or_else(|| panic!("{r}"));
+            assert!(schemas.contains_key(name), "{r} does not resolve");
+        }
+        // Upload refuses unknown fields, and says so.
+        assert_eq!(schemas["Upload"]["additionalProperties"], json!(false));
+        let devices = &doc["paths"]["/api/v1/devices"]["get"]["responses"]["200"]["content"]["application/json"]
+            ["schema"];
+        assert_eq!(devices["items"]["$ref"], "#/components/schemas/Device");
     }
 
     #[test]

@@ -116,7 +116,7 @@ pub(crate) struct GroupEntry {
 }
 
 /// The last receipt of a device, as the fleet list shows it.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, schemars::JsonSchema)]
 pub(crate) struct ReceiptSummary {
     /// Receipt id (service-made).
     pub(crate) id: String,
@@ -137,7 +137,7 @@ pub(crate) struct ReceiptSummary {
 }
 
 /// A device with its groups and last receipt.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, schemars::JsonSchema)]
 pub(crate) struct Device {
     /// Device id.
     pub(crate) id: String,
@@ -152,7 +152,7 @@ pub(crate) struct Device {
 }
 
 /// A stored receipt, with the text the device sent.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, schemars::JsonSchema)]
 pub(crate) struct StoredReceipt {
     /// The device the receipt was received for.
     pub(crate) device: String,
@@ -164,7 +164,7 @@ pub(crate) struct StoredReceipt {
 }
 
 /// An audit row.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, schemars::JsonSchema)]
 pub(crate) struct AuditRow {
     /// Row id.
     pub(crate) id: String,
@@ -179,7 +179,7 @@ pub(crate) struct AuditRow {
 }
 
 /// A workflow document the service holds.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, schemars::JsonSchema)]
 pub(crate) struct Workflow {
     /// SHA-256 of its signed bytes.
     pub(crate) digest: String,
