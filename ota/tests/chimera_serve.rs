@@ -602,13 +602,33 @@ fn the_config_has_no_place_for_a_root_key_and_uploads_need_trust() {
     let err = String::from_utf8_lossy(&o.stderr);
     assert!(err.contains("root_key"), "{err}");
 
-    // Without trust metadata the service starts (no registry file yet: an empty fleet)
-    // and refuses uploads, saying what is missing.
+    // Token hashes provisioned as a file: a malformed hash stops the start, naming the token.
     std::fs::write(
         d.join("serve.yaml"),
-        "listen: 127.0.0.1:0\ndatabase: a.db\nregistry: devices.json\nstate: st\n",
+        "listen: 127.0.0.1:0\ndatabase: a.db\nregistry: devices.json\nstate: st\ntokens: tokens.yaml\n",
     )
     .unwrap();
+    std::fs::write(
+        d.join("tokens.yaml"),
+        "- { name: deploy, role: viewer, sha256: abc }\n",
+    )
+    .unwrap();
+    let o = chimera(d, &["serve", "--config", "serve.yaml"]);
+    assert!(!o.status.success());
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(err.contains("deploy") && err.contains("sha256"), "{err}");
+    let provisioned = format!("chimera_{}", "5a".repeat(32));
+    std::fs::write(
+        d.join("tokens.yaml"),
+        format!(
+            "- {{ name: deploy, role: viewer, sha256: {} }}\n",
+            aegis_ota::sha256_hex(provisioned.as_bytes())
+        ),
+    )
+    .unwrap();
+
+    // Without trust metadata the service starts (no registry file yet: an empty fleet)
+    // and refuses uploads, saying what is missing.
     let token = ok(
         d,
         &[
@@ -623,6 +643,15 @@ fn the_config_has_no_place_for_a_root_key_and_uploads_need_trust() {
     };
     let s = gw.start();
     assert_eq!(s.get("/api/v1/devices", &gw.operator), json!([]));
+    // The provisioned token works, with its role.
+    assert_eq!(s.get("/api/v1/devices", &provisioned), json!([]));
+    let (st, _) = s.call(
+        "GET",
+        "/api/v1/audit",
+        Some(&format!("Bearer {provisioned}")),
+        None,
+    );
+    assert_eq!(st, 403);
     let (st, b) = s.call(
         "POST",
         "/api/v1/workflows",

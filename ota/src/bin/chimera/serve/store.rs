@@ -595,6 +595,7 @@ impl Store for SqliteStore {
 
     fn receipts(&self, device: Option<String>, limit: u32) -> StoreFuture<'_, Vec<StoredReceipt>> {
         self.call(move |c| {
+            // PostgreSQL will need `$1::text IS NULL` here (an untyped NULL test).
             let sql = format!(
                 "SELECT device_id, signed_text, {SUMMARY_COLUMNS} FROM receipts \
                  WHERE (?1 IS NULL OR device_id = ?1) \
