@@ -256,7 +256,9 @@ fn every_documented_route_refuses_missing_unknown_and_lower_tokens() {
     for (path, ops) in paths {
         for (method, op) in ops.as_object().unwrap() {
             let method = method.to_uppercase();
-            let url = path.replace("{id}", "cam-1");
+            let url = path
+                .replace("{id}", "cam-1")
+                .replace("{digest}", &"0".repeat(64));
             let body = (method == "POST").then_some("{}");
             if op["security"] == json!([]) {
                 let (st, b) = s.call(&method, &url, None, body);
@@ -668,4 +670,213 @@ fn the_config_has_no_place_for_a_root_key_and_uploads_need_trust() {
         ],
     );
     assert!(!o.status.success());
+}
+
+// ---------------------------------------------------------------------------------------
+// Publishing, against a mosquitto of our own.
+
+/// Whether mosquitto is installed; under CI its absence fails the test (a skip elsewhere is
+/// recorded in `$AEGIS_SKIP_LOG`, as the other gated tests do).
+fn have_mosquitto() -> bool {
+    let ok = Path::new("/usr/sbin/mosquitto").exists();
+    assert!(
+        ok || std::env::var_os("CI").is_none(),
+        "CI must install mosquitto"
+    );
+    if !ok {
+        let line = "chimera_serve publish: mosquitto not installed";
+        eprintln!("SKIPPED {line}");
+        if let Some(log) = std::env::var_os("AEGIS_SKIP_LOG") {
+            use std::io::Write;
+            std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(log)
+                .and_then(|mut f| f.write_all(format!("{line}\n").as_bytes()))
+                .expect("record the skip");
+        }
+    }
+    ok
+}
+
+/// A mosquitto on a free loopback port, killed on drop.
+struct Broker {
+    port: u16,
+    child: Option<Child>,
+}
+
+impl Broker {
+    fn start(dir: &Path) -> Broker {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .map(|a| a.port())
+            .expect("free port");
+        std::fs::create_dir_all(dir).unwrap();
+        // SAFETY: getuid(2) has no preconditions.
+        let user = if unsafe { libc::getuid() } == 0 {
+            "user root\n"
+        } else {
+            ""
+        };
+        std::fs::write(
+            dir.join("mosquitto.conf"),
+            format!("listener {port} 127.0.0.1\nallow_anonymous true\n{user}"),
+        )
+        .unwrap();
+        let log = std::fs::File::create(dir.join("mosquitto.log")).unwrap();
+        let child = Command::new("/usr/sbin/mosquitto")
+            .arg("-c")
+            .arg(dir.join("mosquitto.conf"))
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .expect("spawn mosquitto");
+        // A hang guard, not a speed check.
+        let mut tries = 0;
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            tries += 1;
+            assert!(tries < 6000, "mosquitto never listened");
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        Broker {
+            port,
+            child: Some(child),
+        }
+    }
+
+    fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+impl Drop for Broker {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// The retained message on `topic` (a fresh subscription gets it first).
+fn retained(port: u16, topic: &str) -> Vec<u8> {
+    use rumqttc::v5::mqttbytes::QoS;
+    use rumqttc::v5::mqttbytes::v5::Packet;
+    use rumqttc::v5::{AsyncClient, Event, MqttOptions};
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let mut o = MqttOptions::new("chimera-serve-test", "127.0.0.1", port);
+        o.set_max_packet_size(Some(256 * 1024));
+        let (client, mut events) = AsyncClient::new(o, 16);
+        client.subscribe(topic, QoS::AtLeastOnce).await.unwrap();
+        // A hang guard, not a speed check.
+        tokio::time::timeout(std::time::Duration::from_secs(60), async {
+            loop {
+                if let Event::Incoming(Packet::Publish(p)) = events.poll().await.unwrap() {
+                    assert!(p.retain, "not the retained message");
+                    return p.payload.to_vec();
+                }
+            }
+        })
+        .await
+        .expect("no retained message")
+    })
+}
+
+#[test]
+fn uploaded_workflows_are_published_as_chimera_publish_does() {
+    if !have_mosquitto() {
+        return;
+    }
+    let gw = Gateway::new();
+    let d = gw.path();
+    let mut broker = Broker::start(&d.join("broker"));
+    std::fs::write(
+        d.join("serve.yaml"),
+        format!("{CONFIG}broker: mqtt://127.0.0.1:{}\n", broker.port),
+    )
+    .unwrap();
+    ok(
+        d,
+        &[
+            "new",
+            "--out",
+            "wf.maml.md",
+            "--issuer",
+            "gw-1",
+            "--device",
+            "cam-1",
+        ],
+    );
+    ok(d, &["sign", "wf.maml.md", "--key", "gw.key"]);
+    let signed = std::fs::read_to_string(d.join("wf.signed.maml.md")).unwrap();
+    let s = gw.start();
+    let op = format!("Bearer {}", gw.operator);
+    let (st, b) = s.call(
+        "POST",
+        "/api/v1/workflows",
+        Some(&op),
+        Some(&json!({ "document": signed }).to_string()),
+    );
+    assert_eq!(st, 201, "{b}");
+    let digest = serde_json::from_str::<Value>(&b).unwrap()["digest"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let publish = |body: Value, digest: &str| {
+        s.call(
+            "POST",
+            &format!("/api/v1/workflows/{digest}/publish"),
+            Some(&op),
+            Some(&body.to_string()),
+        )
+    };
+
+    let (st, b) = publish(json!({ "to": "cam-1" }), &digest);
+    assert_eq!(st, 200, "{b}");
+    let p: Value = serde_json::from_str(&b).unwrap();
+    assert_eq!(p["devices"], json!(["cam-1"]));
+    assert_eq!(p["topics"], json!(["aegis/v1/cam-1/workflows"]));
+    assert_shape(&s, "Published", &p);
+    // The broker holds the document, byte for byte, retained for the device.
+    assert_eq!(
+        retained(broker.port, "aegis/v1/cam-1/workflows"),
+        signed.as_bytes()
+    );
+    // Recorded where `chimera fleet reconcile` and `watch-receipts` look.
+    let sent: Value =
+        serde_json::from_slice(&std::fs::read(d.join("state/sent.json")).unwrap()).unwrap();
+    assert_eq!(sent["cam-1"]["digest"], digest.as_str());
+
+    // Refusals before the broker: a group the document does not target, bad canaries,
+    // unknown digests, unknown fields.
+    let (st, b) = publish(json!({ "to": "lobby" }), &digest);
+    assert_eq!(st, 422, "{b}");
+    assert!(b.contains("lobby"), "{b}");
+    let (st, b) = publish(json!({ "to": "cam-1", "canary": 0 }), &digest);
+    assert_eq!(st, 400, "{b}");
+    assert!(b.contains("canary"), "{b}");
+    assert_eq!(publish(json!({ "to": "cam-1" }), &"0".repeat(64)).0, 404);
+    // An escaped path in the digest never reaches the file system.
+    assert_eq!(
+        publish(json!({ "to": "cam-1" }), "..%2F..%2Fetc%2Fpasswd").0,
+        400
+    );
+    assert_eq!(publish(json!({ "to": "cam-1" }), &"Z".repeat(64)).0, 400);
+    let (st, b) = publish(json!({ "to": "cam-1", "retain": false }), &digest);
+    assert_eq!(st, 422, "{b}");
+    assert!(b.contains("retain"), "{b}");
+
+    // The broker gone: 502, naming it.
+    broker.kill();
+    let (st, b) = publish(json!({ "to": "cam-1" }), &digest);
+    assert_eq!(st, 502, "{b}");
+    assert!(b.contains("127.0.0.1"), "{b}");
+
+    let audit = s.get("/api/v1/audit", &gw.admin).to_string();
+    assert!(audit.contains("workflow.publish"), "{audit}");
+    assert!(audit.contains("workflow.publish_failed"), "{audit}");
 }

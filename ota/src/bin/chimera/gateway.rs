@@ -340,7 +340,7 @@ pub(crate) fn audience(
     })
 }
 
-/// `chimera publish`.
+/// `chimera publish`: [`plan_publish`], then [`send_publish`].
 pub fn publish(
     file: &Path,
     to: &str,
@@ -349,6 +349,59 @@ pub fn publish(
     registry_path: &Path,
     state: &Path,
 ) -> anyhow::Result<()> {
+    let plan = plan_publish(file, to, canary_percent, registry_path)?;
+    send_publish(&plan, broker, state)?;
+    println!("{}", plan.summary());
+    Ok(())
+}
+
+/// A publish decided, not yet sent: the document, what it is, who gets it on which topics.
+pub(crate) struct PublishPlan {
+    /// The signed file (recorded in `sent.json` for reconcile).
+    pub(crate) file: PathBuf,
+    /// Its bytes as published.
+    pub(crate) doc: Vec<u8>,
+    /// Workflow id.
+    pub(crate) id: String,
+    /// Its sequence.
+    pub(crate) sequence: u64,
+    /// SHA-256 of the signed bytes.
+    pub(crate) digest: String,
+    /// The mirror a correct receipt carries.
+    pub(crate) mirror: Option<Vec<MirrorEntry>>,
+    /// The devices that get it.
+    pub(crate) devices: Vec<String>,
+    /// The topics it goes to.
+    pub(crate) topics: Vec<String>,
+    /// The canary percentage, if any.
+    pub(crate) canary_percent: Option<f64>,
+}
+
+impl PublishPlan {
+    /// The line `chimera publish` prints.
+    pub(crate) fn summary(&self) -> String {
+        format!(
+            "published {} (sequence {}, sha256 {}) to {} for {} device(s){}",
+            self.id,
+            self.sequence,
+            &self.digest[..16],
+            self.topics.join(", "),
+            self.devices.len(),
+            self.canary_percent
+                .map(|p| format!(" (canary {p}%)"))
+                .unwrap_or_default()
+        )
+    }
+}
+
+/// Reads the signed file and decides who gets it (registry, targets, canary): every refusal
+/// a device would make about its audience happens here, before the broker is involved.
+pub(crate) fn plan_publish(
+    file: &Path,
+    to: &str,
+    canary_percent: Option<f64>,
+    registry_path: &Path,
+) -> anyhow::Result<PublishPlan> {
     let doc = crate::read_file(file)?;
     let (signed, _) =
         maml::split_signed(&doc).map_err(|e| anyhow::anyhow!("{}: {e}", file.display()))?;
@@ -373,45 +426,52 @@ pub fn publish(
             group_topic: &|g| format!("aegis/v1/groups/{g}/workflows"),
         },
     )?;
+    Ok(PublishPlan {
+        file: std::fs::canonicalize(file)
+            .map_err(|e| anyhow::anyhow!("cannot resolve {}: {e}", file.display()))?,
+        doc,
+        id: f.id.clone(),
+        sequence: f.sequence,
+        digest,
+        mirror,
+        devices,
+        topics,
+        canary_percent,
+    })
+}
+
+/// Publishes a plan (retained, QoS 1, every PUBACK awaited) and records it in `sent.json`.
+pub(crate) fn send_publish(plan: &PublishPlan, broker: &str, state: &Path) -> anyhow::Result<()> {
     let rt = runtime()?;
     rt.block_on(async {
         let mut s = Session::connect(broker, &client_id("publish")).await?;
-        s.publish_retained(topics.iter().map(|t| (t.clone(), doc.clone())).collect())
-            .await?;
+        s.publish_retained(
+            plan.topics
+                .iter()
+                .map(|t| (t.clone(), plan.doc.clone()))
+                .collect(),
+        )
+        .await?;
         s.close().await;
         anyhow::Ok(())
     })?;
     let sent_path = state.join("sent.json");
     let mut sent: BTreeMap<String, Sent> = read_json(&sent_path)?;
-    let file_abs = std::fs::canonicalize(file)
-        .map_err(|e| anyhow::anyhow!("cannot resolve {}: {e}", file.display()))?;
-    for (i, d) in devices.iter().enumerate() {
+    for (i, d) in plan.devices.iter().enumerate() {
         sent.insert(
             d.clone(),
             Sent {
-                id: f.id.clone(),
-                digest: digest.clone(),
-                sequence: f.sequence,
-                file: file_abs.clone(),
-                topic: topics.get(i).unwrap_or(&topics[0]).clone(),
-                mirror: mirror.clone(),
+                id: plan.id.clone(),
+                digest: plan.digest.clone(),
+                sequence: plan.sequence,
+                file: plan.file.clone(),
+                topic: plan.topics.get(i).unwrap_or(&plan.topics[0]).clone(),
+                mirror: plan.mirror.clone(),
                 sent_at: crate::now_rfc3339(0),
             },
         );
     }
-    write_json(&sent_path, &sent)?;
-    println!(
-        "published {} (sequence {}, sha256 {}) to {} for {} device(s){}",
-        f.id,
-        f.sequence,
-        &digest[..16],
-        topics.join(", "),
-        devices.len(),
-        canary_percent
-            .map(|p| format!(" (canary {p}%)"))
-            .unwrap_or_default()
-    );
-    Ok(())
+    write_json(&sent_path, &sent)
 }
 
 /// One receipt judged against what was sent.

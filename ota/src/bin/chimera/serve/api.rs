@@ -33,6 +33,12 @@ pub(crate) struct AppState {
     pub(crate) store: Arc<dyn Store>,
     /// The verified trust metadata uploads are checked against (None: uploads refused).
     pub(crate) trust: Option<Arc<TrustMetadata>>,
+    /// The broker workflows are published to (None: publishing refused).
+    pub(crate) broker: Option<String>,
+    /// The device registry `chimera publish` resolves audiences with.
+    pub(crate) registry: std::path::PathBuf,
+    /// The gateway's state directory (`sent.json`, published documents).
+    pub(crate) state: std::path::PathBuf,
 }
 
 /// Who called (put in the request by the auth middleware).
@@ -50,6 +56,9 @@ impl Caller {
     }
 }
 
+/// Makes (and registers in the generator's definitions) the JSON Schema of a body type.
+type SchemaOf = fn(&mut SchemaGenerator) -> Schema;
+
 /// A documented parameter.
 pub(crate) struct Param {
     name: &'static str,
@@ -66,12 +75,12 @@ pub(crate) struct Route {
     pub(crate) role: Option<Role>,
     summary: &'static str,
     params: &'static [Param],
-    /// A JSON request body and its description.
-    body: Option<&'static str>,
+    /// A JSON request body: its description and schema.
+    body: Option<(&'static str, SchemaOf)>,
     /// The success status.
     ok: u16,
     /// The JSON Schema of the success body (None: not JSON, or this document itself).
-    response: Option<fn(&mut SchemaGenerator) -> Schema>,
+    response: Option<SchemaOf>,
     make: fn() -> MethodRouter<AppState>,
 }
 
@@ -167,12 +176,32 @@ pub(crate) static ROUTES: &[Route] = &[
         summary: "Upload a signed workflow: stored only if it verifies against the service's \
                   trust metadata (signature, issuer, targets, time, pipeline).",
         params: &[],
-        body: Some(
-            "{\"document\": \"<the signed workflow, as chimera sign wrote it>\"}; no other field.",
-        ),
+        body: Some((
+            "The signed workflow, as `chimera sign` wrote it; no other field.",
+            |g| g.subschema_for::<Upload>(),
+        )),
         ok: 201,
         response: Some(|g| g.subschema_for::<Workflow>()),
         make: || post(upload_workflow),
+    },
+    Route {
+        method: Method::POST,
+        path: "/api/v1/workflows/{digest}/publish",
+        role: Some(Role::Operator),
+        summary: "Publish an uploaded workflow over MQTT as `chimera publish` does (retained, \
+                  QoS 1): to a device or a group of the registry, optionally as a canary.",
+        params: &[Param {
+            name: "digest",
+            location: "path",
+            description: "The workflow's digest (64 hex digits), as the upload answered.",
+        }],
+        body: Some((
+            "Where to: `to` (a device or a group), `canary` (percent of the group, optional).",
+            |g| g.subschema_for::<PublishRequest>(),
+        )),
+        ok: 200,
+        response: Some(|g| g.subschema_for::<Published>()),
+        make: || post(publish_workflow),
     },
     Route {
         method: Method::GET,
@@ -221,7 +250,6 @@ pub(crate) fn openapi_document() -> Value {
         .for_serialize()
         .into_generator();
     let error_schema = schemas.subschema_for::<ErrorBody>().to_value();
-    let upload_schema = schemas.subschema_for::<Upload>().to_value();
     let mut paths = serde_json::Map::new();
     for r in ROUTES {
         let mut params: Vec<Value> = r
@@ -270,6 +298,12 @@ pub(crate) fn openapi_document() -> Value {
         if r.path.contains('{') {
             responses.insert("404".into(), error("No such object."));
         }
+        if r.path.ends_with("/publish") {
+            responses.insert(
+                "502".into(),
+                error("The broker did not take the publish; the error says why."),
+            );
+        }
         if r.body.is_some() {
             responses.insert(
                 "413".into(),
@@ -281,11 +315,11 @@ pub(crate) fn openapi_document() -> Value {
             );
             responses.insert(
                 "422".into(),
-                error("A body field is unknown or of the wrong type, or the document was refused (`check` names the check that failed)."),
+                error("A body field is unknown or of the wrong type, or the request was refused (an upload's `check` names the check that failed)."),
             );
             responses.insert(
                 "503".into(),
-                error("The service has no trust metadata to check documents against."),
+                error("The service lacks what the route needs (trust metadata, a broker)."),
             );
         }
         let mut op = json!({
@@ -296,10 +330,10 @@ pub(crate) fn openapi_document() -> Value {
             "security": match r.role { Some(_) => json!([{ "bearer": [] }]), None => json!([]) },
             "x-aegis-role": r.role.map(Role::as_str),
         });
-        if let Some(body) = r.body {
+        if let Some((description, schema)) = r.body {
             op["requestBody"] = json!({
-                "required": true, "description": body,
-                "content": { "application/json": { "schema": upload_schema } }
+                "required": true, "description": description,
+                "content": { "application/json": { "schema": schema(&mut schemas) } }
             });
         }
         let entry = paths.entry(r.path).or_insert_with(|| json!({}));
@@ -575,6 +609,120 @@ async fn upload_workflow(
         StatusCode::OK
     };
     Ok((status, Json(json!(w))))
+}
+
+/// `POST /api/v1/workflows/{digest}/publish`.
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+struct PublishRequest {
+    /// A device or a group of the registry.
+    to: String,
+    /// Percent of the group (above 0, at most 100): a canary, each member on its own topic.
+    #[serde(default)]
+    canary: Option<f64>,
+}
+
+/// What a publish did.
+#[derive(Debug, serde::Serialize, JsonSchema)]
+struct Published {
+    /// The workflow's digest.
+    digest: String,
+    /// Its id.
+    id: String,
+    /// Its sequence.
+    sequence: u64,
+    /// The devices it reaches.
+    devices: Vec<String>,
+    /// The topics it went to (retained).
+    topics: Vec<String>,
+    /// The canary percentage, if any.
+    canary: Option<f64>,
+}
+
+async fn publish_workflow(
+    State(s): State<AppState>,
+    Extension(caller): Extension<Caller>,
+    Path(digest): Path<String>,
+    body: Result<Json<PublishRequest>, JsonRejection>,
+) -> Result<Json<Value>, ApiError> {
+    let Json(req) = body?;
+    if digest.len() != 64
+        || !digest
+            .bytes()
+            .all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
+    {
+        return Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "digest: 64 lowercase hex digits",
+        ));
+    }
+    if let Some(p) = req.canary
+        && !(p > 0.0 && p <= 100.0)
+    {
+        return Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            format!("canary: {p} is not above 0 and at most 100"),
+        ));
+    }
+    let Some(broker) = s.broker.clone() else {
+        return Err(ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "this service has no broker to publish to (serve.yaml: broker)",
+        ));
+    };
+    let Some(text) = s.store.workflow_text(digest.clone()).await? else {
+        return Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            format!("no uploaded workflow with digest {digest}"),
+        ));
+    };
+    let actor = caller.actor();
+    let (registry, state) = (s.registry.clone(), s.state.clone());
+    let to = req.to.clone();
+    // `chimera publish`'s own code path: the document is a file in the state directory (the
+    // CLI's `fleet reconcile` re-sends from `sent.json`, which names it).
+    let outcome = tokio::task::spawn_blocking(move || {
+        let dir = state.join("workflows");
+        let file = dir.join(format!("{digest}.maml.md"));
+        let io = |e: anyhow::Error| (StatusCode::INTERNAL_SERVER_ERROR, e.to_string());
+        if !file.exists() {
+            crate::create_dir(&dir).map_err(io)?;
+            aegis_ota::fsutil::write_atomic_mode(&file, text.as_bytes(), 0o644)
+                .map_err(|e| io(anyhow::anyhow!("cannot write {}: {e}", file.display())))?;
+        }
+        let plan =
+            crate::gateway::plan_publish(&file, &to, req.canary, &registry).map_err(|e| {
+                (
+                    StatusCode::UNPROCESSABLE_ENTITY,
+                    format!("publish refused: {e}"),
+                )
+            })?;
+        crate::gateway::send_publish(&plan, &broker, &state)
+            .map_err(|e| (StatusCode::BAD_GATEWAY, format!("broker {broker}: {e}")))?;
+        Ok::<_, (StatusCode, String)>(plan)
+    })
+    .await
+    .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e))?;
+    let plan = match outcome {
+        Ok(plan) => plan,
+        Err((status, message)) => {
+            s.store
+                .audit(actor, "workflow.publish_failed".into(), message.clone())
+                .await?;
+            return Err(ApiError::new(status, message));
+        }
+    };
+    s.store
+        .audit(actor, "workflow.publish".into(), plan.summary())
+        .await?;
+    Ok(Json(json!(Published {
+        digest: plan.digest,
+        id: plan.id,
+        sequence: plan.sequence,
+        devices: plan.devices,
+        topics: plan.topics,
+        canary: plan.canary_percent,
+    })))
 }
 
 #[cfg(test)]

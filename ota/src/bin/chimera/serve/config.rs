@@ -45,6 +45,10 @@ pub(crate) struct ServeConfig {
     /// Root *public* key files that must have signed `trust_metadata`.
     #[serde(default)]
     pub(crate) trust_roots: Vec<PathBuf>,
+    /// Optional: the MQTT 5 broker uploaded workflows are published to (`mqtt://HOST:PORT`,
+    /// as `chimera publish --broker`). Without it, publishing is refused.
+    #[serde(default)]
+    pub(crate) broker: Option<String>,
     /// Largest request body accepted, in bytes.
     #[serde(default = "default_max_body_bytes")]
     pub(crate) max_body_bytes: usize,

@@ -205,6 +205,9 @@ async fn serve(cfg: ServeConfig) -> anyhow::Result<()> {
         api::AppState {
             store: Arc::new(store),
             trust,
+            broker: cfg.broker.clone(),
+            registry: cfg.registry.clone(),
+            state: cfg.state.clone(),
         },
         cfg.max_body_bytes,
     );

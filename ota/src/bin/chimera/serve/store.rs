@@ -266,6 +266,8 @@ pub(crate) trait Store: Send + Sync {
     fn add_workflow(&self, w: Workflow, text: String) -> StoreFuture<'_, bool>;
     /// Newest workflows first.
     fn workflows(&self, limit: u32) -> StoreFuture<'_, Vec<Workflow>>;
+    /// The text of the workflow with this digest, as uploaded.
+    fn workflow_text(&self, digest: String) -> StoreFuture<'_, Option<String>>;
 }
 
 /// Milliseconds since the Unix epoch.
@@ -663,6 +665,17 @@ impl Store for SqliteStore {
                 ],
             )?;
             Ok(n == 1)
+        })
+    }
+
+    fn workflow_text(&self, digest: String) -> StoreFuture<'_, Option<String>> {
+        self.call(move |c| {
+            c.query_row(
+                "SELECT text FROM workflows WHERE digest = ?1",
+                [digest],
+                |r| r.get(0),
+            )
+            .optional()
         })
     }
 
