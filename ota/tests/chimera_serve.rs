@@ -1,10 +1,12 @@
 //! `chimera serve` as a real process on a free loopback port, set up with the real CLI
 //! (root, issuer and device keys, trust metadata, enrolment, tokens) in a temporary
 //! directory, called over HTTP: authorisation of every route the OpenAPI document lists,
-//! the read API, receipts recorded through the CLI, signed workflow uploads, the audit log.
+//! the read API, receipts recorded through the CLI, signed workflow uploads, publishing
+//! (against a mosquitto of its own), the audit log.
 //!
 //! The offline root key is deleted before the service starts (its configuration has no key
 //! for it anyway): everything here works without it.
+#![cfg(feature = "gateway")]
 
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};

@@ -39,6 +39,8 @@ pub(crate) struct AppState {
     pub(crate) registry: std::path::PathBuf,
     /// The gateway's state directory (`sent.json`, published documents).
     pub(crate) state: std::path::PathBuf,
+    /// Held while publishing: `sent.json` is read, changed and written by each publish.
+    pub(crate) publishing: Arc<tokio::sync::Mutex<()>>,
 }
 
 /// Who called (put in the request by the auth middleware).
@@ -681,7 +683,9 @@ async fn publish_workflow(
     let to = req.to.clone();
     // `chimera publish`'s own code path: the document is a file in the state directory (the
     // CLI's `fleet reconcile` re-sends from `sent.json`, which names it).
+    let guard = s.publishing.clone().lock_owned().await;
     let outcome = tokio::task::spawn_blocking(move || {
+        let _guard = guard;
         let dir = state.join("workflows");
         let file = dir.join(format!("{digest}.maml.md"));
         let io = |e: anyhow::Error| (StatusCode::INTERNAL_SERVER_ERROR, e.to_string());

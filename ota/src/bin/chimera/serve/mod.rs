@@ -208,6 +208,7 @@ async fn serve(cfg: ServeConfig) -> anyhow::Result<()> {
             broker: cfg.broker.clone(),
             registry: cfg.registry.clone(),
             state: cfg.state.clone(),
+            publishing: Default::default(),
         },
         cfg.max_body_bytes,
     );
