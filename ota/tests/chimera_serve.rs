@@ -177,6 +177,14 @@ impl Drop for Server {
 }
 
 impl Server {
+    /// SIGTERM, then the exit status.
+    fn terminate(mut self) -> std::process::ExitStatus {
+        // SAFETY: kill(2) on our own child's pid; no memory is passed.
+        let rc = unsafe { libc::kill(self.child.id() as libc::pid_t, libc::SIGTERM) };
+        assert_eq!(rc, 0, "kill: {}", std::io::Error::last_os_error());
+        self.child.wait().unwrap()
+    }
+
     /// `method path` with an optional `Authorization` value and JSON body: status and body.
     fn call(
         &self,
@@ -664,6 +672,28 @@ fn the_config_has_no_place_for_a_root_key_and_uploads_need_trust() {
     );
     assert_eq!(st, 503, "{b}");
     assert!(b.contains("trust_metadata"), "{b}");
+    // One replica per SQLite database: a second service on it refuses to start.
+    let mut second = command(gw.path(), &["serve", "--config", "serve.yaml"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    BufReader::new(second.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    if !line.is_empty() {
+        let _ = second.kill();
+        panic!("a second chimera serve started on the same database: {line}");
+    }
+    let out = second.wait_with_output().unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("another chimera serve"), "{err}");
+    // SIGTERM stops the service cleanly, and its lock goes with it.
+    assert!(s.terminate().success());
+    let s = gw.start();
+    assert_eq!(s.get("/api/v1/devices", &gw.operator), json!([]));
     // A second token with the same name is refused.
     let o = chimera(
         gw.path(),

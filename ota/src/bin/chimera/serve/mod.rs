@@ -179,8 +179,42 @@ async fn add_receipt(
     Ok(())
 }
 
+/// SQLite mode runs one replica: an exclusive `flock(2)` on `DATABASE.serve-lock`, held while
+/// the service runs, makes a second `chimera serve` on the same database refuse to start. The
+/// kernel drops it when the process ends, however it ends. (The CLI's `token create` and
+/// `receipt add` do not take it: SQLite serialises their writes.)
+struct ReplicaLock {
+    _file: std::fs::File,
+}
+
+fn lock_replica(database: &std::path::Path) -> anyhow::Result<ReplicaLock> {
+    use std::os::fd::AsRawFd as _;
+    let path = PathBuf::from(format!("{}.serve-lock", database.display()));
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .map_err(|e| anyhow::anyhow!("cannot open {}: {e}", path.display()))?;
+    // SAFETY: flock(2) on a descriptor `file` owns and keeps open; no memory is passed.
+    let rc = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
+    if rc != 0 {
+        let e = std::io::Error::last_os_error();
+        anyhow::ensure!(
+            e.raw_os_error() != Some(libc::EWOULDBLOCK),
+            "another chimera serve runs on {} ({} is locked): with SQLite the service runs \
+             as one replica",
+            database.display(),
+            path.display()
+        );
+        anyhow::bail!("cannot lock {}: {e}", path.display());
+    }
+    Ok(ReplicaLock { _file: file })
+}
+
 async fn serve(cfg: ServeConfig) -> anyhow::Result<()> {
     let store = open(&cfg).await?;
+    let _replica = lock_replica(&cfg.database)?;
     let trust = match &cfg.trust_metadata {
         Some(f) => Some(Arc::new(service::load_trust(f, &cfg.trust_roots)?)),
         None => None,
