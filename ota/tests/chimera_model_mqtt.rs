@@ -8,7 +8,7 @@
 //! is never announced.
 #![cfg(feature = "gateway")]
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Child, Command, Output};
 use std::time::{Duration, Instant};
 
@@ -29,118 +29,8 @@ use rumqttc::v5::mqttbytes::QoS;
 use rumqttc::v5::mqttbytes::v5::Packet;
 use rumqttc::v5::{AsyncClient, Event, EventLoop, MqttOptions};
 
-// ---------------------------------------------------------------------------------------
-// A mosquitto of our own (the workspace's test crate has the same helper; this crate's
-// tests cannot depend on it).
-
-/// Whether mosquitto is installed; under CI its absence fails the test. A skip is
-/// recorded in `$AEGIS_SKIP_LOG` as the other gated tests do.
-fn have_mosquitto() -> bool {
-    let ok = Path::new("/usr/sbin/mosquitto").exists();
-    assert!(
-        ok || std::env::var_os("CI").is_none(),
-        "CI must install mosquitto"
-    );
-    if !ok {
-        let line = format!(
-            "chimera_model_mqtt {}: mosquitto not installed",
-            std::thread::current().name().unwrap_or("?")
-        );
-        eprintln!("SKIPPED {line}");
-        if let Some(log) = std::env::var_os("AEGIS_SKIP_LOG") {
-            use std::io::Write;
-            std::fs::OpenOptions::new()
-                .create(true)
-                .append(true)
-                .open(log)
-                .and_then(|mut f| f.write_all(format!("{line}\n").as_bytes()))
-                .expect("record the skip");
-        }
-    }
-    ok
-}
-
-struct Broker {
-    port: u16,
-    dir: PathBuf,
-    child: Option<Child>,
-}
-
-impl Broker {
-    fn start(dir: &Path) -> Broker {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .and_then(|l| l.local_addr())
-            .map(|a| a.port())
-            .expect("free port");
-        std::fs::create_dir_all(dir).unwrap();
-        // SAFETY: getuid(2) has no preconditions.
-        let user = if unsafe { libc::getuid() } == 0 {
-            "user root\n"
-        } else {
-            ""
-        };
-        std::fs::write(
-            dir.join("mosquitto.conf"),
-            format!(
-                "listener {port} 127.0.0.1\nallow_anonymous true\npersistence true\n\
-                 persistence_location {}/\nautosave_interval 1\n{user}",
-                dir.display()
-            ),
-        )
-        .unwrap();
-        let mut b = Broker {
-            port,
-            dir: dir.to_path_buf(),
-            child: None,
-        };
-        b.up();
-        b
-    }
-
-    fn up(&mut self) {
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(self.dir.join("mosquitto.log"))
-            .unwrap();
-        self.child = Some(
-            Command::new("/usr/sbin/mosquitto")
-                .arg("-c")
-                .arg(self.dir.join("mosquitto.conf"))
-                .stdout(log.try_clone().unwrap())
-                .stderr(log)
-                .spawn()
-                .expect("spawn mosquitto"),
-        );
-        // A hang guard, not a speed check.
-        let t0 = Instant::now();
-        while std::net::TcpStream::connect(("127.0.0.1", self.port)).is_err() {
-            assert!(
-                t0.elapsed() < Duration::from_secs(120),
-                "mosquitto never listened"
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-
-    /// SIGKILL: the broker vanishes mid-transfer.
-    fn kill(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
-
-    fn addr(&self) -> String {
-        format!("127.0.0.1:{}", self.port)
-    }
-}
-
-impl Drop for Broker {
-    fn drop(&mut self) {
-        self.kill();
-    }
-}
+mod common;
+use common::{Broker, have_mosquitto};
 
 // ---------------------------------------------------------------------------------------
 // chimera.
@@ -459,7 +349,7 @@ async fn device(broker: &mut Broker, d: &Path, staging: &Path) -> (Seen, Verifie
 
 #[test]
 fn a_bundle_served_over_mqtt_survives_broker_restarts_and_verifies() {
-    if !have_mosquitto() {
+    if !have_mosquitto("chimera_model_mqtt") {
         return;
     }
     let dir = tempfile::tempdir().unwrap();
@@ -697,7 +587,7 @@ fn serve_log(d: &Path) -> String {
 
 #[test]
 fn url_announcements_parse_and_a_mismatched_bundle_is_never_announced() {
-    if !have_mosquitto() {
+    if !have_mosquitto("chimera_model_mqtt") {
         return;
     }
     let dir = tempfile::tempdir().unwrap();

@@ -8,8 +8,12 @@
 //! for it anyway): everything here works without it.
 #![cfg(feature = "gateway")]
 
+mod common;
+
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
+
+use common::{Broker, have_mosquitto};
 use std::process::{Child, Command, Output, Stdio};
 
 use aegis_ota::receipt::{Receipt, Verdict};
@@ -707,89 +711,6 @@ fn the_config_has_no_place_for_a_root_key_and_uploads_need_trust() {
 // ---------------------------------------------------------------------------------------
 // Publishing, against a mosquitto of our own.
 
-/// Whether mosquitto is installed; under CI its absence fails the test (a skip elsewhere is
-/// recorded in `$AEGIS_SKIP_LOG`, as the other gated tests do).
-fn have_mosquitto() -> bool {
-    let ok = Path::new("/usr/sbin/mosquitto").exists();
-    assert!(
-        ok || std::env::var_os("CI").is_none(),
-        "CI must install mosquitto"
-    );
-    if !ok {
-        let line = "chimera_serve publish: mosquitto not installed";
-        eprintln!("SKIPPED {line}");
-        if let Some(log) = std::env::var_os("AEGIS_SKIP_LOG") {
-            use std::io::Write;
-            std::fs::OpenOptions::new()
-                .create(true)
-                .append(true)
-                .open(log)
-                .and_then(|mut f| f.write_all(format!("{line}\n").as_bytes()))
-                .expect("record the skip");
-        }
-    }
-    ok
-}
-
-/// A mosquitto on a free loopback port, killed on drop.
-struct Broker {
-    port: u16,
-    child: Option<Child>,
-}
-
-impl Broker {
-    fn start(dir: &Path) -> Broker {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .and_then(|l| l.local_addr())
-            .map(|a| a.port())
-            .expect("free port");
-        std::fs::create_dir_all(dir).unwrap();
-        // SAFETY: getuid(2) has no preconditions.
-        let user = if unsafe { libc::getuid() } == 0 {
-            "user root\n"
-        } else {
-            ""
-        };
-        std::fs::write(
-            dir.join("mosquitto.conf"),
-            format!("listener {port} 127.0.0.1\nallow_anonymous true\n{user}"),
-        )
-        .unwrap();
-        let log = std::fs::File::create(dir.join("mosquitto.log")).unwrap();
-        let child = Command::new("/usr/sbin/mosquitto")
-            .arg("-c")
-            .arg(dir.join("mosquitto.conf"))
-            .stdout(log.try_clone().unwrap())
-            .stderr(log)
-            .spawn()
-            .expect("spawn mosquitto");
-        // A hang guard, not a speed check.
-        let mut tries = 0;
-        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-            tries += 1;
-            assert!(tries < 6000, "mosquitto never listened");
-            std::thread::sleep(std::time::Duration::from_millis(20));
-        }
-        Broker {
-            port,
-            child: Some(child),
-        }
-    }
-
-    fn kill(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
-}
-
-impl Drop for Broker {
-    fn drop(&mut self) {
-        self.kill();
-    }
-}
-
 /// The retained message on `topic` (a fresh subscription gets it first).
 fn retained(port: u16, topic: &str) -> Vec<u8> {
     use rumqttc::v5::mqttbytes::QoS;
@@ -820,7 +741,7 @@ fn retained(port: u16, topic: &str) -> Vec<u8> {
 
 #[test]
 fn uploaded_workflows_are_published_as_chimera_publish_does() {
-    if !have_mosquitto() {
+    if !have_mosquitto("chimera_serve") {
         return;
     }
     let gw = Gateway::new();
