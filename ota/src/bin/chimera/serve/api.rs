@@ -1,5 +1,5 @@
-//! The HTTP API: one route table ([`ROUTES`]) from which both the axum router and the OpenAPI
-//! document are built, so a route cannot exist without its documented role, nor be
+//! The HTTP API: one route table ([`routes`], the tables of [`TABLES`]) from which both the
+//! axum router and the OpenAPI document are built, so a route cannot exist without its documented role, nor be
 //! documented without existing. Authorisation is one middleware on the whole router and
 //! denies by default: a path or method not in the table (the fallback included) needs an
 //! admin token, so it answers 401/403 before it can say 404/405 to a stranger.
@@ -63,10 +63,10 @@ type SchemaOf = fn(&mut SchemaGenerator) -> Schema;
 
 /// A documented parameter.
 pub(crate) struct Param {
-    name: &'static str,
+    pub(crate) name: &'static str,
     /// `path` or `query`.
-    location: &'static str,
-    description: &'static str,
+    pub(crate) location: &'static str,
+    pub(crate) description: &'static str,
 }
 
 /// One route: method, path (axum syntax, which is OpenAPI's), the least role that may call
@@ -75,25 +75,34 @@ pub(crate) struct Route {
     pub(crate) method: Method,
     pub(crate) path: &'static str,
     pub(crate) role: Option<Role>,
-    summary: &'static str,
-    params: &'static [Param],
+    pub(crate) summary: &'static str,
+    pub(crate) params: &'static [Param],
     /// A JSON request body: its description and schema.
-    body: Option<(&'static str, SchemaOf)>,
+    pub(crate) body: Option<(&'static str, SchemaOf)>,
     /// The success status.
-    ok: u16,
+    pub(crate) ok: u16,
     /// The JSON Schema of the success body (None: not JSON, or this document itself).
-    response: Option<SchemaOf>,
-    make: fn() -> MethodRouter<AppState>,
+    pub(crate) response: Option<SchemaOf>,
+    pub(crate) make: fn() -> MethodRouter<AppState>,
 }
 
-const LIMIT: Param = Param {
+/// Every route table: this file's, then one per feature module (each module keeps its
+/// routes beside its handlers and adds its table here).
+pub(crate) static TABLES: &[&[Route]] = &[ROUTES];
+
+/// Every route the service answers.
+pub(crate) fn routes() -> impl Iterator<Item = &'static Route> {
+    TABLES.iter().flat_map(|t| t.iter())
+}
+
+pub(crate) const LIMIT: Param = Param {
     name: "limit",
     location: "query",
     description: "Rows to return, newest first (1..=1000, default 100).",
 };
 
-/// Every route the service answers.
-pub(crate) static ROUTES: &[Route] = &[
+/// The core routes: health, the document, devices, receipts, workflows, audit.
+static ROUTES: &[Route] = &[
     Route {
         method: Method::GET,
         path: "/healthz",
@@ -218,10 +227,10 @@ pub(crate) static ROUTES: &[Route] = &[
     },
 ];
 
-/// The router: every route of [`ROUTES`], default-deny authorisation, the body limit.
+/// The router: every route of [`routes`], default-deny authorisation, the body limit.
 pub(crate) fn router(state: AppState, max_body_bytes: usize) -> Router {
     let mut r = Router::new();
-    for route in ROUTES {
+    for route in routes() {
         r = r.route(route.path, (route.make)());
     }
     r.fallback(not_found)
@@ -240,7 +249,7 @@ struct ErrorBody {
     check: Option<String>,
 }
 
-/// The OpenAPI 3.1 document of [`ROUTES`]. Schemas are generated from the Rust types the
+/// The OpenAPI 3.1 document of [`routes`]. Schemas are generated from the Rust types the
 /// handlers serialise (JSON Schema 2020-12, OpenAPI 3.1's own dialect) and referenced from
 /// `components/schemas`.
 pub(crate) fn openapi_document() -> Value {
@@ -253,7 +262,7 @@ pub(crate) fn openapi_document() -> Value {
         .into_generator();
     let error_schema = schemas.subschema_for::<ErrorBody>().to_value();
     let mut paths = serde_json::Map::new();
-    for r in ROUTES {
+    for r in routes() {
         let mut params: Vec<Value> = r
             .params
             .iter()
@@ -408,7 +417,7 @@ impl From<QueryRejection> for ApiError {
 
 /// The least role `method path` needs: the table's, admin for anything not in it.
 fn needed_role(method: &Method, matched: Option<&str>) -> Option<Role> {
-    match matched.and_then(|p| ROUTES.iter().find(|r| r.path == p && r.method == *method)) {
+    match matched.and_then(|p| routes().find(|r| r.path == p && r.method == *method)) {
         Some(r) => r.role,
         None => Some(Role::Admin),
     }
@@ -736,14 +745,13 @@ mod tests {
     #[test]
     fn the_document_lists_every_route_with_its_role() {
         let doc = openapi_document();
-        for r in ROUTES {
+        for r in routes() {
             let op = &doc["paths"][r.path][r.method.as_str().to_lowercase()];
             assert!(op.is_object(), "{} {} missing", r.method, r.path);
             assert_eq!(op["x-aegis-role"], json!(r.role.map(Role::as_str)));
         }
         // Only /healthz and the document itself are public.
-        let public: Vec<_> = ROUTES
-            .iter()
+        let public: Vec<_> = routes()
             .filter(|r| r.role.is_none())
             .map(|r| r.path)
             .collect();
