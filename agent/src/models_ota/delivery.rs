@@ -198,6 +198,8 @@ pub struct Delivery {
     pub pending: Option<(String, Vec<u8>)>,
     /// Where the fleet link meets a transfer over MQTT (the link attaches at its start).
     pub port: Arc<ChunkPort>,
+    /// Manifests of running versions answered again this run (once each).
+    pub answered_again: std::collections::HashSet<String>,
     done: tokio::sync::mpsc::Sender<Staged>,
 }
 
@@ -248,6 +250,7 @@ impl Delivery {
                 phases: Vec::new(),
                 pending: None,
                 port: ChunkPort::new(),
+                answered_again: Default::default(),
                 done: tx,
             },
             rx,

@@ -155,6 +155,9 @@ impl Applier {
                 let digest = aegis_ota::model::split_manifest(&signed)
                     .map(|(json, _)| aegis_ota::sha256_hex(&json))
                     .unwrap_or_else(|_| aegis_ota::sha256_hex(&signed));
+                if let Some(reply) = self.answer_again(&rej, &digest, t0) {
+                    return reply;
+                }
                 if self.workflows.answered(&digest) {
                     return self.duplicate(t0, &digest);
                 }
@@ -273,6 +276,34 @@ impl Applier {
                 )
             }
         }
+    }
+
+    /// The version that runs, announced again (a retained announcement after a restart, a
+    /// gateway reconciling a device whose receipt it never got): answered `applied` again,
+    /// once per manifest per run. Its first answer may have died with the agent (a kill
+    /// between the swap and the queued receipt), and a receipt is what the fleet waits on.
+    fn answer_again(&mut self, rej: &ModelRejection, digest: &str, t0: Instant) -> Option<Reply> {
+        let ModelRejection::NotNewer { name, offered, .. } = rej else {
+            return None;
+        };
+        let d = self.models.as_mut()?;
+        let runs = d
+            .store
+            .list()
+            .into_iter()
+            .find(|e| e.name == *name)
+            .and_then(|e| e.record.active)
+            .is_some_and(|a| a.version == *offered && a.digest == digest);
+        if !runs || !d.answered_again.insert(digest.to_string()) {
+            return None;
+        }
+        let outcome = ModelOutcome {
+            verdict: Verdict::Applied,
+            reason: format!(
+                "version {offered} already runs here (announced again: answered again)"
+            ),
+        };
+        Some(self.model_answer(Some((name.clone(), *offered)), digest, t0, outcome))
     }
 
     /// The reason for a refusal, said plainly where the store knows more: a version that is
