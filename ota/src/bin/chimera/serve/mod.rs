@@ -1,5 +1,6 @@
 //! `chimera serve`: the gateway as a service (issue 21; docs/chimera-serve.md). This first
-//! slice: an HTTP API over a SQLite state file (devices imported from the CLI's registry,
+//! slice: an HTTP API over its state — a SQLite file (one replica) or PostgreSQL (several
+//! replicas) — (devices imported from the CLI's registry,
 //! receipts verified with each device's enrolled key, signed workflow uploads checked
 //! against the trust metadata, an audit log), with API tokens and roles.
 //!
@@ -7,19 +8,24 @@
 //! its configuration has no place for either; it verifies with public keys only.
 //!
 //! Layout (vector's habit): `config.rs` is the contract, `store.rs` the state behind a
-//! trait, `service.rs` the decisions, `api.rs` the HTTP surface.
+//! trait (`postgres.rs` its PostgreSQL implementation), `service.rs` the decisions, `api.rs`
+//! the HTTP surface.
 
 mod api;
 mod config;
+mod postgres;
 mod service;
 mod store;
+#[cfg(test)]
+#[path = "../../../../tests/common/mod.rs"]
+mod test_common;
 
 use std::path::PathBuf;
 use std::sync::Arc;
 
 use clap::Subcommand;
 
-use config::ServeConfig;
+use config::{Database, ServeConfig};
 use store::{Role, SqliteStore, Store};
 
 /// `chimera serve`.
@@ -96,11 +102,38 @@ pub(crate) fn run(args: ServeArgs) -> anyhow::Result<()> {
     })
 }
 
+/// The state, opened.
+struct Opened {
+    store: Arc<dyn Store>,
+    /// Where it is, for the log and the audit (never a password).
+    describe: String,
+}
+
 /// Opens the database (migrating it) and brings in the registry and token files: what
 /// every command starts with, so the CLI and the service see the same devices.
-async fn open(cfg: &ServeConfig) -> anyhow::Result<SqliteStore> {
+async fn open(cfg: &ServeConfig) -> anyhow::Result<Opened> {
     crate::create_dir(&cfg.state)?;
-    let store = SqliteStore::open(&cfg.database)?;
+    let (store, describe): (Arc<dyn Store>, String) = match &cfg.database {
+        Database::Sqlite(path) => (
+            Arc::new(SqliteStore::open(path)?),
+            format!("SQLite {}", path.display()),
+        ),
+        Database::Postgres(source) => {
+            let target = source.resolve()?;
+            if !target.tls() && !target.is_local() {
+                eprintln!(
+                    "chimera serve: warning: the connection to {} is not encrypted (give \
+                     database.ca_file for TLS)",
+                    target.describe()
+                );
+            }
+            let tls = if target.tls() { "TLS" } else { "no TLS" };
+            (
+                Arc::new(postgres::PgStore::open(&target).await?),
+                format!("PostgreSQL {} ({tls})", target.describe()),
+            )
+        }
+    };
     let (devices, groups) = service::read_registry(&cfg.registry)?;
     let (nd, ng) = (devices.len(), groups.len());
     let counts = store.import_registry(devices, groups).await?;
@@ -132,7 +165,7 @@ async fn open(cfg: &ServeConfig) -> anyhow::Result<SqliteStore> {
                 .await?;
         }
     }
-    Ok(store)
+    Ok(Opened { store, describe })
 }
 
 async fn create_token(cfg: &ServeConfig, role: Role, name: String) -> anyhow::Result<()> {
@@ -140,7 +173,7 @@ async fn create_token(cfg: &ServeConfig, role: Role, name: String) -> anyhow::Re
         !name.is_empty() && name.len() <= 64 && !name.chars().any(char::is_control),
         "--name: 1 to 64 characters, no control characters"
     );
-    let store = open(cfg).await?;
+    let store = open(cfg).await?.store;
     let (token, hash) = service::new_token()?;
     anyhow::ensure!(
         store.create_token(name.clone(), role, hash).await?,
@@ -166,9 +199,9 @@ async fn add_receipt(
     device: &str,
     file: &std::path::Path,
 ) -> anyhow::Result<()> {
-    let store = open(cfg).await?;
+    let store = open(cfg).await?.store;
     let text = crate::read_file(file)?;
-    let r = service::ingest_receipt(&store, device, &text).await?;
+    let r = service::ingest_receipt(&*store, device, &text).await?;
     match r.error {
         None => println!("receipt {} from {device}: verified", r.id),
         Some(e) => anyhow::bail!(
@@ -213,8 +246,15 @@ fn lock_replica(database: &std::path::Path) -> anyhow::Result<ReplicaLock> {
 }
 
 async fn serve(cfg: ServeConfig) -> anyhow::Result<()> {
-    let store = open(&cfg).await?;
-    let _replica = lock_replica(&cfg.database)?;
+    let Opened {
+        store,
+        describe: state,
+    } = open(&cfg).await?;
+    // SQLite: one replica, enforced. PostgreSQL: as many as wanted, no lock.
+    let _replica = match &cfg.database {
+        Database::Sqlite(path) => Some(lock_replica(path)?),
+        Database::Postgres(_) => None,
+    };
     let trust = match &cfg.trust_metadata {
         Some(f) => Some(Arc::new(service::load_trust(f, &cfg.trust_roots)?)),
         None => None,
@@ -228,7 +268,7 @@ async fn serve(cfg: ServeConfig) -> anyhow::Result<()> {
             "system".into(),
             "service.start".into(),
             format!(
-                "listening on {addr}; trust metadata {}",
+                "listening on {addr}; state {state}; trust metadata {}",
                 trust
                     .as_ref()
                     .map_or("none".into(), |t| format!("version {}", t.version))
@@ -237,7 +277,7 @@ async fn serve(cfg: ServeConfig) -> anyhow::Result<()> {
         .await?;
     let app = api::router(
         api::AppState {
-            store: Arc::new(store),
+            store,
             trust,
             broker: cfg.broker.clone(),
             registry: cfg.registry.clone(),
@@ -247,6 +287,7 @@ async fn serve(cfg: ServeConfig) -> anyhow::Result<()> {
         cfg.max_body_bytes,
     );
     // Tests and scripts read the address from this line (listen: …:0 picks a free port).
+    eprintln!("chimera serve: state in {state}");
     println!("chimera serve: listening on http://{addr}");
     use std::io::Write as _;
     let _ = std::io::stdout().flush();

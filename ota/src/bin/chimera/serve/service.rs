@@ -241,6 +241,10 @@ pub(crate) fn check_upload(
     if let Some(why) = aegis_ota::device::trust_expired(trust, now_s) {
         return Err(refused("trust", why));
     }
+    if let Some(at) = doc.iter().position(|b| *b == 0) {
+        // Text never holds NUL; PostgreSQL could not store it either.
+        return Err(refused("format", format!("a NUL byte at offset {at}")));
+    }
     let (signed, block) = maml::split_signed(doc).map_err(|e| refused("format", e))?;
     if block.alg != sign::ALG {
         return Err(refused(

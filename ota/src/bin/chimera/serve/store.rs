@@ -1,13 +1,36 @@
 //! The service's state behind [`Store`]: one method per operation the service performs (not
-//! generic SQL), so a PostgreSQL implementation can be added beside [`SqliteStore`] without
-//! touching the API. The SQL is portable (see `migrations/`); what differs per engine is how a
-//! connection is driven.
+//! generic SQL), so the API does not know which database it runs on. Two implementations:
+//! [`SqliteStore`] here (one file, one replica) and
+//! [`PgStore`](super::postgres::PgStore) (PostgreSQL, several replicas).
 //!
 //! SQLite: `rusqlite` on one connection behind a mutex, every call on
 //! `tokio::task::spawn_blocking` so the HTTP tasks never block on the disk. WAL, so readers
 //! (a second `chimera serve token create` while the service runs) do not wait on the writer.
 //!
 //! This module never verifies anything: callers (`service.rs`) decide what is `verified`.
+//!
+//! # Adding a migration
+//!
+//! Append a [`Migration`] to [`MIGRATIONS`] with the next version (never edit one that has
+//! shipped). Write the SQL once in `migrations/NNNN_name.sql` when it is portable (TEXT ids
+//! made by the service, BIGINT unix milliseconds, INTEGER 0/1 flags, `ON CONFLICT …`, no
+//! AUTOINCREMENT/SERIAL, no engine-specific types) and give that same file to both fields;
+//! when a dialect needs its own text, write `NNNN_name.sqlite.sql` and
+//! `NNNN_name.postgres.sql` side by side, with the same tables, columns and meaning. SQLite
+//! applies each migration in its own `BEGIN IMMEDIATE` transaction; PostgreSQL applies all
+//! missing ones in one transaction under an advisory lock (two replicas starting together
+//! migrate once), so a PostgreSQL migration must be transactional DDL (no `CREATE INDEX
+//! CONCURRENTLY`). `store::tests` runs every migration on both engines.
+//!
+//! # Adding an operation
+//!
+//! Add the method to [`Store`] (owned arguments, a [`StoreFuture`]), implement it in
+//! `impl Store for SqliteStore` below and `impl Store for PgStore` in `postgres.rs`
+//! (PostgreSQL placeholders are `$1`; a parameter tested with `IS NULL` needs a type,
+//! `$1::text`; INTEGER columns bind `i32`, BIGINT `i64`; sort text with `COLLATE "C"` so
+//! both engines order alike), and add its assertions to `store::tests`, whose bodies run
+//! against both stores (`each_store`). Shared decisions (what counts as a change, how
+//! JSON columns are written and read) are functions here, not copies in each store.
 
 use std::future::Future;
 use std::path::{Path, PathBuf};
@@ -17,16 +40,49 @@ use std::sync::{Arc, Mutex};
 use rusqlite::{Connection, OptionalExtension, params};
 use serde::Serialize;
 
-/// The migrations, in order: version, name, SQL. Applied each in its own transaction and
-/// recorded in `schema_migrations`; never edit one that has shipped, add the next.
-pub(crate) const MIGRATIONS: &[(i64, &str, &str)] = &[
-    (1, "init", include_str!("migrations/0001_init.sql")),
-    (
-        2,
-        "workflows",
-        include_str!("migrations/0002_workflows.sql"),
-    ),
+/// One schema migration, in both SQL dialects.
+pub(crate) struct Migration {
+    /// Its version: 1, 2, … without gaps.
+    pub(crate) version: i64,
+    /// A short name, recorded in `schema_migrations`.
+    pub(crate) name: &'static str,
+    /// The SQL for SQLite.
+    pub(crate) sqlite: &'static str,
+    /// The SQL for PostgreSQL (the same text when it is portable).
+    pub(crate) postgres: &'static str,
+}
+
+const M0001_INIT: &str = include_str!("migrations/0001_init.sql");
+const M0002_WORKFLOWS: &str = include_str!("migrations/0002_workflows.sql");
+
+/// The migrations, in order. Applied and recorded in `schema_migrations`; never edit one
+/// that has shipped, add the next (see the module docs).
+pub(crate) const MIGRATIONS: &[Migration] = &[
+    Migration {
+        version: 1,
+        name: "init",
+        sqlite: M0001_INIT,
+        postgres: M0001_INIT,
+    },
+    Migration {
+        version: 2,
+        name: "workflows",
+        sqlite: M0002_WORKFLOWS,
+        postgres: M0002_WORKFLOWS,
+    },
 ];
+
+/// The newest schema version this build knows.
+pub(crate) fn known_version() -> i64 {
+    MIGRATIONS.last().map_or(0, |m| m.version)
+}
+
+/// The table that records applied migrations (portable SQL).
+pub(crate) const SCHEMA_MIGRATIONS_TABLE: &str = "CREATE TABLE IF NOT EXISTS schema_migrations (
+    version    BIGINT PRIMARY KEY,
+    name       TEXT NOT NULL,
+    applied_at BIGINT NOT NULL
+)";
 
 /// Why a store operation failed.
 #[derive(Debug, thiserror::Error)]
@@ -39,14 +95,25 @@ pub(crate) enum StoreError {
         /// What SQLite said.
         source: rusqlite::Error,
     },
+    /// PostgreSQL said no, or no connection could be had.
+    #[error("database {at}: {message}")]
+    Postgres {
+        /// The database, as `postgres://USER@HOST:PORT/DBNAME` (never a password).
+        at: String,
+        /// What failed, with its causes.
+        message: String,
+    },
     /// The blocking task died (a panic in a store call).
     #[error("database task: {0}")]
     Task(String),
     /// The database holds a schema newer than this build knows.
-    #[error("database {path}: schema version {found} is newer than this chimera ({known})")]
+    #[error(
+        "database {at}: schema version {found} is newer than this chimera ({known}): \
+         run the chimera that migrated it, or a newer one"
+    )]
     TooNew {
-        /// The database file.
-        path: PathBuf,
+        /// The database (file, or PostgreSQL as `postgres://USER@HOST:PORT/DBNAME`).
+        at: String,
         /// Its version.
         found: i64,
         /// The newest this build knows.
@@ -235,7 +302,95 @@ pub(crate) struct ImportCounts {
     pub(crate) unchanged: usize,
 }
 
-/// The service's operations on its state.
+/// What the store holds for a device, as far as the registry import compares it.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct HeldDevice {
+    /// Its signing key.
+    pub(crate) signing_key: String,
+    /// Its sealing key.
+    pub(crate) kem_key: Option<String>,
+    /// Its groups, sorted.
+    pub(crate) groups: Vec<String>,
+}
+
+/// What the registry import does with one enrolment.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Change {
+    /// A device the store does not hold.
+    Add,
+    /// Keys or groups differ: rewrite it.
+    Update,
+    /// Already as the registry says: leave it alone.
+    Keep,
+}
+
+impl Enrolment {
+    /// Its groups, sorted and without duplicates (as stored).
+    pub(crate) fn sorted_groups(&self) -> Vec<String> {
+        let mut g = self.groups.clone();
+        g.sort();
+        g.dedup();
+        g
+    }
+
+    /// What the import does with it, given what the store holds.
+    pub(crate) fn change(&self, held: Option<&HeldDevice>) -> Change {
+        match held {
+            None => Change::Add,
+            Some(h)
+                if h.signing_key == self.signing_key
+                    && h.kem_key == self.kem_key
+                    && h.groups == self.sorted_groups() =>
+            {
+                Change::Keep
+            }
+            Some(_) => Change::Update,
+        }
+    }
+}
+
+impl ImportCounts {
+    /// Counts one decision.
+    pub(crate) fn count(&mut self, c: Change) {
+        match c {
+            Change::Add => self.added += 1,
+            Change::Update => self.updated += 1,
+            Change::Keep => self.unchanged += 1,
+        }
+    }
+}
+
+/// The `targets` column of `workflows`: JSON `{"devices": [...], "groups": [...]}`.
+pub(crate) fn targets_json(devices: &[String], groups: &[String]) -> String {
+    serde_json::json!({ "devices": devices, "groups": groups }).to_string()
+}
+
+/// The devices and groups of a `targets` column (empty lists for anything malformed).
+pub(crate) fn parse_targets(json: &str) -> (Vec<String>, Vec<String>) {
+    #[derive(serde::Deserialize, Default)]
+    #[serde(default)]
+    struct Targets {
+        devices: Vec<String>,
+        groups: Vec<String>,
+    }
+    let t: Targets = serde_json::from_str(json).unwrap_or_default();
+    (t.devices, t.groups)
+}
+
+/// `s` with U+0000 replaced by U+FFFD. PostgreSQL text cannot hold U+0000, so both stores
+/// store free text that comes from outside (a receipt as received, why it failed, audit
+/// details) this way, and answer alike.
+pub(crate) fn without_nul(s: String) -> String {
+    if s.contains('\0') {
+        s.replace('\0', "\u{FFFD}")
+    } else {
+        s
+    }
+}
+
+/// The service's operations on its state. Free text from outside (a receipt's text and
+/// error, audit details) is stored through [`without_nul`]; a lookup by a key that holds
+/// U+0000 finds nothing.
 pub(crate) trait Store: Send + Sync {
     /// Inserts or updates the registry's devices and groups (idempotent: the same registry
     /// twice changes nothing the second time).
@@ -345,14 +500,7 @@ fn migrate(conn: &mut Connection, path: &Path) -> Result<(), StoreError> {
         path: path.to_path_buf(),
         source,
     };
-    conn.execute_batch(
-        "CREATE TABLE IF NOT EXISTS schema_migrations (
-             version    BIGINT PRIMARY KEY,
-             name       TEXT NOT NULL,
-             applied_at BIGINT NOT NULL
-         )",
-    )
-    .map_err(db)?;
+    conn.execute_batch(SCHEMA_MIGRATIONS_TABLE).map_err(db)?;
     let found: i64 = conn
         .query_row(
             "SELECT COALESCE(MAX(version), 0) FROM schema_migrations",
@@ -360,15 +508,15 @@ fn migrate(conn: &mut Connection, path: &Path) -> Result<(), StoreError> {
             |r| r.get(0),
         )
         .map_err(db)?;
-    let known = MIGRATIONS.last().map_or(0, |m| m.0);
+    let known = known_version();
     if found > known {
         return Err(StoreError::TooNew {
-            path: path.to_path_buf(),
+            at: path.display().to_string(),
             found,
             known,
         });
     }
-    for (version, name, sql) in MIGRATIONS.iter().filter(|m| m.0 > found) {
+    for m in MIGRATIONS.iter().filter(|m| m.version > found) {
         // IMMEDIATE: two processes starting on one new file do not both migrate.
         let tx = conn
             .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
@@ -376,7 +524,7 @@ fn migrate(conn: &mut Connection, path: &Path) -> Result<(), StoreError> {
         let done: Option<i64> = tx
             .query_row(
                 "SELECT version FROM schema_migrations WHERE version = ?1",
-                [version],
+                [m.version],
                 |r| r.get(0),
             )
             .optional()
@@ -384,10 +532,10 @@ fn migrate(conn: &mut Connection, path: &Path) -> Result<(), StoreError> {
         if done.is_some() {
             continue;
         }
-        tx.execute_batch(sql).map_err(db)?;
+        tx.execute_batch(m.sqlite).map_err(db)?;
         tx.execute(
             "INSERT INTO schema_migrations (version, name, applied_at) VALUES (?1, ?2, ?3)",
-            params![version, name, now_ms()],
+            params![m.version, m.name, now_ms()],
         )
         .map_err(db)?;
         tx.commit().map_err(db)?;
@@ -408,7 +556,8 @@ fn summary(r: &rusqlite::Row<'_>, at: usize) -> rusqlite::Result<ReceiptSummary>
     })
 }
 
-const SUMMARY_COLUMNS: &str =
+/// The columns [`ReceiptSummary`] is read from, in its order (both engines).
+pub(crate) const SUMMARY_COLUMNS: &str =
     "id, kind, workflow_id, digest, verdict, verified, error, received_at";
 
 fn load_device(c: &Connection, id: &str) -> rusqlite::Result<Option<Device>> {
@@ -452,8 +601,26 @@ fn load_device(c: &Connection, id: &str) -> rusqlite::Result<Option<Device>> {
     }))
 }
 
-fn strings(json: &str) -> Vec<String> {
-    serde_json::from_str(json).unwrap_or_default()
+fn held_device(c: &Connection, id: &str) -> rusqlite::Result<Option<HeldDevice>> {
+    let Some((signing_key, kem_key)) = c
+        .query_row(
+            "SELECT signing_key, kem_key FROM devices WHERE id = ?1",
+            [id],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )
+        .optional()?
+    else {
+        return Ok(None);
+    };
+    let groups = c
+        .prepare("SELECT group_name FROM group_members WHERE device_id = ?1 ORDER BY group_name")?
+        .query_map([id], |r| r.get(0))?
+        .collect::<rusqlite::Result<Vec<String>>>()?;
+    Ok(Some(HeldDevice {
+        signing_key,
+        kem_key,
+        groups,
+    }))
 }
 
 impl Store for SqliteStore {
@@ -473,26 +640,10 @@ impl Store for SqliteStore {
                 )?;
             }
             for d in &devices {
-                let old = load_device(&tx, &d.id)?;
-                let old_key: Option<(String, Option<String>)> = tx
-                    .query_row(
-                        "SELECT signing_key, kem_key FROM devices WHERE id = ?1",
-                        [&d.id],
-                        |r| Ok((r.get(0)?, r.get(1)?)),
-                    )
-                    .optional()?;
-                let mut groups = d.groups.clone();
-                groups.sort();
-                groups.dedup();
-                match (&old, &old_key) {
-                    (Some(o), Some((sk, kem)))
-                        if *sk == d.signing_key && *kem == d.kem_key && o.groups == groups =>
-                    {
-                        counts.unchanged += 1;
-                        continue;
-                    }
-                    (Some(_), _) => counts.updated += 1,
-                    (None, _) => counts.added += 1,
+                let change = d.change(held_device(&tx, &d.id)?.as_ref());
+                counts.count(change);
+                if change == Change::Keep {
+                    continue;
                 }
                 tx.execute(
                     "INSERT INTO devices (id, signing_key, key_id, kem_key, enrolled_at) \
@@ -502,7 +653,7 @@ impl Store for SqliteStore {
                     params![d.id, d.signing_key, d.key_id, d.kem_key, now_ms()],
                 )?;
                 tx.execute("DELETE FROM group_members WHERE device_id = ?1", [&d.id])?;
-                for g in &groups {
+                for g in &d.sorted_groups() {
                     tx.execute(
                         "INSERT INTO groups (name, kem_key) VALUES (?1, NULL) \
                          ON CONFLICT (name) DO NOTHING",
@@ -585,10 +736,10 @@ impl Store for SqliteStore {
                     r.workflow_id,
                     r.digest,
                     r.verdict,
-                    r.signed_text,
+                    without_nul(r.signed_text),
                     now_ms(),
                     i64::from(r.verified),
-                    r.error
+                    r.error.map(without_nul)
                 ],
             )?;
             Ok(id)
@@ -597,7 +748,6 @@ impl Store for SqliteStore {
 
     fn receipts(&self, device: Option<String>, limit: u32) -> StoreFuture<'_, Vec<StoredReceipt>> {
         self.call(move |c| {
-            // PostgreSQL will need `$1::text IS NULL` here (an untyped NULL test).
             let sql = format!(
                 "SELECT device_id, signed_text, {SUMMARY_COLUMNS} FROM receipts \
                  WHERE (?1 IS NULL OR device_id = ?1) \
@@ -619,7 +769,13 @@ impl Store for SqliteStore {
         self.call(move |c| {
             c.execute(
                 "INSERT INTO audit (id, at, actor, action, detail) VALUES (?1, ?2, ?3, ?4, ?5)",
-                params![new_id(), now_ms(), actor, action, detail],
+                params![
+                    new_id(),
+                    now_ms(),
+                    without_nul(actor),
+                    without_nul(action),
+                    without_nul(detail)
+                ],
             )?;
             Ok(())
         })
@@ -646,7 +802,7 @@ impl Store for SqliteStore {
 
     fn add_workflow(&self, w: Workflow, text: String) -> StoreFuture<'_, bool> {
         self.call(move |c| {
-            let targets = serde_json::json!({ "devices": w.devices, "groups": w.groups });
+            let targets = targets_json(&w.devices, &w.groups);
             let n = c.execute(
                 "INSERT INTO workflows (digest, id, sequence, issuer, key_id, sealed, targets, \
                  text, created_by, created_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10) \
@@ -658,7 +814,7 @@ impl Store for SqliteStore {
                     w.issuer,
                     w.key_id,
                     i64::from(w.sealed),
-                    targets.to_string(),
+                    targets,
                     text,
                     w.created_by,
                     w.created_at
@@ -686,8 +842,7 @@ impl Store for SqliteStore {
                      created_at FROM workflows ORDER BY created_at DESC, digest LIMIT ?1",
             )?
             .query_map([limit], |r| {
-                let targets: serde_json::Value =
-                    serde_json::from_str(&r.get::<_, String>(6)?).unwrap_or_default();
+                let (devices, groups) = parse_targets(&r.get::<_, String>(6)?);
                 Ok(Workflow {
                     digest: r.get(0)?,
                     id: r.get(1)?,
@@ -695,8 +850,8 @@ impl Store for SqliteStore {
                     issuer: r.get(3)?,
                     key_id: r.get(4)?,
                     sealed: r.get::<_, i64>(5)? != 0,
-                    devices: strings(&targets["devices"].to_string()),
-                    groups: strings(&targets["groups"].to_string()),
+                    devices,
+                    groups,
                     created_by: r.get(7)?,
                     created_at: r.get(8)?,
                 })
@@ -707,8 +862,105 @@ impl Store for SqliteStore {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
+    //! Every test body here runs against a fresh SQLite file and, where Debian's PostgreSQL
+    //! is installed (always under CI), a fresh PostgreSQL database ([`TestDb::each`]): one
+    //! set of assertions, both engines.
+
     use super::*;
+    use crate::serve::postgres::{PgStore, PgTarget};
+    use crate::serve::test_common::{have_postgres, postgres};
+
+    /// A fresh, empty database of one engine.
+    pub(crate) enum TestDb {
+        /// A SQLite file in its own directory.
+        Sqlite(tempfile::TempDir),
+        /// A database of the test binary's PostgreSQL server.
+        Postgres(String),
+    }
+
+    impl TestDb {
+        /// A fresh SQLite database, and a fresh PostgreSQL one when the server is installed
+        /// (a skip is recorded when it is not).
+        pub(crate) fn each() -> Vec<TestDb> {
+            let mut dbs = vec![TestDb::Sqlite(tempfile::tempdir().unwrap())];
+            if have_postgres("chimera") {
+                dbs.push(TestDb::Postgres(postgres().create_database()));
+            }
+            dbs
+        }
+
+        /// A fresh PostgreSQL database, or None (skip recorded) without the server.
+        pub(crate) fn postgres() -> Option<String> {
+            have_postgres("chimera").then(|| postgres().create_database())
+        }
+
+        /// How the service would connect to PostgreSQL database `db`: TLS verified against
+        /// the test server's CA, password authentication.
+        pub(crate) fn target(db: &str) -> PgTarget {
+            let pg = postgres();
+            PgTarget::new(
+                &pg.url(db),
+                "url",
+                Some(pg.password().to_string()),
+                Some(&pg.ca_file()),
+                4,
+            )
+            .unwrap()
+        }
+
+        fn path(dir: &tempfile::TempDir) -> PathBuf {
+            dir.path().join("chimera.db")
+        }
+
+        pub(crate) fn engine(&self) -> &'static str {
+            match self {
+                TestDb::Sqlite(_) => "sqlite",
+                TestDb::Postgres(_) => "postgres",
+            }
+        }
+
+        /// Opens the store (migrating).
+        pub(crate) async fn open(&self) -> Result<Box<dyn Store>, StoreError> {
+            Ok(match self {
+                TestDb::Sqlite(dir) => Box::new(SqliteStore::open(&Self::path(dir))?),
+                TestDb::Postgres(db) => Box::new(PgStore::open(&Self::target(db)).await?),
+            })
+        }
+
+        /// Runs `sql` on the database directly, past the store.
+        pub(crate) fn execute(&self, sql: &str) {
+            match self {
+                TestDb::Sqlite(dir) => Connection::open(Self::path(dir))
+                    .unwrap()
+                    .execute_batch(sql)
+                    .unwrap(),
+                TestDb::Postgres(db) => {
+                    postgres().psql(db, sql);
+                }
+            }
+        }
+
+        /// The versions `schema_migrations` records, in order.
+        pub(crate) fn versions(&self) -> Vec<i64> {
+            const SQL: &str = "SELECT version FROM schema_migrations ORDER BY version";
+            match self {
+                TestDb::Sqlite(dir) => Connection::open(Self::path(dir))
+                    .unwrap()
+                    .prepare(SQL)
+                    .unwrap()
+                    .query_map([], |r| r.get(0))
+                    .unwrap()
+                    .collect::<Result<_, _>>()
+                    .unwrap(),
+                TestDb::Postgres(db) => postgres()
+                    .psql(db, SQL)
+                    .lines()
+                    .map(|l| l.parse().unwrap())
+                    .collect(),
+            }
+        }
+    }
 
     fn enrolment(id: &str, groups: &[&str]) -> Enrolment {
         Enrolment {
@@ -720,89 +972,390 @@ mod tests {
         }
     }
 
-    #[test]
-    fn migrations_apply_once_in_order_and_reopen() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("chimera.db");
-        drop(SqliteStore::open(&path).unwrap());
-        drop(SqliteStore::open(&path).unwrap());
-        let c = Connection::open(&path).unwrap();
-        let versions: Vec<i64> = c
-            .prepare("SELECT version FROM schema_migrations ORDER BY version")
-            .unwrap()
-            .query_map([], |r| r.get(0))
-            .unwrap()
-            .collect::<Result<_, _>>()
-            .unwrap();
-        assert_eq!(versions, MIGRATIONS.iter().map(|m| m.0).collect::<Vec<_>>());
-        // Numbered 1, 2, … without gaps.
-        for (i, m) in MIGRATIONS.iter().enumerate() {
-            assert_eq!(m.0, i as i64 + 1);
-        }
+    fn all_versions() -> Vec<i64> {
+        MIGRATIONS.iter().map(|m| m.version).collect()
     }
 
     #[test]
-    fn a_newer_schema_is_refused() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("chimera.db");
-        drop(SqliteStore::open(&path).unwrap());
-        Connection::open(&path)
-            .unwrap()
-            .execute(
+    fn every_migration_has_both_dialects_and_versions_run_without_gaps() {
+        for (i, m) in MIGRATIONS.iter().enumerate() {
+            assert_eq!(m.version, i as i64 + 1, "{}", m.name);
+            assert!(
+                !m.name.is_empty() && !m.sqlite.trim().is_empty(),
+                "{}",
+                m.name
+            );
+            assert!(!m.postgres.trim().is_empty(), "{}", m.name);
+        }
+        let mut names: Vec<&str> = MIGRATIONS.iter().map(|m| m.name).collect();
+        names.sort();
+        names.dedup();
+        assert_eq!(names.len(), MIGRATIONS.len(), "migration names are unique");
+    }
+
+    #[tokio::test]
+    async fn migrations_apply_once_in_order_and_reopen() {
+        for db in TestDb::each() {
+            drop(db.open().await.unwrap());
+            drop(db.open().await.unwrap());
+            assert_eq!(db.versions(), all_versions(), "{}", db.engine());
+        }
+    }
+
+    #[tokio::test]
+    async fn a_newer_schema_is_refused() {
+        for db in TestDb::each() {
+            drop(db.open().await.unwrap());
+            db.execute(
                 "INSERT INTO schema_migrations (version, name, applied_at) VALUES (99, 'x', 0)",
-                [],
-            )
-            .unwrap();
-        let e = SqliteStore::open(&path).err().expect("refused");
-        assert!(matches!(e, StoreError::TooNew { found: 99, .. }), "{e}");
+            );
+            let e = db.open().await.err().expect("refused");
+            assert!(
+                matches!(e, StoreError::TooNew { found: 99, .. }),
+                "{}: {e}",
+                db.engine()
+            );
+            assert!(e.to_string().contains("newer than this chimera"), "{e}");
+        }
     }
 
     #[tokio::test]
     async fn registry_import_is_idempotent_and_follows_changes() {
-        let dir = tempfile::tempdir().unwrap();
-        let s = SqliteStore::open(&dir.path().join("chimera.db")).unwrap();
-        let devices = vec![enrolment("cam-1", &["lobby"]), enrolment("cam-2", &[])];
-        let groups = vec![GroupEntry {
-            name: "lobby".into(),
-            kem_key: Some("k".into()),
-        }];
-        let first = s
-            .import_registry(devices.clone(), groups.clone())
-            .await
-            .unwrap();
-        assert_eq!((first.added, first.updated, first.unchanged), (2, 0, 0));
-        let again = s
-            .import_registry(devices.clone(), groups.clone())
-            .await
-            .unwrap();
-        assert_eq!((again.added, again.updated, again.unchanged), (0, 0, 2));
-        let mut moved = devices.clone();
-        moved[1].groups = vec!["yard".into()];
-        let third = s.import_registry(moved, groups).await.unwrap();
-        assert_eq!((third.added, third.updated, third.unchanged), (0, 1, 1));
-        let d = s.device("cam-2".into()).await.unwrap().unwrap();
-        assert_eq!(d.groups, vec!["yard".to_string()]);
-        assert_eq!(s.devices().await.unwrap().len(), 2);
+        for db in TestDb::each() {
+            let s = db.open().await.unwrap();
+            let devices = vec![enrolment("cam-1", &["lobby"]), enrolment("cam-2", &[])];
+            let groups = vec![GroupEntry {
+                name: "lobby".into(),
+                kem_key: Some("k".into()),
+            }];
+            let first = s
+                .import_registry(devices.clone(), groups.clone())
+                .await
+                .unwrap();
+            assert_eq!((first.added, first.updated, first.unchanged), (2, 0, 0));
+            let again = s
+                .import_registry(devices.clone(), groups.clone())
+                .await
+                .unwrap();
+            assert_eq!((again.added, again.updated, again.unchanged), (0, 0, 2));
+            let mut moved = devices.clone();
+            moved[1].groups = vec!["yard".into(), "lobby".into(), "yard".into()];
+            let third = s.import_registry(moved.clone(), groups).await.unwrap();
+            assert_eq!((third.added, third.updated, third.unchanged), (0, 1, 1));
+            let d = s.device("cam-2".into()).await.unwrap().unwrap();
+            assert_eq!(d.groups, ["lobby", "yard"], "{}", db.engine());
+            assert_eq!(s.devices().await.unwrap().len(), 2);
+            // A new key is an update; the same groups in another order are not.
+            moved[1].groups = vec!["yard".into(), "lobby".into()];
+            moved[0].signing_key = "rotated".into();
+            let fourth = s.import_registry(moved, vec![]).await.unwrap();
+            assert_eq!((fourth.added, fourth.updated, fourth.unchanged), (0, 1, 1));
+            assert_eq!(
+                s.signing_key("cam-1".into()).await.unwrap().as_deref(),
+                Some("rotated")
+            );
+        }
     }
 
     #[tokio::test]
     async fn tokens_are_unique_by_name_and_hash() {
-        let dir = tempfile::tempdir().unwrap();
-        let s = SqliteStore::open(&dir.path().join("chimera.db")).unwrap();
-        assert!(
-            s.create_token("ci".into(), Role::Operator, "aa".into())
+        for db in TestDb::each() {
+            let s = db.open().await.unwrap();
+            assert!(
+                s.create_token("ci".into(), Role::Operator, "aa".into())
+                    .await
+                    .unwrap()
+            );
+            assert!(
+                !s.create_token("ci".into(), Role::Admin, "bb".into())
+                    .await
+                    .unwrap()
+            );
+            assert!(
+                !s.create_token("other".into(), Role::Admin, "aa".into())
+                    .await
+                    .unwrap()
+            );
+            assert_eq!(
+                s.token("aa".into()).await.unwrap(),
+                Some(("ci".to_string(), Role::Operator))
+            );
+            assert_eq!(s.token("bb".into()).await.unwrap(), None);
+            // A role this build does not know grants nothing.
+            db.execute(
+                "INSERT INTO api_tokens (sha256, name, role, created_at) \
+                 VALUES ('cc', 'future', 'root', 0)",
+            );
+            assert_eq!(s.token("cc".into()).await.unwrap(), None, "{}", db.engine());
+        }
+    }
+
+    fn receipt(device: &str, verified: bool, text: &str) -> NewReceipt {
+        NewReceipt {
+            device: device.into(),
+            kind: if verified { "workflow" } else { "unverified" }.into(),
+            workflow_id: verified.then(|| "wf-1".to_string()),
+            digest: verified.then(|| "ab".repeat(32)),
+            verdict: verified.then(|| "applied".to_string()),
+            signed_text: text.into(),
+            verified,
+            error: (!verified).then(|| "signature: does not verify\0!".to_string()),
+        }
+    }
+
+    fn workflow(digest: &str, created_at: i64) -> Workflow {
+        Workflow {
+            digest: digest.into(),
+            id: format!("id-{digest}"),
+            // Above i32 and near the top of i64: stored and read back whole.
+            sequence: (1 << 62) + 7,
+            issuer: "gw-1".into(),
+            key_id: "mldsa65:gw".into(),
+            sealed: true,
+            devices: vec!["cam-1".into()],
+            groups: vec!["lobby".into(), "yard".into()],
+            created_by: "token:ci".into(),
+            created_at,
+        }
+    }
+
+    /// Every read answers what the writes put in, the same way on both engines: order,
+    /// limits, filters, NULLs, flags, large numbers, text that is not ASCII or holds NUL.
+    #[tokio::test]
+    async fn every_operation_answers_alike_on_both_engines() {
+        for db in TestDb::each() {
+            let engine = db.engine();
+            let s = db.open().await.unwrap();
+            assert!(s.devices().await.unwrap().is_empty());
+            assert!(s.receipts(None, 10).await.unwrap().is_empty());
+            assert!(s.audit_log(10).await.unwrap().is_empty());
+            assert!(s.workflows(10).await.unwrap().is_empty());
+            assert!(s.device("cam-1".into()).await.unwrap().is_none());
+            assert!(s.signing_key("cam-1".into()).await.unwrap().is_none());
+            assert!(s.workflow_text("ab".into()).await.unwrap().is_none());
+
+            // Ids sort byte-wise on both engines ("Z" < "a" < "é").
+            let mut cam2 = enrolment("cam-2", &[]);
+            cam2.kem_key = Some("kem".into());
+            let ids = ["cam-1", "Cam-Z", "cam-é"];
+            let mut devices: Vec<Enrolment> = ids
+                .iter()
+                .map(|id| enrolment(id, &["yard", "Lobby", "lobby"]))
+                .collect();
+            devices.push(cam2);
+            s.import_registry(devices, vec![]).await.unwrap();
+            let listed = s.devices().await.unwrap();
+            let listed_ids: Vec<&str> = listed.iter().map(|d| d.id.as_str()).collect();
+            assert_eq!(listed_ids, ["Cam-Z", "cam-1", "cam-2", "cam-é"], "{engine}");
+            assert_eq!(listed[1].groups, ["Lobby", "lobby", "yard"], "{engine}");
+            assert!(listed[2].groups.is_empty());
+            assert_eq!(listed[1].key_id, "mldsa65:cam-1");
+            assert!(!listed[1].sealing_key && listed[2].sealing_key, "{engine}");
+            assert!(listed.iter().all(|d| d.last_receipt.is_none()));
+            assert_eq!(
+                s.signing_key("cam-é".into()).await.unwrap().as_deref(),
+                Some("key-of-cam-é")
+            );
+
+            let good = s
+                .add_receipt(receipt("cam-1", true, "receipt ✓"))
                 .await
-                .unwrap()
-        );
-        assert!(
-            !s.create_token("ci".into(), Role::Admin, "bb".into())
+                .unwrap();
+            let bad = s
+                .add_receipt(receipt("cam-1", false, "forged\0text"))
                 .await
-                .unwrap()
-        );
+                .unwrap();
+            s.add_receipt(receipt("cam-2", true, "other"))
+                .await
+                .unwrap();
+            let all = s.receipts(None, 10).await.unwrap();
+            assert_eq!(all.len(), 3, "{engine}");
+            assert!(
+                all.windows(2)
+                    .all(|w| w[0].summary.received_at >= w[1].summary.received_at)
+            );
+            assert_eq!(s.receipts(None, 2).await.unwrap().len(), 2);
+            let cam1 = s.receipts(Some("cam-1".into()), 10).await.unwrap();
+            assert_eq!(cam1.len(), 2);
+            assert!(cam1.iter().all(|r| r.device == "cam-1"));
+            let g = all.iter().find(|r| r.summary.id == good).unwrap();
+            assert!(g.summary.verified && g.summary.error.is_none(), "{engine}");
+            assert_eq!(g.summary.kind, "workflow");
+            assert_eq!(g.summary.workflow_id.as_deref(), Some("wf-1"));
+            assert_eq!(g.summary.digest, Some("ab".repeat(32)));
+            assert_eq!(g.summary.verdict.as_deref(), Some("applied"));
+            assert_eq!(g.signed_text, "receipt ✓");
+            let b = all.iter().find(|r| r.summary.id == bad).unwrap();
+            assert!(!b.summary.verified, "{engine}");
+            assert_eq!(b.summary.kind, "unverified");
+            assert!(b.summary.workflow_id.is_none() && b.summary.digest.is_none());
+            assert!(b.summary.verdict.is_none());
+            // U+0000 is stored as U+FFFD, by both engines.
+            assert_eq!(b.signed_text, "forged\u{FFFD}text", "{engine}");
+            assert_eq!(
+                b.summary.error.as_deref(),
+                Some("signature: does not verify\u{FFFD}!")
+            );
+            // The last receipt is the newest, by the order `receipts` lists them in.
+            let d = s.device("cam-1".into()).await.unwrap().unwrap();
+            assert_eq!(d.last_receipt.unwrap().id, cam1[0].summary.id, "{engine}");
+            assert_eq!(d.groups, ["Lobby", "lobby", "yard"]);
+            // Keys holding U+0000 find nothing (and are no error).
+            assert!(s.device("cam-1\0".into()).await.unwrap().is_none());
+            assert!(s.signing_key("cam-1\0".into()).await.unwrap().is_none());
+            assert!(
+                s.receipts(Some("cam-1\0".into()), 10)
+                    .await
+                    .unwrap()
+                    .is_empty()
+            );
+            assert!(s.token("a\0".into()).await.unwrap().is_none());
+            assert!(s.workflow_text("a\0".into()).await.unwrap().is_none());
+
+            for (i, detail) in ["one", "two\0", "three ✓"].into_iter().enumerate() {
+                s.audit("token:ci".into(), format!("act.{i}"), detail.into())
+                    .await
+                    .unwrap();
+            }
+            let audit = s.audit_log(10).await.unwrap();
+            assert_eq!(audit.len(), 3, "{engine}");
+            assert!(audit.windows(2).all(|w| w[0].at >= w[1].at));
+            assert_eq!(s.audit_log(2).await.unwrap().len(), 2);
+            let two = audit.iter().find(|a| a.action == "act.1").unwrap();
+            assert_eq!(two.detail, "two\u{FFFD}", "{engine}");
+            assert_eq!(two.actor, "token:ci");
+
+            let w = workflow("aa", 1_000);
+            assert!(s.add_workflow(w.clone(), "text ✓".into()).await.unwrap());
+            assert!(!s.add_workflow(w.clone(), "other".into()).await.unwrap());
+            assert!(
+                s.add_workflow(workflow("bb", 2_000), "b".into())
+                    .await
+                    .unwrap()
+            );
+            let listed = s.workflows(10).await.unwrap();
+            let digests: Vec<&str> = listed.iter().map(|w| w.digest.as_str()).collect();
+            assert_eq!(digests, ["bb", "aa"], "{engine}: newest first");
+            let back = &listed[1];
+            assert_eq!(
+                (back.sequence, back.sealed, back.created_at),
+                (w.sequence, true, 1_000),
+                "{engine}"
+            );
+            assert_eq!((&back.devices, &back.groups), (&w.devices, &w.groups));
+            assert_eq!(
+                (&back.id, &back.issuer, &back.key_id, &back.created_by),
+                (&w.id, &w.issuer, &w.key_id, &w.created_by)
+            );
+            assert_eq!(s.workflows(1).await.unwrap().len(), 1);
+            assert_eq!(
+                s.workflow_text("aa".into()).await.unwrap().as_deref(),
+                Some("text ✓")
+            );
+        }
+    }
+
+    /// Replicas starting together on an empty PostgreSQL database: every one opens, the
+    /// migrations are applied once (one row per version), and their registry imports add
+    /// each device once between them.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn replicas_starting_together_migrate_and_import_once() {
+        let Some(db) = TestDb::postgres() else {
+            return;
+        };
+        let target = TestDb::target(&db);
+        let devices: Vec<Enrolment> = (0..20)
+            .map(|i| enrolment(&format!("cam-{i}"), &["lobby"]))
+            .collect();
+        // All spawned before any is awaited: they run at once.
+        let starts: Vec<_> = (0..6)
+            .map(|_| {
+                let (target, devices) = (target.clone(), devices.clone());
+                tokio::spawn(async move {
+                    let s = PgStore::open(&target).await?;
+                    s.import_registry(devices, vec![]).await
+                })
+            })
+            .collect();
+        let mut added = 0;
+        for start in starts {
+            let counts = start.await.unwrap().unwrap();
+            assert_eq!(counts.added + counts.unchanged, 20, "{counts:?}");
+            added += counts.added;
+        }
+        assert_eq!(added, 20);
+        let pg = postgres();
         assert_eq!(
-            s.token("aa".into()).await.unwrap(),
-            Some(("ci".to_string(), Role::Operator))
+            pg.psql(
+                &db,
+                "SELECT count(*), min(version), max(version) FROM schema_migrations"
+            ),
+            format!("{}|1|{}", MIGRATIONS.len(), known_version())
         );
-        assert_eq!(s.token("bb".into()).await.unwrap(), None);
+        assert_eq!(pg.psql(&db, "SELECT count(*) FROM group_members"), "20");
+    }
+
+    /// With `ca_file` the connection is TLS and the server's certificate must chain to it;
+    /// a server certificate from another CA is refused; the password is never in an error.
+    #[tokio::test]
+    async fn postgres_tls_is_verified_against_the_configured_ca() {
+        let Some(db) = TestDb::postgres() else {
+            return;
+        };
+        let pg = postgres();
+        let s = PgStore::open(&TestDb::target(&db)).await.unwrap();
+        s.devices().await.unwrap();
+        // The pool keeps its connection: the server says it is TLS.
+        assert_eq!(
+            pg.psql(
+                "postgres",
+                &format!(
+                    "SELECT bool_and(s.ssl) FROM pg_stat_ssl s JOIN pg_stat_activity a \
+                     USING (pid) WHERE a.datname = '{db}'"
+                )
+            ),
+            "t"
+        );
+        drop(s);
+
+        let dir = tempfile::tempdir().unwrap();
+        let other_ca = dir.path().join("other-ca.crt");
+        let key = rcgen::KeyPair::generate().unwrap();
+        let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+        params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        std::fs::write(&other_ca, params.self_signed(&key).unwrap().pem()).unwrap();
+        let wrong = PgTarget::new(
+            &pg.url(&db),
+            "url",
+            Some(pg.password().into()),
+            Some(&other_ca),
+            1,
+        )
+        .unwrap();
+        let e = PgStore::open(&wrong)
+            .await
+            .err()
+            .expect("refused")
+            .to_string();
+        assert!(e.contains("certificate"), "{e}");
+        assert!(!e.contains(pg.password()), "{e}");
+
+        let bad_password = PgTarget::new(
+            &pg.url(&db),
+            "url",
+            Some("not-the-password".into()),
+            Some(&pg.ca_file()),
+            1,
+        )
+        .unwrap();
+        let e = PgStore::open(&bad_password)
+            .await
+            .err()
+            .expect("refused")
+            .to_string();
+        assert!(e.contains("password authentication failed"), "{e}");
+        assert!(!e.contains("not-the-password"), "{e}");
+        // Named as the service names it: user, host, port, database, no password.
+        assert!(e.contains(&pg.url(&db)), "{e}");
     }
 }
