@@ -4,6 +4,11 @@
 //! the read API, receipts recorded through the CLI, signed workflow uploads, publishing
 //! (against a mosquitto of its own), the audit log.
 //!
+//! Every test runs on both state backends ([`on_each_backend`]): a SQLite file, then a
+//! database of the PostgreSQL server this test binary starts (tests/common), reached the
+//! way production reaches it (TCP, TLS verified against a CA file, a password from a file or
+//! the environment). Two services on one PostgreSQL database are tested too.
+//!
 //! The offline root key is deleted before the service starts (its configuration has no key
 //! for it anyway): everything here works without it.
 #![cfg(feature = "gateway")]
@@ -13,7 +18,7 @@ mod common;
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 
-use common::{Broker, have_mosquitto};
+use common::{Broker, have_mosquitto, have_postgres, postgres};
 use std::process::{Child, Command, Output, Stdio};
 
 use aegis_ota::receipt::{Receipt, Verdict};
@@ -52,6 +57,44 @@ fn ok(dir: &Path, args: &[&str]) -> String {
     String::from_utf8_lossy(&o.stdout).into_owned()
 }
 
+/// The state backend a test runs the service on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Backend {
+    Sqlite,
+    Postgres,
+}
+
+/// Runs `test` on SQLite, then on PostgreSQL (where it is not installed, a skip is
+/// recorded, and under CI that fails).
+fn on_each_backend(test: impl Fn(Backend)) {
+    for backend in [Backend::Sqlite, Backend::Postgres] {
+        if backend == Backend::Postgres && !have_postgres("chimera_serve") {
+            continue;
+        }
+        eprintln!("--- on {backend:?}");
+        test(backend);
+    }
+}
+
+impl Backend {
+    /// The `database:` lines of a config in `dir`: a SQLite file `file` there, or a fresh
+    /// PostgreSQL database (TLS against the server's CA, the password in a file there).
+    fn database(self, dir: &Path, file: &str) -> String {
+        match self {
+            Backend::Sqlite => format!("database: {file}\n"),
+            Backend::Postgres => {
+                let pg = postgres();
+                std::fs::write(dir.join("pg-password"), format!("{}\n", pg.password())).unwrap();
+                format!(
+                    "database:\n  url: {}\n  password_file: pg-password\n  ca_file: {}\n",
+                    pg.url(&pg.create_database()),
+                    pg.ca_file().display()
+                )
+            }
+        }
+    }
+}
+
 /// A gateway directory: trust (root key removed), an issuer key, two enrolled devices, a
 /// config, one token per role.
 struct Gateway {
@@ -59,19 +102,22 @@ struct Gateway {
     viewer: String,
     operator: String,
     admin: String,
+    /// The config's `database:` lines.
+    database: String,
 }
 
+/// The config, less its `database:` lines.
 const CONFIG: &str = "listen: 127.0.0.1:0\n\
-database: state/chimera.db\n\
 registry: devices.json\n\
 state: state\n\
 trust_metadata: trust.signed.json\n\
 trust_roots: [root/root.pub]\n";
 
 impl Gateway {
-    fn new() -> Gateway {
+    fn new(backend: Backend) -> Gateway {
         let dir = tempfile::tempdir().unwrap();
         let d = dir.path();
+        let database = backend.database(d, "state/chimera.db");
         ok(d, &["root", "init", "--dir", "root"]);
         ok(d, &["keygen", "--out", "gw"]);
         ok(
@@ -113,7 +159,7 @@ impl Gateway {
                 &["enroll", cam, &format!("{cam}.pub"), "--group", "lobby"],
             );
         }
-        std::fs::write(d.join("serve.yaml"), CONFIG).unwrap();
+        std::fs::write(d.join("serve.yaml"), format!("{database}{CONFIG}")).unwrap();
         let token = |role: &str| {
             ok(
                 d,
@@ -138,6 +184,7 @@ impl Gateway {
             viewer,
             operator,
             admin,
+            database,
         }
     }
 
@@ -146,11 +193,26 @@ impl Gateway {
     }
 
     fn start(&self) -> Server {
-        let mut child = command(self.path(), &["serve", "--config", "serve.yaml"])
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("start chimera serve");
+        let mut cmd = command(self.path(), &["serve", "--config", "serve.yaml"]);
+        cmd.stderr(Stdio::inherit());
+        Server::start(cmd)
+    }
+}
+
+impl Server {
+    /// Spawns `cmd` (a `chimera serve`) and waits for the line saying where it listens.
+    fn start(mut cmd: Command) -> Server {
+        Server::listening(
+            cmd.stdout(Stdio::piped())
+                .spawn()
+                .expect("start chimera serve"),
+            None,
+        )
+    }
+
+    /// Waits for a spawned `chimera serve` (stdout piped) to say where it listens; if it
+    /// does not, the panic quotes `stderr_log`, the file its stderr went to.
+    fn listening(mut child: Child, stderr_log: Option<&Path>) -> Server {
         let mut line = String::new();
         BufReader::new(child.stdout.take().unwrap())
             .read_line(&mut line)
@@ -160,7 +222,11 @@ impl Gateway {
             .strip_prefix("chimera serve: listening on ")
             .unwrap_or_else(|| {
                 let _ = child.kill();
-                panic!("chimera serve did not start: {line:?}")
+                let _ = child.wait();
+                let err = stderr_log
+                    .map(|p| std::fs::read_to_string(p).unwrap_or_default())
+                    .unwrap_or_default();
+                panic!("chimera serve did not start: {line:?} {err}")
             })
             .to_string();
         Server { child, base }
@@ -260,80 +326,82 @@ fn role_rank(r: &str) -> u8 {
 
 #[test]
 fn every_documented_route_refuses_missing_unknown_and_lower_tokens() {
-    let gw = Gateway::new();
-    let s = gw.start();
-    let (status, body) = s.call("GET", "/api/v1/openapi.json", None, None);
-    assert_eq!(status, 200);
-    let doc: Value = serde_json::from_str(&body).unwrap();
-    let paths = doc["paths"].as_object().unwrap();
-    let mut protected = 0;
-    for (path, ops) in paths {
-        for (method, op) in ops.as_object().unwrap() {
-            let method = method.to_uppercase();
-            let url = path
-                .replace("{id}", "cam-1")
-                .replace("{digest}", &"0".repeat(64));
-            let body = (method == "POST").then_some("{}");
-            if op["security"] == json!([]) {
-                let (st, b) = s.call(&method, &url, None, body);
-                assert_eq!(st, 200, "{method} {path} is public: {b}");
-                continue;
-            }
-            protected += 1;
-            let needed = op["x-aegis-role"].as_str().unwrap();
-            for auth in [
-                None,
-                Some(format!("Bearer chimera_{}", "0".repeat(64))),
-                Some(format!("Bearer {}x", gw.admin)),
-                Some(format!("Basic {}", gw.admin)),
-                Some("Bearer ".to_string()),
-            ] {
-                let (st, b) = s.call(&method, &url, auth.as_deref(), body);
-                assert_eq!(st, 401, "{method} {path} with {auth:?}: {b}");
-            }
-            for (role, token) in [
-                ("viewer", &gw.viewer),
-                ("operator", &gw.operator),
-                ("admin", &gw.admin),
-            ] {
-                let (st, b) = s.call(&method, &url, Some(&format!("Bearer {token}")), body);
-                if role_rank(role) < role_rank(needed) {
-                    assert_eq!(st, 403, "{method} {path} as {role}: {b}");
-                } else {
-                    // Let through: whatever the handler says, it is not about the token,
-                    // and the route exists.
-                    assert!(
-                        ![401, 403, 404, 405].contains(&st),
-                        "{method} {path} as {role}: {st} {b}"
-                    );
+    on_each_backend(|backend| {
+        let gw = Gateway::new(backend);
+        let s = gw.start();
+        let (status, body) = s.call("GET", "/api/v1/openapi.json", None, None);
+        assert_eq!(status, 200);
+        let doc: Value = serde_json::from_str(&body).unwrap();
+        let paths = doc["paths"].as_object().unwrap();
+        let mut protected = 0;
+        for (path, ops) in paths {
+            for (method, op) in ops.as_object().unwrap() {
+                let method = method.to_uppercase();
+                let url = path
+                    .replace("{id}", "cam-1")
+                    .replace("{digest}", &"0".repeat(64));
+                let body = (method == "POST").then_some("{}");
+                if op["security"] == json!([]) {
+                    let (st, b) = s.call(&method, &url, None, body);
+                    assert_eq!(st, 200, "{method} {path} is public: {b}");
+                    continue;
+                }
+                protected += 1;
+                let needed = op["x-aegis-role"].as_str().unwrap();
+                for auth in [
+                    None,
+                    Some(format!("Bearer chimera_{}", "0".repeat(64))),
+                    Some(format!("Bearer {}x", gw.admin)),
+                    Some(format!("Basic {}", gw.admin)),
+                    Some("Bearer ".to_string()),
+                ] {
+                    let (st, b) = s.call(&method, &url, auth.as_deref(), body);
+                    assert_eq!(st, 401, "{method} {path} with {auth:?}: {b}");
+                }
+                for (role, token) in [
+                    ("viewer", &gw.viewer),
+                    ("operator", &gw.operator),
+                    ("admin", &gw.admin),
+                ] {
+                    let (st, b) = s.call(&method, &url, Some(&format!("Bearer {token}")), body);
+                    if role_rank(role) < role_rank(needed) {
+                        assert_eq!(st, 403, "{method} {path} as {role}: {b}");
+                    } else {
+                        // Let through: whatever the handler says, it is not about the token,
+                        // and the route exists.
+                        assert!(
+                            ![401, 403, 404, 405].contains(&st),
+                            "{method} {path} as {role}: {st} {b}"
+                        );
+                    }
                 }
             }
         }
-    }
-    assert!(
-        protected >= 6,
-        "only {protected} protected operations documented"
-    );
-    // What is not documented is not open: an unknown path or method needs an admin before
-    // it says 404/405.
-    for (method, path) in [
-        ("GET", "/api/v1/nope"),
-        ("DELETE", "/api/v1/devices"),
-        ("GET", "/"),
-    ] {
-        assert_eq!(s.call(method, path, None, None).0, 401, "{method} {path}");
-        let viewer = format!("Bearer {}", gw.viewer);
-        assert_eq!(
-            s.call(method, path, Some(&viewer), None).0,
-            403,
-            "{method} {path}"
-        );
-        let admin = format!("Bearer {}", gw.admin);
         assert!(
-            [404, 405].contains(&s.call(method, path, Some(&admin), None).0),
-            "{method} {path}"
+            protected >= 6,
+            "only {protected} protected operations documented"
         );
-    }
+        // What is not documented is not open: an unknown path or method needs an admin before
+        // it says 404/405.
+        for (method, path) in [
+            ("GET", "/api/v1/nope"),
+            ("DELETE", "/api/v1/devices"),
+            ("GET", "/"),
+        ] {
+            assert_eq!(s.call(method, path, None, None).0, 401, "{method} {path}");
+            let viewer = format!("Bearer {}", gw.viewer);
+            assert_eq!(
+                s.call(method, path, Some(&viewer), None).0,
+                403,
+                "{method} {path}"
+            );
+            let admin = format!("Bearer {}", gw.admin);
+            assert!(
+                [404, 405].contains(&s.call(method, path, Some(&admin), None).0),
+                "{method} {path}"
+            );
+        }
+    });
 }
 
 fn signed_receipt(dir: &Path, key_file: &str, claims: &str, verdict: Verdict) -> PathBuf {
@@ -359,353 +427,481 @@ fn signed_receipt(dir: &Path, key_file: &str, claims: &str, verdict: Verdict) ->
 
 #[test]
 fn read_api_shows_the_imported_fleet_and_only_verified_receipts_count() {
-    let gw = Gateway::new();
-    let d = gw.path();
-    let s = gw.start();
-    let devices = s.get("/api/v1/devices", &gw.viewer);
-    let ids: Vec<&str> = devices
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|x| x["id"].as_str().unwrap())
-        .collect();
-    assert_eq!(ids, ["cam-1", "cam-2"]);
-    assert_eq!(devices[0]["groups"], json!(["lobby"]));
-    assert_eq!(devices[0]["last_receipt"], Value::Null);
-
-    // Recorded while the service runs (the same SQLite file, another process).
-    let good = signed_receipt(d, "cam-1.key", "cam-1", Verdict::Applied);
-    let out = ok(
-        d,
-        &[
-            "serve",
-            "receipt",
-            "add",
-            "--device",
-            "cam-1",
-            good.to_str().unwrap(),
-        ],
-    );
-    assert!(out.contains("verified"), "{out}");
-    // cam-2's key, claiming to be cam-1: recorded for cam-1, not verified.
-    let forged = signed_receipt(d, "cam-2.key", "cam-1", Verdict::Applied);
-    let o = chimera(
-        d,
-        &[
-            "serve",
-            "receipt",
-            "add",
-            "--device",
-            "cam-1",
-            forged.to_str().unwrap(),
-        ],
-    );
-    assert!(!o.status.success());
-    assert!(String::from_utf8_lossy(&o.stderr).contains("NOT verified"));
-    // A device that is not enrolled: refused.
-    let o = chimera(
-        d,
-        &[
-            "serve",
-            "receipt",
-            "add",
-            "--device",
-            "cam-9",
-            good.to_str().unwrap(),
-        ],
-    );
-    assert!(!o.status.success());
-
-    let receipts = s.get("/api/v1/receipts?device=cam-1", &gw.viewer);
-    let receipts = receipts.as_array().unwrap();
-    assert_eq!(receipts.len(), 2);
-    let verified: Vec<&Value> = receipts.iter().filter(|r| r["verified"] == true).collect();
-    assert_eq!(verified.len(), 1);
-    assert_eq!(verified[0]["verdict"], "applied");
-    assert_eq!(verified[0]["digest"], "ab".repeat(32));
-    let unverified = receipts.iter().find(|r| r["verified"] == false).unwrap();
-    assert_eq!(unverified["verdict"], Value::Null);
-    assert!(unverified["error"].as_str().unwrap().contains("signature"));
-    assert_eq!(
-        s.get("/api/v1/receipts?device=cam-2", &gw.viewer),
-        json!([])
-    );
-
-    let cam1 = s.get("/api/v1/devices/cam-1", &gw.viewer);
-    assert!(cam1["last_receipt"].is_object(), "{cam1}");
-    assert_shape(&s, "Device", &cam1);
-    assert_shape(&s, "ReceiptSummary", &cam1["last_receipt"]);
-    assert_shape(&s, "StoredReceipt", &json!(receipts));
-    let (st, b) = s.call(
-        "GET",
-        "/api/v1/devices/cam-9",
-        Some(&format!("Bearer {}", gw.viewer)),
-        None,
-    );
-    assert_eq!(st, 404);
-    assert!(b.contains("cam-9"), "{b}");
-
-    // Strict queries: unknown parameters and out-of-range limits are named.
-    let viewer = format!("Bearer {}", gw.viewer);
-    let (st, b) = s.call("GET", "/api/v1/receipts?bogus=1", Some(&viewer), None);
-    assert_eq!(st, 400);
-    assert!(b.contains("bogus"), "{b}");
-    let (st, b) = s.call("GET", "/api/v1/receipts?limit=0", Some(&viewer), None);
-    assert_eq!(st, 400);
-    assert!(b.contains("limit"), "{b}");
-
-    let audit = s.get("/api/v1/audit", &gw.admin);
-    let actions: Vec<&str> = audit
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|a| a["action"].as_str().unwrap())
-        .collect();
-    for a in [
-        "registry.import",
-        "token.create",
-        "service.start",
-        "receipt.refused",
-    ] {
-        assert!(actions.contains(&a), "{a} not in {actions:?}");
-    }
-    assert_shape(&s, "AuditRow", &audit);
-    // Token values never reach the audit log.
-    for t in [&gw.viewer, &gw.operator, &gw.admin] {
-        assert!(!audit.to_string().contains(t.as_str()));
-    }
-
-    // A restart imports the same registry again: nothing changes, nothing is audited twice.
-    drop(s);
-    let s = gw.start();
-    let audit = s.get("/api/v1/audit", &gw.admin);
-    let imports = audit
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter(|a| a["action"] == "registry.import")
-        .count();
-    assert_eq!(imports, 1);
-    assert_eq!(
-        s.get("/api/v1/devices", &gw.viewer)
+    on_each_backend(|backend| {
+        let gw = Gateway::new(backend);
+        let d = gw.path();
+        let s = gw.start();
+        let devices = s.get("/api/v1/devices", &gw.viewer);
+        let ids: Vec<&str> = devices
             .as_array()
             .unwrap()
-            .len(),
-        2
-    );
+            .iter()
+            .map(|x| x["id"].as_str().unwrap())
+            .collect();
+        assert_eq!(ids, ["cam-1", "cam-2"]);
+        assert_eq!(devices[0]["groups"], json!(["lobby"]));
+        assert_eq!(devices[0]["last_receipt"], Value::Null);
+
+        // Recorded while the service runs (the same SQLite file, another process).
+        let good = signed_receipt(d, "cam-1.key", "cam-1", Verdict::Applied);
+        let out = ok(
+            d,
+            &[
+                "serve",
+                "receipt",
+                "add",
+                "--device",
+                "cam-1",
+                good.to_str().unwrap(),
+            ],
+        );
+        assert!(out.contains("verified"), "{out}");
+        // cam-2's key, claiming to be cam-1: recorded for cam-1, not verified.
+        let forged = signed_receipt(d, "cam-2.key", "cam-1", Verdict::Applied);
+        let o = chimera(
+            d,
+            &[
+                "serve",
+                "receipt",
+                "add",
+                "--device",
+                "cam-1",
+                forged.to_str().unwrap(),
+            ],
+        );
+        assert!(!o.status.success());
+        assert!(String::from_utf8_lossy(&o.stderr).contains("NOT verified"));
+        // A device that is not enrolled: refused.
+        let o = chimera(
+            d,
+            &[
+                "serve",
+                "receipt",
+                "add",
+                "--device",
+                "cam-9",
+                good.to_str().unwrap(),
+            ],
+        );
+        assert!(!o.status.success());
+
+        let receipts = s.get("/api/v1/receipts?device=cam-1", &gw.viewer);
+        let receipts = receipts.as_array().unwrap();
+        assert_eq!(receipts.len(), 2);
+        let verified: Vec<&Value> = receipts.iter().filter(|r| r["verified"] == true).collect();
+        assert_eq!(verified.len(), 1);
+        assert_eq!(verified[0]["verdict"], "applied");
+        assert_eq!(verified[0]["digest"], "ab".repeat(32));
+        let unverified = receipts.iter().find(|r| r["verified"] == false).unwrap();
+        assert_eq!(unverified["verdict"], Value::Null);
+        assert!(unverified["error"].as_str().unwrap().contains("signature"));
+        assert_eq!(
+            s.get("/api/v1/receipts?device=cam-2", &gw.viewer),
+            json!([])
+        );
+
+        let cam1 = s.get("/api/v1/devices/cam-1", &gw.viewer);
+        assert!(cam1["last_receipt"].is_object(), "{cam1}");
+        assert_shape(&s, "Device", &cam1);
+        assert_shape(&s, "ReceiptSummary", &cam1["last_receipt"]);
+        assert_shape(&s, "StoredReceipt", &json!(receipts));
+        let (st, b) = s.call(
+            "GET",
+            "/api/v1/devices/cam-9",
+            Some(&format!("Bearer {}", gw.viewer)),
+            None,
+        );
+        assert_eq!(st, 404);
+        assert!(b.contains("cam-9"), "{b}");
+
+        // Strict queries: unknown parameters and out-of-range limits are named.
+        let viewer = format!("Bearer {}", gw.viewer);
+        let (st, b) = s.call("GET", "/api/v1/receipts?bogus=1", Some(&viewer), None);
+        assert_eq!(st, 400);
+        assert!(b.contains("bogus"), "{b}");
+        let (st, b) = s.call("GET", "/api/v1/receipts?limit=0", Some(&viewer), None);
+        assert_eq!(st, 400);
+        assert!(b.contains("limit"), "{b}");
+
+        let audit = s.get("/api/v1/audit", &gw.admin);
+        let actions: Vec<&str> = audit
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|a| a["action"].as_str().unwrap())
+            .collect();
+        for a in [
+            "registry.import",
+            "token.create",
+            "service.start",
+            "receipt.refused",
+        ] {
+            assert!(actions.contains(&a), "{a} not in {actions:?}");
+        }
+        assert_shape(&s, "AuditRow", &audit);
+        // Token values never reach the audit log.
+        for t in [&gw.viewer, &gw.operator, &gw.admin] {
+            assert!(!audit.to_string().contains(t.as_str()));
+        }
+
+        // A restart imports the same registry again: nothing changes, nothing is audited twice.
+        drop(s);
+        let s = gw.start();
+        let audit = s.get("/api/v1/audit", &gw.admin);
+        let imports = audit
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|a| a["action"] == "registry.import")
+            .count();
+        assert_eq!(imports, 1);
+        assert_eq!(
+            s.get("/api/v1/devices", &gw.viewer)
+                .as_array()
+                .unwrap()
+                .len(),
+            2
+        );
+    });
 }
 
 #[test]
 fn workflow_uploads_are_verified_against_the_trust_metadata_and_refusals_say_why() {
-    let gw = Gateway::new();
-    let d = gw.path();
-    ok(
-        d,
-        &[
-            "new",
-            "--out",
-            "wf.maml.md",
-            "--issuer",
-            "gw-1",
-            "--device",
-            "cam-1",
-        ],
-    );
-    ok(d, &["sign", "wf.maml.md", "--key", "gw.key"]);
-    let signed = std::fs::read_to_string(d.join("wf.signed.maml.md")).unwrap();
-    // Targets a device the issuer may not address (trust lists cam-1 only).
-    ok(
-        d,
-        &[
-            "new",
-            "--out",
-            "wf2.maml.md",
-            "--issuer",
-            "gw-1",
-            "--device",
-            "cam-2",
-        ],
-    );
-    ok(d, &["sign", "wf2.maml.md", "--key", "gw.key"]);
-    let off_target = std::fs::read_to_string(d.join("wf2.signed.maml.md")).unwrap();
+    on_each_backend(|backend| {
+        let gw = Gateway::new(backend);
+        let d = gw.path();
+        ok(
+            d,
+            &[
+                "new",
+                "--out",
+                "wf.maml.md",
+                "--issuer",
+                "gw-1",
+                "--device",
+                "cam-1",
+            ],
+        );
+        ok(d, &["sign", "wf.maml.md", "--key", "gw.key"]);
+        let signed = std::fs::read_to_string(d.join("wf.signed.maml.md")).unwrap();
+        // Targets a device the issuer may not address (trust lists cam-1 only).
+        ok(
+            d,
+            &[
+                "new",
+                "--out",
+                "wf2.maml.md",
+                "--issuer",
+                "gw-1",
+                "--device",
+                "cam-2",
+            ],
+        );
+        ok(d, &["sign", "wf2.maml.md", "--key", "gw.key"]);
+        let off_target = std::fs::read_to_string(d.join("wf2.signed.maml.md")).unwrap();
 
-    let s = gw.start();
-    let op = format!("Bearer {}", gw.operator);
-    let upload = |auth: &str, doc: &str| {
-        s.call(
+        let s = gw.start();
+        let op = format!("Bearer {}", gw.operator);
+        let upload = |auth: &str, doc: &str| {
+            s.call(
+                "POST",
+                "/api/v1/workflows",
+                Some(auth),
+                Some(&json!({ "document": doc }).to_string()),
+            )
+        };
+
+        let (st, b) = upload(&op, &signed);
+        assert_eq!(st, 201, "{b}");
+        let w: Value = serde_json::from_str(&b).unwrap();
+        let signed_part = &signed[..signed.find("```signature").unwrap()];
+        assert_eq!(w["digest"], aegis_ota::sha256_hex(signed_part.as_bytes()));
+        assert_eq!(w["issuer"], "gw-1");
+        assert_eq!(w["devices"], json!(["cam-1"]));
+        // The same document again: already held.
+        assert_eq!(upload(&op, &signed).0, 200);
+
+        // A viewer may not upload.
+        assert_eq!(upload(&format!("Bearer {}", gw.viewer), &signed).0, 403);
+
+        let refusal = |doc: &str| {
+            let (st, b) = upload(&op, doc);
+            assert_eq!(st, 422, "{b}");
+            let v: Value = serde_json::from_str(&b).unwrap();
+            (
+                v["check"].as_str().unwrap().to_string(),
+                v["error"].as_str().unwrap().to_string(),
+            )
+        };
+        let tampered = signed.replacen("cam0", "cam9", 1);
+        assert_ne!(tampered, signed);
+        assert_eq!(refusal(&tampered).0, "signature");
+        let (check, error) = refusal(&off_target);
+        assert_eq!(check, "target");
+        assert!(error.contains("cam-2"), "{error}");
+        assert_eq!(refusal("no signature here").0, "format");
+
+        // Hostile bodies: unknown fields, wrong types, no JSON, too big.
+        let (st, b) = s.call(
             "POST",
             "/api/v1/workflows",
-            Some(auth),
-            Some(&json!({ "document": doc }).to_string()),
-        )
-    };
-
-    let (st, b) = upload(&op, &signed);
-    assert_eq!(st, 201, "{b}");
-    let w: Value = serde_json::from_str(&b).unwrap();
-    let signed_part = &signed[..signed.find("```signature").unwrap()];
-    assert_eq!(w["digest"], aegis_ota::sha256_hex(signed_part.as_bytes()));
-    assert_eq!(w["issuer"], "gw-1");
-    assert_eq!(w["devices"], json!(["cam-1"]));
-    // The same document again: already held.
-    assert_eq!(upload(&op, &signed).0, 200);
-
-    // A viewer may not upload.
-    assert_eq!(upload(&format!("Bearer {}", gw.viewer), &signed).0, 403);
-
-    let refusal = |doc: &str| {
-        let (st, b) = upload(&op, doc);
+            Some(&op),
+            Some(&json!({ "document": signed, "publish": true }).to_string()),
+        );
         assert_eq!(st, 422, "{b}");
-        let v: Value = serde_json::from_str(&b).unwrap();
-        (
-            v["check"].as_str().unwrap().to_string(),
-            v["error"].as_str().unwrap().to_string(),
-        )
-    };
-    let tampered = signed.replacen("cam0", "cam9", 1);
-    assert_ne!(tampered, signed);
-    assert_eq!(refusal(&tampered).0, "signature");
-    let (check, error) = refusal(&off_target);
-    assert_eq!(check, "target");
-    assert!(error.contains("cam-2"), "{error}");
-    assert_eq!(refusal("no signature here").0, "format");
+        assert!(b.contains("publish"), "{b}");
+        let (st, b) = s.call(
+            "POST",
+            "/api/v1/workflows",
+            Some(&op),
+            Some("{\"document\": 5}"),
+        );
+        assert!([400, 422].contains(&st), "{st} {b}");
+        assert!(b.contains("document"), "{b}");
+        let (st, _) = s.call("POST", "/api/v1/workflows", Some(&op), Some("not json"));
+        assert_eq!(st, 400);
+        let big = json!({ "document": "a".repeat(600 * 1024) }).to_string();
+        let (st, _) = s.call("POST", "/api/v1/workflows", Some(&op), Some(&big));
+        assert_eq!(st, 413);
 
-    // Hostile bodies: unknown fields, wrong types, no JSON, too big.
-    let (st, b) = s.call(
-        "POST",
-        "/api/v1/workflows",
-        Some(&op),
-        Some(&json!({ "document": signed, "publish": true }).to_string()),
-    );
-    assert_eq!(st, 422, "{b}");
-    assert!(b.contains("publish"), "{b}");
-    let (st, b) = s.call(
-        "POST",
-        "/api/v1/workflows",
-        Some(&op),
-        Some("{\"document\": 5}"),
-    );
-    assert!([400, 422].contains(&st), "{st} {b}");
-    assert!(b.contains("document"), "{b}");
-    let (st, _) = s.call("POST", "/api/v1/workflows", Some(&op), Some("not json"));
-    assert_eq!(st, 400);
-    let big = json!({ "document": "a".repeat(600 * 1024) }).to_string();
-    let (st, _) = s.call("POST", "/api/v1/workflows", Some(&op), Some(&big));
-    assert_eq!(st, 413);
+        assert_shape(&s, "Workflow", &w);
+        let listed = s.get("/api/v1/workflows", &gw.viewer);
+        assert_eq!(listed.as_array().unwrap().len(), 1);
+        assert_eq!(listed[0]["digest"], w["digest"]);
 
-    assert_shape(&s, "Workflow", &w);
-    let listed = s.get("/api/v1/workflows", &gw.viewer);
-    assert_eq!(listed.as_array().unwrap().len(), 1);
-    assert_eq!(listed[0]["digest"], w["digest"]);
-
-    let audit = s.get("/api/v1/audit", &gw.admin).to_string();
-    assert!(audit.contains("workflow.upload"), "{audit}");
-    assert!(audit.contains("workflow.refused"), "{audit}");
-    assert!(audit.contains("token:operator"), "{audit}");
+        let audit = s.get("/api/v1/audit", &gw.admin).to_string();
+        assert!(audit.contains("workflow.upload"), "{audit}");
+        assert!(audit.contains("workflow.refused"), "{audit}");
+        assert!(audit.contains("token:operator"), "{audit}");
+    });
 }
 
 #[test]
 fn the_config_has_no_place_for_a_root_key_and_uploads_need_trust() {
+    on_each_backend(|backend| {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path();
+        let database = backend.database(d, "a.db");
+        let config = |extra: &str| {
+            let yaml =
+                format!("listen: 127.0.0.1:0\n{database}registry: devices.json\nstate: st\n");
+            std::fs::write(d.join("serve.yaml"), format!("{yaml}{extra}")).unwrap();
+        };
+        config("root_key: root.key\n");
+        let o = chimera(d, &["serve", "--config", "serve.yaml"]);
+        assert!(!o.status.success());
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert!(err.contains("root_key"), "{err}");
+
+        // Token hashes provisioned as a file: a malformed hash stops the start, naming the token.
+        config("tokens: tokens.yaml\n");
+        std::fs::write(
+            d.join("tokens.yaml"),
+            "- { name: deploy, role: viewer, sha256: abc }\n",
+        )
+        .unwrap();
+        let o = chimera(d, &["serve", "--config", "serve.yaml"]);
+        assert!(!o.status.success());
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert!(err.contains("deploy") && err.contains("sha256"), "{err}");
+        let provisioned = format!("chimera_{}", "5a".repeat(32));
+        std::fs::write(
+            d.join("tokens.yaml"),
+            format!(
+                "- {{ name: deploy, role: viewer, sha256: {} }}\n",
+                aegis_ota::sha256_hex(provisioned.as_bytes())
+            ),
+        )
+        .unwrap();
+
+        // Without trust metadata the service starts (no registry file yet: an empty fleet)
+        // and refuses uploads, saying what is missing.
+        let token = ok(
+            d,
+            &[
+                "serve", "token", "create", "--role", "operator", "--name", "ci",
+            ],
+        );
+        let gw = Gateway {
+            dir,
+            viewer: String::new(),
+            operator: token.trim().to_string(),
+            admin: String::new(),
+            database: database.clone(),
+        };
+        let s = gw.start();
+        assert_eq!(s.get("/api/v1/devices", &gw.operator), json!([]));
+        // The provisioned token works, with its role.
+        assert_eq!(s.get("/api/v1/devices", &provisioned), json!([]));
+        let (st, _) = s.call(
+            "GET",
+            "/api/v1/audit",
+            Some(&format!("Bearer {provisioned}")),
+            None,
+        );
+        assert_eq!(st, 403);
+        let (st, b) = s.call(
+            "POST",
+            "/api/v1/workflows",
+            Some(&format!("Bearer {}", gw.operator)),
+            Some("{\"document\": \"x\"}"),
+        );
+        assert_eq!(st, 503, "{b}");
+        assert!(b.contains("trust_metadata"), "{b}");
+        match backend {
+            // One replica per SQLite database: a second service on it refuses to start.
+            Backend::Sqlite => {
+                let mut second = command(gw.path(), &["serve", "--config", "serve.yaml"])
+                    .stdout(Stdio::piped())
+                    .stderr(Stdio::piped())
+                    .spawn()
+                    .unwrap();
+                let mut line = String::new();
+                BufReader::new(second.stdout.take().unwrap())
+                    .read_line(&mut line)
+                    .unwrap();
+                if !line.is_empty() {
+                    let _ = second.kill();
+                    panic!("a second chimera serve started on the same database: {line}");
+                }
+                let out = second.wait_with_output().unwrap();
+                assert!(!out.status.success());
+                let err = String::from_utf8_lossy(&out.stderr);
+                assert!(err.contains("another chimera serve"), "{err}");
+            }
+            // PostgreSQL: replicas, no lock; the second serves the same state.
+            Backend::Postgres => {
+                let second = gw.start();
+                assert_eq!(second.get("/api/v1/devices", &provisioned), json!([]));
+                assert!(second.terminate().success());
+            }
+        }
+        // SIGTERM stops the service cleanly, and its lock goes with it.
+        assert!(s.terminate().success());
+        let s = gw.start();
+        assert_eq!(s.get("/api/v1/devices", &gw.operator), json!([]));
+        // A second token with the same name is refused.
+        let o = chimera(
+            gw.path(),
+            &[
+                "serve", "token", "create", "--role", "admin", "--name", "ci",
+            ],
+        );
+        assert!(!o.status.success());
+    });
+}
+
+/// Two services started together on one empty PostgreSQL database (as two replicas of a
+/// Deployment would be): both start and serve the same state; the schema is migrated once,
+/// the registry and the token file imported once. The password comes from the environment
+/// (`password_env`) and shows nowhere.
+#[test]
+fn two_services_on_one_postgres_database_start_together_and_serve() {
+    if !have_postgres("chimera_serve") {
+        return;
+    }
+    let pg = postgres();
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
-    std::fs::write(
-        d.join("serve.yaml"),
-        "listen: 127.0.0.1:0\ndatabase: a.db\nregistry: devices.json\nstate: st\nroot_key: root.key\n",
-    )
-    .unwrap();
-    let o = chimera(d, &["serve", "--config", "serve.yaml"]);
-    assert!(!o.status.success());
-    let err = String::from_utf8_lossy(&o.stderr);
-    assert!(err.contains("root_key"), "{err}");
-
-    // Token hashes provisioned as a file: a malformed hash stops the start, naming the token.
-    std::fs::write(
-        d.join("serve.yaml"),
-        "listen: 127.0.0.1:0\ndatabase: a.db\nregistry: devices.json\nstate: st\ntokens: tokens.yaml\n",
-    )
-    .unwrap();
-    std::fs::write(
-        d.join("tokens.yaml"),
-        "- { name: deploy, role: viewer, sha256: abc }\n",
-    )
-    .unwrap();
-    let o = chimera(d, &["serve", "--config", "serve.yaml"]);
-    assert!(!o.status.success());
-    let err = String::from_utf8_lossy(&o.stderr);
-    assert!(err.contains("deploy") && err.contains("sha256"), "{err}");
-    let provisioned = format!("chimera_{}", "5a".repeat(32));
+    for cam in ["cam-1", "cam-2"] {
+        ok(d, &["keygen", "--out", cam]);
+        ok(d, &["enroll", cam, &format!("{cam}.pub")]);
+    }
+    let token = format!("chimera_{}", "7e".repeat(32));
     std::fs::write(
         d.join("tokens.yaml"),
         format!(
-            "- {{ name: deploy, role: viewer, sha256: {} }}\n",
-            aegis_ota::sha256_hex(provisioned.as_bytes())
+            "- {{ name: ci, role: admin, sha256: {} }}\n",
+            aegis_ota::sha256_hex(token.as_bytes())
         ),
     )
     .unwrap();
-
-    // Without trust metadata the service starts (no registry file yet: an empty fleet)
-    // and refuses uploads, saying what is missing.
-    let token = ok(
-        d,
-        &[
-            "serve", "token", "create", "--role", "operator", "--name", "ci",
-        ],
-    );
-    let gw = Gateway {
-        dir,
-        viewer: String::new(),
-        operator: token.trim().to_string(),
-        admin: String::new(),
+    let db = pg.create_database();
+    std::fs::write(
+        d.join("serve.yaml"),
+        format!(
+            "listen: 127.0.0.1:0\nregistry: devices.json\nstate: state\ntokens: tokens.yaml\n\
+             database:\n  url: {}\n  password_env: CHIMERA_DB_PASSWORD\n  ca_file: {}\n",
+            pg.url(&db),
+            pg.ca_file().display()
+        ),
+    )
+    .unwrap();
+    let with_password = |args: &[&str]| {
+        let mut c = command(d, args);
+        c.env("CHIMERA_DB_PASSWORD", pg.password());
+        c
     };
-    let s = gw.start();
-    assert_eq!(s.get("/api/v1/devices", &gw.operator), json!([]));
-    // The provisioned token works, with its role.
-    assert_eq!(s.get("/api/v1/devices", &provisioned), json!([]));
-    let (st, _) = s.call(
-        "GET",
-        "/api/v1/audit",
-        Some(&format!("Bearer {provisioned}")),
-        None,
-    );
-    assert_eq!(st, 403);
-    let (st, b) = s.call(
-        "POST",
-        "/api/v1/workflows",
-        Some(&format!("Bearer {}", gw.operator)),
-        Some("{\"document\": \"x\"}"),
-    );
-    assert_eq!(st, 503, "{b}");
-    assert!(b.contains("trust_metadata"), "{b}");
-    // One replica per SQLite database: a second service on it refuses to start.
-    let mut second = command(gw.path(), &["serve", "--config", "serve.yaml"])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut line = String::new();
-    BufReader::new(second.stdout.take().unwrap())
-        .read_line(&mut line)
-        .unwrap();
-    if !line.is_empty() {
-        let _ = second.kill();
-        panic!("a second chimera serve started on the same database: {line}");
+    // Both spawned before either is waited for: they migrate at the same time.
+    let logs: Vec<PathBuf> = (0..2).map(|i| d.join(format!("replica-{i}.err"))).collect();
+    let children: Vec<Child> = logs
+        .iter()
+        .map(|log| {
+            with_password(&["serve", "--config", "serve.yaml"])
+                .stdout(Stdio::piped())
+                .stderr(std::fs::File::create(log).unwrap())
+                .spawn()
+                .expect("start chimera serve")
+        })
+        .collect();
+    let replicas: Vec<Server> = children
+        .into_iter()
+        .zip(&logs)
+        .map(|(child, log)| Server::listening(child, Some(log)))
+        .collect();
+    for s in &replicas {
+        let devices = s.get("/api/v1/devices", &token);
+        assert_eq!(devices.as_array().unwrap().len(), 2, "{devices}");
     }
-    let out = second.wait_with_output().unwrap();
-    assert!(!out.status.success());
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("another chimera serve"), "{err}");
-    // SIGTERM stops the service cleanly, and its lock goes with it.
-    assert!(s.terminate().success());
-    let s = gw.start();
-    assert_eq!(s.get("/api/v1/devices", &gw.operator), json!([]));
-    // A second token with the same name is refused.
-    let o = chimera(
-        gw.path(),
-        &[
-            "serve", "token", "create", "--role", "admin", "--name", "ci",
-        ],
+    // Written through the CLI, read through both replicas.
+    let receipt = signed_receipt(d, "cam-1.key", "cam-1", Verdict::Applied);
+    let o = with_password(&[
+        "serve",
+        "receipt",
+        "add",
+        "--device",
+        "cam-1",
+        receipt.to_str().unwrap(),
+    ])
+    .output()
+    .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    for s in &replicas {
+        let r = s.get("/api/v1/receipts?device=cam-1", &token);
+        assert_eq!(r[0]["verified"], true, "{r}");
+    }
+    // One schema: versions 1..=N, each once; one import of the registry and of the tokens.
+    assert_eq!(
+        pg.psql(
+            &db,
+            "SELECT count(*) = count(DISTINCT version) AND min(version) = 1 \
+             AND max(version) = count(*) FROM schema_migrations"
+        ),
+        "t"
     );
-    assert!(!o.status.success());
+    let audited = |action: &str| {
+        pg.psql(
+            &db,
+            &format!("SELECT count(*) FROM audit WHERE action = '{action}'"),
+        )
+    };
+    assert_eq!(audited("registry.import"), "1");
+    assert_eq!(audited("token.import"), "1");
+    assert_eq!(audited("service.start"), "2");
+    let audit = replicas[0].get("/api/v1/audit", &token).to_string();
+    assert!(
+        audit.contains(&format!("PostgreSQL {} (TLS)", pg.url(&db))),
+        "{audit}"
+    );
+    for s in replicas {
+        assert!(s.terminate().success());
+    }
+    for log in logs {
+        let err = std::fs::read_to_string(log).unwrap();
+        assert!(err.contains(&pg.url(&db)), "{err}");
+        assert!(!err.contains(pg.password()), "{err}");
+    }
+    assert!(!audit.contains(pg.password()));
 }
 
 // ---------------------------------------------------------------------------------------
@@ -744,92 +940,97 @@ fn uploaded_workflows_are_published_as_chimera_publish_does() {
     if !have_mosquitto("chimera_serve") {
         return;
     }
-    let gw = Gateway::new();
-    let d = gw.path();
-    let mut broker = Broker::start(&d.join("broker"));
-    std::fs::write(
-        d.join("serve.yaml"),
-        format!("{CONFIG}broker: mqtt://127.0.0.1:{}\n", broker.port),
-    )
-    .unwrap();
-    ok(
-        d,
-        &[
-            "new",
-            "--out",
-            "wf.maml.md",
-            "--issuer",
-            "gw-1",
-            "--device",
-            "cam-1",
-        ],
-    );
-    ok(d, &["sign", "wf.maml.md", "--key", "gw.key"]);
-    let signed = std::fs::read_to_string(d.join("wf.signed.maml.md")).unwrap();
-    let s = gw.start();
-    let op = format!("Bearer {}", gw.operator);
-    let (st, b) = s.call(
-        "POST",
-        "/api/v1/workflows",
-        Some(&op),
-        Some(&json!({ "document": signed }).to_string()),
-    );
-    assert_eq!(st, 201, "{b}");
-    let digest = serde_json::from_str::<Value>(&b).unwrap()["digest"]
-        .as_str()
-        .unwrap()
-        .to_string();
-    let publish = |body: Value, digest: &str| {
-        s.call(
-            "POST",
-            &format!("/api/v1/workflows/{digest}/publish"),
-            Some(&op),
-            Some(&body.to_string()),
+    on_each_backend(|backend| {
+        let gw = Gateway::new(backend);
+        let d = gw.path();
+        let mut broker = Broker::start(&d.join("broker"));
+        std::fs::write(
+            d.join("serve.yaml"),
+            format!(
+                "{}{CONFIG}broker: mqtt://127.0.0.1:{}\n",
+                gw.database, broker.port
+            ),
         )
-    };
+        .unwrap();
+        ok(
+            d,
+            &[
+                "new",
+                "--out",
+                "wf.maml.md",
+                "--issuer",
+                "gw-1",
+                "--device",
+                "cam-1",
+            ],
+        );
+        ok(d, &["sign", "wf.maml.md", "--key", "gw.key"]);
+        let signed = std::fs::read_to_string(d.join("wf.signed.maml.md")).unwrap();
+        let s = gw.start();
+        let op = format!("Bearer {}", gw.operator);
+        let (st, b) = s.call(
+            "POST",
+            "/api/v1/workflows",
+            Some(&op),
+            Some(&json!({ "document": signed }).to_string()),
+        );
+        assert_eq!(st, 201, "{b}");
+        let digest = serde_json::from_str::<Value>(&b).unwrap()["digest"]
+            .as_str()
+            .unwrap()
+            .to_string();
+        let publish = |body: Value, digest: &str| {
+            s.call(
+                "POST",
+                &format!("/api/v1/workflows/{digest}/publish"),
+                Some(&op),
+                Some(&body.to_string()),
+            )
+        };
 
-    let (st, b) = publish(json!({ "to": "cam-1" }), &digest);
-    assert_eq!(st, 200, "{b}");
-    let p: Value = serde_json::from_str(&b).unwrap();
-    assert_eq!(p["devices"], json!(["cam-1"]));
-    assert_eq!(p["topics"], json!(["aegis/v1/cam-1/workflows"]));
-    assert_shape(&s, "Published", &p);
-    // The broker holds the document, byte for byte, retained for the device.
-    assert_eq!(
-        retained(broker.port, "aegis/v1/cam-1/workflows"),
-        signed.as_bytes()
-    );
-    // Recorded where `chimera fleet reconcile` and `watch-receipts` look.
-    let sent: Value =
-        serde_json::from_slice(&std::fs::read(d.join("state/sent.json")).unwrap()).unwrap();
-    assert_eq!(sent["cam-1"]["digest"], digest.as_str());
+        let (st, b) = publish(json!({ "to": "cam-1" }), &digest);
+        assert_eq!(st, 200, "{b}");
+        let p: Value = serde_json::from_str(&b).unwrap();
+        assert_eq!(p["devices"], json!(["cam-1"]));
+        assert_eq!(p["topics"], json!(["aegis/v1/cam-1/workflows"]));
+        assert_shape(&s, "Published", &p);
+        // The broker holds the document, byte for byte, retained for the device.
+        assert_eq!(
+            retained(broker.port, "aegis/v1/cam-1/workflows"),
+            signed.as_bytes()
+        );
+        // Recorded where `chimera fleet reconcile` and `watch-receipts` look.
+        let sent: Value =
+            serde_json::from_slice(&std::fs::read(d.join("state/sent.json")).unwrap()).unwrap();
+        assert_eq!(sent["cam-1"]["digest"], digest.as_str());
 
-    // Refusals before the broker: a group the document does not target, bad canaries,
-    // unknown digests, unknown fields.
-    let (st, b) = publish(json!({ "to": "lobby" }), &digest);
-    assert_eq!(st, 422, "{b}");
-    assert!(b.contains("lobby"), "{b}");
-    let (st, b) = publish(json!({ "to": "cam-1", "canary": 0 }), &digest);
-    assert_eq!(st, 400, "{b}");
-    assert!(b.contains("canary"), "{b}");
-    assert_eq!(publish(json!({ "to": "cam-1" }), &"0".repeat(64)).0, 404);
-    // An escaped path in the digest never reaches the file system.
-    assert_eq!(
-        publish(json!({ "to": "cam-1" }), "..%2F..%2Fetc%2Fpasswd").0,
-        400
-    );
-    assert_eq!(publish(json!({ "to": "cam-1" }), &"Z".repeat(64)).0, 400);
-    let (st, b) = publish(json!({ "to": "cam-1", "retain": false }), &digest);
-    assert_eq!(st, 422, "{b}");
-    assert!(b.contains("retain"), "{b}");
+        // Refusals before the broker: a group the document does not target, bad canaries,
+        // unknown digests, unknown fields.
+        let (st, b) = publish(json!({ "to": "lobby" }), &digest);
+        assert_eq!(st, 422, "{b}");
+        assert!(b.contains("lobby"), "{b}");
+        let (st, b) = publish(json!({ "to": "cam-1", "canary": 0 }), &digest);
+        assert_eq!(st, 400, "{b}");
+        assert!(b.contains("canary"), "{b}");
+        assert_eq!(publish(json!({ "to": "cam-1" }), &"0".repeat(64)).0, 404);
+        // An escaped path in the digest never reaches the file system.
+        assert_eq!(
+            publish(json!({ "to": "cam-1" }), "..%2F..%2Fetc%2Fpasswd").0,
+            400
+        );
+        assert_eq!(publish(json!({ "to": "cam-1" }), &"Z".repeat(64)).0, 400);
+        let (st, b) = publish(json!({ "to": "cam-1", "retain": false }), &digest);
+        assert_eq!(st, 422, "{b}");
+        assert!(b.contains("retain"), "{b}");
 
-    // The broker gone: 502, naming it.
-    broker.kill();
-    let (st, b) = publish(json!({ "to": "cam-1" }), &digest);
-    assert_eq!(st, 502, "{b}");
-    assert!(b.contains("127.0.0.1"), "{b}");
+        // The broker gone: 502, naming it.
+        broker.kill();
+        let (st, b) = publish(json!({ "to": "cam-1" }), &digest);
+        assert_eq!(st, 502, "{b}");
+        assert!(b.contains("127.0.0.1"), "{b}");
 
-    let audit = s.get("/api/v1/audit", &gw.admin).to_string();
-    assert!(audit.contains("workflow.publish"), "{audit}");
-    assert!(audit.contains("workflow.publish_failed"), "{audit}");
+        let audit = s.get("/api/v1/audit", &gw.admin).to_string();
+        assert!(audit.contains("workflow.publish"), "{audit}");
+        assert!(audit.contains("workflow.publish_failed"), "{audit}");
+    });
 }
