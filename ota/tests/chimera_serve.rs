@@ -202,34 +202,40 @@ impl Gateway {
 impl Server {
     /// Spawns `cmd` (a `chimera serve`) and waits for the line saying where it listens.
     fn start(mut cmd: Command) -> Server {
-        Server::listening(
-            cmd.stdout(Stdio::piped())
-                .spawn()
-                .expect("start chimera serve"),
-            None,
-        )
+        let mut s = Server::spawned(&mut cmd);
+        s.await_listening(None);
+        s
     }
 
-    /// Waits for a spawned `chimera serve` (stdout piped) to say where it listens; if it
-    /// does not, the panic quotes `stderr_log`, the file its stderr went to.
-    fn listening(mut child: Child, stderr_log: Option<&Path>) -> Server {
+    /// Spawns `cmd` (a `chimera serve`) with stdout piped; [`Server::await_listening`]
+    /// before calling it. Killed on drop, whatever happens in between.
+    fn spawned(cmd: &mut Command) -> Server {
+        let child = cmd
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("start chimera serve");
+        Server {
+            child,
+            base: String::new(),
+        }
+    }
+
+    /// Waits for the line saying where it listens; if it does not come, the panic quotes
+    /// `stderr_log`, the file its stderr went to.
+    fn await_listening(&mut self, stderr_log: Option<&Path>) {
         let mut line = String::new();
-        BufReader::new(child.stdout.take().unwrap())
+        BufReader::new(self.child.stdout.take().unwrap())
             .read_line(&mut line)
             .unwrap();
-        let base = line
-            .trim()
-            .strip_prefix("chimera serve: listening on ")
-            .unwrap_or_else(|| {
-                let _ = child.kill();
-                let _ = child.wait();
-                let err = stderr_log
-                    .map(|p| std::fs::read_to_string(p).unwrap_or_default())
-                    .unwrap_or_default();
-                panic!("chimera serve did not start: {line:?} {err}")
-            })
-            .to_string();
-        Server { child, base }
+        let Some(base) = line.trim().strip_prefix("chimera serve: listening on ") else {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+            let err = stderr_log
+                .map(|p| std::fs::read_to_string(p).unwrap_or_default())
+                .unwrap_or_default();
+            panic!("chimera serve did not start: {line:?} {err}")
+        };
+        self.base = base.to_string();
     }
 }
 
@@ -834,21 +840,18 @@ fn two_services_on_one_postgres_database_start_together_and_serve() {
     };
     // Both spawned before either is waited for: they migrate at the same time.
     let logs: Vec<PathBuf> = (0..2).map(|i| d.join(format!("replica-{i}.err"))).collect();
-    let children: Vec<Child> = logs
+    let mut replicas: Vec<Server> = logs
         .iter()
         .map(|log| {
-            with_password(&["serve", "--config", "serve.yaml"])
-                .stdout(Stdio::piped())
-                .stderr(std::fs::File::create(log).unwrap())
-                .spawn()
-                .expect("start chimera serve")
+            Server::spawned(
+                with_password(&["serve", "--config", "serve.yaml"])
+                    .stderr(std::fs::File::create(log).unwrap()),
+            )
         })
         .collect();
-    let replicas: Vec<Server> = children
-        .into_iter()
-        .zip(&logs)
-        .map(|(child, log)| Server::listening(child, Some(log)))
-        .collect();
+    for (s, log) in replicas.iter_mut().zip(&logs) {
+        s.await_listening(Some(log));
+    }
     for s in &replicas {
         let devices = s.get("/api/v1/devices", &token);
         assert_eq!(devices.as_array().unwrap().len(), 2, "{devices}");
