@@ -293,7 +293,15 @@ impl PgStore {
                 let tx = c.transaction().await?;
                 tx.execute("SELECT pg_advisory_xact_lock($1)", &[&MIGRATION_LOCK])
                     .await?;
-                tx.batch_execute(SCHEMA_MIGRATIONS_TABLE).await?;
+                // Created only when missing: a role without CREATE (the schema migrated by
+                // an administrator's run) can still start on a current database.
+                let exists: bool = tx
+                    .query_one("SELECT to_regclass('schema_migrations') IS NOT NULL", &[])
+                    .await?
+                    .try_get(0)?;
+                if !exists {
+                    tx.batch_execute(SCHEMA_MIGRATIONS_TABLE).await?;
+                }
                 let found: i64 = tx
                     .query_one(
                         "SELECT COALESCE(MAX(version), 0) FROM schema_migrations",

@@ -1295,6 +1295,45 @@ pub(crate) mod tests {
         assert_eq!(pg.psql(&db, "SELECT count(*) FROM group_members"), "20");
     }
 
+    /// The schema migrated by its owner, a role that may only read and write rows (no
+    /// CREATE) starts the service; on an empty database the same role is refused, saying
+    /// what the server said.
+    #[tokio::test]
+    async fn a_role_without_create_starts_on_a_migrated_database() {
+        let (Some(migrated), Some(empty)) = (TestDb::postgres(), TestDb::postgres()) else {
+            return;
+        };
+        let pg = postgres();
+        drop(PgStore::open(&TestDb::target(&migrated)).await.unwrap());
+        let app = "chimera_rows_only";
+        pg.psql(
+            "postgres",
+            &format!("CREATE ROLE {app} LOGIN PASSWORD '{}'", pg.password()),
+        );
+        pg.psql(
+            &migrated,
+            &format!(
+                "GRANT SELECT, INSERT, UPDATE, DELETE ON ALL TABLES IN SCHEMA public TO {app}"
+            ),
+        );
+        let as_app = |db: &str| {
+            PgTarget::new(
+                &pg.url(db).replace("chimera@", &format!("{app}@")),
+                "url",
+                Some(pg.password().into()),
+                Some(&pg.ca_file()),
+                2,
+            )
+            .unwrap()
+        };
+        let s = PgStore::open(&as_app(&migrated)).await.unwrap();
+        s.audit("cli".into(), "test".into(), "rows only".into())
+            .await
+            .unwrap();
+        let e = PgStore::open(&as_app(&empty)).await.err().expect("refused");
+        assert!(e.to_string().contains("permission denied"), "{e}");
+    }
+
     /// With `ca_file` the connection is TLS and the server's certificate must chain to it;
     /// a server certificate from another CA is refused; the password is never in an error.
     #[tokio::test]
