@@ -28,9 +28,12 @@
 //! `impl Store for SqliteStore` below and `impl Store for PgStore` in `postgres.rs`
 //! (PostgreSQL placeholders are `$1`; a parameter tested with `IS NULL` needs a type,
 //! `$1::text`; INTEGER columns bind `i32`, BIGINT `i64`; sort text with `COLLATE "C"` so
-//! both engines order alike), and add its assertions to `store::tests`, whose bodies run
-//! against both stores (`each_store`). Shared decisions (what counts as a change, how
-//! JSON columns are written and read) are functions here, not copies in each store.
+//! both engines order alike; free text from outside goes through [`without_nul`]), and add
+//! its assertions to `store::tests`, whose bodies run against both stores
+//! (`for db in TestDb::each()`; a PostgreSQL-only test takes `TestDb::postgres()`). Shared
+//! decisions (what counts as a change, how JSON columns are written and read) are functions
+//! here, not copies in each store. A test database of each engine costs milliseconds: one
+//! PostgreSQL server per test binary, a database per test (`ota/tests/common`).
 
 use std::future::Future;
 use std::path::{Path, PathBuf};
