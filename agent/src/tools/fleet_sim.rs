@@ -381,6 +381,19 @@ pub struct SimResult {
     pub rtt_p50_ms: f64,
     /// Command round trip, ms.
     pub rtt_p99_ms: f64,
+    /// The simulator's resident memory at the end, per device, bytes (the links dominate).
+    pub rss_per_device: u64,
+}
+
+/// This process's resident set size, bytes (0 where /proc says nothing).
+pub(super) fn rss_bytes() -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            let kb = s.lines().find(|l| l.starts_with("VmRSS:"))?;
+            kb.split_whitespace().nth(1)?.parse::<u64>().ok()
+        })
+        .map_or(0, |kb| kb * 1024)
 }
 
 /// Runs `devices` simulated devices for `seconds`, each producing `rate` events/s.
@@ -479,6 +492,7 @@ pub fn simulate(
             pings: rtts.len(),
             rtt_p50_ms: percentile(&rtts, 0.5),
             rtt_p99_ms: percentile(&rtts, 0.99),
+            rss_per_device: rss_bytes() / devices.max(1) as u64,
         })
     })
 }
