@@ -31,7 +31,9 @@ T=.tools/deploy-venv/bin
 
 t0=$(date +%s%N)
 say() { echo "deploy-check: $*"; }
+failed=""
 fail() {
+  failed=1
   echo "deploy-check: FAILED: $*" >&2
   exit 1
 }
@@ -40,8 +42,14 @@ tools/fetch-deploy-tools.sh
 tmp=$(mktemp -d)
 server=""
 cleanup() {
-  [ -n "$server" ] && kill "$server" 2>/dev/null && wait "$server" 2>/dev/null
+  local rc=$?
+  if [ -n "$server" ]; then
+    kill "$server" 2>/dev/null || true
+    wait "$server" 2>/dev/null || true
+  fi
   rm -rf "$tmp"
+  # A command that failed under `set -e` rather than through fail(): say so all the same.
+  [ "$rc" -eq 0 ] || [ -n "$failed" ] || echo "deploy-check: FAILED (exit $rc)" >&2
 }
 trap cleanup EXIT
 
@@ -131,7 +139,10 @@ else
   # The chart's layout, rooted in the temp dir; a free loopback port instead of 0.0.0.0:8080.
   sed -e "s#/etc/chimera/#$s/etc/#g" -e "s#/var/lib/chimera/#$s/data/#g" \
     -e 's#^listen: .*#listen: 127.0.0.1:0#' "$tmp/sqlite-single.serve.yaml" >"$s/etc/serve.yaml"
-  "$chimera" serve --config "$s/etc/serve.yaml" >"$s/serve.log" 2>&1 &
+  # The log exists before the service starts writing it (the background job opens it
+  # itself, maybe after the loop's first read).
+  : >"$s/serve.log"
+  "$chimera" serve --config "$s/etc/serve.yaml" >>"$s/serve.log" 2>&1 &
   server=$!
   addr=""
   for _ in $(seq 100); do
