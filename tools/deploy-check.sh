@@ -136,9 +136,13 @@ else
   token="chimera_$(od -An -N32 -tx1 /dev/urandom | tr -d ' \n')"
   printf -- '- {name: ci, role: viewer, sha256: %s}\n' \
     "$(printf %s "$token" | sha256sum | cut -d' ' -f1)" >"$s/etc/tokens/tokens.yaml"
-  # The chart's layout, rooted in the temp dir; a free loopback port instead of 0.0.0.0:8080.
+  # The chart's layout, rooted in the temp dir; a free loopback port instead of 0.0.0.0:8080;
+  # no broker (the values' cluster host name resolves nowhere here, and what is checked is
+  # that the files the chart mounts are where serve.yaml says).
   sed -e "s#/etc/chimera/#$s/etc/#g" -e "s#/var/lib/chimera/#$s/data/#g" \
-    -e 's#^listen: .*#listen: 127.0.0.1:0#' "$tmp/sqlite-single.serve.yaml" >"$s/etc/serve.yaml"
+    -e 's#^listen: .*#listen: 127.0.0.1:0#' -e '/^broker: /d' \
+    "$tmp/sqlite-single.serve.yaml" >"$s/etc/serve.yaml"
+  grep -q '^tokens: ' "$s/etc/serve.yaml" || fail "smoke: the SQLite serve.yaml has no tokens file"
   # The log exists before the service starts writing it (the background job opens it
   # itself, maybe after the loop's first read).
   : >"$s/serve.log"
