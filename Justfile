@@ -30,8 +30,16 @@ test: lint
     trap 'tools/test-skips.sh "$AEGIS_SKIP_LOG" || exit 1' EXIT
     cargo build -p aegis-agent -p aegis-ota --bins
     cargo test --workspace --no-fail-fast
+    tools/deploy-check.sh
     tools/cross-test.sh
     tools/fuzz.sh 20
+
+# The container definition and the Helm chart of `chimera serve` (deploy/): hadolint, helm
+# lint/template, kubernetes-validate, the values schema, the rendered serve.yaml run by the
+# real service (pinned tools, tools/fetch-deploy-tools.sh). No cluster, no image build.
+deploy-check:
+    cargo build -p aegis-ota --bin chimera
+    tools/deploy-check.sh
 
 # The libav-free crates (config, ota, sensors, cuda) cross-compiled for the Jetson's
 # aarch64, their tests run under qemu-user.
