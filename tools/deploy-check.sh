@@ -114,6 +114,8 @@ done
 
 # 5. The rendered SQLite serve.yaml, run by the real service.
 chimera=${CHIMERA_BIN:-${CARGO_TARGET_DIR:-target}/debug/chimera}
+# Absolute: the smoke runs it from its own directories.
+[[ "$chimera" = /* ]] || chimera="$PWD/$chimera"
 if [ ! -x "$chimera" ]; then
   why="tools/deploy-check.sh serve_yaml_smoke: no $chimera (cargo build -p aegis-ota --bin chimera)"
   echo "SKIPPED $why" >&2
