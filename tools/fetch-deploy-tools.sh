@@ -22,7 +22,9 @@ HELM_VERSION=v3.17.3
 HELM_COMMIT=e4da49785aa6e6ee2b86efd5dd9e43400318262b
 HADOLINT_VERSION=2.15.1
 
-pinned=$(sha256sum "$REQS" | cut -d' ' -f1)
+# The stamp names the venv's own path too: a venv's scripts point at its interpreter by
+# absolute path, so one built elsewhere (another checkout) is rebuilt here.
+pinned="$(sha256sum "$REQS" | cut -d' ' -f1) $PWD/$VENV"
 if [ "$(cat "$VENV/.pinned" 2>/dev/null)" != "$pinned" ]; then
   echo "deploy-tools: creating $VENV from $REQS"
   rm -rf "$VENV"
