@@ -28,11 +28,13 @@ test: lint
     mkdir -p target
     rm -f "$AEGIS_SKIP_LOG"
     trap 'tools/test-skips.sh "$AEGIS_SKIP_LOG" || exit 1' EXIT
-    cargo build -p aegis-agent -p aegis-ota --bins
-    cargo test --workspace --no-fail-fast
-    tools/deploy-check.sh
-    tools/cross-test.sh
-    tools/fuzz.sh 20
+    # Each step's wall time, for keeping CI inside its budget.
+    step() { local t0=$SECONDS; "$@"; echo "test-step: $* took $((SECONDS - t0)) s"; }
+    step cargo build -p aegis-agent -p aegis-ota --bins
+    step cargo test --workspace --no-fail-fast
+    step tools/deploy-check.sh
+    step tools/cross-test.sh
+    step tools/fuzz.sh 20
 
 # The container definition and the Helm chart of `chimera serve` (deploy/): hadolint, helm
 # lint/template, kubernetes-validate, the values schema, the rendered serve.yaml run by the
