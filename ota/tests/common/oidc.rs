@@ -347,6 +347,13 @@ pub fn refused_jwts(
             rsa.sign(&with(json!({ "iss": "https://evil.example" }))),
         ),
         (
+            "iss",
+            "of a list of issuers",
+            rsa.sign(&with(
+                json!({ "iss": [issuer.url, "https://evil.example"] }),
+            )),
+        ),
+        (
             "sub",
             "without sub",
             rsa.sign(&with(json!({ "sub": null }))),

@@ -190,7 +190,7 @@ pub(crate) struct AuditRow {
     pub(crate) id: String,
     /// When (unix milliseconds).
     pub(crate) at: i64,
-    /// Who: `token:NAME`, `cli`, `system`.
+    /// Who: `token:NAME`, `oidc:SUB`, `cli`, `system`.
     pub(crate) actor: String,
     /// What (`token.create`, `registry.import`, `workflow.upload`, …).
     pub(crate) action: String,

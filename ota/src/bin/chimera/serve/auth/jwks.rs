@@ -512,4 +512,26 @@ mod tests {
         assert!(e.contains("more than"), "{e}");
         assert!(parse_key_set(&json!({ "nokeys": [] })).is_err());
     }
+
+    #[test]
+    fn a_ca_file_without_certificates_is_refused_by_name() {
+        let dir = tempfile::tempdir().unwrap();
+        let ca = dir.path().join("ca.pem");
+        std::fs::write(&ca, "not a certificate\n").unwrap();
+        let cfg: OidcConfig = serde_json::from_value(json!({
+            "issuer": "https://id.example", "audience": "chimera", "ca_file": ca,
+        }))
+        .unwrap();
+        let e = Jwks::new(&cfg).err().unwrap().to_string();
+        assert!(
+            e.contains("ca.pem") && e.contains("no PEM certificate"),
+            "{e}"
+        );
+        let missing: OidcConfig = serde_json::from_value(json!({
+            "issuer": "https://id.example", "audience": "chimera",
+            "ca_file": dir.path().join("absent.pem"),
+        }))
+        .unwrap();
+        assert!(Jwks::new(&missing).is_err());
+    }
 }

@@ -173,6 +173,13 @@ impl OidcVerifier {
         v.set_audience(&[&self.audience]);
         let data = jsonwebtoken::decode::<Value>(token, &key.key, &v)
             .map_err(|e| self.refusal(e.kind(), &kid))?;
+        // RFC 7519 makes `iss` one string; jsonwebtoken would also take a list holding it.
+        if data.claims["iss"].as_str() != Some(self.issuer.as_str()) {
+            return Err(JwtRefusal::new(
+                "iss",
+                format!("the issuer is not {}", self.issuer),
+            ));
+        }
         let subject = data.claims["sub"]
             .as_str()
             .filter(|s| {
