@@ -97,7 +97,7 @@ impl Role {
 }
 
 /// An API token as stored (never the token, nor its hash, leaves the store through this).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct TokenInfo {
     /// Its unique name (audit rows say `token:NAME`).
     pub(crate) name: String,
