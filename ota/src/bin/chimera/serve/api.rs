@@ -41,22 +41,11 @@ pub(crate) struct AppState {
     pub(crate) state: std::path::PathBuf,
     /// Held while publishing: `sent.json` is read, changed and written by each publish.
     pub(crate) publishing: Arc<tokio::sync::Mutex<()>>,
+    /// The OIDC provider whose JWTs are accepted as bearer tokens (None: API tokens only).
+    pub(crate) oidc: Option<Arc<super::auth::oidc::OidcVerifier>>,
 }
 
-/// Who called (put in the request by the auth middleware).
-#[derive(Debug, Clone)]
-pub(crate) struct Caller {
-    /// The token's name.
-    pub(crate) name: String,
-    /// Its role.
-    pub(crate) role: Role,
-}
-
-impl Caller {
-    fn actor(&self) -> String {
-        format!("token:{}", self.name)
-    }
-}
+pub(crate) use super::auth::Caller;
 
 /// Makes (and registers in the generator's definitions) the JSON Schema of a body type.
 type SchemaOf = fn(&mut SchemaGenerator) -> Schema;
@@ -245,7 +234,9 @@ pub(crate) fn router(state: AppState, max_body_bytes: usize) -> Router {
 struct ErrorBody {
     /// What failed, naming the input.
     error: String,
-    /// For a refused workflow upload: the check that failed.
+    /// For a refused workflow upload or bearer token: the check that failed (an upload's
+    /// `signature`, `target`, …; a token's `authorization`, `token`, `revoked`, `exp`,
+    /// `nbf`, `iss`, `aud`, `alg`, `kid`, `key`, `signature`, `sub`, `jwks`, `role`).
     check: Option<String>,
 }
 
@@ -293,11 +284,21 @@ pub(crate) fn openapi_document() -> Value {
         if r.role.is_some() {
             responses.insert(
                 "401".into(),
-                error("No token, or a token the service does not know."),
+                error(
+                    "No token, or one the service does not accept: an unknown, revoked or \
+                       expired API token, or a JWT that fails a check; `check` names it.",
+                ),
             );
             responses.insert(
                 "403".into(),
-                error("The token's role is below the route's."),
+                error("The caller's role is below the route's (or its JWT maps to no role)."),
+            );
+            responses.insert(
+                "503".into(),
+                error(
+                    "The service lacks what the route needs (trust metadata, a broker) or, \
+                       for a JWT, the provider's signing keys are not loaded yet.",
+                ),
             );
         }
         if !r.params.is_empty() || r.body.is_some() {
@@ -328,10 +329,6 @@ pub(crate) fn openapi_document() -> Value {
                 "422".into(),
                 error("A body field is unknown or of the wrong type, or the request was refused (an upload's `check` names the check that failed)."),
             );
-            responses.insert(
-                "503".into(),
-                error("The service lacks what the route needs (trust metadata, a broker)."),
-            );
         }
         let mut op = json!({
             "operationId": format!("{}{}", r.method.as_str().to_lowercase(), r.path.replace(['/', '{', '}', '.'], "_")),
@@ -356,12 +353,16 @@ pub(crate) fn openapi_document() -> Value {
             "title": "chimera serve",
             "version": env!("CARGO_PKG_VERSION"),
             "description": "The Aegis Edge gateway service (docs/chimera-serve.md). Every route \
-                            needs `Authorization: Bearer <API token>` except those whose \
-                            `security` is empty; `x-aegis-role` is the least role it needs \
-                            (viewer < operator < admin)."
+                            needs `Authorization: Bearer <API token or OIDC JWT>` except those \
+                            whose `security` is empty; `x-aegis-role` is the least role it \
+                            needs (viewer < operator < admin)."
         },
         "components": {
-            "securitySchemes": { "bearer": { "type": "http", "scheme": "bearer" } },
+            "securitySchemes": { "bearer": {
+                "type": "http", "scheme": "bearer",
+                "description": "An API token (`chimera_…`, `chimera serve token create`) or, \
+                                with `oidc` configured, a JWT of that provider."
+            } },
             "schemas": schemas.take_definitions(true),
         },
         "paths": paths,
@@ -423,9 +424,6 @@ fn needed_role(method: &Method, matched: Option<&str>) -> Option<Role> {
     }
 }
 
-/// Longest `Authorization` value looked at (a token is 72 characters).
-const MAX_AUTHORIZATION_BYTES: usize = 256;
-
 async fn authorise(State(s): State<AppState>, mut req: Request, next: Next) -> Response {
     let matched = req
         .extensions()
@@ -434,40 +432,35 @@ async fn authorise(State(s): State<AppState>, mut req: Request, next: Next) -> R
     let Some(needed) = needed_role(req.method(), matched.as_deref()) else {
         return next.run(req).await;
     };
-    let token = req
-        .headers()
-        .get(header::AUTHORIZATION)
-        .filter(|v| v.len() <= MAX_AUTHORIZATION_BYTES)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| {
-            let (scheme, token) = v.split_once(' ')?;
-            scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
-        })
-        .filter(|t| !t.is_empty());
-    let Some(token) = token else {
-        return ApiError::new(
-            StatusCode::UNAUTHORIZED,
-            "this route needs `Authorization: Bearer <API token>`",
-        )
-        .into_response();
-    };
-    let caller = match s.store.token(service::token_hash(token)).await {
-        Ok(Some((name, role))) => Caller { name, role },
-        Ok(None) => {
-            return ApiError::new(StatusCode::UNAUTHORIZED, "unknown API token").into_response();
+    let caller = match super::auth::identify(
+        &*s.store,
+        s.oidc.as_deref(),
+        req.headers().get(header::AUTHORIZATION),
+    )
+    .await
+    {
+        Ok(c) => c,
+        Err(r) => {
+            return ApiError {
+                status: r.status,
+                body: json!({ "error": r.message, "check": r.check }),
+            }
+            .into_response();
         }
-        Err(e) => return ApiError::from(e).into_response(),
     };
     if caller.role < needed {
-        return ApiError::new(
-            StatusCode::FORBIDDEN,
-            format!(
-                "token {:?} has role {}; this route needs {}",
-                caller.name,
-                caller.role.as_str(),
-                needed.as_str()
-            ),
-        )
+        return ApiError {
+            status: StatusCode::FORBIDDEN,
+            body: json!({
+                "error": format!(
+                    "{} has role {}; this route needs {}",
+                    caller.actor,
+                    caller.role.as_str(),
+                    needed.as_str()
+                ),
+                "check": "role",
+            }),
+        }
         .into_response();
     }
     req.extensions_mut().insert(caller);

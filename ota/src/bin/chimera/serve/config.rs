@@ -6,10 +6,13 @@
 //! Relative paths are taken from the directory of the config file, so a gateway directory
 //! can be moved whole.
 
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
+
+use super::store::Role;
 
 /// The request body limit when `max_body_bytes` is not given: a workflow document at the
 /// 128 KiB limit, JSON-escaped, with room to spare.
@@ -52,6 +55,185 @@ pub(crate) struct ServeConfig {
     /// Largest request body accepted, in bytes.
     #[serde(default = "default_max_body_bytes")]
     pub(crate) max_body_bytes: usize,
+    /// Optional: accept OIDC/OAuth2 bearer tokens (JWTs) of this provider beside the API
+    /// tokens.
+    #[serde(default)]
+    pub(crate) oidc: Option<OidcConfig>,
+}
+
+/// The `leeway_s` when not given: clock skew allowed on `exp` and `nbf`.
+pub(crate) const DEFAULT_LEEWAY_S: u64 = 30;
+/// Largest `leeway_s` accepted: a token expired for longer than this is expired.
+pub(crate) const MAX_LEEWAY_S: u64 = 300;
+/// The `jwks_refresh_s` when not given.
+pub(crate) const DEFAULT_JWKS_REFRESH_S: u64 = 900;
+/// The `jwks_min_refresh_s` when not given (jwt-authorizer's choice too).
+pub(crate) const DEFAULT_JWKS_MIN_REFRESH_S: u64 = 10;
+
+fn default_leeway_s() -> u64 {
+    DEFAULT_LEEWAY_S
+}
+
+fn default_jwks_refresh_s() -> u64 {
+    DEFAULT_JWKS_REFRESH_S
+}
+
+fn default_jwks_min_refresh_s() -> u64 {
+    DEFAULT_JWKS_MIN_REFRESH_S
+}
+
+fn default_roles_claim() -> String {
+    "roles".into()
+}
+
+fn default_algorithms() -> Vec<JwtAlgorithm> {
+    vec![JwtAlgorithm::RS256, JwtAlgorithm::ES256]
+}
+
+/// Claim values that name a role by its own word: `viewer`, `operator`, `admin`.
+fn default_role_map() -> BTreeMap<String, Role> {
+    [Role::Viewer, Role::Operator, Role::Admin]
+        .into_iter()
+        .map(|r| (r.as_str().to_string(), r))
+        .collect()
+}
+
+/// A JWT signature algorithm the service may accept: asymmetric ones only. `none` and the
+/// HMAC algorithms (`HS256`…) cannot be written here at all, so a public key can never be
+/// used as an HMAC secret (algorithm confusion).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[allow(clippy::upper_case_acronyms)]
+pub(crate) enum JwtAlgorithm {
+    /// RSASSA-PKCS1-v1_5 with SHA-256.
+    RS256,
+    /// RSASSA-PKCS1-v1_5 with SHA-384.
+    RS384,
+    /// RSASSA-PKCS1-v1_5 with SHA-512.
+    RS512,
+    /// RSASSA-PSS with SHA-256.
+    PS256,
+    /// RSASSA-PSS with SHA-384.
+    PS384,
+    /// RSASSA-PSS with SHA-512.
+    PS512,
+    /// ECDSA on P-256 with SHA-256.
+    ES256,
+    /// ECDSA on P-384 with SHA-384.
+    ES384,
+    /// Ed25519.
+    EdDSA,
+}
+
+/// `oidc:` — the OpenID Connect provider whose JWTs are bearer tokens here (Cognito,
+/// Keycloak, Entra ID, Auth0, Dex, …). Only signed JWTs are accepted: opaque access tokens
+/// would need RFC 7662 introspection, which is not built.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct OidcConfig {
+    /// The provider's issuer URL, exactly as its tokens' `iss` claim says it (and as its
+    /// discovery document's `issuer` says it). `https://`, or `http://` on a loopback host.
+    pub(crate) issuer: String,
+    /// This service's audience: a token's `aud` (a string or a list) must contain it.
+    pub(crate) audience: String,
+    /// The JWKS URL. Default: the `jwks_uri` of `{issuer}/.well-known/openid-configuration`.
+    #[serde(default)]
+    pub(crate) jwks_uri: Option<String>,
+    /// The claim that carries the caller's roles or groups (a string or a list of
+    /// strings): a top-level claim name (`roles`, `groups`, `cognito:groups`,
+    /// `https://example.com/roles`), or a JSON pointer when it starts with `/`
+    /// (`/realm_access/roles`).
+    #[serde(default = "default_roles_claim")]
+    pub(crate) roles_claim: String,
+    /// Claim value → role. A caller gets the highest role any of its values maps to;
+    /// values not listed grant nothing. Default: `viewer`, `operator` and `admin` map to
+    /// themselves.
+    #[serde(default = "default_role_map")]
+    pub(crate) roles: BTreeMap<String, Role>,
+    /// Signature algorithms accepted (default `[RS256, ES256]`); asymmetric ones only.
+    #[serde(default = "default_algorithms")]
+    pub(crate) algorithms: Vec<JwtAlgorithm>,
+    /// Clock skew allowed on `exp` and `nbf`, in seconds (default 30, at most 300).
+    #[serde(default = "default_leeway_s")]
+    pub(crate) leeway_s: u64,
+    /// PEM file of the certificate authorities an `https` issuer or JWKS URL may chain to.
+    /// Default: Mozilla's root programme (compiled in).
+    #[serde(default)]
+    pub(crate) ca_file: Option<PathBuf>,
+    /// How often the JWKS is fetched again, in seconds (default 900, at least 60).
+    #[serde(default = "default_jwks_refresh_s")]
+    pub(crate) jwks_refresh_s: u64,
+    /// The least time between two JWKS fetches, in seconds (default 10, at least 1): a
+    /// token naming an unknown `kid` fetches the JWKS again at most this often, so forged
+    /// key ids cannot make the service hammer the provider.
+    #[serde(default = "default_jwks_min_refresh_s")]
+    pub(crate) jwks_min_refresh_s: u64,
+}
+
+/// Checks an issuer or JWKS URL: `https`, or `http` to a loopback host (a provider on the
+/// same machine, or a test's), no user information. Returns the reason it is refused.
+pub(crate) fn check_provider_url(url: &str) -> Result<(), String> {
+    let uri: axum::http::Uri = url.parse().map_err(|e| format!("{url:?}: {e}"))?;
+    let authority = uri
+        .authority()
+        .ok_or_else(|| format!("{url:?}: not an absolute URL"))?;
+    if authority.as_str().contains('@') {
+        return Err(format!("{url:?}: carries user information"));
+    }
+    let host =
+        aegis_config::Host::parse(authority.host()).map_err(|e| format!("{url:?}: host: {e}"))?;
+    let loopback = match &host {
+        aegis_config::Host::Ipv4(a) => a.is_loopback(),
+        aegis_config::Host::Ipv6(a) => a.is_loopback(),
+        aegis_config::Host::Domain(d) => d == "localhost",
+    };
+    match uri.scheme_str() {
+        Some("https") => Ok(()),
+        Some("http") if loopback => Ok(()),
+        Some("http") => Err(format!(
+            "{url:?}: plain http is accepted for loopback hosts only; use https"
+        )),
+        _ => Err(format!("{url:?}: not an http(s) URL")),
+    }
+}
+
+impl OidcConfig {
+    /// Checks what serde cannot; `what` names the file in errors.
+    fn check(&self, what: &str) -> anyhow::Result<()> {
+        let field = |f: &str, m: String| anyhow::anyhow!("{what}: oidc.{f}: {m}");
+        check_provider_url(&self.issuer).map_err(|m| field("issuer", m))?;
+        if let Some(u) = &self.jwks_uri {
+            check_provider_url(u).map_err(|m| field("jwks_uri", m))?;
+        }
+        anyhow::ensure!(
+            !self.audience.is_empty(),
+            "{what}: oidc.audience: must not be empty"
+        );
+        anyhow::ensure!(
+            !self.roles_claim.is_empty() && self.roles_claim != "/",
+            "{what}: oidc.roles_claim: must name a claim"
+        );
+        anyhow::ensure!(
+            !self.roles.is_empty(),
+            "{what}: oidc.roles: map at least one claim value to a role"
+        );
+        anyhow::ensure!(
+            !self.algorithms.is_empty(),
+            "{what}: oidc.algorithms: name at least one (RS256, ES256, …)"
+        );
+        anyhow::ensure!(
+            self.leeway_s <= MAX_LEEWAY_S,
+            "{what}: oidc.leeway_s: at most {MAX_LEEWAY_S}"
+        );
+        anyhow::ensure!(
+            self.jwks_refresh_s >= 60,
+            "{what}: oidc.jwks_refresh_s: at least 60"
+        );
+        anyhow::ensure!(
+            (1..=self.jwks_refresh_s).contains(&self.jwks_min_refresh_s),
+            "{what}: oidc.jwks_min_refresh_s: at least 1 and at most jwks_refresh_s"
+        );
+        Ok(())
+    }
 }
 
 /// One entry of the `tokens` file.
@@ -61,9 +243,12 @@ pub(crate) struct TokenHash {
     /// Token name (unique).
     pub(crate) name: String,
     /// `viewer`, `operator` or `admin`.
-    pub(crate) role: super::store::Role,
+    pub(crate) role: Role,
     /// Hex SHA-256 of the token.
     pub(crate) sha256: String,
+    /// Optional: when it stops working (RFC 3339 UTC, `2027-01-31T00:00:00Z`).
+    #[serde(default)]
+    pub(crate) expires_at: Option<String>,
 }
 
 /// Parses YAML through the workspace's hardened reader (no anchors/aliases, depth limits)
@@ -95,6 +280,10 @@ impl ServeConfig {
         c.tokens.iter_mut().for_each(abs);
         c.trust_metadata.iter_mut().for_each(abs);
         c.trust_roots.iter_mut().for_each(abs);
+        if let Some(o) = &mut c.oidc {
+            o.ca_file.iter_mut().for_each(abs);
+            o.check(&path.display().to_string())?;
+        }
         anyhow::ensure!(
             c.max_body_bytes >= 1024,
             "{}: max_body_bytes: at least 1024",
@@ -121,6 +310,14 @@ impl ServeConfig {
                 p.display(),
                 t.name
             );
+            if let Some(at) = &t.expires_at {
+                anyhow::ensure!(
+                    aegis_ota::maml::parse_time(at).is_some(),
+                    "{}: token {:?}: expires_at {at:?} is not RFC 3339 UTC",
+                    p.display(),
+                    t.name
+                );
+            }
         }
         Ok(list)
     }
@@ -169,5 +366,58 @@ mod tests {
         );
         let e = ServeConfig::read(&p).unwrap_err().to_string();
         assert!(e.contains("trust_roots"), "{e}");
+    }
+
+    const BASE: &str = "listen: 127.0.0.1:0\ndatabase: a.db\nregistry: r.json\nstate: s\n";
+
+    #[test]
+    fn oidc_defaults_are_safe_and_the_ca_file_follows_the_config_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = write(
+            dir.path(),
+            &format!(
+                "{BASE}oidc:\n  issuer: https://id.example/pool\n  audience: chimera\n  ca_file: ca.pem\n"
+            ),
+        );
+        let o = ServeConfig::read(&p).unwrap().oidc.unwrap();
+        assert_eq!(o.algorithms, [JwtAlgorithm::RS256, JwtAlgorithm::ES256]);
+        assert_eq!(o.leeway_s, DEFAULT_LEEWAY_S);
+        assert_eq!(o.roles_claim, "roles");
+        assert_eq!(o.roles.get("admin"), Some(&Role::Admin));
+        assert_eq!(o.roles.len(), 3);
+        assert_eq!(o.ca_file, Some(dir.path().join("ca.pem")));
+        assert_eq!(o.jwks_min_refresh_s, DEFAULT_JWKS_MIN_REFRESH_S);
+    }
+
+    #[test]
+    fn oidc_refuses_symmetric_algorithms_plain_http_and_unknown_keys() {
+        let dir = tempfile::tempdir().unwrap();
+        let oidc = |extra: &str, issuer: &str| {
+            let p = write(
+                dir.path(),
+                &format!("{BASE}oidc:\n  issuer: {issuer}\n  audience: chimera\n{extra}"),
+            );
+            ServeConfig::read(&p).map(|_| ()).map_err(|e| e.to_string())
+        };
+        let https = "https://id.example";
+        for (extra, issuer, named) in [
+            ("  algorithms: [RS256, HS256]\n", https, "HS256"),
+            ("  algorithms: [none]\n", https, "none"),
+            ("  algorithms: []\n", https, "algorithms"),
+            ("", "http://id.example", "loopback"),
+            ("  jwks_uri: http://10.0.0.1/jwks\n", https, "jwks_uri"),
+            ("", "https://user@id.example", "user information"),
+            ("  leeway_s: 3600\n", https, "leeway_s"),
+            ("  roles: {}\n", https, "roles"),
+            ("  roles: {ops: root}\n", https, "root"),
+            ("  jwks_min_refresh_s: 0\n", https, "jwks_min_refresh_s"),
+            ("  client_secret: s3cret\n", https, "client_secret"),
+        ] {
+            let e = oidc(extra, issuer).expect_err(extra);
+            assert!(e.contains(named), "{extra:?} {issuer}: {e}");
+        }
+        // Loopback may be plain http (a provider on the same host, or a test's).
+        oidc("", "http://127.0.0.1:8081/realms/x").unwrap();
+        oidc("", "http://localhost:8081").unwrap();
     }
 }

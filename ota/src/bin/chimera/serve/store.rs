@@ -26,6 +26,11 @@ pub(crate) const MIGRATIONS: &[(i64, &str, &str)] = &[
         "workflows",
         include_str!("migrations/0002_workflows.sql"),
     ),
+    (
+        3,
+        "token_lifecycle",
+        include_str!("migrations/0003_token_lifecycle.sql"),
+    ),
 ];
 
 /// Why a store operation failed.
@@ -89,6 +94,21 @@ impl Role {
             _ => None,
         }
     }
+}
+
+/// An API token as stored (never the token, nor its hash, leaves the store through this).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct TokenInfo {
+    /// Its unique name (audit rows say `token:NAME`).
+    pub(crate) name: String,
+    /// Its role.
+    pub(crate) role: Role,
+    /// When it was made (unix milliseconds).
+    pub(crate) created_at: i64,
+    /// When it stops working (unix milliseconds); None: never.
+    pub(crate) expires_at: Option<i64>,
+    /// When it was revoked (unix milliseconds); None: not revoked.
+    pub(crate) revoked_at: Option<i64>,
 }
 
 /// A device as the registry enrols it.
@@ -170,7 +190,7 @@ pub(crate) struct AuditRow {
     pub(crate) id: String,
     /// When (unix milliseconds).
     pub(crate) at: i64,
-    /// Who: `token:NAME`, `cli`, `system`.
+    /// Who: `token:NAME`, `oidc:SUB`, `cli`, `system`.
     pub(crate) actor: String,
     /// What (`token.create`, `registry.import`, `workflow.upload`, …).
     pub(crate) action: String,
@@ -244,10 +264,23 @@ pub(crate) trait Store: Send + Sync {
         devices: Vec<Enrolment>,
         groups: Vec<GroupEntry>,
     ) -> StoreFuture<'_, ImportCounts>;
-    /// Records a token's hash; false when that name or hash exists.
-    fn create_token(&self, name: String, role: Role, sha256: String) -> StoreFuture<'_, bool>;
-    /// The name and role of the token with this hash.
-    fn token(&self, sha256: String) -> StoreFuture<'_, Option<(String, Role)>>;
+    /// Records a token's hash, with an optional expiry (unix milliseconds); false when that
+    /// name or hash exists.
+    fn create_token(
+        &self,
+        name: String,
+        role: Role,
+        sha256: String,
+        expires_at: Option<i64>,
+    ) -> StoreFuture<'_, bool>;
+    /// The token with this hash, revoked and expired ones included (the caller decides,
+    /// and says why it refuses). A row with a role this build does not know is None.
+    fn token(&self, sha256: String) -> StoreFuture<'_, Option<TokenInfo>>;
+    /// Every token, by name.
+    fn tokens(&self) -> StoreFuture<'_, Vec<TokenInfo>>;
+    /// Revokes the token named `name` (a second revocation keeps the first time); false
+    /// when no token has that name.
+    fn revoke_token(&self, name: String) -> StoreFuture<'_, bool>;
     /// Every device, with groups and last receipt.
     fn devices(&self) -> StoreFuture<'_, Vec<Device>>;
     /// One device.
@@ -411,6 +444,22 @@ fn summary(r: &rusqlite::Row<'_>, at: usize) -> rusqlite::Result<ReceiptSummary>
 const SUMMARY_COLUMNS: &str =
     "id, kind, workflow_id, digest, verdict, verified, error, received_at";
 
+const TOKEN_COLUMNS: &str = "name, role, created_at, expires_at, revoked_at";
+
+/// A row of [`TOKEN_COLUMNS`]; None for a role this build does not know.
+fn token_info(r: &rusqlite::Row<'_>) -> rusqlite::Result<Option<TokenInfo>> {
+    let Some(role) = Role::parse(&r.get::<_, String>(1)?) else {
+        return Ok(None);
+    };
+    Ok(Some(TokenInfo {
+        name: r.get(0)?,
+        role,
+        created_at: r.get(2)?,
+        expires_at: r.get(3)?,
+        revoked_at: r.get(4)?,
+    }))
+}
+
 fn load_device(c: &Connection, id: &str) -> rusqlite::Result<Option<Device>> {
     let row = c
         .query_row(
@@ -519,28 +568,50 @@ impl Store for SqliteStore {
         })
     }
 
-    fn create_token(&self, name: String, role: Role, sha256: String) -> StoreFuture<'_, bool> {
+    fn create_token(
+        &self,
+        name: String,
+        role: Role,
+        sha256: String,
+        expires_at: Option<i64>,
+    ) -> StoreFuture<'_, bool> {
         self.call(move |c| {
             let n = c.execute(
-                "INSERT INTO api_tokens (sha256, name, role, created_at) VALUES (?1, ?2, ?3, ?4) \
-                 ON CONFLICT DO NOTHING",
-                params![sha256, name, role.as_str(), now_ms()],
+                "INSERT INTO api_tokens (sha256, name, role, created_at, expires_at) \
+                 VALUES (?1, ?2, ?3, ?4, ?5) ON CONFLICT DO NOTHING",
+                params![sha256, name, role.as_str(), now_ms(), expires_at],
             )?;
             Ok(n == 1)
         })
     }
 
-    fn token(&self, sha256: String) -> StoreFuture<'_, Option<(String, Role)>> {
+    fn token(&self, sha256: String) -> StoreFuture<'_, Option<TokenInfo>> {
         self.call(move |c| {
-            let row: Option<(String, String)> = c
-                .query_row(
-                    "SELECT name, role FROM api_tokens WHERE sha256 = ?1",
-                    [sha256],
-                    |r| Ok((r.get(0)?, r.get(1)?)),
-                )
-                .optional()?;
+            let sql = format!("SELECT {TOKEN_COLUMNS} FROM api_tokens WHERE sha256 = ?1");
+            let row = c.query_row(&sql, [sha256], token_info).optional()?;
             // A row with a role this build does not know grants nothing.
-            Ok(row.and_then(|(n, r)| Some((n, Role::parse(&r)?))))
+            Ok(row.flatten())
+        })
+    }
+
+    fn tokens(&self) -> StoreFuture<'_, Vec<TokenInfo>> {
+        self.call(|c| {
+            let sql = format!("SELECT {TOKEN_COLUMNS} FROM api_tokens ORDER BY name");
+            let rows = c
+                .prepare(&sql)?
+                .query_map([], token_info)?
+                .collect::<rusqlite::Result<Vec<_>>>()?;
+            Ok(rows.into_iter().flatten().collect())
+        })
+    }
+
+    fn revoke_token(&self, name: String) -> StoreFuture<'_, bool> {
+        self.call(move |c| {
+            let n = c.execute(
+                "UPDATE api_tokens SET revoked_at = COALESCE(revoked_at, ?2) WHERE name = ?1",
+                params![name, now_ms()],
+            )?;
+            Ok(n == 1)
         })
     }
 
@@ -790,19 +861,51 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let s = SqliteStore::open(&dir.path().join("chimera.db")).unwrap();
         assert!(
-            s.create_token("ci".into(), Role::Operator, "aa".into())
+            s.create_token("ci".into(), Role::Operator, "aa".into(), None)
                 .await
                 .unwrap()
         );
         assert!(
-            !s.create_token("ci".into(), Role::Admin, "bb".into())
+            !s.create_token("ci".into(), Role::Admin, "bb".into(), None)
                 .await
                 .unwrap()
         );
-        assert_eq!(
-            s.token("aa".into()).await.unwrap(),
-            Some(("ci".to_string(), Role::Operator))
-        );
+        let ci = s.token("aa".into()).await.unwrap().unwrap();
+        assert_eq!((ci.name.as_str(), ci.role), ("ci", Role::Operator));
+        assert_eq!((ci.expires_at, ci.revoked_at), (None, None));
         assert_eq!(s.token("bb".into()).await.unwrap(), None);
+    }
+
+    #[tokio::test]
+    async fn tokens_keep_their_expiry_and_revocation() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = SqliteStore::open(&dir.path().join("chimera.db")).unwrap();
+        let (a, b) = ("a".repeat(64), "b".repeat(64));
+        assert!(
+            s.create_token("deploy".into(), Role::Admin, a.clone(), Some(1_000))
+                .await
+                .unwrap()
+        );
+        assert!(
+            s.create_token("ci".into(), Role::Viewer, b.clone(), None)
+                .await
+                .unwrap()
+        );
+        assert_eq!(s.token(a).await.unwrap().unwrap().expires_at, Some(1_000));
+        assert!(s.revoke_token("ci".into()).await.unwrap());
+        let first = s.token(b.clone()).await.unwrap().unwrap().revoked_at;
+        assert!(first.is_some());
+        // Revoking again keeps the first time; an unknown name is said so.
+        assert!(s.revoke_token("ci".into()).await.unwrap());
+        assert_eq!(s.token(b).await.unwrap().unwrap().revoked_at, first);
+        assert!(!s.revoke_token("nobody".into()).await.unwrap());
+        let names: Vec<String> = s
+            .tokens()
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|t| t.name)
+            .collect();
+        assert_eq!(names, ["ci", "deploy"]);
     }
 }
