@@ -1,6 +1,10 @@
 //! A mosquitto of our own for the gateway's tests (the workspace's test crate has the same
-//! helper; this crate's tests cannot depend on it). Each test binary uses part of it.
+//! helper; this crate's tests cannot depend on it), `chimera serve` as a process
+//! ([`serve`]) and simulated devices ([`fleet`]). Each test binary uses part of it.
 #![allow(dead_code)]
+
+pub mod fleet;
+pub mod serve;
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command};
