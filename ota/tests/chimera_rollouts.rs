@@ -210,6 +210,21 @@ fn a_rollout_reaches_every_device_with_a_verified_receipt_and_is_streamed() {
         assert_eq!(t["sends"], 1, "{t}");
         assert!(t["receipt_id"].is_string());
     }
+    // Each step went out only once every device of the steps before it had answered.
+    let times = |step: u64, field: &str| -> Vec<i64> {
+        r["targets"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|t| t["step"] == step)
+            .map(|t| t[field].as_i64().unwrap())
+            .collect()
+    };
+    for k in 1..3 {
+        let answered_before = (0..k).flat_map(|j| times(j, "answered_at")).max().unwrap();
+        let published = times(k, "published_at").into_iter().min().unwrap();
+        assert!(published >= answered_before, "step {k} went out early: {r}");
+    }
     let receipts = s.get("/api/v1/receipts", &g.operator);
     let verified: BTreeSet<&str> = receipts
         .as_array()
@@ -285,7 +300,7 @@ fn a_failing_canary_halts_rolls_the_canaries_back_and_a_forged_receipt_does_not_
         json!({
             "workflow": forward, "group": GROUP, "steps": [25, 100],
             "budget": { "max_negative": 1, "max_missing": 0 },
-            "answer_timeout_s": 2, "rollback": rollback, "paused": true,
+            "answer_timeout_s": 3, "rollback": rollback, "paused": true,
         }),
     );
     assert_eq!(created["on_failure"], "rollback");
@@ -315,6 +330,18 @@ fn a_failing_canary_halts_rolls_the_canaries_back_and_a_forged_receipt_does_not_
         r["reason"].as_str().unwrap().contains("silent"),
         "halted for the missing answer: {r}"
     );
+    // Stored before the targets are looked at: had it counted, it would have moved the
+    // silent canary's target even after the halt.
+    let forged_row = wait_for("the forged receipt is stored", || {
+        let stored = s.get(&format!("/api/v1/receipts?device={silent}"), &g.operator);
+        stored
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|x| x["signed_text"] == forged.as_str())
+            .cloned()
+    });
+    let r = g.rollout(&s, id);
     assert_eq!(target(&r, rejecter)["state"], "negative");
     assert_eq!(target(&r, rejecter)["verdict"], "rejected");
     assert_eq!(target(&r, applier)["state"], "applied");
@@ -324,13 +351,6 @@ fn a_failing_canary_halts_rolls_the_canaries_back_and_a_forged_receipt_does_not_
         "the forgery did not count"
     );
     assert_eq!(target(&r, silent)["receipt_id"], Value::Null);
-    let stored = s.get(&format!("/api/v1/receipts?device={silent}"), &g.operator);
-    let forged_row = stored
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|x| x["signed_text"] == forged.as_str())
-        .expect("the forged receipt is stored");
     assert_eq!(forged_row["verified"], false);
     assert_eq!(forged_row["digest"], Value::Null);
     assert!(forged_row["error"].as_str().unwrap().contains("signature"));

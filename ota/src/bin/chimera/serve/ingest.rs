@@ -249,10 +249,38 @@ impl Ingest {
         o.set_session_expiry_interval(None);
         let (client, mut events) = AsyncClient::new(o, 64);
         let (tx, mut rx) = mpsc::channel::<Message>(cfg.inbox);
+        let (resend, mut resends) = mpsc::channel::<(String, String)>(cfg.inbox);
         let worker = self.clone();
         tokio::spawn(async move {
             while let Some(m) = rx.recv().await {
-                worker.handle(m).await;
+                worker.handle(m, &resend).await;
+            }
+        });
+        // Reconciles are sent off the ingest's path, those waiting together: one publish
+        // (one broker session) per document for every device that needs it, so a fleet
+        // coming back after a broker restart does not hold the ingest up one device at a
+        // time.
+        let sender = self.clone();
+        tokio::spawn(async move {
+            while let Some(first) = resends.recv().await {
+                let mut by_digest: HashMap<String, Vec<String>> = HashMap::new();
+                let mut next = Some(first);
+                while let Some((digest, device)) = next {
+                    by_digest.entry(digest).or_default().push(device);
+                    next = resends.try_recv().ok();
+                }
+                for (digest, devices) in by_digest {
+                    if let Err(e) = sender
+                        .publisher
+                        .to_devices(sender.store.as_ref(), &digest, devices.clone())
+                        .await
+                    {
+                        sender.error(
+                            "reconcile",
+                            &format!("reconcile {}: {e}", devices.join(", ")),
+                        );
+                    }
+                }
             }
         });
         let snapshot = Arc::new(Snapshot::default());
@@ -360,14 +388,14 @@ impl Ingest {
         }
     }
 
-    async fn handle(&self, m: Message) {
+    async fn handle(&self, m: Message, resend: &mpsc::Sender<(String, String)>) {
         let Some((device, leaf)) = device_topic(&m.topic) else {
             self.bad("?", &m.topic, "not aegis/v1/DEVICE/receipts or …/status");
             return;
         };
         let outcome = match leaf {
             "receipts" => self.receipt(device, &m).await,
-            _ => self.status(device, &m).await,
+            _ => self.status(device, &m, resend).await,
         };
         if let Err(e) = outcome {
             self.error("database", &format!("{}: {e}", m.topic));
@@ -431,7 +459,12 @@ impl Ingest {
         Ok(())
     }
 
-    async fn status(&self, device: &str, m: &Message) -> anyhow::Result<()> {
+    async fn status(
+        &self,
+        device: &str,
+        m: &Message,
+        resend: &mpsc::Sender<(String, String)>,
+    ) -> anyhow::Result<()> {
         if m.payload.is_empty() {
             // A retained status cleared: nothing to record.
             return Ok(());
@@ -484,17 +517,8 @@ impl Ingest {
             serde_json::json!({ "device": device, "digest": desired.digest,
                                 "rollout": desired.rollout }),
         );
-        if let Err(e) = self
-            .publisher
-            .to_devices(
-                self.store.as_ref(),
-                &desired.digest,
-                vec![device.to_string()],
-            )
-            .await
-        {
-            self.error("reconcile", &format!("reconcile {device}: {e}"));
-        }
+        // Waits for room when many are queued (the inbox waits meanwhile).
+        let _ = resend.send((desired.digest, device.to_string())).await;
         Ok(())
     }
 }

@@ -71,7 +71,7 @@ pub(crate) type StoreFuture<'a, T> =
 pub(crate) enum Role {
     /// Reads the fleet, receipts and workflows.
     Viewer,
-    /// Also uploads workflows (and, later, publishes and runs rollouts).
+    /// Also uploads and publishes workflows and runs rollouts.
     Operator,
     /// Also reads the audit log (and, later, manages tokens and keys).
     Admin,
