@@ -380,7 +380,8 @@ impl Ingest {
 
     /// Logs a problem with a message about `device`, once a minute per device.
     fn note(&self, device: &str, topic: &str, why: &str) {
-        if self.log.due(device) {
+        // Device keys apart from the ingest's own ("broker", "inbox", …).
+        if self.log.due(&format!("device {device}")) {
             eprintln!(
                 "chimera serve: ingest: {topic:?}: {why} (problems with {device:?} are \
                  counted, logged once a minute)"

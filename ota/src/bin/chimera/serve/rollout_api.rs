@@ -609,3 +609,152 @@ async fn abort(
     )
     .await
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A held document for group `g`: sequence, issued at `issued` (unix s), signed by `key`.
+    fn doc(digest: char, seq: u64, issued: i64, key: &str) -> HeldDocument {
+        let text = maml::template(
+            "0f8fad5b-d9cb-469f-a165-70867728950e",
+            "gw-1",
+            "nobody",
+            seq,
+            &maml::format_time(issued),
+            &maml::format_time(issued + 86_400),
+        );
+        let mut front = maml::parse(text.as_bytes()).unwrap().front;
+        front.target = maml::Target {
+            devices: vec![],
+            groups: vec!["g".into()],
+        };
+        HeldDocument {
+            digest: digest.to_string().repeat(64),
+            front,
+            key_id: key.into(),
+        }
+    }
+
+    fn registry() -> Registry {
+        let mut reg = Registry::new();
+        for i in 0..10 {
+            reg.insert(format!("d{i}"), serde_json::json!({ "groups": ["g"] }));
+        }
+        reg.insert("x".into(), serde_json::json!({ "groups": ["other"] }));
+        reg
+    }
+
+    fn request(extra: serde_json::Value) -> CreateRollout {
+        let mut body = serde_json::json!({ "workflow": "a".repeat(64), "group": "g" });
+        body.as_object_mut()
+            .unwrap()
+            .extend(extra.as_object().unwrap().clone());
+        serde_json::from_value(body).unwrap()
+    }
+
+    fn try_plan(extra: serde_json::Value, rollback: Option<&HeldDocument>) -> Result<Plan, String> {
+        plan(
+            &request(extra),
+            &doc('a', 5, 1_000_000, "k1"),
+            rollback,
+            &registry(),
+            std::path::Path::new("devices.json"),
+            "token:t",
+        )
+        .map_err(|(status, m)| {
+            assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{m}");
+            m
+        })
+    }
+
+    #[test]
+    fn steps_are_cumulative_canary_shares_and_the_audience_is_checked_like_a_publish() {
+        let p = try_plan(serde_json::json!({ "steps": [10, 50, 100] }), None).unwrap();
+        let r = &p.rollout;
+        assert_eq!(r.targets.len(), 10);
+        assert_eq!(r.state, RolloutState::Running);
+        assert_eq!(r.answer_timeout_ms, 120_000);
+        let per_step = |k| r.targets.iter().filter(|(_, s)| *s == k).count();
+        assert_eq!((per_step(0), per_step(1), per_step(2)), (1, 4, 5));
+        // The first step is what `chimera publish --canary 10` picks.
+        let devices: Vec<String> = (0..10).map(|i| format!("d{i}")).collect();
+        let first: Vec<String> = r
+            .targets
+            .iter()
+            .filter(|(_, s)| *s == 0)
+            .map(|(d, _)| d.clone())
+            .collect();
+        assert_eq!(
+            first,
+            gateway::canary(
+                &devices,
+                "urn:uuid:0f8fad5b-d9cb-469f-a165-70867728950e",
+                10.0
+            )
+        );
+        assert!(
+            p.warnings[0].contains("no rollback document"),
+            "{:?}",
+            p.warnings
+        );
+        let listed = try_plan(
+            serde_json::json!({ "group": null, "devices": ["d1", "d2"], "paused": true }),
+            None,
+        )
+        .unwrap();
+        assert_eq!(listed.rollout.state, RolloutState::Paused);
+        assert_eq!(listed.rollout.targets.len(), 2);
+
+        for (extra, why) in [
+            (serde_json::json!({ "steps": [] }), "steps"),
+            (serde_json::json!({ "steps": [50, 10, 100] }), "increasing"),
+            (serde_json::json!({ "steps": [10, 50] }), "the last 100"),
+            (serde_json::json!({ "steps": [0, 100] }), "above 0"),
+            (
+                serde_json::json!({ "answer_timeout_s": 0 }),
+                "answer_timeout_s",
+            ),
+            (
+                serde_json::json!({ "budget": { "max_failure_percent": 101 } }),
+                "max_failure_percent",
+            ),
+            (serde_json::json!({ "group": "other" }), "targets groups"),
+            (
+                serde_json::json!({ "group": null, "devices": ["x"] }),
+                "does not target",
+            ),
+            (
+                serde_json::json!({ "group": null, "devices": ["d1", "d1"] }),
+                "each named once",
+            ),
+            (serde_json::json!({ "devices": ["d1"] }), "either"),
+            (serde_json::json!({ "group": null }), "either"),
+        ] {
+            let e = try_plan(extra.clone(), None).unwrap_err();
+            assert!(e.contains(why), "{extra}: {e}");
+        }
+    }
+
+    #[test]
+    fn a_rollback_must_be_one_devices_would_accept_after_the_rollout() {
+        let ok = doc('b', 6, 1_000_100, "k1");
+        let p = try_plan(serde_json::json!({}), Some(&ok)).unwrap();
+        assert_eq!(p.rollout.rollback_digest, Some("b".repeat(64)));
+        assert!(p.warnings.is_empty());
+        // Another key has its own sequence: a lower one is fine when issued later.
+        try_plan(serde_json::json!({}), Some(&doc('c', 1, 1_000_100, "k2"))).unwrap();
+        for (rollback, why) in [
+            (doc('a', 6, 1_000_100, "k1"), "own document"),
+            (doc('b', 6, 999_000, "k1"), "before the rollout's document"),
+            (doc('b', 5, 1_000_100, "k1"), "replay"),
+        ] {
+            let e = try_plan(serde_json::json!({}), Some(&rollback)).unwrap_err();
+            assert!(e.contains(why), "{e}");
+        }
+        let mut elsewhere = doc('b', 6, 1_000_100, "k1");
+        elsewhere.front.target.groups = vec!["other".into()];
+        let e = try_plan(serde_json::json!({}), Some(&elsewhere)).unwrap_err();
+        assert!(e.starts_with("rollback:"), "{e}");
+    }
+}
