@@ -1428,15 +1428,15 @@ mod tests {
         assert_eq!(s.reconcile_claim("b".into(), far).await.unwrap(), None);
         status(&s, "b", true, Some(W)).await;
         assert_eq!(s.reconcile_claim("b".into(), far).await.unwrap(), None);
-        // Online, running something else: claimed once; a second claim with the same bound
-        // finds it sent already.
+        // Online, running something else: claimed; a racing claim that only wants it if it
+        // was not sent since a moment before that finds it sent already.
         status(&s, "b", true, Some(B)).await;
+        let before = crate::serve::store::now_ms();
         let got = s.reconcile_claim("b".into(), far).await.unwrap().unwrap();
         assert_eq!(
             (got.digest.as_str(), got.rollout.as_deref()),
             (W, Some("r1"))
         );
-        let before = crate::serve::store::now_ms() - 1;
         assert_eq!(s.reconcile_claim("b".into(), before).await.unwrap(), None);
         let d = s.rollout("r1".into()).await.unwrap().unwrap();
         let t = d.targets.iter().find(|t| t.device == "b").unwrap();
