@@ -173,6 +173,8 @@ fn step_devices(r: &Value, step: u64) -> Vec<String> {
 }
 
 /// Long enough for several engine ticks (100 ms each): what a negative check waits.
+/// Answer timeouts in these tests are 3 s: what a loaded CI machine needs for a simulated
+/// device to answer, with room (the silent and the offline device wait that long).
 const SOME_TICKS: Duration = Duration::from_millis(600);
 
 #[test]
@@ -493,7 +495,7 @@ fn a_device_offline_during_its_step_is_reconciled_when_it_comes_back() {
     let w = g.upload(&s, &g.fleet.workflow(1, 60));
     let created = g.create(
         &s,
-        json!({ "workflow": w, "group": GROUP, "steps": [100], "answer_timeout_s": 1 }),
+        json!({ "workflow": w, "group": GROUP, "steps": [100], "answer_timeout_s": 3 }),
     );
     let id = created["id"].as_str().unwrap();
     // Its answer is overdue while it is offline: waiting, not counted; the rollout ends.
