@@ -1,8 +1,10 @@
 //! A mosquitto of our own for the gateway's tests (the workspace's test crate has the same
 //! helper; this crate's tests cannot depend on it), `chimera serve` set up and called
-//! ([`serve`]), a local OIDC provider ([`oidc`]). Each test binary uses part of it.
+//! ([`serve`]), a local OIDC provider ([`oidc`]) and simulated devices ([`fleet`]). Each
+//! test binary uses part of it.
 #![allow(dead_code)]
 
+pub mod fleet;
 pub mod oidc;
 pub mod serve;
 

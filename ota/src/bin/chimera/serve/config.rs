@@ -55,6 +55,17 @@ pub(crate) struct ServeConfig {
     /// Largest request body accepted, in bytes.
     #[serde(default = "default_max_body_bytes")]
     pub(crate) max_body_bytes: usize,
+    /// Optional: this replica's name, unique among the replicas of one database: its MQTT
+    /// client id is `chimera-serve-NAME` and its rollout claims are held under it. Default:
+    /// the host name, the process id and a random suffix.
+    #[serde(default)]
+    pub(crate) replica: Option<String>,
+    /// How receipts and status are taken from the broker (with `broker`).
+    #[serde(default)]
+    pub(crate) ingest: IngestConfig,
+    /// The rollout engine (with `broker`).
+    #[serde(default)]
+    pub(crate) rollouts: RolloutConfig,
     /// Optional: accept OIDC/OAuth2 bearer tokens (JWTs) of this provider beside the API
     /// tokens.
     #[serde(default)]
@@ -236,6 +247,85 @@ impl OidcConfig {
     }
 }
 
+/// `ingest:` — receipts and status from the broker through MQTT 5 shared subscriptions.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct IngestConfig {
+    /// The shared subscription group: every replica of one gateway uses the same one, and
+    /// the broker gives each message to one of them (`$share/GROUP/aegis/v1/+/receipts`).
+    #[serde(default = "default_share_group")]
+    pub(crate) share_group: String,
+    /// Messages waiting to be processed, at most; when full, the ingest stops reading from
+    /// the broker until there is room (the broker queues meanwhile).
+    #[serde(default = "default_inbox")]
+    pub(crate) inbox: usize,
+    /// The retained statuses read at start (and after a reconnect) are complete once none
+    /// arrived for this long (ms).
+    #[serde(default = "default_snapshot_quiet_ms")]
+    pub(crate) snapshot_quiet_ms: u64,
+}
+
+impl Default for IngestConfig {
+    fn default() -> Self {
+        IngestConfig {
+            share_group: default_share_group(),
+            inbox: default_inbox(),
+            snapshot_quiet_ms: default_snapshot_quiet_ms(),
+        }
+    }
+}
+
+fn default_share_group() -> String {
+    "chimera".into()
+}
+
+fn default_inbox() -> usize {
+    1024
+}
+
+fn default_snapshot_quiet_ms() -> u64 {
+    1000
+}
+
+/// `rollouts:` — the engine that publishes steps, judges answers and rolls back.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RolloutConfig {
+    /// How often the engine looks at its rollouts (ms; receipts wake it sooner).
+    #[serde(default = "default_tick_ms")]
+    pub(crate) tick_ms: u64,
+    /// How long a claim on a rollout lasts without renewal (s): another replica takes the
+    /// rollout over that long after its engine stopped.
+    #[serde(default = "default_lease_s")]
+    pub(crate) lease_s: u64,
+    /// A device online but running something other than its desired document gets it again
+    /// at most this often (s); one that comes back online gets it at once.
+    #[serde(default = "default_reconcile_cooldown_s")]
+    pub(crate) reconcile_cooldown_s: u64,
+}
+
+impl Default for RolloutConfig {
+    fn default() -> Self {
+        RolloutConfig {
+            tick_ms: default_tick_ms(),
+            lease_s: default_lease_s(),
+            reconcile_cooldown_s: default_reconcile_cooldown_s(),
+        }
+    }
+}
+
+fn default_tick_ms() -> u64 {
+    1000
+}
+
+fn default_lease_s() -> u64 {
+    15
+}
+
+fn default_reconcile_cooldown_s() -> u64 {
+    30
+}
+
 /// One entry of the `tokens` file.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -294,7 +384,75 @@ impl ServeConfig {
             "{}: trust_metadata needs trust_roots (the root public keys that signed it)",
             path.display()
         );
+        c.check_mqtt_settings()
+            .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
         Ok(c)
+    }
+
+    /// The ingest's and the engine's settings, within the bounds that keep them working.
+    fn check_mqtt_settings(&self) -> anyhow::Result<()> {
+        let name_ok = |s: &str| {
+            !s.is_empty()
+                && s.len() <= 64
+                && s.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
+        };
+        anyhow::ensure!(
+            name_ok(&self.ingest.share_group),
+            "ingest.share_group: 1 to 64 of A-Z a-z 0-9 - _ ."
+        );
+        if let Some(r) = &self.replica {
+            anyhow::ensure!(name_ok(r), "replica: 1 to 64 of A-Z a-z 0-9 - _ .");
+        }
+        anyhow::ensure!(
+            (1..=65_536).contains(&self.ingest.inbox),
+            "ingest.inbox: 1 to 65536"
+        );
+        anyhow::ensure!(
+            (100..=60_000).contains(&self.ingest.snapshot_quiet_ms),
+            "ingest.snapshot_quiet_ms: 100 to 60000"
+        );
+        let r = &self.rollouts;
+        anyhow::ensure!(
+            (50..=60_000).contains(&r.tick_ms),
+            "rollouts.tick_ms: 50 to 60000"
+        );
+        anyhow::ensure!(
+            r.lease_s >= 1 && r.lease_s <= 3600 && r.lease_s * 1000 >= 3 * r.tick_ms,
+            "rollouts.lease_s: 1 to 3600, and at least 3 ticks (rollouts.tick_ms)"
+        );
+        anyhow::ensure!(
+            (1..=86_400).contains(&r.reconcile_cooldown_s),
+            "rollouts.reconcile_cooldown_s: 1 to 86400"
+        );
+        Ok(())
+    }
+
+    /// This replica's name (`replica`, or host-pid-random).
+    pub(crate) fn replica_name(&self) -> String {
+        if let Some(r) = &self.replica {
+            return r.clone();
+        }
+        let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+            .ok()
+            .map(|h| {
+                h.trim()
+                    .chars()
+                    .filter(|c| c.is_ascii_alphanumeric() || *c == '-')
+                    .take(32)
+                    .collect::<String>()
+            })
+            .filter(|h| !h.is_empty())
+            .unwrap_or_else(|| "host".into());
+        let mut b = [0u8; 3];
+        let _ = getrandom::fill(&mut b);
+        format!(
+            "{host}-{}-{:02x}{:02x}{:02x}",
+            std::process::id(),
+            b[0],
+            b[1],
+            b[2]
+        )
     }
 
     /// The `tokens` file's entries (none without one).
@@ -419,5 +577,38 @@ mod tests {
         // Loopback may be plain http (a provider on the same host, or a test's).
         oidc("", "http://127.0.0.1:8081/realms/x").unwrap();
         oidc("", "http://localhost:8081").unwrap();
+    }
+
+    #[test]
+    fn ingest_and_rollout_settings_are_bounded_and_named() {
+        let dir = tempfile::tempdir().unwrap();
+        let base = "listen: 127.0.0.1:0\ndatabase: a.db\nregistry: r.json\nstate: s\n";
+        let c = ServeConfig::read(&write(dir.path(), base)).unwrap();
+        assert_eq!(c.ingest.share_group, "chimera");
+        assert_eq!(c.rollouts.lease_s, 15);
+        assert_ne!(c.replica_name(), c.replica_name());
+        for (extra, named) in [
+            ("ingest: { share_group: \"a/b\" }\n", "ingest.share_group"),
+            ("ingest: { inbox: 0 }\n", "ingest.inbox"),
+            ("ingest: { queue: 3 }\n", "queue"),
+            ("rollouts: { tick_ms: 10 }\n", "rollouts.tick_ms"),
+            (
+                "rollouts: { tick_ms: 1000, lease_s: 2 }\n",
+                "rollouts.lease_s",
+            ),
+            ("replica: \"a b\"\n", "replica"),
+        ] {
+            let e = ServeConfig::read(&write(dir.path(), &format!("{base}{extra}")))
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains(named), "{extra}: {e}");
+        }
+        let c = ServeConfig::read(&write(
+            dir.path(),
+            &format!("{base}replica: gw-a\nrollouts: {{ tick_ms: 100, lease_s: 1 }}\n"),
+        ))
+        .unwrap();
+        assert_eq!(c.replica_name(), "gw-a");
+        assert_eq!(c.rollouts.tick_ms, 100);
     }
 }

@@ -8,13 +8,23 @@
 //! its configuration has no place for either; it verifies with public keys only.
 //!
 //! Layout (vector's habit): `config.rs` is the contract, `store.rs` the state behind a
-//! trait, `service.rs` the decisions, `api.rs` the HTTP surface, `auth/` who is calling.
+//! trait (`store_rollouts.rs`: its rollout, status and desired-state part), `service.rs`
+//! the decisions, `api.rs` the HTTP surface. With a broker: `ingest.rs` takes receipts and
+//! status from it (MQTT 5 shared subscriptions), `rollout.rs` is the rollout engine
+//! (`rollout_api.rs` its routes), `publisher.rs` the one way documents go out, `events.rs`
+//! the server-sent event stream; `auth/` who is calling.
 
 mod api;
 mod auth;
 mod config;
+mod events;
+mod ingest;
+mod publisher;
+mod rollout;
+mod rollout_api;
 mod service;
 mod store;
+mod store_rollouts;
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -346,6 +356,7 @@ fn lock_replica(database: &std::path::Path) -> anyhow::Result<ReplicaLock> {
 async fn serve(cfg: ServeConfig) -> anyhow::Result<()> {
     let store = open(&cfg).await?;
     let _replica = lock_replica(&cfg.database)?;
+    let replica = cfg.replica_name();
     let trust = match &cfg.trust_metadata {
         Some(f) => Some(Arc::new(service::load_trust(f, &cfg.trust_roots)?)),
         None => None,
@@ -369,22 +380,66 @@ async fn serve(cfg: ServeConfig) -> anyhow::Result<()> {
             "system".into(),
             "service.start".into(),
             format!(
-                "listening on {addr}; trust metadata {}; oidc issuer {}",
+                "listening on {addr}; trust metadata {}; replica {}; broker {}; oidc issuer {}",
                 trust
                     .as_ref()
                     .map_or("none".into(), |t| format!("version {}", t.version)),
+                replica,
+                cfg.broker.as_deref().unwrap_or("none"),
                 oidc.as_ref().map_or("none", |o| o.issuer())
             ),
         )
         .await?;
+    let store: Arc<dyn Store> = Arc::new(store);
+    let events = events::Bus::new(events::CAPACITY);
+    let engine_wake = Arc::new(tokio::sync::Notify::new());
+    let publisher = cfg.broker.clone().map(|broker| {
+        Arc::new(publisher::Publisher::new(
+            broker,
+            cfg.registry.clone(),
+            cfg.state.clone(),
+        ))
+    });
+    let mut ingest_counters = None;
+    if let Some(publisher) = &publisher {
+        let counters = Arc::new(ingest::IngestCounters::default());
+        let ingest = Arc::new(ingest::Ingest {
+            store: store.clone(),
+            events: events.clone(),
+            counters: counters.clone(),
+            publisher: publisher.clone(),
+            engine: engine_wake.clone(),
+            reconcile_cooldown_ms: cfg.rollouts.reconcile_cooldown_s as i64 * 1000,
+            mirrors: Default::default(),
+            log: Default::default(),
+        });
+        ingest.spawn(
+            &publisher.broker,
+            &format!("chimera-serve-{replica}"),
+            &cfg.ingest,
+        )?;
+        ingest_counters = Some(counters);
+        Arc::new(rollout::Engine {
+            store: store.clone(),
+            publisher: publisher.clone(),
+            events: events.clone(),
+            replica: replica.clone(),
+            lease_ms: cfg.rollouts.lease_s as i64 * 1000,
+            tick: std::time::Duration::from_millis(cfg.rollouts.tick_ms),
+            wake: engine_wake.clone(),
+            log: Default::default(),
+        })
+        .spawn();
+    }
     let app = api::router(
         api::AppState {
-            store: Arc::new(store),
+            store,
             trust,
-            broker: cfg.broker.clone(),
+            publisher,
             registry: cfg.registry.clone(),
-            state: cfg.state.clone(),
-            publishing: Default::default(),
+            events,
+            engine: engine_wake,
+            ingest: ingest_counters,
             oidc,
         },
         cfg.max_body_bytes,

@@ -17,6 +17,12 @@ use std::sync::{Arc, Mutex};
 use rusqlite::{Connection, OptionalExtension, params};
 use serde::Serialize;
 
+use super::store_rollouts::{
+    self as sql3, Answer, Claim, Created, DesiredState, DeviceStatus, NewRollout, Rollout,
+    RolloutDetail, RolloutState, RolloutWrite, StateChange, StatusChange, StatusReport,
+    TargetChange,
+};
+
 /// The migrations, in order: version, name, SQL. Applied each in its own transaction and
 /// recorded in `schema_migrations`; never edit one that has shipped, add the next.
 pub(crate) const MIGRATIONS: &[(i64, &str, &str)] = &[
@@ -31,6 +37,7 @@ pub(crate) const MIGRATIONS: &[(i64, &str, &str)] = &[
         "token_lifecycle",
         include_str!("migrations/0003_token_lifecycle.sql"),
     ),
+    (4, "rollouts", include_str!("migrations/0004_rollouts.sql")),
 ];
 
 /// Why a store operation failed.
@@ -69,7 +76,7 @@ pub(crate) type StoreFuture<'a, T> =
 pub(crate) enum Role {
     /// Reads the fleet, receipts and workflows.
     Viewer,
-    /// Also uploads workflows (and, later, publishes and runs rollouts).
+    /// Also uploads and publishes workflows and runs rollouts.
     Operator,
     /// Also reads the audit log (and, later, manages tokens and keys).
     Admin,
@@ -169,6 +176,10 @@ pub(crate) struct Device {
     pub(crate) groups: Vec<String>,
     /// Its newest receipt (verified or not), if any.
     pub(crate) last_receipt: Option<ReceiptSummary>,
+    /// What its last status message said (null: none received yet).
+    pub(crate) status: Option<DeviceStatus>,
+    /// What it should run (null: nothing was published to it by the service).
+    pub(crate) desired: Option<DesiredState>,
 }
 
 /// A stored receipt, with the text the device sent.
@@ -301,6 +312,57 @@ pub(crate) trait Store: Send + Sync {
     fn workflows(&self, limit: u32) -> StoreFuture<'_, Vec<Workflow>>;
     /// The text of the workflow with this digest, as uploaded.
     fn workflow_text(&self, digest: String) -> StoreFuture<'_, Option<String>>;
+
+    // Schema version 4: device status, desired state, rollouts. The SQL semantics of each
+    // (for other engines) are on the SQLite functions in `store_rollouts.rs`.
+
+    /// Stores a device's status message (None: not an enrolled device). A snapshot copy
+    /// never overwrites a status that arrived after the snapshot began.
+    fn record_status(&self, s: StatusReport) -> StoreFuture<'_, Option<StatusChange>>;
+    /// Sets what `devices` should run (a plain publish: no rollout).
+    fn set_desired(
+        &self,
+        devices: Vec<String>,
+        digest: String,
+        rollout: Option<String>,
+    ) -> StoreFuture<'_, ()>;
+    /// Claims one re-send of a device's desired document (see `reconcile_claim`): only when
+    /// it is online, runs something else, never answered it, and it was last sent before
+    /// `sent_before`; of racing replicas one gets it.
+    fn reconcile_claim(
+        &self,
+        device: String,
+        sent_before: i64,
+    ) -> StoreFuture<'_, Option<DesiredState>>;
+    /// Moves the targets a verified answer settles; returns what moved.
+    fn record_answer(&self, a: Answer) -> StoreFuture<'_, Vec<TargetChange>>;
+    /// Stores a new rollout and its targets, unless a device is held by another one.
+    fn create_rollout(&self, r: NewRollout) -> StoreFuture<'_, Created>;
+    /// Newest rollouts first, with per-step progress.
+    fn rollouts(&self, limit: u32) -> StoreFuture<'_, Vec<Rollout>>;
+    /// One rollout with its targets.
+    fn rollout(&self, id: String) -> StoreFuture<'_, Option<RolloutDetail>>;
+    /// An operator's state change (pause, resume, abort): only from `from`; voids claims.
+    fn set_rollout_state(
+        &self,
+        id: String,
+        from: Vec<RolloutState>,
+        to: RolloutState,
+        reason: Option<String>,
+    ) -> StoreFuture<'_, StateChange>;
+    /// Claims up to `limit` active rollouts for `replica`'s engine for `lease_ms`.
+    fn claim_rollouts(
+        &self,
+        replica: String,
+        lease_ms: i64,
+        limit: u32,
+    ) -> StoreFuture<'_, Vec<Claim>>;
+    /// Applies an engine's writes under `claim`, all or none; false when the claim is lost.
+    fn apply_rollout_writes(
+        &self,
+        claim: Claim,
+        writes: Vec<RolloutWrite>,
+    ) -> StoreFuture<'_, bool>;
 }
 
 /// Milliseconds since the Unix epoch.
@@ -492,12 +554,15 @@ fn load_device(c: &Connection, id: &str) -> rusqlite::Result<Option<Device>> {
             |r| summary(r, 0),
         )
         .optional()?;
+    let (status, desired) = super::store_rollouts::device_state(c, &id)?;
     Ok(Some(Device {
         id,
         key_id,
         sealing_key: kem.is_some(),
         groups,
         last_receipt,
+        status,
+        desired,
     }))
 }
 
@@ -644,11 +709,15 @@ impl Store for SqliteStore {
 
     fn add_receipt(&self, r: NewReceipt) -> StoreFuture<'_, String> {
         self.call(move |c| {
+            // The same bytes from the same device again (a QoS 1 redelivery) are the same
+            // receipt: the stored row's id is returned.
+            let text_sha256 = aegis_ota::sha256_hex(r.signed_text.as_bytes());
             let id = new_id();
             c.execute(
                 "INSERT INTO receipts (id, device_id, kind, workflow_id, digest, verdict, \
-                 signed_text, received_at, verified, error) \
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
+                 signed_text, received_at, verified, error, text_sha256) \
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11) \
+                 ON CONFLICT (device_id, text_sha256) DO NOTHING",
                 params![
                     id,
                     r.device,
@@ -659,10 +728,15 @@ impl Store for SqliteStore {
                     r.signed_text,
                     now_ms(),
                     i64::from(r.verified),
-                    r.error
+                    r.error,
+                    text_sha256
                 ],
             )?;
-            Ok(id)
+            c.query_row(
+                "SELECT id FROM receipts WHERE device_id = ?1 AND text_sha256 = ?2",
+                params![r.device, text_sha256],
+                |row| row.get(0),
+            )
         })
     }
 
@@ -774,6 +848,74 @@ impl Store for SqliteStore {
             })?
             .collect()
         })
+    }
+
+    fn record_status(&self, s: StatusReport) -> StoreFuture<'_, Option<StatusChange>> {
+        self.call(move |c| sql3::record_status(c, &s))
+    }
+
+    fn set_desired(
+        &self,
+        devices: Vec<String>,
+        digest: String,
+        rollout: Option<String>,
+    ) -> StoreFuture<'_, ()> {
+        self.call(move |c| {
+            let tx = c.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+            sql3::set_desired(&tx, &devices, &digest, rollout.as_deref(), now_ms())?;
+            tx.commit()
+        })
+    }
+
+    fn reconcile_claim(
+        &self,
+        device: String,
+        sent_before: i64,
+    ) -> StoreFuture<'_, Option<DesiredState>> {
+        self.call(move |c| sql3::reconcile_claim(c, &device, sent_before, now_ms()))
+    }
+
+    fn record_answer(&self, a: Answer) -> StoreFuture<'_, Vec<TargetChange>> {
+        self.call(move |c| sql3::record_answer(c, &a, now_ms()))
+    }
+
+    fn create_rollout(&self, r: NewRollout) -> StoreFuture<'_, Created> {
+        self.call(move |c| sql3::create_rollout(c, &r, now_ms()))
+    }
+
+    fn rollouts(&self, limit: u32) -> StoreFuture<'_, Vec<Rollout>> {
+        self.call(move |c| sql3::rollouts(c, limit))
+    }
+
+    fn rollout(&self, id: String) -> StoreFuture<'_, Option<RolloutDetail>> {
+        self.call(move |c| sql3::rollout(c, &id))
+    }
+
+    fn set_rollout_state(
+        &self,
+        id: String,
+        from: Vec<RolloutState>,
+        to: RolloutState,
+        reason: Option<String>,
+    ) -> StoreFuture<'_, StateChange> {
+        self.call(move |c| sql3::set_rollout_state(c, &id, &from, to, reason.as_deref(), now_ms()))
+    }
+
+    fn claim_rollouts(
+        &self,
+        replica: String,
+        lease_ms: i64,
+        limit: u32,
+    ) -> StoreFuture<'_, Vec<Claim>> {
+        self.call(move |c| sql3::claim_rollouts(c, &replica, now_ms(), lease_ms, limit))
+    }
+
+    fn apply_rollout_writes(
+        &self,
+        claim: Claim,
+        writes: Vec<RolloutWrite>,
+    ) -> StoreFuture<'_, bool> {
+        self.call(move |c| sql3::apply_rollout_writes(c, &claim, &writes, now_ms()))
     }
 }
 
