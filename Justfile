@@ -28,10 +28,20 @@ test: lint
     mkdir -p target
     rm -f "$AEGIS_SKIP_LOG"
     trap 'tools/test-skips.sh "$AEGIS_SKIP_LOG" || exit 1' EXIT
-    cargo build -p aegis-agent -p aegis-ota --bins
-    cargo test --workspace --no-fail-fast
-    tools/cross-test.sh
-    tools/fuzz.sh 20
+    # Each step's wall time, for keeping CI inside its budget.
+    step() { local t0=$SECONDS; "$@"; echo "test-step: $* took $((SECONDS - t0)) s"; }
+    step cargo build -p aegis-agent -p aegis-ota --bins
+    step cargo test --workspace --no-fail-fast
+    step tools/deploy-check.sh
+    step tools/cross-test.sh
+    step tools/fuzz.sh 20
+
+# The container definition and the Helm chart of `chimera serve` (deploy/): hadolint, helm
+# lint/template, kubernetes-validate, the values schema, the rendered serve.yaml run by the
+# real service (pinned tools, tools/fetch-deploy-tools.sh). No cluster, no image build.
+deploy-check:
+    cargo build -p aegis-ota --bin chimera
+    tools/deploy-check.sh
 
 # The libav-free crates (config, ota, sensors, cuda) cross-compiled for the Jetson's
 # aarch64, their tests run under qemu-user.

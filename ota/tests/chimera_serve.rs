@@ -1,13 +1,14 @@
 //! `chimera serve` as a real process on a free loopback port, set up with the real CLI
 //! (root, issuer and device keys, trust metadata, enrolment, tokens) in a temporary
-//! directory, called over HTTP: authorisation of every route the OpenAPI document lists,
+//! directory, called over HTTP: authorisation of every route the OpenAPI document lists
+//! (API tokens and JWTs of a local OIDC provider),
 //! the read API, receipts recorded through the CLI, signed workflow uploads, publishing
 //! (against a mosquitto of its own), the audit log.
 //!
-//! Every test runs on both state backends ([`on_each_backend`]): a SQLite file, then a
-//! database of the PostgreSQL server this test binary starts (tests/common), reached the
-//! way production reaches it (TCP, TLS verified against a CA file, a password from a file or
-//! the environment). Two services on one PostgreSQL database are tested too.
+//! Every test runs on both state backends (`on_each_backend`): a SQLite file, then a
+//! database of the PostgreSQL server this test binary starts (tests/common/postgres.rs),
+//! reached the way production reaches it (TCP, TLS verified against a CA file, a password
+//! from a file or the environment). Two services on one PostgreSQL database are tested too.
 //!
 //! The offline root key is deleted before the service starts (its configuration has no key
 //! for it anyway): everything here works without it.
@@ -17,328 +18,81 @@ mod common;
 
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
+use std::process::Stdio;
 
+use common::oidc::{Issuer, TestKey, group, refused_jwts};
+use common::serve::{
+    Backend, Gateway, Server, assert_shape, chimera, command, ok, on_each_backend, role_rank,
+};
 use common::{Broker, have_mosquitto, have_postgres, postgres};
-use std::process::{Child, Command, Output, Stdio};
 
 use aegis_ota::receipt::{Receipt, Verdict};
 use aegis_ota::sign::SecretKey;
 use serde_json::{Value, json};
 
-fn command(dir: &Path, args: &[&str]) -> Command {
-    let exe = env!("CARGO_BIN_EXE_chimera");
-    // Under tools/cross-test.sh the binary is built for the Jetson (aarch64): it runs
-    // through the same emulator as this test (AEGIS_CROSS_RUNNER).
-    let runner = std::env::var("AEGIS_CROSS_RUNNER").unwrap_or_default();
-    let mut words = runner.split_whitespace();
-    let mut cmd = match words.next() {
-        Some(emulator) => {
-            let mut c = Command::new(emulator);
-            c.args(words).arg(exe);
-            c
-        }
-        None => Command::new(exe),
-    };
-    cmd.current_dir(dir).args(args);
-    cmd
-}
-
-fn chimera(dir: &Path, args: &[&str]) -> Output {
-    command(dir, args).output().expect("run chimera")
-}
-
-fn ok(dir: &Path, args: &[&str]) -> String {
-    let o = chimera(dir, args);
-    assert!(
-        o.status.success(),
-        "chimera {args:?}: {}",
-        String::from_utf8_lossy(&o.stderr)
-    );
-    String::from_utf8_lossy(&o.stdout).into_owned()
-}
-
-/// The state backend a test runs the service on.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Backend {
-    Sqlite,
-    Postgres,
-}
-
-/// Runs `test` on SQLite, then on PostgreSQL (where it is not installed, a skip is
-/// recorded, and under CI that fails).
-fn on_each_backend(test: impl Fn(Backend)) {
-    for backend in [Backend::Sqlite, Backend::Postgres] {
-        if backend == Backend::Postgres && !have_postgres("chimera_serve") {
-            continue;
-        }
-        eprintln!("--- on {backend:?}");
-        test(backend);
-    }
-}
-
-impl Backend {
-    /// The `database:` lines of a config in `dir`: a SQLite file `file` there, or a fresh
-    /// PostgreSQL database (TLS against the server's CA, the password in a file there).
-    fn database(self, dir: &Path, file: &str) -> String {
-        match self {
-            Backend::Sqlite => format!("database: {file}\n"),
-            Backend::Postgres => {
-                let pg = postgres();
-                std::fs::write(dir.join("pg-password"), format!("{}\n", pg.password())).unwrap();
-                format!(
-                    "database:\n  url: {}\n  password_file: pg-password\n  ca_file: {}\n",
-                    pg.url(&pg.create_database()),
-                    pg.ca_file().display()
-                )
-            }
-        }
-    }
-}
-
-/// A gateway directory: trust (root key removed), an issuer key, two enrolled devices, a
-/// config, one token per role.
-struct Gateway {
-    dir: tempfile::TempDir,
-    viewer: String,
-    operator: String,
-    admin: String,
-    /// The config's `database:` lines.
-    database: String,
-}
-
-/// The config, less its `database:` lines.
-const CONFIG: &str = "listen: 127.0.0.1:0\n\
-registry: devices.json\n\
-state: state\n\
-trust_metadata: trust.signed.json\n\
-trust_roots: [root/root.pub]\n";
-
-impl Gateway {
-    fn new(backend: Backend) -> Gateway {
-        let dir = tempfile::tempdir().unwrap();
-        let d = dir.path();
-        let database = backend.database(d, "state/chimera.db");
-        ok(d, &["root", "init", "--dir", "root"]);
-        ok(d, &["keygen", "--out", "gw"]);
-        ok(
-            d,
-            &[
-                "trust",
-                "add-issuer",
-                "--trust",
-                "root/trust.json",
-                "--name",
-                "gw-1",
-                "--key",
-                "gw.pub",
-                "--devices",
-                "cam-1",
-                "--groups",
-                "lobby",
-            ],
-        );
-        ok(
-            d,
-            &[
-                "root",
-                "sign-trust",
-                "--trust",
-                "root/trust.json",
-                "--key",
-                "root/root.key",
-                "--out",
-                "trust.signed.json",
-            ],
-        );
-        // The offline root stays offline: the service never gets it.
-        std::fs::remove_file(d.join("root/root.key")).unwrap();
-        for cam in ["cam-1", "cam-2"] {
-            ok(d, &["keygen", "--out", cam]);
-            ok(
-                d,
-                &["enroll", cam, &format!("{cam}.pub"), "--group", "lobby"],
-            );
-        }
-        std::fs::write(d.join("serve.yaml"), format!("{database}{CONFIG}")).unwrap();
-        let token = |role: &str| {
-            ok(
-                d,
-                &[
-                    "serve",
-                    "token",
-                    "create",
-                    "--role",
-                    role,
-                    "--name",
-                    role,
-                    "--config",
-                    "serve.yaml",
-                ],
-            )
-            .trim()
-            .to_string()
-        };
-        let (viewer, operator, admin) = (token("viewer"), token("operator"), token("admin"));
-        Gateway {
-            dir,
-            viewer,
-            operator,
-            admin,
-            database,
-        }
-    }
-
-    fn path(&self) -> &Path {
-        self.dir.path()
-    }
-
-    fn start(&self) -> Server {
-        let mut cmd = command(self.path(), &["serve", "--config", "serve.yaml"]);
-        cmd.stderr(Stdio::inherit());
-        Server::start(cmd)
-    }
-}
-
-impl Server {
-    /// Spawns `cmd` (a `chimera serve`) and waits for the line saying where it listens.
-    fn start(mut cmd: Command) -> Server {
-        let mut s = Server::spawned(&mut cmd);
-        s.await_listening(None);
-        s
-    }
-
-    /// Spawns `cmd` (a `chimera serve`) with stdout piped; [`Server::await_listening`]
-    /// before calling it. Killed on drop, whatever happens in between.
-    fn spawned(cmd: &mut Command) -> Server {
-        let child = cmd
-            .stdout(Stdio::piped())
-            .spawn()
-            .expect("start chimera serve");
-        Server {
-            child,
-            base: String::new(),
-        }
-    }
-
-    /// Waits for the line saying where it listens; if it does not come, the panic quotes
-    /// `stderr_log`, the file its stderr went to.
-    fn await_listening(&mut self, stderr_log: Option<&Path>) {
-        let mut line = String::new();
-        BufReader::new(self.child.stdout.take().unwrap())
-            .read_line(&mut line)
-            .unwrap();
-        let Some(base) = line.trim().strip_prefix("chimera serve: listening on ") else {
-            let _ = self.child.kill();
-            let _ = self.child.wait();
-            let err = stderr_log
-                .map(|p| std::fs::read_to_string(p).unwrap_or_default())
-                .unwrap_or_default();
-            panic!("chimera serve did not start: {line:?} {err}")
-        };
-        self.base = base.to_string();
-    }
-}
-
-/// A running `chimera serve`, stopped on drop.
-struct Server {
-    child: Child,
-    base: String,
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-impl Server {
-    /// SIGTERM, then the exit status.
-    fn terminate(mut self) -> std::process::ExitStatus {
-        // SAFETY: kill(2) on our own child's pid; no memory is passed.
-        let rc = unsafe { libc::kill(self.child.id() as libc::pid_t, libc::SIGTERM) };
-        assert_eq!(rc, 0, "kill: {}", std::io::Error::last_os_error());
-        self.child.wait().unwrap()
-    }
-
-    /// `method path` with an optional `Authorization` value and JSON body: status and body.
-    fn call(
-        &self,
-        method: &str,
-        path: &str,
-        auth: Option<&str>,
-        body: Option<&str>,
-    ) -> (u16, String) {
-        let agent: ureq::Agent = ureq::Agent::config_builder()
-            .http_status_as_error(false)
-            .build()
-            .into();
-        let mut req = ureq::http::Request::builder()
-            .method(method)
-            .uri(format!("{}{path}", self.base));
-        if let Some(a) = auth {
-            req = req.header("Authorization", a);
-        }
-        if body.is_some() {
-            req = req.header("Content-Type", "application/json");
-        }
-        let req = req.body(body.unwrap_or("").to_string()).unwrap();
-        let mut resp = agent.run(req).expect("HTTP exchange");
-        let status = resp.status().as_u16();
-        let text = resp
-            .body_mut()
-            .with_config()
-            .limit(16 * 1024 * 1024)
-            .read_to_string()
-            .unwrap_or_default();
-        (status, text)
-    }
-
-    fn get(&self, path: &str, token: &str) -> Value {
-        let (status, body) = self.call("GET", path, Some(&format!("Bearer {token}")), None);
-        assert_eq!(status, 200, "GET {path}: {body}");
-        serde_json::from_str(&body).unwrap()
-    }
-}
-
-/// `value` (an object, or an array of them) has exactly the properties the served OpenAPI
-/// document gives schema `name`, with every required one present.
-fn assert_shape(s: &Server, name: &str, value: &Value) {
-    let (_, body) = s.call("GET", "/api/v1/openapi.json", None, None);
-    let doc: Value = serde_json::from_str(&body).unwrap();
-    let schema = &doc["components"]["schemas"][name];
-    let mut documented: Vec<&String> = schema["properties"].as_object().unwrap().keys().collect();
-    documented.sort();
-    let objects = match value {
-        Value::Array(a) => a.iter().collect(),
-        v => vec![v],
-    };
-    assert!(!objects.is_empty(), "no {name} to check");
-    for o in objects {
-        let mut keys: Vec<&String> = o.as_object().unwrap().keys().collect();
-        keys.sort();
-        assert_eq!(keys, documented, "{name}: {o}");
-    }
-}
-
-fn role_rank(r: &str) -> u8 {
-    match r {
-        "viewer" => 0,
-        "operator" => 1,
-        "admin" => 2,
-        other => panic!("unknown role {other:?}"),
-    }
-}
-
 #[test]
-fn every_documented_route_refuses_missing_unknown_and_lower_tokens() {
-    on_each_backend(|backend| {
-        let gw = Gateway::new(backend);
+fn every_documented_route_refuses_missing_invalid_and_lower_tokens() {
+    on_each_backend("chimera_serve", |backend| {
+        let gw = Gateway::on(backend);
+        let (rsa, ec, forger) = (
+            TestKey::rsa("rsa-1"),
+            TestKey::p256("ec-1"),
+            TestKey::rsa("rsa-1"),
+        );
+        let idp = Issuer::start(&[&rsa, &ec]);
+        // A revoked API token, and one provisioned already expired.
+        let revoked = gw.token("viewer", "revoked", &[]);
+        ok(
+            gw.path(),
+            &["serve", "token", "revoke", "--name", "revoked"],
+        );
+        let expired = format!("chimera_{}", "e".repeat(64));
+        std::fs::write(
+        gw.path().join("tokens.yaml"),
+        format!(
+            "- {{ name: expired, role: admin, sha256: {}, expires_at: \"2020-01-01T00:00:00Z\" }}\n",
+            aegis_ota::sha256_hex(expired.as_bytes())
+        ),
+    )
+    .unwrap();
+        gw.write_config(&format!("tokens: tokens.yaml\n{}", idp.config("")));
         let s = gw.start();
         let (status, body) = s.call("GET", "/api/v1/openapi.json", None, None);
         assert_eq!(status, 200);
         let doc: Value = serde_json::from_str(&body).unwrap();
         let paths = doc["paths"].as_object().unwrap();
+
+        let mut refused: Vec<(&str, &str, String)> = vec![
+            (
+                "token",
+                "an unknown API token",
+                format!("chimera_{}", "0".repeat(64)),
+            ),
+            (
+                "token",
+                "an API token with a byte more",
+                format!("{}x", gw.admin),
+            ),
+            ("revoked", "a revoked API token", revoked),
+            ("exp", "an expired API token", expired),
+        ];
+        refused.extend(refused_jwts(&idp, &rsa, &ec, &forger));
+        // Each role as an API token and as a JWT (the two key types in turn); and a JWT whose
+        // groups map to no role.
+        let jwt = |role: &str| {
+            let key = if role == "operator" { &rsa } else { &ec };
+            idp.token(key, &format!("{role}-user"), &[group(role), "unrelated"])
+        };
+        let callers = [
+            ("viewer", gw.viewer.clone()),
+            ("operator", gw.operator.clone()),
+            ("admin", gw.admin.clone()),
+            ("viewer", jwt("viewer")),
+            ("operator", jwt("operator")),
+            ("admin", jwt("admin")),
+        ];
+        let no_role = idp.token(&rsa, "stranger", &["strangers"]);
+
         let mut protected = 0;
         for (path, ops) in paths {
             for (method, op) in ops.as_object().unwrap() {
@@ -356,29 +110,40 @@ fn every_documented_route_refuses_missing_unknown_and_lower_tokens() {
                 let needed = op["x-aegis-role"].as_str().unwrap();
                 for auth in [
                     None,
-                    Some(format!("Bearer chimera_{}", "0".repeat(64))),
-                    Some(format!("Bearer {}x", gw.admin)),
                     Some(format!("Basic {}", gw.admin)),
                     Some("Bearer ".to_string()),
+                    Some(format!("Bearer {}", "x".repeat(20_000))),
                 ] {
                     let (st, b) = s.call(&method, &url, auth.as_deref(), body);
                     assert_eq!(st, 401, "{method} {path} with {auth:?}: {b}");
                 }
-                for (role, token) in [
-                    ("viewer", &gw.viewer),
-                    ("operator", &gw.operator),
-                    ("admin", &gw.admin),
-                ] {
-                    let (st, b) = s.call(&method, &url, Some(&format!("Bearer {token}")), body);
+                for (check, what, token) in &refused {
+                    let (st, b) = s.bearer(&method, &url, token, body);
+                    assert_eq!(st, 401, "{method} {path} with {what}: {b}");
+                    assert_eq!(b["check"], *check, "{method} {path} with {what}: {b}");
+                    // The answer never echoes the token, nor its signature.
+                    let signature = token.rsplit('.').next().unwrap();
+                    assert!(
+                        signature.len() < 8 || !b.to_string().contains(signature),
+                        "{what}: {b}"
+                    );
+                }
+                let (st, b) = s.bearer(&method, &url, &no_role, body);
+                assert_eq!(
+                    (st, &b["check"]),
+                    (403, &json!("role")),
+                    "{method} {path}: {b}"
+                );
+                for (role, token) in &callers {
+                    let (st, b) = s.bearer(&method, &url, token, body);
                     if role_rank(role) < role_rank(needed) {
                         assert_eq!(st, 403, "{method} {path} as {role}: {b}");
                     } else {
                         // Let through: whatever the handler says, it is not about the token,
-                        // and the route exists.
-                        assert!(
-                            ![401, 403, 404, 405].contains(&st),
-                            "{method} {path} as {role}: {st} {b}"
-                        );
+                        // and the route exists (a 404 may only say the object does not).
+                        let object_missing = st == 404 && !b.to_string().contains("no such route");
+                        let refused = [401, 403, 404, 405].contains(&st) && !object_missing;
+                        assert!(!refused, "{method} {path} as {role}: {st} {b}");
                     }
                 }
             }
@@ -395,17 +160,14 @@ fn every_documented_route_refuses_missing_unknown_and_lower_tokens() {
             ("GET", "/"),
         ] {
             assert_eq!(s.call(method, path, None, None).0, 401, "{method} {path}");
-            let viewer = format!("Bearer {}", gw.viewer);
-            assert_eq!(
-                s.call(method, path, Some(&viewer), None).0,
-                403,
-                "{method} {path}"
-            );
-            let admin = format!("Bearer {}", gw.admin);
-            assert!(
-                [404, 405].contains(&s.call(method, path, Some(&admin), None).0),
-                "{method} {path}"
-            );
+            for (role, token) in &callers {
+                let st = s.bearer(method, path, token, None).0;
+                if *role == "admin" {
+                    assert!([404, 405].contains(&st), "{method} {path} as {role}: {st}");
+                } else {
+                    assert_eq!(st, 403, "{method} {path} as {role}");
+                }
+            }
         }
     });
 }
@@ -433,8 +195,8 @@ fn signed_receipt(dir: &Path, key_file: &str, claims: &str, verdict: Verdict) ->
 
 #[test]
 fn read_api_shows_the_imported_fleet_and_only_verified_receipts_count() {
-    on_each_backend(|backend| {
-        let gw = Gateway::new(backend);
+    on_each_backend("chimera_serve", |backend| {
+        let gw = Gateway::on(backend);
         let d = gw.path();
         let s = gw.start();
         let devices = s.get("/api/v1/devices", &gw.viewer);
@@ -573,8 +335,8 @@ fn read_api_shows_the_imported_fleet_and_only_verified_receipts_count() {
 
 #[test]
 fn workflow_uploads_are_verified_against_the_trust_metadata_and_refusals_say_why() {
-    on_each_backend(|backend| {
-        let gw = Gateway::new(backend);
+    on_each_backend("chimera_serve", |backend| {
+        let gw = Gateway::on(backend);
         let d = gw.path();
         ok(
             d,
@@ -684,7 +446,7 @@ fn workflow_uploads_are_verified_against_the_trust_metadata_and_refusals_say_why
 
 #[test]
 fn the_config_has_no_place_for_a_root_key_and_uploads_need_trust() {
-    on_each_backend(|backend| {
+    on_each_backend("chimera_serve", |backend| {
         let dir = tempfile::tempdir().unwrap();
         let d = dir.path();
         let database = backend.database(d, "a.db");
@@ -943,18 +705,11 @@ fn uploaded_workflows_are_published_as_chimera_publish_does() {
     if !have_mosquitto("chimera_serve") {
         return;
     }
-    on_each_backend(|backend| {
-        let gw = Gateway::new(backend);
+    on_each_backend("chimera_serve", |backend| {
+        let gw = Gateway::on(backend);
         let d = gw.path();
         let mut broker = Broker::start(&d.join("broker"));
-        std::fs::write(
-            d.join("serve.yaml"),
-            format!(
-                "{}{CONFIG}broker: mqtt://127.0.0.1:{}\n",
-                gw.database, broker.port
-            ),
-        )
-        .unwrap();
+        gw.write_config(&format!("broker: mqtt://127.0.0.1:{}\n", broker.port));
         ok(
             d,
             &[

@@ -705,6 +705,13 @@ impl Killed {
                 .unwrap(),
         )
     }
+
+    /// SIGTERM, and a clean exit.
+    fn stop(mut self) {
+        // SAFETY: kill(2) on our own child, which has not been waited for.
+        unsafe { libc::kill(self.0.id() as i32, libc::SIGTERM) };
+        assert!(self.0.wait().unwrap().success());
+    }
 }
 
 impl Drop for Killed {
@@ -874,10 +881,57 @@ fn kill_9_during_download_install_or_swap_never_leaves_a_broken_model_and_the_up
         outcomes.contains(&"completed"),
         "no iteration completed: {outcomes:?}"
     );
-    // SAFETY: kill(2) on our own child, which has not been waited for.
-    unsafe { libc::kill(agent.0.id() as i32, libc::SIGTERM) };
-    assert!(agent.0.wait().unwrap().success());
-    let out = std::fs::read_to_string(d.join(format!("run{iterations}.out"))).unwrap();
+    // The receipt of an update that completed just before a kill may have died with the
+    // agent: the running version, announced again (retained) to the next agent, is answered
+    // `applied` again. One more version, left to complete, then a restart.
+    let version = 2 + iterations;
+    let name = format!("k{version}");
+    bundle(d, &name);
+    let signed = pack(d, &name, version, "output0:max:0:1000");
+    announce_retained(broker.port, &signed, &files.url(&name));
+    let t0 = Instant::now();
+    while running_nn(broker.port) != Some((version, "ota".to_string())) {
+        assert!(
+            t0.elapsed() < Duration::from_secs(90),
+            "version {version} never ran"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let answers = |got: &[ModelReceipt]| {
+        got.iter()
+            .filter(|r| r.version == version && r.verdict.as_str() == "applied")
+            .count()
+    };
+    while answers(&receipts.all(&device_pub)) < 1 {
+        assert!(
+            t0.elapsed() < Duration::from_secs(90),
+            "no receipt for {version}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    agent.stop();
+    let last = iterations + 1;
+    let agent = start(last);
+    let t0 = Instant::now();
+    loop {
+        let got = receipts.all(&device_pub);
+        if answers(&got) == 2 {
+            let again = got.iter().rev().find(|r| r.version == version).unwrap();
+            assert!(
+                again.reason.contains("announced again"),
+                "{:?}",
+                again.reason
+            );
+            break;
+        }
+        assert!(
+            t0.elapsed() < Duration::from_secs(60),
+            "the running version {version} was not answered again after a restart"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    agent.stop();
+    let out = std::fs::read_to_string(d.join(format!("run{last}.out"))).unwrap();
     for cam in ["cam0", "cam1"] {
         let (decoded, delivered, dropped) = stream_counts(&out, cam);
         assert!(decoded > 0, "{out}");

@@ -394,7 +394,7 @@ pub(super) fn fleet_sim(
     for n in devices {
         let r = crate::tools::fleet_sim::simulate(n, seconds, rate, pings)?;
         println!(
-            "{} devices: {} connected, produced {:.0} events/s, delivered {:.0} events/s, backlog {}; ping p50 {:.2} ms, p99 {:.2} ms ({} pings)",
+            "{} devices: {} connected, produced {:.0} events/s, delivered {:.0} events/s, backlog {}; ping p50 {:.2} ms, p99 {:.2} ms ({} pings); {:.2} MB resident per device",
             r.devices,
             r.connected,
             r.produced_per_s,
@@ -402,7 +402,8 @@ pub(super) fn fleet_sim(
             r.backlog,
             r.rtt_p50_ms,
             r.rtt_p99_ms,
-            r.pings
+            r.pings,
+            r.rss_per_device as f64 / 1e6
         );
         results.push(r);
     }

@@ -138,6 +138,12 @@ enum Command {
         #[arg(long)]
         json: Option<PathBuf>,
     },
+    /// Simulated devices that answer signed workflows with signed receipts (the agent's
+    /// own fleet link and workflow checks, no pipeline): a fleet for gateway rollouts.
+    SimDevices {
+        #[command(subcommand)]
+        what: SimDevicesCommand,
+    },
     /// Sensors: simulate a drive with known truth, replay recorded NMEA/IMU through the
     /// fusion.
     Sensors {
@@ -299,6 +305,27 @@ pub fn main() -> ExitCode {
             log_at("error");
             bench::fleet_sim(devices, seconds, rate, pings, json)
         }
+        Command::SimDevices { what } => {
+            log_at("error");
+            match what {
+                SimDevicesCommand::Provision {
+                    dir,
+                    devices,
+                    prefix,
+                    group,
+                    trust,
+                    root,
+                } => crate::tools::fleet_devices::provision(
+                    &dir, devices, &prefix, &group, &trust, &root,
+                ),
+                SimDevicesCommand::Run {
+                    dir,
+                    broker,
+                    seconds,
+                    fail,
+                } => crate::tools::fleet_devices::run(&dir, &broker, seconds, fail),
+            }
+        }
         Command::Sensors { what } => {
             log_at("warn");
             crate::cli::sensors::run(what)
@@ -382,4 +409,47 @@ fn write_json<T: serde::Serialize>(path: Option<PathBuf>, v: &T) -> anyhow::Resu
         std::fs::write(&p, serde_json::to_string_pretty(v)?)?;
     }
     Ok(())
+}
+
+/// `aegis sim-devices …`.
+#[derive(Subcommand, Debug)]
+pub enum SimDevicesCommand {
+    /// Make N devices: their keys, `devices.json` (the gateway's registry format) and
+    /// `fleet.json`, in DIR.
+    Provision {
+        /// Where the fleet lives.
+        #[arg(long)]
+        dir: PathBuf,
+        /// How many devices.
+        #[arg(long)]
+        devices: usize,
+        /// Device ids are PREFIX-00000, PREFIX-00001, …
+        #[arg(long, default_value = "sim")]
+        prefix: String,
+        /// Groups every device is in (repeat for several).
+        #[arg(long)]
+        group: Vec<String>,
+        /// The signed trust metadata the devices start with.
+        #[arg(long)]
+        trust: PathBuf,
+        /// A root public key (repeat for several).
+        #[arg(long)]
+        root: Vec<PathBuf>,
+    },
+    /// Connect DIR's devices to a broker and answer every workflow until SIGTERM.
+    Run {
+        /// What `provision` made.
+        #[arg(long)]
+        dir: PathBuf,
+        /// The broker, HOST:PORT (plain MQTT).
+        #[arg(long)]
+        broker: String,
+        /// Stop after this many seconds.
+        #[arg(long)]
+        seconds: Option<f64>,
+        /// A workflow id whose pipeline "fails its health check" on every device: answered
+        /// `rolled_back` (repeat for several).
+        #[arg(long)]
+        fail: Vec<String>,
+    },
 }

@@ -611,6 +611,12 @@ impl Link {
         net.set_tcp_nodelay(true);
         o.set_network_options(net);
         o.set_max_packet_size(Some(MAX_PAYLOAD as u32 + 4096));
+        // rumqttc sizes its table of unacknowledged publishes by this bound (one slot per
+        // packet id), 65,535 slots (about 14 MB) when it is not set; the link never has
+        // more than its outbox window plus a few status/reply messages in flight.
+        o.set_outgoing_inflight_upper_limit(
+            u16::try_from(s.inflight.max(16) + 16).unwrap_or(u16::MAX),
+        );
         if let Some((u, p)) = &s.credentials {
             o.set_credentials(u.clone(), p.clone());
         }

@@ -90,7 +90,7 @@ impl Drop for LocalBroker {
 }
 
 /// Raises this process's soft open-file limit to the hard limit (children inherit it).
-fn raise_nofile() {
+pub(super) fn raise_nofile() {
     let mut lim = libc::rlimit {
         rlim_cur: 0,
         rlim_max: 0,
@@ -106,13 +106,13 @@ fn raise_nofile() {
 
 /// A simulated device's outbox: memory, fed by its event generator.
 #[derive(Default)]
-struct MemOutbox {
+pub(super) struct MemOutbox {
     rows: Mutex<BTreeMap<i64, OutboxRow>>,
     next: AtomicU64,
 }
 
 impl MemOutbox {
-    fn push(&self, topic: String, payload: Vec<u8>) {
+    pub(super) fn push(&self, topic: String, payload: Vec<u8>) {
         let seq = self.next.fetch_add(1, Ordering::Relaxed) as i64 + 1;
         self.rows.lock().unwrap_or_else(|e| e.into_inner()).insert(
             seq,
@@ -125,7 +125,7 @@ impl MemOutbox {
     }
 }
 
-struct MemOutboxRef(Arc<MemOutbox>);
+pub(super) struct MemOutboxRef(pub(super) Arc<MemOutbox>);
 
 impl Outbox for MemOutboxRef {
     fn after(&mut self, seq: i64, limit: usize) -> Result<Vec<OutboxRow>, OutboxError> {
@@ -176,7 +176,7 @@ impl FleetHost for SimHost {
     }
 }
 
-fn settings(device: &str, port: u16, telemetry: Duration) -> FleetSettings {
+pub(super) fn settings(device: &str, port: u16, telemetry: Duration) -> FleetSettings {
     FleetSettings {
         device: device.to_string(),
         host: "127.0.0.1".into(),
@@ -381,6 +381,19 @@ pub struct SimResult {
     pub rtt_p50_ms: f64,
     /// Command round trip, ms.
     pub rtt_p99_ms: f64,
+    /// The simulator's resident memory at the end, per device, bytes (the links dominate).
+    pub rss_per_device: u64,
+}
+
+/// This process's resident set size, bytes (0 where /proc says nothing).
+pub(super) fn rss_bytes() -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            let kb = s.lines().find(|l| l.starts_with("VmRSS:"))?;
+            kb.split_whitespace().nth(1)?.parse::<u64>().ok()
+        })
+        .map_or(0, |kb| kb * 1024)
 }
 
 /// Runs `devices` simulated devices for `seconds`, each producing `rate` events/s.
@@ -479,6 +492,7 @@ pub fn simulate(
             pings: rtts.len(),
             rtt_p50_ms: percentile(&rtts, 0.5),
             rtt_p99_ms: percentile(&rtts, 0.99),
+            rss_per_device: rss_bytes() / devices.max(1) as u64,
         })
     })
 }

@@ -10,5 +10,6 @@ pub mod bench_stages;
 pub mod bench_web;
 pub mod bench_workflow;
 pub mod cuda_golden;
+pub mod fleet_devices;
 pub mod fleet_sim;
 pub mod sample;

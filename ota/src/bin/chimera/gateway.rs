@@ -92,6 +92,33 @@ pub(crate) fn device_key(reg: &Registry, device: &str) -> Option<PublicKey> {
     PublicKey::from_bytes(&bytes).ok()
 }
 
+/// The MQTT 5 options of a gateway client of `broker` (`mqtt://host:port`, or `host:port`):
+/// 30 s keep-alive, packets up to 256 KiB, no Nagle delay.
+pub(crate) fn mqtt_options(broker: &str, client_id: &str) -> anyhow::Result<MqttOptions> {
+    let rest = match broker.split_once("://") {
+        Some(("mqtt", rest)) => rest,
+        Some(_) => {
+            anyhow::bail!("--broker {broker:?}: only mqtt://host:port (or host:port) here")
+        }
+        None => broker,
+    };
+    let (host, port) = match rest.trim_end_matches('/').rsplit_once(':') {
+        Some((h, p)) => (
+            h.to_string(),
+            p.parse()
+                .map_err(|_| anyhow::anyhow!("--broker: bad port {p:?}"))?,
+        ),
+        None => (rest.to_string(), 1883),
+    };
+    let mut o = MqttOptions::new(client_id, host, port);
+    o.set_keep_alive(Duration::from_secs(30));
+    o.set_max_packet_size(Some(256 * 1024));
+    let mut net = rumqttc::NetworkOptions::new();
+    net.set_tcp_nodelay(true);
+    o.set_network_options(net);
+    Ok(o)
+}
+
 /// An MQTT 5 session to the broker (`mqtt://host:port`, or `host:port`).
 pub(crate) struct Session {
     pub(crate) client: AsyncClient,
@@ -101,27 +128,7 @@ pub(crate) struct Session {
 impl Session {
     /// Connects and waits for the CONNACK (10 s at most).
     pub(crate) async fn connect(broker: &str, client_id: &str) -> anyhow::Result<Session> {
-        let rest = match broker.split_once("://") {
-            Some(("mqtt", rest)) => rest,
-            Some(_) => {
-                anyhow::bail!("--broker {broker:?}: only mqtt://host:port (or host:port) here")
-            }
-            None => broker,
-        };
-        let (host, port) = match rest.trim_end_matches('/').rsplit_once(':') {
-            Some((h, p)) => (
-                h.to_string(),
-                p.parse()
-                    .map_err(|_| anyhow::anyhow!("--broker: bad port {p:?}"))?,
-            ),
-            None => (rest.to_string(), 1883),
-        };
-        let mut o = MqttOptions::new(client_id, host, port);
-        o.set_keep_alive(Duration::from_secs(30));
-        o.set_max_packet_size(Some(256 * 1024));
-        let mut net = rumqttc::NetworkOptions::new();
-        net.set_tcp_nodelay(true);
-        o.set_network_options(net);
+        let o = mqtt_options(broker, client_id)?;
         let (client, mut events) = AsyncClient::new(o, 64);
         let deadline = Instant::now() + Duration::from_secs(10);
         loop {
@@ -141,22 +148,34 @@ impl Session {
         msgs: Vec<(String, Vec<u8>)>,
     ) -> anyhow::Result<()> {
         let n = msgs.len();
-        for (t, p) in msgs {
-            self.client.publish(t, QoS::AtLeastOnce, true, p).await?;
-        }
-        let mut acked = 0;
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while acked < n {
-            let ev = tokio::time::timeout_at(deadline.into(), self.events.poll())
-                .await
-                .map_err(|_| {
-                    anyhow::anyhow!("{acked} of {n} publishes acknowledged within 10 s")
-                })??;
-            if let Event::Incoming(Packet::PubAck(_)) = ev {
-                acked += 1;
+        // Requests are queued while the event loop runs: the client's request queue is
+        // bounded (64), so queueing all first would stall a publish to a large audience.
+        let client = self.client.clone();
+        let send = async move {
+            for (t, p) in msgs {
+                client.publish(t, QoS::AtLeastOnce, true, p).await?;
             }
-        }
-        Ok(())
+            anyhow::Ok(())
+        };
+        let events = &mut self.events;
+        let acks = async move {
+            let mut acked = 0;
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while acked < n {
+                let ev = tokio::time::timeout_at(deadline.into(), events.poll())
+                    .await
+                    .map_err(|_| {
+                        anyhow::anyhow!("{acked} of {n} publishes acknowledged within 10 s")
+                    })??;
+                if let Event::Incoming(Packet::PubAck(_)) = ev {
+                    acked += 1;
+                }
+            }
+            anyhow::Ok(())
+        };
+        let (sent, acked) = tokio::join!(send, acks);
+        sent?;
+        acked
     }
 
     /// Messages on `filters` until `until` says stop or `wait` passes.
@@ -402,14 +421,7 @@ pub(crate) fn plan_publish(
     canary_percent: Option<f64>,
     registry_path: &Path,
 ) -> anyhow::Result<PublishPlan> {
-    let doc = crate::read_file(file)?;
-    let (signed, _) =
-        maml::split_signed(&doc).map_err(|e| anyhow::anyhow!("{}: {e}", file.display()))?;
-    let parsed = maml::parse(&signed).map_err(|e| anyhow::anyhow!("{}: {e}", file.display()))?;
-    let digest = aegis_ota::sha256_hex(&signed);
-    // Devices mirror the sections as transmitted (for a sealed document, the ciphertext):
-    // a receipt never carries digests of sealed cleartext.
-    let mirror = Some(aegis_ota::receipt::mirror(&parsed));
+    let (mut plan, parsed) = read_plan(file)?;
     let reg = registry(registry_path)?;
     let f = &parsed.front;
     let Audience { devices, topics } = audience(
@@ -422,11 +434,42 @@ pub(crate) fn plan_publish(
             canary_key: &f.id,
             target_devices: &f.target.devices,
             target_groups: &f.target.groups,
-            device_topic: &|d| format!("aegis/v1/{d}/workflows"),
+            device_topic: &|d| workflow_topic(d),
             group_topic: &|g| format!("aegis/v1/groups/{g}/workflows"),
         },
     )?;
-    Ok(PublishPlan {
+    plan.devices = devices;
+    plan.topics = topics;
+    plan.canary_percent = canary_percent;
+    Ok(plan)
+}
+
+/// A device's retained workflow topic.
+pub(crate) fn workflow_topic(device: &str) -> String {
+    format!("aegis/v1/{device}/workflows")
+}
+
+/// A plan for `devices`, each on its own retained topic, whose audience was decided
+/// already (a rollout's step, a rollback, a reconcile: checked when the rollout was made).
+pub(crate) fn plan_devices(file: &Path, devices: Vec<String>) -> anyhow::Result<PublishPlan> {
+    let (mut plan, _) = read_plan(file)?;
+    plan.topics = devices.iter().map(|d| workflow_topic(d)).collect();
+    plan.devices = devices;
+    Ok(plan)
+}
+
+/// The signed file read and parsed into a plan with no audience yet.
+fn read_plan(file: &Path) -> anyhow::Result<(PublishPlan, maml::Document)> {
+    let doc = crate::read_file(file)?;
+    let (signed, _) =
+        maml::split_signed(&doc).map_err(|e| anyhow::anyhow!("{}: {e}", file.display()))?;
+    let parsed = maml::parse(&signed).map_err(|e| anyhow::anyhow!("{}: {e}", file.display()))?;
+    let digest = aegis_ota::sha256_hex(&signed);
+    // Devices mirror the sections as transmitted (for a sealed document, the ciphertext):
+    // a receipt never carries digests of sealed cleartext.
+    let mirror = Some(aegis_ota::receipt::mirror(&parsed));
+    let f = &parsed.front;
+    let plan = PublishPlan {
         file: std::fs::canonicalize(file)
             .map_err(|e| anyhow::anyhow!("cannot resolve {}: {e}", file.display()))?,
         doc,
@@ -434,10 +477,11 @@ pub(crate) fn plan_publish(
         sequence: f.sequence,
         digest,
         mirror,
-        devices,
-        topics,
-        canary_percent,
-    })
+        devices: Vec::new(),
+        topics: Vec::new(),
+        canary_percent: None,
+    };
+    Ok((plan, parsed))
 }
 
 /// Publishes a plan (retained, QoS 1, every PUBACK awaited) and records it in `sent.json`.

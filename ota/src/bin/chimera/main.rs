@@ -283,6 +283,24 @@ enum FleetCommand {
     },
 }
 
+/// A span of time as the CLI writes it, `7d`, `12h`, `30m`, `90s`, in seconds: at least
+/// 1 s and at most `max_s`.
+pub(crate) fn parse_span_s(s: &str, max_s: i64) -> Result<i64, String> {
+    let form = || format!("{s:?}: a number then s, m, h or d (`7d`)");
+    let unit = match s.chars().last() {
+        Some('s') => 1,
+        Some('m') => 60,
+        Some('h') => 3600,
+        Some('d') => 86_400,
+        _ => return Err(form()),
+    };
+    let n: i64 = s[..s.len() - 1].parse().map_err(|_| form())?;
+    match n.checked_mul(unit) {
+        Some(v) if (1..=max_s).contains(&v) => Ok(v),
+        _ => Err(format!("{s:?}: from 1 s to {} days", max_s / 86_400)),
+    }
+}
+
 pub(crate) fn parse_percent(s: &str) -> Result<f64, String> {
     let v: f64 = s
         .trim_end_matches('%')

@@ -97,20 +97,7 @@ pub(crate) struct RollbackArgs {
 
 /// `7d`, `12h`, `30m`, `90s` → seconds (1 s to 366 days).
 fn parse_validity(s: &str) -> Result<i64, String> {
-    let unit = match s.chars().last() {
-        Some('s') => 1,
-        Some('m') => 60,
-        Some('h') => 3600,
-        Some('d') => 86_400,
-        _ => return Err(format!("{s:?}: a number then s, m, h or d (`7d`)")),
-    };
-    let n: i64 = s[..s.len() - 1]
-        .parse()
-        .map_err(|_| format!("{s:?}: a number then s, m, h or d (`7d`)"))?;
-    match n.checked_mul(unit) {
-        Some(v) if (1..=MAX_ORDER_VALIDITY_S).contains(&v) => Ok(v),
-        _ => Err(format!("{s:?}: from 1 s to 366 days")),
-    }
+    crate::parse_span_s(s, MAX_ORDER_VALIDITY_S)
 }
 
 #[derive(clap::Args, Debug)]

@@ -23,6 +23,9 @@ use schemars::{JsonSchema, Schema};
 use serde::Deserialize;
 use serde_json::{Value, json};
 
+use super::events::Bus;
+use super::ingest::IngestCounters;
+use super::publisher::{PublishError, Publisher};
 use super::service;
 use super::store::{AuditRow, Device, Role, Store, StoredReceipt, Workflow};
 
@@ -33,30 +36,21 @@ pub(crate) struct AppState {
     pub(crate) store: Arc<dyn Store>,
     /// The verified trust metadata uploads are checked against (None: uploads refused).
     pub(crate) trust: Option<Arc<TrustMetadata>>,
-    /// The broker workflows are published to (None: publishing refused).
-    pub(crate) broker: Option<String>,
+    /// Publishes to the broker (None: no `broker`, publishing and rollouts refused).
+    pub(crate) publisher: Option<Arc<Publisher>>,
     /// The device registry `chimera publish` resolves audiences with.
     pub(crate) registry: std::path::PathBuf,
-    /// The gateway's state directory (`sent.json`, published documents).
-    pub(crate) state: std::path::PathBuf,
-    /// Held while publishing: `sent.json` is read, changed and written by each publish.
-    pub(crate) publishing: Arc<tokio::sync::Mutex<()>>,
+    /// This replica's events (the SSE stream).
+    pub(crate) events: Bus,
+    /// Wakes the rollout engine (a rollout was created or resumed).
+    pub(crate) engine: Arc<tokio::sync::Notify>,
+    /// The MQTT ingest's counters (None: no `broker`).
+    pub(crate) ingest: Option<Arc<IngestCounters>>,
+    /// The OIDC provider whose JWTs are accepted as bearer tokens (None: API tokens only).
+    pub(crate) oidc: Option<Arc<super::auth::oidc::OidcVerifier>>,
 }
 
-/// Who called (put in the request by the auth middleware).
-#[derive(Debug, Clone)]
-pub(crate) struct Caller {
-    /// The token's name.
-    pub(crate) name: String,
-    /// Its role.
-    pub(crate) role: Role,
-}
-
-impl Caller {
-    fn actor(&self) -> String {
-        format!("token:{}", self.name)
-    }
-}
+pub(crate) use super::auth::Caller;
 
 /// Makes (and registers in the generator's definitions) the JSON Schema of a body type.
 type SchemaOf = fn(&mut SchemaGenerator) -> Schema;
@@ -88,7 +82,12 @@ pub(crate) struct Route {
 
 /// Every route table: this file's, then one per feature module (each module keeps its
 /// routes beside its handlers and adds its table here).
-pub(crate) static TABLES: &[&[Route]] = &[ROUTES];
+pub(crate) static TABLES: &[&[Route]] = &[
+    ROUTES,
+    super::rollout_api::ROUTES,
+    super::events::ROUTES,
+    super::ingest::ROUTES,
+];
 
 /// Every route the service answers.
 pub(crate) fn routes() -> impl Iterator<Item = &'static Route> {
@@ -245,7 +244,9 @@ pub(crate) fn router(state: AppState, max_body_bytes: usize) -> Router {
 struct ErrorBody {
     /// What failed, naming the input.
     error: String,
-    /// For a refused workflow upload: the check that failed.
+    /// For a refused workflow upload or bearer token: the check that failed (an upload's
+    /// `signature`, `target`, …; a token's `authorization`, `token`, `revoked`, `exp`,
+    /// `nbf`, `iss`, `aud`, `alg`, `kid`, `key`, `signature`, `sub`, `jwks`, `role`).
     check: Option<String>,
 }
 
@@ -283,6 +284,9 @@ pub(crate) fn openapi_document() -> Value {
         let ok_content = match (r.response, r.path) {
             (Some(schema), _) => json!({ "application/json": { "schema": schema(&mut schemas) } }),
             (None, "/healthz") => json!({ "text/plain": { "schema": { "type": "string" } } }),
+            (None, "/api/v1/events") => {
+                json!({ "text/event-stream": { "schema": { "type": "string" } } })
+            }
             (None, _) => json!({ "application/json": { "schema": { "type": "object" } } }),
         };
         responses.insert(
@@ -293,11 +297,21 @@ pub(crate) fn openapi_document() -> Value {
         if r.role.is_some() {
             responses.insert(
                 "401".into(),
-                error("No token, or a token the service does not know."),
+                error(
+                    "No token, or one the service does not accept: an unknown, revoked or \
+                       expired API token, or a JWT that fails a check; `check` names it.",
+                ),
             );
             responses.insert(
                 "403".into(),
-                error("The token's role is below the route's."),
+                error("The caller's role is below the route's (or its JWT maps to no role)."),
+            );
+            responses.insert(
+                "503".into(),
+                error(
+                    "The service lacks what the route needs (trust metadata, a broker) or, \
+                       for a JWT, the provider's signing keys are not loaded yet.",
+                ),
             );
         }
         if !r.params.is_empty() || r.body.is_some() {
@@ -308,6 +322,12 @@ pub(crate) fn openapi_document() -> Value {
         }
         if r.path.contains('{') {
             responses.insert("404".into(), error("No such object."));
+        }
+        if r.method == Method::POST && r.path.starts_with("/api/v1/rollouts") {
+            responses.insert(
+                "409".into(),
+                error("The rollout's state does not allow this, or a device is held by another rollout."),
+            );
         }
         if r.path.ends_with("/publish") {
             responses.insert(
@@ -327,10 +347,6 @@ pub(crate) fn openapi_document() -> Value {
             responses.insert(
                 "422".into(),
                 error("A body field is unknown or of the wrong type, or the request was refused (an upload's `check` names the check that failed)."),
-            );
-            responses.insert(
-                "503".into(),
-                error("The service lacks what the route needs (trust metadata, a broker)."),
             );
         }
         let mut op = json!({
@@ -356,12 +372,16 @@ pub(crate) fn openapi_document() -> Value {
             "title": "chimera serve",
             "version": env!("CARGO_PKG_VERSION"),
             "description": "The Aegis Edge gateway service (docs/chimera-serve.md). Every route \
-                            needs `Authorization: Bearer <API token>` except those whose \
-                            `security` is empty; `x-aegis-role` is the least role it needs \
-                            (viewer < operator < admin)."
+                            needs `Authorization: Bearer <API token or OIDC JWT>` except those \
+                            whose `security` is empty; `x-aegis-role` is the least role it \
+                            needs (viewer < operator < admin)."
         },
         "components": {
-            "securitySchemes": { "bearer": { "type": "http", "scheme": "bearer" } },
+            "securitySchemes": { "bearer": {
+                "type": "http", "scheme": "bearer",
+                "description": "An API token (`chimera_…`, `chimera serve token create`) or, \
+                                with `oidc` configured, a JWT of that provider."
+            } },
             "schemas": schemas.take_definitions(true),
         },
         "paths": paths,
@@ -376,7 +396,7 @@ pub(crate) struct ApiError {
 }
 
 impl ApiError {
-    fn new(status: StatusCode, message: impl std::fmt::Display) -> ApiError {
+    pub(crate) fn new(status: StatusCode, message: impl std::fmt::Display) -> ApiError {
         ApiError {
             status,
             body: json!({ "error": message.to_string() }),
@@ -423,9 +443,6 @@ fn needed_role(method: &Method, matched: Option<&str>) -> Option<Role> {
     }
 }
 
-/// Longest `Authorization` value looked at (a token is 72 characters).
-const MAX_AUTHORIZATION_BYTES: usize = 256;
-
 async fn authorise(State(s): State<AppState>, mut req: Request, next: Next) -> Response {
     let matched = req
         .extensions()
@@ -434,40 +451,35 @@ async fn authorise(State(s): State<AppState>, mut req: Request, next: Next) -> R
     let Some(needed) = needed_role(req.method(), matched.as_deref()) else {
         return next.run(req).await;
     };
-    let token = req
-        .headers()
-        .get(header::AUTHORIZATION)
-        .filter(|v| v.len() <= MAX_AUTHORIZATION_BYTES)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| {
-            let (scheme, token) = v.split_once(' ')?;
-            scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
-        })
-        .filter(|t| !t.is_empty());
-    let Some(token) = token else {
-        return ApiError::new(
-            StatusCode::UNAUTHORIZED,
-            "this route needs `Authorization: Bearer <API token>`",
-        )
-        .into_response();
-    };
-    let caller = match s.store.token(service::token_hash(token)).await {
-        Ok(Some((name, role))) => Caller { name, role },
-        Ok(None) => {
-            return ApiError::new(StatusCode::UNAUTHORIZED, "unknown API token").into_response();
+    let caller = match super::auth::identify(
+        &*s.store,
+        s.oidc.as_deref(),
+        req.headers().get(header::AUTHORIZATION),
+    )
+    .await
+    {
+        Ok(c) => c,
+        Err(r) => {
+            return ApiError {
+                status: r.status,
+                body: json!({ "error": r.message, "check": r.check }),
+            }
+            .into_response();
         }
-        Err(e) => return ApiError::from(e).into_response(),
     };
     if caller.role < needed {
-        return ApiError::new(
-            StatusCode::FORBIDDEN,
-            format!(
-                "token {:?} has role {}; this route needs {}",
-                caller.name,
-                caller.role.as_str(),
-                needed.as_str()
-            ),
-        )
+        return ApiError {
+            status: StatusCode::FORBIDDEN,
+            body: json!({
+                "error": format!(
+                    "{} has role {}; this route needs {}",
+                    caller.actor,
+                    caller.role.as_str(),
+                    needed.as_str()
+                ),
+                "check": "role",
+            }),
+        }
         .into_response();
     }
     req.extensions_mut().insert(caller);
@@ -489,8 +501,8 @@ async fn openapi() -> Json<Value> {
 /// `?limit=` (and nothing else).
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-struct LimitQuery {
-    limit: Option<u32>,
+pub(crate) struct LimitQuery {
+    pub(crate) limit: Option<u32>,
 }
 
 /// `?device=&limit=`.
@@ -501,7 +513,7 @@ struct ReceiptQuery {
     limit: Option<u32>,
 }
 
-fn limit(l: Option<u32>) -> Result<u32, ApiError> {
+pub(crate) fn limit(l: Option<u32>) -> Result<u32, ApiError> {
     match l.unwrap_or(100) {
         n @ 1..=1000 => Ok(n),
         n => Err(ApiError::new(
@@ -675,7 +687,7 @@ async fn publish_workflow(
             format!("canary: {p} is not above 0 and at most 100"),
         ));
     }
-    let Some(broker) = s.broker.clone() else {
+    let Some(publisher) = s.publisher.clone() else {
         return Err(ApiError::new(
             StatusCode::SERVICE_UNAVAILABLE,
             "this service has no broker to publish to (serve.yaml: broker)",
@@ -688,43 +700,32 @@ async fn publish_workflow(
         ));
     };
     let actor = caller.actor();
-    let (registry, state) = (s.registry.clone(), s.state.clone());
     let to = req.to.clone();
-    // `chimera publish`'s own code path: the document is a file in the state directory (the
-    // CLI's `fleet reconcile` re-sends from `sent.json`, which names it).
-    let guard = s.publishing.clone().lock_owned().await;
-    let outcome = tokio::task::spawn_blocking(move || {
-        let _guard = guard;
-        let dir = state.join("workflows");
-        let file = dir.join(format!("{digest}.maml.md"));
-        let io = |e: anyhow::Error| (StatusCode::INTERNAL_SERVER_ERROR, e.to_string());
-        if !file.exists() {
-            crate::create_dir(&dir).map_err(io)?;
-            aegis_ota::fsutil::write_atomic_mode(&file, text.as_bytes(), 0o644)
-                .map_err(|e| io(anyhow::anyhow!("cannot write {}: {e}", file.display())))?;
-        }
-        let plan =
-            crate::gateway::plan_publish(&file, &to, req.canary, &registry).map_err(|e| {
-                (
-                    StatusCode::UNPROCESSABLE_ENTITY,
-                    format!("publish refused: {e}"),
-                )
-            })?;
-        crate::gateway::send_publish(&plan, &broker, &state)
-            .map_err(|e| (StatusCode::BAD_GATEWAY, format!("broker {broker}: {e}")))?;
-        Ok::<_, (StatusCode, String)>(plan)
-    })
-    .await
-    .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e))?;
+    let outcome = publisher
+        .publish(&digest, text, move |file, registry| {
+            crate::gateway::plan_publish(file, &to, req.canary, registry)
+        })
+        .await;
     let plan = match outcome {
         Ok(plan) => plan,
-        Err((status, message)) => {
+        Err(e) => {
+            let status = match e {
+                PublishError::Refused(_) => StatusCode::UNPROCESSABLE_ENTITY,
+                PublishError::Broker { .. } => StatusCode::BAD_GATEWAY,
+                PublishError::Unknown(_) => StatusCode::NOT_FOUND,
+                PublishError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+            };
             s.store
-                .audit(actor, "workflow.publish_failed".into(), message.clone())
+                .audit(actor, "workflow.publish_failed".into(), e.to_string())
                 .await?;
-            return Err(ApiError::new(status, message));
+            return Err(ApiError::new(status, e));
         }
     };
+    // What these devices should run now: reconcile re-sends it to one that comes back
+    // running something else.
+    s.store
+        .set_desired(plan.devices.clone(), plan.digest.clone(), None)
+        .await?;
     s.store
         .audit(actor, "workflow.publish".into(), plan.summary())
         .await?;

@@ -12,10 +12,13 @@
 //! secrets are mounted). A password is never printed: errors and logs describe the database
 //! as `postgres://USER@HOST:PORT/DBNAME`.
 
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
+
+use super::store::Role;
 
 /// The request body limit when `max_body_bytes` is not given: a workflow document at the
 /// 128 KiB limit, JSON-escaped, with room to spare.
@@ -59,6 +62,275 @@ pub(crate) struct ServeConfig {
     /// Largest request body accepted, in bytes.
     #[serde(default = "default_max_body_bytes")]
     pub(crate) max_body_bytes: usize,
+    /// Optional: this replica's name, unique among the replicas of one database: its MQTT
+    /// client id is `chimera-serve-NAME` and its rollout claims are held under it. Default:
+    /// the host name, the process id and a random suffix.
+    #[serde(default)]
+    pub(crate) replica: Option<String>,
+    /// How receipts and status are taken from the broker (with `broker`).
+    #[serde(default)]
+    pub(crate) ingest: IngestConfig,
+    /// The rollout engine (with `broker`).
+    #[serde(default)]
+    pub(crate) rollouts: RolloutConfig,
+    /// Optional: accept OIDC/OAuth2 bearer tokens (JWTs) of this provider beside the API
+    /// tokens.
+    #[serde(default)]
+    pub(crate) oidc: Option<OidcConfig>,
+}
+
+/// The `leeway_s` when not given: clock skew allowed on `exp` and `nbf`.
+pub(crate) const DEFAULT_LEEWAY_S: u64 = 30;
+/// Largest `leeway_s` accepted: a token expired for longer than this is expired.
+pub(crate) const MAX_LEEWAY_S: u64 = 300;
+/// The `jwks_refresh_s` when not given.
+pub(crate) const DEFAULT_JWKS_REFRESH_S: u64 = 900;
+/// The `jwks_min_refresh_s` when not given (jwt-authorizer's choice too).
+pub(crate) const DEFAULT_JWKS_MIN_REFRESH_S: u64 = 10;
+
+fn default_leeway_s() -> u64 {
+    DEFAULT_LEEWAY_S
+}
+
+fn default_jwks_refresh_s() -> u64 {
+    DEFAULT_JWKS_REFRESH_S
+}
+
+fn default_jwks_min_refresh_s() -> u64 {
+    DEFAULT_JWKS_MIN_REFRESH_S
+}
+
+fn default_roles_claim() -> String {
+    "roles".into()
+}
+
+fn default_algorithms() -> Vec<JwtAlgorithm> {
+    vec![JwtAlgorithm::RS256, JwtAlgorithm::ES256]
+}
+
+/// Claim values that name a role by its own word: `viewer`, `operator`, `admin`.
+fn default_role_map() -> BTreeMap<String, Role> {
+    [Role::Viewer, Role::Operator, Role::Admin]
+        .into_iter()
+        .map(|r| (r.as_str().to_string(), r))
+        .collect()
+}
+
+/// A JWT signature algorithm the service may accept: asymmetric ones only. `none` and the
+/// HMAC algorithms (`HS256`…) cannot be written here at all, so a public key can never be
+/// used as an HMAC secret (algorithm confusion).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[allow(clippy::upper_case_acronyms)]
+pub(crate) enum JwtAlgorithm {
+    /// RSASSA-PKCS1-v1_5 with SHA-256.
+    RS256,
+    /// RSASSA-PKCS1-v1_5 with SHA-384.
+    RS384,
+    /// RSASSA-PKCS1-v1_5 with SHA-512.
+    RS512,
+    /// RSASSA-PSS with SHA-256.
+    PS256,
+    /// RSASSA-PSS with SHA-384.
+    PS384,
+    /// RSASSA-PSS with SHA-512.
+    PS512,
+    /// ECDSA on P-256 with SHA-256.
+    ES256,
+    /// ECDSA on P-384 with SHA-384.
+    ES384,
+    /// Ed25519.
+    EdDSA,
+}
+
+/// `oidc:` — the OpenID Connect provider whose JWTs are bearer tokens here (Cognito,
+/// Keycloak, Entra ID, Auth0, Dex, …). Only signed JWTs are accepted: opaque access tokens
+/// would need RFC 7662 introspection, which is not built.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct OidcConfig {
+    /// The provider's issuer URL, exactly as its tokens' `iss` claim says it (and as its
+    /// discovery document's `issuer` says it). `https://`, or `http://` on a loopback host.
+    pub(crate) issuer: String,
+    /// This service's audience: a token's `aud` (a string or a list) must contain it.
+    pub(crate) audience: String,
+    /// The JWKS URL. Default: the `jwks_uri` of `{issuer}/.well-known/openid-configuration`.
+    #[serde(default)]
+    pub(crate) jwks_uri: Option<String>,
+    /// The claim that carries the caller's roles or groups (a string or a list of
+    /// strings): a top-level claim name (`roles`, `groups`, `cognito:groups`,
+    /// `https://example.com/roles`), or a JSON pointer when it starts with `/`
+    /// (`/realm_access/roles`).
+    #[serde(default = "default_roles_claim")]
+    pub(crate) roles_claim: String,
+    /// Claim value → role. A caller gets the highest role any of its values maps to;
+    /// values not listed grant nothing. Default: `viewer`, `operator` and `admin` map to
+    /// themselves.
+    #[serde(default = "default_role_map")]
+    pub(crate) roles: BTreeMap<String, Role>,
+    /// Signature algorithms accepted (default `[RS256, ES256]`); asymmetric ones only.
+    #[serde(default = "default_algorithms")]
+    pub(crate) algorithms: Vec<JwtAlgorithm>,
+    /// Clock skew allowed on `exp` and `nbf`, in seconds (default 30, at most 300).
+    #[serde(default = "default_leeway_s")]
+    pub(crate) leeway_s: u64,
+    /// PEM file of the certificate authorities an `https` issuer or JWKS URL may chain to.
+    /// Default: Mozilla's root programme (compiled in).
+    #[serde(default)]
+    pub(crate) ca_file: Option<PathBuf>,
+    /// How often the JWKS is fetched again, in seconds (default 900, at least 60).
+    #[serde(default = "default_jwks_refresh_s")]
+    pub(crate) jwks_refresh_s: u64,
+    /// The least time between two JWKS fetches, in seconds (default 10, at least 1): a
+    /// token naming an unknown `kid` fetches the JWKS again at most this often, so forged
+    /// key ids cannot make the service hammer the provider.
+    #[serde(default = "default_jwks_min_refresh_s")]
+    pub(crate) jwks_min_refresh_s: u64,
+}
+
+/// Checks an issuer or JWKS URL: `https`, or `http` to a loopback host (a provider on the
+/// same machine, or a test's), no user information. Returns the reason it is refused.
+pub(crate) fn check_provider_url(url: &str) -> Result<(), String> {
+    let uri: axum::http::Uri = url.parse().map_err(|e| format!("{url:?}: {e}"))?;
+    let authority = uri
+        .authority()
+        .ok_or_else(|| format!("{url:?}: not an absolute URL"))?;
+    if authority.as_str().contains('@') {
+        return Err(format!("{url:?}: carries user information"));
+    }
+    let host =
+        aegis_config::Host::parse(authority.host()).map_err(|e| format!("{url:?}: host: {e}"))?;
+    let loopback = match &host {
+        aegis_config::Host::Ipv4(a) => a.is_loopback(),
+        aegis_config::Host::Ipv6(a) => a.is_loopback(),
+        aegis_config::Host::Domain(d) => d == "localhost",
+    };
+    match uri.scheme_str() {
+        Some("https") => Ok(()),
+        Some("http") if loopback => Ok(()),
+        Some("http") => Err(format!(
+            "{url:?}: plain http is accepted for loopback hosts only; use https"
+        )),
+        _ => Err(format!("{url:?}: not an http(s) URL")),
+    }
+}
+
+impl OidcConfig {
+    /// Checks what serde cannot; `what` names the file in errors.
+    fn check(&self, what: &str) -> anyhow::Result<()> {
+        let field = |f: &str, m: String| anyhow::anyhow!("{what}: oidc.{f}: {m}");
+        check_provider_url(&self.issuer).map_err(|m| field("issuer", m))?;
+        if let Some(u) = &self.jwks_uri {
+            check_provider_url(u).map_err(|m| field("jwks_uri", m))?;
+        }
+        anyhow::ensure!(
+            !self.audience.is_empty(),
+            "{what}: oidc.audience: must not be empty"
+        );
+        anyhow::ensure!(
+            !self.roles_claim.is_empty() && self.roles_claim != "/",
+            "{what}: oidc.roles_claim: must name a claim"
+        );
+        anyhow::ensure!(
+            !self.roles.is_empty(),
+            "{what}: oidc.roles: map at least one claim value to a role"
+        );
+        anyhow::ensure!(
+            !self.algorithms.is_empty(),
+            "{what}: oidc.algorithms: name at least one (RS256, ES256, …)"
+        );
+        anyhow::ensure!(
+            self.leeway_s <= MAX_LEEWAY_S,
+            "{what}: oidc.leeway_s: at most {MAX_LEEWAY_S}"
+        );
+        anyhow::ensure!(
+            self.jwks_refresh_s >= 60,
+            "{what}: oidc.jwks_refresh_s: at least 60"
+        );
+        anyhow::ensure!(
+            (1..=self.jwks_refresh_s).contains(&self.jwks_min_refresh_s),
+            "{what}: oidc.jwks_min_refresh_s: at least 1 and at most jwks_refresh_s"
+        );
+        Ok(())
+    }
+}
+
+/// `ingest:` — receipts and status from the broker through MQTT 5 shared subscriptions.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct IngestConfig {
+    /// The shared subscription group: every replica of one gateway uses the same one, and
+    /// the broker gives each message to one of them (`$share/GROUP/aegis/v1/+/receipts`).
+    #[serde(default = "default_share_group")]
+    pub(crate) share_group: String,
+    /// Messages waiting to be processed, at most; when full, the ingest stops reading from
+    /// the broker until there is room (the broker queues meanwhile).
+    #[serde(default = "default_inbox")]
+    pub(crate) inbox: usize,
+    /// The retained statuses read at start (and after a reconnect) are complete once none
+    /// arrived for this long (ms).
+    #[serde(default = "default_snapshot_quiet_ms")]
+    pub(crate) snapshot_quiet_ms: u64,
+}
+
+impl Default for IngestConfig {
+    fn default() -> Self {
+        IngestConfig {
+            share_group: default_share_group(),
+            inbox: default_inbox(),
+            snapshot_quiet_ms: default_snapshot_quiet_ms(),
+        }
+    }
+}
+
+fn default_share_group() -> String {
+    "chimera".into()
+}
+
+fn default_inbox() -> usize {
+    1024
+}
+
+fn default_snapshot_quiet_ms() -> u64 {
+    1000
+}
+
+/// `rollouts:` — the engine that publishes steps, judges answers and rolls back.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RolloutConfig {
+    /// How often the engine looks at its rollouts (ms; receipts wake it sooner).
+    #[serde(default = "default_tick_ms")]
+    pub(crate) tick_ms: u64,
+    /// How long a claim on a rollout lasts without renewal (s): another replica takes the
+    /// rollout over that long after its engine stopped.
+    #[serde(default = "default_lease_s")]
+    pub(crate) lease_s: u64,
+    /// A device online but running something other than its desired document gets it again
+    /// at most this often (s); one that comes back online gets it at once.
+    #[serde(default = "default_reconcile_cooldown_s")]
+    pub(crate) reconcile_cooldown_s: u64,
+}
+
+impl Default for RolloutConfig {
+    fn default() -> Self {
+        RolloutConfig {
+            tick_ms: default_tick_ms(),
+            lease_s: default_lease_s(),
+            reconcile_cooldown_s: default_reconcile_cooldown_s(),
+        }
+    }
+}
+
+fn default_tick_ms() -> u64 {
+    1000
+}
+
+fn default_lease_s() -> u64 {
+    15
+}
+
+fn default_reconcile_cooldown_s() -> u64 {
+    30
 }
 
 /// Where the service keeps its state (`database:`).
@@ -261,9 +533,12 @@ pub(crate) struct TokenHash {
     /// Token name (unique).
     pub(crate) name: String,
     /// `viewer`, `operator` or `admin`.
-    pub(crate) role: super::store::Role,
+    pub(crate) role: Role,
     /// Hex SHA-256 of the token.
     pub(crate) sha256: String,
+    /// Optional: when it stops working (RFC 3339 UTC, `2027-01-31T00:00:00Z`).
+    #[serde(default)]
+    pub(crate) expires_at: Option<String>,
 }
 
 /// Parses YAML through the workspace's hardened reader (no anchors/aliases, depth limits)
@@ -304,6 +579,10 @@ impl ServeConfig {
         c.tokens.iter_mut().for_each(abs);
         c.trust_metadata.iter_mut().for_each(abs);
         c.trust_roots.iter_mut().for_each(abs);
+        if let Some(o) = &mut c.oidc {
+            o.ca_file.iter_mut().for_each(abs);
+            o.check(&path.display().to_string())?;
+        }
         anyhow::ensure!(
             c.max_body_bytes >= 1024,
             "{}: max_body_bytes: at least 1024",
@@ -314,7 +593,75 @@ impl ServeConfig {
             "{}: trust_metadata needs trust_roots (the root public keys that signed it)",
             path.display()
         );
+        c.check_mqtt_settings()
+            .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
         Ok(c)
+    }
+
+    /// The ingest's and the engine's settings, within the bounds that keep them working.
+    fn check_mqtt_settings(&self) -> anyhow::Result<()> {
+        let name_ok = |s: &str| {
+            !s.is_empty()
+                && s.len() <= 64
+                && s.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
+        };
+        anyhow::ensure!(
+            name_ok(&self.ingest.share_group),
+            "ingest.share_group: 1 to 64 of A-Z a-z 0-9 - _ ."
+        );
+        if let Some(r) = &self.replica {
+            anyhow::ensure!(name_ok(r), "replica: 1 to 64 of A-Z a-z 0-9 - _ .");
+        }
+        anyhow::ensure!(
+            (1..=65_536).contains(&self.ingest.inbox),
+            "ingest.inbox: 1 to 65536"
+        );
+        anyhow::ensure!(
+            (100..=60_000).contains(&self.ingest.snapshot_quiet_ms),
+            "ingest.snapshot_quiet_ms: 100 to 60000"
+        );
+        let r = &self.rollouts;
+        anyhow::ensure!(
+            (50..=60_000).contains(&r.tick_ms),
+            "rollouts.tick_ms: 50 to 60000"
+        );
+        anyhow::ensure!(
+            r.lease_s >= 1 && r.lease_s <= 3600 && r.lease_s * 1000 >= 3 * r.tick_ms,
+            "rollouts.lease_s: 1 to 3600, and at least 3 ticks (rollouts.tick_ms)"
+        );
+        anyhow::ensure!(
+            (1..=86_400).contains(&r.reconcile_cooldown_s),
+            "rollouts.reconcile_cooldown_s: 1 to 86400"
+        );
+        Ok(())
+    }
+
+    /// This replica's name (`replica`, or host-pid-random).
+    pub(crate) fn replica_name(&self) -> String {
+        if let Some(r) = &self.replica {
+            return r.clone();
+        }
+        let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+            .ok()
+            .map(|h| {
+                h.trim()
+                    .chars()
+                    .filter(|c| c.is_ascii_alphanumeric() || *c == '-')
+                    .take(32)
+                    .collect::<String>()
+            })
+            .filter(|h| !h.is_empty())
+            .unwrap_or_else(|| "host".into());
+        let mut b = [0u8; 3];
+        let _ = getrandom::fill(&mut b);
+        format!(
+            "{host}-{}-{:02x}{:02x}{:02x}",
+            std::process::id(),
+            b[0],
+            b[1],
+            b[2]
+        )
     }
 
     /// The `tokens` file's entries (none without one).
@@ -330,6 +677,14 @@ impl ServeConfig {
                 p.display(),
                 t.name
             );
+            if let Some(at) = &t.expires_at {
+                anyhow::ensure!(
+                    aegis_ota::maml::parse_time(at).is_some(),
+                    "{}: token {:?}: expires_at {at:?} is not RFC 3339 UTC",
+                    p.display(),
+                    t.name
+                );
+            }
         }
         Ok(list)
     }
@@ -380,10 +735,11 @@ mod tests {
         assert!(e.contains("trust_roots"), "{e}");
     }
 
-    const BASE: &str = "listen: 127.0.0.1:0\nregistry: r.json\nstate: s\n";
+    /// A config less its `database:`.
+    const NO_DATABASE: &str = "listen: 127.0.0.1:0\nregistry: r.json\nstate: s\n";
 
     fn database(dir: &Path, yaml: &str) -> anyhow::Result<Database> {
-        Ok(ServeConfig::read(&write(dir, &format!("{BASE}{yaml}")))?.database)
+        Ok(ServeConfig::read(&write(dir, &format!("{NO_DATABASE}{yaml}")))?.database)
     }
 
     fn section(dir: &Path, yaml: &str) -> PostgresSource {
@@ -497,5 +853,91 @@ mod tests {
         let e =
             resolve_err("database:\n  url: postgres://db/x?sslmode=disable\n  ca_file: ca.pem\n");
         assert!(e.contains("contradicts ca_file"), "{e}");
+    }
+
+    const BASE: &str = "listen: 127.0.0.1:0\ndatabase: a.db\nregistry: r.json\nstate: s\n";
+
+    #[test]
+    fn oidc_defaults_are_safe_and_the_ca_file_follows_the_config_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = write(
+            dir.path(),
+            &format!(
+                "{BASE}oidc:\n  issuer: https://id.example/pool\n  audience: chimera\n  ca_file: ca.pem\n"
+            ),
+        );
+        let o = ServeConfig::read(&p).unwrap().oidc.unwrap();
+        assert_eq!(o.algorithms, [JwtAlgorithm::RS256, JwtAlgorithm::ES256]);
+        assert_eq!(o.leeway_s, DEFAULT_LEEWAY_S);
+        assert_eq!(o.roles_claim, "roles");
+        assert_eq!(o.roles.get("admin"), Some(&Role::Admin));
+        assert_eq!(o.roles.len(), 3);
+        assert_eq!(o.ca_file, Some(dir.path().join("ca.pem")));
+        assert_eq!(o.jwks_min_refresh_s, DEFAULT_JWKS_MIN_REFRESH_S);
+    }
+
+    #[test]
+    fn oidc_refuses_symmetric_algorithms_plain_http_and_unknown_keys() {
+        let dir = tempfile::tempdir().unwrap();
+        let oidc = |extra: &str, issuer: &str| {
+            let p = write(
+                dir.path(),
+                &format!("{BASE}oidc:\n  issuer: {issuer}\n  audience: chimera\n{extra}"),
+            );
+            ServeConfig::read(&p).map(|_| ()).map_err(|e| e.to_string())
+        };
+        let https = "https://id.example";
+        for (extra, issuer, named) in [
+            ("  algorithms: [RS256, HS256]\n", https, "HS256"),
+            ("  algorithms: [none]\n", https, "none"),
+            ("  algorithms: []\n", https, "algorithms"),
+            ("", "http://id.example", "loopback"),
+            ("  jwks_uri: http://10.0.0.1/jwks\n", https, "jwks_uri"),
+            ("", "https://user@id.example", "user information"),
+            ("  leeway_s: 3600\n", https, "leeway_s"),
+            ("  roles: {}\n", https, "roles"),
+            ("  roles: {ops: root}\n", https, "root"),
+            ("  jwks_min_refresh_s: 0\n", https, "jwks_min_refresh_s"),
+            ("  client_secret: s3cret\n", https, "client_secret"),
+        ] {
+            let e = oidc(extra, issuer).expect_err(extra);
+            assert!(e.contains(named), "{extra:?} {issuer}: {e}");
+        }
+        // Loopback may be plain http (a provider on the same host, or a test's).
+        oidc("", "http://127.0.0.1:8081/realms/x").unwrap();
+        oidc("", "http://localhost:8081").unwrap();
+    }
+
+    #[test]
+    fn ingest_and_rollout_settings_are_bounded_and_named() {
+        let dir = tempfile::tempdir().unwrap();
+        let base = "listen: 127.0.0.1:0\ndatabase: a.db\nregistry: r.json\nstate: s\n";
+        let c = ServeConfig::read(&write(dir.path(), base)).unwrap();
+        assert_eq!(c.ingest.share_group, "chimera");
+        assert_eq!(c.rollouts.lease_s, 15);
+        assert_ne!(c.replica_name(), c.replica_name());
+        for (extra, named) in [
+            ("ingest: { share_group: \"a/b\" }\n", "ingest.share_group"),
+            ("ingest: { inbox: 0 }\n", "ingest.inbox"),
+            ("ingest: { queue: 3 }\n", "queue"),
+            ("rollouts: { tick_ms: 10 }\n", "rollouts.tick_ms"),
+            (
+                "rollouts: { tick_ms: 1000, lease_s: 2 }\n",
+                "rollouts.lease_s",
+            ),
+            ("replica: \"a b\"\n", "replica"),
+        ] {
+            let e = ServeConfig::read(&write(dir.path(), &format!("{base}{extra}")))
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains(named), "{extra}: {e}");
+        }
+        let c = ServeConfig::read(&write(
+            dir.path(),
+            &format!("{base}replica: gw-a\nrollouts: {{ tick_ms: 100, lease_s: 1 }}\n"),
+        ))
+        .unwrap();
+        assert_eq!(c.replica_name(), "gw-a");
+        assert_eq!(c.rollouts.tick_ms, 100);
     }
 }

@@ -2,23 +2,41 @@
 //! slice: an HTTP API over its state — a SQLite file (one replica) or PostgreSQL (several
 //! replicas) — (devices imported from the CLI's registry,
 //! receipts verified with each device's enrolled key, signed workflow uploads checked
-//! against the trust metadata, an audit log), with API tokens and roles.
+//! against the trust metadata, an audit log), with roles for API tokens (expiring,
+//! revocable) and OIDC bearer tokens (JWTs checked against the provider's JWKS).
 //!
 //! What it must not do: hold or ask for the offline root key or an issuer's secret key —
 //! its configuration has no place for either; it verifies with public keys only.
 //!
 //! Layout (vector's habit): `config.rs` is the contract, `store.rs` the state behind a
-//! trait (`postgres.rs` its PostgreSQL implementation), `service.rs` the decisions, `api.rs`
-//! the HTTP surface.
+//! trait (`postgres.rs` its PostgreSQL implementation; `store_rollouts.rs` the rollout,
+//! status and desired-state part, `postgres_rollouts.rs` that part for PostgreSQL),
+//! `service.rs` the decisions, `api.rs` the HTTP surface. With a broker: `ingest.rs` takes
+//! receipts and status from it (MQTT 5 shared subscriptions), `rollout.rs` is the rollout
+//! engine (`rollout_api.rs` its routes), `publisher.rs` the one way documents go out,
+//! `events.rs` the server-sent event stream; `auth/` who is calling.
 
 mod api;
+mod auth;
 mod config;
+mod events;
+mod ingest;
 mod postgres;
+mod postgres_rollouts;
+mod publisher;
+mod rollout;
+mod rollout_api;
 mod service;
 mod store;
+mod store_rollouts;
+/// The tests' PostgreSQL server, shared with the integration tests (`ota/tests/common`).
 #[cfg(test)]
-#[path = "../../../../tests/common/mod.rs"]
-mod test_common;
+#[path = "../../../../tests/common/postgres.rs"]
+mod test_postgres;
+/// Its tool check and free port (it calls them as `super::tools`).
+#[cfg(test)]
+#[path = "../../../../tests/common/tools.rs"]
+mod tools;
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -26,7 +44,7 @@ use std::sync::Arc;
 use clap::Subcommand;
 
 use config::{Database, ServeConfig};
-use store::{Role, SqliteStore, Store};
+use store::{Role, SqliteStore, Store, now_ms};
 
 /// `chimera serve`.
 #[derive(clap::Args)]
@@ -63,7 +81,43 @@ enum TokenCommand {
         /// A unique name (audit rows say `token:NAME`).
         #[arg(long)]
         name: String,
+        /// It stops working after this long: `90d`, `12h`, `30m`, `600s` (at most 3660 days).
+        #[arg(long, value_parser = parse_token_lifetime, conflicts_with = "expires_at")]
+        expires_in: Option<i64>,
+        /// It stops working at this time (RFC 3339 UTC, `2027-01-31T00:00:00Z`; in the
+        /// future).
+        #[arg(long, value_parser = parse_expiry)]
+        expires_at: Option<i64>,
     },
+    /// Revoke a token: it stops working at once (the service needs no restart).
+    Revoke {
+        /// The token's name.
+        #[arg(long)]
+        name: String,
+    },
+    /// List the tokens: name, role, created, expiry, state (never a token or its hash).
+    List {
+        /// As JSON.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+/// Longest API token lifetime `--expires-in` accepts.
+const MAX_TOKEN_LIFETIME_S: i64 = 3660 * 86_400;
+
+fn parse_token_lifetime(s: &str) -> Result<i64, String> {
+    crate::parse_span_s(s, MAX_TOKEN_LIFETIME_S)
+}
+
+/// An RFC 3339 UTC time in the future, as unix seconds.
+fn parse_expiry(s: &str) -> Result<i64, String> {
+    let t = aegis_ota::maml::parse_time(s)
+        .ok_or_else(|| format!("{s:?}: RFC 3339 UTC, e.g. 2027-01-31T00:00:00Z"))?;
+    if t <= aegis_ota::maml::now_s() {
+        return Err(format!("{s:?} is not in the future"));
+    }
+    Ok(t)
 }
 
 #[derive(Subcommand)]
@@ -93,8 +147,23 @@ pub(crate) fn run(args: ServeArgs) -> anyhow::Result<()> {
         match args.what {
             None => serve(cfg).await,
             Some(ServeCommand::Token {
-                what: TokenCommand::Create { role, name },
-            }) => create_token(&cfg, role, name).await,
+                what:
+                    TokenCommand::Create {
+                        role,
+                        name,
+                        expires_in,
+                        expires_at,
+                    },
+            }) => {
+                let expires_s = expires_at.or(expires_in.map(|d| aegis_ota::maml::now_s() + d));
+                create_token(&cfg, role, name, expires_s).await
+            }
+            Some(ServeCommand::Token {
+                what: TokenCommand::Revoke { name },
+            }) => revoke_token(&cfg, name).await,
+            Some(ServeCommand::Token {
+                what: TokenCommand::List { json },
+            }) => list_tokens(&cfg, json).await,
             Some(ServeCommand::Receipt {
                 what: ReceiptCommand::Add { device, file },
             }) => add_receipt(&cfg, &device, &file).await,
@@ -152,8 +221,19 @@ async fn open(cfg: &ServeConfig) -> anyhow::Result<Opened> {
             .await?;
     }
     for t in cfg.token_hashes()? {
+        // token_hashes() checked the time's format.
+        let expires_ms = t
+            .expires_at
+            .as_deref()
+            .and_then(aegis_ota::maml::parse_time)
+            .map(|s| s * 1000);
         if store
-            .create_token(t.name.clone(), t.role, t.sha256.to_ascii_lowercase())
+            .create_token(
+                t.name.clone(),
+                t.role,
+                t.sha256.to_ascii_lowercase(),
+                expires_ms,
+            )
             .await?
         {
             store
@@ -168,29 +248,96 @@ async fn open(cfg: &ServeConfig) -> anyhow::Result<Opened> {
     Ok(Opened { store, describe })
 }
 
-async fn create_token(cfg: &ServeConfig, role: Role, name: String) -> anyhow::Result<()> {
+async fn create_token(
+    cfg: &ServeConfig,
+    role: Role,
+    name: String,
+    expires_s: Option<i64>,
+) -> anyhow::Result<()> {
     anyhow::ensure!(
         !name.is_empty() && name.len() <= 64 && !name.chars().any(char::is_control),
         "--name: 1 to 64 characters, no control characters"
     );
     let store = open(cfg).await?.store;
     let (token, hash) = service::new_token()?;
+    let expires_ms = expires_s.map(|s| s.saturating_mul(1000));
     anyhow::ensure!(
-        store.create_token(name.clone(), role, hash).await?,
+        store
+            .create_token(name.clone(), role, hash, expires_ms)
+            .await?,
         "a token named {name:?} exists already"
     );
+    let until = expires_ms.map_or("no expiry".to_string(), |ms| {
+        format!("expires {}", auth::rfc3339_ms(ms))
+    });
     store
         .audit(
             "cli".into(),
             "token.create".into(),
-            format!("{name} ({})", role.as_str()),
+            format!("{name} ({}, {until})", role.as_str()),
         )
         .await?;
     eprintln!(
-        "token {name:?} ({}): shown once, store it now",
+        "token {name:?} ({}, {until}): shown once, store it now",
         role.as_str()
     );
     println!("{token}");
+    Ok(())
+}
+
+async fn revoke_token(cfg: &ServeConfig, name: String) -> anyhow::Result<()> {
+    let store = open(cfg).await?.store;
+    anyhow::ensure!(
+        store.revoke_token(name.clone()).await?,
+        "no token named {name:?} (`chimera serve token list` shows them)"
+    );
+    store
+        .audit("cli".into(), "token.revoke".into(), name.clone())
+        .await?;
+    eprintln!("token {name:?} revoked");
+    Ok(())
+}
+
+async fn list_tokens(cfg: &ServeConfig, json: bool) -> anyhow::Result<()> {
+    let store = open(cfg).await?.store;
+    let now = now_ms();
+    let rows: Vec<serde_json::Value> = store
+        .tokens()
+        .await?
+        .into_iter()
+        .map(|t| {
+            serde_json::json!({
+                "name": t.name,
+                "role": t.role.as_str(),
+                "created_at": auth::rfc3339_ms(t.created_at),
+                "expires_at": t.expires_at.map(auth::rfc3339_ms),
+                "revoked_at": t.revoked_at.map(auth::rfc3339_ms),
+                "state": auth::token_state(&t, now).as_str(),
+            })
+        })
+        .collect();
+    if json {
+        println!("{}", serde_json::Value::Array(rows));
+        return Ok(());
+    }
+    println!(
+        "{:<24} {:<8} {:<20} {:<20} STATE",
+        "NAME", "ROLE", "CREATED", "EXPIRES"
+    );
+    for r in rows {
+        let text = |k: &str| r[k].as_str().unwrap_or("-").to_string();
+        let state = match r["revoked_at"].as_str() {
+            Some(at) => format!("revoked {at}"),
+            None => text("state"),
+        };
+        println!(
+            "{:<24} {:<8} {:<20} {:<20} {state}",
+            text("name"),
+            text("role"),
+            text("created_at"),
+            text("expires_at"),
+        );
+    }
     Ok(())
 }
 
@@ -255,8 +402,19 @@ async fn serve(cfg: ServeConfig) -> anyhow::Result<()> {
         Database::Sqlite(path) => Some(lock_replica(path)?),
         Database::Postgres(_) => None,
     };
+    let replica = cfg.replica_name();
     let trust = match &cfg.trust_metadata {
         Some(f) => Some(Arc::new(service::load_trust(f, &cfg.trust_roots)?)),
+        None => None,
+    };
+    // JWT callers get 503 until the first JWKS fetch succeeds; API tokens work at once, so
+    // a provider outage at start does not stop the service.
+    let oidc = match &cfg.oidc {
+        Some(o) => {
+            let jwks = Arc::new(auth::jwks::Jwks::new(o)?);
+            jwks.spawn_refresher();
+            Some(Arc::new(auth::oidc::OidcVerifier::new(o, jwks)))
+        }
         None => None,
     };
     let listener = tokio::net::TcpListener::bind(cfg.listen)
@@ -268,21 +426,67 @@ async fn serve(cfg: ServeConfig) -> anyhow::Result<()> {
             "system".into(),
             "service.start".into(),
             format!(
-                "listening on {addr}; state {state}; trust metadata {}",
+                "listening on {addr}; state {state}; trust metadata {}; replica {}; broker {}; \
+                 oidc issuer {}",
                 trust
                     .as_ref()
-                    .map_or("none".into(), |t| format!("version {}", t.version))
+                    .map_or("none".into(), |t| format!("version {}", t.version)),
+                replica,
+                cfg.broker.as_deref().unwrap_or("none"),
+                oidc.as_ref().map_or("none", |o| o.issuer())
             ),
         )
         .await?;
+    let events = events::Bus::new(events::CAPACITY);
+    let engine_wake = Arc::new(tokio::sync::Notify::new());
+    let publisher = cfg.broker.clone().map(|broker| {
+        Arc::new(publisher::Publisher::new(
+            broker,
+            cfg.registry.clone(),
+            cfg.state.clone(),
+        ))
+    });
+    let mut ingest_counters = None;
+    if let Some(publisher) = &publisher {
+        let counters = Arc::new(ingest::IngestCounters::default());
+        let ingest = Arc::new(ingest::Ingest {
+            store: store.clone(),
+            events: events.clone(),
+            counters: counters.clone(),
+            publisher: publisher.clone(),
+            engine: engine_wake.clone(),
+            reconcile_cooldown_ms: cfg.rollouts.reconcile_cooldown_s as i64 * 1000,
+            mirrors: Default::default(),
+            log: Default::default(),
+        });
+        ingest.spawn(
+            &publisher.broker,
+            &format!("chimera-serve-{replica}"),
+            &cfg.ingest,
+        )?;
+        ingest_counters = Some(counters);
+        Arc::new(rollout::Engine {
+            store: store.clone(),
+            publisher: publisher.clone(),
+            events: events.clone(),
+            replica: replica.clone(),
+            lease_ms: cfg.rollouts.lease_s as i64 * 1000,
+            tick: std::time::Duration::from_millis(cfg.rollouts.tick_ms),
+            wake: engine_wake.clone(),
+            log: Default::default(),
+        })
+        .spawn();
+    }
     let app = api::router(
         api::AppState {
             store,
             trust,
-            broker: cfg.broker.clone(),
+            publisher,
             registry: cfg.registry.clone(),
-            state: cfg.state.clone(),
-            publishing: Default::default(),
+            events,
+            engine: engine_wake,
+            ingest: ingest_counters,
+            oidc,
         },
         cfg.max_body_bytes,
     );

@@ -25,12 +25,17 @@ use std::time::Duration;
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
 use tokio_postgres::config::{Host, SslMode};
 
+use super::postgres_rollouts as pg4;
 use super::store::{
     AuditRow, Device, HeldDevice, ImportCounts, MIGRATIONS, NewReceipt, ReceiptSummary, Role,
     SCHEMA_MIGRATIONS_TABLE, SUMMARY_COLUMNS, Store, StoreError, StoreFuture, StoredReceipt,
-    Workflow, known_version, new_id, now_ms, parse_targets, targets_json, without_nul,
+    TokenInfo, Workflow, known_version, new_id, now_ms, parse_targets, targets_json, without_nul,
 };
 use super::store::{Change, Enrolment, GroupEntry};
+use super::store_rollouts::{
+    Answer, Claim, Created, DesiredState, NewRollout, Rollout, RolloutDetail, RolloutState,
+    RolloutWrite, StateChange, StatusChange, StatusReport, TargetChange,
+};
 
 /// Advisory lock key held while migrating ("chimeraM" in ASCII). Advisory locks are per
 /// database, so two services on two databases of one server do not wait on each other.
@@ -391,16 +396,37 @@ fn summary(r: &tokio_postgres::Row, at: usize) -> Result<Option<ReceiptSummary>,
 }
 
 /// One query for one device or all: groups as an array, the newest receipt through a
-/// lateral join (an index lookup per device, not a scan of all receipts).
+/// lateral join (an index lookup per device, not a scan of all receipts), its status and
+/// desired state.
+const TOKEN_COLUMNS: &str = "name, role, created_at, expires_at, revoked_at";
+
+/// A row of [`TOKEN_COLUMNS`]; None for a role this build does not know (it grants nothing).
+fn token_info(r: &tokio_postgres::Row) -> Result<Option<TokenInfo>, Failure> {
+    let Some(role) = Role::parse(r.try_get(1)?) else {
+        return Ok(None);
+    };
+    Ok(Some(TokenInfo {
+        name: r.try_get(0)?,
+        role,
+        created_at: r.try_get(2)?,
+        expires_at: r.try_get(3)?,
+        revoked_at: r.try_get(4)?,
+    }))
+}
+
 fn devices_query() -> String {
     format!(
         "SELECT d.id, d.key_id, d.kem_key IS NOT NULL, \
            ARRAY(SELECT m.group_name FROM group_members m WHERE m.device_id = d.id \
                  ORDER BY m.group_name COLLATE \"C\"), \
-           r.* \
+           r.*, \
+           s.online, s.running_id, s.running_digest, s.last_seen, s.status_at, \
+           w.digest, w.rollout_id, w.set_at, w.sent_at \
          FROM devices d LEFT JOIN LATERAL ( \
            SELECT {SUMMARY_COLUMNS} FROM receipts WHERE device_id = d.id \
            ORDER BY received_at DESC, id COLLATE \"C\" DESC LIMIT 1) r ON true \
+         LEFT JOIN device_status s ON s.device_id = d.id \
+         LEFT JOIN desired_state w ON w.device_id = d.id \
          WHERE ($1::text IS NULL OR d.id = $1) \
          ORDER BY d.id COLLATE \"C\""
     )
@@ -419,6 +445,8 @@ async fn load_devices(
             sealing_key: r.try_get(2)?,
             groups: r.try_get(3)?,
             last_receipt: summary(&r, 4)?,
+            status: pg4::device_status(&r, 12)?,
+            desired: pg4::desired_state(&r, 17)?,
         });
     }
     Ok(out)
@@ -489,37 +517,77 @@ impl Store for PgStore {
         })
     }
 
-    fn create_token(&self, name: String, role: Role, sha256: String) -> StoreFuture<'_, bool> {
+    fn create_token(
+        &self,
+        name: String,
+        role: Role,
+        sha256: String,
+        expires_at: Option<i64>,
+    ) -> StoreFuture<'_, bool> {
         self.run(async move {
             let c = self.client().await?;
             let st = c
                 .prepare_cached(
-                    "INSERT INTO api_tokens (sha256, name, role, created_at) \
-                     VALUES ($1, $2, $3, $4) ON CONFLICT DO NOTHING",
+                    "INSERT INTO api_tokens (sha256, name, role, created_at, expires_at) \
+                     VALUES ($1, $2, $3, $4, $5) ON CONFLICT DO NOTHING",
                 )
                 .await?;
             let n = c
-                .execute(&st, &[&sha256, &name, &role.as_str(), &now_ms()])
+                .execute(
+                    &st,
+                    &[&sha256, &name, &role.as_str(), &now_ms(), &expires_at],
+                )
                 .await?;
             Ok(n == 1)
         })
     }
 
-    fn token(&self, sha256: String) -> StoreFuture<'_, Option<(String, Role)>> {
+    fn token(&self, sha256: String) -> StoreFuture<'_, Option<TokenInfo>> {
         self.run(async move {
             if sha256.contains('\0') {
                 return Ok(None);
             }
             let c = self.client().await?;
             let st = c
-                .prepare_cached("SELECT name, role FROM api_tokens WHERE sha256 = $1")
+                .prepare_cached(&format!(
+                    "SELECT {TOKEN_COLUMNS} FROM api_tokens WHERE sha256 = $1"
+                ))
                 .await?;
-            let Some(r) = c.query_opt(&st, &[&sha256]).await? else {
-                return Ok(None);
-            };
-            // A row with a role this build does not know grants nothing.
-            let (name, role): (String, String) = (r.try_get(0)?, r.try_get(1)?);
-            Ok(Role::parse(&role).map(|role| (name, role)))
+            match c.query_opt(&st, &[&sha256]).await? {
+                Some(r) => token_info(&r),
+                None => Ok(None),
+            }
+        })
+    }
+
+    fn tokens(&self) -> StoreFuture<'_, Vec<TokenInfo>> {
+        self.run(async move {
+            let c = self.client().await?;
+            let st = c
+                .prepare_cached(&format!(
+                    "SELECT {TOKEN_COLUMNS} FROM api_tokens ORDER BY name COLLATE \"C\""
+                ))
+                .await?;
+            let mut out = vec![];
+            for r in c.query(&st, &[]).await? {
+                out.extend(token_info(&r)?);
+            }
+            Ok(out)
+        })
+    }
+
+    fn revoke_token(&self, name: String) -> StoreFuture<'_, bool> {
+        self.run(async move {
+            if name.contains('\0') {
+                return Ok(false);
+            }
+            let c = self.client().await?;
+            let st = c
+                .prepare_cached(
+                    "UPDATE api_tokens SET revoked_at = COALESCE(revoked_at, $2) WHERE name = $1",
+                )
+                .await?;
+            Ok(c.execute(&st, &[&name, &now_ms()]).await? == 1)
         })
     }
 
@@ -558,11 +626,15 @@ impl Store for PgStore {
     fn add_receipt(&self, r: NewReceipt) -> StoreFuture<'_, String> {
         self.run(async move {
             let c = self.client().await?;
+            // The same bytes from the same device again (a QoS 1 redelivery, another
+            // replica's copy) are the same receipt: the stored row's id is returned.
+            let text_sha256 = aegis_ota::sha256_hex(r.signed_text.as_bytes());
             let st = c
                 .prepare_cached(
                     "INSERT INTO receipts (id, device_id, kind, workflow_id, digest, verdict, \
-                     signed_text, received_at, verified, error) \
-                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
+                     signed_text, received_at, verified, error, text_sha256) \
+                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11) \
+                     ON CONFLICT (device_id, text_sha256) DO NOTHING",
                 )
                 .await?;
             let id = new_id();
@@ -579,10 +651,16 @@ impl Store for PgStore {
                     &now_ms(),
                     &i32::from(r.verified),
                     &r.error.map(without_nul),
+                    &text_sha256,
                 ],
             )
             .await?;
-            Ok(id)
+            let st = c
+                .prepare_cached("SELECT id FROM receipts WHERE device_id = $1 AND text_sha256 = $2")
+                .await?;
+            Ok(c.query_one(&st, &[&r.device, &text_sha256])
+                .await?
+                .try_get(0)?)
         })
     }
 
@@ -733,6 +811,95 @@ impl Store for PgStore {
                 Some(r) => Some(r.try_get(0)?),
                 None => None,
             })
+        })
+    }
+
+    fn record_status(&self, s: StatusReport) -> StoreFuture<'_, Option<StatusChange>> {
+        self.run(async move { pg4::record_status(&mut self.client().await?, &s).await })
+    }
+
+    fn set_desired(
+        &self,
+        devices: Vec<String>,
+        digest: String,
+        rollout: Option<String>,
+    ) -> StoreFuture<'_, ()> {
+        self.run(async move {
+            let mut c = self.client().await?;
+            let tx = c.transaction().await?;
+            pg4::set_desired(&tx, &devices, &digest, rollout.as_deref(), now_ms()).await?;
+            Ok(tx.commit().await?)
+        })
+    }
+
+    fn reconcile_claim(
+        &self,
+        device: String,
+        sent_before: i64,
+    ) -> StoreFuture<'_, Option<DesiredState>> {
+        self.run(async move {
+            let mut c = self.client().await?;
+            pg4::reconcile_claim(&mut c, &device, sent_before, now_ms()).await
+        })
+    }
+
+    fn record_answer(&self, a: Answer) -> StoreFuture<'_, Vec<TargetChange>> {
+        self.run(async move { pg4::record_answer(&mut self.client().await?, &a, now_ms()).await })
+    }
+
+    fn create_rollout(&self, r: NewRollout) -> StoreFuture<'_, Created> {
+        self.run(async move { pg4::create_rollout(&mut self.client().await?, &r, now_ms()).await })
+    }
+
+    fn rollouts(&self, limit: u32) -> StoreFuture<'_, Vec<Rollout>> {
+        self.run(async move { pg4::rollouts(&self.client().await?, limit).await })
+    }
+
+    fn rollout(&self, id: String) -> StoreFuture<'_, Option<RolloutDetail>> {
+        self.run(async move {
+            if id.contains('\0') {
+                return Ok(None);
+            }
+            pg4::rollout(&self.client().await?, &id).await
+        })
+    }
+
+    fn set_rollout_state(
+        &self,
+        id: String,
+        from: Vec<RolloutState>,
+        to: RolloutState,
+        reason: Option<String>,
+    ) -> StoreFuture<'_, StateChange> {
+        self.run(async move {
+            if id.contains('\0') {
+                return Ok(StateChange::Missing);
+            }
+            let mut c = self.client().await?;
+            pg4::set_rollout_state(&mut c, &id, &from, to, reason.as_deref(), now_ms()).await
+        })
+    }
+
+    fn claim_rollouts(
+        &self,
+        replica: String,
+        lease_ms: i64,
+        limit: u32,
+    ) -> StoreFuture<'_, Vec<Claim>> {
+        self.run(async move {
+            let mut c = self.client().await?;
+            pg4::claim_rollouts(&mut c, &replica, now_ms(), lease_ms, limit).await
+        })
+    }
+
+    fn apply_rollout_writes(
+        &self,
+        claim: Claim,
+        writes: Vec<RolloutWrite>,
+    ) -> StoreFuture<'_, bool> {
+        self.run(async move {
+            let mut c = self.client().await?;
+            pg4::apply_rollout_writes(&mut c, &claim, &writes, now_ms()).await
         })
     }
 }

@@ -9,12 +9,13 @@
 use std::path::Path;
 
 use aegis_ota::maml;
-use aegis_ota::receipt::Receipt;
+use aegis_ota::receipt::{MirrorEntry, Receipt, Verdict};
 use aegis_ota::sign::{self, PublicKey, Purpose};
 use aegis_ota::trust::TrustMetadata;
 use sha2::Digest;
 
-use super::store::{Enrolment, GroupEntry, NewReceipt, Store, Workflow, now_ms};
+use super::store::{Enrolment, GroupEntry, NewReceipt, Store, StoreError, Workflow, now_ms};
+use super::store_rollouts::{Answer, TargetChange};
 
 /// Largest receipt accepted (a receipt is a few hundred bytes plus its mirror).
 pub(crate) const MAX_RECEIPT_BYTES: usize = 64 * 1024;
@@ -88,7 +89,7 @@ pub(crate) fn token_hash(token: &str) -> String {
 }
 
 /// What happened to a received receipt.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub(crate) struct Ingested {
     /// The stored row's id.
     pub(crate) id: String,
@@ -96,18 +97,23 @@ pub(crate) struct Ingested {
     pub(crate) verified: bool,
     /// Why not.
     pub(crate) error: Option<String>,
+    /// The document it names (verified receipts only).
+    pub(crate) digest: Option<String>,
+    /// Its verdict (verified receipts only).
+    pub(crate) verdict: Option<String>,
+    /// The rollout targets it settled.
+    pub(crate) changes: Vec<TargetChange>,
 }
 
-/// Records a receipt received for `device` (from its topic `aegis/v1/{device}/receipts`, or
-/// from `chimera serve receipt add --device`): verified with the key enrolled for `device`,
-/// and counted only if it also names `device`. A receipt for a device that is not enrolled
-/// is refused (nothing to verify it with, nothing to attach it to) and audited.
+/// Records a receipt received for `device` through `chimera serve receipt add --device`:
+/// as [`store_receipt`] does for the MQTT ingest, except that a receipt for a device that is
+/// not enrolled is audited (a person typed it; the ingest counts such messages instead, so a
+/// stranger on the broker cannot fill the audit log), and a model receipt is an error.
 pub(crate) async fn ingest_receipt(
     store: &dyn Store,
     device: &str,
     text: &[u8],
 ) -> anyhow::Result<Ingested> {
-    use base64::Engine as _;
     anyhow::ensure!(
         text.len() <= MAX_RECEIPT_BYTES,
         "receipt for {device:?}: {} bytes, over the {MAX_RECEIPT_BYTES}-byte limit",
@@ -119,7 +125,7 @@ pub(crate) async fn ingest_receipt(
         !crate::model_gateway::is_model_receipt(text),
         "receipt for {device:?}: a model receipt; chimera serve does not ingest those yet"
     );
-    let Some(b64) = store.signing_key(device.to_string()).await? else {
+    let Some(key) = enrolled_key(store, device).await? else {
         store
             .audit(
                 "system".into(),
@@ -129,11 +135,78 @@ pub(crate) async fn ingest_receipt(
             .await?;
         anyhow::bail!("receipt for {device:?}: not an enrolled device");
     };
+    Ok(store_receipt(store, &Mirrors::default(), device, &key, text).await?)
+}
+
+/// The signing key enrolled for `device` (None: not enrolled).
+pub(crate) async fn enrolled_key(
+    store: &dyn Store,
+    device: &str,
+) -> anyhow::Result<Option<PublicKey>> {
+    use base64::Engine as _;
+    let Some(b64) = store.signing_key(device.to_string()).await? else {
+        return Ok(None);
+    };
     let key = base64::engine::general_purpose::STANDARD
         .decode(&b64)
         .map_err(|e| e.to_string())
         .and_then(|b| PublicKey::from_bytes(&b))
         .map_err(|e| anyhow::anyhow!("device {device:?}: enrolled signing key: {e}"))?;
+    Ok(Some(key))
+}
+
+/// The mirrors of the documents the service holds, by digest, as a receipt that parsed the
+/// same document carries them (a few hundred entries at most are kept; documents never
+/// change under their digest).
+#[derive(Default)]
+pub(crate) struct Mirrors(std::sync::Mutex<std::collections::HashMap<String, Vec<MirrorEntry>>>);
+
+impl Mirrors {
+    const KEEP: usize = 256;
+
+    /// The mirror of the held document `digest` (None: the service does not hold it).
+    pub(crate) async fn of(
+        &self,
+        store: &dyn Store,
+        digest: &str,
+    ) -> Result<Option<Vec<MirrorEntry>>, StoreError> {
+        if let Some(m) = self.lock().get(digest) {
+            return Ok(Some(m.clone()));
+        }
+        let Some(text) = store.workflow_text(digest.to_string()).await? else {
+            return Ok(None);
+        };
+        let Some(mirror) = maml::split_signed(text.as_bytes())
+            .ok()
+            .and_then(|(signed, _)| maml::parse(&signed).ok())
+            .map(|d| aegis_ota::receipt::mirror(&d))
+        else {
+            return Ok(None);
+        };
+        let mut cache = self.lock();
+        if cache.len() >= Self::KEEP {
+            cache.clear();
+        }
+        cache.insert(digest.to_string(), mirror.clone());
+        Ok(Some(mirror))
+    }
+
+    fn lock(
+        &self,
+    ) -> std::sync::MutexGuard<'_, std::collections::HashMap<String, Vec<MirrorEntry>>> {
+        self.0.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+/// Judges a receipt received for `device` with `key`, the key enrolled for `device` (from
+/// its topic `aegis/v1/{device}/receipts`, or the CLI's `--device`): verified only when
+/// `key` verifies it and it names `device`. An unverified row carries nothing taken from the
+/// unverified text but the text itself.
+pub(crate) fn judge_receipt(
+    device: &str,
+    key: &PublicKey,
+    text: &[u8],
+) -> (NewReceipt, Option<Receipt>) {
     let mut row = NewReceipt {
         device: device.to_string(),
         kind: "unverified".into(),
@@ -144,13 +217,17 @@ pub(crate) async fn ingest_receipt(
         verified: false,
         error: None,
     };
-    match Receipt::verify(text, &key) {
-        Err(e) => row.error = Some(e.to_string()),
+    match Receipt::verify(text, key) {
+        Err(e) => {
+            row.error = Some(e.to_string());
+            (row, None)
+        }
         Ok(r) if r.device != device => {
             row.error = Some(format!(
                 "signed by {device:?}'s key but names device {:?}",
                 r.device
-            ))
+            ));
+            (row, None)
         }
         Ok(r) => {
             row.kind = if r.mode == "trust" {
@@ -159,18 +236,63 @@ pub(crate) async fn ingest_receipt(
                 "workflow"
             }
             .into();
-            row.workflow_id = Some(r.workflow_id);
-            row.digest = Some(r.workflow_sha256);
+            row.workflow_id = Some(r.workflow_id.clone());
+            row.digest = Some(r.workflow_sha256.clone());
             row.verdict = Some(r.verdict.as_str().to_string());
             row.verified = true;
+            (row, Some(r))
         }
     }
+}
+
+/// Stores a receipt judged by [`judge_receipt`] and, when it is a verified workflow
+/// receipt, settles the rollout targets waiting for it: `applied` counts only when the
+/// mirror matches the document the service holds under that digest; any other verdict is
+/// negative. The verification is CPU work: it runs off the async workers.
+pub(crate) async fn store_receipt(
+    store: &dyn Store,
+    mirrors: &Mirrors,
+    device: &str,
+    key: &PublicKey,
+    text: &[u8],
+) -> Result<Ingested, StoreError> {
+    let (row, receipt) = {
+        let (device, key, text) = (device.to_string(), key.clone(), text.to_vec());
+        tokio::task::spawn_blocking(move || judge_receipt(&device, &key, &text))
+            .await
+            .map_err(|e| StoreError::Task(e.to_string()))?
+    };
     let (verified, error) = (row.verified, row.error.clone());
     let id = store.add_receipt(row).await?;
+    let mut changes = Vec::new();
+    if let Some(r) = receipt.as_ref().filter(|r| r.mode != "trust") {
+        let expected = mirrors.of(store, &r.workflow_sha256).await?;
+        let (negative, reason) = match r.verdict {
+            Verdict::Applied if expected.as_ref().is_some_and(|m| *m != r.mirror) => (
+                true,
+                "applied, but its mirror does not match the document sent".to_string(),
+            ),
+            Verdict::Applied => (false, r.reason.clone()),
+            _ => (true, r.reason.clone()),
+        };
+        changes = store
+            .record_answer(Answer {
+                device: device.to_string(),
+                digest: r.workflow_sha256.clone(),
+                verdict: r.verdict.as_str().to_string(),
+                negative,
+                reason,
+                receipt_id: id.clone(),
+            })
+            .await?;
+    }
     Ok(Ingested {
         id,
         verified,
         error,
+        digest: receipt.as_ref().map(|r| r.workflow_sha256.clone()),
+        verdict: receipt.as_ref().map(|r| r.verdict.as_str().to_string()),
+        changes,
     })
 }
 

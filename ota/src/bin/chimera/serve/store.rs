@@ -43,6 +43,12 @@ use std::sync::{Arc, Mutex};
 use rusqlite::{Connection, OptionalExtension, params};
 use serde::Serialize;
 
+use super::store_rollouts::{
+    self as sql3, Answer, Claim, Created, DesiredState, DeviceStatus, NewRollout, Rollout,
+    RolloutDetail, RolloutState, RolloutWrite, StateChange, StatusChange, StatusReport,
+    TargetChange,
+};
+
 /// One schema migration, in both SQL dialects.
 pub(crate) struct Migration {
     /// Its version: 1, 2, … without gaps.
@@ -57,6 +63,8 @@ pub(crate) struct Migration {
 
 const M0001_INIT: &str = include_str!("migrations/0001_init.sql");
 const M0002_WORKFLOWS: &str = include_str!("migrations/0002_workflows.sql");
+const M0003_TOKEN_LIFECYCLE: &str = include_str!("migrations/0003_token_lifecycle.sql");
+const M0004_ROLLOUTS: &str = include_str!("migrations/0004_rollouts.sql");
 
 /// The migrations, in order. Applied and recorded in `schema_migrations`; never edit one
 /// that has shipped, add the next (see the module docs).
@@ -72,6 +80,18 @@ pub(crate) const MIGRATIONS: &[Migration] = &[
         name: "workflows",
         sqlite: M0002_WORKFLOWS,
         postgres: M0002_WORKFLOWS,
+    },
+    Migration {
+        version: 3,
+        name: "token_lifecycle",
+        sqlite: M0003_TOKEN_LIFECYCLE,
+        postgres: M0003_TOKEN_LIFECYCLE,
+    },
+    Migration {
+        version: 4,
+        name: "rollouts",
+        sqlite: M0004_ROLLOUTS,
+        postgres: M0004_ROLLOUTS,
     },
 ];
 
@@ -134,7 +154,7 @@ pub(crate) type StoreFuture<'a, T> =
 pub(crate) enum Role {
     /// Reads the fleet, receipts and workflows.
     Viewer,
-    /// Also uploads workflows (and, later, publishes and runs rollouts).
+    /// Also uploads and publishes workflows and runs rollouts.
     Operator,
     /// Also reads the audit log (and, later, manages tokens and keys).
     Admin,
@@ -159,6 +179,21 @@ impl Role {
             _ => None,
         }
     }
+}
+
+/// An API token as stored (never the token, nor its hash, leaves the store through this).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct TokenInfo {
+    /// Its unique name (audit rows say `token:NAME`).
+    pub(crate) name: String,
+    /// Its role.
+    pub(crate) role: Role,
+    /// When it was made (unix milliseconds).
+    pub(crate) created_at: i64,
+    /// When it stops working (unix milliseconds); None: never.
+    pub(crate) expires_at: Option<i64>,
+    /// When it was revoked (unix milliseconds); None: not revoked.
+    pub(crate) revoked_at: Option<i64>,
 }
 
 /// A device as the registry enrols it.
@@ -219,6 +254,10 @@ pub(crate) struct Device {
     pub(crate) groups: Vec<String>,
     /// Its newest receipt (verified or not), if any.
     pub(crate) last_receipt: Option<ReceiptSummary>,
+    /// What its last status message said (null: none received yet).
+    pub(crate) status: Option<DeviceStatus>,
+    /// What it should run (null: nothing was published to it by the service).
+    pub(crate) desired: Option<DesiredState>,
 }
 
 /// A stored receipt, with the text the device sent.
@@ -240,7 +279,7 @@ pub(crate) struct AuditRow {
     pub(crate) id: String,
     /// When (unix milliseconds).
     pub(crate) at: i64,
-    /// Who: `token:NAME`, `cli`, `system`.
+    /// Who: `token:NAME`, `oidc:SUB`, `cli`, `system`.
     pub(crate) actor: String,
     /// What (`token.create`, `registry.import`, `workflow.upload`, …).
     pub(crate) action: String,
@@ -402,10 +441,23 @@ pub(crate) trait Store: Send + Sync {
         devices: Vec<Enrolment>,
         groups: Vec<GroupEntry>,
     ) -> StoreFuture<'_, ImportCounts>;
-    /// Records a token's hash; false when that name or hash exists.
-    fn create_token(&self, name: String, role: Role, sha256: String) -> StoreFuture<'_, bool>;
-    /// The name and role of the token with this hash.
-    fn token(&self, sha256: String) -> StoreFuture<'_, Option<(String, Role)>>;
+    /// Records a token's hash, with an optional expiry (unix milliseconds); false when that
+    /// name or hash exists.
+    fn create_token(
+        &self,
+        name: String,
+        role: Role,
+        sha256: String,
+        expires_at: Option<i64>,
+    ) -> StoreFuture<'_, bool>;
+    /// The token with this hash, revoked and expired ones included (the caller decides,
+    /// and says why it refuses). A row with a role this build does not know is None.
+    fn token(&self, sha256: String) -> StoreFuture<'_, Option<TokenInfo>>;
+    /// Every token, by name.
+    fn tokens(&self) -> StoreFuture<'_, Vec<TokenInfo>>;
+    /// Revokes the token named `name` (a second revocation keeps the first time); false
+    /// when no token has that name.
+    fn revoke_token(&self, name: String) -> StoreFuture<'_, bool>;
     /// Every device, with groups and last receipt.
     fn devices(&self) -> StoreFuture<'_, Vec<Device>>;
     /// One device.
@@ -426,6 +478,57 @@ pub(crate) trait Store: Send + Sync {
     fn workflows(&self, limit: u32) -> StoreFuture<'_, Vec<Workflow>>;
     /// The text of the workflow with this digest, as uploaded.
     fn workflow_text(&self, digest: String) -> StoreFuture<'_, Option<String>>;
+
+    // Schema version 4: device status, desired state, rollouts. The SQL semantics of each
+    // (for other engines) are on the SQLite functions in `store_rollouts.rs`.
+
+    /// Stores a device's status message (None: not an enrolled device). A snapshot copy
+    /// never overwrites a status that arrived after the snapshot began.
+    fn record_status(&self, s: StatusReport) -> StoreFuture<'_, Option<StatusChange>>;
+    /// Sets what `devices` should run (a plain publish: no rollout).
+    fn set_desired(
+        &self,
+        devices: Vec<String>,
+        digest: String,
+        rollout: Option<String>,
+    ) -> StoreFuture<'_, ()>;
+    /// Claims one re-send of a device's desired document (see `reconcile_claim`): only when
+    /// it is online, runs something else, never answered it, and it was last sent before
+    /// `sent_before`; of racing replicas one gets it.
+    fn reconcile_claim(
+        &self,
+        device: String,
+        sent_before: i64,
+    ) -> StoreFuture<'_, Option<DesiredState>>;
+    /// Moves the targets a verified answer settles; returns what moved.
+    fn record_answer(&self, a: Answer) -> StoreFuture<'_, Vec<TargetChange>>;
+    /// Stores a new rollout and its targets, unless a device is held by another one.
+    fn create_rollout(&self, r: NewRollout) -> StoreFuture<'_, Created>;
+    /// Newest rollouts first, with per-step progress.
+    fn rollouts(&self, limit: u32) -> StoreFuture<'_, Vec<Rollout>>;
+    /// One rollout with its targets.
+    fn rollout(&self, id: String) -> StoreFuture<'_, Option<RolloutDetail>>;
+    /// An operator's state change (pause, resume, abort): only from `from`; voids claims.
+    fn set_rollout_state(
+        &self,
+        id: String,
+        from: Vec<RolloutState>,
+        to: RolloutState,
+        reason: Option<String>,
+    ) -> StoreFuture<'_, StateChange>;
+    /// Claims up to `limit` active rollouts for `replica`'s engine for `lease_ms`.
+    fn claim_rollouts(
+        &self,
+        replica: String,
+        lease_ms: i64,
+        limit: u32,
+    ) -> StoreFuture<'_, Vec<Claim>>;
+    /// Applies an engine's writes under `claim`, all or none; false when the claim is lost.
+    fn apply_rollout_writes(
+        &self,
+        claim: Claim,
+        writes: Vec<RolloutWrite>,
+    ) -> StoreFuture<'_, bool>;
 }
 
 /// Milliseconds since the Unix epoch.
@@ -563,6 +666,22 @@ fn summary(r: &rusqlite::Row<'_>, at: usize) -> rusqlite::Result<ReceiptSummary>
 pub(crate) const SUMMARY_COLUMNS: &str =
     "id, kind, workflow_id, digest, verdict, verified, error, received_at";
 
+const TOKEN_COLUMNS: &str = "name, role, created_at, expires_at, revoked_at";
+
+/// A row of [`TOKEN_COLUMNS`]; None for a role this build does not know.
+fn token_info(r: &rusqlite::Row<'_>) -> rusqlite::Result<Option<TokenInfo>> {
+    let Some(role) = Role::parse(&r.get::<_, String>(1)?) else {
+        return Ok(None);
+    };
+    Ok(Some(TokenInfo {
+        name: r.get(0)?,
+        role,
+        created_at: r.get(2)?,
+        expires_at: r.get(3)?,
+        revoked_at: r.get(4)?,
+    }))
+}
+
 fn load_device(c: &Connection, id: &str) -> rusqlite::Result<Option<Device>> {
     let row = c
         .query_row(
@@ -595,12 +714,15 @@ fn load_device(c: &Connection, id: &str) -> rusqlite::Result<Option<Device>> {
             |r| summary(r, 0),
         )
         .optional()?;
+    let (status, desired) = super::store_rollouts::device_state(c, &id)?;
     Ok(Some(Device {
         id,
         key_id,
         sealing_key: kem.is_some(),
         groups,
         last_receipt,
+        status,
+        desired,
     }))
 }
 
@@ -673,28 +795,50 @@ impl Store for SqliteStore {
         })
     }
 
-    fn create_token(&self, name: String, role: Role, sha256: String) -> StoreFuture<'_, bool> {
+    fn create_token(
+        &self,
+        name: String,
+        role: Role,
+        sha256: String,
+        expires_at: Option<i64>,
+    ) -> StoreFuture<'_, bool> {
         self.call(move |c| {
             let n = c.execute(
-                "INSERT INTO api_tokens (sha256, name, role, created_at) VALUES (?1, ?2, ?3, ?4) \
-                 ON CONFLICT DO NOTHING",
-                params![sha256, name, role.as_str(), now_ms()],
+                "INSERT INTO api_tokens (sha256, name, role, created_at, expires_at) \
+                 VALUES (?1, ?2, ?3, ?4, ?5) ON CONFLICT DO NOTHING",
+                params![sha256, name, role.as_str(), now_ms(), expires_at],
             )?;
             Ok(n == 1)
         })
     }
 
-    fn token(&self, sha256: String) -> StoreFuture<'_, Option<(String, Role)>> {
+    fn token(&self, sha256: String) -> StoreFuture<'_, Option<TokenInfo>> {
         self.call(move |c| {
-            let row: Option<(String, String)> = c
-                .query_row(
-                    "SELECT name, role FROM api_tokens WHERE sha256 = ?1",
-                    [sha256],
-                    |r| Ok((r.get(0)?, r.get(1)?)),
-                )
-                .optional()?;
+            let sql = format!("SELECT {TOKEN_COLUMNS} FROM api_tokens WHERE sha256 = ?1");
+            let row = c.query_row(&sql, [sha256], token_info).optional()?;
             // A row with a role this build does not know grants nothing.
-            Ok(row.and_then(|(n, r)| Some((n, Role::parse(&r)?))))
+            Ok(row.flatten())
+        })
+    }
+
+    fn tokens(&self) -> StoreFuture<'_, Vec<TokenInfo>> {
+        self.call(|c| {
+            let sql = format!("SELECT {TOKEN_COLUMNS} FROM api_tokens ORDER BY name");
+            let rows = c
+                .prepare(&sql)?
+                .query_map([], token_info)?
+                .collect::<rusqlite::Result<Vec<_>>>()?;
+            Ok(rows.into_iter().flatten().collect())
+        })
+    }
+
+    fn revoke_token(&self, name: String) -> StoreFuture<'_, bool> {
+        self.call(move |c| {
+            let n = c.execute(
+                "UPDATE api_tokens SET revoked_at = COALESCE(revoked_at, ?2) WHERE name = ?1",
+                params![name, now_ms()],
+            )?;
+            Ok(n == 1)
         })
     }
 
@@ -727,11 +871,15 @@ impl Store for SqliteStore {
 
     fn add_receipt(&self, r: NewReceipt) -> StoreFuture<'_, String> {
         self.call(move |c| {
+            // The same bytes from the same device again (a QoS 1 redelivery) are the same
+            // receipt: the stored row's id is returned.
+            let text_sha256 = aegis_ota::sha256_hex(r.signed_text.as_bytes());
             let id = new_id();
             c.execute(
                 "INSERT INTO receipts (id, device_id, kind, workflow_id, digest, verdict, \
-                 signed_text, received_at, verified, error) \
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
+                 signed_text, received_at, verified, error, text_sha256) \
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11) \
+                 ON CONFLICT (device_id, text_sha256) DO NOTHING",
                 params![
                     id,
                     r.device,
@@ -742,10 +890,15 @@ impl Store for SqliteStore {
                     without_nul(r.signed_text),
                     now_ms(),
                     i64::from(r.verified),
-                    r.error.map(without_nul)
+                    r.error.map(without_nul),
+                    text_sha256
                 ],
             )?;
-            Ok(id)
+            c.query_row(
+                "SELECT id FROM receipts WHERE device_id = ?1 AND text_sha256 = ?2",
+                params![r.device, text_sha256],
+                |row| row.get(0),
+            )
         })
     }
 
@@ -862,6 +1015,74 @@ impl Store for SqliteStore {
             .collect()
         })
     }
+
+    fn record_status(&self, s: StatusReport) -> StoreFuture<'_, Option<StatusChange>> {
+        self.call(move |c| sql3::record_status(c, &s))
+    }
+
+    fn set_desired(
+        &self,
+        devices: Vec<String>,
+        digest: String,
+        rollout: Option<String>,
+    ) -> StoreFuture<'_, ()> {
+        self.call(move |c| {
+            let tx = c.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+            sql3::set_desired(&tx, &devices, &digest, rollout.as_deref(), now_ms())?;
+            tx.commit()
+        })
+    }
+
+    fn reconcile_claim(
+        &self,
+        device: String,
+        sent_before: i64,
+    ) -> StoreFuture<'_, Option<DesiredState>> {
+        self.call(move |c| sql3::reconcile_claim(c, &device, sent_before, now_ms()))
+    }
+
+    fn record_answer(&self, a: Answer) -> StoreFuture<'_, Vec<TargetChange>> {
+        self.call(move |c| sql3::record_answer(c, &a, now_ms()))
+    }
+
+    fn create_rollout(&self, r: NewRollout) -> StoreFuture<'_, Created> {
+        self.call(move |c| sql3::create_rollout(c, &r, now_ms()))
+    }
+
+    fn rollouts(&self, limit: u32) -> StoreFuture<'_, Vec<Rollout>> {
+        self.call(move |c| sql3::rollouts(c, limit))
+    }
+
+    fn rollout(&self, id: String) -> StoreFuture<'_, Option<RolloutDetail>> {
+        self.call(move |c| sql3::rollout(c, &id))
+    }
+
+    fn set_rollout_state(
+        &self,
+        id: String,
+        from: Vec<RolloutState>,
+        to: RolloutState,
+        reason: Option<String>,
+    ) -> StoreFuture<'_, StateChange> {
+        self.call(move |c| sql3::set_rollout_state(c, &id, &from, to, reason.as_deref(), now_ms()))
+    }
+
+    fn claim_rollouts(
+        &self,
+        replica: String,
+        lease_ms: i64,
+        limit: u32,
+    ) -> StoreFuture<'_, Vec<Claim>> {
+        self.call(move |c| sql3::claim_rollouts(c, &replica, now_ms(), lease_ms, limit))
+    }
+
+    fn apply_rollout_writes(
+        &self,
+        claim: Claim,
+        writes: Vec<RolloutWrite>,
+    ) -> StoreFuture<'_, bool> {
+        self.call(move |c| sql3::apply_rollout_writes(c, &claim, &writes, now_ms()))
+    }
 }
 
 #[cfg(test)]
@@ -872,7 +1093,7 @@ pub(crate) mod tests {
 
     use super::*;
     use crate::serve::postgres::{PgStore, PgTarget};
-    use crate::serve::test_common::{have_postgres, postgres};
+    use crate::serve::test_postgres::{have_postgres, postgres};
 
     /// A fresh, empty database of one engine.
     pub(crate) enum TestDb {
@@ -1065,23 +1286,27 @@ pub(crate) mod tests {
         for db in TestDb::each() {
             let s = db.open().await.unwrap();
             assert!(
-                s.create_token("ci".into(), Role::Operator, "aa".into())
+                s.create_token("ci".into(), Role::Operator, "aa".into(), None)
                     .await
                     .unwrap()
             );
             assert!(
-                !s.create_token("ci".into(), Role::Admin, "bb".into())
+                !s.create_token("ci".into(), Role::Admin, "bb".into(), None)
                     .await
                     .unwrap()
             );
             assert!(
-                !s.create_token("other".into(), Role::Admin, "aa".into())
+                !s.create_token("other".into(), Role::Admin, "aa".into(), None)
                     .await
                     .unwrap()
             );
+            let ci = s.token("aa".into()).await.unwrap().unwrap();
+            assert_eq!((ci.name.as_str(), ci.role), ("ci", Role::Operator));
             assert_eq!(
-                s.token("aa".into()).await.unwrap(),
-                Some(("ci".to_string(), Role::Operator))
+                (ci.expires_at, ci.revoked_at),
+                (None, None),
+                "{}",
+                db.engine()
             );
             assert_eq!(s.token("bb".into()).await.unwrap(), None);
             // A role this build does not know grants nothing.
@@ -1399,5 +1624,39 @@ pub(crate) mod tests {
         assert!(!e.contains("not-the-password"), "{e}");
         // Named as the service names it: user, host, port, database, no password.
         assert!(e.contains(&pg.url(&db)), "{e}");
+    }
+
+    #[tokio::test]
+    async fn tokens_keep_their_expiry_and_revocation() {
+        for db in TestDb::each() {
+            let s = db.open().await.unwrap();
+            let (a, b) = ("a".repeat(64), "b".repeat(64));
+            assert!(
+                s.create_token("deploy".into(), Role::Admin, a.clone(), Some(1_000))
+                    .await
+                    .unwrap()
+            );
+            assert!(
+                s.create_token("ci".into(), Role::Viewer, b.clone(), None)
+                    .await
+                    .unwrap()
+            );
+            assert_eq!(s.token(a).await.unwrap().unwrap().expires_at, Some(1_000));
+            assert!(s.revoke_token("ci".into()).await.unwrap());
+            let first = s.token(b.clone()).await.unwrap().unwrap().revoked_at;
+            assert!(first.is_some());
+            // Revoking again keeps the first time; an unknown name is said so.
+            assert!(s.revoke_token("ci".into()).await.unwrap());
+            assert_eq!(s.token(b).await.unwrap().unwrap().revoked_at, first);
+            assert!(!s.revoke_token("nobody".into()).await.unwrap());
+            let names: Vec<String> = s
+                .tokens()
+                .await
+                .unwrap()
+                .into_iter()
+                .map(|t| t.name)
+                .collect();
+            assert_eq!(names, ["ci", "deploy"]);
+        }
     }
 }
