@@ -180,29 +180,7 @@ fn a_rollout_reaches_every_simulated_device_and_a_failing_canary_is_rolled_back(
     };
     let d = dir.path();
     gateway_and_device(d, "orin-1", &["site-a"]);
-    aegis_ok(
-        d,
-        &[
-            "sim-devices",
-            "provision",
-            "--dir",
-            "fleet",
-            "--devices",
-            &n.to_string(),
-            "--group",
-            "site-a",
-            "--trust",
-            "trust.signed",
-            "--root",
-            "root/root.pub",
-        ],
-    );
-    let pipeline = |stages: &str| {
-        format!(
-            "  sources: [{{ id: cam0, url: \"file://{}/fleet/clip.mp4\" }}]\n  stages: {stages}\n  sinks: [{{ kind: discard }}]",
-            d.display()
-        )
-    };
+    let pipeline = sim_fleet(d, n);
     let (baseline, _) = signed(d, "baseline", 1, &pipeline("[]"));
     let (good, _) = signed(d, "good", 2, &pipeline("[{ kind: timestamp_overlay }]"));
     let (bad, bad_id) = signed(d, "bad", 3, &pipeline("[]"));
@@ -237,16 +215,7 @@ fn a_rollout_reaches_every_simulated_device_and_a_failing_canary_is_rolled_back(
     .trim()
     .to_string();
     let t_fleet = Instant::now();
-    let _sim = Proc(
-        Command::new(aegis_bin())
-            .args(["sim-devices", "run", "--dir", "fleet", "--broker"])
-            .arg(format!("127.0.0.1:{}", broker.port))
-            .args(["--fail", &bad_id])
-            .current_dir(d)
-            .stdout(std::fs::File::create(d.join("sim.out")).unwrap())
-            .spawn()
-            .unwrap(),
-    );
+    let _sim = Proc(run_sim_fleet(d, broker.port, &bad_id));
     let mut serve = Command::new(chimera_bin())
         .args(["serve", "--config", "serve.yaml"])
         .current_dir(d)
