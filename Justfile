@@ -43,6 +43,13 @@ deploy-check:
     cargo build -p aegis-ota --bin chimera
     tools/deploy-check.sh
 
+# The gateway at fleet scale (release builds): `chimera serve` rolls out to DEVICES simulated
+# devices (`aegis sim-devices`), publish → last verified receipt, vs `chimera publish` to the
+# group (tests/tests/gateway_fleet.rs prints the numbers).
+bench-rollout DEVICES="1000":
+    cargo build --release -p aegis-agent -p aegis-ota --bins
+    AEGIS_FLEET_DEVICES={{DEVICES}} cargo test --release -p aegis-tests --test gateway_fleet -- --nocapture
+
 # The libav-free crates (config, ota, sensors, cuda) cross-compiled for the Jetson's
 # aarch64, their tests run under qemu-user.
 cross-test:

@@ -2,9 +2,13 @@
 //! device-side checks of the library on what they wrote: the manifest verifies against
 //! trust metadata that lets the issuer ship models, the bundle's files match it, and the
 //! rollback order verifies for the devices it targets.
+//!
+//! Needs the `chimera` binary (the `gateway` feature): run on the host; the device-side
+//! checks alone are the library's unit tests, which also run on aarch64.
+#![cfg(feature = "gateway")]
 
 use std::path::Path;
-use std::process::{Command, Output};
+use std::process::Output;
 
 use aegis_config::BackendKind;
 use aegis_ota::device::Identity;
@@ -15,22 +19,10 @@ use aegis_ota::model_rollback::verify_rollback_order;
 use aegis_ota::sign::PublicKey;
 use aegis_ota::trust::{Issuer, Roots, TrustMetadata};
 
+mod common;
+
 fn chimera(dir: &Path, args: &[&str]) -> Output {
-    let exe = env!("CARGO_BIN_EXE_chimera");
-    // Under tools/cross-test.sh the binary is built for the Jetson (aarch64): it runs through
-    // the same emulator as this test (AEGIS_CROSS_RUNNER), as the kernel cannot exec it.
-    let runner = std::env::var("AEGIS_CROSS_RUNNER").unwrap_or_default();
-    let mut words = runner.split_whitespace();
-    let mut cmd = match words.next() {
-        Some(emulator) => {
-            let mut c = Command::new(emulator);
-            c.args(words).arg(exe);
-            c
-        }
-        None => Command::new(exe),
-    };
-    cmd.current_dir(dir)
-        .args(args)
+    common::serve::command(dir, args)
         .output()
         .expect("run chimera")
 }

@@ -9,7 +9,7 @@
 #![cfg(feature = "gateway")]
 
 use std::path::Path;
-use std::process::{Child, Command, Output};
+use std::process::{Child, Output};
 use std::time::{Duration, Instant};
 
 use aegis_config::BackendKind;
@@ -30,30 +30,14 @@ use rumqttc::v5::mqttbytes::v5::Packet;
 use rumqttc::v5::{AsyncClient, Event, EventLoop, MqttOptions};
 
 mod common;
+use common::serve::command;
 use common::{Broker, have_mosquitto};
 
 // ---------------------------------------------------------------------------------------
 // chimera.
 
-fn chimera_cmd(dir: &Path, args: &[&str]) -> Command {
-    let exe = env!("CARGO_BIN_EXE_chimera");
-    // Under tools/cross-test.sh the binary runs through the same emulator as this test.
-    let runner = std::env::var("AEGIS_CROSS_RUNNER").unwrap_or_default();
-    let mut words = runner.split_whitespace();
-    let mut cmd = match words.next() {
-        Some(emulator) => {
-            let mut c = Command::new(emulator);
-            c.args(words).arg(exe);
-            c
-        }
-        None => Command::new(exe),
-    };
-    cmd.current_dir(dir).args(args);
-    cmd
-}
-
 fn chimera(dir: &Path, args: &[&str]) -> Output {
-    chimera_cmd(dir, args).output().expect("run chimera")
+    command(dir, args).output().expect("run chimera")
 }
 
 fn ok(dir: &Path, args: &[&str]) -> String {
@@ -357,7 +341,7 @@ fn a_bundle_served_over_mqtt_survives_broker_restarts_and_verifies() {
     let v = gateway(d);
     let mut broker = Broker::start(&d.join("broker"));
     let log = std::fs::File::create(d.join("serve.log")).unwrap();
-    let mut serve = chimera_cmd(
+    let mut serve = command(
         d,
         &[
             "model",

@@ -647,6 +647,50 @@ pub fn wait_online(port: u16) {
     }
 }
 
+/// `n` simulated devices in group `site-a` (`aegis sim-devices provision` into `DIR/fleet`,
+/// trusting what [`gateway_and_device`] made in `dir`), and a pipeline for them
+/// (`stages`: a YAML list) whose source is a file under the fleet's directory, which their
+/// policy allows.
+pub fn sim_fleet(dir: &Path, n: usize) -> impl Fn(&str) -> String + use<> {
+    aegis_ok(
+        dir,
+        &[
+            "sim-devices",
+            "provision",
+            "--dir",
+            "fleet",
+            "--devices",
+            &n.to_string(),
+            "--group",
+            "site-a",
+            "--trust",
+            "trust.signed",
+            "--root",
+            "root/root.pub",
+        ],
+    );
+    let fleet = dir.join("fleet");
+    move |stages: &str| {
+        format!(
+            "  sources: [{{ id: cam0, url: \"file://{}/clip.mp4\" }}]\n  stages: {stages}\n  sinks: [{{ kind: discard }}]",
+            fleet.display()
+        )
+    }
+}
+
+/// `aegis sim-devices run` for `DIR/fleet` against the broker on `port`, every device
+/// failing workflow `fail` (an id); its output in `DIR/sim.out`.
+pub fn run_sim_fleet(dir: &Path, port: u16, fail: &str) -> std::process::Child {
+    Command::new(aegis_bin())
+        .args(["sim-devices", "run", "--dir", "fleet", "--broker"])
+        .arg(format!("127.0.0.1:{port}"))
+        .args(["--fail", fail])
+        .current_dir(dir)
+        .stdout(std::fs::File::create(dir.join("sim.out")).expect("sim.out"))
+        .spawn()
+        .expect("start aegis sim-devices run")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -873,31 +873,11 @@ fn simulated_devices_answer_workflows_with_receipts_their_enrolled_keys_verify()
     let d = dir.path();
     gateway_and_device(d, "orin-1", &["site-a"]);
     let n = 20;
-    aegis_ok(
-        d,
-        &[
-            "sim-devices",
-            "provision",
-            "--dir",
-            "fleet",
-            "--devices",
-            &n.to_string(),
-            "--group",
-            "site-a",
-            "--trust",
-            "trust.signed",
-            "--root",
-            "root/root.pub",
-        ],
-    );
+    let pipeline = sim_fleet(d, n);
     // The gateway's registry is the simulated fleet's.
     std::fs::copy(d.join("fleet/devices.json"), d.join("devices.json")).unwrap();
-    let pipeline = format!(
-        "  sources: [{{ id: cam0, url: \"file://{}/fleet/clip.mp4\" }}]\n  sinks: [{{ kind: discard }}]",
-        d.display()
-    );
-    let good = draft_workflow(d, "good", 1, &pipeline, "[]");
-    let bad = draft_workflow(d, "bad", 2, &pipeline, "[]");
+    let good = draft_workflow(d, "good", 1, &pipeline("[]"), "[]");
+    let bad = draft_workflow(d, "bad", 2, &pipeline("[]"), "[]");
     let broker = Broker::start(&d.join("broker"));
     let receipts = d.join("receipts.txt");
     let mut sub = Command::new("/usr/bin/mosquitto_sub")
@@ -913,14 +893,7 @@ fn simulated_devices_answer_workflows_with_receipts_their_enrolled_keys_verify()
         .stdout(std::fs::File::create(&receipts).unwrap())
         .spawn()
         .unwrap();
-    let mut sim = Command::new(aegis_bin())
-        .args(["sim-devices", "run", "--dir", "fleet", "--broker"])
-        .arg(format!("127.0.0.1:{}", broker.port))
-        .args(["--fail", &workflow_id(&bad)])
-        .current_dir(d)
-        .stdout(std::fs::File::create(d.join("sim.out")).unwrap())
-        .spawn()
-        .unwrap();
+    let mut sim = run_sim_fleet(d, broker.port, &workflow_id(&bad));
     let t0 = Instant::now();
     while !std::fs::read_to_string(d.join("sim.out"))
         .unwrap()
