@@ -6,6 +6,11 @@
 //! `UPDATE` itself (so a racing replica moves nothing twice) or, for rollout creation, an
 //! advisory lock.
 //!
+//! Lock order, so that two transactions never wait on each other in a circle: the rollout
+//! row, then `desired_state` rows, then `rollout_targets` rows, each set by device id
+//! (`sorted`). `reconcile_claim` (desired state, then the target) and the engine's writes
+//! (rollout, desired state, targets) follow it.
+//!
 //! Column types: the flags are INTEGER (`i32`), counts, steps and times BIGINT (`i64`).
 
 use deadpool_postgres::GenericClient;
@@ -23,6 +28,14 @@ pub(crate) type Failure = Box<dyn std::error::Error + Send + Sync>;
 /// Advisory lock key held while creating a rollout ("chimeraO"): the check that no device
 /// is held by another unfinished rollout and the insert are one step for all replicas.
 const CREATE_ROLLOUT_LOCK: i64 = 0x6368_696d_6572_614f;
+
+/// `devices` in id order, once each: rows are locked in this order.
+fn sorted(devices: &[String]) -> Vec<&String> {
+    let mut v: Vec<&String> = devices.iter().collect();
+    v.sort();
+    v.dedup();
+    v
+}
 
 fn words(states: &[RolloutState]) -> Vec<&'static str> {
     states.iter().map(|s| s.as_str()).collect()
@@ -118,7 +131,7 @@ pub(crate) async fn set_desired(
              set_at = excluded.set_at, sent_at = excluded.sent_at",
         )
         .await?;
-    for d in devices {
+    for d in sorted(devices) {
         c.execute(&st, &[d, &digest, &rollout, &now]).await?;
     }
     Ok(())
@@ -555,6 +568,7 @@ pub(crate) async fn apply_rollout_writes(
     for w in writes {
         match w {
             RolloutWrite::Publish { devices } => {
+                set_desired(&tx, devices, &digest, Some(id), now).await?;
                 let st = tx
                     .prepare_cached(
                         "UPDATE rollout_targets SET state = 'published', published_at = $3, \
@@ -562,10 +576,9 @@ pub(crate) async fn apply_rollout_writes(
                          WHERE rollout_id = $1 AND device_id = $2 AND state = 'pending'",
                     )
                     .await?;
-                for d in devices {
+                for d in sorted(devices) {
                     tx.execute(&st, &[&id, d, &now]).await?;
                 }
-                set_desired(&tx, devices, &digest, Some(id), now).await?;
             }
             RolloutWrite::Unpublish { devices } => {
                 let st = tx
@@ -575,7 +588,7 @@ pub(crate) async fn apply_rollout_writes(
                          WHERE rollout_id = $1 AND device_id = $2 AND state = 'published'",
                     )
                     .await?;
-                for d in devices {
+                for d in sorted(devices) {
                     tx.execute(&st, &[&id, d]).await?;
                 }
             }
@@ -619,16 +632,16 @@ pub(crate) async fn apply_rollout_writes(
                 let Some(rollback) = &rollback else {
                     return Ok(false);
                 };
+                set_desired(&tx, devices, rollback, Some(id), now).await?;
                 let st = tx
                     .prepare_cached(
                         "UPDATE rollout_targets SET rollback_sent_at = $3 \
                          WHERE rollout_id = $1 AND device_id = $2 AND rollback_sent_at IS NULL",
                     )
                     .await?;
-                for d in devices {
+                for d in sorted(devices) {
                     tx.execute(&st, &[&id, d, &now]).await?;
                 }
-                set_desired(&tx, devices, rollback, Some(id), now).await?;
             }
             RolloutWrite::RollbackUnsent { devices } => {
                 let st = tx
@@ -637,7 +650,7 @@ pub(crate) async fn apply_rollout_writes(
                          WHERE rollout_id = $1 AND device_id = $2",
                     )
                     .await?;
-                for d in devices {
+                for d in sorted(devices) {
                     tx.execute(&st, &[&id, d]).await?;
                 }
             }
