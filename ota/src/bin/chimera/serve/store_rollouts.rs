@@ -1552,4 +1552,82 @@ mod tests {
             assert_eq!((st.online, st.last_seen, st.status_at), (true, 140, 140));
         }
     }
+
+    /// Replicas claiming at the same moment on one PostgreSQL database: each active rollout
+    /// goes to exactly one of them (`FOR UPDATE SKIP LOCKED`); two replicas creating a
+    /// rollout for the same device at the same moment: one is stored, the other is told the
+    /// device is busy (the creation lock).
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn concurrent_replicas_claim_each_rollout_once_on_postgres() {
+        use crate::serve::postgres::PgStore;
+        let Some(db) = TestDb::postgres() else {
+            return;
+        };
+        let target = TestDb::target(&db);
+        let mut replicas = Vec::new();
+        for _ in 0..4 {
+            replicas.push(PgStore::open(&target).await.unwrap());
+        }
+        let first = replicas[0].clone();
+        fill(&first).await;
+        for (id, device) in [("r1", "a"), ("r2", "b"), ("r3", "c")] {
+            let r = new_rollout(id, &[device], RolloutState::Running);
+            assert_eq!(first.create_rollout(r).await.unwrap(), Created::Done);
+        }
+        // All spawned before any is awaited: they run at once.
+        let claims: Vec<_> = replicas
+            .iter()
+            .enumerate()
+            .map(|(i, s)| {
+                let s = s.clone();
+                tokio::spawn(async move { s.claim_rollouts(format!("R{i}"), 60_000, 10).await })
+            })
+            .collect();
+        let mut claimed = Vec::new();
+        for c in claims {
+            claimed.extend(c.await.unwrap().unwrap().into_iter().map(|c| c.id));
+        }
+        claimed.sort();
+        assert_eq!(claimed, ["r1", "r2", "r3"], "each rollout claimed once");
+
+        // Device c freed, then raced for, round after round.
+        let mut holder = "r3".to_string();
+        for round in 0..5 {
+            let freed = first
+                .set_rollout_state(
+                    holder.clone(),
+                    vec![RolloutState::Running],
+                    RolloutState::Aborted,
+                    None,
+                )
+                .await
+                .unwrap();
+            assert_eq!(freed, StateChange::Changed);
+            let racers: Vec<_> = replicas
+                .iter()
+                .enumerate()
+                .map(|(i, s)| {
+                    let (s, id) = (s.clone(), format!("r{round}-{i}"));
+                    tokio::spawn(async move {
+                        let r = new_rollout(&id, &["c"], RolloutState::Running);
+                        (id, s.create_rollout(r).await.unwrap())
+                    })
+                })
+                .collect();
+            let mut done = Vec::new();
+            let mut busy = Vec::new();
+            for r in racers {
+                match r.await.unwrap() {
+                    (id, Created::Done) => done.push(id),
+                    (_, Created::Busy { device, rollout }) => busy.push((device, rollout)),
+                }
+            }
+            assert_eq!(done.len(), 1, "round {round}: {done:?}");
+            holder = done[0].clone();
+            assert!(
+                busy.iter().all(|(d, r)| d == "c" && *r == holder),
+                "round {round}: {busy:?}"
+            );
+        }
+    }
 }
