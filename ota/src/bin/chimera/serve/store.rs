@@ -22,6 +22,7 @@ use super::store_rollouts::{
     RolloutDetail, RolloutState, RolloutWrite, StateChange, StatusChange, StatusReport,
     TargetChange,
 };
+use super::store_signing::{self, Issue, IssueRequest};
 
 /// The migrations, in order: version, name, SQL. Applied each in its own transaction and
 /// recorded in `schema_migrations`; never edit one that has shipped, add the next.
@@ -38,6 +39,7 @@ pub(crate) const MIGRATIONS: &[(i64, &str, &str)] = &[
         include_str!("migrations/0003_token_lifecycle.sql"),
     ),
     (4, "rollouts", include_str!("migrations/0004_rollouts.sql")),
+    (5, "signing", include_str!("migrations/0005_signing.sql")),
 ];
 
 /// Why a store operation failed.
@@ -363,6 +365,15 @@ pub(crate) trait Store: Send + Sync {
         claim: Claim,
         writes: Vec<RolloutWrite>,
     ) -> StoreFuture<'_, bool>;
+
+    // Schema version 5: the online signer's allotments (SQL semantics on
+    // `store_signing::issue`).
+
+    /// Allots the sequence and issue time of one document the service is about to sign:
+    /// the sequence above every one handed out or held for the issuer key and target (and
+    /// at least the request's floor), the time never before the last one handed out for
+    /// the key. One transaction: no two callers, in any replica, get the same sequence.
+    fn issue_sequence(&self, r: IssueRequest) -> StoreFuture<'_, Issue>;
 }
 
 /// Milliseconds since the Unix epoch.
@@ -917,6 +928,10 @@ impl Store for SqliteStore {
     ) -> StoreFuture<'_, bool> {
         self.call(move |c| sql3::apply_rollout_writes(c, &claim, &writes, now_ms()))
     }
+
+    fn issue_sequence(&self, r: IssueRequest) -> StoreFuture<'_, Issue> {
+        self.call(move |c| store_signing::issue(c, &r, now_ms()))
+    }
 }
 
 #[cfg(test)]
@@ -1016,6 +1031,98 @@ mod tests {
         assert_eq!((ci.name.as_str(), ci.role), ("ci", Role::Operator));
         assert_eq!((ci.expires_at, ci.revoked_at), (None, None));
         assert_eq!(s.token("bb".into()).await.unwrap(), None);
+    }
+
+    fn issue_req(key: &str, target: &str, floor: u64, now_s: i64) -> IssueRequest {
+        IssueRequest {
+            key_id: key.into(),
+            target: target.into(),
+            floor,
+            now_s,
+        }
+    }
+
+    #[tokio::test]
+    async fn issue_sequences_count_per_key_and_target_above_what_is_held() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = SqliteStore::open(&dir.path().join("chimera.db")).unwrap();
+        let next = |key: &str, target: &str, floor: u64, now: i64| {
+            s.issue_sequence(issue_req(key, target, floor, now))
+        };
+        assert_eq!(next("k1", "d:cam-1|g:", 1, 100).await.unwrap().sequence, 1);
+        assert_eq!(next("k1", "d:cam-1|g:", 1, 100).await.unwrap().sequence, 2);
+        // Another target, another key: their own counts.
+        assert_eq!(next("k1", "d:|g:lobby", 1, 100).await.unwrap().sequence, 1);
+        assert_eq!(next("k2", "d:cam-1|g:", 1, 100).await.unwrap().sequence, 1);
+        // The floor moves a count up, never down.
+        assert_eq!(
+            next("k1", "d:cam-1|g:", 10, 100).await.unwrap().sequence,
+            10
+        );
+        assert_eq!(next("k1", "d:cam-1|g:", 3, 100).await.unwrap().sequence, 11);
+        // A held (uploaded) workflow of the same key and target, in any order: above it.
+        let w = Workflow {
+            digest: "ab".repeat(32),
+            id: "urn:uuid:x".into(),
+            sequence: 40,
+            issuer: "gw-1".into(),
+            key_id: "k2".into(),
+            sealed: false,
+            devices: vec!["cam-2".into(), "cam-1".into()],
+            groups: vec![],
+            created_by: "t".into(),
+            created_at: 0,
+        };
+        assert!(s.add_workflow(w, "text".into()).await.unwrap());
+        assert_eq!(
+            next("k2", "d:cam-1,cam-2|g:", 1, 100)
+                .await
+                .unwrap()
+                .sequence,
+            41
+        );
+        assert_eq!(next("k2", "d:cam-1|g:", 1, 100).await.unwrap().sequence, 2);
+        // Issue times never go back for a key, whatever the caller's clock says.
+        assert_eq!(next("k3", "d:a|g:", 1, 500).await.unwrap().issued_at_s, 500);
+        assert_eq!(next("k3", "d:b|g:", 1, 450).await.unwrap().issued_at_s, 500);
+        assert_eq!(next("k3", "d:a|g:", 1, 600).await.unwrap().issued_at_s, 600);
+        assert_eq!(next("k4", "d:a|g:", 1, 450).await.unwrap().issued_at_s, 450);
+    }
+
+    /// Two stores on one file are two replicas' connections: allotments from both, all at
+    /// once, never repeat a sequence.
+    #[test]
+    fn two_connections_never_hand_out_the_same_sequence() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("chimera.db");
+        let stores = [
+            SqliteStore::open(&path).unwrap(),
+            SqliteStore::open(&path).unwrap(),
+        ];
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .build()
+            .unwrap();
+        let got: Vec<u64> = rt.block_on(async {
+            let mut tasks = Vec::new();
+            for i in 0..40 {
+                let s = stores[i % 2].clone();
+                tasks.push(tokio::spawn(async move {
+                    s.issue_sequence(issue_req("k", "d:cam-1|g:", 1, 100))
+                        .await
+                        .unwrap()
+                        .sequence
+                }));
+            }
+            let mut out = Vec::new();
+            for t in tasks {
+                out.push(t.await.unwrap());
+            }
+            out
+        });
+        let mut sorted = got.clone();
+        sorted.sort();
+        assert_eq!(sorted, (1..=40).collect::<Vec<u64>>(), "{got:?}");
     }
 
     #[tokio::test]
