@@ -15,14 +15,33 @@ use std::time::{Duration, Instant};
 /// Whether mosquitto is installed; under CI its absence fails the test. A skip is
 /// recorded in `$AEGIS_SKIP_LOG` as the other gated tests do.
 pub fn have_mosquitto(suite: &str) -> bool {
-    let ok = Path::new("/usr/sbin/mosquitto").exists();
+    have_tool(suite, "mosquitto", &["/usr/sbin/mosquitto"])
+}
+
+/// Whether SoftHSM 2 (Debian's `softhsm2`: its PKCS#11 module and `softhsm2-util`) is
+/// installed; a skip is recorded as for mosquitto.
+pub fn have_softhsm(suite: &str) -> bool {
+    have_tool(
+        suite,
+        "softhsm2",
+        &[SOFTHSM_MODULE, "/usr/bin/softhsm2-util"],
+    )
+}
+
+/// Debian's SoftHSM 2 PKCS#11 module.
+pub const SOFTHSM_MODULE: &str = "/usr/lib/softhsm/libsofthsm2.so";
+
+/// Whether every one of `files` (package `package`'s) exists; under CI their absence fails
+/// the test, elsewhere the skip is recorded in `$AEGIS_SKIP_LOG`.
+fn have_tool(suite: &str, package: &str, files: &[&str]) -> bool {
+    let ok = files.iter().all(|f| Path::new(f).exists());
     assert!(
         ok || std::env::var_os("CI").is_none(),
-        "CI must install mosquitto"
+        "CI must install {package}"
     );
     if !ok {
         let line = format!(
-            "{suite} {}: mosquitto not installed",
+            "{suite} {}: {package} not installed",
             std::thread::current().name().unwrap_or("?")
         );
         eprintln!("SKIPPED {line}");

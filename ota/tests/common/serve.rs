@@ -156,7 +156,13 @@ impl Drop for Server {
 impl Server {
     /// `chimera serve --config CONFIG` in `dir`; returns once it listens.
     pub fn start(dir: &Path, config: &str) -> Server {
+        Server::start_env(dir, config, &[])
+    }
+
+    /// [`Server::start`] with more environment variables (`SOFTHSM2_CONF`, say).
+    pub fn start_env(dir: &Path, config: &str, env: &[(&str, &Path)]) -> Server {
         let mut child = command(dir, &["serve", "--config", config])
+            .envs(env.iter().map(|(k, v)| (k, v)))
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
             .spawn()
