@@ -8,9 +8,11 @@
 #    qemu-user (tools/cross-test.sh: the Jetson build's tests under emulation), shellcheck
 #    (`just lint` checks every shell script with it), and chromium with chromium-driver (the
 #    real-browser tests of the technician web page, tests/tests/browser.rs, drive a headless
-#    Chromium through chromedriver), and postgresql (the `chimera serve` tests start a server
+#    Chromium through chromedriver), postgresql (the `chimera serve` tests start a server
 #    of their own from /usr/lib/postgresql/N/bin, as the `postgres` account when run as root;
-#    the package's own cluster and service are not needed and are left as it installs them).
+#    the package's own cluster and service are not needed and are left as it installs them),
+#    and softhsm2 (a PKCS#11 token for `chimera serve`'s online signer tests,
+#    ota/tests/chimera_signer.rs; its module is loaded at run time).
 #  - `just`, pinned, from PyPI (rust-just) into .tools/venv (Debian has no `just` package).
 #  - A Rust toolchain via rustup only if cargo is missing.
 #  - Sample photos: tools/fetch-media.sh (pinned scikit-image wheel, checksummed files).
@@ -24,7 +26,7 @@ APT_PACKAGES=(build-essential pkg-config clang libclang-dev
   ffmpeg python3 python3-venv python3-pip ca-certificates curl
   python3-gi gir1.2-gst-rtsp-server-1.0 gstreamer1.0-plugins-base gstreamer1.0-plugins-good
   gstreamer1.0-plugins-bad mosquitto mosquitto-clients gcc-aarch64-linux-gnu qemu-user-static
-  shellcheck chromium chromium-driver postgresql)
+  shellcheck chromium chromium-driver postgresql softhsm2)
 
 as_root() {
   if [ "$(id -u)" -eq 0 ]; then "$@"

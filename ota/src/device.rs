@@ -147,11 +147,7 @@ impl ReplayState {
 }
 
 fn replay_key(key: &str, t: &maml::Target) -> String {
-    let mut d = t.devices.clone();
-    d.sort();
-    let mut g = t.groups.clone();
-    g.sort();
-    format!("{key}|d:{}|g:{}", d.join(","), g.join(","))
+    format!("{key}|{}", t.canonical())
 }
 
 fn allowed(list: &[String], item: &str) -> bool {

@@ -188,8 +188,19 @@ fn open_and_validate(
         let clear = seal::open(text, keys).map_err(Rejection::Sealed)?;
         maml::parse(clear.as_bytes()).map_err(Rejection::Document)?
     };
-    let pipeline = match &document.pipeline_yaml {
-        Some((yaml, line)) => Some({
+    let pipeline = check_pipeline(&document)?;
+    Ok((document, pipeline))
+}
+
+/// Validates a parsed, cleartext document's Pipeline block with the agent's own pipeline
+/// schema (None: it has no Pipeline section). Devices run this after verifying and opening
+/// a document; a gateway runs it on a draft before it signs or seals it, so it never signs
+/// what devices would refuse.
+pub fn check_pipeline(
+    document: &Document,
+) -> Result<Option<aegis_config::PipelineConfig>, Rejection> {
+    match &document.pipeline_yaml {
+        Some((yaml, line)) => Ok(Some({
             maml::note_yaml_entry();
             aegis_config::PipelineConfig::from_yaml_str(yaml, "Pipeline").map_err(|e| {
                 Rejection::Pipeline {
@@ -197,10 +208,43 @@ fn open_and_validate(
                     message: e.to_string(),
                 }
             })?
-        }),
-        None => None,
-    };
-    Ok((document, pipeline))
+        })),
+        None => Ok(None),
+    }
+}
+
+/// Why [`sign_workflow`] did not sign.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SignWorkflowError {
+    /// The document carries a signature block already.
+    #[error("already signed")]
+    AlreadySigned,
+    /// It does not parse: devices would refuse it.
+    #[error("{0}")]
+    Document(MamlError),
+    /// The signature could not be made.
+    #[error("{0}")]
+    Sign(SignError),
+}
+
+/// Signs an unsigned workflow for devices (`chimera sign`, `chimera serve`'s online signer):
+/// CRLF normalised to LF, a final newline added so the signature block starts on a line of
+/// its own, the result parsed first (a gateway must not sign a document devices will
+/// refuse), then the ```` ```signature ```` block appended. Returns the signed document.
+pub fn sign_workflow(doc: &[u8], key: &sign::SecretKey) -> Result<Vec<u8>, SignWorkflowError> {
+    if maml::split_signed(doc).is_ok() {
+        return Err(SignWorkflowError::AlreadySigned);
+    }
+    let mut out = maml::normalise(doc);
+    if !out.ends_with(b"\n") {
+        out.push(b'\n');
+    }
+    maml::parse(&out).map_err(SignWorkflowError::Document)?;
+    let block = key
+        .sign_block(&out, Purpose::Workflow)
+        .map_err(SignWorkflowError::Sign)?;
+    out.extend_from_slice(block.render().as_bytes());
+    Ok(out)
 }
 
 /// Lowercase hex SHA-256 of `bytes`: how documents, trust files and payloads are named in

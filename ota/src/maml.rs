@@ -187,6 +187,20 @@ pub struct Target {
     pub groups: Vec<String>,
 }
 
+impl Target {
+    /// The target as one string, the same for the same devices and groups in any order:
+    /// `d:<devices, sorted, comma-joined>|g:<groups, likewise>`. Devices keep their
+    /// anti-replay sequences per issuer key and this string; a gateway allocates sequences
+    /// under the same key.
+    pub fn canonical(&self) -> String {
+        let mut d = self.devices.clone();
+        d.sort();
+        let mut g = self.groups.clone();
+        g.sort();
+        format!("d:{}|g:{}", d.join(","), g.join(","))
+    }
+}
+
 /// A model a workflow needs.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -577,6 +591,76 @@ fn check_front(f: &FrontMatter, text: &str) -> Result<(), MamlError> {
         ));
     }
     Ok(())
+}
+
+/// Sets what a gateway decides when it issues an unsigned draft — `sequence`, `issued_at`,
+/// `expires_at` — by replacing those lines of the front matter; every other byte stays as
+/// written (nothing is re-serialised). `draft` is LF-normalised and `parsed` is its
+/// [`parse`]. Each of the three must be a top-level key on a line of its own, as `chimera new`
+/// writes them; the result is parsed again and refused unless exactly those three values
+/// changed (a flow-style front matter, or a value continued on the next line, is refused
+/// with the line). Returns the new text and its parse.
+pub fn stamp(
+    draft: &str,
+    parsed: &Document,
+    sequence: u64,
+    issued_at: &str,
+    expires_at: &str,
+) -> Result<(String, Document), MamlError> {
+    let fields = [
+        ("sequence", sequence.to_string()),
+        ("issued_at", issued_at.to_string()),
+        ("expires_at", expires_at.to_string()),
+    ];
+    let mut found = [0usize; 3];
+    let mut out = String::with_capacity(draft.len() + 64);
+    let mut in_front = false;
+    let mut closed = false;
+    for (i, line) in draft.split_inclusive('\n').enumerate() {
+        if closed {
+            out.push_str(line);
+            continue;
+        }
+        if line.trim_end() == "---" {
+            closed = in_front;
+            in_front = true;
+            out.push_str(line);
+            continue;
+        }
+        let field = fields
+            .iter()
+            .position(|(k, _)| line.strip_prefix(k).is_some_and(|r| r.starts_with(':')));
+        match field {
+            Some(f) if in_front => {
+                if found[f] > 0 {
+                    return Err(at(i + 1, format!("{} appears twice", fields[f].0)));
+                }
+                found[f] = i + 1;
+                out.push_str(&format!("{}: {}\n", fields[f].0, fields[f].1));
+            }
+            _ => out.push_str(line),
+        }
+    }
+    if let Some(f) = found.iter().position(|&l| l == 0) {
+        return Err(whole(format!(
+            "the front matter has no `{}:` line of its own to set (write each of sequence, \
+             issued_at and expires_at as a top-level key on its own line)",
+            fields[f].0
+        )));
+    }
+    let stamped = parse(out.as_bytes())?;
+    let mut expected = parsed.front.clone();
+    expected.sequence = sequence;
+    expected.issued_at = issued_at.to_string();
+    expected.expires_at = expires_at.to_string();
+    if stamped.front != expected || stamped.sections != parsed.sections {
+        return Err(at(
+            found[0].min(found[1]).min(found[2]),
+            "setting sequence, issued_at and expires_at changed more than those values: write \
+             each as a plain top-level `key: value` line",
+        ));
+    }
+    Ok((out, stamped))
 }
 
 /// A valid, unsigned workflow to start from (`chimera new`).

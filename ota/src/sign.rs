@@ -250,19 +250,34 @@ impl SecretKey {
     /// user, mode 0600 or stricter (see `keyfile`).
     pub fn read(path: &Path) -> Result<SecretKey, SignError> {
         let bytes = crate::keyfile::read_secret(path, SECRET_HEADER).map_err(key_file)?;
+        SecretKey::from_seed_bytes(&bytes).map_err(|reason| {
+            key_file((
+                path.display().to_string(),
+                format!("{reason}: is this an ML-DSA-65 secret key file?"),
+            ))
+        })
+    }
+
+    /// The key of a 32-byte seed held by the caller (decrypted from a hardware token, say),
+    /// copied once into a zeroizing buffer; the caller wipes its own copy. Errors say the
+    /// length found.
+    pub fn from_seed_bytes(bytes: &[u8]) -> Result<SecretKey, String> {
         let mut seed = Zeroizing::new(Seed::default());
         if bytes.len() != seed.len() {
-            return Err(key_file((
-                path.display().to_string(),
-                format!(
-                    "a seed is {} bytes, not {}: is this an ML-DSA-65 secret key file?",
-                    seed.len(),
-                    bytes.len()
-                ),
-            )));
+            return Err(format!(
+                "a seed is {} bytes, not {}",
+                seed.len(),
+                bytes.len()
+            ));
         }
-        seed.copy_from_slice(&bytes);
+        seed.copy_from_slice(bytes);
         Ok(SecretKey::from_seed(&seed))
+    }
+
+    /// The 32-byte seed, the whole secret key: only for encrypting it under a key the
+    /// caller cannot read (a PKCS#11 token's), never to be logged or written in clear.
+    pub fn seed_bytes(&self) -> &[u8] {
+        self.key.as_seed().as_slice()
     }
 }
 

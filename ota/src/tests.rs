@@ -508,3 +508,99 @@ fn time_format_round_trips_through_parse() {
         assert_eq!(maml::parse_time(&maml::format_time(t)), Some(t), "{t}");
     }
 }
+
+#[test]
+fn sign_workflow_signs_only_unsigned_documents_that_parse() {
+    let key = SecretKey::generate().unwrap();
+    // CRLF and a missing final newline are normalised before signing.
+    let text = doc("").replace('\n', "\r\n");
+    let text = text.trim_end();
+    let out = sign_workflow(text.as_bytes(), &key).unwrap();
+    let v = verify_document(&out, std::slice::from_ref(key.public()), &[]).unwrap();
+    assert_eq!(v.document.front.sequence, 17);
+    assert_eq!(
+        sign_workflow(&out, &key).unwrap_err(),
+        SignWorkflowError::AlreadySigned
+    );
+    let bad = doc("").replace("type: workflow", "type: manifest");
+    assert!(matches!(
+        sign_workflow(bad.as_bytes(), &key).unwrap_err(),
+        SignWorkflowError::Document(_)
+    ));
+}
+
+#[test]
+fn stamp_sets_sequence_and_times_and_nothing_else() {
+    let draft = doc("");
+    let parsed = maml::parse(draft.as_bytes()).unwrap();
+    let (text, d) = maml::stamp(
+        &draft,
+        &parsed,
+        42,
+        "2027-01-01T00:00:00Z",
+        "2027-01-08T00:00:00Z",
+    )
+    .unwrap();
+    assert_eq!(d.front.sequence, 42);
+    assert_eq!(d.front.issued_at, "2027-01-01T00:00:00Z");
+    assert_eq!(d.front.expires_at, "2027-01-08T00:00:00Z");
+    // Only the three lines differ; the History line that repeats issued_at is the
+    // author's and stays.
+    let changed: Vec<(&str, &str)> = draft
+        .lines()
+        .zip(text.lines())
+        .filter(|(a, b)| a != b)
+        .collect();
+    assert_eq!(changed.len(), 3, "{changed:?}");
+    assert_eq!(draft.lines().count(), text.lines().count());
+    assert!(text.contains("[2026-11-26T10:00:00Z] [CREATE]"));
+
+    // A value continued on the next line, a flow-style front matter, a key twice: refused.
+    let continued = draft.replace("sequence: 17", "sequence:\n  17");
+    let p = maml::parse(continued.as_bytes()).unwrap();
+    assert!(
+        maml::stamp(
+            &continued,
+            &p,
+            1,
+            "2027-01-01T00:00:00Z",
+            "2027-01-02T00:00:00Z"
+        )
+        .is_err()
+    );
+    let twice = draft.replace("sequence: 17\n", "sequence: 17\n# sequence: 18\n");
+    let p = maml::parse(twice.as_bytes()).unwrap();
+    // A comment is not a key (it starts with `#`): accepted, and the comment stays.
+    let (t, _) = maml::stamp(
+        &twice,
+        &p,
+        1,
+        "2027-01-01T00:00:00Z",
+        "2027-01-02T00:00:00Z",
+    )
+    .unwrap();
+    assert!(t.contains("# sequence: 18"));
+    let front_end = draft.find("\n---\n").unwrap();
+    let flow = format!(
+        "---\n{{{}}}{}",
+        draft[4..front_end].lines().collect::<Vec<_>>().join(", "),
+        &draft[front_end..]
+    );
+    let p = maml::parse(flow.as_bytes()).unwrap();
+    let e = maml::stamp(&flow, &p, 1, "2027-01-01T00:00:00Z", "2027-01-02T00:00:00Z").unwrap_err();
+    assert!(e.to_string().contains("sequence"), "{e}");
+}
+
+#[test]
+fn targets_have_one_canonical_form() {
+    let t = |d: &[&str], g: &[&str]| maml::Target {
+        devices: d.iter().map(|x| x.to_string()).collect(),
+        groups: g.iter().map(|x| x.to_string()).collect(),
+    };
+    assert_eq!(t(&["b", "a"], &["y", "x"]).canonical(), "d:a,b|g:x,y");
+    assert_eq!(
+        t(&["a", "b"], &[]).canonical(),
+        t(&["b", "a"], &[]).canonical()
+    );
+    assert_ne!(t(&["a"], &[]).canonical(), t(&[], &["a"]).canonical());
+}

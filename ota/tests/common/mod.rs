@@ -28,6 +28,21 @@ pub fn have_mosquitto(suite: &str) -> bool {
     )
 }
 
+/// Debian's SoftHSM 2 PKCS#11 module.
+pub const SOFTHSM_MODULE: &str = "/usr/lib/softhsm/libsofthsm2.so";
+
+/// Whether SoftHSM 2 (Debian's `softhsm2`: its PKCS#11 module and `softhsm2-util`) is
+/// installed; under CI its absence fails the test, elsewhere a skip is recorded.
+pub fn have_softhsm(suite: &str) -> bool {
+    have(
+        suite,
+        "softhsm2",
+        [SOFTHSM_MODULE, "/usr/bin/softhsm2-util"]
+            .iter()
+            .all(|f| Path::new(f).exists()),
+    )
+}
+
 /// A mosquitto on a free loopback port, killed on drop.
 pub struct Broker {
     /// Its port on 127.0.0.1.

@@ -212,8 +212,16 @@ impl Drop for Server {
 impl Server {
     /// `chimera serve --config CONFIG` in `dir`; returns once it listens.
     pub fn start(dir: &Path, config: &str) -> Server {
-        let mut s =
-            Server::spawned(command(dir, &["serve", "--config", config]).stderr(Stdio::inherit()));
+        Server::start_env(dir, config, &[])
+    }
+
+    /// [`Server::start`] with more environment variables (`SOFTHSM2_CONF`, say).
+    pub fn start_env(dir: &Path, config: &str, env: &[(&str, &Path)]) -> Server {
+        let mut s = Server::spawned(
+            command(dir, &["serve", "--config", config])
+                .envs(env.iter().copied())
+                .stderr(Stdio::inherit()),
+        );
         s.await_listening(None);
         s
     }

@@ -43,18 +43,8 @@ pub(crate) fn sign(args: SignArgs) -> anyhow::Result<()> {
     let SignArgs { file, key, out } = args;
     let key = SecretKey::read(&key)?;
     let doc = read_file(&file)?;
-    if maml::split_signed(&doc).is_ok() {
-        anyhow::bail!("{} is already signed", file.display());
-    }
-    let mut out_bytes = maml::normalise(&doc);
-    // The signature block starts on a line of its own.
-    if !out_bytes.ends_with(b"\n") {
-        out_bytes.push(b'\n');
-    }
-    // Sign only what parses: a gateway must not sign a document devices will refuse.
-    maml::parse(&out_bytes).map_err(|e| anyhow::anyhow!("{}: {e}", file.display()))?;
-    let block = key.sign_block(&out_bytes, Purpose::Workflow)?;
-    out_bytes.extend_from_slice(block.render().as_bytes());
+    let out_bytes = aegis_ota::sign_workflow(&doc, &key)
+        .map_err(|e| anyhow::anyhow!("{}: {e}", file.display()))?;
     let out = out.unwrap_or_else(|| derived_name(&file, "signed"));
     write_file(&out, out_bytes)?;
     println!("{} signed by {}", out.display(), key.public().id());
@@ -76,23 +66,9 @@ pub(crate) fn seal(args: SealArgs) -> anyhow::Result<()> {
         if p.exists() {
             recipients.push(SealPublic::read(&p)?);
         } else {
-            let kem = reg
-                .get(r)
-                .and_then(|e| e.get("kem_key"))
-                .and_then(|k| k.as_str())
-                .ok_or_else(|| {
-                    anyhow::anyhow!(
-                        "{r:?} is neither a key file nor a device/group with an ML-KEM key in {}",
-                        registry.display()
-                    )
-                })?;
-            use base64::Engine as _;
-            let bytes = base64::engine::general_purpose::STANDARD
-                .decode(kem)
-                .map_err(|e| anyhow::anyhow!("{}: {r}'s kem_key: {e}", registry.display()))?;
             recipients.push(
-                SealPublic::from_bytes(&bytes)
-                    .map_err(|e| anyhow::anyhow!("{}: {r}'s kem_key: {e}", registry.display()))?,
+                gateway::sealing_key(&reg, &registry, r)
+                    .map_err(|e| anyhow::anyhow!("{r:?} is not a key file, and {e}"))?,
             );
         }
     }

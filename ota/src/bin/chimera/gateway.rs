@@ -92,6 +92,32 @@ pub(crate) fn device_key(reg: &Registry, device: &str) -> Option<PublicKey> {
     PublicKey::from_bytes(&bytes).ok()
 }
 
+/// The ML-KEM sealing key the registry holds for `name`, a device (`chimera enroll --kem`)
+/// or a group (`chimera group-key`): what `chimera seal --to NAME` and the service's sealing
+/// encapsulate the content key for. Errors name the entry and the registry file.
+pub(crate) fn sealing_key(
+    reg: &Registry,
+    registry_path: &Path,
+    name: &str,
+) -> anyhow::Result<aegis_ota::seal::SealPublic> {
+    use base64::Engine as _;
+    let kem = reg
+        .get(name)
+        .and_then(|e| e.get("kem_key"))
+        .and_then(|k| k.as_str())
+        .ok_or_else(|| {
+            anyhow::anyhow!(
+                "{name:?} is not a device or group with an ML-KEM key in {}",
+                registry_path.display()
+            )
+        })?;
+    let bytes = base64::engine::general_purpose::STANDARD
+        .decode(kem)
+        .map_err(|e| anyhow::anyhow!("{}: {name}'s kem_key: {e}", registry_path.display()))?;
+    aegis_ota::seal::SealPublic::from_bytes(&bytes)
+        .map_err(|e| anyhow::anyhow!("{}: {name}'s kem_key: {e}", registry_path.display()))
+}
+
 /// The MQTT 5 options of a gateway client of `broker` (`mqtt://host:port`, or `host:port`):
 /// 30 s keep-alive, packets up to 256 KiB, no Nagle delay.
 pub(crate) fn mqtt_options(broker: &str, client_id: &str) -> anyhow::Result<MqttOptions> {

@@ -48,6 +48,8 @@ pub(crate) struct AppState {
     pub(crate) ingest: Option<Arc<IngestCounters>>,
     /// The OIDC provider whose JWTs are accepted as bearer tokens (None: API tokens only).
     pub(crate) oidc: Option<Arc<super::auth::oidc::OidcVerifier>>,
+    /// The online issuer key (None: no `signer`, signing refused).
+    pub(crate) signer: Option<Arc<super::signer::Signer>>,
 }
 
 pub(crate) use super::auth::Caller;
@@ -87,6 +89,7 @@ pub(crate) static TABLES: &[&[Route]] = &[
     super::rollout_api::ROUTES,
     super::events::ROUTES,
     super::ingest::ROUTES,
+    super::signer_api::ROUTES,
 ];
 
 /// Every route the service answers.
@@ -402,6 +405,15 @@ impl ApiError {
             body: json!({ "error": message.to_string() }),
         }
     }
+
+    /// A refused workflow (an upload, a draft to sign): `{"error": "workflow refused:
+    /// CHECK: …", "check": "CHECK"}`.
+    pub(crate) fn refused(status: StatusCode, r: &service::UploadRefused) -> ApiError {
+        ApiError {
+            status,
+            body: json!({ "error": format!("workflow refused: {r}"), "check": r.check }),
+        }
+    }
 }
 
 impl IntoResponse for ApiError {
@@ -603,13 +615,10 @@ async fn upload_workflow(
             s.store
                 .audit(actor, "workflow.refused".into(), refused.to_string())
                 .await?;
-            return Err(ApiError {
-                status: StatusCode::UNPROCESSABLE_ENTITY,
-                body: json!({
-                    "error": format!("workflow refused: {refused}"),
-                    "check": refused.check,
-                }),
-            });
+            return Err(ApiError::refused(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                &refused,
+            ));
         }
     };
     let created = s.store.add_workflow(w.clone(), up.document).await?;

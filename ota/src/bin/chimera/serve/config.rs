@@ -1,7 +1,9 @@
 //! `serve.yaml`: the service's configuration, its public contract. Unknown keys are errors
 //! (a misspelt key must not silently fall back to a default). There is deliberately no key
-//! for a root key, nor for an issuer's secret key: the service verifies with public keys
-//! only (docs/chimera-serve.md).
+//! for a root key: the service verifies with public keys only, and the one secret it may
+//! hold is an *online issuer* key (`signer:`), which it refuses to load when the trust
+//! metadata names it as a root key or does not list it as an issuer (docs/chimera-serve.md,
+//! "Online signing").
 //!
 //! Relative paths are taken from the directory of the config file, so a gateway directory
 //! can be moved whole.
@@ -77,6 +79,53 @@ pub(crate) struct ServeConfig {
     /// tokens.
     #[serde(default)]
     pub(crate) oidc: Option<OidcConfig>,
+    /// Optional: the online issuer key `POST /api/v1/workflows/sign` signs with (needs
+    /// `trust_metadata`, which must list it as an issuer). Without it, signing is refused.
+    #[serde(default)]
+    pub(crate) signer: Option<SignerConfig>,
+}
+
+/// `signer:` — where the online issuer key is. Never the offline root key: the service
+/// refuses to start when the key is one of the trust metadata's root keys (or one of
+/// `trust_roots`), or is not a non-revoked issuer of the trust metadata.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub(crate) enum SignerConfig {
+    /// `kind: file` — an issuer secret key file (`chimera keygen`): the key is in the
+    /// service's memory while it runs.
+    File(FileSignerConfig),
+    /// `kind: pkcs11` — the ML-DSA-65 seed encrypted (AES-256-GCM) under an AES key that a
+    /// PKCS#11 token holds and never lets out; decrypted in memory for each signature only.
+    Pkcs11(Pkcs11SignerConfig),
+}
+
+/// `signer: {kind: file, …}`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct FileSignerConfig {
+    /// The issuer's secret key file (`chimera keygen --out gw` writes `gw.key`): owned by
+    /// the service's user, mode 0600.
+    pub(crate) key_file: PathBuf,
+}
+
+/// `signer: {kind: pkcs11, …}`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct Pkcs11SignerConfig {
+    /// The PKCS#11 module (`/usr/lib/softhsm/libsofthsm2.so`, a vendor's HSM library).
+    pub(crate) module: PathBuf,
+    /// The label of the token that holds the wrapping key.
+    pub(crate) token_label: String,
+    /// A file holding the token's user PIN (owned by the service's user, mode 0600; one
+    /// trailing newline is ignored). There is no key for the PIN itself.
+    pub(crate) pin_file: PathBuf,
+    /// The label (`CKA_LABEL`) of the token's AES-256 key that encrypts the seed: secret,
+    /// sensitive and not extractable (`chimera serve signer import-seed` or `generate`
+    /// makes it when the token has none).
+    pub(crate) key_label: String,
+    /// The issuer key's seed encrypted under that key (`chimera serve signer import-seed`
+    /// or `generate` writes it): ciphertext, useless without the token.
+    pub(crate) wrapped_seed_file: PathBuf,
 }
 
 /// The `leeway_s` when not given: clock skew allowed on `exp` and `nbf`.
@@ -583,6 +632,28 @@ impl ServeConfig {
             o.ca_file.iter_mut().for_each(abs);
             o.check(&path.display().to_string())?;
         }
+        match &mut c.signer {
+            None => {}
+            Some(SignerConfig::File(f)) => abs(&mut f.key_file),
+            Some(SignerConfig::Pkcs11(p)) => {
+                abs(&mut p.module);
+                abs(&mut p.pin_file);
+                abs(&mut p.wrapped_seed_file);
+                for (field, v) in [("token_label", &p.token_label), ("key_label", &p.key_label)] {
+                    anyhow::ensure!(
+                        !v.is_empty() && v.len() <= 32 && !v.chars().any(char::is_control),
+                        "{}: signer.{field}: 1 to 32 characters, no control characters \
+                         (a token label is at most 32 bytes)",
+                        path.display()
+                    );
+                }
+            }
+        }
+        anyhow::ensure!(
+            c.signer.is_none() || c.trust_metadata.is_some(),
+            "{}: signer needs trust_metadata (the online key must be an issuer it lists)",
+            path.display()
+        );
         anyhow::ensure!(
             c.max_body_bytes >= 1024,
             "{}: max_body_bytes: at least 1024",
@@ -906,6 +977,69 @@ mod tests {
         // Loopback may be plain http (a provider on the same host, or a test's).
         oidc("", "http://127.0.0.1:8081/realms/x").unwrap();
         oidc("", "http://localhost:8081").unwrap();
+    }
+
+    #[test]
+    fn signer_sections_are_strict_and_need_trust_metadata() {
+        let dir = tempfile::tempdir().unwrap();
+        let trust = "trust_metadata: t.json\ntrust_roots: [root.pub]\n";
+        let read = |extra: &str| {
+            ServeConfig::read(&write(dir.path(), &format!("{BASE}{extra}")))
+                .map_err(|e| e.to_string())
+        };
+        let c = read(&format!(
+            "{trust}signer: {{ kind: file, key_file: gw.key }}\n"
+        ))
+        .unwrap();
+        match c.signer {
+            Some(SignerConfig::File(f)) => assert_eq!(f.key_file, dir.path().join("gw.key")),
+            other => panic!("{other:?}"),
+        }
+        let c = read(&format!(
+            "{trust}signer:\n  kind: pkcs11\n  module: /usr/lib/softhsm/libsofthsm2.so\n  \
+             token_label: chimera\n  pin_file: pin\n  key_label: seed-key\n  \
+             wrapped_seed_file: gw.wrapped\n"
+        ))
+        .unwrap();
+        match c.signer {
+            Some(SignerConfig::Pkcs11(p)) => {
+                assert_eq!(p.pin_file, dir.path().join("pin"));
+                assert_eq!(p.module, PathBuf::from("/usr/lib/softhsm/libsofthsm2.so"));
+            }
+            other => panic!("{other:?}"),
+        }
+        for (extra, named) in [
+            (
+                "signer: { kind: file, key_file: gw.key }\n",
+                "trust_metadata",
+            ),
+            (
+                &format!("{trust}signer: {{ kind: file, key_file: a, pin: \"1234\" }}\n"),
+                "pin",
+            ),
+            (
+                &format!("{trust}signer: {{ kind: hsm, key_file: a }}\n"),
+                "hsm",
+            ),
+            (&format!("{trust}signer: {{ key_file: a }}\n"), "kind"),
+            (
+                &format!(
+                    "{trust}signer: {{ kind: pkcs11, module: m, token_label: t, pin_file: p, \
+                     key_label: k, wrapped_seed_file: w, pin: \"1234\" }}\n"
+                ),
+                "pin",
+            ),
+            (
+                &format!(
+                    "{trust}signer: {{ kind: pkcs11, module: m, token_label: \"\", pin_file: \
+                     p, key_label: k, wrapped_seed_file: w }}\n"
+                ),
+                "token_label",
+            ),
+        ] {
+            let e = read(extra).expect_err(extra);
+            assert!(e.contains(named), "{extra}: {e}");
+        }
     }
 
     #[test]

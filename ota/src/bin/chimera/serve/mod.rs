@@ -5,16 +5,21 @@
 //! against the trust metadata, an audit log), with roles for API tokens (expiring,
 //! revocable) and OIDC bearer tokens (JWTs checked against the provider's JWKS).
 //!
-//! What it must not do: hold or ask for the offline root key or an issuer's secret key —
-//! its configuration has no place for either; it verifies with public keys only.
+//! What it must not do: hold or ask for the offline root key — its configuration has no
+//! place for one, and the one secret key it may hold, an online issuer key (`signer:`,
+//! `signer.rs`), is refused at start when the trust metadata names it as a root key or
+//! does not list it as an issuer. Everything else it verifies with public keys.
 //!
 //! Layout (vector's habit): `config.rs` is the contract, `store.rs` the state behind a
 //! trait (`postgres.rs` its PostgreSQL implementation; `store_rollouts.rs` the rollout,
-//! status and desired-state part, `postgres_rollouts.rs` that part for PostgreSQL),
-//! `service.rs` the decisions, `api.rs` the HTTP surface. With a broker: `ingest.rs` takes
-//! receipts and status from it (MQTT 5 shared subscriptions), `rollout.rs` is the rollout
-//! engine (`rollout_api.rs` its routes), `publisher.rs` the one way documents go out,
-//! `events.rs` the server-sent event stream; `auth/` who is calling.
+//! status and desired-state part, `postgres_rollouts.rs` that part for PostgreSQL;
+//! `store_signing.rs` the signer's sequence allotments, `postgres_signing.rs` for
+//! PostgreSQL), `service.rs` the decisions, `api.rs` the HTTP surface. With a broker:
+//! `ingest.rs` takes receipts and status from it (MQTT 5 shared subscriptions),
+//! `rollout.rs` is the rollout engine (`rollout_api.rs` its routes), `publisher.rs` the one
+//! way documents go out, `events.rs` the server-sent event stream; `auth/` who is calling.
+//! With `signer`: `signer.rs` the online issuer key (`signer_pkcs11.rs` on a token),
+//! `signer_api.rs` its route.
 
 mod api;
 mod auth;
@@ -23,12 +28,17 @@ mod events;
 mod ingest;
 mod postgres;
 mod postgres_rollouts;
+mod postgres_signing;
 mod publisher;
 mod rollout;
 mod rollout_api;
 mod service;
+mod signer;
+mod signer_api;
+mod signer_pkcs11;
 mod store;
 mod store_rollouts;
+mod store_signing;
 /// The tests' PostgreSQL server, shared with the integration tests (`ota/tests/common`).
 #[cfg(test)]
 #[path = "../../../../tests/common/postgres.rs"]
@@ -69,6 +79,33 @@ enum ServeCommand {
         #[command(subcommand)]
         what: ReceiptCommand,
     },
+    /// The online issuer key on a PKCS#11 token (`signer: {kind: pkcs11}`): put one there.
+    Signer {
+        #[command(subcommand)]
+        what: SignerCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum SignerCommand {
+    /// Encrypt an existing issuer key's seed under the token's AES key (made on the token,
+    /// non-extractable, when it has none with `key_label`) into `wrapped_seed_file`; then
+    /// delete the key file. A root key of the trust metadata is refused.
+    ImportSeed {
+        /// The issuer's secret key file (`chimera keygen`).
+        #[arg(long)]
+        key: PathBuf,
+    },
+    /// Make a new issuer key whose seed is only ever stored encrypted under the token's
+    /// AES key (`wrapped_seed_file`); writes PREFIX.pub for `chimera trust add-issuer`.
+    Generate {
+        /// Path prefix of the public key file.
+        #[arg(long)]
+        out: PathBuf,
+    },
+    /// Run the service's start-up checks of `signer:` (key file or token, wrapping key,
+    /// trust metadata) and print what was found.
+    Check,
 }
 
 #[derive(Subcommand)]
@@ -167,8 +204,112 @@ pub(crate) fn run(args: ServeArgs) -> anyhow::Result<()> {
             Some(ServeCommand::Receipt {
                 what: ReceiptCommand::Add { device, file },
             }) => add_receipt(&cfg, &device, &file).await,
+            Some(ServeCommand::Signer { what }) => provision_signer(&cfg, what).await,
         }
     })
+}
+
+/// The configured online issuer key, checked as the service checks it at start (None:
+/// no `signer`).
+async fn load_signer(
+    cfg: &ServeConfig,
+    trust: Option<&Arc<aegis_ota::trust::TrustMetadata>>,
+) -> anyhow::Result<Option<Arc<signer::Signer>>> {
+    let (Some(sc), Some(t)) = (&cfg.signer, trust) else {
+        return Ok(None);
+    };
+    let roots = service::read_roots(&cfg.trust_roots)?;
+    let (sc, t) = (sc.clone(), t.clone());
+    let s = tokio::task::spawn_blocking(move || signer::Signer::load(&sc, &t, &roots)).await??;
+    Ok(Some(Arc::new(s)))
+}
+
+/// The trust metadata of the configuration, verified (None: no `trust_metadata`).
+fn configured_trust(
+    cfg: &ServeConfig,
+) -> anyhow::Result<Option<Arc<aegis_ota::trust::TrustMetadata>>> {
+    Ok(match &cfg.trust_metadata {
+        Some(f) => Some(Arc::new(service::load_trust(f, &cfg.trust_roots)?)),
+        None => None,
+    })
+}
+
+/// `chimera serve signer check`.
+async fn check_signer(
+    cfg: &ServeConfig,
+    trust: Option<&Arc<aegis_ota::trust::TrustMetadata>>,
+) -> anyhow::Result<()> {
+    anyhow::ensure!(
+        cfg.signer.is_some(),
+        "the configuration has no `signer:` section"
+    );
+    if let Some(s) = load_signer(cfg, trust).await? {
+        println!(
+            "signer ok: issuer {} (may target devices {:?}, groups {:?}), key {}; {}",
+            s.issuer().name,
+            s.issuer().devices,
+            s.issuer().groups,
+            s.key_id(),
+            s.describe()
+        );
+    }
+    Ok(())
+}
+
+/// `chimera serve signer import-seed | generate | check`.
+async fn provision_signer(cfg: &ServeConfig, what: SignerCommand) -> anyhow::Result<()> {
+    let trust = configured_trust(cfg)?;
+    let roots = service::read_roots(&cfg.trust_roots)?;
+    let signer_cfg = cfg.signer.clone();
+    type Work = Box<
+        dyn FnOnce() -> anyhow::Result<(signer::Provisioned, &'static str, Option<PathBuf>)> + Send,
+    >;
+    let work: Work = match what {
+        SignerCommand::Check => return check_signer(cfg, trust.as_ref()).await,
+        SignerCommand::ImportSeed { key } => Box::new(move || {
+            signer::import_seed(signer_cfg.as_ref(), &key, trust.as_deref(), &roots)
+                .map(|d| (d, "signer.import_seed", None))
+        }),
+        SignerCommand::Generate { out } => Box::new(move || {
+            signer::generate(signer_cfg.as_ref(), &out)
+                .map(|(d, public)| (d, "signer.generate", Some(public)))
+        }),
+    };
+    // The database first: what is done to the token is audited.
+    let store = open(cfg).await?.store;
+    let (done, action, public) = tokio::task::spawn_blocking(work).await??;
+    store
+        .audit(
+            "cli".into(),
+            action.into(),
+            format!(
+                "key {} wrapped into {}{}",
+                done.key_id,
+                done.wrapped_seed_file.display(),
+                if done.created_key {
+                    " (token key made)"
+                } else {
+                    ""
+                }
+            ),
+        )
+        .await?;
+    if done.created_key {
+        eprintln!("made the token's AES-256 wrapping key (sensitive, not extractable)");
+    }
+    println!(
+        "{} holds key {}'s seed, encrypted under the token's key",
+        done.wrapped_seed_file.display(),
+        done.key_id
+    );
+    match public {
+        Some(p) => println!(
+            "{} (public): authorise it with `chimera trust add-issuer`",
+            p.display()
+        ),
+        None => eprintln!("delete the key file now: the token holds what signs"),
+    }
+    Ok(())
 }
 
 /// The state, opened.
@@ -403,10 +544,9 @@ async fn serve(cfg: ServeConfig) -> anyhow::Result<()> {
         Database::Postgres(_) => None,
     };
     let replica = cfg.replica_name();
-    let trust = match &cfg.trust_metadata {
-        Some(f) => Some(Arc::new(service::load_trust(f, &cfg.trust_roots)?)),
-        None => None,
-    };
+    let trust = configured_trust(&cfg)?;
+    // The online issuer key: checked against the trust metadata (never a root key).
+    let signer = load_signer(&cfg, trust.as_ref()).await?;
     // JWT callers get 503 until the first JWKS fetch succeeds; API tokens work at once, so
     // a provider outage at start does not stop the service.
     let oidc = match &cfg.oidc {
@@ -427,13 +567,19 @@ async fn serve(cfg: ServeConfig) -> anyhow::Result<()> {
             "service.start".into(),
             format!(
                 "listening on {addr}; state {state}; trust metadata {}; replica {}; broker {}; \
-                 oidc issuer {}",
+                 oidc issuer {}; signer {}",
                 trust
                     .as_ref()
                     .map_or("none".into(), |t| format!("version {}", t.version)),
                 replica,
                 cfg.broker.as_deref().unwrap_or("none"),
-                oidc.as_ref().map_or("none", |o| o.issuer())
+                oidc.as_ref().map_or("none", |o| o.issuer()),
+                signer.as_ref().map_or("none".into(), |s| format!(
+                    "issuer {} key {} ({})",
+                    s.issuer().name,
+                    s.key_id(),
+                    s.describe()
+                ))
             ),
         )
         .await?;
@@ -487,6 +633,7 @@ async fn serve(cfg: ServeConfig) -> anyhow::Result<()> {
             engine: engine_wake,
             ingest: ingest_counters,
             oidc,
+            signer,
         },
         cfg.max_body_bytes,
     );

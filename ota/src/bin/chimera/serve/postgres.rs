@@ -26,6 +26,7 @@ use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
 use tokio_postgres::config::{Host, SslMode};
 
 use super::postgres_rollouts as pg4;
+use super::postgres_signing as pg5;
 use super::store::{
     AuditRow, Device, HeldDevice, ImportCounts, MIGRATIONS, NewReceipt, ReceiptSummary, Role,
     SCHEMA_MIGRATIONS_TABLE, SUMMARY_COLUMNS, Store, StoreError, StoreFuture, StoredReceipt,
@@ -36,6 +37,7 @@ use super::store_rollouts::{
     Answer, Claim, Created, DesiredState, NewRollout, Rollout, RolloutDetail, RolloutState,
     RolloutWrite, StateChange, StatusChange, StatusReport, TargetChange,
 };
+use super::store_signing::{Issue, IssueRequest};
 
 /// Advisory lock key held while migrating ("chimeraM" in ASCII). Advisory locks are per
 /// database, so two services on two databases of one server do not wait on each other.
@@ -901,5 +903,9 @@ impl Store for PgStore {
             let mut c = self.client().await?;
             pg4::apply_rollout_writes(&mut c, &claim, &writes, now_ms()).await
         })
+    }
+
+    fn issue_sequence(&self, r: IssueRequest) -> StoreFuture<'_, Issue> {
+        self.run(async move { pg5::issue(&mut self.client().await?, &r, now_ms()).await })
     }
 }

@@ -304,10 +304,7 @@ pub(crate) fn load_trust(
 ) -> anyhow::Result<TrustMetadata> {
     let bytes =
         std::fs::read(file).map_err(|e| anyhow::anyhow!("cannot read {}: {e}", file.display()))?;
-    let roots = roots
-        .iter()
-        .map(|p| PublicKey::read(p).map_err(|e| anyhow::anyhow!("{}: {e}", p.display())))
-        .collect::<anyhow::Result<Vec<_>>>()?;
+    let roots = read_roots(roots)?;
     let (signed, _) = aegis_ota::trust::split(&bytes)
         .map_err(|e| anyhow::anyhow!("trust metadata {}: {e}", file.display()))?;
     let declared: TrustMetadata = serde_json::from_slice(&signed)
@@ -332,7 +329,7 @@ pub(crate) struct UploadRefused {
     pub(crate) message: String,
 }
 
-fn refused(check: &'static str, message: impl ToString) -> UploadRefused {
+pub(crate) fn refused(check: &'static str, message: impl ToString) -> UploadRefused {
     UploadRefused {
         check,
         message: message.to_string(),
@@ -393,23 +390,7 @@ pub(crate) fn check_upload(
             ),
         ));
     }
-    let may = |list: &[String], x: &str| list.iter().any(|a| a == "*" || a == x);
-    for d in &f.target.devices {
-        if !may(&issuer.devices, d) {
-            return Err(refused(
-                "target",
-                format!("issuer {} may not target device {d:?}", issuer.name),
-            ));
-        }
-    }
-    for g in &f.target.groups {
-        if !may(&issuer.groups, g) {
-            return Err(refused(
-                "target",
-                format!("issuer {} may not target group {g:?}", issuer.name),
-            ));
-        }
-    }
+    check_targets(&issuer, &f.target)?;
     let issued = maml::parse_time(&f.issued_at).unwrap_or(i64::MAX);
     let expires = maml::parse_time(&f.expires_at).unwrap_or(i64::MIN);
     if issued > now_s.saturating_add(MAX_CLOCK_SKEW_S) {
@@ -437,6 +418,40 @@ pub(crate) fn check_upload(
         created_by: created_by.to_string(),
         created_at: now_ms(),
     })
+}
+
+/// The `target` check: every device and group `target` names is one `issuer` may address
+/// in the trust metadata (`*` = any), as devices check it.
+pub(crate) fn check_targets(
+    issuer: &aegis_ota::trust::Issuer,
+    target: &maml::Target,
+) -> Result<(), UploadRefused> {
+    let may = |list: &[String], x: &str| list.iter().any(|a| a == "*" || a == x);
+    for d in &target.devices {
+        if !may(&issuer.devices, d) {
+            return Err(refused(
+                "target",
+                format!("issuer {} may not target device {d:?}", issuer.name),
+            ));
+        }
+    }
+    for g in &target.groups {
+        if !may(&issuer.groups, g) {
+            return Err(refused(
+                "target",
+                format!("issuer {} may not target group {g:?}", issuer.name),
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// Root public key files, read with the key file checks.
+pub(crate) fn read_roots(roots: &[std::path::PathBuf]) -> anyhow::Result<Vec<PublicKey>> {
+    roots
+        .iter()
+        .map(|p| PublicKey::read(p).map_err(|e| anyhow::anyhow!("{}: {e}", p.display())))
+        .collect()
 }
 
 fn hex(b: &[u8]) -> String {

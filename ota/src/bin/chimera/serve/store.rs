@@ -48,6 +48,7 @@ use super::store_rollouts::{
     RolloutDetail, RolloutState, RolloutWrite, StateChange, StatusChange, StatusReport,
     TargetChange,
 };
+use super::store_signing::{self, Issue, IssueRequest};
 
 /// One schema migration, in both SQL dialects.
 pub(crate) struct Migration {
@@ -65,6 +66,7 @@ const M0001_INIT: &str = include_str!("migrations/0001_init.sql");
 const M0002_WORKFLOWS: &str = include_str!("migrations/0002_workflows.sql");
 const M0003_TOKEN_LIFECYCLE: &str = include_str!("migrations/0003_token_lifecycle.sql");
 const M0004_ROLLOUTS: &str = include_str!("migrations/0004_rollouts.sql");
+const M0005_SIGNING: &str = include_str!("migrations/0005_signing.sql");
 
 /// The migrations, in order. Applied and recorded in `schema_migrations`; never edit one
 /// that has shipped, add the next (see the module docs).
@@ -92,6 +94,12 @@ pub(crate) const MIGRATIONS: &[Migration] = &[
         name: "rollouts",
         sqlite: M0004_ROLLOUTS,
         postgres: M0004_ROLLOUTS,
+    },
+    Migration {
+        version: 5,
+        name: "signing",
+        sqlite: M0005_SIGNING,
+        postgres: M0005_SIGNING,
     },
 ];
 
@@ -529,6 +537,15 @@ pub(crate) trait Store: Send + Sync {
         claim: Claim,
         writes: Vec<RolloutWrite>,
     ) -> StoreFuture<'_, bool>;
+
+    // Schema version 5: the online signer's allotments (SQL semantics on
+    // `store_signing::issue`).
+
+    /// Allots the sequence and issue time of one document the service is about to sign:
+    /// the sequence above every one handed out or held for the issuer key and target (and
+    /// at least the request's floor), the time never before the last one handed out for
+    /// the key. One transaction: no two callers, in any replica, get the same sequence.
+    fn issue_sequence(&self, r: IssueRequest) -> StoreFuture<'_, Issue>;
 }
 
 /// Milliseconds since the Unix epoch.
@@ -1083,6 +1100,10 @@ impl Store for SqliteStore {
     ) -> StoreFuture<'_, bool> {
         self.call(move |c| sql3::apply_rollout_writes(c, &claim, &writes, now_ms()))
     }
+
+    fn issue_sequence(&self, r: IssueRequest) -> StoreFuture<'_, Issue> {
+        self.call(move |c| store_signing::issue(c, &r, now_ms()))
+    }
 }
 
 #[cfg(test)]
@@ -1624,6 +1645,118 @@ pub(crate) mod tests {
         assert!(!e.contains("not-the-password"), "{e}");
         // Named as the service names it: user, host, port, database, no password.
         assert!(e.contains(&pg.url(&db)), "{e}");
+    }
+
+    fn issue_req(key: &str, target: &str, floor: u64, now_s: i64) -> IssueRequest {
+        IssueRequest {
+            key_id: key.into(),
+            target: target.into(),
+            floor,
+            now_s,
+        }
+    }
+
+    /// Sequences count per issuer key and target, from the floor and above the documents
+    /// held; issue times never go back for a key.
+    #[tokio::test]
+    async fn issue_sequences_count_per_key_and_target_above_what_is_held() {
+        for db in TestDb::each() {
+            let engine = db.engine();
+            let s = db.open().await.unwrap();
+            let next = async |key: &str, target: &str, floor: u64, now: i64| {
+                s.issue_sequence(issue_req(key, target, floor, now))
+                    .await
+                    .unwrap()
+            };
+            assert_eq!(
+                next("k1", "d:cam-1|g:", 1, 100).await.sequence,
+                1,
+                "{engine}"
+            );
+            assert_eq!(
+                next("k1", "d:cam-1|g:", 1, 100).await.sequence,
+                2,
+                "{engine}"
+            );
+            // Another target, another key: their own counts.
+            assert_eq!(next("k1", "d:|g:lobby", 1, 100).await.sequence, 1);
+            assert_eq!(next("k2", "d:cam-1|g:", 1, 100).await.sequence, 1);
+            // The floor moves a count up, never down.
+            assert_eq!(next("k1", "d:cam-1|g:", 10, 100).await.sequence, 10);
+            assert_eq!(
+                next("k1", "d:cam-1|g:", 3, 100).await.sequence,
+                11,
+                "{engine}"
+            );
+            // A held (uploaded) workflow of the same key and target, in any order: above it.
+            let w = Workflow {
+                sequence: 40,
+                key_id: "k2".into(),
+                sealed: false,
+                devices: vec!["cam-2".into(), "cam-1".into()],
+                groups: vec![],
+                ..workflow(&"ab".repeat(32), 0)
+            };
+            assert!(s.add_workflow(w, "text".into()).await.unwrap());
+            assert_eq!(
+                next("k2", "d:cam-1,cam-2|g:", 1, 100).await.sequence,
+                41,
+                "{engine}"
+            );
+            assert_eq!(next("k2", "d:cam-1|g:", 1, 100).await.sequence, 2);
+            // Near the top of i64: stored and compared whole.
+            assert_eq!(
+                next("k5", "d:a|g:", 1 << 62, 100).await.sequence,
+                1 << 62,
+                "{engine}"
+            );
+            assert_eq!(next("k5", "d:a|g:", 1, 100).await.sequence, (1 << 62) + 1);
+            // Issue times never go back for a key, whatever the caller's clock says.
+            assert_eq!(next("k3", "d:a|g:", 1, 500).await.issued_at_s, 500);
+            assert_eq!(
+                next("k3", "d:b|g:", 1, 450).await.issued_at_s,
+                500,
+                "{engine}"
+            );
+            assert_eq!(next("k3", "d:a|g:", 1, 600).await.issued_at_s, 600);
+            assert_eq!(next("k4", "d:a|g:", 1, 450).await.issued_at_s, 450);
+        }
+    }
+
+    /// Two stores on one database are two replicas' connections: allotments from both, all
+    /// at once (a new key and target first: the first allotments race on the insert), never
+    /// repeat a sequence.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn two_connections_never_hand_out_the_same_sequence() {
+        for db in TestDb::each() {
+            let stores: [Arc<dyn Store>; 2] = [
+                db.open().await.unwrap().into(),
+                db.open().await.unwrap().into(),
+            ];
+            let tasks: Vec<_> = (0..40)
+                .map(|i| {
+                    let s = stores[i % 2].clone();
+                    tokio::spawn(async move {
+                        s.issue_sequence(issue_req("k", "d:cam-1|g:", 1, 100))
+                            .await
+                            .unwrap()
+                            .sequence
+                    })
+                })
+                .collect();
+            let mut got = Vec::new();
+            for t in tasks {
+                got.push(t.await.unwrap());
+            }
+            let mut sorted = got.clone();
+            sorted.sort();
+            assert_eq!(
+                sorted,
+                (1..=40).collect::<Vec<u64>>(),
+                "{}: {got:?}",
+                db.engine()
+            );
+        }
     }
 
     #[tokio::test]
