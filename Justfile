@@ -33,8 +33,9 @@ test: lint
     step cargo build -p aegis-agent -p aegis-ota --bins
     step cargo test --workspace --no-fail-fast
     step tools/deploy-check.sh
+    step tools/yocto-check.sh
     step tools/cross-test.sh
-    step tools/fuzz.sh 20
+    step tools/fuzz.sh 10
 
 # The container definition and the Helm chart of `chimera serve` (deploy/): hadolint, helm
 # lint/template, kubernetes-validate, the values schema, the rendered serve.yaml run by the
@@ -50,10 +51,25 @@ bench-rollout DEVICES="1000":
     cargo build --release -p aegis-agent -p aegis-ota --bins
     AEGIS_FLEET_DEVICES={{DEVICES}} cargo test --release -p aegis-tests --test gateway_fleet -- --nocapture
 
-# The libav-free crates (config, ota, sensors, cuda) cross-compiled for the Jetson's
+# The Yocto layer (yocto/meta-aegis) without BitBake: oelint-adv (pinned), the crate list vs
+# Cargo.lock, SRC_URI files and checksums, model pins vs tools/fetch-models.sh, the units with
+# systemd-analyze, a signed .swu from the sw-description through the real swupdate.
+yocto-check:
+    tools/yocto-check.sh
+
+# Rewrite the agent recipe's crate list from Cargo.lock (after a dependency change).
+yocto-crates:
+    tools/yocto-crates.py
+
+# The libav-free crates (config, ota, sensors, cuda, jetson) cross-compiled for the Jetson's
 # aarch64, their tests run under qemu-user.
 cross-test:
     tools/cross-test.sh
+
+# The whole agent (libav included) for aarch64: hal, models and agent unit tests under
+# qemu-user, and the binary run once (installs Debian's arm64 libav packages; not in CI yet).
+cross-agent:
+    tools/cross-agent.sh
 
 # Fuzz the MAML parser, the verifier, the source-URL policy and the time parser (cargo-fuzz,
 # nightly), SECONDS per target.

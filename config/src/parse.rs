@@ -35,6 +35,7 @@ const ROOT_KEYS: &[&str] = &[
     "inference",
     "workflows",
     "log",
+    "watchdog",
 ];
 const PIPELINE_KEYS: &[&str] = &[
     "sources",
@@ -190,6 +191,12 @@ fn build_agent(value: Value, problems: &mut Vec<Problem>) -> Option<AgentConfig>
         problems,
         Checks::fields(validate::check_log),
     );
+    let watchdog = section(
+        &mut root,
+        "watchdog",
+        problems,
+        Checks::fields(validate::check_watchdog),
+    );
     if let (Some(pipeline), Some(sensors)) = (&pipeline, &sensors) {
         let names: Vec<&str> = sensors.iot.iter().map(|s| s.name.as_str()).collect();
         validate::check_rule_sensors(&pipeline.rules, &names, "pipeline.rules", problems);
@@ -208,6 +215,7 @@ fn build_agent(value: Value, problems: &mut Vec<Problem>) -> Option<AgentConfig>
         inference: inference?,
         workflows: workflows?,
         log: log?,
+        watchdog: watchdog?,
     })
 }
 

@@ -1060,3 +1060,38 @@ fn the_effective_yaml_parses_back_to_the_same_configuration() {
     };
     assert_eq!(&keys[..3], ["device", "backend", "pipeline"]);
 }
+
+#[test]
+fn firmware_updates_need_workflows_the_devices_image_and_board_and_a_simulated_boards_file() {
+    let base = |fw: &str, workflows: bool| {
+        format!(
+            "{}workflows:\n  enabled: {workflows}\n  trust: {{ roots: [/r.pub] }}\n  firmware: {fw}\n",
+            minimal()
+        )
+    };
+    let paths = paths_of(&base(
+        "{ enabled: true, image: \"bad/name\", updater: simulated, trial_s: 0, swupdate: { max_attempts: 9, reboot_command: [] } }",
+        false,
+    ));
+    for p in [
+        "workflows.firmware.enabled",
+        "workflows.firmware.image",
+        "workflows.firmware.board",
+        "workflows.firmware.trial_s",
+        "workflows.firmware.swupdate.max_attempts",
+        "workflows.firmware.swupdate.reboot_command",
+        "workflows.firmware.simulated_board",
+    ] {
+        assert!(paths.iter().any(|x| x == p), "{p} not in {paths:?}");
+    }
+    // Off: nothing is checked; on with what it needs: accepted.
+    ok(&base("{ enabled: false, image: \"bad/name\" }", false));
+    let c = ok(&base(
+        "{ enabled: true, image: aegis-image, board: jetson-orin-nano-devkit }",
+        true,
+    ));
+    assert_eq!(
+        c.workflows.firmware_dir(),
+        PathBuf::from("/var/lib/aegis/workflows/firmware")
+    );
+}

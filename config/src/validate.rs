@@ -17,7 +17,8 @@ use crate::model::{
     EncoderConfig, FleetConfig, GOP_FRAMES_RANGE, InferenceConfig, KEEPALIVE_S_RANGE, LogConfig,
     MAX_ENCODER_THREADS, MAX_ID_LEN, MIN_DISK_BUDGET_MB, ModelKindConfig, POOL_FRAMES_RANGE,
     PRESETS, PipelineConfig, QUEUE_DEPTH_RANGE, RuleConfig, SEGMENT_SECONDS_RANGE, SensorsConfig,
-    SinkConfig, SourceConfig, SourceLocation, StoreConfig, WebConfig, WorkflowsConfig,
+    SinkConfig, SourceConfig, SourceLocation, StoreConfig, WatchdogConfig, WebConfig,
+    WorkflowsConfig,
 };
 use crate::recover::{join_index, join_key};
 use crate::stages::StageModel;
@@ -609,6 +610,16 @@ pub(crate) fn check_store(store: &StoreConfig, prefix: &str, out: &mut Vec<Probl
     check_range(out, key("queue"), store.queue, &(64..=1_000_000));
 }
 
+pub(crate) fn check_watchdog(w: &WatchdogConfig, prefix: &str, out: &mut Vec<Problem>) {
+    check_range(out, join_key(prefix, "stall_s"), w.stall_s, &(1..=3600));
+    check_range(
+        out,
+        join_key(prefix, "applier_stall_s"),
+        w.applier_stall_s,
+        &(10..=86_400),
+    );
+}
+
 pub(crate) fn check_fleet(fleet: &FleetConfig, prefix: &str, out: &mut Vec<Problem>) {
     check_scheme(
         out,
@@ -733,6 +744,74 @@ pub(crate) fn check_workflows(w: &WorkflowsConfig, prefix: &str, out: &mut Vec<P
         w.models.mqtt_stall_s,
         &(5..=86_400),
     );
+    check_firmware(&w.firmware, w.enabled, &key("firmware"), out);
+}
+
+fn check_firmware(
+    f: &crate::model::FirmwareConfig,
+    workflows: bool,
+    prefix: &str,
+    out: &mut Vec<Problem>,
+) {
+    if !f.enabled {
+        return;
+    }
+    let key = |k: &str| join_key(prefix, k);
+    if !workflows {
+        out.push(Problem::new(
+            key("enabled"),
+            "firmware orders need workflows.enabled (the same trust, keys and receipts)",
+        ));
+    }
+    let name_ok = |s: &str| {
+        !s.is_empty()
+            && s.len() <= 64
+            && s.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b))
+            && !s.starts_with(['.', '-'])
+    };
+    for (k, v) in [("image", &f.image), ("board", &f.board)] {
+        if !name_ok(v) {
+            out.push(Problem::new(
+                key(k),
+                format!(
+                    "{v:?}: firmware updates need this device's {k} (1 to 64 of A-Z a-z 0-9 . _ -)"
+                ),
+            ));
+        }
+    }
+    check_range(out, key("max_image_mb"), f.max_image_mb, &(1..=65_536));
+    check_range(out, key("trial_s"), f.trial_s, &(1..=86_400));
+    check_range(
+        out,
+        key("helper_timeout_s"),
+        f.helper_timeout_s,
+        &(5..=86_400),
+    );
+    check_range(
+        out,
+        key("swupdate.max_attempts"),
+        f.swupdate.max_attempts,
+        &(1..=7),
+    );
+    check_range(
+        out,
+        key("swupdate.timeout_s"),
+        f.swupdate.timeout_s,
+        &(10..=86_400),
+    );
+    if f.swupdate.reboot_command.is_empty() {
+        out.push(Problem::new(
+            key("swupdate.reboot_command"),
+            "no reboot command: a firmware update could never boot its image",
+        ));
+    }
+    if f.updater == crate::model::FirmwareUpdaterKind::Simulated && f.simulated_board.is_none() {
+        out.push(Problem::new(
+            key("simulated_board"),
+            "the simulated updater needs its board file",
+        ));
+    }
 }
 
 pub(crate) fn check_web(web: &WebConfig, prefix: &str, out: &mut Vec<Problem>) {

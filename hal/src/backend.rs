@@ -139,6 +139,49 @@ fn choose(
     cfg: &BackendConfig,
     kernel_cache: Option<Option<PathBuf>>,
 ) -> Result<Backend, BackendError> {
+    choose_on(cfg, kernel_cache, std::path::Path::new("/"))
+}
+
+/// Why the `jetson` backend cannot run on the platform whose root file system is `root`,
+/// or `Ok(cfg)` with the backend that is this platform's path instead (Thor: the Video
+/// Codec SDK through the `cuda` backend). The choice is the platform's, never a product
+/// name's.
+fn jetson_path(cfg: &BackendConfig, root: &std::path::Path) -> Result<BackendConfig, String> {
+    use aegis_jetson::platform::{CodecPath, Platform};
+    let Some(p) = Platform::detect(root) else {
+        return Err(
+            "this machine is not a Jetson (no device-tree model naming one under /proc/device-tree)"
+                .into(),
+        );
+    };
+    match p.codecs() {
+        CodecPath::VideoCodecSdk => Ok(BackendConfig {
+            kind: BackendKind::Cuda,
+            ..cfg.clone()
+        }),
+        CodecPath::None => Err(format!(
+            "{}: not a supported module (Orin on Jetson Linux r36 or later, or Thor)",
+            p.describe()
+        )),
+        CodecPath::V4l2M2m { encoder } => Err(format!(
+            "{}: the Orin NVMM pipeline (V4L2 M2M decode into NVMM surfaces, CUDA through EGL \
+             images{}) is not wired into the pipeline yet (aegis-jetson has the codec state \
+             machines and the platform detection)",
+            p.describe(),
+            if encoder {
+                ", V4L2 M2M encode"
+            } else {
+                "; this module has no NVENC"
+            }
+        )),
+    }
+}
+
+fn choose_on(
+    cfg: &BackendConfig,
+    kernel_cache: Option<Option<PathBuf>>,
+    root: &std::path::Path,
+) -> Result<Backend, BackendError> {
     let why = match (cfg.kind, kernel_cache) {
         (BackendKind::Cpu, _) => return Ok(Backend::cpu()),
         (BackendKind::Cuda, None) => {
@@ -175,7 +218,13 @@ fn choose(
                 Err(e) => e.to_string(),
             }
         }
-        (BackendKind::Jetson, _) => "the jetson backend is not built yet".to_string(),
+        (BackendKind::Jetson, cache) => match jetson_path(cfg, root) {
+            Ok(instead) => {
+                tracing::info!(backend = %instead.kind, "jetson: this platform's path");
+                return choose_on(&instead, cache, root);
+            }
+            Err(why) => why,
+        },
     };
     match cfg.fallback {
         Some(BackendKind::Cpu) => {
@@ -190,5 +239,63 @@ fn choose(
             kind: cfg.kind,
             why,
         }),
+    }
+}
+
+#[cfg(test)]
+mod jetson_tests {
+    use super::*;
+
+    fn fake_root(model: &str) -> tempfile::TempDir {
+        let d = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(d.path().join("proc/device-tree")).unwrap();
+        std::fs::write(
+            d.path().join("proc/device-tree/model"),
+            format!("{model}\0"),
+        )
+        .unwrap();
+        std::fs::create_dir_all(d.path().join("etc")).unwrap();
+        std::fs::write(
+            d.path().join("etc/nv_tegra_release"),
+            "# R36 (release), REVISION: 4.3, GCID: 1, BOARD: generic, EABI: aarch64\n",
+        )
+        .unwrap();
+        d
+    }
+
+    fn jetson(fallback: Option<BackendKind>) -> BackendConfig {
+        BackendConfig {
+            kind: BackendKind::Jetson,
+            fallback,
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn the_jetson_backend_is_chosen_per_platform() {
+        // Orin Nano: the V4L2 path, no NVENC, not wired yet: refused without a fallback,
+        // the CPU with one, the reason kept.
+        let nano = fake_root("NVIDIA Jetson Orin Nano Developer Kit");
+        let e = choose_on(&jetson(None), None, nano.path()).unwrap_err();
+        assert_eq!(e.kind, BackendKind::Jetson);
+        assert!(
+            e.why.contains("Orin Nano") && e.why.contains("no NVENC") && e.why.contains("R36.4.3"),
+            "{}",
+            e.why
+        );
+        let b = choose_on(&jetson(Some(BackendKind::Cpu)), None, nano.path()).unwrap();
+        assert_eq!(b.kind, BackendKind::Cpu);
+        assert!(b.fell_back.unwrap().contains("not wired"));
+        // Thor: the Video Codec SDK, i.e. the cuda backend's path (its own checks follow:
+        // without a CUDA driver here, the refusal is the CUDA backend's).
+        let thor = fake_root("NVIDIA Jetson AGX Thor Developer Kit");
+        match choose_on(&jetson(None), None, thor.path()) {
+            Ok(b) => assert_eq!(b.kind, BackendKind::Cuda),
+            Err(e) => assert_eq!(e.kind, BackendKind::Cuda, "{}", e.why),
+        }
+        // Not a Jetson at all.
+        let pc = tempfile::tempdir().unwrap();
+        let e = choose_on(&jetson(None), None, pc.path()).unwrap_err();
+        assert!(e.why.contains("not a Jetson"), "{}", e.why);
     }
 }

@@ -139,6 +139,22 @@ fn runtime(library: &Path) -> Result<&'static ort::environment::Environment, Eng
     })
 }
 
+/// The execution providers the agent can use (`cpu`, `cuda`, `tensorrt`) that the ONNX
+/// Runtime at `library` was built with (`GetAvailableProviders`; built with is not yet
+/// usable: the CUDA libraries are loaded when a session registers the provider).
+pub fn runtime_providers(library: &Path) -> Result<Vec<&'static str>, EngineError> {
+    use ort::ep::ExecutionProvider as _;
+    runtime(library)?;
+    let mut out = vec!["cpu"];
+    if ort::ep::CUDA::is_available().unwrap_or(false) {
+        out.push("cuda");
+    }
+    if ort::ep::TensorRT::is_available().unwrap_or(false) {
+        out.push("tensorrt");
+    }
+    Ok(out)
+}
+
 /// An ONNX model in an ONNX Runtime session.
 pub struct OrtSession {
     session: ort::session::Session,

@@ -41,6 +41,62 @@ pub fn write_atomic_mode(path: &Path, bytes: &[u8], mode: u32) -> std::io::Resul
     Ok(())
 }
 
+/// Why [`read_bounded`] could not read a file.
+#[derive(Debug)]
+pub enum ReadError {
+    /// A symbolic link, a directory, a device: not a regular file.
+    NotRegular(&'static str),
+    /// Larger than the limit.
+    TooLarge(u64),
+    /// Reading failed.
+    Io(std::io::Error),
+}
+
+impl std::fmt::Display for ReadError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ReadError::NotRegular(what) => write!(f, "{what}, not a regular file"),
+            ReadError::TooLarge(limit) => write!(f, "larger than {limit} bytes"),
+            ReadError::Io(e) => e.fmt(f),
+        }
+    }
+}
+
+/// Reads a state file whole: `None` when it does not exist; refused when it is a symbolic
+/// link (never followed), not a regular file (a FIFO cannot block the read) or larger
+/// than `max_bytes` (at most `max_bytes + 1` bytes are read).
+pub fn read_bounded(path: &Path, max_bytes: u64) -> Result<Option<Vec<u8>>, ReadError> {
+    use std::io::Read;
+    let file = match std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC | libc::O_NONBLOCK)
+        .open(path)
+    {
+        Ok(f) => f,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) if e.raw_os_error() == Some(libc::ELOOP) => {
+            return Err(ReadError::NotRegular("a symbolic link"));
+        }
+        Err(e) => return Err(ReadError::Io(e)),
+    };
+    let meta = file.metadata().map_err(ReadError::Io)?;
+    if !meta.is_file() {
+        return Err(ReadError::NotRegular(if meta.is_dir() {
+            "a directory"
+        } else {
+            "a special file"
+        }));
+    }
+    let mut bytes = Vec::new();
+    file.take(max_bytes + 1)
+        .read_to_end(&mut bytes)
+        .map_err(ReadError::Io)?;
+    if bytes.len() as u64 > max_bytes {
+        return Err(ReadError::TooLarge(max_bytes));
+    }
+    Ok(Some(bytes))
+}
+
 /// Creates `dir` (and its parents) and makes `dir` itself 0700.
 pub fn private_dir(dir: &Path) -> std::io::Result<()> {
     std::fs::DirBuilder::new()

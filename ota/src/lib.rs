@@ -13,13 +13,18 @@
 //! that survives a restart, install on trial with the signed manifest kept, confirm,
 //! rollback, crash recovery), what travels for model delivery ([`model_wire`]), the MQTT
 //! chunk transfer of a bundle ([`model_chunks`]: the gateway's server and the device's
-//! resumable fetcher, without the network), and the `chimera` gateway CLI. See
+//! resumable fetcher, without the network), signed firmware orders and the A/B updater
+//! interface ([`firmware`]: the order's checks, the device's record outside the slots,
+//! SWUpdate with `nvbootctrl`, a simulated board), and the `chimera` gateway CLI. See
 //! `docs/security.md`. This crate must
 //! never know about frames.
 
 pub mod device;
+pub mod firmware;
 pub mod fsutil;
+mod issued;
 mod keyfile;
+pub use issued::TargetRefusal;
 pub use keyfile::{read_private, write_private};
 pub mod maml;
 pub mod model;

@@ -282,30 +282,9 @@ pub enum ModelRejection {
         /// The signer's issuer name.
         signer: String,
     },
-    /// Not for this device.
-    #[error(
-        "target: for devices {devices:?} / groups {groups:?}, not this device {device:?} (groups {device_groups:?})"
-    )]
-    NotForThisDevice {
-        /// The manifest's target devices.
-        devices: Vec<String>,
-        /// The manifest's target groups.
-        groups: Vec<String>,
-        /// This device.
-        device: String,
-        /// Its groups.
-        device_groups: Vec<String>,
-    },
-    /// The issuer may not target a device or group the manifest names.
-    #[error("target: issuer {issuer} may not target {what} {name:?}")]
-    IssuerMayNotTarget {
-        /// The issuer.
-        issuer: String,
-        /// `device` or `group`.
-        what: &'static str,
-        /// The device or group.
-        name: String,
-    },
+    /// Not for this device, or for a device or group its issuer may not target.
+    #[error(transparent)]
+    Target(#[from] crate::issued::TargetRefusal),
     /// `issued_at` is in the future beyond the tolerated skew.
     #[error("time: issued_at {issued_at} is after now ({now}) plus {skew_s} s of skew")]
     NotYetValid {
@@ -510,7 +489,8 @@ pub fn parse_version(v: &str) -> Option<(u64, u64, u64)> {
     it.next().is_none().then_some(t)
 }
 
-pub(crate) fn is_sha256_hex(s: &str) -> bool {
+/// Whether `s` is a SHA-256 in lowercase hex (64 digits).
+pub fn is_sha256_hex(s: &str) -> bool {
     s.len() == 64 && s.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
 }
 
@@ -762,22 +742,15 @@ impl ModelManifest {
 /// appends one signature block for [`Purpose::Model`]. The signed bytes are the
 /// LF-normalised JSON, ending in a newline.
 pub fn sign_manifest(json: &[u8], key: &SecretKey) -> Result<Vec<u8>, ModelRejection> {
-    let mut out = maml::normalise(json);
-    if !out.ends_with(b"\n") {
-        out.push(b'\n');
-    }
-    ModelManifest::from_json(&out)?;
-    let block = key
-        .sign_block(&out, Purpose::Model)
-        .map_err(ModelRejection::Signature)?;
-    out.extend_from_slice(block.render().as_bytes());
-    if out.len() > MAX_MANIFEST_BYTES {
-        return Err(ModelRejection::Format(format!(
-            "the signed manifest is {} bytes; the limit is {MAX_MANIFEST_BYTES}",
-            out.len()
-        )));
-    }
-    Ok(out)
+    crate::issued::sign_json(
+        json,
+        key,
+        Purpose::Model,
+        "manifest",
+        MAX_MANIFEST_BYTES,
+        |out| ModelManifest::from_json(out).map(|_| ()),
+        ModelRejection::from,
+    )
 }
 
 /// Splits a signed manifest into its signed bytes (LF-normalised) and its one signature
@@ -792,21 +765,7 @@ pub(crate) fn split_one(
     bytes: &[u8],
     what: &str,
 ) -> Result<(Vec<u8>, SignatureBlock), ModelRejection> {
-    if bytes.len() > MAX_MANIFEST_BYTES {
-        return Err(ModelRejection::Format(format!(
-            "the signed {what} is {} bytes; the limit is {MAX_MANIFEST_BYTES}",
-            bytes.len()
-        )));
-    }
-    let text = maml::normalise(bytes);
-    let (signed, mut blocks) =
-        maml::split_blocks(&text).map_err(|e| ModelRejection::Format(e.to_string()))?;
-    match blocks.len() {
-        1 => Ok((signed, blocks.remove(0))),
-        n => Err(ModelRejection::Format(format!(
-            "a {what} carries exactly one signature block, not {n}"
-        ))),
-    }
+    crate::issued::split_one(bytes, what, MAX_MANIFEST_BYTES).map_err(ModelRejection::Format)
 }
 
 /// The digest a signed manifest is known by ([`VerifiedManifest::digest`]): the SHA-256
@@ -816,10 +775,6 @@ pub(crate) fn split_one(
 pub fn manifest_digest(bytes: &[u8]) -> Result<String, ModelRejection> {
     let (signed, _) = split_manifest(bytes)?;
     Ok(crate::sha256_hex(&signed))
-}
-
-fn allowed(list: &[String], item: &str) -> bool {
-    list.iter().any(|a| a == "*" || a == item)
 }
 
 /// The device-side checks of a signed manifest, before anything is downloaded, in this
@@ -889,14 +844,17 @@ enum Use {
     Installed,
 }
 
-/// A signature that verified: the signed bytes and who signed them.
-pub(crate) struct SignedBy {
-    /// The signed bytes (LF-normalised, no signature block).
-    pub(crate) signed: Vec<u8>,
-    /// The issuer whose key signed.
-    pub(crate) issuer: Issuer,
-    /// That key.
-    pub(crate) key: PublicKey,
+pub(crate) use crate::issued::SignedBy;
+
+impl From<crate::issued::Unverified> for ModelRejection {
+    fn from(e: crate::issued::Unverified) -> ModelRejection {
+        use crate::issued::Unverified;
+        match e {
+            Unverified::Trust(why) => ModelRejection::Trust(why),
+            Unverified::Format(why) => ModelRejection::Format(why),
+            Unverified::Signature(e) => ModelRejection::Signature(e),
+        }
+    }
 }
 
 /// The checks before any JSON is read, shared by manifests and rollback orders (`what`
@@ -908,23 +866,14 @@ pub(crate) fn verify_signature(
     now_s: i64,
     what: &str,
 ) -> Result<SignedBy, ModelRejection> {
-    if let Some(why) = crate::device::trust_expired(trust, now_s) {
-        return Err(ModelRejection::Trust(why));
-    }
-    let (signed, block) = split_one(bytes, what)?;
-    if block.alg != crate::sign::ALG {
-        return Err(ModelRejection::Signature(SignError::Algorithm(block.alg)));
-    }
-    let (issuer, key) = trust
-        .issuer(&block.key)
-        .map_err(ModelRejection::Signature)?;
-    key.verify(&signed, Purpose::Model, &block.sig)
-        .map_err(ModelRejection::Signature)?;
-    Ok(SignedBy {
-        signed,
-        issuer,
-        key,
-    })
+    Ok(crate::issued::verify_signature(
+        bytes,
+        trust,
+        now_s,
+        what,
+        MAX_MANIFEST_BYTES,
+        Purpose::Model,
+    )?)
 }
 
 /// The issuer and target rules shared by manifests and rollback orders: the signing
@@ -947,29 +896,7 @@ pub(crate) fn check_issuer_and_target(
             signer: issuer.name.clone(),
         });
     }
-    let for_me =
-        target.devices.contains(&me.id) || target.groups.iter().any(|g| me.groups.contains(g));
-    if !for_me {
-        return Err(ModelRejection::NotForThisDevice {
-            devices: target.devices.clone(),
-            groups: target.groups.clone(),
-            device: me.id.clone(),
-            device_groups: me.groups.clone(),
-        });
-    }
-    for (what, names, may) in [
-        ("device", &target.devices, &issuer.devices),
-        ("group", &target.groups, &issuer.groups),
-    ] {
-        if let Some(n) = names.iter().find(|n| !allowed(may, n)) {
-            return Err(ModelRejection::IssuerMayNotTarget {
-                issuer: issuer.name.clone(),
-                what,
-                name: n.clone(),
-            });
-        }
-    }
-    Ok(())
+    crate::issued::check_target(issuer, &target.devices, &target.groups, me).map_err(Into::into)
 }
 
 /// The time rules shared by manifests and rollback orders: `issued_at` not beyond trusted

@@ -152,22 +152,15 @@ pub struct VerifiedRollback {
 /// appends one signature block for [`Purpose::Model`]. The signed bytes are the
 /// LF-normalised JSON, ending in a newline.
 pub fn sign_rollback_order(json: &[u8], key: &SecretKey) -> Result<Vec<u8>, ModelRejection> {
-    let mut out = maml::normalise(json);
-    if !out.ends_with(b"\n") {
-        out.push(b'\n');
-    }
-    RollbackOrder::from_json(&out)?;
-    let block = key
-        .sign_block(&out, Purpose::Model)
-        .map_err(ModelRejection::Signature)?;
-    out.extend_from_slice(block.render().as_bytes());
-    if out.len() > MAX_MANIFEST_BYTES {
-        return Err(ModelRejection::Format(format!(
-            "the signed rollback order is {} bytes; the limit is {MAX_MANIFEST_BYTES}",
-            out.len()
-        )));
-    }
-    Ok(out)
+    crate::issued::sign_json(
+        json,
+        key,
+        Purpose::Model,
+        "rollback order",
+        MAX_MANIFEST_BYTES,
+        |out| RollbackOrder::from_json(out).map(|_| ()),
+        ModelRejection::from,
+    )
 }
 
 /// The device-side checks of a signed rollback order, in the manifests' order: trust

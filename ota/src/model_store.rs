@@ -1016,40 +1016,21 @@ impl ModelStore {
 
 /// Reads and validates the state file (absent: empty).
 fn read_state(path: &Path) -> Result<StoreState, StoreError> {
-    use std::io::Read;
-    use std::os::unix::fs::OpenOptionsExt;
     let bad = |reason: String| StoreError::State {
         path: path.to_path_buf(),
         reason,
     };
-    let file = match std::fs::OpenOptions::new()
-        .read(true)
-        .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC | libc::O_NONBLOCK)
-        .open(path)
-    {
-        Ok(f) => f,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+    let bytes = match crate::fsutil::read_bounded(path, MAX_STATE_BYTES) {
+        Ok(Some(b)) => b,
+        Ok(None) => {
             return Ok(StoreState {
                 format: STATE_FORMAT,
                 models: BTreeMap::new(),
             });
         }
-        Err(e) if e.raw_os_error() == Some(libc::ELOOP) => {
-            return Err(bad("a symbolic link".into()));
-        }
-        Err(e) => return Err(io(path)(e)),
+        Err(crate::fsutil::ReadError::Io(e)) => return Err(io(path)(e)),
+        Err(e) => return Err(bad(e.to_string())),
     };
-    let meta = file.metadata().map_err(io(path))?;
-    if !meta.is_file() {
-        return Err(bad("not a regular file".into()));
-    }
-    let mut bytes = Vec::new();
-    file.take(MAX_STATE_BYTES + 1)
-        .read_to_end(&mut bytes)
-        .map_err(io(path))?;
-    if bytes.len() as u64 > MAX_STATE_BYTES {
-        return Err(bad(format!("larger than {MAX_STATE_BYTES} bytes")));
-    }
     let state: StoreState = serde_json::from_slice(&bytes).map_err(|e| bad(e.to_string()))?;
     if state.format != STATE_FORMAT {
         return Err(bad(format!(

@@ -19,7 +19,7 @@
 use serde::{Deserialize, Serialize};
 
 use crate::receipt::{ReceiptError, Verdict};
-use crate::sign::{PublicKey, Purpose, SecretKey, SignError};
+use crate::sign::{PublicKey, SecretKey, SignError};
 
 /// `type` of an announcement.
 pub const ANNOUNCEMENT_TYPE: &str = "aegis-model-announcement";
@@ -281,18 +281,12 @@ pub struct ModelReceipt {
 impl ModelReceipt {
     /// The signed text: the JSON on one line, then the signature block.
     pub fn render_signed(&self, key: &SecretKey) -> Result<String, SignError> {
-        let mut s = serde_json::to_string(self).expect("a receipt serialises");
-        s.push('\n');
-        let block = key.sign_block(s.as_bytes(), Purpose::Receipt)?;
-        s.push_str(&block.render());
-        Ok(s)
+        crate::receipt::render_json_signed(self, key)
     }
 
     /// Verifies `text`'s signature by `device_key`, then parses it.
     pub fn verify(text: &[u8], device_key: &PublicKey) -> Result<ModelReceipt, ReceiptError> {
-        let signed = crate::receipt::verified_part(text, device_key)?;
-        let r: ModelReceipt =
-            serde_json::from_slice(&signed).map_err(|e| ReceiptError::Format(e.to_string()))?;
+        let r: ModelReceipt = crate::receipt::verify_json_signed(text, device_key)?;
         if r.kind != MODEL_RECEIPT_TYPE {
             return Err(ReceiptError::Format(format!(
                 "type {:?}, expected {MODEL_RECEIPT_TYPE:?}",

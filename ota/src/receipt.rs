@@ -196,6 +196,29 @@ pub fn verified_part(text: &[u8], device_key: &PublicKey) -> Result<Vec<u8>, Rec
     Ok(signed)
 }
 
+/// The signed text of a receipt written as JSON (model and firmware receipts): the JSON on
+/// one line, then the device's signature block ([`Purpose::Receipt`]).
+pub(crate) fn render_json_signed<T: Serialize>(
+    v: &T,
+    key: &SecretKey,
+) -> Result<String, SignError> {
+    let mut s = serde_json::to_string(v).map_err(|e| SignError::Malformed(e.to_string()))?;
+    s.push('\n');
+    let block = key.sign_block(s.as_bytes(), Purpose::Receipt)?;
+    s.push_str(&block.render());
+    Ok(s)
+}
+
+/// A JSON receipt whose signature by `device_key` verified, parsed (the caller checks its
+/// `type`).
+pub(crate) fn verify_json_signed<T: serde::de::DeserializeOwned>(
+    text: &[u8],
+    device_key: &PublicKey,
+) -> Result<T, ReceiptError> {
+    let signed = verified_part(text, device_key)?;
+    serde_json::from_slice(&signed).map_err(|e| ReceiptError::Format(e.to_string()))
+}
+
 impl Receipt {
     /// The signed `.mu` text.
     pub fn render_signed(&self, key: &SecretKey) -> Result<String, SignError> {

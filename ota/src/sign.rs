@@ -39,6 +39,8 @@ pub enum Purpose {
     Trust,
     /// A model manifest.
     Model,
+    /// A firmware order (`crate::firmware`).
+    Firmware,
     /// A device's `.mu` receipt.
     Receipt,
     /// A key delivered to a device (group sealing keys).
@@ -52,6 +54,7 @@ impl Purpose {
             Purpose::Workflow => b"aegis-workflow-v1",
             Purpose::Trust => b"aegis-trust-v1",
             Purpose::Model => b"aegis-model-v1",
+            Purpose::Firmware => b"aegis-firmware-v1",
             Purpose::Receipt => b"aegis-receipt-v1",
             Purpose::KeyDelivery => b"aegis-key-v1",
         }

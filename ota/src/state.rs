@@ -45,6 +45,49 @@ use crate::{Authenticated, Refusal, Rejection, Verified};
 /// after a reconnect or a restart — gets no second receipt.
 pub const ANSWERED: usize = 256;
 
+/// Least time between two re-sends of one document's receipt ([`AnswerAgain`]).
+pub const ANSWER_AGAIN_INTERVAL: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// When a document answered already is *asked* again — published to the device live, not
+/// a retained copy redelivered on (re)subscribe — the device sends the receipt it signed
+/// then once more: the same bytes, no new signature, no flash write. That is how a fleet
+/// service recovers a receipt lost on the way (a gateway replica that died with it in
+/// flight). At most once per [`ANSWER_AGAIN_INTERVAL`] per document, so replaying captured
+/// documents costs the device nothing but a bounded number of publishes. In memory only:
+/// the first ask after a restart is answered.
+#[derive(Debug, Default)]
+pub struct AnswerAgain {
+    last: std::collections::HashMap<String, std::time::Instant>,
+}
+
+impl AnswerAgain {
+    /// Whether `digest`'s receipt may go out again now (and counts it if so).
+    pub fn due(&mut self, digest: &str) -> bool {
+        let now = std::time::Instant::now();
+        if self
+            .last
+            .get(digest)
+            .is_some_and(|t| now.duration_since(*t) < ANSWER_AGAIN_INTERVAL)
+        {
+            return false;
+        }
+        if self.last.len() >= ANSWERED {
+            self.last
+                .retain(|_, t| now.duration_since(*t) < ANSWER_AGAIN_INTERVAL);
+        }
+        if self.last.len() >= ANSWERED {
+            return false;
+        }
+        self.last.insert(digest.to_string(), now);
+        true
+    }
+
+    /// Forgets `digest`'s last re-send (it found nothing to send): the next ask is due.
+    pub fn forget(&mut self, digest: &str) {
+        self.last.remove(digest);
+    }
+}
+
 /// One applied workflow.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Entry {
@@ -474,6 +517,24 @@ impl Workflows {
         Ok(r.render_signed(&self.sign_key)?)
     }
 
+    /// Signs a firmware receipt with the device key (its `device`, `trust_version` and
+    /// `at` are filled in here).
+    pub fn firmware_receipt(
+        &self,
+        mut r: crate::firmware::FirmwareReceipt,
+    ) -> Result<String, StateError> {
+        r.device = self.me.id.clone();
+        r.trust_version = self.trust.version;
+        r.at = rfc3339(now_s());
+        Ok(r.render_signed(&self.sign_key)?)
+    }
+
+    /// The policy's largest accepted step of a sequence (firmware orders use the
+    /// workflows' rule).
+    pub fn max_sequence_jump(&self) -> u64 {
+        self.policy.max_sequence_jump
+    }
+
     /// The models installed over the air now (name, version, SHA-256 of the model file):
     /// they count for workflows' `requires.models` like those in the configuration.
     pub fn set_installed_models(&mut self, models: Vec<(String, u32, String)>) {
@@ -895,7 +956,7 @@ impl Workflows {
 
 /// Whether the kernel says the system clock is synchronised (`adjtimex`: not
 /// `TIME_ERROR`, `STA_UNSYNC` clear).
-fn clock_synchronized() -> bool {
+pub fn clock_synchronized() -> bool {
     // SAFETY: adjtimex with `modes == 0` only reads the kernel's clock state into the
     // zeroed struct we own; it has no other effect.
     let (state, status) = unsafe {
@@ -969,4 +1030,34 @@ fn verify_kept(
         i64::MIN,
     )
     .map_err(|e| e.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_receipt_goes_out_again_once_per_interval_per_document_and_the_map_is_bounded() {
+        let mut again = AnswerAgain::default();
+        assert!(again.due("a"), "the first ask is answered");
+        assert!(!again.due("a"), "a second ask within the interval is not");
+        assert!(again.due("b"), "another document has its own interval");
+        // Flooding with distinct digests fills the map up to ANSWERED, then refuses
+        // (nothing in it has aged out), and never grows past it.
+        let answered = (0..ANSWERED * 2)
+            .filter(|i| again.due(&format!("d{i}")))
+            .count();
+        assert_eq!(answered, ANSWERED - 2);
+        assert_eq!(again.last.len(), ANSWERED);
+        // An entry that aged out is answered again and frees its place.
+        let old = std::time::Instant::now() - ANSWER_AGAIN_INTERVAL;
+        again.last.insert("a".into(), old);
+        assert!(again.due("a"));
+        again.last.values_mut().for_each(|t| *t = old);
+        assert!(
+            again.due("new"),
+            "aged entries are dropped when the map is full"
+        );
+        assert_eq!(again.last.len(), 1);
+    }
 }

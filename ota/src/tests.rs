@@ -474,6 +474,7 @@ mod key_files {
                 devices: vec!["*".into()],
                 groups: vec![],
                 models: false,
+                firmware: Default::default(),
             }],
             revoked: vec![],
         };

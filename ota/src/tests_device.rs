@@ -41,6 +41,7 @@ fn world() -> World {
             devices: vec!["orin-0042".into(), "orin-0043".into()],
             groups: vec!["site-a".into()],
             models: false,
+            firmware: Default::default(),
         }],
         revoked: vec![],
     };

@@ -6,6 +6,7 @@ use std::path::Path;
 use aegis_config::BackendKind;
 use base64::Engine as _;
 
+use crate::TargetRefusal;
 use crate::device::Identity;
 use crate::model::*;
 use crate::sign::{Purpose, SecretKey, SignError};
@@ -41,6 +42,7 @@ fn world() -> World {
             devices: vec!["orin-0042".into()],
             groups: vec!["site-a".into()],
             models: true,
+            firmware: Default::default(),
         }],
         revoked: vec![],
     };
@@ -254,7 +256,13 @@ fn target_rules() {
         groups: vec!["site-b".into()],
     };
     let r = verify(&w, &m).unwrap_err();
-    assert!(matches!(r, ModelRejection::NotForThisDevice { .. }), "{r}");
+    assert!(
+        matches!(
+            r,
+            ModelRejection::Target(TargetRefusal::NotForThisDevice { .. })
+        ),
+        "{r}"
+    );
     assert!(r.to_string().contains("orin-0099"), "{r}");
     // For this device, but also for a group the issuer may not target.
     m.target = ModelTarget {
@@ -263,11 +271,11 @@ fn target_rules() {
     };
     assert_eq!(
         verify(&w, &m).unwrap_err(),
-        ModelRejection::IssuerMayNotTarget {
+        ModelRejection::Target(TargetRefusal::IssuerMayNotTarget {
             issuer: "gw-1".into(),
             what: "group",
             name: "site-b".into()
-        }
+        })
     );
     m.target = ModelTarget {
         devices: vec!["orin-0042".into(), "orin-0043".into()],
@@ -275,11 +283,11 @@ fn target_rules() {
     };
     assert_eq!(
         verify(&w, &m).unwrap_err(),
-        ModelRejection::IssuerMayNotTarget {
+        ModelRejection::Target(TargetRefusal::IssuerMayNotTarget {
             issuer: "gw-1".into(),
             what: "device",
             name: "orin-0043".into()
-        }
+        })
     );
 }
 

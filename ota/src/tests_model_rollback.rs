@@ -6,6 +6,7 @@
 use aegis_config::BackendKind;
 use base64::Engine as _;
 
+use crate::TargetRefusal;
 use crate::device::Identity;
 use crate::model::*;
 use crate::model_rollback::*;
@@ -38,6 +39,7 @@ fn world() -> World {
             devices: vec!["orin-0042".into()],
             groups: vec!["site-a".into()],
             models: true,
+            firmware: Default::default(),
         }],
         revoked: vec![],
     };
@@ -219,7 +221,13 @@ fn target_and_time_refusals() {
         groups: vec!["site-b".into()],
     };
     let r = verify(&w, &o).unwrap_err();
-    assert!(matches!(r, ModelRejection::NotForThisDevice { .. }), "{r}");
+    assert!(
+        matches!(
+            r,
+            ModelRejection::Target(TargetRefusal::NotForThisDevice { .. })
+        ),
+        "{r}"
+    );
     assert!(r.to_string().contains("orin-0099"), "{r}");
     o.target = ModelTarget {
         devices: vec!["orin-0042".into()],
@@ -227,11 +235,11 @@ fn target_and_time_refusals() {
     };
     assert_eq!(
         verify(&w, &o).unwrap_err(),
-        ModelRejection::IssuerMayNotTarget {
+        ModelRejection::Target(TargetRefusal::IssuerMayNotTarget {
             issuer: "gw-1".into(),
             what: "group",
             name: "site-b".into()
-        }
+        })
     );
     let mut w = world();
     w.ctx.now_s = crate::maml::parse_time(EXPIRES).unwrap();

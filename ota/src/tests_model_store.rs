@@ -39,6 +39,7 @@ fn issuing() -> Issuing {
             devices: vec![],
             groups: vec!["site-a".into()],
             models: true,
+            firmware: Default::default(),
         }],
         revoked: vec![],
     };

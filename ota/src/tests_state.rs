@@ -40,6 +40,7 @@ impl Device {
             devices: vec!["*".into()],
             groups: vec!["*".into()],
             models: false,
+            firmware: Default::default(),
         };
         let trust = TrustMetadata {
             kind: "aegis-trust".into(),

@@ -34,6 +34,34 @@ pub struct Issuer {
     /// stays readable by agents that predate the field (they refuse unknown fields).
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub models: bool,
+    /// Whether it may order firmware installs (signed firmware orders) for those devices
+    /// and groups, and whether downgrades too. Absent means no, as for `models`; written
+    /// only when granted, so metadata that grants no firmware stays readable by agents that
+    /// predate the field.
+    #[serde(default, skip_serializing_if = "FirmwareGrant::is_none")]
+    pub firmware: FirmwareGrant,
+}
+
+/// What an issuer may order of a device's firmware (`firmware` in its trust metadata
+/// entry).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FirmwareGrant {
+    /// Nothing (the default; the field is then left out).
+    #[default]
+    None,
+    /// Installs of a version above the running one.
+    Upgrades,
+    /// Installs of any other version: upgrades, and downgrades when an order says
+    /// `downgrade: true`.
+    UpgradesAndDowngrades,
+}
+
+impl FirmwareGrant {
+    /// Whether nothing is granted.
+    pub fn is_none(&self) -> bool {
+        *self == FirmwareGrant::None
+    }
 }
 
 /// The root of trust: keys and how many must sign.

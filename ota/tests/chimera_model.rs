@@ -113,6 +113,7 @@ fn pack_sign_and_verify_round_trip() {
             devices: vec![],
             groups: vec!["site-a".into()],
             models: true,
+            firmware: Default::default(),
         }],
         revoked: vec![],
     };
@@ -257,6 +258,7 @@ fn rollback_writes_a_signed_order_devices_verify_and_never_overwrites() {
             devices: vec![],
             groups: vec!["site-a".into()],
             models: true,
+            firmware: Default::default(),
         }],
         revoked: vec![],
     };

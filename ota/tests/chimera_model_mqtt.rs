@@ -108,6 +108,7 @@ fn device_check(d: &Path, signed: &[u8]) -> VerifiedManifest {
             devices: vec!["*".into()],
             groups: vec!["*".into()],
             models: true,
+            firmware: Default::default(),
         }],
         revoked: vec![],
     };

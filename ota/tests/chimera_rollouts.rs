@@ -5,162 +5,21 @@
 //! forged receipt that must not count) and rolls back, pause/resume/abort, an offline
 //! device reconciled when it comes back, and two ingest replicas sharing the receipts.
 //! Each test runs on SQLite, then on PostgreSQL (`on_each_backend`); with PostgreSQL the
-//! two replicas share one database, as they would in production.
+//! two replicas share one database, as they would in production, and their event streams
+//! are the whole fleet's (PostgreSQL only: `LISTEN/NOTIFY`).
 #![cfg(feature = "gateway")]
 
 mod common;
 
 use std::collections::BTreeSet;
-use std::path::Path;
 use std::time::Duration;
 
 use aegis_ota::receipt::Verdict;
-use common::fleet::{Behaviour, Fleet, SignedWorkflow};
+use common::fleet::Behaviour;
+use common::fleet_gateway::{FleetGateway, GROUP};
 use common::serve::{Backend, Server, on_each_backend, wait_for};
-use common::{Broker, have_mosquitto};
+use common::{have_mosquitto, have_postgres, postgres};
 use serde_json::{Value, json};
-
-/// A gateway directory with a provisioned fleet, a broker, tokens.
-struct Setup {
-    _dir: tempfile::TempDir,
-    _broker: Broker,
-    fleet: Fleet,
-    operator: String,
-    admin: String,
-    backend: Backend,
-    /// With PostgreSQL, the `database:` lines of every config (one database).
-    postgres: Option<String>,
-}
-
-const GROUP: &str = "site";
-
-impl Setup {
-    /// `n` devices in one group, none running, on `backend`.
-    fn new(n: usize, backend: Backend) -> Setup {
-        let dir = tempfile::tempdir().unwrap();
-        let d = dir.path();
-        let broker = Broker::start(&d.join("broker"));
-        let fleet = Fleet::provision(d, n, GROUP, broker.port);
-        let token = |role: &str| format!("chimera_{}", aegis_ota::sha256_hex(role.as_bytes()));
-        let (operator, admin) = (token("operator"), token("admin"));
-        let hash = |t: &str| aegis_ota::sha256_hex(t.as_bytes());
-        std::fs::write(
-            d.join("tokens.yaml"),
-            format!(
-                "- {{ name: op, role: operator, sha256: \"{}\" }}\n\
-                 - {{ name: admin, role: admin, sha256: \"{}\" }}\n",
-                hash(&operator),
-                hash(&admin)
-            ),
-        )
-        .unwrap();
-        let postgres = (backend == Backend::Postgres).then(|| backend.database(d, ""));
-        let s = Setup {
-            _dir: dir,
-            _broker: broker,
-            fleet,
-            operator,
-            admin,
-            backend,
-            postgres,
-        };
-        s.config("serve.yaml", "state");
-        s
-    }
-
-    fn path(&self) -> &Path {
-        &self.fleet.dir
-    }
-
-    /// A config whose state directory (and SQLite database) are in `state`; with
-    /// PostgreSQL every config names the one database. Short engine ticks and leases, so a
-    /// test waits tenths of seconds, not seconds.
-    fn config(&self, name: &str, state: &str) {
-        let database = match &self.postgres {
-            Some(pg) => pg.clone(),
-            None => format!("database: {state}/chimera.db\n"),
-        };
-        std::fs::write(
-            self.path().join(name),
-            format!(
-                "listen: 127.0.0.1:0\n{database}registry: devices.json\n\
-                 state: {state}\ntokens: tokens.yaml\ntrust_metadata: trust.signed.json\n\
-                 trust_roots: [root.pub]\nbroker: mqtt://127.0.0.1:{}\n\
-                 ingest: {{ snapshot_quiet_ms: 200 }}\n\
-                 rollouts: {{ tick_ms: 100, lease_s: 2, reconcile_cooldown_s: 1 }}\n",
-                self.fleet_port()
-            ),
-        )
-        .unwrap();
-    }
-
-    fn fleet_port(&self) -> u16 {
-        self._broker.port
-    }
-
-    fn start(&self) -> Server {
-        Server::start(self.path(), "serve.yaml")
-    }
-
-    /// Uploads a signed workflow; its digest.
-    fn upload(&self, s: &Server, w: &SignedWorkflow) -> String {
-        let (st, b) = s.post(
-            "/api/v1/workflows",
-            &self.operator,
-            &json!({ "document": w.text }),
-        );
-        assert!([200, 201].contains(&st), "{b}");
-        assert_eq!(b["digest"], w.digest.as_str());
-        w.digest.clone()
-    }
-
-    /// Starts every device and waits until the service has each one's online status.
-    fn all_online(&self, s: &Server) {
-        self.fleet.start(&self.fleet.devices);
-        self.wait_online(s, &self.fleet.devices);
-    }
-
-    fn wait_online(&self, s: &Server, devices: &[String]) {
-        wait_for("the devices' status reached the service", || {
-            let list = s.get("/api/v1/devices", &self.operator);
-            devices
-                .iter()
-                .all(|d| {
-                    list.as_array()
-                        .unwrap()
-                        .iter()
-                        .any(|x| x["id"] == d.as_str() && x["status"]["online"] == true)
-                })
-                .then_some(())
-        });
-    }
-
-    fn rollout(&self, s: &Server, id: &str) -> Value {
-        s.get(&format!("/api/v1/rollouts/{id}"), &self.operator)
-    }
-
-    /// Waits until the rollout is in `state`; returns it.
-    fn wait_state(&self, s: &Server, id: &str, state: &str) -> Value {
-        wait_for(&format!("rollout {id} {state}"), || {
-            let r = self.rollout(s, id);
-            (r["state"] == state).then_some(r)
-        })
-    }
-
-    fn create(&self, s: &Server, body: Value) -> Value {
-        let (st, b) = s.post("/api/v1/rollouts", &self.operator, &body);
-        assert_eq!(st, 201, "{b}");
-        b
-    }
-
-    fn action(&self, s: &Server, id: &str, verb: &str) -> (u16, Value) {
-        s.post(
-            &format!("/api/v1/rollouts/{id}/{verb}"),
-            &self.operator,
-            &json!({}),
-        )
-    }
-}
 
 fn target<'a>(r: &'a Value, device: &str) -> &'a Value {
     r["targets"]
@@ -193,7 +52,7 @@ fn a_rollout_reaches_every_device_with_a_verified_receipt_and_is_streamed() {
         return;
     }
     on_each_backend("chimera_rollouts", |backend| {
-        let g = Setup::new(12, backend);
+        let g = FleetGateway::new(12, backend);
         let s = g.start();
         g.all_online(&s);
         let events = s.events(&g.operator);
@@ -268,6 +127,20 @@ fn a_rollout_reaches_every_device_with_a_verified_receipt_and_is_streamed() {
         let stats = s.get("/api/v1/ingest", &g.operator);
         assert_eq!(stats["receipts_verified"], 12, "{stats}");
         assert_eq!(stats["receipts_unverified"], 0, "{stats}");
+        // A firmware receipt on the same topic: counted as such, not stored as a workflow
+        // receipt that failed, nor taken for an unsigned notice.
+        let dev = &g.fleet.devices[0];
+        g.fleet.publish(
+            &format!("aegis/v1/{dev}/receipts"),
+            g.fleet.firmware_receipt(dev, dev).as_bytes(),
+            false,
+        );
+        let stats = wait_for("the ingest counted the firmware receipt", || {
+            let stats = s.get("/api/v1/ingest", &g.operator);
+            (stats["skipped_firmware_receipts"] == 1).then_some(stats)
+        });
+        assert_eq!(stats["receipts_unverified"], 0, "{stats}");
+        assert_eq!(stats["skipped_notices"], 0, "{stats}");
 
         // The event stream saw every receipt and the rollout's steps and end.
         let seen = wait_for("the stream saw the completion", || {
@@ -301,7 +174,7 @@ fn a_failing_canary_halts_rolls_the_canaries_back_and_a_forged_receipt_does_not_
         return;
     }
     on_each_backend("chimera_rollouts", |backend| {
-        let g = Setup::new(12, backend);
+        let g = FleetGateway::new(12, backend);
         let s = g.start();
         g.all_online(&s);
         let forward = g.upload(&s, &g.fleet.workflow(1, 60));
@@ -419,7 +292,7 @@ fn pause_resume_and_abort_stop_and_start_publishing() {
         return;
     }
     on_each_backend("chimera_rollouts", |backend| {
-        let g = Setup::new(8, backend);
+        let g = FleetGateway::new(8, backend);
         let s = g.start();
         g.all_online(&s);
         let w = g.upload(&s, &g.fleet.workflow(1, 60));
@@ -517,7 +390,7 @@ fn a_device_offline_during_its_step_is_reconciled_when_it_comes_back() {
         return;
     }
     on_each_backend("chimera_rollouts", |backend| {
-        let g = Setup::new(6, backend);
+        let g = FleetGateway::new(6, backend);
         let s = g.start();
         let away = g.fleet.devices[0].clone();
         let present: Vec<String> = g.fleet.devices[1..].to_vec();
@@ -567,7 +440,7 @@ fn two_ingest_replicas_share_the_receipts_and_each_is_stored_once() {
         return;
     }
     on_each_backend("chimera_rollouts", |backend| {
-        let g = Setup::new(10, backend);
+        let g = FleetGateway::new(10, backend);
         // SQLite runs one replica per database file: two services on two databases, one
         // broker, one share group, stand for two replicas. With PostgreSQL they are two
         // replicas of one gateway: one database.
@@ -653,4 +526,251 @@ fn two_ingest_replicas_share_the_receipts_and_each_is_stored_once() {
         }
         assert_eq!(received(&a) + received(&b), 10);
     });
+}
+
+/// A device un-enrolled in the middle of a rollout that waits for it: the rollout goes on
+/// without it (its target `unenrolled`, not missing: the budget of none is not spent) and
+/// completes; the answer it sends afterwards is stored unverified and settles nothing; the
+/// next rollout to the group does not include it, whatever the registry file says.
+#[test]
+fn an_unenrolled_device_leaves_its_rollout_and_what_it_sends_then_counts_for_nothing() {
+    if !have_mosquitto("chimera_rollouts") {
+        return;
+    }
+    on_each_backend("chimera_rollouts", |backend| {
+        let g = FleetGateway::new(4, backend);
+        let s = g.start();
+        g.all_online(&s);
+        let events = s.events(&g.viewer);
+        let w = g.upload(&s, &g.fleet.workflow(1, 60));
+        let held = g.fleet.devices[0].clone();
+        g.fleet.set(&held, &w, Behaviour::Hold);
+        let created = g.create(
+            &s,
+            json!({ "workflow": w, "group": GROUP, "steps": [100], "answer_timeout_s": 3,
+                    "budget": { "max_missing": 0 } }),
+        );
+        let id = created["id"].as_str().unwrap();
+        wait_for("the others answered, the held one has it", || {
+            let r = g.rollout(&s, id);
+            (r["progress"][0]["applied"] == 3 && target(&r, &held)["state"] == "published")
+                .then_some(())
+        });
+        // Below admin it is refused; an admin un-enrols it.
+        let path = format!("/api/v1/devices/{held}");
+        assert_eq!(s.bearer("DELETE", &path, &g.operator, None).0, 403);
+        let (st, u) = s.bearer("DELETE", &path, &g.admin, None);
+        assert_eq!(st, 200, "{u}");
+        assert_eq!(u["groups"], json!([GROUP]));
+        assert_eq!(u["rollouts"], json!([id]));
+        let r = g.wait_state(&s, id, "completed");
+        assert_eq!(target(&r, &held)["state"], "unenrolled", "{r}");
+        assert_eq!(r["progress"][0]["unenrolled"], 1);
+        assert_eq!(r["progress"][0]["missing"], 0);
+        // What it sends now is kept, unverified, and settles nothing.
+        g.fleet.release(&held);
+        let stored = wait_for("its late receipt is stored", || {
+            let list = s.get(&format!("/api/v1/receipts?device={held}"), &g.viewer);
+            list.as_array()
+                .unwrap()
+                .iter()
+                .find(|x| x["verified"] == false)
+                .cloned()
+        });
+        assert!(
+            stored["error"]
+                .as_str()
+                .unwrap()
+                .contains("was un-enrolled"),
+            "{stored}"
+        );
+        assert_eq!(target(&g.rollout(&s, id), &held)["state"], "unenrolled");
+        let seen = events.lock().unwrap().clone();
+        assert!(
+            seen.iter()
+                .any(|(k, d)| k == "device" && d["device"] == held.as_str()),
+            "{seen:?}"
+        );
+        assert!(seen.iter().any(|(k, d)| k == "rollout_target"
+            && d["device"] == held.as_str()
+            && d["state"] == "unenrolled"));
+        // Gone from the fleet list; the registry file still names it, the service does not
+        // count it in the group.
+        let listed = s.get("/api/v1/devices", &g.viewer);
+        assert_eq!(listed.as_array().unwrap().len(), 3);
+        let w2 = g.upload(&s, &g.fleet.workflow(2, 60));
+        let r2 = g.create(
+            &s,
+            json!({ "workflow": w2, "group": GROUP, "steps": [100] }),
+        );
+        let targets: Vec<&str> = r2["targets"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|t| t["device"].as_str().unwrap())
+            .collect();
+        assert_eq!(targets.len(), 3, "{targets:?}");
+        assert!(!targets.contains(&held.as_str()));
+        let (st, b) = s.post(
+            "/api/v1/rollouts",
+            &g.operator,
+            &json!({ "workflow": w2, "devices": [held] }),
+        );
+        assert_eq!(st, 422, "{b}");
+        assert!(b["error"].as_str().unwrap().contains("un-enrolled"), "{b}");
+        // A plain publish to the group leaves it out too; to it alone, it is refused.
+        let publish = format!("/api/v1/workflows/{w2}/publish");
+        let (st, p) = s.post(&publish, &g.operator, &json!({ "to": GROUP }));
+        assert_eq!(st, 200, "{p}");
+        let reached = p["devices"].as_array().unwrap();
+        assert_eq!(reached.len(), 3, "{p}");
+        assert!(!reached.contains(&json!(held)));
+        let (st, p) = s.post(&publish, &g.operator, &json!({ "to": held }));
+        assert_eq!(st, 422, "{p}");
+    });
+}
+
+/// Everything a stream saw, each event as one comparable string, sorted.
+fn sorted_events(seen: &std::sync::Mutex<Vec<(String, Value)>>) -> Vec<String> {
+    let mut all: Vec<String> = seen
+        .lock()
+        .unwrap()
+        .iter()
+        .map(|(k, d)| format!("{k} {d}"))
+        .collect();
+    all.sort();
+    all
+}
+
+/// With PostgreSQL every replica streams every replica's events. Replica B has no broker
+/// (it neither ingests nor runs rollouts): its stream carries the receipts and statuses
+/// replica A ingests and the steps A's engine takes, and A's carries B's own event (the
+/// resume made through B's API) — each stream the same events, each once. B's listening
+/// connection killed on the server, B listens again and tells its clients `lagged`.
+#[test]
+fn every_replica_streams_the_whole_fleet_and_a_lost_listener_says_lagged() {
+    if !have_mosquitto("chimera_rollouts") || !have_postgres("chimera_rollouts") {
+        return;
+    }
+    let g = FleetGateway::new(4, Backend::Postgres);
+    g.config_replica("serve-a.yaml", "state-a", Some("events-a"), true);
+    g.config_replica("serve-b.yaml", "state-b", Some("events-b"), false);
+    let a = Server::start(g.path(), "serve-a.yaml");
+    let b = Server::start(g.path(), "serve-b.yaml");
+    for (s, scope) in [(&a, "fleet"), (&b, "fleet")] {
+        let r = s.get("/api/v1/events/relay", &g.viewer);
+        assert_eq!(r["scope"], scope, "{r}");
+        assert_eq!(r["relay"]["listening"], true, "{r}");
+    }
+    let (at_a, at_b) = (a.events(&g.viewer), b.events(&g.viewer));
+    g.all_online(&b);
+    let w = g.upload(&b, &g.fleet.workflow(1, 60));
+    let created = g.create(
+        &a,
+        json!({ "workflow": w, "group": GROUP, "steps": [50, 100], "paused": true }),
+    );
+    let id = created["id"].as_str().unwrap();
+    assert_eq!(g.action(&b, id, "resume").0, 200);
+    g.wait_state(&b, id, "completed");
+    let completed = |seen: &std::sync::Mutex<Vec<(String, Value)>>| {
+        seen.lock()
+            .unwrap()
+            .iter()
+            .any(|(k, d)| k == "rollout" && d["id"] == id && d["state"] == "completed")
+    };
+    wait_for("both streams saw the completion", || {
+        (completed(&at_a) && completed(&at_b)).then_some(())
+    });
+    std::thread::sleep(SOME_TICKS);
+    let (seen_a, seen_b) = (sorted_events(&at_a), sorted_events(&at_b));
+    assert_eq!(seen_a, seen_b, "the same events on both replicas");
+    let count = |kind: &str, f: &dyn Fn(&Value) -> bool| {
+        at_b.lock()
+            .unwrap()
+            .iter()
+            .filter(|(k, d)| k == kind && f(d))
+            .count()
+    };
+    // Every receipt A ingested, once each; A's engine's steps; B's own resume.
+    let receipts: BTreeSet<String> = at_b
+        .lock()
+        .unwrap()
+        .iter()
+        .filter(|(k, d)| k == "receipt" && d["digest"] == w.as_str())
+        .map(|(_, d)| d["id"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(receipts.len(), 4, "{seen_b:?}");
+    assert_eq!(count("receipt", &|d| d["digest"] == w.as_str()), 4);
+    assert_eq!(
+        count("rollout", &|d| d["state"] == "running"
+            && d["reason"].as_str().is_some_and(|r| r.contains("resume"))),
+        1,
+        "{seen_b:?}"
+    );
+    assert_eq!(
+        count("rollout", &|d| d["step"] == 1
+            && d["state"] == "running"
+            && d["published"].is_null()),
+        1,
+        "{seen_b:?}"
+    );
+    assert_eq!(count("rollout", &|d| d["state"] == "completed"), 1);
+    assert_eq!(count("rollout_target", &|d| d["state"] == "applied"), 4);
+    assert_eq!(count("lagged", &|_| true), 0);
+    let relay_b = b.get("/api/v1/events/relay", &g.viewer)["relay"].clone();
+    assert!(relay_b["sent"].as_u64().unwrap() >= 1, "{relay_b}");
+    assert_eq!(relay_b["reconnects"], 0, "{relay_b}");
+
+    // B's listening connection is killed: it listens again and says so.
+    let db = g.database_name().unwrap();
+    let killed = postgres().psql(
+        &db,
+        "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity \
+         WHERE application_name = 'chimera-events:events-b'",
+    );
+    assert_eq!(killed, "1");
+    let lagged = wait_for("B's stream says lagged", || {
+        at_b.lock()
+            .unwrap()
+            .iter()
+            .find(|(k, _)| k == "lagged")
+            .map(|(_, d)| d.clone())
+    });
+    assert!(lagged["missed"].is_null(), "{lagged}");
+    assert!(
+        lagged["reason"].as_str().unwrap().contains("interrupted"),
+        "{lagged}"
+    );
+    let relay_b = b.get("/api/v1/events/relay", &g.viewer)["relay"].clone();
+    assert_eq!(
+        (&relay_b["reconnects"], &relay_b["listening"]),
+        (&json!(1), &json!(true)),
+        "{relay_b}"
+    );
+    // What A ingests next reaches B's clients again.
+    let gone = g.fleet.devices[0].clone();
+    g.fleet.stop(&gone);
+    wait_for(
+        "B streams the device going offline, as A ingested it",
+        || {
+            at_b.lock()
+                .unwrap()
+                .iter()
+                .any(|(k, d)| k == "status" && d["device"] == gone.as_str() && d["online"] == false)
+                .then_some(())
+        },
+    );
+    std::thread::sleep(SOME_TICKS);
+    let mut after_a = sorted_events(&at_a);
+    let mut after_b = sorted_events(&at_b);
+    after_b.retain(|e| !e.starts_with("lagged "));
+    assert_eq!(
+        after_a.len(),
+        seen_a.len() + 1,
+        "A: one more event: {after_a:?}"
+    );
+    after_a.sort();
+    after_b.sort();
+    assert_eq!(after_a, after_b);
+    assert_eq!(count("lagged", &|_| true), 1);
 }

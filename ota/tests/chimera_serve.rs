@@ -157,7 +157,9 @@ fn every_documented_route_refuses_missing_invalid_and_lower_tokens() {
         for (method, path) in [
             ("GET", "/api/v1/nope"),
             ("DELETE", "/api/v1/devices"),
-            ("GET", "/"),
+            ("POST", "/"),
+            ("GET", "/index.html"),
+            ("GET", "/dashboard/nope.js"),
         ] {
             assert_eq!(s.call(method, path, None, None).0, 401, "{method} {path}");
             for (role, token) in &callers {
@@ -330,6 +332,149 @@ fn read_api_shows_the_imported_fleet_and_only_verified_receipts_count() {
                 .len(),
             2
         );
+    });
+}
+
+/// `serve receipt add` for `device` from `file`: its output, and whether it succeeded.
+fn add_receipt(d: &Path, device: &str, file: &Path) -> (bool, String) {
+    let o = chimera(
+        d,
+        &[
+            "serve",
+            "receipt",
+            "add",
+            "--device",
+            device,
+            file.to_str().unwrap(),
+        ],
+    );
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    );
+    (o.status.success(), text)
+}
+
+fn listed(s: &Server, token: &str) -> Vec<String> {
+    s.get("/api/v1/devices", token)
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x["id"].as_str().unwrap().to_string())
+        .collect()
+}
+
+#[test]
+fn devices_are_unenrolled_by_an_admin_or_the_cli_and_their_history_stays() {
+    on_each_backend("chimera_serve", |backend| {
+        let gw = Gateway::on(backend);
+        let d = gw.path();
+        let before = signed_receipt(d, "cam-1.key", "cam-1", Verdict::Applied);
+        assert!(add_receipt(d, "cam-1", &before).0);
+        let mut s = gw.start();
+
+        let (st, u) = s.bearer("DELETE", "/api/v1/devices/cam-1", &gw.admin, None);
+        assert_eq!(st, 200, "{u}");
+        assert_shape(&s, "Unenrolled", &u);
+        assert_eq!(
+            (&u["device"], &u["groups"]),
+            (&json!("cam-1"), &json!(["lobby"]))
+        );
+        assert_eq!(u["rollouts"], json!([]));
+        // Out of the fleet list; still there by id, with when it left.
+        assert_eq!(listed(&s, &gw.viewer), ["cam-2"]);
+        let one = s.get("/api/v1/devices/cam-1", &gw.viewer);
+        assert_shape(&s, "Device", &one);
+        assert_eq!(one["unenrolled_at"], u["unenrolled_at"]);
+        assert_eq!(one["groups"], json!([]));
+        assert!(s.get("/api/v1/devices/cam-2", &gw.viewer)["unenrolled_at"].is_null());
+        // Once: then it is not an enrolled device; nor is a stranger.
+        let (st, b) = s.bearer("DELETE", "/api/v1/devices/cam-1", &gw.admin, None);
+        assert_eq!(st, 404);
+        assert!(
+            b["error"].as_str().unwrap().contains("un-enrolled at"),
+            "{b}"
+        );
+        assert_eq!(
+            s.bearer("DELETE", "/api/v1/devices/cam-9", &gw.admin, None)
+                .0,
+            404
+        );
+
+        // Its key verifies nothing new; what it sent before stays verified.
+        let mut later = signed_receipt(d, "cam-1.key", "cam-1", Verdict::Applied);
+        let text = std::fs::read_to_string(&later).unwrap();
+        later.set_extension("later.mu");
+        std::fs::write(
+            &later,
+            SecretKey::read(&d.join("cam-1.key"))
+                .map(|k| {
+                    let mut r = Receipt::verify(text.as_bytes(), k.public()).unwrap();
+                    r.at = "2026-12-05T10:00:00Z".into();
+                    r.render_signed(&k).unwrap()
+                })
+                .unwrap(),
+        )
+        .unwrap();
+        let (ok_, out) = add_receipt(d, "cam-1", &later);
+        assert!(
+            !ok_ && out.contains("NOT verified") && out.contains("was un-enrolled"),
+            "{out}"
+        );
+        let receipts = s.get("/api/v1/receipts?device=cam-1", &gw.viewer);
+        let verified: Vec<bool> = receipts
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|r| r["verified"].as_bool().unwrap())
+            .collect();
+        assert_eq!(verified, [false, true], "{receipts}");
+        let audit = s.get("/api/v1/audit", &gw.admin);
+        let row = audit
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|r| r["action"] == "device.unenroll")
+            .unwrap_or_else(|| panic!("{audit}"));
+        assert_eq!(row["actor"], "token:admin");
+        assert!(
+            row["detail"]
+                .as_str()
+                .unwrap()
+                .starts_with("cam-1: left groups [lobby]")
+        );
+
+        // The CLI does the same, audited as cli, once.
+        let out = ok(d, &["serve", "device", "unenroll", "--id", "cam-2"]);
+        assert!(out.contains("cam-2 un-enrolled"), "{out}");
+        let o = chimera(d, &["serve", "device", "unenroll", "--id", "cam-2"]);
+        assert!(!o.status.success());
+        assert!(String::from_utf8_lossy(&o.stderr).contains("already"));
+        assert!(listed(&s, &gw.viewer).is_empty());
+
+        // The registry file still lists both with their keys: a restart keeps them out.
+        // Enrolled again with a new key, cam-1 is back; `chimera unenroll` takes cam-2 out
+        // of the file.
+        drop(s);
+        s = gw.start();
+        assert!(listed(&s, &gw.viewer).is_empty());
+        drop(s);
+        ok(d, &["keygen", "--out", "cam-1b"]);
+        ok(d, &["enroll", "cam-1", "cam-1b.pub", "--group", "lobby"]);
+        let out = ok(d, &["unenroll", "cam-2"]);
+        assert!(out.contains("un-enrolled cam-2"), "{out}");
+        let reg: Value =
+            serde_json::from_slice(&std::fs::read(d.join("devices.json")).unwrap()).unwrap();
+        assert!(reg.get("cam-2").is_none() && reg.get("cam-1").is_some());
+        assert!(!chimera(d, &["unenroll", "cam-2"]).status.success());
+        s = gw.start();
+        assert_eq!(listed(&s, &gw.viewer), ["cam-1"]);
+        let back = s.get("/api/v1/devices/cam-1", &gw.viewer);
+        assert!(back["unenrolled_at"].is_null());
+        assert_eq!(back["groups"], json!(["lobby"]));
+        let fresh = signed_receipt(d, "cam-1b.key", "cam-1", Verdict::Applied);
+        assert!(add_receipt(d, "cam-1", &fresh).0);
     });
 }
 
@@ -635,7 +780,7 @@ fn two_services_on_one_postgres_database_start_together_and_serve() {
         let r = s.get("/api/v1/receipts?device=cam-1", &token);
         assert_eq!(r[0]["verified"], true, "{r}");
     }
-    // One schema: versions 1..=N, each once; one import of the registry and of the tokens.
+    // One schema: versions 1..=N, each once; one import of the registry and the tokens.
     assert_eq!(
         pg.psql(
             &db,
@@ -671,34 +816,6 @@ fn two_services_on_one_postgres_database_start_together_and_serve() {
 
 // ---------------------------------------------------------------------------------------
 // Publishing, against a mosquitto of our own.
-
-/// The retained message on `topic` (a fresh subscription gets it first).
-fn retained(port: u16, topic: &str) -> Vec<u8> {
-    use rumqttc::v5::mqttbytes::QoS;
-    use rumqttc::v5::mqttbytes::v5::Packet;
-    use rumqttc::v5::{AsyncClient, Event, MqttOptions};
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    rt.block_on(async {
-        let mut o = MqttOptions::new("chimera-serve-test", "127.0.0.1", port);
-        o.set_max_packet_size(Some(256 * 1024));
-        let (client, mut events) = AsyncClient::new(o, 16);
-        client.subscribe(topic, QoS::AtLeastOnce).await.unwrap();
-        // A hang guard, not a speed check.
-        tokio::time::timeout(std::time::Duration::from_secs(60), async {
-            loop {
-                if let Event::Incoming(Packet::Publish(p)) = events.poll().await.unwrap() {
-                    assert!(p.retain, "not the retained message");
-                    return p.payload.to_vec();
-                }
-            }
-        })
-        .await
-        .expect("no retained message")
-    })
-}
 
 #[test]
 fn uploaded_workflows_are_published_as_chimera_publish_does() {
@@ -754,7 +871,7 @@ fn uploaded_workflows_are_published_as_chimera_publish_does() {
         assert_shape(&s, "Published", &p);
         // The broker holds the document, byte for byte, retained for the device.
         assert_eq!(
-            retained(broker.port, "aegis/v1/cam-1/workflows"),
+            broker.retained("aegis/v1/cam-1/workflows"),
             signed.as_bytes()
         );
         // Recorded where `chimera fleet reconcile` and `watch-receipts` look.

@@ -1,15 +1,16 @@
 //! `chimera serve` authentication beyond the per-route sweep of `chimera_serve.rs`: OIDC
 //! bearer tokens of a local provider (its JWKS fetched, refreshed on an unknown key id at a
 //! bounded rate, rotated keys picked up, retired keys dropped; the service up before its
-//! provider), the JWT caller as the audit actor, and API tokens that expire and are revoked
-//! through the CLI while the service runs.
+//! provider), the JWT caller as the audit actor, AWS Cognito access tokens (`client_id`,
+//! no `aud`), and API tokens that expire and are revoked through the CLI while the service
+//! runs.
 #![cfg(feature = "gateway")]
 
 mod common;
 
 use std::time::{Duration, Instant};
 
-use common::oidc::{Issuer, TestKey, group};
+use common::oidc::{Issuer, TestKey, group, refused_access_tokens};
 use common::serve::{Gateway, chimera, ok};
 use serde_json::{Value, json};
 
@@ -68,6 +69,62 @@ fn jwt_callers_act_under_their_subject_with_their_mapped_role() {
     // The service.start row says which provider it trusts.
     let (_, audit) = s.bearer("GET", "/api/v1/audit", &admin, None);
     assert!(audit.to_string().contains(&idp.url), "{audit}");
+}
+
+#[test]
+fn cognito_access_tokens_are_taken_by_client_id_only_where_configured() {
+    let gw = Gateway::new();
+    let key = TestKey::rsa("cognito-1");
+    let idp = Issuer::start(&[&key]);
+    let access = idp.access_token(&key, "otto", &[group("operator")]);
+    let devices =
+        |s: &common::serve::Server, token: &str| s.bearer("GET", "/api/v1/devices", token, None);
+    // By default the audience is `aud`: an access token without one is refused.
+    gw.write_config(&idp.config(""));
+    let s = gw.start();
+    let (st, b) = devices(&s, &access);
+    assert_eq!((st, &b["check"]), (401, &json!("aud")), "{b}");
+    drop(s);
+
+    gw.write_config(&idp.config("  audience_claim: client_id\n"));
+    let s = gw.start();
+    // The app client's access token: its groups give the role, its subject is the actor.
+    assert_eq!(devices(&s, &access).0, 200);
+    let (st, b) = s.bearer(
+        "POST",
+        "/api/v1/workflows",
+        &access,
+        Some(&json!({ "document": "not signed" }).to_string()),
+    );
+    assert_eq!((st, &b["check"]), (422, &json!("format")), "{b}");
+    let (_, audit) = s.bearer("GET", "/api/v1/audit?limit=5", &gw.admin, None);
+    assert!(
+        audit
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|r| r["action"] == "workflow.refused" && r["actor"] == "oidc:otto"),
+        "{audit}"
+    );
+    let viewer = idp.access_token(&key, "vera", &[group("viewer")]);
+    assert_eq!(devices(&s, &viewer).0, 200);
+    assert_eq!(s.bearer("GET", "/api/v1/audit", &viewer, None).0, 403);
+    // Another client's, an ID token, one with no client: refused, naming the check.
+    for (check, what, token) in refused_access_tokens(&idp, &key) {
+        let (st, b) = devices(&s, &token);
+        assert_eq!((st, &b["check"]), (401, &json!(check)), "{what}: {b}");
+    }
+    drop(s);
+
+    // The option is strict: an unknown value stops the start, naming it.
+    gw.write_config(&idp.config("  audience_claim: azp\n"));
+    let o = chimera(gw.path(), &["serve", "--config", "serve.yaml"]);
+    assert!(!o.status.success());
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        err.contains("audience_claim") && err.contains("azp"),
+        "{err}"
+    );
 }
 
 #[test]

@@ -16,7 +16,7 @@ use aegis_ota::device::{Identity, Policy, ReplayState};
 use aegis_ota::seal::SealSecret;
 use aegis_ota::sign::PublicKey;
 use aegis_ota::trust::TrustMetadata;
-use common::serve::{Backend, Server, command, ok, on_each_backend};
+use common::serve::{Backend, Server, command, ok, on_each_backend, root_and_issuer};
 use common::{SOFTHSM_MODULE, have_softhsm};
 use serde_json::{Value, json};
 
@@ -46,38 +46,7 @@ impl Setup {
              trust_metadata: trust.signed.json\ntrust_roots: [root/root.pub]\n",
             backend.database(d, "state/chimera.db")
         );
-        ok(d, &["root", "init", "--dir", "root"]);
-        ok(d, &["keygen", "--out", "gw"]);
-        ok(
-            d,
-            &[
-                "trust",
-                "add-issuer",
-                "--trust",
-                "root/trust.json",
-                "--name",
-                "gw-1",
-                "--key",
-                "gw.pub",
-                "--devices",
-                "cam-1,cam-2",
-                "--groups",
-                "lobby",
-            ],
-        );
-        ok(
-            d,
-            &[
-                "root",
-                "sign-trust",
-                "--trust",
-                "root/trust.json",
-                "--key",
-                "root/root.key",
-                "--out",
-                "trust.signed.json",
-            ],
-        );
+        root_and_issuer(d, "cam-1,cam-2", "lobby");
         for cam in ["cam-1", "cam-2", "cam-9"] {
             ok(d, &["keygen", "--out", cam]);
             ok(d, &["kem-keygen", "--out", cam]);

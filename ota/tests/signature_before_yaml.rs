@@ -71,6 +71,7 @@ fn world() -> World {
             devices: vec!["orin-0042".into()],
             groups: vec![],
             models: false,
+            firmware: Default::default(),
         }],
         revoked: vec![],
     };

@@ -7,6 +7,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
 pub mod browser;
+pub mod files;
 pub mod web_agent;
 
 /// The deterministic generator the tests draw "random" kill points, noise and inputs from
@@ -159,15 +160,21 @@ pub fn make_clip(dir: &Path, name: &str, width: u32, height: u32, seconds: f64) 
 
 /// Whether `ffprobe` can be run. In CI its absence is a failure (CI installs it).
 pub fn have_ffprobe() -> bool {
-    let ok = Command::new("ffprobe")
-        .arg("-version")
+    have_command("ffprobe", "-version", "ffmpeg")
+}
+
+/// Whether `program arg` runs and succeeds. Without it the test skips (recorded); in CI
+/// that is a failure naming `package`, which tools/setup.sh installs.
+pub fn have_command(program: &str, arg: &str, package: &str) -> bool {
+    let ok = Command::new(program)
+        .arg(arg)
         .output()
         .is_ok_and(|o| o.status.success());
     if !ok && std::env::var_os("CI").is_some() {
-        panic!("ffprobe is required in CI (tools/setup.sh installs ffmpeg)");
+        panic!("{program} is required in CI (tools/setup.sh installs {package})");
     }
     if !ok {
-        record_skip("ffprobe not found");
+        record_skip(&format!("{program} not found"));
     }
     ok
 }
@@ -590,6 +597,25 @@ pub fn gateway_and_device(dir: &Path, device: &str, groups: &[&str]) {
             "*",
         ],
     );
+    sign_trust(dir);
+    aegis_ok(dir, &["provision", "--dir", "keys"]);
+    let mut enrol = vec![
+        "enroll",
+        device,
+        "keys/device.pub",
+        "--kem",
+        "keys/device.kem.pub",
+    ];
+    for g in groups {
+        enrol.extend(["--group", g]);
+    }
+    chimera_ok(dir, &enrol);
+}
+
+/// Signs `root/trust.json` with the root key into `trust.signed` in `dir` (replacing it):
+/// after [`gateway_and_device`], once a test changed the trust (another issuer).
+pub fn sign_trust(dir: &Path) {
+    let _ = std::fs::remove_file(dir.join("trust.signed"));
     chimera_ok(
         dir,
         &[
@@ -603,18 +629,6 @@ pub fn gateway_and_device(dir: &Path, device: &str, groups: &[&str]) {
             "trust.signed",
         ],
     );
-    aegis_ok(dir, &["provision", "--dir", "keys"]);
-    let mut enrol = vec![
-        "enroll",
-        device,
-        "keys/device.pub",
-        "--kem",
-        "keys/device.kem.pub",
-    ];
-    for g in groups {
-        enrol.extend(["--group", g]);
-    }
-    chimera_ok(dir, &enrol);
 }
 
 /// Waits for `orin-1`'s retained status on the broker at `port` to say online (the agent is

@@ -192,6 +192,7 @@ impl Rig {
             devices: vec!["*".into()],
             groups: vec!["*".into()],
             models: false,
+            firmware: Default::default(),
         };
         let trust = TrustMetadata {
             kind: "aegis-trust".into(),
@@ -1145,7 +1146,8 @@ fn attack_restart_redelivery_signs_nothing_twice_and_is_audited() {
     let Some(mut rig) = Rig::started(86_400, "") else {
         return;
     };
-    rig.publish(DEVICE_TOPIC, &rig.light(1, "[{ kind: passthrough }]"), true);
+    let first = rig.light(1, "[{ kind: passthrough }]");
+    rig.publish(DEVICE_TOPIC, &first, true);
     let mut v2 = rig.trust.clone();
     v2.version = 2;
     rig.publish(TRUST_TOPIC, &rig.signed_trust(&v2), true);
@@ -1178,6 +1180,31 @@ fn attack_restart_redelivery_signs_nothing_twice_and_is_audited() {
         "a second receipt after the restart: {:?}",
         rig.tap().messages()
     );
+    // Published live, the first document is asked again: its receipt, read back from the
+    // workflow history of the previous run, goes out once more, byte for byte.
+    let texts = || -> Vec<String> {
+        rig.tap()
+            .messages()
+            .into_iter()
+            .filter(|m| !m.starts_with('{'))
+            .collect()
+    };
+    let original = texts()
+        .into_iter()
+        .find(|m| {
+            Receipt::verify(m.as_bytes(), &rig.device_key)
+                .is_ok_and(|r| r.sequence == 1 && r.verdict == Verdict::Applied)
+        })
+        .unwrap();
+    let n = texts().len();
+    rig.publish(DEVICE_TOPIC, &first, false);
+    let again = eventually(
+        Duration::from_secs(30),
+        Duration::from_millis(50),
+        || texts().get(n).cloned(),
+        || format!("not answered again: {:?}", rig.tap().messages()),
+    );
+    assert_eq!(again, original);
     rig.finish();
 }
 
@@ -1282,9 +1309,33 @@ fn attack_classic_tamper_replay_expiry_and_foreign_target_still_hold() {
     rig.wait_audit("workflow.refused", "signature", 1);
     rig.publish(DEVICE_TOPIC, &good, false);
     rig.wait_receipt(|r| r.sequence == 1 && r.verdict == Verdict::Applied);
-    // The same bytes again: answered already, no second receipt.
+    // The same bytes again, live: answered already, so it is a question — the receipt
+    // signed then goes out once more, byte for byte (nothing signed twice); a third copy
+    // within the interval gets nothing.
+    let receipts = |rig: &Rig| -> Vec<String> {
+        rig.tap()
+            .messages()
+            .into_iter()
+            .filter(|m| !m.starts_with('{'))
+            .collect()
+    };
     rig.publish(GROUP_TOPIC, &good, false);
     rig.wait_counter("duplicates", 1);
+    let sent = eventually(
+        Duration::from_secs(30),
+        Duration::from_millis(50),
+        || {
+            let r = receipts(&rig);
+            (r.len() == 2).then_some(r)
+        },
+        || format!("the receipt was not sent again: {:?}", rig.tap().messages()),
+    );
+    assert_eq!(
+        sent[0], sent[1],
+        "the receipt sent again is the one signed then"
+    );
+    rig.publish(DEVICE_TOPIC, &good, false);
+    rig.wait_counter("duplicates", 2);
     // A new document replaying sequence 1.
     let replay = rig.by(
         &rig.gw,
@@ -1327,6 +1378,7 @@ fn attack_classic_tamper_replay_expiry_and_foreign_target_still_hold() {
     let r = rig.wait_receipt(|r| r.sequence == 3);
     assert!(r.reason.contains("not this device"), "{}", r.reason);
     assert_eq!(rig.counter("applied"), 1);
-    assert_eq!(rig.receipts().len(), 4, "{:?}", rig.tap().messages());
+    // Sequence 1 twice (the second the same bytes), 1 rejected, 2, 3.
+    assert_eq!(rig.receipts().len(), 5, "{:?}", rig.tap().messages());
     rig.finish();
 }

@@ -4,207 +4,38 @@
 //! the resumable download, the health check on the reference input, the swap between two
 //! frames on a running pipeline, and the signed model receipt.
 
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use aegis_ota::model_wire::{Announcement, ModelReceipt};
+use aegis_tests::files::{Files, free_port};
 use aegis_tests::*;
 
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .unwrap()
-}
-
-/// A static file server on 127.0.0.1 that honours `Range: bytes=N-` and, while `cut` is
-/// above zero, breaks the connection after that many body bytes (once per request, counting
-/// down `cuts`). Counts requests and the ranges asked for.
-struct Files {
-    port: u16,
-    requests: Arc<AtomicUsize>,
-    ranged: Arc<AtomicUsize>,
-    cut: Arc<AtomicU64>,
-    cuts: Arc<AtomicUsize>,
-}
-
-impl Files {
-    fn serve(root: PathBuf) -> Files {
-        let l = TcpListener::bind("127.0.0.1:0").unwrap();
-        let port = l.local_addr().unwrap().port();
-        let f = Files {
-            port,
-            requests: Arc::default(),
-            ranged: Arc::default(),
-            cut: Arc::default(),
-            cuts: Arc::default(),
-        };
-        let (requests, ranged, cut, cuts) = (
-            f.requests.clone(),
-            f.ranged.clone(),
-            f.cut.clone(),
-            f.cuts.clone(),
-        );
-        std::thread::spawn(move || {
-            for s in l.incoming().flatten() {
-                let (root, requests, ranged, cut, cuts) = (
-                    root.clone(),
-                    requests.clone(),
-                    ranged.clone(),
-                    cut.clone(),
-                    cuts.clone(),
-                );
-                std::thread::spawn(move || {
-                    let _ = answer(s, &root, &requests, &ranged, &cut, &cuts);
-                });
-            }
-        });
-        f
-    }
-
-    fn url(&self, dir: &str) -> String {
-        format!("http://127.0.0.1:{}/{dir}", self.port)
-    }
-}
-
-fn answer(
-    s: TcpStream,
-    root: &Path,
-    requests: &AtomicUsize,
-    ranged: &AtomicUsize,
-    cut: &AtomicU64,
-    cuts: &AtomicUsize,
-) -> std::io::Result<()> {
-    let mut r = BufReader::new(s.try_clone()?);
-    let mut line = String::new();
-    r.read_line(&mut line)?;
-    let path = line.split_whitespace().nth(1).unwrap_or("/").to_string();
-    let mut from = 0u64;
-    loop {
-        let mut h = String::new();
-        if r.read_line(&mut h)? == 0 || h == "\r\n" {
-            break;
-        }
-        if let Some(v) = h.to_ascii_lowercase().strip_prefix("range: bytes=") {
-            from = v.trim().trim_end_matches('-').parse().unwrap_or(0);
-            ranged.fetch_add(1, Ordering::SeqCst);
-        }
-    }
-    requests.fetch_add(1, Ordering::SeqCst);
-    let mut s = s;
-    let Ok(data) = std::fs::read(root.join(path.trim_start_matches('/'))) else {
-        return s.write_all(
-            b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
-        );
-    };
-    let body = &data[(from as usize).min(data.len())..];
-    let head = if from > 0 {
-        format!(
-            "HTTP/1.1 206 Partial Content\r\nContent-Length: {}\r\nContent-Range: bytes {from}-{}/{}\r\nConnection: close\r\n\r\n",
-            body.len(),
-            data.len() - 1,
-            data.len()
-        )
-    } else {
-        format!(
-            "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
-            body.len()
-        )
-    };
-    s.write_all(head.as_bytes())?;
-    let limit = cut.load(Ordering::SeqCst);
-    if limit > 0 && (limit as usize) < body.len() && cuts.load(Ordering::SeqCst) > 0 {
-        cuts.fetch_sub(1, Ordering::SeqCst);
-        s.write_all(&body[..limit as usize])?;
-        return s.shutdown(std::net::Shutdown::Both);
-    }
-    s.write_all(body)
-}
-
-/// Receipts on the device's receipts topic, collected from a `mosquitto_sub` started now.
-struct Receipts {
-    child: Child,
-    lines: Arc<std::sync::Mutex<Vec<String>>>,
-}
+/// Model receipts on orin-1's receipts topic.
+struct Receipts(aegis_tests::files::Receipts);
 
 impl Receipts {
     fn watch(port: u16) -> Receipts {
-        let mut child = Command::new("/usr/bin/mosquitto_sub")
-            .args([
-                "-p",
-                &port.to_string(),
-                "-t",
-                "aegis/v1/orin-1/receipts",
-                "-N",
-            ])
-            .stdout(Stdio::piped())
-            .spawn()
-            .unwrap();
-        let out = child.stdout.take().unwrap();
-        let lines: Arc<std::sync::Mutex<Vec<String>>> = Arc::default();
-        let l2 = lines.clone();
-        std::thread::spawn(move || {
-            // Each receipt is JSON on one line, then its signature block: split on the
-            // JSON line's start.
-            let mut text = String::new();
-            let mut r = BufReader::new(out);
-            let mut buf = [0u8; 4096];
-            while let Ok(n) = r.read(&mut buf) {
-                if n == 0 {
-                    break;
-                }
-                text.push_str(&String::from_utf8_lossy(&buf[..n]));
-                let parts: Vec<&str> = text.split("{\"type\":\"model-receipt\"").collect();
-                let mut l = l2.lock().unwrap();
-                l.clear();
-                for p in parts.iter().skip(1) {
-                    l.push(format!("{{\"type\":\"model-receipt\"{p}"));
-                }
-            }
-        });
-        std::thread::sleep(Duration::from_millis(300));
-        Receipts { child, lines }
+        Receipts(aegis_tests::files::Receipts::watch(
+            port,
+            "orin-1",
+            "model-receipt",
+        ))
     }
 
     /// Every model receipt so far that verifies with the device key.
     fn all(&self, device_pub: &aegis_ota::sign::PublicKey) -> Vec<ModelReceipt> {
-        self.lines
-            .lock()
-            .unwrap()
-            .iter()
-            .filter_map(|t| ModelReceipt::verify(t.trim_end().as_bytes(), device_pub).ok())
-            .collect()
+        self.0
+            .verified(|t| ModelReceipt::verify(t, device_pub).ok())
     }
 
     /// The `n`-th model receipt (0-based), verified with the device key.
     fn nth(&self, n: usize, device_pub: &aegis_ota::sign::PublicKey) -> ModelReceipt {
-        let t0 = Instant::now();
-        loop {
-            let text = self.lines.lock().unwrap().get(n).cloned();
-            if let Some(t) = text
-                && let Ok(r) = ModelReceipt::verify(t.trim_end().as_bytes(), device_pub)
-            {
-                return r;
-            }
-            assert!(
-                t0.elapsed() < Duration::from_secs(90),
-                "no model receipt #{n}; got {:?}",
-                self.lines.lock().unwrap()
-            );
-            std::thread::sleep(Duration::from_millis(100));
-        }
-    }
-}
-
-impl Drop for Receipts {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        self.0.nth(n, |t| ModelReceipt::verify(t, device_pub).ok())
     }
 }
 
@@ -332,20 +163,7 @@ fn fixture(d: &Path, source: &str) -> (Broker, PathBuf) {
             "--models",
         ],
     );
-    std::fs::remove_file(d.join("trust.signed")).unwrap();
-    chimera_ok(
-        d,
-        &[
-            "root",
-            "sign-trust",
-            "--trust",
-            "root/trust.json",
-            "--key",
-            "root/root.key",
-            "--out",
-            "trust.signed",
-        ],
-    );
+    sign_trust(d);
     let broker = Broker::start(&d.join("broker"));
     let clip = make_clip(d, "clip.mp4", 640, 360, 30.0);
     let (web, dirs) = (free_port(), d.display().to_string());

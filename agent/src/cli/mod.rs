@@ -3,6 +3,8 @@
 mod bench;
 pub mod db;
 mod device;
+mod doctor;
+pub mod firmware;
 pub mod models;
 mod run;
 pub mod sensors;
@@ -214,6 +216,28 @@ enum Command {
         #[arg(long)]
         no_backfill: bool,
     },
+    /// What a technician runs on a fresh device: the module and Jetson Linux release, GPU
+    /// libraries and backend, hardware codecs, V4L2 cameras, ONNX Runtime and its
+    /// providers, models, disk, clock sync, broker, keys and trust, and what the agent will
+    /// use. Exits 1 when it cannot run (a FAIL line says why).
+    Doctor {
+        /// The agent's config.
+        #[arg(long, short, default_value = "/etc/aegis/aegis.yaml")]
+        config: PathBuf,
+        /// Read the platform files (/proc, /sys, /etc/nv_tegra_release, /dev) under this
+        /// folder instead of / (an image's root filesystem).
+        #[arg(long)]
+        root: Option<PathBuf>,
+        /// One JSON object instead of lines.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Firmware A/B updates: the privileged helper, the boot check for the boot verifier,
+    /// the firmware record.
+    Firmware {
+        #[command(subcommand)]
+        what: firmware::FirmwareCommand,
+    },
     /// Print versions of the agent and the libraries it loaded; with `--config`, also the
     /// SHA-256 fingerprint of the web page's device certificate (what a technician compares
     /// with the one the browser shows).
@@ -391,6 +415,14 @@ pub fn main() -> ExitCode {
             }
         }
         Command::Version { config } => device::version(config.as_deref()),
+        Command::Firmware { what } => {
+            log_at("info");
+            return firmware::firmware(what);
+        }
+        Command::Doctor { config, root, json } => {
+            log_at("warn");
+            return doctor::doctor(&config, root.as_deref(), json);
+        }
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

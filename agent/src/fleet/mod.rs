@@ -221,6 +221,8 @@ pub struct FleetSettings {
     /// broker (the link subscribes to the device's chunk topic, hands its messages and
     /// every connect to the port, and publishes the port's requests on the fetch topic).
     pub model_chunks: Option<Arc<crate::models_ota::mqtt::ChunkPort>>,
+    /// Subscribe to the device's and the groups' firmware topics too (firmware updates on).
+    pub firmware: bool,
 }
 
 impl FleetSettings {
@@ -274,11 +276,35 @@ impl FleetSettings {
             workflow_groups: cfg.workflows.enabled.then(|| cfg.device.groups.clone()),
             models: cfg.workflows.enabled && cfg.workflows.models.enabled,
             model_chunks: None,
+            firmware: cfg.workflows.enabled && cfg.workflows.firmware.enabled,
         })
     }
 
     fn topic(&self, leaf: &str) -> String {
         format!("aegis/v1/{}/{leaf}", self.device)
+    }
+
+    /// The topics of signed documents this device subscribes to (workflows, trust, and
+    /// with their delivery on, models and firmware), device topics before group topics.
+    fn signed_topics(&self) -> Vec<String> {
+        let Some(groups) = &self.workflow_groups else {
+            return Vec::new();
+        };
+        let mut topics = vec![self.topic("workflows"), TRUST_TOPIC.to_string()];
+        topics.extend(groups.iter().map(|g| group_workflow_topic(g)));
+        if self.models {
+            topics.push(aegis_ota::model_wire::device_models_topic(&self.device));
+            topics.extend(
+                groups
+                    .iter()
+                    .map(|g| aegis_ota::model_wire::group_models_topic(g)),
+            );
+        }
+        if self.firmware {
+            topics.push(aegis_ota::firmware::device_topic(&self.device));
+            topics.extend(groups.iter().map(|g| aegis_ota::firmware::group_topic(g)));
+        }
+        topics
     }
 }
 
@@ -435,7 +461,10 @@ pub trait FleetHost: Send + Sync {
         Err(SnapshotError::Unavailable)
     }
     /// A message on a workflow or trust topic (signed documents; anything may arrive).
-    fn workflow(&self, _topic: &str, _payload: &[u8]) {}
+    /// `live`: published while this device was subscribed, not a retained copy redelivered
+    /// on (re)subscribe — a document answered already is then asked again
+    /// (`aegis_ota::state::AnswerAgain`).
+    fn workflow(&self, _topic: &str, _payload: &[u8], _live: bool) {}
 }
 
 /// Topic of group `g`'s workflows (retained: a member that was offline gets the latest on
@@ -762,17 +791,7 @@ impl Link {
     /// Exactly the workflow and trust topics this device subscribed to (not a command
     /// that happens to be named `workflows`).
     fn is_workflow_topic(&self, topic: &str) -> bool {
-        let Some(groups) = &self.s.workflow_groups else {
-            return false;
-        };
-        topic == TRUST_TOPIC
-            || topic == self.s.topic("workflows")
-            || groups.iter().any(|g| group_workflow_topic(g) == topic)
-            || (self.s.models
-                && (topic == aegis_ota::model_wire::device_models_topic(&self.s.device)
-                    || groups
-                        .iter()
-                        .any(|g| aegis_ota::model_wire::group_models_topic(g) == topic)))
+        self.s.signed_topics().iter().any(|t| t == topic)
     }
 
     /// After a connection error (or a failed connect attempt): forgets everything in flight,
@@ -825,20 +844,8 @@ impl Link {
                 // Status first: the gateway sees what runs before the retained workflows
                 // (subscribed next) are judged.
                 self.publish_status();
-                if let Some(groups) = &self.s.workflow_groups {
-                    let mut topics = vec![self.s.topic("workflows"), TRUST_TOPIC.to_string()];
-                    topics.extend(groups.iter().map(|g| group_workflow_topic(g)));
-                    if self.s.models {
-                        topics.push(aegis_ota::model_wire::device_models_topic(&self.s.device));
-                        topics.extend(
-                            groups
-                                .iter()
-                                .map(|g| aegis_ota::model_wire::group_models_topic(g)),
-                        );
-                    }
-                    for t in topics {
-                        let _ = self.client.try_subscribe(t, QoS::AtLeastOnce);
-                    }
+                for t in self.s.signed_topics() {
+                    let _ = self.client.try_subscribe(t, QoS::AtLeastOnce);
                 }
                 if let Some(port) = self.chunk_port() {
                     let _ = self.client.try_subscribe(
@@ -1076,7 +1083,7 @@ impl Link {
         if self.is_workflow_topic(&topic) {
             // Retained deletions arrive as empty payloads: nothing to judge.
             if !p.payload.is_empty() {
-                self.host.workflow(&topic, &p.payload);
+                self.host.workflow(&topic, &p.payload, !p.retain);
             }
             return;
         }
@@ -1429,6 +1436,7 @@ mod tests {
             workflow_groups: None,
             models: false,
             model_chunks: None,
+            firmware: false,
         };
         let host = Arc::new(TestHost::default());
         let limits = Arc::new(Mutex::new(Vec::new()));
@@ -1809,6 +1817,7 @@ mod tests {
                 workflow_groups: None,
                 models: false,
                 model_chunks: None,
+                firmware: false,
             };
             let mut link = Link::new(
                 settings,

@@ -555,7 +555,7 @@ fn transient(e: &DownloadError) -> bool {
 }
 
 /// The DER certificates of a PEM file.
-fn read_pem_certs(path: &Path) -> Result<Vec<Vec<u8>>, DeliveryError> {
+pub fn read_pem_certs(path: &Path) -> Result<Vec<Vec<u8>>, DeliveryError> {
     use rustls::pki_types::CertificateDer;
     use rustls::pki_types::pem::PemObject;
     let fail = |reason: String| DeliveryError::Ca {

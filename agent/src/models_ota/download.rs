@@ -251,21 +251,7 @@ pub fn download_bundle(
             reason: "a base URL has no query: file paths are appended to it".into(),
         });
     }
-    let total = staging::check_files(files)?;
-    if total > policy.max_bytes {
-        return Err(DownloadError::OverBudget {
-            total,
-            max: policy.max_bytes,
-        });
-    }
-    fs::create_dir_all(staging).map_err(io_err("create", staging))?;
-    let agent = client(policy);
-    let mut meter = Meter {
-        total,
-        done: 0,
-        fetched: 0,
-        first_byte: None,
-    };
+    let (agent, mut meter) = prepare(files, staging, policy)?;
     let base = base_url.trim_end_matches('/');
     for f in files {
         let url = format!("{base}/{}", f.path);
@@ -275,6 +261,46 @@ pub fn download_bundle(
         progress(meter.report(""));
     }
     Ok(())
+}
+
+/// Downloads one file from `url` (the whole URL: a firmware image) into `staging`, with
+/// the rules of [`download_bundle`]: checked against `file`'s size and SHA-256, a part
+/// resumed, a finished matching file kept. Blocking.
+pub fn download_file(
+    url: &str,
+    file: &BundleFile,
+    staging: &Path,
+    policy: &DownloadPolicy,
+    progress: &dyn Fn(Progress<'_>),
+) -> Result<(), DownloadError> {
+    checked_url(url, policy)?;
+    let files = std::slice::from_ref(file);
+    let (agent, mut meter) = prepare(files, staging, policy)?;
+    fetch_file(&agent, url, file, staging, policy, &mut meter, progress)
+}
+
+/// The checks before any connection (paths, digests, the budget), the staging directory
+/// and the client.
+fn prepare(
+    files: &[BundleFile],
+    staging: &Path,
+    policy: &DownloadPolicy,
+) -> Result<(ureq::Agent, Meter), DownloadError> {
+    let total = staging::check_files(files)?;
+    if total > policy.max_bytes {
+        return Err(DownloadError::OverBudget {
+            total,
+            max: policy.max_bytes,
+        });
+    }
+    fs::create_dir_all(staging).map_err(io_err("create", staging))?;
+    let meter = Meter {
+        total,
+        done: 0,
+        fetched: 0,
+        first_byte: None,
+    };
+    Ok((client(policy), meter))
 }
 
 /// Progress accounting and the ETA.

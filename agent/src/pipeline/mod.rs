@@ -123,6 +123,8 @@ pub struct RunOptions {
     pub backend: Option<aegis_hal::backend::Backend>,
     /// Told which stages and models run, at each start and stage switch (the web page).
     pub models_in_use: Option<Arc<crate::inference::ModelsInUse>>,
+    /// Where the stage and sink threads report progress (systemd's watchdog).
+    pub watch: Option<crate::liveness::Watch>,
 }
 
 /// The rules a pipeline runs: the local `sensors.rules` and its own `rules`, whose sensor
@@ -472,6 +474,7 @@ impl Pipeline {
             live: opts.live.clone(),
             sensing: opts.sensing.clone(),
             rules,
+            watch: opts.watch.clone(),
         };
         for (source, stages) in sources.into_iter().zip(stage_sets) {
             let threads = spawn_stream(source, stages, cfg, &shared, &ctx);

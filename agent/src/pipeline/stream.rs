@@ -38,6 +38,7 @@ pub(super) struct StreamContext {
     pub(super) live: Option<Arc<live::LiveHub>>,
     pub(super) sensing: Option<Arc<crate::sensing::Sensing>>,
     pub(super) rules: Vec<aegis_config::RuleConfig>,
+    pub(super) watch: Option<crate::liveness::Watch>,
 }
 
 /// Starts one stream's source, stage and sink threads.
@@ -136,6 +137,8 @@ pub(super) fn spawn_stream(
         metrics: metrics.clone(),
         errors: ErrorReporter::new(metrics.clone(), &id),
         id: id.clone(),
+        beat: ctx.watch.as_ref().map(|w| w.beat(format!("stg-{id}"))),
+        stall: crate::liveness::test_stall(&id),
     };
     stage_loop.hist = stage_loop.histograms(&StageLoop::names(&stage_loop.stages));
     let stage_thread = spawn_named(format!("stg-{id}"), stage_loop.into_thread())?;
@@ -159,6 +162,7 @@ pub(super) fn spawn_stream(
             live,
             metrics: sm,
             errors: ErrorReporter::new(metrics.clone(), &id),
+            beat: ctx.watch.as_ref().map(|w| w.beat(format!("snk-{id}"))),
         }
         .into_thread(),
     )?;
@@ -286,6 +290,10 @@ struct StageLoop {
     metrics: Arc<Metrics>,
     errors: ErrorReporter,
     id: String,
+    /// Busy from a frame's arrival until it is handed on (systemd's watchdog).
+    beat: Option<Arc<crate::liveness::Beat>>,
+    /// The test hook `AEGIS_TEST_STALL` ([`crate::liveness::test_stall`]).
+    stall: Option<u64>,
 }
 
 impl StageLoop {
@@ -350,7 +358,14 @@ impl StageLoop {
     /// Frames dropped (by a stage's verdict or a failed download).
     fn run(&mut self) -> u64 {
         let mut dropped = 0u64;
+        let mut seen = 0u64;
+        let beat = self.beat.clone();
         'frames: while let Ok(mut frame) = self.input.recv() {
+            let _busy = beat.as_ref().map(|b| b.busy());
+            seen += 1;
+            if self.stall.is_some_and(|after| seen > after) {
+                crate::liveness::stall_for_test(&self.id);
+            }
             self.switch_chain();
             let mut failed = false;
             for (i, (stage, hist)) in self.stages.iter_mut().zip(&self.hist).enumerate() {
@@ -419,6 +434,8 @@ struct SinkLoop {
     live: Option<live::LiveFeed>,
     metrics: Arc<StreamMetrics>,
     errors: ErrorReporter,
+    /// Busy from a frame's arrival until every sink had it (systemd's watchdog).
+    beat: Option<Arc<crate::liveness::Beat>>,
 }
 
 impl SinkLoop {
@@ -435,6 +452,7 @@ impl SinkLoop {
             l.slot().set_running(true);
         }
         while let Ok(mut frame) = self.input.recv() {
+            let _busy = self.beat.as_ref().map(|b| b.busy());
             for (sink, hist) in self.sinks.iter_mut().zip(&self.hist) {
                 let t0 = Instant::now();
                 let r = sink.consume(&mut frame);

@@ -108,9 +108,9 @@ impl crate::fleet::FleetHost for AgentHost {
         })
     }
 
-    fn workflow(&self, topic: &str, payload: &[u8]) {
+    fn workflow(&self, topic: &str, payload: &[u8], live: bool) {
         if let Some(inbox) = &self.workflows.inbox {
-            inbox.put(topic, payload);
+            inbox.put(topic, payload, live);
         }
     }
 

@@ -216,6 +216,15 @@ pub async fn run(
     .await?;
     let listen = endpoints.listen;
     on_listening(listen);
+    // systemd: ready once the agent serves — not gated on cameras or the broker.
+    let notifier = Arc::new(crate::systemd::Notifier::from_env());
+    let liveness = Arc::new(crate::liveness::Liveness::default());
+    let status = {
+        let (metrics, workflow) = (metrics.clone(), workflow_status.clone());
+        move || status_line(listen, &metrics, &workflow)
+    };
+    notifier.ready(&status());
+    let watchdog = notifier.supervise(liveness.clone(), status);
     tracing::info!(device = %cfg.device.id, %backend, streams = pipeline_cfg.sources.len(),
         pipeline = match origin { PipelineOrigin::LocalDefault => "local default", PipelineOrigin::SignedWorkflow => "signed workflow" },
         %listen, "starting pipeline");
@@ -228,6 +237,10 @@ pub async fn run(
     opts.snapshots = Some(snapshots.clone());
     opts.live = Some(live);
     opts.models_in_use = Some(models_in_use);
+    opts.watch = Some(crate::liveness::Watch {
+        liveness: liveness.clone(),
+        stall: Duration::from_secs(cfg.watchdog.stall_s.into()),
+    });
     let sensing =
         crate::sensing::Sensing::start_with(&cfg.sensors, Some(store_handle.clone()), readings)?;
     if let Some(sn) = &sensing {
@@ -288,6 +301,20 @@ pub async fn run(
     if let (Some(a), Some(d)) = (applier.as_mut(), delivery) {
         a.set_models(d);
     }
+    if let Some(a) = applier.as_mut() {
+        a.set_history_db(store.path().to_path_buf());
+        if cfg.workflows.firmware.enabled {
+            match crate::firmware::Firmware::open(cfg) {
+                Ok(f) => a.set_firmware(f),
+                Err(e) => {
+                    // Video runs without firmware updates; an image on trial is then
+                    // never confirmed, and the bootloader falls back.
+                    tracing::error!(error = %crate::causes_text(&e), "firmware updates are off");
+                    audit(&store_handle, "firmware.off", e.to_string());
+                }
+            }
+        }
+    }
     if let Some(a) = &applier {
         let c = a.counters.clone();
         metrics.watch_component("workflows", Box::new(move || c.values()));
@@ -317,6 +344,9 @@ pub async fn run(
     };
     if let Some(a) = applier.as_mut() {
         a.report_stopped_at_start(&stopped_at_start);
+        if let Some(f) = a.firmware() {
+            f.start(liveness.clone(), fleet.as_ref().map(|l| l.counters.clone()));
+        }
     }
     let ended = Supervisor {
         pipeline,
@@ -331,9 +361,21 @@ pub async fn run(
         sensing: sensing.clone(),
         gps_time_floor: cfg.sensors.fusion.gps_time_floor,
         signals,
+        beat: liveness.register(
+            "applier",
+            Duration::from_secs(cfg.watchdog.applier_stall_s.into()),
+        ),
     }
     .run()
     .await?;
+    notifier.stopping(if ended.interrupted {
+        "stopping: finalising recordings"
+    } else {
+        "input ended: finalising recordings"
+    });
+    if let Some(w) = watchdog {
+        w.abort();
+    }
     let Drained {
         streams,
         interrupted,
@@ -380,6 +422,39 @@ pub async fn run(
         final_metrics,
         store: Some(counters),
     })
+}
+
+/// The `STATUS=` line systemd shows: where the agent serves, each stream's state (the
+/// ones not streaming named), the workflow that runs.
+fn status_line(
+    listen: SocketAddr,
+    metrics: &Metrics,
+    workflow: &std::sync::Mutex<serde_json::Value>,
+) -> String {
+    let streams = metrics.source_health();
+    let streaming = streams
+        .iter()
+        .filter(|(_, h)| h.state == aegis_hal::source::SourceState::Streaming)
+        .count();
+    let others: Vec<String> = streams
+        .iter()
+        .filter(|(_, h)| h.state != aegis_hal::source::SourceState::Streaming)
+        .map(|(id, h)| format!("{id} {}", h.state.as_str()))
+        .collect();
+    let workflow = workflow.lock().unwrap_or_else(|p| p.into_inner())["active"].clone();
+    let workflow = match workflow["id"].as_str() {
+        Some(id) => format!("workflow {id} #{}", workflow["sequence"]),
+        None => "local pipeline".into(),
+    };
+    let mut line = format!(
+        "serving {listen}; {streaming}/{} streams streaming",
+        streams.len()
+    );
+    if !others.is_empty() {
+        line.push_str(&format!(" ({})", others.join(", ")));
+    }
+    line.push_str(&format!("; {workflow}"));
+    line
 }
 
 /// An audit row from the agent itself.

@@ -79,6 +79,9 @@ pub(crate) struct Supervisor {
     /// `sensors.fusion.gps_time_floor`.
     pub(crate) gps_time_floor: bool,
     pub(crate) signals: Signals,
+    /// Busy while the loop works on one thing (a delivery, a restart, a tick): a stuck
+    /// applier stops systemd's watchdog keep-alives (`watchdog.applier_stall_s`).
+    pub(crate) beat: Arc<crate::liveness::Beat>,
 }
 
 /// How the loop ended.
@@ -106,12 +109,14 @@ impl Supervisor {
             sensing,
             gps_time_floor,
             mut signals,
+            beat,
         } = self;
         let mut tick = tokio::time::interval(Duration::from_millis(100));
         let interrupted = loop {
             tokio::select! {
                 _ = signals.next() => break true,
                 _ = tick.tick() => {
+                    let _busy = beat.busy();
                     pipeline.check_sources();
                     if pipeline.is_finished() { break false; }
                     if let Some(a) = applier.as_mut() {
@@ -126,6 +131,7 @@ impl Supervisor {
                     }
                 },
                 Some(()) = restarts.recv() => {
+                    let _busy = beat.busy();
                     tracing::info!("restarting the pipeline (fleet command)");
                     let running = pipeline.config().clone();
                     pipeline.stop();
@@ -135,14 +141,16 @@ impl Supervisor {
                     }
                     pipeline = start_pipeline(&starter, running, Some(inference.clone())).await?.0;
                 }
-                (topic, payload) = inbox.next(), if applier.is_some() => {
+                delivered = inbox.next(), if applier.is_some() => {
+                    let _busy = beat.busy();
                     if let Some(a) = applier.as_mut() {
-                        let (p, _) = a.handle(pipeline, Via::Fleet(&topic), &payload).await;
+                        let (p, _) = a.handle_delivered(pipeline, &delivered).await;
                         pipeline = p;
                         inference = a.inference();
                     }
                 }
                 Some(s) = async { staged.as_mut()?.recv().await }, if staged.is_some() => {
+                    let _busy = beat.busy();
                     if let Some(a) = applier.as_mut() {
                         let (p, _) = a.model_staged(pipeline, s).await;
                         pipeline = p;
@@ -150,6 +158,7 @@ impl Supervisor {
                     }
                 }
                 Some(req) = defaults.recv() => {
+                    let _busy = beat.busy();
                     let DefaultPipeline { pipeline: cfg, by, reply } = req;
                     let (p, outcome) = match applier.as_mut() {
                         Some(a) => {
@@ -169,6 +178,7 @@ impl Supervisor {
                     let _ = reply.send(outcome);
                 }
                 Some(req) = local.recv() => {
+                    let _busy = beat.busy();
                     let via = match &req.user {
                         Some(u) => Via::Web(u),
                         None => Via::Local,

@@ -63,13 +63,8 @@ fn one_run(
         force_realtime: Some(false),
         decoder_threads: 0,
         inference: Some(inference.clone()),
-        store: None,
-        events_topic: None,
-        snapshots: None,
-        live: None,
-        sensing: None,
         backend: Some(backend.clone()),
-        models_in_use: None,
+        ..RunOptions::default()
     };
     let gpu_before = backend
         .gpu

@@ -202,13 +202,7 @@ fn pipeline_fps(
         force_realtime: Some(false),
         decoder_threads: 0,
         inference,
-        store: None,
-        events_topic: None,
-        snapshots: None,
-        live: None,
-        sensing: None,
-        backend: None,
-        models_in_use: None,
+        ..RunOptions::default()
     };
     let t0 = Instant::now();
     let reports = Pipeline::start(pipeline, metrics, &opts)?.wait();

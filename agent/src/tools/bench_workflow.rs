@@ -125,6 +125,7 @@ pub(crate) fn bench_trust(
             devices: vec!["*".into()],
             groups: vec![],
             models,
+            firmware: Default::default(),
         }],
         revoked: vec![],
     };

@@ -12,6 +12,7 @@
 //! writes, so a gateway imports the whole simulated fleet; `run` connects them to a broker
 //! and answers until stopped.
 
+use std::collections::VecDeque;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};
@@ -94,8 +95,13 @@ struct Answers {
     rolled_back: AtomicU64,
     rejected: AtomicU64,
     duplicate: AtomicU64,
+    /// Duplicates asked again and answered with the receipt sent before.
+    answered_again: AtomicU64,
     refused: AtomicU64,
 }
+
+/// Receipts a simulated device keeps to answer again (the newest).
+const KEPT_RECEIPTS: usize = 8;
 
 /// One simulated device: the agent's workflow state behind its fleet link.
 struct Device {
@@ -107,16 +113,20 @@ struct Device {
     /// Workflow ids whose "pipeline" fails its health check here.
     fail: Arc<Vec<String>>,
     /// Messages to handle, off the link's task (verification and signing take time).
-    work: tokio::sync::mpsc::UnboundedSender<(Arc<Device>, Vec<u8>)>,
+    work: tokio::sync::mpsc::UnboundedSender<(Arc<Device>, Vec<u8>, bool)>,
     me: std::sync::Weak<Device>,
     answers: Arc<Answers>,
+    /// The receipts sent last (digest, text) and when each went out again: the agent's
+    /// workflow history and `AnswerAgain`.
+    sent: Mutex<(VecDeque<(String, String)>, aegis_ota::state::AnswerAgain)>,
 }
 
 impl Device {
     /// What the agent's applier does with a fleet workflow, minus the pipeline: verify,
     /// skip what was answered, try it (begin, judge, commit or roll back), answer with a
-    /// device-signed receipt.
-    fn handle(&self, doc: &[u8]) {
+    /// device-signed receipt; a document answered already and asked again (`live`) gets
+    /// the receipt sent before.
+    fn handle(&self, doc: &[u8], live: bool) {
         let t0 = Instant::now();
         let mut wf = self.workflows.lock().unwrap_or_else(|p| p.into_inner());
         let ms = || t0.elapsed().as_secs_f64() * 1e3;
@@ -129,29 +139,30 @@ impl Device {
             };
             wf.receipt(subject, &outcome)
         };
-        let receipt = match wf.verify(doc) {
+        let (digest, receipt) = match wf.verify(doc) {
             Err(refusal) => {
                 let Some(a) = refusal.authenticated else {
                     self.answers.refused.fetch_add(1, Relaxed);
                     return;
                 };
                 if wf.answered(&a.digest) {
-                    self.answers.duplicate.fetch_add(1, Relaxed);
-                    return;
+                    drop(wf);
+                    return self.duplicate(&a.digest, live);
                 }
                 let _ = wf.record_answer(&a.digest);
                 self.answers.rejected.fetch_add(1, Relaxed);
-                answer(
+                let r = answer(
                     &mut wf,
                     Subject::Authenticated(&a),
                     Verdict::Rejected,
                     refusal.rejection.to_string(),
-                )
+                );
+                (a.digest, r)
             }
             Ok(v) => {
                 if wf.answered(&v.digest) {
-                    self.answers.duplicate.fetch_add(1, Relaxed);
-                    return;
+                    drop(wf);
+                    return self.duplicate(&v.digest, live);
                 }
                 let fails = self.fail.contains(&v.document.front.id);
                 let outcome = match wf.begin(doc, &v) {
@@ -173,16 +184,50 @@ impl Device {
                         (Verdict::RolledBack, reason)
                     }
                 };
-                answer(&mut wf, Subject::Verified(&v), verdict, reason)
+                let r = answer(&mut wf, Subject::Verified(&v), verdict, reason);
+                (v.digest, r)
             }
         };
         drop(wf);
         match receipt {
-            Ok(r) => self
-                .outbox
-                .push(format!("aegis/v1/{}/receipts", self.id), r.into_bytes()),
+            Ok(r) => {
+                let mut sent = self.sent.lock().unwrap_or_else(|p| p.into_inner());
+                if sent.0.len() >= KEPT_RECEIPTS {
+                    sent.0.pop_front();
+                }
+                sent.0.push_back((digest, r.clone()));
+                drop(sent);
+                self.send(r);
+            }
             Err(e) => tracing::error!(device = %self.id, error = %e, "cannot sign a receipt"),
         }
+    }
+
+    /// A document answered already: counted; asked again, its receipt goes out again.
+    fn duplicate(&self, digest: &str, live: bool) {
+        self.answers.duplicate.fetch_add(1, Relaxed);
+        let mut sent = self.sent.lock().unwrap_or_else(|p| p.into_inner());
+        let (kept, again) = &mut *sent;
+        let again = live && again.due(digest);
+        let Some(r) = kept
+            .iter()
+            .rev()
+            .find(|(d, _)| again && d == digest)
+            .map(|(_, r)| r.clone())
+        else {
+            return;
+        };
+        drop(sent);
+        self.answers.answered_again.fetch_add(1, Relaxed);
+        self.send(r);
+    }
+
+    /// Queues a receipt and wakes the link.
+    fn send(&self, receipt: String) {
+        self.outbox.push(
+            format!("aegis/v1/{}/receipts", self.id),
+            receipt.into_bytes(),
+        );
         if let Some(n) = &*self.nudge.lock().unwrap_or_else(|p| p.into_inner()) {
             n.notify_one();
         }
@@ -206,12 +251,12 @@ impl FleetHost for Device {
     fn set_log_level(&self, _: &str) -> Result<(), CommandError> {
         Err(CommandError::Simulated)
     }
-    fn workflow(&self, topic: &str, payload: &[u8]) {
+    fn workflow(&self, topic: &str, payload: &[u8], live: bool) {
         if topic == crate::fleet::TRUST_TOPIC {
             return; // The simulated fleet keeps its provisioned trust metadata.
         }
         if let Some(me) = self.me.upgrade() {
-            let _ = self.work.send((me, payload.to_vec()));
+            let _ = self.work.send((me, payload.to_vec(), live));
         }
     }
 }
@@ -266,14 +311,14 @@ pub fn run(
     let answers = Arc::new(Answers::default());
     let fail = Arc::new(fail);
     rt.block_on(async move {
-        let (work, mut queue) = tokio::sync::mpsc::unbounded_channel::<(Arc<Device>, Vec<u8>)>();
+        let (work, mut queue) = tokio::sync::mpsc::unbounded_channel::<(Arc<Device>, Vec<u8>, bool)>();
         // Verification and signing off the links' tasks, a few at a time.
         let workers = tokio::spawn(async move {
             let limit = Arc::new(tokio::sync::Semaphore::new(8));
-            while let Some((dev, doc)) = queue.recv().await {
+            while let Some((dev, doc, live)) = queue.recv().await {
                 let permit = limit.clone().acquire_owned().await;
                 tokio::task::spawn_blocking(move || {
-                    dev.handle(&doc);
+                    dev.handle(&doc, live);
                     drop(permit);
                 });
             }
@@ -292,6 +337,7 @@ pub fn run(
                 work: work.clone(),
                 me: me.clone(),
                 answers: answers.clone(),
+                sent: Default::default(),
             });
             let mut s = settings(id, port, Duration::from_secs(60));
             s.host = host.to_string();
@@ -313,13 +359,14 @@ pub fn run(
         let mut last = String::new();
         loop {
             let line = format!(
-                "fleet-sim devices: {} devices, {} connected; applied {}, rolled back {}, rejected {}, duplicates {}, refused {}",
+                "fleet-sim devices: {} devices, {} connected; applied {}, rolled back {}, rejected {}, duplicates {} ({} answered again), refused {}",
                 links.len(),
                 connected(&links),
                 answers.applied.load(Relaxed),
                 answers.rolled_back.load(Relaxed),
                 answers.rejected.load(Relaxed),
                 answers.duplicate.load(Relaxed),
+                answers.answered_again.load(Relaxed),
                 answers.refused.load(Relaxed),
             );
             if line != last {

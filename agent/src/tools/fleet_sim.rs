@@ -191,6 +191,7 @@ pub(super) fn settings(device: &str, port: u16, telemetry: Duration) -> FleetSet
         workflow_groups: None,
         models: false,
         model_chunks: None,
+        firmware: false,
     }
 }
 

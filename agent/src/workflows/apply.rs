@@ -41,7 +41,9 @@ use crate::metrics::Metrics;
 use crate::pipeline::{Pipeline, PipelineError, RunOptions, StageHealth};
 use crate::store::{Record, StoreHandle, now_us};
 
+mod firmware;
 mod models;
+pub use firmware::is_firmware_topic;
 pub use models::is_models_topic;
 
 /// Unsigned rejection notices are sent at most this often.
@@ -321,9 +323,21 @@ pub struct FleetInbox {
     counters: Arc<ApplyCounters>,
 }
 
+/// One message taken from the [`FleetInbox`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Delivered {
+    /// Its topic.
+    pub topic: String,
+    /// Its bytes.
+    pub payload: Vec<u8>,
+    /// Published while the device was subscribed (not a retained copy redelivered).
+    pub live: bool,
+}
+
 #[derive(Default)]
 struct InboxInner {
-    pending: BTreeMap<String, Vec<u8>>,
+    /// Per topic: the payload and whether it came live.
+    pending: BTreeMap<String, (Vec<u8>, bool)>,
     superseded: BTreeSet<String>,
     /// The topic served last: the next one is the first after it (round robin), so a
     /// flood on one topic never starves another.
@@ -344,12 +358,19 @@ impl FleetInbox {
         self.inner.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Leaves `payload` for the applier (the fleet link's side; never blocks).
-    pub fn put(&self, topic: &str, payload: &[u8]) {
+    /// Leaves `payload` for the applier (the fleet link's side; never blocks); `live` as
+    /// in [`Delivered`].
+    pub fn put(&self, topic: &str, payload: &[u8], live: bool) {
         let mut inner = self.lock();
+        // The same bytes redelivered (a re-subscribe) keep an ask that waits.
+        let live = live
+            || inner
+                .pending
+                .get(topic)
+                .is_some_and(|(p, l)| *l && p == payload);
         if inner
             .pending
-            .insert(topic.to_string(), payload.to_vec())
+            .insert(topic.to_string(), (payload.to_vec(), live))
             .is_some()
         {
             self.counters.superseded.fetch_add(1, Relaxed);
@@ -361,7 +382,7 @@ impl FleetInbox {
 
     /// The next message, topics taken in turn (round robin in topic order, so after a
     /// connect the trust topic, `aegis/v1/fleet/trust`, comes before the workflow topics).
-    pub fn take(&self) -> Option<(String, Vec<u8>)> {
+    pub fn take(&self) -> Option<Delivered> {
         let mut inner = self.lock();
         let after = inner.last.clone();
         let topic = match &after {
@@ -374,11 +395,18 @@ impl FleetInbox {
             None => inner.pending.keys().next()?.clone(),
         };
         inner.last = Some(topic.clone());
-        inner.pending.remove(&topic).map(|p| (topic, p))
+        inner
+            .pending
+            .remove(&topic)
+            .map(|(payload, live)| Delivered {
+                topic,
+                payload,
+                live,
+            })
     }
 
     /// Waits for the next message.
-    pub async fn next(&self) -> (String, Vec<u8>) {
+    pub async fn next(&self) -> Delivered {
         loop {
             if let Some(m) = self.take() {
                 return m;
@@ -533,8 +561,19 @@ pub struct Applier {
     pub counters: Arc<ApplyCounters>,
     /// Model delivery (None: off).
     models: Option<crate::models_ota::delivery::Delivery>,
+    /// Firmware updates (None: off).
+    firmware: Option<crate::firmware::Firmware>,
+    /// When the status went out last while a firmware order was under way (its progress).
+    firmware_published: Option<Instant>,
     /// Fleet workflows that wait for a model (at most [`MAX_WAITING`], one per topic).
     waiting: Vec<Waiting>,
+    /// The message being handled came live ([`Delivered::live`]): a duplicate is asked
+    /// again.
+    asked: bool,
+    /// When a receipt went out again last, per document.
+    again: aegis_ota::state::AnswerAgain,
+    /// The store's file: receipts sent before are read back from `workflow_history`.
+    history_db: Option<std::path::PathBuf>,
 }
 
 /// Most workflows kept waiting for a model at once (the oldest is dropped beyond).
@@ -684,8 +723,34 @@ impl Applier {
             local_edit: serde_json::Value::Null,
             counters,
             models: None,
+            firmware: None,
+            firmware_published: None,
             waiting: Vec::new(),
+            asked: false,
+            again: Default::default(),
+            history_db: None,
         }
+    }
+
+    /// Where the store's file is: a document asked again is answered with the receipt
+    /// recorded in its workflow history.
+    pub fn set_history_db(&mut self, path: std::path::PathBuf) {
+        self.history_db = Some(path);
+    }
+
+    /// Handles one fleet delivery (see [`Applier::handle`]); a live one that was answered
+    /// already gets its receipt again ([`aegis_ota::state::AnswerAgain`]).
+    pub async fn handle_delivered(
+        &mut self,
+        pipeline: Pipeline,
+        d: &Delivered,
+    ) -> (Pipeline, Reply) {
+        self.asked = d.live;
+        let out = self
+            .handle(pipeline, Via::Fleet(&d.topic), &d.payload)
+            .await;
+        self.asked = false;
+        out
     }
 
     /// Makes `cfg` the local default pipeline (the web page's config editor saved it). It
@@ -750,6 +815,15 @@ impl Applier {
     /// retained message of topics whose delivery was superseded.
     pub fn tick(&mut self) {
         self.audit.flush();
+        self.firmware_events();
+        if self.firmware.as_ref().is_some_and(|f| f.busy())
+            && self
+                .firmware_published
+                .is_none_or(|t| t.elapsed() >= Duration::from_secs(5))
+        {
+            self.firmware_published = Some(Instant::now());
+            self.publish_status();
+        }
         // Trust expires with time, not with a message: the status says so when it happens.
         let health = self.workflows.trust_health();
         if self.trust_health != Some(health) {
@@ -841,6 +915,9 @@ impl Applier {
                                         "needs": w.needs, "since": w.since })
                 })
                 .collect();
+        }
+        if let Some(f) = &self.firmware {
+            status["firmware"] = f.status();
         }
         *self.status.lock().unwrap_or_else(|p| p.into_inner()) = status;
         if let Some(n) = &self.nudge {
@@ -953,15 +1030,14 @@ impl Applier {
             tracing::warn!(error = %e, "cannot remember the answered digest");
         }
         let receipt = match self.workflows.receipt(subject, &outcome) {
-            Ok(r) => {
-                self.send("receipt", r.clone().into_bytes());
-                Some(r)
-            }
+            Ok(r) => Some(r),
             Err(e) => {
                 tracing::error!(error = %e, "cannot sign the receipt");
                 None
             }
         };
+        // The history row first: the store writes in order, so once the receipt is out of
+        // the outbox its row is there to be read back when the document is asked again.
         self.history(
             &doc.front.id,
             doc.front.sequence,
@@ -970,6 +1046,9 @@ impl Applier {
             &reason,
             receipt.clone(),
         );
+        if let Some(r) = &receipt {
+            self.send("receipt", r.clone().into_bytes());
+        }
         Reply {
             verdict: Answer::Signed(outcome.verdict),
             reason,
@@ -1009,6 +1088,10 @@ impl Applier {
             && doc.iter().find(|b| !b.is_ascii_whitespace()) == Some(&b'{');
         if local_json || matches!(via, Via::Fleet(topic) if is_models_topic(topic)) {
             return self.model_message(pipeline, t0, via, doc).await;
+        }
+        if matches!(via, Via::Fleet(topic) if is_firmware_topic(topic)) {
+            let reply = self.firmware_message(t0, via, doc);
+            return (pipeline, reply);
         }
         if let Via::Fleet(topic) = via {
             // The latest message on a topic supersedes one waiting there.
@@ -1145,14 +1228,33 @@ impl Applier {
             .is_some_and(|a| a.digest == digest)
     }
 
-    fn duplicate(&self, t0: Instant, digest: &str) -> Reply {
+    fn duplicate(&mut self, t0: Instant, digest: &str) -> Reply {
         self.counters.duplicates.fetch_add(1, Relaxed);
         let active = self.is_active(digest);
+        let receipt = match self.asked && self.again.due(digest) {
+            true => {
+                let r = self.receipt_sent(digest);
+                if r.is_none() {
+                    // Nothing went out: the next ask may find it.
+                    self.again.forget(digest);
+                }
+                r
+            }
+            false => None,
+        };
+        if let Some(r) = &receipt {
+            self.send("receipt", r.clone().into_bytes());
+        }
         self.audit.record(
             "workflow.duplicate",
             &format!(
-                "sha256 {digest}: answered already{}",
-                if active { " (it runs)" } else { "" }
+                "sha256 {digest}: answered already{}{}",
+                if active { " (it runs)" } else { "" },
+                if receipt.is_some() {
+                    "; asked again: its receipt sent again"
+                } else {
+                    ""
+                }
             ),
         );
         Reply {
@@ -1162,8 +1264,31 @@ impl Applier {
                 Answer::Duplicate
             },
             reason: format!("{digest} was answered already"),
-            receipt: None,
+            receipt,
             apply_ms: ms(t0),
+        }
+    }
+
+    /// The receipt recorded for `digest` (the newest), from the workflow history.
+    fn receipt_sent(&self, digest: &str) -> Option<String> {
+        let path = self.history_db.as_ref()?;
+        let found = crate::store::open_reader(path)
+            .map_err(|e| e.to_string())
+            .and_then(|c| {
+                c.query_row(
+                    "SELECT receipt FROM workflow_history WHERE digest = ?1 \
+                     AND receipt IS NOT NULL ORDER BY id DESC LIMIT 1",
+                    [digest],
+                    |r| r.get::<_, String>(0),
+                )
+                .map_err(|e| e.to_string())
+            });
+        match found {
+            Ok(r) => Some(r),
+            Err(e) => {
+                tracing::debug!(sha256 = %digest, error = %e, "no receipt to send again");
+                None
+            }
         }
     }
 
@@ -1586,19 +1711,21 @@ mod tests {
         );
         // A flood on the group topic: only the latest waits, the rest are counted.
         for i in 0..100 {
-            inbox.put(group, format!("junk {i}").as_bytes());
+            inbox.put(group, format!("junk {i}").as_bytes(), true);
         }
-        inbox.put(device, b"valid");
-        inbox.put(trust, b"trust");
+        inbox.put(device, b"valid", true);
+        inbox.put(trust, b"trust", false);
         assert_eq!(counters.superseded.load(Relaxed), 99);
-        let order: Vec<String> = std::iter::from_fn(|| inbox.take().map(|(t, _)| t)).collect();
+        let order: Vec<String> = std::iter::from_fn(|| inbox.take().map(|d| d.topic)).collect();
         assert_eq!(order, [trust, group, device]);
         // Round robin: a topic that keeps receiving does not starve the next one.
-        inbox.put(group, b"a");
-        inbox.put(device, b"b");
-        let (first, _) = inbox.take().unwrap();
-        inbox.put(&first, b"again");
-        let (second, _) = inbox.take().unwrap();
+        inbox.put(group, b"a", false);
+        inbox.put(device, b"b", true);
+        let first = inbox.take().unwrap().topic;
+        inbox.put(&first, b"again", true);
+        let second = inbox.take().unwrap();
+        assert!(second.live);
+        let second = second.topic;
         assert_ne!(
             first, second,
             "the refilled topic was served twice in a row"

@@ -24,6 +24,7 @@ mod log;
 mod pipeline;
 mod sensors;
 mod store;
+mod watchdog;
 mod web;
 mod workflows;
 
@@ -35,6 +36,7 @@ pub use log::*;
 pub use pipeline::*;
 pub use sensors::*;
 pub use store::*;
+pub use watchdog::*;
 pub use web::*;
 pub use workflows::*;
 
@@ -89,6 +91,9 @@ pub struct AgentConfig {
     /// Logging output.
     #[serde(default)]
     pub log: LogConfig,
+    /// When the agent counts as wedged (systemd's watchdog).
+    #[serde(default)]
+    pub watchdog: WatchdogConfig,
 }
 
 impl AgentConfig {

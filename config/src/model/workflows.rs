@@ -91,6 +91,9 @@ pub struct WorkflowsConfig {
     /// Signed model bundles from the fleet (docs/models.md).
     #[serde(default)]
     pub models: ModelDeliveryConfig,
+    /// Signed firmware orders: A/B image updates (docs/appliance.md).
+    #[serde(default)]
+    pub firmware: FirmwareConfig,
 }
 
 fn default_models_budget_mb() -> u64 {
@@ -172,7 +175,216 @@ impl Default for ModelDeliveryConfig {
     }
 }
 
+fn default_max_image_mb() -> u64 {
+    4096
+}
+
+fn default_trial_s() -> u32 {
+    120
+}
+
+fn default_version_file() -> PathBuf {
+    PathBuf::from("/usr/lib/aegis/firmware-version")
+}
+
+fn default_helper_timeout_s() -> u32 {
+    3600
+}
+
+/// Which A/B updater installs firmware images.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum FirmwareUpdaterKind {
+    /// The real `swupdate` writes the inactive slot, `nvbootctrl` switches and
+    /// confirms slots (OE4T tegra-demo-distro's SWUpdate layout).
+    #[default]
+    Swupdate,
+    /// A simulated A/B board kept in a JSON file (`simulated_board`): tests and
+    /// demonstrations only; it writes nothing but that file.
+    Simulated,
+}
+
+/// Who runs the updater.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum FirmwarePrivilege {
+    /// A privileged helper (`aegis firmware helper`, started as root by
+    /// `aegis-firmware.path`) runs each updater step the agent asks for in
+    /// `<dir>/helper`: the agent's service has no capabilities.
+    #[default]
+    Helper,
+    /// The agent runs the updater itself (it must then run as root).
+    Direct,
+}
+
+/// `swupdate` and `nvbootctrl` as the device runs them.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct SwUpdateSettings {
+    /// The swupdate binary.
+    #[serde(default = "default_swupdate_binary")]
+    pub binary: PathBuf,
+    /// The certificate (PEM) images must be signed by (swupdate `-k`).
+    #[serde(default = "default_swupdate_certificate")]
+    pub certificate: PathBuf,
+    /// The software set of `sw-description` (the mode is `slot_a`/`slot_b`).
+    #[serde(default = "default_software_set")]
+    pub software_set: String,
+    /// swupdate `-H BOARD:REVISION` (absent: it reads `/etc/hwrevision`).
+    #[serde(default)]
+    pub hwrevision: Option<String>,
+    /// swupdate `-f`, its own configuration (absent: its default).
+    #[serde(default)]
+    pub config: Option<PathBuf>,
+    /// The nvbootctrl binary.
+    #[serde(default = "default_nvbootctrl")]
+    pub nvbootctrl: PathBuf,
+    /// `RootfsRetryCountMax` of the device (3 on r35/r36).
+    #[serde(default = "default_max_attempts")]
+    pub max_attempts: u32,
+    /// Longest swupdate run, seconds.
+    #[serde(default = "default_swupdate_timeout_s")]
+    pub timeout_s: u32,
+    /// The command that reboots the device, program and arguments.
+    #[serde(default = "default_reboot_command")]
+    pub reboot_command: Vec<String>,
+}
+
+fn default_swupdate_binary() -> PathBuf {
+    PathBuf::from("/usr/bin/swupdate")
+}
+
+fn default_swupdate_certificate() -> PathBuf {
+    PathBuf::from("/etc/swupdate/signing-cert.pem")
+}
+
+fn default_software_set() -> String {
+    "system".into()
+}
+
+fn default_nvbootctrl() -> PathBuf {
+    PathBuf::from("/usr/sbin/nvbootctrl")
+}
+
+fn default_max_attempts() -> u32 {
+    3
+}
+
+fn default_swupdate_timeout_s() -> u32 {
+    1800
+}
+
+fn default_reboot_command() -> Vec<String> {
+    vec!["/bin/systemctl".into(), "reboot".into()]
+}
+
+impl Default for SwUpdateSettings {
+    fn default() -> Self {
+        SwUpdateSettings {
+            binary: default_swupdate_binary(),
+            certificate: default_swupdate_certificate(),
+            software_set: default_software_set(),
+            hwrevision: None,
+            config: None,
+            nvbootctrl: default_nvbootctrl(),
+            max_attempts: default_max_attempts(),
+            timeout_s: default_swupdate_timeout_s(),
+            reboot_command: default_reboot_command(),
+        }
+    }
+}
+
+/// Firmware A/B updates from signed orders on the device's and its groups' firmware
+/// topics (docs/appliance.md). Needs `workflows.enabled` (same trust, keys, receipts).
+/// Off by default.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct FirmwareConfig {
+    /// Accept firmware orders (with workflows enabled).
+    #[serde(default)]
+    pub enabled: bool,
+    /// The image family this device runs (orders for another are refused).
+    #[serde(default)]
+    pub image: String,
+    /// This device's board (`jetson-orin-nano-devkit`), compared exactly with orders'.
+    #[serde(default)]
+    pub board: String,
+    /// The updater.
+    #[serde(default)]
+    pub updater: FirmwareUpdaterKind,
+    /// Who runs the updater.
+    #[serde(default)]
+    pub privilege: FirmwarePrivilege,
+    /// File holding the running firmware's version (`MAJOR.MINOR.PATCH`), written into
+    /// each image by its build (not used by the simulated updater: its board knows).
+    #[serde(default = "default_version_file")]
+    pub version_file: PathBuf,
+    /// The firmware record, the downloaded image and the helper's spool (persistent
+    /// storage, not on the A/B slots). Absent: `firmware` under `workflows.state_dir`.
+    #[serde(default)]
+    pub dir: Option<PathBuf>,
+    /// Largest image accepted, MiB.
+    #[serde(default = "default_max_image_mb")]
+    pub max_image_mb: u64,
+    /// Hosts an image may be downloaded from (rules of `policy.source_hosts`). Empty:
+    /// none (every order is refused).
+    #[serde(default)]
+    pub download_hosts: Vec<String>,
+    /// Refuse plain-HTTP downloads (the image is checked against the signed order's
+    /// SHA-256 either way).
+    #[serde(default = "default_true")]
+    pub https_only: bool,
+    /// PEM file of the CA that download servers' certificates must chain to; absent:
+    /// Mozilla's roots.
+    #[serde(default)]
+    pub ca_file: Option<PathBuf>,
+    /// After a reboot into a new image, how long the agent must run healthy (no stalled
+    /// stage or applier, and the fleet broker reached when the fleet link is on) before
+    /// it marks the new slot good, seconds.
+    #[serde(default = "default_trial_s")]
+    pub trial_s: u32,
+    /// The longest wait for the privileged helper's answer to one step, seconds.
+    #[serde(default = "default_helper_timeout_s")]
+    pub helper_timeout_s: u32,
+    /// With the `swupdate` updater: how it runs.
+    #[serde(default)]
+    pub swupdate: SwUpdateSettings,
+    /// With the `simulated` updater: the board's JSON file (ignored by `swupdate`).
+    #[serde(default)]
+    pub simulated_board: Option<PathBuf>,
+}
+
+impl Default for FirmwareConfig {
+    fn default() -> Self {
+        FirmwareConfig {
+            enabled: false,
+            image: String::new(),
+            board: String::new(),
+            updater: FirmwareUpdaterKind::default(),
+            privilege: FirmwarePrivilege::default(),
+            version_file: default_version_file(),
+            dir: None,
+            max_image_mb: default_max_image_mb(),
+            download_hosts: Vec::new(),
+            https_only: true,
+            ca_file: None,
+            trial_s: default_trial_s(),
+            helper_timeout_s: default_helper_timeout_s(),
+            swupdate: SwUpdateSettings::default(),
+            simulated_board: None,
+        }
+    }
+}
+
 impl WorkflowsConfig {
+    /// The firmware directory: `firmware.dir`, else `firmware` under `state_dir`.
+    pub fn firmware_dir(&self) -> PathBuf {
+        self.firmware
+            .dir
+            .clone()
+            .unwrap_or_else(|| self.state_dir.join("firmware"))
+    }
+
     /// The model store's directory: `models.dir`, else `models` under `state_dir`.
     pub fn models_dir(&self) -> PathBuf {
         self.models
@@ -193,6 +405,7 @@ impl Default for WorkflowsConfig {
             health: HealthCheckConfig::default(),
             allow_local_edits: false,
             models: ModelDeliveryConfig::default(),
+            firmware: FirmwareConfig::default(),
         }
     }
 }

@@ -41,6 +41,7 @@ fn world() -> &'static World {
                     devices: vec!["*".into()],
                     groups: vec![],
                     models: false,
+                    firmware: Default::default(),
                 }],
                 revoked: vec![],
             },

@@ -16,6 +16,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use aegis_ota::firmware::{self, FirmwareReceipt};
 use aegis_ota::maml::{Draft, format_time, normalise, now_s, workflow_text};
 use aegis_ota::receipt::{Receipt, Verdict};
 use aegis_ota::sign::{Purpose, SecretKey};
@@ -125,6 +126,7 @@ impl Fleet {
                 devices: vec!["*".into()],
                 groups: vec!["*".into()],
                 models: false,
+                firmware: Default::default(),
             }],
             revoked: vec![],
         };
@@ -298,14 +300,6 @@ impl Fleet {
     /// A workflow receipt `claims` to be from device `claims`, signed with `signer`'s key
     /// (a forgery when they differ).
     pub fn receipt(&self, signer: &str, claims: &str, digest: &str, verdict: Verdict) -> String {
-        let key = SecretKey::read(
-            &self
-                .dir
-                .join("devices")
-                .join(signer)
-                .join("keys/device.key"),
-        )
-        .unwrap();
         Receipt {
             kind: "receipt".into(),
             device: claims.into(),
@@ -320,7 +314,39 @@ impl Fleet {
             apply_ms: Some(1.0),
             mirror: vec![],
         }
-        .render_signed(&key)
+        .render_signed(&self.key(signer))
+        .unwrap()
+    }
+
+    /// A firmware receipt (`aegis-image` 1.4.0 applied, running in slot B) that `claims`
+    /// to be from device `claims`, signed with `signer`'s key.
+    pub fn firmware_receipt(&self, signer: &str, claims: &str) -> String {
+        FirmwareReceipt {
+            kind: firmware::RECEIPT_TYPE.into(),
+            device: claims.into(),
+            image: "aegis-image".into(),
+            version: "1.4.0".into(),
+            order_sha256: "ab".repeat(32),
+            verdict: Verdict::Applied,
+            reason: String::new(),
+            running_version: "1.4.0".into(),
+            slot: Some(firmware::Slot::B),
+            trust_version: 1,
+            at: format_time(now_s()),
+        }
+        .render_signed(&self.key(signer))
+        .unwrap()
+    }
+
+    /// `device`'s signing key.
+    pub fn key(&self, device: &str) -> SecretKey {
+        SecretKey::read(
+            &self
+                .dir
+                .join("devices")
+                .join(device)
+                .join("keys/device.key"),
+        )
         .unwrap()
     }
 }

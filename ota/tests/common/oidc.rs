@@ -138,6 +138,72 @@ pub fn claims(issuer: &str, sub: &str, groups: &[&str]) -> Value {
     })
 }
 
+/// The claims of a valid AWS Cognito *access* token of `issuer` for app client
+/// [`AUDIENCE`]: `client_id` and `token_use: access`, no `aud` (Cognito's shape: `scope`,
+/// `username`, `jti`, `auth_time` too).
+pub fn access_claims(issuer: &str, sub: &str, groups: &[&str]) -> Value {
+    let t = now();
+    json!({
+        "iss": issuer, "client_id": AUDIENCE, "token_use": "access", "sub": sub,
+        "cognito:groups": groups, "scope": "aws.cognito.signin.user.admin",
+        "username": sub, "jti": format!("jti-{sub}-{t}"), "auth_time": t - 60,
+        "iat": t - 60, "exp": t + 300,
+    })
+}
+
+/// Tokens refused where access tokens are configured (`audience_claim: client_id`), each
+/// with the `check` named and what is wrong with it; signed with a published `key`, for
+/// the admin group, so neither the signature nor the role is the reason.
+pub fn refused_access_tokens(
+    issuer: &Issuer,
+    key: &TestKey,
+) -> Vec<(&'static str, &'static str, String)> {
+    let admin = [group("admin")];
+    let with = |changes: Value| {
+        let mut c = access_claims(&issuer.url, "mallory", &admin);
+        for (k, v) in changes.as_object().unwrap() {
+            if v.is_null() {
+                c.as_object_mut().unwrap().remove(k);
+            } else {
+                c[k] = v.clone();
+            }
+        }
+        key.sign(&c)
+    };
+    vec![
+        (
+            "client_id",
+            "of another app client",
+            with(json!({ "client_id": "another-client" })),
+        ),
+        (
+            "client_id",
+            "without client_id",
+            with(json!({ "client_id": null })),
+        ),
+        (
+            "client_id",
+            "a Cognito ID token (aud, token_use id, no client_id)",
+            with(json!({ "client_id": null, "aud": AUDIENCE, "token_use": "id" })),
+        ),
+        (
+            "token_use",
+            "an ID token that names the client too",
+            with(json!({ "aud": AUDIENCE, "token_use": "id" })),
+        ),
+        (
+            "client_id",
+            "with neither aud nor client_id",
+            with(json!({ "client_id": null, "token_use": null })),
+        ),
+        (
+            "iss",
+            "of another issuer",
+            with(json!({ "iss": "https://evil.example" })),
+        ),
+    ]
+}
+
 /// A JWS compact token made by hand: `header`, `claims`, and `signature` (base64url of it).
 pub fn hand_made(header: &Value, claims: &Value, signature: &[u8]) -> String {
     use base64::Engine as _;
@@ -251,6 +317,11 @@ impl Issuer {
             "oidc:\n  issuer: {}\n  audience: {AUDIENCE}\n  jwks_min_refresh_s: 1\n{ROLES}{extra}",
             self.url
         )
+    }
+
+    /// A valid Cognito-style access token of this provider ([`access_claims`]).
+    pub fn access_token(&self, key: &TestKey, sub: &str, groups: &[&str]) -> String {
+        key.sign(&access_claims(&self.url, sub, groups))
     }
 
     /// A valid token of this provider for `sub` with `groups`, signed with `key`.

@@ -1,12 +1,13 @@
 //! PostgreSQL for the gateway's tests: Debian's server, one per test binary (started on
 //! first use, stopped when the binary exits), one database per test. The `chimera` binary's
-//! unit tests include this file too (`#[path]`, beside `tools.rs`).
+//! unit tests include this file too (`#[path]`, beside `tools.rs` and `pki.rs`).
 
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
+use super::pki::TestCa;
 use super::tools::{free_port, have};
 
 /// Where Debian installs its PostgreSQL servers (`N/bin/postgres`).
@@ -108,29 +109,9 @@ impl Postgres {
         let sock = dir.join("sock");
         std::fs::create_dir(&sock).unwrap();
         // A CA and a server certificate for 127.0.0.1 signed by it.
-        let ca_key = rcgen::KeyPair::generate().unwrap();
-        let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
-        ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
-        ca_params
-            .distinguished_name
-            .push(rcgen::DnType::CommonName, "aegis test CA");
-        let ca_cert = ca_params.self_signed(&ca_key).unwrap();
-        let ca = rcgen::Issuer::new(ca_params, ca_key);
-        let server_key = rcgen::KeyPair::generate().unwrap();
-        let server_cert =
-            rcgen::CertificateParams::new(vec!["127.0.0.1".to_string(), "localhost".into()])
-                .unwrap()
-                .signed_by(&server_key, &ca)
-                .unwrap();
-        std::fs::write(dir.join("ca.crt"), ca_cert.pem()).unwrap();
-        std::fs::write(dir.join("server.crt"), server_cert.pem()).unwrap();
-        std::fs::write(dir.join("server.key"), server_key.serialize_pem()).unwrap();
-        use std::os::unix::fs::PermissionsExt as _;
-        std::fs::set_permissions(
-            dir.join("server.key"),
-            std::fs::Permissions::from_mode(0o600),
-        )
-        .unwrap();
+        let ca = TestCa::new("aegis test CA");
+        ca.write(&dir.join("ca.crt"));
+        ca.issue(&dir, "server", &["127.0.0.1", "localhost"]);
         if let Some((uid, gid)) = account {
             for p in [
                 &dir,

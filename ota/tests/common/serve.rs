@@ -76,6 +76,43 @@ pub fn chimera(dir: &Path, args: &[&str]) -> Output {
     command(dir, args).output().expect("run chimera")
 }
 
+/// In `dir`: an offline root (`root/`), issuer `gw-1` (`gw.key`) allowed `devices` and
+/// `groups` (comma-separated), and the root-signed trust metadata `trust.signed.json`.
+pub fn root_and_issuer(dir: &Path, devices: &str, groups: &str) {
+    ok(dir, &["root", "init", "--dir", "root"]);
+    ok(dir, &["keygen", "--out", "gw"]);
+    ok(
+        dir,
+        &[
+            "trust",
+            "add-issuer",
+            "--trust",
+            "root/trust.json",
+            "--name",
+            "gw-1",
+            "--key",
+            "gw.pub",
+            "--devices",
+            devices,
+            "--groups",
+            groups,
+        ],
+    );
+    ok(
+        dir,
+        &[
+            "root",
+            "sign-trust",
+            "--trust",
+            "root/trust.json",
+            "--key",
+            "root/root.key",
+            "--out",
+            "trust.signed.json",
+        ],
+    );
+}
+
 pub fn ok(dir: &Path, args: &[&str]) -> String {
     let o = chimera(dir, args);
     assert!(
@@ -115,38 +152,7 @@ impl Gateway {
         let dir = tempfile::tempdir().unwrap();
         let d = dir.path();
         let database = backend.database(d, "state/chimera.db");
-        ok(d, &["root", "init", "--dir", "root"]);
-        ok(d, &["keygen", "--out", "gw"]);
-        ok(
-            d,
-            &[
-                "trust",
-                "add-issuer",
-                "--trust",
-                "root/trust.json",
-                "--name",
-                "gw-1",
-                "--key",
-                "gw.pub",
-                "--devices",
-                "cam-1",
-                "--groups",
-                "lobby",
-            ],
-        );
-        ok(
-            d,
-            &[
-                "root",
-                "sign-trust",
-                "--trust",
-                "root/trust.json",
-                "--key",
-                "root/root.key",
-                "--out",
-                "trust.signed.json",
-            ],
-        );
+        root_and_issuer(d, "cam-1", "lobby");
         // The offline root stays offline: the service never gets it.
         std::fs::remove_file(d.join("root/root.key")).unwrap();
         for cam in ["cam-1", "cam-2"] {
@@ -226,6 +232,17 @@ impl Server {
         s
     }
 
+    /// [`Server::start`] with its stderr in the file `log`, for tests that read what it
+    /// logged.
+    pub fn start_logged(dir: &Path, config: &str, log: &Path) -> Server {
+        let mut s = Server::spawned(
+            command(dir, &["serve", "--config", config])
+                .stderr(std::fs::File::create(log).expect("create the log file")),
+        );
+        s.await_listening(Some(log));
+        s
+    }
+
     /// Spawns `cmd` (a `chimera serve`) with stdout piped; [`Server::await_listening`]
     /// before calling it. Killed on drop, whatever happens in between.
     pub fn spawned(cmd: &mut Command) -> Server {
@@ -259,10 +276,28 @@ impl Server {
 
     /// SIGTERM, then the exit status.
     pub fn terminate(mut self) -> std::process::ExitStatus {
+        self.sigterm();
+        self.child.wait().unwrap()
+    }
+
+    /// SIGTERM, then the exit status if it exits within `limit` (a hang guard: None means
+    /// it did not stop, and dropping the server kills it).
+    pub fn terminate_within(&mut self, limit: Duration) -> Option<std::process::ExitStatus> {
+        self.sigterm();
+        let t0 = Instant::now();
+        while t0.elapsed() < limit {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return Some(status);
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        None
+    }
+
+    fn sigterm(&self) {
         // SAFETY: kill(2) on our own child's pid; no memory is passed.
         let rc = unsafe { libc::kill(self.child.id() as libc::pid_t, libc::SIGTERM) };
         assert_eq!(rc, 0, "kill: {}", std::io::Error::last_os_error());
-        self.child.wait().unwrap()
     }
 
     /// `method path` with an optional `Authorization` value and JSON body: status and body.
@@ -274,6 +309,18 @@ impl Server {
         auth: Option<&str>,
         body: Option<&str>,
     ) -> (u16, String) {
+        let (status, _, text) = self.exchange(method, path, auth, body);
+        (status, text)
+    }
+
+    /// [`Server::call`] with the answer's headers.
+    pub fn exchange(
+        &self,
+        method: &str,
+        path: &str,
+        auth: Option<&str>,
+        body: Option<&str>,
+    ) -> (u16, ureq::http::HeaderMap, String) {
         let agent: ureq::Agent = ureq::Agent::config_builder()
             .http_status_as_error(false)
             .build()
@@ -296,8 +343,9 @@ impl Server {
             .and_then(|v| v.to_str().ok())
             .unwrap_or_default()
             .to_string();
+        let headers = resp.headers().clone();
         if content_type.starts_with("text/event-stream") {
-            return (status, content_type);
+            return (status, headers, content_type);
         }
         let text = resp
             .body_mut()
@@ -305,7 +353,7 @@ impl Server {
             .limit(16 * 1024 * 1024)
             .read_to_string()
             .unwrap_or_default();
-        (status, text)
+        (status, headers, text)
     }
 
     /// `method path` with `Authorization: Bearer TOKEN`: status and body as JSON (null when

@@ -158,6 +158,7 @@ pub(super) async fn page(State(s): State<Arc<PagesState>>, viewer: Viewer) -> Ht
         if status["active"].is_null() {
             body.push_str("<p>No signed workflow is active: the local default pipeline runs.</p>");
         }
+        body.push_str(&firmware_section(&status["firmware"]));
         for w in status["waiting"].as_array().into_iter().flatten() {
             body.push_str(&format!(
                 "<p class=\"note\">Waiting since {} for {} (from {}, sha256 <code>{}</code>): \
@@ -238,6 +239,73 @@ pub(super) async fn page(State(s): State<Arc<PagesState>>, viewer: Viewer) -> Ht
         body.push_str("</tbody></table>");
     }
     layout_script(&viewer, "Workflows", None, &body, script)
+}
+
+/// The firmware status (`workflows.firmware`): what runs, the order under way and its
+/// progress, the last answer. Empty when firmware updates are off.
+fn firmware_section(f: &Value) -> String {
+    if f.is_null() {
+        return String::new();
+    }
+    let mut h = String::from("<h2>Firmware</h2><table class=\"facts\">");
+    let row = |h: &mut String, k: &str, v: String| {
+        h.push_str(&format!("<tr><th>{k}</th><td>{}</td></tr>", esc(&v)));
+    };
+    row(
+        &mut h,
+        "Running",
+        format!(
+            "{} {} on {}, slot {} ({} updater)",
+            text(&f["image"]),
+            text(&f["running_version"]),
+            text(&f["board"]),
+            text(&f["slot"]),
+            text(&f["updater"]),
+        ),
+    );
+    let phase = text(&f["phase"]);
+    let progress = &f["progress"];
+    let phase = if progress.is_null() {
+        phase
+    } else {
+        format!(
+            "{phase}: {:.0} % of {} bytes{}",
+            progress["percent"].as_f64().unwrap_or(0.0),
+            text(&progress["total"]),
+            progress["eta_s"]
+                .as_u64()
+                .map(|s| format!(", about {s} s left"))
+                .unwrap_or_default()
+        )
+    };
+    row(&mut h, "Now", phase);
+    if let Some(p) = f["pending"].as_object() {
+        row(
+            &mut h,
+            "Order under way",
+            format!(
+                "{} → {} since {} ({}; sha256 {})",
+                p.get("from_version").map(text).unwrap_or_default(),
+                p.get("version").map(text).unwrap_or_default(),
+                p.get("accepted_at").map(text).unwrap_or_default(),
+                p.get("phase").map(text).unwrap_or_default(),
+                p.get("digest").map(text).unwrap_or_default(),
+            ),
+        );
+    }
+    if let Some(l) = f["last"].as_object() {
+        row(
+            &mut h,
+            "Last answer",
+            format!(
+                "{}: {}",
+                l.get("verdict").map(text).unwrap_or_default(),
+                l.get("reason").map(text).unwrap_or_default(),
+            ),
+        );
+    }
+    h.push_str("</table>");
+    h
 }
 
 /// `GET /workflows/receipt/{id}`: a signed `.mu` receipt of the history, as text.
@@ -340,4 +408,33 @@ pub(super) async fn upload(
         });
     }
     super::json(serde_json::to_value(&reply).unwrap_or_default())
+}
+
+#[cfg(test)]
+mod firmware_tests {
+    use super::*;
+
+    #[test]
+    fn the_firmware_section_shows_progress_the_order_and_the_last_answer_escaped() {
+        assert_eq!(firmware_section(&Value::Null), "", "off: nothing");
+        let f = json!({
+            "image": "aegis-image", "board": "jetson-orin-nano-devkit", "updater": "swupdate",
+            "running_version": "1.1.0", "slot": "b", "phase": "downloading",
+            "progress": { "done": 512, "total": 2048, "percent": 25.0, "eta_s": 9 },
+            "pending": { "digest": "ab", "image": "aegis-image", "version": "1.2.0",
+                         "from_version": "1.1.0", "slot": null, "phase": "accepted",
+                         "accepted_at": "2026-12-05T01:00:00Z" },
+            "last": { "verdict": "rejected", "reason": "board: <script>x</script>" },
+        });
+        let h = firmware_section(&f);
+        for want in [
+            "aegis-image 1.1.0 on jetson-orin-nano-devkit, slot b (swupdate updater)",
+            "downloading: 25 % of 2048 bytes, about 9 s left",
+            "1.1.0 → 1.2.0 since 2026-12-05T01:00:00Z (accepted; sha256 ab)",
+            "rejected: board: &lt;script&gt;x&lt;/script&gt;",
+        ] {
+            assert!(h.contains(want), "{want:?} not in {h}");
+        }
+        assert!(!h.contains("<script>"));
+    }
 }

@@ -123,32 +123,7 @@ pub(crate) fn verify(args: VerifyArgs) -> anyhow::Result<()> {
                 .map_err(|e| anyhow::anyhow!("REFUSED: {e}"))?
         }
         Some(tm) => {
-            let roots = root
-                .iter()
-                .map(|p| PublicKey::read(p))
-                .collect::<Result<Vec<_>, _>>()?;
-            anyhow::ensure!(!roots.is_empty(), "--trust-metadata needs --root ROOT.pub");
-            let now = std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map_or(0, |d| d.as_secs() as i64);
-            let tm_bytes = read_file(&tm)?;
-            let (needed, source) = root_threshold(&tm_bytes, threshold)
-                .map_err(|e| anyhow::anyhow!("REFUSED trust metadata {}: {e}", tm.display()))?;
-            let meta =
-                TrustMetadata::verify_update(&tm_bytes, &roots, needed, 0, now).map_err(|e| {
-                    anyhow::anyhow!(
-                        "REFUSED trust metadata {}: {e} (threshold {needed}, {source})",
-                        tm.display()
-                    )
-                })?;
-            println!(
-                "ok  trust metadata version {} (expires {}): {} of the {} --root keys \
-                 signed it, threshold {needed} ({source})",
-                meta.version,
-                meta.expires_at,
-                root_signers(&tm_bytes, &roots),
-                roots.len()
-            );
+            let (meta, now) = checked_trust(&tm, &root, threshold)?;
             let me = aegis_ota::device::Identity {
                 id: device.ok_or_else(|| anyhow::anyhow!("--trust-metadata needs --device ID"))?,
                 groups: group,
@@ -203,4 +178,40 @@ pub(crate) fn verify(args: VerifyArgs) -> anyhow::Result<()> {
     println!("sha256 {}", v.digest);
     println!("not checked here: this device's replay state and time floor, its own policy");
     Ok(())
+}
+
+/// Trust metadata as a device would take it (first install: version 0 held), signed by
+/// `threshold` of the `--root` keys (default: the metadata's own `root.threshold`), and
+/// the time now. Prints what it found; errors start with `REFUSED`.
+pub(crate) fn checked_trust(
+    tm: &Path,
+    root: &[PathBuf],
+    threshold: Option<u32>,
+) -> anyhow::Result<(TrustMetadata, i64)> {
+    let roots = root
+        .iter()
+        .map(|p| PublicKey::read(p))
+        .collect::<Result<Vec<_>, _>>()?;
+    anyhow::ensure!(!roots.is_empty(), "--trust-metadata needs --root ROOT.pub");
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs() as i64);
+    let tm_bytes = read_file(tm)?;
+    let (needed, source) = root_threshold(&tm_bytes, threshold)
+        .map_err(|e| anyhow::anyhow!("REFUSED trust metadata {}: {e}", tm.display()))?;
+    let meta = TrustMetadata::verify_update(&tm_bytes, &roots, needed, 0, now).map_err(|e| {
+        anyhow::anyhow!(
+            "REFUSED trust metadata {}: {e} (threshold {needed}, {source})",
+            tm.display()
+        )
+    })?;
+    println!(
+        "ok  trust metadata version {} (expires {}): {} of the {} --root keys \
+         signed it, threshold {needed} ({source})",
+        meta.version,
+        meta.expires_at,
+        root_signers(&tm_bytes, &roots),
+        roots.len()
+    );
+    Ok((meta, now))
 }

@@ -8,6 +8,8 @@
 //! - `receipts.json`: per device, the last verified receipt — written by `watch-receipts`.
 //! - `model-receipts.json`: per device, the last verified model receipt — written by
 //!   `watch-receipts`, `model publish --serve` and `model status` (see `model_gateway`).
+//! - `firmware-receipts.json`: per device, the last verified firmware receipt — written by
+//!   `watch-receipts` (see `json_receipts`).
 //!
 //! Topics: a device's workflows go retained to `aegis/v1/{device}/workflows`, a group's to
 //! `aegis/v1/groups/{group}/workflows`, so a device that was offline gets the latest one
@@ -23,9 +25,11 @@ use aegis_ota::receipt::{MirrorEntry, Receipt};
 use aegis_ota::sign::PublicKey;
 use rumqttc::v5::mqttbytes::QoS;
 use rumqttc::v5::mqttbytes::v5::Packet;
-use rumqttc::v5::{AsyncClient, Event, EventLoop, MqttOptions};
+use rumqttc::v5::{AsyncClient, Event, EventLoop};
 use serde::{Deserialize, Serialize};
 use sha2::Digest;
+
+use crate::broker::Broker;
 
 /// What a device should run (one `sent.json` entry).
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -118,52 +122,30 @@ pub(crate) fn sealing_key(
         .map_err(|e| anyhow::anyhow!("{}: {name}'s kem_key: {e}", registry_path.display()))
 }
 
-/// The MQTT 5 options of a gateway client of `broker` (`mqtt://host:port`, or `host:port`):
-/// 30 s keep-alive, packets up to 256 KiB, no Nagle delay.
-pub(crate) fn mqtt_options(broker: &str, client_id: &str) -> anyhow::Result<MqttOptions> {
-    let rest = match broker.split_once("://") {
-        Some(("mqtt", rest)) => rest,
-        Some(_) => {
-            anyhow::bail!("--broker {broker:?}: only mqtt://host:port (or host:port) here")
-        }
-        None => broker,
-    };
-    let (host, port) = match rest.trim_end_matches('/').rsplit_once(':') {
-        Some((h, p)) => (
-            h.to_string(),
-            p.parse()
-                .map_err(|_| anyhow::anyhow!("--broker: bad port {p:?}"))?,
-        ),
-        None => (rest.to_string(), 1883),
-    };
-    let mut o = MqttOptions::new(client_id, host, port);
-    o.set_keep_alive(Duration::from_secs(30));
-    o.set_max_packet_size(Some(256 * 1024));
-    let mut net = rumqttc::NetworkOptions::new();
-    net.set_tcp_nodelay(true);
-    o.set_network_options(net);
-    Ok(o)
-}
-
-/// An MQTT 5 session to the broker (`mqtt://host:port`, or `host:port`).
+/// An MQTT 5 session to the broker.
 pub(crate) struct Session {
     pub(crate) client: AsyncClient,
     pub(crate) events: EventLoop,
+    /// Where it is connected (errors are explained with it).
+    pub(crate) broker: Broker,
 }
 
 impl Session {
     /// Connects and waits for the CONNACK (10 s at most).
-    pub(crate) async fn connect(broker: &str, client_id: &str) -> anyhow::Result<Session> {
-        let o = mqtt_options(broker, client_id)?;
-        let (client, mut events) = AsyncClient::new(o, 64);
+    pub(crate) async fn connect(broker: &Broker, client_id: &str) -> anyhow::Result<Session> {
+        let (client, mut events) = AsyncClient::new(broker.options(client_id), 64);
         let deadline = Instant::now() + Duration::from_secs(10);
         loop {
             let ev = tokio::time::timeout_at(deadline.into(), events.poll())
                 .await
                 .map_err(|_| anyhow::anyhow!("{broker}: no CONNACK within 10 s"))?
-                .map_err(|e| anyhow::anyhow!("{broker}: {e}"))?;
+                .map_err(|e| anyhow::anyhow!("{}", broker.failed(&e)))?;
             if let Event::Incoming(Packet::ConnAck(_)) = ev {
-                return Ok(Session { client, events });
+                return Ok(Session {
+                    client,
+                    events,
+                    broker: broker.clone(),
+                });
             }
         }
     }
@@ -183,7 +165,7 @@ impl Session {
             }
             anyhow::Ok(())
         };
-        let events = &mut self.events;
+        let (events, broker) = (&mut self.events, &self.broker);
         let acks = async move {
             let mut acked = 0;
             let deadline = Instant::now() + Duration::from_secs(10);
@@ -192,7 +174,8 @@ impl Session {
                     .await
                     .map_err(|_| {
                         anyhow::anyhow!("{acked} of {n} publishes acknowledged within 10 s")
-                    })??;
+                    })?
+                    .map_err(|e| anyhow::anyhow!("{}", broker.failed(&e)))?;
                 if let Event::Incoming(Packet::PubAck(_)) = ev {
                     acked += 1;
                 }
@@ -218,7 +201,7 @@ impl Session {
         loop {
             let ev = match tokio::time::timeout_at(deadline.into(), self.events.poll()).await {
                 Err(_) => return Ok(()),
-                Ok(ev) => ev?,
+                Ok(ev) => ev.map_err(|e| anyhow::anyhow!("{}", self.broker.failed(&e)))?,
             };
             if let Event::Incoming(Packet::Publish(p)) = ev {
                 let topic = String::from_utf8_lossy(&p.topic).to_string();
@@ -231,7 +214,9 @@ impl Session {
 
     /// Disconnects cleanly (bounded).
     pub(crate) async fn close(self) {
-        let Session { client, mut events } = self;
+        let Session {
+            client, mut events, ..
+        } = self;
         let _ = client.disconnect().await;
         let _ = tokio::time::timeout(Duration::from_millis(500), async {
             while events.poll().await.is_ok() {}
@@ -390,7 +375,7 @@ pub fn publish(
     file: &Path,
     to: &str,
     canary_percent: Option<f64>,
-    broker: &str,
+    broker: &Broker,
     registry_path: &Path,
     state: &Path,
 ) -> anyhow::Result<()> {
@@ -447,11 +432,50 @@ pub(crate) fn plan_publish(
     canary_percent: Option<f64>,
     registry_path: &Path,
 ) -> anyhow::Result<PublishPlan> {
-    let (mut plan, parsed) = read_plan(file)?;
-    let reg = registry(registry_path)?;
+    // The document first: a missing or unsigned file is what an error names, whatever the
+    // registry holds.
+    let read = read_plan(file)?;
+    plan_audience(
+        read,
+        file,
+        to,
+        canary_percent,
+        &registry(registry_path)?,
+        registry_path,
+    )
+}
+
+/// [`plan_publish`] with the registry read already (`chimera serve` takes the devices it
+/// un-enrolled out of it); `registry_path` names it in errors.
+pub(crate) fn plan_publish_in(
+    file: &Path,
+    to: &str,
+    canary_percent: Option<f64>,
+    reg: &Registry,
+    registry_path: &Path,
+) -> anyhow::Result<PublishPlan> {
+    plan_audience(
+        read_plan(file)?,
+        file,
+        to,
+        canary_percent,
+        reg,
+        registry_path,
+    )
+}
+
+/// The devices and topics `file` (read already) goes to.
+fn plan_audience(
+    (mut plan, parsed): (PublishPlan, maml::Document),
+    file: &Path,
+    to: &str,
+    canary_percent: Option<f64>,
+    reg: &Registry,
+    registry_path: &Path,
+) -> anyhow::Result<PublishPlan> {
     let f = &parsed.front;
     let Audience { devices, topics } = audience(
-        &reg,
+        reg,
         registry_path,
         To::Either(to),
         canary_percent,
@@ -511,7 +535,11 @@ fn read_plan(file: &Path) -> anyhow::Result<(PublishPlan, maml::Document)> {
 }
 
 /// Publishes a plan (retained, QoS 1, every PUBACK awaited) and records it in `sent.json`.
-pub(crate) fn send_publish(plan: &PublishPlan, broker: &str, state: &Path) -> anyhow::Result<()> {
+pub(crate) fn send_publish(
+    plan: &PublishPlan,
+    broker: &Broker,
+    state: &Path,
+) -> anyhow::Result<()> {
     let rt = runtime()?;
     rt.block_on(async {
         let mut s = Session::connect(broker, &client_id("publish")).await?;
@@ -558,11 +586,11 @@ struct Judged {
 }
 
 /// `chimera watch-receipts`: verifies each receipt's signature with the device's enrolled
-/// key — a workflow receipt's digest and mirror against what was sent too; a model receipt
-/// (told by its content) is printed and kept in `model-receipts.json` — and exits non-zero
-/// if any fails.
+/// key — a workflow receipt's digest and mirror against what was sent too; a model or
+/// firmware receipt (told by its `type`) is printed and kept in `model-receipts.json` or
+/// `firmware-receipts.json` ([`crate::json_receipts`]) — and exits non-zero if any fails.
 pub fn watch_receipts(
-    broker: &str,
+    broker: &Broker,
     registry_path: &Path,
     state: &Path,
     count: usize,
@@ -579,13 +607,14 @@ pub fn watch_receipts(
         let mut s = Session::connect(broker, &client_id("receipts")).await?;
         s.collect(&["aegis/v1/+/receipts"], timeout, |topic, payload| {
             let device = topic.split('/').nth(2).unwrap_or("?").to_string();
-            if crate::model_gateway::is_model_receipt(payload) {
-                // A model receipt: verified, recorded for `chimera model status`; not one
-                // of the workflow receipts counted here.
-                match crate::model_gateway::record_receipt(&reg, state, &device, payload) {
-                    Ok(r) => println!("{device}: {}", crate::model_gateway::receipt_line(&r)),
+            if let Some(kind) = crate::json_receipts::Kind::of(payload) {
+                // A model or firmware receipt: verified, recorded in its own file (for
+                // `chimera model status`, the firmware records); not one of the workflow
+                // receipts counted here.
+                match kind.record_line(&reg, state, &device, payload) {
+                    Ok(line) => println!("{device}: {line}"),
                     Err(e) => {
-                        println!("{device}: BAD model receipt: {e}");
+                        println!("{device}: BAD {}: {e}", kind.name());
                         bad += 1;
                     }
                 }
@@ -698,7 +727,7 @@ struct Row {
 }
 
 fn fleet_rows(
-    broker: &str,
+    broker: &Broker,
     registry_path: &Path,
     state: &Path,
     wait: Duration,
@@ -760,7 +789,7 @@ fn fleet_rows(
 
 /// `chimera fleet status`.
 pub fn fleet_status(
-    broker: &str,
+    broker: &Broker,
     registry_path: &Path,
     state: &Path,
     wait: Duration,
@@ -797,7 +826,7 @@ pub fn fleet_status(
 /// already answered that workflow with a rollback or rejection (re-sending cannot help;
 /// it needs a new workflow).
 pub fn fleet_reconcile(
-    broker: &str,
+    broker: &Broker,
     registry_path: &Path,
     state: &Path,
     wait: Duration,

@@ -1,4 +1,5 @@
-//! `chimera keygen`, `kem-keygen`, `group-key`, `enroll`: the gateway's keys and the device registry.
+//! `chimera keygen`, `kem-keygen`, `group-key`, `enroll`, `unenroll`: the gateway's keys and
+//! the device registry.
 
 // The command modules share the binary's imports, helpers and argument types.
 use super::*;
@@ -127,6 +128,35 @@ pub(crate) fn enroll(args: EnrollArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// `chimera unenroll`: the device's entry leaves the registry, so `publish`, `group-key`
+/// and `seal --to GROUP` no longer count it. A device held a group's key: rotate it.
+pub(crate) fn unenroll(args: UnenrollArgs) -> anyhow::Result<()> {
+    let UnenrollArgs { device, registry } = args;
+    let mut reg = read_registry(&registry)?;
+    let groups: Vec<String> = match reg.get(&device) {
+        Some(e) if e["group"] != true => e["groups"]
+            .as_array()
+            .map(|g| {
+                g.iter()
+                    .filter_map(|x| x.as_str().map(str::to_string))
+                    .collect()
+            })
+            .unwrap_or_default(),
+        _ => anyhow::bail!("{device:?} is not a device in {}", registry.display()),
+    };
+    reg.remove(&device);
+    write_file(&registry, serde_json::to_vec_pretty(&reg)?)?;
+    println!("un-enrolled {device} from {}", registry.display());
+    for g in &groups {
+        if reg.get(g).is_some_and(|e| e["kem_key"].is_string()) {
+            println!(
+                "it held group {g:?}'s sealing key: rotate it (`chimera group-key --group {g} …`)"
+            );
+        }
+    }
+    Ok(())
+}
+
 /// What `keygen` and `kem-keygen` print about the pair they wrote.
 fn print_pair(secret: &Path, public: &Path, id: &str) {
     println!(
@@ -134,4 +164,31 @@ fn print_pair(secret: &Path, public: &Path, id: &str) {
         secret.display(),
         public.display()
     );
+}
+
+/// The one line of a private file holding a secret (`what`: "the PIN", "the password"): the
+/// private-file checks of [`aegis_ota::read_private`] (owned by this process's user, no group
+/// or other permission bits, no symbolic link), one trailing line break (LF or CRLF) dropped,
+/// UTF-8, not empty, no other line. The text is exactly sized (its buffer can become a boxed
+/// secret without a copy left behind) and wiped on drop. The error is the reason, never the
+/// content.
+pub(crate) fn read_secret_line(
+    path: &Path,
+    what: &str,
+) -> Result<zeroize::Zeroizing<String>, String> {
+    let bytes = aegis_ota::read_private(path).map_err(|(_, reason)| reason)?;
+    let mut line: &[u8] = &bytes;
+    for end in [&b"\n"[..], b"\r"] {
+        line = line.strip_suffix(end).unwrap_or(line);
+    }
+    let text = std::str::from_utf8(line).map_err(|_| "not UTF-8 text".to_string())?;
+    if text.is_empty() {
+        return Err(format!("empty: it must hold {what}"));
+    }
+    if text.contains(['\n', '\r']) {
+        return Err(format!("must hold {what} on one line"));
+    }
+    let mut s = zeroize::Zeroizing::new(String::with_capacity(text.len()));
+    s.push_str(text);
+    Ok(s)
 }

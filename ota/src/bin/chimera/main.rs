@@ -2,10 +2,16 @@
 //! templates, sealing, signing, verification. Online ([`gateway`]): publishing over MQTT,
 //! receipt verification, fleet status and reconciliation; for models
 //! ([`model_gateway`]): announcements, the MQTT chunk server, per-device model status.
+//! Firmware ([`firmware`]): signed firmware orders and their device-side check; publishing
+//! them ([`firmware_gateway`]); model and firmware receipts ([`json_receipts`]).
 //! As a service ([`serve`]): the HTTP API over the gateway's persistent state.
 
+mod broker;
 mod docs;
+mod firmware;
+mod firmware_gateway;
 mod gateway;
+mod json_receipts;
 mod keys;
 mod model;
 mod model_gateway;
@@ -18,7 +24,7 @@ use std::process::ExitCode;
 use aegis_ota::maml;
 use aegis_ota::seal::{PUBLIC_KEY_SUFFIX, SECRET_KEY_SUFFIX, SealPublic, SealSecret};
 use aegis_ota::sign::{PublicKey, Purpose, SecretKey};
-use aegis_ota::trust::{Issuer, Roots, TrustMetadata};
+use aegis_ota::trust::{FirmwareGrant, Issuer, Roots, TrustMetadata};
 use clap::{Parser, Subcommand};
 
 #[derive(Parser)]
@@ -70,7 +76,9 @@ enum Command {
         gw: GatewayArgs,
     },
     /// Verify devices' `.mu` receipts as they arrive: signature by the device's enrolled
-    /// key, digest and mirror against what was sent. Exits non-zero if any fails.
+    /// key, digest and mirror against what was sent. Model and firmware receipts are
+    /// verified with the same key, printed and recorded (`model-receipts.json`,
+    /// `firmware-receipts.json`), not counted. Exits non-zero if any fails.
     WatchReceipts {
         /// Stop after this many receipts.
         #[arg(long, default_value_t = 1)]
@@ -105,12 +113,21 @@ enum Command {
     },
     /// Record a device's public keys (and groups) in the gateway's device registry.
     Enroll(EnrollArgs),
+    /// Take a device out of the gateway's device registry (`chimera serve device
+    /// unenroll` does it in the service); rotate the keys of the groups it was in.
+    Unenroll(UnenrollArgs),
     /// Model bundles: pack a directory into a manifest, sign the manifest, announce it to
     /// devices (and serve its files over MQTT), see what devices run, write a signed
     /// rollback order.
     Model {
         #[command(subcommand)]
         what: model::ModelCommand,
+    },
+    /// Firmware A/B updates: write a signed firmware order for an image, check one as a
+    /// device would, publish one to its devices' and groups' firmware topics.
+    Firmware {
+        #[command(subcommand)]
+        what: firmware::FirmwareCommand,
     },
     /// The gateway as a service: HTTP API (OpenAPI at /api/v1/openapi.json), API tokens,
     /// SQLite state; `serve token create` makes API tokens (docs/chimera-serve.md).
@@ -244,17 +261,26 @@ pub(crate) struct EnrollArgs {
     pub(crate) registry: PathBuf,
 }
 
+#[derive(clap::Args)]
+pub(crate) struct UnenrollArgs {
+    /// Device id.
+    pub(crate) device: String,
+    /// The registry file.
+    #[arg(long, default_value = "devices.json")]
+    pub(crate) registry: PathBuf,
+}
+
 /// Where the gateway talks and keeps its records.
 #[derive(clap::Args, Clone)]
 pub(crate) struct GatewayArgs {
-    /// The MQTT 5 broker (`mqtt://HOST:PORT`, or `HOST:PORT`).
-    #[arg(long, default_value = "mqtt://127.0.0.1:1883")]
-    pub(crate) broker: String,
+    /// The MQTT 5 broker, its TLS and credentials.
+    #[command(flatten)]
+    pub(crate) broker: broker::BrokerArgs,
     /// The device registry (`chimera enroll`).
     #[arg(long, default_value = "devices.json")]
     pub(crate) registry: PathBuf,
     /// The gateway's records (sent.json, receipts.json, models-sent.json,
-    /// model-receipts.json).
+    /// model-receipts.json, firmware-receipts.json).
     #[arg(long, default_value = "chimera-state")]
     pub(crate) state: PathBuf,
 }
@@ -301,6 +327,14 @@ pub(crate) fn parse_span_s(s: &str, max_s: i64) -> Result<i64, String> {
     }
 }
 
+fn parse_firmware_grant(s: &str) -> Result<FirmwareGrant, String> {
+    match s {
+        "upgrades" => Ok(FirmwareGrant::Upgrades),
+        "upgrades-and-downgrades" => Ok(FirmwareGrant::UpgradesAndDowngrades),
+        _ => Err(format!("{s:?}: `upgrades` or `upgrades-and-downgrades`")),
+    }
+}
+
 pub(crate) fn parse_percent(s: &str) -> Result<f64, String> {
     let v: f64 = s
         .trim_end_matches('%')
@@ -339,8 +373,8 @@ enum RootCommand {
 
 #[derive(Subcommand)]
 enum TrustCommand {
-    /// Allow an issuer key to sign workflows (and, with --models, model manifests) for some
-    /// devices and groups (`*` = any).
+    /// Allow an issuer key to sign workflows (and, with --models, model manifests; with
+    /// --firmware, firmware orders) for some devices and groups (`*` = any).
     AddIssuer {
         /// The draft.
         #[arg(long)]
@@ -361,6 +395,11 @@ enum TrustCommand {
         /// that know model manifests read metadata that grants this.
         #[arg(long)]
         models: bool,
+        /// It may also order firmware installs for them: `upgrades`, or
+        /// `upgrades-and-downgrades`. Only agents that know firmware orders read metadata
+        /// that grants this.
+        #[arg(long, value_parser = parse_firmware_grant)]
+        firmware: Option<FirmwareGrant>,
     },
     /// Revoke a key (by id): its signatures stop verifying once devices have the new version.
     Revoke {
@@ -501,9 +540,16 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             to,
             canary,
             gw,
-        } => gateway::publish(&file, &to, canary, &gw.broker, &gw.registry, &gw.state)?,
+        } => gateway::publish(
+            &file,
+            &to,
+            canary,
+            &gw.broker.resolve()?,
+            &gw.registry,
+            &gw.state,
+        )?,
         Command::WatchReceipts { count, timeout, gw } => gateway::watch_receipts(
-            &gw.broker,
+            &gw.broker.resolve()?,
             &gw.registry,
             &gw.state,
             count.max(1),
@@ -511,14 +557,14 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         )?,
         Command::Fleet { what } => match what {
             FleetCommand::Status { wait, json, gw } => gateway::fleet_status(
-                &gw.broker,
+                &gw.broker.resolve()?,
                 &gw.registry,
                 &gw.state,
                 std::time::Duration::from_secs_f64(wait.max(0.1)),
                 json,
             )?,
             FleetCommand::Reconcile { wait, gw } => gateway::fleet_reconcile(
-                &gw.broker,
+                &gw.broker.resolve()?,
                 &gw.registry,
                 &gw.state,
                 std::time::Duration::from_secs_f64(wait.max(0.1)),
@@ -531,7 +577,9 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Root { what } => trust::root(what)?,
         Command::Trust { what } => trust::trust(what)?,
         Command::Enroll(args) => keys::enroll(args)?,
+        Command::Unenroll(args) => keys::unenroll(args)?,
         Command::Model { what } => model::model(what)?,
+        Command::Firmware { what } => firmware::firmware(what)?,
         Command::Serve(args) => serve::run(args)?,
     }
     Ok(())
@@ -632,6 +680,7 @@ fn bench(runs: usize) -> anyhow::Result<()> {
             devices: vec!["*".into()],
             groups: vec![],
             models: false,
+            firmware: Default::default(),
         }],
         revoked: vec![],
     };

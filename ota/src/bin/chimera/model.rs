@@ -214,7 +214,7 @@ fn parse_bound(s: &str) -> Result<OutputBound, String> {
 }
 
 /// Writes `bytes` to a new file (never replacing one); the error names it.
-fn write_new(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
+pub(crate) fn write_new(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
     use std::io::Write;
     let mut f = std::fs::OpenOptions::new()
         .write(true)

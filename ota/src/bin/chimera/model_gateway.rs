@@ -31,8 +31,8 @@ use aegis_ota::maml;
 use aegis_ota::model::{ModelManifest, check_bundle_dir, split_manifest};
 use aegis_ota::model_chunks::{ChunkServer, parse_fetch_request};
 use aegis_ota::model_wire::{
-    Announcement, MODEL_RECEIPT_TYPE, ModelReceipt, chunk_topic, device_models_topic,
-    group_models_topic, parse_model_message,
+    Announcement, ModelReceipt, chunk_topic, device_models_topic, group_models_topic,
+    parse_model_message,
 };
 use aegis_ota::receipt::Verdict;
 use rumqttc::v5::mqttbytes::QoS;
@@ -42,9 +42,10 @@ use serde::{Deserialize, Serialize};
 
 use crate::GatewayArgs;
 use crate::gateway::{
-    Audience, AudienceRules, Registry, Session, To, audience, client_id, device_key, read_json,
-    registry, runtime, write_json,
+    Audience, AudienceRules, Registry, Session, To, audience, client_id, read_json, registry,
+    runtime, write_json,
 };
+use crate::json_receipts::{self, JsonReceipt as _};
 
 /// Fetch requests from every device.
 const FETCH_FILTER: &str = "aegis/v1/+/ota/fetch";
@@ -151,82 +152,6 @@ pub(crate) struct SentModel {
 
 type SentModels = BTreeMap<String, BTreeMap<String, SentModel>>;
 
-/// A recorded model receipt (a `model-receipts.json` entry).
-#[derive(Debug, Clone, Serialize, Deserialize)]
-struct StoredReceipt {
-    /// The signed text as received.
-    text: String,
-    /// When it arrived (RFC 3339).
-    received_at: String,
-}
-
-/// Whether `payload` (from a receipts topic) is a model receipt: its first line is JSON
-/// whose `type` is [`MODEL_RECEIPT_TYPE`]. Says nothing about its signature.
-pub(crate) fn is_model_receipt(payload: &[u8]) -> bool {
-    #[derive(Deserialize)]
-    struct Kind {
-        #[serde(rename = "type")]
-        kind: String,
-    }
-    let first = payload.split(|b| *b == b'\n').next().unwrap_or_default();
-    serde_json::from_slice::<Kind>(first).is_ok_and(|k| k.kind == MODEL_RECEIPT_TYPE)
-}
-
-/// Verifies a model receipt from `device` with its enrolled key and, when it verifies,
-/// records it as the device's last (`model-receipts.json`). The error says why it does
-/// not verify (nothing is recorded then).
-pub(crate) fn record_receipt(
-    reg: &Registry,
-    state: &Path,
-    device: &str,
-    payload: &[u8],
-) -> anyhow::Result<ModelReceipt> {
-    let r = verify_receipt(reg, device, payload)?;
-    let path = state.join("model-receipts.json");
-    let mut stored: BTreeMap<String, StoredReceipt> = read_json(&path)?;
-    stored.insert(
-        device.to_string(),
-        StoredReceipt {
-            text: String::from_utf8_lossy(payload).into_owned(),
-            received_at: crate::now_rfc3339(0),
-        },
-    );
-    write_json(&path, &stored)?;
-    Ok(r)
-}
-
-fn verify_receipt(reg: &Registry, device: &str, payload: &[u8]) -> anyhow::Result<ModelReceipt> {
-    let key = device_key(reg, device)
-        .ok_or_else(|| anyhow::anyhow!("{device:?} is not an enrolled device"))?;
-    let r = ModelReceipt::verify(payload, &key)?;
-    anyhow::ensure!(
-        r.device == device,
-        "signed by {device:?}'s key but names device {:?}",
-        r.device
-    );
-    Ok(r)
-}
-
-/// One line about a verified model receipt.
-pub(crate) fn receipt_line(r: &ModelReceipt) -> String {
-    format!(
-        "model {} version {}: {}{} (active {}) — signature ok{}",
-        r.name,
-        r.version,
-        r.verdict.as_str(),
-        if r.reason.is_empty() {
-            String::new()
-        } else {
-            format!(" ({})", r.reason)
-        },
-        r.active_version
-            .map_or("none".to_string(), |v| format!("version {v}")),
-        r.total_ms
-            .map(|m| format!(", {m:.0} ms"))
-            .unwrap_or_default()
-    )
-}
-
 /// `chimera model publish`.
 pub(crate) fn publish(a: PublishArgs) -> anyhow::Result<()> {
     let shown = a.manifest.display().to_string();
@@ -283,9 +208,10 @@ pub(crate) fn publish(a: PublishArgs) -> anyhow::Result<()> {
     // What devices parse: refuse to send what they could not read.
     parse_model_message(&payload).map_err(|e| anyhow::anyhow!("{shown}: {e}"))?;
     let via = if a.url.is_some() { "url" } else { "mqtt" };
+    let broker = a.gw.broker.resolve()?;
     let rt = runtime()?;
     rt.block_on(async {
-        let mut s = Session::connect(&a.gw.broker, &client_id("model")).await?;
+        let mut s = Session::connect(&broker, &client_id("model")).await?;
         s.publish_retained(topics.iter().map(|t| (t.clone(), payload.clone())).collect())
             .await?;
         let sent_path = a.gw.state.join("models-sent.json");
@@ -461,13 +387,13 @@ impl Serving<'_> {
     }
 
     fn receipt(&mut self, device: &str, payload: &[u8]) -> bool {
-        if !is_model_receipt(payload) {
+        if !json_receipts::is::<ModelReceipt>(payload) {
             return false;
         }
-        match record_receipt(self.reg, self.state, device, payload) {
+        match json_receipts::record::<ModelReceipt>(self.reg, self.state, device, payload) {
             Err(e) => println!("{device}: UNVERIFIED model receipt, ignored: {e}"),
             Ok(r) => {
-                println!("{device}: {}", receipt_line(&r));
+                println!("{device}: {}", r.line());
                 let ours = r.name == self.server.name()
                     && r.version == self.server.version()
                     && r.manifest_sha256 == self.digest;
@@ -491,7 +417,11 @@ async fn serve(
     mut sv: Serving<'_>,
     serve_for: Option<Duration>,
 ) -> anyhow::Result<()> {
-    let Session { client, mut events } = session;
+    let Session {
+        client,
+        mut events,
+        broker,
+    } = session;
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
     let closing = Arc::new(AtomicBool::new(false));
     let closing2 = closing.clone();
@@ -508,7 +438,7 @@ async fn serve(
                     if closing2.load(Ordering::Relaxed) {
                         break;
                     }
-                    let sent = tx.send(Link::Down(e.to_string()));
+                    let sent = tx.send(Link::Down(broker.explain(&e)));
                     tokio::time::sleep(Duration::from_secs(1)).await;
                     sent
                 }
@@ -656,6 +586,7 @@ struct ModelRow {
 /// `chimera model status`.
 pub(crate) fn status(wait: Duration, json: bool, gw: &GatewayArgs) -> anyhow::Result<()> {
     let reg = registry(&gw.registry)?;
+    let broker = gw.broker.resolve()?;
     let devices: Vec<String> = reg
         .iter()
         .filter(|(_, e)| e["group"] != true)
@@ -665,7 +596,7 @@ pub(crate) fn status(wait: Duration, json: bool, gw: &GatewayArgs) -> anyhow::Re
     let mut unverified: BTreeMap<String, String> = BTreeMap::new();
     let rt = runtime()?;
     rt.block_on(async {
-        let mut s = Session::connect(&gw.broker, &client_id("model-status")).await?;
+        let mut s = Session::connect(&broker, &client_id("model-status")).await?;
         s.collect(
             &["aegis/v1/+/status", RECEIPTS_FILTER],
             wait,
@@ -677,8 +608,12 @@ pub(crate) fn status(wait: Duration, json: bool, gw: &GatewayArgs) -> anyhow::Re
                             status.insert(device.to_string(), v);
                         }
                     }
-                    ["aegis", "v1", device, "receipts"] if is_model_receipt(payload) => {
-                        match record_receipt(&reg, &gw.state, device, payload) {
+                    ["aegis", "v1", device, "receipts"]
+                        if json_receipts::is::<ModelReceipt>(payload) =>
+                    {
+                        match json_receipts::record::<ModelReceipt>(
+                            &reg, &gw.state, device, payload,
+                        ) {
                             Ok(_) => {
                                 unverified.remove(*device);
                             }
@@ -697,7 +632,7 @@ pub(crate) fn status(wait: Duration, json: bool, gw: &GatewayArgs) -> anyhow::Re
         anyhow::Ok(())
     })?;
     let sent: SentModels = read_json(&gw.state.join("models-sent.json"))?;
-    let stored: BTreeMap<String, StoredReceipt> = read_json(&gw.state.join("model-receipts.json"))?;
+    let stored = json_receipts::recorded(json_receipts::Kind::Model, &gw.state)?;
     let rows: Vec<ModelRow> = devices
         .into_iter()
         .map(|d| {
@@ -752,27 +687,24 @@ pub(crate) fn status(wait: Duration, json: bool, gw: &GatewayArgs) -> anyhow::Re
                     (name.clone(), s)
                 })
                 .collect();
-            let last_receipt =
-                stored
-                    .get(&d)
-                    .map(|s| match verify_receipt(&reg, &d, s.text.as_bytes()) {
-                        Ok(r) => ReceiptView {
-                            verified: true,
-                            problem: None,
-                            digest_matches: desired
-                                .get(&r.name)
-                                .map(|w| w.digest == r.manifest_sha256),
-                            receipt: Some(r),
-                            received_at: s.received_at.clone(),
-                        },
-                        Err(e) => ReceiptView {
-                            verified: false,
-                            problem: Some(e.to_string()),
-                            receipt: None,
-                            digest_matches: None,
-                            received_at: s.received_at.clone(),
-                        },
-                    });
+            let last_receipt = stored.get(&d).map(|s| {
+                match json_receipts::verify::<ModelReceipt>(&reg, &d, s.text.as_bytes()) {
+                    Ok(r) => ReceiptView {
+                        verified: true,
+                        problem: None,
+                        digest_matches: desired.get(&r.name).map(|w| w.digest == r.manifest_sha256),
+                        receipt: Some(r),
+                        received_at: s.received_at.clone(),
+                    },
+                    Err(e) => ReceiptView {
+                        verified: false,
+                        problem: Some(e.to_string()),
+                        receipt: None,
+                        digest_matches: None,
+                        received_at: s.received_at.clone(),
+                    },
+                }
+            });
             ModelRow {
                 online: st.map(|s| s["state"] == "online"),
                 models,
@@ -902,17 +834,5 @@ mod tests {
         ] {
             assert!(check_url(bad).is_err(), "{bad}");
         }
-    }
-
-    #[test]
-    fn model_receipts_are_told_from_workflow_receipts_and_notices() {
-        assert!(is_model_receipt(
-            b"{\"type\":\"model-receipt\",\"device\":\"d\"}\n```signature\n"
-        ));
-        assert!(!is_model_receipt(
-            b"{\"type\":\"rejection-notice\",\"reason\":\"x\"}"
-        ));
-        assert!(!is_model_receipt(b"---\nworkflow_id: x\n"));
-        assert!(!is_model_receipt(b""));
     }
 }

@@ -58,6 +58,7 @@ pub(crate) fn trust(what: TrustCommand) -> anyhow::Result<()> {
             devices,
             groups,
             models,
+            firmware,
         } => {
             let mut t = read_draft(&trust)?;
             let k = b64_pub(&key)?;
@@ -68,6 +69,7 @@ pub(crate) fn trust(what: TrustCommand) -> anyhow::Result<()> {
                 devices,
                 groups,
                 models,
+                firmware: firmware.unwrap_or_default(),
             });
             write_draft(&trust, t)?;
         }

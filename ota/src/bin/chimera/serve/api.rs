@@ -16,7 +16,7 @@ use axum::extract::{DefaultBodyLimit, Extension, MatchedPath, Path, Query, Reque
 use axum::http::{HeaderValue, Method, StatusCode, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
-use axum::routing::{MethodRouter, get, post};
+use axum::routing::{MethodRouter, delete, get, post};
 use axum::{Json, middleware};
 use schemars::generate::{SchemaGenerator, SchemaSettings};
 use schemars::{JsonSchema, Schema};
@@ -27,7 +27,9 @@ use super::events::Bus;
 use super::ingest::IngestCounters;
 use super::publisher::{PublishError, Publisher};
 use super::service;
-use super::store::{AuditRow, Device, Role, Store, StoredReceipt, Workflow};
+use super::store::{
+    AuditRow, Device, Role, Store, StoredReceipt, Unenrolled, Unenrolment, Workflow,
+};
 
 /// What every handler gets.
 #[derive(Clone)]
@@ -90,6 +92,7 @@ pub(crate) static TABLES: &[&[Route]] = &[
     super::events::ROUTES,
     super::ingest::ROUTES,
     super::signer_api::ROUTES,
+    super::dashboard::ROUTES,
 ];
 
 /// Every route the service answers.
@@ -131,7 +134,7 @@ static ROUTES: &[Route] = &[
         method: Method::GET,
         path: "/api/v1/devices",
         role: Some(Role::Viewer),
-        summary: "Enrolled devices: groups and last receipt.",
+        summary: "Enrolled devices: groups and last receipt (un-enrolled ones left out).",
         params: &[],
         body: None,
         ok: 200,
@@ -142,7 +145,7 @@ static ROUTES: &[Route] = &[
         method: Method::GET,
         path: "/api/v1/devices/{id}",
         role: Some(Role::Viewer),
-        summary: "One enrolled device.",
+        summary: "One device (an un-enrolled one too: its `unenrolled_at` is set).",
         params: &[Param {
             name: "id",
             location: "path",
@@ -152,6 +155,26 @@ static ROUTES: &[Route] = &[
         ok: 200,
         response: Some(|g| g.subschema_for::<Device>()),
         make: || get(get_device),
+    },
+    Route {
+        method: Method::DELETE,
+        path: "/api/v1/devices/{id}",
+        role: Some(Role::Admin),
+        summary: "Un-enrol a device: it leaves its groups and every unfinished rollout (its \
+                  targets become `unenrolled`, counted neither way), its key verifies \
+                  nothing it sends from now on (receipts stored unverified, saying so; \
+                  status ignored), and it leaves the device list. Its receipts, status and \
+                  audit rows stay; the registry import does not bring it back with the same \
+                  key. 404 for an unknown or already un-enrolled device.",
+        params: &[Param {
+            name: "id",
+            location: "path",
+            description: "Device id.",
+        }],
+        body: None,
+        ok: 200,
+        response: Some(|g| g.subschema_for::<Unenrolled>()),
+        make: || delete(unenroll_device),
     },
     Route {
         method: Method::GET,
@@ -229,7 +252,8 @@ static ROUTES: &[Route] = &[
     },
 ];
 
-/// The router: every route of [`routes`], default-deny authorisation, the body limit.
+/// The router: every route of [`routes`], default-deny authorisation, the body limit, and
+/// the security headers on every answer (refusals included).
 pub(crate) fn router(state: AppState, max_body_bytes: usize) -> Router {
     let mut r = Router::new();
     for route in routes() {
@@ -238,6 +262,7 @@ pub(crate) fn router(state: AppState, max_body_bytes: usize) -> Router {
     r.fallback(not_found)
         .layer(middleware::from_fn_with_state(state.clone(), authorise))
         .layer(DefaultBodyLimit::max(max_body_bytes))
+        .layer(middleware::from_fn(super::dashboard::security_headers))
         .with_state(state)
 }
 
@@ -249,7 +274,8 @@ struct ErrorBody {
     error: String,
     /// For a refused workflow upload or bearer token: the check that failed (an upload's
     /// `signature`, `target`, …; a token's `authorization`, `token`, `revoked`, `exp`,
-    /// `nbf`, `iss`, `aud`, `alg`, `kid`, `key`, `signature`, `sub`, `jwks`, `role`).
+    /// `nbf`, `iss`, `aud`, `client_id`, `token_use`, `alg`, `kid`, `key`, `signature`,
+    /// `sub`, `jwks`, `role`).
     check: Option<String>,
 }
 
@@ -284,13 +310,18 @@ pub(crate) fn openapi_document() -> Value {
             .collect();
         params.sort_by_key(|p| p["name"].to_string());
         let mut responses = serde_json::Map::new();
-        let ok_content = match (r.response, r.path) {
-            (Some(schema), _) => json!({ "application/json": { "schema": schema(&mut schemas) } }),
-            (None, "/healthz") => json!({ "text/plain": { "schema": { "type": "string" } } }),
-            (None, "/api/v1/events") => {
+        let ok_content = match (r.response, r.path, super::dashboard::asset(r.path)) {
+            (Some(schema), _, _) => {
+                json!({ "application/json": { "schema": schema(&mut schemas) } })
+            }
+            (None, _, Some(asset)) => {
+                json!({ asset.media_type(): { "schema": { "type": "string" } } })
+            }
+            (None, "/healthz", _) => json!({ "text/plain": { "schema": { "type": "string" } } }),
+            (None, "/api/v1/events", _) => {
                 json!({ "text/event-stream": { "schema": { "type": "string" } } })
             }
-            (None, _) => json!({ "application/json": { "schema": { "type": "object" } } }),
+            (None, _, _) => json!({ "application/json": { "schema": { "type": "object" } } }),
         };
         responses.insert(
             r.ok.to_string(),
@@ -552,6 +583,45 @@ async fn get_device(
     }
 }
 
+/// `DELETE /api/v1/devices/{id}`.
+async fn unenroll_device(
+    State(s): State<AppState>,
+    Extension(caller): Extension<Caller>,
+    Path(id): Path<String>,
+) -> Result<Json<Unenrolled>, ApiError> {
+    let u = match service::unenroll(&*s.store, &id, caller.actor()).await? {
+        Unenrolment::Done(u) => u,
+        Unenrolment::Already(at) => {
+            return Err(ApiError::new(
+                StatusCode::NOT_FOUND,
+                format!(
+                    "no enrolled device {id:?}: it was un-enrolled at {}",
+                    super::auth::rfc3339_ms(at)
+                ),
+            ));
+        }
+        Unenrolment::Unknown => {
+            return Err(ApiError::new(
+                StatusCode::NOT_FOUND,
+                format!("no enrolled device {id:?}"),
+            ));
+        }
+    };
+    s.events.send(
+        "device",
+        json!({ "device": u.device, "unenrolled_at": u.unenrolled_at }),
+    );
+    for r in &u.rollouts {
+        s.events.send(
+            "rollout_target",
+            json!({ "rollout": r, "device": u.device, "state": "unenrolled" }),
+        );
+    }
+    // Its rollouts' claims are void: their engines re-decide without it now.
+    s.engine.notify_one();
+    Ok(Json(u))
+}
+
 async fn list_receipts(
     State(s): State<AppState>,
     q: Result<Query<ReceiptQuery>, QueryRejection>,
@@ -710,9 +780,12 @@ async fn publish_workflow(
     };
     let actor = caller.actor();
     let to = req.to.clone();
+    // Devices un-enrolled here are no audience, whatever the registry file still says.
+    let gone = s.store.unenrolled_devices().await?;
     let outcome = publisher
         .publish(&digest, text, move |file, registry| {
-            crate::gateway::plan_publish(file, &to, req.canary, registry)
+            let reg = service::registry_without(registry, &gone)?;
+            crate::gateway::plan_publish_in(file, &to, req.canary, &reg, registry)
         })
         .await;
     let plan = match outcome {
@@ -760,12 +833,26 @@ mod tests {
             assert!(op.is_object(), "{} {} missing", r.method, r.path);
             assert_eq!(op["x-aegis-role"], json!(r.role.map(Role::as_str)));
         }
-        // Only /healthz and the document itself are public.
+        // Only /healthz, the document itself and the dashboard's static files (which hold
+        // no data: its script calls the API with a token) are public.
         let public: Vec<_> = routes()
             .filter(|r| r.role.is_none())
             .map(|r| r.path)
             .collect();
-        assert_eq!(public, ["/healthz", "/api/v1/openapi.json"]);
+        assert_eq!(
+            public,
+            [
+                "/healthz",
+                "/api/v1/openapi.json",
+                "/",
+                "/dashboard/app.js",
+                "/dashboard/app.css"
+            ]
+        );
+        assert_eq!(
+            doc["paths"]["/"]["get"]["responses"]["200"]["content"]["text/html"]["schema"]["type"],
+            "string"
+        );
     }
 
     /// Every `$ref` in the document names a schema of `components/schemas`, and every

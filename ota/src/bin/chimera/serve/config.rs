@@ -21,6 +21,7 @@ use std::path::{Path, PathBuf};
 use serde::Deserialize;
 
 use super::store::Role;
+use crate::broker::BrokerSettings;
 
 /// The request body limit when `max_body_bytes` is not given: a workflow document at the
 /// 128 KiB limit, JSON-escaped, with room to spare.
@@ -57,10 +58,12 @@ pub(crate) struct ServeConfig {
     /// Root *public* key files that must have signed `trust_metadata`.
     #[serde(default)]
     pub(crate) trust_roots: Vec<PathBuf>,
-    /// Optional: the MQTT 5 broker uploaded workflows are published to (`mqtt://HOST:PORT`,
-    /// as `chimera publish --broker`). Without it, publishing is refused.
-    #[serde(default)]
-    pub(crate) broker: Option<String>,
+    /// Optional: the MQTT 5 broker uploaded workflows are published to and receipts are
+    /// read from: a URL (`mqtt://HOST:PORT`, `mqtts://HOST:PORT`, as `chimera publish
+    /// --broker`) or a section with TLS and credentials ([`BrokerSettings`]). Without it,
+    /// publishing is refused.
+    #[serde(default, deserialize_with = "crate::broker::string_or_section")]
+    pub(crate) broker: Option<BrokerSettings>,
     /// Largest request body accepted, in bytes.
     #[serde(default = "default_max_body_bytes")]
     pub(crate) max_body_bytes: usize,
@@ -200,8 +203,15 @@ pub(crate) struct OidcConfig {
     /// The provider's issuer URL, exactly as its tokens' `iss` claim says it (and as its
     /// discovery document's `issuer` says it). `https://`, or `http://` on a loopback host.
     pub(crate) issuer: String,
-    /// This service's audience: a token's `aud` (a string or a list) must contain it.
+    /// This service's audience: a token's `aud` (a string or a list) must contain it; with
+    /// `audience_claim: client_id`, its `client_id` must be it.
     pub(crate) audience: String,
+    /// Where a token names its audience: `aud` (ID tokens, and access tokens of most
+    /// providers), or `client_id` (AWS Cognito's access tokens, which carry no `aud`: the
+    /// app client's id must equal `audience`, and `token_use`, when present, must be
+    /// `access`). Default `aud`.
+    #[serde(default)]
+    pub(crate) audience_claim: AudienceClaim,
     /// The JWKS URL. Default: the `jwks_uri` of `{issuer}/.well-known/openid-configuration`.
     #[serde(default)]
     pub(crate) jwks_uri: Option<String>,
@@ -234,6 +244,18 @@ pub(crate) struct OidcConfig {
     /// key ids cannot make the service hammer the provider.
     #[serde(default = "default_jwks_min_refresh_s")]
     pub(crate) jwks_min_refresh_s: u64,
+}
+
+/// The claim a token's audience is read from (`oidc.audience_claim`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub(crate) enum AudienceClaim {
+    /// `aud`, a string or a list that must contain the audience (RFC 7519).
+    #[default]
+    Aud,
+    /// `client_id`, a string equal to the audience (RFC 9068, AWS Cognito access tokens);
+    /// `token_use`, when present, must be `access`.
+    ClientId,
 }
 
 /// Checks an issuer or JWKS URL: `https`, or `http` to a loopback host (a provider on the
@@ -628,6 +650,11 @@ impl ServeConfig {
         c.tokens.iter_mut().for_each(abs);
         c.trust_metadata.iter_mut().for_each(abs);
         c.trust_roots.iter_mut().for_each(abs);
+        if let Some(b) = &mut c.broker {
+            b.relative_to(base);
+            b.check(&crate::broker::SERVE_NAMES)
+                .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+        }
         if let Some(o) = &mut c.oidc {
             o.ca_file.iter_mut().for_each(abs);
             o.check(&path.display().to_string())?;
@@ -945,6 +972,16 @@ mod tests {
         assert_eq!(o.roles.len(), 3);
         assert_eq!(o.ca_file, Some(dir.path().join("ca.pem")));
         assert_eq!(o.jwks_min_refresh_s, DEFAULT_JWKS_MIN_REFRESH_S);
+        assert_eq!(o.audience_claim, AudienceClaim::Aud);
+        let p = write(
+            dir.path(),
+            &format!(
+                "{BASE}oidc:\n  issuer: https://id.example/pool\n  audience: chimera\n  \
+                 audience_claim: client_id\n"
+            ),
+        );
+        let o = ServeConfig::read(&p).unwrap().oidc.unwrap();
+        assert_eq!(o.audience_claim, AudienceClaim::ClientId);
     }
 
     #[test]
@@ -970,6 +1007,8 @@ mod tests {
             ("  roles: {ops: root}\n", https, "root"),
             ("  jwks_min_refresh_s: 0\n", https, "jwks_min_refresh_s"),
             ("  client_secret: s3cret\n", https, "client_secret"),
+            ("  audience_claim: azp\n", https, "audience_claim"),
+            ("  audience_claim: [aud]\n", https, "audience_claim"),
         ] {
             let e = oidc(extra, issuer).expect_err(extra);
             assert!(e.contains(named), "{extra:?} {issuer}: {e}");
@@ -1039,6 +1078,55 @@ mod tests {
         ] {
             let e = read(extra).expect_err(extra);
             assert!(e.contains(named), "{extra}: {e}");
+        }
+    }
+
+    #[test]
+    fn broker_is_a_url_or_a_strict_section_with_files_beside_the_config() {
+        let dir = tempfile::tempdir().unwrap();
+        let read = |extra: &str| {
+            ServeConfig::read(&write(dir.path(), &format!("{BASE}{extra}")))
+                .map(|c| c.broker)
+                .map_err(|e| e.to_string())
+        };
+        assert_eq!(read("").unwrap(), None);
+        let b = read("broker: mqtt://127.0.0.1:1883\n").unwrap().unwrap();
+        assert_eq!(b.url, "mqtt://127.0.0.1:1883");
+        assert_eq!(b.ca_file, None);
+        let b = read(
+            "broker:\n  url: mqtts://iot.example\n  ca_file: ca.pem\n  client_cert: gw.crt\n  \
+             client_key: /etc/gw.key\n  username: gw\n  password_file: secrets/pw\n",
+        )
+        .unwrap()
+        .unwrap();
+        assert_eq!(b.ca_file, Some(dir.path().join("ca.pem")));
+        assert_eq!(b.client_cert, Some(dir.path().join("gw.crt")));
+        assert_eq!(b.client_key, Some(PathBuf::from("/etc/gw.key")));
+        assert_eq!(b.password_file, Some(dir.path().join("secrets/pw")));
+        assert_eq!(b.username.as_deref(), Some("gw"));
+        for (extra, named) in [
+            // No key takes the password itself.
+            (
+                "broker: { url: mqtts://b.example, username: gw, password: s3cret }\n",
+                "password",
+            ),
+            (
+                "broker: { url: mqtts://b.example, insecure: true }\n",
+                "insecure",
+            ),
+            ("broker: { ca_file: ca.pem }\n", "url"),
+            ("broker: tcp://b.example\n", "tcp://"),
+            (
+                "broker: { url: mqtt://b.example, ca_file: c }\n",
+                "broker.ca_file",
+            ),
+            (
+                "broker: { url: mqtts://b.example, client_cert: c }\n",
+                "broker.client_cert and broker.client_key",
+            ),
+        ] {
+            let e = read(extra).expect_err(extra);
+            assert!(e.contains(named) && !e.contains("s3cret"), "{extra}: {e}");
         }
     }
 

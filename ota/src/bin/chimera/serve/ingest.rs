@@ -8,7 +8,8 @@
 //! **Receipts** are verified with the key enrolled for the device named by the *topic*
 //! (`service::store_receipt`; a claim inside the receipt never picks the key), stored
 //! (verified or not, with the reason), and a verified workflow receipt settles the rollout
-//! targets waiting for it. Not stored: model receipts (their own format and checks,
+//! targets waiting for it (an un-enrolled device's are stored unverified, saying so, and
+//! its status is not stored). Not stored: model receipts (their own format and checks,
 //! `chimera model status`; counted as skipped here) and the agents' unsigned rejection
 //! notices (JSON; counted). Receipts are not retained messages.
 //!
@@ -59,6 +60,7 @@ use super::publisher::Publisher;
 use super::service::{self, MAX_RECEIPT_BYTES, Mirrors};
 use super::store::{Role, Store, now_ms};
 use super::store_rollouts::StatusReport;
+use crate::json_receipts::Kind;
 
 /// Largest status message accepted (an agent's status is a few KiB).
 pub(crate) const MAX_STATUS_BYTES: usize = 64 * 1024;
@@ -79,6 +81,7 @@ pub(crate) struct IngestCounters {
     statuses: AtomicU64,
     reconciles: AtomicU64,
     skipped_model_receipts: AtomicU64,
+    skipped_firmware_receipts: AtomicU64,
     skipped_notices: AtomicU64,
     bad: AtomicU64,
     inbox_full: AtomicU64,
@@ -104,6 +107,9 @@ pub(crate) struct IngestStats {
     /// Model receipts on a receipts topic, not stored (their own format; `chimera model
     /// status` reads them).
     pub(crate) skipped_model_receipts: u64,
+    /// Firmware receipts on a receipts topic, not stored (their own format; `chimera
+    /// watch-receipts` verifies and records them).
+    pub(crate) skipped_firmware_receipts: u64,
     /// Agents' unsigned rejection notices on a receipts topic, not stored.
     pub(crate) skipped_notices: u64,
     /// Messages refused: malformed topic or payload, too big, a device that is not enrolled.
@@ -126,6 +132,7 @@ impl IngestCounters {
             statuses: g(&self.statuses),
             reconciles: g(&self.reconciles),
             skipped_model_receipts: g(&self.skipped_model_receipts),
+            skipped_firmware_receipts: g(&self.skipped_firmware_receipts),
             skipped_notices: g(&self.skipped_notices),
             bad: g(&self.bad),
             inbox_full: g(&self.inbox_full),
@@ -239,11 +246,11 @@ impl Ingest {
     /// processes the inbox in order.
     pub(crate) fn spawn(
         self: Arc<Self>,
-        broker: &str,
+        broker: &crate::broker::Broker,
         client_id: &str,
         cfg: &super::config::IngestConfig,
     ) -> anyhow::Result<()> {
-        let mut o = crate::gateway::mqtt_options(broker, client_id)?;
+        let mut o = broker.options(client_id);
         o.set_max_packet_size(Some(MAX_PACKET));
         o.set_clean_start(true);
         o.set_session_expiry_interval(None);
@@ -286,7 +293,7 @@ impl Ingest {
         let snapshot = Arc::new(Snapshot::default());
         let group = cfg.share_group.clone();
         let quiet_ms = cfg.snapshot_quiet_ms as i64;
-        let broker = broker.to_string();
+        let broker = broker.clone();
         tokio::spawn(async move {
             loop {
                 match events.poll().await {
@@ -355,7 +362,10 @@ impl Ingest {
                     Ok(_) => {}
                     Err(e) => {
                         self.counters.connected.store(false, Relaxed);
-                        self.error("broker", &format!("{broker}: {e}; connecting again"));
+                        self.error(
+                            "broker",
+                            &format!("{}; connecting again", broker.failed(&e)),
+                        );
                         tokio::time::sleep(Duration::from_secs(1)).await;
                     }
                 }
@@ -413,15 +423,20 @@ impl Ingest {
             );
             return Ok(());
         }
-        if crate::model_gateway::is_model_receipt(text) {
-            self.counters.skipped_model_receipts.fetch_add(1, Relaxed);
+        // Model and firmware receipts are JSON too: told from notices by their `type`.
+        if let Some(kind) = Kind::of(text) {
+            let counter = match kind {
+                Kind::Model => &self.counters.skipped_model_receipts,
+                Kind::Firmware => &self.counters.skipped_firmware_receipts,
+            };
+            counter.fetch_add(1, Relaxed);
             return Ok(());
         }
         if text.first() == Some(&b'{') {
             self.counters.skipped_notices.fetch_add(1, Relaxed);
             return Ok(());
         }
-        let Some(key) = service::enrolled_key(self.store.as_ref(), device).await? else {
+        let Some(key) = service::device_key(self.store.as_ref(), device).await? else {
             self.bad(
                 device,
                 &m.topic,
@@ -478,7 +493,11 @@ impl Ingest {
             }
         };
         let Some(change) = self.store.record_status(report.clone()).await? else {
-            self.bad(device, &m.topic, "status of a device that is not enrolled");
+            self.bad(
+                device,
+                &m.topic,
+                "status of a device that is not enrolled (or was un-enrolled)",
+            );
             return Ok(());
         };
         if !change.stored {
@@ -559,7 +578,8 @@ fn device_topic(topic: &str) -> Option<(&str, &str)> {
 }
 
 /// A status message (hostile JSON): `state` online or offline, `workflow.active.id` and
-/// `.digest` when present (a digest must be 64 hex digits).
+/// `.digest` when present (a digest must be 64 hex digits), the agent's `version` and
+/// `workflow.trust_version` when present.
 fn parse_status(
     device: &str,
     payload: &[u8],
@@ -596,11 +616,30 @@ fn parse_status(
         }
         _ => return Err("status workflow.active.digest: not 64 hex digits".into()),
     };
+    // Shown, never decided on: a short printable string, a number; anything else is
+    // refused like the fields above (a device that sends junk gets its status logged).
+    let agent_version = match &v["version"] {
+        serde_json::Value::Null => None,
+        serde_json::Value::String(s) if s.len() <= 64 && !s.chars().any(char::is_control) => {
+            Some(s.clone())
+        }
+        _ => return Err("status version: not a short string".into()),
+    };
+    let trust_version = match &v["workflow"]["trust_version"] {
+        serde_json::Value::Null => None,
+        n => Some(
+            n.as_u64()
+                .filter(|n| i64::try_from(*n).is_ok())
+                .ok_or("status workflow.trust_version: not a whole number")?,
+        ),
+    };
     Ok(StatusReport {
         device: device.to_string(),
         online,
         running_id,
         running_digest,
+        agent_version,
+        trust_version,
         received_at,
         snapshot_of,
     })
@@ -636,7 +675,7 @@ mod tests {
     fn status_messages_are_read_strictly() {
         let digest = "ab".repeat(32);
         let ok = format!(
-            r#"{{"state":"online","device":"someone-else","workflow":{{"active":{{"id":"urn:uuid:1","digest":"{digest}"}}}}}}"#
+            r#"{{"state":"online","device":"someone-else","version":"0.9.1","workflow":{{"active":{{"id":"urn:uuid:1","digest":"{digest}"}},"trust_version":3}}}}"#
         );
         let r = parse_status("cam-1", ok.as_bytes(), 5, Some(3)).unwrap();
         // The topic names the device, never the payload.
@@ -644,9 +683,14 @@ mod tests {
         assert!(r.online);
         assert_eq!(r.running_digest.as_deref(), Some(digest.as_str()));
         assert_eq!(r.snapshot_of, Some(3));
+        assert_eq!(
+            (r.agent_version.as_deref(), r.trust_version),
+            (Some("0.9.1"), Some(3))
+        );
         let will = parse_status("cam-1", br#"{"state":"offline"}"#, 5, None).unwrap();
         assert!(!will.online);
         assert_eq!(will.running_digest, None);
+        assert_eq!((will.agent_version, will.trust_version), (None, None));
         for (bad, why) in [
             (&b"not json"[..], "not JSON"),
             (br#"{"state":"dancing"}"#, "state"),
@@ -657,6 +701,20 @@ mod tests {
             (
                 br#"{"state":"online","workflow":{"active":{"id":7}}}"#,
                 "active.id",
+            ),
+            (br#"{"state":"online","version":1}"#, "version"),
+            (br#"{"state":"online","version":"1\u0007"}"#, "version"),
+            (
+                br#"{"state":"online","workflow":{"trust_version":-1}}"#,
+                "trust_version",
+            ),
+            (
+                br#"{"state":"online","workflow":{"trust_version":"3"}}"#,
+                "trust_version",
+            ),
+            (
+                br#"{"state":"online","workflow":{"trust_version":18446744073709551615}}"#,
+                "trust_version",
             ),
         ] {
             let e = parse_status("cam-1", bad, 5, None).unwrap_err();

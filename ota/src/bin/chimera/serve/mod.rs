@@ -17,16 +17,24 @@
 //! PostgreSQL), `service.rs` the decisions, `api.rs` the HTTP surface. With a broker:
 //! `ingest.rs` takes receipts and status from it (MQTT 5 shared subscriptions),
 //! `rollout.rs` is the rollout engine (`rollout_api.rs` its routes), `publisher.rs` the one
-//! way documents go out, `events.rs` the server-sent event stream; `auth/` who is calling.
+//! way documents go out, `events.rs` the server-sent event stream (`postgres_events.rs`
+//! makes it fleet-wide on PostgreSQL); `auth/` who is calling.
 //! With `signer`: `signer.rs` the online issuer key (`signer_pkcs11.rs` on a token),
-//! `signer_api.rs` its route.
+//! `signer_api.rs` its route. `dashboard.rs` is the operator's web page (static files;
+//! its data comes from the API).
 
 mod api;
 mod auth;
 mod config;
+mod dashboard;
 mod events;
 mod ingest;
+/// Its certificates (`super::pki`).
+#[cfg(test)]
+#[path = "../../../../tests/common/pki.rs"]
+mod pki;
 mod postgres;
+mod postgres_events;
 mod postgres_rollouts;
 mod postgres_signing;
 mod publisher;
@@ -83,6 +91,24 @@ enum ServeCommand {
     Signer {
         #[command(subcommand)]
         what: SignerCommand,
+    },
+    /// Devices the service holds.
+    Device {
+        #[command(subcommand)]
+        what: DeviceCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum DeviceCommand {
+    /// Un-enrol a device, as `DELETE /api/v1/devices/{id}` does: it leaves its groups and
+    /// every unfinished rollout, its key verifies nothing it sends from now on; its
+    /// receipts stay. Take it out of the registry file too (`chimera unenroll`), or the
+    /// CLI's own commands still count it.
+    Unenroll {
+        /// The device.
+        #[arg(long)]
+        id: String,
     },
 }
 
@@ -205,6 +231,9 @@ pub(crate) fn run(args: ServeArgs) -> anyhow::Result<()> {
                 what: ReceiptCommand::Add { device, file },
             }) => add_receipt(&cfg, &device, &file).await,
             Some(ServeCommand::Signer { what }) => provision_signer(&cfg, what).await,
+            Some(ServeCommand::Device {
+                what: DeviceCommand::Unenroll { id },
+            }) => unenroll_device(&cfg, &id).await,
         }
     })
 }
@@ -317,12 +346,16 @@ struct Opened {
     store: Arc<dyn Store>,
     /// Where it is, for the log and the audit (never a password).
     describe: String,
+    /// With PostgreSQL: how to connect, and the store itself (the fleet event relay
+    /// needs a connection of its own and the pool).
+    postgres: Option<(postgres::PgTarget, postgres::PgStore)>,
 }
 
 /// Opens the database (migrating it) and brings in the registry and token files: what
 /// every command starts with, so the CLI and the service see the same devices.
 async fn open(cfg: &ServeConfig) -> anyhow::Result<Opened> {
     crate::create_dir(&cfg.state)?;
+    let mut pg = None;
     let (store, describe): (Arc<dyn Store>, String) = match &cfg.database {
         Database::Sqlite(path) => (
             Arc::new(SqliteStore::open(path)?),
@@ -338,15 +371,24 @@ async fn open(cfg: &ServeConfig) -> anyhow::Result<Opened> {
                 );
             }
             let tls = if target.tls() { "TLS" } else { "no TLS" };
-            (
-                Arc::new(postgres::PgStore::open(&target).await?),
-                format!("PostgreSQL {} ({tls})", target.describe()),
-            )
+            let store = postgres::PgStore::open(&target).await?;
+            let describe = format!("PostgreSQL {} ({tls})", target.describe());
+            pg = Some((target, store.clone()));
+            (Arc::new(store), describe)
         }
     };
     let (devices, groups) = service::read_registry(&cfg.registry)?;
     let (nd, ng) = (devices.len(), groups.len());
     let counts = store.import_registry(devices, groups).await?;
+    if counts.kept_out > 0 {
+        eprintln!(
+            "chimera serve: {}: {} device(s) un-enrolled here are still listed with the key \
+             they had: they stay un-enrolled (take them out with `chimera unenroll`, or \
+             enrol them again with a new key)",
+            cfg.registry.display(),
+            counts.kept_out
+        );
+    }
     if counts.added + counts.updated > 0 {
         store
             .audit(
@@ -386,7 +428,11 @@ async fn open(cfg: &ServeConfig) -> anyhow::Result<Opened> {
                 .await?;
         }
     }
-    Ok(Opened { store, describe })
+    Ok(Opened {
+        store,
+        describe,
+        postgres: pg,
+    })
 }
 
 async fn create_token(
@@ -482,6 +528,26 @@ async fn list_tokens(cfg: &ServeConfig, json: bool) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// `chimera serve device unenroll`.
+async fn unenroll_device(cfg: &ServeConfig, id: &str) -> anyhow::Result<()> {
+    let store = open(cfg).await?.store;
+    match service::unenroll(&*store, id, "cli".into()).await? {
+        store::Unenrolment::Done(u) => {
+            println!(
+                "{id} un-enrolled: left groups [{}]; unenrolled in rollouts [{}]",
+                u.groups.join(", "),
+                u.rollouts.join(", ")
+            );
+            Ok(())
+        }
+        store::Unenrolment::Already(at) => anyhow::bail!(
+            "{id:?} was un-enrolled already, at {}",
+            auth::rfc3339_ms(at)
+        ),
+        store::Unenrolment::Unknown => anyhow::bail!("no device {id:?} in the service"),
+    }
+}
+
 async fn add_receipt(
     cfg: &ServeConfig,
     device: &str,
@@ -537,6 +603,7 @@ async fn serve(cfg: ServeConfig) -> anyhow::Result<()> {
     let Opened {
         store,
         describe: state,
+        postgres: pg,
     } = open(&cfg).await?;
     // SQLite: one replica, enforced. PostgreSQL: as many as wanted, no lock.
     let _replica = match &cfg.database {
@@ -544,6 +611,13 @@ async fn serve(cfg: ServeConfig) -> anyhow::Result<()> {
         Database::Postgres(_) => None,
     };
     let replica = cfg.replica_name();
+    // The broker's CA, client certificate and password are read now: a bad file stops the
+    // start, naming the setting.
+    let broker = cfg
+        .broker
+        .as_ref()
+        .map(|b| b.resolve(&crate::broker::SERVE_NAMES))
+        .transpose()?;
     let trust = configured_trust(&cfg)?;
     // The online issuer key: checked against the trust metadata (never a root key).
     let signer = load_signer(&cfg, trust.as_ref()).await?;
@@ -572,7 +646,7 @@ async fn serve(cfg: ServeConfig) -> anyhow::Result<()> {
                     .as_ref()
                     .map_or("none".into(), |t| format!("version {}", t.version)),
                 replica,
-                cfg.broker.as_deref().unwrap_or("none"),
+                broker.as_ref().map_or("none".into(), |b| b.describe()),
                 oidc.as_ref().map_or("none", |o| o.issuer()),
                 signer.as_ref().map_or("none".into(), |s| format!(
                     "issuer {} key {} ({})",
@@ -583,9 +657,13 @@ async fn serve(cfg: ServeConfig) -> anyhow::Result<()> {
             ),
         )
         .await?;
-    let events = events::Bus::new(events::CAPACITY);
+    // Every replica's events in every replica's stream (PostgreSQL); SQLite is one replica.
+    let events = match &pg {
+        Some((target, pg_store)) => postgres_events::fleet_bus(target, pg_store, &replica).await,
+        None => events::Bus::new(events::CAPACITY),
+    };
     let engine_wake = Arc::new(tokio::sync::Notify::new());
-    let publisher = cfg.broker.clone().map(|broker| {
+    let publisher = broker.map(|broker| {
         Arc::new(publisher::Publisher::new(
             broker,
             cfg.registry.clone(),
@@ -629,7 +707,7 @@ async fn serve(cfg: ServeConfig) -> anyhow::Result<()> {
             trust,
             publisher,
             registry: cfg.registry.clone(),
-            events,
+            events: events.clone(),
             engine: engine_wake,
             ingest: ingest_counters,
             oidc,
@@ -642,8 +720,13 @@ async fn serve(cfg: ServeConfig) -> anyhow::Result<()> {
     println!("chimera serve: listening on http://{addr}");
     use std::io::Write as _;
     let _ = std::io::stdout().flush();
+    let stopping = events.clone();
     axum::serve(listener, app)
-        .with_graceful_shutdown(shutdown())
+        .with_graceful_shutdown(async move {
+            shutdown().await;
+            // Event streams never end by themselves; the graceful shutdown waits for them.
+            stopping.close();
+        })
         .await?;
     Ok(())
 }

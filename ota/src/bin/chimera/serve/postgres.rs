@@ -32,7 +32,7 @@ use super::store::{
     SCHEMA_MIGRATIONS_TABLE, SUMMARY_COLUMNS, Store, StoreError, StoreFuture, StoredReceipt,
     TokenInfo, Workflow, known_version, new_id, now_ms, parse_targets, targets_json, without_nul,
 };
-use super::store::{Change, Enrolment, GroupEntry};
+use super::store::{Change, EnrolledKey, Enrolment, GroupEntry, Unenrolment};
 use super::store_rollouts::{
     Answer, Claim, Created, DesiredState, NewRollout, Rollout, RolloutDetail, RolloutState,
     RolloutWrite, StateChange, StatusChange, StatusReport, TargetChange,
@@ -73,7 +73,7 @@ impl std::fmt::Debug for PgTarget {
 
 /// `e` and its causes (tokio-postgres' own message is only the kind, "db error"; the
 /// server's words are in its source).
-fn chain(e: &dyn std::error::Error) -> String {
+pub(super) fn chain(e: &dyn std::error::Error) -> String {
     let mut out = e.to_string();
     let mut cause = e.source();
     while let Some(c) = cause {
@@ -171,6 +171,40 @@ impl PgTarget {
         self.tls.is_some()
     }
 
+    /// A connection of its own, outside the pool (the fleet event relay's `LISTEN`), as
+    /// the pool's are made (TLS, password, timeouts) but named `application_name` in
+    /// `pg_stat_activity`. What the server sends it unasked (notifications) comes out of
+    /// the receiver; the receiver ends, after the error if there was one, when the
+    /// connection does. Dropping the client closes it.
+    pub(crate) async fn connect_alone(
+        &self,
+        application_name: &str,
+    ) -> Result<(tokio_postgres::Client, AsyncMessages), StoreError> {
+        let mut config = self.config.clone();
+        config.application_name(application_name);
+        let failed = |e: tokio_postgres::Error| StoreError::Postgres {
+            at: self.describe.clone(),
+            message: chain(&e),
+        };
+        let (tx, rx) = tokio::sync::mpsc::channel(1024);
+        let client = match &self.tls {
+            Some(tls) => {
+                let (client, connection) = config.connect(tls.clone()).await.map_err(failed)?;
+                tokio::spawn(forward_messages(connection, tx));
+                client
+            }
+            None => {
+                let (client, connection) = config
+                    .connect(tokio_postgres::NoTls)
+                    .await
+                    .map_err(failed)?;
+                tokio::spawn(forward_messages(connection, tx));
+                client
+            }
+        };
+        Ok((client, rx))
+    }
+
     /// Whether every host is this machine (loopback or a Unix socket): an unencrypted
     /// connection then crosses no network.
     pub(crate) fn is_local(&self) -> bool {
@@ -183,6 +217,33 @@ impl PgTarget {
             }
             Host::Unix(_) => true,
         })
+    }
+}
+
+/// What a connection of [`PgTarget::connect_alone`] receives unasked, in order; its error,
+/// last, when it broke.
+pub(crate) type AsyncMessages =
+    tokio::sync::mpsc::Receiver<Result<tokio_postgres::AsyncMessage, tokio_postgres::Error>>;
+
+/// Drives `connection` (which also carries its client's queries) and hands on what it
+/// receives unasked, until it ends or nobody receives. A full receiver makes it wait: the
+/// server holds further notifications meanwhile.
+async fn forward_messages<S, T>(
+    mut connection: tokio_postgres::Connection<S, T>,
+    tx: tokio::sync::mpsc::Sender<Result<tokio_postgres::AsyncMessage, tokio_postgres::Error>>,
+) where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+    T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    let mut messages = std::pin::pin!(futures_util::stream::poll_fn(move |cx| {
+        connection.poll_message(cx)
+    }));
+    use futures_util::StreamExt as _;
+    while let Some(m) = messages.next().await {
+        let end = m.is_err();
+        if tx.send(m).await.is_err() || end {
+            return;
+        }
     }
 }
 
@@ -234,7 +295,7 @@ fn tls_connector(ca_file: &Path) -> anyhow::Result<tokio_postgres_rustls::MakeRu
 
 /// What a PostgreSQL call fails with before it becomes a [`StoreError`]: a pool or a
 /// database error (both become text with their causes).
-type Failure = Box<dyn std::error::Error + Send + Sync>;
+pub(super) type Failure = Box<dyn std::error::Error + Send + Sync>;
 
 /// The PostgreSQL store: a pool of connections to one database.
 #[derive(Clone)]
@@ -273,7 +334,7 @@ impl PgStore {
     }
 
     /// Runs `f`; its failure becomes [`StoreError::Postgres`] naming this database.
-    fn run<'a, T: Send + 'a>(
+    pub(super) fn run<'a, T: Send + 'a>(
         &'a self,
         f: impl Future<Output = Result<T, Failure>> + Send + 'a,
     ) -> StoreFuture<'a, T> {
@@ -286,7 +347,7 @@ impl PgStore {
     }
 
     /// A pooled connection.
-    async fn client(&self) -> Result<deadpool_postgres::Object, Failure> {
+    pub(super) async fn client(&self) -> Result<deadpool_postgres::Object, Failure> {
         Ok(self.pool.get().await?)
     }
 
@@ -352,7 +413,10 @@ async fn held_devices(
 ) -> Result<HashMap<String, HeldDevice>, Failure> {
     let mut held = HashMap::new();
     for r in c
-        .query("SELECT id, signing_key, kem_key FROM devices", &[])
+        .query(
+            "SELECT id, signing_key, kem_key, unenrolled_at IS NOT NULL FROM devices",
+            &[],
+        )
         .await?
     {
         held.insert(
@@ -361,6 +425,7 @@ async fn held_devices(
                 signing_key: r.try_get(1)?,
                 kem_key: r.try_get(2)?,
                 groups: vec![],
+                unenrolled: r.try_get(3)?,
             },
         );
     }
@@ -423,13 +488,14 @@ fn devices_query() -> String {
                  ORDER BY m.group_name COLLATE \"C\"), \
            r.*, \
            s.online, s.running_id, s.running_digest, s.last_seen, s.status_at, \
-           w.digest, w.rollout_id, w.set_at, w.sent_at \
+           s.agent_version, s.trust_version, \
+           w.digest, w.rollout_id, w.set_at, w.sent_at, d.unenrolled_at \
          FROM devices d LEFT JOIN LATERAL ( \
            SELECT {SUMMARY_COLUMNS} FROM receipts WHERE device_id = d.id \
            ORDER BY received_at DESC, id COLLATE \"C\" DESC LIMIT 1) r ON true \
          LEFT JOIN device_status s ON s.device_id = d.id \
          LEFT JOIN desired_state w ON w.device_id = d.id \
-         WHERE ($1::text IS NULL OR d.id = $1) \
+         WHERE (($1::text IS NULL AND d.unenrolled_at IS NULL) OR d.id = $1) \
          ORDER BY d.id COLLATE \"C\""
     )
 }
@@ -448,7 +514,8 @@ async fn load_devices(
             groups: r.try_get(3)?,
             last_receipt: summary(&r, 4)?,
             status: pg4::device_status(&r, 12)?,
-            desired: pg4::desired_state(&r, 17)?,
+            desired: pg4::desired_state(&r, 19)?,
+            unenrolled_at: r.try_get(23)?,
         });
     }
     Ok(out)
@@ -481,7 +548,7 @@ impl Store for PgStore {
                     "INSERT INTO devices (id, signing_key, key_id, kem_key, enrolled_at) \
                      VALUES ($1, $2, $3, $4, $5) ON CONFLICT (id) DO UPDATE SET \
                      signing_key = excluded.signing_key, key_id = excluded.key_id, \
-                     kem_key = excluded.kem_key",
+                     kem_key = excluded.kem_key, unenrolled_at = NULL",
                 )
                 .await?;
             let forget = tx
@@ -500,7 +567,7 @@ impl Store for PgStore {
             for d in &devices {
                 let change = d.change(held.get(&d.id));
                 counts.count(change);
-                if change == Change::Keep {
+                if matches!(change, Change::Keep | Change::KeepOut) {
                     continue;
                 }
                 tx.execute(
@@ -609,19 +676,48 @@ impl Store for PgStore {
         })
     }
 
-    fn signing_key(&self, id: String) -> StoreFuture<'_, Option<String>> {
+    fn signing_key(&self, id: String) -> StoreFuture<'_, Option<EnrolledKey>> {
         self.run(async move {
             if id.contains('\0') {
                 return Ok(None);
             }
             let c = self.client().await?;
             let st = c
-                .prepare_cached("SELECT signing_key FROM devices WHERE id = $1")
+                .prepare_cached("SELECT signing_key, unenrolled_at FROM devices WHERE id = $1")
                 .await?;
             Ok(match c.query_opt(&st, &[&id]).await? {
-                Some(r) => Some(r.try_get(0)?),
+                Some(r) => Some(EnrolledKey {
+                    signing_key: r.try_get(0)?,
+                    unenrolled_at: r.try_get(1)?,
+                }),
                 None => None,
             })
+        })
+    }
+
+    fn unenroll_device(&self, id: String) -> StoreFuture<'_, Unenrolment> {
+        self.run(async move {
+            if id.contains('\0') {
+                return Ok(Unenrolment::Unknown);
+            }
+            pg4::unenroll_device(&mut self.client().await?, &id, now_ms()).await
+        })
+    }
+
+    fn unenrolled_devices(&self) -> StoreFuture<'_, Vec<String>> {
+        self.run(async move {
+            let c = self.client().await?;
+            let st = c
+                .prepare_cached(
+                    "SELECT id FROM devices WHERE unenrolled_at IS NOT NULL \
+                     ORDER BY id COLLATE \"C\"",
+                )
+                .await?;
+            Ok(c.query(&st, &[])
+                .await?
+                .iter()
+                .map(|r| r.try_get(0))
+                .collect::<Result<_, _>>()?)
         })
     }
 

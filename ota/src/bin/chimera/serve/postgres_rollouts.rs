@@ -9,17 +9,19 @@
 //! Lock order, so that two transactions never wait on each other in a circle: the rollout
 //! row, then `desired_state` rows, then `rollout_targets` rows, each set by device id
 //! (`sorted`). `reconcile_claim` (desired state, then the target) and the engine's writes
-//! (rollout, desired state, targets) follow it.
+//! (rollout, desired state, targets) follow it; so does an un-enrolment, which takes the
+//! creation lock and the device row (`FOR NO KEY UPDATE`, as a status does) first.
 //!
 //! Column types: the flags are INTEGER (`i32`), counts, steps and times BIGINT (`i64`).
 
 use deadpool_postgres::GenericClient;
 use tokio_postgres::Row;
 
+use super::store::{Unenrolled, Unenrolment};
 use super::store_rollouts::{
-    Answer, Budget, Claim, Created, DesiredState, DeviceStatus, NewRollout, Rollout, RolloutDetail,
-    RolloutState, RolloutWrite, StateChange, StatusChange, StatusReport, StepProgress, Target,
-    TargetChange, TargetState,
+    Answer, Budget, Claim, Created, DesiredState, DeviceStatus, NewRollout, PriorStatus, Rollout,
+    RolloutDetail, RolloutState, RolloutWrite, StateChange, StatusChange, StatusReport,
+    StepProgress, TARGET_STATE_AT_CREATION, Target, TargetChange, TargetState, UNENROLLING,
 };
 
 /// What a PostgreSQL call fails with (see `postgres.rs`).
@@ -63,7 +65,7 @@ pub(crate) async fn record_status(
     let tx = c.transaction().await?;
     if tx
         .query_opt(
-            "SELECT 1 FROM devices WHERE id = $1 FOR NO KEY UPDATE",
+            "SELECT 1 FROM devices WHERE id = $1 AND unenrolled_at IS NULL FOR NO KEY UPDATE",
             &[&s.device],
         )
         .await?
@@ -73,28 +75,30 @@ pub(crate) async fn record_status(
     }
     let old = match tx
         .query_opt(
-            "SELECT online, running_digest, status_at FROM device_status WHERE device_id = $1",
+            "SELECT online, running_digest, trust_version, status_at FROM device_status \
+             WHERE device_id = $1",
             &[&s.device],
         )
         .await?
     {
-        Some(r) => Some((
-            r.try_get::<_, i32>(0)? != 0,
-            r.try_get::<_, Option<String>>(1)?,
-            r.try_get::<_, i64>(2)?,
-        )),
+        Some(r) => Some(PriorStatus {
+            online: r.try_get::<_, i32>(0)? != 0,
+            running_digest: r.try_get(1)?,
+            trust_version: r.try_get(2)?,
+            status_at: r.try_get(3)?,
+        }),
         None => None,
     };
-    if let (Some(t), Some((_, _, at))) = (s.snapshot_of, &old)
-        && *at >= t
-    {
+    let Some(change) = s.change_from(old.as_ref()) else {
         return Ok(Some(StatusChange::default()));
-    }
+    };
     tx.execute(
         "INSERT INTO device_status (device_id, online, running_id, running_digest, last_seen, \
-         status_at) VALUES ($1, $2, $3, $4, $5, $5) ON CONFLICT (device_id) DO UPDATE SET \
+         status_at, agent_version, trust_version) VALUES ($1, $2, $3, $4, $5, $5, $6, $7) \
+         ON CONFLICT (device_id) DO UPDATE SET \
          online = excluded.online, running_id = excluded.running_id, \
          running_digest = excluded.running_digest, status_at = excluded.status_at, \
+         agent_version = excluded.agent_version, trust_version = excluded.trust_version, \
          last_seen = GREATEST(device_status.last_seen, excluded.last_seen)",
         &[
             &s.device,
@@ -102,17 +106,13 @@ pub(crate) async fn record_status(
             &s.running_id,
             &s.running_digest,
             &s.received_at,
+            &s.agent_version,
+            &s.trust_version_column(),
         ],
     )
     .await?;
     tx.commit().await?;
-    Ok(Some(StatusChange {
-        stored: true,
-        changed: old
-            .as_ref()
-            .is_none_or(|(on, dg, _)| *on != s.online || *dg != s.running_digest),
-        came_online: s.online && !old.as_ref().is_some_and(|(on, _, _)| *on),
-    }))
+    Ok(Some(change))
 }
 
 /// `set_desired` (an upsert per device).
@@ -275,7 +275,7 @@ pub(crate) async fn create_rollout(
     let busy = tx
         .prepare(
             "SELECT r.id FROM rollout_targets t JOIN rollouts r ON r.id = t.rollout_id \
-             WHERE t.device_id = $1 AND r.state = ANY($2) LIMIT 1",
+             WHERE t.device_id = $1 AND r.state = ANY($2) AND t.state <> 'unenrolled' LIMIT 1",
         )
         .await?;
     let holding = words(&RolloutState::HOLDING);
@@ -311,10 +311,10 @@ pub(crate) async fn create_rollout(
     )
     .await?;
     let ins = tx
-        .prepare(
+        .prepare(&format!(
             "INSERT INTO rollout_targets (rollout_id, device_id, step, state, sends) \
-             VALUES ($1, $2, $3, 'pending', 0)",
-        )
+             SELECT $1, $2, $3, {TARGET_STATE_AT_CREATION}, 0 FROM devices WHERE id = $2"
+        ))
         .await?;
     for (device, step) in &r.targets {
         tx.execute(&ins, &[&r.id, device, &i64::from(*step)])
@@ -322,6 +322,85 @@ pub(crate) async fn create_rollout(
     }
     tx.commit().await?;
     Ok(Created::Done)
+}
+
+/// `unenroll_device` (see `store_rollouts::unenroll_device`), in the lock order of this
+/// module, after the creation lock.
+pub(crate) async fn unenroll_device(
+    c: &mut deadpool_postgres::Object,
+    device: &str,
+    now: i64,
+) -> Result<Unenrolment, Failure> {
+    let tx = c.transaction().await?;
+    tx.execute("SELECT pg_advisory_xact_lock($1)", &[&CREATE_ROLLOUT_LOCK])
+        .await?;
+    let Some(row) = tx
+        .query_opt(
+            "SELECT unenrolled_at FROM devices WHERE id = $1 FOR NO KEY UPDATE",
+            &[&device],
+        )
+        .await?
+    else {
+        return Ok(Unenrolment::Unknown);
+    };
+    if let Some(at) = row.try_get::<_, Option<i64>>(0)? {
+        return Ok(Unenrolment::Already(at));
+    }
+    let holding = words(&RolloutState::HOLDING);
+    let rollouts: Vec<String> = tx
+        .query(
+            &format!(
+                "SELECT r.id FROM rollouts r WHERE r.state = ANY($2) AND EXISTS ( \
+                   SELECT 1 FROM rollout_targets t WHERE t.rollout_id = r.id \
+                   AND t.device_id = $1 AND t.state IN ({UNENROLLING})) \
+                 ORDER BY r.id COLLATE \"C\" FOR UPDATE"
+            ),
+            &[&device, &holding],
+        )
+        .await?
+        .iter()
+        .map(|r| r.try_get(0))
+        .collect::<Result<_, _>>()?;
+    tx.execute("DELETE FROM desired_state WHERE device_id = $1", &[&device])
+        .await?;
+    tx.execute(
+        &format!(
+            "UPDATE rollout_targets SET state = 'unenrolled', \
+             reason = COALESCE(reason, 'the device was un-enrolled') \
+             WHERE rollout_id = ANY($2) AND device_id = $1 AND state IN ({UNENROLLING})"
+        ),
+        &[&device, &rollouts],
+    )
+    .await?;
+    tx.execute(
+        "UPDATE rollouts SET fence = fence + 1, claimed_by = NULL, lease_until = 0, \
+         updated_at = $2 WHERE id = ANY($1)",
+        &[&rollouts, &now],
+    )
+    .await?;
+    let groups: Vec<String> = tx
+        .query(
+            "DELETE FROM group_members WHERE device_id = $1 RETURNING group_name",
+            &[&device],
+        )
+        .await?
+        .iter()
+        .map(|r| r.try_get(0))
+        .collect::<Result<_, _>>()?;
+    let mut groups = groups;
+    groups.sort();
+    tx.execute(
+        "UPDATE devices SET unenrolled_at = $2 WHERE id = $1",
+        &[&device, &now],
+    )
+    .await?;
+    tx.commit().await?;
+    Ok(Unenrolment::Done(Unenrolled {
+        device: device.to_string(),
+        unenrolled_at: now,
+        groups,
+        rollouts,
+    }))
 }
 
 const ROLLOUT_COLUMNS: &str = "id, workflow_digest, workflow_id, rollback_digest, audience, \
@@ -390,6 +469,7 @@ async fn progress(c: &impl GenericClient, r: &mut Rollout) -> Result<(), Failure
             TargetState::Negative => &mut p.negative,
             TargetState::Missing => &mut p.missing,
             TargetState::Offline => &mut p.offline,
+            TargetState::Unenrolled => &mut p.unenrolled,
         } += n;
     }
     r.progress = steps;
@@ -592,6 +672,18 @@ pub(crate) async fn apply_rollout_writes(
                     tx.execute(&st, &[&id, d]).await?;
                 }
             }
+            RolloutWrite::Ask {
+                device,
+                sent_before,
+            } => {
+                tx.execute(
+                    "UPDATE rollout_targets SET sent_at = $3, sends = sends + 1 \
+                     WHERE rollout_id = $1 AND device_id = $2 AND state = 'published' \
+                     AND sent_at < $4",
+                    &[&id, device, &now, sent_before],
+                )
+                .await?;
+            }
             RolloutWrite::Overdue {
                 device,
                 state,
@@ -661,7 +753,8 @@ pub(crate) async fn apply_rollout_writes(
 }
 
 /// A device's status from the status columns starting at `at` (online, running_id,
-/// running_digest, last_seen, status_at), None when they are NULL (no status yet).
+/// running_digest, last_seen, status_at, agent_version, trust_version), None when they are
+/// NULL (no status yet).
 pub(crate) fn device_status(r: &Row, at: usize) -> Result<Option<DeviceStatus>, Failure> {
     let Some(online) = r.try_get::<_, Option<i32>>(at)? else {
         return Ok(None);
@@ -672,6 +765,10 @@ pub(crate) fn device_status(r: &Row, at: usize) -> Result<Option<DeviceStatus>, 
         running_digest: r.try_get(at + 2)?,
         last_seen: r.try_get(at + 3)?,
         status_at: r.try_get(at + 4)?,
+        agent_version: r.try_get(at + 5)?,
+        trust_version: r
+            .try_get::<_, Option<i64>>(at + 6)?
+            .and_then(|v| u64::try_from(v).ok()),
     }))
 }
 

@@ -7,6 +7,7 @@
 
 use std::path::{Path, PathBuf};
 
+use crate::broker::Broker;
 use crate::gateway::PublishPlan;
 
 use super::store::Store;
@@ -36,7 +37,7 @@ pub(crate) enum PublishError {
 /// The service's publisher (present when `broker` is configured).
 pub(crate) struct Publisher {
     /// The broker.
-    pub(crate) broker: String,
+    pub(crate) broker: Broker,
     /// The device registry audiences are resolved with.
     pub(crate) registry: PathBuf,
     /// The gateway's state directory.
@@ -46,7 +47,7 @@ pub(crate) struct Publisher {
 
 impl Publisher {
     /// A publisher to `broker`.
-    pub(crate) fn new(broker: String, registry: PathBuf, state: PathBuf) -> Publisher {
+    pub(crate) fn new(broker: Broker, registry: PathBuf, state: PathBuf) -> Publisher {
         Publisher {
             broker,
             registry,
@@ -74,9 +75,14 @@ impl Publisher {
             let file = document_file(&state, &digest, &text)?;
             let plan = plan(&file, &registry).map_err(|e| PublishError::Refused(e.to_string()))?;
             crate::gateway::send_publish(&plan, &broker, &state).map_err(|e| {
+                // A session's errors start with the broker's URL already.
+                let message = e.to_string();
+                let url = broker.to_string();
                 PublishError::Broker {
-                    broker: broker.clone(),
-                    message: e.to_string(),
+                    message: message
+                        .strip_prefix(&format!("{url}: "))
+                        .map_or(message.clone(), str::to_string),
+                    broker: url,
                 }
             })?;
             Ok(plan)

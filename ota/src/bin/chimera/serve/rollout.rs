@@ -18,11 +18,13 @@
 //!
 //! Step membership is `gateway::canary`'s stable SHA-256 ranking of the audience by the
 //! workflow's id, so steps are cumulative (1 % ⊂ 10 % ⊂ 100 %) and the CLI's `--canary`
-//! picks the same devices. A device is *missing* when its answer is overdue
-//! (`answer_timeout_s` after it was last sent the document) and it was seen online since;
-//! otherwise it is *offline*: not counted against the budget, and reconciled (sent the
-//! document again) when its status says online. Only receipts verified with the device's
-//! enrolled key count (`service::store_receipt`).
+//! picks the same devices. When a device's answer is overdue (`answer_timeout_s` after it
+//! was last sent the document) and it was seen online since, it is asked again once
+//! ([`ASKS`]); still silent after that it is *missing*. Otherwise it is *offline*: not
+//! counted against the budget, and reconciled (sent the document again) when its status
+//! says online. Only receipts verified with the device's
+//! enrolled key count (`service::store_receipt`). A device un-enrolled meanwhile is
+//! *unenrolled*: settled, counted neither way, sent nothing more (not even the rollback).
 //!
 //! The engine of every replica claims rollouts through the database (a lease and a fence:
 //! `store_rollouts`), never by electing a leader; whatever it decides is written under the
@@ -45,6 +47,9 @@ use super::store_rollouts::{
 pub(crate) enum Decision {
     /// Nothing until an answer arrives or a deadline passes.
     Wait,
+    /// These published targets' answers are overdue and their devices were seen online:
+    /// send them the document again, (device, the `sent_before` bound of the write).
+    Ask(Vec<(String, i64)>),
     /// These published targets' answers are overdue: (device, missing or offline, the
     /// `sent_before` bound of the write).
     Overdue(Vec<(String, TargetState, i64)>),
@@ -76,7 +81,11 @@ pub(crate) fn decide(d: &RolloutDetail, now: i64) -> Decision {
             let to_send: Vec<String> = d
                 .targets
                 .iter()
-                .filter(|t| t.published_at.is_some() && t.rollback_sent_at.is_none())
+                .filter(|t| {
+                    t.published_at.is_some()
+                        && t.rollback_sent_at.is_none()
+                        && t.state != TargetState::Unenrolled
+                })
                 .map(|t| t.device.clone())
                 .collect();
             return if to_send.is_empty() {
@@ -88,11 +97,25 @@ pub(crate) fn decide(d: &RolloutDetail, now: i64) -> Decision {
         _ => return Decision::Wait,
     }
     let due_before = now - r.answer_timeout_ms;
-    let overdue: Vec<(String, TargetState, i64)> = d
+    let overdue: Vec<(&Target, TargetState)> = d
         .targets
         .iter()
         .filter(|t| t.state == TargetState::Published && t.sent_at.is_some_and(|s| s <= due_before))
-        .map(|t| (t.device.clone(), overdue_state(t), due_before + 1))
+        .map(|t| (t, overdue_state(t)))
+        .collect();
+    let (ask, overdue): (Vec<_>, Vec<_>) = overdue
+        .into_iter()
+        .partition(|(t, s)| *s == TargetState::Missing && t.sends < ASKS);
+    if !ask.is_empty() {
+        return Decision::Ask(
+            ask.iter()
+                .map(|(t, _)| (t.device.clone(), due_before + 1))
+                .collect(),
+        );
+    }
+    let overdue: Vec<(String, TargetState, i64)> = overdue
+        .into_iter()
+        .map(|(t, s)| (t.device.clone(), s, due_before + 1))
         .collect();
     if !overdue.is_empty() {
         return Decision::Overdue(overdue);
@@ -138,7 +161,7 @@ pub(crate) fn decide(d: &RolloutDetail, now: i64) -> Decision {
         let published = d
             .targets
             .iter()
-            .filter(|t| t.published_at.is_some())
+            .filter(|t| t.published_at.is_some() && t.state != TargetState::Unenrolled)
             .count() as f64;
         let failed = (negative + missing) as f64;
         if published > 0.0 && failed * 100.0 > pct * published {
@@ -168,6 +191,12 @@ fn overdue_state(t: &Target) -> TargetState {
         TargetState::Offline
     }
 }
+
+/// How many times a device seen online is sent a rollout's document before its silence
+/// counts as missing: a second send asks again, and the device answers a document it
+/// answered already with the receipt it sent (`aegis_ota::state::AnswerAgain`), so an
+/// answer lost on the way (a replica killed with it in flight) is recovered.
+pub(crate) const ASKS: u32 = 2;
 
 /// A replica's rollout engine.
 pub(crate) struct Engine {
@@ -266,6 +295,34 @@ impl Engine {
             |from, to, reason: Option<String>| RolloutWrite::Transition { from, to, reason };
         match decision {
             Decision::Wait => Ok(true),
+            Decision::Ask(list) => {
+                let writes = list
+                    .iter()
+                    .map(|(device, sent_before)| RolloutWrite::Ask {
+                        device: device.clone(),
+                        sent_before: *sent_before,
+                    })
+                    .collect();
+                if !self.write(claim, writes).await? {
+                    return Ok(false);
+                }
+                let devices: Vec<String> = list.into_iter().map(|(d, _)| d).collect();
+                // Not published: the targets wait another answer timeout and then count
+                // as missing (they were sent twice).
+                if let Err(e) = self
+                    .publisher
+                    .to_devices(self.store.as_ref(), &r.workflow, devices.clone())
+                    .await
+                {
+                    anyhow::bail!("asking {} again: {e}", devices.join(", "));
+                }
+                self.events.send(
+                    "rollout",
+                    serde_json::json!({ "id": r.id, "state": r.state, "step": r.step,
+                                        "asked_again": devices }),
+                );
+                Ok(true)
+            }
             Decision::Overdue(list) => {
                 let writes = list
                     .iter()
@@ -514,30 +571,45 @@ mod tests {
     }
 
     #[test]
-    fn overdue_answers_are_missing_when_seen_online_else_offline() {
+    fn overdue_answers_are_asked_again_then_missing_when_seen_online_else_offline() {
         let mut silent = target("a", 0, Published);
         let mut away = target("b", 0, Published);
         away.online = Some(false);
-        let d = rollout(
-            &[100.0],
-            Budget::default(),
-            vec![silent.clone(), away.clone()],
-        );
-        // Due at sent_at + 1000.
-        assert_eq!(decide(&d, 10_999), Decision::Wait);
+        // The decision at `now` on these two targets.
+        let at = |now, targets: [&Target; 2]| {
+            let d = rollout(
+                &[100.0],
+                Budget::default(),
+                targets.into_iter().cloned().collect(),
+            );
+            decide(&d, now)
+        };
+        // Due at sent_at + 1000. Online and silent after one send: asked again first.
+        assert_eq!(at(10_999, [&silent, &away]), Decision::Wait);
         assert_eq!(
-            decide(&d, 11_000),
+            at(11_000, [&silent, &away]),
+            Decision::Ask(vec![("a".into(), 10_001)])
+        );
+        // Sent twice: missing; the offline one is offline whatever its sends.
+        silent.sends = ASKS;
+        assert_eq!(
+            at(11_000, [&silent, &away]),
             Decision::Overdue(vec![
                 ("a".into(), Missing, 10_001),
                 ("b".into(), Offline, 10_001)
             ])
         );
-        // Offline at the deadline but it said something after it was sent: missing.
+        // Offline at the deadline but it said something after it was sent: asked again,
+        // then missing.
         away.last_seen = Some(10_500);
         silent.state = Applied;
-        let d = rollout(&[100.0], Budget::default(), vec![silent, away]);
         assert_eq!(
-            decide(&d, 11_000),
+            at(11_000, [&silent, &away]),
+            Decision::Ask(vec![("b".into(), 10_001)])
+        );
+        away.sends = ASKS;
+        assert_eq!(
+            at(11_000, [&silent, &away]),
             Decision::Overdue(vec![("b".into(), Missing, 10_001)])
         );
     }
@@ -616,5 +688,39 @@ mod tests {
         d.targets[0].rollback_sent_at = Some(10_600);
         d.targets[1].rollback_sent_at = Some(10_600);
         assert_eq!(decide(&d, 10_700), Decision::RolledBack);
+    }
+
+    #[test]
+    fn an_unenrolled_device_is_settled_counted_neither_way_and_sent_nothing() {
+        // Published once, then un-enrolled: the step is settled without it.
+        let d = rollout(
+            &[100.0],
+            Budget::default(),
+            vec![target("a", 0, Applied), target("b", 0, Unenrolled)],
+        );
+        assert_eq!(decide(&d, 10_500), Decision::Complete);
+        // Not in the percentage: 1 negative of 2 is 50 %, over 40 % (of 3 it would not be).
+        let d = rollout(
+            &[100.0],
+            Budget {
+                max_negative: 5,
+                max_missing: 5,
+                max_failure_percent: Some(40.0),
+            },
+            vec![
+                target("a", 0, Negative),
+                target("b", 0, Applied),
+                target("c", 0, Unenrolled),
+            ],
+        );
+        assert!(matches!(decide(&d, 10_500), Decision::Halt(w) if w.contains("1 of 2")));
+        // Never pending again, and never sent the rollback document.
+        let mut d = rollout(
+            &[100.0],
+            Budget::default(),
+            vec![target("a", 0, Applied), target("b", 0, Unenrolled)],
+        );
+        d.rollout.state = RolloutState::RollingBack;
+        assert_eq!(decide(&d, 10_500), Decision::SendRollback(vec!["a".into()]));
     }
 }

@@ -14,6 +14,7 @@ use serde::{Deserialize, Serialize};
 use aegis_ota::maml;
 
 use super::api::{ApiError, AppState, Caller, LIMIT, LimitQuery, Param, Route, limit};
+use super::service;
 use super::store::{Role, new_id};
 use super::store_rollouts::{
     Budget, Created, NewRollout, Rollout, RolloutAudience, RolloutDetail, RolloutState, StateChange,
@@ -417,10 +418,18 @@ async fn create(
     };
     let actor = caller.actor();
     let registry_path = s.registry.clone();
+    // Un-enrolled devices are no audience, whatever the registry file still says.
+    let gone = s.store.unenrolled_devices().await?;
+    if let Some(d) = req.devices.iter().flatten().find(|d| gone.contains(*d)) {
+        return Err(ApiError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            format!("device {d:?} was un-enrolled"),
+        ));
+    }
     let plan = {
         let (req, actor) = (req.clone(), actor.clone());
         tokio::task::spawn_blocking(move || {
-            let reg = gateway::registry(&registry_path).map_err(unprocessable)?;
+            let reg = service::registry_without(&registry_path, &gone).map_err(unprocessable)?;
             plan(
                 &req,
                 &forward,
@@ -562,53 +571,37 @@ async fn change(
     Ok(Json(d))
 }
 
-async fn pause(
-    State(s): State<AppState>,
-    Extension(caller): Extension<Caller>,
-    Path(id): Path<String>,
-) -> Result<Json<RolloutDetail>, ApiError> {
-    change(
-        &s,
-        &caller,
-        id,
-        &[RolloutState::Running],
-        RolloutState::Paused,
-        "paused",
-    )
-    .await
+/// A route handler that moves a rollout from one of `$from` to `$to` ([`change`]).
+macro_rules! transition {
+    ($name:ident, $from:expr, $to:expr, $verb:literal) => {
+        async fn $name(
+            State(s): State<AppState>,
+            Extension(caller): Extension<Caller>,
+            Path(id): Path<String>,
+        ) -> Result<Json<RolloutDetail>, ApiError> {
+            change(&s, &caller, id, $from, $to, $verb).await
+        }
+    };
 }
 
-async fn resume(
-    State(s): State<AppState>,
-    Extension(caller): Extension<Caller>,
-    Path(id): Path<String>,
-) -> Result<Json<RolloutDetail>, ApiError> {
-    change(
-        &s,
-        &caller,
-        id,
-        &[RolloutState::Paused],
-        RolloutState::Running,
-        "resumed",
-    )
-    .await
-}
-
-async fn abort(
-    State(s): State<AppState>,
-    Extension(caller): Extension<Caller>,
-    Path(id): Path<String>,
-) -> Result<Json<RolloutDetail>, ApiError> {
-    change(
-        &s,
-        &caller,
-        id,
-        &RolloutState::HOLDING,
-        RolloutState::Aborted,
-        "aborted",
-    )
-    .await
-}
+transition!(
+    pause,
+    &[RolloutState::Running],
+    RolloutState::Paused,
+    "paused"
+);
+transition!(
+    resume,
+    &[RolloutState::Paused],
+    RolloutState::Running,
+    "resumed"
+);
+transition!(
+    abort,
+    &RolloutState::HOLDING,
+    RolloutState::Aborted,
+    "aborted"
+);
 
 #[cfg(test)]
 mod tests {

@@ -14,7 +14,9 @@ use aegis_ota::sign::{self, PublicKey, Purpose};
 use aegis_ota::trust::TrustMetadata;
 use sha2::Digest;
 
-use super::store::{Enrolment, GroupEntry, NewReceipt, Store, StoreError, Workflow, now_ms};
+use super::store::{
+    Enrolment, GroupEntry, NewReceipt, Store, StoreError, Unenrolment, Workflow, now_ms,
+};
 use super::store_rollouts::{Answer, TargetChange};
 
 /// Largest receipt accepted (a receipt is a few hundred bytes plus its mirror).
@@ -108,7 +110,8 @@ pub(crate) struct Ingested {
 /// Records a receipt received for `device` through `chimera serve receipt add --device`:
 /// as [`store_receipt`] does for the MQTT ingest, except that a receipt for a device that is
 /// not enrolled is audited (a person typed it; the ingest counts such messages instead, so a
-/// stranger on the broker cannot fill the audit log), and a model receipt is an error.
+/// stranger on the broker cannot fill the audit log), and a model or firmware receipt is an
+/// error.
 pub(crate) async fn ingest_receipt(
     store: &dyn Store,
     device: &str,
@@ -119,13 +122,16 @@ pub(crate) async fn ingest_receipt(
         "receipt for {device:?}: {} bytes, over the {MAX_RECEIPT_BYTES}-byte limit",
         text.len()
     );
-    // Model receipts have their own format and checks (`model_gateway`); ingesting them is
-    // for a later slice, so they are refused rather than recorded as failed workflow receipts.
-    anyhow::ensure!(
-        !crate::model_gateway::is_model_receipt(text),
-        "receipt for {device:?}: a model receipt; chimera serve does not ingest those yet"
-    );
-    let Some(key) = enrolled_key(store, device).await? else {
+    // Model and firmware receipts have their own format and checks (`json_receipts`);
+    // ingesting them is for a later slice, so they are refused rather than recorded as
+    // failed workflow receipts.
+    if let Some(kind) = crate::json_receipts::Kind::of(text) {
+        anyhow::bail!(
+            "receipt for {device:?}: a {}; chimera serve does not ingest those yet",
+            kind.name()
+        );
+    }
+    let Some(key) = device_key(store, device).await? else {
         store
             .audit(
                 "system".into(),
@@ -138,21 +144,75 @@ pub(crate) async fn ingest_receipt(
     Ok(store_receipt(store, &Mirrors::default(), device, &key, text).await?)
 }
 
-/// The signing key enrolled for `device` (None: not enrolled).
-pub(crate) async fn enrolled_key(
+/// A device's key as the service holds it.
+#[derive(Debug, Clone)]
+pub(crate) enum DeviceKey {
+    /// Enrolled: its key verifies what it sends.
+    Enrolled(PublicKey),
+    /// Un-enrolled at this time (unix ms): nothing it sends verifies any more.
+    Unenrolled(i64),
+}
+
+/// The key of `device` (None: never enrolled).
+pub(crate) async fn device_key(
     store: &dyn Store,
     device: &str,
-) -> anyhow::Result<Option<PublicKey>> {
+) -> anyhow::Result<Option<DeviceKey>> {
     use base64::Engine as _;
-    let Some(b64) = store.signing_key(device.to_string()).await? else {
+    let Some(held) = store.signing_key(device.to_string()).await? else {
         return Ok(None);
     };
+    if let Some(at) = held.unenrolled_at {
+        return Ok(Some(DeviceKey::Unenrolled(at)));
+    }
     let key = base64::engine::general_purpose::STANDARD
-        .decode(&b64)
+        .decode(&held.signing_key)
         .map_err(|e| e.to_string())
         .and_then(|b| PublicKey::from_bytes(&b))
         .map_err(|e| anyhow::anyhow!("device {device:?}: enrolled signing key: {e}"))?;
-    Ok(Some(key))
+    Ok(Some(DeviceKey::Enrolled(key)))
+}
+
+/// Un-enrols `device` for `actor` (the API's `DELETE /api/v1/devices/{id}` and `chimera
+/// serve device unenroll`), audited as `device.unenroll`: see [`Store::unenroll_device`].
+pub(crate) async fn unenroll(
+    store: &dyn Store,
+    device: &str,
+    actor: String,
+) -> Result<Unenrolment, StoreError> {
+    let done = store.unenroll_device(device.to_string()).await?;
+    if let Unenrolment::Done(u) = &done {
+        store
+            .audit(
+                actor,
+                "device.unenroll".into(),
+                format!(
+                    "{device}: left groups [{}]; its targets in unfinished rollouts [{}] are \
+                     unenrolled; its key verifies nothing it sends from now on; its receipts \
+                     stay",
+                    u.groups.join(", "),
+                    u.rollouts.join(", ")
+                ),
+            )
+            .await?;
+    }
+    Ok(done)
+}
+
+/// The registry file as the service resolves audiences with it (publishing, rollouts):
+/// the devices un-enrolled here taken out — the file, which the service never writes, may
+/// still list them (a group's members are then the others). Blocking: it reads the file.
+pub(crate) fn registry_without(
+    path: &Path,
+    unenrolled: &[String],
+) -> anyhow::Result<crate::gateway::Registry> {
+    let mut reg = crate::gateway::registry(path)?;
+    for d in unenrolled {
+        if reg.get(d).is_some_and(|e| e["group"] != true) {
+            reg.remove(d);
+        }
+    }
+    Ok(reg)
 }
 
 /// The mirrors of the documents the service holds, by digest, as a receipt that parsed the
@@ -207,16 +267,7 @@ pub(crate) fn judge_receipt(
     key: &PublicKey,
     text: &[u8],
 ) -> (NewReceipt, Option<Receipt>) {
-    let mut row = NewReceipt {
-        device: device.to_string(),
-        kind: "unverified".into(),
-        workflow_id: None,
-        digest: None,
-        verdict: None,
-        signed_text: String::from_utf8_lossy(text).into_owned(),
-        verified: false,
-        error: None,
-    };
+    let mut row = unverified(device, text);
     match Receipt::verify(text, key) {
         Err(e) => {
             row.error = Some(e.to_string());
@@ -245,7 +296,23 @@ pub(crate) fn judge_receipt(
     }
 }
 
-/// Stores a receipt judged by [`judge_receipt`] and, when it is a verified workflow
+/// A row for `text` received for `device`, not verified (yet): nothing taken from it but
+/// the text.
+fn unverified(device: &str, text: &[u8]) -> NewReceipt {
+    NewReceipt {
+        device: device.to_string(),
+        kind: "unverified".into(),
+        workflow_id: None,
+        digest: None,
+        verdict: None,
+        signed_text: String::from_utf8_lossy(text).into_owned(),
+        verified: false,
+        error: None,
+    }
+}
+
+/// Stores a receipt judged by [`judge_receipt`] (from an un-enrolled device: unverified
+/// without looking at it, saying so) and, when it is a verified workflow
 /// receipt, settles the rollout targets waiting for it: `applied` counts only when the
 /// mirror matches the document the service holds under that digest; any other verdict is
 /// negative. The verification is CPU work: it runs off the async workers.
@@ -253,14 +320,24 @@ pub(crate) async fn store_receipt(
     store: &dyn Store,
     mirrors: &Mirrors,
     device: &str,
-    key: &PublicKey,
+    key: &DeviceKey,
     text: &[u8],
 ) -> Result<Ingested, StoreError> {
-    let (row, receipt) = {
-        let (device, key, text) = (device.to_string(), key.clone(), text.to_vec());
-        tokio::task::spawn_blocking(move || judge_receipt(&device, &key, &text))
-            .await
-            .map_err(|e| StoreError::Task(e.to_string()))?
+    let (row, receipt) = match key {
+        DeviceKey::Unenrolled(at) => {
+            let mut row = unverified(device, text);
+            row.error = Some(format!(
+                "device {device:?} was un-enrolled at {}: nothing it sends is verified any more",
+                super::auth::rfc3339_ms(*at)
+            ));
+            (row, None)
+        }
+        DeviceKey::Enrolled(key) => {
+            let (device, key, text) = (device.to_string(), key.clone(), text.to_vec());
+            tokio::task::spawn_blocking(move || judge_receipt(&device, &key, &text))
+                .await
+                .map_err(|e| StoreError::Task(e.to_string()))?
+        }
     };
     let (verified, error) = (row.verified, row.error.clone());
     let id = store.add_receipt(row).await?;
@@ -548,6 +625,16 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("model receipt"), "{e}");
+        // Nor a firmware receipt, which a workflow receipt's parse would store as failed.
+        let firmware = format!(
+            "{{\"type\":\"{}\",\"device\":\"cam-a\"}}\n",
+            aegis_ota::firmware::RECEIPT_TYPE
+        );
+        let e = ingest_receipt(&s, "cam-a", firmware.as_bytes())
+            .await
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("a firmware receipt; chimera serve"), "{e}");
 
         // Not enrolled: refused, not stored, audited.
         let e = ingest_receipt(&s, "ghost", good.as_bytes())
@@ -573,6 +660,32 @@ mod tests {
             assert_eq!(r.summary.digest, None);
             assert_eq!(r.summary.verdict, None);
         }
+
+        // Un-enrolled: what its key signs from then on is stored, unverified, saying why;
+        // what it sent before stays as it was.
+        assert!(matches!(
+            unenroll(&s, "cam-a", "cli".into()).await.unwrap(),
+            Unenrolment::Done(_)
+        ));
+        let mut later = receipt("cam-a");
+        later.at = "2026-12-05T10:00:00Z".into();
+        let later = later.render_signed(&a).unwrap();
+        let r = ingest_receipt(&s, "cam-a", later.as_bytes()).await.unwrap();
+        assert!(!r.verified);
+        assert!(
+            r.error.as_deref().unwrap().contains("was un-enrolled at"),
+            "{r:?}"
+        );
+        let now = s.receipts(Some("cam-a".into()), 10).await.unwrap();
+        assert_eq!(now.len(), 4);
+        assert_eq!(now.iter().filter(|r| r.summary.verified).count(), 1);
+        assert!(
+            s.audit_log(10)
+                .await
+                .unwrap()
+                .iter()
+                .any(|a| a.action == "device.unenroll" && a.detail.starts_with("cam-a:"))
+        );
     }
 
     fn trust_for(issuer: &SecretKey, devices: &[&str], expires_in_s: i64) -> TrustMetadata {
@@ -590,6 +703,7 @@ mod tests {
                 devices: devices.iter().map(|d| d.to_string()).collect(),
                 groups: vec![],
                 models: false,
+                firmware: Default::default(),
             }],
             revoked: vec![],
         }

@@ -225,24 +225,14 @@ fn check_module(path: &Path) -> Result<(), TokenError> {
 
 /// The PIN from its file (one trailing newline dropped), in a secret string.
 fn read_pin(path: &Path) -> Result<AuthPin, TokenError> {
-    let bad = |reason: String| TokenError::Pin {
-        path: path.to_path_buf(),
-        reason,
-    };
-    let bytes = aegis_ota::read_private(path).map_err(|(_, r)| bad(r))?;
-    let mut pin: &[u8] = &bytes;
-    for end in [&b"\n"[..], b"\r"] {
-        pin = pin.strip_suffix(end).unwrap_or(pin);
-    }
-    let text = std::str::from_utf8(pin).map_err(|_| bad("not UTF-8 text".into()))?;
-    if text.is_empty() || text.contains('\n') {
-        return Err(bad("must hold the PIN on one line".into()));
-    }
-    // Exactly sized, so turning it into the secret's boxed str does not reallocate and
-    // leave a copy behind.
-    let mut s = String::with_capacity(text.len());
-    s.push_str(text);
-    Ok(AuthPin::from(s))
+    let mut pin =
+        crate::keys::read_secret_line(path, "the PIN").map_err(|reason| TokenError::Pin {
+            path: path.to_path_buf(),
+            reason,
+        })?;
+    // Moved out exactly sized, so turning it into the secret's boxed str does not
+    // reallocate and leave a copy behind.
+    Ok(AuthPin::from(std::mem::take(&mut *pin)))
 }
 
 impl Token {

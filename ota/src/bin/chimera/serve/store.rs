@@ -67,6 +67,9 @@ const M0002_WORKFLOWS: &str = include_str!("migrations/0002_workflows.sql");
 const M0003_TOKEN_LIFECYCLE: &str = include_str!("migrations/0003_token_lifecycle.sql");
 const M0004_ROLLOUTS: &str = include_str!("migrations/0004_rollouts.sql");
 const M0005_SIGNING: &str = include_str!("migrations/0005_signing.sql");
+const M0006_STATUS_VERSIONS: &str = include_str!("migrations/0006_status_versions.sql");
+const M0007_FLEET_EVENTS: &str = include_str!("migrations/0007_fleet_events.sql");
+const M0008_UNENROLMENT: &str = include_str!("migrations/0008_unenrolment.sql");
 
 /// The migrations, in order. Applied and recorded in `schema_migrations`; never edit one
 /// that has shipped, add the next (see the module docs).
@@ -100,6 +103,24 @@ pub(crate) const MIGRATIONS: &[Migration] = &[
         name: "signing",
         sqlite: M0005_SIGNING,
         postgres: M0005_SIGNING,
+    },
+    Migration {
+        version: 6,
+        name: "status_versions",
+        sqlite: M0006_STATUS_VERSIONS,
+        postgres: M0006_STATUS_VERSIONS,
+    },
+    Migration {
+        version: 7,
+        name: "fleet_events",
+        sqlite: M0007_FLEET_EVENTS,
+        postgres: M0007_FLEET_EVENTS,
+    },
+    Migration {
+        version: 8,
+        name: "unenrolment",
+        sqlite: M0008_UNENROLMENT,
+        postgres: M0008_UNENROLMENT,
     },
 ];
 
@@ -266,6 +287,9 @@ pub(crate) struct Device {
     pub(crate) status: Option<DeviceStatus>,
     /// What it should run (null: nothing was published to it by the service).
     pub(crate) desired: Option<DesiredState>,
+    /// When it was un-enrolled (unix ms; null while enrolled). The list shows enrolled
+    /// devices only; `GET /api/v1/devices/{id}` shows an un-enrolled one too.
+    pub(crate) unenrolled_at: Option<i64>,
 }
 
 /// A stored receipt, with the text the device sent.
@@ -350,6 +374,9 @@ pub(crate) struct ImportCounts {
     pub(crate) updated: usize,
     /// Devices already as the registry says.
     pub(crate) unchanged: usize,
+    /// Devices the registry lists with the key they had when they were un-enrolled: left
+    /// un-enrolled (a new key enrols a device again).
+    pub(crate) kept_out: usize,
 }
 
 /// What the store holds for a device, as far as the registry import compares it.
@@ -361,6 +388,8 @@ pub(crate) struct HeldDevice {
     pub(crate) kem_key: Option<String>,
     /// Its groups, sorted.
     pub(crate) groups: Vec<String>,
+    /// It was un-enrolled.
+    pub(crate) unenrolled: bool,
 }
 
 /// What the registry import does with one enrolment.
@@ -372,6 +401,8 @@ pub(crate) enum Change {
     Update,
     /// Already as the registry says: leave it alone.
     Keep,
+    /// Un-enrolled, and the registry still names the key it had: leave it un-enrolled.
+    KeepOut,
 }
 
 impl Enrolment {
@@ -383,10 +414,14 @@ impl Enrolment {
         g
     }
 
-    /// What the import does with it, given what the store holds.
+    /// What the import does with it, given what the store holds. An un-enrolled device
+    /// comes back only with another signing key (its old one verifies nothing any more);
+    /// an update clears its un-enrolment.
     pub(crate) fn change(&self, held: Option<&HeldDevice>) -> Change {
         match held {
             None => Change::Add,
+            Some(h) if h.unenrolled && h.signing_key == self.signing_key => Change::KeepOut,
+            Some(h) if h.unenrolled => Change::Update,
             Some(h)
                 if h.signing_key == self.signing_key
                     && h.kem_key == self.kem_key
@@ -406,6 +441,7 @@ impl ImportCounts {
             Change::Add => self.added += 1,
             Change::Update => self.updated += 1,
             Change::Keep => self.unchanged += 1,
+            Change::KeepOut => self.kept_out += 1,
         }
     }
 }
@@ -438,6 +474,40 @@ pub(crate) fn without_nul(s: String) -> String {
     }
 }
 
+/// A device's signing key as enrolled, and whether it was un-enrolled since.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct EnrolledKey {
+    /// Base64 ML-DSA-65 public key.
+    pub(crate) signing_key: String,
+    /// When it was un-enrolled (unix ms): its key verifies nothing from then on.
+    pub(crate) unenrolled_at: Option<i64>,
+}
+
+/// What [`Store::unenroll_device`] did.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) enum Unenrolment {
+    /// Done now.
+    Done(Unenrolled),
+    /// It was un-enrolled already, at this time (unix ms).
+    Already(i64),
+    /// No such device.
+    Unknown,
+}
+
+/// A device un-enrolled, and what it left.
+#[derive(Debug, Clone, PartialEq, Serialize, schemars::JsonSchema)]
+pub(crate) struct Unenrolled {
+    /// The device.
+    pub(crate) device: String,
+    /// When (unix ms).
+    pub(crate) unenrolled_at: i64,
+    /// The groups it left.
+    pub(crate) groups: Vec<String>,
+    /// The unfinished rollouts (running, paused, rolling back) whose targets for it are now
+    /// `unenrolled`.
+    pub(crate) rollouts: Vec<String>,
+}
+
 /// The service's operations on its state. Free text from outside (a receipt's text and
 /// error, audit details) is stored through [`without_nul`]; a lookup by a key that holds
 /// U+0000 finds nothing.
@@ -466,12 +536,18 @@ pub(crate) trait Store: Send + Sync {
     /// Revokes the token named `name` (a second revocation keeps the first time); false
     /// when no token has that name.
     fn revoke_token(&self, name: String) -> StoreFuture<'_, bool>;
-    /// Every device, with groups and last receipt.
+    /// Every enrolled device, with groups and last receipt (un-enrolled ones left out).
     fn devices(&self) -> StoreFuture<'_, Vec<Device>>;
-    /// One device.
+    /// One device, un-enrolled or not.
     fn device(&self, id: String) -> StoreFuture<'_, Option<Device>>;
-    /// A device's enrolled signing key (base64).
-    fn signing_key(&self, id: String) -> StoreFuture<'_, Option<String>>;
+    /// A device's signing key as enrolled, and whether it was un-enrolled.
+    fn signing_key(&self, id: String) -> StoreFuture<'_, Option<EnrolledKey>>;
+    /// Un-enrols a device (SQL semantics on `store_rollouts::unenroll_device`): it leaves
+    /// its groups and desired state, its targets in unfinished rollouts become
+    /// `unenrolled` (their claims void), its receipts and status stay.
+    fn unenroll_device(&self, id: String) -> StoreFuture<'_, Unenrolment>;
+    /// The ids of the un-enrolled devices.
+    fn unenrolled_devices(&self) -> StoreFuture<'_, Vec<String>>;
     /// Records a receipt; returns its id.
     fn add_receipt(&self, r: NewReceipt) -> StoreFuture<'_, String>;
     /// Newest receipts first, of one device or all.
@@ -702,18 +778,19 @@ fn token_info(r: &rusqlite::Row<'_>) -> rusqlite::Result<Option<TokenInfo>> {
 fn load_device(c: &Connection, id: &str) -> rusqlite::Result<Option<Device>> {
     let row = c
         .query_row(
-            "SELECT id, key_id, kem_key FROM devices WHERE id = ?1",
+            "SELECT id, key_id, kem_key, unenrolled_at FROM devices WHERE id = ?1",
             [id],
             |r| {
                 Ok((
                     r.get::<_, String>(0)?,
                     r.get::<_, String>(1)?,
                     r.get::<_, Option<String>>(2)?,
+                    r.get::<_, Option<i64>>(3)?,
                 ))
             },
         )
         .optional()?;
-    let Some((id, key_id, kem)) = row else {
+    let Some((id, key_id, kem, unenrolled_at)) = row else {
         return Ok(None);
     };
     let mut st =
@@ -740,15 +817,16 @@ fn load_device(c: &Connection, id: &str) -> rusqlite::Result<Option<Device>> {
         last_receipt,
         status,
         desired,
+        unenrolled_at,
     }))
 }
 
 fn held_device(c: &Connection, id: &str) -> rusqlite::Result<Option<HeldDevice>> {
-    let Some((signing_key, kem_key)) = c
+    let Some((signing_key, kem_key, unenrolled)) = c
         .query_row(
-            "SELECT signing_key, kem_key FROM devices WHERE id = ?1",
+            "SELECT signing_key, kem_key, unenrolled_at IS NOT NULL FROM devices WHERE id = ?1",
             [id],
-            |r| Ok((r.get(0)?, r.get(1)?)),
+            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
         )
         .optional()?
     else {
@@ -762,6 +840,7 @@ fn held_device(c: &Connection, id: &str) -> rusqlite::Result<Option<HeldDevice>>
         signing_key,
         kem_key,
         groups,
+        unenrolled,
     }))
 }
 
@@ -784,14 +863,14 @@ impl Store for SqliteStore {
             for d in &devices {
                 let change = d.change(held_device(&tx, &d.id)?.as_ref());
                 counts.count(change);
-                if change == Change::Keep {
+                if matches!(change, Change::Keep | Change::KeepOut) {
                     continue;
                 }
                 tx.execute(
                     "INSERT INTO devices (id, signing_key, key_id, kem_key, enrolled_at) \
                      VALUES (?1, ?2, ?3, ?4, ?5) ON CONFLICT (id) DO UPDATE SET \
                      signing_key = excluded.signing_key, key_id = excluded.key_id, \
-                     kem_key = excluded.kem_key",
+                     kem_key = excluded.kem_key, unenrolled_at = NULL",
                     params![d.id, d.signing_key, d.key_id, d.kem_key, now_ms()],
                 )?;
                 tx.execute("DELETE FROM group_members WHERE device_id = ?1", [&d.id])?;
@@ -862,7 +941,7 @@ impl Store for SqliteStore {
     fn devices(&self) -> StoreFuture<'_, Vec<Device>> {
         self.call(|c| {
             let ids = c
-                .prepare("SELECT id FROM devices ORDER BY id")?
+                .prepare("SELECT id FROM devices WHERE unenrolled_at IS NULL ORDER BY id")?
                 .query_map([], |r| r.get::<_, String>(0))?
                 .collect::<rusqlite::Result<Vec<_>>>()?;
             let mut out = Vec::with_capacity(ids.len());
@@ -877,12 +956,31 @@ impl Store for SqliteStore {
         self.call(move |c| load_device(c, &id))
     }
 
-    fn signing_key(&self, id: String) -> StoreFuture<'_, Option<String>> {
+    fn signing_key(&self, id: String) -> StoreFuture<'_, Option<EnrolledKey>> {
         self.call(move |c| {
-            c.query_row("SELECT signing_key FROM devices WHERE id = ?1", [id], |r| {
-                r.get(0)
-            })
+            c.query_row(
+                "SELECT signing_key, unenrolled_at FROM devices WHERE id = ?1",
+                [id],
+                |r| {
+                    Ok(EnrolledKey {
+                        signing_key: r.get(0)?,
+                        unenrolled_at: r.get(1)?,
+                    })
+                },
+            )
             .optional()
+        })
+    }
+
+    fn unenroll_device(&self, id: String) -> StoreFuture<'_, Unenrolment> {
+        self.call(move |c| sql3::unenroll_device(c, &id, now_ms()))
+    }
+
+    fn unenrolled_devices(&self) -> StoreFuture<'_, Vec<String>> {
+        self.call(|c| {
+            c.prepare("SELECT id FROM devices WHERE unenrolled_at IS NOT NULL ORDER BY id")?
+                .query_map([], |r| r.get(0))?
+                .collect()
         })
     }
 
@@ -1223,8 +1321,9 @@ pub(crate) mod tests {
 
     #[test]
     fn every_migration_has_both_dialects_and_versions_run_without_gaps() {
-        for (i, m) in MIGRATIONS.iter().enumerate() {
-            assert_eq!(m.version, i as i64 + 1, "{}", m.name);
+        let expected: Vec<i64> = (1..=known_version()).collect();
+        assert_eq!(all_versions(), expected, "versions 1, 2, …");
+        for m in MIGRATIONS {
             assert!(
                 !m.name.is_empty() && !m.sqlite.trim().is_empty(),
                 "{}",
@@ -1296,7 +1395,11 @@ pub(crate) mod tests {
             let fourth = s.import_registry(moved, vec![]).await.unwrap();
             assert_eq!((fourth.added, fourth.updated, fourth.unchanged), (0, 1, 1));
             assert_eq!(
-                s.signing_key("cam-1".into()).await.unwrap().as_deref(),
+                s.signing_key("cam-1".into())
+                    .await
+                    .unwrap()
+                    .map(|k| k.signing_key)
+                    .as_deref(),
                 Some("rotated")
             );
         }
@@ -1402,7 +1505,11 @@ pub(crate) mod tests {
             assert!(!listed[1].sealing_key && listed[2].sealing_key, "{engine}");
             assert!(listed.iter().all(|d| d.last_receipt.is_none()));
             assert_eq!(
-                s.signing_key("cam-é".into()).await.unwrap().as_deref(),
+                s.signing_key("cam-é".into())
+                    .await
+                    .unwrap()
+                    .map(|k| k.signing_key)
+                    .as_deref(),
                 Some("key-of-cam-é")
             );
 

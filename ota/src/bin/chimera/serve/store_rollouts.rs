@@ -102,6 +102,9 @@ pub(crate) enum TargetState {
     /// No answer within the timeout, and the device was not seen online since it was sent:
     /// not counted against the budget; reconciled when it comes back.
     Offline,
+    /// The device was un-enrolled while the rollout was unfinished: nothing more is sent
+    /// to it, and it counts neither way (an answer it gave before stays in `verdict`).
+    Unenrolled,
 }
 
 impl TargetState {
@@ -114,6 +117,7 @@ impl TargetState {
             TargetState::Negative => "negative",
             TargetState::Missing => "missing",
             TargetState::Offline => "offline",
+            TargetState::Unenrolled => "unenrolled",
         }
     }
 
@@ -126,6 +130,7 @@ impl TargetState {
             "negative" => TargetState::Negative,
             "missing" => TargetState::Missing,
             "offline" => TargetState::Offline,
+            "unenrolled" => TargetState::Unenrolled,
             _ => return None,
         })
     }
@@ -233,6 +238,8 @@ pub(crate) struct StepProgress {
     pub(crate) missing: u32,
     /// Offline past the timeout (waiting to be reconciled).
     pub(crate) offline: u32,
+    /// Un-enrolled while the rollout was unfinished (not counted).
+    pub(crate) unenrolled: u32,
     /// Sent the rollback document.
     pub(crate) rollback_sent: u32,
 }
@@ -358,6 +365,16 @@ pub(crate) enum RolloutWrite {
         /// Devices.
         devices: Vec<String>,
     },
+    /// A published target whose answer was due, from a device seen online, is sent the
+    /// document again (its answer may have been lost on the way to a replica that died):
+    /// `sent_at = now`, `sends + 1` — only if it is still published and was last sent
+    /// before `sent_before`.
+    Ask {
+        /// The device.
+        device: String,
+        /// Last sent before this (unix ms).
+        sent_before: i64,
+    },
     /// A published target whose answer was due: `missing` or `offline` — only if it is
     /// still published and was last sent before `sent_before` (an answer or a reconcile
     /// that came in between wins).
@@ -410,6 +427,10 @@ pub(crate) struct StatusReport {
     pub(crate) running_id: Option<String>,
     /// `workflow.active.digest`.
     pub(crate) running_digest: Option<String>,
+    /// `version`: the agent's version.
+    pub(crate) agent_version: Option<String>,
+    /// `workflow.trust_version`: the version of the trust metadata the device holds.
+    pub(crate) trust_version: Option<u64>,
     /// When it arrived (unix ms).
     pub(crate) received_at: i64,
     /// For a retained copy read at start (a snapshot): the moment the snapshot began. It is
@@ -418,12 +439,55 @@ pub(crate) struct StatusReport {
     pub(crate) snapshot_of: Option<i64>,
 }
 
+/// The part of a device's stored status that decides what a new report changes (both
+/// stores read it in the transaction that stores the report).
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct PriorStatus {
+    /// `online`.
+    pub(crate) online: bool,
+    /// `running_digest`.
+    pub(crate) running_digest: Option<String>,
+    /// `trust_version`, as stored.
+    pub(crate) trust_version: Option<i64>,
+    /// `status_at`.
+    pub(crate) status_at: i64,
+}
+
+impl StatusReport {
+    /// `trust_version` as stored (BIGINT). The ingest refuses a version past `i64::MAX`;
+    /// one that got here anyway is stored as NULL, not wrapped.
+    pub(crate) fn trust_version_column(&self) -> Option<i64> {
+        self.trust_version.and_then(|v| i64::try_from(v).ok())
+    }
+
+    /// What storing this report over `old` (None: the device had no status) does, or None
+    /// when it is not stored: a snapshot's copy when the stored status arrived at or after
+    /// the snapshot began.
+    pub(crate) fn change_from(&self, old: Option<&PriorStatus>) -> Option<StatusChange> {
+        if let (Some(t), Some(old)) = (self.snapshot_of, old)
+            && old.status_at >= t
+        {
+            return None;
+        }
+        Some(StatusChange {
+            stored: true,
+            changed: old.is_none_or(|o| {
+                o.online != self.online
+                    || o.running_digest != self.running_digest
+                    || o.trust_version != self.trust_version_column()
+            }),
+            came_online: self.online && !old.is_some_and(|o| o.online),
+        })
+    }
+}
+
 /// What [`record_status`] did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub(crate) struct StatusChange {
     /// The report was stored.
     pub(crate) stored: bool,
-    /// `online` or the running digest changed (or it is the first status).
+    /// `online`, the running digest or the trust version changed (or it is the first
+    /// status).
     pub(crate) changed: bool,
     /// It is online now and was not before (or had no status).
     pub(crate) came_online: bool,
@@ -438,6 +502,10 @@ pub(crate) struct DeviceStatus {
     pub(crate) running_id: Option<String>,
     /// Its digest.
     pub(crate) running_digest: Option<String>,
+    /// The agent's version its status gave (null: it did not say).
+    pub(crate) agent_version: Option<String>,
+    /// The trust metadata version its status gave (null: it did not say).
+    pub(crate) trust_version: Option<u64>,
     /// When a status or verified receipt of it last arrived (unix ms).
     pub(crate) last_seen: i64,
     /// When that status arrived (unix ms).
@@ -494,7 +562,8 @@ fn immediate(c: &mut Connection) -> rusqlite::Result<Transaction<'_>> {
     c.transaction_with_behavior(TransactionBehavior::Immediate)
 }
 
-/// `record_status`: nothing (None) for a device that is not enrolled. Otherwise, when
+/// `record_status`: nothing (None) for a device that is not enrolled (or was un-enrolled:
+/// `unenrolled_at IS NOT NULL`). Otherwise, when
 /// `snapshot_of` is set and the stored status arrived at or after it, nothing is stored
 /// (`stored: false`); else the status row is upserted (`last_seen` never goes back).
 /// PostgreSQL: the same in one transaction, reading the row `FOR UPDATE`.
@@ -504,30 +573,40 @@ pub(crate) fn record_status(
 ) -> rusqlite::Result<Option<StatusChange>> {
     let tx = immediate(c)?;
     let enrolled: Option<i64> = tx
-        .query_row("SELECT 1 FROM devices WHERE id = ?1", [&s.device], |r| {
-            r.get(0)
-        })
+        .query_row(
+            "SELECT 1 FROM devices WHERE id = ?1 AND unenrolled_at IS NULL",
+            [&s.device],
+            |r| r.get(0),
+        )
         .optional()?;
     if enrolled.is_none() {
         return Ok(None);
     }
-    let old: Option<(bool, Option<String>, i64)> = tx
+    let old = tx
         .query_row(
-            "SELECT online, running_digest, status_at FROM device_status WHERE device_id = ?1",
+            "SELECT online, running_digest, trust_version, status_at FROM device_status \
+             WHERE device_id = ?1",
             [&s.device],
-            |r| Ok((r.get::<_, i64>(0)? != 0, r.get(1)?, r.get(2)?)),
+            |r| {
+                Ok(PriorStatus {
+                    online: r.get::<_, i64>(0)? != 0,
+                    running_digest: r.get(1)?,
+                    trust_version: r.get(2)?,
+                    status_at: r.get(3)?,
+                })
+            },
         )
         .optional()?;
-    if let (Some(t), Some((_, _, at))) = (s.snapshot_of, &old)
-        && *at >= t
-    {
+    let Some(change) = s.change_from(old.as_ref()) else {
         return Ok(Some(StatusChange::default()));
-    }
+    };
     tx.execute(
         "INSERT INTO device_status (device_id, online, running_id, running_digest, last_seen, \
-         status_at) VALUES (?1, ?2, ?3, ?4, ?5, ?5) ON CONFLICT (device_id) DO UPDATE SET \
+         status_at, agent_version, trust_version) VALUES (?1, ?2, ?3, ?4, ?5, ?5, ?6, ?7) \
+         ON CONFLICT (device_id) DO UPDATE SET \
          online = excluded.online, running_id = excluded.running_id, \
          running_digest = excluded.running_digest, status_at = excluded.status_at, \
+         agent_version = excluded.agent_version, trust_version = excluded.trust_version, \
          last_seen = CASE WHEN device_status.last_seen > excluded.last_seen \
          THEN device_status.last_seen ELSE excluded.last_seen END",
         params![
@@ -535,17 +614,13 @@ pub(crate) fn record_status(
             i64::from(s.online),
             s.running_id,
             s.running_digest,
-            s.received_at
+            s.received_at,
+            s.agent_version,
+            s.trust_version_column()
         ],
     )?;
     tx.commit()?;
-    Ok(Some(StatusChange {
-        stored: true,
-        changed: old
-            .as_ref()
-            .is_none_or(|(on, dg, _)| *on != s.online || *dg != s.running_digest),
-        came_online: s.online && !old.as_ref().is_some_and(|(on, _, _)| *on),
-    }))
+    Ok(Some(change))
 }
 
 /// `set_desired`: upserts `desired_state` of each device (digest, rollout, `set_at =
@@ -706,9 +781,11 @@ pub(crate) fn record_answer(
 }
 
 /// `create_rollout`: in one transaction, refuses (`Busy`) when a device of `r` is a target of
-/// a rollout in a holding state (running, paused, rolling back), else inserts the rollout
-/// (`fence = 0`, no claim) and its targets (`pending`, `sends = 0`). PostgreSQL: take
-/// `pg_advisory_xact_lock` on a constant first, so two creations cannot both pass the check.
+/// a rollout in a holding state (running, paused, rolling back) that is not `unenrolled`,
+/// else inserts the rollout (`fence = 0`, no claim) and its targets (`pending`, `sends = 0`;
+/// `unenrolled` for a device un-enrolled meanwhile: the caller resolved the audience from
+/// the registry before). PostgreSQL: take `pg_advisory_xact_lock` on a constant first, so
+/// two creations cannot both pass the check (and no un-enrolment runs in between).
 pub(crate) fn create_rollout(
     c: &mut Connection,
     r: &NewRollout,
@@ -718,7 +795,7 @@ pub(crate) fn create_rollout(
     {
         let mut busy = tx.prepare_cached(&format!(
             "SELECT r.id FROM rollout_targets t JOIN rollouts r ON r.id = t.rollout_id \
-             WHERE t.device_id = ?1 AND r.state IN ({}) LIMIT 1",
+             WHERE t.device_id = ?1 AND r.state IN ({}) AND t.state <> 'unenrolled' LIMIT 1",
             state_list(&RolloutState::HOLDING)
         ))?;
         for (device, _) in &r.targets {
@@ -756,16 +833,100 @@ pub(crate) fn create_rollout(
         ],
     )?;
     {
-        let mut ins = tx.prepare_cached(
+        let mut ins = tx.prepare_cached(&format!(
             "INSERT INTO rollout_targets (rollout_id, device_id, step, state, sends) \
-             VALUES (?1, ?2, ?3, 'pending', 0)",
-        )?;
+             SELECT ?1, ?2, ?3, {TARGET_STATE_AT_CREATION}, 0 FROM devices WHERE id = ?2"
+        ))?;
         for (device, step) in &r.targets {
             ins.execute(params![r.id, device, step])?;
         }
     }
     tx.commit()?;
     Ok(Created::Done)
+}
+
+/// A new target's state: `pending`, or `unenrolled` for a device un-enrolled (a column
+/// expression on `devices`, both engines).
+pub(crate) const TARGET_STATE_AT_CREATION: &str =
+    "CASE WHEN unenrolled_at IS NULL THEN 'pending' ELSE 'unenrolled' END";
+
+/// The target states a device's un-enrolment turns into `unenrolled` (all of them: it is
+/// out of every unfinished rollout; an answer it gave stays in `verdict`).
+pub(crate) const UNENROLLING: &str =
+    "'pending', 'published', 'applied', 'negative', 'missing', 'offline'";
+
+/// `unenroll_device`, in one transaction: nothing for an unknown device, `Already` for one
+/// un-enrolled before; otherwise `devices.unenrolled_at = now`, its `group_members` rows
+/// and its `desired_state` row deleted (nothing reconciles it), and in every rollout in a
+/// holding state (running, paused, rolling back) its target becomes `unenrolled` (reason
+/// kept, or "the device was un-enrolled") and that rollout's `fence + 1, claimed_by =
+/// NULL, lease_until = 0` (an engine in the middle of a tick writes — and publishes —
+/// nothing more, and re-decides without it). Receipts, status, audit rows and the targets
+/// of finished rollouts stay. PostgreSQL: `create_rollout`'s advisory lock first (no
+/// creation takes the device in meanwhile), the device row `FOR NO KEY UPDATE`, then those
+/// rollouts' rows `FOR UPDATE` in id order, then desired state, then targets (the lock
+/// order of `postgres_rollouts.rs`).
+pub(crate) fn unenroll_device(
+    c: &mut Connection,
+    device: &str,
+    now: i64,
+) -> rusqlite::Result<super::store::Unenrolment> {
+    use super::store::{Unenrolled, Unenrolment};
+    let tx = immediate(c)?;
+    let held: Option<Option<i64>> = tx
+        .query_row(
+            "SELECT unenrolled_at FROM devices WHERE id = ?1",
+            [device],
+            |r| r.get(0),
+        )
+        .optional()?;
+    match held {
+        None => return Ok(Unenrolment::Unknown),
+        Some(Some(at)) => return Ok(Unenrolment::Already(at)),
+        Some(None) => {}
+    }
+    let rollouts: Vec<String> = tx
+        .prepare(&format!(
+            "SELECT DISTINCT t.rollout_id FROM rollout_targets t \
+             JOIN rollouts r ON r.id = t.rollout_id \
+             WHERE t.device_id = ?1 AND r.state IN ({}) AND t.state IN ({UNENROLLING}) \
+             ORDER BY t.rollout_id",
+            state_list(&RolloutState::HOLDING)
+        ))?
+        .query_map([device], |r| r.get(0))?
+        .collect::<rusqlite::Result<_>>()?;
+    for r in &rollouts {
+        tx.execute(
+            &format!(
+                "UPDATE rollout_targets SET state = 'unenrolled', \
+                 reason = COALESCE(reason, 'the device was un-enrolled') \
+                 WHERE rollout_id = ?1 AND device_id = ?2 AND state IN ({UNENROLLING})"
+            ),
+            params![r, device],
+        )?;
+        tx.execute(
+            "UPDATE rollouts SET fence = fence + 1, claimed_by = NULL, lease_until = 0, \
+             updated_at = ?2 WHERE id = ?1",
+            params![r, now],
+        )?;
+    }
+    tx.execute("DELETE FROM desired_state WHERE device_id = ?1", [device])?;
+    let groups: Vec<String> = tx
+        .prepare("SELECT group_name FROM group_members WHERE device_id = ?1 ORDER BY group_name")?
+        .query_map([device], |r| r.get(0))?
+        .collect::<rusqlite::Result<_>>()?;
+    tx.execute("DELETE FROM group_members WHERE device_id = ?1", [device])?;
+    tx.execute(
+        "UPDATE devices SET unenrolled_at = ?2 WHERE id = ?1",
+        params![device, now],
+    )?;
+    tx.commit()?;
+    Ok(Unenrolment::Done(Unenrolled {
+        device: device.to_string(),
+        unenrolled_at: now,
+        groups,
+        rollouts,
+    }))
 }
 
 /// `'running', 'paused'` for an `IN (…)` (fixed words, never input).
@@ -858,6 +1019,7 @@ fn progress(c: &Connection, r: &mut Rollout) -> rusqlite::Result<()> {
             TargetState::Negative => &mut p.negative,
             TargetState::Missing => &mut p.missing,
             TargetState::Offline => &mut p.offline,
+            TargetState::Unenrolled => &mut p.unenrolled,
         } += n;
     }
     r.progress = steps;
@@ -1046,6 +1208,17 @@ pub(crate) fn apply_rollout_writes(
                     st.execute(params![id, d])?;
                 }
             }
+            RolloutWrite::Ask {
+                device,
+                sent_before,
+            } => {
+                tx.execute(
+                    "UPDATE rollout_targets SET sent_at = ?3, sends = sends + 1 \
+                     WHERE rollout_id = ?1 AND device_id = ?2 AND state = 'published' \
+                     AND sent_at < ?4",
+                    params![id, device, now, sent_before],
+                )?;
+            }
             RolloutWrite::Overdue {
                 device,
                 state,
@@ -1112,14 +1285,18 @@ pub(crate) fn device_state(
 ) -> rusqlite::Result<(Option<DeviceStatus>, Option<DesiredState>)> {
     let status = c
         .query_row(
-            "SELECT online, running_id, running_digest, last_seen, status_at \
-             FROM device_status WHERE device_id = ?1",
+            "SELECT online, running_id, running_digest, last_seen, status_at, agent_version, \
+             trust_version FROM device_status WHERE device_id = ?1",
             [id],
             |r| {
                 Ok(DeviceStatus {
                     online: r.get::<_, i64>(0)? != 0,
                     running_id: r.get(1)?,
                     running_digest: r.get(2)?,
+                    agent_version: r.get(5)?,
+                    trust_version: r
+                        .get::<_, Option<i64>>(6)?
+                        .and_then(|v| u64::try_from(v).ok()),
                     last_seen: r.get(3)?,
                     status_at: r.get(4)?,
                 })
@@ -1230,6 +1407,8 @@ mod tests {
             online,
             running_id: None,
             running_digest: digest.map(str::to_string),
+            agent_version: None,
+            trust_version: None,
             received_at: crate::serve::store::now_ms(),
             snapshot_of: None,
         })
@@ -1440,6 +1619,37 @@ mod tests {
                     .unwrap()
                     .is_empty()
             );
+            // b asked again: sent once more, still published; an ask bounded by a time
+            // before that send (a racing replica's) touches nothing.
+            let sent_before = crate::serve::store::now_ms() + 1;
+            let ask = |sent_before| {
+                vec![RolloutWrite::Ask {
+                    device: "b".into(),
+                    sent_before,
+                }]
+            };
+            let b_now = |d: RolloutDetail| {
+                let t = d.targets.into_iter().find(|t| t.device == "b").unwrap();
+                (t.state, t.sends, t.sent_at.unwrap())
+            };
+            let first = b_now(s.rollout("r1".into()).await.unwrap().unwrap()).2;
+            assert!(
+                s.apply_rollout_writes(c[0].clone(), ask(sent_before))
+                    .await
+                    .unwrap()
+            );
+            let (state, sends, at) = b_now(s.rollout("r1".into()).await.unwrap().unwrap());
+            assert_eq!((state, sends), (TargetState::Published, 2));
+            assert!(at >= first);
+            assert!(
+                s.apply_rollout_writes(c[0].clone(), ask(first))
+                    .await
+                    .unwrap()
+            );
+            assert_eq!(
+                b_now(s.rollout("r1".into()).await.unwrap().unwrap()),
+                (TargetState::Published, 2, at)
+            );
             // b: overdue (not seen): offline.
             let overdue = vec![RolloutWrite::Overdue {
                 device: "b".into(),
@@ -1469,7 +1679,7 @@ mod tests {
             let t = d.targets.iter().find(|t| t.device == "b").unwrap();
             assert_eq!(
                 (t.state, t.sends, t.online),
-                (TargetState::Published, 2, Some(true))
+                (TargetState::Published, 3, Some(true))
             );
             // Once b answered it (whatever the verdict), it is never re-sent.
             let receipt = NewReceipt {
@@ -1494,6 +1704,8 @@ mod tests {
                 online: true,
                 running_id: None,
                 running_digest: None,
+                agent_version: None,
+                trust_version: None,
                 received_at: 1,
                 snapshot_of: None,
             };
@@ -1510,6 +1722,8 @@ mod tests {
                 online,
                 running_id: None,
                 running_digest: None,
+                agent_version: None,
+                trust_version: None,
                 received_at: at,
                 snapshot_of,
             };
@@ -1550,6 +1764,45 @@ mod tests {
             assert!(again.came_online);
             let st = s.device("a".into()).await.unwrap().unwrap().status.unwrap();
             assert_eq!((st.online, st.last_seen, st.status_at), (true, 140, 140));
+        }
+    }
+
+    #[tokio::test]
+    async fn a_status_keeps_the_versions_it_gave_and_a_new_trust_version_is_a_change() {
+        for (db, s) in stores().await {
+            eprintln!("--- on {}", db.engine());
+            let report = |at, agent: Option<&str>, trust| StatusReport {
+                device: "a".into(),
+                online: true,
+                running_id: None,
+                running_digest: None,
+                agent_version: agent.map(str::to_string),
+                trust_version: trust,
+                received_at: at,
+                snapshot_of: None,
+            };
+            let record = |r| {
+                let s = &s;
+                async move { s.record_status(r).await.unwrap().unwrap() }
+            };
+            let versions = || {
+                let s = &s;
+                async move {
+                    let st = s.device("a".into()).await.unwrap().unwrap().status.unwrap();
+                    (st.agent_version, st.trust_version)
+                }
+            };
+            assert!(record(report(100, Some("0.9.1"), Some(3))).await.changed);
+            assert_eq!(versions().await, (Some("0.9.1".into()), Some(3)));
+            assert!(!record(report(110, Some("0.9.1"), Some(3))).await.changed);
+            assert!(record(report(120, Some("0.9.1"), Some(4))).await.changed);
+            // The largest version a BIGINT holds goes in and comes out whole.
+            let top = i64::MAX as u64;
+            assert!(record(report(125, Some("1.0"), Some(top))).await.changed);
+            assert_eq!(versions().await, (Some("1.0".into()), Some(top)));
+            // A status that does not say forgets what an older one said.
+            assert!(record(report(130, None, None)).await.changed);
+            assert_eq!(versions().await, (None, None));
         }
     }
 
@@ -1628,6 +1881,181 @@ mod tests {
                 busy.iter().all(|(d, r)| d == "c" && *r == holder),
                 "round {round}: {busy:?}"
             );
+        }
+    }
+
+    #[tokio::test]
+    async fn an_unenrolled_device_leaves_groups_and_unfinished_rollouts_and_keeps_its_history() {
+        use crate::serve::store::Unenrolment;
+        for (db, s) in stores().await {
+            let engine = db.engine();
+            eprintln!("--- on {engine}");
+            // r1 runs for a and b (a published, so its desired state is W); r2, for c, was
+            // aborted (finished: its targets are history).
+            s.create_rollout(new_rollout("r1", &["a", "b"], RolloutState::Running))
+                .await
+                .unwrap();
+            let claim = s.claim_rollouts("A".into(), 60_000, 10).await.unwrap();
+            assert!(
+                s.apply_rollout_writes(claim[0].clone(), publish(&["a"]))
+                    .await
+                    .unwrap()
+            );
+            s.create_rollout(new_rollout("r2", &["c"], RolloutState::Running))
+                .await
+                .unwrap();
+            s.set_rollout_state(
+                "r2".into(),
+                vec![RolloutState::Running],
+                RolloutState::Aborted,
+                None,
+            )
+            .await
+            .unwrap();
+            status(&*s, "a", true, None).await;
+            let receipt = s
+                .add_receipt(NewReceipt {
+                    device: "a".into(),
+                    kind: "unverified".into(),
+                    workflow_id: None,
+                    digest: None,
+                    verdict: None,
+                    signed_text: "sent before".into(),
+                    verified: false,
+                    error: Some("x".into()),
+                })
+                .await
+                .unwrap();
+
+            let Unenrolment::Done(u) = s.unenroll_device("a".into()).await.unwrap() else {
+                panic!("{engine}: not done");
+            };
+            assert_eq!(
+                (u.groups.clone(), u.rollouts.clone()),
+                (vec!["g".to_string()], vec!["r1".to_string()])
+            );
+            assert_eq!(
+                s.unenroll_device("a".into()).await.unwrap(),
+                Unenrolment::Already(u.unenrolled_at)
+            );
+            assert_eq!(
+                s.unenroll_device("nobody".into()).await.unwrap(),
+                Unenrolment::Unknown
+            );
+            assert_eq!(s.unenrolled_devices().await.unwrap(), ["a"]);
+            // Out of the list, its groups and desired state; its status and receipts stay.
+            let listed: Vec<String> = s
+                .devices()
+                .await
+                .unwrap()
+                .into_iter()
+                .map(|d| d.id)
+                .collect();
+            assert_eq!(listed, ["b", "c"], "{engine}");
+            let a = s.device("a".into()).await.unwrap().unwrap();
+            assert_eq!(a.unenrolled_at, Some(u.unenrolled_at));
+            assert!(
+                a.groups.is_empty() && a.desired.is_none(),
+                "{engine}: {a:?}"
+            );
+            assert!(a.status.is_some());
+            let kept = s.receipts(Some("a".into()), 10).await.unwrap();
+            assert_eq!(kept.len(), 1);
+            assert_eq!(kept[0].summary.id, receipt);
+            assert_eq!(
+                s.signing_key("a".into())
+                    .await
+                    .unwrap()
+                    .unwrap()
+                    .unenrolled_at,
+                Some(u.unenrolled_at)
+            );
+            // Its status is not stored any more.
+            assert!(
+                s.record_status(StatusReport {
+                    device: "a".into(),
+                    online: false,
+                    running_id: None,
+                    running_digest: None,
+                    agent_version: None,
+                    trust_version: None,
+                    received_at: crate::serve::store::now_ms(),
+                    snapshot_of: None,
+                })
+                .await
+                .unwrap()
+                .is_none()
+            );
+            // In r1 its target is unenrolled (counted apart) and the claim is void; the
+            // finished r2 is untouched.
+            let r1 = s.rollout("r1".into()).await.unwrap().unwrap();
+            let t = r1.targets.iter().find(|t| t.device == "a").unwrap();
+            assert_eq!(t.state, TargetState::Unenrolled, "{engine}");
+            assert_eq!(t.reason.as_deref(), Some("the device was un-enrolled"));
+            assert_eq!(
+                (
+                    r1.rollout.progress[0].unenrolled,
+                    r1.rollout.progress[0].published
+                ),
+                (1, 0)
+            );
+            assert!(
+                !s.apply_rollout_writes(claim[0].clone(), vec![])
+                    .await
+                    .unwrap()
+            );
+            let r2 = s.rollout("r2".into()).await.unwrap().unwrap();
+            assert_eq!(r2.targets[0].state, TargetState::Pending);
+            // A target it left does not hold it: a new rollout takes it in, as unenrolled
+            // (an audience resolved before the un-enrolment), beside c.
+            assert_eq!(
+                s.create_rollout(new_rollout("r3", &["a", "c"], RolloutState::Paused))
+                    .await
+                    .unwrap(),
+                Created::Done
+            );
+            let r3 = s.rollout("r3".into()).await.unwrap().unwrap();
+            let states: Vec<(String, TargetState)> = r3
+                .targets
+                .iter()
+                .map(|t| (t.device.clone(), t.state))
+                .collect();
+            assert_eq!(
+                states,
+                [
+                    ("a".to_string(), TargetState::Unenrolled),
+                    ("c".to_string(), TargetState::Pending)
+                ]
+            );
+            // The registry import keeps it out with its old key, takes it back with a new one.
+            let enrol = |key: &str| Enrolment {
+                id: "a".into(),
+                signing_key: key.into(),
+                key_id: "id-a".into(),
+                kem_key: None,
+                groups: vec!["g".into()],
+            };
+            let counts = s
+                .import_registry(vec![enrol("key-a")], vec![])
+                .await
+                .unwrap();
+            assert_eq!((counts.kept_out, counts.updated), (1, 0), "{engine}");
+            assert!(
+                s.device("a".into())
+                    .await
+                    .unwrap()
+                    .unwrap()
+                    .unenrolled_at
+                    .is_some()
+            );
+            let counts = s
+                .import_registry(vec![enrol("key-a2")], vec![])
+                .await
+                .unwrap();
+            assert_eq!((counts.kept_out, counts.updated), (0, 1), "{engine}");
+            let a = s.device("a".into()).await.unwrap().unwrap();
+            assert_eq!((a.unenrolled_at, a.groups), (None, vec!["g".to_string()]));
+            assert!(s.unenrolled_devices().await.unwrap().is_empty());
         }
     }
 }

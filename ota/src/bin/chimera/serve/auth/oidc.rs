@@ -10,6 +10,12 @@
 //! `sub` (required: the caller is `oidc:<sub>`). The role claim is read only from a token
 //! that passed all of these.
 //!
+//! With `audience_claim: client_id` (AWS Cognito's access tokens carry `client_id` and no
+//! `aud`), `aud` is not looked at; instead `client_id` (required, a string equal to the
+//! configured audience) and `token_use` (when present, `access`: a Cognito ID token, whose
+//! `aud` is the same client id, is refused where access tokens are configured) are
+//! checked after `iss`. A token with neither `aud` nor `client_id` passes in no mode.
+//!
 //! `jsonwebtoken`'s defaults are permissive (`iss`/`aud` checked only when present, a 60 s
 //! leeway); everything is set explicitly here.
 
@@ -22,7 +28,7 @@ use serde::Deserialize;
 use serde_json::Value;
 
 use super::jwks::{Jwks, KeyLookup, MAX_KID_BYTES};
-use crate::serve::config::{JwtAlgorithm, OidcConfig};
+use crate::serve::config::{AudienceClaim, JwtAlgorithm, OidcConfig};
 use crate::serve::store::Role;
 
 /// Longest `sub` accepted (it becomes the audit actor).
@@ -70,6 +76,7 @@ pub(crate) struct OidcVerifier {
     jwks: Arc<Jwks>,
     issuer: String,
     audience: String,
+    audience_claim: AudienceClaim,
     algorithms: Vec<Algorithm>,
     leeway_s: u64,
     roles_claim: String,
@@ -116,6 +123,7 @@ impl OidcVerifier {
             jwks,
             issuer: cfg.issuer.clone(),
             audience: cfg.audience.clone(),
+            audience_claim: cfg.audience_claim,
             algorithms: cfg.algorithms.iter().copied().map(algorithm).collect(),
             leeway_s: cfg.leeway_s,
             roles_claim: cfg.roles_claim.clone(),
@@ -167,10 +175,19 @@ impl OidcVerifier {
         v.leeway = self.leeway_s;
         v.validate_exp = true;
         v.validate_nbf = true;
-        v.validate_aud = true;
-        v.set_required_spec_claims(&["exp", "iss", "aud", "sub"]);
         v.set_issuer(&[&self.issuer]);
-        v.set_audience(&[&self.audience]);
+        match self.audience_claim {
+            AudienceClaim::Aud => {
+                v.validate_aud = true;
+                v.set_required_spec_claims(&["exp", "iss", "aud", "sub"]);
+                v.set_audience(&[&self.audience]);
+            }
+            AudienceClaim::ClientId => {
+                // Checked below, on `client_id`; jsonwebtoken knows only `aud`.
+                v.validate_aud = false;
+                v.set_required_spec_claims(&["exp", "iss", "sub"]);
+            }
+        }
         let data = jsonwebtoken::decode::<Value>(token, &key.key, &v)
             .map_err(|e| self.refusal(e.kind(), &kid))?;
         // RFC 7519 makes `iss` one string; jsonwebtoken would also take a list holding it.
@@ -179,6 +196,9 @@ impl OidcVerifier {
                 "iss",
                 format!("the issuer is not {}", self.issuer),
             ));
+        }
+        if self.audience_claim == AudienceClaim::ClientId {
+            self.check_access_token(&data.claims)?;
         }
         let subject = data.claims["sub"]
             .as_str()
@@ -196,6 +216,35 @@ impl OidcVerifier {
             subject,
             role: self.role_of(&data.claims),
         })
+    }
+
+    /// `audience_claim: client_id`: the token is an access token of the configured client.
+    fn check_access_token(&self, claims: &Value) -> Result<(), JwtRefusal> {
+        match &claims["client_id"] {
+            Value::String(c) if *c == self.audience => {}
+            Value::Null => {
+                return Err(JwtRefusal::new(
+                    "client_id",
+                    "no client_id claim (required: oidc.audience_claim is client_id)",
+                ));
+            }
+            _ => {
+                return Err(JwtRefusal::new(
+                    "client_id",
+                    format!("the client_id is not {:?}", self.audience),
+                ));
+            }
+        }
+        match &claims["token_use"] {
+            Value::Null => Ok(()),
+            Value::String(u) if u == "access" => Ok(()),
+            Value::String(u) if u == "id" => Err(JwtRefusal::new(
+                "token_use",
+                "an ID token; this service takes access tokens (oidc.audience_claim is \
+                 client_id)",
+            )),
+            _ => Err(JwtRefusal::new("token_use", "token_use is not \"access\"")),
+        }
     }
 
     /// The refusal for a `jsonwebtoken` error.
@@ -337,6 +386,34 @@ mod tests {
             nested.role_of(&serde_json::json!({ "realm_access": { "roles": ["boss"] } })),
             Ok(Role::Admin)
         );
+    }
+
+    #[test]
+    fn client_id_mode_takes_access_tokens_of_the_configured_client_only() {
+        let mut v = verifier("roles", &[("admin", Role::Admin)]);
+        v.audience_claim = AudienceClaim::ClientId;
+        let check = |claims: Value| v.check_access_token(&claims).map_err(|e| e.check);
+        assert_eq!(
+            check(serde_json::json!({ "client_id": "chimera", "token_use": "access" })),
+            Ok(())
+        );
+        assert_eq!(check(serde_json::json!({ "client_id": "chimera" })), Ok(()));
+        for (claims, refused) in [
+            (serde_json::json!({ "client_id": "other" }), "client_id"),
+            (serde_json::json!({ "client_id": ["chimera"] }), "client_id"),
+            (serde_json::json!({ "aud": "chimera" }), "client_id"),
+            (serde_json::json!({}), "client_id"),
+            (
+                serde_json::json!({ "client_id": "chimera", "token_use": "id" }),
+                "token_use",
+            ),
+            (
+                serde_json::json!({ "client_id": "chimera", "token_use": 1 }),
+                "token_use",
+            ),
+        ] {
+            assert_eq!(check(claims.clone()), Err(refused), "{claims}");
+        }
     }
 
     #[tokio::test]
