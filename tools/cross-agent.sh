@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # The whole agent (libav included) cross-compiled for the Jetson's aarch64, its unit tests and
 # those of hal and models run under qemu-user (with the aarch64 ONNX Runtime of the pinned
-# wheel), and the binary run once (`aegis version`) with Debian's arm64 FFmpeg. Not in CI yet (its cold build costs about 6 min of the 25 min budget;
-# tools/cross-test.sh covers the libav-free crates there): `just cross-agent`.
+# wheel), and the binary run on a real pipeline with Debian's arm64 FFmpeg. CI runs it after
+# tools/cross-test.sh (the libav-free crates' tests), whose aarch64 dependencies it reuses.
 #
 # Needs root for apt: adds Debian's arm64 architecture and installs the arm64 libav*-dev
 # packages (multiarch, beside the amd64 ones; about 280 packages, 30 s here). bindgen reads
@@ -18,7 +18,8 @@ libav=(libavcodec-dev libavformat-dev libavutil-dev libswscale-dev libswresample
 if [ ! -e /usr/lib/aarch64-linux-gnu/pkgconfig/libavcodec.pc ]; then
   dpkg --print-foreign-architectures | grep -qx arm64 || dpkg --add-architecture arm64
   apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${libav[@]/%/:arm64}"
+  echo "cross-agent: installing Debian's arm64 libav packages"
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${libav[@]/%/:arm64}" >/dev/null
 fi
 export CARGO_TARGET_AARCH64_UNKNOWN_LINUX_GNU_LINKER=aarch64-linux-gnu-gcc
 # `-L /`: the multiarch arm64 loader and libraries Debian installed beside the host's.
@@ -40,10 +41,10 @@ export AEGIS_MODELS_DIR="$PWD/$models"
 # ONNX Runtime's aarch64 build crashes (SIGSEGV) creating a session under qemu-user, here as
 # in reports of the same on emulated ARM (onnxruntime#7920; its cpuinfo reads the emulator's
 # /proc and /sys): the one model test that runs a session is left to a device.
-cargo test --release --target "$target" -p aegis-hal -p aegis-models -p aegis-agent --lib -- \
+cargo test --profile cross --target "$target" -p aegis-hal -p aegis-models -p aegis-agent --lib -- \
   --skip stages::detect::tests::a_confirmed_track_carries_its_hidden_frames_once
-cargo build --release --target "$target" -p aegis-agent --bins
-qemu-aarch64-static -L / "target/$target/release/aegis" version
+cargo build --profile cross --target "$target" -p aegis-agent --bins
+qemu-aarch64-static -L / "target/$target/cross/aegis" version
 # A real pipeline on aarch64: decode (arm64 libav), overlay, H.264 encode, MP4 recording and
 # the SQLite store, checked frame for frame by the host's ffprobe.
 run=$(mktemp -d)
@@ -59,7 +60,7 @@ pipeline:
 store: { path: $run/aegis.db }
 web: { listen: "127.0.0.1:0" }
 YAML
-qemu-aarch64-static -L / "target/$target/release/aegis" run --config "$run/aegis.yaml"
+qemu-aarch64-static -L / "target/$target/cross/aegis" run --config "$run/aegis.yaml"
 frames=$(find "$run/rec" -name '*.mp4' -exec ffprobe -v error -count_frames -select_streams v \
   -show_entries stream=nb_read_frames -of csv=p=0 {} \;)
 [ "$frames" = 50 ] || { echo "cross-agent: the aarch64 recording has ${frames:-no} frames, not 50" >&2; exit 1; }

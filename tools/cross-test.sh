@@ -23,5 +23,5 @@ export CARGO_TARGET_AARCH64_UNKNOWN_LINUX_GNU_RUNNER="qemu-aarch64-static -L $qe
 export AEGIS_CROSS_RUNNER="$CARGO_TARGET_AARCH64_UNKNOWN_LINUX_GNU_RUNNER"
 # Without ota's `gateway` feature: the device side (verification, policy, model store, receipts)
 # is what runs on a Jetson; `chimera` and its service are operator/cloud tools, tested on the host.
-cargo test --release --target "$target" --no-default-features \
+cargo test --profile cross --target "$target" --no-default-features \
   -p aegis-config -p aegis-ota -p aegis-sensors -p aegis-cuda -p aegis-jetson --lib --tests
