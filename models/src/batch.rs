@@ -17,7 +17,7 @@ use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use crate::engine::{EngineError, InferenceEngine};
+use crate::engine::{DeviceItem, EngineError, InferenceEngine};
 
 #[derive(Default)]
 enum SlotState {
@@ -35,6 +35,8 @@ enum SlotState {
 #[derive(Default)]
 struct Slot {
     alive: bool,
+    /// A request whose buffers are in device memory (else `input` holds it).
+    device: Option<DeviceItem>,
     input: Vec<f32>,
     output: Vec<f32>,
     out_shape: Vec<usize>,
@@ -56,6 +58,8 @@ struct Shared {
     /// Signalled when a batch finished.
     done: Condvar,
     model: PathBuf,
+    /// The engine takes device buffers.
+    on_device: bool,
 }
 
 impl Shared {
@@ -152,6 +156,7 @@ impl Batcher {
             submitted: Condvar::new(),
             done: Condvar::new(),
             model,
+            on_device: engine.on_device(),
         });
         let item_shape = item_shape.to_vec();
         let s = shared.clone();
@@ -224,6 +229,7 @@ fn serve(
     let mut batch_out: Vec<f32> = Vec::new();
     let mut shape = Vec::with_capacity(item_shape.len() + 1);
     let mut members: Vec<usize> = Vec::with_capacity(max_batch);
+    let mut items: Vec<DeviceItem> = Vec::with_capacity(max_batch);
     loop {
         let mut st = shared.lock();
         // Wait for a first request.
@@ -257,13 +263,26 @@ fn serve(
                 .unwrap_or_else(|e| e.into_inner())
                 .0;
         }
+        // One call takes requests of one kind: host tensors or device buffers.
+        let device = st
+            .slots
+            .iter()
+            .find(|s| matches!(s.state, SlotState::Submitted))
+            .is_some_and(|s| s.device.is_some());
         members.clear();
         batch_in.clear();
+        items.clear();
         for (i, slot) in st.slots.iter_mut().enumerate() {
-            if members.len() < max_batch && matches!(slot.state, SlotState::Submitted) {
+            if members.len() < max_batch
+                && matches!(slot.state, SlotState::Submitted)
+                && slot.device.is_some() == device
+            {
                 slot.state = SlotState::Running;
                 members.push(i);
-                batch_in.extend_from_slice(&slot.input);
+                match slot.device {
+                    Some(item) => items.push(item),
+                    None => batch_in.extend_from_slice(&slot.input),
+                }
             }
         }
         drop(st);
@@ -272,7 +291,16 @@ fn serve(
         shape.push(n);
         shape.extend_from_slice(item_shape);
         let t0 = Instant::now();
-        let result = if batch_in.len() != n * item_len {
+        let result = if device {
+            engine
+                .run_device(&items, item_shape)
+                .map(|mut one| {
+                    // Report the batch's shape, as the host path does.
+                    one[0] = n;
+                    one
+                })
+                .map_err(|e| e.to_string())
+        } else if batch_in.len() != n * item_len {
             Err(format!(
                 "request size {} does not match the input shape {shape:?}",
                 batch_in.len()
@@ -291,10 +319,12 @@ fn serve(
             let slot = &mut st.slots[i];
             slot.state = match &result {
                 Ok(out_shape) if out_shape.first() == Some(&n) => {
-                    let per = batch_out.len() / n;
-                    slot.output.clear();
-                    slot.output
-                        .extend_from_slice(&batch_out[k * per..(k + 1) * per]);
+                    if !device {
+                        let per = batch_out.len() / n;
+                        slot.output.clear();
+                        slot.output
+                            .extend_from_slice(&batch_out[k * per..(k + 1) * per]);
+                    }
                     slot.out_shape.clear();
                     slot.out_shape.push(1);
                     slot.out_shape.extend_from_slice(&out_shape[1..]);
@@ -318,9 +348,30 @@ impl BatchClient {
         &mut self.input
     }
 
+    /// Whether the model's engine takes device buffers ([`run_device`](Self::run_device)):
+    /// it runs on a GPU provider with device I/O binding.
+    pub fn on_device(&self) -> bool {
+        self.owner.shared.on_device
+    }
+
     /// Runs the request whose input [`input`](Self::input) holds, waiting for its batch;
     /// returns the output and its shape (batch dimension 1).
     pub fn run(&mut self) -> Result<(&[f32], &[usize]), EngineError> {
+        self.submit(None)?;
+        Ok((&self.output, &self.out_shape))
+    }
+
+    /// Runs one request whose input and output are in device memory (see [`DeviceItem`];
+    /// the writes to its input must have finished: wait for their stream first), batched
+    /// with the other streams' device requests; returns when the output is written, with
+    /// its shape (batch dimension 1). Fails unless [`on_device`](Self::on_device).
+    pub fn run_device(&mut self, item: DeviceItem) -> Result<&[usize], EngineError> {
+        self.submit(Some(item))?;
+        Ok(&self.out_shape)
+    }
+
+    /// Submits the request (the host input, or `device`) and waits for its result.
+    fn submit(&mut self, device: Option<DeviceItem>) -> Result<(), EngineError> {
         let err = |reason: String| EngineError::Run {
             path: self.owner.shared.model.clone(),
             reason,
@@ -332,6 +383,7 @@ impl BatchClient {
         {
             let slot = &mut st.slots[self.index];
             std::mem::swap(&mut slot.input, &mut self.input);
+            slot.device = device;
             slot.state = SlotState::Submitted;
         }
         self.owner.shared.submitted.notify_all();
@@ -360,7 +412,7 @@ impl BatchClient {
         drop(st);
         match failure {
             Some(e) => Err(err(e)),
-            None => Ok((&self.output, &self.out_shape)),
+            None => Ok(()),
         }
     }
 }
@@ -406,6 +458,126 @@ mod tests {
         fn model(&self) -> &Path {
             Path::new("doubler.onnx")
         }
+    }
+
+    /// A stand-in for a GPU engine: its "device pointers" are host pointers to `f32`s; it
+    /// writes input * 3 to each item's output and records the batch sizes.
+    struct DeviceTripler {
+        sizes: Arc<Mutex<Vec<usize>>>,
+    }
+
+    impl InferenceEngine for DeviceTripler {
+        fn run(
+            &mut self,
+            input: &[f32],
+            shape: &[usize],
+            out: &mut Vec<f32>,
+        ) -> Result<Vec<usize>, EngineError> {
+            out.clear();
+            out.extend(input.iter().map(|v| v * 2.0));
+            Ok(shape.to_vec())
+        }
+        fn input_shape(&self) -> &[i64] {
+            &[-1, 4]
+        }
+        fn model(&self) -> &Path {
+            Path::new("tripler.onnx")
+        }
+        fn on_device(&self) -> bool {
+            true
+        }
+        fn run_device(
+            &mut self,
+            items: &[DeviceItem],
+            item_shape: &[usize],
+        ) -> Result<Vec<usize>, EngineError> {
+            self.sizes.lock().unwrap().push(items.len());
+            std::thread::sleep(Duration::from_millis(2));
+            for item in items {
+                // SAFETY: the test's clients pass pointers to live `[f32; 4]` arrays that
+                // they do not touch until their request returns.
+                let (input, output) = unsafe {
+                    (
+                        std::slice::from_raw_parts(item.input as *const f32, item_shape[0]),
+                        std::slice::from_raw_parts_mut(item.output as *mut f32, item.output_len),
+                    )
+                };
+                for (o, i) in output.iter_mut().zip(input) {
+                    *o = i * 3.0;
+                }
+            }
+            Ok(vec![1, 4])
+        }
+    }
+
+    #[test]
+    fn device_requests_are_batched_apart_from_host_ones_and_answered_in_place() {
+        let sizes = Arc::new(Mutex::new(Vec::new()));
+        let engine = DeviceTripler {
+            sizes: sizes.clone(),
+        };
+        let b = Batcher::start(Box::new(engine), &[4], 8, Duration::from_millis(200)).unwrap();
+        let barrier = Arc::new(std::sync::Barrier::new(4));
+        let handles: Vec<_> = (0..4)
+            .map(|k| {
+                let mut c = b.client();
+                let barrier = barrier.clone();
+                std::thread::spawn(move || {
+                    assert!(c.on_device());
+                    barrier.wait();
+                    for round in 0..5 {
+                        let v = (k * 100 + round) as f32;
+                        if k == 3 {
+                            // One stream on the host path: its requests never join a
+                            // device batch.
+                            c.input(4).fill(v);
+                            assert_eq!(c.run().unwrap().0, &[2.0 * v; 4]);
+                            continue;
+                        }
+                        let input = [v; 4];
+                        let mut output = [0.0f32; 4];
+                        let item = DeviceItem {
+                            input: input.as_ptr() as u64,
+                            output: output.as_mut_ptr() as u64,
+                            output_len: 4,
+                        };
+                        assert_eq!(c.run_device(item).unwrap(), &[1, 4]);
+                        assert_eq!(output, [3.0 * v; 4], "client {k} round {round}");
+                    }
+                })
+            })
+            .collect();
+        for h in handles {
+            h.join().unwrap();
+        }
+        let sizes = sizes.lock().unwrap();
+        // 15 device requests in device calls, several per call; the 5 host ones elsewhere.
+        assert_eq!(sizes.iter().sum::<usize>(), 15, "{sizes:?}");
+        assert!(
+            sizes.iter().any(|&n| n > 1),
+            "no device batching: {sizes:?}"
+        );
+        assert_eq!(b.stats().items, 20);
+    }
+
+    #[test]
+    fn a_host_engine_refuses_device_requests_by_name() {
+        let (b, _) = batcher(-1, 1);
+        let mut c = b.client();
+        assert!(!c.on_device());
+        let (input, mut output) = ([1.0f32; 4], [0.0f32; 4]);
+        let e = c
+            .run_device(DeviceItem {
+                input: input.as_ptr() as u64,
+                output: output.as_mut_ptr() as u64,
+                output_len: 4,
+            })
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("doubler.onnx") && e.contains("host"), "{e}");
+        // The client goes on working on the host.
+        c.input(4).fill(1.0);
+        assert_eq!(c.run().unwrap().0, &[2.0; 4]);
     }
 
     fn batcher(batch_dim: i64, window_ms: u64) -> (Batcher, Arc<Mutex<Vec<usize>>>) {

@@ -7,6 +7,9 @@
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 
+pub use crate::gpu_io::DeviceItem;
+use crate::gpu_io::{GpuIo, SessionStream, session_stream};
+
 /// Errors of the inference engine; each names the library or model.
 #[derive(Debug, thiserror::Error)]
 pub enum EngineError {
@@ -52,6 +55,26 @@ pub trait InferenceEngine: Send {
     fn input_shape(&self) -> &[i64];
     /// The model file (for error messages).
     fn model(&self) -> &Path;
+    /// Whether [`run_device`](Self::run_device) works: the session runs on a GPU provider
+    /// and binds device buffers.
+    fn on_device(&self) -> bool {
+        false
+    }
+    /// Runs a batch whose inputs and outputs are in device memory (one [`DeviceItem`] per
+    /// request, each input `item_shape`), writing every item's output into its buffer;
+    /// returns one item's output shape (batch dimension 1). Returns when the outputs are
+    /// written.
+    fn run_device(
+        &mut self,
+        items: &[DeviceItem],
+        item_shape: &[usize],
+    ) -> Result<Vec<usize>, EngineError> {
+        let _ = (items, item_shape);
+        Err(EngineError::Run {
+            path: self.model().to_path_buf(),
+            reason: "this engine runs on the host: it takes no device buffers".into(),
+        })
+    }
 }
 
 /// Where ONNX Runtime runs a model (config `inference.provider`).
@@ -157,23 +180,35 @@ pub fn runtime_providers(library: &Path) -> Result<Vec<&'static str>, EngineErro
 
 /// An ONNX model in an ONNX Runtime session.
 pub struct OrtSession {
+    /// Device I/O when the session runs on a GPU provider (dropped before the session).
+    gpu: Option<GpuIo>,
     session: ort::session::Session,
     model: PathBuf,
     input: String,
     output: String,
     input_shape: Vec<i64>,
     provider: &'static str,
+    /// The context and stream a GPU provider runs on: dropped after the session.
+    _stream: Option<SessionStream>,
 }
 
-fn ep_dispatch(p: &Provider) -> Option<ort::ep::ExecutionProviderDispatch> {
+/// The provider's registration; a GPU provider runs on `stream` (a raw `CUstream`) when
+/// one is given.
+fn ep_dispatch(
+    p: &Provider,
+    stream: Option<*mut ()>,
+) -> Option<ort::ep::ExecutionProviderDispatch> {
     match p {
         Provider::Cpu => None,
-        Provider::Cuda { device } => Some(
-            ort::ep::CUDA::default()
-                .with_device_id(*device)
-                .build()
-                .error_on_failure(),
-        ),
+        Provider::Cuda { device } => {
+            let mut cuda = ort::ep::CUDA::default().with_device_id(*device);
+            if let Some(s) = stream {
+                // SAFETY: the stream belongs to the session's `GpuIo`, which lives as long as
+                // the session (both are fields of one `OrtSession`).
+                cuda = unsafe { cuda.with_compute_stream(s) };
+            }
+            Some(cuda.build().error_on_failure())
+        }
         Provider::TensorRt {
             device,
             engine_cache_dir,
@@ -194,6 +229,10 @@ fn ep_dispatch(p: &Provider) -> Option<ort::ep::ExecutionProviderDispatch> {
             }
             if let Some(table) = int8_calibration_table {
                 trt = trt.with_int8_calibration_table_name(table);
+            }
+            if let Some(s) = stream {
+                // SAFETY: as for CUDA above.
+                trt = unsafe { trt.with_compute_stream(s) };
             }
             Some(trt.build().error_on_failure())
         }
@@ -224,12 +263,25 @@ impl OrtSession {
             0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
             n => n,
         };
+        // A GPU provider runs on a stream of the session's own, in the device's primary
+        // context, so that device buffers of the CUDA backend can be bound (gpu_io.rs).
+        let device = match &settings.provider {
+            Provider::Cpu => None,
+            Provider::Cuda { device } | Provider::TensorRt { device, .. } => Some(*device),
+        };
+        let stream = device.and_then(session_stream);
+        let raw_stream = stream.as_ref().map(|(_, s)| s.cu_stream() as *mut ());
         let build = |provider: &Provider| -> Result<ort::session::Session, String> {
             let mut b = ort::session::Session::builder(env)
                 .map_err(|e| e.to_string())?
                 .with_intra_threads(threads)
                 .map_err(|e| e.to_string())?;
-            if let Some(ep) = ep_dispatch(provider) {
+            let on_gpu = if *provider == Provider::Cpu {
+                None
+            } else {
+                raw_stream
+            };
+            if let Some(ep) = ep_dispatch(provider, on_gpu) {
                 b = b.with_execution_providers([ep]).map_err(|e| {
                     format!(
                         "execution provider {} unavailable in {}: {e}",
@@ -240,7 +292,7 @@ impl OrtSession {
             }
             b.commit_from_file(model).map_err(|e| e.to_string())
         };
-        let (session, provider) = match build(&settings.provider) {
+        let (mut session, provider) = match build(&settings.provider) {
             Ok(s) => (s, settings.provider.name()),
             Err(e) if settings.fallback_to_cpu && settings.provider != Provider::Cpu => {
                 tracing::warn!(model = %model.display(), "{e}; falling back to the CPU provider");
@@ -263,13 +315,43 @@ impl OrtSession {
             .first()
             .map(|o| o.name().to_string())
             .ok_or_else(|| model_err("the model has no outputs".into()))?;
+        let output_dims: Vec<i64> = session
+            .outputs()
+            .first()
+            .and_then(|o| {
+                o.dtype()
+                    .tensor_shape()
+                    .map(|s| s.iter().copied().collect())
+            })
+            .unwrap_or_default();
+        let gpu = match (&stream, device) {
+            (Some(stream), Some(device)) if provider != "cpu" => {
+                match GpuIo::new(
+                    &mut session,
+                    stream.clone(),
+                    device,
+                    &input,
+                    &output,
+                    output_dims,
+                ) {
+                    Ok(io) => Some(io),
+                    Err(e) => {
+                        tracing::warn!(model = %model.display(), "no device I/O binding: {e}");
+                        None
+                    }
+                }
+            }
+            _ => None,
+        };
         Ok(OrtSession {
+            gpu,
             session,
             model: model.to_path_buf(),
             input,
             output,
             input_shape,
             provider,
+            _stream: stream,
         })
     }
 
@@ -310,5 +392,30 @@ impl InferenceEngine for OrtSession {
 
     fn model(&self) -> &Path {
         &self.model
+    }
+
+    fn on_device(&self) -> bool {
+        self.gpu.is_some()
+    }
+
+    fn run_device(
+        &mut self,
+        items: &[DeviceItem],
+        item_shape: &[usize],
+    ) -> Result<Vec<usize>, EngineError> {
+        let reason = match self.gpu.as_mut() {
+            Some(gpu) => match gpu.run(&mut self.session, items, item_shape) {
+                Ok(shape) => return Ok(shape),
+                Err(e) => e,
+            },
+            None => format!(
+                "the session runs on the {} provider: it takes no device buffers",
+                self.provider
+            ),
+        };
+        Err(EngineError::Run {
+            path: self.model.clone(),
+            reason,
+        })
     }
 }

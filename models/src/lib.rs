@@ -19,6 +19,7 @@
 pub mod batch;
 pub mod engine;
 pub mod geometry;
+pub mod gpu_io;
 pub mod nudenet;
 pub mod preprocess;
 pub mod registry;

@@ -143,26 +143,47 @@ fn sampling(spec: InputSpec, w: usize, h: usize) -> Sampling {
 
 /// [`planar`] for a frame whose pixels are on the GPU (CUDA backend): the same sampling by
 /// a kernel into `dev` (`3*s*s` floats), then downloaded into `out` — the only copy; the
-/// frame stays on the device.
+/// frame stays on the device. For an engine that reads device memory,
+/// [`planar_in_device`] stops before the download.
 pub fn planar_on_device(
     frame: &Frame,
     spec: InputSpec,
     dev: &mut aegis_cuda::CudaSlice<f32>,
     out: &mut [f32],
 ) -> Result<Letterbox, PreprocessError> {
+    if out.len() != dev.len() {
+        return Err(BufferSizeError {
+            got: out.len(),
+            size: spec.width,
+        }
+        .into());
+    }
+    let lb = planar_in_device(frame, spec, dev)?;
+    let d = frame.device.as_ref().ok_or(PreprocessError::NotOnDevice)?;
+    d.gpu().download_into(dev, out)?;
+    Ok(lb)
+}
+
+/// [`planar`] for a frame on the GPU into `dev` (`3*s*s` floats), left there: queued on
+/// the frame's stream (wait for it before another stream reads `dev`).
+pub fn planar_in_device(
+    frame: &Frame,
+    spec: InputSpec,
+    dev: &mut aegis_cuda::CudaSlice<f32>,
+) -> Result<Letterbox, PreprocessError> {
     let d = frame.device.as_ref().ok_or(PreprocessError::NotOnDevice)?;
     let (src, gpu) = (d.nv12(), d.gpu());
     let (ow, oh) = (spec.width, spec.height);
-    if out.len() != 3 * ow * oh || dev.len() != out.len() || ow != oh && spec.fit != Fit::Stretch {
+    if dev.len() != 3 * ow * oh || ow != oh && spec.fit != Fit::Stretch {
         return Err(BufferSizeError {
-            got: out.len(),
+            got: dev.len(),
             size: ow,
         }
         .into());
     }
     let s = sampling(spec, src.width, src.height);
-    let r = if s.corner && spec.order == ChannelOrder::Rgb {
-        gpu.preprocess(src, dev, ow, oh)
+    if s.corner && spec.order == ChannelOrder::Rgb {
+        gpu.preprocess(src, dev, ow, oh)?;
     } else if s.corner {
         return Err(PreprocessError::StretchedBgr);
     } else {
@@ -176,9 +197,8 @@ pub fn planar_on_device(
             pad: s.pad,
             bgr: spec.order == ChannelOrder::Bgr,
         };
-        gpu.preprocess_fit(src, dev, ow, oh, &fit)
-    };
-    r.and_then(|()| gpu.download_into(dev, out))?;
+        gpu.preprocess_fit(src, dev, ow, oh, &fit)?;
+    }
     Ok(s.lb)
 }
 

@@ -106,6 +106,8 @@ pub struct LoadedModel {
     pub provider: &'static str,
     /// The file's SHA-256 as read.
     pub sha256: String,
+    /// The first output's shape for one input (batch dimension 1), from the warm-up run.
+    pub output_shape: Vec<usize>,
     batcher: Batcher,
 }
 
@@ -200,6 +202,7 @@ pub fn load(
     let mut client = batcher.client();
     client.input(3 * s * s).fill(0.0);
     let (_, shape) = client.run().map_err(|e| fail(e.to_string()))?;
+    let output_shape = shape.to_vec();
     let shape_ok = match spec.kind {
         ModelKind::SelfieSegmentation => {
             shape.len() == 4 && shape[1..].iter().product::<usize>() == s * s
@@ -222,6 +225,7 @@ pub fn load(
         labels,
         provider,
         sha256,
+        output_shape,
         batcher,
     })
 }

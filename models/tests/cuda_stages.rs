@@ -312,3 +312,246 @@ fn device_model_inputs_equal_the_host_inputs() {
         }
     }
 }
+
+/// ONNX Runtime with the CUDA provider on the GPU machine (`tools/device-agent.sh` sets it
+/// to the pruned pip build it carries: docs/cuda.md).
+fn gpu_ort_library() -> std::path::PathBuf {
+    std::env::var_os("AEGIS_ORT_GPU_LIBRARY")
+        .map(std::path::PathBuf::from)
+        .expect("AEGIS_ORT_GPU_LIBRARY names ONNX Runtime with the CUDA provider")
+}
+
+/// `img` (cropped to even size) as an NV12 frame, on the host and the same pixels on the GPU:
+/// the CPU converter for the host, the bit-exact kernel for the device.
+fn photo_frames(gpu: &Arc<aegis_cuda::Gpu>, img: &RgbImage) -> (Frame, Frame) {
+    use aegis_hal::pixel::{Matrix, Plane, rgb24_to_nv12};
+    use aegis_hal::{FrameLayout, SurfacePool};
+    let (w, h) = (img.width & !1, img.height & !1);
+    let pool = SurfacePool::new(FrameLayout::new(PixelFormat::Nv12, w, h), 2);
+    let mut host = Frame::from_pool(&pool, StreamId::new("photo"), 0, 0, 0).unwrap();
+    {
+        let [y, uv, _] = host.planes_mut();
+        rgb24_to_nv12(
+            Plane::new(&img.data, img.width * 3),
+            w,
+            h,
+            Matrix::Bt601,
+            y,
+            uv,
+        )
+        .unwrap();
+    }
+    let mut dev = Frame::from_pool(&pool, StreamId::new("photo"), 0, 0, 0).unwrap();
+    let dpool = Arc::new(aegis_cuda::DevicePool::new(gpu, w, h, 1).unwrap());
+    let mut nv12 = dpool.acquire().unwrap();
+    let rgb = gpu.upload(&img.data).unwrap();
+    gpu.rgb_to_nv12(&rgb, img.width * 3, &mut nv12).unwrap();
+    gpu.sync().unwrap();
+    dev.device = Some(aegis_hal::frame::DeviceSurface::new(
+        nv12,
+        dpool,
+        gpu.clone(),
+    ));
+    (host, dev)
+}
+
+/// Intersection over union of two `[x1, y1, x2, y2]` boxes.
+fn iou(a: [f32; 4], b: [f32; 4]) -> f32 {
+    let iw = (a[2].min(b[2]) - a[0].max(b[0])).max(0.0);
+    let ih = (a[3].min(b[3]) - a[1].max(b[1])).max(0.0);
+    let inter = iw * ih;
+    let area = |r: [f32; 4]| (r[2] - r[0]) * (r[3] - r[1]);
+    inter / (area(a) + area(b) - inter)
+}
+
+/// Models on the GPU (ONNX Runtime's CUDA provider, device I/O binding) against the same
+/// models on its CPU provider (same library): the segmenter's raw mask on six photos (max
+/// |Δ| ≤ 1e-2, IoU of the person masks ≥ 0.99), NudeNet's detections on them (same classes,
+/// box IoU ≥ 0.9, scores ± 0.02), and the stage chains on the clips with the host transfers
+/// counted: virtual background reads and writes only device memory (1.00 whole-frame
+/// transfer per frame, nothing else); detection downloads the model's output, not its input.
+#[test]
+#[ignore = "needs a GPU and ONNX Runtime's CUDA provider (AEGIS_ORT_GPU_LIBRARY): tools/device-agent.sh runs it in a process of its own"]
+fn gpu_engine_matches_the_cpu_engine() {
+    use aegis_models::engine::Provider;
+    use aegis_models::gpu_io::{DeviceItem, device_ptr, device_ptr_mut};
+    use aegis_models::preprocess::{ChannelOrder, Fit, InputSpec, planar};
+    use aegis_models::stages::detector::Detector;
+    let samples = std::env::var_os("AEGIS_SAMPLES_DIR")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| repo().join(".samples"));
+    let lib = gpu_ort_library();
+    let gpu = Arc::new(aegis_cuda::Gpu::open(0, None).expect("a GPU"));
+    eprintln!("{}: ONNX Runtime {}", gpu.name, lib.display());
+    let cpu = EngineSettings::cpu(&lib, 0);
+    let cuda = EngineSettings {
+        provider: Provider::Cuda { device: 0 },
+        ..EngineSettings::cpu(&lib, 1)
+    };
+    let spec = |kind, file: &str, input_size| ModelSpec {
+        name: file.into(),
+        version: 1,
+        kind,
+        file: models_dir().join(file),
+        sha256: None,
+        input_size,
+        labels: None,
+    };
+    let seg = spec(
+        ModelKind::SelfieSegmentation,
+        "selfie_segmentation.onnx",
+        256,
+    );
+    let nude = spec(ModelKind::NudeNet, "nudenet-320n.onnx", 320);
+    let load =
+        |e: &EngineSettings, s: &ModelSpec| Arc::new(load(e, s, BatchSettings::default()).unwrap());
+    let (seg_cpu, seg_gpu) = (load(&cpu, &seg), load(&cuda, &seg));
+    let (nude_cpu, nude_gpu) = (load(&cpu, &nude), load(&cuda, &nude));
+    assert_eq!((seg_gpu.provider, nude_gpu.provider), ("cuda", "cuda"));
+    let (mut c_cpu, mut c_gpu) = (seg_cpu.client(), seg_gpu.client());
+    assert!(c_gpu.on_device() && !c_cpu.on_device());
+
+    let s = 256;
+    let seg_spec = InputSpec {
+        width: s,
+        height: s,
+        order: ChannelOrder::Rgb,
+        fit: Fit::Stretch,
+    };
+    let mut d_in = gpu.alloc_zeros::<f32>(3 * s * s).unwrap();
+    let mut d_out = gpu.alloc_zeros::<f32>(s * s).unwrap();
+    let photos = [
+        "astronaut.png",
+        "chelsea.png",
+        "coffee.png",
+        "motorcycle_left.png",
+        "rocket.png",
+        "hubble_deep_field.png",
+    ];
+    let mut compared = 0;
+    for name in photos {
+        let path = samples.join(name);
+        if !path.exists() {
+            eprintln!("{name}: not in the bundle");
+            continue;
+        }
+        let img = load_png(&path).unwrap();
+        let (host, dev) = photo_frames(&gpu, &img);
+        // The segmenter: one input, both engines.
+        planar(&host, seg_spec, c_cpu.input(3 * s * s)).unwrap();
+        let input = c_cpu.input(3 * s * s).to_vec();
+        let want = c_cpu.run().unwrap().0.to_vec();
+        gpu.upload_into(&input, &mut d_in).unwrap();
+        gpu.sync().unwrap();
+        let item = DeviceItem {
+            input: device_ptr(&d_in, &gpu.stream),
+            output: device_ptr_mut(&mut d_out, &gpu.stream),
+            output_len: s * s,
+        };
+        let shape = c_gpu.run_device(item).unwrap().to_vec();
+        assert_eq!(shape.iter().product::<usize>(), s * s);
+        let got = gpu.download(&d_out).unwrap();
+        let max = want
+            .iter()
+            .zip(&got)
+            .map(|(a, b)| (a - b).abs())
+            .fold(0f32, f32::max);
+        let (mut inter, mut union) = (0usize, 0usize);
+        for (a, b) in want.iter().zip(&got) {
+            let (a, b) = (*a >= 0.5, *b >= 0.5);
+            inter += usize::from(a && b);
+            union += usize::from(a || b);
+        }
+        let mask_iou = if union == 0 {
+            1.0
+        } else {
+            inter as f64 / union as f64
+        };
+        eprintln!("{name}: mask max |Δ| {max:.2e}, person-mask IoU {mask_iou:.5} ({union} px)");
+        assert!(max <= 1e-2 && mask_iou >= 0.99, "{name}");
+        // NudeNet: the host frame through the CPU engine, the device frame through the GPU.
+        let mut det_cpu = Detector::new(&nude_cpu);
+        let mut det_gpu = Detector::new(&nude_gpu);
+        let want: Vec<_> = det_cpu.detect(&host).unwrap().to_vec();
+        let got: Vec<_> = det_gpu.detect(&dev).unwrap().to_vec();
+        eprintln!(
+            "{name}: {} detections on the CPU, {} on the GPU",
+            want.len(),
+            got.len()
+        );
+        assert_eq!(want.len(), got.len(), "{name}: detections");
+        for (w, g) in want.iter().zip(&got) {
+            let (w, g) = (w.object, g.object);
+            let box_iou = iou(w.bbox, g.bbox);
+            eprintln!(
+                "  {} {:.3} vs {} {:.3}, IoU {box_iou:.4}",
+                w.label, w.score, g.label, g.score
+            );
+            assert_eq!(w.class, g.class, "{name}");
+            assert!(
+                box_iou >= 0.9 && (w.score - g.score).abs() <= 0.02,
+                "{name}"
+            );
+        }
+        compared += 1;
+    }
+    assert!(compared >= 5, "only {compared} photos compared");
+
+    // The stage chains on the clips: every frame, objects and transfers.
+    let photo = Arc::new(load_png(&samples.join("astronaut.png")).unwrap());
+    let host_models = Models {
+        seg: seg_cpu.clone(),
+        nudenet: nude_cpu.clone(),
+        photo: photo.clone(),
+    };
+    let gpu_models = Models {
+        seg: seg_gpu.clone(),
+        nudenet: nude_gpu.clone(),
+        photo,
+    };
+    for clip in [samples.join("bench-720p.mp4"), samples.join("demo.mp4")] {
+        let name = clip.file_name().unwrap().to_string_lossy().to_string();
+        for ((what, mut host_chain, uploads), (_, mut dev_chain, _)) in
+            chains(&host_models).into_iter().zip(chains(&gpu_models))
+        {
+            let mut host_src = FileSource::open(settings(&clip, "host", None)).unwrap();
+            let (host, host_objects) = run(&mut host_src, &mut host_chain);
+            let (t0, c0) = (gpu.frame_transfers(), gpu.host_copies());
+            let mut dev_src = FileSource::open(settings(&clip, "dev", Some(&gpu))).unwrap();
+            let (device, dev_objects) = run(&mut dev_src, &mut dev_chain);
+            let n = device.len() as u64;
+            assert_eq!((n, host.len() as u64), (FRAMES, FRAMES), "{name} {what}");
+            let frames = gpu.frame_transfers() - t0;
+            let copies = gpu.host_copies() - c0;
+            let (mut differing, mut worst) = (0, 0u8);
+            for (h, d) in host.iter().zip(&device) {
+                let w = h
+                    .iter()
+                    .zip(d)
+                    .map(|(a, b)| a.abs_diff(*b))
+                    .max()
+                    .unwrap_or(0);
+                differing += usize::from(w > 0);
+                worst = worst.max(w);
+            }
+            eprintln!(
+                "{name} {what}: {n} frames, {differing} differ (worst by {worst}), objects {host_objects} vs {dev_objects}, {:.2} whole-frame and {:.2} host transfers per frame",
+                frames as f64 / n as f64,
+                copies as f64 / n as f64
+            );
+            assert_eq!(frames, n + uploads as u64, "{name} {what}");
+            if what.contains("background") {
+                // The model's input and output never leave the GPU.
+                assert_eq!(copies, frames, "{name} {what}: only whole frames cross");
+            } else {
+                // Moderation and detection: the frame, and each model output once.
+                assert_eq!(copies, frames + 2 * n, "{name} {what}");
+            }
+            assert_eq!(host_objects, dev_objects, "{name} {what}: objects found");
+            if what.contains("background") {
+                // Probabilities a few 1e-6 apart move the 8-bit mask by a step at most.
+                assert!(worst <= 8, "{name} {what}: a pixel differs by {worst}");
+            }
+        }
+    }
+}

@@ -273,3 +273,63 @@ extern "C" __global__ void rgb_to_nv12(
     uv[i] = (u8)min(max(u, BT601_C_MIN), BT601_C_MAX);
     uv[i + 1] = (u8)min(max(v, BT601_C_MIN), BT601_C_MAX);
 }
+
+// The virtual-background stage's mask refinement (aegis_models' VirtualBackground::
+// infer_mask), in three passes over the s*s model output, each with the CPU's operations in
+// its order (no fused multiply-add: NVRTC runs with --fmad=false).
+//
+// 1. Temporal smoothing of `prob` into `prev` (in place): an uncertain pixel keeps `ratio`
+//    of its previous value; on the first frame (`have_prev` 0) `prev` takes `prob`.
+extern "C" __global__ void mask_smooth(float* __restrict__ prev, const float* __restrict__ prob,
+                                       int n, float ratio, int have_prev)
+{
+    int i = blockIdx.x * blockDim.x + threadIdx.x;
+    if (i >= n) return;
+    float p = prob[i];
+    if (have_prev) {
+        float u = 1.0f - fabsf(2.0f * p - 1.0f);
+        prev[i] = p + (prev[i] - p) * ratio * u;
+    } else {
+        prev[i] = p;
+    }
+}
+
+// 2. Horizontal box blur of radius r (edges clamp), `norm` = 1/(2r+1) as the CPU computes it.
+extern "C" __global__ void mask_blur_h(const float* __restrict__ src, float* __restrict__ dst,
+                                       int s, int r, float norm)
+{
+    int x = blockIdx.x * blockDim.x + threadIdx.x;
+    int y = blockIdx.y * blockDim.y + threadIdx.y;
+    if (x >= s || y >= s) return;
+    const float* row = src + (size_t)y * s;
+    float acc = 0.0f;
+    for (int k = 0; k <= 2 * r; k++) {
+        int i = x + k - r;
+        i = i < 0 ? 0 : (i > s - 1 ? s - 1 : i);
+        acc += row[i];
+    }
+    dst[(size_t)y * s + x] = acc * norm;
+}
+
+// 3. Vertical box blur, then the soft threshold to 0..255: below `lo` background, above `hi`
+//    person, linear in between, rounded half up (Rust's clamp, then `as u8`).
+extern "C" __global__ void mask_blur_v_threshold(const float* __restrict__ src,
+                                                 u8* __restrict__ mask, int s, int r,
+                                                 float norm, float lo, float hi)
+{
+    int x = blockIdx.x * blockDim.x + threadIdx.x;
+    int y = blockIdx.y * blockDim.y + threadIdx.y;
+    if (x >= s || y >= s) return;
+    float acc = 0.0f;
+    for (int k = 0; k <= 2 * r; k++) {
+        int j = y + k - r;
+        j = j < 0 ? 0 : (j > s - 1 ? s - 1 : j);
+        acc += src[(size_t)j * s + x];
+    }
+    float m = acc * norm;
+    float t = (m - lo) / (hi - lo);
+    if (t < 0.0f) t = 0.0f;
+    if (t > 1.0f) t = 1.0f;
+    float v = t * 255.0f + 0.5f;
+    mask[(size_t)y * s + x] = v >= 255.0f ? (u8)255 : (v > 0.0f ? (u8)v : (u8)0);
+}

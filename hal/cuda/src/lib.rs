@@ -232,6 +232,9 @@ struct Kernels {
     composite: CudaFunction,
     scale: CudaFunction,
     rgb_to_nv12: CudaFunction,
+    mask_smooth: CudaFunction,
+    mask_blur_h: CudaFunction,
+    mask_blur_v: CudaFunction,
 }
 
 /// An open GPU with its stream and kernels.
@@ -359,6 +362,9 @@ impl Gpu {
             composite: module.load_function("composite_nv12")?,
             scale: module.load_function("scale_plane")?,
             rgb_to_nv12: module.load_function("rgb_to_nv12")?,
+            mask_smooth: module.load_function("mask_smooth")?,
+            mask_blur_h: module.load_function("mask_blur_h")?,
+            mask_blur_v: module.load_function("mask_blur_v_threshold")?,
         };
         Ok(Gpu {
             ctx,
@@ -874,6 +880,60 @@ impl Gpu {
             .arg(&p);
         // SAFETY: arguments match the kernel; sizes checked above.
         unsafe { b.launch(launch_2d(dst.width / 2, dst.height / 2)) }?;
+        Ok(())
+    }
+
+    /// The virtual-background mask from the segmenter's `s`×`s` person probabilities
+    /// `prob`, as the CPU stage makes it: temporal smoothing into `prev` (keeping `ratio` of
+    /// an uncertain pixel's previous value; `prev` takes `prob` when `!have_prev`), a box
+    /// blur of radius `feather` through `tmp`, and the soft threshold `lo`..`1 - lo` to
+    /// 0..255 in `mask`. Bit-exact with the CPU's floats (same operations, same order).
+    #[allow(clippy::too_many_arguments)]
+    pub fn mask_refine(
+        &self,
+        prob: &CudaSlice<f32>,
+        prev: &mut CudaSlice<f32>,
+        tmp: &mut CudaSlice<f32>,
+        mask: &mut CudaSlice<u8>,
+        s: usize,
+        ratio: f32,
+        have_prev: bool,
+        feather: usize,
+        lo: f32,
+    ) -> Result<(), CudaError> {
+        let n = s * s;
+        if prob.len() < n || prev.len() < n || tmp.len() < n || mask.len() < n {
+            return Err(CudaError::Size(format!(
+                "mask buffers smaller than {s}x{s}"
+            )));
+        }
+        let (ni, si, ri, hp) = (n as i32, s as i32, feather as i32, i32::from(have_prev));
+        // The CPU's `1.0 / (2 * r + 1) as f32` and `1.0 - lo`, computed here as there.
+        let norm = 1.0f32 / (2 * feather + 1) as f32;
+        let hi = 1.0f32 - lo;
+        let mut b = self.stream.launch_builder(&self.kernels.mask_smooth);
+        b.arg(&mut *prev).arg(prob).arg(&ni).arg(&ratio).arg(&hp);
+        let linear = LaunchConfig {
+            grid_dim: ((n as u32).div_ceil(256), 1, 1),
+            block_dim: (256, 1, 1),
+            shared_mem_bytes: 0,
+        };
+        // SAFETY: the arguments match the kernel; every buffer holds at least n values.
+        unsafe { b.launch(linear) }?;
+        let mut b = self.stream.launch_builder(&self.kernels.mask_blur_h);
+        b.arg(&*prev).arg(&mut *tmp).arg(&si).arg(&ri).arg(&norm);
+        // SAFETY: as above; the kernel bounds-checks x and y against s.
+        unsafe { b.launch(launch_2d(s, s)) }?;
+        let mut b = self.stream.launch_builder(&self.kernels.mask_blur_v);
+        b.arg(&*tmp)
+            .arg(mask)
+            .arg(&si)
+            .arg(&ri)
+            .arg(&norm)
+            .arg(&lo)
+            .arg(&hi);
+        // SAFETY: as above.
+        unsafe { b.launch(launch_2d(s, s)) }?;
         Ok(())
     }
 

@@ -6,7 +6,8 @@ use aegis_hal::analytics::{Object, ObjectSource};
 
 use crate::batch::BatchClient;
 use crate::engine::EngineError;
-use crate::preprocess::{ChannelOrder, Fit, InputSpec, planar, planar_on_device};
+use crate::gpu_io::{DeviceItem, device_ptr, device_ptr_mut};
+use crate::preprocess::{ChannelOrder, Fit, InputSpec, planar, planar_in_device, planar_on_device};
 use crate::registry::{LoadedModel, ModelKind};
 use crate::yolo::{Detected, decode, nms};
 
@@ -62,6 +63,12 @@ pub struct Detector {
     model: std::path::PathBuf,
     /// The model input on the GPU, for frames that are there (CUDA backend).
     device_input: Option<aegis_cuda::CudaSlice<f32>>,
+    /// The model output on the GPU (an engine that reads and writes device memory), and
+    /// its copy on the host for decoding.
+    device_output: Option<aegis_cuda::CudaSlice<f32>>,
+    host_output: Vec<f32>,
+    /// Floats of one item's output.
+    output_len: usize,
 }
 
 impl Detector {
@@ -90,6 +97,9 @@ impl Detector {
             raw: Vec::new(),
             found: Vec::new(),
             device_input: None,
+            device_output: None,
+            host_output: Vec::new(),
+            output_len: model.output_shape.iter().skip(1).product(),
         }
     }
 
@@ -102,23 +112,55 @@ impl Detector {
         };
         let lb = match &frame.device {
             Some(d) => {
+                let gpu = d.gpu();
                 if self.device_input.is_none() {
-                    self.device_input = Some(
-                        d.gpu()
-                            .alloc_zeros(3 * s * s)
-                            .map_err(|e| pre(e.to_string()))?,
-                    );
+                    self.device_input =
+                        Some(gpu.alloc_zeros(3 * s * s).map_err(|e| pre(e.to_string()))?);
                 }
                 let dev = self.device_input.as_mut().expect("allocated above");
-                planar_on_device(frame, self.spec, dev, self.client.input(3 * s * s))
-                    .map_err(|e| pre(e.to_string()))?
+                if self.client.on_device() {
+                    // The engine reads the input where the kernel wrote it; only its output
+                    // (smaller than the input) comes down, for decoding and NMS.
+                    let lb =
+                        planar_in_device(frame, self.spec, dev).map_err(|e| pre(e.to_string()))?;
+                    if self.device_output.is_none() {
+                        self.device_output = Some(
+                            gpu.alloc_zeros(self.output_len)
+                                .map_err(|e| pre(e.to_string()))?,
+                        );
+                    }
+                    let out = self.device_output.as_mut().expect("allocated above");
+                    gpu.sync().map_err(|e| pre(e.to_string()))?;
+                    let item = DeviceItem {
+                        input: device_ptr(dev, &gpu.stream),
+                        output: device_ptr_mut(out, &gpu.stream),
+                        output_len: self.output_len,
+                    };
+                    self.client.run_device(item)?;
+                    self.host_output.resize(self.output_len, 0.0);
+                    gpu.download_into(out, &mut self.host_output)
+                        .map_err(|e| pre(e.to_string()))?;
+                    Some(lb)
+                } else {
+                    planar_on_device(frame, self.spec, dev, self.client.input(3 * s * s))
+                        .map(Some)
+                        .map_err(|e| pre(e.to_string()))?
+                }
             }
+            None => None,
+        };
+        let lb = match lb {
+            Some(lb) => lb,
             None => planar(frame, self.spec, self.client.input(3 * s * s))
                 .map_err(|e| pre(e.to_string()))?,
         };
         let t = self.thresholds;
         let classes = self.labels.len();
-        let (out, _) = self.client.run()?;
+        let out: &[f32] = if frame.device.is_some() && self.client.on_device() {
+            &self.host_output
+        } else {
+            self.client.run()?.0
+        };
         decode(out, classes, t.decode_min, lb, &mut self.raw).map_err(|e| EngineError::Run {
             path: self.model.clone(),
             reason: format!("decode: {e}"),

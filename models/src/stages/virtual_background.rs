@@ -12,7 +12,8 @@ use aegis_hal::{Frame, PixelFormat};
 use super::pixels::{BgPlanes, composite, rgb_to_yuv};
 use super::{BuildError, BuildStage, loaded_model};
 use crate::batch::BatchClient;
-use crate::preprocess::{ChannelOrder, Fit, InputSpec, planar, planar_on_device};
+use crate::gpu_io::{DeviceItem, device_ptr, device_ptr_mut};
+use crate::preprocess::{ChannelOrder, Fit, InputSpec, planar, planar_in_device, planar_on_device};
 use crate::registry::{LoadedModel, Registry};
 
 /// What replaces the background.
@@ -159,13 +160,13 @@ impl VirtualBackground {
         }
     }
 
-    /// Share of the last frame's mask that is person (for tests and health).
+    /// Share of the last host frame's mask that is person (for tests and health).
     pub fn person_fraction(&self) -> f32 {
         self.person_fraction
     }
 
-    /// The last mask (`size`×`size`, 0 = background, 255 = person), after smoothing and
-    /// feathering.
+    /// The last mask of a host frame (`size`×`size`, 0 = background, 255 = person), after
+    /// smoothing and feathering (a device frame's mask stays on the GPU).
     pub fn mask(&self) -> (&[u8], usize) {
         (&self.mask, self.size)
     }
@@ -197,12 +198,7 @@ impl VirtualBackground {
             .client
             .run()
             .map_err(|e| err("inference", e.to_string()))?;
-        if out.len() != s * s {
-            return Err(err(
-                "inference",
-                format!("mask has {} values, expected {}", out.len(), s * s),
-            ));
-        }
+        mask_len_ok(out.len(), s)?;
         let ratio = self.settings.smoothing.clamp(0.0, 1.0);
         for (m, &p) in self.prev.iter_mut().zip(out) {
             *m = if self.have_prev {
@@ -247,6 +243,17 @@ impl VirtualBackground {
         }
         Ok(())
     }
+}
+
+/// The segmenter's output must be one value per mask pixel.
+fn mask_len_ok(len: usize, s: usize) -> Result<(), StageError> {
+    if len == s * s {
+        return Ok(());
+    }
+    Err(err(
+        "inference",
+        format!("mask has {len} values, expected {}", s * s),
+    ))
 }
 
 /// The background picture cannot be converted to the frame's layout.
@@ -317,6 +324,13 @@ fn image_planes(
 struct DeviceBuffers {
     /// Model input, `3*s*s` floats.
     input: CudaSlice<f32>,
+    /// The segmenter's output, `s*s` person probabilities.
+    prob: CudaSlice<f32>,
+    /// The temporally smoothed mask (state across frames) and the blur's scratch, `s*s`.
+    prev: CudaSlice<f32>,
+    tmp: CudaSlice<f32>,
+    /// `prev` holds a previous frame's mask.
+    have_prev: bool,
     /// The mask, `s*s`.
     mask: CudaSlice<u8>,
     /// The background at frame size (the blurred frame, a colour or the picture).
@@ -333,8 +347,10 @@ fn gpu_err(e: aegis_cuda::CudaError) -> StageError {
 
 impl VirtualBackground {
     /// The same operations as [`Stage::process`] on the host, on a frame whose pixels are
-    /// on the GPU: preprocess and composite run as kernels; only the model input goes down
-    /// (the model runs where the engine runs) and the mask comes back up; the frame stays.
+    /// on the GPU: preprocess, mask refinement and composite run as kernels, and the frame
+    /// stays. An engine on the GPU reads the model input and writes the probabilities in
+    /// device memory (nothing crosses to the host); a host engine gets the input downloaded
+    /// and its output uploaded.
     fn process_on_device(&mut self, frame: &mut Frame) -> Result<(), StageError> {
         let s = self.size;
         let Some(dev) = frame.device.as_ref() else {
@@ -349,6 +365,10 @@ impl VirtualBackground {
             let gpu = dev.gpu();
             self.device = Some(DeviceBuffers {
                 input: gpu.alloc_zeros(3 * s * s).map_err(gpu_err)?,
+                prob: gpu.alloc_zeros(s * s).map_err(gpu_err)?,
+                prev: gpu.alloc_zeros(s * s).map_err(gpu_err)?,
+                tmp: gpu.alloc_zeros(s * s).map_err(gpu_err)?,
+                have_prev: false,
                 mask: gpu.alloc_zeros(s * s).map_err(gpu_err)?,
                 bg: gpu.alloc_nv12(w, h).map_err(gpu_err)?,
                 scratch: gpu.alloc_zeros(w * h).map_err(gpu_err)?,
@@ -357,12 +377,41 @@ impl VirtualBackground {
         }
         let spec = self.spec();
         let d = self.device.as_mut().expect("allocated above");
-        planar_on_device(frame, spec, &mut d.input, self.client.input(3 * s * s))
-            .map_err(|e| err("preprocess", e.to_string()))?;
-        self.infer_mask()?;
-        let d = self.device.as_mut().expect("allocated above");
+        let pre = |e: crate::preprocess::PreprocessError| err("preprocess", e.to_string());
+        let infer = |e: crate::engine::EngineError| err("inference", e.to_string());
+        if self.client.on_device() {
+            planar_in_device(frame, spec, &mut d.input).map_err(pre)?;
+            let gpu = dev.gpu();
+            // The engine reads the input on its own stream: the kernel must be done.
+            gpu.sync().map_err(gpu_err)?;
+            let item = DeviceItem {
+                input: device_ptr(&d.input, &gpu.stream),
+                output: device_ptr_mut(&mut d.prob, &gpu.stream),
+                output_len: s * s,
+            };
+            let shape = self.client.run_device(item).map_err(infer)?;
+            mask_len_ok(shape.iter().product(), s)?;
+        } else {
+            planar_on_device(frame, spec, &mut d.input, self.client.input(3 * s * s))
+                .map_err(pre)?;
+            let (out, _) = self.client.run().map_err(infer)?;
+            mask_len_ok(out.len(), s)?;
+            dev.gpu().upload_into(out, &mut d.prob).map_err(gpu_err)?;
+        }
         let (nv12, gpu) = frame.device.as_mut().expect("checked above").parts();
-        gpu.upload_into(&self.mask, &mut d.mask).map_err(gpu_err)?;
+        gpu.mask_refine(
+            &d.prob,
+            &mut d.prev,
+            &mut d.tmp,
+            &mut d.mask,
+            s,
+            self.settings.smoothing.clamp(0.0, 1.0),
+            d.have_prev,
+            self.settings.feather,
+            self.settings.threshold.clamp(0.0, 0.49),
+        )
+        .map_err(gpu_err)?;
+        d.have_prev = true;
         match &self.settings.background {
             Background::Blur { strength } => {
                 gpu.copy_nv12(nv12, &mut d.bg).map_err(gpu_err)?;

@@ -1,0 +1,326 @@
+//! ONNX Runtime fed from device memory: a session on the CUDA or TensorRT provider reads its
+//! input from, and writes its output to, buffers the CUDA backend's kernels made and will
+//! consume, through ONNX Runtime's I/O binding — no host round trip in the frame loop. The
+//! same code runs on a Jetson (TensorRT provider, JetPack's ONNX Runtime) and on a discrete
+//! GPU (CUDA provider).
+//!
+//! The session runs on a CUDA stream of its own (`user_compute_stream`), in the primary
+//! context of its device — the one the CUDA backend's `Gpu` uses, so device pointers are
+//! valid across both. Ordering across streams is explicit: the caller's kernels that wrote
+//! an input have finished before the request is submitted (the client waits for its stream),
+//! and [`GpuIo::run`] returns only after its stream has finished writing the outputs.
+//!
+//! The binding goes through ONNX Runtime's C API (`CreateTensorWithDataAsOrtValue` over the
+//! caller's pointer, `BindInput`/`BindOutput`, `RunWithBinding`) rather than the `ort`
+//! crate's wrapper, which clones a borrowed input before binding it (on a GPU, through an
+//! extra identity session): here nothing is copied but the batch packing below.
+
+use std::ffi::{CStr, CString, c_void};
+use std::ptr;
+use std::sync::Arc;
+
+use aegis_cuda::cudarc::driver::{CudaContext, CudaSlice, CudaStream, DevicePtr, DevicePtrMut};
+use ort::AsPointer as _;
+use ort::sys;
+
+/// One request of a device batch: `f32` buffers in device memory (CUDA device pointers) of
+/// one item, valid until [`GpuIo::run`] returns.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DeviceItem {
+    /// The model input of one item (`item_shape`'s product of floats).
+    pub input: u64,
+    /// Where the item's output goes.
+    pub output: u64,
+    /// The output buffer's length in floats (must be the model's output per item).
+    pub output_len: usize,
+}
+
+/// The GPU side of an ONNX Runtime session: its context and stream, the memory description
+/// of device buffers, the I/O binding, and the buffers a batch of several items is packed
+/// into.
+pub(crate) struct GpuIo {
+    ctx: Arc<CudaContext>,
+    stream: Arc<CudaStream>,
+    memory: *mut sys::OrtMemoryInfo,
+    binding: *mut sys::OrtIoBinding,
+    input: CString,
+    output: CString,
+    /// The first output's declared shape (`-1` for the batch).
+    output_dims: Vec<i64>,
+    batch_in: Option<CudaSlice<f32>>,
+    batch_out: Option<CudaSlice<f32>>,
+}
+
+// SAFETY: the ONNX Runtime objects behind the raw pointers are owned by this value alone and
+// used by one thread at a time (the batch thread that owns the engine); ONNX Runtime allows
+// them to move between threads.
+unsafe impl Send for GpuIo {}
+
+/// `status` as a `Result` (released either way).
+///
+/// # Safety
+/// `status` is null or a status an ONNX Runtime call just returned.
+unsafe fn check(status: sys::OrtStatusPtr, what: &str) -> Result<(), String> {
+    if status.0.is_null() {
+        return Ok(());
+    }
+    let api = ort::api();
+    // SAFETY: a non-null status from the runtime has a NUL-terminated message that lives
+    // until the status is released (below, after the copy).
+    let message = unsafe { CStr::from_ptr((api.GetErrorMessage)(status.0)) }
+        .to_string_lossy()
+        .into_owned();
+    // SAFETY: released once, not used after.
+    unsafe { (api.ReleaseStatus)(status.0) };
+    Err(format!("{what}: {message}"))
+}
+
+/// A GPU session's context and stream.
+pub(crate) type SessionStream = (Arc<CudaContext>, Arc<CudaStream>);
+
+/// The stream a session on device `device` should run on, with its context; `None` when no
+/// CUDA driver is present (the provider then fails to register, and the caller's fallback
+/// rules apply).
+pub(crate) fn session_stream(device: i32) -> Option<SessionStream> {
+    if !aegis_cuda::driver_present() {
+        return None;
+    }
+    let ctx = CudaContext::new(usize::try_from(device).ok()?).ok()?;
+    let stream = ctx.new_stream().ok()?;
+    Some((ctx, stream))
+}
+
+/// An owned `OrtValue`, released on drop.
+struct OwnedValue(*mut sys::OrtValue);
+
+impl Drop for OwnedValue {
+    fn drop(&mut self) {
+        // SAFETY: created by CreateTensorWithDataAsOrtValue, released once.
+        unsafe { (ort::api().ReleaseValue)(self.0) }
+    }
+}
+
+impl GpuIo {
+    /// The binding for `session` (whose provider runs on `stream`, device `device`).
+    pub(crate) fn new(
+        session: &mut ort::session::Session,
+        (ctx, stream): SessionStream,
+        device: i32,
+        input: &str,
+        output: &str,
+        output_dims: Vec<i64>,
+    ) -> Result<GpuIo, String> {
+        let api = ort::api();
+        let mut memory = ptr::null_mut();
+        // SAFETY: valid NUL-terminated name and out-pointer.
+        unsafe {
+            check(
+                (api.CreateMemoryInfo)(
+                    c"Cuda".as_ptr(),
+                    sys::OrtAllocatorType::OrtDeviceAllocator,
+                    device,
+                    sys::OrtMemType::OrtMemTypeDefault,
+                    &mut memory,
+                ),
+                "CreateMemoryInfo",
+            )?
+        };
+        let mut binding = ptr::null_mut();
+        // SAFETY: the session pointer is valid for the session's life, which outlives the
+        // binding (the engine drops this value first: see `OrtSession`'s field order).
+        let made = unsafe {
+            check(
+                (api.CreateIoBinding)(session.ptr_mut(), &mut binding),
+                "CreateIoBinding",
+            )
+        };
+        if let Err(e) = made {
+            // SAFETY: created above, released once.
+            unsafe { (api.ReleaseMemoryInfo)(memory) };
+            return Err(e);
+        }
+        let name = |s: &str| CString::new(s).map_err(|_| format!("tensor name {s:?} has a NUL"));
+        Ok(GpuIo {
+            ctx,
+            stream,
+            memory,
+            binding,
+            input: name(input)?,
+            output: name(output)?,
+            output_dims,
+            batch_in: None,
+            batch_out: None,
+        })
+    }
+
+    /// A tensor over device memory at `ptr` (`dims`, `f32`).
+    fn tensor(&self, ptr: u64, dims: &[i64]) -> Result<OwnedValue, String> {
+        let len: i64 = dims.iter().product();
+        let mut value = ptr::null_mut();
+        // SAFETY: the memory description says CUDA device memory; `ptr` points to at least
+        // `len` floats (the callers check the buffer lengths) that outlive the value (it is
+        // dropped before `run` returns).
+        unsafe {
+            check(
+                (ort::api().CreateTensorWithDataAsOrtValue)(
+                    self.memory,
+                    ptr as *mut c_void,
+                    len as usize * size_of::<f32>(),
+                    dims.as_ptr(),
+                    dims.len(),
+                    sys::ONNXTensorElementDataType::ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT,
+                    &mut value,
+                ),
+                "CreateTensorWithDataAsOrtValue",
+            )?
+        };
+        Ok(OwnedValue(value))
+    }
+
+    /// Device-to-device copy of `floats` values on the session's stream.
+    fn copy(&self, dst: u64, src: u64, floats: usize) -> Result<(), String> {
+        // SAFETY: both ranges are device memory of at least `floats` values (checked by the
+        // callers); the copy is ordered on the session's stream.
+        unsafe {
+            aegis_cuda::cudarc::driver::result::memcpy_dtod_async(
+                dst,
+                src,
+                floats * size_of::<f32>(),
+                self.stream.cu_stream(),
+            )
+        }
+        .map_err(|e| format!("device copy: {e}"))
+    }
+
+    /// A buffer of at least `len` floats in `slot`, grown (never per request once sized).
+    fn scratch(
+        stream: &Arc<CudaStream>,
+        slot: &mut Option<CudaSlice<f32>>,
+        len: usize,
+    ) -> Result<u64, String> {
+        if slot.as_ref().is_none_or(|b| b.len() < len) {
+            *slot = Some(
+                stream
+                    .alloc_zeros::<f32>(len)
+                    .map_err(|e| format!("device buffer: {e}"))?,
+            );
+        }
+        let buf = slot.as_mut().expect("allocated above");
+        let (p, _record) = buf.device_ptr_mut(stream);
+        Ok(p)
+    }
+
+    /// Runs `session` on the items' inputs (each `item_shape`), writing each output into
+    /// its item's buffer; returns the output shape of one item (batch dimension 1). A
+    /// single item is bound in place; several are packed into one batch tensor and unpacked
+    /// after, device to device. Returns when the outputs are written.
+    pub(crate) fn run(
+        &mut self,
+        session: &mut ort::session::Session,
+        items: &[DeviceItem],
+        item_shape: &[usize],
+    ) -> Result<Vec<usize>, String> {
+        let n = items.len();
+        if n == 0 {
+            return Err("an empty device batch".into());
+        }
+        self.ctx
+            .bind_to_thread()
+            .map_err(|e| format!("CUDA context: {e}"))?;
+        let mut in_dims = vec![n as i64];
+        in_dims.extend(item_shape.iter().map(|&d| d as i64));
+        let item_in: usize = item_shape.iter().product();
+        let mut out_dims = self.output_dims.clone();
+        match out_dims.first_mut() {
+            Some(d) if *d < 0 || *d as usize == n => *d = n as i64,
+            _ => {
+                return Err(format!(
+                    "output shape {:?} has no batch dimension for {n} item(s)",
+                    self.output_dims
+                ));
+            }
+        }
+        if out_dims[1..].iter().any(|&d| d < 0) {
+            return Err(format!(
+                "output shape {:?} is not static: device outputs need it known",
+                self.output_dims
+            ));
+        }
+        let item_out = out_dims[1..].iter().product::<i64>() as usize;
+        if let Some(bad) = items.iter().find(|i| i.output_len != item_out) {
+            return Err(format!(
+                "an output buffer of {} floats for outputs of {item_out}",
+                bad.output_len
+            ));
+        }
+        let (in_ptr, out_ptr) = if n == 1 {
+            (items[0].input, items[0].output)
+        } else {
+            let bin = Self::scratch(&self.stream, &mut self.batch_in, n * item_in)?;
+            let bout = Self::scratch(&self.stream, &mut self.batch_out, n * item_out)?;
+            for (k, item) in items.iter().enumerate() {
+                self.copy(bin + (k * item_in * 4) as u64, item.input, item_in)?;
+            }
+            (bin, bout)
+        };
+        let input = self.tensor(in_ptr, &in_dims)?;
+        let output = self.tensor(out_ptr, &out_dims)?;
+        let api = ort::api();
+        // SAFETY: binding, names and values are valid; ONNX Runtime keeps its own reference
+        // to each bound value, and the buffers outlive the run (the caller's until `run`
+        // returns, the batch ones in `self`).
+        unsafe {
+            check(
+                (api.BindInput)(self.binding, self.input.as_ptr(), input.0),
+                "BindInput",
+            )?;
+            check(
+                (api.BindOutput)(self.binding, self.output.as_ptr(), output.0),
+                "BindOutput",
+            )?;
+            check(
+                (api.RunWithBinding)(session.ptr_mut(), ptr::null(), self.binding),
+                "RunWithBinding",
+            )?;
+        }
+        if n > 1 {
+            for (k, item) in items.iter().enumerate() {
+                self.copy(item.output, out_ptr + (k * item_out * 4) as u64, item_out)?;
+            }
+        }
+        self.stream
+            .synchronize()
+            .map_err(|e| format!("CUDA stream: {e}"))?;
+        // SAFETY: drops the binding's references to this run's values (the values are
+        // released when `input` and `output` drop, after this).
+        unsafe {
+            (api.ClearBoundInputs)(self.binding);
+            (api.ClearBoundOutputs)(self.binding);
+        }
+        let mut shape = vec![1];
+        shape.extend(out_dims[1..].iter().map(|&d| d as usize));
+        Ok(shape)
+    }
+}
+
+impl Drop for GpuIo {
+    fn drop(&mut self) {
+        let api = ort::api();
+        // SAFETY: created in `new`, released once; the session is still alive (it is
+        // dropped after this value).
+        unsafe {
+            (api.ReleaseIoBinding)(self.binding);
+            (api.ReleaseMemoryInfo)(self.memory);
+        }
+    }
+}
+
+/// A device pointer for `buf`'s data, read on `stream` (for [`DeviceItem::input`]).
+pub fn device_ptr(buf: &CudaSlice<f32>, stream: &Arc<CudaStream>) -> u64 {
+    buf.device_ptr(stream).0
+}
+
+/// A device pointer for `buf`'s data, written on `stream` (for [`DeviceItem::output`]).
+pub fn device_ptr_mut(buf: &mut CudaSlice<f32>, stream: &Arc<CudaStream>) -> u64 {
+    buf.device_ptr_mut(stream).0
+}
