@@ -49,6 +49,7 @@ pub fn engine_settings(inf: &InferenceConfig, cuda_device: u32) -> EngineSetting
                 fp16: inf.tensorrt.fp16,
                 int8: inf.tensorrt.int8,
                 int8_calibration_table: inf.tensorrt.int8_calibration_table.clone(),
+                dla_core: inf.tensorrt.dla_core,
             },
         },
         fallback_to_cpu: inf.cpu_fallback,

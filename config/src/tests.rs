@@ -820,6 +820,7 @@ fn inference_problems_are_named() {
     - {{kind: moderate, model: nope, rules: [{{classes: [], action: drop, min_score: 2}}]}}
 inference:
   max_batch: 0
+  tensorrt: {{dla_core: 2, int8: true}}
   models:
     - {{name: seg, kind: selfie_segmentation, file: a.onnx, sha256: abc}}
     - {{name: seg, kind: yolov8, file: b.onnx}}
@@ -836,6 +837,8 @@ inference:
         "pipeline.stages[2].rules[0].classes",
         "pipeline.stages[2].rules[0].min_score",
         "inference.max_batch",
+        "inference.tensorrt.dla_core",
+        "inference.tensorrt.int8_calibration_table",
         "inference.models[0].sha256",
         "inference.models[1].name",
         "inference.models[1].labels",

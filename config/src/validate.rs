@@ -461,6 +461,9 @@ pub(crate) fn check_inference(inf: &InferenceConfig, prefix: &str, out: &mut Vec
         &(0..=100),
     );
     check_range(out, join_key(prefix, "threads"), inf.threads, &(0..=256));
+    if let Some(core) = inf.tensorrt.dla_core {
+        check_range(out, join_key(prefix, "tensorrt.dla_core"), core, &(0..=1));
+    }
     if inf.tensorrt.int8 && inf.tensorrt.int8_calibration_table.is_none() {
         out.push(Problem::new(
             join_key(prefix, "tensorrt.int8_calibration_table"),

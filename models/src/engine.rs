@@ -101,6 +101,8 @@ pub enum Provider {
         int8: bool,
         /// The int8 calibration table's file name.
         int8_calibration_table: Option<String>,
+        /// A DLA core to run on (the GPU takes what the DLA cannot).
+        dla_core: Option<u32>,
     },
 }
 
@@ -192,11 +194,44 @@ pub struct OrtSession {
     _stream: Option<SessionStream>,
 }
 
+/// TensorRT's optimisation profile for a model whose batch dimension is free: the input's
+/// shapes at batch 1 (min) and at the batcher's largest batch (opt and max), as
+/// `name:1x3x256x256`. Without it TensorRT builds an engine for the first batch size it sees
+/// and builds again — minutes on an Orin — whenever a larger batch comes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct TrtProfile {
+    min: String,
+    max: String,
+}
+
+impl TrtProfile {
+    /// The profile for `input` declared as `dims`, or `None` when the batch is fixed or
+    /// another dimension is free (TensorRT then takes the shapes at run time).
+    fn new(input: &str, dims: &[i64], max_batch: usize) -> Option<TrtProfile> {
+        let (&batch, rest) = dims.split_first()?;
+        if batch >= 0 || rest.iter().any(|&d| d < 0) {
+            return None;
+        }
+        let shape = |n: usize| {
+            let mut s = format!("{input}:{n}");
+            for d in rest {
+                s.push_str(&format!("x{d}"));
+            }
+            s
+        };
+        Some(TrtProfile {
+            min: shape(1),
+            max: shape(max_batch.max(1)),
+        })
+    }
+}
+
 /// The provider's registration; a GPU provider runs on `stream` (a raw `CUstream`) when
-/// one is given.
+/// one is given, TensorRT with `profile` when given.
 fn ep_dispatch(
     p: &Provider,
     stream: Option<*mut ()>,
+    profile: Option<&TrtProfile>,
 ) -> Option<ort::ep::ExecutionProviderDispatch> {
     match p {
         Provider::Cpu => None,
@@ -215,11 +250,21 @@ fn ep_dispatch(
             fp16,
             int8,
             int8_calibration_table,
+            dla_core,
         } => {
             let mut trt = ort::ep::TensorRT::default()
                 .with_device_id(*device)
                 .with_fp16(*fp16)
                 .with_int8(*int8);
+            if let Some(core) = dla_core {
+                trt = trt.with_dla(true).with_dla_core(*core);
+            }
+            if let Some(p) = profile {
+                trt = trt
+                    .with_profile_min_shapes(&p.min)
+                    .with_profile_opt_shapes(&p.max)
+                    .with_profile_max_shapes(&p.max);
+            }
             if let Some(dir) = engine_cache_dir {
                 trt = trt
                     .with_engine_cache(true)
@@ -251,6 +296,16 @@ impl OrtSession {
     /// `fallback_to_cpu`, logs that and runs on the CPU ([`provider`](Self::provider) says
     /// which one runs).
     pub fn open_with(settings: &EngineSettings, model: &Path) -> Result<Self, EngineError> {
+        Self::open_batched(settings, model, 1)
+    }
+
+    /// [`open_with`](Self::open_with) for batches of up to `max_batch` inputs: on TensorRT,
+    /// an engine built once for batches 1..=`max_batch` when the model's batch is free.
+    pub fn open_batched(
+        settings: &EngineSettings,
+        model: &Path,
+        max_batch: usize,
+    ) -> Result<Self, EngineError> {
         let env = runtime(&settings.runtime)?;
         let model_err = |reason: String| EngineError::Model {
             path: model.to_path_buf(),
@@ -271,6 +326,10 @@ impl OrtSession {
         };
         let stream = device.and_then(session_stream);
         let raw_stream = stream.as_ref().map(|(_, s)| s.cu_stream() as *mut ());
+        let profile = match &settings.provider {
+            Provider::TensorRt { .. } => trt_profile(env, model, threads, max_batch),
+            _ => None,
+        };
         let build = |provider: &Provider| -> Result<ort::session::Session, String> {
             let mut b = ort::session::Session::builder(env)
                 .map_err(|e| e.to_string())?
@@ -281,7 +340,7 @@ impl OrtSession {
             } else {
                 raw_stream
             };
-            if let Some(ep) = ep_dispatch(provider, on_gpu) {
+            if let Some(ep) = ep_dispatch(provider, on_gpu, profile.as_ref()) {
                 b = b.with_execution_providers([ep]).map_err(|e| {
                     format!(
                         "execution provider {} unavailable in {}: {e}",
@@ -361,6 +420,26 @@ impl OrtSession {
     }
 }
 
+/// The TensorRT profile of `model`'s first input, read from a CPU session (the input's
+/// name and declared shape are needed before the TensorRT session exists); `None` when the
+/// model cannot be read here (the TensorRT session then reports why).
+fn trt_profile(
+    env: &ort::environment::Environment,
+    model: &Path,
+    threads: usize,
+    max_batch: usize,
+) -> Option<TrtProfile> {
+    let probe = ort::session::Session::builder(env)
+        .ok()?
+        .with_intra_threads(threads)
+        .ok()?
+        .commit_from_file(model)
+        .ok()?;
+    let first = probe.inputs().first()?;
+    let dims: Vec<i64> = first.dtype().tensor_shape()?.iter().copied().collect();
+    TrtProfile::new(first.name(), &dims, max_batch)
+}
+
 impl InferenceEngine for OrtSession {
     fn run(
         &mut self,
@@ -417,5 +496,22 @@ impl InferenceEngine for OrtSession {
             path: self.model.clone(),
             reason,
         })
+    }
+}
+
+#[cfg(test)]
+mod profile_tests {
+    use super::TrtProfile;
+
+    #[test]
+    fn a_free_batch_gets_a_profile_from_one_to_the_largest_batch() {
+        let p = TrtProfile::new("input_1", &[-1, 3, 256, 256], 8).unwrap();
+        assert_eq!(p.min, "input_1:1x3x256x256");
+        assert_eq!(p.max, "input_1:8x3x256x256");
+        // A fixed batch, or another free dimension: TensorRT takes the shapes as they come.
+        assert_eq!(TrtProfile::new("x", &[1, 3, 320, 320], 8), None);
+        assert_eq!(TrtProfile::new("x", &[-1, 3, -1, -1], 8), None);
+        assert_eq!(TrtProfile::new("x", &[], 8), None);
+        assert_eq!(TrtProfile::new("x", &[-1, 4], 0).unwrap().max, "x:1x4");
     }
 }

@@ -18,6 +18,7 @@
 
 pub mod batch;
 pub mod engine;
+pub mod engine_build;
 pub mod geometry;
 pub mod gpu_io;
 pub mod nudenet;

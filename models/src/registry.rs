@@ -193,15 +193,23 @@ pub fn load(
             None => return Err(fail("a yolov8 model needs a labels file".into())),
         },
     };
-    let session = OrtSession::open_with(settings, &spec.file).map_err(|e| fail(e.to_string()))?;
+    let session = OrtSession::open_batched(settings, &spec.file, batch.max_batch)
+        .map_err(|e| fail(e.to_string()))?;
     let provider = session.provider();
     let s = spec.input_size;
     let batcher = Batcher::start(Box::new(session), &[3, s, s], batch.max_batch, batch.window)
         .map_err(|e| fail(e.to_string()))?;
-    // Warm-up: the first run allocates the runtime's arenas; it also proves the output shape.
+    // Warm-up: the first run allocates the runtime's arenas (and on TensorRT builds the
+    // engine, reported while it runs); it also proves the output shape.
     let mut client = batcher.client();
     client.input(3 * s * s).fill(0.0);
-    let (_, shape) = client.run().map_err(|e| fail(e.to_string()))?;
+    let build = match provider {
+        "tensorrt" => crate::engine_build::EngineBuild::begin(&settings.provider, &spec.name),
+        _ => None,
+    };
+    let warm = client.run().map_err(|e| fail(e.to_string()));
+    drop(build);
+    let (_, shape) = warm?;
     let output_shape = shape.to_vec();
     let shape_ok = match spec.kind {
         ModelKind::SelfieSegmentation => {

@@ -144,6 +144,7 @@ fn a_missing_execution_provider_is_named_or_falls_back_to_the_cpu() {
             fp16: true,
             int8: false,
             int8_calibration_table: None,
+            dla_core: Some(0),
         },
     ] {
         let name = provider.name();

@@ -56,6 +56,10 @@ pub struct TensorRtOptions {
     /// The int8 calibration table's file name.
     #[serde(default)]
     pub int8_calibration_table: Option<String>,
+    /// Run on this DLA core (Orin AGX and NX have two, 0-1; Orin Nano none); layers the
+    /// DLA cannot take fall back to the GPU. Default: none (GPU only).
+    #[serde(default)]
+    pub dla_core: Option<u32>,
 }
 
 /// What a model is (fixes its pre- and post-processing).
