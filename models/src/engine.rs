@@ -145,13 +145,104 @@ impl EngineSettings {
 
 static RUNTIME: OnceLock<Result<ort::environment::Environment, String>> = OnceLock::new();
 
+/// The `inference.runtime` value that asks for [`find_runtime`].
+pub const AUTO_RUNTIME: &str = "auto";
+
+/// Where ONNX Runtime is looked for with `inference.runtime: auto`, in order (globs in the
+/// last component): the image's own (Yocto's aegis-onnxruntime, the Debian package), then
+/// the builds a stock JetPack gets ONNX Runtime with TensorRT from — NVIDIA's Jetson wheels
+/// (`pip install onnxruntime-gpu` from the Jetson AI Lab index, JetPack 6: Python 3.10) and a
+/// source or jetson-containers build in /usr/local — then a distribution's.
+pub const RUNTIME_CANDIDATES: [&str; 6] = [
+    "/usr/lib/aegis/libonnxruntime.so",
+    "/usr/local/lib/python3*/dist-packages/onnxruntime/capi/libonnxruntime.so*",
+    "/usr/lib/python3/dist-packages/onnxruntime/capi/libonnxruntime.so*",
+    "/usr/local/lib/libonnxruntime.so",
+    "/usr/lib/aarch64-linux-gnu/libonnxruntime.so",
+    "/usr/lib/x86_64-linux-gnu/libonnxruntime.so",
+];
+
+/// The first of [`RUNTIME_CANDIDATES`] under `root` (`/` on a device) that is a file; a
+/// glob that matches several takes the last name in sort order (the highest version).
+pub fn find_runtime(root: &Path) -> Option<PathBuf> {
+    RUNTIME_CANDIDATES.iter().find_map(|c| {
+        let rel = c.trim_start_matches('/');
+        matches(root, Path::new(rel)).into_iter().last()
+    })
+}
+
+/// Files under `root` matching `rel`, whose components may hold `*` (any characters).
+fn matches(root: &Path, rel: &Path) -> Vec<PathBuf> {
+    let mut found = vec![root.to_path_buf()];
+    for part in rel.components() {
+        let part = part.as_os_str().to_string_lossy();
+        let mut next = Vec::new();
+        for dir in &found {
+            if !part.contains('*') {
+                let p = dir.join(part.as_ref());
+                if p.exists() {
+                    next.push(p);
+                }
+                continue;
+            }
+            let Ok(entries) = std::fs::read_dir(dir) else {
+                continue;
+            };
+            let mut names: Vec<PathBuf> = entries
+                .filter_map(Result::ok)
+                .filter(|e| glob_match(&part, &e.file_name().to_string_lossy()))
+                .map(|e| e.path())
+                .collect();
+            names.sort();
+            next.extend(names);
+        }
+        found = next;
+    }
+    found.retain(|p| p.is_file());
+    found
+}
+
+/// `*`-only glob matching of one name.
+fn glob_match(pattern: &str, name: &str) -> bool {
+    let mut parts = pattern.split('*');
+    let first = parts.next().unwrap_or("");
+    let Some(mut rest) = name.strip_prefix(first) else {
+        return false;
+    };
+    let tail: Vec<&str> = parts.collect();
+    for (i, p) in tail.iter().enumerate() {
+        if i + 1 == tail.len() {
+            return rest.ends_with(p);
+        }
+        match rest.find(p) {
+            Some(at) => rest = &rest[at + p.len()..],
+            None => return false,
+        }
+    }
+    rest.is_empty()
+}
+
+/// The library `configured` names: itself, or for [`AUTO_RUNTIME`] the first candidate
+/// found (an error listing where it looked when none is).
+pub fn resolve_runtime(configured: &Path) -> Result<PathBuf, EngineError> {
+    if configured != Path::new(AUTO_RUNTIME) {
+        return Ok(configured.to_path_buf());
+    }
+    find_runtime(Path::new("/")).ok_or_else(|| EngineError::Runtime {
+        path: configured.to_path_buf(),
+        reason: format!("no ONNX Runtime found in {}", RUNTIME_CANDIDATES.join(", ")),
+    })
+}
+
 /// Loads ONNX Runtime once per process. A second call with another path reuses the first
 /// library (the runtime can only be loaded once).
 fn runtime(library: &Path) -> Result<&'static ort::environment::Environment, EngineError> {
+    let library = &resolve_runtime(library)?;
     let r = RUNTIME.get_or_init(|| {
         if !library.exists() {
             return Err("file not found".to_string());
         }
+        tracing::info!(library = %library.display(), "loading ONNX Runtime");
         ort::init_from(library)
             .map_err(|e| e.to_string())?
             .with_name("aegis")
@@ -501,7 +592,44 @@ impl InferenceEngine for OrtSession {
 
 #[cfg(test)]
 mod profile_tests {
-    use super::TrtProfile;
+    use super::*;
+
+    #[test]
+    fn auto_finds_the_first_candidate_and_the_highest_version_of_a_glob() {
+        let root = tempfile::tempdir().unwrap();
+        let put = |rel: &str| {
+            let p = root.path().join(rel);
+            std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+            std::fs::write(&p, b"elf").unwrap();
+        };
+        assert_eq!(find_runtime(root.path()), None);
+        // A stock JetPack 6 with NVIDIA's wheel: found in dist-packages, newest version.
+        let capi = "usr/local/lib/python3.10/dist-packages/onnxruntime/capi";
+        put(&format!("{capi}/libonnxruntime.so.1.20.0"));
+        put(&format!("{capi}/libonnxruntime.so.1.23.0"));
+        put(&format!("{capi}/libonnxruntime_providers_tensorrt.so"));
+        put("usr/local/lib/libonnxruntime.so");
+        assert_eq!(
+            find_runtime(root.path()).unwrap(),
+            root.path().join(format!("{capi}/libonnxruntime.so.1.23.0"))
+        );
+        // The image's own comes first.
+        put("usr/lib/aegis/libonnxruntime.so");
+        assert_eq!(
+            find_runtime(root.path()).unwrap(),
+            root.path().join("usr/lib/aegis/libonnxruntime.so")
+        );
+        // A configured path is taken as it is; only `auto` searches.
+        let p = Path::new("/opt/ort/libonnxruntime.so");
+        assert_eq!(resolve_runtime(p).unwrap(), p);
+        assert!(glob_match("libonnxruntime.so*", "libonnxruntime.so"));
+        assert!(glob_match("python3*", "python3.10"));
+        assert!(!glob_match("python3*", "python2.7"));
+        assert!(!glob_match(
+            "libonnxruntime.so*",
+            "libonnxruntime_providers_cuda.so"
+        ));
+    }
 
     #[test]
     fn a_free_batch_gets_a_profile_from_one_to_the_largest_batch() {

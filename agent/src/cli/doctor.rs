@@ -253,10 +253,13 @@ fn inference(cfg: &AgentConfig, r: &mut Report) {
     match aegis_models::engine::runtime_providers(&inf.runtime) {
         Ok(p) => {
             let wanted = format!("{:?}", inf.provider).to_lowercase();
+            // `auto` names the library it found.
+            let library = aegis_models::engine::resolve_runtime(&inf.runtime)
+                .unwrap_or_else(|_| inf.runtime.clone());
             r.add(
                 Level::Ok,
                 "onnxruntime",
-                format!("{}: providers {}", inf.runtime.display(), p.join(", ")),
+                format!("{}: providers {}", library.display(), p.join(", ")),
             );
             let have = p.iter().any(|x| *x == wanted) || wanted == "cpu";
             if !have {

@@ -116,7 +116,9 @@ impl ModelConfig {
 #[serde(deny_unknown_fields)]
 pub struct InferenceConfig {
     /// ONNX Runtime shared library, loaded at start-up (JetPack's on a
-    /// Jetson; `just models` fetches the PyPI build for development).
+    /// Jetson; `just models` fetches the PyPI build for development), or
+    /// `auto`: the first found of the image's own (/usr/lib/aegis), NVIDIA's
+    /// Jetson wheel in dist-packages, /usr/local/lib, the distribution's.
     #[serde(default = "default_ort_runtime")]
     pub runtime: PathBuf,
     /// Execution provider.
