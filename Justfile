@@ -38,7 +38,6 @@ test: lint
     # by the aarch64 builds and the fuzzer that follow (.ci/run sets AEGIS_CI_PRUNE).
     if [ -n "${AEGIS_CI_PRUNE:-}" ]; then rm -rf target/debug; fi
     step tools/cross-test.sh
-    step tools/cross-agent.sh
     step tools/fuzz.sh 10
 
 # The container definition and the Helm chart of `chimera serve` (deploy/): hadolint, helm
@@ -72,7 +71,8 @@ cross-test:
 
 # The whole agent (libav included) for aarch64: hal, models and agent unit tests under
 # qemu-user, and a real pipeline run by the aarch64 binary (installs Debian's arm64 libav
-# packages).
+# packages). Not in CI yet: after cross-test it adds about 4 min (237 s here) to a run that
+# is already at ~24 of its 25 min.
 cross-agent:
     tools/cross-agent.sh
 

@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # The whole agent (libav included) cross-compiled for the Jetson's aarch64, its unit tests and
 # those of hal and models run under qemu-user (with the aarch64 ONNX Runtime of the pinned
-# wheel), and the binary run on a real pipeline with Debian's arm64 FFmpeg. CI runs it after
-# tools/cross-test.sh (the libav-free crates' tests), whose aarch64 dependencies it reuses.
+# wheel), and the binary run on a real pipeline with Debian's arm64 FFmpeg. Run after
+# tools/cross-test.sh it reuses that script's aarch64 dependencies (profile `cross`) and takes
+# about 4 min more; not in CI yet for that reason (`just cross-agent`).
 #
 # Needs root for apt: adds Debian's arm64 architecture and installs the arm64 libav*-dev
 # packages (multiarch, beside the amd64 ones; about 280 packages, 30 s here). bindgen reads

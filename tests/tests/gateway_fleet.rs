@@ -538,13 +538,16 @@ fn two_replicas_on_postgresql_share_the_receipts_and_take_over_from_a_killed_one
     gateway_and_device(d, "orin-1", &["site-a"]);
     let pipeline = sim_fleet(d, n);
     let (overlay, none) = ("[{ kind: timestamp_overlay }]", "[]");
-    let docs: Vec<String> = [(1, overlay), (2, none), (5, overlay)]
+    // Signed in the order the devices get them: a device refuses a document issued before
+    // the newest it accepted (replay), and signing spans second boundaries under load.
+    let mut docs: Vec<String> = [(1, overlay), (2, none)]
         .into_iter()
         .map(|(seq, stages)| signed(d, &format!("w{seq}"), seq, &pipeline(stages)).0)
         .collect();
     // Fails its health check on every device; the rollback re-issues w2's pipeline.
     let (bad, bad_id) = signed(d, "bad", 3, &pipeline(overlay));
     let (rollback, _) = signed(d, "rollback", 4, &pipeline(none));
+    docs.push(signed(d, "w5", 5, &pipeline(overlay)).0);
     let broker = Broker::start(&d.join("broker"));
     let pg = postgres::postgres();
     let db = pg.create_database();
