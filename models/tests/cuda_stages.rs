@@ -104,6 +104,27 @@ fn run(src: &mut dyn VideoSource, chain: &mut [Box<dyn Stage>]) -> (Vec<Vec<u8>>
     (out, objects)
 }
 
+/// The sample clips and photos: on the GPU machine the bundle's own folder
+/// (tools/device-agent.sh sets `AEGIS_SAMPLES_DIR`), else `.samples`.
+fn samples_dir() -> std::path::PathBuf {
+    std::env::var_os("AEGIS_SAMPLES_DIR")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| repo().join(".samples"))
+}
+
+/// A model of `just models` to load.
+fn model_spec(name: &str, kind: ModelKind, file: &str, input_size: usize) -> ModelSpec {
+    ModelSpec {
+        name: name.into(),
+        version: 1,
+        kind,
+        file: models_dir().join(file),
+        sha256: None,
+        input_size,
+        labels: None,
+    }
+}
+
 struct Models {
     seg: Arc<LoadedModel>,
     nudenet: Arc<LoadedModel>,
@@ -184,31 +205,19 @@ fn chains(m: &Models) -> Vec<Chain> {
 #[test]
 #[ignore = "needs an NVIDIA GPU with NVDEC: tools/device-test.sh"]
 fn device_stages_equal_the_host_stages() {
-    // On the GPU machine the bundle's own folder (tools/device-agent.sh sets it).
-    let samples = std::env::var_os("AEGIS_SAMPLES_DIR")
-        .map(std::path::PathBuf::from)
-        .unwrap_or_else(|| repo().join(".samples"));
+    let samples = samples_dir();
     let gpu = Arc::new(aegis_cuda::Gpu::open(0, None).expect("a GPU"));
     eprintln!("{}: kernels {}", gpu.name, gpu.ptx_source);
     let engine = EngineSettings::cpu(&ort_library(), 1);
-    let spec = |name: &str, kind, file: &str, input_size| ModelSpec {
-        name: name.into(),
-        version: 1,
-        kind,
-        file: models_dir().join(file),
-        sha256: None,
-        input_size,
-        labels: None,
-    };
     let load = |s: ModelSpec| Arc::new(load(&engine, &s, BatchSettings::default()).unwrap());
     let m = Models {
-        seg: load(spec(
+        seg: load(model_spec(
             "selfie-seg",
             ModelKind::SelfieSegmentation,
             "selfie_segmentation.onnx",
             256,
         )),
-        nudenet: load(spec(
+        nudenet: load(model_spec(
             "nudenet",
             ModelKind::NudeNet,
             "nudenet-320n.onnx",
@@ -273,9 +282,7 @@ fn device_stages_equal_the_host_stages() {
 #[ignore = "needs an NVIDIA GPU with NVDEC: tools/device-test.sh"]
 fn device_model_inputs_equal_the_host_inputs() {
     use aegis_models::preprocess::{ChannelOrder, Fit, InputSpec, planar, planar_on_device};
-    let samples = std::env::var_os("AEGIS_SAMPLES_DIR")
-        .map(std::path::PathBuf::from)
-        .unwrap_or_else(|| repo().join(".samples"));
+    let samples = samples_dir();
     let clip = samples.join("bench-720p.mp4");
     let gpu = Arc::new(aegis_cuda::Gpu::open(0, None).expect("a GPU"));
     let mut host_src = FileSource::open(settings(&clip, "host", None)).unwrap();
@@ -377,9 +384,7 @@ fn gpu_engine_matches_the_cpu_engine() {
     use aegis_models::gpu_io::{DeviceItem, device_ptr, device_ptr_mut};
     use aegis_models::preprocess::{ChannelOrder, Fit, InputSpec, planar};
     use aegis_models::stages::detector::Detector;
-    let samples = std::env::var_os("AEGIS_SAMPLES_DIR")
-        .map(std::path::PathBuf::from)
-        .unwrap_or_else(|| repo().join(".samples"));
+    let samples = samples_dir();
     let lib = gpu_ort_library();
     let gpu = Arc::new(aegis_cuda::Gpu::open(0, None).expect("a GPU"));
     eprintln!("{}: ONNX Runtime {}", gpu.name, lib.display());
@@ -388,21 +393,13 @@ fn gpu_engine_matches_the_cpu_engine() {
         provider: Provider::Cuda { device: 0 },
         ..EngineSettings::cpu(&lib, 1)
     };
-    let spec = |kind, file: &str, input_size| ModelSpec {
-        name: file.into(),
-        version: 1,
-        kind,
-        file: models_dir().join(file),
-        sha256: None,
-        input_size,
-        labels: None,
-    };
-    let seg = spec(
+    let seg = model_spec(
+        "selfie-seg",
         ModelKind::SelfieSegmentation,
         "selfie_segmentation.onnx",
         256,
     );
-    let nude = spec(ModelKind::NudeNet, "nudenet-320n.onnx", 320);
+    let nude = model_spec("nudenet", ModelKind::NudeNet, "nudenet-320n.onnx", 320);
     let load =
         |e: &EngineSettings, s: &ModelSpec| Arc::new(load(e, s, BatchSettings::default()).unwrap());
     let (seg_cpu, seg_gpu) = (load(&cpu, &seg), load(&cuda, &seg));
