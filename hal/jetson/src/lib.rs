@@ -3,7 +3,8 @@
 //! wraps `libnvbufsurftransform` (scale / convert / crop on the VIC). The V4L2 M2M codecs that
 //! fill and drain these buffers are [`m2m`] (Orin exposes them only as V4L2
 //! memory-to-memory devices driven through NVIDIA's libv4l2 plugin, docs/jetson-codecs.md);
-//! [`platform`] says which Jetson this is and what that means for the backend.
+//! [`platform`] says which Jetson this is and what that means for the backend, and
+//! [`cuda_egl`] maps a surface's EGL image for CUDA (Orin's zero-copy route to the kernels).
 //!
 //! **Loading.** Nothing links a vendor library: both libraries are opened at run time from an
 //! explicit directory, then JetPack 6's `/usr/lib/aarch64-linux-gnu/nvidia/`, then the plain
@@ -22,13 +23,16 @@
 //!   on aarch64 again under qemu by `tools/cross-test.sh`;
 //! - the dlopen path, symbol resolution, error reporting and the wrappers' call order
 //!   (allocate → map → sync for CPU → sync for device → unmap → destroy), against C stand-ins
-//!   of both libraries (`tests/stub/`, host memory in memfds behind the same ABI).
+//!   of both libraries (`tests/stub/`, host memory in memfds behind the same ABI);
+//! - [`cuda_egl`]'s `CUeglFrame` against CUDA 12.6's headers (`tests/abi/probe_cuda_egl.c`)
+//!   and its register → map → unregister sequence against a stand-in for libcuda's interop.
 //!
 //! Only a Jetson proves the rest: that NVIDIA's libraries behave as their headers document
 //! (pitch alignment, block-linear layouts, real DMA-buf fds from the codecs, EGL images that
 //! CUDA can register, the VIC's scaling filters and colour matrices). Nothing here has run on
 //! a Jetson yet.
 
+pub mod cuda_egl;
 pub mod m2m;
 pub mod nvbuf;
 pub mod platform;

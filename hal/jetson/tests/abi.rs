@@ -232,6 +232,65 @@ fn bindings_match_the_r36_headers() {
     );
 }
 
+/// The CUDA driver's EGL interop (`aegis_jetson::cuda_egl::sys`) against CUDA 12.6's
+/// `cudaEGL.h` / `cuda.h` (JetPack 6's CUDA): `abi/probe_cuda_egl.c`'s output for x86_64 and
+/// aarch64 (identical), recorded in `abi/cuda-egl-12.6-lp64.txt`.
+#[cfg(target_pointer_width = "64")]
+#[test]
+fn cuda_egl_bindings_match_the_cuda_12_6_headers() {
+    use aegis_jetson::cuda_egl::sys as egl;
+    let header = parse(include_str!("abi/cuda-egl-12.6-lp64.txt"));
+    let mut rust = BTreeMap::new();
+    rust.insert(
+        "size CUeglFrame".to_string(),
+        size_of::<egl::CUeglFrame>() as i64,
+    );
+    macro_rules! offsets {
+        ($($f:ident),*) => {
+            $(rust.insert(
+                format!("offset CUeglFrame.{}", stringify!($f)),
+                offset_of!(egl::CUeglFrame, $f) as i64,
+            );)*
+        };
+    }
+    offsets!(
+        frame,
+        width,
+        height,
+        depth,
+        pitch,
+        planeCount,
+        numChannels,
+        frameType,
+        eglColorFormat,
+        cuFormat
+    );
+    rust.insert("size CUresult".into(), size_of::<egl::CUresult>() as i64);
+    rust.insert(
+        "size CUgraphicsResource".into(),
+        size_of::<egl::CUgraphicsResource>() as i64,
+    );
+    macro_rules! values {
+        ($($v:ident),*) => { $(rust.insert(format!("value {}", stringify!($v)), egl::$v as i64);)* };
+    }
+    values!(
+        MAX_PLANES,
+        CU_EGL_FRAME_TYPE_ARRAY,
+        CU_EGL_FRAME_TYPE_PITCH,
+        CU_EGL_COLOR_FORMAT_YUV420_SEMIPLANAR,
+        CU_EGL_COLOR_FORMAT_YVU420_SEMIPLANAR,
+        CU_EGL_COLOR_FORMAT_YUV420_SEMIPLANAR_ER,
+        CU_EGL_COLOR_FORMAT_YUV420_SEMIPLANAR_709,
+        CU_GRAPHICS_REGISTER_FLAGS_NONE
+    );
+    let diff = differences(&header, &rust);
+    assert!(
+        diff.is_empty(),
+        "bindings differ from CUDA 12.6's headers:\n{}",
+        diff.join("\n")
+    );
+}
+
 #[test]
 #[ignore = "needs NVIDIA's r36 headers: set AEGIS_JETSON_MMAPI_INCLUDE=<jetson_multimedia_api/include> and run with --ignored"]
 fn probe_matches_headers() {

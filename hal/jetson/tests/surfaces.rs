@@ -7,6 +7,7 @@ use std::os::fd::BorrowedFd;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, OnceLock};
 
+use aegis_jetson::cuda_egl::{CUDA_LIB, CudaEglLib, EglFrameError};
 use aegis_jetson::nvbuf::{
     ColorFormat, Layout, LoadError, MapMode, MemType, NVBUFSURFACE_LIB, NvBufSurfaceLib,
     R36_LIB_DIR, Surface, SurfaceError, SurfaceSpec, Tag,
@@ -79,6 +80,7 @@ fn built(without_sync_for_device: bool) -> &'static Path {
             &dir.path().join(NVBUFSURFTRANSFORM_LIB),
             &[],
         );
+        compile("cuda_egl.c", &dir.path().join(CUDA_LIB), &[]);
         dir
     })
     .path()
@@ -98,7 +100,7 @@ impl Stub {
     fn variant(without_sync_for_device: bool) -> Stub {
         let from = built(without_sync_for_device);
         let dir = tempfile::tempdir().expect("temp dir");
-        for lib in [NVBUFSURFACE_LIB, NVBUFSURFTRANSFORM_LIB] {
+        for lib in [NVBUFSURFACE_LIB, NVBUFSURFTRANSFORM_LIB, CUDA_LIB] {
             std::fs::copy(from.join(lib), dir.path().join(lib)).expect("copy stub");
         }
         Stub { dir }
@@ -110,6 +112,10 @@ impl Stub {
 
     fn surfaces(&self) -> Arc<NvBufSurfaceLib> {
         NvBufSurfaceLib::load(Some(self.path())).expect("load the libnvbufsurface stand-in")
+    }
+
+    fn cuda(&self) -> Arc<CudaEglLib> {
+        CudaEglLib::load(Some(self.path())).expect("load the libcuda stand-in")
     }
 
     fn transforms(&self) -> Arc<TransformLib> {
@@ -293,6 +299,80 @@ fn dropped_mappings_and_egl_images_are_released_in_order() {
             "NvBufSurfaceDestroy",
         ]
     );
+}
+
+/// The CUDA side of Orin's zero-copy route, against the libcuda stand-in: an NVMM surface's
+/// EGL image registered and mapped as two pitched planes, unregistered when dropped and on
+/// every failure; frames that are not pitch-linear NV12 refused; driver errors named with
+/// the call and the driver's own text.
+#[test]
+fn an_egl_image_maps_for_cuda_as_pitched_nv12_and_is_always_unregistered() {
+    let stub = Stub::new();
+    let lib = stub.surfaces();
+    let cuda = stub.cuda();
+    let hooks = stub.hooks(CUDA_LIB);
+    // SAFETY: the hooks' signatures in tests/stub/cuda_egl.c.
+    let (live, format) = unsafe {
+        (
+            *hooks
+                .get::<unsafe extern "C" fn() -> i32>(b"aegis_stub_live")
+                .expect("aegis_stub_live"),
+            *hooks
+                .get::<unsafe extern "C" fn(i32, i32, i32)>(b"aegis_stub_frame_format")
+                .expect("aegis_stub_frame_format"),
+        )
+    };
+    // SAFETY: plain C functions of the stand-in, which stays loaded (`hooks`).
+    let live = || unsafe { live() };
+    let surface =
+        Surface::new(&lib, &SurfaceSpec::nvmm(64, 48, ColorFormat::Nv12)).expect("allocate");
+    let image = surface.map_egl_image().expect("EGL image");
+    {
+        let m = cuda.map_nv12(&image).expect("mapped");
+        assert_eq!((m.size(), m.pitch()), ((64, 48), 256));
+        assert_eq!(m.uv() - m.y(), 256 * 48, "CbCr follows the luma rows");
+        assert_eq!(m.color_format(), 0x01);
+        assert_eq!(live(), 1);
+    }
+    assert_eq!(live(), 0, "unregistered when dropped");
+    // Block-linear (array) frames, NV21 and three planes are not what the kernels take.
+    for (kind, planes, fmt) in [(0, 2, 0x01), (1, 2, 0x15), (1, 3, 0x01), (1, 1, 0x01)] {
+        // SAFETY: as above.
+        unsafe { format(kind, planes, fmt) };
+        let e = cuda.map_nv12(&image).err().expect("refused");
+        assert!(matches!(e, EglFrameError::NotNv12 { .. }), "{e}");
+        assert!(e.to_string().contains("pitch-linear NV12"), "{e}");
+        assert_eq!(live(), 0, "a refused frame is unregistered too");
+    }
+    // SAFETY: as above. BT.709 NV12 is taken.
+    unsafe { format(1, 2, 0x57) };
+    assert_eq!(cuda.map_nv12(&image).expect("BT.709").color_format(), 0x57);
+    for (call, text) in [
+        (
+            "cuGraphicsEGLRegisterImage",
+            "cuGraphicsEGLRegisterImage failed: CUDA error 1 (invalid argument)",
+        ),
+        (
+            "cuGraphicsResourceGetMappedEglFrame",
+            "cuGraphicsResourceGetMappedEglFrame failed: CUDA error 400 (invalid resource handle)",
+        ),
+    ] {
+        stub.fail_next(CUDA_LIB, call);
+        let e = cuda.map_nv12(&image).err().expect("the driver's refusal");
+        assert_eq!(e.to_string(), text);
+        assert_eq!(live(), 0, "{call}: nothing left registered");
+    }
+    drop(image);
+    let log = stub.log(CUDA_LIB);
+    assert_eq!(
+        names(&log)[..3],
+        [
+            "cuGraphicsEGLRegisterImage",
+            "cuGraphicsResourceGetMappedEglFrame",
+            "cuGraphicsUnregisterResource"
+        ]
+    );
+    assert!(cuda.path().ends_with(CUDA_LIB));
 }
 
 /// Fills plane `plane` of `surface` row by row from `value(x, y)` (x in bytes).

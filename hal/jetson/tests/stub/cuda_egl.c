@@ -1,0 +1,87 @@
+/*
+ * A stand-in for libcuda.so.1's EGL interop (cuGraphicsEGLRegisterImage,
+ * cuGraphicsResourceGetMappedEglFrame, cuGraphicsUnregisterResource, cuGetErrorString) for
+ * aegis-jetson's tests: "registering" an EGL image hands out a resource whose frame is two
+ * pitched planes of host memory. Written for this project from CUDA 12.6's documented
+ * signatures and the layout in src/cuda_egl.rs (checked against the header, tests/abi.rs).
+ *
+ * Extra test hooks: aegis_stub_frame_format(type, planes, colour format) sets what the next
+ * mapped frame reports; aegis_stub_live() counts registered, not yet unregistered resources.
+ */
+#include <stdlib.h>
+#include "stub.h"
+
+typedef struct {
+  void *planes[3];
+  unsigned int width, height, depth, pitch, plane_count, num_channels;
+  int frame_type, color_format, cu_format;
+} StubEglFrame;
+_Static_assert(sizeof(StubEglFrame) == 64, "CUeglFrame (tests/abi/cuda-egl-12.6-lp64.txt)");
+
+typedef struct {
+  void *image;
+  unsigned char *memory;
+} StubResource;
+
+enum { CUDA_ERROR_INVALID_VALUE = 1, CUDA_ERROR_INVALID_HANDLE = 400 };
+enum { WIDTH = 64, HEIGHT = 48, PITCH = 256 };
+
+static int next_type = 1, next_planes = 2, next_format = 0x01;
+static int live;
+
+STUB_EXPORT void aegis_stub_frame_format(int type, int planes, int format) {
+  next_type = type;
+  next_planes = planes;
+  next_format = format;
+}
+
+STUB_EXPORT int aegis_stub_live(void) { return live; }
+
+STUB_EXPORT int cuGraphicsEGLRegisterImage(StubResource **out, void *image, unsigned int flags) {
+  stub_log("cuGraphicsEGLRegisterImage(%u)", flags);
+  if (stub_should_fail("cuGraphicsEGLRegisterImage")) return CUDA_ERROR_INVALID_VALUE;
+  if (!out || !image) return CUDA_ERROR_INVALID_VALUE;
+  StubResource *r = calloc(1, sizeof *r);
+  if (!r) return CUDA_ERROR_INVALID_VALUE;
+  r->image = image;
+  r->memory = calloc(1, (size_t)PITCH * HEIGHT * 3 / 2);
+  live++;
+  *out = r;
+  return 0;
+}
+
+STUB_EXPORT int cuGraphicsResourceGetMappedEglFrame(StubEglFrame *frame, StubResource *r,
+                                                    unsigned int index, unsigned int mip) {
+  stub_log("cuGraphicsResourceGetMappedEglFrame(%u, %u)", index, mip);
+  if (stub_should_fail("cuGraphicsResourceGetMappedEglFrame")) return CUDA_ERROR_INVALID_HANDLE;
+  if (!frame || !r || index != 0 || mip != 0) return CUDA_ERROR_INVALID_VALUE;
+  memset(frame, 0, sizeof *frame);
+  frame->planes[0] = r->memory;
+  frame->planes[1] = next_planes > 1 ? r->memory + (size_t)PITCH * HEIGHT : NULL;
+  frame->width = WIDTH;
+  frame->height = HEIGHT;
+  frame->depth = 1;
+  frame->pitch = PITCH;
+  frame->plane_count = (unsigned int)next_planes;
+  frame->num_channels = 1;
+  frame->frame_type = next_type;
+  frame->color_format = next_format;
+  return 0;
+}
+
+STUB_EXPORT int cuGraphicsUnregisterResource(StubResource *r) {
+  stub_log("cuGraphicsUnregisterResource");
+  if (!r) return CUDA_ERROR_INVALID_HANDLE;
+  free(r->memory);
+  free(r);
+  live--;
+  return stub_should_fail("cuGraphicsUnregisterResource") ? CUDA_ERROR_INVALID_HANDLE : 0;
+}
+
+STUB_EXPORT int cuGetErrorString(int code, const char **out) {
+  switch (code) {
+  case CUDA_ERROR_INVALID_VALUE: *out = "invalid argument"; return 0;
+  case CUDA_ERROR_INVALID_HANDLE: *out = "invalid resource handle"; return 0;
+  default: return CUDA_ERROR_INVALID_VALUE;
+  }
+}
