@@ -276,9 +276,19 @@ pub(super) fn models(s: &PagesState) -> Value {
             v
         })
         .collect();
-    let (mut runtime, _) = file_json(&m.digests, &inf.runtime);
+    // `auto` names the library it finds (aegis_models::engine::RUNTIME_CANDIDATES).
+    let library =
+        aegis_models::engine::resolve_runtime(&inf.runtime).unwrap_or_else(|_| inf.runtime.clone());
+    let (mut runtime, _) = file_json(&m.digests, &library);
     runtime["engine"] = json!("ONNX Runtime");
-    runtime["library"] = json!(inf.runtime.display().to_string());
+    runtime["library"] = json!(library.display().to_string());
+    // TensorRT engines being built (minutes on an Orin), with the seconds spent so far.
+    runtime["engine_builds"] = json!(
+        aegis_models::engine_build::in_progress()
+            .into_iter()
+            .map(|(model, t)| json!({ "model": model, "seconds": t.as_secs() }))
+            .collect::<Vec<_>>()
+    );
     runtime["provider"] = serde_json::to_value(inf.provider).unwrap_or_default();
     runtime["cpu_fallback"] = json!(inf.cpu_fallback);
     runtime["threads"] = json!(inf.threads);
@@ -333,6 +343,13 @@ pub(super) async fn page(State(s): State<Arc<PagesState>>, viewer: Viewer) -> Ht
     body.push_str("</table>");
     if let Some(e) = rt["error"].as_str() {
         body.push_str(&format!("<p class=\"error\">{}</p>", esc(e)));
+    }
+    for b in rt["engine_builds"].as_array().into_iter().flatten() {
+        body.push_str(&format!(
+            "<p>Building the TensorRT engine for {}: {} s so far (minutes on a Jetson; cached for the next start).</p>",
+            esc(&text(&b["model"])),
+            esc(&text(&b["seconds"]))
+        ));
     }
     body.push_str("<h2>Installed models</h2>");
     if v["pipeline_running"] != true {
