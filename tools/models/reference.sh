@@ -22,6 +22,13 @@ REQS=(mediapipe==0.10.14 nudenet==3.4.2 onnxruntime==1.32.0 numpy==1.26.4
   flatbuffers==24.3.25 packaging==24.1)
 venv=.tools/ref-venv
 
+# One run at a time: test runners that start each test in its own process (cargo-nextest)
+# start this script from several tests at once, and they share the venv, the fetched files
+# and the output directory. The later runs wait, then find the venv built.
+mkdir -p .tools
+exec 9>".tools/ref-venv.lock"
+flock 9
+
 tools/fetch-media.sh
 tools/fetch-models.sh "$MODELS"
 
