@@ -13,10 +13,9 @@
 //! only a Jetson shows that NVIDIA's driver maps NVMM buffers as its header documents.
 
 use std::ffi::{CStr, c_char, c_int};
-use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use crate::nvbuf::{EglImage, LoadError, open_library, symbol};
+use crate::nvbuf::{EglImage, vendor_library};
 
 /// The CUDA driver library, as JetPack 6 installs it (under
 /// [`crate::nvbuf::R36_LIB_DIR`]) and meta-tegra's `tegra-libraries-cuda`.
@@ -105,49 +104,16 @@ pub enum EglFrameError {
     },
 }
 
-/// `libcuda`'s EGL interop entry points, resolved once.
-pub struct CudaEglLib {
-    path: PathBuf,
-    register: sys::RegisterFn,
-    mapped_frame: sys::MappedFrameFn,
-    unregister: sys::UnregisterFn,
-    error_string: sys::ErrorStringFn,
-    _lib: libloading::Library,
-}
-
-impl std::fmt::Debug for CudaEglLib {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("CudaEglLib")
-            .field("path", &self.path)
-            .finish_non_exhaustive()
-    }
+vendor_library! {
+    /// `libcuda`'s EGL interop entry points, resolved once.
+    pub struct CudaEglLib = CUDA_LIB, CUDA_PACKAGE;
+    register: sys::RegisterFn = "cuGraphicsEGLRegisterImage",
+    mapped_frame: sys::MappedFrameFn = "cuGraphicsResourceGetMappedEglFrame",
+    unregister: sys::UnregisterFn = "cuGraphicsUnregisterResource",
+    error_string: sys::ErrorStringFn = "cuGetErrorString",
 }
 
 impl CudaEglLib {
-    /// Loads libcuda from `dir`, then JetPack's directory, then the loader's path.
-    pub fn load(dir: Option<&Path>) -> Result<Arc<CudaEglLib>, LoadError> {
-        let (lib, path) = open_library(CUDA_LIB, dir, CUDA_PACKAGE)?;
-        macro_rules! sym {
-            ($name:literal) => {
-                // SAFETY: the field's type is CUDA 12.6's signature of `$name` (`sys`).
-                unsafe { symbol(&lib, CUDA_LIB, &path, $name)? }
-            };
-        }
-        Ok(Arc::new(CudaEglLib {
-            register: sym!("cuGraphicsEGLRegisterImage"),
-            mapped_frame: sym!("cuGraphicsResourceGetMappedEglFrame"),
-            unregister: sym!("cuGraphicsUnregisterResource"),
-            error_string: sym!("cuGetErrorString"),
-            path,
-            _lib: lib,
-        }))
-    }
-
-    /// Where the library was loaded from.
-    pub fn path(&self) -> &Path {
-        &self.path
-    }
-
     fn check(&self, call: &'static str, code: sys::CUresult) -> Result<(), EglFrameError> {
         if code == 0 {
             return Ok(());

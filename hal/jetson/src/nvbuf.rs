@@ -480,60 +480,70 @@ pub(crate) unsafe fn symbol<T: Copy>(
         })
 }
 
-/// `libnvbufsurface`, loaded, with every entry point this module calls resolved.
-pub struct NvBufSurfaceLib {
-    path: PathBuf,
-    allocate: sys::NvBufSurfaceAllocateFn,
-    destroy: sys::NvBufSurfaceDestroyFn,
-    map: sys::NvBufSurfaceMapFn,
-    unmap: sys::NvBufSurfacePlaneFn,
-    sync_for_cpu: sys::NvBufSurfacePlaneFn,
-    sync_for_device: sys::NvBufSurfacePlaneFn,
-    map_egl_image: sys::NvBufSurfaceIndexFn,
-    unmap_egl_image: sys::NvBufSurfaceIndexFn,
-    from_fd: sys::NvBufSurfaceFromFdFn,
-    // Kept loaded as long as the pointers above are reachable.
-    _lib: libloading::Library,
-}
-
-impl std::fmt::Debug for NvBufSurfaceLib {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("NvBufSurfaceLib")
-            .field("path", &self.path)
-            .finish_non_exhaustive()
-    }
-}
-
-impl NvBufSurfaceLib {
-    /// Loads [`NVBUFSURFACE_LIB`] from `dir` (when given), else [`R36_LIB_DIR`], else the
-    /// loader's search path, and resolves every entry point.
-    pub fn load(dir: Option<&Path>) -> Result<Arc<NvBufSurfaceLib>, LoadError> {
-        let (lib, path) = open_library(NVBUFSURFACE_LIB, dir, NVBUFSURFACE_PACKAGE)?;
-        macro_rules! sym {
-            ($name:literal) => {
-                // SAFETY: the field's type is the r36 header's signature of `$name` (`sys`).
-                unsafe { symbol(&lib, NVBUFSURFACE_LIB, &path, $name)? }
-            };
+/// Declares a vendor library's loaded API: a struct with the path it was loaded from, every
+/// entry point resolved once (each field's type is the header's signature of the symbol it
+/// names), the library kept loaded while the pointers are reachable, a `Debug` that shows the
+/// path, `load(dir)` (from `dir` when given, else [`R36_LIB_DIR`], else the loader's search
+/// path; a missing library or symbol is a [`LoadError`] naming it) and `path()`.
+macro_rules! vendor_library {
+    (
+        $(#[$meta:meta])*
+        $vis:vis struct $name:ident = $file:expr, $package:expr;
+        $($field:ident: $ty:ty = $symbol:literal,)*
+    ) => {
+        $(#[$meta])*
+        $vis struct $name {
+            path: std::path::PathBuf,
+            $($field: $ty,)*
+            _lib: libloading::Library,
         }
-        Ok(Arc::new(NvBufSurfaceLib {
-            allocate: sym!("NvBufSurfaceAllocate"),
-            destroy: sym!("NvBufSurfaceDestroy"),
-            map: sym!("NvBufSurfaceMap"),
-            unmap: sym!("NvBufSurfaceUnMap"),
-            sync_for_cpu: sym!("NvBufSurfaceSyncForCpu"),
-            sync_for_device: sym!("NvBufSurfaceSyncForDevice"),
-            map_egl_image: sym!("NvBufSurfaceMapEglImage"),
-            unmap_egl_image: sym!("NvBufSurfaceUnMapEglImage"),
-            from_fd: sym!("NvBufSurfaceFromFd"),
-            path,
-            _lib: lib,
-        }))
-    }
 
-    /// Where the library was loaded from (for `aegis doctor`).
-    pub fn path(&self) -> &Path {
-        &self.path
-    }
+        impl std::fmt::Debug for $name {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.debug_struct(stringify!($name))
+                    .field("path", &self.path)
+                    .finish_non_exhaustive()
+            }
+        }
+
+        impl $name {
+            /// Loads the library from `dir` (when given), else Jetson Linux's library
+            /// directory, else the loader's search path, and resolves every entry point.
+            pub fn load(
+                dir: Option<&std::path::Path>,
+            ) -> Result<std::sync::Arc<$name>, $crate::nvbuf::LoadError> {
+                let (lib, path) = $crate::nvbuf::open_library($file, dir, $package)?;
+                Ok(std::sync::Arc::new($name {
+                    $(
+                        // SAFETY: the field's type is the header's signature of `$symbol`.
+                        $field: unsafe { $crate::nvbuf::symbol(&lib, $file, &path, $symbol)? },
+                    )*
+                    path,
+                    _lib: lib,
+                }))
+            }
+
+            /// Where the library was loaded from (for `aegis doctor`).
+            pub fn path(&self) -> &std::path::Path {
+                &self.path
+            }
+        }
+    };
+}
+pub(crate) use vendor_library;
+
+vendor_library! {
+    /// `libnvbufsurface`, loaded, with every entry point this module calls resolved.
+    pub struct NvBufSurfaceLib = NVBUFSURFACE_LIB, NVBUFSURFACE_PACKAGE;
+    allocate: sys::NvBufSurfaceAllocateFn = "NvBufSurfaceAllocate",
+    destroy: sys::NvBufSurfaceDestroyFn = "NvBufSurfaceDestroy",
+    map: sys::NvBufSurfaceMapFn = "NvBufSurfaceMap",
+    unmap: sys::NvBufSurfacePlaneFn = "NvBufSurfaceUnMap",
+    sync_for_cpu: sys::NvBufSurfacePlaneFn = "NvBufSurfaceSyncForCpu",
+    sync_for_device: sys::NvBufSurfacePlaneFn = "NvBufSurfaceSyncForDevice",
+    map_egl_image: sys::NvBufSurfaceIndexFn = "NvBufSurfaceMapEglImage",
+    unmap_egl_image: sys::NvBufSurfaceIndexFn = "NvBufSurfaceUnMapEglImage",
+    from_fd: sys::NvBufSurfaceFromFdFn = "NvBufSurfaceFromFd",
 }
 
 /// Why a surface operation failed.

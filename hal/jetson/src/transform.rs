@@ -7,10 +7,9 @@
 //! thread. It checks rectangles against the surfaces before the library sees them.
 
 use std::ffi::c_void;
-use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use crate::nvbuf::{LoadError, SurfaceHandle, open_library, symbol};
+use crate::nvbuf::{SurfaceHandle, vendor_library};
 
 /// The file (and soname) of the transform library on r36.
 pub const NVBUFSURFTRANSFORM_LIB: &str = "libnvbufsurftransform.so.1.0.0";
@@ -186,45 +185,11 @@ pub mod sys {
     ) -> NvBufSurfTransform_Error;
 }
 
-/// `libnvbufsurftransform`, loaded, with its entry points resolved.
-pub struct TransformLib {
-    path: PathBuf,
-    set_session: sys::NvBufSurfTransformSetSessionParamsFn,
-    transform: sys::NvBufSurfTransformFn,
-    _lib: libloading::Library,
-}
-
-impl std::fmt::Debug for TransformLib {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("TransformLib")
-            .field("path", &self.path)
-            .finish_non_exhaustive()
-    }
-}
-
-impl TransformLib {
-    /// Loads [`NVBUFSURFTRANSFORM_LIB`] from `dir` (when given), else
-    /// [`R36_LIB_DIR`](crate::nvbuf::R36_LIB_DIR), else the loader's search path.
-    pub fn load(dir: Option<&Path>) -> Result<Arc<TransformLib>, LoadError> {
-        let (lib, path) = open_library(NVBUFSURFTRANSFORM_LIB, dir, NVBUFSURFTRANSFORM_PACKAGE)?;
-        macro_rules! sym {
-            ($name:literal) => {
-                // SAFETY: the field's type is the r36 header's signature of `$name` (`sys`).
-                unsafe { symbol(&lib, NVBUFSURFTRANSFORM_LIB, &path, $name)? }
-            };
-        }
-        Ok(Arc::new(TransformLib {
-            set_session: sym!("NvBufSurfTransformSetSessionParams"),
-            transform: sym!("NvBufSurfTransform"),
-            path,
-            _lib: lib,
-        }))
-    }
-
-    /// Where the library was loaded from.
-    pub fn path(&self) -> &Path {
-        &self.path
-    }
+vendor_library! {
+    /// `libnvbufsurftransform`, loaded, with its entry points resolved.
+    pub struct TransformLib = NVBUFSURFTRANSFORM_LIB, NVBUFSURFTRANSFORM_PACKAGE;
+    set_session: sys::NvBufSurfTransformSetSessionParamsFn = "NvBufSurfTransformSetSessionParams",
+    transform: sys::NvBufSurfTransformFn = "NvBufSurfTransform",
 }
 
 /// The engine that runs transforms.
