@@ -21,7 +21,7 @@ MODELS=(
 
 # ONNX Runtime's shared library, loaded at run time by the agent (ort's load-dynamic); the
 # checksum depends on the machine (JetPack ships its own build for the Orin's GPU).
-# AEGIS_MODELS_ARCH=aarch64 fetches the aarch64 build on another host (tools/cross-agent.sh:
+# AEGIS_MODELS_ARCH=aarch64 fetches the aarch64 build on another host (tools/cross-test.sh:
 # the agent's tests under qemu-user), from that platform's wheels.
 ARCH="${AEGIS_MODELS_ARCH:-$(uname -m)}"
 PLATFORM=()

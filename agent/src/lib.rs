@@ -6,6 +6,7 @@
 
 pub mod alloc;
 pub mod cli;
+pub mod evidence;
 pub mod firmware;
 pub mod fleet;
 pub mod http;

@@ -44,6 +44,7 @@ const PIPELINE_KEYS: &[&str] = &[
     "pool_frames",
     "queue_depth",
     "rules",
+    "evidence",
 ];
 const SINK_KINDS: &[&str] = &["record", "discard"];
 
@@ -341,6 +342,22 @@ fn build_pipeline(
         ),
         None => Some(Vec::new()),
     };
+    let evidence = match map.remove("evidence") {
+        Some(value) => {
+            let path = join_key(prefix, "evidence");
+            let e = piece::<crate::model::EvidenceConfig>(
+                value,
+                &path,
+                problems,
+                Checks::fields(validate::check_evidence),
+            );
+            if let (Some(e), Some(sources), Some(sinks)) = (&e, &sources, &sinks) {
+                validate::check_evidence_in_pipeline(e, sources, sinks, &path, problems);
+            }
+            Some(e)
+        }
+        None => Some(None),
+    };
     Some(PipelineConfig {
         sources: all(sources?)?,
         stages: all(stages?)?,
@@ -348,6 +365,7 @@ fn build_pipeline(
         pool_frames: pool_frames?,
         queue_depth: queue_depth?,
         rules: rules?,
+        evidence: evidence?,
     })
 }
 

@@ -1098,3 +1098,33 @@ fn firmware_updates_need_workflows_the_devices_image_and_board_and_a_simulated_b
         PathBuf::from("/var/lib/aegis/workflows/firmware")
     );
 }
+
+#[test]
+fn evidence_policy_and_zones_are_checked_against_the_pipeline() {
+    let good = "device: {id: d}\npipeline:\n  sources:\n    - {id: a, url: clip.mp4, zones: [{name: door, polygon: [[0, 0], [1, 0], [1, 1]]}]}\n  sinks: [{kind: record, dir: /rec}]\n  evidence:\n    dir: /ev\n    keep:\n      - {on: detection, labels: [person], zone: door}\n      - {on: moderation}\n";
+    let cfg = ok(good);
+    let e = cfg.pipeline.evidence.unwrap();
+    assert_eq!(
+        (e.pre_roll_seconds, e.post_roll_seconds, e.encrypt),
+        (5.0, 5.0, true)
+    );
+    // Moderation keeps no imagery unless told to; the others do.
+    assert!(e.keep[0].keeps_imagery() && !e.keep[1].keeps_imagery());
+    let bad = "device: {id: d}\npipeline:\n  sources:\n    - {id: a, url: clip.mp4, zones: [{name: door, polygon: [[0, 0], [2, 0]]}, {name: door, polygon: [[0, 0], [1, 0], [1, 1]]}]}\n  sinks: [{kind: discard}]\n  evidence:\n    dir: /ev\n    pre_roll_seconds: 61\n    keep:\n      - {on: detection, zone: gate}\n      - {on: moderation, labels: [x], retention_days: 0}\n";
+    assert_eq!(
+        paths_of(bad),
+        [
+            "pipeline.sources[0].zones[0].polygon",
+            "pipeline.sources[0].zones[0].polygon",
+            "pipeline.sources[0].zones[1].name",
+            "pipeline.evidence.pre_roll_seconds",
+            "pipeline.evidence.keep[1].retention_days",
+            "pipeline.evidence.keep[1].labels",
+            "pipeline.evidence",
+            "pipeline.evidence.keep[0].zone",
+        ]
+    );
+    // Clips inside the recordings' directory would be deleted by their disk budget.
+    let nested = "device: {id: d}\npipeline:\n  sources: [{id: a, url: clip.mp4}]\n  sinks: [{kind: record, dir: /rec}]\n  evidence: {dir: /rec/clips}\n";
+    assert_eq!(paths_of(nested), ["pipeline.evidence.dir"]);
+}

@@ -14,11 +14,12 @@ use std::path::PathBuf;
 use crate::error::Problem;
 use crate::model::{
     BITRATE_KBPS_RANGE, BackendConfig, BackendKind, Comparison, Condition, DeviceConfig,
-    EncoderConfig, FleetConfig, GOP_FRAMES_RANGE, InferenceConfig, KEEPALIVE_S_RANGE, LogConfig,
-    MAX_ENCODER_THREADS, MAX_ID_LEN, MIN_DISK_BUDGET_MB, ModelKindConfig, POOL_FRAMES_RANGE,
-    PRESETS, PipelineConfig, QUEUE_DEPTH_RANGE, RuleConfig, SEGMENT_SECONDS_RANGE, SensorsConfig,
-    SinkConfig, SourceConfig, SourceLocation, StoreConfig, WatchdogConfig, WebConfig,
-    WorkflowsConfig,
+    EncoderConfig, EvidenceConfig, EvidenceTrigger, FleetConfig, GOP_FRAMES_RANGE, InferenceConfig,
+    KEEPALIVE_S_RANGE, LogConfig, MAX_CLIP_RANGE, MAX_ENCODER_THREADS, MAX_ID_LEN,
+    MIN_DISK_BUDGET_MB, ModelKindConfig, POOL_FRAMES_RANGE, POST_ROLL_RANGE, PRE_ROLL_RANGE,
+    PRESETS, PipelineConfig, QUEUE_DEPTH_RANGE, RETENTION_DAYS_RANGE, RuleConfig,
+    SEGMENT_SECONDS_RANGE, SensorsConfig, SinkConfig, SourceConfig, SourceLocation, StoreConfig,
+    WatchdogConfig, WebConfig, WorkflowsConfig,
 };
 use crate::recover::{join_index, join_key};
 use crate::stages::StageModel;
@@ -309,6 +310,129 @@ pub(crate) fn check_source(source: &SourceConfig, prefix: &str, out: &mut Vec<Pr
             join_key(prefix, "max_frames"),
             "must be at least 1 (omit it for no limit)",
         ));
+    }
+    let zones = join_key(prefix, "zones");
+    for (i, z) in source.zones.iter().enumerate() {
+        let path = join_index(&zones, i);
+        check_id(out, join_key(&path, "name"), &z.name);
+        if source.zones[..i].iter().any(|o| o.name == z.name) {
+            out.push(Problem::new(
+                join_key(&path, "name"),
+                format!("duplicate zone name {:?}", z.name),
+            ));
+        }
+        check_polygon(&z.polygon, &join_key(&path, "polygon"), out);
+    }
+}
+
+/// A zone: at least 3 corners, each an image fraction 0 to 1.
+fn check_polygon(points: &[[f64; 2]], path: &str, out: &mut Vec<Problem>) {
+    if points.len() < 3 {
+        out.push(Problem::new(path, "a zone needs at least 3 points"));
+    }
+    if points.iter().flatten().any(|v| !(0.0..=1.0).contains(v)) {
+        out.push(Problem::new(path, "zone points are image fractions 0 to 1"));
+    }
+}
+
+/// `pipeline.evidence` on its own (ranges; what each `keep` entry may name).
+pub(crate) fn check_evidence(e: &EvidenceConfig, prefix: &str, out: &mut Vec<Problem>) {
+    check_range(
+        out,
+        join_key(prefix, "pre_roll_seconds"),
+        e.pre_roll_seconds,
+        &PRE_ROLL_RANGE,
+    );
+    check_range(
+        out,
+        join_key(prefix, "post_roll_seconds"),
+        e.post_roll_seconds,
+        &POST_ROLL_RANGE,
+    );
+    check_range(
+        out,
+        join_key(prefix, "max_clip_seconds"),
+        e.max_clip_seconds,
+        &MAX_CLIP_RANGE,
+    );
+    if e.disk_budget_mb < 1 {
+        out.push(Problem::new(
+            join_key(prefix, "disk_budget_mb"),
+            "must be at least 1",
+        ));
+    }
+    let keep = join_key(prefix, "keep");
+    for (i, k) in e.keep.iter().enumerate() {
+        let path = join_index(&keep, i);
+        check_range(
+            out,
+            join_key(&path, "retention_days"),
+            k.retention_days,
+            &RETENTION_DAYS_RANGE,
+        );
+        let detection = k.on == EvidenceTrigger::Detection;
+        for (field, set, allowed) in [
+            ("labels", !k.labels.is_empty(), detection),
+            ("zone", k.zone.is_some(), detection),
+            ("rule", k.rule.is_some(), k.on == EvidenceTrigger::Rule),
+        ] {
+            if set && !allowed {
+                out.push(Problem::new(
+                    join_key(&path, field),
+                    format!("does not apply to `on: {}`", k.on.as_str()),
+                ));
+            }
+        }
+    }
+}
+
+/// `pipeline.evidence` against the rest of the pipeline: it needs a record sink (its
+/// encoder), its directory apart from the recordings, and the zones it names must exist.
+pub(crate) fn check_evidence_in_pipeline(
+    e: &EvidenceConfig,
+    sources: &[Option<SourceConfig>],
+    sinks: &[Option<SinkConfig>],
+    prefix: &str,
+    out: &mut Vec<Problem>,
+) {
+    let records: Vec<&std::path::Path> = sinks
+        .iter()
+        .filter_map(|s| match s {
+            Some(SinkConfig::Record(r)) => Some(r.dir.as_path()),
+            _ => None,
+        })
+        .collect();
+    if records.is_empty() {
+        out.push(Problem::new(
+            prefix,
+            "needs a record sink: clips are cut from its encoded stream",
+        ));
+    }
+    if let Some(r) = records
+        .iter()
+        .find(|r| e.dir.starts_with(r) || r.starts_with(&e.dir))
+    {
+        out.push(Problem::new(
+            join_key(prefix, "dir"),
+            format!(
+                "overlaps the record sink's directory {}: the recordings' disk budget would \
+                 delete clips",
+                r.display()
+            ),
+        ));
+    }
+    for (i, k) in e.keep.iter().enumerate() {
+        let Some(zone) = &k.zone else { continue };
+        let known = sources
+            .iter()
+            .flatten()
+            .any(|s| s.zones.iter().any(|z| &z.name == zone));
+        if !known {
+            out.push(Problem::new(
+                join_key(&join_index(&join_key(prefix, "keep"), i), "zone"),
+                format!("no source has a zone named {zone:?}"),
+            ));
+        }
     }
 }
 
@@ -971,18 +1095,7 @@ fn check_condition(c: &Condition, path: &str, sensors: Option<&[&str]>, out: &mu
         Condition::Not(c) => check_condition(c, &join_key(path, "not"), sensors, out),
         Condition::Track(t) => {
             if let Some(z) = &t.zone {
-                if z.len() < 3 {
-                    out.push(Problem::new(
-                        join_key(path, "track.zone"),
-                        "a zone needs at least 3 points",
-                    ));
-                }
-                if z.iter().flatten().any(|v| !(0.0..=1.0).contains(v)) {
-                    out.push(Problem::new(
-                        join_key(path, "track.zone"),
-                        "zone points are image fractions 0 to 1",
-                    ));
-                }
+                check_polygon(z, &join_key(path, "track.zone"), out);
             }
         }
         Condition::Moderation(_) => {}

@@ -860,7 +860,7 @@ impl FragmentWriter {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use std::path::Path;
     use std::process::Command;
 
@@ -1197,7 +1197,7 @@ mod tests {
         out
     }
 
-    fn test_config() -> AvcConfig {
+    pub(crate) fn test_config() -> AvcConfig {
         // Constrained Baseline 3.1: header, profile 66, constraints C0, level 31, then bits.
         AvcConfig::from_annexb(
             &[

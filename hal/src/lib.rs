@@ -20,6 +20,7 @@
 
 pub mod analytics;
 pub mod backend;
+pub mod clip;
 pub mod codec;
 pub mod container;
 pub mod fmp4;

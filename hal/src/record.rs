@@ -384,6 +384,35 @@ pub trait PacketTap: Send + Sync {
     fn packet(&self, packet: &TapPacket<'_>);
 }
 
+/// Several taps on one recorder (the live view, the event-clip ring, later other outputs):
+/// each gets every packet while it is active, and any of them may ask for a keyframe.
+pub struct TapFanout(pub Vec<std::sync::Arc<dyn PacketTap>>);
+
+impl PacketTap for TapFanout {
+    fn active(&self) -> bool {
+        self.0.iter().any(|t| t.active())
+    }
+    fn take_keyframe_request(&self) -> bool {
+        // Every tap's request is taken (and cleared), not only the first one's: no
+        // short-circuiting `any`.
+        let mut any = false;
+        for t in &self.0 {
+            any |= t.take_keyframe_request();
+        }
+        any
+    }
+    fn stream_start(&self, extradata: &[u8], width: usize, height: usize) {
+        for t in &self.0 {
+            t.stream_start(extradata, width, height);
+        }
+    }
+    fn packet(&self, packet: &TapPacket<'_>) {
+        for t in self.0.iter().filter(|t| t.active()) {
+            t.packet(packet);
+        }
+    }
+}
+
 /// Encodes one stream's frames into segmented fragmented MP4.
 pub struct SegmentRecorder {
     settings: RecorderSettings,

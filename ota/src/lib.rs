@@ -20,6 +20,7 @@
 //! never know about frames.
 
 pub mod device;
+pub mod evidence;
 pub mod firmware;
 pub mod fsutil;
 mod issued;

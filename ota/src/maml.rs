@@ -49,7 +49,7 @@ fn whole(message: impl Into<String>) -> MamlError {
 }
 
 /// The trailing signature block.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct SignatureBlock {
     /// Signing key id.
     pub key: String,

@@ -45,6 +45,8 @@ pub enum Purpose {
     Receipt,
     /// A key delivered to a device (group sealing keys).
     KeyDelivery,
+    /// A device's statement about an evidence clip (`crate::evidence`).
+    Evidence,
 }
 
 impl Purpose {
@@ -57,6 +59,7 @@ impl Purpose {
             Purpose::Firmware => b"aegis-firmware-v1",
             Purpose::Receipt => b"aegis-receipt-v1",
             Purpose::KeyDelivery => b"aegis-key-v1",
+            Purpose::Evidence => b"aegis-evidence-v1",
         }
     }
 }

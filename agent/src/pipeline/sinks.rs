@@ -226,6 +226,7 @@ mod tests {
             pool_frames: 4,
             queue_depth: 2,
             rules: Vec::new(),
+            evidence: None,
         };
         let metrics = Arc::new(Metrics::new("cpu"));
         let opts = RunOptions {

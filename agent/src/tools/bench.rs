@@ -294,6 +294,7 @@ fn run_pipeline(
         pool_frames: 8,
         queue_depth: 4,
         rules: Vec::new(),
+        evidence: None,
     };
     let metrics = Arc::new(Metrics::new("cpu"));
     let opts = RunOptions {

@@ -292,6 +292,7 @@ fn load_run(n: usize, recording: bool, opts: &RtspBenchOptions) -> anyhow::Resul
         pool_frames: 8,
         queue_depth: 4,
         rules: Vec::new(),
+        evidence: None,
     };
     let metrics = Arc::new(Metrics::new("cpu"));
     let pipeline = Pipeline::start(&cfg, metrics.clone(), &RunOptions::default())?;

@@ -1,7 +1,10 @@
 //! The `pipeline` section: sources, stages (see `crate::stages`), sinks and the rules.
 
+mod evidence;
 mod sinks;
 mod sources;
+
+pub use evidence::*;
 
 pub use sinks::*;
 pub use sources::*;
@@ -60,4 +63,7 @@ pub struct PipelineConfig {
     /// addition to `sensors.rules`; a workflow can carry them).
     #[serde(default)]
     pub rules: Vec<RuleConfig>,
+    /// Event clips and what is kept (needs a `record` sink).
+    #[serde(default)]
+    pub evidence: Option<EvidenceConfig>,
 }

@@ -44,6 +44,9 @@ pub struct SourceConfig {
     /// Stop the source after this many frames (omit for no limit).
     #[serde(default)]
     pub max_frames: Option<u64>,
+    /// Named areas of the picture (for the evidence policy's detection triggers).
+    #[serde(default)]
+    pub zones: Vec<super::ZoneConfig>,
 }
 
 /// The capture mode wanted from a V4L2 camera. Unset fields mean "the best
@@ -170,6 +173,7 @@ impl SourceConfig {
             username: None,
             password: None,
             capture: None,
+            zones: Vec::new(),
             loop_: false,
             realtime: false,
             max_frames: None,

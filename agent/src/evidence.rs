@@ -1,0 +1,686 @@
+//! Event clips of one stream, cut from the record sink's encoded packets (no second encode).
+//!
+//! [`ClipTap`] is a [`PacketTap`] on the stream's recorder. It keeps the last `pre_roll` of
+//! packets in a [`PacketRing`] (from a keyframe), and on a [`Trigger`] opens a clip that starts
+//! at the keyframe at or before `trigger - pre_roll` and ends `post_roll` after the last
+//! trigger it covers: a trigger inside an open clip extends it (up to `max_clip`), so
+//! overlapping events make one clip.
+//!
+//! A clip is written as `<dir>/<stream>/<id>.mp4[.sealed].part` — fragmented MP4, sealed with
+//! AES-256-GCM ([`aegis_ota::evidence::SealWriter`]) when a key is given, hashed (SHA-256 of
+//! the plain MP4) as it goes — then, in this order: its signed manifest
+//! (`<id>.manifest.json`, written atomically), the rename of the clip to its final name, the
+//! callback that indexes it. [`recover`] at start removes what a crash left half-done, so
+//! after `kill -9` there is a complete clip with its manifest, or nothing.
+
+use std::fs::File;
+use std::io::{BufWriter, Write};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use aegis_hal::clip::{ClipMuxer, OwnedPacket, PacketRing, ticks};
+use aegis_hal::fmp4::AvcConfig;
+use aegis_hal::record::{PacketTap, TapPacket};
+use aegis_ota::evidence::{ClipManifest, Geotag, ManifestEvent, SealKey, SealWriter, hex};
+use aegis_ota::sign::SecretKey;
+use sha2::{Digest, Sha256};
+
+/// Suffix of a clip being written.
+const PART: &str = ".part";
+/// Suffix of a clip's signed manifest.
+pub const MANIFEST_SUFFIX: &str = ".manifest.json";
+/// Pre-roll memory cap per stream (a long GOP at a high bitrate).
+const RING_MAX_BYTES: usize = 64 << 20;
+
+/// How one stream's clips are cut and kept.
+pub struct ClipSettings {
+    /// Clips go to `dir/<stream>/`.
+    pub dir: PathBuf,
+    /// Stream id.
+    pub stream: String,
+    /// Device id (in the manifest).
+    pub device: String,
+    /// Before the first trigger.
+    pub pre_roll: Duration,
+    /// After the last trigger.
+    pub post_roll: Duration,
+    /// Longest clip.
+    pub max_clip: Duration,
+    /// Seal clips under this key (None: plain MP4).
+    pub seal: Option<Arc<SealKey>>,
+    /// Signs manifests (the device key).
+    pub signer: Arc<SecretKey>,
+}
+
+/// Why a clip is wanted.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Trigger {
+    /// The frame's presentation time (µs, the stream's clock).
+    pub pts_us: i64,
+    /// Its wall clock (µs since the Unix epoch).
+    pub wall_us: i64,
+    /// `detection`, `moderation`, `rule`, `manual`.
+    pub kind: String,
+    /// The event's id.
+    pub event_id: String,
+    /// Where the device was.
+    pub geotag: Option<Geotag>,
+}
+
+/// A clip written and indexed-to-be.
+#[derive(Debug, Clone)]
+pub struct FinishedClip {
+    /// The clip file (sealed or plain).
+    pub path: PathBuf,
+    /// Its manifest.
+    pub manifest_path: PathBuf,
+    /// What the manifest says.
+    pub manifest: ClipManifest,
+    /// Whether the file is sealed.
+    pub sealed: bool,
+    /// Its size on disk.
+    pub disk_bytes: u64,
+}
+
+/// Called with each finished clip, or the error that lost it.
+pub type OnClip = Box<dyn Fn(Result<FinishedClip, String>) + Send + Sync>;
+
+/// A [`PacketTap`] that cuts event clips from one stream (module docs).
+pub struct ClipTap {
+    settings: ClipSettings,
+    state: Mutex<State>,
+    on_clip: OnClip,
+}
+
+struct State {
+    ring: PacketRing,
+    config: Option<AvcConfig>,
+    pending: Vec<Trigger>,
+    open: Option<OpenClip>,
+}
+
+struct OpenClip {
+    id: String,
+    muxer: ClipMuxer<Hashing>,
+    part: PathBuf,
+    done: PathBuf,
+    /// First packet's pts (90 kHz) and its wall clock (µs).
+    start_pts: i64,
+    start_wall_us: i64,
+    /// Ends at the first packet at or after this pts; never after `cap`.
+    end_pts: i64,
+    cap_pts: i64,
+    events: Vec<Trigger>,
+}
+
+/// The clip's bytes on their way to disk: hashed (plain), then sealed or not.
+struct Hashing {
+    hash: Sha256,
+    bytes: u64,
+    out: Out,
+}
+
+enum Out {
+    Plain(BufWriter<File>),
+    Sealed(Box<SealWriter<BufWriter<File>>>),
+}
+
+impl Write for Hashing {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.hash.update(buf);
+        self.bytes += buf.len() as u64;
+        match &mut self.out {
+            Out::Plain(w) => w.write_all(buf)?,
+            Out::Sealed(w) => w.write_all(buf)?,
+        }
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        match &mut self.out {
+            Out::Plain(w) => w.flush(),
+            Out::Sealed(w) => w.flush(),
+        }
+    }
+}
+
+fn lock(m: &Mutex<State>) -> std::sync::MutexGuard<'_, State> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+fn us_to_ticks(us: i64) -> i64 {
+    us.saturating_mul(9) / 100
+}
+
+impl ClipTap {
+    /// A tap cutting clips as `settings` say; `on_clip` hears of each.
+    pub fn new(settings: ClipSettings, on_clip: OnClip) -> Self {
+        let ring = PacketRing::new(settings.pre_roll, RING_MAX_BYTES);
+        ClipTap {
+            settings,
+            state: Mutex::new(State {
+                ring,
+                config: None,
+                pending: Vec::new(),
+                open: None,
+            }),
+            on_clip,
+        }
+    }
+
+    /// Asks for a clip around `t` (taken at the next packet).
+    pub fn trigger(&self, t: Trigger) {
+        lock(&self.state).pending.push(t);
+    }
+
+    /// The newest packet's presentation time in µs (for a manual trigger "now").
+    pub fn newest_pts_us(&self) -> Option<i64> {
+        lock(&self.state)
+            .ring
+            .span()
+            .map(|(_, last)| last * 100 / 9)
+    }
+
+    /// Closes the open clip (the stream ended or the encoder restarts).
+    pub fn close(&self) {
+        let open = lock(&self.state).open.take();
+        if let Some(c) = open {
+            (self.on_clip)(self.finish(c));
+        }
+    }
+
+    fn open_clip(&self, st: &mut State, t: Trigger) -> Result<OpenClip, String> {
+        let config = st
+            .config
+            .as_ref()
+            .ok_or("no stream parameters from the encoder yet")?;
+        let at = us_to_ticks(t.pts_us);
+        // Microsecond timestamps in 90 kHz are a few ticks off the frame grid: a keyframe
+        // that far after the pre-roll's start still starts it (1 ms of slack).
+        let from = at - ticks(self.settings.pre_roll) + 90;
+        let first = st.ring.since(from).next().ok_or("no packets yet")?.clone();
+        let id = crate::store::new_event_id();
+        let dir = self.settings.dir.join(&self.settings.stream);
+        std::fs::create_dir_all(&dir).map_err(|e| format!("creating {}: {e}", dir.display()))?;
+        let name = if self.settings.seal.is_some() {
+            format!("{id}.mp4.sealed")
+        } else {
+            format!("{id}.mp4")
+        };
+        let done = dir.join(&name);
+        let part = dir.join(format!("{name}{PART}"));
+        let file = File::create(&part).map_err(|e| format!("creating {}: {e}", part.display()))?;
+        let file = BufWriter::with_capacity(256 * 1024, file);
+        let out = match &self.settings.seal {
+            Some(key) => Out::Sealed(Box::new(
+                SealWriter::new(file, key).map_err(|e| e.to_string())?,
+            )),
+            None => Out::Plain(file),
+        };
+        let hashing = Hashing {
+            hash: Sha256::new(),
+            bytes: 0,
+            out,
+        };
+        let mut muxer = ClipMuxer::new(hashing, config).map_err(|e| e.to_string())?;
+        for p in st.ring.since(from) {
+            muxer.push(p).map_err(|e| e.to_string())?;
+        }
+        let start_wall_us = t.wall_us - (at - first.pts) * 100 / 9;
+        let cap_pts = first.pts + ticks(self.settings.max_clip);
+        Ok(OpenClip {
+            id,
+            muxer,
+            part,
+            done,
+            start_pts: first.pts,
+            start_wall_us,
+            end_pts: (at + ticks(self.settings.post_roll)).min(cap_pts),
+            cap_pts,
+            events: vec![t],
+        })
+    }
+
+    /// Seals, signs, renames; the finished clip.
+    fn finish(&self, c: OpenClip) -> Result<FinishedClip, String> {
+        let frames = c.muxer.frames();
+        let end_pts = c.muxer.span().map_or(c.start_pts, |(_, e)| e);
+        let part = c.part.clone();
+        let result = (|| {
+            let hashing = c.muxer.finish().map_err(|e| e.to_string())?;
+            let sha256 = hex(&hashing.hash.finalize());
+            let file = match hashing.out {
+                Out::Plain(w) => w,
+                Out::Sealed(w) => w.finish().map_err(|e| e.to_string())?,
+            };
+            let file = file.into_inner().map_err(|e| e.to_string())?;
+            file.sync_all().map_err(|e| e.to_string())?;
+            let disk_bytes = file.metadata().map(|m| m.len()).unwrap_or(0);
+            let manifest = ClipManifest {
+                version: 1,
+                clip_id: c.id.clone(),
+                device: self.settings.device.clone(),
+                stream: self.settings.stream.clone(),
+                sha256,
+                bytes: hashing.bytes,
+                start_us: c.start_wall_us,
+                end_us: c.start_wall_us + (end_pts - c.start_pts) * 100 / 9,
+                frames,
+                geotag: c.events.iter().find_map(|e| e.geotag),
+                events: c
+                    .events
+                    .iter()
+                    .map(|e| ManifestEvent {
+                        id: e.event_id.clone(),
+                        kind: e.kind.clone(),
+                        ts_us: e.wall_us,
+                    })
+                    .collect(),
+                agent_version: env!("CARGO_PKG_VERSION").to_string(),
+            };
+            let signed = aegis_ota::evidence::sign_manifest(&manifest, &self.settings.signer)
+                .map_err(|e| e.to_string())?;
+            let manifest_path = manifest_path(&c.done);
+            // Manifest first, then the clip's final name: a crash between the two leaves a
+            // manifest without its clip, which `recover` removes.
+            aegis_ota::fsutil::write_atomic(&manifest_path, &signed)
+                .map_err(|e| format!("writing {}: {e}", manifest_path.display()))?;
+            std::fs::rename(&c.part, &c.done)
+                .map_err(|e| format!("renaming {}: {e}", c.part.display()))?;
+            if let Some(dir) = c.done.parent() {
+                let _ = File::open(dir).and_then(|d| d.sync_all());
+            }
+            Ok(FinishedClip {
+                path: c.done.clone(),
+                manifest_path,
+                manifest,
+                sealed: self.settings.seal.is_some(),
+                disk_bytes,
+            })
+        })();
+        if result.is_err() {
+            let _ = std::fs::remove_file(&part);
+        }
+        result
+    }
+}
+
+/// `<clip>.manifest.json` beside the clip (the name without `.mp4[.sealed]`).
+pub fn manifest_path(clip: &Path) -> PathBuf {
+    let name = clip.file_name().and_then(|n| n.to_str()).unwrap_or("");
+    let stem = name.split('.').next().unwrap_or(name);
+    clip.with_file_name(format!("{stem}{MANIFEST_SUFFIX}"))
+}
+
+impl PacketTap for ClipTap {
+    fn active(&self) -> bool {
+        true
+    }
+
+    fn take_keyframe_request(&self) -> bool {
+        false
+    }
+
+    fn stream_start(&self, extradata: &[u8], width: usize, height: usize) {
+        self.close();
+        let mut st = lock(&self.state);
+        st.ring.clear();
+        st.config = match AvcConfig::from_extradata(extradata, width, height) {
+            Ok(c) => Some(c),
+            Err(e) => {
+                tracing::warn!(stream = %self.settings.stream, error = %e,
+                    "event clips: no stream parameters; no clips until the encoder restarts");
+                None
+            }
+        };
+    }
+
+    fn packet(&self, p: &TapPacket<'_>) {
+        let packet = OwnedPacket::from(p);
+        let mut finished = Vec::new();
+        {
+            let mut st = lock(&self.state);
+            st.ring.push(packet.clone());
+            let mut written = false;
+            // A trigger waits until its pre-roll's start has come out of the encoder (it lags
+            // the frames by its look-ahead): the keyframe at or before that point may not be
+            // in the ring yet. An open clip takes it at once.
+            let pre = ticks(self.settings.pre_roll);
+            let ready = |t: &Trigger| us_to_ticks(t.pts_us) - pre <= packet.pts;
+            let (now, later): (Vec<Trigger>, Vec<Trigger>) = std::mem::take(&mut st.pending)
+                .into_iter()
+                .partition(|t| st.open.is_some() || ready(t));
+            st.pending = later;
+            for t in now {
+                let at = us_to_ticks(t.pts_us);
+                match &mut st.open {
+                    Some(c) if at <= c.end_pts && c.end_pts < c.cap_pts => {
+                        c.end_pts = (at + ticks(self.settings.post_roll)).min(c.cap_pts);
+                        c.events.push(t);
+                        continue;
+                    }
+                    Some(c) if at <= c.end_pts => {
+                        // At its longest: the event is in this clip, the next one starts
+                        // after it.
+                        c.events.push(t);
+                        continue;
+                    }
+                    _ => {}
+                }
+                if let Some(c) = st.open.take() {
+                    finished.push(c);
+                }
+                match self.open_clip(&mut st, t) {
+                    Ok(c) => {
+                        st.open = Some(c);
+                        written = true;
+                    }
+                    Err(e) => (self.on_clip)(Err(e)),
+                }
+            }
+            let mut failed = None;
+            if let Some(c) = &mut st.open {
+                if !written && let Err(e) = c.muxer.push(&packet) {
+                    failed = Some(e.to_string());
+                }
+                if failed.is_none() && (packet.pts >= c.end_pts || packet.pts >= c.cap_pts) {
+                    finished.extend(st.open.take());
+                }
+            }
+            if let Some(e) = failed
+                && let Some(c) = st.open.take()
+            {
+                let _ = std::fs::remove_file(&c.part);
+                (self.on_clip)(Err(format!("clip {}: {e}", c.id)));
+            }
+        }
+        for c in finished {
+            (self.on_clip)(self.finish(c));
+        }
+    }
+}
+
+/// At start: removes what a crash left half-done under `dir` — `.part` clips, and manifests
+/// whose clip never got its final name. Returns the complete clips found (each with its
+/// manifest), for re-indexing.
+pub fn recover(dir: &Path) -> std::io::Result<Vec<PathBuf>> {
+    let mut complete = Vec::new();
+    let Ok(streams) = std::fs::read_dir(dir) else {
+        return Ok(complete);
+    };
+    for stream in streams.flatten() {
+        let Ok(files) = std::fs::read_dir(stream.path()) else {
+            continue;
+        };
+        let mut names: Vec<PathBuf> = files.flatten().map(|f| f.path()).collect();
+        names.sort();
+        for path in &names {
+            let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("");
+            if name.ends_with(PART) {
+                std::fs::remove_file(path)?;
+                tracing::info!(clip = %path.display(), "removed a clip a crash left unfinished");
+            } else if name.ends_with(".mp4") || name.ends_with(".mp4.sealed") {
+                if manifest_path(path).exists() {
+                    complete.push(path.clone());
+                } else {
+                    tracing::warn!(clip = %path.display(), "a clip without its manifest: left alone");
+                }
+            }
+        }
+        for path in &names {
+            let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("");
+            if name.ends_with(MANIFEST_SUFFIX)
+                && !complete.iter().any(|c| manifest_path(c) == *path)
+            {
+                std::fs::remove_file(path)?;
+                tracing::info!(manifest = %path.display(), "removed a manifest whose clip a crash left unfinished");
+            }
+        }
+    }
+    Ok(complete)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::process::Command;
+
+    use aegis_hal::codec::EncoderSettings;
+    use aegis_hal::record::{DiskBudget, RecorderSettings, SegmentRecorder, TapFanout};
+    use aegis_hal::synth::SyntheticScene;
+    use aegis_hal::{Frame, FrameLayout, PixelFormat, StreamId, SurfacePool};
+
+    use super::*;
+
+    const FRAME_US: i64 = 33_333;
+    const GOP: u32 = 30;
+
+    type Clips = Arc<Mutex<Vec<Result<FinishedClip, String>>>>;
+
+    fn tap(dir: &Path, seal: Option<Arc<SealKey>>, key: &Arc<SecretKey>) -> (Arc<ClipTap>, Clips) {
+        let clips: Clips = Arc::default();
+        let sink = clips.clone();
+        let t = ClipTap::new(
+            ClipSettings {
+                dir: dir.join("evidence"),
+                stream: "cam".into(),
+                device: "dev-1".into(),
+                pre_roll: Duration::from_secs(1),
+                post_roll: Duration::from_secs(1),
+                max_clip: Duration::from_secs(60),
+                seal,
+                signer: key.clone(),
+            },
+            Box::new(move |c| sink.lock().unwrap().push(c)),
+        );
+        (Arc::new(t), clips)
+    }
+
+    fn trigger(frame: i64, kind: &str) -> Trigger {
+        Trigger {
+            pts_us: frame * FRAME_US,
+            wall_us: 1_800_000_000_000_000 + frame * FRAME_US,
+            kind: kind.into(),
+            event_id: format!("ev-{frame}"),
+            geotag: None,
+        }
+    }
+
+    /// Records `frames` synthetic frames through the real recorder with `tap` on it, calling
+    /// `before(i)` ahead of each frame (triggers come from the stage thread, before the
+    /// frame reaches the encoder).
+    fn record(dir: &Path, tap: Arc<ClipTap>, frames: i64, before: impl Fn(i64)) {
+        let encoder = EncoderSettings {
+            gop_frames: GOP,
+            threads: 1,
+            ..EncoderSettings::default()
+        };
+        let mut rec = SegmentRecorder::new(
+            RecorderSettings {
+                dir: dir.join("rec"),
+                stream: StreamId::new("cam"),
+                segment: Duration::from_secs(60),
+                encoder,
+            },
+            DiskBudget::open(&dir.join("rec"), u64::MAX).unwrap(),
+        )
+        .with_tap(Arc::new(TapFanout(vec![tap.clone()])));
+        let layout = FrameLayout::new(PixelFormat::I420, 160, 120);
+        let pool = SurfacePool::new(layout, 2);
+        let mut scene = SyntheticScene::new(160, 120, 2, 3, None);
+        for i in 0..frames {
+            before(i);
+            let mut f = Frame::from_pool(
+                &pool,
+                StreamId::new("cam"),
+                i as u64,
+                i * FRAME_US,
+                FRAME_US,
+            )
+            .unwrap();
+            scene.render(&mut f);
+            rec.push(&mut f).unwrap();
+        }
+        rec.finish().unwrap();
+        tap.close();
+    }
+
+    /// ffprobe's frames of a plain clip: (pts in seconds, key).
+    fn probe(path: &Path) -> Option<Vec<(f64, bool)>> {
+        let out = Command::new("ffprobe")
+            .args(["-v", "error", "-select_streams", "v:0", "-show_entries"])
+            .args(["frame=pts_time,key_frame", "-of", "csv=p=0"])
+            .arg(path)
+            .output();
+        let Ok(out) = out else {
+            assert!(std::env::var_os("CI").is_none(), "CI must install ffprobe");
+            eprintln!("SKIPPED: no ffprobe");
+            return None;
+        };
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        Some(
+            String::from_utf8_lossy(&out.stdout)
+                .lines()
+                .filter_map(|l| {
+                    let mut f = l.split(',');
+                    let (k, t) = (f.next()?, f.next()?);
+                    Some((t.parse().ok()?, k == "1"))
+                })
+                .collect(),
+        )
+    }
+
+    #[test]
+    fn overlapping_events_make_one_clip_from_a_keyframe_with_the_whole_pre_roll() {
+        let dir = tempfile::tempdir().unwrap();
+        let key = Arc::new(SecretKey::generate().unwrap());
+        let (t, clips) = tap(dir.path(), None, &key);
+        // Events at 3.0 s and 3.5 s (inside the first clip's post-roll), then at 8 s.
+        let tt = t.clone();
+        record(dir.path(), t, 300, move |i| {
+            if [90, 105, 240].contains(&i) {
+                tt.trigger(trigger(i, "rule"));
+            }
+        });
+        let clips: Vec<FinishedClip> = clips
+            .lock()
+            .unwrap()
+            .drain(..)
+            .map(Result::unwrap)
+            .collect();
+        assert_eq!(clips.len(), 2, "{clips:?}");
+        let first = &clips[0];
+        let events: Vec<&str> = first
+            .manifest
+            .events
+            .iter()
+            .map(|e| e.id.as_str())
+            .collect();
+        assert_eq!(events, ["ev-90", "ev-105"]);
+        // The manifest verifies, and names these bytes.
+        let file = std::fs::read(&first.manifest_path).unwrap();
+        let clip = std::fs::File::open(&first.path).unwrap();
+        aegis_ota::evidence::verify_clip(&file, clip, key.public()).unwrap();
+        let Some(frames) = probe(&first.path) else {
+            return;
+        };
+        assert_eq!(frames.len() as u64, first.manifest.frames);
+        // Starts on a keyframe at or before 3.0 - 1.0 s (keyframes every second here), so the
+        // whole pre-roll is in; ends at least 1 s after the last event (3.5 s).
+        assert!(frames[0].1, "the first frame is a keyframe");
+        let span = frames.last().unwrap().0 - frames[0].0;
+        let expected_first = 60; // the keyframe at 2.0 s
+        let expected_last = 105 + 30; // 3.5 s + 1 s
+        // The frame that reaches the end is the clip's last (timestamps round by a tick, so
+        // that may be the one after).
+        let n = frames.len() as i64;
+        let want = expected_last - expected_first + 1;
+        assert!(n == want || n == want + 1, "{n} frames, span {span} s");
+        let start = 1_800_000_000_000_000 + 60 * FRAME_US;
+        assert!(
+            (first.manifest.start_us - start).abs() < 1000,
+            "{}",
+            first.manifest.start_us
+        );
+    }
+
+    #[test]
+    fn a_sealed_clip_is_unreadable_without_the_key_and_verifies_once_exported() {
+        let dir = tempfile::tempdir().unwrap();
+        let key = Arc::new(SecretKey::generate().unwrap());
+        let seal = Arc::new(SealKey::generate().unwrap());
+        let (t, clips) = tap(dir.path(), Some(seal.clone()), &key);
+        let tt = t.clone();
+        record(dir.path(), t, 120, move |i| {
+            if i == 60 {
+                tt.trigger(trigger(i, "manual"));
+            }
+        });
+        let c = clips.lock().unwrap().pop().unwrap().unwrap();
+        assert!(c.sealed && c.path.to_string_lossy().ends_with(".mp4.sealed"));
+        let sealed = std::fs::read(&c.path).unwrap();
+        assert!(sealed.starts_with(aegis_ota::evidence::SEALED_MAGIC));
+        // No MP4 box in the clear.
+        assert!(!sealed.windows(4).any(|w| w == b"ftyp" || w == b"moof"));
+        let manifest = std::fs::read(&c.manifest_path).unwrap();
+        assert!(aegis_ota::evidence::verify_clip(&manifest, &sealed[..], key.public()).is_err());
+        let mut plain = Vec::new();
+        aegis_ota::evidence::unseal(&sealed[..], &mut plain, &seal).unwrap();
+        aegis_ota::evidence::verify_clip(&manifest, &plain[..], key.public()).unwrap();
+        // One byte of the exported clip changed: verification fails.
+        let mut edited = plain.clone();
+        let at = edited.len() / 2;
+        edited[at] ^= 0x40;
+        let err = aegis_ota::evidence::verify_clip(&manifest, &edited[..], key.public());
+        assert!(matches!(
+            err,
+            Err(aegis_ota::evidence::EvidenceError::Digest { .. })
+        ));
+        let exported = dir.path().join("exported.mp4");
+        std::fs::write(&exported, &plain).unwrap();
+        if let Some(frames) = probe(&exported) {
+            assert!(frames[0].1, "{frames:?}");
+            assert_eq!(frames.len() as u64, c.manifest.frames);
+        }
+    }
+
+    #[test]
+    fn recovery_removes_half_written_clips_and_keeps_complete_ones() {
+        let dir = tempfile::tempdir().unwrap();
+        let key = Arc::new(SecretKey::generate().unwrap());
+        let (t, clips) = tap(dir.path(), None, &key);
+        let tt = t.clone();
+        record(dir.path(), t, 90, move |i| {
+            if i == 40 {
+                tt.trigger(trigger(i, "manual"));
+            }
+        });
+        let c = clips.lock().unwrap().pop().unwrap().unwrap();
+        let stream_dir = c.path.parent().unwrap().to_path_buf();
+        // What a kill -9 can leave: a clip still being written (no manifest yet), and a
+        // manifest whose clip was not renamed yet.
+        std::fs::write(stream_dir.join("a.mp4.part"), b"half").unwrap();
+        std::fs::write(stream_dir.join("b.mp4.part"), b"half").unwrap();
+        std::fs::write(stream_dir.join(format!("b{MANIFEST_SUFFIX}")), b"{}").unwrap();
+        let kept = recover(&dir.path().join("evidence")).unwrap();
+        assert_eq!(kept, vec![c.path.clone()]);
+        let mut left: Vec<String> = std::fs::read_dir(&stream_dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        left.sort();
+        let mut want = vec![
+            c.path.file_name().unwrap().to_string_lossy().into_owned(),
+            c.manifest_path
+                .file_name()
+                .unwrap()
+                .to_string_lossy()
+                .into_owned(),
+        ];
+        want.sort();
+        assert_eq!(left, want);
+    }
+}
