@@ -35,14 +35,14 @@ use std::path::Path;
 pub use error::{ConfigError, Problem};
 pub use model::{
     AgentConfig, BackendConfig, BackendKind, CaptureConfig, CaptureFormat, Comparison, Condition,
-    DeviceConfig, DiscardSink, EncoderConfig, FirmwareConfig, FirmwarePrivilege,
-    FirmwareUpdaterKind, FleetConfig, FleetTls, FusionConfig, GpsConfig, HealthCheckConfig,
-    ImuConfig, InferenceConfig, InferenceProvider, IotSensorConfig, LogConfig, LogFormat,
-    ModelConfig, ModelDeliveryConfig, ModelKindConfig, ModerationCondition, PipelineConfig,
-    RecordSink, RtspTransport, RuleConfig, Secret, SensorCondition, SensorsConfig, SinkConfig,
-    SourceConfig, SourceLocation, StoreConfig, SwUpdateSettings, TensorRtOptions, TlsMode,
-    TrackCondition, TrustAnchors, VideoCodec, WatchdogConfig, WebConfig, WorkflowPolicy,
-    WorkflowsConfig,
+    DeviceConfig, DiscardSink, EncoderConfig, EvidenceConfig, EvidenceTrigger, FirmwareConfig,
+    FirmwarePrivilege, FirmwareUpdaterKind, FleetConfig, FleetTls, FusionConfig, GpsConfig,
+    HealthCheckConfig, ImuConfig, InferenceConfig, InferenceProvider, IotSensorConfig, KeepRule,
+    LogConfig, LogFormat, ModelConfig, ModelDeliveryConfig, ModelKindConfig, ModerationCondition,
+    PipelineConfig, RecordSink, RtspTransport, RuleConfig, Secret, SensorCondition, SensorsConfig,
+    SinkConfig, SourceConfig, SourceLocation, StoreConfig, SwUpdateSettings, TensorRtOptions,
+    TlsMode, TrackCondition, TrustAnchors, VideoCodec, WatchdogConfig, WebConfig, WorkflowPolicy,
+    WorkflowsConfig, ZoneConfig,
 };
 // Everything public of the stages (the settings of each kind, `StageConfig`, the list's
 // accessors), so that a new kind needs no line here.

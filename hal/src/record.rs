@@ -382,6 +382,9 @@ pub trait PacketTap: Send + Sync {
     fn stream_start(&self, extradata: &[u8], width: usize, height: usize);
     /// One encoded packet, in decode order.
     fn packet(&self, packet: &TapPacket<'_>);
+    /// The encoder was flushed and closed (the stream ended, or a discontinuity or a new
+    /// resolution restarts it): no packet of this run follows.
+    fn stream_end(&self) {}
 }
 
 /// Several taps on one recorder (the live view, the event-clip ring, later other outputs):
@@ -409,6 +412,11 @@ impl PacketTap for TapFanout {
     fn packet(&self, packet: &TapPacket<'_>) {
         for t in self.0.iter().filter(|t| t.active()) {
             t.packet(packet);
+        }
+    }
+    fn stream_end(&self) {
+        for t in &self.0 {
+            t.stream_end();
         }
     }
 }
@@ -582,7 +590,11 @@ impl SegmentRecorder {
                 route.route(pkt);
                 Ok(())
             })?;
-            if let Some(e) = route.failure.take() {
+            let failure = route.failure.take();
+            if let Some(tap) = &self.tap {
+                tap.stream_end();
+            }
+            if let Some(e) = failure {
                 return Err(e);
             }
         }

@@ -114,6 +114,9 @@ pub struct ClipManifest {
     pub geotag: Option<Geotag>,
     /// The events it covers.
     pub events: Vec<ManifestEvent>,
+    /// Kept until (µs since the Unix epoch) by the policy its events matched; a legal hold
+    /// keeps it longer.
+    pub retain_until_us: i64,
     /// `aegis` version that wrote it.
     pub agent_version: String,
 }
@@ -401,6 +404,7 @@ mod tests {
                 kind: "manual".into(),
                 ts_us: 1,
             }],
+            retain_until_us: 9,
             agent_version: "0".into(),
         }
     }

@@ -50,7 +50,7 @@ fn compare(c: &Comparison, v: f64) -> bool {
 }
 
 /// Point in polygon (even-odd rule).
-fn inside(p: (f64, f64), poly: &[[f64; 2]]) -> bool {
+pub fn inside(p: (f64, f64), poly: &[[f64; 2]]) -> bool {
     let mut c = false;
     let n = poly.len();
     for i in 0..n {

@@ -509,6 +509,11 @@ store: {{ path: {db} }}
         let d = door(&health(&addr));
         d["state"] == "streaming" && d["reconnects"].as_u64().unwrap_or(0) >= 1
     });
+    let back = std::time::SystemTime::now();
+    let frames_back = door(&health(&addr))["frames"].as_u64().unwrap_or(0);
+    wait_for("video after the outage", Duration::from_secs(30), || {
+        door(&health(&addr))["frames"].as_u64().unwrap_or(0) >= frames_back + 30
+    });
     let metrics = http_get(&addr, "/metrics").unwrap().1;
 
     // SAFETY: plain kill(2) on our own child's pid.
@@ -549,6 +554,20 @@ store: {{ path: {db} }}
     assert_eq!(
         recorded, delivered,
         "every delivered frame is in a playable segment: {segs:?}"
+    );
+    // Recording resumed by itself: segments written after the camera came back hold video.
+    let after: u64 = segs
+        .iter()
+        .filter(|s| {
+            std::fs::metadata(s)
+                .and_then(|m| m.modified())
+                .is_ok_and(|t| t > back)
+        })
+        .map(|s| ffprobe(s).frames)
+        .sum();
+    assert!(
+        after >= 30,
+        "{after} frames recorded after the camera came back: {segs:?}"
     );
 }
 

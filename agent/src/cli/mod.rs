@@ -4,6 +4,7 @@ mod bench;
 pub mod db;
 mod device;
 mod doctor;
+pub mod evidence;
 pub mod firmware;
 pub mod models;
 mod run;
@@ -232,6 +233,12 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Event clips: list, export (decrypted, checked against the signed manifest), legal
+    /// hold.
+    Evidence {
+        #[command(subcommand)]
+        what: evidence::EvidenceCommand,
+    },
     /// Firmware A/B updates: the privileged helper, the boot check for the boot verifier,
     /// the firmware record.
     Firmware {
@@ -415,6 +422,10 @@ pub fn main() -> ExitCode {
             }
         }
         Command::Version { config } => device::version(config.as_deref()),
+        Command::Evidence { what } => {
+            log_at("info");
+            return evidence::evidence(what);
+        }
         Command::Firmware { what } => {
             log_at("info");
             return firmware::firmware(what);

@@ -465,6 +465,15 @@ pub trait FleetHost: Send + Sync {
     /// on (re)subscribe — a document answered already is then asked again
     /// (`aegis_ota::state::AnswerAgain`).
     fn workflow(&self, _topic: &str, _payload: &[u8], _live: bool) {}
+    /// Event clips (`keep_clip`, `list_clips`, `get_clip_manifest`): the command's JSON
+    /// result, or why not.
+    fn clips(&self, _command: &str, _args: &Value) -> Result<Value, String> {
+        Err("event clips are not available on this device".into())
+    }
+    /// A clip's plain MP4, checked against its signed manifest (`get_clip`).
+    fn clip_video(&self, _id: &str) -> Result<Vec<u8>, String> {
+        Err("event clips are not available on this device".into())
+    }
 }
 
 /// Topic of group `g`'s workflows (retained: a member that was offline gets the latest on
@@ -476,11 +485,13 @@ pub fn group_workflow_topic(g: &str) -> String {
 /// Topic of root-signed trust metadata updates (retained).
 pub const TRUST_TOPIC: &str = "aegis/v1/fleet/trust";
 
-/// A reply finished off the link's task (snapshots): where it goes and what it is.
+/// A reply finished off the link's task (snapshots, clips): where it goes and what it is.
 struct LateReply {
     topic: String,
     correlation: Option<bytes::Bytes>,
-    body: Result<Vec<u8>, SnapshotError>,
+    body: Result<Vec<u8>, String>,
+    /// The content type of `body`'s chunks.
+    content_type: &'static str,
 }
 
 /// Link counters (exported as metrics by the agent).
@@ -1124,7 +1135,8 @@ impl Link {
                             .send(LateReply {
                                 topic: reply_topic,
                                 correlation,
-                                body,
+                                body: body.map_err(|e| e.to_string()),
+                                content_type: "image/jpeg",
                             })
                             .await;
                     });
@@ -1132,9 +1144,41 @@ impl Link {
                 Err(e) => self.late_reply(LateReply {
                     topic: reply_topic,
                     correlation,
-                    body: Err(e),
+                    body: Err(e.to_string()),
+                    content_type: "image/jpeg",
                 }),
             }
+            return;
+        }
+        if name == "get_clip" {
+            // Decrypting and checking a clip takes a while: off the link's task, the MP4
+            // in chunks as a snapshot's JPEG.
+            self.counters
+                .commands
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            let args: Value = serde_json::from_slice(&p.payload).unwrap_or(Value::Null);
+            let id = args
+                .get("id")
+                .and_then(Value::as_str)
+                .unwrap_or("")
+                .to_string();
+            let late = self.late_tx.clone();
+            let correlation = props.correlation_data.clone();
+            let host = self.host.clone();
+            tokio::spawn(async move {
+                let body = tokio::task::spawn_blocking(move || host.clip_video(&id))
+                    .await
+                    .map_err(|e| e.to_string())
+                    .and_then(|r| r);
+                let _ = late
+                    .send(LateReply {
+                        topic: reply_topic,
+                        correlation,
+                        body,
+                        content_type: "video/mp4",
+                    })
+                    .await;
+            });
             return;
         }
         let reply = match serde_json::from_slice::<Value>(if p.payload.is_empty() {
@@ -1189,7 +1233,7 @@ impl Link {
             Ok(data) => {
                 let n = data.len().div_ceil(MAX_PAYLOAD).max(1);
                 for (i, part) in data.chunks(MAX_PAYLOAD).enumerate() {
-                    let p = props("image/jpeg", Some((i + 1, n)));
+                    let p = props(r.content_type, Some((i + 1, n)));
                     self.publish(
                         r.topic.clone(),
                         part.to_vec(),
@@ -1244,9 +1288,16 @@ impl Link {
                 ),
             },
             "query_events" => self.query_events(args),
+            "keep_clip" | "list_clips" | "get_clip_manifest" | "hold_clip" => {
+                match self.host.clips(name, args) {
+                    Ok(v) => ok(v),
+                    Err(e) => fail(e),
+                }
+            }
             other => fail(format!(
                 "unknown command {other:?}; known: ping, get_status, get_config, restart_pipeline, \
-                 set_log_level, query_events, snapshot"
+                 set_log_level, query_events, snapshot, keep_clip, list_clips, get_clip_manifest, \
+                 get_clip, hold_clip"
             )),
         }
     }
@@ -2071,7 +2122,8 @@ mod tests {
             self.link.late_reply(LateReply {
                 topic: "aegis/v1/dev1/cmd/snapshot/reply".into(),
                 correlation: None,
-                body: Err(SnapshotError::Timeout),
+                body: Err(SnapshotError::Timeout.to_string()),
+                content_type: "image/jpeg",
             });
             self.pull();
         }

@@ -77,6 +77,7 @@ pub struct AnalyticsTally {
     seen: Vec<aegis_sensors::rules::Seen<'static>>,
     frame_at: Option<Instant>,
     started: Instant,
+    evidence: Option<Arc<crate::evidence::Evidence>>,
 }
 
 impl AnalyticsTally {
@@ -111,7 +112,14 @@ impl AnalyticsTally {
             seen: Vec::new(),
             frame_at: None,
             started: Instant::now(),
+            evidence: None,
         }
+    }
+
+    /// Events that the evidence policy names keep clips (or their metadata).
+    pub fn with_evidence(mut self, evidence: Option<Arc<crate::evidence::Evidence>>) -> Self {
+        self.evidence = evidence;
+        self
     }
 
     /// Events get the fused pose at their frame's time (and a `fused_records` row), and
@@ -157,13 +165,27 @@ impl AnalyticsTally {
         &self.counters[i].2
     }
 
-    fn event(&mut self, ts_us: i64, kind: &str, mut payload: serde_json::Value) {
-        let Some(store) = &self.store else { return };
+    /// Records an event: its id, and where the device was (the fused pose), when known.
+    fn event(
+        &mut self,
+        ts_us: i64,
+        kind: &str,
+        mut payload: serde_json::Value,
+    ) -> (String, Option<aegis_ota::evidence::Geotag>) {
         let id = new_event_id();
+        let Some(store) = &self.store else {
+            return (id, None);
+        };
+        let mut geotag = None;
         // Geotag: the fused pose at the frame that raised the event.
         if let (Some(sensing), Some(at)) = (&self.sensing, self.frame_at)
             && let Some(p) = sensing.pose_at(at)
         {
+            geotag = Some(aegis_ota::evidence::Geotag {
+                lat: p.lat,
+                lon: p.lon,
+                sigma_m: p.sigma_m,
+            });
             let iot = serde_json::to_string(&*sensing.iot()).unwrap_or_default();
             payload["pose"] = json!({ "lat": p.lat, "lon": p.lon, "speed_mps": p.speed,
                 "heading_deg": p.heading_deg, "sigma_m": p.sigma_m, "since_fix_s": p.since_fix_s });
@@ -181,7 +203,7 @@ impl AnalyticsTally {
             })));
         }
         let event = Event {
-            id,
+            id: id.clone(),
             ts_us,
             stream: Some(self.stream.clone()),
             kind: kind.to_string(),
@@ -192,6 +214,49 @@ impl AnalyticsTally {
             outbox_topic: self.events_topic.clone(),
         }) {
             self.summary.events += 1;
+        }
+        (id, geotag)
+    }
+
+    /// Keeps evidence of the event `id` (frame time `pts_us`) as `decision` says.
+    fn keep(
+        &self,
+        decision: Option<crate::evidence::Decision>,
+        (id, geotag): &(String, Option<aegis_ota::evidence::Geotag>),
+        pts_us: i64,
+        ts: i64,
+    ) {
+        if let (Some(e), Some(d)) = (&self.evidence, decision) {
+            e.keep(&self.stream, d, id, pts_us, ts, *geotag);
+        }
+    }
+
+    /// Detection triggers of the evidence policy: a tracked object (of the entry's labels,
+    /// its foot point in the entry's zone) raises a `detection` event once per track and
+    /// entry, and keeps a clip around it.
+    fn evidence_detections(&mut self, frame: &Frame, ts: i64) {
+        let Some(e) = self.evidence.clone() else {
+            return;
+        };
+        let (w, h) = (
+            frame.layout.width.max(1) as f64,
+            frame.layout.height.max(1) as f64,
+        );
+        for o in frame.meta.objects.iter() {
+            let (ObjectSource::Detect, Some(track)) = (o.source, o.track_id) else {
+                continue;
+            };
+            let [x1, _, x2, y2] = o.bbox;
+            let foot = (f64::from(x1 + x2) / 2.0 / w, f64::from(y2) / h);
+            if let Some((d, zone)) = e.decide_detection(&self.stream, track, o.label, foot) {
+                let ev = self.event(
+                    ts,
+                    "detection",
+                    json!({ "track": track, "label": o.label, "zone": zone, "box": o.bbox,
+                        "score": o.score, "pts_us": frame.pts_us }),
+                );
+                self.keep(Some(d), &ev, frame.pts_us, ts);
+            }
         }
     }
 
@@ -229,7 +294,7 @@ impl AnalyticsTally {
                     .filter(|o| o.source == ObjectSource::Moderate)
                     .map(|o| json!({ "label": o.label, "score": o.score, "box": o.bbox }))
                     .collect();
-                self.event(
+                let ev = self.event(
                     ts,
                     "moderation",
                     json!({
@@ -238,12 +303,18 @@ impl AnalyticsTally {
                         "regions": regions,
                     }),
                 );
+                let decision = self
+                    .evidence
+                    .as_ref()
+                    .and_then(|e| e.decide_moderation(v.flagged > 0));
+                self.keep(decision, &ev, frame.pts_us, ts);
             }
         }
         if meta.background_replaced {
             self.background.inc();
             self.summary.background_replaced += 1;
         }
+        self.evidence_detections(frame, ts);
         self.end_stale_tracks(frame.seq);
         if !self.rules.is_empty() {
             self.evaluate_rules(frame, ts);
@@ -299,11 +370,13 @@ impl AnalyticsTally {
             self.rules.evaluate(t, &facts)
         };
         for f in fired {
-            self.event(
+            let ev = self.event(
                 ts,
                 "rule",
                 json!({ "rule": f.rule, "held_s": f.held_s, "pts_us": frame.pts_us }),
             );
+            let decision = self.evidence.as_ref().and_then(|e| e.decide_rule(&f.rule));
+            self.keep(decision, &ev, frame.pts_us, ts);
         }
     }
 

@@ -125,6 +125,8 @@ pub struct RunOptions {
     pub models_in_use: Option<Arc<crate::inference::ModelsInUse>>,
     /// Where the stage and sink threads report progress (systemd's watchdog).
     pub watch: Option<crate::liveness::Watch>,
+    /// Event clips and the evidence policy (`pipeline.evidence`; `None`: no clips).
+    pub evidence: Option<Arc<crate::evidence::Evidence>>,
 }
 
 /// The rules a pipeline runs: the local `sensors.rules` and its own `rules`, whose sensor
@@ -475,6 +477,7 @@ impl Pipeline {
             sensing: opts.sensing.clone(),
             rules,
             watch: opts.watch.clone(),
+            evidence: opts.evidence.clone(),
         };
         for (source, stages) in sources.into_iter().zip(stage_sets) {
             let threads = spawn_stream(source, stages, cfg, &shared, &ctx);

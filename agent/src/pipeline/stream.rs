@@ -39,6 +39,7 @@ pub(super) struct StreamContext {
     pub(super) sensing: Option<Arc<crate::sensing::Sensing>>,
     pub(super) rules: Vec<aegis_config::RuleConfig>,
     pub(super) watch: Option<crate::liveness::Watch>,
+    pub(super) evidence: Option<Arc<crate::evidence::Evidence>>,
 }
 
 /// Starts one stream's source, stage and sink threads.
@@ -73,10 +74,22 @@ pub(super) fn spawn_stream(
     };
     // The live view takes the first recorder's packets (one encode for both), else encodes
     // on its own while somebody watches.
+    // Event clips are cut from the same packets.
     let live_slot = ctx.live.as_ref().map(|h| h.slot(&id));
-    let mut tap = live_slot
+    let clip_tap = ctx.evidence.as_ref().map(|e| e.tap(&id));
+    let taps: Vec<Arc<dyn aegis_hal::record::PacketTap>> = live_slot
         .clone()
-        .map(|s| s as Arc<dyn aegis_hal::record::PacketTap>);
+        .map(|s| s as Arc<dyn aegis_hal::record::PacketTap>)
+        .into_iter()
+        .chain(clip_tap.map(|c| c as Arc<dyn aegis_hal::record::PacketTap>))
+        .collect();
+    let mut tap =
+        match taps.len() {
+            0 => None,
+            1 => taps.into_iter().next(),
+            _ => Some(Arc::new(aegis_hal::record::TapFanout(taps))
+                as Arc<dyn aegis_hal::record::PacketTap>),
+        };
     let mut tapped = false;
     let sinks: Vec<Box<dyn Sink>> = cfg
         .sinks
@@ -124,7 +137,8 @@ pub(super) fn spawn_stream(
     .with_fusion(
         ctx.sensing.clone(),
         aegis_sensors::rules::RuleEngine::new(ctx.rules.clone()),
-    );
+    )
+    .with_evidence(ctx.evidence.clone());
     let slot = Arc::new(StageSlot::default());
     let mut stage_loop = StageLoop {
         stages,

@@ -31,6 +31,8 @@ pub(crate) struct WorkflowHooks {
     pub(crate) inbox: Option<Arc<crate::workflows::apply::FleetInbox>>,
     /// Model delivery's progress and results (None: off).
     pub(crate) models: Option<Arc<crate::models_ota::delivery::DeliveryStatus>>,
+    /// Event clips (None: off).
+    pub(crate) evidence: Option<Arc<crate::evidence::EvidenceHost>>,
 }
 
 impl AgentHost {
@@ -156,4 +158,21 @@ impl crate::fleet::FleetHost for AgentHost {
     > {
         self.snapshots.request(stream)
     }
+
+    fn clips(&self, command: &str, args: &serde_json::Value) -> Result<serde_json::Value, String> {
+        match &self.workflows.evidence {
+            Some(e) => e.command(command, args),
+            None => Err("event clips are not available on this device".into()),
+        }
+    }
+
+    fn clip_video(&self, id: &str) -> Result<Vec<u8>, String> {
+        match &self.workflows.evidence {
+            Some(e) => e.video(id, CLIP_VIDEO_MAX),
+            None => Err("event clips are not available on this device".into()),
+        }
+    }
 }
+
+/// The largest clip the fleet's `get_clip` sends (in chunks).
+const CLIP_VIDEO_MAX: u64 = 256 << 20;

@@ -168,6 +168,14 @@ pub async fn run(
             Some(defaults_tx.clone()),
         ))
     });
+    // Event clips: the pipelines' starter opens them, the pages and the fleet trigger and
+    // list them.
+    let evidence = Arc::new(crate::evidence::EvidenceHost::new(
+        &cfg.workflows.keys_dir,
+        &cfg.device.id,
+        Some(store_handle.clone()),
+        Some(store.path().to_path_buf()),
+    ));
     let pages = Arc::new(crate::web::pages::PagesState {
         metrics: metrics.clone(),
         device: cfg.device.id.clone(),
@@ -191,6 +199,7 @@ pub async fn run(
         workflows: workflows.is_some().then(|| wf_tx.clone()),
         counters: workflows.is_some().then(|| apply_counters.clone()),
         store: Some(store_handle.clone()),
+        evidence: Some(evidence.clone()),
     });
     let endpoints = Endpoints::serve(
         cfg,
@@ -271,6 +280,7 @@ pub async fn run(
         inference: cfg.inference.clone(),
         cuda_device: cfg.backend.cuda_device,
         installed: std::sync::Mutex::new(installed),
+        evidence: Some(evidence.clone()),
     });
     let (pipeline, inference) = start_first(
         &starter,
@@ -334,6 +344,7 @@ pub async fn run(
                 inbox: applier.as_ref().map(|_| inbox.clone()),
                 sensing: sensing.clone(),
                 models: model_status,
+                evidence: Some(evidence.clone()),
             },
             applier.as_mut(),
         )?),

@@ -201,6 +201,24 @@ pub enum Record {
     },
     /// A signed answer of the workflow applier, for the history the web page shows.
     WorkflowAnswer(Box<WorkflowAnswer>),
+    /// An event clip (or an evidence record kept without imagery): inserted once.
+    Clip(Box<ClipRow>),
+    /// A clip's file was deleted (retention, disk budget): its row says when and why.
+    ClipDeleted {
+        /// The clip's id.
+        id: String,
+        /// When.
+        ts_us: i64,
+        /// `retention`, `disk_budget`.
+        why: String,
+    },
+    /// A clip put under legal hold (true) or released.
+    ClipHold {
+        /// The clip's id.
+        id: String,
+        /// Held.
+        hold: bool,
+    },
     /// A finished track's summary.
     Track {
         /// Stream id.
@@ -218,6 +236,75 @@ pub enum Record {
         /// Best detection score.
         best_score: f64,
     },
+}
+
+/// One row of `clips`.
+#[derive(Debug, Clone, PartialEq, Serialize, serde::Deserialize)]
+pub struct ClipRow {
+    /// The clip's id.
+    pub id: String,
+    /// The stream.
+    pub stream: String,
+    /// Wall clock of its first frame, µs.
+    pub start_us: i64,
+    /// Of its end.
+    pub end_us: i64,
+    /// The clip file (None: no imagery kept).
+    pub path: Option<String>,
+    /// Its signed manifest file.
+    pub manifest: Option<String>,
+    /// SHA-256 of the plain MP4.
+    pub sha256: Option<String>,
+    /// Plain MP4 bytes.
+    pub bytes: Option<u64>,
+    /// Frames.
+    pub frames: Option<u64>,
+    /// Sealed at rest.
+    pub sealed: bool,
+    /// Video kept (false: metadata only).
+    pub imagery: bool,
+    /// Event kinds, comma-separated.
+    pub kinds: String,
+    /// The events (JSON array of `{id, kind, ts_us}`).
+    pub events: serde_json::Value,
+    /// Kept until, µs.
+    pub retain_until_us: i64,
+    /// Under legal hold.
+    pub legal_hold: bool,
+    /// Deleted when (µs), if it was.
+    pub deleted_us: Option<i64>,
+    /// Why it was deleted.
+    pub deleted_why: Option<String>,
+}
+
+/// Columns of `clips` in [`ClipRow`]'s order, for readers.
+pub const CLIP_COLUMNS: &str = "id, stream, start_us, end_us, path, manifest, sha256, bytes, \
+    frames, sealed, imagery, kinds, events, retain_until_us, legal_hold, deleted_us, deleted_why";
+
+impl ClipRow {
+    /// A row read with [`CLIP_COLUMNS`].
+    pub fn from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<ClipRow> {
+        let events: String = r.get(12)?;
+        Ok(ClipRow {
+            id: r.get(0)?,
+            stream: r.get(1)?,
+            start_us: r.get(2)?,
+            end_us: r.get(3)?,
+            path: r.get(4)?,
+            manifest: r.get(5)?,
+            sha256: r.get(6)?,
+            bytes: r.get::<_, Option<i64>>(7)?.map(|v| v as u64),
+            frames: r.get::<_, Option<i64>>(8)?.map(|v| v as u64),
+            sealed: r.get(9)?,
+            imagery: r.get(10)?,
+            kinds: r.get(11)?,
+            events: serde_json::from_str(&events).unwrap_or_default(),
+            retain_until_us: r.get(13)?,
+            legal_hold: r.get(14)?,
+            deleted_us: r.get(15)?,
+            deleted_why: r.get(16)?,
+        })
+    }
 }
 
 /// One row of the workflow history (`workflow_history`).
@@ -894,6 +981,42 @@ fn write_batch(conn: &mut Connection, batch: &[Record], outbox_max: u64) -> rusq
                         del.execute(params![seq])?;
                     }
                 }
+                Record::Clip(c) => {
+                    tx.prepare_cached(
+                        "INSERT OR IGNORE INTO clips (id, stream, start_us, end_us, path, manifest, \
+                         sha256, bytes, frames, sealed, imagery, kinds, events, retain_until_us, \
+                         legal_hold, created_us) \
+                         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16)",
+                    )?
+                    .execute(params![
+                        c.id,
+                        c.stream,
+                        c.start_us,
+                        c.end_us,
+                        c.path,
+                        c.manifest,
+                        c.sha256,
+                        c.bytes.map(|v| v as i64),
+                        c.frames.map(|v| v as i64),
+                        c.sealed,
+                        c.imagery,
+                        c.kinds,
+                        c.events.to_string(),
+                        c.retain_until_us,
+                        c.legal_hold,
+                        now_us()
+                    ])?;
+                }
+                Record::ClipDeleted { id, ts_us, why } => {
+                    tx.prepare_cached(
+                        "UPDATE clips SET path = NULL, deleted_us = ?2, deleted_why = ?3 WHERE id = ?1",
+                    )?
+                    .execute(params![id, ts_us, why])?;
+                }
+                Record::ClipHold { id, hold } => {
+                    tx.prepare_cached("UPDATE clips SET legal_hold = ?2 WHERE id = ?1")?
+                        .execute(params![id, hold])?;
+                }
                 Record::WorkflowAnswer(w) => {
                     tx.prepare_cached(
                         "INSERT INTO workflow_history (ts_us, via, workflow_id, sequence, digest, \
@@ -966,6 +1089,11 @@ fn retention(conn: &Connection, s: &StoreSettings) -> rusqlite::Result<u64> {
         )? as u64;
     }
     deleted += conn.execute("DELETE FROM tracks WHERE last_us < ?1", params![cutoff])? as u64;
+    // Clips whose files are gone keep their row (what was deleted, when, why) this long.
+    deleted += conn.execute(
+        "DELETE FROM clips WHERE deleted_us IS NOT NULL AND deleted_us < ?1",
+        params![cutoff],
+    )? as u64;
     // Size: the file's live pages (free pages are reused before the file grows).
     let live = |conn: &Connection| -> rusqlite::Result<u64> {
         let page_size: i64 = conn.query_row("PRAGMA page_size", [], |r| r.get(0))?;

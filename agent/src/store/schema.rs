@@ -106,6 +106,32 @@ const MIGRATIONS: &[&str] = &[
     );
     CREATE INDEX workflow_history_ts ON workflow_history(ts_us);
     "#,
+    // 5: event clips (issue 25): one row per clip, or per evidence record kept without
+    // imagery (a moderation hit by default: `path` NULL). Deleted clips keep their row (with
+    // `deleted_us` and why) until the store's retention removes it.
+    r#"
+    CREATE TABLE clips (
+        id              TEXT PRIMARY KEY,     -- the manifest's clip_id
+        stream          TEXT NOT NULL,
+        start_us        INTEGER NOT NULL,     -- wall clock of the first frame
+        end_us          INTEGER NOT NULL,
+        path            TEXT,                 -- the clip file; NULL: no imagery, or deleted
+        manifest        TEXT,                 -- its signed manifest file
+        sha256          TEXT,                 -- of the plain MP4
+        bytes           INTEGER,              -- plain MP4 size
+        frames          INTEGER,
+        sealed          INTEGER NOT NULL DEFAULT 0,
+        imagery         INTEGER NOT NULL,
+        kinds           TEXT NOT NULL,        -- comma-separated event kinds
+        events          TEXT NOT NULL,        -- JSON [{id, kind, ts_us}]
+        retain_until_us INTEGER NOT NULL,
+        legal_hold      INTEGER NOT NULL DEFAULT 0,
+        deleted_us      INTEGER,
+        deleted_why     TEXT,
+        created_us      INTEGER NOT NULL
+    );
+    CREATE INDEX clips_start ON clips(start_us);
+    "#,
 ];
 
 /// The schema version this build writes.

@@ -186,13 +186,13 @@ fn sensor_samples_keep_the_receiver_utc_and_old_databases_keep_their_rows() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("aegis.db");
     // A version-2 database with a GPS fix in it, as an agent before this one left it
-    // (without what versions 3 and 4 add).
+    // (without what versions 3, 4 and 5 add).
     Store::open(settings(dir.path())).unwrap().close();
     let t0 = now_us();
     {
         let conn = Connection::open(&path).unwrap();
         conn.execute_batch(
-            "ALTER TABLE sensor_samples DROP COLUMN utc_us; DROP TABLE workflow_history; \
+            "ALTER TABLE sensor_samples DROP COLUMN utc_us; DROP TABLE workflow_history; DROP TABLE clips; \
              PRAGMA user_version = 2;",
         )
         .unwrap();

@@ -915,6 +915,7 @@ mod route_tests {
                 workflows: None,
                 counters: None,
                 store: None,
+                evidence: None,
             }),
         };
         Rig {

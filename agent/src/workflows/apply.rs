@@ -72,6 +72,8 @@ pub struct Starter {
     /// Models installed over the air (confirmed): each replaces the configured model of
     /// its name, or adds one.
     pub installed: Mutex<Vec<aegis_config::ModelConfig>>,
+    /// Event clips of the pipelines it starts (`None`: never).
+    pub evidence: Option<Arc<crate::evidence::EvidenceHost>>,
 }
 
 impl Starter {
@@ -114,6 +116,9 @@ impl Starter {
     ) -> Result<Pipeline, PipelineError> {
         let mut opts = self.opts.clone();
         opts.inference = Some(inference);
+        if let Some(host) = &self.evidence {
+            opts.evidence = host.for_pipeline(cfg);
+        }
         Pipeline::start(cfg, self.metrics.clone(), &opts)
     }
 }

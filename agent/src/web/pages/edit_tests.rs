@@ -136,6 +136,7 @@ fn rig(outcome: DefaultOutcome, refuse: Option<String>) -> Rig {
             workflows: Some(wtx),
             counters: None,
             store: Some(store.handle()),
+            evidence: None,
         }),
     };
     Rig {

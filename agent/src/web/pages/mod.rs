@@ -9,6 +9,7 @@
 //! CSRF) is the web module's middleware; each route below names the role it needs.
 
 mod cameras;
+mod clips;
 mod config;
 #[cfg(test)]
 mod edit_tests;
@@ -78,6 +79,8 @@ pub struct PagesState {
     pub counters: Option<Arc<crate::workflows::apply::ApplyCounters>>,
     /// Where the pages' own audit rows go (uploads).
     pub store: Option<crate::store::StoreHandle>,
+    /// Event clips (None: this run keeps none).
+    pub evidence: Option<Arc<crate::evidence::EvidenceHost>>,
 }
 
 /// The pages' routes, each with the least role that may use it; the web module's route
@@ -115,6 +118,27 @@ pub static ROUTES: &[RouteSpec] = &[
     page(Method::GET, "/api/events.csv", Access::Technician, |m| {
         on(m, events::csv)
     }),
+    page(Method::GET, "/clips", Access::Viewer, |m| {
+        on(m, clips::page)
+    }),
+    page(Method::GET, "/api/clips", Access::Viewer, |m| {
+        on(m, clips::api)
+    }),
+    page(Method::POST, "/api/clips", Access::Technician, |m| {
+        on(m, clips::trigger)
+    }),
+    page(
+        Method::GET,
+        "/api/clips/{id}/video",
+        Access::Technician,
+        |m| on(m, clips::video),
+    ),
+    page(
+        Method::POST,
+        "/api/clips/{id}/hold",
+        Access::Technician,
+        |m| on(m, clips::hold),
+    ),
     page(Method::GET, "/sensors", Access::Viewer, |m| {
         on(m, sensors::page)
     }),
@@ -336,6 +360,7 @@ fn layout_with(
         ("/live", "Live"),
         ("/cameras", "Cameras"),
         ("/events", "Events"),
+        ("/clips", "Clips"),
         ("/sensors", "Sensors"),
         ("/models", "Models"),
         ("/logs", "Logs"),

@@ -81,6 +81,7 @@ fn fixture_with(
         workflows: None,
         counters: None,
         store: None,
+        evidence: None,
     });
     Fixture { _dir: dir, state }
 }
@@ -986,6 +987,7 @@ async fn every_page_names_the_user_and_logs_out_with_the_sessions_csrf_token() {
                 "/live",
                 "/cameras",
                 "/events",
+                "/clips",
                 "/sensors",
                 "/models",
                 "/workflows",
@@ -998,6 +1000,7 @@ async fn every_page_names_the_user_and_logs_out_with_the_sessions_csrf_token() {
                 "/live",
                 "/cameras",
                 "/events",
+                "/clips",
                 "/sensors",
                 "/models",
                 "/logs",

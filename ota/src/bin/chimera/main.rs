@@ -8,6 +8,7 @@
 
 mod broker;
 mod docs;
+mod evidence;
 mod firmware;
 mod firmware_gateway;
 mod gateway;
@@ -122,6 +123,11 @@ enum Command {
     Model {
         #[command(subcommand)]
         what: model::ModelCommand,
+    },
+    /// Evidence clips exported from devices: verify one against its signed manifest.
+    Evidence {
+        #[command(subcommand)]
+        what: evidence::EvidenceCommand,
     },
     /// Firmware A/B updates: write a signed firmware order for an image, check one as a
     /// device would, publish one to its devices' and groups' firmware topics.
@@ -579,6 +585,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Enroll(args) => keys::enroll(args)?,
         Command::Unenroll(args) => keys::unenroll(args)?,
         Command::Model { what } => model::model(what)?,
+        Command::Evidence { what } => evidence::evidence(what)?,
         Command::Firmware { what } => firmware::firmware(what)?,
         Command::Serve(args) => serve::run(args)?,
     }

@@ -66,6 +66,8 @@ pub struct Trigger {
     pub event_id: String,
     /// Where the device was.
     pub geotag: Option<Geotag>,
+    /// Keep the clip until (µs since the Unix epoch): the latest of its triggers' counts.
+    pub retain_until_us: i64,
 }
 
 /// A clip written and indexed-to-be.
@@ -276,6 +278,12 @@ impl ClipTap {
                         ts_us: e.wall_us,
                     })
                     .collect(),
+                retain_until_us: c
+                    .events
+                    .iter()
+                    .map(|e| e.retain_until_us)
+                    .max()
+                    .unwrap_or(0),
                 agent_version: env!("CARGO_PKG_VERSION").to_string(),
             };
             let signed = aegis_ota::evidence::sign_manifest(&manifest, &self.settings.signer)
@@ -319,6 +327,10 @@ impl PacketTap for ClipTap {
 
     fn take_keyframe_request(&self) -> bool {
         false
+    }
+
+    fn stream_end(&self) {
+        self.close();
     }
 
     fn stream_start(&self, extradata: &[u8], width: usize, height: usize) {
@@ -482,6 +494,7 @@ mod tests {
             kind: kind.into(),
             event_id: format!("ev-{frame}"),
             geotag: None,
+            retain_until_us: 1_900_000_000_000_000,
         }
     }
 
