@@ -46,6 +46,29 @@ pub enum BenchCommand {
         #[arg(long)]
         json: Option<PathBuf>,
     },
+    /// Event clips: the pre-roll ring's CPU cost per stream (recording with and without
+    /// it), its memory, and clips sealed/signed per second against `ffmpeg -c copy` of the
+    /// same span from the recording.
+    Evidence {
+        /// Frame width.
+        #[arg(long, default_value_t = 1920)]
+        width: usize,
+        /// Frame height.
+        #[arg(long, default_value_t = 1080)]
+        height: usize,
+        /// Frames per run (30 fps).
+        #[arg(long, default_value_t = 300)]
+        frames: u64,
+        /// Runs per arm.
+        #[arg(long, default_value_t = 3)]
+        runs: usize,
+        /// Clips in the burst.
+        #[arg(long, default_value_t = 40)]
+        clips: usize,
+        /// Also write the results as JSON here.
+        #[arg(long)]
+        json: Option<PathBuf>,
+    },
     /// Model delivery: a bundle announced → downloaded → installed → health-checked →
     /// swapped into a running pipeline → receipt, through a loopback mosquitto and HTTP
     /// server, against restarting the agent with the new model (the baseline).
@@ -295,6 +318,27 @@ pub(super) fn run(what: BenchCommand, log: impl Fn(&str)) -> anyhow::Result<()> 
                     crate::tools::bench_workflow::print(&r);
                     write_json(json, &r)
                 })
+        }
+        BenchCommand::Evidence {
+            width,
+            height,
+            frames,
+            runs,
+            clips,
+            json,
+        } => {
+            log("error");
+            crate::tools::bench_evidence::bench_evidence(
+                width,
+                height,
+                frames.max(60),
+                runs.max(1),
+                clips.max(2),
+            )
+            .and_then(|r| {
+                crate::tools::bench_evidence::print(&r);
+                write_json(json, &r)
+            })
         }
         BenchCommand::Models {
             runs,

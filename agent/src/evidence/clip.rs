@@ -175,6 +175,11 @@ impl ClipTap {
         lock(&self.state).pending.push(t);
     }
 
+    /// Bytes of packets the pre-roll ring holds.
+    pub fn ring_bytes(&self) -> usize {
+        lock(&self.state).ring.bytes()
+    }
+
     /// The newest packet's presentation time in µs (for a manual trigger "now").
     pub fn newest_pts_us(&self) -> Option<i64> {
         lock(&self.state)

@@ -4,6 +4,7 @@
 
 pub mod bench;
 pub mod bench_backends;
+pub mod bench_evidence;
 pub mod bench_models;
 pub mod bench_rtsp;
 pub mod bench_stages;
