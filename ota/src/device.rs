@@ -316,6 +316,12 @@ pub enum PolicyError {
         /// The directory.
         dir: PathBuf,
     },
+    /// The event clips' directory is not under an allowed path.
+    #[error(
+        "evidence.dir: {} is outside the allowed paths (or inside the agent's own state)",
+        .0.display()
+    )]
+    EvidenceDir(PathBuf),
 }
 
 fn policy_check(v: &Verified, policy: &Policy) -> Result<(), PolicyError> {
@@ -394,6 +400,11 @@ fn policy_check(v: &Verified, policy: &Policy) -> Result<(), PolicyError> {
                 dir: r.dir.clone(),
             });
         }
+    }
+    if let Some(e) = &p.evidence
+        && !under(&e.dir, policy)
+    {
+        return Err(PolicyError::EvidenceDir(e.dir.clone()));
     }
     Ok(())
 }

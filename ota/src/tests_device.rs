@@ -238,6 +238,22 @@ fn the_rejection_matrix() {
             "outside the allowed paths",
         ),
         (
+            "evidence directory outside the allowed paths",
+            {
+                let d = sign(
+                    &doc_with(|d| {
+                        d.replace(
+                            "dir: /var/lib/aegis/recordings }",
+                            "dir: /var/lib/aegis/recordings }\nevidence: { dir: /etc/cron.d }",
+                        )
+                    }),
+                    &w.issuer,
+                );
+                reason(&d, &w.trust, &w.policy, &state, NOW)
+            },
+            "evidence.dir: /etc/cron.d is outside the allowed paths",
+        ),
+        (
             "password in an unsealed document",
             {
                 let d = sign(

@@ -71,6 +71,9 @@ pub struct AgentSetup {
     pub clip: (u32, u32, f64),
     /// Play this file instead of making a clip.
     pub clip_file: Option<PathBuf>,
+    /// Keep event clips: a record sink (when `sinks` names none), `pipeline.evidence` with
+    /// a 1 s pre- and post-roll, and device keys made with `aegis provision`.
+    pub evidence: bool,
 }
 
 impl Default for AgentSetup {
@@ -84,6 +87,7 @@ impl Default for AgentSetup {
             extra: String::new(),
             clip: (320, 240, 2.0),
             clip_file: None,
+            evidence: false,
         }
     }
 }
@@ -110,6 +114,10 @@ impl WebAgent {
         };
         let config = dir.path().join("aegis.yaml");
         std::fs::write(&config, config_text(dir.path(), &clip, setup)).expect("write config");
+        if setup.evidence {
+            let keys = dir.path().join("keys");
+            crate::aegis_ok(dir.path(), &["provision", "--dir", keys.to_str().expect("utf-8")]);
+        }
         let cfg = config.to_str().expect("utf-8 path");
         for a in [ADMIN, TECHNICIAN, VIEWER] {
             add_account(dir.path(), cfg, a);
@@ -234,12 +242,28 @@ fn config_text(dir: &Path, clip: &Path, setup: &AgentSetup) -> String {
             format!("[{}]", items.join(", "))
         }
     };
+    let (sinks, evidence) = if setup.evidence {
+        let record = format!(
+            "{{ kind: record, dir: {}, encoder: {{ gop_frames: 15, threads: 1 }} }}",
+            dir.join("rec").display()
+        );
+        (
+            list(&setup.sinks, &record),
+            format!(
+                "  evidence: {{ dir: {}, pre_roll_seconds: 1, post_roll_seconds: 1 }}\n\
+                 workflows: {{ keys_dir: {} }}\n",
+                dir.join("evidence").display(),
+                dir.join("keys").display()
+            ),
+        )
+    } else {
+        (list(&setup.sinks, "{ kind: discard }"), String::new())
+    };
     format!(
         "device: {{ id: {device} }}\npipeline:\n  sources:\n{sources}  stages: {stages}\n  \
-         sinks: {sinks}\nstore: {{ path: {db} }}\nweb: {{ listen: \"127.0.0.1:0\" }}\n{extra}\n",
+         sinks: {sinks}\n{evidence}store: {{ path: {db} }}\nweb: {{ listen: \"127.0.0.1:0\" }}\n{extra}\n",
         device = setup.device,
         stages = list(&setup.stages, ""),
-        sinks = list(&setup.sinks, "{ kind: discard }"),
         db = dir.join("aegis.db").display(),
         extra = setup.extra,
     )

@@ -298,6 +298,31 @@ async fn walk(agent: &WebAgent, viewport: Viewport) -> Result<(), BrowserError> 
     w.at("/").await?;
     w.nav("/logs").await?;
     b.wait_for("pre#log", WAIT).await?;
+    // …keeps a clip of the stream now, and plays it: decrypted on the device, in the
+    // browser's own player.
+    w.nav("/clips").await?;
+    b.click("form[action='/api/clips'] button").await?;
+    w.at("/clips").await?;
+    b.wait_js(
+        "a clip to play (1 s pre-roll, 1 s post-roll)",
+        "if (document.querySelector(\"a[href$='/video']\")) return true; \
+         if (!window.__reloading) { window.__reloading = true; setTimeout(() => location.reload(), 500); } \
+         return false;",
+        Duration::from_secs(30),
+    )
+    .await?;
+    w.step("clips").await?;
+    b.click("a[href$='/video']").await?;
+    b.wait_js(
+        "the clip playing in the browser",
+        "const v = document.querySelector('video'); \
+         if (v && v.paused) { v.muted = true; v.play().catch(() => {}); } \
+         return !!v && v.readyState >= 2 && v.videoWidth === 320 && v.duration >= 2;",
+        Duration::from_secs(30),
+    )
+    .await?;
+    w.step("clip-playing").await?;
+    b.goto("/").await?;
     w.logout().await?;
 
     // A viewer sees the overview but is refused the config page.
@@ -349,6 +374,7 @@ fn agent() -> WebAgent {
         extra: format!(
             "fleet: {{ enabled: false, username: edge, password: \"{FLEET_PASSWORD}\" }}\n"
         ),
+        evidence: true,
         ..AgentSetup::default()
     })
 }

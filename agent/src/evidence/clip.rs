@@ -32,6 +32,8 @@ const PART: &str = ".part";
 pub const MANIFEST_SUFFIX: &str = ".manifest.json";
 /// Pre-roll memory cap per stream (a long GOP at a high bitrate).
 const RING_MAX_BYTES: usize = 64 << 20;
+/// Triggers that may wait for the encoder per stream.
+pub const MAX_PENDING: usize = 64;
 
 /// How one stream's clips are cut and kept.
 pub struct ClipSettings {
@@ -170,9 +172,21 @@ impl ClipTap {
         }
     }
 
-    /// Asks for a clip around `t` (taken at the next packet).
+    /// Asks for a clip around `t` (taken at the next packet). At most [`MAX_PENDING`]
+    /// wait (for the encoder to reach their pre-roll's start); beyond that the oldest is
+    /// dropped and reported.
     pub fn trigger(&self, t: Trigger) {
-        lock(&self.state).pending.push(t);
+        let dropped = {
+            let mut st = lock(&self.state);
+            st.pending.push(t);
+            (st.pending.len() > MAX_PENDING).then(|| st.pending.remove(0))
+        };
+        if let Some(d) = dropped {
+            (self.on_clip)(Err(format!(
+                "stream {}: more than {MAX_PENDING} events waiting for the encoder; event {} dropped",
+                self.settings.stream, d.event_id
+            )));
+        }
     }
 
     /// Bytes of packets the pre-roll ring holds.

@@ -165,43 +165,42 @@ pub fn load_or_create_seal_key(keys_dir: &Path) -> Result<SealKey, EvidenceStart
     load_seal_key(keys_dir, true)
 }
 
-/// Reads the device's sealing key; with `create`, makes it (0600) when there is none.
+/// Reads the device's sealing key (with the secret-key checks: a regular file of this user,
+/// no group or other permissions, no link); with `create`, makes it (0600, never
+/// overwriting) when there is none.
 pub fn load_seal_key(keys_dir: &Path, create: bool) -> Result<SealKey, EvidenceStartError> {
     let path = keys_dir.join(SEAL_KEY_FILE);
     let err = |reason: String| EvidenceStartError::SealKey {
         path: path.clone(),
         reason,
     };
-    match std::fs::read_to_string(&path) {
-        Ok(text) => {
-            let mut lines = text.lines();
-            if lines.next() != Some(SEAL_KEY_HEADER) {
-                return Err(err(format!(
-                    "not an evidence key (first line is not {SEAL_KEY_HEADER})"
-                )));
-            }
-            let hex = lines.next().unwrap_or("").trim();
-            let bytes: Option<Vec<u8>> = (0..hex.len())
-                .step_by(2)
-                .map(|i| u8::from_str_radix(hex.get(i..i + 2)?, 16).ok())
-                .collect();
-            SealKey::from_bytes(&bytes.ok_or_else(|| err("the key is not hex".into()))?)
-                .map_err(|e| err(e.to_string()))
-        }
-        Err(e) if create && e.kind() == std::io::ErrorKind::NotFound => {
-            let key = SealKey::generate().map_err(|e| err(e.to_string()))?;
-            let text = zeroize::Zeroizing::new(format!(
-                "{SEAL_KEY_HEADER}\n{}\n",
-                aegis_ota::evidence::hex(key.bytes())
-            ));
-            aegis_ota::fsutil::private_dir(keys_dir).map_err(|e| err(e.to_string()))?;
-            aegis_ota::fsutil::write_atomic_mode(&path, text.as_bytes(), 0o600)
-                .map_err(|e| err(e.to_string()))?;
-            tracing::info!(key = %path.display(), "created the evidence sealing key");
-            Ok(key)
-        }
-        Err(e) => Err(err(e.to_string())),
+    if create && !path.exists() {
+        let key = SealKey::generate().map_err(|e| err(e.to_string()))?;
+        let text = zeroize::Zeroizing::new(format!(
+            "{SEAL_KEY_HEADER}\n{}\n",
+            aegis_ota::evidence::hex(key.bytes())
+        ));
+        aegis_ota::fsutil::private_dir(keys_dir).map_err(|e| err(e.to_string()))?;
+        aegis_ota::write_private(&path, text.as_bytes()).map_err(|(_, why)| err(why))?;
+        tracing::info!(key = %path.display(), "created the evidence sealing key");
+        return Ok(key);
     }
+    let bytes = aegis_ota::read_private(&path).map_err(|(_, why)| err(why))?;
+    let text = std::str::from_utf8(&bytes).map_err(|_| err("not UTF-8 text".into()))?;
+    let mut lines = text.lines();
+    if lines.next() != Some(SEAL_KEY_HEADER) {
+        return Err(err(format!(
+            "not an evidence key (its first line must be {SEAL_KEY_HEADER})"
+        )));
+    }
+    let hex = lines.next().unwrap_or("").trim();
+    let key: Option<zeroize::Zeroizing<Vec<u8>>> = (0..hex.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(hex.get(i..i + 2)?, 16).ok())
+        .collect::<Option<Vec<u8>>>()
+        .map(zeroize::Zeroizing::new);
+    SealKey::from_bytes(&key.ok_or_else(|| err("the key is not hex".into()))?)
+        .map_err(|e| err(e.to_string()))
 }
 
 /// `<id>.hold` beside a clip: a legal hold.

@@ -79,7 +79,7 @@ pub(super) async fn page(State(s): State<Arc<PagesState>>, viewer: Viewer) -> Re
         }
     };
     body.push_str(
-        "<table><thead><tr><th>Start (UTC)</th><th>Stream</th><th>Events</th><th>Length</th>\
+        "<table class=\"grid\"><thead><tr><th>Start (UTC)</th><th>Stream</th><th>Events</th><th>Length</th>\
          <th>Kept until</th><th>State</th><th></th></tr></thead><tbody>",
     );
     for r in &rows {
