@@ -39,8 +39,18 @@ test: lint
     # CI's disk is small: the host's debug build (bins and ~70 test binaries) is not needed
     # by the aarch64 builds and the fuzzer that follow (.ci/run sets AEGIS_CI_PRUNE).
     if [ -n "${AEGIS_CI_PRUNE:-}" ]; then rm -rf target/debug; fi
+    # The fuzzer runs beside the aarch64 build and tests: each leaves a core idle for long
+    # stretches (libFuzzer is one process; the qemu tests mostly one thread). Its output is
+    # printed once both are done.
+    FUZZ_SETUP_ONLY=1 tools/fuzz.sh
+    t0=$SECONDS
+    (tools/fuzz.sh 10 >target/fuzz.log 2>&1; echo $? >target/fuzz.rc) &
+    fuzz=$!
     step tools/cross-test.sh
-    step tools/fuzz.sh 10
+    wait "$fuzz"
+    cat target/fuzz.log
+    [ "$(cat target/fuzz.rc)" = 0 ] || { echo "fuzz failed (target/fuzz.log)" >&2; exit 1; }
+    echo "test-step: cross-test and fuzz (side by side) took $((SECONDS - t0)) s"
 
 # The container definition and the Helm chart of `chimera serve` (deploy/): hadolint, helm
 # lint/template, kubernetes-validate, the values schema, the rendered serve.yaml run by the

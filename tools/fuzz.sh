@@ -4,6 +4,7 @@
 # Installs the nightly toolchain and a pinned cargo-fuzz when missing.
 #
 #   tools/fuzz.sh [SECONDS_PER_TARGET]     (default 300; CI uses a short run)
+#   FUZZ_SETUP_ONLY=1 tools/fuzz.sh        (install what it needs, fuzz nothing)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 SECONDS_PER_TARGET="${1:-300}"
@@ -17,6 +18,9 @@ if ! cargo fuzz --version 2>/dev/null | grep -q " $CARGO_FUZZ_VERSION"; then
   echo "fuzz: installing cargo-fuzz $CARGO_FUZZ_VERSION"
   cargo install cargo-fuzz --version "$CARGO_FUZZ_VERSION" --locked -q
 fi
+# Only the toolchain and cargo-fuzz (`just test` installs them before it fuzzes beside the
+# aarch64 build, so two rustup/cargo installs never run at once).
+[ -z "${FUZZ_SETUP_ONLY:-}" ] || exit 0
 cd ota
 for target in maml_parse verify url_policy time_parse; do
   echo "fuzz: $target for ${SECONDS_PER_TARGET}s"

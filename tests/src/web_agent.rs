@@ -116,7 +116,10 @@ impl WebAgent {
         std::fs::write(&config, config_text(dir.path(), &clip, setup)).expect("write config");
         if setup.evidence {
             let keys = dir.path().join("keys");
-            crate::aegis_ok(dir.path(), &["provision", "--dir", keys.to_str().expect("utf-8")]);
+            crate::aegis_ok(
+                dir.path(),
+                &["provision", "--dir", keys.to_str().expect("utf-8")],
+            );
         }
         let cfg = config.to_str().expect("utf-8 path");
         for a in [ADMIN, TECHNICIAN, VIEWER] {

@@ -5,7 +5,7 @@
 //! byte. A `kill -9` while a clip is being written leaves no half clip after the restart.
 //! The fleet asks for, lists and fetches clips over MQTT commands.
 
-use std::io::{Read, Write};
+use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -69,7 +69,7 @@ fn crate_time() -> u128 {
         .as_nanos()
 }
 
-/// One HTTP/1.0 exchange: status, head, body bytes.
+/// One HTTP/1.0 exchange: status, head (lowercase), body bytes.
 fn try_http(
     port: u16,
     method: &str,
@@ -77,29 +77,23 @@ fn try_http(
     headers: &[(&str, &str)],
     body: &[u8],
 ) -> std::io::Result<(u16, String, Vec<u8>)> {
-    let mut s = std::net::TcpStream::connect(("127.0.0.1", port))?;
-    s.set_read_timeout(Some(Duration::from_secs(60)))?;
-    let mut req = format!("{method} {path} HTTP/1.0\r\nHost: 127.0.0.1:{port}\r\n");
-    for (k, v) in headers {
-        req.push_str(&format!("{k}: {v}\r\n"));
-    }
-    req.push_str(&format!("Content-Length: {}\r\n\r\n", body.len()));
-    let mut bytes = req.into_bytes();
-    bytes.extend_from_slice(body);
-    s.write_all(&bytes)?;
-    let mut buf = Vec::new();
-    s.read_to_end(&mut buf)?;
-    let split = buf
-        .windows(4)
-        .position(|w| w == b"\r\n\r\n")
-        .ok_or_else(|| std::io::Error::other("no HTTP head"))?;
-    let head = String::from_utf8_lossy(&buf[..split]).to_lowercase();
-    let code = head
-        .split_whitespace()
-        .nth(1)
-        .and_then(|c| c.parse().ok())
-        .unwrap_or(0);
-    Ok((code, head, buf[split + 4..].to_vec()))
+    let (code, head, body) = http_exchange(port, method, path, headers, body)?;
+    Ok((code, head.to_lowercase(), body))
+}
+
+/// `chimera evidence verify CLIP` with the device's public key (from `aegis provision`).
+fn verify(dir: &Path, clip: &Path) -> std::process::Output {
+    let pubkey = dir.join("keys/device.pub");
+    chimera(
+        dir,
+        &[
+            "evidence",
+            "verify",
+            clip.to_str().unwrap(),
+            "--device-key",
+            pubkey.to_str().unwrap(),
+        ],
+    )
 }
 
 fn setup(dir: &Path, post_roll: f64, extra: &str) -> (PathBuf, u16) {
@@ -302,32 +296,14 @@ fn clips_asked_on_the_web_page_are_sealed_signed_played_and_verified_off_the_dev
         mp4,
         "the page played the exported bytes"
     );
-    let pubkey = dir.join("keys/device.pub");
-    chimera_ok(
-        dir,
-        &[
-            "evidence",
-            "verify",
-            out.to_str().unwrap(),
-            "--device-key",
-            pubkey.to_str().unwrap(),
-        ],
-    );
+    let o = verify(dir, &out);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     // One byte edited: refused.
     let mut edited = std::fs::read(&out).unwrap();
     let mid = edited.len() / 2;
     edited[mid] ^= 1;
     std::fs::write(&out, &edited).unwrap();
-    let o = chimera(
-        dir,
-        &[
-            "evidence",
-            "verify",
-            out.to_str().unwrap(),
-            "--device-key",
-            pubkey.to_str().unwrap(),
-        ],
-    );
+    let o = verify(dir, &out);
     assert!(!o.status.success());
     let err = String::from_utf8_lossy(&o.stderr);
     assert!(err.contains("does not match the manifest"), "{err}");
@@ -497,16 +473,7 @@ fn the_fleet_asks_for_lists_and_fetches_a_clip_that_verifies() {
     let exported = dir.join("fleet.mp4");
     std::fs::write(&exported, &mp4).unwrap();
     std::fs::write(dir.join("fleet.mp4.manifest.json"), &manifest).unwrap();
-    let pubkey = dir.join("keys/device.pub");
-    chimera_ok(
-        dir,
-        &[
-            "evidence",
-            "verify",
-            exported.to_str().unwrap(),
-            "--device-key",
-            pubkey.to_str().unwrap(),
-        ],
-    );
+    let o = verify(dir, &exported);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     assert!(frames(&exported)[0].0);
 }

@@ -5,7 +5,7 @@
 //! page passes the applier's checks and runs, a tampered copy is refused with the reason,
 //! and the audit trail names the user.
 
-use std::io::{Read, Write};
+use std::io::Write;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -38,26 +38,8 @@ fn try_http(
     headers: &[(&str, &str)],
     body: &[u8],
 ) -> std::io::Result<(u16, String, String)> {
-    let mut s = std::net::TcpStream::connect(("127.0.0.1", port))?;
-    s.set_read_timeout(Some(Duration::from_secs(60)))?;
-    let mut req = format!("{method} {path} HTTP/1.0\r\nHost: 127.0.0.1:{port}\r\n");
-    for (k, v) in headers {
-        req.push_str(&format!("{k}: {v}\r\n"));
-    }
-    req.push_str(&format!("Content-Length: {}\r\n\r\n", body.len()));
-    let mut bytes = req.into_bytes();
-    bytes.extend_from_slice(body);
-    s.write_all(&bytes).unwrap();
-    let mut buf = Vec::new();
-    let _ = s.read_to_end(&mut buf);
-    let buf = String::from_utf8_lossy(&buf).into_owned();
-    let (head, body) = buf.split_once("\r\n\r\n").unwrap_or((&buf, ""));
-    let status = head
-        .split_whitespace()
-        .nth(1)
-        .and_then(|c| c.parse().ok())
-        .unwrap_or(0);
-    Ok((status, head.to_string(), body.to_string()))
+    let (status, head, body) = http_exchange(port, method, path, headers, body)?;
+    Ok((status, head, String::from_utf8_lossy(&body).into_owned()))
 }
 
 fn json(body: &str) -> serde_json::Value {
