@@ -31,8 +31,9 @@ test: lint
     # Each step's wall time, for keeping CI inside its budget.
     step() { local t0=$SECONDS; "$@"; echo "test-step: $* took $((SECONDS - t0)) s"; }
     # No separate `cargo build` first: the test build builds the binaries the tests and
-    # deploy-check run, and a build of a subset of the packages resolves other features,
-    # so 106 dependencies were compiled twice (about 2 min of CI).
+    # deploy-check run (`aegis` and `chimera`: their packages have integration tests), and
+    # a build of a subset of the packages resolves other features, so 106 dependencies
+    # were compiled twice (about 2 min of CI).
     step tools/test-workspace.sh
     step tools/deploy-check.sh
     step tools/yocto-check.sh

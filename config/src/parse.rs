@@ -343,7 +343,7 @@ fn build_pipeline(
         None => Some(Vec::new()),
     };
     let evidence = match map.remove("evidence") {
-        Some(value) => {
+        Some(value) if !value.is_null() => {
             let path = join_key(prefix, "evidence");
             let e = piece::<crate::model::EvidenceConfig>(
                 value,
@@ -356,7 +356,7 @@ fn build_pipeline(
             }
             Some(e)
         }
-        None => Some(None),
+        _ => Some(None),
     };
     Some(PipelineConfig {
         sources: all(sources?)?,

@@ -477,3 +477,108 @@ fn the_fleet_asks_for_lists_and_fetches_a_clip_that_verifies() {
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     assert!(frames(&exported)[0].0);
 }
+
+#[test]
+fn a_face_in_a_zone_and_a_rule_keep_one_clip_and_moderation_hits_keep_no_frames() {
+    if !have_ffprobe() {
+        return;
+    }
+    let dir = dir_with_models_and_photo();
+    let d = dir.path();
+    // The astronaut's face panning by: one stable track, flagged by the moderation rule.
+    let clip = d.join("face.mp4");
+    aegis_ok(
+        d,
+        &[
+            "sample",
+            "--out",
+            clip.to_str().unwrap(),
+            "--width",
+            "640",
+            "--height",
+            "360",
+            "--seconds",
+            "4",
+            "--background",
+            ".samples/astronaut.png",
+        ],
+    );
+    let keys = d.join("keys");
+    aegis_ok(d, &["provision", "--dir", keys.to_str().unwrap()]);
+    let cfg = d.join("aegis.yaml");
+    std::fs::write(
+        &cfg,
+        format!(
+            r#"
+device: {{ id: evidence-models }}
+pipeline:
+  sources:
+    - id: cam0
+      url: "file://{clip}"
+      zones: [{{ name: all, polygon: [[0, 0], [1, 0], [1, 1], [0, 1]] }}]
+  stages:
+    - {{ kind: moderate, model: nn, every_n_frames: 3, rules: [{{ classes: [FACE_FEMALE], action: alert, min_score: 0.3 }}] }}
+    - {{ kind: detect, model: nn, classes: [FACE_FEMALE, FACE_MALE], min_score: 0.4, every_n_frames: 2 }}
+  sinks:
+    - {{ kind: record, dir: {rec}, encoder: {{ gop_frames: 15, threads: 1 }} }}
+  rules:
+    - {{ name: face_seen, when: {{ track: {{ label: FACE_FEMALE }} }} }}
+  evidence:
+    dir: {ev}
+    pre_roll_seconds: 1
+    post_roll_seconds: 1
+    encrypt: false
+    keep:
+      - {{ on: detection, labels: [FACE_FEMALE, FACE_MALE], zone: all, retention_days: 3 }}
+      - {{ on: rule, rule: face_seen }}
+      - {{ on: moderation }}
+inference:
+  runtime: .models/libonnxruntime.so.1.32.0
+  models: [{{ name: nn, kind: nudenet, file: .models/nudenet-320n.onnx }}]
+workflows: {{ keys_dir: {keys} }}
+store: {{ path: {db} }}
+web: {{ listen: "127.0.0.1:0" }}
+"#,
+            clip = clip.display(),
+            rec = d.join("rec").display(),
+            ev = d.join("evidence").display(),
+            keys = keys.display(),
+            db = d.join("aegis.db").display(),
+        ),
+    )
+    .unwrap();
+    aegis_ok(d, &["run", "--config", cfg.to_str().unwrap()]);
+    let rows: Vec<serde_json::Value> = aegis_ok(
+        d,
+        &[
+            "evidence",
+            "list",
+            "--config",
+            cfg.to_str().unwrap(),
+            "--limit",
+            "500",
+        ],
+    )
+    .lines()
+    .map(|l| serde_json::from_str(l).unwrap())
+    .collect();
+    let (video, metadata): (Vec<_>, Vec<_>) = rows.iter().partition(|r| r["imagery"] == true);
+    // The face's track and the rule it satisfies overlap: one clip, both events in it.
+    assert_eq!(video.len(), 1, "{rows:?}");
+    let kinds = video[0]["kinds"].as_str().unwrap();
+    assert!(
+        kinds.contains("detection") && kinds.contains("rule"),
+        "{kinds}"
+    );
+    let path = PathBuf::from(video[0]["path"].as_str().unwrap());
+    assert!(frames(&path)[0].0, "the clip starts on a keyframe");
+    // Moderation hits: rows with the event and nothing else — no file, no hash.
+    assert!(!metadata.is_empty(), "no moderation record in {rows:?}");
+    for m in &metadata {
+        assert_eq!(m["kinds"], "moderation");
+        assert!(m["path"].is_null() && m["sha256"].is_null(), "{m}");
+    }
+    // On disk: the one clip and its manifest.
+    let files = files_with_suffix(&d.join("evidence"), "");
+    assert_eq!(files.len(), 2, "{files:?}");
+}

@@ -3,8 +3,8 @@
 //! [`ClipTap`] is a [`PacketTap`] on the stream's recorder. It keeps the last `pre_roll` of
 //! packets in a [`PacketRing`] (from a keyframe), and on a [`Trigger`] opens a clip that starts
 //! at the keyframe at or before `trigger - pre_roll` and ends `post_roll` after the last
-//! trigger it covers: a trigger inside an open clip extends it (up to `max_clip`), so
-//! overlapping events make one clip.
+//! trigger it covers: a trigger whose pre-roll reaches into the open clip extends it (up to
+//! `max_clip`), so overlapping events make one clip; any other waits for a clip of its own.
 //!
 //! A clip is written as `<dir>/<stream>/<id>.mp4[.sealed].part` — fragmented MP4, sealed with
 //! AES-256-GCM ([`aegis_ota::evidence::SealWriter`]) when a key is given, hashed (SHA-256 of
@@ -369,61 +369,61 @@ impl PacketTap for ClipTap {
     fn packet(&self, p: &TapPacket<'_>) {
         let packet = OwnedPacket::from(p);
         let mut finished = Vec::new();
+        let mut errors = Vec::new();
         {
             let mut st = lock(&self.state);
             st.ring.push(packet.clone());
             let mut written = false;
-            // A trigger waits until its pre-roll's start has come out of the encoder (it lags
-            // the frames by its look-ahead): the keyframe at or before that point may not be
-            // in the ring yet. An open clip takes it at once.
-            let pre = ticks(self.settings.pre_roll);
-            let ready = |t: &Trigger| us_to_ticks(t.pts_us) - pre <= packet.pts;
-            let (now, later): (Vec<Trigger>, Vec<Trigger>) = std::mem::take(&mut st.pending)
-                .into_iter()
-                .partition(|t| st.open.is_some() || ready(t));
-            st.pending = later;
-            for t in now {
+            let (pre, post) = (
+                ticks(self.settings.pre_roll),
+                ticks(self.settings.post_roll),
+            );
+            let mut waiting = Vec::new();
+            for t in std::mem::take(&mut st.pending) {
                 let at = us_to_ticks(t.pts_us);
+                let from = at - pre;
                 match &mut st.open {
-                    Some(c) if at <= c.end_pts && c.end_pts < c.cap_pts => {
-                        c.end_pts = (at + ticks(self.settings.post_roll)).min(c.cap_pts);
+                    // The event's window reaches into the open clip: it extends it, unless
+                    // that would pass the longest clip — then it waits and gets its own.
+                    Some(c) if from <= c.end_pts && at + post <= c.cap_pts => {
+                        c.end_pts = c.end_pts.max(at + post);
                         c.events.push(t);
-                        continue;
                     }
-                    Some(c) if at <= c.end_pts => {
-                        // At its longest: the event is in this clip, the next one starts
-                        // after it.
-                        c.events.push(t);
-                        continue;
-                    }
-                    _ => {}
-                }
-                if let Some(c) = st.open.take() {
-                    finished.push(c);
-                }
-                match self.open_clip(&mut st, t) {
-                    Ok(c) => {
-                        st.open = Some(c);
-                        written = true;
-                    }
-                    Err(e) => (self.on_clip)(Err(e)),
+                    Some(_) => waiting.push(t),
+                    // A trigger waits until its pre-roll's start has come out of the encoder
+                    // (it lags the frames by its look-ahead): the keyframe at or before that
+                    // point may not be in the ring yet.
+                    None if from > packet.pts => waiting.push(t),
+                    None => match self.open_clip(&mut st, t) {
+                        Ok(c) => {
+                            st.open = Some(c);
+                            written = true;
+                        }
+                        Err(e) => errors.push(e),
+                    },
                 }
             }
-            let mut failed = None;
+            st.pending = waiting;
             if let Some(c) = &mut st.open {
-                if !written && let Err(e) = c.muxer.push(&packet) {
-                    failed = Some(e.to_string());
-                }
-                if failed.is_none() && (packet.pts >= c.end_pts || packet.pts >= c.cap_pts) {
-                    finished.extend(st.open.take());
+                let pushed = if written {
+                    Ok(())
+                } else {
+                    c.muxer.push(&packet)
+                };
+                match pushed {
+                    Err(e) => {
+                        if let Some(c) = st.open.take() {
+                            let _ = std::fs::remove_file(&c.part);
+                            errors.push(format!("clip {}: {e}", c.id));
+                        }
+                    }
+                    Ok(()) if packet.pts >= c.end_pts => finished.extend(st.open.take()),
+                    Ok(()) => {}
                 }
             }
-            if let Some(e) = failed
-                && let Some(c) = st.open.take()
-            {
-                let _ = std::fs::remove_file(&c.part);
-                (self.on_clip)(Err(format!("clip {}: {e}", c.id)));
-            }
+        }
+        for e in errors {
+            (self.on_clip)(Err(e));
         }
         for c in finished {
             (self.on_clip)(self.finish(c));
@@ -431,40 +431,93 @@ impl PacketTap for ClipTap {
     }
 }
 
+/// Whether `s` is a clip id (a UUID, as [`crate::store::new_event_id`] makes them).
+pub fn is_clip_id(s: &str) -> bool {
+    s.len() == 36
+        && s.bytes().enumerate().all(|(i, b)| match i {
+            8 | 13 | 18 | 23 => b == b'-',
+            _ => b.is_ascii_hexdigit(),
+        })
+}
+
+/// The files this module writes, by name: `<id>.mp4[.sealed][.part]`, `<id>.manifest.json`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+enum ClipFile {
+    Part,
+    Clip,
+    Manifest,
+}
+
+fn clip_file(name: &str) -> Option<ClipFile> {
+    let (id, rest) = name.split_at_checked(36)?;
+    if !is_clip_id(id) {
+        return None;
+    }
+    match rest {
+        ".mp4.part" | ".mp4.sealed.part" => Some(ClipFile::Part),
+        ".mp4" | ".mp4.sealed" => Some(ClipFile::Clip),
+        MANIFEST_SUFFIX => Some(ClipFile::Manifest),
+        _ => None,
+    }
+}
+
+/// Stream directories are named as stream ids (`[a-z0-9_-]{1,64}`); others are not ours.
+fn is_stream_dir(name: &str) -> bool {
+    (1..=64).contains(&name.len())
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_' || b == b'-')
+}
+
 /// At start: removes what a crash left half-done under `dir` — `.part` clips, and manifests
 /// whose clip never got its final name. Returns the complete clips found (each with its
-/// manifest), for re-indexing.
-pub fn recover(dir: &Path) -> std::io::Result<Vec<PathBuf>> {
+/// manifest), for re-indexing. Only names this module writes are touched (stream-id
+/// directories, clip-id files): a directory set by mistake to one holding other files
+/// loses none of them. With `clean` false nothing is removed (another pipeline of this
+/// process may be writing there: a workflow switch starts the new one beside the old).
+pub fn recover(dir: &Path, clean: bool) -> std::io::Result<Vec<PathBuf>> {
     let mut complete = Vec::new();
     let Ok(streams) = std::fs::read_dir(dir) else {
         return Ok(complete);
     };
     for stream in streams.flatten() {
+        let ours = stream.file_name().to_str().is_some_and(is_stream_dir);
         let Ok(files) = std::fs::read_dir(stream.path()) else {
             continue;
         };
-        let mut names: Vec<PathBuf> = files.flatten().map(|f| f.path()).collect();
+        if !ours {
+            continue;
+        }
+        let mut names: Vec<(PathBuf, ClipFile)> = files
+            .flatten()
+            .filter_map(|f| {
+                let kind = clip_file(f.file_name().to_str()?)?;
+                Some((f.path(), kind))
+            })
+            .collect();
         names.sort();
-        for path in &names {
-            let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("");
-            if name.ends_with(PART) {
-                std::fs::remove_file(path)?;
-                tracing::info!(clip = %path.display(), "removed a clip a crash left unfinished");
-            } else if name.ends_with(".mp4") || name.ends_with(".mp4.sealed") {
-                if manifest_path(path).exists() {
-                    complete.push(path.clone());
-                } else {
+        for (path, kind) in &names {
+            match kind {
+                ClipFile::Part if !clean => {}
+                ClipFile::Part => {
+                    std::fs::remove_file(path)?;
+                    tracing::info!(clip = %path.display(), "removed a clip a crash left unfinished");
+                }
+                ClipFile::Clip if manifest_path(path).exists() => complete.push(path.clone()),
+                ClipFile::Clip => {
                     tracing::warn!(clip = %path.display(), "a clip without its manifest: left alone");
                 }
+                ClipFile::Manifest => {}
             }
         }
-        for path in &names {
-            let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("");
-            if name.ends_with(MANIFEST_SUFFIX)
+        for (path, kind) in &names {
+            if clean
+                && *kind == ClipFile::Manifest
                 && !complete.iter().any(|c| manifest_path(c) == *path)
             {
                 std::fs::remove_file(path)?;
-                tracing::info!(manifest = %path.display(), "removed a manifest whose clip a crash left unfinished");
+                tracing::info!(manifest = %path.display(),
+                    "removed a manifest whose clip a crash left unfinished");
             }
         }
     }
@@ -639,6 +692,113 @@ mod tests {
         );
     }
 
+    /// The encoder's extradata and picture size.
+    type StreamStart = (Vec<u8>, usize, usize);
+
+    /// Keeps the packets and parameters the recorder hands over, to replay them.
+    #[derive(Default)]
+    struct Capture(Mutex<(Vec<OwnedPacket>, Option<StreamStart>)>);
+
+    impl PacketTap for Capture {
+        fn active(&self) -> bool {
+            true
+        }
+        fn take_keyframe_request(&self) -> bool {
+            false
+        }
+        fn stream_start(&self, extradata: &[u8], width: usize, height: usize) {
+            self.0.lock().unwrap().1 = Some((extradata.to_vec(), width, height));
+        }
+        fn packet(&self, p: &TapPacket<'_>) {
+            self.0.lock().unwrap().0.push(p.into());
+        }
+    }
+
+    #[test]
+    fn an_event_past_the_open_clip_waits_for_its_own_and_never_cuts_the_first_short() {
+        let dir = tempfile::tempdir().unwrap();
+        let key = Arc::new(SecretKey::generate().unwrap());
+        // The packets of 300 frames, replayed so that triggers can come at any point.
+        let capture = Arc::new(Capture::default());
+        {
+            let mut rec = SegmentRecorder::new(
+                RecorderSettings {
+                    dir: dir.path().join("rec2"),
+                    stream: StreamId::new("cam"),
+                    segment: Duration::from_secs(60),
+                    encoder: EncoderSettings {
+                        gop_frames: GOP,
+                        threads: 1,
+                        ..EncoderSettings::default()
+                    },
+                },
+                DiskBudget::open(&dir.path().join("rec2"), u64::MAX).unwrap(),
+            )
+            .with_tap(capture.clone());
+            let layout = FrameLayout::new(PixelFormat::I420, 160, 120);
+            let pool = SurfacePool::new(layout, 2);
+            let mut scene = SyntheticScene::new(160, 120, 2, 3, None);
+            for i in 0..300 {
+                let mut f = Frame::from_pool(
+                    &pool,
+                    StreamId::new("cam"),
+                    i as u64,
+                    i * FRAME_US,
+                    FRAME_US,
+                )
+                .unwrap();
+                scene.render(&mut f);
+                rec.push(&mut f).unwrap();
+            }
+            rec.finish().unwrap();
+        }
+        let (packets, start) = std::mem::take(&mut *capture.0.lock().unwrap());
+        let start = start.unwrap();
+        let (t, clips) = tap(&dir.path().join("replay"), None, &key);
+        t.stream_start(&start.0, start.1, start.2);
+        let frame_of = |p: &OwnedPacket| (p.pts as f64 / 3000.0).round() as i64;
+        for p in &packets {
+            let f = frame_of(p);
+            if f == 91 {
+                t.trigger(trigger(90, "rule"));
+            }
+            // While the first clip (frames 60..=120) is open, an event whose pre-roll starts
+            // after that clip's end (frame 200: from frame 170).
+            if f == 110 {
+                t.trigger(trigger(200, "rule"));
+            }
+            t.packet(&TapPacket {
+                data: &p.data,
+                pts: p.pts,
+                dts: p.dts,
+                duration: p.duration,
+                key: p.key,
+            });
+        }
+        t.close();
+        let clips: Vec<FinishedClip> = clips
+            .lock()
+            .unwrap()
+            .drain(..)
+            .map(Result::unwrap)
+            .collect();
+        assert_eq!(clips.len(), 2, "{clips:?}");
+        let span = |c: &FinishedClip| {
+            let start = (c.manifest.start_us - 1_800_000_000_000_000) / FRAME_US;
+            (start, start + c.manifest.frames as i64 - 1)
+        };
+        let (a, b) = (span(&clips[0]), span(&clips[1]));
+        assert!(
+            a.0 <= 60 && a.1 >= 120,
+            "the first clip {a:?} keeps its post-roll"
+        );
+        assert!(
+            b.0 <= 170 && b.0 > 120 && b.1 >= 230,
+            "the second clip {b:?}"
+        );
+        assert_eq!(clips[1].manifest.events[0].id, "ev-200");
+    }
+
     #[test]
     fn a_sealed_clip_is_unreadable_without_the_key_and_verifies_once_exported() {
         let dir = tempfile::tempdir().unwrap();
@@ -694,11 +854,26 @@ mod tests {
         let stream_dir = c.path.parent().unwrap().to_path_buf();
         // What a kill -9 can leave: a clip still being written (no manifest yet), and a
         // manifest whose clip was not renamed yet.
-        std::fs::write(stream_dir.join("a.mp4.part"), b"half").unwrap();
-        std::fs::write(stream_dir.join("b.mp4.part"), b"half").unwrap();
-        std::fs::write(stream_dir.join(format!("b{MANIFEST_SUFFIX}")), b"{}").unwrap();
-        let kept = recover(&dir.path().join("evidence")).unwrap();
+        let (a, b) = (
+            "0192a0a0-0000-7000-8000-00000000000a",
+            "0192a0a0-0000-7000-8000-00000000000b",
+        );
+        std::fs::write(stream_dir.join(format!("{a}.mp4.sealed.part")), b"half").unwrap();
+        std::fs::write(stream_dir.join(format!("{b}.mp4.part")), b"half").unwrap();
+        std::fs::write(stream_dir.join(format!("{b}{MANIFEST_SUFFIX}")), b"{}").unwrap();
+        // Files this module did not write stay, whatever their names look like.
+        std::fs::write(stream_dir.join("notes.part"), b"mine").unwrap();
+        let foreign = dir.path().join("evidence/Not A Stream");
+        std::fs::create_dir_all(&foreign).unwrap();
+        std::fs::write(foreign.join(format!("{a}.mp4.part")), b"mine").unwrap();
+        // Without cleaning (another pipeline may be writing), nothing goes.
+        let kept = recover(&dir.path().join("evidence"), false).unwrap();
         assert_eq!(kept, vec![c.path.clone()]);
+        assert!(stream_dir.join(format!("{b}.mp4.part")).exists());
+        let kept = recover(&dir.path().join("evidence"), true).unwrap();
+        assert_eq!(kept, vec![c.path.clone()]);
+        assert!(foreign.join(format!("{a}.mp4.part")).exists());
+        std::fs::remove_file(stream_dir.join("notes.part")).unwrap();
         let mut left: Vec<String> = std::fs::read_dir(&stream_dir)
             .unwrap()
             .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())

@@ -217,14 +217,16 @@ fn inside(p: (f64, f64), poly: &[[f64; 2]]) -> bool {
 
 impl Evidence {
     /// Opens the evidence store for `cfg`: the device key from `keys_dir` (required), the
-    /// sealing key (created when missing) when `cfg.encrypt`, crash leftovers cleaned and
-    /// complete clips re-indexed, retention and the disk budget enforced.
+    /// sealing key (created when missing) when `cfg.encrypt`, crash leftovers cleaned (with
+    /// `clean`: the first open of this directory in this process) and complete clips
+    /// re-indexed, retention and the disk budget enforced.
     pub fn open(
         cfg: &EvidenceConfig,
         sources: &[SourceConfig],
         device: &str,
         keys_dir: &Path,
         store: Option<StoreHandle>,
+        clean: bool,
     ) -> Result<Arc<Evidence>, EvidenceStartError> {
         let key_path = keys_dir.join("device.key");
         let signer = SecretKey::read(&key_path).map_err(|e| EvidenceStartError::NoDeviceKey {
@@ -240,7 +242,7 @@ impl Evidence {
             path: cfg.dir.clone(),
             source,
         })?;
-        let complete = recover(&cfg.dir).map_err(|source| EvidenceStartError::Dir {
+        let complete = recover(&cfg.dir, clean).map_err(|source| EvidenceStartError::Dir {
             path: cfg.dir.clone(),
             source,
         })?;
@@ -683,7 +685,7 @@ pub fn set_hold(dir: &Path, id: &str, hold: bool) -> Result<PathBuf, String> {
 
 /// The clip file with this id under `dir` (any stream).
 pub fn find_clip(dir: &Path, id: &str) -> Result<PathBuf, String> {
-    if id.is_empty() || !id.bytes().all(|b| b.is_ascii_hexdigit() || b == b'-') {
+    if !clip::is_clip_id(id) {
         return Err(format!("{id:?} is not a clip id"));
     }
     let streams = std::fs::read_dir(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
@@ -737,6 +739,8 @@ pub struct EvidenceHost {
     db: Option<PathBuf>,
     current: Mutex<Option<Running>>,
     error: Mutex<Option<String>>,
+    /// Directories already cleaned of crash leftovers in this process.
+    cleaned: Mutex<HashSet<PathBuf>>,
 }
 
 impl EvidenceHost {
@@ -754,6 +758,7 @@ impl EvidenceHost {
             db,
             current: Mutex::default(),
             error: Mutex::default(),
+            cleaned: Mutex::default(),
         }
     }
 
@@ -773,13 +778,19 @@ impl EvidenceHost {
         {
             return Some(ev.clone());
         }
-        match Evidence::open(
+        let clean = !lock(&self.cleaned).contains(&e.dir);
+        let opened = Evidence::open(
             e,
             &cfg.sources,
             &self.device,
             &self.keys_dir,
             self.store.clone(),
-        ) {
+            clean,
+        );
+        if opened.is_ok() {
+            lock(&self.cleaned).insert(e.dir.clone());
+        }
+        match opened {
             Ok(ev) => {
                 *current = Some((e.clone(), cfg.sources.clone(), ev.clone()));
                 *lock(&self.error) = None;
@@ -944,7 +955,7 @@ mod tests {
             }];
             s
         }];
-        Evidence::open(cfg, &sources, "d", &keys, store).unwrap()
+        Evidence::open(cfg, &sources, "d", &keys, store, true).unwrap()
     }
 
     #[test]

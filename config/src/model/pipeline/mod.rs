@@ -64,6 +64,6 @@ pub struct PipelineConfig {
     #[serde(default)]
     pub rules: Vec<RuleConfig>,
     /// Event clips and what is kept (needs a `record` sink).
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub evidence: Option<EvidenceConfig>,
 }

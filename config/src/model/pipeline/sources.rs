@@ -45,7 +45,7 @@ pub struct SourceConfig {
     #[serde(default)]
     pub max_frames: Option<u64>,
     /// Named areas of the picture (for the evidence policy's detection triggers).
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub zones: Vec<super::ZoneConfig>,
 }
 

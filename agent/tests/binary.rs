@@ -1,0 +1,22 @@
+//! The `aegis` binary itself: it starts, names its version and refuses what it does not
+//! know. (Being an integration test of this package also makes `cargo test --workspace`
+//! build the real binary, which the end-to-end tests of `tests/` run.)
+
+use std::process::Command;
+
+#[test]
+fn the_binary_names_its_version_and_refuses_an_unknown_command() {
+    let bin = env!("CARGO_BIN_EXE_aegis");
+    let out = Command::new(bin).arg("version").output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains(env!("CARGO_PKG_VERSION")), "{text}");
+    let out = Command::new(bin).arg("no-such-command").output().unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("no-such-command"), "{err}");
+}
