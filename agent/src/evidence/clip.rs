@@ -574,6 +574,12 @@ mod tests {
     /// `before(i)` ahead of each frame (triggers come from the stage thread, before the
     /// frame reaches the encoder).
     fn record(dir: &Path, tap: Arc<ClipTap>, frames: i64, before: impl Fn(i64)) {
+        record_into(dir, tap.clone(), frames, before);
+        tap.close();
+    }
+
+    /// The recorder part of [`record`], with any tap.
+    fn record_into(dir: &Path, tap: Arc<dyn PacketTap>, frames: i64, before: impl Fn(i64)) {
         let encoder = EncoderSettings {
             gop_frames: GOP,
             threads: 1,
@@ -588,7 +594,7 @@ mod tests {
             },
             DiskBudget::open(&dir.join("rec"), u64::MAX).unwrap(),
         )
-        .with_tap(Arc::new(TapFanout(vec![tap.clone()])));
+        .with_tap(Arc::new(TapFanout(vec![tap])));
         let layout = FrameLayout::new(PixelFormat::I420, 160, 120);
         let pool = SurfacePool::new(layout, 2);
         let mut scene = SyntheticScene::new(160, 120, 2, 3, None);
@@ -606,7 +612,6 @@ mod tests {
             rec.push(&mut f).unwrap();
         }
         rec.finish().unwrap();
-        tap.close();
     }
 
     /// ffprobe's frames of a plain clip: (pts in seconds, key).
@@ -692,68 +697,15 @@ mod tests {
         );
     }
 
-    /// The encoder's extradata and picture size.
-    type StreamStart = (Vec<u8>, usize, usize);
-
-    /// Keeps the packets and parameters the recorder hands over, to replay them.
-    #[derive(Default)]
-    struct Capture(Mutex<(Vec<OwnedPacket>, Option<StreamStart>)>);
-
-    impl PacketTap for Capture {
-        fn active(&self) -> bool {
-            true
-        }
-        fn take_keyframe_request(&self) -> bool {
-            false
-        }
-        fn stream_start(&self, extradata: &[u8], width: usize, height: usize) {
-            self.0.lock().unwrap().1 = Some((extradata.to_vec(), width, height));
-        }
-        fn packet(&self, p: &TapPacket<'_>) {
-            self.0.lock().unwrap().0.push(p.into());
-        }
-    }
-
     #[test]
     fn an_event_past_the_open_clip_waits_for_its_own_and_never_cuts_the_first_short() {
         let dir = tempfile::tempdir().unwrap();
         let key = Arc::new(SecretKey::generate().unwrap());
         // The packets of 300 frames, replayed so that triggers can come at any point.
-        let capture = Arc::new(Capture::default());
-        {
-            let mut rec = SegmentRecorder::new(
-                RecorderSettings {
-                    dir: dir.path().join("rec2"),
-                    stream: StreamId::new("cam"),
-                    segment: Duration::from_secs(60),
-                    encoder: EncoderSettings {
-                        gop_frames: GOP,
-                        threads: 1,
-                        ..EncoderSettings::default()
-                    },
-                },
-                DiskBudget::open(&dir.path().join("rec2"), u64::MAX).unwrap(),
-            )
-            .with_tap(capture.clone());
-            let layout = FrameLayout::new(PixelFormat::I420, 160, 120);
-            let pool = SurfacePool::new(layout, 2);
-            let mut scene = SyntheticScene::new(160, 120, 2, 3, None);
-            for i in 0..300 {
-                let mut f = Frame::from_pool(
-                    &pool,
-                    StreamId::new("cam"),
-                    i as u64,
-                    i * FRAME_US,
-                    FRAME_US,
-                )
-                .unwrap();
-                scene.render(&mut f);
-                rec.push(&mut f).unwrap();
-            }
-            rec.finish().unwrap();
-        }
-        let (packets, start) = std::mem::take(&mut *capture.0.lock().unwrap());
-        let start = start.unwrap();
+        let capture = Arc::new(crate::tools::bench_evidence::Capture::default());
+        record_into(dir.path(), capture.clone(), 300, |_| {});
+        let packets = std::mem::take(&mut *capture.packets.lock().unwrap());
+        let start = capture.start.lock().unwrap().clone().unwrap();
         let (t, clips) = tap(&dir.path().join("replay"), None, &key);
         t.stream_start(&start.0, start.1, start.2);
         let frame_of = |p: &OwnedPacket| (p.pts as f64 / 3000.0).round() as i64;

@@ -80,11 +80,13 @@ fn cpu_s() -> f64 {
     crate::process::sample().map_or(0.0, |s| s.cpu_ms as f64 / 1e3)
 }
 
-/// Keeps every packet (to replay) and the stream parameters.
+/// A tap that keeps every packet (to replay) and the stream parameters.
 #[derive(Default)]
-struct Capture {
-    packets: Mutex<Vec<OwnedPacket>>,
-    start: Mutex<Option<(Vec<u8>, usize, usize)>>,
+pub(crate) struct Capture {
+    /// The packets, in decode order.
+    pub(crate) packets: Mutex<Vec<OwnedPacket>>,
+    /// The last `stream_start`: extradata, width, height.
+    pub(crate) start: Mutex<Option<(Vec<u8>, usize, usize)>>,
 }
 
 impl PacketTap for Capture {
