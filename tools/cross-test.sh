@@ -5,7 +5,8 @@
 #    feature, sensors, cuda, jetson, hal, models, agent), ONNX Runtime sessions included
 #    (the aarch64 build of the pinned wheel, on an Orin's /proc/cpuinfo: tools/cross/qemu-run);
 #  * the integration tests of the crates that need no libav (config, ota, sensors, cuda,
-#    jetson): found from their tests/ directories, so a new test file is included;
+#    jetson) and the agent's (the binary itself): found from their tests/ directories, so
+#    a new test file is included;
 #  * the aarch64 `aegis` binary (the one the Yocto recipe installs) run on a real pipeline:
 #    decode (arm64 libav), overlay, H.264 encode, MP4 recording and the SQLite store,
 #    checked frame for frame by the host's ffprobe.
@@ -51,9 +52,11 @@ for f in selfie_segmentation.tflite selfie_segmentation.onnx nudenet-320n.onnx; 
 done
 AEGIS_MODELS_ARCH=aarch64 tools/fetch-models.sh "$models"
 export AEGIS_MODELS_DIR="$PWD/$models"
-libav_free=(config ota sensors hal/cuda hal/jetson)
+# The agent's own integration test builds the aarch64 `aegis` in this same invocation (one
+# feature resolution; a separate `cargo build --bins` took another 1 min 49 s in CI).
+integration_dirs=(config ota sensors hal/cuda hal/jetson agent)
 integration=()
-for dir in "${libav_free[@]}"; do
+for dir in "${integration_dirs[@]}"; do
   for t in "$dir"/tests/*.rs; do
     [ -e "$t" ] && integration+=(--test "$(basename "$t" .rs)")
   done
@@ -64,7 +67,6 @@ for p in config ota sensors cuda jetson hal models agent; do packages+=(-p "aegi
 # is what runs on a Jetson; `chimera` and its service are operator/cloud tools, tested on the host.
 cargo test --profile cross --target "$target" --no-default-features "${packages[@]}" \
   --lib "${integration[@]}"
-cargo build --profile cross --target "$target" -p aegis-agent --bins
 "$CARGO_TARGET_AARCH64_UNKNOWN_LINUX_GNU_RUNNER" "target/$target/cross/aegis" version
 # A real pipeline on aarch64: decode (arm64 libav), overlay, H.264 encode, MP4 recording and
 # the SQLite store, checked frame for frame by the host's ffprobe.

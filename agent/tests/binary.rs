@@ -4,10 +4,25 @@
 
 use std::process::Command;
 
+/// `aegis`, through the emulator when tools/cross-test.sh built it for the Jetson (it sets
+/// AEGIS_CROSS_RUNNER).
+fn aegis() -> Command {
+    let exe = env!("CARGO_BIN_EXE_aegis");
+    let runner = std::env::var("AEGIS_CROSS_RUNNER").unwrap_or_default();
+    let mut words = runner.split_whitespace();
+    match words.next() {
+        Some(emulator) => {
+            let mut c = Command::new(emulator);
+            c.args(words).arg(exe);
+            c
+        }
+        None => Command::new(exe),
+    }
+}
+
 #[test]
 fn the_binary_names_its_version_and_refuses_an_unknown_command() {
-    let bin = env!("CARGO_BIN_EXE_aegis");
-    let out = Command::new(bin).arg("version").output().unwrap();
+    let out = aegis().arg("version").output().unwrap();
     assert!(
         out.status.success(),
         "{}",
@@ -15,7 +30,7 @@ fn the_binary_names_its_version_and_refuses_an_unknown_command() {
     );
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(text.contains(env!("CARGO_PKG_VERSION")), "{text}");
-    let out = Command::new(bin).arg("no-such-command").output().unwrap();
+    let out = aegis().arg("no-such-command").output().unwrap();
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("no-such-command"), "{err}");
