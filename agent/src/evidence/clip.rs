@@ -431,6 +431,35 @@ impl PacketTap for ClipTap {
     }
 }
 
+/// A tap that keeps every packet and the stream parameters, to replay them into a
+/// [`ClipTap`] (`aegis bench evidence`, tests).
+#[derive(Default)]
+pub struct PacketCapture {
+    /// The packets, in decode order.
+    pub packets: Mutex<Vec<OwnedPacket>>,
+    /// The last `stream_start`: extradata, width, height.
+    pub start: Mutex<Option<(Vec<u8>, usize, usize)>>,
+}
+
+impl PacketTap for PacketCapture {
+    fn active(&self) -> bool {
+        true
+    }
+    fn take_keyframe_request(&self) -> bool {
+        false
+    }
+    fn stream_start(&self, extradata: &[u8], width: usize, height: usize) {
+        *self.start.lock().unwrap_or_else(|p| p.into_inner()) =
+            Some((extradata.to_vec(), width, height));
+    }
+    fn packet(&self, p: &TapPacket<'_>) {
+        self.packets
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(p.into());
+    }
+}
+
 /// Whether `s` is a clip id (a UUID, as [`crate::store::new_event_id`] makes them).
 pub fn is_clip_id(s: &str) -> bool {
     s.len() == 36
@@ -702,7 +731,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let key = Arc::new(SecretKey::generate().unwrap());
         // The packets of 300 frames, replayed so that triggers can come at any point.
-        let capture = Arc::new(crate::tools::bench_evidence::Capture::default());
+        let capture = Arc::new(PacketCapture::default());
         record_into(dir.path(), capture.clone(), 300, |_| {});
         let packets = std::mem::take(&mut *capture.packets.lock().unwrap());
         let start = capture.start.lock().unwrap().clone().unwrap();

@@ -24,7 +24,8 @@ use aegis_ota::sign::SecretKey;
 use serde_json::json;
 
 pub use clip::{
-    ClipSettings, ClipTap, FinishedClip, MANIFEST_SUFFIX, OnClip, Trigger, manifest_path, recover,
+    ClipSettings, ClipTap, FinishedClip, MANIFEST_SUFFIX, OnClip, PacketCapture, Trigger,
+    manifest_path, recover,
 };
 
 use crate::store::{ClipRow, Record, StoreHandle, now_us};

@@ -27,7 +27,7 @@ use aegis_ota::evidence::SealKey;
 use aegis_ota::sign::SecretKey;
 use serde::Serialize;
 
-use crate::evidence::{ClipSettings, ClipTap, Trigger};
+use crate::evidence::{ClipSettings, ClipTap, PacketCapture as Capture, Trigger};
 
 const FRAME_US: i64 = 33_333;
 
@@ -78,34 +78,6 @@ pub struct EvidenceBench {
 
 fn cpu_s() -> f64 {
     crate::process::sample().map_or(0.0, |s| s.cpu_ms as f64 / 1e3)
-}
-
-/// A tap that keeps every packet (to replay) and the stream parameters.
-#[derive(Default)]
-pub(crate) struct Capture {
-    /// The packets, in decode order.
-    pub(crate) packets: Mutex<Vec<OwnedPacket>>,
-    /// The last `stream_start`: extradata, width, height.
-    pub(crate) start: Mutex<Option<(Vec<u8>, usize, usize)>>,
-}
-
-impl PacketTap for Capture {
-    fn active(&self) -> bool {
-        true
-    }
-    fn take_keyframe_request(&self) -> bool {
-        false
-    }
-    fn stream_start(&self, extradata: &[u8], width: usize, height: usize) {
-        *self.start.lock().unwrap_or_else(|p| p.into_inner()) =
-            Some((extradata.to_vec(), width, height));
-    }
-    fn packet(&self, p: &TapPacket<'_>) {
-        self.packets
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .push(p.into());
-    }
 }
 
 fn settings(
