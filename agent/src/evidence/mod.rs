@@ -91,10 +91,11 @@ struct Ledger {
     used: u64,
 }
 
+/// One stream's detection triggers that fired: (track, `keep` entry).
 #[derive(Default)]
 struct Fired {
-    set: HashSet<(String, u64, usize)>,
-    order: VecDeque<(String, u64, usize)>,
+    set: HashSet<(u64, usize)>,
+    order: VecDeque<(u64, usize)>,
 }
 
 /// A zone's name and polygon.
@@ -110,7 +111,7 @@ pub struct Evidence {
     zones: HashMap<String, Vec<NamedZone>>,
     taps: Mutex<HashMap<String, Arc<ClipTap>>>,
     ledger: Mutex<Ledger>,
-    fired: Mutex<Fired>,
+    fired: Mutex<HashMap<String, Fired>>,
     budget: u64,
     /// What happened so far.
     pub counters: EvidenceCounters,
@@ -343,9 +344,15 @@ impl Evidence {
                         .is_some_and(|(_, poly)| inside(foot, poly))
                 })
         })?;
-        let key = (stream.to_string(), track_id, index);
-        let mut fired = lock(&self.fired);
-        if !fired.set.insert(key.clone()) {
+        // Called for every tracked object of every frame: a track that fired already is
+        // found without allocating (the stream's entry is made once).
+        let key = (track_id, index);
+        let mut streams = lock(&self.fired);
+        let fired = match streams.get_mut(stream) {
+            Some(f) => f,
+            None => streams.entry(stream.to_string()).or_default(),
+        };
+        if !fired.set.insert(key) {
             return None;
         }
         fired.order.push_back(key);
@@ -632,15 +639,6 @@ impl Evidence {
             .find(|k| k.path == path)
             .map(|k| k.id.clone())
             .unwrap_or_default()
-    }
-
-    /// The manifest of a kept clip, by id.
-    pub fn find(&self, id: &str) -> Option<PathBuf> {
-        lock(&self.ledger)
-            .clips
-            .iter()
-            .find(|k| k.id == id)
-            .map(|k| k.path.clone())
     }
 }
 
