@@ -144,14 +144,16 @@ device-build:
     cp target/release/aegis-cuda-bench .device/
     cp "$(cargo test --release -p aegis-cuda --test kernels --no-run --message-format=json 2>/dev/null | grep -o '"executable":"[^"]*kernels-[^"]*"' | tail -1 | cut -d'"' -f4)" .device/kernels-test
     strip .device/aegis-cuda-bench .device/kernels-test
-    # NVDEC: a 1080p Annex-B clip and PyAV (the CPU-decode baseline on the GPU machine).
-    mkdir -p .device-nvdec
+    # NVDEC: a 1080p Annex-B clip, and what libavcodec decodes from each clip (SHA-256 of
+    # every picture as packed NV12, display order): NVDEC must decode the same pictures.
+    # (The CPU-decode speed baseline on the GPU machine is the agent bundle's decode bench.)
+    rm -rf .device-nvdec && mkdir -p .device-nvdec
     target/release/aegis sample --out .device-nvdec/clip.mp4 --width 1920 --height 1080 --seconds 20
     ffmpeg -v error -y -i .device-nvdec/clip.mp4 -c copy -bsf:v h264_mp4toannexb -f h264 .device-nvdec/clip.h264
     # A realistic one too: 4 s with film-grain noise at ~15 Mbit/s, B-frames.
     ffmpeg -v error -y -i .device-nvdec/clip.mp4 -t 4 -vf "noise=alls=12:allf=t" -c:v libx264 -preset veryfast -b:v 15M -maxrate 15M -bufsize 30M -bsf:v h264_mp4toannexb -f h264 .device-nvdec/clip-hq.h264
     rm -f .device-nvdec/clip.mp4 .device-nvdec/clip.mp4.truth.json
-    pip download av==19.0.2 --only-binary=:all: --python-version 3.12 --platform manylinux_2_28_x86_64 --no-deps -d .device-nvdec -q
+    for c in .device-nvdec/*.h264; do ffmpeg -v error -i "$c" -fps_mode passthrough -pix_fmt nv12 -f framehash -hash sha256 - | grep -v '^#' | awk -F', *' '{print $6}' > "${c%.h264}.libavcodec.sha256"; done
     du -shc .device .device-nvdec
 
 # The agent itself for the GPU machine (tools/device-agent.sh runs it there): release

@@ -21,7 +21,7 @@ ln -sf libnvrtc.so.12 "$lib/libnvrtc.so"
 cd "$work"
 export LD_LIBRARY_PATH="$lib:$PWD/lib${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
 check stages-test-nvrtc12 env AEGIS_MODELS_DIR=.models AEGIS_SAMPLES_DIR=.samples \
-  ./cuda-stages-test --include-ignored --nocapture
+  ./cuda-stages-test --include-ignored --nocapture --skip gpu_engine_matches_the_cpu_engine
 # The tests print "kernels compiled by NVRTC <version>": passing on the system's NVRTC 13
 # would prove nothing about JetPack's.
 check compiled-by-nvrtc12 grep -m1 "kernels compiled by NVRTC 12\." "$out/stages-test-nvrtc12.txt"

@@ -10,7 +10,7 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Instant;
 
-use aegis_config::{AgentConfig, BackendKind, PipelineConfig, SinkConfig};
+use aegis_config::{AgentConfig, BackendKind, InferenceProvider, PipelineConfig, SinkConfig};
 
 use crate::inference::Inference;
 use crate::metrics::Metrics;
@@ -22,6 +22,9 @@ use crate::runtime::{Backend, select_backend};
 pub struct BackendRun {
     /// `cpu` or `cuda`.
     pub backend: String,
+    /// The ONNX Runtime provider the models ran on (`cpu`, `cuda`, `tensorrt`; empty
+    /// without model stages).
+    pub provider: String,
     /// `discard` or `record`.
     pub sink: String,
     /// Streams at once.
@@ -78,6 +81,12 @@ fn one_run(
     if let Some(e) = reports.iter().find_map(|r| r.source_error.clone()) {
         anyhow::bail!("{} {sink}: a source failed: {e}", backend.kind);
     }
+    let provider = inference
+        .registry()
+        .iter()
+        .next()
+        .map(|m| m.provider.to_string())
+        .unwrap_or_default();
     let (ft, hc) = backend.gpu.as_ref().map_or((0, 0), |g| {
         (
             g.frame_transfers() - gpu_before.0,
@@ -87,6 +96,7 @@ fn one_run(
     let per = |n: u64| n as f64 / frames.max(1) as f64;
     Ok(BackendRun {
         backend: backend.kind.to_string(),
+        provider,
         sink: sink.to_string(),
         streams: pipeline.sources.len(),
         frames,
@@ -104,7 +114,9 @@ fn one_run(
 
 /// Runs the config's stages on `clip` with `streams` streams each, on the cpu backend and
 /// (when it opens) the cuda backend, into a discard sink and into the config's first record
-/// sink.
+/// sink. The cpu backend's models run on ONNX Runtime's CPU provider whatever the config
+/// says (the baseline is an appliance without a GPU); the cuda backend's on the config's
+/// provider.
 pub fn run(
     cfg: &AgentConfig,
     clip: &Path,
@@ -113,6 +125,13 @@ pub fn run(
 ) -> anyhow::Result<BackendsBench> {
     aegis_hal::init();
     let inference = Inference::load(&cfg.inference, &cfg.pipeline, cfg.backend.cuda_device)?;
+    let on_cpu = if cfg.inference.provider == InferenceProvider::Cpu {
+        inference.clone()
+    } else {
+        let mut inf = cfg.inference.clone();
+        inf.provider = InferenceProvider::Cpu;
+        Inference::load(&inf, &cfg.pipeline, cfg.backend.cuda_device)?
+    };
     let cpu = Backend::cpu();
     let mut cuda_cfg = cfg.clone();
     cuda_cfg.backend.kind = BackendKind::Cuda;
@@ -151,10 +170,14 @@ pub fn run(
                 .collect();
             p.sinks = vec![sink.clone()];
             for b in &backends {
-                let r = one_run(&p, &inference, b, sink_name)?;
+                let models = match b.kind {
+                    BackendKind::Cpu => &on_cpu,
+                    _ => &inference,
+                };
+                let r = one_run(&p, models, b, sink_name)?;
                 eprintln!(
-                    "  {} {} x{}: {:.1} fps/stream",
-                    r.backend, r.sink, r.streams, r.fps_per_stream
+                    "  {} ({}) {} x{}: {:.1} fps/stream",
+                    r.backend, r.provider, r.sink, r.streams, r.fps_per_stream
                 );
                 runs.push(r);
             }
@@ -171,8 +194,9 @@ pub fn run(
 pub fn print(b: &BackendsBench) {
     println!("backends on {} (GPU: {})", b.clip, b.gpu);
     println!(
-        "  {:<6} {:<8} {:>7} {:>8} {:>10} {:>9} {:>7} {:>14} {:>12} {:>9}",
+        "  {:<6} {:<8} {:<8} {:>7} {:>8} {:>10} {:>9} {:>7} {:>14} {:>12} {:>9}",
         "backend",
+        "models",
         "sink",
         "streams",
         "frames",
@@ -190,8 +214,9 @@ pub fn print(b: &BackendsBench) {
             .find(|c| c.backend == "cpu" && c.sink == r.sink && c.streams == r.streams);
         let ratio = base.map_or(f64::NAN, |c| r.fps_total / c.fps_total);
         println!(
-            "  {:<6} {:<8} {:>7} {:>8} {:>10.1} {:>9.1} {:>7} {:>14.2} {:>12.2} {:>8.2}x",
+            "  {:<6} {:<8} {:<8} {:>7} {:>8} {:>10.1} {:>9.1} {:>7} {:>14.2} {:>12.2} {:>8.2}x",
             r.backend,
+            r.provider,
             r.sink,
             r.streams,
             r.frames,

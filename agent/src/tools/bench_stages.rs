@@ -7,7 +7,7 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Instant;
 
-use aegis_config::{AgentConfig, ModelKindConfig, PipelineConfig, SinkConfig, StageConfig};
+use aegis_config::{AgentConfig, PipelineConfig, SinkConfig, StageConfig};
 use aegis_hal::source::{FileSource, FileSourceSettings};
 use aegis_hal::{Frame, StreamId};
 use serde::Serialize;
@@ -15,6 +15,8 @@ use serde::Serialize;
 use crate::inference::Inference;
 use crate::metrics::Metrics;
 use crate::pipeline::{Pipeline, RunOptions};
+use crate::runtime::{Backend, select_backend};
+use aegis_hal::backend::Gpu;
 
 /// One stage's numbers.
 #[derive(Debug, Clone, Serialize)]
@@ -46,15 +48,14 @@ pub struct StagesBenchResult {
     pub height: usize,
     /// ONNX Runtime execution provider.
     pub provider: String,
+    /// The backend the frames were decoded and processed on (`cpu`, or `cuda`: NVDEC
+    /// frames in device memory, the stages' device paths).
+    pub backend: String,
     /// Per stage (moderation and detection timed with the detector on every frame, whatever
     /// their `every_n_frames`).
     pub stages: Vec<StageResult>,
-    /// Segmentation requests per second, one stream alone.
-    pub seg_single_rps: f64,
-    /// Segmentation requests per second, two streams batched into one call.
-    pub seg_batched_rps: f64,
-    /// Average requests per inference call in the batched run.
-    pub seg_batch_size: f64,
+    /// Each model called by 1, 2 and 8 streams at once (batched into shared calls).
+    pub throughput: Vec<ModelThroughput>,
     /// Full pipeline fps per stream, all stages on, 1 stream.
     pub pipeline_fps_1: f64,
     /// Full pipeline fps per stream, all stages on, 2 streams.
@@ -70,7 +71,7 @@ fn percentile(sorted: &[f64], p: f64) -> f64 {
     sorted[(((sorted.len() - 1) as f64) * p).round() as usize]
 }
 
-fn decode_frames(clip: &Path, n: usize) -> anyhow::Result<Vec<Frame>> {
+fn decode_frames(clip: &Path, n: usize, gpu: Option<&Arc<Gpu>>) -> anyhow::Result<Vec<Frame>> {
     let mut src = FileSource::open(FileSourceSettings {
         path: clip.to_path_buf(),
         stream: StreamId::new("bench"),
@@ -79,7 +80,7 @@ fn decode_frames(clip: &Path, n: usize) -> anyhow::Result<Vec<Frame>> {
         max_frames: Some(n as u64),
         pool_frames: n + 2,
         decoder_threads: 0,
-        gpu: None,
+        gpu: gpu.cloned(),
     })?;
     let mut frames = Vec::with_capacity(n);
     while let Some(f) = src.next_frame()? {
@@ -125,6 +126,11 @@ fn time_stages(
             for f in frames.iter_mut() {
                 let t0 = Instant::now();
                 stage.process(f).map_err(|e| anyhow::anyhow!("{e}"))?;
+                // A device frame's kernels run asynchronously: the call is done when its
+                // stream is.
+                if let Some(d) = &f.device {
+                    d.gpu().sync()?;
+                }
                 lat.push(t0.elapsed().as_secs_f64() * 1e3);
             }
         }
@@ -148,60 +154,112 @@ fn time_stages(
     Ok(out)
 }
 
-/// Segmentation throughput with one client, then two clients on two threads (batched).
-fn batching_gain(
+/// One model called by `clients` threads at once (one request each per turn, batched
+/// into shared calls): requests per second, requests per call, per-request latency.
+#[derive(Debug, Clone, Serialize)]
+pub struct ModelThroughput {
+    /// The model.
+    pub model: String,
+    /// Threads calling it at once (the largest batch a call can get).
+    pub clients: usize,
+    /// Requests per second, all clients.
+    pub requests_per_s: f64,
+    /// Requests per inference call (the batch size reached).
+    pub batch: f64,
+    /// Median request latency, ms.
+    pub p50_ms: f64,
+    /// 99th percentile request latency, ms.
+    pub p99_ms: f64,
+}
+
+/// `model` called by `clients` threads, `requests` each: from host buffers, or with `gpu`
+/// (the session binds device memory) from device buffers, as the stages on the cuda
+/// backend call it.
+fn model_throughput(
     inference: &Inference,
     model: &str,
-    frames: &[Frame],
-) -> anyhow::Result<(f64, f64, f64)> {
+    clients: usize,
+    requests: usize,
+    gpu: Option<&Arc<aegis_hal::backend::Gpu>>,
+) -> anyhow::Result<ModelThroughput> {
+    use aegis_models::gpu_io::{DeviceItem, device_ptr, device_ptr_mut};
     let loaded = inference
         .registry()
         .get(model)
         .ok_or_else(|| anyhow::anyhow!("model {model} not loaded"))?;
     let s = loaded.spec.input_size;
-    let n = frames.len().max(1) * 2;
-    let run = |clients: usize| -> anyhow::Result<(f64, f64)> {
-        let before = loaded.stats();
-        let t0 = Instant::now();
-        std::thread::scope(|scope| -> anyhow::Result<()> {
-            let handles: Vec<_> = (0..clients)
-                .map(|_| {
-                    let mut c = loaded.client();
-                    scope.spawn(move || -> anyhow::Result<()> {
-                        for _ in 0..n {
-                            c.input(3 * s * s).fill(0.5);
-                            c.run()?;
+    let in_len = 3 * s * s;
+    let out_len: usize = loaded.output_shape.iter().product();
+    let gpu = gpu.filter(|_| loaded.client().on_device());
+    let before = loaded.stats();
+    let t0 = Instant::now();
+    let mut lat = std::thread::scope(|scope| -> anyhow::Result<Vec<f64>> {
+        let handles: Vec<_> = (0..clients)
+            .map(|_| {
+                let mut c = loaded.client();
+                scope.spawn(move || -> anyhow::Result<Vec<f64>> {
+                    let mut lat = Vec::with_capacity(requests);
+                    let mut bufs = match gpu {
+                        Some(g) => Some((
+                            g.upload(&vec![0.5f32; in_len])?,
+                            g.alloc_zeros::<f32>(out_len)?,
+                        )),
+                        None => None,
+                    };
+                    c.input(in_len).fill(0.5);
+                    for _ in 0..requests {
+                        let t = Instant::now();
+                        match (&mut bufs, gpu) {
+                            (Some((input, output)), Some(g)) => {
+                                c.run_device(DeviceItem {
+                                    input: device_ptr(input, &g.stream),
+                                    output: device_ptr_mut(output, &g.stream),
+                                    output_len: out_len,
+                                })?;
+                            }
+                            _ => {
+                                c.run()?;
+                            }
                         }
-                        Ok(())
-                    })
+                        lat.push(t.elapsed().as_secs_f64() * 1e3);
+                    }
+                    Ok(lat)
                 })
-                .collect();
-            for h in handles {
+            })
+            .collect();
+        let mut all = Vec::new();
+        for h in handles {
+            all.extend(
                 h.join()
-                    .map_err(|_| anyhow::anyhow!("bench thread panicked"))??;
-            }
-            Ok(())
-        })?;
-        let secs = t0.elapsed().as_secs_f64();
-        let after = loaded.stats();
-        let per_call =
-            (after.items - before.items) as f64 / (after.batches - before.batches).max(1) as f64;
-        Ok(((clients * n) as f64 / secs, per_call))
-    };
-    let (single, _) = run(1)?;
-    let (batched, size) = run(2)?;
-    Ok((single, batched, size))
+                    .map_err(|_| anyhow::anyhow!("bench thread panicked"))??,
+            );
+        }
+        Ok(all)
+    })?;
+    let secs = t0.elapsed().as_secs_f64();
+    let after = loaded.stats();
+    lat.sort_by(f64::total_cmp);
+    Ok(ModelThroughput {
+        model: model.to_string(),
+        clients,
+        requests_per_s: lat.len() as f64 / secs,
+        batch: (after.items - before.items) as f64 / (after.batches - before.batches).max(1) as f64,
+        p50_ms: percentile(&lat, 0.5),
+        p99_ms: percentile(&lat, 0.99),
+    })
 }
 
 fn pipeline_fps(
     pipeline: &PipelineConfig,
     inference: Option<Arc<Inference>>,
+    backend: &Backend,
 ) -> anyhow::Result<f64> {
-    let metrics = Arc::new(Metrics::new("cpu"));
+    let metrics = Arc::new(Metrics::new(backend.kind.as_str()));
     let opts = RunOptions {
         force_realtime: Some(false),
         decoder_threads: 0,
         inference,
+        backend: Some(backend.clone()),
         ..RunOptions::default()
     };
     let t0 = Instant::now();
@@ -220,19 +278,28 @@ pub fn run(
 ) -> anyhow::Result<StagesBenchResult> {
     aegis_hal::init();
     let inference = Inference::load(&cfg.inference, &cfg.pipeline, cfg.backend.cuda_device)?;
-    let mut decoded = decode_frames(clip, frames)?;
+    // On `backend.kind: cuda`, NVDEC frames in device memory through the stages' device
+    // paths (and the models' device binding when their provider is a GPU one).
+    let backend = select_backend(cfg)?;
+    let gpu = backend.gpu.as_ref();
+    let mut decoded = decode_frames(clip, frames, gpu)?;
     let (width, height) = (decoded[0].layout.width, decoded[0].layout.height);
     let stages = time_stages(cfg, &inference, &mut decoded, rounds)?;
-    // The segmentation model's batching gain (the stage that runs on every frame).
-    let seg_model = cfg.pipeline.stages.iter().find_map(|s| {
-        s.model()
-            .filter(|m| m.kinds == [ModelKindConfig::SelfieSegmentation])
-            .map(|m| m.name.to_owned())
-    });
-    let (seg_single_rps, seg_batched_rps, seg_batch_size) = match seg_model {
-        Some(m) => batching_gain(&inference, &m, &decoded)?,
-        None => (f64::NAN, f64::NAN, f64::NAN),
-    };
+    let mut models: Vec<&str> = cfg.pipeline.stages.iter().filter_map(model_of).collect();
+    models.sort_unstable();
+    models.dedup();
+    let mut throughput = Vec::new();
+    for m in models {
+        for clients in [1, 2, 8] {
+            throughput.push(model_throughput(
+                &inference,
+                m,
+                clients,
+                frames * rounds,
+                gpu,
+            )?);
+        }
+    }
     drop(decoded);
     let provider = inference
         .registry()
@@ -258,17 +325,16 @@ pub fn run(
     p2.sources.push(source("b"));
     let mut base = p1.clone();
     base.stages.retain(|s| model_of(s).is_none());
-    let baseline_fps_1 = pipeline_fps(&base, None)?;
-    let pipeline_fps_1 = pipeline_fps(&p1, Some(inference.clone()))?;
-    let pipeline_fps_2 = pipeline_fps(&p2, Some(inference.clone()))?;
+    let baseline_fps_1 = pipeline_fps(&base, None, &backend)?;
+    let pipeline_fps_1 = pipeline_fps(&p1, Some(inference.clone()), &backend)?;
+    let pipeline_fps_2 = pipeline_fps(&p2, Some(inference.clone()), &backend)?;
     Ok(StagesBenchResult {
         width,
         height,
         provider,
+        backend: backend.kind.to_string(),
         stages,
-        seg_single_rps,
-        seg_batched_rps,
-        seg_batch_size,
+        throughput,
         pipeline_fps_1,
         pipeline_fps_2,
         baseline_fps_1,
@@ -278,8 +344,8 @@ pub fn run(
 /// Prints the report.
 pub fn print(r: &StagesBenchResult) {
     println!(
-        "stages at {}x{} (provider {}):",
-        r.width, r.height, r.provider
+        "stages at {}x{} (backend {}, provider {}):",
+        r.width, r.height, r.backend, r.provider
     );
     println!(
         "  {:<20} {:<12} {:>6} {:>9} {:>9} {:>10} {:>12} {:>12}",
@@ -299,12 +365,20 @@ pub fn print(r: &StagesBenchResult) {
         );
     }
     println!(
-        "segmentation requests/s: 1 stream {:.1}, 2 streams batched {:.1} ({:.2}x, {:.2} requests per call)",
-        r.seg_single_rps,
-        r.seg_batched_rps,
-        r.seg_batched_rps / r.seg_single_rps,
-        r.seg_batch_size
+        "  {:<12} {:>7} {:>11} {:>8} {:>9} {:>9} {:>9}",
+        "model", "streams", "requests/s", "vs 1", "per call", "p50 ms", "p99 ms"
     );
+    for t in &r.throughput {
+        let one = r
+            .throughput
+            .iter()
+            .find(|o| o.model == t.model && o.clients == 1)
+            .map_or(f64::NAN, |o| t.requests_per_s / o.requests_per_s);
+        println!(
+            "  {:<12} {:>7} {:>11.1} {:>7.2}x {:>9.2} {:>9.2} {:>9.2}",
+            t.model, t.clients, t.requests_per_s, one, t.batch, t.p50_ms, t.p99_ms
+        );
+    }
     println!(
         "pipeline fps per stream with every stage: 1 stream {:.1}, 2 streams {:.1}; without the model stages {:.1} (ratio {:.2})",
         r.pipeline_fps_1,

@@ -1,0 +1,57 @@
+#!/usr/bin/env bash
+# GPU inference (issue 24) ON the GPU machine, in two device calls, because ONNX Runtime with
+# the CUDA provider (.ort-gpu/ort-gpu.tar.xz, ~60 MB: tools/device/ort-gpu.sh) and the
+# agent's bundle (.device-agent/bundle.tar.xz: `just device-bundle`) do not fit one call:
+#
+#   1. carry .ort-gpu:          tools/device-gpu-inference.sh unpack   (into $AEGIS_ORT_GPU_DIR)
+#   2. carry .device-agent, at once (the machine stays warm ~30 s):  tools/device-gpu-inference.sh
+#
+# Step 2 runs, with the models on the CUDA provider bound to device memory:
+#   - the equivalence test (models/tests/cuda_stages.rs::gpu_engine_matches_the_cpu_engine):
+#     masks and detections against the CPU provider of the same library, transfers per frame;
+#   - `aegis bench stages` at 1080p: per-stage p50/p99 and each model at 1, 2, 8 streams, for
+#     (cpu backend, CPU provider), (cuda backend, CPU provider), (cuda backend, CUDA provider);
+#   - `aegis bench backends --all-stages`: the demo's stages at 1, 4, 8 streams, cuda backend
+#     with GPU models vs the cpu backend with CPU models, same process.
+# Results go to $OUT (or .device-agent/out-gpu); the summary lists every check, exit 1 if one
+# failed.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+ort="${AEGIS_ORT_GPU_DIR:-/tmp/ort-gpu}"
+if [ "${1:-}" = unpack ]; then
+  rm -rf "$ort" && mkdir -p "$ort"
+  tar -C "$ort" -xJf .ort-gpu/ort-gpu.tar.xz
+  ls -l "$ort"
+  exit 0
+fi
+lib="$ort/libonnxruntime.so.1.31.1"
+[ -f "$lib" ] || { echo "no $lib: run '$0 unpack' (carrying .ort-gpu) in the call just before"; exit 2; }
+out="${OUT:-$PWD/.device-agent/out-gpu}"
+mkdir -p "$out"
+out=$(cd "$out" && pwd)
+# shellcheck source=tools/device/checks.sh
+source tools/device/checks.sh
+cfg="$PWD/tools/device/gpu-infer.yaml"
+work=$(mktemp -d)
+tar -C "$work" -xJf .device-agent/bundle.tar.xz
+cd "$work"
+ln -s "$ort" ort-gpu
+# The CUDA provider's own needs (cuBLAS, cuDNN, cudart 13) from PyTorch's wheels there.
+nv=$(python3 -c 'import nvidia; print(list(nvidia.__path__)[0])')
+export LD_LIBRARY_PATH="$PWD/lib:$ort:$nv/cu13/lib:$nv/cudnn/lib${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
+nvidia-smi --query-gpu=name,driver_version --format=csv,noheader | tee "$out/gpu.txt"
+sed 's/provider: cuda/provider: cpu/' "$cfg" > cuda-cpu-models.yaml
+sed 's/provider: cuda/provider: cpu/; s/kind: cuda, fallback: null/kind: cpu/' "$cfg" > cpu.yaml
+cp "$cfg" cuda-gpu-models.yaml
+
+check equivalence env AEGIS_ORT_GPU_LIBRARY="$PWD/ort-gpu/libonnxruntime.so.1.31.1" \
+  AEGIS_MODELS_DIR=.models AEGIS_SAMPLES_DIR=.samples ./cuda-stages-test \
+  gpu_engine_matches_the_cpu_engine --include-ignored --nocapture
+for c in cpu cuda-cpu-models cuda-gpu-models; do
+  check "stages-$c" ./aegis bench stages --config "$c.yaml" --clip .samples/bench-1080p.mp4 \
+    --frames "${FRAMES_STAGES:-60}" --rounds 3 --json "$out/stages-$c.json"
+done
+check backends-all-stages ./aegis bench backends --config cuda-gpu-models.yaml \
+  --clip .samples/bench-1080p.mp4 --frames "${FRAMES:-150}" --streams "${STREAMS:-1,4,8}" \
+  --json "$out/backends-gpu-models.json"
+check_summary
