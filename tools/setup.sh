@@ -29,7 +29,7 @@ APT_PACKAGES=(build-essential pkg-config clang libclang-dev
   libavcodec-dev libavformat-dev libavutil-dev libswscale-dev libswresample-dev libavdevice-dev
   ffmpeg python3 python3-venv python3-pip ca-certificates curl
   python3-gi gir1.2-gst-rtsp-server-1.0 gstreamer1.0-plugins-base gstreamer1.0-plugins-good
-  gstreamer1.0-plugins-bad mosquitto mosquitto-clients gcc-aarch64-linux-gnu qemu-user-static
+  gstreamer1.0-plugins-bad gstreamer1.0-tools mosquitto mosquitto-clients gcc-aarch64-linux-gnu qemu-user-static
   shellcheck chromium chromium-driver postgresql softhsm2 systemd swupdate openssl cpio)
 
 as_root() {

@@ -106,6 +106,15 @@ pub struct ComponentLabels {
 /// Reads a component's counters at scrape time.
 pub type CounterSource = Box<dyn Fn() -> Vec<(&'static str, u64)> + Send + Sync>;
 
+/// Labels of the streaming outputs' metrics.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct OutputLabels {
+    /// Stream id.
+    pub stream: String,
+    /// `rtsp`, `push`.
+    pub output: String,
+}
+
 /// Labels of per-sink metrics.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct SinkLabels {
@@ -167,6 +176,12 @@ pub struct Metrics {
     pub live_bytes: Family<StreamLabels, Counter>,
     /// Live-view fragments a viewer missed because its queue was full.
     pub live_dropped: Family<StreamLabels, Counter>,
+    /// Streaming outputs' consumers now (RTSP sessions playing, push connections up).
+    pub output_clients: Family<OutputLabels, Gauge>,
+    /// Bytes the streaming outputs sent (RTP payload, muxed push output).
+    pub output_bytes: Family<OutputLabels, Counter>,
+    /// Packets a slow output consumer missed (it resumes at the next keyframe).
+    pub output_dropped: Family<OutputLabels, Counter>,
     source_state: Family<StateLabels, Gauge>,
     source_reconnects: Family<StreamLabels, Counter>,
     source_fps: Family<StreamLabels, Gauge<f64, AtomicU64>>,
@@ -206,6 +221,9 @@ impl Metrics {
             live_viewers: Family::default(),
             live_bytes: Family::default(),
             live_dropped: Family::default(),
+            output_clients: Family::default(),
+            output_bytes: Family::default(),
+            output_dropped: Family::default(),
             source_state: Family::default(),
             source_reconnects: Family::default(),
             source_fps: Family::default(),
@@ -271,6 +289,21 @@ impl Metrics {
             "live_dropped",
             "Live-view fragments a slow viewer missed (it resumes at the next keyframe)",
             m.live_dropped.clone(),
+        );
+        registry.register(
+            "output_clients",
+            "Streaming-output consumers now (RTSP sessions playing, push connections up)",
+            m.output_clients.clone(),
+        );
+        registry.register(
+            "output_bytes",
+            "Bytes the streaming outputs sent",
+            m.output_bytes.clone(),
+        );
+        registry.register(
+            "output_dropped",
+            "Packets a slow streaming-output consumer missed (it resumes at the next keyframe)",
+            m.output_dropped.clone(),
         );
         registry.register(
             "queue_depth",
@@ -574,6 +607,13 @@ mod doc_metric_names {
         m.live_viewers.get_or_create(&sl).set(1);
         m.live_bytes.get_or_create(&sl).inc();
         m.live_dropped.get_or_create(&sl).inc();
+        let ol = OutputLabels {
+            stream: stream(),
+            output: "rtsp".into(),
+        };
+        m.output_clients.get_or_create(&ol).set(1);
+        m.output_bytes.get_or_create(&ol).inc();
+        m.output_dropped.get_or_create(&ol).inc();
         m.watch_sources(vec![(stream(), Arc::new(SourceHealth::default()))]);
         // The source fps is computed over windows of at least a second: start the window in
         // the past instead of waiting for one.
@@ -619,6 +659,9 @@ mod doc_metric_names {
             live_viewers,
             live_bytes,
             live_dropped,
+            output_clients,
+            output_bytes,
+            output_dropped,
             source_state,
             source_reconnects,
             source_fps,
@@ -633,7 +676,7 @@ mod doc_metric_names {
             component_sources: _,
             process_state: _,
         } = m;
-        let families: [(&'static str, &dyn EncodeMetric); 25] = [
+        let families: [(&'static str, &dyn EncodeMetric); 28] = [
             ("frames", frames),
             ("stage_latency", stage_latency),
             ("frame_latency", frame_latency),
@@ -655,6 +698,9 @@ mod doc_metric_names {
             ("live_viewers", live_viewers),
             ("live_bytes", live_bytes),
             ("live_dropped", live_dropped),
+            ("output_clients", output_clients),
+            ("output_bytes", output_bytes),
+            ("output_dropped", output_dropped),
             ("source_state", source_state),
             ("source_reconnects", source_reconnects),
             ("source_fps", source_fps),

@@ -39,9 +39,10 @@ pub use model::{
     FirmwarePrivilege, FirmwareUpdaterKind, FleetConfig, FleetTls, FusionConfig, GpsConfig,
     HealthCheckConfig, ImuConfig, InferenceConfig, InferenceProvider, IotSensorConfig, KeepRule,
     LogConfig, LogFormat, ModelConfig, ModelDeliveryConfig, ModelKindConfig, ModerationCondition,
-    PipelineConfig, RecordSink, RtspTransport, RuleConfig, Secret, SensorCondition, SensorsConfig,
-    SinkConfig, SourceConfig, SourceLocation, StoreConfig, SwUpdateSettings, TensorRtOptions,
-    TlsMode, TrackCondition, TrustAnchors, VideoCodec, WatchdogConfig, WebConfig, WorkflowPolicy,
+    OutputsConfig, PipelineConfig, PushSink, RecordSink, RestreamSink, RtspServerConfig,
+    RtspTransport, RtspUser, RuleConfig, Secret, SensorCondition, SensorsConfig, SinkConfig,
+    SourceConfig, SourceLocation, StoreConfig, SwUpdateSettings, TensorRtOptions, TlsMode,
+    TrackCondition, TrustAnchors, VideoCodec, WatchdogConfig, WebConfig, WorkflowPolicy,
     WorkflowsConfig, ZoneConfig,
 };
 // Everything public of the stages (the settings of each kind, `StageConfig`, the list's

@@ -31,6 +31,7 @@ const ROOT_KEYS: &[&str] = &[
     "store",
     "fleet",
     "web",
+    "outputs",
     "sensors",
     "inference",
     "workflows",
@@ -46,7 +47,7 @@ const PIPELINE_KEYS: &[&str] = &[
     "rules",
     "evidence",
 ];
-const SINK_KINDS: &[&str] = &["record", "discard"];
+const SINK_KINDS: &[&str] = &["record", "discard", "restream", "push"];
 
 /// Parses text to a YAML value, enforcing size, anchor and depth rules.
 ///
@@ -168,6 +169,12 @@ fn build_agent(value: Value, problems: &mut Vec<Problem>) -> Option<AgentConfig>
         problems,
         Checks::fields(validate::check_web),
     );
+    let outputs = section(
+        &mut root,
+        "outputs",
+        problems,
+        Checks::fields(validate::check_outputs),
+    );
     let sensors = section(
         &mut root,
         "sensors",
@@ -212,6 +219,7 @@ fn build_agent(value: Value, problems: &mut Vec<Problem>) -> Option<AgentConfig>
         store: store?,
         fleet: fleet?,
         web: web?,
+        outputs: outputs?,
         sensors: sensors?,
         inference: inference?,
         workflows: workflows?,
@@ -331,6 +339,9 @@ fn build_pipeline(
     if let Some(sinks) = sinks.as_deref() {
         validate::check_record_dirs(sinks, prefix, problems);
     }
+    if let (Some(sources), Some(sinks)) = (&sources, &sinks) {
+        validate::check_output_streams(sources, sinks, prefix, problems);
+    }
     let rules = match map.remove("rules") {
         Some(value) => piece::<Vec<crate::model::RuleConfig>>(
             value,
@@ -408,6 +419,8 @@ fn build_sink(value: Value, path: &str, problems: &mut Vec<Problem>) -> Option<S
         let built = match kind {
             "record" => recover(rest, path, problems).map(SinkConfig::Record),
             "discard" => recover(rest, path, problems).map(SinkConfig::Discard),
+            "restream" => recover(rest, path, problems).map(SinkConfig::Restream),
+            "push" => recover(rest, path, problems).map(SinkConfig::Push),
             _ => return None,
         };
         if let Some(sink) = &built {

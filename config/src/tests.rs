@@ -67,7 +67,8 @@ fn full_example_parses_and_sets_every_section() {
     assert_eq!(config.device.groups, ["lobby", "building-a"]);
     assert!(config.pipeline.sources[0].loop_);
     assert_eq!(config.pipeline.sources[0].max_frames, Some(100_000));
-    assert_eq!(config.pipeline.sinks.len(), 2);
+    assert_eq!(config.pipeline.sinks.len(), 5);
+    assert_eq!(config.outputs.rtsp.as_ref().map(|r| r.users.len()), Some(1));
     assert!(config.sensors.gps.is_some());
     assert!(config.sensors.imu.is_some());
 }
@@ -1127,4 +1128,80 @@ fn evidence_policy_and_zones_are_checked_against_the_pipeline() {
     // Clips inside the recordings' directory would be deleted by their disk budget.
     let nested = "device: {id: d}\npipeline:\n  sources: [{id: a, url: clip.mp4}]\n  sinks: [{kind: record, dir: /rec}]\n  evidence: {dir: /rec/clips}\n";
     assert_eq!(paths_of(nested), ["pipeline.evidence.dir"]);
+}
+
+#[test]
+fn streaming_outputs_are_checked() {
+    let good = format!(
+        "{}  sinks:
+    - {{kind: restream, streams: [cam0]}}
+    - {{kind: push, stream: cam0, url: \"rtmp://ingest.example.com/live\", stream_key: abc123}}
+    - {{kind: push, stream: cam0, url: \"srt://10.0.0.9:9000\", passphrase: \"0123456789ab\"}}
+outputs:
+  rtsp: {{listen: \"0.0.0.0:8554\", users: [{{name: vms, password: \"long enough\"}}]}}
+",
+        minimal()
+    );
+    let cfg = ok(&good);
+    let rtsp = cfg.outputs.rtsp.as_ref().unwrap();
+    assert!(rtsp.udp && rtsp.max_clients == 16);
+    // Secrets print as ***, the RTMP key included in no form.
+    let shown = format!("{cfg:?}");
+    assert!(
+        !shown.contains("abc123")
+            && !shown.contains("0123456789ab")
+            && !shown.contains("long enough"),
+        "{shown}"
+    );
+
+    let bad = format!(
+        "{}  sinks:
+    - {{kind: restream, streams: [cam9]}}
+    - {{kind: restream}}
+    - {{kind: push, stream: cam0, url: \"rtsp://h/x\"}}
+    - {{kind: push, stream: cam0, url: \"rtmp://u:p@h/live\", passphrase: \"0123456789\"}}
+    - {{kind: push, stream: cam0, url: \"srt://h:9000?passphrase=0123456789\", stream_key: k}}
+    - {{kind: push, stream: cam0, url: \"srt://h:9000\", passphrase: short, backoff_max_s: 0}}
+    - {{kind: push, stream: nope, url: \"rtmp://h/live\", stream_key: \"a/b\"}}
+outputs:
+  rtsp: {{listen: \"8554\", max_clients: 0, users: [{{name: \"a:b\", password: short}}, {{name: \"a:b\", password: \"long enough\"}}]}}
+",
+        minimal()
+    );
+    let paths = paths_of(&bad);
+    for want in [
+        "pipeline.sinks[0].streams[0]",
+        "pipeline.sinks[1]",
+        "pipeline.sinks[2].url",
+        "pipeline.sinks[3].url",
+        "pipeline.sinks[3].passphrase",
+        "pipeline.sinks[4].url",
+        "pipeline.sinks[4].stream_key",
+        "pipeline.sinks[5].passphrase",
+        "pipeline.sinks[5].backoff_max_s",
+        "pipeline.sinks[6].stream",
+        "pipeline.sinks[6].stream_key",
+        "outputs.rtsp.listen",
+        "outputs.rtsp.max_clients",
+        "outputs.rtsp.users[0].name",
+        "outputs.rtsp.users[0].password",
+        "outputs.rtsp.users[1].name",
+    ] {
+        assert!(
+            paths.iter().any(|p| p == want),
+            "{want} missing from {paths:?}"
+        );
+    }
+    // No account and not anonymous: refused with the way out named.
+    let none = format!("{}outputs:\n  rtsp: {{}}\n", minimal());
+    let p = problems_of(&none);
+    assert!(
+        p.iter()
+            .any(|p| p.path == "outputs.rtsp.users" && p.reason.contains("anonymous")),
+        "{p:?}"
+    );
+    ok(&format!(
+        "{}outputs:\n  rtsp: {{anonymous: true}}\n",
+        minimal()
+    ));
 }

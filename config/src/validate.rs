@@ -16,10 +16,10 @@ use crate::model::{
     BITRATE_KBPS_RANGE, BackendConfig, BackendKind, Comparison, Condition, DeviceConfig,
     EncoderConfig, EvidenceConfig, EvidenceTrigger, FleetConfig, GOP_FRAMES_RANGE, InferenceConfig,
     KEEPALIVE_S_RANGE, LogConfig, MAX_CLIP_RANGE, MAX_ENCODER_THREADS, MAX_ID_LEN,
-    MIN_DISK_BUDGET_MB, ModelKindConfig, POOL_FRAMES_RANGE, POST_ROLL_RANGE, PRE_ROLL_RANGE,
-    PRESETS, PipelineConfig, QUEUE_DEPTH_RANGE, RETENTION_DAYS_RANGE, RuleConfig,
-    SEGMENT_SECONDS_RANGE, SensorsConfig, SinkConfig, SourceConfig, SourceLocation, StoreConfig,
-    WatchdogConfig, WebConfig, WorkflowsConfig,
+    MIN_DISK_BUDGET_MB, ModelKindConfig, OutputsConfig, POOL_FRAMES_RANGE, POST_ROLL_RANGE,
+    PRE_ROLL_RANGE, PRESETS, PipelineConfig, PushSink, QUEUE_DEPTH_RANGE, RETENTION_DAYS_RANGE,
+    RuleConfig, SEGMENT_SECONDS_RANGE, SensorsConfig, SinkConfig, SourceConfig, SourceLocation,
+    StoreConfig, WatchdogConfig, WebConfig, WorkflowsConfig,
 };
 use crate::recover::{join_index, join_key};
 use crate::stages::StageModel;
@@ -660,6 +660,12 @@ pub(crate) fn check_stage_models(
 pub(crate) fn check_sink(sink: &SinkConfig, prefix: &str, out: &mut Vec<Problem>) {
     match sink {
         SinkConfig::Discard(_) => {}
+        SinkConfig::Restream(r) => {
+            for (i, id) in r.streams.iter().enumerate() {
+                check_id(out, format!("{}[{i}]", join_key(prefix, "streams")), id);
+            }
+        }
+        SinkConfig::Push(p) => check_push(p, prefix, out),
         SinkConfig::Record(record) => {
             check_not_empty(out, join_key(prefix, "dir"), &record.dir.to_string_lossy());
             let segment = join_key(prefix, "segment_seconds");
@@ -675,6 +681,173 @@ pub(crate) fn check_sink(sink: &SinkConfig, prefix: &str, out: &mut Vec<Problem>
                 ));
             }
             check_encoder(&record.encoder, &join_key(prefix, "encoder"), out);
+        }
+    }
+}
+
+/// SRT passphrase lengths libsrt accepts.
+const SRT_PASSPHRASE_LEN: RangeInclusive<usize> = 10..=79;
+
+fn check_push(p: &PushSink, prefix: &str, out: &mut Vec<Problem>) {
+    let key = |k| join_key(prefix, k);
+    check_id(out, key("stream"), &p.stream);
+    check_range(out, key("backoff_max_s"), p.backoff_max_s, &(1..=300));
+    let url = match NetUrl::parse(&p.url) {
+        Ok(u) => u,
+        Err(e) => {
+            out.push(Problem::new(key("url"), format!("not a valid URL: {e}")));
+            return;
+        }
+    };
+    let srt = url.scheme == NetScheme::Srt;
+    if !(srt || url.scheme.is_rtmp()) {
+        out.push(Problem::new(
+            key("url"),
+            format!(
+                "a push goes to rtmp://, rtmps:// or srt://, not {}://",
+                url.scheme.as_str()
+            ),
+        ));
+    }
+    if url.user.is_some() || url.password.is_some() {
+        out.push(Problem::new(
+            key("url"),
+            "the URL carries a user name or password: give secrets in stream_key or passphrase",
+        ));
+    }
+    if let Some(q) = &url.query
+        && q.split('&').any(|kv| {
+            kv.split('=')
+                .next()
+                .is_some_and(|k| k.eq_ignore_ascii_case("passphrase"))
+        })
+    {
+        out.push(Problem::new(
+            key("url"),
+            "the URL carries an SRT passphrase: give it in passphrase (it is never logged)",
+        ));
+    }
+    if p.stream_key.is_some() && !url.scheme.is_rtmp() {
+        out.push(Problem::new(
+            key("stream_key"),
+            "only an rtmp:// push has a stream key",
+        ));
+    }
+    if let Some(pass) = &p.passphrase {
+        if !srt {
+            out.push(Problem::new(
+                key("passphrase"),
+                "only an srt:// push has a passphrase",
+            ));
+        } else if !SRT_PASSPHRASE_LEN.contains(&pass.expose().chars().count()) {
+            out.push(Problem::new(
+                key("passphrase"),
+                format!(
+                    "must have {} to {} characters",
+                    SRT_PASSPHRASE_LEN.start(),
+                    SRT_PASSPHRASE_LEN.end()
+                ),
+            ));
+        }
+    }
+    if let Some(k) = &p.stream_key
+        && (k.expose().is_empty() || k.expose().contains(['/', '?', '#', ' ']))
+    {
+        out.push(Problem::new(
+            key("stream_key"),
+            "must be non-empty, without '/', '?', '#' or spaces",
+        ));
+    }
+}
+
+/// The streams the restream and push sinks name are sources of the pipeline; one restream
+/// sink at most.
+pub(crate) fn check_output_streams(
+    sources: &[Option<SourceConfig>],
+    sinks: &[Option<SinkConfig>],
+    prefix: &str,
+    out: &mut Vec<Problem>,
+) {
+    let ids: Vec<&str> = sources.iter().flatten().map(|s| s.id.as_str()).collect();
+    let known = |id: &str, path: String, out: &mut Vec<Problem>| {
+        if !ids.contains(&id) {
+            out.push(Problem::new(
+                path,
+                format!(
+                    "no source {id:?} in this pipeline (sources: {})",
+                    ids.join(", ")
+                ),
+            ));
+        }
+    };
+    let mut restreams = 0;
+    for (i, sink) in sinks.iter().enumerate() {
+        let path = format!("{}[{i}]", join_key(prefix, "sinks"));
+        match sink {
+            Some(SinkConfig::Restream(r)) => {
+                restreams += 1;
+                if restreams > 1 {
+                    out.push(Problem::new(
+                        path.clone(),
+                        "a second restream sink: list every stream in one",
+                    ));
+                }
+                for (k, id) in r.streams.iter().enumerate() {
+                    known(id, format!("{path}.streams[{k}]"), out);
+                }
+            }
+            Some(SinkConfig::Push(p)) => known(&p.stream, format!("{path}.stream"), out),
+            _ => {}
+        }
+    }
+}
+
+/// The most RTSP sessions a server may allow.
+const MAX_RTSP_CLIENTS: RangeInclusive<u32> = 1..=256;
+/// The shortest RTSP account password.
+const MIN_RTSP_PASSWORD: usize = 8;
+
+pub(crate) fn check_outputs(outputs: &OutputsConfig, prefix: &str, out: &mut Vec<Problem>) {
+    let Some(rtsp) = &outputs.rtsp else {
+        return;
+    };
+    let key = |k: &str| join_key(prefix, &format!("rtsp.{k}"));
+    if rtsp.listen.parse::<SocketAddr>().is_err() {
+        out.push(Problem::new(
+            key("listen"),
+            format!(
+                "\"{}\" is not a valid IP:PORT address (e.g. 0.0.0.0:8554)",
+                rtsp.listen
+            ),
+        ));
+    }
+    check_range(out, key("max_clients"), rtsp.max_clients, &MAX_RTSP_CLIENTS);
+    if rtsp.users.is_empty() && !rtsp.anonymous {
+        out.push(Problem::new(
+            key("users"),
+            "no account: add one (name and password), or set anonymous: true to serve without authentication",
+        ));
+    }
+    let mut seen = std::collections::HashSet::new();
+    for (i, u) in rtsp.users.iter().enumerate() {
+        let p = |k: &str| key(&format!("users[{i}].{k}"));
+        if u.name.is_empty() || u.name.chars().count() > 64 || u.name.contains([':', '"']) {
+            out.push(Problem::new(
+                p("name"),
+                "must have 1 to 64 characters, without ':' or '\"'",
+            ));
+        }
+        if !seen.insert(u.name.as_str()) {
+            out.push(Problem::new(
+                p("name"),
+                format!("{:?} is listed twice", u.name),
+            ));
+        }
+        if u.password.expose().chars().count() < MIN_RTSP_PASSWORD {
+            out.push(Problem::new(
+                p("password"),
+                format!("must have at least {MIN_RTSP_PASSWORD} characters"),
+            ));
         }
     }
 }

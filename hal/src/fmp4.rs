@@ -435,7 +435,7 @@ impl<'a> Reader<'a> {
 /// The NAL units of Annex-B data, without start codes and trailing zero bytes, empty units
 /// skipped. Leading zero bytes are allowed (leading_zero_8bits); anything else before the
 /// first start code is an error, as is a NAL unit with forbidden_zero_bit set.
-fn annexb_nals<'a>(data: &'a [u8], what: &str) -> Result<Vec<&'a [u8]>, Fmp4Error> {
+pub fn annexb_nals<'a>(data: &'a [u8], what: &str) -> Result<Vec<&'a [u8]>, Fmp4Error> {
     // Start of each start code (the 00 00 01) and of the payload after it.
     let mut codes = Vec::new();
     let mut i = 0;

@@ -28,6 +28,7 @@ pub mod frame;
 pub mod image;
 pub mod pixel;
 pub mod pool;
+pub mod push;
 pub mod record;
 pub mod rng;
 pub mod sink;

@@ -38,6 +38,8 @@ pub struct Policy {
     /// (the one libavformat connects to). `file:` sources are checked against `paths`, and
     /// `v4l2` sources against `devices` (an entry `v4l2` here no longer allows cameras).
     pub source_hosts: Vec<String>,
+    /// Hosts a `push` sink may send video to (rules of `source_hosts`; empty: none).
+    pub output_hosts: Vec<String>,
     /// Camera device nodes a `v4l2` source may open (exact paths, e.g. `/dev/video0`).
     pub devices: Vec<PathBuf>,
     /// Directories sinks (and file sources) may use.
@@ -60,6 +62,7 @@ impl Default for Policy {
             algorithms: vec![crate::sign::ALG.into()],
             require_sealing: false,
             source_hosts: Vec::new(),
+            output_hosts: Vec::new(),
             devices: Vec::new(),
             paths: vec![PathBuf::from("/var/lib/aegis")],
             models: vec!["*".into()],
@@ -76,6 +79,7 @@ impl From<&aegis_config::WorkflowPolicy> for Policy {
             algorithms: p.algorithms.clone(),
             require_sealing: p.require_sealing,
             source_hosts: p.source_hosts.clone(),
+            output_hosts: p.output_hosts.clone(),
             devices: p.devices.clone(),
             paths: p.paths.clone(),
             models: p.models.clone(),
@@ -284,6 +288,22 @@ pub enum PolicyError {
         /// Index in `sources`.
         index: usize,
     },
+    /// A push to a host the policy does not list.
+    #[error(
+        "sinks[{index}]: push host {host:?} is not in the device's output allow-list (policy.output_hosts)"
+    )]
+    OutputHost {
+        /// Index in `sinks`.
+        index: usize,
+        /// The host.
+        host: String,
+    },
+    /// A stream key or passphrase in an unsealed document.
+    #[error("sinks[{index}]: a stream key or passphrase may only travel in a sealed document")]
+    OutputSecret {
+        /// Index in `sinks`.
+        index: usize,
+    },
     /// A stage runs a model the policy does not allow.
     #[error("stages[{index}]: model {model:?} is not allowed by device policy")]
     StageModel {
@@ -391,14 +411,35 @@ fn policy_check(v: &Verified, policy: &Policy) -> Result<(), PolicyError> {
             });
         }
     }
+    let unsealed = f.security.encryption == "none";
     for (index, s) in p.sinks.iter().enumerate() {
-        if let aegis_config::SinkConfig::Record(r) = s
-            && !under(&r.dir, policy)
-        {
-            return Err(PolicyError::SinkDir {
-                index,
-                dir: r.dir.clone(),
-            });
+        match s {
+            aegis_config::SinkConfig::Record(r) if !under(&r.dir, policy) => {
+                return Err(PolicyError::SinkDir {
+                    index,
+                    dir: r.dir.clone(),
+                });
+            }
+            aegis_config::SinkConfig::Push(push) => {
+                // Parsed and checked like a source's URL: the host it names is the one
+                // libavformat connects to.
+                let host = aegis_config::NetUrl::parse(&push.url).map_err(|reason| {
+                    PolicyError::OutputHost {
+                        index,
+                        host: format!("<invalid URL: {reason}>"),
+                    }
+                })?;
+                if !url_host_allowed(&policy.output_hosts, &host) {
+                    return Err(PolicyError::OutputHost {
+                        index,
+                        host: host.host_str(),
+                    });
+                }
+                if unsealed && (push.stream_key.is_some() || push.passphrase.is_some()) {
+                    return Err(PolicyError::OutputSecret { index });
+                }
+            }
+            _ => {}
         }
     }
     if let Some(e) = &p.evidence

@@ -532,3 +532,88 @@ fn source_urls_and_devices_are_checked_as_libav_reads_them() {
         verdict(url, &cameras).unwrap_or_else(|e| panic!("{url}: {e}"));
     }
 }
+
+#[test]
+fn pushes_go_only_to_allowed_hosts_and_carry_secrets_only_sealed() {
+    use crate::seal::{SealSecret, seal};
+    let w = world();
+    let state = ReplayState::default();
+    let with_push = |push: &str| {
+        doc_with(|d| {
+            d.replace(
+                "  - { kind: record, dir: /var/lib/aegis/recordings }",
+                &format!("  - {{ kind: record, dir: /var/lib/aegis/recordings }}\n  - {push}"),
+            )
+        })
+    };
+    let plain = with_push("{ kind: push, stream: cam0, url: \"rtmp://203.0.113.5/live\" }");
+    let keyed = with_push(
+        "{ kind: push, stream: cam0, url: \"rtmp://203.0.113.5/live\", stream_key: sk-secret-1 }",
+    );
+    // No output host allowed: refused, naming the host and the list.
+    let e = check(
+        &sign(&plain, &w.issuer),
+        &w.trust,
+        &w.me,
+        &w.policy,
+        &state,
+        NOW,
+        &[],
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(
+        e.contains("203.0.113.5") && e.contains("output_hosts"),
+        "{e}"
+    );
+    let allowed = Policy {
+        output_hosts: vec!["203.0.113.5".into()],
+        ..w.policy.clone()
+    };
+    assert!(
+        check(
+            &sign(&plain, &w.issuer),
+            &w.trust,
+            &w.me,
+            &allowed,
+            &state,
+            NOW,
+            &[]
+        )
+        .is_ok()
+    );
+    // A stream key in the clear is refused; sealed it passes and arrives intact.
+    let e = check(
+        &sign(&keyed, &w.issuer),
+        &w.trust,
+        &w.me,
+        &allowed,
+        &state,
+        NOW,
+        &[],
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(e.contains("sealed document"), "{e}");
+    let me_key = SealSecret::generate().unwrap();
+    let sealed = seal(&keyed, &[me_key.public().clone()]).unwrap();
+    assert!(!sealed.contains("sk-secret-1"));
+    let v = check(
+        &sign(&sealed, &w.issuer),
+        &w.trust,
+        &w.me,
+        &allowed,
+        &state,
+        NOW,
+        &[&me_key],
+    )
+    .unwrap();
+    let p = v.pipeline.unwrap();
+    let Some(aegis_config::SinkConfig::Push(push)) = p.sinks.get(1) else {
+        panic!("no push sink in {:?}", p.sinks);
+    };
+    assert_eq!(
+        push.stream_key.as_ref().map(|k| k.expose()),
+        Some("sk-secret-1")
+    );
+}

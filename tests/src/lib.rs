@@ -6,6 +6,7 @@
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
+pub mod agent;
 pub mod browser;
 pub mod files;
 pub mod web_agent;

@@ -14,60 +14,7 @@ use aegis_tests::*;
 
 const PASSWORD: &str = "tech-horse-battery";
 
-struct Agent {
-    child: Child,
-    log: PathBuf,
-}
-
-impl Agent {
-    fn start(dir: &Path, cfg: &Path, port: u16) -> Agent {
-        let log = dir.join(format!("agent-{}.log", crate_time()));
-        let child = Command::new(aegis_bin())
-            .args(["run", "--realtime", "--config", cfg.to_str().unwrap()])
-            .current_dir(dir)
-            .env("RUST_LOG", "info")
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(&log).unwrap())
-            .spawn()
-            .unwrap();
-        let a = Agent { child, log };
-        a.wait("the web page", || {
-            try_http(port, "GET", "/healthz", &[], b"").is_ok()
-        });
-        a
-    }
-
-    fn wait(&self, what: &str, mut ok: impl FnMut() -> bool) {
-        let t0 = Instant::now();
-        while !ok() {
-            assert!(
-                t0.elapsed() < Duration::from_secs(60),
-                "gave up waiting for {what}; agent log:\n{}",
-                std::fs::read_to_string(&self.log).unwrap_or_default()
-            );
-            std::thread::sleep(Duration::from_millis(100));
-        }
-    }
-
-    fn kill9(mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-
-    fn stop(mut self) {
-        let _ = Command::new("kill")
-            .args(["-TERM", &self.child.id().to_string()])
-            .status();
-        let _ = self.child.wait();
-    }
-}
-
-fn crate_time() -> u128 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_nanos()
-}
+use aegis_tests::agent::RunningAgent as Agent;
 
 /// One HTTP/1.0 exchange: status, head (lowercase), body bytes.
 fn try_http(

@@ -18,7 +18,6 @@
 //! queues drain; the sinks get `finish()`, which closes the recordings cleanly.
 
 pub mod analytics;
-pub mod live;
 pub mod queue;
 pub mod sinks;
 pub mod snapshot;
@@ -115,7 +114,7 @@ pub struct RunOptions {
     /// Where snapshot requests reach the streams' sink threads.
     pub snapshots: Option<Arc<snapshot::SnapshotHub>>,
     /// Where the web page's live viewers reach the streams' encoded video.
-    pub live: Option<Arc<live::LiveHub>>,
+    pub live: Option<Arc<crate::live::LiveHub>>,
     /// The sensors: events get the fused pose, rules see the sensor state.
     pub sensing: Option<Arc<crate::sensing::Sensing>>,
     /// The backend (`None`: cpu). With a GPU, file sources decode on NVDEC and the stages

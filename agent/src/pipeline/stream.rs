@@ -23,8 +23,9 @@ use super::queue::{QueueRx as Receiver, QueueTx as Sender};
 use super::sinks::{self, SharedSinkState, Sink};
 use super::{
     DEFAULT_FRAME_RATE, ErrorReporter, PipelineError, StageSlot, StreamMetrics, StreamThreads,
-    download, live, queue, snapshot, spawn_named, stage_labels,
+    download, queue, snapshot, spawn_named, stage_labels,
 };
+use crate::live;
 use crate::metrics::{Metrics, QueueLabels};
 
 /// What every stream of a pipeline shares.
@@ -174,6 +175,7 @@ pub(super) fn spawn_stream(
             input: proc_rx,
             snapshot: ctx.snapshots.as_ref().map(|h| h.slot(&id)),
             live,
+            outputs: StreamOutputs::of(cfg, &id, metrics),
             metrics: sm,
             errors: ErrorReporter::new(metrics.clone(), &id),
             beat: ctx.watch.as_ref().map(|w| w.beat(format!("snk-{id}"))),
@@ -446,6 +448,8 @@ struct SinkLoop {
     input: Receiver<Frame>,
     snapshot: Option<Arc<snapshot::SnapshotSlot>>,
     live: Option<live::LiveFeed>,
+    /// The streaming outputs (restream, push) the pipeline names for this stream.
+    outputs: StreamOutputs,
     metrics: Arc<StreamMetrics>,
     errors: ErrorReporter,
     /// Busy from a frame's arrival until every sink had it (systemd's watchdog).
@@ -465,6 +469,7 @@ impl SinkLoop {
         if let Some(l) = &self.live {
             l.slot().set_running(true);
         }
+        let pushes = self.outputs.start(self.live.as_ref().map(|l| l.slot()));
         while let Ok(mut frame) = self.input.recv() {
             let _busy = self.beat.as_ref().map(|b| b.busy());
             for (sink, hist) in self.sinks.iter_mut().zip(&self.hist) {
@@ -498,7 +503,13 @@ impl SinkLoop {
                 window = (Instant::now(), 0);
             }
         }
+        for p in pushes {
+            p.stop();
+        }
         if let Some(l) = &self.live {
+            if self.outputs.restream {
+                l.slot().set_restream(false);
+            }
             l.slot().set_running(false);
         }
         let mut errors = Vec::new();
@@ -510,5 +521,59 @@ impl SinkLoop {
         }
         self.metrics.fps.set(0.0);
         (delivered, errors, copies)
+    }
+}
+
+/// The streaming outputs a pipeline names for one stream.
+struct StreamOutputs {
+    /// Served on the RTSP server (the `restream` sink lists it, or lists none).
+    restream: bool,
+    pushes: Vec<aegis_config::PushSink>,
+    metrics: Arc<Metrics>,
+    stream: String,
+}
+
+impl StreamOutputs {
+    fn of(cfg: &PipelineConfig, stream: &str, metrics: &Arc<Metrics>) -> StreamOutputs {
+        use aegis_config::SinkConfig;
+        StreamOutputs {
+            restream: cfg.sinks.iter().any(|s| {
+                matches!(s, SinkConfig::Restream(r)
+                    if r.streams.is_empty() || r.streams.iter().any(|x| x == stream))
+            }),
+            pushes: cfg
+                .sinks
+                .iter()
+                .filter_map(|s| match s {
+                    SinkConfig::Push(p) if p.stream == stream => Some(p.clone()),
+                    _ => None,
+                })
+                .collect(),
+            metrics: metrics.clone(),
+            stream: stream.to_owned(),
+        }
+    }
+
+    /// Opens the stream to the RTSP server and starts its pushes, on its live slot (the
+    /// encoded packets); without one (no live hub: benchmarks) they cannot run, which is
+    /// logged.
+    fn start(&self, slot: Option<&Arc<live::LiveSlot>>) -> Vec<crate::outputs::push::PushOutput> {
+        let Some(slot) = slot else {
+            if self.restream || !self.pushes.is_empty() {
+                tracing::warn!(stream = %self.stream, "streaming outputs need the live hub; not started");
+            }
+            return Vec::new();
+        };
+        if self.restream {
+            slot.set_restream(true);
+        }
+        self.pushes
+            .iter()
+            .filter_map(|p| {
+                crate::outputs::push::PushOutput::start(slot, p, &self.metrics)
+                    .map_err(|e| tracing::error!(stream = %self.stream, "push not started: {e}"))
+                    .ok()
+            })
+            .collect()
     }
 }

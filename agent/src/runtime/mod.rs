@@ -153,7 +153,7 @@ pub async fn run(
         .options
         .live
         .clone()
-        .unwrap_or_else(|| Arc::new(crate::pipeline::live::LiveHub::new(metrics.clone())));
+        .unwrap_or_else(|| Arc::new(crate::live::LiveHub::new(metrics.clone())));
     // The pages hold these before the sensors and the pipeline start; those fill them.
     let readings = Arc::new(crate::sensing::Readings::default());
     let models_in_use = Arc::new(crate::inference::ModelsInUse::default());
@@ -224,6 +224,24 @@ pub async fn run(
     )
     .await?;
     let listen = endpoints.listen;
+    // The RTSP restream server: the streams whichever pipeline runs restreams.
+    let rtsp = match &cfg.outputs.rtsp {
+        Some(r) => {
+            let hub = live.clone();
+            let restreamed: crate::outputs::rtsp::Restreamed =
+                Arc::new(move |s: &str| hub.is_restreamed(s));
+            Some(
+                crate::outputs::rtsp::RtspServer::start(
+                    r,
+                    live.clone(),
+                    restreamed,
+                    metrics.clone(),
+                )
+                .await?,
+            )
+        }
+        None => None,
+    };
     on_listening(listen);
     // systemd: ready once the agent serves — not gated on cameras or the broker.
     let notifier = Arc::new(crate::systemd::Notifier::from_env());
@@ -410,6 +428,9 @@ pub async fn run(
         None
     };
     endpoints.stop().await;
+    if let Some(r) = rtsp {
+        r.stop().await;
+    }
     if let Some(f) = fleet {
         f.stop().await;
     }

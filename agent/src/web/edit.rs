@@ -666,14 +666,15 @@ fn changed_sections(old: Option<&AgentConfig>, new: &AgentConfig) -> Vec<String>
     changed
 }
 
-/// `password` values and the secrets inside URLs replaced by `***`, anywhere in `v`.
+/// Secret values ([`is_secret_key`]) and the secrets inside URLs replaced by `***`,
+/// anywhere in `v`.
 pub fn redact_yaml(v: &mut Value) {
     match v {
         Value::Mapping(m) => {
             for (k, x) in m.iter_mut() {
                 let key = k.as_str().unwrap_or("");
                 match x {
-                    Value::String(s) if key == "password" => *s = PLACEHOLDER.into(),
+                    Value::String(s) if is_secret_key(key) => *s = PLACEHOLDER.into(),
                     Value::String(s) if is_url_key(key) => *s = redact_url(s),
                     _ => redact_yaml(x),
                 }
@@ -682,6 +683,12 @@ pub fn redact_yaml(v: &mut Value) {
         Value::Sequence(s) => s.iter_mut().for_each(redact_yaml),
         _ => {}
     }
+}
+
+/// Keys whose values are secrets: camera and RTSP passwords, RTMP stream keys, SRT
+/// passphrases.
+pub fn is_secret_key(key: &str) -> bool {
+    matches!(key, "password" | "stream_key" | "passphrase")
 }
 
 fn is_url_key(key: &str) -> bool {
@@ -730,12 +737,14 @@ fn restore_secrets(v: &mut Value, stored: Option<&Value>, path: &str, out: &mut 
                 let here = join(path, &key);
                 let old = stored_map.and_then(|s| s.get(key.as_str()));
                 match x {
-                    Value::String(s) if key == "password" && s == PLACEHOLDER => {
+                    Value::String(s) if is_secret_key(&key) && s == PLACEHOLDER => {
                         match old.and_then(Value::as_str) {
                             None => out.push(FieldProblem::new(
                                 here,
-                                "*** stands for the stored password, but none is stored here: \
-                                 type the password",
+                                format!(
+                                    "*** stands for the stored {key}, but none is stored here: \
+                                     type the {key}"
+                                ),
                             )),
                             Some(_)
                                 if origin(new_url.as_deref().unwrap_or(""))
@@ -744,7 +753,7 @@ fn restore_secrets(v: &mut Value, stored: Option<&Value>, path: &str, out: &mut 
                                 out.push(FieldProblem::new(
                                     here,
                                     host_changed(
-                                        "password",
+                                        &key,
                                         old_url.as_deref().unwrap_or(""),
                                         new_url.as_deref().unwrap_or(""),
                                     ),
@@ -1067,6 +1076,33 @@ mod tests {
         assert!(out[1].reason.contains("none is stored"), "{out:?}");
         assert_eq!(new["pipeline"]["sources"][0]["password"], "pb");
         assert_eq!(new["fleet"]["password"], "fp");
+    }
+
+    #[test]
+    fn push_secrets_are_redacted_and_kept_only_for_the_same_host() {
+        let text = "pipeline:\n  sinks:\n  - {kind: push, stream: a, url: rtmp://ingest.example/live, stream_key: sk-1}\n  - {kind: push, stream: a, url: srt://h:9000, passphrase: pass-phrase-1}\noutputs:\n  rtsp: {users: [{name: vms, password: rtsp-pass-1}]}\n";
+        let stored = aegis_config::yaml_value(text, "t").unwrap();
+        let mut shown = stored.clone();
+        redact_yaml(&mut shown);
+        let rendered = serde_yaml_ng::to_string(&shown).unwrap();
+        for secret in ["sk-1", "pass-phrase-1", "rtsp-pass-1"] {
+            assert!(!rendered.contains(secret), "{secret} in {rendered}");
+        }
+        let mut json = serde_json::to_value(&stored).unwrap();
+        crate::web::pages::redact(&mut json);
+        assert!(!json.to_string().contains("sk-1"), "{json}");
+        // Sent back as ***: the stored key is kept, unless the push now goes elsewhere.
+        let mut back = shown.clone();
+        back["pipeline"]["sinks"][1]["url"] = "srt://evil:9000".into();
+        let mut out = Vec::new();
+        restore_secrets(&mut back, Some(&stored), "", &mut out);
+        assert_eq!(back["pipeline"]["sinks"][0]["stream_key"], "sk-1");
+        assert_eq!(
+            back["outputs"]["rtsp"]["users"][0]["password"],
+            "rtsp-pass-1"
+        );
+        let paths: Vec<&str> = out.iter().map(|p| p.path.as_str()).collect();
+        assert_eq!(paths, ["pipeline.sinks[1].passphrase"], "{out:?}");
     }
 
     #[test]

@@ -21,6 +21,7 @@ mod device;
 mod fleet;
 mod inference;
 mod log;
+mod outputs;
 mod pipeline;
 mod sensors;
 mod store;
@@ -33,6 +34,7 @@ pub use device::*;
 pub use fleet::*;
 pub use inference::*;
 pub use log::*;
+pub use outputs::*;
 pub use pipeline::*;
 pub use sensors::*;
 pub use store::*;
@@ -78,6 +80,9 @@ pub struct AgentConfig {
     /// Local web server for health checks and Prometheus metrics.
     #[serde(default)]
     pub web: WebConfig,
+    /// Streaming servers (the RTSP restream server).
+    #[serde(default)]
+    pub outputs: OutputsConfig,
     /// Optional auxiliary sensors (GPS, IMU).
     #[serde(default)]
     pub sensors: SensorsConfig,

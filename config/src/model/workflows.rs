@@ -455,6 +455,10 @@ pub struct WorkflowPolicy {
     /// device nodes under `devices`.)
     #[serde(default)]
     pub source_hosts: Vec<String>,
+    /// Hosts a workflow's `push` sink may send video to, with the rules of
+    /// `source_hosts`. Empty: workflows may not push video off the device.
+    #[serde(default)]
+    pub output_hosts: Vec<String>,
     /// Camera device nodes a `v4l2` source of a workflow may open, as absolute paths
     /// compared exactly (e.g. `/dev/video0`). Empty: workflows may not open cameras.
     #[serde(default)]
@@ -481,6 +485,7 @@ impl Default for WorkflowPolicy {
             algorithms: default_algorithms(),
             require_sealing: false,
             source_hosts: Vec::new(),
+            output_hosts: Vec::new(),
             devices: Vec::new(),
             paths: default_policy_paths(),
             models: default_policy_models(),

@@ -7,7 +7,7 @@
 //!
 //! The socket speaks: text `{"type":"init","codec","width","height","gen"}` then one binary init
 //! segment; binary fragments (one frame each); text frame metadata (see
-//! [`crate::pipeline::live::frame_meta`]); text `{"type":"stats","dropped"}` every second.
+//! [`crate::live::frame_meta`]); text `{"type":"stats","dropped"}` every second.
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -19,7 +19,7 @@ use axum::http::{HeaderMap, StatusCode, Uri, header};
 use axum::response::{IntoResponse, Response};
 
 use super::{PagesState, esc, layout, layout_with};
-use crate::pipeline::live::{LiveMsg, Subscription};
+use crate::live::{LiveMsg, Subscription};
 use crate::web::Viewer;
 
 /// `GET /live[?stream=ID]`.
@@ -120,7 +120,7 @@ pub(super) async fn ws(
 }
 
 /// Moves a viewer's queue onto its socket until either side ends. A slow socket only holds
-/// up this task; the queue in front of it drops (see [`crate::pipeline::live`]).
+/// up this task; the queue in front of it drops (see [`crate::live`]).
 async fn pump(mut socket: WebSocket, mut sub: Subscription) {
     let mut stats = tokio::time::interval(Duration::from_secs(1));
     loop {

@@ -63,7 +63,7 @@ pub struct PagesState {
     /// Where thermal zones are read (`/sys/class/thermal`; a temp dir in tests).
     pub thermal_root: PathBuf,
     /// The streams' live video (the live view).
-    pub live: Arc<crate::pipeline::live::LiveHub>,
+    pub live: Arc<crate::live::LiveHub>,
     /// The streams' next frames as JPEG (the live view's fallback).
     pub snapshots: Arc<crate::pipeline::snapshot::SnapshotHub>,
     /// The sensors' newest readings (all off when no sensor is configured).
@@ -292,13 +292,13 @@ pub fn redacted_config(cfg: &aegis_config::AgentConfig) -> serde_json::Value {
     v
 }
 
-/// `password` values, and the password or SRT passphrase inside URLs (`url`, `*_url`),
-/// replaced by `***` anywhere in a JSON document.
+/// Secret values (`password`, `stream_key`, `passphrase`), and the password or SRT
+/// passphrase inside URLs (`url`, `*_url`), replaced by `***` anywhere in a JSON document.
 pub fn redact(v: &mut serde_json::Value) {
     match v {
         serde_json::Value::Object(m) => {
             for (k, x) in m.iter_mut() {
-                if k == "password" && !x.is_null() {
+                if crate::web::edit::is_secret_key(k) && !x.is_null() {
                     *x = serde_json::json!("***");
                 } else if let (true, Some(u)) = (k == "url" || k.ends_with("_url"), x.as_str()) {
                     *x = serde_json::json!(crate::web::edit::redact_url(u));

@@ -4,6 +4,8 @@ use std::ops::RangeInclusive;
 use std::path::PathBuf;
 
 use schemars::JsonSchema;
+
+use super::Secret;
 use serde::{Deserialize, Serialize};
 
 /// Default recording segment length in seconds.
@@ -85,6 +87,66 @@ pub enum SinkConfig {
     Record(RecordSink),
     /// Counts frames and drops them (for benchmarks and tests).
     Discard(DiscardSink),
+    /// Serves streams on the device's RTSP server (`outputs.rtsp`), from the
+    /// one encoded stream the recorder (or, without one, the live view's
+    /// encoder) makes: no second encode.
+    Restream(RestreamSink),
+    /// Pushes a stream to an RTMP or SRT server (a cloud ingest, a media
+    /// server), reconnecting with backoff when the connection drops.
+    Push(PushSink),
+}
+
+/// Settings of the `restream` sink.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RestreamSink {
+    /// The streams to serve (source ids); empty: all of them.
+    #[serde(default)]
+    pub streams: Vec<String>,
+}
+
+/// Settings of the `push` sink.
+#[derive(Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct PushSink {
+    /// The stream to push (a source id).
+    pub stream: String,
+    /// Where to: `rtmp://host[:port]/app` (FLV; the stream key is appended
+    /// as the last path segment), `rtmps://…`, or `srt://host:port` (MPEG-TS,
+    /// caller mode). No user name, password or passphrase in the URL: give
+    /// them below.
+    pub url: String,
+    /// The RTMP stream key. Never logged or shown: it prints as `***`.
+    #[serde(default)]
+    pub stream_key: Option<Secret>,
+    /// The SRT passphrase (10 to 79 characters; AES encryption). Never
+    /// logged or shown.
+    #[serde(default)]
+    pub passphrase: Option<Secret>,
+    /// Longest wait between reconnection attempts, in seconds (1 to 300;
+    /// the wait doubles from 1 s up to this).
+    #[serde(default = "default_push_backoff_max_s")]
+    pub backoff_max_s: u32,
+}
+
+fn default_push_backoff_max_s() -> u32 {
+    30
+}
+
+/// Prints the URL redacted and the secrets as `***`, so configs can be logged.
+impl std::fmt::Debug for PushSink {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let url = crate::url::NetUrl::parse(&self.url)
+            .map(|u| u.redacted())
+            .unwrap_or_else(|_| "<invalid URL>".to_owned());
+        f.debug_struct("PushSink")
+            .field("stream", &self.stream)
+            .field("url", &url)
+            .field("stream_key", &self.stream_key)
+            .field("passphrase", &self.passphrase)
+            .field("backoff_max_s", &self.backoff_max_s)
+            .finish()
+    }
 }
 
 /// Settings of the `record` sink.

@@ -12,6 +12,11 @@
 //! is full the viewer misses that fragment, is counted (`aegis_live_dropped_total`), and
 //! waits for the next keyframe (requested at once, at most one request per
 //! [`KEY_REQUEST_GAP`]) before it gets video again.
+//!
+//! The streaming outputs (RTSP restream, RTMP/SRT push: `crate::outputs`) take the same
+//! encoded stream as raw packets ([`LiveSlot::subscribe_packets`]) under the same rules: a
+//! bounded queue each, a full one drops and resyncs at a keyframe, a new one asks for a
+//! keyframe at once. The packet is copied once for all of them.
 
 use std::fmt::Write as _;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
@@ -20,6 +25,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use aegis_hal::Frame;
 use aegis_hal::analytics::ObjectSource;
+use aegis_hal::clip::OwnedPacket;
 use aegis_hal::codec::{EncoderSettings, VideoEncoder};
 use aegis_hal::fmp4::{AvcConfig, FragmentWriter, Sample, init_segment};
 use aegis_hal::record::{PacketTap, TapPacket};
@@ -70,6 +76,68 @@ pub struct LiveInit {
     pub segment: bytes::Bytes,
 }
 
+/// What an output's queue holds.
+#[derive(Debug, Clone)]
+pub enum OutMsg {
+    /// The stream (re)starts with these parameters; a keyframe packet follows.
+    Start(Arc<StreamStart>),
+    /// One encoded packet, in decode order.
+    Packet(OwnedPacket),
+}
+
+/// The parameters of a stream (re)start, as an output needs them.
+#[derive(Debug)]
+pub struct StreamStart {
+    /// SPS, PPS, size and codec string.
+    pub avc: AvcConfig,
+    /// Counts the encoder's (re)starts (as [`LiveInit::generation`]).
+    pub generation: u64,
+}
+
+/// An output's end of the feed: its queue. Dropping it leaves the stream.
+pub struct PacketSubscription {
+    /// The output's messages.
+    pub rx: mpsc::Receiver<OutMsg>,
+    /// Packets this output missed because its queue was full.
+    pub dropped: Arc<AtomicU64>,
+    slot: Arc<LiveSlot>,
+    id: u64,
+}
+
+impl std::fmt::Debug for PacketSubscription {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "PacketSubscription({} #{})", self.slot.stream, self.id)
+    }
+}
+
+impl PacketSubscription {
+    /// The stream's id.
+    pub fn stream(&self) -> &str {
+        &self.slot.stream
+    }
+
+    /// Asks the encoder for a keyframe now (a consumer that starts over).
+    pub fn request_keyframe(&self) {
+        let mut inner = lock(&self.slot.inner);
+        self.slot.request_key(&mut inner, true);
+    }
+}
+
+impl Drop for PacketSubscription {
+    fn drop(&mut self) {
+        self.slot.leave(self.id);
+    }
+}
+
+/// One output's place in the fan-out.
+struct Output {
+    id: u64,
+    tx: mpsc::Sender<OutMsg>,
+    synced: bool,
+    started: bool,
+    dropped: Arc<AtomicU64>,
+}
+
 struct Viewer {
     id: u64,
     tx: mpsc::Sender<LiveMsg>,
@@ -83,8 +151,11 @@ struct Viewer {
 #[derive(Default)]
 struct Inner {
     init: Option<Arc<LiveInit>>,
+    /// The same start, for the outputs.
+    start: Option<Arc<StreamStart>>,
     writer: FragmentWriter,
     viewers: Vec<Viewer>,
+    outputs: Vec<Output>,
     last_key_request: Option<Instant>,
     /// The last packaging error, logged once.
     failed: Option<String>,
@@ -104,7 +175,13 @@ struct LiveCounters {
 /// One stream's live feed: the current init segment and its viewers.
 pub struct LiveSlot {
     stream: String,
+    /// Viewers and outputs: the tap is active while this is not 0.
     watching: AtomicUsize,
+    /// Viewers alone (only they take the per-frame metadata).
+    viewing: AtomicUsize,
+    /// Pipelines whose `restream` sink serves this stream (a count: an outgoing and an
+    /// incoming pipeline may overlap).
+    restream: AtomicUsize,
     want_key: AtomicBool,
     /// Sink threads feeding this stream now (a pipeline being replaced and its successor
     /// may overlap for a moment: a count, not a flag).
@@ -154,6 +231,8 @@ impl LiveSlot {
         LiveSlot {
             stream: stream.to_string(),
             watching: AtomicUsize::new(0),
+            viewing: AtomicUsize::new(0),
+            restream: AtomicUsize::new(0),
             want_key: AtomicBool::new(false),
             running: AtomicUsize::new(0),
             next_id: AtomicU64::new(1),
@@ -169,7 +248,55 @@ impl LiveSlot {
 
     /// Viewers now.
     pub fn viewers(&self) -> usize {
-        self.watching.load(Ordering::Relaxed)
+        self.viewing.load(Ordering::Relaxed)
+    }
+
+    /// A pipeline starts (`true`) or stops (`false`) serving the stream on the RTSP server.
+    pub fn set_restream(&self, on: bool) {
+        if on {
+            self.restream.fetch_add(1, Ordering::AcqRel);
+        } else {
+            let _ = self
+                .restream
+                .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| n.checked_sub(1));
+        }
+    }
+
+    /// Outputs now.
+    pub fn outputs(&self) -> usize {
+        self.watching.load(Ordering::Relaxed) - self.viewers()
+    }
+
+    /// Counts after a viewer or output joined or left.
+    fn recount(&self, inner: &Inner) {
+        self.viewing.store(inner.viewers.len(), Ordering::Release);
+        self.watching
+            .store(inner.viewers.len() + inner.outputs.len(), Ordering::Release);
+        self.counters.viewers.set(inner.viewers.len() as i64);
+    }
+
+    /// Joins as an output taking raw packets through a queue of `capacity` messages; a
+    /// keyframe is asked for at once.
+    pub fn subscribe_packets(self: &Arc<Self>, capacity: usize) -> PacketSubscription {
+        let (tx, rx) = mpsc::channel(capacity.max(2));
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let dropped = Arc::new(AtomicU64::new(0));
+        let mut inner = lock(&self.inner);
+        inner.outputs.push(Output {
+            id,
+            tx,
+            synced: false,
+            started: false,
+            dropped: dropped.clone(),
+        });
+        self.recount(&inner);
+        self.request_key(&mut inner, true);
+        PacketSubscription {
+            rx,
+            dropped,
+            slot: self.clone(),
+            id,
+        }
     }
 
     /// A sink thread starts (`true`) or stops (`false`) feeding the stream (a workflow may
@@ -196,8 +323,7 @@ impl LiveSlot {
             started: false,
             dropped: dropped.clone(),
         });
-        self.watching.store(inner.viewers.len(), Ordering::Release);
-        self.counters.viewers.set(inner.viewers.len() as i64);
+        self.recount(&inner);
         // A new viewer starts at a keyframe: ask for one now rather than wait a GOP.
         self.request_key(&mut inner, true);
         Subscription {
@@ -211,8 +337,8 @@ impl LiveSlot {
     fn leave(&self, id: u64) {
         let mut inner = lock(&self.inner);
         inner.viewers.retain(|v| v.id != id);
-        self.watching.store(inner.viewers.len(), Ordering::Release);
-        self.counters.viewers.set(inner.viewers.len() as i64);
+        inner.outputs.retain(|o| o.id != id);
+        self.recount(&inner);
     }
 
     fn request_key(&self, inner: &mut Inner, force: bool) {
@@ -268,16 +394,24 @@ impl PacketTap for LiveSlot {
                     generation: inner.generation,
                     segment: segment.into(),
                 }));
+                inner.start = Some(Arc::new(StreamStart {
+                    avc: cfg,
+                    generation: inner.generation,
+                }));
                 inner.failed = None;
             }
             Err(e) => {
                 tracing::warn!(stream = %self.stream, error = %e, "live view: no stream parameters");
                 inner.init = None;
+                inner.start = None;
             }
         }
         // Everyone starts again from the new parameters at the next keyframe.
         for v in &mut inner.viewers {
             v.synced = false;
+        }
+        for o in &mut inner.outputs {
+            o.synced = false;
         }
     }
 
@@ -286,6 +420,9 @@ impl PacketTap for LiveSlot {
         let Some(init) = inner.init.clone() else {
             return;
         };
+        if !inner.outputs.is_empty() {
+            self.to_outputs(&mut inner, p);
+        }
         if inner.viewers.is_empty() || (!p.key && inner.viewers.iter().all(|v| !v.synced)) {
             return;
         }
@@ -357,9 +494,68 @@ impl PacketTap for LiveSlot {
             }
         });
         self.counters.bytes.inc_by(sent);
-        self.watching.store(inner.viewers.len(), Ordering::Release);
+        self.recount(&inner);
         if resync {
             self.request_key(&mut inner, false);
+        }
+    }
+}
+
+impl LiveSlot {
+    /// Hands `p` to every output (one copy of the data for all of them).
+    fn to_outputs(&self, inner: &mut Inner, p: &TapPacket<'_>) {
+        let Some(start) = inner.start.clone() else {
+            return;
+        };
+        if !p.key && inner.outputs.iter().all(|o| !o.synced) {
+            return;
+        }
+        let packet = OwnedPacket::from(p);
+        let mut resync = false;
+        let mut closed = false;
+        inner.outputs.retain_mut(|o| {
+            if !o.synced {
+                if !p.key {
+                    if o.started {
+                        o.dropped.fetch_add(1, Ordering::Relaxed);
+                    }
+                    return true;
+                }
+                match o.tx.try_send(OutMsg::Start(start.clone())) {
+                    Ok(()) => {
+                        o.synced = true;
+                        o.started = true;
+                    }
+                    Err(mpsc::error::TrySendError::Closed(_)) => {
+                        closed = true;
+                        return false;
+                    }
+                    Err(mpsc::error::TrySendError::Full(_)) => {
+                        o.dropped.fetch_add(u64::from(o.started), Ordering::Relaxed);
+                        return true;
+                    }
+                }
+            }
+            match o.tx.try_send(OutMsg::Packet(packet.clone())) {
+                Ok(()) => true,
+                Err(mpsc::error::TrySendError::Closed(_)) => {
+                    closed = true;
+                    false
+                }
+                Err(mpsc::error::TrySendError::Full(_)) => {
+                    // Behind: skip to the next keyframe rather than send a broken picture.
+                    o.dropped.fetch_add(1, Ordering::Relaxed);
+                    o.synced = false;
+                    resync = true;
+                    true
+                }
+            }
+        });
+        if closed {
+            self.recount(inner);
+        }
+        if resync {
+            self.request_key(inner, false);
         }
     }
 }
@@ -436,6 +632,27 @@ impl LiveHub {
 
     /// Joins `stream`'s live view.
     pub fn subscribe(&self, stream: &str) -> Result<Subscription, LiveError> {
+        Ok(self.running_slot(stream)?.join())
+    }
+
+    /// Joins `stream`'s feed as an output taking raw packets (see
+    /// [`LiveSlot::subscribe_packets`]).
+    pub fn subscribe_packets(
+        &self,
+        stream: &str,
+        capacity: usize,
+    ) -> Result<PacketSubscription, LiveError> {
+        Ok(self.running_slot(stream)?.subscribe_packets(capacity))
+    }
+
+    /// Whether `stream` runs and its pipeline restreams it.
+    pub fn is_restreamed(&self, stream: &str) -> bool {
+        self.running_slot(stream)
+            .is_ok_and(|s| s.restream.load(Ordering::Acquire) > 0)
+    }
+
+    /// The slot of `stream` while it runs.
+    fn running_slot(&self, stream: &str) -> Result<Arc<LiveSlot>, LiveError> {
         let slot = {
             let slots = self.slots.lock().unwrap_or_else(|e| e.into_inner());
             slots
@@ -443,13 +660,10 @@ impl LiveHub {
                 .find(|s| s.stream == stream && s.running.load(Ordering::Acquire) > 0)
                 .cloned()
         };
-        match slot {
-            Some(s) => Ok(s.join()),
-            None => Err(LiveError::NoStream {
-                stream: stream.to_string(),
-                running: self.running().join(", "),
-            }),
-        }
+        slot.ok_or_else(|| LiveError::NoStream {
+            stream: stream.to_string(),
+            running: self.running().join(", "),
+        })
     }
 }
 
@@ -697,6 +911,64 @@ mod tests {
             }
         }
         out
+    }
+
+    /// Everything queued for an output now: (starts, packets).
+    fn drain_packets(sub: &mut PacketSubscription) -> (Vec<Arc<StreamStart>>, Vec<OwnedPacket>) {
+        let mut out = (Vec::new(), Vec::new());
+        while let Ok(m) = sub.rx.try_recv() {
+            match m {
+                OutMsg::Start(s) => out.0.push(s),
+                OutMsg::Packet(p) => out.1.push(p),
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn outputs_get_packets_from_a_keyframe_and_a_stalled_one_harms_nobody() {
+        let mut rig = Rig::new();
+        let slot = rig.hub.slot("cam");
+        let mut reader = rig.hub.subscribe_packets("cam", 256).unwrap();
+        // This one never reads: its queue of 4 fills at once.
+        let mut stalled = rig.hub.subscribe_packets("cam", 4).unwrap();
+        assert_eq!((slot.outputs(), slot.viewers()), (2, 0));
+        rig.frames(60);
+        assert!(rig.own_open(), "an output keeps the encoder open");
+        let (starts, packets) = drain_packets(&mut reader);
+        assert_eq!(starts.len(), 1);
+        assert_eq!(starts[0].avc.size(), (W as u16, H as u16));
+        assert!(packets[0].key, "the first packet is a keyframe");
+        assert!(
+            (58..=60).contains(&packets.len()),
+            "{} packets",
+            packets.len()
+        );
+        assert!(
+            packets.windows(2).all(|w| w[0].dts < w[1].dts),
+            "in decode order, no gap"
+        );
+        assert_eq!(reader.dropped.load(Ordering::Relaxed), 0);
+        // The stalled output missed packets (counted) and waits for a keyframe again.
+        assert!(stalled.dropped.load(Ordering::Relaxed) > 40);
+        let (_, got) = drain_packets(&mut stalled);
+        assert!(got.len() <= 3 && got[0].key);
+        rig.frames(40);
+        let (_, after) = drain_packets(&mut stalled);
+        assert!(
+            after.first().is_some_and(|p| p.key),
+            "resumes at a keyframe"
+        );
+        // Leaving releases the slot.
+        drop((reader, stalled));
+        assert_eq!(slot.outputs(), 0);
+        assert!(!slot.active());
+        // Restream needs a running stream and a pipeline that restreams it.
+        assert!(!rig.hub.is_restreamed("cam"));
+        slot.set_restream(true);
+        assert!(rig.hub.is_restreamed("cam"));
+        slot.set_running(false);
+        assert!(!rig.hub.is_restreamed("cam"));
     }
 
     #[test]

@@ -1,0 +1,445 @@
+//! End to end: the streaming outputs of the real `aegis` binary, played by real clients on
+//! loopback. The RTSP restream server serves the recorder's stream to ffmpeg over
+//! TCP-interleaved and UDP and to GStreamer's `rtspsrc`, behind Digest authentication; what
+//! each client gets is checked frame by frame against the recording (every picture the
+//! client decodes is the recording's, in order, without a gap). A client that stops reading
+//! changes nothing for the others. The RTMP push reconnects after its server restarts, the
+//! SRT push encrypts with its passphrase, and no password, stream key or passphrase appears
+//! in the log.
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use aegis_tests::agent::RunningAgent;
+use aegis_tests::files::free_port;
+use aegis_tests::*;
+use md5::{Digest as _, Md5};
+
+const PASSWORD: &str = "restream-horse-41";
+const STREAM_KEY: &str = "sk-7f3a9c20e1";
+const PASSPHRASE: &str = "srt-passphrase-5d8e";
+
+fn config(dir: &Path, port: u16, clip: &Path, sinks: &str, outputs: &str) -> PathBuf {
+    let cfg = dir.join("aegis.yaml");
+    std::fs::write(
+        &cfg,
+        format!(
+            r#"
+device: {{ id: outputs-e2e }}
+pipeline:
+  sources:
+    - {{ id: cam0, url: "file://{clip}", loop: true }}
+  stages: [{{ kind: timestamp_overlay }}]
+  sinks:
+    - kind: record
+      dir: {rec}
+      segment_seconds: 120
+      encoder: {{ gop_frames: 15, threads: 1 }}
+{sinks}
+{outputs}
+store: {{ path: {db} }}
+web: {{ listen: "127.0.0.1:{port}" }}
+"#,
+            clip = clip.display(),
+            rec = dir.join("rec").display(),
+            db = dir.join("aegis.db").display(),
+        ),
+    )
+    .unwrap();
+    cfg
+}
+
+/// The MD5 of every picture ffmpeg decodes from `input` (a file or URL), in order.
+fn picture_hashes(input: &str, extra: &[&str]) -> Vec<String> {
+    let out = Command::new("ffmpeg")
+        .args(["-v", "error"])
+        .args(extra)
+        .args(["-i", input, "-map", "0:v", "-f", "framemd5", "-"])
+        .output()
+        .expect("ffmpeg");
+    assert!(
+        out.status.success(),
+        "ffmpeg could not decode {input}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter_map(|l| l.rsplit(',').next().map(|h| h.trim().to_owned()))
+        .collect()
+}
+
+/// Every picture of `got` is the recording's, in order, without a gap: `got` is a
+/// contiguous run of `recording`.
+fn assert_contiguous_run(what: &str, got: &[String], recording: &[String]) {
+    assert!(!got.is_empty(), "{what}: no pictures");
+    let start = recording
+        .iter()
+        .position(|h| *h == got[0])
+        .unwrap_or_else(|| panic!("{what}: its first picture is not in the recording"));
+    let run = &recording[start..(start + got.len()).min(recording.len())];
+    let first_bad = got.iter().zip(run).position(|(a, b)| a != b);
+    assert!(
+        first_bad.is_none() && run.len() == got.len(),
+        "{what}: picture {first_bad:?} of {} differs from the recording (or runs past it)",
+        got.len()
+    );
+}
+
+/// The first picture of a capture is a keyframe.
+fn first_is_key(path: &Path) -> bool {
+    let out = Command::new("ffprobe")
+        .args([
+            "-v",
+            "error",
+            "-select_streams",
+            "v:0",
+            "-show_entries",
+            "frame=key_frame",
+        ])
+        .args(["-read_intervals", "%+#1", "-of", "csv=p=0"])
+        .arg(path)
+        .output()
+        .expect("ffprobe");
+    String::from_utf8_lossy(&out.stdout).trim().starts_with('1')
+}
+
+/// `ffmpeg -i url -c copy -frames:v N out`: a capture of the stream as it arrived.
+fn capture(url: &str, transport: &str, frames: u32, out: &Path) -> std::process::Output {
+    Command::new("timeout")
+        .args([
+            "60",
+            "ffmpeg",
+            "-v",
+            "error",
+            "-y",
+            "-rtsp_transport",
+            transport,
+            "-i",
+            url,
+        ])
+        .args(["-c", "copy", "-frames:v", &frames.to_string()])
+        .arg(out)
+        .output()
+        .expect("ffmpeg")
+}
+
+/// One RTSP request on `s` (Digest-authenticated as `vms` when `nonce` is given); the
+/// response head.
+fn rtsp_request(
+    s: &mut TcpStream,
+    method: &str,
+    uri: &str,
+    cseq: u32,
+    extra: &str,
+    nonce: Option<&str>,
+) -> String {
+    let hex = |parts: &[&str]| -> String {
+        let mut h = Md5::new();
+        h.update(parts.join(":").as_bytes());
+        h.finalize().iter().map(|b| format!("{b:02x}")).collect()
+    };
+    let mut req = format!("{method} {uri} RTSP/1.0\r\nCSeq: {cseq}\r\n{extra}");
+    if let Some(n) = nonce {
+        let response = hex(&[&hex(&["vms", "aegis", PASSWORD]), n, &hex(&[method, uri])]);
+        req.push_str(&format!(
+            "Authorization: Digest username=\"vms\", realm=\"aegis\", nonce=\"{n}\", uri=\"{uri}\", response=\"{response}\"\r\n"
+        ));
+    }
+    req.push_str("\r\n");
+    s.write_all(req.as_bytes()).unwrap();
+    let mut head = Vec::new();
+    let mut b = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        s.read_exact(&mut b).unwrap();
+        head.push(b[0]);
+    }
+    let head = String::from_utf8_lossy(&head).into_owned();
+    if let Some(len) = head
+        .lines()
+        .find_map(|l| l.strip_prefix("Content-Length: "))
+        .and_then(|n| n.trim().parse::<usize>().ok())
+    {
+        let mut body = vec![0; len];
+        s.read_exact(&mut body).unwrap();
+    }
+    head
+}
+
+/// A client that sets up and plays the stream over TCP, then never reads again.
+fn stalled_client(rtsp: u16) -> TcpStream {
+    let uri = format!("rtsp://127.0.0.1:{rtsp}/cam0");
+    let mut s = TcpStream::connect(("127.0.0.1", rtsp)).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let challenge = rtsp_request(&mut s, "DESCRIBE", &uri, 1, "", None);
+    assert!(challenge.starts_with("RTSP/1.0 401"), "{challenge}");
+    let nonce = challenge
+        .split("nonce=\"")
+        .nth(1)
+        .and_then(|r| r.split('"').next())
+        .unwrap()
+        .to_owned();
+    let d = rtsp_request(&mut s, "DESCRIBE", &uri, 2, "", Some(&nonce));
+    assert!(d.starts_with("RTSP/1.0 200"), "{d}");
+    let track = format!("{uri}/trackID=0");
+    let setup = rtsp_request(
+        &mut s,
+        "SETUP",
+        &track,
+        3,
+        "Transport: RTP/AVP/TCP;unicast;interleaved=0-1\r\n",
+        Some(&nonce),
+    );
+    assert!(setup.starts_with("RTSP/1.0 200"), "{setup}");
+    let session = setup
+        .lines()
+        .find_map(|l| l.strip_prefix("Session: "))
+        .and_then(|v| v.split(';').next())
+        .unwrap()
+        .to_owned();
+    let play = rtsp_request(
+        &mut s,
+        "PLAY",
+        &uri,
+        4,
+        &format!("Session: {session}\r\n"),
+        Some(&nonce),
+    );
+    assert!(play.starts_with("RTSP/1.0 200"), "{play}");
+    s
+}
+
+#[test]
+fn rtsp_restream_serves_the_recording_to_every_client() {
+    if !have_ffprobe() || !have_command("gst-launch-1.0", "--version", "gstreamer1.0-tools") {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let clip = make_clip(dir, "clip.mp4", 320, 240, 4.0);
+    let (port, rtsp) = (free_port(), free_port());
+    let cfg = config(
+        dir,
+        port,
+        &clip,
+        "    - kind: restream",
+        &format!(
+            "outputs:\n  rtsp:\n    listen: \"127.0.0.1:{rtsp}\"\n    users: [{{ name: vms, password: \"{PASSWORD}\" }}]"
+        ),
+    );
+    let agent = RunningAgent::start(dir, &cfg, port);
+    let log_path = agent.log.clone();
+    let url = |user: &str| format!("rtsp://{user}@127.0.0.1:{rtsp}/cam0");
+    let good = url(&format!("vms:{PASSWORD}"));
+
+    // Refused: a wrong password, no password, a stream that is not restreamed.
+    for (what, u) in [
+        ("a wrong password", url("vms:wrong-password")),
+        ("no password", format!("rtsp://127.0.0.1:{rtsp}/cam0")),
+        (
+            "an unknown stream",
+            format!("rtsp://vms:{PASSWORD}@127.0.0.1:{rtsp}/cam9"),
+        ),
+    ] {
+        let o = Command::new("ffprobe")
+            .args(["-v", "error", "-rtsp_transport", "tcp", &u])
+            .output()
+            .unwrap();
+        assert!(!o.status.success(), "{what} was served");
+    }
+
+    // A client that stops reading stays connected while the others play.
+    let stalled = stalled_client(rtsp);
+    let tcp = dir.join("tcp.mkv");
+    let o = capture(&good, "tcp", 60, &tcp);
+    assert!(
+        o.status.success(),
+        "TCP: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    let udp = dir.join("udp.mkv");
+    let o = capture(&good, "udp", 60, &udp);
+    assert!(
+        o.status.success(),
+        "UDP: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    let gst = Command::new("timeout")
+        .args(["60", "gst-launch-1.0", "-q", "rtspsrc"])
+        .arg(format!("location=rtsp://127.0.0.1:{rtsp}/cam0"))
+        .args([
+            "user-id=vms",
+            &format!("user-pw={PASSWORD}"),
+            "protocols=tcp",
+        ])
+        .args(["!", "rtph264depay", "!", "fakesink", "num-buffers=30"])
+        .output()
+        .unwrap();
+    assert!(
+        gst.status.success(),
+        "GStreamer rtspsrc: {}{}",
+        String::from_utf8_lossy(&gst.stdout),
+        String::from_utf8_lossy(&gst.stderr)
+    );
+    drop(stalled);
+    let metrics = http_get(&format!("127.0.0.1:{port}"), "/metrics")
+        .unwrap()
+        .1;
+    agent.stop();
+
+    let recording: Vec<String> = files_with_suffix(&dir.join("rec/cam0"), ".mp4")
+        .iter()
+        .flat_map(|seg| picture_hashes(&seg.to_string_lossy(), &[]))
+        .collect();
+    for (what, path) in [("TCP", &tcp), ("UDP", &udp)] {
+        let got = picture_hashes(&path.to_string_lossy(), &[]);
+        assert_eq!(got.len(), 60, "{what}: pictures");
+        assert!(
+            first_is_key(path),
+            "{what}: the first picture is not a keyframe"
+        );
+        assert_contiguous_run(what, &got, &recording);
+    }
+    let log = std::fs::read_to_string(&log_path).unwrap();
+    assert!(log.contains("authentication failed"), "{log}");
+    assert!(!log.contains(PASSWORD), "the password is in the log");
+    assert!(
+        metric(
+            &metrics,
+            "aegis_output_bytes_total{stream=\"cam0\",output=\"rtsp\"}"
+        )
+        .unwrap_or(0.0)
+            > 0.0,
+        "{metrics}"
+    );
+}
+
+/// `ffmpeg` as a media server: takes one incoming stream at `input` and writes it to `out`.
+fn media_server(input: &str, out: &Path) -> Child {
+    Command::new("ffmpeg")
+        .args(["-v", "error", "-y"])
+        .args(if input.starts_with("rtmp") {
+            &["-listen", "1"][..]
+        } else {
+            &[][..]
+        })
+        .args(["-i", input, "-c", "copy"])
+        .arg(out)
+        .stdin(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("ffmpeg")
+}
+
+/// Waits until `path` holds at least `bytes`.
+fn wait_for_bytes(path: &Path, bytes: u64, what: &str) {
+    let t0 = Instant::now();
+    while std::fs::metadata(path).map_or(0, |m| m.len()) < bytes {
+        assert!(
+            t0.elapsed() < Duration::from_secs(60),
+            "no {what} within 60 s"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// Stops an ffmpeg server cleanly (SIGINT: it writes its trailer).
+fn interrupt(mut child: Child) {
+    let _ = Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status();
+    let _ = child.wait();
+}
+
+fn pictures(path: &Path) -> usize {
+    picture_hashes(&path.to_string_lossy(), &[]).len()
+}
+
+#[test]
+fn rtmp_push_reconnects_after_the_server_restarts() {
+    if !have_ffprobe() {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let clip = make_clip(dir, "clip.mp4", 320, 240, 4.0);
+    let (port, rtmp) = (free_port(), free_port());
+    let ingest = format!("rtmp://127.0.0.1:{rtmp}/live/{STREAM_KEY}");
+    let first = dir.join("first.flv");
+    let server = media_server(&ingest, &first);
+    let cfg = config(
+        dir,
+        port,
+        &clip,
+        &format!(
+            "    - {{ kind: push, stream: cam0, url: \"rtmp://127.0.0.1:{rtmp}/live\", stream_key: \"{STREAM_KEY}\", backoff_max_s: 2 }}"
+        ),
+        "",
+    );
+    let agent = RunningAgent::start(dir, &cfg, port);
+    let log_path = agent.log.clone();
+    wait_for_bytes(&first, 40_000, "video at the first server");
+    interrupt(server);
+    // The server restarts on the same port; the push comes back on its own.
+    let second = dir.join("second.flv");
+    let server = media_server(&ingest, &second);
+    wait_for_bytes(&second, 40_000, "video after the server restarted");
+    agent.stop();
+    interrupt(server);
+    for (what, f) in [("first", &first), ("second", &second)] {
+        let n = pictures(f);
+        assert!(n >= 30, "{what} server: {n} pictures");
+        assert!(
+            first_is_key(f),
+            "{what} server: does not start at a keyframe"
+        );
+    }
+    let log = std::fs::read_to_string(&log_path).unwrap();
+    assert!(log.matches("push connected").count() >= 2, "{log}");
+    assert!(log.contains("push failed"), "{log}");
+    assert!(
+        !log.contains(STREAM_KEY),
+        "the stream key is in the log:\n{log}"
+    );
+}
+
+#[test]
+fn srt_push_is_encrypted_with_its_passphrase() {
+    if !have_ffprobe() {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let clip = make_clip(dir, "clip.mp4", 320, 240, 4.0);
+    let (port, srt) = (free_port(), free_port());
+    let out = dir.join("srt.ts");
+    let server = media_server(
+        &format!("srt://127.0.0.1:{srt}?mode=listener&passphrase={PASSPHRASE}"),
+        &out,
+    );
+    let cfg = config(
+        dir,
+        port,
+        &clip,
+        &format!(
+            "    - {{ kind: push, stream: cam0, url: \"srt://127.0.0.1:{srt}\", passphrase: \"{PASSPHRASE}\" }}"
+        ),
+        "",
+    );
+    let agent = RunningAgent::start(dir, &cfg, port);
+    let log_path = agent.log.clone();
+    wait_for_bytes(&out, 60_000, "video at the SRT server");
+    agent.stop();
+    interrupt(server);
+    let n = pictures(&out);
+    assert!(n >= 30, "{n} pictures");
+    let log = std::fs::read_to_string(&log_path).unwrap();
+    assert!(log.contains("push connected"), "{log}");
+    assert!(
+        !log.contains(PASSPHRASE),
+        "the passphrase is in the log:\n{log}"
+    );
+}
