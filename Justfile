@@ -114,6 +114,12 @@ bench-stages *ARGS:
 
 # Model delivery: announcement → download → install → health check → swap → receipt, vs
 # restarting the agent with the new model.
+# Streaming outputs: glass-to-glass latency per protocol (RTSP TCP/UDP, SRT push; the
+# recorder's encoder low_latency and default) and agent CPU with 0, 1, 4 RTSP clients.
+bench-outputs *ARGS:
+    cargo build --release -p aegis-agent
+    target/release/aegis bench outputs --json target/bench-outputs.json {{ARGS}}
+
 bench-models *ARGS:
     cargo build --release -p aegis-agent
     target/release/aegis bench models --json target/bench-models.json {{ARGS}}

@@ -716,6 +716,8 @@ impl OwnEncoder {
                 gop_frames: gop.clamp(10, 300),
                 threads: 1,
                 frame_rate,
+                // It exists only for live consumers.
+                low_latency: true,
             },
             encoder: None,
             last_pts: None,

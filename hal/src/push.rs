@@ -75,6 +75,10 @@ impl PushMuxer {
             // SRT's own connect timeout is in milliseconds.
             opts.set("connect_timeout", &timeout.as_millis().to_string());
         }
+        // Live: every packet goes out when it is written (no buffering for throughput),
+        // and MPEG-TS adds no mux delay in front of the timestamps.
+        opts.set("flush_packets", "1");
+        opts.set("max_delay", "0");
         for (k, v) in options {
             opts.set(k, v);
         }

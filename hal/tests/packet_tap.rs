@@ -120,3 +120,46 @@ fn tap_sees_packets_only_while_active_and_keyframe_requests_do_not_cut_segments(
         assert_eq!((w, h, frames), (W, H, 60));
     }
 }
+
+/// Frames handed to an encoder before its first packet comes out.
+fn frames_before_first_packet(low_latency: bool) -> usize {
+    use aegis_hal::codec::{EncoderSettings, VideoEncoder};
+    let layout = FrameLayout::new(PixelFormat::I420, 320, 240);
+    let settings = EncoderSettings {
+        threads: 4,
+        low_latency,
+        ..encoder(1000, 30)
+    };
+    let mut enc = VideoEncoder::open(&settings, layout, true).unwrap();
+    let pool = SurfacePool::new(layout, 2);
+    let mut scene = SyntheticScene::new(320, 240, 2, 7, None);
+    for i in 0..30u64 {
+        let mut f = aegis_hal::Frame::from_pool(
+            &pool,
+            StreamId::new("cam"),
+            i,
+            i as i64 * FRAME_US,
+            FRAME_US,
+        )
+        .unwrap();
+        scene.render(&mut f);
+        let mut out = 0;
+        enc.encode(&mut f, i as i64 * 3000, i == 0, &mut |_| {
+            out += 1;
+            Ok(())
+        })
+        .unwrap();
+        if out > 0 {
+            return i as usize;
+        }
+    }
+    30
+}
+
+#[test]
+fn a_low_latency_encoder_holds_no_frame_and_frame_threads_do() {
+    // x264's zerolatency tune with sliced threads: the first frame's packet comes out of
+    // its own encode call; four frame threads hold frames back.
+    assert_eq!(frames_before_first_packet(true), 0);
+    assert!(frames_before_first_packet(false) >= 2);
+}

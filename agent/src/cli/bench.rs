@@ -121,6 +121,23 @@ pub enum BenchCommand {
         #[arg(long)]
         json: Option<PathBuf>,
     },
+    /// The streaming outputs of a real agent on a 30 fps clip: glass-to-glass latency per
+    /// protocol (RTSP over TCP and UDP, SRT push; the wall clock drawn into each frame, read
+    /// back by a decoding client) and the agent's CPU with 0, 1 and 4 RTSP clients.
+    Outputs {
+        /// Clip (default: the 720p bench sample).
+        #[arg(long)]
+        clip: Option<PathBuf>,
+        /// Rounds of (0, 1, 4) clients.
+        #[arg(long, default_value_t = 2)]
+        rounds: usize,
+        /// Seconds per measured window.
+        #[arg(long, default_value_t = 5.0)]
+        window_s: f64,
+        /// Also write the results as JSON here.
+        #[arg(long)]
+        json: Option<PathBuf>,
+    },
     /// The inference stages at 720p: p50/p99 per stage, engine vs pre/post time, batching
     /// gain, and pipeline fps with the stages on vs off.
     Stages {
@@ -286,6 +303,23 @@ pub(super) fn run(what: BenchCommand, log: impl Fn(&str)) -> anyhow::Result<()> 
                 );
                 write_json(json, &r)
             })
+        }
+        BenchCommand::Outputs {
+            clip,
+            rounds,
+            window_s,
+            json,
+        } => {
+            log("error");
+            let clip = clip.unwrap_or_else(|| Path::new(SAMPLES_DIR).join("bench-720p.mp4"));
+            ensure_sample(&clip, 1280, 720)?;
+            let r = crate::tools::bench_outputs::bench_outputs(
+                &clip,
+                rounds.max(1),
+                std::time::Duration::from_secs_f64(window_s.clamp(1.0, 600.0)),
+            )?;
+            crate::tools::bench_outputs::print(&r);
+            write_json(json, &r)
         }
         BenchCommand::Web {
             clip,

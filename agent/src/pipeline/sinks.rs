@@ -102,6 +102,7 @@ pub fn recorder_settings(
                 n => n,
             },
             frame_rate,
+            low_latency: r.encoder.low_latency,
         },
     }
 }

@@ -14,6 +14,7 @@ use serde::Serialize;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 
+use super::proc::{Child, cpu_seconds, free_port, pct};
 use crate::http::{Limits, get, get_with, post};
 
 /// One page's load times.
@@ -59,34 +60,6 @@ pub struct WebBench {
     pub window_s: f64,
     /// Rounds of (0, 1, 4) viewers.
     pub rounds: usize,
-}
-
-fn pct(v: &mut [f64], p: f64) -> f64 {
-    v.sort_by(f64::total_cmp);
-    v.get(((v.len().saturating_sub(1)) as f64 * p).round() as usize)
-        .copied()
-        .unwrap_or(f64::NAN)
-}
-
-/// User + system CPU seconds of process `pid` so far.
-fn cpu_seconds(pid: u32) -> anyhow::Result<f64> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
-    // Fields after the command name (which may hold spaces) start after the last ')'.
-    let rest = stat
-        .rsplit_once(')')
-        .map(|(_, r)| r)
-        .ok_or_else(|| anyhow::anyhow!("/proc/{pid}/stat: no ')'"))?;
-    let f: Vec<&str> = rest.split_whitespace().collect();
-    // utime and stime are fields 14 and 15 of the whole line: 11 and 12 after the state.
-    let ticks: f64 = f
-        .get(11..13)
-        .ok_or_else(|| anyhow::anyhow!("/proc/{pid}/stat: too few fields"))?
-        .iter()
-        .map(|t| t.parse::<f64>().unwrap_or(0.0))
-        .sum();
-    // SAFETY: sysconf has no preconditions.
-    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
-    Ok(ticks / hz)
 }
 
 /// What one viewer received in a window.
@@ -169,22 +142,6 @@ fn config(dir: &std::path::Path, clip: &std::path::Path, port: u16) -> String {
         rec = dir.join("rec").display(),
         db = dir.join("aegis.db").display(),
     )
-}
-
-fn free_port() -> anyhow::Result<u16> {
-    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
-        .local_addr()?
-        .port())
-}
-
-/// Kills the agent when the bench ends, however it ends.
-struct Child(std::process::Child);
-
-impl Drop for Child {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
 }
 
 /// Runs the benchmark on `clip`: `rounds` rounds of 0, 1 and 4 viewers, `window` each.

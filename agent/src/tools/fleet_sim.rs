@@ -382,7 +382,8 @@ pub struct SimResult {
     pub rtt_p50_ms: f64,
     /// Command round trip, ms.
     pub rtt_p99_ms: f64,
-    /// The simulator's resident memory at the end, per device, bytes (the links dominate).
+    /// The resident memory the devices added (at the end, over the process before they
+    /// started), per device, bytes.
     pub rss_per_device: u64,
 }
 
@@ -412,6 +413,9 @@ pub fn simulate(
         let port = broker.port;
         let (delivered, consumer_task) =
             consumer(port, "aegis-sim-consumer", "aegis/v1/+/events").await?;
+        // What the devices add: the process before them (runtime, broker, consumer) is
+        // not theirs.
+        let rss_before = rss_bytes();
         let mut links = Vec::with_capacity(devices);
         let mut outboxes = Vec::with_capacity(devices);
         let names: Vec<String> = (0..devices).map(|i| format!("sim-{i:05}")).collect();
@@ -493,7 +497,7 @@ pub fn simulate(
             pings: rtts.len(),
             rtt_p50_ms: percentile(&rtts, 0.5),
             rtt_p99_ms: percentile(&rtts, 0.99),
-            rss_per_device: rss_bytes() / devices.max(1) as u64,
+            rss_per_device: rss_bytes().saturating_sub(rss_before) / devices.max(1) as u64,
         })
     })
 }

@@ -30,6 +30,10 @@ pub struct EncoderSettings {
     pub threads: u32,
     /// Nominal frame rate (numerator, denominator), used for rate control.
     pub frame_rate: (i32, i32),
+    /// x264's `zerolatency` tune: no frames held in the encoder (sliced threads instead of
+    /// frame threads, no sync lookahead), so a live output gets each frame as soon as it
+    /// is encoded; a little less efficient.
+    pub low_latency: bool,
 }
 
 impl Default for EncoderSettings {
@@ -40,6 +44,7 @@ impl Default for EncoderSettings {
             gop_frames: 60,
             threads: 0,
             frame_rate: (30, 1),
+            low_latency: false,
         }
     }
 }
@@ -90,8 +95,14 @@ impl VideoEncoder {
         if global_header {
             ctx.set_flags(ff::codec::Flags::GLOBAL_HEADER);
         }
+        // libavcodec's libx264 wrapper picks sliced or frame threads from the thread type
+        // (overriding the tune): frame threads hold frames, slices do not.
         ctx.set_threading(ff::codec::threading::Config {
-            kind: ff::codec::threading::Type::Frame,
+            kind: if settings.low_latency {
+                ff::codec::threading::Type::Slice
+            } else {
+                ff::codec::threading::Type::Frame
+            },
             count: settings.threads as usize,
             ..Default::default()
         });
@@ -112,6 +123,9 @@ impl VideoEncoder {
             opts.set("preset", &settings.preset);
             // A forced keyframe (segment boundary) must be an IDR so the segment stands alone.
             opts.set("forced-idr", "1");
+            if settings.low_latency {
+                opts.set("tune", "zerolatency");
+            }
         }
         let enc = enc.open_with(opts).map_err(open_err)?;
         let picture =

@@ -39,7 +39,8 @@ pub use convert::{
     rgb24_to_nv12,
 };
 pub use overlay::{
-    CODE_BLOCKS, draw_code_i420, draw_code_nv12, draw_text_i420, draw_text_nv12, text_size,
+    CODE_BLOCKS, draw_code_i420, draw_code_nv12, draw_text_i420, draw_text_nv12, read_code,
+    text_size,
 };
 pub use scale::{scale_i420, scale_nv12, scale_plane, scale_plane_uv};
 

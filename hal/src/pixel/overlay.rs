@@ -250,6 +250,28 @@ pub fn draw_code_nv12(
     on_nv12(y, uv, w, h, |y| code_luma(y, w, h, x, y0, block, value))
 }
 
+/// Reads back the value of a code drawn at `(x, y0)` with squares of `block` pixels, from
+/// the middle row of the squares of a decoded picture's luma plane (`w` pixels wide): `None`
+/// when the code is not there (the reference squares, white then black, do not differ by
+/// at least 100 levels, or the row is outside the plane). The threshold is halfway between
+/// the reference squares, so a lossy encode's level shifts do not flip bits.
+pub fn read_code(y: super::Plane<'_>, w: usize, x: usize, y0: usize, block: usize) -> Option<u32> {
+    let row = y0.checked_add(block / 2)?;
+    let start = row.checked_mul(y.stride)?;
+    let line = y.data.get(start..start.checked_add(w)?)?;
+    let lum = |i: usize| line.get(x + i * block + block / 2).map(|&v| i32::from(v));
+    let (white, black) = (lum(0)?, lum(1)?);
+    if white - black < 100 {
+        return None;
+    }
+    let threshold = (white + black) / 2;
+    let mut value = 0u32;
+    for i in 2..CODE_BLOCKS {
+        value = value << 1 | u32::from(lum(i)? > threshold);
+    }
+    Some(value)
+}
+
 /// Draws `text` into an I420 frame of `w`x`h` pixels (both even), with the
 /// top-left corner of its background box at pixel `(x, y0)` and glyphs
 /// scaled by `scale`. See the module docs for layout and clipping.
@@ -573,14 +595,7 @@ mod tests {
 #[cfg(test)]
 mod code_tests {
     use super::*;
-
-    /// Reads a code back the way the browser probe does: block centres against the mean
-    /// of the two reference blocks.
-    fn read(y: &[u8], stride: usize, x: usize, y0: usize, block: usize) -> u32 {
-        let at = |i: usize| y[(y0 + block / 2) * stride + x + i * block + block / 2];
-        let threshold = (at(0) as u32 + at(1) as u32) / 2;
-        (2..CODE_BLOCKS).fold(0u32, |v, i| (v << 1) | (at(i) as u32 > threshold) as u32)
-    }
+    use crate::pixel::Plane;
 
     #[test]
     fn code_round_trips_and_clips() {
@@ -601,11 +616,15 @@ mod code_tests {
                 value,
             )
             .unwrap();
-            assert_eq!(read(&y, w, 10, 20, 16), value);
+            assert_eq!(read_code(Plane::new(&y, w), w, 10, 20, 16), Some(value));
             // Chroma under the code is neutral, outside untouched.
             assert_eq!(u[(20 / 2) * (w / 2) + 10 / 2 + 1], NEUTRAL_CHROMA);
             assert_eq!(u[0], 7);
         }
+        // No code there (uniform grey), or its row outside the plane: nothing read.
+        let grey = vec![100u8; w * h];
+        assert_eq!(read_code(Plane::new(&grey, w), w, 10, 20, 16), None);
+        assert_eq!(read_code(Plane::new(&grey, w), w, 10, 60, 16), None);
         // Partly outside the frame: clipped, not an error.
         let mut y = vec![0u8; w * h];
         let mut uv = vec![0u8; w * h / 2];

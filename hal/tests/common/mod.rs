@@ -58,6 +58,7 @@ pub fn encoder(bitrate_kbps: u32, gop_frames: u32) -> EncoderSettings {
         gop_frames,
         threads: 1,
         frame_rate: (30, 1),
+        low_latency: false,
     }
 }
 

@@ -1,0 +1,306 @@
+//! `aegis bench outputs`: the streaming outputs of a real agent process (this binary,
+//! `aegis run`) playing a 30 fps clip through a recorder, with the `timestamp_overlay`
+//! stage drawing the wall clock as a code into every frame.
+//!
+//! - **Glass to glass**, per protocol: a client in this process (libavformat's RTSP or SRT
+//!   input, one decoder thread, the agent's own live-source code) decodes the stream and
+//!   reads the code back from each picture: latency = the clock when the picture is decoded
+//!   − the clock the stage drew (one machine, one clock). RTSP over TCP and over UDP from
+//!   the restream server; SRT from the push sink (this process listens).
+//! - **CPU per consumer**: the agent's CPU with 0, 1 and 4 RTSP clients (`ffmpeg -c copy`
+//!   into nothing, so the clients decode nothing), interleaved rounds, ratios against no
+//!   client in the same run.
+
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use aegis_hal::StreamId;
+use aegis_hal::pixel::{Plane, read_code};
+use aegis_hal::source::VideoSource as _;
+use aegis_hal::source::{LiveSource, LiveSourceSettings, RtspTransport};
+use serde::Serialize;
+
+use super::proc::{Child, cpu_seconds, free_port, pct};
+
+/// Where the clock code is drawn: `timestamp_overlay` at x = y = 16, scale 2 (the stage's
+/// defaults): squares of 16 px, 38 px from the top.
+const CODE_X: usize = 16;
+const CODE_Y: usize = 38;
+const CODE_BLOCK: usize = 16;
+/// The start of each probe that is not measured.
+const WARM_UP: Duration = Duration::from_secs(3);
+
+/// One protocol's latency.
+#[derive(Debug, Clone, Serialize)]
+pub struct ProtocolLatency {
+    /// `rtsp-tcp`, `rtsp-udp`, `srt-push`.
+    pub protocol: &'static str,
+    /// The recorder's encoder had `low_latency` on (x264 zerolatency, sliced threads).
+    pub low_latency: bool,
+    /// Pictures whose code was read.
+    pub frames: usize,
+    /// Pictures without a readable code.
+    pub unreadable: usize,
+    /// Median, ms.
+    pub p50_ms: f64,
+    /// 95th percentile, ms.
+    pub p95_ms: f64,
+    /// Largest, ms.
+    pub max_ms: f64,
+}
+
+/// The agent's CPU with `clients` RTSP clients.
+#[derive(Debug, Clone, Serialize)]
+pub struct ClientCpu {
+    /// RTSP clients (TCP, `-c copy`).
+    pub clients: usize,
+    /// Agent CPU, percent of one core, mean over the rounds.
+    pub cpu_pct: f64,
+    /// Per round: this CPU / the CPU with no client in the same round; min, median, max.
+    pub ratio: [f64; 3],
+}
+
+/// The results.
+#[derive(Debug, Clone, Serialize)]
+pub struct OutputsBench {
+    /// Per protocol.
+    pub latency: Vec<ProtocolLatency>,
+    /// 0, 1 and 4 clients.
+    pub cpu: Vec<ClientCpu>,
+    /// Seconds per window.
+    pub window_s: f64,
+}
+
+fn config(dir: &Path, clip: &Path, low_latency: bool, ports: (u16, u16, u16)) -> String {
+    let (port, rtsp, srt) = ports;
+    format!(
+        "device: {{ id: bench-outputs }}\n\
+         pipeline:\n  sources:\n    - {{ id: cam0, url: \"file:{clip}\", loop: true, realtime: true }}\n\
+         \x20 stages:\n    - {{ kind: timestamp_overlay, clock_code: true }}\n\
+         \x20 sinks:\n    - {{ kind: record, dir: \"{rec}\", segment_seconds: 10, disk_budget_mb: 100, encoder: {{ low_latency: {low_latency} }} }}\n\
+         \x20   - {{ kind: restream }}\n\
+         \x20   - {{ kind: push, stream: cam0, url: \"srt://127.0.0.1:{srt}\", backoff_max_s: 1 }}\n\
+         outputs: {{ rtsp: {{ listen: \"127.0.0.1:{rtsp}\", anonymous: true }} }}\n\
+         store: {{ path: \"{db}\" }}\n\
+         web: {{ listen: \"127.0.0.1:{port}\" }}\n",
+        clip = clip.display(),
+        rec = dir.join("rec").display(),
+        db = dir.join("aegis.db").display(),
+    )
+}
+
+fn now_ms() -> u32 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_millis() as u32
+}
+
+/// Decodes `url` for `window` and reads the clock code of every picture.
+fn probe(
+    protocol: &'static str,
+    low_latency: bool,
+    url: String,
+    transport: RtspTransport,
+    window: Duration,
+) -> anyhow::Result<ProtocolLatency> {
+    let mut settings = LiveSourceSettings::new(url, StreamId::new("probe"));
+    settings.transport = transport;
+    settings.decoder_threads = 1;
+    settings.connect_timeout = Duration::from_secs(10);
+    let mut src = LiveSource::new(settings);
+    let (mut lat, mut unreadable) = (Vec::new(), 0);
+    let t0 = Instant::now();
+    // The first seconds are the connection's start (libavformat's probe reads a second of
+    // stream before the first picture; the client then catches up): not measured.
+    while t0.elapsed() < window + WARM_UP {
+        let Some(frame) = src.next_frame()? else {
+            break;
+        };
+        let decoded = now_ms();
+        if t0.elapsed() < WARM_UP {
+            continue;
+        }
+        let [y, _, _] = frame.planes();
+        match read_code(
+            Plane::new(y.data, y.stride),
+            frame.layout.width,
+            CODE_X,
+            CODE_Y,
+            CODE_BLOCK,
+        ) {
+            Some(stamped) => lat.push(f64::from(decoded.wrapping_sub(stamped))),
+            None => unreadable += 1,
+        }
+    }
+    anyhow::ensure!(
+        !lat.is_empty(),
+        "{protocol}: no picture with a readable clock code"
+    );
+    Ok(ProtocolLatency {
+        protocol,
+        low_latency,
+        frames: lat.len(),
+        unreadable,
+        p50_ms: pct(&mut lat, 0.5),
+        p95_ms: pct(&mut lat, 0.95),
+        max_ms: pct(&mut lat, 1.0),
+    })
+}
+
+/// `n` RTSP clients that copy the stream into nothing.
+fn clients(rtsp: u16, n: usize) -> anyhow::Result<Vec<Child>> {
+    (0..n)
+        .map(|_| {
+            Ok(Child(
+                Command::new("ffmpeg")
+                    .args(["-v", "quiet", "-rtsp_transport", "tcp", "-i"])
+                    .arg(format!("rtsp://127.0.0.1:{rtsp}/cam0"))
+                    .args(["-c", "copy", "-f", "null", "-"])
+                    .stdin(Stdio::null())
+                    .spawn()
+                    .map_err(|e| anyhow::anyhow!("ffmpeg (the RTSP clients): {e}"))?,
+            ))
+        })
+        .collect()
+}
+
+/// An agent playing `clip` with the clock code, its recorder's encoder `low_latency` or
+/// not, serving RTSP and pushing SRT to this process: the process, its (web, RTSP, SRT)
+/// ports and its directory (kept while it runs).
+fn start_agent(
+    clip: &Path,
+    low_latency: bool,
+) -> anyhow::Result<(Child, (u16, u16, u16), tempfile::TempDir)> {
+    let dir = tempfile::tempdir()?;
+    let ports = (free_port()?, free_port()?, free_port()?);
+    let cfg_path = dir.path().join("agent.yaml");
+    std::fs::write(&cfg_path, config(dir.path(), clip, low_latency, ports))?;
+    let agent = Child(
+        Command::new(std::env::current_exe()?)
+            .args(["run", "--config"])
+            .arg(&cfg_path)
+            .env("RUST_LOG", "error")
+            .stdout(Stdio::null())
+            .spawn()?,
+    );
+    let t0 = Instant::now();
+    while std::net::TcpStream::connect(("127.0.0.1", ports.1)).is_err() {
+        anyhow::ensure!(
+            t0.elapsed() < Duration::from_secs(60),
+            "the agent did not come up"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    std::thread::sleep(Duration::from_secs(2));
+    Ok((agent, ports, dir))
+}
+
+/// Runs the benchmark on `clip`: latency per protocol over `window`, then `rounds` rounds
+/// of 0, 1 and 4 RTSP clients, `window` each.
+pub fn bench_outputs(clip: &Path, rounds: usize, window: Duration) -> anyhow::Result<OutputsBench> {
+    let mut latency = Vec::new();
+    for low_latency in [true, false] {
+        let (_agent, ports, _dir) = start_agent(clip, low_latency)?;
+        let (_, rtsp, srt) = ports;
+        let url = format!("rtsp://127.0.0.1:{rtsp}/cam0");
+        latency.push(probe(
+            "rtsp-tcp",
+            low_latency,
+            url.clone(),
+            RtspTransport::Tcp,
+            window,
+        )?);
+        latency.push(probe(
+            "rtsp-udp",
+            low_latency,
+            url,
+            RtspTransport::Udp,
+            window,
+        )?);
+        // This process is the SRT server the push connects to.
+        let listener = format!("srt://127.0.0.1:{srt}?mode=listener");
+        latency.push(probe(
+            "srt-push",
+            low_latency,
+            listener,
+            RtspTransport::Tcp,
+            window,
+        )?);
+    }
+    // The CPU figures: the default encoder (frame threads), as recordings use it.
+    let (agent, (_, rtsp, _), _dir) = start_agent(clip, false)?;
+    let pid = agent.0.id();
+    let counts = [0usize, 1, 4];
+    let mut pcts: Vec<Vec<f64>> = vec![Vec::new(); counts.len()];
+    for _ in 0..rounds {
+        for (i, &n) in counts.iter().enumerate() {
+            let running = clients(rtsp, n)?;
+            // Clients connect and settle before the window.
+            std::thread::sleep(Duration::from_secs(2));
+            let (c0, w0) = (cpu_seconds(pid)?, Instant::now());
+            std::thread::sleep(window);
+            let cpu = (cpu_seconds(pid)? - c0) / w0.elapsed().as_secs_f64() * 100.0;
+            pcts[i].push(cpu);
+            drop(running);
+        }
+    }
+    let cpu = counts
+        .iter()
+        .enumerate()
+        .map(|(i, &n)| {
+            let mut ratios: Vec<f64> = pcts[i].iter().zip(&pcts[0]).map(|(c, b)| c / b).collect();
+            ClientCpu {
+                clients: n,
+                cpu_pct: pcts[i].iter().sum::<f64>() / pcts[i].len().max(1) as f64,
+                ratio: [
+                    pct(&mut ratios, 0.0),
+                    pct(&mut ratios, 0.5),
+                    pct(&mut ratios, 1.0),
+                ],
+            }
+        })
+        .collect();
+    drop(agent);
+    Ok(OutputsBench {
+        latency,
+        cpu,
+        window_s: window.as_secs_f64(),
+    })
+}
+
+/// Prints the tables.
+pub fn print(r: &OutputsBench) {
+    println!("glass to glass (clock drawn into the frame → picture decoded by the client), ms:");
+    println!(
+        "  {:<10} {:<12} {:>7} {:>11} {:>7} {:>7} {:>7}",
+        "protocol", "encoder", "frames", "unreadable", "p50", "p95", "max"
+    );
+    for l in &r.latency {
+        println!(
+            "  {:<10} {:<12} {:>7} {:>11} {:>7.0} {:>7.0} {:>7.0}",
+            l.protocol,
+            if l.low_latency {
+                "low_latency"
+            } else {
+                "default"
+            },
+            l.frames,
+            l.unreadable,
+            l.p50_ms,
+            l.p95_ms,
+            l.max_ms
+        );
+    }
+    println!(
+        "agent CPU with RTSP clients ({} s windows, ratio vs none in the same round):",
+        r.window_s
+    );
+    for c in &r.cpu {
+        println!(
+            "  {} clients: {:.1} % of a core, ratio {:.2} (min {:.2}, max {:.2})",
+            c.clients, c.cpu_pct, c.ratio[1], c.ratio[0], c.ratio[2]
+        );
+    }
+}
