@@ -129,23 +129,115 @@ impl Drop for PacketSubscription {
     }
 }
 
-/// One output's place in the fan-out.
-struct Output {
+/// One consumer's place in the fan-out: a viewer (`M` = [`LiveMsg`]) or an output
+/// ([`OutMsg`]).
+struct Member<M> {
     id: u64,
-    tx: mpsc::Sender<OutMsg>,
+    tx: mpsc::Sender<M>,
+    /// Has the stream's start and gets every message; false: waits for a keyframe.
     synced: bool,
+    /// Was synced once: what it misses while waiting again is counted as dropped.
     started: bool,
     dropped: Arc<AtomicU64>,
 }
 
-struct Viewer {
-    id: u64,
-    tx: mpsc::Sender<LiveMsg>,
-    /// Has the init segment and gets every fragment; false: waits for a keyframe.
-    synced: bool,
-    /// Was synced once: fragments it misses while waiting again are counted as dropped.
-    started: bool,
-    dropped: Arc<AtomicU64>,
+type Viewer = Member<LiveMsg>;
+type Output = Member<OutMsg>;
+
+/// What one delivery to the members did.
+#[derive(Default)]
+struct Delivered {
+    /// Members that got the message.
+    sent: u64,
+    /// Messages members missed.
+    dropped: u64,
+    /// A member fell behind: a keyframe is wanted.
+    resync: bool,
+    /// A member left (its queue closed).
+    closed: bool,
+}
+
+/// Hands one packet's message to every member: a member waiting for a keyframe gets
+/// `start()` first when `key`, or misses it; a full queue drops it (counted) and makes the
+/// member wait for a keyframe again; a closed queue removes the member. Never blocks.
+fn deliver<M>(
+    members: &mut Vec<Member<M>>,
+    key: bool,
+    start: impl Fn() -> M,
+    msg: impl Fn() -> M,
+) -> Delivered {
+    let mut d = Delivered::default();
+    let drop_one = |m: &Member<M>, d: &mut Delivered| {
+        m.dropped.fetch_add(1, Ordering::Relaxed);
+        d.dropped += 1;
+    };
+    members.retain_mut(|m| {
+        if !m.synced {
+            if !key {
+                if m.started {
+                    drop_one(m, &mut d);
+                }
+                return true;
+            }
+            match m.tx.try_send(start()) {
+                Ok(()) => {
+                    m.synced = true;
+                    m.started = true;
+                }
+                Err(mpsc::error::TrySendError::Closed(_)) => {
+                    d.closed = true;
+                    return false;
+                }
+                Err(mpsc::error::TrySendError::Full(_)) => {
+                    if m.started {
+                        drop_one(m, &mut d);
+                    }
+                    return true;
+                }
+            }
+        }
+        match m.tx.try_send(msg()) {
+            Ok(()) => {
+                d.sent += 1;
+                true
+            }
+            Err(mpsc::error::TrySendError::Closed(_)) => {
+                d.closed = true;
+                false
+            }
+            Err(mpsc::error::TrySendError::Full(_)) => {
+                // Behind: skip to the next keyframe rather than send a broken picture.
+                drop_one(m, &mut d);
+                m.synced = false;
+                d.resync = true;
+                true
+            }
+        }
+    });
+    d
+}
+
+/// A new member with a queue of `capacity`: the member, its queue's end and its drop count.
+fn member<M>(id: u64, capacity: usize) -> (Member<M>, mpsc::Receiver<M>, Arc<AtomicU64>) {
+    let (tx, rx) = mpsc::channel(capacity.max(2));
+    let dropped = Arc::new(AtomicU64::new(0));
+    let m = Member {
+        id,
+        tx,
+        synced: false,
+        started: false,
+        dropped: dropped.clone(),
+    };
+    (m, rx, dropped)
+}
+
+/// Adds one to `n` (`on`) or takes one off, never below zero.
+fn count(n: &AtomicUsize, on: bool) {
+    if on {
+        n.fetch_add(1, Ordering::AcqRel);
+    } else {
+        let _ = n.fetch_update(Ordering::AcqRel, Ordering::Acquire, |v| v.checked_sub(1));
+    }
 }
 
 #[derive(Default)]
@@ -253,13 +345,7 @@ impl LiveSlot {
 
     /// A pipeline starts (`true`) or stops (`false`) serving the stream on the RTSP server.
     pub fn set_restream(&self, on: bool) {
-        if on {
-            self.restream.fetch_add(1, Ordering::AcqRel);
-        } else {
-            let _ = self
-                .restream
-                .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| n.checked_sub(1));
-        }
+        count(&self.restream, on);
     }
 
     /// Outputs now.
@@ -278,17 +364,10 @@ impl LiveSlot {
     /// Joins as an output taking raw packets through a queue of `capacity` messages; a
     /// keyframe is asked for at once.
     pub fn subscribe_packets(self: &Arc<Self>, capacity: usize) -> PacketSubscription {
-        let (tx, rx) = mpsc::channel(capacity.max(2));
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
-        let dropped = Arc::new(AtomicU64::new(0));
+        let (output, rx, dropped) = member(id, capacity);
         let mut inner = lock(&self.inner);
-        inner.outputs.push(Output {
-            id,
-            tx,
-            synced: false,
-            started: false,
-            dropped: dropped.clone(),
-        });
+        inner.outputs.push(output);
         self.recount(&inner);
         self.request_key(&mut inner, true);
         PacketSubscription {
@@ -302,27 +381,14 @@ impl LiveSlot {
     /// A sink thread starts (`true`) or stops (`false`) feeding the stream (a workflow may
     /// remove it).
     pub fn set_running(&self, running: bool) {
-        if running {
-            self.running.fetch_add(1, Ordering::AcqRel);
-        } else {
-            let _ = self
-                .running
-                .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| n.checked_sub(1));
-        }
+        count(&self.running, running);
     }
 
     fn join(self: &Arc<Self>) -> Subscription {
-        let (tx, rx) = mpsc::channel(VIEWER_QUEUE);
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
-        let dropped = Arc::new(AtomicU64::new(0));
+        let (viewer, rx, dropped) = member(id, VIEWER_QUEUE);
         let mut inner = lock(&self.inner);
-        inner.viewers.push(Viewer {
-            id,
-            tx,
-            synced: false,
-            started: false,
-            dropped: dropped.clone(),
-        });
+        inner.viewers.push(viewer);
         self.recount(&inner);
         // A new viewer starts at a keyframe: ask for one now rather than wait a GOP.
         self.request_key(&mut inner, true);
@@ -450,49 +516,15 @@ impl PacketTap for LiveSlot {
                 return;
             }
         };
-        let mut sent = 0u64;
-        let mut resync = false;
-        let drop_one = |v: &mut Viewer| {
-            v.dropped.fetch_add(1, Ordering::Relaxed);
-            self.counters.dropped.inc();
-        };
-        inner.viewers.retain_mut(|v| {
-            if !v.synced {
-                if !p.key {
-                    if v.started {
-                        drop_one(v);
-                    }
-                    return true;
-                }
-                match v.tx.try_send(LiveMsg::Init(init.clone())) {
-                    Ok(()) => {
-                        v.synced = true;
-                        v.started = true;
-                    }
-                    Err(mpsc::error::TrySendError::Closed(_)) => return false,
-                    Err(mpsc::error::TrySendError::Full(_)) => {
-                        if v.started {
-                            drop_one(v);
-                        }
-                        return true;
-                    }
-                }
-            }
-            match v.tx.try_send(LiveMsg::Video(fragment.clone())) {
-                Ok(()) => {
-                    sent += fragment.len() as u64;
-                    true
-                }
-                Err(mpsc::error::TrySendError::Closed(_)) => false,
-                Err(mpsc::error::TrySendError::Full(_)) => {
-                    // Behind: skip to the next keyframe rather than show a broken picture.
-                    drop_one(v);
-                    v.synced = false;
-                    resync = true;
-                    true
-                }
-            }
-        });
+        let d = deliver(
+            &mut inner.viewers,
+            p.key,
+            || LiveMsg::Init(init.clone()),
+            || LiveMsg::Video(fragment.clone()),
+        );
+        self.counters.dropped.inc_by(d.dropped);
+        let sent = d.sent * fragment.len() as u64;
+        let resync = d.resync;
         self.counters.bytes.inc_by(sent);
         self.recount(&inner);
         if resync {
@@ -511,46 +543,13 @@ impl LiveSlot {
             return;
         }
         let packet = OwnedPacket::from(p);
-        let mut resync = false;
-        let mut closed = false;
-        inner.outputs.retain_mut(|o| {
-            if !o.synced {
-                if !p.key {
-                    if o.started {
-                        o.dropped.fetch_add(1, Ordering::Relaxed);
-                    }
-                    return true;
-                }
-                match o.tx.try_send(OutMsg::Start(start.clone())) {
-                    Ok(()) => {
-                        o.synced = true;
-                        o.started = true;
-                    }
-                    Err(mpsc::error::TrySendError::Closed(_)) => {
-                        closed = true;
-                        return false;
-                    }
-                    Err(mpsc::error::TrySendError::Full(_)) => {
-                        o.dropped.fetch_add(u64::from(o.started), Ordering::Relaxed);
-                        return true;
-                    }
-                }
-            }
-            match o.tx.try_send(OutMsg::Packet(packet.clone())) {
-                Ok(()) => true,
-                Err(mpsc::error::TrySendError::Closed(_)) => {
-                    closed = true;
-                    false
-                }
-                Err(mpsc::error::TrySendError::Full(_)) => {
-                    // Behind: skip to the next keyframe rather than send a broken picture.
-                    o.dropped.fetch_add(1, Ordering::Relaxed);
-                    o.synced = false;
-                    resync = true;
-                    true
-                }
-            }
-        });
+        let d = deliver(
+            &mut inner.outputs,
+            p.key,
+            || OutMsg::Start(start.clone()),
+            || OutMsg::Packet(packet.clone()),
+        );
+        let (resync, closed) = (d.resync, d.closed);
         if closed {
             self.recount(inner);
         }

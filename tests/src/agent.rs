@@ -76,3 +76,55 @@ impl Drop for RunningAgent {
         let _ = self.child.wait();
     }
 }
+
+/// What a [`recorder_config`] adds to its skeleton.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct ConfigExtra<'a> {
+    /// Items appended to `pipeline.sinks` (each line indented four spaces, `- …`).
+    pub sinks: &'a str,
+    /// Keys under `pipeline:` after the sinks (indented two spaces).
+    pub pipeline: &'a str,
+    /// Keys at the root.
+    pub root: &'a str,
+}
+
+/// Writes `dir/aegis.yaml`: device `id`, one source `cam0` looping `clip`, the timestamp
+/// overlay, a recorder into `dir/rec` (`segment_seconds`, GOP 15, one encoder thread), the
+/// store in `dir`, the web server on loopback `port`, and `extra`.
+pub fn recorder_config(
+    dir: &Path,
+    id: &str,
+    clip: &Path,
+    port: u16,
+    segment_seconds: u32,
+    extra: ConfigExtra<'_>,
+) -> PathBuf {
+    let cfg = dir.join("aegis.yaml");
+    let text = format!(
+        r#"
+device: {{ id: {id} }}
+pipeline:
+  sources:
+    - {{ id: cam0, url: "file://{clip}", loop: true }}
+  stages: [{{ kind: timestamp_overlay }}]
+  sinks:
+    - kind: record
+      dir: {rec}
+      segment_seconds: {segment_seconds}
+      encoder: {{ gop_frames: 15, threads: 1 }}
+{sinks}
+{pipeline}
+store: {{ path: {db} }}
+web: {{ listen: "127.0.0.1:{port}" }}
+{root}
+"#,
+        clip = clip.display(),
+        rec = dir.join("rec").display(),
+        db = dir.join("aegis.db").display(),
+        sinks = extra.sinks,
+        pipeline = extra.pipeline,
+        root = extra.root,
+    );
+    std::fs::write(&cfg, text).expect("write aegis.yaml");
+    cfg
+}

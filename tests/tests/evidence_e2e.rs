@@ -48,39 +48,23 @@ fn setup(dir: &Path, post_roll: f64, extra: &str) -> (PathBuf, u16) {
     let keys = dir.join("keys");
     aegis_ok(dir, &["provision", "--dir", keys.to_str().unwrap()]);
     let port = aegis_tests::files::free_port();
-    let cfg = dir.join("aegis.yaml");
-    std::fs::write(
-        &cfg,
-        format!(
-            r#"
-device: {{ id: evidence-e2e }}
-pipeline:
-  sources:
-    - {{ id: cam0, url: "file://{clip}", loop: true }}
-  stages: [{{ kind: timestamp_overlay }}]
-  sinks:
-    - kind: record
-      dir: {rec}
-      segment_seconds: 60
-      encoder: {{ gop_frames: 15, threads: 1 }}
-  evidence:
-    dir: {ev}
-    pre_roll_seconds: 1
-    post_roll_seconds: {post_roll}
-    keep: [{{ on: manual, retention_days: 7 }}]
-workflows: {{ keys_dir: {keys} }}
-store: {{ path: {db} }}
-web: {{ listen: "127.0.0.1:{port}" }}
-{extra}
-"#,
-            clip = clip.display(),
-            rec = dir.join("rec").display(),
-            ev = dir.join("evidence").display(),
-            keys = keys.display(),
-            db = dir.join("aegis.db").display(),
-        ),
-    )
-    .unwrap();
+    let pipeline = format!(
+        "  evidence:\n    dir: {ev}\n    pre_roll_seconds: 1\n    post_roll_seconds: {post_roll}\n    keep: [{{ on: manual, retention_days: 7 }}]",
+        ev = dir.join("evidence").display()
+    );
+    let root = format!("workflows: {{ keys_dir: {} }}\n{extra}", keys.display());
+    let cfg = aegis_tests::agent::recorder_config(
+        dir,
+        "evidence-e2e",
+        &clip,
+        port,
+        60,
+        aegis_tests::agent::ConfigExtra {
+            sinks: "",
+            pipeline: &pipeline,
+            root: &root,
+        },
+    );
     let mut add = Command::new(aegis_bin())
         .args(["user", "add", "tess", "--role", "technician", "--config"])
         .arg(&cfg)

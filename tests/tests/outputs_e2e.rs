@@ -13,7 +13,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use aegis_tests::agent::RunningAgent;
+use aegis_tests::agent::{ConfigExtra, RunningAgent, recorder_config};
 use aegis_tests::files::free_port;
 use aegis_tests::*;
 use md5::{Digest as _, Md5};
@@ -23,33 +23,12 @@ const STREAM_KEY: &str = "sk-7f3a9c20e1";
 const PASSPHRASE: &str = "srt-passphrase-5d8e";
 
 fn config(dir: &Path, port: u16, clip: &Path, sinks: &str, outputs: &str) -> PathBuf {
-    let cfg = dir.join("aegis.yaml");
-    std::fs::write(
-        &cfg,
-        format!(
-            r#"
-device: {{ id: outputs-e2e }}
-pipeline:
-  sources:
-    - {{ id: cam0, url: "file://{clip}", loop: true }}
-  stages: [{{ kind: timestamp_overlay }}]
-  sinks:
-    - kind: record
-      dir: {rec}
-      segment_seconds: 120
-      encoder: {{ gop_frames: 15, threads: 1 }}
-{sinks}
-{outputs}
-store: {{ path: {db} }}
-web: {{ listen: "127.0.0.1:{port}" }}
-"#,
-            clip = clip.display(),
-            rec = dir.join("rec").display(),
-            db = dir.join("aegis.db").display(),
-        ),
-    )
-    .unwrap();
-    cfg
+    let extra = ConfigExtra {
+        sinks,
+        pipeline: "",
+        root: outputs,
+    };
+    recorder_config(dir, "outputs-e2e", clip, port, 120, extra)
 }
 
 /// The MD5 of every picture ffmpeg decodes from `input` (a file or URL), in order.
