@@ -508,7 +508,16 @@ impl Browser {
         }
     }
 
-    async fn timeout(&self, what: String, t0: Instant) -> BrowserError {
+    async fn timeout(&self, mut what: String, t0: Instant) -> BrowserError {
+        // A wait's script may leave what it saw last in `window.__waitState`.
+        if let Ok(state) = self
+            .client
+            .execute("return window.__waitState || null", Vec::new())
+            .await
+            && !state.is_null()
+        {
+            what.push_str(&format!(" (last seen: {state})"));
+        }
         let screenshot = self
             .screenshot(&format!("timeout-{}", file_safe(&what)))
             .await

@@ -316,7 +316,10 @@ async fn walk(agent: &WebAgent, viewport: Viewport) -> Result<(), BrowserError> 
     b.wait_js(
         "the clip playing in the browser",
         "const v = document.querySelector('video'); \
+         if (v && v.error) { window.__waitState = 'media error ' + v.error.code; v.load(); } \
          if (v && v.paused) { v.muted = true; v.play().catch(() => {}); } \
+         if (v) window.__waitState = JSON.stringify({ready: v.readyState, width: v.videoWidth, \
+           duration: v.duration, paused: v.paused, network: v.networkState}); \
          return !!v && v.readyState >= 2 && v.videoWidth === 320 && v.duration >= 2;",
         Duration::from_secs(30),
     )

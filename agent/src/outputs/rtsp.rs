@@ -423,7 +423,11 @@ struct Connection {
     sub: Option<PacketSubscription>,
     start: Option<Arc<StreamStart>>,
     session: Option<Session>,
+    /// What goes to the client next: RTSP responses and interleaved frames, or (UDP) one
+    /// access unit's datagrams end to end.
     out: Vec<u8>,
+    /// Where each datagram in `out` ends (UDP).
+    datagrams: Vec<usize>,
 }
 
 /// What a handled request asks of the connection.
@@ -447,6 +451,7 @@ impl Connection {
             start: None,
             session: None,
             out: Vec::with_capacity(64 * 1024),
+            datagrams: Vec::with_capacity(64),
         }
     }
 
@@ -972,16 +977,23 @@ impl Connection {
                 });
             }
             Transport::Udp { rtp, .. } => {
-                let mut pkts = Vec::new();
-                s.packetizer
-                    .packetize(&p.data, p.pts, params, |pkt| pkts.push(pkt.to_vec()));
-                for pkt in pkts {
+                // The access unit's datagrams, end to end in one reused buffer.
+                let (buf, ends) = (&mut self.out, &mut self.datagrams);
+                ends.clear();
+                s.packetizer.packetize(&p.data, p.pts, params, |pkt| {
+                    buf.extend_from_slice(pkt);
+                    ends.push(buf.len());
+                });
+                let mut at = 0;
+                for &end in ends.iter() {
                     // A send that fails (ICMP unreachable: the player went away) is not
                     // retried; the session times out.
-                    if rtp.send(&pkt).await.is_ok() {
-                        sent += pkt.len() as u64;
+                    if rtp.send(&buf[at..end]).await.is_ok() {
+                        sent += (end - at) as u64;
                     }
+                    at = end;
                 }
+                buf.clear();
             }
         }
         s.bytes.inc_by(sent);
