@@ -46,6 +46,9 @@ impl Target {
     fn new(cfg: &PushSink) -> anyhow::Result<Target> {
         let parsed = NetUrl::parse(&cfg.url).map_err(|e| anyhow::anyhow!("push url: {e}"))?;
         let shown = parsed.redacted();
+        // libavformat opens the canonical spelling of what the checks parsed (as the live
+        // sources do), not the text as written.
+        let canonical = parsed.to_libav(None, None);
         let (url, protocol, options) = match parsed.scheme {
             NetScheme::Srt => {
                 let options = cfg
@@ -53,12 +56,12 @@ impl Target {
                     .iter()
                     .map(|p| ("passphrase", p.expose().to_owned()))
                     .collect();
-                (cfg.url.clone(), PushProtocol::Srt, options)
+                (canonical, PushProtocol::Srt, options)
             }
             s if s.is_rtmp() => {
                 let url = match &cfg.stream_key {
-                    Some(k) => format!("{}/{}", cfg.url.trim_end_matches('/'), k.expose()),
-                    None => cfg.url.clone(),
+                    Some(k) => format!("{}/{}", canonical.trim_end_matches('/'), k.expose()),
+                    None => canonical,
                 };
                 (url, PushProtocol::Rtmp, Vec::new())
             }
