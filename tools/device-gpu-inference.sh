@@ -47,11 +47,28 @@ cp "$cfg" cuda-gpu-models.yaml
 check equivalence env AEGIS_ORT_GPU_LIBRARY="$PWD/ort-gpu/libonnxruntime.so.1.31.1" \
   AEGIS_MODELS_DIR=.models AEGIS_SAMPLES_DIR=.samples ./cuda-stages-test \
   gpu_engine_matches_the_cpu_engine --include-ignored --nocapture
-for c in cpu cuda-cpu-models cuda-gpu-models; do
-  check "stages-$c" ./aegis bench stages --config "$c.yaml" --clip .samples/bench-1080p.mp4 \
+# A bench that stalls is stopped (and its threads' stacks dumped) rather than eating the call.
+limit="${LIMIT_S:-240}"
+stacks() {
+  sleep $((limit - 10))
+  for p in $(pgrep -f "aegis bench"); do
+    echo "== stacks of $p"
+    if command -v gdb >/dev/null; then
+      gdb -p "$p" -batch -ex "thread apply all bt 12" 2>/dev/null | grep -E "^#|^Thread" | head -200
+    else
+      for t in /proc/"$p"/task/*; do echo "$t $(cat "$t/comm") $(cat "$t/wchan")"; done
+    fi
+  done > "$out/stacks-$1.txt" 2>&1
+}
+for c in ${STAGES_CONFIGS:-cuda-gpu-models cuda-cpu-models cpu}; do
+  stacks "$c" & watcher=$!
+  check "stages-$c" timeout -s INT "$limit" ./aegis bench stages --config "$c.yaml" --clip .samples/bench-1080p.mp4 \
     --frames "${FRAMES_STAGES:-60}" --rounds 3 --json "$out/stages-$c.json"
+  kill "$watcher" 2>/dev/null || true
 done
-check backends-all-stages ./aegis bench backends --config cuda-gpu-models.yaml \
+stacks backends & watcher=$!
+check backends-all-stages timeout -s INT "$limit" ./aegis bench backends --config cuda-gpu-models.yaml \
   --clip .samples/bench-1080p.mp4 --frames "${FRAMES:-150}" --streams "${STREAMS:-1,4,8}" \
   --json "$out/backends-gpu-models.json"
+kill "$watcher" 2>/dev/null || true
 check_summary

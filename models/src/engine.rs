@@ -327,7 +327,12 @@ fn ep_dispatch(
     match p {
         Provider::Cpu => None,
         Provider::Cuda { device } => {
-            let mut cuda = ort::ep::CUDA::default().with_device_id(*device);
+            // Full FP32 (no TF32 in convolutions and matmuls, which the provider would
+            // otherwise allow on Ampere and later): the GPU's masks and scores match the CPU
+            // engine's to the equivalence test's bounds.
+            let mut cuda = ort::ep::CUDA::default()
+                .with_device_id(*device)
+                .with_tf32(false);
             if let Some(s) = stream {
                 // SAFETY: the stream belongs to the session's `GpuIo`, which lives as long as
                 // the session (both are fields of one `OrtSession`).

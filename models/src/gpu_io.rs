@@ -240,11 +240,21 @@ impl GpuIo {
                 ));
             }
         }
-        if out_dims[1..].iter().any(|&d| d < 0) {
-            return Err(format!(
-                "output shape {:?} is not static: device outputs need it known",
-                self.output_dims
-            ));
+        // One dimension the model leaves open (YOLOv8's anchors: [-1, 4 + classes, -1]) is
+        // what the caller's buffer holds over the known ones: the warm-up run on the host
+        // measured it and the stages size their buffers from that.
+        let open: Vec<usize> = (1..out_dims.len()).filter(|&k| out_dims[k] < 0).collect();
+        let known: i64 = out_dims[1..].iter().filter(|&&d| d >= 0).product();
+        let len = items[0].output_len as i64;
+        match open.as_slice() {
+            [] => {}
+            [k] if known > 0 && len > 0 && len % known == 0 => out_dims[*k] = len / known,
+            _ => {
+                return Err(format!(
+                    "output shape {:?} cannot be resolved for an output buffer of {len} floats",
+                    self.output_dims
+                ));
+            }
         }
         let item_out = out_dims[1..].iter().product::<i64>() as usize;
         if let Some(bad) = items.iter().find(|i| i.output_len != item_out) {

@@ -77,15 +77,22 @@ fn decode_frames(clip: &Path, n: usize, gpu: Option<&Arc<Gpu>>) -> anyhow::Resul
         stream: StreamId::new("bench"),
         looping: true,
         realtime: false,
-        max_frames: Some(n as u64),
-        pool_frames: n + 2,
+        max_frames: None,
+        // Held all at once: NVDEC feeds only while half its pool is free, and its end of
+        // stream waits for every surface back, so the pool is twice the frames and the
+        // source is dropped, not drained, after the n-th.
+        pool_frames: 2 * n + 8,
         decoder_threads: 0,
         gpu: gpu.cloned(),
     })?;
     let mut frames = Vec::with_capacity(n);
-    while let Some(f) = src.next_frame()? {
-        frames.push(f);
+    while frames.len() < n {
+        match src.next_frame()? {
+            Some(f) => frames.push(f),
+            None => break,
+        }
     }
+    drop(src);
     anyhow::ensure!(!frames.is_empty(), "{} has no frames", clip.display());
     Ok(frames)
 }
@@ -104,6 +111,7 @@ fn time_stages(
     let mut out = Vec::new();
     for s in &cfg.pipeline.stages {
         let Some(model) = model_of(s) else { continue };
+        eprintln!("bench stages: timing {} ({model})", s.kind());
         // Moderation and detection are timed per analysis: the detector on every frame.
         let mut s = s.clone();
         match &mut s {
@@ -282,15 +290,20 @@ pub fn run(
     // paths (and the models' device binding when their provider is a GPU one).
     let backend = select_backend(cfg)?;
     let gpu = backend.gpu.as_ref();
+    // Progress on standard error: a phase that stalls on a GPU machine is named.
+    let phase = |what: &str| eprintln!("bench stages: {what}");
     let mut decoded = decode_frames(clip, frames, gpu)?;
+    phase(&format!("{} frames decoded", decoded.len()));
     let (width, height) = (decoded[0].layout.width, decoded[0].layout.height);
     let stages = time_stages(cfg, &inference, &mut decoded, rounds)?;
+    phase("stages timed");
     let mut models: Vec<&str> = cfg.pipeline.stages.iter().filter_map(model_of).collect();
     models.sort_unstable();
     models.dedup();
     let mut throughput = Vec::new();
     for m in models {
         for clients in [1, 2, 8] {
+            phase(&format!("{m} at {clients} streams"));
             throughput.push(model_throughput(
                 &inference,
                 m,
@@ -325,6 +338,7 @@ pub fn run(
     p2.sources.push(source("b"));
     let mut base = p1.clone();
     base.stages.retain(|s| model_of(s).is_none());
+    phase("pipelines");
     let baseline_fps_1 = pipeline_fps(&base, None, &backend)?;
     let pipeline_fps_1 = pipeline_fps(&p1, Some(inference.clone()), &backend)?;
     let pipeline_fps_2 = pipeline_fps(&p2, Some(inference.clone()), &backend)?;
