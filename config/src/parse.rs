@@ -47,7 +47,7 @@ const PIPELINE_KEYS: &[&str] = &[
     "rules",
     "evidence",
 ];
-const SINK_KINDS: &[&str] = &["record", "discard", "restream", "push"];
+const SINK_KINDS: &[&str] = &["record", "discard", "restream", "push", "hls"];
 
 /// Parses text to a YAML value, enforcing size, anchor and depth rules.
 ///
@@ -421,6 +421,7 @@ fn build_sink(value: Value, path: &str, problems: &mut Vec<Problem>) -> Option<S
             "discard" => recover(rest, path, problems).map(SinkConfig::Discard),
             "restream" => recover(rest, path, problems).map(SinkConfig::Restream),
             "push" => recover(rest, path, problems).map(SinkConfig::Push),
+            "hls" => recover(rest, path, problems).map(SinkConfig::Hls),
             _ => return None,
         };
         if let Some(sink) = &built {

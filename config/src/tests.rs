@@ -67,7 +67,7 @@ fn full_example_parses_and_sets_every_section() {
     assert_eq!(config.device.groups, ["lobby", "building-a"]);
     assert!(config.pipeline.sources[0].loop_);
     assert_eq!(config.pipeline.sources[0].max_frames, Some(100_000));
-    assert_eq!(config.pipeline.sinks.len(), 5);
+    assert_eq!(config.pipeline.sinks.len(), 6);
     assert_eq!(config.outputs.rtsp.as_ref().map(|r| r.users.len()), Some(1));
     assert!(config.sensors.gps.is_some());
     assert!(config.sensors.imu.is_some());
@@ -1135,6 +1135,7 @@ fn streaming_outputs_are_checked() {
     let good = format!(
         "{}  sinks:
     - {{kind: restream, streams: [cam0]}}
+    - {{kind: hls}}
     - {{kind: push, stream: cam0, url: \"rtmp://ingest.example.com/live\", stream_key: abc123}}
     - {{kind: push, stream: cam0, url: \"srt://10.0.0.9:9000\", passphrase: \"0123456789ab\"}}
 outputs:
@@ -1145,6 +1146,10 @@ outputs:
     let cfg = ok(&good);
     let rtsp = cfg.outputs.rtsp.as_ref().unwrap();
     assert!(rtsp.udp && rtsp.max_clients == 16);
+    assert_eq!(
+        cfg.pipeline.sinks[1],
+        crate::SinkConfig::Hls(crate::HlsSink::default())
+    );
     // Secrets print as ***, the RTMP key included in no form.
     let shown = format!("{cfg:?}");
     assert!(
@@ -1163,6 +1168,8 @@ outputs:
     - {{kind: push, stream: cam0, url: \"srt://h:9000?passphrase=0123456789\", stream_key: k}}
     - {{kind: push, stream: cam0, url: \"srt://h:9000\", passphrase: short, backoff_max_s: 0}}
     - {{kind: push, stream: nope, url: \"rtmp://h/live\", stream_key: \"a/b\"}}
+    - {{kind: hls, streams: [cam7], segment_s: 11, part_ms: 50, segments: 2}}
+    - {{kind: hls, segment_s: 1, part_ms: 1000}}
 outputs:
   rtsp: {{listen: \"8554\", max_clients: 0, users: [{{name: \"a:b\", password: short}}, {{name: \"a:b\", password: \"long enough\"}}]}}
 ",
@@ -1181,6 +1188,12 @@ outputs:
         "pipeline.sinks[5].backoff_max_s",
         "pipeline.sinks[6].stream",
         "pipeline.sinks[6].stream_key",
+        "pipeline.sinks[7].streams[0]",
+        "pipeline.sinks[7].segment_s",
+        "pipeline.sinks[7].part_ms",
+        "pipeline.sinks[7].segments",
+        "pipeline.sinks[8]",
+        "pipeline.sinks[8].part_ms",
         "outputs.rtsp.listen",
         "outputs.rtsp.max_clients",
         "outputs.rtsp.users[0].name",

@@ -14,8 +14,8 @@ use std::path::PathBuf;
 use crate::error::Problem;
 use crate::model::{
     BITRATE_KBPS_RANGE, BackendConfig, BackendKind, Comparison, Condition, DeviceConfig,
-    EncoderConfig, EvidenceConfig, EvidenceTrigger, FleetConfig, GOP_FRAMES_RANGE, InferenceConfig,
-    KEEPALIVE_S_RANGE, LogConfig, MAX_CLIP_RANGE, MAX_ENCODER_THREADS, MAX_ID_LEN,
+    EncoderConfig, EvidenceConfig, EvidenceTrigger, FleetConfig, GOP_FRAMES_RANGE, HlsSink,
+    InferenceConfig, KEEPALIVE_S_RANGE, LogConfig, MAX_CLIP_RANGE, MAX_ENCODER_THREADS, MAX_ID_LEN,
     MIN_DISK_BUDGET_MB, ModelKindConfig, OutputsConfig, POOL_FRAMES_RANGE, POST_ROLL_RANGE,
     PRE_ROLL_RANGE, PRESETS, PipelineConfig, PushSink, QUEUE_DEPTH_RANGE, RETENTION_DAYS_RANGE,
     RuleConfig, SEGMENT_SECONDS_RANGE, SensorsConfig, SinkConfig, SourceConfig, SourceLocation,
@@ -666,6 +666,7 @@ pub(crate) fn check_sink(sink: &SinkConfig, prefix: &str, out: &mut Vec<Problem>
             }
         }
         SinkConfig::Push(p) => check_push(p, prefix, out),
+        SinkConfig::Hls(h) => check_hls(h, prefix, out),
         SinkConfig::Record(record) => {
             check_not_empty(out, join_key(prefix, "dir"), &record.dir.to_string_lossy());
             let segment = join_key(prefix, "segment_seconds");
@@ -760,8 +761,36 @@ fn check_push(p: &PushSink, prefix: &str, out: &mut Vec<Problem>) {
     }
 }
 
-/// The streams the restream and push sinks name are sources of the pipeline; one restream
-/// sink at most.
+/// HLS segment length, seconds.
+const HLS_SEGMENT_S: RangeInclusive<u32> = 1..=10;
+/// HLS part length, ms (when parts are on).
+const HLS_PART_MS: RangeInclusive<u32> = 100..=1000;
+/// Segments an HLS playlist keeps.
+const HLS_SEGMENTS: RangeInclusive<u32> = 3..=30;
+
+fn check_hls(h: &HlsSink, prefix: &str, out: &mut Vec<Problem>) {
+    let key = |k: &str| join_key(prefix, k);
+    for (i, id) in h.streams.iter().enumerate() {
+        check_id(out, format!("{}[{i}]", key("streams")), id);
+    }
+    check_range(out, key("segment_s"), h.segment_s, &HLS_SEGMENT_S);
+    check_range(out, key("segments"), h.segments, &HLS_SEGMENTS);
+    if h.part_ms != 0 {
+        check_range(out, key("part_ms"), h.part_ms, &HLS_PART_MS);
+        if u64::from(h.part_ms) >= u64::from(h.segment_s) * 1000 {
+            out.push(Problem::new(
+                key("part_ms"),
+                format!(
+                    "a part ({} ms) must be shorter than a segment ({} s)",
+                    h.part_ms, h.segment_s
+                ),
+            ));
+        }
+    }
+}
+
+/// The streams the restream, HLS and push sinks name are sources of the pipeline; one
+/// restream and one HLS sink at most.
 pub(crate) fn check_output_streams(
     sources: &[Option<SourceConfig>],
     sinks: &[Option<SinkConfig>],
@@ -780,24 +809,27 @@ pub(crate) fn check_output_streams(
             ));
         }
     };
-    let mut restreams = 0;
+    let (mut restreams, mut hls) = (0, 0);
     for (i, sink) in sinks.iter().enumerate() {
         let path = format!("{}[{i}]", join_key(prefix, "sinks"));
-        match sink {
-            Some(SinkConfig::Restream(r)) => {
-                restreams += 1;
-                if restreams > 1 {
-                    out.push(Problem::new(
-                        path.clone(),
-                        "a second restream sink: list every stream in one",
-                    ));
-                }
-                for (k, id) in r.streams.iter().enumerate() {
-                    known(id, format!("{path}.streams[{k}]"), out);
-                }
+        let (count, kind, streams) = match sink {
+            Some(SinkConfig::Restream(r)) => (&mut restreams, "restream", &r.streams),
+            Some(SinkConfig::Hls(h)) => (&mut hls, "hls", &h.streams),
+            Some(SinkConfig::Push(p)) => {
+                known(&p.stream, format!("{path}.stream"), out);
+                continue;
             }
-            Some(SinkConfig::Push(p)) => known(&p.stream, format!("{path}.stream"), out),
-            _ => {}
+            _ => continue,
+        };
+        *count += 1;
+        if *count > 1 {
+            out.push(Problem::new(
+                path.clone(),
+                format!("a second {kind} sink: list every stream in one"),
+            ));
+        }
+        for (k, id) in streams.iter().enumerate() {
+            known(id, format!("{path}.streams[{k}]"), out);
         }
     }
 }

@@ -742,6 +742,37 @@ pub fn http_exchange(
     Ok((status, head, body))
 }
 
+/// Logs in to the web page on loopback `port` (`POST /login`): the session cookie
+/// (`aegis_session=…`) to send with later requests.
+pub fn login_cookie(port: u16, user: &str, password: &str) -> String {
+    let enc = |s: &str| -> String {
+        s.bytes()
+            .map(|b| match b {
+                b'a'..=b'z' | b'A'..=b'Z' | b'0'..=b'9' | b'-' | b'_' | b'.' => (b as char).into(),
+                _ => format!("%{b:02X}"),
+            })
+            .collect()
+    };
+    let form = format!("user={}&password={}", enc(user), enc(password));
+    let (code, head, _) = http_exchange(
+        port,
+        "POST",
+        "/login",
+        &[("Content-Type", "application/x-www-form-urlencoded")],
+        form.as_bytes(),
+    )
+    .expect("the web page answers");
+    assert_eq!(code, 303, "login as {user}: {head}");
+    head.lines()
+        .find_map(|l| {
+            let (k, v) = l.split_once(':')?;
+            k.eq_ignore_ascii_case("set-cookie").then(|| v.trim())
+        })
+        .and_then(|c| c.split(';').next())
+        .unwrap_or_else(|| panic!("login as {user} set no cookie: {head}"))
+        .to_string()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -85,24 +85,7 @@ fn setup(dir: &Path, post_roll: f64, extra: &str) -> (PathBuf, u16) {
 
 /// Logs in as the technician: the session cookie and its CSRF token.
 fn login(port: u16) -> (String, String) {
-    let body = format!("user=tess&password={PASSWORD}");
-    let (code, head, _) = try_http(
-        port,
-        "POST",
-        "/login",
-        &[("Content-Type", "application/x-www-form-urlencoded")],
-        body.as_bytes(),
-    )
-    .unwrap();
-    assert_eq!(code, 303, "{head}");
-    let cookie = head
-        .lines()
-        .find_map(|l| l.strip_prefix("set-cookie: "))
-        .unwrap()
-        .split(';')
-        .next()
-        .unwrap()
-        .to_string();
+    let cookie = aegis_tests::login_cookie(port, "tess", PASSWORD);
     let (_, _, page) = try_http(port, "GET", "/clips", &[("Cookie", &cookie)], b"").unwrap();
     let page = String::from_utf8_lossy(&page).into_owned();
     let at = page

@@ -422,3 +422,124 @@ fn srt_push_is_encrypted_with_its_passphrase() {
         "the passphrase is in the log:\n{log}"
     );
 }
+
+/// The last `#EXT-X-PRELOAD-HINT` part of a playlist: (msn, part).
+fn preload_hint(playlist: &str) -> (u64, u64) {
+    let uri = playlist
+        .lines()
+        .find_map(|l| l.strip_prefix("#EXT-X-PRELOAD-HINT:TYPE=PART,URI=\"part-"))
+        .unwrap_or_else(|| panic!("no preload hint in {playlist}"));
+    let (msn, rest) = uri.split_once('.').unwrap();
+    let part = rest.split_once('.').unwrap().0;
+    (msn.parse().unwrap(), part.parse().unwrap())
+}
+
+#[test]
+fn hls_serves_the_recording_with_low_latency_parts_to_a_logged_in_viewer() {
+    use aegis_tests::web_agent::{AgentSetup, VIEWER, WebAgent};
+    if !have_ffprobe() {
+        return;
+    }
+    let mut agent = WebAgent::start(&AgentSetup {
+        device: "hls-e2e".into(),
+        clip: (320, 240, 4.0),
+        sinks: vec![
+            "{ kind: record, dir: rec, segment_seconds: 2, encoder: { gop_frames: 30 } }".into(),
+            "{ kind: hls, segment_s: 1, part_ms: 200 }".into(),
+        ],
+        ..AgentSetup::default()
+    });
+    let port: u16 = agent.addr().rsplit(':').next().unwrap().parse().unwrap();
+    let get = |path: &str, cookie: Option<&str>| {
+        let headers: Vec<(&str, &str)> = cookie.map(|c| ("Cookie", c)).into_iter().collect();
+        http_exchange(port, "GET", path, &headers, b"").unwrap()
+    };
+    // Only a logged-in viewer.
+    assert_eq!(get("/hls/cam0/index.m3u8", None).0, 401);
+    let cookie = login_cookie(port, VIEWER.name, VIEWER.password);
+    let c = Some(cookie.as_str());
+    let (code, head, body) = get("/hls/cam0/index.m3u8", c);
+    let playlist = String::from_utf8_lossy(&body).into_owned();
+    assert_eq!(code, 200, "{head}{playlist}");
+    assert!(
+        head.to_lowercase()
+            .contains("content-type: application/vnd.apple.mpegurl"),
+        "{head}"
+    );
+    for tag in [
+        "#EXT-X-TARGETDURATION:1",
+        "#EXT-X-PART-INF:PART-TARGET=0.200",
+        "CAN-BLOCK-RELOAD=YES",
+        "#EXT-X-MAP:URI=\"init-",
+        "#EXTINF:",
+    ] {
+        assert!(playlist.contains(tag), "{tag} missing: {playlist}");
+    }
+    // A blocking reload for the hinted part answers once it exists, and lists it; the part
+    // itself is a fragment (moof + mdat).
+    let (msn, part) = preload_hint(&playlist);
+    let (code, _, body) = get(
+        &format!("/hls/cam0/index.m3u8?_HLS_msn={msn}&_HLS_part={part}"),
+        c,
+    );
+    let blocked = String::from_utf8_lossy(&body).into_owned();
+    assert_eq!(code, 200, "{blocked}");
+    assert!(
+        blocked.contains(&format!("URI=\"part-{msn}.{part}.m4s\"")),
+        "{blocked}"
+    );
+    let (code, _, fragment) = get(&format!("/hls/cam0/part-{msn}.{part}.m4s"), c);
+    assert_eq!(code, 200);
+    assert_eq!(&fragment[4..8], b"moof");
+    // Refused: too far ahead, a malformed reload, a stream not served, a file that is not.
+    for (path, want) in [
+        (format!("/hls/cam0/index.m3u8?_HLS_msn={}", msn + 9), 400),
+        ("/hls/cam0/index.m3u8?_HLS_part=1".to_string(), 400),
+        ("/hls/cam0/index.m3u8?_HLS_msn=x".to_string(), 400),
+        ("/hls/cam9/index.m3u8".to_string(), 404),
+        ("/hls/cam0/seg-007.m4s".to_string(), 404),
+        (format!("/hls/cam0/part-{}.0.m4s", msn + 5), 404),
+    ] {
+        assert_eq!(get(&path, c).0, want, "{path}");
+    }
+
+    // ffmpeg plays it (the cookie on every request): every picture is the recording's.
+    let capture = agent.dir().join("hls.mkv");
+    let o = Command::new("timeout")
+        .args(["60", "ffmpeg", "-v", "error", "-y", "-headers"])
+        .arg(format!("Cookie: {cookie}\r\n"))
+        .arg("-i")
+        .arg(format!("http://127.0.0.1:{port}/hls/cam0/index.m3u8"))
+        .args(["-c", "copy", "-frames:v", "60"])
+        .arg(&capture)
+        .output()
+        .unwrap();
+    assert!(
+        o.status.success(),
+        "ffmpeg: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    let (_, _, metrics) = get("/metrics", None);
+    agent.stop();
+    let recording: Vec<String> = files_with_suffix(&agent.dir().join("rec/cam0"), ".mp4")
+        .iter()
+        .flat_map(|seg| picture_hashes(&seg.to_string_lossy(), &[]))
+        .collect();
+    let got = picture_hashes(&capture.to_string_lossy(), &[]);
+    assert_eq!(got.len(), 60, "HLS: pictures");
+    assert!(
+        first_is_key(&capture),
+        "HLS: the first picture is not a keyframe"
+    );
+    assert_contiguous_run("HLS", &got, &recording);
+    let metrics = String::from_utf8_lossy(&metrics);
+    assert!(
+        metric(
+            &metrics,
+            "aegis_output_bytes_total{stream=\"cam0\",output=\"hls\"}"
+        )
+        .unwrap_or(0.0)
+            > 0.0,
+        "{metrics}"
+    );
+}

@@ -181,22 +181,7 @@ fn a_technician_edits_the_config_adds_a_camera_and_applies_a_signed_workflow_fro
     agent.wait("streaming", |h| frames(h, "cam0") > 0, &log);
 
     // Log in; the pages carry the session's CSRF token.
-    let (code, head, _) = http(
-        port,
-        "POST",
-        "/login",
-        &[("Content-Type", "application/x-www-form-urlencoded")],
-        b"user=tess&password=correct+horse",
-    );
-    assert_eq!(code, 303, "{head}");
-    let cookie = head
-        .lines()
-        .find_map(|l| l.strip_prefix("set-cookie: "))
-        .unwrap()
-        .split(';')
-        .next()
-        .unwrap()
-        .to_string();
+    let cookie = aegis_tests::login_cookie(port, "tess", "correct horse");
     let get = |path: &str| http(port, "GET", path, &[("Cookie", &cookie)], b"");
 
     // 1. The config editor: the stage's scale changes, live and in place.

@@ -22,8 +22,6 @@ use crate::metrics::{Metrics, OutputLabels};
 const QUEUE: usize = 128;
 /// Every network wait of libavformat ends after this.
 const NET_TIMEOUT: Duration = Duration::from_secs(5);
-/// How often the thread looks at its stop flag while no packet comes.
-const POLL: Duration = Duration::from_millis(200);
 
 /// A running push: stopped (and its connection closed cleanly) by [`PushOutput::stop`] or
 /// on drop.
@@ -95,11 +93,12 @@ impl PushOutput {
             dropped: metrics.output_dropped.get_or_create_owned(&labels),
         };
         let sub = slot.subscribe_packets(QUEUE);
+        let stream = slot.stream().to_owned();
         let stop = Arc::new(AtomicBool::new(false));
         let flag = stop.clone();
         let thread = std::thread::Builder::new()
             .name(format!("push-{}", slot.stream()))
-            .spawn(move || Worker::new(sub, target, counters).run(&flag))?;
+            .spawn(move || Worker::new(&stream, target, counters).run(sub, &flag))?;
         Ok(PushOutput {
             stop,
             thread: Some(thread),
@@ -132,7 +131,7 @@ struct Counters {
 }
 
 struct Worker {
-    sub: PacketSubscription,
+    stream: String,
     target: Target,
     counters: Counters,
     start: Option<Arc<StreamStart>>,
@@ -142,14 +141,13 @@ struct Worker {
     backoff: Duration,
     retry_at: Instant,
     key_asked: bool,
-    dropped_seen: u64,
     sent_seen: u64,
 }
 
 impl Worker {
-    fn new(sub: PacketSubscription, target: Target, counters: Counters) -> Worker {
+    fn new(stream: &str, target: Target, counters: Counters) -> Worker {
         Worker {
-            sub,
+            stream: stream.to_owned(),
             target,
             counters,
             start: None,
@@ -158,40 +156,20 @@ impl Worker {
             backoff: Duration::from_secs(1),
             retry_at: Instant::now(),
             key_asked: false,
-            dropped_seen: 0,
             sent_seen: 0,
         }
     }
 
-    fn run(mut self, stop: &AtomicBool) {
-        let rt = match tokio::runtime::Builder::new_current_thread()
-            .enable_time()
-            .build()
-        {
-            Ok(rt) => rt,
-            Err(e) => {
-                tracing::error!(error = %e, "push: no runtime for the queue");
-                return;
-            }
-        };
-        while !stop.load(Ordering::Acquire) {
-            // The timer is made inside the runtime (it needs its clock).
-            let rx = &mut self.sub.rx;
-            let msg = rt.block_on(async { tokio::time::timeout(POLL, rx.recv()).await });
-            match msg {
-                Ok(Some(OutMsg::Start(s))) => self.start = Some(s),
-                Ok(Some(OutMsg::Packet(p))) => self.packet(&p),
-                Ok(None) => break,
-                Err(_) => {}
-            }
-            let dropped = self.sub.dropped.load(Ordering::Relaxed);
-            self.counters.dropped.inc_by(dropped - self.dropped_seen);
-            self.dropped_seen = dropped;
-        }
+    fn run(mut self, sub: PacketSubscription, stop: &AtomicBool) {
+        let dropped = self.counters.dropped.clone();
+        super::run_feed(sub, stop, &dropped, |sub, msg| match msg {
+            OutMsg::Start(s) => self.start = Some(s),
+            OutMsg::Packet(p) => self.packet(&p, sub),
+        });
         self.disconnect(None);
     }
 
-    fn packet(&mut self, p: &aegis_hal::clip::OwnedPacket) {
+    fn packet(&mut self, p: &aegis_hal::clip::OwnedPacket, sub: &PacketSubscription) {
         // A restart of the encoder (new size): a new header at its keyframe.
         if let (Some(start), Some(_)) = (&self.start, &self.muxer)
             && start.generation != self.generation
@@ -206,7 +184,7 @@ impl Worker {
             if !p.key {
                 // Connect at a fresh keyframe now the wait is over, not at the next GOP.
                 if !self.key_asked {
-                    self.sub.request_keyframe();
+                    sub.request_keyframe();
                     self.key_asked = true;
                 }
                 return;
@@ -230,7 +208,7 @@ impl Worker {
                 NET_TIMEOUT,
             ) {
                 Ok(m) => {
-                    tracing::info!(stream = %self.sub.stream(), to = %self.target.shown, "push connected");
+                    tracing::info!(stream = %self.stream, to = %self.target.shown, "push connected");
                     self.muxer = Some(m);
                     self.generation = start.generation;
                     self.sent_seen = 0;
@@ -262,7 +240,7 @@ impl Worker {
             if why.is_none()
                 && let Err(e) = m.finish()
             {
-                tracing::debug!(stream = %self.sub.stream(), error = %e, "push: closing");
+                tracing::debug!(stream = %self.stream, error = %e, "push: closing");
             }
         }
         if let Some(why) = why {
@@ -271,7 +249,7 @@ impl Worker {
     }
 
     fn retry_later(&mut self, why: &str) {
-        tracing::warn!(stream = %self.sub.stream(), retry_in_s = self.backoff.as_secs(),
+        tracing::warn!(stream = %self.stream, retry_in_s = self.backoff.as_secs(),
             "push failed: {why}");
         self.retry_at = Instant::now() + self.backoff;
         self.backoff = (self.backoff * 2).min(self.target.backoff_max);

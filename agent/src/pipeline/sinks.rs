@@ -38,9 +38,10 @@ pub fn open_shared(
             let evicted = metrics.disk_evictions.get_or_create_owned(&labels);
             Ok(SharedSinkState::Record(budget, used, evicted))
         }
-        SinkConfig::Discard(_) | SinkConfig::Restream(_) | SinkConfig::Push(_) => {
-            Ok(SharedSinkState::None)
-        }
+        SinkConfig::Discard(_)
+        | SinkConfig::Restream(_)
+        | SinkConfig::Push(_)
+        | SinkConfig::Hls(_) => Ok(SharedSinkState::None),
     }
 }
 

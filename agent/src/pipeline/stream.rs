@@ -37,6 +37,7 @@ pub(super) struct StreamContext {
     pub(super) events_topic: Option<String>,
     pub(super) snapshots: Option<Arc<snapshot::SnapshotHub>>,
     pub(super) live: Option<Arc<live::LiveHub>>,
+    pub(super) hls: Option<Arc<crate::outputs::hls::HlsHub>>,
     pub(super) sensing: Option<Arc<crate::sensing::Sensing>>,
     pub(super) rules: Vec<aegis_config::RuleConfig>,
     pub(super) watch: Option<crate::liveness::Watch>,
@@ -175,7 +176,7 @@ pub(super) fn spawn_stream(
             input: proc_rx,
             snapshot: ctx.snapshots.as_ref().map(|h| h.slot(&id)),
             live,
-            outputs: StreamOutputs::of(cfg, &id, metrics),
+            outputs: StreamOutputs::of(cfg, &id, metrics, ctx.hls.clone()),
             metrics: sm,
             errors: ErrorReporter::new(metrics.clone(), &id),
             beat: ctx.watch.as_ref().map(|w| w.beat(format!("snk-{id}"))),
@@ -469,7 +470,7 @@ impl SinkLoop {
         if let Some(l) = &self.live {
             l.slot().set_running(true);
         }
-        let pushes = self.outputs.start(self.live.as_ref().map(|l| l.slot()));
+        let outputs = self.outputs.start(self.live.as_ref().map(|l| l.slot()));
         while let Ok(mut frame) = self.input.recv() {
             let _busy = self.beat.as_ref().map(|b| b.busy());
             for (sink, hist) in self.sinks.iter_mut().zip(&self.hist) {
@@ -503,9 +504,7 @@ impl SinkLoop {
                 window = (Instant::now(), 0);
             }
         }
-        for p in pushes {
-            p.stop();
-        }
+        outputs.stop();
         if let Some(l) = &self.live {
             if self.outputs.restream {
                 l.slot().set_restream(false);
@@ -529,14 +528,43 @@ struct StreamOutputs {
     /// Served on the RTSP server (the `restream` sink lists it, or lists none).
     restream: bool,
     pushes: Vec<aegis_config::PushSink>,
+    /// The `hls` sink, when it lists this stream, and where it publishes.
+    hls: Option<(aegis_config::HlsSink, Arc<crate::outputs::hls::HlsHub>)>,
     metrics: Arc<Metrics>,
     stream: String,
 }
 
+/// The outputs running for one stream; stopped when the stream's sink thread ends.
+struct RunningOutputs {
+    pushes: Vec<crate::outputs::push::PushOutput>,
+    hls: Option<crate::outputs::hls::HlsOutput>,
+}
+
+impl RunningOutputs {
+    fn stop(self) {
+        for p in self.pushes {
+            p.stop();
+        }
+        if let Some(h) = self.hls {
+            h.stop();
+        }
+    }
+}
+
 impl StreamOutputs {
-    fn of(cfg: &PipelineConfig, stream: &str, metrics: &Arc<Metrics>) -> StreamOutputs {
+    fn of(
+        cfg: &PipelineConfig,
+        stream: &str,
+        metrics: &Arc<Metrics>,
+        hub: Option<Arc<crate::outputs::hls::HlsHub>>,
+    ) -> StreamOutputs {
         use aegis_config::SinkConfig;
+        let hls = cfg.sinks.iter().find_map(|s| match s {
+            SinkConfig::Hls(h) if h.serves(stream) => Some(h.clone()),
+            _ => None,
+        });
         StreamOutputs {
+            hls: hls.zip(hub),
             restream: cfg.sinks.iter().any(|s| {
                 matches!(s, SinkConfig::Restream(r)
                     if r.streams.is_empty() || r.streams.iter().any(|x| x == stream))
@@ -554,26 +582,37 @@ impl StreamOutputs {
         }
     }
 
-    /// Opens the stream to the RTSP server and starts its pushes, on its live slot (the
-    /// encoded packets); without one (no live hub: benchmarks) they cannot run, which is
-    /// logged.
-    fn start(&self, slot: Option<&Arc<live::LiveSlot>>) -> Vec<crate::outputs::push::PushOutput> {
+    /// Opens the stream to the RTSP server and starts its pushes and HLS packager, on its
+    /// live slot (the encoded packets); without one (no live hub: benchmarks) they cannot
+    /// run, which is logged.
+    fn start(&self, slot: Option<&Arc<live::LiveSlot>>) -> RunningOutputs {
+        let mut running = RunningOutputs {
+            pushes: Vec::new(),
+            hls: None,
+        };
         let Some(slot) = slot else {
-            if self.restream || !self.pushes.is_empty() {
+            if self.restream || !self.pushes.is_empty() || self.hls.is_some() {
                 tracing::warn!(stream = %self.stream, "streaming outputs need the live hub; not started");
             }
-            return Vec::new();
+            return running;
         };
         if self.restream {
             slot.set_restream(true);
         }
-        self.pushes
+        if let Some((cfg, hub)) = &self.hls {
+            running.hls = crate::outputs::hls::HlsOutput::start(slot, cfg, hub, &self.metrics)
+                .map_err(|e| tracing::error!(stream = %self.stream, "hls not started: {e}"))
+                .ok();
+        }
+        running.pushes = self
+            .pushes
             .iter()
             .filter_map(|p| {
                 crate::outputs::push::PushOutput::start(slot, p, &self.metrics)
                     .map_err(|e| tracing::error!(stream = %self.stream, "push not started: {e}"))
                     .ok()
             })
-            .collect()
+            .collect();
+        running
     }
 }

@@ -7,6 +7,11 @@
 //!   reads the code back from each picture: latency = the clock when the picture is decoded
 //!   − the clock the stage drew (one machine, one clock). RTSP over TCP and over UDP from
 //!   the restream server; SRT from the push sink (this process listens).
+//! - **LL-HLS at the live edge**: a client in this process that asks as hls.js does (a
+//!   blocking request for the playlist's preload-hinted part, then the next) writes the
+//!   parts into a FIFO that libavformat's fragmented-MP4 demuxer reads: the time from the
+//!   stage to a decoded picture when the client is at the live edge. A player adds its
+//!   hold-back on top (the playlist's `PART-HOLD-BACK`, three parts).
 //! - **CPU per consumer**: the agent's CPU with 0, 1 and 4 RTSP clients (`ffmpeg -c copy`
 //!   into nothing, so the clients decode nothing), interleaved rounds, ratios against no
 //!   client in the same run.
@@ -17,8 +22,9 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use aegis_hal::StreamId;
 use aegis_hal::pixel::{Plane, read_code};
-use aegis_hal::source::VideoSource as _;
-use aegis_hal::source::{LiveSource, LiveSourceSettings, RtspTransport};
+use aegis_hal::source::{
+    FileSource, FileSourceSettings, LiveSource, LiveSourceSettings, RtspTransport, VideoSource,
+};
 use serde::Serialize;
 
 use super::proc::{Child, cpu_seconds, free_port, pct};
@@ -81,6 +87,7 @@ fn config(dir: &Path, clip: &Path, low_latency: bool, ports: (u16, u16, u16)) ->
          \x20 sinks:\n    - {{ kind: record, dir: \"{rec}\", segment_seconds: 10, disk_budget_mb: 100, encoder: {{ low_latency: {low_latency} }} }}\n\
          \x20   - {{ kind: restream }}\n\
          \x20   - {{ kind: push, stream: cam0, url: \"srt://127.0.0.1:{srt}\", backoff_max_s: 1 }}\n\
+         \x20   - {{ kind: hls, segment_s: 1, part_ms: 200 }}\n\
          outputs: {{ rtsp: {{ listen: \"127.0.0.1:{rtsp}\", anonymous: true }} }}\n\
          store: {{ path: \"{db}\" }}\n\
          web: {{ listen: \"127.0.0.1:{port}\" }}\n",
@@ -109,7 +116,21 @@ fn probe(
     settings.transport = transport;
     settings.decoder_threads = 1;
     settings.connect_timeout = Duration::from_secs(10);
-    let mut src = LiveSource::new(settings);
+    read_codes(
+        protocol,
+        low_latency,
+        &mut LiveSource::new(settings),
+        window,
+    )
+}
+
+/// Reads the clock code of every picture `src` decodes for `window` (after [`WARM_UP`]).
+fn read_codes(
+    protocol: &'static str,
+    low_latency: bool,
+    src: &mut dyn VideoSource,
+    window: Duration,
+) -> anyhow::Result<ProtocolLatency> {
     let (mut lat, mut unreadable) = (Vec::new(), 0);
     let t0 = Instant::now();
     // The first seconds are the connection's start (libavformat's probe reads a second of
@@ -149,6 +170,110 @@ fn probe(
     })
 }
 
+/// The bench's web account (a viewer) and its password.
+const VIEWER: (&str, &str) = ("bench", "bench-viewer-password");
+
+/// An LL-HLS client at the live edge (see the module docs): fetches the init segment and
+/// then each part as soon as the server has it, into a FIFO that a file source decodes.
+fn hls_probe(
+    low_latency: bool,
+    web: u16,
+    dir: &Path,
+    window: Duration,
+) -> anyhow::Result<ProtocolLatency> {
+    let http: ureq::Agent = ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .max_redirects(0)
+        .build()
+        .into();
+    let base = format!("http://127.0.0.1:{web}");
+    let login = http
+        .post(format!("{base}/login"))
+        .header("Content-Type", "application/x-www-form-urlencoded")
+        .send(format!("user={}&password={}", VIEWER.0, VIEWER.1))?;
+    let cookie = login
+        .headers()
+        .get("set-cookie")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split(';').next())
+        .ok_or_else(|| anyhow::anyhow!("hls: the login set no cookie ({})", login.status()))?
+        .to_owned();
+    let get = move |path: &str| -> anyhow::Result<Option<Vec<u8>>> {
+        let mut r = http
+            .get(format!("{base}/hls/cam0/{path}"))
+            .header("Cookie", &cookie)
+            .call()?;
+        match r.status().as_u16() {
+            200 => Ok(Some(
+                r.body_mut().with_config().limit(64 << 20).read_to_vec()?,
+            )),
+            404 => Ok(None),
+            s => anyhow::bail!("hls: {path}: HTTP {s}"),
+        }
+    };
+    let playlist = get("index.m3u8")?.ok_or_else(|| anyhow::anyhow!("hls: no playlist"))?;
+    let playlist = String::from_utf8_lossy(&playlist);
+    let attr = |tag: &str| {
+        playlist
+            .lines()
+            .rev()
+            .find_map(|l| l.strip_prefix(tag))
+            .and_then(|l| l.split('"').nth(1))
+            .map(str::to_owned)
+            .ok_or_else(|| anyhow::anyhow!("hls: no {tag} in the playlist"))
+    };
+    let init = attr("#EXT-X-MAP:")?;
+    let hint = attr("#EXT-X-PRELOAD-HINT:")?;
+    let (msn, part) = hint
+        .strip_prefix("part-")
+        .and_then(|h| h.strip_suffix(".m4s"))
+        .and_then(|h| h.split_once('.'))
+        .and_then(|(m, p)| Some((m.parse::<u64>().ok()?, p.parse::<u64>().ok()?)))
+        .ok_or_else(|| anyhow::anyhow!("hls: preload hint {hint:?}"))?;
+    let fifo = dir.join("hls.fifo");
+    let c = std::ffi::CString::new(fifo.as_os_str().as_encoded_bytes())?;
+    // SAFETY: a NUL-terminated path; mkfifo(3) only creates the file.
+    anyhow::ensure!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) } == 0, "mkfifo");
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let fetcher = {
+        let (fifo, stop) = (fifo.clone(), stop.clone());
+        std::thread::spawn(move || -> anyhow::Result<()> {
+            use std::io::Write as _;
+            let mut out = std::fs::OpenOptions::new().write(true).open(&fifo)?;
+            out.write_all(&get(&init)?.ok_or_else(|| anyhow::anyhow!("hls: no {init}"))?)?;
+            let (mut msn, mut part) = (msn, part);
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                // The server holds the request until the part exists; a 404 for the part
+                // after a segment's last is the next segment's first.
+                match get(&format!("part-{msn}.{part}.m4s"))? {
+                    Some(p) => {
+                        out.write_all(&p)?;
+                        part += 1;
+                    }
+                    None if part > 0 => (msn, part) = (msn + 1, 0),
+                    None => anyhow::bail!("hls: part {msn}.0 never came"),
+                }
+            }
+            Ok(())
+        })
+    };
+    let mut src = FileSource::open(FileSourceSettings {
+        path: fifo,
+        stream: StreamId::new("probe"),
+        looping: false,
+        realtime: false,
+        max_frames: None,
+        pool_frames: 8,
+        decoder_threads: 1,
+        gpu: None,
+    })?;
+    let r = read_codes("ll-hls", low_latency, &mut src, window);
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    drop(src);
+    let _ = fetcher.join();
+    r
+}
+
 /// `n` RTSP clients that copy the stream into nothing.
 fn clients(rtsp: u16, n: usize) -> anyhow::Result<Vec<Child>> {
     (0..n)
@@ -177,6 +302,18 @@ fn start_agent(
     let ports = (free_port()?, free_port()?, free_port()?);
     let cfg_path = dir.path().join("agent.yaml");
     std::fs::write(&cfg_path, config(dir.path(), clip, low_latency, ports))?;
+    // The web account the LL-HLS client logs in with.
+    let mut add = Command::new(std::env::current_exe()?)
+        .args(["user", "add", VIEWER.0, "--role", "viewer", "--config"])
+        .arg(&cfg_path)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .spawn()?;
+    if let Some(mut stdin) = add.stdin.take() {
+        use std::io::Write as _;
+        writeln!(stdin, "{}", VIEWER.1)?;
+    }
+    anyhow::ensure!(add.wait()?.success(), "aegis user add failed");
     let agent = Child(
         Command::new(std::env::current_exe()?)
             .args(["run", "--config"])
@@ -228,6 +365,7 @@ pub fn bench_outputs(clip: &Path, rounds: usize, window: Duration) -> anyhow::Re
             RtspTransport::Tcp,
             window,
         )?);
+        latency.push(hls_probe(low_latency, ports.0, _dir.path(), window)?);
     }
     // The CPU figures: the default encoder (frame threads), as recordings use it.
     let (agent, (_, rtsp, _), _dir) = start_agent(clip, false)?;

@@ -14,6 +14,7 @@ mod config;
 #[cfg(test)]
 mod edit_tests;
 mod events;
+mod hls;
 mod liveview;
 mod logs;
 mod models;
@@ -64,6 +65,8 @@ pub struct PagesState {
     pub thermal_root: PathBuf,
     /// The streams' live video (the live view).
     pub live: Arc<crate::live::LiveHub>,
+    /// The streams the `hls` sink packages (`/hls/<stream>/…`).
+    pub hls: Arc<crate::outputs::hls::HlsHub>,
     /// The streams' next frames as JPEG (the live view's fallback).
     pub snapshots: Arc<crate::pipeline::snapshot::SnapshotHub>,
     /// The sensors' newest readings (all off when no sensor is configured).
@@ -103,6 +106,9 @@ pub static ROUTES: &[RouteSpec] = &[
         Access::Viewer,
         |m| on(m, liveview::jpeg),
     ),
+    page(Method::GET, "/hls/{stream}/{file}", Access::Viewer, |m| {
+        on(m, hls::file)
+    }),
     page(Method::GET, "/cameras", Access::Viewer, |m| {
         on(m, cameras::page)
     }),
@@ -248,6 +254,7 @@ pub(crate) fn router_as(state: Arc<PagesState>, viewer: Viewer) -> Router {
         .route("/live", get(liveview::page))
         .route("/api/live/{stream}/ws", get(liveview::ws))
         .route("/api/live/{stream}/frame.jpg", get(liveview::jpeg))
+        .route("/hls/{stream}/{file}", get(hls::file))
         .route("/cameras", get(cameras::page))
         .route("/api/cameras", get(cameras::api))
         .route("/events", get(events::page))

@@ -94,6 +94,10 @@ pub enum SinkConfig {
     /// Pushes a stream to an RTMP or SRT server (a cloud ingest, a media
     /// server), reconnecting with backoff when the connection drops.
     Push(PushSink),
+    /// Serves streams as HLS with Low-Latency HLS parts from the web server
+    /// (`/hls/<stream>/index.m3u8`, fMP4), from the same one encoded stream:
+    /// for browsers and players.
+    Hls(HlsSink),
 }
 
 /// Settings of the `restream` sink.
@@ -103,6 +107,56 @@ pub struct RestreamSink {
     /// The streams to serve (source ids); empty: all of them.
     #[serde(default)]
     pub streams: Vec<String>,
+}
+
+/// Settings of the `hls` sink.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct HlsSink {
+    /// The streams to serve (source ids); empty: all of them.
+    #[serde(default)]
+    pub streams: Vec<String>,
+    /// Target length of a segment, in seconds (1 to 10). A segment starts at
+    /// a keyframe, which the sink asks the encoder for when a segment is due.
+    #[serde(default = "default_hls_segment_s")]
+    pub segment_s: u32,
+    /// Target length of a Low-Latency HLS part, in milliseconds (100 to 1000,
+    /// shorter than a segment); 0: plain HLS, whole segments only.
+    #[serde(default = "default_hls_part_ms")]
+    pub part_ms: u32,
+    /// Segments the playlist keeps (3 to 30); older ones are forgotten.
+    #[serde(default = "default_hls_segments")]
+    pub segments: u32,
+}
+
+fn default_hls_segment_s() -> u32 {
+    2
+}
+
+fn default_hls_part_ms() -> u32 {
+    200
+}
+
+fn default_hls_segments() -> u32 {
+    6
+}
+
+impl Default for HlsSink {
+    fn default() -> Self {
+        HlsSink {
+            streams: Vec::new(),
+            segment_s: default_hls_segment_s(),
+            part_ms: default_hls_part_ms(),
+            segments: default_hls_segments(),
+        }
+    }
+}
+
+impl HlsSink {
+    /// Whether this sink serves `stream`.
+    pub fn serves(&self, stream: &str) -> bool {
+        self.streams.is_empty() || self.streams.iter().any(|s| s == stream)
+    }
 }
 
 /// Settings of the `push` sink.
