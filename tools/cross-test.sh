@@ -26,11 +26,12 @@ rustup target list --installed | grep -q "^$target\$" || rustup target add "$tar
 if ! command -v aarch64-linux-gnu-gcc >/dev/null || ! command -v qemu-aarch64-static >/dev/null; then
   tools/setup.sh # installs gcc-aarch64-linux-gnu and qemu-user-static
 fi
-libav=(libavcodec-dev libavformat-dev libavutil-dev libswscale-dev libswresample-dev libavdevice-dev)
-if [ ! -e /usr/lib/aarch64-linux-gnu/pkgconfig/libavcodec.pc ]; then
+# libssl: the WebRTC outputs' DTLS (str0m's OpenSSL backend).
+libav=(libavcodec-dev libavformat-dev libavutil-dev libswscale-dev libswresample-dev libavdevice-dev libssl-dev)
+if [ ! -e /usr/lib/aarch64-linux-gnu/pkgconfig/libavcodec.pc ] || [ ! -e /usr/lib/aarch64-linux-gnu/pkgconfig/openssl.pc ]; then
   dpkg --print-foreign-architectures | grep -qx arm64 || dpkg --add-architecture arm64
   apt-get update -qq
-  echo "cross-test: installing Debian's arm64 libav packages"
+  echo "cross-test: installing Debian's arm64 libav and libssl packages"
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${libav[@]/%/:arm64}" >/dev/null
 fi
 export CARGO_TARGET_AARCH64_UNKNOWN_LINUX_GNU_LINKER=aarch64-linux-gnu-gcc

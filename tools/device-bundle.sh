@@ -44,7 +44,8 @@ cp .models/libonnxruntime.so.1.32.0 .models/selfie_segmentation.onnx .models/nud
   "$stage/.models/"
 cp .samples/bench-1080p.mp4 .samples/bench-1080p-hq.mp4 .samples/bench-720p.mp4 \
   .samples/bench-720p-hevc.mp4 .samples/demo.mp4 \
-  .samples/astronaut.png "$stage/.samples/"
+  .samples/astronaut.png .samples/chelsea.png .samples/coffee.png .samples/rocket.png \
+  .samples/motorcycle_left.png .samples/hubble_deep_field.png "$stage/.samples/"
 cp tools/device/cuda.yaml tools/device/decode.yaml tools/device/rtsp.yaml \
   tools/device/rtsp_serve.py .samples/bench-720p.h264 "$stage/"
 mkdir -p .device-agent

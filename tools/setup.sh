@@ -25,7 +25,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 JUST_VERSION=1.43.0
-APT_PACKAGES=(build-essential pkg-config clang libclang-dev
+APT_PACKAGES=(build-essential pkg-config clang libclang-dev libssl-dev
   libavcodec-dev libavformat-dev libavutil-dev libswscale-dev libswresample-dev libavdevice-dev
   ffmpeg python3 python3-venv python3-pip ca-certificates curl
   python3-gi gir1.2-gst-rtsp-server-1.0 gstreamer1.0-plugins-base gstreamer1.0-plugins-good

@@ -361,6 +361,11 @@ impl LiveSlot {
         self.counters.viewers.set(inner.viewers.len() as i64);
     }
 
+    /// The stream's current parameters (`None` until its encoder made a packet).
+    pub fn current_start(&self) -> Option<Arc<StreamStart>> {
+        lock(&self.inner).start.clone()
+    }
+
     /// Joins as an output taking raw packets through a queue of `capacity` messages; a
     /// keyframe is asked for at once.
     pub fn subscribe_packets(self: &Arc<Self>, capacity: usize) -> PacketSubscription {
@@ -717,6 +722,8 @@ impl OwnEncoder {
                 frame_rate,
                 // It exists only for live consumers.
                 low_latency: true,
+                // Constrained Baseline: what browsers decode in WebRTC.
+                profile: Some("baseline"),
             },
             encoder: None,
             last_pts: None,

@@ -47,7 +47,7 @@ const PIPELINE_KEYS: &[&str] = &[
     "rules",
     "evidence",
 ];
-const SINK_KINDS: &[&str] = &["record", "discard", "restream", "push", "hls"];
+const SINK_KINDS: &[&str] = &["record", "discard", "restream", "push", "hls", "webrtc"];
 
 /// Parses text to a YAML value, enforcing size, anchor and depth rules.
 ///
@@ -422,6 +422,7 @@ fn build_sink(value: Value, path: &str, problems: &mut Vec<Problem>) -> Option<S
             "restream" => recover(rest, path, problems).map(SinkConfig::Restream),
             "push" => recover(rest, path, problems).map(SinkConfig::Push),
             "hls" => recover(rest, path, problems).map(SinkConfig::Hls),
+            "webrtc" => recover(rest, path, problems).map(SinkConfig::WebRtc),
             _ => return None,
         };
         if let Some(sink) = &built {

@@ -67,7 +67,7 @@ fn full_example_parses_and_sets_every_section() {
     assert_eq!(config.device.groups, ["lobby", "building-a"]);
     assert!(config.pipeline.sources[0].loop_);
     assert_eq!(config.pipeline.sources[0].max_frames, Some(100_000));
-    assert_eq!(config.pipeline.sinks.len(), 6);
+    assert_eq!(config.pipeline.sinks.len(), 7);
     assert_eq!(config.outputs.rtsp.as_ref().map(|r| r.users.len()), Some(1));
     assert!(config.sensors.gps.is_some());
     assert!(config.sensors.imu.is_some());
@@ -1136,6 +1136,7 @@ fn streaming_outputs_are_checked() {
         "{}  sinks:
     - {{kind: restream, streams: [cam0]}}
     - {{kind: hls}}
+    - {{kind: webrtc, streams: [cam0]}}
     - {{kind: push, stream: cam0, url: \"rtmp://ingest.example.com/live\", stream_key: abc123}}
     - {{kind: push, stream: cam0, url: \"srt://10.0.0.9:9000\", passphrase: \"0123456789ab\"}}
 outputs:
@@ -1149,6 +1150,9 @@ outputs:
     assert_eq!(
         cfg.pipeline.sinks[1],
         crate::SinkConfig::Hls(crate::HlsSink::default())
+    );
+    assert!(
+        matches!(&cfg.pipeline.sinks[2], crate::SinkConfig::WebRtc(w) if w.max_sessions == 4 && w.serves("cam0") && !w.serves("cam1"))
     );
     // Secrets print as ***, the RTMP key included in no form.
     let shown = format!("{cfg:?}");
@@ -1170,6 +1174,8 @@ outputs:
     - {{kind: push, stream: nope, url: \"rtmp://h/live\", stream_key: \"a/b\"}}
     - {{kind: hls, streams: [cam7], segment_s: 11, part_ms: 50, segments: 2}}
     - {{kind: hls, segment_s: 1, part_ms: 1000}}
+    - {{kind: webrtc, streams: [nope], max_sessions: 0}}
+    - {{kind: webrtc}}
 outputs:
   rtsp: {{listen: \"8554\", max_clients: 0, users: [{{name: \"a:b\", password: short}}, {{name: \"a:b\", password: \"long enough\"}}]}}
 ",
@@ -1194,6 +1200,9 @@ outputs:
         "pipeline.sinks[7].segments",
         "pipeline.sinks[8]",
         "pipeline.sinks[8].part_ms",
+        "pipeline.sinks[9].streams[0]",
+        "pipeline.sinks[9].max_sessions",
+        "pipeline.sinks[10]",
         "outputs.rtsp.listen",
         "outputs.rtsp.max_clients",
         "outputs.rtsp.users[0].name",

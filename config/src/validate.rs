@@ -667,6 +667,17 @@ pub(crate) fn check_sink(sink: &SinkConfig, prefix: &str, out: &mut Vec<Problem>
         }
         SinkConfig::Push(p) => check_push(p, prefix, out),
         SinkConfig::Hls(h) => check_hls(h, prefix, out),
+        SinkConfig::WebRtc(w) => {
+            for (i, id) in w.streams.iter().enumerate() {
+                check_id(out, format!("{}[{i}]", join_key(prefix, "streams")), id);
+            }
+            check_range(
+                out,
+                join_key(prefix, "max_sessions"),
+                w.max_sessions,
+                &WEBRTC_SESSIONS,
+            );
+        }
         SinkConfig::Record(record) => {
             check_not_empty(out, join_key(prefix, "dir"), &record.dir.to_string_lossy());
             let segment = join_key(prefix, "segment_seconds");
@@ -761,6 +772,8 @@ fn check_push(p: &PushSink, prefix: &str, out: &mut Vec<Problem>) {
     }
 }
 
+/// WebRTC sessions at once.
+const WEBRTC_SESSIONS: RangeInclusive<u32> = 1..=64;
 /// HLS segment length, seconds.
 const HLS_SEGMENT_S: RangeInclusive<u32> = 1..=10;
 /// HLS part length, ms (when parts are on).
@@ -790,7 +803,7 @@ fn check_hls(h: &HlsSink, prefix: &str, out: &mut Vec<Problem>) {
 }
 
 /// The streams the restream, HLS and push sinks name are sources of the pipeline; one
-/// restream and one HLS sink at most.
+/// restream, one HLS and one WebRTC sink at most.
 pub(crate) fn check_output_streams(
     sources: &[Option<SourceConfig>],
     sinks: &[Option<SinkConfig>],
@@ -809,12 +822,13 @@ pub(crate) fn check_output_streams(
             ));
         }
     };
-    let (mut restreams, mut hls) = (0, 0);
+    let (mut restreams, mut hls, mut webrtc) = (0, 0, 0);
     for (i, sink) in sinks.iter().enumerate() {
         let path = format!("{}[{i}]", join_key(prefix, "sinks"));
         let (count, kind, streams) = match sink {
             Some(SinkConfig::Restream(r)) => (&mut restreams, "restream", &r.streams),
             Some(SinkConfig::Hls(h)) => (&mut hls, "hls", &h.streams),
+            Some(SinkConfig::WebRtc(w)) => (&mut webrtc, "webrtc", &w.streams),
             Some(SinkConfig::Push(p)) => {
                 known(&p.stream, format!("{path}.stream"), out);
                 continue;

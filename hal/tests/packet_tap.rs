@@ -128,6 +128,7 @@ fn frames_before_first_packet(low_latency: bool) -> usize {
     let settings = EncoderSettings {
         threads: 4,
         low_latency,
+        profile: None,
         ..encoder(1000, 30)
     };
     let mut enc = VideoEncoder::open(&settings, layout, true).unwrap();

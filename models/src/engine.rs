@@ -330,9 +330,16 @@ fn ep_dispatch(
             // Full FP32 (no TF32 in convolutions and matmuls, which the provider would
             // otherwise allow on Ampere and later): the GPU's masks and scores match the CPU
             // engine's to the equivalence test's bounds.
+            //
+            // cuDNN's heuristic algorithm choice, not the provider's default exhaustive search:
+            // that benchmarks every convolution again for each new input shape, and the
+            // batches across streams change the batch dimension call by call (1 to
+            // max_batch), so every new size stalled for the search (p99 0.7-1.4 s at 8
+            // streams on an H100).
             let mut cuda = ort::ep::CUDA::default()
                 .with_device_id(*device)
-                .with_tf32(false);
+                .with_tf32(false)
+                .with_conv_algorithm_search(ort::ep::cuda::ConvAlgorithmSearch::Heuristic);
             if let Some(s) = stream {
                 // SAFETY: the stream belongs to the session's `GpuIo`, which lives as long as
                 // the session (both are fields of one `OrtSession`).

@@ -715,3 +715,173 @@ async fn live_overlays_latency_config_errors_and_workflow_uploads_in_a_browser()
         );
     }
 }
+
+/// Reads the clock code `timestamp_overlay` draws (34 squares of 16 px at x = 16, 38 px
+/// down, as `hal::pixel::read_code`) from each video frame the page presents, and keeps
+/// (code, latency) pairs in `window.__codes`.
+const CLOCK_READER: &str = r#"
+const video = document.getElementById("live-video");
+const c = document.createElement("canvas");
+c.width = 560; c.height = 1;
+const g = c.getContext("2d", { willReadFrequently: true });
+window.__codes = []; window.__unreadable = 0;
+const onFrame = function () {
+  g.drawImage(video, 0, 46, 560, 1, 0, 0, 560, 1);
+  const px = g.getImageData(0, 0, 560, 1).data;
+  const lum = function (i) { const o = (16 + i * 16 + 8) * 4; return 0.299 * px[o] + 0.587 * px[o + 1] + 0.114 * px[o + 2]; };
+  const white = lum(0), black = lum(1);
+  if (white - black < 100) { window.__unreadable++; } else {
+    const t = (white + black) / 2;
+    let v = 0;
+    for (let i = 2; i < 34; i++) v = v * 2 + (lum(i) > t ? 1 : 0);
+    const now = Date.now() % 4294967296;
+    window.__codes.push([v, (now - v + 4294967296) % 4294967296]);
+  }
+  video.requestVideoFrameCallback(onFrame);
+};
+video.requestVideoFrameCallback(onFrame);
+"#;
+
+#[tokio::test]
+async fn webrtc_plays_the_stream_in_chromium_over_whep() {
+    use aegis_tests::{http_exchange, login_cookie};
+    if !have_browser() {
+        return;
+    }
+    let agent = WebAgent::start(&AgentSetup {
+        device: "whep-test".into(),
+        clip: (640, 360, 4.0),
+        stages: vec!["{ kind: timestamp_overlay, clock_code: true }".into()],
+        sinks: vec![
+            "{ kind: record, dir: rec, segment_seconds: 10, encoder: { profile: baseline, low_latency: true, gop_frames: 30 } }".into(),
+            "{ kind: webrtc, max_sessions: 2 }".into(),
+        ],
+        ..AgentSetup::default()
+    });
+    let port: u16 = agent.addr().rsplit(':').next().unwrap().parse().unwrap();
+
+    // Over plain HTTP: only a viewer's session with its CSRF token, SDP only, known streams.
+    let post = |path: &str, headers: &[(&str, &str)], body: &[u8]| {
+        http_exchange(port, "POST", path, headers, body).unwrap().0
+    };
+    assert_eq!(
+        post("/whep/cam0", &[("Content-Type", "application/sdp")], b"v=0"),
+        401
+    );
+    let cookie = login_cookie(port, VIEWER.name, VIEWER.password);
+    let (_, _, page) = http_exchange(port, "GET", "/live", &[("Cookie", &cookie)], b"").unwrap();
+    let page = String::from_utf8_lossy(&page);
+    let at = page
+        .find("data-csrf=\"")
+        .expect("the live page carries the CSRF token")
+        + 11;
+    let csrf = &page[at..at + page[at..].find('"').unwrap()];
+    assert!(page.contains("value=\"webrtc\""), "no WebRTC mode offered");
+    let sdp = [
+        ("Cookie", cookie.as_str()),
+        ("Content-Type", "application/sdp"),
+    ];
+    assert_eq!(post("/whep/cam0", &sdp, b"v=0"), 403, "no CSRF token");
+    let with = |ct: &'static str| {
+        [
+            ("Cookie", cookie.clone()),
+            ("X-CSRF-Token", csrf.to_owned()),
+            ("Content-Type", ct.to_owned()),
+        ]
+    };
+    let call = |h: &[(&str, String); 3], path: &str, body: &[u8]| {
+        let h: Vec<(&str, &str)> = h.iter().map(|(k, v)| (*k, v.as_str())).collect();
+        post(path, &h, body)
+    };
+    assert_eq!(call(&with("text/plain"), "/whep/cam0", b"v=0"), 415);
+    assert_eq!(call(&with("application/sdp"), "/whep/cam9", b"v=0"), 404);
+    assert_eq!(
+        call(&with("application/sdp"), "/whep/cam0", b"not an offer"),
+        400
+    );
+
+    let run = async {
+        let b = Browser::start(Viewport::Desktop, &agent.base_url(), &artifacts(), "whep").await?;
+        b.login(VIEWER.name, VIEWER.password).await?;
+        b.goto("/live?stream=cam0").await?;
+        b.execute(
+            "const s = document.getElementById('live-mode'); s.value = 'webrtc'; \
+             s.dispatchEvent(new Event('change'));",
+        )
+        .await?;
+        b.wait_js(
+            "WebRTC playing",
+            "const l = window.aegisLive; window.__waitState = l; \
+             return l.mode === 'webrtc' && l.webrtc === 'connected' && l.frames >= 15;",
+            Duration::from_secs(30),
+        )
+        .await?;
+        b.execute(CLOCK_READER).await?;
+        let codes = b
+            .wait_js(
+                "90 clock codes read from the WebRTC video",
+                "window.__waitState = { n: window.__codes.length, bad: window.__unreadable }; \
+                 return window.__codes.length >= 90 && window.__codes;",
+                Duration::from_secs(30),
+            )
+            .await?;
+        let stats = b
+            .execute(
+                "const pc = null; const r = {}; \
+                 const v = document.getElementById('live-video'); \
+                 r.w = v.videoWidth; r.h = v.videoHeight; return r;",
+            )
+            .await?;
+        b.ensure(
+            stats["w"] == 640 && stats["h"] == 360,
+            format!("the video is 640x360: {stats}"),
+        )
+        .await?;
+        let pairs: Vec<(u64, f64)> = codes
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|p| (p[0].as_u64().unwrap(), p[1].as_f64().unwrap()))
+            .collect();
+        // Every picture shown is a later frame than the one before (no frame twice, none
+        // back in time), and the stream keeps up with the clock.
+        let backwards = pairs.windows(2).filter(|w| w[1].0 <= w[0].0).count();
+        b.ensure(
+            backwards == 0,
+            format!("{backwards} codes not after the previous one"),
+        )
+        .await?;
+        let mut lat: Vec<f64> = pairs.iter().map(|p| p.1).collect();
+        let p50 = percentile(&mut lat, 0.5);
+        let p95 = percentile(&mut lat, 0.95);
+        println!(
+            "WebRTC glass to glass in Chromium: p50 {p50:.0} ms, p95 {p95:.0} ms over {} frames",
+            lat.len()
+        );
+        b.ensure(p95 < 2000.0, format!("latency p95 {p95} ms"))
+            .await?;
+        // Leaving WebRTC mode ends the session on the device (DELETE of its Location).
+        b.execute(
+            "const s = document.getElementById('live-mode'); s.value = 'jpeg'; \
+             s.dispatchEvent(new Event('change'));",
+        )
+        .await?;
+        b.close().await
+    };
+    if let Err(e) = run.await {
+        panic!(
+            "{e}\n(artifacts in {})\nthe agent's log:\n{}",
+            artifacts().display(),
+            agent.log()
+        );
+    }
+    let t0 = std::time::Instant::now();
+    while !agent.log().contains("webrtc session ended") {
+        assert!(
+            t0.elapsed() < Duration::from_secs(20),
+            "the session did not end:\n{}",
+            agent.log()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}

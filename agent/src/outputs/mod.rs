@@ -6,6 +6,7 @@
 //! - [`rtsp`]: the RTSP restream server (`outputs.rtsp`, the `restream` sink).
 //! - [`push`]: RTMP and SRT push (the `push` sink).
 //! - [`hls`]: HLS and Low-Latency HLS on the web server (the `hls` sink).
+//! - [`webrtc`]: WebRTC to browsers, WHEP on the web server (the `webrtc` sink).
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
@@ -18,6 +19,17 @@ pub mod hls;
 pub mod push;
 pub mod rtp;
 pub mod rtsp;
+pub mod webrtc;
+
+/// What the web server serves of the streams (HLS, WebRTC), filled by the pipeline's
+/// sinks: it outlives pipeline swaps, like the live hub.
+#[derive(Debug, Default)]
+pub struct Served {
+    /// The `hls` sink's streams.
+    pub hls: std::sync::Arc<hls::HlsHub>,
+    /// The `webrtc` sink's streams and sessions.
+    pub whep: std::sync::Arc<webrtc::WhepHub>,
+}
 
 /// How often an output's thread looks at its stop flag while no packet comes.
 const POLL: Duration = Duration::from_millis(200);

@@ -115,8 +115,8 @@ pub struct RunOptions {
     pub snapshots: Option<Arc<snapshot::SnapshotHub>>,
     /// Where the web page's live viewers reach the streams' encoded video.
     pub live: Option<Arc<crate::live::LiveHub>>,
-    /// Where the web server finds the streams the `hls` sink packages.
-    pub hls: Option<Arc<crate::outputs::hls::HlsHub>>,
+    /// Where the web server finds the streams the `hls` and `webrtc` sinks serve.
+    pub served: Option<Arc<crate::outputs::Served>>,
     /// The sensors: events get the fused pose, rules see the sensor state.
     pub sensing: Option<Arc<crate::sensing::Sensing>>,
     /// The backend (`None`: cpu). With a GPU, file sources decode on NVDEC and the stages
@@ -475,7 +475,7 @@ impl Pipeline {
             events_topic: opts.events_topic.clone(),
             snapshots: opts.snapshots.clone(),
             live: opts.live.clone(),
-            hls: opts.hls.clone(),
+            served: opts.served.clone(),
             sensing: opts.sensing.clone(),
             rules,
             watch: opts.watch.clone(),

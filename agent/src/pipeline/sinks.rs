@@ -41,7 +41,8 @@ pub fn open_shared(
         SinkConfig::Discard(_)
         | SinkConfig::Restream(_)
         | SinkConfig::Push(_)
-        | SinkConfig::Hls(_) => Ok(SharedSinkState::None),
+        | SinkConfig::Hls(_)
+        | SinkConfig::WebRtc(_) => Ok(SharedSinkState::None),
     }
 }
 
@@ -104,6 +105,7 @@ pub fn recorder_settings(
             },
             frame_rate,
             low_latency: r.encoder.low_latency,
+            profile: r.encoder.profile.map(aegis_config::H264Profile::as_str),
         },
     }
 }

@@ -37,7 +37,7 @@ pub(super) struct StreamContext {
     pub(super) events_topic: Option<String>,
     pub(super) snapshots: Option<Arc<snapshot::SnapshotHub>>,
     pub(super) live: Option<Arc<live::LiveHub>>,
-    pub(super) hls: Option<Arc<crate::outputs::hls::HlsHub>>,
+    pub(super) served: Option<Arc<crate::outputs::Served>>,
     pub(super) sensing: Option<Arc<crate::sensing::Sensing>>,
     pub(super) rules: Vec<aegis_config::RuleConfig>,
     pub(super) watch: Option<crate::liveness::Watch>,
@@ -176,7 +176,7 @@ pub(super) fn spawn_stream(
             input: proc_rx,
             snapshot: ctx.snapshots.as_ref().map(|h| h.slot(&id)),
             live,
-            outputs: StreamOutputs::of(cfg, &id, metrics, ctx.hls.clone()),
+            outputs: StreamOutputs::of(cfg, &id, metrics, ctx.served.clone()),
             metrics: sm,
             errors: ErrorReporter::new(metrics.clone(), &id),
             beat: ctx.watch.as_ref().map(|w| w.beat(format!("snk-{id}"))),
@@ -529,7 +529,11 @@ struct StreamOutputs {
     restream: bool,
     pushes: Vec<aegis_config::PushSink>,
     /// The `hls` sink, when it lists this stream, and where it publishes.
-    hls: Option<(aegis_config::HlsSink, Arc<crate::outputs::hls::HlsHub>)>,
+    hls: Option<aegis_config::HlsSink>,
+    /// The `webrtc` sink, when it lists this stream.
+    webrtc: Option<aegis_config::WebRtcSink>,
+    /// Where the HLS and WebRTC outputs are served from (none: benchmarks).
+    served: Option<Arc<crate::outputs::Served>>,
     metrics: Arc<Metrics>,
     stream: String,
 }
@@ -538,6 +542,8 @@ struct StreamOutputs {
 struct RunningOutputs {
     pushes: Vec<crate::outputs::push::PushOutput>,
     hls: Option<crate::outputs::hls::HlsOutput>,
+    /// The stream's WHEP registration (its sessions end with it).
+    webrtc: Option<crate::outputs::webrtc::WhepStream>,
 }
 
 impl RunningOutputs {
@@ -548,6 +554,7 @@ impl RunningOutputs {
         if let Some(h) = self.hls {
             h.stop();
         }
+        drop(self.webrtc);
     }
 }
 
@@ -556,15 +563,19 @@ impl StreamOutputs {
         cfg: &PipelineConfig,
         stream: &str,
         metrics: &Arc<Metrics>,
-        hub: Option<Arc<crate::outputs::hls::HlsHub>>,
+        served: Option<Arc<crate::outputs::Served>>,
     ) -> StreamOutputs {
         use aegis_config::SinkConfig;
-        let hls = cfg.sinks.iter().find_map(|s| match s {
-            SinkConfig::Hls(h) if h.serves(stream) => Some(h.clone()),
-            _ => None,
-        });
         StreamOutputs {
-            hls: hls.zip(hub),
+            hls: cfg.sinks.iter().find_map(|s| match s {
+                SinkConfig::Hls(h) if h.serves(stream) => Some(h.clone()),
+                _ => None,
+            }),
+            webrtc: cfg.sinks.iter().find_map(|s| match s {
+                SinkConfig::WebRtc(w) if w.serves(stream) => Some(w.clone()),
+                _ => None,
+            }),
+            served,
             restream: cfg.sinks.iter().any(|s| {
                 matches!(s, SinkConfig::Restream(r)
                     if r.streams.is_empty() || r.streams.iter().any(|x| x == stream))
@@ -589,9 +600,14 @@ impl StreamOutputs {
         let mut running = RunningOutputs {
             pushes: Vec::new(),
             hls: None,
+            webrtc: None,
         };
         let Some(slot) = slot else {
-            if self.restream || !self.pushes.is_empty() || self.hls.is_some() {
+            if self.restream
+                || !self.pushes.is_empty()
+                || self.hls.is_some()
+                || self.webrtc.is_some()
+            {
                 tracing::warn!(stream = %self.stream, "streaming outputs need the live hub; not started");
             }
             return running;
@@ -599,10 +615,14 @@ impl StreamOutputs {
         if self.restream {
             slot.set_restream(true);
         }
-        if let Some((cfg, hub)) = &self.hls {
-            running.hls = crate::outputs::hls::HlsOutput::start(slot, cfg, hub, &self.metrics)
-                .map_err(|e| tracing::error!(stream = %self.stream, "hls not started: {e}"))
-                .ok();
+        if let (Some(cfg), Some(served)) = (&self.hls, &self.served) {
+            running.hls =
+                crate::outputs::hls::HlsOutput::start(slot, cfg, &served.hls, &self.metrics)
+                    .map_err(|e| tracing::error!(stream = %self.stream, "hls not started: {e}"))
+                    .ok();
+        }
+        if let (Some(cfg), Some(served)) = (&self.webrtc, &self.served) {
+            running.webrtc = Some(served.whep.serve(slot, cfg, &self.metrics));
         }
         running.pushes = self
             .pushes

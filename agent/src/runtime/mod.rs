@@ -154,7 +154,7 @@ pub async fn run(
         .live
         .clone()
         .unwrap_or_else(|| Arc::new(crate::live::LiveHub::new(metrics.clone())));
-    let hls = Arc::new(crate::outputs::hls::HlsHub::default());
+    let served = Arc::new(crate::outputs::Served::default());
     // The pages hold these before the sensors and the pipeline start; those fill them.
     let readings = Arc::new(crate::sensing::Readings::default());
     let models_in_use = Arc::new(crate::inference::ModelsInUse::default());
@@ -192,7 +192,7 @@ pub async fn run(
         logs: crate::logging::ring(),
         thermal_root: "/sys/class/thermal".into(),
         live: live.clone(),
-        hls: hls.clone(),
+        served: served.clone(),
         snapshots: snapshots.clone(),
         readings: readings.clone(),
         models: crate::web::pages::ModelsState::new(cfg.inference.clone(), models_in_use.clone())
@@ -265,7 +265,7 @@ pub async fn run(
     opts.backend = Some(selected);
     opts.snapshots = Some(snapshots.clone());
     opts.live = Some(live);
-    opts.hls = Some(hls);
+    opts.served = Some(served);
     opts.models_in_use = Some(models_in_use);
     opts.watch = Some(crate::liveness::Watch {
         liveness: liveness.clone(),

@@ -118,6 +118,7 @@ pub fn generate(spec: &SampleSpec) -> anyhow::Result<u64> {
         threads: 0,
         frame_rate: (spec.fps as i32, 1),
         low_latency: false,
+        profile: None,
     };
     let mut writer = ClipWriter::create(&spec.out, &settings, layout)
         .with_context(|| format!("creating {}", spec.out.display()))?;

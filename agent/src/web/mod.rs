@@ -619,7 +619,7 @@ fn json(code: StatusCode, v: serde_json::Value) -> Response {
 }
 
 /// The host part of a `Host` header value (`[::1]:8080` → `::1`, `a:1` → `a`).
-fn host_part(host: &str) -> &str {
+pub(crate) fn host_part(host: &str) -> &str {
     if let Some(rest) = host.strip_prefix('[') {
         return rest.split(']').next().unwrap_or("");
     }
@@ -908,7 +908,7 @@ mod route_tests {
                 logs: Arc::new(crate::logging::LogRing::new(10)),
                 thermal_root: dir.path().join("no-thermal"),
                 live: Default::default(),
-                hls: Default::default(),
+                served: Default::default(),
                 snapshots: Default::default(),
                 readings: Default::default(),
                 models: Default::default(),

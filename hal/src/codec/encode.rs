@@ -34,6 +34,8 @@ pub struct EncoderSettings {
     /// frame threads, no sync lookahead), so a live output gets each frame as soon as it
     /// is encoded; a little less efficient.
     pub low_latency: bool,
+    /// The H.264 profile x264 is held to (`baseline`, `main`, `high`); `None`: its choice.
+    pub profile: Option<&'static str>,
 }
 
 impl Default for EncoderSettings {
@@ -45,6 +47,7 @@ impl Default for EncoderSettings {
             threads: 0,
             frame_rate: (30, 1),
             low_latency: false,
+            profile: None,
         }
     }
 }
@@ -125,6 +128,9 @@ impl VideoEncoder {
             opts.set("forced-idr", "1");
             if settings.low_latency {
                 opts.set("tune", "zerolatency");
+            }
+            if let Some(p) = settings.profile {
+                opts.set("profile", p);
             }
         }
         let enc = enc.open_with(opts).map_err(open_err)?;

@@ -59,6 +59,7 @@ pub fn encoder(bitrate_kbps: u32, gop_frames: u32) -> EncoderSettings {
         threads: 1,
         frame_rate: (30, 1),
         low_latency: false,
+        profile: None,
     }
 }
 

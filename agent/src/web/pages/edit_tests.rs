@@ -129,7 +129,7 @@ fn rig(outcome: DefaultOutcome, refuse: Option<String>) -> Rig {
             logs: Arc::new(crate::logging::LogRing::new(10)),
             thermal_root: dir.path().join("no-thermal"),
             live: Default::default(),
-            hls: Default::default(),
+            served: Default::default(),
             snapshots: Default::default(),
             readings: Default::default(),
             models: Default::default(),

@@ -55,7 +55,7 @@ pub async fn file(
     Path((stream, name)): Path<(String, String)>,
     uri: Uri,
 ) -> Response {
-    let Some(hls) = s.hls.stream(&stream) else {
+    let Some(hls) = s.served.hls.stream(&stream) else {
         return refuse(
             StatusCode::NOT_FOUND,
             format!(

@@ -48,18 +48,24 @@ pub(super) async fn page(State(s): State<Arc<PagesState>>, viewer: Viewer, uri: 
          <label><input type=\"checkbox\" id=\"ov-ids\" checked> Track ids</label>\
          <label><input type=\"checkbox\" id=\"ov-moderation\" checked> Moderated regions</label>\
          <label>Mode <select id=\"live-mode\"><option value=\"auto\">auto</option>\
-         <option value=\"mse\">video (MSE)</option><option value=\"jpeg\">JPEG</option>\
-         </select></label></form>",
+         <option value=\"mse\">video (MSE)</option><option value=\"jpeg\">JPEG</option>",
     );
+    let whep = s.served.whep.serves(&current);
+    if whep {
+        body.push_str("<option value=\"webrtc\">WebRTC (WHEP)</option>");
+    }
+    body.push_str("</select></label></form>");
     body.push_str(&format!(
-        "<div class=\"live\" id=\"live\" data-stream=\"{}\">\
+        "<div class=\"live\" id=\"live\" data-stream=\"{}\" data-csrf=\"{}\" data-whep=\"{}\">\
          <video id=\"live-video\" muted autoplay playsinline></video>\
          <img id=\"live-jpeg\" alt=\"live frame\" hidden>\
          <canvas id=\"live-overlay\"></canvas></div>\
          <p class=\"live-stats\">Mode <span id=\"live-modeshown\">—</span> · \
          <span id=\"live-rate\">—</span> · dropped <span id=\"live-dropped\">0</span> · \
          latency <span id=\"live-latency\">—</span> · objects <span id=\"live-objects\">—</span></p>",
-        esc(&current)
+        esc(&current),
+        esc(&viewer.csrf),
+        u8::from(whep)
     ));
     layout_with(&viewer, "Live", None, &["/static/live.js"], &body).into_response()
 }

@@ -22,6 +22,7 @@ mod overview;
 mod sensors;
 #[cfg(test)]
 mod tests;
+mod whep;
 mod workflows;
 
 use std::path::PathBuf;
@@ -65,8 +66,8 @@ pub struct PagesState {
     pub thermal_root: PathBuf,
     /// The streams' live video (the live view).
     pub live: Arc<crate::live::LiveHub>,
-    /// The streams the `hls` sink packages (`/hls/<stream>/…`).
-    pub hls: Arc<crate::outputs::hls::HlsHub>,
+    /// The streams the `hls` and `webrtc` sinks serve (`/hls/…`, `/whep/…`).
+    pub served: Arc<crate::outputs::Served>,
     /// The streams' next frames as JPEG (the live view's fallback).
     pub snapshots: Arc<crate::pipeline::snapshot::SnapshotHub>,
     /// The sensors' newest readings (all off when no sensor is configured).
@@ -109,6 +110,15 @@ pub static ROUTES: &[RouteSpec] = &[
     page(Method::GET, "/hls/{stream}/{file}", Access::Viewer, |m| {
         on(m, hls::file)
     }),
+    page(Method::POST, "/whep/{stream}", Access::Viewer, |m| {
+        on(m, whep::offer)
+    }),
+    page(
+        Method::DELETE,
+        "/whep/{stream}/{session}",
+        Access::Viewer,
+        |m| on(m, whep::end),
+    ),
     page(Method::GET, "/cameras", Access::Viewer, |m| {
         on(m, cameras::page)
     }),
@@ -255,6 +265,8 @@ pub(crate) fn router_as(state: Arc<PagesState>, viewer: Viewer) -> Router {
         .route("/api/live/{stream}/ws", get(liveview::ws))
         .route("/api/live/{stream}/frame.jpg", get(liveview::jpeg))
         .route("/hls/{stream}/{file}", get(hls::file))
+        .route("/whep/{stream}", axum::routing::post(whep::offer))
+        .route("/whep/{stream}/{session}", axum::routing::delete(whep::end))
         .route("/cameras", get(cameras::page))
         .route("/api/cameras", get(cameras::api))
         .route("/events", get(events::page))

@@ -74,7 +74,7 @@ fn fixture_with(
         logs: Arc::new(LogRing::new(10)),
         thermal_root: thermal,
         live: Default::default(),
-        hls: Default::default(),
+        served: Default::default(),
         snapshots: Default::default(),
         readings: Default::default(),
         models,

@@ -1,6 +1,7 @@
 // Aegis Edge live view: fMP4 over a WebSocket into Media Source Extensions
 // (ManagedMediaSource on iOS), JPEG frames where MSE or the codec is missing, and overlays
-// drawn on a canvas from the per-frame metadata the socket sends beside the video.
+// drawn on a canvas from the per-frame metadata the socket sends beside the video. Where the
+// stream has a webrtc sink, WebRTC (WHEP) too: the lowest latency, without overlays.
 // Text from the device (labels) is drawn with fillText only, never inserted as HTML.
 "use strict";
 
@@ -31,6 +32,7 @@
   let jpegOn = false;
   let metas = [];
   let retry = null;
+  let whep = null;
 
   function setMode(m) {
     stats.mode = m;
@@ -44,6 +46,51 @@
     if (ws) { ws.onclose = null; ws.close(); ws = null; }
     jpegOn = false;
     resetMse();
+    stopWhep();
+  }
+
+  function stopWhep() {
+    if (!whep) return;
+    whep.pc.close();
+    if (whep.location) {
+      fetch(whep.location, { method: "DELETE", credentials: "same-origin",
+        headers: { "X-CSRF-Token": root.dataset.csrf } }).catch(function () { /* gone */ });
+    }
+    whep = null;
+    video.srcObject = null;
+  }
+
+  // WHEP: a receive-only peer connection; the offer goes to the device, the answer back.
+  async function startWhep() {
+    setMode("webrtc");
+    const pc = new RTCPeerConnection();
+    const mine = { pc: pc, location: null };
+    whep = mine;
+    pc.addTransceiver("video", { direction: "recvonly" });
+    pc.ontrack = function (ev) {
+      video.srcObject = ev.streams[0] || new MediaStream([ev.track]);
+      video.play().catch(function () { /* muted: autoplay allowed */ });
+    };
+    pc.onconnectionstatechange = function () {
+      stats.webrtc = pc.connectionState;
+      if (whep === mine && (pc.connectionState === "failed" || pc.connectionState === "closed")) {
+        stopWhep();
+        retry = setTimeout(start, 1000);
+      }
+    };
+    try {
+      await pc.setLocalDescription(await pc.createOffer());
+      const r = await fetch("/whep/" + encodeURIComponent(stream), {
+        method: "POST", credentials: "same-origin", body: pc.localDescription.sdp,
+        headers: { "Content-Type": "application/sdp", "X-CSRF-Token": root.dataset.csrf } });
+      const text = await r.text();
+      if (r.status !== 201) throw new Error(text);
+      mine.location = r.headers.get("Location");
+      await pc.setRemoteDescription({ type: "answer", sdp: text });
+    } catch (e) {
+      stats.error = String(e.message || e);
+      el("live-modeshown").textContent = "webrtc: " + stats.error;
+    }
   }
 
   function resetMse() {
@@ -60,6 +107,7 @@
 
   function start() {
     stop();
+    if (modeSel.value === "webrtc") { startWhep(); return; }
     if (modeSel.value === "jpeg" || !MS) { startJpeg(); return; }
     startSocket();
   }

@@ -98,6 +98,10 @@ pub enum SinkConfig {
     /// (`/hls/<stream>/index.m3u8`, fMP4), from the same one encoded stream:
     /// for browsers and players.
     Hls(HlsSink),
+    /// Serves streams to browsers over WebRTC (WHEP, `POST /whep/<stream>` on
+    /// the web server), from the same one encoded stream: sub-second latency.
+    #[serde(rename = "webrtc")]
+    WebRtc(WebRtcSink),
 }
 
 /// Settings of the `restream` sink.
@@ -153,6 +157,38 @@ impl Default for HlsSink {
 }
 
 impl HlsSink {
+    /// Whether this sink serves `stream`.
+    pub fn serves(&self, stream: &str) -> bool {
+        self.streams.is_empty() || self.streams.iter().any(|s| s == stream)
+    }
+}
+
+/// Settings of the `webrtc` sink.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct WebRtcSink {
+    /// The streams to serve (source ids); empty: all of them.
+    #[serde(default)]
+    pub streams: Vec<String>,
+    /// Most WebRTC sessions at once, all streams together (1 to 64).
+    #[serde(default = "default_webrtc_sessions")]
+    pub max_sessions: u32,
+}
+
+fn default_webrtc_sessions() -> u32 {
+    4
+}
+
+impl Default for WebRtcSink {
+    fn default() -> Self {
+        WebRtcSink {
+            streams: Vec::new(),
+            max_sessions: default_webrtc_sessions(),
+        }
+    }
+}
+
+impl WebRtcSink {
     /// Whether this sink serves `stream`.
     pub fn serves(&self, stream: &str) -> bool {
         self.streams.is_empty() || self.streams.iter().any(|s| s == stream)
@@ -255,6 +291,34 @@ pub struct EncoderConfig {
     /// threads); a little larger at the same quality.
     #[serde(default)]
     pub low_latency: bool,
+    /// H.264 profile: `baseline` (constrained: no B-frames, what every WebRTC
+    /// browser decodes), `main` or `high`. Omitted: the encoder's choice
+    /// (x264: High).
+    #[serde(default)]
+    pub profile: Option<H264Profile>,
+}
+
+/// An H.264 profile the encoder is held to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum H264Profile {
+    /// Constrained Baseline: no B-frames, no CABAC.
+    Baseline,
+    /// Main.
+    Main,
+    /// High.
+    High,
+}
+
+impl H264Profile {
+    /// The name x264 takes.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            H264Profile::Baseline => "baseline",
+            H264Profile::Main => "main",
+            H264Profile::High => "high",
+        }
+    }
 }
 
 impl Default for EncoderConfig {
@@ -266,6 +330,7 @@ impl Default for EncoderConfig {
             gop_frames: default_gop_frames(),
             threads: default_encoder_threads(),
             low_latency: false,
+            profile: None,
         }
     }
 }

@@ -41,7 +41,9 @@ aegis_workspace_lock() {
 # (clang-native, meta-clang) and the target's headers; it also compiles a small version probe
 # for the build host, which must see the target's libav* headers but the host's C library: the
 # FFMPEG_DIR prefix below holds only the libav* header directories.
-DEPENDS += "clang-native ffmpeg"
+# openssl: the WebRTC outputs' DTLS (str0m's OpenSSL backend, openssl-sys through
+# pkg-config).
+DEPENDS += "clang-native ffmpeg openssl"
 export LIBCLANG_PATH = "${STAGING_LIBDIR_NATIVE}"
 export BINDGEN_EXTRA_CLANG_ARGS = "${HOST_CC_ARCH}${TOOLCHAIN_OPTIONS} --target=${TARGET_SYS}"
 export FFMPEG_DIR = "${WORKDIR}/ffmpeg-prefix"
