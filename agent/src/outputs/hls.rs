@@ -18,7 +18,6 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::fmt::Write as _;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -439,74 +438,41 @@ impl HlsStream {
     }
 }
 
-/// A running HLS packager: stopped by [`HlsOutput::stop`] or on drop, which takes the
+/// Starts packaging `slot`'s stream into `hub` as `cfg` says; stopping the thread takes the
 /// stream off the web server.
-pub struct HlsOutput {
-    stop: Arc<AtomicBool>,
-    thread: Option<std::thread::JoinHandle<()>>,
-}
-
-impl HlsOutput {
-    /// Starts packaging `slot`'s stream into `hub` as `cfg` says.
-    pub fn start(
-        slot: &Arc<LiveSlot>,
-        cfg: &HlsSink,
-        hub: &Arc<HlsHub>,
-        metrics: &Metrics,
-    ) -> anyhow::Result<HlsOutput> {
-        let labels = OutputLabels {
-            stream: slot.stream().to_owned(),
-            output: "hls".into(),
-        };
-        let stream = Arc::new(HlsStream::new(
-            cfg,
-            metrics.output_bytes.get_or_create_owned(&labels),
-        ));
-        let dropped = metrics.output_dropped.get_or_create_owned(&labels);
-        let packager = Packager::new(slot.stream(), stream.clone(), cfg);
-        let sub = slot.subscribe_packets(QUEUE);
-        let id = slot.stream().to_owned();
-        lock(&hub.streams).insert(id.clone(), stream.clone());
-        let stop = Arc::new(AtomicBool::new(false));
-        let flag = stop.clone();
-        let hub = hub.clone();
-        let thread = std::thread::Builder::new()
-            .name(format!("hls-{id}"))
-            .spawn(move || {
-                let mut packager = packager;
-                super::run_feed(sub, &flag, &dropped, |sub, msg| match msg {
-                    OutMsg::Start(s) => packager.start(s),
-                    OutMsg::Packet(p) => packager.packet(&p, sub),
-                });
-                packager.end();
-                let mut streams = lock(&hub.streams);
-                if streams.get(&id).is_some_and(|s| Arc::ptr_eq(s, &stream)) {
-                    streams.remove(&id);
-                }
-            })?;
-        Ok(HlsOutput {
-            stop,
-            thread: Some(thread),
-        })
-    }
-
-    /// Stops packaging; the stream leaves the web server.
-    pub fn stop(mut self) {
-        self.halt();
-    }
-
-    fn halt(&mut self) {
-        self.stop.store(true, Ordering::Release);
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
+pub fn start(
+    slot: &Arc<LiveSlot>,
+    cfg: &HlsSink,
+    hub: &Arc<HlsHub>,
+    metrics: &Metrics,
+) -> anyhow::Result<crate::outputs::OutputThread> {
+    let labels = OutputLabels {
+        stream: slot.stream().to_owned(),
+        output: "hls".into(),
+    };
+    let stream = Arc::new(HlsStream::new(
+        cfg,
+        metrics.output_bytes.get_or_create_owned(&labels),
+    ));
+    let dropped = metrics.output_dropped.get_or_create_owned(&labels);
+    let packager = Packager::new(slot.stream(), stream.clone(), cfg);
+    let sub = slot.subscribe_packets(QUEUE);
+    let id = slot.stream().to_owned();
+    lock(&hub.streams).insert(id.clone(), stream.clone());
+    let hub = hub.clone();
+    let name = format!("hls-{id}");
+    Ok(crate::outputs::OutputThread::spawn(name, move |stop| {
+        let mut packager = packager;
+        super::run_feed(sub, stop, &dropped, |sub, msg| match msg {
+            OutMsg::Start(s) => packager.start(s),
+            OutMsg::Packet(p) => packager.packet(&p, sub),
+        });
+        packager.end();
+        let mut streams = lock(&hub.streams);
+        if streams.get(&id).is_some_and(|s| Arc::ptr_eq(s, &stream)) {
+            streams.remove(&id);
         }
-    }
-}
-
-impl Drop for HlsOutput {
-    fn drop(&mut self) {
-        self.halt();
-    }
+    })?)
 }
 
 /// Cuts the packets into parts and segments.
@@ -723,15 +689,9 @@ mod tests {
     /// 30 fps in 90 kHz ticks.
     const FRAME: i64 = 3000;
 
+    /// Constrained Baseline, as x264 writes it.
     fn avc() -> AvcConfig {
-        // Baseline profile SPS (1280x720) and a PPS, as x264 writes them.
-        let sps = [0x67, 0x42, 0xc0, 0x1f, 0xda, 0x01, 0x40, 0x16, 0xe8, 0x40];
-        let pps = [0x68, 0xce, 0x3c, 0x80];
-        let mut annexb = vec![0, 0, 0, 1];
-        annexb.extend_from_slice(&sps);
-        annexb.extend_from_slice(&[0, 0, 0, 1]);
-        annexb.extend_from_slice(&pps);
-        AvcConfig::from_annexb(&annexb, 1280, 720).unwrap()
+        crate::outputs::test_avc(0x42, 0xc0)
     }
 
     struct Rig {

@@ -31,6 +31,49 @@ pub struct Served {
     pub whep: std::sync::Arc<webrtc::WhepHub>,
 }
 
+/// An output's thread: stopped (its flag set, then joined) by [`OutputThread::stop`] or on
+/// drop.
+pub struct OutputThread {
+    stop: std::sync::Arc<AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl OutputThread {
+    /// Runs `body` on a thread called `name`; `body` returns once the flag it gets is set.
+    pub(crate) fn spawn(
+        name: String,
+        body: impl FnOnce(&AtomicBool) + Send + 'static,
+    ) -> std::io::Result<OutputThread> {
+        let stop = std::sync::Arc::new(AtomicBool::new(false));
+        let flag = stop.clone();
+        let thread = std::thread::Builder::new()
+            .name(name)
+            .spawn(move || body(&flag))?;
+        Ok(OutputThread {
+            stop,
+            thread: Some(thread),
+        })
+    }
+
+    /// Stops the output and waits for its thread.
+    pub fn stop(mut self) {
+        self.halt();
+    }
+
+    fn halt(&mut self) {
+        self.stop.store(true, Ordering::Release);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+impl Drop for OutputThread {
+    fn drop(&mut self) {
+        self.halt();
+    }
+}
+
 /// How often an output's thread looks at its stop flag while no packet comes.
 const POLL: Duration = Duration::from_millis(200);
 
@@ -65,4 +108,25 @@ pub(crate) fn run_feed(
         dropped.inc_by(d.saturating_sub(seen));
         seen = d;
     }
+}
+
+/// An x264-like SPS (1280x720, level 3.1) of `profile_idc` with `constraints`, and a PPS.
+#[cfg(test)]
+pub(crate) fn test_avc(profile: u8, constraints: u8) -> aegis_hal::fmp4::AvcConfig {
+    let sps = [
+        0x67,
+        profile,
+        constraints,
+        0x1f,
+        0xda,
+        0x01,
+        0x40,
+        0x16,
+        0xe8,
+        0x40,
+    ];
+    let mut annexb = vec![0, 0, 0, 1];
+    annexb.extend_from_slice(&sps);
+    annexb.extend_from_slice(&[0, 0, 0, 1, 0x68, 0xce, 0x3c, 0x80]);
+    aegis_hal::fmp4::AvcConfig::from_annexb(&annexb, 1280, 720).expect("a valid SPS")
 }

@@ -7,7 +7,7 @@
 //! passphrase go to libavformat only: logs, errors and metrics show the redacted URL.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::AtomicBool;
 use std::time::{Duration, Instant};
 
 use aegis_config::{NetScheme, NetUrl, PushSink};
@@ -16,19 +16,13 @@ use prometheus_client::metrics::gauge::Gauge;
 
 use crate::live::{LiveSlot, OutMsg, PacketSubscription, StreamStart};
 use crate::metrics::{Metrics, OutputLabels};
+use crate::outputs::OutputThread;
 
 /// Packets the output's queue holds (about four seconds at 30 fps: a reconnect's
 /// handshake fits).
 const QUEUE: usize = 128;
 /// Every network wait of libavformat ends after this.
 const NET_TIMEOUT: Duration = Duration::from_secs(5);
-
-/// A running push: stopped (and its connection closed cleanly) by [`PushOutput::stop`] or
-/// on drop.
-pub struct PushOutput {
-    stop: Arc<AtomicBool>,
-    thread: Option<std::thread::JoinHandle<()>>,
-}
 
 /// Where the output connects, secrets included, and how it is shown.
 struct Target {
@@ -75,53 +69,29 @@ impl Target {
     }
 }
 
-impl PushOutput {
-    /// Starts pushing `slot`'s stream as `cfg` says.
-    pub fn start(
-        slot: &Arc<LiveSlot>,
-        cfg: &PushSink,
-        metrics: &Metrics,
-    ) -> anyhow::Result<PushOutput> {
-        let target = Target::new(cfg)?;
-        let labels = OutputLabels {
-            stream: slot.stream().to_owned(),
-            output: "push".into(),
-        };
-        let counters = Counters {
-            up: metrics.output_clients.get_or_create_owned(&labels),
-            bytes: metrics.output_bytes.get_or_create_owned(&labels),
-            dropped: metrics.output_dropped.get_or_create_owned(&labels),
-        };
-        let sub = slot.subscribe_packets(QUEUE);
-        let stream = slot.stream().to_owned();
-        let stop = Arc::new(AtomicBool::new(false));
-        let flag = stop.clone();
-        let thread = std::thread::Builder::new()
-            .name(format!("push-{}", slot.stream()))
-            .spawn(move || Worker::new(&stream, target, counters).run(sub, &flag))?;
-        Ok(PushOutput {
-            stop,
-            thread: Some(thread),
-        })
-    }
-
-    /// Stops the output: the connection gets its trailer and closes.
-    pub fn stop(mut self) {
-        self.halt();
-    }
-
-    fn halt(&mut self) {
-        self.stop.store(true, Ordering::Release);
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
-        }
-    }
-}
-
-impl Drop for PushOutput {
-    fn drop(&mut self) {
-        self.halt();
-    }
+/// Starts pushing `slot`'s stream as `cfg` says; stopping the thread closes the connection
+/// cleanly (its trailer is written).
+pub fn start(
+    slot: &Arc<LiveSlot>,
+    cfg: &PushSink,
+    metrics: &Metrics,
+) -> anyhow::Result<OutputThread> {
+    let target = Target::new(cfg)?;
+    let labels = OutputLabels {
+        stream: slot.stream().to_owned(),
+        output: "push".into(),
+    };
+    let counters = Counters {
+        up: metrics.output_clients.get_or_create_owned(&labels),
+        bytes: metrics.output_bytes.get_or_create_owned(&labels),
+        dropped: metrics.output_dropped.get_or_create_owned(&labels),
+    };
+    let sub = slot.subscribe_packets(QUEUE);
+    let stream = slot.stream().to_owned();
+    Ok(OutputThread::spawn(
+        format!("push-{stream}"),
+        move |stop| Worker::new(&stream, target, counters).run(sub, stop),
+    )?)
 }
 
 struct Counters {

@@ -212,15 +212,9 @@ mod tests {
         (out, markers)
     }
 
+    /// Constrained Baseline, as x264 writes it.
     fn avc() -> AvcConfig {
-        // Baseline profile SPS (1280x720) and a PPS, as x264 writes them.
-        let sps = [0x67, 0x42, 0xc0, 0x1f, 0xda, 0x01, 0x40, 0x16, 0xe8, 0x40];
-        let pps = [0x68, 0xce, 0x3c, 0x80];
-        let mut annexb = vec![0, 0, 0, 1];
-        annexb.extend_from_slice(&sps);
-        annexb.extend_from_slice(&[0, 0, 0, 1]);
-        annexb.extend_from_slice(&pps);
-        AvcConfig::from_annexb(&annexb, 1280, 720).unwrap()
+        crate::outputs::test_avc(0x42, 0xc0)
     }
 
     #[test]

@@ -505,7 +505,6 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use aegis_hal::fmp4::AvcConfig;
 
     /// A browser's receive-only video offer (Chromium's shape): H.264 Baseline, Constrained
     /// Baseline and Main, packetization mode 1, and Baseline in mode 0.
@@ -527,23 +526,8 @@ a=fmtp:127 level-asymmetry-allowed=1;packetization-mode=1;profile-level-id=4d001
 
     /// A stream whose SPS says `profile` with `constraints`.
     fn start(profile: u8, constraints: u8) -> StreamStart {
-        let sps = [
-            0x67,
-            profile,
-            constraints,
-            0x1f,
-            0xda,
-            0x01,
-            0x40,
-            0x16,
-            0xe8,
-            0x40,
-        ];
-        let mut annexb = vec![0, 0, 0, 1];
-        annexb.extend_from_slice(&sps);
-        annexb.extend_from_slice(&[0, 0, 0, 1, 0x68, 0xce, 0x3c, 0x80]);
         StreamStart {
-            avc: AvcConfig::from_annexb(&annexb, 1280, 720).unwrap(),
+            avc: crate::outputs::test_avc(profile, constraints),
             generation: 1,
         }
     }

@@ -540,8 +540,8 @@ struct StreamOutputs {
 
 /// The outputs running for one stream; stopped when the stream's sink thread ends.
 struct RunningOutputs {
-    pushes: Vec<crate::outputs::push::PushOutput>,
-    hls: Option<crate::outputs::hls::HlsOutput>,
+    pushes: Vec<crate::outputs::OutputThread>,
+    hls: Option<crate::outputs::OutputThread>,
     /// The stream's WHEP registration (its sessions end with it).
     webrtc: Option<crate::outputs::webrtc::WhepStream>,
 }
@@ -576,10 +576,10 @@ impl StreamOutputs {
                 _ => None,
             }),
             served,
-            restream: cfg.sinks.iter().any(|s| {
-                matches!(s, SinkConfig::Restream(r)
-                    if r.streams.is_empty() || r.streams.iter().any(|x| x == stream))
-            }),
+            restream: cfg
+                .sinks
+                .iter()
+                .any(|s| matches!(s, SinkConfig::Restream(r) if r.serves(stream))),
             pushes: cfg
                 .sinks
                 .iter()
@@ -616,10 +616,9 @@ impl StreamOutputs {
             slot.set_restream(true);
         }
         if let (Some(cfg), Some(served)) = (&self.hls, &self.served) {
-            running.hls =
-                crate::outputs::hls::HlsOutput::start(slot, cfg, &served.hls, &self.metrics)
-                    .map_err(|e| tracing::error!(stream = %self.stream, "hls not started: {e}"))
-                    .ok();
+            running.hls = crate::outputs::hls::start(slot, cfg, &served.hls, &self.metrics)
+                .map_err(|e| tracing::error!(stream = %self.stream, "hls not started: {e}"))
+                .ok();
         }
         if let (Some(cfg), Some(served)) = (&self.webrtc, &self.served) {
             running.webrtc = Some(served.whep.serve(slot, cfg, &self.metrics));
@@ -628,7 +627,7 @@ impl StreamOutputs {
             .pushes
             .iter()
             .filter_map(|p| {
-                crate::outputs::push::PushOutput::start(slot, p, &self.metrics)
+                crate::outputs::push::start(slot, p, &self.metrics)
                     .map_err(|e| tracing::error!(stream = %self.stream, "push not started: {e}"))
                     .ok()
             })

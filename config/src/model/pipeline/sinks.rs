@@ -159,8 +159,20 @@ impl Default for HlsSink {
 impl HlsSink {
     /// Whether this sink serves `stream`.
     pub fn serves(&self, stream: &str) -> bool {
-        self.streams.is_empty() || self.streams.iter().any(|s| s == stream)
+        lists(&self.streams, stream)
     }
+}
+
+impl RestreamSink {
+    /// Whether this sink serves `stream`.
+    pub fn serves(&self, stream: &str) -> bool {
+        lists(&self.streams, stream)
+    }
+}
+
+/// An output sink's `streams`: empty means every stream.
+fn lists(streams: &[String], stream: &str) -> bool {
+    streams.is_empty() || streams.iter().any(|s| s == stream)
 }
 
 /// Settings of the `webrtc` sink.
@@ -191,7 +203,7 @@ impl Default for WebRtcSink {
 impl WebRtcSink {
     /// Whether this sink serves `stream`.
     pub fn serves(&self, stream: &str) -> bool {
-        self.streams.is_empty() || self.streams.iter().any(|s| s == stream)
+        lists(&self.streams, stream)
     }
 }
 
