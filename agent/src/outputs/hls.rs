@@ -831,6 +831,33 @@ mod tests {
     }
 
     #[test]
+    fn a_long_gop_gets_one_keyframe_request_per_segment() {
+        use aegis_hal::record::PacketTap as _;
+        let mut rig = Rig::new(&HlsSink::default());
+        // The encoder's own keyframes are 10 s apart; it honours every request at the next
+        // frame, as x264 does.
+        let (mut requests, mut key_next) = (0, false);
+        for _ in 0..600 {
+            let gop = if key_next || rig.n == 0 { 1 } else { i64::MAX };
+            rig.frames(1, gop);
+            key_next = rig._slot.take_keyframe_request();
+            requests += usize::from(key_next);
+        }
+        let w = lock(&rig.stream.window);
+        let done: Vec<u64> = w.complete().map(Segment::ticks).collect();
+        // Each segment closes on the one keyframe asked for when the next frame would make it
+        // a part overdue (65 frames: 2.17 s).
+        assert!(done.len() >= 4, "{done:?}");
+        assert!(done.iter().all(|&t| t == 65 * FRAME as u64), "{done:?}");
+        // One request per segment, and the one the subscription itself makes.
+        let made = rig.packager.next_msn as usize;
+        assert!(
+            requests <= made + 1,
+            "{requests} requests for {made} segments: {done:?}"
+        );
+    }
+
+    #[test]
     fn a_restart_is_a_discontinuity_with_a_new_init_and_the_end_ends_the_playlist() {
         let mut rig = Rig::new(&HlsSink::default());
         rig.frames(90, 30);

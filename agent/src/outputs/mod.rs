@@ -74,6 +74,14 @@ impl Drop for OutputThread {
     }
 }
 
+/// 64 random bits from the OS (RTSP session ids and nonces, WHEP session ids: unguessable,
+/// so one client cannot end or take over another's session).
+pub(crate) fn random_u64() -> u64 {
+    let mut b = [0u8; 8];
+    getrandom::fill(&mut b).expect("the OS random source");
+    u64::from_le_bytes(b)
+}
+
 /// How often an output's thread looks at its stop flag while no packet comes.
 const POLL: Duration = Duration::from_millis(200);
 

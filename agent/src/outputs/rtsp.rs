@@ -380,12 +380,6 @@ fn check_digest<'a>(
     }
 }
 
-fn random_u64() -> u64 {
-    let mut b = [0u8; 8];
-    getrandom::fill(&mut b).expect("the OS random source");
-    u64::from_le_bytes(b)
-}
-
 /// How RTP reaches the client.
 enum Transport {
     /// Interleaved in the RTSP connection, on these channels.
@@ -445,7 +439,7 @@ impl Connection {
             peer,
             local,
             ctx,
-            nonce: format!("{:016x}", random_u64()),
+            nonce: format!("{:016x}", super::random_u64()),
             failures: 0,
             sub: None,
             start: None,
@@ -587,7 +581,7 @@ impl Connection {
                     self.failures += 1;
                     tracing::warn!(peer = %self.peer, "RTSP: authentication failed: {why}");
                 }
-                self.nonce = format!("{:016x}", random_u64());
+                self.nonce = format!("{:016x}", super::random_u64());
                 let challenge = format!("Digest realm=\"{REALM}\", nonce=\"{}\"", self.nonce);
                 self.respond(
                     req,
@@ -736,7 +730,7 @@ impl Connection {
             .local
             .map(|a| a.ip().to_string())
             .unwrap_or_else(|| "0.0.0.0".into());
-        let body = rtp::sdp(&stream, &start.avc, random_u64() >> 1, &ip);
+        let body = rtp::sdp(&stream, &start.avc, super::random_u64() >> 1, &ip);
         let base = self.base_url(req, &stream);
         self.respond(
             req,
@@ -767,7 +761,7 @@ impl Connection {
             self.respond(req, "461 Unsupported Transport", &[], "");
             return Ok(Next::Continue);
         };
-        let ssrc = random_u64() as u32;
+        let ssrc = super::random_u64() as u32;
         let Some((transport, reply)) = self.transport(spec, ssrc).await else {
             self.respond(req, "461 Unsupported Transport", &[], "");
             return Ok(Next::Continue);
@@ -782,8 +776,8 @@ impl Connection {
             stream: stream.clone(),
             output: "rtsp".into(),
         };
-        let id = format!("{:016X}", random_u64());
-        let r = random_u64();
+        let id = format!("{:016X}", super::random_u64());
+        let r = super::random_u64();
         self.session = Some(Session {
             id: id.clone(),
             stream: stream.clone(),

@@ -205,7 +205,7 @@ impl WhepHub {
         {
             return Err(WhepError::NoCodec(profile_name(start)));
         }
-        let id = format!("{:016x}", rand_u64());
+        let id = format!("{:016x}", super::random_u64());
         let (stop, stopped) = watch::channel(false);
         {
             let mut inner = lock(&self.inner);
@@ -261,11 +261,6 @@ impl WhepHub {
     pub fn serves(&self, stream: &str) -> bool {
         lock(&self.inner).streams.contains_key(stream)
     }
-
-    /// Sessions running now.
-    pub fn sessions(&self) -> usize {
-        lock(&self.inner).sessions.len()
-    }
 }
 
 /// The first `a=mid:` of an SDP.
@@ -273,14 +268,6 @@ fn first_mid(sdp: &str) -> Option<Mid> {
     sdp.lines()
         .find_map(|l| l.trim().strip_prefix("a=mid:"))
         .map(Mid::from)
-}
-
-fn rand_u64() -> u64 {
-    let mut b = [0u8; 8];
-    // A session id only has to be unguessable enough not to be ended by another viewer;
-    // the OS generator does not fail on Linux once booted.
-    let _ = getrandom::fill(&mut b);
-    u64::from_le_bytes(b)
 }
 
 /// `avc1`-style name of the stream's profile, for the refusal.

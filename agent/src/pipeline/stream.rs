@@ -528,7 +528,7 @@ struct StreamOutputs {
     /// Served on the RTSP server (the `restream` sink lists it, or lists none).
     restream: bool,
     pushes: Vec<aegis_config::PushSink>,
-    /// The `hls` sink, when it lists this stream, and where it publishes.
+    /// The `hls` sink, when it lists this stream.
     hls: Option<aegis_config::HlsSink>,
     /// The `webrtc` sink, when it lists this stream.
     webrtc: Option<aegis_config::WebRtcSink>,
@@ -540,19 +540,16 @@ struct StreamOutputs {
 
 /// The outputs running for one stream; stopped when the stream's sink thread ends.
 struct RunningOutputs {
-    pushes: Vec<crate::outputs::OutputThread>,
-    hls: Option<crate::outputs::OutputThread>,
+    /// The pushes and the HLS packager.
+    threads: Vec<crate::outputs::OutputThread>,
     /// The stream's WHEP registration (its sessions end with it).
     webrtc: Option<crate::outputs::webrtc::WhepStream>,
 }
 
 impl RunningOutputs {
     fn stop(self) {
-        for p in self.pushes {
-            p.stop();
-        }
-        if let Some(h) = self.hls {
-            h.stop();
+        for t in self.threads {
+            t.stop();
         }
         drop(self.webrtc);
     }
@@ -598,8 +595,7 @@ impl StreamOutputs {
     /// run, which is logged.
     fn start(&self, slot: Option<&Arc<live::LiveSlot>>) -> RunningOutputs {
         let mut running = RunningOutputs {
-            pushes: Vec::new(),
-            hls: None,
+            threads: Vec::new(),
             webrtc: None,
         };
         let Some(slot) = slot else {
@@ -616,22 +612,19 @@ impl StreamOutputs {
             slot.set_restream(true);
         }
         if let (Some(cfg), Some(served)) = (&self.hls, &self.served) {
-            running.hls = crate::outputs::hls::start(slot, cfg, &served.hls, &self.metrics)
-                .map_err(|e| tracing::error!(stream = %self.stream, "hls not started: {e}"))
-                .ok();
+            match crate::outputs::hls::start(slot, cfg, &served.hls, &self.metrics) {
+                Ok(t) => running.threads.push(t),
+                Err(e) => tracing::error!(stream = %self.stream, "hls not started: {e}"),
+            }
         }
         if let (Some(cfg), Some(served)) = (&self.webrtc, &self.served) {
             running.webrtc = Some(served.whep.serve(slot, cfg, &self.metrics));
         }
-        running.pushes = self
-            .pushes
-            .iter()
-            .filter_map(|p| {
-                crate::outputs::push::start(slot, p, &self.metrics)
-                    .map_err(|e| tracing::error!(stream = %self.stream, "push not started: {e}"))
-                    .ok()
-            })
-            .collect();
+        running.threads.extend(self.pushes.iter().filter_map(|p| {
+            crate::outputs::push::start(slot, p, &self.metrics)
+                .map_err(|e| tracing::error!(stream = %self.stream, "push not started: {e}"))
+                .ok()
+        }));
         running
     }
 }

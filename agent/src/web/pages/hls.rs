@@ -13,20 +13,11 @@ use axum::extract::{Path, State};
 use axum::http::{StatusCode, Uri, header};
 use axum::response::{IntoResponse, Response};
 
-use super::PagesState;
+use super::{PagesState, refuse_plain};
 use crate::outputs::hls::{HlsError, HlsFile};
 
 /// The playlist's media type (RFC 8216).
 const PLAYLIST_TYPE: &str = "application/vnd.apple.mpegurl";
-
-fn refuse(code: StatusCode, why: String) -> Response {
-    (
-        code,
-        [(header::CONTENT_TYPE, "text/plain; charset=utf-8")],
-        why,
-    )
-        .into_response()
-}
 
 /// The blocking-reload parameters: `(msn, part)`; an error names the bad one.
 fn blocking(q: &HashMap<String, String>) -> Result<Option<(u64, Option<usize>)>, String> {
@@ -56,7 +47,7 @@ pub async fn file(
     uri: Uri,
 ) -> Response {
     let Some(hls) = s.served.hls.stream(&stream) else {
-        return refuse(
+        return refuse_plain(
             StatusCode::NOT_FOUND,
             format!(
                 "stream {stream:?} is not served as HLS (no hls sink lists it, or it is not running)"
@@ -64,7 +55,7 @@ pub async fn file(
         );
     };
     let Some(file) = HlsFile::parse(&name) else {
-        return refuse(
+        return refuse_plain(
             StatusCode::NOT_FOUND,
             format!("no file {name:?} in an HLS stream"),
         );
@@ -73,7 +64,7 @@ pub async fn file(
         HlsFile::Playlist => {
             let block = match blocking(&super::query(&uri)) {
                 Ok(b) => b,
-                Err(why) => return refuse(StatusCode::BAD_REQUEST, why),
+                Err(why) => return refuse_plain(StatusCode::BAD_REQUEST, why),
             };
             hls.playlist(block)
                 .await
@@ -100,6 +91,6 @@ pub async fn file(
             HlsError::NotFound(_) => StatusCode::NOT_FOUND,
             HlsError::Timeout(_) => StatusCode::SERVICE_UNAVAILABLE,
         };
-        refuse(code, e.to_string())
+        refuse_plain(code, e.to_string())
     })
 }

@@ -240,6 +240,16 @@ const fn page(method: Method, path: &'static str, access: Access, handler: Handl
     }
 }
 
+/// A refusal as plain text (the HLS and WHEP endpoints: players and scripts, not pages).
+fn refuse_plain(code: StatusCode, why: String) -> Response {
+    (
+        code,
+        [(header::CONTENT_TYPE, "text/plain; charset=utf-8")],
+        why,
+    )
+        .into_response()
+}
+
 /// The pages alone over `state`, without the access check, as an admin sees them (the
 /// handler tests; the access check has its own tests over the whole table in `web`).
 #[cfg(test)]

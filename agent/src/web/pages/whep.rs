@@ -12,17 +12,8 @@ use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 
-use super::PagesState;
+use super::{PagesState, refuse_plain};
 use crate::outputs::webrtc::{MAX_OFFER, WhepError};
-
-fn refuse(code: StatusCode, why: String) -> Response {
-    (
-        code,
-        [(header::CONTENT_TYPE, "text/plain; charset=utf-8")],
-        why,
-    )
-        .into_response()
-}
 
 /// The IP address the browser reached this server at, from its `Host`.
 fn host_ip(headers: &HeaderMap) -> Result<std::net::IpAddr, String> {
@@ -55,23 +46,23 @@ pub async fn offer(
                 .is_some_and(|t| t.trim() == "application/sdp")
         });
     if !sdp_type {
-        return refuse(
+        return refuse_plain(
             StatusCode::UNSUPPORTED_MEDIA_TYPE,
             "the offer must be sent as application/sdp".into(),
         );
     }
     if body.len() > MAX_OFFER {
-        return refuse(
+        return refuse_plain(
             StatusCode::PAYLOAD_TOO_LARGE,
             format!("the offer is over {MAX_OFFER} bytes"),
         );
     }
     let Ok(text) = std::str::from_utf8(&body) else {
-        return refuse(StatusCode::BAD_REQUEST, "the offer is not UTF-8".into());
+        return refuse_plain(StatusCode::BAD_REQUEST, "the offer is not UTF-8".into());
     };
     let ip = match host_ip(&headers) {
         Ok(ip) => ip,
-        Err(why) => return refuse(StatusCode::BAD_REQUEST, why),
+        Err(why) => return refuse_plain(StatusCode::BAD_REQUEST, why),
     };
     match s.served.whep.offer(&stream, text, ip).await {
         Ok((id, answer)) => (
@@ -91,7 +82,7 @@ pub async fn offer(
                 WhepError::NoCodec(_) => StatusCode::NOT_ACCEPTABLE,
                 WhepError::Io(_) => StatusCode::INTERNAL_SERVER_ERROR,
             };
-            refuse(code, e.to_string())
+            refuse_plain(code, e.to_string())
         }
     }
 }
@@ -104,7 +95,7 @@ pub async fn end(
     if s.served.whep.end(&stream, &id) {
         StatusCode::OK.into_response()
     } else {
-        refuse(
+        refuse_plain(
             StatusCode::NOT_FOUND,
             format!("no WebRTC session {id:?} of {stream:?}"),
         )
