@@ -859,8 +859,6 @@ async fn webrtc_plays_the_stream_in_chromium_over_whep() {
             "WebRTC glass to glass in Chromium: p50 {p50:.0} ms, p95 {p95:.0} ms over {} frames",
             lat.len()
         );
-        b.ensure(p95 < 2000.0, format!("latency p95 {p95} ms"))
-            .await?;
         // Leaving WebRTC mode ends the session on the device (DELETE of its Location).
         b.execute(
             "const s = document.getElementById('live-mode'); s.value = 'jpeg'; \
