@@ -117,8 +117,15 @@ impl Inference {
         if specs.is_empty() {
             return Ok(Inference::none());
         }
+        // A GPU provider serves the streams one request after another unless told to batch
+        // (inference.gpu_batching: see its docs for the measurement).
+        let gpu = inf.provider != aegis_config::InferenceProvider::Cpu;
         let batch = BatchSettings {
-            max_batch: inf.max_batch as usize,
+            max_batch: if gpu && !inf.gpu_batching {
+                1
+            } else {
+                inf.max_batch as usize
+            },
             window: Duration::from_millis(u64::from(inf.batch_window_ms)),
         };
         let registry = Registry::load_reusing(

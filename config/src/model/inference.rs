@@ -138,6 +138,13 @@ pub struct InferenceConfig {
     /// (0 to 100 ms).
     #[serde(default = "default_batch_window_ms")]
     pub batch_window_ms: u32,
+    /// Batch the streams' frames on a GPU provider too (`max_batch` applies to
+    /// the CPU provider only unless this is on). Off by default: on an H100 the
+    /// whole pipeline with every demo stage stalled (under 2 fps per stream at
+    /// 2 to 8 streams) with it, and ran 330-356 fps in total at 8 streams
+    /// without, though one model alone batches well (NudeNet 5x at 8 streams).
+    #[serde(default)]
+    pub gpu_batching: bool,
     /// TensorRT options.
     #[serde(default)]
     pub tensorrt: TensorRtOptions,
@@ -155,6 +162,7 @@ impl Default for InferenceConfig {
             threads: 0,
             max_batch: default_max_batch(),
             batch_window_ms: default_batch_window_ms(),
+            gpu_batching: false,
             tensorrt: TensorRtOptions::default(),
             models: Vec::new(),
         }
