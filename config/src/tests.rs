@@ -1227,3 +1227,42 @@ outputs:
         minimal()
     ));
 }
+
+#[test]
+fn whip_sources_need_a_strong_publish_token_and_nothing_else_takes_one() {
+    assert_eq!(
+        SourceConfig::new("a", "whip:").location(),
+        SourceLocation::Whip
+    );
+    let config = |sources: &str| format!("device: {{id: d}}\npipeline:\n  sources:\n{sources}");
+    ok(&config(
+        "    - {id: a, url: \"whip:\", publish_token: \"0123456789abcdef0123456789\"}\n",
+    ));
+    let bad = config(concat!(
+        "    - {id: a, url: \"whip:\"}\n",
+        "    - {id: b, url: \"whip://h/x\", publish_token: \"0123456789abcdef0123456789\"}\n",
+        "    - {id: c, url: \"whip:\", publish_token: \"short\"}\n",
+        "    - {id: d, url: \"whip:\", publish_token: \"0123456789abcdef 0123456789\"}\n",
+        "    - {id: e, url: \"a.mp4\", publish_token: \"0123456789abcdef0123456789\"}\n",
+    ));
+    let problems: Vec<(String, String)> = problems_of(&bad)
+        .into_iter()
+        .map(|p| (p.path, p.reason))
+        .collect();
+    let find = |path: &str| {
+        problems
+            .iter()
+            .find(|(p, _)| p == path)
+            .map(|(_, m)| m.clone())
+            .unwrap_or_else(|| panic!("no problem at {path}: {problems:?}"))
+    };
+    assert!(find("pipeline.sources[0].publish_token").contains("needs a publish_token"));
+    assert!(find("pipeline.sources[1].url").contains("just `whip:`"));
+    assert!(find("pipeline.sources[2].publish_token").contains("24 to 256"));
+    assert!(find("pipeline.sources[3].publish_token").contains("visible ASCII"));
+    assert!(find("pipeline.sources[4].publish_token").contains("only whip sources"));
+    // The token is a secret: never in the config's debug form.
+    let mut s = SourceConfig::new("a", "whip:");
+    s.publish_token = Some(Secret::new("0123456789abcdef0123456789"));
+    assert!(!format!("{s:?}").contains("0123456789abcdef"));
+}

@@ -27,7 +27,9 @@ use crate::url::{NetScheme, NetUrl, UrlError};
 
 /// Source URL schemes this crate understands (whether or not this build can
 /// open them).
-const SOURCE_SCHEMES: &[&str] = &["file", "rtsp", "rtsps", "srt", "rtmp", "rtmps", "v4l2"];
+const SOURCE_SCHEMES: &[&str] = &[
+    "file", "rtsp", "rtsps", "srt", "rtmp", "rtmps", "v4l2", "whip",
+];
 /// Accepted schemes for `sensors.gps.url`.
 const GPS_SCHEMES: &[&str] = &["serial", "udp", "file"];
 /// Accepted schemes for `sensors.imu.url`.
@@ -83,6 +85,12 @@ pub(crate) fn parse_source_url(url: &str) -> Result<SourceLocation, UrlError> {
             }
             _ => Err("expected v4l2:///dev/videoN (an absolute device path)".into()),
         },
+        "whip" if rest.is_empty() => Ok(SourceLocation::Whip),
+        "whip" => Err(
+            "a WHIP source is just `whip:` (publishers POST to /whip/<source id> on this \
+             device's web server)"
+                .into(),
+        ),
         _ => Err(format!(
             "unsupported scheme \"{scheme}\" (supported: {}, or a plain file path)",
             SOURCE_SCHEMES.join(", ")
@@ -227,6 +235,39 @@ pub(crate) fn check_backend(backend: &BackendConfig, prefix: &str, out: &mut Vec
     }
 }
 
+/// The shortest `publish_token` accepted: the WHIP endpoint has no lockout, so the token
+/// itself must not be guessable (24 random characters are well over 128 bits).
+pub const MIN_PUBLISH_TOKEN: usize = 24;
+
+/// A `whip` source needs its `publish_token` (visible ASCII: it travels in an HTTP header);
+/// no other source takes one.
+fn check_publish_token(source: &SourceConfig, prefix: &str, out: &mut Vec<Problem>) {
+    let key = join_key(prefix, "publish_token");
+    let whip = matches!(parse_source_url(&source.url), Ok(SourceLocation::Whip));
+    match (&source.publish_token, whip) {
+        (None, true) => out.push(Problem::new(
+            key,
+            "a whip source needs a publish_token (the bearer token its publisher presents)",
+        )),
+        (Some(_), false) => out.push(Problem::new(key, "only whip sources take a publish_token")),
+        (Some(t), true) => {
+            let t = t.expose();
+            if !(MIN_PUBLISH_TOKEN..=256).contains(&t.len()) {
+                out.push(Problem::new(
+                    key,
+                    format!("must be {MIN_PUBLISH_TOKEN} to 256 characters long"),
+                ));
+            } else if !t.bytes().all(|b| b.is_ascii_graphic()) {
+                out.push(Problem::new(
+                    key,
+                    "must be visible ASCII characters only (no spaces)",
+                ));
+            }
+        }
+        (None, false) => {}
+    }
+}
+
 pub(crate) fn check_source(source: &SourceConfig, prefix: &str, out: &mut Vec<Problem>) {
     check_id(out, join_key(prefix, "id"), &source.id);
     let url_path = join_key(prefix, "url");
@@ -280,6 +321,7 @@ pub(crate) fn check_source(source: &SourceConfig, prefix: &str, out: &mut Vec<Pr
         }
         Err(reason) => out.push(Problem::new(url_path, reason.to_string())),
     }
+    check_publish_token(source, prefix, out);
     if source.password.is_some() && source.username.is_none() {
         out.push(Problem::new(
             join_key(prefix, "password"),

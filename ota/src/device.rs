@@ -283,7 +283,9 @@ pub enum PolicyError {
         keys: Vec<String>,
     },
     /// A camera password in an unsealed document.
-    #[error("sources[{index}]: a camera password may only travel in a sealed document")]
+    #[error(
+        "sources[{index}]: a camera password or publish token may only travel in a sealed document"
+    )]
     Password {
         /// Index in `sources`.
         index: usize,
@@ -372,6 +374,9 @@ fn policy_check(v: &Verified, policy: &Policy) -> Result<(), PolicyError> {
                     return Err(PolicyError::Camera { index, device });
                 }
             }
+            // Names no destination: it opens `/whip/<id>` to whoever holds its token, and
+            // the token (like a password) travels only sealed.
+            aegis_config::SourceLocation::Whip => {}
             aegis_config::SourceLocation::Rtsp(url)
             | aegis_config::SourceLocation::Srt(url)
             | aegis_config::SourceLocation::Rtmp(url) => {
@@ -390,7 +395,7 @@ fn policy_check(v: &Verified, policy: &Policy) -> Result<(), PolicyError> {
                 }
             }
         }
-        if s.password.is_some() && unsealed {
+        if (s.password.is_some() || s.publish_token.is_some()) && unsealed {
             return Err(PolicyError::Password { index });
         }
     }

@@ -270,6 +270,22 @@ fn the_rejection_matrix() {
             "may only travel in a sealed document",
         ),
         (
+            "publish token in an unsealed document",
+            {
+                let d = sign(
+                    &doc_with(|d| {
+                        d.replace(
+                            "url: \"rtsp://192.0.2.10/stream1\" }",
+                            "url: \"whip:\", publish_token: \"0123456789abcdef0123456789\" }",
+                        )
+                    }),
+                    &w.issuer,
+                );
+                reason(&d, &w.trust, &w.policy, &state, NOW)
+            },
+            "password or publish token may only travel in a sealed document",
+        ),
+        (
             "origin that is not the signer",
             {
                 let d = sign(

@@ -74,6 +74,8 @@ pub struct AgentSetup {
     /// Keep event clips: a record sink (when `sinks` names none), `pipeline.evidence` with
     /// a 1 s pre- and post-roll, and device keys made with `aegis provision`.
     pub evidence: bool,
+    /// More `pipeline.sources`, each a YAML flow mapping (`{ id: pub0, url: "whip:", … }`).
+    pub extra_sources: Vec<String>,
 }
 
 impl Default for AgentSetup {
@@ -88,6 +90,7 @@ impl Default for AgentSetup {
             clip: (320, 240, 2.0),
             clip_file: None,
             evidence: false,
+            extra_sources: Vec::new(),
         }
     }
 }
@@ -237,6 +240,9 @@ fn config_text(dir: &Path, clip: &Path, setup: &AgentSetup) -> String {
             "    - {{ id: {FAILING_STREAM}, url: \"file://{}\" }}\n",
             dir.join("no-such-clip.mp4").display()
         ));
+    }
+    for s in &setup.extra_sources {
+        sources.push_str(&format!("    - {s}\n"));
     }
     let list = |items: &[String], default: &str| {
         if items.is_empty() {

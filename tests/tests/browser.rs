@@ -884,3 +884,222 @@ async fn webrtc_plays_the_stream_in_chromium_over_whep() {
         std::thread::sleep(Duration::from_millis(200));
     }
 }
+
+/// A WHIP publisher in the page: a 640x360 canvas drawing the wall clock as the
+/// `timestamp_overlay` code (34 squares of 16 px at x = 16, 38 px down: `hal::pixel::read_code`)
+/// every 33 ms, sent as a send-only video track (H.264 preferred) to `/whip/<stream>` with
+/// the bearer token; resolves once connected, with the negotiated codec and the Location.
+const WHIP_PUBLISHER: &str = r##"
+const done = arguments[arguments.length - 1];
+const [path, token] = [arguments[0], arguments[1]];
+(async () => {
+  const c = document.createElement("canvas");
+  c.width = 640; c.height = 360;
+  document.body.appendChild(c);
+  const g = c.getContext("2d");
+  const draw = () => {
+    const v = Date.now() % 4294967296;
+    g.fillStyle = "#404040"; g.fillRect(0, 0, 640, 360);
+    for (let i = 0; i < 34; i++) {
+      const white = i === 0 ? true : i === 1 ? false : Math.floor(v / 2 ** (31 - (i - 2))) % 2 === 1;
+      g.fillStyle = white ? "#ebebeb" : "#101010";
+      g.fillRect(16 + i * 16, 38, 16, 16);
+    }
+  };
+  draw();
+  window.__whipTimer = setInterval(draw, 33);
+  const track = c.captureStream(30).getVideoTracks()[0];
+  const pc = new RTCPeerConnection();
+  window.__whipPc = pc;
+  const tr = pc.addTransceiver(track, { direction: "sendonly" });
+  const codecs = RTCRtpSender.getCapabilities("video").codecs;
+  const h264 = codecs.filter(k => k.mimeType === "video/H264" && /packetization-mode=1/.test(k.sdpFmtpLine || ""));
+  if (h264.length) tr.setCodecPreferences(h264.concat(codecs.filter(k => !h264.includes(k))));
+  await pc.setLocalDescription(await pc.createOffer());
+  await new Promise(r => {
+    if (pc.iceGatheringState === "complete") return r();
+    pc.onicegatheringstatechange = () => pc.iceGatheringState === "complete" && r();
+    setTimeout(r, 3000);
+  });
+  const res = await fetch(path, { method: "POST", body: pc.localDescription.sdp,
+    headers: { "Content-Type": "application/sdp", "Authorization": "Bearer " + token } });
+  const body = await res.text();
+  if (res.status !== 201) return done({ error: res.status + " " + body });
+  await pc.setRemoteDescription({ type: "answer", sdp: body });
+  const t0 = performance.now();
+  while (pc.connectionState !== "connected") {
+    if (performance.now() - t0 > 15000) return done({ error: "not connected: " + pc.connectionState });
+    await new Promise(r => setTimeout(r, 50));
+  }
+  const params = tr.sender.getParameters();
+  done({ codec: params.codecs.length ? params.codecs[0].mimeType : "?", location: res.headers.get("Location"),
+         h264_offered: h264.length > 0 });
+})().catch(e => done({ error: String(e) }));
+"##;
+
+#[tokio::test]
+async fn a_browser_publishes_into_the_pipeline_over_whip() {
+    use aegis_tests::http_exchange;
+    if !have_browser() {
+        return;
+    }
+    const TOKEN: &str = "whip-test-token-0123456789abcdef";
+    let mut agent = WebAgent::start(&AgentSetup {
+        device: "whip-test".into(),
+        extra_sources: vec![format!(
+            "{{ id: pub0, url: \"whip:\", publish_token: \"{TOKEN}\" }}"
+        )],
+        sinks: vec!["{ kind: record, dir: rec, segment_seconds: 2 }".into()],
+        ..AgentSetup::default()
+    });
+    let port: u16 = agent.addr().rsplit(':').next().unwrap().parse().unwrap();
+    let post = |path: &str, headers: &[(&str, &str)], body: &[u8]| {
+        http_exchange(port, "POST", path, headers, body).unwrap().0
+    };
+    let bearer = format!("Bearer {TOKEN}");
+    let sdp = ("Content-Type", "application/sdp");
+    // Refused over HTTP: no token, a wrong one, a token for a source that is not a whip
+    // one (the same answer: nothing tells which ids exist), not SDP, not an offer.
+    assert_eq!(post("/whip/pub0", &[sdp], b"v=0"), 401);
+    let wrong = format!("Bearer {TOKEN}x");
+    assert_eq!(
+        post("/whip/pub0", &[sdp, ("Authorization", &wrong)], b"v=0"),
+        401
+    );
+    assert_eq!(
+        post("/whip/cam0", &[sdp, ("Authorization", &bearer)], b"v=0"),
+        401
+    );
+    assert_eq!(
+        post(
+            "/whip/pub0",
+            &[("Content-Type", "text/plain"), ("Authorization", &bearer)],
+            b"v=0"
+        ),
+        415
+    );
+    // Not an offer (once the pipeline runs: before, the source is not there, 404).
+    let t0 = std::time::Instant::now();
+    let bad_offer = loop {
+        let code = post(
+            "/whip/pub0",
+            &[sdp, ("Authorization", &bearer)],
+            b"not an offer",
+        );
+        if code != 404 || t0.elapsed() > Duration::from_secs(30) {
+            break code;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert_eq!(bad_offer, 400, "{}", agent.log());
+
+    let run = async {
+        let b = Browser::start(Viewport::Desktop, &agent.base_url(), &artifacts(), "whip").await?;
+        b.goto("/login").await?;
+        let published = b
+            .client()
+            .execute_async(WHIP_PUBLISHER, vec![json!("/whip/pub0"), json!(TOKEN)])
+            .await
+            .map_err(|e| BrowserError::Other(format!("the WHIP publisher: {e}")))?;
+        b.ensure(
+            published["error"].is_null(),
+            format!("publishing: {published}"),
+        )
+        .await?;
+        println!("WHIP from Chromium: {published}");
+        // About five seconds of video, then DELETE on the Location (with the token).
+        tokio::time::sleep(Duration::from_secs(5)).await;
+        let location = published["location"]
+            .as_str()
+            .unwrap_or_default()
+            .to_owned();
+        let deleted = b
+            .client()
+            .execute_async(
+                "const done = arguments[arguments.length - 1]; \
+                 fetch(arguments[0], { method: 'DELETE', headers: { 'Authorization': 'Bearer ' + arguments[1] } }) \
+                   .then(r => done(r.status)); clearInterval(window.__whipTimer);",
+                vec![json!(location), json!(TOKEN)],
+            )
+            .await
+            .map_err(|e| BrowserError::Other(format!("DELETE: {e}")))?;
+        b.ensure(deleted == 200, format!("DELETE answered {deleted}"))
+            .await?;
+        b.close().await?;
+        Ok::<_, BrowserError>(published)
+    };
+    let published = match run.await {
+        Ok(p) => p,
+        Err(e) => panic!(
+            "{e}\n(artifacts in {})\nthe agent's log:\n{}",
+            artifacts().display(),
+            agent.log()
+        ),
+    };
+    let t0 = std::time::Instant::now();
+    while !agent.log().contains("whip publisher ended") {
+        assert!(
+            t0.elapsed() < Duration::from_secs(20),
+            "the session did not end:\n{}",
+            agent.log()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    agent.stop();
+    // The recording of pub0: the clock codes the page drew, in order, none twice.
+    let dir = agent.dir().join("rec").join("pub0");
+    let mut files: Vec<_> = std::fs::read_dir(&dir)
+        .unwrap_or_else(|e| panic!("{}: {e}\n{}", dir.display(), agent.log()))
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.extension().is_some_and(|x| x == "mp4"))
+        .collect();
+    files.sort();
+    let mut codes = Vec::new();
+    for f in &files {
+        let out = std::process::Command::new("ffmpeg")
+            .args(["-v", "error", "-i"])
+            .arg(f)
+            // Every picture once (rawvideo would otherwise be filled to a constant rate).
+            .args([
+                "-fps_mode",
+                "passthrough",
+                "-f",
+                "rawvideo",
+                "-pix_fmt",
+                "gray",
+                "-",
+            ])
+            .output()
+            .unwrap();
+        for picture in out.stdout.chunks_exact(640 * 360) {
+            let plane = aegis_hal::pixel::Plane::new(picture, 640);
+            if let Some(v) = aegis_hal::pixel::read_code(plane, 640, 16, 38, 16) {
+                codes.push(v);
+            }
+        }
+    }
+    let backwards = codes.windows(2).filter(|w| w[1] < w[0]).count();
+    let repeated = codes.windows(2).filter(|w| w[1] == w[0]).count();
+    let span_ms = codes
+        .last()
+        .unwrap_or(&0)
+        .wrapping_sub(*codes.first().unwrap_or(&0));
+    println!(
+        "WHIP recording: {} pictures with a code over {span_ms} ms in {} files ({} repeated)",
+        codes.len(),
+        files.len(),
+        repeated
+    );
+    assert!(
+        codes.len() >= 60,
+        "{} pictures of the publisher recorded ({published})\n{}",
+        codes.len(),
+        agent.log()
+    );
+    assert_eq!(backwards, 0, "codes out of order: {codes:?}");
+    assert!(
+        repeated <= codes.len() / 10,
+        "{repeated} repeated: {codes:?}"
+    );
+    assert!(span_ms >= 3000, "{span_ms} ms of the publisher's clock");
+}

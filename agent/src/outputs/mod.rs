@@ -7,6 +7,8 @@
 //! - [`push`]: RTMP and SRT push (the `push` sink).
 //! - [`hls`]: HLS and Low-Latency HLS on the web server (the `hls` sink).
 //! - [`webrtc`]: WebRTC to browsers, WHEP on the web server (the `webrtc` sink).
+//! - [`whip`]: WebRTC the other way, WHIP on the web server: video pushed to the device for
+//!   a `whip:` source (it shares the WebRTC plumbing).
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
@@ -20,6 +22,7 @@ pub mod push;
 pub mod rtp;
 pub mod rtsp;
 pub mod webrtc;
+pub mod whip;
 
 /// What the web server serves of the streams (HLS, WebRTC), filled by the pipeline's
 /// sinks: it outlives pipeline swaps, like the live hub.
@@ -29,6 +32,8 @@ pub struct Served {
     pub hls: std::sync::Arc<hls::HlsHub>,
     /// The `webrtc` sink's streams and sessions.
     pub whep: std::sync::Arc<webrtc::WhepHub>,
+    /// The `whip` sources' endpoints and publishers.
+    pub whip: std::sync::Arc<whip::WhipHub>,
 }
 
 /// An output's thread: stopped (its flag set, then joined) by [`OutputThread::stop`] or on

@@ -181,17 +181,10 @@ impl WhepHub {
         let mid = first_mid(offer);
         let offer =
             SdpOffer::from_sdp_string(offer).map_err(|e| WhepError::BadOffer(e.to_string()))?;
-        str0m::crypto::from_feature_flags().install_process_default();
-        let socket = UdpSocket::bind(SocketAddr::new(ip, 0))
+        let mut link = Link::open(ip, Rtc::builder().set_ice_lite(true))
             .await
-            .map_err(|e| WhepError::Io(format!("bind {ip}: {e}")))?;
-        let local = socket
-            .local_addr()
-            .map_err(|e| WhepError::Io(e.to_string()))?;
-        let mut rtc = Rtc::builder().set_ice_lite(true).build(Instant::now());
-        let candidate =
-            Candidate::host(local, "udp").map_err(|e| WhepError::Io(format!("candidate: {e}")))?;
-        rtc.add_local_candidate(candidate);
+            .map_err(WhepError::Io)?;
+        let rtc = &mut link.rtc;
         let answer = rtc
             .sdp_api()
             .accept_offer(offer)
@@ -201,7 +194,7 @@ impl WhepHub {
         // packet then).
         let start = slot.current_start();
         if let (Some(start), Some(mid)) = (&start, mid)
-            && choose_pt(&mut rtc, mid, start).is_none()
+            && choose_pt(rtc, mid, start).is_none()
         {
             return Err(WhepError::NoCodec(profile_name(start)));
         }
@@ -222,9 +215,7 @@ impl WhepHub {
             );
         }
         let session = Session {
-            rtc,
-            socket,
-            local,
+            link,
             sub: slot.subscribe_packets(QUEUE),
             mid: None,
             pt: None,
@@ -307,9 +298,7 @@ fn choose_pt(rtc: &mut Rtc, mid: Mid, start: &StreamStart) -> Option<Pt> {
 }
 
 struct Session {
-    rtc: Rtc,
-    socket: UdpSocket,
-    local: SocketAddr,
+    link: Link,
     sub: PacketSubscription,
     mid: Option<Mid>,
     pt: Option<Pt>,
@@ -330,48 +319,35 @@ impl Session {
         let mut buf = vec![0u8; 2048];
         tracing::info!(stream = %self.sub.stream(), session = %self.id, "webrtc session started");
         while !self.closed {
-            let timeout = match self.drain() {
-                Ok(t) => t,
-                Err(e) => {
-                    tracing::info!(session = %self.id, error = %e, "webrtc session failed");
-                    break;
+            let timeout = loop {
+                match self.link.poll() {
+                    Ok(Polled::Timeout(t)) => break Some(t),
+                    Ok(Polled::Event(e)) => self.event(e),
+                    Err(e) => {
+                        tracing::info!(session = %self.id, error = %e, "webrtc session failed");
+                        break None;
+                    }
                 }
             };
+            let Some(timeout) = timeout else { break };
             if !self.connected && Instant::now() > give_up {
                 tracing::info!(session = %self.id, "webrtc: the browser never connected");
                 break;
             }
-            let wake = tokio::time::Instant::from_std(timeout.min(give_up));
-            let input = tokio::select! {
-                r = self.socket.recv_from(&mut buf) => match r {
-                    Ok((n, source)) => Some((n, source)),
-                    Err(e) => {
-                        tracing::debug!(session = %self.id, error = %e, "webrtc socket");
-                        None
-                    }
-                },
-                m = self.sub.rx.recv() => {
-                    match m {
-                        Some(OutMsg::Start(s)) => self.start = Some(s),
-                        Some(OutMsg::Packet(p)) => self.packet(&p),
-                        None => self.closed = true,
-                    }
-                    None
-                }
-                _ = tokio::time::sleep_until(wake) => {
-                    if let Err(e) = self.rtc.handle_input(Input::Timeout(Instant::now())) {
-                        tracing::debug!(session = %self.id, error = %e, "webrtc timeout");
-                        self.closed = true;
-                    }
-                    None
-                }
-                _ = stop.changed() => {
-                    self.closed = true;
-                    None
-                }
-            };
-            if let Some((n, source)) = input {
-                self.receive(&buf[..n], source);
+            let woke = self
+                .link
+                .wait(
+                    &mut buf,
+                    timeout.min(give_up),
+                    self.sub.rx.recv(),
+                    &mut stop,
+                )
+                .await;
+            match woke {
+                Woke::Other(Some(OutMsg::Start(s))) => self.start = Some(s),
+                Woke::Other(Some(OutMsg::Packet(p))) => self.packet(&p),
+                Woke::Other(None) | Woke::Closed => self.closed = true,
+                Woke::Datagram | Woke::Nothing => {}
             }
             let dropped = self.sub.dropped.load(Ordering::Relaxed);
             if dropped > self.dropped_seen {
@@ -383,22 +359,8 @@ impl Session {
         if self.connected {
             self.counters.sessions.dec();
         }
-        self.rtc.disconnect();
+        self.link.rtc.disconnect();
         tracing::info!(stream = %self.sub.stream(), session = %self.id, "webrtc session ended");
-    }
-
-    /// Sends what str0m has to send and handles its events; when to wake it next.
-    fn drain(&mut self) -> Result<Instant, str0m::RtcError> {
-        loop {
-            match self.rtc.poll_output()? {
-                Output::Timeout(t) => return Ok(t),
-                Output::Transmit(t) => {
-                    // A full socket buffer drops the datagram, as a network would.
-                    let _ = self.socket.try_send_to(&t.contents, t.destination);
-                }
-                Output::Event(e) => self.event(e),
-            }
-        }
     }
 
     fn event(&mut self, e: Event) {
@@ -417,26 +379,6 @@ impl Session {
         }
     }
 
-    fn receive(&mut self, data: &[u8], source: SocketAddr) {
-        let Ok(contents) = data.try_into() else {
-            return;
-        };
-        let input = Input::Receive(
-            Instant::now(),
-            Receive {
-                proto: Protocol::Udp,
-                source,
-                destination: self.local,
-                contents,
-            },
-        );
-        if self.rtc.accepts(&input)
-            && let Err(e) = self.rtc.handle_input(input)
-        {
-            tracing::debug!(session = %self.id, error = %e, "webrtc input");
-        }
-    }
-
     fn packet(&mut self, p: &OwnedPacket) {
         let (Some(mid), Some(start)) = (self.mid, self.start.clone()) else {
             return;
@@ -445,7 +387,7 @@ impl Session {
             return;
         }
         if self.pt.is_none() {
-            self.pt = choose_pt(&mut self.rtc, mid, &start);
+            self.pt = choose_pt(&mut self.link.rtc, mid, &start);
             if self.pt.is_none() {
                 tracing::warn!(session = %self.id, "webrtc: {}", WhepError::NoCodec(profile_name(&start)));
                 self.closed = true;
@@ -468,7 +410,7 @@ impl Session {
         } else {
             p.data.clone()
         };
-        let (Some(pt), Some(writer)) = (self.pt, self.rtc.writer(mid)) else {
+        let (Some(pt), Some(writer)) = (self.pt, self.link.rtc.writer(mid)) else {
             return;
         };
         let len = data.len() as u64;
@@ -481,6 +423,118 @@ impl Session {
                 tracing::info!(session = %self.id, error = %e, "webrtc write");
                 self.closed = true;
             }
+        }
+    }
+}
+
+/// A peer connection's transport: str0m's [`Rtc`] (ICE-lite) and the UDP socket its one
+/// host candidate names, bound to the address the browser reached the web server at. The
+/// WHEP sessions and the WHIP ingest ([`super::whip`]) share it.
+pub(crate) struct Link {
+    pub(crate) rtc: Rtc,
+    socket: UdpSocket,
+    local: SocketAddr,
+}
+
+/// What [`Link::poll`] found (handled at once, never stored: its size does not matter).
+#[allow(clippy::large_enum_variant)]
+pub(crate) enum Polled {
+    /// Nothing more to do before then.
+    Timeout(Instant),
+    /// Something happened on the connection.
+    Event(Event),
+}
+
+/// What [`Link::wait`] woke for.
+pub(crate) enum Woke<T> {
+    /// A datagram arrived (handed to the connection).
+    Datagram,
+    /// The caller's own future finished.
+    Other(T),
+    /// Told to stop.
+    Closed,
+    /// The timeout (handed to the connection) or a socket error.
+    Nothing,
+}
+
+impl Link {
+    /// A connection built by `builder` with a socket on `ip` (any free port) as its candidate.
+    pub(crate) async fn open(ip: IpAddr, builder: str0m::RtcConfig) -> Result<Link, String> {
+        str0m::crypto::from_feature_flags().install_process_default();
+        let socket = UdpSocket::bind(SocketAddr::new(ip, 0))
+            .await
+            .map_err(|e| format!("bind {ip}: {e}"))?;
+        let local = socket.local_addr().map_err(|e| e.to_string())?;
+        let mut rtc = builder.build(Instant::now());
+        let candidate = Candidate::host(local, "udp").map_err(|e| format!("candidate: {e}"))?;
+        rtc.add_local_candidate(candidate);
+        Ok(Link { rtc, socket, local })
+    }
+
+    /// Sends what the connection has to send; its next event, or when to wake it next.
+    pub(crate) fn poll(&mut self) -> Result<Polled, str0m::RtcError> {
+        loop {
+            match self.rtc.poll_output()? {
+                Output::Timeout(t) => return Ok(Polled::Timeout(t)),
+                Output::Transmit(t) => {
+                    // A full socket buffer drops the datagram, as a network would.
+                    let _ = self.socket.try_send_to(&t.contents, t.destination);
+                }
+                Output::Event(e) => return Ok(Polled::Event(e)),
+            }
+        }
+    }
+
+    /// Waits for a datagram (handed to the connection), `other`, `stop` or `timeout` (handed
+    /// to the connection), whichever comes first.
+    pub(crate) async fn wait<T>(
+        &mut self,
+        buf: &mut [u8],
+        timeout: Instant,
+        other: impl std::future::Future<Output = T>,
+        stop: &mut watch::Receiver<bool>,
+    ) -> Woke<T> {
+        let wake = tokio::time::Instant::from_std(timeout);
+        tokio::select! {
+            r = self.socket.recv_from(buf) => match r {
+                Ok((n, source)) => {
+                    self.receive(&buf[..n], source);
+                    Woke::Datagram
+                }
+                Err(e) => {
+                    tracing::debug!(error = %e, "webrtc socket");
+                    Woke::Nothing
+                }
+            },
+            t = other => Woke::Other(t),
+            _ = tokio::time::sleep_until(wake) => {
+                if let Err(e) = self.rtc.handle_input(Input::Timeout(Instant::now())) {
+                    tracing::debug!(error = %e, "webrtc timeout");
+                    return Woke::Closed;
+                }
+                Woke::Nothing
+            }
+            _ = stop.changed() => Woke::Closed,
+        }
+    }
+
+    fn receive(&mut self, data: &[u8], source: SocketAddr) {
+        let Ok(contents) = data.try_into() else {
+            return;
+        };
+        let input = Input::Receive(
+            Instant::now(),
+            Receive {
+                proto: Protocol::Udp,
+                source,
+                destination: self.local,
+                contents,
+            },
+        );
+        if self.rtc.accepts(&input)
+            && let Err(e) = self.rtc.handle_input(input)
+        {
+            tracing::debug!(error = %e, "webrtc input");
         }
     }
 }

@@ -417,11 +417,15 @@ impl Pipeline {
             0 => auto_threads,
             n => n,
         };
+        if let Some(served) = &opts.served {
+            served.whip.serve(&cfg.sources);
+        }
         let open = aegis_hal::source::OpenSettings {
             pool_frames: cfg.pool_frames as usize,
             decoder_threads,
             force_realtime: opts.force_realtime,
             backend: opts.backend.as_ref(),
+            pushed: opts.served.as_ref().map(|s| s.whip.feeds()),
         };
         for s in &cfg.sources {
             sources.push(aegis_hal::source::open(s, &open));

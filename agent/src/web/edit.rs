@@ -688,7 +688,10 @@ pub fn redact_yaml(v: &mut Value) {
 /// Keys whose values are secrets: camera and RTSP passwords, RTMP stream keys, SRT
 /// passphrases.
 pub fn is_secret_key(key: &str) -> bool {
-    matches!(key, "password" | "stream_key" | "passphrase")
+    matches!(
+        key,
+        "password" | "stream_key" | "passphrase" | "publish_token"
+    )
 }
 
 fn is_url_key(key: &str) -> bool {
@@ -1080,23 +1083,28 @@ mod tests {
 
     #[test]
     fn push_secrets_are_redacted_and_kept_only_for_the_same_host() {
-        let text = "pipeline:\n  sinks:\n  - {kind: push, stream: a, url: rtmp://ingest.example/live, stream_key: sk-1}\n  - {kind: push, stream: a, url: srt://h:9000, passphrase: pass-phrase-1}\noutputs:\n  rtsp: {users: [{name: vms, password: rtsp-pass-1}]}\n";
+        let text = "pipeline:\n  sources:\n  - {id: w, url: \"whip:\", publish_token: whip-token-1}\n  sinks:\n  - {kind: push, stream: a, url: rtmp://ingest.example/live, stream_key: sk-1}\n  - {kind: push, stream: a, url: srt://h:9000, passphrase: pass-phrase-1}\noutputs:\n  rtsp: {users: [{name: vms, password: rtsp-pass-1}]}\n";
         let stored = aegis_config::yaml_value(text, "t").unwrap();
         let mut shown = stored.clone();
         redact_yaml(&mut shown);
         let rendered = serde_yaml_ng::to_string(&shown).unwrap();
-        for secret in ["sk-1", "pass-phrase-1", "rtsp-pass-1"] {
+        for secret in ["sk-1", "pass-phrase-1", "rtsp-pass-1", "whip-token-1"] {
             assert!(!rendered.contains(secret), "{secret} in {rendered}");
         }
         let mut json = serde_json::to_value(&stored).unwrap();
         crate::web::pages::redact(&mut json);
         assert!(!json.to_string().contains("sk-1"), "{json}");
+        assert!(!json.to_string().contains("whip-token-1"), "{json}");
         // Sent back as ***: the stored key is kept, unless the push now goes elsewhere.
         let mut back = shown.clone();
         back["pipeline"]["sinks"][1]["url"] = "srt://evil:9000".into();
         let mut out = Vec::new();
         restore_secrets(&mut back, Some(&stored), "", &mut out);
         assert_eq!(back["pipeline"]["sinks"][0]["stream_key"], "sk-1");
+        assert_eq!(
+            back["pipeline"]["sources"][0]["publish_token"],
+            "whip-token-1"
+        );
         assert_eq!(
             back["outputs"]["rtsp"]["users"][0]["password"],
             "rtsp-pass-1"

@@ -202,6 +202,9 @@ pub enum Access {
     Admin,
     /// Machine clients: the local API token, with the Host/Origin checks.
     Token,
+    /// WHIP publishers: no session; the handler checks the source's own bearer token
+    /// (`publish_token`) and answers 401 without it.
+    Publisher,
 }
 
 impl Access {
@@ -211,7 +214,7 @@ impl Access {
             Access::Viewer => Some(Role::Viewer),
             Access::Technician => Some(Role::Technician),
             Access::Admin => Some(Role::Admin),
-            Access::Public | Access::Token => None,
+            Access::Public | Access::Token | Access::Publisher => None,
         }
     }
 }

@@ -1,4 +1,5 @@
-//! Video sources: files ([`FileSource`]) and live network streams ([`LiveSource`], RTSP).
+//! Video sources: files ([`FileSource`]), live network streams ([`LiveSource`], RTSP) and
+//! video pushed to the device ([`PushedSource`], WHIP).
 //!
 //! Every source implements [`VideoSource`], a pull interface: `next_frame()` blocks until a
 //! pooled frame is ready, returns `Ok(None)` at a clean end of stream (or once stopped), and
@@ -8,10 +9,14 @@
 mod file;
 mod live;
 mod open;
+mod pushed;
 
 pub use file::{FileSource, FileSourceSettings};
 pub use live::{LiveSource, LiveSourceSettings, RECENTLY_HEALTHY, RtspTransport, redact_url};
 pub use open::{OpenSettings, open};
+pub use pushed::{MAX_UNIT, Publisher, PushError, PushFeed, PushFeeds, PushedCodec, PushedSource};
+#[doc(hidden)]
+pub use pushed::{annexb_clip, file_digests, i420_digest, split_annexb_units};
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU64, Ordering};
@@ -53,6 +58,9 @@ pub enum SourceError {
         /// The limit.
         max: usize,
     },
+    /// The source cannot run in this process (e.g. pushed video where nothing takes it).
+    #[error("{0}")]
+    NotHere(String),
 }
 
 /// What a source has seen so far.

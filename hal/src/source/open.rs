@@ -7,6 +7,7 @@ use std::sync::Arc;
 use aegis_config::{CaptureFormat, SourceConfig, SourceLocation};
 
 use super::{FailedSource, FileSource, FileSourceSettings, LiveSource, LiveSourceSettings};
+use super::{PushFeeds, PushedSource, SourceError};
 use super::{RtspTransport, VideoSource};
 use crate::StreamId;
 use crate::backend::{Backend, Gpu};
@@ -24,6 +25,9 @@ pub struct OpenSettings<'a> {
     pub force_realtime: Option<bool>,
     /// The backend: a CUDA backend decodes on the GPU where it can.
     pub backend: Option<&'a Backend>,
+    /// Where `whip` sources register their feeds (None: this process takes no pushed
+    /// video, and such a source fails).
+    pub pushed: Option<&'a PushFeeds>,
 }
 
 impl OpenSettings<'_> {
@@ -91,5 +95,19 @@ pub fn open(s: &SourceConfig, common: &OpenSettings<'_>) -> Box<dyn VideoSource>
             settings.gpu = common.gpu(&s.id);
             Box::new(LiveSource::new(settings))
         }
+        SourceLocation::Whip => match common.pushed {
+            Some(feeds) => Box::new(PushedSource::new(
+                stream,
+                feeds,
+                common.pool_frames,
+                common.decoder_threads,
+                common.gpu(&s.id),
+            )),
+            None => Box::new(FailedSource::new(
+                stream,
+                format!("whip:{}", s.id).into(),
+                SourceError::NotHere("this process takes no pushed video (WHIP)".into()),
+            )),
+        },
     }
 }

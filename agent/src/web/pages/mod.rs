@@ -23,6 +23,7 @@ mod sensors;
 #[cfg(test)]
 mod tests;
 mod whep;
+mod whip;
 mod workflows;
 
 use std::path::PathBuf;
@@ -66,7 +67,8 @@ pub struct PagesState {
     pub thermal_root: PathBuf,
     /// The streams' live video (the live view).
     pub live: Arc<crate::live::LiveHub>,
-    /// The streams the `hls` and `webrtc` sinks serve (`/hls/…`, `/whep/…`).
+    /// The streams the `hls` and `webrtc` sinks serve (`/hls/…`, `/whep/…`) and the `whip`
+    /// sources' endpoints (`/whip/…`).
     pub served: Arc<crate::outputs::Served>,
     /// The streams' next frames as JPEG (the live view's fallback).
     pub snapshots: Arc<crate::pipeline::snapshot::SnapshotHub>,
@@ -118,6 +120,15 @@ pub static ROUTES: &[RouteSpec] = &[
         "/whep/{stream}/{session}",
         Access::Viewer,
         |m| on(m, whep::end),
+    ),
+    page(Method::POST, "/whip/{stream}", Access::Publisher, |m| {
+        on(m, whip::offer)
+    }),
+    page(
+        Method::DELETE,
+        "/whip/{stream}/{session}",
+        Access::Publisher,
+        |m| on(m, whip::end),
     ),
     page(Method::GET, "/cameras", Access::Viewer, |m| {
         on(m, cameras::page)
@@ -277,6 +288,8 @@ pub(crate) fn router_as(state: Arc<PagesState>, viewer: Viewer) -> Router {
         .route("/hls/{stream}/{file}", get(hls::file))
         .route("/whep/{stream}", axum::routing::post(whep::offer))
         .route("/whep/{stream}/{session}", axum::routing::delete(whep::end))
+        .route("/whip/{stream}", axum::routing::post(whip::offer))
+        .route("/whip/{stream}/{session}", axum::routing::delete(whip::end))
         .route("/cameras", get(cameras::page))
         .route("/api/cameras", get(cameras::api))
         .route("/events", get(events::page))

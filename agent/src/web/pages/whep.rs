@@ -30,13 +30,13 @@ fn host_ip(headers: &HeaderMap) -> Result<std::net::IpAddr, String> {
     })
 }
 
-/// POST `/whep/{stream}`.
-pub async fn offer(
-    State(s): State<Arc<PagesState>>,
-    Path(stream): Path<String>,
-    headers: HeaderMap,
-    body: Bytes,
-) -> Response {
+/// The SDP offer in a WHEP or WHIP request: `application/sdp`, at most [`MAX_OFFER`]
+/// bytes, UTF-8; and the address to bind the session's socket on. Else the refusal's code
+/// and reason.
+pub(super) fn sdp_offer<'a>(
+    headers: &HeaderMap,
+    body: &'a Bytes,
+) -> Result<(&'a str, std::net::IpAddr), (StatusCode, String)> {
     let sdp_type = headers
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
@@ -46,34 +46,50 @@ pub async fn offer(
                 .is_some_and(|t| t.trim() == "application/sdp")
         });
     if !sdp_type {
-        return refuse_plain(
+        return Err((
             StatusCode::UNSUPPORTED_MEDIA_TYPE,
             "the offer must be sent as application/sdp".into(),
-        );
+        ));
     }
     if body.len() > MAX_OFFER {
-        return refuse_plain(
+        return Err((
             StatusCode::PAYLOAD_TOO_LARGE,
             format!("the offer is over {MAX_OFFER} bytes"),
-        );
+        ));
     }
-    let Ok(text) = std::str::from_utf8(&body) else {
-        return refuse_plain(StatusCode::BAD_REQUEST, "the offer is not UTF-8".into());
+    let Ok(text) = std::str::from_utf8(body) else {
+        return Err((StatusCode::BAD_REQUEST, "the offer is not UTF-8".into()));
     };
-    let ip = match host_ip(&headers) {
-        Ok(ip) => ip,
-        Err(why) => return refuse_plain(StatusCode::BAD_REQUEST, why),
+    let ip = host_ip(headers).map_err(|why| (StatusCode::BAD_REQUEST, why))?;
+    Ok((text, ip))
+}
+
+/// `201 Created` with the SDP `answer` and the session's `location`.
+pub(super) fn answered(location: String, answer: String) -> Response {
+    (
+        StatusCode::CREATED,
+        [
+            (header::CONTENT_TYPE, "application/sdp".to_owned()),
+            (header::LOCATION, location),
+        ],
+        answer,
+    )
+        .into_response()
+}
+
+/// POST `/whep/{stream}`.
+pub async fn offer(
+    State(s): State<Arc<PagesState>>,
+    Path(stream): Path<String>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let (text, ip) = match sdp_offer(&headers, &body) {
+        Ok(o) => o,
+        Err((code, why)) => return refuse_plain(code, why),
     };
     match s.served.whep.offer(&stream, text, ip).await {
-        Ok((id, answer)) => (
-            StatusCode::CREATED,
-            [
-                (header::CONTENT_TYPE, "application/sdp".to_owned()),
-                (header::LOCATION, format!("/whep/{stream}/{id}")),
-            ],
-            answer,
-        )
-            .into_response(),
+        Ok((id, answer)) => answered(format!("/whep/{stream}/{id}"), answer),
         Err(e) => {
             let code = match e {
                 WhepError::NotServed(_) => StatusCode::NOT_FOUND,

@@ -16,8 +16,10 @@ pub struct SourceConfig {
     /// `file:relative/path.mp4` or a plain path for files;
     /// `rtsp://host/path` or `rtsps://…` for IP cameras; `srt://host:port`
     /// and `rtmp://host/app/key` for contribution encoders;
-    /// `v4l2:///dev/video0` for local cameras. Prefer `username`/`password`
-    /// over credentials in the URL.
+    /// `v4l2:///dev/video0` for local cameras; `whip:` for video pushed
+    /// to this device over WebRTC (a WHIP publisher such as OBS or a browser
+    /// POSTs to `/whip/<id>` on the web server, with `publish_token`). Prefer
+    /// `username`/`password` over credentials in the URL.
     pub url: String,
     /// RTP transport for `rtsp` sources: `tcp` (interleaved in the RTSP
     /// connection; works through NAT and firewalls) or `udp`.
@@ -30,6 +32,11 @@ pub struct SourceConfig {
     /// `***`.
     #[serde(default)]
     pub password: Option<Secret>,
+    /// For `whip` sources (required there): the bearer token a publisher
+    /// presents (`Authorization: Bearer …`), 24 to 256 visible ASCII
+    /// characters. Never logged or shown.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub publish_token: Option<Secret>,
     /// What to ask of a `v4l2` camera (size, rate, pixel format); omit for
     /// the best mode up to 1080p30.
     #[serde(default)]
@@ -125,7 +132,9 @@ impl std::fmt::Debug for SourceConfig {
             Ok(SourceLocation::Rtsp(u) | SourceLocation::Srt(u) | SourceLocation::Rtmp(u)) => {
                 u.redacted()
             }
-            Ok(SourceLocation::File(_) | SourceLocation::V4l2(_)) => self.url.clone(),
+            Ok(SourceLocation::File(_) | SourceLocation::V4l2(_) | SourceLocation::Whip) => {
+                self.url.clone()
+            }
             Err(_) => "<invalid URL>".to_owned(),
         };
         f.debug_struct("SourceConfig")
@@ -137,6 +146,7 @@ impl std::fmt::Debug for SourceConfig {
             .field("transport", &self.transport)
             .field("username", &self.username)
             .field("password", &self.password)
+            .field("publish_token", &self.publish_token)
             .field("capture", &self.capture)
             .finish()
     }
@@ -160,6 +170,9 @@ pub enum SourceLocation {
     /// A Video4Linux2 capture device: an absolute path such as `/dev/video0`, without `.`,
     /// `..` or empty components.
     V4l2(PathBuf),
+    /// Video a WHIP publisher pushes to this device (`whip:`): WebRTC ingest at
+    /// `/whip/<id>` on the web server.
+    Whip,
 }
 
 impl SourceConfig {
@@ -172,6 +185,7 @@ impl SourceConfig {
             transport: RtspTransport::default(),
             username: None,
             password: None,
+            publish_token: None,
             capture: None,
             zones: Vec::new(),
             loop_: false,
