@@ -43,7 +43,7 @@ pub use model::{
     RestreamSink, RtspServerConfig, RtspTransport, RtspUser, RuleConfig, Secret, SensorCondition,
     SensorsConfig, SinkConfig, SourceConfig, SourceLocation, StoreConfig, SwUpdateSettings,
     TensorRtOptions, TlsMode, TrackCondition, TrustAnchors, VideoCodec, WatchdogConfig, WebConfig,
-    WebRtcSink, WorkflowPolicy, WorkflowsConfig, ZoneConfig,
+    WebRtcServerConfig, WebRtcSink, WorkflowPolicy, WorkflowsConfig, ZoneConfig,
 };
 // Everything public of the stages (the settings of each kind, `StageConfig`, the list's
 // accessors), so that a new kind needs no line here.

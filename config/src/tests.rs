@@ -1266,3 +1266,16 @@ fn whip_sources_need_a_strong_publish_token_and_nothing_else_takes_one() {
     s.publish_token = Some(Secret::new("0123456789abcdef0123456789"));
     assert!(!format!("{s:?}").contains("0123456789abcdef"));
 }
+
+#[test]
+fn the_webrtc_udp_port_is_an_address_with_a_port() {
+    let with = |udp: &str| format!("{}outputs: {{ webrtc: {{ udp: \"{udp}\" }} }}\n", minimal());
+    let cfg = ok(&with("0.0.0.0:8189"));
+    assert_eq!(
+        cfg.outputs.webrtc.and_then(|w| w.udp).as_deref(),
+        Some("0.0.0.0:8189")
+    );
+    for bad in ["8189", "0.0.0.0:0", "host:8189"] {
+        assert_eq!(paths_of(&with(bad)), ["outputs.webrtc.udp"], "{bad}");
+    }
+}

@@ -896,6 +896,14 @@ const MAX_RTSP_CLIENTS: RangeInclusive<u32> = 1..=256;
 const MIN_RTSP_PASSWORD: usize = 8;
 
 pub(crate) fn check_outputs(outputs: &OutputsConfig, prefix: &str, out: &mut Vec<Problem>) {
+    if let Some(udp) = outputs.webrtc.as_ref().and_then(|w| w.udp.as_ref())
+        && !udp.parse::<SocketAddr>().is_ok_and(|a| a.port() != 0)
+    {
+        out.push(Problem::new(
+            join_key(prefix, "webrtc.udp"),
+            format!("\"{udp}\" is not a valid IP:PORT address with a port (e.g. 0.0.0.0:8189)"),
+        ));
+    }
     let Some(rtsp) = &outputs.rtsp else {
         return;
     };

@@ -748,8 +748,14 @@ async fn webrtc_plays_the_stream_in_chromium_over_whep() {
     if !have_browser() {
         return;
     }
+    // Every WebRTC session on one UDP port (outputs.webrtc.udp).
+    let udp = std::net::UdpSocket::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
     let agent = WebAgent::start(&AgentSetup {
         device: "whep-test".into(),
+        extra: format!("outputs: {{ webrtc: {{ udp: \"{udp}\" }} }}\n"),
         clip: (640, 360, 4.0),
         stages: vec!["{ kind: timestamp_overlay, clock_code: true }".into()],
         sinks: vec![
@@ -874,6 +880,13 @@ async fn webrtc_plays_the_stream_in_chromium_over_whep() {
             agent.log()
         );
     }
+    // The session's media went through the shared port.
+    let log = agent.log();
+    assert!(
+        log.lines()
+            .any(|l| l.contains("webrtc session started") && l.contains(&udp.to_string())),
+        "no session on {udp}:\n{log}"
+    );
     let t0 = std::time::Instant::now();
     while !agent.log().contains("webrtc session ended") {
         assert!(

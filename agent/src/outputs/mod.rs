@@ -21,6 +21,7 @@ pub mod hls;
 pub mod push;
 pub mod rtp;
 pub mod rtsp;
+pub mod udp_mux;
 pub mod webrtc;
 pub mod whip;
 
@@ -34,6 +35,8 @@ pub struct Served {
     pub whep: std::sync::Arc<webrtc::WhepHub>,
     /// The `whip` sources' endpoints and publishers.
     pub whip: std::sync::Arc<whip::WhipHub>,
+    /// The one UDP port of every WebRTC session (`outputs.webrtc.udp`); none: a port each.
+    pub udp: Option<std::sync::Arc<udp_mux::UdpMux>>,
 }
 
 /// An output's thread: stopped (its flag set, then joined) by [`OutputThread::stop`] or on

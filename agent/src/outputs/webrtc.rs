@@ -33,6 +33,7 @@ use str0m::{Candidate, Event, IceConnectionState, Input, Output, Rtc};
 use tokio::net::UdpSocket;
 use tokio::sync::watch;
 
+use super::udp_mux::{Route, UdpMux};
 use crate::live::{LiveSlot, OutMsg, PacketSubscription, StreamStart};
 use crate::metrics::{Metrics, OutputLabels};
 
@@ -162,13 +163,15 @@ impl WhepHub {
         }
     }
 
-    /// Answers `offer` for `stream`, starting its session with a socket on `ip` (where the
-    /// browser reached the web server): the session id and the SDP answer.
+    /// Answers `offer` for `stream`, starting its session on `ip` (where the browser reached
+    /// the web server; on the shared port of `mux` when given): the session id and the SDP
+    /// answer.
     pub async fn offer(
         self: &Arc<Self>,
         stream: &str,
         offer: &str,
         ip: IpAddr,
+        mux: Option<&Arc<UdpMux>>,
     ) -> Result<(String, String), WhepError> {
         let (slot, counters, max) = {
             let inner = lock(&self.inner);
@@ -181,7 +184,7 @@ impl WhepHub {
         let mid = first_mid(offer);
         let offer =
             SdpOffer::from_sdp_string(offer).map_err(|e| WhepError::BadOffer(e.to_string()))?;
-        let mut link = Link::open(ip, Rtc::builder().set_ice_lite(true))
+        let mut link = Link::open(ip, Rtc::builder().set_ice_lite(true), mux)
             .await
             .map_err(WhepError::Io)?;
         let rtc = &mut link.rtc;
@@ -317,7 +320,8 @@ impl Session {
     async fn run(mut self, mut stop: watch::Receiver<bool>) {
         let give_up = Instant::now() + CONNECT_TIMEOUT;
         let mut buf = vec![0u8; 2048];
-        tracing::info!(stream = %self.sub.stream(), session = %self.id, "webrtc session started");
+        tracing::info!(stream = %self.sub.stream(), session = %self.id, local = %self.link.local,
+            "webrtc session started");
         while !self.closed {
             let timeout = loop {
                 match self.link.poll() {
@@ -428,12 +432,18 @@ impl Session {
 }
 
 /// A peer connection's transport: str0m's [`Rtc`] (ICE-lite) and the UDP socket its one
-/// host candidate names, bound to the address the browser reached the web server at. The
-/// WHEP sessions and the WHIP ingest ([`super::whip`]) share it.
+/// host candidate names, on the address the browser reached the web server at: a socket of
+/// its own, or the shared port ([`UdpMux`]) when `outputs.webrtc.udp` sets one. The WHEP
+/// sessions and the WHIP ingest ([`super::whip`]) share it.
 pub(crate) struct Link {
     pub(crate) rtc: Rtc,
-    socket: UdpSocket,
+    socket: LinkSocket,
     local: SocketAddr,
+}
+
+enum LinkSocket {
+    Own(UdpSocket),
+    Shared(Route),
 }
 
 /// What [`Link::poll`] found (handled at once, never stored: its size does not matter).
@@ -458,13 +468,35 @@ pub(crate) enum Woke<T> {
 }
 
 impl Link {
-    /// A connection built by `builder` with a socket on `ip` (any free port) as its candidate.
-    pub(crate) async fn open(ip: IpAddr, builder: str0m::RtcConfig) -> Result<Link, String> {
+    /// A connection built by `builder` whose candidate is `ip` on the shared port of `mux`
+    /// (when it has one of `ip`'s family), else a socket of its own on any free port.
+    pub(crate) async fn open(
+        ip: IpAddr,
+        builder: str0m::RtcConfig,
+        mux: Option<&Arc<UdpMux>>,
+    ) -> Result<Link, String> {
         str0m::crypto::from_feature_flags().install_process_default();
-        let socket = UdpSocket::bind(SocketAddr::new(ip, 0))
-            .await
-            .map_err(|e| format!("bind {ip}: {e}"))?;
-        let local = socket.local_addr().map_err(|e| e.to_string())?;
+        let (builder, socket, local) =
+            match mux.filter(|m| m.local_addr().is_ipv4() == ip.is_ipv4()) {
+                Some(mux) => {
+                    // Our own username fragment: the shared port routes by it.
+                    let creds = str0m::IceCreds::new();
+                    let route = mux.route(creds.ufrag.clone());
+                    let local = SocketAddr::new(ip, mux.local_addr().port());
+                    (
+                        builder.set_local_ice_credentials(creds),
+                        LinkSocket::Shared(route),
+                        local,
+                    )
+                }
+                None => {
+                    let socket = UdpSocket::bind(SocketAddr::new(ip, 0))
+                        .await
+                        .map_err(|e| format!("bind {ip}: {e}"))?;
+                    let local = socket.local_addr().map_err(|e| e.to_string())?;
+                    (builder, LinkSocket::Own(socket), local)
+                }
+            };
         let mut rtc = builder.build(Instant::now());
         let candidate = Candidate::host(local, "udp").map_err(|e| format!("candidate: {e}"))?;
         rtc.add_local_candidate(candidate);
@@ -478,7 +510,11 @@ impl Link {
                 Output::Timeout(t) => return Ok(Polled::Timeout(t)),
                 Output::Transmit(t) => {
                     // A full socket buffer drops the datagram, as a network would.
-                    let _ = self.socket.try_send_to(&t.contents, t.destination);
+                    let socket = match &self.socket {
+                        LinkSocket::Own(s) => s,
+                        LinkSocket::Shared(r) => r.mux().socket(),
+                    };
+                    let _ = socket.try_send_to(&t.contents, t.destination);
                 }
                 Output::Event(e) => return Ok(Polled::Event(e)),
             }
@@ -495,26 +531,48 @@ impl Link {
         stop: &mut watch::Receiver<bool>,
     ) -> Woke<T> {
         let wake = tokio::time::Instant::from_std(timeout);
-        tokio::select! {
-            r = self.socket.recv_from(buf) => match r {
-                Ok((n, source)) => {
-                    self.receive(&buf[..n], source);
-                    Woke::Datagram
-                }
-                Err(e) => {
-                    tracing::debug!(error = %e, "webrtc socket");
-                    Woke::Nothing
-                }
-            },
-            t = other => Woke::Other(t),
-            _ = tokio::time::sleep_until(wake) => {
-                if let Err(e) = self.rtc.handle_input(Input::Timeout(Instant::now())) {
-                    tracing::debug!(error = %e, "webrtc timeout");
-                    return Woke::Closed;
-                }
-                Woke::Nothing
+        let datagram = async {
+            match &mut self.socket {
+                LinkSocket::Own(s) => match s.recv_from(buf).await {
+                    Ok((n, from)) => Some((None, n, from)),
+                    Err(e) => {
+                        tracing::debug!(error = %e, "webrtc socket");
+                        None
+                    }
+                },
+                LinkSocket::Shared(r) => match r.rx.recv().await {
+                    Some((data, from)) => Some((Some(data), 0, from)),
+                    // The shared port's reader is gone (the agent is stopping).
+                    None => std::future::pending().await,
+                },
             }
-            _ = stop.changed() => Woke::Closed,
+        };
+        let woke = tokio::select! {
+            d = datagram => match d {
+                Some(d) => Ok(d),
+                None => Err(Woke::Nothing),
+            },
+            t = other => Err(Woke::Other(t)),
+            _ = tokio::time::sleep_until(wake) => Err(Woke::Nothing),
+            _ = stop.changed() => Err(Woke::Closed),
+        };
+        if matches!(woke, Err(Woke::Nothing))
+            && Instant::now() >= timeout
+            && let Err(e) = self.rtc.handle_input(Input::Timeout(Instant::now()))
+        {
+            tracing::debug!(error = %e, "webrtc timeout");
+            return Woke::Closed;
+        }
+        match woke {
+            Ok((Some(data), _, from)) => {
+                self.receive(&data, from);
+                Woke::Datagram
+            }
+            Ok((None, n, from)) => {
+                self.receive(&buf[..n], from);
+                Woke::Datagram
+            }
+            Err(w) => w,
         }
     }
 

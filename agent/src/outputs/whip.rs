@@ -24,6 +24,7 @@ use str0m::format::Codec;
 use str0m::media::{Frequency, KeyframeRequestKind, MediaKind, Mid};
 use tokio::sync::watch;
 
+use super::udp_mux::UdpMux;
 use super::webrtc::{Link, Polled, Woke};
 
 /// The largest SDP offer read.
@@ -96,13 +97,14 @@ impl WhipHub {
     }
 
     /// Answers an (authenticated) publisher's `offer` for `stream`, starting its session
-    /// with a socket on `ip`: the session id and the SDP answer. Ends the stream's earlier
-    /// sessions.
+    /// on `ip` (on the shared port of `mux` when given): the session id and the SDP answer.
+    /// Ends the stream's earlier sessions.
     pub async fn offer(
         self: &Arc<Self>,
         stream: &str,
         offer: &str,
         ip: IpAddr,
+        mux: Option<&Arc<UdpMux>>,
     ) -> Result<(String, String), WhipError> {
         let feed = self
             .feeds
@@ -122,7 +124,7 @@ impl WhipHub {
             .clear_codecs()
             .enable_h264(h264)
             .enable_vp8(vp8);
-        let mut link = Link::open(ip, builder).await.map_err(WhipError::Io)?;
+        let mut link = Link::open(ip, builder, mux).await.map_err(WhipError::Io)?;
         let answer = link
             .rtc
             .sdp_api()
@@ -397,6 +399,18 @@ mod tests {
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_publisher_over_webrtc_reaches_the_source_picture_for_picture() {
+        publish_45_pictures(None).await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_publisher_on_the_shared_udp_port_reaches_the_source_picture_for_picture() {
+        let mux = UdpMux::bind("127.0.0.1:0".parse().unwrap()).await.unwrap();
+        publish_45_pictures(Some(mux)).await;
+    }
+
+    /// A str0m publisher sends a file's 45 access units to a `whip` source (on the shared
+    /// port of `mux` when given); the source's pictures are the file's.
+    async fn publish_45_pictures(mux: Option<Arc<UdpMux>>) {
         let dir = tempfile::tempdir().unwrap();
         let file = annexb_clip(dir.path());
         let want = file_digests(&file);
@@ -416,7 +430,7 @@ mod tests {
         // No source running yet: nothing to publish to.
         let (_, offer, _, _) = Client::new();
         assert!(matches!(
-            hub.offer("cam", &offer, ip).await,
+            hub.offer("cam", &offer, ip, None).await,
             Err(WhipError::NotServed(_))
         ));
         let mut source = PushedSource::new(StreamId::new("cam"), hub.feeds(), 8, 1, None);
@@ -428,12 +442,19 @@ mod tests {
             (got, source)
         });
         assert!(matches!(
-            hub.offer("cam", "v=0 nonsense", ip).await,
+            hub.offer("cam", "v=0 nonsense", ip, None).await,
             Err(WhipError::BadOffer(_))
         ));
 
         let (mut client, offer, pending, mid) = Client::new();
-        let (id, answer) = hub.offer("cam", &offer, ip).await.unwrap();
+        let (id, answer) = hub.offer("cam", &offer, ip, mux.as_ref()).await.unwrap();
+        if let Some(mux) = &mux {
+            let port = format!(" {} typ host", mux.local_addr().port());
+            assert!(
+                answer.contains(&port),
+                "the candidate is the shared port: {answer}"
+            );
+        }
         client
             .rtc
             .sdp_api()
@@ -499,13 +520,13 @@ mod tests {
             }
             change.apply().unwrap().0.to_sdp_string()
         };
-        let (_, answer) = hub.offer("cam", &offer(true), ip).await.unwrap();
+        let (_, answer) = hub.offer("cam", &offer(true), ip, None).await.unwrap();
         let audio = answer.lines().find(|l| l.starts_with("m=audio")).unwrap();
         assert!(audio.starts_with("m=audio 0 "), "audio refused: {audio}");
         assert!(video_mid(&answer).is_some(), "{answer}");
         assert!(answer.contains("H264"), "{answer}");
         assert!(matches!(
-            hub.offer("cam", &offer(false), ip).await,
+            hub.offer("cam", &offer(false), ip, None).await,
             Err(WhipError::NoCodec(_))
         ));
     }

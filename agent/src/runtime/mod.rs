@@ -154,7 +154,24 @@ pub async fn run(
         .live
         .clone()
         .unwrap_or_else(|| Arc::new(crate::live::LiveHub::new(metrics.clone())));
-    let served = Arc::new(crate::outputs::Served::default());
+    // The WebRTC sessions' one UDP port, when the config sets one.
+    let udp = match cfg.outputs.webrtc.as_ref().and_then(|w| w.udp.as_deref()) {
+        Some(addr) => {
+            let at: std::net::SocketAddr = addr
+                .parse()
+                .map_err(|e| anyhow::anyhow!("outputs.webrtc.udp {addr:?}: {e}"))?;
+            let mux = crate::outputs::udp_mux::UdpMux::bind(at)
+                .await
+                .map_err(|e| anyhow::anyhow!("outputs.webrtc.udp: cannot listen on {at}: {e}"))?;
+            tracing::info!(udp = %mux.local_addr(), "webrtc sessions share one UDP port");
+            Some(mux)
+        }
+        None => None,
+    };
+    let served = Arc::new(crate::outputs::Served {
+        udp,
+        ..Default::default()
+    });
     // The pages hold these before the sensors and the pipeline start; those fill them.
     let readings = Arc::new(crate::sensing::Readings::default());
     let models_in_use = Arc::new(crate::inference::ModelsInUse::default());

@@ -31,6 +31,21 @@ pub struct OutputsConfig {
     /// H.264). Omit for no server.
     #[serde(default)]
     pub rtsp: Option<RtspServerConfig>,
+    /// WebRTC transport (the `webrtc` sink's WHEP sessions and the `whip`
+    /// sources' publishers). Omit for a UDP port per session.
+    #[serde(default)]
+    pub webrtc: Option<WebRtcServerConfig>,
+}
+
+/// WebRTC transport (`outputs.webrtc`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct WebRtcServerConfig {
+    /// One UDP address for the media of every WebRTC session, as IP:PORT
+    /// (e.g. 0.0.0.0:8189): one port to open in a firewall. Omit for an
+    /// ephemeral port per session. Taken at start.
+    #[serde(default)]
+    pub udp: Option<String>,
 }
 
 /// The RTSP restream server (`outputs.rtsp`).

@@ -60,7 +60,12 @@ pub async fn offer(
         Ok(o) => o,
         Err((code, why)) => return refuse_plain(code, why),
     };
-    match s.served.whip.offer(&stream, text, ip).await {
+    match s
+        .served
+        .whip
+        .offer(&stream, text, ip, s.served.udp.as_ref())
+        .await
+    {
         Ok((id, answer)) => answered(format!("/whip/{stream}/{id}"), answer),
         Err(e) => {
             let code = match e {
