@@ -626,7 +626,12 @@ pub fn file_digests(path: &std::path::Path) -> Vec<u64> {
         gpu: None,
     })
     .expect("the clip opens");
-    std::iter::from_fn(|| src.next_frame().expect("it decodes").map(|f| i420_digest(&f))).collect()
+    std::iter::from_fn(|| {
+        src.next_frame()
+            .expect("it decodes")
+            .map(|f| i420_digest(&f))
+    })
+    .collect()
 }
 
 #[cfg(test)]
