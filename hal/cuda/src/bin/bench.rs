@@ -150,6 +150,11 @@ fn bench() -> Result<(), Box<dyn std::error::Error>> {
     let t0 = Instant::now();
     let gpu = std::sync::Arc::new(Gpu::open(0, None)?);
     let open_ms = t0.elapsed().as_secs_f64() * 1e3;
+    // The bench's buffers are used on the one stream only: without cudarc's per-slice
+    // events, whose waits on events recorded before a capture invalidated the CUDA graph
+    // captures (CUDA_ERROR_STREAM_CAPTURE_INVALIDATED on an H100).
+    // SAFETY: every buffer below is allocated, used and freed on `gpu.stream` alone.
+    unsafe { gpu.ctx.disable_event_tracking() };
     // Inputs.
     let frame_bytes: Vec<u8> = (0..W * H * 3 / 2).map(|i| (i * 7 % 251) as u8).collect();
     let mut frame = gpu.alloc_nv12(W, H)?;
