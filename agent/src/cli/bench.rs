@@ -123,12 +123,14 @@ pub enum BenchCommand {
     },
     /// The streaming outputs of a real agent on a 30 fps clip: glass-to-glass latency per
     /// protocol (RTSP over TCP and UDP, SRT push; the wall clock drawn into each frame, read
-    /// back by a decoding client) and the agent's CPU with 0, 1 and 4 RTSP clients.
+    /// back by a decoding client; LL-HLS at the live edge) and the agent's CPU per output and
+    /// consumer against recording alone.
     Outputs {
         /// Clip (default: the 720p bench sample).
         #[arg(long)]
         clip: Option<PathBuf>,
-        /// Rounds of (0, 1, 4) clients.
+        /// Rounds of the CPU setups (recording alone; + RTSP with 0, 1, 4 clients; + SRT
+        /// push; + LL-HLS with a client).
         #[arg(long, default_value_t = 2)]
         rounds: usize,
         /// Seconds per measured window.

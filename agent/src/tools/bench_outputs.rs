@@ -12,9 +12,10 @@
 //!   parts into a FIFO that libavformat's fragmented-MP4 demuxer reads: the time from the
 //!   stage to a decoded picture when the client is at the live edge. A player adds its
 //!   hold-back on top (the playlist's `PART-HOLD-BACK`, three parts).
-//! - **CPU per consumer**: the agent's CPU with 0, 1 and 4 RTSP clients (`ffmpeg -c copy`
-//!   into nothing, so the clients decode nothing), interleaved rounds, ratios against no
-//!   client in the same run.
+//! - **CPU per output and per consumer**: the agent's CPU recording alone, then with one
+//!   output more (the RTSP server with 0, 1 and 4 clients copying the stream into nothing,
+//!   an SRT push to a listener, LL-HLS with one client at the live edge), an agent process
+//!   per setup, interleaved rounds, ratios against recording alone in the same round.
 
 use std::path::Path;
 use std::process::{Command, Stdio};
@@ -56,14 +57,67 @@ pub struct ProtocolLatency {
     pub max_ms: f64,
 }
 
-/// The agent's CPU with `clients` RTSP clients.
+/// What the agent serves in a CPU setup, beside its recording.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Setup {
+    /// The recording alone (the baseline).
+    RecordOnly,
+    /// The RTSP server with this many clients (TCP, `ffmpeg -c copy` into nothing).
+    Rtsp(usize),
+    /// An SRT push to a listener (`ffmpeg -c copy` into nothing).
+    SrtPush,
+    /// The `hls` sink (1 s segments, 200 ms parts) with one client following the live edge
+    /// (blocking requests for each part, bytes discarded).
+    LlHls,
+    /// The `webrtc` sink with this many WHEP viewers (str0m in this process).
+    WebRtc(usize),
+}
+
+impl Setup {
+    const ALL: [Setup; 8] = [
+        Setup::RecordOnly,
+        Setup::Rtsp(0),
+        Setup::Rtsp(1),
+        Setup::Rtsp(4),
+        Setup::SrtPush,
+        Setup::LlHls,
+        Setup::WebRtc(1),
+        Setup::WebRtc(4),
+    ];
+
+    fn name(self) -> String {
+        match self {
+            Setup::RecordOnly => "record only".into(),
+            Setup::Rtsp(n) => format!("+ RTSP server, {n} client(s)"),
+            Setup::SrtPush => "+ SRT push".into(),
+            Setup::LlHls => "+ LL-HLS, 1 client".into(),
+            Setup::WebRtc(n) => format!("+ WebRTC (WHEP), {n} viewer(s)"),
+        }
+    }
+
+    /// The sinks beside the record sink.
+    fn sinks(self, srt: u16) -> String {
+        match self {
+            Setup::RecordOnly => String::new(),
+            Setup::Rtsp(_) => "    - { kind: restream }\n".into(),
+            Setup::SrtPush => format!(
+                "    - {{ kind: push, stream: cam0, url: \"srt://127.0.0.1:{srt}\", backoff_max_s: 1 }}\n"
+            ),
+            Setup::LlHls => "    - { kind: hls, segment_s: 1, part_ms: 200 }\n".into(),
+            Setup::WebRtc(_) => "    - { kind: webrtc, max_sessions: 8 }\n".into(),
+        }
+    }
+}
+
+/// The agent's CPU in one setup.
 #[derive(Debug, Clone, Serialize)]
-pub struct ClientCpu {
-    /// RTSP clients (TCP, `-c copy`).
-    pub clients: usize,
+pub struct SetupCpu {
+    /// What it served.
+    pub setup: Setup,
     /// Agent CPU, percent of one core, mean over the rounds.
     pub cpu_pct: f64,
-    /// Per round: this CPU / the CPU with no client in the same round; min, median, max.
+    /// Per round: this CPU / the CPU recording alone in the same round; min, median, max.
     pub ratio: [f64; 3],
 }
 
@@ -72,28 +126,43 @@ pub struct ClientCpu {
 pub struct OutputsBench {
     /// Per protocol.
     pub latency: Vec<ProtocolLatency>,
-    /// 0, 1 and 4 clients.
-    pub cpu: Vec<ClientCpu>,
+    /// Per setup.
+    pub cpu: Vec<SetupCpu>,
     /// Seconds per window.
     pub window_s: f64,
 }
 
-fn config(dir: &Path, clip: &Path, low_latency: bool, ports: (u16, u16, u16)) -> String {
-    let (port, rtsp, srt) = ports;
+/// Every output at once: what the latency probes use.
+fn all_outputs(srt: u16) -> String {
+    [Setup::Rtsp(0), Setup::SrtPush, Setup::LlHls]
+        .iter()
+        .map(|s| s.sinks(srt))
+        .collect()
+}
+
+fn config(
+    dir: &Path,
+    clip: &Path,
+    low_latency: bool,
+    ports: (u16, u16, u16),
+    outputs: &str,
+    baseline: bool,
+) -> String {
+    let (port, rtsp, _) = ports;
     format!(
         "device: {{ id: bench-outputs }}\n\
          pipeline:\n  sources:\n    - {{ id: cam0, url: \"file:{clip}\", loop: true, realtime: true }}\n\
          \x20 stages:\n    - {{ kind: timestamp_overlay, clock_code: true }}\n\
-         \x20 sinks:\n    - {{ kind: record, dir: \"{rec}\", segment_seconds: 10, disk_budget_mb: 100, encoder: {{ low_latency: {low_latency} }} }}\n\
-         \x20   - {{ kind: restream }}\n\
-         \x20   - {{ kind: push, stream: cam0, url: \"srt://127.0.0.1:{srt}\", backoff_max_s: 1 }}\n\
-         \x20   - {{ kind: hls, segment_s: 1, part_ms: 200 }}\n\
+         \x20 sinks:\n    - {{ kind: record, dir: \"{rec}\", segment_seconds: 10, disk_budget_mb: 100, encoder: {{ low_latency: {low_latency}{profile} }} }}\n\
+         {outputs}\
          outputs: {{ rtsp: {{ listen: \"127.0.0.1:{rtsp}\", anonymous: true }} }}\n\
          store: {{ path: \"{db}\" }}\n\
          web: {{ listen: \"127.0.0.1:{port}\" }}\n",
         clip = clip.display(),
         rec = dir.join("rec").display(),
         db = dir.join("aegis.db").display(),
+        // The CPU setups hold every recording to what browsers decode in WebRTC.
+        profile = if baseline { ", profile: baseline" } else { "" },
     )
 }
 
@@ -175,12 +244,9 @@ const VIEWER: (&str, &str) = ("bench", "bench-viewer-password");
 
 /// An LL-HLS client at the live edge (see the module docs): fetches the init segment and
 /// then each part as soon as the server has it, into a FIFO that a file source decodes.
-fn hls_probe(
-    low_latency: bool,
-    web: u16,
-    dir: &Path,
-    window: Duration,
-) -> anyhow::Result<ProtocolLatency> {
+/// Logs the bench's viewer in to the agent's web server on `web`: a client, the base URL
+/// and the session cookie.
+fn login(web: u16) -> anyhow::Result<(ureq::Agent, String, String)> {
     let http: ureq::Agent = ureq::Agent::config_builder()
         .http_status_as_error(false)
         .max_redirects(0)
@@ -196,8 +262,99 @@ fn hls_probe(
         .get("set-cookie")
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.split(';').next())
-        .ok_or_else(|| anyhow::anyhow!("hls: the login set no cookie ({})", login.status()))?
+        .ok_or_else(|| anyhow::anyhow!("the login set no cookie ({})", login.status()))?
         .to_owned();
+    Ok((http, base, cookie))
+}
+
+/// A WebRTC viewer of the agent on `web` (WHEP, as the live page's WebRTC mode asks): str0m
+/// as the controlling ICE agent receiving H.264 on a loopback socket, the media discarded,
+/// until `stop`; the thread returns the bytes received.
+fn whep_viewer(
+    web: u16,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+) -> anyhow::Result<std::thread::JoinHandle<anyhow::Result<u64>>> {
+    use str0m::media::{Direction, MediaKind};
+    use str0m::net::{Protocol, Receive};
+    use str0m::{Candidate, Event, Input, Output, Rtc};
+    let (http, base, cookie) = login(web)?;
+    let page = http
+        .get(format!("{base}/live"))
+        .header("Cookie", &cookie)
+        .call()?
+        .body_mut()
+        .read_to_string()?;
+    let csrf = page
+        .split("data-csrf=\"")
+        .nth(1)
+        .and_then(|r| r.split('"').next())
+        .ok_or_else(|| anyhow::anyhow!("whep: no CSRF token on the live page"))?
+        .to_owned();
+    let socket = std::net::UdpSocket::bind("127.0.0.1:0")?;
+    socket.set_read_timeout(Some(Duration::from_millis(5)))?;
+    let local = socket.local_addr()?;
+    let mut rtc = Rtc::builder()
+        .clear_codecs()
+        .enable_h264(true)
+        .build(Instant::now());
+    rtc.add_local_candidate(Candidate::host(local, "udp")?);
+    let mut change = rtc.sdp_api();
+    change.add_media(MediaKind::Video, Direction::RecvOnly, None, None, None);
+    let (offer, pending) = change
+        .apply()
+        .ok_or_else(|| anyhow::anyhow!("whep: no offer"))?;
+    let mut r = http
+        .post(format!("{base}/whep/cam0"))
+        .header("Cookie", &cookie)
+        .header("X-CSRF-Token", &csrf)
+        .header("Content-Type", "application/sdp")
+        .send(offer.to_sdp_string())?;
+    let answer = r.body_mut().read_to_string()?;
+    anyhow::ensure!(r.status() == 201, "whep: HTTP {}: {answer}", r.status());
+    rtc.sdp_api()
+        .accept_answer(pending, str0m::change::SdpAnswer::from_sdp_string(&answer)?)?;
+    Ok(std::thread::spawn(move || -> anyhow::Result<u64> {
+        let mut bytes = 0u64;
+        let mut buf = vec![0u8; 2048];
+        while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+            loop {
+                match rtc.poll_output()? {
+                    Output::Timeout(_) => break,
+                    Output::Transmit(t) => {
+                        let _ = socket.send_to(&t.contents, t.destination);
+                    }
+                    Output::Event(Event::MediaData(d)) => bytes += d.data.len() as u64,
+                    Output::Event(_) => {}
+                }
+            }
+            let input = match socket.recv_from(&mut buf) {
+                Ok((n, source)) => Input::Receive(
+                    Instant::now(),
+                    Receive {
+                        proto: Protocol::Udp,
+                        source,
+                        destination: local,
+                        contents: buf[..n].try_into()?,
+                    },
+                ),
+                Err(_) => Input::Timeout(Instant::now()),
+            };
+            rtc.handle_input(input)?;
+        }
+        Ok(bytes)
+    }))
+}
+
+/// A viewer's LL-HLS client at the live edge of the agent on `web`, as hls.js asks: logs
+/// in and reads the playlist here, then on its own thread opens `open()` and writes the init
+/// segment and each part into it as the server releases it (a blocking request for the
+/// preload-hinted part, then the next), until `stop`.
+fn hls_follow<W: std::io::Write>(
+    web: u16,
+    open: impl FnOnce() -> std::io::Result<W> + Send + 'static,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+) -> anyhow::Result<std::thread::JoinHandle<anyhow::Result<()>>> {
+    let (http, base, cookie) = login(web)?;
     let get = move |path: &str| -> anyhow::Result<Option<Vec<u8>>> {
         let mut r = http
             .get(format!("{base}/hls/cam0/{path}"))
@@ -230,33 +387,45 @@ fn hls_probe(
         .and_then(|h| h.split_once('.'))
         .and_then(|(m, p)| Some((m.parse::<u64>().ok()?, p.parse::<u64>().ok()?)))
         .ok_or_else(|| anyhow::anyhow!("hls: preload hint {hint:?}"))?;
+    Ok(std::thread::spawn(move || -> anyhow::Result<()> {
+        let mut out = open()?;
+        out.write_all(&get(&init)?.ok_or_else(|| anyhow::anyhow!("hls: no {init}"))?)?;
+        let (mut msn, mut part) = (msn, part);
+        while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+            // The server holds the request until the part exists; a 404 for the part after
+            // a segment's last is the next segment's first.
+            match get(&format!("part-{msn}.{part}.m4s"))? {
+                Some(p) => {
+                    out.write_all(&p)?;
+                    part += 1;
+                }
+                None if part > 0 => (msn, part) = (msn + 1, 0),
+                None => anyhow::bail!("hls: part {msn}.0 never came"),
+            }
+        }
+        Ok(())
+    }))
+}
+
+/// The LL-HLS latency at the live edge: [`hls_follow`] writes into a FIFO that libavformat's
+/// fragmented-MP4 demuxer reads, and the clock codes are read from what it decodes.
+fn hls_probe(
+    low_latency: bool,
+    web: u16,
+    dir: &Path,
+    window: Duration,
+) -> anyhow::Result<ProtocolLatency> {
     let fifo = dir.join("hls.fifo");
     let c = std::ffi::CString::new(fifo.as_os_str().as_encoded_bytes())?;
     // SAFETY: a NUL-terminated path; mkfifo(3) only creates the file.
     anyhow::ensure!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) } == 0, "mkfifo");
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let fetcher = {
-        let (fifo, stop) = (fifo.clone(), stop.clone());
-        std::thread::spawn(move || -> anyhow::Result<()> {
-            use std::io::Write as _;
-            let mut out = std::fs::OpenOptions::new().write(true).open(&fifo)?;
-            out.write_all(&get(&init)?.ok_or_else(|| anyhow::anyhow!("hls: no {init}"))?)?;
-            let (mut msn, mut part) = (msn, part);
-            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
-                // The server holds the request until the part exists; a 404 for the part
-                // after a segment's last is the next segment's first.
-                match get(&format!("part-{msn}.{part}.m4s"))? {
-                    Some(p) => {
-                        out.write_all(&p)?;
-                        part += 1;
-                    }
-                    None if part > 0 => (msn, part) = (msn + 1, 0),
-                    None => anyhow::bail!("hls: part {msn}.0 never came"),
-                }
-            }
-            Ok(())
-        })
-    };
+    let writer = fifo.clone();
+    let fetcher = hls_follow(
+        web,
+        move || std::fs::OpenOptions::new().write(true).open(writer),
+        stop.clone(),
+    )?;
     let mut src = FileSource::open(FileSourceSettings {
         path: fifo,
         stream: StreamId::new("probe"),
@@ -297,11 +466,17 @@ fn clients(rtsp: u16, n: usize) -> anyhow::Result<Vec<Child>> {
 fn start_agent(
     clip: &Path,
     low_latency: bool,
+    baseline: bool,
+    outputs: impl FnOnce(u16) -> String,
 ) -> anyhow::Result<(Child, (u16, u16, u16), tempfile::TempDir)> {
     let dir = tempfile::tempdir()?;
     let ports = (free_port()?, free_port()?, free_port()?);
     let cfg_path = dir.path().join("agent.yaml");
-    std::fs::write(&cfg_path, config(dir.path(), clip, low_latency, ports))?;
+    let outputs = outputs(ports.2);
+    std::fs::write(
+        &cfg_path,
+        config(dir.path(), clip, low_latency, ports, &outputs, baseline),
+    )?;
     // The web account the LL-HLS client logs in with.
     let mut add = Command::new(std::env::current_exe()?)
         .args(["user", "add", VIEWER.0, "--role", "viewer", "--config"])
@@ -323,7 +498,7 @@ fn start_agent(
             .spawn()?,
     );
     let t0 = Instant::now();
-    while std::net::TcpStream::connect(("127.0.0.1", ports.1)).is_err() {
+    while std::net::TcpStream::connect(("127.0.0.1", ports.0)).is_err() {
         anyhow::ensure!(
             t0.elapsed() < Duration::from_secs(60),
             "the agent did not come up"
@@ -335,11 +510,11 @@ fn start_agent(
 }
 
 /// Runs the benchmark on `clip`: latency per protocol over `window`, then `rounds` rounds
-/// of 0, 1 and 4 RTSP clients, `window` each.
+/// of every CPU [`Setup`], `window` each.
 pub fn bench_outputs(clip: &Path, rounds: usize, window: Duration) -> anyhow::Result<OutputsBench> {
     let mut latency = Vec::new();
     for low_latency in [true, false] {
-        let (_agent, ports, _dir) = start_agent(clip, low_latency)?;
+        let (_agent, ports, _dir) = start_agent(clip, low_latency, false, all_outputs)?;
         let (_, rtsp, srt) = ports;
         let url = format!("rtsp://127.0.0.1:{rtsp}/cam0");
         latency.push(probe(
@@ -367,30 +542,68 @@ pub fn bench_outputs(clip: &Path, rounds: usize, window: Duration) -> anyhow::Re
         )?);
         latency.push(hls_probe(low_latency, ports.0, _dir.path(), window)?);
     }
-    // The CPU figures: the default encoder (frame threads), as recordings use it.
-    let (agent, (_, rtsp, _), _dir) = start_agent(clip, false)?;
-    let pid = agent.0.id();
-    let counts = [0usize, 1, 4];
-    let mut pcts: Vec<Vec<f64>> = vec![Vec::new(); counts.len()];
+    // The CPU figures: the default encoder (frame threads) held to Constrained Baseline (for
+    // the WebRTC viewers) in every setup; an agent process per setup, the setups
+    // interleaved in each round.
+    let mut pcts: Vec<Vec<f64>> = vec![Vec::new(); Setup::ALL.len()];
     for _ in 0..rounds {
-        for (i, &n) in counts.iter().enumerate() {
-            let running = clients(rtsp, n)?;
-            // Clients connect and settle before the window.
+        for (i, &setup) in Setup::ALL.iter().enumerate() {
+            let (agent, (web, rtsp, srt), _dir) =
+                start_agent(clip, false, true, |srt| setup.sinks(srt))?;
+            let pid = agent.0.id();
+            let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+            let mut follower = None;
+            let mut viewers = Vec::new();
+            let consumers = match setup {
+                Setup::RecordOnly => Vec::new(),
+                Setup::Rtsp(n) => clients(rtsp, n)?,
+                Setup::SrtPush => vec![Child(
+                    Command::new("ffmpeg")
+                        .args(["-v", "quiet", "-i"])
+                        .arg(format!("srt://127.0.0.1:{srt}?mode=listener"))
+                        .args(["-c", "copy", "-f", "null", "-"])
+                        .stdin(Stdio::null())
+                        .spawn()
+                        .map_err(|e| anyhow::anyhow!("ffmpeg (the SRT listener): {e}"))?,
+                )],
+                Setup::LlHls => {
+                    follower = Some(hls_follow(web, || Ok(std::io::sink()), stop.clone())?);
+                    Vec::new()
+                }
+                Setup::WebRtc(n) => {
+                    for _ in 0..n {
+                        viewers.push(whep_viewer(web, stop.clone())?);
+                    }
+                    Vec::new()
+                }
+            };
+            // Consumers connect and settle before the window.
             std::thread::sleep(Duration::from_secs(2));
             let (c0, w0) = (cpu_seconds(pid)?, Instant::now());
             std::thread::sleep(window);
-            let cpu = (cpu_seconds(pid)? - c0) / w0.elapsed().as_secs_f64() * 100.0;
-            pcts[i].push(cpu);
-            drop(running);
+            pcts[i].push((cpu_seconds(pid)? - c0) / w0.elapsed().as_secs_f64() * 100.0);
+            stop.store(true, std::sync::atomic::Ordering::Relaxed);
+            drop(consumers);
+            drop(agent);
+            if let Some(f) = follower {
+                // Ends with the agent (its request fails) if not at its stop check.
+                let _ = f.join();
+            }
+            for v in viewers {
+                let bytes = v
+                    .join()
+                    .map_err(|_| anyhow::anyhow!("whep viewer panicked"))??;
+                anyhow::ensure!(bytes > 0, "a WebRTC viewer received nothing");
+            }
         }
     }
-    let cpu = counts
+    let cpu = Setup::ALL
         .iter()
         .enumerate()
-        .map(|(i, &n)| {
+        .map(|(i, &setup)| {
             let mut ratios: Vec<f64> = pcts[i].iter().zip(&pcts[0]).map(|(c, b)| c / b).collect();
-            ClientCpu {
-                clients: n,
+            SetupCpu {
+                setup,
                 cpu_pct: pcts[i].iter().sum::<f64>() / pcts[i].len().max(1) as f64,
                 ratio: [
                     pct(&mut ratios, 0.0),
@@ -400,7 +613,6 @@ pub fn bench_outputs(clip: &Path, rounds: usize, window: Duration) -> anyhow::Re
             }
         })
         .collect();
-    drop(agent);
     Ok(OutputsBench {
         latency,
         cpu,
@@ -432,13 +644,17 @@ pub fn print(r: &OutputsBench) {
         );
     }
     println!(
-        "agent CPU with RTSP clients ({} s windows, ratio vs none in the same round):",
+        "agent CPU per output and consumer ({} s windows, ratio vs recording alone in the same round):",
         r.window_s
     );
     for c in &r.cpu {
         println!(
-            "  {} clients: {:.1} % of a core, ratio {:.2} (min {:.2}, max {:.2})",
-            c.clients, c.cpu_pct, c.ratio[1], c.ratio[0], c.ratio[2]
+            "  {:<30} {:>5.1} % of a core, ratio {:.2} (min {:.2}, max {:.2})",
+            c.setup.name(),
+            c.cpu_pct,
+            c.ratio[1],
+            c.ratio[0],
+            c.ratio[2]
         );
     }
 }
