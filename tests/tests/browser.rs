@@ -900,8 +900,9 @@ async fn webrtc_plays_the_stream_in_chromium_over_whep() {
 
 /// A WHIP publisher in the page: a 640x360 canvas drawing the wall clock as the
 /// `timestamp_overlay` code (34 squares of 16 px at x = 16, 38 px down: `hal::pixel::read_code`)
-/// every 33 ms, sent as a send-only video track (H.264 preferred) to `/whip/<stream>` with
-/// the bearer token; resolves once connected, with the negotiated codec and the Location.
+/// every 33 ms, sent as a send-only video track (H.264 preferred) to the WHIP endpoint (an
+/// absolute URL: the page is of another origin) with the bearer token; resolves once
+/// connected, with the negotiated codec and the Location.
 const WHIP_PUBLISHER: &str = r##"
 const done = arguments[arguments.length - 1];
 const [path, token] = [arguments[0], arguments[1]];
@@ -1006,12 +1007,54 @@ async fn a_browser_publishes_into_the_pipeline_over_whip() {
     };
     assert_eq!(bad_offer, 400, "{}", agent.log());
 
+    // The CORS preflight a browser page of another origin sends first.
+    let (code, head, _) = http_exchange(
+        port,
+        "OPTIONS",
+        "/whip/pub0",
+        &[
+            ("Origin", "http://studio.example"),
+            ("Access-Control-Request-Method", "POST"),
+            (
+                "Access-Control-Request-Headers",
+                "authorization,content-type",
+            ),
+        ],
+        b"",
+    )
+    .unwrap();
+    let head = head.to_lowercase();
+    assert_eq!(code, 204, "{head}");
+    assert!(head.contains("access-control-allow-origin: *"), "{head}");
+    assert!(head.contains("authorization"), "{head}");
+
+    // The publishing page is of another origin (a studio app): a page server of its own.
+    let studio = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let studio_url = format!("http://{}/", studio.local_addr().unwrap());
+    std::thread::spawn(move || {
+        use std::io::{Read, Write};
+        for mut s in studio.incoming().flatten() {
+            let mut buf = [0u8; 4096];
+            let _ = s.read(&mut buf);
+            let body = "<!doctype html><title>studio</title><body>studio</body>";
+            let _ = write!(
+                s,
+                "HTTP/1.1 200 OK\r\nContent-Type: text/html\r\nContent-Length: {}\r\n\
+                 Connection: close\r\n\r\n{body}",
+                body.len()
+            );
+        }
+    });
+    let endpoint = format!("{}/whip/pub0", agent.base_url());
     let run = async {
         let b = Browser::start(Viewport::Desktop, &agent.base_url(), &artifacts(), "whip").await?;
-        b.goto("/login").await?;
+        b.client()
+            .goto(&studio_url)
+            .await
+            .map_err(|e| BrowserError::Other(format!("the studio page: {e}")))?;
         let published = b
             .client()
-            .execute_async(WHIP_PUBLISHER, vec![json!("/whip/pub0"), json!(TOKEN)])
+            .execute_async(WHIP_PUBLISHER, vec![json!(endpoint), json!(TOKEN)])
             .await
             .map_err(|e| BrowserError::Other(format!("the WHIP publisher: {e}")))?;
         b.ensure(
@@ -1030,9 +1073,9 @@ async fn a_browser_publishes_into_the_pipeline_over_whip() {
             .client()
             .execute_async(
                 "const done = arguments[arguments.length - 1]; \
-                 fetch(arguments[0], { method: 'DELETE', headers: { 'Authorization': 'Bearer ' + arguments[1] } }) \
-                   .then(r => done(r.status)); clearInterval(window.__whipTimer);",
-                vec![json!(location), json!(TOKEN)],
+                 fetch(new URL(arguments[0], arguments[2]), { method: 'DELETE', headers: { 'Authorization': 'Bearer ' + arguments[1] } }) \
+                   .then(r => done(r.status), e => done(String(e))); clearInterval(window.__whipTimer);",
+                vec![json!(location), json!(TOKEN), json!(endpoint)],
             )
             .await
             .map_err(|e| BrowserError::Other(format!("DELETE: {e}")))?;

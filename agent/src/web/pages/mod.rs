@@ -130,6 +130,17 @@ pub static ROUTES: &[RouteSpec] = &[
         Access::Publisher,
         |m| on(m, whip::end),
     ),
+    // The CORS preflight of browser publishers on another origin (no credential: none is
+    // sent in a preflight).
+    page(Method::OPTIONS, "/whip/{stream}", Access::Public, |m| {
+        on(m, whip::preflight)
+    }),
+    page(
+        Method::OPTIONS,
+        "/whip/{stream}/{session}",
+        Access::Public,
+        |m| on(m, whip::preflight),
+    ),
     page(Method::GET, "/cameras", Access::Viewer, |m| {
         on(m, cameras::page)
     }),

@@ -4,6 +4,11 @@
 //! token, ends it. No session cookie is involved: publishers are encoders and scripts. The
 //! session's socket is bound where the publisher reached this server (its `Host`: an IP
 //! address or `localhost`), as for WHEP.
+//!
+//! Browser publishers are usually pages of another origin (a studio app), so the endpoint
+//! answers CORS: a preflight (`OPTIONS`) for any origin, and `Access-Control-Allow-Origin:
+//! *` with `Location` exposed on its answers. That opens nothing: no cookie is ever used
+//! here (`*` forbids credentials), and only the bearer token admits a publisher.
 
 use std::sync::Arc;
 
@@ -46,8 +51,51 @@ fn refused(s: &PagesState, stream: &str, headers: &HeaderMap) -> Option<Response
     Some(r)
 }
 
+/// The CORS headers of every answer (a browser page of another origin reads it, and the
+/// `Location` of a new session).
+fn cors(mut r: Response) -> Response {
+    let h = r.headers_mut();
+    h.insert(
+        header::ACCESS_CONTROL_ALLOW_ORIGIN,
+        header::HeaderValue::from_static("*"),
+    );
+    h.insert(
+        header::ACCESS_CONTROL_EXPOSE_HEADERS,
+        header::HeaderValue::from_static("Location"),
+    );
+    r
+}
+
+/// OPTIONS `/whip/{stream}` and `/whip/{stream}/{session}`: the CORS preflight.
+pub async fn preflight() -> Response {
+    let mut r = cors(StatusCode::NO_CONTENT.into_response());
+    let h = r.headers_mut();
+    h.insert(
+        header::ACCESS_CONTROL_ALLOW_METHODS,
+        header::HeaderValue::from_static("POST, DELETE, OPTIONS"),
+    );
+    h.insert(
+        header::ACCESS_CONTROL_ALLOW_HEADERS,
+        header::HeaderValue::from_static("Authorization, Content-Type"),
+    );
+    h.insert(
+        header::ACCESS_CONTROL_MAX_AGE,
+        header::HeaderValue::from_static("600"),
+    );
+    r
+}
+
 /// POST `/whip/{stream}`.
 pub async fn offer(
+    state: State<Arc<PagesState>>,
+    stream: Path<String>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    cors(answer_offer(state, stream, headers, body).await)
+}
+
+async fn answer_offer(
     State(s): State<Arc<PagesState>>,
     Path(stream): Path<String>,
     headers: HeaderMap,
@@ -82,6 +130,14 @@ pub async fn offer(
 
 /// DELETE `/whip/{stream}/{session}`.
 pub async fn end(
+    state: State<Arc<PagesState>>,
+    path: Path<(String, String)>,
+    headers: HeaderMap,
+) -> Response {
+    cors(end_session(state, path, headers).await)
+}
+
+async fn end_session(
     State(s): State<Arc<PagesState>>,
     Path((stream, id)): Path<(String, String)>,
     headers: HeaderMap,
