@@ -39,7 +39,8 @@ fn refused(s: &PagesState, stream: &str, headers: &HeaderMap) -> Option<Response
     if ok {
         return None;
     }
-    tracing::warn!(%stream, presented = presented.is_some(), "whip: publisher refused");
+    // Quoted: the id is whatever the request said (a newline in it cannot forge a line).
+    tracing::warn!(stream = ?stream, presented = presented.is_some(), "whip: publisher refused");
     let mut r = refuse_plain(
         StatusCode::UNAUTHORIZED,
         "a whip source's publish token is needed (Authorization: Bearer <publish_token>)".into(),
