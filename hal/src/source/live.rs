@@ -351,8 +351,7 @@ pub struct LiveSource {
     /// The last connection attempt failed on something retrying soon will not change: the
     /// camera refused the credentials or the path, redirected, or the URL is bad.
     persistent_error: bool,
-    next_seq: u64,
-    next_pts_us: i64,
+    timeline: super::Timeline,
     frame_rate: (i32, i32),
     stats: SourceStats,
     /// Decoder counters of connections already closed (stats only ever grow).
@@ -390,8 +389,7 @@ impl LiveSource {
             backoff,
             attempts: 0,
             persistent_error: false,
-            next_seq: 0,
-            next_pts_us: 0,
+            timeline: super::Timeline::default(),
             frame_rate: (0, 1),
             stats: SourceStats::default(),
             closed_decode: Default::default(),
@@ -661,13 +659,7 @@ impl LiveSource {
                     .demux
                     .start_time_realtime_us()
                     .map(|t0| t0 + frame.pts_us);
-                let offset = *conn
-                    .offset_us
-                    .get_or_insert(self.next_pts_us - frame.pts_us);
-                frame.pts_us += offset;
-                frame.seq = self.next_seq;
-                self.next_seq += 1;
-                self.next_pts_us = frame.pts_us + frame.duration_us.max(1);
+                self.timeline.stamp(&mut frame, &mut conn.offset_us);
                 conn.frames += 1;
                 self.backoff.frame(Instant::now());
                 self.stats.frames += 1;

@@ -317,6 +317,26 @@ impl SourceStopper {
     }
 }
 
+/// A live stream's timeline across its connections (or publishers): each connection's
+/// timestamps are shifted to continue where the previous one ended, and frames are numbered
+/// without gaps.
+#[derive(Debug, Default)]
+pub(crate) struct Timeline {
+    next_seq: u64,
+    next_pts_us: i64,
+}
+
+impl Timeline {
+    /// Stamps `frame` of the connection whose shift is `offset` (None until its first frame).
+    pub(crate) fn stamp(&mut self, frame: &mut Frame, offset: &mut Option<i64>) {
+        let shift = *offset.get_or_insert(self.next_pts_us - frame.pts_us);
+        frame.pts_us += shift;
+        frame.seq = self.next_seq;
+        self.next_seq += 1;
+        self.next_pts_us = frame.pts_us + frame.duration_us.max(1);
+    }
+}
+
 /// What every source shares: the pool (replaced on resolution changes), the stop state, the
 /// health record and the error context.
 pub(crate) struct SourceCore {

@@ -295,8 +295,7 @@ pub struct PushedSource {
     seen_session: u64,
     /// Added to a session's timestamps so they continue the stream's timeline.
     offset_us: Option<i64>,
-    next_seq: u64,
-    next_pts_us: i64,
+    timeline: super::Timeline,
     last_unit_at: Instant,
     stalled: bool,
     sessions: u64,
@@ -337,8 +336,7 @@ impl PushedSource {
             decoding: None,
             seen_session: 0,
             offset_us: None,
-            next_seq: 0,
-            next_pts_us: 0,
+            timeline: super::Timeline::default(),
             last_unit_at: Instant::now(),
             stalled: false,
             sessions: 0,
@@ -444,13 +442,7 @@ impl PushedSource {
             if let Some((_, _, d)) = self.decoding.as_mut() {
                 match self.core.receive(d, 0) {
                     Ok(Some(mut frame)) => {
-                        let offset = *self
-                            .offset_us
-                            .get_or_insert(self.next_pts_us - frame.pts_us);
-                        frame.pts_us += offset;
-                        frame.seq = self.next_seq;
-                        self.next_seq += 1;
-                        self.next_pts_us = frame.pts_us + frame.duration_us.max(1);
+                        self.timeline.stamp(&mut frame, &mut self.offset_us);
                         self.stats.frames += 1;
                         self.core.health.frame();
                         return Ok(Some(frame));
