@@ -40,10 +40,11 @@ test: lint
     # CI's disk is small: the host's debug build (bins and ~70 test binaries) is not needed
     # by the aarch64 builds and the fuzzer that follow (.ci/run sets AEGIS_CI_PRUNE).
     if [ -n "${AEGIS_CI_PRUNE:-}" ]; then rm -rf target/debug; fi
-    # The fuzzer runs beside the aarch64 build and tests: each leaves a core idle for long
-    # stretches (libFuzzer is one process; the qemu tests mostly one thread). Its output is
-    # printed once both are done.
+    # The fuzzer (its sanitizer build, then 10 s a target) runs beside the aarch64 tests,
+    # not beside their build: the emulated tests mostly use one core, libFuzzer the other.
+    # Its output is printed once both are done.
     FUZZ_SETUP_ONLY=1 tools/fuzz.sh
+    step tools/cross-test.sh build
     t0=$SECONDS
     (tools/fuzz.sh 10 >target/fuzz.log 2>&1; echo $? >target/fuzz.rc) &
     fuzz=$!
