@@ -41,7 +41,8 @@ use crate::metrics::{Metrics, OutputLabels};
 const QUEUE: usize = 128;
 /// The largest SDP offer read.
 pub const MAX_OFFER: usize = 16 * 1024;
-/// A session whose browser has not connected (ICE and DTLS) by then ends.
+/// A session whose peer (a browser, a publisher) has not connected (ICE and DTLS) by then
+/// ends.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(15);
 
 /// Why an offer was not answered.
@@ -218,7 +219,6 @@ impl WhepHub {
             );
         }
         let session = Session {
-            link,
             sub: slot.subscribe_packets(QUEUE),
             mid: None,
             pt: None,
@@ -233,7 +233,7 @@ impl WhepHub {
         let hub = self.clone();
         tokio::spawn(async move {
             let id = session.id.clone();
-            session.run(stopped).await;
+            session.run(link, stopped).await;
             lock(&hub.inner).sessions.remove(&id);
         });
         Ok((id, answer.to_sdp_string()))
@@ -301,7 +301,6 @@ fn choose_pt(rtc: &mut Rtc, mid: Mid, start: &StreamStart) -> Option<Pt> {
 }
 
 struct Session {
-    link: Link,
     sub: PacketSubscription,
     mid: Option<Mid>,
     pt: Option<Pt>,
@@ -317,57 +316,33 @@ struct Session {
 }
 
 impl Session {
-    async fn run(mut self, mut stop: watch::Receiver<bool>) {
-        let give_up = Instant::now() + CONNECT_TIMEOUT;
-        let mut buf = vec![0u8; 2048];
-        tracing::info!(stream = %self.sub.stream(), session = %self.id, local = %self.link.local,
+    async fn run(mut self, mut link: Link, mut stop: watch::Receiver<bool>) {
+        tracing::info!(stream = %self.sub.stream(), session = %self.id, local = %link.local,
             "webrtc session started");
-        while !self.closed {
-            let timeout = loop {
-                match self.link.poll() {
-                    Ok(Polled::Timeout(t)) => break Some(t),
-                    Ok(Polled::Event(e)) => self.event(e),
-                    Err(e) => {
-                        tracing::info!(session = %self.id, error = %e, "webrtc session failed");
-                        break None;
-                    }
-                }
-            };
-            let Some(timeout) = timeout else { break };
-            if !self.connected && Instant::now() > give_up {
-                tracing::info!(session = %self.id, "webrtc: the browser never connected");
-                break;
-            }
-            let woke = self
-                .link
-                .wait(
-                    &mut buf,
-                    timeout.min(give_up),
-                    self.sub.rx.recv(),
-                    &mut stop,
-                )
-                .await;
-            match woke {
-                Woke::Other(Some(OutMsg::Start(s))) => self.start = Some(s),
-                Woke::Other(Some(OutMsg::Packet(p))) => self.packet(&p),
-                Woke::Other(None) | Woke::Closed => self.closed = true,
-                Woke::Datagram | Woke::Nothing => {}
-            }
-            let dropped = self.sub.dropped.load(Ordering::Relaxed);
-            if dropped > self.dropped_seen {
-                self.counters.dropped.inc_by(dropped - self.dropped_seen);
-                self.dropped_seen = dropped;
-                self.synced = false;
-            }
-        }
+        link.run(&mut self, &mut stop).await;
         if self.connected {
             self.counters.sessions.dec();
         }
-        self.link.rtc.disconnect();
         tracing::info!(stream = %self.sub.stream(), session = %self.id, "webrtc session ended");
     }
+}
 
-    fn event(&mut self, e: Event) {
+impl Peer for Session {
+    type Other = Option<OutMsg>;
+
+    fn name(&self) -> (&str, &'static str) {
+        (&self.id, "webrtc")
+    }
+
+    fn connected(&self) -> bool {
+        self.connected
+    }
+
+    fn closed(&self) -> bool {
+        self.closed
+    }
+
+    fn event(&mut self, _: &mut Link, e: Event) {
         match e {
             Event::Connected => {
                 self.connected = true;
@@ -383,7 +358,28 @@ impl Session {
         }
     }
 
-    fn packet(&mut self, p: &OwnedPacket) {
+    fn other(&mut self) -> impl std::future::Future<Output = Option<OutMsg>> + Send {
+        self.sub.rx.recv()
+    }
+
+    fn woke(&mut self, link: &mut Link, woke: Woke<Option<OutMsg>>) {
+        match woke {
+            Woke::Other(Some(OutMsg::Start(s))) => self.start = Some(s),
+            Woke::Other(Some(OutMsg::Packet(p))) => self.packet(link, &p),
+            Woke::Other(None) | Woke::Closed => self.closed = true,
+            Woke::Datagram | Woke::Nothing => {}
+        }
+        let dropped = self.sub.dropped.load(Ordering::Relaxed);
+        if dropped > self.dropped_seen {
+            self.counters.dropped.inc_by(dropped - self.dropped_seen);
+            self.dropped_seen = dropped;
+            self.synced = false;
+        }
+    }
+}
+
+impl Session {
+    fn packet(&mut self, link: &mut Link, p: &OwnedPacket) {
         let (Some(mid), Some(start)) = (self.mid, self.start.clone()) else {
             return;
         };
@@ -391,7 +387,7 @@ impl Session {
             return;
         }
         if self.pt.is_none() {
-            self.pt = choose_pt(&mut self.link.rtc, mid, &start);
+            self.pt = choose_pt(&mut link.rtc, mid, &start);
             if self.pt.is_none() {
                 tracing::warn!(session = %self.id, "webrtc: {}", WhepError::NoCodec(profile_name(&start)));
                 self.closed = true;
@@ -414,7 +410,7 @@ impl Session {
         } else {
             p.data.clone()
         };
-        let (Some(pt), Some(writer)) = (self.pt, self.link.rtc.writer(mid)) else {
+        let (Some(pt), Some(writer)) = (self.pt, link.rtc.writer(mid)) else {
             return;
         };
         let len = data.len() as u64;
@@ -444,6 +440,25 @@ pub(crate) struct Link {
 enum LinkSocket {
     Own(UdpSocket),
     Shared(Route),
+}
+
+/// One end of a session over a [`Link`] (a WHEP viewer's, a WHIP publisher's): what
+/// [`Link::run`] hands the connection's events and wake-ups to.
+pub(crate) trait Peer {
+    /// What the session waits for besides the network and the stop signal.
+    type Other;
+    /// The session's id, and its kind for the log (`webrtc`, `whip`).
+    fn name(&self) -> (&str, &'static str);
+    /// ICE and DTLS are up.
+    fn connected(&self) -> bool;
+    /// The session is over.
+    fn closed(&self) -> bool;
+    /// An event of the connection.
+    fn event(&mut self, link: &mut Link, e: Event);
+    /// The next of what it waits for besides the network.
+    fn other(&mut self) -> impl std::future::Future<Output = Self::Other> + Send;
+    /// What woke the session (after a datagram or a timeout was handed to the connection).
+    fn woke(&mut self, link: &mut Link, woke: Woke<Self::Other>);
 }
 
 /// What [`Link::poll`] found (handled at once, never stored: its size does not matter).
@@ -503,8 +518,39 @@ impl Link {
         Ok(Link { rtc, socket, local })
     }
 
+    /// Runs `peer`'s session until it closes, the connection fails, `stop` fires, or the
+    /// peer has not connected within [`CONNECT_TIMEOUT`]; then disconnects.
+    pub(crate) async fn run<P: Peer>(&mut self, peer: &mut P, stop: &mut watch::Receiver<bool>) {
+        let give_up = Instant::now() + CONNECT_TIMEOUT;
+        let mut buf = vec![0u8; 2048];
+        while !peer.closed() {
+            let timeout = loop {
+                match self.poll() {
+                    Ok(Polled::Timeout(t)) => break Some(t),
+                    Ok(Polled::Event(e)) => peer.event(self, e),
+                    Err(e) => {
+                        let (id, kind) = peer.name();
+                        tracing::info!(session = %id, error = %e, "{kind} session failed");
+                        break None;
+                    }
+                }
+            };
+            let Some(timeout) = timeout else { break };
+            if !peer.connected() && Instant::now() > give_up {
+                let (id, kind) = peer.name();
+                tracing::info!(session = %id, "{kind}: the peer never connected");
+                break;
+            }
+            let woke = self
+                .wait(&mut buf, timeout.min(give_up), peer.other(), stop)
+                .await;
+            peer.woke(self, woke);
+        }
+        self.rtc.disconnect();
+    }
+
     /// Sends what the connection has to send; its next event, or when to wake it next.
-    pub(crate) fn poll(&mut self) -> Result<Polled, str0m::RtcError> {
+    fn poll(&mut self) -> Result<Polled, str0m::RtcError> {
         loop {
             match self.rtc.poll_output()? {
                 Output::Timeout(t) => return Ok(Polled::Timeout(t)),
@@ -523,7 +569,7 @@ impl Link {
 
     /// Waits for a datagram (handed to the connection), `other`, `stop` or `timeout` (handed
     /// to the connection), whichever comes first.
-    pub(crate) async fn wait<T>(
+    async fn wait<T>(
         &mut self,
         buf: &mut [u8],
         timeout: Instant,

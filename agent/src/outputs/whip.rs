@@ -14,7 +14,6 @@
 use std::collections::HashMap;
 use std::net::IpAddr;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
 
 use aegis_config::{Secret, SourceConfig, SourceLocation};
 use aegis_hal::source::{Publisher, PushError, PushFeeds, PushedCodec};
@@ -25,12 +24,8 @@ use str0m::media::{Frequency, KeyframeRequestKind, MediaKind, Mid};
 use tokio::sync::watch;
 
 use super::udp_mux::UdpMux;
-use super::webrtc::{Link, Polled, Woke};
+use super::webrtc::{Link, Peer, Woke};
 
-/// The largest SDP offer read.
-pub const MAX_OFFER: usize = 16 * 1024;
-/// A publisher that has not connected (ICE and DTLS) by then is dropped.
-const CONNECT_TIMEOUT: Duration = Duration::from_secs(15);
 /// Sessions at once over all sources (a replaced publisher's session may linger a moment).
 const MAX_SESSIONS: usize = 16;
 
@@ -163,7 +158,6 @@ impl WhipHub {
             }
         };
         let session = Session {
-            link,
             publisher,
             mid,
             connected: false,
@@ -175,7 +169,7 @@ impl WhipHub {
         let hub = self.clone();
         tokio::spawn(async move {
             let id = session.id.clone();
-            session.run(stopped).await;
+            session.run(link, stopped).await;
             lock(&hub.inner).sessions.remove(&id);
         });
         Ok((id, answer))
@@ -214,7 +208,6 @@ fn video_mid(answer: &str) -> Option<Mid> {
 }
 
 struct Session {
-    link: Link,
     publisher: Publisher,
     mid: Mid,
     connected: bool,
@@ -225,49 +218,15 @@ struct Session {
 }
 
 impl Session {
-    async fn run(mut self, mut stop: watch::Receiver<bool>) {
-        let give_up = Instant::now() + CONNECT_TIMEOUT;
-        let mut buf = vec![0u8; 2048];
+    async fn run(mut self, mut link: Link, mut stop: watch::Receiver<bool>) {
         tracing::info!(stream = %self.stream, session = %self.id, "whip publisher started");
-        while !self.closed {
-            let timeout = loop {
-                match self.link.poll() {
-                    Ok(Polled::Timeout(t)) => break Some(t),
-                    Ok(Polled::Event(e)) => self.event(e),
-                    Err(e) => {
-                        tracing::info!(session = %self.id, error = %e, "whip session failed");
-                        break None;
-                    }
-                }
-            };
-            let Some(timeout) = timeout else { break };
-            if !self.connected && Instant::now() > give_up {
-                tracing::info!(session = %self.id, "whip: the publisher never connected");
-                break;
-            }
-            let woke = self
-                .link
-                .wait(
-                    &mut buf,
-                    timeout.min(give_up),
-                    std::future::pending::<()>(),
-                    &mut stop,
-                )
-                .await;
-            if let Woke::Closed = woke {
-                self.closed = true;
-            }
-            if self.connected && self.publisher.take_keyframe_request() {
-                self.request_keyframe();
-            }
-        }
-        self.link.rtc.disconnect();
+        link.run(&mut self, &mut stop).await;
         tracing::info!(stream = %self.stream, session = %self.id, units = self.units,
             "whip publisher ended");
     }
 
-    fn request_keyframe(&mut self) {
-        let Some(mut writer) = self.link.rtc.writer(self.mid) else {
+    fn request_keyframe(&mut self, link: &mut Link) {
+        let Some(mut writer) = link.rtc.writer(self.mid) else {
             return;
         };
         for kind in [KeyframeRequestKind::Pli, KeyframeRequestKind::Fir] {
@@ -277,8 +236,37 @@ impl Session {
             }
         }
     }
+}
 
-    fn event(&mut self, e: Event) {
+impl Peer for Session {
+    type Other = ();
+
+    fn name(&self) -> (&str, &'static str) {
+        (&self.id, "whip")
+    }
+
+    fn connected(&self) -> bool {
+        self.connected
+    }
+
+    fn closed(&self) -> bool {
+        self.closed
+    }
+
+    fn other(&mut self) -> impl std::future::Future<Output = ()> + Send {
+        std::future::pending()
+    }
+
+    fn woke(&mut self, link: &mut Link, woke: Woke<()>) {
+        if let Woke::Closed = woke {
+            self.closed = true;
+        }
+        if self.connected && self.publisher.take_keyframe_request() {
+            self.request_keyframe(link);
+        }
+    }
+
+    fn event(&mut self, _: &mut Link, e: Event) {
         match e {
             Event::Connected => {
                 self.connected = true;
@@ -325,6 +313,7 @@ mod tests {
         PushedSource, SourceState, VideoSource, annexb_clip, file_digests, i420_digest,
         split_annexb_units,
     };
+    use std::time::{Duration, Instant};
     use str0m::change::SdpAnswer;
     use str0m::media::{Direction, MediaTime};
     use str0m::net::{Protocol, Receive};
@@ -494,10 +483,10 @@ mod tests {
         let stopper = source.stopper();
         let waiting = std::thread::spawn(move || source.next_frame().map(|f| f.is_none()));
         let deadline = Instant::now() + Duration::from_secs(10);
-        while health.state() != SourceState::Connecting && Instant::now() < deadline {
+        while health.state() != SourceState::Waiting && Instant::now() < deadline {
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
-        assert_eq!(health.state(), SourceState::Connecting);
+        assert_eq!(health.state(), SourceState::Waiting);
         stopper.stop();
         assert!(waiting.join().unwrap().unwrap());
     }
