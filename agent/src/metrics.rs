@@ -31,7 +31,7 @@ pub struct StreamLabels {
 pub struct StateLabels {
     /// Stream id.
     pub stream: String,
-    /// `connecting`, `streaming`, `stalled`, `backing_off`, `ended`.
+    /// `connecting`, `streaming`, `stalled`, `backing_off`, `ended`, `failed`, `waiting`.
     pub state: String,
 }
 
@@ -367,7 +367,7 @@ impl Metrics {
         );
         registry.register(
             "source_state",
-            "1 for the state each stream's source is in (connecting, streaming, stalled, backing_off, ended)",
+            "1 for the state each stream's source is in (connecting, streaming, stalled, backing_off, ended, failed, waiting)",
             m.source_state.clone(),
         );
         registry.register(

@@ -176,17 +176,22 @@ pub enum SourceState {
     /// The source could not be opened, or ended on an error it cannot recover from (a file
     /// source; live sources retry instead). `last_error` says why.
     Failed = 5,
+    /// Nothing is expected yet: a pushed source (`whip:`) with no publisher connected.
+    /// Not a fault (`/healthz` counts it as healthy); a publisher that connects and then
+    /// sends nothing makes the source `stalled`.
+    Waiting = 6,
 }
 
 impl SourceState {
     /// Every state, for metrics that export one series per state.
-    pub const ALL: [SourceState; 6] = [
+    pub const ALL: [SourceState; 7] = [
         SourceState::Connecting,
         SourceState::Streaming,
         SourceState::Stalled,
         SourceState::BackingOff,
         SourceState::Ended,
         SourceState::Failed,
+        SourceState::Waiting,
     ];
 
     /// Lower-case name (`backing_off`, ...).
@@ -198,6 +203,7 @@ impl SourceState {
             SourceState::BackingOff => "backing_off",
             SourceState::Ended => "ended",
             SourceState::Failed => "failed",
+            SourceState::Waiting => "waiting",
         }
     }
 

@@ -277,7 +277,7 @@ enum Next {
     Unit(Unit),
     /// The publisher left (or was replaced before sending anything).
     Left,
-    /// The publisher sent nothing for [`STALL`].
+    /// The publisher sent nothing for the stall timeout ([`STALL`]).
     Stalled,
     Stopped,
 }
@@ -296,7 +296,11 @@ pub struct PushedSource {
     /// Added to a session's timestamps so they continue the stream's timeline.
     offset_us: Option<i64>,
     timeline: super::Timeline,
+    /// When the last unit came, or the current publisher connected.
     last_unit_at: Instant,
+    /// The publisher `last_unit_at` is for.
+    timed_session: u64,
+    stall: Duration,
     stalled: bool,
     sessions: u64,
     stats: SourceStats,
@@ -326,7 +330,7 @@ impl PushedSource {
             }),
         };
         feeds.insert(&stream, feed.clone());
-        core.health.set_state(SourceState::Connecting);
+        core.health.set_state(SourceState::Waiting);
         PushedSource {
             core,
             feed,
@@ -338,11 +342,21 @@ impl PushedSource {
             offset_us: None,
             timeline: super::Timeline::default(),
             last_unit_at: Instant::now(),
+            timed_session: 0,
+            stall: STALL,
             stalled: false,
             sessions: 0,
             stats: SourceStats::default(),
             closed_decode: Default::default(),
         }
+    }
+
+    /// Reports a connected publisher that sends nothing for `stall` (not [`STALL`]) as
+    /// stalled: for tests.
+    #[doc(hidden)]
+    pub fn with_stall_timeout(mut self, stall: Duration) -> Self {
+        self.stall = stall;
+        self
     }
 
     /// The feed the ingest pushes into.
@@ -365,7 +379,12 @@ impl PushedSource {
                 self.seen_session = 0;
                 return Next::Left;
             }
-            if current != 0 && !self.stalled && self.last_unit_at.elapsed() > STALL {
+            if current != self.timed_session {
+                // A new publisher: its stall timeout starts now, not at the last one's unit.
+                self.timed_session = current;
+                self.last_unit_at = Instant::now();
+            }
+            if current != 0 && !self.stalled && self.last_unit_at.elapsed() > self.stall {
                 self.stalled = true;
                 return Next::Stalled;
             }
@@ -460,7 +479,7 @@ impl PushedSource {
                 Next::Left => {
                     self.close_decoder();
                     self.core.health.fail(
-                        SourceState::Connecting,
+                        SourceState::Waiting,
                         "the publisher left; waiting for the next".into(),
                     );
                     continue;
@@ -468,7 +487,10 @@ impl PushedSource {
                 Next::Stalled => {
                     self.core.health.fail(
                         SourceState::Stalled,
-                        format!("no video from the publisher within {} s", STALL.as_secs()),
+                        format!(
+                            "no video from the publisher within {:.1} s",
+                            self.stall.as_secs_f64()
+                        ),
                     );
                     continue;
                 }
@@ -667,7 +689,7 @@ mod tests {
         let feeds = PushFeeds::default();
         let source = PushedSource::new(StreamId::new("cam"), &feeds, 8, 1, None);
         let health = source.health();
-        assert_eq!(health.state(), SourceState::Connecting);
+        assert_eq!(health.state(), SourceState::Waiting);
         let feed = feeds.get("cam").expect("registered");
         assert!(feeds.get("other").is_none());
         let reader = collect(source, 45 + 30);
@@ -726,7 +748,7 @@ mod tests {
             let mut source = source;
             source.next_frame().map(|f| f.is_none())
         });
-        while health.state() != SourceState::Connecting {
+        while health.state() != SourceState::Waiting {
             std::thread::sleep(Duration::from_millis(5));
         }
         assert!(
@@ -741,6 +763,80 @@ mod tests {
         // The source is gone: its feed takes no publisher, and the registry forgets it.
         assert_eq!(feed.publish().err(), Some(PushError::Closed));
         assert!(feeds.get("cam").is_none());
+    }
+
+    /// Waits (at most 30 s) until `health` is in `state`.
+    fn wait_for(health: &SourceHealth, state: SourceState) {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while health.state() != state {
+            assert!(
+                Instant::now() < deadline,
+                "still {:?}, not {state:?}",
+                health.state()
+            );
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+
+    /// Without a publisher the source waits (healthy, however long); a connected publisher
+    /// that sends nothing for the stall timeout, counted from its own connection, makes it
+    /// stalled, and its video makes it streaming again.
+    #[test]
+    fn a_silent_publisher_is_stalled_and_no_publisher_is_waiting() {
+        const STALL_AFTER: Duration = Duration::from_millis(700);
+        let dir = tempfile::tempdir().unwrap();
+        let units = split_annexb_units(&std::fs::read(annexb_clip(dir.path())).unwrap());
+        let feeds = PushFeeds::default();
+        let source = PushedSource::new(StreamId::new("cam"), &feeds, 8, 1, None)
+            .with_stall_timeout(STALL_AFTER);
+        let health = source.health();
+        let feed = feeds.get("cam").unwrap();
+        let reader = collect(source, 45);
+        // No publisher for longer than the stall timeout: still waiting.
+        std::thread::sleep(STALL_AFTER * 2);
+        assert_eq!(health.state(), SourceState::Waiting);
+        // A publisher connects: its timeout starts now, not at the source's start.
+        let publisher = feed.publish().unwrap();
+        std::thread::sleep(STALL_AFTER / 2);
+        assert_ne!(health.state(), SourceState::Stalled);
+        wait_for(&health, SourceState::Stalled);
+        assert!(
+            health
+                .snapshot()
+                .last_error
+                .unwrap_or_default()
+                .contains("no video from the publisher within 0.7 s")
+        );
+        // Two GOPs: pictures; then silence: stalled again; then the rest: streaming.
+        let push = |range: std::ops::Range<usize>| {
+            for k in range {
+                let (data, key) = &units[k];
+                publisher
+                    .push(PushedCodec::H264, data, 3000 * k as i64, *key)
+                    .unwrap();
+            }
+        };
+        push(0..30);
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while health.snapshot().frames < 20 {
+            assert!(Instant::now() < deadline, "no pictures");
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        wait_for(&health, SourceState::Stalled);
+        push(30..45);
+        let (got, _, source) = reader.join().unwrap();
+        assert_eq!(got.len(), 45);
+        assert_eq!(health.state(), SourceState::Streaming);
+        // The publisher leaves: waiting again.
+        drop(publisher);
+        let stopper = source.stopper();
+        let waiting = std::thread::spawn(move || {
+            let mut source = source;
+            source.next_frame().map(|f| f.is_none())
+        });
+        wait_for(&health, SourceState::Waiting);
+        stopper.stop();
+        assert!(waiting.join().unwrap().unwrap(), "a stop ends it cleanly");
     }
 
     #[test]

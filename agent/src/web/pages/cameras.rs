@@ -25,6 +25,7 @@ fn state_words(state: &str) -> &str {
         "backing_off" => "Connection lost; waiting to reconnect",
         "ended" => "Stream ended",
         "failed" => "Failed (see last error)",
+        "waiting" => "Waiting for a publisher",
         other => other,
     }
 }
