@@ -37,13 +37,14 @@ pub use model::{
     AgentConfig, BackendConfig, BackendKind, CaptureConfig, CaptureFormat, Comparison, Condition,
     DeviceConfig, DiscardSink, EncoderConfig, EvidenceConfig, EvidenceTrigger, FirmwareConfig,
     FirmwarePrivilege, FirmwareUpdaterKind, FleetConfig, FleetTls, FusionConfig, GpsConfig,
-    H264Profile, HealthCheckConfig, HlsSink, ImuConfig, InferenceConfig, InferenceProvider,
-    IotSensorConfig, KeepRule, LogConfig, LogFormat, ModelConfig, ModelDeliveryConfig,
-    ModelKindConfig, ModerationCondition, OutputsConfig, PipelineConfig, PushSink, RecordSink,
-    RestreamSink, RtspServerConfig, RtspTransport, RtspUser, RuleConfig, Secret, SensorCondition,
-    SensorsConfig, SinkConfig, SourceConfig, SourceLocation, StoreConfig, SwUpdateSettings,
-    TensorRtOptions, TlsMode, TrackCondition, TrustAnchors, VideoCodec, WatchdogConfig, WebConfig,
-    WebRtcServerConfig, WebRtcSink, WorkflowPolicy, WorkflowsConfig, ZoneConfig,
+    H264Profile, HealthCheckConfig, HlsClient, HlsServerConfig, HlsSink, ImuConfig,
+    InferenceConfig, InferenceProvider, IotSensorConfig, KeepRule, LogConfig, LogFormat,
+    ModelConfig, ModelDeliveryConfig, ModelKindConfig, ModerationCondition, OutputsConfig,
+    PipelineConfig, PushSink, RecordSink, RestreamSink, RtspServerConfig, RtspTransport, RtspUser,
+    RuleConfig, Secret, SensorCondition, SensorsConfig, SinkConfig, SourceConfig, SourceLocation,
+    StoreConfig, SwUpdateSettings, TensorRtOptions, TlsMode, TrackCondition, TrustAnchors,
+    VideoCodec, WatchdogConfig, WebConfig, WebRtcServerConfig, WebRtcSink, WorkflowPolicy,
+    WorkflowsConfig, ZoneConfig, same_secret,
 };
 // Everything public of the stages (the settings of each kind, `StageConfig`, the list's
 // accessors), so that a new kind needs no line here.

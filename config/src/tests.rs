@@ -19,6 +19,15 @@ fn problems_of(text: &str) -> Vec<Problem> {
     }
 }
 
+/// The reason of the problem at `path` (a panic naming them all when there is none).
+fn reason_at(problems: &[Problem], path: &str) -> String {
+    problems
+        .iter()
+        .find(|p| p.path == path)
+        .map(|p| p.reason.clone())
+        .unwrap_or_else(|| panic!("no problem at {path}: {problems:?}"))
+}
+
 fn paths_of(text: &str) -> Vec<String> {
     problems_of(text).into_iter().map(|p| p.path).collect()
 }
@@ -1245,17 +1254,8 @@ fn whip_sources_need_a_strong_publish_token_and_nothing_else_takes_one() {
         "    - {id: d, url: \"whip:\", publish_token: \"0123456789abcdef 0123456789\"}\n",
         "    - {id: e, url: \"a.mp4\", publish_token: \"0123456789abcdef0123456789\"}\n",
     ));
-    let problems: Vec<(String, String)> = problems_of(&bad)
-        .into_iter()
-        .map(|p| (p.path, p.reason))
-        .collect();
-    let find = |path: &str| {
-        problems
-            .iter()
-            .find(|(p, _)| p == path)
-            .map(|(_, m)| m.clone())
-            .unwrap_or_else(|| panic!("no problem at {path}: {problems:?}"))
-    };
+    let problems = problems_of(&bad);
+    let find = |path: &str| reason_at(&problems, path);
     assert!(find("pipeline.sources[0].publish_token").contains("needs a publish_token"));
     assert!(find("pipeline.sources[1].url").contains("just `whip:`"));
     assert!(find("pipeline.sources[2].publish_token").contains("24 to 256"));
@@ -1278,4 +1278,39 @@ fn the_webrtc_udp_port_is_an_address_with_a_port() {
     for bad in ["8189", "0.0.0.0:0", "host:8189"] {
         assert_eq!(paths_of(&with(bad)), ["outputs.webrtc.udp"], "{bad}");
     }
+}
+
+#[test]
+fn hls_clients_have_names_and_strong_tokens_of_their_own() {
+    const T1: &str = "0123456789abcdef0123456789";
+    const T2: &str = "abcdef0123456789abcdef0123";
+    let with = |clients: &str| format!("{}outputs:\n  hls:\n    clients:\n{clients}", minimal());
+    let cfg = ok(&with(&format!(
+        "    - {{name: cdn-origin, token: \"{T1}\"}}\n    - {{name: vms.1, token: \"{T2}\"}}\n"
+    )));
+    let clients = cfg.outputs.hls.unwrap().clients;
+    assert_eq!(clients.len(), 2);
+    assert_eq!(clients[1].token.expose(), T2);
+    // The token is a secret: never in the config's debug form.
+    assert!(!format!("{clients:?}").contains(T1));
+    let bad = with(&format!(
+        concat!(
+            "    - {{name: \"a:b\", token: \"{t1}\"}}\n",
+            "    - {{name: cdn, token: short}}\n",
+            "    - {{name: cdn, token: \"{t2} x\"}}\n",
+            "    - {{name: other, token: \"{t1}\"}}\n",
+            "    - {{name: \"\", token: \"{t2}\"}}\n",
+        ),
+        t1 = T1,
+        t2 = T2
+    ));
+    let problems = problems_of(&bad);
+    let find = |path: &str| reason_at(&problems, path);
+    assert!(find("outputs.hls.clients[0].name").contains("letters, digits"));
+    assert!(find("outputs.hls.clients[1].token").contains("24 to 256"));
+    assert!(find("outputs.hls.clients[2].name").contains("listed twice"));
+    assert!(find("outputs.hls.clients[2].token").contains("visible ASCII"));
+    assert!(find("outputs.hls.clients[3].token").contains("another client"));
+    assert!(find("outputs.hls.clients[4].name").contains("1 to 64"));
+    assert_eq!(problems.len(), 6, "{problems:?}");
 }

@@ -6,6 +6,7 @@
 //! that would fail later at run time. Every check appends to a problem list
 //! instead of returning early, so all mistakes are reported together.
 
+use std::collections::HashSet;
 use std::fmt::Display;
 use std::net::SocketAddr;
 use std::ops::RangeInclusive;
@@ -14,12 +15,12 @@ use std::path::PathBuf;
 use crate::error::Problem;
 use crate::model::{
     BITRATE_KBPS_RANGE, BackendConfig, BackendKind, Comparison, Condition, DeviceConfig,
-    EncoderConfig, EvidenceConfig, EvidenceTrigger, FleetConfig, GOP_FRAMES_RANGE, HlsSink,
-    InferenceConfig, KEEPALIVE_S_RANGE, LogConfig, MAX_CLIP_RANGE, MAX_ENCODER_THREADS, MAX_ID_LEN,
-    MIN_DISK_BUDGET_MB, ModelKindConfig, OutputsConfig, POOL_FRAMES_RANGE, POST_ROLL_RANGE,
-    PRE_ROLL_RANGE, PRESETS, PipelineConfig, PushSink, QUEUE_DEPTH_RANGE, RETENTION_DAYS_RANGE,
-    RuleConfig, SEGMENT_SECONDS_RANGE, SensorsConfig, SinkConfig, SourceConfig, SourceLocation,
-    StoreConfig, WatchdogConfig, WebConfig, WorkflowsConfig,
+    EncoderConfig, EvidenceConfig, EvidenceTrigger, FleetConfig, GOP_FRAMES_RANGE, HlsServerConfig,
+    HlsSink, InferenceConfig, KEEPALIVE_S_RANGE, LogConfig, MAX_CLIP_RANGE, MAX_ENCODER_THREADS,
+    MAX_ID_LEN, MIN_DISK_BUDGET_MB, ModelKindConfig, OutputsConfig, POOL_FRAMES_RANGE,
+    POST_ROLL_RANGE, PRE_ROLL_RANGE, PRESETS, PipelineConfig, PushSink, QUEUE_DEPTH_RANGE,
+    RETENTION_DAYS_RANGE, RuleConfig, SEGMENT_SECONDS_RANGE, SensorsConfig, SinkConfig,
+    SourceConfig, SourceLocation, StoreConfig, WatchdogConfig, WebConfig, WorkflowsConfig,
 };
 use crate::recover::{join_index, join_key};
 use crate::stages::StageModel;
@@ -235,12 +236,28 @@ pub(crate) fn check_backend(backend: &BackendConfig, prefix: &str, out: &mut Vec
     }
 }
 
-/// The shortest `publish_token` accepted: the WHIP endpoint has no lockout, so the token
-/// itself must not be guessable (24 random characters are well over 128 bits).
+/// The shortest bearer token accepted (a whip source's `publish_token`, an HLS client's
+/// `token`): those endpoints have no lockout, so the token itself must not be guessable
+/// (24 random characters are well over 128 bits).
 pub const MIN_PUBLISH_TOKEN: usize = 24;
 
-/// A `whip` source needs its `publish_token` (visible ASCII: it travels in an HTTP header);
-/// no other source takes one.
+/// A bearer token's rules: [`MIN_PUBLISH_TOKEN`] to 256 visible ASCII characters (it
+/// travels in an HTTP header).
+fn check_token(token: &str, key: String, out: &mut Vec<Problem>) {
+    if !(MIN_PUBLISH_TOKEN..=256).contains(&token.len()) {
+        out.push(Problem::new(
+            key,
+            format!("must be {MIN_PUBLISH_TOKEN} to 256 characters long"),
+        ));
+    } else if !token.bytes().all(|b| b.is_ascii_graphic()) {
+        out.push(Problem::new(
+            key,
+            "must be visible ASCII characters only (no spaces)",
+        ));
+    }
+}
+
+/// A `whip` source needs its `publish_token`; no other source takes one.
 fn check_publish_token(source: &SourceConfig, prefix: &str, out: &mut Vec<Problem>) {
     let key = join_key(prefix, "publish_token");
     let whip = matches!(parse_source_url(&source.url), Ok(SourceLocation::Whip));
@@ -250,20 +267,7 @@ fn check_publish_token(source: &SourceConfig, prefix: &str, out: &mut Vec<Proble
             "a whip source needs a publish_token (the bearer token its publisher presents)",
         )),
         (Some(_), false) => out.push(Problem::new(key, "only whip sources take a publish_token")),
-        (Some(t), true) => {
-            let t = t.expose();
-            if !(MIN_PUBLISH_TOKEN..=256).contains(&t.len()) {
-                out.push(Problem::new(
-                    key,
-                    format!("must be {MIN_PUBLISH_TOKEN} to 256 characters long"),
-                ));
-            } else if !t.bytes().all(|b| b.is_ascii_graphic()) {
-                out.push(Problem::new(
-                    key,
-                    "must be visible ASCII characters only (no spaces)",
-                ));
-            }
-        }
+        (Some(t), true) => check_token(t.expose(), key, out),
         (None, false) => {}
     }
 }
@@ -904,6 +908,9 @@ pub(crate) fn check_outputs(outputs: &OutputsConfig, prefix: &str, out: &mut Vec
             format!("\"{udp}\" is not a valid IP:PORT address with a port (e.g. 0.0.0.0:8189)"),
         ));
     }
+    if let Some(hls) = &outputs.hls {
+        check_hls_clients(hls, &join_key(prefix, "hls"), out);
+    }
     let Some(rtsp) = &outputs.rtsp else {
         return;
     };
@@ -943,6 +950,40 @@ pub(crate) fn check_outputs(outputs: &OutputsConfig, prefix: &str, out: &mut Vec
             out.push(Problem::new(
                 p("password"),
                 format!("must have at least {MIN_RTSP_PASSWORD} characters"),
+            ));
+        }
+    }
+}
+
+/// HLS clients: names fit an HTTP Basic user name and a log line; neither names nor tokens
+/// repeat (a token says who is pulling).
+fn check_hls_clients(hls: &HlsServerConfig, prefix: &str, out: &mut Vec<Problem>) {
+    let (mut names, mut tokens) = (HashSet::new(), HashSet::new());
+    for (i, c) in hls.clients.iter().enumerate() {
+        let key = |k: &str| join_key(prefix, &format!("clients[{i}].{k}"));
+        let valid = (1..=64).contains(&c.name.len())
+            && c.name
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b));
+        if !valid {
+            out.push(Problem::new(
+                key("name"),
+                format!(
+                    "{:?}: must have 1 to 64 letters, digits, '.', '_' or '-'",
+                    c.name
+                ),
+            ));
+        } else if !names.insert(c.name.as_str()) {
+            out.push(Problem::new(
+                key("name"),
+                format!("{:?} is listed twice", c.name),
+            ));
+        }
+        check_token(c.token.expose(), key("token"), out);
+        if !tokens.insert(c.token.expose()) {
+            out.push(Problem::new(
+                key("token"),
+                "the same token as another client: give each client its own",
             ));
         }
     }

@@ -958,12 +958,19 @@ async fn a_browser_publishes_into_the_pipeline_over_whip() {
         return;
     }
     const TOKEN: &str = "whip-test-token-0123456789abcdef";
+    let rtsp = aegis_tests::files::free_port();
     let mut agent = WebAgent::start(&AgentSetup {
         device: "whip-test".into(),
         extra_sources: vec![format!(
             "{{ id: pub0, url: \"whip:\", publish_token: \"{TOKEN}\" }}"
         )],
-        sinks: vec!["{ kind: record, dir: rec, segment_seconds: 2 }".into()],
+        // The recorder's encoder without frame threads, restreamed over RTSP: the
+        // published video read back live, for the glass-to-glass figure below.
+        sinks: vec![
+            "{ kind: record, dir: rec, segment_seconds: 2, encoder: { low_latency: true } }".into(),
+            "{ kind: restream, streams: [pub0] }".into(),
+        ],
+        extra: format!("outputs:\n  rtsp: {{ listen: \"127.0.0.1:{rtsp}\", anonymous: true }}\n"),
         ..AgentSetup::default()
     });
     let port: u16 = agent.addr().rsplit(':').next().unwrap().parse().unwrap();
@@ -1046,6 +1053,38 @@ async fn a_browser_publishes_into_the_pipeline_over_whip() {
         }
     });
     let endpoint = format!("{}/whip/pub0", agent.base_url());
+    // Glass to glass over WHIP: the page's clock code (drawn into the canvas, encoded by
+    // Chromium, published), read back from the agent's RTSP restream by a client in this
+    // process, on the same clock. Printed, not asserted.
+    let mut probe = {
+        use aegis_hal::source::{LiveSource, LiveSourceSettings, RtspTransport};
+        let mut settings = LiveSourceSettings::new(
+            format!("rtsp://127.0.0.1:{rtsp}/pub0"),
+            aegis_hal::StreamId::new("probe"),
+        );
+        settings.transport = RtspTransport::Tcp;
+        settings.decoder_threads = 1;
+        // Until the publisher's video starts the stream is not served (404): retry often.
+        settings.backoff_max = Duration::from_millis(500);
+        LiveSource::new(settings)
+    };
+    let stop_probe = aegis_hal::source::VideoSource::stopper(&probe);
+    let probe = std::thread::spawn(move || {
+        use aegis_hal::source::VideoSource as _;
+        let mut read = Vec::new();
+        while let Ok(Some(frame)) = probe.next_frame() {
+            let now = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap_or_default()
+                .as_millis() as u32;
+            let [y, _, _] = frame.planes();
+            let plane = aegis_hal::pixel::Plane::new(y.data, y.stride);
+            if let Some(code) = aegis_hal::pixel::read_code(plane, frame.layout.width, 16, 38, 16) {
+                read.push((std::time::Instant::now(), now.wrapping_sub(code)));
+            }
+        }
+        read
+    });
     let run = async {
         let b = Browser::start(Viewport::Desktop, &agent.base_url(), &artifacts(), "whip").await?;
         b.client()
@@ -1092,6 +1131,30 @@ async fn a_browser_publishes_into_the_pipeline_over_whip() {
             agent.log()
         ),
     };
+    stop_probe.stop();
+    let read = probe.join().unwrap();
+    // The first second is the RTSP client's start (libavformat's probe, then catching up).
+    let settled = read.first().map(|(t, _)| *t + Duration::from_secs(1));
+    let mut glass: Vec<u32> = read
+        .iter()
+        .filter(|(t, _)| Some(*t) >= settled)
+        .map(|(_, ms)| *ms)
+        .collect();
+    glass.sort_unstable();
+    let at = |q: f64| glass[((glass.len() - 1) as f64 * q).round() as usize];
+    assert!(
+        glass.len() >= 20,
+        "{} pictures of the published stream read back over RTSP\n{}",
+        read.len(),
+        agent.log()
+    );
+    println!(
+        "WHIP → agent → RTSP, glass to glass (the page's canvas to this process's decoded picture): p50 {} ms, p95 {} ms, max {} ms over {} pictures",
+        at(0.5),
+        at(0.95),
+        at(1.0),
+        glass.len()
+    );
     let t0 = std::time::Instant::now();
     while !agent.log().contains("whip publisher ended") {
         assert!(

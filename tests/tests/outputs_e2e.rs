@@ -434,8 +434,21 @@ fn preload_hint(playlist: &str) -> (u64, u64) {
     (msn.parse().unwrap(), part.parse().unwrap())
 }
 
+/// The HLS machine client's token in `hls_serves_…`: `outputs.hls.clients`.
+const HLS_TOKEN: &str = "cdnPullToken0123456789abcdef";
+
+/// A header's value in a response head (lower-cased name), if it is there.
+fn header_value(head: &str, name: &str) -> Option<String> {
+    head.lines().find_map(|l| {
+        let (k, v) = l.split_once(':')?;
+        k.trim()
+            .eq_ignore_ascii_case(name)
+            .then(|| v.trim().to_string())
+    })
+}
+
 #[test]
-fn hls_serves_the_recording_with_low_latency_parts_to_a_logged_in_viewer() {
+fn hls_serves_the_recording_with_low_latency_parts_to_viewers_and_token_clients() {
     use aegis_tests::web_agent::{AgentSetup, VIEWER, WebAgent};
     if !have_ffprobe() {
         return;
@@ -447,15 +460,59 @@ fn hls_serves_the_recording_with_low_latency_parts_to_a_logged_in_viewer() {
             "{ kind: record, dir: rec, segment_seconds: 2, encoder: { gop_frames: 30 } }".into(),
             "{ kind: hls, segment_s: 1, part_ms: 200 }".into(),
         ],
+        extra: format!(
+            "outputs:\n  hls:\n    clients:\n    - {{ name: cdn, token: \"{HLS_TOKEN}\" }}\n"
+        ),
         ..AgentSetup::default()
     });
     let port: u16 = agent.addr().rsplit(':').next().unwrap().parse().unwrap();
+    let fetch = |path: &str, headers: &[(&str, &str)]| {
+        http_exchange(port, "GET", path, headers, b"").unwrap()
+    };
     let get = |path: &str, cookie: Option<&str>| {
         let headers: Vec<(&str, &str)> = cookie.map(|c| ("Cookie", c)).into_iter().collect();
-        http_exchange(port, "GET", path, &headers, b"").unwrap()
+        fetch(path, &headers)
     };
+    // Without a session or a client's token: 401, with a challenge for each way.
+    let (code, head, _) = get("/hls/cam0/index.m3u8", None);
+    assert_eq!(code, 401, "{head}");
+    let challenges = head.to_lowercase();
+    assert!(
+        challenges.contains("www-authenticate: basic realm=\"aegis hls\"")
+            && challenges.contains("www-authenticate: bearer"),
+        "{head}"
+    );
+    // The machine client's token admits the HLS files, and nothing else (once the stream
+    // is served: until its pipeline runs, 404).
+    let bearer = format!("Bearer {HLS_TOKEN}");
+    let t0 = Instant::now();
+    while fetch("/hls/cam0/index.m3u8", &[("Authorization", &bearer)]).0 == 404 {
+        assert!(t0.elapsed() < Duration::from_secs(30), "cam0 is not served");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let wrong = format!("Bearer {}x", &HLS_TOKEN[1..]);
+    let basic_wrong_name = {
+        use base64::Engine as _;
+        let b = base64::engine::general_purpose::STANDARD.encode(format!("cdn2:{HLS_TOKEN}"));
+        format!("Basic {b}")
+    };
+    for (auth, path, want) in [
+        (bearer.as_str(), "/hls/cam0/index.m3u8", 200),
+        (wrong.as_str(), "/hls/cam0/index.m3u8", 401),
+        (basic_wrong_name.as_str(), "/hls/cam0/index.m3u8", 401),
+        (bearer.as_str(), "/api/overview", 401),
+        (bearer.as_str(), "/live", 401),
+    ] {
+        let (code, head, _) = fetch(path, &[("Authorization", auth)]);
+        assert_eq!(code, want, "{auth} {path}: {head}");
+    }
+    let (_, head, _) = fetch("/hls/cam0/index.m3u8", &[("Authorization", &bearer)]);
+    assert_eq!(
+        header_value(&head, "cache-control").as_deref(),
+        Some("no-cache"),
+        "the live playlist, to a client: {head}"
+    );
     // Only a logged-in viewer.
-    assert_eq!(get("/hls/cam0/index.m3u8", None).0, 401);
     let cookie = login_cookie(port, VIEWER.name, VIEWER.password);
     let c = Some(cookie.as_str());
     let (code, head, body) = get("/hls/cam0/index.m3u8", c);
@@ -465,6 +522,11 @@ fn hls_serves_the_recording_with_low_latency_parts_to_a_logged_in_viewer() {
         head.to_lowercase()
             .contains("content-type: application/vnd.apple.mpegurl"),
         "{head}"
+    );
+    assert_eq!(
+        header_value(&head, "cache-control").as_deref(),
+        Some("no-store"),
+        "to a viewer: {head}"
     );
     for tag in [
         "#EXT-X-TARGETDURATION:1",
@@ -491,6 +553,23 @@ fn hls_serves_the_recording_with_low_latency_parts_to_a_logged_in_viewer() {
     let (code, _, fragment) = get(&format!("/hls/cam0/part-{msn}.{part}.m4s"), c);
     assert_eq!(code, 200);
     assert_eq!(&fragment[4..8], b"moof");
+    // To a machine client (a CDN in front), media and blocking reloads may be cached for a
+    // target duration; the same bytes as the viewer's.
+    for path in [
+        format!("/hls/cam0/part-{msn}.{part}.m4s"),
+        format!("/hls/cam0/index.m3u8?_HLS_msn={msn}&_HLS_part={part}"),
+    ] {
+        let (code, head, body) = fetch(&path, &[("Authorization", &bearer)]);
+        assert_eq!(code, 200, "{path}: {head}");
+        assert_eq!(
+            header_value(&head, "cache-control").as_deref(),
+            Some("public, max-age=1"),
+            "{path}: {head}"
+        );
+        if path.contains("part-") {
+            assert_eq!(body, fragment, "{path}");
+        }
+    }
     // Refused: too far ahead, a malformed reload, a stream not served, a file that is not.
     for (path, want) in [
         (format!("/hls/cam0/index.m3u8?_HLS_msn={}", msn + 9), 400),
@@ -519,6 +598,32 @@ fn hls_serves_the_recording_with_low_latency_parts_to_a_logged_in_viewer() {
         "ffmpeg: {}",
         String::from_utf8_lossy(&o.stderr)
     );
+    // The multivariant playlist names the one rendition; a player given the client's name
+    // and token in the URL (HTTP Basic, after the challenge) starts from it.
+    let (code, _, body) = fetch("/hls/cam0/main.m3u8", &[("Authorization", &bearer)]);
+    let main = String::from_utf8_lossy(&body);
+    assert_eq!(code, 200, "{main}");
+    assert!(
+        main.contains("CODECS=\"avc1.")
+            && main.contains("RESOLUTION=320x240,")
+            && main.ends_with("\nindex.m3u8\n"),
+        "{main}"
+    );
+    let by_token = agent.dir().join("hls-token.mkv");
+    let o = Command::new("timeout")
+        .args(["60", "ffmpeg", "-v", "error", "-y", "-i"])
+        .arg(format!(
+            "http://cdn:{HLS_TOKEN}@127.0.0.1:{port}/hls/cam0/main.m3u8"
+        ))
+        .args(["-c", "copy", "-frames:v", "30"])
+        .arg(&by_token)
+        .output()
+        .unwrap();
+    assert!(
+        o.status.success(),
+        "ffmpeg with the client's token: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
     let (_, _, metrics) = get("/metrics", None);
     agent.stop();
     let recording: Vec<String> = files_with_suffix(&agent.dir().join("rec/cam0"), ".mp4")
@@ -532,6 +637,13 @@ fn hls_serves_the_recording_with_low_latency_parts_to_a_logged_in_viewer() {
         "HLS: the first picture is not a keyframe"
     );
     assert_contiguous_run("HLS", &got, &recording);
+    let got = picture_hashes(&by_token.to_string_lossy(), &[]);
+    assert_eq!(got.len(), 30, "HLS with the client's token: pictures");
+    assert_contiguous_run("HLS with the client's token", &got, &recording);
+    assert!(
+        !agent.log().contains(HLS_TOKEN),
+        "the client's token is in the log"
+    );
     let metrics = String::from_utf8_lossy(&metrics);
     assert!(
         metric(

@@ -21,7 +21,7 @@ use std::fmt::Write as _;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use aegis_config::HlsSink;
+use aegis_config::{HlsClient, HlsSink};
 use aegis_hal::clip::OwnedPacket;
 use aegis_hal::fmp4::{FragmentWriter, Sample, init_segment};
 use bytes::Bytes;
@@ -37,16 +37,66 @@ const TIMESCALE: u32 = 90_000;
 const QUEUE: usize = 128;
 /// Plain HLS (no parts listed) still cuts a segment into fragments of about this long.
 const PLAIN_FRAGMENT: Duration = Duration::from_millis(1000);
-/// The playlist file.
+/// The (media) playlist file.
 pub const PLAYLIST: &str = "index.m3u8";
+/// The multivariant playlist: the one rendition, with its codec, size, frame rate and
+/// bandwidth, for players and CDNs that start from one.
+pub const MULTIVARIANT: &str = "main.m3u8";
+/// Delta updates (`_HLS_skip=YES`) may skip segments older than this many target
+/// durations (the least RFC 8216bis allows).
+const SKIP_TARGETS: u64 = 6;
 
-/// The streams served as HLS now (the web server looks them up here).
+/// The streams served as HLS now (the web server looks them up here), and the machine
+/// clients that may read them with a token (`outputs.hls.clients`).
 #[derive(Debug, Default)]
 pub struct HlsHub {
     streams: Mutex<HashMap<String, Arc<HlsStream>>>,
+    clients: Vec<HlsClient>,
 }
 
 impl HlsHub {
+    /// A hub whose streams `clients` may read with their tokens.
+    pub fn new(clients: Vec<HlsClient>) -> HlsHub {
+        HlsHub {
+            streams: Mutex::default(),
+            clients,
+        }
+    }
+
+    /// Whether any machine client is configured (then a request without a session is
+    /// challenged for a token).
+    pub fn has_clients(&self) -> bool {
+        !self.clients.is_empty()
+    }
+
+    /// The client that an `Authorization` header value authenticates: `Bearer <token>`,
+    /// or `Basic` with the client's name and token. Every client's token is compared, each
+    /// without an early exit, so the time taken tells nothing about which one nearly matched.
+    pub fn client(&self, authorization: &str) -> Option<&str> {
+        let (scheme, credential) = authorization.trim().split_once(' ')?;
+        let credential = credential.trim();
+        let (name, token) = if scheme.eq_ignore_ascii_case("bearer") {
+            (None, credential.to_owned())
+        } else if scheme.eq_ignore_ascii_case("basic") {
+            use base64::Engine as _;
+            let decoded = base64::engine::general_purpose::STANDARD
+                .decode(credential)
+                .ok()?;
+            let (name, token) = std::str::from_utf8(&decoded).ok()?.split_once(':')?;
+            (Some(name.to_owned()), token.to_owned())
+        } else {
+            return None;
+        };
+        let mut found = None;
+        for c in &self.clients {
+            let token_ok = c.token.matches(&token);
+            if token_ok && name.as_deref().is_none_or(|n| n == c.name) {
+                found = Some(c.name.as_str());
+            }
+        }
+        found
+    }
+
     /// The stream `id`, while it is served.
     pub fn stream(&self, id: &str) -> Option<Arc<HlsStream>> {
         lock(&self.streams).get(id).cloned()
@@ -72,6 +122,8 @@ pub enum HlsError {
 pub enum HlsFile {
     /// `index.m3u8`.
     Playlist,
+    /// `main.m3u8`.
+    Multivariant,
     /// `init-<generation>.mp4`.
     Init(u64),
     /// `seg-<msn>.m4s`.
@@ -93,6 +145,9 @@ impl HlsFile {
         }
         if name == PLAYLIST {
             return Some(HlsFile::Playlist);
+        }
+        if name == MULTIVARIANT {
+            return Some(HlsFile::Multivariant);
         }
         if let Some(g) = name
             .strip_prefix("init-")
@@ -171,12 +226,17 @@ impl Segment {
     fn ticks(&self) -> u64 {
         self.parts.iter().map(|p| p.ticks).sum()
     }
+
+    fn bytes(&self) -> usize {
+        self.parts.iter().map(|p| p.data.len()).sum()
+    }
 }
 
 #[derive(Debug)]
 struct Part {
     data: Bytes,
     ticks: u64,
+    frames: usize,
     independent: bool,
 }
 
@@ -184,6 +244,9 @@ struct Part {
 struct Init {
     generation: u64,
     data: Bytes,
+    /// RFC 6381 (`avc1.42C01F`), for the multivariant playlist's `CODECS`.
+    codec: String,
+    size: (u16, u16),
 }
 
 fn secs(ticks: u64) -> f64 {
@@ -231,6 +294,11 @@ impl HlsStream {
         }
     }
 
+    /// The segment target duration, in seconds.
+    pub fn target_seconds(&self) -> u64 {
+        self.segment_target.as_secs()
+    }
+
     /// How long a blocking request waits: three target durations (RFC 8216bis 6.2.5.2).
     fn block_limit(&self) -> Duration {
         self.segment_target * 3
@@ -266,8 +334,19 @@ impl HlsStream {
     }
 
     /// The playlist; with `block` (`_HLS_msn`, `_HLS_part`), once it lists that segment or
-    /// part. A first playlist waits for the first complete segment.
-    pub async fn playlist(&self, block: Option<(u64, Option<usize>)>) -> Result<String, HlsError> {
+    /// part. A first playlist waits for the first complete segment. With `skip`
+    /// (`_HLS_skip=YES`), a delta update: the segments older than the skip boundary are
+    /// replaced by `EXT-X-SKIP` (the client has them from an earlier reload).
+    pub async fn playlist(
+        &self,
+        block: Option<(u64, Option<usize>)>,
+        skip: bool,
+    ) -> Result<String, HlsError> {
+        if skip && self.part_target.is_none() {
+            return Err(HlsError::BadRequest(
+                "_HLS_skip: this stream offers no delta updates (plain HLS)".into(),
+            ));
+        }
         if let Some((_, Some(_))) = block
             && self.part_target.is_none()
         {
@@ -278,11 +357,11 @@ impl HlsStream {
         let text = self
             .wait("the playlist", |w| {
                 if w.ended {
-                    return Some(Ok(self.render(w)));
+                    return Some(Ok(self.render(w, skip)));
                 }
                 let first = w.complete().next()?;
                 let Some((msn, part)) = block else {
-                    return Some(Ok(self.render(w)));
+                    return Some(Ok(self.render(w, skip)));
                 };
                 // A request beyond the next segment but one cannot be waited for.
                 let (next_msn, _) = w.next_part()?;
@@ -299,7 +378,43 @@ impl HlsStream {
                     },
                     None => false,
                 };
-                has.then(|| Ok(self.render(w)))
+                has.then(|| Ok(self.render(w, skip)))
+            })
+            .await?;
+        self.bytes.inc_by(text.len() as u64);
+        Ok(text)
+    }
+
+    /// The multivariant playlist: this stream as its one rendition. `BANDWIDTH` is the
+    /// window's peak segment bit rate, `AVERAGE-BANDWIDTH` its mean; waits for the first
+    /// complete segment, as the playlist does.
+    pub async fn multivariant(&self) -> Result<String, HlsError> {
+        let text = self
+            .wait("the multivariant playlist", |w| {
+                let last = w.complete().last()?;
+                let (mut bits, mut ticks, mut frames, mut peak) = (0f64, 0u64, 0usize, 0f64);
+                for s in w.complete() {
+                    let (b, t) = (s.bytes() as f64 * 8.0, s.ticks());
+                    bits += b;
+                    ticks += t;
+                    frames += s.parts.iter().map(|p| p.frames).sum::<usize>();
+                    if t > 0 {
+                        peak = f64::max(peak, b / secs(t));
+                    }
+                }
+                let seconds = secs(ticks.max(1));
+                let mut out = String::from("#EXTM3U\n#EXT-X-VERSION:6\n#EXT-X-INDEPENDENT-SEGMENTS\n");
+                let _ = writeln!(
+                    out,
+                    "#EXT-X-STREAM-INF:BANDWIDTH={},AVERAGE-BANDWIDTH={},CODECS=\"{}\",RESOLUTION={}x{},FRAME-RATE={:.3}\n{PLAYLIST}",
+                    peak.ceil() as u64,
+                    (bits / seconds).ceil() as u64,
+                    last.init.codec,
+                    last.init.size.0,
+                    last.init.size.1,
+                    frames as f64 / seconds,
+                );
+                Some(Ok(out))
             })
             .await?;
         self.bytes.inc_by(text.len() as u64);
@@ -311,7 +426,9 @@ impl HlsStream {
     pub async fn media(&self, file: HlsFile) -> Result<Media, HlsError> {
         let gone = |what: String| HlsError::NotFound(format!("{what} is not in the window"));
         let media = match file {
-            HlsFile::Playlist => return Err(HlsError::BadRequest("not a media file".into())),
+            HlsFile::Playlist | HlsFile::Multivariant => {
+                return Err(HlsError::BadRequest("not a media file".into()));
+            }
             HlsFile::Init(g) => {
                 let w = lock(&self.window);
                 let init = w.segments.iter().find(|s| s.init.generation == g);
@@ -348,21 +465,40 @@ impl HlsStream {
         Ok(media)
     }
 
-    /// The media playlist of `w`.
-    fn render(&self, w: &Window) -> String {
+    /// The media playlist of `w`; with `skip`, a delta update (RFC 8216bis 6.2.5.1): the
+    /// complete segments that end more than [`SKIP_TARGETS`] target durations before the
+    /// playlist's end are one `EXT-X-SKIP` (none skipped: the whole playlist).
+    fn render(&self, w: &Window, skip: bool) -> String {
         let longest = w.complete().map(|s| secs(s.ticks()).round() as u64).max();
         let target = self.segment_target.as_secs().max(longest.unwrap_or(0));
+        let skipped = if skip {
+            let boundary = SKIP_TARGETS * target * u64::from(TIMESCALE);
+            let mut after = 0; // ticks from a segment's end to the playlist's end
+            let mut skipped = w.segments.len();
+            for s in w.segments.iter().rev() {
+                if after <= boundary || !s.complete {
+                    skipped -= 1;
+                }
+                after += s.ticks();
+            }
+            // Only a prefix is skipped (the loop kept every segment after a kept one).
+            skipped
+        } else {
+            0
+        };
         let mut out = String::with_capacity(4096);
         let _ = writeln!(
             out,
-            "#EXTM3U\n#EXT-X-VERSION:6\n#EXT-X-TARGETDURATION:{target}"
+            "#EXTM3U\n#EXT-X-VERSION:{}\n#EXT-X-TARGETDURATION:{target}",
+            if skipped > 0 { 9 } else { 6 }
         );
         out.push_str("#EXT-X-INDEPENDENT-SEGMENTS\n");
         if let Some(p) = self.part_target {
             let p = p.as_secs_f64();
             let _ = writeln!(
                 out,
-                "#EXT-X-SERVER-CONTROL:CAN-BLOCK-RELOAD=YES,PART-HOLD-BACK={:.3}\n#EXT-X-PART-INF:PART-TARGET={p:.3}",
+                "#EXT-X-SERVER-CONTROL:CAN-BLOCK-RELOAD=YES,CAN-SKIP-UNTIL={:.1},PART-HOLD-BACK={:.3}\n#EXT-X-PART-INF:PART-TARGET={p:.3}",
+                (SKIP_TARGETS * target) as f64,
                 3.0 * p
             );
         }
@@ -389,8 +525,11 @@ impl HlsStream {
             }
             from
         };
+        if skipped > 0 {
+            let _ = writeln!(out, "#EXT-X-SKIP:SKIPPED-SEGMENTS={skipped}");
+        }
         let mut map = None;
-        for (k, s) in w.segments.iter().enumerate() {
+        for (k, s) in w.segments.iter().enumerate().skip(skipped) {
             if s.discontinuity && k > 0 {
                 out.push_str("#EXT-X-DISCONTINUITY\n");
             }
@@ -544,6 +683,8 @@ impl Packager {
                     self.init = Some(Arc::new(Init {
                         generation: start.generation,
                         data: data.into(),
+                        codec: start.avc.codec_string(),
+                        size: start.avc.size(),
                     }));
                     self.writer = FragmentWriter::new();
                     self.end = None;
@@ -639,6 +780,7 @@ impl Packager {
             s.parts.push(Part {
                 data: data.into(),
                 ticks,
+                frames: pending.len(),
                 independent: pending[0].key,
             });
         }
@@ -748,7 +890,7 @@ mod tests {
         }
 
         fn playlist(&self) -> String {
-            self.stream.render(&lock(&self.stream.window))
+            self.stream.render(&lock(&self.stream.window), false)
         }
     }
 
@@ -795,7 +937,7 @@ mod tests {
             "{text}"
         );
         assert!(
-            text.contains("CAN-BLOCK-RELOAD=YES,PART-HOLD-BACK=0.600"),
+            text.contains("CAN-BLOCK-RELOAD=YES,CAN-SKIP-UNTIL=12.0,PART-HOLD-BACK=0.600"),
             "{text}"
         );
         // Five complete segments, three kept (2, 3, 4), and the open one (5) with a part of
@@ -828,6 +970,95 @@ mod tests {
         assert_eq!(seg.parts.len(), 10);
         assert!(seg.parts.iter().all(|p| p.ticks == 6 * FRAME as u64));
         assert!(seg.parts[0].independent && !seg.parts[1].independent);
+    }
+
+    /// The byte offset of the `n`th (0-based) `EXT-X-PROGRAM-DATE-TIME` line: where
+    /// that segment's lines start.
+    fn segment_lines(text: &str, n: usize) -> usize {
+        text.match_indices("#EXT-X-PROGRAM-DATE-TIME:")
+            .nth(n)
+            .unwrap_or_else(|| panic!("no segment {n} in {text}"))
+            .0
+    }
+
+    #[tokio::test]
+    async fn a_delta_update_skips_what_is_older_than_six_target_durations() {
+        let cfg = HlsSink {
+            segments: 10,
+            ..HlsSink::default()
+        };
+        let mut rig = Rig::new(&cfg);
+        // Nine complete two-second segments (0-8) and the open one (9) with one part.
+        rig.frames(60 * 9 + 7, 60);
+        let full = rig.stream.playlist(None, false).await.unwrap();
+        let delta = rig.stream.playlist(None, true).await.unwrap();
+        // The boundary is 12 s before the end (0.2 s into segment 9): segments 0, 1 and 2
+        // end before it.
+        assert!(delta.contains("#EXT-X-VERSION:9\n"), "{delta}");
+        assert!(
+            delta.contains("#EXT-X-MEDIA-SEQUENCE:0\n#EXT-X-SKIP:SKIPPED-SEGMENTS=3\n"),
+            "{delta}"
+        );
+        assert!(!delta.contains("seg-2.m4s") && delta.contains("seg-3.m4s"));
+        assert!(full.contains("#EXT-X-VERSION:6\n") && full.contains("seg-0.m4s"));
+        assert!(!full.contains("EXT-X-SKIP"), "{full}");
+        // What follows is the full playlist's, line for line, after its init.
+        assert!(delta.contains("#EXT-X-MAP:URI=\"init-1.mp4\"\n"), "{delta}");
+        assert_eq!(
+            delta[segment_lines(&delta, 0)..],
+            full[segment_lines(&full, 3)..]
+        );
+        // Over a blocking reload too.
+        let blocked = rig.stream.playlist(Some((9, Some(0))), true).await.unwrap();
+        assert_eq!(blocked, delta);
+        // Nothing is old enough in the default window of six segments: the whole playlist.
+        let mut small = Rig::new(&HlsSink::default());
+        small.frames(60 * 9 + 7, 60);
+        let text = small.stream.playlist(None, true).await.unwrap();
+        assert_eq!(text, small.stream.playlist(None, false).await.unwrap());
+        assert!(text.contains("CAN-SKIP-UNTIL=12.0"), "{text}");
+        // Plain HLS offers no delta updates.
+        let mut plain = Rig::new(&HlsSink {
+            part_ms: 0,
+            ..HlsSink::default()
+        });
+        plain.frames(60 * 3, 60);
+        assert!(matches!(
+            plain.stream.playlist(None, true).await,
+            Err(HlsError::BadRequest(_))
+        ));
+        assert!(!plain.playlist().contains("CAN-SKIP-UNTIL"));
+    }
+
+    #[tokio::test]
+    async fn the_multivariant_playlist_describes_the_one_rendition() {
+        let mut rig = Rig::new(&HlsSink::default());
+        rig.frames(60 * 3 + 7, 60);
+        let text = rig.stream.multivariant().await.unwrap();
+        let (peak, mean) = {
+            let w = lock(&rig.stream.window);
+            let rates: Vec<f64> = w
+                .complete()
+                .map(|s| s.bytes() as f64 * 8.0 / secs(s.ticks()))
+                .collect();
+            assert_eq!(rates.len(), 3);
+            let bits: usize = w.complete().map(Segment::bytes).sum();
+            (
+                rates.iter().cloned().fold(0.0, f64::max).ceil() as u64,
+                (bits as f64 * 8.0 / 6.0).ceil() as u64,
+            )
+        };
+        assert_eq!(
+            text,
+            format!(
+                "#EXTM3U\n#EXT-X-VERSION:6\n#EXT-X-INDEPENDENT-SEGMENTS\n#EXT-X-STREAM-INF:BANDWIDTH={peak},AVERAGE-BANDWIDTH={mean},CODECS=\"{}\",RESOLUTION={}x{},FRAME-RATE=30.000\nindex.m3u8\n",
+                avc().codec_string(),
+                avc().size().0,
+                avc().size().1,
+            )
+        );
+        assert!(peak >= mean && mean > 0);
+        assert_eq!(HlsFile::parse("main.m3u8"), Some(HlsFile::Multivariant));
     }
 
     #[test]
@@ -910,7 +1141,7 @@ mod tests {
         // Segment 0 is complete, segment 1 has no part yet: part 1.0 is the hint.
         let waiting = tokio::spawn({
             let s = stream.clone();
-            async move { s.playlist(Some((1, Some(0)))).await }
+            async move { s.playlist(Some((1, Some(0))), false).await }
         });
         let hinted = tokio::spawn({
             let s = stream.clone();
@@ -925,7 +1156,7 @@ mod tests {
         assert!(part.len() > 8 && &part.chunks[0][4..8] == b"moof");
         // Too far ahead, a part that is neither there nor next, one that never comes.
         assert!(matches!(
-            stream.playlist(Some((5, None))).await,
+            stream.playlist(Some((5, None)), false).await,
             Err(HlsError::BadRequest(_))
         ));
         assert!(matches!(
@@ -933,7 +1164,7 @@ mod tests {
             Err(HlsError::NotFound(_))
         ));
         assert!(matches!(
-            stream.playlist(Some((2, None))).await,
+            stream.playlist(Some((2, None)), false).await,
             Err(HlsError::Timeout(_))
         ));
         // A whole segment is its parts, one after the other.

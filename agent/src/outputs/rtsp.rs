@@ -325,15 +325,6 @@ fn md5_hex(parts: &[&str]) -> String {
     h.finalize().iter().map(|b| format!("{b:02x}")).collect()
 }
 
-/// Equal without an early exit (timing does not tell how much of a response matched).
-fn same(a: &str, b: &str) -> bool {
-    a.len() == b.len()
-        && a.bytes()
-            .zip(b.bytes())
-            .fold(0u8, |acc, (x, y)| acc | (x ^ y))
-            == 0
-}
-
 /// The user a Digest `Authorization` answers for, when its response is right for `method`,
 /// `nonce` and one of `users`.
 fn check_digest<'a>(
@@ -355,7 +346,7 @@ fn check_digest<'a>(
     else {
         return Err(format!("user {user:?}: incomplete Digest authorization"));
     };
-    if realm != REALM || !same(n, nonce) {
+    if realm != REALM || !aegis_config::same_secret(n, nonce) {
         return Err(format!("user {user:?}: stale or foreign nonce"));
     }
     let Some((name, password)) = users.iter().find(|(u, _)| u == user) else {
@@ -373,7 +364,7 @@ fn check_digest<'a>(
         }
         Some(_) => return Err(format!("user {user:?}: unsupported qop")),
     };
-    if same(&want, &response.to_ascii_lowercase()) {
+    if aegis_config::same_secret(&want, &response.to_ascii_lowercase()) {
         Ok(name)
     } else {
         Err(format!("user {user:?}: wrong password"))

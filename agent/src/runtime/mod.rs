@@ -168,8 +168,12 @@ pub async fn run(
         }
         None => None,
     };
+    let hls_clients = cfg.outputs.hls.as_ref().map(|h| h.clients.clone());
     let served = Arc::new(crate::outputs::Served {
         udp,
+        hls: Arc::new(crate::outputs::hls::HlsHub::new(
+            hls_clients.unwrap_or_default(),
+        )),
         ..Default::default()
     });
     // The pages hold these before the sensors and the pipeline start; those fill them.

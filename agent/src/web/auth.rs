@@ -336,12 +336,6 @@ fn random_hex() -> Result<String, getrandom::Error> {
     Ok(raw.iter().map(|b| format!("{b:02x}")).collect())
 }
 
-/// Constant-time string comparison (length aside).
-pub(crate) fn same(a: &str, b: &str) -> bool {
-    let (a, b) = (a.as_bytes(), b.as_bytes());
-    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
-}
-
 impl Auth {
     /// Accounts read from `accounts` (at each login, so `aegis user …` takes effect
     /// without a restart), time from `clock`.
@@ -454,7 +448,7 @@ impl Auth {
         let (mut viewer, hash) = {
             let s = self.sessions.lock().unwrap_or_else(|p| p.into_inner());
             s.iter()
-                .find(|(k, x)| same(k, id) && now < x.expires)
+                .find(|(k, x)| aegis_config::same_secret(k, id) && now < x.expires)
                 .map(|(_, x)| (x.viewer.clone(), x.hash.clone()))?
         };
         let accounts = Accounts::load(&self.accounts).ok()?;
@@ -473,7 +467,7 @@ impl Auth {
     /// Ends the session `id`.
     pub fn logout(&self, id: &str) {
         let mut s = self.sessions.lock().unwrap_or_else(|p| p.into_inner());
-        s.retain(|k, _| !same(k, id));
+        s.retain(|k, _| !aegis_config::same_secret(k, id));
     }
 }
 

@@ -686,11 +686,11 @@ pub fn redact_yaml(v: &mut Value) {
 }
 
 /// Keys whose values are secrets: camera and RTSP passwords, RTMP stream keys, SRT
-/// passphrases.
+/// passphrases, WHIP publishers' and HLS clients' tokens.
 pub fn is_secret_key(key: &str) -> bool {
     matches!(
         key,
-        "password" | "stream_key" | "passphrase" | "publish_token"
+        "password" | "stream_key" | "passphrase" | "publish_token" | "token"
     )
 }
 
@@ -1083,12 +1083,18 @@ mod tests {
 
     #[test]
     fn push_secrets_are_redacted_and_kept_only_for_the_same_host() {
-        let text = "pipeline:\n  sources:\n  - {id: w, url: \"whip:\", publish_token: whip-token-1}\n  sinks:\n  - {kind: push, stream: a, url: rtmp://ingest.example/live, stream_key: sk-1}\n  - {kind: push, stream: a, url: srt://h:9000, passphrase: pass-phrase-1}\noutputs:\n  rtsp: {users: [{name: vms, password: rtsp-pass-1}]}\n";
+        let text = "pipeline:\n  sources:\n  - {id: w, url: \"whip:\", publish_token: whip-token-1}\n  sinks:\n  - {kind: push, stream: a, url: rtmp://ingest.example/live, stream_key: sk-1}\n  - {kind: push, stream: a, url: srt://h:9000, passphrase: pass-phrase-1}\noutputs:\n  rtsp: {users: [{name: vms, password: rtsp-pass-1}]}\n  hls: {clients: [{name: cdn, token: hls-token-1}, {name: vms, token: hls-token-2}]}\n";
         let stored = aegis_config::yaml_value(text, "t").unwrap();
         let mut shown = stored.clone();
         redact_yaml(&mut shown);
         let rendered = serde_yaml_ng::to_string(&shown).unwrap();
-        for secret in ["sk-1", "pass-phrase-1", "rtsp-pass-1", "whip-token-1"] {
+        for secret in [
+            "sk-1",
+            "pass-phrase-1",
+            "rtsp-pass-1",
+            "whip-token-1",
+            "hls-token-1",
+        ] {
             assert!(!rendered.contains(secret), "{secret} in {rendered}");
         }
         let mut json = serde_json::to_value(&stored).unwrap();
@@ -1109,6 +1115,20 @@ mod tests {
             back["outputs"]["rtsp"]["users"][0]["password"],
             "rtsp-pass-1"
         );
+        // Each HLS client keeps its own token (matched by name, not place).
+        let mut reordered = shown.clone();
+        let clients = reordered["outputs"]["hls"]["clients"]
+            .as_sequence_mut()
+            .unwrap();
+        clients.reverse();
+        let mut ignored = Vec::new();
+        restore_secrets(&mut reordered, Some(&stored), "", &mut ignored);
+        let clients = &reordered["outputs"]["hls"]["clients"];
+        assert_eq!(
+            (&clients[0]["name"], &clients[0]["token"]),
+            (&"vms".into(), &"hls-token-2".into())
+        );
+        assert_eq!(clients[1]["token"], "hls-token-1");
         let paths: Vec<&str> = out.iter().map(|p| p.path.as_str()).collect();
         assert_eq!(paths, ["pipeline.sinks[1].passphrase"], "{out:?}");
     }

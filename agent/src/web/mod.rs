@@ -150,7 +150,7 @@ impl LocalToken {
 
     /// Constant-time comparison with a presented bearer token.
     fn matches(&self, presented: &str) -> bool {
-        auth::same(&self.secret, presented)
+        aegis_config::same_secret(&self.secret, presented)
     }
 }
 
@@ -205,13 +205,20 @@ pub enum Access {
     /// WHIP publishers: no session; the handler checks the source's own bearer token
     /// (`publish_token`) and answers 401 without it.
     Publisher,
+    /// The HLS files: a logged-in viewer, or a machine client of `outputs.hls.clients`
+    /// with its token (the handler finds its [`HlsClientName`] instead of a [`Viewer`]).
+    Stream,
 }
+
+/// The machine client a [`Access::Stream`] request was admitted as (no session).
+#[derive(Debug, Clone)]
+pub struct HlsClientName(pub String);
 
 impl Access {
     /// The least role a session needs (None: no session is used).
     pub fn role(self) -> Option<Role> {
         match self {
-            Access::Viewer => Some(Role::Viewer),
+            Access::Viewer | Access::Stream => Some(Role::Viewer),
             Access::Technician => Some(Role::Technician),
             Access::Admin => Some(Role::Admin),
             Access::Public | Access::Token | Access::Publisher => None,
@@ -398,6 +405,9 @@ pub async fn enforce(
     };
     let viewer = session_cookie(req.headers()).and_then(|id| s.auth.session(id));
     let Some(viewer) = viewer else {
+        if access == Access::Stream && s.pages.served.hls.has_clients() {
+            return hls_client(&s, &path, req, next).await;
+        }
         if wants_html(&req) {
             return see_other("/login");
         }
@@ -460,7 +470,7 @@ pub async fn enforce(
             }
             None => None,
         };
-        if !presented.is_some_and(|t| auth::same(&t, &viewer.csrf)) {
+        if !presented.is_some_and(|t| aegis_config::same_secret(&t, &viewer.csrf)) {
             return deny(
                 &s,
                 &path,
@@ -474,6 +484,37 @@ pub async fn enforce(
     r.headers_mut()
         .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
     r
+}
+
+/// A request for the HLS files without a session: a machine client with its token
+/// (`outputs.hls.clients`), or a 401 that offers both ways to present one (HTTP Basic
+/// first: players such as VLC and ffmpeg answer its challenge with the URL's `name:token`).
+async fn hls_client(s: &ServerState, path: &str, mut req: Request, next: Next) -> Response {
+    let authorization = req
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok());
+    let client = authorization.and_then(|a| s.pages.served.hls.client(a));
+    let Some(client) = client.map(str::to_owned) else {
+        let why = if authorization.is_some() {
+            "wrong HLS client credentials"
+        } else {
+            "log in first, or present an HLS client's token (Authorization: Bearer <token>, or Basic with its name)"
+        };
+        let mut r = deny(s, path, StatusCode::UNAUTHORIZED, why.into());
+        let h = r.headers_mut();
+        h.insert(
+            header::WWW_AUTHENTICATE,
+            HeaderValue::from_static("Basic realm=\"aegis hls\", charset=\"UTF-8\""),
+        );
+        h.append(
+            header::WWW_AUTHENTICATE,
+            HeaderValue::from_static("Bearer realm=\"aegis hls\""),
+        );
+        return r;
+    };
+    req.extensions_mut().insert(HlsClientName(client));
+    next.run(req).await
 }
 
 fn html(code: StatusCode, body: String) -> Response {
@@ -726,7 +767,10 @@ pub fn streams_json(metrics: &Metrics) -> Vec<serde_json::Value> {
 async fn healthz(State(s): State<ServerState>) -> impl IntoResponse {
     let running = s.metrics.streams_running.get();
     let streams = streams_json(&s.metrics);
-    let all_streaming = streams.iter().all(|v| v["state"] == "streaming");
+    // A pushed source without a publisher is waiting, not failing.
+    let all_streaming = streams
+        .iter()
+        .all(|v| v["state"] == "streaming" || v["state"] == "waiting");
     let body = serde_json::json!({
         "status": if all_streaming { "ok" } else { "degraded" },
         "device": s.device,
@@ -990,6 +1034,87 @@ mod route_tests {
             .method(method.clone())
             .uri(path)
             .header(header::HOST, "127.0.0.1")
+    }
+
+    /// `outputs.hls.clients`: a client's token (Bearer, or Basic with its name) admits the
+    /// HLS files and nothing else; anything else is challenged both ways.
+    #[tokio::test]
+    async fn an_hls_client_token_admits_the_hls_files_only() {
+        use base64::Engine as _;
+        const TOKEN: &str = "hls-client-token-0123456789";
+        let mut rig = rig(true, true, true);
+        Arc::get_mut(&mut rig.state.pages).unwrap().served = Arc::new(crate::outputs::Served {
+            hls: Arc::new(crate::outputs::hls::HlsHub::new(vec![
+                aegis_config::HlsClient {
+                    name: "cdn".into(),
+                    token: aegis_config::Secret::new(TOKEN),
+                },
+            ])),
+            ..Default::default()
+        });
+        let basic = |cred: &str| {
+            format!(
+                "Basic {}",
+                base64::engine::general_purpose::STANDARD.encode(cred)
+            )
+        };
+        // Admitted: the handler answers (no such stream is served: 404).
+        let cases = [
+            (Some(format!("Bearer {TOKEN}")), "/hls/cam0/index.m3u8", 404),
+            (
+                Some(format!("bearer  {TOKEN} ")),
+                "/hls/cam0/index.m3u8",
+                404,
+            ),
+            (
+                Some(basic(&format!("cdn:{TOKEN}"))),
+                "/hls/cam0/seg-1.m4s",
+                404,
+            ),
+            (None, "/hls/cam0/index.m3u8", 401),
+            (
+                Some(format!("Bearer {TOKEN}x")),
+                "/hls/cam0/index.m3u8",
+                401,
+            ),
+            (
+                Some(basic(&format!("vms:{TOKEN}"))),
+                "/hls/cam0/index.m3u8",
+                401,
+            ),
+            (Some(basic(TOKEN)), "/hls/cam0/index.m3u8", 401),
+            (Some("Basic !!!".into()), "/hls/cam0/index.m3u8", 401),
+            (Some(format!("Token {TOKEN}")), "/hls/cam0/index.m3u8", 401),
+            // The token is not a session: every other page refuses it.
+            (Some(format!("Bearer {TOKEN}")), "/api/overview", 401),
+            (Some(format!("Bearer {TOKEN}")), "/api/live/cam0/ws", 401),
+        ];
+        for (auth, path, want) in cases {
+            let mut r = req(&Method::GET, path);
+            if let Some(a) = &auth {
+                r = r.header(header::AUTHORIZATION, a);
+            }
+            let (code, h, body) = rig.send(r.body(Body::empty()).unwrap()).await;
+            assert_eq!(code.as_u16(), want, "{auth:?} {path}: {body}");
+            if want == 401 && path.starts_with("/hls/") {
+                let challenges: Vec<_> = h.get_all(header::WWW_AUTHENTICATE).iter().collect();
+                assert_eq!(challenges.len(), 2, "{challenges:?}");
+                assert!(challenges[0].to_str().unwrap().starts_with("Basic realm="));
+                assert!(challenges[1].to_str().unwrap().starts_with("Bearer realm="));
+            }
+        }
+        // A logged-in viewer still reads them, without a token.
+        let (cookie, _) = rig.session("vic").await;
+        let (code, h, _) = rig
+            .send(
+                req(&Method::GET, "/hls/cam0/index.m3u8")
+                    .header(header::COOKIE, &cookie)
+                    .body(Body::empty())
+                    .unwrap(),
+            )
+            .await;
+        assert_eq!(code, StatusCode::NOT_FOUND);
+        assert_eq!(h[header::CACHE_CONTROL], "no-store");
     }
 
     #[tokio::test]

@@ -1,4 +1,5 @@
-//! The `outputs` section: the device's streaming servers (the RTSP restream server). Which
+//! The `outputs` section: the device's streaming servers (the RTSP restream server, the
+//! WebRTC port, the HLS clients' tokens). Which
 //! streams they serve, and where streams are pushed, is the pipeline's choice (the
 //! `restream` and `push` sinks, which a signed workflow may set); the listening ports and the
 //! accounts are the device's (this file only).
@@ -35,6 +36,36 @@ pub struct OutputsConfig {
     /// sources' publishers). Omit for a UDP port per session.
     #[serde(default)]
     pub webrtc: Option<WebRtcServerConfig>,
+    /// Machine clients of the `hls` sink's streams (a CDN's origin pull, a VMS, a
+    /// player): each with a token of its own, so no web session is needed. Omit for
+    /// logged-in viewers only.
+    #[serde(default)]
+    pub hls: Option<HlsServerConfig>,
+}
+
+/// HLS for machines (`outputs.hls`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct HlsServerConfig {
+    /// The clients that may read `/hls/<stream>/...` with their token instead of a
+    /// session: `Authorization: Bearer <token>`, or HTTP Basic with the client's name and
+    /// token (players that take `http://name:token@device/...`). Read-only: the token
+    /// admits the HLS files and nothing else. Taken at start.
+    #[serde(default)]
+    pub clients: Vec<HlsClient>,
+}
+
+/// One machine client of the HLS streams.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct HlsClient {
+    /// Its name (1 to 64 letters, digits, `.`, `_` or `-`), in the logs and as the HTTP
+    /// Basic user name.
+    pub name: String,
+    /// Its token: 24 to 256 visible ASCII characters, none of the others' (the requests
+    /// are not rate-limited, so its length is the defence). Never logged or shown: it
+    /// prints as `***`.
+    pub token: Secret,
 }
 
 /// WebRTC transport (`outputs.webrtc`).

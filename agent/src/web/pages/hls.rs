@@ -1,5 +1,11 @@
 //! `/hls/<stream>/<file>`: the `hls` sink's playlist and media, for a logged-in viewer
-//! (the session cookie; players such as hls.js and ffmpeg send it with every request).
+//! (the session cookie; players such as hls.js and ffmpeg send it with every request) or a
+//! machine client of `outputs.hls.clients` with its token (a CDN's origin pull, a VMS).
+//!
+//! What a client gets may be kept by a shared cache (a CDN in front of the device):
+//! media files and blocking playlist reloads for one target duration (`public`: the token
+//! admitted the CDN, which then serves its own viewers), the live playlist never. A
+//! viewer's answers are `no-store`, as every session page's.
 //!
 //! `index.m3u8?_HLS_msn=N[&_HLS_part=M]` is a blocking playlist reload and a request for the
 //! playlist's preload hint waits for that part (LL-HLS); both wait at most three target
@@ -9,15 +15,26 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use axum::body::Body;
-use axum::extract::{Path, State};
+use axum::extract::{Extension, Path, State};
 use axum::http::{StatusCode, Uri, header};
 use axum::response::{IntoResponse, Response};
 
 use super::{PagesState, refuse_plain};
 use crate::outputs::hls::{HlsError, HlsFile};
+use crate::web::HlsClientName;
 
 /// The playlist's media type (RFC 8216).
 const PLAYLIST_TYPE: &str = "application/vnd.apple.mpegurl";
+
+/// `_HLS_skip`: whether a delta update is asked for (`YES`, or `v2`: there are no date
+/// ranges to skip, so both get the same); an error names a bad value.
+fn skip(q: &HashMap<String, String>) -> Result<bool, String> {
+    match q.get("_HLS_skip").map(String::as_str) {
+        None => Ok(false),
+        Some("YES" | "v2") => Ok(true),
+        Some(v) => Err(format!("_HLS_skip={v:?}: expected YES or v2")),
+    }
+}
 
 /// The blocking-reload parameters: `(msn, part)`; an error names the bad one.
 fn blocking(q: &HashMap<String, String>) -> Result<Option<(u64, Option<usize>)>, String> {
@@ -44,6 +61,7 @@ fn blocking(q: &HashMap<String, String>) -> Result<Option<(u64, Option<usize>)>,
 pub async fn file(
     State(s): State<Arc<PagesState>>,
     Path((stream, name)): Path<(String, String)>,
+    client: Option<Extension<HlsClientName>>,
     uri: Uri,
 ) -> Response {
     let Some(hls) = s.served.hls.stream(&stream) else {
@@ -60,13 +78,26 @@ pub async fn file(
             format!("no file {name:?} in an HLS stream"),
         );
     };
+    // What a shared cache may keep (a machine client's answers only): media and blocking
+    // reloads a target duration, the live playlist nothing.
+    let mut cache = format!("public, max-age={}", hls.target_seconds());
     let answer = match file {
         HlsFile::Playlist => {
-            let block = match blocking(&super::query(&uri)) {
+            let q = super::query(&uri);
+            let (block, skip) = match blocking(&q).and_then(|b| Ok((b, skip(&q)?))) {
                 Ok(b) => b,
                 Err(why) => return refuse_plain(StatusCode::BAD_REQUEST, why),
             };
-            hls.playlist(block)
+            if block.is_none() {
+                cache = "no-cache".into();
+            }
+            hls.playlist(block, skip)
+                .await
+                .map(|text| ([(header::CONTENT_TYPE, PLAYLIST_TYPE)], text).into_response())
+        }
+        HlsFile::Multivariant => {
+            cache = "no-cache".into();
+            hls.multivariant()
                 .await
                 .map(|text| ([(header::CONTENT_TYPE, PLAYLIST_TYPE)], text).into_response())
         }
@@ -85,12 +116,22 @@ pub async fn file(
                 .into_response()
         }),
     };
-    answer.unwrap_or_else(|e| {
-        let code = match e {
-            HlsError::BadRequest(_) => StatusCode::BAD_REQUEST,
-            HlsError::NotFound(_) => StatusCode::NOT_FOUND,
-            HlsError::Timeout(_) => StatusCode::SERVICE_UNAVAILABLE,
-        };
-        refuse_plain(code, e.to_string())
-    })
+    match answer {
+        Ok(mut r) => {
+            if client.is_some()
+                && let Ok(v) = header::HeaderValue::from_str(&cache)
+            {
+                r.headers_mut().insert(header::CACHE_CONTROL, v);
+            }
+            r
+        }
+        Err(e) => {
+            let code = match e {
+                HlsError::BadRequest(_) => StatusCode::BAD_REQUEST,
+                HlsError::NotFound(_) => StatusCode::NOT_FOUND,
+                HlsError::Timeout(_) => StatusCode::SERVICE_UNAVAILABLE,
+            };
+            refuse_plain(code, e.to_string())
+        }
+    }
 }

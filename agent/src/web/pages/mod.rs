@@ -109,7 +109,7 @@ pub static ROUTES: &[RouteSpec] = &[
         Access::Viewer,
         |m| on(m, liveview::jpeg),
     ),
-    page(Method::GET, "/hls/{stream}/{file}", Access::Viewer, |m| {
+    page(Method::GET, "/hls/{stream}/{file}", Access::Stream, |m| {
         on(m, hls::file)
     }),
     page(Method::POST, "/whep/{stream}", Access::Viewer, |m| {

@@ -33,7 +33,7 @@ fn refused(s: &PagesState, stream: &str, headers: &HeaderMap) -> Option<Response
         });
     let expected = s.served.whip.token(stream);
     let ok = match (presented, &expected) {
-        (Some(p), Some(e)) => crate::web::auth::same(p, e.expose()),
+        (Some(p), Some(e)) => e.matches(p),
         _ => false,
     };
     if ok {

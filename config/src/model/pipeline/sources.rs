@@ -115,6 +115,18 @@ impl Secret {
     pub fn expose(&self) -> &str {
         &self.0
     }
+    /// Whether `presented` (a token, a password) is this secret, compared by
+    /// [`same_secret`].
+    pub fn matches(&self, presented: &str) -> bool {
+        same_secret(&self.0, presented)
+    }
+}
+
+/// Equal, compared without an early exit: the time taken tells nothing about how much of
+/// a presented credential matched (only whether the lengths differ).
+pub fn same_secret(a: &str, b: &str) -> bool {
+    let (a, b) = (a.as_bytes(), b.as_bytes());
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
 impl std::fmt::Debug for Secret {
