@@ -1314,3 +1314,16 @@ fn hls_clients_have_names_and_strong_tokens_of_their_own() {
     assert!(find("outputs.hls.clients[4].name").contains("1 to 64"));
     assert_eq!(problems.len(), 6, "{problems:?}");
 }
+
+#[test]
+fn rtsps_carries_the_media_inside_tls_only() {
+    let with = |extra: &str| {
+        format!(
+            "{}outputs:\n  rtsp: {{anonymous: true, tls: true{extra}}}\n",
+            minimal()
+        )
+    };
+    assert!(ok(&with(", udp: false")).outputs.rtsp.unwrap().tls);
+    assert_eq!(paths_of(&with("")), ["outputs.rtsp.udp"]);
+    assert!(reason_at(&problems_of(&with("")), "outputs.rtsp.udp").contains("udp: false"));
+}

@@ -925,6 +925,12 @@ pub(crate) fn check_outputs(outputs: &OutputsConfig, prefix: &str, out: &mut Vec
         ));
     }
     check_range(out, key("max_clients"), rtsp.max_clients, &MAX_RTSP_CLIENTS);
+    if rtsp.tls && rtsp.udp {
+        out.push(Problem::new(
+            key("udp"),
+            "RTSPS (tls: true) carries the media inside its TLS connection: set udp: false (RTP over UDP would leave it unencrypted)",
+        ));
+    }
     if rtsp.users.is_empty() && !rtsp.anonymous {
         out.push(Problem::new(
             key("users"),

@@ -296,6 +296,113 @@ fn rtsp_restream_serves_the_recording_to_every_client() {
     );
 }
 
+#[test]
+fn rtsps_serves_the_recording_inside_tls_with_the_device_certificate() {
+    if !have_ffprobe()
+        || !have_command("openssl", "version", "openssl")
+        || !have_command("gst-launch-1.0", "--version", "gstreamer1.0-tools")
+    {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let clip = make_clip(dir, "clip.mp4", 320, 240, 4.0);
+    let (port, rtsp) = (free_port(), free_port());
+    let cfg = config(
+        dir,
+        port,
+        &clip,
+        "    - kind: restream",
+        &format!(
+            "outputs:\n  rtsp:\n    listen: \"127.0.0.1:{rtsp}\"\n    users: [{{ name: vms, password: \"{PASSWORD}\" }}]\n    tls: true\n    udp: false"
+        ),
+    );
+    let agent = RunningAgent::start(dir, &cfg, port);
+    let log_path = agent.log.clone();
+    // Plain RTSP on the RTSPS port is not served.
+    let plain = Command::new("timeout")
+        .args(["30", "ffprobe", "-v", "error", "-rtsp_transport", "tcp"])
+        .arg(format!("rtsp://vms:{PASSWORD}@127.0.0.1:{rtsp}/cam0"))
+        .output()
+        .unwrap();
+    assert!(!plain.status.success(), "plain RTSP was served");
+    // RTSPS (ffmpeg's TLS client; it does not check a self-signed certificate).
+    let tls = dir.join("tls.mkv");
+    let started = Instant::now();
+    let o = loop {
+        let o = capture(
+            &format!("rtsps://vms:{PASSWORD}@127.0.0.1:{rtsp}/cam0"),
+            "tcp",
+            60,
+            &tls,
+        );
+        // 404 until the pipeline's stream runs.
+        let early = String::from_utf8_lossy(&o.stderr).contains("404 Not Found");
+        if !early || started.elapsed() > Duration::from_secs(30) {
+            break o;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    assert!(
+        o.status.success(),
+        "RTSPS: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    // GStreamer's rtspsrc too (told not to validate the self-signed certificate).
+    let gst = Command::new("timeout")
+        .args(["60", "gst-launch-1.0", "-q", "rtspsrc"])
+        .arg(format!("location=rtsps://127.0.0.1:{rtsp}/cam0"))
+        .args([
+            "user-id=vms",
+            &format!("user-pw={PASSWORD}"),
+            "protocols=tcp",
+            "tls-validation-flags=0",
+        ])
+        .args(["!", "rtph264depay", "!", "fakesink", "num-buffers=30"])
+        .output()
+        .unwrap();
+    assert!(
+        gst.status.success(),
+        "GStreamer rtspsrc over RTSPS: {}{}",
+        String::from_utf8_lossy(&gst.stdout),
+        String::from_utf8_lossy(&gst.stderr)
+    );
+    // The certificate served is the device's, whose fingerprint the agent logged.
+    let served = Command::new("sh")
+        .arg("-c")
+        .arg(format!(
+            "openssl s_client -connect 127.0.0.1:{rtsp} </dev/null 2>/dev/null | openssl x509 -noout -fingerprint -sha256"
+        ))
+        .output()
+        .unwrap();
+    let served = String::from_utf8_lossy(&served.stdout);
+    let served = served
+        .trim()
+        .rsplit('=')
+        .next()
+        .unwrap_or_default()
+        .to_owned();
+    agent.stop();
+    let log = std::fs::read_to_string(&log_path).unwrap();
+    assert!(
+        served.len() == 95 && log.contains(&format!("fingerprint={served}")),
+        "served {served:?}, not the fingerprint in the log:\n{log}"
+    );
+    let recording: Vec<String> = files_with_suffix(&dir.join("rec/cam0"), ".mp4")
+        .iter()
+        .flat_map(|seg| picture_hashes(&seg.to_string_lossy(), &[]))
+        .collect();
+    let got = picture_hashes(&tls.to_string_lossy(), &[]);
+    assert_eq!(got.len(), 60, "RTSPS: pictures");
+    assert!(
+        first_is_key(&tls),
+        "RTSPS: the first picture is not a keyframe"
+    );
+    assert_contiguous_run("RTSPS", &got, &recording);
+    assert!(log.contains("RTSPS: no TLS session"), "{log}");
+    assert!(!log.contains(PASSWORD), "the password is in the log");
+}
+
 /// `ffmpeg` as a media server: takes one incoming stream at `input` and writes it to `out`.
 fn media_server(input: &str, out: &Path) -> Child {
     Command::new("ffmpeg")

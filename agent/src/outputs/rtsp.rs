@@ -29,7 +29,7 @@ use aegis_config::RtspServerConfig;
 use md5::{Digest as _, Md5};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::gauge::Gauge;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream, UdpSocket};
 
 use super::rtp::{self, H264Packetizer};
@@ -66,8 +66,17 @@ pub struct RtspServer {
     task: tokio::task::JoinHandle<()>,
 }
 
+/// A client's connection: plain TCP, or TLS over it (RTSPS).
+trait ClientStream: AsyncRead + AsyncWrite + Unpin + Send + Sync {}
+impl<T: AsyncRead + AsyncWrite + Unpin + Send + Sync> ClientStream for T {}
+
+/// How long a client has to finish the TLS handshake.
+const TLS_HANDSHAKE: Duration = Duration::from_secs(10);
+
 /// What every connection shares.
 struct Ctx {
+    /// RTSPS: every connection starts with a TLS handshake.
+    tls: Option<tokio_rustls::TlsAcceptor>,
     users: Vec<(String, String)>,
     anonymous: bool,
     udp: bool,
@@ -81,13 +90,20 @@ struct Ctx {
 }
 
 impl RtspServer {
-    /// Binds `cfg.listen` and serves until [`stop`](Self::stop).
+    /// Binds `cfg.listen` and serves until [`stop`](Self::stop); with `cfg.tls`, RTSPS with
+    /// `tls` (the device certificate's server configuration).
     pub async fn start(
         cfg: &RtspServerConfig,
         hub: Arc<LiveHub>,
         restreamed: Restreamed,
         metrics: Arc<Metrics>,
+        tls: Option<Arc<rustls::ServerConfig>>,
     ) -> anyhow::Result<RtspServer> {
+        let tls = match (cfg.tls, tls) {
+            (true, Some(c)) => Some(tokio_rustls::TlsAcceptor::from(c)),
+            (true, None) => anyhow::bail!("outputs.rtsp.tls: no certificate to serve RTSPS with"),
+            (false, _) => None,
+        };
         let addr: SocketAddr = cfg
             .listen
             .parse()
@@ -98,6 +114,7 @@ impl RtspServer {
         let listen = listener.local_addr()?;
         let (stop, stopped) = tokio::sync::watch::channel(false);
         let ctx = Arc::new(Ctx {
+            tls,
             users: cfg
                 .users
                 .iter()
@@ -114,7 +131,7 @@ impl RtspServer {
             stop: stopped,
         });
         tracing::info!(%listen, users = cfg.users.len(), anonymous = cfg.anonymous,
-            udp = cfg.udp, "RTSP restream server listening");
+            udp = cfg.udp, tls = cfg.tls, "RTSP restream server listening");
         let task = tokio::spawn(accept_loop(listener, ctx));
         Ok(RtspServer { listen, stop, task })
     }
@@ -149,11 +166,16 @@ async fn accept_loop(listener: TcpListener, ctx: Arc<Ctx>) {
                 ctx.connections.fetch_add(1, Ordering::AcqRel);
                 let ctx = ctx.clone();
                 conns.spawn(async move {
-                    let mut c = Connection::new(sock, peer, ctx.clone());
-                    if let Err(e) = c.run().await {
-                        tracing::debug!(%peer, error = %e, "RTSP connection ended");
+                    match accept_tls(sock, &ctx).await {
+                        Ok((sock, local)) => {
+                            let mut c = Connection::new(sock, peer, local, ctx.clone());
+                            if let Err(e) = c.run().await {
+                                tracing::debug!(%peer, error = %e, "RTSP connection ended");
+                            }
+                            c.end_session();
+                        }
+                        Err(e) => tracing::info!(%peer, error = %e, "RTSPS: no TLS session"),
                     }
-                    c.end_session();
                     ctx.connections.fetch_sub(1, Ordering::AcqRel);
                 });
             }
@@ -161,6 +183,28 @@ async fn accept_loop(listener: TcpListener, ctx: Arc<Ctx>) {
         }
     }
     conns.shutdown().await;
+}
+
+/// The accepted socket as the connection speaks over it (TLS after the handshake for
+/// RTSPS), and its local address (for UDP transport).
+async fn accept_tls(
+    sock: TcpStream,
+    ctx: &Ctx,
+) -> anyhow::Result<(Box<dyn ClientStream>, Option<SocketAddr>)> {
+    let local = sock.local_addr().ok();
+    let _ = sock.set_nodelay(true);
+    let Some(acceptor) = &ctx.tls else {
+        return Ok((Box::new(sock), local));
+    };
+    let mut stop = ctx.stop.clone();
+    tokio::select! {
+        r = tokio::time::timeout(TLS_HANDSHAKE, acceptor.accept(sock)) => match r {
+            Ok(Ok(s)) => Ok((Box::new(s), local)),
+            Ok(Err(e)) => Err(anyhow::anyhow!("TLS handshake: {e}")),
+            Err(_) => Err(anyhow::anyhow!("no TLS handshake within {TLS_HANDSHAKE:?}")),
+        },
+        _ = stop.changed() => Err(anyhow::anyhow!("the server stopped")),
+    }
 }
 
 /// A parsed request.
@@ -275,12 +319,16 @@ fn parse(buf: &[u8]) -> Result<Input, ParseError> {
     })
 }
 
+/// What follows the scheme of an `rtsp://` or `rtsps://` URI (either case).
+fn after_scheme(uri: &str) -> Option<&str> {
+    let (scheme, rest) = uri.split_once("://")?;
+    (scheme.eq_ignore_ascii_case("rtsp") || scheme.eq_ignore_ascii_case("rtsps")).then_some(rest)
+}
+
 /// The stream id and whether a track is named, from a request URI
-/// (`rtsp://host[:port]/<stream>[/trackID=0]`); `None` when it names no stream.
+/// (`rtsp[s]://host[:port]/<stream>[/trackID=0]`); `None` when it names no stream.
 fn stream_of(uri: &str) -> Option<(&str, bool)> {
-    let rest = uri
-        .strip_prefix("rtsp://")
-        .or_else(|| uri.strip_prefix("RTSP://"))?;
+    let rest = after_scheme(uri)?;
     let path = rest.split_once('/').map(|(_, p)| p)?;
     let path = path.split(['?', '#']).next().unwrap_or_default();
     let mut segs = path.split('/').filter(|s| !s.is_empty());
@@ -398,7 +446,7 @@ struct Session {
 }
 
 struct Connection {
-    sock: TcpStream,
+    sock: Box<dyn ClientStream>,
     peer: SocketAddr,
     local: Option<SocketAddr>,
     ctx: Arc<Ctx>,
@@ -422,9 +470,12 @@ enum Next {
 }
 
 impl Connection {
-    fn new(sock: TcpStream, peer: SocketAddr, ctx: Arc<Ctx>) -> Connection {
-        let local = sock.local_addr().ok();
-        let _ = sock.set_nodelay(true);
+    fn new(
+        sock: Box<dyn ClientStream>,
+        peer: SocketAddr,
+        local: Option<SocketAddr>,
+        ctx: Arc<Ctx>,
+    ) -> Connection {
         Connection {
             sock,
             peer,
@@ -699,14 +750,17 @@ impl Connection {
     }
 
     fn base_url(&self, req: &Request, stream: &str) -> String {
-        let host = req
-            .uri
-            .strip_prefix("rtsp://")
+        let host = after_scheme(&req.uri)
             .and_then(|r| r.split('/').next())
             .map(str::to_owned)
             .or_else(|| self.local.map(|a| a.to_string()))
             .unwrap_or_default();
-        format!("rtsp://{host}/{stream}/")
+        let scheme = if self.ctx.tls.is_some() {
+            "rtsps"
+        } else {
+            "rtsp"
+        };
+        format!("{scheme}://{host}/{stream}/")
     }
 
     async fn describe(&mut self, req: &Request) -> anyhow::Result<Next> {
@@ -1093,6 +1147,8 @@ mod tests {
         assert_eq!(stream_of("rtsp://h/"), None);
         assert_eq!(stream_of("*"), None);
         assert_eq!(stream_of("http://h/cam0"), None);
+        assert_eq!(stream_of("RTSPS://h/cam0/trackID=0"), Some(("cam0", true)));
+        assert_eq!(stream_of("rtspx://h/cam0"), None);
     }
 
     #[test]

@@ -253,12 +253,30 @@ pub async fn run(
             let hub = live.clone();
             let restreamed: crate::outputs::rtsp::Restreamed =
                 Arc::new(move |s: &str| hub.is_restreamed(s));
+            // RTSPS serves the web server's device certificate (made on first use).
+            let tls = if r.tls {
+                let ip = r
+                    .listen
+                    .parse::<std::net::SocketAddr>()
+                    .map(|a| a.ip())
+                    .unwrap_or(std::net::Ipv4Addr::UNSPECIFIED.into());
+                let cert = crate::web::tls::DeviceCert::load_or_create(
+                    &crate::web::tls::cert_dir(cfg),
+                    ip,
+                )?;
+                tracing::info!(fingerprint = %cert.fingerprint(),
+                    "RTSPS with the device certificate");
+                Some(cert.server_config()?)
+            } else {
+                None
+            };
             Some(
                 crate::outputs::rtsp::RtspServer::start(
                     r,
                     live.clone(),
                     restreamed,
                     metrics.clone(),
+                    tls,
                 )
                 .await?,
             )

@@ -94,9 +94,14 @@ pub struct RtspServerConfig {
     /// Serve without authentication (only on a closed network).
     #[serde(default)]
     pub anonymous: bool,
-    /// Offer RTP over UDP besides TCP-interleaved.
+    /// Offer RTP over UDP besides TCP-interleaved. Must be off with `tls` (UDP would
+    /// carry the media outside the TLS connection).
     #[serde(default = "default_true")]
     pub udp: bool,
+    /// RTSPS: the port speaks TLS (`rtsps://device:<port>/<stream>`) with the device
+    /// certificate (the web server's, made on first use), requests and media inside it.
+    #[serde(default)]
+    pub tls: bool,
     /// Most sessions at once (1 to 256); more are refused with 453.
     #[serde(default = "default_rtsp_max_clients")]
     pub max_clients: u32,
