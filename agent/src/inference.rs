@@ -142,6 +142,16 @@ impl Inference {
         &self.registry
     }
 
+    /// The ONNX Runtime provider the models run on (`cpu`, `cuda`, `tensorrt`; empty
+    /// without models), as the benchmarks report it.
+    pub fn provider(&self) -> String {
+        self.registry
+            .iter()
+            .next()
+            .map(|m| m.provider.to_string())
+            .unwrap_or_default()
+    }
+
     /// One stream's stages (see [`aegis_models::stages::build`]).
     pub fn build_stages(
         &self,

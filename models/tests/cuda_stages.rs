@@ -55,14 +55,9 @@ fn settings(
     gpu: Option<&Arc<aegis_cuda::Gpu>>,
 ) -> FileSourceSettings {
     FileSourceSettings {
-        path: clip.to_path_buf(),
-        stream: StreamId::new(id),
-        looping: false,
-        realtime: false,
         max_frames: Some(FRAMES),
-        pool_frames: 4,
-        decoder_threads: 1,
         gpu: gpu.cloned(),
+        ..FileSourceSettings::new(clip, StreamId::new(id))
     }
 }
 

@@ -86,14 +86,10 @@ fn source_settings(
     max: Option<u64>,
 ) -> FileSourceSettings {
     FileSourceSettings {
-        path: clip.to_path_buf(),
-        stream: StreamId::new("bench"),
-        looping: false,
-        realtime: false,
         max_frames: max,
         pool_frames: pool,
         decoder_threads: threads,
-        gpu: None,
+        ..FileSourceSettings::new(clip, StreamId::new("bench"))
     }
 }
 

@@ -81,12 +81,7 @@ fn one_run(
     if let Some(e) = reports.iter().find_map(|r| r.source_error.clone()) {
         anyhow::bail!("{} {sink}: a source failed: {e}", backend.kind);
     }
-    let provider = inference
-        .registry()
-        .iter()
-        .next()
-        .map(|m| m.provider.to_string())
-        .unwrap_or_default();
+    let provider = inference.provider();
     let (ft, hc) = backend.gpu.as_ref().map_or((0, 0), |g| {
         (
             g.frame_transfers() - gpu_before.0,

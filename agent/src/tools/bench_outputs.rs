@@ -427,14 +427,8 @@ fn hls_probe(
         stop.clone(),
     )?;
     let mut src = FileSource::open(FileSourceSettings {
-        path: fifo,
-        stream: StreamId::new("probe"),
-        looping: false,
-        realtime: false,
-        max_frames: None,
         pool_frames: 8,
-        decoder_threads: 1,
-        gpu: None,
+        ..FileSourceSettings::new(fifo, StreamId::new("probe"))
     })?;
     let r = read_codes("ll-hls", low_latency, &mut src, window);
     stop.store(true, std::sync::atomic::Ordering::Relaxed);

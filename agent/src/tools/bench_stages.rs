@@ -73,17 +73,14 @@ fn percentile(sorted: &[f64], p: f64) -> f64 {
 
 fn decode_frames(clip: &Path, n: usize, gpu: Option<&Arc<Gpu>>) -> anyhow::Result<Vec<Frame>> {
     let mut src = FileSource::open(FileSourceSettings {
-        path: clip.to_path_buf(),
-        stream: StreamId::new("bench"),
         looping: true,
-        realtime: false,
-        max_frames: None,
         // Held all at once: NVDEC feeds only while half its pool is free, and its end of
         // stream waits for every surface back, so the pool is twice the frames and the
         // source is dropped, not drained, after the n-th.
         pool_frames: 2 * n + 8,
         decoder_threads: 0,
         gpu: gpu.cloned(),
+        ..FileSourceSettings::new(clip, StreamId::new("bench"))
     })?;
     let mut frames = Vec::with_capacity(n);
     while frames.len() < n {
@@ -314,12 +311,7 @@ pub fn run(
         }
     }
     drop(decoded);
-    let provider = inference
-        .registry()
-        .iter()
-        .next()
-        .map(|m| m.provider.to_string())
-        .unwrap_or_default();
+    let provider = inference.provider();
     // Whole pipelines: the clip once per stream, discarded at the end (no encoder), so the
     // numbers are about the stages.
     let source = |id: &str| {

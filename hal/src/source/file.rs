@@ -42,6 +42,23 @@ pub struct FileSourceSettings {
     pub gpu: Option<std::sync::Arc<aegis_cuda::Gpu>>,
 }
 
+impl FileSourceSettings {
+    /// `path` decoded once, as fast as it is read, on the CPU with one decoder thread and
+    /// four pool surfaces (what tests and tools start from: change the fields they need).
+    pub fn new(path: impl Into<PathBuf>, stream: StreamId) -> Self {
+        FileSourceSettings {
+            path: path.into(),
+            stream,
+            looping: false,
+            realtime: false,
+            max_frames: None,
+            pool_frames: 4,
+            decoder_threads: 1,
+            gpu: None,
+        }
+    }
+}
+
 /// Frames from a video file.
 pub struct FileSource {
     settings: FileSourceSettings,

@@ -629,17 +629,9 @@ pub fn annexb_clip(dir: &std::path::Path) -> PathBuf {
 /// The [`i420_digest`] of every picture of `path` as libavformat and libavcodec decode it.
 #[doc(hidden)]
 pub fn file_digests(path: &std::path::Path) -> Vec<u64> {
-    let mut src = super::FileSource::open(super::FileSourceSettings {
-        path: path.to_path_buf(),
-        stream: StreamId::new("ref"),
-        looping: false,
-        realtime: false,
-        max_frames: None,
-        pool_frames: 4,
-        decoder_threads: 1,
-        gpu: None,
-    })
-    .expect("the clip opens");
+    let mut src =
+        super::FileSource::open(super::FileSourceSettings::new(path, StreamId::new("ref")))
+            .expect("the clip opens");
     std::iter::from_fn(|| {
         src.next_frame()
             .expect("it decodes")

@@ -91,16 +91,7 @@ pub fn write_clip(
 }
 
 pub fn source_settings(path: &Path) -> FileSourceSettings {
-    FileSourceSettings {
-        path: path.to_path_buf(),
-        stream: StreamId::new("file"),
-        looping: false,
-        realtime: false,
-        max_frames: None,
-        pool_frames: 4,
-        decoder_threads: 1,
-        gpu: None,
-    }
+    FileSourceSettings::new(path, StreamId::new("file"))
 }
 
 /// What decoding a file produced.
