@@ -106,6 +106,29 @@ fn capture(url: &str, transport: &str, frames: u32, out: &Path) -> std::process:
         .expect("ffmpeg")
 }
 
+/// GStreamer's `rtspsrc` plays 30 buffers of `location` over TCP as `vms` (with
+/// `extra` properties).
+fn rtspsrc_plays(location: &str, extra: &[&str]) {
+    let gst = Command::new("timeout")
+        .args(["60", "gst-launch-1.0", "-q", "rtspsrc"])
+        .arg(format!("location={location}"))
+        .args([
+            "user-id=vms",
+            &format!("user-pw={PASSWORD}"),
+            "protocols=tcp",
+        ])
+        .args(extra)
+        .args(["!", "rtph264depay", "!", "fakesink", "num-buffers=30"])
+        .output()
+        .unwrap();
+    assert!(
+        gst.status.success(),
+        "GStreamer rtspsrc on {location}: {}{}",
+        String::from_utf8_lossy(&gst.stdout),
+        String::from_utf8_lossy(&gst.stderr)
+    );
+}
+
 /// One RTSP request on `s` (Digest-authenticated as `vms` when `nonce` is given); the
 /// response head.
 fn rtsp_request(
@@ -246,23 +269,7 @@ fn rtsp_restream_serves_the_recording_to_every_client() {
         "UDP: {}",
         String::from_utf8_lossy(&o.stderr)
     );
-    let gst = Command::new("timeout")
-        .args(["60", "gst-launch-1.0", "-q", "rtspsrc"])
-        .arg(format!("location=rtsp://127.0.0.1:{rtsp}/cam0"))
-        .args([
-            "user-id=vms",
-            &format!("user-pw={PASSWORD}"),
-            "protocols=tcp",
-        ])
-        .args(["!", "rtph264depay", "!", "fakesink", "num-buffers=30"])
-        .output()
-        .unwrap();
-    assert!(
-        gst.status.success(),
-        "GStreamer rtspsrc: {}{}",
-        String::from_utf8_lossy(&gst.stdout),
-        String::from_utf8_lossy(&gst.stderr)
-    );
+    rtspsrc_plays(&format!("rtsp://127.0.0.1:{rtsp}/cam0"), &[]);
     drop(stalled);
     let metrics = http_get(&format!("127.0.0.1:{port}"), "/metrics")
         .unwrap()
@@ -349,23 +356,9 @@ fn rtsps_serves_the_recording_inside_tls_with_the_device_certificate() {
         String::from_utf8_lossy(&o.stderr)
     );
     // GStreamer's rtspsrc too (told not to validate the self-signed certificate).
-    let gst = Command::new("timeout")
-        .args(["60", "gst-launch-1.0", "-q", "rtspsrc"])
-        .arg(format!("location=rtsps://127.0.0.1:{rtsp}/cam0"))
-        .args([
-            "user-id=vms",
-            &format!("user-pw={PASSWORD}"),
-            "protocols=tcp",
-            "tls-validation-flags=0",
-        ])
-        .args(["!", "rtph264depay", "!", "fakesink", "num-buffers=30"])
-        .output()
-        .unwrap();
-    assert!(
-        gst.status.success(),
-        "GStreamer rtspsrc over RTSPS: {}{}",
-        String::from_utf8_lossy(&gst.stdout),
-        String::from_utf8_lossy(&gst.stderr)
+    rtspsrc_plays(
+        &format!("rtsps://127.0.0.1:{rtsp}/cam0"),
+        &["tls-validation-flags=0"],
     );
     // The certificate served is the device's, whose fingerprint the agent logged.
     let served = Command::new("sh")
