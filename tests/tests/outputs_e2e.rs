@@ -214,13 +214,10 @@ fn stalled_client(rtsp: u16) -> TcpStream {
     s
 }
 
-#[test]
-fn rtsp_restream_serves_the_recording_to_every_client() {
-    if !have_ffprobe() || !have_command("gst-launch-1.0", "--version", "gstreamer1.0-tools") {
-        return;
-    }
-    let tmp = tempfile::tempdir().unwrap();
-    let dir = tmp.path();
+/// An agent recording a 4 s 320x240 clip and restreaming it on a server of its own
+/// (`vms` with [`PASSWORD`], then `rtsp_extra` YAML lines under `outputs.rtsp`): the
+/// agent, its web port and its RTSP port.
+fn restream_agent(dir: &Path, rtsp_extra: &str) -> (RunningAgent, u16, u16) {
     let clip = make_clip(dir, "clip.mp4", 320, 240, 4.0);
     let (port, rtsp) = (free_port(), free_port());
     let cfg = config(
@@ -229,10 +226,28 @@ fn rtsp_restream_serves_the_recording_to_every_client() {
         &clip,
         "    - kind: restream",
         &format!(
-            "outputs:\n  rtsp:\n    listen: \"127.0.0.1:{rtsp}\"\n    users: [{{ name: vms, password: \"{PASSWORD}\" }}]"
+            "outputs:\n  rtsp:\n    listen: \"127.0.0.1:{rtsp}\"\n    users: [{{ name: vms, password: \"{PASSWORD}\" }}]{rtsp_extra}"
         ),
     );
-    let agent = RunningAgent::start(dir, &cfg, port);
+    (RunningAgent::start(dir, &cfg, port), port, rtsp)
+}
+
+/// Every picture of cam0's recording in `dir`, in order (frame MD5s).
+fn recorded_pictures(dir: &Path) -> Vec<String> {
+    files_with_suffix(&dir.join("rec/cam0"), ".mp4")
+        .iter()
+        .flat_map(|seg| picture_hashes(&seg.to_string_lossy(), &[]))
+        .collect()
+}
+
+#[test]
+fn rtsp_restream_serves_the_recording_to_every_client() {
+    if !have_ffprobe() || !have_command("gst-launch-1.0", "--version", "gstreamer1.0-tools") {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let (agent, port, rtsp) = restream_agent(dir, "");
     let log_path = agent.log.clone();
     let url = |user: &str| format!("rtsp://{user}@127.0.0.1:{rtsp}/cam0");
     let good = url(&format!("vms:{PASSWORD}"));
@@ -276,10 +291,7 @@ fn rtsp_restream_serves_the_recording_to_every_client() {
         .1;
     agent.stop();
 
-    let recording: Vec<String> = files_with_suffix(&dir.join("rec/cam0"), ".mp4")
-        .iter()
-        .flat_map(|seg| picture_hashes(&seg.to_string_lossy(), &[]))
-        .collect();
+    let recording = recorded_pictures(dir);
     for (what, path) in [("TCP", &tcp), ("UDP", &udp)] {
         let got = picture_hashes(&path.to_string_lossy(), &[]);
         assert_eq!(got.len(), 60, "{what}: pictures");
@@ -313,18 +325,7 @@ fn rtsps_serves_the_recording_inside_tls_with_the_device_certificate() {
     }
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path();
-    let clip = make_clip(dir, "clip.mp4", 320, 240, 4.0);
-    let (port, rtsp) = (free_port(), free_port());
-    let cfg = config(
-        dir,
-        port,
-        &clip,
-        "    - kind: restream",
-        &format!(
-            "outputs:\n  rtsp:\n    listen: \"127.0.0.1:{rtsp}\"\n    users: [{{ name: vms, password: \"{PASSWORD}\" }}]\n    tls: true\n    udp: false"
-        ),
-    );
-    let agent = RunningAgent::start(dir, &cfg, port);
+    let (agent, _, rtsp) = restream_agent(dir, "\n    tls: true\n    udp: false");
     let log_path = agent.log.clone();
     // Plain RTSP on the RTSPS port is not served.
     let plain = Command::new("timeout")
@@ -381,10 +382,7 @@ fn rtsps_serves_the_recording_inside_tls_with_the_device_certificate() {
         served.len() == 95 && log.contains(&format!("fingerprint={served}")),
         "served {served:?}, not the fingerprint in the log:\n{log}"
     );
-    let recording: Vec<String> = files_with_suffix(&dir.join("rec/cam0"), ".mp4")
-        .iter()
-        .flat_map(|seg| picture_hashes(&seg.to_string_lossy(), &[]))
-        .collect();
+    let recording = recorded_pictures(dir);
     let got = picture_hashes(&tls.to_string_lossy(), &[]);
     assert_eq!(got.len(), 60, "RTSPS: pictures");
     assert!(
