@@ -49,6 +49,10 @@ pub enum WhipError {
     Io(String),
 }
 
+/// No pipeline has started yet, so no `whip` source is known.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Starting;
+
 /// The `whip` sources' endpoints: their tokens, feeds and sessions (the web server's view).
 #[derive(Debug, Default)]
 pub struct WhipHub {
@@ -58,6 +62,8 @@ pub struct WhipHub {
 
 #[derive(Debug, Default)]
 struct Inner {
+    /// Whether a pipeline has started (before that, no source's token is known).
+    started: bool,
     /// Source id → its publish token, as the running pipeline's config has them.
     tokens: HashMap<String, Secret>,
     sessions: HashMap<String, SessionEntry>,
@@ -83,12 +89,21 @@ impl WhipHub {
             .filter(|s| matches!(s.try_location(), Ok(SourceLocation::Whip)))
             .filter_map(|s| Some((s.id.clone(), s.publish_token.clone()?)))
             .collect();
-        lock(&self.inner).tokens = tokens;
+        let mut inner = lock(&self.inner);
+        inner.tokens = tokens;
+        inner.started = true;
     }
 
-    /// The token a publisher of `stream` must present (None: no such `whip` source).
-    pub fn token(&self, stream: &str) -> Option<Secret> {
-        lock(&self.inner).tokens.get(stream).cloned()
+    /// The token a publisher of `stream` must present: `Ok(None)` when there is no such
+    /// `whip` source, `Err(Starting)` while no pipeline has started yet (the web server
+    /// answers before the first pipeline is up, and a publisher should retry then rather
+    /// than be told its token is wrong).
+    pub fn token(&self, stream: &str) -> Result<Option<Secret>, Starting> {
+        let inner = lock(&self.inner);
+        if !inner.started {
+            return Err(Starting);
+        }
+        Ok(inner.tokens.get(stream).cloned())
     }
 
     /// Answers an (authenticated) publisher's `offer` for `stream`, starting its session
@@ -407,14 +422,19 @@ mod tests {
         assert_eq!((want.len(), units.len()), (45, 45));
 
         let hub = Arc::new(WhipHub::default());
+        // Before the first pipeline: starting, not "no such source".
+        assert_eq!(hub.token("cam").map(|_| ()), Err(Starting));
         let mut cfg = SourceConfig::new("cam", "whip:");
         cfg.publish_token = Some(Secret::new(TOKEN));
         hub.serve(&[cfg, SourceConfig::new("file", "a.mp4")]);
         assert_eq!(
-            hub.token("cam").map(|t| t.expose().to_owned()),
-            Some(TOKEN.into())
+            hub.token("cam").map(|t| t.map(|t| t.expose().to_owned())),
+            Ok(Some(TOKEN.into()))
         );
-        assert!(hub.token("file").is_none() && hub.token("nope").is_none());
+        assert!(matches!(
+            (hub.token("file"), hub.token("nope")),
+            (Ok(None), Ok(None))
+        ));
         let ip = IpAddr::from([127, 0, 0, 1]);
         // No source running yet: nothing to publish to.
         let (_, offer, _, _) = Client::new();
