@@ -30,7 +30,9 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use cudarc::driver::{CudaContext, CudaFunction, CudaStream, LaunchConfig, PushKernelArg};
+use cudarc::driver::{
+    CudaContext, CudaFunction, CudaStream, LaunchConfig, PushKernelArg, SyncOnDrop,
+};
 
 /// The kernels' source as written (CUDA C): it uses the `BT601_*` constants without
 /// defining them; [`kernel_source`] is what NVRTC compiles.
@@ -94,6 +96,108 @@ impl DeviceNv12 {
     /// True for a 0×0 surface.
     pub fn is_empty(&self) -> bool {
         self.len() == 0
+    }
+}
+
+/// An NV12 frame in device memory that the kernels read or write: this crate's
+/// [`DeviceNv12`] (one allocation, CbCr at `pitch * height`), or [`Nv12Planes`] that another
+/// API mapped (a Jetson NVMM buffer through EGL: two planes at addresses of their own).
+/// Every kernel entry of [`Gpu`] takes frames through this trait, so the same launch code
+/// serves both.
+pub trait Nv12Frame {
+    /// Width and height in pixels (even) and the row pitch in bytes of both planes.
+    fn geometry(&self) -> (usize, usize, usize);
+    /// Device addresses of the luma and CbCr planes, to read on `stream`: `stream` first
+    /// waits for earlier writes to them. Keep the guard until the launch is queued.
+    fn planes<'a>(&'a self, stream: &'a CudaStream) -> (u64, u64, SyncOnDrop<'a>);
+    /// As [`Nv12Frame::planes`], to write: `stream` waits for earlier reads and writes.
+    fn planes_mut<'a>(&'a mut self, stream: &'a CudaStream) -> (u64, u64, SyncOnDrop<'a>);
+}
+
+impl Nv12Frame for DeviceNv12 {
+    fn geometry(&self) -> (usize, usize, usize) {
+        (self.width, self.height, self.pitch)
+    }
+
+    fn planes<'a>(&'a self, stream: &'a CudaStream) -> (u64, u64, SyncOnDrop<'a>) {
+        use cudarc::driver::DevicePtr;
+        let (y, guard) = self.data.device_ptr(stream);
+        (y, y + (self.pitch * self.height) as u64, guard)
+    }
+
+    fn planes_mut<'a>(&'a mut self, stream: &'a CudaStream) -> (u64, u64, SyncOnDrop<'a>) {
+        use cudarc::driver::DevicePtrMut;
+        let off = (self.pitch * self.height) as u64;
+        let (y, guard) = self.data.device_ptr_mut(stream);
+        (y, y + off, guard)
+    }
+}
+
+/// An NV12 frame at device addresses this crate did not allocate: a luma plane of `height`
+/// rows and a CbCr plane of `height / 2` rows, both `pitch` bytes apart, valid for `'a` (the
+/// mapping that produced them). The kernels read and write it in place; nothing is copied.
+/// Ordering with other work on the memory is the mapper's business (a Jetson's EGL frame is
+/// mapped and unmapped around the launches, which [`Gpu::sync`] waits for).
+#[derive(Debug, Clone, Copy)]
+pub struct Nv12Planes<'a> {
+    y: u64,
+    uv: u64,
+    width: usize,
+    height: usize,
+    pitch: usize,
+    _mapping: std::marker::PhantomData<&'a ()>,
+}
+
+impl<'a> Nv12Planes<'a> {
+    /// The planes at `y` and `uv`, checked for an even non-empty size, a pitch that holds a
+    /// row, and non-null addresses.
+    ///
+    /// # Safety
+    /// For `'a`, `y` must address `pitch * height` and `uv` `pitch * height / 2` bytes of
+    /// device memory that the GPU context of the [`Gpu`] used with these planes can read and
+    /// write, and no other code may write them while that GPU's kernels run on them.
+    pub unsafe fn new(
+        y: u64,
+        uv: u64,
+        width: usize,
+        height: usize,
+        pitch: usize,
+    ) -> Result<Nv12Planes<'a>, CudaError> {
+        if width == 0 || height == 0 || !width.is_multiple_of(2) || !height.is_multiple_of(2) {
+            return Err(CudaError::Size(format!(
+                "NV12 planes of {width}x{height}: the size must be even and not empty"
+            )));
+        }
+        if pitch < width {
+            return Err(CudaError::Size(format!(
+                "NV12 planes of width {width} with a {pitch}-byte pitch"
+            )));
+        }
+        if y == 0 || uv == 0 {
+            return Err(CudaError::Size("NV12 planes at a null address".into()));
+        }
+        Ok(Nv12Planes {
+            y,
+            uv,
+            width,
+            height,
+            pitch,
+            _mapping: std::marker::PhantomData,
+        })
+    }
+}
+
+impl Nv12Frame for Nv12Planes<'_> {
+    fn geometry(&self) -> (usize, usize, usize) {
+        (self.width, self.height, self.pitch)
+    }
+
+    fn planes<'a>(&'a self, _: &'a CudaStream) -> (u64, u64, SyncOnDrop<'a>) {
+        (self.y, self.uv, SyncOnDrop::Record(None))
+    }
+
+    fn planes_mut<'a>(&'a mut self, _: &'a CudaStream) -> (u64, u64, SyncOnDrop<'a>) {
+        (self.y, self.uv, SyncOnDrop::Record(None))
     }
 }
 
@@ -448,23 +552,23 @@ impl Gpu {
     /// Downloads `src` into host planes (`y`: `height` rows of `y_stride` bytes; `uv`:
     /// `height/2` rows of `uv_stride`), two pitched copies, then waits for them. One host
     /// copy, one frame transfer; nothing is allocated.
-    pub fn download_nv12_into(
+    pub fn download_nv12_into<F: Nv12Frame + ?Sized>(
         &self,
-        src: &DeviceNv12,
+        src: &F,
         y: &mut [u8],
         y_stride: usize,
         uv: &mut [u8],
         uv_stride: usize,
     ) -> Result<(), CudaError> {
-        use cudarc::driver::{DevicePtr, sys};
-        let (w, h, p) = (src.width, src.height, src.pitch);
+        use cudarc::driver::sys;
+        let (w, h, p) = src.geometry();
         if y_stride < w || uv_stride < w || y.len() < y_stride * h || uv.len() < uv_stride * h / 2 {
             return Err(CudaError::Size(format!(
                 "host planes too small for a {w}x{h} NV12 frame"
             )));
         }
         {
-            let (base, _guard) = src.data.device_ptr(&self.stream);
+            let (luma, chroma, _guard) = src.planes(&self.stream);
             let copy = |dev: u64, host: *mut u8, stride: usize, rows: usize| {
                 let cp = sys::CUDA_MEMCPY2D {
                     srcXInBytes: 0,
@@ -484,13 +588,13 @@ impl Gpu {
                     WidthInBytes: w,
                     Height: rows,
                 };
-                // SAFETY: source rows lie inside `src` (pitch × rows), destination rows inside
+                // SAFETY: source rows lie inside `src`'s planes (pitch × rows), destination rows inside
                 // the host slices (checked above); we wait for the copies before returning.
                 unsafe { sys::cuMemcpy2DAsync_v2(&cp, self.stream.cu_stream()) }.result()
             };
             self.ctx.bind_to_thread()?;
-            let queued = copy(base, y.as_mut_ptr(), y_stride, h)
-                .and_then(|()| copy(base + (p * h) as u64, uv.as_mut_ptr(), uv_stride, h / 2));
+            let queued = copy(luma, y.as_mut_ptr(), y_stride, h)
+                .and_then(|()| copy(chroma, uv.as_mut_ptr(), uv_stride, h / 2));
             // Wait even after a failure: a queued copy must not write into a surface that
             // goes back to its pool.
             let done = self.stream.synchronize();
@@ -630,31 +734,20 @@ impl Gpu {
     /// Model input: `src` as planar RGB float 0..1, stretched to `ow`×`oh` (corner-aligned
     /// bilinear) into `out` (`3*ow*oh`) — `aegis_models::preprocess::planar` with
     /// `Fit::Stretch`, RGB order.
-    pub fn preprocess(
+    pub fn preprocess<F: Nv12Frame + ?Sized>(
         &self,
-        src: &DeviceNv12,
+        src: &F,
         out: &mut CudaSlice<f32>,
         ow: usize,
         oh: usize,
     ) -> Result<(), CudaError> {
         fits_planes(out, ow, oh)?;
-        let uv = src.data.slice(src.pitch * src.height..);
-        let (pitch, w, h, ow_i, oh_i) = (
-            src.pitch as i32,
-            src.width as i32,
-            src.height as i32,
-            ow as i32,
-            oh as i32,
-        );
+        let (w, h, pitch) = src.geometry();
+        let (y, uv, _frame) = src.planes(&self.stream);
+        let ints = [pitch, w, h, ow, oh].map(|v| v as i32);
         let mut b = self.stream.launch_builder(&self.kernels.preprocess);
-        b.arg(&src.data)
-            .arg(&uv)
-            .arg(&pitch)
-            .arg(&w)
-            .arg(&h)
-            .arg(out)
-            .arg(&ow_i)
-            .arg(&oh_i);
+        b.arg(&y).arg(&uv).arg(&ints[0]).arg(&ints[1]).arg(&ints[2]);
+        b.arg(out).arg(&ints[3]).arg(&ints[4]);
         // SAFETY: the arguments match the kernel's signature; sizes were checked above and
         // the kernel bounds-checks its coordinates.
         unsafe { b.launch(launch_2d(ow, oh)) }?;
@@ -664,20 +757,21 @@ impl Gpu {
     /// Model input with the aspect ratio kept (half-pixel centres): `src` as planar float
     /// 0..1 into `out` (`3*ow*oh`), sampled as `fit` says — `aegis_models::preprocess::planar`
     /// with `Fit::PadBottomRight` or `Fit::Centred`.
-    pub fn preprocess_fit(
+    pub fn preprocess_fit<F: Nv12Frame + ?Sized>(
         &self,
-        src: &DeviceNv12,
+        src: &F,
         out: &mut CudaSlice<f32>,
         ow: usize,
         oh: usize,
         fit: &Letterboxed,
     ) -> Result<(), CudaError> {
         fits_planes(out, ow, oh)?;
-        let uv = src.data.slice(src.pitch * src.height..);
-        let ints = [src.pitch, src.width, src.height, ow, oh].map(|v| v as i32);
+        let (w, h, pitch) = src.geometry();
+        let (y, uv, _frame) = src.planes(&self.stream);
+        let ints = [pitch, w, h, ow, oh].map(|v| v as i32);
         let lens = [fit.len_x as i32, fit.len_y as i32, i32::from(fit.bgr)];
         let mut b = self.stream.launch_builder(&self.kernels.fit);
-        b.arg(&src.data).arg(&uv);
+        b.arg(&y).arg(&uv);
         b.arg(&ints[0]).arg(&ints[1]).arg(&ints[2]);
         b.arg(out).arg(&ints[3]).arg(&ints[4]);
         b.arg(&fit.ratio_x)
@@ -693,21 +787,23 @@ impl Gpu {
 
     /// Draws a rectangle's outline (2 px, `value`) into the luma plane —
     /// `aegis_models::stages::pixels::outline`.
-    pub fn outline(
+    pub fn outline<F: Nv12Frame + ?Sized>(
         &self,
-        frame: &mut DeviceNv12,
+        frame: &mut F,
         x: usize,
         y: usize,
         w: usize,
         h: usize,
         value: u8,
     ) -> Result<(), CudaError> {
-        if w == 0 || h == 0 || x + w > frame.width || y + h > frame.height {
+        let (fw, fh, pitch) = frame.geometry();
+        if w == 0 || h == 0 || x + w > fw || y + h > fh {
             return Err(CudaError::Size("outline outside the frame".into()));
         }
-        let a = [frame.pitch, x, y, w, h].map(|v| v as i32);
+        let (luma, _, _frame) = frame.planes_mut(&self.stream);
+        let a = [pitch, x, y, w, h].map(|v| v as i32);
         let mut b = self.stream.launch_builder(&self.kernels.outline);
-        b.arg(&mut frame.data);
+        b.arg(&luma);
         for v in &a {
             b.arg(v);
         }
@@ -724,65 +820,49 @@ impl Gpu {
 
     /// Composites `frame` over `bg` (same size) with the `s`×`s` mask (0 = background,
     /// 255 = frame), upsampled exactly as the CPU stage does.
-    pub fn composite(
+    pub fn composite<F: Nv12Frame + ?Sized, B: Nv12Frame + ?Sized>(
         &self,
-        frame: &mut DeviceNv12,
-        bg: &DeviceNv12,
+        frame: &mut F,
+        bg: &B,
         mask: &CudaSlice<u8>,
         s: usize,
     ) -> Result<(), CudaError> {
-        if bg.width != frame.width || bg.height != frame.height || mask.len() < s * s {
+        let (w, h, pitch) = frame.geometry();
+        let (bw, bh, bg_pitch) = bg.geometry();
+        if bw != w || bh != h || mask.len() < s * s {
             return Err(CudaError::Size(
                 "background or mask does not fit the frame".into(),
             ));
         }
-        let off = frame.pitch * frame.height;
-        let (mut y, mut uv) = frame.data.split_at_mut(off);
-        let bg_uv = bg.data.slice(bg.pitch * bg.height..);
-        let (pitch, w, h, bp, si) = (
-            frame.pitch as i32,
-            frame.width as i32,
-            frame.height as i32,
-            bg.pitch as i32,
-            s as i32,
-        );
+        let (y, uv, _frame) = frame.planes_mut(&self.stream);
+        let (bg_y, bg_uv, _bg) = bg.planes(&self.stream);
+        let ints = [pitch, w, h, bg_pitch, s].map(|v| v as i32);
         // The scaler's fixed-point steps per axis, computed once here (not per pixel).
         let step = |d: usize| ((s as i64) << 32) / d as i64;
-        let steps = [
-            step(frame.width),
-            step(frame.height),
-            step(frame.width / 2),
-            step(frame.height / 2),
-        ];
+        let steps = [step(w), step(h), step(w / 2), step(h / 2)];
         let mut b = self.stream.launch_builder(&self.kernels.composite);
-        b.arg(&mut y)
-            .arg(&mut uv)
-            .arg(&pitch)
-            .arg(&w)
-            .arg(&h)
-            .arg(&bg.data)
-            .arg(&bg_uv)
-            .arg(&bp)
-            .arg(mask)
-            .arg(&si);
+        b.arg(&y).arg(&uv);
+        b.arg(&ints[0]).arg(&ints[1]).arg(&ints[2]);
+        b.arg(&bg_y).arg(&bg_uv).arg(&ints[3]);
+        b.arg(mask).arg(&ints[4]);
         for st in &steps {
             b.arg(st);
         }
         // SAFETY: arguments match the kernel; sizes checked above.
-        unsafe { b.launch(launch_2d(frame.width / 2, frame.height / 2)) }?;
+        unsafe { b.launch(launch_2d(w / 2, h / 2)) }?;
         Ok(())
     }
 
-    /// Scales a plane region (`bpp` 1 = luma, 2 = CbCr) from `src` (`sw`×`sh` at byte
-    /// offset `so`, pitch `sp`) to `dst` — `aegis_hal::pixel::scale_plane[_uv]`.
+    /// Scales a plane region (`bpp` 1 = luma, 2 = CbCr) at device address `src` (`sw`×`sh`,
+    /// pitch `sp`) to `dst` — `aegis_hal::pixel::scale_plane[_uv]`.
     #[allow(clippy::too_many_arguments)]
     fn scale(
         &self,
-        src: &cudarc::driver::CudaView<'_, u8>,
+        src: u64,
         sp: usize,
         sw: usize,
         sh: usize,
-        dst: &mut cudarc::driver::CudaViewMut<'_, u8>,
+        dst: u64,
         dp: usize,
         dw: usize,
         dh: usize,
@@ -791,15 +871,8 @@ impl Gpu {
         let a = [sp, sw, sh].map(|v| v as i32);
         let d = [dp, dw, dh, bpp].map(|v| v as i32);
         let mut b = self.stream.launch_builder(&self.kernels.scale);
-        b.arg(src)
-            .arg(&a[0])
-            .arg(&a[1])
-            .arg(&a[2])
-            .arg(dst)
-            .arg(&d[0])
-            .arg(&d[1])
-            .arg(&d[2])
-            .arg(&d[3]);
+        b.arg(&src).arg(&a[0]).arg(&a[1]).arg(&a[2]);
+        b.arg(&dst).arg(&d[0]).arg(&d[1]).arg(&d[2]).arg(&d[3]);
         // SAFETY: arguments match the kernel; callers pass regions inside their buffers.
         unsafe { b.launch(launch_2d(dw, dh)) }?;
         Ok(())
@@ -809,9 +882,9 @@ impl Gpu {
     /// shrink by `factor` (box filter) into `scratch`, scale back — as the CPU moderation
     /// stage's `blur_rect`.
     #[allow(clippy::too_many_arguments)]
-    pub fn blur_rect(
+    pub fn blur_rect<F: Nv12Frame + ?Sized>(
         &self,
-        frame: &mut DeviceNv12,
+        frame: &mut F,
         x: usize,
         y: usize,
         w: usize,
@@ -819,67 +892,54 @@ impl Gpu {
         factor: usize,
         scratch: &mut CudaSlice<u8>,
     ) -> Result<(), CudaError> {
+        use cudarc::driver::DevicePtrMut;
         let factor = factor.max(2);
-        if x + w > frame.width || y + h > frame.height {
+        let (fw, fh, p) = frame.geometry();
+        if x + w > fw || y + h > fh {
             return Err(CudaError::Size("blur rectangle outside the frame".into()));
         }
-        let p = frame.pitch;
-        for (bpp, off, rx, ry, rw, rh) in [
-            (1usize, 0usize, x, y, w, h),
-            (2, p * frame.height, x / 2, y / 2, w / 2, h / 2),
+        let scratch_len = scratch.len();
+        let (luma, chroma, _frame) = frame.planes_mut(&self.stream);
+        let (small, _scratch) = scratch.device_ptr_mut(&self.stream);
+        for (bpp, base, rx, ry, rw, rh) in [
+            (1usize, luma, x, y, w, h),
+            (2, chroma, x / 2, y / 2, w / 2, h / 2),
         ] {
             let (sw, sh) = ((rw / factor).max(1), (rh / factor).max(1));
             if rw == 0 || rh == 0 || (sw == rw && sh == rh) {
                 continue;
             }
-            if scratch.len() < sw * sh * bpp {
+            if scratch_len < sw * sh * bpp {
                 return Err(CudaError::Size(format!(
                     "scratch needs {} bytes",
                     sw * sh * bpp
                 )));
             }
-            let start = off + ry * p + rx * bpp;
-            let end = off + (ry + rh - 1) * p + (rx + rw) * bpp;
-            {
-                let region = frame.data.slice(start..end);
-                let mut small = scratch.slice_mut(0..sw * sh * bpp);
-                self.scale(&region, p, rw, rh, &mut small, sw * bpp, sw, sh, bpp)?;
-            }
-            let small = scratch.slice(0..sw * sh * bpp);
-            let mut region = frame.data.slice_mut(start..end);
-            self.scale(&small, sw * bpp, sw, sh, &mut region, p, rw, rh, bpp)?;
+            let region = base + (ry * p + rx * bpp) as u64;
+            self.scale(region, p, rw, rh, small, sw * bpp, sw, sh, bpp)?;
+            self.scale(small, sw * bpp, sw, sh, region, p, rw, rh, bpp)?;
         }
         Ok(())
     }
 
     /// Packed RGB24 (`rgb_pitch` bytes per row) → NV12 `dst` — `rgb24_to_nv12`, BT.601.
-    pub fn rgb_to_nv12(
+    pub fn rgb_to_nv12<F: Nv12Frame + ?Sized>(
         &self,
         rgb: &CudaSlice<u8>,
         rgb_pitch: usize,
-        dst: &mut DeviceNv12,
+        dst: &mut F,
     ) -> Result<(), CudaError> {
-        if rgb.len() < rgb_pitch * dst.height || rgb_pitch < 3 * dst.width {
+        let (w, h, pitch) = dst.geometry();
+        if rgb.len() < rgb_pitch * h || rgb_pitch < 3 * w {
             return Err(CudaError::Size("RGB buffer smaller than the frame".into()));
         }
-        let off = dst.pitch * dst.height;
-        let (mut y, mut uv) = dst.data.split_at_mut(off);
-        let (rp, w, h, p) = (
-            rgb_pitch as i32,
-            dst.width as i32,
-            dst.height as i32,
-            dst.pitch as i32,
-        );
+        let (y, uv, _frame) = dst.planes_mut(&self.stream);
+        let ints = [rgb_pitch, w, h, pitch].map(|v| v as i32);
         let mut b = self.stream.launch_builder(&self.kernels.rgb_to_nv12);
-        b.arg(rgb)
-            .arg(&rp)
-            .arg(&w)
-            .arg(&h)
-            .arg(&mut y)
-            .arg(&mut uv)
-            .arg(&p);
+        b.arg(rgb).arg(&ints[0]).arg(&ints[1]).arg(&ints[2]);
+        b.arg(&y).arg(&uv).arg(&ints[3]);
         // SAFETY: arguments match the kernel; sizes checked above.
-        unsafe { b.launch(launch_2d(dst.width / 2, dst.height / 2)) }?;
+        unsafe { b.launch(launch_2d(w / 2, h / 2)) }?;
         Ok(())
     }
 
@@ -968,6 +1028,30 @@ mod tests {
                 why.contains("\"cuda\"") && why.contains("libcuda, libnvrtc"),
                 "{why}"
             );
+        }
+    }
+
+    #[test]
+    fn foreign_planes_are_checked_before_any_kernel_sees_them() {
+        use super::{Nv12Frame, Nv12Planes};
+        let planes = |w, h, p, y, uv| {
+            // SAFETY: nothing dereferences these addresses (no GPU in this test).
+            unsafe { Nv12Planes::new(y, uv, w, h, p) }.map_err(|e| e.to_string())
+        };
+        assert_eq!(
+            planes(64, 48, 128, 0x1000, 0x9000).unwrap().geometry(),
+            (64, 48, 128)
+        );
+        for (w, h, p, y, uv, why) in [
+            (63, 48, 128, 1, 1, "even"),
+            (64, 47, 128, 1, 1, "even"),
+            (0, 48, 128, 1, 1, "empty"),
+            (64, 48, 32, 1, 1, "pitch"),
+            (64, 48, 128, 0, 1, "null"),
+            (64, 48, 128, 1, 0, "null"),
+        ] {
+            let e = planes(w, h, p, y, uv).unwrap_err();
+            assert!(e.contains(why), "{w}x{h} pitch {p}: {e}");
         }
     }
 

@@ -134,6 +134,105 @@ fn surfaces_are_pooled_and_copies_counted() {
     assert_eq!(gpu.host_copies(), before + 1);
 }
 
+/// Planes the kernels did not allocate, as a Jetson's EGL mapping hands them over: luma and
+/// CbCr in separate allocations, a pitch that is not `alloc_nv12`'s (not a multiple of 256),
+/// padding bytes past each row's width. Each kernel runs on such planes through
+/// `Nv12Planes` and must produce the golden output and leave the padding alone.
+#[test]
+#[ignore = "needs a CUDA GPU and golden files: tools/device-test.sh runs it"]
+fn kernels_work_in_place_on_planes_they_did_not_allocate() {
+    use aegis_cuda::Nv12Planes;
+    use aegis_cuda::cudarc::driver::DevicePtr;
+    const P: usize = W + 72;
+    const PAD: u8 = 0xA5;
+    let (gpu, dir) = setup();
+    let frame = read(&dir, "frame.nv12");
+    let m = serde_like::blur(&read(&dir, "manifest.json"));
+    // Runs `op` on the frame's pixels in two foreign planes; the packed result.
+    let on_planes = |name: &str, op: &mut dyn FnMut(&mut Nv12Planes<'_>)| -> Vec<u8> {
+        let mut y = vec![PAD; P * H];
+        let mut uv = vec![PAD; P * H / 2];
+        for r in 0..H {
+            y[r * P..r * P + W].copy_from_slice(&frame[r * W..r * W + W]);
+        }
+        for r in 0..H / 2 {
+            uv[r * P..r * P + W].copy_from_slice(&frame[(H + r) * W..(H + r) * W + W]);
+        }
+        let (y_dev, uv_dev) = (gpu.upload(&y).unwrap(), gpu.upload(&uv).unwrap());
+        {
+            let (yp, _y) = y_dev.device_ptr(&gpu.stream);
+            let (uvp, _uv) = uv_dev.device_ptr(&gpu.stream);
+            // SAFETY: both allocations hold P × rows bytes and live past the sync below.
+            let mut planes = unsafe { Nv12Planes::new(yp, uvp, W, H, P) }.unwrap();
+            op(&mut planes);
+            gpu.sync().unwrap();
+        }
+        let (y, uv) = (
+            gpu.download(&y_dev).unwrap(),
+            gpu.download(&uv_dev).unwrap(),
+        );
+        let mut packed = Vec::with_capacity(W * H * 3 / 2);
+        for (plane, rows) in [(&y, H), (&uv, H / 2)] {
+            for r in 0..rows {
+                let row = &plane[r * P..(r + 1) * P];
+                assert!(
+                    row[W..].iter().all(|&b| b == PAD),
+                    "{name}: row {r} written past its width"
+                );
+                packed.extend_from_slice(&row[..W]);
+            }
+        }
+        packed
+    };
+    let bg = {
+        let mut bg = gpu.alloc_nv12(W, H).unwrap();
+        gpu.upload_nv12(&read(&dir, "bg.nv12"), &mut bg).unwrap();
+        bg
+    };
+    let mask = gpu.upload(&read(&dir, "mask.u8")).unwrap();
+    let got = on_planes("composite", &mut |f| {
+        gpu.composite(f, &bg, &mask, 256).unwrap()
+    });
+    assert_eq!(
+        diff(&got, &read(&dir, "composite.nv12")),
+        (0, 0),
+        "composite"
+    );
+    let got = on_planes("blur", &mut |f| {
+        let mut scratch = gpu.stream.alloc_zeros::<u8>(m.w * m.h).unwrap();
+        gpu.blur_rect(f, m.x, m.y, m.w, m.h, m.factor, &mut scratch)
+            .unwrap()
+    });
+    assert_eq!(diff(&got, &read(&dir, "blur.nv12")), (0, 0), "blur");
+    let rgb = gpu.upload(&read(&dir, "rgb.rgb24")).unwrap();
+    let got = on_planes("rgb_to_nv12", &mut |f| {
+        gpu.rgb_to_nv12(&rgb, 3 * W, f).unwrap()
+    });
+    assert_eq!(
+        diff(&got, &read(&dir, "rgb2nv12.nv12")),
+        (0, 0),
+        "rgb_to_nv12"
+    );
+    // The model input read from foreign planes equals the golden one, bit for bit, and
+    // reading leaves the planes as they were.
+    let mut out = gpu.stream.alloc_zeros::<f32>(3 * 256 * 256).unwrap();
+    let untouched = on_planes("preprocess", &mut |f| {
+        gpu.preprocess(&*f, &mut out, 256, 256).unwrap();
+    });
+    assert_eq!(untouched, frame, "preprocess wrote into its source");
+    let want = read(&dir, "preprocess.f32");
+    let got: Vec<u8> = gpu
+        .download(&out)
+        .unwrap()
+        .iter()
+        .flat_map(|v| v.to_le_bytes())
+        .collect();
+    assert_eq!(diff(&got, &want), (0, 0), "preprocess");
+    eprintln!(
+        "kernels on foreign planes (pitch {P}): composite, blur, rgb_to_nv12, preprocess exact"
+    );
+}
+
 /// The manifest's blur rectangle, without a JSON dependency in this crate.
 mod serde_like {
     pub struct Blur {
