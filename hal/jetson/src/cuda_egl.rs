@@ -226,6 +226,18 @@ impl MappedNv12<'_> {
     pub fn color_format(&self) -> c_int {
         self.frame.eglColorFormat
     }
+
+    /// The frame as the CUDA backend's kernels take it, valid while this mapping lives: the
+    /// kernels (`aegis_cuda::Gpu::composite`, `blur_rect`, `preprocess`, ...) then work on
+    /// the NVMM buffer in place.
+    pub fn planes(&self) -> Result<aegis_cuda::Nv12Planes<'_>, aegis_cuda::CudaError> {
+        let (w, h) = self.size();
+        // SAFETY: the driver mapped both planes (map_nv12 checked a pitch-linear two-plane
+        // NV12 frame with non-null planes) for the context current at mapping, `pitch`
+        // bytes per row; they stay mapped until `self` is dropped, which the returned
+        // lifetime ties to. The surface is the loop's alone while it is mapped.
+        unsafe { aegis_cuda::Nv12Planes::new(self.y(), self.uv(), w, h, self.pitch()) }
+    }
 }
 
 impl Drop for MappedNv12<'_> {

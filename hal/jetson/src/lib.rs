@@ -3,8 +3,10 @@
 //! wraps `libnvbufsurftransform` (scale / convert / crop on the VIC). The V4L2 M2M codecs that
 //! fill and drain these buffers are [`m2m`] (Orin exposes them only as V4L2
 //! memory-to-memory devices driven through NVIDIA's libv4l2 plugin, docs/jetson-codecs.md);
-//! [`platform`] says which Jetson this is and what that means for the backend, and
-//! [`cuda_egl`] maps a surface's EGL image for CUDA (Orin's zero-copy route to the kernels).
+//! [`platform`] says which Jetson this is and what that means for the backend,
+//! [`cuda_egl`] maps a surface's EGL image for CUDA (Orin's zero-copy route to the kernels),
+//! and [`nvmm`] is the frame loop that ties them together: decoder → VIC → CUDA → encoder,
+//! with no host copy.
 //!
 //! **Loading.** Nothing links a vendor library: both libraries are opened at run time from an
 //! explicit directory, then JetPack 6's `/usr/lib/aarch64-linux-gnu/nvidia/`, then the plain
@@ -35,5 +37,6 @@
 pub mod cuda_egl;
 pub mod m2m;
 pub mod nvbuf;
+pub mod nvmm;
 pub mod platform;
 pub mod transform;

@@ -20,7 +20,8 @@ mod plane;
 pub mod sys;
 
 pub use decoder::{
-    CaptureMemory, DecodedFrame, Decoder, DecoderConfig, DecoderEvent, SurfaceAllocator,
+    CaptureBuffer, CaptureMemory, DecodedFrame, Decoder, DecoderConfig, DecoderEvent,
+    SurfaceAllocator,
 };
 pub use device::{CtrlValue, Device, Errno, NodeDevice, OpenError, Request};
 pub use encoder::{

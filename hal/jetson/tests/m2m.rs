@@ -9,9 +9,9 @@ mod m2m_support;
 use std::os::fd::{AsFd, OwnedFd};
 
 use aegis_jetson::m2m::{
-    CaptureMemory, Codec, DecodedFrame, Decoder, DecoderConfig, DecoderEvent, Device, Encoder,
-    EncoderConfig, EncoderEvent, Errno, FrameFormat, InputFrame, M2mError, NodeDevice, Request,
-    SurfaceAllocator, sys,
+    CaptureBuffer, CaptureMemory, Codec, DecodedFrame, Decoder, DecoderConfig, DecoderEvent,
+    Device, Encoder, EncoderConfig, EncoderEvent, Errno, FrameFormat, InputFrame, M2mError,
+    NodeDevice, Request, SurfaceAllocator, sys,
 };
 use m2m_support::{Role, StandIn, is_open, marker, surface};
 
@@ -146,13 +146,15 @@ fn decoder_follows_the_sample_sequence_and_drains() {
 struct MemfdSurfaces(std::sync::Arc<std::sync::Mutex<Vec<(u32, u32, u32)>>>);
 
 impl SurfaceAllocator for MemfdSurfaces {
-    fn allocate(&mut self, format: &FrameFormat, count: u32) -> Result<Vec<OwnedFd>, String> {
+    fn allocate(&mut self, format: &FrameFormat, count: u32) -> Result<Vec<CaptureBuffer>, String> {
         self.0
             .lock()
             .unwrap()
             .push((format.visible.width, format.visible.height, count));
         let size: u32 = format.planes.iter().map(|p| p.1).sum();
-        Ok((0..count).map(|_| surface(u64::from(size))).collect())
+        Ok((0..count)
+            .map(|_| Box::new(surface(u64::from(size))) as CaptureBuffer)
+            .collect())
     }
 }
 

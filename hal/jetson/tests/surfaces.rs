@@ -5,9 +5,8 @@
 
 use std::os::fd::BorrowedFd;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, OnceLock};
 
-use aegis_jetson::cuda_egl::{CUDA_LIB, CudaEglLib, EglFrameError};
+use aegis_jetson::cuda_egl::{CUDA_LIB, EglFrameError};
 use aegis_jetson::nvbuf::{
     ColorFormat, Layout, LoadError, MapMode, MemType, NVBUFSURFACE_LIB, NvBufSurfaceLib,
     R36_LIB_DIR, Surface, SurfaceError, SurfaceSpec, Tag,
@@ -16,155 +15,9 @@ use aegis_jetson::transform::{
     Compute, Filter, NVBUFSURFTRANSFORM_LIB, Rect, Transform, TransformError, TransformLib,
     TransformSpec, TransformStatus,
 };
-use tempfile::TempDir;
+mod stub_support;
 
-const STUB_DIR: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/stub");
-
-/// Compiles `sources` (in tests/stub) into `out` as a shared object, with `defines`.
-fn compile(source: &str, out: &Path, defines: &[&str]) {
-    let mut words = env!("AEGIS_JETSON_TEST_CC")
-        .split('\u{1f}')
-        .filter(|w| !w.is_empty());
-    let cc = words
-        .next()
-        .expect("build.rs found no C compiler for the target (install gcc, or aarch64-linux-gnu-gcc to cross-test)");
-    let output = std::process::Command::new(cc)
-        .args(words)
-        .args([
-            "-shared",
-            "-fPIC",
-            "-fvisibility=hidden",
-            "-O1",
-            "-Wall",
-            "-Wextra",
-            "-Werror",
-            "-I",
-            STUB_DIR,
-        ])
-        .args(defines)
-        .arg(Path::new(STUB_DIR).join(source))
-        .arg("-o")
-        .arg(out)
-        .output()
-        .unwrap_or_else(|e| panic!("running {cc}: {e}"));
-    assert!(
-        output.status.success(),
-        "{cc} {source}: {}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-}
-
-/// The stand-ins, compiled once per variant for this test binary.
-fn built(without_sync_for_device: bool) -> &'static Path {
-    static FULL: OnceLock<TempDir> = OnceLock::new();
-    static PARTIAL: OnceLock<TempDir> = OnceLock::new();
-    let cell = if without_sync_for_device {
-        &PARTIAL
-    } else {
-        &FULL
-    };
-    cell.get_or_init(|| {
-        let dir = tempfile::tempdir().expect("temp dir");
-        let defines: &[&str] = if without_sync_for_device {
-            &["-DAEGIS_STUB_WITHOUT_SYNC_FOR_DEVICE"]
-        } else {
-            &[]
-        };
-        compile(
-            "nvbufsurface.c",
-            &dir.path().join(NVBUFSURFACE_LIB),
-            defines,
-        );
-        compile(
-            "nvbufsurftransform.c",
-            &dir.path().join(NVBUFSURFTRANSFORM_LIB),
-            &[],
-        );
-        compile("cuda_egl.c", &dir.path().join(CUDA_LIB), &[]);
-        dir
-    })
-    .path()
-}
-
-/// A private copy of the stand-ins: a distinct file is a distinct dlopen instance, so each
-/// test has its own surfaces, call log and failure switch even when tests run in parallel.
-struct Stub {
-    dir: TempDir,
-}
-
-impl Stub {
-    fn new() -> Stub {
-        Stub::variant(false)
-    }
-
-    fn variant(without_sync_for_device: bool) -> Stub {
-        let from = built(without_sync_for_device);
-        let dir = tempfile::tempdir().expect("temp dir");
-        for lib in [NVBUFSURFACE_LIB, NVBUFSURFTRANSFORM_LIB, CUDA_LIB] {
-            std::fs::copy(from.join(lib), dir.path().join(lib)).expect("copy stub");
-        }
-        Stub { dir }
-    }
-
-    fn path(&self) -> &Path {
-        self.dir.path()
-    }
-
-    fn surfaces(&self) -> Arc<NvBufSurfaceLib> {
-        NvBufSurfaceLib::load(Some(self.path())).expect("load the libnvbufsurface stand-in")
-    }
-
-    fn cuda(&self) -> Arc<CudaEglLib> {
-        CudaEglLib::load(Some(self.path())).expect("load the libcuda stand-in")
-    }
-
-    fn transforms(&self) -> Arc<TransformLib> {
-        TransformLib::load(Some(self.path())).expect("load the libnvbufsurftransform stand-in")
-    }
-
-    /// The test hooks of one stand-in (the same dlopen instance the crate loaded).
-    fn hooks(&self, lib: &str) -> libloading::Library {
-        // SAFETY: the stand-in's initialisers do nothing.
-        unsafe { libloading::Library::new(self.path().join(lib)) }.expect("open stub for its hooks")
-    }
-
-    /// The calls `lib` has seen, one per line.
-    fn log(&self, lib: &str) -> Vec<String> {
-        let hooks = self.hooks(lib);
-        let mut buf = vec![0u8; 16384];
-        // SAFETY: aegis_stub_log(char *out, size_t cap) -> size_t, defined in stub.h.
-        let n = unsafe {
-            let f = hooks
-                .get::<unsafe extern "C" fn(*mut u8, usize) -> usize>(b"aegis_stub_log")
-                .expect("aegis_stub_log");
-            f(buf.as_mut_ptr(), buf.len())
-        };
-        String::from_utf8_lossy(&buf[..n])
-            .lines()
-            .map(str::to_string)
-            .collect()
-    }
-
-    /// Makes the next call of `call` in `lib` fail.
-    fn fail_next(&self, lib: &str, call: &str) {
-        let hooks = self.hooks(lib);
-        let name = std::ffi::CString::new(call).expect("call name");
-        // SAFETY: aegis_stub_fail(const char *name), defined in stub.h; it copies the name.
-        unsafe {
-            let f = hooks
-                .get::<unsafe extern "C" fn(*const std::ffi::c_char)>(b"aegis_stub_fail")
-                .expect("aegis_stub_fail");
-            f(name.as_ptr());
-        }
-    }
-}
-
-/// The names of the calls in a log (what precedes the arguments).
-fn names(log: &[String]) -> Vec<&str> {
-    log.iter()
-        .map(|l| l.split('(').next().unwrap_or(l))
-        .collect()
-}
+use stub_support::{Stub, names};
 
 #[test]
 fn surface_lifecycle_map_write_sync_unmap_destroy() {
@@ -324,17 +177,49 @@ fn an_egl_image_maps_for_cuda_as_pitched_nv12_and_is_always_unregistered() {
     };
     // SAFETY: plain C functions of the stand-in, which stays loaded (`hooks`).
     let live = || unsafe { live() };
-    let surface =
+    let mut surface =
         Surface::new(&lib, &SurfaceSpec::nvmm(64, 48, ColorFormat::Nv12)).expect("allocate");
+    let (luma, chroma) = (surface.plane(0).unwrap(), surface.plane(1).unwrap());
     let image = surface.map_egl_image().expect("EGL image");
     {
         let m = cuda.map_nv12(&image).expect("mapped");
-        assert_eq!((m.size(), m.pitch()), ((64, 48), 256));
-        assert_eq!(m.uv() - m.y(), 256 * 48, "CbCr follows the luma rows");
+        assert_eq!((m.size(), m.pitch()), ((64, 48), luma.pitch as usize));
+        assert_eq!(
+            m.uv() - m.y(),
+            u64::from(chroma.offset - luma.offset),
+            "the surface's planes, where the surface has them"
+        );
         assert_eq!(m.color_format(), 0x01);
         assert_eq!(live(), 1);
+        // The mapped frame is the surface's memory: a write through it (here the host
+        // addresses the stand-in hands out) is what the surface holds.
+        // SAFETY: the stand-in's "device" address is a shared mapping of the surface's
+        // memfd, at least one pitch long, alive until `m` is dropped.
+        unsafe { std::ptr::write_bytes(m.uv() as *mut u8, 0x5a, 4) };
     }
     assert_eq!(live(), 0, "unregistered when dropped");
+    drop(image);
+    {
+        let cpu = surface.map_plane(1, MapMode::Read).expect("map CbCr");
+        assert_eq!(cpu.as_slice()[..5], [0x5a, 0x5a, 0x5a, 0x5a, 0]);
+    }
+    let image = surface.map_egl_image().expect("EGL image");
+    // A block-linear surface maps as an array frame, which the kernels cannot address.
+    let tiled = Surface::new(
+        &lib,
+        &SurfaceSpec {
+            layout: Layout::BlockLinear,
+            ..SurfaceSpec::nvmm(64, 48, ColorFormat::Nv12)
+        },
+    )
+    .expect("allocate");
+    let tiled_image = tiled.map_egl_image().expect("EGL image");
+    let e = cuda.map_nv12(&tiled_image).err().expect("refused");
+    assert!(
+        matches!(e, EglFrameError::NotNv12 { frame_type: 0, .. }),
+        "{e}"
+    );
+    drop(tiled_image);
     // Block-linear (array) frames, NV21 and three planes are not what the kernels take.
     for (kind, planes, fmt) in [(0, 2, 0x01), (1, 2, 0x15), (1, 3, 0x01), (1, 1, 0x01)] {
         // SAFETY: as above.

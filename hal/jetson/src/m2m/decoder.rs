@@ -9,7 +9,7 @@
 //! End of stream: QBUF of an output buffer with `bytesused = 0`; the capture plane then
 //! gives a buffer with `bytesused = 0` (or EAGAIN with `V4L2_BUF_FLAG_LAST`).
 
-use std::os::fd::{AsRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsFd, AsRawFd, RawFd};
 use std::sync::Arc;
 
 use super::device::{CtrlValue, Device, Request};
@@ -19,12 +19,19 @@ use super::{Codec, M2mError, sys};
 const OUT: u32 = sys::BUF_TYPE_VIDEO_OUTPUT_MPLANE;
 const CAP: u32 = sys::BUF_TYPE_VIDEO_CAPTURE_MPLANE;
 
+/// A capture buffer: the decoder queues its DMA-buf fd (the surface's own fd, which
+/// `NvBufSurfaceFromFd` finds the surface by). It is dropped, and the buffer freed, when the
+/// capture set it belongs to is gone: after a resolution change or the session's end, once
+/// no decoded frame of that set is held.
+pub type CaptureBuffer = Box<dyn AsFd + Send + Sync>;
+
 /// Allocates capture surfaces for the DMABUF capture mode: on a Jetson, NvBufSurface
 /// block-linear NV12 surfaces of the visible size (the sample's `NvBufSurf::NvAllocate`
-/// with `NVBUF_LAYOUT_BLOCK_LINEAR`, `NvBufSurfaceTag_VIDEO_DEC`).
+/// with `NVBUF_LAYOUT_BLOCK_LINEAR`, `NvBufSurfaceTag_VIDEO_DEC`;
+/// [`crate::nvmm::DecoderSurfaces`]).
 pub trait SurfaceAllocator: Send {
-    /// `count` surfaces for `format`, one DMA-buf fd each.
-    fn allocate(&mut self, format: &FrameFormat, count: u32) -> Result<Vec<OwnedFd>, String>;
+    /// `count` surfaces for `format`, one DMA-buf each.
+    fn allocate(&mut self, format: &FrameFormat, count: u32) -> Result<Vec<CaptureBuffer>, String>;
 }
 
 /// Where decoded pictures live.
@@ -71,7 +78,7 @@ struct CaptureSet {
     generation: u32,
     format: FrameFormat,
     memory: u32,
-    fds: Vec<OwnedFd>,
+    buffers: Vec<CaptureBuffer>,
     _mapped: Vec<MappedPlane>,
 }
 
@@ -102,7 +109,7 @@ impl DecodedFrame {
     }
     /// The DMA-buf fd of the picture (NvBufSurface fd on a Jetson in DMABUF mode).
     pub fn fd(&self) -> RawFd {
-        self.set.fds[self.index as usize].as_raw_fd()
+        self.set.buffers[self.index as usize].as_fd().as_raw_fd()
     }
     /// Layout and visible rectangle.
     pub fn format(&self) -> &FrameFormat {
@@ -258,10 +265,10 @@ impl<D: Device> Decoder<D> {
         let mut planes = vec![sys::Plane::default(); set.format.planes.len()];
         match plane::dequeue(&mut self.dev, CAP, set.memory, &mut planes)? {
             Ok(buf) => {
-                if buf.index as usize >= set.fds.len() {
+                if buf.index as usize >= set.buffers.len() {
                     return Err(M2mError::Protocol {
                         ioctl: "VIDIOC_DQBUF",
-                        detail: format!("capture index {} of {}", buf.index, set.fds.len()),
+                        detail: format!("capture index {} of {}", buf.index, set.buffers.len()),
                     });
                 }
                 if planes[0].bytesused == 0 {
@@ -379,12 +386,12 @@ impl<D: Device> Decoder<D> {
         };
         call(dev, "capture plane", Request::GetControl(&mut min))?;
         let count = (min.value.max(1) as u32).saturating_add(self.extra_capture);
-        let (memory, fds, mapped) = match &mut self.allocator {
+        let (memory, buffers, mapped) = match &mut self.allocator {
             None => {
                 let mapped = plane::setup_mmap(dev, CAP, count)?;
                 let fds = mapped
                     .iter()
-                    .map(|m| m.fd().try_clone())
+                    .map(|m| m.fd().try_clone().map(|fd| Box::new(fd) as CaptureBuffer))
                     .collect::<Result<Vec<_>, _>>()
                     .map_err(|e| M2mError::Protocol {
                         ioctl: "VIDIOC_EXPBUF",
@@ -416,11 +423,11 @@ impl<D: Device> Decoder<D> {
             generation: self.generations,
             format: format.clone(),
             memory,
-            fds,
+            buffers,
             _mapped: mapped,
         });
         call(dev, "capture plane", Request::StreamOn(CAP))?;
-        for index in 0..set.fds.len() as u32 {
+        for index in 0..set.buffers.len() as u32 {
             queue_capture(dev, &set, index)?;
         }
         self.capture = Some(set);
@@ -434,7 +441,7 @@ fn queue_capture<D: Device>(dev: &mut D, set: &CaptureSet, index: u32) -> Result
     if set.memory == sys::MEMORY_DMABUF {
         // One NvBufSurface fd carries every plane (sample: planes[0].m.fd only).
         for p in &mut planes {
-            p.set_fd(set.fds[index as usize].as_raw_fd());
+            p.set_fd(set.buffers[index as usize].as_fd().as_raw_fd());
         }
     }
     call(

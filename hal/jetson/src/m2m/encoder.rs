@@ -124,8 +124,13 @@ pub struct Encoder<D: Device> {
     dev: D,
     packets: Vec<MappedPlane>,
     /// Per output index: dup'ed fds of the frame the driver is reading (kept open until the
-    /// buffer comes back), `None` when free.
-    in_flight: Vec<Option<Vec<OwnedFd>>>,
+    /// buffer comes back) and the frame's number (None for the end-of-stream buffer),
+    /// `None` when free.
+    in_flight: Vec<Option<(Vec<OwnedFd>, Option<u64>)>>,
+    /// Frames queued so far (the next frame's number).
+    queued: u64,
+    /// Numbers of frames whose buffers came back since [`Encoder::reclaim`] last said.
+    returned: Vec<u64>,
     last_fds: Option<Vec<OwnedFd>>,
     eos_sent: bool,
     eos_seen: bool,
@@ -214,6 +219,8 @@ impl<D: Device> Encoder<D> {
             dev,
             packets,
             in_flight: (0..inputs).map(|_| None).collect(),
+            queued: 0,
+            returned: Vec::new(),
             last_fds: None,
             eos_sent: false,
             eos_seen: false,
@@ -257,7 +264,8 @@ impl<D: Device> Encoder<D> {
                 detail: format!("dup of frame fd: {e}"),
             })?;
         let bytes: Vec<u32> = frame.planes.iter().map(|(_, b)| *b).collect();
-        self.queue_frame(index, fds, &bytes, frame.pts_us)?;
+        self.queue_frame(index, fds, &bytes, frame.pts_us, Some(self.queued))?;
+        self.queued += 1;
         Ok(true)
     }
 
@@ -310,7 +318,7 @@ impl<D: Device> Encoder<D> {
         let Some(index) = self.free_input()? else {
             return Ok(false);
         };
-        self.queue_frame(index, fds, &[0; NV12M_PLANES], 0)?;
+        self.queue_frame(index, fds, &[0; NV12M_PLANES], 0, None)?;
         self.eos_sent = true;
         Ok(true)
     }
@@ -372,6 +380,20 @@ impl<D: Device> Encoder<D> {
             .map_err(|e| plane::classify("poll", "device", e))
     }
 
+    /// How many frames [`Encoder::try_encode`] has queued: the number the next frame gets
+    /// (the first is 0).
+    pub fn frames_queued(&self) -> u64 {
+        self.queued
+    }
+
+    /// The numbers (see [`Encoder::frames_queued`]) of the frames the driver has finished
+    /// reading since the last call, in the order their buffers came back: their memory may
+    /// be reused. Until a frame is named here, the driver may still read it.
+    pub fn reclaim(&mut self) -> Result<Vec<u64>, M2mError> {
+        self.free_input()?;
+        Ok(std::mem::take(&mut self.returned))
+    }
+
     /// The device (for inspection in tests).
     pub fn device(&self) -> &D {
         &self.dev
@@ -382,7 +404,11 @@ impl<D: Device> Encoder<D> {
             let mut planes = [sys::Plane::default(); NV12M_PLANES];
             match plane::dequeue(&mut self.dev, OUT, sys::MEMORY_DMABUF, &mut planes)? {
                 Ok(buf) => match self.in_flight.get_mut(buf.index as usize) {
-                    Some(slot) => *slot = None,
+                    Some(slot) => {
+                        if let Some((_, Some(number))) = slot.take() {
+                            self.returned.push(number);
+                        }
+                    }
                     None => {
                         return Err(M2mError::Protocol {
                             ioctl: "VIDIOC_DQBUF",
@@ -410,6 +436,7 @@ impl<D: Device> Encoder<D> {
         fds: Vec<OwnedFd>,
         bytes: &[u32],
         pts_us: u64,
+        number: Option<u64>,
     ) -> Result<(), M2mError> {
         let mut buf = sys::Buffer::new(OUT, sys::MEMORY_DMABUF, index);
         buf.flags = sys::BUF_FLAG_TIMESTAMP_COPY;
@@ -433,7 +460,7 @@ impl<D: Device> Encoder<D> {
                     detail: format!("dup of frame fd: {e}"),
                 })?,
         );
-        self.in_flight[index as usize] = Some(fds);
+        self.in_flight[index as usize] = Some((fds, number));
         Ok(())
     }
 

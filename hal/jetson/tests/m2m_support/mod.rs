@@ -67,7 +67,9 @@ struct Buf {
 }
 
 enum Pending {
-    Unit(u64),
+    /// An access unit (decoder) or a frame (encoder: with its output buffer's index and
+    /// bytes, which the stand-in holds until it has encoded the frame).
+    Unit(u64, Option<(u32, u32)>),
     Eos,
 }
 
@@ -93,6 +95,9 @@ pub struct StandIn {
     idr_interval: u32,
     force_idr: bool,
     key_frames: BTreeMap<u32, bool>,
+    /// Frames the encoder holds before it encodes the oldest (a hardware encoder's
+    /// lookahead): their buffers are not given back until then.
+    encoder_latency: usize,
 }
 
 impl StandIn {
@@ -116,7 +121,15 @@ impl StandIn {
             idr_interval: 30,
             force_idr: false,
             key_frames: BTreeMap::new(),
+            encoder_latency: 0,
         }
+    }
+
+    /// Encoder: holds `frames` queued frames (and their buffers) before encoding the oldest,
+    /// until the end of the stream is queued.
+    pub fn with_encoder_latency(mut self, frames: usize) -> StandIn {
+        self.encoder_latency = frames;
+        self
     }
 
     /// Decoder: the stream's first resolution.
@@ -174,8 +187,15 @@ impl StandIn {
                     self.cap.done.push_back((i, 0, 0, sys::BUF_FLAG_LAST));
                     self.pending.pop_front();
                 }
-                Pending::Unit(ts) => {
-                    let ts = *ts;
+                Pending::Unit(ts, input) => {
+                    let (ts, input) = (*ts, *input);
+                    let draining = self.pending.iter().any(|p| matches!(p, Pending::Eos));
+                    if self.role == Role::Encoder
+                        && !draining
+                        && self.pending.len() <= self.encoder_latency
+                    {
+                        return;
+                    }
                     if self.role == Role::Decoder
                         && let Some(&(after, w, h)) = self.res_changes.front()
                         && self.produced == after
@@ -205,6 +225,16 @@ impl StandIn {
                             self.force_idr = false;
                             let mut pkt = vec![0, 0, 0, 1, if key { 0x65 } else { 0x41 }];
                             pkt.extend_from_slice(&self.produced.to_le_bytes());
+                            // The frame's first 8 luma bytes, read now (when a hardware
+                            // encoder reads the buffer), then the buffer is given back.
+                            if let Some((index, bytes)) = input {
+                                let mut first = [0u8; 8];
+                                if let Some(mem) = &self.out.bufs[index as usize].mem {
+                                    mem.read_at(&mut first, 0).unwrap();
+                                }
+                                pkt.extend_from_slice(&first);
+                                self.out.done.push_back((index, bytes, ts, 0));
+                            }
                             if let Some(mem) = &self.cap.bufs[i as usize].mem {
                                 mem.write_at(&pkt, 0).unwrap();
                             }
@@ -633,13 +663,19 @@ impl StandIn {
             self.pump();
             return Ok(());
         }
-        // Output plane: the bitstream/frame is consumed at once, the buffer is done.
+        // Output plane: a decoder consumes the bitstream at once and gives the buffer back;
+        // an encoder gives a frame's buffer back once it has encoded it (pump).
         pl.bufs[b.index as usize].queued = true;
-        pl.done.push_back((b.index, bytes, b.timestamp_us(), 0));
+        let held = role == Role::Encoder && bytes > 0;
+        if !held {
+            pl.done.push_back((b.index, bytes, b.timestamp_us(), 0));
+        }
         if bytes == 0 {
             self.pending.push_back(Pending::Eos);
         } else {
-            self.pending.push_back(Pending::Unit(b.timestamp_us()));
+            let input = held.then_some((b.index, bytes));
+            self.pending
+                .push_back(Pending::Unit(b.timestamp_us(), input));
             if role == Role::Decoder
                 && !self.first_event_sent
                 && self.subscribed.contains(&sys::EVENT_RESOLUTION_CHANGE)

@@ -5,10 +5,17 @@
  * pitched planes of host memory. Written for this project from CUDA 12.6's documented
  * signatures and the layout in src/cuda_egl.rs (checked against the header, tests/abi.rs).
  *
+ * An image from the libnvbufsurface stand-in (StubEglImage, stub.h) is mapped onto that
+ * surface's own memory (a shared mapping of its memfd): the frame's planes are the surface's
+ * planes, pitch-linear surfaces as a pitch frame and block-linear ones as an array frame
+ * (which the wrapper refuses), the colour format from the surface's. Any other image gets a
+ * 64x48 frame of fresh memory.
+ *
  * Extra test hooks: aegis_stub_frame_format(type, planes, colour format) sets what the next
- * mapped frame reports; aegis_stub_live() counts registered, not yet unregistered resources.
+ * mapped frames report; aegis_stub_live() counts registered, not yet unregistered resources.
  */
 #include <stdlib.h>
+#include <sys/mman.h>
 #include "stub.h"
 
 typedef struct {
@@ -21,15 +28,17 @@ _Static_assert(sizeof(StubEglFrame) == 64, "CUeglFrame (tests/abi/cuda-egl-12.6-
 typedef struct {
   void *image;
   unsigned char *memory;
+  size_t mapped; /* bytes of a surface's memfd mapped at memory, or 0 for calloc'ed memory */
 } StubResource;
 
 enum { CUDA_ERROR_INVALID_VALUE = 1, CUDA_ERROR_INVALID_HANDLE = 400 };
 enum { WIDTH = 64, HEIGHT = 48, PITCH = 256 };
 
-static int next_type = 1, next_planes = 2, next_format = 0x01;
+static int next_type = 1, next_planes = 2, next_format = 0x01, overridden;
 static int live;
 
 STUB_EXPORT void aegis_stub_frame_format(int type, int planes, int format) {
+  overridden = 1;
   next_type = type;
   next_planes = planes;
   next_format = format;
@@ -44,7 +53,15 @@ STUB_EXPORT int cuGraphicsEGLRegisterImage(StubResource **out, void *image, unsi
   StubResource *r = calloc(1, sizeof *r);
   if (!r) return CUDA_ERROR_INVALID_VALUE;
   r->image = image;
-  r->memory = calloc(1, (size_t)PITCH * HEIGHT * 3 / 2);
+  const StubEglImage *im = image;
+  if (im->magic == STUB_EGL_MAGIC) {
+    void *m = mmap(NULL, im->data_size, PROT_READ | PROT_WRITE, MAP_SHARED, im->fd, 0);
+    if (m == MAP_FAILED) { free(r); return CUDA_ERROR_INVALID_VALUE; }
+    r->memory = m;
+    r->mapped = im->data_size;
+  } else {
+    r->memory = calloc(1, (size_t)PITCH * HEIGHT * 3 / 2);
+  }
   live++;
   *out = r;
   return 0;
@@ -56,23 +73,47 @@ STUB_EXPORT int cuGraphicsResourceGetMappedEglFrame(StubEglFrame *frame, StubRes
   if (stub_should_fail("cuGraphicsResourceGetMappedEglFrame")) return CUDA_ERROR_INVALID_HANDLE;
   if (!frame || !r || index != 0 || mip != 0) return CUDA_ERROR_INVALID_VALUE;
   memset(frame, 0, sizeof *frame);
-  frame->planes[0] = r->memory;
-  frame->planes[1] = next_planes > 1 ? r->memory + (size_t)PITCH * HEIGHT : NULL;
-  frame->width = WIDTH;
-  frame->height = HEIGHT;
+  const StubEglImage *im = r->image;
+  if (r->mapped) {
+    frame->planes[0] = r->memory + im->offset[0];
+    frame->planes[1] = im->num_planes > 1 ? r->memory + im->offset[1] : NULL;
+    frame->width = im->width;
+    frame->height = im->height;
+    frame->pitch = im->pitch[0];
+    frame->plane_count = im->num_planes;
+    frame->frame_type = im->layout == LAYOUT_BLOCK_LINEAR ? 0 : 1;
+    switch (im->color_format) {
+    case FMT_NV12: frame->color_format = 0x01; break;
+    case FMT_NV12_ER: frame->color_format = 0x26; break;
+    case FMT_NV12_709: frame->color_format = 0x57; break;
+    default: frame->color_format = 0x7fffffff; break; /* not a semi-planar YUV format */
+    }
+  } else {
+    frame->planes[0] = r->memory;
+    frame->planes[1] = r->memory + (size_t)PITCH * HEIGHT;
+    frame->width = WIDTH;
+    frame->height = HEIGHT;
+    frame->pitch = PITCH;
+    frame->plane_count = 2;
+    frame->frame_type = 1;
+    frame->color_format = 0x01;
+  }
+  if (overridden) {
+    frame->plane_count = (unsigned int)next_planes;
+    if (next_planes < 2) frame->planes[1] = NULL;
+    frame->frame_type = next_type;
+    frame->color_format = next_format;
+  }
   frame->depth = 1;
-  frame->pitch = PITCH;
-  frame->plane_count = (unsigned int)next_planes;
   frame->num_channels = 1;
-  frame->frame_type = next_type;
-  frame->color_format = next_format;
   return 0;
 }
 
 STUB_EXPORT int cuGraphicsUnregisterResource(StubResource *r) {
   stub_log("cuGraphicsUnregisterResource");
   if (!r) return CUDA_ERROR_INVALID_HANDLE;
-  free(r->memory);
+  if (r->mapped) munmap(r->memory, r->mapped);
+  else free(r->memory);
   free(r);
   live--;
   return stub_should_fail("cuGraphicsUnregisterResource") ? CUDA_ERROR_INVALID_HANDLE : 0;

@@ -184,8 +184,24 @@ STUB_EXPORT int NvBufSurfaceMapEglImage(StubSurface *s, int index) {
   if (stub_should_fail("NvBufSurfaceMapEglImage") || !s || index != 0) return -1;
   if (s->mem_type != MEM_SURFACE_ARRAY) return -1; /* as documented: NVMM only */
   StubParams *p = &s->surface_list[0];
-  if (!p->mapped_addr.egl_image) p->mapped_addr.egl_image = malloc(1); /* an opaque token */
-  return p->mapped_addr.egl_image ? 0 : -1;
+  if (!p->mapped_addr.egl_image) {
+    StubEglImage *im = calloc(1, sizeof *im); /* what the libcuda stand-in maps */
+    if (!im) return -1;
+    im->magic = STUB_EGL_MAGIC;
+    im->fd = (int32_t)p->buffer_desc;
+    im->width = p->width;
+    im->height = p->height;
+    im->color_format = p->color_format;
+    im->layout = p->layout;
+    im->num_planes = p->plane_params.num_planes;
+    im->data_size = p->data_size;
+    for (int i = 0; i < 2; i++) {
+      im->pitch[i] = p->plane_params.pitch[i];
+      im->offset[i] = p->plane_params.offset[i];
+    }
+    p->mapped_addr.egl_image = im;
+  }
+  return 0;
 }
 
 STUB_EXPORT int NvBufSurfaceUnMapEglImage(StubSurface *s, int index) {

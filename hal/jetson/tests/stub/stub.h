@@ -130,9 +130,21 @@ _Static_assert(sizeof(StubRect) == 16, "NvBufSurfTransformRect");
 _Static_assert(sizeof(StubConfigParams) == 16, "NvBufSurfTransformConfigParams");
 _Static_assert(sizeof(StubTransformParams) == 32, "NvBufSurfTransformParams");
 
+/* What the libnvbufsurface stand-in's NvBufSurfaceMapEglImage hands out as the EGLImageKHR,
+ * and the libcuda stand-in's cuGraphicsEGLRegisterImage maps: the surface's DMA-buf (a
+ * memfd) and where its planes lie, so that "device memory" of the mapped frame is the
+ * surface's own memory, as on a Jetson. */
+#define STUB_EGL_MAGIC 0x45474c31u
+typedef struct {
+  uint32_t magic;
+  int32_t fd;
+  uint32_t width, height, color_format, layout, num_planes, data_size;
+  uint32_t pitch[2], offset[2];
+} StubEglImage;
+
 #define STUB_EXPORT __attribute__((visibility("default")))
 
-static char stub_log_buf[16384];
+static char stub_log_buf[65536];
 static size_t stub_log_len;
 static char stub_fail_name[64];
 

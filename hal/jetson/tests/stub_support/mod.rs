@@ -1,0 +1,161 @@
+//! The C stand-ins for libnvbufsurface, libnvbufsurftransform and libcuda's EGL interop
+//! (`tests/stub/`), compiled with the target's C compiler (build.rs names it), one private
+//! copy per test, with their test hooks (call log, failure switch).
+
+#![allow(dead_code)]
+
+use std::path::Path;
+use std::sync::{Arc, OnceLock};
+
+use aegis_jetson::cuda_egl::{CUDA_LIB, CudaEglLib};
+use aegis_jetson::nvbuf::{NVBUFSURFACE_LIB, NvBufSurfaceLib};
+use aegis_jetson::transform::{NVBUFSURFTRANSFORM_LIB, TransformLib};
+use tempfile::TempDir;
+
+const STUB_DIR: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/stub");
+
+/// Compiles `sources` (in tests/stub) into `out` as a shared object, with `defines`.
+fn compile(source: &str, out: &Path, defines: &[&str]) {
+    let mut words = env!("AEGIS_JETSON_TEST_CC")
+        .split('\u{1f}')
+        .filter(|w| !w.is_empty());
+    let cc = words
+        .next()
+        .expect("build.rs found no C compiler for the target (install gcc, or aarch64-linux-gnu-gcc to cross-test)");
+    let output = std::process::Command::new(cc)
+        .args(words)
+        .args([
+            "-shared",
+            "-fPIC",
+            "-fvisibility=hidden",
+            "-O1",
+            "-Wall",
+            "-Wextra",
+            "-Werror",
+            "-I",
+            STUB_DIR,
+        ])
+        .args(defines)
+        .arg(Path::new(STUB_DIR).join(source))
+        .arg("-o")
+        .arg(out)
+        .output()
+        .unwrap_or_else(|e| panic!("running {cc}: {e}"));
+    assert!(
+        output.status.success(),
+        "{cc} {source}: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+}
+
+/// The stand-ins, compiled once per variant for this test binary.
+fn built(without_sync_for_device: bool) -> &'static Path {
+    static FULL: OnceLock<TempDir> = OnceLock::new();
+    static PARTIAL: OnceLock<TempDir> = OnceLock::new();
+    let cell = if without_sync_for_device {
+        &PARTIAL
+    } else {
+        &FULL
+    };
+    cell.get_or_init(|| {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let defines: &[&str] = if without_sync_for_device {
+            &["-DAEGIS_STUB_WITHOUT_SYNC_FOR_DEVICE"]
+        } else {
+            &[]
+        };
+        compile(
+            "nvbufsurface.c",
+            &dir.path().join(NVBUFSURFACE_LIB),
+            defines,
+        );
+        compile(
+            "nvbufsurftransform.c",
+            &dir.path().join(NVBUFSURFTRANSFORM_LIB),
+            &[],
+        );
+        compile("cuda_egl.c", &dir.path().join(CUDA_LIB), &[]);
+        dir
+    })
+    .path()
+}
+
+/// A private copy of the stand-ins: a distinct file is a distinct dlopen instance, so each
+/// test has its own surfaces, call log and failure switch even when tests run in parallel.
+pub struct Stub {
+    dir: TempDir,
+}
+
+impl Stub {
+    pub fn new() -> Stub {
+        Stub::variant(false)
+    }
+
+    pub fn variant(without_sync_for_device: bool) -> Stub {
+        let from = built(without_sync_for_device);
+        let dir = tempfile::tempdir().expect("temp dir");
+        for lib in [NVBUFSURFACE_LIB, NVBUFSURFTRANSFORM_LIB, CUDA_LIB] {
+            std::fs::copy(from.join(lib), dir.path().join(lib)).expect("copy stub");
+        }
+        Stub { dir }
+    }
+
+    pub fn path(&self) -> &Path {
+        self.dir.path()
+    }
+
+    pub fn surfaces(&self) -> Arc<NvBufSurfaceLib> {
+        NvBufSurfaceLib::load(Some(self.path())).expect("load the libnvbufsurface stand-in")
+    }
+
+    pub fn cuda(&self) -> Arc<CudaEglLib> {
+        CudaEglLib::load(Some(self.path())).expect("load the libcuda stand-in")
+    }
+
+    pub fn transforms(&self) -> Arc<TransformLib> {
+        TransformLib::load(Some(self.path())).expect("load the libnvbufsurftransform stand-in")
+    }
+
+    /// The test hooks of one stand-in (the same dlopen instance the crate loaded).
+    pub fn hooks(&self, lib: &str) -> libloading::Library {
+        // SAFETY: the stand-in's initialisers do nothing.
+        unsafe { libloading::Library::new(self.path().join(lib)) }.expect("open stub for its hooks")
+    }
+
+    /// The calls `lib` has seen, one per line.
+    pub fn log(&self, lib: &str) -> Vec<String> {
+        let hooks = self.hooks(lib);
+        let mut buf = vec![0u8; 65536];
+        // SAFETY: aegis_stub_log(char *out, size_t cap) -> size_t, defined in stub.h.
+        let n = unsafe {
+            let f = hooks
+                .get::<unsafe extern "C" fn(*mut u8, usize) -> usize>(b"aegis_stub_log")
+                .expect("aegis_stub_log");
+            f(buf.as_mut_ptr(), buf.len())
+        };
+        String::from_utf8_lossy(&buf[..n])
+            .lines()
+            .map(str::to_string)
+            .collect()
+    }
+
+    /// Makes the next call of `call` in `lib` fail.
+    pub fn fail_next(&self, lib: &str, call: &str) {
+        let hooks = self.hooks(lib);
+        let name = std::ffi::CString::new(call).expect("call name");
+        // SAFETY: aegis_stub_fail(const char *name), defined in stub.h; it copies the name.
+        unsafe {
+            let f = hooks
+                .get::<unsafe extern "C" fn(*const std::ffi::c_char)>(b"aegis_stub_fail")
+                .expect("aegis_stub_fail");
+            f(name.as_ptr());
+        }
+    }
+}
+
+/// The names of the calls in a log (what precedes the arguments).
+pub fn names(log: &[String]) -> Vec<&str> {
+    log.iter()
+        .map(|l| l.split('(').next().unwrap_or(l))
+        .collect()
+}
