@@ -145,7 +145,10 @@ pub enum NvmmError {
 pub struct NvmmConfig {
     /// Pitch-linear work surfaces (at least 2): how many pictures may be between the VIC
     /// and the encoder's return of the buffer. The encoder must take as many output buffers
-    /// (`EncoderConfig::input_buffers`).
+    /// (`EncoderConfig::input_buffers`), and must give a buffer back before it holds all of
+    /// them: an encoder that holds every work surface until it gets one more (a lookahead
+    /// as deep as the pool) stalls the loop. Orin's encoder without B-frames gives each
+    /// buffer back once it has encoded it.
     pub work_surfaces: usize,
 }
 
@@ -168,7 +171,7 @@ pub struct NvmmStats {
     pub encoded: u64,
     /// Packets the encoder delivered.
     pub packets: u64,
-    /// Times a decoded picture waited for a work surface (backpressure).
+    /// Pictures that had to wait for a work surface (backpressure).
     pub pool_waits: u64,
 }
 
@@ -201,6 +204,8 @@ pub struct NvmmLoop<D: Device, E: Device> {
     reading: VecDeque<(u64, Surface)>,
     /// A decoded picture that waits for a work surface.
     waiting: Option<DecodedFrame>,
+    /// `waiting` has been counted in [`NvmmStats::pool_waits`].
+    waited: bool,
     decoder_done: bool,
     eos_queued: bool,
     done: bool,
@@ -230,6 +235,7 @@ impl<D: Device, E: Device> NvmmLoop<D, E> {
             free: Vec::new(),
             reading: VecDeque::new(),
             waiting: None,
+            waited: false,
             decoder_done: false,
             eos_queued: false,
             done: false,
@@ -302,8 +308,12 @@ impl<D: Device, E: Device> NvmmLoop<D, E> {
         }
         if self.waiting.is_some() {
             if self.free.is_empty() {
-                self.stats.pool_waits += 1;
+                if !self.waited {
+                    self.waited = true;
+                    self.stats.pool_waits += 1;
+                }
             } else if let Some(frame) = self.waiting.take() {
+                self.waited = false;
                 self.through(frame, work)?;
                 moved = true;
             }

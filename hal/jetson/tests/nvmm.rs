@@ -72,12 +72,12 @@ impl FrameWork for Stamp {
 }
 
 /// The loop of one stream over the stand-ins: decoder of `w`×`h` (changing to `change`
-/// after some frames), encoder holding `latency` frames.
+/// after some frames), `encoder` opened at the stream's size.
 fn stream(
     stub: &Stub,
     size: (u32, u32),
     change: Option<(u32, u32, u32)>,
-    latency: usize,
+    encoder: StandIn,
     config: NvmmConfig,
 ) -> NvmmLoop<StandIn, StandIn> {
     let lib = stub.surfaces();
@@ -88,7 +88,7 @@ fn stream(
     let mut dec_config = DecoderConfig::new(Codec::H264);
     dec_config.capture = CaptureMemory::DmaBuf(Box::new(DecoderSurfaces::new(lib.clone())));
     let decoder = Decoder::open(dec_dev, dec_config).expect("decoder");
-    let mut enc_dev = Some(StandIn::new(Role::Encoder).with_encoder_latency(latency));
+    let mut enc_dev = Some(encoder);
     let inputs = config.work_surfaces as u32;
     let open_encoder = Box::new(move |w, h| {
         let mut c = EncoderConfig::new(Codec::H264, w, h, 30, 4_000_000);
@@ -114,7 +114,8 @@ fn run(
     let mut packets = Vec::new();
     let mut idle = 0;
     let mut step = |lp: &mut NvmmLoop<StandIn, StandIn>, packets: &mut Vec<EncodedPacket>| {
-        match lp.step(work, packets)? {
+        let progress = lp.step(work, packets)?;
+        match progress {
             Progress::Idle => {
                 idle += 1;
                 assert!(idle < 1000, "the loop stopped moving: {:?}", lp.stats());
@@ -122,7 +123,7 @@ fn run(
             }
             _ => idle = 0,
         }
-        Ok::<_, NvmmError>(())
+        Ok::<_, NvmmError>(progress)
     };
     for i in 1..=n {
         let au = [0, 0, 0, 1, 0x65, i as u8];
@@ -134,10 +135,7 @@ fn run(
     while !lp.finish()? {
         step(lp, &mut packets)?;
     }
-    while lp.step(work, &mut packets)? != Progress::Done {
-        idle += 1;
-        assert!(idle < 1000, "no end of stream: {:?}", lp.stats());
-    }
+    while step(lp, &mut packets)? != Progress::Done {}
     Ok(packets)
 }
 
@@ -164,7 +162,8 @@ fn pictures_go_from_decoder_to_encoder_in_nvmm_with_no_host_copy() {
     let config = NvmmConfig { work_surfaces: 4 };
     // 320x240, then 160x120 after 16 pictures (the VIC scales those into the encoder's
     // size); the encoder holds 3 frames (of the 4 work surfaces) before it encodes the oldest.
-    let mut lp = stream(&stub, (320, 240), Some((16, 160, 120)), 3, config);
+    let encoder = StandIn::new(Role::Encoder).with_encoder_latency(3);
+    let mut lp = stream(&stub, (320, 240), Some((16, 160, 120)), encoder, config);
     let mut work = Stamp {
         exact_until: 16,
         ..Stamp::default()
@@ -237,7 +236,8 @@ fn pictures_go_from_decoder_to_encoder_in_nvmm_with_no_host_copy() {
 fn a_failing_frame_stops_the_loop_with_its_reason_and_leaves_nothing_mapped() {
     // The work fails on the fifth picture.
     let stub = Stub::new();
-    let mut lp = stream(&stub, (320, 240), None, 1, NvmmConfig::default());
+    let encoder = || StandIn::new(Role::Encoder).with_encoder_latency(1);
+    let mut lp = stream(&stub, (320, 240), None, encoder(), NvmmConfig::default());
     let mut work = Stamp {
         fail_at: Some(5000),
         ..Stamp::default()
@@ -260,7 +260,7 @@ fn a_failing_frame_stops_the_loop_with_its_reason_and_leaves_nothing_mapped() {
 
     // CUDA refuses to register the second picture's image.
     let stub = Stub::new();
-    let mut lp = stream(&stub, (320, 240), None, 1, NvmmConfig::default());
+    let mut lp = stream(&stub, (320, 240), None, encoder(), NvmmConfig::default());
     let mut work = Stamp::default();
     let mut packets = Vec::new();
     let mut fed = 0;
@@ -289,4 +289,42 @@ fn a_failing_frame_stops_the_loop_with_its_reason_and_leaves_nothing_mapped() {
         "the refused frame's EGL image destroyed"
     );
     assert_eq!(live_cuda_resources(&stub), 0);
+}
+
+#[test]
+fn a_full_pool_holds_the_decoder_back_until_the_encoder_gives_a_surface_back() {
+    // Two work surfaces and an encoder that works only when waited on (as hardware
+    // finishes later): the third picture finds both surfaces with the encoder and waits,
+    // holding its capture buffer; nothing more is allocated, and once the encoder has read
+    // a surface the picture goes on. Every picture arrives as the work left it.
+    const N: u64 = 10;
+    let stub = Stub::new();
+    let _loaded = (stub.surfaces(), stub.transforms(), stub.cuda());
+    let encoder = StandIn::new(Role::Encoder).with_encoding_in_wait();
+    let config = NvmmConfig { work_surfaces: 2 };
+    let mut lp = stream(&stub, (320, 240), None, encoder, config);
+    let mut work = Stamp {
+        exact_until: N as usize,
+        ..Stamp::default()
+    };
+    let packets = run(&mut lp, &mut work, N).expect("the stream runs");
+    assert_eq!(packets.len(), N as usize);
+    for p in &packets {
+        assert_eq!(
+            p.data[9..17],
+            (!p.pts_us).to_le_bytes(),
+            "frame {}",
+            p.pts_us
+        );
+    }
+    let stats = lp.stats();
+    assert!(stats.pool_waits > 0, "the pool never ran out: {stats:?}");
+    assert_eq!((stats.decoded, stats.encoded), (N, N));
+    drop(lp);
+    let log = stub.log(NVBUFSURFACE_LIB);
+    let work_surfaces = log
+        .iter()
+        .filter(|l| l.starts_with("NvBufSurfaceAllocate") && l.contains("layout=0"))
+        .count();
+    assert_eq!(work_surfaces, 2, "backpressure, not growth");
 }

@@ -98,6 +98,10 @@ pub struct StandIn {
     /// Frames the encoder holds before it encodes the oldest (a hardware encoder's
     /// lookahead): their buffers are not given back until then.
     encoder_latency: usize,
+    /// The encoder works only while the application waits on it (asynchronous hardware),
+    /// not as soon as a buffer is queued.
+    encode_in_wait: bool,
+    in_wait: bool,
 }
 
 impl StandIn {
@@ -122,7 +126,15 @@ impl StandIn {
             force_idr: false,
             key_frames: BTreeMap::new(),
             encoder_latency: 0,
+            encode_in_wait: false,
+            in_wait: false,
         }
+    }
+
+    /// Encoder: encodes only inside `wait` (as asynchronous hardware finishes later).
+    pub fn with_encoding_in_wait(mut self) -> StandIn {
+        self.encode_in_wait = true;
+        self
     }
 
     /// Encoder: holds `frames` queued frames (and their buffers) before encoding the oldest,
@@ -173,6 +185,9 @@ impl StandIn {
     /// Decoder: turn pending access units into pictures while capture buffers allow.
     fn pump(&mut self) {
         if !self.cap.streaming || self.awaiting_reconfig {
+            return;
+        }
+        if self.role == Role::Encoder && self.encode_in_wait && !self.in_wait {
             return;
         }
         while let Some(p) = self.pending.front() {
@@ -714,7 +729,12 @@ impl Device for StandIn {
         if self.shared.lock().unwrap().gone {
             return Err(Errno(libc::ENODEV));
         }
-        Ok(()) // the stand-in works synchronously: whatever can be ready is
+        if self.encode_in_wait {
+            self.in_wait = true;
+            self.pump();
+            self.in_wait = false;
+        }
+        Ok(()) // otherwise the stand-in works synchronously: whatever can be ready is
     }
 }
 
