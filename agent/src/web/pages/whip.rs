@@ -23,18 +23,10 @@ use crate::outputs::whip::WhipError;
 
 /// None when the request's bearer token is `stream`'s publish token; else the 401. Unknown
 /// sources get the same answer as wrong tokens (nothing tells which ids exist). Before the
-/// first pipeline has started every request gets 503 with `Retry-After` (the agent is
-/// starting; its sources are not known yet).
+/// first pipeline has started, a request that presents a bearer token gets 503 with
+/// `Retry-After` (the agent is starting; its sources are not known yet); one without gets
+/// the 401 as always.
 fn refused(s: &PagesState, stream: &str, headers: &HeaderMap) -> Option<Response> {
-    let Ok(expected) = s.served.whip.token(stream) else {
-        let mut r = refuse_plain(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "the agent is starting its pipeline; retry shortly".into(),
-        );
-        r.headers_mut()
-            .insert(header::RETRY_AFTER, header::HeaderValue::from_static("2"));
-        return Some(r);
-    };
     let presented = headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
@@ -42,6 +34,19 @@ fn refused(s: &PagesState, stream: &str, headers: &HeaderMap) -> Option<Response
             let (scheme, token) = v.trim().split_once(' ')?;
             scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
         });
+    let expected = match s.served.whip.token(stream) {
+        Ok(expected) => expected,
+        Err(_starting) if presented.is_some() => {
+            let mut r = refuse_plain(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "the agent is starting its pipeline; retry shortly".into(),
+            );
+            r.headers_mut()
+                .insert(header::RETRY_AFTER, header::HeaderValue::from_static("2"));
+            return Some(r);
+        }
+        Err(_starting) => None,
+    };
     let ok = match (presented, &expected) {
         (Some(p), Some(e)) => e.matches(p),
         _ => false,
