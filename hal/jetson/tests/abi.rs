@@ -9,6 +9,8 @@
 //! NVIDIA-proprietary and not in this repository. `probe_matches_headers` re-runs the probe
 //! when `AEGIS_JETSON_MMAPI_INCLUDE` names their directory.
 
+mod stub_support;
+
 use std::collections::BTreeMap;
 use std::mem::{offset_of, size_of};
 
@@ -298,14 +300,8 @@ fn probe_matches_headers() {
     let dir = tempfile::tempdir().expect("temp dir");
     let exe = dir.path().join("probe");
     let src = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/abi/probe.c");
-    let mut words = env!("AEGIS_JETSON_TEST_CC")
-        .split('\u{1f}')
-        .filter(|w| !w.is_empty());
-    let cc = words
-        .next()
-        .expect("no C compiler for the target (build.rs found none)");
-    let status = std::process::Command::new(cc)
-        .args(words)
+    let (_, mut cc) = stub_support::target_cc();
+    let status = cc
         .args(["-I", &include, src, "-o"])
         .arg(&exe)
         .status()

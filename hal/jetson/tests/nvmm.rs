@@ -139,6 +139,20 @@ fn run(
     Ok(packets)
 }
 
+/// What the encoder read from each frame's buffer when it encoded it (the stand-in puts the
+/// first 8 luma bytes after its own header) is that frame's stamp: a surface reused before
+/// the encoder gave it back would show a later frame's stamp here.
+fn assert_stamped(packets: &[EncodedPacket]) {
+    for p in packets {
+        assert_eq!(
+            p.data[9..17],
+            (!p.pts_us).to_le_bytes(),
+            "frame {} reached the encoder as the work left it",
+            p.pts_us
+        );
+    }
+}
+
 fn live_cuda_resources(stub: &Stub) -> i32 {
     let hooks = stub.hooks(CUDA_LIB);
     // SAFETY: aegis_stub_live(void) -> int, tests/stub/cuda_egl.c.
@@ -174,17 +188,7 @@ fn pictures_go_from_decoder_to_encoder_in_nvmm_with_no_host_copy() {
     let pts: Vec<u64> = packets.iter().map(|p| p.pts_us).collect();
     assert_eq!(pts, (1..=N).map(|i| 1000 * i).collect::<Vec<_>>());
     assert_eq!(work.seen, pts);
-    // What the encoder read from each frame's buffer, when it encoded it (after holding
-    // it): that frame's stamp. A surface reused before the encoder gave it back would show
-    // a later frame's stamp here.
-    for p in &packets {
-        assert_eq!(
-            p.data[9..17],
-            (!p.pts_us).to_le_bytes(),
-            "frame {} reached the encoder as the work left it",
-            p.pts_us
-        );
-    }
+    assert_stamped(&packets);
     assert_eq!(
         lp.stats(),
         NvmmStats {
@@ -309,14 +313,7 @@ fn a_full_pool_holds_the_decoder_back_until_the_encoder_gives_a_surface_back() {
     };
     let packets = run(&mut lp, &mut work, N).expect("the stream runs");
     assert_eq!(packets.len(), N as usize);
-    for p in &packets {
-        assert_eq!(
-            p.data[9..17],
-            (!p.pts_us).to_le_bytes(),
-            "frame {}",
-            p.pts_us
-        );
-    }
+    assert_stamped(&packets);
     let stats = lp.stats();
     assert!(stats.pool_waits > 0, "the pool never ran out: {stats:?}");
     assert_eq!((stats.decoded, stats.encoded), (N, N));

@@ -14,16 +14,24 @@ use tempfile::TempDir;
 
 const STUB_DIR: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/stub");
 
-/// Compiles `sources` (in tests/stub) into `out` as a shared object, with `defines`.
-fn compile(source: &str, out: &Path, defines: &[&str]) {
+/// The target's C compiler (build.rs names it; aarch64-linux-gnu-gcc under
+/// tools/cross-test.sh), with its leading arguments, ready for more.
+pub fn target_cc() -> (&'static str, std::process::Command) {
     let mut words = env!("AEGIS_JETSON_TEST_CC")
         .split('\u{1f}')
         .filter(|w| !w.is_empty());
     let cc = words
         .next()
         .expect("build.rs found no C compiler for the target (install gcc, or aarch64-linux-gnu-gcc to cross-test)");
-    let output = std::process::Command::new(cc)
-        .args(words)
+    let mut command = std::process::Command::new(cc);
+    command.args(words);
+    (cc, command)
+}
+
+/// Compiles `sources` (in tests/stub) into `out` as a shared object, with `defines`.
+fn compile(source: &str, out: &Path, defines: &[&str]) {
+    let (cc, mut command) = target_cc();
+    let output = command
         .args([
             "-shared",
             "-fPIC",
