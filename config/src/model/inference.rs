@@ -24,7 +24,7 @@ fn default_max_batch() -> u32 {
 }
 
 fn default_batch_window_ms() -> u32 {
-    4
+    0
 }
 
 /// Where ONNX Runtime runs the models.
@@ -135,7 +135,11 @@ pub struct InferenceConfig {
     #[serde(default = "default_max_batch")]
     pub max_batch: u32,
     /// How long a frame waits for the other streams' frames to batch with
-    /// (0 to 100 ms).
+    /// (0 to 100 ms). Default 0: a call takes the requests that queued while the previous
+    /// one ran, which batches busy streams without making any wait; a window is paid on
+    /// every call whose other clients do not come (a detector that runs every 3rd frame),
+    /// and with the demo's stages 4 ms made batching slower than none
+    /// (`cargo run -p aegis-models --example batch_window`, docs/inference.md).
     #[serde(default = "default_batch_window_ms")]
     pub batch_window_ms: u32,
     /// Batch the streams' frames on a GPU provider too (`max_batch` applies to
