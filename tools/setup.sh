@@ -16,8 +16,7 @@
 #    openssl and cpio CLIs (ota/tests/firmware_swupdate.rs builds signed .swu bundles and
 #    checks and installs them with the real swupdate into files; tools/yocto-check.sh checks
 #    a .swu built from the Yocto layer's sw-description; the package's own daemon is not
-#    needed and is left as it installs it), systemd (systemd-analyze verify of the units)
-#    and mold (the linker CI uses: .ci/run).
+#    needed and is left as it installs it) and systemd (systemd-analyze verify of the units).
 #  - `just`, pinned, from PyPI (rust-just) into .tools/venv (Debian has no `just` package).
 #  - A Rust toolchain via rustup only if cargo is missing.
 #  - Sample photos: tools/fetch-media.sh (pinned scikit-image wheel, checksummed files).
@@ -31,7 +30,7 @@ APT_PACKAGES=(build-essential pkg-config clang libclang-dev libssl-dev
   ffmpeg python3 python3-venv python3-pip ca-certificates curl
   python3-gi gir1.2-gst-rtsp-server-1.0 gstreamer1.0-plugins-base gstreamer1.0-plugins-good
   gstreamer1.0-plugins-bad gstreamer1.0-tools mosquitto mosquitto-clients gcc-aarch64-linux-gnu qemu-user-static
-  shellcheck chromium chromium-driver postgresql softhsm2 systemd swupdate openssl cpio mold)
+  shellcheck chromium chromium-driver postgresql softhsm2 systemd swupdate openssl cpio)
 
 as_root() {
   if [ "$(id -u)" -eq 0 ]; then "$@"
