@@ -481,3 +481,39 @@ impl<D: Device, E: Device> NvmmLoop<D, E> {
         Ok(unmapped?)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::m2m::sys;
+
+    fn format(colorspace: u32, quantization: u8) -> FrameFormat {
+        FrameFormat {
+            pixelformat: sys::PIX_FMT_NV12M,
+            width: 1920,
+            height: 1088,
+            planes: vec![(1920, 1920 * 1088), (1920, 1920 * 544)],
+            visible: sys::Rect {
+                left: 0,
+                top: 0,
+                width: 1920,
+                height: 1080,
+            },
+            colorspace,
+            quantization,
+        }
+    }
+
+    /// The surfaces carry the stream's colorimetry, as the r36 sample picks it, so that the
+    /// CUDA mapping reports the matrix and range the kernels must use.
+    #[test]
+    fn surfaces_take_the_streams_matrix_and_range() {
+        // V4L2_COLORSPACE_SMPTE170M (BT.601) limited, BT.601 full, REC709, and an unset
+        // colorspace (0, default: BT.601 limited).
+        assert_eq!(nv12_for(&format(1, 0)), ColorFormat::Nv12);
+        assert_eq!(nv12_for(&format(1, 1)), ColorFormat::Nv12Er);
+        assert_eq!(nv12_for(&format(3, 0)), ColorFormat::Nv12Bt709);
+        assert_eq!(nv12_for(&format(3, 1)), ColorFormat::Nv12Bt709);
+        assert_eq!(nv12_for(&format(0, 0)), ColorFormat::Nv12);
+    }
+}
