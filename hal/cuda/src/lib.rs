@@ -432,6 +432,12 @@ pub fn nvrtc_version() -> Option<(i32, i32)> {
     Some((major, minor))
 }
 
+/// Whether `start..start + len` lies within `0..extent` (no overflow: the kernels address
+/// raw device memory from these values).
+fn inside(start: usize, len: usize, extent: usize) -> bool {
+    start.checked_add(len).is_some_and(|end| end <= extent)
+}
+
 fn launch_2d(w: usize, h: usize) -> LaunchConfig {
     LaunchConfig {
         grid_dim: (w.div_ceil(32) as u32, h.div_ceil(8) as u32, 1),
@@ -797,7 +803,7 @@ impl Gpu {
         value: u8,
     ) -> Result<(), CudaError> {
         let (fw, fh, pitch) = frame.geometry();
-        if w == 0 || h == 0 || x + w > fw || y + h > fh {
+        if w == 0 || h == 0 || !inside(x, w, fw) || !inside(y, h, fh) {
             return Err(CudaError::Size("outline outside the frame".into()));
         }
         let (luma, _, _frame) = frame.planes_mut(&self.stream);
@@ -895,7 +901,7 @@ impl Gpu {
         use cudarc::driver::DevicePtrMut;
         let factor = factor.max(2);
         let (fw, fh, p) = frame.geometry();
-        if x + w > fw || y + h > fh {
+        if !inside(x, w, fw) || !inside(y, h, fh) {
             return Err(CudaError::Size("blur rectangle outside the frame".into()));
         }
         let scratch_len = scratch.len();
