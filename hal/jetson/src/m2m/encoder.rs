@@ -380,6 +380,11 @@ impl<D: Device> Encoder<D> {
             .map_err(|e| plane::classify("poll", "device", e))
     }
 
+    /// Frame buffers of the output plane: how many frames the driver may hold at once.
+    pub fn input_buffers(&self) -> usize {
+        self.in_flight.len()
+    }
+
     /// How many frames [`Encoder::try_encode`] has queued: the number the next frame gets
     /// (the first is 0).
     pub fn frames_queued(&self) -> u64 {
@@ -446,20 +451,23 @@ impl<D: Device> Encoder<D> {
             p.set_fd(fd.as_fd().as_raw_fd());
             p.bytesused = *b;
         }
+        // The copy for the end-of-stream buffer is made before the frame is queued: once
+        // the driver has the frame, nothing may fail before it is recorded as in flight
+        // (its memory must not be reused until the driver gives it back).
+        let last = fds
+            .iter()
+            .map(|f| f.try_clone())
+            .collect::<Result<_, _>>()
+            .map_err(|e| M2mError::Protocol {
+                ioctl: "VIDIOC_QBUF",
+                detail: format!("dup of frame fd: {e}"),
+            })?;
         call(
             &mut self.dev,
             "output plane",
             Request::QueueBuffer(&mut buf, &mut planes),
         )?;
-        self.last_fds = Some(
-            fds.iter()
-                .map(|f| f.try_clone())
-                .collect::<Result<_, _>>()
-                .map_err(|e| M2mError::Protocol {
-                    ioctl: "VIDIOC_QBUF",
-                    detail: format!("dup of frame fd: {e}"),
-                })?,
-        );
+        self.last_fds = Some(last);
         self.in_flight[index as usize] = Some((fds, number));
         Ok(())
     }
