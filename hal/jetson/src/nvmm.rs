@@ -108,7 +108,9 @@ impl SurfaceAllocator for DecoderSurfaces {
 /// The pixel work on one picture, in place, in device memory.
 pub trait FrameWork {
     /// Works on `frame` (the CUDA backend's kernels on [`MappedNv12::planes`]) and returns
-    /// when the work has *finished* (`Gpu::sync`): the encoder reads the buffer next.
+    /// when the work has *finished* (`Gpu::sync`): the encoder reads the buffer next. On an
+    /// error too it returns only once nothing it queued still runs: the mapping is undone
+    /// and the surface reused right after.
     fn process(&mut self, frame: &MappedNv12<'_>, pts_us: u64) -> Result<(), String>;
 }
 
@@ -135,9 +137,13 @@ pub enum NvmmError {
         /// What the work said.
         why: String,
     },
-    /// The encoder's output plane has fewer buffers than the loop's pool.
-    #[error("the encoder took no frame though {0} work surfaces are free of it")]
-    EncoderFull(usize),
+    /// The encoder's output plane has fewer frame buffers (the first number) than the
+    /// loop has work surfaces (the second).
+    #[error("the encoder takes {0} frames at once, fewer than the loop's {1} work surfaces")]
+    EncoderFull(usize, usize),
+    /// The encoder ended its stream before the loop asked it to.
+    #[error("the encoder ended its stream before the end was queued")]
+    EarlyEnd,
 }
 
 /// Settings of [`NvmmLoop`].
@@ -210,6 +216,8 @@ pub struct NvmmLoop<D: Device, E: Device> {
     eos_queued: bool,
     done: bool,
     keyframe_requested: bool,
+    /// Bytes of a work surface's luma and CbCr planes (what the encoder is told).
+    plane_bytes: (u32, u32),
     stats: NvmmStats,
 }
 
@@ -240,6 +248,7 @@ impl<D: Device, E: Device> NvmmLoop<D, E> {
             eos_queued: false,
             done: false,
             keyframe_requested: false,
+            plane_bytes: (0, 0),
             stats: NvmmStats::default(),
         }
     }
@@ -278,7 +287,8 @@ impl<D: Device, E: Device> NvmmLoop<D, E> {
 
     /// Moves whatever can move without blocking: reclaims surfaces the encoder has read,
     /// takes one decoded picture through the VIC, `work` and into the encoder, and appends
-    /// the encoder's packets to `packets`.
+    /// the encoder's packets to `packets`. The calling thread must have the CUDA context of
+    /// `work`'s kernels current (the EGL mapping is made in it).
     pub fn step(
         &mut self,
         work: &mut dyn FrameWork,
@@ -337,10 +347,11 @@ impl<D: Device, E: Device> NvmmLoop<D, E> {
                         self.stats.packets += 1;
                         packets.push(p);
                     }
-                    EncoderEvent::EndOfStream => {
-                        self.done = self.eos_queued;
+                    EncoderEvent::EndOfStream if self.eos_queued => {
+                        self.done = true;
                         break;
                     }
+                    EncoderEvent::EndOfStream => return Err(NvmmError::EarlyEnd),
                 }
             }
         }
@@ -353,11 +364,16 @@ impl<D: Device, E: Device> NvmmLoop<D, E> {
         })
     }
 
-    /// Blocks until the decoder or encoder may have something (at most `timeout_ms`).
+    /// Blocks (at most `timeout_ms`) on the device the loop waits for: the encoder when
+    /// the decoder has ended or a picture waits for a work surface only the encoder can give
+    /// back, else the decoder. (Waiting on both in turn could block on one that has nothing
+    /// to say while the other has.)
     pub fn wait(&mut self, timeout_ms: i32) -> Result<(), NvmmError> {
-        self.decoder.wait(timeout_ms)?;
-        if let Some(enc) = &mut self.encoder {
-            enc.wait(0)?;
+        let blocked_on_encoder =
+            self.decoder_done || (self.waiting.is_some() && self.free.is_empty());
+        match &mut self.encoder {
+            Some(enc) if blocked_on_encoder => enc.wait(timeout_ms)?,
+            _ => self.decoder.wait(timeout_ms)?,
         }
         Ok(())
     }
@@ -394,10 +410,20 @@ impl<D: Device, E: Device> NvmmLoop<D, E> {
             ..SurfaceSpec::nvmm(w, h, nv12_for(format))
         };
         let n = self.config.work_surfaces.max(2);
-        self.free = (0..n)
+        let encoder = (self.open_encoder)(w, h)?;
+        if encoder.input_buffers() < n {
+            return Err(NvmmError::EncoderFull(encoder.input_buffers(), n));
+        }
+        let free: Vec<Surface> = (0..n)
             .map(|_| Surface::new(&self.lib, &spec))
             .collect::<Result<_, _>>()?;
-        self.encoder = Some((self.open_encoder)(w, h)?);
+        let bytes = |plane: usize| -> Result<u32, NvmmError> {
+            let p = free[0].plane(plane)?;
+            Ok(p.pitch * p.height)
+        };
+        self.plane_bytes = (bytes(0)?, bytes(1)?);
+        self.free = free;
+        self.encoder = Some(encoder);
         Ok(())
     }
 
@@ -428,11 +454,7 @@ impl<D: Device, E: Device> NvmmLoop<D, E> {
             self.free.push(surface);
             return Err(e);
         }
-        let bytes = |plane: usize| -> Result<u32, NvmmError> {
-            let p = surface.plane(plane)?;
-            Ok(p.pitch * p.height)
-        };
-        let (y_bytes, uv_bytes) = (bytes(0)?, bytes(1)?);
+        let (y_bytes, uv_bytes) = self.plane_bytes;
         let enc = self.encoder.as_mut().expect("opened with the pool");
         let number = enc.frames_queued();
         // SAFETY: the surface owns its fd; the encoder dups it for as long as it reads.
@@ -450,8 +472,9 @@ impl<D: Device, E: Device> NvmmLoop<D, E> {
                 Ok(())
             }
             Ok(false) => {
+                let buffers = enc.input_buffers();
                 self.free.push(surface);
-                Err(NvmmError::EncoderFull(self.free.len()))
+                Err(NvmmError::EncoderFull(buffers, self.free.len()))
             }
             Err(e) => {
                 self.free.push(surface);
