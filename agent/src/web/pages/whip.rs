@@ -49,6 +49,12 @@ fn refused(s: &PagesState, stream: &str, headers: &HeaderMap) -> Option<Response
     };
     let ok = match (presented, &expected) {
         (Some(p), Some(e)) => e.matches(p),
+        // An unknown source costs the same comparison as a known one with a wrong token of
+        // that length: the time taken tells nothing about which ids exist.
+        (Some(p), None) => {
+            std::hint::black_box(aegis_config::same_secret(std::hint::black_box(p), p));
+            false
+        }
         _ => false,
     };
     if ok {
