@@ -325,3 +325,29 @@ fn a_full_pool_holds_the_decoder_back_until_the_encoder_gives_a_surface_back() {
         .count();
     assert_eq!(work_surfaces, 2, "backpressure, not growth");
 }
+
+#[test]
+fn an_encoder_with_fewer_frame_buffers_than_work_surfaces_is_refused_at_the_first_picture() {
+    let stub = Stub::new();
+    let lib = stub.surfaces();
+    let decoder = {
+        let mut c = DecoderConfig::new(Codec::H264);
+        c.capture = CaptureMemory::DmaBuf(Box::new(DecoderSurfaces::new(lib.clone())));
+        Decoder::open(StandIn::new(Role::Decoder).with_stream_size(320, 240), c).unwrap()
+    };
+    let mut dev = Some(StandIn::new(Role::Encoder));
+    let open_encoder = Box::new(move |w, h| {
+        let mut c = EncoderConfig::new(Codec::H264, w, h, 30, 4_000_000);
+        c.input_buffers = 2;
+        Encoder::open(dev.take().expect("opened once"), &c)
+    });
+    let transform = Transform::new(stub.transforms(), Compute::Vic);
+    let config = NvmmConfig { work_surfaces: 4 };
+    let mut lp = NvmmLoop::new(decoder, open_encoder, lib, transform, stub.cuda(), config);
+    let e = run(&mut lp, &mut Stamp::default(), 3).expect_err("refused");
+    assert!(matches!(e, NvmmError::EncoderFull(2, 4)), "{e}");
+    assert_eq!(
+        e.to_string(),
+        "the encoder takes 2 frames at once, fewer than the loop's 4 work surfaces"
+    );
+}
