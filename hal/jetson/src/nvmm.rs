@@ -272,7 +272,11 @@ impl<D: Device, E: Device> NvmmLoop<D, E> {
 
     /// What the loop has done so far.
     pub fn stats(&self) -> NvmmStats {
-        self.stats
+        NvmmStats {
+            // The encoder numbers the frames it has taken: the count, not a second tally.
+            encoded: self.encoder.as_ref().map_or(0, Encoder::frames_queued),
+            ..self.stats
+        }
     }
 
     /// The decoder (for inspection).
@@ -467,7 +471,6 @@ impl<D: Device, E: Device> NvmmLoop<D, E> {
         match enc.try_encode(&frame, self.keyframe_requested) {
             Ok(true) => {
                 self.keyframe_requested = false;
-                self.stats.encoded += 1;
                 self.reading.push_back((number, surface));
                 Ok(())
             }
