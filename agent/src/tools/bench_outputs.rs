@@ -6,7 +6,10 @@
 //!   input, one decoder thread, the agent's own live-source code) decodes the stream and
 //!   reads the code back from each picture: latency = the clock when the picture is decoded
 //!   − the clock the stage drew (one machine, one clock). RTSP over TCP and over UDP from
-//!   the restream server; SRT from the push sink (this process listens).
+//!   the restream server; SRT from the push sink (this process listens). RTMP from the
+//!   push sink: libavformat has no RTMP server this process could open as a source, so
+//!   `ffmpeg -listen 1` takes the push and copies its FLV tags (no decode, flushed per
+//!   packet) into a FIFO that the same in-process decoder reads.
 //! - **LL-HLS at the live edge**: a client in this process that asks as hls.js does (a
 //!   blocking request for the playlist's preload-hinted part, then the next) writes the
 //!   parts into a FIFO that libavformat's fragmented-MP4 demuxer reads: the time from the
@@ -14,7 +17,7 @@
 //!   hold-back on top (the playlist's `PART-HOLD-BACK`, three parts).
 //! - **CPU per output and per consumer**: the agent's CPU recording alone, then with one
 //!   output more (the RTSP server with 0, 1 and 4 clients copying the stream into nothing,
-//!   an SRT push to a listener, LL-HLS with one client at the live edge), an agent process
+//!   an SRT push and an RTMP push to a listener, LL-HLS with one client at the live edge), an agent process
 //!   per setup, interleaved rounds, ratios against recording alone in the same round.
 
 use std::path::Path;
@@ -41,7 +44,7 @@ const WARM_UP: Duration = Duration::from_secs(3);
 /// One protocol's latency.
 #[derive(Debug, Clone, Serialize)]
 pub struct ProtocolLatency {
-    /// `rtsp-tcp`, `rtsp-udp`, `srt-push`.
+    /// `rtsp-tcp`, `rtsp-udp`, `srt-push`, `rtmp-push`, `ll-hls`.
     pub protocol: &'static str,
     /// The recorder's encoder had `low_latency` on (x264 zerolatency, sliced threads).
     pub low_latency: bool,
@@ -67,6 +70,8 @@ pub enum Setup {
     Rtsp(usize),
     /// An SRT push to a listener (`ffmpeg -c copy` into nothing).
     SrtPush,
+    /// An RTMP push to a listener (`ffmpeg -listen 1 -c copy` into nothing).
+    RtmpPush,
     /// The `hls` sink (1 s segments, 200 ms parts) with one client following the live edge
     /// (blocking requests for each part, bytes discarded).
     LlHls,
@@ -75,12 +80,13 @@ pub enum Setup {
 }
 
 impl Setup {
-    const ALL: [Setup; 8] = [
+    const ALL: [Setup; 9] = [
         Setup::RecordOnly,
         Setup::Rtsp(0),
         Setup::Rtsp(1),
         Setup::Rtsp(4),
         Setup::SrtPush,
+        Setup::RtmpPush,
         Setup::LlHls,
         Setup::WebRtc(1),
         Setup::WebRtc(4),
@@ -91,18 +97,24 @@ impl Setup {
             Setup::RecordOnly => "record only".into(),
             Setup::Rtsp(n) => format!("+ RTSP server, {n} client(s)"),
             Setup::SrtPush => "+ SRT push".into(),
+            Setup::RtmpPush => "+ RTMP push".into(),
             Setup::LlHls => "+ LL-HLS, 1 client".into(),
             Setup::WebRtc(n) => format!("+ WebRTC (WHEP), {n} viewer(s)"),
         }
     }
 
     /// The sinks beside the record sink.
-    fn sinks(self, srt: u16) -> String {
+    fn sinks(self, push: PushPorts) -> String {
         match self {
             Setup::RecordOnly => String::new(),
             Setup::Rtsp(_) => "    - { kind: restream }\n".into(),
             Setup::SrtPush => format!(
-                "    - {{ kind: push, stream: cam0, url: \"srt://127.0.0.1:{srt}\", backoff_max_s: 1 }}\n"
+                "    - {{ kind: push, stream: cam0, url: \"srt://127.0.0.1:{}\", backoff_max_s: 1 }}\n",
+                push.srt
+            ),
+            Setup::RtmpPush => format!(
+                "    - {{ kind: push, stream: cam0, url: \"rtmp://127.0.0.1:{}/live\", stream_key: {RTMP_KEY}, backoff_max_s: 1 }}\n",
+                push.rtmp
             ),
             Setup::LlHls => "    - { kind: hls, segment_s: 1, part_ms: 200 }\n".into(),
             Setup::WebRtc(_) => "    - { kind: webrtc, max_sessions: 8 }\n".into(),
@@ -132,23 +144,48 @@ pub struct OutputsBench {
     pub window_s: f64,
 }
 
+/// The ports the agent's pushes connect to (this process, or an ffmpeg it started, listens).
+#[derive(Debug, Clone, Copy)]
+struct PushPorts {
+    srt: u16,
+    rtmp: u16,
+}
+
+/// The agent's ports: its web server, its RTSP server, and where it pushes.
+#[derive(Debug, Clone, Copy)]
+struct Ports {
+    web: u16,
+    rtsp: u16,
+    push: PushPorts,
+}
+
+/// The stream key of the RTMP pushes (the listener's URL ends with it).
+const RTMP_KEY: &str = "bench";
+
 /// Every output at once: what the latency probes use.
-fn all_outputs(srt: u16) -> String {
-    [Setup::Rtsp(0), Setup::SrtPush, Setup::LlHls]
-        .iter()
-        .map(|s| s.sinks(srt))
-        .collect()
+fn all_outputs(push: PushPorts) -> String {
+    [
+        Setup::Rtsp(0),
+        Setup::SrtPush,
+        Setup::RtmpPush,
+        Setup::LlHls,
+    ]
+    .iter()
+    .map(|s| s.sinks(push))
+    .collect()
 }
 
 fn config(
     dir: &Path,
     clip: &Path,
     low_latency: bool,
-    ports: (u16, u16, u16),
+    ports: Ports,
     outputs: &str,
     baseline: bool,
 ) -> String {
-    let (port, rtsp, _) = ports;
+    let Ports {
+        web: port, rtsp, ..
+    } = ports;
     format!(
         "device: {{ id: bench-outputs }}\n\
          pipeline:\n  sources:\n    - {{ id: cam0, url: \"file:{clip}\", loop: true, realtime: true }}\n\
@@ -415,10 +452,7 @@ fn hls_probe(
     dir: &Path,
     window: Duration,
 ) -> anyhow::Result<ProtocolLatency> {
-    let fifo = dir.join("hls.fifo");
-    let c = std::ffi::CString::new(fifo.as_os_str().as_encoded_bytes())?;
-    // SAFETY: a NUL-terminated path; mkfifo(3) only creates the file.
-    anyhow::ensure!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) } == 0, "mkfifo");
+    let fifo = make_fifo(dir, "hls.fifo")?;
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     let writer = fifo.clone();
     let fetcher = hls_follow(
@@ -426,15 +460,64 @@ fn hls_probe(
         move || std::fs::OpenOptions::new().write(true).open(writer),
         stop.clone(),
     )?;
-    let mut src = FileSource::open(FileSourceSettings {
-        pool_frames: 8,
-        ..FileSourceSettings::new(fifo, StreamId::new("probe"))
-    })?;
+    let mut src = fifo_source(fifo)?;
     let r = read_codes("ll-hls", low_latency, &mut src, window);
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
     drop(src);
     let _ = fetcher.join();
     r
+}
+
+/// A FIFO named `name` in `dir`.
+fn make_fifo(dir: &Path, name: &str) -> anyhow::Result<std::path::PathBuf> {
+    let fifo = dir.join(name);
+    let c = std::ffi::CString::new(fifo.as_os_str().as_encoded_bytes())?;
+    // SAFETY: a NUL-terminated path; mkfifo(3) only creates the file.
+    let made = unsafe { libc::mkfifo(c.as_ptr(), 0o600) };
+    anyhow::ensure!(
+        made == 0,
+        "mkfifo {name}: {}",
+        std::io::Error::last_os_error()
+    );
+    Ok(fifo)
+}
+
+/// The in-process decoder of the FIFO probes (opening waits for the FIFO's writer).
+fn fifo_source(fifo: std::path::PathBuf) -> anyhow::Result<FileSource> {
+    Ok(FileSource::open(FileSourceSettings {
+        pool_frames: 8,
+        ..FileSourceSettings::new(fifo, StreamId::new("probe"))
+    })?)
+}
+
+/// An RTMP server on `port` for the agent's push: `ffmpeg -listen 1`, copying what it
+/// receives (no decode) into `output` in the format `format`.
+fn rtmp_listener(port: u16, format: &str, output: &std::ffi::OsStr) -> anyhow::Result<Child> {
+    Ok(Child(
+        Command::new("ffmpeg")
+            .args(["-v", "quiet", "-fflags", "nobuffer", "-listen", "1", "-i"])
+            .arg(format!("rtmp://127.0.0.1:{port}/live/{RTMP_KEY}"))
+            .args(["-c", "copy", "-flush_packets", "1", "-y", "-f", format])
+            .arg(output)
+            .stdin(Stdio::null())
+            .spawn()
+            .map_err(|e| anyhow::anyhow!("ffmpeg (the RTMP listener): {e}"))?,
+    ))
+}
+
+/// The RTMP push's latency: [`rtmp_listener`] copies the FLV tags into a FIFO (flushed per
+/// packet: FLV tags carry their size, so the demuxer waits for nothing after a picture)
+/// that the in-process decoder reads. The listener's demux and remux are in the figure.
+fn rtmp_probe(
+    low_latency: bool,
+    port: u16,
+    dir: &Path,
+    window: Duration,
+) -> anyhow::Result<ProtocolLatency> {
+    let fifo = make_fifo(dir, "rtmp.fifo")?;
+    let _listener = rtmp_listener(port, "flv", fifo.as_os_str())?;
+    let mut src = fifo_source(fifo)?;
+    read_codes("rtmp-push", low_latency, &mut src, window)
 }
 
 /// `n` RTSP clients that copy the stream into nothing.
@@ -455,18 +538,25 @@ fn clients(rtsp: u16, n: usize) -> anyhow::Result<Vec<Child>> {
 }
 
 /// An agent playing `clip` with the clock code, its recorder's encoder `low_latency` or
-/// not, serving RTSP and pushing SRT to this process: the process, its (web, RTSP, SRT)
-/// ports and its directory (kept while it runs).
+/// not, with `outputs` beside the recording: the process, its ports and its directory
+/// (kept while it runs).
 fn start_agent(
     clip: &Path,
     low_latency: bool,
     baseline: bool,
-    outputs: impl FnOnce(u16) -> String,
-) -> anyhow::Result<(Child, (u16, u16, u16), tempfile::TempDir)> {
+    outputs: impl FnOnce(PushPorts) -> String,
+) -> anyhow::Result<(Child, Ports, tempfile::TempDir)> {
     let dir = tempfile::tempdir()?;
-    let ports = (free_port()?, free_port()?, free_port()?);
+    let ports = Ports {
+        web: free_port()?,
+        rtsp: free_port()?,
+        push: PushPorts {
+            srt: free_port()?,
+            rtmp: free_port()?,
+        },
+    };
     let cfg_path = dir.path().join("agent.yaml");
-    let outputs = outputs(ports.2);
+    let outputs = outputs(ports.push);
     std::fs::write(
         &cfg_path,
         config(dir.path(), clip, low_latency, ports, &outputs, baseline),
@@ -492,7 +582,7 @@ fn start_agent(
             .spawn()?,
     );
     let t0 = Instant::now();
-    while std::net::TcpStream::connect(("127.0.0.1", ports.0)).is_err() {
+    while std::net::TcpStream::connect(("127.0.0.1", ports.web)).is_err() {
         anyhow::ensure!(
             t0.elapsed() < Duration::from_secs(60),
             "the agent did not come up"
@@ -508,9 +598,8 @@ fn start_agent(
 pub fn bench_outputs(clip: &Path, rounds: usize, window: Duration) -> anyhow::Result<OutputsBench> {
     let mut latency = Vec::new();
     for low_latency in [true, false] {
-        let (_agent, ports, _dir) = start_agent(clip, low_latency, false, all_outputs)?;
-        let (_, rtsp, srt) = ports;
-        let url = format!("rtsp://127.0.0.1:{rtsp}/cam0");
+        let (_agent, ports, dir) = start_agent(clip, low_latency, false, all_outputs)?;
+        let url = format!("rtsp://127.0.0.1:{}/cam0", ports.rtsp);
         latency.push(probe(
             "rtsp-tcp",
             low_latency,
@@ -526,7 +615,7 @@ pub fn bench_outputs(clip: &Path, rounds: usize, window: Duration) -> anyhow::Re
             window,
         )?);
         // This process is the SRT server the push connects to.
-        let listener = format!("srt://127.0.0.1:{srt}?mode=listener");
+        let listener = format!("srt://127.0.0.1:{}?mode=listener", ports.push.srt);
         latency.push(probe(
             "srt-push",
             low_latency,
@@ -534,7 +623,13 @@ pub fn bench_outputs(clip: &Path, rounds: usize, window: Duration) -> anyhow::Re
             RtspTransport::Tcp,
             window,
         )?);
-        latency.push(hls_probe(low_latency, ports.0, _dir.path(), window)?);
+        latency.push(rtmp_probe(
+            low_latency,
+            ports.push.rtmp,
+            dir.path(),
+            window,
+        )?);
+        latency.push(hls_probe(low_latency, ports.web, dir.path(), window)?);
     }
     // The CPU figures: the default encoder (frame threads) held to Constrained Baseline (for
     // the WebRTC viewers) in every setup; an agent process per setup, the setups
@@ -542,8 +637,8 @@ pub fn bench_outputs(clip: &Path, rounds: usize, window: Duration) -> anyhow::Re
     let mut pcts: Vec<Vec<f64>> = vec![Vec::new(); Setup::ALL.len()];
     for _ in 0..rounds {
         for (i, &setup) in Setup::ALL.iter().enumerate() {
-            let (agent, (web, rtsp, srt), _dir) =
-                start_agent(clip, false, true, |srt| setup.sinks(srt))?;
+            let (agent, ports, _dir) = start_agent(clip, false, true, |push| setup.sinks(push))?;
+            let Ports { web, rtsp, push } = ports;
             let pid = agent.0.id();
             let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
             let mut follower = None;
@@ -554,12 +649,13 @@ pub fn bench_outputs(clip: &Path, rounds: usize, window: Duration) -> anyhow::Re
                 Setup::SrtPush => vec![Child(
                     Command::new("ffmpeg")
                         .args(["-v", "quiet", "-i"])
-                        .arg(format!("srt://127.0.0.1:{srt}?mode=listener"))
+                        .arg(format!("srt://127.0.0.1:{}?mode=listener", push.srt))
                         .args(["-c", "copy", "-f", "null", "-"])
                         .stdin(Stdio::null())
                         .spawn()
                         .map_err(|e| anyhow::anyhow!("ffmpeg (the SRT listener): {e}"))?,
                 )],
+                Setup::RtmpPush => vec![rtmp_listener(push.rtmp, "null", "-".as_ref())?],
                 Setup::LlHls => {
                     follower = Some(hls_follow(web, || Ok(std::io::sink()), stop.clone())?);
                     Vec::new()
