@@ -6,7 +6,8 @@
 #   1. carry .ort-gpu:          tools/device-gpu-inference.sh unpack   (into $AEGIS_ORT_GPU_DIR)
 #   2. carry .device-agent, at once (the machine stays warm ~30 s):  tools/device-gpu-inference.sh
 #
-# Step 2 runs, with the models on the CUDA provider bound to device memory:
+# Step 2 (with MODE=serving: only the serving comparison, see below) runs, with the models on
+# the CUDA provider bound to device memory:
 #   - the equivalence test (models/tests/cuda_stages.rs::gpu_engine_matches_the_cpu_engine):
 #     masks and detections against the CPU provider of the same library, transfers per frame;
 #   - `aegis bench stages` at 1080p: per-stage p50/p99 and each model at 1, 2, 8 streams, for
@@ -14,7 +15,8 @@
 #   - `aegis bench backends --all-stages`: the demo's stages at 1, 4, 8 streams, cuda backend
 #     with GPU models vs the cpu backend with CPU models, same process.
 # Results go to $OUT (or .device-agent/out-gpu); the summary lists every check, exit 1 if one
-# failed.
+# failed. BUNDLE names another bundle than .device-agent/bundle.tar.xz (a smaller one with
+# only `aegis`, its libs, the models and the 1080p clip is enough for MODE=serving).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ort="${AEGIS_ORT_GPU_DIR:-/tmp/ort-gpu}"
@@ -33,7 +35,7 @@ out=$(cd "$out" && pwd)
 source tools/device/checks.sh
 cfg="$PWD/tools/device/gpu-infer.yaml"
 work=$(mktemp -d)
-tar -C "$work" -xJf .device-agent/bundle.tar.xz
+tar -C "$work" -xJf "${BUNDLE:-.device-agent/bundle.tar.xz}"
 cd "$work"
 ln -s "$ort" ort-gpu
 # The CUDA provider's own needs (cuBLAS, cuDNN, cudart 13) from PyTorch's wheels there.
@@ -60,6 +62,28 @@ stacks() {
     fi
   done > "$out/stacks-$1.txt" 2>&1
 }
+# MODE=serving: only the GPU path's ways of serving several streams, cuda backend only, into
+# a discard sink, at 2 and 8 streams: one session with one request per call (the default),
+# batching across streams (max_batch 8 and 2, no window), and 2 and 4 sessions per model.
+# `aegis bench backends` prints each model's calls, requests per call, engine time per
+# call, slowest call and queueing.
+if [ "${MODE:-}" = serving ]; then
+  variant() { # NAME SED-SCRIPT (applied to the config)
+    sed -e 's/kind: record, dir: [^}]*/kind: discard/' -e "$2" "$cfg" > "serve-$1.yaml"
+    stacks "serve-$1" & watcher=$!
+    check "serve-$1" timeout -s INT "$limit" ./aegis bench backends --cuda-only \
+      --config "serve-$1.yaml" --clip .samples/bench-1080p.mp4 --frames "${FRAMES:-150}" \
+      --streams "${STREAMS:-2,8}" --json "$out/serve-$1.json"
+    kill "$watcher" 2>/dev/null || true
+  }
+  variant one-session ''
+  variant sessions-2 's/^  max_batch: 8$/  max_batch: 8\n  sessions: 2/'
+  variant sessions-4 's/^  max_batch: 8$/  max_batch: 8\n  sessions: 4/'
+  variant batch-8 's/^  max_batch: 8$/  max_batch: 8\n  gpu_batching: true/'
+  variant batch-2 's/^  max_batch: 8$/  max_batch: 2\n  gpu_batching: true/'
+  check_summary
+  exit $?
+fi
 for c in ${STAGES_CONFIGS:-cuda-gpu-models cuda-cpu-models cpu}; do
   stacks "$c" & watcher=$!
   check "stages-$c" timeout -s INT "$limit" ./aegis bench stages --config "$c.yaml" --clip .samples/bench-1080p.mp4 \

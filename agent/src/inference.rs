@@ -127,6 +127,7 @@ impl Inference {
                 inf.max_batch as usize
             },
             window: Duration::from_millis(u64::from(inf.batch_window_ms)),
+            sessions: inf.sessions as usize,
         };
         let registry = Registry::load_reusing(
             &engine_settings(inf, cuda_device),

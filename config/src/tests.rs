@@ -830,6 +830,7 @@ fn inference_problems_are_named() {
     - {{kind: moderate, model: nope, rules: [{{classes: [], action: drop, min_score: 2}}]}}
 inference:
   max_batch: 0
+  sessions: 9
   tensorrt: {{dla_core: 2, int8: true}}
   models:
     - {{name: seg, kind: selfie_segmentation, file: a.onnx, sha256: abc}}
@@ -847,6 +848,7 @@ inference:
         "pipeline.stages[2].rules[0].classes",
         "pipeline.stages[2].rules[0].min_score",
         "inference.max_batch",
+        "inference.sessions",
         "inference.tensorrt.dla_core",
         "inference.tensorrt.int8_calibration_table",
         "inference.models[0].sha256",

@@ -624,6 +624,7 @@ pub(crate) fn check_inference(inf: &InferenceConfig, prefix: &str, out: &mut Vec
         &inf.runtime.to_string_lossy(),
     );
     check_range(out, join_key(prefix, "max_batch"), inf.max_batch, &(1..=64));
+    check_range(out, join_key(prefix, "sessions"), inf.sessions, &(1..=8));
     check_range(
         out,
         join_key(prefix, "batch_window_ms"),

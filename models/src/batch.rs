@@ -41,6 +41,8 @@ struct Slot {
     output: Vec<f32>,
     out_shape: Vec<usize>,
     state: SlotState,
+    /// When the pending request was submitted.
+    since: Option<Instant>,
 }
 
 struct State {
@@ -49,6 +51,8 @@ struct State {
     batches: u64,
     items: u64,
     engine: Duration,
+    queued: Duration,
+    slowest: Duration,
 }
 
 struct Shared {
@@ -77,6 +81,10 @@ pub struct BatchStats {
     pub items: u64,
     /// Time spent inside the engine.
     pub engine: Duration,
+    /// Time requests waited from their submission to the start of their call, summed.
+    pub queued: Duration,
+    /// The longest single call.
+    pub slowest: Duration,
 }
 
 /// Stops the batch thread when the last [`Batcher`] or [`BatchClient`] handle goes.
@@ -152,6 +160,8 @@ impl Batcher {
                 batches: 0,
                 items: 0,
                 engine: Duration::ZERO,
+                queued: Duration::ZERO,
+                slowest: Duration::ZERO,
             }),
             submitted: Condvar::new(),
             done: Condvar::new(),
@@ -213,6 +223,8 @@ impl Batcher {
             batches: st.batches,
             items: st.items,
             engine: st.engine,
+            queued: st.queued,
+            slowest: st.slowest,
         }
     }
 }
@@ -272,12 +284,15 @@ fn serve(
         members.clear();
         batch_in.clear();
         items.clear();
+        let start = Instant::now();
+        let mut queued = Duration::ZERO;
         for (i, slot) in st.slots.iter_mut().enumerate() {
             if members.len() < max_batch
                 && matches!(slot.state, SlotState::Submitted)
                 && slot.device.is_some() == device
             {
                 slot.state = SlotState::Running;
+                queued += slot.since.map_or(Duration::ZERO, |t| start - t);
                 members.push(i);
                 match slot.device {
                     Some(item) => items.push(item),
@@ -313,6 +328,8 @@ fn serve(
         let took = t0.elapsed();
         let mut st = shared.lock();
         st.engine += took;
+        st.queued += queued;
+        st.slowest = st.slowest.max(took);
         st.batches += 1;
         st.items += n as u64;
         for (k, &i) in members.iter().enumerate() {
@@ -385,6 +402,7 @@ impl BatchClient {
             std::mem::swap(&mut slot.input, &mut self.input);
             slot.device = device;
             slot.state = SlotState::Submitted;
+            slot.since = Some(Instant::now());
         }
         self.owner.shared.submitted.notify_all();
         loop {

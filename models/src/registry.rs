@@ -85,6 +85,9 @@ pub struct BatchSettings {
     pub max_batch: usize,
     /// How long the first request of a batch waits for the other streams.
     pub window: Duration,
+    /// Sessions of the model, each with its own batch thread; clients are spread over
+    /// them in turn.
+    pub sessions: usize,
 }
 
 impl Default for BatchSettings {
@@ -92,6 +95,7 @@ impl Default for BatchSettings {
         BatchSettings {
             max_batch: 8,
             window: Duration::from_millis(4),
+            sessions: 1,
         }
     }
 }
@@ -108,17 +112,40 @@ pub struct LoadedModel {
     pub sha256: String,
     /// The first output's shape for one input (batch dimension 1), from the warm-up run.
     pub output_shape: Vec<usize>,
-    batcher: Batcher,
+    /// One per session (at least one).
+    batchers: Vec<Batcher>,
+    /// The session the next client goes to.
+    next: std::sync::atomic::AtomicUsize,
 }
 
 impl LoadedModel {
-    /// A handle for one stream's stage.
+    /// A handle for one stream's stage, on the sessions in turn.
     pub fn client(&self) -> BatchClient {
-        self.batcher.client()
+        let i = self.next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        self.batchers[i % self.batchers.len()].client()
     }
-    /// Inference calls and requests so far.
+    /// Inference calls and requests so far, all sessions together (the slowest call is
+    /// the slowest of any).
     pub fn stats(&self) -> crate::batch::BatchStats {
-        self.batcher.stats()
+        self.session_stats()
+            .into_iter()
+            .fold(crate::batch::BatchStats::default(), |a, b| {
+                crate::batch::BatchStats {
+                    batches: a.batches + b.batches,
+                    items: a.items + b.items,
+                    engine: a.engine + b.engine,
+                    queued: a.queued + b.queued,
+                    slowest: a.slowest.max(b.slowest),
+                }
+            })
+    }
+    /// Each session's counters.
+    pub fn session_stats(&self) -> Vec<crate::batch::BatchStats> {
+        self.batchers.iter().map(Batcher::stats).collect()
+    }
+    /// Sessions of the model.
+    pub fn sessions(&self) -> usize {
+        self.batchers.len()
     }
 }
 
@@ -193,24 +220,25 @@ pub fn load(
             None => return Err(fail("a yolov8 model needs a labels file".into())),
         },
     };
-    let session = OrtSession::open_batched(settings, &spec.file, batch.max_batch)
-        .map_err(|e| fail(e.to_string()))?;
-    let provider = session.provider();
+    let mut batchers = Vec::with_capacity(batch.sessions.max(1));
+    let mut first: Option<(&'static str, Vec<usize>)> = None;
+    for _ in 0..batch.sessions.max(1) {
+        let (batcher, provider, shape) = start_session(settings, spec, batch).map_err(fail)?;
+        match &first {
+            None => first = Some((provider, shape)),
+            Some(f) if *f != (provider, shape.clone()) => {
+                return Err(fail(format!(
+                    "its sessions differ: {} with output {:?}, then {provider} with {shape:?}",
+                    f.0, f.1
+                )));
+            }
+            Some(_) => {}
+        }
+        batchers.push(batcher);
+    }
+    let (provider, output_shape) = first.expect("at least one session");
+    let shape = &output_shape;
     let s = spec.input_size;
-    let batcher = Batcher::start(Box::new(session), &[3, s, s], batch.max_batch, batch.window)
-        .map_err(|e| fail(e.to_string()))?;
-    // Warm-up: the first run allocates the runtime's arenas (and on TensorRT builds the
-    // engine, reported while it runs); it also proves the output shape.
-    let mut client = batcher.client();
-    client.input(3 * s * s).fill(0.0);
-    let build = match provider {
-        "tensorrt" => crate::engine_build::EngineBuild::begin(&settings.provider, &spec.name),
-        _ => None,
-    };
-    let warm = client.run().map_err(|e| fail(e.to_string()));
-    drop(build);
-    let (_, shape) = warm?;
-    let output_shape = shape.to_vec();
     let shape_ok = match spec.kind {
         ModelKind::SelfieSegmentation => {
             shape.len() == 4 && shape[1..].iter().product::<usize>() == s * s
@@ -227,15 +255,42 @@ pub fn load(
             spec.kind.as_str()
         )));
     }
-    drop(client);
     Ok(LoadedModel {
         spec: spec.clone(),
         labels,
         provider,
         sha256,
         output_shape,
-        batcher,
+        batchers,
+        next: std::sync::atomic::AtomicUsize::new(0),
     })
+}
+
+/// Opens one session of `spec`, starts its batch thread and warms it up: the first run
+/// allocates the runtime's arenas (and on TensorRT builds the engine, reported while it
+/// runs); it also gives the output shape for one input.
+fn start_session(
+    settings: &EngineSettings,
+    spec: &ModelSpec,
+    batch: BatchSettings,
+) -> Result<(Batcher, &'static str, Vec<usize>), String> {
+    let session = OrtSession::open_batched(settings, &spec.file, batch.max_batch)
+        .map_err(|e| e.to_string())?;
+    let provider = session.provider();
+    let s = spec.input_size;
+    let batcher = Batcher::start(Box::new(session), &[3, s, s], batch.max_batch, batch.window)
+        .map_err(|e| e.to_string())?;
+    let mut client = batcher.client();
+    client.input(3 * s * s).fill(0.0);
+    let build = match provider {
+        "tensorrt" => crate::engine_build::EngineBuild::begin(&settings.provider, &spec.name),
+        _ => None,
+    };
+    let warm = client.run().map_err(|e| e.to_string());
+    drop(build);
+    let shape = warm?.1.to_vec();
+    drop(client);
+    Ok((batcher, provider, shape))
 }
 
 impl Registry {

@@ -167,3 +167,52 @@ fn a_missing_execution_provider_is_named_or_falls_back_to_the_cpu() {
         assert_eq!(m.provider, "cpu");
     }
 }
+
+/// `sessions: 2`: each session is warmed up, the stages' clients go to the sessions in
+/// turn, and the counters add up over both.
+#[test]
+fn a_model_with_two_sessions_serves_clients_on_both() {
+    let Some(settings) = setup() else { return };
+    let seg = spec(
+        "seg",
+        ModelKind::SelfieSegmentation,
+        &models_dir().join("selfie_segmentation.onnx"),
+        256,
+    );
+    let two = BatchSettings {
+        max_batch: 1,
+        sessions: 2,
+        ..BatchSettings::default()
+    };
+    let m = load(&settings, &seg, two).unwrap();
+    assert_eq!(m.sessions(), 2);
+    assert_eq!(m.stats().items, 2, "one warm-up run per session");
+    let clients: Vec<_> = (0..4).map(|_| m.client()).collect();
+    let run = |mut c: aegis_models::batch::BatchClient| {
+        std::thread::spawn(move || {
+            for _ in 0..3 {
+                c.input(3 * 256 * 256).fill(0.5);
+                let (out, shape) = c.run().unwrap();
+                assert_eq!(shape, [1, 1, 256, 256]);
+                assert_eq!(out.len(), 256 * 256);
+            }
+        })
+    };
+    for t in clients.into_iter().map(run).collect::<Vec<_>>() {
+        t.join().unwrap();
+    }
+    // Two clients on each session.
+    let per: Vec<u64> = m.session_stats().iter().map(|s| s.items).collect();
+    assert_eq!(per, [1 + 2 * 3, 1 + 2 * 3]);
+    let s = m.stats();
+    assert_eq!(s.items, 2 + 4 * 3);
+    // max_batch 1: one request per call, on whichever session the client has.
+    assert_eq!(s.batches, s.items);
+    // With one session the same model and clients give the same answers: the two sessions
+    // are the same model.
+    let one = load(&settings, &seg, BatchSettings { sessions: 1, ..two }).unwrap();
+    let (mut a, mut b) = (one.client(), m.client());
+    a.input(3 * 256 * 256).fill(0.25);
+    b.input(3 * 256 * 256).fill(0.25);
+    assert_eq!(a.run().unwrap().0, b.run().unwrap().0);
+}

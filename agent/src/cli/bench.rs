@@ -117,20 +117,24 @@ pub enum BenchCommand {
         /// background, face detection + tracking, timestamp), not only the background.
         #[arg(long)]
         all_stages: bool,
+        /// The cuda backend only: no cpu baseline, so no ratios (for comparing settings
+        /// of the GPU path).
+        #[arg(long)]
+        cuda_only: bool,
         /// Also write the results as JSON here.
         #[arg(long)]
         json: Option<PathBuf>,
     },
     /// The streaming outputs of a real agent on a 30 fps clip: glass-to-glass latency per
-    /// protocol (RTSP over TCP and UDP, SRT push; the wall clock drawn into each frame, read
-    /// back by a decoding client; LL-HLS at the live edge) and the agent's CPU per output and
-    /// consumer against recording alone.
+    /// protocol (RTSP over TCP and UDP, SRT and RTMP push; the wall clock drawn into each
+    /// frame, read back by a decoding client; LL-HLS at the live edge) and the agent's CPU per
+    /// output and consumer against recording alone.
     Outputs {
         /// Clip (default: the 720p bench sample).
         #[arg(long)]
         clip: Option<PathBuf>,
         /// Rounds of the CPU setups (recording alone; + RTSP with 0, 1, 4 clients; + SRT
-        /// push; + LL-HLS with a client).
+        /// push; + RTMP push; + LL-HLS with a client; + WebRTC with 1 and 4 viewers).
         #[arg(long, default_value_t = 2)]
         rounds: usize,
         /// Seconds per measured window.
@@ -287,10 +291,11 @@ pub(super) fn run(what: BenchCommand, log: impl Fn(&str)) -> anyhow::Result<()> 
             frames,
             streams,
             all_stages,
+            cuda_only,
             json,
         } => {
             log("warn");
-            bench_backends(config, clip, frames, streams, all_stages, json)
+            bench_backends(config, clip, frames, streams, (all_stages, cuda_only), json)
         }
         BenchCommand::Sensors { json } => {
             log("error");
@@ -528,7 +533,7 @@ pub(super) fn bench_backends(
     clip: Option<PathBuf>,
     frames: u64,
     streams: Vec<usize>,
-    all_stages: bool,
+    (all_stages, cuda_only): (bool, bool),
     json: Option<PathBuf>,
 ) -> anyhow::Result<()> {
     let mut cfg = config_or_demo(config.as_deref())?;
@@ -545,7 +550,7 @@ pub(super) fn bench_backends(
             c
         }
     };
-    let r = crate::tools::bench_backends::run(&cfg, &clip, frames.max(1), &streams)?;
+    let r = crate::tools::bench_backends::run(&cfg, &clip, frames.max(1), &streams, cuda_only)?;
     crate::tools::bench_backends::print(&r);
     if let Some(p) = json {
         std::fs::write(&p, serde_json::to_string_pretty(&r)?)?;

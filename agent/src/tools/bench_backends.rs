@@ -42,6 +42,37 @@ pub struct BackendRun {
     pub frame_transfers_per_frame: f64,
     /// All host↔device transfers per frame (adds model inputs down, masks up).
     pub host_copies_per_frame: f64,
+    /// Each model's inference calls in this run.
+    pub models: Vec<ModelCalls>,
+}
+
+/// One model's inference calls during a run (its batcher's counters): where a stream's
+/// time goes when the models, not the pixels, limit the pipeline.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct ModelCalls {
+    /// The model's name in the config.
+    pub model: String,
+    /// Inference calls.
+    pub calls: u64,
+    /// Requests per call.
+    pub mean_batch: f64,
+    /// Time inside the engine per call, ms.
+    pub engine_ms_per_call: f64,
+    /// The longest call, ms (the slowest since the model was loaded).
+    pub slowest_ms: f64,
+    /// Time a request waited for its call to start, mean, ms.
+    pub queued_ms_per_request: f64,
+}
+
+/// The batch counters of the models `pipeline`'s stages use.
+fn model_stats(
+    pipeline: &PipelineConfig,
+    inference: &Inference,
+) -> Vec<(String, aegis_models::batch::BatchStats)> {
+    crate::inference::used_models(&pipeline.stages)
+        .into_iter()
+        .filter_map(|m| Some((m.to_string(), inference.registry().get(m)?.stats())))
+        .collect()
 }
 
 /// The results and where they ran.
@@ -73,9 +104,27 @@ fn one_run(
         .gpu
         .as_ref()
         .map_or((0, 0), |g| (g.frame_transfers(), g.host_copies()));
+    let models_before = model_stats(pipeline, inference);
     let t0 = Instant::now();
     let reports = Pipeline::start(pipeline, metrics, &opts)?.wait();
     let secs = t0.elapsed().as_secs_f64();
+    let models = model_stats(pipeline, inference)
+        .into_iter()
+        .zip(models_before)
+        .map(|((model, a), (_, b))| {
+            let calls = a.batches - b.batches;
+            let items = a.items - b.items;
+            let ms = |d: std::time::Duration, n: u64| d.as_secs_f64() * 1e3 / n.max(1) as f64;
+            ModelCalls {
+                model,
+                calls,
+                mean_batch: items as f64 / calls.max(1) as f64,
+                engine_ms_per_call: ms(a.engine - b.engine, calls),
+                slowest_ms: a.slowest.as_secs_f64() * 1e3,
+                queued_ms_per_request: ms(a.queued - b.queued, items),
+            }
+        })
+        .collect();
     let frames: u64 = reports.iter().map(|r| r.delivered).sum();
     let slowest = reports.iter().map(|r| r.delivered).min().unwrap_or(0);
     if let Some(e) = reports.iter().find_map(|r| r.source_error.clone()) {
@@ -104,6 +153,7 @@ fn one_run(
             .unwrap_or(0),
         frame_transfers_per_frame: per(ft),
         host_copies_per_frame: per(hc),
+        models,
     })
 }
 
@@ -117,6 +167,7 @@ pub fn run(
     clip: &Path,
     frames: u64,
     streams: &[usize],
+    cuda_only: bool,
 ) -> anyhow::Result<BackendsBench> {
     aegis_hal::init();
     let inference = Inference::load(&cfg.inference, &cfg.pipeline, cfg.backend.cuda_device)?;
@@ -131,13 +182,17 @@ pub fn run(
     let mut cuda_cfg = cfg.clone();
     cuda_cfg.backend.kind = BackendKind::Cuda;
     cuda_cfg.backend.fallback = None;
-    let (gpu, backends) = match select_backend(&cuda_cfg) {
+    let (gpu, mut backends) = match select_backend(&cuda_cfg) {
         Ok(b) => {
             let name = b.gpu_summary().unwrap_or_default();
             (name, vec![cpu, b])
         }
+        Err(e) if cuda_only => anyhow::bail!("--cuda-only, and no cuda backend: {e}"),
         Err(e) => (format!("none: {e}"), vec![cpu]),
     };
+    if cuda_only {
+        backends.remove(0);
+    }
     let record = cfg
         .pipeline
         .sinks
@@ -174,6 +229,17 @@ pub fn run(
                     "  {} ({}) {} x{}: {:.1} fps/stream",
                     r.backend, r.provider, r.sink, r.streams, r.fps_per_stream
                 );
+                for m in &r.models {
+                    eprintln!(
+                        "    {}: {} calls, {:.2} requests/call, {:.2} ms/call (slowest {:.1}), queued {:.2} ms/request",
+                        m.model,
+                        m.calls,
+                        m.mean_batch,
+                        m.engine_ms_per_call,
+                        m.slowest_ms,
+                        m.queued_ms_per_request
+                    );
+                }
                 runs.push(r);
             }
         }

@@ -19,6 +19,10 @@ fn default_ort_runtime() -> PathBuf {
     PathBuf::from(DEFAULT_ORT_RUNTIME)
 }
 
+fn default_sessions() -> u32 {
+    1
+}
+
 fn default_max_batch() -> u32 {
     8
 }
@@ -149,6 +153,13 @@ pub struct InferenceConfig {
     /// without, though one model alone batches well (NudeNet 5x at 8 streams).
     #[serde(default)]
     pub gpu_batching: bool,
+    /// Sessions (instances) of each model, each on its own thread (and, on a GPU
+    /// provider, its own CUDA stream), the streams' stages spread over them in turn
+    /// (1 to 8). More than one lets a GPU run several streams' requests at once
+    /// without batching them, at the cost of one more copy of the weights and the
+    /// runtime's arenas per session. Default 1.
+    #[serde(default = "default_sessions")]
+    pub sessions: u32,
     /// TensorRT options.
     #[serde(default)]
     pub tensorrt: TensorRtOptions,
@@ -167,6 +178,7 @@ impl Default for InferenceConfig {
             max_batch: default_max_batch(),
             batch_window_ms: default_batch_window_ms(),
             gpu_batching: false,
+            sessions: default_sessions(),
             tensorrt: TensorRtOptions::default(),
             models: Vec::new(),
         }
