@@ -5,6 +5,7 @@
 #
 #   tools/fuzz.sh [SECONDS_PER_TARGET]     (default 300; CI uses a short run)
 #   FUZZ_SETUP_ONLY=1 tools/fuzz.sh        (install what it needs, fuzz nothing)
+#   tools/fuzz.sh build                    (install, and build every target as `run` does)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 SECONDS_PER_TARGET="${1:-300}"
@@ -18,10 +19,15 @@ if ! cargo fuzz --version 2>/dev/null | grep -q " $CARGO_FUZZ_VERSION"; then
   echo "fuzz: installing cargo-fuzz $CARGO_FUZZ_VERSION"
   cargo install cargo-fuzz --version "$CARGO_FUZZ_VERSION" --locked -q
 fi
-# Only the toolchain and cargo-fuzz (`just test` installs them before it fuzzes beside the
-# aarch64 build, so two rustup/cargo installs never run at once).
+# Only the toolchain and cargo-fuzz.
 [ -z "${FUZZ_SETUP_ONLY:-}" ] || exit 0
 cd ota
+# The sanitizer build of every target, with the options `cargo fuzz run` builds with (so the
+# runs below find it done): `just test` builds it beside the host's tests, at low priority.
+if [ "$SECONDS_PER_TARGET" = build ]; then
+  cargo +nightly fuzz build
+  exit 0
+fi
 for target in maml_parse verify url_policy time_parse; do
   echo "fuzz: $target for ${SECONDS_PER_TARGET}s"
   log="fuzz/$target.log"
