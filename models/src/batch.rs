@@ -10,7 +10,11 @@
 //! stream, one request after another.
 //!
 //! The batch thread waits for more requests only while some registered client has not
-//! submitted yet, and at most `window`: a single stream never waits.
+//! submitted yet, and at most `window`: a single stream never waits. A call takes the
+//! requests of one kind (host tensors or device buffers), that of the longest-waiting one.
+//! On a GPU engine every call runs as many rows as the model has clients (at most
+//! `max_batch`), the rows without a request being padding, so that the model sees one
+//! input shape while the pipeline runs (see `serve`).
 
 use std::path::PathBuf;
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
@@ -258,8 +262,10 @@ fn serve(
         }
         // Give the other live clients up to `window` to join.
         let deadline = Instant::now() + window;
+        let mut live;
         loop {
-            let (live, waiting) = st.slots.iter().fold((0, 0), |(l, w), s| {
+            let waiting;
+            (live, waiting) = st.slots.iter().fold((0, 0), |(l, w), s| {
                 (
                     l + usize::from(s.alive),
                     w + usize::from(matches!(s.state, SlotState::Submitted)),
@@ -275,11 +281,14 @@ fn serve(
                 .unwrap_or_else(|e| e.into_inner())
                 .0;
         }
-        // One call takes requests of one kind: host tensors or device buffers.
+        // One call takes requests of one kind, host tensors or device buffers: the kind of
+        // the request that has waited longest (the slot order would starve a host request
+        // behind busy device clients).
         let device = st
             .slots
             .iter()
-            .find(|s| matches!(s.state, SlotState::Submitted))
+            .filter(|s| matches!(s.state, SlotState::Submitted))
+            .min_by_key(|s| s.since)
             .is_some_and(|s| s.device.is_some());
         members.clear();
         batch_in.clear();
@@ -305,10 +314,21 @@ fn serve(
         shape.clear();
         shape.push(n);
         shape.extend_from_slice(item_shape);
+        // A call on a GPU engine always has as many rows as the model has clients (at most
+        // `max_batch`), padded where fewer came: the clients come and go only when a
+        // pipeline starts or switches, so the model sees one input shape. On an H100, ONNX
+        // Runtime's CUDA provider made a call 30-60 times slower whenever the batch size
+        // changed from the previous call (a detector batched across 8 streams: 72 ms per
+        // call instead of 2.3; docs/cuda.md). A CPU engine runs the requests that came.
+        let rows = if shared.on_device {
+            live.min(max_batch).max(n)
+        } else {
+            n
+        };
         let t0 = Instant::now();
         let result = if device {
             engine
-                .run_device(&items, item_shape)
+                .run_device(&items, item_shape, rows)
                 .map(|mut one| {
                     // Report the batch's shape, as the host path does.
                     one[0] = n;
@@ -321,8 +341,18 @@ fn serve(
                 batch_in.len()
             ))
         } else {
+            // Padding rows of zeros (the buffer keeps its size once grown).
+            batch_in.resize(rows * item_len, 0.0);
+            shape[0] = rows;
             engine
                 .run(&batch_in, &shape, &mut batch_out)
+                .map(|mut out| {
+                    // Report the requests' batch, as the device path does.
+                    if out.first() == Some(&rows) {
+                        out[0] = n;
+                    }
+                    out
+                })
                 .map_err(|e| e.to_string())
         };
         let took = t0.elapsed();
@@ -337,7 +367,7 @@ fn serve(
             slot.state = match &result {
                 Ok(out_shape) if out_shape.first() == Some(&n) => {
                     if !device {
-                        let per = batch_out.len() / n;
+                        let per = batch_out.len() / rows;
                         slot.output.clear();
                         slot.output
                             .extend_from_slice(&batch_out[k * per..(k + 1) * per]);
@@ -479,9 +509,12 @@ mod tests {
     }
 
     /// A stand-in for a GPU engine: its "device pointers" are host pointers to `f32`s; it
-    /// writes input * 3 to each item's output and records the batch sizes.
+    /// writes input * 3 to each item's output and records the batch sizes and the rows
+    /// it was asked to run.
     struct DeviceTripler {
         sizes: Arc<Mutex<Vec<usize>>>,
+        rows: Arc<Mutex<Vec<usize>>>,
+        host_rows: Arc<Mutex<Vec<usize>>>,
     }
 
     impl InferenceEngine for DeviceTripler {
@@ -491,6 +524,7 @@ mod tests {
             shape: &[usize],
             out: &mut Vec<f32>,
         ) -> Result<Vec<usize>, EngineError> {
+            self.host_rows.lock().unwrap().push(shape[0]);
             out.clear();
             out.extend(input.iter().map(|v| v * 2.0));
             Ok(shape.to_vec())
@@ -508,7 +542,9 @@ mod tests {
             &mut self,
             items: &[DeviceItem],
             item_shape: &[usize],
+            rows: usize,
         ) -> Result<Vec<usize>, EngineError> {
+            self.rows.lock().unwrap().push(rows);
             self.sizes.lock().unwrap().push(items.len());
             std::thread::sleep(Duration::from_millis(2));
             for item in items {
@@ -531,8 +567,12 @@ mod tests {
     #[test]
     fn device_requests_are_batched_apart_from_host_ones_and_answered_in_place() {
         let sizes = Arc::new(Mutex::new(Vec::new()));
+        let rows = Arc::new(Mutex::new(Vec::new()));
+        let host_rows = Arc::new(Mutex::new(Vec::new()));
         let engine = DeviceTripler {
             sizes: sizes.clone(),
+            rows: rows.clone(),
+            host_rows: host_rows.clone(),
         };
         let b = Batcher::start(Box::new(engine), &[4], 8, Duration::from_millis(200)).unwrap();
         let barrier = Arc::new(std::sync::Barrier::new(4));
@@ -575,6 +615,21 @@ mod tests {
             sizes.iter().any(|&n| n > 1),
             "no device batching: {sizes:?}"
         );
+        // Every device call ran as many rows as the model had clients (4 while all were
+        // alive, fewer once some had finished and dropped theirs), never fewer than its
+        // requests: one shape while the clients stay.
+        let rows = rows.lock().unwrap();
+        assert_eq!(rows.first(), Some(&4), "{rows:?}");
+        assert!(
+            rows.iter()
+                .zip(sizes.iter())
+                .all(|(&r, &n)| n <= r && r <= 4),
+            "rows {rows:?} for requests {sizes:?}"
+        );
+        // The host requests to this GPU engine were padded the same way (their answers,
+        // checked above, are the requests' own rows).
+        let host_rows = host_rows.lock().unwrap();
+        assert_eq!(host_rows.first(), Some(&4), "{host_rows:?}");
         assert_eq!(b.stats().items, 20);
     }
 

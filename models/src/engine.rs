@@ -63,13 +63,16 @@ pub trait InferenceEngine: Send {
     /// Runs a batch whose inputs and outputs are in device memory (one [`DeviceItem`] per
     /// request, each input `item_shape`), writing every item's output into its buffer;
     /// returns one item's output shape (batch dimension 1). Returns when the outputs are
-    /// written.
+    /// written. `rows` (at least `items.len()`) is the batch size to run: the rows past the
+    /// items are padding, so that a model whose callers come and go in varying numbers
+    /// still sees one input shape.
     fn run_device(
         &mut self,
         items: &[DeviceItem],
         item_shape: &[usize],
+        rows: usize,
     ) -> Result<Vec<usize>, EngineError> {
-        let _ = (items, item_shape);
+        let _ = (items, item_shape, rows);
         Err(EngineError::Run {
             path: self.model().to_path_buf(),
             reason: "this engine runs on the host: it takes no device buffers".into(),
@@ -595,9 +598,10 @@ impl InferenceEngine for OrtSession {
         &mut self,
         items: &[DeviceItem],
         item_shape: &[usize],
+        rows: usize,
     ) -> Result<Vec<usize>, EngineError> {
         let reason = match self.gpu.as_mut() {
-            Some(gpu) => match gpu.run(&mut self.session, items, item_shape) {
+            Some(gpu) => match gpu.run(&mut self.session, items, item_shape, rows) {
                 Ok(shape) => return Ok(shape),
                 Err(e) => e,
             },

@@ -211,31 +211,36 @@ impl GpuIo {
     }
 
     /// Runs `session` on the items' inputs (each `item_shape`), writing each output into
-    /// its item's buffer; returns the output shape of one item (batch dimension 1). A
-    /// single item is bound in place; several are packed into one batch tensor and unpacked
-    /// after, device to device. Returns when the outputs are written.
+    /// its item's buffer, as a batch of `rows` (padding after the items); returns the output
+    /// shape of one item (batch dimension 1). A batch of one is bound in place; a larger one
+    /// is packed into one batch tensor and unpacked after, device to device. Returns when
+    /// the outputs are written.
     pub(crate) fn run(
         &mut self,
         session: &mut ort::session::Session,
         items: &[DeviceItem],
         item_shape: &[usize],
+        rows: usize,
     ) -> Result<Vec<usize>, String> {
         let n = items.len();
         if n == 0 {
             return Err("an empty device batch".into());
         }
+        // The batch that runs: the items, then padding rows (whatever the batch buffer
+        // held: earlier inputs, or zeros) whose outputs are dropped.
+        let rows = rows.max(n);
         self.ctx
             .bind_to_thread()
             .map_err(|e| format!("CUDA context: {e}"))?;
-        let mut in_dims = vec![n as i64];
+        let mut in_dims = vec![rows as i64];
         in_dims.extend(item_shape.iter().map(|&d| d as i64));
         let item_in: usize = item_shape.iter().product();
         let mut out_dims = self.output_dims.clone();
         match out_dims.first_mut() {
-            Some(d) if *d < 0 || *d as usize == n => *d = n as i64,
+            Some(d) if *d < 0 || *d as usize == rows => *d = rows as i64,
             _ => {
                 return Err(format!(
-                    "output shape {:?} has no batch dimension for {n} item(s)",
+                    "output shape {:?} has no batch dimension for {rows} row(s)",
                     self.output_dims
                 ));
             }
@@ -263,11 +268,11 @@ impl GpuIo {
                 bad.output_len
             ));
         }
-        let (in_ptr, out_ptr) = if n == 1 {
+        let (in_ptr, out_ptr) = if rows == 1 {
             (items[0].input, items[0].output)
         } else {
-            let bin = Self::scratch(&self.stream, &mut self.batch_in, n * item_in)?;
-            let bout = Self::scratch(&self.stream, &mut self.batch_out, n * item_out)?;
+            let bin = Self::scratch(&self.stream, &mut self.batch_in, rows * item_in)?;
+            let bout = Self::scratch(&self.stream, &mut self.batch_out, rows * item_out)?;
             for (k, item) in items.iter().enumerate() {
                 self.copy(bin + (k * item_in * 4) as u64, item.input, item_in)?;
             }
@@ -293,7 +298,7 @@ impl GpuIo {
                 "RunWithBinding",
             )?;
         }
-        if n > 1 {
+        if rows > 1 {
             for (k, item) in items.iter().enumerate() {
                 self.copy(item.output, out_ptr + (k * item_out * 4) as u64, item_out)?;
             }

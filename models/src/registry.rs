@@ -303,8 +303,8 @@ impl Registry {
         Self::load_reusing(settings, specs, batch, &Registry::default())
     }
 
-    /// [`Registry::load`], sharing the models of `loaded` whose spec is unchanged (a
-    /// pipeline switch does not reload what both pipelines use). A shared model is the
+    /// [`Registry::load`], sharing the models of `loaded` whose spec and session count are
+    /// unchanged (a pipeline switch does not reload what both pipelines use). A shared model is the
     /// session that was verified when it was first loaded.
     pub fn load_reusing(
         settings: &EngineSettings,
@@ -314,7 +314,11 @@ impl Registry {
     ) -> Result<Registry, RegistryError> {
         let mut models = HashMap::new();
         for spec in specs {
-            if let Some(m) = loaded.models.get(&spec.name).filter(|m| &m.spec == spec) {
+            if let Some(m) = loaded
+                .models
+                .get(&spec.name)
+                .filter(|m| &m.spec == spec && m.sessions() == batch.sessions.max(1))
+            {
                 models.insert(spec.name.clone(), m.clone());
                 continue;
             }
