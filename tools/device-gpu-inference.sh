@@ -46,9 +46,6 @@ sed 's/provider: cuda/provider: cpu/' "$cfg" > cuda-cpu-models.yaml
 sed 's/provider: cuda/provider: cpu/; s/kind: cuda, fallback: null/kind: cpu/' "$cfg" > cpu.yaml
 cp "$cfg" cuda-gpu-models.yaml
 
-check equivalence env AEGIS_ORT_GPU_LIBRARY="$PWD/ort-gpu/libonnxruntime.so.1.31.1" \
-  AEGIS_MODELS_DIR=.models AEGIS_SAMPLES_DIR=.samples ./cuda-stages-test \
-  gpu_engine_matches_the_cpu_engine --include-ignored --nocapture
 # A bench that stalls is stopped (and its threads' stacks dumped) rather than eating the call.
 limit="${LIMIT_S:-240}"
 stacks() {
@@ -64,14 +61,18 @@ stacks() {
 }
 # MODE=serving: only the GPU path's ways of serving several streams, cuda backend only, into
 # a discard sink, at 2 and 8 streams: one session with one request per call (the default),
-# batching across streams (max_batch 8 and 2, no window), and 2 and 4 sessions per model.
+# batching across streams (max_batch 8, 4 and 2, no window), 2 and 4 sessions per model,
+# and batching on 2 sessions.
+# CPU=1 also runs the cpu backend (CPU models) in each, for the cuda/cpu ratio.
 # `aegis bench backends` prints each model's calls, requests per call, engine time per
 # call, slowest call and queueing.
 if [ "${MODE:-}" = serving ]; then
-  variant() { # NAME SED-SCRIPT (applied to the config)
+  variant() { # NAME SED-SCRIPT (applied to the config); VARIANTS="a b" runs only those
+    [ -z "${VARIANTS:-}" ] || [[ " $VARIANTS " == *" $1 "* ]] || return 0
     sed -e 's/kind: record, dir: [^}]*/kind: discard/' -e "$2" "$cfg" > "serve-$1.yaml"
     stacks "serve-$1" & watcher=$!
-    check "serve-$1" timeout -s INT "$limit" ./aegis bench backends --cuda-only \
+    # shellcheck disable=SC2046 # no word or one
+    check "serve-$1" timeout -s INT "$limit" ./aegis bench backends $([ -n "${CPU:-}" ] || echo --cuda-only) \
       --config "serve-$1.yaml" --clip .samples/bench-1080p.mp4 --frames "${FRAMES:-150}" \
       --streams "${STREAMS:-2,8}" --json "$out/serve-$1.json"
     kill "$watcher" 2>/dev/null || true
@@ -80,10 +81,15 @@ if [ "${MODE:-}" = serving ]; then
   variant sessions-2 's/^  max_batch: 8$/  max_batch: 8\n  sessions: 2/'
   variant sessions-4 's/^  max_batch: 8$/  max_batch: 8\n  sessions: 4/'
   variant batch-8 's/^  max_batch: 8$/  max_batch: 8\n  gpu_batching: true/'
+  variant batch-4 's/^  max_batch: 8$/  max_batch: 4\n  gpu_batching: true/'
   variant batch-2 's/^  max_batch: 8$/  max_batch: 2\n  gpu_batching: true/'
+  variant batch-8-sessions-2 's/^  max_batch: 8$/  max_batch: 8\n  gpu_batching: true\n  sessions: 2/'
   check_summary
   exit $?
 fi
+check equivalence env AEGIS_ORT_GPU_LIBRARY="$PWD/ort-gpu/libonnxruntime.so.1.31.1" \
+  AEGIS_MODELS_DIR=.models AEGIS_SAMPLES_DIR=.samples ./cuda-stages-test \
+  gpu_engine_matches_the_cpu_engine --include-ignored --nocapture
 for c in ${STAGES_CONFIGS:-cuda-gpu-models cuda-cpu-models cpu}; do
   stacks "$c" & watcher=$!
   check "stages-$c" timeout -s INT "$limit" ./aegis bench stages --config "$c.yaml" --clip .samples/bench-1080p.mp4 \

@@ -127,7 +127,8 @@ impl Inference {
                 inf.max_batch as usize
             },
             window: Duration::from_millis(u64::from(inf.batch_window_ms)),
-            sessions: inf.sessions as usize,
+            // The CPU provider's one session already has every core (its intra-op pool).
+            sessions: if gpu { inf.sessions as usize } else { 1 },
         };
         let registry = Registry::load_reusing(
             &engine_settings(inf, cuda_device),

@@ -147,17 +147,21 @@ pub struct InferenceConfig {
     #[serde(default = "default_batch_window_ms")]
     pub batch_window_ms: u32,
     /// Batch the streams' frames on a GPU provider too (`max_batch` applies to
-    /// the CPU provider only unless this is on). Off by default: on an H100 the
-    /// whole pipeline with every demo stage stalled (under 2 fps per stream at
-    /// 2 to 8 streams) with it, and ran 330-356 fps in total at 8 streams
-    /// without, though one model alone batches well (NudeNet 5x at 8 streams).
+    /// the CPU provider only unless this is on). A batched GPU call always runs
+    /// as many rows as the model has clients (at most `max_batch`), padded: a
+    /// batch size that changed call by call made ONNX Runtime's CUDA provider
+    /// 30-60x slower per call and stalled the pipeline. Off by default: padded,
+    /// it broke even with one request per call on an H100 (docs/cuda.md);
+    /// `sessions` gained.
     #[serde(default)]
     pub gpu_batching: bool,
-    /// Sessions (instances) of each model, each on its own thread (and, on a GPU
-    /// provider, its own CUDA stream), the streams' stages spread over them in turn
-    /// (1 to 8). More than one lets a GPU run several streams' requests at once
-    /// without batching them, at the cost of one more copy of the weights and the
-    /// runtime's arenas per session. Default 1.
+    /// Sessions (instances) of each model on a GPU provider, each on its own thread
+    /// and CUDA stream, the streams' stages spread over them in turn (1 to 8). More
+    /// than one lets the GPU run several streams' requests at once without batching
+    /// them, at the cost of one more copy of the weights and the runtime's arenas per
+    /// session: on an H100, 2 sessions gave 1.28-1.34x the fps of 1 at 8 streams
+    /// (docs/cuda.md). The CPU provider keeps one session (its thread pool already
+    /// has every core). Default 1.
     #[serde(default = "default_sessions")]
     pub sessions: u32,
     /// TensorRT options.
