@@ -12,7 +12,7 @@
 //! The batch thread waits for more requests only while some registered client has not
 //! submitted yet, and at most `window`: a single stream never waits. A call takes the
 //! requests of one kind (host tensors or device buffers), that of the longest-waiting one.
-//! On a GPU engine every call runs as many rows as the model has clients (at most
+//! On a GPU engine every call runs as many rows as the batcher has clients (at most
 //! `max_batch`), the rows without a request being padding, so that the model sees one
 //! input shape while the pipeline runs (see `serve`).
 
@@ -68,6 +68,8 @@ struct Shared {
     model: PathBuf,
     /// The engine takes device buffers.
     on_device: bool,
+    /// The engine runs on a GPU: its calls are padded to one batch size.
+    pads: bool,
 }
 
 impl Shared {
@@ -171,6 +173,7 @@ impl Batcher {
             done: Condvar::new(),
             model,
             on_device: engine.on_device(),
+            pads: engine.on_gpu(),
         });
         let item_shape = item_shape.to_vec();
         let s = shared.clone();
@@ -233,6 +236,40 @@ impl Batcher {
     }
 }
 
+/// The requests of the next call, into `members` (slot indices): of one kind, host tensors
+/// or device buffers, the kind of the request that has waited longest, and of that kind the
+/// oldest `max_batch`. (In slot order, a host request waited behind busy device clients, and
+/// with more clients than `max_batch` the last slots waited behind the first.) Returns
+/// whether they are device requests. `by_age` is scratch space.
+fn pick(
+    slots: &[Slot],
+    max_batch: usize,
+    by_age: &mut Vec<(Option<Instant>, usize)>,
+    members: &mut Vec<usize>,
+) -> bool {
+    by_age.clear();
+    by_age.extend(
+        slots
+            .iter()
+            .enumerate()
+            .filter(|(_, s)| matches!(s.state, SlotState::Submitted))
+            .map(|(i, s)| (s.since, i)),
+    );
+    by_age.sort_unstable();
+    let device = by_age
+        .first()
+        .is_some_and(|&(_, i)| slots[i].device.is_some());
+    members.clear();
+    members.extend(
+        by_age
+            .iter()
+            .map(|&(_, i)| i)
+            .filter(|&i| slots[i].device.is_some() == device)
+            .take(max_batch),
+    );
+    device
+}
+
 fn serve(
     shared: &Shared,
     mut engine: Box<dyn InferenceEngine>,
@@ -246,6 +283,8 @@ fn serve(
     let mut shape = Vec::with_capacity(item_shape.len() + 1);
     let mut members: Vec<usize> = Vec::with_capacity(max_batch);
     let mut items: Vec<DeviceItem> = Vec::with_capacity(max_batch);
+    // The waiting requests, oldest first: (submitted at, slot).
+    let mut by_age: Vec<(Option<Instant>, usize)> = Vec::new();
     loop {
         let mut st = shared.lock();
         // Wait for a first request.
@@ -281,32 +320,18 @@ fn serve(
                 .unwrap_or_else(|e| e.into_inner())
                 .0;
         }
-        // One call takes requests of one kind, host tensors or device buffers: the kind of
-        // the request that has waited longest (the slot order would starve a host request
-        // behind busy device clients).
-        let device = st
-            .slots
-            .iter()
-            .filter(|s| matches!(s.state, SlotState::Submitted))
-            .min_by_key(|s| s.since)
-            .is_some_and(|s| s.device.is_some());
-        members.clear();
+        let device = pick(&st.slots, max_batch, &mut by_age, &mut members);
         batch_in.clear();
         items.clear();
         let start = Instant::now();
         let mut queued = Duration::ZERO;
-        for (i, slot) in st.slots.iter_mut().enumerate() {
-            if members.len() < max_batch
-                && matches!(slot.state, SlotState::Submitted)
-                && slot.device.is_some() == device
-            {
-                slot.state = SlotState::Running;
-                queued += slot.since.map_or(Duration::ZERO, |t| start - t);
-                members.push(i);
-                match slot.device {
-                    Some(item) => items.push(item),
-                    None => batch_in.extend_from_slice(&slot.input),
-                }
+        for &i in &members {
+            let slot = &mut st.slots[i];
+            slot.state = SlotState::Running;
+            queued += slot.since.map_or(Duration::ZERO, |t| start - t);
+            match slot.device {
+                Some(item) => items.push(item),
+                None => batch_in.extend_from_slice(&slot.input),
             }
         }
         drop(st);
@@ -314,13 +339,13 @@ fn serve(
         shape.clear();
         shape.push(n);
         shape.extend_from_slice(item_shape);
-        // A call on a GPU engine always has as many rows as the model has clients (at most
+        // A call on a GPU engine always has as many rows as this batcher has clients (at most
         // `max_batch`), padded where fewer came: the clients come and go only when a
         // pipeline starts or switches, so the model sees one input shape. On an H100, ONNX
         // Runtime's CUDA provider made a call 30-60 times slower whenever the batch size
         // changed from the previous call (a detector batched across 8 streams: 72 ms per
         // call instead of 2.3; docs/cuda.md). A CPU engine runs the requests that came.
-        let rows = if shared.on_device {
+        let rows = if shared.pads {
             live.min(max_batch).max(n)
         } else {
             n
@@ -662,6 +687,50 @@ mod tests {
         let b =
             Batcher::start(Box::new(engine), &[4], 8, Duration::from_millis(window_ms)).unwrap();
         (b, sizes)
+    }
+
+    #[test]
+    fn a_call_takes_the_oldest_requests_of_the_oldest_requests_kind() {
+        let t0 = Instant::now();
+        let at = |ms: u64| Some(t0 + Duration::from_millis(ms));
+        let item = DeviceItem {
+            input: 0,
+            output: 0,
+            output_len: 0,
+        };
+        let slot = |since, device: bool, state| Slot {
+            alive: true,
+            since,
+            device: device.then_some(item),
+            state,
+            ..Slot::default()
+        };
+        let submitted = || SlotState::Submitted;
+        // Slots 0-3 host, 4-5 device; slot 2 idle. Oldest first: 5 (device), 3, 4, 1, 0.
+        let slots = vec![
+            slot(at(50), false, submitted()),
+            slot(at(40), false, submitted()),
+            slot(at(1), false, SlotState::Idle),
+            slot(at(20), false, submitted()),
+            slot(at(30), true, submitted()),
+            slot(at(10), true, submitted()),
+        ];
+        let (mut by_age, mut members) = (Vec::new(), Vec::new());
+        // The oldest is a device request: the device ones, oldest first.
+        assert!(pick(&slots, 8, &mut by_age, &mut members));
+        assert_eq!(members, [5, 4]);
+        // Without the device ones: the host ones, the two oldest of three (not slots 0, 1).
+        let host: Vec<Slot> = slots
+            .into_iter()
+            .map(|mut s| {
+                if s.device.is_some() {
+                    s.state = SlotState::Running;
+                }
+                s
+            })
+            .collect();
+        assert!(!pick(&host, 2, &mut by_age, &mut members));
+        assert_eq!(members, [3, 1]);
     }
 
     #[test]

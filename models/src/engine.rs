@@ -60,6 +60,13 @@ pub trait InferenceEngine: Send {
     fn on_device(&self) -> bool {
         false
     }
+    /// Whether the engine runs on a GPU (with or without device buffers): a [`Batcher`]
+    /// then runs every call at one batch size, padded (see `batch.rs`).
+    ///
+    /// [`Batcher`]: crate::batch::Batcher
+    fn on_gpu(&self) -> bool {
+        self.on_device()
+    }
     /// Runs a batch whose inputs and outputs are in device memory (one [`DeviceItem`] per
     /// request, each input `item_shape`), writing every item's output into its buffer;
     /// returns one item's output shape (batch dimension 1). Returns when the outputs are
@@ -592,6 +599,10 @@ impl InferenceEngine for OrtSession {
 
     fn on_device(&self) -> bool {
         self.gpu.is_some()
+    }
+
+    fn on_gpu(&self) -> bool {
+        self.provider != "cpu"
     }
 
     fn run_device(

@@ -235,6 +235,13 @@ pub fn load(
             Some(_) => {}
         }
         batchers.push(batcher);
+        // A GPU model that fell back to the CPU provider keeps one session: its thread
+        // pool already has every core.
+        let fell_back = settings.provider != crate::engine::Provider::Cpu
+            && first.as_ref().is_some_and(|f| f.0 == "cpu");
+        if fell_back {
+            break;
+        }
     }
     let (provider, output_shape) = first.expect("at least one session");
     let shape = &output_shape;

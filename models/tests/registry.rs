@@ -163,8 +163,13 @@ fn a_missing_execution_provider_is_named_or_falls_back_to_the_cpu() {
             fallback_to_cpu: true,
             ..cpu.clone()
         };
-        let m = load(&lenient, &nudenet, BatchSettings::default()).unwrap();
-        assert_eq!(m.provider, "cpu");
+        // Two sessions asked for: the CPU fallback keeps one (its pool has every core).
+        let two = BatchSettings {
+            sessions: 2,
+            ..BatchSettings::default()
+        };
+        let m = load(&lenient, &nudenet, two).unwrap();
+        assert_eq!((m.provider, m.sessions()), ("cpu", 1));
     }
 }
 
