@@ -171,7 +171,7 @@ pub fn run(
 ) -> anyhow::Result<BackendsBench> {
     aegis_hal::init();
     let inference = Inference::load(&cfg.inference, &cfg.pipeline, cfg.backend.cuda_device)?;
-    let on_cpu = if cfg.inference.provider == InferenceProvider::Cpu {
+    let on_cpu = if cfg.inference.provider == InferenceProvider::Cpu || cuda_only {
         inference.clone()
     } else {
         let mut inf = cfg.inference.clone();
@@ -231,7 +231,7 @@ pub fn run(
                 );
                 for m in &r.models {
                     eprintln!(
-                        "    {}: {} calls, {:.2} requests/call, {:.2} ms/call (slowest {:.1}), queued {:.2} ms/request",
+                        "    {}: {} calls, {:.2} requests/call, {:.2} ms/call (slowest since load {:.1}), queued {:.2} ms/request",
                         m.model,
                         m.calls,
                         m.mean_batch,

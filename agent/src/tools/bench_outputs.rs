@@ -460,7 +460,7 @@ fn hls_probe(
         move || std::fs::OpenOptions::new().write(true).open(writer),
         stop.clone(),
     )?;
-    let mut src = fifo_source(fifo)?;
+    let mut src = fifo_source(fifo, "ll-hls")?;
     let r = read_codes("ll-hls", low_latency, &mut src, window);
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
     drop(src);
@@ -482,12 +482,47 @@ fn make_fifo(dir: &Path, name: &str) -> anyhow::Result<std::path::PathBuf> {
     Ok(fifo)
 }
 
-/// The in-process decoder of the FIFO probes (opening waits for the FIFO's writer).
-fn fifo_source(fifo: std::path::PathBuf) -> anyhow::Result<FileSource> {
-    Ok(FileSource::open(FileSourceSettings {
+/// How long a FIFO probe waits for its writer (the HLS client, the RTMP listener).
+const FIFO_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// The in-process decoder of the FIFO probes. Opening waits for the FIFO's writer; one that
+/// never comes (no push arrived, the listener died) ends the wait after [`FIFO_TIMEOUT`]
+/// with an error naming `what`, instead of a bench that hangs.
+fn fifo_source(fifo: std::path::PathBuf, what: &str) -> anyhow::Result<FileSource> {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    let opened = std::sync::Arc::new(AtomicBool::new(false));
+    let watchdog = {
+        let (opened, fifo) = (opened.clone(), fifo.clone());
+        std::thread::spawn(move || {
+            let t0 = Instant::now();
+            while t0.elapsed() < FIFO_TIMEOUT {
+                if opened.load(Ordering::Relaxed) {
+                    return false;
+                }
+                std::thread::sleep(Duration::from_millis(100));
+            }
+            // Nobody wrote: an empty stream unblocks the reader.
+            use std::os::unix::fs::OpenOptionsExt as _;
+            !opened.load(Ordering::Relaxed)
+                && std::fs::OpenOptions::new()
+                    .write(true)
+                    .custom_flags(libc::O_NONBLOCK)
+                    .open(&fifo)
+                    .is_ok()
+        })
+    };
+    let src = FileSource::open(FileSourceSettings {
         pool_frames: 8,
         ..FileSourceSettings::new(fifo, StreamId::new("probe"))
-    })?)
+    });
+    opened.store(true, Ordering::Relaxed);
+    let fired = watchdog.join().unwrap_or(false);
+    anyhow::ensure!(
+        !fired,
+        "{what}: nothing arrived in {} s (is ffmpeg installed, did the push connect?)",
+        FIFO_TIMEOUT.as_secs()
+    );
+    Ok(src?)
 }
 
 /// An RTMP server on `port` for the agent's push: `ffmpeg -listen 1`, copying what it
@@ -516,7 +551,7 @@ fn rtmp_probe(
 ) -> anyhow::Result<ProtocolLatency> {
     let fifo = make_fifo(dir, "rtmp.fifo")?;
     let _listener = rtmp_listener(port, "flv", fifo.as_os_str())?;
-    let mut src = fifo_source(fifo)?;
+    let mut src = fifo_source(fifo, "rtmp-push")?;
     read_codes("rtmp-push", low_latency, &mut src, window)
 }
 
