@@ -27,7 +27,10 @@ test: lint
     export AEGIS_SKIP_LOG="$PWD/target/test-skips.log"
     mkdir -p target
     rm -f "$AEGIS_SKIP_LOG"
-    trap 'tools/test-skips.sh "$AEGIS_SKIP_LOG" || exit 1' EXIT
+    # Background jobs run in process groups of their own: a step that fails ends the recipe,
+    # and them with it (cargo and rustc included).
+    bg=()
+    trap 'for g in "${bg[@]}"; do kill -- "-$g" "$g" 2>/dev/null || true; done; tools/test-skips.sh "$AEGIS_SKIP_LOG" || exit 1' EXIT
     # Each step's wall time, for keeping CI inside its budget.
     step() { local t0=$SECONDS; "$@"; echo "test-step: $* took $((SECONDS - t0)) s"; }
     # No separate `cargo build` first: the test build builds the binaries the tests and
@@ -38,8 +41,10 @@ test: lint
     # The host's tests mostly wait (on brokers, agents, PostgreSQL, Chromium: a load under
     # 1.5 on 2 cores): the fuzzer's install and sanitizer build use what they leave, at the
     # lowest CPU priority, instead of a step of their own.
-    (nice -n 19 tools/fuzz.sh build >target/fuzz-build.log 2>&1; echo $? >target/fuzz-build.rc) &
+    rm -f target/fuzz-build.rc target/fuzz.rc
+    setsid bash -c 'nice -n 19 tools/fuzz.sh build; echo $? >target/fuzz-build.rc' >target/fuzz-build.log 2>&1 &
     fuzz_build=$!
+    bg+=("$fuzz_build")
     step tools/test-workspace.sh
     step tools/deploy-check.sh
     step tools/yocto-check.sh
@@ -48,15 +53,17 @@ test: lint
     [ "$(cat target/fuzz-build.rc)" = 0 ] || { tail -n 40 target/fuzz-build.log >&2; echo "fuzz build failed (target/fuzz-build.log)" >&2; exit 1; }
     echo "test-step: waiting for the fuzz build took $((SECONDS - t0)) s"
     # CI's disk is small: the host's debug build (bins and ~70 test binaries) is not needed
-    # by the aarch64 builds and the fuzzer that follow (.ci/run sets AEGIS_CI_PRUNE).
+    # by the aarch64 builds that follow (.ci/run sets AEGIS_CI_PRUNE); the fuzzer's build is
+    # apart, in ota/fuzz/target.
     if [ -n "${AEGIS_CI_PRUNE:-}" ]; then rm -rf target/debug; fi
     # The fuzzer (10 s a target) runs beside the aarch64 tests, not beside their build: the
     # emulated tests mostly use one core, libFuzzer the other. Its output is printed once
     # both are done.
     step tools/cross-test.sh build
     t0=$SECONDS
-    (tools/fuzz.sh 10 >target/fuzz.log 2>&1; echo $? >target/fuzz.rc) &
+    setsid bash -c 'tools/fuzz.sh 10; echo $? >target/fuzz.rc' >target/fuzz.log 2>&1 &
     fuzz=$!
+    bg+=("$fuzz")
     step tools/cross-test.sh
     wait "$fuzz"
     cat target/fuzz.log

@@ -84,6 +84,7 @@ if [ "${MODE:-}" = serving ]; then
   variant batch-4 's/^  max_batch: 8$/  max_batch: 4\n  gpu_batching: true/'
   variant batch-2 's/^  max_batch: 8$/  max_batch: 2\n  gpu_batching: true/'
   variant batch-8-sessions-2 's/^  max_batch: 8$/  max_batch: 8\n  gpu_batching: true\n  sessions: 2/'
+  [ $((${#checks_passed[@]} + ${#checks_failed[@]})) -gt 0 ] || { echo "VARIANTS named none of the variants: $VARIANTS"; exit 2; }
   check_summary
   exit $?
 fi

@@ -148,7 +148,7 @@ pub struct InferenceConfig {
     pub batch_window_ms: u32,
     /// Batch the streams' frames on a GPU provider too (`max_batch` applies to
     /// the CPU provider only unless this is on). A batched GPU call always runs
-    /// as many rows as the model has clients (at most `max_batch`), padded: a
+    /// as many rows as the session has clients (at most `max_batch`), padded: a
     /// batch size that changed call by call made ONNX Runtime's CUDA provider
     /// 30-60x slower per call and stalled the pipeline. Off by default: padded,
     /// it broke even with one request per call on an H100 (docs/cuda.md);
@@ -159,7 +159,7 @@ pub struct InferenceConfig {
     /// and CUDA stream, the streams' stages spread over them in turn (1 to 8). More
     /// than one lets the GPU run several streams' requests at once without batching
     /// them, at the cost of one more copy of the weights and the runtime's arenas per
-    /// session: on an H100, 2 sessions gave 1.28-1.34x the fps of 1 at 8 streams
+    /// session: on an H100, 2 sessions gave 1.22-1.34x the fps of 1 at 8 streams
     /// (docs/cuda.md). The CPU provider keeps one session (its thread pool already
     /// has every core). Default 1.
     #[serde(default = "default_sessions")]
