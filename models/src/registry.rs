@@ -112,6 +112,8 @@ pub struct LoadedModel {
     pub sha256: String,
     /// The first output's shape for one input (batch dimension 1), from the warm-up run.
     pub output_shape: Vec<usize>,
+    /// What it was loaded with (a switch reuses it only with the same).
+    batch: BatchSettings,
     /// One per session (at least one).
     batchers: Vec<Batcher>,
     /// The session the next client goes to.
@@ -268,6 +270,7 @@ pub fn load(
         provider,
         sha256,
         output_shape,
+        batch,
         batchers,
         next: std::sync::atomic::AtomicUsize::new(0),
     })
@@ -310,9 +313,9 @@ impl Registry {
         Self::load_reusing(settings, specs, batch, &Registry::default())
     }
 
-    /// [`Registry::load`], sharing the models of `loaded` whose spec and session count are
-    /// unchanged (a pipeline switch does not reload what both pipelines use). A shared model is the
-    /// session that was verified when it was first loaded.
+    /// [`Registry::load`], sharing the models of `loaded` whose spec and batch settings are
+    /// unchanged (a pipeline switch does not reload what both pipelines use). A shared model
+    /// is the session that was verified when it was first loaded.
     pub fn load_reusing(
         settings: &EngineSettings,
         specs: &[ModelSpec],
@@ -324,7 +327,7 @@ impl Registry {
             if let Some(m) = loaded
                 .models
                 .get(&spec.name)
-                .filter(|m| &m.spec == spec && m.sessions() == batch.sessions.max(1))
+                .filter(|m| &m.spec == spec && m.batch == batch)
             {
                 models.insert(spec.name.clone(), m.clone());
                 continue;
