@@ -40,8 +40,11 @@ pub struct BackendRun {
     pub copies_per_frame: u32,
     /// Whole-frame host↔device transfers per frame (goal: 1, the final download).
     pub frame_transfers_per_frame: f64,
-    /// All host↔device transfers per frame (adds model inputs down, masks up).
+    /// All host↔device transfers per frame (adds model tensors and result lists).
     pub host_copies_per_frame: f64,
+    /// Of those, detectors' result lists per frame (a few KiB each: the anchors worth
+    /// decoding, listed on the GPU, instead of the whole output tensor).
+    pub result_transfers_per_frame: f64,
     /// Each model's inference calls in this run.
     pub models: Vec<ModelCalls>,
 }
@@ -100,10 +103,9 @@ fn one_run(
         backend: Some(backend.clone()),
         ..RunOptions::default()
     };
-    let gpu_before = backend
-        .gpu
-        .as_ref()
-        .map_or((0, 0), |g| (g.frame_transfers(), g.host_copies()));
+    let gpu_before = backend.gpu.as_ref().map_or((0, 0, 0), |g| {
+        (g.frame_transfers(), g.host_copies(), g.result_transfers())
+    });
     let models_before = model_stats(pipeline, inference);
     let t0 = Instant::now();
     let reports = Pipeline::start(pipeline, metrics, &opts)?.wait();
@@ -131,10 +133,11 @@ fn one_run(
         anyhow::bail!("{} {sink}: a source failed: {e}", backend.kind);
     }
     let provider = inference.provider();
-    let (ft, hc) = backend.gpu.as_ref().map_or((0, 0), |g| {
+    let (ft, hc, rt) = backend.gpu.as_ref().map_or((0, 0, 0), |g| {
         (
             g.frame_transfers() - gpu_before.0,
             g.host_copies() - gpu_before.1,
+            g.result_transfers() - gpu_before.2,
         )
     });
     let per = |n: u64| n as f64 / frames.max(1) as f64;
@@ -153,6 +156,7 @@ fn one_run(
             .unwrap_or(0),
         frame_transfers_per_frame: per(ft),
         host_copies_per_frame: per(hc),
+        result_transfers_per_frame: per(rt),
         models,
     })
 }
@@ -255,7 +259,7 @@ pub fn run(
 pub fn print(b: &BackendsBench) {
     println!("backends on {} (GPU: {})", b.clip, b.gpu);
     println!(
-        "  {:<6} {:<8} {:<8} {:>7} {:>8} {:>10} {:>9} {:>7} {:>14} {:>12} {:>9}",
+        "  {:<6} {:<8} {:<8} {:>7} {:>8} {:>10} {:>9} {:>7} {:>14} {:>12} {:>10} {:>9}",
         "backend",
         "models",
         "sink",
@@ -266,6 +270,7 @@ pub fn print(b: &BackendsBench) {
         "copies",
         "frame xfers/f",
         "host cp/f",
+        "results/f",
         "vs cpu"
     );
     for r in &b.runs {
@@ -275,7 +280,7 @@ pub fn print(b: &BackendsBench) {
             .find(|c| c.backend == "cpu" && c.sink == r.sink && c.streams == r.streams);
         let ratio = base.map_or(f64::NAN, |c| r.fps_total / c.fps_total);
         println!(
-            "  {:<6} {:<8} {:<8} {:>7} {:>8} {:>10.1} {:>9.1} {:>7} {:>14.2} {:>12.2} {:>8.2}x",
+            "  {:<6} {:<8} {:<8} {:>7} {:>8} {:>10.1} {:>9.1} {:>7} {:>14.2} {:>12.2} {:>10.2} {:>8.2}x",
             r.backend,
             r.provider,
             r.sink,
@@ -286,6 +291,7 @@ pub fn print(b: &BackendsBench) {
             r.copies_per_frame,
             r.frame_transfers_per_frame,
             r.host_copies_per_frame,
+            r.result_transfers_per_frame,
             ratio
         );
     }

@@ -333,3 +333,38 @@ extern "C" __global__ void mask_blur_v_threshold(const float* __restrict__ src,
     float v = t * 255.0f + 0.5f;
     mask[(size_t)y * s + x] = v >= 255.0f ? (u8)255 : (v > 0.0f ? (u8)v : (u8)0);
 }
+
+// A YOLOv8 detector's output for one item, `[4 + classes, n]` row-major (box centre and size,
+// then one score per class, for each of n anchors), reduced to the anchors worth decoding:
+// each anchor whose best class score reaches `min_score` (the best being the first class
+// with the highest score, as aegis_models::yolo::decode picks it) is appended to `cand`
+// after its count. `cand[0]` holds the count as an unsigned integer (zeroed by the caller);
+// entry k is the 7 floats at 1 + 7k: anchor index, cx, cy, w, h, class, score. At most
+// `cap` entries are written; the count says how many qualified, so a caller that sees more
+// than `cap` knows the list is cut. Entries come in no particular order.
+extern "C" __global__ void yolo_candidates(const float* __restrict__ out, int classes, int n,
+                                           float min_score, float* __restrict__ cand, int cap)
+{
+    int a = blockIdx.x * blockDim.x + threadIdx.x;
+    if (a >= n) return;
+    float best = -3.40282347e+38f;  // f32::MIN, where the CPU starts
+    int cls = 0;
+    for (int c = 0; c < classes; c++) {
+        float s = out[(size_t)(4 + c) * n + a];
+        if (s > best) {
+            best = s;
+            cls = c;
+        }
+    }
+    if (best < min_score) return;
+    unsigned k = atomicAdd((unsigned*)cand, 1u);
+    if (k >= (unsigned)cap) return;
+    float* e = cand + 1 + (size_t)k * 7;
+    e[0] = (float)a;
+    e[1] = out[a];
+    e[2] = out[(size_t)n + a];
+    e[3] = out[(size_t)2 * n + a];
+    e[4] = out[(size_t)3 * n + a];
+    e[5] = (float)cls;
+    e[6] = best;
+}

@@ -327,6 +327,16 @@ impl DevicePool {
     }
 }
 
+/// Floats per entry of a [`Gpu::yolo_candidates`] list: anchor index, cx, cy, w, h, class,
+/// score.
+pub const YOLO_CANDIDATE: usize = 7;
+
+/// How many anchors qualified, from a downloaded [`Gpu::yolo_candidates`] list (its first
+/// value is the count's bits); `None` for an empty slice.
+pub fn yolo_candidate_count(list: &[f32]) -> Option<usize> {
+    list.first().map(|c| c.to_bits() as usize)
+}
+
 /// The compiled kernels.
 #[derive(Clone)]
 struct Kernels {
@@ -339,6 +349,7 @@ struct Kernels {
     mask_smooth: CudaFunction,
     mask_blur_h: CudaFunction,
     mask_blur_v: CudaFunction,
+    yolo: CudaFunction,
 }
 
 /// An open GPU with its stream and kernels.
@@ -348,8 +359,8 @@ pub struct Gpu {
     /// The stream every operation is queued on.
     pub stream: Arc<CudaStream>,
     kernels: Kernels,
-    /// Host↔device copies and whole-frame transfers, shared with every fork.
-    copies: Arc<[AtomicU64; 2]>,
+    /// Host↔device copies, whole-frame transfers and result lists, shared with every fork.
+    copies: Arc<[AtomicU64; 3]>,
     /// Device name and compute capability, for reports.
     pub name: String,
     /// Where the kernels came from: `cache`, or `compiled by NVRTC <major>.<minor>`.
@@ -475,12 +486,13 @@ impl Gpu {
             mask_smooth: module.load_function("mask_smooth")?,
             mask_blur_h: module.load_function("mask_blur_h")?,
             mask_blur_v: module.load_function("mask_blur_v_threshold")?,
+            yolo: module.load_function("yolo_candidates")?,
         };
         Ok(Gpu {
             ctx,
             stream,
             kernels,
-            copies: Arc::new([AtomicU64::new(0), AtomicU64::new(0)]),
+            copies: Arc::new([AtomicU64::new(0), AtomicU64::new(0), AtomicU64::new(0)]),
             name,
             ptx_source,
         })
@@ -550,9 +562,15 @@ impl Gpu {
     }
 
     /// Of [`Gpu::host_copies`], the transfers of whole frames (the rest are model tensors,
-    /// masks and one-off backgrounds).
+    /// masks, one-off backgrounds and result lists).
     pub fn frame_transfers(&self) -> u64 {
         self.copies[1].load(Ordering::Relaxed)
+    }
+
+    /// Of [`Gpu::host_copies`], the downloads of result lists ([`Gpu::download_results`]:
+    /// a detector's candidates, a few KiB, instead of its whole output tensor).
+    pub fn result_transfers(&self) -> u64 {
+        self.copies[2].load(Ordering::Relaxed)
     }
 
     /// Downloads `src` into host planes (`y`: `height` rows of `y_stride` bytes; `uv`:
@@ -635,6 +653,18 @@ impl Gpu {
         self.stream.memcpy_dtoh(dev, host)?;
         self.stream.synchronize()?;
         self.copies[0].fetch_add(1, Ordering::Relaxed);
+        Ok(())
+    }
+
+    /// [`Gpu::download_into`] of a result list (counted as one host copy and one
+    /// [`Gpu::result_transfers`]).
+    pub fn download_results(
+        &self,
+        dev: &CudaSlice<f32>,
+        host: &mut [f32],
+    ) -> Result<(), CudaError> {
+        self.download_into(dev, host)?;
+        self.copies[2].fetch_add(1, Ordering::Relaxed);
         Ok(())
     }
 
@@ -1000,6 +1030,53 @@ impl Gpu {
             .arg(&hi);
         // SAFETY: as above.
         unsafe { b.launch(launch_2d(s, s)) }?;
+        Ok(())
+    }
+
+    /// The anchors of a YOLOv8 output worth decoding (`out`: `[4 + classes, n]` of one item),
+    /// listed into `cand` as [`YOLO_CANDIDATE`] floats each after the count, so that a few
+    /// KiB come down instead of the whole tensor: see `yolo_candidates` in kernels.cu for
+    /// the layout, [`yolo_candidate_count`] for reading it. At most
+    /// `(cand.len() - 1) / YOLO_CANDIDATE` are listed; the count may be higher.
+    pub fn yolo_candidates(
+        &self,
+        out: &CudaSlice<f32>,
+        classes: usize,
+        min_score: f32,
+        cand: &mut CudaSlice<f32>,
+    ) -> Result<(), CudaError> {
+        let rows = 4 + classes;
+        let n = out.len() / rows;
+        if classes == 0 || n == 0 || !out.len().is_multiple_of(rows) || n >= 1 << 24 {
+            return Err(CudaError::Size(format!(
+                "a detector output of {} values is not [4 + {classes}, N] (N < 2^24)",
+                out.len()
+            )));
+        }
+        if cand.len() < 1 + YOLO_CANDIDATE {
+            return Err(CudaError::Size(format!(
+                "a candidate list of {} values holds no candidate",
+                cand.len()
+            )));
+        }
+        let cap = ((cand.len() - 1) / YOLO_CANDIDATE) as i32;
+        self.stream.memset_zeros(&mut cand.slice_mut(0..1))?;
+        let (ci, ni) = (classes as i32, n as i32);
+        let mut b = self.stream.launch_builder(&self.kernels.yolo);
+        b.arg(out)
+            .arg(&ci)
+            .arg(&ni)
+            .arg(&min_score)
+            .arg(cand)
+            .arg(&cap);
+        let linear = LaunchConfig {
+            grid_dim: ((n as u32).div_ceil(256), 1, 1),
+            block_dim: (256, 1, 1),
+            shared_mem_bytes: 0,
+        };
+        // SAFETY: the arguments match the kernel; `out` holds rows * n values, `cand`
+        // 1 + 7 * cap (checked above); the kernel bounds-checks the anchor and the slot.
+        unsafe { b.launch(linear) }?;
         Ok(())
     }
 

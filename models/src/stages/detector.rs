@@ -9,7 +9,12 @@ use crate::engine::EngineError;
 use crate::gpu_io::{DeviceItem, device_ptr, device_ptr_mut};
 use crate::preprocess::{ChannelOrder, Fit, InputSpec, planar, planar_in_device, planar_on_device};
 use crate::registry::{LoadedModel, ModelKind};
-use crate::yolo::{Detected, decode, nms};
+use crate::yolo::{CANDIDATE, CandidateError, Detected, decode, decode_candidates, nms};
+
+/// Anchors a detector's GPU candidate list holds (7 KiB). NudeNet's 2,100 anchors on the
+/// demo's clips give a few dozen over its decode threshold; a frame with more (a cut list)
+/// downloads the whole output instead.
+const CANDIDATES: usize = 256;
 
 /// One detection with its label.
 #[derive(Debug, Clone, Copy)]
@@ -63,9 +68,12 @@ pub struct Detector {
     model: std::path::PathBuf,
     /// The model input on the GPU, for frames that are there (CUDA backend).
     device_input: Option<aegis_cuda::CudaSlice<f32>>,
-    /// The model output on the GPU (an engine that reads and writes device memory), and
-    /// its copy on the host for decoding.
+    /// The model output on the GPU (an engine that reads and writes device memory), the
+    /// list of its anchors worth decoding that a kernel makes from it, and their host
+    /// copies (the whole output comes down only when the list is cut).
     device_output: Option<aegis_cuda::CudaSlice<f32>>,
+    device_candidates: Option<aegis_cuda::CudaSlice<f32>>,
+    host_candidates: Vec<f32>,
     host_output: Vec<f32>,
     /// Floats of one item's output.
     output_len: usize,
@@ -98,6 +106,8 @@ impl Detector {
             found: Vec::new(),
             device_input: None,
             device_output: None,
+            device_candidates: None,
+            host_candidates: Vec::new(),
             host_output: Vec::new(),
             output_len: model.output_shape.iter().skip(1).product(),
         }
@@ -110,6 +120,14 @@ impl Detector {
             path: self.model.clone(),
             reason: format!("preprocess: {reason}"),
         };
+        let classes = self.labels.len();
+        let t = self.thresholds;
+        let decode_err = |reason: String| EngineError::Run {
+            path: self.model.clone(),
+            reason: format!("decode: {reason}"),
+        };
+        // Decoded on the GPU: `raw` holds the detections and `lb` is set.
+        let mut decoded = false;
         let lb = match &frame.device {
             Some(d) => {
                 let gpu = d.gpu();
@@ -119,13 +137,18 @@ impl Detector {
                 }
                 let dev = self.device_input.as_mut().expect("allocated above");
                 if self.client.on_device() {
-                    // The engine reads the input where the kernel wrote it; only its output
-                    // (smaller than the input) comes down, for decoding and NMS.
+                    // The engine reads the input where the kernel wrote it and writes its
+                    // output on the device; a kernel lists the anchors worth decoding and
+                    // only that list comes down.
                     let lb =
                         planar_in_device(frame, self.spec, dev).map_err(|e| pre(e.to_string()))?;
                     if self.device_output.is_none() {
                         self.device_output = Some(
                             gpu.alloc_zeros(self.output_len)
+                                .map_err(|e| pre(e.to_string()))?,
+                        );
+                        self.device_candidates = Some(
+                            gpu.alloc_zeros(1 + CANDIDATES * CANDIDATE)
                                 .map_err(|e| pre(e.to_string()))?,
                         );
                     }
@@ -137,9 +160,20 @@ impl Detector {
                         output_len: self.output_len,
                     };
                     self.client.run_device(item)?;
-                    self.host_output.resize(self.output_len, 0.0);
-                    gpu.download_into(out, &mut self.host_output)
-                        .map_err(|e| pre(e.to_string()))?;
+                    let cand = self.device_candidates.as_mut().expect("allocated above");
+                    self.host_candidates.resize(cand.len(), 0.0);
+                    gpu.yolo_candidates(out, classes, t.decode_min, cand)
+                        .and_then(|()| gpu.download_results(cand, &mut self.host_candidates))
+                        .map_err(|e| decode_err(e.to_string()))?;
+                    match decode_candidates(&mut self.host_candidates, classes, lb, &mut self.raw) {
+                        Ok(()) => decoded = true,
+                        Err(CandidateError::Cut { .. }) => {
+                            self.host_output.resize(self.output_len, 0.0);
+                            gpu.download_into(out, &mut self.host_output)
+                                .map_err(|e| pre(e.to_string()))?;
+                        }
+                        Err(e) => return Err(decode_err(e.to_string())),
+                    }
                     Some(lb)
                 } else {
                     planar_on_device(frame, self.spec, dev, self.client.input(3 * s * s))
@@ -154,17 +188,15 @@ impl Detector {
             None => planar(frame, self.spec, self.client.input(3 * s * s))
                 .map_err(|e| pre(e.to_string()))?,
         };
-        let t = self.thresholds;
-        let classes = self.labels.len();
-        let out: &[f32] = if frame.device.is_some() && self.client.on_device() {
-            &self.host_output
-        } else {
-            self.client.run()?.0
-        };
-        decode(out, classes, t.decode_min, lb, &mut self.raw).map_err(|e| EngineError::Run {
-            path: self.model.clone(),
-            reason: format!("decode: {e}"),
-        })?;
+        if !decoded {
+            let out: &[f32] = if frame.device.is_some() && self.client.on_device() {
+                &self.host_output
+            } else {
+                self.client.run()?.0
+            };
+            decode(out, classes, t.decode_min, lb, &mut self.raw)
+                .map_err(|e| decode_err(e.to_string()))?;
+        }
         self.raw.retain(|d| d.score >= t.min_score);
         nms(&mut self.raw, t.iou, t.agnostic);
         self.found.clear();
