@@ -62,17 +62,37 @@ stacks() {
 # MODE=serving: only the GPU path's ways of serving several streams, cuda backend only, into
 # a discard sink, at 2 and 8 streams: one session with one request per call (the default),
 # batching across streams (max_batch 8, 4 and 2, no window), 2 and 4 sessions per model,
-# and batching on 2 sessions.
-# CPU=1 also runs the cpu backend (CPU models) in each, for the cuda/cpu ratio.
+# batching on 2 sessions, and CUDA graphs (inference.cuda_graph) on 1 and 2 sessions and
+# with batches of 4.
+# TESTS=1 first runs the GPU tests the bundle's cuda-stages-test has: the detector's
+# candidate lists against the host decode, and the equivalence test without and with
+# CUDA graphs.
+# CPU=1 also runs the cpu backend (CPU models) in each, for the cuda/cpu ratio; CPU="a b"
+# only in the variants named.
 # `aegis bench backends` prints each model's calls, requests per call, engine time per
 # call, slowest call and queueing.
+equivalence() { # NAME [ENV=VALUE...]
+  local name=$1
+  shift
+  check "$name" env "$@" AEGIS_ORT_GPU_LIBRARY="$PWD/ort-gpu/libonnxruntime.so.1.31.1" \
+    AEGIS_MODELS_DIR=.models AEGIS_SAMPLES_DIR=.samples ./cuda-stages-test \
+    gpu_engine_matches_the_cpu_engine --include-ignored --nocapture
+}
 if [ "${MODE:-}" = serving ]; then
+  if [ -n "${TESTS:-}" ]; then
+    check candidate-lists ./cuda-stages-test gpu_candidate_lists_decode_as_the_host_tensor_does \
+      --include-ignored --nocapture
+    equivalence equivalence
+    equivalence equivalence-graph AEGIS_CUDA_GRAPH=1
+  fi
   variant() { # NAME SED-SCRIPT (applied to the config); VARIANTS="a b" runs only those
     [ -z "${VARIANTS:-}" ] || [[ " $VARIANTS " == *" $1 "* ]] || return 0
     sed -e 's/kind: record, dir: [^}]*/kind: discard/' -e "$2" "$cfg" > "serve-$1.yaml"
     stacks "serve-$1" & watcher=$!
-    # shellcheck disable=SC2046 # no word or one
-    check "serve-$1" timeout -s INT "$limit" ./aegis bench backends $([ -n "${CPU:-}" ] || echo --cuda-only) \
+    local only=--cuda-only
+    if [ "${CPU:-}" = 1 ] || [[ -n "${CPU:-}" && " $CPU " == *" $1 "* ]]; then only=; fi
+    # shellcheck disable=SC2086 # no word or one
+    check "serve-$1" timeout -s INT "$limit" ./aegis bench backends $only \
       --config "serve-$1.yaml" --clip .samples/bench-1080p.mp4 --frames "${FRAMES:-150}" \
       --streams "${STREAMS:-2,8}" --json "$out/serve-$1.json"
     kill "$watcher" 2>/dev/null || true
@@ -84,13 +104,15 @@ if [ "${MODE:-}" = serving ]; then
   variant batch-4 's/^  max_batch: 8$/  max_batch: 4\n  gpu_batching: true/'
   variant batch-2 's/^  max_batch: 8$/  max_batch: 2\n  gpu_batching: true/'
   variant batch-8-sessions-2 's/^  max_batch: 8$/  max_batch: 8\n  gpu_batching: true\n  sessions: 2/'
+  variant graph 's/^  max_batch: 8$/  max_batch: 8\n  cuda_graph: true/'
+  variant graph-sessions-2 's/^  max_batch: 8$/  max_batch: 8\n  cuda_graph: true\n  sessions: 2/'
+  variant graph-sessions-4 's/^  max_batch: 8$/  max_batch: 8\n  cuda_graph: true\n  sessions: 4/'
+  variant graph-batch-4 's/^  max_batch: 8$/  max_batch: 4\n  gpu_batching: true\n  cuda_graph: true/'
   [ $((${#checks_passed[@]} + ${#checks_failed[@]})) -gt 0 ] || { echo "VARIANTS named none of the variants: $VARIANTS"; exit 2; }
   check_summary
   exit $?
 fi
-check equivalence env AEGIS_ORT_GPU_LIBRARY="$PWD/ort-gpu/libonnxruntime.so.1.31.1" \
-  AEGIS_MODELS_DIR=.models AEGIS_SAMPLES_DIR=.samples ./cuda-stages-test \
-  gpu_engine_matches_the_cpu_engine --include-ignored --nocapture
+equivalence equivalence
 for c in ${STAGES_CONFIGS:-cuda-gpu-models cuda-cpu-models cpu}; do
   stacks "$c" & watcher=$!
   check "stages-$c" timeout -s INT "$limit" ./aegis bench stages --config "$c.yaml" --clip .samples/bench-1080p.mp4 \

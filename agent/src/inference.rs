@@ -54,6 +54,7 @@ pub fn engine_settings(inf: &InferenceConfig, cuda_device: u32) -> EngineSetting
         },
         fallback_to_cpu: inf.cpu_fallback,
         threads: inf.threads as usize,
+        cuda_graph: inf.cuda_graph,
     }
 }
 
@@ -144,13 +145,17 @@ impl Inference {
         &self.registry
     }
 
-    /// The ONNX Runtime provider the models run on (`cpu`, `cuda`, `tensorrt`; empty
-    /// without models), as the benchmarks report it.
+    /// The ONNX Runtime provider the models run on (`cpu`, `cuda`, `tensorrt`, with
+    /// `+graph` when they replay CUDA graphs; empty without models), as the benchmarks
+    /// report it.
     pub fn provider(&self) -> String {
         self.registry
             .iter()
             .next()
-            .map(|m| m.provider.to_string())
+            .map(|m| {
+                let graph = if m.cuda_graph() { "+graph" } else { "" };
+                format!("{}{graph}", m.provider)
+            })
             .unwrap_or_default()
     }
 

@@ -70,6 +70,8 @@ struct Shared {
     on_device: bool,
     /// The engine runs on a GPU: its calls are padded to one batch size.
     pads: bool,
+    /// The engine's calls replay a CUDA graph.
+    graph: bool,
 }
 
 impl Shared {
@@ -174,6 +176,7 @@ impl Batcher {
             model,
             on_device: engine.on_device(),
             pads: engine.on_gpu(),
+            graph: engine.cuda_graph(),
         });
         let item_shape = item_shape.to_vec();
         let s = shared.clone();
@@ -221,6 +224,12 @@ impl Batcher {
             output: Vec::new(),
             out_shape: Vec::new(),
         }
+    }
+
+    /// Whether the engine's calls replay a CUDA graph
+    /// ([`crate::engine::EngineSettings::cuda_graph`], where the provider took it).
+    pub fn cuda_graph(&self) -> bool {
+        self.owner.shared.graph
     }
 
     /// Calls and requests so far.

@@ -55,6 +55,10 @@ pub trait InferenceEngine: Send {
     fn input_shape(&self) -> &[i64];
     /// The model file (for error messages).
     fn model(&self) -> &Path;
+    /// Whether every call replays a CUDA graph captured at load.
+    fn cuda_graph(&self) -> bool {
+        false
+    }
     /// Whether [`run_device`](Self::run_device) works: the session runs on a GPU provider
     /// and binds device buffers.
     fn on_device(&self) -> bool {
@@ -139,6 +143,12 @@ pub struct EngineSettings {
     pub fallback_to_cpu: bool,
     /// Intra-op threads per session (0 = all cores).
     pub threads: usize,
+    /// On a GPU provider, capture each session's work as a CUDA graph and replay it (ONNX
+    /// Runtime's `enable_cuda_graph` / `trt_cuda_graph_enable`): one launch per call instead
+    /// of one per node. The session's input is then fixed to one shape (the batch at the
+    /// batcher's `max_batch`, free dimensions at the stage's input) and one pair of device
+    /// buffers that requests are copied into and out of (`gpu_io.rs`).
+    pub cuda_graph: bool,
 }
 
 impl EngineSettings {
@@ -149,6 +159,7 @@ impl EngineSettings {
             provider: Provider::Cpu,
             fallback_to_cpu: false,
             threads,
+            cuda_graph: false,
         }
     }
 }
@@ -327,12 +338,134 @@ impl TrtProfile {
     }
 }
 
+/// The one shape a CUDA-graph session runs: the free dimensions of the model's input fixed
+/// (the batch at `rows`, the others at the stage's item shape) and the output that gives.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct GraphShape {
+    /// Free dimension name → size (`AddFreeDimensionOverrideByName`).
+    overrides: Vec<(String, i64)>,
+    /// The input's shape, batch first.
+    input: Vec<usize>,
+    /// The first output's shape for that input.
+    output: Vec<usize>,
+}
+
+impl GraphShape {
+    /// Reads `model`'s input from a CPU session and runs it once on zeros of the fixed
+    /// shape for the output's; fails naming what cannot be fixed.
+    fn probe(
+        env: &ort::environment::Environment,
+        model: &Path,
+        max_batch: usize,
+        item_shape: Option<&[usize]>,
+    ) -> Result<GraphShape, String> {
+        let mut probe = ort::session::Session::builder(env)
+            .map_err(|e| e.to_string())?
+            .with_intra_threads(1)
+            .map_err(|e| e.to_string())?
+            .commit_from_file(model)
+            .map_err(|e| e.to_string())?;
+        let first = probe.inputs().first().ok_or("the model has no inputs")?;
+        let name = first.name().to_string();
+        let ort::value::ValueType::Tensor {
+            shape,
+            dimension_symbols,
+            ..
+        } = first.dtype()
+        else {
+            return Err(format!("input {name} is not a tensor"));
+        };
+        let (overrides, input) = Self::fix(shape, dimension_symbols, max_batch, item_shape)
+            .map_err(|e| format!("input {name}: {e}"))?;
+        let n: usize = input.iter().product();
+        let zeros = vec![0f32; n];
+        let tensor = ort::value::TensorRef::from_array_view((input.clone(), zeros.as_slice()))
+            .map_err(|e| e.to_string())?;
+        let outputs = probe
+            .run(ort::inputs![name.as_str() => tensor])
+            .map_err(|e| e.to_string())?;
+        let (out_shape, _) = outputs[0]
+            .try_extract_tensor::<f32>()
+            .map_err(|e| e.to_string())?;
+        let output: Vec<usize> = out_shape.iter().map(|&d| d.max(0) as usize).collect();
+        if output.first() != input.first() {
+            return Err(format!(
+                "output shape {output:?} has no batch dimension of {}",
+                input[0]
+            ));
+        }
+        Ok(GraphShape {
+            overrides,
+            input,
+            output,
+        })
+    }
+
+    /// The overrides and the fixed shape for an input declared as `dims` (`-1` free) with
+    /// `symbols` (names of the free ones): the batch at `max_batch`, the rest at `item`.
+    #[allow(clippy::type_complexity)]
+    fn fix(
+        dims: &[i64],
+        symbols: &[String],
+        max_batch: usize,
+        item: Option<&[usize]>,
+    ) -> Result<(Vec<(String, i64)>, Vec<usize>), String> {
+        if dims.is_empty() {
+            return Err("a scalar input has no batch".into());
+        }
+        if let Some(item) = item
+            && item.len() + 1 != dims.len()
+        {
+            return Err(format!(
+                "declared {dims:?}, the stage gives {item:?} per item"
+            ));
+        }
+        let mut overrides: Vec<(String, i64)> = Vec::new();
+        let mut shape = Vec::with_capacity(dims.len());
+        for (k, &d) in dims.iter().enumerate() {
+            let want = match (k, item) {
+                (0, _) => Some(max_batch.max(1)),
+                (_, Some(item)) => Some(item[k - 1]),
+                (_, None) => None,
+            };
+            if d >= 0 {
+                if k > 0 && want.is_some_and(|w| w as i64 != d) {
+                    return Err(format!("dimension {k} is {d}, the stage gives {want:?}"));
+                }
+                shape.push(d as usize);
+                continue;
+            }
+            let sym = symbols.get(k).map(String::as_str).unwrap_or("");
+            let Some(size) = want else {
+                return Err(format!(
+                    "dimension {k} ({sym:?}) is free and no size was given"
+                ));
+            };
+            if sym.is_empty() {
+                return Err(format!(
+                    "dimension {k} is free and has no name to fix it by"
+                ));
+            }
+            match overrides.iter().find(|(n, _)| n == sym) {
+                Some((_, v)) if *v != size as i64 => {
+                    return Err(format!("dimension {sym:?} would be both {v} and {size}"));
+                }
+                Some(_) => {}
+                None => overrides.push((sym.to_string(), size as i64)),
+            }
+            shape.push(size);
+        }
+        Ok((overrides, shape))
+    }
+}
+
 /// The provider's registration; a GPU provider runs on `stream` (a raw `CUstream`) when
 /// one is given, TensorRT with `profile` when given.
 fn ep_dispatch(
     p: &Provider,
     stream: Option<*mut ()>,
     profile: Option<&TrtProfile>,
+    graph: bool,
 ) -> Option<ort::ep::ExecutionProviderDispatch> {
     match p {
         Provider::Cpu => None,
@@ -349,7 +482,8 @@ fn ep_dispatch(
             let mut cuda = ort::ep::CUDA::default()
                 .with_device_id(*device)
                 .with_tf32(false)
-                .with_conv_algorithm_search(ort::ep::cuda::ConvAlgorithmSearch::Heuristic);
+                .with_conv_algorithm_search(ort::ep::cuda::ConvAlgorithmSearch::Heuristic)
+                .with_cuda_graph(graph);
             if let Some(s) = stream {
                 // SAFETY: the stream belongs to the session's `GpuIo`, which lives as long as
                 // the session (both are fields of one `OrtSession`).
@@ -368,7 +502,8 @@ fn ep_dispatch(
             let mut trt = ort::ep::TensorRT::default()
                 .with_device_id(*device)
                 .with_fp16(*fp16)
-                .with_int8(*int8);
+                .with_int8(*int8)
+                .with_cuda_graph(graph);
             if let Some(core) = dla_core {
                 trt = trt.with_dla(true).with_dla_core(*core);
             }
@@ -409,15 +544,18 @@ impl OrtSession {
     /// `fallback_to_cpu`, logs that and runs on the CPU ([`provider`](Self::provider) says
     /// which one runs).
     pub fn open_with(settings: &EngineSettings, model: &Path) -> Result<Self, EngineError> {
-        Self::open_batched(settings, model, 1)
+        Self::open_batched(settings, model, 1, None)
     }
 
-    /// [`open_with`](Self::open_with) for batches of up to `max_batch` inputs: on TensorRT,
-    /// an engine built once for batches 1..=`max_batch` when the model's batch is free.
+    /// [`open_with`](Self::open_with) for batches of up to `max_batch` inputs of
+    /// `item_shape` (one input without the batch; needed to fix free dimensions for
+    /// [`EngineSettings::cuda_graph`]): on TensorRT, an engine built once for batches
+    /// 1..=`max_batch` when the model's batch is free.
     pub fn open_batched(
         settings: &EngineSettings,
         model: &Path,
         max_batch: usize,
+        item_shape: Option<&[usize]>,
     ) -> Result<Self, EngineError> {
         let env = runtime(&settings.runtime)?;
         let model_err = |reason: String| EngineError::Model {
@@ -443,7 +581,24 @@ impl OrtSession {
             Provider::TensorRt { .. } => trt_profile(env, model, threads, max_batch),
             _ => None,
         };
-        let build = |provider: &Provider| -> Result<ort::session::Session, String> {
+        // CUDA graphs: the input's one shape, read (with the output's) from a CPU session.
+        let mut graph = match (&settings.provider, settings.cuda_graph, &stream) {
+            (Provider::Cpu, ..) | (_, false, _) => None,
+            (_, true, None) => {
+                tracing::warn!(model = %model.display(), "no CUDA graph: no CUDA driver");
+                None
+            }
+            (_, true, Some(_)) => match GraphShape::probe(env, model, max_batch, item_shape) {
+                Ok(g) => Some(g),
+                Err(e) => {
+                    tracing::warn!(model = %model.display(), "no CUDA graph: {e}");
+                    None
+                }
+            },
+        };
+        let build = |provider: &Provider,
+                     graph: Option<&GraphShape>|
+         -> Result<ort::session::Session, String> {
             // On a GPU provider the graph runs on the GPU: the few nodes left to the CPU
             // (shapes) take one thread, which does not spin between runs. A pool per session
             // there spun on every core between calls (two sessions' 30 spinning threads on
@@ -464,7 +619,15 @@ impl OrtSession {
             } else {
                 raw_stream
             };
-            if let Some(ep) = ep_dispatch(provider, on_gpu, profile.as_ref()) {
+            if let Some(g) = graph.filter(|_| on_gpu.is_some()) {
+                for (name, size) in &g.overrides {
+                    b = b
+                        .with_dimension_override(name, *size)
+                        .map_err(|e| e.to_string())?;
+                }
+            }
+            let graph = graph.is_some() && on_gpu.is_some();
+            if let Some(ep) = ep_dispatch(provider, on_gpu, profile.as_ref(), graph) {
                 b = b.with_execution_providers([ep]).map_err(|e| {
                     format!(
                         "execution provider {} unavailable in {}: {e}",
@@ -475,11 +638,20 @@ impl OrtSession {
             }
             b.commit_from_file(model).map_err(|e| e.to_string())
         };
-        let (mut session, provider) = match build(&settings.provider) {
+        let mut built = build(&settings.provider, graph.as_ref());
+        if let (Err(e), Some(_)) = (&built, &graph) {
+            // A graph the provider refuses (a node it leaves to the CPU, control flow): the
+            // same provider without one.
+            tracing::warn!(model = %model.display(), "no CUDA graph: {e}");
+            graph = None;
+            built = build(&settings.provider, None);
+        }
+        let (mut session, provider) = match built {
             Ok(s) => (s, settings.provider.name()),
             Err(e) if settings.fallback_to_cpu && settings.provider != Provider::Cpu => {
                 tracing::warn!(model = %model.display(), "{e}; falling back to the CPU provider");
-                (build(&Provider::Cpu).map_err(model_err)?, "cpu")
+                graph = None;
+                (build(&Provider::Cpu, None).map_err(model_err)?, "cpu")
             }
             Err(e) => return Err(model_err(e)),
         };
@@ -507,7 +679,7 @@ impl OrtSession {
                     .map(|s| s.iter().copied().collect())
             })
             .unwrap_or_default();
-        let gpu = match (&stream, device) {
+        let mut gpu = match (&stream, device) {
             (Some(stream), Some(device)) if provider != "cpu" => {
                 match GpuIo::new(
                     &mut session,
@@ -518,6 +690,12 @@ impl OrtSession {
                     output_dims,
                 ) {
                     Ok(io) => Some(io),
+                    Err(e) if graph.is_some() => {
+                        // A graph session takes its input only from its bound buffers.
+                        return Err(model_err(format!(
+                            "CUDA graph without device I/O binding: {e}"
+                        )));
+                    }
                     Err(e) => {
                         tracing::warn!(model = %model.display(), "no device I/O binding: {e}");
                         None
@@ -526,6 +704,21 @@ impl OrtSession {
             }
             _ => None,
         };
+        if let (Some(g), Some(io)) = (&graph, gpu.as_mut()) {
+            // The provider runs the first call as usual and captures the second: both here,
+            // at load, so that no pipeline's frame pays for it (and a capture that fails
+            // fails the load, naming the setting).
+            io.use_graph(&g.input, &g.output).map_err(model_err)?;
+            let n: usize = g.input.iter().product();
+            let zeros = vec![0f32; n];
+            let mut out = Vec::new();
+            for _ in 0..2 {
+                io.run_host(&mut session, &zeros, &g.input, &mut out)
+                    .map_err(|e| {
+                        model_err(format!("CUDA graph capture (inference.cuda_graph): {e}"))
+                    })?;
+            }
+        }
         Ok(OrtSession {
             gpu,
             session,
@@ -575,6 +768,11 @@ impl InferenceEngine for OrtSession {
             path: self.model.clone(),
             reason,
         };
+        if let Some(gpu) = self.gpu.as_mut().filter(|g| g.graph()) {
+            return gpu
+                .run_host(&mut self.session, input, shape, out)
+                .map_err(err);
+        }
         let tensor = ort::value::TensorRef::from_array_view((shape.to_vec(), input))
             .map_err(|e| err(e.to_string()))?;
         let outputs = self
@@ -603,6 +801,10 @@ impl InferenceEngine for OrtSession {
 
     fn on_gpu(&self) -> bool {
         self.provider != "cpu"
+    }
+
+    fn cuda_graph(&self) -> bool {
+        self.gpu.as_ref().is_some_and(GpuIo::graph)
     }
 
     fn run_device(
@@ -679,5 +881,95 @@ mod profile_tests {
         assert_eq!(TrtProfile::new("x", &[-1, 3, -1, -1], 8), None);
         assert_eq!(TrtProfile::new("x", &[], 8), None);
         assert_eq!(TrtProfile::new("x", &[-1, 4], 0).unwrap().max, "x:1x4");
+    }
+
+    fn names(v: &[&str]) -> Vec<String> {
+        v.iter().map(|s| s.to_string()).collect()
+    }
+
+    #[test]
+    fn a_graph_fixes_the_batch_at_max_batch_and_the_rest_at_the_stage_s_shape() {
+        // NudeNet: batch, height and width free.
+        let (o, shape) = GraphShape::fix(
+            &[-1, 3, -1, -1],
+            &names(&["batch", "", "height", "width"]),
+            4,
+            Some(&[3, 320, 320]),
+        )
+        .unwrap();
+        assert_eq!(
+            o,
+            vec![
+                ("batch".to_string(), 4),
+                ("height".to_string(), 320),
+                ("width".to_string(), 320)
+            ]
+        );
+        assert_eq!(shape, vec![4, 3, 320, 320]);
+        // The selfie segmenter: only the batch; one request per call without batching.
+        let (o, shape) =
+            GraphShape::fix(&[-1, 3, 256, 256], &names(&["N", "", "", ""]), 1, None).unwrap();
+        assert_eq!(
+            (o, shape),
+            (vec![("N".to_string(), 1)], vec![1, 3, 256, 256])
+        );
+        // A fixed batch stays as declared.
+        let (o, shape) = GraphShape::fix(
+            &[1, 3, 8, 8],
+            &names(&["", "", "", ""]),
+            8,
+            Some(&[3, 8, 8]),
+        )
+        .unwrap();
+        assert_eq!((o.len(), shape), (0, vec![1, 3, 8, 8]));
+    }
+
+    #[test]
+    fn a_graph_shape_that_cannot_be_fixed_is_named() {
+        let err = |dims: &[i64], syms: &[&str], item: Option<&[usize]>| {
+            GraphShape::fix(dims, &names(syms), 2, item).unwrap_err()
+        };
+        let e = err(&[-1, 3, -1, -1], &["b", "", "h", "w"], None);
+        assert!(e.contains("dimension 2 (\"h\") is free and no size"), "{e}");
+        let e = err(&[-1, 3, -1], &["b", "", ""], Some(&[3, 9]));
+        assert!(e.contains("dimension 2 is free and has no name"), "{e}");
+        let e = err(&[-1, 3, 256, 256], &["b", "", "", ""], Some(&[3, 320, 320]));
+        assert!(e.contains("dimension 2 is 256"), "{e}");
+        let e = err(&[-1, 3, -1, -1], &["b", "", "s", "s"], Some(&[3, 320, 240]));
+        assert!(e.contains("both 320 and 240"), "{e}");
+        let e = err(&[-1, 3], &["b", ""], Some(&[3, 4]));
+        assert!(e.contains("per item"), "{e}");
+        assert!(err(&[], &[], None).contains("scalar"));
+        // The same name twice with one size is one override.
+        let (o, _) = GraphShape::fix(
+            &[-1, 3, -1, -1],
+            &names(&["b", "", "s", "s"]),
+            1,
+            Some(&[3, 64, 64]),
+        )
+        .unwrap();
+        assert_eq!(o.len(), 2);
+    }
+
+    /// The probe reads NudeNet's free dimensions and gets the output for the fixed input
+    /// from a CPU run (the models `just models` fetches; in CI their absence fails).
+    #[test]
+    fn a_graph_probe_finds_nudenet_s_output_for_the_fixed_input() {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../.models");
+        let (lib, model) = (
+            dir.join("libonnxruntime.so.1.32.0"),
+            dir.join("nudenet-320n.onnx"),
+        );
+        if !(lib.exists() && model.exists()) {
+            assert!(std::env::var_os("CI").is_none(), "CI must fetch the models");
+            return;
+        }
+        let env = runtime(&lib).unwrap();
+        let g = GraphShape::probe(env, &model, 2, Some(&[3, 320, 320])).unwrap();
+        assert_eq!(g.input, vec![2, 3, 320, 320]);
+        assert_eq!(g.output, vec![2, 22, 2100]);
+        assert_eq!(g.overrides.len(), 3, "{:?}", g.overrides);
+        let e = GraphShape::probe(env, &model, 2, None).unwrap_err();
+        assert!(e.contains("input images: dimension 2"), "{e}");
     }
 }

@@ -49,6 +49,24 @@ pub(crate) struct GpuIo {
     output_dims: Vec<i64>,
     batch_in: Option<CudaSlice<f32>>,
     batch_out: Option<CudaSlice<f32>>,
+    /// Set when the session replays a CUDA graph.
+    graph: Option<GraphIo>,
+}
+
+/// The buffers of a session that replays a CUDA graph: the graph reads and writes fixed
+/// addresses, so every call's items are copied into `input` and out of `output` (device to
+/// device), which stay bound for the session's life.
+struct GraphIo {
+    input: CudaSlice<f32>,
+    output: CudaSlice<f32>,
+    in_dims: Vec<i64>,
+    out_dims: Vec<i64>,
+    /// Rows of the one shape (the batch dimension).
+    rows: usize,
+    item_in: usize,
+    item_out: usize,
+    /// The bound values (created on the first call, kept: the graph holds their addresses).
+    bound: Option<(OwnedValue, OwnedValue)>,
 }
 
 // SAFETY: the ONNX Runtime objects behind the raw pointers are owned by this value alone and
@@ -150,7 +168,167 @@ impl GpuIo {
             output_dims,
             batch_in: None,
             batch_out: None,
+            graph: None,
         })
+    }
+
+    /// Whether the session replays a CUDA graph ([`GpuIo::use_graph`]).
+    pub(crate) fn graph(&self) -> bool {
+        self.graph.is_some()
+    }
+
+    /// Makes every call go through one pair of buffers of shapes `input` and `output`
+    /// (batch first), as a session built with a CUDA graph needs.
+    pub(crate) fn use_graph(&mut self, input: &[usize], output: &[usize]) -> Result<(), String> {
+        let rows = *input.first().ok_or("an input without a batch dimension")?;
+        if output.first() != Some(&rows) || rows == 0 {
+            return Err(format!(
+                "graph shapes {input:?} -> {output:?} do not share a batch"
+            ));
+        }
+        self.ctx
+            .bind_to_thread()
+            .map_err(|e| format!("CUDA context: {e}"))?;
+        let alloc = |n: usize| {
+            self.stream
+                .alloc_zeros::<f32>(n)
+                .map_err(|e| format!("device buffer: {e}"))
+        };
+        let dims = |s: &[usize]| s.iter().map(|&d| d as i64).collect::<Vec<_>>();
+        self.graph = Some(GraphIo {
+            input: alloc(input.iter().product())?,
+            output: alloc(output.iter().product())?,
+            in_dims: dims(input),
+            out_dims: dims(output),
+            rows,
+            item_in: input[1..].iter().product(),
+            item_out: output[1..].iter().product(),
+            bound: None,
+        });
+        Ok(())
+    }
+
+    /// Runs a graph session on what its input buffer holds (binding the buffers on the
+    /// first call), leaving the result in its output buffer (queued on the stream).
+    fn run_graph(&mut self, session: &mut ort::session::Session) -> Result<(), String> {
+        let g = self.graph.as_mut().ok_or("not a graph session")?;
+        if g.bound.is_none() {
+            let (i, _) = g.input.device_ptr(&self.stream);
+            let (o, _) = g.output.device_ptr_mut(&self.stream);
+            let (in_dims, out_dims) = (g.in_dims.clone(), g.out_dims.clone());
+            let input = self.tensor(i, &in_dims)?;
+            let output = self.tensor(o, &out_dims)?;
+            let api = ort::api();
+            // SAFETY: binding, names and values are valid; the values and the buffers under
+            // them live in `self.graph` as long as the binding (released in `drop` first).
+            unsafe {
+                check(
+                    (api.BindInput)(self.binding, self.input.as_ptr(), input.0),
+                    "BindInput",
+                )?;
+                check(
+                    (api.BindOutput)(self.binding, self.output.as_ptr(), output.0),
+                    "BindOutput",
+                )?;
+            }
+            self.graph.as_mut().expect("checked above").bound = Some((input, output));
+        }
+        // SAFETY: the session and the binding are valid; the bound buffers are this value's.
+        unsafe {
+            check(
+                (ort::api().RunWithBinding)(session.ptr_mut(), ptr::null(), self.binding),
+                "RunWithBinding",
+            )
+        }
+    }
+
+    /// A host request on a graph session: `input` (`shape`, batch first, at most the
+    /// graph's rows) uploaded into the input buffer, the graph run, the requests' rows
+    /// downloaded into `out`; returns the output shape for those rows.
+    pub(crate) fn run_host(
+        &mut self,
+        session: &mut ort::session::Session,
+        input: &[f32],
+        shape: &[usize],
+        out: &mut Vec<f32>,
+    ) -> Result<Vec<usize>, String> {
+        let g = self.graph.as_mut().ok_or("not a graph session")?;
+        let n = shape.first().copied().unwrap_or(0);
+        if n == 0
+            || n > g.rows
+            || shape[1..].iter().product::<usize>() != g.item_in
+            || input.len() != n * g.item_in
+        {
+            return Err(format!(
+                "input {shape:?} ({} values) does not fit the graph's {:?}",
+                input.len(),
+                g.in_dims
+            ));
+        }
+        self.ctx
+            .bind_to_thread()
+            .map_err(|e| format!("CUDA context: {e}"))?;
+        let (item_out, rows) = (g.item_out, g.rows);
+        self.stream
+            .memcpy_htod(input, &mut g.input.slice_mut(0..input.len()))
+            .map_err(|e| format!("upload: {e}"))?;
+        self.run_graph(session)?;
+        let g = self.graph.as_ref().expect("checked above");
+        out.resize(rows * item_out, 0.0);
+        self.stream
+            .memcpy_dtoh(&g.output, out.as_mut_slice())
+            .map_err(|e| format!("download: {e}"))?;
+        self.stream
+            .synchronize()
+            .map_err(|e| format!("CUDA stream: {e}"))?;
+        out.truncate(n * item_out);
+        let mut shape = vec![n];
+        shape.extend(g.out_dims[1..].iter().map(|&d| d as usize));
+        Ok(shape)
+    }
+
+    /// [`GpuIo::run`] on a graph session: the items copied into its input buffer, the graph
+    /// run, the outputs copied out.
+    fn run_device_graph(
+        &mut self,
+        session: &mut ort::session::Session,
+        items: &[DeviceItem],
+        item_shape: &[usize],
+    ) -> Result<Vec<usize>, String> {
+        let g = self.graph.as_mut().ok_or("not a graph session")?;
+        let (rows, item_in, item_out) = (g.rows, g.item_in, g.item_out);
+        if items.len() > rows || item_shape.iter().product::<usize>() != item_in {
+            return Err(format!(
+                "{} items of {item_shape:?} do not fit the graph's {:?}",
+                items.len(),
+                g.in_dims
+            ));
+        }
+        if let Some(bad) = items.iter().find(|i| i.output_len != item_out) {
+            return Err(format!(
+                "an output buffer of {} floats for outputs of {item_out}",
+                bad.output_len
+            ));
+        }
+        let (bin, _) = g.input.device_ptr(&self.stream);
+        let (bout, _) = g.output.device_ptr(&self.stream);
+        self.ctx
+            .bind_to_thread()
+            .map_err(|e| format!("CUDA context: {e}"))?;
+        for (k, item) in items.iter().enumerate() {
+            self.copy(bin + (k * item_in * 4) as u64, item.input, item_in)?;
+        }
+        self.run_graph(session)?;
+        for (k, item) in items.iter().enumerate() {
+            self.copy(item.output, bout + (k * item_out * 4) as u64, item_out)?;
+        }
+        self.stream
+            .synchronize()
+            .map_err(|e| format!("CUDA stream: {e}"))?;
+        let g = self.graph.as_ref().expect("checked above");
+        let mut shape = vec![1];
+        shape.extend(g.out_dims[1..].iter().map(|&d| d as usize));
+        Ok(shape)
     }
 
     /// A tensor over device memory at `ptr` (`dims`, `f32`).
@@ -225,6 +403,10 @@ impl GpuIo {
         let n = items.len();
         if n == 0 {
             return Err("an empty device batch".into());
+        }
+        if self.graph.is_some() {
+            // The graph's rows, whatever `rows` says: its one shape.
+            return self.run_device_graph(session, items, item_shape);
         }
         // The batch that runs: the items, then padding rows (whatever the batch buffer
         // held: earlier inputs, or zeros) whose outputs are dropped.

@@ -149,6 +149,11 @@ impl LoadedModel {
     pub fn sessions(&self) -> usize {
         self.batchers.len()
     }
+
+    /// Whether its sessions replay CUDA graphs (asked for, and taken by the provider).
+    pub fn cuda_graph(&self) -> bool {
+        self.batchers.iter().all(Batcher::cuda_graph)
+    }
 }
 
 /// The loaded models by name.
@@ -284,8 +289,13 @@ fn start_session(
     spec: &ModelSpec,
     batch: BatchSettings,
 ) -> Result<(Batcher, &'static str, Vec<usize>), String> {
-    let session = OrtSession::open_batched(settings, &spec.file, batch.max_batch)
-        .map_err(|e| e.to_string())?;
+    let session = OrtSession::open_batched(
+        settings,
+        &spec.file,
+        batch.max_batch,
+        Some(&[3, spec.input_size, spec.input_size]),
+    )
+    .map_err(|e| e.to_string())?;
     let provider = session.provider();
     let s = spec.input_size;
     let batcher = Batcher::start(Box::new(session), &[3, s, s], batch.max_batch, batch.window)

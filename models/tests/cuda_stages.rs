@@ -315,6 +315,79 @@ fn device_model_inputs_equal_the_host_inputs() {
     }
 }
 
+#[test]
+#[ignore = "needs an NVIDIA GPU: tools/device-gpu-inference.sh"]
+fn gpu_candidate_lists_decode_as_the_host_tensor_does() {
+    use aegis_models::geometry::Letterbox;
+    use aegis_models::yolo::{CANDIDATE, CandidateError, decode, decode_candidates, nms};
+    let gpu = aegis_cuda::Gpu::open(0, None).expect("a GPU");
+    // NudeNet's shape: 18 classes, 2,100 anchors. Scores from a fixed generator, a few
+    // anchors high; ties across classes (the first class wins) and across anchors (NMS keeps
+    // the first) on purpose.
+    let (classes, n) = (18, 2100);
+    let mut t = vec![0f32; (4 + classes) * n];
+    let mut x: u32 = 0x2545_f491;
+    let mut next = || {
+        x ^= x << 13;
+        x ^= x >> 17;
+        x ^= x << 5;
+        x as f32 / u32::MAX as f32
+    };
+    for a in 0..n {
+        t[a] = next() * 320.0;
+        t[n + a] = next() * 320.0;
+        t[2 * n + a] = 4.0 + next() * 80.0;
+        t[3 * n + a] = 4.0 + next() * 80.0;
+        for c in 0..classes {
+            let hot = next() < 0.003;
+            t[(4 + c) * n + a] = if hot {
+                0.2 + next() * 0.8
+            } else {
+                next() * 0.19
+            };
+        }
+    }
+    for a in [7, 900, 1500] {
+        t[(4 + 3) * n + a] = 0.75;
+        t[(4 + 11) * n + a] = 0.75;
+    }
+    let lb = Letterbox::top_left(1920, 1080, 320);
+    let mut want = Vec::new();
+    decode(&t, classes, 0.2, lb, &mut want).unwrap();
+    assert!((40..200).contains(&want.len()), "{} candidates", want.len());
+    let dev = gpu.upload(&t).unwrap();
+    for cap in [256, 8] {
+        let mut cand = gpu.alloc_zeros::<f32>(1 + cap * CANDIDATE).unwrap();
+        let mut list = vec![0f32; cand.len()];
+        // Twice into the same list: the count is reset, not added to.
+        for _ in 0..2 {
+            gpu.yolo_candidates(&dev, classes, 0.2, &mut cand).unwrap();
+        }
+        gpu.download_results(&cand, &mut list).unwrap();
+        assert_eq!(aegis_cuda::yolo_candidate_count(&list), Some(want.len()));
+        let mut got = Vec::new();
+        match decode_candidates(&mut list, classes, lb, &mut got) {
+            Ok(()) => {
+                assert_eq!(got, want, "cap {cap}");
+                let (mut a, mut b) = (got.clone(), want.clone());
+                nms(&mut a, 0.45, true);
+                nms(&mut b, 0.45, true);
+                assert_eq!(a, b);
+            }
+            Err(CandidateError::Cut { count, cap: c }) => {
+                assert_eq!((count, c), (want.len(), cap), "cap {cap}");
+                assert!(cap < want.len());
+            }
+            Err(e) => panic!("cap {cap}: {e}"),
+        }
+    }
+    assert!(gpu.result_transfers() >= 2);
+    eprintln!(
+        "GPU candidate lists: {} anchors, identical to the host decode",
+        want.len()
+    );
+}
+
 /// ONNX Runtime with the CUDA provider on the GPU machine (`tools/device-agent.sh` sets it
 /// to the pruned pip build it carries: docs/cuda.md).
 fn gpu_ort_library() -> std::path::PathBuf {
@@ -371,7 +444,9 @@ fn iou(a: [f32; 4], b: [f32; 4]) -> f32 {
 /// |Δ| ≤ 1e-2, IoU of the person masks ≥ 0.99), NudeNet's detections on them (same classes,
 /// box IoU ≥ 0.9, scores ± 0.02), and the stage chains on the clips with the host transfers
 /// counted: virtual background reads and writes only device memory (1.00 whole-frame
-/// transfer per frame, nothing else); detection downloads the model's output, not its input.
+/// transfer per frame, nothing else); detection downloads the list of anchors worth decoding
+/// that a kernel makes from the model's output, not the output or the input. With
+/// `AEGIS_CUDA_GRAPH` set, the GPU sessions replay CUDA graphs (`inference.cuda_graph`).
 #[test]
 #[ignore = "needs a GPU and ONNX Runtime's CUDA provider (AEGIS_ORT_GPU_LIBRARY): tools/device-agent.sh runs it in a process of its own"]
 fn gpu_engine_matches_the_cpu_engine() {
@@ -386,8 +461,10 @@ fn gpu_engine_matches_the_cpu_engine() {
     let cpu = EngineSettings::cpu(&lib, 0);
     let cuda = EngineSettings {
         provider: Provider::Cuda { device: 0 },
+        cuda_graph: std::env::var_os("AEGIS_CUDA_GRAPH").is_some(),
         ..EngineSettings::cpu(&lib, 1)
     };
+    eprintln!("CUDA graphs: {}", cuda.cuda_graph);
     let seg = model_spec(
         "selfie-seg",
         ModelKind::SelfieSegmentation,
@@ -400,6 +477,11 @@ fn gpu_engine_matches_the_cpu_engine() {
     let (seg_cpu, seg_gpu) = (load(&cpu, &seg), load(&cuda, &seg));
     let (nude_cpu, nude_gpu) = (load(&cpu, &nude), load(&cuda, &nude));
     assert_eq!((seg_gpu.provider, nude_gpu.provider), ("cuda", "cuda"));
+    assert_eq!(
+        (seg_gpu.cuda_graph(), nude_gpu.cuda_graph()),
+        (cuda.cuda_graph, cuda.cuda_graph),
+        "CUDA graphs as asked for"
+    );
     let (mut c_cpu, mut c_gpu) = (seg_cpu.client(), seg_gpu.client());
     assert!(c_gpu.on_device() && !c_cpu.on_device());
 
@@ -508,13 +590,18 @@ fn gpu_engine_matches_the_cpu_engine() {
         {
             let mut host_src = FileSource::open(settings(&clip, "host", None)).unwrap();
             let (host, host_objects) = run(&mut host_src, &mut host_chain);
-            let (t0, c0) = (gpu.frame_transfers(), gpu.host_copies());
+            let (t0, c0, r0) = (
+                gpu.frame_transfers(),
+                gpu.host_copies(),
+                gpu.result_transfers(),
+            );
             let mut dev_src = FileSource::open(settings(&clip, "dev", Some(&gpu))).unwrap();
             let (device, dev_objects) = run(&mut dev_src, &mut dev_chain);
             let n = device.len() as u64;
             assert_eq!((n, host.len() as u64), (FRAMES, FRAMES), "{name} {what}");
             let frames = gpu.frame_transfers() - t0;
             let copies = gpu.host_copies() - c0;
+            let results = gpu.result_transfers() - r0;
             let (mut differing, mut worst) = (0, 0u8);
             for (h, d) in host.iter().zip(&device) {
                 let w = h
@@ -527,8 +614,9 @@ fn gpu_engine_matches_the_cpu_engine() {
                 worst = worst.max(w);
             }
             eprintln!(
-                "{name} {what}: {n} frames, {differing} differ (worst by {worst}), objects {host_objects} vs {dev_objects}, {:.2} whole-frame and {:.2} host transfers per frame",
+                "{name} {what}: {n} frames, {differing} differ (worst by {worst}), objects {host_objects} vs {dev_objects}, {:.2} whole-frame, {:.2} result-list and {:.2} host transfers per frame",
                 frames as f64 / n as f64,
+                results as f64 / n as f64,
                 copies as f64 / n as f64
             );
             assert_eq!(frames, n + uploads as u64, "{name} {what}");
@@ -536,8 +624,10 @@ fn gpu_engine_matches_the_cpu_engine() {
                 // The model's input and output never leave the GPU.
                 assert_eq!(copies, frames, "{name} {what}: only whole frames cross");
             } else {
-                // Moderation and detection: the frame, and each model output once.
-                assert_eq!(copies, frames + 2 * n, "{name} {what}");
+                // Moderation and detection: the frame, and each detector's candidate list
+                // (its output tensor only where the list was cut: none on these clips).
+                assert_eq!(results, 2 * n, "{name} {what}: one list per detector call");
+                assert_eq!(copies, frames + results, "{name} {what}: no tensor crosses");
             }
             assert_eq!(host_objects, dev_objects, "{name} {what}: objects found");
             if what.contains("background") {

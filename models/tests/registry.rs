@@ -158,9 +158,11 @@ fn a_missing_execution_provider_is_named_or_falls_back_to_the_cpu() {
             e.contains("model nn") && e.contains(&format!("execution provider {name}")),
             "{e}"
         );
+        // CUDA graphs asked for too: without a GPU they are not taken, and nothing fails.
         let lenient = EngineSettings {
             provider,
             fallback_to_cpu: true,
+            cuda_graph: true,
             ..cpu.clone()
         };
         // Two sessions asked for: the CPU fallback keeps one (its pool has every core).
@@ -169,7 +171,7 @@ fn a_missing_execution_provider_is_named_or_falls_back_to_the_cpu() {
             ..BatchSettings::default()
         };
         let m = load(&lenient, &nudenet, two).unwrap();
-        assert_eq!((m.provider, m.sessions()), ("cpu", 1));
+        assert_eq!((m.provider, m.sessions(), m.cuda_graph()), ("cpu", 1, false));
     }
 }
 

@@ -164,6 +164,17 @@ pub struct InferenceConfig {
     /// has every core). Default 1.
     #[serde(default = "default_sessions")]
     pub sessions: u32,
+    /// On a GPU provider, capture each model session's work as a CUDA graph at load and
+    /// replay it on every call: one launch instead of one per node (ONNX Runtime's
+    /// `enable_cuda_graph`, `trt_cuda_graph_enable` on TensorRT). Each session then runs
+    /// one input shape (`max_batch` rows when `gpu_batching` is on, else 1) from buffers
+    /// of its own that requests are copied into and out of on the device. A model the
+    /// provider cannot capture (a node left to the CPU) runs without one, logged. The
+    /// capture, at load, must not meet another thread's CUDA allocation: load such
+    /// models before the streams start (a pipeline switch loads while streams run).
+    /// Ignored by the CPU provider.
+    #[serde(default)]
+    pub cuda_graph: bool,
     /// TensorRT options.
     #[serde(default)]
     pub tensorrt: TensorRtOptions,
@@ -183,6 +194,7 @@ impl Default for InferenceConfig {
             batch_window_ms: default_batch_window_ms(),
             gpu_batching: false,
             sessions: default_sessions(),
+            cuda_graph: false,
             tensorrt: TensorRtOptions::default(),
             models: Vec::new(),
         }
