@@ -84,6 +84,13 @@ if [ "${MODE:-}" = serving ]; then
       --include-ignored --nocapture
     equivalence equivalence
     equivalence equivalence-graph AEGIS_CUDA_GRAPH=1
+    for mode in relaxed strict; do
+      flag=AEGIS_CAPTURE_MODE=relaxed
+      [ $mode = relaxed ] || flag=AEGIS_CUDA_STRICT_CAPTURE=1
+      check "captures-$mode" env "$flag" \
+        AEGIS_ORT_GPU_LIBRARY="$PWD/ort-gpu/libonnxruntime.so.1.31.1" AEGIS_MODELS_DIR=.models \
+        ./cuda-stages-test graph_captures_do_not_fail_other_threads --include-ignored --nocapture
+    done
   fi
   variant() { # NAME SED-SCRIPT (applied to the config); VARIANTS="a b" runs only those
     [ -z "${VARIANTS:-}" ] || [[ " $VARIANTS " == *" $1 "* ]] || return 0
@@ -107,6 +114,8 @@ if [ "${MODE:-}" = serving ]; then
   variant graph 's/^  max_batch: 8$/  max_batch: 8\n  cuda_graph: true/'
   variant graph-sessions-2 's/^  max_batch: 8$/  max_batch: 8\n  cuda_graph: true\n  sessions: 2/'
   variant graph-sessions-4 's/^  max_batch: 8$/  max_batch: 8\n  cuda_graph: true\n  sessions: 4/'
+  variant graph-batch-8 's/^  max_batch: 8$/  max_batch: 8\n  gpu_batching: true\n  cuda_graph: true/'
+  variant graph-batch-4-sessions-2 's/^  max_batch: 8$/  max_batch: 4\n  gpu_batching: true\n  cuda_graph: true\n  sessions: 2/'
   variant graph-batch-4 's/^  max_batch: 8$/  max_batch: 4\n  gpu_batching: true\n  cuda_graph: true/'
   [ $((${#checks_passed[@]} + ${#checks_failed[@]})) -gt 0 ] || { echo "VARIANTS named none of the variants: $VARIANTS"; exit 2; }
   check_summary

@@ -348,6 +348,8 @@ struct GraphShape {
     input: Vec<usize>,
     /// The first output's shape for that input.
     output: Vec<usize>,
+    /// The input's shape as the model declares it (`-1` free).
+    declared: Vec<i64>,
 }
 
 impl GraphShape {
@@ -375,6 +377,7 @@ impl GraphShape {
         else {
             return Err(format!("input {name} is not a tensor"));
         };
+        let declared: Vec<i64> = shape.iter().copied().collect();
         let (overrides, input) = Self::fix(shape, dimension_symbols, max_batch, item_shape)
             .map_err(|e| format!("input {name}: {e}"))?;
         let n: usize = input.iter().product();
@@ -398,6 +401,7 @@ impl GraphShape {
             overrides,
             input,
             output,
+            declared,
         })
     }
 
@@ -705,20 +709,19 @@ impl OrtSession {
             _ => None,
         };
         if let (Some(g), Some(io)) = (&graph, gpu.as_mut()) {
-            // The provider runs the first call as usual and captures the second: both here,
-            // at load, so that no pipeline's frame pays for it (and a capture that fails
-            // fails the load, naming the setting).
+            // The capture is not made here: ONNX Runtime's CUDA provider keeps a graph per
+            // calling thread, and the first call on a thread runs as many times as it takes
+            // to capture (its memory-planning run, then the capture). That is the batcher
+            // thread's first call, the registry's warm-up, at load.
             io.use_graph(&g.input, &g.output).map_err(model_err)?;
-            let n: usize = g.input.iter().product();
-            let zeros = vec![0f32; n];
-            let mut out = Vec::new();
-            for _ in 0..2 {
-                io.run_host(&mut session, &zeros, &g.input, &mut out)
-                    .map_err(|e| {
-                        model_err(format!("CUDA graph capture (inference.cuda_graph): {e}"))
-                    })?;
-            }
         }
+        // The shape the model declares, not the one the graph fixed: a free batch stays
+        // free for the batcher (which packs up to `max_batch` requests into the graph's
+        // rows) and for the warm-up's one request.
+        let input_shape = match &graph {
+            Some(g) => g.declared.clone(),
+            None => input_shape,
+        };
         Ok(OrtSession {
             gpu,
             session,
@@ -969,6 +972,11 @@ mod profile_tests {
         assert_eq!(g.input, vec![2, 3, 320, 320]);
         assert_eq!(g.output, vec![2, 22, 2100]);
         assert_eq!(g.overrides.len(), 3, "{:?}", g.overrides);
+        assert_eq!(
+            g.declared,
+            vec![-1, 3, -1, -1],
+            "the batcher sees a free batch"
+        );
         let e = GraphShape::probe(env, &model, 2, None).unwrap_err();
         assert!(e.contains("input images: dimension 2"), "{e}");
     }

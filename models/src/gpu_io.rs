@@ -268,6 +268,7 @@ impl GpuIo {
         self.ctx
             .bind_to_thread()
             .map_err(|e| format!("CUDA context: {e}"))?;
+        aegis_cuda::relax_capture_mode();
         let (item_out, rows) = (g.item_out, g.rows);
         self.stream
             .memcpy_htod(input, &mut g.input.slice_mut(0..input.len()))
@@ -310,11 +311,11 @@ impl GpuIo {
                 bad.output_len
             ));
         }
-        let (bin, _) = g.input.device_ptr(&self.stream);
-        let (bout, _) = g.output.device_ptr(&self.stream);
         self.ctx
             .bind_to_thread()
             .map_err(|e| format!("CUDA context: {e}"))?;
+        let (bin, _) = g.input.device_ptr(&self.stream);
+        let (bout, _) = g.output.device_ptr(&self.stream);
         for (k, item) in items.iter().enumerate() {
             self.copy(bin + (k * item_in * 4) as u64, item.input, item_in)?;
         }
@@ -337,7 +338,8 @@ impl GpuIo {
         let mut value = ptr::null_mut();
         // SAFETY: the memory description says CUDA device memory; `ptr` points to at least
         // `len` floats (the callers check the buffer lengths) that outlive the value (it is
-        // dropped before `run` returns).
+        // dropped before `run` returns, or, bound for a graph, kept in `GraphIo` beside its
+        // buffer and released after the binding).
         unsafe {
             check(
                 (ort::api().CreateTensorWithDataAsOrtValue)(
@@ -404,6 +406,9 @@ impl GpuIo {
         if n == 0 {
             return Err("an empty device batch".into());
         }
+        // A capture on another session's thread must not fail this one's calls (nor they
+        // spoil it): see `aegis_cuda::relax_capture_mode`.
+        aegis_cuda::relax_capture_mode();
         if self.graph.is_some() {
             // The graph's rows, whatever `rows` says: its one shape.
             return self.run_device_graph(session, items, item_shape);

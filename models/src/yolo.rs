@@ -253,8 +253,8 @@ mod tests {
         );
     }
 
-    /// The list `Gpu::yolo_candidates` makes from `t`, entries in `order` (a permutation of
-    /// the qualifying anchors' ranks, as the kernel's threads may append them), `cap` slots.
+    /// The list `Gpu::yolo_candidates` makes from `t` with `cap` slots, entries in anchor
+    /// order or (`rev`) reversed, as the kernel's threads may append them in any order.
     fn candidates(t: &[f32], classes: usize, min: f32, cap: usize, rev: bool) -> Vec<f32> {
         let n = t.len() / (4 + classes);
         let mut entries = Vec::new();

@@ -171,7 +171,10 @@ fn a_missing_execution_provider_is_named_or_falls_back_to_the_cpu() {
             ..BatchSettings::default()
         };
         let m = load(&lenient, &nudenet, two).unwrap();
-        assert_eq!((m.provider, m.sessions(), m.cuda_graph()), ("cpu", 1, false));
+        assert_eq!(
+            (m.provider, m.sessions(), m.cuda_graph()),
+            ("cpu", 1, false)
+        );
     }
 }
 

@@ -285,6 +285,7 @@ pub struct DevicePool {
 impl DevicePool {
     /// `n` frames of `width`×`height`.
     pub fn new(gpu: &Gpu, width: usize, height: usize, n: usize) -> Result<DevicePool, CudaError> {
+        relax_capture_mode();
         let mut v = Vec::with_capacity(n);
         for _ in 0..n {
             v.push(gpu.alloc_nv12(width, height)?);
@@ -335,6 +336,36 @@ pub const YOLO_CANDIDATE: usize = 7;
 /// value is the count's bits); `None` for an empty slice.
 pub fn yolo_candidate_count(list: &[f32]) -> Option<usize> {
     list.first().map(|c| c.to_bits() as usize)
+}
+
+/// Environment variable that keeps the calling threads in CUDA's default (global) stream
+/// capture interaction mode instead of [`relax_capture_mode`]'s: to show what the relaxed
+/// mode protects against (`models/tests/cuda_stages.rs`).
+pub const STRICT_CAPTURE_ENV: &str = "AEGIS_CUDA_STRICT_CAPTURE";
+
+/// Puts the calling thread in CUDA's relaxed stream-capture interaction mode (once per
+/// thread; every [`Gpu`] operation and every GPU model session's call makes it). ONNX
+/// Runtime captures a CUDA graph (`inference.cuda_graph`) in the global mode, in which a
+/// "potentially unsafe" call of any other thread in the default mode (an allocation, a
+/// stream synchronisation) fails while the capture lasts, and spoils the capture. A
+/// pipeline switch loads models, and so captures, while the old streams run: on an H100,
+/// with the default mode, 99.9 % of a busy stream thread's rounds failed and no load got
+/// its graph; relaxed, none failed (`models/tests/cuda_stages.rs`,
+/// `graph_captures_do_not_fail_other_threads`). The capturing thread's own calls stay
+/// checked by the capture itself (a synchronisation of the capturing stream still fails).
+/// Needs a loaded driver (callers hold a [`Gpu`] or a GPU session).
+pub fn relax_capture_mode() {
+    use std::cell::Cell;
+    thread_local!(static DONE: Cell<bool> = const { Cell::new(false) });
+    DONE.with(|done| {
+        if done.replace(true) || std::env::var_os(STRICT_CAPTURE_ENV).is_some() {
+            return;
+        }
+        let mut mode = cudarc::driver::sys::CUstreamCaptureMode::CU_STREAM_CAPTURE_MODE_RELAXED;
+        // SAFETY: a valid out-pointer; the call swaps this thread's mode and nothing else.
+        // Best effort: where the call fails the thread keeps the default mode, as before.
+        let _ = unsafe { cudarc::driver::sys::cuThreadExchangeStreamCaptureMode(&mut mode) };
+    });
 }
 
 /// The compiled kernels.
@@ -461,6 +492,7 @@ impl Gpu {
     /// Device memory `(free, total)` in bytes, as the driver reports it (`cuMemGetInfo`):
     /// what the technician page's overview shows.
     pub fn memory(&self) -> Result<(usize, usize), CudaError> {
+        relax_capture_mode();
         self.ctx.bind_to_thread()?;
         Ok(cudarc::driver::result::mem_get_info()?)
     }
@@ -501,6 +533,7 @@ impl Gpu {
     /// The same GPU and kernels with a stream of its own: one per pipeline stream, so
     /// streams do not wait for each other's work. Copies count in the shared counters.
     pub fn fork(&self) -> Result<Gpu, CudaError> {
+        relax_capture_mode();
         Ok(Gpu {
             ctx: self.ctx.clone(),
             stream: self.ctx.new_stream()?,
@@ -584,6 +617,7 @@ impl Gpu {
         uv: &mut [u8],
         uv_stride: usize,
     ) -> Result<(), CudaError> {
+        relax_capture_mode();
         use cudarc::driver::sys;
         let (w, h, p) = src.geometry();
         if y_stride < w || uv_stride < w || y.len() < y_stride * h || uv.len() < uv_stride * h / 2 {
@@ -633,6 +667,7 @@ impl Gpu {
     /// Page-locks `buf` for fast downloads into it; keep the returned handle no longer
     /// than the memory lives.
     pub fn pin_host(&self, buf: &mut [u8]) -> Result<PinnedHost, CudaError> {
+        relax_capture_mode();
         self.ctx.bind_to_thread()?;
         let ptr = buf.as_mut_ptr().cast();
         // SAFETY: `buf` is valid for its length; flags 0 = plain page-locking.
@@ -649,6 +684,7 @@ impl Gpu {
         dev: &CudaSlice<T>,
         host: &mut [T],
     ) -> Result<(), CudaError> {
+        relax_capture_mode();
         same_len("download", dev.len(), host.len())?;
         self.stream.memcpy_dtoh(dev, host)?;
         self.stream.synchronize()?;
@@ -674,6 +710,7 @@ impl Gpu {
         host: &[T],
         dev: &mut CudaSlice<T>,
     ) -> Result<(), CudaError> {
+        relax_capture_mode();
         same_len("upload", host.len(), dev.len())?;
         self.stream.memcpy_htod(host, dev)?;
         self.copies[0].fetch_add(1, Ordering::Relaxed);
@@ -682,6 +719,7 @@ impl Gpu {
 
     /// Copies `src` to `dst` on the device (same size; no host copy).
     pub fn copy_nv12(&self, src: &DeviceNv12, dst: &mut DeviceNv12) -> Result<(), CudaError> {
+        relax_capture_mode();
         if (src.width, src.height, src.pitch) != (dst.width, dst.height, dst.pitch) {
             return Err(CudaError::Size(
                 "device copy between different sizes".into(),
@@ -696,11 +734,13 @@ impl Gpu {
         &self,
         n: usize,
     ) -> Result<CudaSlice<T>, CudaError> {
+        relax_capture_mode();
         Ok(self.stream.alloc_zeros::<T>(n)?)
     }
 
     /// A zeroed NV12 frame.
     pub fn alloc_nv12(&self, width: usize, height: usize) -> Result<DeviceNv12, CudaError> {
+        relax_capture_mode();
         if !width.is_multiple_of(2) || !height.is_multiple_of(2) || width == 0 || height == 0 {
             return Err(CudaError::Size(format!(
                 "NV12 needs even, non-zero sizes, not {width}x{height}"
@@ -717,6 +757,7 @@ impl Gpu {
 
     /// Uploads tightly packed NV12 (`width*height*3/2` bytes) into `dst` (one host copy).
     pub fn upload_nv12(&self, packed: &[u8], dst: &mut DeviceNv12) -> Result<(), CudaError> {
+        relax_capture_mode();
         let (w, h, p) = (dst.width, dst.height, dst.pitch);
         if packed.len() != w * h * 3 / 2 {
             return Err(CudaError::Size(format!(
@@ -736,6 +777,7 @@ impl Gpu {
 
     /// Downloads `src` as tightly packed NV12 (one host copy).
     pub fn download_nv12(&self, src: &DeviceNv12) -> Result<Vec<u8>, CudaError> {
+        relax_capture_mode();
         let (w, h, p) = (src.width, src.height, src.pitch);
         let staged = self.stream.clone_dtoh(&src.data)?;
         self.copies[0].fetch_add(1, Ordering::Relaxed);
@@ -752,6 +794,7 @@ impl Gpu {
         &self,
         host: &[T],
     ) -> Result<CudaSlice<T>, CudaError> {
+        relax_capture_mode();
         let s = self.stream.clone_htod(host)?;
         self.copies[0].fetch_add(1, Ordering::Relaxed);
         Ok(s)
@@ -762,6 +805,7 @@ impl Gpu {
         &self,
         dev: &CudaSlice<T>,
     ) -> Result<Vec<T>, CudaError> {
+        relax_capture_mode();
         let v = self.stream.clone_dtoh(dev)?;
         self.copies[0].fetch_add(1, Ordering::Relaxed);
         Ok(v)
@@ -777,6 +821,7 @@ impl Gpu {
         ow: usize,
         oh: usize,
     ) -> Result<(), CudaError> {
+        relax_capture_mode();
         fits_planes(out, ow, oh)?;
         let (w, h, pitch) = src.geometry();
         let (y, uv, _frame) = src.planes(&self.stream);
@@ -801,6 +846,7 @@ impl Gpu {
         oh: usize,
         fit: &Letterboxed,
     ) -> Result<(), CudaError> {
+        relax_capture_mode();
         fits_planes(out, ow, oh)?;
         let (w, h, pitch) = src.geometry();
         let (y, uv, _frame) = src.planes(&self.stream);
@@ -832,6 +878,7 @@ impl Gpu {
         h: usize,
         value: u8,
     ) -> Result<(), CudaError> {
+        relax_capture_mode();
         let (fw, fh, pitch) = frame.geometry();
         if w == 0 || h == 0 || !inside(x, w, fw) || !inside(y, h, fh) {
             return Err(CudaError::Size("outline outside the frame".into()));
@@ -863,6 +910,7 @@ impl Gpu {
         mask: &CudaSlice<u8>,
         s: usize,
     ) -> Result<(), CudaError> {
+        relax_capture_mode();
         let (w, h, pitch) = frame.geometry();
         let (bw, bh, bg_pitch) = bg.geometry();
         if bw != w || bh != h || mask.len() < s * s {
@@ -928,6 +976,7 @@ impl Gpu {
         factor: usize,
         scratch: &mut CudaSlice<u8>,
     ) -> Result<(), CudaError> {
+        relax_capture_mode();
         use cudarc::driver::DevicePtrMut;
         let factor = factor.max(2);
         let (fw, fh, p) = frame.geometry();
@@ -965,6 +1014,7 @@ impl Gpu {
         rgb_pitch: usize,
         dst: &mut F,
     ) -> Result<(), CudaError> {
+        relax_capture_mode();
         let (w, h, pitch) = dst.geometry();
         if rgb.len() < rgb_pitch * h || rgb_pitch < 3 * w {
             return Err(CudaError::Size("RGB buffer smaller than the frame".into()));
@@ -997,6 +1047,7 @@ impl Gpu {
         feather: usize,
         lo: f32,
     ) -> Result<(), CudaError> {
+        relax_capture_mode();
         let n = s * s;
         if prob.len() < n || prev.len() < n || tmp.len() < n || mask.len() < n {
             return Err(CudaError::Size(format!(
@@ -1045,6 +1096,7 @@ impl Gpu {
         min_score: f32,
         cand: &mut CudaSlice<f32>,
     ) -> Result<(), CudaError> {
+        relax_capture_mode();
         let rows = 4 + classes;
         let n = out.len() / rows;
         if classes == 0 || n == 0 || !out.len().is_multiple_of(rows) || n >= 1 << 24 {
@@ -1082,6 +1134,7 @@ impl Gpu {
 
     /// Waits for everything queued.
     pub fn sync(&self) -> Result<(), CudaError> {
+        relax_capture_mode();
         self.stream.synchronize()?;
         Ok(())
     }

@@ -492,6 +492,7 @@ impl Decoder {
     ) -> Result<Decoder, CudaError> {
         let api = Arc::new(Api::load()?);
         gpu.ctx.bind_to_thread()?;
+        crate::relax_capture_mode();
         let stream = gpu.ctx.new_stream()?;
         let mut state = Box::new(State {
             api: api.clone(),
@@ -581,6 +582,8 @@ impl Decoder {
         if self.free_surfaces() < self.state.pool_size / 2 {
             return Ok(false);
         }
+        // The parser's callbacks map and copy on this thread.
+        crate::relax_capture_mode();
         self.packet(
             annexb,
             if pts.is_some() { PKT_TIMESTAMP } else { 0 },

@@ -147,6 +147,8 @@ impl Detector {
                             gpu.alloc_zeros(self.output_len)
                                 .map_err(|e| pre(e.to_string()))?,
                         );
+                    }
+                    if self.device_candidates.is_none() {
                         self.device_candidates = Some(
                             gpu.alloc_zeros(1 + CANDIDATES * CANDIDATE)
                                 .map_err(|e| pre(e.to_string()))?,
