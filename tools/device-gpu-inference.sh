@@ -84,6 +84,10 @@ if [ "${MODE:-}" = serving ]; then
       --include-ignored --nocapture
     equivalence equivalence
     equivalence equivalence-graph AEGIS_CUDA_GRAPH=1
+    # Lent frames (a Jetson's NVMM surfaces will be), against the decoder's pooled ones;
+    # needs the bundle's CPU ONNX Runtime (.models/libonnxruntime.so.1.32.0).
+    check lent-frames env AEGIS_MODELS_DIR=.models AEGIS_SAMPLES_DIR=.samples ./cuda-stages-test \
+      lent_device_frames_give_what_pooled_ones_give --include-ignored --nocapture
     for mode in relaxed strict; do
       flag=AEGIS_CAPTURE_MODE=relaxed
       [ $mode = relaxed ] || flag=AEGIS_CUDA_STRICT_CAPTURE=1

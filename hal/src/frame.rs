@@ -174,13 +174,19 @@ impl FrameMeta {
     }
 }
 
-/// A frame's pixels in GPU memory (the CUDA backend): an NVDEC output surface on loan from
-/// its decoder's pool, returned there when dropped, and the GPU (with the stream's own CUDA
-/// stream) that works on it. Moving one is moving a handle: nothing is allocated per frame.
+/// A frame's pixels in GPU memory: an NVDEC output surface on loan from its decoder's pool
+/// (the CUDA backend), returned there when dropped, or a surface another API lends
+/// ([`aegis_cuda::LentNv12`]: a Jetson's NVMM buffer mapped for CUDA), given back when
+/// dropped; and the GPU (with the stream's own CUDA stream) that works on it. Moving one is
+/// moving a handle: nothing is allocated per frame.
 pub struct DeviceSurface {
-    nv12: Option<aegis_cuda::DeviceNv12>,
-    pool: Arc<aegis_cuda::DevicePool>,
+    pixels: Option<DevicePixels>,
     gpu: Arc<aegis_cuda::Gpu>,
+}
+
+enum DevicePixels {
+    Pooled(aegis_cuda::DeviceNv12, Arc<aegis_cuda::DevicePool>),
+    Lent(aegis_cuda::LentNv12),
 }
 
 impl DeviceSurface {
@@ -191,24 +197,53 @@ impl DeviceSurface {
         gpu: Arc<aegis_cuda::Gpu>,
     ) -> Self {
         DeviceSurface {
-            nv12: Some(nv12),
-            pool,
+            pixels: Some(DevicePixels::Pooled(nv12, pool)),
+            gpu,
+        }
+    }
+
+    /// A lent frame, worked on by `gpu` (in the lender's CUDA context). When dropped, the
+    /// surface waits for `gpu`'s stream before the frame goes back to its lender.
+    pub fn lent(nv12: aegis_cuda::LentNv12, gpu: Arc<aegis_cuda::Gpu>) -> Self {
+        DeviceSurface {
+            pixels: Some(DevicePixels::Lent(nv12)),
             gpu,
         }
     }
 
     /// The pixels.
-    pub fn nv12(&self) -> &aegis_cuda::DeviceNv12 {
-        self.nv12
+    pub fn nv12(&self) -> &dyn aegis_cuda::Nv12Frame {
+        match self
+            .pixels
             .as_ref()
             .expect("device surface present until dropped")
+        {
+            DevicePixels::Pooled(f, _) => f,
+            DevicePixels::Lent(f) => f,
+        }
     }
 
     /// The pixels, to change in place.
-    pub fn nv12_mut(&mut self) -> &mut aegis_cuda::DeviceNv12 {
-        self.nv12
+    pub fn nv12_mut(&mut self) -> &mut dyn aegis_cuda::Nv12Frame {
+        match self
+            .pixels
             .as_mut()
             .expect("device surface present until dropped")
+        {
+            DevicePixels::Pooled(f, _) => f,
+            DevicePixels::Lent(f) => f,
+        }
+    }
+
+    /// Width and height in pixels.
+    pub fn size(&self) -> (usize, usize) {
+        let (w, h, _) = self.nv12().geometry();
+        (w, h)
+    }
+
+    /// Whether another API lends the pixels ([`DeviceSurface::lent`]).
+    pub fn is_lent(&self) -> bool {
+        matches!(self.pixels, Some(DevicePixels::Lent(_)))
     }
 
     /// The GPU and stream that process this stream's frames.
@@ -217,20 +252,32 @@ impl DeviceSurface {
     }
 
     /// The pixels and the GPU at once (a stage needs both, one of them mutably).
-    pub fn parts(&mut self) -> (&mut aegis_cuda::DeviceNv12, &aegis_cuda::Gpu) {
-        (
-            self.nv12
-                .as_mut()
-                .expect("device surface present until dropped"),
-            &self.gpu,
-        )
+    pub fn parts(&mut self) -> (&mut dyn aegis_cuda::Nv12Frame, &aegis_cuda::Gpu) {
+        let gpu = &self.gpu;
+        let nv12: &mut dyn aegis_cuda::Nv12Frame = match self
+            .pixels
+            .as_mut()
+            .expect("device surface present until dropped")
+        {
+            DevicePixels::Pooled(f, _) => f,
+            DevicePixels::Lent(f) => f,
+        };
+        (nv12, gpu)
     }
 }
 
 impl Drop for DeviceSurface {
     fn drop(&mut self) {
-        if let Some(f) = self.nv12.take() {
-            self.pool.release(f);
+        match self.pixels.take() {
+            Some(DevicePixels::Pooled(f, pool)) => pool.release(f),
+            Some(DevicePixels::Lent(f)) => {
+                // The lender reuses the memory at once: what was queued on it must be done
+                // (the kernels do not track a lent frame's uses; a frame that reached the
+                // host or an encoder was waited for already, and this is then immediate).
+                let _ = self.gpu.sync();
+                drop(f);
+            }
+            None => {}
         }
     }
 }
@@ -301,10 +348,11 @@ impl Frame {
         };
         let (w, h) = (self.layout.width, self.layout.height);
         let src = dev.nv12();
-        if self.layout.format != PixelFormat::Nv12 || (src.width, src.height) != (w, h) {
+        let (sw, sh) = dev.size();
+        if self.layout.format != PixelFormat::Nv12 || (sw, sh) != (w, h) {
             return Err(aegis_cuda::CudaError::Size(format!(
-                "device frame {}x{} does not fit the host surface ({} {w}x{h})",
-                src.width, src.height, self.layout.format
+                "device frame {sw}x{sh} does not fit the host surface ({} {w}x{h})",
+                self.layout.format
             )));
         }
         let [y, uv, _] = self.planes_mut();

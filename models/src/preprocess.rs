@@ -181,7 +181,8 @@ pub fn planar_in_device(
         }
         .into());
     }
-    let s = sampling(spec, src.width, src.height);
+    let (sw, sh) = d.size();
+    let s = sampling(spec, sw, sh);
     if s.corner && spec.order == ChannelOrder::Rgb {
         gpu.preprocess(src, dev, ow, oh)?;
     } else if s.corner {

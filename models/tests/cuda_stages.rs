@@ -273,6 +273,122 @@ fn device_stages_equal_the_host_stages() {
     }
 }
 
+/// Frames lent by another API (`DeviceSurface::lent`, as a Jetson's NVMM surfaces mapped
+/// for CUDA will be), at a pitch that is not the pool's: every stage chain gives the same
+/// pictures and objects as on the decoder's pooled surfaces, and every frame goes back to
+/// its lender once, after its last use.
+#[test]
+#[ignore = "needs an NVIDIA GPU with NVDEC: tools/device-test.sh"]
+fn lent_device_frames_give_what_pooled_ones_give() {
+    use aegis_cuda::{Lender, LentNv12, pitch_for};
+    use std::sync::Mutex;
+    use std::sync::atomic::{AtomicU64, Ordering};
+    struct Slots {
+        free: Mutex<Vec<u64>>,
+        returned: AtomicU64,
+    }
+    impl Lender for Slots {
+        fn give_back(&self, token: u64) {
+            self.free.lock().unwrap().push(token);
+            self.returned.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+    let samples = samples_dir();
+    let gpu = Arc::new(aegis_cuda::Gpu::open(0, None).expect("a GPU"));
+    let engine = EngineSettings::cpu(&ort_library(), 1);
+    let load = |s: ModelSpec| Arc::new(load(&engine, &s, BatchSettings::default()).unwrap());
+    let m = Models {
+        seg: load(model_spec(
+            "selfie-seg",
+            ModelKind::SelfieSegmentation,
+            "selfie_segmentation.onnx",
+            256,
+        )),
+        nudenet: load(model_spec(
+            "nudenet",
+            ModelKind::NudeNet,
+            "nudenet-320n.onnx",
+            320,
+        )),
+        photo: Arc::new(load_png(&samples.join("astronaut.png")).unwrap()),
+    };
+    let clip = samples.join("demo.mp4");
+    for ((what, mut pooled_chain, _), (_, mut lent_chain, _)) in
+        chains(&m).into_iter().zip(chains(&m))
+    {
+        let mut src = FileSource::open(settings(&clip, "pooled", Some(&gpu))).unwrap();
+        let (want, want_objects) = run(&mut src, &mut pooled_chain);
+        let mut src = FileSource::open(settings(&clip, "lent", Some(&gpu))).unwrap();
+        let (w, h) = (src.pool().layout().width, src.pool().layout().height);
+        let pitch = pitch_for(w) + 256;
+        let buffers: Vec<_> = (0..3)
+            .map(|_| gpu.alloc_zeros::<u8>(pitch * h * 3 / 2).unwrap())
+            .collect();
+        let at: Vec<u64> = buffers
+            .iter()
+            .map(|b| aegis_cuda::cudarc::driver::DevicePtr::device_ptr(b, &gpu.stream).0)
+            .collect();
+        let slots = Arc::new(Slots {
+            free: Mutex::new(vec![0, 1, 2]),
+            returned: AtomicU64::new(0),
+        });
+        let (mut got, mut objects, mut frames) = (Vec::new(), 0, 0u64);
+        while let Some(mut f) = src.next_frame().unwrap() {
+            let pooled = f.device.take().expect("a device frame");
+            let token = slots
+                .free
+                .lock()
+                .unwrap()
+                .pop()
+                .expect("a frame was given back");
+            let y = at[token as usize];
+            // SAFETY: the buffer holds pitch * h * 3 / 2 bytes and outlives the frame (it
+            // is dropped after the loop); only this frame writes it until it is given back.
+            let mut lent = unsafe {
+                LentNv12::new(
+                    y,
+                    y + (pitch * h) as u64,
+                    (w, h, pitch),
+                    token,
+                    slots.clone(),
+                )
+            }
+            .unwrap();
+            gpu.copy_nv12(pooled.nv12(), &mut lent).unwrap();
+            gpu.sync().unwrap();
+            let stream_gpu = pooled.gpu().clone();
+            drop(pooled);
+            f.device = Some(aegis_hal::frame::DeviceSurface::lent(lent, stream_gpu));
+            assert!(f.device.as_ref().unwrap().is_lent());
+            for stage in lent_chain.iter_mut() {
+                assert_ne!(stage.process(&mut f).unwrap(), StageOutcome::Drop);
+            }
+            objects += f.meta.objects.iter().count();
+            f.to_host().unwrap();
+            assert!(f.device.is_none(), "the download gave the frame back");
+            got.push(planar(&f));
+            frames += 1;
+        }
+        assert_eq!(frames, FRAMES, "{what}");
+        assert_eq!(
+            slots.returned.load(Ordering::Relaxed),
+            frames,
+            "{what}: each frame given back once"
+        );
+        assert_eq!(
+            slots.free.lock().unwrap().len(),
+            3,
+            "{what}: every slot back"
+        );
+        let differ = want.iter().zip(&got).filter(|(a, b)| a != b).count();
+        eprintln!(
+            "{what}: {frames} lent frames, {differ} differ from the pooled ones, objects {objects} vs {want_objects}"
+        );
+        assert_eq!((differ, objects), (0, want_objects), "{what}");
+        drop(buffers);
+    }
+}
+
 #[test]
 #[ignore = "needs an NVIDIA GPU with NVDEC: tools/device-test.sh"]
 fn device_model_inputs_equal_the_host_inputs() {

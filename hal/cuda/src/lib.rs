@@ -201,6 +201,82 @@ impl Nv12Frame for Nv12Planes<'_> {
     }
 }
 
+/// Who lends [`LentNv12`] frames and takes them back: a Jetson's frame loop lending its
+/// NVMM work surfaces, mapped for CUDA, to the pipeline.
+pub trait Lender: Send + Sync {
+    /// The frame lent under `token` is no longer used: the GPU work queued on it has
+    /// finished (the holder waited for its stream), so the lender may unmap and reuse it.
+    fn give_back(&self, token: u64);
+}
+
+/// An NV12 frame in device memory another API owns, lent to the pipeline for as long as
+/// the frame lives: [`Nv12Planes`] without a borrow, given back to its [`Lender`] when
+/// dropped. Nothing is allocated per frame (the lender is shared, the token is its own
+/// number for the surface).
+pub struct LentNv12 {
+    planes: Nv12Planes<'static>,
+    token: u64,
+    lender: Arc<dyn Lender>,
+}
+
+impl LentNv12 {
+    /// The planes at `y` and `uv` (as [`Nv12Planes::new`] checks them), lent by `lender`
+    /// under `token`.
+    ///
+    /// # Safety
+    /// Until `lender.give_back(token)` is called, `y` and `uv` must address the planes as
+    /// [`Nv12Planes::new`] requires, and nothing but the holder may write them.
+    pub unsafe fn new(
+        y: u64,
+        uv: u64,
+        (width, height, pitch): (usize, usize, usize),
+        token: u64,
+        lender: Arc<dyn Lender>,
+    ) -> Result<LentNv12, CudaError> {
+        // SAFETY: the caller's promise covers the planes for the value's life.
+        let planes = unsafe { Nv12Planes::new(y, uv, width, height, pitch) }?;
+        Ok(LentNv12 {
+            planes,
+            token,
+            lender,
+        })
+    }
+
+    /// The lender's number for this frame.
+    pub fn token(&self) -> u64 {
+        self.token
+    }
+}
+
+impl std::fmt::Debug for LentNv12 {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LentNv12")
+            .field("planes", &self.planes)
+            .field("token", &self.token)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Nv12Frame for LentNv12 {
+    fn geometry(&self) -> (usize, usize, usize) {
+        self.planes.geometry()
+    }
+
+    fn planes<'a>(&'a self, stream: &'a CudaStream) -> (u64, u64, SyncOnDrop<'a>) {
+        self.planes.planes(stream)
+    }
+
+    fn planes_mut<'a>(&'a mut self, stream: &'a CudaStream) -> (u64, u64, SyncOnDrop<'a>) {
+        self.planes.planes_mut(stream)
+    }
+}
+
+impl Drop for LentNv12 {
+    fn drop(&mut self) {
+        self.lender.give_back(self.token);
+    }
+}
+
 /// How a letterboxed model input samples the frame (half-pixel centres): input pixel `d`
 /// reads source position `(d + 0.5 - offset) * ratio - 0.5`, clamped inside `len`; source
 /// pixels outside the frame read `pad`; `bgr` writes the planes in B, G, R order.
@@ -717,15 +793,50 @@ impl Gpu {
         Ok(())
     }
 
-    /// Copies `src` to `dst` on the device (same size; no host copy).
-    pub fn copy_nv12(&self, src: &DeviceNv12, dst: &mut DeviceNv12) -> Result<(), CudaError> {
+    /// Copies `src` to `dst` on the device (same width and height, any pitches; no host
+    /// copy): two pitched copies queued on this GPU's stream.
+    pub fn copy_nv12<S: Nv12Frame + ?Sized, D: Nv12Frame + ?Sized>(
+        &self,
+        src: &S,
+        dst: &mut D,
+    ) -> Result<(), CudaError> {
         relax_capture_mode();
-        if (src.width, src.height, src.pitch) != (dst.width, dst.height, dst.pitch) {
-            return Err(CudaError::Size(
-                "device copy between different sizes".into(),
-            ));
+        use cudarc::driver::sys;
+        let (w, h, sp) = src.geometry();
+        let (dw, dh, dp) = dst.geometry();
+        if (w, h) != (dw, dh) {
+            return Err(CudaError::Size(format!(
+                "device copy of a {w}x{h} frame into a {dw}x{dh} one"
+            )));
         }
-        self.stream.memcpy_dtod(&src.data, &mut dst.data)?;
+        self.ctx.bind_to_thread()?;
+        let (sy, suv, _read) = src.planes(&self.stream);
+        let (dy, duv, _write) = dst.planes_mut(&self.stream);
+        let copy = |from: u64, to: u64, rows: usize| {
+            let cp = sys::CUDA_MEMCPY2D {
+                srcXInBytes: 0,
+                srcY: 0,
+                srcMemoryType: sys::CUmemorytype::CU_MEMORYTYPE_DEVICE,
+                srcHost: std::ptr::null(),
+                srcDevice: from,
+                srcArray: std::ptr::null_mut(),
+                srcPitch: sp,
+                dstXInBytes: 0,
+                dstY: 0,
+                dstMemoryType: sys::CUmemorytype::CU_MEMORYTYPE_DEVICE,
+                dstHost: std::ptr::null_mut(),
+                dstDevice: to,
+                dstArray: std::ptr::null_mut(),
+                dstPitch: dp,
+                WidthInBytes: w,
+                Height: rows,
+            };
+            // SAFETY: both ranges are `rows` rows of `w` bytes inside the frames' planes
+            // (their pitches hold a row: Nv12Frame's contract); ordered on this stream.
+            unsafe { sys::cuMemcpy2DAsync_v2(&cp, self.stream.cu_stream()) }.result()
+        };
+        copy(sy, dy, h)?;
+        copy(suv, duv, h / 2)?;
         Ok(())
     }
 
@@ -1145,6 +1256,47 @@ mod tests {
     // The BT.601 constants injected into the kernel source: tests/kernel_source.rs; their
     // values against aegis-hal's own converter: hal/tests/cuda_coefficients.rs (this crate
     // cannot depend on aegis-hal, which depends on it and on libav).
+
+    /// A lent frame checks its planes like `Nv12Planes`, and goes back to its lender once,
+    /// when dropped (no GPU needed: nothing here touches the addresses).
+    #[test]
+    fn a_lent_frame_goes_back_once_when_dropped() {
+        use super::{Lender, LentNv12, Nv12Frame};
+        use std::sync::{Arc, Mutex};
+        #[derive(Default)]
+        struct Back(Mutex<Vec<u64>>);
+        impl Lender for Back {
+            fn give_back(&self, token: u64) {
+                self.0.lock().unwrap().push(token);
+            }
+        }
+        let back = Arc::new(Back::default());
+        // SAFETY: the addresses are never read or written (no kernel runs).
+        let lent = |y: u64, size: (usize, usize, usize), token: u64| unsafe {
+            LentNv12::new(y, y + 0x10_0000, size, token, back.clone())
+        };
+        let f = lent(0x1000, (64, 32, 128), 7).unwrap();
+        assert_eq!((f.geometry(), f.token()), ((64, 32, 128), 7));
+        assert!(
+            back.0.lock().unwrap().is_empty(),
+            "not before it is dropped"
+        );
+        drop(f);
+        assert_eq!(*back.0.lock().unwrap(), vec![7]);
+        for (y, size, what) in [
+            (0x1000, (63, 32, 128), "even"),
+            (0x1000, (64, 32, 32), "pitch"),
+            (0, (64, 32, 128), "null"),
+        ] {
+            let e = lent(y, size, 9).unwrap_err().to_string();
+            assert!(e.contains(what), "{e}");
+        }
+        assert_eq!(
+            *back.0.lock().unwrap(),
+            vec![7],
+            "a refused frame was never lent"
+        );
+    }
 
     #[test]
     fn hide_list_names_libraries_and_rejects_typos() {

@@ -195,7 +195,8 @@ impl Moderation {
             error_type: "gpu",
             message: e.to_string(),
         };
-        let need = nv12.width * nv12.height;
+        let (w, h, _) = nv12.geometry();
+        let need = w * h;
         if self.device_scratch.as_ref().is_none_or(|s| s.len() < need) {
             self.device_scratch = Some(gpu.alloc_zeros(need).map_err(gpu_err)?);
         }

@@ -356,7 +356,7 @@ impl VirtualBackground {
         let Some(dev) = frame.device.as_ref() else {
             return Err(err("gpu", "frame is not on the device".into()));
         };
-        let (w, h) = (dev.nv12().width, dev.nv12().height);
+        let (w, h) = dev.size();
         let fits = self
             .device
             .as_ref()
