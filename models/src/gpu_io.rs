@@ -216,22 +216,10 @@ impl GpuIo {
             let (i, _) = g.input.device_ptr(&self.stream);
             let (o, _) = g.output.device_ptr_mut(&self.stream);
             let (in_dims, out_dims) = (g.in_dims.clone(), g.out_dims.clone());
-            let input = self.tensor(i, &in_dims)?;
-            let output = self.tensor(o, &out_dims)?;
-            let api = ort::api();
-            // SAFETY: binding, names and values are valid; the values and the buffers under
-            // them live in `self.graph` as long as the binding (released in `drop` first).
-            unsafe {
-                check(
-                    (api.BindInput)(self.binding, self.input.as_ptr(), input.0),
-                    "BindInput",
-                )?;
-                check(
-                    (api.BindOutput)(self.binding, self.output.as_ptr(), output.0),
-                    "BindOutput",
-                )?;
-            }
-            self.graph.as_mut().expect("checked above").bound = Some((input, output));
+            // The values and the buffers under them live in `self.graph` as long as the
+            // binding (released in `drop` first).
+            let bound = self.bind((i, &in_dims), (o, &out_dims))?;
+            self.graph.as_mut().expect("checked above").bound = Some(bound);
         }
         // SAFETY: the session and the binding are valid; the bound buffers are this value's.
         unsafe {
@@ -357,6 +345,31 @@ impl GpuIo {
         Ok(OwnedValue(value))
     }
 
+    /// Tensors over `input` and `output` (device pointer, dims), bound as the session's
+    /// input and output; the values must outlive every run that uses the binding.
+    fn bind(
+        &self,
+        input: (u64, &[i64]),
+        output: (u64, &[i64]),
+    ) -> Result<(OwnedValue, OwnedValue), String> {
+        let input = self.tensor(input.0, input.1)?;
+        let output = self.tensor(output.0, output.1)?;
+        let api = ort::api();
+        // SAFETY: binding, names and values are valid; ONNX Runtime keeps its own reference
+        // to each bound value (the caller keeps the values and their buffers alive).
+        unsafe {
+            check(
+                (api.BindInput)(self.binding, self.input.as_ptr(), input.0),
+                "BindInput",
+            )?;
+            check(
+                (api.BindOutput)(self.binding, self.output.as_ptr(), output.0),
+                "BindOutput",
+            )?;
+        }
+        Ok((input, output))
+    }
+
     /// Device-to-device copy of `floats` values on the session's stream.
     fn copy(&self, dst: u64, src: u64, floats: usize) -> Result<(), String> {
         // SAFETY: both ranges are device memory of at least `floats` values (checked by the
@@ -465,21 +478,12 @@ impl GpuIo {
             }
             (bin, bout)
         };
-        let input = self.tensor(in_ptr, &in_dims)?;
-        let output = self.tensor(out_ptr, &out_dims)?;
+        // The buffers outlive the run (the caller's until `run` returns, the batch ones in
+        // `self`).
+        let (_input, _output) = self.bind((in_ptr, &in_dims), (out_ptr, &out_dims))?;
         let api = ort::api();
-        // SAFETY: binding, names and values are valid; ONNX Runtime keeps its own reference
-        // to each bound value, and the buffers outlive the run (the caller's until `run`
-        // returns, the batch ones in `self`).
+        // SAFETY: the session and the binding are valid, and so are the bound values.
         unsafe {
-            check(
-                (api.BindInput)(self.binding, self.input.as_ptr(), input.0),
-                "BindInput",
-            )?;
-            check(
-                (api.BindOutput)(self.binding, self.output.as_ptr(), output.0),
-                "BindOutput",
-            )?;
             check(
                 (api.RunWithBinding)(session.ptr_mut(), ptr::null(), self.binding),
                 "RunWithBinding",

@@ -126,6 +126,31 @@ struct Models {
     photo: Arc<RgbImage>,
 }
 
+/// The demo's models: the selfie segmenter and NudeNet.
+fn demo_specs() -> (ModelSpec, ModelSpec) {
+    (
+        model_spec(
+            "selfie-seg",
+            ModelKind::SelfieSegmentation,
+            "selfie_segmentation.onnx",
+            256,
+        ),
+        model_spec("nudenet", ModelKind::NudeNet, "nudenet-320n.onnx", 320),
+    )
+}
+
+/// The demo's two models on the CPU provider, and the astronaut as the picture background.
+fn cpu_models(samples: &std::path::Path) -> Models {
+    let engine = EngineSettings::cpu(&ort_library(), 1);
+    let (seg, nude) = demo_specs();
+    let load = |s: ModelSpec| Arc::new(load(&engine, &s, BatchSettings::default()).unwrap());
+    Models {
+        seg: load(seg),
+        nudenet: load(nude),
+        photo: Arc::new(load_png(&samples.join("astronaut.png")).unwrap()),
+    }
+}
+
 fn vb(m: &Models, background: Background) -> Box<dyn Stage> {
     Box::new(VirtualBackground::new(
         &m.seg,
@@ -203,23 +228,7 @@ fn device_stages_equal_the_host_stages() {
     let samples = samples_dir();
     let gpu = Arc::new(aegis_cuda::Gpu::open(0, None).expect("a GPU"));
     eprintln!("{}: kernels {}", gpu.name, gpu.ptx_source);
-    let engine = EngineSettings::cpu(&ort_library(), 1);
-    let load = |s: ModelSpec| Arc::new(load(&engine, &s, BatchSettings::default()).unwrap());
-    let m = Models {
-        seg: load(model_spec(
-            "selfie-seg",
-            ModelKind::SelfieSegmentation,
-            "selfie_segmentation.onnx",
-            256,
-        )),
-        nudenet: load(model_spec(
-            "nudenet",
-            ModelKind::NudeNet,
-            "nudenet-320n.onnx",
-            320,
-        )),
-        photo: Arc::new(load_png(&samples.join("astronaut.png")).unwrap()),
-    };
+    let m = cpu_models(&samples);
     // The demo clip has a face from its first frame: moderation blurs it, detection boxes it.
     let mut clips = vec![samples.join("bench-720p.mp4"), samples.join("demo.mp4")];
     // H.265 in MP4 (hvcC), made on the build machine: tools/device-bundle.sh.
@@ -295,23 +304,7 @@ fn lent_device_frames_give_what_pooled_ones_give() {
     }
     let samples = samples_dir();
     let gpu = Arc::new(aegis_cuda::Gpu::open(0, None).expect("a GPU"));
-    let engine = EngineSettings::cpu(&ort_library(), 1);
-    let load = |s: ModelSpec| Arc::new(load(&engine, &s, BatchSettings::default()).unwrap());
-    let m = Models {
-        seg: load(model_spec(
-            "selfie-seg",
-            ModelKind::SelfieSegmentation,
-            "selfie_segmentation.onnx",
-            256,
-        )),
-        nudenet: load(model_spec(
-            "nudenet",
-            ModelKind::NudeNet,
-            "nudenet-320n.onnx",
-            320,
-        )),
-        photo: Arc::new(load_png(&samples.join("astronaut.png")).unwrap()),
-    };
+    let m = cpu_models(&samples);
     let clip = samples.join("demo.mp4");
     for ((what, mut pooled_chain, _), (_, mut lent_chain, _)) in
         chains(&m).into_iter().zip(chains(&m))
@@ -531,13 +524,7 @@ fn graph_captures_do_not_fail_other_threads() {
         max_batch: 1,
         ..BatchSettings::default()
     };
-    let seg = model_spec(
-        "selfie-seg",
-        ModelKind::SelfieSegmentation,
-        "selfie_segmentation.onnx",
-        256,
-    );
-    let nude = model_spec("nudenet", ModelKind::NudeNet, "nudenet-320n.onnx", 320);
+    let (seg, nude) = demo_specs();
     let seg_model = Arc::new(load(&graphs, &seg, one).unwrap());
     assert!(seg_model.cuda_graph());
     let stop = Arc::new(AtomicBool::new(false));
@@ -718,13 +705,7 @@ fn gpu_engine_matches_the_cpu_engine() {
         ..EngineSettings::cpu(&lib, 1)
     };
     eprintln!("CUDA graphs: {}", cuda.cuda_graph);
-    let seg = model_spec(
-        "selfie-seg",
-        ModelKind::SelfieSegmentation,
-        "selfie_segmentation.onnx",
-        256,
-    );
-    let nude = model_spec("nudenet", ModelKind::NudeNet, "nudenet-320n.onnx", 320);
+    let (seg, nude) = demo_specs();
     let load =
         |e: &EngineSettings, s: &ModelSpec| Arc::new(load(e, s, BatchSettings::default()).unwrap());
     let (seg_cpu, seg_gpu) = (load(&cpu, &seg), load(&cuda, &seg));
