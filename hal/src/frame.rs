@@ -274,8 +274,17 @@ impl Drop for DeviceSurface {
                 // The lender reuses the memory at once: what was queued on it must be done
                 // (the kernels do not track a lent frame's uses; a frame that reached the
                 // host or an encoder was waited for already, and this is then immediate).
-                let _ = self.gpu.sync();
-                drop(f);
+                // A frame whose stream cannot be waited for is kept, never given back.
+                match self.gpu.wait_stream() {
+                    Ok(()) => drop(f),
+                    Err(e) => {
+                        tracing::error!(
+                            token = f.token(),
+                            "a lent frame is kept: its GPU stream cannot be waited for: {e}"
+                        );
+                        std::mem::forget(f);
+                    }
+                }
             }
             None => {}
         }

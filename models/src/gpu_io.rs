@@ -104,6 +104,8 @@ pub(crate) fn session_stream(device: i32) -> Option<SessionStream> {
         return None;
     }
     let ctx = CudaContext::new(usize::try_from(device).ok()?).ok()?;
+    // The loading thread: a capture of another session must not fail the load.
+    aegis_cuda::relax_capture_mode();
     let stream = ctx.new_stream().ok()?;
     Some((ctx, stream))
 }

@@ -314,8 +314,13 @@ fn lent_device_frames_give_what_pooled_ones_give() {
         let mut src = FileSource::open(settings(&clip, "lent", Some(&gpu))).unwrap();
         let (w, h) = (src.pool().layout().width, src.pool().layout().height);
         let pitch = pitch_for(w) + 256;
-        let buffers: Vec<_> = (0..3)
-            .map(|_| gpu.alloc_zeros::<u8>(pitch * h * 3 / 2).unwrap())
+        // Luma and chroma in buffers of their own, as a Jetson's surfaces may have them
+        // (nothing may find the chroma plane from the luma address).
+        let buffers: Vec<_> = (0..6)
+            .map(|k| {
+                let rows = if k % 2 == 0 { h } else { h / 2 };
+                gpu.alloc_zeros::<u8>(pitch * rows).unwrap()
+            })
             .collect();
         let at: Vec<u64> = buffers
             .iter()
@@ -334,19 +339,12 @@ fn lent_device_frames_give_what_pooled_ones_give() {
                 .unwrap()
                 .pop()
                 .expect("a frame was given back");
-            let y = at[token as usize];
-            // SAFETY: the buffer holds pitch * h * 3 / 2 bytes and outlives the frame (it
-            // is dropped after the loop); only this frame writes it until it is given back.
-            let mut lent = unsafe {
-                LentNv12::new(
-                    y,
-                    y + (pitch * h) as u64,
-                    (w, h, pitch),
-                    token,
-                    slots.clone(),
-                )
-            }
-            .unwrap();
+            let (y, uv) = (at[2 * token as usize], at[2 * token as usize + 1]);
+            // SAFETY: the buffers hold pitch * h and pitch * h / 2 bytes and outlive the
+            // frame (dropped after the loop); only this frame writes them until it is given
+            // back.
+            let mut lent =
+                unsafe { LentNv12::new(y, uv, (w, h, pitch), token, slots.clone()) }.unwrap();
             gpu.copy_nv12(pooled.nv12(), &mut lent).unwrap();
             gpu.sync().unwrap();
             let stream_gpu = pooled.gpu().clone();
@@ -576,10 +574,11 @@ fn graph_captures_do_not_fail_other_threads() {
             first_error.clone(),
             seg_model.clone(),
         );
+        // Made here, before any capture (in the strict mode an allocation could fail).
+        let input = gpu.alloc_zeros::<f32>(3 * 256 * 256).unwrap();
+        let mut output = gpu.alloc_zeros::<f32>(256 * 256).unwrap();
         std::thread::spawn(move || {
             let mut client = model.client();
-            let input = gpu.alloc_zeros::<f32>(3 * 256 * 256).unwrap();
-            let mut output = gpu.alloc_zeros::<f32>(256 * 256).unwrap();
             while !stop.load(Ordering::Relaxed) {
                 let item = DeviceItem {
                     input: device_ptr(&input, &gpu.stream),
