@@ -454,8 +454,11 @@ pub fn relax_capture_mode() {
         if done.get() {
             return;
         }
-        if std::env::var_os(STRICT_CAPTURE_ENV).is_some() || !driver_present() {
-            done.set(std::env::var_os(STRICT_CAPTURE_ENV).is_some());
+        if std::env::var_os(STRICT_CAPTURE_ENV).is_some() {
+            done.set(true);
+            return;
+        }
+        if !driver_present() {
             return;
         }
         let mut mode = cudarc::driver::sys::CUstreamCaptureMode::CU_STREAM_CAPTURE_MODE_RELAXED;
@@ -575,6 +578,22 @@ pub fn nvrtc_version() -> Option<(i32, i32)> {
 /// raw device memory from these values).
 fn inside(start: usize, len: usize, extent: usize) -> bool {
     start.checked_add(len).is_some_and(|end| end <= extent)
+}
+
+/// One end of a pitched copy ([`Gpu::copy_2d`]).
+#[derive(Clone, Copy)]
+enum Mem {
+    Device(u64),
+    Host(*mut u8),
+}
+
+/// One thread per value of `n`, in blocks of 256.
+fn launch_1d(n: usize) -> LaunchConfig {
+    LaunchConfig {
+        grid_dim: ((n as u32).div_ceil(256), 1, 1),
+        block_dim: (256, 1, 1),
+        shared_mem_bytes: 0,
+    }
 }
 
 fn launch_2d(w: usize, h: usize) -> LaunchConfig {
@@ -715,7 +734,6 @@ impl Gpu {
         uv_stride: usize,
     ) -> Result<(), CudaError> {
         relax_capture_mode();
-        use cudarc::driver::sys;
         let (w, h, p) = src.geometry();
         if y_stride < w || uv_stride < w || y.len() < y_stride * h || uv.len() < uv_stride * h / 2 {
             return Err(CudaError::Size(format!(
@@ -724,32 +742,25 @@ impl Gpu {
         }
         {
             let (luma, chroma, _guard) = src.planes(&self.stream);
-            let copy = |dev: u64, host: *mut u8, stride: usize, rows: usize| {
-                let cp = sys::CUDA_MEMCPY2D {
-                    srcXInBytes: 0,
-                    srcY: 0,
-                    srcMemoryType: sys::CUmemorytype::CU_MEMORYTYPE_DEVICE,
-                    srcHost: std::ptr::null(),
-                    srcDevice: dev,
-                    srcArray: std::ptr::null_mut(),
-                    srcPitch: p,
-                    dstXInBytes: 0,
-                    dstY: 0,
-                    dstMemoryType: sys::CUmemorytype::CU_MEMORYTYPE_HOST,
-                    dstHost: host.cast(),
-                    dstDevice: 0,
-                    dstArray: std::ptr::null_mut(),
-                    dstPitch: stride,
-                    WidthInBytes: w,
-                    Height: rows,
-                };
-                // SAFETY: source rows lie inside `src`'s planes (pitch × rows), destination rows inside
-                // the host slices (checked above); we wait for the copies before returning.
-                unsafe { sys::cuMemcpy2DAsync_v2(&cp, self.stream.cu_stream()) }.result()
-            };
             self.ctx.bind_to_thread()?;
-            let queued = copy(luma, y.as_mut_ptr(), y_stride, h)
-                .and_then(|()| copy(chroma, uv.as_mut_ptr(), uv_stride, h / 2));
+            // SAFETY: source rows lie inside `src`'s planes (pitch × rows), destination rows
+            // inside the host slices (checked above); we wait for the copies before returning.
+            let queued = unsafe {
+                self.copy_2d(
+                    (Mem::Device(luma), p),
+                    (Mem::Host(y.as_mut_ptr()), y_stride),
+                    w,
+                    h,
+                )
+                .and_then(|()| {
+                    self.copy_2d(
+                        (Mem::Device(chroma), p),
+                        (Mem::Host(uv.as_mut_ptr()), uv_stride),
+                        w,
+                        h / 2,
+                    )
+                })
+            };
             // Wait even after a failure: a queued copy must not write into a surface that
             // goes back to its pool.
             let done = self.stream.synchronize();
@@ -822,7 +833,6 @@ impl Gpu {
         dst: &mut D,
     ) -> Result<(), CudaError> {
         relax_capture_mode();
-        use cudarc::driver::sys;
         let (w, h, sp) = src.geometry();
         let (dw, dh, dp) = dst.geometry();
         if (w, h) != (dw, dh) {
@@ -833,31 +843,12 @@ impl Gpu {
         self.ctx.bind_to_thread()?;
         let (sy, suv, _read) = src.planes(&self.stream);
         let (dy, duv, _write) = dst.planes_mut(&self.stream);
-        let copy = |from: u64, to: u64, rows: usize| {
-            let cp = sys::CUDA_MEMCPY2D {
-                srcXInBytes: 0,
-                srcY: 0,
-                srcMemoryType: sys::CUmemorytype::CU_MEMORYTYPE_DEVICE,
-                srcHost: std::ptr::null(),
-                srcDevice: from,
-                srcArray: std::ptr::null_mut(),
-                srcPitch: sp,
-                dstXInBytes: 0,
-                dstY: 0,
-                dstMemoryType: sys::CUmemorytype::CU_MEMORYTYPE_DEVICE,
-                dstHost: std::ptr::null_mut(),
-                dstDevice: to,
-                dstArray: std::ptr::null_mut(),
-                dstPitch: dp,
-                WidthInBytes: w,
-                Height: rows,
-            };
-            // SAFETY: both ranges are `rows` rows of `w` bytes inside the frames' planes
-            // (their pitches hold a row: Nv12Frame's contract); ordered on this stream.
-            unsafe { sys::cuMemcpy2DAsync_v2(&cp, self.stream.cu_stream()) }.result()
-        };
-        copy(sy, dy, h)?;
-        copy(suv, duv, h / 2)?;
+        // SAFETY: both ranges are `rows` rows of `w` bytes inside the frames' planes (their
+        // pitches hold a row: Nv12Frame's contract); ordered on this stream.
+        unsafe {
+            self.copy_2d((Mem::Device(sy), sp), (Mem::Device(dy), dp), w, h)?;
+            self.copy_2d((Mem::Device(suv), sp), (Mem::Device(duv), dp), w, h / 2)?;
+        }
         Ok(())
     }
 
@@ -1192,13 +1183,8 @@ impl Gpu {
         let hi = 1.0f32 - lo;
         let mut b = self.stream.launch_builder(&self.kernels.mask_smooth);
         b.arg(&mut *prev).arg(prob).arg(&ni).arg(&ratio).arg(&hp);
-        let linear = LaunchConfig {
-            grid_dim: ((n as u32).div_ceil(256), 1, 1),
-            block_dim: (256, 1, 1),
-            shared_mem_bytes: 0,
-        };
         // SAFETY: the arguments match the kernel; every buffer holds at least n values.
-        unsafe { b.launch(linear) }?;
+        unsafe { b.launch(launch_1d(n)) }?;
         let mut b = self.stream.launch_builder(&self.kernels.mask_blur_h);
         b.arg(&*prev).arg(&mut *tmp).arg(&si).arg(&ri).arg(&norm);
         // SAFETY: as above; the kernel bounds-checks x and y against s.
@@ -1253,15 +1239,57 @@ impl Gpu {
             .arg(&min_score)
             .arg(cand)
             .arg(&cap);
-        let linear = LaunchConfig {
-            grid_dim: ((n as u32).div_ceil(256), 1, 1),
-            block_dim: (256, 1, 1),
-            shared_mem_bytes: 0,
-        };
         // SAFETY: the arguments match the kernel; `out` holds rows * n values, `cand`
         // 1 + 7 * cap (checked above); the kernel bounds-checks the anchor and the slot.
-        unsafe { b.launch(linear) }?;
+        unsafe { b.launch(launch_1d(n)) }?;
         Ok(())
+    }
+
+    /// Queues one pitched copy of `rows` rows of `width` bytes, `from` (memory, pitch) to
+    /// `to`, on this GPU's stream.
+    ///
+    /// # Safety
+    /// Both ends hold `rows` rows at their pitches, and stay valid until the copy has run
+    /// (the caller waits for the stream, or orders later work on it).
+    unsafe fn copy_2d(
+        &self,
+        (from, from_pitch): (Mem, usize),
+        (to, to_pitch): (Mem, usize),
+        width: usize,
+        rows: usize,
+    ) -> Result<(), cudarc::driver::DriverError> {
+        use cudarc::driver::sys;
+        let side = |m: Mem| match m {
+            Mem::Device(p) => (
+                sys::CUmemorytype::CU_MEMORYTYPE_DEVICE,
+                std::ptr::null_mut(),
+                p,
+            ),
+            Mem::Host(p) => (sys::CUmemorytype::CU_MEMORYTYPE_HOST, p.cast(), 0),
+        };
+        let (src_type, src_host, src_device) = side(from);
+        let (dst_type, dst_host, dst_device) = side(to);
+        let cp = sys::CUDA_MEMCPY2D {
+            srcXInBytes: 0,
+            srcY: 0,
+            srcMemoryType: src_type,
+            srcHost: src_host,
+            srcDevice: src_device,
+            srcArray: std::ptr::null_mut(),
+            srcPitch: from_pitch,
+            dstXInBytes: 0,
+            dstY: 0,
+            dstMemoryType: dst_type,
+            dstHost: dst_host,
+            dstDevice: dst_device,
+            dstArray: std::ptr::null_mut(),
+            dstPitch: to_pitch,
+            WidthInBytes: width,
+            Height: rows,
+        };
+        // SAFETY: the caller's promise covers both ends; the descriptor is read during the
+        // call only.
+        unsafe { sys::cuMemcpy2DAsync_v2(&cp, self.stream.cu_stream()) }.result()
     }
 
     /// Waits for everything queued on this GPU's stream, calling the driver directly: unlike
