@@ -189,6 +189,22 @@ enum DevicePixels {
     Lent(aegis_cuda::LentNv12),
 }
 
+impl DevicePixels {
+    fn frame(&self) -> &dyn aegis_cuda::Nv12Frame {
+        match self {
+            DevicePixels::Pooled(f, _) => f,
+            DevicePixels::Lent(f) => f,
+        }
+    }
+
+    fn frame_mut(&mut self) -> &mut dyn aegis_cuda::Nv12Frame {
+        match self {
+            DevicePixels::Pooled(f, _) => f,
+            DevicePixels::Lent(f) => f,
+        }
+    }
+}
+
 impl DeviceSurface {
     /// `nv12`, taken from `pool`, worked on by `gpu`.
     pub fn new(
@@ -213,26 +229,18 @@ impl DeviceSurface {
 
     /// The pixels.
     pub fn nv12(&self) -> &dyn aegis_cuda::Nv12Frame {
-        match self
-            .pixels
+        self.pixels
             .as_ref()
             .expect("device surface present until dropped")
-        {
-            DevicePixels::Pooled(f, _) => f,
-            DevicePixels::Lent(f) => f,
-        }
+            .frame()
     }
 
     /// The pixels, to change in place.
     pub fn nv12_mut(&mut self) -> &mut dyn aegis_cuda::Nv12Frame {
-        match self
-            .pixels
+        self.pixels
             .as_mut()
             .expect("device surface present until dropped")
-        {
-            DevicePixels::Pooled(f, _) => f,
-            DevicePixels::Lent(f) => f,
-        }
+            .frame_mut()
     }
 
     /// Width and height in pixels.
@@ -253,16 +261,12 @@ impl DeviceSurface {
 
     /// The pixels and the GPU at once (a stage needs both, one of them mutably).
     pub fn parts(&mut self) -> (&mut dyn aegis_cuda::Nv12Frame, &aegis_cuda::Gpu) {
-        let gpu = &self.gpu;
-        let nv12: &mut dyn aegis_cuda::Nv12Frame = match self
+        let nv12 = self
             .pixels
             .as_mut()
             .expect("device surface present until dropped")
-        {
-            DevicePixels::Pooled(f, _) => f,
-            DevicePixels::Lent(f) => f,
-        };
-        (nv12, gpu)
+            .frame_mut();
+        (nv12, &self.gpu)
     }
 }
 
