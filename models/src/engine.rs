@@ -350,6 +350,8 @@ struct GraphShape {
     output: Vec<usize>,
     /// The input's shape as the model declares it (`-1` free).
     declared: Vec<i64>,
+    /// The input's name.
+    input_name: String,
 }
 
 impl GraphShape {
@@ -402,6 +404,7 @@ impl GraphShape {
             input,
             output,
             declared,
+            input_name: name,
         })
     }
 
@@ -581,10 +584,6 @@ impl OrtSession {
         };
         let stream = device.and_then(session_stream);
         let raw_stream = stream.as_ref().map(|(_, s)| s.cu_stream() as *mut ());
-        let profile = match &settings.provider {
-            Provider::TensorRt { .. } => trt_profile(env, model, threads, max_batch),
-            _ => None,
-        };
         // CUDA graphs: the input's one shape, read (with the output's) from a CPU session.
         let mut graph = match (&settings.provider, settings.cuda_graph, &stream) {
             (Provider::Cpu, ..) | (_, false, _) => None,
@@ -599,6 +598,15 @@ impl OrtSession {
                     None
                 }
             },
+        };
+        // TensorRT's batch range, from the graph's probe where there was one (used if the
+        // provider refuses the graph: a graph's input is static).
+        let profile = match (&settings.provider, &graph) {
+            (Provider::TensorRt { .. }, Some(g)) => {
+                TrtProfile::new(&g.input_name, &g.declared, max_batch)
+            }
+            (Provider::TensorRt { .. }, None) => trt_profile(env, model, threads, max_batch),
+            _ => None,
         };
         let build = |provider: &Provider,
                      graph: Option<&GraphShape>|
@@ -961,11 +969,7 @@ mod profile_tests {
     /// from a CPU run (the models `just models` fetches; in CI their absence fails).
     #[test]
     fn a_graph_probe_finds_nudenet_s_output_for_the_fixed_input() {
-        // The cross build's tests (qemu) get the aarch64 runtime there: one process loads
-        // one runtime, so the wrong one here would fail every later test in it too.
-        let dir = std::env::var_os("AEGIS_MODELS_DIR")
-            .map(PathBuf::from)
-            .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../.models"));
+        let dir = crate::test_models_dir();
         let (lib, model) = (
             dir.join("libonnxruntime.so.1.32.0"),
             dir.join("nudenet-320n.onnx"),

@@ -273,9 +273,7 @@ impl GpuIo {
             .synchronize()
             .map_err(|e| format!("CUDA stream: {e}"))?;
         out.truncate(n * item_out);
-        let mut shape = vec![n];
-        shape.extend(g.out_dims[1..].iter().map(|&d| d as usize));
-        Ok(shape)
+        Ok(with_batch(n, &g.out_dims))
     }
 
     /// [`GpuIo::run`] on a graph session: the items copied into its input buffer, the graph
@@ -295,31 +293,20 @@ impl GpuIo {
                 g.in_dims
             ));
         }
-        if let Some(bad) = items.iter().find(|i| i.output_len != item_out) {
-            return Err(format!(
-                "an output buffer of {} floats for outputs of {item_out}",
-                bad.output_len
-            ));
-        }
+        outputs_fit(items, item_out)?;
         self.ctx
             .bind_to_thread()
             .map_err(|e| format!("CUDA context: {e}"))?;
         let (bin, _) = g.input.device_ptr(&self.stream);
         let (bout, _) = g.output.device_ptr(&self.stream);
-        for (k, item) in items.iter().enumerate() {
-            self.copy(bin + (k * item_in * 4) as u64, item.input, item_in)?;
-        }
+        self.pack(bin, items, item_in)?;
         self.run_graph(session)?;
-        for (k, item) in items.iter().enumerate() {
-            self.copy(item.output, bout + (k * item_out * 4) as u64, item_out)?;
-        }
+        self.unpack(bout, items, item_out)?;
         self.stream
             .synchronize()
             .map_err(|e| format!("CUDA stream: {e}"))?;
         let g = self.graph.as_ref().expect("checked above");
-        let mut shape = vec![1];
-        shape.extend(g.out_dims[1..].iter().map(|&d| d as usize));
-        Ok(shape)
+        Ok(with_batch(1, &g.out_dims))
     }
 
     /// A tensor over device memory at `ptr` (`dims`, `f32`).
@@ -370,6 +357,22 @@ impl GpuIo {
             )?;
         }
         Ok((input, output))
+    }
+
+    /// Each item's input (`item` floats) into row k of the batch buffer at `base`.
+    fn pack(&self, base: u64, items: &[DeviceItem], item: usize) -> Result<(), String> {
+        for (k, it) in items.iter().enumerate() {
+            self.copy(base + (k * item * size_of::<f32>()) as u64, it.input, item)?;
+        }
+        Ok(())
+    }
+
+    /// Row k of the batch output at `base` (`item` floats) into each item's output.
+    fn unpack(&self, base: u64, items: &[DeviceItem], item: usize) -> Result<(), String> {
+        for (k, it) in items.iter().enumerate() {
+            self.copy(it.output, base + (k * item * size_of::<f32>()) as u64, item)?;
+        }
+        Ok(())
     }
 
     /// Device-to-device copy of `floats` values on the session's stream.
@@ -464,20 +467,13 @@ impl GpuIo {
             }
         }
         let item_out = out_dims[1..].iter().product::<i64>() as usize;
-        if let Some(bad) = items.iter().find(|i| i.output_len != item_out) {
-            return Err(format!(
-                "an output buffer of {} floats for outputs of {item_out}",
-                bad.output_len
-            ));
-        }
+        outputs_fit(items, item_out)?;
         let (in_ptr, out_ptr) = if rows == 1 {
             (items[0].input, items[0].output)
         } else {
             let bin = Self::scratch(&self.stream, &mut self.batch_in, rows * item_in)?;
             let bout = Self::scratch(&self.stream, &mut self.batch_out, rows * item_out)?;
-            for (k, item) in items.iter().enumerate() {
-                self.copy(bin + (k * item_in * 4) as u64, item.input, item_in)?;
-            }
+            self.pack(bin, items, item_in)?;
             (bin, bout)
         };
         // The buffers outlive the run (the caller's until `run` returns, the batch ones in
@@ -492,9 +488,7 @@ impl GpuIo {
             )?;
         }
         if rows > 1 {
-            for (k, item) in items.iter().enumerate() {
-                self.copy(item.output, out_ptr + (k * item_out * 4) as u64, item_out)?;
-            }
+            self.unpack(out_ptr, items, item_out)?;
         }
         self.stream
             .synchronize()
@@ -505,9 +499,7 @@ impl GpuIo {
             (api.ClearBoundInputs)(self.binding);
             (api.ClearBoundOutputs)(self.binding);
         }
-        let mut shape = vec![1];
-        shape.extend(out_dims[1..].iter().map(|&d| d as usize));
-        Ok(shape)
+        Ok(with_batch(1, &out_dims))
     }
 }
 
@@ -521,6 +513,24 @@ impl Drop for GpuIo {
             (api.ReleaseMemoryInfo)(self.memory);
         }
     }
+}
+
+/// Every item's output buffer holds one item's output (`item_out` floats).
+fn outputs_fit(items: &[DeviceItem], item_out: usize) -> Result<(), String> {
+    match items.iter().find(|i| i.output_len != item_out) {
+        Some(bad) => Err(format!(
+            "an output buffer of {} floats for outputs of {item_out}",
+            bad.output_len
+        )),
+        None => Ok(()),
+    }
+}
+
+/// The shape `dims` (batch first) with `n` rows.
+fn with_batch(n: usize, dims: &[i64]) -> Vec<usize> {
+    let mut shape = vec![n];
+    shape.extend(dims[1..].iter().map(|&d| d as usize));
+    shape
 }
 
 /// A device pointer for `buf`'s data, read on `stream` (for [`DeviceItem::input`]).

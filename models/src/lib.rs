@@ -40,3 +40,13 @@ pub struct ModelRef {
     /// Lower-case hex SHA-256 of the model file.
     pub sha256: String,
 }
+
+/// Where the unit tests find the models and ONNX Runtime: `AEGIS_MODELS_DIR` (the cross
+/// build's tests under qemu point it at the aarch64 runtime; one process loads one runtime,
+/// so a wrong one fails every later test in it too), else the repository's `.models`.
+#[cfg(test)]
+pub(crate) fn test_models_dir() -> std::path::PathBuf {
+    std::env::var_os("AEGIS_MODELS_DIR")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../.models"))
+}

@@ -289,16 +289,12 @@ fn start_session(
     spec: &ModelSpec,
     batch: BatchSettings,
 ) -> Result<(Batcher, &'static str, Vec<usize>), String> {
-    let session = OrtSession::open_batched(
-        settings,
-        &spec.file,
-        batch.max_batch,
-        Some(&[3, spec.input_size, spec.input_size]),
-    )
-    .map_err(|e| e.to_string())?;
-    let provider = session.provider();
     let s = spec.input_size;
-    let batcher = Batcher::start(Box::new(session), &[3, s, s], batch.max_batch, batch.window)
+    let item = [3, s, s];
+    let session = OrtSession::open_batched(settings, &spec.file, batch.max_batch, Some(&item))
+        .map_err(|e| e.to_string())?;
+    let provider = session.provider();
+    let batcher = Batcher::start(Box::new(session), &item, batch.max_batch, batch.window)
         .map_err(|e| e.to_string())?;
     let mut client = batcher.client();
     client.input(3 * s * s).fill(0.0);

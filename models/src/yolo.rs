@@ -83,7 +83,7 @@ fn detected(b: [f32; 4], class: u32, score: f32, letterbox: Letterbox) -> Detect
 
 /// Floats per candidate in a list that the GPU made from a detector output
 /// (`aegis_cuda::Gpu::yolo_candidates`): anchor index, cx, cy, w, h, class, score.
-pub const CANDIDATE: usize = 7;
+pub const CANDIDATE: usize = aegis_cuda::YOLO_CANDIDATE;
 
 /// Why a candidate list cannot be decoded.
 #[derive(Debug, thiserror::Error, PartialEq)]
@@ -119,7 +119,7 @@ pub fn decode_candidates(
 ) -> Result<(), CandidateError> {
     out.clear();
     let cap = list.len().saturating_sub(1) / CANDIDATE;
-    let count = list.first().map_or(0, |c| c.to_bits() as usize);
+    let count = aegis_cuda::yolo_candidate_count(list).unwrap_or(0);
     if count > cap {
         return Err(CandidateError::Cut { count, cap });
     }

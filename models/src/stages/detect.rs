@@ -329,9 +329,7 @@ mod tests {
     #[test]
     fn a_confirmed_track_carries_its_hidden_frames_once() {
         let repo = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");
-        let models = std::env::var_os("AEGIS_MODELS_DIR")
-            .map(PathBuf::from)
-            .unwrap_or_else(|| repo.join(".models"));
+        let models = crate::test_models_dir();
         let (photo, runtime, onnx) = (
             repo.join(".samples/astronaut.png"),
             models.join("libonnxruntime.so.1.32.0"),

@@ -126,7 +126,7 @@ impl Detector {
             path: self.model.clone(),
             reason: format!("decode: {reason}"),
         };
-        // Decoded on the GPU: `raw` holds the detections and `lb` is set.
+        // Run on the device engine: `raw` holds the detections and `lb` is set.
         let mut decoded = false;
         let lb = match &frame.device {
             Some(d) => {
@@ -168,14 +168,18 @@ impl Detector {
                         .and_then(|()| gpu.download_results(cand, &mut self.host_candidates))
                         .map_err(|e| decode_err(e.to_string()))?;
                     match decode_candidates(&mut self.host_candidates, classes, lb, &mut self.raw) {
-                        Ok(()) => decoded = true,
+                        Ok(()) => {}
                         Err(CandidateError::Cut { .. }) => {
+                            // More candidates than the list holds: the whole output.
                             self.host_output.resize(self.output_len, 0.0);
                             gpu.download_into(out, &mut self.host_output)
                                 .map_err(|e| pre(e.to_string()))?;
+                            decode(&self.host_output, classes, t.decode_min, lb, &mut self.raw)
+                                .map_err(|e| decode_err(e.to_string()))?;
                         }
                         Err(e) => return Err(decode_err(e.to_string())),
                     }
+                    decoded = true;
                     Some(lb)
                 } else {
                     planar_on_device(frame, self.spec, dev, self.client.input(3 * s * s))
@@ -191,13 +195,14 @@ impl Detector {
                 .map_err(|e| pre(e.to_string()))?,
         };
         if !decoded {
-            let out: &[f32] = if frame.device.is_some() && self.client.on_device() {
-                &self.host_output
-            } else {
-                self.client.run()?.0
-            };
-            decode(out, classes, t.decode_min, lb, &mut self.raw)
-                .map_err(|e| decode_err(e.to_string()))?;
+            decode(
+                self.client.run()?.0,
+                classes,
+                t.decode_min,
+                lb,
+                &mut self.raw,
+            )
+            .map_err(|e| decode_err(e.to_string()))?;
         }
         self.raw.retain(|d| d.score >= t.min_score);
         nms(&mut self.raw, t.iou, t.agnostic);
