@@ -257,6 +257,11 @@ impl LentNv12 {
     pub fn token(&self) -> u64 {
         self.token
     }
+
+    /// The luma and CbCr planes' device addresses (what the lender mapped).
+    pub fn addresses(&self) -> (u64, u64) {
+        (self.planes.y, self.planes.uv)
+    }
 }
 
 impl std::fmt::Debug for LentNv12 {
@@ -611,6 +616,13 @@ impl Gpu {
         relax_capture_mode();
         self.ctx.bind_to_thread()?;
         Ok(cudarc::driver::result::mem_get_info()?)
+    }
+
+    /// Makes this GPU's CUDA context current on the calling thread, for driver calls made
+    /// outside this crate in it (a Jetson's EGL mappings of NVMM buffers).
+    pub fn make_current(&self) -> Result<(), CudaError> {
+        relax_capture_mode();
+        Ok(self.ctx.bind_to_thread()?)
     }
 
     /// Opens device `ordinal`: probes the libraries, creates the context and a stream,

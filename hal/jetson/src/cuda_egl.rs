@@ -15,7 +15,7 @@
 use std::ffi::{CStr, c_char, c_int};
 use std::sync::Arc;
 
-use crate::nvbuf::{EglImage, vendor_library};
+use crate::nvbuf::{EglImage, EglMappedSurface, Surface, SurfaceError, vendor_library};
 
 /// The CUDA driver library, as JetPack 6 installs it (under
 /// [`crate::nvbuf::R36_LIB_DIR`]) and meta-tegra's `tegra-libraries-cuda`.
@@ -143,15 +143,37 @@ impl CudaEglLib {
         self: &Arc<Self>,
         image: &'i EglImage<'_>,
     ) -> Result<MappedNv12<'i>, EglFrameError> {
+        // SAFETY: the image lives as long as 'i, which the mapping's lifetime is tied to.
+        unsafe { self.map_image(image.as_ptr()) }
+    }
+
+    /// Registers and maps the image a surface owns ([`EglMappedSurface`]), keeping the
+    /// three together until [`CudaMappedSurface::unmap`]: a frame lent to the pipeline. The
+    /// thread must have the kernels' CUDA context current. On failure the surface comes
+    /// back with the error.
+    #[allow(clippy::result_large_err)]
+    pub fn map_surface(
+        self: &Arc<Self>,
+        egl: EglMappedSurface,
+    ) -> Result<CudaMappedSurface, (EglMappedSurface, EglFrameError)> {
+        // SAFETY: the image lives as long as `egl`, which the returned value owns and
+        // drops after the mapping (field order).
+        match unsafe { self.map_image(egl.image()) } {
+            Ok(mapping) => Ok(CudaMappedSurface { mapping, egl }),
+            Err(e) => Err((egl, e)),
+        }
+    }
+
+    /// # Safety
+    /// `image` must be a live EGLImageKHR for as long as the returned mapping lives.
+    unsafe fn map_image(
+        self: &Arc<Self>,
+        image: *mut std::ffi::c_void,
+    ) -> Result<MappedNv12<'static>, EglFrameError> {
         let mut resource: sys::CUgraphicsResource = std::ptr::null_mut();
-        // SAFETY: a valid out-pointer and an EGLImageKHR that lives as long as 'i.
-        let code = unsafe {
-            (self.register)(
-                &mut resource,
-                image.as_ptr(),
-                sys::CU_GRAPHICS_REGISTER_FLAGS_NONE,
-            )
-        };
+        // SAFETY: a valid out-pointer and an EGLImageKHR live while the mapping is (caller).
+        let code =
+            unsafe { (self.register)(&mut resource, image, sys::CU_GRAPHICS_REGISTER_FLAGS_NONE) };
         self.check("cuGraphicsEGLRegisterImage", code)?;
         // From here the resource is unregistered on every path (MappedNv12's drop).
         let mut mapped = MappedNv12 {
@@ -240,12 +262,66 @@ impl MappedNv12<'_> {
     }
 }
 
+impl MappedNv12<'_> {
+    /// Unregisters now, reporting a failure (a drop only logs it).
+    pub fn unregister(self) -> Result<(), EglFrameError> {
+        let this = std::mem::ManuallyDrop::new(self);
+        let result = this.unregister_once();
+        // SAFETY: `this` is not used again and its drop does not run: the Arc is moved out
+        // once, here.
+        drop(unsafe { std::ptr::read(&this.lib) });
+        result
+    }
+
+    fn unregister_once(&self) -> Result<(), EglFrameError> {
+        // SAFETY: registered in map_image and unregistered once (drop or `unregister`).
+        let code = unsafe { (self.lib.unregister)(self.resource) };
+        self.lib.check("cuGraphicsUnregisterResource", code)
+    }
+}
+
 impl Drop for MappedNv12<'_> {
     fn drop(&mut self) {
-        // SAFETY: registered in map_nv12 and unregistered once, here.
-        let code = unsafe { (self.lib.unregister)(self.resource) };
-        if let Err(e) = self.lib.check("cuGraphicsUnregisterResource", code) {
+        if let Err(e) = self.unregister_once() {
             tracing::warn!("{e}");
         }
+    }
+}
+
+/// A surface, its EGL image and CUDA's mapping of it, owned together: a work surface lent
+/// to the pipeline while the CUDA backend's kernels run on it. Dropped, or
+/// [`CudaMappedSurface::unmap`]ped, in that order: the CUDA registration, the image, then
+/// (on drop) the surface. Unregistering needs the mapping thread's CUDA context current.
+pub struct CudaMappedSurface {
+    // Field order is drop order: the registration before the image it registered.
+    mapping: MappedNv12<'static>,
+    egl: EglMappedSurface,
+}
+
+// SAFETY: the CUDA handle is a driver object usable from any thread that has its context
+// current (the unmapping contract above); the surface and image are `Send`.
+unsafe impl Send for CudaMappedSurface {}
+
+impl CudaMappedSurface {
+    /// CUDA's view of the pixels.
+    pub fn mapping(&self) -> &MappedNv12<'static> {
+        &self.mapping
+    }
+
+    /// The surface (its DMA-buf fd, its size).
+    pub fn surface(&self) -> &Surface {
+        self.egl.surface()
+    }
+
+    /// Unregisters the image from CUDA, destroys it and hands the surface back, with the
+    /// first failure (the surface may then still be registered or imaged: do not reuse it).
+    pub fn unmap(self) -> (Surface, Result<(), String>) {
+        let CudaMappedSurface { mapping, egl } = self;
+        let unregistered = mapping.unregister();
+        let (surface, destroyed) = egl.unmap();
+        let result = unregistered
+            .map_err(|e| e.to_string())
+            .and(destroyed.map_err(|e: SurfaceError| e.to_string()));
+        (surface, result)
     }
 }

@@ -6,7 +6,8 @@
 //! [`platform`] says which Jetson this is and what that means for the backend,
 //! [`cuda_egl`] maps a surface's EGL image for CUDA (Orin's zero-copy route to the kernels),
 //! and [`nvmm`] is the frame loop that ties them together: decoder → VIC → CUDA → encoder,
-//! with no host copy.
+//! with no host copy. [`lend`] is that loop's decode half for the agent's pipeline: it lends
+//! the mapped work surfaces to the pipeline's CUDA stages as frames.
 //!
 //! **Loading.** Nothing links a vendor library: both libraries are opened at run time from an
 //! explicit directory, then JetPack 6's `/usr/lib/aarch64-linux-gnu/nvidia/`, then the plain
@@ -35,6 +36,7 @@
 //! a Jetson yet.
 
 pub mod cuda_egl;
+pub mod lend;
 pub mod m2m;
 pub mod nvbuf;
 pub mod nvmm;

@@ -972,6 +972,16 @@ impl SurfaceHandle {
     /// Makes an EGL image of the buffer (`NvBufSurfaceMapEglImage`, NVMM memory only) for
     /// CUDA (`cuGraphicsEGLRegisterImage`); dropping the [`EglImage`] destroys it.
     pub fn map_egl_image(&self) -> Result<EglImage<'_>, SurfaceError> {
+        Ok(EglImage {
+            surface: self,
+            image: self.make_egl_image()?,
+            released: false,
+        })
+    }
+
+    /// `NvBufSurfaceMapEglImage` on buffer 0: the image, which [`Self::destroy_egl_image`]
+    /// must destroy.
+    fn make_egl_image(&self) -> Result<*mut c_void, SurfaceError> {
         // SAFETY: ptr is a live surface (invariant); index 0 exists.
         let code = unsafe { (self.lib.map_egl_image)(self.ptr, 0) };
         check("NvBufSurfaceMapEglImage", code, || "buffer 0".into())?;
@@ -983,11 +993,14 @@ impl SurfaceHandle {
                 "NvBufSurfaceMapEglImage(buffer 0) succeeded but left no EGLImage".into(),
             ));
         }
-        Ok(EglImage {
-            surface: self,
-            image,
-            released: false,
-        })
+        Ok(image)
+    }
+
+    /// `NvBufSurfaceUnMapEglImage` on buffer 0 (once per [`Self::make_egl_image`]).
+    fn destroy_egl_image(&self) -> Result<(), SurfaceError> {
+        // SAFETY: ptr is a live surface (invariant); index 0 exists.
+        let code = unsafe { (self.lib.unmap_egl_image)(self.ptr, 0) };
+        check("NvBufSurfaceUnMapEglImage", code, || "buffer 0".into())
     }
 }
 
@@ -1214,9 +1227,8 @@ impl EglImage<'_> {
     }
 
     fn destroy(&self) -> Result<(), SurfaceError> {
-        // SAFETY: the image was made on this live surface and is destroyed once.
-        let code = unsafe { (self.surface.lib.unmap_egl_image)(self.surface.ptr, 0) };
-        check("NvBufSurfaceUnMapEglImage", code, || "buffer 0".into())
+        // The image was made on this live surface and is destroyed once (`released`).
+        self.surface.destroy_egl_image()
     }
 }
 
@@ -1224,6 +1236,63 @@ impl Drop for EglImage<'_> {
     fn drop(&mut self) {
         if !self.released {
             let _ = self.destroy();
+        }
+    }
+}
+
+/// A surface that owns an EGL image of itself, for as long as CUDA works on it away from
+/// the code that made it (a frame lent to the pipeline): [`EglImage`] without the borrow.
+/// [`EglMappedSurface::unmap`] destroys the image and hands the surface back; a drop
+/// destroys both.
+#[derive(Debug)]
+pub struct EglMappedSurface {
+    /// `Some` until [`EglMappedSurface::unmap`].
+    surface: Option<Surface>,
+    image: *mut c_void,
+}
+
+// SAFETY: as `Surface` (no thread affinity in NvBufSurface calls); the EGLImage handle is a
+// pointer the library made for this surface and is only passed back to it.
+unsafe impl Send for EglMappedSurface {}
+
+impl Surface {
+    /// Makes the surface's EGL image (as [`SurfaceHandle::map_egl_image`]) and keeps both
+    /// together. On failure the surface comes back with the error.
+    #[allow(clippy::result_large_err)]
+    pub fn into_egl_mapped(self) -> Result<EglMappedSurface, (Surface, SurfaceError)> {
+        match self.make_egl_image() {
+            Ok(image) => Ok(EglMappedSurface {
+                surface: Some(self),
+                image,
+            }),
+            Err(e) => Err((self, e)),
+        }
+    }
+}
+
+impl EglMappedSurface {
+    /// The `EGLImageKHR`, valid while this value lives.
+    pub fn image(&self) -> *mut c_void {
+        self.image
+    }
+
+    /// The surface (its fd for the encoder, its size).
+    pub fn surface(&self) -> &Surface {
+        self.surface.as_ref().expect("present until unmapped")
+    }
+
+    /// Destroys the image; the surface comes back with the call's result.
+    pub fn unmap(mut self) -> (Surface, Result<(), SurfaceError>) {
+        let surface = self.surface.take().expect("present until unmapped");
+        let result = surface.destroy_egl_image();
+        (surface, result)
+    }
+}
+
+impl Drop for EglMappedSurface {
+    fn drop(&mut self) {
+        if let Some(s) = &self.surface {
+            let _ = s.destroy_egl_image();
         }
     }
 }

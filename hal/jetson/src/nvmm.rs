@@ -144,6 +144,24 @@ pub enum NvmmError {
     /// The encoder ended its stream before the loop asked it to.
     #[error("the encoder ended its stream before the end was queued")]
     EarlyEnd,
+    /// Every work surface was destroyed after failing to unmap.
+    #[error("no work surface is left: each one failed to unmap from CUDA")]
+    PoolLost,
+    /// The codec broke its protocol.
+    #[error("codec protocol: {0}")]
+    Protocol(&'static str),
+}
+
+/// The VIC step of both halves: the decoded picture behind `fd` (a decoder capture
+/// surface) converted, and scaled if sizes differ, into `dst`, device to device.
+pub(crate) fn vic_into(
+    lib: &Arc<NvBufSurfaceLib>,
+    transform: &Transform,
+    fd: BorrowedFd<'_>,
+    dst: &mut Surface,
+) -> Result<(), NvmmError> {
+    let src = Surface::from_fd(lib, fd)?;
+    Ok(transform.apply(&src, dst, &TransformSpec::default())?)
 }
 
 /// Settings of [`NvmmLoop`].
@@ -436,17 +454,9 @@ impl<D: Device, E: Device> NvmmLoop<D, E> {
     fn through(&mut self, frame: DecodedFrame, work: &mut dyn FrameWork) -> Result<(), NvmmError> {
         let pts_us = frame.pts_us;
         let mut surface = self.free.pop().expect("caller checked a free surface");
-        let converted = {
-            // SAFETY: the frame keeps its capture buffer's fd open while it lives.
-            let fd = unsafe { BorrowedFd::borrow_raw(frame.fd()) };
-            Surface::from_fd(&self.lib, fd)
-                .map_err(NvmmError::from)
-                .and_then(|src| {
-                    self.transform
-                        .apply(&src, &mut surface, &TransformSpec::default())
-                        .map_err(NvmmError::from)
-                })
-        };
+        // SAFETY: the frame keeps its capture buffer's fd open while it lives.
+        let fd = unsafe { BorrowedFd::borrow_raw(frame.fd()) };
+        let converted = vic_into(&self.lib, &self.transform, fd, &mut surface);
         // The decoder may refill its buffer now: the picture is in the work surface.
         let released = self.decoder.release(frame);
         if let Err(e) = converted.and(released.map_err(NvmmError::from)) {
