@@ -14,15 +14,30 @@ use aegis_config::{BackendConfig, BackendKind};
 /// A GPU with its kernels compiled (the CUDA backend's device).
 pub use aegis_cuda::Gpu;
 
+pub use crate::codec::NvmmCodecs;
+
 /// The backend a run uses, after the fallback.
 #[derive(Clone)]
 pub struct Backend {
     /// What runs the pipeline.
     pub kind: BackendKind,
-    /// The GPU, with its kernels compiled, when `kind` is `cuda`.
+    /// The GPU, with its kernels compiled, when `kind` is `cuda`, or `jetson` on Orin.
     pub gpu: Option<Arc<Gpu>>,
+    /// Orin's decoder into NVMM and the libraries that map its surfaces for CUDA, when
+    /// `kind` is `jetson` on Orin.
+    pub nvmm: Option<Arc<NvmmCodecs>>,
     /// Why the configured backend was not used, when the fallback ran instead.
     pub fell_back: Option<String>,
+}
+
+/// Where one stream decodes on the GPU: its own fork of the backend's GPU (own CUDA
+/// stream) and, on Orin, the NVMM decoder (else NVDEC).
+#[derive(Debug, Clone)]
+pub struct StreamGpu {
+    /// The stream's GPU.
+    pub gpu: Arc<Gpu>,
+    /// Orin's NVMM decoder (`jetson` backend).
+    pub nvmm: Option<Arc<NvmmCodecs>>,
 }
 
 impl std::fmt::Debug for Backend {
@@ -30,6 +45,7 @@ impl std::fmt::Debug for Backend {
         f.debug_struct("Backend")
             .field("kind", &self.kind)
             .field("gpu", &self.gpu.as_ref().map(|g| g.name.clone()))
+            .field("nvmm", &self.nvmm.is_some())
             .field("fell_back", &self.fell_back)
             .finish()
     }
@@ -72,6 +88,7 @@ impl Backend {
         Backend {
             kind: BackendKind::Cpu,
             gpu: None,
+            nvmm: None,
             fell_back: None,
         }
     }
@@ -91,11 +108,12 @@ impl Backend {
         choose(cfg, None).map(|b| b.kind)
     }
 
-    /// The GPU a stream decodes on: its own fork of the backend's GPU (own CUDA stream), when
-    /// NVDEC is installed; `None` (CPU backend, or no NVDEC) decodes on the CPU, saying why.
-    pub fn stream_gpu(&self, stream: &str) -> Option<Arc<Gpu>> {
+    /// The GPU a stream decodes on: its own fork of the backend's GPU (own CUDA stream),
+    /// with Orin's NVMM decoder on the `jetson` backend, else NVDEC when installed; `None`
+    /// (CPU backend, or no hardware decoder) decodes on the CPU, saying why.
+    pub fn stream_gpu(&self, stream: &str) -> Option<StreamGpu> {
         let gpu = self.gpu.as_ref()?;
-        if !aegis_cuda::nvdec::nvdec_present() {
+        if self.nvmm.is_none() && !aegis_cuda::nvdec::nvdec_present() {
             tracing::warn!(
                 stream,
                 "libnvcuvid.so.1 (NVDEC) is not installed; decoding on the CPU"
@@ -103,7 +121,10 @@ impl Backend {
             return None;
         }
         match gpu.fork() {
-            Ok(g) => Some(Arc::new(g)),
+            Ok(g) => Some(StreamGpu {
+                gpu: Arc::new(g),
+                nvmm: self.nvmm.clone(),
+            }),
             Err(e) => {
                 tracing::warn!(stream, error = %e, "no CUDA stream for this source; decoding on the CPU");
                 None
@@ -142,11 +163,22 @@ fn choose(
     choose_on(cfg, kernel_cache, std::path::Path::new("/"))
 }
 
-/// Why the `jetson` backend cannot run on the platform whose root file system is `root`,
-/// or `Ok(cfg)` with the backend that is this platform's path instead (Thor: the Video
-/// Codec SDK through the `cuda` backend). The choice is the platform's, never a product
-/// name's.
-fn jetson_path(cfg: &BackendConfig, root: &std::path::Path) -> Result<BackendConfig, String> {
+/// What the `jetson` backend is on a platform.
+enum JetsonPath {
+    /// Thor: the Video Codec SDK through the `cuda` backend, with this configuration.
+    Cuda(BackendConfig),
+    /// Orin: the V4L2 M2M decoder into NVMM, CUDA on the surfaces through EGL images.
+    Nvmm {
+        /// The module, as `aegis doctor` names it.
+        module: String,
+        /// Whether the module has a hardware encoder (Orin Nano has none).
+        encoder: bool,
+    },
+}
+
+/// The `jetson` backend's path on the platform whose root file system is `root`, or why it
+/// cannot run there. The choice is the platform's, never a product name's.
+fn jetson_path(cfg: &BackendConfig, root: &std::path::Path) -> Result<JetsonPath, String> {
     use aegis_jetson::platform::{CodecPath, Platform};
     let Some(p) = Platform::detect(root) else {
         return Err(
@@ -155,26 +187,65 @@ fn jetson_path(cfg: &BackendConfig, root: &std::path::Path) -> Result<BackendCon
         );
     };
     match p.codecs() {
-        CodecPath::VideoCodecSdk => Ok(BackendConfig {
+        CodecPath::VideoCodecSdk => Ok(JetsonPath::Cuda(BackendConfig {
             kind: BackendKind::Cuda,
             ..cfg.clone()
-        }),
+        })),
         CodecPath::None => Err(format!(
             "{}: not a supported module (Orin on Jetson Linux r36 or later, or Thor)",
             p.describe()
         )),
-        CodecPath::V4l2M2m { encoder } => Err(format!(
-            "{}: the Orin NVMM pipeline (V4L2 M2M decode into NVMM surfaces, CUDA through EGL \
-             images{}) is not wired into the pipeline yet (aegis-jetson has the codec state \
-             machines and the platform detection)",
-            p.describe(),
-            if encoder {
-                ", V4L2 M2M encode"
-            } else {
-                "; this module has no NVENC"
-            }
-        )),
+        CodecPath::V4l2M2m { encoder } => Ok(JetsonPath::Nvmm {
+            module: p.describe(),
+            encoder,
+        }),
     }
+}
+
+/// Why the CUDA kernels cannot run here (no driver, no NVRTC), from the libraries alone.
+fn cuda_missing() -> Option<String> {
+    if !aegis_cuda::driver_present() {
+        Some(aegis_cuda::CudaError::NoDriver.to_string())
+    } else if !aegis_cuda::nvrtc_present() {
+        Some(aegis_cuda::CudaError::NoNvrtc.to_string())
+    } else {
+        None
+    }
+}
+
+/// Orin's backend: the NVMM decoder's libraries and device, and the GPU the stages run on
+/// (opened unless `kernel_cache` is `None`, a check).
+fn open_nvmm(
+    cfg: &BackendConfig,
+    kernel_cache: Option<Option<PathBuf>>,
+    module: &str,
+    encoder: bool,
+) -> Result<Backend, String> {
+    let codecs = NvmmCodecs::load().map_err(|why| format!("{module}: {why}"))?;
+    let gpu = match kernel_cache {
+        None => match cuda_missing() {
+            Some(why) => return Err(format!("{module}: {why}")),
+            None => None,
+        },
+        Some(cache) => {
+            let gpu = aegis_cuda::Gpu::open(cfg.cuda_device as usize, cache)
+                .map_err(|e| format!("{module}: {e}"))?;
+            tracing::info!(%module, gpu = %gpu.name, kernels = gpu.ptx_source,
+                encoder = if encoder {
+                    "V4L2 M2M (not wired yet: recordings encode on the CPU after one download)"
+                } else {
+                    "none on this module: recordings encode on the CPU after one download"
+                },
+                "jetson backend ready: decode into NVMM, CUDA on the surfaces");
+            Some(Arc::new(gpu))
+        }
+    };
+    Ok(Backend {
+        kind: BackendKind::Jetson,
+        gpu,
+        nvmm: Some(Arc::new(codecs)),
+        fell_back: None,
+    })
 }
 
 fn choose_on(
@@ -184,18 +255,15 @@ fn choose_on(
 ) -> Result<Backend, BackendError> {
     let why = match (cfg.kind, kernel_cache) {
         (BackendKind::Cpu, _) => return Ok(Backend::cpu()),
-        (BackendKind::Cuda, None) => {
-            if !aegis_cuda::driver_present() {
-                aegis_cuda::CudaError::NoDriver.to_string()
-            } else if !aegis_cuda::nvrtc_present() {
-                aegis_cuda::CudaError::NoNvrtc.to_string()
-            } else {
+        (BackendKind::Cuda, None) => match cuda_missing() {
+            Some(why) => why,
+            None => {
                 return Ok(Backend {
                     kind: BackendKind::Cuda,
                     ..Backend::cpu()
                 });
             }
-        }
+        },
         (BackendKind::Cuda, Some(cache)) => {
             match aegis_cuda::Gpu::open(cfg.cuda_device as usize, cache) {
                 Ok(gpu) => {
@@ -212,6 +280,7 @@ fn choose_on(
                     return Ok(Backend {
                         kind: BackendKind::Cuda,
                         gpu: Some(Arc::new(gpu)),
+                        nvmm: None,
                         fell_back: None,
                     });
                 }
@@ -219,9 +288,15 @@ fn choose_on(
             }
         }
         (BackendKind::Jetson, cache) => match jetson_path(cfg, root) {
-            Ok(instead) => {
+            Ok(JetsonPath::Cuda(instead)) => {
                 tracing::info!(backend = %instead.kind, "jetson: this platform's path");
                 return choose_on(&instead, cache, root);
+            }
+            Ok(JetsonPath::Nvmm { module, encoder }) => {
+                match open_nvmm(cfg, cache, &module, encoder) {
+                    Ok(b) => return Ok(b),
+                    Err(why) => why,
+                }
             }
             Err(why) => why,
         },
@@ -273,19 +348,26 @@ mod jetson_tests {
 
     #[test]
     fn the_jetson_backend_is_chosen_per_platform() {
-        // Orin Nano: the V4L2 path, no NVENC, not wired yet: refused without a fallback,
-        // the CPU with one, the reason kept.
+        // Orin Nano: the NVMM path, which needs JetPack's libraries: without them (this
+        // machine) refused without a fallback, the CPU with one, the module and the missing
+        // library named.
         let nano = fake_root("NVIDIA Jetson Orin Nano Developer Kit");
         let e = choose_on(&jetson(None), None, nano.path()).unwrap_err();
         assert_eq!(e.kind, BackendKind::Jetson);
         assert!(
-            e.why.contains("Orin Nano") && e.why.contains("no NVENC") && e.why.contains("R36.4.3"),
+            e.why.contains("Orin Nano")
+                && e.why.contains("R36.4.3")
+                && e.why.contains(aegis_jetson::nvbuf::NVBUFSURFACE_LIB),
             "{}",
             e.why
         );
         let b = choose_on(&jetson(Some(BackendKind::Cpu)), None, nano.path()).unwrap();
         assert_eq!(b.kind, BackendKind::Cpu);
-        assert!(b.fell_back.unwrap().contains("not wired"));
+        assert!(
+            b.fell_back
+                .unwrap()
+                .contains(aegis_jetson::nvbuf::NVBUFSURFACE_LIB)
+        );
         // Thor: the Video Codec SDK, i.e. the cuda backend's path (its own checks follow:
         // without a CUDA driver here, the refusal is the CUDA backend's).
         let thor = fake_root("NVIDIA Jetson AGX Thor Developer Kit");

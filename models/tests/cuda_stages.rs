@@ -56,7 +56,10 @@ fn settings(
 ) -> FileSourceSettings {
     FileSourceSettings {
         max_frames: Some(FRAMES),
-        gpu: gpu.cloned(),
+        gpu: gpu.map(|g| aegis_hal::backend::StreamGpu {
+            gpu: g.clone(),
+            nvmm: None,
+        }),
         ..FileSourceSettings::new(clip, StreamId::new(id))
     }
 }

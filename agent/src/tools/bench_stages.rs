@@ -16,7 +16,6 @@ use crate::inference::Inference;
 use crate::metrics::Metrics;
 use crate::pipeline::{Pipeline, RunOptions};
 use crate::runtime::{Backend, select_backend};
-use aegis_hal::backend::Gpu;
 
 /// One stage's numbers.
 #[derive(Debug, Clone, Serialize)]
@@ -71,7 +70,7 @@ fn percentile(sorted: &[f64], p: f64) -> f64 {
     sorted[(((sorted.len() - 1) as f64) * p).round() as usize]
 }
 
-fn decode_frames(clip: &Path, n: usize, gpu: Option<&Arc<Gpu>>) -> anyhow::Result<Vec<Frame>> {
+fn decode_frames(clip: &Path, n: usize, backend: &Backend) -> anyhow::Result<Vec<Frame>> {
     let mut src = FileSource::open(FileSourceSettings {
         looping: true,
         // Held all at once: NVDEC feeds only while half its pool is free, and its end of
@@ -79,7 +78,7 @@ fn decode_frames(clip: &Path, n: usize, gpu: Option<&Arc<Gpu>>) -> anyhow::Resul
         // source is dropped, not drained, after the n-th.
         pool_frames: 2 * n + 8,
         decoder_threads: 0,
-        gpu: gpu.cloned(),
+        gpu: backend.stream_gpu("bench"),
         ..FileSourceSettings::new(clip, StreamId::new("bench"))
     })?;
     let mut frames = Vec::with_capacity(n);
@@ -289,7 +288,7 @@ pub fn run(
     let gpu = backend.gpu.as_ref();
     // Progress on standard error: a phase that stalls on a GPU machine is named.
     let phase = |what: &str| eprintln!("bench stages: {what}");
-    let mut decoded = decode_frames(clip, frames, gpu)?;
+    let mut decoded = decode_frames(clip, frames, &backend)?;
     phase(&format!("{} frames decoded", decoded.len()));
     let (width, height) = (decoded[0].layout.width, decoded[0].layout.height);
     let stages = time_stages(cfg, &inference, &mut decoded, rounds)?;

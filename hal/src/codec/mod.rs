@@ -7,10 +7,12 @@
 //! [`Frame::copies`] where it is made, once it is made. Compressed packets are libav's own
 //! refcounted buffers and never surface in the public API.
 
+mod annexb;
 mod decode;
 mod encode;
 mod jpeg;
 mod nvdec;
+mod nvmm;
 
 pub(crate) use decode::rescale_us as decode_rescale_us;
 pub use decode::{DecodeStats, VideoDecoder};
@@ -18,6 +20,7 @@ pub(crate) use encode::ENCODER_TIME_BASE;
 pub use encode::{EncoderSettings, VideoEncoder};
 pub use jpeg::encode_jpeg;
 pub use nvdec::nvdec_codec;
+pub use nvmm::{NvmmCodecs, OpenDevice};
 
 use std::sync::Arc;
 
@@ -89,6 +92,10 @@ pub enum CodecError {
     /// NVDEC (CUDA backend) failed.
     #[error("NVDEC: {0}")]
     Gpu(#[from] aegis_cuda::CudaError),
+    /// Orin's hardware decoder, its NVMM surfaces or their CUDA mapping failed (`jetson`
+    /// backend).
+    #[error("NVMM decoder: {0}")]
+    Nvmm(String),
 }
 
 /// A source's decoder: libavcodec into host surfaces, or NVDEC into device surfaces (CUDA
@@ -98,36 +105,61 @@ pub(crate) enum Decoding {
     Cpu(VideoDecoder),
     /// NVDEC (H.264, H.265).
     Gpu(Box<nvdec::GpuDecoder>),
+    /// Orin's V4L2 M2M decoder into NVMM, frames lent to the CUDA stages (H.264, H.265).
+    Nvmm(Box<nvmm::NvmmDecoding>),
 }
 
 impl Decoding {
-    /// NVDEC on `gpu` when given and it takes this stream, else libavcodec (`threads` = 0:
-    /// one per core). Why NVDEC was not used is logged, naming `origin`.
+    /// On `gpu` when given and its decoder takes this stream (Orin's NVMM decoder when
+    /// `gpu` carries one, else NVDEC), else libavcodec (`threads` = 0: one per core). Why
+    /// the GPU was not used is logged.
     pub(crate) fn open(
         params: ff::codec::Parameters,
         time_base: ff::Rational,
         frame_us: i64,
         stream: StreamId,
         threads: usize,
-        gpu: Option<&Arc<aegis_cuda::Gpu>>,
+        gpu: Option<&crate::backend::StreamGpu>,
         pool_frames: usize,
     ) -> Result<Decoding, CodecError> {
-        if let Some(gpu) = gpu {
-            match nvdec::GpuDecoder::open(
+        match gpu {
+            Some(crate::backend::StreamGpu {
+                gpu,
+                nvmm: Some(codecs),
+            }) => match nvmm::NvmmDecoding::open(
                 &params,
                 time_base,
                 frame_us,
                 stream.clone(),
+                codecs.clone(),
                 gpu.clone(),
                 pool_frames,
             ) {
                 Ok(d) => {
-                    tracing::info!(%stream, "decoding on NVDEC");
-                    return Ok(Decoding::Gpu(Box::new(d)));
+                    tracing::info!(%stream, "decoding on the hardware decoder into NVMM");
+                    return Ok(Decoding::Nvmm(Box::new(d)));
                 }
                 Err(e) => tracing::warn!(%stream, error = %e,
-                    "NVDEC cannot decode this stream; decoding on the CPU"),
+                    "the NVMM decoder cannot decode this stream; decoding on the CPU"),
+            },
+            Some(crate::backend::StreamGpu { gpu, nvmm: None }) => {
+                match nvdec::GpuDecoder::open(
+                    &params,
+                    time_base,
+                    frame_us,
+                    stream.clone(),
+                    gpu.clone(),
+                    pool_frames,
+                ) {
+                    Ok(d) => {
+                        tracing::info!(%stream, "decoding on NVDEC");
+                        return Ok(Decoding::Gpu(Box::new(d)));
+                    }
+                    Err(e) => tracing::warn!(%stream, error = %e,
+                        "NVDEC cannot decode this stream; decoding on the CPU"),
+                }
             }
+            None => {}
         }
         VideoDecoder::open(params, time_base, frame_us, stream, threads).map(Decoding::Cpu)
     }
@@ -141,6 +173,10 @@ impl Decoding {
                 (width.max(2) + 1) & !1,
                 (height.max(2) + 1) & !1,
             ),
+            // The work surfaces are the visible size rounded down to even.
+            Decoding::Nvmm(_) => {
+                FrameLayout::new(PixelFormat::Nv12, width.max(2) & !1, height.max(2) & !1)
+            }
         }
     }
 
@@ -149,6 +185,7 @@ impl Decoding {
         match self {
             Decoding::Cpu(_) => None,
             Decoding::Gpu(d) => Some(d.gpu()),
+            Decoding::Nvmm(d) => d.gpu(),
         }
     }
 
@@ -164,6 +201,7 @@ impl Decoding {
                 Ok(())
             }
             Decoding::Gpu(d) => Ok(d.send(pkt, stopped)?),
+            Decoding::Nvmm(d) => d.send(pkt, stopped),
         }
     }
 
@@ -175,6 +213,7 @@ impl Decoding {
                 Ok(())
             }
             Decoding::Gpu(d) => Ok(d.send_eof(stopped)?),
+            Decoding::Nvmm(d) => d.send_eof(stopped),
         }
     }
 
@@ -183,6 +222,7 @@ impl Decoding {
         match self {
             Decoding::Cpu(d) => d.reset(),
             Decoding::Gpu(d) => d.reset(),
+            Decoding::Nvmm(d) => d.reset(),
         }
     }
 
@@ -196,6 +236,7 @@ impl Decoding {
         match self {
             Decoding::Cpu(d) => d.receive(pool, pts_offset_us),
             Decoding::Gpu(d) => d.receive(pool, pts_offset_us),
+            Decoding::Nvmm(d) => d.receive(pool, pts_offset_us),
         }
     }
 
@@ -203,12 +244,8 @@ impl Decoding {
     pub(crate) fn pending_layout(&self) -> Result<FrameLayout, CodecError> {
         match self {
             Decoding::Cpu(d) => d.pending_layout(),
-            Decoding::Gpu(d) => d.pending_layout().ok_or(CodecError::Geometry {
-                got_w: 0,
-                got_h: 0,
-                want_w: 0,
-                want_h: 0,
-            }),
+            Decoding::Gpu(d) => d.pending_layout().ok_or(NO_PENDING),
+            Decoding::Nvmm(d) => d.pending_layout().ok_or(NO_PENDING),
         }
     }
 
@@ -217,9 +254,18 @@ impl Decoding {
         match self {
             Decoding::Cpu(d) => d.stats(),
             Decoding::Gpu(d) => d.stats(),
+            Decoding::Nvmm(d) => d.stats(),
         }
     }
 }
+
+/// `pending_layout` without a pending picture (a bug: reported rather than panicking).
+const NO_PENDING: CodecError = CodecError::Geometry {
+    got_w: 0,
+    got_h: 0,
+    want_w: 0,
+    want_h: 0,
+};
 
 /// The H.264 encoder libavcodec offers (`libx264`, else `libopenh264`), if any.
 pub fn h264_encoder_name() -> Option<&'static str> {

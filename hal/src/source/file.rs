@@ -36,10 +36,11 @@ pub struct FileSourceSettings {
     pub pool_frames: usize,
     /// Decoder threads (0 = one per core).
     pub decoder_threads: usize,
-    /// Decode with NVDEC on this GPU (CUDA backend; give each source its own
-    /// [`aegis_cuda::Gpu::fork`]): frames then start on the device. H.264 and H.265 only;
-    /// other codecs, or a missing libnvcuvid, decode on the CPU (logged).
-    pub gpu: Option<std::sync::Arc<aegis_cuda::Gpu>>,
+    /// Decode on this GPU ([`crate::backend::Backend::stream_gpu`]: NVDEC on the CUDA
+    /// backend, Orin's decoder into NVMM on the `jetson` backend): frames then start on the
+    /// device. H.264 and H.265 only; other codecs, or a missing decoder, decode on the CPU
+    /// (logged).
+    pub gpu: Option<crate::backend::StreamGpu>,
 }
 
 impl FileSourceSettings {

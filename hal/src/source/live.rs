@@ -86,9 +86,9 @@ pub struct LiveSourceSettings {
     pub backoff_recent_max: Duration,
     /// For a V4L2 camera (`url` is then the device path): what to ask of it.
     pub v4l2: Option<CaptureRequest>,
-    /// Decode with NVDEC on this GPU (CUDA backend; one [`aegis_cuda::Gpu::fork`] per
-    /// source). H.264 and H.265 only; other codecs decode on the CPU (logged).
-    pub gpu: Option<std::sync::Arc<aegis_cuda::Gpu>>,
+    /// Decode on this GPU ([`crate::backend::Backend::stream_gpu`]: NVDEC, or Orin's
+    /// decoder into NVMM). H.264 and H.265 only; other codecs decode on the CPU (logged).
+    pub gpu: Option<crate::backend::StreamGpu>,
 }
 
 impl std::fmt::Debug for LiveSourceSettings {

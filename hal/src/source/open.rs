@@ -2,15 +2,13 @@
 //! [`SourceLocation`] picks its [`VideoSource`]. A new kind of source is a module beside
 //! this one plus its arm here (and its `SourceLocation` in aegis-config's URL parser).
 
-use std::sync::Arc;
-
 use aegis_config::{CaptureFormat, SourceConfig, SourceLocation};
 
 use super::{FailedSource, FileSource, FileSourceSettings, LiveSource, LiveSourceSettings};
 use super::{PushFeeds, PushedSource, SourceError};
 use super::{RtspTransport, VideoSource};
 use crate::StreamId;
-use crate::backend::{Backend, Gpu};
+use crate::backend::{Backend, StreamGpu};
 use crate::v4l2::{CaptureRequest, FourCc};
 
 /// What every source of a pipeline shares.
@@ -31,7 +29,7 @@ pub struct OpenSettings<'a> {
 }
 
 impl OpenSettings<'_> {
-    fn gpu(&self, stream: &str) -> Option<Arc<Gpu>> {
+    fn gpu(&self, stream: &str) -> Option<StreamGpu> {
         self.backend?.stream_gpu(stream)
     }
 }

@@ -288,7 +288,7 @@ pub struct PushedSource {
     feed: PushFeed,
     stream: StreamId,
     decoder_threads: usize,
-    gpu: Option<Arc<crate::backend::Gpu>>,
+    gpu: Option<crate::backend::StreamGpu>,
     /// The session and codec the decoder was opened for.
     decoding: Option<(u64, PushedCodec, Decoding)>,
     /// The session whose departure was reported.
@@ -314,7 +314,7 @@ impl PushedSource {
         feeds: &PushFeeds,
         pool_frames: usize,
         decoder_threads: usize,
-        gpu: Option<Arc<crate::backend::Gpu>>,
+        gpu: Option<crate::backend::StreamGpu>,
     ) -> Self {
         let origin = PathBuf::from(format!("whip:{stream}"));
         let layout = FrameLayout::new(PixelFormat::I420, 2, 2);

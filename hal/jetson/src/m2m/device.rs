@@ -129,6 +129,16 @@ pub trait Device {
     fn wait(&mut self, timeout_ms: i32) -> Result<(), Errno>;
 }
 
+/// A boxed device is a device (the agent picks the real node or a stand-in at run time).
+impl<T: Device + ?Sized> Device for Box<T> {
+    fn ioctl(&mut self, request: Request<'_>) -> Result<(), Errno> {
+        (**self).ioctl(request)
+    }
+    fn wait(&mut self, timeout_ms: i32) -> Result<(), Errno> {
+        (**self).wait(timeout_ms)
+    }
+}
+
 type V4l2Open = unsafe extern "C" fn(*const c_char, c_int, ...) -> c_int;
 type V4l2Close = unsafe extern "C" fn(c_int) -> c_int;
 type V4l2Ioctl = unsafe extern "C" fn(c_int, c_ulong, ...) -> c_int;

@@ -44,6 +44,8 @@ pub struct Shared {
     pub refusals: Vec<(&'static str, i32, String)>,
     /// Controls set, in order.
     pub controls: Vec<(u32, i32)>,
+    /// Decoder: the bitstream of every access unit queued, in order.
+    pub units: Vec<Vec<u8>>,
 }
 
 #[derive(Default)]
@@ -102,6 +104,10 @@ pub struct StandIn {
     /// not as soon as a buffer is queued.
     encode_in_wait: bool,
     in_wait: bool,
+    /// Decoder: a bitstream buffer is given back only once its picture is decoded (a
+    /// decoder whose capture buffers are all taken stops reading its input, as hardware
+    /// does), not as soon as it is queued.
+    hold_input: bool,
 }
 
 impl StandIn {
@@ -128,7 +134,14 @@ impl StandIn {
             encoder_latency: 0,
             encode_in_wait: false,
             in_wait: false,
+            hold_input: false,
         }
+    }
+
+    /// Decoder: bitstream buffers come back only once decoded (see `hold_input`).
+    pub fn with_held_input(mut self) -> StandIn {
+        self.hold_input = true;
+        self
     }
 
     /// Encoder: encodes only inside `wait` (as asynchronous hardware finishes later).
@@ -231,6 +244,9 @@ impl StandIn {
                             // The "picture": its timestamp as the first 8 bytes.
                             if let Some(mem) = &self.cap.bufs[i as usize].mem {
                                 mem.write_at(&ts.to_le_bytes(), 0).unwrap();
+                            }
+                            if let Some((index, bytes)) = input {
+                                self.out.done.push_back((index, bytes, ts, 0));
                             }
                             (self.nv12_sizes()[0].1, 0)
                         }
@@ -681,7 +697,16 @@ impl StandIn {
         // Output plane: a decoder consumes the bitstream at once and gives the buffer back;
         // an encoder gives a frame's buffer back once it has encoded it (pump).
         pl.bufs[b.index as usize].queued = true;
-        let held = role == Role::Encoder && bytes > 0;
+        if role == Role::Decoder
+            && bytes > 0
+            && let Some(mem) = &pl.bufs[b.index as usize].mem
+        {
+            let mut unit = vec![0u8; bytes as usize];
+            mem.read_at(&mut unit, 0).unwrap();
+            self.shared.lock().unwrap().units.push(unit);
+        }
+        let held = bytes > 0 && (role == Role::Encoder || self.hold_input);
+        let pl = self.plane(b.type_).unwrap();
         if !held {
             pl.done.push_back((b.index, bytes, b.timestamp_us(), 0));
         }

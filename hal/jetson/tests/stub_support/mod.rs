@@ -12,7 +12,12 @@ use aegis_jetson::nvbuf::{NVBUFSURFACE_LIB, NvBufSurfaceLib};
 use aegis_jetson::transform::{NVBUFSURFTRANSFORM_LIB, TransformLib};
 use tempfile::TempDir;
 
-const STUB_DIR: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/stub");
+/// The stand-ins' sources: this crate's tests/stub, or where the including crate's build
+/// script says they are (aegis-hal's tests of the jetson decoder).
+const STUB_DIR: &str = match option_env!("AEGIS_JETSON_STUB_DIR") {
+    Some(dir) => dir,
+    None => concat!(env!("CARGO_MANIFEST_DIR"), "/tests/stub"),
+};
 
 /// The target's C compiler (build.rs names it; aarch64-linux-gnu-gcc under
 /// tools/cross-test.sh), with its leading arguments, ready for more.
