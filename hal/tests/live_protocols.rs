@@ -59,6 +59,8 @@ fn pull(url: String) {
         last = f.pts_us;
     }
     assert_eq!(src.health().state(), SourceState::Streaming);
+    // The status names where the stream decodes (no GPU given: libavcodec).
+    assert_eq!(src.health().snapshot().decoder, Some("libavcodec"));
 }
 
 #[test]

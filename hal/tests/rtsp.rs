@@ -202,6 +202,7 @@ fn wrong_credentials_back_off_with_a_clear_error_body() {
     let t = std::thread::spawn(move || src.next_frame().map(|f| f.is_some()));
     wait_health(&health, "two failed attempts", |s| s.reconnects >= 2);
     let s = health.snapshot();
+    assert_eq!(s.decoder, None, "no connection, no decoder");
     let err = s.last_error.unwrap();
     assert!(err.contains("authentication failed"), "{err}");
     assert!(

@@ -132,14 +132,24 @@ fn codecs(p: &Platform, m: Option<&Jetson>, r: &mut Report) -> String {
         );
         return cpu.to_string();
     }
-    let node = |n: &str| p.path(n).exists();
-    let (dec, enc) = (node("/dev/v4l2-nvdec"), node("/dev/v4l2-nvenc"));
+    // The nodes r36's samples try, in their order; the first present is the one opened.
+    use aegis_jetson::m2m::device::{DECODER_NODES, ENCODER_NODES};
+    let node = |nodes: &[&'static str]| nodes.iter().copied().find(|n| p.path(n).exists());
+    let (dec, enc) = (node(&DECODER_NODES), node(&ENCODER_NODES));
+    let shown = |found: Option<&str>, nodes: &[&str]| match found {
+        Some(n) => format!("{n} present"),
+        None => format!("missing ({})", nodes.join(", ")),
+    };
     r.add(
-        if dec { Level::Ok } else { Level::Warn },
+        if dec.is_some() {
+            Level::Ok
+        } else {
+            Level::Warn
+        },
         "codecs",
         format!(
-            "hardware decoder /dev/v4l2-nvdec {}",
-            if dec { "present" } else { "missing" }
+            "hardware decoder {} (the jetson backend decodes into NVMM with it)",
+            shown(dec, &DECODER_NODES)
         ),
     );
     let cpu = cpu_encoder.unwrap_or("none");
@@ -152,11 +162,15 @@ fn codecs(p: &Platform, m: Option<&Jetson>, r: &mut Report) -> String {
         return format!("{cpu} (CPU; no NVENC on this module)");
     }
     r.add(
-        if enc { Level::Ok } else { Level::Warn },
+        if enc.is_some() {
+            Level::Ok
+        } else {
+            Level::Warn
+        },
         "codecs",
         format!(
-            "hardware encoder /dev/v4l2-nvenc {}",
-            if enc { "present" } else { "missing" }
+            "hardware encoder {} (not used yet: recordings encode on the CPU, {cpu}, after one download)",
+            shown(enc, &ENCODER_NODES)
         ),
     );
     cpu.to_string()

@@ -759,6 +759,7 @@ pub fn streams_json(metrics: &Metrics) -> Vec<serde_json::Value> {
                 "frames": h.frames,
                 "reconnects": h.reconnects,
                 "last_error": h.last_error,
+                "decoder": h.decoder,
             })
         })
         .collect()

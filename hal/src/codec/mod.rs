@@ -164,6 +164,15 @@ impl Decoding {
         VideoDecoder::open(params, time_base, frame_us, stream, threads).map(Decoding::Cpu)
     }
 
+    /// Where it decodes, as the stream's status names it: `libavcodec`, `nvdec` or `nvmm`.
+    pub(crate) fn kind(&self) -> &'static str {
+        match self {
+            Decoding::Cpu(_) => "libavcodec",
+            Decoding::Gpu(_) => "nvdec",
+            Decoding::Nvmm(_) => "nvmm",
+        }
+    }
+
     /// The layout the first frames will have (NVDEC writes NV12; libavcodec I420).
     pub(crate) fn layout(&self, width: usize, height: usize) -> FrameLayout {
         match self {

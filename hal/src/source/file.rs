@@ -110,6 +110,7 @@ impl FileSource {
             layout,
         );
         core.pin_for(&decoder);
+        core.health.set_decoder(&decoder);
         core.health.set_state(SourceState::Streaming);
         Ok(FileSource {
             settings,

@@ -544,6 +544,7 @@ impl LiveSource {
             self.settings.pool_frames,
         )
         .map_err(|e| self.explain("decoder", &e, None))?;
+        self.core.health.set_decoder(&decoder);
         tracing::info!(stream = %self.settings.stream, url = %self.shown_as.display(),
             codec = %info.codec, width = info.width, height = info.height, "connected");
         Ok(Connection {

@@ -223,6 +223,8 @@ pub struct SourceHealth {
     reconnects: AtomicU64,
     frames: AtomicU64,
     last_error: Mutex<String>,
+    /// Which decoder the current connection uses ([`Decoding::kind`]); empty before one.
+    decoder: Mutex<&'static str>,
 }
 
 /// A copy of a [`SourceHealth`] at one moment.
@@ -236,6 +238,9 @@ pub struct HealthSnapshot {
     pub frames: u64,
     /// The last error, in plain words (credentials never appear in it).
     pub last_error: Option<String>,
+    /// Where the stream decodes: `libavcodec` (CPU), `nvdec` (CUDA backend) or `nvmm`
+    /// (Orin's hardware decoder into NVMM, `jetson` backend); `None` before it opens.
+    pub decoder: Option<&'static str>,
 }
 
 impl Default for SourceHealth {
@@ -245,6 +250,7 @@ impl Default for SourceHealth {
             reconnects: AtomicU64::new(0),
             frames: AtomicU64::new(0),
             last_error: Mutex::new(String::new()),
+            decoder: Mutex::new(""),
         }
     }
 }
@@ -263,7 +269,14 @@ impl SourceHealth {
             reconnects: self.reconnects.load(Ordering::Relaxed),
             frames: self.frames.load(Ordering::Relaxed),
             last_error: (!e.is_empty()).then(|| e.clone()),
+            decoder: Some(*self.decoder.lock().unwrap_or_else(|p| p.into_inner()))
+                .filter(|d| !d.is_empty()),
         }
+    }
+
+    /// The decoder a (re)connection opened.
+    pub(crate) fn set_decoder(&self, decoder: &Decoding) {
+        *self.decoder.lock().unwrap_or_else(|p| p.into_inner()) = decoder.kind();
     }
 
     pub(crate) fn set_state(&self, s: SourceState) {

@@ -439,6 +439,7 @@ impl PushedSource {
             self.core.pool_frames,
         )
         .map_err(|e| format!("decoder: {e}"))?;
+        self.core.health.set_decoder(&d);
         tracing::info!(stream = %self.stream, codec = ?u.codec, "publisher's video");
         self.decoding = Some((u.session, u.codec, d));
         Ok(())

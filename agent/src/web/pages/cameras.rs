@@ -211,7 +211,8 @@ pub(super) async fn page(State(s): State<Arc<PagesState>>, viewer: Viewer) -> Ht
         body.push_str(&format!(
             "<section class=\"tile\"><h2>{}</h2><p class=\"state\">{}</p><dl>\
              <dt>Last error</dt><dd>{}</dd><dt>fps in / out</dt><dd>{} / {}</dd>\
-             <dt>Reconnects</dt><dd>{}</dd><dt>Frames</dt><dd>{}</dd></dl>{form}</section>",
+             <dt>Reconnects</dt><dd>{}</dd><dt>Frames</dt><dd>{}</dd>\
+             <dt>Decoder</dt><dd>{}</dd></dl>{form}</section>",
             esc(&id),
             live(&k("state_text"), &text(&st["state_text"])),
             live(&k("last_error"), &text(&st["last_error"])),
@@ -219,6 +220,7 @@ pub(super) async fn page(State(s): State<Arc<PagesState>>, viewer: Viewer) -> Ht
             live(&k("fps_out"), &text(&st["fps_out"])),
             live(&k("reconnects"), &text(&st["reconnects"])),
             live(&k("frames"), &text(&st["frames"])),
+            live(&k("decoder"), &text(&st["decoder"])),
         ));
     }
     if let Ok(f) = &forms {

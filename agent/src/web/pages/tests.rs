@@ -159,7 +159,14 @@ async fn cameras_show_each_stream_with_its_health() {
     assert_eq!(s["id"], "cam-front");
     assert_eq!(s["state"], "connecting");
     assert_eq!(s["state_text"], "Connecting…");
-    for k in ["fps_in", "fps_out", "reconnects", "last_error", "frames"] {
+    for k in [
+        "fps_in",
+        "fps_out",
+        "reconnects",
+        "last_error",
+        "frames",
+        "decoder",
+    ] {
         assert!(s.get(k).is_some(), "{k} missing: {s}");
     }
 }
