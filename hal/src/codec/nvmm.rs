@@ -509,6 +509,7 @@ mod tests {
     use super::stub_support::{Stub, names};
     use super::*;
     use crate::container::FileDemuxer;
+    use crate::source::VideoSource;
 
     struct NoContext;
 
@@ -689,6 +690,108 @@ mod tests {
         assert_eq!(count("NvBufSurfaceDestroy"), count("NvBufSurfaceAllocate"));
         assert_eq!(count("NvBufSurfaceMap"), 0, "no picture mapped for the CPU");
         assert_eq!(count("NvBufSurfaceMapEglImage"), 48);
+    }
+
+    /// On a real GPU (tools/device-gpu-inference.sh runs it on the H100): a file source of
+    /// the `jetson` backend over the stand-ins, its "NVMM" memory page-locked and mapped for
+    /// the GPU by the libcuda stand-in, as Orin's iGPU reaches real NVMM. Every frame is a
+    /// lent NVMM surface: the GPU reads the picture the decoder and the VIC wrote there (its
+    /// marker comes back in the download), writes into it in place (a device copy, then the
+    /// download shows it), and frames dropped on another thread go back to the pool (CUDA
+    /// context made current there to unmap). At the end every mapping is undone and every
+    /// surface destroyed.
+    #[test]
+    #[ignore = "needs an NVIDIA GPU"]
+    fn a_jetson_file_source_lends_nvmm_frames_that_cuda_reads_and_writes_in_place() {
+        use crate::backend::StreamGpu;
+        use crate::source::{FileSource, FileSourceSettings};
+        let gpu = Arc::new(Gpu::open(0, None).expect("a GPU"));
+        let stub = Stub::new();
+        let hooks = stub.hooks(CUDA_LIB);
+        // SAFETY: aegis_stub_register_host(int) -> int, jetson/tests/stub/cuda_egl.c.
+        let registered = unsafe {
+            hooks
+                .get::<unsafe extern "C" fn(i32) -> i32>(b"aegis_stub_register_host")
+                .unwrap()(1)
+        };
+        assert_eq!(registered, 0, "the real libcuda's page-locking calls");
+        let opened = Arc::new(Mutex::new(Vec::new()));
+        let clip = std::env::var_os("AEGIS_SAMPLES_DIR")
+            .map(std::path::PathBuf::from)
+            .unwrap_or_else(|| std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../.samples"))
+            .join("bench-720p.mp4");
+        let mut src = FileSource::open(FileSourceSettings {
+            max_frames: Some(40),
+            pool_frames: 4,
+            gpu: Some(StreamGpu {
+                gpu: Arc::new(gpu.fork().unwrap()),
+                nvmm: Some(codecs(&stub, opened.clone())),
+            }),
+            ..FileSourceSettings::new(&clip, StreamId::new("orin"))
+        })
+        .expect("the source opens");
+        assert_eq!(src.health().snapshot().decoder, Some("nvmm"));
+        // The stand-in decodes every stream as 320x240 pictures.
+        let (w, h) = (320, 240);
+        let mut pattern = vec![0u8; w * h * 3 / 2];
+        let mut pooled = gpu.alloc_nv12(w, h).unwrap();
+        let (tx, rx) = std::sync::mpsc::channel::<Frame>();
+        let dropper = std::thread::spawn(move || rx.into_iter().count());
+        let mut frames = 0u64;
+        while let Some(mut f) = src.next_frame().expect("a frame") {
+            let device = f.device.as_ref().expect("on the device");
+            assert!(device.is_lent(), "an NVMM surface, not a copy");
+            assert_eq!(device.size(), (w, h));
+            match f.seq % 3 {
+                0 => {
+                    // The GPU reads what the decoder wrote into NVMM: the picture's marker
+                    // (the number the access unit was fed as: the frame's sequence here).
+                    f.to_host().unwrap();
+                    let y = &f.planes()[0];
+                    assert_eq!(y.data[..8], f.seq.to_le_bytes(), "frame {}", f.seq);
+                }
+                1 => {
+                    // The GPU writes into NVMM in place; the download reads it back.
+                    for (i, b) in pattern.iter_mut().enumerate() {
+                        *b = (i as u64 * 7 + f.seq) as u8;
+                    }
+                    gpu.upload_nv12(&pattern, &mut pooled).unwrap();
+                    gpu.sync().unwrap();
+                    let dev = f.device.as_mut().unwrap();
+                    let (lent, stream_gpu) = dev.parts();
+                    stream_gpu.copy_nv12(&pooled, lent).unwrap();
+                    f.to_host().unwrap();
+                    let mut packed = Vec::new();
+                    for (i, p) in f.planes().iter().take(2).enumerate() {
+                        let rows = if i == 0 { h } else { h / 2 };
+                        for r in 0..rows {
+                            packed.extend_from_slice(&p.data[r * p.stride..r * p.stride + w]);
+                        }
+                    }
+                    assert!(packed == pattern, "frame {}: the device copy landed", f.seq);
+                }
+                _ => tx.send(f).unwrap(), // dropped, still lent, on another thread
+            }
+            frames += 1;
+        }
+        drop(tx);
+        let dropped = dropper.join().unwrap();
+        assert_eq!(frames, 40);
+        assert!(dropped > 10);
+        drop(src);
+        drop(pooled);
+        // SAFETY: aegis_stub_live(void) -> int, jetson/tests/stub/cuda_egl.c.
+        let live = unsafe {
+            hooks
+                .get::<unsafe extern "C" fn() -> i32>(b"aegis_stub_live")
+                .unwrap()()
+        };
+        assert_eq!(live, 0, "every mapping undone");
+        let log = stub.log(NVBUFSURFACE_LIB);
+        let count = |call: &str| names(&log).iter().filter(|n| **n == call).count();
+        assert_eq!(count("NvBufSurfaceDestroy"), count("NvBufSurfaceAllocate"));
+        assert_eq!(count("NvBufSurfaceMap"), 0, "no picture mapped for the CPU");
+        assert_eq!(opened.lock().unwrap().len(), 1);
     }
 
     #[test]

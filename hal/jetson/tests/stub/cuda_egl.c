@@ -12,8 +12,13 @@
  * 64x48 frame of fresh memory.
  *
  * Extra test hooks: aegis_stub_frame_format(type, planes, colour format) sets what the next
- * mapped frames report; aegis_stub_live() counts registered, not yet unregistered resources.
+ * mapped frames report; aegis_stub_live() counts registered, not yet unregistered resources;
+ * aegis_stub_register_host(1) makes the mapped planes reachable by a real GPU: a surface's
+ * memory is page-locked with the real libcuda (cuMemHostRegister, in the context current at
+ * registration) and its device address handed out instead of the host one, so CUDA kernels
+ * work on the "NVMM" memory in place, as Orin's iGPU does on real NVMM (GPU tests only).
  */
+#include <dlfcn.h>
 #include <stdlib.h>
 #include <sys/mman.h>
 #include "stub.h"
@@ -29,7 +34,31 @@ typedef struct {
   void *image;
   unsigned char *memory;
   size_t mapped; /* bytes of a surface's memfd mapped at memory, or 0 for calloc'ed memory */
+  unsigned long long device; /* the memory's device address once registered with a GPU */
 } StubResource;
+
+/* The real libcuda's page-locking calls (cuda.h: the _v2 entry points). */
+typedef int (*HostRegisterFn)(void *, size_t, unsigned int);
+typedef int (*HostUnregisterFn)(void *);
+typedef int (*HostDevicePointerFn)(unsigned long long *, void *, unsigned int);
+static int register_host;
+static HostRegisterFn host_register;
+static HostUnregisterFn host_unregister;
+static HostDevicePointerFn host_device_pointer;
+
+STUB_EXPORT int aegis_stub_register_host(int on) {
+  if (on && !host_register) {
+    /* By name: the process's real libcuda (this file is loaded by its path). */
+    void *cuda = dlopen("libcuda.so.1", RTLD_NOW);
+    if (!cuda) return -1;
+    host_register = (HostRegisterFn)dlsym(cuda, "cuMemHostRegister_v2");
+    host_unregister = (HostUnregisterFn)dlsym(cuda, "cuMemHostUnregister");
+    host_device_pointer = (HostDevicePointerFn)dlsym(cuda, "cuMemHostGetDevicePointer_v2");
+    if (!host_register || !host_unregister || !host_device_pointer) return -2;
+  }
+  register_host = on;
+  return 0;
+}
 
 enum { CUDA_ERROR_INVALID_VALUE = 1, CUDA_ERROR_INVALID_HANDLE = 400 };
 enum { WIDTH = 64, HEIGHT = 48, PITCH = 256 };
@@ -59,6 +88,13 @@ STUB_EXPORT int cuGraphicsEGLRegisterImage(StubResource **out, void *image, unsi
     if (m == MAP_FAILED) { free(r); return CUDA_ERROR_INVALID_VALUE; }
     r->memory = m;
     r->mapped = im->data_size;
+    /* CU_MEMHOSTREGISTER_DEVICEMAP */
+    if (register_host && (host_register(m, im->data_size, 0x02) != 0 ||
+                          host_device_pointer(&r->device, m, 0) != 0)) {
+      munmap(m, im->data_size);
+      free(r);
+      return CUDA_ERROR_INVALID_VALUE;
+    }
   } else {
     r->memory = calloc(1, (size_t)PITCH * HEIGHT * 3 / 2);
   }
@@ -75,8 +111,9 @@ STUB_EXPORT int cuGraphicsResourceGetMappedEglFrame(StubEglFrame *frame, StubRes
   memset(frame, 0, sizeof *frame);
   const StubEglImage *im = r->image;
   if (r->mapped) {
-    frame->planes[0] = r->memory + im->offset[0];
-    frame->planes[1] = im->num_planes > 1 ? r->memory + im->offset[1] : NULL;
+    unsigned char *base = r->device ? (unsigned char *)(uintptr_t)r->device : r->memory;
+    frame->planes[0] = base + im->offset[0];
+    frame->planes[1] = im->num_planes > 1 ? base + im->offset[1] : NULL;
     frame->width = im->width;
     frame->height = im->height;
     frame->pitch = im->pitch[0];
@@ -112,6 +149,7 @@ STUB_EXPORT int cuGraphicsResourceGetMappedEglFrame(StubEglFrame *frame, StubRes
 STUB_EXPORT int cuGraphicsUnregisterResource(StubResource *r) {
   stub_log("cuGraphicsUnregisterResource");
   if (!r) return CUDA_ERROR_INVALID_HANDLE;
+  if (r->device) host_unregister(r->memory);
   if (r->mapped) munmap(r->memory, r->mapped);
   else free(r->memory);
   free(r);

@@ -61,8 +61,22 @@ fn compile(source: &str, out: &Path, defines: &[&str]) {
     );
 }
 
-/// The stand-ins, compiled once per variant for this test binary.
+/// The stand-ins, compiled once per variant for this test binary; or, where
+/// `AEGIS_JETSON_STUBS` names a directory (a machine without a C compiler: the GPU machine,
+/// tools/device/jetson-stubs.sh builds them), taken from its `full/` and `partial/`.
 fn built(without_sync_for_device: bool) -> &'static Path {
+    if let Some(dir) = std::env::var_os("AEGIS_JETSON_STUBS") {
+        static PREBUILT: OnceLock<std::path::PathBuf> = OnceLock::new();
+        let dir = PREBUILT.get_or_init(|| dir.into());
+        return Box::leak(
+            dir.join(if without_sync_for_device {
+                "partial"
+            } else {
+                "full"
+            })
+            .into_boxed_path(),
+        );
+    }
     static FULL: OnceLock<TempDir> = OnceLock::new();
     static PARTIAL: OnceLock<TempDir> = OnceLock::new();
     let cell = if without_sync_for_device {
