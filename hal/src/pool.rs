@@ -193,6 +193,11 @@ impl SurfacePool {
         Ok(())
     }
 
+    /// Whether [`SurfacePool::close`] was called (the source is stopping).
+    pub fn is_closed(&self) -> bool {
+        self.shared.closed.load(Ordering::Acquire)
+    }
+
     /// Wakes every waiting producer with [`PoolClosed`]; surfaces still on loan return normally.
     pub fn close(&self) {
         self.shared.closed.store(true, Ordering::Release);

@@ -98,7 +98,9 @@ pub enum BenchCommand {
         json: Option<PathBuf>,
     },
     /// The cpu and cuda backends on one 1080p clip, same process: fps, copies per frame,
-    /// host↔device transfers per frame; into a discard sink and into H.264 recordings.
+    /// host↔device transfers per frame; into a discard sink and into H.264 recordings. A
+    /// config with `backend.kind: jetson` runs the jetson backend in cuda's place (on an
+    /// Orin: the hardware decoder into NVMM, the CUDA stages on the lent surfaces).
     Backends {
         /// Config whose stages, models and record sink to use (default: the demo config
         /// with only its virtual background stage).

@@ -183,8 +183,13 @@ pub fn run(
         Inference::load(&inf, &cfg.pipeline, cfg.backend.cuda_device)?
     };
     let cpu = Backend::cpu();
+    // The GPU backend against the CPU: `jetson` when configured (on an Orin, its NVMM
+    // decoder and the CUDA stages on the lent surfaces), else `cuda`.
     let mut cuda_cfg = cfg.clone();
-    cuda_cfg.backend.kind = BackendKind::Cuda;
+    cuda_cfg.backend.kind = match cfg.backend.kind {
+        BackendKind::Jetson => BackendKind::Jetson,
+        _ => BackendKind::Cuda,
+    };
     cuda_cfg.backend.fallback = None;
     let (gpu, mut backends) = match select_backend(&cuda_cfg) {
         Ok(b) => {

@@ -15,7 +15,7 @@
 use std::ffi::{CStr, c_char, c_int};
 use std::sync::Arc;
 
-use crate::nvbuf::{EglImage, EglMappedSurface, Surface, SurfaceError, vendor_library};
+use crate::nvbuf::{EglImage, EglMappedSurface, Surface, vendor_library};
 
 /// The CUDA driver library, as JetPack 6 installs it (under
 /// [`crate::nvbuf::R36_LIB_DIR`]) and meta-tegra's `tegra-libraries-cuda`.
@@ -313,15 +313,22 @@ impl CudaMappedSurface {
         self.egl.surface()
     }
 
-    /// Unregisters the image from CUDA, destroys it and hands the surface back, with the
-    /// first failure (the surface may then still be registered or imaged: do not reuse it).
-    pub fn unmap(self) -> (Surface, Result<(), String>) {
+    /// Unregisters the image from CUDA, destroys it and hands the surface back. A surface
+    /// CUDA may still have registered (the unregister failed) is never handed back: it is
+    /// leaked with its image rather than destroyed under the driver. One whose image could
+    /// not be destroyed is destroyed here. Either way the error says what failed.
+    pub fn unmap(self) -> Result<Surface, String> {
         let CudaMappedSurface { mapping, egl } = self;
-        let unregistered = mapping.unregister();
-        let (surface, destroyed) = egl.unmap();
-        let result = unregistered
-            .map_err(|e| e.to_string())
-            .and(destroyed.map_err(|e: SurfaceError| e.to_string()));
-        (surface, result)
+        if let Err(e) = mapping.unregister() {
+            std::mem::forget(egl);
+            return Err(format!("{e}; the surface is leaked, not reused"));
+        }
+        match egl.unmap() {
+            (surface, Ok(())) => Ok(surface),
+            (surface, Err(e)) => {
+                drop(surface);
+                Err(format!("{e}; the surface is destroyed, not reused"))
+            }
+        }
     }
 }

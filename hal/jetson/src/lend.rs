@@ -20,7 +20,6 @@
 //! nothing is allocated per frame. A resolution change makes a new pool of the new size;
 //! frames of the old one still go back to it, and it is freed with the last.
 
-use std::os::fd::BorrowedFd;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::Duration;
@@ -29,8 +28,8 @@ use aegis_cuda::{Lender, LentNv12};
 
 use crate::cuda_egl::{CudaEglLib, CudaMappedSurface};
 use crate::m2m::{DecodedFrame, Decoder, DecoderEvent, Device, FrameFormat};
-use crate::nvbuf::{ColorFormat, NvBufSurfaceLib, Surface, SurfaceSpec, Tag};
-use crate::nvmm::{NvmmError, nv12_for, vic_into};
+use crate::nvbuf::{ColorFormat, NvBufSurfaceLib, Surface, SurfaceSpec};
+use crate::nvmm::{NvmmError, convert_and_release, nv12_for, work_surface_spec, work_surfaces};
 use crate::transform::Transform;
 
 /// Makes the CUDA context the frames are mapped in current on the calling thread (the
@@ -80,18 +79,14 @@ impl std::fmt::Debug for WorkPool {
 }
 
 impl WorkPool {
-    /// `n` pitch-linear NV12 surfaces of `spec`'s size.
+    /// The pool of `free` surfaces of `spec`.
     fn new(
-        lib: &Arc<NvBufSurfaceLib>,
+        free: Vec<Surface>,
         spec: &SurfaceSpec,
-        n: usize,
         cuda: Arc<CudaEglLib>,
         context: Arc<dyn CudaContext>,
-    ) -> Result<Arc<WorkPool>, NvmmError> {
-        let free: Vec<Surface> = (0..n)
-            .map(|_| Surface::new(lib, spec))
-            .collect::<Result<_, _>>()?;
-        Ok(Arc::new(WorkPool {
+    ) -> Arc<WorkPool> {
+        Arc::new(WorkPool {
             state: Mutex::new(PoolState {
                 surfaces: free.len(),
                 free,
@@ -104,7 +99,7 @@ impl WorkPool {
             format: spec.format,
             given_back: AtomicU64::new(0),
             lost: AtomicU64::new(0),
-        }))
+        })
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, PoolState> {
@@ -159,9 +154,14 @@ impl WorkPool {
         self.returned.notify_all();
     }
 
-    /// Maps `surface` for CUDA and lends its planes under `token`; on failure the surface
-    /// is free again.
-    fn lend(self: &Arc<Self>, surface: Surface, token: u64) -> Result<LentNv12, NvmmError> {
+    /// Maps `surface` for CUDA and lends its planes under `token` (the picture at
+    /// `pts_us`); on failure the surface is free again, or lost if it cannot be cleaned up.
+    fn lend(
+        self: &Arc<Self>,
+        surface: Surface,
+        token: u64,
+        pts_us: u64,
+    ) -> Result<LentNv12, NvmmError> {
         let egl = match surface.into_egl_mapped() {
             Ok(egl) => egl,
             Err((surface, e)) => {
@@ -172,8 +172,13 @@ impl WorkPool {
         let mapped = match self.cuda.map_surface(egl) {
             Ok(m) => m,
             Err((egl, e)) => {
-                let (surface, _) = egl.unmap();
-                self.put_free(surface);
+                match egl.unmap() {
+                    (surface, Ok(())) => self.put_free(surface),
+                    (surface, Err(why)) => {
+                        drop(surface);
+                        self.lose(&why.to_string());
+                    }
+                }
                 return Err(e.into());
             }
         };
@@ -191,28 +196,30 @@ impl WorkPool {
             Err(e) => {
                 self.unmap(mapped);
                 Err(NvmmError::Work {
-                    pts_us: 0,
+                    pts_us,
                     why: format!("the mapped frame is not one the kernels take: {e}"),
                 })
             }
         }
     }
 
-    /// Unmaps a surface and frees it, or destroys it if it cannot be unmapped.
+    /// Unmaps a surface and frees it; one that cannot be unmapped is lost to the pool.
     fn unmap(&self, mapped: CudaMappedSurface) {
         if let Err(e) = self.context.make_current() {
             tracing::warn!(error = %e, "nvmm: no CUDA context to unmap a frame in");
         }
         match mapped.unmap() {
-            (surface, Ok(())) => self.put_free(surface),
-            (surface, Err(e)) => {
-                tracing::warn!(error = %e, "nvmm: a work surface could not be unmapped; dropping it");
-                drop(surface);
-                self.lost.fetch_add(1, Ordering::Relaxed);
-                self.lock().surfaces -= 1;
-                self.returned.notify_all();
-            }
+            Ok(surface) => self.put_free(surface),
+            Err(why) => self.lose(&why),
         }
+    }
+
+    /// A surface is gone from the pool (it could not be unmapped).
+    fn lose(&self, why: &str) {
+        tracing::warn!(error = %why, "nvmm: a work surface could not be unmapped");
+        self.lost.fetch_add(1, Ordering::Relaxed);
+        self.lock().surfaces -= 1;
+        self.returned.notify_all();
     }
 }
 
@@ -334,6 +341,11 @@ impl<D: Device> NvmmDecoder<D> {
         self.stats
     }
 
+    /// A decoded picture waits for a work surface the pipeline still holds.
+    pub fn waiting_for_surface(&self) -> bool {
+        self.waiting.is_some() && self.pool.as_ref().is_some_and(|p| p.available() == 0)
+    }
+
     /// The current work pool, once the stream's size is known.
     pub fn pool(&self) -> Option<&Arc<WorkPool>> {
         self.pool.as_ref()
@@ -405,19 +417,20 @@ impl<D: Device> NvmmDecoder<D> {
         mut surface: Surface,
     ) -> Result<NvmmFrame, NvmmError> {
         let pts_us = frame.pts_us;
-        // SAFETY: the frame keeps its capture buffer's fd open while it lives.
-        let fd = unsafe { BorrowedFd::borrow_raw(frame.fd()) };
-        let converted = vic_into(&self.lib, &self.transform, fd, &mut surface);
-        // The decoder may refill its buffer now: the picture is in the work surface.
-        let released = self.decoder.release(frame);
-        if let Err(e) = converted.and(released.map_err(NvmmError::from)) {
+        if let Err(e) = convert_and_release(
+            &self.lib,
+            &self.transform,
+            &mut self.decoder,
+            frame,
+            &mut surface,
+        ) {
             pool.put_free(surface);
             return Err(e);
         }
         self.stats.vic_copies += 1;
         let token = self.next_token;
         self.next_token += 1;
-        let frame = pool.lend(surface, token)?;
+        let frame = pool.lend(surface, token, pts_us)?;
         self.stats.lent += 1;
         Ok(NvmmFrame {
             frame,
@@ -429,7 +442,6 @@ impl<D: Device> NvmmDecoder<D> {
     /// A pool at the stream's visible size, unless the current one has it.
     fn on_format(&mut self, format: &FrameFormat) -> Result<(), NvmmError> {
         // The kernels take even sizes; the VIC scales an odd crop into the even one.
-        let even = |v: u32| (v & !1).max(2);
         let (w, h) = (even(format.visible.width), even(format.visible.height));
         let nv12 = nv12_for(format);
         if let Some(p) = &self.pool
@@ -438,23 +450,24 @@ impl<D: Device> NvmmDecoder<D> {
         {
             return Ok(());
         }
-        let spec = SurfaceSpec {
-            tag: Tag::VideoConvert,
-            ..SurfaceSpec::nvmm(w, h, nv12)
-        };
         tracing::info!(
             width = w,
             height = h,
             "nvmm: work surfaces for the stream's size"
         );
+        let spec = work_surface_spec(w, h, nv12);
         self.pool = Some(WorkPool::new(
-            &self.lib,
+            work_surfaces(&self.lib, &spec, self.work_surfaces)?,
             &spec,
-            self.work_surfaces,
             self.cuda.clone(),
             self.context.clone(),
-        )?);
+        ));
         self.stats.pools += 1;
         Ok(())
     }
+}
+
+/// A frame side as the work surfaces (and so the CUDA kernels) take it: even, at least 2.
+pub fn even(v: u32) -> u32 {
+    (v & !1).max(2)
 }

@@ -1291,8 +1291,10 @@ impl EglMappedSurface {
 
 impl Drop for EglMappedSurface {
     fn drop(&mut self) {
-        if let Some(s) = &self.surface {
-            let _ = s.destroy_egl_image();
+        if let Some(s) = &self.surface
+            && let Err(e) = s.destroy_egl_image()
+        {
+            tracing::warn!("{e}");
         }
     }
 }

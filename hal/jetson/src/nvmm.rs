@@ -152,16 +152,44 @@ pub enum NvmmError {
     Protocol(&'static str),
 }
 
-/// The VIC step of both halves: the decoded picture behind `fd` (a decoder capture
-/// surface) converted, and scaled if sizes differ, into `dst`, device to device.
-pub(crate) fn vic_into(
+/// The VIC step of both halves: the decoded picture converted, and scaled if sizes differ,
+/// into `dst`, device to device; then the decoder gets its buffer back (the picture is in
+/// `dst`). The first failure is returned; `dst` stays the caller's either way.
+pub(crate) fn convert_and_release<D: Device>(
     lib: &Arc<NvBufSurfaceLib>,
     transform: &Transform,
-    fd: BorrowedFd<'_>,
+    decoder: &mut Decoder<D>,
+    frame: DecodedFrame,
     dst: &mut Surface,
 ) -> Result<(), NvmmError> {
-    let src = Surface::from_fd(lib, fd)?;
-    Ok(transform.apply(&src, dst, &TransformSpec::default())?)
+    let converted = {
+        // SAFETY: the frame keeps its capture buffer's fd open while it lives.
+        let fd = unsafe { BorrowedFd::borrow_raw(frame.fd()) };
+        Surface::from_fd(lib, fd)
+            .map_err(NvmmError::from)
+            .and_then(|src| Ok(transform.apply(&src, dst, &TransformSpec::default())?))
+    };
+    let released = decoder.release(frame);
+    converted.and(released.map_err(NvmmError::from))
+}
+
+/// The spec of a pitch-linear NV12 work surface (what the CUDA kernels address).
+pub(crate) fn work_surface_spec(width: u32, height: u32, format: ColorFormat) -> SurfaceSpec {
+    SurfaceSpec {
+        tag: Tag::VideoConvert,
+        ..SurfaceSpec::nvmm(width, height, format)
+    }
+}
+
+/// `n` surfaces of `spec`.
+pub(crate) fn work_surfaces(
+    lib: &Arc<NvBufSurfaceLib>,
+    spec: &SurfaceSpec,
+    n: usize,
+) -> Result<Vec<Surface>, NvmmError> {
+    Ok((0..n)
+        .map(|_| Surface::new(lib, spec))
+        .collect::<Result<_, _>>()?)
 }
 
 /// Settings of [`NvmmLoop`].
@@ -427,18 +455,13 @@ impl<D: Device, E: Device> NvmmLoop<D, E> {
             return Ok(());
         }
         let (w, h) = (format.visible.width, format.visible.height);
-        let spec = SurfaceSpec {
-            tag: Tag::VideoConvert,
-            ..SurfaceSpec::nvmm(w, h, nv12_for(format))
-        };
+        let spec = work_surface_spec(w, h, nv12_for(format));
         let n = self.config.work_surfaces.max(2);
         let encoder = (self.open_encoder)(w, h)?;
         if encoder.input_buffers() < n {
             return Err(NvmmError::EncoderFull(encoder.input_buffers(), n));
         }
-        let free: Vec<Surface> = (0..n)
-            .map(|_| Surface::new(&self.lib, &spec))
-            .collect::<Result<_, _>>()?;
+        let free = work_surfaces(&self.lib, &spec, n)?;
         let bytes = |plane: usize| -> Result<u32, NvmmError> {
             let p = free[0].plane(plane)?;
             Ok(p.pitch * p.height)
@@ -454,12 +477,13 @@ impl<D: Device, E: Device> NvmmLoop<D, E> {
     fn through(&mut self, frame: DecodedFrame, work: &mut dyn FrameWork) -> Result<(), NvmmError> {
         let pts_us = frame.pts_us;
         let mut surface = self.free.pop().expect("caller checked a free surface");
-        // SAFETY: the frame keeps its capture buffer's fd open while it lives.
-        let fd = unsafe { BorrowedFd::borrow_raw(frame.fd()) };
-        let converted = vic_into(&self.lib, &self.transform, fd, &mut surface);
-        // The decoder may refill its buffer now: the picture is in the work surface.
-        let released = self.decoder.release(frame);
-        if let Err(e) = converted.and(released.map_err(NvmmError::from)) {
+        if let Err(e) = convert_and_release(
+            &self.lib,
+            &self.transform,
+            &mut self.decoder,
+            frame,
+            &mut surface,
+        ) {
             self.free.push(surface);
             return Err(e);
         }

@@ -20,7 +20,7 @@ use aegis_jetson::nvbuf::NVBUFSURFACE_LIB;
 use aegis_jetson::nvmm::{DecoderSurfaces, NvmmError};
 use aegis_jetson::transform::{Compute, Transform};
 use m2m_support::{Role, StandIn};
-use stub_support::{Stub, names};
+use stub_support::{Stub, lent_marker, names};
 
 /// Counts the times the pool made "the CUDA context" current (to unmap a frame).
 #[derive(Default)]
@@ -58,32 +58,11 @@ fn decoder(
     )
 }
 
-/// The picture's marker as a kernel would read it: the first 8 luma bytes at the lent
-/// frame's device (here: host) address.
-fn marker(frame: &NvmmFrame) -> u64 {
-    let (y, _, _) = plane_addresses(frame);
-    let mut first = [0u8; 8];
-    // SAFETY: the stand-in mapped the work surface's whole memory at this address, and the
-    // frame is lent (mapped) while `frame` lives.
-    unsafe { std::ptr::copy_nonoverlapping(y as *const u8, first.as_mut_ptr(), 8) };
-    u64::from_le_bytes(first)
-}
-
 /// The lent planes' addresses and geometry (host memory behind the stand-in's mapping).
 fn plane_addresses(frame: &NvmmFrame) -> (u64, u64, (usize, usize, usize)) {
     let geometry = frame.frame.geometry();
     let (y, uv) = frame.frame.addresses();
     (y, uv, geometry)
-}
-
-fn live_cuda_resources(stub: &Stub) -> i32 {
-    let hooks = stub.hooks(CUDA_LIB);
-    // SAFETY: aegis_stub_live(void) -> int, tests/stub/cuda_egl.c.
-    unsafe {
-        hooks
-            .get::<unsafe extern "C" fn() -> i32>(b"aegis_stub_live")
-            .expect("aegis_stub_live")()
-    }
 }
 
 fn count(log: &[String], call: &str) -> usize {
@@ -139,19 +118,39 @@ fn decoded_pictures_are_lent_in_nvmm_and_come_back_to_the_pool() {
     let mut dec = decoder(&stub, (320, 240), Some((12, 160, 120)), 3, context.clone());
     let mut seen = Vec::new();
     let mut sizes = Vec::new();
+    // The last picture before the change is held across it (the pipeline still has it).
+    let mut held = None;
     run(&mut dec, N, &mut |f| {
         // Before the size change the VIC copied the decoder's picture unscaled: the marker
         // is the picture's own timestamp.
         if seen.len() < 12 {
-            assert_eq!(marker(&f), f.pts_us, "the lent frame holds its own picture");
+            assert_eq!(
+                lent_marker(&f.frame),
+                f.pts_us,
+                "the lent frame holds its own picture"
+            );
         }
         let (_, _, (w, h, pitch)) = plane_addresses(&f);
         assert!(pitch >= w);
         sizes.push((w, h));
         seen.push(f.pts_us);
-        // Dropped here: given back at once.
+        if f.pts_us == 12_000 {
+            held = Some(f); // the others are dropped here: given back at once
+        }
     })
     .expect("the stream runs");
+    // The held frame outlived its pool's replacement untouched; dropping it frees the old
+    // pool's three surfaces, which nothing else held.
+    let held = held.expect("picture 12");
+    assert_eq!(lent_marker(&held.frame), 12_000);
+    let destroyed = |stub: &Stub| count(&stub.log(NVBUFSURFACE_LIB), "NvBufSurfaceDestroy");
+    let before = destroyed(&stub);
+    drop(held);
+    assert_eq!(
+        destroyed(&stub) - before,
+        3,
+        "the old pool freed with its last frame"
+    );
     assert_eq!(seen, (1..=N).map(|i| 1000 * i).collect::<Vec<_>>());
     assert_eq!(sizes[0], (320, 240));
     assert_eq!(sizes[N as usize - 1], (160, 120));
@@ -169,7 +168,7 @@ fn decoded_pictures_are_lent_in_nvmm_and_come_back_to_the_pool() {
     assert_eq!((pool.available(), pool.lent()), (3, 0));
     // Every frame given back unmapped, in "the CUDA context".
     assert_eq!(context.0.load(Ordering::Relaxed), N as usize);
-    assert_eq!(live_cuda_resources(&stub), 0);
+    assert_eq!(stub.live_cuda_resources(), 0);
     drop(pool);
     drop(dec);
     let log = stub.log(NVBUFSURFACE_LIB);
@@ -206,14 +205,18 @@ fn frames_the_pipeline_holds_stall_the_decoder_until_one_comes_back_from_another
         let mut held: std::collections::VecDeque<NvmmFrame> = Default::default();
         let mut order = Vec::new();
         for f in rx {
-            assert_eq!(marker(&f), f.pts_us, "a held frame is never overwritten");
+            assert_eq!(
+                lent_marker(&f.frame),
+                f.pts_us,
+                "a held frame is never overwritten"
+            );
             order.push(f.pts_us);
             held.push_back(f);
             std::thread::sleep(std::time::Duration::from_millis(2));
             if held.len() == 2 {
                 // Both work surfaces are lent: check them again before one goes back.
                 for h in &held {
-                    assert_eq!(marker(h), h.pts_us);
+                    assert_eq!(lent_marker(&h.frame), h.pts_us);
                 }
                 held.pop_front();
             }
@@ -239,7 +242,7 @@ fn frames_the_pipeline_holds_stall_the_decoder_until_one_comes_back_from_another
         .filter(|l| l.starts_with("NvBufSurfaceAllocate") && l.contains("layout=0"))
         .count();
     assert_eq!(work, 2, "backpressure, not growth");
-    assert_eq!(live_cuda_resources(&stub), 0);
+    assert_eq!(stub.live_cuda_resources(), 0);
 }
 
 #[test]
@@ -272,10 +275,10 @@ fn a_refused_mapping_is_an_error_that_leaves_the_surface_free_and_nothing_mapped
     let pool = dec.pool().expect("a pool").clone();
     // The first frame is still lent; the refused one's surface is free again.
     assert_eq!((pool.lent(), pool.available()), (1, 1));
-    assert_eq!(live_cuda_resources(&stub), 1);
+    assert_eq!(stub.live_cuda_resources(), 1);
     drop(lent);
     assert_eq!((pool.lent(), pool.available()), (0, 2));
-    assert_eq!(live_cuda_resources(&stub), 0);
+    assert_eq!(stub.live_cuda_resources(), 0);
     let log = stub.log(NVBUFSURFACE_LIB);
     assert_eq!(
         count(&log, "NvBufSurfaceMapEglImage"),
@@ -293,13 +296,42 @@ fn a_frame_outliving_its_decoder_still_goes_back_and_is_freed_with_the_pool() {
     run(&mut dec, 2, &mut |f| frames.push(f)).expect("the stream runs");
     drop(dec);
     // The decoder is gone; the pipeline still holds both frames, still mapped.
-    assert_eq!(live_cuda_resources(&stub), 2);
-    assert_eq!(marker(&frames[1]), 2000);
+    assert_eq!(stub.live_cuda_resources(), 2);
+    assert_eq!(lent_marker(&frames[1].frame), 2000);
     drop(frames);
-    assert_eq!(live_cuda_resources(&stub), 0);
+    assert_eq!(stub.live_cuda_resources(), 0);
     let log = stub.log(NVBUFSURFACE_LIB);
     assert_eq!(
         count(&log, "NvBufSurfaceDestroy"),
         count(&log, "NvBufSurfaceAllocate")
     );
+}
+
+#[test]
+fn surfaces_that_cannot_be_unmapped_leave_the_pool_until_none_is_left() {
+    let stub = Stub::new();
+    let _loaded = (stub.surfaces(), stub.transforms(), stub.cuda());
+    let mut dec = decoder(&stub, (320, 240), None, 2, Arc::new(Context::default()));
+    let mut fed = 0;
+    let mut failures = 0;
+    let e = loop {
+        if fed < 8 && dec.feed(&[0, 0, 0, 1, 0x65], 1000 * (fed + 1)).unwrap() {
+            fed += 1;
+        }
+        match dec.poll() {
+            Err(e) => break e,
+            Ok(Next::Frame(f)) => {
+                // CUDA refuses to let go of every frame: its surface is lost to the pool.
+                stub.fail_next(CUDA_LIB, "cuGraphicsUnregisterResource");
+                drop(f);
+                failures += 1;
+            }
+            Ok(Next::Ended) => panic!("ended without running out of surfaces"),
+            Ok(_) => dec.wait(1).unwrap(),
+        }
+    };
+    assert!(matches!(e, NvmmError::PoolLost), "{e}");
+    assert_eq!(failures, 2);
+    let pool = dec.pool().expect("a pool");
+    assert_eq!((pool.lost(), pool.available(), pool.lent()), (2, 0, 0));
 }

@@ -153,16 +153,6 @@ fn assert_stamped(packets: &[EncodedPacket]) {
     }
 }
 
-fn live_cuda_resources(stub: &Stub) -> i32 {
-    let hooks = stub.hooks(CUDA_LIB);
-    // SAFETY: aegis_stub_live(void) -> int, tests/stub/cuda_egl.c.
-    unsafe {
-        hooks
-            .get::<unsafe extern "C" fn() -> i32>(b"aegis_stub_live")
-            .expect("aegis_stub_live")()
-    }
-}
-
 fn count(log: &[String], call: &str) -> usize {
     names(log).iter().filter(|n| **n == call).count()
 }
@@ -231,7 +221,7 @@ fn pictures_go_from_decoder_to_encoder_in_nvmm_with_no_host_copy() {
     // One EGL image per frame, each destroyed; every CUDA registration undone.
     assert_eq!(count(&log, "NvBufSurfaceMapEglImage"), N as usize);
     assert_eq!(count(&log, "NvBufSurfaceUnMapEglImage"), N as usize);
-    assert_eq!(live_cuda_resources(&stub), 0);
+    assert_eq!(stub.live_cuda_resources(), 0);
     let transforms = stub.log(aegis_jetson::transform::NVBUFSURFTRANSFORM_LIB);
     assert_eq!(count(&transforms, "NvBufSurfTransform"), N as usize);
 }
@@ -252,7 +242,7 @@ fn a_failing_frame_stops_the_loop_with_its_reason_and_leaves_nothing_mapped() {
         "{e}"
     );
     assert_eq!(
-        live_cuda_resources(&stub),
+        stub.live_cuda_resources(),
         0,
         "the failed frame's mapping undone"
     );
@@ -292,7 +282,7 @@ fn a_failing_frame_stops_the_loop_with_its_reason_and_leaves_nothing_mapped() {
         count(&log, "NvBufSurfaceUnMapEglImage"),
         "the refused frame's EGL image destroyed"
     );
-    assert_eq!(live_cuda_resources(&stub), 0);
+    assert_eq!(stub.live_cuda_resources(), 0);
 }
 
 #[test]

@@ -122,44 +122,43 @@ impl Decoding {
         gpu: Option<&crate::backend::StreamGpu>,
         pool_frames: usize,
     ) -> Result<Decoding, CodecError> {
-        match gpu {
-            Some(crate::backend::StreamGpu {
-                gpu,
-                nvmm: Some(codecs),
-            }) => match nvmm::NvmmDecoding::open(
-                &params,
-                time_base,
-                frame_us,
-                stream.clone(),
-                codecs.clone(),
-                gpu.clone(),
-                pool_frames,
-            ) {
+        if let Some(g) = gpu {
+            let (name, opened) = match &g.nvmm {
+                Some(codecs) => (
+                    "the hardware decoder into NVMM",
+                    nvmm::NvmmDecoding::open(
+                        &params,
+                        time_base,
+                        frame_us,
+                        stream.clone(),
+                        codecs.clone(),
+                        g.gpu.clone(),
+                        pool_frames,
+                    )
+                    .map(|d| Decoding::Nvmm(Box::new(d))),
+                ),
+                None => (
+                    "NVDEC",
+                    nvdec::GpuDecoder::open(
+                        &params,
+                        time_base,
+                        frame_us,
+                        stream.clone(),
+                        g.gpu.clone(),
+                        pool_frames,
+                    )
+                    .map(|d| Decoding::Gpu(Box::new(d)))
+                    .map_err(CodecError::from),
+                ),
+            };
+            match opened {
                 Ok(d) => {
-                    tracing::info!(%stream, "decoding on the hardware decoder into NVMM");
-                    return Ok(Decoding::Nvmm(Box::new(d)));
+                    tracing::info!(%stream, "decoding on {name}");
+                    return Ok(d);
                 }
                 Err(e) => tracing::warn!(%stream, error = %e,
-                    "the NVMM decoder cannot decode this stream; decoding on the CPU"),
-            },
-            Some(crate::backend::StreamGpu { gpu, nvmm: None }) => {
-                match nvdec::GpuDecoder::open(
-                    &params,
-                    time_base,
-                    frame_us,
-                    stream.clone(),
-                    gpu.clone(),
-                    pool_frames,
-                ) {
-                    Ok(d) => {
-                        tracing::info!(%stream, "decoding on NVDEC");
-                        return Ok(Decoding::Gpu(Box::new(d)));
-                    }
-                    Err(e) => tracing::warn!(%stream, error = %e,
-                        "NVDEC cannot decode this stream; decoding on the CPU"),
-                }
+                    "{name} cannot decode this stream; decoding on the CPU"),
             }
-            None => {}
         }
         VideoDecoder::open(params, time_base, frame_us, stream, threads).map(Decoding::Cpu)
     }
@@ -182,9 +181,14 @@ impl Decoding {
                 (width.max(2) + 1) & !1,
                 (height.max(2) + 1) & !1,
             ),
-            // The work surfaces are the visible size rounded down to even.
+            // The work surfaces' size: the visible size rounded down to even.
             Decoding::Nvmm(_) => {
-                FrameLayout::new(PixelFormat::Nv12, width.max(2) & !1, height.max(2) & !1)
+                let even = |v: usize| aegis_jetson::lend::even(v.min(u32::MAX as usize) as u32);
+                FrameLayout::new(
+                    PixelFormat::Nv12,
+                    even(width) as usize,
+                    even(height) as usize,
+                )
             }
         }
     }

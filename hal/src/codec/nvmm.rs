@@ -17,6 +17,7 @@ use std::time::{Duration, Instant};
 use aegis_cuda::Gpu;
 use aegis_jetson::cuda_egl::CudaEglLib;
 use aegis_jetson::lend::{CudaContext, Next, NvmmDecoder, NvmmFrame};
+use aegis_jetson::m2m::M2mError;
 use aegis_jetson::m2m::device::DECODER_NODES;
 use aegis_jetson::m2m::{CaptureMemory, Codec, Decoder, DecoderConfig, Device, NodeDevice};
 use aegis_jetson::nvbuf::NvBufSurfaceLib;
@@ -252,10 +253,10 @@ impl NvmmDecoding {
         stopped: &dyn Fn() -> bool,
     ) -> Result<(), CodecError> {
         if self.reopen {
-            self.reopen = false;
             self.decoder =
                 self.codecs
                     .decoder(self.input.codec, &self.context, self.work_surfaces)?;
+            self.reopen = false;
         }
         match self.input.packet(pkt) {
             Ok((au, pts)) => {
@@ -287,16 +288,41 @@ impl NvmmDecoding {
 
     /// Feeds what the decoder takes now, then the end once every packet is in.
     fn advance_eof(&mut self) -> Result<(), CodecError> {
-        while let Some((au, number)) = self.stash.queued.front() {
-            if !self.decoder.feed(au, *number).map_err(nvmm)? {
+        while !self.stash.queued.is_empty() {
+            if !self.feed_front()? {
                 return Ok(());
             }
-            self.stash.pop();
         }
         if !self.eof_queued {
             self.eof_queued = self.decoder.finish().map_err(nvmm)?;
         }
         Ok(())
+    }
+
+    /// Feeds the oldest stashed packet: `Ok(true)` when it is gone (taken, or dropped as
+    /// larger than the decoder's input buffers: counted as damaged), `Ok(false)` when the
+    /// decoder cannot take it yet.
+    fn feed_front(&mut self) -> Result<bool, CodecError> {
+        let Some((au, number)) = self.stash.queued.front() else {
+            return Ok(true);
+        };
+        let number = *number;
+        match self.decoder.feed(au, number) {
+            Ok(taken) => {
+                if taken {
+                    self.stash.pop();
+                }
+                Ok(taken)
+            }
+            Err(NvmmError::Codec(e @ M2mError::TooLarge { .. })) => {
+                self.stats.errors += 1;
+                tracing::debug!(stream = %self.stream, error = %e, "access unit dropped");
+                self.stash.pop();
+                self.in_flight.retain(|(n, _)| *n != number);
+                Ok(true)
+            }
+            Err(e) => Err(nvmm(e)),
+        }
     }
 
     /// After a seek or a loop: the next packet opens a fresh decoder (the parameter sets
@@ -334,7 +360,8 @@ impl NvmmDecoding {
             .clone()
             .ok_or_else(|| CodecError::Nvmm("no GPU to hand the frames on with".into()))?;
         let layout = pool.layout();
-        let Some(lent) = self.receive_lent(layout)? else {
+        // A stopping source closes its pool: the drain below ends with it.
+        let Some(lent) = self.receive_lent(layout, &|| pool.is_closed())? else {
             return Ok(None);
         };
         let surface = match pool.acquire() {
@@ -365,12 +392,16 @@ impl NvmmDecoding {
 
     /// The next lent picture if it has `layout`'s size (else [`CodecError::Geometry`], the
     /// picture kept); after `send_eof`, waits for it or the end.
-    fn receive_lent(&mut self, layout: FrameLayout) -> Result<Option<NvmmFrame>, CodecError> {
+    fn receive_lent(
+        &mut self,
+        layout: FrameLayout,
+        stopped: &dyn Fn() -> bool,
+    ) -> Result<Option<NvmmFrame>, CodecError> {
         if !self.reopen {
             self.pump()?;
         }
         let mut idle = Idle::new();
-        while self.ready.is_empty() && self.eof_requested && !self.ended {
+        while self.ready.is_empty() && self.eof_requested && !self.ended && !stopped() {
             self.advance_eof()?;
             self.pump()?;
             if !self.ready.is_empty() || self.ended {
@@ -412,9 +443,8 @@ impl NvmmDecoding {
     /// (then `receive` runs first), or all are in.
     fn feed_stash(&mut self, stopped: &dyn Fn() -> bool) -> Result<(), CodecError> {
         let mut idle = Idle::new();
-        while let Some((au, number)) = self.stash.queued.front() {
-            if self.decoder.feed(au, *number).map_err(nvmm)? {
-                self.stash.pop();
+        while !self.stash.queued.is_empty() {
+            if self.feed_front()? {
                 idle = Idle::new();
                 continue;
             }
@@ -446,10 +476,7 @@ impl NvmmDecoding {
     /// Waits for the decoder or the pool; fails the stream when the decoder alone has
     /// been silent for [`STALL`].
     fn wait(&mut self, idle: &mut Idle) -> Result<(), CodecError> {
-        let on_pool = self
-            .decoder
-            .pool()
-            .is_some_and(|p| p.available() == 0 && p.lent() > 0);
+        let on_pool = self.decoder.waiting_for_surface();
         self.decoder.wait(20).map_err(nvmm)?;
         idle.tick(on_pool)
     }
@@ -506,7 +533,7 @@ mod tests {
     use aegis_jetson::nvbuf::NVBUFSURFACE_LIB;
 
     use super::m2m_support::{Role, Shared, StandIn};
-    use super::stub_support::{Stub, names};
+    use super::stub_support::{Stub, lent_marker, names};
     use super::*;
     use crate::container::FileDemuxer;
     use crate::source::VideoSource;
@@ -545,20 +572,12 @@ mod tests {
             Box::new(move || {
                 let dev = StandIn::new(Role::Decoder)
                     .with_stream_size(320, 240)
-                    .with_held_input();
+                    .with_held_input()
+                    .with_reordering();
                 opened.lock().unwrap().push(dev.shared.clone());
                 Ok(Box::new(dev) as Box<dyn Device + Send>)
             }),
         ))
-    }
-
-    fn marker(f: &NvmmFrame) -> u64 {
-        let (y, _) = f.frame.addresses();
-        let mut first = [0u8; 8];
-        // SAFETY: the stand-in mapped the work surface's memory at this address, lent
-        // while `f` lives.
-        unsafe { std::ptr::copy_nonoverlapping(y as *const u8, first.as_mut_ptr(), 8) };
-        u64::from_le_bytes(first)
     }
 
     /// Plays `path` through `d` once as the file source does (receive until none, then the
@@ -573,13 +592,21 @@ mod tests {
             let mut held = VecDeque::new();
             let mut pictures = Vec::new();
             for (f, pts) in rx {
-                assert_eq!(marker(&f), f.pts_us, "the lent frame holds its own picture");
+                assert_eq!(
+                    lent_marker(&f.frame),
+                    f.pts_us,
+                    "the lent frame holds its own picture"
+                );
                 pictures.push(pts);
                 held.push_back(f);
                 std::thread::sleep(Duration::from_millis(1));
                 if held.len() == 3 {
                     for h in &held {
-                        assert_eq!(marker(h), h.pts_us, "a held frame is never overwritten");
+                        assert_eq!(
+                            lent_marker(&h.frame),
+                            h.pts_us,
+                            "a held frame is never overwritten"
+                        );
                     }
                     held.pop_front();
                 }
@@ -590,7 +617,7 @@ mod tests {
         let mut pkt = ff::Packet::empty();
         let mut eof = false;
         loop {
-            while let Some(f) = d.receive_lent(layout).unwrap() {
+            while let Some(f) = d.receive_lent(layout, &|| false).unwrap() {
                 let pts = d.picture_pts(&f);
                 tx.send((f, pts)).unwrap();
             }
@@ -631,13 +658,15 @@ mod tests {
 
         let (pictures, packets) = play(&mut d, &path);
         assert_eq!(packets.len(), 24);
-        // The stand-in hands pictures on in decode order: each carries its access unit's
-        // timestamp (B-frames: not monotonic), mapped back from the number it was fed as.
-        assert_eq!(pictures, packets);
-        assert!(
-            packets.windows(2).any(|w| w[1] < w[0]),
-            "B-frames: {packets:?}"
-        );
+        // The stand-in hands pictures on in pairs swapped (as a decoder's display order
+        // differs from the decode order): each picture still carries its own access unit's
+        // timestamp, mapped back from the number it was fed as, not the next in line.
+        let reordered: Vec<i64> = packets
+            .chunks(2)
+            .flat_map(|c| c.iter().rev().copied())
+            .collect();
+        assert_eq!(pictures, reordered);
+        assert_ne!(pictures, packets);
         // Three work surfaces, all held by the "pipeline" at times: pictures waited.
         assert!(d.decoder.stats().pool_waits > 0, "{:?}", d.decoder.stats());
 
@@ -669,7 +698,7 @@ mod tests {
         // A loop: a fresh decoder, parameter sets first again.
         d.reset();
         let (again, _) = play(&mut d, &path);
-        assert_eq!(again, packets);
+        assert_eq!(again, reordered);
         let devices = opened.lock().unwrap().clone();
         assert_eq!(devices.len(), 2);
         let second = devices[1].lock().unwrap().units.clone();
@@ -677,29 +706,28 @@ mod tests {
         assert_eq!(d.stats().packets, 48);
 
         drop(d);
-        let hooks = stub.hooks(CUDA_LIB);
-        // SAFETY: aegis_stub_live(void) -> int, jetson/tests/stub/cuda_egl.c.
-        let live = unsafe {
-            hooks
-                .get::<unsafe extern "C" fn() -> i32>(b"aegis_stub_live")
-                .unwrap()()
-        };
-        assert_eq!(live, 0, "every mapping undone");
+        assert_eq!(stub.live_cuda_resources(), 0, "every mapping undone");
         let log = stub.log(NVBUFSURFACE_LIB);
         let count = |call: &str| names(&log).iter().filter(|n| **n == call).count();
         assert_eq!(count("NvBufSurfaceDestroy"), count("NvBufSurfaceAllocate"));
         assert_eq!(count("NvBufSurfaceMap"), 0, "no picture mapped for the CPU");
         assert_eq!(count("NvBufSurfaceMapEglImage"), 48);
+        assert_eq!(
+            count("NvBufSurfaceUnMapEglImage"),
+            48,
+            "every EGL image destroyed"
+        );
     }
 
-    /// On a real GPU (tools/device-gpu-inference.sh runs it on the H100): a file source of
+    /// On a real GPU (tools/device-jetson-standin.sh runs it on the H100): a file source of
     /// the `jetson` backend over the stand-ins, its "NVMM" memory page-locked and mapped for
     /// the GPU by the libcuda stand-in, as Orin's iGPU reaches real NVMM. Every frame is a
     /// lent NVMM surface: the GPU reads the picture the decoder and the VIC wrote there (its
     /// marker comes back in the download), writes into it in place (a device copy, then the
-    /// download shows it), and frames dropped on another thread go back to the pool (CUDA
-    /// context made current there to unmap). At the end every mapping is undone and every
-    /// surface destroyed.
+    /// download shows it), and frames dropped on another thread go back to the pool, where
+    /// the page-locked memory is released (the stand-in keeps a registration the driver
+    /// refuses to release, so the count of live mappings would show it). At the end every
+    /// mapping is undone and every surface destroyed.
     #[test]
     #[ignore = "needs an NVIDIA GPU"]
     fn a_jetson_file_source_lends_nvmm_frames_that_cuda_reads_and_writes_in_place() {
@@ -744,11 +772,12 @@ mod tests {
             assert_eq!(device.size(), (w, h));
             match f.seq % 3 {
                 0 => {
-                    // The GPU reads what the decoder wrote into NVMM: the picture's marker
-                    // (the number the access unit was fed as: the frame's sequence here).
+                    // The GPU reads what the decoder wrote into NVMM: the picture's marker,
+                    // the number its access unit was fed as (the stand-in's display order
+                    // swaps pairs: frame n is access unit n ^ 1).
                     f.to_host().unwrap();
                     let y = &f.planes()[0];
-                    assert_eq!(y.data[..8], f.seq.to_le_bytes(), "frame {}", f.seq);
+                    assert_eq!(y.data[..8], (f.seq ^ 1).to_le_bytes(), "frame {}", f.seq);
                 }
                 1 => {
                     // The GPU writes into NVMM in place; the download reads it back.
@@ -780,13 +809,7 @@ mod tests {
         assert!(dropped > 10);
         drop(src);
         drop(pooled);
-        // SAFETY: aegis_stub_live(void) -> int, jetson/tests/stub/cuda_egl.c.
-        let live = unsafe {
-            hooks
-                .get::<unsafe extern "C" fn() -> i32>(b"aegis_stub_live")
-                .unwrap()()
-        };
-        assert_eq!(live, 0, "every mapping undone");
+        assert_eq!(stub.live_cuda_resources(), 0, "every mapping undone");
         let log = stub.log(NVBUFSURFACE_LIB);
         let count = |call: &str| names(&log).iter().filter(|n| **n == call).count();
         assert_eq!(count("NvBufSurfaceDestroy"), count("NvBufSurfaceAllocate"));

@@ -108,6 +108,9 @@ pub struct StandIn {
     /// decoder whose capture buffers are all taken stops reading its input, as hardware
     /// does), not as soon as it is queued.
     hold_input: bool,
+    /// Decoder: pictures come out in a display order unlike the decode order.
+    reorder: bool,
+    swap_pair: bool,
 }
 
 impl StandIn {
@@ -135,7 +138,16 @@ impl StandIn {
             encode_in_wait: false,
             in_wait: false,
             hold_input: false,
+            reorder: false,
+            swap_pair: true,
         }
+    }
+
+    /// Decoder: pictures leave in pairs swapped (1, 0, 3, 2, ...), as B-frames make a
+    /// display order unlike the decode order.
+    pub fn with_reordering(mut self) -> StandIn {
+        self.reorder = true;
+        self
     }
 
     /// Decoder: bitstream buffers come back only once decoded (see `hold_input`).
@@ -203,7 +215,26 @@ impl StandIn {
         if self.role == Role::Encoder && self.encode_in_wait && !self.in_wait {
             return;
         }
-        while let Some(p) = self.pending.front() {
+        while !self.pending.is_empty() {
+            if self.role == Role::Decoder
+                && self.reorder
+                && matches!(self.pending.front(), Some(Pending::Unit(..)))
+            {
+                // Display order: every other pair of access units comes out swapped, and a
+                // unit waits for the next one (or the end) before it can come out at all.
+                let next_is_unit = matches!(self.pending.get(1), Some(Pending::Unit(..)));
+                let draining = self.pending.iter().any(|p| matches!(p, Pending::Eos));
+                if !next_is_unit && !draining || self.cap.queued.is_empty() {
+                    return;
+                }
+                if next_is_unit {
+                    if self.swap_pair {
+                        self.pending.swap(0, 1);
+                    }
+                    self.swap_pair = !self.swap_pair;
+                }
+            }
+            let p = self.pending.front().expect("not empty");
             match p {
                 Pending::Eos => {
                     let Some(i) = self.cap.queued.pop_front() else {

@@ -149,7 +149,8 @@ STUB_EXPORT int cuGraphicsResourceGetMappedEglFrame(StubEglFrame *frame, StubRes
 STUB_EXPORT int cuGraphicsUnregisterResource(StubResource *r) {
   stub_log("cuGraphicsUnregisterResource");
   if (!r) return CUDA_ERROR_INVALID_HANDLE;
-  if (r->device) host_unregister(r->memory);
+  /* Page-locked memory the driver will not release stays registered (and counted live). */
+  if (r->device && host_unregister(r->memory) != 0) return CUDA_ERROR_INVALID_VALUE;
   if (r->mapped) munmap(r->memory, r->mapped);
   else free(r->memory);
   free(r);

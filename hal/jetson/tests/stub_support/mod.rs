@@ -66,16 +66,14 @@ fn compile(source: &str, out: &Path, defines: &[&str]) {
 /// tools/device/jetson-stubs.sh builds them), taken from its `full/` and `partial/`.
 fn built(without_sync_for_device: bool) -> &'static Path {
     if let Some(dir) = std::env::var_os("AEGIS_JETSON_STUBS") {
-        static PREBUILT: OnceLock<std::path::PathBuf> = OnceLock::new();
-        let dir = PREBUILT.get_or_init(|| dir.into());
-        return Box::leak(
-            dir.join(if without_sync_for_device {
-                "partial"
-            } else {
-                "full"
-            })
-            .into_boxed_path(),
-        );
+        static PREBUILT: OnceLock<[std::path::PathBuf; 2]> = OnceLock::new();
+        let dir = std::path::PathBuf::from(dir);
+        let [full, partial] = PREBUILT.get_or_init(|| [dir.join("full"), dir.join("partial")]);
+        return if without_sync_for_device {
+            partial
+        } else {
+            full
+        };
     }
     static FULL: OnceLock<TempDir> = OnceLock::new();
     static PARTIAL: OnceLock<TempDir> = OnceLock::new();
@@ -166,6 +164,17 @@ impl Stub {
             .collect()
     }
 
+    /// CUDA registrations the libcuda stand-in holds (made, not yet undone).
+    pub fn live_cuda_resources(&self) -> i32 {
+        let hooks = self.hooks(CUDA_LIB);
+        // SAFETY: aegis_stub_live(void) -> int, tests/stub/cuda_egl.c.
+        unsafe {
+            hooks
+                .get::<unsafe extern "C" fn() -> i32>(b"aegis_stub_live")
+                .expect("aegis_stub_live")()
+        }
+    }
+
     /// Makes the next call of `call` in `lib` fail.
     pub fn fail_next(&self, lib: &str, call: &str) {
         let hooks = self.hooks(lib);
@@ -185,4 +194,16 @@ pub fn names(log: &[String]) -> Vec<&str> {
     log.iter()
         .map(|l| l.split('(').next().unwrap_or(l))
         .collect()
+}
+
+/// The first 8 luma bytes of a lent frame, read through its plane address as a kernel
+/// would: the codec stand-in's picture marker, which the VIC stand-in copies. The libcuda
+/// stand-in maps a surface's memory at host addresses (unless it registers it with a GPU).
+pub fn lent_marker(frame: &aegis_cuda::LentNv12) -> u64 {
+    let (y, _) = frame.addresses();
+    let mut first = [0u8; 8];
+    // SAFETY: the stand-in mapped the work surface's memory at this address, and it stays
+    // mapped while the frame is lent (`frame` lives).
+    unsafe { std::ptr::copy_nonoverlapping(y as *const u8, first.as_mut_ptr(), 8) };
+    u64::from_le_bytes(first)
 }
