@@ -51,7 +51,7 @@ struct PoolState {
     free: Vec<Surface>,
     /// Surfaces lent out, mapped for CUDA, by token.
     lent: Vec<(u64, CudaMappedSurface)>,
-    /// Surfaces still part of the pool (a surface that failed to unmap is destroyed).
+    /// Surfaces still part of the pool (one that failed to unmap is leaked or destroyed).
     surfaces: usize,
 }
 
@@ -121,7 +121,8 @@ impl WorkPool {
         self.given_back.load(Ordering::Relaxed)
     }
 
-    /// Surfaces destroyed because they could not be unmapped.
+    /// Surfaces lost to the pool because they could not be unmapped (leaked while CUDA may
+    /// still have them registered, else destroyed).
     pub fn lost(&self) -> u64 {
         self.lost.load(Ordering::Relaxed)
     }

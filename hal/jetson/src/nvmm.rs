@@ -144,7 +144,7 @@ pub enum NvmmError {
     /// The encoder ended its stream before the loop asked it to.
     #[error("the encoder ended its stream before the end was queued")]
     EarlyEnd,
-    /// Every work surface was destroyed after failing to unmap.
+    /// Every work surface was lost to the pool after failing to unmap.
     #[error("no work surface is left: each one failed to unmap from CUDA")]
     PoolLost,
     /// The codec broke its protocol.

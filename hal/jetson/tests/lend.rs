@@ -321,8 +321,14 @@ fn surfaces_that_cannot_be_unmapped_leave_the_pool_until_none_is_left() {
         match dec.poll() {
             Err(e) => break e,
             Ok(Next::Frame(f)) => {
-                // CUDA refuses to let go of every frame: its surface is lost to the pool.
-                stub.fail_next(CUDA_LIB, "cuGraphicsUnregisterResource");
+                // The first frame: CUDA will not unregister it (its surface is leaked, never
+                // destroyed under the driver); the second: its EGL image will not go (its
+                // surface is destroyed). Either way the surface is lost to the pool.
+                if failures == 0 {
+                    stub.fail_next(CUDA_LIB, "cuGraphicsUnregisterResource");
+                } else {
+                    stub.fail_next(NVBUFSURFACE_LIB, "NvBufSurfaceUnMapEglImage");
+                }
                 drop(f);
                 failures += 1;
             }
@@ -332,6 +338,13 @@ fn surfaces_that_cannot_be_unmapped_leave_the_pool_until_none_is_left() {
     };
     assert!(matches!(e, NvmmError::PoolLost), "{e}");
     assert_eq!(failures, 2);
-    let pool = dec.pool().expect("a pool");
+    let pool = dec.pool().expect("a pool").clone();
     assert_eq!((pool.lost(), pool.available(), pool.lent()), (2, 0, 0));
+    drop((pool, dec));
+    let log = stub.log(NVBUFSURFACE_LIB);
+    assert_eq!(
+        count(&log, "NvBufSurfaceDestroy"),
+        count(&log, "NvBufSurfaceAllocate") - 1,
+        "only the surface CUDA may still have registered is never destroyed"
+    );
 }

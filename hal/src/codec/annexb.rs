@@ -141,6 +141,17 @@ impl HwStream {
         self.headers_due = false;
     }
 
+    /// Whether the next packet carries the parameter sets.
+    pub(crate) fn headers_due(&self) -> bool {
+        self.headers_due
+    }
+
+    /// The packet that carried the parameter sets never reached the decoder: the next one
+    /// carries them again.
+    pub(crate) fn headers_lost(&mut self) {
+        self.headers_due = true;
+    }
+
     /// After a seek or a new decoder: parameter sets go first again; timestamps restart.
     pub(crate) fn reset(&mut self) {
         self.headers_due = true;

@@ -124,20 +124,21 @@ impl NvmmCodecs {
 /// Packets the decoder has not taken yet, in buffers that are reused.
 #[derive(Default)]
 struct Stash {
-    queued: VecDeque<(Vec<u8>, u64)>,
+    /// Access units, the numbers they are fed as, and whether they carry the parameter sets.
+    queued: VecDeque<(Vec<u8>, u64, bool)>,
     spare: Vec<Vec<u8>>,
 }
 
 impl Stash {
-    fn push(&mut self, au: &[u8], number: u64) {
+    fn push(&mut self, au: &[u8], number: u64, headers: bool) {
         let mut buf = self.spare.pop().unwrap_or_default();
         buf.clear();
         buf.extend_from_slice(au);
-        self.queued.push_back((buf, number));
+        self.queued.push_back((buf, number, headers));
     }
 
     fn pop(&mut self) {
-        if let Some((buf, _)) = self.queued.pop_front() {
+        if let Some((buf, ..)) = self.queued.pop_front() {
             self.spare.push(buf);
         }
     }
@@ -258,9 +259,10 @@ impl NvmmDecoding {
                     .decoder(self.input.codec, &self.context, self.work_surfaces)?;
             self.reopen = false;
         }
+        let headers = self.input.headers_due();
         match self.input.packet(pkt) {
             Ok((au, pts)) => {
-                self.stash.push(au, self.fed);
+                self.stash.push(au, self.fed, headers);
                 self.in_flight.push_back((self.fed, pts));
                 self.fed += 1;
                 self.input.headers_sent();
@@ -303,10 +305,10 @@ impl NvmmDecoding {
     /// larger than the decoder's input buffers: counted as damaged), `Ok(false)` when the
     /// decoder cannot take it yet.
     fn feed_front(&mut self) -> Result<bool, CodecError> {
-        let Some((au, number)) = self.stash.queued.front() else {
+        let Some((au, number, headers)) = self.stash.queued.front() else {
             return Ok(true);
         };
-        let number = *number;
+        let (number, headers) = (*number, *headers);
         match self.decoder.feed(au, number) {
             Ok(taken) => {
                 if taken {
@@ -319,6 +321,10 @@ impl NvmmDecoding {
                 tracing::debug!(stream = %self.stream, error = %e, "access unit dropped");
                 self.stash.pop();
                 self.in_flight.retain(|(n, _)| *n != number);
+                if headers {
+                    // The parameter sets went with it: the next packet carries them.
+                    self.input.headers_lost();
+                }
                 Ok(true)
             }
             Err(e) => Err(nvmm(e)),
@@ -815,6 +821,48 @@ mod tests {
         assert_eq!(count("NvBufSurfaceDestroy"), count("NvBufSurfaceAllocate"));
         assert_eq!(count("NvBufSurfaceMap"), 0, "no picture mapped for the CPU");
         assert_eq!(opened.lock().unwrap().len(), 1);
+    }
+
+    /// The end of the stream is drained in `receive`, which waits for the pipeline to give
+    /// surfaces back; a stopping source (its pool closed) must end that wait instead.
+    #[test]
+    fn a_stopping_source_ends_the_drain_while_the_pipeline_holds_every_surface() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = clip(dir.path(), "libx264", 8);
+        let stub = Stub::new();
+        let mut demux = FileDemuxer::open(&path).unwrap();
+        let mut d = NvmmDecoding::open_in(
+            &demux.parameters(),
+            (demux.time_base(), demux.info().frame_duration_us()),
+            StreamId::new("cam"),
+            codecs(&stub, Arc::new(Mutex::new(Vec::new()))),
+            Arc::new(NoContext),
+            2,
+        )
+        .unwrap();
+        let layout = FrameLayout::new(PixelFormat::Nv12, 320, 240);
+        let mut held = Vec::new();
+        let mut pkt = ff::Packet::empty();
+        while demux.read(&mut pkt).unwrap() {
+            while let Some(f) = d.receive_lent(layout, &|| false).unwrap() {
+                held.push(f);
+            }
+            d.send(&pkt, &|| held.len() == 2).unwrap();
+        }
+        assert_eq!(held.len(), 2, "both work surfaces are with the pipeline");
+        d.send_eof(&|| false).unwrap();
+        // Pictures wait for surfaces nobody gives back: only the stop ends the drain.
+        assert!(d.receive_lent(layout, &|| true).unwrap().is_none());
+        assert!(!d.ended, "the decoder had more to give");
+        drop(held);
+        let mut rest = 0;
+        while d.receive_lent(layout, &|| false).unwrap().is_some() {
+            rest += 1;
+        }
+        assert_eq!(
+            rest, 6,
+            "once the surfaces are back, the drain delivers the rest"
+        );
     }
 
     #[test]

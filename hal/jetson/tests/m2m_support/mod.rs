@@ -144,7 +144,8 @@ impl StandIn {
     }
 
     /// Decoder: pictures leave in pairs swapped (1, 0, 3, 2, ...), as B-frames make a
-    /// display order unlike the decode order.
+    /// display order unlike the decode order. With `with_held_input` the decoder needs at
+    /// least 2 bitstream buffers (a unit waits for the next before its picture comes out).
     pub fn with_reordering(mut self) -> StandIn {
         self.reorder = true;
         self
@@ -216,8 +217,14 @@ impl StandIn {
             return;
         }
         while !self.pending.is_empty() {
+            // A resolution change due now is made by the unit's own step below, first.
+            let change_now = self
+                .res_changes
+                .front()
+                .is_some_and(|&(after, ..)| self.produced == after);
             if self.role == Role::Decoder
                 && self.reorder
+                && !change_now
                 && matches!(self.pending.front(), Some(Pending::Unit(..)))
             {
                 // Display order: every other pair of access units comes out swapped, and a
