@@ -8,6 +8,8 @@
 #   - nvmm-source: hal's `a_jetson_file_source_lends_nvmm_frames_that_cuda_reads_and_writes_in_place`
 #     (a file source of the jetson backend: lent frames read, written and downloaded by the GPU,
 #     given back across threads, nothing left mapped);
+#   - nvmm-recording: hal's `a_jetson_recording_encodes_the_nvmm_surfaces_in_place_with_no_download`
+#     (the record sink hands the NVMM surfaces to the stand-in hardware encoder: no download);
 #   - nvdec-stages, lent-frames: the CUDA backend's NVDEC path (its packet framing now shared
 #     with the jetson decoder) and lent frames against pooled ones, as before.
 # Results go to $OUT (or .device-jetson/out); exit 1 if a check failed.
@@ -50,6 +52,8 @@ export LD_LIBRARY_PATH="$PWD/lib${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
 nvidia-smi --query-gpu=name,driver_version --format=csv,noheader | tee "$out/gpu.txt"
 check nvmm-source env AEGIS_JETSON_STUBS="$PWD/stubs" AEGIS_SAMPLES_DIR=.samples ./hal-test \
   a_jetson_file_source_lends_nvmm_frames_that_cuda_reads_and_writes_in_place --include-ignored --nocapture
+check nvmm-recording env AEGIS_JETSON_STUBS="$PWD/stubs" AEGIS_SAMPLES_DIR=.samples ./hal-test \
+  a_jetson_recording_encodes_the_nvmm_surfaces_in_place_with_no_download --include-ignored --nocapture
 check nvdec-stages env AEGIS_MODELS_DIR=.models AEGIS_SAMPLES_DIR=.samples ./cuda-stages-test \
   device_stages_equal_the_host_stages --include-ignored --nocapture
 check lent-frames env AEGIS_MODELS_DIR=.models AEGIS_SAMPLES_DIR=.samples ./cuda-stages-test \

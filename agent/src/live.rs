@@ -688,6 +688,12 @@ impl LiveFeed {
         }
     }
 
+    /// Whether the next frame offered is encoded from its pixels (the live view's own
+    /// encoder while somebody watches); the recorder's packets need none.
+    pub fn wants_pixels(&self) -> bool {
+        matches!(self, LiveFeed::Own(o) if o.slot.active())
+    }
+
     /// The slot.
     pub fn slot(&self) -> &Arc<LiveSlot> {
         match self {
@@ -748,6 +754,11 @@ impl OwnEncoder {
         }
         self.idle_since = None;
         self.slot.offer_frame(frame);
+        if frame.device.is_some() {
+            // Pixels still on the device (a viewer came after the sink loop looked): the
+            // next frame is encoded.
+            return;
+        }
         let geometry = (frame.layout.width, frame.layout.height);
         if self.refused == Some(geometry) {
             return;

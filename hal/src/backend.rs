@@ -221,7 +221,7 @@ fn open_nvmm(
     module: &str,
     encoder: bool,
 ) -> Result<Backend, String> {
-    let codecs = NvmmCodecs::load().map_err(|why| format!("{module}: {why}"))?;
+    let codecs = NvmmCodecs::load(encoder).map_err(|why| format!("{module}: {why}"))?;
     let gpu = match kernel_cache {
         None => match cuda_missing() {
             Some(why) => return Err(format!("{module}: {why}")),
@@ -232,7 +232,7 @@ fn open_nvmm(
                 .map_err(|e| format!("{module}: {e}"))?;
             tracing::info!(%module, gpu = %gpu.name, kernels = gpu.ptx_source,
                 encoder = if encoder {
-                    "V4L2 M2M (not wired yet: recordings encode on the CPU after one download)"
+                    "V4L2 M2M: recordings encode the NVMM surfaces in place"
                 } else {
                     "none on this module: recordings encode on the CPU after one download"
                 },

@@ -249,6 +249,15 @@ impl DeviceSurface {
         (w, h)
     }
 
+    /// The DMA-buf behind lent pixels, when their lender has one (a Jetson's NVMM surface,
+    /// which a hardware encoder reads in place); `None` for the CUDA backend's own frames.
+    pub fn dmabuf(&self) -> Option<aegis_cuda::DmaBuf> {
+        match self.pixels.as_ref()? {
+            DevicePixels::Lent(l) => l.dmabuf(),
+            DevicePixels::Pooled(..) => None,
+        }
+    }
+
     /// Whether another API lends the pixels ([`DeviceSurface::lent`]).
     pub fn is_lent(&self) -> bool {
         matches!(self.pixels, Some(DevicePixels::Lent(_)))

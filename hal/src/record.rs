@@ -15,7 +15,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use ffmpeg_next as ff;
 
-use crate::codec::{CodecError, EncoderSettings, VideoEncoder};
+use crate::codec::{CodecError, EncoderSettings, NvmmCodecs, NvmmEncoder, VideoEncoder};
 use crate::frame::{Frame, StreamId};
 
 /// `movflags` for self-contained fragmented MP4 segments.
@@ -421,11 +421,40 @@ impl PacketTap for TapFanout {
     }
 }
 
+/// The recorder's encoder: libx264 on host pixels, or Orin's hardware encoder on the
+/// frames' NVMM surfaces.
+enum Encoding {
+    Cpu(VideoEncoder),
+    Nvmm(NvmmEncoder),
+}
+
+impl Encoding {
+    fn codec_name(&self) -> &'static str {
+        match self {
+            Encoding::Cpu(e) => e.codec_name(),
+            Encoding::Nvmm(e) => e.codec_name(),
+        }
+    }
+
+    /// Whether `frame` goes into this encoder as it is (else the encoder is reopened).
+    fn accepts(&self, frame: &Frame) -> bool {
+        match self {
+            Encoding::Cpu(e) => e.accepts(&frame.layout),
+            Encoding::Nvmm(e) => e.accepts(frame),
+        }
+    }
+}
+
 /// Encodes one stream's frames into segmented fragmented MP4.
 pub struct SegmentRecorder {
     settings: RecorderSettings,
     budget: DiskBudget,
-    encoder: Option<VideoEncoder>,
+    encoder: Option<Encoding>,
+    /// Orin's hardware encoder, for frames whose NVMM surface it can read
+    /// ([`SegmentRecorder::with_hardware_encoder`]).
+    hardware: Option<std::sync::Arc<NvmmCodecs>>,
+    /// The hardware encoder's packets of one frame (reused).
+    packets: Vec<ff::Packet>,
     /// Stream parameters (SPS/PPS extradata) of the open encoder, for each new segment.
     params: Option<ff::codec::Parameters>,
     /// A frame size the encoder refused, and why: frames of that size fail fast instead of
@@ -466,6 +495,8 @@ impl SegmentRecorder {
             settings,
             budget,
             encoder: None,
+            hardware: None,
+            packets: Vec::new(),
             params: None,
             refused: None,
             writer: None,
@@ -484,6 +515,20 @@ impl SegmentRecorder {
         self
     }
 
+    /// Encodes frames whose pixels are an NVMM surface (the `jetson` backend on Orin) with
+    /// the hardware encoder of `codecs`, reading the surface in place; other frames, and
+    /// every frame when the module has no encoder (Orin Nano), go to the CPU encoder.
+    pub fn with_hardware_encoder(mut self, codecs: std::sync::Arc<NvmmCodecs>) -> Self {
+        self.hardware = codecs.has_encoder().then_some(codecs);
+        self
+    }
+
+    /// Whether frames may come with their pixels on the device: the hardware encoder reads
+    /// NVMM surfaces in place (the recorder downloads any other device frame itself).
+    pub fn takes_device_frames(&self) -> bool {
+        self.hardware.is_some()
+    }
+
     /// Counters so far.
     pub fn stats(&self) -> RecorderStats {
         self.stats
@@ -491,7 +536,7 @@ impl SegmentRecorder {
 
     /// Name of the encoder in use, once the first frame opened it.
     pub fn encoder_name(&self) -> Option<&'static str> {
-        self.encoder.as_ref().map(|e| e.codec_name())
+        self.encoder.as_ref().map(Encoding::codec_name)
     }
 
     /// Encodes and writes one frame. Filling the encoder's picture is one copy, counted in
@@ -515,15 +560,12 @@ impl SegmentRecorder {
             tracing::info!(stream = %self.settings.stream, "timestamps jumped back; new segment");
             self.finish()?;
         }
-        let reopen = self
-            .encoder
-            .as_ref()
-            .is_none_or(|e| !e.accepts(&frame.layout));
+        let reopen = self.encoder.as_ref().is_none_or(|e| !e.accepts(frame));
         if reopen {
-            // First frame, or the stream changed resolution: close what is open and start a
-            // new encoder and segment.
+            // First frame, or the stream changed resolution (or stopped coming as NVMM
+            // surfaces): close what is open and start a new encoder and segment.
             self.finish()?;
-            let enc = match VideoEncoder::open(&self.settings.encoder, frame.layout, true) {
+            let enc = match self.open_encoder(frame) {
                 Ok(enc) => enc,
                 Err(e) => {
                     self.refused = Some((geometry, e.to_string()));
@@ -531,12 +573,19 @@ impl SegmentRecorder {
                 }
             };
             self.refused = None;
-            self.params = Some(enc.parameters());
-            if let Some(tap) = &self.tap {
-                let (w, h) = enc.geometry();
-                tap.stream_start(&enc.extradata(), w, h);
+            // The hardware encoder's SPS/PPS come with its first IDR (`route_hardware`).
+            if let Encoding::Cpu(enc) = &enc {
+                self.params = Some(enc.parameters());
+                if let Some(tap) = &self.tap {
+                    let (w, h) = enc.geometry();
+                    tap.stream_start(&enc.extradata(), w, h);
+                }
             }
             self.encoder = Some(enc);
+        }
+        if matches!(self.encoder, Some(Encoding::Cpu(_))) && frame.device.is_some() {
+            // A device frame for the CPU encoder: its one download.
+            frame.to_host().map_err(CodecError::from)?;
         }
         let pts = next_encoder_pts(self.last_pts, frame.pts_us);
         self.last_pts = Some(pts);
@@ -569,28 +618,94 @@ impl SegmentRecorder {
         // A keyframe a tap's consumer asked for: an IDR that does not cut the segment.
         let tap_key = self.tap.as_ref().is_some_and(|t| t.take_keyframe_request());
         let (enc, mut route) = self.split();
-        let Some(enc) = enc else {
-            return Ok(());
+        let failure = match enc {
+            Some(Encoding::Cpu(enc)) => {
+                enc.encode(frame, pts, force_key || tap_key, &mut |pkt| {
+                    route.route(pkt);
+                    Ok(())
+                })?;
+                route.failure.take()
+            }
+            Some(Encoding::Nvmm(_)) => {
+                drop(route);
+                self.encode_hardware(frame, pts, force_key || tap_key)?
+            }
+            None => return Ok(()),
         };
-        enc.encode(frame, pts, force_key || tap_key, &mut |pkt| {
-            route.route(pkt);
-            Ok(())
-        })?;
-        let failure = route.failure.take();
         self.stats.frames += 1;
         failure.map_or(Ok(()), Err)
+    }
+
+    /// The encoder for `frame`: the hardware one for an NVMM surface it can read, else
+    /// libx264.
+    fn open_encoder(&self, frame: &Frame) -> Result<Encoding, CodecError> {
+        if let (Some(codecs), Some(device)) = (&self.hardware, &frame.device)
+            && device.dmabuf().is_some()
+        {
+            let (w, h) = device.size();
+            return NvmmEncoder::open(codecs, &self.settings.encoder, w, h).map(Encoding::Nvmm);
+        }
+        VideoEncoder::open(&self.settings.encoder, frame.layout, true).map(Encoding::Cpu)
+    }
+
+    /// One frame into the hardware encoder, its packets routed.
+    fn encode_hardware(
+        &mut self,
+        frame: &Frame,
+        pts: i64,
+        force_key: bool,
+    ) -> Result<Option<RecordError>, RecordError> {
+        if let Some(Encoding::Nvmm(enc)) = self.encoder.as_mut() {
+            enc.encode(frame, pts, force_key, &mut self.packets)?;
+        }
+        Ok(self.route_hardware())
+    }
+
+    /// Routes the hardware encoder's packets of one frame (or of the flush); its stream
+    /// parameters are known from its first IDR on.
+    fn route_hardware(&mut self) -> Option<RecordError> {
+        if self.params.is_none()
+            && let Some(Encoding::Nvmm(enc)) = &self.encoder
+            && let Some(params) = enc.parameters()
+        {
+            self.params = Some(params.clone());
+            if let Some(tap) = &self.tap {
+                let (w, h) = enc.geometry();
+                tap.stream_start(enc.extradata(), w, h);
+            }
+        }
+        let mut packets = std::mem::take(&mut self.packets);
+        let (_, mut route) = self.split();
+        for p in &mut packets {
+            route.route(p);
+        }
+        let failure = route.failure.take();
+        packets.clear();
+        self.packets = packets;
+        failure
     }
 
     /// Flushes the encoder and closes the open segment (on shutdown, before a reopen, or at a
     /// discontinuity).
     pub fn finish(&mut self) -> Result<(), RecordError> {
         if let Some(mut enc) = self.encoder.take() {
-            let (_, mut route) = self.split();
-            enc.finish(&mut |pkt| {
-                route.route(pkt);
-                Ok(())
-            })?;
-            let failure = route.failure.take();
+            let failure = match &mut enc {
+                Encoding::Cpu(enc) => {
+                    let (_, mut route) = self.split();
+                    enc.finish(&mut |pkt| {
+                        route.route(pkt);
+                        Ok(())
+                    })?;
+                    route.failure.take()
+                }
+                Encoding::Nvmm(nvmm) => {
+                    nvmm.finish(&mut self.packets)?;
+                    self.encoder = Some(enc);
+                    let failure = self.route_hardware();
+                    self.encoder = None;
+                    failure
+                }
+            };
             if let Some(tap) = &self.tap {
                 tap.stream_end();
             }
@@ -610,7 +725,7 @@ impl SegmentRecorder {
     }
 
     /// The encoder and a router over the other fields, borrowed apart.
-    fn split(&mut self) -> (Option<&mut VideoEncoder>, PacketRouter<'_>) {
+    fn split(&mut self) -> (Option<&mut Encoding>, PacketRouter<'_>) {
         (
             self.encoder.as_mut(),
             PacketRouter {

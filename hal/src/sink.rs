@@ -26,4 +26,10 @@ pub trait Sink: Send {
     fn consume(&mut self, frame: &mut Frame) -> Result<(), SinkError>;
     /// Flushes and closes whatever is open (called once, at end of stream or shutdown).
     fn finish(&mut self) -> Result<(), SinkError>;
+    /// Whether the sink takes frames whose pixels are still on the device (the record sink
+    /// with Orin's hardware encoder, which reads a frame's NVMM surface in place). The
+    /// pipeline downloads a device frame once, before the first sink that does not.
+    fn takes_device_frames(&self) -> bool {
+        false
+    }
 }

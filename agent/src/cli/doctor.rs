@@ -169,7 +169,7 @@ fn codecs(p: &Platform, m: Option<&Jetson>, r: &mut Report) -> String {
         },
         "codecs",
         format!(
-            "hardware encoder {} (not used yet: recordings encode on the CPU, {cpu}, after one download)",
+            "hardware encoder {} (the jetson backend records NVMM frames with it; others encode on the CPU: {cpu})",
             shown(enc, &ENCODER_NODES)
         ),
     );

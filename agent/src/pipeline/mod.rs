@@ -484,6 +484,7 @@ impl Pipeline {
             rules,
             watch: opts.watch.clone(),
             evidence: opts.evidence.clone(),
+            nvmm: opts.backend.as_ref().and_then(|b| b.nvmm.clone()),
         };
         for (source, stages) in sources.into_iter().zip(stage_sets) {
             let threads = spawn_stream(source, stages, cfg, &shared, &ctx);

@@ -47,7 +47,9 @@ pub fn open_shared(
 }
 
 /// Builds the sink for one stream; a record sink also hands its packets to `tap` (the live
-/// view), when given.
+/// view), when given, and encodes NVMM frames with the hardware encoder of `hardware` (the
+/// `jetson` backend on Orin AGX/NX).
+#[allow(clippy::too_many_arguments)]
 pub fn build(
     cfg: &SinkConfig,
     shared: &SharedSinkState,
@@ -56,16 +58,20 @@ pub fn build(
     auto_threads: usize,
     metrics: &Metrics,
     tap: Option<std::sync::Arc<dyn aegis_hal::record::PacketTap>>,
+    hardware: Option<std::sync::Arc<aegis_hal::backend::NvmmCodecs>>,
 ) -> Box<dyn Sink> {
     match (cfg, shared) {
         (SinkConfig::Record(r), SharedSinkState::Record(budget, used, evicted)) => {
             let labels = StreamLabels {
                 stream: stream.to_string(),
             };
-            let recorder = SegmentRecorder::new(
+            let mut recorder = SegmentRecorder::new(
                 recorder_settings(r, stream, frame_rate, auto_threads),
                 budget.clone(),
             );
+            if let Some(codecs) = hardware {
+                recorder = recorder.with_hardware_encoder(codecs);
+            }
             Box::new(RecordSinkRuntime {
                 recorder: match tap {
                     Some(t) => recorder.with_tap(t),
@@ -161,6 +167,9 @@ impl Sink for RecordSinkRuntime {
         let r = self.recorder.finish().map_err(record_error);
         self.publish();
         r
+    }
+    fn takes_device_frames(&self) -> bool {
+        self.recorder.takes_device_frames()
     }
 }
 

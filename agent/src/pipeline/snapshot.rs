@@ -56,9 +56,16 @@ pub struct SnapshotSlot {
 }
 
 impl SnapshotSlot {
+    /// Whether the next frame offered is taken (someone waits for a snapshot).
+    pub fn wants_frame(&self) -> bool {
+        self.wanted.load(Ordering::Acquire)
+    }
+
     /// Called by the sink thread for each delivered frame: answers pending requests with it.
     pub fn offer(&self, frame: &Frame) {
-        if !self.wanted.load(Ordering::Acquire) {
+        // A frame whose pixels are still on the device (asked for after the sink loop
+        // looked) has nothing on the host yet: the next frame serves.
+        if !self.wanted.load(Ordering::Acquire) || frame.device.is_some() {
             return;
         }
         let waiters: Vec<Reply> = {

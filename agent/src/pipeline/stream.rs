@@ -42,6 +42,8 @@ pub(super) struct StreamContext {
     pub(super) rules: Vec<aegis_config::RuleConfig>,
     pub(super) watch: Option<crate::liveness::Watch>,
     pub(super) evidence: Option<Arc<crate::evidence::Evidence>>,
+    /// Orin's codecs (the `jetson` backend): the record sink's hardware encoder.
+    pub(super) nvmm: Option<Arc<aegis_hal::backend::NvmmCodecs>>,
 }
 
 /// Starts one stream's source, stage and sink threads.
@@ -103,7 +105,16 @@ pub(super) fn spawn_stream(
                 _ => None,
             };
             tapped |= t.is_some();
-            sinks::build(c, sh, &stream_id, rate, ctx.auto_threads, metrics, t)
+            sinks::build(
+                c,
+                sh,
+                &stream_id,
+                rate,
+                ctx.auto_threads,
+                metrics,
+                t,
+                ctx.nvmm.clone(),
+            )
         })
         .collect();
     let live = live_slot.map(|slot| {
@@ -143,6 +154,7 @@ pub(super) fn spawn_stream(
     .with_evidence(ctx.evidence.clone());
     let slot = Arc::new(StageSlot::default());
     let mut stage_loop = StageLoop {
+        keep_device: sinks.iter().any(|s| s.takes_device_frames()),
         stages,
         hist: Vec::new(),
         tally,
@@ -296,6 +308,8 @@ impl SourceLoop {
 
 /// The stage thread: the stage chain on each frame, analytics, chain switches.
 struct StageLoop {
+    /// A sink reads device frames in place: frames leave with their pixels on the device.
+    keep_device: bool,
     stages: Vec<Box<dyn Stage>>,
     /// Per stage: its latency histogram.
     hist: Vec<Histogram>,
@@ -423,7 +437,12 @@ impl StageLoop {
                     }
                 }
             }
-            if frame.device.is_some() && !download(&mut frame, &mut self.errors) {
+            // Pixels still on the GPU come down here, unless a sink reads them there (the
+            // sink loop then downloads for the sinks that do not).
+            if frame.device.is_some()
+                && !self.keep_device
+                && !download(&mut frame, &mut self.errors)
+            {
                 dropped += 1;
                 self.stream_metrics.dropped_stage.inc();
                 continue 'frames;
@@ -471,15 +490,28 @@ impl SinkLoop {
             l.slot().set_running(true);
         }
         let outputs = self.outputs.start(self.live.as_ref().map(|l| l.slot()));
-        while let Ok(mut frame) = self.input.recv() {
+        'frames: while let Ok(mut frame) = self.input.recv() {
             let _busy = self.beat.as_ref().map(|b| b.busy());
             for (sink, hist) in self.sinks.iter_mut().zip(&self.hist) {
+                // A frame still on the device comes down once, before the first sink that
+                // wants host pixels.
+                if frame.device.is_some()
+                    && !sink.takes_device_frames()
+                    && !download(&mut frame, &mut self.errors)
+                {
+                    continue 'frames;
+                }
                 let t0 = Instant::now();
                 let r = sink.consume(&mut frame);
                 hist.observe(t0.elapsed().as_secs_f64());
                 if let Err(e) = r {
                     self.errors.report("sink", e.error_type, 1, &e);
                 }
+            }
+            let wants_pixels = self.snapshot.as_ref().is_some_and(|s| s.wants_frame())
+                || self.live.as_ref().is_some_and(|l| l.wants_pixels());
+            if wants_pixels && frame.device.is_some() && !download(&mut frame, &mut self.errors) {
+                continue 'frames;
             }
             if let Some(slot) = &self.snapshot {
                 slot.offer(&frame);

@@ -218,6 +218,22 @@ pub trait Lender: Send + Sync {
     /// (the frame waits for its stream first, and keeps the frame rather than give it back
     /// if it cannot); a `LentNv12` dropped on its own had no work queued through a frame.
     fn give_back(&self, token: u64);
+
+    /// The DMA-buf behind the frame lent under `token`, if the lender has one (a Jetson's
+    /// NVMM surface): what a hardware encoder reads in place.
+    fn dmabuf(&self, _token: u64) -> Option<DmaBuf> {
+        None
+    }
+}
+
+/// A lent frame's DMA-buf: one fd for both NV12 planes and the bytes of each, open while
+/// the frame is lent (a reader that needs it longer dups it).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DmaBuf {
+    /// The buffer's fd.
+    pub fd: i32,
+    /// Bytes of the luma and the CbCr plane.
+    pub plane_bytes: [u32; 2],
 }
 
 /// An NV12 frame in device memory another API owns, lent to the pipeline for as long as
@@ -256,6 +272,11 @@ impl LentNv12 {
     /// The lender's number for this frame.
     pub fn token(&self) -> u64 {
         self.token
+    }
+
+    /// The DMA-buf behind the frame, if its lender has one ([`Lender::dmabuf`]).
+    pub fn dmabuf(&self) -> Option<DmaBuf> {
+        self.lender.dmabuf(self.token)
     }
 
     /// The luma and CbCr planes' device addresses (what the lender mapped).

@@ -225,6 +225,22 @@ impl WorkPool {
 }
 
 impl Lender for WorkPool {
+    fn dmabuf(&self, token: u64) -> Option<aegis_cuda::DmaBuf> {
+        let state = self.lock();
+        let (_, mapped) = state.lent.iter().find(|(t, _)| *t == token)?;
+        let surface = mapped.surface();
+        let bytes = |plane: usize| {
+            surface
+                .plane(plane)
+                .ok()
+                .map(|p| p.pitch.saturating_mul(p.height))
+        };
+        Some(aegis_cuda::DmaBuf {
+            fd: surface.fd(),
+            plane_bytes: [bytes(0)?, bytes(1)?],
+        })
+    }
+
     fn give_back(&self, token: u64) {
         let mapped = {
             let mut state = self.lock();

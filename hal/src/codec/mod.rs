@@ -13,6 +13,7 @@ mod encode;
 mod jpeg;
 mod nvdec;
 mod nvmm;
+mod nvmm_encode;
 
 pub(crate) use decode::rescale_us as decode_rescale_us;
 pub use decode::{DecodeStats, VideoDecoder};
@@ -21,6 +22,7 @@ pub use encode::{EncoderSettings, VideoEncoder};
 pub use jpeg::encode_jpeg;
 pub use nvdec::nvdec_codec;
 pub use nvmm::{NvmmCodecs, OpenDevice};
+pub use nvmm_encode::NvmmEncoder;
 
 use std::sync::Arc;
 

@@ -18,7 +18,7 @@ use aegis_cuda::Gpu;
 use aegis_jetson::cuda_egl::CudaEglLib;
 use aegis_jetson::lend::{CudaContext, Next, NvmmDecoder, NvmmFrame};
 use aegis_jetson::m2m::M2mError;
-use aegis_jetson::m2m::device::DECODER_NODES;
+use aegis_jetson::m2m::device::{DECODER_NODES, ENCODER_NODES};
 use aegis_jetson::m2m::{CaptureMemory, Codec, Decoder, DecoderConfig, Device, NodeDevice};
 use aegis_jetson::nvbuf::NvBufSurfaceLib;
 use aegis_jetson::nvmm::{DecoderSurfaces, NvmmError};
@@ -46,13 +46,15 @@ const STALL: Duration = Duration::from_secs(5);
 /// Opens a decoder device.
 pub type OpenDevice = dyn Fn() -> Result<Box<dyn Device + Send>, String> + Send + Sync;
 
-/// What the `jetson` backend decodes with on Orin: JetPack's NvBufSurface, VIC and CUDA
-/// EGL libraries, and the way to the decoder's device node.
+/// What the `jetson` backend decodes and encodes with on Orin: JetPack's NvBufSurface, VIC
+/// and CUDA EGL libraries, and the way to the codecs' device nodes (no encoder on a module
+/// without NVENC: Orin Nano).
 pub struct NvmmCodecs {
     surfaces: Arc<NvBufSurfaceLib>,
     transforms: Arc<TransformLib>,
     cuda: Arc<CudaEglLib>,
     open_device: Box<OpenDevice>,
+    open_encoder: Option<Box<OpenDevice>>,
 }
 
 impl std::fmt::Debug for NvmmCodecs {
@@ -61,39 +63,57 @@ impl std::fmt::Debug for NvmmCodecs {
             .field("surfaces", &self.surfaces.path())
             .field("transforms", &self.transforms.path())
             .field("cuda", &self.cuda.path())
+            .field("encoder", &self.open_encoder.is_some())
             .finish_non_exhaustive()
     }
 }
 
 impl NvmmCodecs {
     /// JetPack 6's libraries (from [`aegis_jetson::nvbuf::R36_LIB_DIR`] or the loader's
-    /// path) and the decoder node r36's samples open through libv4l2; says which is missing.
-    pub fn load() -> Result<NvmmCodecs, String> {
+    /// path) and the codec nodes r36's samples open through libv4l2 (the encoder's only when
+    /// the module has one); says which library is missing.
+    pub fn load(encoder: bool) -> Result<NvmmCodecs, String> {
+        let node = |nodes: &'static [&'static str]| -> Box<OpenDevice> {
+            Box::new(move || {
+                NodeDevice::open_nvidia(nodes)
+                    .map(|d| Box::new(d) as Box<dyn Device + Send>)
+                    .map_err(|e| e.to_string())
+            })
+        };
         Ok(NvmmCodecs::with(
             NvBufSurfaceLib::load(None).map_err(|e| e.to_string())?,
             TransformLib::load(None).map_err(|e| e.to_string())?,
             CudaEglLib::load(None).map_err(|e| e.to_string())?,
-            Box::new(|| {
-                NodeDevice::open_nvidia(&DECODER_NODES)
-                    .map(|d| Box::new(d) as Box<dyn Device + Send>)
-                    .map_err(|e| e.to_string())
-            }),
+            node(&DECODER_NODES),
+            encoder.then(|| node(&ENCODER_NODES)),
         ))
     }
 
-    /// These libraries and this decoder device (the tests' stand-ins).
+    /// These libraries and these codec devices (the tests' stand-ins).
     pub fn with(
         surfaces: Arc<NvBufSurfaceLib>,
         transforms: Arc<TransformLib>,
         cuda: Arc<CudaEglLib>,
         open_device: Box<OpenDevice>,
+        open_encoder: Option<Box<OpenDevice>>,
     ) -> NvmmCodecs {
         NvmmCodecs {
             surfaces,
             transforms,
             cuda,
             open_device,
+            open_encoder,
         }
+    }
+
+    /// Whether a hardware encoder is there to take NVMM frames.
+    pub fn has_encoder(&self) -> bool {
+        self.open_encoder.is_some()
+    }
+
+    /// Opens the hardware encoder (`None`: the module has none).
+    pub(crate) fn encoder_device(&self) -> Option<Result<Box<dyn Device + Send>, String>> {
+        self.open_encoder.as_ref().map(|open| open())
     }
 
     fn decoder(
@@ -571,6 +591,16 @@ mod tests {
 
     /// The codecs over the stand-ins; every decoder device opened is recorded.
     fn codecs(stub: &Stub, opened: Arc<Mutex<Vec<Arc<Mutex<Shared>>>>>) -> Arc<NvmmCodecs> {
+        codecs_with_encoder(stub, opened, None)
+    }
+
+    /// As [`codecs`], with the codec stand-in as the hardware encoder when `sps_pps` is
+    /// given (its key packets then begin with those parameter sets).
+    fn codecs_with_encoder(
+        stub: &Stub,
+        opened: Arc<Mutex<Vec<Arc<Mutex<Shared>>>>>,
+        sps_pps: Option<Vec<u8>>,
+    ) -> Arc<NvmmCodecs> {
         Arc::new(NvmmCodecs::with(
             stub.surfaces(),
             stub.transforms(),
@@ -583,7 +613,45 @@ mod tests {
                 opened.lock().unwrap().push(dev.shared.clone());
                 Ok(Box::new(dev) as Box<dyn Device + Send>)
             }),
+            sps_pps.map(|sets| {
+                Box::new(move || {
+                    let dev = StandIn::new(Role::Encoder).with_parameter_sets(sets.clone());
+                    Ok(Box::new(dev) as Box<dyn Device + Send>)
+                }) as Box<OpenDevice>
+            }),
         ))
+    }
+
+    /// The GPU test's jetson file source over the stand-ins (their "NVMM" page-locked for
+    /// the GPU), `frames` frames of the 720p sample (decoded as 320x240 by the stand-in).
+    fn gpu_source(
+        gpu: &Arc<Gpu>,
+        stub: &Stub,
+        codecs: Arc<NvmmCodecs>,
+        frames: u64,
+    ) -> crate::source::FileSource {
+        let hooks = stub.hooks(CUDA_LIB);
+        // SAFETY: aegis_stub_register_host(int) -> int, jetson/tests/stub/cuda_egl.c.
+        let registered = unsafe {
+            hooks
+                .get::<unsafe extern "C" fn(i32) -> i32>(b"aegis_stub_register_host")
+                .unwrap()(1)
+        };
+        assert_eq!(registered, 0, "the real libcuda's page-locking calls");
+        let clip = std::env::var_os("AEGIS_SAMPLES_DIR")
+            .map(std::path::PathBuf::from)
+            .unwrap_or_else(|| std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../.samples"))
+            .join("bench-720p.mp4");
+        crate::source::FileSource::open(crate::source::FileSourceSettings {
+            max_frames: Some(frames),
+            pool_frames: 4,
+            gpu: Some(crate::backend::StreamGpu {
+                gpu: Arc::new(gpu.fork().unwrap()),
+                nvmm: Some(codecs),
+            }),
+            ..crate::source::FileSourceSettings::new(&clip, StreamId::new("orin"))
+        })
+        .expect("the source opens")
     }
 
     /// Plays `path` through `d` once as the file source does (receive until none, then the
@@ -737,33 +805,10 @@ mod tests {
     #[test]
     #[ignore = "needs an NVIDIA GPU"]
     fn a_jetson_file_source_lends_nvmm_frames_that_cuda_reads_and_writes_in_place() {
-        use crate::backend::StreamGpu;
-        use crate::source::{FileSource, FileSourceSettings};
         let gpu = Arc::new(Gpu::open(0, None).expect("a GPU"));
         let stub = Stub::new();
-        let hooks = stub.hooks(CUDA_LIB);
-        // SAFETY: aegis_stub_register_host(int) -> int, jetson/tests/stub/cuda_egl.c.
-        let registered = unsafe {
-            hooks
-                .get::<unsafe extern "C" fn(i32) -> i32>(b"aegis_stub_register_host")
-                .unwrap()(1)
-        };
-        assert_eq!(registered, 0, "the real libcuda's page-locking calls");
         let opened = Arc::new(Mutex::new(Vec::new()));
-        let clip = std::env::var_os("AEGIS_SAMPLES_DIR")
-            .map(std::path::PathBuf::from)
-            .unwrap_or_else(|| std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../.samples"))
-            .join("bench-720p.mp4");
-        let mut src = FileSource::open(FileSourceSettings {
-            max_frames: Some(40),
-            pool_frames: 4,
-            gpu: Some(StreamGpu {
-                gpu: Arc::new(gpu.fork().unwrap()),
-                nvmm: Some(codecs(&stub, opened.clone())),
-            }),
-            ..FileSourceSettings::new(&clip, StreamId::new("orin"))
-        })
-        .expect("the source opens");
+        let mut src = gpu_source(&gpu, &stub, codecs(&stub, opened.clone()), 40);
         assert_eq!(src.health().snapshot().decoder, Some("nvmm"));
         // The stand-in decodes every stream as 320x240 pictures.
         let (w, h) = (320, 240);
@@ -863,6 +908,85 @@ mod tests {
             rest, 6,
             "once the surfaces are back, the drain delivers the rest"
         );
+    }
+
+    /// On a real GPU: the record sink of the jetson backend encodes each frame's NVMM
+    /// surface itself with the (stand-in) hardware encoder: what the CUDA "stage" wrote into
+    /// the surface is what the encoder read, no frame is downloaded or copied on the way,
+    /// and the MP4 segments hold every frame's packet with the SPS/PPS of the first IDR.
+    #[test]
+    #[ignore = "needs an NVIDIA GPU"]
+    fn a_jetson_recording_encodes_the_nvmm_surfaces_in_place_with_no_download() {
+        use crate::record::{DiskBudget, RecorderSettings, SegmentRecorder};
+        const FRAMES: u64 = 30;
+        let gpu = Arc::new(Gpu::open(0, None).expect("a GPU"));
+        let stub = Stub::new();
+        // Real SPS/PPS for 320x240 (libx264's), which the stand-in encoder puts before its
+        // key packets as Orin's does.
+        let layout = FrameLayout::new(PixelFormat::I420, 320, 240);
+        let sps_pps = super::super::VideoEncoder::open(&Default::default(), layout, true)
+            .unwrap()
+            .extradata();
+        let codecs = codecs_with_encoder(&stub, Arc::new(Mutex::new(Vec::new())), Some(sps_pps));
+        let mut src = gpu_source(&gpu, &stub, codecs.clone(), FRAMES);
+        let dir = tempfile::tempdir().unwrap();
+        let budget = DiskBudget::open(dir.path(), 1 << 30).unwrap();
+        let mut rec = SegmentRecorder::new(
+            RecorderSettings {
+                dir: dir.path().to_path_buf(),
+                stream: StreamId::new("orin"),
+                segment: Duration::from_secs(1),
+                encoder: Default::default(),
+            },
+            budget,
+        )
+        .with_hardware_encoder(codecs);
+        assert!(rec.takes_device_frames());
+        let (w, h) = (320, 240);
+        let mut stamp = gpu.alloc_nv12(w, h).unwrap();
+        let mut transfers = 0;
+        let mut frames = 0u64;
+        while let Some(mut f) = src.next_frame().expect("a frame") {
+            // The "stage": the GPU writes the frame's stamp (!seq) into its NVMM surface.
+            let mut packed = vec![16u8; w * h * 3 / 2];
+            packed[..8].copy_from_slice(&(!f.seq).to_le_bytes());
+            gpu.upload_nv12(&packed, &mut stamp).unwrap();
+            gpu.sync().unwrap();
+            let (lent, stream_gpu) = f.device.as_mut().expect("on the device").parts();
+            stream_gpu.copy_nv12(&stamp, lent).unwrap();
+            let before = gpu.frame_transfers();
+            rec.push(&mut f).expect("recorded");
+            transfers += gpu.frame_transfers() - before;
+            assert_eq!(f.copies, 0, "frame {}: no pixel copied", f.seq);
+            assert!(f.device.is_some(), "frame {} never came down", f.seq);
+            frames += 1;
+        }
+        rec.finish().unwrap();
+        assert_eq!(frames, FRAMES);
+        assert_eq!(transfers, 0, "the recorder downloaded nothing");
+        assert_eq!(rec.stats().frames, FRAMES);
+        assert!(rec.stats().segments >= 1, "{:?}", rec.stats());
+        // Every frame's packet, in the segments, carries the stamp the encoder read from
+        // the NVMM surface (the stand-in copies the first 8 luma bytes into its packet).
+        let mut stamps = Vec::new();
+        let mut segments: Vec<_> = std::fs::read_dir(dir.path().join("orin"))
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .filter(|p| p.extension().is_some_and(|x| x == "mp4"))
+            .collect();
+        segments.sort();
+        for seg in &segments {
+            let mut demux = FileDemuxer::open(seg).unwrap();
+            assert_eq!((demux.info().width, demux.info().height), (w, h));
+            let mut pkt = ff::Packet::empty();
+            while demux.read(&mut pkt).unwrap() {
+                let data = pkt.data().unwrap();
+                let found =
+                    (0..FRAMES).find(|seq| data.windows(8).any(|win| win == (!seq).to_le_bytes()));
+                stamps.push(found.expect("a packet carries its frame's stamp"));
+            }
+        }
+        assert_eq!(stamps, (0..FRAMES).collect::<Vec<_>>());
     }
 
     #[test]

@@ -110,6 +110,9 @@ pub struct StandIn {
     hold_input: bool,
     /// Decoder: pictures come out in a display order unlike the decode order.
     reorder: bool,
+    /// Encoder: SPS/PPS (Annex-B) put before every key packet, as Orin's encoder does with
+    /// `INSERT_SPS_PPS_AT_IDR`.
+    parameter_sets: Vec<u8>,
     swap_pair: bool,
 }
 
@@ -139,8 +142,15 @@ impl StandIn {
             in_wait: false,
             hold_input: false,
             reorder: false,
+            parameter_sets: Vec::new(),
             swap_pair: true,
         }
+    }
+
+    /// Encoder: key packets begin with these parameter sets (Annex-B).
+    pub fn with_parameter_sets(mut self, sps_pps: Vec<u8>) -> StandIn {
+        self.parameter_sets = sps_pps;
+        self
     }
 
     /// Decoder: pictures leave in pairs swapped (1, 0, 3, 2, ...), as B-frames make a
@@ -292,7 +302,12 @@ impl StandIn {
                             let key = self.force_idr
                                 || self.produced.is_multiple_of(self.idr_interval.max(1));
                             self.force_idr = false;
-                            let mut pkt = vec![0, 0, 0, 1, if key { 0x65 } else { 0x41 }];
+                            let mut pkt = if key {
+                                self.parameter_sets.clone()
+                            } else {
+                                Vec::new()
+                            };
+                            pkt.extend_from_slice(&[0, 0, 0, 1, if key { 0x65 } else { 0x41 }]);
                             pkt.extend_from_slice(&self.produced.to_le_bytes());
                             // The frame's first 8 luma bytes, read now (when a hardware
                             // encoder reads the buffer), then the buffer is given back.
