@@ -436,10 +436,11 @@ impl Encoding {
         }
     }
 
-    /// Whether `frame` goes into this encoder as it is (else the encoder is reopened).
+    /// Whether `frame` goes into this encoder as it is (else the encoder is reopened): host
+    /// pixels of its size for libx264, an NVMM surface of its size for the hardware one.
     fn accepts(&self, frame: &Frame) -> bool {
         match self {
-            Encoding::Cpu(e) => e.accepts(&frame.layout),
+            Encoding::Cpu(e) => frame.device.is_none() && e.accepts(&frame.layout),
             Encoding::Nvmm(e) => e.accepts(frame),
         }
     }
@@ -524,9 +525,15 @@ impl SegmentRecorder {
     }
 
     /// Whether frames may come with their pixels on the device: the hardware encoder reads
-    /// NVMM surfaces in place (the recorder downloads any other device frame itself).
+    /// NVMM surfaces in place.
     pub fn takes_device_frames(&self) -> bool {
         self.hardware.is_some()
+    }
+
+    /// Whether `frame` may come with its pixels on the device: an NVMM surface the hardware
+    /// encoder reads. Any other device frame must be downloaded before [`Self::push`].
+    pub fn takes_device_frame(&self, frame: &Frame) -> bool {
+        self.hardware.is_some() && frame.device.as_ref().is_some_and(|d| d.dmabuf().is_some())
     }
 
     /// Counters so far.
@@ -560,13 +567,30 @@ impl SegmentRecorder {
             tracing::info!(stream = %self.settings.stream, "timestamps jumped back; new segment");
             self.finish()?;
         }
+        if frame.device.is_some() && !self.takes_device_frame(frame) {
+            // Host pixels are not there yet: encoding the host surface would record an
+            // earlier picture.
+            return Err(CodecError::Nvmm(format!(
+                "frame {} reached the recorder with its pixels still on the device",
+                frame.seq
+            ))
+            .into());
+        }
         let reopen = self.encoder.as_ref().is_none_or(|e| !e.accepts(frame));
         if reopen {
-            // First frame, or the stream changed resolution (or stopped coming as NVMM
-            // surfaces): close what is open and start a new encoder and segment.
+            // First frame, or the stream changed resolution (or between NVMM surfaces and
+            // host pixels): close what is open and start a new encoder and segment.
             self.finish()?;
             let enc = match self.open_encoder(frame) {
                 Ok(enc) => enc,
+                Err(e) if matches!(e, CodecError::Nvmm(_)) => {
+                    // The hardware encoder cannot open: later frames are downloaded for the
+                    // CPU encoder (this one is on the device and is not recorded).
+                    tracing::warn!(stream = %self.settings.stream, error = %e,
+                        "hardware encoder unavailable; recording on the CPU");
+                    self.hardware = None;
+                    return Err(e.into());
+                }
                 Err(e) => {
                     self.refused = Some((geometry, e.to_string()));
                     return Err(e.into());
@@ -582,10 +606,6 @@ impl SegmentRecorder {
                 }
             }
             self.encoder = Some(enc);
-        }
-        if matches!(self.encoder, Some(Encoding::Cpu(_))) && frame.device.is_some() {
-            // A device frame for the CPU encoder: its one download.
-            frame.to_host().map_err(CodecError::from)?;
         }
         let pts = next_encoder_pts(self.last_pts, frame.pts_us);
         self.last_pts = Some(pts);
@@ -648,15 +668,25 @@ impl SegmentRecorder {
         VideoEncoder::open(&self.settings.encoder, frame.layout, true).map(Encoding::Cpu)
     }
 
-    /// One frame into the hardware encoder, its packets routed.
+    /// One frame into the hardware encoder, its packets routed. After a failure the
+    /// encoder is closed (which takes every buffer back from the driver, so it reads the
+    /// frame's surface no more) and the segment with it; the next frame opens a new one.
     fn encode_hardware(
         &mut self,
         frame: &Frame,
         pts: i64,
         force_key: bool,
     ) -> Result<Option<RecordError>, RecordError> {
-        if let Some(Encoding::Nvmm(enc)) = self.encoder.as_mut() {
-            enc.encode(frame, pts, force_key, &mut self.packets)?;
+        if let Some(Encoding::Nvmm(enc)) = self.encoder.as_mut()
+            && let Err(e) = enc.encode(frame, pts, force_key, &mut self.packets)
+        {
+            self.encoder = None;
+            self.packets.clear();
+            if let Err(closing) = self.finish() {
+                tracing::warn!(stream = %self.settings.stream, error = %closing,
+                    "closing the segment after a hardware encoder failure");
+            }
+            return Err(e.into());
         }
         Ok(self.route_hardware())
     }
@@ -688,7 +718,9 @@ impl SegmentRecorder {
     /// Flushes the encoder and closes the open segment (on shutdown, before a reopen, or at a
     /// discontinuity).
     pub fn finish(&mut self) -> Result<(), RecordError> {
+        let mut hardware_failure = None;
         if let Some(mut enc) = self.encoder.take() {
+            let hardware = matches!(enc, Encoding::Nvmm(_));
             let failure = match &mut enc {
                 Encoding::Cpu(enc) => {
                     let (_, mut route) = self.split();
@@ -699,29 +731,35 @@ impl SegmentRecorder {
                     route.failure.take()
                 }
                 Encoding::Nvmm(nvmm) => {
-                    nvmm.finish(&mut self.packets)?;
+                    // A flush that fails still routes what came out and closes the segment.
+                    let flushed = nvmm.finish(&mut self.packets);
                     self.encoder = Some(enc);
                     let failure = self.route_hardware();
                     self.encoder = None;
-                    failure
+                    flushed.err().map(RecordError::from).or(failure)
                 }
             };
             if let Some(tap) = &self.tap {
                 tap.stream_end();
             }
-            if let Some(e) = failure {
-                return Err(e);
+            match failure {
+                None => {}
+                // The hardware encoder is gone either way: its segment is closed below.
+                Some(e) if hardware => hardware_failure = Some(e),
+                Some(e) => return Err(e),
             }
         }
         self.next_cut_us = None;
         self.last_pts = None;
         self.pending_cut = None;
+        // The next encoder brings (and announces) its own stream parameters.
+        self.params = None;
         if let Some(w) = self.writer.take() {
             let (path, bytes) = w.close()?;
             self.stats.segments += 1;
             self.budget.add(path, bytes);
         }
-        Ok(())
+        hardware_failure.map_or(Ok(()), Err)
     }
 
     /// The encoder and a router over the other fields, borrowed apart.

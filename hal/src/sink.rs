@@ -26,10 +26,17 @@ pub trait Sink: Send {
     fn consume(&mut self, frame: &mut Frame) -> Result<(), SinkError>;
     /// Flushes and closes whatever is open (called once, at end of stream or shutdown).
     fn finish(&mut self) -> Result<(), SinkError>;
-    /// Whether the sink takes frames whose pixels are still on the device (the record sink
-    /// with Orin's hardware encoder, which reads a frame's NVMM surface in place). The
-    /// pipeline downloads a device frame once, before the first sink that does not.
+    /// Whether the sink wants frames left on the device for it (the record sink with Orin's
+    /// hardware encoder, which reads a frame's NVMM surface in place). When one does, the
+    /// pipeline leaves frames on the device for the sinks and downloads a frame once, before
+    /// the first sink that does not take it ([`Sink::takes_device_frame`]).
     fn takes_device_frames(&self) -> bool {
         false
+    }
+    /// Whether the sink can take this frame with its pixels still on the device (by
+    /// default, any frame when [`Sink::takes_device_frames`]; a sink that reads no pixels
+    /// takes every frame).
+    fn takes_device_frame(&self, _frame: &Frame) -> bool {
+        self.takes_device_frames()
     }
 }

@@ -171,6 +171,9 @@ impl Sink for RecordSinkRuntime {
     fn takes_device_frames(&self) -> bool {
         self.recorder.takes_device_frames()
     }
+    fn takes_device_frame(&self, frame: &Frame) -> bool {
+        self.recorder.takes_device_frame(frame)
+    }
 }
 
 struct DiscardSinkRuntime;
@@ -184,6 +187,10 @@ impl Sink for DiscardSinkRuntime {
     }
     fn finish(&mut self) -> Result<(), SinkError> {
         Ok(())
+    }
+    // It reads no pixels: a frame left on the device for another sink stays there.
+    fn takes_device_frame(&self, _frame: &Frame) -> bool {
+        true
     }
 }
 

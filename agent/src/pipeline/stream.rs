@@ -496,9 +496,11 @@ impl SinkLoop {
                 // A frame still on the device comes down once, before the first sink that
                 // wants host pixels.
                 if frame.device.is_some()
-                    && !sink.takes_device_frames()
+                    && !sink.takes_device_frame(&frame)
                     && !download(&mut frame, &mut self.errors)
                 {
+                    // The sinks before it had the frame; the rest cannot: not delivered.
+                    self.metrics.dropped_stage.inc();
                     continue 'frames;
                 }
                 let t0 = Instant::now();
@@ -510,14 +512,18 @@ impl SinkLoop {
             }
             let wants_pixels = self.snapshot.as_ref().is_some_and(|s| s.wants_frame())
                 || self.live.as_ref().is_some_and(|l| l.wants_pixels());
-            if wants_pixels && frame.device.is_some() && !download(&mut frame, &mut self.errors) {
-                continue 'frames;
-            }
-            if let Some(slot) = &self.snapshot {
-                slot.offer(&frame);
-            }
-            if let Some(l) = &mut self.live {
-                l.offer(&mut frame);
+            // A failed download only costs the snapshot and the live view this frame (its
+            // host surface holds nothing valid); the sinks had it. (Frames still on the
+            // device are skipped by both.)
+            let pixels =
+                !(wants_pixels && frame.device.is_some()) || download(&mut frame, &mut self.errors);
+            if pixels {
+                if let Some(slot) = &self.snapshot {
+                    slot.offer(&frame);
+                }
+                if let Some(l) = &mut self.live {
+                    l.offer(&mut frame);
+                }
             }
             // Counted by each copy site the frame went through, the sinks' included.
             copies = frame.copies;

@@ -615,7 +615,11 @@ mod tests {
             }),
             sps_pps.map(|sets| {
                 Box::new(move || {
-                    let dev = StandIn::new(Role::Encoder).with_parameter_sets(sets.clone());
+                    // It reads a frame only when waited on, later than the queueing, as
+                    // hardware does: the recorder must wait for the buffer to come back.
+                    let dev = StandIn::new(Role::Encoder)
+                        .with_parameter_sets(sets.clone())
+                        .with_encoding_in_wait();
                     Ok(Box::new(dev) as Box<dyn Device + Send>)
                 }) as Box<OpenDevice>
             }),
@@ -927,10 +931,15 @@ mod tests {
         let sps_pps = super::super::VideoEncoder::open(&Default::default(), layout, true)
             .unwrap()
             .extradata();
-        let codecs = codecs_with_encoder(&stub, Arc::new(Mutex::new(Vec::new())), Some(sps_pps));
+        let codecs = codecs_with_encoder(
+            &stub,
+            Arc::new(Mutex::new(Vec::new())),
+            Some(sps_pps.clone()),
+        );
         let mut src = gpu_source(&gpu, &stub, codecs.clone(), FRAMES);
         let dir = tempfile::tempdir().unwrap();
         let budget = DiskBudget::open(dir.path(), 1 << 30).unwrap();
+        let starts = Arc::new(Starts::default());
         let mut rec = SegmentRecorder::new(
             RecorderSettings {
                 dir: dir.path().to_path_buf(),
@@ -940,7 +949,8 @@ mod tests {
             },
             budget,
         )
-        .with_hardware_encoder(codecs);
+        .with_hardware_encoder(codecs)
+        .with_tap(starts.clone());
         assert!(rec.takes_device_frames());
         let (w, h) = (320, 240);
         let mut stamp = gpu.alloc_nv12(w, h).unwrap();
@@ -987,6 +997,30 @@ mod tests {
             }
         }
         assert_eq!(stamps, (0..FRAMES).collect::<Vec<_>>());
+        // The live view and the clip ring were told the stream's parameters once, from the
+        // first IDR: the encoder's SPS/PPS at its size.
+        let sets = super::super::nvmm_encode::parameter_sets(&sps_pps).unwrap();
+        assert_eq!(*starts.0.lock().unwrap(), [(sets, 320, 240)]);
+    }
+
+    /// A packet tap that only records the stream starts it is told of.
+    #[derive(Default)]
+    struct Starts(Mutex<Vec<(Vec<u8>, usize, usize)>>);
+
+    impl crate::record::PacketTap for Starts {
+        fn active(&self) -> bool {
+            false
+        }
+        fn take_keyframe_request(&self) -> bool {
+            false
+        }
+        fn stream_start(&self, extradata: &[u8], width: usize, height: usize) {
+            self.0
+                .lock()
+                .unwrap()
+                .push((extradata.to_vec(), width, height));
+        }
+        fn packet(&self, _: &crate::record::TapPacket<'_>) {}
     }
 
     #[test]

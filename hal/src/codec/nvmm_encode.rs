@@ -14,7 +14,9 @@ use std::collections::VecDeque;
 use std::os::fd::BorrowedFd;
 use std::time::{Duration, Instant};
 
-use aegis_jetson::m2m::{Codec, Device, Encoder, EncoderConfig, EncoderEvent, InputFrame};
+use aegis_jetson::m2m::{
+    Codec, Device, Encoder, EncoderConfig, EncoderEvent, H264Profile, InputFrame,
+};
 use ffmpeg_next as ff;
 
 use super::{CodecError, EncoderSettings};
@@ -70,6 +72,11 @@ impl NvmmEncoder {
         // One frame at a time is in the encoder (`encode` waits for it); two buffers let
         // the end-of-stream buffer go in beside the last frame.
         config.input_buffers = 2;
+        config.h264_profile = match settings.profile {
+            Some("baseline") => H264Profile::Baseline,
+            Some("main") => H264Profile::Main,
+            _ => H264Profile::High,
+        };
         let encoder =
             Encoder::open(device, &config).map_err(|e| CodecError::Nvmm(e.to_string()))?;
         Ok(NvmmEncoder {
@@ -266,7 +273,7 @@ impl NvmmEncoder {
 
 /// The SPS and PPS NAL units of an Annex-B access unit, with their start codes, in order;
 /// `None` unless both are there.
-fn parameter_sets(au: &[u8]) -> Option<Vec<u8>> {
+pub(crate) fn parameter_sets(au: &[u8]) -> Option<Vec<u8>> {
     let mut starts = Vec::new();
     let mut i = 0;
     while i + 3 <= au.len() {
@@ -283,15 +290,12 @@ fn parameter_sets(au: &[u8]) -> Option<Vec<u8>> {
         let Some(&header) = au.get(start) else {
             continue;
         };
-        // This unit ends where the next start code (with its optional leading zero) begins.
-        let end = starts.get(k + 1).map_or(au.len(), |&next| {
-            let code = next - 3;
-            if code > start && au[code - 1] == 0 {
-                code - 1
-            } else {
-                code
-            }
-        });
+        // This unit ends where the next start code begins, less the zero bytes before it
+        // (a 4-byte start code's first, or trailing zeros).
+        let mut end = starts.get(k + 1).map_or(au.len(), |&next| next - 3);
+        while end > start && au[end - 1] == 0 {
+            end -= 1;
+        }
         let kind = header & 0x1f;
         if kind == 7 || kind == 8 {
             sps |= kind == 7;
@@ -325,6 +329,14 @@ mod tests {
             [
                 0, 0, 0, 1, 0x67, 0x64, 0x00, 0x1f, 0, 0, 0, 1, 0x68, 0xee, 0x3c, 0x80
             ]
+        );
+        // Trailing zeros before the next start code are not part of a unit.
+        let padded = [
+            0, 0, 1, 0x67, 0x42, 0, 0, 0, 0, 0, 0, 1, 0x68, 0xce, 0, 0, 1, 0x65, 0x88,
+        ];
+        assert_eq!(
+            parameter_sets(&padded).unwrap(),
+            [0, 0, 0, 1, 0x67, 0x42, 0, 0, 0, 1, 0x68, 0xce]
         );
         // An IDR without them (or with only one) gives none.
         assert_eq!(parameter_sets(&au[20..]), None);
