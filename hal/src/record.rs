@@ -677,10 +677,16 @@ impl SegmentRecorder {
         pts: i64,
         force_key: bool,
     ) -> Result<Option<RecordError>, RecordError> {
-        if let Some(Encoding::Nvmm(enc)) = self.encoder.as_mut()
-            && let Err(e) = enc.encode(frame, pts, force_key, &mut self.packets)
-        {
-            self.encoder = None;
+        // Out of `self` while it encodes, so that its packets can be routed beside it.
+        let mut enc = match self.encoder.take() {
+            Some(Encoding::Nvmm(enc)) => enc,
+            other => {
+                self.encoder = other;
+                return Ok(None);
+            }
+        };
+        if let Err(e) = enc.encode(frame, pts, force_key, &mut self.packets) {
+            drop(enc);
             self.packets.clear();
             if let Err(closing) = self.finish() {
                 tracing::warn!(stream = %self.settings.stream, error = %closing,
@@ -688,14 +694,15 @@ impl SegmentRecorder {
             }
             return Err(e.into());
         }
-        Ok(self.route_hardware())
+        let failure = self.route_hardware(&enc);
+        self.encoder = Some(Encoding::Nvmm(enc));
+        Ok(failure)
     }
 
     /// Routes the hardware encoder's packets of one frame (or of the flush); its stream
     /// parameters are known from its first IDR on.
-    fn route_hardware(&mut self) -> Option<RecordError> {
+    fn route_hardware(&mut self, enc: &NvmmEncoder) -> Option<RecordError> {
         if self.params.is_none()
-            && let Some(Encoding::Nvmm(enc)) = &self.encoder
             && let Some(params) = enc.parameters()
         {
             self.params = Some(params.clone());
@@ -733,9 +740,7 @@ impl SegmentRecorder {
                 Encoding::Nvmm(nvmm) => {
                     // A flush that fails still routes what came out and closes the segment.
                     let flushed = nvmm.finish(&mut self.packets);
-                    self.encoder = Some(enc);
-                    let failure = self.route_hardware();
-                    self.encoder = None;
+                    let failure = self.route_hardware(nvmm);
                     flushed.err().map(RecordError::from).or(failure)
                 }
             };
