@@ -27,9 +27,11 @@ use std::time::Duration;
 use aegis_cuda::{Lender, LentNv12};
 
 use crate::cuda_egl::{CudaEglLib, CudaMappedSurface};
-use crate::m2m::{DecodedFrame, Decoder, DecoderEvent, Device, FrameFormat};
+use crate::m2m::{DecodedFrame, Decoder, Device, FrameFormat};
 use crate::nvbuf::{ColorFormat, NvBufSurfaceLib, Surface, SurfaceSpec};
-use crate::nvmm::{NvmmError, convert_and_release, nv12_for, work_surface_spec, work_surfaces};
+use crate::nvmm::{
+    DecodeFront, NvmmError, Polled, convert_and_release, nv12_for, work_surface_spec, work_surfaces,
+};
 use crate::transform::Transform;
 
 /// Makes the CUDA context the frames are mapped in current on the calling thread (the
@@ -297,18 +299,13 @@ pub struct LendStats {
 
 /// The decode → VIC → CUDA mapping half of the NVMM loop, lending its frames (module docs).
 pub struct NvmmDecoder<D: Device> {
-    decoder: Decoder<D>,
+    front: DecodeFront<D>,
     lib: Arc<NvBufSurfaceLib>,
     transform: Transform,
     cuda: Arc<CudaEglLib>,
     context: Arc<dyn CudaContext>,
     work_surfaces: usize,
     pool: Option<Arc<WorkPool>>,
-    /// A decoded picture that waits for a work surface.
-    waiting: Option<DecodedFrame>,
-    /// `waiting` has been counted in [`LendStats::pool_waits`].
-    waited: bool,
-    ended: bool,
     next_token: u64,
     stats: LendStats,
 }
@@ -326,16 +323,13 @@ impl<D: Device> NvmmDecoder<D> {
         work_surfaces: usize,
     ) -> NvmmDecoder<D> {
         NvmmDecoder {
-            decoder,
+            front: DecodeFront::new(decoder),
             lib,
             transform,
             cuda,
             context,
             work_surfaces: work_surfaces.max(2),
             pool: None,
-            waiting: None,
-            waited: false,
-            ended: false,
             next_token: 0,
             stats: LendStats::default(),
         }
@@ -344,23 +338,27 @@ impl<D: Device> NvmmDecoder<D> {
     /// Queues an access unit (Annex B). `Ok(false)`: the decoder's input is full — call
     /// [`NvmmDecoder::poll`] (which frees it as pictures leave) and retry.
     pub fn feed(&mut self, access_unit: &[u8], pts_us: u64) -> Result<bool, NvmmError> {
-        Ok(self.decoder.try_feed(access_unit, pts_us)?)
+        Ok(self.front.decoder.try_feed(access_unit, pts_us)?)
     }
 
     /// Ends the stream; `poll` says `Ended` after the last picture. `Ok(false)`: no input
     /// buffer free yet — call `poll` and retry.
     pub fn finish(&mut self) -> Result<bool, NvmmError> {
-        Ok(self.decoder.try_finish()?)
+        Ok(self.front.decoder.try_finish()?)
     }
 
     /// What the decoder has done so far.
     pub fn stats(&self) -> LendStats {
-        self.stats
+        LendStats {
+            decoded: self.front.decoded,
+            pool_waits: self.front.pool_waits,
+            ..self.stats
+        }
     }
 
     /// A decoded picture waits for a work surface the pipeline still holds.
     pub fn waiting_for_surface(&self) -> bool {
-        self.waiting.is_some() && self.pool.as_ref().is_some_and(|p| p.available() == 0)
+        self.front.is_waiting() && self.pool.as_ref().is_some_and(|p| p.available() == 0)
     }
 
     /// The current work pool, once the stream's size is known.
@@ -373,39 +371,22 @@ impl<D: Device> NvmmDecoder<D> {
     /// is made in it).
     pub fn poll(&mut self) -> Result<Next, NvmmError> {
         let mut moved = false;
-        if self.waiting.is_none() && !self.ended {
-            match self.decoder.poll()? {
-                Some(DecoderEvent::FormatChanged(format)) => {
-                    self.on_format(&format)?;
-                    moved = true;
-                }
-                Some(DecoderEvent::Frame(frame)) => {
-                    self.stats.decoded += 1;
-                    self.waiting = Some(frame);
-                }
-                Some(DecoderEvent::EndOfStream) => self.ended = true,
-                None => {}
-            }
+        if let Polled::Format(format) = self.front.poll()? {
+            self.on_format(&format)?;
+            moved = true;
         }
-        if self.waiting.is_some() {
+        if self.front.is_waiting() {
             let pool = self.pool.clone().ok_or(NvmmError::Protocol(
                 "the decoder delivered a picture before its format",
             ))?;
-            match pool.take_free()? {
-                None => {
-                    if !self.waited {
-                        self.waited = true;
-                        self.stats.pool_waits += 1;
-                    }
-                }
-                Some(surface) => {
-                    self.waited = false;
-                    let frame = self.waiting.take().expect("checked above");
-                    return self.lend(&pool, frame, surface).map(Next::Frame);
-                }
+            let surface = pool.take_free()?;
+            if let (Some(frame), Some(surface)) =
+                (self.front.take_waiting(surface.is_some()), surface)
+            {
+                return self.lend(&pool, frame, surface).map(Next::Frame);
             }
         }
-        Ok(if self.ended && self.waiting.is_none() {
+        Ok(if self.front.ended() && !self.front.is_waiting() {
             Next::Ended
         } else if moved {
             Next::Moved
@@ -417,13 +398,13 @@ impl<D: Device> NvmmDecoder<D> {
     /// Blocks (at most `timeout_ms`) on what the decoder waits for: a work surface the
     /// pipeline still holds when a picture waits for one, else the decoder.
     pub fn wait(&mut self, timeout_ms: i32) -> Result<(), NvmmError> {
-        if self.waiting.is_some()
+        if self.front.is_waiting()
             && let Some(pool) = &self.pool
         {
             pool.wait_free(Duration::from_millis(timeout_ms.max(0) as u64));
             return Ok(());
         }
-        Ok(self.decoder.wait(timeout_ms)?)
+        Ok(self.front.decoder.wait(timeout_ms)?)
     }
 
     /// One picture: VIC into `surface`, the decoder's buffer back, the surface lent.
@@ -437,7 +418,7 @@ impl<D: Device> NvmmDecoder<D> {
         if let Err(e) = convert_and_release(
             &self.lib,
             &self.transform,
-            &mut self.decoder,
+            &mut self.front.decoder,
             frame,
             &mut surface,
         ) {

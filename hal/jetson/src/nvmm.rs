@@ -238,12 +238,97 @@ pub enum Progress {
     Done,
 }
 
+/// The decoder end both halves share (this loop and [`crate::lend::NvmmDecoder`]): the
+/// decoder, and the one decoded picture that may wait for a work surface, its wait counted
+/// once.
+pub(crate) struct DecodeFront<D: Device> {
+    pub(crate) decoder: Decoder<D>,
+    waiting: Option<DecodedFrame>,
+    /// `waiting` has been counted in `pool_waits`.
+    waited: bool,
+    ended: bool,
+    /// Pictures the decoder delivered.
+    pub(crate) decoded: u64,
+    /// Pictures that had to wait for a work surface.
+    pub(crate) pool_waits: u64,
+}
+
+/// What [`DecodeFront::poll`] found.
+pub(crate) enum Polled {
+    /// The stream's size is known or changed: the caller (re)makes its surfaces.
+    Format(FrameFormat),
+    /// A picture now waits for a work surface.
+    Picture,
+    /// The decoder delivered its last picture.
+    Ended,
+    /// Nothing (or a picture already waits, or the stream ended).
+    Nothing,
+}
+
+impl<D: Device> DecodeFront<D> {
+    pub(crate) fn new(decoder: Decoder<D>) -> DecodeFront<D> {
+        DecodeFront {
+            decoder,
+            waiting: None,
+            waited: false,
+            ended: false,
+            decoded: 0,
+            pool_waits: 0,
+        }
+    }
+
+    /// The decoder's next event, unless a picture already waits or the stream ended.
+    pub(crate) fn poll(&mut self) -> Result<Polled, NvmmError> {
+        if self.waiting.is_some() || self.ended {
+            return Ok(Polled::Nothing);
+        }
+        Ok(match self.decoder.poll()? {
+            Some(DecoderEvent::FormatChanged(format)) => Polled::Format(format),
+            Some(DecoderEvent::Frame(frame)) => {
+                self.decoded += 1;
+                self.waiting = Some(frame);
+                Polled::Picture
+            }
+            Some(DecoderEvent::EndOfStream) => {
+                self.ended = true;
+                Polled::Ended
+            }
+            None => Polled::Nothing,
+        })
+    }
+
+    /// The waiting picture when a surface is free for it; otherwise its wait is counted
+    /// (once per picture).
+    pub(crate) fn take_waiting(&mut self, surface_free: bool) -> Option<DecodedFrame> {
+        self.waiting.as_ref()?;
+        if surface_free {
+            self.waited = false;
+            return self.waiting.take();
+        }
+        if !self.waited {
+            self.waited = true;
+            self.pool_waits += 1;
+        }
+        None
+    }
+
+    /// A decoded picture waits for a work surface.
+    pub(crate) fn is_waiting(&self) -> bool {
+        self.waiting.is_some()
+    }
+
+    /// The decoder delivered its last picture.
+    pub(crate) fn ended(&self) -> bool {
+        self.ended
+    }
+}
+
 /// Opens the encoder once the picture size is known: (width, height) → encoder.
 pub type OpenEncoder<E> = Box<dyn FnMut(u32, u32) -> Result<Encoder<E>, M2mError> + Send>;
 
 /// The decode → VIC → CUDA → encode loop of one stream (module docs).
 pub struct NvmmLoop<D: Device, E: Device> {
-    decoder: Decoder<D>,
+    front: DecodeFront<D>,
     open_encoder: OpenEncoder<E>,
     encoder: Option<Encoder<E>>,
     lib: Arc<NvBufSurfaceLib>,
@@ -254,11 +339,6 @@ pub struct NvmmLoop<D: Device, E: Device> {
     free: Vec<Surface>,
     /// Work surfaces the encoder may still read, by frame number.
     reading: VecDeque<(u64, Surface)>,
-    /// A decoded picture that waits for a work surface.
-    waiting: Option<DecodedFrame>,
-    /// `waiting` has been counted in [`NvmmStats::pool_waits`].
-    waited: bool,
-    decoder_done: bool,
     eos_queued: bool,
     done: bool,
     keyframe_requested: bool,
@@ -279,7 +359,7 @@ impl<D: Device, E: Device> NvmmLoop<D, E> {
         config: NvmmConfig,
     ) -> NvmmLoop<D, E> {
         NvmmLoop {
-            decoder,
+            front: DecodeFront::new(decoder),
             open_encoder,
             encoder: None,
             lib,
@@ -288,9 +368,6 @@ impl<D: Device, E: Device> NvmmLoop<D, E> {
             config,
             free: Vec::new(),
             reading: VecDeque::new(),
-            waiting: None,
-            waited: false,
-            decoder_done: false,
             eos_queued: false,
             done: false,
             keyframe_requested: false,
@@ -302,13 +379,13 @@ impl<D: Device, E: Device> NvmmLoop<D, E> {
     /// Queues an access unit. `Ok(false)`: the decoder's input is full (backpressure from
     /// the pool or the encoder) — [`NvmmLoop::step`] and retry.
     pub fn feed(&mut self, access_unit: &[u8], pts_us: u64) -> Result<bool, NvmmError> {
-        Ok(self.decoder.try_feed(access_unit, pts_us)?)
+        Ok(self.front.decoder.try_feed(access_unit, pts_us)?)
     }
 
     /// Ends the stream: the decoder drains, then the encoder; `step` says `Done` after the
     /// last packet. `Ok(false)`: no decoder input buffer free yet — step and retry.
     pub fn finish(&mut self) -> Result<bool, NvmmError> {
-        Ok(self.decoder.try_finish()?)
+        Ok(self.front.decoder.try_finish()?)
     }
 
     /// Makes the next frame the encoder takes an IDR frame (a new viewer or recording).
@@ -321,13 +398,15 @@ impl<D: Device, E: Device> NvmmLoop<D, E> {
         NvmmStats {
             // The encoder numbers the frames it has taken: the count, not a second tally.
             encoded: self.encoder.as_ref().map_or(0, Encoder::frames_queued),
+            decoded: self.front.decoded,
+            pool_waits: self.front.pool_waits,
             ..self.stats
         }
     }
 
     /// The decoder (for inspection).
     pub fn decoder(&self) -> &Decoder<D> {
-        &self.decoder
+        &self.front.decoder
     }
 
     /// The encoder, once the picture size is known.
@@ -348,37 +427,19 @@ impl<D: Device, E: Device> NvmmLoop<D, E> {
             return Ok(Progress::Done);
         }
         let mut moved = self.reclaim()?;
-        if self.waiting.is_none() && !self.decoder_done {
-            match self.decoder.poll()? {
-                Some(DecoderEvent::FormatChanged(format)) => {
-                    self.on_format(&format)?;
-                    moved = true;
-                }
-                Some(DecoderEvent::Frame(frame)) => {
-                    self.stats.decoded += 1;
-                    self.waiting = Some(frame);
-                    moved = true;
-                }
-                Some(DecoderEvent::EndOfStream) => {
-                    self.decoder_done = true;
-                    moved = true;
-                }
-                None => {}
-            }
-        }
-        if self.waiting.is_some() {
-            if self.free.is_empty() {
-                if !self.waited {
-                    self.waited = true;
-                    self.stats.pool_waits += 1;
-                }
-            } else if let Some(frame) = self.waiting.take() {
-                self.waited = false;
-                self.through(frame, work)?;
+        match self.front.poll()? {
+            Polled::Format(format) => {
+                self.on_format(&format)?;
                 moved = true;
             }
+            Polled::Picture | Polled::Ended => moved = true,
+            Polled::Nothing => {}
         }
-        if self.decoder_done && self.waiting.is_none() && !self.eos_queued {
+        if let Some(frame) = self.front.take_waiting(!self.free.is_empty()) {
+            self.through(frame, work)?;
+            moved = true;
+        }
+        if self.front.ended() && !self.front.is_waiting() && !self.eos_queued {
             match &mut self.encoder {
                 Some(enc) => self.eos_queued = enc.try_finish()?,
                 None => {
@@ -420,10 +481,10 @@ impl<D: Device, E: Device> NvmmLoop<D, E> {
     /// to say while the other has.)
     pub fn wait(&mut self, timeout_ms: i32) -> Result<(), NvmmError> {
         let blocked_on_encoder =
-            self.decoder_done || (self.waiting.is_some() && self.free.is_empty());
+            self.front.ended() || (self.front.is_waiting() && self.free.is_empty());
         match &mut self.encoder {
             Some(enc) if blocked_on_encoder => enc.wait(timeout_ms)?,
-            _ => self.decoder.wait(timeout_ms)?,
+            _ => self.front.decoder.wait(timeout_ms)?,
         }
         Ok(())
     }
@@ -480,7 +541,7 @@ impl<D: Device, E: Device> NvmmLoop<D, E> {
         if let Err(e) = convert_and_release(
             &self.lib,
             &self.transform,
-            &mut self.decoder,
+            &mut self.front.decoder,
             frame,
             &mut surface,
         ) {
