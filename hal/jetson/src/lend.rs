@@ -82,7 +82,7 @@ impl std::fmt::Debug for WorkPool {
 
 impl WorkPool {
     /// The pool of `free` surfaces of `spec`.
-    fn new(
+    pub(crate) fn new(
         free: Vec<Surface>,
         spec: &SurfaceSpec,
         cuda: Arc<CudaEglLib>,
@@ -144,7 +144,7 @@ impl WorkPool {
         !state.free.is_empty()
     }
 
-    fn take_free(&self) -> Result<Option<Surface>, NvmmError> {
+    pub(crate) fn take_free(&self) -> Result<Option<Surface>, NvmmError> {
         let mut state = self.lock();
         if state.surfaces == 0 {
             return Err(NvmmError::PoolLost);
@@ -152,14 +152,14 @@ impl WorkPool {
         Ok(state.free.pop())
     }
 
-    fn put_free(&self, surface: Surface) {
+    pub(crate) fn put_free(&self, surface: Surface) {
         self.lock().free.push(surface);
         self.returned.notify_all();
     }
 
     /// Maps `surface` for CUDA and lends its planes under `token` (the picture at
     /// `pts_us`); on failure the surface is free again, or lost if it cannot be cleaned up.
-    fn lend(
+    pub(crate) fn lend(
         self: &Arc<Self>,
         surface: Surface,
         token: u64,

@@ -7,7 +7,8 @@
 //! [`cuda_egl`] maps a surface's EGL image for CUDA (Orin's zero-copy route to the kernels),
 //! and [`nvmm`] is the frame loop that ties them together: decoder → VIC → CUDA → encoder,
 //! with no host copy. [`lend`] is that loop's decode half for the agent's pipeline: it lends
-//! the mapped work surfaces to the pipeline's CUDA stages as frames.
+//! the mapped work surfaces to the pipeline's CUDA stages as frames, and [`camera`] does the
+//! same for USB cameras captured straight into NVMM.
 //!
 //! **Loading.** Nothing links a vendor library: both libraries are opened at run time from an
 //! explicit directory, then JetPack 6's `/usr/lib/aarch64-linux-gnu/nvidia/`, then the plain
@@ -35,6 +36,7 @@
 //! CUDA can register, the VIC's scaling filters and colour matrices). Nothing here has run on
 //! a Jetson yet.
 
+pub mod camera;
 pub mod cuda_egl;
 pub mod lend;
 pub mod m2m;

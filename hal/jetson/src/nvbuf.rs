@@ -599,10 +599,14 @@ pub enum ColorFormat {
     Bgra,
     /// B, G, R, unused bytes.
     Bgrx,
+    /// Packed 4:2:2 Y0 Cb Y1 Cr, one plane (BT.601 limited range): USB cameras.
+    Yuyv,
+    /// Packed 4:2:2 Cb Y0 Cr Y1, one plane (BT.601 limited range).
+    Uyvy,
 }
 
 impl ColorFormat {
-    const ALL: [(ColorFormat, sys::NvBufSurfaceColorFormat); 8] = [
+    const ALL: [(ColorFormat, sys::NvBufSurfaceColorFormat); 10] = [
         (
             ColorFormat::Gray8,
             sys::NvBufSurfaceColorFormat::NVBUF_COLOR_FORMAT_GRAY8,
@@ -634,6 +638,14 @@ impl ColorFormat {
         (
             ColorFormat::Bgrx,
             sys::NvBufSurfaceColorFormat::NVBUF_COLOR_FORMAT_BGRx,
+        ),
+        (
+            ColorFormat::Yuyv,
+            sys::NvBufSurfaceColorFormat::NVBUF_COLOR_FORMAT_YUYV,
+        ),
+        (
+            ColorFormat::Uyvy,
+            sys::NvBufSurfaceColorFormat::NVBUF_COLOR_FORMAT_UYVY,
         ),
     ];
 
@@ -1286,6 +1298,58 @@ impl EglMappedSurface {
         let surface = self.surface.take().expect("present until unmapped");
         let result = surface.destroy_egl_image();
         (surface, result)
+    }
+}
+
+/// A surface whose first plane stays mapped for the CPU for as long as it lives: a USB
+/// camera's capture buffer, which the driver fills with the CPU through the DMA-buf. After
+/// each frame [`CpuMappedSurface::sync_for_device`] makes those writes visible to the VIC, as
+/// r36's `12_camera_v4l2_cuda` sample does (`NvBufSurfaceMap` once per buffer,
+/// `NvBufSurfaceSyncForDevice` per frame). A drop unmaps, then destroys.
+#[derive(Debug)]
+pub struct CpuMappedSurface {
+    surface: Surface,
+}
+
+impl Surface {
+    /// Maps plane 0 for reading and writing (`NvBufSurfaceMap`) and keeps it mapped. On
+    /// failure the surface comes back with the error.
+    #[allow(clippy::result_large_err)]
+    pub fn into_cpu_mapped(self) -> Result<CpuMappedSurface, (Surface, SurfaceError)> {
+        // SAFETY: ptr is a live surface (invariant); buffer 0 exists, plane 0 is checked by
+        // the library (a surface has at least one plane).
+        let code = unsafe { (self.lib.map)(self.ptr, 0, 0, MapMode::ReadWrite.raw()) };
+        if let Err(e) = check("NvBufSurfaceMap", code, || "buffer 0, plane 0".into()) {
+            return Err((self, e));
+        }
+        Ok(CpuMappedSurface { surface: self })
+    }
+}
+
+impl CpuMappedSurface {
+    /// The surface (its fd for the camera, its layout for the check against the camera's).
+    pub fn surface(&self) -> &Surface {
+        &self.surface
+    }
+
+    /// Writes the CPU made to plane 0 become visible to the hardware
+    /// (`NvBufSurfaceSyncForDevice`).
+    pub fn sync_for_device(&self) -> Result<(), SurfaceError> {
+        // SAFETY: plane 0 of a live surface, mapped while self lives.
+        let code = unsafe { (self.surface.lib.sync_for_device)(self.surface.ptr, 0, 0) };
+        check("NvBufSurfaceSyncForDevice", code, || {
+            "buffer 0, plane 0".into()
+        })
+    }
+}
+
+impl Drop for CpuMappedSurface {
+    fn drop(&mut self) {
+        // SAFETY: plane 0 was mapped by into_cpu_mapped; nothing uses the mapping after this.
+        let code = unsafe { (self.surface.lib.unmap)(self.surface.ptr, 0, 0) };
+        if let Err(e) = check("NvBufSurfaceUnMap", code, || "buffer 0, plane 0".into()) {
+            tracing::warn!("{e}");
+        }
     }
 }
 

@@ -150,6 +150,9 @@ pub enum NvmmError {
     /// The codec broke its protocol.
     #[error("codec protocol: {0}")]
     Protocol(&'static str),
+    /// The camera failed (or is gone).
+    #[error("camera: {0}")]
+    Camera(#[from] crate::camera::CameraError),
 }
 
 /// The VIC step of both halves: the decoded picture converted, and scaled if sizes differ,

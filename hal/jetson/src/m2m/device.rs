@@ -79,6 +79,8 @@ pub enum Request<'a> {
     SetControls(u32, &'a [CtrlValue]),
     /// `VIDIOC_G_CROP`.
     GetCrop(&'a mut sys::Crop),
+    /// `VIDIOC_G_PARM`.
+    GetParm(&'a mut sys::StreamParm),
     /// `VIDIOC_S_PARM`.
     SetParm(&'a mut sys::StreamParm),
     /// `VIDIOC_DECODER_CMD` (kernel decoders' drain; NVIDIA's decoder drains on an empty
@@ -113,6 +115,7 @@ impl Request<'_> {
             Request::GetControl(_) => "VIDIOC_G_CTRL",
             Request::SetControls(..) => "VIDIOC_S_EXT_CTRLS",
             Request::GetCrop(_) => "VIDIOC_G_CROP",
+            Request::GetParm(_) => "VIDIOC_G_PARM",
             Request::SetParm(_) => "VIDIOC_S_PARM",
             Request::DecoderCommand(_) => "VIDIOC_DECODER_CMD",
             Request::EncoderKeyFrame { .. } => "VIDIOC_G_EXT_CTRLS(VIDEOENC_METADATA)",
@@ -120,7 +123,8 @@ impl Request<'_> {
     }
 }
 
-/// A V4L2 memory-to-memory device, one ioctl at a time.
+/// A V4L2 device, one ioctl at a time: a memory-to-memory codec, or a capture device
+/// (a USB camera, [`crate::camera`]).
 pub trait Device {
     /// Performs one ioctl.
     fn ioctl(&mut self, request: Request<'_>) -> Result<(), Errno>;
@@ -294,6 +298,11 @@ impl NodeDevice {
         buf: &mut sys::Buffer,
         planes: &mut [sys::Plane],
     ) -> Result<(), Errno> {
+        if !sys::is_multiplanar(buf.type_) {
+            // Single-planar: `m` is the buffer's own offset or DMA-buf fd, `length` its
+            // size, both as the caller set them.
+            return self.raw(nr, (buf as *mut sys::Buffer).cast());
+        }
         buf.m = planes.as_mut_ptr() as u64;
         buf.length = planes.len() as u32;
         let r = self.raw(nr, (buf as *mut sys::Buffer).cast());
@@ -351,6 +360,7 @@ impl Device for NodeDevice {
                 self.ext_controls(sys::VIDIOC_S_EXT_CTRLS, class, &mut list)
             }
             Request::GetCrop(c) => self.raw(sys::VIDIOC_G_CROP, p(c)),
+            Request::GetParm(s) => self.raw(sys::VIDIOC_G_PARM, p(s)),
             Request::SetParm(s) => self.raw(sys::VIDIOC_S_PARM, p(s)),
             Request::DecoderCommand(d) => self.raw(sys::VIDIOC_DECODER_CMD, p(d)),
             Request::EncoderKeyFrame { index, key_frame } => {

@@ -39,6 +39,7 @@ pub const VIDIOC_EXPBUF: u64 = ioc(RW, 16, size_of::<ExportBuffer>());
 pub const VIDIOC_DQBUF: u64 = ioc(RW, 17, size_of::<Buffer>());
 pub const VIDIOC_STREAMON: u64 = ioc(W, 18, size_of::<i32>());
 pub const VIDIOC_STREAMOFF: u64 = ioc(W, 19, size_of::<i32>());
+pub const VIDIOC_G_PARM: u64 = ioc(RW, 21, size_of::<StreamParm>());
 pub const VIDIOC_S_PARM: u64 = ioc(RW, 22, size_of::<StreamParm>());
 pub const VIDIOC_G_CTRL: u64 = ioc(RW, 27, size_of::<Control>());
 pub const VIDIOC_G_CROP: u64 = ioc(RW, 59, size_of::<Crop>());
@@ -60,6 +61,7 @@ const _: () = {
     assert!(VIDIOC_DQBUF == 0xc058_5611);
     assert!(VIDIOC_STREAMON == 0x4004_5612);
     assert!(VIDIOC_STREAMOFF == 0x4004_5613);
+    assert!(VIDIOC_G_PARM == 0xc0cc_5615);
     assert!(VIDIOC_S_PARM == 0xc0cc_5616);
     assert!(VIDIOC_G_CTRL == 0xc008_561b);
     assert!(VIDIOC_G_CROP == 0xc014_563b);
@@ -73,16 +75,30 @@ const _: () = {
 // ---------------------------------------------------------------------------------------
 // Constants
 
+/// Single-planar capture: what USB (UVC) cameras offer.
+pub const BUF_TYPE_VIDEO_CAPTURE: u32 = 1;
 pub const BUF_TYPE_VIDEO_CAPTURE_MPLANE: u32 = 9;
 pub const BUF_TYPE_VIDEO_OUTPUT_MPLANE: u32 = 10;
 pub const MEMORY_MMAP: u32 = 1;
 pub const MEMORY_DMABUF: u32 = 4;
+
+/// Whether buffers of `type_` carry a plane array (`m.planes`) rather than one buffer.
+pub const fn is_multiplanar(type_: u32) -> bool {
+    type_ == BUF_TYPE_VIDEO_CAPTURE_MPLANE || type_ == BUF_TYPE_VIDEO_OUTPUT_MPLANE
+}
 pub const CAP_VIDEO_M2M_MPLANE: u32 = 0x0000_4000;
+pub const CAP_VIDEO_CAPTURE: u32 = 0x0000_0001;
+pub const CAP_STREAMING: u32 = 0x0400_0000;
 pub const CAP_DEVICE_CAPS: u32 = 0x8000_0000;
 pub const BUF_FLAG_KEYFRAME: u32 = 0x0000_0008;
 pub const BUF_FLAG_ERROR: u32 = 0x0000_0040;
 pub const BUF_FLAG_TIMESTAMP_COPY: u32 = 0x0000_4000;
 pub const BUF_FLAG_LAST: u32 = 0x0010_0000;
+pub const BUF_FLAG_TIMESTAMP_MASK: u32 = 0x0000_e000;
+pub const BUF_FLAG_TIMESTAMP_MONOTONIC: u32 = 0x0000_2000;
+pub const FIELD_NONE: u32 = 1;
+pub const QUANTIZATION_FULL_RANGE: u32 = 1;
+pub const COLORSPACE_JPEG: u32 = 7;
 pub const EVENT_EOS: u32 = 2;
 /// NVIDIA's `V4L2_EVENT_RESOLUTION_CHANGE` (v4l2_nv_extensions.h: 5); the kernel has since
 /// named the same number `V4L2_EVENT_SOURCE_CHANGE`.
@@ -97,11 +113,17 @@ pub const PIX_FMT_H264: u32 = fourcc(b"H264");
 /// the kernel's `V4L2_PIX_FMT_HEVC` ("HEVC").
 pub const PIX_FMT_H265: u32 = fourcc(b"H265");
 pub const PIX_FMT_NV12M: u32 = fourcc(b"NM12");
+/// Packed 4:2:2, Y0 Cb Y1 Cr (most raw USB cameras).
+pub const PIX_FMT_YUYV: u32 = fourcc(b"YUYV");
+/// Packed 4:2:2, Cb Y0 Cr Y1.
+pub const PIX_FMT_UYVY: u32 = fourcc(b"UYVY");
 /// The kernel's `vicodec` software codec format (for the generic-V4L2 tests).
 pub const PIX_FMT_FWHT: u32 = fourcc(b"FWHT");
 const _: () = {
     assert!(PIX_FMT_H264 == 0x3436_3248);
     assert!(PIX_FMT_NV12M == 0x3231_4d4e);
+    assert!(PIX_FMT_YUYV == 0x5659_5559);
+    assert!(PIX_FMT_UYVY == 0x5956_5955);
     assert!(PIX_FMT_FWHT == 0x5448_5746);
 };
 
@@ -180,9 +202,28 @@ pub struct PixFormatMplane {
     pub reserved: [u8; 7],
 }
 
-/// `struct v4l2_format`, its union viewed as the multi-planar member (the only one M2M
-/// codecs use); `raw_data[200]` and the pointer-carrying `v4l2_window` fix the union at 200
-/// bytes, 8-aligned.
+/// `struct v4l2_pix_format`: the single-planar member of `v4l2_format` (cameras);
+/// `ycbcr_enc` is the union `{ycbcr_enc, hsv_enc}`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct PixFormat {
+    pub width: u32,
+    pub height: u32,
+    pub pixelformat: u32,
+    pub field: u32,
+    pub bytesperline: u32,
+    pub sizeimage: u32,
+    pub colorspace: u32,
+    pub priv_: u32,
+    pub flags: u32,
+    pub ycbcr_enc: u32,
+    pub quantization: u32,
+    pub xfer_func: u32,
+}
+
+/// `struct v4l2_format`, its union viewed as the multi-planar member (what M2M codecs use)
+/// or the single-planar one (cameras); `raw_data[200]` and the pointer-carrying
+/// `v4l2_window` fix the union at 200 bytes, 8-aligned.
 #[repr(C)]
 #[derive(Clone, Copy, Debug)]
 pub struct Format {
@@ -194,6 +235,7 @@ pub struct Format {
 #[derive(Clone, Copy)]
 pub union FormatUnion {
     pub pix_mp: PixFormatMplane,
+    pub pix: PixFormat,
     pub raw_data: [u8; 200],
     _align: [u64; 25],
 }
@@ -221,6 +263,16 @@ impl Format {
     /// Replaces the multi-planar view.
     pub fn set_pix_mp(&mut self, pix: PixFormatMplane) {
         self.fmt.pix_mp = pix;
+    }
+    /// The single-planar view.
+    pub fn pix(&self) -> PixFormat {
+        // SAFETY: every bit pattern is a valid PixFormat (integers only), and the union is
+        // always fully initialised (constructed from raw_data).
+        unsafe { self.fmt.pix }
+    }
+    /// Replaces the single-planar view.
+    pub fn set_pix(&mut self, pix: PixFormat) {
+        self.fmt.pix = pix;
     }
 }
 
@@ -415,7 +467,8 @@ pub struct Fract {
 }
 
 /// `struct v4l2_streamparm` viewed as its `output` member (`v4l2_outputparm`, 40 bytes)
-/// padded to the union's `raw_data[200]`.
+/// padded to the union's `raw_data[200]`. The `capture` member (`v4l2_captureparm`) has
+/// the same layout (`capturemode` for `outputmode`, `readbuffers` for `writebuffers`).
 #[repr(C)]
 #[derive(Clone, Copy, Debug)]
 pub struct StreamParm {
@@ -497,6 +550,9 @@ const _: () = {
     assert!(size_of::<Format>() == 208);
     assert!(offset_of!(Format, fmt) == 8);
     assert!(size_of::<PixFormatMplane>() == 192);
+    assert!(size_of::<PixFormat>() == 48);
+    assert!(offset_of!(PixFormat, bytesperline) == 16);
+    assert!(offset_of!(PixFormat, quantization) == 40);
     assert!(offset_of!(PixFormatMplane, plane_fmt) == 20);
     assert!(offset_of!(PixFormatMplane, num_planes) == 180);
     assert!(offset_of!(PixFormatMplane, flags) == 181);

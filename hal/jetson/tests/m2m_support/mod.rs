@@ -412,6 +412,9 @@ impl StandIn {
                 }
                 Ok(())
             }
+            Request::GetParm(_) => {
+                self.refuse(name, libc::ENOTTY, "the codecs do not read S_PARM back")
+            }
             Request::RequestBuffers(r) => self.reqbufs(name, r),
             Request::QueryBuffer(b, planes) => {
                 let Some(pl) = self.plane(b.type_) else {

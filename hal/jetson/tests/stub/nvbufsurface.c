@@ -2,7 +2,7 @@
  * Stand-in for libnvbufsurface.so.1.0.0 (see stub.h). Each buffer is a memfd (its fd is the
  * "DMA-buf" in bufferDesc); planes are mapped for the CPU with mmap, one mapping per plane,
  * as NvBufSurfaceMap documents. Batch size 1 only; formats GRAY8, YUV420, NV12 (+ER, 709),
- * RGBA, BGRA, BGRx; pitch rows aligned to 64 bytes and planes to the page size, so callers
+ * RGBA, BGRA, BGRx, YUYV, UYVY; pitch rows aligned to 64 bytes and planes to the page size, so callers
  * must use the reported pitch/offsets. Block-linear surfaces are stored linearly (the stub
  * has no tiling). Building with -DAEGIS_STUB_WITHOUT_SYNC_FOR_DEVICE leaves out that symbol.
  */
@@ -35,6 +35,9 @@ static int describe_planes(StubParams *p, uint32_t format, uint32_t w, uint32_t 
     break;
   case FMT_RGBA: case FMT_BGRA: case FMT_BGRX:
     n = 1; widths[0] = w; heights[0] = h; bpp[0] = 4;
+    break;
+  case FMT_YUYV: case FMT_UYVY: /* packed 4:2:2: one plane, 2 bytes a pixel */
+    n = 1; widths[0] = w; heights[0] = h; bpp[0] = 2;
     break;
   default:
     return 0;

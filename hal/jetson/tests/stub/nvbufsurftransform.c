@@ -2,7 +2,8 @@
  * Stand-in for libnvbufsurftransform.so.1.0.0 (see stub.h): nearest-neighbour scaling with
  * source/destination crops and conversion between the stand-in libnvbufsurface's formats
  * (BT.601 integer matrices, limited range for NV12/YUV420, full range for NV12_ER; BT.709
- * for NV12_709), computed on the CPU through the buffers' memfds. Whatever filter is asked
+ * for NV12_709; packed 4:2:2 YUYV/UYVY read as BT.601 limited, its samples resampled into
+ * NV12/YUV420 unconverted), computed on the CPU through the buffers' memfds. Whatever filter is asked
  * for, it samples the nearest pixel (the filter is logged); flips are refused (Unsupported).
  */
 #define _GNU_SOURCE
@@ -29,7 +30,16 @@ typedef struct {
 } Pixel;
 
 static int clamp8(int v) { return v < 0 ? 0 : v > 255 ? 255 : v; }
-static int is_yuv(uint32_t f) { return f == FMT_YUV420 || f == FMT_NV12 || f == FMT_NV12_ER || f == FMT_NV12_709; }
+static int is_packed422(uint32_t f) { return f == FMT_YUYV || f == FMT_UYVY; }
+static int is_yuv(uint32_t f) {
+  return f == FMT_YUV420 || f == FMT_NV12 || f == FMT_NV12_ER || f == FMT_NV12_709 || is_packed422(f);
+}
+/* Same matrix and range (BT.601 limited): samples are resampled, not converted. */
+static int same_yuv(uint32_t a, uint32_t b) {
+  int a601 = a == FMT_YUV420 || a == FMT_NV12 || is_packed422(a);
+  int b601 = b == FMT_YUV420 || b == FMT_NV12 || is_packed422(b);
+  return a601 && b601 && (is_packed422(a) || is_packed422(b));
+}
 
 static void yuv_to_rgb(Pixel *p, uint32_t f) {
   int c = p->y - 16, d = p->u - 128, e = p->v - 128;
@@ -85,6 +95,12 @@ static Pixel read_pixel(Image *im, uint32_t x, uint32_t y) {
   case FMT_YUV420:
     px.y = *at(im, 0, x, y); px.u = *at(im, 1, x / 2, y / 2); px.v = *at(im, 2, x / 2, y / 2);
     break;
+  case FMT_YUYV: /* Y0 Cb Y1 Cr */
+    q = at(im, 0, x & ~1u, y); px.y = q[(x & 1) * 2]; px.u = q[1]; px.v = q[3];
+    break;
+  case FMT_UYVY: /* Cb Y0 Cr Y1 */
+    q = at(im, 0, x & ~1u, y); px.y = q[1 + (x & 1) * 2]; px.u = q[0]; px.v = q[2];
+    break;
   default: /* NV12 family */
     px.y = *at(im, 0, x, y); q = at(im, 1, x / 2, y / 2); px.u = q[0]; px.v = q[1];
     break;
@@ -130,6 +146,8 @@ STUB_EXPORT int NvBufSurfTransform(StubSurface *src, StubSurface *dst, StubTrans
            sr.height, dr.left, dr.top, dr.width, dr.height, session_compute);
   if (stub_should_fail("NvBufSurfTransform")) return EXECUTION;
   if ((t->transform_flag & FLIP) && t->transform_flip != 0) return UNSUPPORTED;
+  /* Packed 4:2:2 is read (camera buffers), never written, by this stand-in. */
+  if (dst && dst->surface_list && is_packed422(dst->surface_list[0].color_format)) return UNSUPPORTED;
   Image in, out;
   if (!map_image(&in, src, PROT_READ)) return INVALID;
   if (!map_image(&out, dst, PROT_READ | PROT_WRITE)) {
@@ -148,7 +166,7 @@ STUB_EXPORT int NvBufSurfTransform(StubSurface *src, StubSurface *dst, StubTrans
         uint32_t sx = sr.left + (uint32_t)((uint64_t)x * sr.width / dr.width);
         uint32_t sy = sr.top + (uint32_t)((uint64_t)y * sr.height / dr.height);
         Pixel px = read_pixel(&in, sx, sy);
-        if (sf != df) { /* same format: copy samples unchanged */
+        if (sf != df && !same_yuv(sf, df)) { /* else: copy samples unchanged */
           if (is_yuv(sf)) yuv_to_rgb(&px, sf);
           if (is_yuv(df)) rgb_to_yuv(&px, df);
         }

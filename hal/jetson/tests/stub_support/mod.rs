@@ -207,3 +207,28 @@ pub fn lent_marker(frame: &aegis_cuda::LentNv12) -> u64 {
     unsafe { std::ptr::copy_nonoverlapping(y as *const u8, first.as_mut_ptr(), 8) };
     u64::from_le_bytes(first)
 }
+
+/// A lent frame's pixels read through its plane addresses as a kernel would: the luma
+/// (width × height bytes) and the interleaved CbCr (width × height / 2), without the pitch
+/// padding. The libcuda stand-in maps a surface's memory at host addresses.
+pub fn lent_pixels(frame: &aegis_cuda::LentNv12) -> (Vec<u8>, Vec<u8>) {
+    use aegis_cuda::Nv12Frame;
+    let (w, h, pitch) = frame.geometry();
+    let (y, uv) = frame.addresses();
+    let read = |base: u64, rows: usize| {
+        let mut out = vec![0u8; w * rows];
+        for r in 0..rows {
+            // SAFETY: the stand-in mapped the surface's planes (rows of `pitch` bytes) at
+            // these addresses, and they stay mapped while the frame is lent.
+            unsafe {
+                std::ptr::copy_nonoverlapping(
+                    (base + (r * pitch) as u64) as *const u8,
+                    out[r * w..].as_mut_ptr(),
+                    w,
+                )
+            };
+        }
+        out
+    };
+    (read(y, h), read(uv, h / 2))
+}
