@@ -16,6 +16,8 @@ pub enum FourCc {
     Mjpeg,
     /// Packed 4:2:2 YUYV (raw USB webcams; bus-limited at high resolutions).
     Yuyv,
+    /// Packed 4:2:2 UYVY (some raw USB and HDMI-capture devices).
+    Uyvy,
     /// Semi-planar 4:2:0 (CSI cameras through the Jetson ISP).
     Nv12,
     /// H.264 encoded in the camera.
@@ -30,6 +32,7 @@ impl FourCc {
         match &code.to_le_bytes() {
             b"MJPG" | b"JPEG" => FourCc::Mjpeg,
             b"YUYV" => FourCc::Yuyv,
+            b"UYVY" => FourCc::Uyvy,
             b"NV12" => FourCc::Nv12,
             b"H264" => FourCc::H264,
             other => FourCc::Other(*other),
@@ -41,6 +44,7 @@ impl FourCc {
         match self {
             FourCc::Mjpeg => Some("mjpeg"),
             FourCc::Yuyv => Some("yuyv422"),
+            FourCc::Uyvy => Some("uyvy422"),
             FourCc::Nv12 => Some("nv12"),
             FourCc::H264 => Some("h264"),
             FourCc::Other(_) => None,
@@ -52,7 +56,7 @@ impl FourCc {
     fn rank(self) -> u8 {
         match self {
             FourCc::Nv12 => 0,
-            FourCc::Yuyv => 1,
+            FourCc::Yuyv | FourCc::Uyvy => 1,
             FourCc::H264 => 2,
             FourCc::Mjpeg => 3,
             FourCc::Other(_) => 9,
@@ -65,6 +69,7 @@ impl fmt::Display for FourCc {
         match self {
             FourCc::Mjpeg => f.write_str("MJPG"),
             FourCc::Yuyv => f.write_str("YUYV"),
+            FourCc::Uyvy => f.write_str("UYVY"),
             FourCc::Nv12 => f.write_str("NV12"),
             FourCc::H264 => f.write_str("H264"),
             FourCc::Other(c) => f.write_str(&String::from_utf8_lossy(c)),

@@ -13,6 +13,7 @@ mod encode;
 mod jpeg;
 mod nvdec;
 mod nvmm;
+mod nvmm_camera;
 mod nvmm_encode;
 
 pub(crate) use decode::rescale_us as decode_rescale_us;
@@ -21,7 +22,8 @@ pub(crate) use encode::ENCODER_TIME_BASE;
 pub use encode::{EncoderSettings, VideoEncoder};
 pub use jpeg::encode_jpeg;
 pub use nvdec::nvdec_codec;
-pub use nvmm::{NvmmCodecs, OpenDevice};
+pub use nvmm::{CameraNodes, KernelCameras, NvmmCodecs, OpenDevice};
+pub(crate) use nvmm_camera::{CaptureOpenError, NvmmCapture};
 pub use nvmm_encode::NvmmEncoder;
 
 use std::sync::Arc;
@@ -98,6 +100,9 @@ pub enum CodecError {
     /// backend).
     #[error("NVMM decoder: {0}")]
     Nvmm(String),
+    /// A USB camera captured into NVMM failed, or is gone (`jetson` backend).
+    #[error("camera into NVMM: {0}")]
+    Camera(String),
 }
 
 /// A source's decoder: libavcodec into host surfaces, or NVDEC into device surfaces (CUDA
@@ -109,6 +114,8 @@ pub(crate) enum Decoding {
     Gpu(Box<nvdec::GpuDecoder>),
     /// Orin's V4L2 M2M decoder into NVMM, frames lent to the CUDA stages (H.264, H.265).
     Nvmm(Box<nvmm::NvmmDecoding>),
+    /// A raw USB camera captured into NVMM on Orin: no packets, the live source polls it.
+    Camera(Box<nvmm_camera::NvmmCapture>),
 }
 
 impl Decoding {
@@ -165,12 +172,14 @@ impl Decoding {
         VideoDecoder::open(params, time_base, frame_us, stream, threads).map(Decoding::Cpu)
     }
 
-    /// Where it decodes, as the stream's status names it: `libavcodec`, `nvdec` or `nvmm`.
+    /// Where it decodes, as the stream's status names it: `libavcodec`, `nvdec`, `nvmm`,
+    /// or `nvmm-capture` (a raw camera captured into NVMM: nothing to decode).
     pub(crate) fn kind(&self) -> &'static str {
         match self {
             Decoding::Cpu(_) => "libavcodec",
             Decoding::Gpu(_) => "nvdec",
             Decoding::Nvmm(_) => "nvmm",
+            Decoding::Camera(_) => "nvmm-capture",
         }
     }
 
@@ -192,6 +201,7 @@ impl Decoding {
                     even(height) as usize,
                 )
             }
+            Decoding::Camera(c) => c.layout(),
         }
     }
 
@@ -201,6 +211,7 @@ impl Decoding {
             Decoding::Cpu(_) => None,
             Decoding::Gpu(d) => Some(d.gpu()),
             Decoding::Nvmm(d) => d.gpu(),
+            Decoding::Camera(c) => Some(c.gpu()),
         }
     }
 
@@ -217,6 +228,7 @@ impl Decoding {
             }
             Decoding::Gpu(d) => Ok(d.send(pkt, stopped)?),
             Decoding::Nvmm(d) => d.send(pkt, stopped),
+            Decoding::Camera(_) => Err(no_packets()),
         }
     }
 
@@ -229,6 +241,7 @@ impl Decoding {
             }
             Decoding::Gpu(d) => Ok(d.send_eof(stopped)?),
             Decoding::Nvmm(d) => d.send_eof(stopped),
+            Decoding::Camera(_) => Err(no_packets()),
         }
     }
 
@@ -238,6 +251,7 @@ impl Decoding {
             Decoding::Cpu(d) => d.reset(),
             Decoding::Gpu(d) => d.reset(),
             Decoding::Nvmm(d) => d.reset(),
+            Decoding::Camera(_) => {}
         }
     }
 
@@ -252,6 +266,7 @@ impl Decoding {
             Decoding::Cpu(d) => d.receive(pool, pts_offset_us),
             Decoding::Gpu(d) => d.receive(pool, pts_offset_us),
             Decoding::Nvmm(d) => d.receive(pool, pts_offset_us),
+            Decoding::Camera(c) => c.receive(pool, pts_offset_us),
         }
     }
 
@@ -261,6 +276,7 @@ impl Decoding {
             Decoding::Cpu(d) => d.pending_layout(),
             Decoding::Gpu(d) => d.pending_layout().ok_or(NO_PENDING),
             Decoding::Nvmm(d) => d.pending_layout().ok_or(NO_PENDING),
+            Decoding::Camera(c) => Ok(c.layout()),
         }
     }
 
@@ -270,8 +286,14 @@ impl Decoding {
             Decoding::Cpu(d) => d.stats(),
             Decoding::Gpu(d) => d.stats(),
             Decoding::Nvmm(d) => d.stats(),
+            Decoding::Camera(c) => c.stats(),
         }
     }
+}
+
+/// A camera captured into NVMM was handed a packet (a bug: reported, not a panic).
+fn no_packets() -> CodecError {
+    CodecError::Camera("it takes no packets".into())
 }
 
 /// `pending_layout` without a pending picture (a bug: reported rather than panicking).

@@ -46,6 +46,32 @@ const STALL: Duration = Duration::from_secs(5);
 /// Opens a decoder device.
 pub type OpenDevice = dyn Fn() -> Result<Box<dyn Device + Send>, String> + Send + Sync;
 
+/// How V4L2 cameras are reached: the kernel's nodes ([`KernelCameras`]), or stand-ins.
+pub trait CameraNodes: Send + Sync {
+    /// Every capture mode the camera at `device` offers.
+    fn modes(&self, device: &std::path::Path) -> std::io::Result<Vec<crate::v4l2::CaptureMode>>;
+    /// Opens it for capture.
+    fn open(&self, device: &std::path::Path) -> Result<Box<dyn Device + Send>, String>;
+}
+
+/// Cameras as the kernel has them: enumerated with the V4L2 ioctls
+/// ([`crate::v4l2::query`]), opened with plain `open` (a UVC camera is a kernel driver;
+/// r36's `12_camera_v4l2_cuda` opens it so too).
+#[derive(Debug, Default)]
+pub struct KernelCameras;
+
+impl CameraNodes for KernelCameras {
+    fn modes(&self, device: &std::path::Path) -> std::io::Result<Vec<crate::v4l2::CaptureMode>> {
+        crate::v4l2::query(device)
+    }
+
+    fn open(&self, device: &std::path::Path) -> Result<Box<dyn Device + Send>, String> {
+        NodeDevice::open_kernel(device)
+            .map(|d| Box::new(d) as Box<dyn Device + Send>)
+            .map_err(|e| e.to_string())
+    }
+}
+
 /// What the `jetson` backend decodes and encodes with on Orin: JetPack's NvBufSurface, VIC
 /// and CUDA EGL libraries, and the way to the codecs' device nodes (no encoder on a module
 /// without NVENC: Orin Nano).
@@ -55,6 +81,7 @@ pub struct NvmmCodecs {
     cuda: Arc<CudaEglLib>,
     open_device: Box<OpenDevice>,
     open_encoder: Option<Box<OpenDevice>>,
+    cameras: Box<dyn CameraNodes>,
 }
 
 impl std::fmt::Debug for NvmmCodecs {
@@ -103,7 +130,25 @@ impl NvmmCodecs {
             cuda,
             open_device,
             open_encoder,
+            cameras: Box::new(KernelCameras),
         }
+    }
+
+    /// The same, with cameras reached through `cameras` (the tests' stand-ins).
+    pub fn with_cameras(self, cameras: Box<dyn CameraNodes>) -> NvmmCodecs {
+        NvmmCodecs { cameras, ..self }
+    }
+
+    /// How cameras are reached.
+    pub fn cameras(&self) -> &dyn CameraNodes {
+        &*self.cameras
+    }
+
+    /// The NvBufSurface, VIC and CUDA-EGL libraries.
+    pub(crate) fn libraries(
+        &self,
+    ) -> (&Arc<NvBufSurfaceLib>, &Arc<TransformLib>, &Arc<CudaEglLib>) {
+        (&self.surfaces, &self.transforms, &self.cuda)
     }
 
     /// Whether a hardware encoder is there to take NVMM frames.
@@ -401,19 +446,16 @@ impl NvmmDecoding {
         let raw = self.picture_pts(&lent);
         let seq = self.next_seq;
         self.next_seq += 1;
-        Ok(Some(Frame {
-            stream: self.stream.clone(),
+        Ok(Some(lent_frame(
+            self.stream.clone(),
             seq,
-            pts_us: raw + pts_offset_us,
-            duration_us: self.input.frame_us(),
+            raw + pts_offset_us,
+            self.input.frame_us(),
             layout,
             surface,
-            // The VIC's conversion is device to device; `Frame::to_host` counts the
-            // download.
-            copies: 0,
-            meta: FrameMeta::new(Instant::now()),
-            device: Some(DeviceSurface::lent(lent.frame, gpu)),
-        }))
+            lent.frame,
+            gpu,
+        )))
     }
 
     /// The next lent picture if it has `layout`'s size (else [`CodecError::Geometry`], the
@@ -508,6 +550,33 @@ impl NvmmDecoding {
     }
 }
 
+/// A lent NVMM picture as the pipeline's frame, with `surface` (of the source's pool)
+/// attached for its one download.
+#[allow(clippy::too_many_arguments)]
+pub(super) fn lent_frame(
+    stream: StreamId,
+    seq: u64,
+    pts_us: i64,
+    duration_us: i64,
+    layout: FrameLayout,
+    surface: crate::pool::PooledSurface,
+    lent: aegis_cuda::LentNv12,
+    gpu: Arc<Gpu>,
+) -> Frame {
+    Frame {
+        stream,
+        seq,
+        pts_us,
+        duration_us,
+        layout,
+        surface,
+        // The VIC's conversion is device to device; `Frame::to_host` counts the download.
+        copies: 0,
+        meta: FrameMeta::new(Instant::now()),
+        device: Some(DeviceSurface::lent(lent, gpu)),
+    }
+}
+
 /// How long the decoder has been silent.
 struct Idle(Option<Instant>);
 
@@ -542,7 +611,7 @@ fn nvmm(e: NvmmError) -> CodecError {
 mod m2m_support;
 #[cfg(test)]
 #[path = "../../jetson/tests/stub_support/mod.rs"]
-mod stub_support;
+pub(super) mod stub_support;
 
 /// The decoding against aegis-jetson's stand-ins: the r36 codec stand-in as the decoder
 /// (it does not decode: each access unit becomes a picture whose first 8 luma bytes are the

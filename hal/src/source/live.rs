@@ -20,11 +20,11 @@ use ffmpeg_next as ff;
 use super::{
     SourceCore, SourceError, SourceHealth, SourceState, SourceStats, SourceStopper, VideoSource,
 };
-use crate::codec::Decoding;
+use crate::codec::{CaptureOpenError, Decoding, NvmmCapture};
 use crate::container::FileDemuxer;
 use crate::frame::{Frame, FrameLayout, PixelFormat, StreamId};
 use crate::pool::SurfacePool;
-use crate::v4l2::{CaptureRequest, negotiate, query};
+use crate::v4l2::{CaptureChoice, CaptureRequest, negotiate, query};
 use aegis_config::{NetScheme, NetUrl};
 
 /// libavformat protocols a network source of `scheme` may use, for its `protocol_whitelist`
@@ -268,7 +268,8 @@ impl Watchdog {
 }
 
 struct Connection {
-    demux: FileDemuxer,
+    /// `None` for a camera captured into NVMM: the "decoder" captures the frames itself.
+    demux: Option<FileDemuxer>,
     decoder: Decoding,
     /// Added to this connection's timestamps so they continue the stream's timeline.
     offset_us: Option<i64>,
@@ -510,13 +511,39 @@ impl LiveSource {
             }
             Some(want) => {
                 let device = std::path::Path::new(&self.settings.url);
-                let modes = query(device).map_err(|e| match e.kind() {
+                let nvmm = self
+                    .settings
+                    .gpu
+                    .as_ref()
+                    .and_then(|g| Some((g.gpu.clone(), g.nvmm.clone()?)));
+                let modes = match &nvmm {
+                    Some((_, codecs)) => codecs.cameras().modes(device),
+                    None => query(device),
+                };
+                let modes = modes.map_err(|e| match e.kind() {
                     std::io::ErrorKind::NotFound => {
                         "open: camera not present (unplugged?)".to_string()
                     }
                     _ => format!("open: {e}"),
                 })?;
                 let choice = negotiate(&modes, &want).map_err(|e| format!("negotiate: {e}"))?;
+                if let Some((gpu, codecs)) = nvmm.filter(|_| NvmmCapture::takes(&choice)) {
+                    match NvmmCapture::open(
+                        &codecs,
+                        device,
+                        &choice,
+                        self.settings.stream.clone(),
+                        gpu,
+                        self.settings.pool_frames,
+                    ) {
+                        Ok(capture) => return Ok(self.captured_into_nvmm(capture, &choice)),
+                        Err(CaptureOpenError::Unsuitable(why)) => {
+                            tracing::warn!(stream = %self.settings.stream, device = %device.display(),
+                                reason = %why, "camera not captured into NVMM; capturing on the CPU");
+                        }
+                        Err(CaptureOpenError::Failed(why)) => return Err(format!("open: {why}")),
+                    }
+                }
                 let mut opts = ff::Dictionary::new();
                 if let Some(f) = choice.fourcc.av_input_format() {
                     opts.set("input_format", f);
@@ -548,12 +575,34 @@ impl LiveSource {
         tracing::info!(stream = %self.settings.stream, url = %self.shown_as.display(),
             codec = %info.codec, width = info.width, height = info.height, "connected");
         Ok(Connection {
-            demux,
+            demux: Some(demux),
             decoder,
             offset_us: None,
             frames: 0,
             last_packet_at: Instant::now(),
         })
+    }
+
+    /// The connection of a camera captured into NVMM (`jetson` backend).
+    fn captured_into_nvmm(&mut self, capture: NvmmCapture, choice: &CaptureChoice) -> Connection {
+        let (num, den) = match capture.frame_rate() {
+            (0, _) => choice.rate,
+            rate => rate,
+        };
+        self.frame_rate = (num as i32, den.max(1) as i32);
+        let layout = capture.layout();
+        let decoder = Decoding::Camera(Box::new(capture));
+        self.core.health.set_decoder(&decoder);
+        tracing::info!(stream = %self.settings.stream, device = %self.shown_as.display(),
+            format = %choice.fourcc, width = layout.width, height = layout.height,
+            fps = num as f64 / den.max(1) as f64, "camera captured into NVMM");
+        Connection {
+            demux: None,
+            decoder,
+            offset_us: None,
+            frames: 0,
+            last_packet_at: Instant::now(),
+        }
     }
 
     /// An error in plain words, naming what was happening; never contains credentials.
@@ -637,6 +686,11 @@ impl LiveSource {
                 }
                 continue;
             };
+            let phase = if conn.demux.is_some() {
+                "decode"
+            } else {
+                "capture"
+            };
             let received = match self.core.receive(&mut conn.decoder, 0) {
                 Ok(f) => f,
                 Err(e) if self.core.is_stopped() => return Err(e),
@@ -645,7 +699,7 @@ impl LiveSource {
                 // camera fault; a live source never ends on its own.
                 Err(e) => {
                     self.stats.read_errors += 1;
-                    let why = self.explain("decode", &e, None);
+                    let why = self.explain(phase, &e, None);
                     self.fail(SourceState::BackingOff, why);
                     continue;
                 }
@@ -658,19 +712,46 @@ impl LiveSource {
                 // timestamp zero is at `start_time_realtime`.
                 frame.meta.wallclock_us = conn
                     .demux
-                    .start_time_realtime_us()
+                    .as_ref()
+                    .and_then(|d| d.start_time_realtime_us())
                     .map(|t0| t0 + frame.pts_us);
                 self.timeline.stamp(&mut frame, &mut conn.offset_us);
                 conn.frames += 1;
+                conn.last_packet_at = Instant::now();
                 self.backoff.frame(Instant::now());
                 self.stats.frames += 1;
                 self.core.health.frame();
                 return Ok(Some(frame));
             }
+            let Some(demux) = conn.demux.as_mut() else {
+                // A camera captured into NVMM: wait for its next frame. Time the pipeline
+                // holds every work surface does not count against the camera.
+                let Decoding::Camera(camera) = &mut conn.decoder else {
+                    unreachable!("only a camera captured into NVMM has no demuxer")
+                };
+                if camera.waiting_for_surface() {
+                    conn.last_packet_at = Instant::now();
+                }
+                if conn.last_packet_at.elapsed() >= self.settings.stall_timeout {
+                    let why = format!(
+                        "capture: no frames within {:.1} s",
+                        self.settings.stall_timeout.as_secs_f64()
+                    );
+                    self.fail(SourceState::Stalled, why);
+                } else if let Err(e) = camera.wait(20) {
+                    if self.core.is_stopped() {
+                        return Ok(None);
+                    }
+                    self.stats.read_errors += 1;
+                    let why = self.explain("capture", &e, None);
+                    self.fail(SourceState::BackingOff, why);
+                }
+                continue;
+            };
             // Armed right before each read, so time spent downstream (a full pool, a slow
             // sink) never counts against the camera.
             self.watchdog.arm(self.settings.stall_timeout);
-            match conn.demux.read(&mut self.packet) {
+            match demux.read(&mut self.packet) {
                 Ok(true) => {
                     conn.last_packet_at = Instant::now();
                     let core = &self.core;

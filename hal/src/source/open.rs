@@ -83,6 +83,7 @@ pub fn open(s: &SourceConfig, common: &OpenSettings<'_>) -> Box<dyn VideoSource>
                 format: c.format.map(|f| match f {
                     CaptureFormat::Mjpeg => FourCc::Mjpeg,
                     CaptureFormat::Yuyv => FourCc::Yuyv,
+                    CaptureFormat::Uyvy => FourCc::Uyvy,
                     CaptureFormat::Nv12 => FourCc::Nv12,
                     CaptureFormat::H264 => FourCc::H264,
                 }),

@@ -71,7 +71,7 @@ pub struct CaptureConfig {
     /// Frames per second.
     #[serde(default)]
     pub fps: Option<f64>,
-    /// Only this pixel format: `mjpeg`, `yuyv`, `nv12` or `h264`.
+    /// Only this pixel format: `mjpeg`, `yuyv`, `uyvy`, `nv12` or `h264`.
     #[serde(default)]
     pub format: Option<CaptureFormat>,
 }
@@ -84,6 +84,8 @@ pub enum CaptureFormat {
     Mjpeg,
     /// Packed YUYV 4:2:2.
     Yuyv,
+    /// Packed UYVY 4:2:2.
+    Uyvy,
     /// NV12 (CSI cameras through the Jetson ISP).
     Nv12,
     /// H.264 encoded by the camera.
