@@ -299,12 +299,7 @@ fn a_frame_outliving_its_decoder_still_goes_back_and_is_freed_with_the_pool() {
     assert_eq!(stub.live_cuda_resources(), 2);
     assert_eq!(lent_marker(&frames[1].frame), 2000);
     drop(frames);
-    assert_eq!(stub.live_cuda_resources(), 0);
-    let log = stub.log(NVBUFSURFACE_LIB);
-    assert_eq!(
-        count(&log, "NvBufSurfaceDestroy"),
-        count(&log, "NvBufSurfaceAllocate")
-    );
+    stub.assert_all_freed();
 }
 
 #[test]

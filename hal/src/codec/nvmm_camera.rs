@@ -217,11 +217,10 @@ mod tests {
     use std::collections::VecDeque;
     use std::sync::Mutex;
 
-    use aegis_jetson::cuda_egl::CUDA_LIB;
     use aegis_jetson::nvbuf::NVBUFSURFACE_LIB;
 
-    use super::camera_support::{Camera, sample};
     use super::super::nvmm::stub_support::{Stub, names};
+    use super::camera_support::{Camera, sample};
     use super::*;
     use crate::source::{LiveSource, LiveSourceSettings, VideoSource};
     use crate::v4l2::{CaptureMode, CaptureRequest};
@@ -281,14 +280,7 @@ mod tests {
         const FRAMES: u64 = 30;
         let gpu = Arc::new(Gpu::open(0, None).expect("a GPU"));
         let stub = Stub::new();
-        let hooks = stub.hooks(CUDA_LIB);
-        // SAFETY: aegis_stub_register_host(int) -> int, jetson/tests/stub/cuda_egl.c.
-        let registered = unsafe {
-            hooks
-                .get::<unsafe extern "C" fn(i32) -> i32>(b"aegis_stub_register_host")
-                .unwrap()(1)
-        };
-        assert_eq!(registered, 0, "the real libcuda's page-locking calls");
+        stub.register_with_the_real_driver();
         let first = Camera::yuyv(&[(320, 240)]).unplugging_after(12);
         let second = Camera::yuyv(&[(320, 240)]);
         let script = VecDeque::from([Some(first.clone()), None, Some(second.clone())]);
@@ -377,10 +369,9 @@ mod tests {
         drop(src);
         drop(pooled);
         assert!(!second.streaming() && !second.has_buffers());
-        assert_eq!(stub.live_cuda_resources(), 0, "every mapping undone");
+        stub.assert_all_freed();
         let log = stub.log(NVBUFSURFACE_LIB);
         let count = |call: &str| names(&log).iter().filter(|n| **n == call).count();
-        assert_eq!(count("NvBufSurfaceDestroy"), count("NvBufSurfaceAllocate"));
         assert_eq!(
             count("NvBufSurfaceSyncForCpu"),
             0,

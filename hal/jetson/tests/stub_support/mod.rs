@@ -175,6 +175,32 @@ impl Stub {
         }
     }
 
+    /// Makes the libcuda stand-in page-lock the "NVMM" memory it maps with the real driver
+    /// (`cuMemHostRegister`), so that real CUDA kernels work on it in place (GPU tests).
+    pub fn register_with_the_real_driver(&self) {
+        let hooks = self.hooks(CUDA_LIB);
+        // SAFETY: aegis_stub_register_host(int) -> int, tests/stub/cuda_egl.c.
+        let registered = unsafe {
+            hooks
+                .get::<unsafe extern "C" fn(i32) -> i32>(b"aegis_stub_register_host")
+                .expect("aegis_stub_register_host")(1)
+        };
+        assert_eq!(registered, 0, "the real libcuda's page-locking calls");
+    }
+
+    /// Nothing is left: every CUDA registration undone, every surface the libnvbufsurface
+    /// stand-in allocated destroyed.
+    pub fn assert_all_freed(&self) {
+        assert_eq!(self.live_cuda_resources(), 0, "every mapping undone");
+        let log = self.log(NVBUFSURFACE_LIB);
+        let count = |call: &str| names(&log).iter().filter(|n| **n == call).count();
+        assert_eq!(
+            count("NvBufSurfaceDestroy"),
+            count("NvBufSurfaceAllocate"),
+            "every surface destroyed: {log:#?}"
+        );
+    }
+
     /// Makes the next call of `call` in `lib` fail.
     pub fn fail_next(&self, lib: &str, call: &str) {
         let hooks = self.hooks(lib);
