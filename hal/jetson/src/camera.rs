@@ -23,10 +23,11 @@
 //! driver cannot import DMA-bufs, or that delivers another format (MJPEG, H.264, NV12), is
 //! [`CameraError::is_unsuitable`]: the agent captures it on the CPU instead.
 //!
-//! A live camera cannot be paused: when every work surface is still with the pipeline, the
-//! newest frame waits in its capture buffer and an older waiting one goes back to the camera
-//! (counted as `stale`), so a slow pipeline sees the latest picture, not a backlog, and
-//! nothing is allocated.
+//! A live camera cannot be paused: each poll takes the newest frame the camera has finished
+//! and gives older ones straight back (counted as `stale`); when every work surface is still
+//! with the pipeline, that newest frame waits in its capture buffer. A slow pipeline thus
+//! sees the latest picture, not a backlog, and nothing is allocated. Only the frame the VIC
+//! converts is synced for the device.
 
 use std::sync::Arc;
 
@@ -103,10 +104,8 @@ pub enum CameraError {
     /// The camera delivers a format the VIC path does not take.
     #[error("the camera delivers {0}, not packed 4:2:2 (YUYV, UYVY) that NVMM capture takes")]
     Format(String),
-    /// The driver cannot import DMA-bufs.
-    #[error(
-        "the camera's driver does not capture into DMA-bufs (VIDIOC_REQBUFS with V4L2_MEMORY_DMABUF: {0})"
-    )]
+    /// The driver cannot import DMA-bufs, or not these (NVMM).
+    #[error("the camera's driver does not capture into these DMA-bufs (V4L2_MEMORY_DMABUF: {0})")]
     NoDmaBuf(Errno),
     /// The camera's rows do not match the surface's.
     #[error(
@@ -270,7 +269,6 @@ impl<D: Device> Camera<D> {
                 detail: format!("a {}x{} frame", pix.width, pix.height),
             });
         }
-        let fps = frame_rate(&mut dev, config.fps);
         let spec = SurfaceSpec {
             width: pix.width,
             height: pix.height,
@@ -304,12 +302,23 @@ impl<D: Device> Camera<D> {
                 });
             }
         }
+        if plane.offset != 0 {
+            return Err(CameraError::Protocol {
+                ioctl: "NvBufSurfaceAllocate",
+                detail: format!(
+                    "plane 0 at offset {} (the camera writes from 0)",
+                    plane.offset
+                ),
+            });
+        }
         if plane.size < pix.sizeimage || pix.sizeimage < pix.bytesperline * pix.height {
             return Err(CameraError::Size {
                 camera: pix.sizeimage,
                 surface: plane.size,
             });
         }
+        // After the last S_FMT: a format change may reset the rate.
+        let fps = frame_rate(&mut dev, config.fps);
         let mut rb = sys::RequestBuffers {
             count,
             type_: CAPTURE,
@@ -354,7 +363,16 @@ impl<D: Device> Camera<D> {
             let mut buf = sys::Buffer::new(CAPTURE, DMABUF, index);
             call(&mut camera.dev, Request::QueryBuffer(&mut buf, &mut []))?;
             camera.lengths[index as usize] = buf.length;
-            camera.queue(index)?;
+            // vb2 imports the DMA-buf here (attach, map): a driver that cannot map NVMM
+            // refuses the buffer.
+            match camera.queue(index) {
+                Err(CameraError::Ioctl { errno, .. })
+                    if errno.0 == libc::EINVAL || errno.0 == libc::EFAULT =>
+                {
+                    return Err(CameraError::NoDmaBuf(errno));
+                }
+                other => other?,
+            }
         }
         call(&mut camera.dev, Request::StreamOn(CAPTURE))?;
         Ok(camera)
@@ -376,7 +394,7 @@ impl<D: Device> Camera<D> {
     }
 
     /// The next whole frame, or `None` when the camera has none yet. Damaged frames go
-    /// back to the camera unseen (counted). The frame is synced for the device.
+    /// back to the camera unseen (counted).
     pub fn dequeue(&mut self) -> Result<Option<Captured>, CameraError> {
         loop {
             let mut buf = sys::Buffer::new(CAPTURE, DMABUF, 0);
@@ -402,10 +420,6 @@ impl<D: Device> Camera<D> {
                 self.queue(index)?;
                 continue;
             }
-            if let Err(e) = self.buffers[index as usize].sync_for_device() {
-                self.queue(index)?;
-                return Err(e.into());
-            }
             self.stats.frames += 1;
             return Ok(Some(Captured {
                 index,
@@ -418,6 +432,14 @@ impl<D: Device> Camera<D> {
     /// The surface holding `frame`.
     pub fn surface(&self, frame: &Captured) -> &Surface {
         self.buffers[frame.index as usize].surface()
+    }
+
+    /// The surface holding `frame`, synced for the device: what the driver wrote with the
+    /// CPU is visible to the VIC (`NvBufSurfaceSyncForDevice`).
+    pub fn surface_for_device(&self, frame: &Captured) -> Result<&Surface, CameraError> {
+        let buffer = &self.buffers[frame.index as usize];
+        buffer.sync_for_device()?;
+        Ok(buffer.surface())
     }
 
     /// Gives the buffer back to the camera.
@@ -590,20 +612,25 @@ impl<D: Device> NvmmCamera<D> {
     /// is with the pipeline. Never blocks. The calling thread must have the CUDA context
     /// current (the mapping is made in it).
     pub fn poll(&mut self) -> Result<Option<NvmmFrame>, NvmmError> {
-        // The newest frame the camera has, the older waiting one back to the camera.
+        // The newest frame the camera has; older ones (waiting, or finished since the last
+        // poll) go back to the camera.
         while let Some(newer) = self.camera.dequeue()? {
             if let Some(older) = self.waiting.replace(newer) {
                 self.stats.stale += 1;
                 self.camera.requeue(older)?;
             }
-            if self.pool.available() > 0 {
-                break;
-            }
         }
         let Some(frame) = self.waiting.take() else {
             return Ok(None);
         };
-        let Some(mut surface) = self.pool.take_free()? else {
+        let free = match self.pool.take_free() {
+            Ok(free) => free,
+            Err(e) => {
+                self.waiting = Some(frame);
+                return Err(e);
+            }
+        };
+        let Some(mut surface) = free else {
             if !self.pool_dry {
                 self.pool_dry = true;
                 self.stats.pool_waits += 1;
@@ -611,16 +638,18 @@ impl<D: Device> NvmmCamera<D> {
             self.waiting = Some(frame);
             return Ok(None);
         };
-        let converted = self.transform.apply(
-            self.camera.surface(&frame),
-            &mut surface,
-            &TransformSpec::default(),
-        );
+        let converted = match self.camera.surface_for_device(&frame) {
+            Ok(src) => self
+                .transform
+                .apply(src, &mut surface, &TransformSpec::default())
+                .map_err(NvmmError::from),
+            Err(e) => Err(e.into()),
+        };
         let pts_us = frame.pts_us;
         let requeued = self.camera.requeue(frame);
         if let Err(e) = converted {
             self.pool.put_free(surface);
-            return Err(e.into());
+            return Err(e);
         }
         if let Err(e) = requeued {
             self.pool.put_free(surface);

@@ -189,26 +189,35 @@ fn a_pipeline_holding_every_surface_gets_the_newest_frame_not_a_backlog() {
     let _loaded = (stub.surfaces(), stub.transforms(), stub.cuda());
     let camera = Camera::yuyv(&[(320, 240)]);
     let mut cam = open(&stub, &camera, &config(sys::PIX_FMT_YUYV, 320, 240), 2).expect("open");
-    let mut held = Vec::new();
-    collect(&mut cam, 2, &mut |f| held.push(f));
-    // The pipeline holds both work surfaces while the camera goes on for 12 frames.
-    for _ in 0..12 {
-        camera.tick(1);
+    // Three frames finished before the first poll: the newest is lent, the others go back.
+    camera.tick(3);
+    let first = cam.poll().expect("poll").expect("a frame");
+    assert_eq!(sequence(&first), 2);
+    assert_eq!(cam.stats().stale, 2);
+    let mut held = vec![first];
+    collect(&mut cam, 1, &mut |f| held.push(f));
+    // The pipeline holds both work surfaces while the camera goes on, three frames a poll.
+    for _ in 0..4 {
+        camera.tick(3);
         assert!(cam.poll().expect("poll").is_none());
     }
     let stats = cam.stats();
     assert!(cam.waiting_for_surface());
     assert_eq!(stats.pool_waits, 1, "one wait, however long: {stats:?}");
-    assert!(stats.stale >= 10, "older frames went back: {stats:?}");
+    assert!(stats.stale >= 13, "older frames went back: {stats:?}");
     // The camera kept buffers: it dropped nothing.
     assert_eq!(camera.dropped(), 0);
     assert!(camera.queued() >= 3);
-    // A surface comes back: the frame lent next is the newest the camera made.
+    // A surface comes back after three more frames: the frame lent next is the newest.
+    camera.tick(3);
     let newest = camera.delivered().last().expect("frames").0;
     drop(held.remove(0));
     let next = cam.poll().expect("poll").expect("a frame");
     assert_eq!(sequence(&next), newest);
     assert_picture(&next, newest);
+    // Only converted frames were synced for the device.
+    let syncs = count(&stub.log(NVBUFSURFACE_LIB), "NvBufSurfaceSyncForDevice");
+    assert_eq!(syncs as u64, cam.stats().lent);
     assert_eq!(
         stub.log(NVBUFSURFACE_LIB)
             .iter()
@@ -278,7 +287,7 @@ fn cameras_nvmm_cannot_take_are_refused_as_unsuitable_and_leave_nothing_behind()
     assert_eq!(cam.format().bytesperline, 704);
     collect(&mut cam, 3, &mut |f| assert_picture(&f, sequence(&f)));
     drop(cam);
-    // No DMA-buf import.
+    // No DMA-buf import, or none of these buffers (refused when queued).
     let camera = Camera::yuyv(&[(320, 240)]).without_dmabuf();
     let e = unsuitable(open(
         &stub,
@@ -287,6 +296,18 @@ fn cameras_nvmm_cannot_take_are_refused_as_unsuitable_and_leave_nothing_behind()
         2,
     ));
     assert!(matches!(e, CameraError::NoDmaBuf(_)), "{e}");
+    let camera = Camera::yuyv(&[(320, 240)]).refusing_import();
+    let e = unsuitable(open(
+        &stub,
+        &camera,
+        &config(sys::PIX_FMT_YUYV, 320, 240),
+        2,
+    ));
+    assert!(
+        matches!(e, CameraError::NoDmaBuf(errno) if errno.0 == libc::EFAULT),
+        "{e}"
+    );
+    assert!(!camera.has_buffers(), "the driver's buffers freed");
     // A camera that only has MJPEG answers S_FMT with it.
     let mjpg = sys::fourcc(b"MJPG");
     let camera = Camera::offering(&[(mjpg, 640, 480)]);
@@ -334,5 +355,37 @@ fn an_unplugged_camera_is_gone_and_frames_it_lent_still_come_back() {
         assert_picture(f, sequence(f));
     }
     drop(held);
+    stub.assert_all_freed();
+}
+
+#[test]
+fn a_failed_conversion_or_dequeue_is_reported_and_loses_no_buffer() {
+    let stub = Stub::new();
+    let _loaded = (stub.surfaces(), stub.transforms(), stub.cuda());
+    let camera = Camera::yuyv(&[(320, 240)]);
+    let mut cam = open(&stub, &camera, &config(sys::PIX_FMT_YUYV, 320, 240), 2).expect("open");
+    // The VIC fails: the error names it, the capture buffer is back with the camera and the
+    // work surface back in the pool.
+    camera.tick(1);
+    stub.fail_next(NVBUFSURFTRANSFORM_LIB, "NvBufSurfTransform");
+    let e = cam.poll().expect_err("the VIC failed");
+    assert!(matches!(e, NvmmError::Transform(_)), "{e}");
+    assert_eq!((camera.queued(), cam.pool().available()), (4, 2));
+    // A DQBUF the driver fails (not an unplug): an error, not `gone`.
+    camera.tick(1);
+    camera.fail_next("VIDIOC_DQBUF", libc::EFAULT);
+    let e = cam.poll().expect_err("DQBUF failed");
+    assert!(
+        matches!(&e, NvmmError::Camera(c) if !c.is_gone() && !c.is_unsuitable()),
+        "{e}"
+    );
+    // Both recover: the next frame is whole.
+    let mut seen = Vec::new();
+    collect(&mut cam, 2, &mut |f| {
+        assert_picture(&f, sequence(&f));
+        seen.push(sequence(&f));
+    });
+    assert_eq!(seen, vec![1, 2]);
+    drop(cam);
     stub.assert_all_freed();
 }

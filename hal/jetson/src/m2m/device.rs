@@ -415,7 +415,12 @@ impl Device for NodeDevice {
                 };
                 // SAFETY: one valid pollfd.
                 let ret = unsafe { libc::poll(&mut pfd, 1, timeout_ms) };
-                if ret < 0 { Err(Errno::last()) } else { Ok(()) }
+                match ret {
+                    // A signal cut the wait short: the caller polls again.
+                    r if r < 0 && Errno::last().0 == libc::EINTR => Ok(()),
+                    r if r < 0 => Err(Errno::last()),
+                    _ => Ok(()),
+                }
             }
         }
     }

@@ -58,6 +58,9 @@ struct State {
     modes: Vec<(u32, u32, u32)>,
     honours_bytesperline: bool,
     imports_dmabuf: bool,
+    /// DMABUF offered, but these buffers cannot be mapped (QBUF: EFAULT, as vb2-vmalloc's
+    /// failed `vmap`).
+    maps_import: bool,
     fmt: Option<sys::PixFormat>,
     interval: (u32, u32),
     slots: Vec<Slot>,
@@ -104,6 +107,7 @@ impl Camera {
                 modes: modes.to_vec(),
                 honours_bytesperline: false,
                 imports_dmabuf: true,
+                maps_import: true,
                 fmt: None,
                 interval: (1, 30),
                 slots: Vec::new(),
@@ -133,6 +137,12 @@ impl Camera {
     /// A driver that cannot import DMA-bufs (REQBUFS with DMABUF: EINVAL).
     pub fn without_dmabuf(self) -> Camera {
         self.lock().imports_dmabuf = false;
+        self
+    }
+
+    /// A driver that takes DMABUF buffers but cannot map these (QBUF: EFAULT).
+    pub fn refusing_import(self) -> Camera {
+        self.lock().maps_import = false;
         self
     }
 
@@ -456,6 +466,9 @@ impl State {
         let size = file.metadata().map(|m| m.len()).unwrap_or(0);
         if size < sizeimage as u64 {
             return self.refuse(name, libc::EINVAL, "DMA-buf smaller than a frame");
+        }
+        if !self.maps_import {
+            return self.refuse(name, libc::EFAULT, "cannot map the DMA-buf");
         }
         self.queued_fds.push(fd);
         let slot = &mut self.slots[b.index as usize];
