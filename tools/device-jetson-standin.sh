@@ -10,10 +10,11 @@
 #     given back across threads, nothing left mapped);
 #   - nvmm-recording: hal's `a_jetson_recording_encodes_the_nvmm_surfaces_in_place_with_no_download`
 #     (the record sink hands the NVMM surfaces to the stand-in hardware encoder: no download);
-#   - nvmm-camera: hal's `a_jetson_usb_camera_lends_nvmm_frames_and_comes_back_after_an_unplug`
-#     (a v4l2 source on the UVC camera stand-in: frames captured into NVMM, every pixel
-#     downloaded by the GPU as the camera wrote it, a GPU write in place, an unplug and a
-#     reconnect, nothing left mapped);
+#   - nvmm-camera: hal's `codec::nvmm_camera::tests` (v4l2 sources on the UVC camera
+#     stand-in: frames captured into NVMM, every pixel downloaded by the GPU as the camera
+#     wrote it, a GPU write in place, an unplug and a reconnect; a hung camera stalled but a
+#     pipeline holding every surface not; a camera NVMM cannot take handed to the CPU
+#     capture; nothing left mapped);
 #   - nvdec-stages, lent-frames: the CUDA backend's NVDEC path (its packet framing now shared
 #     with the jetson decoder) and lent frames against pooled ones, as before.
 # Results go to $OUT (or .device-jetson/out); exit 1 if a check failed.
@@ -59,7 +60,7 @@ check nvmm-source env AEGIS_JETSON_STUBS="$PWD/stubs" AEGIS_SAMPLES_DIR=.samples
 check nvmm-recording env AEGIS_JETSON_STUBS="$PWD/stubs" AEGIS_SAMPLES_DIR=.samples ./hal-test \
   a_jetson_recording_encodes_the_nvmm_surfaces_in_place_with_no_download --include-ignored --nocapture
 check nvmm-camera env AEGIS_JETSON_STUBS="$PWD/stubs" ./hal-test \
-  a_jetson_usb_camera_lends_nvmm_frames_and_comes_back_after_an_unplug --include-ignored --nocapture
+  codec::nvmm_camera::tests:: --include-ignored --nocapture
 check nvdec-stages env AEGIS_MODELS_DIR=.models AEGIS_SAMPLES_DIR=.samples ./cuda-stages-test \
   device_stages_equal_the_host_stages --include-ignored --nocapture
 check lent-frames env AEGIS_MODELS_DIR=.models AEGIS_SAMPLES_DIR=.samples ./cuda-stages-test \

@@ -222,6 +222,8 @@ mod tests {
     use super::super::nvmm::stub_support::{Stub, names};
     use super::camera_support::{Camera, sample};
     use super::*;
+    use std::time::Duration;
+
     use crate::source::{LiveSource, LiveSourceSettings, VideoSource};
     use crate::v4l2::{CaptureMode, CaptureRequest};
 
@@ -232,26 +234,20 @@ mod tests {
     impl super::super::CameraNodes for Scripted {
         fn modes(&self, _: &Path) -> std::io::Result<Vec<CaptureMode>> {
             let mut script = self.0.lock().unwrap();
-            match script.front() {
-                Some(Some(_)) => Ok(vec![
-                    CaptureMode {
-                        fourcc: FourCc::Mjpeg,
-                        width: 640,
-                        height: 480,
-                        rates: vec![(30, 1)],
-                    },
-                    CaptureMode {
-                        fourcc: FourCc::Yuyv,
-                        width: 320,
-                        height: 240,
-                        rates: vec![(30, 1)],
-                    },
-                ]),
-                _ => {
-                    script.pop_front();
-                    Err(std::io::ErrorKind::NotFound.into())
-                }
-            }
+            let Some(Some(camera)) = script.front() else {
+                script.pop_front();
+                return Err(std::io::ErrorKind::NotFound.into());
+            };
+            let mjpeg = (u32::from_le_bytes(*b"MJPG"), 640, 480);
+            Ok(std::iter::once(mjpeg)
+                .chain(camera.modes())
+                .map(|(fourcc, width, height)| CaptureMode {
+                    fourcc: FourCc::from_code(fourcc),
+                    width,
+                    height,
+                    rates: vec![(30, 1)],
+                })
+                .collect())
         }
 
         fn open(&self, _: &Path) -> Result<Box<dyn Device + Send>, String> {
@@ -260,6 +256,44 @@ mod tests {
                 _ => Err("no camera".into()),
             }
         }
+    }
+
+    /// A v4l2 source of the jetson backend asking for `size`, on the cameras of `script`
+    /// over the stand-ins (their "NVMM" page-locked for `gpu`).
+    fn camera_source(
+        gpu: &Arc<Gpu>,
+        stub: &Stub,
+        script: Vec<Option<Camera>>,
+        size: (u32, u32),
+        pool_frames: usize,
+        backoff: Duration,
+    ) -> LiveSource {
+        stub.register_with_the_real_driver();
+        let codecs = NvmmCodecs::with(
+            stub.surfaces(),
+            stub.transforms(),
+            stub.cuda(),
+            Box::new(|| Err("no decoder in this test".into())),
+            None,
+        )
+        .with_cameras(Box::new(Scripted(Mutex::new(script.into()))));
+        let mut settings = LiveSourceSettings::v4l2(
+            Path::new("/dev/video-standin"),
+            CaptureRequest {
+                width: Some(size.0),
+                height: Some(size.1),
+                ..Default::default()
+            },
+            StreamId::new("usb"),
+        );
+        settings.pool_frames = pool_frames;
+        settings.backoff_min = backoff;
+        settings.backoff_max = backoff * 2;
+        settings.gpu = Some(crate::backend::StreamGpu {
+            gpu: Arc::new(gpu.fork().unwrap()),
+            nvmm: Some(Arc::new(codecs)),
+        });
+        LiveSource::new(settings)
     }
 
     /// The camera frame a picture is, from its first luma sample (5 × n mod 256; 205 is
@@ -280,35 +314,17 @@ mod tests {
         const FRAMES: u64 = 30;
         let gpu = Arc::new(Gpu::open(0, None).expect("a GPU"));
         let stub = Stub::new();
-        stub.register_with_the_real_driver();
         let first = Camera::yuyv(&[(320, 240)]).unplugging_after(12);
         let second = Camera::yuyv(&[(320, 240)]);
-        let script = VecDeque::from([Some(first.clone()), None, Some(second.clone())]);
-        let codecs = NvmmCodecs::with(
-            stub.surfaces(),
-            stub.transforms(),
-            stub.cuda(),
-            Box::new(|| Err("no decoder in this test".into())),
-            None,
-        )
-        .with_cameras(Box::new(Scripted(Mutex::new(script))));
-        let mut settings = LiveSourceSettings::v4l2(
-            Path::new("/dev/video-standin"),
-            CaptureRequest {
-                width: Some(320),
-                height: Some(240),
-                ..Default::default()
-            },
-            StreamId::new("usb"),
+        let script = vec![Some(first.clone()), None, Some(second.clone())];
+        let mut src = camera_source(
+            &gpu,
+            &stub,
+            script,
+            (320, 240),
+            4,
+            Duration::from_millis(10),
         );
-        settings.pool_frames = 4;
-        settings.backoff_min = std::time::Duration::from_millis(10);
-        settings.backoff_max = std::time::Duration::from_millis(20);
-        settings.gpu = Some(crate::backend::StreamGpu {
-            gpu: Arc::new(gpu.fork().unwrap()),
-            nvmm: Some(Arc::new(codecs)),
-        });
-        let mut src = LiveSource::new(settings);
         let (w, h) = (320, 240);
         let mut pattern = vec![0u8; w * h * 3 / 2];
         let mut pooled = gpu.alloc_nv12(w, h).unwrap();
@@ -377,5 +393,102 @@ mod tests {
             0,
             "no frame read by the CPU"
         );
+    }
+
+    /// On a real GPU: a camera that hangs (answers, delivers nothing) is failed as stalled
+    /// after the stall timeout and the source reconnects; a pipeline that holds every work
+    /// surface for longer than that is not a stall.
+    #[test]
+    #[ignore = "needs an NVIDIA GPU"]
+    fn a_hung_camera_is_stalled_but_a_pipeline_holding_every_surface_is_not() {
+        let gpu = Arc::new(Gpu::open(0, None).expect("a GPU"));
+        let stub = Stub::new();
+        let hung = Camera::yuyv(&[(320, 240)]).silent_after(40);
+        let next = Camera::yuyv(&[(320, 240)]);
+        let script = vec![Some(hung.clone()), Some(next.clone())];
+        let mut src = camera_source(
+            &gpu,
+            &stub,
+            script,
+            (320, 240),
+            2,
+            Duration::from_millis(10),
+        );
+        let first = src.next_frame().unwrap().expect("a frame");
+        let second = src.next_frame().unwrap().expect("a frame");
+        // Both work surfaces (and both host surfaces) are with the "pipeline" for 2.5 s,
+        // longer than the stall timeout; the camera goes on meanwhile.
+        let holder = std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(2500));
+            drop((first, second));
+        });
+        let after = src.next_frame().unwrap().expect("a frame");
+        holder.join().unwrap();
+        assert_eq!(
+            src.health().snapshot().reconnects,
+            0,
+            "a busy pipeline is no stall"
+        );
+        let y00 = {
+            let mut f = after;
+            f.to_host().unwrap();
+            f.planes()[0].data[0]
+        };
+        // The stand-in's time stands still while nobody polls it: the frame that waited.
+        assert_eq!(camera_sequence(y00), 2);
+        // The camera hangs after 40 frames: stalled, then the next camera.
+        loop {
+            let f = src.next_frame().unwrap().expect("a frame");
+            if src.health().snapshot().reconnects > 0 {
+                drop(f);
+                break;
+            }
+        }
+        let health = src.health().snapshot();
+        assert_eq!(
+            health.last_error.as_deref(),
+            Some("capture: no frames within 2.0 s"),
+            "{health:?}"
+        );
+        assert!(next.streaming());
+        drop(src);
+        assert!(!hung.has_buffers() && !next.has_buffers());
+        stub.assert_all_freed();
+    }
+
+    /// On a real GPU: a camera the NVMM path cannot take (rows of 656 bytes where the
+    /// surfaces have 704) is handed to the CPU capture (libavdevice), which then opens the
+    /// node itself; nothing of the NVMM attempt is left behind.
+    #[test]
+    #[ignore = "needs an NVIDIA GPU"]
+    fn a_camera_nvmm_cannot_take_goes_to_the_cpu_capture() {
+        let gpu = Arc::new(Gpu::open(0, None).expect("a GPU"));
+        let stub = Stub::new();
+        let narrow = Camera::yuyv(&[(328, 240)]);
+        // A long backoff: the first failure is the one looked at.
+        let script = vec![Some(narrow.clone())];
+        let mut src = camera_source(&gpu, &stub, script, (328, 240), 2, Duration::from_secs(60));
+        let (stopper, health) = (src.stopper(), src.health());
+        let t = std::thread::spawn(move || src.next_frame().map(|f| f.is_some()));
+        while health.snapshot().last_error.is_none() {
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        stopper.stop();
+        assert!(matches!(t.join().unwrap(), Ok(false)));
+        // libavdevice's own open of the (stand-in's, absent) node failed: the NVMM attempt
+        // was refused as unsuitable, not failed.
+        let error = health.snapshot().last_error.unwrap_or_default();
+        assert!(
+            error.starts_with("open: ") && !error.contains("NVMM"),
+            "{error}"
+        );
+        assert!(error.contains("video-standin"), "{error}");
+        assert_ne!(health.snapshot().decoder, Some("nvmm-capture"));
+        let calls = narrow.calls();
+        assert!(
+            calls.contains(&"VIDIOC_S_FMT") && !calls.contains(&"VIDIOC_REQBUFS"),
+            "{calls:?}"
+        );
+        stub.assert_all_freed();
     }
 }

@@ -55,6 +55,8 @@ struct State {
     gone: bool,
     /// Unplugged once this many frames were captured.
     unplug_after: Option<u32>,
+    /// Hung (no more frames, no error) once this many frames were captured.
+    silent_after: Option<u32>,
     modes: Vec<(u32, u32, u32)>,
     honours_bytesperline: bool,
     imports_dmabuf: bool,
@@ -104,6 +106,7 @@ impl Camera {
                 fail_next: None,
                 gone: false,
                 unplug_after: None,
+                silent_after: None,
                 modes: modes.to_vec(),
                 honours_bytesperline: false,
                 imports_dmabuf: true,
@@ -162,6 +165,17 @@ impl Camera {
     pub fn unplugging_after(self, frames: u32) -> Camera {
         self.lock().unplug_after = Some(frames);
         self
+    }
+
+    /// Hung after `frames` frames: it answers, but delivers nothing more.
+    pub fn silent_after(self, frames: u32) -> Camera {
+        self.lock().silent_after = Some(frames);
+        self
+    }
+
+    /// The modes it offers: (fourcc, width, height).
+    pub fn modes(&self) -> Vec<(u32, u32, u32)> {
+        self.lock().modes.clone()
     }
 
     /// The next call of `ioctl` fails with `errno`.
@@ -226,7 +240,7 @@ impl State {
 
     /// One frame time: the frame goes into the oldest queued buffer, or is dropped.
     fn capture(&mut self) {
-        if !self.streaming || self.gone {
+        if !self.streaming || self.gone || self.silent_after.is_some_and(|n| self.sequence >= n) {
             return;
         }
         let seq = self.sequence;
@@ -496,10 +510,20 @@ impl Device for Camera {
         s.handle(request)
     }
 
-    fn wait(&mut self, _timeout_ms: i32) -> Result<(), Errno> {
+    fn wait(&mut self, timeout_ms: i32) -> Result<(), Errno> {
         // A poll that waited one frame interval (POLLERR once unplugged: the next ioctl
-        // finds out).
-        self.lock().capture();
+        // finds out); a hung camera lets the poll time out (up to 1 ms here).
+        let captured = {
+            let mut s = self.lock();
+            let before = s.delivered.len() as u64 + s.dropped as u64;
+            s.capture();
+            s.delivered.len() as u64 + s.dropped as u64 > before
+        };
+        if !captured {
+            std::thread::sleep(std::time::Duration::from_millis(
+                timeout_ms.clamp(0, 1) as u64
+            ));
+        }
         Ok(())
     }
 }
