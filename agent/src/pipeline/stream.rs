@@ -292,6 +292,12 @@ impl SourceLoop {
         );
         errors.report(
             "source",
+            "dropped",
+            d.dropped.saturating_sub(l.dropped),
+            &"frames dropped unseen: the camera had no free buffer, or newer frames replaced them while the pipeline was behind",
+        );
+        errors.report(
+            "source",
             "read",
             stats.read_errors.saturating_sub(self.last.read_errors),
             &"container read error",

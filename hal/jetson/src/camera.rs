@@ -121,6 +121,10 @@ pub enum CameraError {
         /// Height.
         height: u32,
     },
+    /// The surface's pixels do not start at its DMA-buf's first byte, where the camera
+    /// writes.
+    #[error("NVMM surfaces start their pixels at byte {0} of the buffer; the camera writes from 0")]
+    Offset(u32),
     /// A surface smaller than a frame.
     #[error("NVMM surfaces of {surface} bytes are smaller than the camera's {camera}-byte frames")]
     Size {
@@ -155,6 +159,7 @@ impl CameraError {
             CameraError::Format(_)
                 | CameraError::NoDmaBuf(_)
                 | CameraError::Pitch { .. }
+                | CameraError::Offset(_)
                 | CameraError::Size { .. }
         )
     }
@@ -303,13 +308,7 @@ impl<D: Device> Camera<D> {
             }
         }
         if plane.offset != 0 {
-            return Err(CameraError::Protocol {
-                ioctl: "NvBufSurfaceAllocate",
-                detail: format!(
-                    "plane 0 at offset {} (the camera writes from 0)",
-                    plane.offset
-                ),
-            });
+            return Err(CameraError::Offset(plane.offset));
         }
         if plane.size < pix.sizeimage || pix.sizeimage < pix.bytesperline * pix.height {
             return Err(CameraError::Size {
@@ -528,7 +527,7 @@ pub struct CameraStats {
     pub lent: u64,
     /// Times a frame found every work surface with the pipeline (backpressure).
     pub pool_waits: u64,
-    /// Waiting frames given back for a newer one while the pipeline held every surface.
+    /// Finished frames given back unseen for a newer one (the pipeline was behind).
     pub stale: u64,
 }
 
@@ -608,18 +607,24 @@ impl<D: Device> NvmmCamera<D> {
         self.waiting.is_some()
     }
 
-    /// The next frame lent, or `None` when the camera has none yet or every work surface
-    /// is with the pipeline. Never blocks. The calling thread must have the CUDA context
-    /// current (the mapping is made in it).
-    pub fn poll(&mut self) -> Result<Option<NvmmFrame>, NvmmError> {
-        // The newest frame the camera has; older ones (waiting, or finished since the last
-        // poll) go back to the camera.
+    /// Takes the newest frame the camera has finished, giving older ones (waiting, or
+    /// finished since) straight back; it waits for [`NvmmCamera::poll`]. Never blocks.
+    pub fn drain(&mut self) -> Result<(), NvmmError> {
         while let Some(newer) = self.camera.dequeue()? {
             if let Some(older) = self.waiting.replace(newer) {
                 self.stats.stale += 1;
                 self.camera.requeue(older)?;
             }
         }
+        Ok(())
+    }
+
+    /// The newest frame lent ([`NvmmCamera::drain`]), or `None` when the camera has none
+    /// yet or every work surface is with the pipeline. Never blocks. The calling thread
+    /// must have the CUDA context current (the mapping is made in it). An error from the
+    /// camera ends the capture: a buffer it could not take back stays out.
+    pub fn poll(&mut self) -> Result<Option<NvmmFrame>, NvmmError> {
+        self.drain()?;
         let Some(frame) = self.waiting.take() else {
             return Ok(None);
         };
@@ -647,13 +652,15 @@ impl<D: Device> NvmmCamera<D> {
         };
         let pts_us = frame.pts_us;
         let requeued = self.camera.requeue(frame);
-        if let Err(e) = converted {
+        if converted.is_err() || requeued.is_err() {
             self.pool.put_free(surface);
-            return Err(e);
-        }
-        if let Err(e) = requeued {
-            self.pool.put_free(surface);
-            return Err(e.into());
+            // A camera gone says so before what failed with it.
+            return Err(match (converted, requeued) {
+                (_, Err(e)) if e.is_gone() => e.into(),
+                (Err(e), _) => e,
+                (Ok(()), Err(e)) => e.into(),
+                (Ok(()), Ok(())) => unreachable!("one failed"),
+            });
         }
         let token = self.next_token;
         self.next_token += 1;

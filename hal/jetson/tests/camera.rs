@@ -371,7 +371,13 @@ fn a_failed_conversion_or_dequeue_is_reported_and_loses_no_buffer() {
     let e = cam.poll().expect_err("the VIC failed");
     assert!(matches!(e, NvmmError::Transform(_)), "{e}");
     assert_eq!((camera.queued(), cam.pool().available()), (4, 2));
-    // A DQBUF the driver fails (not an unplug): an error, not `gone`.
+    // A DQBUF the driver fails (not an unplug) while a frame waits for a surface the
+    // pipeline holds: an error, not `gone`, and the waiting frame is kept.
+    let mut held = Vec::new();
+    collect(&mut cam, 2, &mut |f| held.push(f));
+    camera.tick(1);
+    assert!(cam.poll().expect("poll").is_none());
+    assert!(cam.waiting_for_surface());
     camera.tick(1);
     camera.fail_next("VIDIOC_DQBUF", libc::EFAULT);
     let e = cam.poll().expect_err("DQBUF failed");
@@ -379,13 +385,19 @@ fn a_failed_conversion_or_dequeue_is_reported_and_loses_no_buffer() {
         matches!(&e, NvmmError::Camera(c) if !c.is_gone() && !c.is_unsuitable()),
         "{e}"
     );
-    // Both recover: the next frame is whole.
-    let mut seen = Vec::new();
-    collect(&mut cam, 2, &mut |f| {
-        assert_picture(&f, sequence(&f));
-        seen.push(sequence(&f));
-    });
-    assert_eq!(seen, vec![1, 2]);
+    assert!(cam.waiting_for_surface());
+    assert_eq!(
+        camera.queued(),
+        2,
+        "two buffers out: the waiting one and the finished one"
+    );
+    // Both recover: the newest frame once a surface is back, whole.
+    drop(held);
+    let next = cam.poll().expect("poll").expect("a frame");
+    assert_eq!(sequence(&next), 4);
+    assert_picture(&next, 4);
+    drop(next);
+    assert_eq!(camera.queued(), 4);
     drop(cam);
     stub.assert_all_freed();
 }

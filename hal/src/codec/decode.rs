@@ -29,6 +29,12 @@ pub struct DecodeStats {
     pub skipped_before_keyframe: u64,
     /// Frames the decoder returned with concealed damage.
     pub corrupt_frames: u64,
+    /// Times a picture waited for a device work surface the pipeline still held (the
+    /// `jetson` backend's NVMM pools; host pools count their own waits).
+    pub device_pool_waits: u64,
+    /// Pictures dropped unseen: by a live camera with no buffer free, or given back for a
+    /// newer one while the pipeline was behind.
+    pub dropped: u64,
 }
 
 impl DecodeStats {
@@ -39,6 +45,8 @@ impl DecodeStats {
         self.errors += other.errors;
         self.skipped_before_keyframe += other.skipped_before_keyframe;
         self.corrupt_frames += other.corrupt_frames;
+        self.device_pool_waits += other.device_pool_waits;
+        self.dropped += other.dropped;
     }
 }
 

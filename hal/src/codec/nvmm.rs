@@ -307,6 +307,7 @@ impl NvmmDecoding {
     pub(crate) fn stats(&self) -> DecodeStats {
         DecodeStats {
             frames: self.next_seq,
+            device_pool_waits: self.decoder.stats().pool_waits,
             ..self.stats
         }
     }

@@ -41,6 +41,8 @@ pub(crate) struct NvmmCapture {
     /// The camera's timestamp of the first frame (the connection's time zero).
     first_us: Option<u64>,
     next_seq: u64,
+    /// The last receive found every host surface with the pipeline.
+    host_starved: bool,
 }
 
 impl NvmmCapture {
@@ -78,6 +80,7 @@ impl NvmmCapture {
             frame_us,
             first_us: None,
             next_seq: 0,
+            host_starved: false,
         })
     }
 
@@ -102,13 +105,16 @@ impl NvmmCapture {
         DecodeStats {
             frames: self.next_seq,
             errors: s.capture.damaged,
+            device_pool_waits: s.pool_waits,
+            dropped: s.stale + s.capture.dropped,
             ..DecodeStats::default()
         }
     }
 
     /// The next lent frame with a host surface of `pool` attached (for its one download),
-    /// or `Ok(None)` when the camera has none yet (or every work surface is with the
-    /// pipeline). Never blocks on the camera.
+    /// or `Ok(None)` when the camera has none yet, or every work surface or every host
+    /// surface is with the pipeline (the camera is then kept drained to its newest frame).
+    /// Never blocks.
     pub(crate) fn receive(
         &mut self,
         pool: &SurfacePool,
@@ -123,11 +129,20 @@ impl NvmmCapture {
             });
         }
         self.context.make_current().map_err(CodecError::Camera)?;
+        if pool.is_closed() {
+            return Err(crate::pool::PoolClosed.into());
+        }
+        let Some(surface) = pool.try_acquire() else {
+            // The pipeline holds every host surface: the camera is still drained, so that
+            // the frame lent next is the newest.
+            self.camera.drain().map_err(camera_error)?;
+            self.host_starved = true;
+            return Ok(None);
+        };
+        self.host_starved = false;
         let Some(lent) = self.camera.poll().map_err(camera_error)? else {
             return Ok(None);
         };
-        // A stopping source closes its pool: the frame goes back with the error.
-        let surface = pool.acquire()?;
         let first = *self.first_us.get_or_insert(lent.pts_us);
         let seq = self.next_seq;
         self.next_seq += 1;
@@ -143,13 +158,20 @@ impl NvmmCapture {
         )))
     }
 
-    /// A frame waits for a work surface the pipeline still holds.
+    /// A frame waits for a work or host surface the pipeline still holds.
     pub(crate) fn waiting_for_surface(&self) -> bool {
-        self.camera.waiting_for_surface()
+        self.host_starved || self.camera.waiting_for_surface()
     }
 
-    /// Waits at most `timeout_ms` for the camera (or a work surface the pipeline holds).
-    pub(crate) fn wait(&mut self, timeout_ms: i32) -> Result<(), CodecError> {
+    /// Waits at most `timeout_ms` for the camera, or for the surface of `pool` or the work
+    /// surface a frame waits for.
+    pub(crate) fn wait(&mut self, pool: &SurfacePool, timeout_ms: i32) -> Result<(), CodecError> {
+        if self.host_starved {
+            // Counted as the host pool's backpressure; the surface goes straight back.
+            let timeout = std::time::Duration::from_millis(timeout_ms.max(0) as u64);
+            drop(pool.acquire_timeout(timeout)?);
+            return Ok(());
+        }
         self.camera.wait(timeout_ms).map_err(camera_error)
     }
 }
@@ -296,6 +318,35 @@ mod tests {
         LiveSource::new(settings)
     }
 
+    /// Stops a source after a while, so that a test whose source would wait forever fails
+    /// (its `next_frame` ends) instead of hanging.
+    struct Deadline(
+        Option<std::thread::JoinHandle<()>>,
+        std::sync::mpsc::Sender<()>,
+    );
+
+    impl Deadline {
+        fn after(src: &LiveSource, limit: Duration) -> Deadline {
+            let stopper = src.stopper();
+            let (tx, rx) = std::sync::mpsc::channel::<()>();
+            let t = std::thread::spawn(move || {
+                if rx.recv_timeout(limit).is_err() {
+                    stopper.stop();
+                }
+            });
+            Deadline(Some(t), tx)
+        }
+    }
+
+    impl Drop for Deadline {
+        fn drop(&mut self) {
+            let _ = self.1.send(());
+            if let Some(t) = self.0.take() {
+                let _ = t.join();
+            }
+        }
+    }
+
     /// The camera frame a picture is, from its first luma sample (5 × n mod 256; 205 is
     /// 5's inverse mod 256).
     fn camera_sequence(y00: u8) -> u32 {
@@ -325,6 +376,7 @@ mod tests {
             4,
             Duration::from_millis(10),
         );
+        let _deadline = Deadline::after(&src, Duration::from_secs(30));
         let (w, h) = (320, 240);
         let mut pattern = vec![0u8; w * h * 3 / 2];
         let mut pooled = gpu.alloc_nv12(w, h).unwrap();
@@ -414,12 +466,18 @@ mod tests {
             2,
             Duration::from_millis(10),
         );
+        let _deadline = Deadline::after(&src, Duration::from_secs(30));
         let first = src.next_frame().unwrap().expect("a frame");
         let second = src.next_frame().unwrap().expect("a frame");
-        // Both work surfaces (and both host surfaces) are with the "pipeline" for 2.5 s,
-        // longer than the stall timeout; the camera goes on meanwhile.
+        // Both host surfaces (and both work surfaces) are with the "pipeline" for 2.5 s,
+        // longer than the stall timeout, while the camera makes three more frames.
+        let camera = hung.clone();
         let holder = std::thread::spawn(move || {
-            std::thread::sleep(Duration::from_millis(2500));
+            for _ in 0..3 {
+                std::thread::sleep(Duration::from_millis(300));
+                camera.tick(1);
+            }
+            std::thread::sleep(Duration::from_millis(1600));
             drop((first, second));
         });
         let after = src.next_frame().unwrap().expect("a frame");
@@ -434,8 +492,10 @@ mod tests {
             f.to_host().unwrap();
             f.planes()[0].data[0]
         };
-        // The stand-in's time stands still while nobody polls it: the frame that waited.
-        assert_eq!(camera_sequence(y00), 2);
+        // The newest of the three, the two older given back unseen.
+        assert_eq!(camera_sequence(y00), 4);
+        assert_eq!(hung.delivered().last().map(|d| d.0), Some(4));
+        assert_eq!(src.stats().decode.dropped, 2);
         // The camera hangs after 40 frames: stalled, then the next camera.
         loop {
             let f = src.next_frame().unwrap().expect("a frame");
@@ -470,7 +530,8 @@ mod tests {
         let mut src = camera_source(&gpu, &stub, script, (328, 240), 2, Duration::from_secs(60));
         let (stopper, health) = (src.stopper(), src.health());
         let t = std::thread::spawn(move || src.next_frame().map(|f| f.is_some()));
-        while health.snapshot().last_error.is_none() {
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        while health.snapshot().last_error.is_none() && std::time::Instant::now() < deadline {
             std::thread::sleep(Duration::from_millis(5));
         }
         stopper.stop();

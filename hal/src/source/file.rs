@@ -148,7 +148,7 @@ impl FileSource {
 
     /// Times the source waited for a free surface (backpressure), over all its pools.
     pub fn pool_waits(&self) -> u64 {
-        self.core.pool_waits()
+        self.core.pool_waits() + self.decoder.stats().device_pool_waits
     }
 
     /// A handle that stops this source from another thread.

@@ -738,7 +738,7 @@ impl LiveSource {
                         self.settings.stall_timeout.as_secs_f64()
                     );
                     self.fail(SourceState::Stalled, why);
-                } else if let Err(e) = camera.wait(20) {
+                } else if let Err(e) = camera.wait(&self.core.pool, 20) {
                     if self.core.is_stopped() {
                         return Ok(None);
                     }

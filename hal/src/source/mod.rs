@@ -106,7 +106,8 @@ macro_rules! core_accessors {
             &self.core.pool
         }
         fn pool_waits(&self) -> u64 {
-            self.core.pool_waits()
+            // Host pools, and the device pools a decoder or camera lends from.
+            self.core.pool_waits() + VideoSource::stats(self).decode.device_pool_waits
         }
         fn stopper(&self) -> SourceStopper {
             self.core.stopper()
