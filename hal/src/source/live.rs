@@ -725,9 +725,11 @@ impl LiveSource {
             }
             let Some(demux) = conn.demux.as_mut() else {
                 // A camera captured into NVMM: wait for its next frame. Time the pipeline
-                // holds every work surface does not count against the camera.
+                // holds every work or host surface does not count against the camera.
                 let Decoding::Camera(camera) = &mut conn.decoder else {
-                    unreachable!("only a camera captured into NVMM has no demuxer")
+                    let why = "capture: a connection without a demuxer that is no camera".into();
+                    self.fail(SourceState::BackingOff, why);
+                    continue;
                 };
                 if camera.waiting_for_surface() {
                     conn.last_packet_at = Instant::now();
