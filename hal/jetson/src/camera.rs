@@ -387,11 +387,6 @@ impl<D: Device> Camera<D> {
         self.stats
     }
 
-    /// Capture buffers the driver has now.
-    pub fn queued(&self) -> usize {
-        self.queued.iter().filter(|q| **q).count()
-    }
-
     /// The next whole frame, or `None` when the camera has none yet. Damaged frames go
     /// back to the camera unseen (counted).
     pub fn dequeue(&mut self) -> Result<Option<Captured>, CameraError> {
@@ -426,11 +421,6 @@ impl<D: Device> Camera<D> {
                 sequence: buf.sequence,
             }));
         }
-    }
-
-    /// The surface holding `frame`.
-    pub fn surface(&self, frame: &Captured) -> &Surface {
-        self.buffers[frame.index as usize].surface()
     }
 
     /// The surface holding `frame`, synced for the device: what the driver wrote with the
@@ -595,11 +585,6 @@ impl<D: Device> NvmmCamera<D> {
     /// The work pool.
     pub fn pool(&self) -> &Arc<WorkPool> {
         &self.pool
-    }
-
-    /// The camera.
-    pub fn camera(&self) -> &Camera<D> {
-        &self.camera
     }
 
     /// A frame waits for a work surface the pipeline still holds.

@@ -37,6 +37,8 @@ pub(crate) struct NvmmCapture {
     context: Arc<dyn CudaContext>,
     stream: StreamId,
     layout: FrameLayout,
+    /// Frames per second (numerator, denominator): the camera's, else the mode's.
+    fps: (u32, u32),
     frame_us: i64,
     /// The camera's timestamp of the first frame (the connection's time zero).
     first_us: Option<u64>,
@@ -48,7 +50,7 @@ pub(crate) struct NvmmCapture {
 impl NvmmCapture {
     /// Whether the `jetson` backend captures this mode into NVMM.
     pub(crate) fn takes(choice: &CaptureChoice) -> bool {
-        matches!(choice.fourcc, FourCc::Yuyv | FourCc::Uyvy)
+        pixelformat(choice.fourcc).is_some()
     }
 
     /// Opens `device` in `choice`'s mode with `pool_frames` (at least 2) work surfaces
@@ -77,6 +79,7 @@ impl NvmmCapture {
             context,
             stream,
             layout,
+            fps,
             frame_us,
             first_us: None,
             next_seq: 0,
@@ -94,9 +97,10 @@ impl NvmmCapture {
         self.layout
     }
 
-    /// Frame rate the camera runs at (numerator, denominator).
+    /// Frame rate the camera runs at (numerator, denominator); the mode's when the camera
+    /// does not say.
     pub(crate) fn frame_rate(&self) -> (u32, u32) {
-        self.camera.format().fps
+        self.fps
     }
 
     /// Counters so far: frames captured; damaged frames as errors.
@@ -176,6 +180,15 @@ impl NvmmCapture {
     }
 }
 
+/// The V4L2 code of a format the NVMM capture takes (packed 4:2:2).
+fn pixelformat(fourcc: FourCc) -> Option<u32> {
+    match fourcc {
+        FourCc::Yuyv => Some(sys::PIX_FMT_YUYV),
+        FourCc::Uyvy => Some(sys::PIX_FMT_UYVY),
+        _ => None,
+    }
+}
+
 fn camera_error(e: NvmmError) -> CodecError {
     CodecError::Camera(match e {
         NvmmError::Camera(c) => c.to_string(),
@@ -190,14 +203,11 @@ fn open_camera(
     context: Arc<dyn CudaContext>,
     pool_frames: usize,
 ) -> Result<NvmmCamera<Box<dyn Device + Send>>, CaptureOpenError> {
-    let pixelformat = match choice.fourcc {
-        FourCc::Yuyv => sys::PIX_FMT_YUYV,
-        FourCc::Uyvy => sys::PIX_FMT_UYVY,
-        other => {
-            return Err(CaptureOpenError::Unsuitable(format!(
-                "{other} is not captured into NVMM"
-            )));
-        }
+    let Some(pixelformat) = pixelformat(choice.fourcc) else {
+        return Err(CaptureOpenError::Unsuitable(format!(
+            "{} is not captured into NVMM",
+            choice.fourcc
+        )));
     };
     let node = codecs
         .cameras()

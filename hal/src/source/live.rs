@@ -585,10 +585,7 @@ impl LiveSource {
 
     /// The connection of a camera captured into NVMM (`jetson` backend).
     fn captured_into_nvmm(&mut self, capture: NvmmCapture, choice: &CaptureChoice) -> Connection {
-        let (num, den) = match capture.frame_rate() {
-            (0, _) => choice.rate,
-            rate => rate,
-        };
+        let (num, den) = capture.frame_rate();
         self.frame_rate = (num as i32, den.max(1) as i32);
         let layout = capture.layout();
         let decoder = Decoding::Camera(Box::new(capture));
